@@ -1,0 +1,259 @@
+/**
+ * Multiplexed JSON-RPC 2.0 client over one long-lived connection.
+ *
+ * - Many requests in flight, matched by id; responses may arrive in any order.
+ * - Every call has a deadline: when it passes the call fails with TIMEOUT and its handler is dropped.
+ * - An in-flight cap answers OVERLOADED at once rather than queueing without bound.
+ * - The connection is re-established with capped, jittered exponential backoff. While it is down, calls fail
+ *   fast with a retryable UNAVAILABLE instead of waiting; calls made during a connection attempt wait for it
+ *   (within their deadline).
+ */
+import { fromRpcError, KeystoreError } from '../errors';
+import type { Logger } from '../log';
+import type { Transport } from '../transport/types';
+import { FramedConnection } from './framed-connection';
+import { ResponseEnvelopeSchema, type RpcId } from './protocol';
+
+export interface BackoffOptions {
+  initialMs: number;
+  maxMs: number;
+}
+
+export interface RpcClientOptions {
+  name: string;
+  transport: Transport;
+  address: string;
+  logger: Logger;
+  maxInFlight?: number;
+  defaultDeadlineMs?: number;
+  connectTimeoutMs?: number;
+  backoff?: BackoffOptions;
+  maxFrameBytes?: number;
+  /** Called whenever the connection comes up or goes down. */
+  onStateChange?: (connected: boolean) => void;
+}
+
+export interface CallOptions {
+  /** Milliseconds from now until the call fails with TIMEOUT. */
+  deadlineMs?: number;
+}
+
+interface Pending {
+  resolve(value: unknown): void;
+  reject(err: KeystoreError): void;
+  timer: NodeJS.Timeout;
+  method: string;
+}
+
+type State = 'idle' | 'connecting' | 'connected' | 'backoff' | 'closed';
+
+/** Capped exponential backoff with jitter: half fixed, half random, so retries of many clients spread out. */
+export function backoffDelay(attempt: number, { initialMs, maxMs }: BackoffOptions, random = Math.random): number {
+  const ceiling = Math.min(maxMs, initialMs * 2 ** Math.min(attempt, 30));
+  return Math.round(ceiling / 2 + random() * (ceiling / 2));
+}
+
+export class RpcClient {
+  private state: State = 'idle';
+  private conn: FramedConnection | null = null;
+  private readonly pending = new Map<RpcId, Pending>();
+  private nextId = 1;
+  private attempt = 0;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private connectWaiters: Array<(ok: boolean) => void> = [];
+  private readonly maxInFlight: number;
+  private readonly defaultDeadlineMs: number;
+  private readonly backoff: BackoffOptions;
+
+  constructor(private readonly options: RpcClientOptions) {
+    this.maxInFlight = options.maxInFlight ?? 1024;
+    this.defaultDeadlineMs = options.defaultDeadlineMs ?? 5000;
+    this.backoff = options.backoff ?? { initialMs: 50, maxMs: 2000 };
+  }
+
+  get connected(): boolean {
+    return this.state === 'connected';
+  }
+
+  /** Read through a method so TypeScript does not narrow the state across awaits. */
+  private isClosed(): boolean {
+    return this.state === 'closed';
+  }
+
+  /** Calls waiting for an answer (for tests and metrics: must return to 0, no leaked handlers). */
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+  /** Starts connecting; reconnects on its own until close(). */
+  start(): void {
+    if (this.state === 'idle') void this.connect();
+  }
+
+  /** Resolves once connected, or rejects with UNAVAILABLE after `timeoutMs`. */
+  async waitConnected(timeoutMs: number): Promise<void> {
+    this.start();
+    const until = Date.now() + timeoutMs;
+    while (!this.connected) {
+      if (this.state === 'closed') throw this.unavailable('client is closed');
+      const left = until - Date.now();
+      if (left <= 0) throw this.unavailable(`not connected after ${timeoutMs} ms`);
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, Math.min(left, 50));
+        this.connectWaiters.push(() => {
+          clearTimeout(timer);
+          resolve();
+        });
+      });
+    }
+  }
+
+  async call<T = unknown>(method: string, params: object, options: CallOptions = {}): Promise<T> {
+    const deadlineMs = options.deadlineMs ?? this.defaultDeadlineMs;
+    const startedAt = Date.now();
+    if (this.state === 'idle') this.start();
+    if (this.state === 'connecting') {
+      const ok = await this.waitForAttempt(deadlineMs);
+      if (!ok && this.state === 'connecting') throw this.timeout(method, deadlineMs);
+    }
+    const conn = this.conn;
+    if (this.state !== 'connected' || !conn) {
+      throw this.unavailable(this.state === 'closed' ? 'client is closed' : `not connected to ${this.options.address}; reconnecting`);
+    }
+    if (this.pending.size >= this.maxInFlight) {
+      throw new KeystoreError('OVERLOADED', `${this.options.name}: more than ${this.maxInFlight} requests in flight`);
+    }
+    const remaining = deadlineMs - (Date.now() - startedAt);
+    if (remaining <= 0) throw this.timeout(method, deadlineMs);
+
+    const id = this.nextId++;
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        if (this.pending.delete(id)) reject(this.timeout(method, deadlineMs));
+      }, remaining);
+      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer, method });
+      try {
+        conn.send({ jsonrpc: '2.0', id, method, params });
+      } catch (err) {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        reject(new KeystoreError('INVALID_PARAMS', `${method}: request could not be framed (${(err as Error).message})`));
+      }
+    });
+  }
+
+  /** Stops reconnecting, fails pending calls with UNAVAILABLE and closes the connection. */
+  async close(): Promise<void> {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.failAll('client closed');
+    this.conn?.destroy();
+    this.conn = null;
+    this.notifyWaiters(false);
+  }
+
+  private waitForAttempt(timeoutMs: number): Promise<boolean> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(false), timeoutMs);
+      this.connectWaiters.push((ok) => {
+        clearTimeout(timer);
+        resolve(ok);
+      });
+    });
+  }
+
+  private notifyWaiters(ok: boolean): void {
+    for (const w of this.connectWaiters.splice(0)) w(ok);
+  }
+
+  private async connect(): Promise<void> {
+    if (this.state === 'closed') return;
+    this.state = 'connecting';
+    const { transport, address, logger, name } = this.options;
+    try {
+      const raw = await transport.connect(address, { timeoutMs: this.options.connectTimeoutMs ?? 2000 });
+      if (this.isClosed()) {
+        raw.destroy();
+        return;
+      }
+      const framed: FramedConnection = new FramedConnection(
+        raw,
+        {
+          message: (msg) => this.onMessage(msg),
+          close: ({ protocolError, error }) => this.onClose(framed, protocolError ?? error?.message),
+        },
+        this.options.maxFrameBytes,
+      );
+      this.conn = framed;
+      this.state = 'connected';
+      if (this.attempt > 0) logger.info({ address, attempts: this.attempt }, `${name} reconnected`);
+      else logger.debug({ address }, `${name} connected`);
+      this.attempt = 0;
+      this.options.onStateChange?.(true);
+      this.notifyWaiters(true);
+    } catch (err) {
+      if (this.isClosed()) return;
+      const level = this.attempt === 0 ? 'warn' : 'debug';
+      logger[level]({ address, attempt: this.attempt, error: (err as Error).message }, `${name} connect failed`);
+      this.scheduleReconnect();
+      this.notifyWaiters(false);
+    }
+  }
+
+  private scheduleReconnect(): void {
+    this.state = 'backoff';
+    const delay = backoffDelay(this.attempt, this.backoff);
+    this.attempt += 1;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      void this.connect();
+    }, delay);
+    this.reconnectTimer.unref();
+  }
+
+  private onClose(framed: FramedConnection, why: string | undefined): void {
+    if (this.conn !== framed) return;
+    this.conn = null;
+    this.failAll(`connection to ${this.options.address} lost${why ? ` (${why})` : ''}`);
+    if (this.state === 'closed') return;
+    this.options.logger.warn({ address: this.options.address, reason: why }, `${this.options.name} connection closed; reconnecting`);
+    this.options.onStateChange?.(false);
+    this.scheduleReconnect();
+  }
+
+  private onMessage(msg: unknown): void {
+    const parsed = ResponseEnvelopeSchema.safeParse(msg);
+    if (!parsed.success) {
+      this.options.logger.warn({ address: this.options.address }, `${this.options.name}: ignored a malformed response`);
+      return;
+    }
+    const res = parsed.data;
+    if (res.id === null) {
+      this.options.logger.warn({ error: 'error' in res ? res.error.message : undefined }, `${this.options.name}: peer reported an error for an unidentifiable request`);
+      return;
+    }
+    const p = this.pending.get(res.id);
+    if (!p) return; // answered after its deadline: the caller already has TIMEOUT
+    this.pending.delete(res.id);
+    clearTimeout(p.timer);
+    if ('error' in res) p.reject(fromRpcError(res.error));
+    else p.resolve(res.result);
+  }
+
+  private failAll(why: string): void {
+    for (const [id, p] of this.pending) {
+      clearTimeout(p.timer);
+      this.pending.delete(id);
+      p.reject(this.unavailable(`${p.method}: ${why}`));
+    }
+  }
+
+  private unavailable(why: string): KeystoreError {
+    return new KeystoreError('UNAVAILABLE', `${this.options.name}: ${why}`);
+  }
+
+  private timeout(method: string, deadlineMs: number): KeystoreError {
+    return new KeystoreError('TIMEOUT', `${this.options.name}: ${method} got no answer within ${deadlineMs} ms`);
+  }
+}

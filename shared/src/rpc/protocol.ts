@@ -1,0 +1,53 @@
+/** JSON-RPC 2.0 envelopes as used on the parent <-> enclave link (DESIGN §4). Batches are not used. */
+import { z } from 'zod';
+import type { RpcErrorObject } from '../errors';
+
+export type RpcId = string | number;
+
+const id = z.union([z.string().max(128), z.number().int().safe()]);
+
+export const RequestEnvelopeSchema = z.strictObject({
+  jsonrpc: z.literal('2.0'),
+  id,
+  method: z.string().min(1).max(128),
+  params: z.record(z.string(), z.unknown()).optional(),
+});
+export type RequestEnvelope = z.infer<typeof RequestEnvelopeSchema>;
+
+const ErrorObjectSchema = z.object({
+  code: z.number().int(),
+  message: z.string(),
+  data: z.unknown().optional(),
+});
+
+export const ResponseEnvelopeSchema = z.union([
+  z.strictObject({ jsonrpc: z.literal('2.0'), id, result: z.unknown() }),
+  z.strictObject({ jsonrpc: z.literal('2.0'), id: id.nullable(), error: ErrorObjectSchema }),
+]);
+
+export interface SuccessResponse {
+  jsonrpc: '2.0';
+  id: RpcId;
+  result: unknown;
+}
+
+export interface ErrorResponse {
+  jsonrpc: '2.0';
+  id: RpcId | null;
+  error: RpcErrorObject;
+}
+
+export function successResponse(reqId: RpcId, result: unknown): SuccessResponse {
+  return { jsonrpc: '2.0', id: reqId, result: result === undefined ? null : result };
+}
+
+export function errorResponse(reqId: RpcId | null, error: RpcErrorObject): ErrorResponse {
+  return { jsonrpc: '2.0', id: reqId, error };
+}
+
+/** The request id of a message that failed envelope validation, when one can be recovered. */
+export function recoverId(msg: unknown): RpcId | null {
+  if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) return null;
+  const raw = (msg as { id?: unknown }).id;
+  return id.safeParse(raw).success ? (raw as RpcId) : null;
+}

@@ -1,0 +1,37 @@
+/** Test helpers for shared/ unit tests: short temporary run directories and captured logs. */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pino from 'pino';
+import type { Logger } from '../src/log';
+
+/** Unix socket paths are limited to 107 bytes, so run directories live directly under the OS temp dir. */
+export function tempRunDir(prefix = 'nks-'): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export interface CapturedLogger {
+  logger: Logger;
+  lines: () => Array<Record<string, unknown>>;
+  text: () => string;
+}
+
+export function captureLogger(level = 'debug'): CapturedLogger {
+  const raw: string[] = [];
+  const logger = pino({ level }, { write: (s: string) => void raw.push(s) });
+  return {
+    logger,
+    lines: () => raw.map((l) => JSON.parse(l) as Record<string, unknown>),
+    text: () => raw.join(''),
+  };
+}
+
+export async function waitFor(cond: () => boolean, timeoutMs = 5000, what = 'condition'): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

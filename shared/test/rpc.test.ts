@@ -1,0 +1,279 @@
+import fs from 'node:fs';
+import net from 'node:net';
+import { z } from 'zod';
+import fc from 'fast-check';
+import { KeystoreError } from '../src/errors';
+import { encodeFrame } from '../src/framing';
+import { RpcClient, RpcServer, rpcMethod, backoffDelay } from '../src/rpc';
+import { SimulatedVsockTransport, simulatedSocketPath } from '../src/transport';
+import { captureLogger, sleep, tempRunDir, waitFor } from './helpers';
+
+const ADDRESS = 'vsock://16:5000';
+
+/** Requests to 'gated' wait until the test calls the gate for their value. */
+const gates = new Map<number, () => void>();
+
+function methods() {
+  return {
+    gated: rpcMethod(z.strictObject({ value: z.number() }), (p) => new Promise((resolve) => gates.set(p.value, () => resolve({ value: p.value })))),
+    echo: rpcMethod(z.strictObject({ value: z.number(), delayMs: z.number().int().min(0).max(10_000).optional() }), async (p) => {
+      if (p.delayMs) await sleep(p.delayMs);
+      return { value: p.value };
+    }),
+    fail: rpcMethod(z.strictObject({}), () => {
+      throw new KeystoreError('KEY_INTEGRITY', 'blob does not open');
+    }),
+    crash: rpcMethod(z.strictObject({}), () => {
+      throw new Error('secret-looking library text that must not reach the peer');
+    }),
+  };
+}
+
+describe('JSON-RPC over simulated vsock', () => {
+  let runDir: string;
+  let transport: SimulatedVsockTransport;
+  let server: RpcServer;
+  let client: RpcClient;
+  const log = captureLogger();
+
+  beforeEach(async () => {
+    runDir = tempRunDir();
+    transport = new SimulatedVsockTransport(runDir);
+    server = new RpcServer({ name: 'test-server', methods: methods(), logger: log.logger, maxConcurrent: 20_000 });
+    await server.listen(transport, ADDRESS);
+    client = new RpcClient({ name: 'test-client', transport, address: ADDRESS, logger: log.logger, maxInFlight: 20_000 });
+    await client.waitConnected(2000);
+  });
+
+  afterEach(async () => {
+    for (const open of gates.values()) open();
+    gates.clear();
+    await client.close();
+    await server.close(100);
+    fs.rmSync(runDir, { recursive: true, force: true });
+  });
+
+  it('matches out-of-order responses to their requests', async () => {
+    // Each request waits on a gate the test opens, in an order unlike the send order.
+    const releaseOrder = [5, 2, 7, 0, 3, 6, 1, 4];
+    const completed: number[] = [];
+    const calls = releaseOrder.map((_, i) =>
+      client.call<{ value: number }>('gated', { value: i }).then((r) => {
+        completed.push(r.value);
+        return r.value;
+      }),
+    );
+    await waitFor(() => gates.size === releaseOrder.length, 2000, 'all requests to arrive');
+    for (const v of releaseOrder) {
+      gates.get(v)?.();
+      await waitFor(() => completed.includes(v), 2000, `answer ${v}`);
+    }
+    expect(await Promise.all(calls)).toEqual(releaseOrder.map((_, i) => i));
+    expect(completed).toEqual(releaseOrder);
+  });
+
+  it('carries 10,000 concurrent requests on one connection', async () => {
+    const n = 10_000;
+    const results = await Promise.all(Array.from({ length: n }, (_, i) => client.call<{ value: number }>('echo', { value: i }, { deadlineMs: 20_000 })));
+    expect(results.map((r) => r.value)).toEqual(Array.from({ length: n }, (_, i) => i));
+    expect(server.stats.connections).toBe(1);
+    expect(client.pendingCount).toBe(0);
+  });
+
+  it('fails a call whose deadline passes with TIMEOUT and drops its handler', async () => {
+    const err = await client.call('echo', { value: 1, delayMs: 300 }, { deadlineMs: 30 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(KeystoreError);
+    expect((err as KeystoreError).reason).toBe('TIMEOUT');
+    expect((err as KeystoreError).retryable).toBe(true);
+    expect(client.pendingCount).toBe(0);
+    // The late answer arrives and is ignored; the connection stays usable.
+    await sleep(350);
+    expect(client.pendingCount).toBe(0);
+    await expect(client.call('echo', { value: 2 })).resolves.toEqual({ value: 2 });
+  });
+
+  it('passes handler errors through with their reason, and hides unexpected ones', async () => {
+    const e1 = (await client.call('fail', {}).catch((e: unknown) => e)) as KeystoreError;
+    expect(e1.reason).toBe('KEY_INTEGRITY');
+    expect(e1.message).toBe('blob does not open');
+    const e2 = (await client.call('crash', {}).catch((e: unknown) => e)) as KeystoreError;
+    expect(e2.reason).toBe('INTERNAL');
+    expect(e2.message).not.toContain('secret-looking');
+  });
+
+  it('rejects unknown fields, wrong types, unknown methods', async () => {
+    const unknownField = (await client.call('echo', { value: 1, extra: true }).catch((e: unknown) => e)) as KeystoreError;
+    expect(unknownField.reason).toBe('INVALID_PARAMS');
+    expect(unknownField.message).toContain('"extra"');
+    const wrongType = (await client.call('echo', { value: 'one' }).catch((e: unknown) => e)) as KeystoreError;
+    expect(wrongType.reason).toBe('INVALID_PARAMS');
+    expect(wrongType.message).toContain('params.value');
+    const noMethod = (await client.call('nope', {}).catch((e: unknown) => e)) as KeystoreError;
+    expect(noMethod.reason).toBe('METHOD_NOT_FOUND');
+  });
+
+  it('answers OVERLOADED beyond the server concurrency cap and keeps serving', async () => {
+    const capped = new RpcServer({ name: 'capped', methods: methods(), logger: log.logger, maxConcurrent: 4 });
+    await capped.listen(transport, 'vsock://16:5002');
+    const c = new RpcClient({ name: 'to-capped', transport, address: 'vsock://16:5002', logger: log.logger });
+    await c.waitConnected(2000);
+    const settled = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => c.call('echo', { value: i, delayMs: 50 })));
+    const rejected = settled.filter((s): s is PromiseRejectedResult => s.status === 'rejected');
+    expect(settled.filter((s) => s.status === 'fulfilled')).toHaveLength(4);
+    expect(rejected.map((r) => (r.reason as KeystoreError).reason)).toEqual(Array(6).fill('OVERLOADED'));
+    expect(rejected.every((r) => (r.reason as KeystoreError).retryable)).toBe(true);
+    expect(capped.stats.overloaded).toBe(6);
+    await expect(c.call('echo', { value: 99 })).resolves.toEqual({ value: 99 });
+    await c.close();
+    await capped.close(100);
+  });
+
+  it('answers OVERLOADED beyond the client in-flight cap without sending', async () => {
+    const small = new RpcClient({ name: 'small', transport, address: ADDRESS, logger: log.logger, maxInFlight: 2 });
+    await small.waitConnected(2000);
+    const calls = [0, 1, 2].map((i) => small.call('echo', { value: i, delayMs: 30 }).catch((e: unknown) => e));
+    const [a, b, c] = await Promise.all(calls);
+    expect(a).toEqual({ value: 0 });
+    expect(b).toEqual({ value: 1 });
+    expect((c as KeystoreError).reason).toBe('OVERLOADED');
+    await small.close();
+  });
+
+  it('reconnects after the server restarts mid-stream; in-flight calls fail retryably', async () => {
+    const inflight = client.call('gated', { value: 1 }).catch((e: unknown) => e);
+    await waitFor(() => server.stats.inFlight === 1, 2000, 'request to reach the server');
+    await server.close(0); // stops without waiting for the slow handler
+    const err = (await inflight) as KeystoreError;
+    expect(err.reason).toBe('UNAVAILABLE');
+    expect(err.retryable).toBe(true);
+    expect(client.pendingCount).toBe(0);
+
+    // While nothing listens, calls fail fast with UNAVAILABLE rather than waiting for their deadline.
+    await waitFor(() => !client.connected, 2000, 'disconnect');
+    const down = (await client.call('echo', { value: 2 }, { deadlineMs: 60_000 }).catch((e: unknown) => e)) as KeystoreError;
+    expect(down.reason).toBe('UNAVAILABLE');
+
+    server = new RpcServer({ name: 'test-server-2', methods: methods(), logger: log.logger });
+    await server.listen(transport, ADDRESS);
+    await waitFor(() => client.connected, 10_000, 'reconnect');
+    await expect(client.call('echo', { value: 3 })).resolves.toEqual({ value: 3 });
+  });
+});
+
+describe('RPC server isolation', () => {
+  let runDir: string;
+  let transport: SimulatedVsockTransport;
+  let server: RpcServer;
+  let client: RpcClient;
+  let log: ReturnType<typeof captureLogger>;
+
+  beforeEach(async () => {
+    runDir = tempRunDir();
+    log = captureLogger();
+    transport = new SimulatedVsockTransport(runDir);
+    server = new RpcServer({ name: 'iso', methods: methods(), logger: log.logger, maxFrameBytes: 64 * 1024 });
+    await server.listen(transport, ADDRESS);
+    client = new RpcClient({ name: 'good', transport, address: ADDRESS, logger: log.logger });
+    await client.waitConnected(2000);
+  });
+
+  afterEach(async () => {
+    await client.close();
+    await server.close(100);
+    fs.rmSync(runDir, { recursive: true, force: true });
+  });
+
+  /** Opens a raw connection, writes `bytes`, and resolves when the server closes it. */
+  function sendRaw(bytes: Buffer): Promise<{ closedByServer: boolean; received: Buffer }> {
+    return new Promise((resolve) => {
+      const sock = net.connect(simulatedSocketPath(runDir, ADDRESS));
+      const received: Buffer[] = [];
+      const timer = setTimeout(() => {
+        sock.destroy();
+        resolve({ closedByServer: false, received: Buffer.concat(received) });
+      }, 3000);
+      sock.on('data', (d) => received.push(d));
+      sock.on('error', () => undefined);
+      sock.on('close', () => {
+        clearTimeout(timer);
+        resolve({ closedByServer: true, received: Buffer.concat(received) });
+      });
+      sock.write(bytes);
+    });
+  }
+
+  async function expectGoodClientServed(): Promise<void> {
+    await expect(client.call('echo', { value: 42 })).resolves.toEqual({ value: 42 });
+  }
+
+  it('closes only the connection that sent an oversized length, with a logged reason', async () => {
+    const header = Buffer.alloc(8);
+    header.writeUInt32BE(64 * 1024 + 1, 0);
+    const res = await sendRaw(header);
+    expect(res.closedByServer).toBe(true);
+    await waitFor(() => log.text().includes('FRAME_TOO_LARGE'), 2000, 'log line');
+    await expectGoodClientServed();
+  });
+
+  it('closes only the connection with a bad CRC, with a logged reason', async () => {
+    const frame = encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'echo', params: { value: 1 } })));
+    frame.writeUInt32BE((frame.readUInt32BE(4) ^ 1) >>> 0, 4);
+    const res = await sendRaw(frame);
+    expect(res.closedByServer).toBe(true);
+    expect(res.received.length).toBe(0); // nothing was executed or answered
+    await waitFor(() => log.text().includes('FRAME_BAD_CRC'), 2000, 'log line');
+    await expectGoodClientServed();
+  });
+
+  it('closes only the connection that sent a frame that is not JSON', async () => {
+    const res = await sendRaw(encodeFrame(Buffer.from('{not json')));
+    expect(res.closedByServer).toBe(true);
+    await waitFor(() => log.text().includes('BAD_JSON'), 2000, 'log line');
+    await expectGoodClientServed();
+  });
+
+  it('survives arbitrary garbage on many connections', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.uint8Array({ minLength: 9, maxLength: 2048 }), async (bytes) => {
+        // A garbage header whose length is within the limit waits for more bytes; end the stream so the
+        // server must decide. Either way the server must not crash and must keep serving the good client.
+        const sock = net.connect(simulatedSocketPath(runDir, ADDRESS));
+        sock.on('error', () => undefined);
+        await new Promise<void>((r) => sock.once('connect', () => r()));
+        sock.end(Buffer.from(bytes));
+        await new Promise<void>((r) => sock.once('close', () => r()));
+        await expectGoodClientServed();
+      }),
+      { numRuns: 40 },
+    );
+    expect(server.stats.protocolErrors).toBeGreaterThan(0);
+  });
+
+  it('answers a valid frame with a bad envelope with INVALID_REQUEST and keeps the connection', async () => {
+    const sock = net.connect(simulatedSocketPath(runDir, ADDRESS));
+    const received: Buffer[] = [];
+    sock.on('data', (d) => received.push(d));
+    await new Promise<void>((r) => sock.once('connect', () => r()));
+    sock.write(encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '1.0', id: 7, method: 'echo' }))));
+    sock.write(encodeFrame(Buffer.from(JSON.stringify([{ jsonrpc: '2.0', id: 8, method: 'echo' }]))));
+    sock.write(encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'echo', params: { value: 5 } }))));
+    await waitFor(() => Buffer.concat(received).length > 0 && Buffer.concat(received).toString().includes('"id":9'), 3000, 'answers');
+    const text = Buffer.concat(received).toString();
+    expect(text).toContain('"id":7');
+    expect(text).toContain('INVALID_REQUEST');
+    expect(text).toContain('batch requests are not supported');
+    expect(text).toContain('"result":{"value":5}');
+    sock.destroy();
+  });
+});
+
+describe('backoff', () => {
+  it('grows exponentially, is capped, and is jittered within [ceiling/2, ceiling]', () => {
+    const opts = { initialMs: 50, maxMs: 2000 };
+    expect(backoffDelay(0, opts, () => 0)).toBe(25);
+    expect(backoffDelay(0, opts, () => 1)).toBe(50);
+    expect(backoffDelay(3, opts, () => 1)).toBe(400);
+    expect(backoffDelay(40, opts, () => 1)).toBe(2000);
+    expect(backoffDelay(40, opts, () => 0)).toBe(1000);
+  });
+});
