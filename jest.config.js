@@ -1,5 +1,5 @@
-/** Jest runs TypeScript through SWC and also transforms the ESM-only packages (@noble v2/v3, viem's deps) to CJS. */
-const esmOnly = ['@noble', '@scure', 'viem', 'ox', 'abitype', 'cbor-x'].join('|');
+/** Jest runs TypeScript through esbuild and also transforms the ESM-only packages (@noble v2/v3, ...) to CJS. */
+const esmOnly = ['@noble', '@scure'].join('|');
 
 /** @type {import('jest').Config} */
 module.exports = {
@@ -7,10 +7,7 @@ module.exports = {
   roots: ['<rootDir>/shared', '<rootDir>/enclave', '<rootDir>/parent', '<rootDir>/client', '<rootDir>/sim', '<rootDir>/test', '<rootDir>/scripts'],
   testMatch: ['**/*.test.ts'],
   transform: {
-    '^.+\\.(ts|js|mjs|cjs)$': [
-      '@swc/jest',
-      { jsc: { parser: { syntax: 'typescript' }, target: 'es2022' }, module: { type: 'commonjs' } },
-    ],
+    '^.+\\.(ts|js|mjs|cjs)$': '<rootDir>/scripts/jest-esbuild-transform.js',
   },
   transformIgnorePatterns: [`/node_modules/(?!(${esmOnly})/)`],
   moduleFileExtensions: ['ts', 'js', 'mjs', 'cjs', 'json', 'node'],
