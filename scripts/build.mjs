@@ -8,10 +8,14 @@ import path from 'node:path';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
 /** One entry per runnable program; add programs here as they appear. @type {{name: string, entry: string}[]} */
-export const programs = [];
+export const programs = [
+  { name: 'kms-emulator', entry: 'sim/src/kms/main.ts' },
+  { name: 'nsm-sim', entry: 'sim/src/nsm/main.ts' },
+];
 
 /** Native addons stay outside the bundle and are loaded at run time. */
-const external = ['node-vsock-linux-x64-gnu', 'better-sqlite3'];
+// cbor-extract is cbor-x's optional native decoder; cbor-x falls back to JavaScript without it.
+const external = ['node-vsock-linux-x64-gnu', 'better-sqlite3', 'cbor-extract'];
 
 mkdirSync(path.join(root, 'dist'), { recursive: true });
 for (const { name, entry } of programs) {

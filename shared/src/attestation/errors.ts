@@ -1,0 +1,26 @@
+/** Why an attestation document was refused: every failure has its own code. */
+export type AttestationErrorCode =
+  | 'MALFORMED'
+  | 'UNSUPPORTED_ALGORITHM'
+  | 'BAD_SIGNATURE'
+  | 'UNTRUSTED_ROOT'
+  | 'CHAIN_BROKEN'
+  | 'CERT_EXPIRED'
+  | 'CERT_NOT_YET_VALID'
+  | 'CERT_CONSTRAINTS'
+  | 'STALE'
+  | 'FROM_THE_FUTURE'
+  | 'NONCE_MISMATCH'
+  | 'USER_DATA_MISMATCH'
+  | 'PCR_MISMATCH'
+  | 'MISSING_PUBLIC_KEY';
+
+export class AttestationError extends Error {
+  override readonly name = 'AttestationError';
+  constructor(
+    readonly code: AttestationErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}

@@ -1,0 +1,399 @@
+/**
+ * KMS operations: CreateKey, DescribeKey, ListKeys, GetPublicKey, Encrypt, Decrypt, GenerateDataKey,
+ * GenerateRandom, PutKeyPolicy, GetKeyPolicy, EnableKey, DisableKey. Shapes and errors follow the KMS API
+ * reference; `Recipient` answers carry CMS EnvelopedData for the attested enclave key instead of plaintext.
+ *
+ * Symmetric ciphertext is this emulator's own format (AES-256-GCM, encryption context bound as AAD, key id
+ * inside); RSA ciphertext is plain RSAES-OAEP, as real KMS accepts from anyone holding the public key.
+ */
+import {
+  constants,
+  createCipheriv,
+  createDecipheriv,
+  createPrivateKey,
+  createPublicKey,
+  generateKeyPairSync,
+  privateDecrypt,
+  publicEncrypt,
+  randomBytes,
+  randomUUID,
+  type KeyObject,
+} from 'node:crypto';
+import { z } from 'zod';
+import { AttestationError, verifyAttestation } from '../../../shared/src/attestation';
+import { buildEnvelopedData } from './cms-writer';
+import { KmsError } from './errors';
+import { defaultKeyPolicy, evaluatePolicy, parsePolicy } from './policy';
+import type { KeyRecord, KeySpec, KmsState } from './state';
+
+export interface EmulatorConfig {
+  region: string;
+  account: string;
+  /** Trust anchors for Recipient attestation documents (PEM). */
+  trustRoots: string[];
+  maxDocAgeMs: number;
+}
+
+export interface Caller {
+  principalArn: string;
+  account: string;
+}
+
+const b64 = z.string().regex(/^[A-Za-z0-9+/]*={0,2}$/, 'must be base64');
+const context = z.record(z.string(), z.string()).optional();
+const RecipientSchema = z.object({ KeyEncryptionAlgorithm: z.literal('RSAES_OAEP_SHA_256').optional(), AttestationDocument: b64 });
+const rsaAlgorithms = ['RSAES_OAEP_SHA_256', 'RSAES_OAEP_SHA_1'] as const;
+const algorithm = z.enum(['SYMMETRIC_DEFAULT', ...rsaAlgorithms]).optional();
+
+const Schemas = {
+  CreateKey: z.object({
+    KeySpec: z.enum(['SYMMETRIC_DEFAULT', 'RSA_2048', 'RSA_3072', 'RSA_4096']).optional(),
+    CustomerMasterKeySpec: z.string().optional(),
+    KeyUsage: z.literal('ENCRYPT_DECRYPT').optional(),
+    Description: z.string().max(8192).optional(),
+    Policy: z.string().optional(),
+    BypassPolicyLockoutSafetyCheck: z.boolean().optional(),
+    Tags: z.array(z.object({ TagKey: z.string(), TagValue: z.string() })).optional(),
+  }),
+  DescribeKey: z.object({ KeyId: z.string().min(1) }),
+  ListKeys: z.object({ Limit: z.number().int().min(1).max(1000).optional(), Marker: z.string().optional() }),
+  GetPublicKey: z.object({ KeyId: z.string().min(1) }),
+  Encrypt: z.object({ KeyId: z.string().min(1), Plaintext: b64, EncryptionContext: context, EncryptionAlgorithm: algorithm }),
+  Decrypt: z.object({
+    KeyId: z.string().min(1).optional(),
+    CiphertextBlob: b64,
+    EncryptionContext: context,
+    EncryptionAlgorithm: algorithm,
+    Recipient: RecipientSchema.optional(),
+    GrantTokens: z.array(z.string()).optional(),
+  }),
+  GenerateDataKey: z.object({
+    KeyId: z.string().min(1),
+    KeySpec: z.enum(['AES_256', 'AES_128']).optional(),
+    NumberOfBytes: z.number().int().min(1).max(1024).optional(),
+    EncryptionContext: context,
+    Recipient: RecipientSchema.optional(),
+    GrantTokens: z.array(z.string()).optional(),
+  }),
+  GenerateRandom: z.object({ NumberOfBytes: z.number().int().min(1).max(1024).optional(), Recipient: RecipientSchema.optional() }),
+  PutKeyPolicy: z.object({ KeyId: z.string().min(1), Policy: z.string().min(1), PolicyName: z.string().optional(), BypassPolicyLockoutSafetyCheck: z.boolean().optional() }),
+  GetKeyPolicy: z.object({ KeyId: z.string().min(1), PolicyName: z.string().optional() }),
+  EnableKey: z.object({ KeyId: z.string().min(1) }),
+  DisableKey: z.object({ KeyId: z.string().min(1) }),
+};
+
+export type Operation = keyof typeof Schemas;
+export const OPERATIONS = Object.keys(Schemas) as Operation[];
+
+const SYMMETRIC_BLOB_VERSION = 1;
+const INVALID_CIPHERTEXT = 'The ciphertext is invalid, or does not match the key, algorithm or encryption context.';
+
+function parse<S extends z.ZodType>(schema: S, body: unknown): z.output<S> {
+  const res = schema.safeParse(body);
+  if (!res.success) {
+    const issue = res.error.issues[0];
+    throw new KmsError('ValidationException', `1 validation error detected: Value at '${issue?.path.join('.') ?? ''}' failed to satisfy constraint: ${issue?.message ?? 'invalid'}`);
+  }
+  return res.data;
+}
+
+/** Canonical bytes of an encryption context: entries sorted by key, so only the order may differ. */
+function contextAad(ctx: Record<string, string> | undefined): Buffer {
+  const entries = Object.entries(ctx ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+  return Buffer.from(JSON.stringify(entries), 'utf8');
+}
+
+export class KmsEmulator {
+  constructor(
+    private readonly state: KmsState,
+    private readonly config: EmulatorConfig,
+  ) {
+    for (const root of config.trustRoots) createPublicKey(root); // fail at start on a bad trust root
+  }
+
+  async handle(op: string, body: unknown, caller: Caller): Promise<object> {
+    switch (op as Operation) {
+      case 'CreateKey':
+        return this.createKey(parse(Schemas.CreateKey, body), caller);
+      case 'DescribeKey': {
+        const key = this.authorize(parse(Schemas.DescribeKey, body).KeyId, 'kms:DescribeKey', caller, {}, { allowDisabled: true });
+        return { KeyMetadata: this.metadata(key) };
+      }
+      case 'ListKeys':
+        return this.listKeys(parse(Schemas.ListKeys, body));
+      case 'GetPublicKey':
+        return this.getPublicKey(parse(Schemas.GetPublicKey, body), caller);
+      case 'Encrypt':
+        return this.encrypt(parse(Schemas.Encrypt, body), caller);
+      case 'Decrypt':
+        return this.decrypt(parse(Schemas.Decrypt, body), caller);
+      case 'GenerateDataKey':
+        return this.generateDataKey(parse(Schemas.GenerateDataKey, body), caller);
+      case 'GenerateRandom':
+        return this.generateRandom(parse(Schemas.GenerateRandom, body));
+      case 'PutKeyPolicy': {
+        const req = parse(Schemas.PutKeyPolicy, body);
+        this.checkPolicyName(req.PolicyName);
+        const key = this.authorize(req.KeyId, 'kms:PutKeyPolicy', caller, {}, { allowDisabled: true });
+        parsePolicy(req.Policy);
+        key.policy = req.Policy;
+        this.state.save();
+        return {};
+      }
+      case 'GetKeyPolicy': {
+        const req = parse(Schemas.GetKeyPolicy, body);
+        this.checkPolicyName(req.PolicyName);
+        const key = this.authorize(req.KeyId, 'kms:GetKeyPolicy', caller, {}, { allowDisabled: true });
+        return { Policy: key.policy, PolicyName: 'default' };
+      }
+      case 'EnableKey':
+      case 'DisableKey': {
+        const key = this.authorize(parse(Schemas.EnableKey, body).KeyId, `kms:${op}`, caller, {}, { allowDisabled: true });
+        key.keyState = op === 'EnableKey' ? 'Enabled' : 'Disabled';
+        this.state.save();
+        return {};
+      }
+      default:
+        throw new KmsError('UnknownOperationException', `Unknown operation ${op}`);
+    }
+  }
+
+  private checkPolicyName(name: string | undefined): void {
+    if (name !== undefined && name !== 'default') throw new KmsError('NotFoundException', `Policy ${name} does not exist.`);
+  }
+
+  private createKey(req: z.output<(typeof Schemas)['CreateKey']>, caller: Caller): object {
+    const keySpec: KeySpec = req.KeySpec ?? 'SYMMETRIC_DEFAULT';
+    const policy = req.Policy ?? defaultKeyPolicy(this.config.account);
+    parsePolicy(policy);
+    let material: string;
+    if (keySpec === 'SYMMETRIC_DEFAULT') {
+      material = randomBytes(32).toString('base64');
+    } else {
+      const { privateKey } = generateKeyPairSync('rsa', { modulusLength: Number(keySpec.slice(4)), publicExponent: 65537 });
+      material = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
+    }
+    const keyId = randomUUID();
+    const key: KeyRecord = {
+      keyId,
+      arn: `arn:aws:kms:${this.config.region}:${caller.account}:key/${keyId}`,
+      keySpec,
+      keyUsage: 'ENCRYPT_DECRYPT',
+      keyState: 'Enabled',
+      description: req.Description ?? '',
+      createdAt: Math.floor(Date.now() / 1000),
+      material,
+      policy,
+    };
+    this.state.keys.set(keyId, key);
+    this.state.save();
+    return { KeyMetadata: this.metadata(key) };
+  }
+
+  private listKeys(req: z.output<(typeof Schemas)['ListKeys']>): object {
+    const all = [...this.state.keys.values()].sort((a, b) => a.createdAt - b.createdAt || a.keyId.localeCompare(b.keyId));
+    const start = req.Marker ? Number(Buffer.from(req.Marker, 'base64').toString()) : 0;
+    if (!Number.isInteger(start) || start < 0) throw new KmsError('ValidationException', 'Invalid Marker');
+    const limit = req.Limit ?? 100;
+    const page = all.slice(start, start + limit);
+    const truncated = start + limit < all.length;
+    return {
+      Keys: page.map((k) => ({ KeyId: k.keyId, KeyArn: k.arn })),
+      Truncated: truncated,
+      ...(truncated ? { NextMarker: Buffer.from(String(start + limit)).toString('base64') } : {}),
+    };
+  }
+
+  private getPublicKey(req: z.output<(typeof Schemas)['GetPublicKey']>, caller: Caller): object {
+    const key = this.authorize(req.KeyId, 'kms:GetPublicKey', caller, {});
+    if (key.keySpec === 'SYMMETRIC_DEFAULT') throw new KmsError('UnsupportedOperationException', `${key.arn} key usage is not supported for GetPublicKey: it is a symmetric key.`);
+    const spki = createPublicKey(createPrivateKey(key.material)).export({ type: 'spki', format: 'der' });
+    return {
+      KeyId: key.arn,
+      PublicKey: spki.toString('base64'),
+      KeySpec: key.keySpec,
+      CustomerMasterKeySpec: key.keySpec,
+      KeyUsage: key.keyUsage,
+      EncryptionAlgorithms: [...rsaAlgorithms],
+    };
+  }
+
+  private encrypt(req: z.output<(typeof Schemas)['Encrypt']>, caller: Caller): object {
+    const key = this.authorize(req.KeyId, 'kms:Encrypt', caller, this.contextValues(req.EncryptionContext, req.EncryptionAlgorithm));
+    const plaintext = Buffer.from(req.Plaintext, 'base64');
+    if (plaintext.length < 1 || plaintext.length > 4096) throw new KmsError('ValidationException', 'Plaintext must be 1 to 4096 bytes.');
+    if (key.keySpec === 'SYMMETRIC_DEFAULT') {
+      if (req.EncryptionAlgorithm && req.EncryptionAlgorithm !== 'SYMMETRIC_DEFAULT') throw new KmsError('InvalidKeyUsageException', 'The encryption algorithm is not valid for this key.');
+      return { KeyId: key.arn, CiphertextBlob: this.sealSymmetric(key, plaintext, req.EncryptionContext).toString('base64'), EncryptionAlgorithm: 'SYMMETRIC_DEFAULT' };
+    }
+    const alg = this.rsaAlgorithm(req.EncryptionAlgorithm, req.EncryptionContext);
+    const maxPlaintext = Number(key.keySpec.slice(4)) / 8 - 2 * (alg === 'RSAES_OAEP_SHA_256' ? 32 : 20) - 2;
+    if (plaintext.length > maxPlaintext) throw new KmsError('ValidationException', `Plaintext is too long for ${key.keySpec} with ${alg}.`);
+    const ct = publicEncrypt({ key: createPublicKey(createPrivateKey(key.material)), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === 'RSAES_OAEP_SHA_256' ? 'sha256' : 'sha1' }, plaintext);
+    return { KeyId: key.arn, CiphertextBlob: ct.toString('base64'), EncryptionAlgorithm: alg };
+  }
+
+  private async decrypt(req: z.output<(typeof Schemas)['Decrypt']>, caller: Caller): Promise<object> {
+    const blob = Buffer.from(req.CiphertextBlob, 'base64');
+    if (blob.length < 1 || blob.length > 6144) throw new KmsError('ValidationException', 'CiphertextBlob must be 1 to 6144 bytes.');
+    const keyRef = req.KeyId ?? this.symmetricBlobKeyId(blob);
+    const recipient = req.Recipient ? this.verifyRecipient(req.Recipient.AttestationDocument) : undefined;
+    const key = this.authorize(keyRef, 'kms:Decrypt', caller, { ...this.contextValues(req.EncryptionContext, req.EncryptionAlgorithm), ...recipient?.conditionValues });
+
+    let plaintext: Buffer;
+    let algorithmUsed: string;
+    if (key.keySpec === 'SYMMETRIC_DEFAULT') {
+      if (req.EncryptionAlgorithm && req.EncryptionAlgorithm !== 'SYMMETRIC_DEFAULT') throw new KmsError('IncorrectKeyException', 'The key is symmetric but an asymmetric algorithm was given.');
+      plaintext = this.openSymmetric(key, blob, req.EncryptionContext);
+      algorithmUsed = 'SYMMETRIC_DEFAULT';
+    } else {
+      if (!req.KeyId) throw new KmsError('ValidationException', 'KeyId is required to decrypt with an asymmetric key.');
+      const alg = this.rsaAlgorithm(req.EncryptionAlgorithm, req.EncryptionContext);
+      try {
+        plaintext = privateDecrypt({ key: createPrivateKey(key.material), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === 'RSAES_OAEP_SHA_256' ? 'sha256' : 'sha1' }, blob);
+      } catch {
+        throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT);
+      }
+      algorithmUsed = alg;
+    }
+    if (recipient) {
+      const out = { KeyId: key.arn, EncryptionAlgorithm: algorithmUsed, CiphertextForRecipient: buildEnvelopedData(plaintext, recipient.publicKey).toString('base64') };
+      plaintext.fill(0);
+      return out;
+    }
+    return { KeyId: key.arn, Plaintext: plaintext.toString('base64'), EncryptionAlgorithm: algorithmUsed, KeyMaterialId: key.keyId };
+  }
+
+  private async generateDataKey(req: z.output<(typeof Schemas)['GenerateDataKey']>, caller: Caller): Promise<object> {
+    if ((req.KeySpec === undefined) === (req.NumberOfBytes === undefined)) {
+      throw new KmsError('ValidationException', 'Specify exactly one of KeySpec and NumberOfBytes.');
+    }
+    const recipient = req.Recipient ? this.verifyRecipient(req.Recipient.AttestationDocument) : undefined;
+    const key = this.authorize(req.KeyId, 'kms:GenerateDataKey', caller, { ...this.contextValues(req.EncryptionContext, undefined), ...recipient?.conditionValues });
+    if (key.keySpec !== 'SYMMETRIC_DEFAULT') throw new KmsError('InvalidKeyUsageException', `${key.arn} key usage is not supported for GenerateDataKey: it is an asymmetric key.`);
+    const n = req.NumberOfBytes ?? (req.KeySpec === 'AES_128' ? 16 : 32);
+    const dataKey = randomBytes(n);
+    const out: Record<string, string> = { KeyId: key.arn, CiphertextBlob: this.sealSymmetric(key, dataKey, req.EncryptionContext).toString('base64') };
+    if (recipient) out.CiphertextForRecipient = buildEnvelopedData(dataKey, recipient.publicKey).toString('base64');
+    else out.Plaintext = dataKey.toString('base64');
+    dataKey.fill(0);
+    return out;
+  }
+
+  private generateRandom(req: z.output<(typeof Schemas)['GenerateRandom']>): object {
+    const bytes = randomBytes(req.NumberOfBytes ?? 32);
+    if (req.Recipient) {
+      const recipient = this.verifyRecipient(req.Recipient.AttestationDocument);
+      return { CiphertextForRecipient: buildEnvelopedData(bytes, recipient.publicKey).toString('base64') };
+    }
+    return { Plaintext: bytes.toString('base64') };
+  }
+
+  /** Verifies a Recipient attestation document and returns its RSA key and the condition values it provides. */
+  private verifyRecipient(documentB64: string): { publicKey: KeyObject; conditionValues: Record<string, string> } {
+    const doc = Buffer.from(documentB64, 'base64');
+    if (doc.length < 1 || doc.length > 262144) throw new KmsError('ValidationException', 'AttestationDocument must be 1 to 262144 bytes.');
+    if (this.config.trustRoots.length === 0) throw new KmsError('ValidationException', 'The attestation document cannot be verified: the emulator has no trust root.');
+    let verified;
+    try {
+      verified = verifyAttestation(doc, { trustedRoots: this.config.trustRoots, at: new Date(), maxAgeMs: this.config.maxDocAgeMs, requirePublicKey: true });
+    } catch (err) {
+      const reason = err instanceof AttestationError ? `${err.code}: ${err.message}` : 'unreadable';
+      throw new KmsError('ValidationException', `The attestation document is not valid (${reason}).`);
+    }
+    let publicKey: KeyObject;
+    try {
+      publicKey = createPublicKey({ key: verified.document.publicKey as Buffer, format: 'der', type: 'spki' });
+    } catch {
+      throw new KmsError('ValidationException', 'The attestation document public_key is not a DER SubjectPublicKeyInfo.');
+    }
+    if (publicKey.asymmetricKeyType !== 'rsa') throw new KmsError('ValidationException', 'The attestation document public_key is not an RSA key.');
+    const conditionValues: Record<string, string> = {};
+    for (const [i, v] of verified.document.pcrs) conditionValues[`kms:RecipientAttestation:PCR${i}`] = v.toString('hex');
+    const pcr0 = verified.document.pcrs.get(0);
+    if (pcr0) conditionValues['kms:RecipientAttestation:ImageSha384'] = pcr0.toString('hex');
+    return { publicKey, conditionValues };
+  }
+
+  private contextValues(ctx: Record<string, string> | undefined, alg: string | undefined): Record<string, string | string[]> {
+    const out: Record<string, string | string[]> = {};
+    if (ctx) {
+      for (const [k, v] of Object.entries(ctx)) out[`kms:EncryptionContext:${k}`] = v;
+      out['kms:EncryptionContextKeys'] = Object.keys(ctx);
+    }
+    if (alg) out['kms:EncryptionAlgorithm'] = alg;
+    return out;
+  }
+
+  private rsaAlgorithm(alg: string | undefined, ctx: Record<string, string> | undefined): (typeof rsaAlgorithms)[number] {
+    if (ctx && Object.keys(ctx).length > 0) throw new KmsError('ValidationException', 'EncryptionContext is not supported with asymmetric keys.');
+    if (alg !== 'RSAES_OAEP_SHA_256' && alg !== 'RSAES_OAEP_SHA_1') {
+      throw new KmsError('InvalidKeyUsageException', 'An asymmetric key needs EncryptionAlgorithm RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1.');
+    }
+    return alg;
+  }
+
+  private findKey(ref: string): KeyRecord {
+    if (ref.startsWith('alias/') || ref.includes(':alias/')) throw new KmsError('NotFoundException', `Alias ${ref} is not found.`);
+    const id = ref.startsWith('arn:') ? (/:key\/([0-9a-f-]{36})$/.exec(ref)?.[1] ?? '') : ref;
+    const key = this.state.keys.get(id);
+    if (!key || (ref.startsWith('arn:') && key.arn !== ref)) throw new KmsError('NotFoundException', `Key '${ref}' does not exist`);
+    return key;
+  }
+
+  private authorize(ref: string, action: string, caller: Caller, values: Record<string, string | string[]>, opts: { allowDisabled?: boolean } = {}): KeyRecord {
+    const key = this.findKey(ref);
+    const decision = evaluatePolicy(parsePolicy(key.policy), { action, principalArn: caller.principalArn, account: caller.account, keyArn: key.arn, values });
+    if (!decision.allowed) {
+      throw new KmsError('AccessDeniedException', `User: ${caller.principalArn} is not authorized to perform: ${action} on resource: ${key.arn} because ${decision.reason}`);
+    }
+    if (!opts.allowDisabled && key.keyState === 'Disabled') throw new KmsError('DisabledException', `${key.arn} is disabled.`);
+    return key;
+  }
+
+  private sealSymmetric(key: KeyRecord, plaintext: Buffer, ctx: Record<string, string> | undefined): Buffer {
+    const iv = randomBytes(12);
+    const cipher = createCipheriv('aes-256-gcm', Buffer.from(key.material, 'base64'), iv);
+    cipher.setAAD(contextAad(ctx));
+    const ct = Buffer.concat([cipher.update(plaintext), cipher.final()]);
+    const id = Buffer.from(key.keyId.replace(/-/g, ''), 'hex');
+    return Buffer.concat([Buffer.from([SYMMETRIC_BLOB_VERSION]), id, iv, cipher.getAuthTag(), ct]);
+  }
+
+  private symmetricBlobKeyId(blob: Buffer): string {
+    if (blob.length < 1 + 16 + 12 + 16 || blob[0] !== SYMMETRIC_BLOB_VERSION) throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT);
+    const h = blob.subarray(1, 17).toString('hex');
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
+  private openSymmetric(key: KeyRecord, blob: Buffer, ctx: Record<string, string> | undefined): Buffer {
+    if (this.symmetricBlobKeyId(blob) !== key.keyId) throw new KmsError('IncorrectKeyException', 'The key ID in the request does not identify a CMK that can perform this operation.');
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', Buffer.from(key.material, 'base64'), blob.subarray(17, 29));
+      decipher.setAAD(contextAad(ctx));
+      decipher.setAuthTag(blob.subarray(29, 45));
+      return Buffer.concat([decipher.update(blob.subarray(45)), decipher.final()]);
+    } catch {
+      throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT);
+    }
+  }
+
+  private metadata(key: KeyRecord): object {
+    return {
+      AWSAccountId: key.arn.split(':')[4],
+      KeyId: key.keyId,
+      Arn: key.arn,
+      CreationDate: key.createdAt,
+      Enabled: key.keyState === 'Enabled',
+      Description: key.description,
+      KeyUsage: key.keyUsage,
+      KeyState: key.keyState,
+      Origin: 'AWS_KMS',
+      KeyManager: 'CUSTOMER',
+      CustomerMasterKeySpec: key.keySpec,
+      KeySpec: key.keySpec,
+      EncryptionAlgorithms: key.keySpec === 'SYMMETRIC_DEFAULT' ? ['SYMMETRIC_DEFAULT'] : [...rsaAlgorithms],
+      MultiRegion: false,
+    };
+  }
+}

@@ -1,0 +1,67 @@
+/**
+ * PCR arithmetic and the simulated image measurement.
+ *
+ * Real Nitro: PCRn = SHA384(0^48 ‖ H) for the image parts, extend = SHA384(old ‖ data), PCR3 = extend of the
+ * parent's IAM role ARN, PCR4 = extend of its instance id (nitro-kms-facts §3.4). The simulation has no EIF,
+ * so it measures the files the enclave would run from (bundle and configuration, in a fixed order): any byte
+ * that changes in them changes PCR0, as a rebuilt image would.
+ */
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+
+export const PCR_BYTES = 48;
+export const ZERO_PCR = Buffer.alloc(PCR_BYTES);
+
+const sha384 = (...parts: Uint8Array[]) => {
+  const h = createHash('sha384');
+  for (const p of parts) h.update(p);
+  return h.digest();
+};
+
+export function extendPcr(current: Uint8Array, data: Uint8Array): Buffer {
+  return sha384(current, data);
+}
+
+export interface Measurements {
+  PCR0: string;
+  PCR1: string;
+  PCR2: string;
+}
+
+const KERNEL_DIGEST = sha384(Buffer.from('nitro-keystore-sim:kernel+ramfs'));
+
+/** Digest of the application files: each as u64 BE length then bytes, in the given order. */
+export function applicationDigest(contents: Uint8Array[]): Buffer {
+  const h = createHash('sha384');
+  for (const c of contents) {
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64BE(BigInt(c.length));
+    h.update(len).update(c);
+  }
+  return h.digest();
+}
+
+/** PCR0 (whole image), PCR1 (simulated kernel, constant), PCR2 (application) for the given files. */
+export function measureContents(contents: Uint8Array[]): Measurements {
+  const app = applicationDigest(contents);
+  return {
+    PCR0: extendPcr(ZERO_PCR, sha384(Buffer.from('nitro-keystore-sim:image'), KERNEL_DIGEST, app)).toString('hex'),
+    PCR1: extendPcr(ZERO_PCR, KERNEL_DIGEST).toString('hex'),
+    PCR2: extendPcr(ZERO_PCR, app).toString('hex'),
+  };
+}
+
+export function measureImageFiles(files: string[]): Measurements {
+  if (files.length === 0) throw new Error('no image files to measure');
+  return measureContents(files.map((f) => readFileSync(f)));
+}
+
+/** PCR3/PCR4 as Nitro computes them from the parent's role ARN and instance id. */
+export function measureString(value: string): string {
+  return extendPcr(ZERO_PCR, Buffer.from(value, 'utf8')).toString('hex');
+}
+
+/** nitro-cli's build-enclave output shape, so operators' tooling reads simulated measurements unchanged. */
+export function asNitroCliJson(m: Measurements): { Measurements: { HashAlgorithm: string } & Measurements } {
+  return { Measurements: { HashAlgorithm: 'Sha384 { ... }', ...m } };
+}

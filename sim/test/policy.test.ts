@@ -1,0 +1,73 @@
+import { evaluatePolicy, parsePolicy, type RequestContext } from '../src/kms/policy';
+
+const ACCOUNT = '111122223333';
+const ROLE = `arn:aws:iam::${ACCOUNT}:role/parent`;
+const KEY = `arn:aws:kms:us-east-1:${ACCOUNT}:key/1234abcd-12ab-34cd-56ef-1234567890ab`;
+const ctx = (over: Partial<RequestContext> = {}): RequestContext => ({ action: 'kms:Decrypt', principalArn: ROLE, account: ACCOUNT, keyArn: KEY, values: {}, ...over });
+const policy = (...Statement: object[]) => parsePolicy(JSON.stringify({ Version: '2012-10-17', Statement }));
+const allow = (extra: object = {}) => ({ Effect: 'Allow', Principal: { AWS: ROLE }, Action: 'kms:Decrypt', Resource: '*', ...extra });
+
+describe('key policy evaluation', () => {
+  it('allows a matching statement and denies implicitly otherwise', () => {
+    const p = policy(allow());
+    expect(evaluatePolicy(p, ctx()).allowed).toBe(true);
+    expect(evaluatePolicy(p, ctx({ action: 'kms:Encrypt' }))).toEqual({ allowed: false, reason: 'no statement in the key policy allows it' });
+    expect(evaluatePolicy(p, ctx({ principalArn: `arn:aws:iam::${ACCOUNT}:role/other` })).allowed).toBe(false);
+  });
+
+  it('lets an explicit Deny win over any Allow', () => {
+    const p = policy(allow(), { Sid: 'NoDecrypt', Effect: 'Deny', Principal: '*', Action: 'kms:*', Resource: '*' });
+    expect(evaluatePolicy(p, ctx())).toEqual({ allowed: false, reason: 'explicitly denied by statement NoDecrypt' });
+  });
+
+  it('matches action wildcards case-insensitively, NotAction, resources and account principals', () => {
+    expect(evaluatePolicy(policy(allow({ Action: 'KMS:Decr*' })), ctx()).allowed).toBe(true);
+    expect(evaluatePolicy(policy(allow({ Action: undefined, NotAction: 'kms:Encrypt' })), ctx()).allowed).toBe(true);
+    expect(evaluatePolicy(policy(allow({ Action: undefined, NotAction: 'kms:Decrypt' })), ctx()).allowed).toBe(false);
+    expect(evaluatePolicy(policy(allow({ Resource: KEY })), ctx()).allowed).toBe(true);
+    expect(evaluatePolicy(policy(allow({ Resource: 'arn:aws:kms:*:*:key/other' })), ctx()).allowed).toBe(false);
+    expect(evaluatePolicy(policy(allow({ Principal: { AWS: `arn:aws:iam::${ACCOUNT}:root` } })), ctx()).allowed).toBe(true);
+    expect(evaluatePolicy(policy(allow({ Principal: { AWS: 'arn:aws:iam::999999999999:root' } })), ctx()).allowed).toBe(false);
+  });
+
+  it('requires attestation values when the statement names them (absent keys fail positive operators)', () => {
+    const pcr0 = 'ab'.repeat(48);
+    const p = policy(allow({ Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:ImageSha384': pcr0, 'kms:RecipientAttestation:PCR3': 'cd'.repeat(48) } } }));
+    expect(evaluatePolicy(p, ctx()).allowed).toBe(false);
+    const attested = { 'kms:RecipientAttestation:ImageSha384': pcr0.toUpperCase(), 'kms:RecipientAttestation:PCR3': 'cd'.repeat(48) };
+    expect(evaluatePolicy(p, ctx({ values: attested })).allowed).toBe(true);
+    expect(evaluatePolicy(p, ctx({ values: { ...attested, 'kms:RecipientAttestation:PCR3': 'ce'.repeat(48) } })).allowed).toBe(false);
+    // Case-sensitive operator: an upper-case value no longer matches.
+    const strict = policy(allow({ Condition: { StringEquals: { 'KMS:RECIPIENTATTESTATION:IMAGESHA384': pcr0 } } }));
+    expect(evaluatePolicy(strict, ctx({ values: attested })).allowed).toBe(false);
+    expect(evaluatePolicy(strict, ctx({ values: { 'kms:RecipientAttestation:ImageSha384': pcr0 } })).allowed).toBe(true);
+  });
+
+  it('evaluates Null, negated operators, and set qualifiers over encryption context keys', () => {
+    const needsDoc = policy(allow({ Condition: { Null: { 'kms:RecipientAttestation:ImageSha384': 'false' } } }));
+    expect(evaluatePolicy(needsDoc, ctx()).allowed).toBe(false);
+    expect(evaluatePolicy(needsDoc, ctx({ values: { 'kms:RecipientAttestation:ImageSha384': 'x' } })).allowed).toBe(true);
+
+    const notOther = policy(allow({ Condition: { StringNotEquals: { 'kms:EncryptionContext:wallet': 'w2' } } }));
+    expect(evaluatePolicy(notOther, ctx()).allowed).toBe(true); // absent key: negated operator holds
+    expect(evaluatePolicy(notOther, ctx({ values: { 'kms:EncryptionContext:wallet': 'w2' } })).allowed).toBe(false);
+
+    const onlyWallet = policy(allow({ Condition: { 'ForAllValues:StringEquals': { 'kms:EncryptionContextKeys': ['wallet'] } } }));
+    expect(evaluatePolicy(onlyWallet, ctx({ values: { 'kms:EncryptionContextKeys': ['wallet'] } })).allowed).toBe(true);
+    expect(evaluatePolicy(onlyWallet, ctx({ values: { 'kms:EncryptionContextKeys': ['wallet', 'x'] } })).allowed).toBe(false);
+    const anyWallet = policy(allow({ Condition: { 'ForAnyValue:StringLike': { 'kms:EncryptionContextKeys': 'wal*' } } }));
+    expect(evaluatePolicy(anyWallet, ctx({ values: { 'kms:EncryptionContextKeys': ['x', 'wallet'] } })).allowed).toBe(true);
+    expect(evaluatePolicy(anyWallet, ctx({ values: { 'kms:EncryptionContextKeys': ['x'] } })).allowed).toBe(false);
+  });
+
+  it.each([
+    ['not JSON', '{'],
+    ['no Statement', JSON.stringify({ Version: '2012-10-17' })],
+    ['bad Effect', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Perhaps', Principal: '*', Action: 'kms:*' }] })],
+    ['Action and NotAction', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: 'a', NotAction: 'b' }] })],
+    ['unknown operator', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: 'a', Condition: { NumericLessThan: { x: '1' } } }] })],
+    ['unknown field', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: 'a', Extra: 1 }] })],
+  ])('rejects a malformed policy: %s', (_name, text) => {
+    expect(() => parsePolicy(text)).toThrow(expect.objectContaining({ type: 'MalformedPolicyDocumentException' }));
+  });
+});

@@ -1,0 +1,77 @@
+/**
+ * Running the built programs (dist/*.js) as real processes in tests: start one, wait for a JSON log line,
+ * collect its output, stop it (or kill -9 it).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+
+export const ROOT = path.resolve(__dirname, '../..');
+export const dist = (name: string) => path.join(ROOT, 'dist', `${name}.js`);
+
+export interface Running {
+  child: ChildProcess;
+  /** Every stdout and stderr line so far. */
+  lines: string[];
+  /** Resolves with the first JSON log line for which `match` is true. */
+  waitForLog(match: (entry: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  exited: Promise<number | null>;
+}
+
+export function startProgram(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Running {
+  const child = spawn(process.execPath, [dist(name), ...args], { env: { ...process.env, LOG_LEVEL: 'debug', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const lines: string[] = [];
+  const waiters: Array<() => void> = [];
+  const onText = (buf: Buffer) => {
+    lines.push(...buf.toString('utf8').split('\n').filter(Boolean));
+    for (const w of waiters.splice(0)) w();
+  };
+  let partialOut = '';
+  child.stdout?.on('data', (b: Buffer) => {
+    const text = partialOut + b.toString('utf8');
+    const cut = text.lastIndexOf('\n');
+    partialOut = text.slice(cut + 1);
+    if (cut >= 0) onText(Buffer.from(text.slice(0, cut + 1)));
+  });
+  child.stderr?.on('data', onText);
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => {
+    for (const w of waiters.splice(0)) w();
+    resolve(code);
+  }));
+
+  const parsed = () =>
+    lines.flatMap((l) => {
+      try {
+        return [JSON.parse(l) as Record<string, unknown>];
+      } catch {
+        return [];
+      }
+    });
+
+  return {
+    child,
+    lines,
+    exited,
+    async waitForLog(match, timeoutMs = 15_000) {
+      const until = Date.now() + timeoutMs;
+      for (;;) {
+        const hit = parsed().find(match);
+        if (hit) return hit;
+        if (child.exitCode !== null) throw new Error(`${name} exited (${child.exitCode}) before the expected log line:\n${lines.join('\n')}`);
+        if (Date.now() > until) throw new Error(`timed out waiting for a log line from ${name}:\n${lines.join('\n')}`);
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, 50);
+          waiters.push(() => {
+            clearTimeout(t);
+            r();
+          });
+        });
+      }
+    },
+    async stop(signal = 'SIGTERM') {
+      if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
+      child.kill(signal);
+      return exited;
+    },
+  };
+}
