@@ -50,6 +50,14 @@ describe('architecture', () => {
     expect(violations).toEqual([]);
   });
 
+  it('ships no simulator code in the enclave bundle', () => {
+    // esbuild marks each bundled module with a `// <path>` comment; `npm test` builds dist/ first.
+    const bundle = fs.readFileSync(path.join(root, 'dist', 'enclave.js'), 'utf8');
+    const modules = [...bundle.matchAll(/^\/\/ ((?:enclave|shared|sim|parent|client)\/[^\n]+)$/gm)].map((m) => m[1] as string);
+    expect(modules.some((m) => m.startsWith('enclave/src/'))).toBe(true);
+    expect(modules.filter((m) => !m.startsWith('enclave/src/') && !m.startsWith('shared/src/'))).toEqual([]);
+  });
+
   it('finds relative imports the way the rules need (self-check)', () => {
     const probe = path.join(root, 'enclave', 'src', '__probe__.ts');
     const text = "import { x } from '../../parent/src/y';\nexport * from '../../shared/src/z';\nconst a = require('../../sim/src/k');";

@@ -1,0 +1,70 @@
+/**
+ * Wires the enclave together from its configuration: NSM, recipient key, KMS-proxy client, key cache and
+ * service, and the RPC server. `startEnclave` returns once it listens; `stop` drains and zeroes the cache.
+ */
+import { createTransport } from '../../shared/src/transport';
+import type { Logger } from '../../shared/src/log';
+import { RpcClient, RpcServer } from '../../shared/src/rpc';
+import type { EnclaveConfig } from './config';
+import { KeyCache } from './keys/cache';
+import { KeyService } from './keys/service';
+import { RecipientKeys } from './kms/recipient';
+import { Unsealer } from './kms/unseal';
+import { enclaveMethods } from './methods';
+import { NsmClient, type NsmTransport } from './nsm/client';
+import { DeviceNsmTransport } from './nsm/device';
+import { SocketNsmTransport } from './nsm/socket';
+
+export interface RunningEnclave {
+  server: RpcServer;
+  kmsProxy: RpcClient;
+  cache: KeyCache;
+  nsm: NsmClient;
+  stop(drainMs?: number): Promise<void>;
+}
+
+function nsmTransport(config: EnclaveConfig): NsmTransport {
+  return config.nsm.kind === 'device' ? new DeviceNsmTransport(config.nsm.path) : new SocketNsmTransport(config.nsm.socket);
+}
+
+export async function startEnclave(config: EnclaveConfig, logger: Logger): Promise<RunningEnclave> {
+  const transport = createTransport(config.transport);
+  const nsm = new NsmClient(nsmTransport(config));
+  const description = await nsm.describe(); // proves the NSM answers before anything is served
+  logger.info({ nsm: nsm.kind, moduleId: description.moduleId }, 'NSM ready');
+
+  const kmsProxy = new RpcClient({
+    name: 'kms-proxy',
+    transport,
+    address: config.kmsProxy,
+    logger,
+    defaultDeadlineMs: config.limits.kmsDeadlineMs,
+    maxFrameBytes: config.limits.maxFrameBytes,
+  });
+  kmsProxy.start();
+
+  const recipient = new RecipientKeys(nsm, config.recipient);
+  const cache = new KeyCache(config.cache);
+  cache.startSweeper();
+  const unsealer = new Unsealer(kmsProxy, recipient, { kmsKeyArn: config.kmsKeyArn, deadlineMs: config.limits.kmsDeadlineMs });
+  const keys = new KeyService({ cache, unsealer, nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject });
+  const { methods } = enclaveMethods({ keys, cache, unsealer, recipient, nsm, startedAt: Date.now() });
+
+  const server = new RpcServer({ name: 'enclave', methods, logger, maxConcurrent: config.limits.maxConcurrent, maxFrameBytes: config.limits.maxFrameBytes });
+  await server.listen(transport, config.listen);
+  // Warm the recipient key and document so the first cold sign does not pay for RSA key generation.
+  void recipient.current().catch((err: unknown) => logger.warn({ error: (err as Error).message }, 'could not prepare the KMS recipient key yet'));
+
+  return {
+    server,
+    kmsProxy,
+    cache,
+    nsm,
+    async stop(drainMs = 5000) {
+      await server.close(drainMs);
+      await kmsProxy.close();
+      cache.clear();
+      nsm.transport.close();
+    },
+  };
+}

@@ -1,0 +1,92 @@
+/**
+ * The enclave's key operations: create (no KMS call), sign (cache, or exactly one attested KMS Decrypt per
+ * cold key, shared by concurrent requests), forget.
+ */
+import type { KeyObject } from 'node:crypto';
+import { birthUserData, decodeBlobBase64, encodeBlob, MAX_BLOB_BYTES } from '../../../shared/src/blob';
+import { KeystoreError } from '../../../shared/src/errors';
+import type { SignRequest, SignResult } from '../../../shared/src/signing/schema';
+import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
+import type { Unsealer } from '../kms/unseal';
+import type { NsmClient } from '../nsm/client';
+import { signRequest } from '../signing/sign';
+import type { KeyCache, CachedKey } from './cache';
+import { sealSecret } from './seal';
+
+export interface CreatedKey {
+  keyId: string;
+  address: `0x${string}`;
+  /** Uncompressed secp256k1 public key, 0x04-prefixed hex. */
+  publicKey: `0x${string}`;
+  /** The sealed blob, base64. */
+  blob: string;
+  /** Birth attestation (base64 COSE_Sign1) whose user_data binds keyId and address. */
+  attestation?: string;
+}
+
+export class KeyService {
+  creates = 0;
+  signs = 0;
+  private readonly inflight = new Map<string, Promise<CachedKey>>();
+
+  constructor(
+    private readonly deps: {
+      cache: KeyCache;
+      unsealer: Unsealer;
+      nsm: NsmClient;
+      kmsKeyArn: string;
+      kmsPublicKey: KeyObject;
+    },
+  ) {}
+
+  async create(keyId: string, attest: boolean): Promise<CreatedKey> {
+    const secret = generateSecret();
+    let result: CreatedKey;
+    try {
+      const pub = publicKeyOf(secret);
+      const address = addressOf(pub);
+      const blob = sealSecret(secret, { keyId, address, kmsKeyArn: this.deps.kmsKeyArn, kmsPublicKey: this.deps.kmsPublicKey });
+      result = { keyId, address, publicKey: `0x${Buffer.from(pub).toString('hex')}`, blob: encodeBlob(blob).toString('base64') };
+    } finally {
+      secret.fill(0);
+    }
+    if (attest) {
+      const doc = await this.deps.nsm.attest({ userData: birthUserData(keyId, result.address) });
+      result.attestation = doc.toString('base64');
+    }
+    this.creates += 1;
+    return result;
+  }
+
+  async sign(keyId: string, blob: string, request: SignRequest): Promise<SignResult> {
+    const key = this.deps.cache.get(keyId, blob) ?? (await this.unsealShared(keyId, blob));
+    const result = signRequest(request, key.secret, key.address);
+    this.signs += 1;
+    return result;
+  }
+
+  forget(keyId: string): boolean {
+    return this.deps.cache.forget(keyId);
+  }
+
+  /** Concurrent cold signs of the same blob share one unseal (one KMS Decrypt). */
+  private unsealShared(keyId: string, blob: string): Promise<CachedKey> {
+    const flightKey = `${keyId}\u0000${blob}`;
+    let p = this.inflight.get(flightKey);
+    if (!p) {
+      p = this.unseal(keyId, blob).finally(() => this.inflight.delete(flightKey));
+      this.inflight.set(flightKey, p);
+    }
+    return p;
+  }
+
+  private async unseal(keyId: string, blobB64: string): Promise<CachedKey> {
+    if (blobB64.length > (MAX_BLOB_BYTES * 4) / 3 + 4) throw new KeystoreError('KEY_INTEGRITY', 'key blob is too large');
+    const blob = decodeBlobBase64(blobB64);
+    if (blob.keyId !== keyId) {
+      throw new KeystoreError('KEY_INTEGRITY', `the blob belongs to key ${blob.keyId}, not ${keyId}`);
+    }
+    const { secret, address } = await this.deps.unsealer.unseal(blob);
+    return this.deps.cache.set(keyId, { secret, address, blob: blobB64 });
+  }
+}

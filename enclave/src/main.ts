@@ -1,0 +1,38 @@
+/**
+ * Enclave program (dist/enclave.js). Reads its configuration from `--config FILE`, `$NKS_ENCLAVE_CONFIG`, or
+ * `enclave.json` beside the bundle; refuses to start on an invalid one.
+ */
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { createLogger } from '../../shared/src/log';
+import { ConfigError, loadEnclaveConfig } from './config';
+import { startEnclave } from './app';
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { config: { type: 'string' } }, strict: true });
+  const file = values.config ?? process.env.NKS_ENCLAVE_CONFIG ?? path.join(path.dirname(process.argv[1] ?? '.'), 'enclave.json');
+  const config = loadEnclaveConfig(file);
+  const logger = createLogger({ name: 'enclave', level: process.env.LOG_LEVEL ?? config.logLevel });
+  const enclave = await startEnclave(config, logger);
+  logger.info({ listen: config.listen, kmsProxy: config.kmsProxy, kmsKeyArn: config.kmsKeyArn, transport: config.transport.kind }, 'enclave ready');
+
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'enclave stopping: draining requests');
+    await enclave.stop(5000);
+    logger.info('enclave stopped');
+    logger.flush();
+    // The real vsock listener's thread keeps the process alive after close (DESIGN §12): exit explicitly.
+    process.exit(0);
+  };
+  process.on('SIGTERM', () => void stop('SIGTERM'));
+  process.on('SIGINT', () => void stop('SIGINT'));
+}
+
+main().catch((err: unknown) => {
+  const message = err instanceof ConfigError ? err.message : `failed to start: ${(err as Error).message}`;
+  process.stderr.write(`enclave: ${message}\n`);
+  process.exit(2);
+});

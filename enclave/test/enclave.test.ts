@@ -1,0 +1,230 @@
+/**
+ * The enclave program end to end on the simulated platform: key creation without KMS, attested unsealing,
+ * the cache's KMS accounting, refusal of forged answers and tampered or misplaced blobs, and no secret in
+ * anything the enclave sends or logs.
+ */
+import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:crypto';
+import { recoverAddress, type Hex } from 'viem';
+import { birthUserData, decodeBlobBase64, encodeBlob } from '../../shared/src/blob';
+import { canonicalCbor } from '../../shared/src/cbor';
+import { KeystoreError } from '../../shared/src/errors';
+import { verifyAttestation } from '../../shared/src/attestation';
+import type { CreateResult, EnclaveHealth, SignResult } from '../../shared/src/protocol';
+import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
+import { tempRunDir } from '../../shared/test/helpers';
+import { findLeaks, recoverSecret } from '../../test/support/secrets';
+import { startEnclaveHarness, type EnclaveHarness } from './harness';
+
+const TTL_MS = 2000;
+const digest = (n: number) => `0x${n.toString(16).padStart(64, '0')}` as Hex;
+
+describe('enclave program', () => {
+  let h: EnclaveHarness;
+  const blobs: string[] = [];
+
+  beforeAll(async () => {
+    h = await startEnclaveHarness(tempRunDir('nks-enc-'), { cache: { ttlMs: TTL_MS, maxEntries: 1000 } });
+  }, 60_000);
+
+  afterAll(async () => {
+    await h?.stop();
+  });
+
+  const create = async (keyId: string, attest = false) => {
+    const res = await h.client.call<CreateResult>('keys.create', { keyId, attest });
+    blobs.push(res.blob);
+    return res;
+  };
+  const sign = (keyId: string, blob: string, n = 1) => h.client.call<SignResult>('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
+  const health = () => h.client.call<EnclaveHealth>('enclave.health', {});
+  const failure = async (p: Promise<unknown>) => {
+    try {
+      await p;
+    } catch (e) {
+      return e as KeystoreError;
+    }
+    throw new Error('expected a failure');
+  };
+
+  it('creates a key without any KMS call, sealed in a v1 blob', async () => {
+    const before = await h.decryptCalls();
+    const key = await create('user-1');
+    expect(await h.decryptCalls()).toBe(before);
+    expect(h.proxyRequests).toHaveLength(0);
+    const blob = decodeBlobBase64(key.blob);
+    expect(blob).toMatchObject({ v: 1, alg: 'RSAES_OAEP_SHA_256/A256GCM', kmsKeyArn: h.platform.keyArn, keyId: 'user-1', address: key.address });
+    expect(blob.iv).toHaveLength(12);
+    expect(blob.ciphertext).toHaveLength(48);
+    expect(key.publicKey).toMatch(/^0x04[0-9a-f]{128}$/);
+    expect(key.attestation).toBeUndefined();
+  });
+
+  it('proves birth with an attestation binding keyId and address', async () => {
+    const key = await create('user-2', true);
+    const v = verifyAttestation(Buffer.from(key.attestation as string, 'base64'), {
+      trustedRoots: [require('node:fs').readFileSync(h.platform.rootPem, 'utf8')],
+      at: new Date(),
+      maxAgeMs: 60_000,
+      expectedPcrs: { 0: h.platform.pcr0 },
+      expectedUserData: birthUserData('user-2', key.address),
+    });
+    expect(v.document.userData?.toString('hex')).toBe(birthUserData('user-2', key.address).toString('hex'));
+  });
+
+  it('signs cold with exactly one KMS Decrypt, warm with none, and again once after the TTL', async () => {
+    const key = await create('user-3');
+    const base = await h.decryptCalls();
+    const cold = await sign('user-3', key.blob, 1);
+    expect(await h.decryptCalls()).toBe(base + 1);
+    expect(await recoverAddress({ hash: cold.hash, signature: cold.signature })).toBe(key.address);
+    expect(cold.address).toBe(key.address);
+
+    for (let i = 2; i < 6; i++) await sign('user-3', key.blob, i);
+    expect(await h.decryptCalls()).toBe(base + 1);
+
+    await new Promise((r) => setTimeout(r, TTL_MS + 200));
+    const again = await sign('user-3', key.blob, 7);
+    expect(await recoverAddress({ hash: again.hash, signature: again.signature })).toBe(key.address);
+    expect(await h.decryptCalls()).toBe(base + 2);
+  });
+
+  it('shares one Decrypt among concurrent cold signs of one key', async () => {
+    const key = await create('user-4');
+    const base = await h.decryptCalls();
+    const results = await Promise.all(Array.from({ length: 20 }, (_, i) => sign('user-4', key.blob, 100 + i)));
+    expect(new Set(results.map((r) => r.address))).toEqual(new Set([key.address]));
+    expect(await h.decryptCalls()).toBe(base + 1);
+  });
+
+  it('forgets a key on request: the next sign decrypts again', async () => {
+    const key = await create('user-5');
+    await sign('user-5', key.blob);
+    const base = await h.decryptCalls();
+    expect(await h.client.call('keys.forget', { keyId: 'user-5' })).toEqual({ keyId: 'user-5', forgotten: true });
+    expect(await h.client.call('keys.forget', { keyId: 'user-5' })).toEqual({ keyId: 'user-5', forgotten: false });
+    await sign('user-5', key.blob);
+    expect(await h.decryptCalls()).toBe(base + 1);
+  });
+
+  it('refuses a forged KMS answer (a data key made up outside the enclave) and signs nothing', async () => {
+    const key = await create('victim-1');
+    const signsBefore = (await health()).counters.signs;
+    h.forge = (p) => {
+      // A compromised parent answers with its own data key, wrapped to the enclave's real recipient key.
+      const { document } = require('../../shared/src/attestation').decodeAttestationDocument(Buffer.from(p.attestationDocument, 'base64'));
+      const recipient = createPublicKey({ key: document.publicKey, format: 'der', type: 'spki' });
+      return { ciphertextForRecipient: buildEnvelopedData(randomBytes(32), recipient).toString('base64'), keyId: p.kmsKeyArn };
+    };
+    try {
+      const err = await failure(sign('victim-1', key.blob));
+      expect(err.reason).toBe('KEY_INTEGRITY');
+      expect(err.message).toMatch(/does not authenticate/);
+    } finally {
+      h.forge = null;
+    }
+    expect((await health()).counters.signs).toBe(signsBefore);
+    // The real answer still works afterwards.
+    await expect(sign('victim-1', key.blob)).resolves.toMatchObject({ address: key.address });
+  });
+
+  it('refuses a KMS answer for another key, or one that is not CMS for this enclave', async () => {
+    const key = await create('victim-2');
+    h.forge = (p) => ({ ciphertextForRecipient: Buffer.from('not cms').toString('base64'), keyId: p.kmsKeyArn });
+    try {
+      expect((await failure(sign('victim-2', key.blob))).message).toMatch(/does not open with this enclave's recipient key/);
+      h.forge = (p) => ({ ciphertextForRecipient: 'AAAA', keyId: p.kmsKeyArn.replace(/key\/.*/, 'key/other') });
+      expect((await failure(sign('victim-2', key.blob))).message).toMatch(/KMS answered for key/);
+    } finally {
+      h.forge = null;
+    }
+  });
+
+  it('refuses tampered blobs with a clear reason and signs nothing', async () => {
+    const key = await create('victim-3');
+    const blob = decodeBlobBase64(key.blob);
+    const signsBefore = (await health()).counters.signs;
+    const tamper = (over: Partial<typeof blob>) => encodeBlob({ ...blob, ...over }).toString('base64');
+
+    const flipped = Buffer.from(blob.ciphertext);
+    flipped[3] = (flipped[3] as number) ^ 1;
+    expect((await failure(sign('victim-3', tamper({ ciphertext: flipped })))).reason).toBe('KEY_INTEGRITY');
+    // A different address in the header breaks the AAD.
+    expect((await failure(sign('victim-3', tamper({ address: '0x000000000000000000000000000000000000dEaD' })))).reason).toBe('KEY_INTEGRITY');
+    // Anyone can wrap a data key to the (public) KMS key; KMS unwraps it, but it does not open this blob.
+    const otherWrap = publicEncrypt({ key: createPublicKey({ key: Buffer.from(h.platform.kmsPublicKey, 'base64'), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, randomBytes(32));
+    expect((await failure(sign('victim-3', tamper({ wrappedKey: otherWrap })))).reason).toBe('KEY_INTEGRITY');
+    // Sealed under another KMS key: refused before asking KMS.
+    expect((await failure(sign('victim-3', tamper({ kmsKeyArn: h.platform.keyArn.replace(/key\/.*/, 'key/11111111-2222-3333-4444-555555555555') })))).message).toMatch(/not this enclave's KMS key/);
+    // Not a blob at all, and an unknown version.
+    expect((await failure(sign('victim-3', Buffer.from('garbage').toString('base64')))).message).toMatch(/key blob is malformed/);
+    const v2 = canonicalCbor({ v: 2 }).toString('base64');
+    const unsupported = await failure(sign('victim-3', v2));
+    expect([unsupported.reason, unsupported.message]).toEqual(['UNSUPPORTED_VERSION', 'key blob version 2 is not supported (this build reads version 1)']);
+
+    expect((await health()).counters.signs).toBe(signsBefore);
+  });
+
+  it('refuses a blob presented under another key id, even with its keyId field rewritten', async () => {
+    const a = await create('owner-a');
+    await create('owner-b');
+    const wrongId = await failure(sign('owner-b', a.blob));
+    expect([wrongId.reason, wrongId.message]).toEqual(['KEY_INTEGRITY', 'the blob belongs to key owner-a, not owner-b']);
+    const moved = encodeBlob({ ...decodeBlobBase64(a.blob), keyId: 'owner-b' }).toString('base64');
+    const err = await failure(sign('owner-b', moved));
+    expect(err.reason).toBe('KEY_INTEGRITY');
+    expect(err.message).toMatch(/does not authenticate/);
+  });
+
+  it('does not answer a tampered blob from the cache of the genuine one', async () => {
+    const key = await create('cached-1');
+    await sign('cached-1', key.blob); // now cached
+    const blob = decodeBlobBase64(key.blob);
+    const flipped = Buffer.from(blob.ciphertext);
+    flipped[0] = (flipped[0] as number) ^ 0x80;
+    const err = await failure(sign('cached-1', encodeBlob({ ...blob, ciphertext: flipped }).toString('base64')));
+    expect(err.reason).toBe('KEY_INTEGRITY');
+  });
+
+  it('answers attestation.get with a fresh document carrying the nonce', async () => {
+    const nonce = `0x${randomBytes(16).toString('hex')}`;
+    const res = await h.client.call<{ document: string }>('attestation.get', { nonce });
+    const v = verifyAttestation(Buffer.from(res.document, 'base64'), { trustedRoots: [require('node:fs').readFileSync(h.platform.rootPem, 'utf8')], at: new Date(), expectedNonce: Buffer.from(nonce.slice(2), 'hex') });
+    expect(v.document.pcrs.get(0)?.toString('hex')).toBe(h.platform.pcr0);
+    expect((await failure(h.client.call('attestation.get', { nonce: `0x${'00'.repeat(513)}` }))).reason).toBe('INVALID_PARAMS');
+  });
+
+  it('validates every method params object strictly', async () => {
+    const cases: Array<[string, object]> = [
+      ['keys.create', { keyId: 'a/b' }],
+      ['keys.create', { keyId: 'ok', extra: true }],
+      ['keys.sign', { keyId: 'ok', blob: '%%%', request: { type: 'digest', digest: digest(1) } }],
+      ['keys.sign', { keyId: 'ok', blob: 'AAAA', request: { type: 'digest' } }],
+      ['keys.forget', {}],
+      ['enclave.health', { verbose: true }],
+    ];
+    for (const [method, params] of cases) expect((await failure(h.client.call(method, params))).reason).toBe('INVALID_PARAMS');
+  });
+
+  it('reports health counters', async () => {
+    const hh = await health();
+    expect(hh).toMatchObject({ status: 'ok', nsm: 'simulated' });
+    expect(hh.counters.creates).toBeGreaterThanOrEqual(10);
+    expect(hh.counters.signs).toBeGreaterThan(10);
+    expect(hh.counters.cacheHits).toBeGreaterThan(0);
+    expect(hh.counters.cacheMisses).toBeGreaterThan(0);
+    expect(hh.counters.cacheExpirations).toBeGreaterThan(0);
+    expect(hh.counters.kmsCalls).toBeGreaterThan(0);
+    expect(hh.counters.errors.KEY_INTEGRITY).toBeGreaterThan(0);
+    expect(hh.memory.rssBytes).toBeGreaterThan(0);
+  });
+
+  it('never sends or logs a private key (raw, hex or base64)', async () => {
+    const secrets = blobs.map((b) => recoverSecret(b, h.platform.kmsStateFile));
+    expect(secrets.length).toBeGreaterThan(10);
+    // The scan can find a secret: a planted copy is detected.
+    expect(findLeaks([secrets[0] as Buffer], { probe: `x${(secrets[0] as Buffer).toString('base64')}y` })).toEqual(['secret #0 in probe']);
+    expect(h.recorded.bytes().length).toBeGreaterThan(1000);
+    const leaks = findLeaks(secrets, { 'enclave outbound frames': h.recorded.bytes(), 'enclave logs': h.enclave.lines.join('\n') });
+    expect(leaks).toEqual([]);
+  });
+});

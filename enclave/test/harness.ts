@@ -1,0 +1,116 @@
+/**
+ * The enclave as a real process on the simulated platform, with the test standing where the parent would:
+ * an RPC client to the enclave, and a KMS proxy (backed by the KMS emulator through @aws-sdk/client-kms) that
+ * records what the enclave asks and can be told to forge its answers. Every byte the enclave sends on both
+ * links is recorded.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
+import { KeystoreError } from '../../shared/src/errors';
+import { KmsDecryptParams, type KmsDecryptResult } from '../../shared/src/protocol';
+import { RpcClient, RpcServer, rpcMethod } from '../../shared/src/rpc';
+import { SimulatedVsockTransport } from '../../shared/src/transport';
+import { silentLogger } from '../../shared/src/log';
+import { startPlatform, writeJson, type Platform } from '../../test/support/platform';
+import { startProgram, type Running } from '../../test/support/process';
+import { RecordingTransport } from '../../test/support/recording';
+
+export const ENCLAVE_ADDRESS = 'vsock://16:5000';
+export const PROXY_ADDRESS = 'vsock://3:8000';
+
+export type DecryptParams = ReturnType<typeof KmsDecryptParams.parse>;
+
+export interface EnclaveHarness {
+  platform: Platform;
+  client: RpcClient;
+  enclave: Running;
+  configFile: string;
+  /** Everything the enclave sent to the test (its answers and its KMS-proxy requests). */
+  recorded: RecordingTransport;
+  proxyRequests: DecryptParams[];
+  /** Replace the proxy's answer (forgeries); return undefined to answer normally. */
+  forge: ((p: DecryptParams) => KmsDecryptResult | undefined) | null;
+  decryptCalls(): Promise<number>;
+  restartEnclave(extraConfig?: Record<string, unknown>): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function startEnclaveHarness(runDir: string, config: Record<string, unknown> = {}): Promise<EnclaveHarness> {
+  const platform = await startPlatform(runDir);
+  const recorded = new RecordingTransport(new SimulatedVsockTransport(runDir));
+  const kms: KMSClient = platform.kms();
+  const harness: Partial<EnclaveHarness> & { proxyRequests: DecryptParams[] } = { platform, recorded, proxyRequests: [], forge: null };
+
+  const proxy = new RpcServer({
+    name: 'test-kms-proxy',
+    logger: silentLogger(),
+    methods: {
+      'kms.decrypt': rpcMethod(KmsDecryptParams, async (p) => {
+        harness.proxyRequests.push(p);
+        const forged = harness.forge?.(p);
+        if (forged) return forged;
+        try {
+          const res = await kms.send(
+            new DecryptCommand({
+              KeyId: p.kmsKeyArn,
+              CiphertextBlob: Buffer.from(p.ciphertextBlob, 'base64'),
+              EncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+              Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: Buffer.from(p.attestationDocument, 'base64') },
+            }),
+          );
+          return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'), keyId: res.KeyId as string };
+        } catch (err) {
+          const name = (err as Error).name;
+          throw new KeystoreError(name === 'AccessDeniedException' ? 'KMS_ACCESS_DENIED' : 'KMS_UNAVAILABLE', `KMS ${name}: ${(err as Error).message}`);
+        }
+      }),
+    },
+  });
+  await proxy.listen(recorded, PROXY_ADDRESS);
+
+  const configFile = path.join(runDir, 'enclave.json');
+  const baseConfig = {
+    kmsKeyArn: platform.keyArn,
+    kmsPublicKey: platform.kmsPublicKey,
+    listen: ENCLAVE_ADDRESS,
+    kmsProxy: PROXY_ADDRESS,
+    transport: { kind: 'simulated', runDir },
+    nsm: { kind: 'simulated', socket: platform.nsmSocket },
+    logLevel: 'debug',
+    ...config,
+  };
+  writeJson(configFile, baseConfig);
+  const launch = async () => {
+    const proc = startProgram('enclave', ['--config', configFile]);
+    await proc.waitForLog((e) => e.msg === 'enclave ready');
+    return proc;
+  };
+  harness.enclave = await launch();
+  harness.configFile = configFile;
+
+  const client = new RpcClient({ name: 'test-parent', transport: recorded, address: ENCLAVE_ADDRESS, logger: silentLogger(), defaultDeadlineMs: 15_000 });
+  await client.waitConnected(5000);
+  harness.client = client;
+
+  harness.decryptCalls = async () => {
+    const s = await platform.stats();
+    return (s.Decrypt?.ok ?? 0) + (s.Decrypt?.error ?? 0);
+  };
+  harness.restartEnclave = async (extra = {}) => {
+    await harness.enclave?.stop();
+    for (let i = 0; i < 200 && client.connected; i++) await new Promise((r) => setTimeout(r, 10));
+    writeJson(configFile, { ...baseConfig, ...extra });
+    harness.enclave = await launch();
+    await client.waitConnected(10_000);
+  };
+  harness.stop = async () => {
+    await client.close();
+    await harness.enclave?.stop();
+    await proxy.close(100);
+    kms.destroy();
+    await platform.stop();
+    fs.rmSync(runDir, { recursive: true, force: true });
+  };
+  return harness as EnclaveHarness;
+}

@@ -1,0 +1,269 @@
+/**
+ * Every signing type, with fixed test keys, against ethers v6 and viem: signature, hash and serialized
+ * transaction must be identical, and every signature must recover to the key's address.
+ */
+import { AbiCoder, Signature, SigningKey, Transaction, TypedDataEncoder, Wallet, concat, getBytes, hashMessage as ethersHashMessage, keccak256 as ethersKeccak, recoverAddress, toBeHex, zeroPadValue } from 'ethers';
+import { getAddress, hashTypedData, keccak256, recoverAddress as viemRecoverAddress, recoverMessageAddress, type Hex } from 'viem';
+import { privateKeyToAccount, sign as viemSign } from 'viem/accounts';
+import { getUserOperationHash } from 'viem/account-abstraction';
+import { hexToBytes } from 'viem';
+import { SignRequestSchema, type SignRequestInput, type SignResult } from '../../shared/src/signing/schema';
+import { KeystoreError } from '../../shared/src/errors';
+import { signRequest } from '../src/signing/sign';
+import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
+
+// Well-known development keys (Hardhat accounts 0 and 1). Test code only.
+const KEYS = [
+  '0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80',
+  '0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d',
+] as const;
+
+function sign(key: Hex, input: SignRequestInput): SignResult {
+  const secret = hexToBytes(key);
+  return signRequest(SignRequestSchema.parse(input), secret, addressOf(publicKeyOf(secret)));
+}
+
+describe.each(KEYS)('signing with key %s', (key) => {
+  const wallet = new Wallet(key);
+  const account = privateKeyToAccount(key);
+
+  it('derives the same address as ethers and viem', () => {
+    expect(addressOf(publicKeyOf(hexToBytes(key)))).toBe(wallet.address);
+    expect(wallet.address).toBe(account.address);
+  });
+
+  it('signs a raw digest (low S, v 27/28)', async () => {
+    const digest = keccak256('0x1234');
+    const res = sign(key, { type: 'digest', digest });
+    const e = new SigningKey(key).sign(digest);
+    expect(res.signature).toBe(e.serialized);
+    expect(await viemSign({ hash: digest, privateKey: key, to: 'hex' })).toBe(res.signature);
+    expect([res.r, res.s, res.v, res.yParity, res.hash]).toEqual([e.r, e.s, e.v, e.yParity, digest]);
+    expect(BigInt(res.s) <= 0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0n).toBe(true);
+    expect(recoverAddress(digest, res.signature)).toBe(wallet.address);
+  });
+
+  it.each([['a string', 'hello nitro-keystore ✓'], ['an empty string', ''], ['raw bytes', { raw: '0xdeadbeef00' }]] as const)('signs an EIP-191 message: %s', async (_name, message) => {
+    const res = sign(key, { type: 'message', message });
+    const ethersSig = await wallet.signMessage(typeof message === 'string' ? message : getBytes(message.raw));
+    expect(res.signature).toBe(ethersSig);
+    expect(await account.signMessage({ message })).toBe(res.signature);
+    expect(res.hash).toBe(ethersHashMessage(typeof message === 'string' ? message : getBytes(message.raw)));
+    expect(await recoverMessageAddress({ message, signature: res.signature })).toBe(account.address);
+  });
+
+  it('signs EIP-712 v4 typed data with nested structs and arrays', async () => {
+    const domain = { name: 'Ether Mail', version: '1', chainId: 1, verifyingContract: '0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC' as const, salt: keccak256('0x01') };
+    const types = {
+      Person: [
+        { name: 'name', type: 'string' },
+        { name: 'wallets', type: 'address[]' },
+      ],
+      Mail: [
+        { name: 'from', type: 'Person' },
+        { name: 'to', type: 'Person[]' },
+        { name: 'contents', type: 'string' },
+        { name: 'amounts', type: 'uint256[2]' },
+        { name: 'attachment', type: 'bytes' },
+        { name: 'flags', type: 'bool[]' },
+      ],
+    };
+    const message = {
+      from: { name: 'Cow', wallets: ['0xCD2a3d9F938E13CD947Ec05AbC7FE734Df8DD826', '0xDeaDbeefdEAdbeefdEadbEEFdeadbeEFdEaDbeeF'] },
+      to: [{ name: 'Bob', wallets: ['0xbBbBBBBbbBBBbbbBbbBbbbbBBbBbbbbBbBbbBBbB'] }, { name: 'Alice', wallets: [] }],
+      contents: 'Hello, Bob!',
+      amounts: ['1', '0x10'],
+      attachment: '0xcafe',
+      flags: [true, false],
+    };
+    const withDomainType = { EIP712Domain: [{ name: 'name', type: 'string' }, { name: 'version', type: 'string' }, { name: 'chainId', type: 'uint256' }, { name: 'verifyingContract', type: 'address' }, { name: 'salt', type: 'bytes32' }], ...types };
+    const res = sign(key, { type: 'typedData', typedData: { domain, types: withDomainType, primaryType: 'Mail', message } });
+    expect(res.signature).toBe(await wallet.signTypedData(domain, types, message));
+    expect(res.hash).toBe(TypedDataEncoder.hash(domain, types, message));
+    const viemMessage = { ...message, amounts: [1n, 16n] };
+    expect(res.hash).toBe(hashTypedData({ domain, types, primaryType: 'Mail', message: viemMessage }));
+    expect(await account.signTypedData({ domain, types, primaryType: 'Mail', message: viemMessage })).toBe(res.signature);
+    // Without EIP712Domain in `types` the domain type is derived from the domain object, as viem and ethers do.
+    expect(sign(key, { type: 'typedData', typedData: { domain, types, primaryType: 'Mail', message } }).signature).toBe(res.signature);
+  });
+
+  const to = '0x70997970C51812dc3A010C7d01b50e0d17dc79C8' as const;
+  const txCases = [
+    ['legacy with EIP-155', { type: 'legacy', chainId: 1, nonce: 7, to, value: '1000000000000000000', gas: '21000', gasPrice: '20000000000', data: '0x' }],
+    ['legacy contract creation', { type: 'legacy', chainId: 137, nonce: 0, gas: '0x100000', gasPrice: '0x3b9aca00', data: '0x6080604052348015600f57600080fd5b50' }],
+    ['EIP-2930', { type: 'eip2930', chainId: 10, nonce: '3', to, value: '0', gas: '50000', gasPrice: '1000', accessList: [{ address: to, storageKeys: [keccak256('0x01')] }], data: '0xa9059cbb' }],
+    ['EIP-1559', { type: 'eip1559', chainId: 8453, nonce: 12, to, value: '0x2386f26fc10000', gas: '21000', maxFeePerGas: '30000000000', maxPriorityFeePerGas: '1000000000' }],
+    ['EIP-1559 contract creation (to: null)', { type: 'eip1559', chainId: 1, nonce: 1, to: null, value: '0', gas: '900000', maxFeePerGas: '30000000000', maxPriorityFeePerGas: '1', data: '0x6080604052' }],
+  ] as const;
+
+  it.each(txCases)('signs a %s transaction identically to ethers and viem', async (_name, transaction) => {
+    const res = sign(key, { type: 'transaction', transaction: transaction as never });
+    const tx = Transaction.from({
+      type: { legacy: 0, eip2930: 1, eip1559: 2 }[transaction.type],
+      chainId: transaction.chainId,
+      nonce: Number(transaction.nonce),
+      to: 'to' in transaction ? transaction.to : null,
+      value: 'value' in transaction ? BigInt(transaction.value) : 0n,
+      gasLimit: BigInt(transaction.gas),
+      data: 'data' in transaction ? transaction.data : '0x',
+      ...('gasPrice' in transaction ? { gasPrice: BigInt(transaction.gasPrice) } : {}),
+      ...('maxFeePerGas' in transaction ? { maxFeePerGas: BigInt(transaction.maxFeePerGas), maxPriorityFeePerGas: BigInt(transaction.maxPriorityFeePerGas) } : {}),
+      ...('accessList' in transaction ? { accessList: transaction.accessList as never } : {}),
+    });
+    expect(res.serializedTransaction).toBe(await wallet.signTransaction(tx));
+    expect(res.hash).toBe(tx.unsignedHash);
+    const viemTx = {
+      ...transaction,
+      nonce: Number(transaction.nonce),
+      to: 'to' in transaction && transaction.to ? transaction.to : undefined,
+      value: 'value' in transaction ? BigInt(transaction.value) : undefined,
+      gas: BigInt(transaction.gas),
+      ...('gasPrice' in transaction ? { gasPrice: BigInt(transaction.gasPrice) } : {}),
+      ...('maxFeePerGas' in transaction ? { maxFeePerGas: BigInt(transaction.maxFeePerGas), maxPriorityFeePerGas: BigInt(transaction.maxPriorityFeePerGas) } : {}),
+    };
+    expect(await account.signTransaction(viemTx as never)).toBe(res.serializedTransaction);
+    const parsed = Transaction.from(res.serializedTransaction as string);
+    expect(parsed.from).toBe(wallet.address);
+    expect(recoverAddress(res.hash, res.signature)).toBe(wallet.address);
+  });
+
+  it('signs an EIP-7702 authorization and a type-4 transaction carrying it', async () => {
+    const auth = sign(key, { type: 'authorization', authorization: { chainId: 1, address: to, nonce: 5 } });
+    const viemAuth = await account.signAuthorization({ chainId: 1, address: to, nonce: 5 });
+    expect([auth.r, auth.s, auth.yParity]).toEqual([viemAuth.r, viemAuth.s, viemAuth.yParity]);
+    const ethersAuth = wallet.authorizeSync({ address: to, nonce: 5, chainId: 1 });
+    expect(ethersAuth.signature.serialized).toBe(auth.signature);
+    expect(await viemRecoverAddress({ hash: auth.hash, signature: auth.signature })).toBe(account.address);
+
+    const transaction = {
+      type: 'eip7702' as const,
+      chainId: 1,
+      nonce: 6,
+      to: account.address,
+      gas: '100000',
+      maxFeePerGas: '30000000000',
+      maxPriorityFeePerGas: '1000000000',
+      authorizationList: [{ address: to, chainId: 1, nonce: 5, r: auth.r, s: auth.s, yParity: auth.yParity }],
+    };
+    const res = sign(key, { type: 'transaction', transaction });
+    const viemSigned = await account.signTransaction({ ...transaction, gas: 100000n, maxFeePerGas: 30000000000n, maxPriorityFeePerGas: 1000000000n, authorizationList: [viemAuth] });
+    expect(res.serializedTransaction).toBe(viemSigned);
+    const ethersSigned = await wallet.signTransaction({ type: 4, chainId: 1, nonce: 6, to: account.address, gasLimit: 100000n, maxFeePerGas: 30000000000n, maxPriorityFeePerGas: 1000000000n, authorizationList: [ethersAuth] });
+    expect(res.serializedTransaction).toBe(ethersSigned);
+  });
+
+  const entryPoint06 = '0x5FF137D4b0FDCD49DcA30c7CF57E578a026d2789' as const;
+  const entryPoint07 = '0x0000000071727De22E5E9d8BAf0edAc6f37da032' as const;
+  const abi = AbiCoder.defaultAbiCoder();
+
+  it('signs a v0.6 UserOperation over the EIP-191-prefixed userOpHash', async () => {
+    const userOperation = {
+      sender: '0x1306b01bC3e4AD202612D3843387e94737673F53' as const,
+      nonce: '0x5',
+      initCode: '0x',
+      callData: '0xb61d27f6',
+      callGasLimit: '100000',
+      verificationGasLimit: '200000',
+      preVerificationGas: '50000',
+      maxFeePerGas: '2000000000',
+      maxPriorityFeePerGas: '1000000000',
+      paymasterAndData: '0x',
+      signature: '0xdeadbeef',
+    };
+    const res = sign(key, { type: 'userOperation', version: '0.6', chainId: 11155111, entryPoint: entryPoint06, userOperation });
+    // Independent userOpHash with ethers' ABI coder.
+    const packed = abi.encode(
+      ['address', 'uint256', 'bytes32', 'bytes32', 'uint256', 'uint256', 'uint256', 'uint256', 'uint256', 'bytes32'],
+      [userOperation.sender, userOperation.nonce, ethersKeccak('0x'), ethersKeccak(userOperation.callData), userOperation.callGasLimit, userOperation.verificationGasLimit, userOperation.preVerificationGas, userOperation.maxFeePerGas, userOperation.maxPriorityFeePerGas, ethersKeccak('0x')],
+    );
+    const userOpHash = ethersKeccak(abi.encode(['bytes32', 'address', 'uint256'], [ethersKeccak(packed), entryPoint06, 11155111]));
+    expect(res.userOperationHash).toBe(userOpHash);
+    expect(res.signature).toBe(await wallet.signMessage(getBytes(userOpHash)));
+    expect(res.signature).toBe(await account.signMessage({ message: { raw: userOpHash as Hex } }));
+    // The signature field of the input is ignored.
+    expect(sign(key, { type: 'userOperation', version: '0.6', chainId: 11155111, entryPoint: entryPoint06, userOperation: { ...userOperation, signature: '0x' } }).signature).toBe(res.signature);
+  });
+
+  it('signs a v0.7 UserOperation (factory and paymaster fields packed as the EntryPoint does)', async () => {
+    const userOperation = {
+      sender: '0x1306b01bC3e4AD202612D3843387e94737673F53' as const,
+      nonce: '0x0',
+      factory: '0x9406Cc6185a346906296840746125a0E44976454' as const,
+      factoryData: '0x5fbfb9cf' as Hex,
+      callData: '0xb61d27f6' as Hex,
+      callGasLimit: '100000',
+      verificationGasLimit: '300000',
+      preVerificationGas: '50000',
+      maxFeePerGas: '2000000000',
+      maxPriorityFeePerGas: '1000000000',
+      paymaster: '0x00000000000000fB866DaAA79352cC568a005D96' as const,
+      paymasterVerificationGasLimit: '60000',
+      paymasterPostOpGasLimit: '10000',
+      paymasterData: '0x1234' as Hex,
+    };
+    const res = sign(key, { type: 'userOperation', version: '0.7', chainId: 8453, entryPoint: entryPoint07, userOperation });
+    const u128 = (v: string) => zeroPadValue(toBeHex(BigInt(v)), 16);
+    const initCode = concat([userOperation.factory, userOperation.factoryData]);
+    const accountGasLimits = concat([u128(userOperation.verificationGasLimit), u128(userOperation.callGasLimit)]);
+    const gasFees = concat([u128(userOperation.maxPriorityFeePerGas), u128(userOperation.maxFeePerGas)]);
+    const paymasterAndData = concat([userOperation.paymaster, u128(userOperation.paymasterVerificationGasLimit), u128(userOperation.paymasterPostOpGasLimit), userOperation.paymasterData]);
+    const packed = abi.encode(
+      ['address', 'uint256', 'bytes32', 'bytes32', 'bytes32', 'uint256', 'bytes32', 'bytes32'],
+      [userOperation.sender, userOperation.nonce, ethersKeccak(initCode), ethersKeccak(userOperation.callData), accountGasLimits, userOperation.preVerificationGas, gasFees, ethersKeccak(paymasterAndData)],
+    );
+    const userOpHash = ethersKeccak(abi.encode(['bytes32', 'address', 'uint256'], [ethersKeccak(packed), entryPoint07, 8453]));
+    expect(res.userOperationHash).toBe(userOpHash);
+    expect(
+      getUserOperationHash({
+        chainId: 8453,
+        entryPointAddress: entryPoint07,
+        entryPointVersion: '0.7',
+        userOperation: { ...userOperation, nonce: 0n, callGasLimit: 100000n, verificationGasLimit: 300000n, preVerificationGas: 50000n, maxFeePerGas: 2000000000n, maxPriorityFeePerGas: 1000000000n, paymasterVerificationGasLimit: 60000n, paymasterPostOpGasLimit: 10000n, signature: '0x' },
+      }),
+    ).toBe(userOpHash);
+    expect(res.signature).toBe(await wallet.signMessage(getBytes(userOpHash)));
+    expect(Signature.from(res.signature).v).toBe(res.v);
+    expect(await recoverMessageAddress({ message: { raw: userOpHash as Hex }, signature: res.signature })).toBe(getAddress(wallet.address));
+  });
+});
+
+describe('sign request validation', () => {
+  const key = KEYS[0];
+  const bad = (input: unknown): KeystoreError | string => {
+    const parsed = SignRequestSchema.safeParse(input);
+    if (!parsed.success) return parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+    try {
+      signRequest(parsed.data, hexToBytes(key), addressOf(publicKeyOf(hexToBytes(key))));
+    } catch (e) {
+      return e as KeystoreError;
+    }
+    return 'OK';
+  };
+
+  it.each([
+    ['an unknown type', { type: 'psbt', digest: '0x' }],
+    ['a short digest', { type: 'digest', digest: '0x1234' }],
+    ['an unknown field', { type: 'digest', digest: `0x${'00'.repeat(32)}`, extra: 1 }],
+    ['a transaction without chain id', { type: 'transaction', transaction: { type: 'eip1559', nonce: 0, maxFeePerGas: '1', maxPriorityFeePerGas: '1' } }],
+    ['an EIP-4844 transaction', { type: 'transaction', transaction: { type: 'eip4844', chainId: 1, nonce: 0 } }],
+    ['a negative value', { type: 'transaction', transaction: { type: 'legacy', chainId: 1, nonce: 0, gasPrice: '1', value: '-1' } }],
+    ['a value above uint256', { type: 'transaction', transaction: { type: 'legacy', chainId: 1, nonce: 0, gasPrice: '1', value: `0x1${'0'.repeat(64)}` } }],
+    ['a float nonce', { type: 'transaction', transaction: { type: 'legacy', chainId: 1, nonce: 1.5, gasPrice: '1' } }],
+    ['a bad address', { type: 'authorization', authorization: { chainId: 1, address: '0x1234', nonce: 0 } }],
+    ['odd-length hex', { type: 'message', message: { raw: '0xabc' } }],
+    ['a user operation of an unknown version', { type: 'userOperation', version: '0.8', chainId: 1, entryPoint: `0x${'11'.repeat(20)}`, userOperation: {} }],
+  ])('rejects %s at the schema', (_name, input) => {
+    const res = bad(input);
+    expect(typeof res).toBe('string');
+    expect(res).not.toBe('OK');
+  });
+
+  it('rejects typed data that does not match its types with a clear INVALID_PARAMS', () => {
+    const res = bad({ type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'not-an-address' } } });
+    expect(res).toBeInstanceOf(KeystoreError);
+    expect((res as KeystoreError).reason).toBe('INVALID_PARAMS');
+    expect((res as KeystoreError).message).toMatch(/^typedData: /);
+    const missingType = bad({ type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'Missing' }] }, primaryType: 'M', message: { a: {} } } });
+    expect((missingType as KeystoreError).reason).toBe('INVALID_PARAMS');
+  });
+});

@@ -1,0 +1,205 @@
+import { generateKeyPairSync } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { BLOB_ALG, blobAad, decodeBlob, encodeBlob, type KeyBlob } from '../../shared/src/blob';
+import { encodeCbor } from '../../shared/src/cbor';
+import { KeyCache } from '../src/keys/cache';
+import { openSealed, sealSecret } from '../src/keys/seal';
+import { RecipientKeys } from '../src/kms/recipient';
+import { NsmClient, type NsmTransport } from '../src/nsm/client';
+import { DeviceNsmTransport, loadNsmAddon } from '../src/nsm/device';
+import { parseEnclaveConfig } from '../src/config';
+import { startProgram } from '../../test/support/process';
+import { tempRunDir } from '../../shared/test/helpers';
+
+const kms = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const ARN = 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab';
+const ADDRESS = '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266';
+
+describe('key cache', () => {
+  let now = 1_000;
+  const cache = () => new KeyCache({ ttlMs: 100, maxEntries: 2, now: () => now });
+  const entry = (n: number) => ({ secret: new Uint8Array(32).fill(n), address: ADDRESS as `0x${string}`, blob: `blob-${n}` });
+
+  it('expires entries after the TTL and zeroes them', () => {
+    const c = cache();
+    const e = entry(7);
+    c.set('k', e);
+    expect(c.get('k', 'blob-7')?.secret[0]).toBe(7);
+    now += 101;
+    expect(c.get('k', 'blob-7')).toBeUndefined();
+    expect(e.secret.every((b) => b === 0)).toBe(true);
+    expect(c.stats).toMatchObject({ hits: 1, misses: 1, expirations: 1, size: 0 });
+  });
+
+  it('evicts the least recently used entry beyond maxEntries, zeroing it', () => {
+    const c = cache();
+    const [a, b, d] = [entry(1), entry(2), entry(3)];
+    c.set('a', a);
+    c.set('b', b);
+    c.get('a', 'blob-1'); // a is now more recently used than b
+    c.set('d', d);
+    expect(c.get('b', 'blob-2')).toBeUndefined();
+    expect(b.secret.every((x) => x === 0)).toBe(true);
+    expect(c.get('a', 'blob-1')).toBeDefined();
+    expect(c.stats.evictions).toBe(1);
+  });
+
+  it('treats another blob under the same key id as a miss, and zeroes on forget, replace and clear', () => {
+    const c = cache();
+    const first = entry(4);
+    c.set('k', first);
+    expect(c.get('k', 'other-blob')).toBeUndefined();
+    c.set('k', entry(5));
+    expect(first.secret.every((x) => x === 0)).toBe(true);
+    const second = c.get('k', 'blob-5');
+    expect(c.forget('k')).toBe(true);
+    expect(second?.secret.every((x) => x === 0)).toBe(true);
+    const third = entry(6);
+    c.set('z', third);
+    now += 1000;
+    expect(c.sweep()).toBe(1);
+    expect(third.secret.every((x) => x === 0)).toBe(true);
+    const fourth = entry(8);
+    c.set('y', fourth);
+    c.clear();
+    expect(fourth.secret.every((x) => x === 0)).toBe(true);
+  });
+});
+
+describe('sealing', () => {
+  it('round-trips and binds the header as AAD', () => {
+    const secret = new Uint8Array(32).fill(9);
+    const blob = sealSecret(secret, { keyId: 'k1', address: ADDRESS, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
+    const decoded = decodeBlob(encodeBlob(blob));
+    expect(decoded).toEqual(blob);
+    const { privateDecrypt, constants } = require('node:crypto');
+    const dek = privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, blob.wrappedKey);
+    expect(Buffer.from(openSealed(decoded, dek))).toEqual(Buffer.from(secret));
+    expect(() => openSealed({ ...decoded, keyId: 'k2' }, dek)).toThrow(/does not authenticate/);
+    expect(() => openSealed(decoded, Buffer.alloc(32))).toThrow(/does not authenticate/);
+    expect(() => openSealed(decoded, Buffer.alloc(16))).toThrow(/not 32 bytes/);
+    expect(blobAad(blob)).toEqual(blobAad({ v: 1, alg: BLOB_ALG, kmsKeyArn: ARN, keyId: 'k1', address: ADDRESS }));
+  });
+
+  it('encodes canonically (deterministic bytes; createdAt as an integer)', () => {
+    const blob = sealSecret(new Uint8Array(32).fill(1), { keyId: 'k1', address: ADDRESS, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey, createdAt: 1_795_000_000_000 });
+    const a = encodeBlob(blob);
+    const b = encodeBlob({ ...blob });
+    expect(a).toEqual(b);
+    expect(a.includes(Buffer.from('1b000001a1ee565e00', 'hex'))).toBe(true); // uint64, not a float
+  });
+
+  it.each<[string, (b: KeyBlob) => unknown, RegExp]>([
+    ['a missing field', (b) => ({ ...b, iv: undefined }), /iv is not a byte string/],
+    ['a short iv', (b) => ({ ...b, iv: Buffer.alloc(8) }), /iv is 8 bytes/],
+    ['an unknown field', (b) => ({ ...b, extra: 1 }), /unknown field extra/],
+    ['a bad address', (b) => ({ ...b, address: 'nope' }), /address/],
+    ['another algorithm', (b) => ({ ...b, alg: 'RSA/CBC' }), /alg is not/],
+  ])('rejects a blob with %s', (_name, mutate, message) => {
+    const blob = sealSecret(new Uint8Array(32).fill(1), { keyId: 'k1', address: ADDRESS, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
+    const m = mutate(blob) as Record<string, unknown>;
+    const bytes = encodeCbor(new Map(Object.entries(m).filter(([, v]) => v !== undefined).map(([k, v]) => [k, k === 'createdAt' ? BigInt(v as number) : v])));
+    expect(() => decodeBlob(bytes)).toThrow(message);
+  });
+});
+
+describe('recipient key', () => {
+  it('reuses its document only within the bounded age and rotates the key on schedule', async () => {
+    let now = 0;
+    let attests = 0;
+    const transport: NsmTransport = {
+      kind: 'simulated',
+      request: async () => {
+        attests += 1;
+        return encodeCbor(new Map([['Attestation', new Map([['document', Buffer.from(`doc-${attests}`)]])]]));
+      },
+      close: () => undefined,
+    };
+    const r = new RecipientKeys(new NsmClient(transport), { rotateMs: 10_000, documentMaxAgeMs: 1_000, now: () => now });
+    const [a, b] = await Promise.all([r.current(), r.current()]);
+    expect(a.document).toEqual(b.document);
+    expect(attests).toBe(1);
+    now = 999;
+    expect((await r.current()).document.toString()).toBe('doc-1');
+    now = 1_000;
+    const c = await r.current();
+    expect(c.document.toString()).toBe('doc-2');
+    expect(c.privateKey).toBe(a.privateKey); // same key, new document
+    now = 10_000;
+    const d = await r.current();
+    expect(d.privateKey).not.toBe(a.privateKey);
+    expect(r.rotations).toBe(2);
+  });
+});
+
+describe('NSM device addon', () => {
+  it('builds and loads', () => {
+    const addon = loadNsmAddon();
+    expect(typeof addon.open).toBe('function');
+  });
+
+  it('fails clearly when the device is missing', () => {
+    expect(() => new DeviceNsmTransport('/nonexistent/nsm')).toThrow('NSM device /nonexistent/nsm does not exist: this is not a Nitro Enclave');
+  });
+
+  it('fails clearly when the device is not an NSM', async () => {
+    const t = new DeviceNsmTransport('/dev/null');
+    try {
+      await expect(t.request(Buffer.from('6947657452616e646f6d', 'hex'))).rejects.toThrow(/the device is not an NSM: it rejected the NSM ioctl/);
+      await expect(t.request(Buffer.alloc(4097))).rejects.toThrow(/exceeds 4096/);
+      const client = new NsmClient(t);
+      await expect(client.getRandom()).rejects.toMatchObject({ reason: 'ATTESTATION_FAILED' });
+    } finally {
+      t.close();
+    }
+  });
+
+  it('names every place it looked when the addon cannot be loaded', () => {
+    expect(() => loadNsmAddon(['/nope/nsm.node'])).toThrow(/NSM addon .* could not be loaded[\s\S]*\/nope\/nsm.node/);
+  });
+});
+
+describe('enclave configuration', () => {
+  const valid = { kmsKeyArn: ARN, kmsPublicKey: kms.publicKey.export({ type: 'spki', format: 'der' }).toString('base64') };
+
+  it('fills defaults for everything optional', () => {
+    const c = parseEnclaveConfig(valid);
+    expect(c).toMatchObject({ listen: 'vsock://16:5000', kmsProxy: 'vsock://3:8000', transport: { kind: 'vsock' }, nsm: { kind: 'device', path: '/dev/nsm' } });
+    expect(c.cache.ttlMs).toBeGreaterThan(0);
+  });
+
+  it.each<[string, object, RegExp]>([
+    ['a missing ARN', { kmsPublicKey: valid.kmsPublicKey }, /config.kmsKeyArn/],
+    ['a malformed ARN', { ...valid, kmsKeyArn: 'arn:aws:s3:::bucket' }, /expected a KMS key ARN/],
+    ['an unknown field', { ...valid, debug: true }, /unknown field\(s\) "debug"/],
+    ['a public key that is not DER', { ...valid, kmsPublicKey: 'AAAA' }, /not a base64 DER SubjectPublicKeyInfo/],
+    ['an EC public key', { ...valid, kmsPublicKey: generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' }).toString('base64') }, /RSA key of at least 2048 bits/],
+    ['a zero TTL', { ...valid, cache: { ttlMs: 0, maxEntries: 1 } }, /config.cache.ttlMs/],
+    ['a bad listen address', { ...valid, listen: 'tcp://0.0.0.0:5000' }, /config.listen/],
+  ])('rejects %s', (_name, raw, message) => {
+    expect(() => parseEnclaveConfig(raw)).toThrow(message);
+  });
+
+  it('stops the program with exit code 2 and the reason', async () => {
+    const dir = tempRunDir();
+    try {
+      const file = path.join(dir, 'enclave.json');
+      fs.writeFileSync(file, JSON.stringify({ ...valid, cache: { ttlMs: -1 } }));
+      const bad = startProgram('enclave', ['--config', file]);
+      expect(await bad.exited).toBe(2);
+      expect(bad.lines.join('\n')).toMatch(/enclave: invalid configuration .*config.cache.ttlMs/);
+
+      const missing = startProgram('enclave', ['--config', path.join(dir, 'absent.json')]);
+      expect(await missing.exited).toBe(2);
+      expect(missing.lines.join('\n')).toMatch(/cannot read configuration .*absent.json: ENOENT/);
+
+      fs.writeFileSync(file, JSON.stringify(valid)); // valid, but the default NSM is the real device
+      const noDevice = startProgram('enclave', ['--config', file]);
+      expect(await noDevice.exited).toBe(2);
+      expect(noDevice.lines.join('\n')).toMatch(/NSM device \/dev\/nsm does not exist/);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,158 @@
+/**
+ * What can be signed (DESIGN §5): the request shapes shared by the caller API (parent) and `keys.sign`
+ * (enclave). Both sides validate with the same strict schemas; the enclave, which trusts nothing the parent
+ * says, re-validates and derives the hash itself from the structured input.
+ *
+ * Field names follow viem (`TransactionSerializable`, `UserOperation` 0.6/0.7, `AuthorizationRequest`);
+ * integers are decimal strings, 0x hex, or (when small) JSON numbers, and come out as bigint or number.
+ */
+import { z } from 'zod';
+
+const HEX = /^0x[0-9a-fA-F]*$/;
+const MAX_DATA_HEX = 2 * 128 * 1024 + 2; // 128 KiB of calldata / init code / message bytes
+
+export const hexData = z
+  .string()
+  .max(MAX_DATA_HEX, 'expected at most 128 KiB of hex data')
+  .regex(HEX, 'expected 0x-prefixed hex')
+  .refine((s) => s.length % 2 === 0, 'expected an even number of hex digits') as z.ZodType<`0x${string}`>;
+export const bytes32 = z.string().regex(/^0x[0-9a-fA-F]{64}$/, 'expected 32 bytes as 0x-prefixed hex') as unknown as z.ZodType<`0x${string}`>;
+export const address = z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'expected a 20-byte 0x-prefixed address') as unknown as z.ZodType<`0x${string}`>;
+
+const UINT256_MAX = (1n << 256n) - 1n;
+
+/** An unsigned integer as decimal string, 0x hex, or safe JSON integer; parsed to bigint within `max`. */
+function uint(max: bigint, what: string) {
+  return z
+    .union([z.string().max(80), z.number().int().nonnegative().safe()])
+    .transform((v, ctx) => {
+      const s = String(v);
+      if (!/^(0x[0-9a-fA-F]+|0|[1-9][0-9]*)$/.test(s)) {
+        ctx.addIssue({ code: 'custom', message: `expected ${what} as a decimal string or 0x hex` });
+        return z.NEVER;
+      }
+      const n = BigInt(s);
+      if (n > max) {
+        ctx.addIssue({ code: 'custom', message: `${what} out of range` });
+        return z.NEVER;
+      }
+      return n;
+    });
+}
+
+const uint256 = uint(UINT256_MAX, 'a uint256');
+const uint64 = uint((1n << 64n) - 1n, 'a uint64');
+/** Chain ids and nonces must fit a JavaScript number for viem. */
+const safeUint = (what: string) => uint(BigInt(Number.MAX_SAFE_INTEGER), what).transform((n) => Number(n));
+const chainId = safeUint('a chain id').refine((n) => n > 0, 'chain id must be positive');
+
+const accessList = z
+  .array(z.strictObject({ address, storageKeys: z.array(bytes32).max(1000) }))
+  .max(1000)
+  .optional();
+
+const signedAuthorization = z.strictObject({
+  address,
+  chainId: safeUint('a chain id'),
+  nonce: safeUint('a nonce'),
+  r: bytes32,
+  s: bytes32,
+  yParity: z.union([z.literal(0), z.literal(1)]),
+});
+
+const txCommon = {
+  chainId,
+  nonce: safeUint('a nonce'),
+  to: address.nullable().optional(),
+  value: uint256.optional(),
+  data: hexData.optional(),
+  gas: uint64.optional(),
+};
+
+export const TransactionSchema = z.discriminatedUnion('type', [
+  z.strictObject({ type: z.literal('legacy'), ...txCommon, gasPrice: uint256 }),
+  z.strictObject({ type: z.literal('eip2930'), ...txCommon, gasPrice: uint256, accessList }),
+  z.strictObject({ type: z.literal('eip1559'), ...txCommon, maxFeePerGas: uint256, maxPriorityFeePerGas: uint256, accessList }),
+  z.strictObject({
+    type: z.literal('eip7702'),
+    ...txCommon,
+    maxFeePerGas: uint256,
+    maxPriorityFeePerGas: uint256,
+    accessList,
+    authorizationList: z.array(signedAuthorization).min(1).max(64),
+  }),
+]);
+
+export const AuthorizationSchema = z.strictObject({ chainId: safeUint('a chain id'), address, nonce: safeUint('a nonce') });
+
+const userOpCommon = {
+  sender: address,
+  nonce: uint256,
+  callData: hexData,
+  callGasLimit: uint256,
+  verificationGasLimit: uint256,
+  preVerificationGas: uint256,
+  maxFeePerGas: uint256,
+  maxPriorityFeePerGas: uint256,
+  /** Ignored: the signature is what is being produced. */
+  signature: hexData.optional(),
+};
+
+export const UserOperationV06Schema = z.strictObject({ ...userOpCommon, initCode: hexData.optional(), paymasterAndData: hexData.optional() });
+export const UserOperationV07Schema = z.strictObject({
+  ...userOpCommon,
+  factory: address.optional(),
+  factoryData: hexData.optional(),
+  paymaster: address.optional(),
+  paymasterVerificationGasLimit: uint256.optional(),
+  paymasterPostOpGasLimit: uint256.optional(),
+  paymasterData: hexData.optional(),
+});
+
+const typedDataField = z.strictObject({ name: z.string().min(1).max(256), type: z.string().min(1).max(256) });
+export const TypedDataSchema = z.strictObject({
+  domain: z
+    .strictObject({
+      name: z.string().max(1024).optional(),
+      version: z.string().max(256).optional(),
+      chainId: safeUint('a chain id').optional(),
+      verifyingContract: address.optional(),
+      salt: bytes32.optional(),
+    })
+    .optional(),
+  types: z.record(z.string().min(1).max(256), z.array(typedDataField).max(256)),
+  primaryType: z.string().min(1).max(256),
+  message: z.record(z.string(), z.unknown()),
+});
+
+export const SignRequestSchema = z.discriminatedUnion('type', [
+  z.strictObject({ type: z.literal('digest'), digest: bytes32 }),
+  z.strictObject({ type: z.literal('message'), message: z.union([z.string().max(128 * 1024), z.strictObject({ raw: hexData })]) }),
+  z.strictObject({ type: z.literal('typedData'), typedData: TypedDataSchema }),
+  z.strictObject({ type: z.literal('transaction'), transaction: TransactionSchema }),
+  z.strictObject({ type: z.literal('authorization'), authorization: AuthorizationSchema }),
+  z.discriminatedUnion('version', [
+    z.strictObject({ type: z.literal('userOperation'), version: z.literal('0.6'), chainId, entryPoint: address, userOperation: UserOperationV06Schema }),
+    z.strictObject({ type: z.literal('userOperation'), version: z.literal('0.7'), chainId, entryPoint: address, userOperation: UserOperationV07Schema }),
+  ]),
+]);
+
+export type SignRequest = z.output<typeof SignRequestSchema>;
+export type SignRequestInput = z.input<typeof SignRequestSchema>;
+export type SignType = SignRequest['type'];
+
+export interface SignResult {
+  /** r ‖ s ‖ v, 65 bytes, v 27/28. */
+  signature: `0x${string}`;
+  r: `0x${string}`;
+  s: `0x${string}`;
+  v: 27 | 28;
+  yParity: 0 | 1;
+  /** The 32-byte digest that was signed. */
+  hash: `0x${string}`;
+  address: `0x${string}`;
+  /** For transactions: the signed, serialized transaction. */
+  serializedTransaction?: `0x${string}`;
+  /** For user operations: the EntryPoint's userOpHash (the signed digest is its EIP-191 hash). */
+  userOperationHash?: `0x${string}`;
+}
