@@ -11,6 +11,7 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 /** One entry per runnable program; add programs here as they appear. @type {{name: string, entry: string}[]} */
 export const programs = [
   { name: 'enclave', entry: 'enclave/src/main.ts' },
+  { name: 'parent', entry: 'parent/src/main.ts' },
   { name: 'kms-emulator', entry: 'sim/src/kms/main.ts' },
   { name: 'nsm-sim', entry: 'sim/src/nsm/main.ts' },
 ];

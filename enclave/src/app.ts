@@ -40,6 +40,8 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger): Promi
     logger,
     defaultDeadlineMs: config.limits.kmsDeadlineMs,
     maxFrameBytes: config.limits.maxFrameBytes,
+    // A cold sign waits briefly for the proxy link (e.g. after a parent restart) rather than failing.
+    waitForConnectionMs: 2000,
   });
   kmsProxy.start();
 
@@ -48,7 +50,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger): Promi
   cache.startSweeper();
   const unsealer = new Unsealer(kmsProxy, recipient, { kmsKeyArn: config.kmsKeyArn, deadlineMs: config.limits.kmsDeadlineMs });
   const keys = new KeyService({ cache, unsealer, nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject });
-  const { methods } = enclaveMethods({ keys, cache, unsealer, recipient, nsm, startedAt: Date.now() });
+  const { methods } = enclaveMethods({ keys, cache, unsealer, recipient, nsm, kmsProxy, startedAt: Date.now() });
 
   const server = new RpcServer({ name: 'enclave', methods, logger, maxConcurrent: config.limits.maxConcurrent, maxFrameBytes: config.limits.maxFrameBytes });
   await server.listen(transport, config.listen);

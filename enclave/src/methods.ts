@@ -11,7 +11,7 @@ import {
   SignParams,
   type EnclaveHealth,
 } from '../../shared/src/protocol';
-import { rpcMethod, type RpcMethod } from '../../shared/src/rpc';
+import { rpcMethod, type RpcClient, type RpcMethod } from '../../shared/src/rpc';
 import type { KeyCache } from './keys/cache';
 import type { KeyService } from './keys/service';
 import type { RecipientKeys } from './kms/recipient';
@@ -26,6 +26,7 @@ export interface EnclaveParts {
   unsealer: Unsealer;
   recipient: RecipientKeys;
   nsm: NsmClient;
+  kmsProxy: RpcClient;
   startedAt: number;
 }
 
@@ -53,6 +54,7 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
       status: 'ok',
       version: ENCLAVE_VERSION,
       nsm: parts.nsm.kind,
+      kmsProxy: parts.kmsProxy.connected ? 'connected' : 'disconnected',
       uptimeMs: Date.now() - parts.startedAt,
       counters: {
         creates: parts.keys.creates,

@@ -28,6 +28,8 @@ export interface EnclaveHealth {
   status: 'ok';
   version: string;
   nsm: 'real' | 'simulated';
+  /** The enclave's link to the parent's KMS proxy (needed for cold signs). */
+  kmsProxy: 'connected' | 'disconnected';
   uptimeMs: number;
   counters: {
     creates: number;

@@ -160,6 +160,27 @@ describe('JSON-RPC over simulated vsock', () => {
   });
 });
 
+describe('RPC client waiting for its connection', () => {
+  it('with waitForConnectionMs, a call while down reconnects at once and waits instead of failing', async () => {
+    const runDir = tempRunDir();
+    const transport = new SimulatedVsockTransport(runDir);
+    const log = captureLogger();
+    const c = new RpcClient({ name: 'patient', transport, address: 'vsock://3:8000', logger: log.logger, waitForConnectionMs: 3000, backoff: { initialMs: 5000, maxMs: 5000 } });
+    c.start();
+    await waitFor(() => !c.connected && c.pendingCount === 0, 1000, 'first failed attempt');
+    await sleep(50); // now in a long backoff
+    const server = new RpcServer({ name: 'late', methods: methods(), logger: log.logger });
+    await server.listen(transport, 'vsock://3:8000');
+    await expect(c.call('echo', { value: 1 })).resolves.toEqual({ value: 1 });
+    await server.close(0);
+    await waitFor(() => !c.connected, 2000, 'disconnect');
+    const err = (await c.call('echo', { value: 2 }).catch((e: unknown) => e)) as KeystoreError;
+    expect(err.reason).toBe('UNAVAILABLE');
+    await c.close();
+    fs.rmSync(runDir, { recursive: true, force: true });
+  });
+});
+
 describe('RPC server isolation', () => {
   let runDir: string;
   let transport: SimulatedVsockTransport;

@@ -31,6 +31,11 @@ export interface RpcClientOptions {
   maxFrameBytes?: number;
   /** Called whenever the connection comes up or goes down. */
   onStateChange?: (connected: boolean) => void;
+  /**
+   * When set, a call made while the connection is down starts a reconnect attempt at once and waits up to
+   * this long (within its deadline) instead of failing fast. For links where a short wait beats an error.
+   */
+  waitForConnectionMs?: number;
 }
 
 export interface CallOptions {
@@ -112,8 +117,10 @@ export class RpcClient {
     const deadlineMs = options.deadlineMs ?? this.defaultDeadlineMs;
     const startedAt = Date.now();
     if (this.state === 'idle') this.start();
+    const waitMs = this.options.waitForConnectionMs ?? 0;
+    if (this.state === 'backoff' && waitMs > 0) this.reconnectNow();
     if (this.state === 'connecting') {
-      const ok = await this.waitForAttempt(deadlineMs);
+      const ok = await this.waitForAttempt(Math.min(deadlineMs, waitMs > 0 ? waitMs : deadlineMs));
       if (!ok && this.state === 'connecting') throw this.timeout(method, deadlineMs);
     }
     const conn = this.conn;
@@ -199,6 +206,12 @@ export class RpcClient {
       this.scheduleReconnect();
       this.notifyWaiters(false);
     }
+  }
+
+  private reconnectNow(): void {
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    void this.connect();
   }
 
   private scheduleReconnect(): void {

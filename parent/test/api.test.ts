@@ -1,0 +1,189 @@
+/**
+ * The caller API contract over the real processes: every route and documented status, auth per scope,
+ * body limits and validation, request ids, readiness and metrics.
+ */
+import http from 'node:http';
+import { recoverMessageAddress } from 'viem';
+import { tempRunDir } from '../../shared/test/helpers';
+import { startStack, waitReady, type Stack } from '../../test/support/stack';
+
+describe('caller API', () => {
+  let s: Stack;
+
+  beforeAll(async () => {
+    s = await startStack(tempRunDir('nks-api-'), { parentApi: { maxBodyBytes: 4096 } });
+    await waitReady(s);
+  }, 60_000);
+  afterAll(async () => {
+    await s?.stop();
+  });
+
+  /** node:http directly, for requests fetch will not make (a GET with a body). */
+  const rawRequest = (path: string, method: string, body: string) =>
+    new Promise<{ status: number; body: any }>((resolve, reject) => {
+      const url = new URL(`${s.url}${path}`);
+      const req = http.request({ host: url.hostname, port: url.port, path: url.pathname, method, headers: { authorization: `Bearer ${s.tokens.full}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c) => chunks.push(c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) }));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+
+  const expectError = (res: { status: number; body: any; headers: Headers }, status: number, code: string) => {
+    expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code });
+    expect(typeof res.body.error.message).toBe('string');
+    expect(res.body.error.requestId).toBe(res.headers.get('x-request-id'));
+  };
+
+  it('creates keys, reads them, lists them with cursor paging', async () => {
+    const created = await s.api('/v1/keys', { body: { labels: { tier: 'gold' } } });
+    expect(created.status).toBe(201);
+    expect(created.body).toMatchObject({ keyId: expect.stringMatching(/^k_[A-Za-z0-9_-]{22}$/), address: expect.stringMatching(/^0x[0-9a-fA-F]{40}$/), externalId: null, labels: { tier: 'gold' }, disabled: false });
+    expect(new Date(created.body.createdAt).toISOString()).toBe(created.body.createdAt);
+    expect(created.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+
+    const got = await s.api(`/v1/keys/${created.body.keyId}`);
+    expect(got.status).toBe(200);
+    expect(got.body).toEqual({ ...created.body });
+
+    for (let i = 0; i < 4; i++) expect((await s.api('/v1/keys', { body: {} })).status).toBe(201);
+    const seen: string[] = [];
+    let cursor: string | null = null;
+    do {
+      const page: { status: number; body: any } = await s.api(`/v1/keys?limit=2${cursor ? `&cursor=${cursor}` : ''}`);
+      expect(page.status).toBe(200);
+      expect(page.body.keys.length).toBeLessThanOrEqual(2);
+      seen.push(...page.body.keys.map((k: { keyId: string }) => k.keyId));
+      cursor = page.body.nextCursor;
+    } while (cursor);
+    expect(new Set(seen).size).toBe(seen.length);
+    expect(seen).toContain(created.body.keyId);
+    expect(seen.length).toBeGreaterThanOrEqual(5);
+  });
+
+  it('creates one key per external id: 201 first, then 200 with the same key', async () => {
+    const first = await s.api('/v1/keys', { body: { externalId: 'user:alice', attest: true } });
+    expect(first.status).toBe(201);
+    expect(first.body.attestation).toEqual(expect.any(String));
+    const again = await s.api('/v1/keys', { body: { externalId: 'user:alice' } });
+    expect(again.status).toBe(200);
+    expect(again.body.keyId).toBe(first.body.keyId);
+    const byExternal = await s.api('/v1/keys?externalId=user:alice');
+    expect(byExternal.body.keys.map((k: { keyId: string }) => k.keyId)).toEqual([first.body.keyId]);
+    expect((await s.api('/v1/keys?externalId=user:nobody')).body).toEqual({ keys: [], nextCursor: null });
+  });
+
+  it('signs, and refuses while the key is disabled', async () => {
+    const key = (await s.api('/v1/keys', { body: {} })).body;
+    const signed = await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'message', message: 'hello' } });
+    expect(signed.status).toBe(200);
+    expect(await recoverMessageAddress({ message: 'hello', signature: signed.body.signature })).toBe(key.address);
+
+    expect((await s.api(`/v1/keys/${key.keyId}/disable`, { method: 'POST', token: 'admin' })).body.disabled).toBe(true);
+    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'message', message: 'x' } }), 409, 'KEY_DISABLED');
+    expect((await s.api(`/v1/keys/${key.keyId}/enable`, { method: 'POST', token: 'admin', body: {} })).body.disabled).toBe(false);
+    expect((await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'message', message: 'x' } })).status).toBe(200);
+  });
+
+  it('serves attestation documents with a nonce', async () => {
+    const res = await s.api('/v1/attestation?nonce=0x0102030405060708');
+    expect(res.status).toBe(200);
+    expect(Buffer.from(res.body.document, 'base64')[0]).toBe(0x84);
+    expectError(await s.api('/v1/attestation?nonce=xyz'), 400, 'INVALID_PARAMS');
+  });
+
+  it('requires a token with the right scope on every caller route', async () => {
+    const key = (await s.api('/v1/keys', { body: {} })).body;
+    const routes: Array<[string, string, unknown, string]> = [
+      ['POST', '/v1/keys', {}, 'create'],
+      ['GET', '/v1/keys', undefined, 'read'],
+      ['GET', `/v1/keys/${key.keyId}`, undefined, 'read'],
+      ['POST', `/v1/keys/${key.keyId}/sign`, { type: 'message', message: 'm' }, 'sign'],
+      ['POST', `/v1/keys/${key.keyId}/disable`, undefined, 'admin'],
+      ['POST', `/v1/keys/${key.keyId}/enable`, undefined, 'admin'],
+      ['GET', '/v1/attestation?nonce=0x01', undefined, 'read'],
+    ];
+    for (const [method, path, body, allowed] of routes) {
+      expectError(await s.api(path, { method, body, token: null }), 401, 'UNAUTHORIZED');
+      expectError(await s.api(path, { method, body, token: 'nks_not_a_real_token' }), 401, 'UNAUTHORIZED');
+      expectError(await s.api(path, { method, body, headers: { authorization: 'Basic abc' }, token: null }), 401, 'UNAUTHORIZED');
+      for (const who of ['create', 'sign', 'read'] as const) {
+        const res = await s.api(path, { method, body, token: who });
+        if (who === allowed) expect(res.status).toBeLessThan(300);
+        else expectError(res, 403, 'FORBIDDEN');
+      }
+      expect((await s.api(path, { method, body, token: 'admin' })).status).toBeLessThan(300); // admin has every scope
+    }
+    const unauth = await s.api('/v1/keys', { token: null });
+    expect(unauth.headers.get('www-authenticate')).toBe('Bearer');
+  });
+
+  it('answers bad bodies and requests with their documented statuses', async () => {
+    const key = (await s.api('/v1/keys', { body: {} })).body;
+    expectError(await s.api('/v1/keys', { body: 'x'.repeat(5000) }), 413, 'PAYLOAD_TOO_LARGE');
+    expectError(await s.api('/v1/keys', { body: '{"externalId": ' }), 400, 'INVALID_REQUEST');
+    expectError(await s.api('/v1/keys', { body: { externalId: 'a', color: 'red' } }), 400, 'INVALID_PARAMS');
+    expectError(await s.api('/v1/keys', { body: { externalId: 42 } }), 400, 'INVALID_PARAMS');
+    expectError(await s.api('/v1/keys', { body: { labels: { 'bad key!': 'x' } } }), 400, 'INVALID_PARAMS');
+    expectError(await s.api('/v1/keys', { body: '{}', headers: { 'content-type': 'text/plain' } }), 415, 'UNSUPPORTED_MEDIA_TYPE');
+    expectError(await s.api('/v1/keys?color=red', { body: {} }), 400, 'INVALID_PARAMS');
+    expectError(await s.api('/v1/keys?limit=0'), 400, 'INVALID_PARAMS');
+    expectError(await s.api('/v1/keys?cursor=bm9wZQ'), 400, 'INVALID_PARAMS');
+    expectError(await s.api(`/v1/keys/${key.keyId}/disable`, { token: 'admin', body: { unexpected: true } }), 400, 'INVALID_PARAMS');
+    const getWithBody = await rawRequest(`/v1/keys/${key.keyId}`, 'GET', '{"unexpected":true}');
+    expect([getWithBody.status, getWithBody.body.error.code]).toEqual([400, 'INVALID_REQUEST']);
+    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'digest', digest: '0x12' } }), 400, 'INVALID_PARAMS');
+    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'message', message: 'm', extra: 1 } }), 400, 'INVALID_PARAMS');
+    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { method: 'POST' }), 400, 'INVALID_PARAMS');
+    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'nope' } } } }), 400, 'INVALID_PARAMS');
+    expectError(await s.api('/v1/keys/k_doesnotexist000000000000'), 404, 'KEY_NOT_FOUND');
+    expectError(await s.api('/v1/keys/k_doesnotexist000000000000/sign', { body: { type: 'message', message: 'm' } }), 404, 'KEY_NOT_FOUND');
+    expectError(await s.api('/v1/keys/k_doesnotexist000000000000/disable', { method: 'POST', token: 'admin' }), 404, 'KEY_NOT_FOUND');
+    expectError(await s.api('/v1/nothing'), 404, 'NOT_FOUND');
+    const wrongMethod = await s.api('/v1/keys', { method: 'DELETE' });
+    expectError(wrongMethod, 405, 'METHOD_NOT_ALLOWED');
+    expect(wrongMethod.headers.get('allow')).toBe('POST, GET');
+  });
+
+  it('answers 413 on a declared oversized body without reading it', async () => {
+    const url = new URL(`${s.url}/v1/keys`);
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = http.request({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { authorization: `Bearer ${s.tokens.full}`, 'content-type': 'application/json', 'content-length': '10000000' } }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      req.write('{"a":'); // the rest never comes
+    });
+    expect(status).toBe(413);
+  });
+
+  it('echoes a well-formed caller request id and replaces a malformed one', async () => {
+    expect((await s.api('/healthz', { token: null, headers: { 'x-request-id': 'req-123' } })).headers.get('x-request-id')).toBe('req-123');
+    expect((await s.api('/healthz', { token: null, headers: { 'x-request-id': 'bad id with spaces' } })).headers.get('x-request-id')).not.toBe('bad id with spaces');
+  });
+
+  it('serves health, readiness and metrics without a token', async () => {
+    expect(await s.api('/healthz', { token: null })).toMatchObject({ status: 200, body: { status: 'ok' } });
+    expect(await s.api('/readyz', { token: null })).toMatchObject({ status: 200, body: { status: 'ready', checks: { enclave: true, kmsProxy: true, enclaveKmsLink: true, database: true } } });
+    const m = await s.api('/metrics', { token: null });
+    expect(m.status).toBe(200);
+    const text = String(m.body);
+    for (const name of ['nks_http_requests_total', 'nks_http_request_duration_seconds_bucket', 'nks_enclave_rpc_duration_seconds_bucket', 'nks_kms_calls_total', 'nks_enclave_up 1', 'nks_keys{state="enabled"}', 'nks_enclave_counter{counter="signs"}', 'nks_enclave_memory_bytes{kind="rss"}']) {
+      expect(text).toContain(name);
+    }
+    expect(text).toMatch(/nks_http_requests_total\{route="\/v1\/keys\/\{keyId\}\/sign",method="POST",status="200"\} [1-9]/);
+    expect(text).toMatch(/nks_kms_calls_total\{outcome="ok"\} [1-9]/);
+    expectError(await s.api('/metrics', { method: 'POST', token: null }), 405, 'METHOD_NOT_ALLOWED');
+  });
+
+  it('never logs tokens, blobs or documents', () => {
+    const logs = s.parent.lines.join('\n');
+    for (const t of Object.values(s.tokens)) expect(logs).not.toContain(t);
+    expect(logs).toContain('"msg":"request"');
+    expect(logs).not.toMatch(/"blob":"[A-Za-z0-9+/]{40}/);
+    expect(logs).not.toMatch(/"document":"[A-Za-z0-9+/]{40}/);
+  });
+});

@@ -1,0 +1,141 @@
+/**
+ * The whole system as separate processes on the simulated platform: NSM simulator, KMS emulator, enclave and
+ * parent, talking over simulated vsock. Tests get the API URL, tokens for every scope, and the means to stop,
+ * restart or kill -9 the enclave and the parent.
+ */
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createHash } from 'node:crypto';
+import { startPlatform, writeJson, type Platform } from './platform';
+import { startProgram, type Running } from './process';
+
+export const ENCLAVE_ADDRESS = 'vsock://16:5000';
+export const PROXY_ADDRESS = 'vsock://3:8000';
+
+export type TokenName = 'full' | 'create' | 'sign' | 'read' | 'admin';
+
+export interface Stack {
+  runDir: string;
+  platform: Platform;
+  url: string;
+  tokens: Record<TokenName, string>;
+  enclave: Running;
+  parent: Running;
+  parentConfigFile: string;
+  dbPath: string;
+  api(pathname: string, init?: { method?: string; token?: TokenName | string | null; body?: unknown; headers?: Record<string, string> }): Promise<{ status: number; body: any; headers: Headers }>;
+  stopEnclave(): Promise<void>;
+  startEnclave(): Promise<void>;
+  restartParent(opts?: { kill?: boolean }): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export interface StackOptions {
+  enclave?: Record<string, unknown>;
+  parentApi?: Record<string, unknown>;
+  parent?: Record<string, unknown>;
+  kmsLatencyMs?: number;
+}
+
+export async function startStack(runDir: string, opts: StackOptions = {}): Promise<Stack> {
+  const platform = await startPlatform(runDir, { kmsLatencyMs: opts.kmsLatencyMs ?? 0 });
+  const tokens = Object.fromEntries((['full', 'create', 'sign', 'read', 'admin'] as const).map((n) => [n, `nks_${n}_${randomBytes(16).toString('hex')}`])) as Record<TokenName, string>;
+  const sha = (t: string) => createHash('sha256').update(t).digest('hex');
+
+  const enclaveConfigFile = writeJson(path.join(runDir, 'enclave.json'), {
+    kmsKeyArn: platform.keyArn,
+    kmsPublicKey: platform.kmsPublicKey,
+    listen: ENCLAVE_ADDRESS,
+    kmsProxy: PROXY_ADDRESS,
+    transport: { kind: 'simulated', runDir },
+    nsm: { kind: 'simulated', socket: platform.nsmSocket },
+    logLevel: 'debug',
+    ...opts.enclave,
+  });
+  const dbPath = path.join(runDir, 'parent', 'keys.db');
+  const parentConfigFile = writeJson(path.join(runDir, 'parent.json'), {
+    api: { listen: { host: '127.0.0.1', port: 0 }, ...opts.parentApi },
+    tokens: [
+      { name: 'full', sha256: sha(tokens.full), scopes: ['keys:create', 'keys:sign', 'keys:read'] },
+      { name: 'create', sha256: sha(tokens.create), scopes: ['keys:create'] },
+      { name: 'sign', sha256: sha(tokens.sign), scopes: ['keys:sign'] },
+      { name: 'read', sha256: sha(tokens.read), scopes: ['keys:read'] },
+      { name: 'admin', sha256: sha(tokens.admin), scopes: ['admin'] },
+    ],
+    database: { path: dbPath },
+    transport: { kind: 'simulated', runDir },
+    enclave: { address: ENCLAVE_ADDRESS, poolSize: 2, deadlineMs: 5000 },
+    kmsProxy: { listen: PROXY_ADDRESS, allowedKeyArns: [platform.keyArn], region: 'us-east-1', endpoint: platform.kmsUrl, deadlineMs: 4000 },
+    logLevel: 'debug',
+    ...opts.parent,
+  });
+  const awsEnv = { AWS_ACCESS_KEY_ID: 'AKIDPARENT', AWS_SECRET_ACCESS_KEY: 'not-a-secret', AWS_REGION: 'us-east-1' };
+
+  const launchEnclave = async () => {
+    const p = startProgram('enclave', ['--config', enclaveConfigFile]);
+    await p.waitForLog((e) => e.msg === 'enclave ready');
+    return p;
+  };
+  const launchParent = async () => {
+    const p = startProgram('parent', ['--config', parentConfigFile], awsEnv);
+    const ready = await p.waitForLog((e) => e.msg === 'parent ready');
+    return { p, url: String(ready.url) };
+  };
+
+  const stack: Partial<Stack> = { runDir, platform, tokens, parentConfigFile, dbPath };
+  // The parent first: its KMS proxy must be listening before the enclave needs it.
+  const first = await launchParent();
+  stack.parent = first.p;
+  stack.url = first.url;
+  stack.enclave = await launchEnclave();
+
+  stack.api = async (pathname, init = {}) => {
+    const token = init.token === null ? undefined : init.token === undefined ? tokens.full : (tokens as Record<string, string>)[init.token] ?? init.token;
+    const headers: Record<string, string> = { ...(token ? { authorization: `Bearer ${token}` } : {}), ...init.headers };
+    let body: string | undefined;
+    if (init.body !== undefined) {
+      body = typeof init.body === 'string' ? init.body : JSON.stringify(init.body);
+      headers['content-type'] ??= 'application/json';
+    }
+    const res = await fetch(`${stack.url}${pathname}`, { method: init.method ?? (body ? 'POST' : 'GET'), headers, body });
+    const text = await res.text();
+    let parsed: unknown = text;
+    try {
+      parsed = JSON.parse(text);
+    } catch {
+      /* not JSON (metrics) */
+    }
+    return { status: res.status, body: parsed, headers: res.headers };
+  };
+  stack.stopEnclave = async () => {
+    await stack.enclave?.stop();
+  };
+  stack.startEnclave = async () => {
+    stack.enclave = await launchEnclave();
+  };
+  stack.restartParent = async ({ kill = false } = {}) => {
+    await stack.parent?.stop(kill ? 'SIGKILL' : 'SIGTERM');
+    const next = await launchParent();
+    stack.parent = next.p;
+    stack.url = next.url;
+  };
+  stack.stop = async () => {
+    await stack.parent?.stop();
+    await stack.enclave?.stop();
+    await platform.stop();
+    fs.rmSync(runDir, { recursive: true, force: true });
+  };
+  return stack as Stack;
+}
+
+/** Polls until the API says ready (enclave reachable), or fails. */
+export async function waitReady(stack: Stack, timeoutMs = 15_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await stack.api('/readyz', { token: null }).catch(() => ({ status: 0 }));
+    if (r.status === 200) return;
+    if (Date.now() > until) throw new Error('the stack did not become ready');
+    await new Promise((res) => setTimeout(res, 50));
+  }
+}
