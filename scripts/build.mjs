@@ -2,7 +2,7 @@
 // Output is deterministic: no timestamps, no absolute paths, no source maps with local paths.
 import { build } from 'esbuild';
 import { fileURLToPath } from 'node:url';
-import { existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 
@@ -12,6 +12,8 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const programs = [
   { name: 'enclave', entry: 'enclave/src/main.ts' },
   { name: 'parent', entry: 'parent/src/main.ts' },
+  { name: 'cli', entry: 'client/src/cli/main.ts' },
+  { name: 'dev', entry: 'sim/src/dev/main.ts' },
   { name: 'kms-emulator', entry: 'sim/src/kms/main.ts' },
   { name: 'nsm-sim', entry: 'sim/src/nsm/main.ts' },
 ];
@@ -36,6 +38,7 @@ for (const { name, entry } of programs) {
     logLevel: 'warning',
     banner: { js: '#!/usr/bin/env node' },
   });
+  chmodSync(path.join(root, 'dist', `${name}.js`), 0o755);
   console.log(`built dist/${name}.js (${Date.now() - started} ms)`);
 }
 

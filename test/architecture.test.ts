@@ -34,7 +34,8 @@ const rules: Array<{ from: string; allowed: string[] }> = [
   { from: 'enclave/src', allowed: ['enclave', 'shared'] },
   { from: 'parent/src', allowed: ['parent', 'shared'] },
   { from: 'client/src', allowed: ['client', 'shared'] },
-  { from: 'sim/src', allowed: ['sim', 'shared'] },
+  // The dev stack (sim/src/dev) provisions with the operators' policy generator from client/.
+  { from: 'sim/src', allowed: ['sim', 'shared', 'client'] },
   // Tests may use simulators and helpers, but the two sides still never reach into each other.
   { from: 'enclave/test', allowed: ['enclave', 'shared', 'sim', 'test'] },
   { from: 'parent/test', allowed: ['parent', 'shared', 'sim', 'test'] },

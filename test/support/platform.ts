@@ -47,7 +47,7 @@ export function attestedPolicy(pcr0: string, role = PARENT_ROLE): string {
   });
 }
 
-export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLatencyMs?: number } = {}): Promise<Platform> {
+export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLatencyMs?: number; reuse?: { keyArn: string; kmsPublicKey: string } } = {}): Promise<Platform> {
   const pcr0 = opts.pcr0 ?? TEST_PCR0;
   const nsmSocket = path.join(runDir, 'nsm.sock');
   const procs: Running[] = [];
@@ -70,11 +70,18 @@ export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLa
 
   const kms = (accessKeyId = 'AKIDPARENT') =>
     new KMSClient({ endpoint: kmsUrl, region: 'us-east-1', credentials: { accessKeyId, secretAccessKey: 'x' }, maxAttempts: 1 });
-  const admin = kms('AKIDADMIN');
-  const created = await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy(pcr0) }));
-  const keyArn = created.KeyMetadata?.Arn as string;
-  const pub = await admin.send(new GetPublicKeyCommand({ KeyId: keyArn }));
-  admin.destroy();
+  let keyArn: string;
+  let kmsPublicKey: string;
+  if (opts.reuse) {
+    ({ keyArn, kmsPublicKey } = opts.reuse);
+  } else {
+    const admin = kms('AKIDADMIN');
+    const created = await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy(pcr0) }));
+    keyArn = created.KeyMetadata?.Arn as string;
+    const pub = await admin.send(new GetPublicKeyCommand({ KeyId: keyArn }));
+    kmsPublicKey = Buffer.from(pub.PublicKey as Uint8Array).toString('base64');
+    admin.destroy();
+  }
 
   return {
     runDir,
@@ -83,7 +90,7 @@ export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLa
     kmsUrl,
     kmsStateFile,
     keyArn,
-    kmsPublicKey: Buffer.from(pub.PublicKey as Uint8Array).toString('base64'),
+    kmsPublicKey,
     pcr0,
     kms,
     async stats() {

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { startPlatform, writeJson, type Platform } from './platform';
 import { startProgram, type Running } from './process';
+import { startRelay, type Relay } from './relay';
 
 export const ENCLAVE_ADDRESS = 'vsock://16:5000';
 export const PROXY_ADDRESS = 'vsock://3:8000';
@@ -28,6 +29,12 @@ export interface Stack {
   stopEnclave(): Promise<void>;
   startEnclave(): Promise<void>;
   restartParent(opts?: { kill?: boolean }): Promise<void>;
+  /** Stops every process (state kept) and starts them all again. */
+  restartAll(): Promise<void>;
+  /** With `capture`: every byte between parent and enclave (RPC and KMS-proxy links). */
+  capturedTraffic(): Buffer;
+  /** Every log line of every parent process this stack ran. */
+  parentLogs(): string;
   stop(): Promise<void>;
 }
 
@@ -36,17 +43,22 @@ export interface StackOptions {
   parentApi?: Record<string, unknown>;
   parent?: Record<string, unknown>;
   kmsLatencyMs?: number;
+  /** Put recording relays on both parent <-> enclave links. */
+  capture?: boolean;
 }
 
 export async function startStack(runDir: string, opts: StackOptions = {}): Promise<Stack> {
-  const platform = await startPlatform(runDir, { kmsLatencyMs: opts.kmsLatencyMs ?? 0 });
+  let platform = await startPlatform(runDir, { kmsLatencyMs: opts.kmsLatencyMs ?? 0 });
+  // With capture, each side talks to a relay that forwards to the other side's real address.
+  const enclaveListen = opts.capture ? 'vsock://17:5000' : ENCLAVE_ADDRESS;
+  const proxyListen = opts.capture ? 'vsock://13:8000' : PROXY_ADDRESS;
   const tokens = Object.fromEntries((['full', 'create', 'sign', 'read', 'admin'] as const).map((n) => [n, `nks_${n}_${randomBytes(16).toString('hex')}`])) as Record<TokenName, string>;
   const sha = (t: string) => createHash('sha256').update(t).digest('hex');
 
   const enclaveConfigFile = writeJson(path.join(runDir, 'enclave.json'), {
     kmsKeyArn: platform.keyArn,
     kmsPublicKey: platform.kmsPublicKey,
-    listen: ENCLAVE_ADDRESS,
+    listen: enclaveListen,
     kmsProxy: PROXY_ADDRESS,
     transport: { kind: 'simulated', runDir },
     nsm: { kind: 'simulated', socket: platform.nsmSocket },
@@ -66,7 +78,7 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
     database: { path: dbPath },
     transport: { kind: 'simulated', runDir },
     enclave: { address: ENCLAVE_ADDRESS, poolSize: 2, deadlineMs: 5000 },
-    kmsProxy: { listen: PROXY_ADDRESS, allowedKeyArns: [platform.keyArn], region: 'us-east-1', endpoint: platform.kmsUrl, deadlineMs: 4000 },
+    kmsProxy: { listen: proxyListen, allowedKeyArns: [platform.keyArn], region: 'us-east-1', endpoint: platform.kmsUrl, deadlineMs: 4000 },
     logLevel: 'debug',
     ...opts.parent,
   });
@@ -77,11 +89,27 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
     await p.waitForLog((e) => e.msg === 'enclave ready');
     return p;
   };
+  const parents: Running[] = [];
   const launchParent = async () => {
     const p = startProgram('parent', ['--config', parentConfigFile], awsEnv);
+    parents.push(p);
     const ready = await p.waitForLog((e) => e.msg === 'parent ready');
     return { p, url: String(ready.url) };
   };
+
+  const relays: Relay[] = [];
+  const traffic: Buffer[] = [];
+  const startRelays = async () => {
+    if (!opts.capture) return;
+    relays.push(await startRelay(runDir, ENCLAVE_ADDRESS, enclaveListen), await startRelay(runDir, PROXY_ADDRESS, proxyListen));
+  };
+  const stopRelays = async () => {
+    for (const r of relays.splice(0)) {
+      traffic.push(r.bytes());
+      await r.close();
+    }
+  };
+  await startRelays();
 
   const stack: Partial<Stack> = { runDir, platform, tokens, parentConfigFile, dbPath };
   // The parent first: its KMS proxy must be listening before the enclave needs it.
@@ -120,10 +148,30 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
     stack.parent = next.p;
     stack.url = next.url;
   };
+  stack.parentLogs = () => parents.map((p) => p.lines.join('\n')).join('\n');
+  stack.capturedTraffic = () => Buffer.concat([...traffic, ...relays.map((r) => r.bytes())]);
+  stack.restartAll = async () => {
+    await stack.parent?.stop();
+    await stack.enclave?.stop();
+    await platform.stop();
+    await stopRelays();
+    platform = await startPlatform(runDir, { kmsLatencyMs: opts.kmsLatencyMs ?? 0, reuse: { keyArn: platform.keyArn, kmsPublicKey: platform.kmsPublicKey } });
+    stack.platform = platform;
+    // The KMS emulator listens on a new port: point the parent at it.
+    const parentConfig = JSON.parse(fs.readFileSync(parentConfigFile, 'utf8')) as { kmsProxy: { endpoint: string } };
+    parentConfig.kmsProxy.endpoint = platform.kmsUrl;
+    writeJson(parentConfigFile, parentConfig);
+    await startRelays();
+    const next = await launchParent();
+    stack.parent = next.p;
+    stack.url = next.url;
+    stack.enclave = await launchEnclave();
+  };
   stack.stop = async () => {
     await stack.parent?.stop();
     await stack.enclave?.stop();
     await platform.stop();
+    await stopRelays();
     fs.rmSync(runDir, { recursive: true, force: true });
   };
   return stack as Stack;

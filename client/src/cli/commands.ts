@@ -1,0 +1,293 @@
+/**
+ * The nks commands. Each parses its own flags strictly (unknown flags are usage errors, exit 2) and prints
+ * for people by default or JSON with --json.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { AttestationError, verifyAttestation, type VerifyOptions } from '../../../shared/src/attestation';
+import type { SignRequestInput } from '../../../shared/src/signing/schema';
+import { generateKeyPolicy, measurementsFromNitroCliJson, normalizePcr, PolicyInputError, type ImageMeasurements } from '../policy';
+import type { Key } from '../sdk';
+import { clientFor, readInput, readJsonInput, UsageError } from './context';
+import { fields, print } from './output';
+
+const connectionOptions = {
+  url: { type: 'string' },
+  token: { type: 'string' },
+  'dev-dir': { type: 'string' },
+  json: { type: 'boolean' },
+} as const;
+
+function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O, positionals = 0) {
+  let res;
+  try {
+    res = parseArgs({ args, options, allowPositionals: positionals > 0, strict: true });
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+  if (res.positionals.length !== positionals) throw new UsageError(`expected ${positionals} argument(s), got ${res.positionals.length}`);
+  return res;
+}
+
+const keyRows = (k: Key): Array<[string, unknown]> => [
+  ['keyId', k.keyId],
+  ['address', k.address],
+  ['externalId', k.externalId],
+  ['labels', Object.keys(k.labels).length ? Object.entries(k.labels).map(([a, b]) => `${a}=${b}`).join(', ') : undefined],
+  ['createdAt', k.createdAt],
+  ['disabled', k.disabled ? 'yes' : 'no'],
+  ['publicKey', k.publicKey],
+];
+
+export async function keysCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  switch (sub) {
+    case 'create': {
+      const { values } = parse(rest, { ...connectionOptions, 'external-id': { type: 'string' }, label: { type: 'string', multiple: true }, attest: { type: 'boolean' } });
+      const labels: Record<string, string> = {};
+      for (const l of values.label ?? []) {
+        const i = l.indexOf('=');
+        if (i < 1) throw new UsageError(`--label takes name=value, got "${l}"`);
+        labels[l.slice(0, i)] = l.slice(i + 1);
+      }
+      const { key, created } = await clientFor(values).createKey({
+        ...(values['external-id'] ? { externalId: values['external-id'] } : {}),
+        ...(Object.keys(labels).length ? { labels } : {}),
+        ...(values.attest ? { attest: true } : {}),
+      });
+      print({ ...key, created }, values.json ?? false, () => `${created ? 'Created' : 'Existing'} key\n${fields([...keyRows(key), ['attestation', key.attestation ? `${key.attestation.length} base64 chars (verify with: nks attestation verify)` : undefined]])}`);
+      return 0;
+    }
+    case 'get': {
+      const { values, positionals } = parse(rest, connectionOptions, 1);
+      const key = await clientFor(values).getKey(positionals[0] as string);
+      print(key, values.json ?? false, () => fields(keyRows(key)));
+      return 0;
+    }
+    case 'list': {
+      const { values } = parse(rest, { ...connectionOptions, 'external-id': { type: 'string' }, limit: { type: 'string' }, cursor: { type: 'string' }, all: { type: 'boolean' } });
+      const client = clientFor(values);
+      let keys: Key[];
+      let nextCursor: string | null = null;
+      if (values.all) {
+        keys = [];
+        for await (const k of client.allKeys()) keys.push(k);
+      } else {
+        const limit = values.limit === undefined ? undefined : Number(values.limit);
+        if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) throw new UsageError('--limit must be a positive integer');
+        const page = await client.listKeys({ ...(values['external-id'] ? { externalId: values['external-id'] } : {}), ...(limit ? { limit } : {}), ...(values.cursor ? { cursor: values.cursor } : {}) });
+        keys = page.keys;
+        nextCursor = page.nextCursor;
+      }
+      print({ keys, nextCursor }, values.json ?? false, () =>
+        [`${keys.length} key(s)`, ...keys.map((k) => `${k.keyId}  ${k.address}${k.externalId ? `  ${k.externalId}` : ''}${k.disabled ? '  (disabled)' : ''}`), ...(nextCursor ? [`more: --cursor ${nextCursor}`] : [])].join('\n'),
+      );
+      return 0;
+    }
+    case 'disable':
+    case 'enable': {
+      const { values, positionals } = parse(rest, connectionOptions, 1);
+      const client = clientFor(values);
+      const key = sub === 'disable' ? await client.disableKey(positionals[0] as string) : await client.enableKey(positionals[0] as string);
+      print(key, values.json ?? false, () => `${key.keyId} is ${key.disabled ? 'disabled' : 'enabled'}`);
+      return 0;
+    }
+    default:
+      throw new UsageError('usage: nks keys create|get|list|disable|enable ...');
+  }
+}
+
+export async function signCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse(
+    args,
+    {
+      ...connectionOptions,
+      digest: { type: 'string' },
+      message: { type: 'string' },
+      'message-hex': { type: 'string' },
+      'typed-data': { type: 'string' },
+      transaction: { type: 'string' },
+      authorization: { type: 'string' },
+      'user-operation': { type: 'string' },
+      'entry-point': { type: 'string' },
+      'chain-id': { type: 'string' },
+      'ep-version': { type: 'string' },
+      request: { type: 'string' },
+    },
+    1,
+  );
+  const kinds = ['digest', 'message', 'message-hex', 'typed-data', 'transaction', 'authorization', 'user-operation', 'request'] as const;
+  const chosen = kinds.filter((k) => values[k] !== undefined);
+  if (chosen.length !== 1) throw new UsageError(`give exactly one of ${kinds.map((k) => `--${k}`).join(', ')}`);
+  let request: SignRequestInput;
+  switch (chosen[0]) {
+    case 'digest':
+      request = { type: 'digest', digest: values.digest as `0x${string}` };
+      break;
+    case 'message':
+      request = { type: 'message', message: values.message as string };
+      break;
+    case 'message-hex':
+      request = { type: 'message', message: { raw: values['message-hex'] as `0x${string}` } };
+      break;
+    case 'typed-data':
+      request = { type: 'typedData', typedData: readJsonInput(values['typed-data'] as string) as never };
+      break;
+    case 'transaction':
+      request = { type: 'transaction', transaction: readJsonInput(values.transaction as string) as never };
+      break;
+    case 'authorization':
+      request = { type: 'authorization', authorization: readJsonInput(values.authorization as string) as never };
+      break;
+    case 'user-operation': {
+      if (!values['entry-point'] || !values['chain-id'] || !values['ep-version']) throw new UsageError('--user-operation needs --entry-point, --chain-id and --ep-version 0.6|0.7');
+      request = { type: 'userOperation', version: values['ep-version'] as '0.6' | '0.7', chainId: values['chain-id'], entryPoint: values['entry-point'] as `0x${string}`, userOperation: readJsonInput(values['user-operation'] as string) as never } as SignRequestInput;
+      break;
+    }
+    default:
+      request = readJsonInput(values.request as string) as SignRequestInput;
+  }
+  const res = await clientFor(values).sign(positionals[0] as string, request);
+  print(res, values.json ?? false, () =>
+    fields([
+      ['signature', res.signature],
+      ['address', res.address],
+      ['hash', res.hash],
+      ['v', res.v],
+      ['userOperationHash', res.userOperationHash],
+      ['serializedTransaction', res.serializedTransaction],
+    ]),
+  );
+  return 0;
+}
+
+/** A document given as a file of raw bytes, hex or base64 text, or the JSON `{document}` the API returns. */
+export function readDocument(file: string): Buffer {
+  const raw = readInput(file);
+  const text = raw.toString('utf8').trim();
+  if (text.startsWith('{')) {
+    try {
+      const doc = (JSON.parse(text) as { document?: unknown }).document;
+      if (typeof doc === 'string') return Buffer.from(doc, 'base64');
+    } catch {
+      /* not JSON after all */
+    }
+  }
+  if (/^(0x)?([0-9a-fA-F]{2})+$/.test(text)) return Buffer.from(text.replace(/^0x/, ''), 'hex');
+  if (/^[A-Za-z0-9+/=\s]+$/.test(text) && text.length >= 16) return Buffer.from(text.replace(/\s/g, ''), 'base64');
+  return raw;
+}
+
+export async function attestationCommand(args: string[]): Promise<number> {
+  const [sub, ...rest] = args;
+  if (sub === 'get') {
+    const { values } = parse(rest, { ...connectionOptions, nonce: { type: 'string' }, out: { type: 'string' } });
+    if (values.nonce !== undefined && !/^0x([0-9a-fA-F]{2}){1,512}$/.test(values.nonce)) throw new UsageError('--nonce takes 1-512 bytes of 0x-prefixed hex');
+    const res = await clientFor(values).attestation(values.nonce as `0x${string}` | undefined);
+    if (values.out) fs.writeFileSync(values.out, Buffer.from(res.document, 'base64'));
+    print(res, values.json ?? false, () => (values.out ? `wrote ${Buffer.from(res.document, 'base64').length} bytes to ${values.out}` : res.document));
+    return 0;
+  }
+  if (sub !== 'verify') throw new UsageError('usage: nks attestation get|verify ...');
+  const { values, positionals } = parse(
+    rest,
+    { root: { type: 'string' }, at: { type: 'string' }, 'max-age': { type: 'string' }, pcr: { type: 'string', multiple: true }, nonce: { type: 'string' }, 'user-data': { type: 'string' }, json: { type: 'boolean' } },
+    1,
+  );
+  const opts: VerifyOptions = {};
+  if (values.root) opts.trustedRoots = [readInput(values.root).toString('utf8')];
+  if (values.at) {
+    const at = new Date(values.at);
+    if (Number.isNaN(at.getTime())) throw new UsageError('--at takes an ISO time, e.g. 2026-01-31T12:00:00Z');
+    opts.at = at;
+  }
+  if (values['max-age'] !== undefined) {
+    const s = Number(values['max-age']);
+    if (!Number.isFinite(s) || s <= 0) throw new UsageError('--max-age takes a number of seconds');
+    opts.maxAgeMs = s * 1000;
+  }
+  const hex = (v: string, flag: string) => {
+    if (!/^(0x)?([0-9a-fA-F]{2})+$/.test(v)) throw new UsageError(`${flag} takes hex bytes`);
+    return Buffer.from(v.replace(/^0x/, ''), 'hex');
+  };
+  if (values.nonce) opts.expectedNonce = hex(values.nonce, '--nonce');
+  if (values['user-data']) opts.expectedUserData = hex(values['user-data'], '--user-data');
+  for (const p of values.pcr ?? []) {
+    const m = /^(\d{1,2})=(.+)$/.exec(p);
+    if (!m || Number(m[1]) > 31) throw new UsageError(`--pcr takes N=HEX with N in 0..31, got "${p}"`);
+    let value: string;
+    try {
+      value = normalizePcr(m[2] as string, `PCR${m[1]}`);
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+    (opts.expectedPcrs ??= {})[Number(m[1])] = value;
+  }
+  const document = readDocument(positionals[0] as string);
+  try {
+    const v = verifyAttestation(document, opts);
+    const d = v.document;
+    const summary = {
+      valid: true,
+      moduleId: d.moduleId,
+      timestamp: new Date(d.timestamp).toISOString(),
+      pcrs: Object.fromEntries([...d.pcrs].map(([i, b]) => [i, b.toString('hex')])),
+      publicKey: d.publicKey?.toString('base64'),
+      userData: d.userData?.toString('hex'),
+      nonce: d.nonce?.toString('hex'),
+      rootFingerprint: v.rootFingerprint,
+      chain: v.chainSubjects,
+    };
+    print(summary, values.json ?? false, () =>
+      `VALID attestation document\n${fields([
+        ['module', d.moduleId],
+        ['timestamp', summary.timestamp],
+        ['root sha256', v.rootFingerprint],
+        ...[0, 1, 2, 3, 4, 8].filter((i) => d.pcrs.has(i)).map((i): [string, unknown] => [`PCR${i}`, d.pcrs.get(i)?.toString('hex')]),
+        ['user_data', summary.userData],
+        ['nonce', summary.nonce],
+        ['public_key', d.publicKey ? `${d.publicKey.length} bytes` : undefined],
+      ])}`,
+    );
+    return 0;
+  } catch (err) {
+    if (!(err instanceof AttestationError)) throw err;
+    print({ valid: false, code: err.code, message: err.message }, values.json ?? false, () => `INVALID attestation document: ${err.code}: ${err.message}`);
+    return 1;
+  }
+}
+
+export function policyCommand(args: string[]): number {
+  const { values } = parse(args, {
+    measurements: { type: 'string', multiple: true },
+    pcr0: { type: 'string', multiple: true },
+    'parent-role-arn': { type: 'string' },
+    admin: { type: 'string', multiple: true },
+    'pin-pcr8': { type: 'boolean' },
+    out: { type: 'string' },
+  });
+  const images: ImageMeasurements[] = [];
+  try {
+    for (const f of values.measurements ?? []) images.push(measurementsFromNitroCliJson(readJsonInput(f), f));
+    for (const p of values.pcr0 ?? []) images.push({ PCR0: normalizePcr(p, '--pcr0') });
+    if (!values['parent-role-arn']) throw new UsageError('--parent-role-arn is required (the IAM role of the parent instance)');
+    const policy = generateKeyPolicy({ images, parentRoleArn: values['parent-role-arn'], keyAdministrators: values.admin ?? [], pinSigningCertificate: values['pin-pcr8'] ?? false });
+    if (values.out) fs.writeFileSync(values.out, `${policy}\n`);
+    else process.stdout.write(`${policy}\n`);
+    return 0;
+  } catch (err) {
+    if (err instanceof PolicyInputError) throw new UsageError(err.message);
+    throw err;
+  }
+}
+
+/** `nks dev ...`: runs the local stack (dist/dev.js beside this bundle) with the same arguments. */
+export function devCommand(args: string[]): Promise<number> {
+  const devJs = path.join(path.dirname(process.argv[1] ?? '.'), 'dev.js');
+  if (!fs.existsSync(devJs)) throw new UsageError(`${devJs} not found: run "npm run build" first (or use "npm run dev")`);
+  const child = spawn(process.execPath, [devJs, ...args], { stdio: 'inherit' });
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => child.kill(sig));
+  return new Promise((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
+}

@@ -1,0 +1,68 @@
+/**
+ * nks — the command-line client for nitro-keystore (dist/cli.js). Exit codes: 0 success, 1 failure (an API
+ * error, an invalid attestation document), 2 usage.
+ */
+import { KeystoreApiError } from '../sdk';
+import { attestationCommand, devCommand, keysCommand, policyCommand, signCommand } from './commands';
+import { UsageError } from './context';
+
+const HELP = `nks — nitro-keystore command-line client
+
+  nks keys create [--external-id ID] [--label NAME=VALUE]... [--attest]
+  nks keys get <keyId>
+  nks keys list [--external-id ID] [--limit N] [--cursor C] [--all]
+  nks keys disable|enable <keyId>
+  nks sign <keyId> --digest 0x… | --message TEXT | --message-hex 0x… | --typed-data FILE
+                   | --transaction FILE | --authorization FILE | --request FILE
+                   | --user-operation FILE --entry-point 0x… --chain-id N --ep-version 0.6|0.7
+  nks attestation get [--nonce 0x…] [--out FILE]
+  nks attestation verify <file> [--root PEM] [--at ISO-TIME] [--max-age S] [--pcr N=HEX]...
+                         [--nonce HEX] [--user-data HEX] [--json]
+  nks policy --parent-role-arn ARN --admin ARN... (--measurements FILE | --pcr0 HEX)... [--pin-pcr8] [--out FILE]
+  nks dev [--dir DIR] [--api-port PORT] [--update-policy]
+
+Connection (API commands): --url URL --token TOKEN, or NKS_URL / NKS_TOKEN, or the local dev stack's state
+(--dev-dir DIR, default .dev). Add --json for machine-readable output. FILE may be - for standard input.
+Exit codes: 0 success, 1 failure or invalid document, 2 usage.`;
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  switch (cmd) {
+    case 'keys':
+      return keysCommand(rest);
+    case 'sign':
+      return signCommand(rest);
+    case 'attestation':
+      return attestationCommand(rest);
+    case 'policy':
+      return policyCommand(rest);
+    case 'dev':
+      return devCommand(rest);
+    case undefined:
+    case 'help':
+    case '--help':
+    case '-h':
+      process.stdout.write(`${HELP}\n`);
+      return cmd === undefined ? 2 : 0;
+    default:
+      throw new UsageError(`unknown command "${cmd}"`);
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    if (err instanceof UsageError) {
+      process.stderr.write(`nks: ${err.message}\n(see nks --help)\n`);
+      process.exitCode = 2;
+    } else if (err instanceof KeystoreApiError) {
+      process.stderr.write(`nks: ${err.code} (HTTP ${err.status}): ${err.message}${err.requestId ? ` [request ${err.requestId}]` : ''}\n`);
+      process.exitCode = 1;
+    } else {
+      process.stderr.write(`nks: ${(err as Error).message}\n`);
+      process.exitCode = 1;
+    }
+  },
+);

@@ -1,0 +1,188 @@
+/**
+ * Typed client for the nitro-keystore caller API (DESIGN §5).
+ *
+ *   const ks = new KeystoreClient({ url: 'http://127.0.0.1:7070', token });
+ *   const { key } = await ks.createKey({ externalId: 'user-42' });
+ *   const sig = await ks.signMessage(key.keyId, 'hello');
+ *
+ * Errors are `KeystoreApiError` with the API's code, HTTP status, request id and whether a retry can help.
+ * Requests that are safe to repeat (reads, signing, creation with an externalId) are retried on retryable
+ * errors with jittered backoff; creation without an externalId is never retried (it could make two keys).
+ */
+import type { SignRequestInput, SignResult } from '../../shared/src/signing/schema';
+
+export type { SignRequestInput, SignResult };
+
+export interface Key {
+  keyId: string;
+  address: `0x${string}`;
+  publicKey: `0x${string}`;
+  externalId: string | null;
+  labels: Record<string, string>;
+  createdAt: string;
+  disabled: boolean;
+  /** Birth attestation (base64 COSE_Sign1), when the key was created with `attest: true`. */
+  attestation?: string;
+}
+
+export interface ClientOptions {
+  url: string;
+  token: string;
+  /** Per attempt. Default 15 s. */
+  timeoutMs?: number;
+  /** Retries of repeatable requests on retryable errors. Default 2. */
+  retries?: number;
+  fetch?: typeof fetch;
+}
+
+const RETRYABLE = new Set(['OVERLOADED', 'UNAVAILABLE', 'TIMEOUT', 'KMS_THROTTLED', 'KMS_UNAVAILABLE']);
+
+export class KeystoreApiError extends Error {
+  override readonly name = 'KeystoreApiError';
+  constructor(
+    readonly status: number,
+    readonly code: string,
+    message: string,
+    readonly requestId: string | undefined,
+  ) {
+    super(message);
+  }
+  get retryable(): boolean {
+    return RETRYABLE.has(this.code);
+  }
+}
+
+type TypedData = Extract<SignRequestInput, { type: 'typedData' }>['typedData'];
+type Transaction = Extract<SignRequestInput, { type: 'transaction' }>['transaction'];
+type Authorization = Extract<SignRequestInput, { type: 'authorization' }>['authorization'];
+type UserOperationRequest = Extract<SignRequestInput, { type: 'userOperation' }>;
+
+export class KeystoreClient {
+  private readonly base: string;
+  private readonly doFetch: typeof fetch;
+
+  constructor(private readonly options: ClientOptions) {
+    this.base = options.url.replace(/\/+$/, '');
+    this.doFetch = options.fetch ?? fetch;
+  }
+
+  private async request<T>(method: string, path: string, body?: unknown, repeatable = true): Promise<T> {
+    return (await this.send<T>(method, path, body, repeatable)).body;
+  }
+
+  /** One logical request: retried on retryable errors (and network failures) when `repeatable`. */
+  private async send<T>(method: string, path: string, body: unknown, repeatable: boolean): Promise<{ status: number; body: T }> {
+    const attempts = repeatable ? (this.options.retries ?? 2) + 1 : 1;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.once<T>(method, path, body);
+      } catch (err) {
+        const retry = err instanceof KeystoreApiError ? err.retryable : err instanceof TypeError; // TypeError: network failure
+        if (!retry || attempt >= attempts) throw err;
+        const ceiling = 100 * 2 ** (attempt - 1);
+        await new Promise((r) => setTimeout(r, ceiling / 2 + Math.random() * (ceiling / 2)));
+      }
+    }
+  }
+
+  private async once<T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
+    const res = await this.doFetch(`${this.base}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${this.options.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      body: body === undefined ? undefined : JSON.stringify(body),
+      signal: AbortSignal.timeout(this.options.timeoutMs ?? 15_000),
+    });
+    const text = await res.text();
+    let parsed: unknown;
+    try {
+      parsed = text ? JSON.parse(text) : undefined;
+    } catch {
+      throw new KeystoreApiError(res.status, 'BAD_RESPONSE', `the server answered ${res.status} with a body that is not JSON`, res.headers.get('x-request-id') ?? undefined);
+    }
+    if (!res.ok) {
+      const e = (parsed as { error?: { code?: string; message?: string; requestId?: string } })?.error;
+      throw new KeystoreApiError(res.status, e?.code ?? `HTTP_${res.status}`, e?.message ?? res.statusText, e?.requestId ?? res.headers.get('x-request-id') ?? undefined);
+    }
+    return { status: res.status, body: parsed as T };
+  }
+
+  /** Creates a key, or returns the existing one for `externalId` (`created: false`). */
+  async createKey(input: { externalId?: string; labels?: Record<string, string>; attest?: boolean } = {}): Promise<{ key: Key; created: boolean }> {
+    const res = await this.send<Key>('POST', '/v1/keys', input, input.externalId !== undefined);
+    return { key: res.body, created: res.status === 201 };
+  }
+
+  getKey(keyId: string): Promise<Key> {
+    return this.request('GET', `/v1/keys/${encodeURIComponent(keyId)}`);
+  }
+
+  async findKeyByExternalId(externalId: string): Promise<Key | undefined> {
+    const page = await this.listKeys({ externalId });
+    return page.keys[0];
+  }
+
+  listKeys(q: { externalId?: string; limit?: number; cursor?: string } = {}): Promise<{ keys: Key[]; nextCursor: string | null }> {
+    const params = new URLSearchParams();
+    if (q.externalId !== undefined) params.set('externalId', q.externalId);
+    if (q.limit !== undefined) params.set('limit', String(q.limit));
+    if (q.cursor !== undefined) params.set('cursor', q.cursor);
+    const qs = params.toString();
+    return this.request('GET', `/v1/keys${qs ? `?${qs}` : ''}`);
+  }
+
+  /** Every key, page by page. */
+  async *allKeys(pageSize = 500): AsyncGenerator<Key> {
+    let cursor: string | undefined;
+    do {
+      const page = await this.listKeys({ limit: pageSize, ...(cursor ? { cursor } : {}) });
+      yield* page.keys;
+      cursor = page.nextCursor ?? undefined;
+    } while (cursor);
+  }
+
+  sign(keyId: string, request: SignRequestInput): Promise<SignResult> {
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/sign`, request);
+  }
+
+  signDigest(keyId: string, digest: `0x${string}`): Promise<SignResult> {
+    return this.sign(keyId, { type: 'digest', digest });
+  }
+
+  signMessage(keyId: string, message: string | { raw: `0x${string}` }): Promise<SignResult> {
+    return this.sign(keyId, { type: 'message', message });
+  }
+
+  signTypedData(keyId: string, typedData: TypedData): Promise<SignResult> {
+    return this.sign(keyId, { type: 'typedData', typedData });
+  }
+
+  signTransaction(keyId: string, transaction: Transaction): Promise<SignResult> {
+    return this.sign(keyId, { type: 'transaction', transaction });
+  }
+
+  signAuthorization(keyId: string, authorization: Authorization): Promise<SignResult> {
+    return this.sign(keyId, { type: 'authorization', authorization });
+  }
+
+  signUserOperation(keyId: string, request: Omit<UserOperationRequest, 'type'>): Promise<SignResult> {
+    return this.sign(keyId, { type: 'userOperation', ...request } as SignRequestInput);
+  }
+
+  disableKey(keyId: string): Promise<Key> {
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/disable`);
+  }
+
+  enableKey(keyId: string): Promise<Key> {
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/enable`);
+  }
+
+  /** An attestation document from the enclave (base64), carrying `nonce` when given (0x hex). */
+  attestation(nonce?: `0x${string}`): Promise<{ document: string }> {
+    return this.request('GET', `/v1/attestation${nonce ? `?nonce=${nonce}` : ''}`);
+  }
+
+  async ready(): Promise<boolean> {
+    const res = await this.doFetch(`${this.base}/readyz`, { signal: AbortSignal.timeout(this.options.timeoutMs ?? 15_000) }).catch(() => null);
+    return res?.status === 200;
+  }
+}

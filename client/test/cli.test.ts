@@ -1,0 +1,93 @@
+/** The nks CLI as a program: exit codes 0/1/2, document formats, and the policy command. */
+import { spawnSync } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
+import { signAttestationDocument } from '../../sim/src/nsm/document';
+import { tempRunDir } from '../../shared/test/helpers';
+import realDoc from '../../shared/test/fixtures/aws-nitro-attestation-debug.json';
+
+const CLI = path.resolve(__dirname, '../../dist/cli.js');
+const nks = (args: string[], env: NodeJS.ProcessEnv = {}) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, NKS_URL: '', NKS_TOKEN: '', NKS_DEV_DIR: '/nonexistent', ...env } });
+
+describe('nks attestation verify', () => {
+  let dir: string;
+  let rootFile: string;
+  let docFile: string;
+  const pcr0 = 'ab'.repeat(48);
+
+  beforeAll(async () => {
+    dir = tempRunDir();
+    const ca = await SimulatedNitroCa.open(null);
+    rootFile = path.join(dir, 'root.pem');
+    fs.writeFileSync(rootFile, ca.rootPem);
+    const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48, i === 0 ? 0xab : 0)]));
+    const doc = signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0000000000000001', timestamp: Date.now(), pcrs, nonce: Buffer.from('0102', 'hex'), publicKey: generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'der' }) }, await ca.signer());
+    docFile = path.join(dir, 'doc.cbor');
+    fs.writeFileSync(docFile, doc);
+    fs.writeFileSync(path.join(dir, 'doc.hex'), `0x${doc.toString('hex')}\n`);
+    fs.writeFileSync(path.join(dir, 'doc.b64'), doc.toString('base64'));
+    fs.writeFileSync(path.join(dir, 'doc.json'), JSON.stringify({ document: doc.toString('base64') }));
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  it.each(['doc.cbor', 'doc.hex', 'doc.b64', 'doc.json'])('accepts %s and exits 0 when valid', (file) => {
+    const r = nks(['attestation', 'verify', path.join(dir, file), '--root', rootFile, '--pcr', `0=${pcr0}`, '--nonce', '0102', '--max-age', '60']);
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(r.stdout).toMatch(/^VALID attestation document/);
+    expect(r.stdout).toContain(`PCR0         ${pcr0}`);
+  });
+
+  it('exits 1 with the reason when the document does not verify', () => {
+    const cases: Array<[string[], string]> = [
+      [[], 'UNTRUSTED_ROOT'],
+      [['--root', rootFile, '--pcr', `0=${'cd'.repeat(48)}`], 'PCR_MISMATCH'],
+      [['--root', rootFile, '--nonce', '0103'], 'NONCE_MISMATCH'],
+      [['--root', rootFile, '--at', '2020-01-01T00:00:00Z'], 'CERT_NOT_YET_VALID'],
+    ];
+    for (const [flags, code] of cases) {
+      const r = nks(['attestation', 'verify', docFile, ...flags]);
+      expect([r.status, r.stdout]).toEqual([1, expect.stringContaining(`INVALID attestation document: ${code}`)]);
+    }
+    const json = nks(['attestation', 'verify', docFile, '--json']);
+    expect(json.status).toBe(1);
+    expect(JSON.parse(json.stdout)).toMatchObject({ valid: false, code: 'UNTRUSTED_ROOT' });
+  });
+
+  it('verifies a real AWS document against the AWS root at a given time', () => {
+    const file = path.join(dir, 'aws.hex');
+    fs.writeFileSync(file, realDoc.documentHex);
+    expect(nks(['attestation', 'verify', file, '--at', new Date(realDoc.verifiedAtMs).toISOString()]).status).toBe(0);
+    expect(nks(['attestation', 'verify', file]).status).toBe(0); // at the document's own time
+    const now = nks(['attestation', 'verify', file, '--at', new Date().toISOString()]);
+    expect([now.status, now.stdout]).toEqual([1, expect.stringContaining('CERT_EXPIRED')]);
+  });
+
+  it('exits 2 on usage errors', () => {
+    for (const args of [['attestation', 'verify'], ['attestation', 'verify', docFile, '--pcr', '99=ab'], ['attestation', 'verify', docFile, '--at', 'yesterday'], ['attestation', 'verify', docFile, '--bogus'], ['attestation', 'verify', '/nonexistent'], ['frobnicate'], ['keys', 'list']]) {
+      const r = nks(args);
+      expect({ args, status: r.status }).toEqual({ args, status: 2 });
+      expect(r.stderr).toMatch(/^nks: /);
+    }
+  });
+});
+
+describe('nks policy', () => {
+  it('prints a policy from nitro-cli measurements, and refuses debug images', () => {
+    const dir = tempRunDir();
+    try {
+      const m = path.join(dir, 'm.json');
+      fs.writeFileSync(m, JSON.stringify({ Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48) } }));
+      const r = nks(['policy', '--measurements', m, '--pcr0', '12'.repeat(48), '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a']);
+      expect(r.status).toBe(0);
+      const policy = JSON.parse(r.stdout) as { Statement: Array<{ Sid: string; Condition?: Record<string, Record<string, unknown>> }> };
+      const allow = policy.Statement.find((st) => st.Sid === 'EnclaveDecryptOnlyWhenAttested');
+      expect(allow?.Condition?.StringEqualsIgnoreCase?.['kms:RecipientAttestation:ImageSha384']).toEqual(['ab'.repeat(48), '12'.repeat(48)]);
+      const debug = nks(['policy', '--pcr0', '0'.repeat(96), '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a']);
+      expect([debug.status, debug.stderr]).toEqual([2, expect.stringMatching(/debug images cannot be approved/)]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

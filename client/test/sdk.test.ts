@@ -1,0 +1,40 @@
+import { KeystoreApiError, KeystoreClient } from '../src/sdk';
+
+function fakeFetch(statuses: number[]) {
+  const calls: Array<{ url: string; init?: RequestInit }> = [];
+  const f = (async (url: string, init?: RequestInit) => {
+    calls.push({ url, init });
+    const status = statuses[Math.min(calls.length - 1, statuses.length - 1)] as number;
+    const body = status < 300 ? { keyId: 'k1', address: '0x1', signature: '0xsig' } : { error: { code: status === 503 ? 'UNAVAILABLE' : 'KEY_NOT_FOUND', message: 'nope', requestId: 'r1' } };
+    return new Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json' } });
+  }) as unknown as typeof fetch;
+  return { f, calls };
+}
+
+describe('SDK', () => {
+  it('retries repeatable requests on retryable errors, then succeeds', async () => {
+    const { f, calls } = fakeFetch([503, 503, 200]);
+    const c = new KeystoreClient({ url: 'http://x/', token: 't', fetch: f });
+    await expect(c.signMessage('k1', 'm')).resolves.toMatchObject({ signature: '0xsig' });
+    expect(calls).toHaveLength(3);
+    expect(calls[0]?.url).toBe('http://x/v1/keys/k1/sign');
+    expect((calls[0]?.init?.headers as Record<string, string>).authorization).toBe('Bearer t');
+  });
+
+  it('never retries a create without externalId (it could make two keys)', async () => {
+    const { f, calls } = fakeFetch([503, 201]);
+    const err = await new KeystoreClient({ url: 'http://x', token: 't', fetch: f }).createKey().catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(KeystoreApiError);
+    expect(calls).toHaveLength(1);
+    const again = fakeFetch([503, 200]);
+    await expect(new KeystoreClient({ url: 'http://x', token: 't', fetch: again.f }).createKey({ externalId: 'e' })).resolves.toMatchObject({ created: false });
+    expect(again.calls).toHaveLength(2);
+  });
+
+  it('raises errors with code, status, request id and retryability; does not retry the rest', async () => {
+    const { f, calls } = fakeFetch([404]);
+    const err = (await new KeystoreClient({ url: 'http://x', token: 't', fetch: f }).getKey('k9').catch((e: unknown) => e)) as KeystoreApiError;
+    expect([err.status, err.code, err.requestId, err.retryable]).toEqual([404, 'KEY_NOT_FOUND', 'r1', false]);
+    expect(calls).toHaveLength(1);
+  });
+});

@@ -1,0 +1,15 @@
+// `npm run dev [-- --dir DIR] [--api-port PORT] [--no-build] [--update-policy]`: builds (unless --no-build),
+// then runs the local stack (dist/dev.js) in the foreground. Ctrl-C stops it.
+import { spawn, spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const args = process.argv.slice(2);
+if (!args.includes('--no-build')) {
+  const built = spawnSync(process.execPath, [path.join(root, 'scripts', 'build.mjs')], { stdio: 'inherit' });
+  if (built.status !== 0) process.exit(built.status ?? 1);
+}
+const child = spawn(process.execPath, [path.join(root, 'dist', 'dev.js'), ...args], { stdio: 'inherit' });
+for (const sig of /** @type {const} */ (['SIGINT', 'SIGTERM'])) process.on(sig, () => child.kill(sig));
+child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));

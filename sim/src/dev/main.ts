@@ -1,0 +1,164 @@
+/**
+ * The local stack (dist/dev.js, run by `npm run dev` and `nks dev`): the KMS emulator, the NSM simulator, the
+ * parent and the enclave as separate processes over simulated vsock, provisioned like production on first
+ * start. Prints `READY <url>` once /readyz passes; Ctrl-C stops everything.
+ *
+ *   dev [--dir DIR] [--api-port PORT] [--update-policy] [--enclave-bundle FILE]
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { SimulatedNitroCa } from '../nsm/ca';
+import { measureImageFiles } from '../measure';
+import { approvedByPolicy, DEV_ADMIN_ACCESS_KEY, DEV_ADMIN_ROLE, DEV_PARENT_ACCESS_KEY, DEV_PARENT_ROLE, devPaths, ensureTokenAndParentConfig, provision, updatePolicy, type Provisioned } from './provision';
+import { startChild, type Child } from './supervisor';
+
+const USAGE = 'usage: dev [--dir DIR] [--api-port PORT] [--update-policy] [--no-build]';
+
+function say(line: string): void {
+  process.stdout.write(`${line}\n`);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({
+    options: {
+      dir: { type: 'string' },
+      'api-port': { type: 'string' },
+      'update-policy': { type: 'boolean' },
+      'enclave-bundle': { type: 'string' },
+      'no-build': { type: 'boolean' }, // handled by the launcher (scripts/dev.mjs); accepted here too
+      help: { type: 'boolean' },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    say(USAGE);
+    return 0;
+  }
+  const apiPort = Number(values['api-port'] ?? 7070);
+  if (!Number.isInteger(apiPort) || apiPort < 0 || apiPort > 65535) throw new Error(`--api-port must be a port number\n${USAGE}`);
+  const distDir = __dirname;
+  const bundle = path.resolve(values['enclave-bundle'] ?? path.join(distDir, 'enclave.js'));
+  for (const f of [bundle, path.join(distDir, 'parent.js'), path.join(distDir, 'kms-emulator.js'), path.join(distDir, 'nsm-sim.js')]) {
+    if (!fs.existsSync(f)) throw new Error(`${f} is missing: build first (npm run build), or run npm run dev without --no-build`);
+  }
+
+  const p = devPaths(values.dir ?? '.dev');
+  fs.mkdirSync(p.dir, { recursive: true, mode: 0o700 });
+  fs.mkdirSync(p.runDir, { recursive: true, mode: 0o700 });
+  if (fs.existsSync(p.lock)) {
+    const pid = Number(fs.readFileSync(p.lock, 'utf8'));
+    if (pid && pid !== process.pid && alive(pid)) throw new Error(`another local stack (pid ${pid}) is using ${p.dir}; stop it first or choose another --dir`);
+  }
+  fs.writeFileSync(p.lock, String(process.pid));
+
+  const color = process.stdout.isTTY === true;
+  const children: Child[] = [];
+  let stopping = false;
+  const stopAll = async () => {
+    stopping = true;
+    for (const c of [...children].reverse()) await c.stop();
+    fs.rmSync(p.lock, { force: true });
+    fs.rmSync(p.devJson, { force: true });
+  };
+  const start = (label: string, script: string, args: string[], env: NodeJS.ProcessEnv = {}) => {
+    const c = startChild(label, path.isAbsolute(script) ? script : path.join(distDir, script), args, { env, print: say, color });
+    children.push(c);
+    void c.exited.then((code) => {
+      if (stopping) return;
+      say(`dev: ${label} exited unexpectedly (code ${code}); stopping the stack`);
+      void stopAll().then(() => process.exit(1));
+    });
+    return c;
+  };
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
+    process.once(sig, () => {
+      say(`dev: ${sig}: stopping every process`);
+      void stopAll().then(() => {
+        say('dev: stopped');
+        process.exit(0);
+      });
+    });
+  }
+
+  try {
+    // The simulated Nitro CA comes first: the KMS emulator trusts its root.
+    const nsmCaFile = path.join(p.nsmStateDir, 'nsm-ca.json');
+    await SimulatedNitroCa.open(nsmCaFile, { instanceId: 'i-0dev00000000000000' });
+
+    const kms = start('kms', 'kms-emulator.js', [
+      '--port', '0',
+      '--state', p.kmsState,
+      '--trust-root', p.rootPem,
+      '--principal', DEV_PARENT_ROLE,
+      '--access-key', `${DEV_ADMIN_ACCESS_KEY}=${DEV_ADMIN_ROLE}`,
+    ]);
+    const kmsUrl = String((await kms.waitFor('KMS emulator listening')).url);
+
+    let prov: Provisioned;
+    if (fs.existsSync(p.provision) && fs.existsSync(p.enclaveConfig)) {
+      prov = JSON.parse(fs.readFileSync(p.provision, 'utf8')) as Provisioned;
+    } else {
+      say(`dev: first start: provisioning ${p.dir} (KMS key, enclave configuration, measurements, key policy)`);
+      prov = await provision(kmsUrl, bundle, p);
+    }
+    const current = measureImageFiles([bundle, p.enclaveConfig]);
+    if (values['update-policy']) {
+      prov = await updatePolicy(kmsUrl, bundle, p, prov);
+      say(`dev: key policy now approves PCR0 ${current.PCR0}`);
+    }
+    const approved = await approvedByPolicy(kmsUrl, prov.keyArn);
+    if (!approved.includes(current.PCR0)) {
+      say(`dev: WARNING: the enclave image changed since provisioning. Its PCR0 ${current.PCR0} is not approved by the key policy (approved: ${approved.join(', ') || 'none'}).`);
+      say('dev: KMS will refuse to unseal existing keys for this enclave, as it would in AWS. To approve the new measurements: npm run dev -- --update-policy');
+    }
+
+    ensureTokenAndParentConfig(p, prov.keyArn, apiPort);
+    start('nsm', 'nsm-sim.js', ['--socket', path.join(p.runDir, 'nsm.sock'), '--state-dir', p.nsmStateDir, '--image', bundle, '--image', p.enclaveConfig, '--parent-role-arn', DEV_PARENT_ROLE, '--instance-id', 'i-0dev00000000000000']);
+    await children[children.length - 1]?.waitFor('NSM simulator ready');
+    const parent = start('parent', 'parent.js', ['--config', p.parentConfig], {
+      NKS_KMS_ENDPOINT: kmsUrl,
+      AWS_ACCESS_KEY_ID: DEV_PARENT_ACCESS_KEY,
+      AWS_SECRET_ACCESS_KEY: 'dev',
+      AWS_REGION: 'us-east-1',
+    });
+    const url = String((await parent.waitFor('parent ready')).url);
+    const enclave = start('enclave', bundle, ['--config', p.enclaveConfig]);
+    await enclave.waitFor('enclave ready');
+
+    const until = Date.now() + 30_000;
+    for (;;) {
+      const res = await fetch(`${url}/readyz`).catch(() => null);
+      if (res?.status === 200) break;
+      if (Date.now() > until) throw new Error(`${url}/readyz did not pass within 30 s`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    fs.writeFileSync(p.devJson, `${JSON.stringify({ url, dir: p.dir, kmsUrl, keyArn: prov.keyArn, pcr0: current.PCR0, rootPem: p.rootPem, pid: process.pid }, null, 2)}\n`);
+    say(`dev: caller token in ${p.token}; nks reads it (and the URL) from ${p.dir}`);
+    say(`READY ${url}`);
+    return -1; // keep running until a signal
+  } catch (err) {
+    say(`dev: ${(err as Error).message}`);
+    await stopAll();
+    return 1;
+  }
+}
+
+main().then(
+  (code) => {
+    if (code >= 0) process.exit(code);
+  },
+  (err: unknown) => {
+    process.stderr.write(`dev: ${(err as Error).message}\n`);
+    process.exit(2);
+  },
+);

@@ -1,0 +1,155 @@
+/**
+ * First-start provisioning of the local stack, done the way production is (docs/DEPLOY.md): create the RSA KMS
+ * key, write the enclave configuration with its ARN and public key, measure the image (bundle + configuration),
+ * and install the key policy from the same generator operators use (`nks policy`). Later starts reuse it all
+ * and check whether the image still matches what the policy approves.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { CreateKeyCommand, GetKeyPolicyCommand, GetPublicKeyCommand, KMSClient, PutKeyPolicyCommand } from '@aws-sdk/client-kms';
+import { generateKeyPolicy } from '../../../client/src/policy';
+import { asNitroCliJson, measureImageFiles, type Measurements } from '../measure';
+
+export const DEV_ACCOUNT = '111122223333';
+export const DEV_PARENT_ROLE = `arn:aws:iam::${DEV_ACCOUNT}:role/nitro-keystore-parent`;
+export const DEV_ADMIN_ROLE = `arn:aws:iam::${DEV_ACCOUNT}:role/nitro-keystore-admin`;
+export const DEV_ADMIN_ACCESS_KEY = 'AKIADEVADMIN';
+export const DEV_PARENT_ACCESS_KEY = 'AKIADEVPARENT';
+
+export interface DevPaths {
+  dir: string;
+  runDir: string;
+  nsmStateDir: string;
+  rootPem: string;
+  kmsState: string;
+  enclaveConfig: string;
+  parentConfig: string;
+  database: string;
+  token: string;
+  provision: string;
+  measurements: string;
+  policy: string;
+  devJson: string;
+  lock: string;
+}
+
+/** Unix socket paths are limited to 107 bytes: a deep state directory keeps its sockets under /tmp. */
+export function devPaths(dir: string): DevPaths {
+  const abs = path.resolve(dir);
+  let runDir = path.join(abs, 'run');
+  if (Buffer.byteLength(path.join(runDir, 'vsock', '4294967295.4294967295.sock')) > 107) {
+    runDir = path.join('/tmp', `nks-dev-${createHash('sha256').update(abs).digest('hex').slice(0, 12)}`);
+  }
+  return {
+    dir: abs,
+    runDir,
+    nsmStateDir: path.join(abs, 'nsm'),
+    rootPem: path.join(abs, 'nsm', 'root.pem'),
+    kmsState: path.join(abs, 'kms-state.json'),
+    enclaveConfig: path.join(abs, 'enclave.json'),
+    parentConfig: path.join(abs, 'parent.json'),
+    database: path.join(abs, 'keys.db'),
+    token: path.join(abs, 'token'),
+    provision: path.join(abs, 'provision.json'),
+    measurements: path.join(abs, 'measurements.json'),
+    policy: path.join(abs, 'key-policy.json'),
+    devJson: path.join(abs, 'dev.json'),
+    lock: path.join(abs, 'dev.pid'),
+  };
+}
+
+export interface Provisioned {
+  keyArn: string;
+  /** PCR0 values the installed key policy approves. */
+  approvedPcr0: string[];
+}
+
+function writeFile(file: string, content: string, mode = 0o600): void {
+  fs.writeFileSync(file, content, { mode });
+}
+
+export function adminKms(url: string): KMSClient {
+  return new KMSClient({ endpoint: url, region: 'us-east-1', credentials: { accessKeyId: DEV_ADMIN_ACCESS_KEY, secretAccessKey: 'dev' }, maxAttempts: 2 });
+}
+
+async function installPolicy(kms: KMSClient, keyArn: string, m: Measurements, p: DevPaths): Promise<string[]> {
+  const policy = generateKeyPolicy({ images: [m], parentRoleArn: DEV_PARENT_ROLE, keyAdministrators: [DEV_ADMIN_ROLE] });
+  await kms.send(new PutKeyPolicyCommand({ KeyId: keyArn, Policy: policy }));
+  writeFile(p.policy, `${policy}\n`, 0o644);
+  writeFile(p.measurements, `${JSON.stringify(asNitroCliJson(m), null, 2)}\n`, 0o644);
+  return [m.PCR0];
+}
+
+/** Creates the KMS key, the enclave configuration, the measurements and the key policy (first start). */
+export async function provision(kmsUrl: string, bundle: string, p: DevPaths): Promise<Provisioned> {
+  const kms = adminKms(kmsUrl);
+  try {
+    const created = await kms.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Description: 'nitro-keystore local development' }));
+    const keyArn = created.KeyMetadata?.Arn as string;
+    const pub = await kms.send(new GetPublicKeyCommand({ KeyId: keyArn }));
+    const enclaveConfig = {
+      kmsKeyArn: keyArn,
+      kmsPublicKey: Buffer.from(pub.PublicKey as Uint8Array).toString('base64'),
+      listen: 'vsock://16:5000',
+      kmsProxy: 'vsock://3:8000',
+      transport: { kind: 'simulated', runDir: p.runDir },
+      nsm: { kind: 'simulated', socket: path.join(p.runDir, 'nsm.sock') },
+      logLevel: 'info',
+    };
+    writeFile(p.enclaveConfig, `${JSON.stringify(enclaveConfig, null, 2)}\n`, 0o644);
+    const approvedPcr0 = await installPolicy(kms, keyArn, measureImageFiles([bundle, p.enclaveConfig]), p);
+    const result: Provisioned = { keyArn, approvedPcr0 };
+    writeFile(p.provision, `${JSON.stringify({ ...result, provisionedAt: new Date().toISOString() }, null, 2)}\n`);
+    return result;
+  } finally {
+    kms.destroy();
+  }
+}
+
+/** Re-approves the current image (replacing the approved measurements). */
+export async function updatePolicy(kmsUrl: string, bundle: string, p: DevPaths, prov: Provisioned): Promise<Provisioned> {
+  const kms = adminKms(kmsUrl);
+  try {
+    const approvedPcr0 = await installPolicy(kms, prov.keyArn, measureImageFiles([bundle, p.enclaveConfig]), p);
+    const next = { ...prov, approvedPcr0 };
+    writeFile(p.provision, `${JSON.stringify({ ...next, policyUpdatedAt: new Date().toISOString() }, null, 2)}\n`);
+    return next;
+  } finally {
+    kms.destroy();
+  }
+}
+
+/** The PCR0 values the key policy in KMS approves right now (read back, not trusted from local files). */
+export async function approvedByPolicy(kmsUrl: string, keyArn: string): Promise<string[]> {
+  const kms = adminKms(kmsUrl);
+  try {
+    const res = await kms.send(new GetKeyPolicyCommand({ KeyId: keyArn }));
+    const policy = JSON.parse(res.Policy as string) as { Statement: Array<{ Effect: string; Condition?: Record<string, Record<string, string | string[]>> }> };
+    const values = policy.Statement.filter((s) => s.Effect === 'Allow').flatMap((s) => Object.values(s.Condition ?? {}).flatMap((c) => c['kms:RecipientAttestation:ImageSha384'] ?? []));
+    return values.map((v) => v.toLowerCase());
+  } finally {
+    kms.destroy();
+  }
+}
+
+/** The caller token (created once, mode 0600) and the parent configuration holding only its hash. */
+export function ensureTokenAndParentConfig(p: DevPaths, keyArn: string, apiPort: number): string {
+  let token: string;
+  if (fs.existsSync(p.token)) token = fs.readFileSync(p.token, 'utf8').trim();
+  else {
+    token = `nks_dev_${randomBytes(24).toString('base64url')}`;
+    writeFile(p.token, `${token}\n`);
+  }
+  const config = {
+    api: { listen: { host: '127.0.0.1', port: apiPort } },
+    tokens: [{ name: 'dev', sha256: createHash('sha256').update(token).digest('hex'), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] }],
+    database: { path: p.database },
+    transport: { kind: 'simulated', runDir: p.runDir },
+    enclave: { address: 'vsock://16:5000', poolSize: 2 },
+    kmsProxy: { listen: 'vsock://3:8000', allowedKeyArns: [keyArn], region: 'us-east-1' },
+    logLevel: 'info',
+  };
+  writeFile(p.parentConfig, `${JSON.stringify(config, null, 2)}\n`);
+  return token;
+}

@@ -1,0 +1,88 @@
+/**
+ * Child processes of the local stack: started from dist/, their JSON log lines turned into one readable
+ * line each, waited for by log message, and stopped in order.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import readline from 'node:readline';
+
+const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO ', 40: 'WARN ', 50: 'ERROR', 60: 'FATAL' };
+const COLORS: Record<string, string> = { kms: '36', nsm: '35', enclave: '32', parent: '34' };
+const SKIP = new Set(['level', 'time', 'pid', 'name', 'msg', 'hostname', 'component']);
+
+/** `12:00:01.123 parent  INFO  request method=POST route=/v1/keys status=201 ms=3.2` */
+export function formatLine(label: string, line: string, color: boolean): string {
+  const tag = color ? `\x1b[${COLORS[label] ?? '37'}m${label.padEnd(7)}\x1b[0m` : label.padEnd(7);
+  let entry: Record<string, unknown>;
+  try {
+    entry = JSON.parse(line) as Record<string, unknown>;
+  } catch {
+    return `${tag} ${line}`;
+  }
+  const time = typeof entry.time === 'number' ? new Date(entry.time).toISOString().slice(11, 23) : '';
+  const level = LEVELS[entry.level as number] ?? String(entry.level ?? '');
+  const rest = Object.entries(entry)
+    .filter(([k]) => !SKIP.has(k))
+    .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
+    .join(' ');
+  return `${time} ${tag} ${level} ${String(entry.msg ?? '')}${rest ? ` ${rest}` : ''}`;
+}
+
+export interface Child {
+  label: string;
+  process: ChildProcess;
+  waitFor(msg: string, timeoutMs?: number): Promise<Record<string, unknown>>;
+  stop(timeoutMs?: number): Promise<void>;
+  exited: Promise<number | null>;
+}
+
+export function startChild(label: string, script: string, args: string[], opts: { env?: NodeJS.ProcessEnv; print: (line: string) => void; color: boolean }): Child {
+  const child = spawn(process.execPath, [script, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const seen: Array<Record<string, unknown>> = [];
+  const waiters: Array<() => void> = [];
+  const onLine = (line: string) => {
+    try {
+      seen.push(JSON.parse(line) as Record<string, unknown>);
+    } catch {
+      /* plain text (e.g. a startup error) */
+    }
+    opts.print(formatLine(label, line, opts.color));
+    for (const w of waiters.splice(0)) w();
+  };
+  readline.createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', onLine);
+  readline.createInterface({ input: child.stderr as NodeJS.ReadableStream }).on('line', onLine);
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => {
+      for (const w of waiters.splice(0)) w();
+      resolve(code);
+    }),
+  );
+
+  return {
+    label,
+    process: child,
+    exited,
+    async waitFor(msg, timeoutMs = 30_000) {
+      const until = Date.now() + timeoutMs;
+      for (;;) {
+        const hit = seen.find((e) => e.msg === msg);
+        if (hit) return hit;
+        if (child.exitCode !== null) throw new Error(`${label} exited with code ${child.exitCode} before "${msg}"`);
+        if (Date.now() > until) throw new Error(`${label} did not report "${msg}" within ${timeoutMs} ms`);
+        await new Promise<void>((r) => {
+          const t = setTimeout(r, 100);
+          waiters.push(() => {
+            clearTimeout(t);
+            r();
+          });
+        });
+      }
+    },
+    async stop(timeoutMs = 15_000) {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
