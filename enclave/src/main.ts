@@ -1,6 +1,7 @@
 /**
  * Enclave program (dist/enclave.js). Reads its configuration from `--config FILE`, `$NKS_ENCLAVE_CONFIG`, or
- * `enclave.json` beside the bundle; refuses to start on an invalid one.
+ * `enclave.json` beside the bundle; refuses to start on an invalid one. `--check-config` only validates the
+ * file (exit 0 valid, 2 invalid), so image builds can refuse a bad configuration before it is measured.
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -9,9 +10,13 @@ import { ConfigError, loadEnclaveConfig } from './config';
 import { startEnclave } from './app';
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { config: { type: 'string' } }, strict: true });
+  const { values } = parseArgs({ options: { config: { type: 'string' }, 'check-config': { type: 'boolean' } }, strict: true });
   const file = values.config ?? process.env.NKS_ENCLAVE_CONFIG ?? path.join(path.dirname(process.argv[1] ?? '.'), 'enclave.json');
   const config = loadEnclaveConfig(file);
+  if (values['check-config']) {
+    process.stdout.write(`enclave: configuration ${file} is valid (KMS key ${config.kmsKeyArn}, listen ${config.listen}, transport ${config.transport.kind}, NSM ${config.nsm.kind})\n`);
+    return;
+  }
   const logger = createLogger({ name: 'enclave', level: process.env.LOG_LEVEL ?? config.logLevel });
   const enclave = await startEnclave(config, logger);
   logger.info({ listen: config.listen, kmsProxy: config.kmsProxy, kmsKeyArn: config.kmsKeyArn, transport: config.transport.kind }, 'enclave ready');

@@ -1,4 +1,4 @@
-/** The parent's systemd unit passes `systemd-analyze verify` with no complaint at all. */
+/** The systemd units (parent daemon and enclave) pass `systemd-analyze verify` with no complaint at all. */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -9,7 +9,7 @@ describe('systemd units', () => {
   const units = fs.readdirSync(dir).filter((f) => f.endsWith('.service'));
 
   it('exist', () => {
-    expect(units).toContain('nitro-keystore-parent.service');
+    expect(units).toEqual(expect.arrayContaining(['nitro-keystore-parent.service', 'nitro-keystore-enclave.service']));
   });
 
   it.each(units)('%s passes systemd-analyze verify', (unit) => {
@@ -23,5 +23,20 @@ describe('systemd units', () => {
     for (const line of ['User=nitro-keystore', 'NoNewPrivileges=yes', 'ProtectSystem=strict', 'Restart=on-failure', 'CapabilityBoundingSet=', 'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_VSOCK']) {
       expect(text.split('\n')).toContain(line);
     }
+  });
+});
+
+describe('enclave unit', () => {
+  const text = fs.readFileSync(path.join(dir, 'nitro-keystore-enclave.service'), 'utf8').split('\n');
+
+  it('starts through the run script with monitoring, stops through the stop script, restarts on failure', () => {
+    expect(text.find((l) => l.startsWith('ExecStart='))).toMatch(/scripts\/run-enclave\.sh .*--monitor/);
+    expect(text.find((l) => l.startsWith('ExecStart='))).not.toMatch(/--debug-mode/);
+    expect(text.find((l) => l.startsWith('ExecStop='))).toMatch(/scripts\/stop-enclave\.sh/);
+    expect(text).toContain('Restart=on-failure');
+  });
+
+  it('comes up after the allocator and the parent (whose KMS proxy the enclave needs)', () => {
+    expect(text.find((l) => l.startsWith('After='))).toMatch(/nitro-enclaves-allocator\.service.*nitro-keystore-parent\.service/);
   });
 });

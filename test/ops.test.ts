@@ -1,0 +1,234 @@
+/**
+ * Production operations that can be checked here (no Docker engine, nitro-cli or Nitro hardware):
+ * shellcheck on every script, the Dockerfile's pinning and final-stage contents, the reproducible enclave
+ * bundle, the enclave starting from a bare directory, and the scripts' behaviour against a stand-in nitro-cli.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { silentLogger } from '../shared/src/log';
+import { RpcClient } from '../shared/src/rpc';
+import { SimulatedVsockTransport } from '../shared/src/transport';
+import type { EnclaveHealth } from '../shared/src/protocol';
+import { tempRunDir } from '../shared/test/helpers';
+import { startProgram } from './support/process';
+
+const ROOT = path.resolve(__dirname, '..');
+const SCRIPTS = fs.readdirSync(path.join(ROOT, 'scripts')).filter((f) => f.endsWith('.sh'));
+
+describe('operations scripts', () => {
+  it('exist', () => {
+    expect(SCRIPTS).toEqual(expect.arrayContaining(['build-eif.sh', 'run-enclave.sh', 'stop-enclave.sh', 'approve-image.sh', 'lib.sh']));
+  });
+
+  it.each(SCRIPTS)('%s passes shellcheck', (script) => {
+    const res = spawnSync('shellcheck', ['-x', path.join('scripts', script)], { cwd: ROOT, encoding: 'utf8' });
+    if (res.error) throw new Error(`shellcheck is needed for this test (apt-get install shellcheck): ${res.error.message}`);
+    expect({ status: res.status, output: res.stdout + res.stderr }).toEqual({ status: 0, output: '' });
+  });
+
+  it.each(SCRIPTS.filter((s) => s !== 'lib.sh'))('%s is strict (set -euo pipefail) and executable', (script) => {
+    const file = path.join(ROOT, 'scripts', script);
+    expect(fs.readFileSync(file, 'utf8')).toMatch(/^#!\/usr\/bin\/env bash\n[\s\S]*?^set -euo pipefail$/m);
+    expect(fs.statSync(file).mode & 0o111).not.toBe(0);
+  });
+});
+
+/** Checks the rules for Dockerfile.enclave; returns the violations. */
+function dockerfileViolations(text: string): string[] {
+  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  const out: string[] = [];
+  const froms = lines.map((l, i) => [l, i] as const).filter(([l]) => /^FROM\s/i.test(l));
+  if (froms.length < 2) out.push('not multi-stage');
+  for (const [l] of froms) if (!/^FROM\s+(--platform=\S+\s+)?\S+@sha256:[0-9a-f]{64}(\s+AS\s+\S+)?$/i.test(l)) out.push(`not pinned by digest: ${l}`);
+  const last = froms[froms.length - 1]?.[1] ?? 0;
+  const allowed = new Set(['/build/app/enclave.js', '/build/app/native/nsm.node', '/build/app/native/node-vsock.linux-x64-gnu.node', '/build/app/enclave.json']);
+  for (const l of lines.slice(last + 1)) {
+    const op = (l.split(/\s+/)[0] ?? '').toUpperCase();
+    if (op === 'RUN' || op === 'ADD') out.push(`final stage runs or adds: ${l}`);
+    if (op === 'COPY') {
+      const parts = l.split(/\s+/).slice(1);
+      const flags = parts.filter((p) => p.startsWith('--'));
+      const [src, ...rest] = parts.filter((p) => !p.startsWith('--'));
+      if (!flags.includes('--from=builder') || rest.length !== 1 || !src || !allowed.has(src)) out.push(`final stage copies something not allowed: ${l}`);
+    }
+  }
+  return out;
+}
+
+describe('Dockerfile.enclave', () => {
+  const text = fs.readFileSync(path.join(ROOT, 'Dockerfile.enclave'), 'utf8');
+
+  it('pins every base image by digest and copies only the bundle, addons and configuration into the final stage', () => {
+    expect(dockerfileViolations(text)).toEqual([]);
+    expect(text).toMatch(/SOURCE_DATE_EPOCH/);
+  });
+
+  it('the check catches an unpinned base image and an extra file in the final stage', () => {
+    const bad = text.replace(/nodejs20-debian12@sha256:[0-9a-f]{64}/, 'nodejs20-debian12:latest').replace('WORKDIR /app', 'COPY --from=builder /src/node_modules /app/node_modules\nWORKDIR /app');
+    const v = dockerfileViolations(bad);
+    expect(v).toEqual([expect.stringMatching(/^not pinned by digest/), expect.stringMatching(/node_modules/)]);
+    expect(dockerfileViolations(`${text}\nRUN echo hi`)).toEqual([expect.stringMatching(/final stage runs/)]);
+  });
+
+  it('copies into the builder every source file the enclave bundle is built from', () => {
+    for (const p of ['package.json', 'package-lock.json', 'scripts/build.mjs', 'shared/src', 'enclave/src', 'enclave/native/binding.gyp', 'enclave/native/nsm.c']) {
+      expect(text).toMatch(new RegExp(`^COPY [^\\n]*${p.replace(/[.]/g, '\\.')}`, 'm'));
+    }
+  });
+});
+
+describe('reproducible enclave bundle and bare-directory start', () => {
+  let dir: string;
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nks-img-'));
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  const build = (out: string, image?: string) =>
+    spawnSync(process.execPath, [path.join(ROOT, 'scripts', 'build.mjs'), '--only', 'enclave', '--outdir', out, ...(image ? ['--image-dir', image] : [])], { cwd: ROOT, encoding: 'utf8' });
+
+  it('builds byte-identical dist/enclave.js twice from the same tree, with no absolute paths', () => {
+    const a = build(path.join(dir, 'a'), path.join(dir, 'app'));
+    const b = build(path.join(dir, 'b'));
+    expect([a.status, b.status]).toEqual([0, 0]);
+    const first = fs.readFileSync(path.join(dir, 'a', 'enclave.js'));
+    expect(first.equals(fs.readFileSync(path.join(dir, 'b', 'enclave.js')))).toBe(true);
+    expect(first.includes(Buffer.from(ROOT))).toBe(false);
+    expect(first.equals(fs.readFileSync(path.join(ROOT, 'dist', 'enclave.js')))).toBe(true); // what the tests ran
+  });
+
+  it('runs the enclave from a directory holding only its bundle, native addons and configuration', async () => {
+    const app = path.join(dir, 'app');
+    expect(fs.readdirSync(app).sort()).toEqual(['enclave.js', 'native']);
+    expect(fs.readdirSync(path.join(app, 'native')).sort()).toEqual(['node-vsock.linux-x64-gnu.node', 'nsm.node']);
+    // Nothing to resolve packages from above it either.
+    for (let d = app; d !== path.dirname(d); d = path.dirname(d)) expect(fs.existsSync(path.join(d, 'node_modules'))).toBe(false);
+
+    const runDir = tempRunDir('nks-bare-');
+    const nsm = startProgram('nsm-sim', ['--socket', path.join(runDir, 'nsm.sock'), '--state-dir', path.join(runDir, 'nsm')]);
+    try {
+      await nsm.waitForLog((e) => e.msg === 'NSM simulator ready');
+      fs.writeFileSync(
+        path.join(app, 'enclave.json'),
+        JSON.stringify({
+          kmsKeyArn: 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab',
+          kmsPublicKey: generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'der' }).toString('base64'),
+          listen: 'vsock://16:5000',
+          transport: { kind: 'simulated', runDir },
+          nsm: { kind: 'simulated', socket: path.join(runDir, 'nsm.sock') },
+        }),
+      );
+      const check = spawnSync(process.execPath, [path.join(app, 'enclave.js'), '--check-config'], { cwd: '/', encoding: 'utf8', env: { PATH: process.env.PATH } });
+      expect([check.status, check.stdout]).toEqual([0, expect.stringContaining('is valid')]);
+
+      // Started with a clean environment from /, reading enclave.json beside the bundle.
+      const enclave = spawn(process.execPath, [path.join(app, 'enclave.js')], { cwd: '/', env: { PATH: process.env.PATH }, stdio: 'ignore' });
+      const client = new RpcClient({ name: 'bare', transport: new SimulatedVsockTransport(runDir), address: 'vsock://16:5000', logger: silentLogger() });
+      try {
+        await client.waitConnected(15_000);
+        const health = await client.call<EnclaveHealth>('enclave.health', {});
+        expect(health).toMatchObject({ status: 'ok', nsm: 'simulated' });
+        const created = await client.call<{ address: string }>('keys.create', { keyId: 'bare-1' });
+        expect(created.address).toMatch(/^0x[0-9a-fA-F]{40}$/);
+      } finally {
+        await client.close();
+        enclave.kill('SIGTERM');
+        await new Promise((r) => enclave.once('exit', r));
+      }
+    } finally {
+      await nsm.stop();
+      fs.rmSync(runDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('scripts against a stand-in nitro-cli', () => {
+  let dir: string;
+  let bin: string;
+  const log = () => fs.readFileSync(path.join(dir, 'nitro-cli.log'), 'utf8');
+
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nks-ops-'));
+    bin = path.join(dir, 'bin');
+    fs.mkdirSync(bin);
+    // Only the tools the scripts may use; no docker, no aws.
+    for (const tool of ['bash', 'env', 'dirname', 'cat', 'grep', 'mktemp', 'rm', 'cp', 'mkdir', 'awk', 'sleep', 'git', 'node']) {
+      const found = spawnSync('bash', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim();
+      if (found) fs.symlinkSync(found, path.join(bin, tool));
+    }
+    fs.writeFileSync(path.join(dir, 'fake.eif'), 'eif');
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+
+  const withNitroCli = (describeOutput = '[]') => {
+    fs.writeFileSync(path.join(bin, 'nitro-cli'), `#!/bin/bash\necho "$*" >> ${dir}/nitro-cli.log\nif [[ "$1" == describe-enclaves ]]; then cat <<'J'\n${describeOutput}\nJ\nfi\n`, { mode: 0o755 });
+    fs.rmSync(path.join(dir, 'nitro-cli.log'), { force: true });
+  };
+  const run = (script: string, args: string[], env: Record<string, string> = {}) =>
+    spawnSync(path.join(ROOT, 'scripts', script), args, { cwd: ROOT, encoding: 'utf8', env: { PATH: bin, ...env } });
+
+  it('run-enclave.sh starts with the pinned CID, CPUs and memory, and no debug mode unless asked', () => {
+    withNitroCli();
+    const env = { NKS_EIF: path.join(dir, 'fake.eif'), NKS_ENCLAVE_CID: '16', NKS_ENCLAVE_CPUS: '2', NKS_ENCLAVE_MEMORY_MIB: '1024' };
+    const ok = run('run-enclave.sh', ['--env', '/nonexistent'], env);
+    expect(ok.status).toBe(0);
+    expect(log()).toContain('run-enclave --eif-path');
+    expect(log()).toContain('--enclave-cid 16 --cpu-count 2 --memory 1024 --enclave-name nitro-keystore');
+    expect(log()).not.toContain('--debug-mode');
+    withNitroCli();
+    const debug = run('run-enclave.sh', ['--env', '/nonexistent', '--debug-mode'], env);
+    expect(debug.status).toBe(0);
+    expect(log()).toContain('--debug-mode');
+    expect(debug.stderr).toMatch(/WARNING: debug mode/);
+  });
+
+  it('run-enclave.sh replaces a leftover enclave of the same name, and its monitor exits when the enclave is gone', () => {
+    withNitroCli('[{"EnclaveName": "nitro-keystore", "State": "TERMINATING"}]');
+    const res = run('run-enclave.sh', ['--env', '/nonexistent', '--monitor'], { NKS_EIF: path.join(dir, 'fake.eif'), NKS_ENCLAVE_CID: '16', NKS_MONITOR_INTERVAL: '1' });
+    expect(log()).toMatch(/terminate-enclave --enclave-name nitro-keystore[\s\S]*run-enclave/);
+    expect(res.status).toBe(1);
+    expect(res.stderr).toMatch(/enclave nitro-keystore is not running any more/);
+  });
+
+  it('run-enclave.sh refuses a missing or reserved CID and says what is missing', () => {
+    withNitroCli();
+    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: path.join(dir, 'fake.eif') }).stderr).toMatch(/NKS_ENCLAVE_CID is not set: pin the CID/);
+    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: path.join(dir, 'fake.eif'), NKS_ENCLAVE_CID: '3' }).stderr).toMatch(/must be a number from 4/);
+    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: '/nope.eif', NKS_ENCLAVE_CID: '16' }).stderr).toMatch(/EIF \/nope.eif does not exist/);
+    expect(run('run-enclave.sh', ['--bogus']).status).toBe(2);
+    fs.rmSync(path.join(bin, 'nitro-cli'));
+    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: path.join(dir, 'fake.eif'), NKS_ENCLAVE_CID: '16' }).stderr).toMatch(/nitro-cli is required but not found/);
+  });
+
+  it('stop-enclave.sh terminates the named enclave, or says none runs', () => {
+    withNitroCli('[{"EnclaveName": "nitro-keystore", "State": "RUNNING"}]');
+    expect(run('stop-enclave.sh', []).status).toBe(0);
+    expect(log()).toContain('terminate-enclave --enclave-name nitro-keystore');
+    withNitroCli('[]');
+    const none = run('stop-enclave.sh', []);
+    expect([none.status, none.stderr]).toEqual([0, expect.stringMatching(/no enclave named nitro-keystore is running/)]);
+  });
+
+  it('build-eif.sh checks its prerequisites and inputs', () => {
+    expect(run('build-eif.sh', []).status).toBe(2);
+    expect(run('build-eif.sh', ['--config', '/nonexistent.json']).stderr).toMatch(/does not exist \(start from deploy\/enclave.example.json\)/);
+    const example = path.join(ROOT, 'deploy', 'enclave.example.json');
+    expect(run('build-eif.sh', ['--config', example]).stderr).toMatch(/docker is required but not found/);
+  });
+
+  it('approve-image.sh produces the policy from nks policy (dry run), and needs the AWS CLI to install it', () => {
+    const m = path.join(dir, 'measurements.json');
+    fs.writeFileSync(m, JSON.stringify({ Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48) } }));
+    const args = ['--key-arn', 'arn:aws:kms:us-east-1:111122223333:key/k', '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--measurements', m];
+    const dry = run('approve-image.sh', [...args, '--dry-run']);
+    expect(dry.status).toBe(0);
+    expect(JSON.parse(dry.stdout).Statement.map((s: { Sid: string }) => s.Sid)).toContain('DenyDecryptOutsideApprovedEnclaves');
+    expect(run('approve-image.sh', args).stderr).toMatch(/aws is required but not found/);
+    const debugImage = run('approve-image.sh', ['--key-arn', 'k', '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--pcr0', '0'.repeat(96), '--dry-run']);
+    expect(debugImage.status).not.toBe(0);
+    expect(debugImage.stderr).toMatch(/debug images cannot be approved/);
+  });
+});
