@@ -25,6 +25,7 @@ const programs = [
   { name: 'dev', entry: 'sim/src/dev/main.ts' },
   { name: 'kms-emulator', entry: 'sim/src/kms/main.ts' },
   { name: 'nsm-sim', entry: 'sim/src/nsm/main.ts' },
+  { name: 'bench', entry: 'scripts/bench.ts' },
 ];
 
 /** Native addons stay outside the bundles and are loaded at run time. */

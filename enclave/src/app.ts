@@ -14,6 +14,7 @@ import { enclaveMethods } from './methods';
 import { NsmClient, type NsmTransport } from './nsm/client';
 import { DeviceNsmTransport } from './nsm/device';
 import { SocketNsmTransport } from './nsm/socket';
+import { SignerPool } from './signing/pool';
 
 export interface RunningEnclave {
   server: RpcServer;
@@ -27,11 +28,12 @@ function nsmTransport(config: EnclaveConfig): NsmTransport {
   return config.nsm.kind === 'device' ? new DeviceNsmTransport(config.nsm.path) : new SocketNsmTransport(config.nsm.socket);
 }
 
-export async function startEnclave(config: EnclaveConfig, logger: Logger): Promise<RunningEnclave> {
+/** `script` is the program file (the bundle), which signer threads run too. */
+export async function startEnclave(config: EnclaveConfig, logger: Logger, script: string): Promise<RunningEnclave> {
   const transport = createTransport(config.transport);
   const nsm = new NsmClient(nsmTransport(config));
   const description = await nsm.describe(); // proves the NSM answers before anything is served
-  logger.info({ nsm: nsm.kind, moduleId: description.moduleId }, 'NSM ready');
+  logger.info({ nsm: nsm.kind, moduleId: description.moduleId, signerThreads: config.signing.workers }, 'NSM ready');
 
   const kmsProxy = new RpcClient({
     name: 'kms-proxy',
@@ -49,7 +51,8 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger): Promi
   const cache = new KeyCache(config.cache);
   cache.startSweeper();
   const unsealer = new Unsealer(kmsProxy, recipient, { kmsKeyArn: config.kmsKeyArn, deadlineMs: config.limits.kmsDeadlineMs });
-  const keys = new KeyService({ cache, unsealer, nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject });
+  const signers = config.signing.workers > 0 ? new SignerPool(config.signing.workers, script, (message) => logger.error(message)) : undefined;
+  const keys = new KeyService({ cache, unsealer, nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject, signers });
   const { methods } = enclaveMethods({ keys, cache, unsealer, recipient, nsm, kmsProxy, startedAt: Date.now() });
 
   const server = new RpcServer({ name: 'enclave', methods, logger, maxConcurrent: config.limits.maxConcurrent, maxFrameBytes: config.limits.maxFrameBytes });
@@ -64,6 +67,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger): Promi
     nsm,
     async stop(drainMs = 5000) {
       await server.close(drainMs);
+      await signers?.close();
       await kmsProxy.close();
       cache.clear();
       nsm.transport.close();

@@ -4,9 +4,18 @@
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import { z } from 'zod';
 import { describeIssues } from '../../shared/src/schema';
 import { TransportConfigSchema } from '../../shared/src/transport';
+
+/**
+ * Signer threads: one per vCPU beyond the first, which the main thread keeps for I/O and request handling.
+ * A 2-vCPU enclave signs on one thread while the other serves; a single vCPU signs on the main thread.
+ */
+function defaultWorkers(): number {
+  return Math.max(0, Math.min(os.availableParallelism() - 1, 16));
+}
 
 const vsockAddress = z.string().regex(/^vsock:\/\/\d+:\d+$/, 'expected vsock://CID:PORT');
 const ms = (def: number, min: number, max: number) => z.number().int().min(min).max(max).default(def);
@@ -46,6 +55,12 @@ export const EnclaveConfigSchema = z.strictObject({
       kmsDeadlineMs: ms(10_000, 100, 120_000),
     })
     .default({ maxConcurrent: 4096, maxFrameBytes: 1024 * 1024, kmsDeadlineMs: 10_000 }),
+  signing: z
+    .strictObject({
+      /** Signer threads; 0 signs on the main thread. Default: the enclave's vCPUs minus one. */
+      workers: z.number().int().min(0).max(64).default(defaultWorkers()),
+    })
+    .default({ workers: defaultWorkers() }),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 

@@ -8,6 +8,7 @@ import { parseArgs } from 'node:util';
 import { createLogger } from '../../shared/src/log';
 import { ConfigError, loadEnclaveConfig } from './config';
 import { startEnclave } from './app';
+import { isSignerWorker, runSignerWorker } from './signing/pool';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { config: { type: 'string' }, 'check-config': { type: 'boolean' } }, strict: true });
@@ -18,7 +19,7 @@ async function main(): Promise<void> {
     return;
   }
   const logger = createLogger({ name: 'enclave', level: process.env.LOG_LEVEL ?? config.logLevel });
-  const enclave = await startEnclave(config, logger);
+  const enclave = await startEnclave(config, logger, path.resolve(process.argv[1] as string));
   logger.info({ listen: config.listen, kmsProxy: config.kmsProxy, kmsKeyArn: config.kmsKeyArn, transport: config.transport.kind }, 'enclave ready');
 
   let stopping = false;
@@ -36,7 +37,8 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => void stop('SIGINT'));
 }
 
-main().catch((err: unknown) => {
+if (isSignerWorker()) runSignerWorker();
+else main().catch((err: unknown) => {
   const message = err instanceof ConfigError ? err.message : `failed to start: ${(err as Error).message}`;
   process.stderr.write(`enclave: ${message}\n`);
   process.exit(2);

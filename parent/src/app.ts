@@ -3,7 +3,7 @@
  * then the proxy, then closes the pool and the database.
  */
 import { KMSClient } from '@aws-sdk/client-kms';
-import type { Logger } from '../../shared/src/log';
+import { createLogger, type Logger } from '../../shared/src/log';
 import { EnclaveMethods, type EnclaveHealth } from '../../shared/src/protocol';
 import { createTransport } from '../../shared/src/transport';
 import { ApiServer } from './api/server';
@@ -79,6 +79,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     auth: new TokenAuth(config.tokens),
     metrics,
     logger: logger.child({ component: 'api' }),
+    accessLog: createLogger({ name: 'parent', level: config.logLevel, redact: false, bufferBytes: 8192 }).child({ component: 'access' }),
     readiness: async () => {
       const health = await enclaveHealth();
       const checks = { enclave: health !== null, kmsProxy: proxyListening, enclaveKmsLink: health?.kmsProxy === 'connected', database: store.db.open };

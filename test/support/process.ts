@@ -3,9 +3,18 @@
  * collect its output, stop it (or kill -9 it).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 
-export const ROOT = path.resolve(__dirname, '../..');
+/** The repository root: found upwards from this file, whether run from sources or from a bundle in dist/. */
+function findRoot(): string {
+  for (let d = __dirname; d !== path.dirname(d); d = path.dirname(d)) {
+    if (fs.existsSync(path.join(d, 'package.json')) && fs.existsSync(path.join(d, 'scripts', 'build.mjs'))) return d;
+  }
+  throw new Error(`cannot find the repository root above ${__dirname}`);
+}
+
+export const ROOT = findRoot();
 export const dist = (name: string) => path.join(ROOT, 'dist', `${name}.js`);
 
 export interface Running {
@@ -18,11 +27,19 @@ export interface Running {
   exited: Promise<number | null>;
 }
 
-export function startProgram(name: string, args: string[], env: NodeJS.ProcessEnv = {}): Running {
-  const child = spawn(process.execPath, [dist(name), ...args], { env: { ...process.env, LOG_LEVEL: 'debug', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+/**
+ * `keepLines: false` keeps only the first 1,000 lines (enough to see startup), for long benchmark runs.
+ * `cpus` runs the program on those CPUs only (taskset), e.g. to give a simulated enclave its own vCPU.
+ */
+export function startProgram(name: string, args: string[], env: NodeJS.ProcessEnv = {}, opts: { keepLines?: boolean; cpus?: string } = {}): Running {
+  // NKS_PROFILE_DIR: each program writes a V8 CPU profile there when it exits (npm run bench -- --profile).
+  const profile = process.env.NKS_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.NKS_PROFILE_DIR}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`] : [];
+  const argv = [...profile, dist(name), ...args];
+  const child = spawn(opts.cpus ? 'taskset' : process.execPath, opts.cpus ? ['-c', opts.cpus, process.execPath, ...argv] : argv, { env: { ...process.env, LOG_LEVEL: 'debug', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const lines: string[] = [];
   const waiters: Array<() => void> = [];
   const onText = (buf: Buffer) => {
+    if (opts.keepLines === false && lines.length >= 1000) return;
     lines.push(...buf.toString('utf8').split('\n').filter(Boolean));
     for (const w of waiters.splice(0)) w();
   };

@@ -45,6 +45,10 @@ export interface StackOptions {
   kmsLatencyMs?: number;
   /** Put recording relays on both parent <-> enclave links. */
   capture?: boolean;
+  /** false: keep only the programs' startup output (long benchmark runs). */
+  keepLogs?: boolean;
+  /** CPU lists (taskset) for the enclave and for the parent, to model the enclave's dedicated vCPUs. */
+  cpus?: { enclave: string; parent: string };
 }
 
 export async function startStack(runDir: string, opts: StackOptions = {}): Promise<Stack> {
@@ -85,13 +89,13 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
   const awsEnv = { AWS_ACCESS_KEY_ID: 'AKIDPARENT', AWS_SECRET_ACCESS_KEY: 'not-a-secret', AWS_REGION: 'us-east-1' };
 
   const launchEnclave = async () => {
-    const p = startProgram('enclave', ['--config', enclaveConfigFile]);
+    const p = startProgram('enclave', ['--config', enclaveConfigFile], {}, { keepLines: opts.keepLogs ?? true, ...(opts.cpus ? { cpus: opts.cpus.enclave } : {}) });
     await p.waitForLog((e) => e.msg === 'enclave ready');
     return p;
   };
   const parents: Running[] = [];
   const launchParent = async () => {
-    const p = startProgram('parent', ['--config', parentConfigFile], awsEnv);
+    const p = startProgram('parent', ['--config', parentConfigFile], awsEnv, { keepLines: opts.keepLogs ?? true, ...(opts.cpus ? { cpus: opts.cpus.parent } : {}) });
     parents.push(p);
     const ready = await p.waitForLog((e) => e.msg === 'parent ready');
     return { p, url: String(ready.url) };

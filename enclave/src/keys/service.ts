@@ -9,6 +9,7 @@ import type { SignRequest, SignResult } from '../../../shared/src/signing/schema
 import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
 import type { Unsealer } from '../kms/unseal';
 import type { NsmClient } from '../nsm/client';
+import type { SignerPool } from '../signing/pool';
 import { signRequest } from '../signing/sign';
 import type { KeyCache, CachedKey } from './cache';
 import { sealSecret } from './seal';
@@ -36,6 +37,8 @@ export class KeyService {
       nsm: NsmClient;
       kmsKeyArn: string;
       kmsPublicKey: KeyObject;
+      /** Signer threads; without it signing happens on the calling thread. */
+      signers?: SignerPool | undefined;
     },
   ) {}
 
@@ -60,7 +63,7 @@ export class KeyService {
 
   async sign(keyId: string, blob: string, request: SignRequest): Promise<SignResult> {
     const key = this.deps.cache.get(keyId, blob) ?? (await this.unsealShared(keyId, blob));
-    const result = signRequest(request, key.secret, key.address);
+    const result = this.deps.signers ? await this.deps.signers.sign(request, key.secret, key.address) : signRequest(request, key.secret, key.address);
     this.signs += 1;
     return result;
   }

@@ -31,16 +31,27 @@ export async function readJsonBody(req: http.IncomingMessage, maxBytes: number):
   if (declared !== undefined && Number(declared) > maxBytes) throw new KeystoreError('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes exceeds the ${maxBytes}-byte limit`);
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > maxBytes) throw new KeystoreError('PAYLOAD_TOO_LARGE', `request body exceeds the ${maxBytes}-byte limit`);
-    chunks.push(chunk as Buffer);
-  }
+  // Plain stream events: cheaper than an async iterator on the signing hot path.
+  await new Promise<void>((resolve, reject) => {
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > maxBytes) {
+        req.off('data', onData);
+        req.pause();
+        reject(new KeystoreError('PAYLOAD_TOO_LARGE', `request body exceeds the ${maxBytes}-byte limit`));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    req.on('data', onData);
+    req.once('end', resolve);
+    req.once('error', reject);
+  });
   if (size === 0) return undefined;
   const type = String(req.headers['content-type'] ?? '');
   if (!/^application\/json\s*(;|$)/i.test(type)) throw new KeystoreError('UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
   try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    return JSON.parse((chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)).toString('utf8'));
   } catch {
     throw new KeystoreError('INVALID_REQUEST', 'request body is not valid JSON');
   }

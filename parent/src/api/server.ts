@@ -22,6 +22,8 @@ export interface ApiServerOptions {
   auth: TokenAuth;
   metrics: Metrics;
   logger: Logger;
+  /** One line per request with fixed, safe fields only (request id, route, status, latency, token name). */
+  accessLog: Logger;
   readiness: () => Promise<{ ready: boolean; checks: Record<string, boolean | string> }>;
 }
 
@@ -118,7 +120,7 @@ export class ApiServer {
       this.options.metrics.httpRequests.inc(labels);
       this.options.metrics.httpDuration.observe(labels, seconds);
       if (routeName !== '/metrics' && routeName !== '/healthz') {
-        this.options.logger.info({ requestId, method, route: routeName, status, ms: Math.round(seconds * 1e4) / 10, principal, ...(reason ? { reason } : {}) }, 'request');
+        this.options.accessLog.info({ requestId, method, route: routeName, status, ms: Math.round(seconds * 1e4) / 10, principal, ...(reason ? { reason } : {}) }, 'request');
       }
       if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
     }

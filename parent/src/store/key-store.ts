@@ -89,8 +89,16 @@ function decodeCursor(cursor: string): number {
 export class KeyStore {
   readonly db: Database.Database;
   private readonly stmts;
+  /**
+   * Recently read records by key id, so a sign does not hit SQLite. Safe because this process is the only
+   * writer: a record only changes through setDisabled, which refreshes it. Bounded (least recently used out).
+   */
+  private readonly recent = new Map<string, KeyRecord>();
 
-  constructor(file: string) {
+  constructor(
+    file: string,
+    private readonly cacheSize = 10_000,
+  ) {
     if (file !== ':memory:') fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
     this.db = new Database(file);
     this.db.pragma('journal_mode = WAL');
@@ -141,8 +149,23 @@ export class KeyStore {
   }
 
   get(keyId: string): KeyRecord | undefined {
+    const hit = this.recent.get(keyId);
+    if (hit) {
+      this.recent.delete(keyId);
+      this.recent.set(keyId, hit);
+      return hit;
+    }
     const r = this.stmts.byKeyId.get(keyId);
-    return r ? toRecord(r) : undefined;
+    if (!r) return undefined;
+    const rec = toRecord(r);
+    this.remember(rec);
+    return rec;
+  }
+
+  private remember(rec: KeyRecord): void {
+    this.recent.delete(rec.keyId);
+    if (this.recent.size >= this.cacheSize) this.recent.delete(this.recent.keys().next().value as string);
+    this.recent.set(rec.keyId, rec);
   }
 
   getByExternalId(externalId: string): KeyRecord | undefined {
@@ -160,6 +183,7 @@ export class KeyStore {
 
   setDisabled(keyId: string, disabled: boolean): KeyRecord | undefined {
     const res = this.stmts.setDisabled.run(disabled ? 1 : 0, Date.now(), keyId);
+    this.recent.delete(keyId);
     return res.changes ? this.get(keyId) : undefined;
   }
 

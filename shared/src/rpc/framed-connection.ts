@@ -1,7 +1,8 @@
 /**
- * A connection that carries JSON messages in frames. Outgoing frames produced in the same event-loop turn are
- * written together (fewer syscalls under load), in chunks of at most 32 KiB. A frame error or a payload that is
- * not JSON closes the connection and reports why; it never throws into the caller.
+ * A connection that carries JSON messages in frames. Each frame is written as soon as it is sent (in chunks of
+ * at most 32 KiB), so answers stream out while the next request is processed; when the socket is busy, the
+ * stream layer batches the pending frames into one write. A frame error or a payload that is not JSON closes the
+ * connection and reports why; it never throws into the caller.
  */
 import { chunksOf, encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_BYTES } from '../framing';
 import type { Connection } from '../transport/types';
@@ -14,9 +15,6 @@ export interface FramedConnectionEvents {
 
 export class FramedConnection {
   private readonly decoder: FrameDecoder;
-  private queue: Buffer[] = [];
-  private queuedBytes = 0;
-  private flushScheduled = false;
   private protocolError: string | undefined;
   private isClosed = false;
 
@@ -30,7 +28,6 @@ export class FramedConnection {
       data: (chunk) => this.onData(chunk),
       close: (error) => {
         this.isClosed = true;
-        this.queue = [];
         this.events.close({ ...(this.protocolError ? { protocolError: this.protocolError } : {}), ...(error ? { error } : {}) });
       },
     });
@@ -44,36 +41,20 @@ export class FramedConnection {
     return this.conn.description;
   }
 
-  /** Serializes and queues one message. Throws FrameError if it is larger than the frame limit. */
+  /** Serializes and writes one message. Throws FrameError if it is larger than the frame limit. */
   send(msg: unknown): void {
     if (this.closed) return;
     const frame = encodeFrame(Buffer.from(JSON.stringify(msg), 'utf8'), this.maxFrameBytes);
-    this.queue.push(frame);
-    this.queuedBytes += frame.length;
-    if (!this.flushScheduled) {
-      this.flushScheduled = true;
-      setImmediate(() => this.flush());
-    }
+    for (const chunk of chunksOf(frame)) this.conn.write(chunk);
   }
 
-  /** Closes the connection after queued frames are written. */
+  /** Closes the connection after written frames are flushed. */
   end(): void {
-    this.flush();
     this.conn.end();
   }
 
   destroy(): void {
-    this.queue = [];
     this.conn.destroy();
-  }
-
-  private flush(): void {
-    this.flushScheduled = false;
-    if (this.queue.length === 0 || this.closed) return;
-    const data = this.queue.length === 1 ? (this.queue[0] as Buffer) : Buffer.concat(this.queue, this.queuedBytes);
-    this.queue = [];
-    this.queuedBytes = 0;
-    for (const chunk of chunksOf(data)) this.conn.write(chunk);
   }
 
   private onData(chunk: Buffer): void {

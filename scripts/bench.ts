@@ -1,0 +1,340 @@
+/**
+ * `npm run bench [-- --quick]`: the system measured the way its users feel it, on the simulated platform
+ * (KMS emulator with 15 ms of injected latency, as a stand-in for AWS KMS in-region).
+ *
+ * Measured in one run:
+ *   - raw in-process @noble/secp256k1 signing rate on one thread (the reference, same configuration as the enclave);
+ *   - warm signing end to end (HTTP -> parent -> simulated vsock -> enclave -> back) at concurrency 1, 8, 32, 128;
+ *   - cold signing: latency, and KMS Decrypt calls per key;
+ *   - key creation: throughput and latency (durable: committed before the answer), KMS calls;
+ *   - enclave memory: the enclave process before and after caching keys, and the key cache's footprint at
+ *     10,000 and 100,000 entries (the enclave's own KeyCache filled in a separate process).
+ * Prints a table, then one JSON line with rawSignPerSec, e2eSignPerSec, ratio, p50Ms, p99Ms,
+ * coldKmsCallsPerKey, createKmsCalls, createPerSec (and more).
+ */
+import { spawnSync } from 'node:child_process';
+import { createHash, createHmac, randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import * as secp from '@noble/secp256k1';
+import { Pool } from 'undici';
+import { startStack, waitReady, type Stack } from '../test/support/stack';
+
+const { values } = parseArgs({
+  options: { quick: { type: 'boolean' }, signers: { type: 'string' }, profile: { type: 'string' }, 'cache-footprint': { type: 'string' } },
+  strict: true,
+});
+
+interface Stats {
+  count: number;
+  perSec: number;
+  p50Ms: number;
+  p99Ms: number;
+  errors: number;
+  /** CPU microseconds per request, by process (from /proc; the load generator is this process). */
+  cpuUsPerRequest?: Record<string, number>;
+}
+
+/** user+system CPU of a process in microseconds (Linux /proc; clock ticks of 10 ms). */
+function processCpuUs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  return (Number(fields[11]) + Number(fields[12])) * 10_000;
+}
+
+/** Runs `fn` and attributes the CPU the given processes (and this one) spent to each request it made. */
+async function withCpu(pids: Record<string, number>, fn: () => Promise<Stats>): Promise<Stats> {
+  const before = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, processCpuUs(pid)]));
+  const self = process.cpuUsage();
+  const stats = await fn();
+  const used = process.cpuUsage(self);
+  const total = stats.count + stats.errors || 1;
+  stats.cpuUsPerRequest = Object.fromEntries([
+    ...Object.entries(pids).map(([k, pid]) => [k, Math.round((processCpuUs(pid) - (before[k] as number)) / total)]),
+    ['loadgen', Math.round((used.user + used.system) / total)],
+  ]);
+  return stats;
+}
+
+function percentile(sorted: number[], p: number): number {
+  if (sorted.length === 0) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))] as number;
+}
+
+function summarize(latencies: number[], seconds: number, errors: number): Stats {
+  const sorted = [...latencies].sort((a, b) => a - b);
+  return { count: latencies.length, perSec: latencies.length / seconds, p50Ms: percentile(sorted, 50), p99Ms: percentile(sorted, 99), errors };
+}
+
+/** The reference: @noble/secp256k1 signing 32-byte digests in this process, one thread, as the enclave does. */
+function rawSignRate(seconds: number): number {
+  secp.hashes.sha256 = (m) => new Uint8Array(createHash('sha256').update(m).digest());
+  secp.hashes.hmacSha256 = (k, m) => new Uint8Array(createHmac('sha256', k).update(m).digest());
+  const sk = secp.utils.randomSecretKey();
+  const digests = Array.from({ length: 256 }, () => new Uint8Array(randomBytes(32)));
+  for (let i = 0; i < 500; i++) secp.sign(digests[i % 256] as Uint8Array, sk, { prehash: false, format: 'recovered' });
+  let n = 0;
+  const t0 = performance.now();
+  const end = t0 + seconds * 1000;
+  while (performance.now() < end) {
+    for (let i = 0; i < 50; i++) secp.sign(digests[(n + i) % 256] as Uint8Array, sk, { prehash: false, format: 'recovered' });
+    n += 50;
+  }
+  return n / ((performance.now() - t0) / 1000);
+}
+
+/**
+ * Closed-loop load: `concurrency` workers over an undici pool of as many keep-alive connections, each sending
+ * its next request when the previous one returns. Latency is measured per request after the warm-up.
+ */
+async function closedLoop(opts: { url: string; token: string; concurrency: number; seconds: number; warmupSeconds: number; next: (i: number) => { path: string; body: unknown } }): Promise<Stats> {
+  const pool = new Pool(opts.url, { connections: opts.concurrency, pipelining: 1 });
+  const headers = { authorization: `Bearer ${opts.token}`, 'content-type': 'application/json' };
+  const latencies: number[] = [];
+  let errors = 0;
+  let seq = 0;
+  const t0 = performance.now();
+  const measureFrom = t0 + opts.warmupSeconds * 1000;
+  const end = measureFrom + opts.seconds * 1000;
+  const worker = async () => {
+    while (performance.now() < end) {
+      const { path: p, body } = opts.next(seq++);
+      const start = performance.now();
+      let status = 0;
+      try {
+        const res = await pool.request({ path: p, method: 'POST', headers, body: JSON.stringify(body) });
+        status = res.statusCode;
+        await res.body.dump();
+      } catch {
+        status = 0;
+      }
+      const done = performance.now();
+      if (start < measureFrom) continue;
+      if (status === 200 || status === 201) latencies.push(done - start);
+      else errors += 1;
+    }
+  };
+  await Promise.all(Array.from({ length: opts.concurrency }, worker));
+  await pool.close();
+  return summarize(latencies, opts.seconds, errors);
+}
+
+async function kmsDecrypts(s: Stack): Promise<number> {
+  const st = await s.platform.stats();
+  return (st.Decrypt?.ok ?? 0) + (st.Decrypt?.error ?? 0);
+}
+
+/** The enclave's RSS and cache size, as the parent exports them from enclave.health. */
+async function enclaveMemory(s: Stack): Promise<{ rssBytes: number; cacheSize: number }> {
+  const text = String((await s.api('/metrics', { token: null })).body);
+  return {
+    rssBytes: Number(/nks_enclave_memory_bytes\{kind="rss"\} (\d+)/.exec(text)?.[1] ?? NaN),
+    cacheSize: Number(/nks_enclave_counter\{counter="cacheSize"\} (\d+)/.exec(text)?.[1] ?? NaN),
+  };
+}
+
+const mb = (b: number) => (b / 1024 / 1024).toFixed(1);
+const f = (n: number, d = 0) => (Number.isFinite(n) ? n.toFixed(d) : '-');
+
+type Topology = 'dedicated' | 'shared';
+
+/** Pins this process (all its threads) to `cpus` (taskset), or frees it. */
+function pinSelf(cpus: string): void {
+  spawnSync('taskset', ['-a', '-p', '-c', cpus, String(process.pid)], { stdio: 'ignore' });
+}
+
+interface WarmSeries {
+  topology: Topology;
+  levels: Record<number, Stats>;
+  kmsCalls: number;
+}
+
+/** Warm signing at each concurrency, sampling the raw reference between levels. */
+async function warmSeries(s: Stack, topology: Topology, o: { seconds: number; warmup: number; rawSamples: number[] }): Promise<WarmSeries> {
+  const token = s.tokens.full;
+  const keys: string[] = [];
+  for (let i = 0; i < 16; i++) keys.push((await s.api('/v1/keys', { body: {} })).body.keyId);
+  for (const k of keys) await s.api(`/v1/keys/${k}/sign`, { body: { type: 'digest', digest: `0x${'11'.repeat(32)}` } });
+  const digests = Array.from({ length: 64 }, () => `0x${randomBytes(32).toString('hex')}`);
+  const next = (i: number) => ({ path: `/v1/keys/${keys[i % keys.length]}/sign`, body: { type: 'digest', digest: digests[i % digests.length] } });
+  const pids = { parent: s.parent.child.pid as number, enclave: s.enclave.child.pid as number };
+  const before = await kmsDecrypts(s);
+  const levels: Record<number, Stats> = {};
+  for (const c of [1, 4, 8, 16, 32, 128]) {
+    const st = await withCpu(pids, () => closedLoop({ url: s.url, token, concurrency: c, seconds: o.seconds, warmupSeconds: o.warmup, next }));
+    levels[c] = st;
+    o.rawSamples.push(rawSignRate(1));
+    const cpu = Object.entries(st.cpuUsPerRequest ?? {}).map(([k, v]) => `${k} ${v}`).join(', ');
+    console.log(`warm sign [${topology}], concurrency ${String(c).padStart(3)}: ${f(st.perSec)}/s  p50 ${f(st.p50Ms, 2)} ms  p99 ${f(st.p99Ms, 2)} ms  errors ${st.errors}  (CPU µs/request: ${cpu})`);
+  }
+  return { topology, levels, kmsCalls: (await kmsDecrypts(s)) - before };
+}
+
+/** The best load that keeps p99 under 10 ms (the target's "at that load"); the fastest overall if none does. */
+function bestOf(levels: Record<number, Stats>): [number, Stats] {
+  const byRate = Object.entries(levels).sort((a, b) => b[1].perSec - a[1].perSec);
+  const [c, st] = (byRate.find(([, x]) => x.p99Ms < 10) ?? byRate[0]) as [string, Stats];
+  return [Number(c), st];
+}
+
+const levelsJson = (levels: Record<number, Stats>) =>
+  Object.fromEntries(Object.entries(levels).map(([c, st]) => [c, { perSec: Math.round(st.perSec), p50Ms: Number(st.p50Ms.toFixed(3)), p99Ms: Number(st.p99Ms.toFixed(3)), errors: st.errors, cpuUsPerRequest: st.cpuUsPerRequest }]));
+
+async function main(): Promise<void> {
+  const quick = values.quick ?? false;
+  const o = { seconds: quick ? 4 : 10, warmup: quick ? 1 : 2, rawSamples: [] as number[] };
+  const started = Date.now();
+  const cores = os.availableParallelism();
+  const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+  console.log(`nitro-keystore benchmark (${quick ? 'quick' : 'full'}): ${cores} cores (${cpu}), Node ${process.version}, KMS emulator latency 15 ms`);
+  if (values.profile) process.env.NKS_PROFILE_DIR = path.resolve(values.profile); // CPU profiles of every program
+  const signing = values.signers === undefined ? {} : { signing: { workers: Number(values.signers) } };
+
+  // Production topology: a Nitro enclave's vCPUs are its own. Here the enclave gets the last CPU and the parent,
+  // the simulators and this load generator share the others. With one CPU everything shares it.
+  const dedicated = cores >= 2;
+  const enclaveCpus = String(cores - 1);
+  const otherCpus = cores > 2 ? `0-${cores - 2}` : '0';
+  if (dedicated) pinSelf(otherCpus);
+  o.rawSamples.push(rawSignRate(quick ? 2 : 4));
+  console.log(`raw @noble/secp256k1 sign, one thread: ${f(o.rawSamples[0] as number)}/s`);
+
+  const runDir = path.join(os.tmpdir(), `nks-bench-${process.pid}`);
+  const s = await startStack(runDir, {
+    kmsLatencyMs: 15,
+    enclave: { logLevel: 'info', ...signing },
+    parentApi: { maxInFlight: 4096 },
+    keepLogs: false,
+    ...(dedicated ? { cpus: { enclave: enclaveCpus, parent: otherCpus } } : {}),
+  });
+  let result: Record<string, unknown>;
+  try {
+    await waitReady(s);
+    const primary = await warmSeries(s, dedicated ? 'dedicated' : 'shared', o);
+
+    // Cold signing: fresh keys, each signed once.
+    const coldN = quick ? 200 : 1000;
+    const coldKeys: string[] = [];
+    for (let i = 0; i < coldN; i++) coldKeys.push((await s.api('/v1/keys', { body: {} })).body.keyId);
+    const coldBefore = await kmsDecrypts(s);
+    const coldLat: number[] = [];
+    let coldErrors = 0;
+    const coldT0 = performance.now();
+    const coldConc = 8;
+    let ci = 0;
+    await Promise.all(
+      Array.from({ length: coldConc }, async () => {
+        while (ci < coldKeys.length) {
+          const k = coldKeys[ci++] as string;
+          const t = performance.now();
+          const r = await s.api(`/v1/keys/${k}/sign`, { body: { type: 'digest', digest: `0x${'33'.repeat(32)}` } });
+          if (r.status === 200) coldLat.push(performance.now() - t);
+          else coldErrors += 1;
+        }
+      }),
+    );
+    const cold = summarize(coldLat, (performance.now() - coldT0) / 1000, coldErrors);
+    const coldKmsCallsPerKey = ((await kmsDecrypts(s)) - coldBefore) / coldN;
+    console.log(`cold sign (concurrency ${coldConc}, ${coldN} keys): ${f(cold.perSec)}/s  p50 ${f(cold.p50Ms, 1)} ms  p99 ${f(cold.p99Ms, 1)} ms  KMS Decrypt per key ${f(coldKmsCallsPerKey, 2)}`);
+
+    // Key creation (durable), with KMS accounting over every operation.
+    const statsBefore = await s.platform.stats();
+    const creates = await closedLoop({ url: s.url, token: s.tokens.full, concurrency: 8, seconds: quick ? 3 : 8, warmupSeconds: 0.5, next: () => ({ path: '/v1/keys', body: {} }) });
+    const statsAfter = await s.platform.stats();
+    const createKmsCalls = Object.keys(statsAfter).reduce((sum, op) => sum + ((statsAfter[op]?.ok ?? 0) + (statsAfter[op]?.error ?? 0)) - ((statsBefore[op]?.ok ?? 0) + (statsBefore[op]?.error ?? 0)), 0);
+    console.log(`create (concurrency 8, committed before 201): ${f(creates.perSec)}/s  p50 ${f(creates.p50Ms, 2)} ms  p99 ${f(creates.p99Ms, 2)} ms  KMS calls ${createKmsCalls}`);
+
+    // Memory: the enclave process with the keys it now caches, and the cache's footprint at scale.
+    const mem = await enclaveMemory(s);
+    const footprint = (n: number) => {
+      const r = spawnSync(process.execPath, ['--expose-gc', __filename, '--cache-footprint', String(n)], { encoding: 'utf8' });
+      return JSON.parse(r.stdout.trim()) as { n: number; rssBytes: number; heapBytes: number };
+    };
+    const f10k = footprint(10_000);
+    const f100k = footprint(100_000);
+    console.log(`enclave RSS ${mb(mem.rssBytes)} MiB with ${mem.cacheSize} keys cached`);
+    console.log(`key cache footprint: 10,000 keys +${mb(f10k.heapBytes)} MiB heap (+${mb(f10k.rssBytes)} MiB RSS); 100,000 keys +${mb(f100k.heapBytes)} MiB heap (+${mb(f100k.rssBytes)} MiB RSS)`);
+    result = {
+      primary,
+      coldKmsCallsPerKey: Number(coldKmsCallsPerKey.toFixed(3)),
+      coldPerSec: Math.round(cold.perSec),
+      coldP50Ms: Number(cold.p50Ms.toFixed(1)),
+      coldP99Ms: Number(cold.p99Ms.toFixed(1)),
+      createKmsCalls,
+      createPerSec: Math.round(creates.perSec),
+      createP50Ms: Number(creates.p50Ms.toFixed(2)),
+      createP99Ms: Number(creates.p99Ms.toFixed(2)),
+      enclaveRssMiB: Number(mb(mem.rssBytes)),
+      enclaveCachedKeys: mem.cacheSize,
+      cacheMiBPer10kKeys: Number(mb(f10k.heapBytes)),
+      cacheMiBPer100kKeys: Number(mb(f100k.heapBytes)),
+    };
+  } finally {
+    await s.stop();
+  }
+
+  // For comparison, the same warm series with every process sharing every CPU (no dedicated enclave vCPU).
+  let shared: WarmSeries | undefined;
+  if (dedicated) {
+    pinSelf(`0-${cores - 1}`);
+    const s2 = await startStack(`${runDir}-shared`, { kmsLatencyMs: 15, enclave: { logLevel: 'info', ...signing }, parentApi: { maxInFlight: 4096 }, keepLogs: false });
+    try {
+      await waitReady(s2);
+      shared = await warmSeries(s2, 'shared', o);
+    } finally {
+      await s2.stop();
+    }
+  }
+
+  const sortedRaw = [...o.rawSamples].sort((a, b) => a - b);
+  const raw = sortedRaw[Math.floor(sortedRaw.length / 2)] as number;
+  console.log(`raw reference: median ${f(raw)}/s of ${o.rawSamples.length} samples (${f(sortedRaw[0] as number)}-${f(sortedRaw[sortedRaw.length - 1] as number)}/s)`);
+  const primary = result.primary as WarmSeries;
+  const [bestC, best] = bestOf(primary.levels);
+  const summary = {
+    machine: { cores, cpu, node: process.version },
+    mode: quick ? 'quick' : 'full',
+    topology: primary.topology,
+    rawSignPerSec: Math.round(raw),
+    rawSignSamples: o.rawSamples.map((r) => Math.round(r)),
+    e2eSignPerSec: Math.round(best.perSec),
+    bestConcurrency: bestC,
+    ratio: Number((best.perSec / raw).toFixed(3)),
+    p50Ms: Number(best.p50Ms.toFixed(3)),
+    p99Ms: Number(best.p99Ms.toFixed(3)),
+    warm: levelsJson(primary.levels),
+    warmKmsCalls: primary.kmsCalls,
+    ...(shared ? { shared: { ...(() => { const [c, st] = bestOf(shared.levels); return { e2eSignPerSec: Math.round(st.perSec), bestConcurrency: c, ratio: Number((st.perSec / raw).toFixed(3)), p50Ms: Number(st.p50Ms.toFixed(3)), p99Ms: Number(st.p99Ms.toFixed(3)) }; })(), warm: levelsJson(shared.levels) } } : {}),
+    ...Object.fromEntries(Object.entries(result).filter(([k]) => k !== 'primary')),
+    seconds: Math.round((Date.now() - started) / 1000),
+  } as unknown as Record<string, unknown> & { ratio: number; p99Ms: number; coldKmsCallsPerKey: number; createKmsCalls: number };
+  const ok = summary.ratio >= 0.8 && summary.p99Ms < 10 && summary.coldKmsCallsPerKey === 1 && summary.createKmsCalls === 0;
+  console.log(`targets (ratio >= 0.8 with p99 < 10 ms, 1 KMS call per cold key, 0 per create): ${ok ? 'met' : 'NOT met'} [${primary.topology} topology]`);
+  console.log(JSON.stringify(summary));
+}
+
+// --cache-footprint N: child mode, fills the enclave's KeyCache with N realistic entries and reports memory.
+if (values['cache-footprint']) {
+  void (async () => {
+    const { KeyCache } = await import('../enclave/src/keys/cache');
+    const n = Number(values['cache-footprint']);
+    const cache = new KeyCache({ ttlMs: 3600_000, maxEntries: n + 1 });
+    const gc = (globalThis as { gc?: () => void }).gc;
+    gc?.();
+    const before = process.memoryUsage();
+    for (let i = 0; i < n; i++) {
+      // Same shapes as a real entry: a 32-byte secret, a checksummed address, the base64 blob it came from.
+      cache.set(`k_${randomBytes(16).toString('base64url')}`, { secret: new Uint8Array(randomBytes(32)), address: `0x${randomBytes(20).toString('hex')}`, blob: randomBytes(400).toString('base64') });
+    }
+    gc?.();
+    const after = process.memoryUsage();
+    // Reading the cache after the measurement keeps it alive through the gc() above.
+    process.stdout.write(`${JSON.stringify({ n: cache.stats.size, rssBytes: after.rss - before.rss, heapBytes: after.heapUsed - before.heapUsed + (after.arrayBuffers - before.arrayBuffers) })}\n`);
+  })();
+} else {
+  void main().catch((err: unknown) => {
+    console.error(`bench: ${(err as Error).stack ?? String(err)}`);
+    process.exit(1);
+  });
+}
