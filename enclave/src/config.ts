@@ -3,9 +3,9 @@
  * start. An invalid file stops the enclave with a message naming every problem.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import fs from 'node:fs';
 import os from 'node:os';
 import { z } from 'zod';
+import { ConfigError, readJsonConfig } from '../../shared/src/config-file';
 import { describeIssues } from '../../shared/src/schema';
 import { TransportConfigSchema } from '../../shared/src/transport';
 
@@ -66,9 +66,7 @@ export const EnclaveConfigSchema = z.strictObject({
 
 export type EnclaveConfig = z.output<typeof EnclaveConfigSchema> & { kmsPublicKeyObject: KeyObject };
 
-export class ConfigError extends Error {
-  override readonly name = 'ConfigError';
-}
+export { ConfigError };
 
 export function parseEnclaveConfig(raw: unknown, source = 'configuration'): EnclaveConfig {
   const res = EnclaveConfigSchema.safeParse(raw);
@@ -87,17 +85,5 @@ export function parseEnclaveConfig(raw: unknown, source = 'configuration'): Encl
 }
 
 export function loadEnclaveConfig(file: string): EnclaveConfig {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ConfigError(`cannot read configuration ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch {
-    throw new ConfigError(`configuration ${file} is not valid JSON`);
-  }
-  return parseEnclaveConfig(raw, `configuration ${file}`);
+  return parseEnclaveConfig(readJsonConfig(file), `configuration ${file}`);
 }

@@ -7,11 +7,10 @@ import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:cry
 import { recoverAddress, type Hex } from 'viem';
 import { birthUserData, decodeBlobBase64, encodeBlob } from '../../shared/src/blob';
 import { canonicalCbor } from '../../shared/src/cbor';
-import { KeystoreError } from '../../shared/src/errors';
 import { verifyAttestation } from '../../shared/src/attestation';
 import type { CreateResult, EnclaveHealth, SignResult } from '../../shared/src/protocol';
 import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
-import { tempRunDir } from '../../shared/test/helpers';
+import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { findLeaks, recoverSecret } from '../../test/support/secrets';
 import { startEnclaveHarness, type EnclaveHarness } from './harness';
 
@@ -37,14 +36,7 @@ describe('enclave program', () => {
   };
   const sign = (keyId: string, blob: string, n = 1) => h.client.call<SignResult>('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
   const health = () => h.client.call<EnclaveHealth>('enclave.health', {});
-  const failure = async (p: Promise<unknown>) => {
-    try {
-      await p;
-    } catch (e) {
-      return e as KeystoreError;
-    }
-    throw new Error('expected a failure');
-  };
+  const failure = rejection;
 
   it('creates a key without any KMS call, sealed in a v1 blob', async () => {
     const before = await h.decryptCalls();

@@ -3,8 +3,8 @@
  * hosts (listen port, database path, KMS endpoint and region, log level). Validated at start; an invalid one
  * stops the daemon with every problem named.
  */
-import fs from 'node:fs';
 import { z } from 'zod';
+import { ConfigError, readJsonConfig } from '../../shared/src/config-file';
 import { describeIssues } from '../../shared/src/schema';
 import { TransportConfigSchema } from '../../shared/src/transport';
 
@@ -63,9 +63,7 @@ export const ParentConfigSchema = z.strictObject({
 
 export type ParentConfig = z.output<typeof ParentConfigSchema>;
 
-export class ConfigError extends Error {
-  override readonly name = 'ConfigError';
-}
+export { ConfigError };
 
 /** Environment overrides, applied before validation. */
 function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<string, unknown> {
@@ -96,17 +94,5 @@ export function parseParentConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, sou
 }
 
 export function loadParentConfig(file: string, env: NodeJS.ProcessEnv = process.env): ParentConfig {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (err) {
-    throw new ConfigError(`cannot read configuration ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch {
-    throw new ConfigError(`configuration ${file} is not valid JSON`);
-  }
-  return parseParentConfig(raw, env, `configuration ${file}`);
+  return parseParentConfig(readJsonConfig(file), env, `configuration ${file}`);
 }

@@ -6,14 +6,13 @@ import { constants, createPublicKey, generateKeyPairSync, publicEncrypt, randomB
 import path from 'node:path';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { openEnvelopedData } from '../../shared/src/cms';
-import { KeystoreError } from '../../shared/src/errors';
 import { silentLogger } from '../../shared/src/log';
 import { RpcClient } from '../../shared/src/rpc';
 import { SimulatedVsockTransport } from '../../shared/src/transport';
 import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
 import { signAttestationDocument } from '../../sim/src/nsm/document';
 import { measureString } from '../../sim/src/measure';
-import { tempRunDir } from '../../shared/test/helpers';
+import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { PARENT_ROLE, startPlatform, type Platform } from '../../test/support/platform';
 import { KmsProxy, mapKmsError } from '../src/kms/proxy';
 
@@ -35,14 +34,7 @@ describe('KMS attestation proxy', () => {
     return signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0000000000000000', timestamp: Date.now(), pcrs, publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }) }, await ca.signer()).toString('base64');
   };
   const call = (params: object) => client.call<{ ciphertextForRecipient: string; keyId: string }>('kms.decrypt', params);
-  const failure = async (p: Promise<unknown>) => {
-    try {
-      await p;
-    } catch (e) {
-      return e as KeystoreError;
-    }
-    throw new Error('expected a failure');
-  };
+  const failure = rejection;
   const decryptCalls = async () => {
     const s = await platform.stats();
     return (s.Decrypt?.ok ?? 0) + (s.Decrypt?.error ?? 0);

@@ -51,8 +51,11 @@ export interface EnclaveHealth {
 export interface CreateResult {
   keyId: string;
   address: `0x${string}`;
+  /** Uncompressed secp256k1 public key, 0x04-prefixed hex. */
   publicKey: `0x${string}`;
+  /** The sealed blob, base64. */
   blob: string;
+  /** Birth attestation (base64 COSE_Sign1) whose user_data binds keyId and address. */
   attestation?: string;
 }
 

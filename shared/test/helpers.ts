@@ -35,3 +35,13 @@ export async function waitFor(cond: () => boolean, timeoutMs = 5000, what = 'con
 }
 
 export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** The error a promise rejects with; fails the test if it resolves. */
+export async function rejection<E = import('../src/errors').KeystoreError>(p: Promise<unknown>): Promise<E> {
+  try {
+    await p;
+  } catch (e) {
+    return e as E;
+  }
+  throw new Error('expected a failure');
+}

@@ -5,6 +5,7 @@
 import type { KeyObject } from 'node:crypto';
 import { birthUserData, decodeBlobBase64, encodeBlob, MAX_BLOB_BYTES } from '../../../shared/src/blob';
 import { KeystoreError } from '../../../shared/src/errors';
+import type { CreateResult } from '../../../shared/src/protocol';
 import type { SignRequest, SignResult } from '../../../shared/src/signing/schema';
 import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
 import type { Unsealer } from '../kms/unseal';
@@ -13,17 +14,6 @@ import type { SignerPool } from '../signing/pool';
 import { signRequest } from '../signing/sign';
 import type { KeyCache, CachedKey } from './cache';
 import { sealSecret } from './seal';
-
-export interface CreatedKey {
-  keyId: string;
-  address: `0x${string}`;
-  /** Uncompressed secp256k1 public key, 0x04-prefixed hex. */
-  publicKey: `0x${string}`;
-  /** The sealed blob, base64. */
-  blob: string;
-  /** Birth attestation (base64 COSE_Sign1) whose user_data binds keyId and address. */
-  attestation?: string;
-}
 
 export class KeyService {
   creates = 0;
@@ -42,9 +32,9 @@ export class KeyService {
     },
   ) {}
 
-  async create(keyId: string, attest: boolean): Promise<CreatedKey> {
+  async create(keyId: string, attest: boolean): Promise<CreateResult> {
     const secret = generateSecret();
-    let result: CreatedKey;
+    let result: CreateResult;
     try {
       const pub = publicKeyOf(secret);
       const address = addressOf(pub);
