@@ -23,7 +23,7 @@ function config(dir: string, api: object) {
   return file;
 }
 
-function get(options: http.RequestOptions, secure = false): Promise<{ status: number; body: string }> {
+function get(options: https.RequestOptions, secure = false): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const req = (secure ? https : http).request({ method: 'GET', ...options }, (res) => {
       let body = '';
