@@ -39,11 +39,10 @@ import { SimulatedNitroCa } from '../src/nsm/ca';
 import { signAttestationDocument } from '../src/nsm/document';
 import { measureString } from '../src/measure';
 import { startProgram } from '../../test/support/process';
+import { ACCOUNT, ADMIN_ROLE, PARENT_ROLE, attestedPolicy as sharedAttestedPolicy } from '../../test/support/platform';
 import { tempRunDir } from '../../shared/test/helpers';
 import vectors from '../../shared/test/fixtures/kms-cms-vectors.json';
 
-const ACCOUNT = '111122223333';
-const PARENT_ROLE = `arn:aws:iam::${ACCOUNT}:role/nitro-keystore-parent`;
 const PCR0 = 'ab'.repeat(48);
 const PCR3 = measureString(PARENT_ROLE);
 
@@ -61,23 +60,7 @@ async function caught(p: Promise<unknown>): Promise<Error & { name: string; $fau
 }
 
 /** A policy like the one operators install: admins manage, the parent role decrypts only for the attested image. */
-function attestedPolicy(pcr0 = PCR0): string {
-  return JSON.stringify({
-    Version: '2012-10-17',
-    Statement: [
-      { Sid: 'Admins', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${ACCOUNT}:role/admin` }, Action: ['kms:DescribeKey', 'kms:GetPublicKey', 'kms:GetKeyPolicy', 'kms:PutKeyPolicy'], Resource: '*' },
-      { Sid: 'ParentReads', Effect: 'Allow', Principal: { AWS: PARENT_ROLE }, Action: ['kms:DescribeKey', 'kms:GetPublicKey'], Resource: '*' },
-      {
-        Sid: 'EnclaveDecrypt',
-        Effect: 'Allow',
-        Principal: { AWS: PARENT_ROLE },
-        Action: 'kms:Decrypt',
-        Resource: '*',
-        Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:ImageSha384': pcr0, 'kms:RecipientAttestation:PCR3': PCR3 } },
-      },
-    ],
-  });
-}
+const attestedPolicy = (pcr0 = PCR0) => sharedAttestedPolicy(pcr0, PARENT_ROLE);
 
 describe('KMS emulator with @aws-sdk/client-kms', () => {
   let dir: string;
@@ -103,7 +86,7 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
       emulator: new KmsEmulator(new KmsState(path.join(dir, 'kms.json')), { region: 'us-east-1', account: ACCOUNT, trustRoots: [ca.rootPem], maxDocAgeMs: 300_000 }),
       logger: silentLogger(),
       faults: { latencyMs: 0, throttleRate: 0, errorRate: 0 },
-      principals: { AKIDADMIN: `arn:aws:iam::${ACCOUNT}:role/admin` },
+      principals: { AKIDADMIN: ADMIN_ROLE },
       defaultPrincipal: PARENT_ROLE,
     });
     url = await server.listen(0);
@@ -349,7 +332,7 @@ describe('kms-emulator process', () => {
   it('restarts from its state file with keys and policies intact', async () => {
     const dir = tempRunDir();
     const ca = await SimulatedNitroCa.open(path.join(dir, 'ca.json'));
-    const admin = `arn:aws:iam::${ACCOUNT}:role/admin`;
+    const admin = ADMIN_ROLE;
     const args = ['--port', '0', '--state', path.join(dir, 'kms-state.json'), '--trust-root', path.join(dir, 'root.pem'), '--access-key', `AKIDADMIN=${admin}`];
     let proc = startProgram('kms-emulator', args);
     let url = String((await proc.waitForLog((e) => e.msg === 'KMS emulator listening')).url);

@@ -3,7 +3,7 @@
  * cold key, shared by concurrent requests), forget.
  */
 import type { KeyObject } from 'node:crypto';
-import { birthUserData, decodeBlobBase64, encodeBlob, MAX_BLOB_BYTES } from '../../../shared/src/blob';
+import { birthUserData, decodeBlobBase64, encodeBlob } from '../../../shared/src/blob';
 import { KeystoreError } from '../../../shared/src/errors';
 import type { CreateResult } from '../../../shared/src/protocol';
 import type { SignRequest, SignResult } from '../../../shared/src/signing/schema';
@@ -74,7 +74,6 @@ export class KeyService {
   }
 
   private async unseal(keyId: string, blobB64: string): Promise<CachedKey> {
-    if (blobB64.length > (MAX_BLOB_BYTES * 4) / 3 + 4) throw new KeystoreError('KEY_INTEGRITY', 'key blob is too large');
     const blob = decodeBlobBase64(blobB64);
     if (blob.keyId !== keyId) {
       throw new KeystoreError('KEY_INTEGRITY', `the blob belongs to key ${blob.keyId}, not ${keyId}`);
