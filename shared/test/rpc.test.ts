@@ -4,8 +4,8 @@ import { z } from 'zod';
 import fc from 'fast-check';
 import { KeystoreError } from '../src/errors';
 import { encodeFrame } from '../src/framing';
-import { RpcClient, RpcServer, rpcMethod, backoffDelay } from '../src/rpc';
-import { SimulatedVsockTransport, simulatedSocketPath } from '../src/transport';
+import { FramedConnection, RpcClient, RpcServer, rpcMethod, backoffDelay } from '../src/rpc';
+import { SimulatedVsockTransport, simulatedSocketPath, type Connection, type ConnectionHandlers } from '../src/transport';
 import { captureLogger, sleep, tempRunDir, waitFor } from './helpers';
 
 const ADDRESS = 'vsock://16:5000';
@@ -39,7 +39,7 @@ describe('JSON-RPC over simulated vsock', () => {
   beforeEach(async () => {
     runDir = tempRunDir();
     transport = new SimulatedVsockTransport(runDir);
-    server = new RpcServer({ name: 'test-server', methods: methods(), logger: log.logger, maxConcurrent: 20_000 });
+    server = new RpcServer({ name: 'test-server', methods: methods(), logger: log.logger, maxConcurrent: 20_000, maxInFlightPerConnection: 20_000 });
     await server.listen(transport, ADDRESS);
     client = new RpcClient({ name: 'test-client', transport, address: ADDRESS, logger: log.logger, maxInFlight: 20_000 });
     await client.waitConnected(2000);
@@ -296,5 +296,71 @@ describe('backoff', () => {
     expect(backoffDelay(3, opts, () => 1)).toBe(400);
     expect(backoffDelay(40, opts, () => 1)).toBe(2000);
     expect(backoffDelay(40, opts, () => 0)).toBe(1000);
+  });
+});
+
+describe('framed connection flow control', () => {
+  /** A connection the test drives by hand. */
+  function fakeConnection() {
+    const state = { handlers: null as ConnectionHandlers | null, paused: false, pauses: 0, resumes: 0, buffered: 0 };
+    const conn: Connection = {
+      description: 'fake',
+      closed: false,
+      writeMode: 'queued',
+      get bufferedBytes() {
+        return state.buffered;
+      },
+      get readingPaused() {
+        return state.paused;
+      },
+      start: (h) => {
+        state.handlers = h;
+      },
+      write: (chunk) => {
+        state.buffered += chunk.length;
+      },
+      pauseReading: () => {
+        state.paused = true;
+        state.pauses += 1;
+      },
+      resumeReading: () => {
+        state.paused = false;
+        state.resumes += 1;
+      },
+      end: () => undefined,
+      destroy: () => undefined,
+    };
+    return { conn, state };
+  }
+
+  it('a pause part-way through a chunk holds the rest of its messages until resume, in order', () => {
+    const { conn, state } = fakeConnection();
+    const got: Array<[unknown, number]> = [];
+    const framed: FramedConnection = new FramedConnection(conn, {
+      message: (msg, bytes) => {
+        got.push([msg, bytes]);
+        if ((msg as { n: number }).n === 1) framed.pauseReading();
+      },
+      close: () => undefined,
+    });
+    const frames = [0, 1, 2, 3].map((n) => encodeFrame(Buffer.from(JSON.stringify({ n }))));
+    state.handlers!.data(Buffer.concat(frames));
+    expect(got).toEqual([
+      [{ n: 0 }, 7],
+      [{ n: 1 }, 7],
+    ]);
+    expect(state.paused).toBe(true);
+    expect(framed.readingPaused).toBe(true);
+    framed.resumeReading();
+    expect(got.map(([m]) => m)).toEqual([{ n: 0 }, { n: 1 }, { n: 2 }, { n: 3 }]);
+    expect(state).toMatchObject({ paused: false, pauses: 1, resumes: 1 });
+  });
+
+  it('reports the bytes it wrote and the unsent count of the transport', () => {
+    const { conn } = fakeConnection();
+    const framed = new FramedConnection(conn, { message: () => undefined, close: () => undefined });
+    const n = framed.send({ hello: 'world' });
+    expect(n).toBe(8 + Buffer.byteLength(JSON.stringify({ hello: 'world' })));
+    expect(framed.bufferedBytes).toBe(n);
   });
 });

@@ -1,8 +1,8 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { createTransport, parseVsockAddress, SimulatedVsockTransport, simulatedSocketPath, TransportConfigSchema } from '../src/transport';
-import { tempRunDir } from './helpers';
+import { createTransport, parseVsockAddress, SimulatedVsockTransport, simulatedSocketPath, TransportConfigSchema, type Connection } from '../src/transport';
+import { sleep, tempRunDir, waitFor } from './helpers';
 
 describe('vsock addresses', () => {
   it('parses vsock://CID:PORT', () => {
@@ -61,6 +61,55 @@ describe('simulated transport', () => {
     expect(fs.lstatSync(file).isSocket()).toBe(true);
     const again = await t.listen('vsock://16:5001', () => undefined);
     await again.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('reports unsent bytes and their draining (writeMode queued), and pausing stops delivery until resumed', async () => {
+    const dir = tempRunDir();
+    const t = new SimulatedVsockTransport(dir);
+    let serverSide: Connection | undefined;
+    const serverGot: Buffer[] = [];
+    const flushed: number[] = [];
+    const listener = await t.listen('vsock://16:5002', (conn) => {
+      serverSide = conn;
+      conn.start({ data: (d) => serverGot.push(d), close: () => undefined, flushed: (n) => flushed.push(n) });
+    });
+    const client = await t.connect('vsock://16:5002');
+    const clientGot: Buffer[] = [];
+    client.start({ data: (d) => clientGot.push(d), close: () => undefined });
+    client.pauseReading(); // the client does not read
+    await waitFor(() => serverSide !== undefined, 2000, 'accept');
+    const conn = serverSide as Connection;
+    expect(conn.writeMode).toBe('queued');
+    expect(conn.bufferedBytes).toBe(0);
+
+    const big = Buffer.alloc(4 * 1024 * 1024, 7);
+    conn.write(big);
+    // The kernel takes a few hundred KB at most; the rest waits in this process and is counted.
+    await waitFor(() => flushed.length > 0 || conn.bufferedBytes > 0, 2000, 'the write to start');
+    expect(conn.bufferedBytes).toBeGreaterThan(1024 * 1024);
+    expect(client.readingPaused).toBe(true);
+    expect(Buffer.concat(clientGot).length).toBe(0);
+    client.resumeReading();
+    await waitFor(() => Buffer.concat(clientGot).length === big.length, 10_000, 'all bytes');
+    await waitFor(() => flushed.includes(0), 2000, 'flushed(0)');
+    expect(conn.bufferedBytes).toBe(0);
+    expect(Buffer.concat(clientGot).equals(big)).toBe(true);
+
+    // Read side: while paused nothing is delivered and the writer feels backpressure; resuming delivers it all in order.
+    conn.pauseReading();
+    const payload = Buffer.from(Array.from({ length: 2 * 1024 * 1024 }, (_, i) => i % 251));
+    client.write(payload);
+    await waitFor(() => client.bufferedBytes > 0, 2000, 'the client to feel backpressure');
+    await sleep(50);
+    expect(serverGot.length).toBe(0);
+    expect(client.bufferedBytes).toBeGreaterThan(0);
+    conn.resumeReading();
+    await waitFor(() => Buffer.concat(serverGot).length === payload.length, 10_000, 'all bytes after resume');
+    expect(Buffer.concat(serverGot).equals(payload)).toBe(true);
+
+    client.destroy();
+    await listener.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
 

@@ -15,6 +15,15 @@ class RecordingConnection implements Connection {
   get closed() {
     return this.inner.closed;
   }
+  get writeMode() {
+    return this.inner.writeMode;
+  }
+  get bufferedBytes() {
+    return this.inner.bufferedBytes;
+  }
+  get readingPaused() {
+    return this.inner.readingPaused;
+  }
   start(h: ConnectionHandlers): void {
     this.inner.start({
       data: (chunk) => {
@@ -22,10 +31,17 @@ class RecordingConnection implements Connection {
         h.data(chunk);
       },
       close: (e) => h.close(e),
+      ...(h.flushed ? { flushed: (n: number) => h.flushed?.(n) } : {}),
     });
   }
   write(chunk: Buffer): void {
     this.inner.write(chunk);
+  }
+  pauseReading(): void {
+    this.inner.pauseReading();
+  }
+  resumeReading(): void {
+    this.inner.resumeReading();
   }
   end(): void {
     this.inner.end();

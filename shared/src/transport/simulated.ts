@@ -19,10 +19,23 @@ export function simulatedSocketPath(runDir: string, address: string): string {
   return p;
 }
 
+/**
+ * A Unix socket as a Connection. Writes are queued by Node's stream (`writeMode: 'queued'`): `bufferedBytes` is
+ * the socket's `writableLength` (bytes not yet accepted by the kernel) and every completed write reports the
+ * remainder through `flushed`. `pauseReading()` pauses the stream; Node then stops reading from the socket once
+ * its readable buffer (one high-water mark, 16 KiB by default) is full, so the kernel pushes back on the peer.
+ */
 class SocketConnection implements Connection {
+  readonly writeMode = 'queued' as const;
   private handlers: ConnectionHandlers | null = null;
   private done = false;
+  private paused = false;
   private lastError: Error | undefined;
+  /** One function for every write (no allocation per write): reports how much is still unsent. */
+  private readonly afterWrite = (err?: Error | null): void => {
+    if (err || this.done) return;
+    this.handlers?.flushed?.(this.socket.writableLength);
+  };
 
   constructor(
     private readonly socket: net.Socket,
@@ -42,15 +55,36 @@ class SocketConnection implements Connection {
     return this.done;
   }
 
+  get bufferedBytes(): number {
+    return this.done ? 0 : this.socket.writableLength;
+  }
+
+  get readingPaused(): boolean {
+    return this.paused;
+  }
+
   start(handlers: ConnectionHandlers): void {
     if (this.handlers) throw new Error('connection already started');
     this.handlers = handlers;
     if (this.done) queueMicrotask(() => handlers.close(this.lastError));
+    // After an explicit pause(), adding a 'data' listener does not resume the stream.
     else this.socket.on('data', (chunk: Buffer) => handlers.data(chunk));
   }
 
   write(chunk: Buffer): void {
-    if (!this.done && !this.socket.destroyed) this.socket.write(chunk);
+    if (!this.done && !this.socket.destroyed) this.socket.write(chunk, this.afterWrite);
+  }
+
+  pauseReading(): void {
+    if (this.paused) return;
+    this.paused = true;
+    this.socket.pause();
+  }
+
+  resumeReading(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    if (!this.done) this.socket.resume();
   }
 
   end(): void {

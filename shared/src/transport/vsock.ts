@@ -5,6 +5,16 @@
  * writes; one receive thread per connection; `listen()` binds VMADDR_CID_ANY; its accept thread keeps running
  * after close, so a process that closed a real vsock listener must exit explicitly once it has drained.
  * It is loaded lazily, so a machine without it can still use the simulated transport.
+ *
+ * Flow control (see `Connection` in ./types) and what this binding can and cannot report:
+ * - Writes: `writeBuffer` is synchronous and blocking, so `writeMode` is `'blocking'`: nothing waits in this
+ *   process, `bufferedBytes` is always 0 and `flushed` is never called. A peer that stops reading does not grow
+ *   memory here, but once the kernel's send buffer is full `writeBuffer` blocks the event loop until the peer
+ *   reads or the connection fails — a stall of the whole process, which this binding offers no way to avoid
+ *   (no non-blocking write, no send timeout, no writable signal). The binding that replaces it on real Nitro
+ *   must offer non-blocking writes with a queued-bytes count and a writable event, i.e. `writeMode: 'queued'`.
+ * - Reads: the binding has no way to stop its receive thread. `pauseReading()` therefore holds arriving chunks
+ *   in memory, at most `VSOCK_MAX_HELD_BYTES`; a peer that sends more while paused is disconnected.
  */
 import { chunksOf } from '../framing';
 import { loadAddon, nativeDirCandidates } from '../native';
@@ -28,6 +38,9 @@ export interface VsockBinding {
 
 export const VSOCK_ADDON_PACKAGE = 'node-vsock-linux-x64-gnu';
 export const VSOCK_ADDON_FILE = 'node-vsock.linux-x64-gnu.node';
+
+/** What a paused vsock connection holds at most before it disconnects a peer that keeps sending. */
+export const VSOCK_MAX_HELD_BYTES = 2 * 1024 * 1024;
 
 /** CIDs a Nitro parent or enclave never dials: 0 hypervisor, 1 local, 2 the host of this machine. */
 const FORBIDDEN_CONNECT_CIDS = new Set([0, 1, 2]);
@@ -56,9 +69,13 @@ export function loadVsockBinding(candidates?: readonly string[]): VsockBinding {
 }
 
 class VsockConnection implements Connection {
+  readonly writeMode = 'blocking' as const;
   private handlers: ConnectionHandlers | null = null;
   private done = false;
+  /** Chunks that arrived before start() or while reading is paused. */
   private early: Buffer[] = [];
+  private heldBytes = 0;
+  private paused = false;
   private lastError: Error | undefined;
   readonly socket: VsockSocketAddon;
 
@@ -78,9 +95,16 @@ class VsockConnection implements Connection {
         this.onConnectEvent?.();
         return;
       case '_data': {
+        if (this.done) return;
         const chunk = args[0] as Buffer;
-        if (this.handlers) this.handlers.data(chunk);
-        else this.early.push(chunk);
+        if (this.handlers && !this.paused && this.early.length === 0) return this.handlers.data(chunk);
+        this.early.push(chunk);
+        this.heldBytes += chunk.length;
+        if (this.heldBytes > VSOCK_MAX_HELD_BYTES) {
+          this.early = [];
+          this.heldBytes = 0;
+          return this.finish(new Error(`peer sent more than ${VSOCK_MAX_HELD_BYTES} bytes while reading was paused`));
+        }
         return;
       }
       case '_error': {
@@ -99,11 +123,41 @@ class VsockConnection implements Connection {
     return this.done;
   }
 
+  /** Always 0: writes are synchronous (see the module comment). */
+  get bufferedBytes(): number {
+    return 0;
+  }
+
+  get readingPaused(): boolean {
+    return this.paused;
+  }
+
   start(handlers: ConnectionHandlers): void {
     if (this.handlers) throw new Error('connection already started');
     this.handlers = handlers;
-    for (const chunk of this.early.splice(0)) handlers.data(chunk);
+    this.deliverHeld();
     if (this.done) queueMicrotask(() => handlers.close(this.lastError));
+  }
+
+  pauseReading(): void {
+    this.paused = true;
+  }
+
+  resumeReading(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.deliverHeld();
+  }
+
+  /** Delivers held chunks in order (also after the peer closed) until they run out or reading is paused again. */
+  private deliverHeld(): void {
+    const handlers = this.handlers;
+    if (!handlers) return;
+    while (!this.paused && this.early.length > 0) {
+      const chunk = this.early.shift() as Buffer;
+      this.heldBytes -= chunk.length;
+      handlers.data(chunk);
+    }
   }
 
   beginReceiving(): void {
@@ -131,6 +185,12 @@ class VsockConnection implements Connection {
     if (this.done) return;
     this.done = true;
     this.lastError = error;
+    if (this.handlers) {
+      // Started: data still held because reading is paused will never be delivered. (Before start(), chunks
+      // that arrived ahead of the close are still delivered by start().)
+      this.early = [];
+      this.heldBytes = 0;
+    }
     try {
       this.socket.shutdown();
     } catch {
