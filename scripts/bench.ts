@@ -8,9 +8,11 @@
  *   - cold signing: latency, and KMS Decrypt calls per key;
  *   - key creation: throughput and latency (durable: committed before the answer), KMS calls;
  *   - enclave memory: the enclave process before and after caching keys, and the key cache's footprint at
- *     10,000 and 100,000 entries (the enclave's own KeyCache filled in a separate process).
+ *     10,000 and 100,000 entries (the enclave's own KeyCache filled in a separate process);
+ *   - typed data at the complexity budget's limit: the worst-case time of one request (in this process, and the
+ *     enclave's CPU per request end to end), and a digest sign's latency while such requests run concurrently.
  * Prints a table, then one JSON line with rawSignPerSec, e2eSignPerSec, ratio, p50Ms, p99Ms,
- * coldKmsCallsPerKey, createKmsCalls, createPerSec (and more).
+ * coldKmsCallsPerKey, createKmsCalls, createPerSec, typedData (and more).
  */
 import { spawnSync } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
@@ -21,6 +23,10 @@ import { parseArgs } from 'node:util';
 import * as secp from '@noble/secp256k1';
 import { Pool } from 'undici';
 import { startStack, waitReady, type Stack } from '../test/support/stack';
+import { SignRequestSchema } from '../shared/src/signing/schema';
+import { checkTypedDataBudget, TYPED_DATA_LIMITS, type TypedDataShape } from '../shared/src/signing/typed-data-budget';
+import { atLimitStructs, atLimitTypeStrings, atLimitValues, type TypedDataInput } from '../shared/test/typed-data-payloads';
+import { signRequest } from '../enclave/src/signing/sign';
 
 const { values } = parseArgs({
   options: { quick: { type: 'boolean' }, signers: { type: 'string' }, profile: { type: 'string' }, 'cache-footprint': { type: 'string' } },
@@ -88,7 +94,7 @@ function rawSignRate(seconds: number): number {
  * Closed-loop load: `concurrency` workers over an undici pool of as many keep-alive connections, each sending
  * its next request when the previous one returns. Latency is measured per request after the warm-up.
  */
-async function closedLoop(opts: { url: string; token: string; concurrency: number; seconds: number; warmupSeconds: number; next: (i: number) => { path: string; body: unknown } }): Promise<Stats> {
+async function closedLoop(opts: { url: string; token: string; concurrency: number; seconds: number; warmupSeconds: number; next: (i: number) => { path: string; body: unknown } }, latenciesOut?: number[]): Promise<Stats> {
   const pool = new Pool(opts.url, { connections: opts.concurrency, pipelining: 1 });
   const headers = { authorization: `Bearer ${opts.token}`, 'content-type': 'application/json' };
   const latencies: number[] = [];
@@ -103,7 +109,7 @@ async function closedLoop(opts: { url: string; token: string; concurrency: numbe
       const start = performance.now();
       let status = 0;
       try {
-        const res = await pool.request({ path: p, method: 'POST', headers, body: JSON.stringify(body) });
+        const res = await pool.request({ path: p, method: 'POST', headers, body: typeof body === 'string' ? body : JSON.stringify(body) });
         status = res.statusCode;
         await res.body.dump();
       } catch {
@@ -117,6 +123,7 @@ async function closedLoop(opts: { url: string; token: string; concurrency: numbe
   };
   await Promise.all(Array.from({ length: opts.concurrency }, worker));
   await pool.close();
+  latenciesOut?.push(...latencies);
   return summarize(latencies, opts.seconds, errors);
 }
 
@@ -181,6 +188,92 @@ function bestOf(levels: Record<number, Stats>): [number, Stats] {
 const levelsJson = (levels: Record<number, Stats>) =>
   Object.fromEntries(Object.entries(levels).map(([c, st]) => [c, { perSec: Math.round(st.perSec), p50Ms: Number(st.p50Ms.toFixed(3)), p99Ms: Number(st.p99Ms.toFixed(3)), errors: st.errors, cpuUsPerRequest: st.cpuUsPerRequest }]));
 
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+
+/**
+ * Typed data at the complexity budget's limit (shared/src/signing/typed-data-budget.ts), three shapes that
+ * each spend a different part of the budget. Figures, not assertions:
+ *   - in-process: validating (schema + budget) and hashing + signing each shape on this thread, median of runs;
+ *   - end to end: each shape signed through the whole stack, sequentially; latency and the enclave process's
+ *     CPU per request (all its threads, from /proc);
+ *   - interference: warm digest signs at concurrency 8 while two callers keep sending the costliest shape.
+ */
+async function typedDataSeries(s: Stack, o: { seconds: number; warmup: number; quick: boolean }, baseline: Stats | undefined): Promise<Record<string, unknown>> {
+  const secret = secp.utils.randomSecretKey();
+  const shapes: Record<string, TypedDataInput> = { structs: atLimitStructs(), values: atLimitValues(), typeStrings: atLimitTypeStrings() };
+  const runs = o.quick ? 3 : 7;
+  const inProcess: Record<string, Record<string, unknown>> = {};
+  for (const [name, typedData] of Object.entries(shapes)) {
+    const input = { type: 'typedData', typedData };
+    const body = JSON.stringify(input);
+    const verdict = checkTypedDataBudget(typedData as unknown as TypedDataShape);
+    const validate: number[] = [];
+    const sign: number[] = [];
+    for (let i = 0; i <= runs; i++) {
+      const t0 = performance.now();
+      const req = SignRequestSchema.parse(JSON.parse(body));
+      const t1 = performance.now();
+      signRequest(req, secret, '0x0000000000000000000000000000000000000001');
+      const t2 = performance.now();
+      if (i === 0) continue; // warm-up
+      validate.push(t1 - t0);
+      sign.push(t2 - t1);
+    }
+    inProcess[name] = { bytes: body.length, usage: verdict.ok ? verdict.usage : verdict.limit, validateMs: Number(median(validate).toFixed(1)), signMs: Number(median(sign).toFixed(1)), signMaxMs: Number(Math.max(...sign).toFixed(1)) };
+    console.log(`typed data at the limit [${name}], in-process: ${body.length} bytes, ${verdict.ok ? `${verdict.usage.structInstances} structs, ${verdict.usage.values} values, ${verdict.usage.typeStringChars} type-string chars` : verdict.limit}; validate (schema + budget) ${f(median(validate), 1)} ms, hash + sign ${f(median(sign), 1)} ms (max ${f(Math.max(...sign), 1)} ms)`);
+  }
+
+  const keyId = (await s.api('/v1/keys', { body: {} })).body.keyId as string;
+  await s.api(`/v1/keys/${keyId}/sign`, { body: { type: 'digest', digest: `0x${'44'.repeat(32)}` } });
+  const enclavePid = s.enclave.child.pid as number;
+  const endToEnd: Record<string, Record<string, unknown>> = {};
+  for (const [name, typedData] of Object.entries(shapes)) {
+    const body = JSON.stringify({ type: 'typedData', typedData });
+    const lat: number[] = [];
+    let errors = 0;
+    const n = o.quick ? 4 : 10;
+    await s.api(`/v1/keys/${keyId}/sign`, { body }); // warm-up
+    const cpu0 = processCpuUs(enclavePid);
+    for (let i = 0; i < n; i++) {
+      const t = performance.now();
+      const r = await s.api(`/v1/keys/${keyId}/sign`, { body });
+      if (r.status === 200) lat.push(performance.now() - t);
+      else errors += 1;
+    }
+    const enclaveCpuMs = (processCpuUs(enclavePid) - cpu0) / 1000 / n;
+    endToEnd[name] = { p50Ms: Number(median(lat).toFixed(1)), maxMs: Number(Math.max(...lat).toFixed(1)), enclaveCpuMsPerRequest: Number(enclaveCpuMs.toFixed(1)), errors };
+    console.log(`typed data at the limit [${name}], end to end (${n} sequential): p50 ${f(median(lat), 1)} ms  max ${f(Math.max(...lat), 1)} ms  enclave CPU ${f(enclaveCpuMs, 1)} ms/request  errors ${errors}`);
+  }
+
+  // The costliest shape, two callers in a loop, while digest signs run at concurrency 8.
+  const worst = Object.entries(endToEnd).sort((a, b) => (b[1].enclaveCpuMsPerRequest as number) - (a[1].enclaveCpuMsPerRequest as number))[0]?.[0] ?? 'structs';
+  const heavyBody = JSON.stringify({ type: 'typedData', typedData: shapes[worst] });
+  const keys: string[] = [];
+  for (let i = 0; i < 8; i++) keys.push((await s.api('/v1/keys', { body: {} })).body.keyId);
+  for (const k of keys) await s.api(`/v1/keys/${k}/sign`, { body: { type: 'digest', digest: `0x${'55'.repeat(32)}` } });
+  const digests = Array.from({ length: 64 }, () => `0x${randomBytes(32).toString('hex')}`);
+  const heavyLatencies: number[] = [];
+  const [digestStats, heavyStats] = await Promise.all([
+    closedLoop({ url: s.url, token: s.tokens.full, concurrency: 8, seconds: o.seconds, warmupSeconds: o.warmup, next: (i) => ({ path: `/v1/keys/${keys[i % keys.length]}/sign`, body: { type: 'digest', digest: digests[i % digests.length] } }) }),
+    closedLoop({ url: s.url, token: s.tokens.full, concurrency: 2, seconds: o.seconds, warmupSeconds: o.warmup, next: () => ({ path: `/v1/keys/${keyId}/sign`, body: heavyBody }) }, heavyLatencies),
+  ]);
+  const heavySorted = [...heavyLatencies].sort((a, b) => a - b);
+  console.log(
+    `digest sign, concurrency 8, while 2 callers send typed data at the limit [${worst}]: ${f(digestStats.perSec)}/s  p50 ${f(digestStats.p50Ms, 2)} ms  p99 ${f(digestStats.p99Ms, 2)} ms  errors ${digestStats.errors}` +
+      (baseline ? `  (without: p50 ${f(baseline.p50Ms, 2)} ms  p99 ${f(baseline.p99Ms, 2)} ms)` : '') +
+      `; typed data ${heavyStats.count} done, p50 ${f(heavyStats.p50Ms, 1)} ms  max ${f(heavySorted[heavySorted.length - 1] ?? NaN, 1)} ms  errors ${heavyStats.errors}`,
+  );
+  return {
+    limits: TYPED_DATA_LIMITS,
+    inProcess,
+    endToEnd,
+    worstShape: worst,
+    worstEnclaveCpuMs: endToEnd[worst]?.enclaveCpuMsPerRequest,
+    digestWhileTypedData: { perSec: Math.round(digestStats.perSec), p50Ms: Number(digestStats.p50Ms.toFixed(3)), p99Ms: Number(digestStats.p99Ms.toFixed(3)), errors: digestStats.errors, typedDataDone: heavyStats.count, typedDataP50Ms: Number(heavyStats.p50Ms.toFixed(1)), typedDataErrors: heavyStats.errors },
+    ...(baseline ? { digestWithoutTypedData: { p50Ms: Number(baseline.p50Ms.toFixed(3)), p99Ms: Number(baseline.p99Ms.toFixed(3)) } } : {}),
+  };
+}
+
 async function main(): Promise<void> {
   const quick = values.quick ?? false;
   const o = { seconds: quick ? 4 : 10, warmup: quick ? 1 : 2, rawSamples: [] as number[] };
@@ -204,7 +297,8 @@ async function main(): Promise<void> {
   const s = await startStack(runDir, {
     kmsLatencyMs: 15,
     enclave: { logLevel: 'info', ...signing },
-    parentApi: { maxInFlight: 4096 },
+    // Bodies up to the enclave's 1 MiB frame, so typed data at the budget's limit reaches the enclave.
+    parentApi: { maxInFlight: 4096, maxBodyBytes: 1024 * 1024 },
     keepLogs: false,
     ...(dedicated ? { cpus: { enclave: enclaveCpus, parent: otherCpus } } : {}),
   });
@@ -255,6 +349,8 @@ async function main(): Promise<void> {
     const f100k = footprint(100_000);
     console.log(`enclave RSS ${mb(mem.rssBytes)} MiB with ${mem.cacheSize} keys cached`);
     console.log(`key cache footprint: 10,000 keys +${mb(f10k.heapBytes)} MiB heap (+${mb(f10k.rssBytes)} MiB RSS); 100,000 keys +${mb(f100k.heapBytes)} MiB heap (+${mb(f100k.rssBytes)} MiB RSS)`);
+
+    const typedData = await typedDataSeries(s, { seconds: o.seconds, warmup: o.warmup, quick }, primary.levels[8]);
     result = {
       primary,
       coldKmsCallsPerKey: Number(coldKmsCallsPerKey.toFixed(3)),
@@ -269,6 +365,7 @@ async function main(): Promise<void> {
       enclaveCachedKeys: mem.cacheSize,
       cacheMiBPer10kKeys: Number(mb(f10k.heapBytes)),
       cacheMiBPer100kKeys: Number(mb(f100k.heapBytes)),
+      typedData,
     };
   } finally {
     await s.stop();

@@ -2,8 +2,8 @@
  * Every signing type, with fixed test keys, against ethers v6 and viem: signature, hash and serialized
  * transaction must be identical, and every signature must recover to the key's address.
  */
-import { AbiCoder, Signature, SigningKey, Transaction, TypedDataEncoder, Wallet, concat, getBytes, hashMessage as ethersHashMessage, keccak256 as ethersKeccak, recoverAddress, toBeHex, zeroPadValue } from 'ethers';
-import { getAddress, hashTypedData, keccak256, recoverAddress as viemRecoverAddress, recoverMessageAddress, type Hex } from 'viem';
+import { AbiCoder, Signature, SigningKey, Transaction, TypedDataEncoder, Wallet, concat, getBytes, hashMessage as ethersHashMessage, keccak256 as ethersKeccak, recoverAddress, toBeHex, zeroPadValue, type TypedDataDomain } from 'ethers';
+import { getAddress, hashTypedData, keccak256, recoverAddress as viemRecoverAddress, recoverMessageAddress, recoverTypedDataAddress, type Hex } from 'viem';
 import { privateKeyToAccount, sign as viemSign } from 'viem/accounts';
 import { getUserOperationHash } from 'viem/account-abstraction';
 import { hexToBytes } from 'viem';
@@ -11,6 +11,7 @@ import { SignRequestSchema, type SignRequestInput, type SignResult } from '../..
 import { KeystoreError } from '../../shared/src/errors';
 import { signRequest } from '../src/signing/sign';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
+import * as payloads from '../../shared/test/typed-data-payloads';
 
 // Well-known development keys (Hardhat accounts 0 and 1). Test code only.
 const KEYS = [
@@ -87,6 +88,22 @@ describe.each(KEYS)('signing with key %s', (key) => {
     expect(sign(key, { type: 'typedData', typedData: { domain, types, primaryType: 'Mail', message } }).signature).toBe(res.signature);
   });
 
+  it.each([
+    ['a Seaport order with 30 + 30 items', payloads.seaportOrder(30, 30)],
+    ['a Seaport bulk order of 8 orders', payloads.seaportBulkOrder(3)],
+    ['a Permit2 PermitBatch', payloads.permit2Batch(10)],
+    ['a UniswapX ExclusiveDutchOrder', payloads.uniswapXExclusiveDutchOrder(2)],
+    ['a UniswapX V2DutchOrder', payloads.uniswapXV2DutchOrder(2)],
+    ['a Safe transaction', payloads.safeTransaction(5)],
+  ])('signs %s identically to ethers', async (_name, typedData) => {
+    const res = sign(key, { type: 'typedData', typedData });
+    const { EIP712Domain: _domainType, ...types } = typedData.types as Record<string, Array<{ name: string; type: string }>>;
+    const domain = (typedData.domain ?? {}) as TypedDataDomain;
+    expect(res.signature).toBe(await wallet.signTypedData(domain, types, typedData.message));
+    expect(res.hash).toBe(TypedDataEncoder.hash(domain, types, typedData.message));
+    expect(await recoverTypedDataAddress(Object.assign({}, typedData, { signature: res.signature }) as never)).toBe(account.address);
+  });
+
   const to = '0x70997970C51812dc3A010C7d01b50e0d17dc79C8' as const;
   const txCases = [
     ['legacy with EIP-155', { type: 'legacy', chainId: 1, nonce: 7, to, value: '1000000000000000000', gas: '21000', gasPrice: '20000000000', data: '0x' }],
@@ -150,6 +167,15 @@ describe.each(KEYS)('signing with key %s', (key) => {
     expect(res.serializedTransaction).toBe(viemSigned);
     const ethersSigned = await wallet.signTransaction({ type: 4, chainId: 1, nonce: 6, to: account.address, gasLimit: 100000n, maxFeePerGas: 30000000000n, maxPriorityFeePerGas: 1000000000n, authorizationList: [ethersAuth] });
     expect(res.serializedTransaction).toBe(ethersSigned);
+  });
+
+  it('signs an EIP-7702 authorization for every chain (chain id 0) only when the request says so', async () => {
+    const authorization = { chainId: 0, address: to, nonce: 9 };
+    expect(() => sign(key, { type: 'authorization', authorization })).toThrow(/allowAllChains/);
+    const res = sign(key, { type: 'authorization', authorization, allowAllChains: true });
+    const viemAuth = await account.signAuthorization(authorization);
+    expect([res.r, res.s, res.yParity]).toEqual([viemAuth.r, viemAuth.s, viemAuth.yParity]);
+    expect(wallet.authorizeSync({ address: to, nonce: 9, chainId: 0 }).signature.serialized).toBe(res.signature);
   });
 
   const entryPoint06 = '0x5FF137D4b0FDCD49DcA30c7CF57E578a026d2789' as const;
@@ -252,6 +278,9 @@ describe('sign request validation', () => {
     ['a bad address', { type: 'authorization', authorization: { chainId: 1, address: '0x1234', nonce: 0 } }],
     ['odd-length hex', { type: 'message', message: { raw: '0xabc' } }],
     ['a user operation of an unknown version', { type: 'userOperation', version: '0.8', chainId: 1, entryPoint: `0x${'11'.repeat(20)}`, userOperation: {} }],
+    ['an authorization for every chain without allowAllChains', { type: 'authorization', authorization: { chainId: 0, address: `0x${'11'.repeat(20)}`, nonce: 0 } }],
+    ['an EIP712Domain type that leaves out domain fields', { type: 'typedData', typedData: { domain: { name: 'x', chainId: 1 }, types: { EIP712Domain: [{ name: 'name', type: 'string' }], M: [] }, primaryType: 'M', message: {} } }],
+    ['typed data over its complexity budget', { type: 'typedData', typedData: payloads.chainedTypes(250, 1000) }],
   ])('rejects %s at the schema', (_name, input) => {
     const res = bad(input);
     expect(typeof res).toBe('string');

@@ -1,6 +1,9 @@
 /**
  * From a validated sign request to a signature (DESIGN §6). The digest is always derived here, inside the
  * enclave, from the structured input with viem's hashing and serialization; nothing is hand-encoded.
+ *
+ * Typed data is bounded by the schema's complexity budget (shared/src/signing/typed-data-budget.ts) before
+ * it gets here, and is only ever hashed on a signer thread (pool.ts), never on the enclave's main thread.
  */
 import {
   BaseError,
@@ -20,7 +23,8 @@ import { getUserOperationHash } from 'viem/account-abstraction';
 import { hashAuthorization } from 'viem/utils';
 import { KeystoreError } from '../../../shared/src/errors';
 import type { SignRequest, SignResult } from '../../../shared/src/signing/schema';
-import { signDigest, type RawSignature } from '../crypto/secp256k1';
+import type { RawSignature } from '../crypto/secp256k1';
+import { signDigestScrubbed } from './scrub';
 
 type TransactionRequest = Extract<SignRequest, { type: 'transaction' }>['transaction'];
 
@@ -99,7 +103,7 @@ function prepare(req: SignRequest): Prepared {
 
 export function signRequest(req: SignRequest, secret: Uint8Array, address: Address): SignResult {
   const { digest, extra } = prepare(req);
-  const sig = signDigest(hexToBytes(digest), secret);
+  const sig = signDigestScrubbed(hexToBytes(digest), secret);
   const v = sig.yParity === 0 ? 27 : 28;
   return {
     signature: concatHex([sig.r, sig.s, v === 27 ? '0x1b' : '0x1c']),

@@ -7,6 +7,7 @@
  * integers are decimal strings, 0x hex, or (when small) JSON numbers, and come out as bigint or number.
  */
 import { z } from 'zod';
+import { checkTypedDataBudget, domainFieldsOf } from './typed-data-budget';
 
 const HEX = /^0x[0-9a-fA-F]*$/;
 const MAX_DATA_HEX = 2 * 128 * 1024 + 2; // 128 KiB of calldata / init code / message bytes
@@ -110,27 +111,65 @@ export const UserOperationV07Schema = z.strictObject({
 });
 
 const typedDataField = z.strictObject({ name: z.string().min(1).max(256), type: z.string().min(1).max(256) });
-export const TypedDataSchema = z.strictObject({
-  domain: z
-    .strictObject({
-      name: z.string().max(1024).optional(),
-      version: z.string().max(256).optional(),
-      chainId: safeUint('a chain id').optional(),
-      verifyingContract: address.optional(),
-      salt: bytes32.optional(),
-    })
-    .optional(),
-  types: z.record(z.string().min(1).max(256), z.array(typedDataField).max(256)),
-  primaryType: z.string().min(1).max(256),
-  message: z.record(z.string(), z.unknown()),
-});
+export const TypedDataSchema = z
+  .strictObject({
+    domain: z
+      .strictObject({
+        name: z.string().max(1024).optional(),
+        version: z.string().max(256).optional(),
+        chainId: safeUint('a chain id').optional(),
+        verifyingContract: address.optional(),
+        salt: bytes32.optional(),
+      })
+      .optional(),
+    types: z.record(z.string().min(1).max(256), z.array(typedDataField).max(256)),
+    primaryType: z.string().min(1).max(256),
+    message: z.record(z.string(), z.unknown()),
+  })
+  .superRefine((td, ctx) => {
+    // A caller-supplied EIP712Domain replaces the type viem derives from `domain`: a field present in `domain`
+    // but missing from it (chainId, verifyingContract) would silently drop out of the hash. Only the exact
+    // canonical type of the domain given is accepted (or none, and it is derived).
+    const given = Object.hasOwn(td.types, 'EIP712Domain') ? td.types.EIP712Domain : undefined;
+    if (given) {
+      const expected = domainFieldsOf(td.domain);
+      const same = given.length === expected.length && given.every((f, i) => f.name === expected[i]?.name && f.type === expected[i]?.type);
+      if (!same) {
+        const canonical = `EIP712Domain(${expected.map((f) => `${f.type} ${f.name}`).join(',')})`;
+        ctx.addIssue({
+          code: 'custom',
+          path: ['types', 'EIP712Domain'],
+          message: `must list exactly the fields present in domain, in the canonical order (name, version, chainId, verifyingContract, salt) with their canonical types: ${canonical}; or leave EIP712Domain out of types`,
+        });
+        return;
+      }
+    }
+    // The complexity budget, before anything is hashed (typed-data-budget.ts).
+    const verdict = checkTypedDataBudget(td);
+    if (!verdict.ok) ctx.addIssue({ code: 'custom', path: verdict.path, message: verdict.message });
+  });
 
 export const SignRequestSchema = z.discriminatedUnion('type', [
   z.strictObject({ type: z.literal('digest'), digest: bytes32 }),
   z.strictObject({ type: z.literal('message'), message: z.union([z.string().max(128 * 1024), z.strictObject({ raw: hexData })]) }),
   z.strictObject({ type: z.literal('typedData'), typedData: TypedDataSchema }),
   z.strictObject({ type: z.literal('transaction'), transaction: TransactionSchema }),
-  z.strictObject({ type: z.literal('authorization'), authorization: AuthorizationSchema }),
+  z
+    .strictObject({
+      type: z.literal('authorization'),
+      authorization: AuthorizationSchema,
+      /** Required (true) to sign an authorization with chain id 0, which is valid on every chain (EIP-7702). */
+      allowAllChains: z.boolean().optional(),
+    })
+    .superRefine((req, ctx) => {
+      if (req.authorization.chainId === 0 && req.allowAllChains !== true) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['authorization', 'chainId'],
+          message: 'chain id 0 makes the delegation valid on every chain; refused unless the request also says "allowAllChains": true',
+        });
+      }
+    }),
   z.discriminatedUnion('version', [
     z.strictObject({ type: z.literal('userOperation'), version: z.literal('0.6'), chainId, entryPoint: address, userOperation: UserOperationV06Schema }),
     z.strictObject({ type: z.literal('userOperation'), version: z.literal('0.7'), chainId, entryPoint: address, userOperation: UserOperationV07Schema }),
