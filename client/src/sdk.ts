@@ -9,9 +9,11 @@
  * Requests that are safe to repeat (reads, signing, creation with an externalId) are retried on retryable
  * errors with jittered backoff; creation without an externalId is never retried (it could make two keys).
  */
+import { AttestationError, verifyBirthAttestation, type VerifiedAttestation, type VerifyOptions } from '../../shared/src/attestation';
 import type { SignRequestInput, SignResult } from '../../shared/src/signing/schema';
 
-export type { SignRequestInput, SignResult };
+export type { SignRequestInput, SignResult, VerifiedAttestation, VerifyOptions };
+export { AttestationError };
 
 export interface Key {
   keyId: string;
@@ -56,6 +58,17 @@ type TypedData = Extract<SignRequestInput, { type: 'typedData' }>['typedData'];
 type Transaction = Extract<SignRequestInput, { type: 'transaction' }>['transaction'];
 type Authorization = Extract<SignRequestInput, { type: 'authorization' }>['authorization'];
 type UserOperationRequest = Extract<SignRequestInput, { type: 'userOperation' }>;
+
+/**
+ * Checks that `key.address` was born in an enclave as `key.keyId`: its birth attestation (from creation with
+ * `attest: true`) must verify against the Nitro root (or `options.trustedRoots`) with the PCRs you expect
+ * (`options.expectedPcrs`: pass at least PCR0), and bind exactly this key id and address. Throws
+ * AttestationError; code LEGACY_BIRTH for a document from nitro-keystore 0.1, which is not evidence.
+ */
+export function verifyKeyBirth(key: Pick<Key, 'keyId' | 'address' | 'attestation'>, options: Omit<VerifyOptions, 'expectedUserData'> = {}): VerifiedAttestation {
+  if (!key.attestation) throw new AttestationError('MALFORMED', `key ${key.keyId} has no birth attestation (create it with attest: true)`);
+  return verifyBirthAttestation(Buffer.from(key.attestation, 'base64'), key, options);
+}
 
 export class KeystoreClient {
   private readonly base: string;
@@ -160,8 +173,9 @@ export class KeystoreClient {
     return this.sign(keyId, { type: 'transaction', transaction });
   }
 
-  signAuthorization(keyId: string, authorization: Authorization): Promise<SignResult> {
-    return this.sign(keyId, { type: 'authorization', authorization });
+  /** `allowAllChains` is required for `chainId` 0: such a delegation is valid on every chain. */
+  signAuthorization(keyId: string, authorization: Authorization, options: { allowAllChains?: boolean } = {}): Promise<SignResult> {
+    return this.sign(keyId, { type: 'authorization', authorization, ...(options.allowAllChains ? { allowAllChains: true } : {}) });
   }
 
   signUserOperation(keyId: string, request: Omit<UserOperationRequest, 'type'>): Promise<SignResult> {

@@ -1,10 +1,12 @@
 /** The nks CLI as a program: exit codes 0/1/2, document formats, and the policy command. */
 import { spawnSync } from 'node:child_process';
-import { generateKeyPairSync } from 'node:crypto';
+import { createHash, generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
 import { signAttestationDocument } from '../../sim/src/nsm/document';
+import { birthUserData } from '../../shared/src/attestation/user-data';
+import { canonicalCbor } from '../../shared/src/cbor';
 import { tempRunDir } from '../../shared/test/helpers';
 import realDoc from '../../shared/test/fixtures/aws-nitro-attestation-debug.json';
 
@@ -62,6 +64,30 @@ describe('nks attestation verify', () => {
     expect(nks(['attestation', 'verify', file]).status).toBe(0); // at the document's own time
     const now = nks(['attestation', 'verify', file, '--at', new Date().toISOString()]);
     expect([now.status, now.stdout]).toEqual([1, expect.stringContaining('CERT_EXPIRED')]);
+  });
+
+  it('checks a birth attestation with --key-id/--address, and refuses a 0.1-era one with the reason', async () => {
+    const ca = await SimulatedNitroCa.open(null);
+    const root = path.join(dir, 'birth-root.pem');
+    fs.writeFileSync(root, ca.rootPem);
+    const address = '0x70997970C51812dc3A010C7d01b50e0d17dc79C8';
+    const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48, i === 0 ? 0xab : 0)]));
+    const docWith = async (userData: Buffer, name: string) => {
+      const file = path.join(dir, name);
+      fs.writeFileSync(file, signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0000000000000001', timestamp: Date.now(), pcrs, userData }, await ca.signer()));
+      return file;
+    };
+    const current = await docWith(birthUserData('key-1', address), 'birth.cbor');
+    const legacy = await docWith(createHash('sha256').update(canonicalCbor({ keyId: 'key-1', address })).digest(), 'legacy.cbor');
+    const birth = (file: string, keyId = 'key-1', addr = address) => nks(['attestation', 'verify', file, '--root', root, '--pcr', `0=${pcr0}`, '--key-id', keyId, '--address', addr]);
+
+    expect(birth(current).status).toBe(0);
+    const other = birth(current, 'key-2');
+    expect([other.status, other.stdout]).toEqual([1, expect.stringContaining('USER_DATA_MISMATCH')]);
+    const old = birth(legacy);
+    expect([old.status, old.stdout]).toEqual([1, expect.stringMatching(/LEGACY_BIRTH: .*not evidence/)]);
+    const usage = nks(['attestation', 'verify', current, '--root', root, '--key-id', 'key-1']);
+    expect([usage.status, usage.stderr]).toEqual([2, expect.stringMatching(/needs both --key-id ID and --address/)]);
   });
 
   it('exits 2 on usage errors', () => {

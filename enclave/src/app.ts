@@ -8,6 +8,7 @@ import { RpcClient, RpcServer } from '../../shared/src/rpc';
 import type { EnclaveConfig } from './config';
 import { KeyCache } from './keys/cache';
 import { KeyService } from './keys/service';
+import { FailedOpens } from './kms/failed-opens';
 import { RecipientKeys } from './kms/recipient';
 import { Unsealer } from './kms/unseal';
 import { enclaveMethods } from './methods';
@@ -50,12 +51,17 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   const recipient = new RecipientKeys(nsm, config.recipient);
   const cache = new KeyCache(config.cache);
   cache.startSweeper();
-  const unsealer = new Unsealer(kmsProxy, recipient, { kmsKeyArn: config.kmsKeyArn, deadlineMs: config.limits.kmsDeadlineMs });
-  const signers = config.signing.workers > 0 ? new SignerPool(config.signing.workers, script, (message) => logger.error(message)) : undefined;
+  const failedOpens = new FailedOpens(config.failedOpens);
+  const unsealer = new Unsealer(kmsProxy, recipient, failedOpens, { kmsKeyArn: config.kmsKeyArn, deadlineMs: config.limits.kmsDeadlineMs });
+  const signers = new SignerPool(config.signing.workers, script, (message) => logger.error(message), { deadlineMs: config.signing.deadlineMs });
   const keys = new KeyService({ cache, unsealer, nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject, signers });
-  const { methods } = enclaveMethods({ keys, cache, unsealer, recipient, nsm, kmsProxy, startedAt: Date.now() });
+  let served: RpcServer | undefined;
+  const { methods } = enclaveMethods({ keys, cache, unsealer, recipient, failedOpens, signers, nsm, kmsProxy, startedAt: Date.now(), rpcStats: () => served?.stats });
 
+  // The server's per-connection limits (requests and bytes in flight, unsent answers) are its defaults: a
+  // parent that sends and never reads is paused, then disconnected, instead of growing the enclave's memory.
   const server = new RpcServer({ name: 'enclave', methods, logger, maxConcurrent: config.limits.maxConcurrent, maxFrameBytes: config.limits.maxFrameBytes });
+  served = server;
   await server.listen(transport, config.listen);
   // Warm the recipient key and document so the first cold sign does not pay for RSA key generation.
   void recipient.current().catch((err: unknown) => logger.warn({ error: (err as Error).message }, 'could not prepare the KMS recipient key yet'));
@@ -67,7 +73,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     nsm,
     async stop(drainMs = 5000) {
       await server.close(drainMs);
-      await signers?.close();
+      await signers.close();
       await kmsProxy.close();
       cache.clear();
       nsm.transport.close();

@@ -48,6 +48,17 @@ export const EnclaveConfigSchema = z.strictObject({
       documentMaxAgeMs: ms(60_000, 1_000, 3600_000),
     })
     .default({ rotateMs: 3600_000, documentMaxAgeMs: 60_000 }),
+  /**
+   * Failed opens of KMS answers (each one a forged answer or a tampered blob): above `maxFailures` within
+   * `windowMs`, cold signs are refused for `cooldownMs`. Warm signs are not affected.
+   */
+  failedOpens: z
+    .strictObject({
+      maxFailures: z.number().int().min(1).max(10_000).default(10),
+      windowMs: ms(60_000, 1_000, 24 * 3600_000),
+      cooldownMs: ms(60_000, 1_000, 24 * 3600_000),
+    })
+    .default({ maxFailures: 10, windowMs: 60_000, cooldownMs: 60_000 }),
   limits: z
     .strictObject({
       maxConcurrent: z.number().int().min(1).max(100_000).default(4096),
@@ -57,10 +68,15 @@ export const EnclaveConfigSchema = z.strictObject({
     .default({ maxConcurrent: 4096, maxFrameBytes: 1024 * 1024, kmsDeadlineMs: 10_000 }),
   signing: z
     .strictObject({
-      /** Signer threads; 0 signs on the main thread. Default: the enclave's vCPUs minus one. */
+      /**
+       * Signer threads. Default: the enclave's vCPUs minus one. 0 signs cheap requests on the main thread and
+       * costly ones on one dedicated thread (typed data never runs on the main thread).
+       */
       workers: z.number().int().min(0).max(64).default(defaultWorkers()),
+      /** A signing job still running after this long answers TIMEOUT and its thread is replaced. */
+      deadlineMs: ms(2000, 10, 60_000),
     })
-    .default({ workers: defaultWorkers() }),
+    .default({ workers: defaultWorkers(), deadlineMs: 2000 }),
   logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
 });
 

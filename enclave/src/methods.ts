@@ -1,6 +1,7 @@
 /**
  * The RPC methods the enclave serves (DESIGN §4), with health counters and errors counted by reason.
  */
+import { USER_DATA_TAGS } from '../../shared/src/attestation/user-data';
 import { asKeystoreError } from '../../shared/src/errors';
 import {
   AttestationParams,
@@ -11,23 +12,29 @@ import {
   SignParams,
   type EnclaveHealth,
 } from '../../shared/src/protocol';
-import { rpcMethod, type RpcClient, type RpcMethod } from '../../shared/src/rpc';
+import { rpcMethod, type RpcClient, type RpcMethod, type RpcServerStats } from '../../shared/src/rpc';
 import type { KeyCache } from './keys/cache';
 import type { KeyService } from './keys/service';
+import type { FailedOpens } from './kms/failed-opens';
+import type { SignerPool } from './signing/pool';
 import type { RecipientKeys } from './kms/recipient';
 import type { Unsealer } from './kms/unseal';
 import type { NsmClient } from './nsm/client';
 
-export const ENCLAVE_VERSION = '0.1.0';
+export const ENCLAVE_VERSION = '0.2.0';
 
 export interface EnclaveParts {
   keys: KeyService;
   cache: KeyCache;
   unsealer: Unsealer;
   recipient: RecipientKeys;
+  failedOpens: FailedOpens;
+  signers: SignerPool;
   nsm: NsmClient;
   kmsProxy: RpcClient;
   startedAt: number;
+  /** The enclave's own RPC server (made after the methods), for its per-connection backlog. */
+  rpcStats?: () => RpcServerStats | undefined;
 }
 
 const hexBytes = (h: string | undefined) => (h ? Buffer.from(h.slice(2), 'hex') : undefined);
@@ -49,6 +56,7 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
 
   const health = (): EnclaveHealth => {
     const c = parts.cache.stats;
+    const rpc = parts.rpcStats?.();
     const mem = process.memoryUsage();
     return {
       status: 'ok',
@@ -66,8 +74,15 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
         cacheSize: c.size,
         kmsCalls: parts.unsealer.kmsCalls,
         kmsErrors: parts.unsealer.kmsErrors,
+        failedOpens: parts.failedOpens.total,
         recipientKeyRotations: parts.recipient.rotations,
         attestationDocuments: parts.recipient.documents,
+        signingTimeouts: parts.signers.timeouts,
+        signerReplacements: parts.signers.replacements,
+        rpcConnections: rpc?.connections ?? 0,
+        rpcPausedConnections: rpc?.pausedConnections ?? 0,
+        rpcUnsentBytes: rpc?.unsentBytes ?? 0,
+        rpcInFlightBytes: rpc?.inFlightBytes ?? 0,
         errors: { ...errors },
       },
       memory: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, externalBytes: mem.external },
@@ -82,7 +97,10 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
     [EnclaveMethods.attestation]: rpcMethod(
       AttestationParams,
       counted(async (p) => {
-        const document = await parts.nsm.attest({ nonce: hexBytes(p.nonce), userData: hexBytes(p.userData) });
+        const nonce = hexBytes(p.nonce);
+        // The caller's nonce goes in the `nonce` field; `user_data` is tagged so this document can never pass
+        // as another path's evidence (a birth, the identity).
+        const document = await parts.nsm.attest({ tag: USER_DATA_TAGS.attestation, content: nonce, nonce });
         return { document: document.toString('base64') };
       }),
     ),

@@ -29,8 +29,14 @@ export interface EnclaveHarness {
   /** Everything the enclave sent to the test (its answers and its KMS-proxy requests). */
   recorded: RecordingTransport;
   proxyRequests: DecryptParams[];
-  /** Replace the proxy's answer (forgeries); return undefined to answer normally. */
-  forge: ((p: DecryptParams) => KmsDecryptResult | undefined) | null;
+  runDir: string;
+  /**
+   * Replace the proxy's answer (forgeries), possibly later (a promise); resolve to undefined to answer
+   * normally. This is the parent's whole power over an unseal: it sees the request and chooses the answer.
+   */
+  forge: ((p: DecryptParams) => KmsDecryptResult | undefined | Promise<KmsDecryptResult | undefined>) | null;
+  /** A genuine attested Decrypt, as the parent (which holds the AWS credentials) can make at any time. */
+  kmsDecrypt(p: DecryptParams): Promise<KmsDecryptResult>;
   decryptCalls(): Promise<number>;
   restartEnclave(extraConfig?: Record<string, unknown>): Promise<void>;
   stop(): Promise<void>;
@@ -40,7 +46,24 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
   const platform = await startPlatform(runDir);
   const recorded = new RecordingTransport(new SimulatedVsockTransport(runDir));
   const kms: KMSClient = platform.kms();
-  const harness: Partial<EnclaveHarness> & { proxyRequests: DecryptParams[] } = { platform, recorded, proxyRequests: [], forge: null };
+  const harness: Partial<EnclaveHarness> & { proxyRequests: DecryptParams[] } = { platform, recorded, runDir, proxyRequests: [], forge: null };
+  const kmsDecrypt = async (p: DecryptParams): Promise<KmsDecryptResult> => {
+    try {
+      const res = await kms.send(
+        new DecryptCommand({
+          KeyId: p.kmsKeyArn,
+          CiphertextBlob: Buffer.from(p.ciphertextBlob, 'base64'),
+          EncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+          Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: Buffer.from(p.attestationDocument, 'base64') },
+        }),
+      );
+      return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'), keyId: res.KeyId as string };
+    } catch (err) {
+      const name = (err as Error).name;
+      throw new KeystoreError(name === 'AccessDeniedException' ? 'KMS_ACCESS_DENIED' : 'KMS_UNAVAILABLE', `KMS ${name}: ${(err as Error).message}`);
+    }
+  };
+  harness.kmsDecrypt = kmsDecrypt;
 
   const proxy = new RpcServer({
     name: 'test-kms-proxy',
@@ -48,22 +71,8 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
     methods: {
       'kms.decrypt': rpcMethod(KmsDecryptParams, async (p) => {
         harness.proxyRequests.push(p);
-        const forged = harness.forge?.(p);
-        if (forged) return forged;
-        try {
-          const res = await kms.send(
-            new DecryptCommand({
-              KeyId: p.kmsKeyArn,
-              CiphertextBlob: Buffer.from(p.ciphertextBlob, 'base64'),
-              EncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
-              Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: Buffer.from(p.attestationDocument, 'base64') },
-            }),
-          );
-          return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'), keyId: res.KeyId as string };
-        } catch (err) {
-          const name = (err as Error).name;
-          throw new KeystoreError(name === 'AccessDeniedException' ? 'KMS_ACCESS_DENIED' : 'KMS_UNAVAILABLE', `KMS ${name}: ${(err as Error).message}`);
-        }
+        const forged = await harness.forge?.(p);
+        return forged ?? kmsDecrypt(p);
       }),
     },
   });

@@ -2,9 +2,10 @@ import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { BLOB_ALG, blobAad, decodeBlob, encodeBlob, type KeyBlob } from '../../shared/src/blob';
-import { encodeCbor } from '../../shared/src/cbor';
+import { canonicalCbor, decodeCbor, encodeCbor } from '../../shared/src/cbor';
 import { KeyCache } from '../src/keys/cache';
 import { openSealed, sealSecret } from '../src/keys/seal';
+import { FailedOpens } from '../src/kms/failed-opens';
 import { RecipientKeys } from '../src/kms/recipient';
 import { NsmClient, type NsmTransport } from '../src/nsm/client';
 import { DeviceNsmTransport, loadNsmAddon } from '../src/nsm/device';
@@ -75,10 +76,9 @@ describe('sealing', () => {
     expect(decoded).toEqual(blob);
     const { privateDecrypt, constants } = require('node:crypto');
     const dek = privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, blob.wrappedKey);
-    expect(Buffer.from(openSealed(decoded, dek))).toEqual(Buffer.from(secret));
-    expect(() => openSealed({ ...decoded, keyId: 'k2' }, dek)).toThrow(/does not authenticate/);
-    expect(() => openSealed(decoded, Buffer.alloc(32))).toThrow(/does not authenticate/);
-    expect(() => openSealed(decoded, Buffer.alloc(16))).toThrow(/not 32 bytes/);
+    expect(Buffer.from(openSealed(decoded, dek) ?? [])).toEqual(Buffer.from(secret));
+    expect(openSealed({ ...decoded, keyId: 'k2' }, dek)).toBeNull();
+    expect(openSealed(decoded, Buffer.alloc(32))).toBeNull();
     expect(blobAad(blob)).toEqual(blobAad({ v: 1, alg: BLOB_ALG, kmsKeyArn: ARN, keyId: 'k1', address: ADDRESS }));
   });
 
@@ -99,8 +99,30 @@ describe('sealing', () => {
   ])('rejects a blob with %s', (_name, mutate, message) => {
     const blob = sealSecret(new Uint8Array(32).fill(1), { keyId: 'k1', address: ADDRESS, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
     const m = mutate(blob) as Record<string, unknown>;
-    const bytes = encodeCbor(new Map(Object.entries(m).filter(([, v]) => v !== undefined).map(([k, v]) => [k, k === 'createdAt' ? BigInt(v as number) : v])));
+    const bytes = canonicalCbor(Object.fromEntries(Object.entries(m).filter(([, v]) => v !== undefined).map(([k, v]) => [k, k === 'createdAt' ? BigInt(v as number) : v])));
     expect(() => decodeBlob(bytes)).toThrow(message);
+  });
+
+  it('decodes only the canonical encoding: another encoding of the same blob is refused', () => {
+    const blob = sealSecret(new Uint8Array(32).fill(1), { keyId: 'k1', address: ADDRESS, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
+    const canonical = encodeBlob(blob);
+    expect(decodeBlob(canonical)).toEqual(blob);
+    const fields = [...(decodeCbor(canonical) as Map<string, unknown>)];
+    const variants: Array<[string, Buffer]> = [
+      ['unsorted keys', encodeCbor(new Map(fields.reverse()))],
+      ['a duplicate key', Buffer.concat([Buffer.from([0xaa]), canonical.subarray(1), encodeCbor('keyId'), encodeCbor('k1')])],
+      ['a tag around it', Buffer.concat([Buffer.from([0xd8, 0x18]), canonical])],
+      ['trailing bytes', Buffer.concat([canonical, Buffer.from([0])])],
+    ];
+    const refusal = (bytes: Buffer) => {
+      try {
+        decodeBlob(bytes);
+        return 'accepted';
+      } catch (err) {
+        return (err as Error).message;
+      }
+    };
+    for (const [what, bytes] of variants) expect({ what, refusal: refusal(bytes) }).toEqual({ what, refusal: 'key blob is malformed: not canonical CBOR' });
   });
 });
 
@@ -130,6 +152,50 @@ describe('recipient key', () => {
     const d = await r.current();
     expect(d.privateKey).not.toBe(a.privateKey);
     expect(r.rotations).toBe(2);
+  });
+
+  it('retires a key at once: leases of it open nothing, and the next call gets a new key and document', async () => {
+    let attests = 0;
+    const transport: NsmTransport = {
+      kind: 'simulated',
+      request: async () => {
+        attests += 1;
+        return encodeCbor(new Map([['Attestation', new Map([['document', Buffer.from(`doc-${attests}`)]])]]));
+      },
+      close: () => undefined,
+    };
+    const r = new RecipientKeys(new NsmClient(transport), { rotateMs: 3600_000, documentMaxAgeMs: 60_000 });
+    const first = await r.current();
+    const held = await r.current(); // another call in flight with the same key
+    expect(held.sameKey(first)).toBe(true);
+    expect(r.retire(first)).toBe(true);
+    expect(r.retire(held)).toBe(false); // already retired
+    expect(first.privateKey).toBeNull();
+    expect(held.privateKey).toBeNull();
+    const next = await r.current();
+    expect(next.sameKey(first)).toBe(false);
+    expect(next.privateKey).not.toBeNull();
+    expect(next.document.toString()).not.toBe(first.document.toString());
+    expect([r.rotations, r.retirements]).toEqual([2, 1]);
+  });
+});
+
+describe('failed-open limit', () => {
+  it('cools down only above maxFailures within the window, counts refusals in the one total, and recovers', () => {
+    let now = 0;
+    const f = new FailedOpens({ maxFailures: 2, windowMs: 1_000, cooldownMs: 500 }, () => now);
+    f.record();
+    now = 600;
+    f.record();
+    now = 1_100; // the first failure left the window: two in the window, not above the limit
+    f.record();
+    expect([f.refusing(), f.total]).toEqual([false, 3]);
+    now = 1_200;
+    f.record(); // three within the window
+    expect(f.coolingDown).toBe(true);
+    expect([f.refusing(), f.refusing(), f.total]).toEqual([true, true, 6]);
+    now = 1_700;
+    expect([f.refusing(), f.total]).toEqual([false, 6]);
   });
 });
 

@@ -102,7 +102,12 @@ export class KeysService {
   async sign(keyId: string, request: unknown): Promise<SignResult> {
     const r = this.get(keyId);
     if (r.disabled) throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
-    const result = await this.enclave.call<SignResult>(EnclaveMethods.sign, { keyId, blob: r.blob, request: request as object });
+    const result = await this.enclave.call<SignResult>(EnclaveMethods.sign, { keyId, blob: r.blob, request: request as object }).catch((err: unknown) => {
+      // The enclave says only "no" when an unseal fails (forged KMS answer or altered blob); its health total
+      // failedOpens (metric nks_enclave_counter{counter="failedOpens"}) is what operators alert on.
+      if (err instanceof KeystoreError && err.reason === 'KEY_INTEGRITY') this.logger.warn({ keyId }, 'the enclave refused to unseal a key: its blob was altered or a KMS answer was not genuine');
+      throw err;
+    });
     if (result.address !== r.address) {
       throw new KeystoreError('KEY_INTEGRITY', `the enclave signed with ${result.address}, but key ${keyId} is ${r.address}`);
     }

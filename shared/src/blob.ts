@@ -7,8 +7,7 @@
  * AAD = canonical CBOR of {v, alg, kmsKeyArn, keyId, address}: a blob altered or moved to another key id
  * does not authenticate.
  */
-import { createHash } from 'node:crypto';
-import { canonicalCbor, decodeCbor } from './cbor';
+import { canonicalCbor, decodeCanonicalCbor } from './cbor';
 import { KeystoreError } from './errors';
 
 export const BLOB_VERSION = 1;
@@ -51,11 +50,6 @@ export function blobAad(b: Pick<KeyBlob, 'v' | 'alg' | 'kmsKeyArn' | 'keyId' | '
   return canonicalCbor({ v: b.v, alg: b.alg, kmsKeyArn: b.kmsKeyArn, keyId: b.keyId, address: b.address });
 }
 
-/** `user_data` of a birth attestation: SHA-256 of canonical CBOR `{keyId, address}` (address checksummed). */
-export function birthUserData(keyId: string, address: string): Buffer {
-  return createHash('sha256').update(canonicalCbor({ keyId, address })).digest();
-}
-
 const bad = (what: string) => new KeystoreError('KEY_INTEGRITY', `key blob is malformed: ${what}`);
 
 function bytes(m: Map<unknown, unknown>, key: string, length?: number): Buffer {
@@ -77,9 +71,10 @@ export function decodeBlob(data: Uint8Array): KeyBlob {
   if (data.length === 0 || data.length > MAX_BLOB_BYTES) throw bad(`${data.length} bytes is not a plausible blob size`);
   let m: unknown;
   try {
-    m = decodeCbor(data);
+    // Strict: one blob has exactly one encoding (no duplicate keys, tags, indefinite or padded lengths).
+    m = decodeCanonicalCbor(data);
   } catch {
-    throw bad('not CBOR');
+    throw bad('not canonical CBOR');
   }
   if (!(m instanceof Map)) throw bad('not a CBOR map');
   const v = m.get('v');

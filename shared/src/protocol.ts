@@ -22,7 +22,8 @@ export const HealthParams = z.strictObject({});
 export const CreateParams = z.strictObject({ keyId, attest: z.boolean().optional() });
 export const SignParams = z.strictObject({ keyId, blob, request: SignRequestSchema });
 export const ForgetParams = z.strictObject({ keyId });
-export const AttestationParams = z.strictObject({ nonce: hexUpTo(512).optional(), userData: hexUpTo(512).optional() });
+/** No `userData`: the parent never chooses bytes of the enclave's evidence (see attestation/user-data.ts). */
+export const AttestationParams = z.strictObject({ nonce: hexUpTo(512).optional() });
 
 export interface EnclaveHealth {
   status: 'ok';
@@ -41,8 +42,22 @@ export interface EnclaveHealth {
     cacheSize: number;
     kmsCalls: number;
     kmsErrors: number;
+    /**
+     * KMS answers that did not open (forged, or for a tampered blob), plus cold signs refused during the
+     * cool-down that follows too many. A total only: there is deliberately no count by failing step.
+     */
+    failedOpens: number;
+    /** Recipient key pairs made: scheduled rotations and replacements of keys retired after a failed open. */
     recipientKeyRotations: number;
     attestationDocuments: number;
+    /** Signing jobs that passed signing.deadlineMs, and signer threads replaced (after a timeout or a crash). */
+    signingTimeouts: number;
+    signerReplacements: number;
+    /** The enclave's RPC server: open connections, those paused for unread answers, and their backlog. */
+    rpcConnections: number;
+    rpcPausedConnections: number;
+    rpcUnsentBytes: number;
+    rpcInFlightBytes: number;
     errors: Record<string, number>;
   };
   memory: { rssBytes: number; heapUsedBytes: number; externalBytes: number };
@@ -55,7 +70,7 @@ export interface CreateResult {
   publicKey: `0x${string}`;
   /** The sealed blob, base64. */
   blob: string;
-  /** Birth attestation (base64 COSE_Sign1) whose user_data binds keyId and address. */
+  /** Birth attestation (base64 COSE_Sign1) whose user_data is `birthUserData(keyId, address)`. */
   attestation?: string;
 }
 

@@ -9,9 +9,8 @@ import Database from 'better-sqlite3';
 import { Transaction, TypedDataEncoder, Wallet, getBytes, hashMessage as ethersHashMessage, recoverAddress as ethersRecover, verifyMessage, verifyTypedData } from 'ethers';
 import { hashTypedData, keccak256, parseTransaction, recoverAddress, recoverMessageAddress, recoverTransactionAddress, recoverTypedDataAddress, type Hex } from 'viem';
 import { getUserOperationHash } from 'viem/account-abstraction';
-import { birthUserData } from '../../shared/src/blob';
-import { verifyAttestation } from '../../shared/src/attestation';
-import { KeystoreApiError, KeystoreClient, type Key } from '../../client/src/sdk';
+import { birthUserData } from '../../shared/src/attestation/user-data';
+import { KeystoreApiError, KeystoreClient, verifyKeyBirth, type Key } from '../../client/src/sdk';
 import { tempRunDir } from '../../shared/test/helpers';
 import { findLeaks, recoverSecret } from '../support/secrets';
 import { startStack, waitReady, type Stack } from '../support/stack';
@@ -53,14 +52,12 @@ describe('end to end', () => {
     expect((await ks.createKey({ externalId: 'wallet:alice' })).key.keyId).toBe(withExternal.key.keyId);
     keys.push(plain.key, withExternal.key);
 
-    const v = verifyAttestation(Buffer.from(withExternal.key.attestation as string, 'base64'), {
-      trustedRoots: [fs.readFileSync(s.platform.rootPem, 'utf8')],
-      at: new Date(),
-      maxAgeMs: 60_000,
-      expectedPcrs: { 0: s.platform.pcr0 },
-      expectedUserData: birthUserData(withExternal.key.keyId, withExternal.key.address),
-    });
+    const options = { trustedRoots: [fs.readFileSync(s.platform.rootPem, 'utf8')], at: new Date(), maxAgeMs: 60_000, expectedPcrs: { 0: s.platform.pcr0 } };
+    const v = verifyKeyBirth(withExternal.key, options);
     expect(v.document.pcrs.get(0)?.toString('hex')).toBe(s.platform.pcr0);
+    expect(v.document.userData).toEqual(birthUserData(withExternal.key.keyId, withExternal.key.address));
+    // The birth binds this key id and address: another key's address does not pass.
+    expect(() => verifyKeyBirth({ ...withExternal.key, address: plain.key.address }, options)).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
   });
 
   it('signs every type; ethers v6 and viem each verify every result', async () => {

@@ -6,7 +6,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { AttestationError, verifyAttestation, type VerifyOptions } from '../../../shared/src/attestation';
+import { AttestationError, verifyAttestation, verifyBirthAttestation, type VerifyOptions } from '../../../shared/src/attestation';
 import type { SignRequestInput } from '../../../shared/src/signing/schema';
 import { generateKeyPolicy, measurementsFromNitroCliJson, normalizePcr, PolicyInputError, type ImageMeasurements } from '../policy';
 import type { Key } from '../sdk';
@@ -110,6 +110,7 @@ export async function signCommand(args: string[]): Promise<number> {
       'typed-data': { type: 'string' },
       transaction: { type: 'string' },
       authorization: { type: 'string' },
+      'allow-all-chains': { type: 'boolean' },
       'user-operation': { type: 'string' },
       'entry-point': { type: 'string' },
       'chain-id': { type: 'string' },
@@ -139,7 +140,7 @@ export async function signCommand(args: string[]): Promise<number> {
       request = { type: 'transaction', transaction: readJsonInput(values.transaction as string) as never };
       break;
     case 'authorization':
-      request = { type: 'authorization', authorization: readJsonInput(values.authorization as string) as never };
+      request = { type: 'authorization', authorization: readJsonInput(values.authorization as string) as never, ...(values['allow-all-chains'] ? { allowAllChains: true } : {}) };
       break;
     case 'user-operation': {
       if (!values['entry-point'] || !values['chain-id'] || !values['ep-version']) throw new UsageError('--user-operation needs --entry-point, --chain-id and --ep-version 0.6|0.7');
@@ -193,7 +194,17 @@ export async function attestationCommand(args: string[]): Promise<number> {
   if (sub !== 'verify') throw new UsageError('usage: nks attestation get|verify ...');
   const { values, positionals } = parse(
     rest,
-    { root: { type: 'string' }, at: { type: 'string' }, 'max-age': { type: 'string' }, pcr: { type: 'string', multiple: true }, nonce: { type: 'string' }, 'user-data': { type: 'string' }, json: { type: 'boolean' } },
+    {
+      root: { type: 'string' },
+      at: { type: 'string' },
+      'max-age': { type: 'string' },
+      pcr: { type: 'string', multiple: true },
+      nonce: { type: 'string' },
+      'user-data': { type: 'string' },
+      'key-id': { type: 'string' },
+      address: { type: 'string' },
+      json: { type: 'boolean' },
+    },
     1,
   );
   const opts: VerifyOptions = {};
@@ -225,9 +236,15 @@ export async function attestationCommand(args: string[]): Promise<number> {
     }
     (opts.expectedPcrs ??= {})[Number(m[1])] = value;
   }
+  // A birth attestation: user_data must bind this key id and address (and not be a 0.1-era document).
+  const birth = values['key-id'] !== undefined || values.address !== undefined;
+  if (birth) {
+    if (!values['key-id'] || !values.address || !/^0x[0-9a-fA-F]{40}$/.test(values.address)) throw new UsageError('a birth attestation needs both --key-id ID and --address 0x… (the key\'s 20-byte address)');
+    if (opts.expectedUserData) throw new UsageError('--user-data cannot be combined with --key-id/--address (they determine user_data)');
+  }
   const document = readDocument(positionals[0] as string);
   try {
-    const v = verifyAttestation(document, opts);
+    const v = birth ? verifyBirthAttestation(document, { keyId: values['key-id'] as string, address: values.address as string }, opts) : verifyAttestation(document, opts);
     const d = v.document;
     const summary = {
       valid: true,

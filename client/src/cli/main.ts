@@ -13,11 +13,12 @@ const HELP = `nks — nitro-keystore command-line client
   nks keys list [--external-id ID] [--limit N] [--cursor C] [--all]
   nks keys disable|enable <keyId>
   nks sign <keyId> --digest 0x… | --message TEXT | --message-hex 0x… | --typed-data FILE
-                   | --transaction FILE | --authorization FILE | --request FILE
+                   | --transaction FILE | --authorization FILE [--allow-all-chains] | --request FILE
                    | --user-operation FILE --entry-point 0x… --chain-id N --ep-version 0.6|0.7
   nks attestation get [--nonce 0x…] [--out FILE]
   nks attestation verify <file> [--root PEM] [--at ISO-TIME] [--max-age S] [--pcr N=HEX]...
-                         [--nonce HEX] [--user-data HEX] [--json]
+                         [--nonce HEX] [--user-data HEX | --key-id ID --address 0x…] [--json]
+      --key-id/--address check a key's birth attestation (the key's "attestation" from creation)
   nks policy --parent-role-arn ARN --admin ARN... (--measurements FILE | --pcr0 HEX)... [--pin-pcr8] [--out FILE]
   nks dev [--dir DIR] [--api-port PORT] [--update-policy]
 

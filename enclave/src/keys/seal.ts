@@ -6,7 +6,6 @@
  */
 import { constants, createCipheriv, createDecipheriv, publicEncrypt, randomBytes, type KeyObject } from 'node:crypto';
 import { BLOB_ALG, BLOB_VERSION, blobAad, type KeyBlob } from '../../../shared/src/blob';
-import { KeystoreError } from '../../../shared/src/errors';
 
 export interface SealParams {
   keyId: string;
@@ -31,21 +30,22 @@ export function sealSecret(secret: Uint8Array, p: SealParams): KeyBlob {
   }
 }
 
-/** Opens the GCM box with the DEK KMS returned. A forged DEK or an altered blob fails authentication here. */
-export function openSealed(blob: KeyBlob, dek: Uint8Array): Uint8Array {
-  if (dek.length !== 32) throw new KeystoreError('KEY_INTEGRITY', 'the data key from KMS is not 32 bytes');
+/**
+ * Opens the GCM box with a data key, or returns null: a forged data key or an altered blob fails
+ * authentication here. It says nothing about why (the caller answers every failed open alike), and it does
+ * the same work for a wrong key as for the right one.
+ */
+export function openSealed(blob: KeyBlob, dek: Uint8Array): Uint8Array | null {
+  const decipher = createDecipheriv('aes-256-gcm', dek, blob.iv);
+  decipher.setAAD(blobAad(blob));
+  decipher.setAuthTag(blob.ciphertext.subarray(32));
+  const plain = decipher.update(blob.ciphertext.subarray(0, 32));
   try {
-    const decipher = createDecipheriv('aes-256-gcm', dek, blob.iv);
-    decipher.setAAD(blobAad(blob));
-    decipher.setAuthTag(blob.ciphertext.subarray(32));
-    const plain = decipher.update(blob.ciphertext.subarray(0, 32));
-    try {
-      decipher.final();
-      return new Uint8Array(plain); // a dedicated copy the cache owns and zeroes
-    } finally {
-      plain.fill(0);
-    }
+    decipher.final();
+    return new Uint8Array(plain); // a dedicated copy the cache owns and zeroes
   } catch {
-    throw new KeystoreError('KEY_INTEGRITY', `key ${blob.keyId}: the sealed key does not authenticate (altered blob, or a data key that is not this blob's)`);
+    return null;
+  } finally {
+    plain.fill(0);
   }
 }

@@ -3,7 +3,8 @@
  * cold key, shared by concurrent requests), forget.
  */
 import type { KeyObject } from 'node:crypto';
-import { birthUserData, decodeBlobBase64, encodeBlob } from '../../../shared/src/blob';
+import { birthContent, USER_DATA_TAGS } from '../../../shared/src/attestation/user-data';
+import { decodeBlobBase64, encodeBlob } from '../../../shared/src/blob';
 import { KeystoreError } from '../../../shared/src/errors';
 import type { CreateResult } from '../../../shared/src/protocol';
 import type { SignRequest, SignResult } from '../../../shared/src/signing/schema';
@@ -11,7 +12,6 @@ import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
 import type { Unsealer } from '../kms/unseal';
 import type { NsmClient } from '../nsm/client';
 import type { SignerPool } from '../signing/pool';
-import { signRequest } from '../signing/sign';
 import type { KeyCache, CachedKey } from './cache';
 import { sealSecret } from './seal';
 
@@ -27,8 +27,8 @@ export class KeyService {
       nsm: NsmClient;
       kmsKeyArn: string;
       kmsPublicKey: KeyObject;
-      /** Signer threads; without it signing happens on the calling thread. */
-      signers?: SignerPool | undefined;
+      /** Where requests are hashed and signed (signer threads; see SignerPool). */
+      signers: SignerPool;
     },
   ) {}
 
@@ -44,7 +44,7 @@ export class KeyService {
       secret.fill(0);
     }
     if (attest) {
-      const doc = await this.deps.nsm.attest({ userData: birthUserData(keyId, result.address) });
+      const doc = await this.deps.nsm.attest({ tag: USER_DATA_TAGS.birth, content: birthContent(keyId, result.address) });
       result.attestation = doc.toString('base64');
     }
     this.creates += 1;
@@ -53,7 +53,7 @@ export class KeyService {
 
   async sign(keyId: string, blob: string, request: SignRequest): Promise<SignResult> {
     const key = this.deps.cache.get(keyId, blob) ?? (await this.unsealShared(keyId, blob));
-    const result = this.deps.signers ? await this.deps.signers.sign(request, key.secret, key.address) : signRequest(request, key.secret, key.address);
+    const result = await this.deps.signers.sign(request, key.secret, key.address);
     this.signs += 1;
     return result;
   }

@@ -1,25 +1,20 @@
 /**
- * Unsealing a blob (DESIGN §3 "Use"): ask the parent's KMS proxy for an attested Decrypt of the wrapped data
- * key, open KMS's CMS answer with the enclave's recipient key, open the GCM box, and check the secret really
- * belongs to the blob's address. The parent relays the answer and could forge it; a forged data key fails GCM
- * authentication, so nothing unauthenticated is ever used.
+ * Unsealing a blob: ask the parent's KMS proxy for an attested Decrypt of the wrapped data key, then open the
+ * answer (open-answer.ts). The parent relays the answer and may forge it, so every failure once an answer has
+ * arrived gets one answer (`unsealRefused`), retires the recipient key it was made for, and is counted and
+ * rate-limited (failed-opens.ts). See docs/SECURITY.md, "The KMS answer is not authenticated".
  */
-import { z } from 'zod';
-import { openEnvelopedData, CmsError } from '../../../shared/src/cms';
 import type { KeyBlob } from '../../../shared/src/blob';
 import { KeystoreError } from '../../../shared/src/errors';
+import { KmsProxyMethods } from '../../../shared/src/protocol';
 import type { RpcClient } from '../../../shared/src/rpc';
-import { base64, parseOrThrow } from '../../../shared/src/schema';
-import { addressOf, isValidSecret, publicKeyOf } from '../crypto/secp256k1';
-import { openSealed } from '../keys/seal';
+import { FailedOpens } from './failed-opens';
+import { openKmsAnswer, type OpenedKey } from './open-answer';
 import type { RecipientKeys } from './recipient';
 
-const DecryptAnswer = z.strictObject({ ciphertextForRecipient: base64, keyId: z.string() });
-
-export interface UnsealResult {
-  secret: Uint8Array;
-  address: `0x${string}`;
-}
+/** The only thing a parent learns from any failed open, whichever step failed: byte-identical every time. */
+export const UNSEAL_REFUSED_MESSAGE = 'the key could not be unsealed';
+export const unsealRefused = (): KeystoreError => new KeystoreError('KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE);
 
 export class Unsealer {
   kmsCalls = 0;
@@ -28,52 +23,45 @@ export class Unsealer {
   constructor(
     private readonly kmsProxy: RpcClient,
     private readonly recipient: RecipientKeys,
+    private readonly failedOpens: FailedOpens,
     private readonly options: { kmsKeyArn: string; deadlineMs: number },
   ) {}
 
-  async unseal(blob: KeyBlob): Promise<UnsealResult> {
+  async unseal(blob: KeyBlob): Promise<OpenedKey> {
     if (blob.kmsKeyArn !== this.options.kmsKeyArn) {
       throw new KeystoreError('KEY_INTEGRITY', `key ${blob.keyId} is sealed under ${blob.kmsKeyArn}, not this enclave's KMS key`);
     }
-    const { privateKey, document } = await this.recipient.current();
+    // A call whose recipient key was retired by another call's failure while it waited for KMS asks once more
+    // with the new key; its own answer is never opened with a retired key.
+    for (let attempt = 1; ; attempt++) {
+      if (this.failedOpens.refusing()) throw unsealRefused();
+      const lease = await this.recipient.current();
+      const raw = await this.decrypt(blob, lease.document);
+      const privateKey = lease.privateKey;
+      if (!privateKey) {
+        if (attempt < 2) continue;
+        throw unsealRefused();
+      }
+      const opened = openKmsAnswer(raw, privateKey, blob);
+      if (opened) return opened;
+      this.recipient.retire(lease);
+      this.failedOpens.record();
+      throw unsealRefused();
+    }
+  }
+
+  private async decrypt(blob: KeyBlob, document: Buffer): Promise<unknown> {
     this.kmsCalls += 1;
-    let raw: unknown;
     try {
-      raw = await this.kmsProxy.call(
-        'kms.decrypt',
+      return await this.kmsProxy.call(
+        KmsProxyMethods.decrypt,
         { kmsKeyArn: blob.kmsKeyArn, ciphertextBlob: blob.wrappedKey.toString('base64'), attestationDocument: document.toString('base64') },
         { deadlineMs: this.options.deadlineMs },
       );
     } catch (err) {
+      // The proxy's own errors (KMS refused, throttled, unreachable) carry nothing the parent does not know.
       this.kmsErrors += 1;
       throw err;
     }
-    const answer = parseOrThrow(DecryptAnswer, raw, 'kms.decrypt result', 'KEY_INTEGRITY');
-    if (answer.keyId !== blob.kmsKeyArn) {
-      throw new KeystoreError('KEY_INTEGRITY', `KMS answered for key ${answer.keyId.slice(0, 128)}, not ${blob.kmsKeyArn}`);
-    }
-    let dek: Buffer;
-    try {
-      dek = openEnvelopedData(Buffer.from(answer.ciphertextForRecipient, 'base64'), privateKey);
-    } catch (err) {
-      const why = err instanceof CmsError ? err.message : 'unreadable';
-      throw new KeystoreError('KEY_INTEGRITY', `key ${blob.keyId}: the KMS answer does not open with this enclave's recipient key (${why})`);
-    }
-    let secret: Uint8Array;
-    try {
-      secret = openSealed(blob, dek);
-    } finally {
-      dek.fill(0);
-    }
-    if (!isValidSecret(secret)) {
-      secret.fill(0);
-      throw new KeystoreError('KEY_INTEGRITY', `key ${blob.keyId}: the unsealed secret is not a valid secp256k1 key`);
-    }
-    const address = addressOf(publicKeyOf(secret));
-    if (address !== blob.address) {
-      secret.fill(0);
-      throw new KeystoreError('KEY_INTEGRITY', `key ${blob.keyId}: the unsealed key does not belong to address ${blob.address}`);
-    }
-    return { secret, address };
   }
 }

@@ -2,6 +2,7 @@
  * The NSM protocol as the enclave uses it: CBOR requests and responses (serde's externally tagged enums, as
  * nsm-api encodes them), over a transport that is either the real device or the simulator's socket.
  */
+import { taggedUserData, type UserDataTag } from '../../../shared/src/attestation/user-data';
 import { decodeCbor, encodeCbor } from '../../../shared/src/cbor';
 import { KeystoreError } from '../../../shared/src/errors';
 
@@ -12,8 +13,13 @@ export interface NsmTransport {
   close(): void;
 }
 
+/**
+ * What a document is for. `user_data` is always SHA-256(tag ‖ content) with the tag chosen by the enclave's
+ * code path: no caller can put bytes of its own choosing there (see shared/src/attestation/user-data.ts).
+ */
 export interface AttestationRequest {
-  userData?: Uint8Array | undefined;
+  tag: UserDataTag;
+  content?: Uint8Array | undefined;
   nonce?: Uint8Array | undefined;
   publicKey?: Uint8Array | undefined;
 }
@@ -47,10 +53,10 @@ export class NsmClient {
   }
 
   /** Returns the COSE_Sign1 attestation document. Fields are at most 1024 bytes each (keep them ≤ 512). */
-  async attest(req: AttestationRequest = {}): Promise<Buffer> {
+  async attest(req: AttestationRequest): Promise<Buffer> {
     const field = (v: Uint8Array | undefined) => (v ? Buffer.from(v) : null);
     const body = new Map<string, Buffer | null>([
-      ['user_data', field(req.userData)],
+      ['user_data', taggedUserData(req.tag, req.content)],
       ['nonce', field(req.nonce)],
       ['public_key', field(req.publicKey)],
     ]);

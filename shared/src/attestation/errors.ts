@@ -12,6 +12,7 @@ export type AttestationErrorCode =
   | 'FROM_THE_FUTURE'
   | 'NONCE_MISMATCH'
   | 'USER_DATA_MISMATCH'
+  | 'LEGACY_BIRTH'
   | 'PCR_MISMATCH'
   | 'MISSING_PUBLIC_KEY';
 

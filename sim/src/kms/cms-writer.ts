@@ -20,15 +20,27 @@ const indefinite = { isIndefiniteForm: true };
 const ctx = (tagNumber: number) => ({ tagClass: 3, tagNumber });
 const sha256AlgId = () => new asn1js.Sequence({ value: [new asn1js.ObjectIdentifier({ value: OID.sha256 }), new asn1js.Null()] });
 
-export function buildEnvelopedData(plaintext: Uint8Array, recipientPublicKey: KeyObject): Buffer {
+/**
+ * Forgeries for tests that stand where a compromised parent would (KMS itself never does these): a content
+ * key of another length, a chosen IV, and content encrypted without PKCS#7 padding (the plaintext then
+ * carries whatever "padding" the test wants, and must be a whole number of blocks).
+ */
+export interface ForgeryOptions {
+  contentKey?: Uint8Array;
+  iv?: Uint8Array;
+  pad?: boolean;
+}
+
+export function buildEnvelopedData(plaintext: Uint8Array, recipientPublicKey: KeyObject, forgery: ForgeryOptions = {}): Buffer {
   if (recipientPublicKey.asymmetricKeyType !== 'rsa') throw new Error('the recipient key is not an RSA key');
   const spki = recipientPublicKey.export({ type: 'spki', format: 'der' });
   const ski = createHash('sha256').update(spki).digest();
 
-  const cek = randomBytes(32);
-  const iv = randomBytes(16);
-  const cipher = createCipheriv('aes-256-cbc', cek, iv);
-  const ciphertext = Buffer.concat([cipher.update(plaintext), cipher.final()]);
+  const cek = Buffer.from(forgery.contentKey ?? randomBytes(32));
+  const iv = Buffer.from(forgery.iv ?? randomBytes(16));
+  // A content key that is not an AES-256 key can encrypt nothing: the content is then random bytes.
+  const cipher = cek.length === 32 ? createCipheriv('aes-256-cbc', cek, iv).setAutoPadding(forgery.pad ?? true) : null;
+  const ciphertext = cipher ? Buffer.concat([cipher.update(plaintext), cipher.final()]) : randomBytes(plaintext.length + 16 - (plaintext.length % 16));
   const encryptedKey = publicEncrypt({ key: recipientPublicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, cek);
   cek.fill(0);
 

@@ -1,0 +1,95 @@
+/**
+ * Opening KMS's answer to an attested Decrypt, all the way to the private key — as one step that either
+ * succeeds or says only "no" (docs/SECURITY.md, "The KMS answer is not authenticated").
+ *
+ * The answer's content is AES-256-CBC without integrity, relayed by the parent, who may forge it. If any
+ * failure here were distinguishable (by error, count or work done), a parent replaying one RSA-wrapped content
+ * key with IVs and blocks of its choosing would decrypt the data key byte by byte: a CBC padding oracle. So:
+ * - every step runs whatever happened before it (a dummy input stands in for a failed step's output), and a
+ *   single flag collects the verdict; nothing throws out of the middle;
+ * - the shape is checked before decrypting: a 16-byte IV and exactly 48 bytes of content (a 32-byte data key
+ *   plus one full block of PKCS#7 padding), the only shape KMS produces for a 32-byte data key;
+ * - CBC runs without OpenSSL's padding check; the padding block is compared in constant time.
+ * The caller retires the recipient key after any failure, so each forged answer is also the last one tried
+ * with that key.
+ */
+import { constants, createDecipheriv, privateDecrypt, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
+import { z } from 'zod';
+import type { KeyBlob } from '../../../shared/src/blob';
+import { parseEnvelopedData, type EnvelopedParts } from '../../../shared/src/cms';
+import { base64 } from '../../../shared/src/schema';
+import { addressOf, isValidSecret, publicKeyOf } from '../crypto/secp256k1';
+import { openSealed } from '../keys/seal';
+
+const DecryptAnswer = z.strictObject({ ciphertextForRecipient: base64, keyId: z.string() });
+
+const IV_BYTES = 16;
+const DATA_KEY_BYTES = 32;
+/** The data key plus one full padding block. */
+const CONTENT_BYTES = DATA_KEY_BYTES + 16;
+const FULL_PADDING = Buffer.alloc(16, 16);
+/** Stand-in private key for the address step when an earlier step failed (any valid scalar will do). */
+export const DUMMY_SECRET = new Uint8Array(32).fill(1);
+
+export interface OpenedKey {
+  secret: Uint8Array;
+  address: `0x${string}`;
+}
+
+/**
+ * Opens `raw` (the KMS proxy's result) with the recipient key and then the blob's GCM box, and checks the key
+ * is the blob's. Returns null on any failure, with no indication of which step failed.
+ */
+export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: KeyBlob): OpenedKey | null {
+  let ok = true;
+
+  const answer = DecryptAnswer.safeParse(raw);
+  if (!answer.success || answer.data.keyId !== blob.kmsKeyArn) ok = false;
+  const ber = answer.success ? Buffer.from(answer.data.ciphertextForRecipient, 'base64') : Buffer.alloc(0);
+
+  let parts: Pick<EnvelopedParts, 'encryptedKey' | 'iv' | 'ciphertext'>;
+  try {
+    parts = parseEnvelopedData(ber);
+    if (parts.iv.length !== IV_BYTES || parts.ciphertext.length !== CONTENT_BYTES) throw new Error('not the shape of a wrapped data key');
+  } catch {
+    ok = false;
+    parts = { encryptedKey: randomBytes(256), iv: Buffer.alloc(IV_BYTES), ciphertext: Buffer.alloc(CONTENT_BYTES) };
+  }
+
+  let cek: Buffer;
+  try {
+    cek = privateDecrypt({ key: recipientKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, parts.encryptedKey);
+  } catch {
+    ok = false;
+    cek = Buffer.alloc(0);
+  }
+  if (cek.length !== DATA_KEY_BYTES) {
+    ok = false;
+    cek.fill(0);
+    cek = randomBytes(DATA_KEY_BYTES);
+  }
+
+  const cbc = createDecipheriv('aes-256-cbc', cek, parts.iv).setAutoPadding(false);
+  const head = cbc.update(parts.ciphertext);
+  const tail = cbc.final();
+  const plain = Buffer.concat([head, tail]);
+  for (const b of [cek, head, tail]) b.fill(0);
+  if (!timingSafeEqual(plain.subarray(DATA_KEY_BYTES), FULL_PADDING)) ok = false;
+  const dek = plain.subarray(0, DATA_KEY_BYTES);
+
+  const opened = openSealed(blob, dek);
+  plain.fill(0);
+  if (!opened) ok = false;
+
+  const secret = opened ?? new Uint8Array(32);
+  const valid = isValidSecret(secret);
+  if (!valid) ok = false;
+  const address = addressOf(publicKeyOf(valid ? secret : DUMMY_SECRET));
+  if (address !== blob.address) ok = false;
+
+  if (!ok) {
+    secret.fill(0);
+    return null;
+  }
+  return { secret, address };
+}

@@ -1,0 +1,341 @@
+/**
+ * The adversarial-parent suite: the test stands where a fully compromised parent would, against the real
+ * enclave bundle over (simulated) vsock. It owns the KMS proxy (sees every Decrypt the enclave asks for,
+ * answers whatever it likes, and can ask KMS itself with the enclave's relayed attestation document), the
+ * database (so every blob), and the enclave's RPC port, where it reads the raw bytes of every answer.
+ *
+ * What must hold: the parent learns nothing but "no" from a failed unseal (the same bytes whatever failed),
+ * each recipient key opens at most one forged answer, a padding-oracle attack makes no progress, and no
+ * method lets the parent choose the enclave's evidence (attestation user_data).
+ */
+import { constants, createCipheriv, createHash, createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes, type KeyObject } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import { hexToBytes, recoverAddress, type Hex } from 'viem';
+import { decodeAttestationDocument, verifyAttestation } from '../../shared/src/attestation';
+import { verifyBirthAttestation } from '../../shared/src/attestation/birth';
+import { birthContent, birthUserData, USER_DATA_TAGS, taggedUserData } from '../../shared/src/attestation/user-data';
+import { blobAad, decodeBlobBase64, encodeBlob, type KeyBlob } from '../../shared/src/blob';
+import { canonicalCbor, decodeCbor, encodeCbor } from '../../shared/src/cbor';
+import { parseEnvelopedData } from '../../shared/src/cms';
+import { encodeFrame, FrameDecoder } from '../../shared/src/framing';
+import type { CreateResult, EnclaveHealth, KmsDecryptResult, SignResult } from '../../shared/src/protocol';
+import { simulatedSocketPath } from '../../shared/src/transport';
+import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
+import { rejection, tempRunDir } from '../../shared/test/helpers';
+import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
+import { DUMMY_SECRET } from '../src/kms/open-answer';
+import { SocketNsmTransport } from '../src/nsm/socket';
+import { ENCLAVE_ADDRESS, startEnclaveHarness, type DecryptParams, type EnclaveHarness } from './harness';
+
+const digest = (n: number) => `0x${n.toString(16).padStart(64, '0')}` as Hex;
+/** secp256k1's group order: not a valid private key. */
+const CURVE_ORDER = hexToBytes('0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141');
+
+/** The enclave's RPC port as raw bytes: one request at a time, always id 1, so answers compare byte for byte. */
+class RawPeer {
+  private socket!: net.Socket;
+  private readonly decoder = new FrameDecoder();
+  private waiting: ((payload: Buffer) => void) | null = null;
+
+  async connect(runDir: string): Promise<void> {
+    this.socket = net.connect(simulatedSocketPath(runDir, ENCLAVE_ADDRESS));
+    await new Promise<void>((resolve, reject) => this.socket.once('connect', resolve).once('error', reject));
+    this.socket.on('data', (chunk) => {
+      for (const payload of this.decoder.push(chunk)) this.waiting?.(payload);
+    });
+  }
+
+  call(method: string, params: unknown): Promise<Buffer> {
+    return new Promise((resolve) => {
+      this.waiting = resolve;
+      this.socket.write(encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }))));
+    });
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}
+
+/** The recipient key a Decrypt request's attestation document carries (what KMS encrypts to). */
+function recipientOf(p: DecryptParams): KeyObject {
+  const { document } = decodeAttestationDocument(Buffer.from(p.attestationDocument, 'base64'));
+  return createPublicKey({ key: document.publicKey as Buffer, format: 'der', type: 'spki' });
+}
+const recipientHex = (p: DecryptParams) => recipientOf(p).export({ type: 'spki', format: 'der' }).toString('hex');
+
+/** Flips bits of `part` (a unique byte run inside `ber`) at `offset`, as a parent rewriting KMS's answer would. */
+function tamper(answer: KmsDecryptResult, pick: (parts: ReturnType<typeof parseEnvelopedData>) => Buffer, offset: number, mask: number): KmsDecryptResult {
+  const ber = Buffer.from(answer.ciphertextForRecipient, 'base64');
+  const part = pick(parseEnvelopedData(ber));
+  const at = ber.indexOf(part);
+  if (at < 0) throw new Error('part not found in the answer');
+  ber[at + offset] = (ber[at + offset] as number) ^ mask;
+  return { ...answer, ciphertextForRecipient: ber.toString('base64') };
+}
+
+const cms = (p: DecryptParams, plaintext: Uint8Array, forgery?: Parameters<typeof buildEnvelopedData>[2]): KmsDecryptResult => ({
+  ciphertextForRecipient: buildEnvelopedData(plaintext, recipientOf(p), forgery).toString('base64'),
+  keyId: p.kmsKeyArn,
+});
+
+describe('adversarial parent', () => {
+  let h: EnclaveHarness;
+  let peer: RawPeer;
+  let kmsPublicKey: KeyObject;
+
+  beforeAll(async () => {
+    // No failed-open limit here, so every forgery reaches the opening code; the limit has its own tests below.
+    h = await startEnclaveHarness(tempRunDir('nks-adv-'), { failedOpens: { maxFailures: 10_000, windowMs: 60_000, cooldownMs: 60_000 } });
+    kmsPublicKey = createPublicKey({ key: Buffer.from(h.platform.kmsPublicKey, 'base64'), format: 'der', type: 'spki' });
+    peer = new RawPeer();
+    await peer.connect(h.runDir);
+  }, 60_000);
+
+  afterAll(async () => {
+    peer?.close();
+    await h?.stop();
+  });
+
+  afterEach(() => {
+    h.forge = null;
+  });
+
+  const create = (keyId: string, attest = false) => h.client.call<CreateResult>('keys.create', { keyId, attest });
+  const health = () => h.client.call<EnclaveHealth>('enclave.health', {});
+  const rawSign = (keyId: string, blob: string, n = 1) => peer.call('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
+  const sign = (keyId: string, blob: string, n = 1) => h.client.call<SignResult>('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
+
+  const restart = async (failedOpens: object) => {
+    peer.close();
+    await h.restartEnclave({ failedOpens });
+    peer = new RawPeer();
+    await peer.connect(h.runDir);
+  };
+
+  /** A blob the parent builds around a secret of its choosing, under a victim's key id and address. */
+  const parentMadeBlob = (victim: CreateResult, secret: Uint8Array): string => {
+    const header = { ...decodeBlobBase64(victim.blob) };
+    const dek = randomBytes(32);
+    const iv = randomBytes(12);
+    const cipher = createCipheriv('aes-256-gcm', dek, iv);
+    cipher.setAAD(blobAad(header));
+    const ciphertext = Buffer.concat([cipher.update(secret), cipher.final(), cipher.getAuthTag()]);
+    const wrappedKey = publicEncrypt({ key: kmsPublicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, dek);
+    return encodeBlob({ ...header, wrappedKey, iv, ciphertext } satisfies KeyBlob).toString('base64');
+  };
+
+  it('answers every forged or tampered KMS answer with the same bytes, and never opens two with one recipient key', async () => {
+    const victim = await create('victim-1');
+    const otherRsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey;
+    const dek = () => randomBytes(32);
+    type Forgery = [string, (p: DecryptParams) => Promise<KmsDecryptResult> | KmsDecryptResult, string?];
+    const forgeries: Forgery[] = [
+      ['IV tampered', async (p) => tamper(await h.kmsDecrypt(p), (c) => c.iv, 15, 0x01)],
+      ['first content block tampered', async (p) => tamper(await h.kmsDecrypt(p), (c) => c.ciphertext, 0, 0x80)],
+      ['padding block tampered (valid padding 0x01 on the last byte)', async (p) => tamper(await h.kmsDecrypt(p), (c) => c.ciphertext, 31, 0x11)],
+      ['padding block tampered (invalid padding)', async (p) => tamper(await h.kmsDecrypt(p), (c) => c.ciphertext, 31, 0x42)],
+      // Only the padding changes; the data key stays genuine: refused all the same (exact shape).
+      ['last ciphertext block tampered', async (p) => tamper(await h.kmsDecrypt(p), (c) => c.ciphertext, 40, 0x04)],
+      ['RSA-wrapped content key tampered', async (p) => tamper(await h.kmsDecrypt(p), (c) => c.encryptedKey, 100, 0x01)],
+      ['a made-up data key with valid padding', (p) => cms(p, dek())],
+      ['a data key with bad padding', (p) => cms(p, Buffer.concat([dek(), Buffer.alloc(16)]), { pad: false })],
+      ['a 33-byte data key (48 bytes of content, wrong padding)', (p) => cms(p, randomBytes(33))],
+      ['a 48-byte data key (64 bytes of content)', (p) => cms(p, randomBytes(48))],
+      ['a 16-byte data key (32 bytes of content)', (p) => cms(p, randomBytes(16))],
+      ['a 16-byte content key', (p) => cms(p, dek(), { contentKey: randomBytes(16) })],
+      ['a content key wrapped to another RSA key', (p) => ({ ciphertextForRecipient: buildEnvelopedData(dek(), otherRsa).toString('base64'), keyId: p.kmsKeyArn })],
+      ['not CMS', (p) => ({ ciphertextForRecipient: Buffer.from('not cms at all').toString('base64'), keyId: p.kmsKeyArn })],
+      ['a genuine answer labelled with another key id', async (p) => ({ ...(await h.kmsDecrypt(p)), keyId: p.kmsKeyArn.replace(/key\/.*/, 'key/other') })],
+      ['a genuine answer with an extra field', async (p) => ({ ...(await h.kmsDecrypt(p)), extra: 1 }) as KmsDecryptResult],
+      ['a parent-made blob: its own key under the victim address', (p) => h.kmsDecrypt(p), parentMadeBlob(victim, randomBytes(32))],
+      ['a parent-made blob: secret 0', (p) => h.kmsDecrypt(p), parentMadeBlob(victim, new Uint8Array(32))],
+      ['a parent-made blob: secret = curve order', (p) => h.kmsDecrypt(p), parentMadeBlob(victim, CURVE_ORDER)],
+      // Under the address of the stand-in key the enclave uses when a step failed: only the validity check stops it.
+      ['a parent-made blob: secret 0 under the stand-in address', (p) => h.kmsDecrypt(p), parentMadeBlob({ ...victim, blob: encodeBlob({ ...decodeBlobBase64(victim.blob), address: addressOf(publicKeyOf(DUMMY_SECRET)) }).toString('base64') }, new Uint8Array(32))],
+    ];
+
+    const before = await health();
+    const answers = new Map<string, string[]>();
+    const recipients = new Set<string>();
+    for (const [name, forge, blob] of forgeries) {
+      const seen = h.proxyRequests.length;
+      h.forge = forge;
+      const answer = (await rawSign('victim-1', blob ?? victim.blob)).toString('utf8');
+      h.forge = null;
+      answers.set(answer, [...(answers.get(answer) ?? []), name]);
+      // Each forgery reached the enclave's opening code through exactly one Decrypt, for a key never used before.
+      expect(h.proxyRequests.length).toBe(seen + 1);
+      recipients.add(recipientHex(h.proxyRequests[seen] as DecryptParams));
+    }
+    expect([...answers.values()]).toEqual([forgeries.map(([name]) => name)]);
+    const [only] = [...answers.keys()];
+    expect(JSON.parse(only as string)).toEqual({
+      jsonrpc: '2.0',
+      id: 1,
+      error: { code: -32001, message: 'the key could not be unsealed', data: { reason: 'KEY_INTEGRITY', retryable: false } },
+    });
+    expect(recipients.size).toBe(forgeries.length);
+
+    const after = await health();
+    expect(after.counters.failedOpens - before.counters.failedOpens).toBe(forgeries.length);
+    expect(after.counters.signs).toBe(before.counters.signs);
+    // Nothing counts failures by step: the health counters are the fixed set, errors only by reason.
+    expect(Object.keys(after.counters.errors)).toEqual(['KEY_INTEGRITY']);
+
+    // The genuine answer still opens, with a fresh recipient key.
+    const ok = await sign('victim-1', victim.blob, 7);
+    expect(await recoverAddress({ hash: ok.hash, signature: ok.signature })).toBe(victim.address);
+    expect(recipients.has(recipientHex(h.proxyRequests[h.proxyRequests.length - 1] as DecryptParams))).toBe(false);
+  }, 60_000);
+
+  it('does not open a late answer with a recipient key another call retired: that call asks again, transparently', async () => {
+    const a = await create('inflight-a');
+    const b = await create('inflight-b');
+    const wrappedA = decodeBlobBase64(a.blob).wrappedKey.toString('base64');
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    let heldFirst = false;
+    h.forge = async (p) => {
+      if (p.ciphertextBlob === wrappedA && !heldFirst) {
+        heldFirst = true;
+        const genuine = await h.kmsDecrypt(p); // a real answer, for the key the request was made with
+        await gate;
+        return genuine;
+      }
+      if (p.ciphertextBlob !== wrappedA) return cms(p, randomBytes(32)); // b's unseal is forged
+      return undefined;
+    };
+    const signA = sign('inflight-a', a.blob, 11);
+    while (!heldFirst) await new Promise((r) => setTimeout(r, 5));
+    const first = h.proxyRequests.length - 1;
+    expect((await rejection(sign('inflight-b', b.blob))).message).toBe('the key could not be unsealed'); // retires the shared key
+    release();
+    const result = await signA;
+    expect(result.address).toBe(a.address);
+    const forA = h.proxyRequests.slice(first).filter((p) => p.ciphertextBlob === wrappedA);
+    expect(forA).toHaveLength(2);
+    expect(recipientHex(forA[1] as DecryptParams)).not.toBe(recipientHex(forA[0] as DecryptParams));
+  }, 30_000);
+
+  it('gives the parent no way to choose attestation user_data', async () => {
+    const roots = [fs.readFileSync(h.platform.rootPem, 'utf8')];
+    const parentAddress = addressOf(publicKeyOf(randomBytes(32)));
+    // attestation.get takes no user data any more.
+    const withUserData = JSON.parse((await peer.call('attestation.get', { userData: `0x${birthUserData('k', parentAddress).toString('hex')}` })).toString('utf8'));
+    expect(withUserData.error.data.reason).toBe('INVALID_PARAMS');
+    // A nonce of the parent's choosing lands in `nonce`, and user_data is tagged for attestation.get.
+    const nonce = birthContent('victim-1', parentAddress);
+    const res = await h.client.call<{ document: string }>('attestation.get', { nonce: `0x${nonce.toString('hex')}` });
+    const doc = Buffer.from(res.document, 'base64');
+    const v = verifyAttestation(doc, { trustedRoots: roots, expectedNonce: nonce });
+    expect(v.document.userData).toEqual(taggedUserData(USER_DATA_TAGS.attestation, nonce));
+    expect(() => verifyBirthAttestation(doc, { keyId: 'victim-1', address: parentAddress }, { trustedRoots: roots })).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
+
+    // A real birth attestation verifies, and only for its own key id and address.
+    const born = await create('born-1', true);
+    const birth = Buffer.from(born.attestation as string, 'base64');
+    expect(verifyBirthAttestation(birth, born, { trustedRoots: roots, expectedPcrs: { 0: h.platform.pcr0 } }).document.userData).toEqual(birthUserData('born-1', born.address));
+    expect(() => verifyBirthAttestation(birth, { keyId: 'born-1', address: parentAddress }, { trustedRoots: roots })).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
+
+    // What version 0.1 let the parent mint (user_data = the untagged birth value, straight through
+    // attestation.get) is refused as evidence, with the reason.
+    const legacy = await nsmDocument(h.platform.nsmSocket, canonicalHash('victim-1', parentAddress));
+    expect(() => verifyBirthAttestation(legacy, { keyId: 'victim-1', address: parentAddress }, { trustedRoots: roots })).toThrow(
+      expect.objectContaining({ code: 'LEGACY_BIRTH', message: expect.stringMatching(/not evidence/) }),
+    );
+  });
+
+  it('stops reading from a parent that sends and never reads, serves other connections, and answers all once read', async () => {
+    const flood = net.connect(simulatedSocketPath(h.runDir, ENCLAVE_ADDRESS));
+    await new Promise<void>((resolve, reject) => flood.once('connect', resolve).once('error', reject));
+    flood.pause(); // never reads
+    const before = await health();
+    const N = 40_000;
+    const frame = (id: number) => encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id, method: 'enclave.health', params: {} })));
+    for (let id = 1; id <= N; id++) flood.write(frame(id)); // queued in this process once the enclave stops reading
+    let during = await health();
+    for (let i = 0; i < 400 && during.counters.rpcPausedConnections === 0; i++) {
+      await new Promise((r) => setTimeout(r, 25));
+      during = await health();
+    }
+    // The enclave paused that connection with a bounded backlog, and still answers this one.
+    expect(during.counters.rpcPausedConnections).toBe(1);
+    expect(during.counters.rpcUnsentBytes).toBeLessThanOrEqual(16 * 1024 * 1024);
+    expect(during.memory.rssBytes - before.memory.rssBytes).toBeLessThan(96 * 1024 * 1024);
+    // Reading again drains it: every request is answered, none lost.
+    const decoder = new FrameDecoder();
+    let answered = 0;
+    const done = new Promise<void>((resolve) =>
+      flood.on('data', (chunk) => {
+        answered += decoder.push(chunk).length;
+        if (answered === N) resolve();
+      }),
+    );
+    flood.resume();
+    await done;
+    flood.destroy();
+    expect(answered).toBe(N);
+  }, 60_000);
+
+  it('stops a padding-oracle attack: 255 guesses with fresh genuine answers yield one answer and a few KMS calls', async () => {
+    await restart({ maxFailures: 10, windowMs: 60_000, cooldownMs: 60_000 });
+    const victim = await create('oracle-victim');
+    const before = h.proxyRequests.length;
+    // The strongest parent: for every guess it asks KMS for a genuine answer to the enclave's current
+    // recipient key, then rewrites the last byte of the second ciphertext block, which the enclave's CBC step
+    // turns into the last byte of the padding block (the classic attack's probe of one byte).
+    const distinct = new Map<string, number>();
+    for (let guess = 1; guess < 256; guess++) {
+      h.forge = async (p) => tamper(await h.kmsDecrypt(p), (c) => c.ciphertext, 31, guess);
+      const answer = (await rawSign('oracle-victim', victim.blob, guess)).toString('utf8');
+      distinct.set(answer, (distinct.get(answer) ?? 0) + 1);
+    }
+    h.forge = null;
+    expect([...distinct.values()]).toEqual([255]);
+    // The limit stops it after 10 failures + 1: every later guess was refused without a Decrypt.
+    const asked = h.proxyRequests.slice(before);
+    expect(asked).toHaveLength(11);
+    expect(new Set(asked.map(recipientHex)).size).toBe(11);
+  }, 60_000);
+
+  it('refuses cold signs during the cool-down after too many failed opens, counted in the same total; warm signs go on', async () => {
+    await restart({ maxFailures: 2, windowMs: 60_000, cooldownMs: 1_500 });
+    const warm = await create('limit-warm');
+    await sign('limit-warm', warm.blob); // cached
+    const cold = await create('limit-cold');
+    const base = (await health()).counters.failedOpens;
+    h.forge = (p) => cms(p, randomBytes(32));
+    const refusals = [];
+    for (let i = 0; i < 3; i++) refusals.push((await rawSign('limit-cold', cold.blob)).toString('utf8'));
+    h.forge = null;
+    const asked = h.proxyRequests.length;
+    // In the cool-down a genuine cold sign gets the very same answer, without asking KMS.
+    refusals.push((await rawSign('limit-cold', cold.blob)).toString('utf8'));
+    expect(new Set(refusals).size).toBe(1);
+    expect(h.proxyRequests.length).toBe(asked);
+    expect((await health()).counters.failedOpens - base).toBe(4);
+    await expect(sign('limit-warm', warm.blob, 2)).resolves.toMatchObject({ address: warm.address });
+    // After the cool-down, cold signs work again.
+    await new Promise((r) => setTimeout(r, 2_000));
+    await expect(sign('limit-cold', cold.blob, 3)).resolves.toMatchObject({ address: cold.address });
+  }, 30_000);
+});
+
+/** SHA-256 of canonical CBOR {keyId, address}: version 0.1's untagged birth value. */
+function canonicalHash(keyId: string, address: string): Buffer {
+  return createHash('sha256').update(canonicalCbor({ keyId, address })).digest();
+}
+
+/** A document with raw user_data, straight from the (simulated) NSM: what 0.1's attestation.get made. */
+async function nsmDocument(socketPath: string, userData: Buffer): Promise<Buffer> {
+  const t = new SocketNsmTransport(socketPath);
+  try {
+    const req = encodeCbor(new Map([['Attestation', new Map([['user_data', userData], ['nonce', null], ['public_key', null]])]]));
+    const res = decodeCbor(await t.request(req)) as Map<string, Map<string, Uint8Array>>;
+    return Buffer.from(res.get('Attestation')?.get('document') as Uint8Array);
+  } finally {
+    t.close();
+  }
+}
