@@ -9,10 +9,10 @@
  * Requests that are safe to repeat (reads, signing, creation with an externalId) are retried on retryable
  * errors with jittered backoff; creation without an externalId is never retried (it could make two keys).
  */
-import { AttestationError, verifyBirthAttestation, type VerifiedAttestation, type VerifyOptions } from '../../shared/src/attestation';
+import { AttestationError, verifyBirthAttestation, type BirthVerifyOptions, type VerifiedAttestation, type VerifyOptions } from '../../shared/src/attestation';
 import type { SignRequestInput, SignResult } from '../../shared/src/signing/schema';
 
-export type { SignRequestInput, SignResult, VerifiedAttestation, VerifyOptions };
+export type { BirthVerifyOptions, SignRequestInput, SignResult, VerifiedAttestation, VerifyOptions };
 export { AttestationError };
 
 export interface Key {
@@ -62,10 +62,11 @@ type UserOperationRequest = Extract<SignRequestInput, { type: 'userOperation' }>
 /**
  * Checks that `key.address` was born in an enclave as `key.keyId`: its birth attestation (from creation with
  * `attest: true`) must verify against the Nitro root (or `options.trustedRoots`) with the PCRs you expect
- * (`options.expectedPcrs`: pass at least PCR0), and bind exactly this key id and address. Throws
- * AttestationError; code LEGACY_BIRTH for a document from nitro-keystore 0.1, which is not evidence.
+ * (`options.expectedPcrs`, PCR0 required: the PCR0 of an image you approve), and bind exactly this key id and
+ * address. Throws AttestationError; code LEGACY_BIRTH for a document from nitro-keystore 0.1, which is not
+ * evidence, and PCR_REQUIRED without PCR0.
  */
-export function verifyKeyBirth(key: Pick<Key, 'keyId' | 'address' | 'attestation'>, options: Omit<VerifyOptions, 'expectedUserData'> = {}): VerifiedAttestation {
+export function verifyKeyBirth(key: Pick<Key, 'keyId' | 'address' | 'attestation'>, options: BirthVerifyOptions): VerifiedAttestation {
   if (!key.attestation) throw new AttestationError('MALFORMED', `key ${key.keyId} has no birth attestation (create it with attest: true)`);
   return verifyBirthAttestation(Buffer.from(key.attestation, 'base64'), key, options);
 }

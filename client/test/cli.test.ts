@@ -88,6 +88,9 @@ describe('nks attestation verify', () => {
     expect([old.status, old.stdout]).toEqual([1, expect.stringMatching(/LEGACY_BIRTH: .*not evidence/)]);
     const usage = nks(['attestation', 'verify', current, '--root', root, '--key-id', 'key-1']);
     expect([usage.status, usage.stderr]).toEqual([2, expect.stringMatching(/needs both --key-id ID and --address/)]);
+    // Without PCR0 a birth proves nothing (any image can ask for any user_data): refused as a usage error.
+    const noPcr = nks(['attestation', 'verify', current, '--root', root, '--key-id', 'key-1', '--address', address]);
+    expect([noPcr.status, noPcr.stderr]).toEqual([2, expect.stringMatching(/needs --pcr 0=HEX/)]);
   });
 
   it('exits 2 on usage errors', () => {

@@ -231,18 +231,22 @@ describe('adversarial parent', () => {
     const doc = Buffer.from(res.document, 'base64');
     const v = verifyAttestation(doc, { trustedRoots: roots, expectedNonce: nonce });
     expect(v.document.userData).toEqual(taggedUserData(USER_DATA_TAGS.attestation, nonce));
-    expect(() => verifyBirthAttestation(doc, { keyId: 'victim-1', address: parentAddress }, { trustedRoots: roots })).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
+    const pcr0 = { 0: h.platform.pcr0 };
+    expect(() => verifyBirthAttestation(doc, { keyId: 'victim-1', address: parentAddress }, { trustedRoots: roots, expectedPcrs: pcr0 })).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
 
     // A real birth attestation verifies, and only for its own key id and address.
     const born = await create('born-1', true);
     const birth = Buffer.from(born.attestation as string, 'base64');
     expect(verifyBirthAttestation(birth, born, { trustedRoots: roots, expectedPcrs: { 0: h.platform.pcr0 } }).document.userData).toEqual(birthUserData('born-1', born.address));
-    expect(() => verifyBirthAttestation(birth, { keyId: 'born-1', address: parentAddress }, { trustedRoots: roots })).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
+    expect(() => verifyBirthAttestation(birth, { keyId: 'born-1', address: parentAddress }, { trustedRoots: roots, expectedPcrs: pcr0 })).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
+    // Any image can ask the NSM for any user_data, so a birth is evidence only with the approved PCR0.
+    expect(() => verifyBirthAttestation(birth, born, { trustedRoots: roots, expectedPcrs: {} })).toThrow(expect.objectContaining({ code: 'PCR_REQUIRED' }));
+    expect(() => verifyBirthAttestation(birth, born, { trustedRoots: roots, expectedPcrs: { 0: 'ab'.repeat(48) } })).toThrow(expect.objectContaining({ code: 'PCR_MISMATCH' }));
 
     // What version 0.1 let the parent mint (user_data = the untagged birth value, straight through
     // attestation.get) is refused as evidence, with the reason.
     const legacy = await nsmDocument(h.platform.nsmSocket, canonicalHash('victim-1', parentAddress));
-    expect(() => verifyBirthAttestation(legacy, { keyId: 'victim-1', address: parentAddress }, { trustedRoots: roots })).toThrow(
+    expect(() => verifyBirthAttestation(legacy, { keyId: 'victim-1', address: parentAddress }, { trustedRoots: roots, expectedPcrs: pcr0 })).toThrow(
       expect.objectContaining({ code: 'LEGACY_BIRTH', message: expect.stringMatching(/not evidence/) }),
     );
   });

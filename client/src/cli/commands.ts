@@ -241,10 +241,13 @@ export async function attestationCommand(args: string[]): Promise<number> {
   if (birth) {
     if (!values['key-id'] || !values.address || !/^0x[0-9a-fA-F]{40}$/.test(values.address)) throw new UsageError('a birth attestation needs both --key-id ID and --address 0x… (the key\'s 20-byte address)');
     if (opts.expectedUserData) throw new UsageError('--user-data cannot be combined with --key-id/--address (they determine user_data)');
+    if (opts.expectedPcrs?.[0] === undefined) throw new UsageError('a birth attestation needs --pcr 0=HEX, the PCR0 of an image you approve (any image can ask for any user_data)');
   }
   const document = readDocument(positionals[0] as string);
   try {
-    const v = birth ? verifyBirthAttestation(document, { keyId: values['key-id'] as string, address: values.address as string }, opts) : verifyAttestation(document, opts);
+    const v = birth
+      ? verifyBirthAttestation(document, { keyId: values['key-id'] as string, address: values.address as string }, { ...opts, expectedPcrs: opts.expectedPcrs ?? {} })
+      : verifyAttestation(document, opts);
     const d = v.document;
     const summary = {
       valid: true,

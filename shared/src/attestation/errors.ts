@@ -13,6 +13,7 @@ export type AttestationErrorCode =
   | 'NONCE_MISMATCH'
   | 'USER_DATA_MISMATCH'
   | 'LEGACY_BIRTH'
+  | 'PCR_REQUIRED'
   | 'PCR_MISMATCH'
   | 'MISSING_PUBLIC_KEY';
 

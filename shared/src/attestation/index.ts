@@ -3,4 +3,4 @@ export { decodeAttestationDocument, decodeCoseSign1, decodeAttestationPayload, s
 export { AttestationError, type AttestationErrorCode } from './errors';
 export { AWS_NITRO_ROOT_G1_PEM, AWS_NITRO_ROOT_G1_SHA256 } from './aws-root';
 export { USER_DATA_TAGS, taggedUserData, birthContent, birthUserData, checkBirthUserData, type UserDataTag } from './user-data';
-export { verifyBirthAttestation } from './birth';
+export { verifyBirthAttestation, type BirthVerifyOptions } from './birth';
