@@ -1,4 +1,7 @@
+import { decodeAttestationDocument } from '../../shared/src/attestation';
+import realDoc from '../../shared/test/fixtures/aws-nitro-attestation-debug.json';
 import { evaluatePolicy, parsePolicy } from '../../sim/src/kms/policy';
+import { measureString } from '../../sim/src/measure';
 import { generateKeyPolicy, measurementsFromNitroCliJson, pcr3ForRole, PolicyInputError } from '../src/policy';
 
 const ROLE = 'arn:aws:iam::111122223333:role/nitro-keystore-parent';
@@ -33,10 +36,20 @@ describe('key policy generator', () => {
     expect(decide(ADMIN, 'kms:GenerateDataKey')).toBe(false);
   });
 
-  it('computes PCR3 the way Nitro does', () => {
-    // sha384(0^48 || "arn:...") — the same construction as PCR4 from the instance id (nitro-kms-facts 3.4)
-    expect(pcr3ForRole(ROLE)).toMatch(/^[0-9a-f]{96}$/);
-    expect(pcr3ForRole(ROLE)).not.toBe(pcr3ForRole(ADMIN));
+  it('computes PCR3 the way Nitro does: SHA-384 of 48 zero bytes followed by the role ARN', () => {
+    // Computed independently, with Python's hashlib, as the AWS Nitro Enclaves User Guide shows for PCR3:
+    //   python3 -c "import hashlib; h = hashlib.sha384(); h.update(b'\0' * 48); \
+    //     h.update('arn:aws:iam::111122223333:role/nitro-keystore-parent'.encode('utf-8')); print(h.hexdigest())"
+    expect(pcr3ForRole(ROLE)).toBe('563ed9c0d1bc50326c5a9a342078f781c01dbec918cdeafef93de6ebb783e077c62a348ab781aed250d02ce34cd25598');
+    expect(pcr3ForRole(ADMIN)).toBe('d014d3fb36fd398b0c0b1a86dc0ca40ba52276d0545ab243f65a93a8abe48d8cf655f86e24f57220ffca3983e3a6f6ae');
+    // The same construction measures the instance id into PCR4: applied to the instance id of a real AWS
+    // attestation document, it gives that document's PCR4, as the Nitro hypervisor computed it.
+    const real = decodeAttestationDocument(Buffer.from(realDoc.documentHex, 'hex')).document;
+    const instanceId = real.moduleId.split('-enc')[0] as string;
+    expect(instanceId).toBe('i-0f73a4b4cb74cc9f2');
+    expect(pcr3ForRole(instanceId)).toBe(real.pcrs.get(4)?.toString('hex'));
+    // And the simulated NSM measures the parent role the same way, so the dev stack's documents match the policy.
+    expect(measureString(ROLE)).toBe(pcr3ForRole(ROLE));
   });
 
   it('reads nitro-cli measurements', () => {

@@ -69,25 +69,55 @@ describe('signer pool with signer threads', () => {
     }
   });
 
-  it('fails the jobs of a thread that stops with a retryable error, replaces it, and signs again', async () => {
+  it('fails the jobs of a thread that stops with a retryable error, replaces it with a new thread, and signs on that thread', async () => {
     const before = slotsOf(pool).map((s) => s.worker);
+    const threadIdsBefore = before.map((w) => w.threadId);
+    expect(threadIdsBefore.every((id) => id > 0)).toBe(true);
     // A long job occupies one thread, so that it certainly holds a job when it stops.
     const long = settle(pool.sign(endless, new Uint8Array(KEY), ADDRESS));
     const others = Promise.all(Array.from({ length: 20 }, (_, i) => settle(pool.sign(digest(i), new Uint8Array(KEY), ADDRESS))));
     const victim = slotsOf(pool).find((s) => s.heavy > 0);
     expect(victim).toBeDefined();
+    const victimIndex = slotsOf(pool).indexOf(victim as Slots[number]);
+    const victimThreadId = (victim as Slots[number]).worker.threadId;
+    expect(victim?.queue.length).toBeGreaterThan(0);
     await victim?.worker.terminate();
-    const failed = await long;
+
+    // The failure happened: the job the thread held failed, retryably, as soon as the thread was gone (its
+    // exit is handled before any later event-loop turn, so it cannot be left hanging).
+    const failed = await Promise.race([long, new Promise((r) => setImmediate(() => r('still pending after its thread exited')))]);
     expect(failed).toBeInstanceOf(KeystoreError);
     expect([(failed as KeystoreError).reason, (failed as KeystoreError).retryable, (failed as KeystoreError).message]).toEqual(['UNAVAILABLE', true, 'a signer thread stopped; retry']);
-    for (const o of await others) if (o instanceof KeystoreError) expect([o.reason, o.retryable]).toEqual(['UNAVAILABLE', true]);
+    // The others either failed the same way (queued behind on the stopped thread) or were signed correctly.
+    const settled = await others;
+    settled.forEach((o, i) => {
+      if (o instanceof KeystoreError) expect([o.reason, o.retryable]).toEqual(['UNAVAILABLE', true]);
+      else expect(o).toEqual(signRequest(digest(i), KEY, ADDRESS));
+    });
+
+    // A new thread stands in the stopped one's slot: another Worker, another thread id; the other slot is untouched.
     const after = slotsOf(pool).map((s) => s.worker);
-    expect(after).toHaveLength(2);
-    expect(after).not.toContain(victim?.worker);
-    expect(after.filter((w) => before.includes(w))).toHaveLength(1);
+    const role = (w: Worker) => (w === victim?.worker ? 'the stopped thread' : before.includes(w) ? 'a thread kept' : 'a new thread');
+    expect(after.map(role)).toEqual(before.map((_, i) => (i === victimIndex ? 'a new thread' : 'a thread kept')));
+    const replacement = after[victimIndex] as Worker;
     expect(pool.replacements).toBe(1);
-    const again = await Promise.all([typed, typed, digest(1), digest(2)].map((r) => pool.sign(r, new Uint8Array(KEY), ADDRESS)));
-    expect(again).toEqual([typed, typed, digest(1), digest(2)].map((r) => signRequest(r, KEY, ADDRESS)));
+    if (replacement.threadId < 0) throw new Error('the replacement thread is not running');
+    expect([...threadIdsBefore, victimThreadId]).not.toContain(replacement.threadId);
+    expect(replacement.threadId).toBeGreaterThan(Math.max(...threadIdsBefore));
+
+    // Costly requests are spread over both threads, so the new thread signs some of them; all are right.
+    const post = jest.spyOn(Worker.prototype, 'postMessage');
+    try {
+      const requests = [typed, typed, typed, typed, digest(1), digest(2)];
+      const again = await Promise.all(requests.map((r) => pool.sign(r, new Uint8Array(KEY), ADDRESS)));
+      expect(again).toEqual(requests.map((r) => signRequest(r, KEY, ADDRESS)));
+      const byReplacement = post.mock.contexts.filter((w) => w === replacement).length;
+      expect(byReplacement).toBeGreaterThanOrEqual(2);
+    } finally {
+      post.mockRestore();
+    }
+    expect(slotsOf(pool)[victimIndex]?.worker).toBe(replacement); // and it is still there: it did not die too
+    expect(pool.replacements).toBe(1);
   });
 });
 

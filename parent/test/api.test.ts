@@ -31,8 +31,10 @@ describe('caller API', () => {
       req.end(body);
     });
 
-  const expectError = (res: { status: number; body: any; headers: Headers }, status: number, code: string) => {
+  /** `message`: what the error must say; for INVALID_PARAMS it names the field, so the test knows which check refused. */
+  const expectError = (res: { status: number; body: any; headers: Headers }, status: number, code: string, message?: string | RegExp) => {
     expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code });
+    if (message !== undefined) expect(res.body.error.message).toEqual(typeof message === 'string' ? message : expect.stringMatching(message));
     expect(typeof res.body.error.message).toBe('string');
     expect(res.body.error.requestId).toBe(res.headers.get('x-request-id'));
   };
@@ -91,7 +93,7 @@ describe('caller API', () => {
     const res = await s.api('/v1/attestation?nonce=0x0102030405060708');
     expect(res.status).toBe(200);
     expect(Buffer.from(res.body.document, 'base64')[0]).toBe(0x84);
-    expectError(await s.api('/v1/attestation?nonce=xyz'), 400, 'INVALID_PARAMS');
+    expectError(await s.api('/v1/attestation?nonce=xyz'), 400, 'INVALID_PARAMS', 'query.nonce: expected 1-512 bytes of 0x-prefixed hex');
   });
 
   it('requires a token with the right scope on every caller route', async () => {
@@ -124,20 +126,20 @@ describe('caller API', () => {
     const key = (await s.api('/v1/keys', { body: {} })).body;
     expectError(await s.api('/v1/keys', { body: 'x'.repeat(5000) }), 413, 'PAYLOAD_TOO_LARGE');
     expectError(await s.api('/v1/keys', { body: '{"externalId": ' }), 400, 'INVALID_REQUEST');
-    expectError(await s.api('/v1/keys', { body: { externalId: 'a', color: 'red' } }), 400, 'INVALID_PARAMS');
-    expectError(await s.api('/v1/keys', { body: { externalId: 42 } }), 400, 'INVALID_PARAMS');
-    expectError(await s.api('/v1/keys', { body: { labels: { 'bad key!': 'x' } } }), 400, 'INVALID_PARAMS');
+    expectError(await s.api('/v1/keys', { body: { externalId: 'a', color: 'red' } }), 400, 'INVALID_PARAMS', 'body: unknown field(s) "color"');
+    expectError(await s.api('/v1/keys', { body: { externalId: 42 } }), 400, 'INVALID_PARAMS', /^body\.externalId: [^;]*string/);
+    expectError(await s.api('/v1/keys', { body: { labels: { 'bad key!': 'x' } } }), 400, 'INVALID_PARAMS', 'body.labels.bad key!: Invalid key in record');
     expectError(await s.api('/v1/keys', { body: '{}', headers: { 'content-type': 'text/plain' } }), 415, 'UNSUPPORTED_MEDIA_TYPE');
-    expectError(await s.api('/v1/keys?color=red', { body: {} }), 400, 'INVALID_PARAMS');
-    expectError(await s.api('/v1/keys?limit=0'), 400, 'INVALID_PARAMS');
-    expectError(await s.api('/v1/keys?cursor=bm9wZQ'), 400, 'INVALID_PARAMS');
-    expectError(await s.api(`/v1/keys/${key.keyId}/disable`, { token: 'admin', body: { unexpected: true } }), 400, 'INVALID_PARAMS');
+    expectError(await s.api('/v1/keys?color=red', { body: {} }), 400, 'INVALID_PARAMS', 'query: unknown field(s) "color"');
+    expectError(await s.api('/v1/keys?limit=0'), 400, 'INVALID_PARAMS', /^query\.limit: /);
+    expectError(await s.api('/v1/keys?cursor=bm9wZQ'), 400, 'INVALID_PARAMS', 'cursor is not one this service issued');
+    expectError(await s.api(`/v1/keys/${key.keyId}/disable`, { token: 'admin', body: { unexpected: true } }), 400, 'INVALID_PARAMS', 'body: unknown field(s) "unexpected"');
     const getWithBody = await rawRequest(`/v1/keys/${key.keyId}`, 'GET', '{"unexpected":true}');
     expect([getWithBody.status, getWithBody.body.error.code]).toEqual([400, 'INVALID_REQUEST']);
-    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'digest', digest: '0x12' } }), 400, 'INVALID_PARAMS');
-    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'message', message: 'm', extra: 1 } }), 400, 'INVALID_PARAMS');
-    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { method: 'POST' }), 400, 'INVALID_PARAMS');
-    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'nope' } } } }), 400, 'INVALID_PARAMS');
+    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'digest', digest: '0x12' } }), 400, 'INVALID_PARAMS', /^body\.digest: /);
+    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'message', message: 'm', extra: 1 } }), 400, 'INVALID_PARAMS', 'body: unknown field(s) "extra"');
+    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { method: 'POST' }), 400, 'INVALID_PARAMS', 'body: a sign request is required');
+    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'nope' } } } }), 400, 'INVALID_PARAMS', 'typedData: Address "nope" is invalid.');
     expectError(await s.api('/v1/keys/k_doesnotexist000000000000'), 404, 'KEY_NOT_FOUND');
     expectError(await s.api('/v1/keys/k_doesnotexist000000000000/sign', { body: { type: 'message', message: 'm' } }), 404, 'KEY_NOT_FOUND');
     expectError(await s.api('/v1/keys/k_doesnotexist000000000000/disable', { method: 'POST', token: 'admin' }), 404, 'KEY_NOT_FOUND');

@@ -3,12 +3,15 @@
  * requires attestation: allowed ARNs only, never without a document, never plaintext, errors mapped.
  */
 import { constants, createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { openEnvelopedData } from '../../shared/src/cms';
 import { silentLogger } from '../../shared/src/log';
 import { RpcClient } from '../../shared/src/rpc';
 import { SimulatedVsockTransport } from '../../shared/src/transport';
+import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
 import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
 import { signAttestationDocument } from '../../sim/src/nsm/document';
 import { measureString } from '../../sim/src/measure';
@@ -40,8 +43,10 @@ describe('KMS attestation proxy', () => {
     return (s.Decrypt?.ok ?? 0) + (s.Decrypt?.error ?? 0);
   };
 
+  let runDir: string;
+
   beforeAll(async () => {
-    const runDir = tempRunDir('nks-proxy-');
+    runDir = tempRunDir('nks-proxy-');
     platform = await startPlatform(runDir);
     ca = await SimulatedNitroCa.open(path.join(runDir, 'nsm', 'nsm-ca.json'));
     kms = platform.kms();
@@ -59,6 +64,7 @@ describe('KMS attestation proxy', () => {
     await proxy?.close(100);
     kms?.destroy();
     await platform?.stop();
+    if (runDir) fs.rmSync(runDir, { recursive: true, force: true });
   });
 
   it('relays an attested Decrypt and returns only CMS for the enclave key', async () => {
@@ -119,6 +125,98 @@ describe('KMS attestation proxy', () => {
     } finally {
       await platform.setFaults({ latencyMs: 0 });
     }
+  });
+});
+
+/**
+ * A fake KMS on loopback that speaks the JSON protocol @aws-sdk/client-kms uses (POST /, x-amz-target
+ * TrentService.Decrypt, application/x-amz-json-1.1, blobs as base64) and answers an attested Decrypt the way
+ * KMS never should: with the Plaintext beside a valid CiphertextForRecipient (a misbehaving or impersonated
+ * endpoint). The proxy must refuse to relay it.
+ */
+describe('KMS proxy against a KMS that answers with Plaintext', () => {
+  const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';
+  const enclaveKey = generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const dek = randomBytes(32);
+  const requests: Array<{ target: string; body: Record<string, any> }> = [];
+  let withPlaintext = true;
+  let runDir: string;
+  let server: http.Server;
+  let kms: KMSClient;
+  let proxy: KmsProxy;
+  let client: RpcClient;
+  let attestationDocument: string;
+  const outcomes: string[] = [];
+
+  beforeAll(async () => {
+    runDir = tempRunDir('nks-fakekms-');
+    server = http.createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const target = String(req.headers['x-amz-target']);
+        const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, any>;
+        requests.push({ target, body });
+        const answer = {
+          KeyId: body.KeyId,
+          EncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+          CiphertextForRecipient: buildEnvelopedData(dek, enclaveKey.publicKey).toString('base64'),
+          ...(withPlaintext ? { Plaintext: dek.toString('base64') } : {}),
+        };
+        const text = JSON.stringify(target === 'TrentService.Decrypt' ? answer : { __type: 'UnknownOperationException' });
+        res.writeHead(target === 'TrentService.Decrypt' ? 200 : 400, { 'content-type': 'application/x-amz-json-1.1', 'content-length': Buffer.byteLength(text), 'x-amzn-requestid': 'fake' });
+        res.end(text);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    const { port } = server.address() as { port: number };
+    kms = new KMSClient({ endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', credentials: { accessKeyId: 'AKIDPARENT', secretAccessKey: 'x' }, maxAttempts: 1 });
+    proxy = new KmsProxy({ client: kms, allowedKeyArns: [ARN], deadlineMs: 3000, maxConcurrent: 4, logger: silentLogger(), onCall: (o) => outcomes.push(o) });
+    const transport = new SimulatedVsockTransport(runDir);
+    await proxy.listen(transport, 'vsock://3:8000');
+    client = new RpcClient({ name: 'test-enclave', transport, address: 'vsock://3:8000', logger: silentLogger() });
+    await client.waitConnected(2000);
+    const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48, i)]));
+    const signer = await (await SimulatedNitroCa.open(null)).signer();
+    attestationDocument = signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0000000000000000', timestamp: Date.now(), pcrs, publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }) }, signer).toString('base64');
+  });
+
+  afterAll(async () => {
+    await client?.close();
+    await proxy?.close(100);
+    kms?.destroy();
+    await new Promise((r) => server?.close(r));
+    fs.rmSync(runDir, { recursive: true, force: true });
+  });
+
+  const call = () => client.call<{ ciphertextForRecipient: string; keyId: string }>('kms.decrypt', { kmsKeyArn: ARN, ciphertextBlob: randomBytes(256).toString('base64'), attestationDocument });
+
+  it('relays the answer without Plaintext (the fake speaks the protocol the SDK expects)', async () => {
+    withPlaintext = false;
+    requests.length = 0;
+    const res = await call();
+    expect(openEnvelopedData(Buffer.from(res.ciphertextForRecipient, 'base64'), enclaveKey.privateKey)).toEqual(dek);
+    expect(requests.map((r) => [r.target, r.body.Recipient])).toEqual([['TrentService.Decrypt', { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: attestationDocument }]]);
+  });
+
+  it('refuses to relay an answer that carries Plaintext, and asks KMS only once', async () => {
+    withPlaintext = true;
+    requests.length = 0;
+    outcomes.length = 0;
+    const err = await rejection(call());
+    expect([err.reason, err.retryable, err.message]).toEqual(['INTERNAL', false, 'KMS returned plaintext to an attested request; refusing to relay it']);
+    expect(JSON.stringify(err)).not.toContain(dek.toString('base64'));
+    expect(requests).toHaveLength(1);
+    expect(outcomes).toEqual(['plaintext']);
+  });
+
+  it('zeroes the Plaintext it was given', async () => {
+    const plaintext = Uint8Array.from(dek);
+    const stub = { send: async () => ({ KeyId: ARN, Plaintext: plaintext, CiphertextForRecipient: buildEnvelopedData(dek, enclaveKey.publicKey) }) } as unknown as KMSClient;
+    const direct = new KmsProxy({ client: stub, allowedKeyArns: [ARN], deadlineMs: 1000, maxConcurrent: 1, logger: silentLogger() });
+    const err = await rejection(direct.decrypt({ kmsKeyArn: ARN, ciphertextBlob: 'AAAA', attestationDocument }));
+    expect(err.reason).toBe('INTERNAL');
+    expect(Buffer.from(plaintext).equals(Buffer.alloc(32))).toBe(true);
   });
 });
 

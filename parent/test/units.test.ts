@@ -77,13 +77,32 @@ describe('key store', () => {
     expect(() => new KeyStore(file)).toThrow(/newer than this build/);
   });
 
-  it('disables and enables, and counts', () => {
-    const store = new KeyStore(':memory:');
+  it('disables and enables, durably, and counts', () => {
+    const file = path.join(dir, 'k.db');
+    let store = new KeyStore(file);
     store.insert(rec('k1'));
     store.insert(rec('k2'));
+    expect(store.get('k1')?.disabled).toBe(false); // now in the store's read cache too
+
     expect(store.setDisabled('k1', true)?.disabled).toBe(true);
-    expect(store.setDisabled('nope', true)).toBeUndefined();
+    expect([store.get('k1')?.disabled, store.get('k2')?.disabled]).toEqual([true, false]);
     expect(store.counts()).toEqual({ total: 2, disabled: 1 });
+    expect(store.setDisabled('nope', true)).toBeUndefined();
+    store.close();
+    store = new KeyStore(file); // what was committed, not what a cache remembers
+    expect([store.get('k1')?.disabled, store.get('k2')?.disabled]).toEqual([true, false]);
+
+    expect(store.setDisabled('k1', false)?.disabled).toBe(false);
+    expect(store.get('k1')?.disabled).toBe(false);
+    expect(store.counts()).toEqual({ total: 2, disabled: 0 });
+    expect(store.setDisabled('k1', false)?.disabled).toBe(false); // enabling an enabled key changes nothing
+    expect(store.setDisabled('nope', false)).toBeUndefined();
+    store.close();
+    store = new KeyStore(file);
+    expect([store.get('k1')?.disabled, store.get('k2')?.disabled]).toEqual([false, false]);
+    expect(store.counts()).toEqual({ total: 2, disabled: 0 });
+    // Nothing else of the record changes.
+    expect(store.get('k1')).toMatchObject({ keyId: 'k1', address: rec('k1').address, blob: 'AAAA', labels: { a: 'b' }, disabled: false });
     store.close();
   });
 });

@@ -24,6 +24,56 @@ function codeOf(fn: () => unknown): string {
   return 'OK';
 }
 
+function failureOf(fn: () => unknown): AttestationError {
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof AttestationError) return e;
+    throw e;
+  }
+  throw new Error('expected an AttestationError');
+}
+
+const P384 = { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' } as const;
+const newKeys = async () => (await webcrypto.subtle.generateKey(P384, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+
+/** A certificate like `template` (same serial, names as encoded, validity and extensions) for `publicKey`, signed with `signingKey`. */
+async function lookalike(template: Buffer, publicKey: webcrypto.CryptoKey, signingKey: webcrypto.CryptoKey): Promise<Buffer> {
+  const t = new x509.X509Certificate(template);
+  const cert = await x509.X509CertificateGenerator.create({
+    serialNumber: t.serialNumber,
+    subject: t.subjectName,
+    issuer: t.issuerName,
+    notBefore: t.notBefore,
+    notAfter: t.notAfter,
+    publicKey,
+    signingKey,
+    signingAlgorithm: P384,
+    extensions: t.extensions,
+  });
+  return Buffer.from(cert.rawData);
+}
+
+/**
+ * `chain` (root first) with certificate `link` replaced by a look-alike for a new key, signed by yet another key
+ * instead of its issuer's (with `rightKey`, by its own key: self-signed, for a look-alike root); the
+ * certificates below it are re-issued under it, correctly signed, so that the forged signature is the chain's
+ * only defect. Returns a document signer for the forged leaf's key.
+ */
+async function forgeChain(chain: Buffer[], link: number, o: { rightKey?: boolean } = {}): Promise<DocumentSigner & { link: Buffer }> {
+  const out = chain.slice(0, link);
+  let keys = await newKeys();
+  const signingKey = o.rightKey ? keys.privateKey : (await newKeys()).privateKey;
+  out.push(await lookalike(chain[link] as Buffer, keys.publicKey, signingKey));
+  for (let i = link + 1; i < chain.length; i++) {
+    const next = await newKeys();
+    out.push(await lookalike(chain[i] as Buffer, next.publicKey, keys.privateKey));
+    keys = next;
+  }
+  const privateKey = createPrivateKey({ key: Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)), format: 'der', type: 'pkcs8' });
+  return { certificate: out[out.length - 1] as Buffer, cabundle: out.slice(0, -1), privateKey, link: out[link] as Buffer };
+}
+
 describe('a real AWS Nitro attestation document', () => {
   const bytes = Buffer.from(realDoc.documentHex, 'hex');
   const at = new Date(realDoc.verifiedAtMs);
@@ -48,6 +98,20 @@ describe('a real AWS Nitro attestation document', () => {
   it('accepts the tagged COSE_Sign1 form as well', () => {
     const tagged = Buffer.concat([Buffer.from([0xd2]), bytes]);
     expect(codeOf(() => verifyAttestation(tagged))).toBe('OK');
+  });
+
+  it('refuses a signing certificate forged under the AWS intermediate\'s names and key identifier, signed by another key', async () => {
+    const { document } = decodeAttestationDocument(bytes);
+    const chain = [...document.cabundle, document.certificate];
+    const forged = await forgeChain(chain, chain.length - 1);
+    const leaf = new X509Certificate(forged.link);
+    // Names, validity and every extension (authority key identifier included) copied from the real leaf.
+    expect([leaf.subject, leaf.issuer, leaf.validTo]).toEqual([new X509Certificate(document.certificate).subject, new X509Certificate(document.certificate).issuer, new X509Certificate(document.certificate).validTo]);
+    expect(leaf.checkIssued(new X509Certificate(chain[chain.length - 2] as Buffer))).toBe(true);
+    const pcrs = new Map(document.pcrs);
+    const forgedDoc = signAttestationDocument({ moduleId: document.moduleId, timestamp: document.timestamp, pcrs, userData: Buffer.from('chosen by the forger') }, forged);
+    const err = failureOf(() => verifyAttestation(forgedDoc)); // the real AWS root, at the document's own time
+    expect([err.code, err.message]).toEqual(['CHAIN_BROKEN', expect.stringMatching(/^the signing certificate \(.*\) has a signature that does not verify with its issuer's key$/)]);
   });
 
   it('fails with its own reason for each kind of defect', () => {
@@ -177,6 +241,25 @@ describe('documents from the simulated NSM CA', () => {
     })();
     expect(err.code).toBe('CERT_CONSTRAINTS');
     expect(err.message).toMatch(/has pathLen 2 but 3 CA certificate\(s\) below it/);
+  });
+
+  it('refuses a certificate that names the real issuer but was signed by another key, at every link of the chain', async () => {
+    const real = await ca.signer();
+    const chain = [...real.cabundle, real.certificate]; // root, regional, zonal, instance, leaf
+    const doc = (signer: DocumentSigner) => signAttestationDocument(fields(), signer);
+    // Control: the same look-alike construction, signed by the right keys all the way down from a root we
+    // trust, verifies; so the only defect in the forgeries below is the one signature made with another key.
+    const control = await forgeChain(chain, 0, { rightKey: true });
+    expect(codeOf(() => verifyAttestation(doc(control), opts({ trustedRoots: [control.cabundle[0] as Buffer] })))).toBe('OK');
+    for (let link = 1; link < chain.length; link++) {
+      const forged = await forgeChain(chain, link);
+      // Same issuer and subject names (byte for byte), serial, validity and extensions as the real certificate.
+      const [original, fake] = [new X509Certificate(chain[link] as Buffer), new X509Certificate(forged.link)];
+      expect([fake.subject, fake.issuer, fake.serialNumber, fake.validTo]).toEqual([original.subject, original.issuer, original.serialNumber, original.validTo]);
+      expect(fake.checkIssued(new X509Certificate(chain[link - 1] as Buffer))).toBe(true); // the name check alone accepts it
+      const err = failureOf(() => verifyAttestation(doc(forged), opts()));
+      expect([link, err.code, err.message]).toEqual([link, 'CHAIN_BROKEN', expect.stringMatching(/has a signature that does not verify with its issuer's key$/)]);
+    }
   });
 
   it('rejects malformed payload fields by name', () => {

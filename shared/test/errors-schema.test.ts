@@ -49,13 +49,39 @@ describe('schema helper', () => {
     expect(err.message).not.toContain('secret-value');
   });
 
-  it('validates base64 and key ids', () => {
-    expect(base64.safeParse('AAAA').success).toBe(true);
-    expect(base64.safeParse('AAA=').success).toBe(true);
-    expect(base64.safeParse('AA=A').success).toBe(false);
-    expect(base64.safeParse('A-_B').success).toBe(false);
-    expect(keyId.safeParse('k_1-x').success).toBe(true);
-    expect(keyId.safeParse('../etc').success).toBe(false);
-    expect(keyId.safeParse('').success).toBe(false);
+  it('validates base64 and key ids, naming the field that fails and why', () => {
+    const shape = z.strictObject({ keyId, blob: base64 });
+    const verdict = (value: unknown) => {
+      try {
+        parseOrThrow(shape, value);
+        return 'OK';
+      } catch (e) {
+        expect((e as KeystoreError).reason).toBe('INVALID_PARAMS');
+        return (e as KeystoreError).message;
+      }
+    };
+    for (const blob of ['AAAA', 'AAA=', 'AA==', '', 'ab+/']) expect([blob, verdict({ keyId: 'k', blob })]).toEqual([blob, 'OK']);
+    for (const blob of ['AA=A', 'A-_B', 'AAA', 'AAAA====', 'A===', 'AAAA\n']) {
+      expect([blob, verdict({ keyId: 'k', blob })]).toEqual([blob, 'params.blob: expected standard padded base64']);
+    }
+    for (const id of ['k_1-x', 'x'.repeat(64), 'A']) expect([id, verdict({ keyId: id, blob: 'AAAA' })]).toEqual([id, 'OK']);
+    for (const id of ['../etc', '', 'x'.repeat(65), 'a b', 'k/1', 'k.1']) {
+      expect([id, verdict({ keyId: id, blob: 'AAAA' })]).toEqual([id, 'params.keyId: expected 1-64 characters of [A-Za-z0-9_-]']);
+    }
+    // Both wrong: both named, in order.
+    expect(verdict({ keyId: '', blob: '!' })).toBe('params.keyId: expected 1-64 characters of [A-Za-z0-9_-]; params.blob: expected standard padded base64');
+  });
+
+  it('names at most five problems and counts the rest', () => {
+    const wide = z.strictObject(Object.fromEntries(Array.from({ length: 7 }, (_, i) => [`f${i}`, z.number()])));
+    const message = (() => {
+      try {
+        parseOrThrow(wide, {}, 'body');
+      } catch (e) {
+        return (e as KeystoreError).message;
+      }
+      return 'OK';
+    })();
+    expect(message.split('; ').map((p) => p.split(':')[0])).toEqual(['body.f0', 'body.f1', 'body.f2', 'body.f3', 'body.f4', 'and 2 more']);
   });
 });

@@ -1,4 +1,5 @@
 import fc from 'fast-check';
+import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import {
   chunksOf,
@@ -87,15 +88,35 @@ describe('frame codec', () => {
     );
   });
 
-  it('splits writes into chunks of at most 32 KiB without losing bytes', () => {
+  it('splits writes into as few chunks of at most 32 KiB as possible, in order, without losing or changing a byte', () => {
+    const max = MAX_WRITE_CHUNK_BYTES;
+    expect(max).toBe(32 * 1024);
+    // Random content (reproducible from fast-check's seed), so a chunk moved, repeated or misaligned shows.
+    const bytesOf = (n: number, seed: number) => createHash('shake256', { outputLength: n }).update(String(seed)).digest();
+    const check = (buf: Buffer, limit?: number) => {
+      const m = limit ?? max;
+      const chunks = limit === undefined ? chunksOf(buf) : chunksOf(buf, limit);
+      // As few writes as the limit allows, none empty (an empty buffer is one empty write), none above the limit.
+      expect(chunks).toHaveLength(Math.max(1, Math.ceil(buf.length / m)));
+      expect(chunks.filter((c) => c.length > m || (c.length === 0 && buf.length > 0))).toEqual([]);
+      // Each chunk is exactly the next bytes of the buffer, compared byte for byte, not by length.
+      let offset = 0;
+      for (const c of chunks) {
+        expect([offset, c.equals(buf.subarray(offset, offset + c.length))]).toEqual([offset, true]);
+        offset += c.length;
+      }
+      expect(offset).toBe(buf.length);
+      // Views into the caller's buffer, not copies.
+      for (const c of chunks) expect([c.buffer, c.byteOffset >= buf.byteOffset]).toEqual([buf.buffer, true]);
+    };
+    for (const n of [0, 1, max - 1, max, max + 1, 2 * max, 2 * max + 1, 200_000]) check(bytesOf(n, n));
     fc.assert(
-      fc.property(fc.integer({ min: 0, max: 200_000 }), (n) => {
-        const buf = Buffer.alloc(n, 7);
-        const chunks = chunksOf(buf);
-        expect(chunks.every((c) => c.length <= MAX_WRITE_CHUNK_BYTES)).toBe(true);
-        expect(Buffer.concat(chunks).length).toBe(n);
-      }),
-      { numRuns: 50 },
+      fc.property(fc.integer({ min: 0, max: 200_000 }), fc.integer(), (n, seed) => check(bytesOf(n, seed))),
+      { numRuns: 30 },
+    );
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 2000 }), fc.integer({ min: 1, max: 300 }), fc.integer(), (n, limit, seed) => check(bytesOf(n, seed), limit)),
+      { numRuns: 100 },
     );
   });
 });

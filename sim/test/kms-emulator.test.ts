@@ -329,15 +329,27 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
 });
 
 describe('kms-emulator process', () => {
-  it('restarts from its state file with keys and policies intact', async () => {
+  it('restarts from its state file with keys, key material, policies and its trust root intact', async () => {
     const dir = tempRunDir();
-    const ca = await SimulatedNitroCa.open(path.join(dir, 'ca.json'));
-    const admin = ADMIN_ROLE;
-    const args = ['--port', '0', '--state', path.join(dir, 'kms-state.json'), '--trust-root', path.join(dir, 'root.pem'), '--access-key', `AKIDADMIN=${admin}`];
+    const ca = await SimulatedNitroCa.open(path.join(dir, 'ca.json')); // writes dir/root.pem, the root the emulator trusts
+    const enclaveKey = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const document = async (signer: Awaited<ReturnType<SimulatedNitroCa['signer']>>, pcr0 = PCR0) => {
+      const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48)]));
+      pcrs.set(0, Buffer.from(pcr0, 'hex'));
+      pcrs.set(3, Buffer.from(PCR3, 'hex'));
+      return signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0123456789abcdef', timestamp: Date.now(), pcrs, publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }) }, signer);
+    };
+    const args = ['--port', '0', '--state', path.join(dir, 'kms-state.json'), '--trust-root', path.join(dir, 'root.pem'), '--access-key', `AKIDADMIN=${ADMIN_ROLE}`];
     let proc = startProgram('kms-emulator', args);
     let url = String((await proc.waitForLog((e) => e.msg === 'KMS emulator listening')).url);
     let kms = client(url);
-    const key = await kms.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy() }));
+    const adminBefore = client(url, 'AKIDADMIN');
+    const key = await adminBefore.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy() }));
+    adminBefore.destroy();
+    const keyArn = key.KeyMetadata?.Arn as string;
+    const pub = await kms.send(new GetPublicKeyCommand({ KeyId: keyArn }));
+    const dek = randomBytes(32);
+    const sealed = publicEncrypt({ key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, dek);
     const sym = await kms.send(new CreateKeyCommand({}));
     const enc = await kms.send(new EncryptCommand({ KeyId: sym.KeyMetadata?.KeyId, Plaintext: Buffer.from('persisted') }));
     kms.destroy();
@@ -346,16 +358,27 @@ describe('kms-emulator process', () => {
     proc = startProgram('kms-emulator', args);
     url = String((await proc.waitForLog((e) => e.msg === 'KMS emulator listening')).url);
     kms = client(url);
+    const adminKms = client(url, 'AKIDADMIN');
     try {
-      expect((await kms.send(new DescribeKeyCommand({ KeyId: key.KeyMetadata?.Arn }))).KeyMetadata?.KeySpec).toBe('RSA_2048');
-      const adminKms = client(url, 'AKIDADMIN');
-      expect(await adminKms.send(new GetKeyPolicyCommand({ KeyId: key.KeyMetadata?.Arn }))).toMatchObject({ Policy: attestedPolicy() });
-      adminKms.destroy();
+      expect((await kms.send(new DescribeKeyCommand({ KeyId: keyArn }))).KeyMetadata?.KeySpec).toBe('RSA_2048');
+      expect(Buffer.from((await kms.send(new GetPublicKeyCommand({ KeyId: keyArn }))).PublicKey as Uint8Array)).toEqual(Buffer.from(pub.PublicKey as Uint8Array));
+      expect(await adminKms.send(new GetKeyPolicyCommand({ KeyId: keyArn }))).toMatchObject({ Policy: attestedPolicy() });
       const dec = await kms.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob }));
       expect(Buffer.from(dec.Plaintext as Uint8Array).toString()).toBe('persisted');
-      expect(ca.rootPem).toContain('BEGIN CERTIFICATE');
+
+      // The restarted emulator still trusts the CA root it was given, holds the same RSA private key, and
+      // enforces the stored policy: an attested Decrypt of what was sealed before the restart opens to the DEK.
+      const decrypt = async (doc: Buffer) => kms.send(new DecryptCommand({ KeyId: keyArn, CiphertextBlob: sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256', Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: doc } }));
+      const attested = await decrypt(await document(await ca.signer()));
+      expect(attested.Plaintext).toBeUndefined();
+      expect(openEnvelopedData(Buffer.from(attested.CiphertextForRecipient as Uint8Array), enclaveKey.privateKey)).toEqual(dek);
+      expect((await caught(decrypt(await document(await ca.signer(), 'cd'.repeat(48))))).name).toBe('AccessDeniedException'); // another image
+      const foreign = await caught(decrypt(await document(await (await SimulatedNitroCa.open(null)).signer())));
+      expect([foreign.name, foreign.message]).toEqual(['ValidationException', expect.stringContaining('UNTRUSTED_ROOT')]);
+      expect((await caught(kms.send(new DecryptCommand({ KeyId: keyArn, CiphertextBlob: sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' })))).name).toBe('AccessDeniedException'); // the parent without a document
     } finally {
       kms.destroy();
+      adminKms.destroy();
       await proc.stop();
       fs.rmSync(dir, { recursive: true, force: true });
     }

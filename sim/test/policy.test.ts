@@ -60,14 +60,18 @@ describe('key policy evaluation', () => {
     expect(evaluatePolicy(anyWallet, ctx({ values: { 'kms:EncryptionContextKeys': ['x'] } })).allowed).toBe(false);
   });
 
-  it.each([
-    ['not JSON', '{'],
-    ['no Statement', JSON.stringify({ Version: '2012-10-17' })],
-    ['bad Effect', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Perhaps', Principal: '*', Action: 'kms:*' }] })],
-    ['Action and NotAction', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: 'a', NotAction: 'b' }] })],
-    ['unknown operator', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: 'a', Condition: { NumericLessThan: { x: '1' } } }] })],
-    ['unknown field', JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: 'a', Extra: 1 }] })],
-  ])('rejects a malformed policy: %s', (_name, text) => {
-    expect(() => parsePolicy(text)).toThrow(expect.objectContaining({ type: 'MalformedPolicyDocumentException' }));
+  const statement = (st: Record<string, unknown>) => JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Allow', Principal: '*', Action: 'a', ...st }] });
+  it.each<[string, string, string, string | null]>([
+    ['not JSON', '{', 'The policy is not valid JSON.', null],
+    ['no Statement', JSON.stringify({ Version: '2012-10-17' }), 'The policy is malformed: Statement: Invalid input', null],
+    // The statement list is a union (one statement or an array), so zod reports the whole of it, not Effect.
+    ['bad Effect', statement({ Effect: 'Perhaps' }), 'The policy is malformed: Statement: Invalid input', statement({ Effect: 'Deny' })],
+    ['Action and NotAction', statement({ NotAction: 'b' }), 'The policy is malformed: Statement.0: a statement needs exactly one of Action and NotAction', statement({})],
+    ['unknown operator', statement({ Condition: { NumericLessThan: { x: '1' } } }), 'The policy uses an unsupported condition operator: NumericLessThan', statement({ Condition: { StringEquals: { x: '1' } } })],
+    ['unknown field', statement({ Extra: 1 }), 'The policy is malformed: Statement.0: Unrecognized key: "Extra"', statement({})],
+  ])('rejects a malformed policy: %s, naming what is wrong', (_name, text, message, fixed) => {
+    expect(() => parsePolicy(text)).toThrow(expect.objectContaining({ type: 'MalformedPolicyDocumentException', message }));
+    // The same policy without that one defect is accepted: the defect named is what was refused.
+    if (fixed) expect(() => parsePolicy(fixed)).not.toThrow();
   });
 });

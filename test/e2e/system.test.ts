@@ -6,7 +6,7 @@
  */
 import fs from 'node:fs';
 import Database from 'better-sqlite3';
-import { Transaction, TypedDataEncoder, Wallet, getBytes, hashMessage as ethersHashMessage, recoverAddress as ethersRecover, verifyMessage, verifyTypedData } from 'ethers';
+import { Transaction, TypedDataEncoder, getBytes, hashMessage as ethersHashMessage, recoverAddress as ethersRecover, verifyMessage, verifyTypedData } from 'ethers';
 import { hashTypedData, keccak256, parseTransaction, recoverAddress, recoverMessageAddress, recoverTransactionAddress, recoverTypedDataAddress, type Hex } from 'viem';
 import { getUserOperationHash } from 'viem/account-abstraction';
 import { birthUserData } from '../../shared/src/attestation/user-data';
@@ -118,7 +118,22 @@ describe('end to end', () => {
     expect(verifyMessage(getBytes(userOpHash), uo.signature)).toBe(addr);
     const uo6 = await ks.signUserOperation(key.keyId, { version: '0.6', chainId: 1, entryPoint: '0x5FF137D4b0FDCD49DcA30c7CF57E578a026d2789', userOperation: { ...userOperation, initCode: '0x', paymasterAndData: '0x' } });
     expect(verifyMessage(getBytes(uo6.userOperationHash as string), uo6.signature)).toBe(addr);
-    expect(new Wallet(Wallet.createRandom().privateKey).address).not.toBe(addr); // the checks above are not vacuous
+
+    // Negative controls, so that the recoveries above mean something: another key of this keystore signs the
+    // same digest and message, and the verifiers recover that key's (different) address from its signatures;
+    // and a signature above, checked against a changed payload, recovers some other address.
+    const other = keys[0] as Key;
+    expect(other.address).not.toBe(addr);
+    const d0 = await ks.signDigest(other.keyId, digest);
+    expect(d0.signature).not.toBe(d.signature);
+    expect([await recoverAddress({ hash: digest, signature: d0.signature }), ethersRecover(digest, d0.signature)]).toEqual([other.address, other.address]);
+    const m0 = await ks.signMessage(other.keyId, 'gm from the enclave');
+    expect([await recoverMessageAddress({ message: 'gm from the enclave', signature: m0.signature }), verifyMessage('gm from the enclave', m0.signature)]).toEqual([other.address, other.address]);
+    const m1 = await ks.signMessage(key.keyId, 'gm from the enclave');
+    for (const recovered of [await recoverMessageAddress({ message: 'gm from the enclave!', signature: m1.signature }), verifyMessage('gm from the enclave!', m1.signature)]) {
+      expect([addr, other.address]).not.toContain(recovered);
+    }
+    expect([addr, other.address]).not.toContain(verifyTypedData(domain, types, { ...message, nonce: '8' }, t.signature));
   });
 
   it('keeps signing across an enclave restart (keys re-decrypted on demand)', async () => {
