@@ -13,3 +13,9 @@ if (!args.includes('--no-build')) {
 const child = spawn(process.execPath, [path.join(root, 'dist', 'dev.js'), ...args], { stdio: 'inherit' });
 for (const sig of /** @type {const} */ (['SIGINT', 'SIGTERM'])) process.on(sig, () => child.kill(sig));
 child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+// If whatever started this launcher goes away without stopping it (a killed terminal or test runner), stop the
+// stack rather than leave it running: its parent pid changes when it is orphaned.
+const parent = process.ppid;
+setInterval(() => {
+  if (process.ppid !== parent) child.kill('SIGTERM');
+}, 1000).unref();

@@ -42,14 +42,16 @@ describe('API listeners', () => {
     dir = tempRunDir();
   });
   afterEach(async () => {
+    // Whatever the test's outcome, its parent process is stopped (killed if it does not stop in time).
     await parent?.stop();
+    parent = undefined;
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
   it('serves HTTPS with the configured certificate', async () => {
     const cert = path.join(dir, 'cert.pem');
     const key = path.join(dir, 'key.pem');
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore' });
+    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore', timeout: 30_000 });
     parent = startProgram('parent', ['--config', config(dir, { listen: { host: '127.0.0.1', port: 0 }, tls: { certFile: cert, keyFile: key } })]);
     const url = new URL(String((await parent.waitForLog((e) => e.msg === 'parent ready')).url));
     expect(url.protocol).toBe('https:');

@@ -22,6 +22,13 @@ function request(id: number, method: string, params: object): Buffer {
   return encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id, method, params })));
 }
 
+/** Every raw peer a test opened: destroyed after each test, whether it passed or not. */
+const openPeers = new Set<net.Socket>();
+afterEach(() => {
+  for (const sock of openPeers) sock.destroy();
+  openPeers.clear();
+});
+
 /** A raw connection that writes whatever it is given and reads nothing until `startReading()`. */
 class RawPeer {
   readonly sock: net.Socket;
@@ -31,6 +38,7 @@ class RawPeer {
 
   constructor(file: string) {
     this.sock = net.connect(file);
+    openPeers.add(this.sock);
     this.sock.on('error', () => undefined);
     this.sock.on('close', () => {
       this.closedByServer = true;
@@ -60,6 +68,11 @@ describe('a peer that never reads its answers (in-process server, small limits)'
   let log: ReturnType<typeof captureLogger>;
   let executed: number;
   let maxInFlightSeen: number;
+  /** `big` answers only once this many of its requests have started (set by the test that uses it). */
+  let bigBurst: number;
+  let bigStarted: number;
+  let releaseBig: () => void;
+  let bigGate: Promise<void>;
   const limits = {
     maxInFlightPerConnection: 32,
     unsentHighWaterBytes: 64 * 1024,
@@ -73,6 +86,9 @@ describe('a peer that never reads its answers (in-process server, small limits)'
     log = captureLogger();
     executed = 0;
     maxInFlightSeen = 0;
+    bigBurst = 1;
+    bigStarted = 0;
+    bigGate = new Promise((r) => (releaseBig = r));
     server = new RpcServer({
       name: 'bp',
       logger: log.logger,
@@ -87,7 +103,10 @@ describe('a peer that never reads its answers (in-process server, small limits)'
           return { value: p.value, data: ANSWER_FILLER };
         }),
         big: rpcMethod(z.strictObject({ value: z.number() }), async (p) => {
-          await sleep(20); // every request of the burst starts before any answers
+          // Every request of the burst starts before any answers: a gate opened by the last to start.
+          bigStarted += 1;
+          if (bigStarted >= bigBurst) releaseBig();
+          await bigGate;
           return { value: p.value, data: 'y'.repeat(64 * 1024) };
         }),
         echo: rpcMethod(z.strictObject({ value: z.number() }), (p) => ({ value: p.value })),
@@ -96,12 +115,13 @@ describe('a peer that never reads its answers (in-process server, small limits)'
     const transport = new SimulatedVsockTransport(runDir);
     await server.listen(transport, ADDRESS);
     good = new RpcClient({ name: 'good', transport, address: ADDRESS, logger: log.logger });
-    await good.waitConnected(2000);
+    await good.waitConnected(10_000);
   }
 
   afterEach(async () => {
-    await good.close();
-    await server.close(100);
+    releaseBig?.();
+    await good?.close();
+    await server?.close(100);
     fs.rmSync(runDir, { recursive: true, force: true });
   });
 
@@ -179,6 +199,7 @@ describe('a peer that never reads its answers (in-process server, small limits)'
   it('closes a connection whose unsent answers pass the hard cap (answers of requests already running)', async () => {
     // 32 requests in flight at once with 64 KiB answers: 2 MiB of answers against a 256 KiB hard cap.
     await start({ maxUnsentBytesPerConnection: 256 * 1024, maxInFlightPerConnection: 32 });
+    bigBurst = 32;
     const peer = new RawPeer(simulatedSocketPath(runDir, ADDRESS));
     await peer.connected();
     peer.sock.write(Buffer.concat(Array.from({ length: 32 }, (_, i) => request(i, 'big', { value: i }))));
@@ -197,6 +218,14 @@ describe('per-connection and global caps on requests in flight', () => {
   let log: ReturnType<typeof captureLogger>;
   const gates: Array<() => void> = [];
   let started = 0;
+  const servers: RpcServer[] = [];
+  /** A server closed after the test whatever its outcome. */
+  const serve = async (opts: Omit<RpcServerOptions, 'logger' | 'methods'>) => {
+    const server = new RpcServer({ logger: log.logger, methods: methods(), ...opts });
+    servers.push(server);
+    await server.listen(transport, ADDRESS);
+    return server;
+  };
 
   const methods = () => ({
     gated: rpcMethod(z.strictObject({ value: z.number(), pad: z.string().optional() }), (p) => {
@@ -212,8 +241,9 @@ describe('per-connection and global caps on requests in flight', () => {
     started = 0;
   });
 
-  afterEach(() => {
+  afterEach(async () => {
     for (const g of gates.splice(0)) g();
+    for (const server of servers.splice(0)) await server.close(100);
     fs.rmSync(runDir, { recursive: true, force: true });
   });
 
@@ -223,8 +253,7 @@ describe('per-connection and global caps on requests in flight', () => {
   }
 
   it('answers OVERLOADED beyond the per-connection request cap without executing, and leaves other connections their own share', async () => {
-    const server = new RpcServer({ name: 'caps', logger: log.logger, methods: methods(), maxConcurrent: 1000, maxInFlightPerConnection: 4 });
-    await server.listen(transport, ADDRESS);
+    const server = await serve({ name: 'caps', maxConcurrent: 1000, maxInFlightPerConnection: 4 });
     const a = new RawPeer(simulatedSocketPath(runDir, ADDRESS));
     const b = new RawPeer(simulatedSocketPath(runDir, ADDRESS));
     await Promise.all([a.connected(), b.connected()]);
@@ -249,15 +278,7 @@ describe('per-connection and global caps on requests in flight', () => {
   });
 
   it('answers OVERLOADED beyond the per-connection and global request-byte caps', async () => {
-    const server = new RpcServer({
-      name: 'bytes',
-      logger: log.logger,
-      methods: methods(),
-      maxFrameBytes: 4096,
-      maxInFlightBytesPerConnection: 4096,
-      maxInFlightBytes: 6000,
-    });
-    await server.listen(transport, ADDRESS);
+    const server = await serve({ name: 'bytes', maxFrameBytes: 4096, maxInFlightBytesPerConnection: 4096, maxInFlightBytes: 6000 });
     const pad = 'p'.repeat(1800); // about 1.9 KB per request: two fit in 4096 bytes, a third does not
     const a = new RawPeer(simulatedSocketPath(runDir, ADDRESS));
     await a.connected();
@@ -283,8 +304,7 @@ describe('per-connection and global caps on requests in flight', () => {
   });
 
   it('closes connections beyond maxConnections on arrival', async () => {
-    const server = new RpcServer({ name: 'conns', logger: log.logger, methods: methods(), maxConnections: 2 });
-    await server.listen(transport, ADDRESS);
+    const server = await serve({ name: 'conns', maxConnections: 2 });
     const peers = [0, 1, 2].map(() => new RawPeer(simulatedSocketPath(runDir, ADDRESS)));
     await Promise.all(peers.map((p) => p.connected()));
     await waitFor(() => peers.filter((p) => p.closedByServer).length === 1, 5000, 'one refused');
@@ -363,10 +383,17 @@ describe('server memory with a never-reading peer (separate process, default lim
       child.once('message', () => resolve());
       child.once('exit', (code) => reject(new Error(`server exited with ${code}`)));
     });
-  });
+  }, 60_000);
 
-  afterAll(() => {
-    child.send('exit');
+  afterAll(async () => {
+    // The server process never outlives the suite: asked to exit, killed if it does not.
+    if (child && child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      if (child.connected) child.send('exit');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
     fs.rmSync(runDir, { recursive: true, force: true });
   });
 
@@ -387,11 +414,13 @@ describe('server memory with a never-reading peer (separate process, default lim
 
     // Until the server stops reading it (or, without the fix, has taken every request).
     let r = await report();
-    for (let i = 0; i < 500 && r.stats.pausedConnections !== 1 && r.stats.requests < total; i++) {
+    const until = Date.now() + 60_000; // generous: only a server that never pauses (nor takes everything) ends here
+    while (r.stats.pausedConnections !== 1 && r.stats.requests < total && Date.now() < until) {
       await sleep(20);
       r = await report();
     }
-    // A few more looks while the peer still does not read: nothing more is taken from it.
+    // A few more looks while the peer still does not read: nothing more is taken from it. (Observation
+    // windows, not synchronisation: they cannot fail a server that keeps its limits.)
     for (let i = 0; i < 5; i++) {
       await sleep(50);
       const again = await report();
@@ -434,5 +463,5 @@ describe('server memory with a never-reading peer (separate process, default lim
     expect(after.executed).toBe(total);
     expect(after.stats).toMatchObject({ pausedConnections: 0, unsentBytes: 0, backlogClosed: 0 });
     peer.sock.destroy();
-  });
+  }, 120_000);
 });

@@ -6,7 +6,7 @@ import { KeystoreError } from '../src/errors';
 import { encodeFrame } from '../src/framing';
 import { FramedConnection, RpcClient, RpcServer, rpcMethod, backoffDelay } from '../src/rpc';
 import { SimulatedVsockTransport, simulatedSocketPath, type Connection, type ConnectionHandlers } from '../src/transport';
-import { captureLogger, sleep, tempRunDir, waitFor } from './helpers';
+import { captureLogger, tempRunDir, waitFor } from './helpers';
 
 const ADDRESS = 'vsock://16:5000';
 
@@ -16,10 +16,7 @@ const gates = new Map<number, () => void>();
 function methods() {
   return {
     gated: rpcMethod(z.strictObject({ value: z.number() }), (p) => new Promise((resolve) => gates.set(p.value, () => resolve({ value: p.value })))),
-    echo: rpcMethod(z.strictObject({ value: z.number(), delayMs: z.number().int().min(0).max(10_000).optional() }), async (p) => {
-      if (p.delayMs) await sleep(p.delayMs);
-      return { value: p.value };
-    }),
+    echo: rpcMethod(z.strictObject({ value: z.number() }), (p) => ({ value: p.value })),
     fail: rpcMethod(z.strictObject({}), () => {
       throw new KeystoreError('KEY_INTEGRITY', 'blob does not open');
     }),
@@ -42,14 +39,14 @@ describe('JSON-RPC over simulated vsock', () => {
     server = new RpcServer({ name: 'test-server', methods: methods(), logger: log.logger, maxConcurrent: 20_000, maxInFlightPerConnection: 20_000 });
     await server.listen(transport, ADDRESS);
     client = new RpcClient({ name: 'test-client', transport, address: ADDRESS, logger: log.logger, maxInFlight: 20_000 });
-    await client.waitConnected(2000);
+    await client.waitConnected(10_000);
   });
 
   afterEach(async () => {
     for (const open of gates.values()) open();
     gates.clear();
-    await client.close();
-    await server.close(100);
+    await client?.close();
+    await server?.close(100);
     fs.rmSync(runDir, { recursive: true, force: true });
   });
 
@@ -63,10 +60,10 @@ describe('JSON-RPC over simulated vsock', () => {
         return r.value;
       }),
     );
-    await waitFor(() => gates.size === releaseOrder.length, 2000, 'all requests to arrive');
+    await waitFor(() => gates.size === releaseOrder.length, 5000, 'all requests to arrive');
     for (const v of releaseOrder) {
       gates.get(v)?.();
-      await waitFor(() => completed.includes(v), 2000, `answer ${v}`);
+      await waitFor(() => completed.includes(v), 5000, `answer ${v}`);
     }
     expect(await Promise.all(calls)).toEqual(releaseOrder.map((_, i) => i));
     expect(completed).toEqual(releaseOrder);
@@ -81,15 +78,20 @@ describe('JSON-RPC over simulated vsock', () => {
   });
 
   it('fails a call whose deadline passes with TIMEOUT and drops its handler', async () => {
-    const err = await client.call('echo', { value: 1, delayMs: 300 }, { deadlineMs: 30 }).catch((e: unknown) => e);
+    // The handler waits on a gate the test opens only after the deadline has passed.
+    const err = await client.call('gated', { value: 1 }, { deadlineMs: 30 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(KeystoreError);
     expect((err as KeystoreError).reason).toBe('TIMEOUT');
     expect((err as KeystoreError).retryable).toBe(true);
     expect(client.pendingCount).toBe(0);
     // The late answer arrives and is ignored; the connection stays usable.
-    await sleep(350);
-    expect(client.pendingCount).toBe(0);
+    await waitFor(() => gates.has(1), 5000, 'the request to reach the handler');
+    gates.get(1)?.();
+    await waitFor(() => server.stats.inFlight === 0, 5000, 'the late answer to be sent');
+    // Answers on one connection arrive in the order they were sent: this one comes after the late one.
     await expect(client.call('echo', { value: 2 })).resolves.toEqual({ value: 2 });
+    expect(client.pendingCount).toBe(0);
+    expect(server.stats.connections).toBe(1);
   });
 
   it('passes handler errors through with their reason, and hides unexpected ones', async () => {
@@ -114,34 +116,49 @@ describe('JSON-RPC over simulated vsock', () => {
 
   it('answers OVERLOADED beyond the server concurrency cap and keeps serving', async () => {
     const capped = new RpcServer({ name: 'capped', methods: methods(), logger: log.logger, maxConcurrent: 4 });
-    await capped.listen(transport, 'vsock://16:5002');
     const c = new RpcClient({ name: 'to-capped', transport, address: 'vsock://16:5002', logger: log.logger });
-    await c.waitConnected(2000);
-    const settled = await Promise.allSettled(Array.from({ length: 10 }, (_, i) => c.call('echo', { value: i, delayMs: 50 })));
-    const rejected = settled.filter((s): s is PromiseRejectedResult => s.status === 'rejected');
-    expect(settled.filter((s) => s.status === 'fulfilled')).toHaveLength(4);
-    expect(rejected.map((r) => (r.reason as KeystoreError).reason)).toEqual(Array(6).fill('OVERLOADED'));
-    expect(rejected.every((r) => (r.reason as KeystoreError).retryable)).toBe(true);
-    expect(capped.stats.overloaded).toBe(6);
-    await expect(c.call('echo', { value: 99 })).resolves.toEqual({ value: 99 });
-    await c.close();
-    await capped.close(100);
+    try {
+      await capped.listen(transport, 'vsock://16:5002');
+      await c.waitConnected(5000);
+      // Ten requests whose handlers wait on gates: the first four to arrive hold the four slots until the
+      // test opens them, so exactly six are refused, whatever the timing.
+      const settled = Promise.allSettled(Array.from({ length: 10 }, (_, i) => c.call<{ value: number }>('gated', { value: 100 + i })));
+      await waitFor(() => capped.stats.overloaded === 6 && capped.stats.inFlight === 4, 5000, 'four running and six refused');
+      expect(gates.size).toBe(4);
+      for (const open of gates.values()) open();
+      const results = await settled;
+      const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+      expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(4);
+      expect(rejected.map((r) => (r.reason as KeystoreError).reason)).toEqual(Array(6).fill('OVERLOADED'));
+      expect(rejected.every((r) => (r.reason as KeystoreError).retryable)).toBe(true);
+      expect(capped.stats.overloaded).toBe(6);
+      await expect(c.call('echo', { value: 99 })).resolves.toEqual({ value: 99 });
+    } finally {
+      await c.close();
+      await capped.close(100);
+    }
   });
 
   it('answers OVERLOADED beyond the client in-flight cap without sending', async () => {
     const small = new RpcClient({ name: 'small', transport, address: ADDRESS, logger: log.logger, maxInFlight: 2 });
-    await small.waitConnected(2000);
-    const calls = [0, 1, 2].map((i) => small.call('echo', { value: i, delayMs: 30 }).catch((e: unknown) => e));
-    const [a, b, c] = await Promise.all(calls);
-    expect(a).toEqual({ value: 0 });
-    expect(b).toEqual({ value: 1 });
-    expect((c as KeystoreError).reason).toBe('OVERLOADED');
-    await small.close();
+    try {
+      await small.waitConnected(5000);
+      const requestsBefore = server.stats.requests;
+      // The first two wait on gates, so they are still in flight when the third is made.
+      const calls = [0, 1, 2].map((i) => small.call('gated', { value: 200 + i }).catch((e: unknown) => e));
+      expect((await calls[2]) as KeystoreError).toMatchObject({ reason: 'OVERLOADED' });
+      await waitFor(() => gates.size === 2, 5000, 'the two requests to arrive');
+      for (const open of gates.values()) open();
+      expect(await Promise.all(calls.slice(0, 2))).toEqual([{ value: 200 }, { value: 201 }]);
+      expect(server.stats.requests - requestsBefore).toBe(2); // the third was never sent
+    } finally {
+      await small.close();
+    }
   });
 
   it('reconnects after the server restarts mid-stream; in-flight calls fail retryably', async () => {
     const inflight = client.call('gated', { value: 1 }).catch((e: unknown) => e);
-    await waitFor(() => server.stats.inFlight === 1, 2000, 'request to reach the server');
+    await waitFor(() => server.stats.inFlight === 1, 5000, 'request to reach the server');
     await server.close(0); // stops without waiting for the slow handler
     const err = (await inflight) as KeystoreError;
     expect(err.reason).toBe('UNAVAILABLE');
@@ -149,7 +166,7 @@ describe('JSON-RPC over simulated vsock', () => {
     expect(client.pendingCount).toBe(0);
 
     // While nothing listens, calls fail fast with UNAVAILABLE rather than waiting for their deadline.
-    await waitFor(() => !client.connected, 2000, 'disconnect');
+    await waitFor(() => !client.connected, 5000, 'disconnect');
     const down = (await client.call('echo', { value: 2 }, { deadlineMs: 60_000 }).catch((e: unknown) => e)) as KeystoreError;
     expect(down.reason).toBe('UNAVAILABLE');
 
@@ -166,18 +183,24 @@ describe('RPC client waiting for its connection', () => {
     const transport = new SimulatedVsockTransport(runDir);
     const log = captureLogger();
     const c = new RpcClient({ name: 'patient', transport, address: 'vsock://3:8000', logger: log.logger, waitForConnectionMs: 3000, backoff: { initialMs: 5000, maxMs: 5000 } });
-    c.start();
-    await waitFor(() => !c.connected && c.pendingCount === 0, 1000, 'first failed attempt');
-    await sleep(50); // now in a long backoff
     const server = new RpcServer({ name: 'late', methods: methods(), logger: log.logger });
-    await server.listen(transport, 'vsock://3:8000');
-    await expect(c.call('echo', { value: 1 })).resolves.toEqual({ value: 1 });
-    await server.close(0);
-    await waitFor(() => !c.connected, 2000, 'disconnect');
-    const err = (await c.call('echo', { value: 2 }).catch((e: unknown) => e)) as KeystoreError;
-    expect(err.reason).toBe('UNAVAILABLE');
-    await c.close();
-    fs.rmSync(runDir, { recursive: true, force: true });
+    try {
+      c.start();
+      // The first attempt fails (nothing listens); the client logs it, then waits in a long backoff.
+      await waitFor(() => log.text().includes('patient connect failed'), 5000, 'the first failed attempt');
+      expect(c.connected).toBe(false);
+      await server.listen(transport, 'vsock://3:8000');
+      await expect(c.call('echo', { value: 1 })).resolves.toEqual({ value: 1 });
+      await server.close(0);
+      await waitFor(() => !c.connected, 5000, 'disconnect');
+      const err = (await c.call('echo', { value: 2 }).catch((e: unknown) => e)) as KeystoreError;
+      expect(err.reason).toBe('UNAVAILABLE');
+    } finally {
+      // Always: a client left open keeps reconnecting, a server left open keeps Jest from exiting.
+      await c.close();
+      await server.close(0);
+      fs.rmSync(runDir, { recursive: true, force: true });
+    }
   });
 });
 
@@ -195,12 +218,12 @@ describe('RPC server isolation', () => {
     server = new RpcServer({ name: 'iso', methods: methods(), logger: log.logger, maxFrameBytes: 64 * 1024 });
     await server.listen(transport, ADDRESS);
     client = new RpcClient({ name: 'good', transport, address: ADDRESS, logger: log.logger });
-    await client.waitConnected(2000);
+    await client.waitConnected(10_000);
   });
 
   afterEach(async () => {
-    await client.close();
-    await server.close(100);
+    await client?.close();
+    await server?.close(100);
     fs.rmSync(runDir, { recursive: true, force: true });
   });
 
@@ -209,10 +232,11 @@ describe('RPC server isolation', () => {
     return new Promise((resolve) => {
       const sock = net.connect(simulatedSocketPath(runDir, ADDRESS));
       const received: Buffer[] = [];
+      // Generous: only a server that never closes the connection ends here (and fails the test).
       const timer = setTimeout(() => {
         sock.destroy();
         resolve({ closedByServer: false, received: Buffer.concat(received) });
-      }, 3000);
+      }, 15_000);
       sock.on('data', (d) => received.push(d));
       sock.on('error', () => undefined);
       sock.on('close', () => {
@@ -232,7 +256,7 @@ describe('RPC server isolation', () => {
     header.writeUInt32BE(64 * 1024 + 1, 0);
     const res = await sendRaw(header);
     expect(res.closedByServer).toBe(true);
-    await waitFor(() => log.text().includes('FRAME_TOO_LARGE'), 2000, 'log line');
+    await waitFor(() => log.text().includes('FRAME_TOO_LARGE'), 5000, 'log line');
     await expectGoodClientServed();
   });
 
@@ -242,14 +266,14 @@ describe('RPC server isolation', () => {
     const res = await sendRaw(frame);
     expect(res.closedByServer).toBe(true);
     expect(res.received.length).toBe(0); // nothing was executed or answered
-    await waitFor(() => log.text().includes('FRAME_BAD_CRC'), 2000, 'log line');
+    await waitFor(() => log.text().includes('FRAME_BAD_CRC'), 5000, 'log line');
     await expectGoodClientServed();
   });
 
   it('closes only the connection that sent a frame that is not JSON', async () => {
     const res = await sendRaw(encodeFrame(Buffer.from('{not json')));
     expect(res.closedByServer).toBe(true);
-    await waitFor(() => log.text().includes('BAD_JSON'), 2000, 'log line');
+    await waitFor(() => log.text().includes('BAD_JSON'), 5000, 'log line');
     await expectGoodClientServed();
   });
 
@@ -259,10 +283,15 @@ describe('RPC server isolation', () => {
         // A garbage header whose length is within the limit waits for more bytes; end the stream so the
         // server must decide. Either way the server must not crash and must keep serving the good client.
         const sock = net.connect(simulatedSocketPath(runDir, ADDRESS));
-        sock.on('error', () => undefined);
-        await new Promise<void>((r) => sock.once('connect', () => r()));
-        sock.end(Buffer.from(bytes));
-        await new Promise<void>((r) => sock.once('close', () => r()));
+        try {
+          sock.on('error', () => undefined);
+          await new Promise<void>((r) => sock.once('connect', () => r()));
+          const closed = new Promise<void>((r) => sock.once('close', () => r()));
+          sock.end(Buffer.from(bytes));
+          await closed;
+        } finally {
+          sock.destroy();
+        }
         await expectGoodClientServed();
       }),
       { numRuns: 40 },
@@ -272,19 +301,22 @@ describe('RPC server isolation', () => {
 
   it('answers a valid frame with a bad envelope with INVALID_REQUEST and keeps the connection', async () => {
     const sock = net.connect(simulatedSocketPath(runDir, ADDRESS));
-    const received: Buffer[] = [];
-    sock.on('data', (d) => received.push(d));
-    await new Promise<void>((r) => sock.once('connect', () => r()));
-    sock.write(encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '1.0', id: 7, method: 'echo' }))));
-    sock.write(encodeFrame(Buffer.from(JSON.stringify([{ jsonrpc: '2.0', id: 8, method: 'echo' }]))));
-    sock.write(encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'echo', params: { value: 5 } }))));
-    await waitFor(() => Buffer.concat(received).length > 0 && Buffer.concat(received).toString().includes('"id":9'), 3000, 'answers');
-    const text = Buffer.concat(received).toString();
-    expect(text).toContain('"id":7');
-    expect(text).toContain('INVALID_REQUEST');
-    expect(text).toContain('batch requests are not supported');
-    expect(text).toContain('"result":{"value":5}');
-    sock.destroy();
+    try {
+      const received: Buffer[] = [];
+      sock.on('data', (d) => received.push(d));
+      await new Promise<void>((r) => sock.once('connect', () => r()));
+      sock.write(encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '1.0', id: 7, method: 'echo' }))));
+      sock.write(encodeFrame(Buffer.from(JSON.stringify([{ jsonrpc: '2.0', id: 8, method: 'echo' }]))));
+      sock.write(encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: 9, method: 'echo', params: { value: 5 } }))));
+      await waitFor(() => Buffer.concat(received).toString().includes('"id":9'), 10_000, 'answers');
+      const text = Buffer.concat(received).toString();
+      expect(text).toContain('"id":7');
+      expect(text).toContain('INVALID_REQUEST');
+      expect(text).toContain('batch requests are not supported');
+      expect(text).toContain('"result":{"value":5}');
+    } finally {
+      sock.destroy();
+    }
   });
 });
 

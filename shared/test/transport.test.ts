@@ -1,6 +1,5 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import { createTransport, parseVsockAddress, SimulatedVsockTransport, simulatedSocketPath, TransportConfigSchema, type Connection } from '../src/transport';
 import { sleep, tempRunDir, waitFor } from './helpers';
 
@@ -30,42 +29,50 @@ describe('vsock addresses', () => {
 });
 
 describe('simulated transport', () => {
+  // Everything a test opens is closed after it, whether it passed or not.
+  let dir: string;
+  const cleanup: Array<() => unknown> = [];
+  beforeEach(() => {
+    dir = tempRunDir();
+  });
+  afterEach(async () => {
+    for (const fn of cleanup.splice(0).reverse()) await fn();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
   it('connects, exchanges bytes both ways and reports close', async () => {
-    const dir = tempRunDir();
     const t = new SimulatedVsockTransport(dir);
     const got: Buffer[] = [];
     const listener = await t.listen('vsock://16:5000', (conn) => {
       conn.start({ data: (d) => conn.write(Buffer.concat([Buffer.from('echo:'), d])), close: () => undefined });
     });
+    cleanup.push(() => listener.close());
     const conn = await t.connect('vsock://16:5000');
+    cleanup.push(() => conn.destroy());
     const closed = new Promise<void>((resolve) => conn.start({ data: (d) => got.push(d), close: () => resolve() }));
     conn.write(Buffer.from('hi'));
-    while (Buffer.concat(got).toString() !== 'echo:hi') await new Promise((r) => setTimeout(r, 5));
+    await waitFor(() => Buffer.concat(got).toString() === 'echo:hi', 10_000, 'the echo');
     conn.end();
     await closed;
     expect(conn.closed).toBe(true);
-    await listener.close();
-    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   it('replaces a stale socket file but refuses an address another process serves', async () => {
-    const dir = tempRunDir();
     const t = new SimulatedVsockTransport(dir);
     const first = await t.listen('vsock://16:5001', () => undefined);
+    cleanup.push(() => first.close());
     await expect(t.listen('vsock://16:5001', () => undefined)).rejects.toThrow(/another process is listening/);
     await first.close();
     // A process killed while listening leaves its socket file behind.
     const file = simulatedSocketPath(dir, 'vsock://16:5001');
-    const crashed = spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(file)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+    const crashed = spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(file)}, () => process.kill(process.pid, 'SIGKILL'))`], { timeout: 30_000 });
     expect(crashed.signal).toBe('SIGKILL');
     expect(fs.lstatSync(file).isSocket()).toBe(true);
     const again = await t.listen('vsock://16:5001', () => undefined);
-    await again.close();
-    fs.rmSync(dir, { recursive: true, force: true });
+    cleanup.push(() => again.close());
   });
 
   it('reports unsent bytes and their draining (writeMode queued), and pausing stops delivery until resumed', async () => {
-    const dir = tempRunDir();
     const t = new SimulatedVsockTransport(dir);
     let serverSide: Connection | undefined;
     const serverGot: Buffer[] = [];
@@ -74,25 +81,28 @@ describe('simulated transport', () => {
       serverSide = conn;
       conn.start({ data: (d) => serverGot.push(d), close: () => undefined, flushed: (n) => flushed.push(n) });
     });
+    cleanup.push(() => listener.close());
     const client = await t.connect('vsock://16:5002');
+    cleanup.push(() => client.destroy());
     const clientGot: Buffer[] = [];
     client.start({ data: (d) => clientGot.push(d), close: () => undefined });
     client.pauseReading(); // the client does not read
-    await waitFor(() => serverSide !== undefined, 2000, 'accept');
+    await waitFor(() => serverSide !== undefined, 10_000, 'accept');
     const conn = serverSide as Connection;
+    cleanup.push(() => conn.destroy());
     expect(conn.writeMode).toBe('queued');
     expect(conn.bufferedBytes).toBe(0);
 
     const big = Buffer.alloc(4 * 1024 * 1024, 7);
     conn.write(big);
     // The kernel takes a few hundred KB at most; the rest waits in this process and is counted.
-    await waitFor(() => flushed.length > 0 || conn.bufferedBytes > 0, 2000, 'the write to start');
+    await waitFor(() => flushed.length > 0 || conn.bufferedBytes > 0, 10_000, 'the write to start');
     expect(conn.bufferedBytes).toBeGreaterThan(1024 * 1024);
     expect(client.readingPaused).toBe(true);
     expect(Buffer.concat(clientGot).length).toBe(0);
     client.resumeReading();
-    await waitFor(() => Buffer.concat(clientGot).length === big.length, 10_000, 'all bytes');
-    await waitFor(() => flushed.includes(0), 2000, 'flushed(0)');
+    await waitFor(() => Buffer.concat(clientGot).length === big.length, 20_000, 'all bytes');
+    await waitFor(() => flushed.includes(0), 10_000, 'flushed(0)');
     expect(conn.bufferedBytes).toBe(0);
     expect(Buffer.concat(clientGot).equals(big)).toBe(true);
 
@@ -100,22 +110,19 @@ describe('simulated transport', () => {
     conn.pauseReading();
     const payload = Buffer.from(Array.from({ length: 2 * 1024 * 1024 }, (_, i) => i % 251));
     client.write(payload);
-    await waitFor(() => client.bufferedBytes > 0, 2000, 'the client to feel backpressure');
+    // Backpressure means the kernel buffers between the two are full: bytes the server side could read.
+    await waitFor(() => client.bufferedBytes > 0, 10_000, 'the client to feel backpressure');
+    // An observation window, not synchronisation: with reading paused nothing may arrive during it. It cannot
+    // fail a correct transport, whatever the machine's speed.
     await sleep(50);
     expect(serverGot.length).toBe(0);
     expect(client.bufferedBytes).toBeGreaterThan(0);
     conn.resumeReading();
-    await waitFor(() => Buffer.concat(serverGot).length === payload.length, 10_000, 'all bytes after resume');
+    await waitFor(() => Buffer.concat(serverGot).length === payload.length, 20_000, 'all bytes after resume');
     expect(Buffer.concat(serverGot).equals(payload)).toBe(true);
-
-    client.destroy();
-    await listener.close();
-    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   it('fails to connect with a clear error when nothing listens', async () => {
-    const dir = tempRunDir();
     await expect(new SimulatedVsockTransport(dir).connect('vsock://16:5999')).rejects.toThrow(/connect to vsock:\/\/16:5999 failed: ENOENT/);
-    fs.rmSync(path.join(dir), { recursive: true, force: true });
   });
 });

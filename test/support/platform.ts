@@ -25,9 +25,31 @@ export interface Platform {
   pcr0: string;
   kms(accessKeyId?: string): KMSClient;
   stats(): Promise<Record<string, { ok: number; error: number; errors: Record<string, number> }>>;
-  setFaults(f: { latencyMs?: number; throttleRate?: number; errorRate?: number }): Promise<void>;
+  /**
+   * Changes the emulator's faults. Rates (`throttleRate`, `errorRate`) are random: for benchmarks only.
+   * Tests use the scripted ones: `throttleNext` / `errorNext` fail exactly the next N calls, `hold` keeps calls
+   * waiting until `release()` (or `hold: false`); `ops` limits the scripted faults to those operations.
+   */
+  setFaults(f: Partial<EmulatorFaults>): Promise<EmulatorFaultState>;
+  /** The emulator's faults now, with the number of calls held. */
+  faults(): Promise<EmulatorFaultState>;
+  /** Lets the oldest `count` held calls go on (all when absent). */
+  release(count?: number): Promise<number>;
+  /** Resolves once at least `n` calls are held (the event a test waits for instead of a sleep). */
+  waitHeld(n: number, timeoutMs?: number): Promise<void>;
   stop(): Promise<void>;
 }
+
+export interface EmulatorFaults {
+  latencyMs: number;
+  throttleRate: number;
+  errorRate: number;
+  throttleNext: number;
+  errorNext: number;
+  hold: boolean;
+  ops: string[];
+}
+export type EmulatorFaultState = EmulatorFaults & { held: number };
 
 export function attestedPolicy(pcr0: string, role = PARENT_ROLE): string {
   return JSON.stringify({
@@ -51,58 +73,82 @@ export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLa
   const pcr0 = opts.pcr0 ?? TEST_PCR0;
   const nsmSocket = path.join(runDir, 'nsm.sock');
   const procs: Running[] = [];
-  const nsm = startProgram('nsm-sim', ['--socket', nsmSocket, '--state-dir', path.join(runDir, 'nsm'), '--pcr0', pcr0, '--parent-role-arn', PARENT_ROLE]);
-  procs.push(nsm);
-  const ready = await nsm.waitForLog((e) => e.msg === 'NSM simulator ready');
-  const rootPem = String(ready.rootPem);
-
-  const kmsStateFile = path.join(runDir, 'kms-state.json');
-  const kmsProc = startProgram('kms-emulator', [
-    '--port', '0',
-    '--state', kmsStateFile,
-    '--trust-root', rootPem,
-    '--access-key', `AKIDADMIN=${ADMIN_ROLE}`,
-    '--principal', PARENT_ROLE,
-    '--latency-ms', String(opts.kmsLatencyMs ?? 0),
-  ]);
-  procs.push(kmsProc);
-  const kmsUrl = String((await kmsProc.waitForLog((e) => e.msg === 'KMS emulator listening')).url);
-
-  const kms = (accessKeyId = 'AKIDPARENT') =>
-    new KMSClient({ endpoint: kmsUrl, region: 'us-east-1', credentials: { accessKeyId, secretAccessKey: 'x' }, maxAttempts: 1 });
-  let keyArn: string;
-  let kmsPublicKey: string;
-  if (opts.reuse) {
-    ({ keyArn, kmsPublicKey } = opts.reuse);
-  } else {
-    const admin = kms('AKIDADMIN');
-    const created = await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy(pcr0) }));
-    keyArn = created.KeyMetadata?.Arn as string;
-    const pub = await admin.send(new GetPublicKeyCommand({ KeyId: keyArn }));
-    kmsPublicKey = Buffer.from(pub.PublicKey as Uint8Array).toString('base64');
-    admin.destroy();
-  }
-
-  return {
-    runDir,
-    nsmSocket,
-    rootPem,
-    kmsUrl,
-    kmsStateFile,
-    keyArn,
-    kmsPublicKey,
-    pcr0,
-    kms,
-    async stats() {
-      return (await (await fetch(`${kmsUrl}/__emulator/stats`)).json()) as never;
-    },
-    async setFaults(f) {
-      await fetch(`${kmsUrl}/__emulator/faults`, { method: 'POST', body: JSON.stringify(f) });
-    },
-    async stop() {
-      await Promise.all(procs.map((p) => p.stop()));
-    },
+  const stop = async () => {
+    await Promise.all(procs.map((p) => p.stop()));
   };
+  try {
+    const nsm = startProgram('nsm-sim', ['--socket', nsmSocket, '--state-dir', path.join(runDir, 'nsm'), '--pcr0', pcr0, '--parent-role-arn', PARENT_ROLE]);
+    procs.push(nsm);
+    const ready = await nsm.waitForLog((e) => e.msg === 'NSM simulator ready');
+    const rootPem = String(ready.rootPem);
+
+    const kmsStateFile = path.join(runDir, 'kms-state.json');
+    const kmsProc = startProgram('kms-emulator', [
+      '--port', '0',
+      '--state', kmsStateFile,
+      '--trust-root', rootPem,
+      '--access-key', `AKIDADMIN=${ADMIN_ROLE}`,
+      '--principal', PARENT_ROLE,
+      '--latency-ms', String(opts.kmsLatencyMs ?? 0),
+    ]);
+    procs.push(kmsProc);
+    const kmsUrl = String((await kmsProc.waitForLog((e) => e.msg === 'KMS emulator listening')).url);
+
+    const kms = (accessKeyId = 'AKIDPARENT') =>
+      new KMSClient({ endpoint: kmsUrl, region: 'us-east-1', credentials: { accessKeyId, secretAccessKey: 'x' }, maxAttempts: 1 });
+    let keyArn: string;
+    let kmsPublicKey: string;
+    if (opts.reuse) {
+      ({ keyArn, kmsPublicKey } = opts.reuse);
+    } else {
+      const admin = kms('AKIDADMIN');
+      try {
+        const created = await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy(pcr0) }));
+        keyArn = created.KeyMetadata?.Arn as string;
+        const pub = await admin.send(new GetPublicKeyCommand({ KeyId: keyArn }));
+        kmsPublicKey = Buffer.from(pub.PublicKey as Uint8Array).toString('base64');
+      } finally {
+        admin.destroy();
+      }
+    }
+
+    const admin = async <T>(pathname: string, body?: object): Promise<T> => {
+      const res = await fetch(`${kmsUrl}/__emulator/${pathname}`, body === undefined ? {} : { method: 'POST', body: JSON.stringify(body) });
+      const text = await res.text();
+      if (res.status !== 200) throw new Error(`KMS emulator ${pathname}: HTTP ${res.status} ${text}`);
+      return JSON.parse(text) as T;
+    };
+    const platform: Platform = {
+      runDir,
+      nsmSocket,
+      rootPem,
+      kmsUrl,
+      kmsStateFile,
+      keyArn,
+      kmsPublicKey,
+      pcr0,
+      kms,
+      stats: () => admin('stats'),
+      setFaults: (f) => admin('faults', f),
+      faults: () => admin('faults'),
+      release: async (count) => (await admin<{ released: number }>('release', count === undefined ? {} : { count })).released,
+      async waitHeld(n, timeoutMs = 30_000) {
+        const until = Date.now() + timeoutMs;
+        for (;;) {
+          const { held } = await platform.faults();
+          if (held >= n) return;
+          if (Date.now() > until) throw new Error(`timed out waiting for ${n} held KMS calls (${held} held)`);
+          await new Promise((r) => setTimeout(r, 10));
+        }
+      },
+      stop,
+    };
+    return platform;
+  } catch (err) {
+    // Nothing started here outlives a failed start.
+    await stop();
+    throw err;
+  }
 }
 
 export function writeJson(file: string, value: unknown): string {

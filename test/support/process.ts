@@ -23,7 +23,8 @@ export interface Running {
   lines: string[];
   /** Resolves with the first JSON log line for which `match` is true. */
   waitForLog(match: (entry: Record<string, unknown>) => boolean, timeoutMs?: number): Promise<Record<string, unknown>>;
-  stop(signal?: NodeJS.Signals): Promise<number | null>;
+  /** Sends `signal` (default SIGTERM) and waits for the exit; a program still running after `killAfterMs` gets SIGKILL. */
+  stop(signal?: NodeJS.Signals, killAfterMs?: number): Promise<number | null>;
   exited: Promise<number | null>;
 }
 
@@ -69,7 +70,8 @@ export function startProgram(name: string, args: string[], env: NodeJS.ProcessEn
     child,
     lines,
     exited,
-    async waitForLog(match, timeoutMs = 15_000) {
+    // Generous: under a loaded machine a program can take several seconds to start; a bound only in the safe direction.
+    async waitForLog(match, timeoutMs = 30_000) {
       const until = Date.now() + timeoutMs;
       for (;;) {
         const hit = parsed().find(match);
@@ -85,10 +87,16 @@ export function startProgram(name: string, args: string[], env: NodeJS.ProcessEn
         });
       }
     },
-    async stop(signal = 'SIGTERM') {
+    async stop(signal = 'SIGTERM', killAfterMs = 15_000) {
       if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;
       child.kill(signal);
-      return exited;
+      // A program that does not stop must not outlive the test (nor keep Jest from exiting).
+      const timer = setTimeout(() => child.kill('SIGKILL'), killAfterMs);
+      try {
+        return await exited;
+      } finally {
+        clearTimeout(timer);
+      }
     },
   };
 }

@@ -41,6 +41,11 @@ export interface Stack {
 export interface StackOptions {
   enclave?: Record<string, unknown>;
   parentApi?: Record<string, unknown>;
+  /** Merged into the parent's `enclave` section (e.g. `{deadlineMs}`). */
+  parentEnclave?: Record<string, unknown>;
+  /** Merged into the parent's `kmsProxy` section (e.g. `{deadlineMs}`). */
+  parentKmsProxy?: Record<string, unknown>;
+  /** Replaces whole top-level sections of the parent configuration. */
   parent?: Record<string, unknown>;
   kmsLatencyMs?: number;
   /** Put recording relays on both parent <-> enclave links. */
@@ -81,15 +86,16 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
     ],
     database: { path: dbPath },
     transport: { kind: 'simulated', runDir },
-    enclave: { address: ENCLAVE_ADDRESS, poolSize: 2, deadlineMs: 5000 },
-    kmsProxy: { listen: proxyListen, allowedKeyArns: [platform.keyArn], region: 'us-east-1', endpoint: platform.kmsUrl, deadlineMs: 4000 },
+    enclave: { address: ENCLAVE_ADDRESS, poolSize: 2, deadlineMs: 5000, ...opts.parentEnclave },
+    kmsProxy: { listen: proxyListen, allowedKeyArns: [platform.keyArn], region: 'us-east-1', endpoint: platform.kmsUrl, deadlineMs: 4000, ...opts.parentKmsProxy },
     logLevel: 'debug',
     ...opts.parent,
   });
   const awsEnv = { AWS_ACCESS_KEY_ID: 'AKIDPARENT', AWS_SECRET_ACCESS_KEY: 'not-a-secret', AWS_REGION: 'us-east-1' };
 
-  const launchEnclave = async () => {
+  const launchEnclave = async (track?: Running[]) => {
     const p = startProgram('enclave', ['--config', enclaveConfigFile], {}, { keepLines: opts.keepLogs ?? true, ...(opts.cpus ? { cpus: opts.cpus.enclave } : {}) });
+    track?.push(p);
     await p.waitForLog((e) => e.msg === 'enclave ready');
     return p;
   };
@@ -113,14 +119,28 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
       await r.close();
     }
   };
-  await startRelays();
-
   const stack: Partial<Stack> = { runDir, platform, tokens, parentConfigFile, dbPath };
-  // The parent first: its KMS proxy must be listening before the enclave needs it.
-  const first = await launchParent();
-  stack.parent = first.p;
-  stack.url = first.url;
-  stack.enclave = await launchEnclave();
+  const launched: Running[] = [];
+  /** Stops every process and relay this stack started; keeps going past failures, then reports the first. */
+  const stopEverything = async () => {
+    const programs = new Set([stack.parent, stack.enclave, ...parents, ...launched].filter((p): p is Running => p !== undefined));
+    const results: Array<PromiseSettledResult<unknown>> = await Promise.allSettled<unknown>([...programs].map((p) => p.stop()));
+    results.push(...(await Promise.allSettled([platform.stop(), stopRelays()])));
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
+  };
+  try {
+    await startRelays();
+    // The parent first: its KMS proxy must be listening before the enclave needs it.
+    const first = await launchParent();
+    stack.parent = first.p;
+    stack.url = first.url;
+    stack.enclave = await launchEnclave(launched);
+  } catch (err) {
+    // A failed start leaves no process behind (a leaked process keeps Jest from exiting).
+    await stopEverything().catch(() => undefined);
+    throw err;
+  }
 
   stack.api = async (pathname, init = {}) => {
     const token = init.token === null ? undefined : init.token === undefined ? tokens.full : (tokens as Record<string, string>)[init.token] ?? init.token;
@@ -144,7 +164,7 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
     await stack.enclave?.stop();
   };
   stack.startEnclave = async () => {
-    stack.enclave = await launchEnclave();
+    stack.enclave = await launchEnclave(launched);
   };
   stack.restartParent = async ({ kill = false } = {}) => {
     await stack.parent?.stop(kill ? 'SIGKILL' : 'SIGTERM');
@@ -169,20 +189,20 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
     const next = await launchParent();
     stack.parent = next.p;
     stack.url = next.url;
-    stack.enclave = await launchEnclave();
+    stack.enclave = await launchEnclave(launched);
   };
   stack.stop = async () => {
-    await stack.parent?.stop();
-    await stack.enclave?.stop();
-    await platform.stop();
-    await stopRelays();
-    fs.rmSync(runDir, { recursive: true, force: true });
+    try {
+      await stopEverything();
+    } finally {
+      fs.rmSync(runDir, { recursive: true, force: true });
+    }
   };
   return stack as Stack;
 }
 
 /** Polls until the API says ready (enclave reachable), or fails. */
-export async function waitReady(stack: Stack, timeoutMs = 15_000): Promise<void> {
+export async function waitReady(stack: Stack, timeoutMs = 30_000): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     const r = await stack.api('/readyz', { token: null }).catch(() => ({ status: 0 }));

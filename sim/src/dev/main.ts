@@ -4,6 +4,9 @@
  * start. Prints `READY <url>` once /readyz passes; Ctrl-C stops everything.
  *
  *   dev [--dir DIR] [--api-port PORT] [--update-policy] [--enclave-bundle FILE]
+ *
+ * `--api-port 0` listens on any free port: the one chosen is on the READY line (and in <dir>/dev.json).
+ * Orphaned (whatever started it is gone without stopping it), it stops everything as on Ctrl-C.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -18,6 +21,10 @@ const USAGE = 'usage: dev [--dir DIR] [--api-port PORT] [--update-policy] [--no-
 function say(line: string): void {
   process.stdout.write(`${line}\n`);
 }
+
+// Whoever reads our output may be gone (a killed terminal or test runner): a write error must not stop us half
+// way through stopping the stack.
+for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
 
 function alive(pid: number): boolean {
   try {
@@ -80,15 +87,21 @@ async function main(): Promise<number> {
     });
     return c;
   };
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) {
-    process.once(sig, () => {
-      say(`dev: ${sig}: stopping every process`);
-      void stopAll().then(() => {
-        say('dev: stopped');
-        process.exit(0);
-      });
+  let stopRequested = false;
+  const stopOn = (why: string) => {
+    if (stopRequested) return;
+    stopRequested = true;
+    say(`dev: ${why}: stopping every process`);
+    void stopAll().then(() => {
+      say('dev: stopped');
+      process.exit(0);
     });
-  }
+  };
+  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => stopOn(sig));
+  const parentPid = process.ppid;
+  setInterval(() => {
+    if (process.ppid !== parentPid) stopOn('orphaned (the process that started dev is gone)');
+  }, 1000).unref();
 
   try {
     // The simulated Nitro CA comes first: the KMS emulator trusts its root.

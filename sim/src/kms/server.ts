@@ -5,6 +5,13 @@
  *
  * Fault injection (latency, throttling, internal errors) applies to every operation. Tests and benchmarks
  * read per-operation call counts and change faults at run time under `/__emulator/`.
+ *
+ * Two kinds of faults:
+ * - rates (`throttleRate`, `errorRate`, and `latencyMs`): random, for benchmarks and soak runs;
+ * - scripted, for tests that must not depend on chance or timing: `throttleNext` / `errorNext` fail exactly
+ *   the next N calls, and `hold` keeps calls waiting (their body read, nothing answered) until the test
+ *   releases them (`POST /__emulator/release`, or `hold: false`), while `GET /__emulator/faults` reports how
+ *   many are held. `ops` limits the scripted faults to those operations (default: every operation).
  */
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
@@ -20,10 +27,25 @@ export interface Faults {
   errorRate: number;
 }
 
+/** Deterministic faults: counted, never random. */
+export interface ScriptedFaults {
+  /** The next N calls (of `ops`) answer ThrottlingException. */
+  throttleNext: number;
+  /** The next N calls (of `ops`) answer KMSInternalException (HTTP 500), after any `throttleNext`. */
+  errorNext: number;
+  /** While true, calls (of `ops`) wait after their body is read until released. */
+  hold: boolean;
+  /** Operations the scripted faults apply to; empty: every operation. */
+  ops: string[];
+}
+
+export const NO_SCRIPTED_FAULTS: ScriptedFaults = { throttleNext: 0, errorNext: 0, hold: false, ops: [] };
+
 export interface ServerOptions {
   emulator: KmsEmulator;
   logger: Logger;
   faults: Faults;
+  scripted?: Partial<ScriptedFaults>;
   /** Access key id -> principal ARN; unknown keys map to `defaultPrincipal`. */
   principals: Record<string, string>;
   defaultPrincipal: string;
@@ -44,9 +66,13 @@ export class KmsHttpServer {
   readonly server: http.Server;
   readonly stats: Record<string, CallStats> = {};
   private readonly faults: Faults;
+  private readonly scripted: ScriptedFaults;
+  /** Calls waiting on `hold`, oldest first. */
+  private readonly held: Array<() => void> = [];
 
   constructor(private readonly options: ServerOptions) {
     this.faults = { ...options.faults };
+    this.scripted = { ...NO_SCRIPTED_FAULTS, ...options.scripted };
     this.server = http.createServer((req, res) => void this.onRequest(req, res));
     this.server.keepAliveTimeout = 30_000;
   }
@@ -61,7 +87,21 @@ export class KmsHttpServer {
     });
   }
 
+  /** Calls held now (scripted `hold`). */
+  get heldCount(): number {
+    return this.held.length;
+  }
+
+  /** Lets the oldest `count` held calls go on (all when absent); returns how many were released. */
+  release(count = this.held.length): number {
+    const go = this.held.splice(0, Math.max(0, Math.min(count, this.held.length)));
+    for (const r of go) r();
+    return go.length;
+  }
+
   close(): Promise<void> {
+    this.scripted.hold = false;
+    this.release();
     return new Promise((resolve) => {
       this.server.close(() => resolve());
       this.server.closeAllConnections();
@@ -119,7 +159,7 @@ export class KmsHttpServer {
         throw new KmsError('SerializationException', 'The request body is not valid JSON.');
       }
       if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new KmsError('SerializationException', 'The request body is not a JSON object.');
-      await this.injectFaults();
+      await this.injectFaults(op);
       const out = await this.options.emulator.handle(op, body, this.callerOf(req));
       this.record(op);
       this.send(res, 200, out);
@@ -133,9 +173,22 @@ export class KmsHttpServer {
     }
   }
 
-  private async injectFaults(): Promise<void> {
+  private async injectFaults(op: string): Promise<void> {
+    const scripted = this.scripted.ops.length === 0 || this.scripted.ops.includes(op);
+    if (scripted && this.scripted.hold) {
+      await new Promise<void>((resolve) => this.held.push(resolve));
+      this.options.logger.debug({ op }, 'held call released');
+    }
     const { latencyMs, throttleRate, errorRate } = this.faults;
     if (latencyMs > 0) await new Promise((r) => setTimeout(r, latencyMs));
+    if (scripted && this.scripted.throttleNext > 0) {
+      this.scripted.throttleNext -= 1;
+      throw new KmsError('ThrottlingException', 'You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls.');
+    }
+    if (scripted && this.scripted.errorNext > 0) {
+      this.scripted.errorNext -= 1;
+      throw new KmsError('KMSInternalException', 'An internal error occurred (injected).');
+    }
     const random = this.options.random ?? Math.random;
     if (throttleRate > 0 && random() < throttleRate) {
       throw new KmsError('ThrottlingException', 'You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls.');
@@ -143,7 +196,12 @@ export class KmsHttpServer {
     if (errorRate > 0 && random() < errorRate) throw new KmsError('KMSInternalException', 'An internal error occurred (injected).');
   }
 
-  /** GET stats, POST stats/reset, GET|POST faults. Never part of the KMS API. */
+  /** What GET|POST faults answers: the rates, the scripted faults and how many calls are held. */
+  private faultState(): object {
+    return { ...this.faults, ...this.scripted, ops: [...this.scripted.ops], held: this.held.length };
+  }
+
+  /** GET stats, POST stats/reset, GET|POST faults, POST release. Never part of the KMS API. */
   private async onAdmin(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const send = (status: number, body: object) => {
       const text = JSON.stringify(body);
@@ -158,16 +216,33 @@ export class KmsHttpServer {
       }
       if (req.url === '/__emulator/faults') {
         if (req.method === 'POST') {
-          const patch = JSON.parse((await this.readBody(req)).toString() || '{}') as Partial<Faults>;
+          const patch = JSON.parse((await this.readBody(req)).toString() || '{}') as Partial<Faults & ScriptedFaults>;
+          // Validate everything first, so a bad request changes nothing.
           for (const k of ['latencyMs', 'throttleRate', 'errorRate'] as const) {
             const v = patch[k];
-            if (v !== undefined) {
-              if (typeof v !== 'number' || v < 0 || (k !== 'latencyMs' && v > 1)) return send(400, { error: `bad ${k}` });
-              this.faults[k] = v;
-            }
+            if (v !== undefined && (typeof v !== 'number' || !(v >= 0) || (k !== 'latencyMs' && v > 1))) return send(400, { error: `bad ${k}` });
+          }
+          for (const k of ['throttleNext', 'errorNext'] as const) {
+            const v = patch[k];
+            if (v !== undefined && !(Number.isInteger(v) && (v as number) >= 0)) return send(400, { error: `bad ${k}` });
+          }
+          if (patch.hold !== undefined && typeof patch.hold !== 'boolean') return send(400, { error: 'bad hold' });
+          if (patch.ops !== undefined && !(Array.isArray(patch.ops) && patch.ops.every((o) => OPERATIONS.includes(o as never)))) return send(400, { error: 'bad ops' });
+          for (const k of ['latencyMs', 'throttleRate', 'errorRate'] as const) if (patch[k] !== undefined) this.faults[k] = patch[k] as number;
+          for (const k of ['throttleNext', 'errorNext'] as const) if (patch[k] !== undefined) this.scripted[k] = patch[k] as number;
+          if (patch.ops !== undefined) this.scripted.ops = [...patch.ops];
+          if (patch.hold !== undefined) {
+            this.scripted.hold = patch.hold;
+            if (!patch.hold) this.release();
           }
         }
-        return send(200, this.faults);
+        return send(200, this.faultState());
+      }
+      if (req.url === '/__emulator/release' && req.method === 'POST') {
+        const body = JSON.parse((await this.readBody(req)).toString() || '{}') as { count?: unknown };
+        if (body.count !== undefined && !(Number.isInteger(body.count) && (body.count as number) >= 0)) return send(400, { error: 'bad count' });
+        const released = this.release(body.count as number | undefined);
+        return send(200, { released, held: this.held.length });
       }
       return send(404, { error: 'unknown emulator endpoint' });
     } catch {
