@@ -1,0 +1,277 @@
+/**
+ * Opening a KMS answer (open-answer.ts) and the unseal loop around it (unseal.ts), in-process: every step of
+ * the one-verdict opening and every branch of the retry, retire and count logic, with forged answers made the
+ * way a compromised parent would make them. The multi-process suites (adversarial-parent, enclave) test the same
+ * behaviour through the built bundle; these tests exist so that mutation testing (npm run test:mutation),
+ * which sees only in-process code, can tell when one of these checks stops being tested.
+ */
+import { constants, createPublicKey, generateKeyPairSync, privateDecrypt, randomBytes, type KeyObject } from 'node:crypto';
+import { hexToBytes } from 'viem';
+import type { KeyBlob } from '../../shared/src/blob';
+import { encodeCbor } from '../../shared/src/cbor';
+import { KeystoreError } from '../../shared/src/errors';
+import type { RpcClient } from '../../shared/src/rpc';
+import { buildEnvelopedData, type ForgeryOptions } from '../../sim/src/kms/cms-writer';
+import { rejection } from '../../shared/test/helpers';
+import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
+import { sealSecret } from '../src/keys/seal';
+import { FailedOpens } from '../src/kms/failed-opens';
+import { DUMMY_SECRET, openKmsAnswer } from '../src/kms/open-answer';
+import { RecipientKeys } from '../src/kms/recipient';
+import { UNSEAL_REFUSED_MESSAGE, Unsealer, unsealRefused } from '../src/kms/unseal';
+import { NsmClient, type NsmTransport } from '../src/nsm/client';
+
+const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';
+const OTHER_ARN = 'arn:aws:kms:us-east-1:111122223333:key/99999999-2222-3333-4444-555555555555';
+/** secp256k1's group order: 32 bytes that are not a valid private key. */
+const CURVE_ORDER = hexToBytes('0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141');
+
+const kms = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const recipient = generateKeyPairSync('rsa', { modulusLength: 2048 });
+const otherRsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
+
+const secretOf = (n: number) => new Uint8Array(32).fill(n);
+const addressFor = (secret: Uint8Array) => addressOf(publicKeyOf(secret));
+
+/** Seals `secret` under `address` (by default its own) the way keys.create does. */
+function seal(secret: Uint8Array, address: string = addressFor(secret), keyId = 'k1'): KeyBlob {
+  return sealSecret(secret, { keyId, address, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
+}
+
+/** The data key KMS would recover from the blob. */
+const dekOf = (blob: KeyBlob) => privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, blob.wrappedKey);
+
+/** KMS's answer (or a forgery of it) as the proxy relays it. */
+function answer(plaintext: Uint8Array, opts: { to?: KeyObject; forgery?: ForgeryOptions; keyId?: string } = {}): { ciphertextForRecipient: string; keyId: string } {
+  return { ciphertextForRecipient: buildEnvelopedData(plaintext, opts.to ?? recipient.publicKey, opts.forgery).toString('base64'), keyId: opts.keyId ?? ARN };
+}
+
+describe('openKmsAnswer', () => {
+  const secret = secretOf(7);
+  const blob = seal(secret);
+  const dek = dekOf(blob);
+
+  it('opens a genuine answer to the key and its address', () => {
+    const opened = openKmsAnswer(answer(dek), recipient.privateKey, blob);
+    expect(opened).not.toBeNull();
+    expect(Buffer.from(opened?.secret ?? [])).toEqual(Buffer.from(secret));
+    expect(opened?.address).toBe(blob.address);
+    // The 48-byte shape KMS uses, written without OpenSSL's padding: the same answer, accepted too.
+    const unpadded = Buffer.concat([dek, Buffer.alloc(16, 16)]);
+    expect(openKmsAnswer(answer(unpadded, { forgery: { pad: false } }), recipient.privateKey, blob)?.address).toBe(blob.address);
+  });
+
+  it.each<[string, () => unknown]>([
+    ['not an object', () => 'nope'],
+    ['null', () => null],
+    ['an answer without keyId', () => ({ ciphertextForRecipient: answer(dek).ciphertextForRecipient })],
+    ['an answer with an extra field', () => ({ ...answer(dek), plaintext: dek.toString('base64') })],
+    ['an answer for another KMS key', () => answer(dek, { keyId: OTHER_ARN })],
+    ['ciphertextForRecipient that is not base64', () => ({ ...answer(dek), ciphertextForRecipient: `*${answer(dek).ciphertextForRecipient}` })],
+    ['an empty ciphertextForRecipient', () => ({ ciphertextForRecipient: '', keyId: ARN })],
+    ['CMS that does not parse', () => ({ ciphertextForRecipient: randomBytes(300).toString('base64'), keyId: ARN })],
+    ['content of 32 bytes (the data key unpadded)', () => answer(dek, { forgery: { pad: false } })],
+    ['content of 64 bytes', () => answer(Buffer.concat([dek, Buffer.alloc(16, 16), Buffer.alloc(16, 16)]), { forgery: { pad: false } })],
+    ['content of 16 bytes', () => answer(Buffer.alloc(16, 16), { forgery: { pad: false } })],
+    ['a content key wrapped to another RSA key', () => answer(dek, { to: otherRsa.publicKey })],
+    ['a 16-byte content key', () => answer(dek, { forgery: { contentKey: randomBytes(16) } })],
+    ['a 48-byte content key', () => answer(dek, { forgery: { contentKey: randomBytes(48) } })],
+    // PKCS#7 would accept a last byte of 1; the only padding of a 32-byte key is a full block of 16s.
+    ['short padding that PKCS#7 would accept', () => answer(Buffer.concat([dek, Buffer.alloc(15, 16), Buffer.from([1])]), { forgery: { pad: false } })],
+    ['a padding block with one byte off', () => answer(Buffer.concat([dek, Buffer.alloc(15, 16), Buffer.from([17])]), { forgery: { pad: false } })],
+    ['a padding block whose first byte is off', () => answer(Buffer.concat([dek, Buffer.from([15]), Buffer.alloc(15, 16)]), { forgery: { pad: false } })],
+    ['another data key', () => answer(randomBytes(32))],
+    ['a data key with one bit flipped', () => answer(Buffer.from(dek.map((b, i) => (i === 31 ? b ^ 1 : b))))],
+  ])('says only "no" (null, no exception) to %s', (_what, raw) => {
+    expect(openKmsAnswer(raw(), recipient.privateKey, blob)).toBeNull();
+  });
+
+  it('refuses an answer opened with the wrong recipient key', () => {
+    expect(openKmsAnswer(answer(dek), otherRsa.privateKey, blob)).toBeNull();
+  });
+
+  it('refuses a blob altered after sealing (another key id, another address)', () => {
+    expect(openKmsAnswer(answer(dek), recipient.privateKey, { ...blob, keyId: 'k2' })).toBeNull();
+    expect(openKmsAnswer(answer(dek), recipient.privateKey, { ...blob, address: addressFor(secretOf(8)) })).toBeNull();
+  });
+
+  it('refuses a different valid secret sealed under the victim address (the substituted key)', () => {
+    // Anyone can seal to the KMS public key: the parent seals a key it knows under the victim's address.
+    const substituted = seal(secretOf(9), blob.address);
+    expect(substituted.address).toBe(blob.address);
+    expect(openKmsAnswer(answer(dekOf(substituted)), recipient.privateKey, substituted)).toBeNull();
+  });
+
+  it.each<[string, Uint8Array]>([
+    ['zero', new Uint8Array(32)],
+    ['the curve order', CURVE_ORDER],
+  ])('refuses an invalid secp256k1 secret (%s), even sealed under the stand-in key address', (_what, invalid) => {
+    // The address step runs on a stand-in key when the secret is invalid: sealing the invalid secret under
+    // the stand-in's own address must still fail, and must not throw.
+    for (const address of [addressFor(DUMMY_SECRET), blob.address]) {
+      const bad = seal(new Uint8Array(invalid), address);
+      expect(openKmsAnswer(answer(dekOf(bad)), recipient.privateKey, bad)).toBeNull();
+    }
+  });
+
+  it('returns a fresh copy of the secret and a valid stand-in', () => {
+    const a = openKmsAnswer(answer(dek), recipient.privateKey, blob);
+    const b = openKmsAnswer(answer(dek), recipient.privateKey, blob);
+    expect(a?.secret).not.toBe(b?.secret);
+    a?.secret.fill(0);
+    expect(Buffer.from(b?.secret ?? [])).toEqual(Buffer.from(secret));
+    expect(addressFor(DUMMY_SECRET)).toMatch(/^0x[0-9a-fA-F]{40}$/);
+  });
+});
+
+/** An NSM whose documents are the CBOR of the request body (so a test can see the recipient public key). */
+function fakeNsm(): { client: NsmClient; attests: () => number } {
+  let attests = 0;
+  const transport: NsmTransport = {
+    kind: 'simulated',
+    request: async () => {
+      attests += 1;
+      return encodeCbor(new Map([['Attestation', new Map([['document', Buffer.from(`doc-${attests}`)]])]]));
+    },
+    close: () => undefined,
+  };
+  return { client: new NsmClient(transport), attests: () => attests };
+}
+
+interface ProxyCall {
+  method: string;
+  params: { kmsKeyArn: string; ciphertextBlob: string; attestationDocument: string };
+  options: unknown;
+}
+
+/**
+ * A KMS proxy that answers genuinely for the recipient key currently leased, unless `answer` says otherwise.
+ * `before` runs first on each call (a test uses it to retire keys while the call is in flight).
+ */
+function setup(opts: { failedOpens?: FailedOpens; maxFailures?: number } = {}) {
+  const nsm = fakeNsm();
+  const keys = new RecipientKeys(nsm.client, { rotateMs: 3_600_000, documentMaxAgeMs: 60_000 });
+  const failedOpens = opts.failedOpens ?? new FailedOpens({ maxFailures: opts.maxFailures ?? 100, windowMs: 60_000, cooldownMs: 60_000 });
+  const calls: ProxyCall[] = [];
+  const hooks: {
+    before?: (n: number) => Promise<void> | void;
+    answer?: (p: ProxyCall['params'], genuine: () => Promise<unknown>) => Promise<unknown> | unknown;
+  } = {};
+  const genuine = async (p: ProxyCall['params']) => {
+    const lease = await keys.current();
+    const pub = lease.privateKey ? createPublicKey(lease.privateKey) : otherRsa.publicKey;
+    const dek = privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, Buffer.from(p.ciphertextBlob, 'base64'));
+    return answer(dek, { to: pub, keyId: p.kmsKeyArn });
+  };
+  const proxy = {
+    call: async (method: string, params: ProxyCall['params'], options: unknown) => {
+      calls.push({ method, params, options });
+      await hooks.before?.(calls.length);
+      return hooks.answer ? hooks.answer(params, () => genuine(params)) : genuine(params);
+    },
+  } as unknown as RpcClient;
+  const unsealer = new Unsealer(proxy, keys, failedOpens, { kmsKeyArn: ARN, deadlineMs: 1234 });
+  return { unsealer, keys, failedOpens, calls, hooks, nsm };
+}
+
+describe('Unsealer', () => {
+  const secret = secretOf(5);
+  const blob = seal(secret);
+
+  it('asks the proxy for an attested Decrypt of the blob and opens the answer', async () => {
+    const s = setup();
+    const opened = await s.unsealer.unseal(blob);
+    expect(Buffer.from(opened.secret)).toEqual(Buffer.from(secret));
+    expect(opened.address).toBe(blob.address);
+    expect(s.calls).toEqual([
+      {
+        method: 'kms.decrypt',
+        params: { kmsKeyArn: ARN, ciphertextBlob: blob.wrappedKey.toString('base64'), attestationDocument: Buffer.from('doc-1').toString('base64') },
+        options: { deadlineMs: 1234 },
+      },
+    ]);
+    expect([s.unsealer.kmsCalls, s.unsealer.kmsErrors, s.keys.retirements, s.failedOpens.total]).toEqual([1, 0, 0, 0]);
+  });
+
+  it('refuses a blob sealed under another KMS key without asking KMS', async () => {
+    const s = setup();
+    const err = await rejection(s.unsealer.unseal({ ...blob, kmsKeyArn: OTHER_ARN }));
+    expect(err).toBeInstanceOf(KeystoreError);
+    expect([err.reason, err.message]).toEqual(['KEY_INTEGRITY', `key k1 is sealed under ${OTHER_ARN}, not this enclave's KMS key`]);
+    expect([s.calls.length, s.unsealer.kmsCalls, s.failedOpens.total]).toEqual([0, 0, 0]);
+  });
+
+  it('answers a forged answer with the one refusal, retires the recipient key and counts the failure', async () => {
+    const s = setup();
+    s.hooks.answer = (p) => answer(randomBytes(32), { to: recipient.publicKey, keyId: p.kmsKeyArn });
+    const first = await s.keys.current();
+    const err = await rejection(s.unsealer.unseal(blob));
+    expect([err.reason, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
+    expect([s.unsealer.kmsCalls, s.keys.retirements, s.failedOpens.total]).toEqual([1, 1, 1]);
+    expect(first.privateKey).toBeNull();
+    // The next unseal runs with a new key and opens a genuine answer.
+    delete s.hooks.answer;
+    const opened = await s.unsealer.unseal(blob);
+    expect(opened.address).toBe(blob.address);
+    expect(s.calls[1]?.params.attestationDocument).not.toBe(s.calls[0]?.params.attestationDocument);
+    expect([s.unsealer.kmsCalls, s.keys.retirements, s.failedOpens.total]).toEqual([2, 1, 1]);
+  });
+
+  it('refuses before any KMS call while the failed-open limit cools down, and counts the refusal', async () => {
+    let now = 0;
+    const failedOpens = new FailedOpens({ maxFailures: 1, windowMs: 10_000, cooldownMs: 5_000 }, () => now);
+    const s = setup({ failedOpens });
+    s.hooks.answer = (p) => answer(randomBytes(32), { to: recipient.publicKey, keyId: p.kmsKeyArn });
+    await rejection(s.unsealer.unseal(blob));
+    await rejection(s.unsealer.unseal(blob));
+    expect(failedOpens.coolingDown).toBe(true);
+    delete s.hooks.answer;
+    const err = await rejection(s.unsealer.unseal(blob));
+    expect([err.reason, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
+    expect([s.calls.length, s.unsealer.kmsCalls, failedOpens.total]).toEqual([2, 2, 3]);
+    now = 5_000 + 1;
+    expect((await s.unsealer.unseal(blob)).address).toBe(blob.address);
+    expect(s.calls.length).toBe(3);
+  });
+
+  it('passes the proxy error on unchanged, counting it, without retiring or counting a failed open', async () => {
+    const s = setup();
+    const refused = new KeystoreError('KMS_ACCESS_DENIED', 'KMS AccessDeniedException: no');
+    s.hooks.answer = () => {
+      throw refused;
+    };
+    expect(await rejection(s.unsealer.unseal(blob))).toBe(refused);
+    expect([s.unsealer.kmsCalls, s.unsealer.kmsErrors, s.keys.retirements, s.failedOpens.total]).toEqual([1, 1, 0, 0]);
+    delete s.hooks.answer;
+    await s.unsealer.unseal(blob);
+    expect([s.unsealer.kmsCalls, s.unsealer.kmsErrors]).toEqual([2, 1]);
+  });
+
+  it('asks once more with the new key when another call retired its key while it waited, never opening with a retired key', async () => {
+    const s = setup();
+    s.hooks.before = async (n) => {
+      if (n === 1) s.keys.retire(await s.keys.current()); // another call's failed open, while this one waits
+    };
+    const opened = await s.unsealer.unseal(blob);
+    expect(opened.address).toBe(blob.address);
+    expect(s.calls.length).toBe(2);
+    expect(s.calls[1]?.params.attestationDocument).not.toBe(s.calls[0]?.params.attestationDocument);
+    // The retirement was someone else's: this call neither retired nor counted anything.
+    expect([s.unsealer.kmsCalls, s.keys.retirements, s.failedOpens.total]).toEqual([2, 1, 0]);
+  });
+
+  it('gives up with the one refusal when the key is retired under it twice', async () => {
+    const s = setup();
+    s.hooks.before = async () => {
+      s.keys.retire(await s.keys.current());
+    };
+    const err = await rejection(s.unsealer.unseal(blob));
+    expect([err.reason, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
+    expect([s.calls.length, s.unsealer.kmsCalls, s.keys.retirements, s.failedOpens.total]).toEqual([2, 2, 2, 0]);
+  });
+
+  it('unsealRefused is the KEY_INTEGRITY refusal with the fixed message', () => {
+    const e = unsealRefused();
+    expect([e.reason, e.message, e.retryable]).toEqual(['KEY_INTEGRITY', 'the key could not be unsealed', false]);
+  });
+});
