@@ -63,9 +63,11 @@ export const EnclaveConfigSchema = z.strictObject({
     .strictObject({
       maxConcurrent: z.number().int().min(1).max(100_000).default(4096),
       maxFrameBytes: z.number().int().min(4096).max(16 * 1024 * 1024).default(1024 * 1024),
-      kmsDeadlineMs: ms(10_000, 100, 120_000),
+      // Shorter than the parent's deadline for a whole sign (enclave.deadlineMs, 10 s), so a slow KMS is
+      // answered as such before the parent gives up on the call.
+      kmsDeadlineMs: ms(8_000, 100, 120_000),
     })
-    .default({ maxConcurrent: 4096, maxFrameBytes: 1024 * 1024, kmsDeadlineMs: 10_000 }),
+    .default({ maxConcurrent: 4096, maxFrameBytes: 1024 * 1024, kmsDeadlineMs: 8_000 }),
   signing: z
     .strictObject({
       /**

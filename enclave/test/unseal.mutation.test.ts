@@ -186,7 +186,7 @@ describe('Unsealer', () => {
     expect(s.calls).toEqual([
       {
         method: 'kms.decrypt',
-        params: { kmsKeyArn: ARN, ciphertextBlob: blob.wrappedKey.toString('base64'), attestationDocument: Buffer.from('doc-1').toString('base64') },
+        params: { kmsKeyArn: ARN, ciphertextBlob: blob.wrappedKey.toString('base64'), attestationDocument: Buffer.from('doc-1').toString('base64'), deadlineMs: 1234 },
         options: { deadlineMs: 1234 },
       },
     ]);

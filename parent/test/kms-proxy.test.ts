@@ -232,6 +232,8 @@ describe('KMS error mapping', () => {
     [{ name: 'KMSInternalException', $fault: 'server' }, 'KMS_UNAVAILABLE', true],
     [{ name: 'Error', $metadata: { httpStatusCode: 502 } }, 'KMS_UNAVAILABLE', true],
     [new Error('socket hang up'), 'KMS_UNAVAILABLE', true],
+    [{ name: 'ValidationException', message: '1 validation error detected' }, 'KMS_REJECTED', false],
+    [{ name: 'UnsupportedOperationException', $fault: 'client', $metadata: { httpStatusCode: 400 } }, 'KMS_REJECTED', false],
   ])('maps %# to %s', (err, reason, retryable) => {
     const mapped = mapKmsError(err);
     expect([mapped.reason, mapped.retryable]).toEqual([reason, retryable]);

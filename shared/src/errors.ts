@@ -34,6 +34,8 @@ export const REASONS = {
   KMS_INVALID_CIPHERTEXT: { rpcCode: -32013, httpStatus: 500, retryable: false },
   KMS_KEY_NOT_ALLOWED: { rpcCode: -32014, httpStatus: 502, retryable: false },
   ATTESTATION_FAILED: { rpcCode: -32015, httpStatus: 502, retryable: false },
+  /** Any other KMS refusal of the request itself (a 4xx): final, with KMS's own error name and message. */
+  KMS_REJECTED: { rpcCode: -32016, httpStatus: 502, retryable: false },
   // Load, time and availability
   OVERLOADED: { rpcCode: -32020, httpStatus: 503, retryable: true },
   TIMEOUT: { rpcCode: -32021, httpStatus: 504, retryable: true },

@@ -78,8 +78,16 @@ export type { SignResult };
 
 export const KmsProxyMethods = { decrypt: 'kms.decrypt' } as const;
 
-/** Asked of the parent's KMS proxy by the enclave: an attested Decrypt. */
-export const KmsDecryptParams = z.strictObject({ kmsKeyArn: arn, ciphertextBlob: base64.max(8192), attestationDocument: base64.max(349_528) });
+/**
+ * Asked of the parent's KMS proxy by the enclave: an attested Decrypt. `deadlineMs` is how long the enclave
+ * waits for the answer; the proxy finishes its retries well inside it, so the enclave hears KMS's real reason.
+ */
+export const KmsDecryptParams = z.strictObject({
+  kmsKeyArn: arn,
+  ciphertextBlob: base64.max(8192),
+  attestationDocument: base64.max(349_528),
+  deadlineMs: z.number().int().min(1).max(600_000).optional(),
+});
 
 export interface KmsDecryptResult {
   /** CMS EnvelopedData for the enclave's recipient key, base64. */

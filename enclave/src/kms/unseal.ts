@@ -55,7 +55,7 @@ export class Unsealer {
     try {
       return await this.kmsProxy.call(
         KmsProxyMethods.decrypt,
-        { kmsKeyArn: blob.kmsKeyArn, ciphertextBlob: blob.wrappedKey.toString('base64'), attestationDocument: document.toString('base64') },
+        { kmsKeyArn: blob.kmsKeyArn, ciphertextBlob: blob.wrappedKey.toString('base64'), attestationDocument: document.toString('base64'), deadlineMs: this.options.deadlineMs },
         { deadlineMs: this.options.deadlineMs },
       );
     } catch (err) {

@@ -30,13 +30,31 @@ interface AwsError {
   $metadata?: { httpStatusCode?: number };
 }
 
-const RETRYABLE = new Set(['ThrottlingException', 'KMSInternalException', 'DependencyTimeoutException', 'KeyUnavailableException', 'ServiceUnavailableException', 'RequestTimeout', 'TimeoutError']);
+/** The least time a KMS attempt is given: a retry that would have less left is not started. */
+export const KMS_MIN_ATTEMPT_MS = 100;
 
-/** KMS (or transport) error -> the shared reason the enclave and callers understand. */
+/**
+ * The proxy's time for one decrypt: its own deadline, and never more than the enclave waits (its `deadlineMs`)
+ * less a margin for the answer's trip back (a fifth of it, at most 500 ms).
+ */
+export function kmsBudgetMs(ownMs: number, enclaveMs: number | undefined): number {
+  if (enclaveMs === undefined) return ownMs;
+  return Math.max(1, Math.min(ownMs, enclaveMs - Math.min(500, Math.floor(enclaveMs / 5))));
+}
+
+/** KMS errors that are worth another attempt even without a 5xx status (KMS lists them as transient). */
+const TRANSIENT = new Set(['KMSInternalException', 'DependencyTimeoutException', 'KeyUnavailableException', 'ServiceUnavailableException', 'RequestTimeout', 'TimeoutError']);
+
+/**
+ * KMS (or transport) error -> the shared reason the enclave and callers understand. Only throttling, 5xx and
+ * transport failures are retryable; every other refusal is final and keeps KMS's error name and message
+ * (an unknown 4xx is `KMS_REJECTED`, not a retried "unavailable").
+ */
 export function mapKmsError(err: unknown): KeystoreError {
   const e = err as AwsError;
   const name = e?.name ?? 'Error';
   const text = (e?.message ?? '').split('\n')[0]?.slice(0, 300) ?? '';
+  const status = e?.$metadata?.httpStatusCode ?? 0;
   const of = (reason: ErrorReason, what: string) => new KeystoreError(reason, `KMS ${name}: ${what}`);
   switch (name) {
     case 'AccessDeniedException':
@@ -52,10 +70,12 @@ export function mapKmsError(err: unknown): KeystoreError {
     case 'InvalidKeyUsageException':
       return of('KMS_ACCESS_DENIED', text || 'the KMS key cannot be used');
     case 'ValidationException':
-      return /attestation/i.test(text) ? of('ATTESTATION_FAILED', text) : of('KMS_UNAVAILABLE', text);
+      return /attestation/i.test(text) ? of('ATTESTATION_FAILED', text) : of('KMS_REJECTED', text || 'the request is not valid');
     default:
-      if (e?.$fault === 'server' || (e?.$metadata?.httpStatusCode ?? 0) >= 500 || RETRYABLE.has(name)) return of('KMS_UNAVAILABLE', text || 'service error');
-      return new KeystoreError('KMS_UNAVAILABLE', `KMS call failed: ${name}`);
+      if (e?.$fault === 'server' || status >= 500 || TRANSIENT.has(name)) return of('KMS_UNAVAILABLE', text || 'service error');
+      if (e?.$fault === 'client' || (status >= 400 && status < 500)) return of('KMS_REJECTED', text || `refused the request (HTTP ${status || '4xx'})`);
+      // No answer from KMS at all (connection refused or reset, DNS, TLS): the transport, retried.
+      return new KeystoreError('KMS_UNAVAILABLE', `KMS could not be reached: ${name}${text ? `: ${text}` : ''}`);
   }
 }
 
@@ -77,7 +97,7 @@ export class KmsProxy {
     return this.server.listen(transport, address);
   }
 
-  async decrypt(p: { kmsKeyArn: string; ciphertextBlob: string; attestationDocument: string }): Promise<KmsDecryptResult> {
+  async decrypt(p: { kmsKeyArn: string; ciphertextBlob: string; attestationDocument: string; deadlineMs?: number | undefined }): Promise<KmsDecryptResult> {
     if (!this.allowed.has(p.kmsKeyArn)) {
       throw new KeystoreError('KMS_KEY_NOT_ALLOWED', `KMS key ${p.kmsKeyArn} is not in this parent's allowedKeyArns`);
     }
@@ -85,10 +105,16 @@ export class KmsProxy {
     if (document.length === 0) throw new KeystoreError('INVALID_PARAMS', 'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext');
 
     const started = Date.now();
-    const deadline = started + this.options.deadlineMs;
+    const budgetMs = kmsBudgetMs(this.options.deadlineMs, p.deadlineMs);
+    const deadline = started + budgetMs;
+    const timeout = () => new KeystoreError('TIMEOUT', `KMS did not answer within ${budgetMs} ms`);
+    // The failure being retried: if the deadline ends a retry, that failure (say KMS_THROTTLED) is the reason
+    // the caller gets, not TIMEOUT (the retry was cut short; KMS did not go silent).
+    let retrying: KeystoreError | undefined;
     for (let attempt = 0; ; attempt++) {
-      const remaining = deadline - Date.now();
-      if (remaining <= 0) throw this.finish('TIMEOUT', started, new KeystoreError('TIMEOUT', `KMS did not answer within ${this.options.deadlineMs} ms`));
+      const attemptStarted = Date.now();
+      const remaining = deadline - attemptStarted;
+      if (remaining <= 0) throw this.finish(retrying ?? timeout(), started);
       try {
         const res = await this.options.client.send(
           new DecryptCommand({
@@ -101,23 +127,28 @@ export class KmsProxy {
         );
         if (res.Plaintext && res.Plaintext.length > 0) {
           res.Plaintext.fill(0);
-          throw this.finish('plaintext', started, new KeystoreError('INTERNAL', 'KMS returned plaintext to an attested request; refusing to relay it'));
+          throw this.finish(new KeystoreError('INTERNAL', 'KMS returned plaintext to an attested request; refusing to relay it'), started, 'plaintext');
         }
-        if (!res.CiphertextForRecipient?.length) throw this.finish('no_recipient_ciphertext', started, new KeystoreError('KMS_UNAVAILABLE', 'KMS returned no CiphertextForRecipient'));
+        if (!res.CiphertextForRecipient?.length) throw this.finish(new KeystoreError('KMS_UNAVAILABLE', 'KMS returned no CiphertextForRecipient'), started, 'no_recipient_ciphertext');
         this.options.onCall?.('ok', (Date.now() - started) / 1000);
         return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient).toString('base64'), keyId: res.KeyId ?? p.kmsKeyArn };
       } catch (err) {
         if (err instanceof KeystoreError) throw err;
-        const mapped = (err as Error)?.name === 'AbortError' ? new KeystoreError('TIMEOUT', `KMS did not answer within ${this.options.deadlineMs} ms`) : mapKmsError(err);
+        if ((err as Error)?.name === 'AbortError') throw this.finish(retrying ?? timeout(), started);
+        const mapped = mapKmsError(err);
         const delay = backoffDelay(attempt, { initialMs: 50, maxMs: 1000 });
-        if (!mapped.retryable || mapped.reason === 'TIMEOUT' || Date.now() + delay >= deadline) throw this.finish(mapped.reason, started, mapped);
+        // A retry starts only if it can finish: the backoff plus as long as this attempt took (at least
+        // KMS_MIN_ATTEMPT_MS) must fit before the deadline. Otherwise this failure is the answer.
+        const needs = delay + Math.max(KMS_MIN_ATTEMPT_MS, Date.now() - attemptStarted);
+        if (!mapped.retryable || Date.now() + needs > deadline) throw this.finish(mapped, started);
+        retrying = mapped;
         this.options.logger.warn({ attempt: attempt + 1, reason: mapped.reason, delayMs: delay }, 'KMS call failed; retrying');
         await new Promise((r) => setTimeout(r, delay));
       }
     }
   }
 
-  private finish(outcome: string, started: number, err: KeystoreError): KeystoreError {
+  private finish(err: KeystoreError, started: number, outcome: string = err.reason): KeystoreError {
     this.options.onCall?.(outcome, (Date.now() - started) / 1000);
     this.options.logger.warn({ reason: err.reason, outcome }, `KMS decrypt refused: ${err.message}`);
     return err;

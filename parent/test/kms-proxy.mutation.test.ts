@@ -1,0 +1,381 @@
+/**
+ * The KMS proxy's rules (proxy.ts) in-process, against a scripted KMS client: exactly what it asks KMS, what it
+ * relays, what it refuses, when it retries and when it stops, the outcome it reports for each, and the error
+ * mapping name by name. kms-proxy.test.ts runs the same rules against the KMS emulator over RPC; these are the
+ * deterministic, fast version that mutation testing (npm run test:mutation) needs, with no timing bets: the
+ * retry delays are the proxy's own (50 ms and up) and only their order and count are checked.
+ */
+import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
+import fs from 'node:fs';
+import net from 'node:net';
+import { KeystoreError } from '../../shared/src/errors';
+import { silentLogger } from '../../shared/src/log';
+import { RpcClient } from '../../shared/src/rpc';
+import { SimulatedVsockTransport, simulatedSocketPath } from '../../shared/src/transport';
+import { captureLogger, rejection, tempRunDir } from '../../shared/test/helpers';
+import { KMS_MIN_ATTEMPT_MS, KmsProxy, kmsBudgetMs, mapKmsError } from '../src/kms/proxy';
+
+const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';
+const OTHER = 'arn:aws:kms:us-east-1:111122223333:key/99999999-2222-3333-4444-555555555555';
+const DOC = Buffer.from('attestation-document');
+const BLOB = Buffer.from('wrapped-key');
+const CMS = Buffer.from('cms-for-the-enclave');
+
+type Step = (command: DecryptCommand, options: { abortSignal?: AbortSignal }) => Promise<unknown>;
+
+/** A KMS client whose answers are the given steps, one per call (the last one repeats). */
+function scripted(...steps: Step[]) {
+  const calls: Array<{ command: DecryptCommand; options: { abortSignal?: AbortSignal } }> = [];
+  const client = {
+    send: (command: DecryptCommand, options: { abortSignal?: AbortSignal }) => {
+      calls.push({ command, options });
+      const step = steps[Math.min(calls.length, steps.length) - 1] as Step;
+      return step(command, options);
+    },
+  } as unknown as KMSClient;
+  return { client, calls };
+}
+
+const answer = (extra: object = {}): Step => async () => ({ KeyId: ARN, CiphertextForRecipient: new Uint8Array(CMS), ...extra });
+const fail = (err: object): Step => async () => {
+  throw Object.assign(new Error((err as { message?: string }).message ?? ''), err);
+};
+
+function proxyWith(client: KMSClient, deadlineMs = 2_000) {
+  const outcomes: string[] = [];
+  const log = captureLogger('debug');
+  const proxy = new KmsProxy({ client, allowedKeyArns: [ARN], deadlineMs, maxConcurrent: 4, logger: log.logger, onCall: (o, s) => outcomes.push(`${o}${s >= 0 && s < 60 ? '' : ' (bad duration)'}`) });
+  return { proxy, outcomes, log };
+}
+
+const params = (over: object = {}) => ({ kmsKeyArn: ARN, ciphertextBlob: BLOB.toString('base64'), attestationDocument: DOC.toString('base64'), ...over });
+
+describe('KMS proxy (scripted KMS client)', () => {
+  it('asks KMS for exactly an attested RSAES_OAEP_SHA_256 Decrypt, and relays only the recipient ciphertext', async () => {
+    const kms = scripted(answer());
+    const { proxy, outcomes } = proxyWith(kms.client);
+    const res = await proxy.decrypt(params());
+    expect(res).toEqual({ ciphertextForRecipient: CMS.toString('base64'), keyId: ARN });
+    expect(kms.calls).toHaveLength(1);
+    const { command, options } = kms.calls[0] as (typeof kms.calls)[number];
+    expect(command).toBeInstanceOf(DecryptCommand);
+    expect(command.input).toEqual({
+      KeyId: ARN,
+      CiphertextBlob: BLOB,
+      EncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+      Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: DOC },
+    });
+    expect(options.abortSignal).toBeInstanceOf(AbortSignal);
+    expect(options.abortSignal?.aborted).toBe(false);
+    expect(outcomes).toEqual(['ok']);
+  });
+
+  it('reports the key ARN KMS names, or the requested one when KMS names none', async () => {
+    const other = scripted(answer({ KeyId: `${ARN}-as-kms-says` }));
+    expect((await proxyWith(other.client).proxy.decrypt(params())).keyId).toBe(`${ARN}-as-kms-says`);
+    const none = scripted(answer({ KeyId: undefined }));
+    expect((await proxyWith(none.client).proxy.decrypt(params())).keyId).toBe(ARN);
+  });
+
+  it('refuses a key ARN it was not configured with, and an empty document, without asking KMS', async () => {
+    const kms = scripted(answer());
+    const { proxy, outcomes } = proxyWith(kms.client);
+    const notAllowed = await rejection(proxy.decrypt(params({ kmsKeyArn: OTHER })));
+    expect([notAllowed.reason, notAllowed.message]).toEqual(['KMS_KEY_NOT_ALLOWED', `KMS key ${OTHER} is not in this parent's allowedKeyArns`]);
+    const noDoc = await rejection(proxy.decrypt(params({ attestationDocument: '' })));
+    expect([noDoc.reason, noDoc.message]).toEqual(['INVALID_PARAMS', 'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext']);
+    expect([kms.calls.length, outcomes]).toEqual([0, []]);
+  });
+
+  it('refuses an answer carrying Plaintext (and wipes it), but relays one whose Plaintext is empty', async () => {
+    const plaintext = new Uint8Array(32).fill(7);
+    const kms = scripted(answer({ Plaintext: plaintext }));
+    const { proxy, outcomes, log } = proxyWith(kms.client);
+    const err = await rejection(proxy.decrypt(params()));
+    expect([err.reason, err.retryable, err.message]).toEqual(['INTERNAL', false, 'KMS returned plaintext to an attested request; refusing to relay it']);
+    expect(plaintext.every((b) => b === 0)).toBe(true);
+    expect([kms.calls.length, outcomes]).toEqual([1, ['plaintext']]);
+    expect(log.lines().filter((l) => l.level === 40).map((l) => [l.reason, l.outcome, l.msg])).toEqual([
+      ['INTERNAL', 'plaintext', 'KMS decrypt refused: KMS returned plaintext to an attested request; refusing to relay it'],
+    ]);
+    const empty = scripted(answer({ Plaintext: new Uint8Array(0) }));
+    expect((await proxyWith(empty.client).proxy.decrypt(params())).ciphertextForRecipient).toBe(CMS.toString('base64'));
+  });
+
+  it('refuses an answer without a recipient ciphertext, missing or empty', async () => {
+    for (const CiphertextForRecipient of [undefined, new Uint8Array(0)]) {
+      const kms = scripted(answer({ CiphertextForRecipient }));
+      const { proxy, outcomes } = proxyWith(kms.client);
+      const err = await rejection(proxy.decrypt(params()));
+      expect([err.reason, err.message, outcomes, kms.calls.length]).toEqual(['KMS_UNAVAILABLE', 'KMS returned no CiphertextForRecipient', ['no_recipient_ciphertext'], 1]);
+    }
+  });
+
+  it('retries what is retryable, logging each retry, and relays the answer that follows', async () => {
+    const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), fail({ name: 'KMSInternalException', $fault: 'server' }), answer());
+    const { proxy, outcomes, log } = proxyWith(kms.client);
+    expect((await proxy.decrypt(params())).keyId).toBe(ARN);
+    expect([kms.calls.length, outcomes]).toEqual([3, ['ok']]);
+    const retries = log.lines().filter((l) => l.msg === 'KMS call failed; retrying');
+    expect(retries.map((l) => [l.level, l.attempt, l.reason])).toEqual([
+      [40, 1, 'KMS_THROTTLED'],
+      [40, 2, 'KMS_UNAVAILABLE'],
+    ]);
+    // Each retry waited its backoff: 25-50 ms after the first failure, 50-100 ms after the second.
+    expect((retries[0]?.delayMs as number) >= 25 && (retries[0]?.delayMs as number) <= 50).toBe(true);
+    expect((retries[1]?.delayMs as number) >= 50 && (retries[1]?.delayMs as number) <= 100).toBe(true);
+  });
+
+  it('does not retry what is not retryable', async () => {
+    const kms = scripted(fail({ name: 'AccessDeniedException', message: 'denied' }));
+    const { proxy, outcomes } = proxyWith(kms.client);
+    const err = await rejection(proxy.decrypt(params()));
+    expect([err.reason, kms.calls.length, outcomes]).toEqual(['KMS_ACCESS_DENIED', 1, ['KMS_ACCESS_DENIED']]);
+  });
+
+  it('gives TIMEOUT, without retrying, when the call is aborted at the deadline', async () => {
+    const kms = scripted(
+      (_c, { abortSignal }) =>
+        new Promise((_resolve, reject) => {
+          abortSignal?.addEventListener('abort', () => reject(Object.assign(new Error('aborted'), { name: 'AbortError' })));
+        }),
+    );
+    const { proxy, outcomes } = proxyWith(kms.client, 150);
+    const err = await rejection(proxy.decrypt(params()));
+    expect([err.reason, err.retryable, err.message]).toEqual(['TIMEOUT', true, 'KMS did not answer within 150 ms']);
+    expect([kms.calls.length, outcomes]).toEqual([1, ['TIMEOUT']]);
+  });
+
+  it('stops retrying when the backoff would end past the deadline, with the reason it has', async () => {
+    // KMS answers "throttled" after at least 20 ms; the first backoff is 25-50 ms: 20 + 25 >= 40, always past
+    // the 40 ms deadline, so the proxy gives up at once instead of starting a retry it cannot finish.
+    const slow: Step = async () => {
+      await new Promise((r) => setTimeout(r, 20));
+      throw Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' });
+    };
+    const kms = scripted(slow);
+    const { proxy, outcomes } = proxyWith(kms.client, 40);
+    const err = await rejection(proxy.decrypt(params()));
+    expect([err.reason, err.retryable, err.message]).toEqual(['KMS_THROTTLED', true, 'KMS ThrottlingException: Rate exceeded']);
+    expect([kms.calls.length, outcomes]).toEqual([1, ['KMS_THROTTLED']]);
+  });
+
+  it('passes its own refusals on as they are, without retrying', async () => {
+    const own = new KeystoreError('KMS_UNAVAILABLE', 'from a nested proxy');
+    const kms = scripted(async () => {
+      throw own;
+    });
+    const err = await rejection(proxyWith(kms.client).proxy.decrypt(params()));
+    expect(err).toBe(own);
+    expect(kms.calls.length).toBe(1);
+  });
+});
+
+describe('KMS proxy edge cases', () => {
+  afterEach(() => {
+    jest.useRealTimers();
+    jest.restoreAllMocks();
+  });
+
+  it('works without an onCall hook, on success and on failure', async () => {
+    const proxy = new KmsProxy({ client: scripted(answer()).client, allowedKeyArns: [ARN], deadlineMs: 1000, maxConcurrent: 1, logger: silentLogger() });
+    expect((await proxy.decrypt(params())).keyId).toBe(ARN);
+    const failing = new KmsProxy({ client: scripted(fail({ name: 'AccessDeniedException' })).client, allowedKeyArns: [ARN], deadlineMs: 1000, maxConcurrent: 1, logger: silentLogger() });
+    expect((await rejection(failing.decrypt(params()))).reason).toBe('KMS_ACCESS_DENIED');
+  });
+
+  it('copes with a client that throws nothing at all (an unknown, retryable failure)', async () => {
+    const kms = scripted(async () => {
+      throw undefined;
+    }, answer());
+    const { proxy, log } = proxyWith(kms.client);
+    expect((await proxy.decrypt(params())).keyId).toBe(ARN);
+    expect(kms.calls.length).toBe(2);
+    expect(log.lines().filter((l) => l.msg === 'KMS call failed; retrying').map((l) => l.reason)).toEqual(['KMS_UNAVAILABLE']);
+    expect(mapKmsError(undefined).message).toBe('KMS could not be reached: Error');
+  });
+
+  it('does not retry an aborted call even with time left', async () => {
+    const kms = scripted(fail({ name: 'AbortError', message: 'This operation was aborted' }), answer());
+    const { proxy, outcomes } = proxyWith(kms.client, 5_000);
+    const err = await rejection(proxy.decrypt(params()));
+    expect([err.reason, err.message, kms.calls.length, outcomes]).toEqual(['TIMEOUT', 'KMS did not answer within 5000 ms', 1, ['TIMEOUT']]);
+  });
+
+  it('treats a 4xx it does not know as final: one call, KMS_REJECTED with the name and message KMS gave', async () => {
+    const kms = scripted(fail({ name: 'LimitExceededException', message: 'quota', $fault: 'client', $metadata: { httpStatusCode: 400 } }), answer());
+    const { proxy, outcomes } = proxyWith(kms.client, 5_000);
+    const err = await rejection(proxy.decrypt(params()));
+    expect([err.reason, err.retryable, err.message, kms.calls.length, outcomes]).toEqual(['KMS_REJECTED', false, 'KMS LimitExceededException: quota', 1, ['KMS_REJECTED']]);
+  });
+
+  it.each([
+    [8_000, undefined, 8_000],
+    [8_000, 10_000, 8_000],
+    [8_000, 8_000, 7_500],
+    [8_000, 1_000, 800],
+    [8_000, 2_500, 2_000],
+    [8_000, 2_501, 2_001],
+    [8_000, 1, 1],
+  ])('its budget with its own deadline %i ms and the enclave waiting %s ms is %i ms', (own, enclave, budget) => {
+    expect(kmsBudgetMs(own, enclave)).toBe(budget);
+  });
+
+  it('ends within the budget the enclave gives it, not its own longer deadline', async () => {
+    const kms = scripted(
+      (_c, { abortSignal }) =>
+        new Promise((_resolve, reject) => {
+          abortSignal?.addEventListener('abort', () => reject(Object.assign(new Error('aborted'), { name: 'AbortError' })));
+        }),
+    );
+    const { proxy } = proxyWith(kms.client, 60_000);
+    const err = await rejection(proxy.decrypt(params({ deadlineMs: 250 })));
+    expect([err.reason, err.message]).toEqual(['TIMEOUT', 'KMS did not answer within 200 ms']);
+  });
+
+  // A fake clock and a fixed jitter (Math.random = 0: backoffs of exactly 25 ms, then 50 ms).
+  const fakeClock = () => {
+    jest.useFakeTimers({ now: 1_000_000, doNotFake: ['nextTick', 'setImmediate', 'queueMicrotask'] });
+    jest.spyOn(Math, 'random').mockReturnValue(0);
+  };
+
+  // A throttling answer at once, then a success: a retry needs the 25 ms backoff plus KMS_MIN_ATTEMPT_MS.
+  it.each([
+    [KMS_MIN_ATTEMPT_MS + 24, 'KMS_THROTTLED', 1, ['KMS_THROTTLED']],
+    [KMS_MIN_ATTEMPT_MS + 25, 'relayed', 2, ['ok']],
+  ])('with a %i ms deadline, retries only if the backoff and a whole attempt fit before it (%s)', async (deadlineMs, result, calls, outcomes) => {
+    fakeClock();
+    const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), answer());
+    const run = proxyWith(kms.client, deadlineMs);
+    const settled = run.proxy.decrypt(params()).then(
+      () => 'relayed',
+      (e: KeystoreError) => e.reason,
+    );
+    await jest.advanceTimersByTimeAsync(1_000);
+    expect([await settled, kms.calls.length, run.outcomes]).toEqual([result, calls, outcomes]);
+  });
+
+  it('budgets a retry as long as the failed attempt took, when that is longer than the minimum', async () => {
+    fakeClock();
+    // Each throttling answer takes 300 ms: after the first, a retry needs 25 + 300 ms.
+    const slow: Step = async () => {
+      await new Promise((r) => setTimeout(r, 300));
+      throw Object.assign(new Error('Rate exceeded'), { name: 'ThrottlingException' });
+    };
+    const tight = scripted(slow, answer());
+    const short = proxyWith(tight.client, 624);
+    const refused = short.proxy.decrypt(params()).catch((e: KeystoreError) => e.reason);
+    await jest.advanceTimersByTimeAsync(1_000);
+    expect([await refused, tight.calls.length]).toEqual(['KMS_THROTTLED', 1]);
+
+    const roomy = scripted(slow, answer());
+    const enough = proxyWith(roomy.client, 625);
+    const relayed = enough.proxy.decrypt(params()).then((r) => r.keyId);
+    await jest.advanceTimersByTimeAsync(1_000);
+    expect([await relayed, roomy.calls.length, enough.outcomes]).toEqual([ARN, 2, ['ok']]);
+  });
+
+  it('answers with the failure it was retrying, not TIMEOUT, when the deadline cuts the retry short', async () => {
+    fakeClock();
+    const aborted = fail({ name: 'AbortError', message: 'This operation was aborted' });
+    const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), aborted);
+    const { proxy, outcomes } = proxyWith(kms.client, 1_000);
+    const result = proxy.decrypt(params()).then(
+      () => 'relayed',
+      (e: KeystoreError) => `${e.reason} ${e.retryable}: ${e.message}`,
+    );
+    await jest.advanceTimersByTimeAsync(1_000);
+    expect([await result, kms.calls.length, outcomes]).toEqual(['KMS_THROTTLED true: KMS ThrottlingException: Rate exceeded', 2, ['KMS_THROTTLED']]);
+  });
+
+  it('does not ask again when its backoff timer fired late, past the deadline, and answers with the failure it had', async () => {
+    fakeClock();
+    const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), answer());
+    const { proxy, outcomes } = proxyWith(kms.client, 200);
+    const result = proxy.decrypt(params()).then(
+      () => 'relayed',
+      (e: KeystoreError) => `${e.reason}: ${e.message}`,
+    );
+    await jest.advanceTimersByTimeAsync(0); // the first answer arrives; the 25 ms backoff starts
+    expect(kms.calls.length).toBe(1);
+    jest.advanceTimersByTime(200); // the backoff's timer fires only when the clock is already at the deadline
+    expect([await result, kms.calls.length, outcomes]).toEqual(['KMS_THROTTLED: KMS ThrottlingException: Rate exceeded', 1, ['KMS_THROTTLED']]);
+  });
+});
+
+describe('KMS proxy over RPC (in-process, scripted KMS client)', () => {
+  it('serves kms.decrypt on its address, as "kms-proxy", until closed', async () => {
+    const runDir = tempRunDir('nks-proxy-mut-');
+    const transport = new SimulatedVsockTransport(runDir);
+    const kms = scripted(answer());
+    const log = captureLogger('debug');
+    const proxy = new KmsProxy({ client: kms.client, allowedKeyArns: [ARN], deadlineMs: 2000, maxConcurrent: 4, logger: log.logger });
+    const client = new RpcClient({ name: 'test-enclave', transport, address: 'vsock://3:8123', logger: silentLogger() });
+    try {
+      await proxy.listen(transport, 'vsock://3:8123');
+      await client.waitConnected(5000);
+      expect(await client.call('kms.decrypt', params())).toEqual({ ciphertextForRecipient: CMS.toString('base64'), keyId: ARN });
+      const refused = await rejection(client.call('kms.decrypt', params({ kmsKeyArn: OTHER })));
+      expect(refused.reason).toBe('KMS_KEY_NOT_ALLOWED');
+      expect(log.lines().filter((l) => l.msg === 'kms-proxy listening').map((l) => l.address)).toEqual(['vsock://3:8123']);
+      await client.close();
+      await proxy.close(100);
+      const connects = await new Promise<boolean>((resolve) => {
+        const socket = net.connect(simulatedSocketPath(runDir, 'vsock://3:8123'));
+        socket.once('connect', () => {
+          socket.destroy();
+          resolve(true);
+        });
+        socket.once('error', () => resolve(false));
+      });
+      expect(connects).toBe(false);
+    } finally {
+      await client.close();
+      await proxy.close(100);
+      fs.rmSync(runDir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('KMS error mapping, name by name', () => {
+  it.each<[object, string, string]>([
+    [{ name: 'AccessDeniedException', message: 'User is not authorized\nsecond line' }, 'KMS_ACCESS_DENIED', 'KMS AccessDeniedException: User is not authorized (is this enclave image approved in the key policy?)'],
+    [{ name: 'ThrottlingException', message: 'Rate exceeded' }, 'KMS_THROTTLED', 'KMS ThrottlingException: Rate exceeded'],
+    [{ name: 'ThrottlingException' }, 'KMS_THROTTLED', 'KMS ThrottlingException: rate exceeded'],
+    [{ name: 'InvalidCiphertextException', message: 'bad' }, 'KMS_INVALID_CIPHERTEXT', 'KMS InvalidCiphertextException: bad'],
+    [{ name: 'IncorrectKeyException' }, 'KMS_INVALID_CIPHERTEXT', 'KMS IncorrectKeyException: the wrapped key does not decrypt under this KMS key'],
+    [{ name: 'NotFoundException' }, 'KMS_ACCESS_DENIED', 'KMS NotFoundException: the KMS key cannot be used'],
+    [{ name: 'DisabledException', message: 'disabled' }, 'KMS_ACCESS_DENIED', 'KMS DisabledException: disabled'],
+    [{ name: 'KMSInvalidStateException' }, 'KMS_ACCESS_DENIED', 'KMS KMSInvalidStateException: the KMS key cannot be used'],
+    [{ name: 'InvalidKeyUsageException' }, 'KMS_ACCESS_DENIED', 'KMS InvalidKeyUsageException: the KMS key cannot be used'],
+    [{ name: 'ValidationException', message: 'The Attestation document is not valid' }, 'ATTESTATION_FAILED', 'KMS ValidationException: The Attestation document is not valid'],
+    [{ name: 'ValidationException', message: '1 validation error detected' }, 'KMS_REJECTED', 'KMS ValidationException: 1 validation error detected'],
+    [{ name: 'ValidationException' }, 'KMS_REJECTED', 'KMS ValidationException: the request is not valid'],
+    [{ name: 'SomethingNew', $fault: 'server' }, 'KMS_UNAVAILABLE', 'KMS SomethingNew: service error'],
+    [{ name: 'SomethingNew', $fault: 'server', message: 'oops' }, 'KMS_UNAVAILABLE', 'KMS SomethingNew: oops'],
+    [{ name: 'Unknown', $metadata: { httpStatusCode: 500 } }, 'KMS_UNAVAILABLE', 'KMS Unknown: service error'],
+    [{ name: 'Unknown', $metadata: { httpStatusCode: 499 } }, 'KMS_REJECTED', 'KMS Unknown: refused the request (HTTP 499)'],
+    [{ name: 'Unknown', $metadata: { httpStatusCode: 400 } }, 'KMS_REJECTED', 'KMS Unknown: refused the request (HTTP 400)'],
+    [{ name: 'LimitExceededException', message: 'too many grants', $metadata: { httpStatusCode: 400 } }, 'KMS_REJECTED', 'KMS LimitExceededException: too many grants'],
+    [{ name: 'Unknown', $metadata: { httpStatusCode: 399 } }, 'KMS_UNAVAILABLE', 'KMS could not be reached: Unknown'],
+    [{ name: 'Unknown', $fault: 'client' }, 'KMS_REJECTED', 'KMS Unknown: refused the request (HTTP 4xx)'],
+    [{ name: 'Error', message: 'connect ECONNREFUSED 127.0.0.1:443' }, 'KMS_UNAVAILABLE', 'KMS could not be reached: Error: connect ECONNREFUSED 127.0.0.1:443'],
+    [{ name: 'KMSInternalException' }, 'KMS_UNAVAILABLE', 'KMS KMSInternalException: service error'],
+    [{ name: 'DependencyTimeoutException' }, 'KMS_UNAVAILABLE', 'KMS DependencyTimeoutException: service error'],
+    [{ name: 'KeyUnavailableException' }, 'KMS_UNAVAILABLE', 'KMS KeyUnavailableException: service error'],
+    [{ name: 'ServiceUnavailableException' }, 'KMS_UNAVAILABLE', 'KMS ServiceUnavailableException: service error'],
+    [{ name: 'RequestTimeout' }, 'KMS_UNAVAILABLE', 'KMS RequestTimeout: service error'],
+    [{ name: 'TimeoutError' }, 'KMS_UNAVAILABLE', 'KMS TimeoutError: service error'],
+    [{}, 'KMS_UNAVAILABLE', 'KMS could not be reached: Error'],
+  ])('%j', (err, reason, message) => {
+    const mapped = mapKmsError(err);
+    expect([mapped.reason, mapped.message]).toEqual([reason, message]);
+  });
+
+  it('maps null and undefined as unknown errors, and keeps only the first 300 characters of the first line', () => {
+    expect(mapKmsError(null).message).toBe('KMS could not be reached: Error');
+    expect(mapKmsError(undefined).message).toBe('KMS could not be reached: Error');
+    const long = mapKmsError({ name: 'InvalidCiphertextException', message: `${'x'.repeat(400)}\nmore` });
+    expect(long.message).toBe(`KMS InvalidCiphertextException: ${'x'.repeat(300)}`);
+  });
+});
