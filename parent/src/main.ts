@@ -24,7 +24,7 @@ async function main(): Promise<void> {
     await parent.stop();
     logger.info('parent stopped');
     logger.flush();
-    // A real vsock listener keeps the process alive after close (DESIGN §12): exit explicitly.
+    // Exit even if a handle outlived the drain (a connection still closing): the service is stopped.
     process.exit(0);
   };
   process.on('SIGTERM', () => void stop('SIGTERM'));

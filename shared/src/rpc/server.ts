@@ -14,9 +14,9 @@
  *   paused after `unsentDrainTimeoutMs`, or whose backlog passes `maxUnsentBytesPerConnection` (answers of
  *   requests already executing when it paused), is closed and logged;
  * - connections: at most `maxConnections`; more are closed on arrival and logged.
- * The unsent-bytes rules need a transport that queues writes (`writeMode: 'queued'`); on a blocking transport
- * (the current vsock binding) nothing is queued in the process and a peer that does not read stalls the
- * writer instead (see transport/vsock.ts).
+ * The unsent-bytes rules need a transport that queues writes (`writeMode: 'queued'`): both the simulated
+ * transport and the vsock addon (enclave/native/vsock.c) do. On a `'blocking'` transport nothing would be
+ * queued in the process and a peer that does not read would stall the writer instead.
  */
 import type { z } from 'zod';
 import { KeystoreError, toRpcError } from '../errors';
