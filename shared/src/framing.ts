@@ -3,7 +3,7 @@
  *   u32 BE payload length | u32 BE CRC-32 of the payload | payload (UTF-8 JSON)
  *
  * The decoder is incremental: it accepts the byte stream in chunks of any size, including frames split across
- * chunks and several frames packed into one. It never buffers more than one frame beyond the limit check.
+ * chunks and several frames packed into one. It holds at most one frame, of at most the limit.
  */
 import { crc32 } from 'node:zlib';
 
@@ -44,19 +44,25 @@ export function chunksOf(buf: Buffer, max = MAX_WRITE_CHUNK_BYTES): Buffer[] {
   return out;
 }
 
+/**
+ * Incremental decoder. Memory is bounded by the frame limit whatever the chunking: a frame's payload is
+ * assembled in one buffer of its announced length, so a peer that sends a large frame one byte at a time
+ * costs that frame's bytes, not one held Buffer object (hundreds of bytes each) per byte.
+ */
 export class FrameDecoder {
-  private chunks: Buffer[] = [];
-  private buffered = 0;
-  /** Payload length of the frame being assembled, once its header has been read. */
-  private expected = -1;
+  private readonly header = Buffer.alloc(FRAME_HEADER_BYTES);
+  private headerFilled = 0;
+  /** The frame being assembled (its announced length), once its header has been read. */
+  private frame: Buffer | null = null;
+  private filled = 0;
   private expectedCrc = 0;
   private failed: FrameError | null = null;
 
   constructor(private readonly maxPayloadBytes = DEFAULT_MAX_FRAME_BYTES) {}
 
-  /** Bytes held while waiting for the rest of a frame. */
+  /** Bytes received and held while waiting for the rest of a frame. */
   get bufferedBytes(): number {
-    return this.buffered;
+    return this.headerFilled + this.filled;
   }
 
   /**
@@ -65,65 +71,60 @@ export class FrameDecoder {
    */
   push(chunk: Buffer): Buffer[] {
     if (this.failed) throw this.failed;
-    if (chunk.length === 0) return [];
-    this.chunks.push(chunk);
-    this.buffered += chunk.length;
-
     const out: Buffer[] = [];
-    for (;;) {
-      if (this.expected < 0) {
-        if (this.buffered < FRAME_HEADER_BYTES) break;
-        const header = this.take(FRAME_HEADER_BYTES);
-        const length = header.readUInt32BE(0);
-        if (length > this.maxPayloadBytes) {
-          return this.fail('FRAME_TOO_LARGE', `frame length ${length} exceeds the ${this.maxPayloadBytes}-byte limit`);
+    let at = 0;
+    while (at < chunk.length) {
+      if (this.frame === null) {
+        // A whole header and payload inside this chunk: hand out a view, no copy.
+        if (this.headerFilled === 0 && chunk.length - at >= FRAME_HEADER_BYTES) {
+          const length = this.checkedLength(chunk.readUInt32BE(at));
+          if (chunk.length - at - FRAME_HEADER_BYTES >= length) {
+            const payload = chunk.subarray(at + FRAME_HEADER_BYTES, at + FRAME_HEADER_BYTES + length);
+            this.checkCrc(payload, chunk.readUInt32BE(at + 4));
+            out.push(payload);
+            at += FRAME_HEADER_BYTES + length;
+            continue;
+          }
         }
-        this.expected = length;
-        this.expectedCrc = header.readUInt32BE(4);
+        const n = Math.min(FRAME_HEADER_BYTES - this.headerFilled, chunk.length - at);
+        chunk.copy(this.header, this.headerFilled, at, at + n);
+        this.headerFilled += n;
+        at += n;
+        if (this.headerFilled < FRAME_HEADER_BYTES) break;
+        const length = this.checkedLength(this.header.readUInt32BE(0));
+        this.expectedCrc = this.header.readUInt32BE(4);
+        this.headerFilled = 0;
+        this.frame = Buffer.allocUnsafe(length);
+        this.filled = 0;
       }
-      if (this.buffered < this.expected) break;
-      const payload = this.take(this.expected);
-      if (crc32(payload) !== this.expectedCrc) {
-        return this.fail('FRAME_BAD_CRC', `frame CRC-32 mismatch on a ${payload.length}-byte payload`);
-      }
-      this.expected = -1;
+      const n = Math.min(this.frame.length - this.filled, chunk.length - at);
+      chunk.copy(this.frame, this.filled, at, at + n);
+      this.filled += n;
+      at += n;
+      if (this.filled < this.frame.length) break;
+      const payload = this.frame;
+      this.frame = null;
+      this.filled = 0;
+      this.checkCrc(payload, this.expectedCrc);
       out.push(payload);
     }
     return out;
   }
 
-  private fail(kind: FrameErrorKind, message: string): never {
-    this.failed = new FrameError(kind, message);
-    this.chunks = [];
-    this.buffered = 0;
-    throw this.failed;
+  private checkedLength(length: number): number {
+    if (length > this.maxPayloadBytes) this.fail('FRAME_TOO_LARGE', `frame length ${length} exceeds the ${this.maxPayloadBytes}-byte limit`);
+    return length;
   }
 
-  /** Removes exactly n buffered bytes (n <= buffered), copying only when they span chunks. */
-  private take(n: number): Buffer {
-    this.buffered -= n;
-    const first = this.chunks[0];
-    if (first === undefined) return Buffer.alloc(0);
-    if (first.length >= n) {
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
-      return first.subarray(0, n);
-    }
-    const out = Buffer.allocUnsafe(n);
-    let filled = 0;
-    while (filled < n) {
-      const head = this.chunks[0] as Buffer;
-      const want = n - filled;
-      if (head.length <= want) {
-        head.copy(out, filled);
-        filled += head.length;
-        this.chunks.shift();
-      } else {
-        head.copy(out, filled, 0, want);
-        this.chunks[0] = head.subarray(want);
-        filled += want;
-      }
-    }
-    return out;
+  private checkCrc(payload: Buffer, expected: number): void {
+    if (crc32(payload) !== expected) this.fail('FRAME_BAD_CRC', `frame CRC-32 mismatch on a ${payload.length}-byte payload`);
+  }
+
+  private fail(kind: FrameErrorKind, message: string): never {
+    this.failed = new FrameError(kind, message);
+    this.frame = null;
+    this.filled = 0;
+    this.headerFilled = 0;
+    throw this.failed;
   }
 }

@@ -3,7 +3,10 @@
  *
  * - Many requests in flight, matched by id; responses may arrive in any order.
  * - Every call has a deadline: when it passes the call fails with TIMEOUT and its handler is dropped.
- * - An in-flight cap answers OVERLOADED at once rather than queueing without bound.
+ * - An in-flight cap answers OVERLOADED at once rather than queueing without bound; so does a cap on request
+ *   bytes written and not yet taken by the peer (queued transports), and a connection whose peer takes none of
+ *   them for a whole default deadline is dropped and re-made: a peer that accepts and never reads cannot make
+ *   this process hold more than the cap.
  * - The connection is re-established with capped, jittered exponential backoff. While it is down, calls fail
  *   fast with a retryable UNAVAILABLE instead of waiting; calls made during a connection attempt wait for it
  *   (within their deadline).
@@ -29,6 +32,8 @@ export interface RpcClientOptions {
   connectTimeoutMs?: number;
   backoff?: BackoffOptions;
   maxFrameBytes?: number;
+  /** Request bytes written and not yet taken by the peer above which calls answer OVERLOADED (default 4 MiB). */
+  maxQueuedBytes?: number;
   /** Called whenever the connection comes up or goes down. */
   onStateChange?: (connected: boolean) => void;
   /**
@@ -69,9 +74,13 @@ export class RpcClient {
   private readonly maxInFlight: number;
   private readonly defaultDeadlineMs: number;
   private readonly backoff: BackoffOptions;
+  private readonly maxQueuedBytes: number;
+  /** Runs while the connection has unsent bytes and the peer has taken none of them for a while. */
+  private stallTimer: NodeJS.Timeout | null = null;
 
   constructor(private readonly options: RpcClientOptions) {
     this.maxInFlight = options.maxInFlight ?? 1024;
+    this.maxQueuedBytes = options.maxQueuedBytes ?? 4 * 1024 * 1024;
     this.defaultDeadlineMs = options.defaultDeadlineMs ?? 5000;
     this.backoff = options.backoff ?? { initialMs: 50, maxMs: 2000 };
   }
@@ -130,6 +139,9 @@ export class RpcClient {
     if (this.pending.size >= this.maxInFlight) {
       throw new KeystoreError('OVERLOADED', `${this.options.name}: more than ${this.maxInFlight} requests in flight`);
     }
+    if (conn.bufferedBytes > this.maxQueuedBytes) {
+      throw new KeystoreError('OVERLOADED', `${this.options.name}: ${conn.bufferedBytes} request bytes not yet taken by ${this.options.address}`);
+    }
     const remaining = deadlineMs - (Date.now() - startedAt);
     if (remaining <= 0) throw this.timeout(method, deadlineMs);
 
@@ -141,6 +153,7 @@ export class RpcClient {
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer, method });
       try {
         conn.send({ jsonrpc: '2.0', id, method, params });
+        if (conn.bufferedBytes > 0) this.watchStall(conn);
       } catch (err) {
         clearTimeout(timer);
         this.pending.delete(id);
@@ -154,6 +167,7 @@ export class RpcClient {
     if (this.state === 'closed') return;
     this.state = 'closed';
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.clearStall();
     this.failAll('client closed');
     this.conn?.destroy();
     this.conn = null;
@@ -189,6 +203,11 @@ export class RpcClient {
         {
           message: (msg) => this.onMessage(msg),
           close: ({ protocolError, error }) => this.onClose(framed, protocolError ?? error?.message),
+          // The peer took bytes: restart the stall clock, or stop it once everything is sent.
+          flushed: (unsent) => {
+            this.clearStall();
+            if (unsent > 0) this.watchStall(framed);
+          },
         },
         this.options.maxFrameBytes,
       );
@@ -225,9 +244,27 @@ export class RpcClient {
     this.reconnectTimer.unref();
   }
 
+  /** Drops `conn` if its peer takes none of its unsent bytes within a default deadline. */
+  private watchStall(conn: FramedConnection): void {
+    if (this.stallTimer) return;
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = null;
+      if (this.conn !== conn || conn.bufferedBytes === 0) return;
+      this.options.logger.warn({ address: this.options.address, unsentBytes: conn.bufferedBytes }, `${this.options.name}: the peer took no bytes for ${this.defaultDeadlineMs} ms; dropping the connection`);
+      conn.destroy();
+    }, this.defaultDeadlineMs);
+    this.stallTimer.unref();
+  }
+
+  private clearStall(): void {
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
+  }
+
   private onClose(framed: FramedConnection, why: string | undefined): void {
     if (this.conn !== framed) return;
     this.conn = null;
+    this.clearStall();
     this.failAll(`connection to ${this.options.address} lost${why ? ` (${why})` : ''}`);
     if (this.state === 'closed') return;
     this.options.logger.warn({ address: this.options.address, reason: why }, `${this.options.name} connection closed; reconnecting`);
