@@ -1,16 +1,27 @@
 /**
- * The KMS key policy operators install (DESIGN §3): only an attested enclave running an approved image, on an
- * instance with the parent's IAM role, can Decrypt. From measurements (nitro-cli's JSON or PCR values), the
- * parent role ARN and the key administrators:
+ * The KMS key policy operators install (DESIGN §3, docs/KEY-POLICY.md): only an attested enclave running an
+ * approved image, on an instance with the parent's IAM role, can unwrap a data key. From measurements
+ * (nitro-cli's JSON or PCR values) and four kinds of principal:
  *
- * - administrators manage the key but cannot use it (no Decrypt, no Encrypt, no data keys);
- * - the parent role may read the key's metadata and public key;
- * - the parent role may Decrypt only with `kms:RecipientAttestation:ImageSha384` (PCR0) among the approved
- *   images and `kms:RecipientAttestation:PCR3` equal to its role's measurement;
- * - an explicit Deny refuses Decrypt to anyone without an approved PCR0, whatever IAM policies say.
+ * - administrators (`KeyAdministration`) see and tidy the key: describe, read the policy, list and revoke grants,
+ *   tags, description, cancel a scheduled deletion. An explicit list, no wildcards: they cannot use the key,
+ *   change its policy, create grants, disable it or schedule its deletion;
+ * - the image approver (`ImageApproval`) is the only principal that may `PutKeyPolicy`: approving an image is a
+ *   policy change, routine (every upgrade), so it has its own role whose every use is logged and alarmed;
+ * - the break-glass role (`BreakGlass`) may disable, re-enable, schedule and cancel the deletion of the key;
+ * - the parent role may read the key's metadata and public key, and may Decrypt only with
+ *   `kms:RecipientAttestation:ImageSha384` (PCR0) among the approved images and `kms:RecipientAttestation:PCR3`
+ *   equal to its role's measurement (and PCR8 when pinned);
+ * - explicit Deny statements for every AWS principal, which no Allow, IAM policy or grant can override:
+ *   Decrypt without an approved PCR0, or from an instance whose role is not the parent role (PCR3), so that
+ *   not even a grant could let another role's instance running an approved image unwrap; `kms:ReEncrypt*` (ReEncrypt decrypts ciphertext made with the public key
+ *   and re-encrypts it under another key, with no Recipient and so no attestation); `kms:CreateGrant` (a grant
+ *   could allow ReEncryptFrom or Decrypt); and PutKeyPolicy with `BypassPolicyLockoutSafetyCheck`, so a policy
+ *   change can never lock the approver out.
  *
  * Several images may be approved at once (rolling upgrades). Debug-mode images (all-zero PCR0) are refused:
- * every debug enclave reports zeros, so approving them would approve any debug enclave.
+ * every debug enclave reports zeros, so approving them would approve any debug enclave. The account root
+ * principal is refused: in a key policy it delegates to every IAM policy in the account.
  */
 import { createHash } from 'node:crypto';
 
@@ -24,7 +35,12 @@ export interface ImageMeasurements {
 export interface PolicyInput {
   images: ImageMeasurements[];
   parentRoleArn: string;
+  /** IAM roles or users that administer (but cannot use, re-policy, disable or delete) the key. */
   keyAdministrators: string[];
+  /** The IAM role that installs key policies (approves images): the only principal allowed PutKeyPolicy. */
+  imageApproverRoleArn: string;
+  /** The IAM role allowed to disable the key and schedule its deletion. */
+  breakGlassRoleArn: string;
   /** Also pin PCR8 (signed EIFs) when the measurements carry it. */
   pinSigningCertificate?: boolean;
 }
@@ -33,9 +49,28 @@ export class PolicyInputError extends Error {
   override readonly name = 'PolicyInputError';
 }
 
+/** What each principal may do: explicit lists, no wildcards (a wildcard would also grant future operations). */
+export const ADMINISTRATOR_ACTIONS = [
+  'kms:DescribeKey',
+  'kms:GetKeyPolicy',
+  'kms:GetPublicKey',
+  'kms:ListGrants',
+  'kms:ListKeyPolicies',
+  'kms:ListResourceTags',
+  'kms:RevokeGrant',
+  'kms:TagResource',
+  'kms:UntagResource',
+  'kms:UpdateKeyDescription',
+  'kms:CancelKeyDeletion',
+] as const;
+export const IMAGE_APPROVER_ACTIONS = ['kms:PutKeyPolicy', 'kms:GetKeyPolicy', 'kms:DescribeKey'] as const;
+export const BREAK_GLASS_ACTIONS = ['kms:DisableKey', 'kms:EnableKey', 'kms:ScheduleKeyDeletion', 'kms:CancelKeyDeletion', 'kms:DescribeKey', 'kms:GetKeyPolicy'] as const;
+export const PARENT_METADATA_ACTIONS = ['kms:DescribeKey', 'kms:GetPublicKey'] as const;
+
 const PCR_RE = /^[0-9a-f]{96}$/;
 const ROLE_RE = /^arn:aws[a-z-]*:iam::\d{12}:role\/[A-Za-z0-9+=,.@_/-]{1,512}$/;
-const PRINCIPAL_RE = /^arn:aws[a-z-]*:(iam::\d{12}:(role|user|root)(\/[A-Za-z0-9+=,.@_/-]{1,512})?|sts::\d{12}:assumed-role\/.+)$/;
+const USER_OR_ROLE_RE = /^arn:aws[a-z-]*:iam::\d{12}:(role|user)\/[A-Za-z0-9+=,.@_/-]{1,512}$/;
+const ROOT_RE = /^(\*|\d{12}|arn:aws[a-z-]*:iam::\d{12}:root)$/;
 
 /** PCR3 as Nitro computes it: SHA-384 over 48 zero bytes followed by the role ARN. */
 export function pcr3ForRole(roleArn: string): string {
@@ -57,61 +92,81 @@ export function measurementsFromNitroCliJson(json: unknown, source = 'measuremen
   return { PCR0: normalizePcr(m.PCR0, `${source} PCR0`), PCR1: opt('PCR1'), PCR2: opt('PCR2'), PCR8: opt('PCR8') };
 }
 
+/** Refuses the account root (or `*`) as a principal: it would hand the permission to the account's IAM policies. */
+function refuseRoot(arn: string, what: string): void {
+  if (ROOT_RE.test(arn.trim())) {
+    throw new PolicyInputError(
+      `${what} ${arn} is the account root principal (or every principal): in a key policy it lets every IAM policy of the account grant that access; name the IAM role (or user) instead`,
+    );
+  }
+}
+
+function checkRole(arn: string | undefined, what: string, flag: string): string {
+  if (!arn) throw new PolicyInputError(`the ${what} is required (${flag})`);
+  refuseRoot(arn, what);
+  if (!ROLE_RE.test(arn)) throw new PolicyInputError(`${what} ${arn} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)`);
+  return arn;
+}
+
+const one = (values: readonly string[]): string | string[] => (values.length === 1 ? (values[0] as string) : [...values]);
+
 export function generateKeyPolicy(input: PolicyInput): string {
   if (input.images.length === 0) throw new PolicyInputError('at least one image (PCR0) must be approved');
-  if (!ROLE_RE.test(input.parentRoleArn)) throw new PolicyInputError(`parent role ${input.parentRoleArn} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)`);
-  if (input.keyAdministrators.length === 0) throw new PolicyInputError('at least one key administrator is needed, or nobody could ever change the policy');
-  for (const a of input.keyAdministrators) {
-    if (!PRINCIPAL_RE.test(a)) throw new PolicyInputError(`key administrator ${a} is not an IAM principal ARN`);
-    if (a === input.parentRoleArn) throw new PolicyInputError('the parent role must not also administer the key (it could then rewrite the policy)');
+  const parent = checkRole(input.parentRoleArn, 'parent role', '--parent-role-arn');
+  const approver = checkRole(input.imageApproverRoleArn, 'image approver role', '--image-approver-role-arn');
+  const breakGlass = checkRole(input.breakGlassRoleArn, 'break-glass role', '--break-glass-role-arn');
+  if (input.keyAdministrators.length === 0) throw new PolicyInputError('at least one key administrator is needed (--admin)');
+  const admins = [...new Set(input.keyAdministrators)];
+  for (const a of admins) {
+    refuseRoot(a, 'key administrator');
+    if (!USER_OR_ROLE_RE.test(a)) throw new PolicyInputError(`key administrator ${a} is not an IAM role or user ARN`);
+    if (a === parent) throw new PolicyInputError('the parent role must not also administer the key (it could then rewrite the policy)');
+    if (a === approver) throw new PolicyInputError('the image approver role must not also be a key administrator: PutKeyPolicy stays with one dedicated, alarmed role');
+    if (a === breakGlass) throw new PolicyInputError('the break-glass role must not also be a key administrator: disabling and deleting the key stay with the break-glass role');
   }
+  if (approver === parent || breakGlass === parent) throw new PolicyInputError('the parent role must not also be the image approver or break-glass role');
+  if (approver === breakGlass) throw new PolicyInputError('the image approver and break-glass roles must be different roles');
+
   const pcr0s = [...new Set(input.images.map((i, n) => normalizePcr(i.PCR0, `image ${n + 1} PCR0`)))];
   if (pcr0s.some((p) => /^0+$/.test(p))) throw new PolicyInputError('a PCR0 of all zeros is a debug-mode enclave; debug images cannot be approved');
   const pcr8s = input.pinSigningCertificate ? [...new Set(input.images.map((i, n) => (i.PCR8 ? normalizePcr(i.PCR8, `image ${n + 1} PCR8`) : undefined)))] : [];
   if (input.pinSigningCertificate && pcr8s.some((p) => p === undefined)) throw new PolicyInputError('PCR8 pinning asked for, but an image has no PCR8 (is it signed?)');
 
   const attestation: Record<string, string | string[]> = {
-    'kms:RecipientAttestation:ImageSha384': pcr0s.length === 1 ? (pcr0s[0] as string) : pcr0s,
-    'kms:RecipientAttestation:PCR3': pcr3ForRole(input.parentRoleArn),
+    'kms:RecipientAttestation:ImageSha384': one(pcr0s),
+    'kms:RecipientAttestation:PCR3': pcr3ForRole(parent),
   };
-  if (pcr8s.length) attestation['kms:RecipientAttestation:PCR8'] = pcr8s.length === 1 ? (pcr8s[0] as string) : (pcr8s as string[]);
+  if (pcr8s.length) attestation['kms:RecipientAttestation:PCR8'] = one(pcr8s as string[]);
+  const everyone = { AWS: '*' };
 
   const policy = {
     Version: '2012-10-17',
     Id: 'nitro-keystore-key-policy',
     Statement: [
-      {
-        Sid: 'KeyAdministration',
-        Effect: 'Allow',
-        Principal: { AWS: input.keyAdministrators.length === 1 ? input.keyAdministrators[0] : input.keyAdministrators },
-        Action: [
-          'kms:Create*',
-          'kms:Describe*',
-          'kms:Enable*',
-          'kms:List*',
-          'kms:Put*',
-          'kms:Update*',
-          'kms:Revoke*',
-          'kms:Disable*',
-          'kms:Get*',
-          'kms:Delete*',
-          'kms:TagResource',
-          'kms:UntagResource',
-          'kms:ScheduleKeyDeletion',
-          'kms:CancelKeyDeletion',
-        ],
-        Resource: '*',
-      },
-      { Sid: 'ParentReadsKeyMetadata', Effect: 'Allow', Principal: { AWS: input.parentRoleArn }, Action: ['kms:DescribeKey', 'kms:GetPublicKey'], Resource: '*' },
-      { Sid: 'EnclaveDecryptOnlyWhenAttested', Effect: 'Allow', Principal: { AWS: input.parentRoleArn }, Action: 'kms:Decrypt', Resource: '*', Condition: { StringEqualsIgnoreCase: attestation } },
+      { Sid: 'KeyAdministration', Effect: 'Allow', Principal: { AWS: one(admins) }, Action: [...ADMINISTRATOR_ACTIONS], Resource: '*' },
+      { Sid: 'ImageApproval', Effect: 'Allow', Principal: { AWS: approver }, Action: [...IMAGE_APPROVER_ACTIONS], Resource: '*' },
+      { Sid: 'BreakGlass', Effect: 'Allow', Principal: { AWS: breakGlass }, Action: [...BREAK_GLASS_ACTIONS], Resource: '*' },
+      { Sid: 'ParentReadsKeyMetadata', Effect: 'Allow', Principal: { AWS: parent }, Action: [...PARENT_METADATA_ACTIONS], Resource: '*' },
+      { Sid: 'EnclaveDecryptOnlyWhenAttested', Effect: 'Allow', Principal: { AWS: parent }, Action: 'kms:Decrypt', Resource: '*', Condition: { StringEqualsIgnoreCase: attestation } },
       {
         Sid: 'DenyDecryptOutsideApprovedEnclaves',
         Effect: 'Deny',
-        Principal: '*',
+        Principal: everyone,
         Action: 'kms:Decrypt',
         Resource: '*',
-        Condition: { StringNotEqualsIgnoreCase: { 'kms:RecipientAttestation:ImageSha384': pcr0s.length === 1 ? pcr0s[0] : pcr0s } },
+        Condition: { StringNotEqualsIgnoreCase: { 'kms:RecipientAttestation:ImageSha384': one(pcr0s) } },
       },
+      {
+        Sid: 'DenyDecryptOutsideParentRole',
+        Effect: 'Deny',
+        Principal: everyone,
+        Action: 'kms:Decrypt',
+        Resource: '*',
+        Condition: { StringNotEqualsIgnoreCase: { 'kms:RecipientAttestation:PCR3': pcr3ForRole(parent) } },
+      },
+      { Sid: 'DenyReEncrypt', Effect: 'Deny', Principal: everyone, Action: 'kms:ReEncrypt*', Resource: '*' },
+      { Sid: 'DenyCreateGrant', Effect: 'Deny', Principal: everyone, Action: 'kms:CreateGrant', Resource: '*' },
+      { Sid: 'DenyPolicyLockoutBypass', Effect: 'Deny', Principal: everyone, Action: 'kms:PutKeyPolicy', Resource: '*', Condition: { Bool: { 'kms:BypassPolicyLockoutSafetyCheck': 'true' } } },
     ],
   };
   return JSON.stringify(policy, null, 2);

@@ -112,12 +112,12 @@ describe('nks policy', () => {
     try {
       const m = path.join(dir, 'm.json');
       fs.writeFileSync(m, JSON.stringify({ Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48) } }));
-      const r = nks(['policy', '--measurements', m, '--pcr0', '12'.repeat(48), '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a']);
+      const r = nks(['policy', '--measurements', m, '--pcr0', '12'.repeat(48), '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--image-approver-role-arn', 'arn:aws:iam::111122223333:role/i', '--break-glass-role-arn', 'arn:aws:iam::111122223333:role/b']);
       expect(r.status).toBe(0);
       const policy = JSON.parse(r.stdout) as { Statement: Array<{ Sid: string; Condition?: Record<string, Record<string, unknown>> }> };
       const allow = policy.Statement.find((st) => st.Sid === 'EnclaveDecryptOnlyWhenAttested');
       expect(allow?.Condition?.StringEqualsIgnoreCase?.['kms:RecipientAttestation:ImageSha384']).toEqual(['ab'.repeat(48), '12'.repeat(48)]);
-      const debug = nks(['policy', '--pcr0', '0'.repeat(96), '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a']);
+      const debug = nks(['policy', '--pcr0', '0'.repeat(96), '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--image-approver-role-arn', 'arn:aws:iam::111122223333:role/i', '--break-glass-role-arn', 'arn:aws:iam::111122223333:role/b']);
       expect([debug.status, debug.stderr]).toEqual([2, expect.stringMatching(/debug images cannot be approved/)]);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

@@ -2,19 +2,26 @@ import { decodeAttestationDocument } from '../../shared/src/attestation';
 import realDoc from '../../shared/test/fixtures/aws-nitro-attestation-debug.json';
 import { evaluatePolicy, parsePolicy } from '../../sim/src/kms/policy';
 import { measureString } from '../../sim/src/measure';
-import { generateKeyPolicy, measurementsFromNitroCliJson, pcr3ForRole, PolicyInputError } from '../src/policy';
+import { generateKeyPolicy, measurementsFromNitroCliJson, pcr3ForRole, PolicyInputError, type PolicyInput } from '../src/policy';
 
 const ROLE = 'arn:aws:iam::111122223333:role/nitro-keystore-parent';
 const ADMIN = 'arn:aws:iam::111122223333:role/keystore-admin';
+const ADMIN_USER = 'arn:aws:iam::111122223333:user/alice';
+const APPROVER = 'arn:aws:iam::111122223333:role/keystore-image-approver';
+const BREAK_GLASS = 'arn:aws:iam::111122223333:role/keystore-break-glass';
+const OUTSIDER = 'arn:aws:iam::111122223333:role/someone-else';
 const KEY = 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab';
 const IMAGE_A = 'a1'.repeat(48);
 const IMAGE_B = 'b2'.repeat(48);
+const roles = { parentRoleArn: ROLE, keyAdministrators: [ADMIN], imageApproverRoleArn: APPROVER, breakGlassRoleArn: BREAK_GLASS };
 
 describe('key policy generator', () => {
-  const policy = parsePolicy(generateKeyPolicy({ images: [{ PCR0: IMAGE_A }, { PCR0: IMAGE_B.toUpperCase() }], parentRoleArn: ROLE, keyAdministrators: [ADMIN] }));
-  const decide = (principalArn: string, action: string, values: Record<string, string> = {}) =>
-    evaluatePolicy(policy, { action, principalArn, account: '111122223333', keyArn: KEY, values }).allowed;
+  const text = generateKeyPolicy({ images: [{ PCR0: IMAGE_A }, { PCR0: IMAGE_B.toUpperCase() }], ...roles, keyAdministrators: [ADMIN, ADMIN_USER] });
+  const policy = parsePolicy(text);
+  const evaluate = (principalArn: string, action: string, values: Record<string, string> = {}) => evaluatePolicy(policy, { action, principalArn, account: '111122223333', keyArn: KEY, values });
+  const decide = (principalArn: string, action: string, values: Record<string, string> = {}) => evaluate(principalArn, action, values).allowed;
   const attested = (pcr0: string, role = ROLE) => ({ 'kms:RecipientAttestation:ImageSha384': pcr0, 'kms:RecipientAttestation:PCR3': pcr3ForRole(role) });
+  const EVERYONE = [ROLE, ADMIN, ADMIN_USER, APPROVER, BREAK_GLASS, OUTSIDER, 'arn:aws:iam::999999999999:role/other-account'];
 
   it('lets the parent role decrypt only for an approved image on its own role', () => {
     expect(decide(ROLE, 'kms:Decrypt', attested(IMAGE_A))).toBe(true);
@@ -27,13 +34,79 @@ describe('key policy generator', () => {
     expect(decide(ROLE, 'kms:PutKeyPolicy')).toBe(false);
   });
 
-  it('lets administrators manage the key but never use it', () => {
-    expect(decide(ADMIN, 'kms:PutKeyPolicy')).toBe(true);
-    expect(decide(ADMIN, 'kms:GetKeyPolicy')).toBe(true);
-    expect(decide(ADMIN, 'kms:Decrypt')).toBe(false);
-    expect(decide(ADMIN, 'kms:Decrypt', attested(IMAGE_A))).toBe(false);
-    expect(decide(ADMIN, 'kms:Encrypt')).toBe(false);
-    expect(decide(ADMIN, 'kms:GenerateDataKey')).toBe(false);
+  it('lets administrators see and tidy the key, but not use it, re-policy it, grant, disable or delete it', () => {
+    for (const admin of [ADMIN, ADMIN_USER]) {
+      for (const action of ['kms:DescribeKey', 'kms:GetKeyPolicy', 'kms:ListGrants', 'kms:RevokeGrant', 'kms:TagResource', 'kms:CancelKeyDeletion']) expect({ admin, action, ok: decide(admin, action) }).toEqual({ admin, action, ok: true });
+      for (const action of ['kms:PutKeyPolicy', 'kms:CreateGrant', 'kms:ScheduleKeyDeletion', 'kms:DisableKey', 'kms:EnableKey', 'kms:Decrypt', 'kms:Encrypt', 'kms:GenerateDataKey', 'kms:ReEncryptFrom']) {
+        expect({ admin, action, ok: decide(admin, action) }).toEqual({ admin, action, ok: false });
+      }
+      expect(decide(admin, 'kms:Decrypt', attested(IMAGE_A))).toBe(false);
+    }
+  });
+
+  it('names every action explicitly: no wildcard Allow, no account root principal', () => {
+    const doc = JSON.parse(text) as { Statement: Array<{ Sid: string; Effect: string; Principal: { AWS: string | string[] }; Action: string | string[] }> };
+    for (const st of doc.Statement.filter((x) => x.Effect === 'Allow')) {
+      expect({ sid: st.Sid, wildcards: [st.Action].flat().filter((a) => a.includes('*')) }).toEqual({ sid: st.Sid, wildcards: [] });
+      expect({ sid: st.Sid, principals: [st.Principal.AWS].flat().filter((p) => p === '*' || p.endsWith(':root')) }).toEqual({ sid: st.Sid, principals: [] });
+    }
+    expect(doc.Statement.map((x) => x.Sid)).toEqual([
+      'KeyAdministration',
+      'ImageApproval',
+      'BreakGlass',
+      'ParentReadsKeyMetadata',
+      'EnclaveDecryptOnlyWhenAttested',
+      'DenyDecryptOutsideApprovedEnclaves',
+      'DenyDecryptOutsideParentRole',
+      'DenyReEncrypt',
+      'DenyCreateGrant',
+      'DenyPolicyLockoutBypass',
+    ]);
+  });
+
+  it('gives PutKeyPolicy to the image approver only, and lets it update the policy again (lockout safety)', () => {
+    expect(evaluate(APPROVER, 'kms:PutKeyPolicy')).toEqual({ allowed: true, effect: 'Allow', reason: 'allowed by statement ImageApproval' });
+    expect(decide(APPROVER, 'kms:GetKeyPolicy')).toBe(true);
+    for (const who of EVERYONE.filter((p) => p !== APPROVER)) expect({ who, put: decide(who, 'kms:PutKeyPolicy') }).toEqual({ who, put: false });
+    // Not even the approver may bypass the lockout safety check (the next policy could lock everyone out).
+    expect(evaluate(APPROVER, 'kms:PutKeyPolicy', { 'kms:BypassPolicyLockoutSafetyCheck': 'true' })).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyPolicyLockoutBypass' });
+    for (const action of ['kms:CreateGrant', 'kms:ScheduleKeyDeletion', 'kms:DisableKey', 'kms:Decrypt', 'kms:ReEncryptFrom']) expect({ action, ok: decide(APPROVER, action) }).toEqual({ action, ok: false });
+  });
+
+  it('gives disabling and deletion to the break-glass role only', () => {
+    for (const action of ['kms:DisableKey', 'kms:EnableKey', 'kms:ScheduleKeyDeletion', 'kms:CancelKeyDeletion']) expect({ action, ok: decide(BREAK_GLASS, action) }).toEqual({ action, ok: true });
+    for (const who of [ROLE, ADMIN, ADMIN_USER, APPROVER, OUTSIDER]) {
+      expect({ who, ok: decide(who, 'kms:ScheduleKeyDeletion') || decide(who, 'kms:DisableKey') }).toEqual({ who, ok: false });
+    }
+    for (const action of ['kms:PutKeyPolicy', 'kms:CreateGrant', 'kms:Decrypt', 'kms:ReEncryptFrom']) expect({ action, ok: decide(BREAK_GLASS, action) }).toEqual({ action, ok: false });
+  });
+
+  it('denies ReEncrypt and CreateGrant to every principal explicitly, so no grant or IAM policy can allow them', () => {
+    for (const who of EVERYONE) {
+      expect(evaluate(who, 'kms:ReEncryptFrom')).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyReEncrypt' });
+      expect(evaluate(who, 'kms:ReEncryptTo')).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyReEncrypt' });
+      expect(evaluate(who, 'kms:CreateGrant')).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyCreateGrant' });
+      // Unattested Decrypt: explicit too (an implicit deny could be overridden by a grant).
+      expect(evaluate(who, 'kms:Decrypt')).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyDecryptOutsideApprovedEnclaves' });
+    }
+    // An approved image on an instance of another role: denied explicitly too (a Decrypt grant cannot help).
+    for (const who of EVERYONE) {
+      expect(evaluate(who, 'kms:Decrypt', attested(IMAGE_A, OUTSIDER))).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyDecryptOutsideParentRole' });
+    }
+    // Even an attested enclave cannot ReEncrypt: ReEncrypt has no Recipient, so no attestation reaches KMS.
+    expect(evaluate(ROLE, 'kms:ReEncryptFrom', attested(IMAGE_A)).effect).toBe('ExplicitDeny');
+  });
+
+  it('pins PCR8 when asked, for every approved image', () => {
+    const signed = { PCR0: IMAGE_A, PCR8: 'c8'.repeat(48) };
+    const pinned = parsePolicy(generateKeyPolicy({ images: [signed], ...roles, pinSigningCertificate: true }));
+    const d = (values: Record<string, string>) => evaluatePolicy(pinned, { action: 'kms:Decrypt', principalArn: ROLE, account: '111122223333', keyArn: KEY, values }).allowed;
+    expect(d({ ...attested(IMAGE_A), 'kms:RecipientAttestation:PCR8': 'c8'.repeat(48) })).toBe(true);
+    expect(d({ ...attested(IMAGE_A), 'kms:RecipientAttestation:PCR8': 'c9'.repeat(48) })).toBe(false);
+    expect(d(attested(IMAGE_A))).toBe(false); // unsigned image: no PCR8 in the document
+    // Without --pin-pcr8 the same measurements do not pin it.
+    const unpinned = parsePolicy(generateKeyPolicy({ images: [signed], ...roles }));
+    expect(evaluatePolicy(unpinned, { action: 'kms:Decrypt', principalArn: ROLE, account: '111122223333', keyArn: KEY, values: attested(IMAGE_A) }).allowed).toBe(true);
   });
 
   it('computes PCR3 the way Nitro does: SHA-384 of 48 zero bytes followed by the role ARN', () => {
@@ -58,16 +131,35 @@ describe('key policy generator', () => {
     expect(() => measurementsFromNitroCliJson({ Measurements: {} })).toThrow(/no Measurements.PCR0/);
   });
 
-  it.each<[string, Parameters<typeof generateKeyPolicy>[0], RegExp]>([
-    ['no image', { images: [], parentRoleArn: ROLE, keyAdministrators: [ADMIN] }, /at least one image/],
-    ['a debug image (zero PCR0)', { images: [{ PCR0: '0'.repeat(96) }], parentRoleArn: ROLE, keyAdministrators: [ADMIN] }, /debug/],
-    ['a short PCR0', { images: [{ PCR0: 'abcd' }], parentRoleArn: ROLE, keyAdministrators: [ADMIN] }, /48 bytes of hex/],
-    ['a user as parent role', { images: [{ PCR0: IMAGE_A }], parentRoleArn: 'arn:aws:iam::111122223333:user/bob', keyAdministrators: [ADMIN] }, /not an IAM role ARN/],
-    ['no administrator', { images: [{ PCR0: IMAGE_A }], parentRoleArn: ROLE, keyAdministrators: [] }, /key administrator/],
-    ['the parent role as administrator', { images: [{ PCR0: IMAGE_A }], parentRoleArn: ROLE, keyAdministrators: [ROLE] }, /must not also administer/],
-    ['PCR8 pinning without PCR8', { images: [{ PCR0: IMAGE_A }], parentRoleArn: ROLE, keyAdministrators: [ADMIN], pinSigningCertificate: true }, /PCR8/],
-  ])('refuses %s', (_name, input, message) => {
+  const base: PolicyInput = { images: [{ PCR0: IMAGE_A }], ...roles };
+  const ROOT = 'arn:aws:iam::111122223333:root';
+  it.each<[string, Partial<PolicyInput>, RegExp]>([
+    ['no image', { images: [] }, /at least one image/],
+    ['a debug image (zero PCR0)', { images: [{ PCR0: '0'.repeat(96) }] }, /debug/],
+    ['a short PCR0', { images: [{ PCR0: 'abcd' }] }, /48 bytes of hex/],
+    ['a user as parent role', { parentRoleArn: 'arn:aws:iam::111122223333:user/bob' }, /parent role .* is not an IAM role ARN/],
+    ['no administrator', { keyAdministrators: [] }, /at least one key administrator/],
+    ['the account root as administrator', { keyAdministrators: [ADMIN, ROOT] }, /key administrator arn:aws:iam::111122223333:root is the account root principal/],
+    ['a bare account id as administrator', { keyAdministrators: ['111122223333'] }, /is the account root principal/],
+    ['"*" as administrator', { keyAdministrators: ['*'] }, /is the account root principal \(or every principal\)/],
+    ['the account root as image approver', { imageApproverRoleArn: ROOT }, /image approver role arn:aws:iam::111122223333:root is the account root principal/],
+    ['the account root as break-glass role', { breakGlassRoleArn: 'arn:aws-us-gov:iam::111122223333:root' }, /break-glass role .* is the account root principal/],
+    ['the account root as parent role', { parentRoleArn: ROOT }, /parent role .* is the account root principal/],
+    ['a role session as administrator', { keyAdministrators: ['arn:aws:sts::111122223333:assumed-role/keystore-admin/bob'] }, /not an IAM role or user ARN/],
+    ['no image approver', { imageApproverRoleArn: '' }, /image approver role is required \(--image-approver-role-arn\)/],
+    ['no break-glass role', { breakGlassRoleArn: '' }, /break-glass role is required \(--break-glass-role-arn\)/],
+    ['a user as image approver', { imageApproverRoleArn: ADMIN_USER }, /image approver role .* is not an IAM role ARN/],
+    ['the parent role as administrator', { keyAdministrators: [ROLE] }, /must not also administer/],
+    ['the image approver as administrator', { keyAdministrators: [ADMIN, APPROVER] }, /image approver role must not also be a key administrator/],
+    ['the break-glass role as administrator', { keyAdministrators: [BREAK_GLASS] }, /break-glass role must not also be a key administrator/],
+    ['the parent role as image approver', { imageApproverRoleArn: ROLE }, /parent role must not also be the image approver/],
+    ['one role as image approver and break-glass', { breakGlassRoleArn: APPROVER }, /must be different roles/],
+    ['PCR8 pinning without PCR8', { pinSigningCertificate: true }, /PCR8 pinning asked for, but an image has no PCR8/],
+  ])('refuses %s, saying why', (_name, over, message) => {
+    const input = { ...base, ...over };
     expect(() => generateKeyPolicy(input)).toThrow(PolicyInputError);
     expect(() => generateKeyPolicy(input)).toThrow(message);
+    // The base input, without that one change, is accepted: the change is what was refused.
+    expect(() => generateKeyPolicy(base)).not.toThrow();
   });
 });

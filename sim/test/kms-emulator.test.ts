@@ -1,17 +1,20 @@
 /**
  * The real @aws-sdk/client-kms against the KMS emulator: every operation, the typed errors the SDK raises,
- * attested (Recipient) calls under a key policy that requires attestation, fault injection, and restarts.
+ * attested (Recipient) calls under a key policy that requires attestation, ReEncrypt and grants, fault
+ * injection, and restarts. (The key-policy bypasses and the lockout safety check: kms-bypass.test.ts.)
  */
 import { constants, createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import {
+  CreateGrantCommand,
   CreateKeyCommand,
   DecryptCommand,
   DescribeKeyCommand,
   DisabledException,
   DisableKeyCommand,
+  DryRunOperationException,
   EnableKeyCommand,
   EncryptCommand,
   GenerateDataKeyCommand,
@@ -23,10 +26,13 @@ import {
   InvalidKeyUsageException,
   KMSClient,
   KMSInternalException,
+  ListGrantsCommand,
   ListKeysCommand,
   MalformedPolicyDocumentException,
   NotFoundException,
   PutKeyPolicyCommand,
+  ReEncryptCommand,
+  RevokeGrantCommand,
   UnsupportedOperationException,
 } from '@aws-sdk/client-kms';
 import { openEnvelopedData } from '../../shared/src/cms';
@@ -39,11 +45,12 @@ import { SimulatedNitroCa } from '../src/nsm/ca';
 import { signAttestationDocument } from '../src/nsm/document';
 import { measureString } from '../src/measure';
 import { startProgram } from '../../test/support/process';
-import { ACCOUNT, ADMIN_ROLE, PARENT_ROLE, attestedPolicy as sharedAttestedPolicy } from '../../test/support/platform';
+import { ACCESS_KEYS, ACCOUNT, accessKeyArgs, PARENT_ROLE, attestedPolicy as sharedAttestedPolicy } from '../../test/support/platform';
 import { tempRunDir } from '../../shared/test/helpers';
 import vectors from '../../shared/test/fixtures/kms-cms-vectors.json';
 
 const PCR0 = 'ab'.repeat(48);
+const GRANTEE_ROLE = `arn:aws:iam::${ACCOUNT}:role/grantee`;
 const PCR3 = measureString(PARENT_ROLE);
 
 function client(url: string, accessKeyId = 'AKIDPARENT'): KMSClient {
@@ -86,7 +93,7 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
       emulator: new KmsEmulator(new KmsState(path.join(dir, 'kms.json')), { region: 'us-east-1', account: ACCOUNT, trustRoots: [ca.rootPem], maxDocAgeMs: 300_000 }),
       logger: silentLogger(),
       faults: { latencyMs: 0, throttleRate: 0, errorRate: 0 },
-      principals: { AKIDADMIN: ADMIN_ROLE },
+      principals: { ...ACCESS_KEYS, AKIDGRANTEE: GRANTEE_ROLE },
       defaultPrincipal: PARENT_ROLE,
     });
     url = await server.listen(0);
@@ -186,11 +193,14 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
     expect(JSON.parse(initial.Policy as string).Statement[0].Principal.AWS).toBe(`arn:aws:iam::${ACCOUNT}:root`);
     expect(await caught(kms.send(new PutKeyPolicyCommand({ KeyId, Policy: '{not json' })))).toBeInstanceOf(MalformedPolicyDocumentException);
     expect(await caught(kms.send(new PutKeyPolicyCommand({ KeyId, Policy: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Maybe', Principal: '*', Action: 'kms:*' }] }) })))).toBeInstanceOf(MalformedPolicyDocumentException);
-    await kms.send(new PutKeyPolicyCommand({ KeyId, Policy: attestedPolicy() }));
+    // Installed by the image approver (the policy lets it update the policy again: lockout safety check).
+    const approver = client(url, 'AKIDAPPROVER');
+    await approver.send(new PutKeyPolicyCommand({ KeyId, Policy: attestedPolicy() }));
+    approver.destroy();
     // The parent role may no longer read the policy; the administrator may.
     expect((await caught(kms.send(new GetKeyPolicyCommand({ KeyId })))).name).toBe('AccessDeniedException');
     const admin = client(url, 'AKIDADMIN');
-    expect(JSON.parse((await admin.send(new GetKeyPolicyCommand({ KeyId: key.KeyMetadata?.Arn }))).Policy as string).Statement).toHaveLength(3);
+    expect((await admin.send(new GetKeyPolicyCommand({ KeyId: key.KeyMetadata?.Arn }))).Policy).toBe(attestedPolicy());
     admin.destroy();
 
     const free = await kms.send(new CreateKeyCommand({}));
@@ -200,13 +210,98 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
     await kms.send(new EncryptCommand({ KeyId: free.KeyMetadata?.KeyId, Plaintext: Buffer.from('x') }));
   });
 
+  it('re-encrypts symmetric ciphertext under another key and context, and RSA public-key ciphertext too', async () => {
+    const a = (await kms.send(new CreateKeyCommand({}))).KeyMetadata?.Arn as string;
+    const b = (await kms.send(new CreateKeyCommand({}))).KeyMetadata?.Arn as string;
+    const enc = await kms.send(new EncryptCommand({ KeyId: a, Plaintext: Buffer.from('moved'), EncryptionContext: { wallet: 'w1' } }));
+    const re = await kms.send(new ReEncryptCommand({ CiphertextBlob: enc.CiphertextBlob, SourceEncryptionContext: { wallet: 'w1' }, DestinationKeyId: b, DestinationEncryptionContext: { wallet: 'w2' } }));
+    expect(re).toMatchObject({ SourceKeyId: a, KeyId: b, SourceEncryptionAlgorithm: 'SYMMETRIC_DEFAULT', DestinationEncryptionAlgorithm: 'SYMMETRIC_DEFAULT' });
+    expect(Buffer.from((await kms.send(new DecryptCommand({ CiphertextBlob: re.CiphertextBlob, EncryptionContext: { wallet: 'w2' } }))).Plaintext as Uint8Array).toString()).toBe('moved');
+    expect(await caught(kms.send(new DecryptCommand({ CiphertextBlob: re.CiphertextBlob, EncryptionContext: { wallet: 'w1' } })))).toBeInstanceOf(InvalidCiphertextException);
+    // The wrong source context fails as Decrypt would.
+    expect(await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: enc.CiphertextBlob, SourceEncryptionContext: { wallet: 'w9' }, DestinationKeyId: b })))).toBeInstanceOf(InvalidCiphertextException);
+
+    // RSA: whatever anyone sealed with the public key, re-encrypted under a symmetric key (no Recipient exists).
+    const rsa = (await kms.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT' }))).KeyMetadata?.Arn as string;
+    const pub = await kms.send(new GetPublicKeyCommand({ KeyId: rsa }));
+    const dek = randomBytes(32);
+    const sealed = publicEncrypt({ key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, dek);
+    const fromRsa = await kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceKeyId: rsa, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: b }));
+    expect(fromRsa).toMatchObject({ SourceKeyId: rsa, KeyId: b, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationEncryptionAlgorithm: 'SYMMETRIC_DEFAULT' });
+    expect(Buffer.from((await kms.send(new DecryptCommand({ CiphertextBlob: fromRsa.CiphertextBlob }))).Plaintext as Uint8Array)).toEqual(dek);
+    // ... and to an RSA destination, which needs its algorithm.
+    const toRsa = await kms.send(new ReEncryptCommand({ CiphertextBlob: fromRsa.CiphertextBlob, DestinationKeyId: rsa, DestinationEncryptionAlgorithm: 'RSAES_OAEP_SHA_1' }));
+    expect(toRsa).toMatchObject({ SourceKeyId: b, KeyId: rsa, DestinationEncryptionAlgorithm: 'RSAES_OAEP_SHA_1' });
+    expect(Buffer.from((await kms.send(new DecryptCommand({ KeyId: rsa, CiphertextBlob: toRsa.CiphertextBlob, EncryptionAlgorithm: 'RSAES_OAEP_SHA_1' }))).Plaintext as Uint8Array)).toEqual(dek);
+
+    // An RSA source needs SourceKeyId and SourceEncryptionAlgorithm, as in KMS.
+    expect((await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: b })))).name).toMatch(/InvalidCiphertextException|NotFoundException|ValidationException/);
+    expect(await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceKeyId: rsa, DestinationKeyId: b })))).toBeInstanceOf(InvalidKeyUsageException);
+    expect(await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: fromRsa.CiphertextBlob, DestinationKeyId: rsa })))).toBeInstanceOf(InvalidKeyUsageException);
+    expect(await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceKeyId: rsa, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: '00000000-0000-0000-0000-000000000000' })))).toBeInstanceOf(NotFoundException);
+    // DryRun checks authorization only.
+    const dry = await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceKeyId: rsa, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: b, DryRun: true })));
+    expect(dry).toBeInstanceOf(DryRunOperationException);
+    expect(dry.$metadata?.httpStatusCode).toBe(412);
+  });
+
+  it('creates, lists and revokes grants; a grant allows its grantee what it lists, and nothing else', async () => {
+    const admin = client(url, 'AKIDADMIN');
+    const grantee = client(url, 'AKIDGRANTEE');
+    try {
+      // A key only the administrator may manage (and grant on); nobody may use it through the key policy.
+      const policy = JSON.stringify({
+        Version: '2012-10-17',
+        Statement: [{ Sid: 'Admin', Effect: 'Allow', Principal: { AWS: ACCESS_KEYS.AKIDADMIN }, Action: ['kms:PutKeyPolicy', 'kms:CreateGrant', 'kms:ListGrants', 'kms:RevokeGrant', 'kms:DescribeKey'], Resource: '*' }],
+      });
+      const KeyId = (await admin.send(new CreateKeyCommand({ Policy: policy }))).KeyMetadata?.Arn as string;
+      const encrypt = (c: KMSClient, ctx?: Record<string, string>) => c.send(new EncryptCommand({ KeyId, Plaintext: Buffer.from('x'), ...(ctx ? { EncryptionContext: ctx } : {}) }));
+      const before = await caught(encrypt(grantee));
+      expect([before.name, before.message]).toEqual(['AccessDeniedException', expect.stringContaining(`User: ${GRANTEE_ROLE} is not authorized to perform: kms:Encrypt`)]);
+      expect(before.message).toMatch(/no statement in the key policy allows it, and no grant allows it/);
+
+      const created = await admin.send(new CreateGrantCommand({ KeyId, GranteePrincipal: GRANTEE_ROLE, Operations: ['Encrypt', 'Decrypt'], Name: 'app', Constraints: { EncryptionContextSubset: { app: 'a' } } }));
+      expect(created.GrantId).toMatch(/^[0-9a-f]{64}$/);
+      expect(created.GrantToken?.length).toBeGreaterThan(64);
+      const enc = await encrypt(grantee, { app: 'a', extra: 'x' });
+      expect(Buffer.from((await grantee.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob, EncryptionContext: { app: 'a', extra: 'x' } }))).Plaintext as Uint8Array).toString()).toBe('x');
+      expect((await caught(encrypt(grantee, { app: 'b' }))).name).toBe('AccessDeniedException'); // constraint not met
+      expect((await caught(encrypt(kms, { app: 'a' }))).name).toBe('AccessDeniedException'); // not the grantee
+      expect((await caught(grantee.send(new DescribeKeyCommand({ KeyId })))).name).toBe('AccessDeniedException'); // not listed
+
+      const listed = await admin.send(new ListGrantsCommand({ KeyId }));
+      expect(listed.Grants).toHaveLength(1);
+      expect(listed.Grants?.[0]).toMatchObject({ KeyId, GrantId: created.GrantId, Name: 'app', GranteePrincipal: GRANTEE_ROLE, IssuingAccount: `arn:aws:iam::${ACCOUNT}:root`, Operations: ['Encrypt', 'Decrypt'], Constraints: { EncryptionContextSubset: { app: 'a' } } });
+      expect(listed.Grants?.[0]?.CreationDate).toBeInstanceOf(Date);
+
+      // Only operations the key supports; only with permission to create grants.
+      const rsa = (await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: policy }))).KeyMetadata?.Arn as string;
+      const bad = await caught(admin.send(new CreateGrantCommand({ KeyId: rsa, GranteePrincipal: GRANTEE_ROLE, Operations: ['GenerateDataKey'] })));
+      expect([bad.name, bad.message]).toEqual(['ValidationException', expect.stringContaining('GenerateDataKey are not valid for RSA_2048')]);
+      expect((await caught(grantee.send(new CreateGrantCommand({ KeyId, GranteePrincipal: GRANTEE_ROLE, Operations: ['Encrypt'] })))).name).toBe('AccessDeniedException');
+      const dry = await caught(admin.send(new CreateGrantCommand({ KeyId, GranteePrincipal: GRANTEE_ROLE, Operations: ['Encrypt'], DryRun: true })));
+      expect(dry).toBeInstanceOf(DryRunOperationException);
+      expect((await admin.send(new ListGrantsCommand({ KeyId }))).Grants).toHaveLength(1); // the dry run created nothing
+
+      await admin.send(new RevokeGrantCommand({ KeyId, GrantId: created.GrantId }));
+      expect((await caught(encrypt(grantee, { app: 'a' }))).name).toBe('AccessDeniedException');
+      expect((await admin.send(new ListGrantsCommand({ KeyId }))).Grants).toEqual([]);
+      expect(await caught(admin.send(new RevokeGrantCommand({ KeyId, GrantId: created.GrantId })))).toBeInstanceOf(NotFoundException);
+    } finally {
+      admin.destroy();
+      grantee.destroy();
+    }
+  });
+
   describe('attested calls (Recipient)', () => {
     let keyArn: string;
     let sealed: Buffer;
     const dek = randomBytes(32);
 
     beforeAll(async () => {
-      const key = await kms.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy() }));
+      const approver = client(url, 'AKIDAPPROVER');
+      const key = await approver.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy() }));
+      approver.destroy();
       keyArn = key.KeyMetadata?.Arn as string;
       const pub = await kms.send(new GetPublicKeyCommand({ KeyId: keyArn }));
       sealed = publicEncrypt({ key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, dek);
@@ -220,6 +315,9 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
       expect(res.Plaintext).toBeUndefined();
       expect(res.KeyId).toBe(keyArn);
       expect(openEnvelopedData(Buffer.from(res.CiphertextForRecipient as Uint8Array), enclaveKey.privateKey)).toEqual(dek);
+      // DryRun: authorized, nothing decrypted.
+      const dry = await caught(kms.send(new DecryptCommand({ KeyId: keyArn, CiphertextBlob: sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256', Recipient: recipient(await attestation()), DryRun: true })));
+      expect([dry.name, dry.$metadata?.httpStatusCode]).toEqual(['DryRunOperationException', 412]);
     });
 
     it('refuses the same call without an attestation document, or with another image', async () => {
@@ -339,13 +437,13 @@ describe('kms-emulator process', () => {
       pcrs.set(3, Buffer.from(PCR3, 'hex'));
       return signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0123456789abcdef', timestamp: Date.now(), pcrs, publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }) }, signer);
     };
-    const args = ['--port', '0', '--state', path.join(dir, 'kms-state.json'), '--trust-root', path.join(dir, 'root.pem'), '--access-key', `AKIDADMIN=${ADMIN_ROLE}`];
+    const args = ['--port', '0', '--state', path.join(dir, 'kms-state.json'), '--trust-root', path.join(dir, 'root.pem'), ...accessKeyArgs()];
     let proc = startProgram('kms-emulator', args);
     let url = String((await proc.waitForLog((e) => e.msg === 'KMS emulator listening')).url);
     let kms = client(url);
-    const adminBefore = client(url, 'AKIDADMIN');
-    const key = await adminBefore.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy() }));
-    adminBefore.destroy();
+    const approverBefore = client(url, 'AKIDAPPROVER');
+    const key = await approverBefore.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy() }));
+    approverBefore.destroy();
     const keyArn = key.KeyMetadata?.Arn as string;
     const pub = await kms.send(new GetPublicKeyCommand({ KeyId: keyArn }));
     const dek = randomBytes(32);

@@ -11,13 +11,50 @@ describe('key policy evaluation', () => {
   it('allows a matching statement and denies implicitly otherwise', () => {
     const p = policy(allow());
     expect(evaluatePolicy(p, ctx()).allowed).toBe(true);
-    expect(evaluatePolicy(p, ctx({ action: 'kms:Encrypt' }))).toEqual({ allowed: false, reason: 'no statement in the key policy allows it' });
+    expect(evaluatePolicy(p, ctx({ action: 'kms:Encrypt' }))).toEqual({ allowed: false, effect: 'ImplicitDeny', reason: 'no statement in the key policy allows it' });
     expect(evaluatePolicy(p, ctx({ principalArn: `arn:aws:iam::${ACCOUNT}:role/other` })).allowed).toBe(false);
   });
 
   it('lets an explicit Deny win over any Allow', () => {
     const p = policy(allow(), { Sid: 'NoDecrypt', Effect: 'Deny', Principal: '*', Action: 'kms:*', Resource: '*' });
-    expect(evaluatePolicy(p, ctx())).toEqual({ allowed: false, reason: 'explicitly denied by statement NoDecrypt' });
+    expect(evaluatePolicy(p, ctx())).toEqual({ allowed: false, effect: 'ExplicitDeny', reason: 'explicitly denied by statement NoDecrypt' });
+    // Whatever the order of the statements.
+    const denyFirst = policy({ Sid: 'NoDecrypt', Effect: 'Deny', Principal: { AWS: '*' }, Action: 'kms:Decrypt', Resource: '*' }, allow());
+    expect(evaluatePolicy(denyFirst, ctx()).effect).toBe('ExplicitDeny');
+    expect(evaluatePolicy(denyFirst, ctx({ action: 'kms:Encrypt' })).effect).toBe('ImplicitDeny'); // the Deny names Decrypt only
+  });
+
+  it('matches {"AWS": "*"} as every AWS principal, and kms:ReEncrypt* as both ReEncrypt actions only', () => {
+    const p = policy(
+      { Effect: 'Allow', Principal: { AWS: ROLE }, Action: 'kms:*', Resource: '*' },
+      { Sid: 'DenyReEncrypt', Effect: 'Deny', Principal: { AWS: '*' }, Action: 'kms:ReEncrypt*', Resource: '*' },
+    );
+    for (const principalArn of [ROLE, `arn:aws:iam::${ACCOUNT}:user/alice`, 'arn:aws:iam::999999999999:role/elsewhere']) {
+      for (const action of ['kms:ReEncryptFrom', 'kms:ReEncryptTo', 'KMS:reencryptfrom']) {
+        expect(evaluatePolicy(p, ctx({ principalArn, action }))).toEqual({ allowed: false, effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyReEncrypt' });
+      }
+    }
+    expect(evaluatePolicy(p, ctx({ action: 'kms:Decrypt' })).allowed).toBe(true);
+    expect(evaluatePolicy(p, ctx({ action: 'kms:Re' })).allowed).toBe(true); // a prefix of the pattern is not a match
+  });
+
+  it('matches an assumed-role session against its role (any path), not against another role', () => {
+    const session = `arn:aws:sts::${ACCOUNT}:assumed-role/parent/i-0123456789abcdef0`;
+    expect(evaluatePolicy(policy(allow()), ctx({ principalArn: session })).allowed).toBe(true);
+    expect(evaluatePolicy(policy(allow({ Principal: { AWS: `arn:aws:iam::${ACCOUNT}:role/ops/parent` } })), ctx({ principalArn: session })).allowed).toBe(true);
+    expect(evaluatePolicy(policy(allow({ Principal: { AWS: `arn:aws:iam::${ACCOUNT}:role/parent2` } })), ctx({ principalArn: session })).allowed).toBe(false);
+    expect(evaluatePolicy(policy(allow({ Principal: { AWS: 'arn:aws:iam::999999999999:role/parent' } })), ctx({ principalArn: session })).allowed).toBe(false);
+  });
+
+  it('evaluates Bool over kms:BypassPolicyLockoutSafetyCheck only when the request carries it', () => {
+    const p = policy(
+      { Effect: 'Allow', Principal: { AWS: ROLE }, Action: 'kms:PutKeyPolicy', Resource: '*' },
+      { Sid: 'NoBypass', Effect: 'Deny', Principal: { AWS: '*' }, Action: 'kms:PutKeyPolicy', Resource: '*', Condition: { Bool: { 'kms:BypassPolicyLockoutSafetyCheck': true } } },
+    );
+    const put = (values: Record<string, string>) => evaluatePolicy(p, ctx({ action: 'kms:PutKeyPolicy', values })).effect;
+    expect(put({})).toBe('Allow');
+    expect(put({ 'kms:BypassPolicyLockoutSafetyCheck': 'false' })).toBe('Allow');
+    expect(put({ 'kms:BypassPolicyLockoutSafetyCheck': 'true' })).toBe('ExplicitDeny');
   });
 
   it('matches action wildcards case-insensitively, NotAction, resources and account principals', () => {

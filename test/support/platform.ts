@@ -1,16 +1,25 @@
 /**
  * The simulated Nitro platform for multi-process tests: the NSM simulator and the KMS emulator as real
- * processes, an RSA KMS key, and a key policy that lets the parent role decrypt only for the attested image.
+ * processes, an RSA KMS key, and the production key policy (`nks policy`'s generator): the parent role decrypts
+ * only for the attested image, and ReEncrypt, CreateGrant and unattested Decrypt are denied to everyone.
+ *
+ * Principals by access key id: AKIDADMIN the key administrator, AKIDAPPROVER the image approver (the only one
+ * allowed PutKeyPolicy; it creates the key, so the policy passes the lockout safety check), AKIDBREAKGLASS the
+ * break-glass role; any other access key id is the parent role.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { CreateKeyCommand, GetPublicKeyCommand, KMSClient } from '@aws-sdk/client-kms';
+import { generateKeyPolicy } from '../../client/src/policy';
 import { startProgram, type Running } from './process';
-import { measureString } from '../../sim/src/measure';
 
 export const ACCOUNT = '111122223333';
 export const PARENT_ROLE = `arn:aws:iam::${ACCOUNT}:role/nitro-keystore-parent`;
 export const ADMIN_ROLE = `arn:aws:iam::${ACCOUNT}:role/keystore-admin`;
+export const APPROVER_ROLE = `arn:aws:iam::${ACCOUNT}:role/keystore-image-approver`;
+export const BREAK_GLASS_ROLE = `arn:aws:iam::${ACCOUNT}:role/keystore-break-glass`;
+/** Access key id -> principal, as the emulator is started (`--access-key`); others are the parent role. */
+export const ACCESS_KEYS = { AKIDADMIN: ADMIN_ROLE, AKIDAPPROVER: APPROVER_ROLE, AKIDBREAKGLASS: BREAK_GLASS_ROLE } as const;
 export const TEST_PCR0 = '5e'.repeat(48);
 
 export interface Platform {
@@ -51,22 +60,14 @@ export interface EmulatorFaults {
 }
 export type EmulatorFaultState = EmulatorFaults & { held: number };
 
+/** The production key policy for one approved PCR0 and the platform's roles. */
 export function attestedPolicy(pcr0: string, role = PARENT_ROLE): string {
-  return JSON.stringify({
-    Version: '2012-10-17',
-    Statement: [
-      { Sid: 'KeyAdministration', Effect: 'Allow', Principal: { AWS: ADMIN_ROLE }, Action: 'kms:*', Resource: '*' },
-      { Sid: 'ParentReadsPublicKey', Effect: 'Allow', Principal: { AWS: role }, Action: ['kms:DescribeKey', 'kms:GetPublicKey'], Resource: '*' },
-      {
-        Sid: 'EnclaveDecryptOnly',
-        Effect: 'Allow',
-        Principal: { AWS: role },
-        Action: 'kms:Decrypt',
-        Resource: '*',
-        Condition: { StringEqualsIgnoreCase: { 'kms:RecipientAttestation:ImageSha384': pcr0, 'kms:RecipientAttestation:PCR3': measureString(role) } },
-      },
-    ],
-  });
+  return generateKeyPolicy({ images: [{ PCR0: pcr0 }], parentRoleArn: role, keyAdministrators: [ADMIN_ROLE], imageApproverRoleArn: APPROVER_ROLE, breakGlassRoleArn: BREAK_GLASS_ROLE });
+}
+
+/** `--access-key AKID=ARN` arguments for the emulator. */
+export function accessKeyArgs(): string[] {
+  return Object.entries(ACCESS_KEYS).flatMap(([akid, arn]) => ['--access-key', `${akid}=${arn}`]);
 }
 
 export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLatencyMs?: number; reuse?: { keyArn: string; kmsPublicKey: string } } = {}): Promise<Platform> {
@@ -87,7 +88,7 @@ export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLa
       '--port', '0',
       '--state', kmsStateFile,
       '--trust-root', rootPem,
-      '--access-key', `AKIDADMIN=${ADMIN_ROLE}`,
+      ...accessKeyArgs(),
       '--principal', PARENT_ROLE,
       '--latency-ms', String(opts.kmsLatencyMs ?? 0),
     ]);
@@ -101,13 +102,17 @@ export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLa
     if (opts.reuse) {
       ({ keyArn, kmsPublicKey } = opts.reuse);
     } else {
+      // The image approver creates the key with its policy (the lockout safety check needs the creator to keep
+      // PutKeyPolicy); the administrator reads the public key.
+      const approver = kms('AKIDAPPROVER');
       const admin = kms('AKIDADMIN');
       try {
-        const created = await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy(pcr0) }));
+        const created = await approver.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy(pcr0) }));
         keyArn = created.KeyMetadata?.Arn as string;
         const pub = await admin.send(new GetPublicKeyCommand({ KeyId: keyArn }));
         kmsPublicKey = Buffer.from(pub.PublicKey as Uint8Array).toString('base64');
       } finally {
+        approver.destroy();
         admin.destroy();
       }
     }

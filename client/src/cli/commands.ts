@@ -285,6 +285,8 @@ export function policyCommand(args: string[]): number {
     pcr0: { type: 'string', multiple: true },
     'parent-role-arn': { type: 'string' },
     admin: { type: 'string', multiple: true },
+    'image-approver-role-arn': { type: 'string' },
+    'break-glass-role-arn': { type: 'string' },
     'pin-pcr8': { type: 'boolean' },
     out: { type: 'string' },
   });
@@ -293,7 +295,16 @@ export function policyCommand(args: string[]): number {
     for (const f of values.measurements ?? []) images.push(measurementsFromNitroCliJson(readJsonInput(f), f));
     for (const p of values.pcr0 ?? []) images.push({ PCR0: normalizePcr(p, '--pcr0') });
     if (!values['parent-role-arn']) throw new UsageError('--parent-role-arn is required (the IAM role of the parent instance)');
-    const policy = generateKeyPolicy({ images, parentRoleArn: values['parent-role-arn'], keyAdministrators: values.admin ?? [], pinSigningCertificate: values['pin-pcr8'] ?? false });
+    if (!values['image-approver-role-arn']) throw new UsageError('--image-approver-role-arn is required (the only role allowed to change the key policy, i.e. to approve images)');
+    if (!values['break-glass-role-arn']) throw new UsageError('--break-glass-role-arn is required (the role allowed to disable the key or schedule its deletion)');
+    const policy = generateKeyPolicy({
+      images,
+      parentRoleArn: values['parent-role-arn'],
+      keyAdministrators: values.admin ?? [],
+      imageApproverRoleArn: values['image-approver-role-arn'],
+      breakGlassRoleArn: values['break-glass-role-arn'],
+      pinSigningCertificate: values['pin-pcr8'] ?? false,
+    });
     if (values.out) fs.writeFileSync(values.out, `${policy}\n`);
     else process.stdout.write(`${policy}\n`);
     return 0;

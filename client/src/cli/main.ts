@@ -19,7 +19,8 @@ const HELP = `nks — nitro-keystore command-line client
   nks attestation verify <file> [--root PEM] [--at ISO-TIME] [--max-age S] [--pcr N=HEX]...
                          [--nonce HEX] [--user-data HEX | --key-id ID --address 0x…] [--json]
       --key-id/--address check a key's birth attestation (the key's "attestation" from creation)
-  nks policy --parent-role-arn ARN --admin ARN... (--measurements FILE | --pcr0 HEX)... [--pin-pcr8] [--out FILE]
+  nks policy --parent-role-arn ARN --admin ARN... --image-approver-role-arn ARN --break-glass-role-arn ARN
+              (--measurements FILE | --pcr0 HEX)... [--pin-pcr8] [--out FILE]
   nks dev [--dir DIR] [--api-port PORT] [--update-policy]
 
 Connection (API commands): --url URL --token TOKEN, or NKS_URL / NKS_TOKEN, or the local dev stack's state

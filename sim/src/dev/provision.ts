@@ -13,7 +13,17 @@ import { asNitroCliJson, measureImageFiles, type Measurements } from '../measure
 
 export const DEV_ACCOUNT = '111122223333';
 export const DEV_PARENT_ROLE = `arn:aws:iam::${DEV_ACCOUNT}:role/nitro-keystore-parent`;
+/**
+ * The dev stack's one operator identity (dev/main.ts maps DEV_ADMIN_ACCESS_KEY to it). It creates the key and
+ * then installs and updates the key policy, so in the policy it is the image approver: the only principal that
+ * may PutKeyPolicy (production keeps PutKeyPolicy on a dedicated role too). The name is kept so that dev
+ * directories provisioned before the approver role existed keep working (their policy names this ARN).
+ */
 export const DEV_ADMIN_ROLE = `arn:aws:iam::${DEV_ACCOUNT}:role/nitro-keystore-admin`;
+export const DEV_IMAGE_APPROVER_ROLE = DEV_ADMIN_ROLE;
+/** Named in the dev key policy as production names them; no dev credential maps to them. */
+export const DEV_KEY_ADMIN_ROLE = `arn:aws:iam::${DEV_ACCOUNT}:role/nitro-keystore-key-admin`;
+export const DEV_BREAK_GLASS_ROLE = `arn:aws:iam::${DEV_ACCOUNT}:role/nitro-keystore-break-glass`;
 export const DEV_ADMIN_ACCESS_KEY = 'AKIADEVADMIN';
 export const DEV_PARENT_ACCESS_KEY = 'AKIADEVPARENT';
 
@@ -73,8 +83,21 @@ export function adminKms(url: string): KMSClient {
   return new KMSClient({ endpoint: url, region: 'us-east-1', credentials: { accessKeyId: DEV_ADMIN_ACCESS_KEY, secretAccessKey: 'dev' }, maxAttempts: 2 });
 }
 
+/** The dev key policy: the production generator, with the dev roles. */
+export function devKeyPolicy(m: Measurements): string {
+  return generateKeyPolicy({
+    images: [m],
+    parentRoleArn: DEV_PARENT_ROLE,
+    keyAdministrators: [DEV_KEY_ADMIN_ROLE],
+    imageApproverRoleArn: DEV_IMAGE_APPROVER_ROLE,
+    breakGlassRoleArn: DEV_BREAK_GLASS_ROLE,
+  });
+}
+
 async function installPolicy(kms: KMSClient, keyArn: string, m: Measurements, p: DevPaths): Promise<string[]> {
-  const policy = generateKeyPolicy({ images: [m], parentRoleArn: DEV_PARENT_ROLE, keyAdministrators: [DEV_ADMIN_ROLE] });
+  const policy = devKeyPolicy(m);
+  // As the image approver, without bypassing the lockout safety check: the emulator refuses a policy that would
+  // stop this identity from updating it again, as KMS does.
   await kms.send(new PutKeyPolicyCommand({ KeyId: keyArn, Policy: policy }));
   writeFile(p.policy, `${policy}\n`, 0o644);
   writeFile(p.measurements, `${JSON.stringify(asNitroCliJson(m), null, 2)}\n`, 0o644);

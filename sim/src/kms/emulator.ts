@@ -1,7 +1,15 @@
 /**
- * KMS operations: CreateKey, DescribeKey, ListKeys, GetPublicKey, Encrypt, Decrypt, GenerateDataKey,
- * GenerateRandom, PutKeyPolicy, GetKeyPolicy, EnableKey, DisableKey. Shapes and errors follow the KMS API
- * reference; `Recipient` answers carry CMS EnvelopedData for the attested enclave key instead of plaintext.
+ * KMS operations: CreateKey, DescribeKey, ListKeys, GetPublicKey, Encrypt, Decrypt, ReEncrypt, GenerateDataKey,
+ * GenerateRandom, PutKeyPolicy, GetKeyPolicy, EnableKey, DisableKey, CreateGrant, ListGrants, RevokeGrant.
+ * Shapes and errors follow the KMS API reference; `Recipient` answers carry CMS EnvelopedData for the attested
+ * enclave key instead of plaintext.
+ *
+ * Authorization follows AWS: an explicit Deny in the key policy wins over everything (grants included); then an
+ * Allow in the key policy or in a grant for the caller. ReEncrypt is authorized twice, as `kms:ReEncryptFrom` on
+ * the source key and `kms:ReEncryptTo` on the destination key, and has no Recipient (no attestation).
+ * CreateKey (with a Policy) and PutKeyPolicy run KMS's policy lockout safety check: the new policy must let the
+ * caller make a later PutKeyPolicy, unless BypassPolicyLockoutSafetyCheck is true. DryRun is honoured by Decrypt,
+ * ReEncrypt, CreateGrant and RevokeGrant (authorization only, then DryRunOperationException).
  *
  * Symmetric ciphertext is this emulator's own format (AES-256-GCM, encryption context bound as AAD, key id
  * inside); RSA ciphertext is plain RSAES-OAEP, as real KMS accepts from anyone holding the public key.
@@ -24,8 +32,8 @@ import { z } from 'zod';
 import { AttestationError, verifyAttestation } from '../../../shared/src/attestation';
 import { buildEnvelopedData } from './cms-writer';
 import { KmsError } from './errors';
-import { defaultKeyPolicy, evaluatePolicy, parsePolicy } from './policy';
-import type { KeyRecord, KeySpec, KmsState } from './state';
+import { defaultKeyPolicy, evaluatePolicy, parsePolicy, principalEntryMatches } from './policy';
+import type { GrantRecord, KeyRecord, KeySpec, KmsState } from './state';
 
 export interface EmulatorConfig {
   region: string;
@@ -40,11 +48,49 @@ export interface Caller {
   account: string;
 }
 
+interface AuthorizeOptions {
+  allowDisabled?: boolean;
+  /** The request's encryption context, for grant constraints. */
+  encryptionContext?: Record<string, string> | undefined;
+}
+
 const b64 = z.string().regex(/^[A-Za-z0-9+/]*={0,2}$/, 'must be base64');
 const context = z.record(z.string(), z.string()).optional();
 const RecipientSchema = z.object({ KeyEncryptionAlgorithm: z.literal('RSAES_OAEP_SHA_256').optional(), AttestationDocument: b64 });
 const rsaAlgorithms = ['RSAES_OAEP_SHA_256', 'RSAES_OAEP_SHA_1'] as const;
 const algorithm = z.enum(['SYMMETRIC_DEFAULT', ...rsaAlgorithms]).optional();
+const grantTokens = z.array(z.string().min(1).max(8192)).max(10).optional();
+const principalArn = z.string().min(1).max(256);
+
+/** Every grant operation KMS knows; which of them a key accepts depends on its type (`grantOperationsFor`). */
+export const GRANT_OPERATIONS = [
+  'CreateGrant',
+  'Decapsulate',
+  'Decrypt',
+  'DeriveSharedSecret',
+  'DescribeKey',
+  'Encapsulate',
+  'Encrypt',
+  'GenerateDataKey',
+  'GenerateDataKeyPair',
+  'GenerateDataKeyPairWithoutPlaintext',
+  'GenerateDataKeyWithoutPlaintext',
+  'GenerateMac',
+  'GetPublicKey',
+  'ReEncryptFrom',
+  'ReEncryptTo',
+  'RetireGrant',
+  'Sign',
+  'Verify',
+  'VerifyMac',
+] as const;
+const SYMMETRIC_GRANT_OPERATIONS = new Set(['CreateGrant', 'Decrypt', 'DescribeKey', 'Encrypt', 'GenerateDataKey', 'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext', 'GenerateDataKeyWithoutPlaintext', 'ReEncryptFrom', 'ReEncryptTo', 'RetireGrant']);
+const RSA_ENCRYPT_GRANT_OPERATIONS = new Set(['CreateGrant', 'Decrypt', 'DescribeKey', 'Encrypt', 'GetPublicKey', 'ReEncryptFrom', 'ReEncryptTo', 'RetireGrant']);
+const grantOperationsFor = (spec: KeySpec) => (spec === 'SYMMETRIC_DEFAULT' ? SYMMETRIC_GRANT_OPERATIONS : RSA_ENCRYPT_GRANT_OPERATIONS);
+
+/** KMS's answer to a policy that fails the lockout safety check (CreateKey and PutKeyPolicy). */
+export const LOCKOUT_MESSAGE = 'The new key policy will not allow you to update the key policy in the future.';
+const MAX_POLICY_BYTES = 32768;
 
 const Schemas = {
   CreateKey: z.object({
@@ -66,7 +112,19 @@ const Schemas = {
     EncryptionContext: context,
     EncryptionAlgorithm: algorithm,
     Recipient: RecipientSchema.optional(),
-    GrantTokens: z.array(z.string()).optional(),
+    GrantTokens: grantTokens,
+    DryRun: z.boolean().optional(),
+  }),
+  ReEncrypt: z.object({
+    CiphertextBlob: b64,
+    SourceEncryptionContext: context,
+    SourceKeyId: z.string().min(1).optional(),
+    DestinationKeyId: z.string().min(1),
+    DestinationEncryptionContext: context,
+    SourceEncryptionAlgorithm: algorithm,
+    DestinationEncryptionAlgorithm: algorithm,
+    GrantTokens: grantTokens,
+    DryRun: z.boolean().optional(),
   }),
   GenerateDataKey: z.object({
     KeyId: z.string().min(1),
@@ -81,6 +139,28 @@ const Schemas = {
   GetKeyPolicy: z.object({ KeyId: z.string().min(1), PolicyName: z.string().optional() }),
   EnableKey: z.object({ KeyId: z.string().min(1) }),
   DisableKey: z.object({ KeyId: z.string().min(1) }),
+  CreateGrant: z.object({
+    KeyId: z.string().min(1),
+    GranteePrincipal: principalArn.optional(),
+    GranteeServicePrincipal: z.string().optional(),
+    RetiringPrincipal: principalArn.optional(),
+    RetiringServicePrincipal: z.string().optional(),
+    Operations: z.array(z.enum(GRANT_OPERATIONS)).min(1),
+    Constraints: z
+      .object({ EncryptionContextSubset: z.record(z.string(), z.string()).optional(), EncryptionContextEquals: z.record(z.string(), z.string()).optional(), SourceArn: z.string().optional() })
+      .optional(),
+    GrantTokens: grantTokens,
+    Name: z.string().min(1).max(256).optional(),
+    DryRun: z.boolean().optional(),
+  }),
+  ListGrants: z.object({
+    KeyId: z.string().min(1),
+    Limit: z.number().int().min(1).max(100).optional(),
+    Marker: z.string().optional(),
+    GrantId: z.string().min(1).max(128).optional(),
+    GranteePrincipal: principalArn.optional(),
+  }),
+  RevokeGrant: z.object({ KeyId: z.string().min(1), GrantId: z.string().min(1).max(128), DryRun: z.boolean().optional() }),
 };
 
 export type Operation = keyof typeof Schemas;
@@ -88,6 +168,7 @@ export const OPERATIONS = Object.keys(Schemas) as Operation[];
 
 const SYMMETRIC_BLOB_VERSION = 1;
 const INVALID_CIPHERTEXT = 'The ciphertext is invalid, or does not match the key, algorithm or encryption context.';
+const dryRun = () => new KmsError('DryRunOperationException', 'The request would have succeeded, but the DryRun option is set.');
 
 function parse<S extends z.ZodType>(schema: S, body: unknown): z.output<S> {
   const res = schema.safeParse(body);
@@ -128,6 +209,8 @@ export class KmsEmulator {
         return this.encrypt(parse(Schemas.Encrypt, body), caller);
       case 'Decrypt':
         return this.decrypt(parse(Schemas.Decrypt, body), caller);
+      case 'ReEncrypt':
+        return this.reEncrypt(parse(Schemas.ReEncrypt, body), caller);
       case 'GenerateDataKey':
         return this.generateDataKey(parse(Schemas.GenerateDataKey, body), caller);
       case 'GenerateRandom':
@@ -135,8 +218,9 @@ export class KmsEmulator {
       case 'PutKeyPolicy': {
         const req = parse(Schemas.PutKeyPolicy, body);
         this.checkPolicyName(req.PolicyName);
-        const key = this.authorize(req.KeyId, 'kms:PutKeyPolicy', caller, {}, { allowDisabled: true });
-        parsePolicy(req.Policy);
+        const bypass = req.BypassPolicyLockoutSafetyCheck;
+        const key = this.authorize(req.KeyId, 'kms:PutKeyPolicy', caller, bypass === undefined ? {} : { 'kms:BypassPolicyLockoutSafetyCheck': String(bypass) }, { allowDisabled: true });
+        this.checkNewPolicy(req.Policy, caller, key.arn, bypass ?? false);
         key.policy = req.Policy;
         this.state.save();
         return {};
@@ -154,6 +238,20 @@ export class KmsEmulator {
         this.state.save();
         return {};
       }
+      case 'CreateGrant':
+        return this.createGrant(parse(Schemas.CreateGrant, body), caller);
+      case 'ListGrants':
+        return this.listGrants(parse(Schemas.ListGrants, body), caller);
+      case 'RevokeGrant': {
+        const req = parse(Schemas.RevokeGrant, body);
+        const key = this.authorize(req.KeyId, 'kms:RevokeGrant', caller, {}, { allowDisabled: true });
+        const i = (key.grants ?? []).findIndex((g) => g.grantId === req.GrantId);
+        if (i < 0) throw new KmsError('NotFoundException', `Grant ${req.GrantId} does not exist on ${key.arn}.`);
+        if (req.DryRun) throw dryRun();
+        key.grants?.splice(i, 1);
+        this.state.save();
+        return {};
+      }
       default:
         throw new KmsError('UnknownOperationException', `Unknown operation ${op}`);
     }
@@ -163,10 +261,27 @@ export class KmsEmulator {
     if (name !== undefined && name !== 'default') throw new KmsError('NotFoundException', `Policy ${name} does not exist.`);
   }
 
+  /**
+   * A new key policy: valid, at most 32 KiB, and (unless the caller bypasses the check) one that lets the caller
+   * make a later PutKeyPolicy, as KMS's lockout safety check demands. Grants cannot allow PutKeyPolicy, so the
+   * key policy alone decides.
+   */
+  private checkNewPolicy(text: string, caller: Caller, keyArn: string, bypass: boolean): void {
+    const size = Buffer.byteLength(text, 'utf8');
+    if (size > MAX_POLICY_BYTES) throw new KmsError('LimitExceededException', `The key policy has ${size} bytes; the limit is ${MAX_POLICY_BYTES}.`);
+    const doc = parsePolicy(text);
+    if (bypass) return;
+    const next = evaluatePolicy(doc, { action: 'kms:PutKeyPolicy', principalArn: caller.principalArn, account: caller.account, keyArn, values: {} });
+    if (!next.allowed) throw new KmsError('MalformedPolicyDocumentException', LOCKOUT_MESSAGE);
+  }
+
   private createKey(req: z.output<(typeof Schemas)['CreateKey']>, caller: Caller): object {
     const keySpec: KeySpec = req.KeySpec ?? 'SYMMETRIC_DEFAULT';
+    const keyId = randomUUID();
+    const arn = `arn:aws:kms:${this.config.region}:${caller.account}:key/${keyId}`;
     const policy = req.Policy ?? defaultKeyPolicy(this.config.account);
-    parsePolicy(policy);
+    if (req.Policy !== undefined) this.checkNewPolicy(policy, caller, arn, req.BypassPolicyLockoutSafetyCheck ?? false);
+    else parsePolicy(policy);
     let material: string;
     if (keySpec === 'SYMMETRIC_DEFAULT') {
       material = randomBytes(32).toString('base64');
@@ -174,10 +289,9 @@ export class KmsEmulator {
       const { privateKey } = generateKeyPairSync('rsa', { modulusLength: Number(keySpec.slice(4)), publicExponent: 65537 });
       material = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
     }
-    const keyId = randomUUID();
     const key: KeyRecord = {
       keyId,
-      arn: `arn:aws:kms:${this.config.region}:${caller.account}:key/${keyId}`,
+      arn,
       keySpec,
       keyUsage: 'ENCRYPT_DECRYPT',
       keyState: 'Enabled',
@@ -220,18 +334,23 @@ export class KmsEmulator {
   }
 
   private encrypt(req: z.output<(typeof Schemas)['Encrypt']>, caller: Caller): object {
-    const key = this.authorize(req.KeyId, 'kms:Encrypt', caller, this.contextValues(req.EncryptionContext, req.EncryptionAlgorithm));
+    const key = this.authorize(req.KeyId, 'kms:Encrypt', caller, this.contextValues(req.EncryptionContext, req.EncryptionAlgorithm), { encryptionContext: req.EncryptionContext });
     const plaintext = Buffer.from(req.Plaintext, 'base64');
     if (plaintext.length < 1 || plaintext.length > 4096) throw new KmsError('ValidationException', 'Plaintext must be 1 to 4096 bytes.');
+    const out = this.encryptWith(key, plaintext, req.EncryptionContext, req.EncryptionAlgorithm);
+    return { KeyId: key.arn, CiphertextBlob: out.ciphertext.toString('base64'), EncryptionAlgorithm: out.algorithm };
+  }
+
+  private encryptWith(key: KeyRecord, plaintext: Buffer, ctx: Record<string, string> | undefined, requested: string | undefined): { ciphertext: Buffer; algorithm: string } {
     if (key.keySpec === 'SYMMETRIC_DEFAULT') {
-      if (req.EncryptionAlgorithm && req.EncryptionAlgorithm !== 'SYMMETRIC_DEFAULT') throw new KmsError('InvalidKeyUsageException', 'The encryption algorithm is not valid for this key.');
-      return { KeyId: key.arn, CiphertextBlob: this.sealSymmetric(key, plaintext, req.EncryptionContext).toString('base64'), EncryptionAlgorithm: 'SYMMETRIC_DEFAULT' };
+      if (requested && requested !== 'SYMMETRIC_DEFAULT') throw new KmsError('InvalidKeyUsageException', 'The encryption algorithm is not valid for this key.');
+      return { ciphertext: this.sealSymmetric(key, plaintext, ctx), algorithm: 'SYMMETRIC_DEFAULT' };
     }
-    const alg = this.rsaAlgorithm(req.EncryptionAlgorithm, req.EncryptionContext);
+    const alg = this.rsaAlgorithm(requested, ctx);
     const maxPlaintext = Number(key.keySpec.slice(4)) / 8 - 2 * (alg === 'RSAES_OAEP_SHA_256' ? 32 : 20) - 2;
     if (plaintext.length > maxPlaintext) throw new KmsError('ValidationException', `Plaintext is too long for ${key.keySpec} with ${alg}.`);
     const ct = publicEncrypt({ key: createPublicKey(createPrivateKey(key.material)), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === 'RSAES_OAEP_SHA_256' ? 'sha256' : 'sha1' }, plaintext);
-    return { KeyId: key.arn, CiphertextBlob: ct.toString('base64'), EncryptionAlgorithm: alg };
+    return { ciphertext: ct, algorithm: alg };
   }
 
   private async decrypt(req: z.output<(typeof Schemas)['Decrypt']>, caller: Caller): Promise<object> {
@@ -239,24 +358,9 @@ export class KmsEmulator {
     if (blob.length < 1 || blob.length > 6144) throw new KmsError('ValidationException', 'CiphertextBlob must be 1 to 6144 bytes.');
     const keyRef = req.KeyId ?? this.symmetricBlobKeyId(blob);
     const recipient = req.Recipient ? this.verifyRecipient(req.Recipient.AttestationDocument) : undefined;
-    const key = this.authorize(keyRef, 'kms:Decrypt', caller, { ...this.contextValues(req.EncryptionContext, req.EncryptionAlgorithm), ...recipient?.conditionValues });
-
-    let plaintext: Buffer;
-    let algorithmUsed: string;
-    if (key.keySpec === 'SYMMETRIC_DEFAULT') {
-      if (req.EncryptionAlgorithm && req.EncryptionAlgorithm !== 'SYMMETRIC_DEFAULT') throw new KmsError('IncorrectKeyException', 'The key is symmetric but an asymmetric algorithm was given.');
-      plaintext = this.openSymmetric(key, blob, req.EncryptionContext);
-      algorithmUsed = 'SYMMETRIC_DEFAULT';
-    } else {
-      if (!req.KeyId) throw new KmsError('ValidationException', 'KeyId is required to decrypt with an asymmetric key.');
-      const alg = this.rsaAlgorithm(req.EncryptionAlgorithm, req.EncryptionContext);
-      try {
-        plaintext = privateDecrypt({ key: createPrivateKey(key.material), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === 'RSAES_OAEP_SHA_256' ? 'sha256' : 'sha1' }, blob);
-      } catch {
-        throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT);
-      }
-      algorithmUsed = alg;
-    }
+    const key = this.authorize(keyRef, 'kms:Decrypt', caller, { ...this.contextValues(req.EncryptionContext, req.EncryptionAlgorithm), ...recipient?.conditionValues }, { encryptionContext: req.EncryptionContext });
+    if (req.DryRun) throw dryRun();
+    const { plaintext, algorithm: algorithmUsed } = this.decryptWith(key, blob, req.EncryptionContext, req.EncryptionAlgorithm, req.KeyId === undefined ? 'KeyId' : undefined);
     if (recipient) {
       const out = { KeyId: key.arn, EncryptionAlgorithm: algorithmUsed, CiphertextForRecipient: buildEnvelopedData(plaintext, recipient.publicKey).toString('base64') };
       plaintext.fill(0);
@@ -265,12 +369,134 @@ export class KmsEmulator {
     return { KeyId: key.arn, Plaintext: plaintext.toString('base64'), EncryptionAlgorithm: algorithmUsed, KeyMaterialId: key.keyId };
   }
 
+  /** `missingKeyId` names the request field that is absent (an asymmetric key needs it), or is undefined. */
+  private decryptWith(key: KeyRecord, blob: Buffer, ctx: Record<string, string> | undefined, requested: string | undefined, missingKeyId: string | undefined): { plaintext: Buffer; algorithm: string } {
+    if (key.keySpec === 'SYMMETRIC_DEFAULT') {
+      if (requested && requested !== 'SYMMETRIC_DEFAULT') throw new KmsError('IncorrectKeyException', 'The key is symmetric but an asymmetric algorithm was given.');
+      return { plaintext: this.openSymmetric(key, blob, ctx), algorithm: 'SYMMETRIC_DEFAULT' };
+    }
+    if (missingKeyId) throw new KmsError('ValidationException', `${missingKeyId} is required to decrypt with an asymmetric key.`);
+    const alg = this.rsaAlgorithm(requested, ctx);
+    try {
+      return { plaintext: privateDecrypt({ key: createPrivateKey(key.material), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === 'RSAES_OAEP_SHA_256' ? 'sha256' : 'sha1' }, blob), algorithm: alg };
+    } catch {
+      throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT);
+    }
+  }
+
+  /**
+   * ReEncrypt: decrypts under the source key and encrypts under the destination key, inside KMS. For an RSA
+   * source key the ciphertext is what anyone made with its public key, and there is no Recipient: whoever may
+   * ReEncryptFrom the sealing key and ReEncryptTo a key of their own gets every data key, without attestation.
+   */
+  private reEncrypt(req: z.output<(typeof Schemas)['ReEncrypt']>, caller: Caller): object {
+    const blob = Buffer.from(req.CiphertextBlob, 'base64');
+    if (blob.length < 1 || blob.length > 6144) throw new KmsError('ValidationException', 'CiphertextBlob must be 1 to 6144 bytes.');
+    const sourceRef = req.SourceKeyId ?? this.symmetricBlobKeyId(blob);
+    const sameKey = this.findKey(sourceRef).keyId === this.findKey(req.DestinationKeyId).keyId ? 'true' : 'false';
+    const source = this.authorize(
+      sourceRef,
+      'kms:ReEncryptFrom',
+      caller,
+      { ...this.contextValues(req.SourceEncryptionContext, req.SourceEncryptionAlgorithm), 'kms:ReEncryptOnSameKey': sameKey },
+      { encryptionContext: req.SourceEncryptionContext },
+    );
+    const destination = this.authorize(
+      req.DestinationKeyId,
+      'kms:ReEncryptTo',
+      caller,
+      { ...this.contextValues(req.DestinationEncryptionContext, req.DestinationEncryptionAlgorithm), 'kms:ReEncryptOnSameKey': sameKey },
+      { encryptionContext: req.DestinationEncryptionContext },
+    );
+    if (req.DryRun) throw dryRun();
+    const opened = this.decryptWith(source, blob, req.SourceEncryptionContext, req.SourceEncryptionAlgorithm, req.SourceKeyId === undefined ? 'SourceKeyId' : undefined);
+    try {
+      const sealed = this.encryptWith(destination, opened.plaintext, req.DestinationEncryptionContext, req.DestinationEncryptionAlgorithm);
+      return {
+        CiphertextBlob: sealed.ciphertext.toString('base64'),
+        SourceKeyId: source.arn,
+        KeyId: destination.arn,
+        SourceEncryptionAlgorithm: opened.algorithm,
+        DestinationEncryptionAlgorithm: sealed.algorithm,
+        ...(source.keySpec === 'SYMMETRIC_DEFAULT' ? { SourceKeyMaterialId: source.keyId } : {}),
+        ...(destination.keySpec === 'SYMMETRIC_DEFAULT' ? { DestinationKeyMaterialId: destination.keyId } : {}),
+      };
+    } finally {
+      opened.plaintext.fill(0);
+    }
+  }
+
+  private createGrant(req: z.output<(typeof Schemas)['CreateGrant']>, caller: Caller): object {
+    if (req.GranteeServicePrincipal !== undefined || req.RetiringServicePrincipal !== undefined) {
+      throw new KmsError('ValidationException', 'GranteeServicePrincipal and RetiringServicePrincipal are not modelled by the KMS emulator; use GranteePrincipal.');
+    }
+    if (!req.GranteePrincipal) throw new KmsError('ValidationException', 'GranteePrincipal is required.');
+    const target = this.findKey(req.KeyId);
+    const allowed = grantOperationsFor(target.keySpec);
+    const invalid = req.Operations.filter((op) => !allowed.has(op));
+    if (invalid.length) throw new KmsError('ValidationException', `Grant operations ${invalid.join(', ')} are not valid for ${target.keySpec} ENCRYPT_DECRYPT key ${target.arn}.`);
+    const constraintTypes = Object.keys(req.Constraints ?? {}).filter((k) => k !== 'SourceArn');
+    if (req.Constraints?.SourceArn !== undefined) throw new KmsError('ValidationException', 'The SourceArn grant constraint is not modelled by the KMS emulator.');
+    if (constraintTypes.length && target.keySpec !== 'SYMMETRIC_DEFAULT') throw new KmsError('ValidationException', 'Encryption context grant constraints are not valid for asymmetric keys.');
+    const values: Record<string, string | string[]> = {
+      'kms:GranteePrincipal': req.GranteePrincipal,
+      'kms:GrantOperations': [...req.Operations],
+      'kms:GrantIsForAWSResource': 'false',
+      ...(req.RetiringPrincipal ? { 'kms:RetiringPrincipal': req.RetiringPrincipal } : {}),
+      ...(constraintTypes.length ? { 'kms:GrantConstraintType': constraintTypes } : {}),
+    };
+    const { key, grant: via } = this.authorizeDetailed(req.KeyId, 'kms:CreateGrant', caller, values);
+    // CreateGrant allowed by a grant may only pass on that grant's own operations.
+    if (via && !req.Operations.every((op) => via.operations.includes(op))) {
+      throw new KmsError('AccessDeniedException', `User: ${caller.principalArn} is not authorized to perform: kms:CreateGrant on resource: ${key.arn} because grant ${via.grantId} allows passing on only its own operations (${via.operations.join(', ')})`);
+    }
+    if (req.DryRun) throw dryRun();
+    const grant: GrantRecord = {
+      grantId: randomBytes(32).toString('hex'),
+      grantToken: randomBytes(96).toString('base64url'),
+      name: req.Name,
+      granteePrincipal: req.GranteePrincipal,
+      retiringPrincipal: req.RetiringPrincipal,
+      issuingAccount: `arn:aws:iam::${caller.account}:root`,
+      operations: [...new Set(req.Operations)],
+      constraints: constraintTypes.length ? { EncryptionContextSubset: req.Constraints?.EncryptionContextSubset, EncryptionContextEquals: req.Constraints?.EncryptionContextEquals } : undefined,
+      createdAt: Math.floor(Date.now() / 1000),
+    };
+    (key.grants ??= []).push(grant);
+    this.state.save();
+    return { GrantToken: grant.grantToken, GrantId: grant.grantId };
+  }
+
+  private listGrants(req: z.output<(typeof Schemas)['ListGrants']>, caller: Caller): object {
+    const key = this.authorize(req.KeyId, 'kms:ListGrants', caller, {}, { allowDisabled: true });
+    const all = (key.grants ?? []).filter((g) => (req.GrantId === undefined || g.grantId === req.GrantId) && (req.GranteePrincipal === undefined || g.granteePrincipal === req.GranteePrincipal));
+    const start = req.Marker ? Number(Buffer.from(req.Marker, 'base64').toString()) : 0;
+    if (!Number.isInteger(start) || start < 0) throw new KmsError('ValidationException', 'Invalid Marker');
+    const limit = req.Limit ?? 50;
+    const truncated = start + limit < all.length;
+    return {
+      Grants: all.slice(start, start + limit).map((g) => ({
+        KeyId: key.arn,
+        GrantId: g.grantId,
+        ...(g.name ? { Name: g.name } : {}),
+        CreationDate: g.createdAt,
+        GranteePrincipal: g.granteePrincipal,
+        ...(g.retiringPrincipal ? { RetiringPrincipal: g.retiringPrincipal } : {}),
+        IssuingAccount: g.issuingAccount,
+        Operations: g.operations,
+        ...(g.constraints ? { Constraints: g.constraints } : {}),
+      })),
+      Truncated: truncated,
+      ...(truncated ? { NextMarker: Buffer.from(String(start + limit)).toString('base64') } : {}),
+    };
+  }
+
   private async generateDataKey(req: z.output<(typeof Schemas)['GenerateDataKey']>, caller: Caller): Promise<object> {
     if ((req.KeySpec === undefined) === (req.NumberOfBytes === undefined)) {
       throw new KmsError('ValidationException', 'Specify exactly one of KeySpec and NumberOfBytes.');
     }
     const recipient = req.Recipient ? this.verifyRecipient(req.Recipient.AttestationDocument) : undefined;
-    const key = this.authorize(req.KeyId, 'kms:GenerateDataKey', caller, { ...this.contextValues(req.EncryptionContext, undefined), ...recipient?.conditionValues });
+    const key = this.authorize(req.KeyId, 'kms:GenerateDataKey', caller, { ...this.contextValues(req.EncryptionContext, undefined), ...recipient?.conditionValues }, { encryptionContext: req.EncryptionContext });
     if (key.keySpec !== 'SYMMETRIC_DEFAULT') throw new KmsError('InvalidKeyUsageException', `${key.arn} key usage is not supported for GenerateDataKey: it is an asymmetric key.`);
     const n = req.NumberOfBytes ?? (req.KeySpec === 'AES_128' ? 16 : 32);
     const dataKey = randomBytes(n);
@@ -359,14 +585,41 @@ export class KmsEmulator {
     return key;
   }
 
-  private authorize(ref: string, action: string, caller: Caller, values: Record<string, string | string[]>, opts: { allowDisabled?: boolean } = {}): KeyRecord {
+  private authorize(ref: string, action: string, caller: Caller, values: Record<string, string | string[]>, opts: AuthorizeOptions = {}): KeyRecord {
+    return this.authorizeDetailed(ref, action, caller, values, opts).key;
+  }
+
+  /**
+   * AWS's order: an explicit Deny in the key policy refuses, whatever any grant allows; then an Allow in the key
+   * policy, or a grant to the caller listing the operation (and whose constraints hold), allows; else refused.
+   * Returns the grant when it is what allowed the call.
+   */
+  private authorizeDetailed(ref: string, action: string, caller: Caller, values: Record<string, string | string[]>, opts: AuthorizeOptions = {}): { key: KeyRecord; grant?: GrantRecord } {
     const key = this.findKey(ref);
     const decision = evaluatePolicy(parsePolicy(key.policy), { action, principalArn: caller.principalArn, account: caller.account, keyArn: key.arn, values });
-    if (!decision.allowed) {
-      throw new KmsError('AccessDeniedException', `User: ${caller.principalArn} is not authorized to perform: ${action} on resource: ${key.arn} because ${decision.reason}`);
+    const grant = decision.allowed ? undefined : this.grantFor(key, action, caller, opts.encryptionContext);
+    if (!decision.allowed && (decision.effect === 'ExplicitDeny' || !grant)) {
+      const because =
+        decision.effect === 'ExplicitDeny'
+          ? `${decision.reason}${grant ? `, which overrides the allow of grant ${grant.grantId}` : ''} (an explicit deny in a resource-based policy)`
+          : `${decision.reason}, and no grant allows it`;
+      throw new KmsError('AccessDeniedException', `User: ${caller.principalArn} is not authorized to perform: ${action} on resource: ${key.arn} because ${because}`);
     }
     if (!opts.allowDisabled && key.keyState === 'Disabled') throw new KmsError('DisabledException', `${key.arn} is disabled.`);
-    return key;
+    return grant ? { key, grant } : { key };
+  }
+
+  /** A grant on the key for the caller that lists the operation, and whose encryption context constraint holds. */
+  private grantFor(key: KeyRecord, action: string, caller: Caller, ctx: Record<string, string> | undefined): GrantRecord | undefined {
+    const op = action.startsWith('kms:') ? action.slice(4) : action;
+    return (key.grants ?? []).find((g) => {
+      if (!g.operations.includes(op) || !principalEntryMatches(g.granteePrincipal, caller.principalArn, caller.account)) return false;
+      const given = ctx ?? {};
+      const equals = g.constraints?.EncryptionContextEquals;
+      if (equals && (Object.keys(equals).length !== Object.keys(given).length || Object.entries(equals).some(([k, v]) => given[k] !== v))) return false;
+      const subset = g.constraints?.EncryptionContextSubset;
+      return !subset || Object.entries(subset).every(([k, v]) => given[k] === v);
+    });
   }
 
   private sealSymmetric(key: KeyRecord, plaintext: Buffer, ctx: Record<string, string> | undefined): Buffer {

@@ -2,10 +2,12 @@
 export type KmsErrorType =
   | 'AccessDeniedException'
   | 'DisabledException'
+  | 'DryRunOperationException'
   | 'IncorrectKeyException'
   | 'InvalidCiphertextException'
   | 'InvalidKeyUsageException'
   | 'KMSInvalidStateException'
+  | 'LimitExceededException'
   | 'MalformedPolicyDocumentException'
   | 'NotFoundException'
   | 'ThrottlingException'
@@ -25,6 +27,7 @@ export class KmsError extends Error {
     message: string,
   ) {
     super(message);
-    this.status = SERVER_SIDE.has(type) ? 500 : 400;
+    // KMS answers a DryRun that would have succeeded with HTTP 412 (DryRunOperationException).
+    this.status = SERVER_SIDE.has(type) ? 500 : type === 'DryRunOperationException' ? 412 : 400;
   }
 }

@@ -1,14 +1,19 @@
 /**
- * Key policies in real KMS JSON, evaluated the way IAM does for the parts this project relies on:
- * explicit Deny wins, then any matching Allow, else implicit deny. Principals, actions (with wildcards) and
- * resources are matched; conditions support the String*, Null and Bool operators with ForAnyValue/ForAllValues
- * set qualifiers, over the keys `kms:RecipientAttestation:ImageSha384`, `kms:RecipientAttestation:PCR<n>`,
- * `kms:EncryptionContext:<key>`, `kms:EncryptionContextKeys`, `kms:EncryptionAlgorithm`, `kms:CallerAccount`
- * and `aws:PrincipalArn`. A key absent from the request fails every positive operator, so a statement with an
- * attestation condition never matches a request without an attestation document.
+ * Key policies in real KMS JSON, evaluated the way AWS does for the parts this project relies on: an explicit
+ * Deny in any matching statement wins; then any matching Allow; else implicit deny (grants are consulted by the
+ * emulator after an implicit deny, never after an explicit one). Principals (`"*"`, `{"AWS": "*"}`, ARNs,
+ * account roots, and an assumed-role session matching its role), actions (with `*`/`?` wildcards, e.g.
+ * `kms:ReEncrypt*`, case-insensitively), NotAction and resources are matched; conditions support the String*,
+ * Null and Bool operators with ForAnyValue/ForAllValues set qualifiers, over the keys
+ * `kms:RecipientAttestation:ImageSha384`, `kms:RecipientAttestation:PCR<n>`, `kms:EncryptionContext:<key>`,
+ * `kms:EncryptionContextKeys`, `kms:EncryptionAlgorithm`, `kms:ReEncryptOnSameKey`,
+ * `kms:BypassPolicyLockoutSafetyCheck`, the grant keys (`kms:GranteePrincipal`, `kms:GrantOperations`, ...),
+ * `kms:CallerAccount` and `aws:PrincipalArn`. A key absent from the request fails every positive operator, so
+ * a statement with an attestation condition never matches a request without an attestation document.
  *
  * Simplification: a principal naming the account (`arn:aws:iam::ACCOUNT:root` or `ACCOUNT`) matches any caller
- * of that account, as if IAM policies allowed it.
+ * of that account, as if IAM policies allowed it. IAM identity policies, SCPs and permission boundaries are not
+ * modelled.
  */
 import { z } from 'zod';
 import { KmsError } from './errors';
@@ -93,6 +98,8 @@ export interface RequestContext {
 
 export interface Decision {
   allowed: boolean;
+  /** `ExplicitDeny` cannot be overridden by a grant; `ImplicitDeny` can. */
+  effect: 'Allow' | 'ExplicitDeny' | 'ImplicitDeny';
   reason: string;
 }
 
@@ -103,9 +110,26 @@ function glob(pattern: string, value: string, ignoreCase: boolean): boolean {
   return re.test(value);
 }
 
+/**
+ * The IAM role an assumed-role session belongs to: `arn:aws:sts::A:assumed-role/NAME/session` is matched by a
+ * policy naming `arn:aws:iam::A:role/NAME` (with any path), as IAM does.
+ */
+function sessionRole(principalArn: string): { account: string; name: string } | undefined {
+  const m = /^arn:aws[a-z-]*:sts::(\d{12}):assumed-role\/([^/]+)\/.+$/.exec(principalArn);
+  return m ? { account: m[1] as string, name: m[2] as string } : undefined;
+}
+
+/** Whether one principal entry of a policy (or a grant's grantee) names the caller. */
+export function principalEntryMatches(entry: string, principalArn: string, account: string): boolean {
+  if (entry === '*' || entry === principalArn || entry === account || entry === `arn:aws:iam::${account}:root`) return true;
+  const session = sessionRole(principalArn);
+  const role = /^arn:aws[a-z-]*:iam::(\d{12}):role\/(?:.*\/)?([^/]+)$/.exec(entry);
+  return !!session && !!role && role[1] === session.account && role[2] === session.name;
+}
+
 function principalMatches(p: Statement['Principal'], ctx: RequestContext): boolean {
   if (p === '*') return true;
-  return list(p.AWS).some((entry) => entry === '*' || entry === ctx.principalArn || entry === ctx.account || entry === `arn:aws:iam::${ctx.account}:root`);
+  return list(p.AWS).some((entry) => principalEntryMatches(entry, ctx.principalArn, ctx.account));
 }
 
 function actionMatches(s: Statement, action: string): boolean {
@@ -163,11 +187,12 @@ export function evaluatePolicy(policy: PolicyDocument, ctx: RequestContext): Dec
     (s.Resource === undefined || list(s.Resource).some((r) => glob(r, ctx.keyArn, false))) &&
     conditionsHold(s, values);
 
+  // Every statement is evaluated; one matching Deny decides, whatever the order of the statements.
   const deny = policy.statements.find((s) => s.Effect === 'Deny' && applies(s));
-  if (deny) return { allowed: false, reason: `explicitly denied by statement ${deny.Sid ?? '(no Sid)'}` };
+  if (deny) return { allowed: false, effect: 'ExplicitDeny', reason: `explicitly denied by statement ${deny.Sid ?? '(no Sid)'}` };
   const allow = policy.statements.find((s) => s.Effect === 'Allow' && applies(s));
-  if (allow) return { allowed: true, reason: `allowed by statement ${allow.Sid ?? '(no Sid)'}` };
-  return { allowed: false, reason: 'no statement in the key policy allows it' };
+  if (allow) return { allowed: true, effect: 'Allow', reason: `allowed by statement ${allow.Sid ?? '(no Sid)'}` };
+  return { allowed: false, effect: 'ImplicitDeny', reason: 'no statement in the key policy allows it' };
 }
 
 /** The policy KMS gives a key created without one: the account may do everything. */

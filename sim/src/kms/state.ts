@@ -1,5 +1,5 @@
 /**
- * The emulator's persistent state: keys with their material and key policies, in one JSON file written
+ * The emulator's persistent state: keys with their material, key policies and grants, in one JSON file written
  * atomically (temporary file, fsync, rename) after every change. The file holds key material in the clear:
  * it is an emulator's state, readable by tests that need to check what only KMS could decrypt.
  */
@@ -8,6 +8,22 @@ import path from 'node:path';
 
 export type KeySpec = 'SYMMETRIC_DEFAULT' | 'RSA_2048' | 'RSA_3072' | 'RSA_4096';
 export type KeyState = 'Enabled' | 'Disabled';
+
+/** A grant (CreateGrant): what it allows, to whom. Grant tokens are accepted but grants are effective at once. */
+export interface GrantRecord {
+  grantId: string;
+  grantToken: string;
+  name?: string | undefined;
+  granteePrincipal: string;
+  retiringPrincipal?: string | undefined;
+  /** `arn:aws:iam::ACCOUNT:root` of the caller that created the grant. */
+  issuingAccount: string;
+  /** Grant operations without the `kms:` prefix, e.g. `ReEncryptFrom`. */
+  operations: string[];
+  constraints?: { EncryptionContextSubset?: Record<string, string> | undefined; EncryptionContextEquals?: Record<string, string> | undefined } | undefined;
+  /** Seconds since the epoch. */
+  createdAt: number;
+}
 
 export interface KeyRecord {
   keyId: string;
@@ -21,6 +37,8 @@ export interface KeyRecord {
   /** Symmetric: the 32-byte key (base64). RSA: the PKCS#8 private key (PEM). */
   material: string;
   policy: string;
+  /** Absent in state files written before grants were modelled: no grants. */
+  grants?: GrantRecord[];
 }
 
 interface StateFile {
