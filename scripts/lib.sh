@@ -33,3 +33,47 @@ int_between() {
   [[ "$1" =~ ^[0-9]+$ ]] || return 1
   (( $1 >= $2 && $1 <= $3 ))
 }
+
+# read_base_images FILE: sets BUILDER_TAG, RUNTIME_TAG, BUILDER_IMAGE, RUNTIME_IMAGE and RESOLVED_AT from
+# deploy/base-images.env, reading only those KEY=VALUE lines (the file is data, not a script to source).
+# shellcheck disable=SC2034 # the variables it sets are its output
+read_base_images() {
+  local key value
+  BUILDER_TAG="" RUNTIME_TAG="" BUILDER_IMAGE="" RUNTIME_IMAGE="" RESOLVED_AT=""
+  while IFS='=' read -r key value; do
+    case "$key" in
+      BUILDER_TAG) BUILDER_TAG="$value" ;;
+      RUNTIME_TAG) RUNTIME_TAG="$value" ;;
+      BUILDER_IMAGE) BUILDER_IMAGE="$value" ;;
+      RUNTIME_IMAGE) RUNTIME_IMAGE="$value" ;;
+      RESOLVED_AT) RESOLVED_AT="$value" ;;
+    esac
+  done < <(grep -E '^[A-Z_]+=' "$1")
+  [[ -n "$BUILDER_TAG" && -n "$RUNTIME_TAG" ]] || die "$1 must name BUILDER_TAG and RUNTIME_TAG"
+}
+
+# resolve_digest TAG: the registry's current digest (sha256:...) of TAG's manifest (the multi-platform index).
+resolve_digest() {
+  docker buildx imagetools inspect "$1" --format '{{json .Manifest}}' | jq -er '.digest | select(test("^sha256:[0-9a-f]{64}$"))'
+}
+
+# enclave_state NAME: the State nitro-cli describe-enclaves reports for the enclave named NAME (RUNNING,
+# TERMINATING, ...), or nothing when there is none. Parsed as JSON (jq), never by matching text. Call it as
+# `state="$(enclave_state NAME)"` so that its failure stops the script (set -e).
+enclave_state() {
+  local described
+  described="$(nitro-cli describe-enclaves)" || die "nitro-cli describe-enclaves failed"
+  jq -er --arg name "$1" 'if type == "array" then . else error("not a list of enclaves") end
+    | map(select(.EnclaveName == $name)) | (.[0].State // "")' <<< "$described" \
+    || die "nitro-cli describe-enclaves gave output that is not a list of enclaves: ${described:0:200}"
+}
+
+# require_clean_tree WHAT: refuses to go on when the git work tree has changes (tracked or untracked, not
+# ignored): WHAT is built from the work tree but labelled with the commit, so the two must be the same.
+require_clean_tree() {
+  local changes
+  changes="$(git status --porcelain --untracked-files=normal)" || die "git status failed"
+  [[ -z "$changes" ]] || die "the work tree has changes that are not committed; $1 would not match the commit it is labelled with:
+$changes
+(commit or stash them, then build again)"
+}

@@ -37,6 +37,7 @@ fi
 : "${NKS_MONITOR_INTERVAL:=10}"
 
 need nitro-cli "Install aws-nitro-enclaves-cli and enable the allocator (docs/DEPLOY.md)."
+need jq "Install jq (dnf install jq): nitro-cli's JSON output is parsed with it."
 [[ -f "$NKS_EIF" ]] || die "EIF $NKS_EIF does not exist (scripts/build-eif.sh builds it)"
 int_between "$NKS_ENCLAVE_CID" 4 4294967294 || die "NKS_ENCLAVE_CID must be a number from 4 to 4294967294 (0-3 are reserved)"
 int_between "$NKS_ENCLAVE_CPUS" 2 1024 || die "NKS_ENCLAVE_CPUS must be 2 or more (whole cores)"
@@ -44,7 +45,8 @@ int_between "$NKS_ENCLAVE_MEMORY_MIB" 64 1048576 || die "NKS_ENCLAVE_MEMORY_MIB 
 int_between "$NKS_MONITOR_INTERVAL" 1 3600 || die "NKS_MONITOR_INTERVAL must be 1 to 3600 seconds"
 
 # One enclave of this name at a time: a leftover from a crash is terminated first.
-if nitro-cli describe-enclaves | grep -q "\"EnclaveName\": \"$NKS_ENCLAVE_NAME\""; then
+state="$(enclave_state "$NKS_ENCLAVE_NAME")"
+if [[ -n "$state" ]]; then
   info "terminating the existing enclave $NKS_ENCLAVE_NAME"
   nitro-cli terminate-enclave --enclave-name "$NKS_ENCLAVE_NAME" >/dev/null
 fi
@@ -60,7 +62,6 @@ nitro-cli "${args[@]}"
 (( monitor )) || exit 0
 info "monitoring every ${NKS_MONITOR_INTERVAL}s"
 while sleep "$NKS_MONITOR_INTERVAL"; do
-  if ! nitro-cli describe-enclaves | grep -A 20 "\"EnclaveName\": \"$NKS_ENCLAVE_NAME\"" | grep -q '"State": "RUNNING"'; then
-    die "enclave $NKS_ENCLAVE_NAME is not running any more"
-  fi
+  state="$(enclave_state "$NKS_ENCLAVE_NAME")"
+  [[ "$state" == RUNNING ]] || die "enclave $NKS_ENCLAVE_NAME is not running any more (state: ${state:-gone})"
 done

@@ -14,7 +14,9 @@ while [[ $# -gt 0 ]]; do
   esac
 done
 need nitro-cli "Install aws-nitro-enclaves-cli (docs/DEPLOY.md)."
-if nitro-cli describe-enclaves | grep -q "\"EnclaveName\": \"$name\""; then
+need jq "Install jq (dnf install jq): nitro-cli's JSON output is parsed with it."
+state="$(enclave_state "$name")"
+if [[ -n "$state" ]]; then
   nitro-cli terminate-enclave --enclave-name "$name"
 else
   info "no enclave named $name is running"

@@ -38,13 +38,24 @@ describe('operations scripts', () => {
 
 /** Checks the rules for Dockerfile.enclave; returns the violations. */
 function dockerfileViolations(text: string): string[] {
-  const lines = text.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#'));
+  const lines = text
+    .replace(/\\\n/g, ' ')
+    .split('\n')
+    .map((l) => l.trim().replace(/\s+/g, ' '))
+    .filter((l) => l && !l.startsWith('#'));
   const out: string[] = [];
   const froms = lines.map((l, i) => [l, i] as const).filter(([l]) => /^FROM\s/i.test(l));
   if (froms.length < 2) out.push('not multi-stage');
-  for (const [l] of froms) if (!/^FROM\s+(--platform=\S+\s+)?\S+@sha256:[0-9a-f]{64}(\s+AS\s+\S+)?$/i.test(l)) out.push(`not pinned by digest: ${l}`);
+  // Base images come only through the two build arguments, which have no default: build-eif.sh passes the
+  // digests recorded in deploy/base-images.env (checked below).
+  for (const [l] of froms) if (!/^FROM\s+\$\{(BUILDER_IMAGE|RUNTIME_IMAGE)\}(\s+AS\s+\S+)?$/i.test(l)) out.push(`base image not from BUILDER_IMAGE/RUNTIME_IMAGE: ${l}`);
+  for (const arg of ['BUILDER_IMAGE', 'RUNTIME_IMAGE']) if (!lines.includes(`ARG ${arg}`)) out.push(`ARG ${arg} missing or given a default`);
+  for (const l of lines.filter((x) => /^RUN\b.*apt-get install/.test(x))) {
+    const pkgs = /apt-get install(.*?)(&&|$)/.exec(l)?.[1]?.split(/\s+/).filter((w) => w && !w.startsWith('-')) ?? [];
+    for (const p of pkgs) if (!/^[a-z0-9.+-]+=[A-Za-z0-9.+:~-]+$/.test(p)) out.push(`build package not pinned to a version: ${p}`);
+  }
   const last = froms[froms.length - 1]?.[1] ?? 0;
-  const allowed = new Set(['/build/app/enclave.js', '/build/app/native/nsm.node', '/build/app/native/node-vsock.linux-x64-gnu.node', '/build/app/enclave.json']);
+  const allowed = new Set(['/build/app/enclave.js', '/build/app/native/nsm.node', '/build/app/native/vsock.node', '/build/app/enclave.json']);
   for (const l of lines.slice(last + 1)) {
     const op = (l.split(/\s+/)[0] ?? '').toUpperCase();
     if (op === 'RUN' || op === 'ADD') out.push(`final stage runs or adds: ${l}`);
@@ -67,14 +78,34 @@ describe('Dockerfile.enclave', () => {
   });
 
   it('the check catches an unpinned base image and an extra file in the final stage', () => {
-    const bad = text.replace(/nodejs20-debian12@sha256:[0-9a-f]{64}/, 'nodejs20-debian12:latest').replace('WORKDIR /app', 'COPY --from=builder /src/node_modules /app/node_modules\nWORKDIR /app');
+    const bad = text.replace('FROM ${RUNTIME_IMAGE}', 'FROM gcr.io/distroless/nodejs20-debian12:latest').replace('WORKDIR /app', 'COPY --from=builder /src/node_modules /app/node_modules\nWORKDIR /app');
     const v = dockerfileViolations(bad);
-    expect(v).toEqual([expect.stringMatching(/^not pinned by digest/), expect.stringMatching(/node_modules/)]);
+    expect(v).toEqual([expect.stringMatching(/^base image not from BUILDER_IMAGE/), expect.stringMatching(/node_modules/)]);
+    expect(dockerfileViolations(text.replace('ARG RUNTIME_IMAGE', 'ARG RUNTIME_IMAGE=gcr.io/distroless/nodejs20-debian12:latest'))).toEqual(['ARG RUNTIME_IMAGE missing or given a default']);
+    expect(dockerfileViolations(text.replace('make=4.3-4.1', 'make'))).toEqual(['build package not pinned to a version: make']);
     expect(dockerfileViolations(`${text}\nRUN echo hi`)).toEqual([expect.stringMatching(/final stage runs/)]);
   });
 
+  it('takes its base images by digest from deploy/base-images.env, or says plainly that none is recorded yet', () => {
+    const env = Object.fromEntries(
+      fs
+        .readFileSync(path.join(ROOT, 'deploy', 'base-images.env'), 'utf8')
+        .split('\n')
+        .filter((l) => /^[A-Z_]+=/.test(l))
+        .map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]),
+    );
+    expect(Object.keys(env).sort()).toEqual(['BUILDER_IMAGE', 'BUILDER_TAG', 'RESOLVED_AT', 'RUNTIME_IMAGE', 'RUNTIME_TAG']);
+    if (env.RESOLVED_AT === 'never') {
+      expect([env.BUILDER_IMAGE, env.RUNTIME_IMAGE]).toEqual(['', '']);
+    } else {
+      expect(env.RESOLVED_AT).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
+      for (const k of ['BUILDER', 'RUNTIME']) expect(env[`${k}_IMAGE`]).toBe(`${(env[`${k}_TAG`] ?? '').split('@')[0]}@${env[`${k}_IMAGE`]?.split('@')[1]}`);
+      for (const k of ['BUILDER_IMAGE', 'RUNTIME_IMAGE']) expect(env[k]).toMatch(/^[a-z0-9./_:-]+@sha256:[0-9a-f]{64}$/);
+    }
+  });
+
   it('copies into the builder every source file the enclave bundle is built from', () => {
-    for (const p of ['package.json', 'package-lock.json', 'scripts/build.mjs', 'shared/src', 'enclave/src', 'enclave/native/binding.gyp', 'enclave/native/nsm.c']) {
+    for (const p of ['package.json', 'package-lock.json', 'scripts/build.mjs', 'shared/src', 'enclave/src', 'enclave/native/binding.gyp', 'enclave/native/nsm.c', 'enclave/native/vsock.c']) {
       expect(text).toMatch(new RegExp(`^COPY [^\\n]*${p.replace(/[.]/g, '\\.')}`, 'm'));
     }
   });
@@ -103,7 +134,7 @@ describe('reproducible enclave bundle and bare-directory start', () => {
   it('runs the enclave from a directory holding only its bundle, native addons and configuration', async () => {
     const app = path.join(dir, 'app');
     expect(fs.readdirSync(app).sort()).toEqual(['enclave.js', 'native']);
-    expect(fs.readdirSync(path.join(app, 'native')).sort()).toEqual(['node-vsock.linux-x64-gnu.node', 'nsm.node']);
+    expect(fs.readdirSync(path.join(app, 'native')).sort()).toEqual(['nsm.node', 'vsock.node']);
     // Nothing to resolve packages from above it either.
     for (let d = app; d !== path.dirname(d); d = path.dirname(d)) expect(fs.existsSync(path.join(d, 'node_modules'))).toBe(false);
 
@@ -155,7 +186,7 @@ describe('scripts against a stand-in nitro-cli', () => {
     bin = path.join(dir, 'bin');
     fs.mkdirSync(bin);
     // Only the tools the scripts may use; no docker, no aws.
-    for (const tool of ['bash', 'env', 'dirname', 'cat', 'grep', 'mktemp', 'rm', 'cp', 'mkdir', 'awk', 'sleep', 'git', 'node']) {
+    for (const tool of ['bash', 'env', 'dirname', 'cat', 'grep', 'mktemp', 'rm', 'cp', 'mkdir', 'awk', 'sleep', 'git', 'node', 'jq']) {
       const found = spawnSync('bash', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim();
       if (found) fs.symlinkSync(found, path.join(bin, tool));
     }
@@ -193,6 +224,23 @@ describe('scripts against a stand-in nitro-cli', () => {
     expect(res.stderr).toMatch(/enclave nitro-keystore is not running any more/);
   });
 
+  it('reads nitro-cli describe-enclaves as JSON: compact output, another enclave whose name extends ours, and output that is not JSON', () => {
+    const env = { NKS_EIF: path.join(dir, 'fake.eif'), NKS_ENCLAVE_CID: '16', NKS_MONITOR_INTERVAL: '1' };
+    // Compact JSON (no spaces after colons) naming our enclave: grep on '"EnclaveName": "x"' missed it.
+    withNitroCli('[{"EnclaveName":"nitro-keystore","State":"RUNNING"}]');
+    expect(run('stop-enclave.sh', []).status).toBe(0);
+    expect(log()).toContain('terminate-enclave --enclave-name nitro-keystore');
+    // Only "nitro-keystore-canary" runs: nothing of ours to stop, and the monitor sees ours gone.
+    withNitroCli('[{"EnclaveName": "nitro-keystore-canary", "State": "RUNNING"}]');
+    expect(run('stop-enclave.sh', []).stderr).toMatch(/no enclave named nitro-keystore is running/);
+    const monitor = run('run-enclave.sh', ['--env', '/nonexistent', '--monitor'], env);
+    expect([monitor.status, monitor.stderr]).toEqual([1, expect.stringMatching(/not running any more \(state: gone\)/)]);
+    expect(log()).not.toContain('terminate-enclave');
+    withNitroCli('Error: could not connect');
+    const garbled = run('stop-enclave.sh', []);
+    expect([garbled.status, garbled.stderr]).toEqual([1, expect.stringMatching(/output that is not a list of enclaves: Error: could not connect/)]);
+  });
+
   it('run-enclave.sh refuses a missing or reserved CID and says what is missing', () => {
     withNitroCli();
     expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: path.join(dir, 'fake.eif') }).stderr).toMatch(/NKS_ENCLAVE_CID is not set: pin the CID/);
@@ -222,12 +270,12 @@ describe('scripts against a stand-in nitro-cli', () => {
   it('approve-image.sh produces the policy from nks policy (dry run), and needs the AWS CLI to install it', () => {
     const m = path.join(dir, 'measurements.json');
     fs.writeFileSync(m, JSON.stringify({ Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48) } }));
-    const args = ['--key-arn', 'arn:aws:kms:us-east-1:111122223333:key/k', '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--measurements', m];
+    const args = ['--key-arn', 'arn:aws:kms:us-east-1:111122223333:key/k', '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--image-approver-role-arn', 'arn:aws:iam::111122223333:role/i', '--break-glass-role-arn', 'arn:aws:iam::111122223333:role/b', '--measurements', m];
     const dry = run('approve-image.sh', [...args, '--dry-run']);
     expect(dry.status).toBe(0);
     expect(JSON.parse(dry.stdout).Statement.map((s: { Sid: string }) => s.Sid)).toContain('DenyDecryptOutsideApprovedEnclaves');
     expect(run('approve-image.sh', args).stderr).toMatch(/aws is required but not found/);
-    const debugImage = run('approve-image.sh', ['--key-arn', 'k', '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--pcr0', '0'.repeat(96), '--dry-run']);
+    const debugImage = run('approve-image.sh', ['--key-arn', 'k', '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--image-approver-role-arn', 'arn:aws:iam::111122223333:role/i', '--break-glass-role-arn', 'arn:aws:iam::111122223333:role/b', '--pcr0', '0'.repeat(96), '--dry-run']);
     expect(debugImage.status).not.toBe(0);
     expect(debugImage.stderr).toMatch(/debug images cannot be approved/);
   });

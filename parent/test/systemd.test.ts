@@ -36,6 +36,25 @@ describe('enclave unit', () => {
     expect(text).toContain('Restart=on-failure');
   });
 
+  it('runs as a dedicated user in group ne, without capabilities, network or other devices', () => {
+    for (const line of [
+      'User=nitro-keystore-enclave',
+      'Group=ne',
+      'CapabilityBoundingSet=',
+      'NoNewPrivileges=yes',
+      'ProtectSystem=strict',
+      'ReadWritePaths=/var/log/nitro_enclaves /run/nitro_enclaves',
+      'DevicePolicy=closed',
+      'DeviceAllow=/dev/nitro_enclaves rw',
+      'RestrictAddressFamilies=AF_UNIX AF_VSOCK',
+      'IPAddressDeny=any',
+      'SystemCallFilter=@system-service',
+    ]) {
+      expect(text).toContain(line);
+    }
+    expect(text.filter((l) => l.startsWith('User='))).toEqual(['User=nitro-keystore-enclave']);
+  });
+
   it('comes up after the allocator and the parent (whose KMS proxy the enclave needs)', () => {
     expect(text.find((l) => l.startsWith('After='))).toMatch(/nitro-enclaves-allocator\.service.*nitro-keystore-parent\.service/);
   });

@@ -1,0 +1,91 @@
+/**
+ * The enclave image's init argv, worked out as nitro-cli works it out (scripts/image-argv.mjs): from the
+ * Dockerfile here, and from `docker image inspect` of the built image where Docker exists (scripts/build-eif.sh
+ * runs that check before nitro-cli). An argv nitro-cli's init cannot exec makes the enclave exit at start.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+// @ts-expect-error: a plain ES module script without type declarations
+import * as argv from '../scripts/image-argv.mjs';
+
+interface Check {
+  argv: string[] | null;
+  problems: string[];
+}
+const { checkDockerfile, checkImageInspect, finalStageConfig, NODE_BIN } = argv as {
+  checkDockerfile: (text: string) => Check;
+  checkImageInspect: (inspect: unknown) => Check;
+  finalStageConfig: (text: string) => { Cmd: unknown; Entrypoint: unknown };
+  NODE_BIN: string;
+};
+
+const ROOT = path.resolve(__dirname, '..');
+const DOCKERFILE = fs.readFileSync(path.join(ROOT, 'Dockerfile.enclave'), 'utf8');
+const GOOD = [NODE_BIN, '/app/enclave.js', '--config', '/app/enclave.json'];
+
+/** Dockerfile.enclave with its final stage's ENTRYPOINT/CMD lines replaced by `tail`. */
+function withFinalCommand(tail: string): string {
+  const kept = DOCKERFILE.split('\n').filter((l) => !/^(ENTRYPOINT|CMD)\b/.test(l));
+  return `${kept.join('\n')}\n${tail}\n`;
+}
+
+describe('the enclave image command line (nitro-cli takes Cmd and ignores Entrypoint)', () => {
+  it('Dockerfile.enclave makes init exec the node binary on the enclave bundle', () => {
+    expect(checkDockerfile(DOCKERFILE)).toEqual({ argv: GOOD, problems: [] });
+    expect(finalStageConfig(DOCKERFILE)).toEqual({ Cmd: GOOD, Entrypoint: null });
+  });
+
+  it('refuses the shape that made the enclave exit at start: a Cmd starting with the .js over the base Entrypoint', () => {
+    const res = checkDockerfile(withFinalCommand('CMD ["/app/enclave.js", "--config", "/app/enclave.json"]'));
+    expect(res.argv).toEqual(['/app/enclave.js', '--config', '/app/enclave.json']);
+    expect(res.problems).toEqual([expect.stringMatching(/is a script/), expect.stringMatching(/node must run \/app\/enclave.js/), expect.stringMatching(/must clear the Entrypoint/)]);
+  });
+
+  it.each([
+    ['a relative executable', 'ENTRYPOINT []\nCMD ["node", "/app/enclave.js"]', /absolute path/],
+    ['shell form (no shell in the image)', 'ENTRYPOINT []\nCMD node /app/enclave.js', /must be the runtime image's node binary \/nodejs\/bin\/node, got \/bin\/sh/],
+    ['another binary', 'ENTRYPOINT []\nCMD ["/usr/bin/node", "/app/enclave.js"]', /must be the runtime image's node binary/],
+    ['node running something else', 'ENTRYPOINT []\nCMD ["/nodejs/bin/node", "/app/other.js"]', /node must run \/app\/enclave.js, got "\/app\/other.js"/],
+    ['no command at all', 'ENTRYPOINT []', /neither Cmd nor Entrypoint/],
+    ['the base image deciding', '', /must set CMD itself/],
+    ['ENTRYPOINT alone, which clears the inherited Cmd', 'ENTRYPOINT ["/nodejs/bin/node", "/app/enclave.js"]', /must clear the Entrypoint/],
+  ])('refuses %s', (_what, tail, problem) => {
+    expect(checkDockerfile(withFinalCommand(tail)).problems).toContainEqual(expect.stringMatching(problem));
+  });
+
+  it('applies the same rule to docker image inspect output', () => {
+    expect(checkImageInspect([{ Config: { Entrypoint: null, Cmd: GOOD } }])).toEqual({ argv: GOOD, problems: [] });
+    // The broken image: Docker would run node /app/enclave.js, nitro-cli runs /app/enclave.js.
+    const broken = checkImageInspect([{ Config: { Entrypoint: [NODE_BIN], Cmd: ['/app/enclave.js', '--config', '/app/enclave.json'] } }]);
+    expect(broken.argv).toEqual(['/app/enclave.js', '--config', '/app/enclave.json']);
+    expect(broken.problems).toContainEqual(expect.stringMatching(/is a script/));
+    // Without Cmd, nitro-cli falls back to the Entrypoint; that is refused too (it must be cleared).
+    expect(checkImageInspect([{ Config: { Entrypoint: GOOD, Cmd: null } }]).problems).toEqual([expect.stringMatching(/still has an Entrypoint/)]);
+    expect(checkImageInspect([{}]).problems).toEqual(['docker image inspect gave no Config']);
+  });
+
+  it('the command-line tool exits 1 with the problems on a bad Dockerfile and 0 with the argv on ours', () => {
+    const tool = path.join(ROOT, 'scripts', 'image-argv.mjs');
+    const ok = spawnSync(process.execPath, [tool, '--dockerfile', path.join(ROOT, 'Dockerfile.enclave')], { encoding: 'utf8' });
+    expect([ok.status, JSON.parse(ok.stdout)]).toEqual([0, GOOD]);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nks-image-'));
+    try {
+      const bad = path.join(dir, 'Dockerfile');
+      fs.writeFileSync(bad, withFinalCommand('CMD ["/app/enclave.js"]'));
+      const res = spawnSync(process.execPath, [tool, '--dockerfile', bad], { encoding: 'utf8' });
+      expect([res.status, res.stderr]).toEqual([1, expect.stringMatching(/would not start under nitro-cli[\s\S]*is a script/)]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  // On a build host: NKS_ENCLAVE_IMAGE=<tag printed by scripts/build-eif.sh> npx jest test/image.test.ts
+  const image = process.env.NKS_ENCLAVE_IMAGE;
+  (image ? it : it.skip)('a built image (NKS_ENCLAVE_IMAGE, via docker image inspect) has that argv', () => {
+    const docker = spawnSync('docker', ['image', 'inspect', String(image)], { encoding: 'utf8' });
+    expect(docker.status).toBe(0);
+    expect(checkImageInspect(JSON.parse(docker.stdout))).toEqual({ argv: GOOD, problems: [] });
+  });
+});
