@@ -25,7 +25,12 @@ export const MUTATED = [
   'parent/src/kms/proxy.ts',
 ];
 
-/** Test files that exercise those modules in-process (the multi-process suites are not listed: see above). */
+/**
+ * Test files that exercise those modules in-process (the multi-process suites are not listed: see above).
+ * parent/test/kms-proxy.test.ts is left out too: it runs the proxy against the emulator process, with a
+ * throttling test that depends on timing; parent/test/kms-proxy.mutation.test.ts tests the same rules
+ * in-process with a scripted KMS client.
+ */
 export const IN_PROCESS_TESTS = [
   'shared/test/cms.test.ts',
   'shared/test/cbor.test.ts',
@@ -35,8 +40,8 @@ export const IN_PROCESS_TESTS = [
   'shared/test/rpc.test.ts',
   'shared/test/backpressure.test.ts',
   'shared/test/transport.test.ts',
+  'shared/test/frame-memory.test.ts',
   'enclave/test/units.test.ts',
-  'parent/test/kms-proxy.test.ts',
   'sim/test/kms-emulator.test.ts',
   'sim/test/nsm.test.ts',
 ];
@@ -47,10 +52,27 @@ export const IN_PROCESS_TESTS = [
  * the goal for every module is at least 90.
  * @type {Record<string, number>}
  */
-export const MODULE_FLOORS = {};
+export const MODULE_FLOORS = {
+  'enclave/src/kms/open-answer.ts': 87,
+  'enclave/src/kms/unseal.ts': 100,
+  'enclave/src/kms/recipient.ts': 96,
+  'enclave/src/kms/failed-opens.ts': 93,
+  'enclave/src/keys/seal.ts': 100,
+  'shared/src/cms.ts': 96,
+  'shared/src/attestation/verify.ts': 95,
+  'shared/src/attestation/user-data.ts': 100,
+  'shared/src/attestation/birth.ts': 100,
+  'shared/src/blob.ts': 94,
+  'shared/src/cbor.ts': 86,
+  'shared/src/framing.ts': 90,
+  'parent/src/kms/proxy.ts': 98,
+};
+
+/** The commit the floors were measured at: CI (`--since-measured`) checks every module changed since. */
+export const MEASURED_AT = '5e31c22556245d6d98ec1c4811d116e31a8750cf';
 
 /** The full run's break threshold: the measured overall score, rounded down (goal: at least 90). */
-export const BREAK = null;
+export const BREAK = 93;
 
 export const REPORT_JSON = 'reports/mutation/mutation.json';
 
@@ -73,14 +95,20 @@ export default {
   mutate: MUTATED,
   coverageAnalysis: 'perTest',
   concurrency: 2,
-  // Mutants are typed loosely on purpose (the sandbox's files get `// @ts-nocheck`); esbuild strips types.
+  // The sandbox's TypeScript gets `// @ts-nocheck` (a mutant need not type-check; esbuild strips types).
   disableTypeChecks: true,
-  timeoutMS: 20_000,
+  // Static mutants (module-level constants) run every test for each one: 5% of the mutants, 44% of the time.
+  // They are reported as Ignored; docs/MUTATION.md lists them and how they are covered instead.
+  ignoreStatic: true,
+  // A mutant's run may take 8 s plus twice its tests' own time before it counts as a "Timeout" (detected):
+  // enough for a loaded 2-core machine, short enough that the decoder's loop mutants (dozens never end) do not
+  // take most of a run.
+  timeoutMS: 8_000,
   timeoutFactor: 2,
   dryRunTimeoutMinutes: 10,
   tempDirName: '.stryker-tmp',
-  // The sandbox is a copy of the working tree: it needs dist/ (the multi-process helpers of kms-proxy and
-  // kms-emulator tests start the prebuilt simulators), not the local state or documentation.
+  // The sandbox is a copy of the working tree. It needs dist/ (a few tests in the listed files start the
+  // prebuilt programs: `npm run test:mutation` builds first), not local state or documentation.
   ignorePatterns: ['.dev', '.bench', 'reports', 'coverage', 'docs', 'deploy', '/tmp'],
   reporters: ['clear-text', 'progress', 'html', 'json'],
   htmlReporter: { fileName: 'reports/mutation/mutation.html' },

@@ -1,9 +1,11 @@
 // Mutation testing of only the security-critical modules that a change touches (for CI; docs/MUTATION.md):
 //
-//   node scripts/mutation-changed.mjs [--base REV | --all | --modules A,B] [--budget-minutes N]
+//   node scripts/mutation-changed.mjs [--base REV | --since-measured | --all | --modules A,B] [--budget-minutes N]
 //
 // Modules: MUTATED in stryker.config.mjs. Changed: `git diff --name-only REV` (REV to the working tree, so
-// uncommitted edits count too; default REV: HEAD~1). Runs `stryker run --mutate <changed modules>` (no global
+// uncommitted edits count too; default REV: HEAD~1). --since-measured (CI): REV is MEASURED_AT, the commit the
+// floors were measured at, so every module changed since its floor was set is checked against it; without that
+// commit in the clone, every module is. Runs `stryker run --mutate <changed modules>` (no global
 // break threshold: a subset's overall score is not comparable), then checks each module's own score against
 // its floor in MODULE_FLOORS and lists the survivors. Exit 0: nothing to test or every floor held; 1: a module
 // scored below its floor, or Stryker failed; 2: bad arguments or no such REV; 3: the time budget ran out.
@@ -12,11 +14,11 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
-import { MODULE_FLOORS, MUTATED, REPORT_JSON } from '../stryker.config.mjs';
+import { MEASURED_AT, MODULE_FLOORS, MUTATED, REPORT_JSON } from '../stryker.config.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values } = parseArgs({
-  options: { base: { type: 'string' }, all: { type: 'boolean', default: false }, modules: { type: 'string' }, 'budget-minutes': { type: 'string' } },
+  options: { base: { type: 'string' }, 'since-measured': { type: 'boolean', default: false }, all: { type: 'boolean', default: false }, modules: { type: 'string' }, 'budget-minutes': { type: 'string' } },
   strict: true,
 });
 const budgetMinutes = values['budget-minutes'] === undefined ? undefined : Number(values['budget-minutes']);
@@ -33,7 +35,15 @@ function git(args) {
 
 /** @type {string[]} */
 let modules;
-if (values.all) {
+let all = values.all;
+if (values['since-measured']) {
+  if (MEASURED_AT && git(['rev-parse', '--verify', '--quiet', `${MEASURED_AT}^{commit}`]).ok) values.base = MEASURED_AT;
+  else {
+    console.log(`mutation: the floors' commit (MEASURED_AT: ${MEASURED_AT ?? 'none'}) is not in this clone; testing every module`);
+    all = true;
+  }
+}
+if (all) {
   modules = [...MUTATED];
 } else if (values.modules !== undefined) {
   modules = values.modules.split(',').filter(Boolean);

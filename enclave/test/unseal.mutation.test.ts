@@ -86,6 +86,10 @@ describe('openKmsAnswer', () => {
     expect(openKmsAnswer(raw(), recipient.privateKey, blob)).toBeNull();
   });
 
+  it('refuses, without throwing, an answer whose IV is not 16 bytes (AES-CBC would throw on it)', () => {
+    for (const length of [0, 8, 12, 32]) expect(openKmsAnswer(answer(dek, { forgery: { iv: Buffer.alloc(length, 1) } }), recipient.privateKey, blob)).toBeNull();
+  });
+
   it('refuses an answer opened with the wrong recipient key', () => {
     expect(openKmsAnswer(answer(dek), otherRsa.privateKey, blob)).toBeNull();
   });

@@ -131,8 +131,8 @@ describe('vsock addon', () => {
   it('reports a connection reset by its real code (the socket error), not as a failed poll with EBADF', async () => {
     const [x, y] = track(binding.socketpair());
     const error = new Promise<{ code?: string; syscall?: string }>((resolve) => {
-      binding.attach(y, (event: string, arg: { code?: string; syscall?: string }) => {
-        if (event === 'error') resolve(arg);
+      binding.attach(y, (event: string, arg: unknown) => {
+        if (event === 'error') resolve(arg as { code?: string; syscall?: string });
       });
     });
     binding.attach(x, () => {});

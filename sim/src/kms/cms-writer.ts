@@ -38,8 +38,9 @@ export function buildEnvelopedData(plaintext: Uint8Array, recipientPublicKey: Ke
 
   const cek = Buffer.from(forgery.contentKey ?? randomBytes(32));
   const iv = Buffer.from(forgery.iv ?? randomBytes(16));
-  // A content key that is not an AES-256 key can encrypt nothing: the content is then random bytes.
-  const cipher = cek.length === 32 ? createCipheriv('aes-256-cbc', cek, iv).setAutoPadding(forgery.pad ?? true) : null;
+  // A content key that is not an AES-256 key, or an IV that is not 16 bytes, can encrypt nothing: the content
+  // is then random bytes.
+  const cipher = cek.length === 32 && iv.length === 16 ? createCipheriv('aes-256-cbc', cek, iv).setAutoPadding(forgery.pad ?? true) : null;
   const ciphertext = cipher ? Buffer.concat([cipher.update(plaintext), cipher.final()]) : randomBytes(plaintext.length + 16 - (plaintext.length % 16));
   const encryptedKey = publicEncrypt({ key: recipientPublicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, cek);
   cek.fill(0);
