@@ -1,5 +1,5 @@
 /**
- * The KMS key policy operators install (DESIGN §3, docs/KEY-POLICY.md): only an attested enclave running an
+ * The KMS key policy operators install (docs/KEY-POLICY.md): only an attested enclave running an
  * approved image, on an instance with the parent's IAM role, can unwrap a data key. From measurements
  * (nitro-cli's JSON or PCR values) and four kinds of principal:
  *
