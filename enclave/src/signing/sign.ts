@@ -1,6 +1,7 @@
 /**
- * From a validated sign request to a signature (DESIGN §6). The digest is always derived here, inside the
- * enclave, from the structured input with viem's hashing and serialization; nothing is hand-encoded.
+ * From a validated sign request to a signature (README.md, "Caller API"; docs/SECURITY.md, "Requests that are
+ * dangerous to sign"). The digest is always derived here, inside the enclave, from the structured input with
+ * viem's hashing and serialization; nothing is hand-encoded.
  *
  * Typed data is bounded by the schema's complexity budget (shared/src/signing/typed-data-budget.ts) before
  * it gets here, and is only ever hashed on a signer thread (pool.ts), never on the enclave's main thread.
