@@ -167,7 +167,7 @@ describe('architecture', () => {
     const probe = path.join(root, 'enclave', 'src', '__probe__.ts');
     const text = [
       "import '../../parent/src/metrics';", // side effect only, no `from`
-      "import type { KeyView } from '../../parent/src/keys';",
+      "import type { KeyView } from '../../parent/src/key-registry';",
       'import {\n  a, // a comment\n  b,\n} from "../../shared/src/errors";',
       "export * from '../../sim/src/measure';",
       "export { c } from '../../client/src/policy';",

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { silentLogger } from '../shared/src/log';
 import { RpcClient } from '../shared/src/rpc';
 import { SimulatedVsockTransport } from '../shared/src/transport';
-import type { EnclaveHealth } from '../shared/src/protocol';
+import type { EnclaveHealth } from '../shared/src/enclave-api';
 import { tempRunDir } from '../shared/test/helpers';
 import { startProgram } from './support/process';
 

@@ -7,7 +7,7 @@ import type { Logger } from '../../shared/src/log';
 import { RpcClient, RpcServer } from '../../shared/src/rpc';
 import type { EnclaveConfig } from './config';
 import { KeyCache } from './keys/cache';
-import { KeyService } from './keys/service';
+import { KeyVault } from './keys/vault';
 import { FailedOpens } from './kms/failed-opens';
 import { RecipientKeys } from './kms/recipient';
 import { Unsealer } from './kms/unseal';
@@ -54,7 +54,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   const failedOpens = new FailedOpens(config.failedOpens);
   const unsealer = new Unsealer(kmsProxy, recipient, failedOpens, { kmsKeyArn: config.kmsKeyArn, deadlineMs: config.limits.kmsDeadlineMs });
   const signers = new SignerPool(config.signing.workers, script, (message) => logger.error(message), { deadlineMs: config.signing.deadlineMs });
-  const keys = new KeyService({ cache, unsealer, nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject, signers });
+  const keys = new KeyVault({ cache, unsealer, nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject, signers });
   let served: RpcServer | undefined;
   const { methods } = enclaveMethods({ keys, cache, unsealer, recipient, failedOpens, signers, nsm, kmsProxy, startedAt: Date.now(), rpcStats: () => served?.stats });
 

@@ -11,10 +11,10 @@ import {
   HealthParams,
   SignParams,
   type EnclaveHealth,
-} from '../../shared/src/protocol';
+} from '../../shared/src/enclave-api';
 import { rpcMethod, type RpcClient, type RpcMethod, type RpcServerStats } from '../../shared/src/rpc';
 import type { KeyCache } from './keys/cache';
-import type { KeyService } from './keys/service';
+import type { KeyVault } from './keys/vault';
 import type { FailedOpens } from './kms/failed-opens';
 import type { SignerPool } from './signing/pool';
 import type { RecipientKeys } from './kms/recipient';
@@ -24,7 +24,7 @@ import type { NsmClient } from './nsm/client';
 export const ENCLAVE_VERSION = '0.2.0';
 
 export interface EnclaveParts {
-  keys: KeyService;
+  keys: KeyVault;
   cache: KeyCache;
   unsealer: Unsealer;
   recipient: RecipientKeys;
@@ -48,7 +48,7 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
       try {
         return await fn(p);
       } catch (err) {
-        const reason = asKeystoreError(err).reason;
+        const reason = asKeystoreError(err).code;
         errors[reason] = (errors[reason] ?? 0) + 1;
         throw err;
       }

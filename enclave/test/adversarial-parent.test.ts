@@ -19,7 +19,7 @@ import { blobAad, decodeBlobBase64, encodeBlob, type KeyBlob } from '../../share
 import { canonicalCbor, decodeCbor, encodeCbor } from '../../shared/src/cbor';
 import { parseEnvelopedData } from '../../shared/src/cms';
 import { encodeFrame, FrameDecoder } from '../../shared/src/framing';
-import type { CreateResult, EnclaveHealth, KmsDecryptResult, SignResult } from '../../shared/src/protocol';
+import type { CreateResult, EnclaveHealth, KmsDecryptResult, SignResult } from '../../shared/src/enclave-api';
 import { simulatedSocketPath } from '../../shared/src/transport';
 import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
 import { rejection, tempRunDir, waitFor } from '../../shared/test/helpers';
@@ -174,7 +174,7 @@ describe('adversarial parent', () => {
     expect(JSON.parse(only as string)).toEqual({
       jsonrpc: '2.0',
       id: 1,
-      error: { code: -32001, message: 'the key could not be unsealed', data: { reason: 'KEY_INTEGRITY', retryable: false } },
+      error: { code: -32001, message: 'the key could not be unsealed', data: { code: 'KEY_INTEGRITY', retryable: false, reason: 'KEY_INTEGRITY' } },
     });
     expect(recipients.size).toBe(forgeries.length);
 
@@ -224,7 +224,7 @@ describe('adversarial parent', () => {
     const parentAddress = addressOf(publicKeyOf(randomBytes(32)));
     // attestation.get takes no user data any more.
     const withUserData = JSON.parse((await peer.call('attestation.get', { userData: `0x${birthUserData('k', parentAddress).toString('hex')}` })).toString('utf8'));
-    expect(withUserData.error.data.reason).toBe('INVALID_PARAMS');
+    expect(withUserData.error.data.code).toBe('INVALID_PARAMS');
     // A nonce of the parent's choosing lands in `nonce`, and user_data is tagged for attestation.get.
     const nonce = birthContent('victim-1', parentAddress);
     const res = await h.client.call<{ document: string }>('attestation.get', { nonce: `0x${nonce.toString('hex')}` });
@@ -335,7 +335,7 @@ describe('adversarial parent', () => {
         expect(res).toMatchObject({ address: cold.address });
         break;
       }
-      expect(res).toMatchObject({ reason: 'KEY_INTEGRITY' });
+      expect(res).toMatchObject({ code: 'KEY_INTEGRITY' });
       expect(h.proxyRequests.length).toBe(asked);
       if (Date.now() > until) throw new Error('cold signs were still refused 30 s after the cool-down began');
       await new Promise((r) => setTimeout(r, 50));

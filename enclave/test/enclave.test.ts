@@ -9,7 +9,7 @@ import { birthUserData } from '../../shared/src/attestation/user-data';
 import { decodeBlobBase64, encodeBlob } from '../../shared/src/blob';
 import { canonicalCbor } from '../../shared/src/cbor';
 import { verifyAttestation } from '../../shared/src/attestation';
-import type { CreateResult, EnclaveHealth, SignResult } from '../../shared/src/protocol';
+import type { CreateResult, EnclaveHealth, SignResult } from '../../shared/src/enclave-api';
 import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { findLeaks, recoverSecret } from '../../test/support/secrets';
@@ -105,7 +105,7 @@ describe('enclave program', () => {
     };
     try {
       const err = await failure(sign('victim-1', key.blob));
-      expect([err.reason, err.message]).toEqual(['KEY_INTEGRITY', 'the key could not be unsealed']);
+      expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', 'the key could not be unsealed']);
     } finally {
       h.forge = null;
     }
@@ -134,19 +134,19 @@ describe('enclave program', () => {
 
     const flipped = Buffer.from(blob.ciphertext);
     flipped[3] = (flipped[3] as number) ^ 1;
-    expect((await failure(sign('victim-3', tamper({ ciphertext: flipped })))).reason).toBe('KEY_INTEGRITY');
+    expect((await failure(sign('victim-3', tamper({ ciphertext: flipped })))).code).toBe('KEY_INTEGRITY');
     // A different address in the header breaks the AAD.
-    expect((await failure(sign('victim-3', tamper({ address: '0x000000000000000000000000000000000000dEaD' })))).reason).toBe('KEY_INTEGRITY');
+    expect((await failure(sign('victim-3', tamper({ address: '0x000000000000000000000000000000000000dEaD' })))).code).toBe('KEY_INTEGRITY');
     // Anyone can wrap a data key to the (public) KMS key; KMS unwraps it, but it does not open this blob.
     const otherWrap = publicEncrypt({ key: createPublicKey({ key: Buffer.from(h.platform.kmsPublicKey, 'base64'), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, randomBytes(32));
-    expect((await failure(sign('victim-3', tamper({ wrappedKey: otherWrap })))).reason).toBe('KEY_INTEGRITY');
+    expect((await failure(sign('victim-3', tamper({ wrappedKey: otherWrap })))).code).toBe('KEY_INTEGRITY');
     // Sealed under another KMS key: refused before asking KMS.
     expect((await failure(sign('victim-3', tamper({ kmsKeyArn: h.platform.keyArn.replace(/key\/.*/, 'key/11111111-2222-3333-4444-555555555555') })))).message).toMatch(/not this enclave's KMS key/);
     // Not a blob at all, and an unknown version.
     expect((await failure(sign('victim-3', Buffer.from('garbage').toString('base64')))).message).toMatch(/key blob is malformed/);
     const v2 = canonicalCbor({ v: 2 }).toString('base64');
     const unsupported = await failure(sign('victim-3', v2));
-    expect([unsupported.reason, unsupported.message]).toEqual(['UNSUPPORTED_VERSION', 'key blob version 2 is not supported (this build reads version 1)']);
+    expect([unsupported.code, unsupported.message]).toEqual(['UNSUPPORTED_VERSION', 'key blob version 2 is not supported (this build reads version 1)']);
 
     expect((await health()).counters.signs).toBe(signsBefore);
   });
@@ -155,10 +155,10 @@ describe('enclave program', () => {
     const a = await create('owner-a');
     await create('owner-b');
     const wrongId = await failure(sign('owner-b', a.blob));
-    expect([wrongId.reason, wrongId.message]).toEqual(['KEY_INTEGRITY', 'the blob belongs to key owner-a, not owner-b']);
+    expect([wrongId.code, wrongId.message]).toEqual(['KEY_INTEGRITY', 'the blob belongs to key owner-a, not owner-b']);
     const moved = encodeBlob({ ...decodeBlobBase64(a.blob), keyId: 'owner-b' }).toString('base64');
     const err = await failure(sign('owner-b', moved));
-    expect([err.reason, err.message]).toEqual(['KEY_INTEGRITY', 'the key could not be unsealed']);
+    expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', 'the key could not be unsealed']);
   });
 
   it('does not answer a tampered blob from the cache of the genuine one', async () => {
@@ -168,7 +168,7 @@ describe('enclave program', () => {
     const flipped = Buffer.from(blob.ciphertext);
     flipped[0] = (flipped[0] as number) ^ 0x80;
     const err = await failure(sign('cached-1', encodeBlob({ ...blob, ciphertext: flipped }).toString('base64')));
-    expect(err.reason).toBe('KEY_INTEGRITY');
+    expect(err.code).toBe('KEY_INTEGRITY');
   });
 
   it('answers attestation.get with a fresh document carrying the nonce', async () => {
@@ -176,7 +176,7 @@ describe('enclave program', () => {
     const res = await h.client.call<{ document: string }>('attestation.get', { nonce });
     const v = verifyAttestation(Buffer.from(res.document, 'base64'), { trustedRoots: [require('node:fs').readFileSync(h.platform.rootPem, 'utf8')], at: new Date(), expectedNonce: Buffer.from(nonce.slice(2), 'hex') });
     expect(v.document.pcrs.get(0)?.toString('hex')).toBe(h.platform.pcr0);
-    expect((await failure(h.client.call('attestation.get', { nonce: `0x${'00'.repeat(513)}` }))).reason).toBe('INVALID_PARAMS');
+    expect((await failure(h.client.call('attestation.get', { nonce: `0x${'00'.repeat(513)}` }))).code).toBe('INVALID_PARAMS');
   });
 
   it('validates every method params object strictly', async () => {
@@ -188,7 +188,7 @@ describe('enclave program', () => {
       ['keys.forget', {}],
       ['enclave.health', { verbose: true }],
     ];
-    for (const [method, params] of cases) expect((await failure(h.client.call(method, params))).reason).toBe('INVALID_PARAMS');
+    for (const [method, params] of cases) expect((await failure(h.client.call(method, params))).code).toBe('INVALID_PARAMS');
   });
 
   it('reports health counters', async () => {
@@ -200,7 +200,7 @@ describe('enclave program', () => {
     const blob = decodeBlobBase64(key.blob);
     const flipped = Buffer.from(blob.ciphertext);
     flipped[5] = (flipped[5] as number) ^ 1;
-    expect((await failure(sign('counted-1', encodeBlob({ ...blob, ciphertext: flipped }).toString('base64')))).reason).toBe('KEY_INTEGRITY');
+    expect((await failure(sign('counted-1', encodeBlob({ ...blob, ciphertext: flipped }).toString('base64')))).code).toBe('KEY_INTEGRITY');
     const hh = await health();
     expect(hh).toMatchObject({ status: 'ok', nsm: 'simulated' });
     const d = (k: keyof typeof before) => (hh.counters[k] as number) - (before[k] as number);

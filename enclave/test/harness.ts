@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import { KeystoreError } from '../../shared/src/errors';
-import { KmsDecryptParams, type KmsDecryptResult } from '../../shared/src/protocol';
+import { KmsDecryptParams, type KmsDecryptResult } from '../../shared/src/enclave-api';
 import { RpcClient, RpcServer, rpcMethod } from '../../shared/src/rpc';
 import { SimulatedVsockTransport } from '../../shared/src/transport';
 import { silentLogger } from '../../shared/src/log';

@@ -52,7 +52,7 @@ describe('signer pool with signer threads', () => {
 
   it('passes signing errors back with their reason', async () => {
     const bad = SignRequestSchema.parse({ type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'x' } } });
-    await expect(pool.sign(bad, new Uint8Array(KEY), ADDRESS)).rejects.toMatchObject({ reason: 'INVALID_PARAMS' });
+    await expect(pool.sign(bad, new Uint8Array(KEY), ADDRESS)).rejects.toMatchObject({ code: 'INVALID_PARAMS' });
   });
 
   it('sends a thread a transferred copy of the secret, leaving nothing readable behind on this thread', async () => {
@@ -87,11 +87,11 @@ describe('signer pool with signer threads', () => {
     // exit is handled before any later event-loop turn, so it cannot be left hanging).
     const failed = await Promise.race([long, new Promise((r) => setImmediate(() => r('still pending after its thread exited')))]);
     expect(failed).toBeInstanceOf(KeystoreError);
-    expect([(failed as KeystoreError).reason, (failed as KeystoreError).retryable, (failed as KeystoreError).message]).toEqual(['UNAVAILABLE', true, 'a signer thread stopped; retry']);
+    expect([(failed as KeystoreError).code, (failed as KeystoreError).retryable, (failed as KeystoreError).message]).toEqual(['UNAVAILABLE', true, 'a signer thread stopped; retry']);
     // The others either failed the same way (queued behind on the stopped thread) or were signed correctly.
     const settled = await others;
     settled.forEach((o, i) => {
-      if (o instanceof KeystoreError) expect([o.reason, o.retryable]).toEqual(['UNAVAILABLE', true]);
+      if (o instanceof KeystoreError) expect([o.code, o.retryable]).toEqual(['UNAVAILABLE', true]);
       else expect(o).toEqual(signRequest(digest(i), KEY, ADDRESS));
     });
 
@@ -131,7 +131,7 @@ describe('signer pool with one signer thread (a 2-vCPU enclave)', () => {
       const results = await Promise.all([digest(2), SignRequestSchema.parse({ type: 'message', message: 'hi' })].map((r) => pool.sign(r, new Uint8Array(KEY), ADDRESS)));
       expect(typedDone).toBe(false); // answered while the thread was still hashing
       expect(results).toEqual([digest(2), SignRequestSchema.parse({ type: 'message', message: 'hi' })].map((r) => signRequest(r, KEY, ADDRESS)));
-      expect(await busy).toMatchObject({ reason: 'TIMEOUT' });
+      expect(await busy).toMatchObject({ code: 'TIMEOUT' });
       // With nothing costly in hand, the thread signs everything again.
       const post = jest.spyOn(Worker.prototype, 'postMessage');
       try {
@@ -158,10 +158,10 @@ describe('signer pool deadline', () => {
       const queued = [settle(pool.sign(typed, new Uint8Array(KEY), ADDRESS)), settle(pool.sign(bigMessage, new Uint8Array(KEY), ADDRESS))];
       const err = await slow;
       expect(err).toBeInstanceOf(KeystoreError);
-      expect([(err as KeystoreError).reason, (err as KeystoreError).message]).toEqual(['TIMEOUT', 'signing did not finish within 1000 ms']);
+      expect([(err as KeystoreError).code, (err as KeystoreError).message]).toEqual(['TIMEOUT', 'signing did not finish within 1000 ms']);
       for (const q of await Promise.all(queued)) {
         expect(q).toBeInstanceOf(KeystoreError);
-        expect([(q as KeystoreError).reason, (q as KeystoreError).retryable]).toEqual(['UNAVAILABLE', true]);
+        expect([(q as KeystoreError).code, (q as KeystoreError).retryable]).toEqual(['UNAVAILABLE', true]);
       }
       expect([pool.timeouts, pool.replacements]).toEqual([1, 1]);
       expect(errors).toEqual(['a signing job ran past its 1000 ms deadline; replacing its signer thread']);
@@ -197,7 +197,7 @@ describe('signer pool with no signer threads configured (one vCPU)', () => {
     expect(await p).toEqual(signRequest(bulk, KEY, ADDRESS));
     expect(turned).toBe(true); // the calling thread kept turning while the request was hashed
     // Only a thread can be stopped mid-hash: a request past the deadline answers TIMEOUT.
-    await expect(pool.sign(endless, new Uint8Array(KEY), ADDRESS)).rejects.toMatchObject({ reason: 'TIMEOUT' });
+    await expect(pool.sign(endless, new Uint8Array(KEY), ADDRESS)).rejects.toMatchObject({ code: 'TIMEOUT' });
     expect(await pool.sign(typed, new Uint8Array(KEY), ADDRESS)).toEqual(signRequest(typed, KEY, ADDRESS));
     expect(await pool.sign(digest(4), new Uint8Array(KEY), ADDRESS)).toEqual(signRequest(digest(4), KEY, ADDRESS));
   });
@@ -224,8 +224,8 @@ describe('signer pool with no signer threads configured (one vCPU)', () => {
     const p = new SignerPool(0, BUNDLE);
     const held = settle(p.sign(endless, new Uint8Array(KEY), ADDRESS));
     await p.close();
-    expect(await held).toMatchObject({ reason: 'UNAVAILABLE', retryable: true });
-    await expect(p.sign(digest(5), new Uint8Array(KEY), ADDRESS)).rejects.toMatchObject({ reason: 'UNAVAILABLE' });
+    expect(await held).toMatchObject({ code: 'UNAVAILABLE', retryable: true });
+    await expect(p.sign(digest(5), new Uint8Array(KEY), ADDRESS)).rejects.toMatchObject({ code: 'UNAVAILABLE' });
   });
 });
 

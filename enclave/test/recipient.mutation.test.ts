@@ -126,7 +126,7 @@ describe('RecipientKeys lifetimes (fake clock)', () => {
     });
     r = new RecipientKeys(nsm.client, { rotateMs: 3_600_000, documentMaxAgeMs: 60_000, now: () => T0 });
     const err = await rejection<KeystoreError>(r.current());
-    expect([err.reason, err.message]).toEqual(['UNAVAILABLE', 'the KMS recipient key keeps being retired; try again later']);
+    expect([err.code, err.message]).toEqual(['UNAVAILABLE', 'the KMS recipient key keeps being retired; try again later']);
     expect(nsm.attests()).toBe(3);
     expect([r.rotations, r.documents]).toEqual([3, 0]);
   });

@@ -5,7 +5,7 @@
  * refused with INVALID_PARAMS, and a job past `signing.deadlineMs` answers TIMEOUT.
  */
 import { recoverAddress, recoverTypedDataAddress, type Hex } from 'viem';
-import type { CreateResult, EnclaveHealth, SignResult } from '../../shared/src/protocol';
+import type { CreateResult, EnclaveHealth, SignResult } from '../../shared/src/enclave-api';
 import type { SignRequestInput } from '../../shared/src/signing/schema';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import * as payloads from '../../shared/test/typed-data-payloads';
@@ -58,7 +58,7 @@ describe('enclave signing with one vCPU (signing.workers 0)', () => {
   it('refuses an authorization for every chain unless asked, and signs it when asked', async () => {
     const authorization = { chainId: 0, address: '0x63c0c19a282a1B52b07dD5a65b58948A07DAE32B' as Hex, nonce: 0 };
     const err = await rejection(sign({ type: 'authorization', authorization }));
-    expect([err.reason, err.retryable]).toEqual(['INVALID_PARAMS', false]);
+    expect([err.code, err.retryable]).toEqual(['INVALID_PARAMS', false]);
     expect(err.message).toBe('params.request.authorization.chainId: chain id 0 makes the delegation valid on every chain; refused unless the request also says "allowAllChains": true');
     const res = await sign({ type: 'authorization', authorization, allowAllChains: true });
     expect(await recoverAddress({ hash: res.hash, signature: res.signature })).toBe(key.address);
@@ -67,7 +67,7 @@ describe('enclave signing with one vCPU (signing.workers 0)', () => {
   it('refuses an EIP712Domain type that would leave domain fields out of the hash', async () => {
     const typedData = { ...payloads.permit2Batch(1), types: { ...payloads.permit2Batch(1).types, EIP712Domain: [{ name: 'name', type: 'string' }] } };
     const err = await rejection(sign({ type: 'typedData', typedData }));
-    expect(err.reason).toBe('INVALID_PARAMS');
+    expect(err.code).toBe('INVALID_PARAMS');
     expect(err.message).toMatch(/^params\.request\.typedData\.types\.EIP712Domain: must list exactly the fields present in domain/);
   });
 
@@ -81,7 +81,7 @@ describe('enclave signing with one vCPU (signing.workers 0)', () => {
     ];
     for (const [typedData, limit] of cases) {
       const err = await rejection(sign({ type: 'typedData', typedData }));
-      expect(err.reason).toBe('INVALID_PARAMS');
+      expect(err.code).toBe('INVALID_PARAMS');
       expect(err.message).toMatch(limit);
     }
     expect((await health()).counters.signs).toBe(signsBefore);
@@ -94,7 +94,7 @@ describe('enclave signing with one vCPU (signing.workers 0)', () => {
     try {
       await sign(digest(4)); // unsealed again after the restart
       const err = await rejection(sign({ type: 'typedData', typedData: payloads.atLimitStructs() }));
-      expect([err.reason, err.message]).toEqual(['TIMEOUT', 'signing did not finish within 10 ms']);
+      expect([err.code, err.message]).toEqual(['TIMEOUT', 'signing did not finish within 10 ms']);
       expect((await health()).status).toBe('ok');
       await expect(sign(digest(5))).resolves.toMatchObject({ address: key.address });
       expect(h.enclave.lines.join('\n')).toMatch(/ran past its 10 ms deadline; replacing its signer thread/);

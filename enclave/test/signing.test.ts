@@ -290,9 +290,9 @@ describe('sign request validation', () => {
   it('rejects typed data that does not match its types with a clear INVALID_PARAMS', () => {
     const res = bad({ type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'not-an-address' } } });
     expect(res).toBeInstanceOf(KeystoreError);
-    expect((res as KeystoreError).reason).toBe('INVALID_PARAMS');
+    expect((res as KeystoreError).code).toBe('INVALID_PARAMS');
     expect((res as KeystoreError).message).toMatch(/^typedData: /);
     const missingType = bad({ type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'Missing' }] }, primaryType: 'M', message: { a: {} } } });
-    expect((missingType as KeystoreError).reason).toBe('INVALID_PARAMS');
+    expect((missingType as KeystoreError).code).toBe('INVALID_PARAMS');
   });
 });

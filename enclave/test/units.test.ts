@@ -215,7 +215,7 @@ describe('NSM device addon', () => {
       await expect(t.request(Buffer.from('6947657452616e646f6d', 'hex'))).rejects.toThrow(/the device is not an NSM: it rejected the NSM ioctl/);
       await expect(t.request(Buffer.alloc(4097))).rejects.toThrow(/exceeds 4096/);
       const client = new NsmClient(t);
-      await expect(client.getRandom()).rejects.toMatchObject({ reason: 'ATTESTATION_FAILED' });
+      await expect(client.getRandom()).rejects.toMatchObject({ code: 'ATTESTATION_FAILED' });
     } finally {
       t.close();
     }

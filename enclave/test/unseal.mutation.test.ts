@@ -201,7 +201,7 @@ describe('Unsealer', () => {
     const s = setup();
     const err = await rejection(s.unsealer.unseal({ ...blob, kmsKeyArn: OTHER_ARN }));
     expect(err).toBeInstanceOf(KeystoreError);
-    expect([err.reason, err.message]).toEqual(['KEY_INTEGRITY', `key k1 is sealed under ${OTHER_ARN}, not this enclave's KMS key`]);
+    expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', `key k1 is sealed under ${OTHER_ARN}, not this enclave's KMS key`]);
     expect([s.calls.length, s.unsealer.kmsCalls, s.failedOpens.total]).toEqual([0, 0, 0]);
   });
 
@@ -210,7 +210,7 @@ describe('Unsealer', () => {
     s.hooks.answer = (p) => answer(randomBytes(32), { to: recipient.publicKey, keyId: p.kmsKeyArn });
     const first = await s.keys.current();
     const err = await rejection(s.unsealer.unseal(blob));
-    expect([err.reason, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
+    expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
     expect([s.unsealer.kmsCalls, s.keys.retirements, s.failedOpens.total]).toEqual([1, 1, 1]);
     expect(first.privateKey).toBeNull();
     // The next unseal runs with a new key and opens a genuine answer.
@@ -231,7 +231,7 @@ describe('Unsealer', () => {
     expect(failedOpens.coolingDown).toBe(true);
     delete s.hooks.answer;
     const err = await rejection(s.unsealer.unseal(blob));
-    expect([err.reason, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
+    expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
     expect([s.calls.length, s.unsealer.kmsCalls, failedOpens.total]).toEqual([2, 2, 3]);
     now = 5_000 + 1;
     expect((await s.unsealer.unseal(blob)).address).toBe(blob.address);
@@ -270,12 +270,12 @@ describe('Unsealer', () => {
       s.keys.retire(await s.keys.current());
     };
     const err = await rejection(s.unsealer.unseal(blob));
-    expect([err.reason, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
+    expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
     expect([s.calls.length, s.unsealer.kmsCalls, s.keys.retirements, s.failedOpens.total]).toEqual([2, 2, 2, 0]);
   });
 
   it('unsealRefused is the KEY_INTEGRITY refusal with the fixed message', () => {
     const e = unsealRefused();
-    expect([e.reason, e.message, e.retryable]).toEqual(['KEY_INTEGRITY', 'the key could not be unsealed', false]);
+    expect([e.code, e.message, e.retryable]).toEqual(['KEY_INTEGRITY', 'the key could not be unsealed', false]);
   });
 });

@@ -4,14 +4,14 @@
  */
 import { KMSClient } from '@aws-sdk/client-kms';
 import { createLogger, type Logger } from '../../shared/src/log';
-import { EnclaveMethods, type EnclaveHealth } from '../../shared/src/protocol';
+import { EnclaveMethods, type EnclaveHealth } from '../../shared/src/enclave-api';
 import { createTransport } from '../../shared/src/transport';
 import { ApiServer } from './api/server';
 import { TokenAuth } from './api/auth';
 import { routes } from './api/routes';
 import type { ParentConfig } from './config';
 import { EnclavePool } from './enclave/pool';
-import { KeysService } from './keys';
+import { KeyRegistry } from './key-registry';
 import { KmsProxy } from './kms/proxy';
 import { Metrics } from './metrics';
 import { KeyStore } from './store/key-store';
@@ -72,7 +72,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
   proxyListening = true;
   pool.start();
 
-  const keys = new KeysService(store, pool, logger);
+  const keys = new KeyRegistry(store, pool, logger);
   const api = new ApiServer({
     config: config.api,
     routes: routes(keys),

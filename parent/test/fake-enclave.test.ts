@@ -11,7 +11,7 @@ import { z } from 'zod';
 import { hashMessage, parseSignature, recoverMessageAddress, type Hex } from 'viem';
 import { generatePrivateKey, privateKeyToAccount, type PrivateKeyAccount } from 'viem/accounts';
 import { silentLogger } from '../../shared/src/log';
-import { EnclaveMethods, type CreateResult, type EnclaveHealth, type SignResult } from '../../shared/src/protocol';
+import { EnclaveMethods, type CreateResult, type EnclaveHealth, type SignResult } from '../../shared/src/enclave-api';
 import { RpcServer, rpcMethod } from '../../shared/src/rpc';
 import { SimulatedVsockTransport } from '../../shared/src/transport';
 import { tempRunDir } from '../../shared/test/helpers';

@@ -81,9 +81,9 @@ describe('KMS proxy (scripted KMS client)', () => {
     const kms = scripted(answer());
     const { proxy, outcomes } = proxyWith(kms.client);
     const notAllowed = await rejection(proxy.decrypt(params({ kmsKeyArn: OTHER })));
-    expect([notAllowed.reason, notAllowed.message]).toEqual(['KMS_KEY_NOT_ALLOWED', `KMS key ${OTHER} is not in this parent's allowedKeyArns`]);
+    expect([notAllowed.code, notAllowed.message]).toEqual(['KMS_KEY_NOT_ALLOWED', `KMS key ${OTHER} is not in this parent's allowedKeyArns`]);
     const noDoc = await rejection(proxy.decrypt(params({ attestationDocument: '' })));
-    expect([noDoc.reason, noDoc.message]).toEqual(['INVALID_PARAMS', 'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext']);
+    expect([noDoc.code, noDoc.message]).toEqual(['INVALID_PARAMS', 'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext']);
     expect([kms.calls.length, outcomes]).toEqual([0, []]);
   });
 
@@ -92,10 +92,10 @@ describe('KMS proxy (scripted KMS client)', () => {
     const kms = scripted(answer({ Plaintext: plaintext }));
     const { proxy, outcomes, log } = proxyWith(kms.client);
     const err = await rejection(proxy.decrypt(params()));
-    expect([err.reason, err.retryable, err.message]).toEqual(['INTERNAL', false, 'KMS returned plaintext to an attested request; refusing to relay it']);
+    expect([err.code, err.retryable, err.message]).toEqual(['INTERNAL', false, 'KMS returned plaintext to an attested request; refusing to relay it']);
     expect(plaintext.every((b) => b === 0)).toBe(true);
     expect([kms.calls.length, outcomes]).toEqual([1, ['plaintext']]);
-    expect(log.lines().filter((l) => l.level === 40).map((l) => [l.reason, l.outcome, l.msg])).toEqual([
+    expect(log.lines().filter((l) => l.level === 40).map((l) => [l.code, l.outcome, l.msg])).toEqual([
       ['INTERNAL', 'plaintext', 'KMS decrypt refused: KMS returned plaintext to an attested request; refusing to relay it'],
     ]);
     const empty = scripted(answer({ Plaintext: new Uint8Array(0) }));
@@ -107,7 +107,7 @@ describe('KMS proxy (scripted KMS client)', () => {
       const kms = scripted(answer({ CiphertextForRecipient }));
       const { proxy, outcomes } = proxyWith(kms.client);
       const err = await rejection(proxy.decrypt(params()));
-      expect([err.reason, err.message, outcomes, kms.calls.length]).toEqual(['KMS_UNAVAILABLE', 'KMS returned no CiphertextForRecipient', ['no_recipient_ciphertext'], 1]);
+      expect([err.code, err.message, outcomes, kms.calls.length]).toEqual(['KMS_UNAVAILABLE', 'KMS returned no CiphertextForRecipient', ['no_recipient_ciphertext'], 1]);
     }
   });
 
@@ -117,7 +117,7 @@ describe('KMS proxy (scripted KMS client)', () => {
     expect((await proxy.decrypt(params())).keyId).toBe(ARN);
     expect([kms.calls.length, outcomes]).toEqual([3, ['ok']]);
     const retries = log.lines().filter((l) => l.msg === 'KMS call failed; retrying');
-    expect(retries.map((l) => [l.level, l.attempt, l.reason])).toEqual([
+    expect(retries.map((l) => [l.level, l.attempt, l.code])).toEqual([
       [40, 1, 'KMS_THROTTLED'],
       [40, 2, 'KMS_UNAVAILABLE'],
     ]);
@@ -130,7 +130,7 @@ describe('KMS proxy (scripted KMS client)', () => {
     const kms = scripted(fail({ name: 'AccessDeniedException', message: 'denied' }));
     const { proxy, outcomes } = proxyWith(kms.client);
     const err = await rejection(proxy.decrypt(params()));
-    expect([err.reason, kms.calls.length, outcomes]).toEqual(['KMS_ACCESS_DENIED', 1, ['KMS_ACCESS_DENIED']]);
+    expect([err.code, kms.calls.length, outcomes]).toEqual(['KMS_ACCESS_DENIED', 1, ['KMS_ACCESS_DENIED']]);
   });
 
   it('gives TIMEOUT, without retrying, when the call is aborted at the deadline', async () => {
@@ -142,7 +142,7 @@ describe('KMS proxy (scripted KMS client)', () => {
     );
     const { proxy, outcomes } = proxyWith(kms.client, 150);
     const err = await rejection(proxy.decrypt(params()));
-    expect([err.reason, err.retryable, err.message]).toEqual(['TIMEOUT', true, 'KMS did not answer within 150 ms']);
+    expect([err.code, err.retryable, err.message]).toEqual(['TIMEOUT', true, 'KMS did not answer within 150 ms']);
     expect([kms.calls.length, outcomes]).toEqual([1, ['TIMEOUT']]);
   });
 
@@ -156,7 +156,7 @@ describe('KMS proxy (scripted KMS client)', () => {
     const kms = scripted(slow);
     const { proxy, outcomes } = proxyWith(kms.client, 40);
     const err = await rejection(proxy.decrypt(params()));
-    expect([err.reason, err.retryable, err.message]).toEqual(['KMS_THROTTLED', true, 'KMS ThrottlingException: Rate exceeded']);
+    expect([err.code, err.retryable, err.message]).toEqual(['KMS_THROTTLED', true, 'KMS ThrottlingException: Rate exceeded']);
     expect([kms.calls.length, outcomes]).toEqual([1, ['KMS_THROTTLED']]);
   });
 
@@ -181,7 +181,7 @@ describe('KMS proxy edge cases', () => {
     const proxy = new KmsProxy({ client: scripted(answer()).client, allowedKeyArns: [ARN], deadlineMs: 1000, maxConcurrent: 1, logger: silentLogger() });
     expect((await proxy.decrypt(params())).keyId).toBe(ARN);
     const failing = new KmsProxy({ client: scripted(fail({ name: 'AccessDeniedException' })).client, allowedKeyArns: [ARN], deadlineMs: 1000, maxConcurrent: 1, logger: silentLogger() });
-    expect((await rejection(failing.decrypt(params()))).reason).toBe('KMS_ACCESS_DENIED');
+    expect((await rejection(failing.decrypt(params()))).code).toBe('KMS_ACCESS_DENIED');
   });
 
   it('copes with a client that throws nothing at all (an unknown, retryable failure)', async () => {
@@ -191,7 +191,7 @@ describe('KMS proxy edge cases', () => {
     const { proxy, log } = proxyWith(kms.client);
     expect((await proxy.decrypt(params())).keyId).toBe(ARN);
     expect(kms.calls.length).toBe(2);
-    expect(log.lines().filter((l) => l.msg === 'KMS call failed; retrying').map((l) => l.reason)).toEqual(['KMS_UNAVAILABLE']);
+    expect(log.lines().filter((l) => l.msg === 'KMS call failed; retrying').map((l) => l.code)).toEqual(['KMS_UNAVAILABLE']);
     expect(mapKmsError(undefined).message).toBe('KMS could not be reached: Error');
   });
 
@@ -199,14 +199,14 @@ describe('KMS proxy edge cases', () => {
     const kms = scripted(fail({ name: 'AbortError', message: 'This operation was aborted' }), answer());
     const { proxy, outcomes } = proxyWith(kms.client, 5_000);
     const err = await rejection(proxy.decrypt(params()));
-    expect([err.reason, err.message, kms.calls.length, outcomes]).toEqual(['TIMEOUT', 'KMS did not answer within 5000 ms', 1, ['TIMEOUT']]);
+    expect([err.code, err.message, kms.calls.length, outcomes]).toEqual(['TIMEOUT', 'KMS did not answer within 5000 ms', 1, ['TIMEOUT']]);
   });
 
   it('treats a 4xx it does not know as final: one call, KMS_REJECTED with the name and message KMS gave', async () => {
     const kms = scripted(fail({ name: 'LimitExceededException', message: 'quota', $fault: 'client', $metadata: { httpStatusCode: 400 } }), answer());
     const { proxy, outcomes } = proxyWith(kms.client, 5_000);
     const err = await rejection(proxy.decrypt(params()));
-    expect([err.reason, err.retryable, err.message, kms.calls.length, outcomes]).toEqual(['KMS_REJECTED', false, 'KMS LimitExceededException: quota', 1, ['KMS_REJECTED']]);
+    expect([err.code, err.retryable, err.message, kms.calls.length, outcomes]).toEqual(['KMS_REJECTED', false, 'KMS LimitExceededException: quota', 1, ['KMS_REJECTED']]);
   });
 
   it.each([
@@ -230,7 +230,7 @@ describe('KMS proxy edge cases', () => {
     );
     const { proxy } = proxyWith(kms.client, 60_000);
     const err = await rejection(proxy.decrypt(params({ deadlineMs: 250 })));
-    expect([err.reason, err.message]).toEqual(['TIMEOUT', 'KMS did not answer within 200 ms']);
+    expect([err.code, err.message]).toEqual(['TIMEOUT', 'KMS did not answer within 200 ms']);
   });
 
   // A fake clock and a fixed jitter (Math.random = 0: backoffs of exactly 25 ms, then 50 ms).
@@ -249,7 +249,7 @@ describe('KMS proxy edge cases', () => {
     const run = proxyWith(kms.client, deadlineMs);
     const settled = run.proxy.decrypt(params()).then(
       () => 'relayed',
-      (e: KeystoreError) => e.reason,
+      (e: KeystoreError) => e.code,
     );
     await jest.advanceTimersByTimeAsync(1_000);
     expect([await settled, kms.calls.length, run.outcomes]).toEqual([result, calls, outcomes]);
@@ -264,7 +264,7 @@ describe('KMS proxy edge cases', () => {
     };
     const tight = scripted(slow, answer());
     const short = proxyWith(tight.client, 624);
-    const refused = short.proxy.decrypt(params()).catch((e: KeystoreError) => e.reason);
+    const refused = short.proxy.decrypt(params()).catch((e: KeystoreError) => e.code);
     await jest.advanceTimersByTimeAsync(1_000);
     expect([await refused, tight.calls.length]).toEqual(['KMS_THROTTLED', 1]);
 
@@ -282,7 +282,7 @@ describe('KMS proxy edge cases', () => {
     const { proxy, outcomes } = proxyWith(kms.client, 1_000);
     const result = proxy.decrypt(params()).then(
       () => 'relayed',
-      (e: KeystoreError) => `${e.reason} ${e.retryable}: ${e.message}`,
+      (e: KeystoreError) => `${e.code} ${e.retryable}: ${e.message}`,
     );
     await jest.advanceTimersByTimeAsync(1_000);
     expect([await result, kms.calls.length, outcomes]).toEqual(['KMS_THROTTLED true: KMS ThrottlingException: Rate exceeded', 2, ['KMS_THROTTLED']]);
@@ -294,7 +294,7 @@ describe('KMS proxy edge cases', () => {
     const { proxy, outcomes } = proxyWith(kms.client, 200);
     const result = proxy.decrypt(params()).then(
       () => 'relayed',
-      (e: KeystoreError) => `${e.reason}: ${e.message}`,
+      (e: KeystoreError) => `${e.code}: ${e.message}`,
     );
     await jest.advanceTimersByTimeAsync(0); // the first answer arrives; the 25 ms backoff starts
     expect(kms.calls.length).toBe(1);
@@ -316,7 +316,7 @@ describe('KMS proxy over RPC (in-process, scripted KMS client)', () => {
       await client.waitConnected(5000);
       expect(await client.call('kms.decrypt', params())).toEqual({ ciphertextForRecipient: CMS.toString('base64'), keyId: ARN });
       const refused = await rejection(client.call('kms.decrypt', params({ kmsKeyArn: OTHER })));
-      expect(refused.reason).toBe('KMS_KEY_NOT_ALLOWED');
+      expect(refused.code).toBe('KMS_KEY_NOT_ALLOWED');
       expect(log.lines().filter((l) => l.msg === 'kms-proxy listening').map((l) => l.address)).toEqual(['vsock://3:8123']);
       await client.close();
       await proxy.close(100);
@@ -369,7 +369,7 @@ describe('KMS error mapping, name by name', () => {
     [{}, 'KMS_UNAVAILABLE', 'KMS could not be reached: Error'],
   ])('%j', (err, reason, message) => {
     const mapped = mapKmsError(err);
-    expect([mapped.reason, mapped.message]).toEqual([reason, message]);
+    expect([mapped.code, mapped.message]).toEqual([reason, message]);
   });
 
   it('maps null and undefined as unknown errors, and keeps only the first 300 characters of the first line', () => {

@@ -81,27 +81,27 @@ describe('KMS attestation proxy', () => {
     const before = await decryptCalls();
     const other = platform.keyArn.replace(/key\/.*/, 'key/99999999-9999-9999-9999-999999999999');
     const err = await failure(call({ kmsKeyArn: other, ciphertextBlob: wrapped, attestationDocument: await document() }));
-    expect([err.reason, err.message]).toEqual(['KMS_KEY_NOT_ALLOWED', `KMS key ${other} is not in this parent's allowedKeyArns`]);
+    expect([err.code, err.message]).toEqual(['KMS_KEY_NOT_ALLOWED', `KMS key ${other} is not in this parent's allowedKeyArns`]);
     expect(await decryptCalls()).toBe(before);
   });
 
   it('refuses a request without an attestation document, without calling KMS', async () => {
     const before = await decryptCalls();
-    expect((await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped }))).reason).toBe('INVALID_PARAMS');
+    expect((await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped }))).code).toBe('INVALID_PARAMS');
     const empty = await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: '' }));
-    expect([empty.reason, empty.message]).toEqual(['INVALID_PARAMS', 'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext']);
-    expect((await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: await document(), plaintext: true }))).reason).toBe('INVALID_PARAMS');
+    expect([empty.code, empty.message]).toEqual(['INVALID_PARAMS', 'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext']);
+    expect((await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: await document(), plaintext: true }))).code).toBe('INVALID_PARAMS');
     expect(await decryptCalls()).toBe(before);
   });
 
   it('maps KMS refusals to the shared reasons', async () => {
     const denied = await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: await document('ab'.repeat(48)) }));
-    expect(denied.reason).toBe('KMS_ACCESS_DENIED');
+    expect(denied.code).toBe('KMS_ACCESS_DENIED');
     expect(denied.message).toMatch(/is this enclave image approved in the key policy/);
     const forged = await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: Buffer.from('not a document').toString('base64') }));
-    expect(forged.reason).toBe('ATTESTATION_FAILED');
+    expect(forged.code).toBe('ATTESTATION_FAILED');
     const badBlob = await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: randomBytes(256).toString('base64'), attestationDocument: await document() }));
-    expect(badBlob.reason).toBe('KMS_INVALID_CIPHERTEXT');
+    expect(badBlob.code).toBe('KMS_INVALID_CIPHERTEXT');
   });
 
   it('retries throttling with backoff inside the deadline, then gives up retryably', async () => {
@@ -109,7 +109,7 @@ describe('KMS attestation proxy', () => {
     try {
       const t0 = Date.now();
       const err = await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: await document() }));
-      expect([err.reason, err.retryable]).toEqual(['KMS_THROTTLED', true]);
+      expect([err.code, err.retryable]).toEqual(['KMS_THROTTLED', true]);
       expect(Date.now() - t0).toBeLessThan(4000);
       expect((await platform.stats()).Decrypt?.errors.ThrottlingException).toBeGreaterThan(2);
     } finally {
@@ -121,7 +121,7 @@ describe('KMS attestation proxy', () => {
     await platform.setFaults({ latencyMs: 3500 });
     try {
       const err = await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: await document() }));
-      expect([err.reason, err.retryable]).toEqual(['TIMEOUT', true]);
+      expect([err.code, err.retryable]).toEqual(['TIMEOUT', true]);
     } finally {
       await platform.setFaults({ latencyMs: 0 });
     }
@@ -204,7 +204,7 @@ describe('KMS proxy against a KMS that answers with Plaintext', () => {
     requests.length = 0;
     outcomes.length = 0;
     const err = await rejection(call());
-    expect([err.reason, err.retryable, err.message]).toEqual(['INTERNAL', false, 'KMS returned plaintext to an attested request; refusing to relay it']);
+    expect([err.code, err.retryable, err.message]).toEqual(['INTERNAL', false, 'KMS returned plaintext to an attested request; refusing to relay it']);
     expect(JSON.stringify(err)).not.toContain(dek.toString('base64'));
     expect(requests).toHaveLength(1);
     expect(outcomes).toEqual(['plaintext']);
@@ -215,7 +215,7 @@ describe('KMS proxy against a KMS that answers with Plaintext', () => {
     const stub = { send: async () => ({ KeyId: ARN, Plaintext: plaintext, CiphertextForRecipient: buildEnvelopedData(dek, enclaveKey.publicKey) }) } as unknown as KMSClient;
     const direct = new KmsProxy({ client: stub, allowedKeyArns: [ARN], deadlineMs: 1000, maxConcurrent: 1, logger: silentLogger() });
     const err = await rejection(direct.decrypt({ kmsKeyArn: ARN, ciphertextBlob: 'AAAA', attestationDocument }));
-    expect(err.reason).toBe('INTERNAL');
+    expect(err.code).toBe('INTERNAL');
     expect(Buffer.from(plaintext).equals(Buffer.alloc(32))).toBe(true);
   });
 });
@@ -236,6 +236,6 @@ describe('KMS error mapping', () => {
     [{ name: 'UnsupportedOperationException', $fault: 'client', $metadata: { httpStatusCode: 400 } }, 'KMS_REJECTED', false],
   ])('maps %# to %s', (err, reason, retryable) => {
     const mapped = mapKmsError(err);
-    expect([mapped.reason, mapped.retryable]).toEqual([reason, retryable]);
+    expect([mapped.code, mapped.retryable]).toEqual([reason, retryable]);
   });
 });

@@ -17,13 +17,13 @@ describe('bearer tokens', () => {
     const signer = auth.authenticate('Bearer tok-sign');
     expect(signer.name).toBe('signer');
     expect(() => TokenAuth.authorize(signer, 'keys:sign')).not.toThrow();
-    expect(() => TokenAuth.authorize(signer, 'keys:create')).toThrow(expect.objectContaining({ reason: 'FORBIDDEN' }));
+    expect(() => TokenAuth.authorize(signer, 'keys:create')).toThrow(expect.objectContaining({ code: 'FORBIDDEN' }));
     const root = auth.authenticate('Bearer tok-admin');
     for (const scope of ['keys:create', 'keys:sign', 'keys:read', 'admin'] as const) expect(() => TokenAuth.authorize(root, scope)).not.toThrow();
   });
 
   it.each([undefined, '', 'tok-sign', 'Bearer', 'Bearer ', 'bearer tok-sign', 'Bearer tok-sign2', `Bearer ${'x'.repeat(600)}`, 'Bearer tok sign'])('refuses %p', (header) => {
-    expect(() => auth.authenticate(header)).toThrow(expect.objectContaining({ reason: 'UNAUTHORIZED' }));
+    expect(() => auth.authenticate(header)).toThrow(expect.objectContaining({ code: 'UNAUTHORIZED' }));
   });
 });
 
@@ -65,7 +65,7 @@ describe('key store', () => {
       cursor = page.nextCursor ?? undefined;
     } while (cursor);
     expect(ids).toEqual(['k0', 'k1', 'k2', 'k3', 'k4', 'k5', 'k6']);
-    expect(() => store.list(3, 'garbage')).toThrow(expect.objectContaining({ reason: 'INVALID_PARAMS' }));
+    expect(() => store.list(3, 'garbage')).toThrow(expect.objectContaining({ code: 'INVALID_PARAMS' }));
     store.close();
   });
 

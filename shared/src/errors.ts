@@ -1,12 +1,13 @@
 /**
- * The error-reason registry shared by enclave, parent and clients (DESIGN §4).
+ * The error-code registry shared by enclave, parent and clients (docs/PROTOCOL.md, "Errors").
  *
- * Every failure that crosses a process boundary carries one of these reasons. The JSON-RPC code, the HTTP
- * status the parent maps it to and whether a retry can help are properties of the reason, so every layer
- * agrees on them. Messages never contain key material: they are built from fixed text and identifiers only.
+ * Every failure that crosses a process boundary carries one of these codes. The JSON-RPC number, the HTTP
+ * status the parent maps it to and whether a retry can help are properties of the code, so every layer
+ * (the SDK included) agrees on them. Messages never contain key material: they are built from fixed text and
+ * identifiers only.
  */
 
-export interface ReasonInfo {
+export interface ErrorCodeInfo {
   /** JSON-RPC 2.0 error code: the standard ones where they fit, otherwise the -32000..-32099 server range. */
   readonly rpcCode: number;
   /** HTTP status the caller API answers with. */
@@ -15,7 +16,7 @@ export interface ReasonInfo {
   readonly retryable: boolean;
 }
 
-export const REASONS = {
+export const ERROR_CODES = {
   // JSON-RPC standard errors
   PARSE_ERROR: { rpcCode: -32700, httpStatus: 400, retryable: false },
   INVALID_REQUEST: { rpcCode: -32600, httpStatus: 400, retryable: false },
@@ -48,55 +49,66 @@ export const REASONS = {
   PAYLOAD_TOO_LARGE: { rpcCode: -32034, httpStatus: 413, retryable: false },
   UNSUPPORTED_MEDIA_TYPE: { rpcCode: -32035, httpStatus: 415, retryable: false },
   CONFLICT: { rpcCode: -32036, httpStatus: 409, retryable: false },
-} as const satisfies Record<string, ReasonInfo>;
+} as const satisfies Record<string, ErrorCodeInfo>;
 
-export type ErrorReason = keyof typeof REASONS;
+export type ErrorCode = keyof typeof ERROR_CODES;
 
-export function isErrorReason(value: unknown): value is ErrorReason {
-  return typeof value === 'string' && Object.prototype.hasOwnProperty.call(REASONS, value);
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && Object.prototype.hasOwnProperty.call(ERROR_CODES, value);
 }
 
-/** An error with a registered reason. `retryable` defaults to the reason's own. */
+/** An error with a registered code. `retryable` defaults to the code's own; `cause` keeps what it wraps. */
 export class KeystoreError extends Error {
   override readonly name = 'KeystoreError';
-  readonly reason: ErrorReason;
+  readonly code: ErrorCode;
   readonly retryable: boolean;
 
-  constructor(reason: ErrorReason, message: string, options?: { retryable?: boolean; cause?: unknown }) {
+  constructor(code: ErrorCode, message: string, options?: { retryable?: boolean; cause?: unknown }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
-    this.reason = reason;
-    this.retryable = options?.retryable ?? REASONS[reason].retryable;
+    this.code = code;
+    this.retryable = options?.retryable ?? ERROR_CODES[code].retryable;
   }
 
   get rpcCode(): number {
-    return REASONS[this.reason].rpcCode;
+    return ERROR_CODES[this.code].rpcCode;
   }
 
   get httpStatus(): number {
-    return REASONS[this.reason].httpStatus;
+    return ERROR_CODES[this.code].httpStatus;
   }
 }
 
-/** The JSON-RPC error object: `{code, message, data:{reason, retryable}}`. */
+/**
+ * The JSON-RPC error object: `{code, message, data:{code, retryable, reason}}`. The numeric `code` is
+ * JSON-RPC's; `data.code` is ours. `data.reason` repeats it for peers of protocol version 1, which read only
+ * that field (docs/PROTOCOL.md, "Versions"); it goes when version 1 is no longer accepted.
+ */
 export interface RpcErrorObject {
   code: number;
   message: string;
-  data: { reason: ErrorReason; retryable: boolean };
+  data: { code: ErrorCode; retryable: boolean; reason: ErrorCode };
 }
 
 export function toRpcError(err: unknown): RpcErrorObject {
   const ke = asKeystoreError(err);
-  return { code: ke.rpcCode, message: ke.message, data: { reason: ke.reason, retryable: ke.retryable } };
+  return { code: ke.rpcCode, message: ke.message, data: { code: ke.code, retryable: ke.retryable, reason: ke.code } };
+}
+
+/** `data.code` (protocol 2), else `data.reason` (protocol 1). */
+function wireCode(data: { code?: unknown; reason?: unknown }): ErrorCode | undefined {
+  if (isErrorCode(data.code)) return data.code;
+  return isErrorCode(data.reason) ? data.reason : undefined;
 }
 
 /** Rebuilds a KeystoreError from a JSON-RPC error object received from the peer. */
 export function fromRpcError(obj: unknown): KeystoreError {
   if (typeof obj === 'object' && obj !== null) {
-    const { message, data } = obj as { message?: unknown; data?: { reason?: unknown; retryable?: unknown } };
+    const { message, data } = obj as { message?: unknown; data?: { code?: unknown; reason?: unknown; retryable?: unknown } };
     const text = typeof message === 'string' ? message : 'peer returned an error without a message';
-    if (data && isErrorReason(data.reason)) {
+    const code = data ? wireCode(data) : undefined;
+    if (data && code) {
       const options = typeof data.retryable === 'boolean' ? { retryable: data.retryable } : undefined;
-      return new KeystoreError(data.reason, text, options);
+      return new KeystoreError(code, text, options);
     }
     return new KeystoreError('INTERNAL', text);
   }

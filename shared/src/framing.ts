@@ -12,13 +12,13 @@ export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024;
 /** Writes on vsock are split into chunks no larger than this (a kernel vsock bug corrupts larger writes). */
 export const MAX_WRITE_CHUNK_BYTES = 32 * 1024;
 
-export type FrameErrorKind = 'FRAME_TOO_LARGE' | 'FRAME_BAD_CRC';
+export type FrameErrorCode = 'FRAME_TOO_LARGE' | 'FRAME_BAD_CRC';
 
 /** A stream-level error: the connection it came from can no longer be trusted to be in sync. */
 export class FrameError extends Error {
   override readonly name = 'FrameError';
   constructor(
-    readonly kind: FrameErrorKind,
+    readonly code: FrameErrorCode,
     message: string,
   ) {
     super(message);
@@ -120,8 +120,8 @@ export class FrameDecoder {
     if (crc32(payload) !== expected) this.fail('FRAME_BAD_CRC', `frame CRC-32 mismatch on a ${payload.length}-byte payload`);
   }
 
-  private fail(kind: FrameErrorKind, message: string): never {
-    this.failed = new FrameError(kind, message);
+  private fail(code: FrameErrorCode, message: string): never {
+    this.failed = new FrameError(code, message);
     this.frame = null;
     this.filled = 0;
     this.headerFilled = 0;

@@ -4,7 +4,7 @@
  * (field paths and expectations only, never the offending values).
  */
 import { z } from 'zod';
-import { KeystoreError, type ErrorReason } from './errors';
+import { KeystoreError, type ErrorCode } from './errors';
 
 export function describeIssues(error: z.ZodError, root = 'params'): string {
   const parts = error.issues.slice(0, 5).map((issue) => {
@@ -20,7 +20,7 @@ export function parseOrThrow<S extends z.ZodType>(
   schema: S,
   value: unknown,
   root = 'params',
-  reason: ErrorReason = 'INVALID_PARAMS',
+  reason: ErrorCode = 'INVALID_PARAMS',
 ): z.output<S> {
   const res = schema.safeParse(value);
   if (!res.success) throw new KeystoreError(reason, describeIssues(res.error, root));

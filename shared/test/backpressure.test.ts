@@ -33,7 +33,7 @@ afterEach(() => {
 class RawPeer {
   readonly sock: net.Socket;
   private readonly decoder = new FrameDecoder();
-  readonly answers = new Map<number, { result?: unknown; error?: { message: string; data?: { reason?: string } } }>();
+  readonly answers = new Map<number, { result?: unknown; error?: { message: string; data?: { code?: string } } }>();
   closedByServer = false;
 
   constructor(file: string) {
@@ -247,9 +247,9 @@ describe('per-connection and global caps on requests in flight', () => {
     fs.rmSync(runDir, { recursive: true, force: true });
   });
 
-  async function readAnswers(peer: RawPeer, n: number): Promise<Array<{ id: number; reason?: string; message?: string }>> {
+  async function readAnswers(peer: RawPeer, n: number): Promise<Array<{ id: number; code?: string; message?: string }>> {
     await waitFor(() => peer.answers.size >= n, 5000, `${n} answers`);
-    return [...peer.answers.entries()].map(([id, a]) => ({ id, ...(a.error ? { reason: a.error.data?.reason, message: a.error.message } : {}) }));
+    return [...peer.answers.entries()].map(([id, a]) => ({ id, ...(a.error ? { code: a.error.data?.code, message: a.error.message } : {}) }));
   }
 
   it('answers OVERLOADED beyond the per-connection request cap without executing, and leaves other connections their own share', async () => {
@@ -262,7 +262,7 @@ describe('per-connection and global caps on requests in flight', () => {
     a.sock.write(Buffer.concat(Array.from({ length: 10 }, (_, i) => request(i, 'gated', { value: i }))));
     const answers = await readAnswers(a, 6);
     expect(answers).toHaveLength(6);
-    for (const ans of answers) expect(ans).toMatchObject({ reason: 'OVERLOADED', message: 'more than 4 requests in flight on this connection' });
+    for (const ans of answers) expect(ans).toMatchObject({ code: 'OVERLOADED', message: 'more than 4 requests in flight on this connection' });
     expect(started).toBe(4);
     expect(server.connectionStats().map((c) => c.inFlight).sort()).toEqual([0, 4]);
     // Another connection still gets its own 4.

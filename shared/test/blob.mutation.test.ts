@@ -33,7 +33,7 @@ function refusal(bytes: Uint8Array): [string, string] | 'accepted' {
     return 'accepted';
   } catch (err) {
     expect(err).toBeInstanceOf(KeystoreError);
-    return [(err as KeystoreError).reason, (err as KeystoreError).message];
+    return [(err as KeystoreError).code, (err as KeystoreError).message];
   }
 }
 const malformed = (what: string): [string, string] => ['KEY_INTEGRITY', `key blob is malformed: ${what}`];

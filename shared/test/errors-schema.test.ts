@@ -1,28 +1,37 @@
 import { z } from 'zod';
-import { asKeystoreError, fromRpcError, KeystoreError, REASONS, toRpcError } from '../src/errors';
+import { asKeystoreError, fromRpcError, KeystoreError, ERROR_CODES, toRpcError } from '../src/errors';
 import { base64, keyId, parseOrThrow } from '../src/schema';
 
-describe('error reasons', () => {
-  it('round-trips every reason through the JSON-RPC error object', () => {
-    for (const reason of Object.keys(REASONS) as Array<keyof typeof REASONS>) {
-      const wire = JSON.parse(JSON.stringify(toRpcError(new KeystoreError(reason, `m-${reason}`))));
-      expect(wire).toEqual({ code: REASONS[reason].rpcCode, message: `m-${reason}`, data: { reason, retryable: REASONS[reason].retryable } });
+describe('error codes', () => {
+  it('round-trips every code through the JSON-RPC error object', () => {
+    for (const code of Object.keys(ERROR_CODES) as Array<keyof typeof ERROR_CODES>) {
+      const wire = JSON.parse(JSON.stringify(toRpcError(new KeystoreError(code, `m-${code}`))));
+      expect(wire).toEqual({ code: ERROR_CODES[code].rpcCode, message: `m-${code}`, data: { code, retryable: ERROR_CODES[code].retryable, reason: code } });
       const back = fromRpcError(wire);
-      expect([back.reason, back.message, back.retryable]).toEqual([reason, `m-${reason}`, REASONS[reason].retryable]);
+      expect([back.code, back.message, back.retryable]).toEqual([code, `m-${code}`, ERROR_CODES[code].retryable]);
     }
   });
 
+  it('reads a protocol-1 peer error (data.reason only), and prefers data.code when both are there', () => {
+    const v1 = fromRpcError({ code: -32021, message: 'slow', data: { reason: 'TIMEOUT', retryable: true } });
+    expect([v1.code, v1.retryable, v1.message]).toEqual(['TIMEOUT', true, 'slow']);
+    const both = fromRpcError({ code: -32002, message: 'x', data: { code: 'KEY_NOT_FOUND', reason: 'TIMEOUT' } });
+    expect(both.code).toBe('KEY_NOT_FOUND');
+    const bad = fromRpcError({ code: -32002, message: 'x', data: { code: 'NOPE', reason: 'ALSO_NOPE' } });
+    expect(bad.code).toBe('INTERNAL');
+  });
+
   it('gives every reason a distinct JSON-RPC code', () => {
-    const codes = Object.values(REASONS).map((r) => r.rpcCode);
+    const codes = Object.values(ERROR_CODES).map((r) => r.rpcCode);
     expect(new Set(codes).size).toBe(codes.length);
   });
 
   it('maps unknown errors to INTERNAL without their text', () => {
     const ke = asKeystoreError(new Error('0xdeadbeef private'));
-    expect(ke.reason).toBe('INTERNAL');
+    expect(ke.code).toBe('INTERNAL');
     expect(ke.message).toBe('internal error');
-    expect(fromRpcError({ message: 'x', data: { reason: 'NOT_A_REASON' } }).reason).toBe('INTERNAL');
-    expect(fromRpcError('garbage').reason).toBe('INTERNAL');
+    expect(fromRpcError({ message: 'x', data: { code: 'NOT_A_REASON' } }).code).toBe('INTERNAL');
+    expect(fromRpcError('garbage').code).toBe('INTERNAL');
   });
 
   it('lets a caller override retryable', () => {
@@ -42,7 +51,7 @@ describe('schema helper', () => {
       }
       throw new Error('expected a failure');
     })();
-    expect(err.reason).toBe('INVALID_PARAMS');
+    expect(err.code).toBe('INVALID_PARAMS');
     expect(err.message).toContain('params: unknown field(s) "zzz"');
     expect(err.message).toContain('params.nested: unknown field(s) "m"');
     expect(err.message).toContain('params.nested.n');
@@ -56,7 +65,7 @@ describe('schema helper', () => {
         parseOrThrow(shape, value);
         return 'OK';
       } catch (e) {
-        expect((e as KeystoreError).reason).toBe('INVALID_PARAMS');
+        expect((e as KeystoreError).code).toBe('INVALID_PARAMS');
         return (e as KeystoreError).message;
       }
     };

@@ -19,14 +19,14 @@ function errorOf(fn: () => unknown): FrameError {
 describe('frame codec refusals', () => {
   it('refuses to write a frame above the limit, saying by how much', () => {
     const e = errorOf(() => encodeFrame(Buffer.alloc(1025), 1024));
-    expect([e.name, e.kind, e.message]).toEqual(['FrameError', 'FRAME_TOO_LARGE', 'outgoing frame of 1025 bytes exceeds the 1024-byte limit']);
+    expect([e.name, e.code, e.message]).toEqual(['FrameError', 'FRAME_TOO_LARGE', 'outgoing frame of 1025 bytes exceeds the 1024-byte limit']);
   });
 
   it('refuses to read a frame above the limit, from its header alone', () => {
     const header = Buffer.alloc(8);
     header.writeUInt32BE(5000, 0);
     const e = errorOf(() => new FrameDecoder(4096).push(header));
-    expect([e.name, e.kind, e.message]).toEqual(['FrameError', 'FRAME_TOO_LARGE', 'frame length 5000 exceeds the 4096-byte limit']);
+    expect([e.name, e.code, e.message]).toEqual(['FrameError', 'FRAME_TOO_LARGE', 'frame length 5000 exceeds the 4096-byte limit']);
   });
 
   it('names the size of a payload whose CRC does not match, and stays failed', () => {
@@ -34,7 +34,7 @@ describe('frame codec refusals', () => {
     frame[frame.length - 1] = (frame[frame.length - 1] as number) ^ 0xff;
     const decoder = new FrameDecoder();
     const e = errorOf(() => decoder.push(frame));
-    expect([e.name, e.kind, e.message]).toEqual(['FrameError', 'FRAME_BAD_CRC', 'frame CRC-32 mismatch on a 17-byte payload']);
+    expect([e.name, e.code, e.message]).toEqual(['FrameError', 'FRAME_BAD_CRC', 'frame CRC-32 mismatch on a 17-byte payload']);
     expect(decoder.bufferedBytes).toBe(0);
     expect(errorOf(() => decoder.push(encodeFrame(Buffer.from('{}'))))).toBe(e);
     expect(errorOf(() => decoder.push(Buffer.alloc(0)))).toBe(e);

@@ -64,7 +64,7 @@ describe('frame codec', () => {
     const decoder = new FrameDecoder(1024);
     const header = Buffer.alloc(8);
     header.writeUInt32BE(1025, 0);
-    expect(() => decoder.push(header)).toThrow(expect.objectContaining({ kind: 'FRAME_TOO_LARGE' }));
+    expect(() => decoder.push(header)).toThrow(expect.objectContaining({ code: 'FRAME_TOO_LARGE' }));
     expect(decoder.bufferedBytes).toBe(0);
     // A failed decoder stays failed: the stream is out of sync.
     expect(() => decoder.push(encodeFrame(Buffer.from('{}')))).toThrow(FrameError);
@@ -73,7 +73,7 @@ describe('frame codec', () => {
   it('accepts a frame of exactly the limit', () => {
     const payload = Buffer.alloc(1024, 0x61);
     expect(new FrameDecoder(1024).push(encodeFrame(payload, 1024))).toEqual([payload]);
-    expect(() => encodeFrame(Buffer.alloc(1025), 1024)).toThrow(expect.objectContaining({ kind: 'FRAME_TOO_LARGE' }));
+    expect(() => encodeFrame(Buffer.alloc(1025), 1024)).toThrow(expect.objectContaining({ code: 'FRAME_TOO_LARGE' }));
   });
 
   it('detects any corruption of payload or CRC as a bad CRC', () => {
@@ -82,7 +82,7 @@ describe('frame codec', () => {
         const frame = encodeFrame(Buffer.from(bytes));
         const at = 4 + (pos % (frame.length - 4)); // anywhere in CRC or payload
         frame[at] = (frame[at] as number) ^ flip;
-        expect(() => new FrameDecoder().push(frame)).toThrow(expect.objectContaining({ kind: 'FRAME_BAD_CRC' }));
+        expect(() => new FrameDecoder().push(frame)).toThrow(expect.objectContaining({ code: 'FRAME_BAD_CRC' }));
       }),
       { numRuns: 200 },
     );

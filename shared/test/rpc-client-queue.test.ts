@@ -44,7 +44,7 @@ it('answers OVERLOADED once the unsent request bytes pass its cap, however many 
     const reasons: string[] = [];
     for (let wave = 0; wave < 40; wave++) {
       const settled = await Promise.allSettled(Array.from({ length: 16 }, () => client.call('kms.decrypt', params, { deadlineMs: 5 })));
-      for (const r of settled) reasons.push(r.status === 'rejected' ? (r.reason as { reason: string }).reason : 'answered');
+      for (const r of settled) reasons.push(r.status === 'rejected' ? (r.reason as { code: string }).code : 'answered');
     }
     const queued = (client as unknown as { conn: { bufferedBytes: number } }).conn.bufferedBytes;
     // At most the cap plus the calls of one wave that passed the check before it was crossed.

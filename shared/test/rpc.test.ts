@@ -81,7 +81,7 @@ describe('JSON-RPC over simulated vsock', () => {
     // The handler waits on a gate the test opens only after the deadline has passed.
     const err = await client.call('gated', { value: 1 }, { deadlineMs: 30 }).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(KeystoreError);
-    expect((err as KeystoreError).reason).toBe('TIMEOUT');
+    expect((err as KeystoreError).code).toBe('TIMEOUT');
     expect((err as KeystoreError).retryable).toBe(true);
     expect(client.pendingCount).toBe(0);
     // The late answer arrives and is ignored; the connection stays usable.
@@ -96,22 +96,22 @@ describe('JSON-RPC over simulated vsock', () => {
 
   it('passes handler errors through with their reason, and hides unexpected ones', async () => {
     const e1 = (await client.call('fail', {}).catch((e: unknown) => e)) as KeystoreError;
-    expect(e1.reason).toBe('KEY_INTEGRITY');
+    expect(e1.code).toBe('KEY_INTEGRITY');
     expect(e1.message).toBe('blob does not open');
     const e2 = (await client.call('crash', {}).catch((e: unknown) => e)) as KeystoreError;
-    expect(e2.reason).toBe('INTERNAL');
+    expect(e2.code).toBe('INTERNAL');
     expect(e2.message).not.toContain('secret-looking');
   });
 
   it('rejects unknown fields, wrong types, unknown methods', async () => {
     const unknownField = (await client.call('echo', { value: 1, extra: true }).catch((e: unknown) => e)) as KeystoreError;
-    expect(unknownField.reason).toBe('INVALID_PARAMS');
+    expect(unknownField.code).toBe('INVALID_PARAMS');
     expect(unknownField.message).toContain('"extra"');
     const wrongType = (await client.call('echo', { value: 'one' }).catch((e: unknown) => e)) as KeystoreError;
-    expect(wrongType.reason).toBe('INVALID_PARAMS');
+    expect(wrongType.code).toBe('INVALID_PARAMS');
     expect(wrongType.message).toContain('params.value');
     const noMethod = (await client.call('nope', {}).catch((e: unknown) => e)) as KeystoreError;
-    expect(noMethod.reason).toBe('METHOD_NOT_FOUND');
+    expect(noMethod.code).toBe('METHOD_NOT_FOUND');
   });
 
   it('answers OVERLOADED beyond the server concurrency cap and keeps serving', async () => {
@@ -129,7 +129,7 @@ describe('JSON-RPC over simulated vsock', () => {
       const results = await settled;
       const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
       expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(4);
-      expect(rejected.map((r) => (r.reason as KeystoreError).reason)).toEqual(Array(6).fill('OVERLOADED'));
+      expect(rejected.map((r) => (r.reason as KeystoreError).code)).toEqual(Array(6).fill('OVERLOADED'));
       expect(rejected.every((r) => (r.reason as KeystoreError).retryable)).toBe(true);
       expect(capped.stats.overloaded).toBe(6);
       await expect(c.call('echo', { value: 99 })).resolves.toEqual({ value: 99 });
@@ -146,7 +146,7 @@ describe('JSON-RPC over simulated vsock', () => {
       const requestsBefore = server.stats.requests;
       // The first two wait on gates, so they are still in flight when the third is made.
       const calls = [0, 1, 2].map((i) => small.call('gated', { value: 200 + i }).catch((e: unknown) => e));
-      expect((await calls[2]) as KeystoreError).toMatchObject({ reason: 'OVERLOADED' });
+      expect((await calls[2]) as KeystoreError).toMatchObject({ code: 'OVERLOADED' });
       await waitFor(() => gates.size === 2, 5000, 'the two requests to arrive');
       for (const open of gates.values()) open();
       expect(await Promise.all(calls.slice(0, 2))).toEqual([{ value: 200 }, { value: 201 }]);
@@ -161,14 +161,14 @@ describe('JSON-RPC over simulated vsock', () => {
     await waitFor(() => server.stats.inFlight === 1, 5000, 'request to reach the server');
     await server.close(0); // stops without waiting for the slow handler
     const err = (await inflight) as KeystoreError;
-    expect(err.reason).toBe('UNAVAILABLE');
+    expect(err.code).toBe('UNAVAILABLE');
     expect(err.retryable).toBe(true);
     expect(client.pendingCount).toBe(0);
 
     // While nothing listens, calls fail fast with UNAVAILABLE rather than waiting for their deadline.
     await waitFor(() => !client.connected, 5000, 'disconnect');
     const down = (await client.call('echo', { value: 2 }, { deadlineMs: 60_000 }).catch((e: unknown) => e)) as KeystoreError;
-    expect(down.reason).toBe('UNAVAILABLE');
+    expect(down.code).toBe('UNAVAILABLE');
 
     server = new RpcServer({ name: 'test-server-2', methods: methods(), logger: log.logger });
     await server.listen(transport, ADDRESS);
@@ -194,7 +194,7 @@ describe('RPC client waiting for its connection', () => {
       await server.close(0);
       await waitFor(() => !c.connected, 5000, 'disconnect');
       const err = (await c.call('echo', { value: 2 }).catch((e: unknown) => e)) as KeystoreError;
-      expect(err.reason).toBe('UNAVAILABLE');
+      expect(err.code).toBe('UNAVAILABLE');
     } finally {
       // Always: a client left open keeps reconnecting, a server left open keeps Jest from exiting.
       await c.close();

@@ -107,7 +107,7 @@ describe('key policy evaluation', () => {
     ['unknown operator', statement({ Condition: { NumericLessThan: { x: '1' } } }), 'The policy uses an unsupported condition operator: NumericLessThan', statement({ Condition: { StringEquals: { x: '1' } } })],
     ['unknown field', statement({ Extra: 1 }), 'The policy is malformed: Statement.0: Unrecognized key: "Extra"', statement({})],
   ])('rejects a malformed policy: %s, naming what is wrong', (_name, text, message, fixed) => {
-    expect(() => parsePolicy(text)).toThrow(expect.objectContaining({ type: 'MalformedPolicyDocumentException', message }));
+    expect(() => parsePolicy(text)).toThrow(expect.objectContaining({ code: 'MalformedPolicyDocumentException', message }));
     // The same policy without that one defect is accepted: the defect named is what was refused.
     if (fixed) expect(() => parsePolicy(fixed)).not.toThrow();
   });

@@ -10,12 +10,12 @@ export class UsageError extends Error {
   override readonly name = 'UsageError';
 }
 
-export interface Connection {
+export interface ApiTarget {
   url: string;
   token: string;
 }
 
-export function resolveConnection(flags: { url?: string | undefined; token?: string | undefined; 'dev-dir'?: string | undefined }, env: NodeJS.ProcessEnv = process.env): Connection {
+export function resolveApiTarget(flags: { url?: string | undefined; token?: string | undefined; 'dev-dir'?: string | undefined }, env: NodeJS.ProcessEnv = process.env): ApiTarget {
   const devDir = path.resolve(flags['dev-dir'] || env.NKS_DEV_DIR || '.dev');
   const readDev = <T>(file: string, parse: (s: string) => T): T | undefined => {
     try {
@@ -31,8 +31,8 @@ export function resolveConnection(flags: { url?: string | undefined; token?: str
   return { url, token };
 }
 
-export function clientFor(flags: Parameters<typeof resolveConnection>[0]): KeystoreClient {
-  const c = resolveConnection(flags);
+export function clientFor(flags: Parameters<typeof resolveApiTarget>[0]): KeystoreClient {
+  const c = resolveApiTarget(flags);
   return new KeystoreClient({ url: c.url, token: c.token });
 }
 

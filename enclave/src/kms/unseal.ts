@@ -6,7 +6,7 @@
  */
 import type { KeyBlob } from '../../../shared/src/blob';
 import { KeystoreError } from '../../../shared/src/errors';
-import { KmsProxyMethods } from '../../../shared/src/protocol';
+import { KmsProxyMethods } from '../../../shared/src/enclave-api';
 import type { RpcClient } from '../../../shared/src/rpc';
 import { FailedOpens } from './failed-opens';
 import { openKmsAnswer, type OpenedKey } from './open-answer';

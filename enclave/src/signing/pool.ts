@@ -36,7 +36,7 @@ interface Job {
   address: `0x${string}`;
 }
 
-type Answer = { id: number; result: SignResult } | { id: number; error: { reason: string; message: string } };
+type Answer = { id: number; result: SignResult } | { id: number; error: { code: string; message: string } };
 /** A thread's first message: the bundle is loaded and jobs are being taken (deadlines start from here). */
 type Ready = { ready: true };
 
@@ -104,7 +104,7 @@ export function runSignerWorker(): void {
       answer = { id: job.id, result: signSafely(job.request, job.secret, job.address) };
     } catch (err) {
       const ke = err as KeystoreError;
-      answer = { id: job.id, error: { reason: ke.reason, message: ke.message } };
+      answer = { id: job.id, error: { code: ke.code, message: ke.message } };
     } finally {
       // The transferred copy: its memory now belongs to this thread only.
       job.secret.fill(0);
@@ -197,7 +197,7 @@ export class SignerPool {
       this.armDeadline(slot);
     }
     if ('result' in a) p.resolve(a.result);
-    else p.reject(new KeystoreError(a.error.reason as never, a.error.message));
+    else p.reject(new KeystoreError(a.error.code as never, a.error.message));
   }
 
   /** Starts the deadline of the job the thread is running now, if any and not already started. */

@@ -16,8 +16,8 @@ export function sendError(res: http.ServerResponse, err: unknown, requestId: str
   const ke = asKeystoreError(err);
   const headers: Record<string, string> = {};
   if (ke.httpStatus === 503) headers['retry-after'] = '1';
-  if (ke.reason === 'UNAUTHORIZED') headers['www-authenticate'] = 'Bearer';
-  sendJson(res, ke.httpStatus, { error: { code: ke.reason, message: ke.message, requestId } }, headers);
+  if (ke.code === 'UNAUTHORIZED') headers['www-authenticate'] = 'Bearer';
+  sendJson(res, ke.httpStatus, { error: { code: ke.code, message: ke.message, requestId } }, headers);
   return ke;
 }
 

@@ -7,7 +7,7 @@ import { KeystoreError } from '../../../shared/src/errors';
 import { parseOrThrow } from '../../../shared/src/schema';
 import { SignRequestSchema } from '../../../shared/src/signing/schema';
 import type { Scope } from '../config';
-import { viewOf, type KeysService } from '../keys';
+import { viewOf, type KeyRegistry } from '../key-registry';
 
 export interface RouteContext {
   params: Record<string, string>;
@@ -58,7 +58,7 @@ function queryOf(q: URLSearchParams, schema: z.ZodType, name = 'query') {
 
 const KEY_ID = '([A-Za-z0-9_-]{1,64})';
 
-export function routes(keys: KeysService): Route[] {
+export function routes(keys: KeyRegistry): Route[] {
   return [
     {
       method: 'POST',

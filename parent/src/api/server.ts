@@ -109,9 +109,9 @@ export class ApiServer {
     } catch (err) {
       const ke = sendError(res, err, requestId);
       status = ke.httpStatus;
-      reason = ke.reason;
-      if (ke.reason === 'INTERNAL') this.options.logger.error({ requestId, err: ke.cause ?? ke }, 'request failed unexpectedly');
-      if (ke.reason === 'PAYLOAD_TOO_LARGE') res.on('finish', () => req.destroy()); // do not read the rest
+      reason = ke.code;
+      if (ke.code === 'INTERNAL') this.options.logger.error({ requestId, err: ke.cause ?? ke }, 'request failed unexpectedly');
+      if (ke.code === 'PAYLOAD_TOO_LARGE') res.on('finish', () => req.destroy()); // do not read the rest
     } finally {
       this.inFlight -= 1;
       this.options.metrics.inFlight.dec();

@@ -62,7 +62,7 @@ export class EnclavePool {
       const client = this.pick();
       return await client.call<T>(method, params, { deadlineMs });
     } catch (err) {
-      outcome = err instanceof KeystoreError ? err.reason : 'INTERNAL';
+      outcome = err instanceof KeystoreError ? err.code : 'INTERNAL';
       throw err;
     } finally {
       this.options.onCall?.(method, outcome, Number(process.hrtime.bigint() - started) / 1e9);

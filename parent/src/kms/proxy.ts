@@ -4,13 +4,13 @@
  * enclave can open; the parent never holds plaintext.
  *
  * Rules: only configured key ARNs; never a request without an attestation document; throttling and 5xx
- * retried with jittered backoff inside the request deadline; KMS errors mapped to the shared reasons; a
+ * retried with jittered backoff inside the request deadline; KMS errors mapped to the shared error codes; a
  * response that carries plaintext (impossible with Recipient, but checked) is refused.
  */
 import { DecryptCommand, KMSClient } from '@aws-sdk/client-kms';
-import { KeystoreError, type ErrorReason } from '../../../shared/src/errors';
+import { KeystoreError, type ErrorCode } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/log';
-import { KmsDecryptParams, KmsProxyMethods, type KmsDecryptResult } from '../../../shared/src/protocol';
+import { KmsDecryptParams, KmsProxyMethods, type KmsDecryptResult } from '../../../shared/src/enclave-api';
 import { backoffDelay, RpcServer, rpcMethod } from '../../../shared/src/rpc';
 import type { Listener, Transport } from '../../../shared/src/transport';
 
@@ -46,7 +46,7 @@ export function kmsBudgetMs(ownMs: number, enclaveMs: number | undefined): numbe
 const TRANSIENT = new Set(['KMSInternalException', 'DependencyTimeoutException', 'KeyUnavailableException', 'ServiceUnavailableException', 'RequestTimeout', 'TimeoutError']);
 
 /**
- * KMS (or transport) error -> the shared reason the enclave and callers understand. Only throttling, 5xx and
+ * KMS (or transport) error -> the shared error code the enclave and callers understand. Only throttling, 5xx and
  * transport failures are retryable; every other refusal is final and keeps KMS's error name and message
  * (an unknown 4xx is `KMS_REJECTED`, not a retried "unavailable").
  */
@@ -55,7 +55,7 @@ export function mapKmsError(err: unknown): KeystoreError {
   const name = e?.name ?? 'Error';
   const text = (e?.message ?? '').split('\n')[0]?.slice(0, 300) ?? '';
   const status = e?.$metadata?.httpStatusCode ?? 0;
-  const of = (reason: ErrorReason, what: string) => new KeystoreError(reason, `KMS ${name}: ${what}`);
+  const of = (code: ErrorCode, what: string) => new KeystoreError(code, `KMS ${name}: ${what}`);
   switch (name) {
     case 'AccessDeniedException':
       return of('KMS_ACCESS_DENIED', `${text} (is this enclave image approved in the key policy?)`);
@@ -142,15 +142,15 @@ export class KmsProxy {
         const needs = delay + Math.max(KMS_MIN_ATTEMPT_MS, Date.now() - attemptStarted);
         if (!mapped.retryable || Date.now() + needs > deadline) throw this.finish(mapped, started);
         retrying = mapped;
-        this.options.logger.warn({ attempt: attempt + 1, reason: mapped.reason, delayMs: delay }, 'KMS call failed; retrying');
+        this.options.logger.warn({ attempt: attempt + 1, code: mapped.code, delayMs: delay }, 'KMS call failed; retrying');
         await new Promise((r) => setTimeout(r, delay));
       }
     }
   }
 
-  private finish(err: KeystoreError, started: number, outcome: string = err.reason): KeystoreError {
+  private finish(err: KeystoreError, started: number, outcome: string = err.code): KeystoreError {
     this.options.onCall?.(outcome, (Date.now() - started) / 1000);
-    this.options.logger.warn({ reason: err.reason, outcome }, `KMS decrypt refused: ${err.message}`);
+    this.options.logger.warn({ code: err.code, outcome }, `KMS decrypt refused: ${err.message}`);
     return err;
   }
 

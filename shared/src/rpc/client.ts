@@ -15,7 +15,7 @@ import { fromRpcError, KeystoreError } from '../errors';
 import type { Logger } from '../log';
 import type { Transport } from '../transport/types';
 import { FramedConnection } from './framed-connection';
-import { ResponseEnvelopeSchema, type RpcId } from './protocol';
+import { ResponseEnvelopeSchema, type RpcId } from './jsonrpc';
 
 export interface BackoffOptions {
   initialMs: number;

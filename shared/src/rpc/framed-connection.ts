@@ -102,7 +102,7 @@ export class FramedConnection {
     try {
       payloads = this.decoder.push(chunk);
     } catch (err) {
-      return this.closeForProtocolError(err instanceof FrameError ? `${err.kind}: ${err.message}` : 'frame decoder failed');
+      return this.closeForProtocolError(err instanceof FrameError ? `${err.code}: ${err.message}` : 'frame decoder failed');
     }
     if (payloads.length === 0) return;
     if (this.heldIndex >= this.held.length) {

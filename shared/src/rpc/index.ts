@@ -11,4 +11,4 @@ export {
   type RpcConnectionStats,
 } from './server';
 export { FramedConnection } from './framed-connection';
-export * from './protocol';
+export * from './jsonrpc';

@@ -25,7 +25,7 @@ import { parseOrThrow, describeIssues } from '../schema';
 import type { Connection, Listener, Transport } from '../transport/types';
 import { DEFAULT_MAX_FRAME_BYTES } from '../framing';
 import { FramedConnection } from './framed-connection';
-import { errorResponse, recoverId, RequestEnvelopeSchema, successResponse } from './protocol';
+import { errorResponse, recoverId, RequestEnvelopeSchema, successResponse } from './jsonrpc';
 
 export interface RpcCallContext {
   method: string;

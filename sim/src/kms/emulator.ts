@@ -33,7 +33,7 @@ import { AttestationError, verifyAttestation } from '../../../shared/src/attesta
 import { buildEnvelopedData } from './cms-writer';
 import { KmsError } from './errors';
 import { defaultKeyPolicy, evaluatePolicy, parsePolicy, principalEntryMatches } from './policy';
-import type { GrantRecord, KeyRecord, KeySpec, KmsState } from './state';
+import type { GrantRecord, KmsKeyRecord, KeySpec, KmsState } from './state';
 
 export interface EmulatorConfig {
   region: string;
@@ -289,7 +289,7 @@ export class KmsEmulator {
       const { privateKey } = generateKeyPairSync('rsa', { modulusLength: Number(keySpec.slice(4)), publicExponent: 65537 });
       material = privateKey.export({ type: 'pkcs8', format: 'pem' }) as string;
     }
-    const key: KeyRecord = {
+    const key: KmsKeyRecord = {
       keyId,
       arn,
       keySpec,
@@ -341,7 +341,7 @@ export class KmsEmulator {
     return { KeyId: key.arn, CiphertextBlob: out.ciphertext.toString('base64'), EncryptionAlgorithm: out.algorithm };
   }
 
-  private encryptWith(key: KeyRecord, plaintext: Buffer, ctx: Record<string, string> | undefined, requested: string | undefined): { ciphertext: Buffer; algorithm: string } {
+  private encryptWith(key: KmsKeyRecord, plaintext: Buffer, ctx: Record<string, string> | undefined, requested: string | undefined): { ciphertext: Buffer; algorithm: string } {
     if (key.keySpec === 'SYMMETRIC_DEFAULT') {
       if (requested && requested !== 'SYMMETRIC_DEFAULT') throw new KmsError('InvalidKeyUsageException', 'The encryption algorithm is not valid for this key.');
       return { ciphertext: this.sealSymmetric(key, plaintext, ctx), algorithm: 'SYMMETRIC_DEFAULT' };
@@ -370,7 +370,7 @@ export class KmsEmulator {
   }
 
   /** `missingKeyId` names the request field that is absent (an asymmetric key needs it), or is undefined. */
-  private decryptWith(key: KeyRecord, blob: Buffer, ctx: Record<string, string> | undefined, requested: string | undefined, missingKeyId: string | undefined): { plaintext: Buffer; algorithm: string } {
+  private decryptWith(key: KmsKeyRecord, blob: Buffer, ctx: Record<string, string> | undefined, requested: string | undefined, missingKeyId: string | undefined): { plaintext: Buffer; algorithm: string } {
     if (key.keySpec === 'SYMMETRIC_DEFAULT') {
       if (requested && requested !== 'SYMMETRIC_DEFAULT') throw new KmsError('IncorrectKeyException', 'The key is symmetric but an asymmetric algorithm was given.');
       return { plaintext: this.openSymmetric(key, blob, ctx), algorithm: 'SYMMETRIC_DEFAULT' };
@@ -577,7 +577,7 @@ export class KmsEmulator {
     return alg;
   }
 
-  private findKey(ref: string): KeyRecord {
+  private findKey(ref: string): KmsKeyRecord {
     if (ref.startsWith('alias/') || ref.includes(':alias/')) throw new KmsError('NotFoundException', `Alias ${ref} is not found.`);
     const id = ref.startsWith('arn:') ? (/:key\/([0-9a-f-]{36})$/.exec(ref)?.[1] ?? '') : ref;
     const key = this.state.keys.get(id);
@@ -585,7 +585,7 @@ export class KmsEmulator {
     return key;
   }
 
-  private authorize(ref: string, action: string, caller: Caller, values: Record<string, string | string[]>, opts: AuthorizeOptions = {}): KeyRecord {
+  private authorize(ref: string, action: string, caller: Caller, values: Record<string, string | string[]>, opts: AuthorizeOptions = {}): KmsKeyRecord {
     return this.authorizeDetailed(ref, action, caller, values, opts).key;
   }
 
@@ -594,7 +594,7 @@ export class KmsEmulator {
    * policy, or a grant to the caller listing the operation (and whose constraints hold), allows; else refused.
    * Returns the grant when it is what allowed the call.
    */
-  private authorizeDetailed(ref: string, action: string, caller: Caller, values: Record<string, string | string[]>, opts: AuthorizeOptions = {}): { key: KeyRecord; grant?: GrantRecord } {
+  private authorizeDetailed(ref: string, action: string, caller: Caller, values: Record<string, string | string[]>, opts: AuthorizeOptions = {}): { key: KmsKeyRecord; grant?: GrantRecord } {
     const key = this.findKey(ref);
     const decision = evaluatePolicy(parsePolicy(key.policy), { action, principalArn: caller.principalArn, account: caller.account, keyArn: key.arn, values });
     const grant = decision.allowed ? undefined : this.grantFor(key, action, caller, opts.encryptionContext);
@@ -610,7 +610,7 @@ export class KmsEmulator {
   }
 
   /** A grant on the key for the caller that lists the operation, and whose encryption context constraint holds. */
-  private grantFor(key: KeyRecord, action: string, caller: Caller, ctx: Record<string, string> | undefined): GrantRecord | undefined {
+  private grantFor(key: KmsKeyRecord, action: string, caller: Caller, ctx: Record<string, string> | undefined): GrantRecord | undefined {
     const op = action.startsWith('kms:') ? action.slice(4) : action;
     return (key.grants ?? []).find((g) => {
       if (!g.operations.includes(op) || !principalEntryMatches(g.granteePrincipal, caller.principalArn, caller.account)) return false;
@@ -622,7 +622,7 @@ export class KmsEmulator {
     });
   }
 
-  private sealSymmetric(key: KeyRecord, plaintext: Buffer, ctx: Record<string, string> | undefined): Buffer {
+  private sealSymmetric(key: KmsKeyRecord, plaintext: Buffer, ctx: Record<string, string> | undefined): Buffer {
     const iv = randomBytes(12);
     const cipher = createCipheriv('aes-256-gcm', Buffer.from(key.material, 'base64'), iv);
     cipher.setAAD(contextAad(ctx));
@@ -637,7 +637,7 @@ export class KmsEmulator {
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
-  private openSymmetric(key: KeyRecord, blob: Buffer, ctx: Record<string, string> | undefined): Buffer {
+  private openSymmetric(key: KmsKeyRecord, blob: Buffer, ctx: Record<string, string> | undefined): Buffer {
     if (this.symmetricBlobKeyId(blob) !== key.keyId) throw new KmsError('IncorrectKeyException', 'The key ID in the request does not identify a CMK that can perform this operation.');
     try {
       const decipher = createDecipheriv('aes-256-gcm', Buffer.from(key.material, 'base64'), blob.subarray(17, 29));
@@ -649,7 +649,7 @@ export class KmsEmulator {
     }
   }
 
-  private metadata(key: KeyRecord): object {
+  private metadata(key: KmsKeyRecord): object {
     return {
       AWSAccountId: key.arn.split(':')[4],
       KeyId: key.keyId,

@@ -1,5 +1,5 @@
 /** KMS errors in AWS JSON 1.1 shape: `{"__type": Name, "message": ...}` with the status KMS uses. */
-export type KmsErrorType =
+export type KmsErrorCode =
   | 'AccessDeniedException'
   | 'DisabledException'
   | 'DryRunOperationException'
@@ -18,16 +18,16 @@ export type KmsErrorType =
   | 'KMSInternalException'
   | 'DependencyTimeoutException';
 
-const SERVER_SIDE = new Set<KmsErrorType>(['KMSInternalException', 'DependencyTimeoutException']);
+const SERVER_SIDE = new Set<KmsErrorCode>(['KMSInternalException', 'DependencyTimeoutException']);
 
 export class KmsError extends Error {
   readonly status: number;
   constructor(
-    readonly type: KmsErrorType,
+    readonly code: KmsErrorCode,
     message: string,
   ) {
     super(message);
     // KMS answers a DryRun that would have succeeded with HTTP 412 (DryRunOperationException).
-    this.status = SERVER_SIDE.has(type) ? 500 : type === 'DryRunOperationException' ? 412 : 400;
+    this.status = SERVER_SIDE.has(code) ? 500 : code === 'DryRunOperationException' ? 412 : 400;
   }
 }

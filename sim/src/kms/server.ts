@@ -141,7 +141,7 @@ export class KmsHttpServer {
   }
 
   private sendError(res: http.ServerResponse, err: KmsError): void {
-    this.send(res, err.status, { __type: err.type, message: err.message }, { 'x-amzn-errortype': err.type });
+    this.send(res, err.status, { __type: err.code, message: err.message }, { 'x-amzn-errortype': err.code });
   }
 
   private async onRequest(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -167,8 +167,8 @@ export class KmsHttpServer {
     } catch (err) {
       const kmsErr = err instanceof KmsError ? err : new KmsError('KMSInternalException', 'An internal error occurred.');
       if (!(err instanceof KmsError)) this.options.logger.error({ err, op }, 'emulator failure');
-      this.record(op || 'unknown', kmsErr.type);
-      this.options.logger.info({ op, error: kmsErr.type }, 'kms call failed');
+      this.record(op || 'unknown', kmsErr.code);
+      this.options.logger.info({ op, error: kmsErr.code }, 'kms call failed');
       this.sendError(res, kmsErr);
     }
   }

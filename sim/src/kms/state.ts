@@ -25,7 +25,7 @@ export interface GrantRecord {
   createdAt: number;
 }
 
-export interface KeyRecord {
+export interface KmsKeyRecord {
   keyId: string;
   arn: string;
   keySpec: KeySpec;
@@ -43,11 +43,11 @@ export interface KeyRecord {
 
 interface StateFile {
   version: 1;
-  keys: KeyRecord[];
+  keys: KmsKeyRecord[];
 }
 
 export class KmsState {
-  readonly keys = new Map<string, KeyRecord>();
+  readonly keys = new Map<string, KmsKeyRecord>();
 
   constructor(private readonly file: string | null) {
     if (file && fs.existsSync(file)) {

@@ -81,7 +81,7 @@ async function main(): Promise<void> {
       try {
         requests = decoder.push(chunk);
       } catch (err) {
-        log.warn({ reason: err instanceof FrameError ? err.kind : 'decode' }, 'closing NSM client connection');
+        log.warn({ code: err instanceof FrameError ? err.code : 'decode' }, 'closing NSM client connection');
         sock.destroy();
         return;
       }

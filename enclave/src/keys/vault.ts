@@ -6,7 +6,7 @@ import type { KeyObject } from 'node:crypto';
 import { birthContent, USER_DATA_TAGS } from '../../../shared/src/attestation/user-data';
 import { decodeBlobBase64, encodeBlob } from '../../../shared/src/blob';
 import { KeystoreError } from '../../../shared/src/errors';
-import type { CreateResult } from '../../../shared/src/protocol';
+import type { CreateResult } from '../../../shared/src/enclave-api';
 import type { SignRequest, SignResult } from '../../../shared/src/signing/schema';
 import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
 import type { Unsealer } from '../kms/unseal';
@@ -15,7 +15,7 @@ import type { SignerPool } from '../signing/pool';
 import type { KeyCache, CachedKey } from './cache';
 import { sealSecret } from './seal';
 
-export class KeyService {
+export class KeyVault {
   creates = 0;
   signs = 0;
   private readonly inflight = new Map<string, Promise<CachedKey>>();

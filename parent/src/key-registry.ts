@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { KeystoreError } from '../../shared/src/errors';
 import type { Logger } from '../../shared/src/log';
-import { EnclaveMethods, type CreateResult, type SignResult } from '../../shared/src/protocol';
+import { EnclaveMethods, type CreateResult, type SignResult } from '../../shared/src/enclave-api';
 import type { EnclavePool } from './enclave/pool';
 import type { KeyRecord, KeyStore, Page } from './store/key-store';
 
@@ -38,7 +38,7 @@ export function newKeyId(): string {
   return `k_${randomBytes(16).toString('base64url')}`;
 }
 
-export class KeysService {
+export class KeyRegistry {
   /** One creation per external id at a time: concurrent requests for it share the first one's result. */
   private readonly creating = new Map<string, Promise<{ record: KeyRecord; created: boolean }>>();
 
@@ -105,7 +105,7 @@ export class KeysService {
     const result = await this.enclave.call<SignResult>(EnclaveMethods.sign, { keyId, blob: r.blob, request: request as object }).catch((err: unknown) => {
       // The enclave says only "no" when an unseal fails (forged KMS answer or altered blob); its health total
       // failedOpens (metric nks_enclave_counter{counter="failedOpens"}) is what operators alert on.
-      if (err instanceof KeystoreError && err.reason === 'KEY_INTEGRITY') this.logger.warn({ keyId }, 'the enclave refused to unseal a key: its blob was altered or a KMS answer was not genuine');
+      if (err instanceof KeystoreError && err.code === 'KEY_INTEGRITY') this.logger.warn({ keyId }, 'the enclave refused to unseal a key: its blob was altered or a KMS answer was not genuine');
       throw err;
     });
     if (result.address !== r.address) {
