@@ -11,7 +11,7 @@ import path from 'node:path';
 import { silentLogger } from '../shared/src/log';
 import { RpcClient } from '../shared/src/rpc';
 import { SimulatedVsockTransport } from '../shared/src/transport';
-import type { EnclaveHealth } from '../shared/src/enclave-api';
+import type { EnclaveApi } from '../shared/src/enclave-api';
 import { tempRunDir } from '../shared/test/helpers';
 import { startProgram } from './support/process';
 
@@ -157,12 +157,12 @@ describe('reproducible enclave bundle and bare-directory start', () => {
 
       // Started with a clean environment from /, reading enclave.json beside the bundle.
       const enclave = spawn(process.execPath, [path.join(app, 'enclave.js')], { cwd: '/', env: { PATH: process.env.PATH }, stdio: 'ignore' });
-      const client = new RpcClient({ name: 'bare', transport: new SimulatedVsockTransport(runDir), address: 'vsock://16:5000', logger: silentLogger() });
+      const client = new RpcClient<EnclaveApi>({ name: 'bare', transport: new SimulatedVsockTransport(runDir), address: 'vsock://16:5000', logger: silentLogger() });
       try {
         await client.waitConnected(15_000);
-        const health = await client.call<EnclaveHealth>('enclave.health', {});
+        const health = await client.call('enclave.health', {});
         expect(health).toMatchObject({ status: 'ok', nsm: 'simulated' });
-        const created = await client.call<{ address: string }>('keys.create', { keyId: 'bare-1' });
+        const created = await client.call('keys.create', { keyId: 'bare-1' });
         expect(created.address).toMatch(/^0x[0-9a-fA-F]{40}$/);
       } finally {
         await client.close();

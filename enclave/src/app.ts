@@ -1,10 +1,11 @@
 /**
  * Wires the enclave together from its configuration: NSM, recipient key, KMS-proxy client, key cache and
- * service, and the RPC server. `startEnclave` returns once it listens; `stop` drains and zeroes the cache.
+ * vault, and the RPC server. `startEnclave` returns once it listens; `stop` drains and zeroes the cache.
  */
 import { createTransport } from '../../shared/src/transport';
 import type { Logger } from '../../shared/src/log';
 import { RpcClient, RpcServer } from '../../shared/src/rpc';
+import type { KmsProxyApi } from '../../shared/src/enclave-api';
 import type { EnclaveConfig } from './config';
 import { KeyCache } from './keys/cache';
 import { KeyVault } from './keys/vault';
@@ -19,7 +20,7 @@ import { SignerPool } from './signing/pool';
 
 export interface RunningEnclave {
   server: RpcServer;
-  kmsProxy: RpcClient;
+  kmsProxy: RpcClient<KmsProxyApi>;
   cache: KeyCache;
   nsm: NsmClient;
   stop(drainMs?: number): Promise<void>;
@@ -36,7 +37,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   const description = await nsm.describe(); // proves the NSM answers before anything is served
   logger.info({ nsm: nsm.kind, moduleId: description.moduleId, signerThreads: config.signing.workers }, 'NSM ready');
 
-  const kmsProxy = new RpcClient({
+  const kmsProxy = new RpcClient<KmsProxyApi>({
     name: 'kms-proxy',
     transport,
     address: config.kmsProxy,

@@ -1,18 +1,11 @@
 /**
- * The RPC methods the enclave serves (DESIGN §4), with health counters and errors counted by reason.
+ * The handlers of the methods the enclave serves (`EnclaveApi`, docs/PROTOCOL.md), with health counters and
+ * errors counted by code.
  */
 import { USER_DATA_TAGS } from '../../shared/src/attestation/user-data';
-import { asKeystoreError } from '../../shared/src/errors';
-import {
-  AttestationParams,
-  CreateParams,
-  EnclaveMethods,
-  ForgetParams,
-  HealthParams,
-  SignParams,
-  type EnclaveHealth,
-} from '../../shared/src/enclave-api';
-import { rpcMethod, type RpcClient, type RpcMethod, type RpcServerStats } from '../../shared/src/rpc';
+import { asKeystoreError, KeystoreError } from '../../shared/src/errors';
+import { ACCEPTED_PROTOCOL_VERSIONS, EnclaveApi, PROTOCOL_VERSION, type EnclaveHealth, type HelloResult, type KmsProxyApi } from '../../shared/src/enclave-api';
+import { serveApi, type RpcClient, type RpcMethod, type RpcServerStats } from '../../shared/src/rpc';
 import type { KeyCache } from './keys/cache';
 import type { KeyVault } from './keys/vault';
 import type { FailedOpens } from './kms/failed-opens';
@@ -31,7 +24,7 @@ export interface EnclaveParts {
   failedOpens: FailedOpens;
   signers: SignerPool;
   nsm: NsmClient;
-  kmsProxy: RpcClient;
+  kmsProxy: RpcClient<KmsProxyApi>;
   startedAt: number;
   /** The enclave's own RPC server (made after the methods), for its per-connection backlog. */
   rpcStats?: () => RpcServerStats | undefined;
@@ -39,17 +32,33 @@ export interface EnclaveParts {
 
 const hexBytes = (h: string | undefined) => (h ? Buffer.from(h.slice(2), 'hex') : undefined);
 
+/**
+ * Agrees a protocol version with a parent that speaks `theirs`: theirs if this enclave accepts it; this
+ * enclave's own if the parent is newer (the parent then decides whether it accepts it); otherwise refused.
+ */
+export function hello(theirs: number): HelloResult {
+  const supportedVersions = [...ACCEPTED_PROTOCOL_VERSIONS];
+  const ok = ACCEPTED_PROTOCOL_VERSIONS.includes(theirs) || theirs > PROTOCOL_VERSION;
+  if (!ok) {
+    throw new KeystoreError(
+      'UNSUPPORTED_VERSION',
+      `protocol version ${theirs} is not supported: this enclave speaks versions ${supportedVersions.join(' and ')}; upgrade the parent`,
+    );
+  }
+  return { protocolVersion: Math.min(theirs, PROTOCOL_VERSION), supportedVersions, features: Object.keys(EnclaveApi).sort(), enclaveVersion: ENCLAVE_VERSION };
+}
+
 export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, RpcMethod>; errors: Record<string, number> } {
   const errors: Record<string, number> = {};
-  /** Counts failures by reason; the error itself goes back to the caller unchanged. */
+  /** Counts failures by code; the error itself goes back to the caller unchanged. */
   const counted =
     <P, R>(fn: (p: P) => R | Promise<R>) =>
     async (p: P): Promise<R> => {
       try {
         return await fn(p);
       } catch (err) {
-        const reason = asKeystoreError(err).code;
-        errors[reason] = (errors[reason] ?? 0) + 1;
+        const code = asKeystoreError(err).code;
+        errors[code] = (errors[code] ?? 0) + 1;
         throw err;
       }
     };
@@ -89,21 +98,19 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
     };
   };
 
-  const methods: Record<string, RpcMethod> = {
-    [EnclaveMethods.health]: rpcMethod(HealthParams, health),
-    [EnclaveMethods.create]: rpcMethod(CreateParams, counted((p) => parts.keys.create(p.keyId, p.attest ?? false))),
-    [EnclaveMethods.sign]: rpcMethod(SignParams, counted((p) => parts.keys.sign(p.keyId, p.blob, p.request))),
-    [EnclaveMethods.forget]: rpcMethod(ForgetParams, counted((p) => ({ keyId: p.keyId, forgotten: parts.keys.forget(p.keyId) }))),
-    [EnclaveMethods.attestation]: rpcMethod(
-      AttestationParams,
-      counted(async (p) => {
-        const nonce = hexBytes(p.nonce);
-        // The caller's nonce goes in the `nonce` field; `user_data` is tagged so this document can never pass
-        // as another path's evidence (a birth, the identity).
-        const document = await parts.nsm.attest({ tag: USER_DATA_TAGS.attestation, content: nonce, nonce });
-        return { document: document.toString('base64') };
-      }),
-    ),
-  };
+  const methods = serveApi(EnclaveApi, {
+    'enclave.hello': counted((p) => hello(p.protocolVersion)),
+    'enclave.health': health,
+    'keys.create': counted((p) => parts.keys.create(p.keyId, p.attest ?? false)),
+    'keys.sign': counted((p) => parts.keys.sign(p.keyId, p.blob, p.request)),
+    'keys.forget': counted((p) => ({ keyId: p.keyId, forgotten: parts.keys.forget(p.keyId) })),
+    'attestation.get': counted(async (p) => {
+      const nonce = hexBytes(p.nonce);
+      // The caller's nonce goes in the `nonce` field; `user_data` is tagged so this document can never pass
+      // as another path's evidence (a birth, the identity).
+      const document = await parts.nsm.attest({ tag: USER_DATA_TAGS.attestation, content: nonce, nonce });
+      return { document: document.toString('base64') };
+    }),
+  });
   return { methods, errors };
 }

@@ -19,10 +19,11 @@ import { blobAad, decodeBlobBase64, encodeBlob, type KeyBlob } from '../../share
 import { canonicalCbor, decodeCbor, encodeCbor } from '../../shared/src/cbor';
 import { parseEnvelopedData } from '../../shared/src/cms';
 import { encodeFrame, FrameDecoder } from '../../shared/src/framing';
-import type { CreateResult, EnclaveHealth, KmsDecryptResult, SignResult } from '../../shared/src/enclave-api';
+import type { CreateResult, KmsDecryptResult } from '../../shared/src/enclave-api';
 import { simulatedSocketPath } from '../../shared/src/transport';
 import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
 import { rejection, tempRunDir, waitFor } from '../../shared/test/helpers';
+import { RawPeer } from '../../test/support/raw-peer';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
 import { DUMMY_SECRET } from '../src/kms/open-answer';
 import { SocketNsmTransport } from '../src/nsm/socket';
@@ -31,32 +32,6 @@ import { ENCLAVE_ADDRESS, startEnclaveHarness, type DecryptParams, type EnclaveH
 const digest = (n: number) => `0x${n.toString(16).padStart(64, '0')}` as Hex;
 /** secp256k1's group order: not a valid private key. */
 const CURVE_ORDER = hexToBytes('0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141');
-
-/** The enclave's RPC port as raw bytes: one request at a time, always id 1, so answers compare byte for byte. */
-class RawPeer {
-  private socket!: net.Socket;
-  private readonly decoder = new FrameDecoder();
-  private waiting: ((payload: Buffer) => void) | null = null;
-
-  async connect(runDir: string): Promise<void> {
-    this.socket = net.connect(simulatedSocketPath(runDir, ENCLAVE_ADDRESS));
-    await new Promise<void>((resolve, reject) => this.socket.once('connect', resolve).once('error', reject));
-    this.socket.on('data', (chunk) => {
-      for (const payload of this.decoder.push(chunk)) this.waiting?.(payload);
-    });
-  }
-
-  call(method: string, params: unknown): Promise<Buffer> {
-    return new Promise((resolve) => {
-      this.waiting = resolve;
-      this.socket.write(encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }))));
-    });
-  }
-
-  close(): void {
-    this.socket.destroy();
-  }
-}
 
 /** The recipient key a Decrypt request's attestation document carries (what KMS encrypts to). */
 function recipientOf(p: DecryptParams): KeyObject {
@@ -90,7 +65,7 @@ describe('adversarial parent', () => {
     h = await startEnclaveHarness(tempRunDir('nks-adv-'), { failedOpens: { maxFailures: 10_000, windowMs: 60_000, cooldownMs: 60_000 } });
     kmsPublicKey = createPublicKey({ key: Buffer.from(h.platform.kmsPublicKey, 'base64'), format: 'der', type: 'spki' });
     peer = new RawPeer();
-    await peer.connect(h.runDir);
+    await peer.connect(h.runDir, ENCLAVE_ADDRESS);
   }, 60_000);
 
   afterAll(async () => {
@@ -102,16 +77,16 @@ describe('adversarial parent', () => {
     h.forge = null;
   });
 
-  const create = (keyId: string, attest = false) => h.client.call<CreateResult>('keys.create', { keyId, attest });
-  const health = () => h.client.call<EnclaveHealth>('enclave.health', {});
+  const create = (keyId: string, attest = false) => h.client.call('keys.create', { keyId, attest });
+  const health = () => h.client.call('enclave.health', {});
   const rawSign = (keyId: string, blob: string, n = 1) => peer.call('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
-  const sign = (keyId: string, blob: string, n = 1) => h.client.call<SignResult>('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
+  const sign = (keyId: string, blob: string, n = 1) => h.client.call('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
 
   const restart = async (failedOpens: object) => {
     peer.close();
     await h.restartEnclave({ failedOpens });
     peer = new RawPeer();
-    await peer.connect(h.runDir);
+    await peer.connect(h.runDir, ENCLAVE_ADDRESS);
   };
 
   /** A blob the parent builds around a secret of its choosing, under a victim's key id and address. */
@@ -227,7 +202,7 @@ describe('adversarial parent', () => {
     expect(withUserData.error.data.code).toBe('INVALID_PARAMS');
     // A nonce of the parent's choosing lands in `nonce`, and user_data is tagged for attestation.get.
     const nonce = birthContent('victim-1', parentAddress);
-    const res = await h.client.call<{ document: string }>('attestation.get', { nonce: `0x${nonce.toString('hex')}` });
+    const res = await h.client.call('attestation.get', { nonce: `0x${nonce.toString('hex')}` });
     const doc = Buffer.from(res.document, 'base64');
     const v = verifyAttestation(doc, { trustedRoots: roots, expectedNonce: nonce });
     expect(v.document.userData).toEqual(taggedUserData(USER_DATA_TAGS.attestation, nonce));

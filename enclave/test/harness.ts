@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import { KeystoreError } from '../../shared/src/errors';
-import { KmsDecryptParams, type KmsDecryptResult } from '../../shared/src/enclave-api';
+import { KmsDecryptParams, type EnclaveApi, type KmsDecryptResult } from '../../shared/src/enclave-api';
 import { RpcClient, RpcServer, rpcMethod } from '../../shared/src/rpc';
 import { SimulatedVsockTransport } from '../../shared/src/transport';
 import { silentLogger } from '../../shared/src/log';
@@ -23,7 +23,7 @@ export type DecryptParams = ReturnType<typeof KmsDecryptParams.parse>;
 
 export interface EnclaveHarness {
   platform: Platform;
-  client: RpcClient;
+  client: RpcClient<EnclaveApi>;
   enclave: Running;
   configFile: string;
   /** Everything the enclave sent to the test (its answers and its KMS-proxy requests). */
@@ -98,7 +98,7 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
   harness.enclave = await launch();
   harness.configFile = configFile;
 
-  const client = new RpcClient({ name: 'test-parent', transport: recorded, address: ENCLAVE_ADDRESS, logger: silentLogger(), defaultDeadlineMs: 15_000 });
+  const client = new RpcClient<EnclaveApi>({ name: 'test-parent', transport: recorded, address: ENCLAVE_ADDRESS, logger: silentLogger(), defaultDeadlineMs: 15_000 });
   await client.waitConnected(5000);
   harness.client = client;
 

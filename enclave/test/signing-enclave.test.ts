@@ -5,7 +5,7 @@
  * refused with INVALID_PARAMS, and a job past `signing.deadlineMs` answers TIMEOUT.
  */
 import { recoverAddress, recoverTypedDataAddress, type Hex } from 'viem';
-import type { CreateResult, EnclaveHealth, SignResult } from '../../shared/src/enclave-api';
+import type { CreateResult } from '../../shared/src/enclave-api';
 import type { SignRequestInput } from '../../shared/src/signing/schema';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import * as payloads from '../../shared/test/typed-data-payloads';
@@ -15,13 +15,13 @@ describe('enclave signing with one vCPU (signing.workers 0)', () => {
   let h: EnclaveHarness;
   let key: CreateResult;
 
-  const sign = (request: SignRequestInput) => h.client.call<SignResult>('keys.sign', { keyId: 'signer-1', blob: key.blob, request });
+  const sign = (request: SignRequestInput) => h.client.call('keys.sign', { keyId: 'signer-1', blob: key.blob, request });
   const digest = (n: number) => ({ type: 'digest', digest: `0x${n.toString(16).padStart(64, '0')}` }) as const;
-  const health = () => h.client.call<EnclaveHealth>('enclave.health', {});
+  const health = () => h.client.call('enclave.health', {});
 
   beforeAll(async () => {
     h = await startEnclaveHarness(tempRunDir('nks-sig-'), { signing: { workers: 0 } });
-    key = await h.client.call<CreateResult>('keys.create', { keyId: 'signer-1' });
+    key = await h.client.call('keys.create', { keyId: 'signer-1' });
     await sign(digest(1)); // unsealed and cached
   }, 90_000);
 

@@ -4,7 +4,7 @@
  */
 import { KMSClient } from '@aws-sdk/client-kms';
 import { createLogger, type Logger } from '../../shared/src/log';
-import { EnclaveMethods, type EnclaveHealth } from '../../shared/src/enclave-api';
+import type { EnclaveHealth } from '../../shared/src/enclave-api';
 import { createTransport } from '../../shared/src/transport';
 import { ApiServer } from './api/server';
 import { TokenAuth } from './api/auth';
@@ -44,7 +44,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
   const enclaveHealth = async (): Promise<EnclaveHealth | null> => {
     if (!pool.up) return null;
     try {
-      return await pool.call<EnclaveHealth>(EnclaveMethods.health, {}, 1000);
+      return await pool.call('enclave.health', {}, 1000);
     } catch {
       return null;
     }

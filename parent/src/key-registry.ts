@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import { KeystoreError } from '../../shared/src/errors';
 import type { Logger } from '../../shared/src/log';
-import { EnclaveMethods, type CreateResult, type SignResult } from '../../shared/src/enclave-api';
+import type { SignRequestInput, SignResult } from '../../shared/src/signing/schema';
 import type { EnclavePool } from './enclave/pool';
 import type { KeyRecord, KeyStore, Page } from './store/key-store';
 
@@ -65,7 +65,7 @@ export class KeyRegistry {
 
   private async createNew(input: { externalId?: string | undefined; labels?: Record<string, string> | undefined; attest?: boolean | undefined }): Promise<{ record: KeyRecord; created: boolean }> {
     const keyId = newKeyId();
-    const made = await this.enclave.call<CreateResult>(EnclaveMethods.create, { keyId, attest: input.attest ?? false });
+    const made = await this.enclave.call('keys.create', { keyId, attest: input.attest ?? false });
     if (made.keyId !== keyId) throw new KeystoreError('KEY_INTEGRITY', 'the enclave answered for another key id');
     const result = this.store.insert({
       keyId,
@@ -98,11 +98,11 @@ export class KeyRegistry {
     return this.store.list(q.limit, q.cursor);
   }
 
-  /** `request` is passed to the enclave as the caller sent it; the enclave validates and hashes it. */
-  async sign(keyId: string, request: unknown): Promise<SignResult> {
+  /** `request` is passed to the enclave as the caller sent it; the enclave validates and hashes it again. */
+  async sign(keyId: string, request: SignRequestInput): Promise<SignResult> {
     const r = this.get(keyId);
     if (r.disabled) throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
-    const result = await this.enclave.call<SignResult>(EnclaveMethods.sign, { keyId, blob: r.blob, request: request as object }).catch((err: unknown) => {
+    const result = await this.enclave.call('keys.sign', { keyId, blob: r.blob, request }).catch((err: unknown) => {
       // The enclave says only "no" when an unseal fails (forged KMS answer or altered blob); its health total
       // failedOpens (metric nks_enclave_counter{counter="failedOpens"}) is what operators alert on.
       if (err instanceof KeystoreError && err.code === 'KEY_INTEGRITY') this.logger.warn({ keyId }, 'the enclave refused to unseal a key: its blob was altered or a KMS answer was not genuine');
@@ -117,11 +117,11 @@ export class KeyRegistry {
   setDisabled(keyId: string, disabled: boolean): KeyRecord {
     const r = this.store.setDisabled(keyId, disabled);
     if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
-    if (disabled) void this.enclave.call(EnclaveMethods.forget, { keyId }).catch(() => undefined); // best effort: drop it from the cache
+    if (disabled) void this.enclave.call('keys.forget', { keyId }).catch(() => undefined); // best effort: drop it from the cache
     return r;
   }
 
   async attestation(nonce?: string): Promise<{ document: string }> {
-    return this.enclave.call<{ document: string }>(EnclaveMethods.attestation, nonce ? { nonce } : {});
+    return this.enclave.call('attestation.get', nonce ? { nonce } : {});
   }
 }

@@ -11,7 +11,7 @@ import { z } from 'zod';
 import { hashMessage, parseSignature, recoverMessageAddress, type Hex } from 'viem';
 import { generatePrivateKey, privateKeyToAccount, type PrivateKeyAccount } from 'viem/accounts';
 import { silentLogger } from '../../shared/src/log';
-import { EnclaveMethods, type CreateResult, type EnclaveHealth, type SignResult } from '../../shared/src/enclave-api';
+import type { CreateResult, EnclaveHealth, SignResult } from '../../shared/src/enclave-api';
 import { RpcServer, rpcMethod } from '../../shared/src/rpc';
 import { SimulatedVsockTransport } from '../../shared/src/transport';
 import { tempRunDir } from '../../shared/test/helpers';
@@ -27,7 +27,10 @@ interface Held {
   release: () => void;
 }
 
-/** An enclave that signs for real with keys it keeps in memory, and does what the test tells it to. */
+/**
+ * An enclave that signs for real with keys it keeps in memory, and does what the test tells it to. It has no
+ * `enclave.hello`, like an enclave of protocol version 1, so the parent speaks version 1 to it.
+ */
 class FakeEnclave {
   readonly server: RpcServer;
   private readonly keys = new Map<string, PrivateKeyAccount>();
@@ -47,14 +50,14 @@ class FakeEnclave {
       name: 'fake-enclave',
       logger: silentLogger(),
       methods: {
-        [EnclaveMethods.health]: rpcMethod(any, () => ({ status: 'ok', kmsProxy: 'connected', counters: {}, memory: {} }) as unknown as EnclaveHealth),
-        [EnclaveMethods.create]: rpcMethod(any, (p: { keyId: string }): CreateResult => {
+        'enclave.health': rpcMethod(any, () => ({ status: 'ok', kmsProxy: 'connected', counters: {}, memory: {} }) as unknown as EnclaveHealth),
+        'keys.create': rpcMethod(any, (p: { keyId: string }): CreateResult => {
           const account = privateKeyToAccount(generatePrivateKey());
           this.keys.set(p.keyId, account);
           return { keyId: p.keyId, address: account.address, publicKey: account.publicKey, blob: Buffer.from(`blob of ${p.keyId}`).toString('base64') };
         }),
-        [EnclaveMethods.sign]: rpcMethod(any, (p: { keyId: string; request: { type: string; message: string } }) => this.sign(p)),
-        [EnclaveMethods.forget]: rpcMethod(any, () => ({})),
+        'keys.sign': rpcMethod(any, (p: { keyId: string; request: { type: string; message: string } }) => this.sign(p)),
+        'keys.forget': rpcMethod(any, () => ({})),
       },
     });
   }

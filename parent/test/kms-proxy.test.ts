@@ -9,7 +9,8 @@ import path from 'node:path';
 import { KMSClient } from '@aws-sdk/client-kms';
 import { openEnvelopedData } from '../../shared/src/cms';
 import { silentLogger } from '../../shared/src/log';
-import { RpcClient } from '../../shared/src/rpc';
+import type { KmsProxyApi } from '../../shared/src/enclave-api';
+import { RpcClient, type ParamsOf } from '../../shared/src/rpc';
 import { SimulatedVsockTransport } from '../../shared/src/transport';
 import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
 import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
@@ -22,7 +23,7 @@ import { KmsProxy, mapKmsError } from '../src/kms/proxy';
 describe('KMS attestation proxy', () => {
   let platform: Platform;
   let proxy: KmsProxy;
-  let client: RpcClient;
+  let client: RpcClient<KmsProxyApi>;
   let ca: SimulatedNitroCa;
   let kms: KMSClient;
   const outcomes: string[] = [];
@@ -36,7 +37,7 @@ describe('KMS attestation proxy', () => {
     pcrs.set(3, Buffer.from(measureString(PARENT_ROLE), 'hex'));
     return signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0000000000000000', timestamp: Date.now(), pcrs, publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }) }, await ca.signer()).toString('base64');
   };
-  const call = (params: object) => client.call<{ ciphertextForRecipient: string; keyId: string }>('kms.decrypt', params);
+  const call = (params: object) => client.call('kms.decrypt', params as ParamsOf<KmsProxyApi, 'kms.decrypt'>);
   const failure = rejection;
   const decryptCalls = async () => {
     const s = await platform.stats();
@@ -53,7 +54,7 @@ describe('KMS attestation proxy', () => {
     proxy = new KmsProxy({ client: kms, allowedKeyArns: [platform.keyArn], deadlineMs: 3000, maxConcurrent: 16, logger: silentLogger(), onCall: (o) => outcomes.push(o) });
     const transport = new SimulatedVsockTransport(runDir);
     await proxy.listen(transport, 'vsock://3:8000');
-    client = new RpcClient({ name: 'test-enclave', transport, address: 'vsock://3:8000', logger: silentLogger() });
+    client = new RpcClient<KmsProxyApi>({ name: 'test-enclave', transport, address: 'vsock://3:8000', logger: silentLogger() });
     await client.waitConnected(2000);
     const spki = createPublicKey({ key: Buffer.from(platform.kmsPublicKey, 'base64'), format: 'der', type: 'spki' });
     wrapped = publicEncrypt({ key: spki, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, dek).toString('base64');
@@ -144,7 +145,7 @@ describe('KMS proxy against a KMS that answers with Plaintext', () => {
   let server: http.Server;
   let kms: KMSClient;
   let proxy: KmsProxy;
-  let client: RpcClient;
+  let client: RpcClient<KmsProxyApi>;
   let attestationDocument: string;
   const outcomes: string[] = [];
 
@@ -174,7 +175,7 @@ describe('KMS proxy against a KMS that answers with Plaintext', () => {
     proxy = new KmsProxy({ client: kms, allowedKeyArns: [ARN], deadlineMs: 3000, maxConcurrent: 4, logger: silentLogger(), onCall: (o) => outcomes.push(o) });
     const transport = new SimulatedVsockTransport(runDir);
     await proxy.listen(transport, 'vsock://3:8000');
-    client = new RpcClient({ name: 'test-enclave', transport, address: 'vsock://3:8000', logger: silentLogger() });
+    client = new RpcClient<KmsProxyApi>({ name: 'test-enclave', transport, address: 'vsock://3:8000', logger: silentLogger() });
     await client.waitConnected(2000);
     const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48, i)]));
     const signer = await (await SimulatedNitroCa.open(null)).signer();
@@ -189,7 +190,7 @@ describe('KMS proxy against a KMS that answers with Plaintext', () => {
     fs.rmSync(runDir, { recursive: true, force: true });
   });
 
-  const call = () => client.call<{ ciphertextForRecipient: string; keyId: string }>('kms.decrypt', { kmsKeyArn: ARN, ciphertextBlob: randomBytes(256).toString('base64'), attestationDocument });
+  const call = () => client.call('kms.decrypt', { kmsKeyArn: ARN, ciphertextBlob: randomBytes(256).toString('base64'), attestationDocument });
 
   it('relays the answer without Plaintext (the fake speaks the protocol the SDK expects)', async () => {
     withPlaintext = false;

@@ -1,8 +1,11 @@
 /**
- * The parent <-> enclave RPC surface (DESIGN §4): method names, their params schemas and result shapes.
- * Both sides import this; each validates what it receives.
+ * The parent <-> enclave RPC surface, one table per direction (docs/PROTOCOL.md): `EnclaveApi` is what the
+ * enclave serves to the parent, `KmsProxyApi` what the parent's KMS proxy serves to the enclave. Each entry
+ * is a method's params schema and result type; the servers' handler maps and the clients' calls are typed
+ * from these tables (shared/src/rpc/api.ts). Each side validates what it receives.
  */
 import { z } from 'zod';
+import { defineMethod } from './rpc/api';
 import { base64, keyId } from './schema';
 import { SignRequestSchema, type SignResult } from './signing/schema';
 
@@ -10,13 +13,25 @@ const hexUpTo = (bytes: number) => z.string().regex(/^0x(?:[0-9a-fA-F]{2})*$/, '
 const blob = base64.max(8192, 'expected a key blob of at most 6 KiB');
 const arn = z.string().regex(/^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/, 'expected a KMS key ARN');
 
-export const EnclaveMethods = {
-  health: 'enclave.health',
-  create: 'keys.create',
-  sign: 'keys.sign',
-  forget: 'keys.forget',
-  attestation: 'attestation.get',
-} as const;
+/**
+ * The protocol version this build speaks, and the versions it accepts: its own and the one before, so a
+ * rolling upgrade can run an old parent with a new enclave and the reverse (docs/PROTOCOL.md, "Versions").
+ * Version 1 (release 0.2.0) has no `enclave.hello` and carries error codes in `data.reason` only.
+ * The version selects wire details only: the enclave's checks are the same whatever version is spoken.
+ */
+export const PROTOCOL_VERSION = 2;
+export const ACCEPTED_PROTOCOL_VERSIONS: readonly number[] = [PROTOCOL_VERSION - 1, PROTOCOL_VERSION];
+
+export const HelloParams = z.strictObject({ protocolVersion: z.number().int().min(1).max(1_000_000) });
+
+export interface HelloResult {
+  /** The version both sides speak on this connection. */
+  protocolVersion: number;
+  supportedVersions: number[];
+  /** The methods this enclave serves, so a parent can tell what it may call. */
+  features: string[];
+  enclaveVersion: string;
+}
 
 export const HealthParams = z.strictObject({});
 export const CreateParams = z.strictObject({ keyId, attest: z.boolean().optional() });
@@ -76,7 +91,27 @@ export interface CreateResult {
 
 export type { SignResult };
 
-export const KmsProxyMethods = { decrypt: 'kms.decrypt' } as const;
+export interface ForgetResult {
+  keyId: string;
+  /** Whether the key was in the enclave's cache. */
+  forgotten: boolean;
+}
+
+export interface AttestationResult {
+  /** COSE_Sign1 attestation document, base64; `user_data` is tagged (shared/src/attestation/user-data.ts). */
+  document: string;
+}
+
+/** What the enclave serves to the parent. */
+export const EnclaveApi = {
+  'enclave.hello': defineMethod<HelloResult>()(HelloParams),
+  'enclave.health': defineMethod<EnclaveHealth>()(HealthParams),
+  'keys.create': defineMethod<CreateResult>()(CreateParams),
+  'keys.sign': defineMethod<SignResult>()(SignParams),
+  'keys.forget': defineMethod<ForgetResult>()(ForgetParams),
+  'attestation.get': defineMethod<AttestationResult>()(AttestationParams),
+};
+export type EnclaveApi = typeof EnclaveApi;
 
 /**
  * Asked of the parent's KMS proxy by the enclave: an attested Decrypt. `deadlineMs` is how long the enclave
@@ -95,3 +130,9 @@ export interface KmsDecryptResult {
   /** The key ARN KMS reports. */
   keyId: string;
 }
+
+/** What the parent's KMS proxy serves to the enclave. */
+export const KmsProxyApi = {
+  'kms.decrypt': defineMethod<KmsDecryptResult>()(KmsDecryptParams),
+};
+export type KmsProxyApi = typeof KmsProxyApi;

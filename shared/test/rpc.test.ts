@@ -4,7 +4,7 @@ import { z } from 'zod';
 import fc from 'fast-check';
 import { KeystoreError } from '../src/errors';
 import { encodeFrame } from '../src/framing';
-import { FramedConnection, RpcClient, RpcServer, rpcMethod, backoffDelay } from '../src/rpc';
+import { FramedConnection, RpcClient, RpcServer, backoffDelay, defineMethod, serveApi } from '../src/rpc';
 import { SimulatedVsockTransport, simulatedSocketPath, type Connection, type ConnectionHandlers } from '../src/transport';
 import { captureLogger, tempRunDir, waitFor } from './helpers';
 
@@ -13,24 +13,33 @@ const ADDRESS = 'vsock://16:5000';
 /** Requests to 'gated' wait until the test calls the gate for their value. */
 const gates = new Map<number, () => void>();
 
+const Value = z.strictObject({ value: z.number() });
+const TestApi = {
+  gated: defineMethod<{ value: number }>()(Value),
+  echo: defineMethod<{ value: number }>()(Value),
+  fail: defineMethod<never>()(z.strictObject({})),
+  crash: defineMethod<never>()(z.strictObject({})),
+};
+type TestApi = typeof TestApi;
+
 function methods() {
-  return {
-    gated: rpcMethod(z.strictObject({ value: z.number() }), (p) => new Promise((resolve) => gates.set(p.value, () => resolve({ value: p.value })))),
-    echo: rpcMethod(z.strictObject({ value: z.number() }), (p) => ({ value: p.value })),
-    fail: rpcMethod(z.strictObject({}), () => {
+  return serveApi(TestApi, {
+    gated: (p) => new Promise((resolve) => gates.set(p.value, () => resolve({ value: p.value }))),
+    echo: (p) => ({ value: p.value }),
+    fail: () => {
       throw new KeystoreError('KEY_INTEGRITY', 'blob does not open');
-    }),
-    crash: rpcMethod(z.strictObject({}), () => {
+    },
+    crash: () => {
       throw new Error('secret-looking library text that must not reach the peer');
-    }),
-  };
+    },
+  });
 }
 
 describe('JSON-RPC over simulated vsock', () => {
   let runDir: string;
   let transport: SimulatedVsockTransport;
   let server: RpcServer;
-  let client: RpcClient;
+  let client: RpcClient<TestApi>;
   const log = captureLogger();
 
   beforeEach(async () => {
@@ -38,7 +47,7 @@ describe('JSON-RPC over simulated vsock', () => {
     transport = new SimulatedVsockTransport(runDir);
     server = new RpcServer({ name: 'test-server', methods: methods(), logger: log.logger, maxConcurrent: 20_000, maxInFlightPerConnection: 20_000 });
     await server.listen(transport, ADDRESS);
-    client = new RpcClient({ name: 'test-client', transport, address: ADDRESS, logger: log.logger, maxInFlight: 20_000 });
+    client = new RpcClient<TestApi>({ name: 'test-client', transport, address: ADDRESS, logger: log.logger, maxInFlight: 20_000 });
     await client.waitConnected(10_000);
   });
 
@@ -55,7 +64,7 @@ describe('JSON-RPC over simulated vsock', () => {
     const releaseOrder = [5, 2, 7, 0, 3, 6, 1, 4];
     const completed: number[] = [];
     const calls = releaseOrder.map((_, i) =>
-      client.call<{ value: number }>('gated', { value: i }).then((r) => {
+      client.call('gated', { value: i }).then((r) => {
         completed.push(r.value);
         return r.value;
       }),
@@ -71,7 +80,7 @@ describe('JSON-RPC over simulated vsock', () => {
 
   it('carries 10,000 concurrent requests on one connection', async () => {
     const n = 10_000;
-    const results = await Promise.all(Array.from({ length: n }, (_, i) => client.call<{ value: number }>('echo', { value: i }, { deadlineMs: 20_000 })));
+    const results = await Promise.all(Array.from({ length: n }, (_, i) => client.call('echo', { value: i }, { deadlineMs: 20_000 })));
     expect(results.map((r) => r.value)).toEqual(Array.from({ length: n }, (_, i) => i));
     expect(server.stats.connections).toBe(1);
     expect(client.pendingCount).toBe(0);
@@ -104,25 +113,29 @@ describe('JSON-RPC over simulated vsock', () => {
   });
 
   it('rejects unknown fields, wrong types, unknown methods', async () => {
+    // The table makes each of these a compile error; the server refuses them from a peer that sends them anyway.
+    // @ts-expect-error an unknown field
     const unknownField = (await client.call('echo', { value: 1, extra: true }).catch((e: unknown) => e)) as KeystoreError;
     expect(unknownField.code).toBe('INVALID_PARAMS');
     expect(unknownField.message).toContain('"extra"');
+    // @ts-expect-error a field of the wrong type
     const wrongType = (await client.call('echo', { value: 'one' }).catch((e: unknown) => e)) as KeystoreError;
     expect(wrongType.code).toBe('INVALID_PARAMS');
     expect(wrongType.message).toContain('params.value');
+    // @ts-expect-error a method not in the table
     const noMethod = (await client.call('nope', {}).catch((e: unknown) => e)) as KeystoreError;
     expect(noMethod.code).toBe('METHOD_NOT_FOUND');
   });
 
   it('answers OVERLOADED beyond the server concurrency cap and keeps serving', async () => {
     const capped = new RpcServer({ name: 'capped', methods: methods(), logger: log.logger, maxConcurrent: 4 });
-    const c = new RpcClient({ name: 'to-capped', transport, address: 'vsock://16:5002', logger: log.logger });
+    const c = new RpcClient<TestApi>({ name: 'to-capped', transport, address: 'vsock://16:5002', logger: log.logger });
     try {
       await capped.listen(transport, 'vsock://16:5002');
       await c.waitConnected(5000);
       // Ten requests whose handlers wait on gates: the first four to arrive hold the four slots until the
       // test opens them, so exactly six are refused, whatever the timing.
-      const settled = Promise.allSettled(Array.from({ length: 10 }, (_, i) => c.call<{ value: number }>('gated', { value: 100 + i })));
+      const settled = Promise.allSettled(Array.from({ length: 10 }, (_, i) => c.call('gated', { value: 100 + i })));
       await waitFor(() => capped.stats.overloaded === 6 && capped.stats.inFlight === 4, 5000, 'four running and six refused');
       expect(gates.size).toBe(4);
       for (const open of gates.values()) open();
@@ -140,7 +153,7 @@ describe('JSON-RPC over simulated vsock', () => {
   });
 
   it('answers OVERLOADED beyond the client in-flight cap without sending', async () => {
-    const small = new RpcClient({ name: 'small', transport, address: ADDRESS, logger: log.logger, maxInFlight: 2 });
+    const small = new RpcClient<TestApi>({ name: 'small', transport, address: ADDRESS, logger: log.logger, maxInFlight: 2 });
     try {
       await small.waitConnected(5000);
       const requestsBefore = server.stats.requests;
@@ -182,7 +195,7 @@ describe('RPC client waiting for its connection', () => {
     const runDir = tempRunDir();
     const transport = new SimulatedVsockTransport(runDir);
     const log = captureLogger();
-    const c = new RpcClient({ name: 'patient', transport, address: 'vsock://3:8000', logger: log.logger, waitForConnectionMs: 3000, backoff: { initialMs: 5000, maxMs: 5000 } });
+    const c = new RpcClient<TestApi>({ name: 'patient', transport, address: 'vsock://3:8000', logger: log.logger, waitForConnectionMs: 3000, backoff: { initialMs: 5000, maxMs: 5000 } });
     const server = new RpcServer({ name: 'late', methods: methods(), logger: log.logger });
     try {
       c.start();
@@ -208,7 +221,7 @@ describe('RPC server isolation', () => {
   let runDir: string;
   let transport: SimulatedVsockTransport;
   let server: RpcServer;
-  let client: RpcClient;
+  let client: RpcClient<TestApi>;
   let log: ReturnType<typeof captureLogger>;
 
   beforeEach(async () => {
@@ -217,7 +230,7 @@ describe('RPC server isolation', () => {
     transport = new SimulatedVsockTransport(runDir);
     server = new RpcServer({ name: 'iso', methods: methods(), logger: log.logger, maxFrameBytes: 64 * 1024 });
     await server.listen(transport, ADDRESS);
-    client = new RpcClient({ name: 'good', transport, address: ADDRESS, logger: log.logger });
+    client = new RpcClient<TestApi>({ name: 'good', transport, address: ADDRESS, logger: log.logger });
     await client.waitConnected(10_000);
   });
 

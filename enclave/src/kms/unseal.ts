@@ -6,7 +6,7 @@
  */
 import type { KeyBlob } from '../../../shared/src/blob';
 import { KeystoreError } from '../../../shared/src/errors';
-import { KmsProxyMethods } from '../../../shared/src/enclave-api';
+import type { KmsProxyApi } from '../../../shared/src/enclave-api';
 import type { RpcClient } from '../../../shared/src/rpc';
 import { FailedOpens } from './failed-opens';
 import { openKmsAnswer, type OpenedKey } from './open-answer';
@@ -21,7 +21,7 @@ export class Unsealer {
   kmsErrors = 0;
 
   constructor(
-    private readonly kmsProxy: RpcClient,
+    private readonly kmsProxy: RpcClient<KmsProxyApi>,
     private readonly recipient: RecipientKeys,
     private readonly failedOpens: FailedOpens,
     private readonly options: { kmsKeyArn: string; deadlineMs: number },
@@ -50,11 +50,12 @@ export class Unsealer {
     }
   }
 
+  /** `unknown`, not the table's result type: the answer comes from the parent and is checked by openKmsAnswer. */
   private async decrypt(blob: KeyBlob, document: Buffer): Promise<unknown> {
     this.kmsCalls += 1;
     try {
       return await this.kmsProxy.call(
-        KmsProxyMethods.decrypt,
+        'kms.decrypt',
         { kmsKeyArn: blob.kmsKeyArn, ciphertextBlob: blob.wrappedKey.toString('base64'), attestationDocument: document.toString('base64'), deadlineMs: this.options.deadlineMs },
         { deadlineMs: this.options.deadlineMs },
       );

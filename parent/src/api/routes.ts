@@ -5,7 +5,7 @@
 import { z } from 'zod';
 import { KeystoreError } from '../../../shared/src/errors';
 import { parseOrThrow } from '../../../shared/src/schema';
-import { SignRequestSchema } from '../../../shared/src/signing/schema';
+import { SignRequestSchema, type SignRequestInput } from '../../../shared/src/signing/schema';
 import type { Scope } from '../config';
 import { viewOf, type KeyRegistry } from '../key-registry';
 
@@ -106,7 +106,7 @@ export function routes(keys: KeyRegistry): Route[] {
         queryOf(query, NoQuery);
         if (body === undefined) throw new KeystoreError('INVALID_PARAMS', 'body: a sign request is required');
         parseOrThrow(SignRequestSchema, body, 'body'); // early, precise 400; the enclave validates again
-        return { status: 200, body: await keys.sign(params.keyId as string, body) };
+        return { status: 200, body: await keys.sign(params.keyId as string, body as SignRequestInput) };
       },
     },
     ...(['disable', 'enable'] as const).map(

@@ -1,11 +1,14 @@
 /**
  * A small pool of long-lived, multiplexed connections to the enclave. Calls go round-robin over the
  * connections that are up; when none is, they fail at once with a retryable UNAVAILABLE rather than waiting.
- * Each connection reconnects on its own with capped, jittered backoff.
+ * Each connection reconnects on its own with capped, jittered backoff, and opens with `enclave.hello` to agree
+ * a protocol version (docs/PROTOCOL.md, "Versions"); a connection whose enclave speaks none this parent
+ * accepts never counts as up.
  */
+import { ACCEPTED_PROTOCOL_VERSIONS, PROTOCOL_VERSION, type EnclaveApi } from '../../../shared/src/enclave-api';
 import { KeystoreError } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/log';
-import { RpcClient } from '../../../shared/src/rpc';
+import { RpcClient, type HandshakeCall, type MethodName, type ParamsOf, type ResultOf } from '../../../shared/src/rpc';
 import type { Transport } from '../../../shared/src/transport';
 
 export interface PoolOptions {
@@ -20,15 +23,20 @@ export interface PoolOptions {
   onStateChange?: (up: boolean) => void;
 }
 
+export type EnclaveMethod = MethodName<EnclaveApi>;
+
 export class EnclavePool {
-  private readonly clients: RpcClient[];
+  private readonly clients: RpcClient<EnclaveApi>[];
+  /** The protocol version agreed on each connection (undefined until its handshake succeeds). */
+  private readonly versions: Array<number | undefined>;
   private next = 0;
+  private lastRefusal: string | undefined;
 
   constructor(private readonly options: PoolOptions) {
     this.clients = Array.from(
       { length: options.size },
       (_, i) =>
-        new RpcClient({
+        new RpcClient<EnclaveApi>({
           name: `enclave#${i}`,
           transport: options.transport,
           address: options.address,
@@ -38,8 +46,44 @@ export class EnclavePool {
           maxInFlight: options.maxInFlightPerConnection,
           backoff: { initialMs: 50, maxMs: 1000 },
           onStateChange: () => options.onStateChange?.(this.up),
+          handshake: (call) => this.hello(call, i),
         }),
     );
+    this.versions = this.clients.map(() => undefined);
+  }
+
+  /** The protocol version spoken with the enclave (the lowest over connections that are up), if any is up. */
+  get protocolVersion(): number | undefined {
+    const spoken = this.clients.flatMap((c, i) => (c.connected && this.versions[i] !== undefined ? [this.versions[i] as number] : []));
+    return spoken.length ? Math.min(...spoken) : undefined;
+  }
+
+  /** A version-1 enclave has no `enclave.hello` (METHOD_NOT_FOUND): it is spoken to in version 1. */
+  private async hello(call: HandshakeCall<EnclaveApi>, i: number): Promise<void> {
+    let version: number;
+    try {
+      version = (await call('enclave.hello', { protocolVersion: PROTOCOL_VERSION })).protocolVersion;
+    } catch (err) {
+      if (!(err instanceof KeystoreError && err.code === 'METHOD_NOT_FOUND')) {
+        if (err instanceof KeystoreError && err.code === 'UNSUPPORTED_VERSION') this.refused(err.message);
+        throw err;
+      }
+      version = 1;
+    }
+    if (!ACCEPTED_PROTOCOL_VERSIONS.includes(version)) {
+      const upgrade = version > PROTOCOL_VERSION ? 'the parent' : 'the enclave image';
+      const message = `the enclave speaks protocol version ${String(version)}; this parent accepts versions ${ACCEPTED_PROTOCOL_VERSIONS.join(' and ')}: upgrade ${upgrade}`;
+      this.refused(message);
+      throw new KeystoreError('UNSUPPORTED_VERSION', message);
+    }
+    this.versions[i] = version;
+  }
+
+  /** Logged once per distinct refusal: every connection retries it about once a second. */
+  private refused(message: string): void {
+    if (message === this.lastRefusal) return;
+    this.lastRefusal = message;
+    this.options.logger.error({ address: this.options.address }, `protocol version refused: ${message}`);
   }
 
   start(): void {
@@ -55,12 +99,12 @@ export class EnclavePool {
     return this.clients.filter((c) => c.connected).length;
   }
 
-  async call<T>(method: string, params: object, deadlineMs = this.options.deadlineMs): Promise<T> {
+  async call<M extends EnclaveMethod>(method: M, params: ParamsOf<EnclaveApi, M>, deadlineMs = this.options.deadlineMs): Promise<ResultOf<EnclaveApi, M>> {
     const started = process.hrtime.bigint();
     let outcome = 'ok';
     try {
       const client = this.pick();
-      return await client.call<T>(method, params, { deadlineMs });
+      return await client.call(method, params, { deadlineMs });
     } catch (err) {
       outcome = err instanceof KeystoreError ? err.code : 'INTERNAL';
       throw err;
@@ -69,9 +113,9 @@ export class EnclavePool {
     }
   }
 
-  private pick(): RpcClient {
+  private pick(): RpcClient<EnclaveApi> {
     for (let i = 0; i < this.clients.length; i++) {
-      const c = this.clients[(this.next + i) % this.clients.length] as RpcClient;
+      const c = this.clients[(this.next + i) % this.clients.length] as RpcClient<EnclaveApi>;
       if (c.connected) {
         this.next = (this.next + i + 1) % this.clients.length;
         return c;

@@ -10,8 +10,8 @@
 import { DecryptCommand, KMSClient } from '@aws-sdk/client-kms';
 import { KeystoreError, type ErrorCode } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/log';
-import { KmsDecryptParams, KmsProxyMethods, type KmsDecryptResult } from '../../../shared/src/enclave-api';
-import { backoffDelay, RpcServer, rpcMethod } from '../../../shared/src/rpc';
+import { KmsProxyApi, type KmsDecryptResult } from '../../../shared/src/enclave-api';
+import { backoffDelay, RpcServer, serveApi, type ValidParamsOf } from '../../../shared/src/rpc';
 import type { Listener, Transport } from '../../../shared/src/transport';
 
 export interface KmsProxyOptions {
@@ -89,7 +89,7 @@ export class KmsProxy {
       name: 'kms-proxy',
       logger: options.logger,
       maxConcurrent: options.maxConcurrent,
-      methods: { [KmsProxyMethods.decrypt]: rpcMethod(KmsDecryptParams, (p) => this.decrypt(p)) },
+      methods: serveApi(KmsProxyApi, { 'kms.decrypt': (p) => this.decrypt(p) }),
     });
   }
 
@@ -97,7 +97,7 @@ export class KmsProxy {
     return this.server.listen(transport, address);
   }
 
-  async decrypt(p: { kmsKeyArn: string; ciphertextBlob: string; attestationDocument: string; deadlineMs?: number | undefined }): Promise<KmsDecryptResult> {
+  async decrypt(p: ValidParamsOf<KmsProxyApi, 'kms.decrypt'>): Promise<KmsDecryptResult> {
     if (!this.allowed.has(p.kmsKeyArn)) {
       throw new KeystoreError('KMS_KEY_NOT_ALLOWED', `KMS key ${p.kmsKeyArn} is not in this parent's allowedKeyArns`);
     }

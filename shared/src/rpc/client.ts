@@ -14,6 +14,7 @@
 import { fromRpcError, KeystoreError } from '../errors';
 import type { Logger } from '../log';
 import type { Transport } from '../transport/types';
+import type { MethodName, ParamsOf, ResultOf, RpcApi } from './api';
 import { FramedConnection } from './framed-connection';
 import { ResponseEnvelopeSchema, type RpcId } from './jsonrpc';
 
@@ -22,7 +23,10 @@ export interface BackoffOptions {
   maxMs: number;
 }
 
-export interface RpcClientOptions {
+/** A call on a connection being set up, for the handshake. */
+export type HandshakeCall<A extends RpcApi> = <M extends MethodName<A>>(method: M, params: ParamsOf<A, M>) => Promise<ResultOf<A, M>>;
+
+export interface RpcClientOptions<A extends RpcApi = RpcApi> {
   name: string;
   transport: Transport;
   address: string;
@@ -41,6 +45,11 @@ export interface RpcClientOptions {
    * this long (within its deadline) instead of failing fast. For links where a short wait beats an error.
    */
   waitForConnectionMs?: number;
+  /**
+   * Runs on every new connection before any call may use it (within `connectTimeoutMs`). If it throws, the
+   * connection is closed, the error logged, and the client reconnects with backoff as after a failed connect.
+   */
+  handshake?: (call: HandshakeCall<A>) => Promise<void>;
 }
 
 export interface CallOptions {
@@ -63,7 +72,8 @@ export function backoffDelay(attempt: number, { initialMs, maxMs }: BackoffOptio
   return Math.round(ceiling / 2 + random() * (ceiling / 2));
 }
 
-export class RpcClient {
+/** A client for the method table `A`: `call` accepts only its methods, their params, and returns their results. */
+export class RpcClient<A extends RpcApi = RpcApi> {
   private state: State = 'idle';
   private conn: FramedConnection | null = null;
   private readonly pending = new Map<RpcId, Pending>();
@@ -78,7 +88,7 @@ export class RpcClient {
   /** Runs while the connection has unsent bytes and the peer has taken none of them for a while. */
   private stallTimer: NodeJS.Timeout | null = null;
 
-  constructor(private readonly options: RpcClientOptions) {
+  constructor(private readonly options: RpcClientOptions<A>) {
     this.maxInFlight = options.maxInFlight ?? 1024;
     this.maxQueuedBytes = options.maxQueuedBytes ?? 4 * 1024 * 1024;
     this.defaultDeadlineMs = options.defaultDeadlineMs ?? 5000;
@@ -122,7 +132,7 @@ export class RpcClient {
     }
   }
 
-  async call<T = unknown>(method: string, params: object, options: CallOptions = {}): Promise<T> {
+  async call<M extends MethodName<A>>(method: M, params: ParamsOf<A, M>, options: CallOptions = {}): Promise<ResultOf<A, M>> {
     const deadlineMs = options.deadlineMs ?? this.defaultDeadlineMs;
     const startedAt = Date.now();
     if (this.state === 'idle') this.start();
@@ -144,13 +154,17 @@ export class RpcClient {
     }
     const remaining = deadlineMs - (Date.now() - startedAt);
     if (remaining <= 0) throw this.timeout(method, deadlineMs);
+    return this.request(conn, method, params, remaining, deadlineMs) as Promise<ResultOf<A, M>>;
+  }
 
+  /** Sends one request on `conn` and waits up to `remainingMs` for its answer. */
+  private request(conn: FramedConnection, method: string, params: unknown, remainingMs: number, deadlineMs = remainingMs): Promise<unknown> {
     const id = this.nextId++;
-    return new Promise<T>((resolve, reject) => {
+    return new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => {
         if (this.pending.delete(id)) reject(this.timeout(method, deadlineMs));
-      }, remaining);
-      this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer, method });
+      }, remainingMs);
+      this.pending.set(id, { resolve, reject, timer, method });
       try {
         conn.send({ jsonrpc: '2.0', id, method, params });
         if (conn.bufferedBytes > 0) this.watchStall(conn);
@@ -212,6 +226,23 @@ export class RpcClient {
         this.options.maxFrameBytes,
       );
       this.conn = framed;
+      if (this.options.handshake) {
+        // Still 'connecting': calls wait for the handshake, and a close now fails only its own requests.
+        const timeoutMs = this.options.connectTimeoutMs ?? 2000;
+        const call = ((method: string, params: unknown) => this.request(framed, method, params, timeoutMs)) as HandshakeCall<A>;
+        try {
+          await this.options.handshake(call);
+        } catch (err) {
+          if (this.conn === framed) this.conn = null;
+          framed.destroy();
+          throw err;
+        }
+        if (this.isClosed() || this.conn !== framed) {
+          framed.destroy();
+          if (!this.isClosed()) throw new Error('the connection closed during the handshake');
+          return;
+        }
+      }
       this.state = 'connected';
       if (this.attempt > 0) logger.info({ address, attempts: this.attempt }, `${name} reconnected`);
       else logger.debug({ address }, `${name} connected`);
@@ -266,8 +297,9 @@ export class RpcClient {
     this.conn = null;
     this.clearStall();
     this.failAll(`connection to ${this.options.address} lost${why ? ` (${why})` : ''}`);
-    if (this.state === 'closed') return;
-    this.options.logger.warn({ address: this.options.address, reason: why }, `${this.options.name} connection closed; reconnecting`);
+    // During a handshake the failed handshake reconnects; the connection never counted as up.
+    if (this.state === 'closed' || this.state === 'connecting') return;
+    this.options.logger.warn({ address: this.options.address, why }, `${this.options.name} connection closed; reconnecting`);
     this.options.onStateChange?.(false);
     this.scheduleReconnect();
   }

@@ -1,4 +1,15 @@
-export { RpcClient, backoffDelay, type RpcClientOptions, type CallOptions, type BackoffOptions } from './client';
+export { RpcClient, backoffDelay, type RpcClientOptions, type CallOptions, type BackoffOptions, type HandshakeCall } from './client';
+export {
+  defineMethod,
+  serveApi,
+  type RpcApi,
+  type RpcMethodDef,
+  type RpcHandlers,
+  type MethodName,
+  type ParamsOf,
+  type ValidParamsOf,
+  type ResultOf,
+} from './api';
 export {
   RpcServer,
   rpcMethod,
