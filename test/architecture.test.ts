@@ -1,7 +1,7 @@
 /**
- * The trust boundary in code (DESIGN §2): enclave/ and parent/ never import each other, in either direction;
- * shipped code never imports the simulators; shared/ depends on nothing project-local but itself; client/
- * only on shared/.
+ * The trust boundary in code (docs/ARCHITECTURE.md, "Folders, and what each may import"): enclave/ and parent/
+ * never import each other, in either direction; shipped code never imports the simulators; shared/ depends on
+ * nothing project-local but itself; client/ only on shared/.
  *
  * Imports are read with the TypeScript compiler's parser (every form: static, side-effect, type-only,
  * re-exports, `import x = require()`, `import()`, `require()`, `import('…')` types) and resolved with its

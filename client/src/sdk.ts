@@ -1,5 +1,5 @@
 /**
- * Typed client for the nitro-keystore caller API (DESIGN §5).
+ * Typed client for the nitro-keystore caller API (README.md, "Caller API").
  *
  *   const ks = new KeystoreClient({ url: 'http://127.0.0.1:7070', token });
  *   const { key } = await ks.createKey({ externalId: 'user-42' });

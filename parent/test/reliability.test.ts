@@ -1,5 +1,5 @@
 /**
- * Reliability of the parent (DESIGN §9): durable before acknowledged, idempotent creation under concurrency,
+ * Reliability of the parent: durable before acknowledged, idempotent creation under concurrency,
  * bounded in-flight work, and an enclave that stops and comes back under load.
  *
  * No timing bets: every phase waits for its event (a count of outcomes, readiness, KMS calls held by the

@@ -1,8 +1,8 @@
 /**
- * The sealed-key blob, version 1 (DESIGN §3): canonical CBOR of
+ * The sealed-key blob, version 1 (docs/SEALING.md, "The blob, version 1"): canonical CBOR of
  *   {v:1, alg:"RSAES_OAEP_SHA_256/A256GCM", kmsKeyArn, keyId, address, createdAt, wrappedKey, iv(12), ciphertext(48)}
- * carried as base64 in JSON and in the database. The parent reads it (address, keyId) but cannot open it;
- * sealing and opening live in the enclave.
+ * carried as base64 in JSON and in the database. The parent stores it as the enclave made it and cannot open
+ * it; sealing and opening live in the enclave.
  *
  * AAD = canonical CBOR of {v, alg, kmsKeyArn, keyId, address}: a blob altered or moved to another key id
  * does not authenticate.

@@ -1,7 +1,8 @@
 /**
- * CMS EnvelopedData as AWS KMS returns it in `CiphertextForRecipient` (nitro-kms-facts §1.4): a BER
- * ContentInfo (indefinite lengths) holding one KeyTransRecipientInfo (RSAES-OAEP, SHA-256, MGF1-SHA-256, empty
- * label) and AES-256-CBC content whose ciphertext is either primitive or chunked.
+ * CMS EnvelopedData as AWS KMS returns it in `CiphertextForRecipient` (docs/NITRO-KMS.md,
+ * "CiphertextForRecipient"): a BER ContentInfo (indefinite lengths) holding one KeyTransRecipientInfo
+ * (RSAES-OAEP, SHA-256, MGF1-SHA-256, empty label) and AES-256-CBC content whose ciphertext is either primitive
+ * or chunked.
  *
  * Parsing uses @peculiar/asn1-cms; decryption uses node:crypto. Every malformed or unexpected input throws a
  * CmsError naming what was wrong; nothing here ever reports plaintext.

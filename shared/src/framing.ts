@@ -1,5 +1,5 @@
 /**
- * Frame codec for the parent <-> enclave link (DESIGN §4):
+ * Frame codec for the parent <-> enclave link (docs/PROTOCOL.md, "Framing"):
  *   u32 BE payload length | u32 BE CRC-32 of the payload | payload (UTF-8 JSON)
  *
  * The decoder is incremental: it accepts the byte stream in chunks of any size, including frames split across

@@ -1,8 +1,8 @@
 /**
- * Issue 12 §4: a parent that sends requests and never reads the answers must not grow the server's memory
- * without bound. These tests stand where a malicious parent would: raw sockets to a real RpcServer over the
- * simulated transport, pipelining requests and never reading. No timed assertions on speed; every loop is
- * bounded and every wait has a generous limit.
+ * docs/SECURITY.md, "Costly requests and a parent that never reads": a parent that sends requests and never reads
+ * the answers must not grow the server's memory without bound. These tests stand where a malicious parent would:
+ * raw sockets to a real RpcServer over the simulated transport, pipelining requests and never reading. No timed
+ * assertions on speed; every loop is bounded and every wait has a generous limit.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';

@@ -1,7 +1,7 @@
 /**
- * Issue 12 §5: CBOR the parent supplies is decoded strictly. One encoding per value: no duplicate keys, no
- * tags, no indefinite lengths, no floats, shortest heads, keys sorted by their encoded bytes, nothing trailing,
- * and the deterministic re-encoding equals the input.
+ * docs/SECURITY.md, "Strict decoding of parent-supplied CBOR": CBOR the parent supplies is decoded strictly. One
+ * encoding per value: no duplicate keys, no tags, no indefinite lengths, no floats, shortest heads, keys sorted
+ * by their encoded bytes, nothing trailing, and the deterministic re-encoding equals the input.
  */
 import fc from 'fast-check';
 import { encodeBlob, type KeyBlob } from '../src/blob';

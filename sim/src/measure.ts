@@ -2,7 +2,7 @@
  * PCR arithmetic and the simulated image measurement.
  *
  * Real Nitro: PCRn = SHA384(0^48 ‖ H) for the image parts, extend = SHA384(old ‖ data), PCR3 = extend of the
- * parent's IAM role ARN, PCR4 = extend of its instance id (nitro-kms-facts §3.4). The simulation has no EIF,
+ * parent's IAM role ARN, PCR4 = extend of its instance id (docs/NITRO-KMS.md, "PCRs"). The simulation has no EIF,
  * so it measures the files the enclave would run from (bundle and configuration, in a fixed order): any byte
  * that changes in them changes PCR0, as a rebuilt image would.
  */

@@ -104,7 +104,7 @@ describe('image measurement', () => {
   });
 
   it('computes PCR4 from the instance id as Nitro does', () => {
-    // The real document's PCR4 (nitro-kms-facts §3.4) for instance i-0f73a4b4cb74cc9f2.
+    // The real document's PCR4 (docs/NITRO-KMS.md, "PCRs") for instance i-0f73a4b4cb74cc9f2.
     expect(measureString('i-0f73a4b4cb74cc9f2')).toBe('9ab5a1aba055ee41ee254b9b251a58259b29fa1096859762744e9ac73b5869b25e51223854d9f86adbb37fe69f3e5d1c');
   });
 });

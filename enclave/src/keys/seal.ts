@@ -1,5 +1,5 @@
 /**
- * Sealing a private key into a v1 blob and opening it again (DESIGN §3). Creation needs no KMS call: a fresh
+ * Sealing a private key into a v1 blob and opening it again (docs/SEALING.md). Creation needs no KMS call: a fresh
  * data key (DEK) encrypts the secret with AES-256-GCM under the blob's AAD, and the DEK is wrapped with
  * RSAES-OAEP-SHA256 to the KMS key's public half, pinned in the enclave configuration. Only KMS can unwrap it,
  * and only for an attested enclave (the key policy's conditions).

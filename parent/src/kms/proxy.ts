@@ -1,7 +1,8 @@
 /**
- * The KMS attestation proxy (DESIGN §3, §4): the enclave has no network, so the parent calls AWS KMS for it
- * with the enclave's attestation document as `Recipient`. KMS then answers with CMS that only the attested
- * enclave can open; the parent never holds plaintext.
+ * The KMS attestation proxy, serving `kms.decrypt` (docs/PROTOCOL.md, "Methods"; docs/SEALING.md, "Unsealing"):
+ * the enclave has no network, so the parent calls AWS KMS for it with the enclave's attestation document as
+ * `Recipient`. KMS then answers with CMS that only the attested enclave can open; the parent never holds
+ * plaintext.
  *
  * Rules: only configured key ARNs; never a request without an attestation document; throttling and 5xx
  * retried with jittered backoff inside the request deadline; KMS errors mapped to the shared error codes; a

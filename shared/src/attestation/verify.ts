@@ -1,5 +1,6 @@
 /**
- * Verification of a Nitro attestation document (nsm-api attestation_process.md §3, nitro-kms-facts §3):
+ * Verification of a Nitro attestation document (docs/NITRO-KMS.md, "Attestation documents", which follows
+ * aws-nitro-enclaves-nsm-api docs/attestation_process.md §3):
  *
  * 1. decode the COSE_Sign1 and the payload (document.ts);
  * 2. the chain [cabundle[0] .. cabundle[N-1], certificate] starts at a pinned root (byte-equal DER);

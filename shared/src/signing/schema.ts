@@ -1,7 +1,7 @@
 /**
- * What can be signed (DESIGN §5): the request shapes shared by the caller API (parent) and `keys.sign`
- * (enclave). Both sides validate with the same strict schemas; the enclave, which trusts nothing the parent
- * says, re-validates and derives the hash itself from the structured input.
+ * What can be signed (README.md, "Caller API"): the request shapes shared by the caller API (parent) and
+ * `keys.sign` (enclave). Both sides validate with the same strict schemas; the enclave, which trusts nothing the
+ * parent says, re-validates and derives the hash itself from the structured input.
  *
  * Field names follow viem (`TransactionSerializable`, `UserOperation` 0.6/0.7, `AuthorizationRequest`);
  * integers are decimal strings, 0x hex, or (when small) JSON numbers, and come out as bigint or number.

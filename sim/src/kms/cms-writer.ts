@@ -1,7 +1,7 @@
 /**
- * Builds `CiphertextForRecipient` exactly as AWS KMS does (nitro-kms-facts §1.4): a BER ContentInfo with
- * indefinite lengths on the same nodes as real KMS output, one KeyTransRecipientInfo (version 2, 32-byte
- * subjectKeyIdentifier, RSAES-OAEP with SHA-256 and MGF1-SHA-256), AES-256-CBC content carried as a
+ * Builds `CiphertextForRecipient` exactly as AWS KMS does (docs/NITRO-KMS.md, "CiphertextForRecipient"): a BER
+ * ContentInfo with indefinite lengths on the same nodes as real KMS output, one KeyTransRecipientInfo (version 2,
+ * 32-byte subjectKeyIdentifier, RSAES-OAEP with SHA-256 and MGF1-SHA-256), AES-256-CBC content carried as a
  * constructed [0] holding one OCTET STRING. asn1js writes the BER; node:crypto does the cryptography.
  */
 import { constants, createCipheriv, createHash, publicEncrypt, randomBytes, type KeyObject } from 'node:crypto';

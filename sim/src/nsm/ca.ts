@@ -1,8 +1,8 @@
 /**
- * A test certificate authority with the AWS Nitro certificate profile (nitro-kms-facts §3.3):
- * root (30 y) → regional (20 d, pathLen 2) → zonal (6 d, pathLen 1) → instance (1 d, pathLen 0) → leaf (3 h),
- * all P-384 with ecdsa-with-SHA384. The root and intermediates persist in a state file so verifiers can pin the
- * root across restarts; expiring certificates below the root are re-issued on demand.
+ * A test certificate authority with the AWS Nitro certificate profile (docs/NITRO-KMS.md, "Attestation
+ * documents"): root (30 y) → regional (20 d, pathLen 2) → zonal (6 d, pathLen 1) → instance (1 d, pathLen 0) →
+ * leaf (3 h), all P-384 with ecdsa-with-SHA384. The root and intermediates persist in a state file so verifiers
+ * can pin the root across restarts; expiring certificates below the root are re-issued on demand.
  */
 import { randomBytes, webcrypto, KeyObject, createPrivateKey } from 'node:crypto';
 import fs from 'node:fs';

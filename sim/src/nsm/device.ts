@@ -1,6 +1,6 @@
 /**
  * The simulated Nitro Secure Module: the CBOR request/response protocol that `/dev/nsm` carries
- * (nitro-kms-facts §4.2, serde's externally tagged enums), with QEMU virtio-nsm's error semantics.
+ * (docs/NITRO-KMS.md, "The NSM device": serde's externally tagged enums), with QEMU virtio-nsm's error semantics.
  *
  * PCRs 0..15 are locked at boot (0-4 set from configuration), 16..31 start unlocked at zero.
  */

@@ -1,7 +1,7 @@
 /**
- * Signing of attestation documents exactly as the NSM emits them (nitro-kms-facts §3.2): an untagged
- * COSE_Sign1 with protected header {1: -35}, an empty unprotected map, a payload map with the nine fields in
- * NSM order (absent optional fields as CBOR null, timestamp as a 64-bit unsigned integer) and a raw r‖s
+ * Signing of attestation documents exactly as the NSM emits them (docs/NITRO-KMS.md, "Attestation documents"): an
+ * untagged COSE_Sign1 with protected header {1: -35}, an empty unprotected map, a payload map with the nine
+ * fields in NSM order (absent optional fields as CBOR null, timestamp as a 64-bit unsigned integer) and a raw r‖s
  * ES384 signature.
  */
 import { sign } from 'node:crypto';
