@@ -1,4 +1,4 @@
-/** JSON-RPC 2.0 envelopes as used on the parent <-> enclave link (DESIGN §4). Batches are not used. */
+/** JSON-RPC 2.0 envelopes as used on the parent <-> enclave link (docs/PROTOCOL.md, "Envelopes"). Batches are not used. */
 import { z } from 'zod';
 import type { RpcErrorObject } from '../errors';
 
