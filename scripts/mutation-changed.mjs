@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
 import { MEASURED_AT, MODULE_FLOORS, MUTATED, REPORT_JSON } from '../stryker.config.mjs';
+import { sameCode } from './same-code.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values } = parseArgs({
@@ -31,6 +32,17 @@ if (budgetMinutes !== undefined && !(budgetMinutes > 0)) {
 function git(args) {
   const res = spawnSync('git', args, { cwd: root, encoding: 'utf8' });
   return { ok: res.status === 0, out: res.stdout.trim(), err: res.stderr.trim() };
+}
+
+/**
+ * Whether `file` compiles to the same code at `rev` as in the working tree (scripts/same-code.mjs).
+ * @param {string} rev
+ * @param {string} file
+ */
+function sameCodeSince(rev, file) {
+  const before = git(['show', `${rev}:${file}`]);
+  if (!before.ok || !existsSync(path.join(root, file))) return false;
+  return sameCode(before.out, readFileSync(path.join(root, file), 'utf8'));
 }
 
 /** @type {string[]} */
@@ -65,8 +77,12 @@ if (all) {
     process.exit(2);
   }
   const changed = new Set(diff.out.split('\n').filter(Boolean));
-  modules = MUTATED.filter((m) => changed.has(m));
-  console.log(`mutation: ${changed.size} file(s) changed since ${base} (${resolved.out.slice(0, 12)}); ${modules.length} of them under mutation testing`);
+  const touched = MUTATED.filter((m) => changed.has(m));
+  // A module whose compiled code is the same (only formatting or comments changed) keeps its measured score.
+  const layoutOnly = touched.filter((m) => sameCodeSince(resolved.out, m));
+  modules = touched.filter((m) => !layoutOnly.includes(m));
+  console.log(`mutation: ${changed.size} file(s) changed since ${base} (${resolved.out.slice(0, 12)}); ${touched.length} of them under mutation testing`);
+  if (layoutOnly.length) console.log(`mutation: formatting or comments only, same code as measured: ${layoutOnly.join(', ')}`);
 }
 if (modules.length === 0) {
   console.log('mutation: no security-critical module changed; nothing to test');
