@@ -25,6 +25,9 @@ export interface PoolOptions {
 
 export type EnclaveMethod = MethodName<EnclaveApi>;
 
+/** Hello attempts on one connection while the enclave answers OVERLOADED. */
+const HELLO_ATTEMPTS = 4;
+
 export class EnclavePool {
   private readonly clients: RpcClient<EnclaveApi>[];
   /** The protocol version agreed on each connection (undefined until its handshake succeeds). */
@@ -61,14 +64,25 @@ export class EnclavePool {
   /** A version-1 enclave has no `enclave.hello` (METHOD_NOT_FOUND): it is spoken to in version 1. */
   private async hello(call: HandshakeCall<EnclaveApi>, i: number): Promise<void> {
     let version: number;
-    try {
-      version = (await call('enclave.hello', { protocolVersion: PROTOCOL_VERSION })).protocolVersion;
-    } catch (err) {
-      if (!(err instanceof KeystoreError && err.code === 'METHOD_NOT_FOUND')) {
-        if (err instanceof KeystoreError && err.code === 'UNSUPPORTED_VERSION') this.refused(err.message);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        version = (await call('enclave.hello', { protocolVersion: PROTOCOL_VERSION })).protocolVersion;
+        break;
+      } catch (err) {
+        const code = err instanceof KeystoreError ? err.code : undefined;
+        if (code === 'METHOD_NOT_FOUND') {
+          version = 1;
+          break;
+        }
+        // A busy enclave refuses the hello like any request: try again shortly rather than drop the connection
+        // (the handshake as a whole still ends within connectTimeoutMs).
+        if (code === 'OVERLOADED' && attempt < HELLO_ATTEMPTS) {
+          await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
+          continue;
+        }
+        if (code === 'UNSUPPORTED_VERSION') this.refused((err as KeystoreError).message);
         throw err;
       }
-      version = 1;
     }
     if (!ACCEPTED_PROTOCOL_VERSIONS.includes(version)) {
       const upgrade = version > PROTOCOL_VERSION ? 'the parent' : 'the enclave image';
@@ -77,6 +91,7 @@ export class EnclavePool {
       throw new KeystoreError('UNSUPPORTED_VERSION', message);
     }
     this.versions[i] = version;
+    this.lastRefusal = undefined; // a later refusal (another image) is logged again
   }
 
   /** Logged once per distinct refusal: every connection retries it about once a second. */

@@ -46,8 +46,9 @@ export interface RpcClientOptions<A extends RpcApi = RpcApi> {
    */
   waitForConnectionMs?: number;
   /**
-   * Runs on every new connection before any call may use it (within `connectTimeoutMs`). If it throws, the
-   * connection is closed, the error logged, and the client reconnects with backoff as after a failed connect.
+   * Runs on every new connection before any call may use it, and must finish within `connectTimeoutMs`. If it
+   * throws or runs out of time, the connection is closed, the error logged, and the client reconnects with
+   * backoff as after a failed connect.
    */
   handshake?: (call: HandshakeCall<A>) => Promise<void>;
 }
@@ -227,15 +228,24 @@ export class RpcClient<A extends RpcApi = RpcApi> {
       );
       this.conn = framed;
       if (this.options.handshake) {
-        // Still 'connecting': calls wait for the handshake, and a close now fails only its own requests.
+        // Still 'connecting': calls wait for the handshake, and a close now fails only its own requests. The
+        // whole handshake, however many calls it makes, ends within connectTimeoutMs.
         const timeoutMs = this.options.connectTimeoutMs ?? 2000;
-        const call = ((method: string, params: unknown) => this.request(framed, method, params, timeoutMs)) as HandshakeCall<A>;
+        const until = Date.now() + timeoutMs;
+        const call = ((method: string, params: unknown) =>
+          this.request(framed, method, params, Math.max(1, until - Date.now()), timeoutMs)) as HandshakeCall<A>;
+        let timer: NodeJS.Timeout | undefined;
+        const expired = new Promise<never>((_, reject) => {
+          timer = setTimeout(() => reject(new KeystoreError('TIMEOUT', `${name}: handshake not done within ${timeoutMs} ms`)), timeoutMs);
+        });
         try {
-          await this.options.handshake(call);
+          await Promise.race([this.options.handshake(call), expired]);
         } catch (err) {
           if (this.conn === framed) this.conn = null;
           framed.destroy();
           throw err;
+        } finally {
+          clearTimeout(timer);
         }
         if (this.isClosed() || this.conn !== framed) {
           framed.destroy();

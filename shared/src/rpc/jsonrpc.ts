@@ -10,7 +10,11 @@ export const RequestEnvelopeSchema = z.strictObject({
   jsonrpc: z.literal('2.0'),
   id,
   method: z.string().min(1).max(128),
-  params: z.record(z.string(), z.unknown()).optional(),
+  // Passed on as received (not copied by a record schema, which would drop an own `__proto__` key), so each
+  // method's strict schema sees, and refuses, every key the peer sent.
+  params: z
+    .custom<Record<string, unknown>>((v) => typeof v === 'object' && v !== null && !Array.isArray(v), 'expected params to be an object')
+    .optional(),
 });
 export type RequestEnvelope = z.infer<typeof RequestEnvelopeSchema>;
 
