@@ -2,9 +2,8 @@
  * scripts/same-code.mjs decides whether a measured module's mutation score still stands after an edit
  * (scripts/mutation-changed.mjs): a reformat or a comment is not a change; anything the compiler keeps is.
  */
-import path from 'node:path';
-
-const { sameCode } = require(path.join(__dirname, '..', 'scripts', 'same-code.mjs')) as { sameCode: (a: string, b: string) => boolean };
+// @ts-expect-error: a plain ES module script without type declarations
+import { sameCode } from '../scripts/same-code.mjs';
 
 const original = `/** Doubles. */
 export function f(a: number, b: string[]): number {

@@ -2,8 +2,8 @@
  * The handlers of the methods the enclave serves (`EnclaveApi`, docs/PROTOCOL.md), with health counters and
  * errors counted by code.
  */
-import { version as packageVersion } from '../../package.json';
 import { USER_DATA_TAGS } from '../../shared/src/attestation/user-data';
+import { RELEASE_VERSION } from '../../shared/src/release';
 import { asKeystoreError, KeystoreError } from '../../shared/src/errors';
 import { ACCEPTED_PROTOCOL_VERSIONS, EnclaveApi, PROTOCOL_VERSION, type EnclaveHealth, type HelloResult, type KmsProxyApi } from '../../shared/src/enclave-api';
 import { serveApi, type RpcClient, type RpcMethod, type RpcServerStats } from '../../shared/src/rpc';
@@ -15,8 +15,7 @@ import type { RecipientKeys } from './kms/recipient';
 import type { Unsealer } from './kms/unseal';
 import type { NsmClient } from './nsm/client';
 
-/** The release, from package.json (bundled in): what `enclave.hello` and `enclave.health` report. */
-export const ENCLAVE_VERSION: string = packageVersion;
+export const ENCLAVE_VERSION = RELEASE_VERSION;
 
 export interface EnclaveParts {
   keys: KeyVault;

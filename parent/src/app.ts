@@ -8,7 +8,7 @@ import type { EnclaveHealth } from '../../shared/src/enclave-api';
 import { createTransport } from '../../shared/src/transport';
 import { ApiServer } from './api/server';
 import { TokenAuth } from './api/auth';
-import { routes } from './api/routes';
+import { callerRoutes } from './api/routes';
 import type { ParentConfig } from './config';
 import { EnclavePool } from './enclave/pool';
 import { KeyRegistry } from './key-registry';
@@ -75,7 +75,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
   const keys = new KeyRegistry(store, pool, logger);
   const api = new ApiServer({
     config: config.api,
-    routes: routes(keys),
+    routes: callerRoutes(keys),
     auth: new TokenAuth(config.tokens),
     metrics,
     logger: logger.child({ component: 'api' }),

@@ -3,6 +3,7 @@
  * body limits and validation, request ids, readiness and metrics.
  */
 import http from 'node:http';
+import net from 'node:net';
 import { recoverMessageAddress } from 'viem';
 import { tempRunDir } from '../../shared/test/helpers';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
@@ -20,15 +21,40 @@ describe('caller API', () => {
 
   /** node:http directly, for requests fetch will not make (a GET with a body). */
   const rawRequest = (path: string, method: string, body: string) =>
-    new Promise<{ status: number; body: any }>((resolve, reject) => {
+    new Promise<{ status: number; body: any; headers: Headers }>((resolve, reject) => {
       const url = new URL(`${s.url}${path}`);
       const req = http.request({ host: url.hostname, port: url.port, path: url.pathname, method, headers: { authorization: `Bearer ${s.tokens.full}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()) }));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()), headers: new Headers(res.headers as Record<string, string>) }));
       });
       req.on('error', reject);
       req.end(body);
+    });
+
+  /** Exact bytes on a new connection, for requests no HTTP client sends: the answer's head and body, and whether the server closed. */
+  const rawBytes = (bytes: string) =>
+    new Promise<{ head: string; body: string; closed: boolean }>((resolve, reject) => {
+      const url = new URL(s.url);
+      const socket = net.connect(Number(url.port), url.hostname);
+      let text = '';
+      let settled = false;
+      const done = (closed: boolean) => {
+        if (settled) return;
+        settled = true;
+        socket.destroy();
+        const cut = text.indexOf('\r\n\r\n');
+        resolve({ head: text.slice(0, cut), body: text.slice(cut + 4), closed });
+      };
+      socket.on('data', (d) => {
+        text += d.toString('latin1');
+        const cut = text.indexOf('\r\n\r\n');
+        const length = /^content-length: (\d+)$/im.exec(text.slice(0, cut))?.[1];
+        if (cut >= 0 && length !== undefined && text.length >= cut + 4 + Number(length)) setTimeout(() => done(false), 200); // the server may still close
+      });
+      socket.on('close', () => done(true));
+      socket.on('error', reject);
+      socket.write(bytes);
     });
 
   /** `message`: what the error must say; for INVALID_PARAMS it names the field, so the test knows which check refused. */
@@ -149,17 +175,70 @@ describe('caller API', () => {
     expect(wrongMethod.headers.get('allow')).toBe('POST, GET');
   });
 
-  it('answers 413 on a declared oversized body without reading it', async () => {
+  it('answers 413 on a declared oversized body without reading it, and closes the connection', async () => {
     const url = new URL(`${s.url}/v1/keys`);
-    const status = await new Promise<number>((resolve, reject) => {
-      const req = http.request({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { authorization: `Bearer ${s.tokens.full}`, 'content-type': 'application/json', 'content-length': '10000000' } }, (res) => {
-        res.resume();
-        resolve(res.statusCode ?? 0);
+    const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
+      const req = http.request({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { authorization: `Bearer ${s.tokens.full}`, 'content-type': 'application/json', 'content-length': '10000000' } }, (r) => {
+        r.resume();
+        resolve(r);
       });
       req.on('error', reject);
       req.write('{"a":'); // the rest never comes
     });
-    expect(status).toBe(413);
+    expect([res.statusCode, res.headers.connection]).toEqual([413, 'close']);
+    const get = await rawBytes(`GET /v1/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${s.tokens.full}\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n{"a":`);
+    expect(get.head).toMatch(/^HTTP\/1.1 413 /);
+    expect(JSON.parse(get.body).error.code).toBe('PAYLOAD_TOO_LARGE');
+    expect(get.closed).toBe(true);
+  });
+
+  it('keeps the envelope and codes where Fastify would answer otherwise', async () => {
+    const key = (await s.api('/v1/keys', { body: {} })).body;
+    // JSON keys are read as JSON.parse reads them: `__proto__` and `constructor` are ordinary (unknown) fields,
+    // and a label named `__proto__` is dropped (as zod's record drops it), never set as a prototype.
+    expectError(await s.api('/v1/keys', { body: '{"__proto__": {"admin": true}}' }), 400, 'INVALID_PARAMS', 'body: unknown field(s) "__proto__"');
+    expectError(await s.api('/v1/keys', { body: '{"constructor": {"prototype": {}}}' }), 400, 'INVALID_PARAMS', 'body: unknown field(s) "constructor"');
+    const proto = await s.api('/v1/keys', { body: '{"labels": {"__proto__": {"admin": true}, "tier": "gold"}}' });
+    expect([proto.status, proto.body.labels]).toEqual([201, { tier: 'gold' }]);
+    // An empty body is no body, whatever its type; a JSON `null` body is a body, and refused.
+    expect((await s.api('/v1/keys', { method: 'POST', body: '' })).status).toBe(201);
+    expect((await s.api(`/v1/keys/${key.keyId}/disable`, { method: 'POST', token: 'admin', body: '', headers: { 'content-type': 'text/plain' } })).status).toBe(200);
+    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { method: 'POST', body: '' }), 400, 'INVALID_PARAMS', 'body: a sign request is required');
+    expectError(await s.api('/v1/keys', { body: 'null' }), 400, 'INVALID_PARAMS', 'body: Invalid input: expected object, received null');
+    expectError(await s.api(`/v1/keys/${key.keyId}/enable`, { token: 'admin', body: 'null' }), 400, 'INVALID_PARAMS', 'body: Invalid input: expected object, received null');
+    expectError(await rawRequest(`/v1/keys/${key.keyId}`, 'GET', 'null'), 400, 'INVALID_REQUEST', 'this route takes no request body');
+    expectError(await rawRequest(`/v1/keys/${key.keyId}`, 'GET', '{"a":'), 400, 'INVALID_REQUEST', 'request body is not valid JSON');
+    expectError(await rawRequest(`/v1/keys/${key.keyId}`, 'GET', 'x'.repeat(5000)), 413, 'PAYLOAD_TOO_LARGE', 'request body of 5000 bytes exceeds the 4096-byte limit');
+    // Only application/json bodies; a malformed Content-Type is refused before the body is read.
+    expectError(await s.api('/v1/keys', { body: '{}', headers: { 'content-type': 'application/json-patch+json' } }), 415, 'UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
+    expectError(await s.api('/v1/keys', { body: '{}', headers: { 'content-type': 'not a media type' } }), 415, 'UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
+    expect((await s.api('/v1/keys', { body: '{}', headers: { 'content-type': 'Application/JSON; charset=utf-8' } })).status).toBe(201);
+    const untyped = await rawBytes(`POST /v1/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${s.tokens.full}\r\ncontent-length: 2\r\n\r\n{}`);
+    expect([untyped.head.split('\r\n')[0], JSON.parse(untyped.body).error.code]).toEqual(['HTTP/1.1 415 Unsupported Media Type', 'UNSUPPORTED_MEDIA_TYPE']);
+    expectError(await s.api('/v1/keys', { body: 'x'.repeat(5000), headers: { 'content-type': 'text/plain' } }), 413, 'PAYLOAD_TOO_LARGE'); // the limit before the type
+    // Routes: a path no route has is 404 before any token is asked for, however the router fails to match it.
+    for (const path of ['/v1/nothing', '/v1/keys/not!an-id', `/v1/keys/${'a'.repeat(65)}`, `/v1/keys/${'a'.repeat(300)}/sign`, '/v1/keys/%zz', '/v1/keys/', '/V1/keys']) {
+      expectError(await s.api(path, { token: null }), 404, 'NOT_FOUND', `no route for ${path.slice(0, 200)}`);
+    }
+    // Methods: 405 with Allow, for any method the path does not serve, HEAD included, before the token.
+    for (const [method, path, allow, name] of [
+      ['HEAD', '/v1/keys', 'POST, GET', '/v1/keys'],
+      ['PUT', `/v1/keys/${key.keyId}`, 'GET', '/v1/keys/{keyId}'],
+      ['GET', `/v1/keys/${key.keyId}/sign`, 'POST', '/v1/keys/{keyId}/sign'],
+      ['OPTIONS', '/v1/attestation', 'GET', '/v1/attestation'],
+      ['POST', '/healthz', 'GET', '/healthz'],
+      ['PATCH', '/metrics', 'GET', '/metrics'],
+    ]) {
+      const res = await s.api(path as string, { method, token: null });
+      expect([res.status, res.headers.get('allow')]).toEqual([405, allow]);
+      if (method !== 'HEAD') expectError(res, 405, 'METHOD_NOT_ALLOWED', `${method} is not allowed on ${name}`);
+    }
+    // Query strings: a key given twice is refused, not read as a list.
+    expectError(await s.api('/v1/keys?limit=1&limit=2'), 400, 'INVALID_PARAMS', 'query: "limit" is given more than once');
+    expectError(await s.api(`/v1/keys/${key.keyId}/sign?a=1&a=2`, { body: { type: 'message', message: 'm' } }), 400, 'INVALID_PARAMS', 'query: "a" is given more than once');
+    // Bytes that are not HTTP: Node's own bare answer, as before.
+    const garbage = await rawBytes('NOT HTTP\r\n\r\n');
+    expect([garbage.head, garbage.closed]).toEqual(['HTTP/1.1 400 Bad Request\r\nConnection: close', true]);
   });
 
   it('echoes a well-formed caller request id and replaces a malformed one', async () => {

@@ -1,6 +1,6 @@
 /**
- * Reliability of the parent: durable before acknowledged, idempotent creation under concurrency,
- * bounded in-flight work, and an enclave that stops and comes back under load.
+ * Reliability of the parent (parent/README.md, "Parts"): durable before acknowledged, idempotent creation
+ * under concurrency, bounded in-flight work, and an enclave that stops and comes back under load.
  *
  * No timing bets: every phase waits for its event (a count of outcomes, readiness, KMS calls held by the
  * emulator), KMS faults are scripted ("fail the next N", "hold until released") rather than random, and the

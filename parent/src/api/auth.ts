@@ -1,7 +1,7 @@
 /**
- * Bearer tokens (DESIGN §5). The configuration holds only SHA-256 hashes; a presented token is hashed and
- * compared with every configured hash in constant time (no early exit), so timing reveals neither which
- * token nor how much of it matched. `admin` includes every other scope.
+ * Bearer tokens with scopes (README.md, "Caller API"). The configuration holds only SHA-256 hashes; a
+ * presented token is hashed and compared with every configured hash in constant time (no early exit), so
+ * timing reveals neither which token nor how much of it matched. `admin` includes every other scope.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { KeystoreError } from '../../../shared/src/errors';

@@ -1,36 +1,29 @@
 /**
- * The caller API routes (DESIGN §5): path pattern, required scope, and handler. Bodies and query strings are
- * validated with strict schemas, so unknown fields are refused.
+ * The caller API routes (the table in README.md, "Caller API"): each one's path, scope, zod schemas and
+ * handler. The schemas are the routes' only validation, their TypeScript types (fastify-type-provider-zod)
+ * and what an OpenAPI document will be generated from. Objects are strict: unknown fields are refused.
+ * The server (server.ts) adds to every route its token check, deadline and request bookkeeping.
  */
+import type { FastifyBaseLogger, FastifyInstance, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { KeystoreError } from '../../../shared/src/errors';
-import { parseOrThrow } from '../../../shared/src/schema';
-import { SignRequestSchema, type SignRequestInput } from '../../../shared/src/signing/schema';
+import { SignRequestSchema } from '../../../shared/src/signing/schema';
 import type { Scope } from '../config';
 import { viewOf, type KeyRegistry } from '../key-registry';
+import { KeyParams, requestBody, routeUrl } from './validation';
 
-export interface RouteContext {
-  params: Record<string, string>;
-  query: URLSearchParams;
-  body: unknown;
+declare module 'fastify' {
+  interface FastifyContextConfig {
+    /** The documented path (`/v1/keys/{keyId}`): the metrics label and the name in 405 answers. */
+    name?: string;
+    /** The token scope the route needs; none for health, readiness and metrics. */
+    scope?: Scope;
+    /** Health, readiness and metrics: served while draining or overloaded, with no token and no deadline. */
+    operational?: boolean;
+  }
 }
 
-export interface RouteResult {
-  status: number;
-  body: unknown;
-}
-
-export interface Route {
-  method: 'GET' | 'POST';
-  /** Used as the metrics label. */
-  name: string;
-  pattern: RegExp;
-  /** undefined: no token needed (health and metrics). */
-  scope?: Scope;
-  /** Whether the route reads a JSON body. */
-  body: boolean;
-  handle(ctx: RouteContext): Promise<RouteResult> | RouteResult;
-}
+export type ApiInstance = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;
 
 const externalId = z.string().min(1).max(256).regex(/^[\x21-\x7e]+$/, 'expected printable ASCII without spaces');
 const labels = z
@@ -39,6 +32,7 @@ const labels = z
 
 const CreateBody = z.strictObject({ externalId: externalId.optional(), labels: labels.optional(), attest: z.boolean().optional() }).optional();
 const EmptyBody = z.strictObject({}).optional();
+const SignBody = requestBody(SignRequestSchema, { whenMissing: 'a sign request is required', asSent: true });
 const ListQuery = z.strictObject({
   externalId: externalId.optional(),
   limit: z.coerce.number().int().min(1).max(1000).default(100),
@@ -47,92 +41,64 @@ const ListQuery = z.strictObject({
 const NoQuery = z.strictObject({});
 const AttestationQuery = z.strictObject({ nonce: z.string().regex(/^0x(?:[0-9a-fA-F]{2}){1,512}$/, 'expected 1-512 bytes of 0x-prefixed hex').optional() });
 
-function queryOf(q: URLSearchParams, schema: z.ZodType, name = 'query') {
-  const obj: Record<string, string> = {};
-  for (const [k, v] of q) {
-    if (k in obj) throw new KeystoreError('INVALID_PARAMS', `${name}: "${k}" is given more than once`);
-    obj[k] = v;
-  }
-  return parseOrThrow(schema, obj, name);
-}
+/** A route's URL and identity, from its documented path. */
+const at = (path: string, scope: Scope) => ({ url: routeUrl(path), config: { name: path, scope } });
 
-const KEY_ID = '([A-Za-z0-9_-]{1,64})';
-
-export function routes(keys: KeyRegistry): Route[] {
-  return [
-    {
+/** Registration order is the order of methods in a 405's Allow header (`POST, GET` on /v1/keys). */
+export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
+  return (app) => {
+    app.route({
       method: 'POST',
-      name: '/v1/keys',
-      pattern: /^\/v1\/keys$/,
-      scope: 'keys:create',
-      body: true,
-      async handle({ body, query }) {
-        queryOf(query, NoQuery);
-        const input = parseOrThrow(CreateBody, body, 'body') ?? {};
-        const { record, created } = await keys.create(input);
-        return { status: created ? 201 : 200, body: viewOf(record, true) };
+      ...at('/v1/keys', 'keys:create'),
+      schema: { querystring: NoQuery, body: CreateBody },
+      async handler(request, reply) {
+        const { record, created } = await keys.create(request.body ?? {});
+        reply.code(created ? 201 : 200);
+        return viewOf(record, true);
       },
-    },
-    {
+    });
+    app.route({
       method: 'GET',
-      name: '/v1/keys',
-      pattern: /^\/v1\/keys$/,
-      scope: 'keys:read',
-      body: false,
-      handle({ query }) {
-        const q = queryOf(query, ListQuery) as z.output<typeof ListQuery>;
-        const page = keys.list(q);
-        return { status: 200, body: { keys: page.keys.map((r) => viewOf(r)), nextCursor: page.nextCursor } };
+      ...at('/v1/keys', 'keys:read'),
+      schema: { querystring: ListQuery },
+      handler(request) {
+        const page = keys.list(request.query);
+        return { keys: page.keys.map((r) => viewOf(r)), nextCursor: page.nextCursor };
       },
-    },
-    {
+    });
+    app.route({
       method: 'GET',
-      name: '/v1/keys/{keyId}',
-      pattern: new RegExp(`^/v1/keys/${KEY_ID}$`),
-      scope: 'keys:read',
-      body: false,
-      handle({ params, query }) {
-        queryOf(query, NoQuery);
-        return { status: 200, body: viewOf(keys.get(params.keyId as string)) };
+      ...at('/v1/keys/{keyId}', 'keys:read'),
+      schema: { params: KeyParams, querystring: NoQuery },
+      handler(request) {
+        return viewOf(keys.get(request.params.keyId));
       },
-    },
-    {
+    });
+    app.route({
       method: 'POST',
-      name: '/v1/keys/{keyId}/sign',
-      pattern: new RegExp(`^/v1/keys/${KEY_ID}/sign$`),
-      scope: 'keys:sign',
-      body: true,
-      async handle({ params, body, query }) {
-        queryOf(query, NoQuery);
-        if (body === undefined) throw new KeystoreError('INVALID_PARAMS', 'body: a sign request is required');
-        parseOrThrow(SignRequestSchema, body, 'body'); // early, precise 400; the enclave validates again
-        return { status: 200, body: await keys.sign(params.keyId as string, body as SignRequestInput) };
+      ...at('/v1/keys/{keyId}/sign', 'keys:sign'),
+      schema: { params: KeyParams, querystring: NoQuery, body: SignBody },
+      handler(request) {
+        return keys.sign(request.params.keyId, request.body);
       },
-    },
-    ...(['disable', 'enable'] as const).map(
-      (action): Route => ({
+    });
+    for (const action of ['disable', 'enable'] as const) {
+      app.route({
         method: 'POST',
-        name: `/v1/keys/{keyId}/${action}`,
-        pattern: new RegExp(`^/v1/keys/${KEY_ID}/${action}$`),
-        scope: 'admin',
-        body: true,
-        handle({ params, body, query }) {
-          queryOf(query, NoQuery);
-          parseOrThrow(EmptyBody, body, 'body');
-          return { status: 200, body: viewOf(keys.setDisabled(params.keyId as string, action === 'disable')) };
+        ...at(`/v1/keys/{keyId}/${action}`, 'admin'),
+        schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody },
+        handler(request) {
+          return viewOf(keys.setDisabled(request.params.keyId, action === 'disable'));
         },
-      }),
-    ),
-    {
+      });
+    }
+    app.route({
       method: 'GET',
-      name: '/v1/attestation',
-      pattern: /^\/v1\/attestation$/,
-      scope: 'keys:read',
-      body: false,
-      async handle({ query }) {
-        const q = queryOf(query, AttestationQuery) as z.output<typeof AttestationQuery>;
-        return { status: 200, body: await keys.attestation(q.nonce) };
+      ...at('/v1/attestation', 'keys:read'),
+      schema: { querystring: AttestationQuery },
+      handler(request) {
+        return keys.attestation(request.query.nonce);
       },
-    },
-  ];
+    });
+  };
 }

@@ -1,24 +1,33 @@
 /**
- * The caller API server: HTTP/1.1 over loopback TCP or a Unix socket, optionally TLS. Per request: a request
- * id (echoed in `x-request-id`), an in-flight cap (503 OVERLOADED with Retry-After beyond it), routing
- * (404/405), bearer-token auth (401/403), a bounded JSON body (413/415/400), a deadline (504), metrics and one
- * log line without bodies or credentials. `/healthz`, `/readyz` and `/metrics` need no token.
+ * The caller API server: Fastify on HTTP/1.1 over loopback TCP or a Unix socket, optionally TLS. Per request:
+ * a request id (echoed in `x-request-id`), an in-flight cap (503 OVERLOADED with Retry-After beyond it),
+ * routing (404/405), bearer-token auth (401/403), a bounded JSON body (413/415/400), validation against the
+ * route's schemas (400), a deadline (504), metrics and one access-log line without bodies or credentials.
+ * `/healthz`, `/readyz` and `/metrics` need no token. Every error is `{"error": {"code", "message",
+ * "requestId"}}` with the status of its code (shared/src/errors.ts); Fastify's own errors are mapped into it.
+ *
+ * The order of the checks is the documented one (parent/README.md): admission (draining, in-flight cap),
+ * then the route (404/405), the token, the body, the schemas, and the handler under its deadline.
  */
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { randomUUID } from 'node:crypto';
-import { KeystoreError } from '../../../shared/src/errors';
+import Fastify, { type FastifyReply, type FastifyRequest, type onRequestHookHandler, type preValidationHookHandler, type RouteOptions } from 'fastify';
+import { serializerCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
+import { asKeystoreError, KeystoreError, type ErrorCode } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/log';
 import type { ParentConfig } from '../config';
 import type { Metrics } from '../metrics';
 import { TokenAuth } from './auth';
-import { readJsonBody, sendError, sendJson } from './http';
-import type { Route } from './routes';
+import { bodyParser, hasBody, readJsonBody } from './body';
+import type { ApiInstance } from './routes';
+import { parseQuery, pathMatcher, validatorCompiler } from './validation';
 
 export interface ApiServerOptions {
   config: ParentConfig['api'];
-  routes: Route[];
+  /** Registers the caller routes (routes.ts). */
+  routes: (app: ApiInstance) => void;
   auth: TokenAuth;
   metrics: Metrics;
   logger: Logger;
@@ -27,26 +36,116 @@ export interface ApiServerOptions {
   readiness: () => Promise<{ ready: boolean; checks: Record<string, boolean | string> }>;
 }
 
+/** What the server records about a request between its first hook and its answer. */
+interface RequestState {
+  started: bigint;
+  /** The metrics label: the route's documented path, or `unmatched` (not routed, or refused before routing). */
+  route: string;
+  /** The token's name once authenticated. */
+  principal: string;
+  /** The error code answered, if any. */
+  code?: ErrorCode;
+  finished: boolean;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    apiState: RequestState | null;
+  }
+}
+
+interface KnownRoute {
+  method: string;
+  name: string;
+  operational: boolean;
+  matches: RegExp;
+}
+
 const REQUEST_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 
+/** Routes whose requests are not written to the access log (scraped or polled constantly). */
+const UNLOGGED = new Set(['/metrics', '/healthz']);
+
+function requestIdOf(req: http.IncomingMessage): string {
+  const incoming = req.headers['x-request-id'];
+  return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
+}
+
+/** The path of a request target, without query or fragment. */
+function pathOf(url: string): string {
+  const end = url.search(/[?#]/);
+  return end === -1 ? url : url.slice(0, end);
+}
+
 export class ApiServer {
-  readonly server: http.Server;
+  readonly server: http.Server | https.Server;
+  private readonly app: ApiInstance;
+  /** Every route in registration order, for telling 405 (the path exists) from 404. */
+  private readonly known: KnownRoute[] = [];
   private inFlight = 0;
   private draining = false;
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly options: ApiServerOptions) {
-    const handler = (req: http.IncomingMessage, res: http.ServerResponse) => void this.handle(req, res);
-    const tls = options.config.tls;
-    this.server = tls ? https.createServer({ cert: fs.readFileSync(tls.certFile), key: fs.readFileSync(tls.keyFile) }, handler) : http.createServer(handler);
-    this.server.requestTimeout = options.config.requestTimeoutMs + 5_000;
-    this.server.headersTimeout = 10_000;
-    this.server.keepAliveTimeout = 5_000;
-    this.server.maxHeadersCount = 64;
+    const { config } = options;
+    const tls = config.tls;
+    const server = tls ? https.createServer({ cert: fs.readFileSync(tls.certFile), key: fs.readFileSync(tls.keyFile) }) : http.createServer();
+    server.requestTimeout = config.requestTimeoutMs + 5_000;
+    server.headersTimeout = 10_000;
+    server.keepAliveTimeout = 5_000;
+    server.maxHeadersCount = 64;
+    this.server = server;
+
+    const app = Fastify({
+      // The server above, with its timeouts and limits; listen() and close() manage it.
+      serverFactory: (handler) => (server.on('request', handler) as http.Server),
+      genReqId: requestIdOf,
+      requestIdHeader: false,
+      // HEAD is 405 like any other method a path does not serve; draining answers 503 UNAVAILABLE itself.
+      exposeHeadRoutes: false,
+      return503OnClosing: false,
+      routerOptions: { querystringParser: parseQuery },
+      // A path Fastify cannot route at all (a malformed escape, an over-long segment) is no route: 404.
+      frameworkErrors: (err, request, reply) => this.unroutable(err, request, reply),
+    }).withTypeProvider<ZodTypeProvider>();
+    // Node's own answer to bytes that are not HTTP (a bare 400 and close), not Fastify's JSON outside the envelope.
+    server.removeAllListeners('clientError');
+    this.app = app;
+
+    app.decorateRequest('apiState', null);
+    app.setValidatorCompiler(validatorCompiler);
+    app.setSerializerCompiler(serializerCompiler);
+    app.removeAllContentTypeParsers();
+    app.addContentTypeParser('*', bodyParser(config.maxBodyBytes));
+    app.setErrorHandler((err, request, reply) => this.answerError(err, request, reply));
+    app.addHook('onRoute', (route) => this.equip(route));
+    app.addHook('onRequest', (request, reply, done) => {
+      this.begin(request, reply);
+      if (!request.is404) return done();
+      try {
+        this.unmatched(request, reply);
+      } catch (err) {
+        done(err as Error);
+      }
+    });
+    // Every answer passes here once its handler is done, errors and abandoned requests included (a request
+    // whose caller hung up still counts until then): the request stops counting as in flight.
+    app.addHook('onSend', (request, reply, payload, done) => {
+      this.finish(request, reply);
+      done(null, payload);
+    });
+    // Reached only if the onRequest hook did not answer 404/405.
+    app.setNotFoundHandler((request) => {
+      throw new KeystoreError('NOT_FOUND', `no route for ${pathOf(request.url).slice(0, 200)}`);
+    });
+
+    this.operationalRoutes();
+    options.routes(app);
   }
 
   /** Resolves with a printable address once listening. */
   async listen(): Promise<string> {
+    await this.app.ready();
     const l = this.options.config.listen;
     await new Promise<void>((resolve, reject) => {
       this.server.once('error', reject);
@@ -63,106 +162,6 @@ export class ApiServer {
     return `${this.options.config.tls ? 'https' : 'http'}://${l.host.includes(':') ? `[${l.host}]` : l.host}:${addr.port}`;
   }
 
-  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const started = process.hrtime.bigint();
-    const incoming = req.headers['x-request-id'];
-    const requestId = typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
-    res.setHeader('x-request-id', requestId);
-    const url = new URL(req.url ?? '/', 'http://api');
-    const method = req.method ?? 'GET';
-    let routeName = 'unmatched';
-    let status = 500;
-    let principal = '-';
-    let reason: string | undefined;
-    this.inFlight += 1;
-    this.options.metrics.inFlight.inc();
-    try {
-      if (url.pathname === '/healthz' || url.pathname === '/readyz' || url.pathname === '/metrics') {
-        routeName = url.pathname;
-        status = await this.serveOperational(url.pathname, method, res);
-        return;
-      }
-      if (this.draining) throw new KeystoreError('UNAVAILABLE', 'the service is shutting down');
-      if (this.inFlight > this.options.config.maxInFlight) {
-        this.options.metrics.overloaded.inc();
-        throw new KeystoreError('OVERLOADED', `more than ${this.options.config.maxInFlight} requests in flight; retry shortly`);
-      }
-      const candidates = this.options.routes.filter((r) => r.pattern.test(url.pathname));
-      if (candidates.length === 0) throw new KeystoreError('NOT_FOUND', `no route for ${url.pathname.slice(0, 200)}`);
-      const route = candidates.find((r) => r.method === method);
-      if (!route) {
-        res.setHeader('allow', [...new Set(candidates.map((r) => r.method))].join(', '));
-        throw new KeystoreError('METHOD_NOT_ALLOWED', `${method} is not allowed on ${candidates[0]?.name}`);
-      }
-      routeName = route.name;
-      if (route.scope) {
-        const who = this.options.auth.authenticate(req.headers.authorization);
-        principal = who.name;
-        TokenAuth.authorize(who, route.scope);
-      }
-      const body = route.body ? await readJsonBody(req, this.options.config.maxBodyBytes) : await this.refuseBody(req);
-      const keyId = route.pattern.exec(url.pathname)?.[1];
-      const params: Record<string, string> = keyId ? { keyId } : {};
-      const result = await this.withDeadline(Promise.resolve(route.handle({ params, query: url.searchParams, body })));
-      status = result.status;
-      sendJson(res, result.status, result.body);
-    } catch (err) {
-      const ke = sendError(res, err, requestId);
-      status = ke.httpStatus;
-      reason = ke.code;
-      if (ke.code === 'INTERNAL') this.options.logger.error({ requestId, err: ke.cause ?? ke }, 'request failed unexpectedly');
-      if (ke.code === 'PAYLOAD_TOO_LARGE') res.on('finish', () => req.destroy()); // do not read the rest
-    } finally {
-      this.inFlight -= 1;
-      this.options.metrics.inFlight.dec();
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
-      const labels = { route: routeName, method, status: String(status) };
-      this.options.metrics.httpRequests.inc(labels);
-      this.options.metrics.httpDuration.observe(labels, seconds);
-      if (routeName !== '/metrics' && routeName !== '/healthz') {
-        this.options.accessLog.info({ requestId, method, route: routeName, status, ms: Math.round(seconds * 1e4) / 10, principal, ...(reason ? { reason } : {}) }, 'request');
-      }
-      if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
-    }
-  }
-
-  /** Routes without a body refuse one, so a misdirected payload is not silently ignored. */
-  private async refuseBody(req: http.IncomingMessage): Promise<undefined> {
-    const body = await readJsonBody(req, this.options.config.maxBodyBytes);
-    if (body !== undefined) throw new KeystoreError('INVALID_REQUEST', 'this route takes no request body');
-    return undefined;
-  }
-
-  private withDeadline<T>(p: Promise<T>): Promise<T> {
-    const ms = this.options.config.requestTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new KeystoreError('TIMEOUT', `the request did not complete within ${ms} ms`)), ms);
-    });
-    return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
-  }
-
-  private async serveOperational(path: string, method: string, res: http.ServerResponse): Promise<number> {
-    if (method !== 'GET') {
-      res.setHeader('allow', 'GET');
-      throw new KeystoreError('METHOD_NOT_ALLOWED', `${method} is not allowed on ${path}`);
-    }
-    if (path === '/healthz') {
-      sendJson(res, 200, { status: 'ok' });
-      return 200;
-    }
-    if (path === '/readyz') {
-      const r = await this.options.readiness();
-      const status = r.ready && !this.draining ? 200 : 503;
-      sendJson(res, status, { status: status === 200 ? 'ready' : 'not ready', checks: { ...r.checks, ...(this.draining ? { shuttingDown: true } : {}) } });
-      return status;
-    }
-    const text = await this.options.metrics.render();
-    res.writeHead(200, { 'content-type': this.options.metrics.registry.contentType });
-    res.end(text);
-    return 200;
-  }
-
   /** Stops accepting, waits up to `drainMs` for in-flight requests, then closes every connection. */
   async close(drainMs: number): Promise<void> {
     this.draining = true;
@@ -177,5 +176,163 @@ export class ApiServer {
       });
     }
     this.server.closeAllConnections();
+    await this.app.close();
   }
+
+  /** Health, readiness and metrics: no token, no deadline, and served while draining or overloaded. */
+  private operationalRoutes(): void {
+    const config = (name: string) => ({ config: { name, operational: true } });
+    this.app.get('/healthz', config('/healthz'), () => ({ status: 'ok' }));
+    this.app.get('/readyz', config('/readyz'), async (_request, reply) => {
+      const r = await this.options.readiness();
+      const ready = r.ready && !this.draining;
+      reply.code(ready ? 200 : 503);
+      return { status: ready ? 'ready' : 'not ready', checks: { ...r.checks, ...(this.draining ? { shuttingDown: true } : {}) } };
+    });
+    this.app.get('/metrics', config('/metrics'), async (_request, reply) => {
+      const text = await this.options.metrics.render();
+      reply.removeHeader('cache-control').header('content-type', this.options.metrics.registry.contentType);
+      return text;
+    });
+  }
+
+  /**
+   * Gives every route, as it is registered, what the API adds to it: its place in the 404/405 table, its
+   * label and token check, and (caller routes) admission, the deadline and, for GET, the refusal of a body.
+   */
+  private equip(route: RouteOptions): void {
+    const { name, scope, operational = false } = route.config ?? {};
+    if (name === undefined) throw new Error(`route ${String(route.method)} ${route.url} has no config.name`);
+    for (const method of [route.method].flat()) this.known.push({ method, name, operational, matches: pathMatcher(name) });
+
+    const auth = this.options.auth;
+    const identify: onRequestHookHandler = (request, _reply, done) => {
+      const state = request.apiState as RequestState;
+      try {
+        // Admission first: a refused request keeps the `unmatched` label, as when it was refused before routing.
+        if (!operational) this.admit();
+        state.route = name;
+        if (scope) {
+          const who = auth.authenticate(request.headers.authorization);
+          state.principal = who.name;
+          TokenAuth.authorize(who, scope);
+        }
+      } catch (err) {
+        return done(err as Error);
+      }
+      done();
+    };
+    route.onRequest = [...[route.onRequest ?? []].flat(), identify];
+    if (operational) return;
+
+    const handler = route.handler;
+    const deadline = this.options.config.requestTimeoutMs;
+    route.handler = async function (request, reply) {
+      return withDeadline(Promise.resolve(handler.call(this, request, reply)), deadline);
+    };
+    if (route.method === 'GET') route.preValidation = [...[route.preValidation ?? []].flat(), this.refuseBody];
+  }
+
+  /** A route without a body refuses one, so a misdirected payload is not silently ignored. */
+  private readonly refuseBody: preValidationHookHandler = async (request) => {
+    if (!hasBody(request.raw)) return;
+    const body = await readJsonBody(request.raw, request.headers, this.options.config.maxBodyBytes);
+    if (body !== undefined) throw new KeystoreError('INVALID_REQUEST', 'this route takes no request body');
+  };
+
+  private begin(request: FastifyRequest, reply: FastifyReply): void {
+    request.apiState = { started: process.hrtime.bigint(), route: 'unmatched', principal: '-', finished: false };
+    reply.header('x-request-id', request.id);
+    reply.header('cache-control', 'no-store');
+    this.inFlight += 1;
+    this.options.metrics.inFlight.inc();
+  }
+
+  /** Refuses new work while draining and beyond the in-flight cap (the request itself counts). */
+  private admit(): void {
+    if (this.draining) throw new KeystoreError('UNAVAILABLE', 'the service is shutting down');
+    if (this.inFlight > this.options.config.maxInFlight) {
+      this.options.metrics.overloaded.inc();
+      throw new KeystoreError('OVERLOADED', `more than ${this.options.config.maxInFlight} requests in flight; retry shortly`);
+    }
+  }
+
+  /** No route for this method and path: 405 with Allow when the path has routes, else 404. */
+  private unmatched(request: FastifyRequest, reply: FastifyReply): never {
+    const path = pathOf(request.url);
+    const candidates = this.known.filter((r) => r.matches.test(path));
+    const first = candidates[0];
+    if (first?.operational) (request.apiState as RequestState).route = first.name;
+    else this.admit();
+    if (!first) throw new KeystoreError('NOT_FOUND', `no route for ${path.slice(0, 200)}`);
+    reply.header('allow', [...new Set(candidates.map((r) => r.method))].join(', '));
+    throw new KeystoreError('METHOD_NOT_ALLOWED', `${request.method} is not allowed on ${first.name}`);
+  }
+
+  /** Fastify's answer for paths its router rejects before any hook runs; recorded like any other request. */
+  private unroutable(_err: Error, request: FastifyRequest, reply: FastifyReply): void {
+    this.begin(request, reply);
+    try {
+      this.admit();
+      throw new KeystoreError('NOT_FOUND', `no route for ${pathOf(request.url).slice(0, 200)}`);
+    } catch (err) {
+      this.answerError(err, request, reply);
+    }
+    this.finish(request, reply);
+  }
+
+  /** The error envelope, for everything thrown anywhere in a request (Fastify's own errors mapped first). */
+  private answerError(err: unknown, request: FastifyRequest, reply: FastifyReply): void {
+    const ke = this.keystoreErrorOf(err);
+    if (request.apiState) request.apiState.code = ke.code;
+    if (ke.code === 'INTERNAL') this.options.logger.error({ requestId: request.id, err: ke.cause ?? ke }, 'request failed unexpectedly');
+    if (ke.httpStatus === 503) reply.header('retry-after', '1');
+    if (ke.code === 'UNAUTHORIZED') reply.header('www-authenticate', 'Bearer');
+    // A body not read, or not all of it (over the limit, or refused by Fastify for a malformed Content-Type
+    // before reading): close after answering rather than read the rest.
+    if (ke.code === 'PAYLOAD_TOO_LARGE' || (err as { code?: unknown } | null)?.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+      reply.header('connection', 'close');
+      reply.raw.once('finish', () => request.raw.destroy());
+    }
+    reply.code(ke.httpStatus).send({ error: { code: ke.code, message: ke.message, requestId: request.id } });
+  }
+
+  /** Our errors as they are; Fastify's client errors by status; anything else INTERNAL (its text is not passed on). */
+  private keystoreErrorOf(err: unknown): KeystoreError {
+    if (err instanceof KeystoreError) return err;
+    const { code, statusCode } = (err ?? {}) as { code?: unknown; statusCode?: unknown };
+    if (typeof code === 'string' && code.startsWith('FST_') && typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500) {
+      if (statusCode === 415) return new KeystoreError('UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json', { cause: err });
+      if (statusCode === 413) return new KeystoreError('PAYLOAD_TOO_LARGE', `request body exceeds the ${this.options.config.maxBodyBytes}-byte limit`, { cause: err });
+      return new KeystoreError('INVALID_REQUEST', 'the request is malformed', { cause: err });
+    }
+    return asKeystoreError(err);
+  }
+
+  /** Once per request, when its answer is sent: in-flight count, metrics, the access-log line, drain waiters. */
+  private finish(request: FastifyRequest, reply: FastifyReply): void {
+    const state = request.apiState;
+    if (!state || state.finished) return;
+    state.finished = true;
+    this.inFlight -= 1;
+    this.options.metrics.inFlight.dec();
+    const seconds = Number(process.hrtime.bigint() - state.started) / 1e9;
+    const status = reply.statusCode;
+    const labels = { route: state.route, method: request.method, status: String(status) };
+    this.options.metrics.httpRequests.inc(labels);
+    this.options.metrics.httpDuration.observe(labels, seconds);
+    if (!UNLOGGED.has(state.route)) {
+      const { route, principal, code } = state;
+      this.options.accessLog.info({ requestId: request.id, method: request.method, route, status, ms: Math.round(seconds * 1e4) / 10, principal, ...(code ? { code } : {}) }, 'request');
+    }
+    if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+}
+
+function withDeadline<T>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new KeystoreError('TIMEOUT', `the request did not complete within ${ms} ms`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }

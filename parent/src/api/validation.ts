@@ -1,0 +1,122 @@
+/**
+ * How the caller API turns a route's zod schemas into Fastify validation, and its path parameters into routing.
+ *
+ * Fastify runs `validatorCompiler` once per route and request part at startup; the function it returns is all
+ * that runs per request. It is fastify-type-provider-zod's compiler with three differences the API needs:
+ * - a failure is INVALID_PARAMS with `describeIssues`' message (shared/src/schema.ts: field paths and
+ *   expectations, never the values), the same text as every other boundary of the system. The provider's
+ *   errors flatten paths to `/a/0/b`, which loses whether `0` was an index and where a label key containing
+ *   `/` ends;
+ * - a body schema can ask to be handed to the handler as sent rather than as parsed (`requestBody`);
+ * - a query key given twice is refused (the query parser below marks it), not turned into an array.
+ */
+import type { FastifySchemaCompiler } from 'fastify';
+import { z } from 'zod';
+import { KeystoreError } from '../../../shared/src/errors';
+import { describeIssues, keyId } from '../../../shared/src/schema';
+
+/**
+ * A JSON body that is literally `null`. Fastify hands validators `null` for a request without a body, so the
+ * body parser returns this instead, and a `null` body stays distinguishable from none (it is refused; none
+ * is accepted where the body is optional).
+ */
+export const JSON_NULL: unique symbol = Symbol('JSON null body');
+
+/** Set by the query parser on a query that names a key more than once: the first key seen again. */
+const DUPLICATE_KEY = Symbol('duplicate query key');
+
+export type ParsedQuery = Record<string, string> & { [DUPLICATE_KEY]?: string };
+
+/**
+ * Query strings are read as URLSearchParams reads them (`+` is a space, malformed escapes are kept). A key
+ * given twice is not folded into an array: it is remembered, and validation refuses the request. The object
+ * has no prototype, so `__proto__` or `constructor` is a key like any other (unknown, hence refused).
+ */
+export function parseQuery(text: string): ParsedQuery {
+  const query: ParsedQuery = Object.create(null) as ParsedQuery;
+  if (text.length === 0) return query;
+  for (const [k, v] of new URLSearchParams(text)) {
+    if (Object.hasOwn(query, k)) query[DUPLICATE_KEY] ??= k;
+    else query[k] = v;
+  }
+  return query;
+}
+
+interface BodyRule {
+  /** The message (after `body: `) for a request without a body; the body is then required. */
+  whenMissing?: string;
+  /** Hand the handler the body as the caller sent it, not the schema's output. */
+  asSent?: boolean;
+}
+
+const bodyRules = new WeakMap<z.ZodType, BodyRule>();
+
+/**
+ * A body schema with rules zod does not express. With `asSent`, the route sees the body as sent (typed as the
+ * schema's input): the sign route forwards the caller's request to the enclave, which validates it again and
+ * hashes exactly what was sent, so the parent must not pass on its own parse (integers become bigints).
+ */
+export function requestBody<S extends z.ZodType>(schema: S, rule: BodyRule & { asSent: true }): z.ZodType<z.input<S>, z.input<S>>;
+export function requestBody<S extends z.ZodType>(schema: S, rule: BodyRule): S;
+export function requestBody(schema: z.ZodType, rule: BodyRule): z.ZodType {
+  bodyRules.set(schema, rule);
+  return schema;
+}
+
+const invalid = (message: string) => ({ error: new KeystoreError('INVALID_PARAMS', message) });
+
+export const validatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, httpPart }) => {
+  if (httpPart === 'body') {
+    const { whenMissing, asSent = false } = bodyRules.get(schema) ?? {};
+    return (data: unknown) => {
+      const body = data === null ? undefined : data === JSON_NULL ? null : data;
+      if (body === undefined && whenMissing !== undefined) return invalid(`body: ${whenMissing}`);
+      const res = schema.safeParse(body);
+      if (!res.success) return invalid(describeIssues(res.error, 'body'));
+      return { value: asSent ? body : res.data };
+    };
+  }
+  if (httpPart === 'querystring') {
+    return (data: ParsedQuery) => {
+      const twice = data[DUPLICATE_KEY];
+      if (twice !== undefined) return invalid(`query: "${twice}" is given more than once`);
+      const res = schema.safeParse(data);
+      return res.success ? { value: res.data } : invalid(describeIssues(res.error, 'query'));
+    };
+  }
+  const root = httpPart ?? 'params';
+  return (data: unknown) => {
+    const res = schema.safeParse(data);
+    return res.success ? { value: res.data } : invalid(describeIssues(res.error, root));
+  };
+};
+
+/**
+ * Path parameters, each with the shared schema that says what it may hold. The router matches a parameter
+ * only when its shape is right, so a malformed key id is 404 NOT_FOUND (no such route), before any token or
+ * body is looked at — as when routes were regular expressions — and the params schema never fails.
+ */
+const PATH_PARAMS: Record<string, z.ZodString> = { keyId };
+
+function patternOf(name: string): string {
+  const schema = PATH_PARAMS[name];
+  const pattern = schema && (z.toJSONSchema(schema) as { pattern?: unknown }).pattern;
+  if (typeof pattern !== 'string') throw new Error(`path parameter {${name}} has no single pattern`);
+  return pattern;
+}
+
+const PARAM = /\{(\w+)\}/g;
+
+/** The Fastify URL of a documented route path: `/v1/keys/{keyId}` → `/v1/keys/:keyId(^…$)`. */
+export function routeUrl(path: string): string {
+  return path.replace(PARAM, (_, name: string) => `:${name}(${patternOf(name)})`);
+}
+
+/** Whether a request path is one of a documented route path's (the 404/405 decision). */
+export function pathMatcher(path: string): RegExp {
+  const escaped = path.split(PARAM).map((part, i) => (i % 2 === 1 ? `(?:${patternOf(part).replace(/^\^|\$$/g, '')})` : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  return new RegExp(`^${escaped.join('')}$`);
+}
+
+/** The params schema of a route whose path names `{keyId}`. */
+export const KeyParams = z.strictObject({ keyId });

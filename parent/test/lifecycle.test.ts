@@ -1,0 +1,84 @@
+/**
+ * A request's deadline and the parent's graceful stop, over the real processes. A cold sign waits on KMS
+ * Decrypt, which the emulator holds until the test releases it: the request stays in flight exactly as long
+ * as the test needs, with no timing bets beyond generous bounds in the safe direction.
+ */
+import net from 'node:net';
+import { recoverMessageAddress } from 'viem';
+import { tempRunDir } from '../../shared/test/helpers';
+import { startStack, waitReady, type Stack } from '../../test/support/stack';
+
+// Every hop waits far longer than the API deadline: the deadline is what ends a held request.
+const LONG_HOPS = { parentEnclave: { deadlineMs: 50_000 }, parentKmsProxy: { deadlineMs: 40_000 }, enclave: { limits: { kmsDeadlineMs: 45_000 } } };
+
+const sign = (s: Stack, keyId: string, message = 'x') => s.api(`/v1/keys/${keyId}/sign`, { body: { type: 'message', message } });
+
+describe('request deadline', () => {
+  const DEADLINE_MS = 1500;
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack(tempRunDir('nks-deadline-'), { parentApi: { requestTimeoutMs: DEADLINE_MS }, ...LONG_HOPS });
+    await waitReady(s);
+  }, 90_000);
+  afterAll(async () => {
+    await s?.stop();
+  });
+
+  it('answers 504 TIMEOUT when the handler outlives api.requestTimeoutMs, and no longer counts it in flight', async () => {
+    const key = (await s.api('/v1/keys', { body: {} })).body as { keyId: string; address: string };
+    await s.platform.setFaults({ hold: true, ops: ['Decrypt'] });
+    try {
+      const res = await sign(s, key.keyId);
+      expect([res.status, res.body.error.code, res.body.error.message]).toEqual([504, 'TIMEOUT', `the request did not complete within ${DEADLINE_MS} ms`]);
+      expect(res.body.error.requestId).toBe(res.headers.get('x-request-id'));
+      const metrics = String((await s.api('/metrics', { token: null })).body);
+      expect(metrics).toMatch(/^nks_http_in_flight 1$/m); // the scrape itself
+      expect(metrics).toMatch(/nks_http_requests_total\{route="\/v1\/keys\/\{keyId\}\/sign",method="POST",status="504"\} 1/);
+    } finally {
+      await s.platform.setFaults({ hold: false });
+    }
+    const again = await sign(s, key.keyId, 'after');
+    expect(again.status).toBe(200);
+    expect(await recoverMessageAddress({ message: 'after', signature: again.body.signature })).toBe(key.address);
+    // The access log is flushed every second: wait for the line rather than read the logs now.
+    expect(await s.parent.waitForLog((e) => e.msg === 'request' && e.status === 504)).toMatchObject({ route: '/v1/keys/{keyId}/sign', code: 'TIMEOUT', principal: 'full' });
+  }, 60_000);
+});
+
+describe('graceful stop', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack(tempRunDir('nks-stop-'), LONG_HOPS);
+    await waitReady(s);
+  }, 90_000);
+  afterAll(async () => {
+    await s?.stop();
+  });
+
+  it('finishes a request in flight, accepts no new connection meanwhile, then exits', async () => {
+    const key = (await s.api('/v1/keys', { body: {} })).body as { keyId: string; address: string };
+    const port = Number(new URL(s.url).port);
+    await s.platform.setFaults({ hold: true, ops: ['Decrypt'] });
+    let inFlight: ReturnType<typeof sign> | undefined;
+    try {
+      inFlight = sign(s, key.keyId, 'in flight');
+      await s.platform.waitHeld(1);
+      s.parent.child.kill('SIGTERM');
+      await s.parent.waitForLog((e) => e.msg === 'parent stopping: draining requests');
+      const refused = await new Promise<string>((resolve) => {
+        const socket = net.connect(port, '127.0.0.1', () => {
+          socket.destroy();
+          resolve('connected');
+        });
+        socket.on('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+      });
+      expect(refused).toBe('ECONNREFUSED');
+    } finally {
+      await s.platform.setFaults({ hold: false });
+    }
+    const res = await inFlight;
+    expect(res?.status).toBe(200);
+    expect(await recoverMessageAddress({ message: 'in flight', signature: res?.body.signature })).toBe(key.address);
+    expect(await s.parent.exited).toBe(0); // main.ts exits 0 only once the API, proxy, pool and database are closed
+  }, 60_000);
+});
