@@ -6,7 +6,7 @@ import { createPublicKey, type KeyObject } from 'node:crypto';
 import os from 'node:os';
 import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '../../shared/src/config-file';
-import { describeIssues } from '../../shared/src/schema';
+import { describeIssues, kmsKeyArn } from '../../shared/src/schema';
 import { TransportConfigSchema } from '../../shared/src/transport';
 
 /**
@@ -22,7 +22,7 @@ const ms = (def: number, min: number, max: number) => z.number().int().min(min).
 
 export const EnclaveConfigSchema = z.strictObject({
   /** The KMS key that seals every data key, and its public half (DER SubjectPublicKeyInfo, base64). */
-  kmsKeyArn: z.string().regex(/^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/, 'expected a KMS key ARN'),
+  kmsKeyArn,
   kmsPublicKey: z.string().min(1),
   listen: vsockAddress.default('vsock://16:5000'),
   kmsProxy: vsockAddress.default('vsock://3:8000'),

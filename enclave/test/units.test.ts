@@ -12,6 +12,7 @@ import { DeviceNsmTransport, loadNsmAddon } from '../src/nsm/device';
 import { parseEnclaveConfig } from '../src/config';
 import { startProgram } from '../../test/support/process';
 import { tempRunDir } from '../../shared/test/helpers';
+import { IDENTIFIER_SAMPLES } from '../../shared/test/identifier-samples';
 
 const kms = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab';
@@ -233,6 +234,12 @@ describe('enclave configuration', () => {
     const c = parseEnclaveConfig(valid);
     expect(c).toMatchObject({ listen: 'vsock://16:5000', kmsProxy: 'vsock://3:8000', transport: { kind: 'vsock' }, nsm: { kind: 'device', path: '/dev/nsm' } });
     expect(c.cache.ttlMs).toBeGreaterThan(0);
+  });
+
+  it('takes exactly the KMS key ARNs the shared definition does', () => {
+    const { good, bad } = IDENTIFIER_SAMPLES.kmsKeyArn;
+    for (const arn of good) expect(parseEnclaveConfig({ ...valid, kmsKeyArn: arn }).kmsKeyArn).toBe(arn);
+    for (const arn of bad) expect(() => parseEnclaveConfig({ ...valid, kmsKeyArn: arn })).toThrow(/config.kmsKeyArn: expected a KMS key ARN/);
   });
 
   it.each<[string, object, RegExp]>([

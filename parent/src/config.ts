@@ -5,14 +5,13 @@
  */
 import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '../../shared/src/config-file';
-import { describeIssues } from '../../shared/src/schema';
+import { describeIssues, kmsKeyArn } from '../../shared/src/schema';
 import { TransportConfigSchema } from '../../shared/src/transport';
 
 export const SCOPES = ['keys:create', 'keys:sign', 'keys:read', 'admin'] as const;
 export type Scope = (typeof SCOPES)[number];
 
 const vsockAddress = z.string().regex(/^vsock:\/\/\d+:\d+$/, 'expected vsock://CID:PORT');
-const arn = z.string().regex(/^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/, 'expected a KMS key ARN');
 const ms = (def: number, min = 1, max = 600_000) => z.number().int().min(min).max(max).default(def);
 
 const ApiSchema = z.strictObject({
@@ -51,7 +50,7 @@ export const ParentConfigSchema = z.strictObject({
     .default({ address: 'vsock://16:5000', poolSize: 2, connectTimeoutMs: 2000, deadlineMs: 10_000, maxInFlightPerConnection: 2048 }),
   kmsProxy: z.strictObject({
     listen: vsockAddress.default('vsock://3:8000'),
-    allowedKeyArns: z.array(arn).min(1),
+    allowedKeyArns: z.array(kmsKeyArn).min(1),
     region: z.string().min(1),
     /** Override for the KMS emulator (development); absent in production. */
     endpoint: z.string().url().optional(),

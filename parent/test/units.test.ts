@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { tempRunDir } from '../../shared/test/helpers';
+import { IDENTIFIER_SAMPLES } from '../../shared/test/identifier-samples';
 import { startProgram } from '../../test/support/process';
 import { hashToken, TokenAuth } from '../src/api/auth';
 import { parseParentConfig } from '../src/config';
@@ -123,6 +124,12 @@ describe('parent configuration', () => {
     expect(c.logLevel).toBe('warn');
     expect(c.enclave.address).toBe('vsock://16:5000');
     expect(c.kmsProxy.listen).toBe('vsock://3:8000');
+  });
+
+  it('allows exactly the KMS key ARNs the shared definition does', () => {
+    const { good, bad } = IDENTIFIER_SAMPLES.kmsKeyArn;
+    expect(parseParentConfig({ ...base, kmsProxy: { ...base.kmsProxy, allowedKeyArns: good } }).kmsProxy.allowedKeyArns).toEqual(good);
+    for (const arn of bad) expect(() => parseParentConfig({ ...base, kmsProxy: { ...base.kmsProxy, allowedKeyArns: [arn] } })).toThrow(/config.kmsProxy.allowedKeyArns\[0\]: expected a KMS key ARN/);
   });
 
   it.each<[string, object, RegExp]>([

@@ -9,6 +9,7 @@
  */
 import { canonicalCbor, decodeCanonicalCbor } from './cbor';
 import { KeystoreError } from './errors';
+import { ADDRESS_RE, KEY_ID_RE, KMS_KEY_ARN_RE } from './identifiers';
 
 export const BLOB_VERSION = 1;
 export const BLOB_ALG = 'RSAES_OAEP_SHA_256/A256GCM';
@@ -91,9 +92,9 @@ export function decodeBlob(data: Uint8Array): KeyBlob {
   return {
     v: BLOB_VERSION,
     alg: BLOB_ALG,
-    kmsKeyArn: text(m, 'kmsKeyArn', /^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/),
-    keyId: text(m, 'keyId', /^[A-Za-z0-9_-]{1,64}$/),
-    address: text(m, 'address', /^0x[0-9a-fA-F]{40}$/),
+    kmsKeyArn: text(m, 'kmsKeyArn', KMS_KEY_ARN_RE),
+    keyId: text(m, 'keyId', KEY_ID_RE),
+    address: text(m, 'address', ADDRESS_RE),
     createdAt,
     wrappedKey,
     iv: bytes(m, 'iv', BLOB_IV_BYTES),
