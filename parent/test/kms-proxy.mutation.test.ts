@@ -8,12 +8,13 @@
 import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import fs from 'node:fs';
 import net from 'node:net';
+import { backoffDelay } from '../../shared/src/backoff';
 import { KeystoreError } from '../../shared/src/errors';
 import { silentLogger } from '../../shared/src/log';
 import { RpcClient } from '../../shared/src/rpc';
 import { SimulatedVsockTransport, simulatedSocketPath } from '../../shared/src/transport';
 import { captureLogger, rejection, tempRunDir } from '../../shared/test/helpers';
-import { KMS_MIN_ATTEMPT_MS, KmsProxy, kmsBudgetMs, mapKmsError } from '../src/kms/proxy';
+import { KMS_MIN_ATTEMPT_MS, KMS_RETRY_BACKOFF, KmsProxy, kmsBudgetMs, mapKmsError } from '../src/kms/proxy';
 
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';
 const OTHER = 'arn:aws:kms:us-east-1:111122223333:key/99999999-2222-3333-4444-555555555555';
@@ -122,8 +123,9 @@ describe('KMS proxy (scripted KMS client)', () => {
       [40, 2, 'KMS_UNAVAILABLE'],
     ]);
     // Each retry waited its backoff: 25-50 ms after the first failure, 50-100 ms after the second.
-    expect((retries[0]?.delayMs as number) >= 25 && (retries[0]?.delayMs as number) <= 50).toBe(true);
-    expect((retries[1]?.delayMs as number) >= 50 && (retries[1]?.delayMs as number) <= 100).toBe(true);
+    const within = (delay: unknown, attempt: number) => (delay as number) >= backoffDelay(attempt, KMS_RETRY_BACKOFF, () => 0) && (delay as number) <= backoffDelay(attempt, KMS_RETRY_BACKOFF, () => 1);
+    expect([within(retries[0]?.delayMs, 0), within(retries[1]?.delayMs, 1)]).toEqual([true, true]);
+    expect([backoffDelay(0, KMS_RETRY_BACKOFF, () => 0), backoffDelay(1, KMS_RETRY_BACKOFF, () => 1)]).toEqual([25, 100]);
   });
 
   it('does not retry what is not retryable', async () => {

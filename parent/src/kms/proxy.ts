@@ -8,10 +8,11 @@
  * response that carries plaintext (impossible with Recipient, but checked) is refused.
  */
 import { DecryptCommand, KMSClient } from '@aws-sdk/client-kms';
+import { backoffDelay, type BackoffOptions } from '../../../shared/src/backoff';
 import { KeystoreError, type ErrorCode } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/log';
 import { KmsDecryptParams, KmsProxyMethods, type KmsDecryptResult } from '../../../shared/src/enclave-api';
-import { backoffDelay, RpcServer, rpcMethod } from '../../../shared/src/rpc';
+import { RpcServer, rpcMethod } from '../../../shared/src/rpc';
 import type { Listener, Transport } from '../../../shared/src/transport';
 
 export interface KmsProxyOptions {
@@ -32,6 +33,9 @@ interface AwsError {
 
 /** The least time a KMS attempt is given: a retry that would have less left is not started. */
 export const KMS_MIN_ATTEMPT_MS = 100;
+
+/** Retries of a failed KMS call wait 25-50 ms, then 50-100 ms, …, at most 1 s (all within the deadline). */
+export const KMS_RETRY_BACKOFF: Readonly<BackoffOptions> = { initialMs: 50, maxMs: 1000 };
 
 /**
  * The proxy's time for one decrypt: its own deadline, and never more than the enclave waits (its `deadlineMs`)
@@ -136,7 +140,7 @@ export class KmsProxy {
         if (err instanceof KeystoreError) throw err;
         if ((err as Error)?.name === 'AbortError') throw this.finish(retrying ?? timeout(), started);
         const mapped = mapKmsError(err);
-        const delay = backoffDelay(attempt, { initialMs: 50, maxMs: 1000 });
+        const delay = backoffDelay(attempt, KMS_RETRY_BACKOFF);
         // A retry starts only if it can finish: the backoff plus as long as this attempt took (at least
         // KMS_MIN_ATTEMPT_MS) must fit before the deadline. Otherwise this failure is the answer.
         const needs = delay + Math.max(KMS_MIN_ATTEMPT_MS, Date.now() - attemptStarted);
