@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { decodeCbor, encodeCbor } from '../../../shared/src/cbor';
 import type { SimulatedNitroCa } from './ca';
 import { signAttestationDocument } from './document';
-import { extendPcr, PCR_BYTES, ZERO_PCR } from '../measure';
+import { extendPcr, PCR_BYTES, ZERO_PCR } from '../../../shared/src/pcr';
 
 export const NSM_REQUEST_MAX_BYTES = 0x1000;
 export const NSM_RESPONSE_MAX_BYTES = 0x3000;
