@@ -10,14 +10,14 @@ import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import { KeystoreError } from '../../shared/src/errors';
 import { KmsDecryptParams, type KmsDecryptResult } from '../../shared/src/enclave-api';
 import { RpcClient, RpcServer, rpcMethod } from '../../shared/src/rpc';
-import { SimulatedVsockTransport } from '../../shared/src/transport';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, SimulatedVsockTransport } from '../../shared/src/transport';
 import { silentLogger } from '../../shared/src/log';
 import { startPlatform, writeJson, type Platform } from '../../test/support/platform';
 import { startProgram, type Running } from '../../test/support/process';
 import { RecordingTransport } from '../../test/support/recording';
 
-export const ENCLAVE_ADDRESS = 'vsock://16:5000';
-export const PROXY_ADDRESS = 'vsock://3:8000';
+export const ENCLAVE_ADDRESS = DEFAULT_ENCLAVE_ADDRESS;
+export const PROXY_ADDRESS = DEFAULT_KMS_PROXY_ADDRESS;
 
 export type DecryptParams = ReturnType<typeof KmsDecryptParams.parse>;
 

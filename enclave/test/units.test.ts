@@ -9,7 +9,8 @@ import { FailedOpens } from '../src/kms/failed-opens';
 import { RecipientKeys } from '../src/kms/recipient';
 import { NsmClient, type NsmTransport } from '../src/nsm/client';
 import { DeviceNsmTransport, loadNsmAddon } from '../src/nsm/device';
-import { parseEnclaveConfig } from '../src/config';
+import { ENCLAVE_CONFIG_DEFAULTS, parseEnclaveConfig } from '../src/config';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../shared/src/transport';
 import { startProgram } from '../../test/support/process';
 import { tempRunDir } from '../../shared/test/helpers';
 import { IDENTIFIER_SAMPLES } from '../../shared/test/identifier-samples';
@@ -165,7 +166,7 @@ describe('recipient key', () => {
       },
       close: () => undefined,
     };
-    const r = new RecipientKeys(new NsmClient(transport), { rotateMs: 3600_000, documentMaxAgeMs: 60_000 });
+    const r = new RecipientKeys(new NsmClient(transport), ENCLAVE_CONFIG_DEFAULTS.recipient);
     const first = await r.current();
     const held = await r.current(); // another call in flight with the same key
     expect(held.sameKey(first)).toBe(true);
@@ -230,10 +231,12 @@ describe('NSM device addon', () => {
 describe('enclave configuration', () => {
   const valid = { kmsKeyArn: ARN, kmsPublicKey: kms.publicKey.export({ type: 'spki', format: 'der' }).toString('base64') };
 
-  it('fills defaults for everything optional', () => {
-    const c = parseEnclaveConfig(valid);
-    expect(c).toMatchObject({ listen: 'vsock://16:5000', kmsProxy: 'vsock://3:8000', transport: { kind: 'vsock' }, nsm: { kind: 'device', path: '/dev/nsm' } });
-    expect(c.cache.ttlMs).toBeGreaterThan(0);
+  it('fills every optional setting with its exported default', () => {
+    const { kmsKeyArn, kmsPublicKey, kmsPublicKeyObject, ...rest } = parseEnclaveConfig(valid);
+    expect([kmsKeyArn, kmsPublicKey, kmsPublicKeyObject.asymmetricKeyType]).toEqual([valid.kmsKeyArn, valid.kmsPublicKey, 'rsa']);
+    expect(rest).toEqual(ENCLAVE_CONFIG_DEFAULTS);
+    // The parent's defaults dial the same addresses (parent/test/units.test.ts checks its side).
+    expect([ENCLAVE_CONFIG_DEFAULTS.listen, ENCLAVE_CONFIG_DEFAULTS.kmsProxy]).toEqual([DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS]);
   });
 
   it('takes exactly the KMS key ARNs the shared definition does', () => {
@@ -249,7 +252,8 @@ describe('enclave configuration', () => {
     ['a public key that is not DER', { ...valid, kmsPublicKey: 'AAAA' }, /not a base64 DER SubjectPublicKeyInfo/],
     ['an EC public key', { ...valid, kmsPublicKey: generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' }).toString('base64') }, /RSA key of at least 2048 bits/],
     ['a zero TTL', { ...valid, cache: { ttlMs: 0, maxEntries: 1 } }, /config.cache.ttlMs/],
-    ['a bad listen address', { ...valid, listen: 'tcp://0.0.0.0:5000' }, /config.listen/],
+    ['a bad listen address', { ...valid, listen: 'tcp://0.0.0.0:5000' }, /config.listen: expected vsock:\/\/CID:PORT/],
+    ['a listen address the transport cannot use', { ...valid, listen: 'vsock://16:4294967295' }, /config.listen: expected vsock:\/\/CID:PORT/],
   ])('rejects %s', (_name, raw, message) => {
     expect(() => parseEnclaveConfig(raw)).toThrow(message);
   });

@@ -6,6 +6,11 @@ import pino from 'pino';
 
 export type Logger = pino.Logger;
 
+/** The levels a program's `logLevel` setting takes. */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
+
 export const REDACT_PATHS = [
   'token',
   'authorization',
@@ -56,7 +61,7 @@ export function createLogger({ name, level, destination, redact = true, bufferBy
   return pino(
     {
       name,
-      level: level ?? process.env.LOG_LEVEL ?? 'info',
+      level: level ?? process.env.LOG_LEVEL ?? DEFAULT_LOG_LEVEL,
       ...(redact ? { redact: { paths: REDACT_PATHS, censor: '[redacted]' } } : {}),
       base: { pid: process.pid },
     },

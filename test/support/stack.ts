@@ -7,12 +7,13 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../shared/src/transport';
 import { startPlatform, writeJson, type Platform } from './platform';
 import { startProgram, type Running } from './process';
 import { startRelay, type Relay } from './relay';
 
-export const ENCLAVE_ADDRESS = 'vsock://16:5000';
-export const PROXY_ADDRESS = 'vsock://3:8000';
+export const ENCLAVE_ADDRESS = DEFAULT_ENCLAVE_ADDRESS;
+export const PROXY_ADDRESS = DEFAULT_KMS_PROXY_ADDRESS;
 
 export type TokenName = 'full' | 'create' | 'sign' | 'read' | 'admin';
 
