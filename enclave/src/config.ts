@@ -11,6 +11,7 @@ import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '../../shared/src/log';
 import { describeIssues, kmsKeyArn } from '../../shared/src/schema';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '../../shared/src/transport';
 import { NSM_DEVICE_PATH } from './nsm/device';
+import { DEFAULT_SIGNING_DEADLINE_MS } from './signing/pool';
 
 /**
  * Signer threads: one per vCPU beyond the first, which the main thread keeps for I/O and request handling.
@@ -32,7 +33,7 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   // kmsDeadlineMs is shorter than the parent's deadline for a whole sign (its enclave.deadlineMs, 10 s), so a
   // slow KMS is answered as such before the parent gives up on the call.
   limits: { maxConcurrent: 4096, maxFrameBytes: DEFAULT_MAX_FRAME_BYTES, kmsDeadlineMs: 8_000 },
-  signing: { workers: defaultWorkers(), deadlineMs: 2000 },
+  signing: { workers: defaultWorkers(), deadlineMs: DEFAULT_SIGNING_DEADLINE_MS },
   logLevel: DEFAULT_LOG_LEVEL,
 } as const;
 
