@@ -49,8 +49,9 @@ export class KeystoreApiError extends Error {
     readonly code: string,
     message: string,
     readonly requestId: string | undefined,
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
   }
   /** From the server's own error-code table (shared/src/errors.ts), so client and server agree. */
   get retryable(): boolean {
@@ -113,8 +114,8 @@ export class KeystoreClient {
     let parsed: unknown;
     try {
       parsed = text ? JSON.parse(text) : undefined;
-    } catch {
-      throw new KeystoreApiError(res.status, 'BAD_RESPONSE', `the server answered ${res.status} with a body that is not JSON`, res.headers.get('x-request-id') ?? undefined);
+    } catch (err) {
+      throw new KeystoreApiError(res.status, 'BAD_RESPONSE', `the server answered ${res.status} with a body that is not JSON`, res.headers.get('x-request-id') ?? undefined, { cause: err });
     }
     if (!res.ok) {
       const e = (parsed as { error?: { code?: string; message?: string; requestId?: string } })?.error;

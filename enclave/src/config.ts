@@ -112,8 +112,8 @@ export function parseEnclaveConfig(raw: unknown, source = 'configuration'): Encl
   let key: KeyObject;
   try {
     key = createPublicKey({ key: Buffer.from(res.data.kmsPublicKey, 'base64'), format: 'der', type: 'spki' });
-  } catch {
-    throw new ConfigError(`invalid ${source}: config.kmsPublicKey is not a base64 DER SubjectPublicKeyInfo`);
+  } catch (err) {
+    throw new ConfigError(`invalid ${source}: config.kmsPublicKey is not a base64 DER SubjectPublicKeyInfo`, { cause: err });
   }
   const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
   if (key.asymmetricKeyType !== 'rsa' || bits < 2048) {

@@ -60,7 +60,7 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
       return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'), keyId: res.KeyId as string };
     } catch (err) {
       const name = (err as Error).name;
-      throw new KeystoreError(name === 'AccessDeniedException' ? 'KMS_ACCESS_DENIED' : 'KMS_UNAVAILABLE', `KMS ${name}: ${(err as Error).message}`);
+      throw new KeystoreError(name === 'AccessDeniedException' ? 'KMS_ACCESS_DENIED' : 'KMS_UNAVAILABLE', `KMS ${name}: ${(err as Error).message}`, { cause: err });
     }
   };
   harness.kmsDecrypt = kmsDecrypt;

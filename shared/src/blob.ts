@@ -51,7 +51,7 @@ export function blobAad(b: Pick<KeyBlob, 'v' | 'alg' | 'kmsKeyArn' | 'keyId' | '
   return canonicalCbor({ v: b.v, alg: b.alg, kmsKeyArn: b.kmsKeyArn, keyId: b.keyId, address: b.address });
 }
 
-const bad = (what: string) => new KeystoreError('KEY_INTEGRITY', `key blob is malformed: ${what}`);
+const bad = (what: string, cause?: unknown) => new KeystoreError('KEY_INTEGRITY', `key blob is malformed: ${what}`, { cause });
 
 function bytes(m: Map<unknown, unknown>, key: string, length?: number): Buffer {
   const v = m.get(key);
@@ -74,8 +74,8 @@ export function decodeBlob(data: Uint8Array): KeyBlob {
   try {
     // Strict: one blob has exactly one encoding (no duplicate keys, tags, indefinite or padded lengths).
     m = decodeCanonicalCbor(data);
-  } catch {
-    throw bad('not canonical CBOR');
+  } catch (err) {
+    throw bad('not canonical CBOR', err);
   }
   if (!(m instanceof Map)) throw bad('not a CBOR map');
   const v = m.get('v');

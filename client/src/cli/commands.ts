@@ -26,7 +26,7 @@ function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[]
   try {
     res = parseArgs({ args, options, allowPositionals: positionals > 0, strict: true });
   } catch (err) {
-    throw new UsageError((err as Error).message);
+    throw new UsageError((err as Error).message, { cause: err });
   }
   if (res.positionals.length !== positionals) throw new UsageError(`expected ${positionals} argument(s), got ${res.positionals.length}`);
   return res;
@@ -233,7 +233,7 @@ export async function attestationCommand(args: string[]): Promise<number> {
     try {
       value = normalizePcr(m[2] as string, `PCR${m[1]}`);
     } catch (err) {
-      throw new UsageError((err as Error).message);
+      throw new UsageError((err as Error).message, { cause: err });
     }
     (opts.expectedPcrs ??= {})[Number(m[1])] = value;
   }
@@ -310,7 +310,7 @@ export function policyCommand(args: string[]): number {
     else process.stdout.write(`${policy}\n`);
     return 0;
   } catch (err) {
-    if (err instanceof PolicyInputError) throw new UsageError(err.message);
+    if (err instanceof PolicyInputError) throw new UsageError(err.message, { cause: err });
     throw err;
   }
 }

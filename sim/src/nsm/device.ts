@@ -27,8 +27,11 @@ export type NsmErrorCode =
   | 'InternalError';
 
 class NsmFailure extends Error {
-  constructor(readonly code: NsmErrorCode) {
-    super(code);
+  constructor(
+    readonly code: NsmErrorCode,
+    options?: ErrorOptions,
+  ) {
+    super(code, options);
   }
 }
 
@@ -61,8 +64,8 @@ export class SimulatedNsm {
       let msg: unknown;
       try {
         msg = decodeCbor(request);
-      } catch {
-        throw new NsmFailure('InvalidArgument');
+      } catch (err) {
+        throw new NsmFailure('InvalidArgument', { cause: err });
       }
       const response = encodeCbor(await this.dispatch(msg));
       if (response.length > NSM_RESPONSE_MAX_BYTES) throw new NsmFailure('InternalError');

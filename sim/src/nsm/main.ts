@@ -82,7 +82,7 @@ async function main(): Promise<void> {
       try {
         requests = decoder.push(chunk);
       } catch (err) {
-        log.warn({ code: err instanceof FrameError ? err.code : 'decode' }, 'closing NSM client connection');
+        log.warn({ err, code: err instanceof FrameError ? err.code : 'decode' }, 'closing NSM client connection');
         sock.destroy();
         return;
       }
