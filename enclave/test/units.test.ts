@@ -7,12 +7,13 @@ import { KeyCache } from '../src/keys/cache';
 import { openSealed, sealSecret } from '../src/keys/seal';
 import { FailedOpens } from '../src/kms/failed-opens';
 import { RecipientKeys } from '../src/kms/recipient';
-import { NsmClient, type NsmTransport } from '../src/nsm/client';
+import { NsmClient } from '../src/nsm/client';
 import { DeviceNsmTransport, loadNsmAddon } from '../src/nsm/device';
 import { ENCLAVE_CONFIG_DEFAULTS, parseEnclaveConfig } from '../src/config';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../shared/src/transport';
 import { startProgram } from '../../test/support/process';
 import { tempRunDir } from '../../shared/test/helpers';
+import { fakeNsm } from './fake-nsm';
 import { IDENTIFIER_SAMPLES } from '../../shared/test/identifier-samples';
 
 const kms = generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -131,19 +132,11 @@ describe('sealing', () => {
 describe('recipient key', () => {
   it('reuses its document only within the bounded age and rotates the key on schedule', async () => {
     let now = 0;
-    let attests = 0;
-    const transport: NsmTransport = {
-      kind: 'simulated',
-      request: async () => {
-        attests += 1;
-        return encodeCbor(new Map([['Attestation', new Map([['document', Buffer.from(`doc-${attests}`)]])]]));
-      },
-      close: () => undefined,
-    };
-    const r = new RecipientKeys(new NsmClient(transport), { rotateMs: 10_000, documentMaxAgeMs: 1_000, now: () => now });
+    const nsm = fakeNsm();
+    const r = new RecipientKeys(nsm.client, { rotateMs: 10_000, documentMaxAgeMs: 1_000, now: () => now });
     const [a, b] = await Promise.all([r.current(), r.current()]);
     expect(a.document).toEqual(b.document);
-    expect(attests).toBe(1);
+    expect(nsm.attests()).toBe(1);
     now = 999;
     expect((await r.current()).document.toString()).toBe('doc-1');
     now = 1_000;
@@ -157,16 +150,7 @@ describe('recipient key', () => {
   });
 
   it('retires a key at once: leases of it open nothing, and the next call gets a new key and document', async () => {
-    let attests = 0;
-    const transport: NsmTransport = {
-      kind: 'simulated',
-      request: async () => {
-        attests += 1;
-        return encodeCbor(new Map([['Attestation', new Map([['document', Buffer.from(`doc-${attests}`)]])]]));
-      },
-      close: () => undefined,
-    };
-    const r = new RecipientKeys(new NsmClient(transport), ENCLAVE_CONFIG_DEFAULTS.recipient);
+    const r = new RecipientKeys(fakeNsm().client, ENCLAVE_CONFIG_DEFAULTS.recipient);
     const first = await r.current();
     const held = await r.current(); // another call in flight with the same key
     expect(held.sameKey(first)).toBe(true);
