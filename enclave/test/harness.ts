@@ -12,7 +12,7 @@ import { KmsDecryptParams, type KmsDecryptResult } from '../../shared/src/enclav
 import { RpcClient, RpcServer, rpcMethod } from '../../shared/src/rpc';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, SimulatedVsockTransport } from '../../shared/src/transport';
 import { silentLogger } from '../../shared/src/log';
-import { startPlatform, writeJson, type Platform } from '../../test/support/platform';
+import { enclaveConfigFor, startPlatform, writeJson, type Platform } from '../../test/support/platform';
 import { startProgram, type Running } from '../../test/support/process';
 import { RecordingTransport } from '../../test/support/recording';
 
@@ -79,16 +79,7 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
   await proxy.listen(recorded, PROXY_ADDRESS);
 
   const configFile = path.join(runDir, 'enclave.json');
-  const baseConfig = {
-    kmsKeyArn: platform.keyArn,
-    kmsPublicKey: platform.kmsPublicKey,
-    listen: ENCLAVE_ADDRESS,
-    kmsProxy: PROXY_ADDRESS,
-    transport: { kind: 'simulated', runDir },
-    nsm: { kind: 'simulated', socket: platform.nsmSocket },
-    logLevel: 'debug',
-    ...config,
-  };
+  const baseConfig = enclaveConfigFor(platform, runDir, config); // listens on ENCLAVE_ADDRESS, dials PROXY_ADDRESS
   writeJson(configFile, baseConfig);
   const launch = async () => {
     const proc = startProgram('enclave', ['--config', configFile]);
