@@ -14,6 +14,7 @@ import { DEFAULT_ENCLAVE_ADDRESS, SimulatedVsockTransport } from '../shared/src/
 import type { EnclaveHealth } from '../shared/src/enclave-api';
 import { tempRunDir } from '../shared/test/helpers';
 import { startProgram } from './support/process';
+import { linkTools, OPS_SCRIPT_TOOLS } from './support/tools';
 
 const ROOT = path.resolve(__dirname, '..');
 const SCRIPTS = fs.readdirSync(path.join(ROOT, 'scripts')).filter((f) => f.endsWith('.sh'));
@@ -184,12 +185,7 @@ describe('scripts against a stand-in nitro-cli', () => {
   beforeAll(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nks-ops-'));
     bin = path.join(dir, 'bin');
-    fs.mkdirSync(bin);
-    // Only the tools the scripts may use; no docker, no aws.
-    for (const tool of ['bash', 'env', 'dirname', 'cat', 'grep', 'mktemp', 'rm', 'cp', 'mkdir', 'awk', 'sleep', 'git', 'node', 'jq']) {
-      const found = spawnSync('bash', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim();
-      if (found) fs.symlinkSync(found, path.join(bin, tool));
-    }
+    linkTools(bin, OPS_SCRIPT_TOOLS); // only the tools the scripts may use
     fs.writeFileSync(path.join(dir, 'fake.eif'), 'eif');
   });
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
