@@ -39,7 +39,7 @@ export interface EnvelopedParts {
 
 const DEFAULT_P_SOURCE_PARAMS = Buffer.from(new RsaEsOaepParams().pSourceAlgorithm.parameters ?? new ArrayBuffer(0));
 
-const malformed = (what: string, cause?: unknown) => new CmsError('CMS_MALFORMED', `CMS: ${what}`, cause === undefined ? undefined : { cause });
+const malformed = (what: string, cause?: unknown) => new CmsError('CMS_MALFORMED', `CMS: ${what}`, { cause });
 const unsupported = (what: string) => new CmsError('CMS_UNSUPPORTED', `CMS: ${what}`);
 
 function parseAs<T>(data: ArrayBuffer | ArrayBufferView, type: new () => T, what: string): T {

@@ -171,6 +171,8 @@ describe('attestation verification at the edges of each check', () => {
       'attestation document: cabundle[1] is not a valid X.509 certificate',
     ]);
     expect(refusal(() => verifyAttestation(withBundle(signer.cabundle, garbage), opts()))).toEqual(['MALFORMED', 'attestation document: certificate is not a valid X.509 certificate']);
+    // The X.509 parser's own error stays as the cause.
+    expect(() => verifyAttestation(withBundle(signer.cabundle, garbage), opts())).toThrow(expect.objectContaining({ cause: expect.objectContaining({ message: expect.any(String) }) }));
   });
 
   it('checks validity inclusively at notBefore and notAfter, and says when it fails', async () => {
