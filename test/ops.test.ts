@@ -10,10 +10,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { silentLogger } from '../shared/src/log';
 import { RpcClient } from '../shared/src/rpc';
-import { SimulatedVsockTransport } from '../shared/src/transport';
+import { DEFAULT_ENCLAVE_ADDRESS, SimulatedVsockTransport } from '../shared/src/transport';
 import type { EnclaveApi } from '../shared/src/enclave-api';
 import { tempRunDir } from '../shared/test/helpers';
 import { startProgram } from './support/process';
+import { linkTools, OPS_SCRIPT_TOOLS } from './support/tools';
 
 const ROOT = path.resolve(__dirname, '..');
 const SCRIPTS = fs.readdirSync(path.join(ROOT, 'scripts')).filter((f) => f.endsWith('.sh'));
@@ -147,7 +148,7 @@ describe('reproducible enclave bundle and bare-directory start', () => {
         JSON.stringify({
           kmsKeyArn: 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab',
           kmsPublicKey: generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'der' }).toString('base64'),
-          listen: 'vsock://16:5000',
+          listen: DEFAULT_ENCLAVE_ADDRESS,
           transport: { kind: 'simulated', runDir },
           nsm: { kind: 'simulated', socket: path.join(runDir, 'nsm.sock') },
         }),
@@ -157,7 +158,7 @@ describe('reproducible enclave bundle and bare-directory start', () => {
 
       // Started with a clean environment from /, reading enclave.json beside the bundle.
       const enclave = spawn(process.execPath, [path.join(app, 'enclave.js')], { cwd: '/', env: { PATH: process.env.PATH }, stdio: 'ignore' });
-      const client = new RpcClient<EnclaveApi>({ name: 'bare', transport: new SimulatedVsockTransport(runDir), address: 'vsock://16:5000', logger: silentLogger() });
+      const client = new RpcClient<EnclaveApi>({ name: 'bare', transport: new SimulatedVsockTransport(runDir), address: DEFAULT_ENCLAVE_ADDRESS, logger: silentLogger() });
       try {
         await client.waitConnected(15_000);
         const health = await client.call('enclave.health', {});
@@ -184,12 +185,7 @@ describe('scripts against a stand-in nitro-cli', () => {
   beforeAll(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nks-ops-'));
     bin = path.join(dir, 'bin');
-    fs.mkdirSync(bin);
-    // Only the tools the scripts may use; no docker, no aws.
-    for (const tool of ['bash', 'env', 'dirname', 'cat', 'grep', 'mktemp', 'rm', 'cp', 'mkdir', 'awk', 'sleep', 'git', 'node', 'jq']) {
-      const found = spawnSync('bash', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim();
-      if (found) fs.symlinkSync(found, path.join(bin, tool));
-    }
+    linkTools(bin, OPS_SCRIPT_TOOLS); // only the tools the scripts may use
     fs.writeFileSync(path.join(dir, 'fake.eif'), 'eif');
   });
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));

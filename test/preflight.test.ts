@@ -8,6 +8,7 @@ import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { linkTools } from './support/tools';
 
 const ROOT = path.resolve(__dirname, '..');
 const SCRIPT = path.join(ROOT, 'scripts', 'preflight.sh');
@@ -33,11 +34,7 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 function run(stand: Stand = {}) {
   const bin = fs.mkdtempSync(path.join(dir, 'bin-'));
-  for (const tool of ['bash', 'env', 'dirname', 'cat', 'grep', 'mktemp', 'rm', 'head', 'tail', 'tr', 'sort', 'stat', 'base64', 'openssl', 'jq', 'hostname', 'date', 'sleep', 'timeout']) {
-    const found = spawnSync('bash', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim();
-    if (!found) throw new Error(`${tool} is needed for this test`);
-    fs.symlinkSync(found, path.join(bin, tool));
-  }
+  linkTools(bin, ['bash', 'env', 'dirname', 'cat', 'grep', 'mktemp', 'rm', 'head', 'tail', 'tr', 'sort', 'stat', 'base64', 'openssl', 'jq', 'hostname', 'date', 'sleep', 'timeout'], { required: true });
   const script = (name: string, body: string) => fs.writeFileSync(path.join(bin, name), `#!/bin/bash\n${body}\n`, { mode: 0o755 });
   script('node', `if [[ "$1" == --version ]]; then echo ${stand.nodeVersion ?? 'v22.11.0'}; else exec ${process.execPath} "$@"; fi`);
   script('docker', `echo "github.com/docker/buildx ${stand.buildx ?? 'v0.17.1'} abc"`);

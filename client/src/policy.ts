@@ -23,7 +23,9 @@
  * every debug enclave reports zeros, so approving them would approve any debug enclave. The account root
  * principal is refused: in a key policy it delegates to every IAM policy in the account.
  */
-import { createHash } from 'node:crypto';
+import { PCR_HEX_RE, pcr3ForRole } from '../../shared/src/pcr';
+
+export { pcr3ForRole };
 
 export interface ImageMeasurements {
   PCR0: string;
@@ -67,19 +69,13 @@ export const IMAGE_APPROVER_ACTIONS = ['kms:PutKeyPolicy', 'kms:GetKeyPolicy', '
 export const BREAK_GLASS_ACTIONS = ['kms:DisableKey', 'kms:EnableKey', 'kms:ScheduleKeyDeletion', 'kms:CancelKeyDeletion', 'kms:DescribeKey', 'kms:GetKeyPolicy'] as const;
 export const PARENT_METADATA_ACTIONS = ['kms:DescribeKey', 'kms:GetPublicKey'] as const;
 
-const PCR_RE = /^[0-9a-f]{96}$/;
 const ROLE_RE = /^arn:aws[a-z-]*:iam::\d{12}:role\/[A-Za-z0-9+=,.@_/-]{1,512}$/;
 const USER_OR_ROLE_RE = /^arn:aws[a-z-]*:iam::\d{12}:(role|user)\/[A-Za-z0-9+=,.@_/-]{1,512}$/;
 const ROOT_RE = /^(\*|\d{12}|arn:aws[a-z-]*:iam::\d{12}:root)$/;
 
-/** PCR3 as Nitro computes it: SHA-384 over 48 zero bytes followed by the role ARN. */
-export function pcr3ForRole(roleArn: string): string {
-  return createHash('sha384').update(Buffer.alloc(48)).update(roleArn, 'utf8').digest('hex');
-}
-
 export function normalizePcr(value: string, name: string): string {
   const v = value.trim().toLowerCase().replace(/^0x/, '');
-  if (!PCR_RE.test(v)) throw new PolicyInputError(`${name} must be 48 bytes of hex (96 characters), got ${value.length} characters`);
+  if (!PCR_HEX_RE.test(v)) throw new PolicyInputError(`${name} must be 48 bytes of hex (96 characters), got ${value.length} characters`);
   return v;
 }
 

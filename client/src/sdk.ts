@@ -10,6 +10,8 @@
  * errors with jittered backoff; creation without an externalId is never retried (it could make two keys).
  */
 import { AttestationError, verifyBirthAttestation, type BirthVerifyOptions, type VerifiedAttestation, type VerifyOptions } from '../../shared/src/attestation';
+import { backoffDelay, type BackoffOptions } from '../../shared/src/backoff';
+import { isRetryableCode } from '../../shared/src/errors';
 import type { SignRequestInput, SignResult } from '../../shared/src/signing/schema';
 
 export type { BirthVerifyOptions, SignRequestInput, SignResult, VerifiedAttestation, VerifyOptions };
@@ -37,7 +39,8 @@ export interface ClientOptions {
   fetch?: typeof fetch;
 }
 
-const RETRYABLE = new Set(['OVERLOADED', 'UNAVAILABLE', 'TIMEOUT', 'KMS_THROTTLED', 'KMS_UNAVAILABLE']);
+/** Retries wait 50-100 ms, then 100-200 ms, …, at most 5 s. */
+export const SDK_RETRY_BACKOFF: Readonly<BackoffOptions> = { initialMs: 100, maxMs: 5_000 };
 
 export class KeystoreApiError extends Error {
   override readonly name = 'KeystoreApiError';
@@ -46,11 +49,13 @@ export class KeystoreApiError extends Error {
     readonly code: string,
     message: string,
     readonly requestId: string | undefined,
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
   }
+  /** From the server's own error-code table (shared/src/errors.ts), so client and server agree. */
   get retryable(): boolean {
-    return RETRYABLE.has(this.code);
+    return isRetryableCode(this.code);
   }
 }
 
@@ -93,8 +98,7 @@ export class KeystoreClient {
       } catch (err) {
         const retry = err instanceof KeystoreApiError ? err.retryable : err instanceof TypeError; // TypeError: network failure
         if (!retry || attempt >= attempts) throw err;
-        const ceiling = 100 * 2 ** (attempt - 1);
-        await new Promise((r) => setTimeout(r, ceiling / 2 + Math.random() * (ceiling / 2)));
+        await new Promise((r) => setTimeout(r, backoffDelay(attempt - 1, SDK_RETRY_BACKOFF)));
       }
     }
   }
@@ -110,8 +114,8 @@ export class KeystoreClient {
     let parsed: unknown;
     try {
       parsed = text ? JSON.parse(text) : undefined;
-    } catch {
-      throw new KeystoreApiError(res.status, 'BAD_RESPONSE', `the server answered ${res.status} with a body that is not JSON`, res.headers.get('x-request-id') ?? undefined);
+    } catch (err) {
+      throw new KeystoreApiError(res.status, 'BAD_RESPONSE', `the server answered ${res.status} with a body that is not JSON`, res.headers.get('x-request-id') ?? undefined, { cause: err });
     }
     if (!res.ok) {
       const e = (parsed as { error?: { code?: string; message?: string; requestId?: string } })?.error;

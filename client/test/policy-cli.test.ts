@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { linkTools, OPS_SCRIPT_TOOLS } from '../../test/support/tools';
 
 const ROOT = path.resolve(__dirname, '../..');
 const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -36,11 +37,7 @@ describe('nks policy and approve-image.sh', () => {
     if (!fs.existsSync(CLI)) throw new Error(`${CLI} is missing: run "npm run build" (or node scripts/build.mjs --only cli) first`);
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nks-policy-cli-'));
     bin = path.join(dir, 'bin');
-    fs.mkdirSync(bin);
-    for (const tool of ['bash', 'env', 'dirname', 'cat', 'grep', 'mktemp', 'rm', 'cp', 'mkdir', 'awk', 'sleep', 'git', 'node', 'jq']) {
-      const found = spawnSync('bash', ['-c', `command -v ${tool}`], { encoding: 'utf8' }).stdout.trim();
-      if (found) fs.symlinkSync(found, path.join(bin, tool));
-    }
+    linkTools(bin, OPS_SCRIPT_TOOLS);
     signed = path.join(dir, 'signed.json');
     fs.writeFileSync(signed, JSON.stringify({ Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48), PCR8: '8a'.repeat(48) } }));
     unsigned = path.join(dir, 'unsigned.json');

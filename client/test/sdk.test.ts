@@ -1,3 +1,4 @@
+import { ERROR_CODES, isRetryableCode } from '../../shared/src/errors';
 import { KeystoreApiError, KeystoreClient } from '../src/sdk';
 
 function fakeFetch(statuses: number[]) {
@@ -36,5 +37,13 @@ describe('SDK', () => {
     const err = (await new KeystoreClient({ url: 'http://x', token: 't', fetch: f }).getKey('k9').catch((e: unknown) => e)) as KeystoreApiError;
     expect([err.status, err.code, err.requestId, err.retryable]).toEqual([404, 'KEY_NOT_FOUND', 'r1', false]);
     expect(calls).toHaveLength(1);
+  });
+
+  it("takes retryability from the servers' error-code table, code by code", () => {
+    const table = Object.entries(ERROR_CODES).map(([code, info]) => [code, info.retryable]);
+    expect(table.map(([code]) => [code, new KeystoreApiError(500, code as string, 'm', undefined).retryable])).toEqual(table);
+    expect(table.filter(([, retryable]) => retryable).map(([code]) => code)).toEqual(['KMS_THROTTLED', 'KMS_UNAVAILABLE', 'OVERLOADED', 'TIMEOUT', 'UNAVAILABLE']);
+    // Codes the table does not have (an HTTP status without our envelope, a body that is not JSON): final.
+    for (const code of ['HTTP_503', 'BAD_RESPONSE', 'toString', '']) expect([code, new KeystoreApiError(503, code, 'm', undefined).retryable, isRetryableCode(code)]).toEqual([code, false, false]);
   });
 });

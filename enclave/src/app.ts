@@ -54,7 +54,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   cache.startSweeper();
   const failedOpens = new FailedOpens(config.failedOpens);
   const unsealer = new Unsealer(kmsProxy, recipient, failedOpens, { kmsKeyArn: config.kmsKeyArn, deadlineMs: config.limits.kmsDeadlineMs });
-  const signers = new SignerPool(config.signing.workers, script, (message) => logger.error(message), { deadlineMs: config.signing.deadlineMs });
+  const signers = new SignerPool(config.signing.workers, script, (message, err) => logger.error({ err }, message), { deadlineMs: config.signing.deadlineMs });
   const keys = new KeyVault({ cache, unsealer, nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject, signers });
   let served: RpcServer | undefined;
   const { methods } = enclaveMethods({ keys, cache, unsealer, recipient, failedOpens, signers, nsm, kmsProxy, startedAt: Date.now(), rpcStats: () => served?.stats });
@@ -65,7 +65,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   served = server;
   await server.listen(transport, config.listen);
   // Warm the recipient key and document so the first cold sign does not pay for RSA key generation.
-  void recipient.current().catch((err: unknown) => logger.warn({ error: (err as Error).message }, 'could not prepare the KMS recipient key yet'));
+  void recipient.current().catch((err: unknown) => logger.warn({ err }, 'could not prepare the KMS recipient key yet'));
 
   return {
     server,

@@ -24,6 +24,7 @@ import { simulatedSocketPath } from '../../shared/src/transport';
 import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
 import { rejection, tempRunDir, waitFor } from '../../shared/test/helpers';
 import { RawPeer } from '../../test/support/raw-peer';
+import { ENCLAVE_CONFIG_DEFAULTS } from '../src/config';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
 import { DUMMY_SECRET } from '../src/kms/open-answer';
 import { SocketNsmTransport } from '../src/nsm/socket';
@@ -264,7 +265,7 @@ describe('adversarial parent', () => {
   }, 120_000);
 
   it('stops a padding-oracle attack: 255 guesses with fresh genuine answers yield one answer and a few KMS calls', async () => {
-    await restart({ maxFailures: 10, windowMs: 60_000, cooldownMs: 60_000 });
+    await restart(ENCLAVE_CONFIG_DEFAULTS.failedOpens); // the production limit
     const victim = await create('oracle-victim');
     const before = h.proxyRequests.length;
     // The strongest parent: for every guess it asks KMS for a genuine answer to the enclave's current
@@ -278,10 +279,10 @@ describe('adversarial parent', () => {
     }
     h.forge = null;
     expect([...distinct.values()]).toEqual([255]);
-    // The limit stops it after 10 failures + 1: every later guess was refused without a Decrypt.
+    // The limit stops it after maxFailures failures + 1: every later guess was refused without a Decrypt.
     const asked = h.proxyRequests.slice(before);
-    expect(asked).toHaveLength(11);
-    expect(new Set(asked.map(recipientHex)).size).toBe(11);
+    expect(asked).toHaveLength(ENCLAVE_CONFIG_DEFAULTS.failedOpens.maxFailures + 1);
+    expect(new Set(asked.map(recipientHex)).size).toBe(ENCLAVE_CONFIG_DEFAULTS.failedOpens.maxFailures + 1);
   }, 60_000);
 
   it('refuses cold signs during the cool-down after too many failed opens, counted in the same total; warm signs go on', async () => {

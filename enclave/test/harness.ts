@@ -10,14 +10,14 @@ import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import { KeystoreError } from '../../shared/src/errors';
 import { KmsDecryptParams, type EnclaveApi, type KmsDecryptResult } from '../../shared/src/enclave-api';
 import { RpcClient, RpcServer, rpcMethod } from '../../shared/src/rpc';
-import { SimulatedVsockTransport } from '../../shared/src/transport';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, SimulatedVsockTransport } from '../../shared/src/transport';
 import { silentLogger } from '../../shared/src/log';
-import { startPlatform, writeJson, type Platform } from '../../test/support/platform';
+import { enclaveConfigFor, startPlatform, writeJson, type Platform } from '../../test/support/platform';
 import { startProgram, type Running } from '../../test/support/process';
 import { RecordingTransport } from '../../test/support/recording';
 
-export const ENCLAVE_ADDRESS = 'vsock://16:5000';
-export const PROXY_ADDRESS = 'vsock://3:8000';
+export const ENCLAVE_ADDRESS = DEFAULT_ENCLAVE_ADDRESS;
+export const PROXY_ADDRESS = DEFAULT_KMS_PROXY_ADDRESS;
 
 export type DecryptParams = ReturnType<typeof KmsDecryptParams.parse>;
 
@@ -60,7 +60,7 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
       return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'), keyId: res.KeyId as string };
     } catch (err) {
       const name = (err as Error).name;
-      throw new KeystoreError(name === 'AccessDeniedException' ? 'KMS_ACCESS_DENIED' : 'KMS_UNAVAILABLE', `KMS ${name}: ${(err as Error).message}`);
+      throw new KeystoreError(name === 'AccessDeniedException' ? 'KMS_ACCESS_DENIED' : 'KMS_UNAVAILABLE', `KMS ${name}: ${(err as Error).message}`, { cause: err });
     }
   };
   harness.kmsDecrypt = kmsDecrypt;
@@ -79,16 +79,7 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
   await proxy.listen(recorded, PROXY_ADDRESS);
 
   const configFile = path.join(runDir, 'enclave.json');
-  const baseConfig = {
-    kmsKeyArn: platform.keyArn,
-    kmsPublicKey: platform.kmsPublicKey,
-    listen: ENCLAVE_ADDRESS,
-    kmsProxy: PROXY_ADDRESS,
-    transport: { kind: 'simulated', runDir },
-    nsm: { kind: 'simulated', socket: platform.nsmSocket },
-    logLevel: 'debug',
-    ...config,
-  };
+  const baseConfig = enclaveConfigFor(platform, runDir, config); // listens on ENCLAVE_ADDRESS, dials PROXY_ADDRESS
   writeJson(configFile, baseConfig);
   const launch = async () => {
     const proc = startProgram('enclave', ['--config', configFile]);

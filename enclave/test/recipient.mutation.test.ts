@@ -4,37 +4,13 @@
  * answers the test releases. Written for mutation testing (npm run test:mutation): each test pins a comparison
  * or a branch that the broader tests in units.test.ts pass through without distinguishing.
  */
-import { encodeCbor } from '../../shared/src/cbor';
 import { KeystoreError } from '../../shared/src/errors';
 import { rejection } from '../../shared/test/helpers';
 import { FailedOpens } from '../src/kms/failed-opens';
 import { RecipientKeys, RecipientLease } from '../src/kms/recipient';
-import { NsmClient, type NsmTransport } from '../src/nsm/client';
+import { fakeNsm } from './fake-nsm';
 
 const T0 = 1_800_000_000_000;
-
-/** An NSM that counts attestations; with `hold`, each answer waits until the test calls `release()`. */
-function fakeNsm(opts: { hold?: boolean; onRequest?: (n: number) => void } = {}) {
-  let attests = 0;
-  const held: Array<() => void> = [];
-  const transport: NsmTransport = {
-    kind: 'simulated',
-    request: async () => {
-      attests += 1;
-      const n = attests;
-      opts.onRequest?.(n);
-      if (opts.hold) await new Promise<void>((r) => held.push(r));
-      return encodeCbor(new Map([['Attestation', new Map([['document', Buffer.from(`doc-${n}`)]])]]));
-    },
-    close: () => undefined,
-  };
-  return {
-    client: new NsmClient(transport),
-    attests: () => attests,
-    held: () => held.length,
-    release: () => held.splice(0).forEach((r) => r()),
-  };
-}
 
 /** Waits (in real time, briefly) until `cond` holds: RSA key generation runs on libuv's pool. */
 async function until(cond: () => boolean): Promise<void> {

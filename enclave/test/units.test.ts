@@ -7,11 +7,14 @@ import { KeyCache } from '../src/keys/cache';
 import { openSealed, sealSecret } from '../src/keys/seal';
 import { FailedOpens } from '../src/kms/failed-opens';
 import { RecipientKeys } from '../src/kms/recipient';
-import { NsmClient, type NsmTransport } from '../src/nsm/client';
+import { NsmClient } from '../src/nsm/client';
 import { DeviceNsmTransport, loadNsmAddon } from '../src/nsm/device';
-import { parseEnclaveConfig } from '../src/config';
+import { ENCLAVE_CONFIG_DEFAULTS, parseEnclaveConfig } from '../src/config';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../shared/src/transport';
 import { startProgram } from '../../test/support/process';
 import { tempRunDir } from '../../shared/test/helpers';
+import { fakeNsm } from './fake-nsm';
+import { IDENTIFIER_SAMPLES } from '../../shared/test/identifier-samples';
 
 const kms = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab';
@@ -129,19 +132,11 @@ describe('sealing', () => {
 describe('recipient key', () => {
   it('reuses its document only within the bounded age and rotates the key on schedule', async () => {
     let now = 0;
-    let attests = 0;
-    const transport: NsmTransport = {
-      kind: 'simulated',
-      request: async () => {
-        attests += 1;
-        return encodeCbor(new Map([['Attestation', new Map([['document', Buffer.from(`doc-${attests}`)]])]]));
-      },
-      close: () => undefined,
-    };
-    const r = new RecipientKeys(new NsmClient(transport), { rotateMs: 10_000, documentMaxAgeMs: 1_000, now: () => now });
+    const nsm = fakeNsm();
+    const r = new RecipientKeys(nsm.client, { rotateMs: 10_000, documentMaxAgeMs: 1_000, now: () => now });
     const [a, b] = await Promise.all([r.current(), r.current()]);
     expect(a.document).toEqual(b.document);
-    expect(attests).toBe(1);
+    expect(nsm.attests()).toBe(1);
     now = 999;
     expect((await r.current()).document.toString()).toBe('doc-1');
     now = 1_000;
@@ -155,16 +150,7 @@ describe('recipient key', () => {
   });
 
   it('retires a key at once: leases of it open nothing, and the next call gets a new key and document', async () => {
-    let attests = 0;
-    const transport: NsmTransport = {
-      kind: 'simulated',
-      request: async () => {
-        attests += 1;
-        return encodeCbor(new Map([['Attestation', new Map([['document', Buffer.from(`doc-${attests}`)]])]]));
-      },
-      close: () => undefined,
-    };
-    const r = new RecipientKeys(new NsmClient(transport), { rotateMs: 3600_000, documentMaxAgeMs: 60_000 });
+    const r = new RecipientKeys(fakeNsm().client, ENCLAVE_CONFIG_DEFAULTS.recipient);
     const first = await r.current();
     const held = await r.current(); // another call in flight with the same key
     expect(held.sameKey(first)).toBe(true);
@@ -229,10 +215,18 @@ describe('NSM device addon', () => {
 describe('enclave configuration', () => {
   const valid = { kmsKeyArn: ARN, kmsPublicKey: kms.publicKey.export({ type: 'spki', format: 'der' }).toString('base64') };
 
-  it('fills defaults for everything optional', () => {
-    const c = parseEnclaveConfig(valid);
-    expect(c).toMatchObject({ listen: 'vsock://16:5000', kmsProxy: 'vsock://3:8000', transport: { kind: 'vsock' }, nsm: { kind: 'device', path: '/dev/nsm' } });
-    expect(c.cache.ttlMs).toBeGreaterThan(0);
+  it('fills every optional setting with its exported default', () => {
+    const { kmsKeyArn, kmsPublicKey, kmsPublicKeyObject, ...rest } = parseEnclaveConfig(valid);
+    expect([kmsKeyArn, kmsPublicKey, kmsPublicKeyObject.asymmetricKeyType]).toEqual([valid.kmsKeyArn, valid.kmsPublicKey, 'rsa']);
+    expect(rest).toEqual(ENCLAVE_CONFIG_DEFAULTS);
+    // The parent's defaults dial the same addresses (parent/test/units.test.ts checks its side).
+    expect([ENCLAVE_CONFIG_DEFAULTS.listen, ENCLAVE_CONFIG_DEFAULTS.kmsProxy]).toEqual([DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS]);
+  });
+
+  it('takes exactly the KMS key ARNs the shared definition does', () => {
+    const { good, bad } = IDENTIFIER_SAMPLES.kmsKeyArn;
+    for (const arn of good) expect(parseEnclaveConfig({ ...valid, kmsKeyArn: arn }).kmsKeyArn).toBe(arn);
+    for (const arn of bad) expect(() => parseEnclaveConfig({ ...valid, kmsKeyArn: arn })).toThrow(/config.kmsKeyArn: expected a KMS key ARN/);
   });
 
   it.each<[string, object, RegExp]>([
@@ -242,7 +236,8 @@ describe('enclave configuration', () => {
     ['a public key that is not DER', { ...valid, kmsPublicKey: 'AAAA' }, /not a base64 DER SubjectPublicKeyInfo/],
     ['an EC public key', { ...valid, kmsPublicKey: generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' }).toString('base64') }, /RSA key of at least 2048 bits/],
     ['a zero TTL', { ...valid, cache: { ttlMs: 0, maxEntries: 1 } }, /config.cache.ttlMs/],
-    ['a bad listen address', { ...valid, listen: 'tcp://0.0.0.0:5000' }, /config.listen/],
+    ['a bad listen address', { ...valid, listen: 'tcp://0.0.0.0:5000' }, /config.listen: expected vsock:\/\/CID:PORT/],
+    ['a listen address the transport cannot use', { ...valid, listen: 'vsock://16:4294967295' }, /config.listen: expected vsock:\/\/CID:PORT/],
   ])('rejects %s', (_name, raw, message) => {
     expect(() => parseEnclaveConfig(raw)).toThrow(message);
   });

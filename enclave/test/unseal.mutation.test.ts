@@ -8,7 +8,6 @@
 import { constants, createPublicKey, generateKeyPairSync, privateDecrypt, randomBytes, type KeyObject } from 'node:crypto';
 import { hexToBytes } from 'viem';
 import type { KeyBlob } from '../../shared/src/blob';
-import { encodeCbor } from '../../shared/src/cbor';
 import { KeystoreError } from '../../shared/src/errors';
 import type { RpcClient } from '../../shared/src/rpc';
 import { buildEnvelopedData, type ForgeryOptions } from '../../sim/src/kms/cms-writer';
@@ -19,7 +18,7 @@ import { FailedOpens } from '../src/kms/failed-opens';
 import { DUMMY_SECRET, openKmsAnswer } from '../src/kms/open-answer';
 import { RecipientKeys } from '../src/kms/recipient';
 import { UNSEAL_REFUSED_MESSAGE, Unsealer, unsealRefused } from '../src/kms/unseal';
-import { NsmClient, type NsmTransport } from '../src/nsm/client';
+import { fakeNsm } from './fake-nsm';
 
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';
 const OTHER_ARN = 'arn:aws:kms:us-east-1:111122223333:key/99999999-2222-3333-4444-555555555555';
@@ -127,20 +126,6 @@ describe('openKmsAnswer', () => {
     expect(addressFor(DUMMY_SECRET)).toMatch(/^0x[0-9a-fA-F]{40}$/);
   });
 });
-
-/** An NSM whose documents are the CBOR of the request body (so a test can see the recipient public key). */
-function fakeNsm(): { client: NsmClient; attests: () => number } {
-  let attests = 0;
-  const transport: NsmTransport = {
-    kind: 'simulated',
-    request: async () => {
-      attests += 1;
-      return encodeCbor(new Map([['Attestation', new Map([['document', Buffer.from(`doc-${attests}`)]])]]));
-    },
-    close: () => undefined,
-  };
-  return { client: new NsmClient(transport), attests: () => attests };
-}
 
 interface ProxyCall {
   method: string;

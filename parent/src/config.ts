@@ -5,30 +5,48 @@
  */
 import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '../../shared/src/config-file';
-import { describeIssues } from '../../shared/src/schema';
-import { TransportConfigSchema } from '../../shared/src/transport';
+import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '../../shared/src/log';
+import { describeIssues, kmsKeyArn } from '../../shared/src/schema';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '../../shared/src/transport';
 
 export const SCOPES = ['keys:create', 'keys:sign', 'keys:read', 'admin'] as const;
 export type Scope = (typeof SCOPES)[number];
 
-const vsockAddress = z.string().regex(/^vsock:\/\/\d+:\d+$/, 'expected vsock://CID:PORT');
-const arn = z.string().regex(/^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/, 'expected a KMS key ARN');
+/** Every default of the configuration, once: the schema below fills these in, and tests compare with them. */
+export const PARENT_CONFIG_DEFAULTS = {
+  api: {
+    /** For `listen: {port}` (and NKS_API_PORT): loopback only, unless TLS is configured. */
+    host: '127.0.0.1',
+    /** For `listen: {socket}`. */
+    socketMode: '0660',
+    maxBodyBytes: 256 * 1024,
+    maxInFlight: 1024,
+    requestTimeoutMs: 15_000,
+    drainMs: 10_000,
+  },
+  transport: { kind: 'vsock' },
+  enclave: { address: DEFAULT_ENCLAVE_ADDRESS, poolSize: 2, connectTimeoutMs: 2_000, deadlineMs: 10_000, maxInFlightPerConnection: 2048 },
+  kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, deadlineMs: 8_000, maxConcurrent: 256 },
+  logLevel: DEFAULT_LOG_LEVEL,
+} as const;
+
+const D = PARENT_CONFIG_DEFAULTS;
 const ms = (def: number, min = 1, max = 600_000) => z.number().int().min(min).max(max).default(def);
 
 const ApiSchema = z.strictObject({
   /** Loopback TCP (`{host, port}`) or a Unix socket (`{socket}`). */
   listen: z.union([
-    z.strictObject({ host: z.string().default('127.0.0.1'), port: z.number().int().min(0).max(65535) }),
-    z.strictObject({ socket: z.string().min(1), mode: z.string().regex(/^0[0-7]{3}$/).default('0660') }),
+    z.strictObject({ host: z.string().default(D.api.host), port: z.number().int().min(0).max(65535) }),
+    z.strictObject({ socket: z.string().min(1), mode: z.string().regex(/^0[0-7]{3}$/).default(D.api.socketMode) }),
   ]),
   tls: z.strictObject({ certFile: z.string(), keyFile: z.string() }).optional(),
-  maxBodyBytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(256 * 1024),
+  maxBodyBytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(D.api.maxBodyBytes),
   /** Requests being served at once; beyond it, 503 OVERLOADED with Retry-After. */
-  maxInFlight: z.number().int().min(1).max(100_000).default(1024),
+  maxInFlight: z.number().int().min(1).max(100_000).default(D.api.maxInFlight),
   /** Whole-request deadline, including the enclave call. */
-  requestTimeoutMs: ms(15_000),
+  requestTimeoutMs: ms(D.api.requestTimeoutMs),
   /** How long shutdown waits for in-flight requests. */
-  drainMs: ms(10_000, 0),
+  drainMs: ms(D.api.drainMs, 0),
 });
 
 export const ParentConfigSchema = z.strictObject({
@@ -38,27 +56,28 @@ export const ParentConfigSchema = z.strictObject({
     .array(z.strictObject({ name: z.string().min(1).max(64), sha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected SHA-256 as 64 lowercase hex'), scopes: z.array(z.enum(SCOPES)).min(1) }))
     .min(1),
   database: z.strictObject({ path: z.string().min(1) }),
-  transport: TransportConfigSchema.default({ kind: 'vsock' }),
+  transport: TransportConfigSchema.default(D.transport),
+  // An absent section is parsed as an empty one (`prefault`), so it gets the fields' own defaults.
   enclave: z
     .strictObject({
-      address: vsockAddress.default('vsock://16:5000'),
-      poolSize: z.number().int().min(1).max(16).default(2),
-      connectTimeoutMs: ms(2_000),
+      address: VsockAddressSchema.default(D.enclave.address),
+      poolSize: z.number().int().min(1).max(16).default(D.enclave.poolSize),
+      connectTimeoutMs: ms(D.enclave.connectTimeoutMs),
       /** Deadline of one enclave call (a cold sign includes a KMS Decrypt). */
-      deadlineMs: ms(10_000),
-      maxInFlightPerConnection: z.number().int().min(1).max(100_000).default(2048),
+      deadlineMs: ms(D.enclave.deadlineMs),
+      maxInFlightPerConnection: z.number().int().min(1).max(100_000).default(D.enclave.maxInFlightPerConnection),
     })
-    .default({ address: 'vsock://16:5000', poolSize: 2, connectTimeoutMs: 2000, deadlineMs: 10_000, maxInFlightPerConnection: 2048 }),
+    .prefault({}),
   kmsProxy: z.strictObject({
-    listen: vsockAddress.default('vsock://3:8000'),
-    allowedKeyArns: z.array(arn).min(1),
+    listen: VsockAddressSchema.default(D.kmsProxy.listen),
+    allowedKeyArns: z.array(kmsKeyArn).min(1),
     region: z.string().min(1),
     /** Override for the KMS emulator (development); absent in production. */
     endpoint: z.string().url().optional(),
-    deadlineMs: ms(8_000),
-    maxConcurrent: z.number().int().min(1).max(10_000).default(256),
+    deadlineMs: ms(D.kmsProxy.deadlineMs),
+    maxConcurrent: z.number().int().min(1).max(10_000).default(D.kmsProxy.maxConcurrent),
   }),
-  logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  logLevel: z.enum(LOG_LEVELS).default(D.logLevel),
 });
 
 export type ParentConfig = z.output<typeof ParentConfigSchema>;
@@ -71,7 +90,7 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<
   const section = (k: string) => (out[k] ??= {});
   if (env.NKS_API_PORT) {
     const port = Number(env.NKS_API_PORT);
-    section('api').listen = { host: (section('api').listen as { host?: string } | undefined)?.host ?? '127.0.0.1', port };
+    section('api').listen = { host: (section('api').listen as { host?: string } | undefined)?.host ?? D.api.host, port };
   }
   if (env.NKS_DB_PATH) section('database').path = env.NKS_DB_PATH;
   if (env.NKS_KMS_ENDPOINT) section('kmsProxy').endpoint = env.NKS_KMS_ENDPOINT;

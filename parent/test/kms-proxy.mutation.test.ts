@@ -8,12 +8,13 @@
 import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import fs from 'node:fs';
 import net from 'node:net';
-import { KeystoreError } from '../../shared/src/errors';
+import { backoffDelay } from '../../shared/src/backoff';
+import { KeystoreError, toRpcError } from '../../shared/src/errors';
 import { silentLogger } from '../../shared/src/log';
 import { RpcClient } from '../../shared/src/rpc';
 import { SimulatedVsockTransport, simulatedSocketPath } from '../../shared/src/transport';
 import { captureLogger, rejection, tempRunDir } from '../../shared/test/helpers';
-import { KMS_MIN_ATTEMPT_MS, KmsProxy, kmsBudgetMs, mapKmsError } from '../src/kms/proxy';
+import { KMS_MIN_ATTEMPT_MS, KMS_RETRY_BACKOFF, KmsProxy, kmsBudgetMs, mapKmsError } from '../src/kms/proxy';
 
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';
 const OTHER = 'arn:aws:kms:us-east-1:111122223333:key/99999999-2222-3333-4444-555555555555';
@@ -122,8 +123,9 @@ describe('KMS proxy (scripted KMS client)', () => {
       [40, 2, 'KMS_UNAVAILABLE'],
     ]);
     // Each retry waited its backoff: 25-50 ms after the first failure, 50-100 ms after the second.
-    expect((retries[0]?.delayMs as number) >= 25 && (retries[0]?.delayMs as number) <= 50).toBe(true);
-    expect((retries[1]?.delayMs as number) >= 50 && (retries[1]?.delayMs as number) <= 100).toBe(true);
+    const within = (delay: unknown, attempt: number) => (delay as number) >= backoffDelay(attempt, KMS_RETRY_BACKOFF, () => 0) && (delay as number) <= backoffDelay(attempt, KMS_RETRY_BACKOFF, () => 1);
+    expect([within(retries[0]?.delayMs, 0), within(retries[1]?.delayMs, 1)]).toEqual([true, true]);
+    expect([backoffDelay(0, KMS_RETRY_BACKOFF, () => 0), backoffDelay(1, KMS_RETRY_BACKOFF, () => 1)]).toEqual([25, 100]);
   });
 
   it('does not retry what is not retryable', async () => {
@@ -131,6 +133,29 @@ describe('KMS proxy (scripted KMS client)', () => {
     const { proxy, outcomes } = proxyWith(kms.client);
     const err = await rejection(proxy.decrypt(params()));
     expect([err.code, kms.calls.length, outcomes]).toEqual(['KMS_ACCESS_DENIED', 1, ['KMS_ACCESS_DENIED']]);
+  });
+
+  it("keeps the KMS SDK's error as the cause and logs it, but sends the enclave only code and message", async () => {
+    const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), fail({ name: 'AccessDeniedException', message: 'User is not authorized\nrequest id 1234' }));
+    const { proxy, log } = proxyWith(kms.client);
+    const err = await rejection(proxy.decrypt(params()));
+    expect(kms.calls.length).toBe(2);
+    expect([(err.cause as Error).name, (err.cause as Error).message]).toEqual(['AccessDeniedException', 'User is not authorized\nrequest id 1234']);
+    const [retry, refused] = log.lines().filter((l) => l.err !== undefined) as Array<{ msg: string; err: { message: string; stack: string; code: string } }>;
+    expect([retry?.msg, retry?.err.code, retry?.err.message]).toEqual(['KMS call failed; retrying', 'KMS_THROTTLED', 'KMS ThrottlingException: Rate exceeded: Rate exceeded']);
+    expect(refused?.msg).toMatch(/^KMS decrypt refused: /);
+    expect(refused?.err.message).toContain('User is not authorized\nrequest id 1234'); // the whole SDK message, second line included
+    expect(refused?.err.stack).toContain('caused by: AccessDeniedException: User is not authorized');
+    // The wire form: no cause, and nothing of the SDK error beyond the mapped message's first line.
+    const wire = JSON.stringify(toRpcError(err));
+    expect(JSON.parse(wire)).toEqual({ code: -32010, message: err.message, data: { code: 'KMS_ACCESS_DENIED', retryable: false, reason: 'KMS_ACCESS_DENIED' } });
+    expect(wire).not.toContain('request id 1234');
+  });
+
+  it('keeps the abort as the cause of a TIMEOUT', async () => {
+    const kms = scripted(fail({ name: 'AbortError', message: 'This operation was aborted' }));
+    const err = await rejection(proxyWith(kms.client).proxy.decrypt(params()));
+    expect([err.code, (err.cause as Error)?.name]).toEqual(['TIMEOUT', 'AbortError']);
   });
 
   it('gives TIMEOUT, without retrying, when the call is aborted at the deadline', async () => {
@@ -369,7 +394,7 @@ describe('KMS error mapping, name by name', () => {
     [{}, 'KMS_UNAVAILABLE', 'KMS could not be reached: Error'],
   ])('%j', (err, reason, message) => {
     const mapped = mapKmsError(err);
-    expect([mapped.code, mapped.message]).toEqual([reason, message]);
+    expect([mapped.code, mapped.message, mapped.cause]).toEqual([reason, message, err]);
   });
 
   it('maps null and undefined as unknown errors, and keeps only the first 300 characters of the first line', () => {

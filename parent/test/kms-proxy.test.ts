@@ -15,7 +15,7 @@ import { SimulatedVsockTransport } from '../../shared/src/transport';
 import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
 import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
 import { signAttestationDocument } from '../../sim/src/nsm/document';
-import { measureString } from '../../sim/src/measure';
+import { pcr3ForRole } from '../../shared/src/pcr';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { PARENT_ROLE, startPlatform, type Platform } from '../../test/support/platform';
 import { KmsProxy, mapKmsError } from '../src/kms/proxy';
@@ -34,7 +34,7 @@ describe('KMS attestation proxy', () => {
   const document = async (pcr0 = platform.pcr0) => {
     const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48)]));
     pcrs.set(0, Buffer.from(pcr0, 'hex'));
-    pcrs.set(3, Buffer.from(measureString(PARENT_ROLE), 'hex'));
+    pcrs.set(3, Buffer.from(pcr3ForRole(PARENT_ROLE), 'hex'));
     return signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0000000000000000', timestamp: Date.now(), pcrs, publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }) }, await ca.signer()).toString('base64');
   };
   const call = (params: object) => client.call('kms.decrypt', params as ParamsOf<KmsProxyApi, 'kms.decrypt'>);

@@ -2,9 +2,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { tempRunDir } from '../../shared/test/helpers';
+import { IDENTIFIER_SAMPLES } from '../../shared/test/identifier-samples';
 import { startProgram } from '../../test/support/process';
 import { hashToken, TokenAuth } from '../src/api/auth';
-import { parseParentConfig } from '../src/config';
+import { PARENT_CONFIG_DEFAULTS, parseParentConfig } from '../src/config';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../shared/src/transport';
 import { KeyStore, SCHEMA_VERSION } from '../src/store/key-store';
 
 describe('bearer tokens', () => {
@@ -117,12 +119,21 @@ describe('parent configuration', () => {
 
   it('fills defaults and applies environment overrides', () => {
     const c = parseParentConfig(base, { NKS_API_PORT: '9000', NKS_DB_PATH: '/var/lib/nks/keys.db', NKS_KMS_REGION: 'eu-west-1', NKS_LOG_LEVEL: 'warn' });
-    expect(c.api.listen).toEqual({ host: '127.0.0.1', port: 9000 });
     expect(c.database.path).toBe('/var/lib/nks/keys.db');
     expect(c.kmsProxy.region).toBe('eu-west-1');
     expect(c.logLevel).toBe('warn');
-    expect(c.enclave.address).toBe('vsock://16:5000');
-    expect(c.kmsProxy.listen).toBe('vsock://3:8000');
+    const { host, socketMode, ...api } = PARENT_CONFIG_DEFAULTS.api;
+    expect(c).toMatchObject({ api: { ...api, listen: { host, port: 9000 } }, transport: PARENT_CONFIG_DEFAULTS.transport, enclave: PARENT_CONFIG_DEFAULTS.enclave, kmsProxy: PARENT_CONFIG_DEFAULTS.kmsProxy });
+    expect(parseParentConfig(base).logLevel).toBe(PARENT_CONFIG_DEFAULTS.logLevel);
+    expect(parseParentConfig({ ...base, api: { listen: { socket: '/run/x.sock' } } }).api.listen).toEqual({ socket: '/run/x.sock', mode: socketMode });
+    // The enclave's defaults listen where these dial (enclave/test/units.test.ts checks its side).
+    expect([c.enclave.address, c.kmsProxy.listen]).toEqual([DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS]);
+  });
+
+  it('allows exactly the KMS key ARNs the shared definition does', () => {
+    const { good, bad } = IDENTIFIER_SAMPLES.kmsKeyArn;
+    expect(parseParentConfig({ ...base, kmsProxy: { ...base.kmsProxy, allowedKeyArns: good } }).kmsProxy.allowedKeyArns).toEqual(good);
+    for (const arn of bad) expect(() => parseParentConfig({ ...base, kmsProxy: { ...base.kmsProxy, allowedKeyArns: [arn] } })).toThrow(/config.kmsProxy.allowedKeyArns\[0\]: expected a KMS key ARN/);
   });
 
   it.each<[string, object, RegExp]>([

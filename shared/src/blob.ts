@@ -9,6 +9,7 @@
  */
 import { canonicalCbor, decodeCanonicalCbor } from './cbor';
 import { KeystoreError } from './errors';
+import { ADDRESS_RE, KEY_ID_RE, KMS_KEY_ARN_RE } from './identifiers';
 
 export const BLOB_VERSION = 1;
 export const BLOB_ALG = 'RSAES_OAEP_SHA_256/A256GCM';
@@ -50,7 +51,7 @@ export function blobAad(b: Pick<KeyBlob, 'v' | 'alg' | 'kmsKeyArn' | 'keyId' | '
   return canonicalCbor({ v: b.v, alg: b.alg, kmsKeyArn: b.kmsKeyArn, keyId: b.keyId, address: b.address });
 }
 
-const bad = (what: string) => new KeystoreError('KEY_INTEGRITY', `key blob is malformed: ${what}`);
+const bad = (what: string, cause?: unknown) => new KeystoreError('KEY_INTEGRITY', `key blob is malformed: ${what}`, { cause });
 
 function bytes(m: Map<unknown, unknown>, key: string, length?: number): Buffer {
   const v = m.get(key);
@@ -73,8 +74,8 @@ export function decodeBlob(data: Uint8Array): KeyBlob {
   try {
     // Strict: one blob has exactly one encoding (no duplicate keys, tags, indefinite or padded lengths).
     m = decodeCanonicalCbor(data);
-  } catch {
-    throw bad('not canonical CBOR');
+  } catch (err) {
+    throw bad('not canonical CBOR', err);
   }
   if (!(m instanceof Map)) throw bad('not a CBOR map');
   const v = m.get('v');
@@ -91,9 +92,9 @@ export function decodeBlob(data: Uint8Array): KeyBlob {
   return {
     v: BLOB_VERSION,
     alg: BLOB_ALG,
-    kmsKeyArn: text(m, 'kmsKeyArn', /^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/),
-    keyId: text(m, 'keyId', /^[A-Za-z0-9_-]{1,64}$/),
-    address: text(m, 'address', /^0x[0-9a-fA-F]{40}$/),
+    kmsKeyArn: text(m, 'kmsKeyArn', KMS_KEY_ARN_RE),
+    keyId: text(m, 'keyId', KEY_ID_RE),
+    address: text(m, 'address', ADDRESS_RE),
     createdAt,
     wrappedKey,
     iv: bytes(m, 'iv', BLOB_IV_BYTES),

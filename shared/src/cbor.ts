@@ -61,13 +61,13 @@ export function decodeCanonicalCbor(data: Uint8Array, options: { maxDepth?: numb
   try {
     value = decoder.decode(data); // as decodeCbor does, so byte strings come back as the input's type
   } catch (err) {
-    throw new CborStrictError(0, `not decodable: ${(err as Error).message}`);
+    throw new CborStrictError(0, `not decodable: ${(err as Error).message}`, { cause: err });
   }
   let again: Buffer;
   try {
     again = encodeDeterministic(value);
   } catch (err) {
-    throw new CborStrictError(0, `decoded value cannot be re-encoded: ${(err as Error).message}`);
+    throw new CborStrictError(0, `decoded value cannot be re-encoded: ${(err as Error).message}`, { cause: err });
   }
   if (!again.equals(bytes)) throw new CborStrictError(0, 'the deterministic re-encoding differs from the input');
   return value;
@@ -79,8 +79,9 @@ export class CborStrictError extends Error {
   constructor(
     readonly offset: number,
     reason: string,
+    options?: ErrorOptions,
   ) {
-    super(`non-canonical CBOR at byte ${offset}: ${reason}`);
+    super(`non-canonical CBOR at byte ${offset}: ${reason}`, options);
   }
 }
 
@@ -138,8 +139,8 @@ function scanItem(b: Buffer, pos: number, depth: number, maxDepth: number): numb
       if (major === 3) {
         try {
           utf8.decode(b.subarray(next, end));
-        } catch {
-          throw new CborStrictError(pos, 'text string is not valid UTF-8');
+        } catch (err) {
+          throw new CborStrictError(pos, 'text string is not valid UTF-8', { cause: err });
         }
       }
       return end;

@@ -22,8 +22,9 @@ export class CmsError extends Error {
   constructor(
     readonly code: CmsErrorCode,
     message: string,
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
   }
 }
 
@@ -39,14 +40,14 @@ export interface EnvelopedParts {
 
 const DEFAULT_P_SOURCE_PARAMS = Buffer.from(new RsaEsOaepParams().pSourceAlgorithm.parameters ?? new ArrayBuffer(0));
 
-const malformed = (what: string) => new CmsError('CMS_MALFORMED', `CMS: ${what}`);
+const malformed = (what: string, cause?: unknown) => new CmsError('CMS_MALFORMED', `CMS: ${what}`, { cause });
 const unsupported = (what: string) => new CmsError('CMS_UNSUPPORTED', `CMS: ${what}`);
 
 function parseAs<T>(data: ArrayBuffer | ArrayBufferView, type: new () => T, what: string): T {
   try {
     return AsnConvert.parse(data, type);
-  } catch {
-    throw malformed(`${what} is not valid BER`);
+  } catch (err) {
+    throw malformed(`${what} is not valid BER`, err);
   }
 }
 
@@ -110,15 +111,15 @@ export function openEnvelopedData(ber: Uint8Array, privateKey: KeyObject): Buffe
   let cek: Buffer;
   try {
     cek = privateDecrypt({ key: privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, parts.encryptedKey);
-  } catch {
-    throw new CmsError('CMS_DECRYPT_FAILED', 'CMS: the content key does not unwrap with this recipient key');
+  } catch (err) {
+    throw new CmsError('CMS_DECRYPT_FAILED', 'CMS: the content key does not unwrap with this recipient key', { cause: err });
   }
   try {
     if (cek.length !== 32) throw new Error('bad key length');
     const decipher = createDecipheriv('aes-256-cbc', cek, parts.iv);
     return Buffer.concat([decipher.update(parts.ciphertext), decipher.final()]);
-  } catch {
-    throw new CmsError('CMS_DECRYPT_FAILED', 'CMS: the content does not decrypt (wrong key or bad padding)');
+  } catch (err) {
+    throw new CmsError('CMS_DECRYPT_FAILED', 'CMS: the content does not decrypt (wrong key or bad padding)', { cause: err });
   } finally {
     cek.fill(0);
   }

@@ -11,11 +11,11 @@ export function readJsonConfig(file: string): unknown {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (err) {
-    throw new ConfigError(`cannot read configuration ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new ConfigError(`cannot read configuration ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   }
   try {
     return JSON.parse(text);
-  } catch {
-    throw new ConfigError(`configuration ${file} is not valid JSON`);
+  } catch (err) {
+    throw new ConfigError(`configuration ${file} is not valid JSON`, { cause: err });
   }
 }

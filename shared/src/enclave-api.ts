@@ -6,12 +6,11 @@
  */
 import { z } from 'zod';
 import { defineMethod } from './rpc/api';
-import { base64, keyId } from './schema';
+import { base64, hexBytes, keyId, kmsKeyArn } from './schema';
 import { SignRequestSchema, type SignResult } from './signing/schema';
 
-const hexUpTo = (bytes: number) => z.string().regex(/^0x(?:[0-9a-fA-F]{2})*$/, 'expected 0x-prefixed hex bytes').max(2 + 2 * bytes, `expected at most ${bytes} bytes`);
+const hexUpTo = (bytes: number) => hexBytes.max(2 + 2 * bytes, `expected at most ${bytes} bytes`);
 const blob = base64.max(8192, 'expected a key blob of at most 6 KiB');
-const arn = z.string().regex(/^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key\/[A-Za-z0-9-]+$/, 'expected a KMS key ARN');
 
 /**
  * The protocol version this build speaks, and the versions it accepts: its own and the one before, so a
@@ -118,7 +117,7 @@ export type EnclaveApi = typeof EnclaveApi;
  * waits for the answer; the proxy finishes its retries well inside it, so the enclave hears KMS's real reason.
  */
 export const KmsDecryptParams = z.strictObject({
-  kmsKeyArn: arn,
+  kmsKeyArn,
   ciphertextBlob: base64.max(8192),
   attestationDocument: base64.max(349_528),
   deadlineMs: z.number().int().min(1).max(600_000).optional(),

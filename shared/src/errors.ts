@@ -57,6 +57,14 @@ export function isErrorCode(value: unknown): value is ErrorCode {
   return typeof value === 'string' && Object.prototype.hasOwnProperty.call(ERROR_CODES, value);
 }
 
+/**
+ * Whether a failure with this code may succeed if repeated, by the table above: the servers and the SDK decide
+ * retries by this one answer. A code this build does not know (a newer server's, or none) is not retried.
+ */
+export function isRetryableCode(code: unknown): boolean {
+  return isErrorCode(code) && ERROR_CODES[code].retryable;
+}
+
 /** An error with a registered code. `retryable` defaults to the code's own; `cause` keeps what it wraps. */
 export class KeystoreError extends Error {
   override readonly name = 'KeystoreError';

@@ -1,10 +1,17 @@
 /**
  * pino loggers for every program. Paths that could hold credentials or sealed material are redacted at the
  * logger, so a careless `log.info({params})` cannot leak them; code must still never log key material.
+ *
+ * Errors go under `err` (`log.warn({err}, '…')`), so the logged error keeps its whole `cause` chain.
  */
 import pino from 'pino';
 
 export type Logger = pino.Logger;
+
+/** The levels a program's `logLevel` setting takes. */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
 
 export const REDACT_PATHS = [
   'token',
@@ -28,6 +35,15 @@ export const REDACT_PATHS = [
   'req.headers.authorization',
   'headers.authorization',
 ];
+
+/**
+ * The serializer for `err`: pino's standard one, which appends each cause's message to `err.message`
+ * ("outer: cause: …") and its stack to `err.stack` ("caused by: …"). It copies the enumerable fields of the
+ * outermost error only (a KeystoreError's code and retryable), never a cause's: a wrapped library error's
+ * fields (an AWS SDK error's raw HTTP response, a request it kept) stay out of the log. pino's
+ * `errWithCause` would copy them all.
+ */
+export const ERROR_SERIALIZERS = { err: pino.stdSerializers.err };
 
 export interface LoggerOptions {
   name: string;
@@ -56,8 +72,9 @@ export function createLogger({ name, level, destination, redact = true, bufferBy
   return pino(
     {
       name,
-      level: level ?? process.env.LOG_LEVEL ?? 'info',
+      level: level ?? process.env.LOG_LEVEL ?? DEFAULT_LOG_LEVEL,
       ...(redact ? { redact: { paths: REDACT_PATHS, censor: '[redacted]' } } : {}),
+      serializers: ERROR_SERIALIZERS,
       base: { pid: process.pid },
     },
     dest,

@@ -25,15 +25,17 @@ export function nativeDirCandidates(fileName: string): string[] {
  */
 export function loadAddon<T>(what: string, candidates: readonly string[], req: NodeJS.Require = require): T {
   const failures: string[] = [];
+  const errors: unknown[] = [];
   for (const id of candidates) {
     try {
       return req(id) as T;
     } catch (err) {
       const e = err as NodeJS.ErrnoException;
       failures.push(`${id}: ${e.code ?? ''} ${firstLine(e.message)}`.trim());
+      errors.push(err);
     }
   }
-  throw new Error(`${what} could not be loaded (tried ${candidates.length}):\n  ${failures.join('\n  ')}`);
+  throw new Error(`${what} could not be loaded (tried ${candidates.length}):\n  ${failures.join('\n  ')}`, { cause: new AggregateError(errors, `${errors.length} candidates failed`) });
 }
 
 function firstLine(s: string): string {

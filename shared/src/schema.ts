@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { KeystoreError, type ErrorCode } from './errors';
+import { ADDRESS_EXPECTED, ADDRESS_RE, KEY_ID_EXPECTED, KEY_ID_RE, KMS_KEY_ARN_EXPECTED, KMS_KEY_ARN_RE } from './identifiers';
 
 export function describeIssues(error: z.ZodError, root = 'params'): string {
   const parts = error.issues.slice(0, 5).map((issue) => {
@@ -30,9 +31,10 @@ export function parseOrThrow<S extends z.ZodType>(
 /** Common field shapes shared by the wire protocol and the caller API. */
 export const hexBytes = z.string().regex(/^0x(?:[0-9a-fA-F]{2})*$/, 'expected 0x-prefixed hex bytes');
 export const hex32 = z.string().regex(/^0x[0-9a-fA-F]{64}$/, 'expected 32 bytes as 0x-prefixed hex');
-export const address = z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'expected a 20-byte 0x-prefixed address');
+export const address = z.string().regex(ADDRESS_RE, ADDRESS_EXPECTED);
 export const base64 = z
   .string()
   .regex(/^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/, 'expected standard padded base64');
 /** Key ids are chosen by the parent: short, URL-safe and free of path separators. */
-export const keyId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'expected 1-64 characters of [A-Za-z0-9_-]');
+export const keyId = z.string().regex(KEY_ID_RE, KEY_ID_EXPECTED);
+export const kmsKeyArn = z.string().regex(KMS_KEY_ARN_RE, KMS_KEY_ARN_EXPECTED);

@@ -7,27 +7,19 @@
  * test:mutation): attestation.test.ts covers each failure's code; these pin the rest.
  */
 import { createPrivateKey, generateKeyPairSync, webcrypto, type KeyObject } from 'node:crypto';
-import { AttestationError, verifyAttestation, type VerifyOptions } from '../src/attestation';
+import { verifyAttestation, type VerifyOptions } from '../src/attestation';
 import { verifyBirthAttestation } from '../src/attestation/birth';
 import { birthContent, birthUserData, taggedUserData, USER_DATA_TAGS } from '../src/attestation/user-data';
 import { SimulatedNitroCa, type DocumentSigner, type Issued } from '../../sim/src/nsm/ca';
 import { signAttestationDocument, type DocumentFields } from '../../sim/src/nsm/document';
 import { x509 } from '../../sim/src/nsm/x509';
+import { failureOf, sampleDocumentFields } from './attestation-helpers';
 import { createHash } from 'node:crypto';
 
 const ALG = { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' } as const;
 const F = x509.KeyUsageFlags;
 const HOUR = 3600_000;
 
-function failureOf(fn: () => unknown): AttestationError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof AttestationError) return e;
-    throw e;
-  }
-  throw new Error('expected an AttestationError');
-}
 const refusal = (fn: () => unknown) => {
   const e = failureOf(fn);
   return [e.code, e.message];
@@ -70,17 +62,7 @@ describe('attestation verification at the edges of each check', () => {
   let ca: SimulatedNitroCa;
   let signer: DocumentSigner;
   let zonal: Issued;
-  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48, i)]));
-  const fields = (over: Partial<DocumentFields> = {}): DocumentFields => ({
-    moduleId: 'i-0123456789abcdef0-enc0123456789abcdef',
-    timestamp: Date.now(),
-    pcrs,
-    publicKey: rsa.publicKey.export({ type: 'spki', format: 'der' }),
-    nonce: Buffer.from('nonce-1'),
-    userData: Buffer.from('user-data'),
-    ...over,
-  });
+  const { fields } = sampleDocumentFields();
   const opts = (o: VerifyOptions = {}): VerifyOptions => ({ trustedRoots: [ca.rootPem], at: new Date(), ...o });
 
   /**
@@ -171,6 +153,8 @@ describe('attestation verification at the edges of each check', () => {
       'attestation document: cabundle[1] is not a valid X.509 certificate',
     ]);
     expect(refusal(() => verifyAttestation(withBundle(signer.cabundle, garbage), opts()))).toEqual(['MALFORMED', 'attestation document: certificate is not a valid X.509 certificate']);
+    // The X.509 parser's own error stays as the cause.
+    expect(() => verifyAttestation(withBundle(signer.cabundle, garbage), opts())).toThrow(expect.objectContaining({ cause: expect.objectContaining({ message: expect.any(String) }) }));
   });
 
   it('checks validity inclusively at notBefore and notAfter, and says when it fails', async () => {

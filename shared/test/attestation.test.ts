@@ -1,4 +1,4 @@
-import { createHash, createPrivateKey, generateKeyPairSync, sign, webcrypto, X509Certificate } from 'node:crypto';
+import { createHash, createPrivateKey, sign, webcrypto, X509Certificate } from 'node:crypto';
 import {
   AttestationError,
   AWS_NITRO_ROOT_G1_PEM,
@@ -10,9 +10,10 @@ import {
 import { decodeCbor, encodeCbor } from '../src/cbor';
 import { SimulatedNitroCa, type DocumentSigner } from '../../sim/src/nsm/ca';
 import { x509 } from '../../sim/src/nsm/x509';
-import { signAttestationDocument, PROTECTED_HEADER, type DocumentFields } from '../../sim/src/nsm/document';
+import { signAttestationDocument, PROTECTED_HEADER } from '../../sim/src/nsm/document';
 import { sigStructure } from '../src/attestation';
 import realDoc from './fixtures/aws-nitro-attestation-debug.json';
+import { failureOf, sampleDocumentFields } from './attestation-helpers';
 
 function codeOf(fn: () => unknown): string {
   try {
@@ -22,16 +23,6 @@ function codeOf(fn: () => unknown): string {
     throw e;
   }
   return 'OK';
-}
-
-function failureOf(fn: () => unknown): AttestationError {
-  try {
-    fn();
-  } catch (e) {
-    if (e instanceof AttestationError) return e;
-    throw e;
-  }
-  throw new Error('expected an AttestationError');
 }
 
 const P384 = { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' } as const;
@@ -143,17 +134,7 @@ describe('a real AWS Nitro attestation document', () => {
 describe('documents from the simulated NSM CA', () => {
   let ca: SimulatedNitroCa;
   let signer: DocumentSigner;
-  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48, i)]));
-  const fields = (over: Partial<DocumentFields> = {}): DocumentFields => ({
-    moduleId: 'i-0123456789abcdef0-enc0123456789abcdef',
-    timestamp: Date.now(),
-    pcrs,
-    publicKey: rsa.publicKey.export({ type: 'spki', format: 'der' }),
-    nonce: Buffer.from('nonce-1'),
-    userData: Buffer.from('user-data'),
-    ...over,
-  });
+  const { rsa, fields } = sampleDocumentFields();
 
   beforeAll(async () => {
     ca = await SimulatedNitroCa.open(null);

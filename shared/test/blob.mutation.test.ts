@@ -5,7 +5,7 @@
  * Written for mutation testing (npm run test:mutation); units.test.ts covers the round trip and a few refusals.
  */
 import { BLOB_ALG, decodeBlob, decodeBlobBase64, encodeBlob, MAX_BLOB_BYTES, type KeyBlob } from '../src/blob';
-import { canonicalCbor } from '../src/cbor';
+import { canonicalCbor, CborStrictError } from '../src/cbor';
 import { KeystoreError } from '../src/errors';
 
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';
@@ -44,6 +44,8 @@ describe('blob decoding, field by field', () => {
     expect(decodeBlob(fieldsWith({}))).toEqual(blob);
     expect(decodeBlobBase64(encodeBlob(blob).toString('base64'))).toEqual(blob);
     expect(refusal(Buffer.from(encodeBlob(blob).toString('base64'), 'utf8'))).toEqual(malformed('not canonical CBOR'));
+    // The strict decoder's reason stays as the cause (for the log), not in the message.
+    expect(() => decodeBlob(Buffer.from(encodeBlob(blob).toString('base64'), 'utf8'))).toThrow(expect.objectContaining({ cause: expect.any(CborStrictError) }));
   });
 
   it('accepts sizes up to exactly MAX_BLOB_BYTES, and refuses empty or larger input', () => {

@@ -138,6 +138,17 @@ describe('decodeCanonicalCbor: refusals', () => {
     expect(refusal(hex(bytes))).toMatch(message);
   });
 
+  it('keeps the UTF-8 decoder\'s error as the cause of an invalid text string', () => {
+    let err: unknown;
+    try {
+      decodeCanonicalCbor(hex('62 c328'));
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(CborStrictError);
+    expect((err as CborStrictError).cause).toMatchObject({ code: 'ERR_ENCODING_INVALID_ENCODED_DATA' });
+  });
+
   it('refuses nesting deeper than maxDepth (16 by default)', () => {
     const nested = (n: number) => Buffer.concat([Buffer.alloc(n, 0x81), hex('00')]);
     expect(decodeCanonicalCbor(nested(16))).toBeDefined();

@@ -181,15 +181,39 @@ describe('CMS parser: each refusal, with its code and message', () => {
 describe('CMS opening', () => {
   it('says which step failed: the content key, or the content', () => {
     const genuine = build(dek);
-    expect(() => openEnvelopedData(genuine, other.privateKey)).toThrow(new CmsError('CMS_DECRYPT_FAILED', 'CMS: the content key does not unwrap with this recipient key'));
-    const contentFailure = new CmsError('CMS_DECRYPT_FAILED', 'CMS: the content does not decrypt (wrong key or bad padding)');
+    expect(() => openEnvelopedData(genuine, other.privateKey)).toThrow(expect.objectContaining({ code: 'CMS_DECRYPT_FAILED', message: 'CMS: the content key does not unwrap with this recipient key' }));
+    // Compared by code and message: the error keeps what failed underneath as its cause.
+    const contentFailure = expect.objectContaining({ code: 'CMS_DECRYPT_FAILED', message: 'CMS: the content does not decrypt (wrong key or bad padding)' });
     // A whole block of plaintext without padding: the last byte (0) is not valid PKCS#7.
     expect(() => openEnvelopedData(build(Buffer.alloc(48), { pad: false }), recipient.privateKey)).toThrow(contentFailure);
     // A 16-byte content key is no AES-256 key.
     expect(() => openEnvelopedData(build(dek, { cekBytes: 16 }), recipient.privateKey)).toThrow(contentFailure);
+    expect(() => openEnvelopedData(build(dek, { cekBytes: 16 }), recipient.privateKey)).toThrow(expect.objectContaining({ cause: expect.objectContaining({ message: 'bad key length' }) }));
     for (const ber of [build(Buffer.alloc(48), { pad: false }), build(dek, { cekBytes: 16 })]) {
       expect(() => openEnvelopedData(ber, recipient.privateKey)).toThrow(expect.objectContaining({ code: 'CMS_DECRYPT_FAILED' }));
     }
+  });
+
+  it('keeps what failed underneath (the BER parser, OpenSSL) as the cause, out of the message', () => {
+    const causeOf = (fn: () => unknown): unknown => {
+      try {
+        fn();
+      } catch (err) {
+        expect(err).toBeInstanceOf(CmsError);
+        return (err as CmsError).cause;
+      }
+      throw new Error('did not throw');
+    };
+    const message = (cause: unknown) => (typeof cause === 'object' && cause !== null ? (cause as { message?: unknown }).message : undefined);
+    for (const [what, fn] of [
+      ['not BER', () => parseEnvelopedData(Buffer.from('not asn.1 at all'))],
+      ['another recipient key', () => openEnvelopedData(build(dek), other.privateKey)],
+      ['bad padding', () => openEnvelopedData(build(Buffer.alloc(48), { pad: false }), recipient.privateKey)],
+    ] as const) {
+      const cause = causeOf(fn);
+      expect([what, typeof message(cause), message(cause)]).toEqual([what, 'string', expect.not.stringMatching(/^CMS: /)]);
+    }
+    expect(causeOf(() => parseEnvelopedData(new Uint8Array(0)))).toBeUndefined(); // nothing underneath
   });
 
   it('wipes the content key after use, whether or not the content decrypts', () => {

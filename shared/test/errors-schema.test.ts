@@ -12,6 +12,19 @@ describe('error codes', () => {
     }
   });
 
+  it('never puts a cause on the wire: only the code, the message and retryability cross', () => {
+    const inner = Object.assign(new Error('OAEP decoding error at byte 17'), { key: Buffer.alloc(32, 7) });
+    const refused = new KeystoreError('KEY_INTEGRITY', 'the key could not be unsealed', { cause: new Error('GCM tag mismatch', { cause: inner }) });
+    expect(refused.cause).toBeInstanceOf(Error);
+    const text = JSON.stringify(toRpcError(refused));
+    expect(JSON.parse(text)).toEqual({ code: -32001, message: 'the key could not be unsealed', data: { code: 'KEY_INTEGRITY', retryable: false, reason: 'KEY_INTEGRITY' } });
+    for (const hidden of ['cause', 'GCM', 'OAEP', 'byte 17', Buffer.alloc(32, 7).toString('hex')]) expect([hidden, text.includes(hidden)]).toEqual([hidden, false]);
+    // An unknown error becomes INTERNAL with a fixed message; its text stays in the cause, off the wire.
+    const unknown = asKeystoreError(new Error('library detail'));
+    expect([unknown.code, unknown.message, (unknown.cause as Error).message]).toEqual(['INTERNAL', 'internal error', 'library detail']);
+    expect(JSON.stringify(toRpcError(unknown))).not.toContain('library detail');
+  });
+
   it('reads a protocol-1 peer error (data.reason only), and prefers data.code when both are there', () => {
     const v1 = fromRpcError({ code: -32021, message: 'slow', data: { reason: 'TIMEOUT', retryable: true } });
     expect([v1.code, v1.retryable, v1.message]).toEqual(['TIMEOUT', true, 'slow']);

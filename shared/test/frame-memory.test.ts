@@ -5,7 +5,7 @@
  * an enclave's memory (security review of the vsock addon). The decoder now assembles a frame in one buffer of
  * its announced length, so the cost is bounded by the frame limit.
  */
-import { FrameDecoder } from '../src/framing';
+import { DEFAULT_MAX_FRAME_BYTES, FrameDecoder } from '../src/framing';
 import { RpcServer } from '../src/rpc';
 import { adoptVsockHandle } from '../src/transport/vsock';
 import { captureLogger } from './helpers';
@@ -43,7 +43,7 @@ it('a 1 MiB frame sent one byte per read over the addon costs about the frame, n
   gc();
   const before = process.memoryUsage();
   const header = Buffer.alloc(8);
-  header.writeUInt32BE(1024 * 1024, 0); // the enclave's default maxFrameBytes
+  header.writeUInt32BE(DEFAULT_MAX_FRAME_BYTES, 0); // the enclave's default maxFrameBytes
   binding.write(peer, header);
   await turn();
   const N = 100_000;

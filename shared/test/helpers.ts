@@ -2,8 +2,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import pino from 'pino';
-import type { Logger } from '../src/log';
+import { createLogger, type Logger } from '../src/log';
 
 /** Unix socket paths are limited to 107 bytes, so run directories live directly under the OS temp dir. */
 export function tempRunDir(prefix = 'nks-'): string {
@@ -18,7 +17,8 @@ export interface CapturedLogger {
 
 export function captureLogger(level = 'debug'): CapturedLogger {
   const raw: string[] = [];
-  const logger = pino({ level }, { write: (s: string) => void raw.push(s) });
+  // The programs' own logger (redaction, error serializer), writing to memory.
+  const logger = createLogger({ name: 'test', level, destination: { write: (s: string) => void raw.push(s) } });
   return {
     logger,
     lines: () => raw.map((l) => JSON.parse(l) as Record<string, unknown>),

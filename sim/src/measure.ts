@@ -1,26 +1,19 @@
 /**
- * PCR arithmetic and the simulated image measurement.
+ * The simulated image measurement (PCR arithmetic itself, and PCR3/PCR4: shared/src/pcr.ts).
  *
- * Real Nitro: PCRn = SHA384(0^48 ‖ H) for the image parts, extend = SHA384(old ‖ data), PCR3 = extend of the
- * parent's IAM role ARN, PCR4 = extend of its instance id (docs/NITRO-KMS.md, "PCRs"). The simulation has no EIF,
- * so it measures the files the enclave would run from (bundle and configuration, in a fixed order): any byte
- * that changes in them changes PCR0, as a rebuilt image would.
+ * Real Nitro: PCRn = SHA384(0^48 ‖ H) for the image parts (docs/NITRO-KMS.md, "PCRs"). The simulation has no
+ * EIF, so it measures the files the enclave would run from (bundle and configuration, in a fixed order): any
+ * byte that changes in them changes PCR0, as a rebuilt image would.
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-
-export const PCR_BYTES = 48;
-export const ZERO_PCR = Buffer.alloc(PCR_BYTES);
+import { extendPcr, ZERO_PCR } from '../../shared/src/pcr';
 
 const sha384 = (...parts: Uint8Array[]) => {
   const h = createHash('sha384');
   for (const p of parts) h.update(p);
   return h.digest();
 };
-
-export function extendPcr(current: Uint8Array, data: Uint8Array): Buffer {
-  return sha384(current, data);
-}
 
 export interface Measurements {
   PCR0: string;
@@ -54,11 +47,6 @@ export function measureContents(contents: Uint8Array[]): Measurements {
 export function measureImageFiles(files: string[]): Measurements {
   if (files.length === 0) throw new Error('no image files to measure');
   return measureContents(files.map((f) => readFileSync(f)));
-}
-
-/** PCR3/PCR4 as Nitro computes them from the parent's role ARN and instance id. */
-export function measureString(value: string): string {
-  return extendPcr(ZERO_PCR, Buffer.from(value, 'utf8')).toString('hex');
 }
 
 /** nitro-cli's build-enclave output shape, so operators' tooling reads simulated measurements unchanged. */

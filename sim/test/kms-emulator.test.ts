@@ -43,7 +43,7 @@ import { KmsHttpServer } from '../src/kms/server';
 import { KmsState } from '../src/kms/state';
 import { SimulatedNitroCa } from '../src/nsm/ca';
 import { signAttestationDocument } from '../src/nsm/document';
-import { measureString } from '../src/measure';
+import { pcr3ForRole } from '../../shared/src/pcr';
 import { startProgram } from '../../test/support/process';
 import { ACCESS_KEYS, ACCOUNT, accessKeyArgs, PARENT_ROLE, attestedPolicy as sharedAttestedPolicy } from '../../test/support/platform';
 import { tempRunDir } from '../../shared/test/helpers';
@@ -51,7 +51,7 @@ import vectors from '../../shared/test/fixtures/kms-cms-vectors.json';
 
 const PCR0 = 'ab'.repeat(48);
 const GRANTEE_ROLE = `arn:aws:iam::${ACCOUNT}:role/grantee`;
-const PCR3 = measureString(PARENT_ROLE);
+const PCR3 = pcr3ForRole(PARENT_ROLE);
 
 function client(url: string, accessKeyId = 'AKIDPARENT'): KMSClient {
   return new KMSClient({ endpoint: url, region: 'us-east-1', credentials: { accessKeyId, secretAccessKey: 'secret' }, maxAttempts: 1 });

@@ -7,7 +7,8 @@ import { encodeFrame, FrameDecoder } from '../../shared/src/framing';
 import { verifyAttestation } from '../../shared/src/attestation';
 import { SimulatedNitroCa } from '../src/nsm/ca';
 import { SimulatedNsm } from '../src/nsm/device';
-import { measureContents, measureImageFiles, measureString } from '../src/measure';
+import { measureContents, measureImageFiles } from '../src/measure';
+import { measureString, pcr3ForRole } from '../../shared/src/pcr';
 import { startProgram, type Running } from '../../test/support/process';
 import { tempRunDir } from '../../shared/test/helpers';
 
@@ -157,7 +158,7 @@ describe('nsm-sim process', () => {
       return res.get('Attestation')?.get('document') as Buffer;
     };
     const expected = measureImageFiles([bundle, config]);
-    const v1 = verifyAttestation(await attest(first.socket), { trustedRoots: [root1], at: new Date(), expectedPcrs: { 0: expected.PCR0, 1: expected.PCR1, 2: expected.PCR2, 3: measureString('arn:aws:iam::111122223333:role/parent') } });
+    const v1 = verifyAttestation(await attest(first.socket), { trustedRoots: [root1], at: new Date(), expectedPcrs: { 0: expected.PCR0, 1: expected.PCR1, 2: expected.PCR2, 3: pcr3ForRole('arn:aws:iam::111122223333:role/parent') } });
     expect(v1.document.pcrs.get(0)?.toString('hex')).toBe(expected.PCR0);
     await proc?.stop();
 

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CreateKeyCommand, GetPublicKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { generateKeyPolicy } from '../../client/src/policy';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../shared/src/transport';
 import { startProgram, type Running } from './process';
 
 export const ACCOUNT = '111122223333';
@@ -154,6 +155,20 @@ export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLa
     await stop();
     throw err;
   }
+}
+
+/** An enclave configuration for this platform (its KMS key, simulated NSM and vsock in `runDir`), `over` on top. */
+export function enclaveConfigFor(platform: Platform, runDir: string, over: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    kmsKeyArn: platform.keyArn,
+    kmsPublicKey: platform.kmsPublicKey,
+    listen: DEFAULT_ENCLAVE_ADDRESS,
+    kmsProxy: DEFAULT_KMS_PROXY_ADDRESS,
+    transport: { kind: 'simulated', runDir },
+    nsm: { kind: 'simulated', socket: platform.nsmSocket },
+    logLevel: 'debug',
+    ...over,
+  };
 }
 
 export function writeJson(file: string, value: unknown): string {

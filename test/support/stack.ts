@@ -7,12 +7,13 @@ import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import { startPlatform, writeJson, type Platform } from './platform';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../shared/src/transport';
+import { enclaveConfigFor, startPlatform, writeJson, type Platform } from './platform';
 import { startProgram, type Running } from './process';
 import { startRelay, type Relay } from './relay';
 
-export const ENCLAVE_ADDRESS = 'vsock://16:5000';
-export const PROXY_ADDRESS = 'vsock://3:8000';
+export const ENCLAVE_ADDRESS = DEFAULT_ENCLAVE_ADDRESS;
+export const PROXY_ADDRESS = DEFAULT_KMS_PROXY_ADDRESS;
 
 export type TokenName = 'full' | 'create' | 'sign' | 'read' | 'admin';
 
@@ -64,16 +65,7 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
   const tokens = Object.fromEntries((['full', 'create', 'sign', 'read', 'admin'] as const).map((n) => [n, `nks_${n}_${randomBytes(16).toString('hex')}`])) as Record<TokenName, string>;
   const sha = (t: string) => createHash('sha256').update(t).digest('hex');
 
-  const enclaveConfigFile = writeJson(path.join(runDir, 'enclave.json'), {
-    kmsKeyArn: platform.keyArn,
-    kmsPublicKey: platform.kmsPublicKey,
-    listen: enclaveListen,
-    kmsProxy: PROXY_ADDRESS,
-    transport: { kind: 'simulated', runDir },
-    nsm: { kind: 'simulated', socket: platform.nsmSocket },
-    logLevel: 'debug',
-    ...opts.enclave,
-  });
+  const enclaveConfigFile = writeJson(path.join(runDir, 'enclave.json'), enclaveConfigFor(platform, runDir, { listen: enclaveListen, ...opts.enclave }));
   const dbPath = path.join(runDir, 'parent', 'keys.db');
   const parentConfigFile = writeJson(path.join(runDir, 'parent.json'), {
     api: { listen: { host: '127.0.0.1', port: 0 }, ...opts.parentApi },

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { AttestationError, verifyAttestation, verifyBirthAttestation, type VerifyOptions } from '../../../shared/src/attestation';
+import { ADDRESS_RE } from '../../../shared/src/identifiers';
 import type { SignRequestInput } from '../../../shared/src/signing/schema';
 import { generateKeyPolicy, measurementsFromNitroCliJson, normalizePcr, PolicyInputError, type ImageMeasurements } from '../policy';
 import type { Key } from '../sdk';
@@ -25,7 +26,7 @@ function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[]
   try {
     res = parseArgs({ args, options, allowPositionals: positionals > 0, strict: true });
   } catch (err) {
-    throw new UsageError((err as Error).message);
+    throw new UsageError((err as Error).message, { cause: err });
   }
   if (res.positionals.length !== positionals) throw new UsageError(`expected ${positionals} argument(s), got ${res.positionals.length}`);
   return res;
@@ -232,14 +233,14 @@ export async function attestationCommand(args: string[]): Promise<number> {
     try {
       value = normalizePcr(m[2] as string, `PCR${m[1]}`);
     } catch (err) {
-      throw new UsageError((err as Error).message);
+      throw new UsageError((err as Error).message, { cause: err });
     }
     (opts.expectedPcrs ??= {})[Number(m[1])] = value;
   }
   // A birth attestation: user_data must bind this key id and address (and not be a 0.1-era document).
   const birth = values['key-id'] !== undefined || values.address !== undefined;
   if (birth) {
-    if (!values['key-id'] || !values.address || !/^0x[0-9a-fA-F]{40}$/.test(values.address)) throw new UsageError('a birth attestation needs both --key-id ID and --address 0x… (the key\'s 20-byte address)');
+    if (!values['key-id'] || !values.address || !ADDRESS_RE.test(values.address)) throw new UsageError('a birth attestation needs both --key-id ID and --address 0x… (the key\'s 20-byte address)');
     if (opts.expectedUserData) throw new UsageError('--user-data cannot be combined with --key-id/--address (they determine user_data)');
     if (opts.expectedPcrs?.[0] === undefined) throw new UsageError('a birth attestation needs --pcr 0=HEX, the PCR0 of an image you approve (any image can ask for any user_data)');
   }
@@ -309,7 +310,7 @@ export function policyCommand(args: string[]): number {
     else process.stdout.write(`${policy}\n`);
     return 0;
   } catch (err) {
-    if (err instanceof PolicyInputError) throw new UsageError(err.message);
+    if (err instanceof PolicyInputError) throw new UsageError(err.message, { cause: err });
     throw err;
   }
 }

@@ -41,7 +41,7 @@ export function readInput(file: string): Buffer {
   try {
     return fs.readFileSync(file === '-' ? 0 : file);
   } catch (err) {
-    throw new UsageError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    throw new UsageError(`cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err });
   }
 }
 
@@ -50,6 +50,6 @@ export function readJsonInput(file: string): unknown {
     return JSON.parse(readInput(file).toString('utf8'));
   } catch (err) {
     if (err instanceof UsageError) throw err;
-    throw new UsageError(`${file} is not valid JSON`);
+    throw new UsageError(`${file} is not valid JSON`, { cause: err });
   }
 }

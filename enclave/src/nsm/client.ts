@@ -36,13 +36,13 @@ export class NsmClient {
     try {
       raw = await this.transport.request(encodeCbor(request));
     } catch (err) {
-      throw new KeystoreError('ATTESTATION_FAILED', `NSM ${variant} failed: ${(err as Error).message}`);
+      throw new KeystoreError('ATTESTATION_FAILED', `NSM ${variant} failed: ${(err as Error).message}`, { cause: err });
     }
     let res: unknown;
     try {
       res = decodeCbor(raw);
-    } catch {
-      throw new KeystoreError('ATTESTATION_FAILED', `NSM ${variant}: response is not CBOR`);
+    } catch (err) {
+      throw new KeystoreError('ATTESTATION_FAILED', `NSM ${variant}: response is not CBOR`, { cause: err });
     }
     if (res instanceof Map && res.has('Error')) {
       throw new KeystoreError('ATTESTATION_FAILED', `NSM ${variant} returned error ${String(res.get('Error'))}`);

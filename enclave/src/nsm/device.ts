@@ -27,13 +27,16 @@ export function loadNsmAddon(candidates?: string[]): NsmAddon {
   );
 }
 
+/** Where the Nitro hypervisor exposes the NSM inside an enclave. */
+export const NSM_DEVICE_PATH = '/dev/nsm';
+
 export class DeviceNsmTransport implements NsmTransport {
   readonly kind = 'real' as const;
   private fd: number;
 
   /** Opens the device at once so a missing or wrong device stops the enclave at start, with the reason. */
   constructor(
-    readonly devicePath = '/dev/nsm',
+    readonly devicePath = NSM_DEVICE_PATH,
     private readonly addon: NsmAddon = loadNsmAddon(),
   ) {
     this.fd = addon.open(devicePath);

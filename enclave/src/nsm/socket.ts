@@ -34,7 +34,7 @@ export class SocketNsmTransport implements NsmTransport {
       for (const f of frames) this.waiting.shift()?.resolve(f);
     });
     const fail = (err?: Error) => {
-      const e = new Error(`simulated NSM at ${this.socketPath}: ${err?.message ?? 'connection closed'}`);
+      const e = new Error(`simulated NSM at ${this.socketPath}: ${err?.message ?? 'connection closed'}`, err ? { cause: err } : undefined);
       for (const w of this.waiting.splice(0)) w.reject(e);
       if (this.socket === sock) this.socket = null;
     };

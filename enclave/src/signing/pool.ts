@@ -86,12 +86,15 @@ export function needsSignerThread(request: SignRequest): boolean {
   }
 }
 
-/** Signs, turning any failure into a KeystoreError whose message is safe to pass on. */
+/**
+ * Signs, turning any failure into a KeystoreError whose message is safe to pass on; the original is only its
+ * `cause`, never sent (a signer thread passes on code and message alone).
+ */
 function signSafely(request: SignRequest, secret: Uint8Array, address: `0x${string}`): SignResult {
   try {
     return signRequest(request, secret, address);
   } catch (err) {
-    throw err instanceof KeystoreError ? err : new KeystoreError('INTERNAL', 'signing failed');
+    throw err instanceof KeystoreError ? err : new KeystoreError('INTERNAL', 'signing failed', { cause: err });
   }
 }
 
@@ -150,7 +153,7 @@ export class SignerPool {
   constructor(
     size: number,
     private readonly script: string,
-    private readonly onError: (message: string) => void = () => undefined,
+    private readonly onError: (message: string, err?: Error) => void = () => undefined,
     options: SignerPoolOptions = {},
   ) {
     if (!Number.isInteger(size) || size < 0) throw new Error('signer pool size must be a non-negative integer');
@@ -175,7 +178,7 @@ export class SignerPool {
         this.armDeadline(slot);
       } else this.answered(slot, m);
     });
-    worker.on('error', (err) => this.onError(`signer thread failed: ${err.message}`));
+    worker.on('error', (err) => this.onError(`signer thread failed: ${err.message}`, err));
     worker.on('exit', () => {
       if (slot.retired) return;
       this.retire(slot, undefined, new KeystoreError('UNAVAILABLE', this.closed ? 'the enclave is shutting down' : 'a signer thread stopped; retry', { retryable: true }));

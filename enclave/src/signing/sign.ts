@@ -37,7 +37,7 @@ interface Prepared {
 /** viem's errors explain what is wrong with the input; pass their short message on as INVALID_PARAMS. */
 function invalid(err: unknown, what: string): KeystoreError {
   const detail = err instanceof BaseError ? err.shortMessage : err instanceof Error ? err.message.split('\n')[0] : 'invalid';
-  return new KeystoreError('INVALID_PARAMS', `${what}: ${detail}`);
+  return new KeystoreError('INVALID_PARAMS', `${what}: ${detail}`, { cause: err });
 }
 
 function toViemTransaction(tx: TransactionRequest): TransactionSerializable {

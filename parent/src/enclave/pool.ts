@@ -140,8 +140,8 @@ export class EnclavePool {
   }
 
   async waitUp(timeoutMs: number): Promise<void> {
-    await Promise.any(this.clients.map((c) => c.waitConnected(timeoutMs))).catch(() => {
-      throw new KeystoreError('UNAVAILABLE', `the enclave at ${this.options.address} did not answer within ${timeoutMs} ms`);
+    await Promise.any(this.clients.map((c) => c.waitConnected(timeoutMs))).catch((err: unknown) => {
+      throw new KeystoreError('UNAVAILABLE', `the enclave at ${this.options.address} did not answer within ${timeoutMs} ms`, { cause: err });
     });
   }
 

@@ -9,10 +9,11 @@
  * response that carries plaintext (impossible with Recipient, but checked) is refused.
  */
 import { DecryptCommand, KMSClient } from '@aws-sdk/client-kms';
+import { backoffDelay, type BackoffOptions } from '../../../shared/src/backoff';
 import { KeystoreError, type ErrorCode } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/log';
 import { KmsProxyApi, type KmsDecryptResult } from '../../../shared/src/enclave-api';
-import { backoffDelay, RpcServer, serveApi, type ValidParamsOf } from '../../../shared/src/rpc';
+import { RpcServer, serveApi, type ValidParamsOf } from '../../../shared/src/rpc';
 import type { Listener, Transport } from '../../../shared/src/transport';
 
 export interface KmsProxyOptions {
@@ -34,6 +35,9 @@ interface AwsError {
 /** The least time a KMS attempt is given: a retry that would have less left is not started. */
 export const KMS_MIN_ATTEMPT_MS = 100;
 
+/** Retries of a failed KMS call wait 25-50 ms, then 50-100 ms, …, at most 1 s (all within the deadline). */
+export const KMS_RETRY_BACKOFF: Readonly<BackoffOptions> = { initialMs: 50, maxMs: 1000 };
+
 /**
  * The proxy's time for one decrypt: its own deadline, and never more than the enclave waits (its `deadlineMs`)
  * less a margin for the answer's trip back (a fifth of it, at most 500 ms).
@@ -49,14 +53,15 @@ const TRANSIENT = new Set(['KMSInternalException', 'DependencyTimeoutException',
 /**
  * KMS (or transport) error -> the shared error code the enclave and callers understand. Only throttling, 5xx and
  * transport failures are retryable; every other refusal is final and keeps KMS's error name and message
- * (an unknown 4xx is `KMS_REJECTED`, not a retried "unavailable").
+ * (an unknown 4xx is `KMS_REJECTED`, not a retried "unavailable"). The SDK's error stays as `cause` for the
+ * log (its request id, HTTP status, the network error under it); only code and message reach the enclave.
  */
 export function mapKmsError(err: unknown): KeystoreError {
   const e = err as AwsError;
   const name = e?.name ?? 'Error';
   const text = (e?.message ?? '').split('\n')[0]?.slice(0, 300) ?? '';
   const status = e?.$metadata?.httpStatusCode ?? 0;
-  const of = (code: ErrorCode, what: string) => new KeystoreError(code, `KMS ${name}: ${what}`);
+  const of = (code: ErrorCode, what: string) => new KeystoreError(code, `KMS ${name}: ${what}`, { cause: err });
   switch (name) {
     case 'AccessDeniedException':
       return of('KMS_ACCESS_DENIED', `${text} (is this enclave image approved in the key policy?)`);
@@ -76,7 +81,7 @@ export function mapKmsError(err: unknown): KeystoreError {
       if (e?.$fault === 'server' || status >= 500 || TRANSIENT.has(name)) return of('KMS_UNAVAILABLE', text || 'service error');
       if (e?.$fault === 'client' || (status >= 400 && status < 500)) return of('KMS_REJECTED', text || `refused the request (HTTP ${status || '4xx'})`);
       // No answer from KMS at all (connection refused or reset, DNS, TLS): the transport, retried.
-      return new KeystoreError('KMS_UNAVAILABLE', `KMS could not be reached: ${name}${text ? `: ${text}` : ''}`);
+      return new KeystoreError('KMS_UNAVAILABLE', `KMS could not be reached: ${name}${text ? `: ${text}` : ''}`, { cause: err });
   }
 }
 
@@ -108,7 +113,7 @@ export class KmsProxy {
     const started = Date.now();
     const budgetMs = kmsBudgetMs(this.options.deadlineMs, p.deadlineMs);
     const deadline = started + budgetMs;
-    const timeout = () => new KeystoreError('TIMEOUT', `KMS did not answer within ${budgetMs} ms`);
+    const timeout = (cause?: unknown) => new KeystoreError('TIMEOUT', `KMS did not answer within ${budgetMs} ms`, { cause });
     // The failure being retried: if the deadline ends a retry, that failure (say KMS_THROTTLED) is the reason
     // the caller gets, not TIMEOUT (the retry was cut short; KMS did not go silent).
     let retrying: KeystoreError | undefined;
@@ -135,23 +140,24 @@ export class KmsProxy {
         return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient).toString('base64'), keyId: res.KeyId ?? p.kmsKeyArn };
       } catch (err) {
         if (err instanceof KeystoreError) throw err;
-        if ((err as Error)?.name === 'AbortError') throw this.finish(retrying ?? timeout(), started);
+        if ((err as Error)?.name === 'AbortError') throw this.finish(retrying ?? timeout(err), started);
         const mapped = mapKmsError(err);
-        const delay = backoffDelay(attempt, { initialMs: 50, maxMs: 1000 });
+        const delay = backoffDelay(attempt, KMS_RETRY_BACKOFF);
         // A retry starts only if it can finish: the backoff plus as long as this attempt took (at least
         // KMS_MIN_ATTEMPT_MS) must fit before the deadline. Otherwise this failure is the answer.
         const needs = delay + Math.max(KMS_MIN_ATTEMPT_MS, Date.now() - attemptStarted);
         if (!mapped.retryable || Date.now() + needs > deadline) throw this.finish(mapped, started);
         retrying = mapped;
-        this.options.logger.warn({ attempt: attempt + 1, code: mapped.code, delayMs: delay }, 'KMS call failed; retrying');
+        this.options.logger.warn({ err: mapped, attempt: attempt + 1, code: mapped.code, delayMs: delay }, 'KMS call failed; retrying');
         await new Promise((r) => setTimeout(r, delay));
       }
     }
   }
 
+  /** Counts and logs the failure the enclave gets; the log line's `err` carries the KMS SDK error as its cause. */
   private finish(err: KeystoreError, started: number, outcome: string = err.code): KeystoreError {
     this.options.onCall?.(outcome, (Date.now() - started) / 1000);
-    this.options.logger.warn({ code: err.code, outcome }, `KMS decrypt refused: ${err.message}`);
+    this.options.logger.warn({ err, code: err.code, outcome }, `KMS decrypt refused: ${err.message}`);
     return err;
   }
 

@@ -32,7 +32,7 @@ export interface CoseSign1 {
 export const COSE_ALG_ES384 = -35;
 export const MAX_USER_DATA_BYTES = 1024;
 
-const malformed = (what: string) => new AttestationError('MALFORMED', `attestation document: ${what}`);
+const malformed = (what: string, cause?: unknown) => new AttestationError('MALFORMED', `attestation document: ${what}`, { cause });
 
 function isBytes(v: unknown): v is Uint8Array {
   return v instanceof Uint8Array;
@@ -41,8 +41,8 @@ function isBytes(v: unknown): v is Uint8Array {
 function decode(data: Uint8Array, what: string): unknown {
   try {
     return decodeCbor(data);
-  } catch {
-    throw malformed(`${what} is not valid CBOR`);
+  } catch (err) {
+    throw malformed(`${what} is not valid CBOR`, err);
   }
 }
 

@@ -22,7 +22,8 @@ export class AttestationError extends Error {
   constructor(
     readonly code: AttestationErrorCode,
     message: string,
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
   }
 }

@@ -61,8 +61,8 @@ function parseCert(der: Buffer, what: string): ParsedCert {
     const asn = AsnConvert.parse(der, Certificate);
     const validity = asn.tbsCertificate.validity;
     return { x509: new X509Certificate(der), asn, notBefore: validity.notBefore.getTime(), notAfter: validity.notAfter.getTime() };
-  } catch {
-    throw new AttestationError('MALFORMED', `attestation document: ${what} is not a valid X.509 certificate`);
+  } catch (err) {
+    throw new AttestationError('MALFORMED', `attestation document: ${what} is not a valid X.509 certificate`, { cause: err });
   }
 }
 

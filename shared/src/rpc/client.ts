@@ -11,17 +11,13 @@
  *   fast with a retryable UNAVAILABLE instead of waiting; calls made during a connection attempt wait for it
  *   (within their deadline).
  */
+import { backoffDelay, type BackoffOptions } from '../backoff';
 import { fromRpcError, KeystoreError } from '../errors';
 import type { Logger } from '../log';
 import type { Transport } from '../transport/types';
 import type { MethodName, ParamsOf, ResultOf, RpcApi } from './api';
 import { FramedConnection } from './framed-connection';
 import { ResponseEnvelopeSchema, type RpcId } from './jsonrpc';
-
-export interface BackoffOptions {
-  initialMs: number;
-  maxMs: number;
-}
 
 /** A call on a connection being set up, for the handshake. */
 export type HandshakeCall<A extends RpcApi> = <M extends MethodName<A>>(method: M, params: ParamsOf<A, M>) => Promise<ResultOf<A, M>>;
@@ -67,11 +63,6 @@ interface Pending {
 
 type State = 'idle' | 'connecting' | 'connected' | 'backoff' | 'closed';
 
-/** Capped exponential backoff with jitter: half fixed, half random, so retries of many clients spread out. */
-export function backoffDelay(attempt: number, { initialMs, maxMs }: BackoffOptions, random = Math.random): number {
-  const ceiling = Math.min(maxMs, initialMs * 2 ** Math.min(attempt, 30));
-  return Math.round(ceiling / 2 + random() * (ceiling / 2));
-}
 
 /** A client for the method table `A`: `call` accepts only its methods, their params, and returns their results. */
 export class RpcClient<A extends RpcApi = RpcApi> {
@@ -172,7 +163,7 @@ export class RpcClient<A extends RpcApi = RpcApi> {
       } catch (err) {
         clearTimeout(timer);
         this.pending.delete(id);
-        reject(new KeystoreError('INVALID_PARAMS', `${method}: request could not be framed (${(err as Error).message})`));
+        reject(new KeystoreError('INVALID_PARAMS', `${method}: request could not be framed (${(err as Error).message})`, { cause: err }));
       }
     });
   }

@@ -1,4 +1,5 @@
-export { RpcClient, backoffDelay, type RpcClientOptions, type CallOptions, type BackoffOptions, type HandshakeCall } from './client';
+export { backoffDelay, type BackoffOptions } from '../backoff';
+export { RpcClient, type RpcClientOptions, type CallOptions, type HandshakeCall } from './client';
 export {
   defineMethod,
   serveApi,

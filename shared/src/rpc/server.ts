@@ -317,8 +317,8 @@ export class RpcServer {
     } catch (err) {
       // The result did not fit in a frame: answer with an error the peer can read instead.
       const id = (response as { id: unknown }).id as string | number | null;
-      this.options.logger.error({ err: (err as Error).message }, 'response could not be framed');
-      framed.send(errorResponse(id, toRpcError(new KeystoreError('INTERNAL', 'response exceeds the frame size limit'))));
+      this.options.logger.error({ err }, 'response could not be framed');
+      framed.send(errorResponse(id, toRpcError(new KeystoreError('INTERNAL', 'response exceeds the frame size limit', { cause: err }))));
     }
     this.checkBacklog(served);
   }

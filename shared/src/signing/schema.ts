@@ -7,6 +7,7 @@
  * integers are decimal strings, 0x hex, or (when small) JSON numbers, and come out as bigint or number.
  */
 import { z } from 'zod';
+import { address as addressSchema, hex32 } from '../schema';
 import { checkTypedDataBudget, domainFieldsOf } from './typed-data-budget';
 
 const HEX = /^0x[0-9a-fA-F]*$/;
@@ -17,8 +18,9 @@ export const hexData = z
   .max(MAX_DATA_HEX, 'expected at most 128 KiB of hex data')
   .regex(HEX, 'expected 0x-prefixed hex')
   .refine((s) => s.length % 2 === 0, 'expected an even number of hex digits') as z.ZodType<`0x${string}`>;
-export const bytes32 = z.string().regex(/^0x[0-9a-fA-F]{64}$/, 'expected 32 bytes as 0x-prefixed hex') as unknown as z.ZodType<`0x${string}`>;
-export const address = z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'expected a 20-byte 0x-prefixed address') as unknown as z.ZodType<`0x${string}`>;
+// The shared shapes (../schema.ts), typed as the 0x strings viem takes.
+export const bytes32 = hex32 as unknown as z.ZodType<`0x${string}`>;
+export const address = addressSchema as unknown as z.ZodType<`0x${string}`>;
 
 const UINT256_MAX = (1n << 256n) - 1n;
 

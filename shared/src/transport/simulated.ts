@@ -117,7 +117,7 @@ export class SimulatedVsockTransport implements Transport {
       });
       socket.once('error', (err: NodeJS.ErrnoException) => {
         clearTimeout(timer);
-        reject(new Error(`connect to ${address} failed: ${err.code ?? err.message}`));
+        reject(new Error(`connect to ${address} failed: ${err.code ?? err.message}`, { cause: err }));
       });
     });
   }

@@ -91,3 +91,10 @@ export function parseVsockAddress(address: string): VsockAddress {
 export function formatVsockAddress({ cid, port }: VsockAddress): string {
   return `vsock://${cid}:${port}`;
 }
+
+/**
+ * Where the enclave serves RPC (CID 16, as deploy/enclave-run.env.example pins it) and where the parent's KMS
+ * proxy listens (CID 3, the parent's): both programs' configurations default to these, so defaults meet.
+ */
+export const DEFAULT_ENCLAVE_ADDRESS = 'vsock://16:5000';
+export const DEFAULT_KMS_PROXY_ADDRESS = 'vsock://3:8000';

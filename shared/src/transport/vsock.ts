@@ -78,9 +78,7 @@ export function loadVsockBinding(candidates?: readonly string[]): VsockBinding {
   try {
     binding = loadAddon<VsockBinding>('the AF_VSOCK addon (enclave/native/vsock.c, built by `npm run build`)', candidates ?? vsockAddonCandidates());
   } catch (err) {
-    throw new Error(
-      `${(err as Error).message}\nThe real vsock transport needs it; on a development machine use the simulated transport instead.`,
-    );
+    throw new Error(`${(err as Error).message}\nThe real vsock transport needs it; on a development machine use the simulated transport instead.`, { cause: err });
   }
   if (typeof binding?.connect !== 'function' || typeof binding.write !== 'function') throw new Error('the AF_VSOCK addon loaded but is not the expected one');
   if (!candidates) cached = binding;
@@ -355,7 +353,7 @@ export class RealVsockTransport implements Transport {
       try {
         conn = new VsockConnection(binding, address, (onEvent) => binding.connect(cid, port, onEvent));
       } catch (err) {
-        reject(new Error(`connect to ${address} failed: ${errorCode(err)}`));
+        reject(new Error(`connect to ${address} failed: ${errorCode(err)}`, { cause: err }));
         return;
       }
       const timer = setTimeout(() => {
@@ -365,7 +363,7 @@ export class RealVsockTransport implements Transport {
       }, timeoutMs);
       conn.onConnect = (err) => {
         clearTimeout(timer);
-        if (err) reject(new Error(`connect to ${address} failed: ${errorCode(err)}`));
+        if (err) reject(new Error(`connect to ${address} failed: ${errorCode(err)}`, { cause: err }));
         else resolve(conn);
       };
     });
@@ -378,7 +376,7 @@ export class RealVsockTransport implements Transport {
       // Binds VMADDR_CID_ANY:port (the CID of the address is this machine's own).
       return new VsockListener(binding, formatVsockAddress({ cid, port }), onConnection, (onEvent) => binding.listen(port, LISTEN_BACKLOG, onEvent));
     } catch (err) {
-      throw Object.assign(new Error(`cannot listen on ${address}: ${(err as Error).message}`), { code: (err as NodeJS.ErrnoException).code });
+      throw Object.assign(new Error(`cannot listen on ${address}: ${(err as Error).message}`, { cause: err }), { code: (err as NodeJS.ErrnoException).code });
     }
   }
 }

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CreateKeyCommand, GetKeyPolicyCommand, GetPublicKeyCommand, KMSClient, PutKeyPolicyCommand } from '@aws-sdk/client-kms';
 import { generateKeyPolicy } from '../../../client/src/policy';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../../shared/src/transport';
 import { asNitroCliJson, measureImageFiles, type Measurements } from '../measure';
 
 export const DEV_ACCOUNT = '111122223333';
@@ -114,8 +115,8 @@ export async function provision(kmsUrl: string, bundle: string, p: DevPaths): Pr
     const enclaveConfig = {
       kmsKeyArn: keyArn,
       kmsPublicKey: Buffer.from(pub.PublicKey as Uint8Array).toString('base64'),
-      listen: 'vsock://16:5000',
-      kmsProxy: 'vsock://3:8000',
+      listen: DEFAULT_ENCLAVE_ADDRESS,
+      kmsProxy: DEFAULT_KMS_PROXY_ADDRESS,
       transport: { kind: 'simulated', runDir: p.runDir },
       nsm: { kind: 'simulated', socket: path.join(p.runDir, 'nsm.sock') },
       logLevel: 'info',
@@ -169,8 +170,8 @@ export function ensureTokenAndParentConfig(p: DevPaths, keyArn: string, apiPort:
     tokens: [{ name: 'dev', sha256: createHash('sha256').update(token).digest('hex'), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] }],
     database: { path: p.database },
     transport: { kind: 'simulated', runDir: p.runDir },
-    enclave: { address: 'vsock://16:5000', poolSize: 2 },
-    kmsProxy: { listen: 'vsock://3:8000', allowedKeyArns: [keyArn], region: 'us-east-1' },
+    enclave: { address: DEFAULT_ENCLAVE_ADDRESS },
+    kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, allowedKeyArns: [keyArn], region: 'us-east-1' },
     logLevel: 'info',
   };
   writeFile(p.parentConfig, `${JSON.stringify(config, null, 2)}\n`);

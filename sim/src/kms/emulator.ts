@@ -379,8 +379,8 @@ export class KmsEmulator {
     const alg = this.rsaAlgorithm(requested, ctx);
     try {
       return { plaintext: privateDecrypt({ key: createPrivateKey(key.material), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === 'RSAES_OAEP_SHA_256' ? 'sha256' : 'sha1' }, blob), algorithm: alg };
-    } catch {
-      throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT);
+    } catch (err) {
+      throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT, { cause: err });
     }
   }
 
@@ -543,13 +543,13 @@ export class KmsEmulator {
       verified = this.verifyCached(doc);
     } catch (err) {
       const reason = err instanceof AttestationError ? `${err.code}: ${err.message}` : 'unreadable';
-      throw new KmsError('ValidationException', `The attestation document is not valid (${reason}).`);
+      throw new KmsError('ValidationException', `The attestation document is not valid (${reason}).`, { cause: err });
     }
     let publicKey: KeyObject;
     try {
       publicKey = createPublicKey({ key: verified.document.publicKey as Buffer, format: 'der', type: 'spki' });
-    } catch {
-      throw new KmsError('ValidationException', 'The attestation document public_key is not a DER SubjectPublicKeyInfo.');
+    } catch (err) {
+      throw new KmsError('ValidationException', 'The attestation document public_key is not a DER SubjectPublicKeyInfo.', { cause: err });
     }
     if (publicKey.asymmetricKeyType !== 'rsa') throw new KmsError('ValidationException', 'The attestation document public_key is not an RSA key.');
     const conditionValues: Record<string, string> = {};
@@ -644,8 +644,8 @@ export class KmsEmulator {
       decipher.setAAD(contextAad(ctx));
       decipher.setAuthTag(blob.subarray(29, 45));
       return Buffer.concat([decipher.update(blob.subarray(45)), decipher.final()]);
-    } catch {
-      throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT);
+    } catch (err) {
+      throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT, { cause: err });
     }
   }
 

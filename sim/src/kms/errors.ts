@@ -25,8 +25,9 @@ export class KmsError extends Error {
   constructor(
     readonly code: KmsErrorCode,
     message: string,
+    options?: ErrorOptions,
   ) {
-    super(message);
+    super(message, options);
     // KMS answers a DryRun that would have succeeded with HTTP 412 (DryRunOperationException).
     this.status = SERVER_SIDE.has(code) ? 500 : code === 'DryRunOperationException' ? 412 : 400;
   }

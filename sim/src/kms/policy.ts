@@ -67,8 +67,8 @@ export function parsePolicy(text: string): PolicyDocument {
   let json: unknown;
   try {
     json = JSON.parse(text);
-  } catch {
-    throw new KmsError('MalformedPolicyDocumentException', 'The policy is not valid JSON.');
+  } catch (err) {
+    throw new KmsError('MalformedPolicyDocumentException', 'The policy is not valid JSON.', { cause: err });
   }
   const res = PolicySchema.safeParse(json);
   if (!res.success) {

@@ -155,8 +155,8 @@ export class KmsHttpServer {
       let body: unknown;
       try {
         body = raw.length ? JSON.parse(raw.toString('utf8')) : {};
-      } catch {
-        throw new KmsError('SerializationException', 'The request body is not valid JSON.');
+      } catch (err) {
+        throw new KmsError('SerializationException', 'The request body is not valid JSON.', { cause: err });
       }
       if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new KmsError('SerializationException', 'The request body is not a JSON object.');
       await this.injectFaults(op);
@@ -165,7 +165,7 @@ export class KmsHttpServer {
       this.send(res, 200, out);
       this.options.logger.debug({ op }, 'kms call');
     } catch (err) {
-      const kmsErr = err instanceof KmsError ? err : new KmsError('KMSInternalException', 'An internal error occurred.');
+      const kmsErr = err instanceof KmsError ? err : new KmsError('KMSInternalException', 'An internal error occurred.', { cause: err });
       if (!(err instanceof KmsError)) this.options.logger.error({ err, op }, 'emulator failure');
       this.record(op || 'unknown', kmsErr.code);
       this.options.logger.info({ op, error: kmsErr.code }, 'kms call failed');

@@ -8,7 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { decodeCbor, encodeCbor } from '../../../shared/src/cbor';
 import type { SimulatedNitroCa } from './ca';
 import { signAttestationDocument } from './document';
-import { extendPcr, PCR_BYTES, ZERO_PCR } from '../measure';
+import { extendPcr, PCR_BYTES, ZERO_PCR } from '../../../shared/src/pcr';
 
 export const NSM_REQUEST_MAX_BYTES = 0x1000;
 export const NSM_RESPONSE_MAX_BYTES = 0x3000;
@@ -27,8 +27,11 @@ export type NsmErrorCode =
   | 'InternalError';
 
 class NsmFailure extends Error {
-  constructor(readonly code: NsmErrorCode) {
-    super(code);
+  constructor(
+    readonly code: NsmErrorCode,
+    options?: ErrorOptions,
+  ) {
+    super(code, options);
   }
 }
 
@@ -61,8 +64,8 @@ export class SimulatedNsm {
       let msg: unknown;
       try {
         msg = decodeCbor(request);
-      } catch {
-        throw new NsmFailure('InvalidArgument');
+      } catch (err) {
+        throw new NsmFailure('InvalidArgument', { cause: err });
       }
       const response = encodeCbor(await this.dispatch(msg));
       if (response.length > NSM_RESPONSE_MAX_BYTES) throw new NsmFailure('InternalError');

@@ -15,14 +15,15 @@ import { createLogger } from '../../../shared/src/log';
 import { encodeFrame, FrameDecoder, FrameError } from '../../../shared/src/framing';
 import { SimulatedNitroCa } from './ca';
 import { SimulatedNsm, NSM_RESPONSE_MAX_BYTES } from './device';
-import { measureImageFiles, measureString, ZERO_PCR } from '../measure';
+import { measureImageFiles } from '../measure';
+import { measureString, PCR_BYTES, PCR_HEX_RE, pcr3ForRole, ZERO_PCR } from '../../../shared/src/pcr';
 
 const USAGE = `usage: nsm-sim --socket PATH --state-dir DIR [--image FILE]... [--pcr0..4 HEX] [--parent-role-arn ARN] [--instance-id ID] [--region R] [--debug-mode]`;
 
 function pcrArg(value: string | undefined, name: string): Buffer | undefined {
   if (value === undefined) return undefined;
-  const hex = value.replace(/^0x/i, '');
-  if (!/^[0-9a-fA-F]{96}$/.test(hex)) throw new Error(`--${name} must be 48 bytes of hex`);
+  const hex = value.replace(/^0x/i, '').toLowerCase();
+  if (!PCR_HEX_RE.test(hex)) throw new Error(`--${name} must be ${PCR_BYTES} bytes of hex`);
   return Buffer.from(hex, 'hex');
 }
 
@@ -63,7 +64,7 @@ async function main(): Promise<void> {
   set(0, pcrArg(values.pcr0, 'pcr0') ?? (image && Buffer.from(image.PCR0, 'hex')));
   set(1, pcrArg(values.pcr1, 'pcr1') ?? (image && Buffer.from(image.PCR1, 'hex')));
   set(2, pcrArg(values.pcr2, 'pcr2') ?? (image && Buffer.from(image.PCR2, 'hex')));
-  set(3, pcrArg(values.pcr3, 'pcr3') ?? (values['parent-role-arn'] ? Buffer.from(measureString(values['parent-role-arn']), 'hex') : undefined));
+  set(3, pcrArg(values.pcr3, 'pcr3') ?? (values['parent-role-arn'] ? Buffer.from(pcr3ForRole(values['parent-role-arn']), 'hex') : undefined));
   set(4, pcrArg(values.pcr4, 'pcr4') ?? Buffer.from(measureString(instanceId), 'hex'));
   if (values['debug-mode']) for (const i of [0, 1, 2]) pcrs.set(i, Buffer.from(ZERO_PCR)); // as real debug enclaves report
 
@@ -81,7 +82,7 @@ async function main(): Promise<void> {
       try {
         requests = decoder.push(chunk);
       } catch (err) {
-        log.warn({ code: err instanceof FrameError ? err.code : 'decode' }, 'closing NSM client connection');
+        log.warn({ err, code: err instanceof FrameError ? err.code : 'decode' }, 'closing NSM client connection');
         sock.destroy();
         return;
       }
