@@ -24,7 +24,7 @@ import * as secp from '@noble/secp256k1';
 import { Pool } from 'undici';
 import { startStack, waitReady, type Stack } from '../test/support/stack';
 import { SignRequestSchema } from '../shared/src/signing/schema';
-import { checkTypedDataBudget, TYPED_DATA_LIMITS, type TypedDataShape } from '../shared/src/signing/typed-data-budget';
+import { checkTypedDataBudget, TYPED_DATA_LIMITS } from '../shared/src/signing/typed-data-budget';
 import { atLimitStructs, atLimitTypeStrings, atLimitValues, type TypedDataInput } from '../shared/test/typed-data-payloads';
 import { signRequest } from '../enclave/src/signing/sign';
 
@@ -107,7 +107,7 @@ async function closedLoop(opts: { url: string; token: string; concurrency: numbe
     while (performance.now() < end) {
       const { path: p, body } = opts.next(seq++);
       const start = performance.now();
-      let status = 0;
+      let status: number;
       try {
         const res = await pool.request({ path: p, method: 'POST', headers, body: typeof body === 'string' ? body : JSON.stringify(body) });
         status = res.statusCode;
@@ -206,7 +206,7 @@ async function typedDataSeries(s: Stack, o: { seconds: number; warmup: number; q
   for (const [name, typedData] of Object.entries(shapes)) {
     const input = { type: 'typedData', typedData };
     const body = JSON.stringify(input);
-    const verdict = checkTypedDataBudget(typedData as unknown as TypedDataShape);
+    const verdict = checkTypedDataBudget(typedData);
     const validate: number[] = [];
     const sign: number[] = [];
     for (let i = 0; i <= runs; i++) {

@@ -82,9 +82,9 @@ export function normalizePcr(value: string, name: string): string {
 /** Reads `nitro-cli build-enclave` / `describe-eif` output (or just its `Measurements` object). */
 export function measurementsFromNitroCliJson(json: unknown, source = 'measurements'): ImageMeasurements {
   const obj = json as { Measurements?: Record<string, unknown> } & Record<string, unknown>;
-  const m = (obj && typeof obj === 'object' && obj.Measurements && typeof obj.Measurements === 'object' ? obj.Measurements : obj) as Record<string, unknown>;
+  const m = (obj && typeof obj === 'object' && obj.Measurements && typeof obj.Measurements === 'object' ? obj.Measurements : obj);
   if (typeof m?.PCR0 !== 'string') throw new PolicyInputError(`${source}: no Measurements.PCR0`);
-  const opt = (k: string) => (typeof m[k] === 'string' ? normalizePcr(m[k] as string, `${source} ${k}`) : undefined);
+  const opt = (k: string) => (typeof m[k] === 'string' ? normalizePcr(m[k], `${source} ${k}`) : undefined);
   return { PCR0: normalizePcr(m.PCR0, `${source} PCR0`), PCR1: opt('PCR1'), PCR2: opt('PCR2'), PCR8: opt('PCR8') };
 }
 

@@ -184,7 +184,7 @@ export class KeystoreClient {
   }
 
   signUserOperation(keyId: string, request: Omit<UserOperationRequest, 'type'>): Promise<SignResult> {
-    return this.sign(keyId, { type: 'userOperation', ...request } as SignRequestInput);
+    return this.sign(keyId, { type: 'userOperation', ...request });
   }
 
   disableKey(keyId: string): Promise<Key> {

@@ -11,7 +11,7 @@
 import { constants, createCipheriv, createHash, createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes, type KeyObject } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
-import { hexToBytes, recoverAddress, type Hex } from 'viem';
+import { hexToBytes, recoverAddress } from 'viem';
 import { decodeAttestationDocument, verifyAttestation } from '../../shared/src/attestation';
 import { verifyBirthAttestation } from '../../shared/src/attestation/birth';
 import { birthContent, birthUserData, USER_DATA_TAGS, taggedUserData } from '../../shared/src/attestation/user-data';
@@ -30,7 +30,7 @@ import { DUMMY_SECRET } from '../src/kms/open-answer';
 import { SocketNsmTransport } from '../src/nsm/socket';
 import { ENCLAVE_ADDRESS, startEnclaveHarness, type DecryptParams, type EnclaveHarness } from './harness';
 
-const digest = (n: number) => `0x${n.toString(16).padStart(64, '0')}` as Hex;
+const digest = (n: number) => `0x${n.toString(16).padStart(64, '0')}`;
 /** secp256k1's group order: not a valid private key. */
 const CURVE_ORDER = hexToBytes('0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141');
 

@@ -4,7 +4,7 @@
  * anything the enclave sends or logs.
  */
 import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:crypto';
-import { recoverAddress, type Hex } from 'viem';
+import { recoverAddress } from 'viem';
 import { birthUserData } from '../../shared/src/attestation/user-data';
 import { decodeBlobBase64, encodeBlob } from '../../shared/src/blob';
 import { canonicalCbor } from '../../shared/src/cbor';
@@ -15,7 +15,7 @@ import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { findLeaks, recoverSecret } from '../../test/support/secrets';
 import { startEnclaveHarness, type EnclaveHarness } from './harness';
 
-const digest = (n: number) => `0x${n.toString(16).padStart(64, '0')}` as Hex;
+const digest = (n: number) => `0x${n.toString(16).padStart(64, '0')}`;
 
 describe('enclave program', () => {
   let h: EnclaveHarness;

@@ -136,9 +136,9 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
     const made = (await (await peer()).callJson('keys.create', { keyId: 'pa-victim' })).result as CreateResult;
     const conns = await Promise.all([peer(), peer(), peer(), peer()]);
     try {
-      await conns[1]!.callJson('enclave.hello', { protocolVersion: 1 });
-      await conns[2]!.callJson('enclave.hello', { protocolVersion: 2 });
-      await conns[3]!.callJson('enclave.hello', { protocolVersion: 1_000_000 });
+      await conns[1].callJson('enclave.hello', { protocolVersion: 1 });
+      await conns[2].callJson('enclave.hello', { protocolVersion: 2 });
+      await conns[3].callJson('enclave.hello', { protocolVersion: 1_000_000 });
       const forged = new Set<string>();
       const kmsErr = new Set<string>();
       for (const [i, c] of conns.entries()) {

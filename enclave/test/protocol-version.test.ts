@@ -5,14 +5,14 @@
  * not accept are refused with a message naming both sides. The version chosen changes nothing the enclave
  * checks: the same bad request gets the same answer whatever was agreed.
  */
-import { recoverAddress, type Hex } from 'viem';
+import { recoverAddress } from 'viem';
 import { ACCEPTED_PROTOCOL_VERSIONS, EnclaveApi, PROTOCOL_VERSION, type CreateResult, type HelloResult, type SignResult } from '../../shared/src/enclave-api';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { RawPeer } from '../../test/support/raw-peer';
 import { hello } from '../src/methods';
 import { ENCLAVE_ADDRESS, startEnclaveHarness, type EnclaveHarness } from './harness';
 
-const digest = `0x${'ab'.repeat(32)}` as Hex;
+const digest = `0x${'ab'.repeat(32)}` as const;
 
 describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
   let h: EnclaveHarness;
@@ -55,7 +55,7 @@ describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
     const made = (await peer.callJson('keys.create', { keyId: 'v1-parent' })).result as CreateResult;
     expect(made.address).toMatch(/^0x[0-9a-fA-F]{40}$/);
     const signed = (await peer.callJson('keys.sign', { keyId: 'v1-parent', blob: made.blob, request: { type: 'digest', digest } })).result as SignResult;
-    expect(await recoverAddress({ hash: digest, signature: signed.signature as Hex })).toBe(made.address);
+    expect(await recoverAddress({ hash: digest, signature: signed.signature })).toBe(made.address);
     const bad = await peer.callJson('keys.sign', { keyId: 'v1-parent', blob: made.blob, request: { type: 'digest' } });
     expect(bad.error?.data).toEqual({ code: 'INVALID_PARAMS', reason: 'INVALID_PARAMS', retryable: false });
     const missing = await peer.callJson('keys.sign', { keyId: 'other-key', blob: made.blob, request: { type: 'digest', digest } });

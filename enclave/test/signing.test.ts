@@ -139,7 +139,7 @@ describe.each(KEYS)('signing with key %s', (key) => {
       ...('maxFeePerGas' in transaction ? { maxFeePerGas: BigInt(transaction.maxFeePerGas), maxPriorityFeePerGas: BigInt(transaction.maxPriorityFeePerGas) } : {}),
     };
     expect(await account.signTransaction(viemTx as never)).toBe(res.serializedTransaction);
-    const parsed = Transaction.from(res.serializedTransaction as string);
+    const parsed = Transaction.from(res.serializedTransaction);
     expect(parsed.from).toBe(wallet.address);
     expect(recoverAddress(res.hash, res.signature)).toBe(wallet.address);
   });

@@ -39,7 +39,7 @@ function watchDeciphers(): Buffer[] {
       },
     });
     return d;
-  }) as typeof original);
+  }));
   return outputs;
 }
 
@@ -77,7 +77,7 @@ describe('zeroizing key material', () => {
         const out = privateDecrypt(...args);
         unwrapped.push(out);
         return out;
-      }) as typeof privateDecrypt);
+      }));
       const outputs = watchDeciphers();
       const raw = { ciphertextForRecipient: buildEnvelopedData(plaintext, recipient.publicKey).toString('base64'), keyId: ARN };
       const opened = openKmsAnswer(raw, recipient.privateKey, blob);

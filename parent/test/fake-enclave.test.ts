@@ -11,7 +11,7 @@ import { z } from 'zod';
 import { hashMessage, parseSignature, recoverMessageAddress, type Hex } from 'viem';
 import { generatePrivateKey, privateKeyToAccount, type PrivateKeyAccount } from 'viem/accounts';
 import { silentLogger } from '../../shared/src/log';
-import type { CreateResult, EnclaveHealth, SignResult } from '../../shared/src/enclave-api';
+import type { CreateResult, SignResult } from '../../shared/src/enclave-api';
 import { RpcServer, rpcMethod } from '../../shared/src/rpc';
 import { SimulatedVsockTransport } from '../../shared/src/transport';
 import { tempRunDir } from '../../shared/test/helpers';
@@ -50,7 +50,7 @@ class FakeEnclave {
       name: 'fake-enclave',
       logger: silentLogger(),
       methods: {
-        'enclave.health': rpcMethod(any, () => ({ status: 'ok', kmsProxy: 'connected', counters: {}, memory: {} }) as unknown as EnclaveHealth),
+        'enclave.health': rpcMethod(any, () => ({ status: 'ok', kmsProxy: 'connected', counters: {}, memory: {} })),
         'keys.create': rpcMethod(any, (p: { keyId: string }): CreateResult => {
           const account = privateKeyToAccount(generatePrivateKey());
           this.keys.set(p.keyId, account);
@@ -186,7 +186,7 @@ describe('parent against a fake enclave', () => {
       for (let i = 0; i < CAP; i++) {
         const { first, answer } = await sendAndSee(keyId, `${tag} ${i}`, i);
         // Each of the first CAP requests reaches the enclave (it is not answered 503 first).
-        expect([i, first === 'held' ? 'held by the enclave' : `answered ${(first as ApiAnswer).status} ${(first as ApiAnswer).text}`]).toEqual([i, 'held by the enclave']);
+        expect([i, first === 'held' ? 'held by the enclave' : `answered ${(first).status} ${(first).text}`]).toEqual([i, 'held by the enclave']);
         answers.push(answer);
       }
       expect(enclave.held).toHaveLength(CAP);

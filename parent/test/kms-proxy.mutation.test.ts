@@ -211,6 +211,7 @@ describe('KMS proxy edge cases', () => {
 
   it('copes with a client that throws nothing at all (an unknown, retryable failure)', async () => {
     const kms = scripted(async () => {
+      // eslint-disable-next-line @typescript-eslint/only-throw-error -- the case under test
       throw undefined;
     }, answer());
     const { proxy, log } = proxyWith(kms.client);

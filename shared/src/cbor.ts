@@ -230,7 +230,7 @@ function encodeDeterministic(value: unknown): Buffer {
       entries.sort((a, b) => Buffer.compare(a[0], b[0]));
       parts.push(head(5, entries.length));
       for (const [k, val] of entries) parts.push(k, val);
-    } else throw new TypeError(`a ${typeof v === 'object' ? (v as object).constructor?.name ?? 'object' : typeof v} has no deterministic encoding here`);
+    } else throw new TypeError(`a ${typeof v === 'object' ? (v).constructor?.name ?? 'object' : typeof v} has no deterministic encoding here`);
   };
   put(value);
   return Buffer.concat(parts);

@@ -40,7 +40,7 @@ interface CertSpec {
 
 /** A certificate under `issuer` (signed with its key), with exactly the given names and extensions. */
 async function certUnder(issuer: Issued, spec: CertSpec): Promise<Issued> {
-  const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+  const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']));
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: '0a',
     subject: spec.subject,
@@ -128,8 +128,8 @@ describe('attestation verification at the edges of each check', () => {
   });
 
   it('refuses a leaf key that is not ECDSA P-384: P-256, and RSA', async () => {
-    const p256 = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
-    const rsaKeys = (await webcrypto.subtle.generateKey({ name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' }, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+    const p256 = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']));
+    const rsaKeys = (await webcrypto.subtle.generateKey({ name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' }, true, ['sign', 'verify']));
     // The document is signed with some P-384 key (a 96-byte ES384 signature), so the certificate's key is the
     // only defect.
     const signing = generateKeyPairSync('ec', { namedCurve: 'secp384r1' }).privateKey;

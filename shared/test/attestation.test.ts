@@ -26,7 +26,7 @@ function codeOf(fn: () => unknown): string {
 }
 
 const P384 = { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' } as const;
-const newKeys = async () => (await webcrypto.subtle.generateKey(P384, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+const newKeys = async () => (await webcrypto.subtle.generateKey(P384, true, ['sign', 'verify']));
 
 /** A certificate like `template` (same serial, names as encoded, validity and extensions) for `publicKey`, signed with `signingKey`. */
 async function lookalike(template: Buffer, publicKey: webcrypto.CryptoKey, signingKey: webcrypto.CryptoKey): Promise<Buffer> {
@@ -194,7 +194,7 @@ describe('documents from the simulated NSM CA', () => {
     // An extra CA below the instance CA (pathLen 0) breaks the instance CA's path length constraint.
     const extraCa = await ca.issue('leaf', new Date(), undefined, { ca: true, keyUsage: 32 });
     const alg = { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' } as const;
-    const leafKeys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+    const leafKeys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']));
     const leaf = await x509.X509CertificateGenerator.create({
       serialNumber: '01',
       subject: 'CN=below-extra-ca',

@@ -223,7 +223,7 @@ describe('CMS opening', () => {
       const out = privateDecrypt(...args);
       keys.push(out);
       return out;
-    }) as typeof privateDecrypt);
+    }));
     try {
       expect(openEnvelopedData(build(dek), recipient.privateKey)).toEqual(dek);
       expect(() => openEnvelopedData(build(Buffer.alloc(48), { pad: false }), recipient.privateKey)).toThrow(CmsError);

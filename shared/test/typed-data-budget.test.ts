@@ -16,7 +16,7 @@ function verdict(typedData: TypedData): string {
   return res.success ? 'OK' : describeIssues(res.error);
 }
 
-const budget = (typedData: TypedData) => checkTypedDataBudget(typedData as unknown as TypedDataShape);
+const budget = (typedData: TypedData) => checkTypedDataBudget(typedData);
 
 /** keccak256 of the type string EIP-712 hashes for `primary` (computed by ethers, independently of viem). */
 function typeHash(td: TypedData, primary: string): string {

@@ -9,7 +9,7 @@ import { TYPED_DATA_LIMITS, type TypedDataLimits } from '../src/signing/typed-da
 export type TypedDataInput = Extract<SignRequestInput, { type: 'typedData' }>['typedData'];
 type Field = { name: string; type: string };
 
-const hex = (seed: number, bytes: number) => `0x${(seed >>> 0).toString(16).padStart(8, '0').repeat(Math.ceil(bytes / 4)).slice(0, bytes * 2)}` as `0x${string}`;
+const hex = (seed: number, bytes: number) => `0x${(seed >>> 0).toString(16).padStart(8, '0').repeat(Math.ceil(bytes / 4)).slice(0, bytes * 2)}`;
 const addr = (seed: number) => hex(seed * 2654435761, 20);
 
 // ---------------------------------------------------------------------------------------------------------

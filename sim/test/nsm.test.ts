@@ -27,7 +27,7 @@ describe('simulated NSM protocol', () => {
     nsm = new SimulatedNsm({ ca, moduleId: 'i-0123456789abcdef0-enc0000000000000001', pcrs: new Map([[0, pcr0]]) });
   });
 
-  const call = async (request: Buffer) => decodeCbor(await nsm.handle(request)) as unknown;
+  const call = async (request: Buffer) => decodeCbor(await nsm.handle(request));
   const errorOf = async (request: Buffer) => ((await call(request)) as Map<string, unknown>).get('Error');
 
   it('answers GetRandom to the exact bytes the kernel driver sends', async () => {

@@ -145,7 +145,7 @@ export async function signCommand(args: string[]): Promise<number> {
       break;
     case 'user-operation': {
       if (!values['entry-point'] || !values['chain-id'] || !values['ep-version']) throw new UsageError('--user-operation needs --entry-point, --chain-id and --ep-version 0.6|0.7');
-      request = { type: 'userOperation', version: values['ep-version'] as '0.6' | '0.7', chainId: values['chain-id'], entryPoint: values['entry-point'] as `0x${string}`, userOperation: readJsonInput(values['user-operation'] as string) as never } as SignRequestInput;
+      request = { type: 'userOperation', version: values['ep-version'] as '0.6' | '0.7', chainId: values['chain-id'], entryPoint: values['entry-point'], userOperation: readJsonInput(values['user-operation'] as string) as never };
       break;
     }
     default:

@@ -254,7 +254,7 @@ export class SignerPool {
       try {
         return Promise.resolve(signSafely(request, secret, address));
       } catch (err) {
-        return Promise.reject(err as KeystoreError);
+        return Promise.reject(err);
       }
     }
     const id = this.nextId++;

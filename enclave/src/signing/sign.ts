@@ -43,7 +43,7 @@ function invalid(err: unknown, what: string): KeystoreError {
 function toViemTransaction(tx: TransactionRequest): TransactionSerializable {
   const { to, ...rest } = tx;
   // A null or absent `to` is a contract creation.
-  return (to ? { ...rest, to } : rest) as TransactionSerializable;
+  return (to ? { ...rest, to } : rest);
 }
 
 function prepare(req: SignRequest): Prepared {

@@ -57,7 +57,7 @@ export class EnclavePool {
 
   /** The protocol version spoken with the enclave (the lowest over connections that are up), if any is up. */
   get protocolVersion(): number | undefined {
-    const spoken = this.clients.flatMap((c, i) => (c.connected && this.versions[i] !== undefined ? [this.versions[i] as number] : []));
+    const spoken = this.clients.flatMap((c, i) => (c.connected && this.versions[i] !== undefined ? [this.versions[i]] : []));
     return spoken.length ? Math.min(...spoken) : undefined;
   }
 

@@ -224,12 +224,12 @@ export class KmsHttpServer {
           }
           for (const k of ['throttleNext', 'errorNext'] as const) {
             const v = patch[k];
-            if (v !== undefined && !(Number.isInteger(v) && (v as number) >= 0)) return send(400, { error: `bad ${k}` });
+            if (v !== undefined && !(Number.isInteger(v) && (v) >= 0)) return send(400, { error: `bad ${k}` });
           }
           if (patch.hold !== undefined && typeof patch.hold !== 'boolean') return send(400, { error: 'bad hold' });
           if (patch.ops !== undefined && !(Array.isArray(patch.ops) && patch.ops.every((o) => OPERATIONS.includes(o as never)))) return send(400, { error: 'bad ops' });
-          for (const k of ['latencyMs', 'throttleRate', 'errorRate'] as const) if (patch[k] !== undefined) this.faults[k] = patch[k] as number;
-          for (const k of ['throttleNext', 'errorNext'] as const) if (patch[k] !== undefined) this.scripted[k] = patch[k] as number;
+          for (const k of ['latencyMs', 'throttleRate', 'errorRate'] as const) if (patch[k] !== undefined) this.faults[k] = patch[k];
+          for (const k of ['throttleNext', 'errorNext'] as const) if (patch[k] !== undefined) this.scripted[k] = patch[k];
           if (patch.ops !== undefined) this.scripted.ops = [...patch.ops];
           if (patch.hold !== undefined) {
             this.scripted.hold = patch.hold;

@@ -129,7 +129,7 @@ export class SimulatedNitroCa {
    */
   async issue(level: Level, notBefore: Date, notAfter?: Date, override: Partial<Profile> = {}): Promise<Issued> {
     const profile = { ...PROFILE[level], ...override };
-    const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
+    const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']));
     const start = new Date(notBefore.getTime() - 60_000);
     const end = notAfter ?? new Date(notBefore.getTime() + profile.validityMs);
     const name = subjectFor(level, this.options, randomBytes(8).toString('hex'));
