@@ -4,7 +4,15 @@ const esmOnly = ['@noble', '@scure'].join('|');
 /** @type {import('jest').Config} */
 module.exports = {
   testEnvironment: 'node',
-  roots: ['<rootDir>/shared', '<rootDir>/enclave', '<rootDir>/parent', '<rootDir>/client', '<rootDir>/sim', '<rootDir>/test', '<rootDir>/scripts'],
+  roots: [
+    '<rootDir>/shared',
+    '<rootDir>/enclave',
+    '<rootDir>/parent',
+    '<rootDir>/client',
+    '<rootDir>/sim',
+    '<rootDir>/test',
+    '<rootDir>/scripts',
+  ],
   testMatch: ['**/*.test.ts'],
   transform: {
     '^.+\\.(ts|js|mjs|cjs)$': '<rootDir>/scripts/jest-esbuild-transform.js',

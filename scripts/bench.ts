@@ -70,7 +70,13 @@ function percentile(sorted: number[], p: number): number {
 
 function summarize(latencies: number[], seconds: number, errors: number): Stats {
   const sorted = [...latencies].sort((a, b) => a - b);
-  return { count: latencies.length, perSec: latencies.length / seconds, p50Ms: percentile(sorted, 50), p99Ms: percentile(sorted, 99), errors };
+  return {
+    count: latencies.length,
+    perSec: latencies.length / seconds,
+    p50Ms: percentile(sorted, 50),
+    p99Ms: percentile(sorted, 99),
+    errors,
+  };
 }
 
 /** The reference: @noble/secp256k1 signing 32-byte digests in this process, one thread, as the enclave does. */
@@ -94,7 +100,17 @@ function rawSignRate(seconds: number): number {
  * Closed-loop load: `concurrency` workers over an undici pool of as many keep-alive connections, each sending
  * its next request when the previous one returns. Latency is measured per request after the warm-up.
  */
-async function closedLoop(opts: { url: string; token: string; concurrency: number; seconds: number; warmupSeconds: number; next: (i: number) => { path: string; body: unknown } }, latenciesOut?: number[]): Promise<Stats> {
+async function closedLoop(
+  opts: {
+    url: string;
+    token: string;
+    concurrency: number;
+    seconds: number;
+    warmupSeconds: number;
+    next: (i: number) => { path: string; body: unknown };
+  },
+  latenciesOut?: number[],
+): Promise<Stats> {
   const pool = new Pool(opts.url, { connections: opts.concurrency, pipelining: 1 });
   const headers = { authorization: `Bearer ${opts.token}`, 'content-type': 'application/json' };
   const latencies: number[] = [];
@@ -164,16 +180,25 @@ async function warmSeries(s: Stack, topology: Topology, o: { seconds: number; wa
   for (let i = 0; i < 16; i++) keys.push((await s.api('/v1/keys', { body: {} })).body.keyId);
   for (const k of keys) await s.api(`/v1/keys/${k}/sign`, { body: { type: 'digest', digest: `0x${'11'.repeat(32)}` } });
   const digests = Array.from({ length: 64 }, () => `0x${randomBytes(32).toString('hex')}`);
-  const next = (i: number) => ({ path: `/v1/keys/${keys[i % keys.length]}/sign`, body: { type: 'digest', digest: digests[i % digests.length] } });
+  const next = (i: number) => ({
+    path: `/v1/keys/${keys[i % keys.length]}/sign`,
+    body: { type: 'digest', digest: digests[i % digests.length] },
+  });
   const pids = { parent: s.parent.child.pid as number, enclave: s.enclave.child.pid as number };
   const before = await kmsDecrypts(s);
   const levels: Record<number, Stats> = {};
   for (const c of [1, 4, 8, 16, 32, 128]) {
-    const st = await withCpu(pids, () => closedLoop({ url: s.url, token, concurrency: c, seconds: o.seconds, warmupSeconds: o.warmup, next }));
+    const st = await withCpu(pids, () =>
+      closedLoop({ url: s.url, token, concurrency: c, seconds: o.seconds, warmupSeconds: o.warmup, next }),
+    );
     levels[c] = st;
     o.rawSamples.push(rawSignRate(1));
-    const cpu = Object.entries(st.cpuUsPerRequest ?? {}).map(([k, v]) => `${k} ${v}`).join(', ');
-    console.log(`warm sign [${topology}], concurrency ${String(c).padStart(3)}: ${f(st.perSec)}/s  p50 ${f(st.p50Ms, 2)} ms  p99 ${f(st.p99Ms, 2)} ms  errors ${st.errors}  (CPU µs/request: ${cpu})`);
+    const cpu = Object.entries(st.cpuUsPerRequest ?? {})
+      .map(([k, v]) => `${k} ${v}`)
+      .join(', ');
+    console.log(
+      `warm sign [${topology}], concurrency ${String(c).padStart(3)}: ${f(st.perSec)}/s  p50 ${f(st.p50Ms, 2)} ms  p99 ${f(st.p99Ms, 2)} ms  errors ${st.errors}  (CPU µs/request: ${cpu})`,
+    );
   }
   return { topology, levels, kmsCalls: (await kmsDecrypts(s)) - before };
 }
@@ -186,7 +211,18 @@ function bestOf(levels: Record<number, Stats>): [number, Stats] {
 }
 
 const levelsJson = (levels: Record<number, Stats>) =>
-  Object.fromEntries(Object.entries(levels).map(([c, st]) => [c, { perSec: Math.round(st.perSec), p50Ms: Number(st.p50Ms.toFixed(3)), p99Ms: Number(st.p99Ms.toFixed(3)), errors: st.errors, cpuUsPerRequest: st.cpuUsPerRequest }]));
+  Object.fromEntries(
+    Object.entries(levels).map(([c, st]) => [
+      c,
+      {
+        perSec: Math.round(st.perSec),
+        p50Ms: Number(st.p50Ms.toFixed(3)),
+        p99Ms: Number(st.p99Ms.toFixed(3)),
+        errors: st.errors,
+        cpuUsPerRequest: st.cpuUsPerRequest,
+      },
+    ]),
+  );
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
@@ -198,7 +234,11 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
  *     CPU per request (all its threads, from /proc);
  *   - interference: warm digest signs at concurrency 8 while two callers keep sending the costliest shape.
  */
-async function typedDataSeries(s: Stack, o: { seconds: number; warmup: number; quick: boolean }, baseline: Stats | undefined): Promise<Record<string, unknown>> {
+async function typedDataSeries(
+  s: Stack,
+  o: { seconds: number; warmup: number; quick: boolean },
+  baseline: Stats | undefined,
+): Promise<Record<string, unknown>> {
   const secret = secp.utils.randomSecretKey();
   const shapes: Record<string, TypedDataInput> = { structs: atLimitStructs(), values: atLimitValues(), typeStrings: atLimitTypeStrings() };
   const runs = o.quick ? 3 : 7;
@@ -219,8 +259,16 @@ async function typedDataSeries(s: Stack, o: { seconds: number; warmup: number; q
       validate.push(t1 - t0);
       sign.push(t2 - t1);
     }
-    inProcess[name] = { bytes: body.length, usage: verdict.ok ? verdict.usage : verdict.limit, validateMs: Number(median(validate).toFixed(1)), signMs: Number(median(sign).toFixed(1)), signMaxMs: Number(Math.max(...sign).toFixed(1)) };
-    console.log(`typed data at the limit [${name}], in-process: ${body.length} bytes, ${verdict.ok ? `${verdict.usage.structInstances} structs, ${verdict.usage.values} values, ${verdict.usage.typeStringChars} type-string chars` : verdict.limit}; validate (schema + budget) ${f(median(validate), 1)} ms, hash + sign ${f(median(sign), 1)} ms (max ${f(Math.max(...sign), 1)} ms)`);
+    inProcess[name] = {
+      bytes: body.length,
+      usage: verdict.ok ? verdict.usage : verdict.limit,
+      validateMs: Number(median(validate).toFixed(1)),
+      signMs: Number(median(sign).toFixed(1)),
+      signMaxMs: Number(Math.max(...sign).toFixed(1)),
+    };
+    console.log(
+      `typed data at the limit [${name}], in-process: ${body.length} bytes, ${verdict.ok ? `${verdict.usage.structInstances} structs, ${verdict.usage.values} values, ${verdict.usage.typeStringChars} type-string chars` : verdict.limit}; validate (schema + budget) ${f(median(validate), 1)} ms, hash + sign ${f(median(sign), 1)} ms (max ${f(Math.max(...sign), 1)} ms)`,
+    );
   }
 
   const keyId = (await s.api('/v1/keys', { body: {} })).body.keyId as string;
@@ -241,12 +289,21 @@ async function typedDataSeries(s: Stack, o: { seconds: number; warmup: number; q
       else errors += 1;
     }
     const enclaveCpuMs = (processCpuUs(enclavePid) - cpu0) / 1000 / n;
-    endToEnd[name] = { p50Ms: Number(median(lat).toFixed(1)), maxMs: Number(Math.max(...lat).toFixed(1)), enclaveCpuMsPerRequest: Number(enclaveCpuMs.toFixed(1)), errors };
-    console.log(`typed data at the limit [${name}], end to end (${n} sequential): p50 ${f(median(lat), 1)} ms  max ${f(Math.max(...lat), 1)} ms  enclave CPU ${f(enclaveCpuMs, 1)} ms/request  errors ${errors}`);
+    endToEnd[name] = {
+      p50Ms: Number(median(lat).toFixed(1)),
+      maxMs: Number(Math.max(...lat).toFixed(1)),
+      enclaveCpuMsPerRequest: Number(enclaveCpuMs.toFixed(1)),
+      errors,
+    };
+    console.log(
+      `typed data at the limit [${name}], end to end (${n} sequential): p50 ${f(median(lat), 1)} ms  max ${f(Math.max(...lat), 1)} ms  enclave CPU ${f(enclaveCpuMs, 1)} ms/request  errors ${errors}`,
+    );
   }
 
   // The costliest shape, two callers in a loop, while digest signs run at concurrency 8.
-  const worst = Object.entries(endToEnd).sort((a, b) => (b[1].enclaveCpuMsPerRequest as number) - (a[1].enclaveCpuMsPerRequest as number))[0]?.[0] ?? 'structs';
+  const worst =
+    Object.entries(endToEnd).sort((a, b) => (b[1].enclaveCpuMsPerRequest as number) - (a[1].enclaveCpuMsPerRequest as number))[0]?.[0] ??
+    'structs';
   const heavyBody = JSON.stringify({ type: 'typedData', typedData: shapes[worst] });
   const keys: string[] = [];
   for (let i = 0; i < 8; i++) keys.push((await s.api('/v1/keys', { body: {} })).body.keyId);
@@ -254,8 +311,25 @@ async function typedDataSeries(s: Stack, o: { seconds: number; warmup: number; q
   const digests = Array.from({ length: 64 }, () => `0x${randomBytes(32).toString('hex')}`);
   const heavyLatencies: number[] = [];
   const [digestStats, heavyStats] = await Promise.all([
-    closedLoop({ url: s.url, token: s.tokens.full, concurrency: 8, seconds: o.seconds, warmupSeconds: o.warmup, next: (i) => ({ path: `/v1/keys/${keys[i % keys.length]}/sign`, body: { type: 'digest', digest: digests[i % digests.length] } }) }),
-    closedLoop({ url: s.url, token: s.tokens.full, concurrency: 2, seconds: o.seconds, warmupSeconds: o.warmup, next: () => ({ path: `/v1/keys/${keyId}/sign`, body: heavyBody }) }, heavyLatencies),
+    closedLoop({
+      url: s.url,
+      token: s.tokens.full,
+      concurrency: 8,
+      seconds: o.seconds,
+      warmupSeconds: o.warmup,
+      next: (i) => ({ path: `/v1/keys/${keys[i % keys.length]}/sign`, body: { type: 'digest', digest: digests[i % digests.length] } }),
+    }),
+    closedLoop(
+      {
+        url: s.url,
+        token: s.tokens.full,
+        concurrency: 2,
+        seconds: o.seconds,
+        warmupSeconds: o.warmup,
+        next: () => ({ path: `/v1/keys/${keyId}/sign`, body: heavyBody }),
+      },
+      heavyLatencies,
+    ),
   ]);
   const heavySorted = [...heavyLatencies].sort((a, b) => a - b);
   console.log(
@@ -269,7 +343,15 @@ async function typedDataSeries(s: Stack, o: { seconds: number; warmup: number; q
     endToEnd,
     worstShape: worst,
     worstEnclaveCpuMs: endToEnd[worst]?.enclaveCpuMsPerRequest,
-    digestWhileTypedData: { perSec: Math.round(digestStats.perSec), p50Ms: Number(digestStats.p50Ms.toFixed(3)), p99Ms: Number(digestStats.p99Ms.toFixed(3)), errors: digestStats.errors, typedDataDone: heavyStats.count, typedDataP50Ms: Number(heavyStats.p50Ms.toFixed(1)), typedDataErrors: heavyStats.errors },
+    digestWhileTypedData: {
+      perSec: Math.round(digestStats.perSec),
+      p50Ms: Number(digestStats.p50Ms.toFixed(3)),
+      p99Ms: Number(digestStats.p99Ms.toFixed(3)),
+      errors: digestStats.errors,
+      typedDataDone: heavyStats.count,
+      typedDataP50Ms: Number(heavyStats.p50Ms.toFixed(1)),
+      typedDataErrors: heavyStats.errors,
+    },
     ...(baseline ? { digestWithoutTypedData: { p50Ms: Number(baseline.p50Ms.toFixed(3)), p99Ms: Number(baseline.p99Ms.toFixed(3)) } } : {}),
   };
 }
@@ -280,7 +362,9 @@ async function main(): Promise<void> {
   const started = Date.now();
   const cores = os.availableParallelism();
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
-  console.log(`nitro-keystore benchmark (${quick ? 'quick' : 'full'}): ${cores} cores (${cpu}), Node ${process.version}, KMS emulator latency 15 ms`);
+  console.log(
+    `nitro-keystore benchmark (${quick ? 'quick' : 'full'}): ${cores} cores (${cpu}), Node ${process.version}, KMS emulator latency 15 ms`,
+  );
   if (values.profile) process.env.NKS_PROFILE_DIR = path.resolve(values.profile); // CPU profiles of every program
   const signing = values.signers === undefined ? {} : { signing: { workers: Number(values.signers) } };
 
@@ -330,14 +414,29 @@ async function main(): Promise<void> {
     );
     const cold = summarize(coldLat, (performance.now() - coldT0) / 1000, coldErrors);
     const coldKmsCallsPerKey = ((await kmsDecrypts(s)) - coldBefore) / coldN;
-    console.log(`cold sign (concurrency ${coldConc}, ${coldN} keys): ${f(cold.perSec)}/s  p50 ${f(cold.p50Ms, 1)} ms  p99 ${f(cold.p99Ms, 1)} ms  KMS Decrypt per key ${f(coldKmsCallsPerKey, 2)}`);
+    console.log(
+      `cold sign (concurrency ${coldConc}, ${coldN} keys): ${f(cold.perSec)}/s  p50 ${f(cold.p50Ms, 1)} ms  p99 ${f(cold.p99Ms, 1)} ms  KMS Decrypt per key ${f(coldKmsCallsPerKey, 2)}`,
+    );
 
     // Key creation (durable), with KMS accounting over every operation.
     const statsBefore = await s.platform.stats();
-    const creates = await closedLoop({ url: s.url, token: s.tokens.full, concurrency: 8, seconds: quick ? 3 : 8, warmupSeconds: 0.5, next: () => ({ path: '/v1/keys', body: {} }) });
+    const creates = await closedLoop({
+      url: s.url,
+      token: s.tokens.full,
+      concurrency: 8,
+      seconds: quick ? 3 : 8,
+      warmupSeconds: 0.5,
+      next: () => ({ path: '/v1/keys', body: {} }),
+    });
     const statsAfter = await s.platform.stats();
-    const createKmsCalls = Object.keys(statsAfter).reduce((sum, op) => sum + ((statsAfter[op]?.ok ?? 0) + (statsAfter[op]?.error ?? 0)) - ((statsBefore[op]?.ok ?? 0) + (statsBefore[op]?.error ?? 0)), 0);
-    console.log(`create (concurrency 8, committed before 201): ${f(creates.perSec)}/s  p50 ${f(creates.p50Ms, 2)} ms  p99 ${f(creates.p99Ms, 2)} ms  KMS calls ${createKmsCalls}`);
+    const createKmsCalls = Object.keys(statsAfter).reduce(
+      (sum, op) =>
+        sum + ((statsAfter[op]?.ok ?? 0) + (statsAfter[op]?.error ?? 0)) - ((statsBefore[op]?.ok ?? 0) + (statsBefore[op]?.error ?? 0)),
+      0,
+    );
+    console.log(
+      `create (concurrency 8, committed before 201): ${f(creates.perSec)}/s  p50 ${f(creates.p50Ms, 2)} ms  p99 ${f(creates.p99Ms, 2)} ms  KMS calls ${createKmsCalls}`,
+    );
 
     // Memory: the enclave process with the keys it now caches, and the cache's footprint at scale.
     const mem = await enclaveMemory(s);
@@ -348,7 +447,9 @@ async function main(): Promise<void> {
     const f10k = footprint(10_000);
     const f100k = footprint(100_000);
     console.log(`enclave RSS ${mb(mem.rssBytes)} MiB with ${mem.cacheSize} keys cached`);
-    console.log(`key cache footprint: 10,000 keys +${mb(f10k.heapBytes)} MiB heap (+${mb(f10k.rssBytes)} MiB RSS); 100,000 keys +${mb(f100k.heapBytes)} MiB heap (+${mb(f100k.rssBytes)} MiB RSS)`);
+    console.log(
+      `key cache footprint: 10,000 keys +${mb(f10k.heapBytes)} MiB heap (+${mb(f10k.rssBytes)} MiB RSS); 100,000 keys +${mb(f100k.heapBytes)} MiB heap (+${mb(f100k.rssBytes)} MiB RSS)`,
+    );
 
     const typedData = await typedDataSeries(s, { seconds: o.seconds, warmup: o.warmup, quick }, primary.levels[8]);
     result = {
@@ -375,7 +476,12 @@ async function main(): Promise<void> {
   let shared: WarmSeries | undefined;
   if (dedicated) {
     pinSelf(`0-${cores - 1}`);
-    const s2 = await startStack(`${runDir}-shared`, { kmsLatencyMs: 15, enclave: { logLevel: 'info', ...signing }, parentApi: { maxInFlight: 4096 }, keepLogs: false });
+    const s2 = await startStack(`${runDir}-shared`, {
+      kmsLatencyMs: 15,
+      enclave: { logLevel: 'info', ...signing },
+      parentApi: { maxInFlight: 4096 },
+      keepLogs: false,
+    });
     try {
       await waitReady(s2);
       shared = await warmSeries(s2, 'shared', o);
@@ -386,7 +492,9 @@ async function main(): Promise<void> {
 
   const sortedRaw = [...o.rawSamples].sort((a, b) => a - b);
   const raw = sortedRaw[Math.floor(sortedRaw.length / 2)] as number;
-  console.log(`raw reference: median ${f(raw)}/s of ${o.rawSamples.length} samples (${f(sortedRaw[0] as number)}-${f(sortedRaw[sortedRaw.length - 1] as number)}/s)`);
+  console.log(
+    `raw reference: median ${f(raw)}/s of ${o.rawSamples.length} samples (${f(sortedRaw[0] as number)}-${f(sortedRaw[sortedRaw.length - 1] as number)}/s)`,
+  );
   const primary = result.primary as WarmSeries;
   const [bestC, best] = bestOf(primary.levels);
   const summary = {
@@ -402,12 +510,30 @@ async function main(): Promise<void> {
     p99Ms: Number(best.p99Ms.toFixed(3)),
     warm: levelsJson(primary.levels),
     warmKmsCalls: primary.kmsCalls,
-    ...(shared ? { shared: { ...(() => { const [c, st] = bestOf(shared.levels); return { e2eSignPerSec: Math.round(st.perSec), bestConcurrency: c, ratio: Number((st.perSec / raw).toFixed(3)), p50Ms: Number(st.p50Ms.toFixed(3)), p99Ms: Number(st.p99Ms.toFixed(3)) }; })(), warm: levelsJson(shared.levels) } } : {}),
+    ...(shared
+      ? {
+          shared: {
+            ...(() => {
+              const [c, st] = bestOf(shared.levels);
+              return {
+                e2eSignPerSec: Math.round(st.perSec),
+                bestConcurrency: c,
+                ratio: Number((st.perSec / raw).toFixed(3)),
+                p50Ms: Number(st.p50Ms.toFixed(3)),
+                p99Ms: Number(st.p99Ms.toFixed(3)),
+              };
+            })(),
+            warm: levelsJson(shared.levels),
+          },
+        }
+      : {}),
     ...Object.fromEntries(Object.entries(result).filter(([k]) => k !== 'primary')),
     seconds: Math.round((Date.now() - started) / 1000),
   } as unknown as Record<string, unknown> & { ratio: number; p99Ms: number; coldKmsCallsPerKey: number; createKmsCalls: number };
   const ok = summary.ratio >= 0.8 && summary.p99Ms < 10 && summary.coldKmsCallsPerKey === 1 && summary.createKmsCalls === 0;
-  console.log(`targets (ratio >= 0.8 with p99 < 10 ms, 1 KMS call per cold key, 0 per create): ${ok ? 'met' : 'NOT met'} [${primary.topology} topology]`);
+  console.log(
+    `targets (ratio >= 0.8 with p99 < 10 ms, 1 KMS call per cold key, 0 per create): ${ok ? 'met' : 'NOT met'} [${primary.topology} topology]`,
+  );
   console.log(JSON.stringify(summary));
 }
 
@@ -422,12 +548,18 @@ if (values['cache-footprint']) {
     const before = process.memoryUsage();
     for (let i = 0; i < n; i++) {
       // Same shapes as a real entry: a 32-byte secret, a checksummed address, the base64 blob it came from.
-      cache.set(`k_${randomBytes(16).toString('base64url')}`, { secret: new Uint8Array(randomBytes(32)), address: `0x${randomBytes(20).toString('hex')}`, blob: randomBytes(400).toString('base64') });
+      cache.set(`k_${randomBytes(16).toString('base64url')}`, {
+        secret: new Uint8Array(randomBytes(32)),
+        address: `0x${randomBytes(20).toString('hex')}`,
+        blob: randomBytes(400).toString('base64'),
+      });
     }
     gc?.();
     const after = process.memoryUsage();
     // Reading the cache after the measurement keeps it alive through the gc() above.
-    process.stdout.write(`${JSON.stringify({ n: cache.stats.size, rssBytes: after.rss - before.rss, heapBytes: after.heapUsed - before.heapUsed + (after.arrayBuffers - before.arrayBuffers) })}\n`);
+    process.stdout.write(
+      `${JSON.stringify({ n: cache.stats.size, rssBytes: after.rss - before.rss, heapBytes: after.heapUsed - before.heapUsed + (after.arrayBuffers - before.arrayBuffers) })}\n`,
+    );
   })();
 } else {
   void main().catch((err: unknown) => {

@@ -62,7 +62,10 @@ function build(variant, python) {
   const dirs = { home: path.join(work, 'home'), tmp: path.join(work, 'tmp'), native: path.join(work, 'src', 'enclave', 'native') };
   for (const d of Object.values(dirs)) mkdirSync(d, { recursive: true });
   // A fresh copy of the addon sources: everything in enclave/native except a previous build.
-  cpSync(path.join(root, 'enclave', 'native'), dirs.native, { recursive: true, filter: (src) => path.basename(src) !== 'build' || path.dirname(src) !== path.join(root, 'enclave', 'native') });
+  cpSync(path.join(root, 'enclave', 'native'), dirs.native, {
+    recursive: true,
+    filter: (src) => path.basename(src) !== 'build' || path.dirname(src) !== path.join(root, 'enclave', 'native'),
+  });
   /** @type {Record<string, string>} */
   const env = {
     PATH: process.env.PATH ?? '/usr/bin:/bin',
@@ -77,18 +80,42 @@ function build(variant, python) {
   // Without Node's headers beside the node binary, node-gyp fetches them into its cache under HOME: point both
   // builds at the usual cache so they use the same headers and need no second download.
   const prefix = path.resolve(path.dirname(process.execPath), '..');
-  if (!existsSync(path.join(prefix, 'include', 'node', 'node_version.h'))) env.npm_config_devdir = path.join(os.homedir(), '.cache', 'node-gyp');
-  const args = [path.join(root, 'scripts', 'build.mjs'), '--only', 'enclave', '--outdir', path.join(work, 'out'), '--image-dir', path.join(work, 'image'), '--native-dir', dirs.native];
+  if (!existsSync(path.join(prefix, 'include', 'node', 'node_version.h')))
+    env.npm_config_devdir = path.join(os.homedir(), '.cache', 'node-gyp');
+  const args = [
+    path.join(root, 'scripts', 'build.mjs'),
+    '--only',
+    'enclave',
+    '--outdir',
+    path.join(work, 'out'),
+    '--image-dir',
+    path.join(work, 'image'),
+    '--native-dir',
+    dirs.native,
+  ];
   const started = Date.now();
   // umask applies to the build and everything it runs.
-  const res = spawnSync('/bin/sh', ['-c', `umask ${variant.umask} && exec "$@"`, 'sh', process.execPath, ...args], { cwd: work, env, encoding: 'utf8' });
+  const res = spawnSync('/bin/sh', ['-c', `umask ${variant.umask} && exec "$@"`, 'sh', process.execPath, ...args], {
+    cwd: work,
+    env,
+    encoding: 'utf8',
+  });
   if (res.status !== 0) {
     process.stderr.write(`build ${variant.name} failed (in ${work}, left for inspection):\n${res.stdout}${res.stderr}`);
     process.exit(2);
   }
   const outputs = ['out', 'image'].flatMap((d) => listFiles(path.join(work, d)).map((f) => path.join(d, f)));
-  const digests = new Map(outputs.map((f) => [f, createHash('sha256').update(readFileSync(path.join(work, f))).digest('hex')]));
-  console.log(`build ${variant.name}: ${work} (LANG=${variant.lang} TZ=${variant.tz} umask ${variant.umask} jobs ${variant.jobs}), ${Date.now() - started} ms`);
+  const digests = new Map(
+    outputs.map((f) => [
+      f,
+      createHash('sha256')
+        .update(readFileSync(path.join(work, f)))
+        .digest('hex'),
+    ]),
+  );
+  console.log(
+    `build ${variant.name}: ${work} (LANG=${variant.lang} TZ=${variant.tz} umask ${variant.umask} jobs ${variant.jobs}), ${Date.now() - started} ms`,
+  );
   return { base, work, home: dirs.home, digests };
 }
 

@@ -31,7 +31,8 @@ export function argvProblems(argv) {
   const out = [];
   const [exe, script] = argv;
   if (!exe?.startsWith('/')) out.push(`the first element must be an absolute path to an executable, got ${JSON.stringify(exe)}`);
-  else if (/\.(js|mjs|cjs|sh)$/.test(exe)) out.push(`the first element ${exe} is a script: init cannot exec it in an image without a shell or /usr/bin/env`);
+  else if (/\.(js|mjs|cjs|sh)$/.test(exe))
+    out.push(`the first element ${exe} is a script: init cannot exec it in an image without a shell or /usr/bin/env`);
   else if (exe !== NODE_BIN) out.push(`the first element must be the runtime image's node binary ${NODE_BIN}, got ${exe}`);
   if (script !== ENCLAVE_SCRIPT) out.push(`node must run ${ENCLAVE_SCRIPT}, got ${JSON.stringify(script)}`);
   return out;
@@ -106,11 +107,19 @@ export function finalStageConfig(dockerfile) {
 export function checkDockerfile(dockerfile) {
   const config = finalStageConfig(dockerfile);
   if (config.Cmd === 'inherited' || (config.Cmd === null && config.Entrypoint === 'inherited')) {
-    return { argv: null, problems: ["the final stage must set CMD itself: the base image's Cmd/Entrypoint decide the enclave's argv otherwise, and they are not in this file"] };
+    return {
+      argv: null,
+      problems: [
+        "the final stage must set CMD itself: the base image's Cmd/Entrypoint decide the enclave's argv otherwise, and they are not in this file",
+      ],
+    };
   }
   const argv = argvFromImageConfig({ Cmd: config.Cmd, Entrypoint: config.Entrypoint === 'inherited' ? null : config.Entrypoint });
   const problems = argvProblems(argv);
-  if (config.Entrypoint !== null) problems.push('the final stage must clear the Entrypoint (ENTRYPOINT []): nitro-cli ignores it when Cmd is set, Docker does not, and the two must start the same program');
+  if (config.Entrypoint !== null)
+    problems.push(
+      'the final stage must clear the Entrypoint (ENTRYPOINT []): nitro-cli ignores it when Cmd is set, Docker does not, and the two must start the same program',
+    );
   return { argv, problems };
 }
 
@@ -124,7 +133,8 @@ export function checkImageInspect(inspect) {
   if (!config) return { argv: null, problems: ['docker image inspect gave no Config'] };
   const argv = argvFromImageConfig(config);
   const problems = argvProblems(argv);
-  if (config.Entrypoint && config.Entrypoint.length) problems.push(`the image still has an Entrypoint (${JSON.stringify(config.Entrypoint)}): clear it with ENTRYPOINT []`);
+  if (config.Entrypoint && config.Entrypoint.length)
+    problems.push(`the image still has an Entrypoint (${JSON.stringify(config.Entrypoint)}): clear it with ENTRYPOINT []`);
   return { argv, problems };
 }
 
@@ -147,7 +157,9 @@ if (import.meta.url && process.argv[1] === fileURLToPath(import.meta.url)) {
     result = checkImageInspect(JSON.parse(res.stdout));
   }
   if (result.problems.length) {
-    console.error(`the enclave would not start under nitro-cli (init argv ${JSON.stringify(result.argv)}):\n  ${result.problems.join('\n  ')}`);
+    console.error(
+      `the enclave would not start under nitro-cli (init argv ${JSON.stringify(result.argv)}):\n  ${result.problems.join('\n  ')}`,
+    );
     process.exit(1);
   }
   console.log(JSON.stringify(result.argv));

@@ -1,7 +1,13 @@
 // Jest test order for mutation testing (stryker.config.mjs): the fast in-process tests first, the suites that
 // start simulator processes last. Stryker stops a mutant's run at its first failing test file, so a mutant
 // that a fast test kills never waits for a slow suite. (Jest's default order puts the slowest files first.)
-const SLOW_LAST = ['sim/test/kms-emulator.test.ts', 'sim/test/nsm.test.ts', 'shared/test/backpressure.test.ts', 'shared/test/transport.test.ts', 'shared/test/rpc.test.ts'];
+const SLOW_LAST = [
+  'sim/test/kms-emulator.test.ts',
+  'sim/test/nsm.test.ts',
+  'shared/test/backpressure.test.ts',
+  'shared/test/transport.test.ts',
+  'shared/test/rpc.test.ts',
+];
 
 /** @param {string} file */
 function rank(file) {

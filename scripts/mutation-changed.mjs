@@ -19,7 +19,13 @@ import { sameCode } from './same-code.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const { values } = parseArgs({
-  options: { base: { type: 'string' }, 'since-measured': { type: 'boolean', default: false }, all: { type: 'boolean', default: false }, modules: { type: 'string' }, 'budget-minutes': { type: 'string' } },
+  options: {
+    base: { type: 'string' },
+    'since-measured': { type: 'boolean', default: false },
+    all: { type: 'boolean', default: false },
+    modules: { type: 'string' },
+    'budget-minutes': { type: 'string' },
+  },
   strict: true,
 });
 const budgetMinutes = values['budget-minutes'] === undefined ? undefined : Number(values['budget-minutes']);
@@ -81,7 +87,9 @@ if (all) {
   // A module whose compiled code is the same (only formatting or comments changed) keeps its measured score.
   const layoutOnly = touched.filter((m) => sameCodeSince(resolved.out, m));
   modules = touched.filter((m) => !layoutOnly.includes(m));
-  console.log(`mutation: ${changed.size} file(s) changed since ${base} (${resolved.out.slice(0, 12)}); ${touched.length} of them under mutation testing`);
+  console.log(
+    `mutation: ${changed.size} file(s) changed since ${base} (${resolved.out.slice(0, 12)}); ${touched.length} of them under mutation testing`,
+  );
   if (layoutOnly.length) console.log(`mutation: formatting or comments only, same code as measured: ${layoutOnly.join(', ')}`);
 }
 if (modules.length === 0) {
@@ -133,7 +141,9 @@ const code = await new Promise((resolve) => child.on('exit', (c, s) => resolve(c
 if (budget) clearTimeout(budget);
 const minutes = ((Date.now() - started) / 60_000).toFixed(1);
 if (overBudget) {
-  console.error(`mutation: stopped after ${minutes} min (budget ${budgetMinutes} min); run \`npm run test:mutation -- --mutate ${modules.join(',')}\` locally`);
+  console.error(
+    `mutation: stopped after ${minutes} min (budget ${budgetMinutes} min); run \`npm run test:mutation -- --mutate ${modules.join(',')}\` locally`,
+  );
   process.exit(3);
 }
 if (code !== 0 || !existsSync(report)) {
@@ -167,11 +177,15 @@ for (const m of modules) {
   if (!ok) failed++;
   console.log(`  ${ok ? 'ok  ' : 'FAIL'} ${m}: ${score.toFixed(2)} (floor ${floor}; ${detected} of ${valid} detected)`);
   for (const s of mutants.filter((x) => x.status === 'Survived' || x.status === 'NoCoverage')) {
-    console.log(`         ${s.status === 'NoCoverage' ? 'not covered' : 'survived'} ${m}:${s.location.start.line}:${s.location.start.column} ${s.mutatorName}: ${short(original(s))} -> ${short(s.replacement ?? '')}`);
+    console.log(
+      `         ${s.status === 'NoCoverage' ? 'not covered' : 'survived'} ${m}:${s.location.start.line}:${s.location.start.column} ${s.mutatorName}: ${short(original(s))} -> ${short(s.replacement ?? '')}`,
+    );
   }
 }
 if (failed) {
-  console.error(`mutation: ${failed} module(s) below their floor: kill the new survivors with a test, or explain them in docs/MUTATION.md and lower the floor there and in stryker.config.mjs`);
+  console.error(
+    `mutation: ${failed} module(s) below their floor: kill the new survivors with a test, or explain them in docs/MUTATION.md and lower the floor there and in stryker.config.mjs`,
+  );
   process.exit(1);
 }
 console.log('mutation: every module at or above its floor');

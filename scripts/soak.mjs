@@ -109,7 +109,12 @@ function runJest(log) {
   return new Promise((resolve) => {
     const out = fs.openSync(log, 'w');
     const started = Date.now();
-    const child = spawn('npx', ['jest', ...jestArgs], { cwd: root, stdio: ['ignore', out, out], detached: true, env: { ...process.env, FORCE_COLOR: '0' } });
+    const child = spawn('npx', ['jest', ...jestArgs], {
+      cwd: root,
+      stdio: ['ignore', out, out],
+      detached: true,
+      env: { ...process.env, FORCE_COLOR: '0' },
+    });
     current = child;
     let timedOut = false;
     const timer = setTimeout(() => {
@@ -150,7 +155,9 @@ async function main() {
     }
   }
   for (let i = 0; i < loadProcs; i++) spinners.push(spawn(process.execPath, ['-e', SPINNER], { stdio: 'ignore' }));
-  say(`soak: ${runs} runs of npx jest${jestArgs.length ? ` ${jestArgs.join(' ')}` : ''} with ${loadProcs} CPU spinner(s) on ${os.cpus().length} CPUs; logs in ${logDir}`);
+  say(
+    `soak: ${runs} runs of npx jest${jestArgs.length ? ` ${jestArgs.join(' ')}` : ''} with ${loadProcs} CPU spinner(s) on ${os.cpus().length} CPUs; logs in ${logDir}`,
+  );
 
   const t0 = Date.now();
   let passed = 0;
@@ -161,7 +168,13 @@ async function main() {
     const s = summaryOf(log);
     if (r.ok) passed += 1;
     else if (!interrupted) failed += 1;
-    const what = r.ok ? 'passed' : interrupted ? 'interrupted' : r.timedOut ? `TIMED OUT after ${fmt(runTimeoutMs)}` : `FAILED (exit ${r.code ?? r.signal})`;
+    const what = r.ok
+      ? 'passed'
+      : interrupted
+        ? 'interrupted'
+        : r.timedOut
+          ? `TIMED OUT after ${fmt(runTimeoutMs)}`
+          : `FAILED (exit ${r.code ?? r.signal})`;
     say(`soak: run ${i}/${runs} ${what} in ${fmt(r.ms)}: ${s.tests}${s.failed.length ? `; failing: ${s.failed.join(', ')}` : ''}`);
     if (!r.ok && !interrupted) {
       // The failures as Jest reported them (its summary of failed tests), then where the whole log is.

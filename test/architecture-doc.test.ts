@@ -40,7 +40,15 @@ function section(md: string, title: string): string {
 }
 
 const TOP_FOLDERS = ['shared', 'enclave', 'parent', 'client', 'sim', 'scripts', 'test', 'docs', 'deploy'];
-const ROOT_FILES = new Set(['README.md', 'Dockerfile.enclave', 'package.json', 'package-lock.json', 'jest.config.js', 'stryker.config.mjs', 'tsconfig.base.json']);
+const ROOT_FILES = new Set([
+  'README.md',
+  'Dockerfile.enclave',
+  'package.json',
+  'package-lock.json',
+  'jest.config.js',
+  'stryker.config.mjs',
+  'tsconfig.base.json',
+]);
 
 /** `a/{b,c}.ts` -> `a/b.ts`, `a/c.ts`. */
 function expandBraces(p: string): string[] {
@@ -59,7 +67,9 @@ function repositoryPaths(md: string): string[] {
 /** Tracked text files (git ls-files), without the lockfile. */
 function trackedTextFiles(): string[] {
   const files = execFileSync('git', ['ls-files', '-z'], { cwd: root, encoding: 'utf8' }).split('\0').filter(Boolean);
-  return files.filter((f) => f !== 'package-lock.json' && !f.startsWith('dist/') && fs.existsSync(path.join(root, f)) && !read(f).includes('\0'));
+  return files.filter(
+    (f) => f !== 'package-lock.json' && !f.startsWith('dist/') && fs.existsSync(path.join(root, f)) && !read(f).includes('\0'),
+  );
 }
 
 /** npm package of a bundled file (the innermost node_modules), or null for a project file. */
@@ -84,7 +94,11 @@ describe('docs/ARCHITECTURE.md and docs/PROTOCOL.md', () => {
       [...(m[2] as string).matchAll(/"([^"]+)"/g)].map((n) => ({ file: m[1] as string, name: n[1] as string })),
     );
     expect(cites.length).toBeGreaterThan(15);
-    expect(cites.filter(({ file, name }) => !fs.existsSync(path.join(root, file)) || !read(file).includes(name)).map((c) => `${c.file} › "${c.name}"`)).toEqual([]);
+    expect(
+      cites
+        .filter(({ file, name }) => !fs.existsSync(path.join(root, file)) || !read(file).includes(name))
+        .map((c) => `${c.file} › "${c.name}"`),
+    ).toEqual([]);
   });
 
   it('lists exactly the npm packages esbuild bundles into the enclave program, and names what it leaves out', async () => {
@@ -92,8 +106,26 @@ describe('docs/ARCHITECTURE.md and docs/PROTOCOL.md', () => {
     const externalDecl = /const external = (\[[^\]]*\]);/.exec(read('scripts/build.mjs'));
     expect(externalDecl).not.toBeNull();
     const external = JSON.parse((externalDecl?.[1] as string).replace(/'/g, '"')) as string[];
-    const result = await build({ absWorkingDir: root, entryPoints: ['enclave/src/main.ts'], bundle: true, platform: 'node', target: 'node20', format: 'cjs', external, write: false, metafile: true, outfile: 'enclave.js', logLevel: 'silent' });
-    const bundled = [...new Set(Object.keys(result.metafile.inputs).map(packageOf).filter((p): p is string => p !== null))].sort();
+    const result = await build({
+      absWorkingDir: root,
+      entryPoints: ['enclave/src/main.ts'],
+      bundle: true,
+      platform: 'node',
+      target: 'node20',
+      format: 'cjs',
+      external,
+      write: false,
+      metafile: true,
+      outfile: 'enclave.js',
+      logLevel: 'silent',
+    });
+    const bundled = [
+      ...new Set(
+        Object.keys(result.metafile.inputs)
+          .map(packageOf)
+          .filter((p): p is string => p !== null),
+      ),
+    ].sort();
     expect(bundled).toContain('viem'); // the metafile was read
 
     const block = /<!-- enclave-packages -->([\s\S]*?)<!-- \/enclave-packages -->/.exec(architecture);
@@ -101,7 +133,11 @@ describe('docs/ARCHITECTURE.md and docs/PROTOCOL.md', () => {
     const listed = [...new Set(inlineCode(block?.[1] as string))].sort();
     expect(listed).toEqual(bundled);
 
-    const leftOut = [...new Set(Object.values(result.metafile.outputs).flatMap((o) => o.imports.filter((i) => i.external && !isBuiltin(i.path)).map((i) => i.path)))];
+    const leftOut = [
+      ...new Set(
+        Object.values(result.metafile.outputs).flatMap((o) => o.imports.filter((i) => i.external && !isBuiltin(i.path)).map((i) => i.path)),
+      ),
+    ];
     expect(leftOut.length).toBeGreaterThan(0);
     const named = inlineCode(architecture.replace(block?.[0] as string, ''));
     expect(leftOut.filter((p) => !named.includes(p))).toEqual([]);
@@ -119,8 +155,15 @@ describe('docs/ARCHITECTURE.md and docs/PROTOCOL.md', () => {
 
   it('has the error table of shared/src/errors.ts ERROR_CODES, code by code', () => {
     const rows = [...section(protocol, 'Errors').matchAll(/^\| `([A-Z_]+)` \| (-?\d+) \| (\d+) \| (yes|no) \|/gm)];
-    const documented = Object.fromEntries(rows.map((r) => [r[1], { rpcCode: Number(r[2]), httpStatus: Number(r[3]), retryable: r[4] === 'yes' }]));
-    const registry = Object.fromEntries(Object.entries(ERROR_CODES).map(([code, info]) => [code, { rpcCode: info.rpcCode, httpStatus: info.httpStatus, retryable: info.retryable }]));
+    const documented = Object.fromEntries(
+      rows.map((r) => [r[1], { rpcCode: Number(r[2]), httpStatus: Number(r[3]), retryable: r[4] === 'yes' }]),
+    );
+    const registry = Object.fromEntries(
+      Object.entries(ERROR_CODES).map(([code, info]) => [
+        code,
+        { rpcCode: info.rpcCode, httpStatus: info.httpStatus, retryable: info.retryable },
+      ]),
+    );
     expect(documented).toEqual(registry);
   });
 });
@@ -139,10 +182,17 @@ describe('citations in the repository', () => {
       ...[...md.matchAll(/\*\*([^*\n]+?)\.?\*\*/g)].map((m) => m[1] as string),
     ];
     const cites = files.flatMap((file) =>
-      [...flat(read(file)).matchAll(/((?:docs\/[A-Z0-9-]+|(?:[a-z]+\/)?README)\.md), "([^"]+)"/g)].map((m) => ({ file, page: m[1] as string, section: m[2] as string })),
+      [...flat(read(file)).matchAll(/((?:docs\/[A-Z0-9-]+|(?:[a-z]+\/)?README)\.md), "([^"]+)"/g)].map((m) => ({
+        file,
+        page: m[1] as string,
+        section: m[2] as string,
+      })),
     );
     expect(cites.length).toBeGreaterThan(10);
-    const broken = cites.filter(({ page, section: title }) => !fs.existsSync(path.join(root, page)) || !leads(read(page)).some((l) => l === title || l.startsWith(`${title}`)));
+    const broken = cites.filter(
+      ({ page, section: title }) =>
+        !fs.existsSync(path.join(root, page)) || !leads(read(page)).some((l) => l === title || l.startsWith(`${title}`)),
+    );
     expect(broken.map((c) => `${c.file}: ${c.page}, "${c.section}"`)).toEqual([]);
   });
 

@@ -55,11 +55,24 @@ function importsOf(file: string, text = fs.readFileSync(file, 'utf8')): FileImpo
       if (s !== undefined) specifiers.push(s);
     } else if (ts.isCallExpression(node)) {
       const callee = node.expression;
-      const name = callee.kind === ts.SyntaxKind.ImportKeyword ? 'import' : ts.isIdentifier(callee) ? callee.text : ts.isPropertyAccessExpression(callee) ? callee.getText(sf) : '';
-      if (['import', 'require', 'require.resolve', 'jest.mock', 'jest.doMock', 'jest.requireActual', 'jest.requireMock'].includes(name) && node.arguments.length > 0) {
+      const name =
+        callee.kind === ts.SyntaxKind.ImportKeyword
+          ? 'import'
+          : ts.isIdentifier(callee)
+            ? callee.text
+            : ts.isPropertyAccessExpression(callee)
+              ? callee.getText(sf)
+              : '';
+      if (
+        ['import', 'require', 'require.resolve', 'jest.mock', 'jest.doMock', 'jest.requireActual', 'jest.requireMock'].includes(name) &&
+        node.arguments.length > 0
+      ) {
         const s = literal(node.arguments[0]);
         if (s !== undefined) specifiers.push(s);
-        else if (name === 'import' || name === 'require') computed.push(`${name}(${node.arguments[0]?.getText(sf)}) at line ${sf.getLineAndCharacterOfPosition(node.getStart(sf)).line + 1}`);
+        else if (name === 'import' || name === 'require')
+          computed.push(
+            `${name}(${node.arguments[0]?.getText(sf)}) at line ${sf.getLineAndCharacterOfPosition(node.getStart(sf)).line + 1}`,
+          );
       }
     }
     ts.forEachChild(node, visit);
@@ -124,7 +137,19 @@ const EXTERNAL = ['better-sqlite3', 'cbor-extract'];
 
 /** Project files (not packages) esbuild puts in the bundle of `entry`. */
 async function bundledProjectFiles(entry: string): Promise<string[]> {
-  const result = await build({ absWorkingDir: root, entryPoints: [entry], bundle: true, platform: 'node', target: 'node20', format: 'cjs', external: EXTERNAL, write: false, metafile: true, outfile: 'out.js', logLevel: 'silent' });
+  const result = await build({
+    absWorkingDir: root,
+    entryPoints: [entry],
+    bundle: true,
+    platform: 'node',
+    target: 'node20',
+    format: 'cjs',
+    external: EXTERNAL,
+    write: false,
+    metafile: true,
+    outfile: 'out.js',
+    logLevel: 'silent',
+  });
   return Object.keys(result.metafile.inputs).filter((f) => !f.split('/').includes('node_modules'));
 }
 
@@ -143,7 +168,9 @@ describe('architecture', () => {
     const edges = ['enclave', 'parent'].flatMap((side) => sourceFiles(path.join(root, side)).flatMap((f) => projectEdges(f).edges));
     expect(edges.some((e) => e.from.startsWith('enclave/'))).toBe(true);
     expect(edges.some((e) => e.from.startsWith('parent/'))).toBe(true);
-    const crossing = edges.filter((e) => (e.from.startsWith('enclave/') && e.folder === 'parent') || (e.from.startsWith('parent/') && e.folder === 'enclave'));
+    const crossing = edges.filter(
+      (e) => (e.from.startsWith('enclave/') && e.folder === 'parent') || (e.from.startsWith('parent/') && e.folder === 'enclave'),
+    );
     expect(crossing.map((e) => `${e.from} -> ${e.spec}`)).toEqual([]);
   });
 
@@ -173,7 +200,7 @@ describe('architecture', () => {
       "export { c } from '../../client/src/policy';",
       "import fs = require('../../parent/src/config');",
       "const d = await import('../../sim/src/nsm/ca');",
-      "const e = require(`../../parent/src/app`);",
+      'const e = require(`../../parent/src/app`);',
       "type F = import('../../parent/src/kms/proxy').KmsProxy;",
       "import { g } from '../../enclave/src/crypto/secp256k1.ts';",
       "import { z } from 'zod';",
@@ -181,10 +208,24 @@ describe('architecture', () => {
       'const h = require(someName);',
       "import { missing } from './does-not-exist';",
       "// import '../../parent/src/not-an-import';",
-      "const s = 'import x from \"../../parent/src/in-a-string\"';",
+      'const s = \'import x from "../../parent/src/in-a-string"\';',
     ].join('\n');
     const { edges, problems } = projectEdges(probe, text);
-    expect(edges.map((e) => e.folder)).toEqual(['parent', 'parent', 'shared', 'sim', 'client', 'parent', 'sim', 'parent', 'parent', 'enclave']);
-    expect(problems).toEqual(['enclave/src/__probe__.ts: computed require(someName) at line 16', "enclave/src/__probe__.ts: cannot resolve './does-not-exist'"]);
+    expect(edges.map((e) => e.folder)).toEqual([
+      'parent',
+      'parent',
+      'shared',
+      'sim',
+      'client',
+      'parent',
+      'sim',
+      'parent',
+      'parent',
+      'enclave',
+    ]);
+    expect(problems).toEqual([
+      'enclave/src/__probe__.ts: computed require(someName) at line 16',
+      "enclave/src/__probe__.ts: cannot resolve './does-not-exist'",
+    ]);
   });
 });

@@ -19,12 +19,16 @@ beforeEach(() => {
 afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 /** A committed scratch repository; `baseImages` is deploy/base-images.env's content. */
-function repository(baseImages = `BUILDER_TAG=node:x\nRUNTIME_TAG=distroless:y\nBUILDER_IMAGE=node@${DIGEST}\nRUNTIME_IMAGE=distroless@${DIGEST}\nRESOLVED_AT=2026-12-01T00:00:00Z\n`) {
+function repository(
+  baseImages = `BUILDER_TAG=node:x\nRUNTIME_TAG=distroless:y\nBUILDER_IMAGE=node@${DIGEST}\nRUNTIME_IMAGE=distroless@${DIGEST}\nRESOLVED_AT=2026-12-01T00:00:00Z\n`,
+) {
   const repo = path.join(dir, 'repo');
-  for (const p of ['scripts', 'deploy', 'enclave/src', 'Dockerfile.enclave']) fs.cpSync(path.join(ROOT, p), path.join(repo, p), { recursive: true });
+  for (const p of ['scripts', 'deploy', 'enclave/src', 'Dockerfile.enclave'])
+    fs.cpSync(path.join(ROOT, p), path.join(repo, p), { recursive: true });
   fs.writeFileSync(path.join(repo, 'deploy/base-images.env'), baseImages);
   fs.writeFileSync(path.join(repo, '.gitignore'), 'deploy/enclave.json\n');
-  const git = (...a: string[]) => spawnSync('git', ['-c', 'user.email=t@example.com', '-c', 'user.name=t', ...a], { cwd: repo, encoding: 'utf8' });
+  const git = (...a: string[]) =>
+    spawnSync('git', ['-c', 'user.email=t@example.com', '-c', 'user.name=t', ...a], { cwd: repo, encoding: 'utf8' });
   git('init', '-q');
   git('add', '-A');
   git('commit', '-qm', 'reviewed');
@@ -54,13 +58,23 @@ exit 0
 `,
     { mode: 0o755 },
   );
-  fs.writeFileSync(path.join(bin, 'nitro-cli'), `#!/bin/bash\necho "nitro-cli $*" >> ${calls}\ncase "$1" in build-enclave) echo '{"Measurements":{"PCR0":"${PCR0}"}}';; --version) echo "Nitro CLI 1.4.2";; esac\n`, { mode: 0o755 });
+  fs.writeFileSync(
+    path.join(bin, 'nitro-cli'),
+    `#!/bin/bash\necho "nitro-cli $*" >> ${calls}\ncase "$1" in build-enclave) echo '{"Measurements":{"PCR0":"${PCR0}"}}';; --version) echo "Nitro CLI 1.4.2";; esac\n`,
+    { mode: 0o755 },
+  );
   const config = path.join(dir, 'enclave.json');
   fs.writeFileSync(config, '{}');
   const out = path.join(dir, 'out');
-  const res = spawnSync('bash', [path.join(repo, 'scripts/build-eif.sh'), '--config', config, '--out', out], { cwd: repo, encoding: 'utf8', env: { ...process.env, PATH: `${bin}:${process.env.PATH}` } });
+  const res = spawnSync('bash', [path.join(repo, 'scripts/build-eif.sh'), '--config', config, '--out', out], {
+    cwd: repo,
+    encoding: 'utf8',
+    env: { ...process.env, PATH: `${bin}:${process.env.PATH}` },
+  });
   const log = fs.existsSync(calls) ? fs.readFileSync(calls, 'utf8') : '';
-  const info = fs.existsSync(path.join(out, 'build-info.json')) ? JSON.parse(fs.readFileSync(path.join(out, 'build-info.json'), 'utf8')) : null;
+  const info = fs.existsSync(path.join(out, 'build-info.json'))
+    ? JSON.parse(fs.readFileSync(path.join(out, 'build-info.json'), 'utf8'))
+    : null;
   return { res, log, info };
 }
 
@@ -69,10 +83,18 @@ describe('scripts/build-eif.sh', () => {
     const { repo, head } = repository();
     const { res, log, info } = buildEif(repo);
     expect([res.status, res.stderr]).toEqual([0, expect.stringContaining('wrote')]);
-    expect(log).toMatch(new RegExp(`docker buildx build .*--build-arg BUILDER_IMAGE=node@${DIGEST} --build-arg RUNTIME_IMAGE=distroless@${DIGEST}`));
+    expect(log).toMatch(
+      new RegExp(`docker buildx build .*--build-arg BUILDER_IMAGE=node@${DIGEST} --build-arg RUNTIME_IMAGE=distroless@${DIGEST}`),
+    );
     expect(log).toMatch(/docker image inspect nitro-keystore-enclave:/);
     expect(log).toMatch(/nitro-cli build-enclave --docker-uri nitro-keystore-enclave:/);
-    expect(info).toMatchObject({ commit: head, builderImage: `node@${DIGEST}`, runtimeImage: `distroless@${DIGEST}`, debianSnapshot: expect.stringMatching(/^\d{8}T\d{6}Z$/), nitroCli: 'Nitro CLI 1.4.2' });
+    expect(info).toMatchObject({
+      commit: head,
+      builderImage: `node@${DIGEST}`,
+      runtimeImage: `distroless@${DIGEST}`,
+      debianSnapshot: expect.stringMatching(/^\d{8}T\d{6}Z$/),
+      nitroCli: 'Nitro CLI 1.4.2',
+    });
   });
 
   it('refuses a work tree with uncommitted changes before building anything (its PCR0 would be labelled with HEAD)', () => {
@@ -96,10 +118,17 @@ describe('scripts/build-eif.sh', () => {
     const docker = () => path.join(dir, 'bin', 'docker');
     // Prepare the stand-ins, then make the image report the old, broken Cmd.
     buildEif(repo);
-    fs.writeFileSync(docker(), fs.readFileSync(docker(), 'utf8').replace('"Cmd":["/nodejs/bin/node","/app/enclave.js"', '"Cmd":["/app/enclave.js"'));
+    fs.writeFileSync(
+      docker(),
+      fs.readFileSync(docker(), 'utf8').replace('"Cmd":["/nodejs/bin/node","/app/enclave.js"', '"Cmd":["/app/enclave.js"'),
+    );
     fs.rmSync(path.join(dir, 'calls.log'));
     fs.rmSync(path.join(dir, 'out'), { recursive: true, force: true });
-    const res = spawnSync('bash', [path.join(repo, 'scripts/build-eif.sh'), '--config', path.join(dir, 'enclave.json'), '--out', path.join(dir, 'out')], { cwd: repo, encoding: 'utf8', env: { ...process.env, PATH: `${path.join(dir, 'bin')}:${process.env.PATH}` } });
+    const res = spawnSync(
+      'bash',
+      [path.join(repo, 'scripts/build-eif.sh'), '--config', path.join(dir, 'enclave.json'), '--out', path.join(dir, 'out')],
+      { cwd: repo, encoding: 'utf8', env: { ...process.env, PATH: `${path.join(dir, 'bin')}:${process.env.PATH}` } },
+    );
     expect([res.status, res.stderr]).toEqual([1, expect.stringMatching(/would not start under nitro-cli/)]);
     expect(fs.readFileSync(path.join(dir, 'calls.log'), 'utf8')).not.toMatch(/nitro-cli build-enclave/);
   });

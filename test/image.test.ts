@@ -40,14 +40,26 @@ describe('the enclave image command line (nitro-cli takes Cmd and ignores Entryp
   it('refuses the shape that made the enclave exit at start: a Cmd starting with the .js over the base Entrypoint', () => {
     const res = checkDockerfile(withFinalCommand('CMD ["/app/enclave.js", "--config", "/app/enclave.json"]'));
     expect(res.argv).toEqual(['/app/enclave.js', '--config', '/app/enclave.json']);
-    expect(res.problems).toEqual([expect.stringMatching(/is a script/), expect.stringMatching(/node must run \/app\/enclave.js/), expect.stringMatching(/must clear the Entrypoint/)]);
+    expect(res.problems).toEqual([
+      expect.stringMatching(/is a script/),
+      expect.stringMatching(/node must run \/app\/enclave.js/),
+      expect.stringMatching(/must clear the Entrypoint/),
+    ]);
   });
 
   it.each([
     ['a relative executable', 'ENTRYPOINT []\nCMD ["node", "/app/enclave.js"]', /absolute path/],
-    ['shell form (no shell in the image)', 'ENTRYPOINT []\nCMD node /app/enclave.js', /must be the runtime image's node binary \/nodejs\/bin\/node, got \/bin\/sh/],
+    [
+      'shell form (no shell in the image)',
+      'ENTRYPOINT []\nCMD node /app/enclave.js',
+      /must be the runtime image's node binary \/nodejs\/bin\/node, got \/bin\/sh/,
+    ],
     ['another binary', 'ENTRYPOINT []\nCMD ["/usr/bin/node", "/app/enclave.js"]', /must be the runtime image's node binary/],
-    ['node running something else', 'ENTRYPOINT []\nCMD ["/nodejs/bin/node", "/app/other.js"]', /node must run \/app\/enclave.js, got "\/app\/other.js"/],
+    [
+      'node running something else',
+      'ENTRYPOINT []\nCMD ["/nodejs/bin/node", "/app/other.js"]',
+      /node must run \/app\/enclave.js, got "\/app\/other.js"/,
+    ],
     ['no command at all', 'ENTRYPOINT []', /neither Cmd nor Entrypoint/],
     ['the base image deciding', '', /must set CMD itself/],
     ['ENTRYPOINT alone, which clears the inherited Cmd', 'ENTRYPOINT ["/nodejs/bin/node", "/app/enclave.js"]', /must clear the Entrypoint/],
@@ -62,7 +74,9 @@ describe('the enclave image command line (nitro-cli takes Cmd and ignores Entryp
     expect(broken.argv).toEqual(['/app/enclave.js', '--config', '/app/enclave.json']);
     expect(broken.problems).toContainEqual(expect.stringMatching(/is a script/));
     // Without Cmd, nitro-cli falls back to the Entrypoint; that is refused too (it must be cleared).
-    expect(checkImageInspect([{ Config: { Entrypoint: GOOD, Cmd: null } }]).problems).toEqual([expect.stringMatching(/still has an Entrypoint/)]);
+    expect(checkImageInspect([{ Config: { Entrypoint: GOOD, Cmd: null } }]).problems).toEqual([
+      expect.stringMatching(/still has an Entrypoint/),
+    ]);
     expect(checkImageInspect([{}]).problems).toEqual(['docker image inspect gave no Config']);
   });
 

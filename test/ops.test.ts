@@ -49,14 +49,26 @@ function dockerfileViolations(text: string): string[] {
   if (froms.length < 2) out.push('not multi-stage');
   // Base images come only through the two build arguments, which have no default: build-eif.sh passes the
   // digests recorded in deploy/base-images.env (checked below).
-  for (const [l] of froms) if (!/^FROM\s+\$\{(BUILDER_IMAGE|RUNTIME_IMAGE)\}(\s+AS\s+\S+)?$/i.test(l)) out.push(`base image not from BUILDER_IMAGE/RUNTIME_IMAGE: ${l}`);
-  for (const arg of ['BUILDER_IMAGE', 'RUNTIME_IMAGE']) if (!lines.includes(`ARG ${arg}`)) out.push(`ARG ${arg} missing or given a default`);
+  for (const [l] of froms)
+    if (!/^FROM\s+\$\{(BUILDER_IMAGE|RUNTIME_IMAGE)\}(\s+AS\s+\S+)?$/i.test(l))
+      out.push(`base image not from BUILDER_IMAGE/RUNTIME_IMAGE: ${l}`);
+  for (const arg of ['BUILDER_IMAGE', 'RUNTIME_IMAGE'])
+    if (!lines.includes(`ARG ${arg}`)) out.push(`ARG ${arg} missing or given a default`);
   for (const l of lines.filter((x) => /^RUN\b.*apt-get install/.test(x))) {
-    const pkgs = /apt-get install(.*?)(&&|$)/.exec(l)?.[1]?.split(/\s+/).filter((w) => w && !w.startsWith('-')) ?? [];
+    const pkgs =
+      /apt-get install(.*?)(&&|$)/
+        .exec(l)?.[1]
+        ?.split(/\s+/)
+        .filter((w) => w && !w.startsWith('-')) ?? [];
     for (const p of pkgs) if (!/^[a-z0-9.+-]+=[A-Za-z0-9.+:~-]+$/.test(p)) out.push(`build package not pinned to a version: ${p}`);
   }
   const last = froms[froms.length - 1]?.[1] ?? 0;
-  const allowed = new Set(['/build/app/enclave.js', '/build/app/native/nsm.node', '/build/app/native/vsock.node', '/build/app/enclave.json']);
+  const allowed = new Set([
+    '/build/app/enclave.js',
+    '/build/app/native/nsm.node',
+    '/build/app/native/vsock.node',
+    '/build/app/enclave.json',
+  ]);
   for (const l of lines.slice(last + 1)) {
     const op = (l.split(/\s+/)[0] ?? '').toUpperCase();
     if (op === 'RUN' || op === 'ADD') out.push(`final stage runs or adds: ${l}`);
@@ -64,7 +76,8 @@ function dockerfileViolations(text: string): string[] {
       const parts = l.split(/\s+/).slice(1);
       const flags = parts.filter((p) => p.startsWith('--'));
       const [src, ...rest] = parts.filter((p) => !p.startsWith('--'));
-      if (!flags.includes('--from=builder') || rest.length !== 1 || !src || !allowed.has(src)) out.push(`final stage copies something not allowed: ${l}`);
+      if (!flags.includes('--from=builder') || rest.length !== 1 || !src || !allowed.has(src))
+        out.push(`final stage copies something not allowed: ${l}`);
     }
   }
   return out;
@@ -79,10 +92,14 @@ describe('Dockerfile.enclave', () => {
   });
 
   it('the check catches an unpinned base image and an extra file in the final stage', () => {
-    const bad = text.replace('FROM ${RUNTIME_IMAGE}', 'FROM gcr.io/distroless/nodejs20-debian12:latest').replace('WORKDIR /app', 'COPY --from=builder /src/node_modules /app/node_modules\nWORKDIR /app');
+    const bad = text
+      .replace('FROM ${RUNTIME_IMAGE}', 'FROM gcr.io/distroless/nodejs20-debian12:latest')
+      .replace('WORKDIR /app', 'COPY --from=builder /src/node_modules /app/node_modules\nWORKDIR /app');
     const v = dockerfileViolations(bad);
     expect(v).toEqual([expect.stringMatching(/^base image not from BUILDER_IMAGE/), expect.stringMatching(/node_modules/)]);
-    expect(dockerfileViolations(text.replace('ARG RUNTIME_IMAGE', 'ARG RUNTIME_IMAGE=gcr.io/distroless/nodejs20-debian12:latest'))).toEqual(['ARG RUNTIME_IMAGE missing or given a default']);
+    expect(dockerfileViolations(text.replace('ARG RUNTIME_IMAGE', 'ARG RUNTIME_IMAGE=gcr.io/distroless/nodejs20-debian12:latest'))).toEqual(
+      ['ARG RUNTIME_IMAGE missing or given a default'],
+    );
     expect(dockerfileViolations(text.replace('make=4.3-4.1', 'make'))).toEqual(['build package not pinned to a version: make']);
     expect(dockerfileViolations(`${text}\nRUN echo hi`)).toEqual([expect.stringMatching(/final stage runs/)]);
   });
@@ -100,13 +117,23 @@ describe('Dockerfile.enclave', () => {
       expect([env.BUILDER_IMAGE, env.RUNTIME_IMAGE]).toEqual(['', '']);
     } else {
       expect(env.RESOLVED_AT).toMatch(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/);
-      for (const k of ['BUILDER', 'RUNTIME']) expect(env[`${k}_IMAGE`]).toBe(`${(env[`${k}_TAG`] ?? '').split('@')[0]}@${env[`${k}_IMAGE`]?.split('@')[1]}`);
+      for (const k of ['BUILDER', 'RUNTIME'])
+        expect(env[`${k}_IMAGE`]).toBe(`${(env[`${k}_TAG`] ?? '').split('@')[0]}@${env[`${k}_IMAGE`]?.split('@')[1]}`);
       for (const k of ['BUILDER_IMAGE', 'RUNTIME_IMAGE']) expect(env[k]).toMatch(/^[a-z0-9./_:-]+@sha256:[0-9a-f]{64}$/);
     }
   });
 
   it('copies into the builder every source file the enclave bundle is built from', () => {
-    for (const p of ['package.json', 'package-lock.json', 'scripts/build.mjs', 'shared/src', 'enclave/src', 'enclave/native/binding.gyp', 'enclave/native/nsm.c', 'enclave/native/vsock.c']) {
+    for (const p of [
+      'package.json',
+      'package-lock.json',
+      'scripts/build.mjs',
+      'shared/src',
+      'enclave/src',
+      'enclave/native/binding.gyp',
+      'enclave/native/nsm.c',
+      'enclave/native/vsock.c',
+    ]) {
       expect(text).toMatch(new RegExp(`^COPY [^\\n]*${p.replace(/[.]/g, '\\.')}`, 'm'));
     }
   });
@@ -120,7 +147,11 @@ describe('reproducible enclave bundle and bare-directory start', () => {
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   const build = (out: string, image?: string) =>
-    spawnSync(process.execPath, [path.join(ROOT, 'scripts', 'build.mjs'), '--only', 'enclave', '--outdir', out, ...(image ? ['--image-dir', image] : [])], { cwd: ROOT, encoding: 'utf8' });
+    spawnSync(
+      process.execPath,
+      [path.join(ROOT, 'scripts', 'build.mjs'), '--only', 'enclave', '--outdir', out, ...(image ? ['--image-dir', image] : [])],
+      { cwd: ROOT, encoding: 'utf8' },
+    );
 
   it('builds byte-identical dist/enclave.js twice from the same tree, with no absolute paths', () => {
     const a = build(path.join(dir, 'a'), path.join(dir, 'app'));
@@ -147,18 +178,33 @@ describe('reproducible enclave bundle and bare-directory start', () => {
         path.join(app, 'enclave.json'),
         JSON.stringify({
           kmsKeyArn: 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab',
-          kmsPublicKey: generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'der' }).toString('base64'),
+          kmsPublicKey: generateKeyPairSync('rsa', { modulusLength: 2048 })
+            .publicKey.export({ type: 'spki', format: 'der' })
+            .toString('base64'),
           listen: DEFAULT_ENCLAVE_ADDRESS,
           transport: { kind: 'simulated', runDir },
           nsm: { kind: 'simulated', socket: path.join(runDir, 'nsm.sock') },
         }),
       );
-      const check = spawnSync(process.execPath, [path.join(app, 'enclave.js'), '--check-config'], { cwd: '/', encoding: 'utf8', env: { PATH: process.env.PATH } });
+      const check = spawnSync(process.execPath, [path.join(app, 'enclave.js'), '--check-config'], {
+        cwd: '/',
+        encoding: 'utf8',
+        env: { PATH: process.env.PATH },
+      });
       expect([check.status, check.stdout]).toEqual([0, expect.stringContaining('is valid')]);
 
       // Started with a clean environment from /, reading enclave.json beside the bundle.
-      const enclave = spawn(process.execPath, [path.join(app, 'enclave.js')], { cwd: '/', env: { PATH: process.env.PATH }, stdio: 'ignore' });
-      const client = new RpcClient<EnclaveApi>({ name: 'bare', transport: new SimulatedVsockTransport(runDir), address: DEFAULT_ENCLAVE_ADDRESS, logger: silentLogger() });
+      const enclave = spawn(process.execPath, [path.join(app, 'enclave.js')], {
+        cwd: '/',
+        env: { PATH: process.env.PATH },
+        stdio: 'ignore',
+      });
+      const client = new RpcClient<EnclaveApi>({
+        name: 'bare',
+        transport: new SimulatedVsockTransport(runDir),
+        address: DEFAULT_ENCLAVE_ADDRESS,
+        logger: silentLogger(),
+      });
       try {
         await client.waitConnected(15_000);
         const health = await client.call('enclave.health', {});
@@ -191,7 +237,11 @@ describe('scripts against a stand-in nitro-cli', () => {
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   const withNitroCli = (describeOutput = '[]') => {
-    fs.writeFileSync(path.join(bin, 'nitro-cli'), `#!/bin/bash\necho "$*" >> ${dir}/nitro-cli.log\nif [[ "$1" == describe-enclaves ]]; then cat <<'J'\n${describeOutput}\nJ\nfi\n`, { mode: 0o755 });
+    fs.writeFileSync(
+      path.join(bin, 'nitro-cli'),
+      `#!/bin/bash\necho "$*" >> ${dir}/nitro-cli.log\nif [[ "$1" == describe-enclaves ]]; then cat <<'J'\n${describeOutput}\nJ\nfi\n`,
+      { mode: 0o755 },
+    );
     fs.rmSync(path.join(dir, 'nitro-cli.log'), { force: true });
   };
   const run = (script: string, args: string[], env: Record<string, string> = {}) =>
@@ -214,7 +264,11 @@ describe('scripts against a stand-in nitro-cli', () => {
 
   it('run-enclave.sh replaces a leftover enclave of the same name, and its monitor exits when the enclave is gone', () => {
     withNitroCli('[{"EnclaveName": "nitro-keystore", "State": "TERMINATING"}]');
-    const res = run('run-enclave.sh', ['--env', '/nonexistent', '--monitor'], { NKS_EIF: path.join(dir, 'fake.eif'), NKS_ENCLAVE_CID: '16', NKS_MONITOR_INTERVAL: '1' });
+    const res = run('run-enclave.sh', ['--env', '/nonexistent', '--monitor'], {
+      NKS_EIF: path.join(dir, 'fake.eif'),
+      NKS_ENCLAVE_CID: '16',
+      NKS_MONITOR_INTERVAL: '1',
+    });
     expect(log()).toMatch(/terminate-enclave --enclave-name nitro-keystore[\s\S]*run-enclave/);
     expect(res.status).toBe(1);
     expect(res.stderr).toMatch(/enclave nitro-keystore is not running any more/);
@@ -234,17 +288,28 @@ describe('scripts against a stand-in nitro-cli', () => {
     expect(log()).not.toContain('terminate-enclave');
     withNitroCli('Error: could not connect');
     const garbled = run('stop-enclave.sh', []);
-    expect([garbled.status, garbled.stderr]).toEqual([1, expect.stringMatching(/output that is not a list of enclaves: Error: could not connect/)]);
+    expect([garbled.status, garbled.stderr]).toEqual([
+      1,
+      expect.stringMatching(/output that is not a list of enclaves: Error: could not connect/),
+    ]);
   });
 
   it('run-enclave.sh refuses a missing or reserved CID and says what is missing', () => {
     withNitroCli();
-    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: path.join(dir, 'fake.eif') }).stderr).toMatch(/NKS_ENCLAVE_CID is not set: pin the CID/);
-    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: path.join(dir, 'fake.eif'), NKS_ENCLAVE_CID: '3' }).stderr).toMatch(/must be a number from 4/);
-    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: '/nope.eif', NKS_ENCLAVE_CID: '16' }).stderr).toMatch(/EIF \/nope.eif does not exist/);
+    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: path.join(dir, 'fake.eif') }).stderr).toMatch(
+      /NKS_ENCLAVE_CID is not set: pin the CID/,
+    );
+    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: path.join(dir, 'fake.eif'), NKS_ENCLAVE_CID: '3' }).stderr).toMatch(
+      /must be a number from 4/,
+    );
+    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: '/nope.eif', NKS_ENCLAVE_CID: '16' }).stderr).toMatch(
+      /EIF \/nope.eif does not exist/,
+    );
     expect(run('run-enclave.sh', ['--bogus']).status).toBe(2);
     fs.rmSync(path.join(bin, 'nitro-cli'));
-    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: path.join(dir, 'fake.eif'), NKS_ENCLAVE_CID: '16' }).stderr).toMatch(/nitro-cli is required but not found/);
+    expect(run('run-enclave.sh', ['--env', '/nonexistent'], { NKS_EIF: path.join(dir, 'fake.eif'), NKS_ENCLAVE_CID: '16' }).stderr).toMatch(
+      /nitro-cli is required but not found/,
+    );
   });
 
   it('stop-enclave.sh terminates the named enclave, or says none runs', () => {
@@ -258,20 +323,54 @@ describe('scripts against a stand-in nitro-cli', () => {
 
   it('build-eif.sh checks its prerequisites and inputs', () => {
     expect(run('build-eif.sh', []).status).toBe(2);
-    expect(run('build-eif.sh', ['--config', '/nonexistent.json']).stderr).toMatch(/does not exist \(start from deploy\/enclave.example.json\)/);
+    expect(run('build-eif.sh', ['--config', '/nonexistent.json']).stderr).toMatch(
+      /does not exist \(start from deploy\/enclave.example.json\)/,
+    );
     const example = path.join(ROOT, 'deploy', 'enclave.example.json');
     expect(run('build-eif.sh', ['--config', example]).stderr).toMatch(/docker is required but not found/);
   });
 
   it('approve-image.sh produces the policy from nks policy (dry run), and needs the AWS CLI to install it', () => {
     const m = path.join(dir, 'measurements.json');
-    fs.writeFileSync(m, JSON.stringify({ Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48) } }));
-    const args = ['--key-arn', 'arn:aws:kms:us-east-1:111122223333:key/k', '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--image-approver-role-arn', 'arn:aws:iam::111122223333:role/i', '--break-glass-role-arn', 'arn:aws:iam::111122223333:role/b', '--measurements', m];
+    fs.writeFileSync(
+      m,
+      JSON.stringify({
+        Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48) },
+      }),
+    );
+    const args = [
+      '--key-arn',
+      'arn:aws:kms:us-east-1:111122223333:key/k',
+      '--parent-role-arn',
+      'arn:aws:iam::111122223333:role/p',
+      '--admin',
+      'arn:aws:iam::111122223333:role/a',
+      '--image-approver-role-arn',
+      'arn:aws:iam::111122223333:role/i',
+      '--break-glass-role-arn',
+      'arn:aws:iam::111122223333:role/b',
+      '--measurements',
+      m,
+    ];
     const dry = run('approve-image.sh', [...args, '--dry-run']);
     expect(dry.status).toBe(0);
     expect(JSON.parse(dry.stdout).Statement.map((s: { Sid: string }) => s.Sid)).toContain('DenyDecryptOutsideApprovedEnclaves');
     expect(run('approve-image.sh', args).stderr).toMatch(/aws is required but not found/);
-    const debugImage = run('approve-image.sh', ['--key-arn', 'k', '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--image-approver-role-arn', 'arn:aws:iam::111122223333:role/i', '--break-glass-role-arn', 'arn:aws:iam::111122223333:role/b', '--pcr0', '0'.repeat(96), '--dry-run']);
+    const debugImage = run('approve-image.sh', [
+      '--key-arn',
+      'k',
+      '--parent-role-arn',
+      'arn:aws:iam::111122223333:role/p',
+      '--admin',
+      'arn:aws:iam::111122223333:role/a',
+      '--image-approver-role-arn',
+      'arn:aws:iam::111122223333:role/i',
+      '--break-glass-role-arn',
+      'arn:aws:iam::111122223333:role/b',
+      '--pcr0',
+      '0'.repeat(96),
+      '--dry-run',
+    ]);
     expect(debugImage.status).not.toBe(0);
     expect(debugImage.stderr).toMatch(/debug images cannot be approved/);
   });

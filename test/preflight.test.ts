@@ -34,11 +34,38 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 function run(stand: Stand = {}) {
   const bin = fs.mkdtempSync(path.join(dir, 'bin-'));
-  linkTools(bin, ['bash', 'env', 'dirname', 'cat', 'grep', 'mktemp', 'rm', 'head', 'tail', 'tr', 'sort', 'stat', 'base64', 'openssl', 'jq', 'hostname', 'date', 'sleep', 'timeout'], { required: true });
+  linkTools(
+    bin,
+    [
+      'bash',
+      'env',
+      'dirname',
+      'cat',
+      'grep',
+      'mktemp',
+      'rm',
+      'head',
+      'tail',
+      'tr',
+      'sort',
+      'stat',
+      'base64',
+      'openssl',
+      'jq',
+      'hostname',
+      'date',
+      'sleep',
+      'timeout',
+    ],
+    { required: true },
+  );
   const script = (name: string, body: string) => fs.writeFileSync(path.join(bin, name), `#!/bin/bash\n${body}\n`, { mode: 0o755 });
   script('node', `if [[ "$1" == --version ]]; then echo ${stand.nodeVersion ?? 'v22.11.0'}; else exec ${process.execPath} "$@"; fi`);
   script('docker', `echo "github.com/docker/buildx ${stand.buildx ?? 'v0.17.1'} abc"`);
-  script('nitro-cli', `case "$1" in --version) echo "Nitro CLI 1.4.2";; console) printf '%s\\n' '${stand.console ?? '{"level":30,"msg":"enclave ready"}'}';; esac`);
+  script(
+    'nitro-cli',
+    `case "$1" in --version) echo "Nitro CLI 1.4.2";; console) printf '%s\\n' '${stand.console ?? '{"level":30,"msg":"enclave ready"}'}';; esac`,
+  );
   script('systemctl', 'exit 0');
   script('curl', stand.readyz === false ? 'exit 22' : 'exit 0');
   const pub = generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'der' }).toString('base64');
@@ -62,7 +89,22 @@ esac`,
   fs.writeFileSync(measurements, JSON.stringify({ Measurements: { PCR0, PCR1: PCR0, PCR2: PCR0 } }));
   const env = path.join(dir, 'enclave-run.env');
   fs.writeFileSync(env, `NKS_ENCLAVE_MEMORY_MIB=${stand.memoryMib ?? 1024}\nNKS_ENCLAVE_CPUS=2\n`);
-  const args = ['--eif', eif, '--measurements', measurements, '--key-arn', 'arn:aws:kms:us-east-1:111122223333:key/k', '--api-url', 'http://127.0.0.1:1', '--token-file', path.join(dir, 'missing-token'), '--env', env, '--admin-profile', 'admin'];
+  const args = [
+    '--eif',
+    eif,
+    '--measurements',
+    measurements,
+    '--key-arn',
+    'arn:aws:kms:us-east-1:111122223333:key/k',
+    '--api-url',
+    'http://127.0.0.1:1',
+    '--token-file',
+    path.join(dir, 'missing-token'),
+    '--env',
+    env,
+    '--admin-profile',
+    'admin',
+  ];
   const res = spawnSync(SCRIPT, args, { encoding: 'utf8', env: { PATH: bin, NKS_PREFLIGHT_READY_SECONDS: '0' } });
   const checklist = res.stdout.split('\n').filter((l) => /^(PASS|FAIL|SKIP) {2}/.test(l));
   return { status: res.status, checklist, line: (re: RegExp) => checklist.find((l) => re.test(l)) ?? 'no such line' };
@@ -91,7 +133,9 @@ describe('scripts/preflight.sh', () => {
 
   it('fails a ReEncrypt that KMS allows: the bypass the key policy must close', () => {
     const r = run({ reEncrypt: 'allowed' });
-    expect(r.line(/re-encrypt without attestation as instance-role/)).toBe('FAIL  kms re-encrypt without attestation as instance-role: KMS would allow it (the key policy must deny it; docs/KEY-POLICY.md)');
+    expect(r.line(/re-encrypt without attestation as instance-role/)).toBe(
+      'FAIL  kms re-encrypt without attestation as instance-role: KMS would allow it (the key policy must deny it; docs/KEY-POLICY.md)',
+    );
     expect(r.line(/decrypt without attestation as instance-role/)).toBe('PASS  kms decrypt without attestation as instance-role: denied');
   });
 
@@ -100,12 +144,25 @@ describe('scripts/preflight.sh', () => {
   });
 
   it('fails old tools, too little enclave memory for the EIF, a console without the ready line and an API that is not ready', () => {
-    const r = run({ buildx: 'v0.12.0', nodeVersion: 'v20.19.0', memoryMib: 100, eifMib: 30, console: 'Kernel panic - not syncing', readyz: false });
+    const r = run({
+      buildx: 'v0.12.0',
+      nodeVersion: 'v20.19.0',
+      memoryMib: 100,
+      eifMib: 30,
+      console: 'Kernel panic - not syncing',
+      readyz: false,
+    });
     expect(r.line(/docker buildx/)).toBe('FAIL  docker buildx >= 0.13: found 0.12.0 (docker buildx version)');
     expect(r.line(/^.{6}node/)).toBe('FAIL  node >= 22.0: found 20.19.0 (node --version)');
     expect(r.line(/enclave memory/)).toMatch(/^FAIL {2}enclave memory 100 MiB < 4 x EIF \(30 MiB\): raise NKS_ENCLAVE_MEMORY_MIB/);
-    expect(run({ memoryMib: 8 }).line(/enclave memory/)).toBe("FAIL  enclave memory: NKS_ENCLAVE_MEMORY_MIB in " + path.join(dir, 'enclave-run.env') + " must be a number of MiB, at least 64 (got '8')");
-    expect(r.line(/debug-mode start/)).toMatch(/^FAIL {2}debug-mode start: no 'enclave ready' line on the console; its last lines: Kernel panic/);
+    expect(run({ memoryMib: 8 }).line(/enclave memory/)).toBe(
+      'FAIL  enclave memory: NKS_ENCLAVE_MEMORY_MIB in ' +
+        path.join(dir, 'enclave-run.env') +
+        " must be a number of MiB, at least 64 (got '8')",
+    );
+    expect(r.line(/debug-mode start/)).toMatch(
+      /^FAIL {2}debug-mode start: no 'enclave ready' line on the console; its last lines: Kernel panic/,
+    );
     expect(r.line(/readyz/)).toBe('FAIL  http://127.0.0.1:1/readyz did not answer 200 within 0 s');
     expect(r.line(/canary/)).toMatch(/^FAIL {2}canary: token file/);
     expect(r.status).toBe(1);

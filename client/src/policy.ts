@@ -66,7 +66,14 @@ export const ADMINISTRATOR_ACTIONS = [
   'kms:CancelKeyDeletion',
 ] as const;
 export const IMAGE_APPROVER_ACTIONS = ['kms:PutKeyPolicy', 'kms:GetKeyPolicy', 'kms:DescribeKey'] as const;
-export const BREAK_GLASS_ACTIONS = ['kms:DisableKey', 'kms:EnableKey', 'kms:ScheduleKeyDeletion', 'kms:CancelKeyDeletion', 'kms:DescribeKey', 'kms:GetKeyPolicy'] as const;
+export const BREAK_GLASS_ACTIONS = [
+  'kms:DisableKey',
+  'kms:EnableKey',
+  'kms:ScheduleKeyDeletion',
+  'kms:CancelKeyDeletion',
+  'kms:DescribeKey',
+  'kms:GetKeyPolicy',
+] as const;
 export const PARENT_METADATA_ACTIONS = ['kms:DescribeKey', 'kms:GetPublicKey'] as const;
 
 const ROLE_RE = /^arn:aws[a-z-]*:iam::\d{12}:role\/[A-Za-z0-9+=,.@_/-]{1,512}$/;
@@ -82,7 +89,7 @@ export function normalizePcr(value: string, name: string): string {
 /** Reads `nitro-cli build-enclave` / `describe-eif` output (or just its `Measurements` object). */
 export function measurementsFromNitroCliJson(json: unknown, source = 'measurements'): ImageMeasurements {
   const obj = json as { Measurements?: Record<string, unknown> } & Record<string, unknown>;
-  const m = (obj && typeof obj === 'object' && obj.Measurements && typeof obj.Measurements === 'object' ? obj.Measurements : obj);
+  const m = obj && typeof obj === 'object' && obj.Measurements && typeof obj.Measurements === 'object' ? obj.Measurements : obj;
   if (typeof m?.PCR0 !== 'string') throw new PolicyInputError(`${source}: no Measurements.PCR0`);
   const opt = (k: string) => (typeof m[k] === 'string' ? normalizePcr(m[k], `${source} ${k}`) : undefined);
   return { PCR0: normalizePcr(m.PCR0, `${source} PCR0`), PCR1: opt('PCR1'), PCR2: opt('PCR2'), PCR8: opt('PCR8') };
@@ -117,16 +124,27 @@ export function generateKeyPolicy(input: PolicyInput): string {
     refuseRoot(a, 'key administrator');
     if (!USER_OR_ROLE_RE.test(a)) throw new PolicyInputError(`key administrator ${a} is not an IAM role or user ARN`);
     if (a === parent) throw new PolicyInputError('the parent role must not also administer the key (it could then rewrite the policy)');
-    if (a === approver) throw new PolicyInputError('the image approver role must not also be a key administrator: PutKeyPolicy stays with one dedicated, alarmed role');
-    if (a === breakGlass) throw new PolicyInputError('the break-glass role must not also be a key administrator: disabling and deleting the key stay with the break-glass role');
+    if (a === approver)
+      throw new PolicyInputError(
+        'the image approver role must not also be a key administrator: PutKeyPolicy stays with one dedicated, alarmed role',
+      );
+    if (a === breakGlass)
+      throw new PolicyInputError(
+        'the break-glass role must not also be a key administrator: disabling and deleting the key stay with the break-glass role',
+      );
   }
-  if (approver === parent || breakGlass === parent) throw new PolicyInputError('the parent role must not also be the image approver or break-glass role');
+  if (approver === parent || breakGlass === parent)
+    throw new PolicyInputError('the parent role must not also be the image approver or break-glass role');
   if (approver === breakGlass) throw new PolicyInputError('the image approver and break-glass roles must be different roles');
 
   const pcr0s = [...new Set(input.images.map((i, n) => normalizePcr(i.PCR0, `image ${n + 1} PCR0`)))];
-  if (pcr0s.some((p) => /^0+$/.test(p))) throw new PolicyInputError('a PCR0 of all zeros is a debug-mode enclave; debug images cannot be approved');
-  const pcr8s = input.pinSigningCertificate ? [...new Set(input.images.map((i, n) => (i.PCR8 ? normalizePcr(i.PCR8, `image ${n + 1} PCR8`) : undefined)))] : [];
-  if (input.pinSigningCertificate && pcr8s.some((p) => p === undefined)) throw new PolicyInputError('PCR8 pinning asked for, but an image has no PCR8 (is it signed?)');
+  if (pcr0s.some((p) => /^0+$/.test(p)))
+    throw new PolicyInputError('a PCR0 of all zeros is a debug-mode enclave; debug images cannot be approved');
+  const pcr8s = input.pinSigningCertificate
+    ? [...new Set(input.images.map((i, n) => (i.PCR8 ? normalizePcr(i.PCR8, `image ${n + 1} PCR8`) : undefined)))]
+    : [];
+  if (input.pinSigningCertificate && pcr8s.some((p) => p === undefined))
+    throw new PolicyInputError('PCR8 pinning asked for, but an image has no PCR8 (is it signed?)');
 
   const attestation: Record<string, string | string[]> = {
     'kms:RecipientAttestation:ImageSha384': one(pcr0s),
@@ -143,7 +161,14 @@ export function generateKeyPolicy(input: PolicyInput): string {
       { Sid: 'ImageApproval', Effect: 'Allow', Principal: { AWS: approver }, Action: [...IMAGE_APPROVER_ACTIONS], Resource: '*' },
       { Sid: 'BreakGlass', Effect: 'Allow', Principal: { AWS: breakGlass }, Action: [...BREAK_GLASS_ACTIONS], Resource: '*' },
       { Sid: 'ParentReadsKeyMetadata', Effect: 'Allow', Principal: { AWS: parent }, Action: [...PARENT_METADATA_ACTIONS], Resource: '*' },
-      { Sid: 'EnclaveDecryptOnlyWhenAttested', Effect: 'Allow', Principal: { AWS: parent }, Action: 'kms:Decrypt', Resource: '*', Condition: { StringEqualsIgnoreCase: attestation } },
+      {
+        Sid: 'EnclaveDecryptOnlyWhenAttested',
+        Effect: 'Allow',
+        Principal: { AWS: parent },
+        Action: 'kms:Decrypt',
+        Resource: '*',
+        Condition: { StringEqualsIgnoreCase: attestation },
+      },
       {
         Sid: 'DenyDecryptOutsideApprovedEnclaves',
         Effect: 'Deny',
@@ -162,7 +187,14 @@ export function generateKeyPolicy(input: PolicyInput): string {
       },
       { Sid: 'DenyReEncrypt', Effect: 'Deny', Principal: everyone, Action: 'kms:ReEncrypt*', Resource: '*' },
       { Sid: 'DenyCreateGrant', Effect: 'Deny', Principal: everyone, Action: 'kms:CreateGrant', Resource: '*' },
-      { Sid: 'DenyPolicyLockoutBypass', Effect: 'Deny', Principal: everyone, Action: 'kms:PutKeyPolicy', Resource: '*', Condition: { Bool: { 'kms:BypassPolicyLockoutSafetyCheck': 'true' } } },
+      {
+        Sid: 'DenyPolicyLockoutBypass',
+        Effect: 'Deny',
+        Principal: everyone,
+        Action: 'kms:PutKeyPolicy',
+        Resource: '*',
+        Condition: { Bool: { 'kms:BypassPolicyLockoutSafetyCheck': 'true' } },
+      },
     ],
   };
   return JSON.stringify(policy, null, 2);

@@ -9,7 +9,13 @@
  * Requests that are safe to repeat (reads, signing, creation with an externalId) are retried on retryable
  * errors with jittered backoff; creation without an externalId is never retried (it could make two keys).
  */
-import { AttestationError, verifyBirthAttestation, type BirthVerifyOptions, type VerifiedAttestation, type VerifyOptions } from '../../shared/src/attestation';
+import {
+  AttestationError,
+  verifyBirthAttestation,
+  type BirthVerifyOptions,
+  type VerifiedAttestation,
+  type VerifyOptions,
+} from '../../shared/src/attestation';
 import { backoffDelay, type BackoffOptions } from '../../shared/src/backoff';
 import { isRetryableCode } from '../../shared/src/errors';
 import type { SignRequestInput, SignResult } from '../../shared/src/signing/schema';
@@ -115,17 +121,30 @@ export class KeystoreClient {
     try {
       parsed = text ? JSON.parse(text) : undefined;
     } catch (err) {
-      throw new KeystoreApiError(res.status, 'BAD_RESPONSE', `the server answered ${res.status} with a body that is not JSON`, res.headers.get('x-request-id') ?? undefined, { cause: err });
+      throw new KeystoreApiError(
+        res.status,
+        'BAD_RESPONSE',
+        `the server answered ${res.status} with a body that is not JSON`,
+        res.headers.get('x-request-id') ?? undefined,
+        { cause: err },
+      );
     }
     if (!res.ok) {
       const e = (parsed as { error?: { code?: string; message?: string; requestId?: string } })?.error;
-      throw new KeystoreApiError(res.status, e?.code ?? `HTTP_${res.status}`, e?.message ?? res.statusText, e?.requestId ?? res.headers.get('x-request-id') ?? undefined);
+      throw new KeystoreApiError(
+        res.status,
+        e?.code ?? `HTTP_${res.status}`,
+        e?.message ?? res.statusText,
+        e?.requestId ?? res.headers.get('x-request-id') ?? undefined,
+      );
     }
     return { status: res.status, body: parsed as T };
   }
 
   /** Creates a key, or returns the existing one for `externalId` (`created: false`). */
-  async createKey(input: { externalId?: string; labels?: Record<string, string>; attest?: boolean } = {}): Promise<{ key: Key; created: boolean }> {
+  async createKey(
+    input: { externalId?: string; labels?: Record<string, string>; attest?: boolean } = {},
+  ): Promise<{ key: Key; created: boolean }> {
     const res = await this.send<Key>('POST', '/v1/keys', input, input.externalId !== undefined);
     return { key: res.body, created: res.status === 201 };
   }
@@ -201,7 +220,9 @@ export class KeystoreClient {
   }
 
   async ready(): Promise<boolean> {
-    const res = await this.doFetch(`${this.base}/readyz`, { signal: AbortSignal.timeout(this.options.timeoutMs ?? 15_000) }).catch(() => null);
+    const res = await this.doFetch(`${this.base}/readyz`, { signal: AbortSignal.timeout(this.options.timeoutMs ?? 15_000) }).catch(
+      () => null,
+    );
     return res?.status === 200;
   }
 }

@@ -15,7 +15,11 @@ const CLI = path.resolve(__dirname, '../../dist/cli.js');
 // Generous bounds, only in the safe direction: a hung CLI is killed after 30 s and fails its test.
 jest.setTimeout(120_000);
 const nks = (args: string[], env: NodeJS.ProcessEnv = {}) =>
-  spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, NKS_URL: '', NKS_TOKEN: '', NKS_DEV_DIR: '/nonexistent', ...env } });
+  spawnSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    timeout: 30_000,
+    env: { ...process.env, NKS_URL: '', NKS_TOKEN: '', NKS_DEV_DIR: '/nonexistent', ...env },
+  });
 
 describe('nks attestation verify', () => {
   let dir: string;
@@ -29,7 +33,16 @@ describe('nks attestation verify', () => {
     rootFile = path.join(dir, 'root.pem');
     fs.writeFileSync(rootFile, ca.rootPem);
     const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48, i === 0 ? 0xab : 0)]));
-    const doc = signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0000000000000001', timestamp: Date.now(), pcrs, nonce: Buffer.from('0102', 'hex'), publicKey: generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'der' }) }, await ca.signer());
+    const doc = signAttestationDocument(
+      {
+        moduleId: 'i-0123456789abcdef0-enc0000000000000001',
+        timestamp: Date.now(),
+        pcrs,
+        nonce: Buffer.from('0102', 'hex'),
+        publicKey: generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey.export({ type: 'spki', format: 'der' }),
+      },
+      await ca.signer(),
+    );
     docFile = path.join(dir, 'doc.cbor');
     fs.writeFileSync(docFile, doc);
     fs.writeFileSync(path.join(dir, 'doc.hex'), `0x${doc.toString('hex')}\n`);
@@ -39,7 +52,19 @@ describe('nks attestation verify', () => {
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
   it.each(['doc.cbor', 'doc.hex', 'doc.b64', 'doc.json'])('accepts %s and exits 0 when valid', (file) => {
-    const r = nks(['attestation', 'verify', path.join(dir, file), '--root', rootFile, '--pcr', `0=${pcr0}`, '--nonce', '0102', '--max-age', '3600']);
+    const r = nks([
+      'attestation',
+      'verify',
+      path.join(dir, file),
+      '--root',
+      rootFile,
+      '--pcr',
+      `0=${pcr0}`,
+      '--nonce',
+      '0102',
+      '--max-age',
+      '3600',
+    ]);
     expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
     expect(r.stdout).toMatch(/^VALID attestation document/);
     expect(r.stdout).toContain(`PCR0         ${pcr0}`);
@@ -78,12 +103,24 @@ describe('nks attestation verify', () => {
     const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48, i === 0 ? 0xab : 0)]));
     const docWith = async (userData: Buffer, name: string) => {
       const file = path.join(dir, name);
-      fs.writeFileSync(file, signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0000000000000001', timestamp: Date.now(), pcrs, userData }, await ca.signer()));
+      fs.writeFileSync(
+        file,
+        signAttestationDocument(
+          { moduleId: 'i-0123456789abcdef0-enc0000000000000001', timestamp: Date.now(), pcrs, userData },
+          await ca.signer(),
+        ),
+      );
       return file;
     };
     const current = await docWith(birthUserData('key-1', address), 'birth.cbor');
-    const legacy = await docWith(createHash('sha256').update(canonicalCbor({ keyId: 'key-1', address })).digest(), 'legacy.cbor');
-    const birth = (file: string, keyId = 'key-1', addr = address) => nks(['attestation', 'verify', file, '--root', root, '--pcr', `0=${pcr0}`, '--key-id', keyId, '--address', addr]);
+    const legacy = await docWith(
+      createHash('sha256')
+        .update(canonicalCbor({ keyId: 'key-1', address }))
+        .digest(),
+      'legacy.cbor',
+    );
+    const birth = (file: string, keyId = 'key-1', addr = address) =>
+      nks(['attestation', 'verify', file, '--root', root, '--pcr', `0=${pcr0}`, '--key-id', keyId, '--address', addr]);
 
     expect(birth(current).status).toBe(0);
     const other = birth(current, 'key-2');
@@ -98,7 +135,15 @@ describe('nks attestation verify', () => {
   });
 
   it('exits 2 on usage errors', () => {
-    for (const args of [['attestation', 'verify'], ['attestation', 'verify', docFile, '--pcr', '99=ab'], ['attestation', 'verify', docFile, '--at', 'yesterday'], ['attestation', 'verify', docFile, '--bogus'], ['attestation', 'verify', '/nonexistent'], ['frobnicate'], ['keys', 'list']]) {
+    for (const args of [
+      ['attestation', 'verify'],
+      ['attestation', 'verify', docFile, '--pcr', '99=ab'],
+      ['attestation', 'verify', docFile, '--at', 'yesterday'],
+      ['attestation', 'verify', docFile, '--bogus'],
+      ['attestation', 'verify', '/nonexistent'],
+      ['frobnicate'],
+      ['keys', 'list'],
+    ]) {
       const r = nks(args);
       expect({ args, status: r.status }).toEqual({ args, status: 2 });
       expect(r.stderr).toMatch(/^nks: /);
@@ -111,13 +156,47 @@ describe('nks policy', () => {
     const dir = tempRunDir();
     try {
       const m = path.join(dir, 'm.json');
-      fs.writeFileSync(m, JSON.stringify({ Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48) } }));
-      const r = nks(['policy', '--measurements', m, '--pcr0', '12'.repeat(48), '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--image-approver-role-arn', 'arn:aws:iam::111122223333:role/i', '--break-glass-role-arn', 'arn:aws:iam::111122223333:role/b']);
+      fs.writeFileSync(
+        m,
+        JSON.stringify({
+          Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48) },
+        }),
+      );
+      const r = nks([
+        'policy',
+        '--measurements',
+        m,
+        '--pcr0',
+        '12'.repeat(48),
+        '--parent-role-arn',
+        'arn:aws:iam::111122223333:role/p',
+        '--admin',
+        'arn:aws:iam::111122223333:role/a',
+        '--image-approver-role-arn',
+        'arn:aws:iam::111122223333:role/i',
+        '--break-glass-role-arn',
+        'arn:aws:iam::111122223333:role/b',
+      ]);
       expect(r.status).toBe(0);
       const policy = JSON.parse(r.stdout) as { Statement: Array<{ Sid: string; Condition?: Record<string, Record<string, unknown>> }> };
       const allow = policy.Statement.find((st) => st.Sid === 'EnclaveDecryptOnlyWhenAttested');
-      expect(allow?.Condition?.StringEqualsIgnoreCase?.['kms:RecipientAttestation:ImageSha384']).toEqual(['ab'.repeat(48), '12'.repeat(48)]);
-      const debug = nks(['policy', '--pcr0', '0'.repeat(96), '--parent-role-arn', 'arn:aws:iam::111122223333:role/p', '--admin', 'arn:aws:iam::111122223333:role/a', '--image-approver-role-arn', 'arn:aws:iam::111122223333:role/i', '--break-glass-role-arn', 'arn:aws:iam::111122223333:role/b']);
+      expect(allow?.Condition?.StringEqualsIgnoreCase?.['kms:RecipientAttestation:ImageSha384']).toEqual([
+        'ab'.repeat(48),
+        '12'.repeat(48),
+      ]);
+      const debug = nks([
+        'policy',
+        '--pcr0',
+        '0'.repeat(96),
+        '--parent-role-arn',
+        'arn:aws:iam::111122223333:role/p',
+        '--admin',
+        'arn:aws:iam::111122223333:role/a',
+        '--image-approver-role-arn',
+        'arn:aws:iam::111122223333:role/i',
+        '--break-glass-role-arn',
+        'arn:aws:iam::111122223333:role/b',
+      ]);
       expect([debug.status, debug.stderr]).toEqual([2, expect.stringMatching(/debug images cannot be approved/)]);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

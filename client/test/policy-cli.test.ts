@@ -23,7 +23,12 @@ const KEY = 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234
 const ROLES = ['--parent-role-arn', PARENT, '--admin', ADMIN, '--image-approver-role-arn', APPROVER, '--break-glass-role-arn', BREAK_GLASS];
 
 interface Policy {
-  Statement: Array<{ Sid: string; Principal: { AWS: string | string[] }; Action: string | string[]; Condition?: Record<string, Record<string, string | string[]>> }>;
+  Statement: Array<{
+    Sid: string;
+    Principal: { AWS: string | string[] };
+    Action: string | string[];
+    Condition?: Record<string, Record<string, string | string[]>>;
+  }>;
 }
 const sid = (p: Policy, name: string) => p.Statement.find((s) => s.Sid === name);
 
@@ -39,14 +44,36 @@ describe('nks policy and approve-image.sh', () => {
     bin = path.join(dir, 'bin');
     linkTools(bin, OPS_SCRIPT_TOOLS);
     signed = path.join(dir, 'signed.json');
-    fs.writeFileSync(signed, JSON.stringify({ Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48), PCR8: '8a'.repeat(48) } }));
+    fs.writeFileSync(
+      signed,
+      JSON.stringify({
+        Measurements: {
+          HashAlgorithm: 'Sha384 { ... }',
+          PCR0: 'ab'.repeat(48),
+          PCR1: 'cd'.repeat(48),
+          PCR2: 'ef'.repeat(48),
+          PCR8: '8a'.repeat(48),
+        },
+      }),
+    );
     unsigned = path.join(dir, 'unsigned.json');
-    fs.writeFileSync(unsigned, JSON.stringify({ Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: '12'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48) } }));
+    fs.writeFileSync(
+      unsigned,
+      JSON.stringify({
+        Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: '12'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48) },
+      }),
+    );
   });
   afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  const nks = (args: string[]) => spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 30_000, env: { ...process.env, NKS_URL: '', NKS_TOKEN: '', NKS_DEV_DIR: '/nonexistent' } });
-  const approve = (args: string[]) => spawnSync(path.join(ROOT, 'scripts', 'approve-image.sh'), args, { cwd: ROOT, encoding: 'utf8', timeout: 60_000, env: { PATH: bin } });
+  const nks = (args: string[]) =>
+    spawnSync(process.execPath, [CLI, ...args], {
+      encoding: 'utf8',
+      timeout: 30_000,
+      env: { ...process.env, NKS_URL: '', NKS_TOKEN: '', NKS_DEV_DIR: '/nonexistent' },
+    });
+  const approve = (args: string[]) =>
+    spawnSync(path.join(ROOT, 'scripts', 'approve-image.sh'), args, { cwd: ROOT, encoding: 'utf8', timeout: 60_000, env: { PATH: bin } });
 
   it('nks policy takes the four roles and writes the policy', () => {
     const r = nks(['policy', '--measurements', signed, ...ROLES]);
@@ -54,17 +81,36 @@ describe('nks policy and approve-image.sh', () => {
     const p = JSON.parse(r.stdout) as Policy;
     expect(sid(p, 'KeyAdministration')?.Principal.AWS).toBe(ADMIN);
     expect(sid(p, 'ImageApproval')).toMatchObject({ Principal: { AWS: APPROVER }, Action: expect.arrayContaining(['kms:PutKeyPolicy']) });
-    expect(sid(p, 'BreakGlass')).toMatchObject({ Principal: { AWS: BREAK_GLASS }, Action: expect.arrayContaining(['kms:ScheduleKeyDeletion', 'kms:DisableKey']) });
+    expect(sid(p, 'BreakGlass')).toMatchObject({
+      Principal: { AWS: BREAK_GLASS },
+      Action: expect.arrayContaining(['kms:ScheduleKeyDeletion', 'kms:DisableKey']),
+    });
     expect(sid(p, 'DenyReEncrypt')).toMatchObject({ Principal: { AWS: '*' }, Action: 'kms:ReEncrypt*' });
     expect(sid(p, 'DenyCreateGrant')).toMatchObject({ Principal: { AWS: '*' }, Action: 'kms:CreateGrant' });
     expect(sid(p, 'EnclaveDecryptOnlyWhenAttested')?.Condition?.StringEqualsIgnoreCase?.['kms:RecipientAttestation:PCR8']).toBeUndefined();
   });
 
   it.each<[string, string[], RegExp]>([
-    ['no image approver', ['--parent-role-arn', PARENT, '--admin', ADMIN, '--break-glass-role-arn', BREAK_GLASS], /--image-approver-role-arn is required/],
-    ['no break-glass role', ['--parent-role-arn', PARENT, '--admin', ADMIN, '--image-approver-role-arn', APPROVER], /--break-glass-role-arn is required/],
-    ['the account root as administrator', [...ROLES, '--admin', 'arn:aws:iam::111122223333:root'], /key administrator arn:aws:iam::111122223333:root is the account root principal/],
-    ['the account root as image approver', [...ROLES.slice(0, 4), '--image-approver-role-arn', 'arn:aws:iam::111122223333:root', '--break-glass-role-arn', BREAK_GLASS], /image approver role .* is the account root principal/],
+    [
+      'no image approver',
+      ['--parent-role-arn', PARENT, '--admin', ADMIN, '--break-glass-role-arn', BREAK_GLASS],
+      /--image-approver-role-arn is required/,
+    ],
+    [
+      'no break-glass role',
+      ['--parent-role-arn', PARENT, '--admin', ADMIN, '--image-approver-role-arn', APPROVER],
+      /--break-glass-role-arn is required/,
+    ],
+    [
+      'the account root as administrator',
+      [...ROLES, '--admin', 'arn:aws:iam::111122223333:root'],
+      /key administrator arn:aws:iam::111122223333:root is the account root principal/,
+    ],
+    [
+      'the account root as image approver',
+      [...ROLES.slice(0, 4), '--image-approver-role-arn', 'arn:aws:iam::111122223333:root', '--break-glass-role-arn', BREAK_GLASS],
+      /image approver role .* is the account root principal/,
+    ],
     ['the approver as administrator', [...ROLES, '--admin', APPROVER], /image approver role must not also be a key administrator/],
   ])('nks policy refuses %s (exit 2, with the reason)', (_name, args, message) => {
     const r = nks(['policy', '--measurements', signed, ...args]);
@@ -77,23 +123,45 @@ describe('nks policy and approve-image.sh', () => {
     const r = approve(['--key-arn', KEY, ...ROLES, '--measurements', signed, '--pin-pcr8', '--dry-run']);
     expect(r.status).toBe(0);
     const p = JSON.parse(r.stdout) as Policy;
-    expect(sid(p, 'EnclaveDecryptOnlyWhenAttested')?.Condition?.StringEqualsIgnoreCase).toMatchObject({ 'kms:RecipientAttestation:ImageSha384': 'ab'.repeat(48), 'kms:RecipientAttestation:PCR8': '8a'.repeat(48) });
+    expect(sid(p, 'EnclaveDecryptOnlyWhenAttested')?.Condition?.StringEqualsIgnoreCase).toMatchObject({
+      'kms:RecipientAttestation:ImageSha384': 'ab'.repeat(48),
+      'kms:RecipientAttestation:PCR8': '8a'.repeat(48),
+    });
     const hash = createHash('sha256').update(r.stdout).digest('hex');
     expect(r.stderr).toContain(`policy sha256 ${hash} (not installed: --dry-run)`);
     // The same without --pin-pcr8: no PCR8 condition.
     const plain = approve(['--key-arn', KEY, ...ROLES, '--measurements', signed, '--dry-run']);
     expect(plain.status).toBe(0);
-    expect(sid(JSON.parse(plain.stdout) as Policy, 'EnclaveDecryptOnlyWhenAttested')?.Condition?.StringEqualsIgnoreCase?.['kms:RecipientAttestation:PCR8']).toBeUndefined();
+    expect(
+      sid(JSON.parse(plain.stdout) as Policy, 'EnclaveDecryptOnlyWhenAttested')?.Condition?.StringEqualsIgnoreCase?.[
+        'kms:RecipientAttestation:PCR8'
+      ],
+    ).toBeUndefined();
   });
 
   it('approve-image.sh --pin-pcr8 refuses an image without PCR8, and refuses incomplete arguments', () => {
     const r = approve(['--key-arn', KEY, ...ROLES, '--measurements', signed, '--measurements', unsigned, '--pin-pcr8', '--dry-run']);
     expect([r.status, r.stdout]).toEqual([2, '']);
     expect(r.stderr).toMatch(/PCR8 pinning asked for, but an image has no PCR8/);
-    const noApprover = approve(['--key-arn', KEY, '--parent-role-arn', PARENT, '--admin', ADMIN, '--break-glass-role-arn', BREAK_GLASS, '--measurements', signed, '--dry-run']);
+    const noApprover = approve([
+      '--key-arn',
+      KEY,
+      '--parent-role-arn',
+      PARENT,
+      '--admin',
+      ADMIN,
+      '--break-glass-role-arn',
+      BREAK_GLASS,
+      '--measurements',
+      signed,
+      '--dry-run',
+    ]);
     expect([noApprover.status, noApprover.stderr]).toEqual([2, expect.stringMatching(/--image-approver-role-arn is required/)]);
     const dangling = approve(['--key-arn', KEY, ...ROLES, '--measurements']);
-    expect([dangling.status, dangling.stderr]).toEqual([2, expect.stringMatching(/^usage: approve-image.sh .*--image-approver-role-arn ARN --break-glass-role-arn ARN .*\[--pin-pcr8\]/)]);
+    expect([dangling.status, dangling.stderr]).toEqual([
+      2,
+      expect.stringMatching(/^usage: approve-image.sh .*--image-approver-role-arn ARN --break-glass-role-arn ARN .*\[--pin-pcr8\]/),
+    ]);
     expect(approve(['--key-arn', KEY, ...ROLES, '--measurements', signed, '--bogus']).status).toBe(2);
   });
 

@@ -15,11 +15,20 @@ const IMAGE_B = 'b2'.repeat(48);
 const roles = { parentRoleArn: ROLE, keyAdministrators: [ADMIN], imageApproverRoleArn: APPROVER, breakGlassRoleArn: BREAK_GLASS };
 
 describe('key policy generator', () => {
-  const text = generateKeyPolicy({ images: [{ PCR0: IMAGE_A }, { PCR0: IMAGE_B.toUpperCase() }], ...roles, keyAdministrators: [ADMIN, ADMIN_USER] });
+  const text = generateKeyPolicy({
+    images: [{ PCR0: IMAGE_A }, { PCR0: IMAGE_B.toUpperCase() }],
+    ...roles,
+    keyAdministrators: [ADMIN, ADMIN_USER],
+  });
   const policy = parsePolicy(text);
-  const evaluate = (principalArn: string, action: string, values: Record<string, string> = {}) => evaluatePolicy(policy, { action, principalArn, account: '111122223333', keyArn: KEY, values });
-  const decide = (principalArn: string, action: string, values: Record<string, string> = {}) => evaluate(principalArn, action, values).allowed;
-  const attested = (pcr0: string, role = ROLE) => ({ 'kms:RecipientAttestation:ImageSha384': pcr0, 'kms:RecipientAttestation:PCR3': pcr3ForRole(role) });
+  const evaluate = (principalArn: string, action: string, values: Record<string, string> = {}) =>
+    evaluatePolicy(policy, { action, principalArn, account: '111122223333', keyArn: KEY, values });
+  const decide = (principalArn: string, action: string, values: Record<string, string> = {}) =>
+    evaluate(principalArn, action, values).allowed;
+  const attested = (pcr0: string, role = ROLE) => ({
+    'kms:RecipientAttestation:ImageSha384': pcr0,
+    'kms:RecipientAttestation:PCR3': pcr3ForRole(role),
+  });
   const EVERYONE = [ROLE, ADMIN, ADMIN_USER, APPROVER, BREAK_GLASS, OUTSIDER, 'arn:aws:iam::999999999999:role/other-account'];
 
   it('lets the parent role decrypt only for an approved image on its own role', () => {
@@ -35,8 +44,26 @@ describe('key policy generator', () => {
 
   it('lets administrators see and tidy the key, but not use it, re-policy it, grant, disable or delete it', () => {
     for (const admin of [ADMIN, ADMIN_USER]) {
-      for (const action of ['kms:DescribeKey', 'kms:GetKeyPolicy', 'kms:ListGrants', 'kms:RevokeGrant', 'kms:TagResource', 'kms:CancelKeyDeletion']) expect({ admin, action, ok: decide(admin, action) }).toEqual({ admin, action, ok: true });
-      for (const action of ['kms:PutKeyPolicy', 'kms:CreateGrant', 'kms:ScheduleKeyDeletion', 'kms:DisableKey', 'kms:EnableKey', 'kms:Decrypt', 'kms:Encrypt', 'kms:GenerateDataKey', 'kms:ReEncryptFrom']) {
+      for (const action of [
+        'kms:DescribeKey',
+        'kms:GetKeyPolicy',
+        'kms:ListGrants',
+        'kms:RevokeGrant',
+        'kms:TagResource',
+        'kms:CancelKeyDeletion',
+      ])
+        expect({ admin, action, ok: decide(admin, action) }).toEqual({ admin, action, ok: true });
+      for (const action of [
+        'kms:PutKeyPolicy',
+        'kms:CreateGrant',
+        'kms:ScheduleKeyDeletion',
+        'kms:DisableKey',
+        'kms:EnableKey',
+        'kms:Decrypt',
+        'kms:Encrypt',
+        'kms:GenerateDataKey',
+        'kms:ReEncryptFrom',
+      ]) {
         expect({ admin, action, ok: decide(admin, action) }).toEqual({ admin, action, ok: false });
       }
       expect(decide(admin, 'kms:Decrypt', attested(IMAGE_A))).toBe(false);
@@ -44,10 +71,15 @@ describe('key policy generator', () => {
   });
 
   it('names every action explicitly: no wildcard Allow, no account root principal', () => {
-    const doc = JSON.parse(text) as { Statement: Array<{ Sid: string; Effect: string; Principal: { AWS: string | string[] }; Action: string | string[] }> };
+    const doc = JSON.parse(text) as {
+      Statement: Array<{ Sid: string; Effect: string; Principal: { AWS: string | string[] }; Action: string | string[] }>;
+    };
     for (const st of doc.Statement.filter((x) => x.Effect === 'Allow')) {
       expect({ sid: st.Sid, wildcards: [st.Action].flat().filter((a) => a.includes('*')) }).toEqual({ sid: st.Sid, wildcards: [] });
-      expect({ sid: st.Sid, principals: [st.Principal.AWS].flat().filter((p) => p === '*' || p.endsWith(':root')) }).toEqual({ sid: st.Sid, principals: [] });
+      expect({ sid: st.Sid, principals: [st.Principal.AWS].flat().filter((p) => p === '*' || p.endsWith(':root')) }).toEqual({
+        sid: st.Sid,
+        principals: [],
+      });
     }
     expect(doc.Statement.map((x) => x.Sid)).toEqual([
       'KeyAdministration',
@@ -64,33 +96,59 @@ describe('key policy generator', () => {
   });
 
   it('gives PutKeyPolicy to the image approver only, and lets it update the policy again (lockout safety)', () => {
-    expect(evaluate(APPROVER, 'kms:PutKeyPolicy')).toEqual({ allowed: true, effect: 'Allow', reason: 'allowed by statement ImageApproval' });
+    expect(evaluate(APPROVER, 'kms:PutKeyPolicy')).toEqual({
+      allowed: true,
+      effect: 'Allow',
+      reason: 'allowed by statement ImageApproval',
+    });
     expect(decide(APPROVER, 'kms:GetKeyPolicy')).toBe(true);
-    for (const who of EVERYONE.filter((p) => p !== APPROVER)) expect({ who, put: decide(who, 'kms:PutKeyPolicy') }).toEqual({ who, put: false });
+    for (const who of EVERYONE.filter((p) => p !== APPROVER))
+      expect({ who, put: decide(who, 'kms:PutKeyPolicy') }).toEqual({ who, put: false });
     // Not even the approver may bypass the lockout safety check (the next policy could lock everyone out).
-    expect(evaluate(APPROVER, 'kms:PutKeyPolicy', { 'kms:BypassPolicyLockoutSafetyCheck': 'true' })).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyPolicyLockoutBypass' });
-    for (const action of ['kms:CreateGrant', 'kms:ScheduleKeyDeletion', 'kms:DisableKey', 'kms:Decrypt', 'kms:ReEncryptFrom']) expect({ action, ok: decide(APPROVER, action) }).toEqual({ action, ok: false });
+    expect(evaluate(APPROVER, 'kms:PutKeyPolicy', { 'kms:BypassPolicyLockoutSafetyCheck': 'true' })).toMatchObject({
+      effect: 'ExplicitDeny',
+      reason: 'explicitly denied by statement DenyPolicyLockoutBypass',
+    });
+    for (const action of ['kms:CreateGrant', 'kms:ScheduleKeyDeletion', 'kms:DisableKey', 'kms:Decrypt', 'kms:ReEncryptFrom'])
+      expect({ action, ok: decide(APPROVER, action) }).toEqual({ action, ok: false });
   });
 
   it('gives disabling and deletion to the break-glass role only', () => {
-    for (const action of ['kms:DisableKey', 'kms:EnableKey', 'kms:ScheduleKeyDeletion', 'kms:CancelKeyDeletion']) expect({ action, ok: decide(BREAK_GLASS, action) }).toEqual({ action, ok: true });
+    for (const action of ['kms:DisableKey', 'kms:EnableKey', 'kms:ScheduleKeyDeletion', 'kms:CancelKeyDeletion'])
+      expect({ action, ok: decide(BREAK_GLASS, action) }).toEqual({ action, ok: true });
     for (const who of [ROLE, ADMIN, ADMIN_USER, APPROVER, OUTSIDER]) {
       expect({ who, ok: decide(who, 'kms:ScheduleKeyDeletion') || decide(who, 'kms:DisableKey') }).toEqual({ who, ok: false });
     }
-    for (const action of ['kms:PutKeyPolicy', 'kms:CreateGrant', 'kms:Decrypt', 'kms:ReEncryptFrom']) expect({ action, ok: decide(BREAK_GLASS, action) }).toEqual({ action, ok: false });
+    for (const action of ['kms:PutKeyPolicy', 'kms:CreateGrant', 'kms:Decrypt', 'kms:ReEncryptFrom'])
+      expect({ action, ok: decide(BREAK_GLASS, action) }).toEqual({ action, ok: false });
   });
 
   it('denies ReEncrypt and CreateGrant to every principal explicitly, so no grant or IAM policy can allow them', () => {
     for (const who of EVERYONE) {
-      expect(evaluate(who, 'kms:ReEncryptFrom')).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyReEncrypt' });
-      expect(evaluate(who, 'kms:ReEncryptTo')).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyReEncrypt' });
-      expect(evaluate(who, 'kms:CreateGrant')).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyCreateGrant' });
+      expect(evaluate(who, 'kms:ReEncryptFrom')).toMatchObject({
+        effect: 'ExplicitDeny',
+        reason: 'explicitly denied by statement DenyReEncrypt',
+      });
+      expect(evaluate(who, 'kms:ReEncryptTo')).toMatchObject({
+        effect: 'ExplicitDeny',
+        reason: 'explicitly denied by statement DenyReEncrypt',
+      });
+      expect(evaluate(who, 'kms:CreateGrant')).toMatchObject({
+        effect: 'ExplicitDeny',
+        reason: 'explicitly denied by statement DenyCreateGrant',
+      });
       // Unattested Decrypt: explicit too (an implicit deny could be overridden by a grant).
-      expect(evaluate(who, 'kms:Decrypt')).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyDecryptOutsideApprovedEnclaves' });
+      expect(evaluate(who, 'kms:Decrypt')).toMatchObject({
+        effect: 'ExplicitDeny',
+        reason: 'explicitly denied by statement DenyDecryptOutsideApprovedEnclaves',
+      });
     }
     // An approved image on an instance of another role: denied explicitly too (a Decrypt grant cannot help).
     for (const who of EVERYONE) {
-      expect(evaluate(who, 'kms:Decrypt', attested(IMAGE_A, OUTSIDER))).toMatchObject({ effect: 'ExplicitDeny', reason: 'explicitly denied by statement DenyDecryptOutsideParentRole' });
+      expect(evaluate(who, 'kms:Decrypt', attested(IMAGE_A, OUTSIDER))).toMatchObject({
+        effect: 'ExplicitDeny',
+        reason: 'explicitly denied by statement DenyDecryptOutsideParentRole',
+      });
     }
     // Even an attested enclave cannot ReEncrypt: ReEncrypt has no Recipient, so no attestation reaches KMS.
     expect(evaluate(ROLE, 'kms:ReEncryptFrom', attested(IMAGE_A)).effect).toBe('ExplicitDeny');
@@ -99,13 +157,22 @@ describe('key policy generator', () => {
   it('pins PCR8 when asked, for every approved image', () => {
     const signed = { PCR0: IMAGE_A, PCR8: 'c8'.repeat(48) };
     const pinned = parsePolicy(generateKeyPolicy({ images: [signed], ...roles, pinSigningCertificate: true }));
-    const d = (values: Record<string, string>) => evaluatePolicy(pinned, { action: 'kms:Decrypt', principalArn: ROLE, account: '111122223333', keyArn: KEY, values }).allowed;
+    const d = (values: Record<string, string>) =>
+      evaluatePolicy(pinned, { action: 'kms:Decrypt', principalArn: ROLE, account: '111122223333', keyArn: KEY, values }).allowed;
     expect(d({ ...attested(IMAGE_A), 'kms:RecipientAttestation:PCR8': 'c8'.repeat(48) })).toBe(true);
     expect(d({ ...attested(IMAGE_A), 'kms:RecipientAttestation:PCR8': 'c9'.repeat(48) })).toBe(false);
     expect(d(attested(IMAGE_A))).toBe(false); // unsigned image: no PCR8 in the document
     // Without --pin-pcr8 the same measurements do not pin it.
     const unpinned = parsePolicy(generateKeyPolicy({ images: [signed], ...roles }));
-    expect(evaluatePolicy(unpinned, { action: 'kms:Decrypt', principalArn: ROLE, account: '111122223333', keyArn: KEY, values: attested(IMAGE_A) }).allowed).toBe(true);
+    expect(
+      evaluatePolicy(unpinned, {
+        action: 'kms:Decrypt',
+        principalArn: ROLE,
+        account: '111122223333',
+        keyArn: KEY,
+        values: attested(IMAGE_A),
+      }).allowed,
+    ).toBe(true);
   });
 
   it('computes PCR3 the way Nitro does: SHA-384 of 48 zero bytes followed by the role ARN', () => {
@@ -123,7 +190,9 @@ describe('key policy generator', () => {
   });
 
   it('reads nitro-cli measurements', () => {
-    const m = measurementsFromNitroCliJson({ Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: IMAGE_A.toUpperCase(), PCR1: 'c'.repeat(96), PCR2: 'd'.repeat(96) } });
+    const m = measurementsFromNitroCliJson({
+      Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: IMAGE_A.toUpperCase(), PCR1: 'c'.repeat(96), PCR2: 'd'.repeat(96) },
+    });
     expect(m).toEqual({ PCR0: IMAGE_A, PCR1: 'c'.repeat(96), PCR2: 'd'.repeat(96), PCR8: undefined });
     expect(() => measurementsFromNitroCliJson({ Measurements: {} })).toThrow(/no Measurements.PCR0/);
   });
@@ -136,19 +205,43 @@ describe('key policy generator', () => {
     ['a short PCR0', { images: [{ PCR0: 'abcd' }] }, /48 bytes of hex/],
     ['a user as parent role', { parentRoleArn: 'arn:aws:iam::111122223333:user/bob' }, /parent role .* is not an IAM role ARN/],
     ['no administrator', { keyAdministrators: [] }, /at least one key administrator/],
-    ['the account root as administrator', { keyAdministrators: [ADMIN, ROOT] }, /key administrator arn:aws:iam::111122223333:root is the account root principal/],
+    [
+      'the account root as administrator',
+      { keyAdministrators: [ADMIN, ROOT] },
+      /key administrator arn:aws:iam::111122223333:root is the account root principal/,
+    ],
     ['a bare account id as administrator', { keyAdministrators: ['111122223333'] }, /is the account root principal/],
     ['"*" as administrator', { keyAdministrators: ['*'] }, /is the account root principal \(or every principal\)/],
-    ['the account root as image approver', { imageApproverRoleArn: ROOT }, /image approver role arn:aws:iam::111122223333:root is the account root principal/],
-    ['the account root as break-glass role', { breakGlassRoleArn: 'arn:aws-us-gov:iam::111122223333:root' }, /break-glass role .* is the account root principal/],
+    [
+      'the account root as image approver',
+      { imageApproverRoleArn: ROOT },
+      /image approver role arn:aws:iam::111122223333:root is the account root principal/,
+    ],
+    [
+      'the account root as break-glass role',
+      { breakGlassRoleArn: 'arn:aws-us-gov:iam::111122223333:root' },
+      /break-glass role .* is the account root principal/,
+    ],
     ['the account root as parent role', { parentRoleArn: ROOT }, /parent role .* is the account root principal/],
-    ['a role session as administrator', { keyAdministrators: ['arn:aws:sts::111122223333:assumed-role/keystore-admin/bob'] }, /not an IAM role or user ARN/],
+    [
+      'a role session as administrator',
+      { keyAdministrators: ['arn:aws:sts::111122223333:assumed-role/keystore-admin/bob'] },
+      /not an IAM role or user ARN/,
+    ],
     ['no image approver', { imageApproverRoleArn: '' }, /image approver role is required \(--image-approver-role-arn\)/],
     ['no break-glass role', { breakGlassRoleArn: '' }, /break-glass role is required \(--break-glass-role-arn\)/],
     ['a user as image approver', { imageApproverRoleArn: ADMIN_USER }, /image approver role .* is not an IAM role ARN/],
     ['the parent role as administrator', { keyAdministrators: [ROLE] }, /must not also administer/],
-    ['the image approver as administrator', { keyAdministrators: [ADMIN, APPROVER] }, /image approver role must not also be a key administrator/],
-    ['the break-glass role as administrator', { keyAdministrators: [BREAK_GLASS] }, /break-glass role must not also be a key administrator/],
+    [
+      'the image approver as administrator',
+      { keyAdministrators: [ADMIN, APPROVER] },
+      /image approver role must not also be a key administrator/,
+    ],
+    [
+      'the break-glass role as administrator',
+      { keyAdministrators: [BREAK_GLASS] },
+      /break-glass role must not also be a key administrator/,
+    ],
     ['the parent role as image approver', { imageApproverRoleArn: ROLE }, /parent role must not also be the image approver/],
     ['one role as image approver and break-glass', { breakGlassRoleArn: APPROVER }, /must be different roles/],
     ['PCR8 pinning without PCR8', { pinSigningCertificate: true }, /PCR8 pinning asked for, but an image has no PCR8/],

@@ -6,7 +6,10 @@ function fakeFetch(statuses: number[]) {
   const f = (async (url: string, init?: RequestInit) => {
     calls.push({ url, init });
     const status = statuses[Math.min(calls.length - 1, statuses.length - 1)] as number;
-    const body = status < 300 ? { keyId: 'k1', address: '0x1', signature: '0xsig' } : { error: { code: status === 503 ? 'UNAVAILABLE' : 'KEY_NOT_FOUND', message: 'nope', requestId: 'r1' } };
+    const body =
+      status < 300
+        ? { keyId: 'k1', address: '0x1', signature: '0xsig' }
+        : { error: { code: status === 503 ? 'UNAVAILABLE' : 'KEY_NOT_FOUND', message: 'nope', requestId: 'r1' } };
     return new Response(JSON.stringify(body), { status, headers: { 'content-type': 'application/json' } });
   }) as unknown as typeof fetch;
   return { f, calls };
@@ -28,13 +31,17 @@ describe('SDK', () => {
     expect(err).toBeInstanceOf(KeystoreApiError);
     expect(calls).toHaveLength(1);
     const again = fakeFetch([503, 200]);
-    await expect(new KeystoreClient({ url: 'http://x', token: 't', fetch: again.f }).createKey({ externalId: 'e' })).resolves.toMatchObject({ created: false });
+    await expect(new KeystoreClient({ url: 'http://x', token: 't', fetch: again.f }).createKey({ externalId: 'e' })).resolves.toMatchObject(
+      { created: false },
+    );
     expect(again.calls).toHaveLength(2);
   });
 
   it('raises errors with code, status, request id and retryability; does not retry the rest', async () => {
     const { f, calls } = fakeFetch([404]);
-    const err = (await new KeystoreClient({ url: 'http://x', token: 't', fetch: f }).getKey('k9').catch((e: unknown) => e)) as KeystoreApiError;
+    const err = (await new KeystoreClient({ url: 'http://x', token: 't', fetch: f })
+      .getKey('k9')
+      .catch((e: unknown) => e)) as KeystoreApiError;
     expect([err.status, err.code, err.requestId, err.retryable]).toEqual([404, 'KEY_NOT_FOUND', 'r1', false]);
     expect(calls).toHaveLength(1);
   });
@@ -42,8 +49,15 @@ describe('SDK', () => {
   it("takes retryability from the servers' error-code table, code by code", () => {
     const table = Object.entries(ERROR_CODES).map(([code, info]) => [code, info.retryable]);
     expect(table.map(([code]) => [code, new KeystoreApiError(500, code as string, 'm', undefined).retryable])).toEqual(table);
-    expect(table.filter(([, retryable]) => retryable).map(([code]) => code)).toEqual(['KMS_THROTTLED', 'KMS_UNAVAILABLE', 'OVERLOADED', 'TIMEOUT', 'UNAVAILABLE']);
+    expect(table.filter(([, retryable]) => retryable).map(([code]) => code)).toEqual([
+      'KMS_THROTTLED',
+      'KMS_UNAVAILABLE',
+      'OVERLOADED',
+      'TIMEOUT',
+      'UNAVAILABLE',
+    ]);
     // Codes the table does not have (an HTTP status without our envelope, a body that is not JSON): final.
-    for (const code of ['HTTP_503', 'BAD_RESPONSE', 'toString', '']) expect([code, new KeystoreApiError(503, code, 'm', undefined).retryable, isRetryableCode(code)]).toEqual([code, false, false]);
+    for (const code of ['HTTP_503', 'BAD_RESPONSE', 'toString', ''])
+      expect([code, new KeystoreApiError(503, code, 'm', undefined).retryable, isRetryableCode(code)]).toEqual([code, false, false]);
   });
 });

@@ -54,14 +54,33 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   cache.startSweeper();
   const failedOpens = new FailedOpens(config.failedOpens);
   const unsealer = new Unsealer(kmsProxy, recipient, failedOpens, { kmsKeyArn: config.kmsKeyArn, deadlineMs: config.limits.kmsDeadlineMs });
-  const signers = new SignerPool(config.signing.workers, script, (message, err) => logger.error({ err }, message), { deadlineMs: config.signing.deadlineMs });
+  const signers = new SignerPool(config.signing.workers, script, (message, err) => logger.error({ err }, message), {
+    deadlineMs: config.signing.deadlineMs,
+  });
   const keys = new KeyVault({ cache, unsealer, nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject, signers });
   let served: RpcServer | undefined;
-  const { methods } = enclaveMethods({ keys, cache, unsealer, recipient, failedOpens, signers, nsm, kmsProxy, startedAt: Date.now(), rpcStats: () => served?.stats });
+  const { methods } = enclaveMethods({
+    keys,
+    cache,
+    unsealer,
+    recipient,
+    failedOpens,
+    signers,
+    nsm,
+    kmsProxy,
+    startedAt: Date.now(),
+    rpcStats: () => served?.stats,
+  });
 
   // The server's per-connection limits (requests and bytes in flight, unsent answers) are its defaults: a
   // parent that sends and never reads is paused, then disconnected, instead of growing the enclave's memory.
-  const server = new RpcServer({ name: 'enclave', methods, logger, maxConcurrent: config.limits.maxConcurrent, maxFrameBytes: config.limits.maxFrameBytes });
+  const server = new RpcServer({
+    name: 'enclave',
+    methods,
+    logger,
+    maxConcurrent: config.limits.maxConcurrent,
+    maxFrameBytes: config.limits.maxFrameBytes,
+  });
   served = server;
   await server.listen(transport, config.listen);
   // Warm the recipient key and document so the first cold sign does not pay for RSA key generation.

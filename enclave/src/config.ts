@@ -84,7 +84,12 @@ export const EnclaveConfigSchema = z.strictObject({
   limits: z
     .strictObject({
       maxConcurrent: z.number().int().min(1).max(100_000).default(D.limits.maxConcurrent),
-      maxFrameBytes: z.number().int().min(4096).max(16 * 1024 * 1024).default(D.limits.maxFrameBytes),
+      maxFrameBytes: z
+        .number()
+        .int()
+        .min(4096)
+        .max(16 * 1024 * 1024)
+        .default(D.limits.maxFrameBytes),
       kmsDeadlineMs: ms(D.limits.kmsDeadlineMs, 100, 120_000),
     })
     .prefault({}),
@@ -117,7 +122,9 @@ export function parseEnclaveConfig(raw: unknown, source = 'configuration'): Encl
   }
   const bits = key.asymmetricKeyDetails?.modulusLength ?? 0;
   if (key.asymmetricKeyType !== 'rsa' || bits < 2048) {
-    throw new ConfigError(`invalid ${source}: config.kmsPublicKey must be an RSA key of at least 2048 bits (the KMS key is RSA_2048/3072/4096)`);
+    throw new ConfigError(
+      `invalid ${source}: config.kmsPublicKey must be an RSA key of at least 2048 bits (the KMS key is RSA_2048/3072/4096)`,
+    );
   }
   return { ...res.data, kmsPublicKeyObject: key };
 }

@@ -15,12 +15,17 @@ async function main(): Promise<void> {
   const file = values.config ?? process.env.NKS_ENCLAVE_CONFIG ?? path.join(path.dirname(process.argv[1] ?? '.'), 'enclave.json');
   const config = loadEnclaveConfig(file);
   if (values['check-config']) {
-    process.stdout.write(`enclave: configuration ${file} is valid (KMS key ${config.kmsKeyArn}, listen ${config.listen}, transport ${config.transport.kind}, NSM ${config.nsm.kind})\n`);
+    process.stdout.write(
+      `enclave: configuration ${file} is valid (KMS key ${config.kmsKeyArn}, listen ${config.listen}, transport ${config.transport.kind}, NSM ${config.nsm.kind})\n`,
+    );
     return;
   }
   const logger = createLogger({ name: 'enclave', level: process.env.LOG_LEVEL ?? config.logLevel });
   const enclave = await startEnclave(config, logger, path.resolve(process.argv[1] as string));
-  logger.info({ listen: config.listen, kmsProxy: config.kmsProxy, kmsKeyArn: config.kmsKeyArn, transport: config.transport.kind }, 'enclave ready');
+  logger.info(
+    { listen: config.listen, kmsProxy: config.kmsProxy, kmsKeyArn: config.kmsKeyArn, transport: config.transport.kind },
+    'enclave ready',
+  );
 
   let stopping = false;
   const stop = async (signal: string) => {
@@ -38,8 +43,9 @@ async function main(): Promise<void> {
 }
 
 if (isSignerWorker()) runSignerWorker();
-else main().catch((err: unknown) => {
-  const message = err instanceof ConfigError ? err.message : `failed to start: ${(err as Error).message}`;
-  process.stderr.write(`enclave: ${message}\n`);
-  process.exit(2);
-});
+else
+  main().catch((err: unknown) => {
+    const message = err instanceof ConfigError ? err.message : `failed to start: ${(err as Error).message}`;
+    process.stderr.write(`enclave: ${message}\n`);
+    process.exit(2);
+  });

@@ -5,7 +5,14 @@
 import { USER_DATA_TAGS } from '../../shared/src/attestation/user-data';
 import { RELEASE_VERSION } from '../../shared/src/release';
 import { asKeystoreError, KeystoreError } from '../../shared/src/errors';
-import { ACCEPTED_PROTOCOL_VERSIONS, EnclaveApi, PROTOCOL_VERSION, type EnclaveHealth, type HelloResult, type KmsProxyApi } from '../../shared/src/enclave-api';
+import {
+  ACCEPTED_PROTOCOL_VERSIONS,
+  EnclaveApi,
+  PROTOCOL_VERSION,
+  type EnclaveHealth,
+  type HelloResult,
+  type KmsProxyApi,
+} from '../../shared/src/enclave-api';
 import { serveApi, type RpcClient, type RpcMethod, type RpcServerStats } from '../../shared/src/rpc';
 import type { KeyCache } from './keys/cache';
 import type { KeyVault } from './keys/vault';
@@ -46,7 +53,12 @@ export function hello(theirs: number): HelloResult {
       `protocol version ${theirs} is not supported: this enclave speaks versions ${supportedVersions.join(' and ')}; upgrade the parent`,
     );
   }
-  return { protocolVersion: Math.min(theirs, PROTOCOL_VERSION), supportedVersions, features: Object.keys(EnclaveApi).sort(), enclaveVersion: ENCLAVE_VERSION };
+  return {
+    protocolVersion: Math.min(theirs, PROTOCOL_VERSION),
+    supportedVersions,
+    features: Object.keys(EnclaveApi).sort(),
+    enclaveVersion: ENCLAVE_VERSION,
+  };
 }
 
 export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, RpcMethod>; errors: Record<string, number> } {

@@ -8,7 +8,16 @@
  * each recipient key opens at most one forged answer, a padding-oracle attack makes no progress, and no
  * method lets the parent choose the enclave's evidence (attestation user_data).
  */
-import { constants, createCipheriv, createHash, createPublicKey, generateKeyPairSync, publicEncrypt, randomBytes, type KeyObject } from 'node:crypto';
+import {
+  constants,
+  createCipheriv,
+  createHash,
+  createPublicKey,
+  generateKeyPairSync,
+  publicEncrypt,
+  randomBytes,
+  type KeyObject,
+} from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import { hexToBytes, recoverAddress } from 'viem';
@@ -42,7 +51,12 @@ function recipientOf(p: DecryptParams): KeyObject {
 const recipientHex = (p: DecryptParams) => recipientOf(p).export({ type: 'spki', format: 'der' }).toString('hex');
 
 /** Flips bits of `part` (a unique byte run inside `ber`) at `offset`, as a parent rewriting KMS's answer would. */
-function tamper(answer: KmsDecryptResult, pick: (parts: ReturnType<typeof parseEnvelopedData>) => Buffer, offset: number, mask: number): KmsDecryptResult {
+function tamper(
+  answer: KmsDecryptResult,
+  pick: (parts: ReturnType<typeof parseEnvelopedData>) => Buffer,
+  offset: number,
+  mask: number,
+): KmsDecryptResult {
   const ber = Buffer.from(answer.ciphertextForRecipient, 'base64');
   const part = pick(parseEnvelopedData(ber));
   const at = ber.indexOf(part);
@@ -80,8 +94,10 @@ describe('adversarial parent', () => {
 
   const create = (keyId: string, attest = false) => h.client.call('keys.create', { keyId, attest });
   const health = () => h.client.call('enclave.health', {});
-  const rawSign = (keyId: string, blob: string, n = 1) => peer.call('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
-  const sign = (keyId: string, blob: string, n = 1) => h.client.call('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
+  const rawSign = (keyId: string, blob: string, n = 1) =>
+    peer.call('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
+  const sign = (keyId: string, blob: string, n = 1) =>
+    h.client.call('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
 
   const restart = async (failedOpens: object) => {
     peer.close();
@@ -110,7 +126,10 @@ describe('adversarial parent', () => {
     const forgeries: Forgery[] = [
       ['IV tampered', async (p) => tamper(await h.kmsDecrypt(p), (c) => c.iv, 15, 0x01)],
       ['first content block tampered', async (p) => tamper(await h.kmsDecrypt(p), (c) => c.ciphertext, 0, 0x80)],
-      ['padding block tampered (valid padding 0x01 on the last byte)', async (p) => tamper(await h.kmsDecrypt(p), (c) => c.ciphertext, 31, 0x11)],
+      [
+        'padding block tampered (valid padding 0x01 on the last byte)',
+        async (p) => tamper(await h.kmsDecrypt(p), (c) => c.ciphertext, 31, 0x11),
+      ],
       ['padding block tampered (invalid padding)', async (p) => tamper(await h.kmsDecrypt(p), (c) => c.ciphertext, 31, 0x42)],
       // Only the padding changes; the data key stays genuine: refused all the same (exact shape).
       ['last ciphertext block tampered', async (p) => tamper(await h.kmsDecrypt(p), (c) => c.ciphertext, 40, 0x04)],
@@ -121,15 +140,31 @@ describe('adversarial parent', () => {
       ['a 48-byte data key (64 bytes of content)', (p) => cms(p, randomBytes(48))],
       ['a 16-byte data key (32 bytes of content)', (p) => cms(p, randomBytes(16))],
       ['a 16-byte content key', (p) => cms(p, dek(), { contentKey: randomBytes(16) })],
-      ['a content key wrapped to another RSA key', (p) => ({ ciphertextForRecipient: buildEnvelopedData(dek(), otherRsa).toString('base64'), keyId: p.kmsKeyArn })],
+      [
+        'a content key wrapped to another RSA key',
+        (p) => ({ ciphertextForRecipient: buildEnvelopedData(dek(), otherRsa).toString('base64'), keyId: p.kmsKeyArn }),
+      ],
       ['not CMS', (p) => ({ ciphertextForRecipient: Buffer.from('not cms at all').toString('base64'), keyId: p.kmsKeyArn })],
-      ['a genuine answer labelled with another key id', async (p) => ({ ...(await h.kmsDecrypt(p)), keyId: p.kmsKeyArn.replace(/key\/.*/, 'key/other') })],
+      [
+        'a genuine answer labelled with another key id',
+        async (p) => ({ ...(await h.kmsDecrypt(p)), keyId: p.kmsKeyArn.replace(/key\/.*/, 'key/other') }),
+      ],
       ['a genuine answer with an extra field', async (p) => ({ ...(await h.kmsDecrypt(p)), extra: 1 }) as KmsDecryptResult],
       ['a parent-made blob: its own key under the victim address', (p) => h.kmsDecrypt(p), parentMadeBlob(victim, randomBytes(32))],
       ['a parent-made blob: secret 0', (p) => h.kmsDecrypt(p), parentMadeBlob(victim, new Uint8Array(32))],
       ['a parent-made blob: secret = curve order', (p) => h.kmsDecrypt(p), parentMadeBlob(victim, CURVE_ORDER)],
       // Under the address of the stand-in key the enclave uses when a step failed: only the validity check stops it.
-      ['a parent-made blob: secret 0 under the stand-in address', (p) => h.kmsDecrypt(p), parentMadeBlob({ ...victim, blob: encodeBlob({ ...decodeBlobBase64(victim.blob), address: addressOf(publicKeyOf(DUMMY_SECRET)) }).toString('base64') }, new Uint8Array(32))],
+      [
+        'a parent-made blob: secret 0 under the stand-in address',
+        (p) => h.kmsDecrypt(p),
+        parentMadeBlob(
+          {
+            ...victim,
+            blob: encodeBlob({ ...decodeBlobBase64(victim.blob), address: addressOf(publicKeyOf(DUMMY_SECRET)) }).toString('base64'),
+          },
+          new Uint8Array(32),
+        ),
+      ],
     ];
 
     const before = await health();
@@ -150,7 +185,11 @@ describe('adversarial parent', () => {
     expect(JSON.parse(only as string)).toEqual({
       jsonrpc: '2.0',
       id: 1,
-      error: { code: -32001, message: 'the key could not be unsealed', data: { code: 'KEY_INTEGRITY', retryable: false, reason: 'KEY_INTEGRITY' } },
+      error: {
+        code: -32001,
+        message: 'the key could not be unsealed',
+        data: { code: 'KEY_INTEGRITY', retryable: false, reason: 'KEY_INTEGRITY' },
+      },
     });
     expect(recipients.size).toBe(forgeries.length);
 
@@ -199,7 +238,9 @@ describe('adversarial parent', () => {
     const roots = [fs.readFileSync(h.platform.rootPem, 'utf8')];
     const parentAddress = addressOf(publicKeyOf(randomBytes(32)));
     // attestation.get takes no user data any more.
-    const withUserData = JSON.parse((await peer.call('attestation.get', { userData: `0x${birthUserData('k', parentAddress).toString('hex')}` })).toString('utf8'));
+    const withUserData = JSON.parse(
+      (await peer.call('attestation.get', { userData: `0x${birthUserData('k', parentAddress).toString('hex')}` })).toString('utf8'),
+    );
     expect(withUserData.error.data.code).toBe('INVALID_PARAMS');
     // A nonce of the parent's choosing lands in `nonce`, and user_data is tagged for attestation.get.
     const nonce = birthContent('victim-1', parentAddress);
@@ -208,23 +249,33 @@ describe('adversarial parent', () => {
     const v = verifyAttestation(doc, { trustedRoots: roots, expectedNonce: nonce });
     expect(v.document.userData).toEqual(taggedUserData(USER_DATA_TAGS.attestation, nonce));
     const pcr0 = { 0: h.platform.pcr0 };
-    expect(() => verifyBirthAttestation(doc, { keyId: 'victim-1', address: parentAddress }, { trustedRoots: roots, expectedPcrs: pcr0 })).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
+    expect(() =>
+      verifyBirthAttestation(doc, { keyId: 'victim-1', address: parentAddress }, { trustedRoots: roots, expectedPcrs: pcr0 }),
+    ).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
 
     // A real birth attestation verifies, and only for its own key id and address.
     const born = await create('born-1', true);
     const birth = Buffer.from(born.attestation as string, 'base64');
-    expect(verifyBirthAttestation(birth, born, { trustedRoots: roots, expectedPcrs: { 0: h.platform.pcr0 } }).document.userData).toEqual(birthUserData('born-1', born.address));
-    expect(() => verifyBirthAttestation(birth, { keyId: 'born-1', address: parentAddress }, { trustedRoots: roots, expectedPcrs: pcr0 })).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
+    expect(verifyBirthAttestation(birth, born, { trustedRoots: roots, expectedPcrs: { 0: h.platform.pcr0 } }).document.userData).toEqual(
+      birthUserData('born-1', born.address),
+    );
+    expect(() =>
+      verifyBirthAttestation(birth, { keyId: 'born-1', address: parentAddress }, { trustedRoots: roots, expectedPcrs: pcr0 }),
+    ).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
     // Any image can ask the NSM for any user_data, so a birth is evidence only with the approved PCR0.
-    expect(() => verifyBirthAttestation(birth, born, { trustedRoots: roots, expectedPcrs: {} })).toThrow(expect.objectContaining({ code: 'PCR_REQUIRED' }));
-    expect(() => verifyBirthAttestation(birth, born, { trustedRoots: roots, expectedPcrs: { 0: 'ab'.repeat(48) } })).toThrow(expect.objectContaining({ code: 'PCR_MISMATCH' }));
+    expect(() => verifyBirthAttestation(birth, born, { trustedRoots: roots, expectedPcrs: {} })).toThrow(
+      expect.objectContaining({ code: 'PCR_REQUIRED' }),
+    );
+    expect(() => verifyBirthAttestation(birth, born, { trustedRoots: roots, expectedPcrs: { 0: 'ab'.repeat(48) } })).toThrow(
+      expect.objectContaining({ code: 'PCR_MISMATCH' }),
+    );
 
     // What version 0.1 let the parent mint (user_data = the untagged birth value, straight through
     // attestation.get) is refused as evidence, with the reason.
     const legacy = await nsmDocument(h.platform.nsmSocket, canonicalHash('victim-1', parentAddress));
-    expect(() => verifyBirthAttestation(legacy, { keyId: 'victim-1', address: parentAddress }, { trustedRoots: roots, expectedPcrs: pcr0 })).toThrow(
-      expect.objectContaining({ code: 'LEGACY_BIRTH', message: expect.stringMatching(/not evidence/) }),
-    );
+    expect(() =>
+      verifyBirthAttestation(legacy, { keyId: 'victim-1', address: parentAddress }, { trustedRoots: roots, expectedPcrs: pcr0 }),
+    ).toThrow(expect.objectContaining({ code: 'LEGACY_BIRTH', message: expect.stringMatching(/not evidence/) }));
   });
 
   it('stops reading from a parent that sends and never reads, serves other connections, and answers all once read', async () => {
@@ -328,7 +379,18 @@ function canonicalHash(keyId: string, address: string): Buffer {
 async function nsmDocument(socketPath: string, userData: Buffer): Promise<Buffer> {
   const t = new SocketNsmTransport(socketPath);
   try {
-    const req = encodeCbor(new Map([['Attestation', new Map([['user_data', userData], ['nonce', null], ['public_key', null]])]]));
+    const req = encodeCbor(
+      new Map([
+        [
+          'Attestation',
+          new Map([
+            ['user_data', userData],
+            ['nonce', null],
+            ['public_key', null],
+          ]),
+        ],
+      ]),
+    );
     const res = decodeCbor(await t.request(req)) as Map<string, Map<string, Uint8Array>>;
     return Buffer.from(res.get('Attestation')?.get('document') as Uint8Array);
   } finally {

@@ -23,7 +23,10 @@ describe('enclave program', () => {
 
   beforeAll(async () => {
     // A cache lifetime far beyond the suite's: no test here races it (expiry has its own suite below).
-    h = await startEnclaveHarness(tempRunDir('nks-enc-'), { cache: { ttlMs: 3600_000, maxEntries: 1000 }, failedOpens: { maxFailures: 1000, windowMs: 60_000, cooldownMs: 60_000 } });
+    h = await startEnclaveHarness(tempRunDir('nks-enc-'), {
+      cache: { ttlMs: 3600_000, maxEntries: 1000 },
+      failedOpens: { maxFailures: 1000, windowMs: 60_000, cooldownMs: 60_000 },
+    });
   }, 90_000);
 
   afterAll(async () => {
@@ -35,7 +38,8 @@ describe('enclave program', () => {
     blobs.push(res.blob);
     return res;
   };
-  const sign = (keyId: string, blob: string, n = 1) => h.client.call('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
+  const sign = (keyId: string, blob: string, n = 1) =>
+    h.client.call('keys.sign', { keyId, blob, request: { type: 'digest', digest: digest(n) } });
   const health = () => h.client.call('enclave.health', {});
   const failure = rejection;
 
@@ -45,7 +49,13 @@ describe('enclave program', () => {
     expect(await h.decryptCalls()).toBe(before);
     expect(h.proxyRequests).toHaveLength(0);
     const blob = decodeBlobBase64(key.blob);
-    expect(blob).toMatchObject({ v: 1, alg: 'RSAES_OAEP_SHA_256/A256GCM', kmsKeyArn: h.platform.keyArn, keyId: 'user-1', address: key.address });
+    expect(blob).toMatchObject({
+      v: 1,
+      alg: 'RSAES_OAEP_SHA_256/A256GCM',
+      kmsKeyArn: h.platform.keyArn,
+      keyId: 'user-1',
+      address: key.address,
+    });
     expect(blob.iv).toHaveLength(12);
     expect(blob.ciphertext).toHaveLength(48);
     expect(key.publicKey).toMatch(/^0x04[0-9a-f]{128}$/);
@@ -138,15 +148,31 @@ describe('enclave program', () => {
     // A different address in the header breaks the AAD.
     expect((await failure(sign('victim-3', tamper({ address: '0x000000000000000000000000000000000000dEaD' })))).code).toBe('KEY_INTEGRITY');
     // Anyone can wrap a data key to the (public) KMS key; KMS unwraps it, but it does not open this blob.
-    const otherWrap = publicEncrypt({ key: createPublicKey({ key: Buffer.from(h.platform.kmsPublicKey, 'base64'), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, randomBytes(32));
+    const otherWrap = publicEncrypt(
+      {
+        key: createPublicKey({ key: Buffer.from(h.platform.kmsPublicKey, 'base64'), format: 'der', type: 'spki' }),
+        padding: constants.RSA_PKCS1_OAEP_PADDING,
+        oaepHash: 'sha256',
+      },
+      randomBytes(32),
+    );
     expect((await failure(sign('victim-3', tamper({ wrappedKey: otherWrap })))).code).toBe('KEY_INTEGRITY');
     // Sealed under another KMS key: refused before asking KMS.
-    expect((await failure(sign('victim-3', tamper({ kmsKeyArn: h.platform.keyArn.replace(/key\/.*/, 'key/11111111-2222-3333-4444-555555555555') })))).message).toMatch(/not this enclave's KMS key/);
+    expect(
+      (
+        await failure(
+          sign('victim-3', tamper({ kmsKeyArn: h.platform.keyArn.replace(/key\/.*/, 'key/11111111-2222-3333-4444-555555555555') })),
+        )
+      ).message,
+    ).toMatch(/not this enclave's KMS key/);
     // Not a blob at all, and an unknown version.
     expect((await failure(sign('victim-3', Buffer.from('garbage').toString('base64')))).message).toMatch(/key blob is malformed/);
     const v2 = canonicalCbor({ v: 2 }).toString('base64');
     const unsupported = await failure(sign('victim-3', v2));
-    expect([unsupported.code, unsupported.message]).toEqual(['UNSUPPORTED_VERSION', 'key blob version 2 is not supported (this build reads version 1)']);
+    expect([unsupported.code, unsupported.message]).toEqual([
+      'UNSUPPORTED_VERSION',
+      'key blob version 2 is not supported (this build reads version 1)',
+    ]);
 
     expect((await health()).counters.signs).toBe(signsBefore);
   });
@@ -174,7 +200,11 @@ describe('enclave program', () => {
   it('answers attestation.get with a fresh document carrying the nonce', async () => {
     const nonce = `0x${randomBytes(16).toString('hex')}`;
     const res = await h.client.call('attestation.get', { nonce });
-    const v = verifyAttestation(Buffer.from(res.document, 'base64'), { trustedRoots: [require('node:fs').readFileSync(h.platform.rootPem, 'utf8')], at: new Date(), expectedNonce: Buffer.from(nonce.slice(2), 'hex') });
+    const v = verifyAttestation(Buffer.from(res.document, 'base64'), {
+      trustedRoots: [require('node:fs').readFileSync(h.platform.rootPem, 'utf8')],
+      at: new Date(),
+      expectedNonce: Buffer.from(nonce.slice(2), 'hex'),
+    });
     expect(v.document.pcrs.get(0)?.toString('hex')).toBe(h.platform.pcr0);
     expect((await failure(h.client.call('attestation.get', { nonce: `0x${'00'.repeat(513)}` }))).code).toBe('INVALID_PARAMS');
   });
@@ -206,7 +236,13 @@ describe('enclave program', () => {
     const hh = await health();
     expect(hh).toMatchObject({ status: 'ok', nsm: 'simulated' });
     const d = (k: keyof typeof before) => (hh.counters[k] as number) - (before[k] as number);
-    expect({ creates: d('creates'), signs: d('signs'), cacheHits: d('cacheHits'), cacheMisses: d('cacheMisses'), kmsCalls: d('kmsCalls') }).toEqual({
+    expect({
+      creates: d('creates'),
+      signs: d('signs'),
+      cacheHits: d('cacheHits'),
+      cacheMisses: d('cacheMisses'),
+      kmsCalls: d('kmsCalls'),
+    }).toEqual({
       creates: 1,
       signs: 2,
       cacheHits: 1,

@@ -46,7 +46,13 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
   const platform = await startPlatform(runDir);
   const recorded = new RecordingTransport(new SimulatedVsockTransport(runDir));
   const kms: KMSClient = platform.kms();
-  const harness: Partial<EnclaveHarness> & { proxyRequests: DecryptParams[] } = { platform, recorded, runDir, proxyRequests: [], forge: null };
+  const harness: Partial<EnclaveHarness> & { proxyRequests: DecryptParams[] } = {
+    platform,
+    recorded,
+    runDir,
+    proxyRequests: [],
+    forge: null,
+  };
   const kmsDecrypt = async (p: DecryptParams): Promise<KmsDecryptResult> => {
     try {
       const res = await kms.send(
@@ -57,10 +63,17 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
           Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: Buffer.from(p.attestationDocument, 'base64') },
         }),
       );
-      return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'), keyId: res.KeyId as string };
+      return {
+        ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'),
+        keyId: res.KeyId as string,
+      };
     } catch (err) {
       const name = (err as Error).name;
-      throw new KeystoreError(name === 'AccessDeniedException' ? 'KMS_ACCESS_DENIED' : 'KMS_UNAVAILABLE', `KMS ${name}: ${(err as Error).message}`, { cause: err });
+      throw new KeystoreError(
+        name === 'AccessDeniedException' ? 'KMS_ACCESS_DENIED' : 'KMS_UNAVAILABLE',
+        `KMS ${name}: ${(err as Error).message}`,
+        { cause: err },
+      );
     }
   };
   harness.kmsDecrypt = kmsDecrypt;
@@ -89,7 +102,13 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
   harness.enclave = await launch();
   harness.configFile = configFile;
 
-  const client = new RpcClient<EnclaveApi>({ name: 'test-parent', transport: recorded, address: ENCLAVE_ADDRESS, logger: silentLogger(), defaultDeadlineMs: 15_000 });
+  const client = new RpcClient<EnclaveApi>({
+    name: 'test-parent',
+    transport: recorded,
+    address: ENCLAVE_ADDRESS,
+    logger: silentLogger(),
+    defaultDeadlineMs: 15_000,
+  });
   await client.waitConnected(5000);
   harness.client = client;
 

@@ -28,7 +28,11 @@ const endless = { type: 'typedData', typedData: chainedTypes(250, 20_000) } as u
 
 type Slots = Array<{ worker: Worker; heavy: number; queue: number[] }>;
 const slotsOf = (pool: SignerPool) => (pool as unknown as { slots: Slots }).slots;
-const settle = <T>(p: Promise<T>) => p.then((v) => v as T | KeystoreError, (e: unknown) => e as KeystoreError);
+const settle = <T>(p: Promise<T>) =>
+  p.then(
+    (v) => v as T | KeystoreError,
+    (e: unknown) => e as KeystoreError,
+  );
 
 describe('signer pool with signer threads', () => {
   let pool: SignerPool;
@@ -41,7 +45,19 @@ describe('signer pool with signer threads', () => {
     const requests = [
       digest(0xab),
       SignRequestSchema.parse({ type: 'message', message: 'hello' }),
-      SignRequestSchema.parse({ type: 'transaction', transaction: { type: 'eip1559', chainId: 1, nonce: 0, to: ADDRESS, gas: '21000', maxFeePerGas: '2', maxPriorityFeePerGas: '1', value: '5' } }),
+      SignRequestSchema.parse({
+        type: 'transaction',
+        transaction: {
+          type: 'eip1559',
+          chainId: 1,
+          nonce: 0,
+          to: ADDRESS,
+          gas: '21000',
+          maxFeePerGas: '2',
+          maxPriorityFeePerGas: '1',
+          value: '5',
+        },
+      }),
       typed,
     ];
     const secret = new Uint8Array(KEY);
@@ -51,7 +67,10 @@ describe('signer pool with signer threads', () => {
   });
 
   it('passes signing errors back with their reason', async () => {
-    const bad = SignRequestSchema.parse({ type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'x' } } });
+    const bad = SignRequestSchema.parse({
+      type: 'typedData',
+      typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'x' } },
+    });
     await expect(pool.sign(bad, new Uint8Array(KEY), ADDRESS)).rejects.toMatchObject({ code: 'INVALID_PARAMS' });
   });
 
@@ -87,7 +106,11 @@ describe('signer pool with signer threads', () => {
     // exit is handled before any later event-loop turn, so it cannot be left hanging).
     const failed = await Promise.race([long, new Promise((r) => setImmediate(() => r('still pending after its thread exited')))]);
     expect(failed).toBeInstanceOf(KeystoreError);
-    expect([(failed as KeystoreError).code, (failed as KeystoreError).retryable, (failed as KeystoreError).message]).toEqual(['UNAVAILABLE', true, 'a signer thread stopped; retry']);
+    expect([(failed as KeystoreError).code, (failed as KeystoreError).retryable, (failed as KeystoreError).message]).toEqual([
+      'UNAVAILABLE',
+      true,
+      'a signer thread stopped; retry',
+    ]);
     // The others either failed the same way (queued behind on the stopped thread) or were signed correctly.
     const settled = await others;
     settled.forEach((o, i) => {
@@ -128,9 +151,13 @@ describe('signer pool with one signer thread (a 2-vCPU enclave)', () => {
       await pool.sign(digest(1), new Uint8Array(KEY), ADDRESS); // the thread is up
       let typedDone = false;
       const busy = settle(pool.sign(endless, new Uint8Array(KEY), ADDRESS)).finally(() => (typedDone = true));
-      const results = await Promise.all([digest(2), SignRequestSchema.parse({ type: 'message', message: 'hi' })].map((r) => pool.sign(r, new Uint8Array(KEY), ADDRESS)));
+      const results = await Promise.all(
+        [digest(2), SignRequestSchema.parse({ type: 'message', message: 'hi' })].map((r) => pool.sign(r, new Uint8Array(KEY), ADDRESS)),
+      );
       expect(typedDone).toBe(false); // answered while the thread was still hashing
-      expect(results).toEqual([digest(2), SignRequestSchema.parse({ type: 'message', message: 'hi' })].map((r) => signRequest(r, KEY, ADDRESS)));
+      expect(results).toEqual(
+        [digest(2), SignRequestSchema.parse({ type: 'message', message: 'hi' })].map((r) => signRequest(r, KEY, ADDRESS)),
+      );
       expect(await busy).toMatchObject({ code: 'TIMEOUT' });
       // With nothing costly in hand, the thread signs everything again.
       const post = jest.spyOn(Worker.prototype, 'postMessage');
@@ -205,7 +232,18 @@ describe('signer pool with no signer threads configured (one vCPU)', () => {
   it('sends messages, transactions and user operations of more than a few KiB to its thread too', async () => {
     const large = [
       SignRequestSchema.parse({ type: 'message', message: 'x'.repeat(100_000) }),
-      SignRequestSchema.parse({ type: 'transaction', transaction: { type: 'eip2930', chainId: 1, nonce: 0, to: ADDRESS, gas: '1', gasPrice: '1', accessList: [{ address: ADDRESS, storageKeys: Array.from({ length: 500 }, (_, i) => `0x${i.toString(16).padStart(64, '0')}`) }] } }),
+      SignRequestSchema.parse({
+        type: 'transaction',
+        transaction: {
+          type: 'eip2930',
+          chainId: 1,
+          nonce: 0,
+          to: ADDRESS,
+          gas: '1',
+          gasPrice: '1',
+          accessList: [{ address: ADDRESS, storageKeys: Array.from({ length: 500 }, (_, i) => `0x${i.toString(16).padStart(64, '0')}`) }],
+        },
+      }),
     ];
     const small = [
       SignRequestSchema.parse({ type: 'message', message: 'x'.repeat(1000) }),

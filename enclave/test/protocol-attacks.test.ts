@@ -46,7 +46,10 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
           Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: Buffer.from(p.attestationDocument, 'base64') },
         }),
       );
-      return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'), keyId: res.KeyId as string };
+      return {
+        ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'),
+        keyId: res.KeyId as string,
+      };
     };
     listener = await transport.listen(PROXY, (raw) => {
       const framed: FramedConnection = new FramedConnection(raw, {
@@ -54,7 +57,9 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
           const req = msg as Req;
           asked.push(req);
           void (async () => {
-            const out = responder ? await responder(req, genuineFor(req.params)) : [{ jsonrpc: '2.0', id: req.id, result: await genuineFor(req.params)() }];
+            const out = responder
+              ? await responder(req, genuineFor(req.params))
+              : [{ jsonrpc: '2.0', id: req.id, result: await genuineFor(req.params)() }];
             for (const m of out) framed.send(m);
           })();
         },
@@ -98,7 +103,20 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
   it('answers every Object.prototype name as an unknown method, and stays whole', async () => {
     const p = await peer();
     try {
-      const names = ['__proto__', 'constructor', 'toString', 'valueOf', 'hasOwnProperty', 'isPrototypeOf', 'propertyIsEnumerable', 'toLocaleString', '__defineGetter__', '__lookupGetter__', '__defineSetter__', '__lookupSetter__'];
+      const names = [
+        '__proto__',
+        'constructor',
+        'toString',
+        'valueOf',
+        'hasOwnProperty',
+        'isPrototypeOf',
+        'propertyIsEnumerable',
+        'toLocaleString',
+        '__defineGetter__',
+        '__lookupGetter__',
+        '__defineSetter__',
+        '__lookupSetter__',
+      ];
       for (const name of names) {
         const res = await p.callJson(name, {});
         expect(res.error?.data).toEqual({ code: 'METHOD_NOT_FOUND', retryable: false, reason: 'METHOD_NOT_FOUND' });
@@ -144,9 +162,23 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
       for (const [i, c] of conns.entries()) {
         const before = (await health(c)).counters;
         responder = (req) => [{ jsonrpc: '2.0', id: req.id, result: { ciphertextForRecipient: 'AAAA', keyId: req.params.kmsKeyArn } }];
-        forged.add((await c.call('keys.sign', { keyId: 'pa-victim', blob: made.blob, request: { type: 'digest', digest: digest(i) } })).toString());
-        responder = (req) => [{ jsonrpc: '2.0', id: req.id, error: { code: -32010, message: 'KMS AccessDeniedException: no', data: { code: 'KMS_ACCESS_DENIED', retryable: false, reason: 'KMS_ACCESS_DENIED' } } }];
-        kmsErr.add((await c.call('keys.sign', { keyId: 'pa-victim', blob: made.blob, request: { type: 'digest', digest: digest(i) } })).toString());
+        forged.add(
+          (await c.call('keys.sign', { keyId: 'pa-victim', blob: made.blob, request: { type: 'digest', digest: digest(i) } })).toString(),
+        );
+        responder = (req) => [
+          {
+            jsonrpc: '2.0',
+            id: req.id,
+            error: {
+              code: -32010,
+              message: 'KMS AccessDeniedException: no',
+              data: { code: 'KMS_ACCESS_DENIED', retryable: false, reason: 'KMS_ACCESS_DENIED' },
+            },
+          },
+        ];
+        kmsErr.add(
+          (await c.call('keys.sign', { keyId: 'pa-victim', blob: made.blob, request: { type: 'digest', digest: digest(i) } })).toString(),
+        );
         const after = (await health(c)).counters;
         expect(after.failedOpens - before.failedOpens).toBe(1);
         expect(after.kmsErrors - before.kmsErrors).toBe(1);
@@ -168,17 +200,26 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
         ['result a string', (id) => ({ jsonrpc: '2.0', id, result: 'MIIB' })],
         ['result an array', (id) => ({ jsonrpc: '2.0', id, result: ['x'] })],
         ['result with a numeric ciphertext', (id, arn) => ({ jsonrpc: '2.0', id, result: { ciphertextForRecipient: 5, keyId: arn } })],
-        ['result with __proto__ fields', (id, arn) => JSON.parse(`{"jsonrpc":"2.0","id":${id},"result":{"__proto__":{"ciphertextForRecipient":"AAAA"},"keyId":"${arn}"}}`)],
+        [
+          'result with __proto__ fields',
+          (id, arn) => JSON.parse(`{"jsonrpc":"2.0","id":${id},"result":{"__proto__":{"ciphertextForRecipient":"AAAA"},"keyId":"${arn}"}}`),
+        ],
       ];
       const answers = new Set<string>();
       const before = (await health(p)).counters;
       for (const [, shape] of shapes) {
         responder = (req) => [shape(req.id, req.params.kmsKeyArn)];
-        answers.add((await p.call('keys.sign', { keyId: 'pa-shape', blob: made.blob, request: { type: 'digest', digest: digest(1) } })).toString());
+        answers.add(
+          (await p.call('keys.sign', { keyId: 'pa-shape', blob: made.blob, request: { type: 'digest', digest: digest(1) } })).toString(),
+        );
       }
       const after = (await health(p)).counters;
       expect(answers.size).toBe(1);
-      expect(JSON.parse([...answers][0]!).error).toEqual({ code: -32001, message: 'the key could not be unsealed', data: { code: 'KEY_INTEGRITY', retryable: false, reason: 'KEY_INTEGRITY' } });
+      expect(JSON.parse([...answers][0]!).error).toEqual({
+        code: -32001,
+        message: 'the key could not be unsealed',
+        data: { code: 'KEY_INTEGRITY', retryable: false, reason: 'KEY_INTEGRITY' },
+      });
       expect(after.failedOpens - before.failedOpens).toBe(shapes.length);
       expect(after.signs).toBe(before.signs);
       // An envelope with neither result nor error is not an answer at all (the client ignores it): TIMEOUT, no open.

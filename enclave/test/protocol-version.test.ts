@@ -6,7 +6,14 @@
  * checks: the same bad request gets the same answer whatever was agreed.
  */
 import { recoverAddress } from 'viem';
-import { ACCEPTED_PROTOCOL_VERSIONS, EnclaveApi, PROTOCOL_VERSION, type CreateResult, type HelloResult, type SignResult } from '../../shared/src/enclave-api';
+import {
+  ACCEPTED_PROTOCOL_VERSIONS,
+  EnclaveApi,
+  PROTOCOL_VERSION,
+  type CreateResult,
+  type HelloResult,
+  type SignResult,
+} from '../../shared/src/enclave-api';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { RawPeer } from '../../test/support/raw-peer';
 import { hello } from '../src/methods';
@@ -35,7 +42,12 @@ describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
 
   it('agrees version 2 with a version-2 parent, and names what it serves', async () => {
     const hello: HelloResult = await h.client.call('enclave.hello', { protocolVersion: 2 });
-    expect(hello).toEqual({ protocolVersion: 2, supportedVersions: [1, 2], features: Object.keys(EnclaveApi).sort(), enclaveVersion: expect.stringMatching(/^\d+\.\d+\.\d+$/) });
+    expect(hello).toEqual({
+      protocolVersion: 2,
+      supportedVersions: [1, 2],
+      features: Object.keys(EnclaveApi).sort(),
+      enclaveVersion: expect.stringMatching(/^\d+\.\d+\.\d+$/),
+    });
   });
 
   it('agrees version 1 with a parent that asks for it, and its own with a newer parent (which then decides)', async () => {
@@ -54,7 +66,8 @@ describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
     // A version-1 parent never calls enclave.hello and reads `data.reason`.
     const made = (await peer.callJson('keys.create', { keyId: 'v1-parent' })).result as CreateResult;
     expect(made.address).toMatch(/^0x[0-9a-fA-F]{40}$/);
-    const signed = (await peer.callJson('keys.sign', { keyId: 'v1-parent', blob: made.blob, request: { type: 'digest', digest } })).result as SignResult;
+    const signed = (await peer.callJson('keys.sign', { keyId: 'v1-parent', blob: made.blob, request: { type: 'digest', digest } }))
+      .result as SignResult;
     expect(await recoverAddress({ hash: digest, signature: signed.signature })).toBe(made.address);
     const bad = await peer.callJson('keys.sign', { keyId: 'v1-parent', blob: made.blob, request: { type: 'digest' } });
     expect(bad.error?.data).toEqual({ code: 'INVALID_PARAMS', reason: 'INVALID_PARAMS', retryable: false });

@@ -40,7 +40,7 @@ describe('enclave signing with one vCPU (signing.workers 0)', () => {
     expect(await recoverTypedDataAddress(Object.assign({}, typedData, { signature: res.signature }) as never)).toBe(key.address);
   });
 
-  it('answers health checks and signs digests while typed data at the budget\'s limit is being hashed', async () => {
+  it("answers health checks and signs digests while typed data at the budget's limit is being hashed", async () => {
     const order: string[] = [];
     const heavy = sign({ type: 'typedData', typedData: payloads.atLimitStructs() }).then((r) => (order.push('typed data'), r));
     const checked = health().then((r) => (order.push('health'), r));
@@ -59,13 +59,18 @@ describe('enclave signing with one vCPU (signing.workers 0)', () => {
     const authorization = { chainId: 0, address: '0x63c0c19a282a1B52b07dD5a65b58948A07DAE32B' as Hex, nonce: 0 };
     const err = await rejection(sign({ type: 'authorization', authorization }));
     expect([err.code, err.retryable]).toEqual(['INVALID_PARAMS', false]);
-    expect(err.message).toBe('params.request.authorization.chainId: chain id 0 makes the delegation valid on every chain; refused unless the request also says "allowAllChains": true');
+    expect(err.message).toBe(
+      'params.request.authorization.chainId: chain id 0 makes the delegation valid on every chain; refused unless the request also says "allowAllChains": true',
+    );
     const res = await sign({ type: 'authorization', authorization, allowAllChains: true });
     expect(await recoverAddress({ hash: res.hash, signature: res.signature })).toBe(key.address);
   });
 
   it('refuses an EIP712Domain type that would leave domain fields out of the hash', async () => {
-    const typedData = { ...payloads.permit2Batch(1), types: { ...payloads.permit2Batch(1).types, EIP712Domain: [{ name: 'name', type: 'string' }] } };
+    const typedData = {
+      ...payloads.permit2Batch(1),
+      types: { ...payloads.permit2Batch(1).types, EIP712Domain: [{ name: 'name', type: 'string' }] },
+    };
     const err = await rejection(sign({ type: 'typedData', typedData }));
     expect(err.code).toBe('INVALID_PARAMS');
     expect(err.message).toMatch(/^params\.request\.typedData\.types\.EIP712Domain: must list exactly the fields present in domain/);

@@ -2,8 +2,31 @@
  * Every signing type, with fixed test keys, against ethers v6 and viem: signature, hash and serialized
  * transaction must be identical, and every signature must recover to the key's address.
  */
-import { AbiCoder, Signature, SigningKey, Transaction, TypedDataEncoder, Wallet, concat, getBytes, hashMessage as ethersHashMessage, keccak256 as ethersKeccak, recoverAddress, toBeHex, zeroPadValue, type TypedDataDomain } from 'ethers';
-import { getAddress, hashTypedData, keccak256, recoverAddress as viemRecoverAddress, recoverMessageAddress, recoverTypedDataAddress, type Hex } from 'viem';
+import {
+  AbiCoder,
+  Signature,
+  SigningKey,
+  Transaction,
+  TypedDataEncoder,
+  Wallet,
+  concat,
+  getBytes,
+  hashMessage as ethersHashMessage,
+  keccak256 as ethersKeccak,
+  recoverAddress,
+  toBeHex,
+  zeroPadValue,
+  type TypedDataDomain,
+} from 'ethers';
+import {
+  getAddress,
+  hashTypedData,
+  keccak256,
+  recoverAddress as viemRecoverAddress,
+  recoverMessageAddress,
+  recoverTypedDataAddress,
+  type Hex,
+} from 'viem';
 import { privateKeyToAccount, sign as viemSign } from 'viem/accounts';
 import { getUserOperationHash } from 'viem/account-abstraction';
 import { hexToBytes } from 'viem';
@@ -44,7 +67,11 @@ describe.each(KEYS)('signing with key %s', (key) => {
     expect(recoverAddress(digest, res.signature)).toBe(wallet.address);
   });
 
-  it.each([['a string', 'hello nitro-keystore ✓'], ['an empty string', ''], ['raw bytes', { raw: '0xdeadbeef00' }]] as const)('signs an EIP-191 message: %s', async (_name, message) => {
+  it.each([
+    ['a string', 'hello nitro-keystore ✓'],
+    ['an empty string', ''],
+    ['raw bytes', { raw: '0xdeadbeef00' }],
+  ] as const)('signs an EIP-191 message: %s', async (_name, message) => {
     const res = sign(key, { type: 'message', message });
     const ethersSig = await wallet.signMessage(typeof message === 'string' ? message : getBytes(message.raw));
     expect(res.signature).toBe(ethersSig);
@@ -54,7 +81,13 @@ describe.each(KEYS)('signing with key %s', (key) => {
   });
 
   it('signs EIP-712 v4 typed data with nested structs and arrays', async () => {
-    const domain = { name: 'Ether Mail', version: '1', chainId: 1, verifyingContract: '0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC' as const, salt: keccak256('0x01') };
+    const domain = {
+      name: 'Ether Mail',
+      version: '1',
+      chainId: 1,
+      verifyingContract: '0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC' as const,
+      salt: keccak256('0x01'),
+    };
     const types = {
       Person: [
         { name: 'name', type: 'string' },
@@ -71,13 +104,25 @@ describe.each(KEYS)('signing with key %s', (key) => {
     };
     const message = {
       from: { name: 'Cow', wallets: ['0xCD2a3d9F938E13CD947Ec05AbC7FE734Df8DD826', '0xDeaDbeefdEAdbeefdEadbEEFdeadbeEFdEaDbeeF'] },
-      to: [{ name: 'Bob', wallets: ['0xbBbBBBBbbBBBbbbBbbBbbbbBBbBbbbbBbBbbBBbB'] }, { name: 'Alice', wallets: [] }],
+      to: [
+        { name: 'Bob', wallets: ['0xbBbBBBBbbBBBbbbBbbBbbbbBBbBbbbbBbBbbBBbB'] },
+        { name: 'Alice', wallets: [] },
+      ],
       contents: 'Hello, Bob!',
       amounts: ['1', '0x10'],
       attachment: '0xcafe',
       flags: [true, false],
     };
-    const withDomainType = { EIP712Domain: [{ name: 'name', type: 'string' }, { name: 'version', type: 'string' }, { name: 'chainId', type: 'uint256' }, { name: 'verifyingContract', type: 'address' }, { name: 'salt', type: 'bytes32' }], ...types };
+    const withDomainType = {
+      EIP712Domain: [
+        { name: 'name', type: 'string' },
+        { name: 'version', type: 'string' },
+        { name: 'chainId', type: 'uint256' },
+        { name: 'verifyingContract', type: 'address' },
+        { name: 'salt', type: 'bytes32' },
+      ],
+      ...types,
+    };
     const res = sign(key, { type: 'typedData', typedData: { domain, types: withDomainType, primaryType: 'Mail', message } });
     expect(res.signature).toBe(await wallet.signTypedData(domain, types, message));
     expect(res.hash).toBe(TypedDataEncoder.hash(domain, types, message));
@@ -106,11 +151,55 @@ describe.each(KEYS)('signing with key %s', (key) => {
 
   const to = '0x70997970C51812dc3A010C7d01b50e0d17dc79C8' as const;
   const txCases = [
-    ['legacy with EIP-155', { type: 'legacy', chainId: 1, nonce: 7, to, value: '1000000000000000000', gas: '21000', gasPrice: '20000000000', data: '0x' }],
-    ['legacy contract creation', { type: 'legacy', chainId: 137, nonce: 0, gas: '0x100000', gasPrice: '0x3b9aca00', data: '0x6080604052348015600f57600080fd5b50' }],
-    ['EIP-2930', { type: 'eip2930', chainId: 10, nonce: '3', to, value: '0', gas: '50000', gasPrice: '1000', accessList: [{ address: to, storageKeys: [keccak256('0x01')] }], data: '0xa9059cbb' }],
-    ['EIP-1559', { type: 'eip1559', chainId: 8453, nonce: 12, to, value: '0x2386f26fc10000', gas: '21000', maxFeePerGas: '30000000000', maxPriorityFeePerGas: '1000000000' }],
-    ['EIP-1559 contract creation (to: null)', { type: 'eip1559', chainId: 1, nonce: 1, to: null, value: '0', gas: '900000', maxFeePerGas: '30000000000', maxPriorityFeePerGas: '1', data: '0x6080604052' }],
+    [
+      'legacy with EIP-155',
+      { type: 'legacy', chainId: 1, nonce: 7, to, value: '1000000000000000000', gas: '21000', gasPrice: '20000000000', data: '0x' },
+    ],
+    [
+      'legacy contract creation',
+      { type: 'legacy', chainId: 137, nonce: 0, gas: '0x100000', gasPrice: '0x3b9aca00', data: '0x6080604052348015600f57600080fd5b50' },
+    ],
+    [
+      'EIP-2930',
+      {
+        type: 'eip2930',
+        chainId: 10,
+        nonce: '3',
+        to,
+        value: '0',
+        gas: '50000',
+        gasPrice: '1000',
+        accessList: [{ address: to, storageKeys: [keccak256('0x01')] }],
+        data: '0xa9059cbb',
+      },
+    ],
+    [
+      'EIP-1559',
+      {
+        type: 'eip1559',
+        chainId: 8453,
+        nonce: 12,
+        to,
+        value: '0x2386f26fc10000',
+        gas: '21000',
+        maxFeePerGas: '30000000000',
+        maxPriorityFeePerGas: '1000000000',
+      },
+    ],
+    [
+      'EIP-1559 contract creation (to: null)',
+      {
+        type: 'eip1559',
+        chainId: 1,
+        nonce: 1,
+        to: null,
+        value: '0',
+        gas: '900000',
+        maxFeePerGas: '30000000000',
+        maxPriorityFeePerGas: '1',
+        data: '0x6080604052',
+      },
+    ],
   ] as const;
 
   it.each(txCases)('signs a %s transaction identically to ethers and viem', async (_name, transaction) => {
@@ -124,7 +213,9 @@ describe.each(KEYS)('signing with key %s', (key) => {
       gasLimit: BigInt(transaction.gas),
       data: 'data' in transaction ? transaction.data : '0x',
       ...('gasPrice' in transaction ? { gasPrice: BigInt(transaction.gasPrice) } : {}),
-      ...('maxFeePerGas' in transaction ? { maxFeePerGas: BigInt(transaction.maxFeePerGas), maxPriorityFeePerGas: BigInt(transaction.maxPriorityFeePerGas) } : {}),
+      ...('maxFeePerGas' in transaction
+        ? { maxFeePerGas: BigInt(transaction.maxFeePerGas), maxPriorityFeePerGas: BigInt(transaction.maxPriorityFeePerGas) }
+        : {}),
       ...('accessList' in transaction ? { accessList: transaction.accessList as never } : {}),
     });
     expect(res.serializedTransaction).toBe(await wallet.signTransaction(tx));
@@ -136,7 +227,9 @@ describe.each(KEYS)('signing with key %s', (key) => {
       value: 'value' in transaction ? BigInt(transaction.value) : undefined,
       gas: BigInt(transaction.gas),
       ...('gasPrice' in transaction ? { gasPrice: BigInt(transaction.gasPrice) } : {}),
-      ...('maxFeePerGas' in transaction ? { maxFeePerGas: BigInt(transaction.maxFeePerGas), maxPriorityFeePerGas: BigInt(transaction.maxPriorityFeePerGas) } : {}),
+      ...('maxFeePerGas' in transaction
+        ? { maxFeePerGas: BigInt(transaction.maxFeePerGas), maxPriorityFeePerGas: BigInt(transaction.maxPriorityFeePerGas) }
+        : {}),
     };
     expect(await account.signTransaction(viemTx as never)).toBe(res.serializedTransaction);
     const parsed = Transaction.from(res.serializedTransaction);
@@ -163,9 +256,24 @@ describe.each(KEYS)('signing with key %s', (key) => {
       authorizationList: [{ address: to, chainId: 1, nonce: 5, r: auth.r, s: auth.s, yParity: auth.yParity }],
     };
     const res = sign(key, { type: 'transaction', transaction });
-    const viemSigned = await account.signTransaction({ ...transaction, gas: 100000n, maxFeePerGas: 30000000000n, maxPriorityFeePerGas: 1000000000n, authorizationList: [viemAuth] });
+    const viemSigned = await account.signTransaction({
+      ...transaction,
+      gas: 100000n,
+      maxFeePerGas: 30000000000n,
+      maxPriorityFeePerGas: 1000000000n,
+      authorizationList: [viemAuth],
+    });
     expect(res.serializedTransaction).toBe(viemSigned);
-    const ethersSigned = await wallet.signTransaction({ type: 4, chainId: 1, nonce: 6, to: account.address, gasLimit: 100000n, maxFeePerGas: 30000000000n, maxPriorityFeePerGas: 1000000000n, authorizationList: [ethersAuth] });
+    const ethersSigned = await wallet.signTransaction({
+      type: 4,
+      chainId: 1,
+      nonce: 6,
+      to: account.address,
+      gasLimit: 100000n,
+      maxFeePerGas: 30000000000n,
+      maxPriorityFeePerGas: 1000000000n,
+      authorizationList: [ethersAuth],
+    });
     expect(res.serializedTransaction).toBe(ethersSigned);
   });
 
@@ -200,14 +308,33 @@ describe.each(KEYS)('signing with key %s', (key) => {
     // Independent userOpHash with ethers' ABI coder.
     const packed = abi.encode(
       ['address', 'uint256', 'bytes32', 'bytes32', 'uint256', 'uint256', 'uint256', 'uint256', 'uint256', 'bytes32'],
-      [userOperation.sender, userOperation.nonce, ethersKeccak('0x'), ethersKeccak(userOperation.callData), userOperation.callGasLimit, userOperation.verificationGasLimit, userOperation.preVerificationGas, userOperation.maxFeePerGas, userOperation.maxPriorityFeePerGas, ethersKeccak('0x')],
+      [
+        userOperation.sender,
+        userOperation.nonce,
+        ethersKeccak('0x'),
+        ethersKeccak(userOperation.callData),
+        userOperation.callGasLimit,
+        userOperation.verificationGasLimit,
+        userOperation.preVerificationGas,
+        userOperation.maxFeePerGas,
+        userOperation.maxPriorityFeePerGas,
+        ethersKeccak('0x'),
+      ],
     );
     const userOpHash = ethersKeccak(abi.encode(['bytes32', 'address', 'uint256'], [ethersKeccak(packed), entryPoint06, 11155111]));
     expect(res.userOperationHash).toBe(userOpHash);
     expect(res.signature).toBe(await wallet.signMessage(getBytes(userOpHash)));
     expect(res.signature).toBe(await account.signMessage({ message: { raw: userOpHash as Hex } }));
     // The signature field of the input is ignored.
-    expect(sign(key, { type: 'userOperation', version: '0.6', chainId: 11155111, entryPoint: entryPoint06, userOperation: { ...userOperation, signature: '0x' } }).signature).toBe(res.signature);
+    expect(
+      sign(key, {
+        type: 'userOperation',
+        version: '0.6',
+        chainId: 11155111,
+        entryPoint: entryPoint06,
+        userOperation: { ...userOperation, signature: '0x' },
+      }).signature,
+    ).toBe(res.signature);
   });
 
   it('signs a v0.7 UserOperation (factory and paymaster fields packed as the EntryPoint does)', async () => {
@@ -232,10 +359,24 @@ describe.each(KEYS)('signing with key %s', (key) => {
     const initCode = concat([userOperation.factory, userOperation.factoryData]);
     const accountGasLimits = concat([u128(userOperation.verificationGasLimit), u128(userOperation.callGasLimit)]);
     const gasFees = concat([u128(userOperation.maxPriorityFeePerGas), u128(userOperation.maxFeePerGas)]);
-    const paymasterAndData = concat([userOperation.paymaster, u128(userOperation.paymasterVerificationGasLimit), u128(userOperation.paymasterPostOpGasLimit), userOperation.paymasterData]);
+    const paymasterAndData = concat([
+      userOperation.paymaster,
+      u128(userOperation.paymasterVerificationGasLimit),
+      u128(userOperation.paymasterPostOpGasLimit),
+      userOperation.paymasterData,
+    ]);
     const packed = abi.encode(
       ['address', 'uint256', 'bytes32', 'bytes32', 'bytes32', 'uint256', 'bytes32', 'bytes32'],
-      [userOperation.sender, userOperation.nonce, ethersKeccak(initCode), ethersKeccak(userOperation.callData), accountGasLimits, userOperation.preVerificationGas, gasFees, ethersKeccak(paymasterAndData)],
+      [
+        userOperation.sender,
+        userOperation.nonce,
+        ethersKeccak(initCode),
+        ethersKeccak(userOperation.callData),
+        accountGasLimits,
+        userOperation.preVerificationGas,
+        gasFees,
+        ethersKeccak(paymasterAndData),
+      ],
     );
     const userOpHash = ethersKeccak(abi.encode(['bytes32', 'address', 'uint256'], [ethersKeccak(packed), entryPoint07, 8453]));
     expect(res.userOperationHash).toBe(userOpHash);
@@ -244,7 +385,18 @@ describe.each(KEYS)('signing with key %s', (key) => {
         chainId: 8453,
         entryPointAddress: entryPoint07,
         entryPointVersion: '0.7',
-        userOperation: { ...userOperation, nonce: 0n, callGasLimit: 100000n, verificationGasLimit: 300000n, preVerificationGas: 50000n, maxFeePerGas: 2000000000n, maxPriorityFeePerGas: 1000000000n, paymasterVerificationGasLimit: 60000n, paymasterPostOpGasLimit: 10000n, signature: '0x' },
+        userOperation: {
+          ...userOperation,
+          nonce: 0n,
+          callGasLimit: 100000n,
+          verificationGasLimit: 300000n,
+          preVerificationGas: 50000n,
+          maxFeePerGas: 2000000000n,
+          maxPriorityFeePerGas: 1000000000n,
+          paymasterVerificationGasLimit: 60000n,
+          paymasterPostOpGasLimit: 10000n,
+          signature: '0x',
+        },
       }),
     ).toBe(userOpHash);
     expect(res.signature).toBe(await wallet.signMessage(getBytes(userOpHash)));
@@ -270,16 +422,39 @@ describe('sign request validation', () => {
     ['an unknown type', { type: 'psbt', digest: '0x' }],
     ['a short digest', { type: 'digest', digest: '0x1234' }],
     ['an unknown field', { type: 'digest', digest: `0x${'00'.repeat(32)}`, extra: 1 }],
-    ['a transaction without chain id', { type: 'transaction', transaction: { type: 'eip1559', nonce: 0, maxFeePerGas: '1', maxPriorityFeePerGas: '1' } }],
+    [
+      'a transaction without chain id',
+      { type: 'transaction', transaction: { type: 'eip1559', nonce: 0, maxFeePerGas: '1', maxPriorityFeePerGas: '1' } },
+    ],
     ['an EIP-4844 transaction', { type: 'transaction', transaction: { type: 'eip4844', chainId: 1, nonce: 0 } }],
     ['a negative value', { type: 'transaction', transaction: { type: 'legacy', chainId: 1, nonce: 0, gasPrice: '1', value: '-1' } }],
-    ['a value above uint256', { type: 'transaction', transaction: { type: 'legacy', chainId: 1, nonce: 0, gasPrice: '1', value: `0x1${'0'.repeat(64)}` } }],
+    [
+      'a value above uint256',
+      { type: 'transaction', transaction: { type: 'legacy', chainId: 1, nonce: 0, gasPrice: '1', value: `0x1${'0'.repeat(64)}` } },
+    ],
     ['a float nonce', { type: 'transaction', transaction: { type: 'legacy', chainId: 1, nonce: 1.5, gasPrice: '1' } }],
     ['a bad address', { type: 'authorization', authorization: { chainId: 1, address: '0x1234', nonce: 0 } }],
     ['odd-length hex', { type: 'message', message: { raw: '0xabc' } }],
-    ['a user operation of an unknown version', { type: 'userOperation', version: '0.8', chainId: 1, entryPoint: `0x${'11'.repeat(20)}`, userOperation: {} }],
-    ['an authorization for every chain without allowAllChains', { type: 'authorization', authorization: { chainId: 0, address: `0x${'11'.repeat(20)}`, nonce: 0 } }],
-    ['an EIP712Domain type that leaves out domain fields', { type: 'typedData', typedData: { domain: { name: 'x', chainId: 1 }, types: { EIP712Domain: [{ name: 'name', type: 'string' }], M: [] }, primaryType: 'M', message: {} } }],
+    [
+      'a user operation of an unknown version',
+      { type: 'userOperation', version: '0.8', chainId: 1, entryPoint: `0x${'11'.repeat(20)}`, userOperation: {} },
+    ],
+    [
+      'an authorization for every chain without allowAllChains',
+      { type: 'authorization', authorization: { chainId: 0, address: `0x${'11'.repeat(20)}`, nonce: 0 } },
+    ],
+    [
+      'an EIP712Domain type that leaves out domain fields',
+      {
+        type: 'typedData',
+        typedData: {
+          domain: { name: 'x', chainId: 1 },
+          types: { EIP712Domain: [{ name: 'name', type: 'string' }], M: [] },
+          primaryType: 'M',
+          message: {},
+        },
+      },
+    ],
     ['typed data over its complexity budget', { type: 'typedData', typedData: payloads.chainedTypes(250, 1000) }],
   ])('rejects %s at the schema', (_name, input) => {
     const res = bad(input);
@@ -288,11 +463,17 @@ describe('sign request validation', () => {
   });
 
   it('rejects typed data that does not match its types with a clear INVALID_PARAMS', () => {
-    const res = bad({ type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'not-an-address' } } });
+    const res = bad({
+      type: 'typedData',
+      typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'not-an-address' } },
+    });
     expect(res).toBeInstanceOf(KeystoreError);
     expect((res as KeystoreError).code).toBe('INVALID_PARAMS');
     expect((res as KeystoreError).message).toMatch(/^typedData: /);
-    const missingType = bad({ type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'Missing' }] }, primaryType: 'M', message: { a: {} } } });
+    const missingType = bad({
+      type: 'typedData',
+      typedData: { types: { M: [{ name: 'a', type: 'Missing' }] }, primaryType: 'M', message: { a: {} } },
+    });
     expect((missingType as KeystoreError).code).toBe('INVALID_PARAMS');
   });
 });

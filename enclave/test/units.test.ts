@@ -86,7 +86,13 @@ describe('sealing', () => {
   });
 
   it('encodes canonically (deterministic bytes; createdAt as an integer)', () => {
-    const blob = sealSecret(new Uint8Array(32).fill(1), { keyId: 'k1', address: ADDRESS, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey, createdAt: 1_795_000_000_000 });
+    const blob = sealSecret(new Uint8Array(32).fill(1), {
+      keyId: 'k1',
+      address: ADDRESS,
+      kmsKeyArn: ARN,
+      kmsPublicKey: kms.publicKey,
+      createdAt: 1_795_000_000_000,
+    });
     const a = encodeBlob(blob);
     const b = encodeBlob({ ...blob });
     expect(a).toEqual(b);
@@ -102,7 +108,13 @@ describe('sealing', () => {
   ])('rejects a blob with %s', (_name, mutate, message) => {
     const blob = sealSecret(new Uint8Array(32).fill(1), { keyId: 'k1', address: ADDRESS, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
     const m = mutate(blob) as Record<string, unknown>;
-    const bytes = canonicalCbor(Object.fromEntries(Object.entries(m).filter(([, v]) => v !== undefined).map(([k, v]) => [k, k === 'createdAt' ? BigInt(v as number) : v])));
+    const bytes = canonicalCbor(
+      Object.fromEntries(
+        Object.entries(m)
+          .filter(([, v]) => v !== undefined)
+          .map(([k, v]) => [k, k === 'createdAt' ? BigInt(v as number) : v]),
+      ),
+    );
     expect(() => decodeBlob(bytes)).toThrow(message);
   });
 
@@ -125,7 +137,8 @@ describe('sealing', () => {
         return (err as Error).message;
       }
     };
-    for (const [what, bytes] of variants) expect({ what, refusal: refusal(bytes) }).toEqual({ what, refusal: 'key blob is malformed: not canonical CBOR' });
+    for (const [what, bytes] of variants)
+      expect({ what, refusal: refusal(bytes) }).toEqual({ what, refusal: 'key blob is malformed: not canonical CBOR' });
   });
 });
 
@@ -192,13 +205,17 @@ describe('NSM device addon', () => {
   });
 
   it('fails clearly when the device is missing', () => {
-    expect(() => new DeviceNsmTransport('/nonexistent/nsm')).toThrow('NSM device /nonexistent/nsm does not exist: this is not a Nitro Enclave');
+    expect(() => new DeviceNsmTransport('/nonexistent/nsm')).toThrow(
+      'NSM device /nonexistent/nsm does not exist: this is not a Nitro Enclave',
+    );
   });
 
   it('fails clearly when the device is not an NSM', async () => {
     const t = new DeviceNsmTransport('/dev/null');
     try {
-      await expect(t.request(Buffer.from('6947657452616e646f6d', 'hex'))).rejects.toThrow(/the device is not an NSM: it rejected the NSM ioctl/);
+      await expect(t.request(Buffer.from('6947657452616e646f6d', 'hex'))).rejects.toThrow(
+        /the device is not an NSM: it rejected the NSM ioctl/,
+      );
       await expect(t.request(Buffer.alloc(4097))).rejects.toThrow(/exceeds 4096/);
       const client = new NsmClient(t);
       await expect(client.getRandom()).rejects.toMatchObject({ code: 'ATTESTATION_FAILED' });
@@ -220,13 +237,17 @@ describe('enclave configuration', () => {
     expect([kmsKeyArn, kmsPublicKey, kmsPublicKeyObject.asymmetricKeyType]).toEqual([valid.kmsKeyArn, valid.kmsPublicKey, 'rsa']);
     expect(rest).toEqual(ENCLAVE_CONFIG_DEFAULTS);
     // The parent's defaults dial the same addresses (parent/test/units.test.ts checks its side).
-    expect([ENCLAVE_CONFIG_DEFAULTS.listen, ENCLAVE_CONFIG_DEFAULTS.kmsProxy]).toEqual([DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS]);
+    expect([ENCLAVE_CONFIG_DEFAULTS.listen, ENCLAVE_CONFIG_DEFAULTS.kmsProxy]).toEqual([
+      DEFAULT_ENCLAVE_ADDRESS,
+      DEFAULT_KMS_PROXY_ADDRESS,
+    ]);
   });
 
   it('takes exactly the KMS key ARNs the shared definition does', () => {
     const { good, bad } = IDENTIFIER_SAMPLES.kmsKeyArn;
     for (const arn of good) expect(parseEnclaveConfig({ ...valid, kmsKeyArn: arn }).kmsKeyArn).toBe(arn);
-    for (const arn of bad) expect(() => parseEnclaveConfig({ ...valid, kmsKeyArn: arn })).toThrow(/config.kmsKeyArn: expected a KMS key ARN/);
+    for (const arn of bad)
+      expect(() => parseEnclaveConfig({ ...valid, kmsKeyArn: arn })).toThrow(/config.kmsKeyArn: expected a KMS key ARN/);
   });
 
   it.each<[string, object, RegExp]>([
@@ -234,10 +255,23 @@ describe('enclave configuration', () => {
     ['a malformed ARN', { ...valid, kmsKeyArn: 'arn:aws:s3:::bucket' }, /expected a KMS key ARN/],
     ['an unknown field', { ...valid, debug: true }, /unknown field\(s\) "debug"/],
     ['a public key that is not DER', { ...valid, kmsPublicKey: 'AAAA' }, /not a base64 DER SubjectPublicKeyInfo/],
-    ['an EC public key', { ...valid, kmsPublicKey: generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ type: 'spki', format: 'der' }).toString('base64') }, /RSA key of at least 2048 bits/],
+    [
+      'an EC public key',
+      {
+        ...valid,
+        kmsPublicKey: generateKeyPairSync('ec', { namedCurve: 'P-256' })
+          .publicKey.export({ type: 'spki', format: 'der' })
+          .toString('base64'),
+      },
+      /RSA key of at least 2048 bits/,
+    ],
     ['a zero TTL', { ...valid, cache: { ttlMs: 0, maxEntries: 1 } }, /config.cache.ttlMs/],
     ['a bad listen address', { ...valid, listen: 'tcp://0.0.0.0:5000' }, /config.listen: expected vsock:\/\/CID:PORT/],
-    ['a listen address the transport cannot use', { ...valid, listen: 'vsock://16:4294967295' }, /config.listen: expected vsock:\/\/CID:PORT/],
+    [
+      'a listen address the transport cannot use',
+      { ...valid, listen: 'vsock://16:4294967295' },
+      /config.listen: expected vsock:\/\/CID:PORT/,
+    ],
   ])('rejects %s', (_name, raw, message) => {
     expect(() => parseEnclaveConfig(raw)).toThrow(message);
   });

@@ -38,11 +38,18 @@ function seal(secret: Uint8Array, address: string = addressFor(secret), keyId = 
 }
 
 /** The data key KMS would recover from the blob. */
-const dekOf = (blob: KeyBlob) => privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, blob.wrappedKey);
+const dekOf = (blob: KeyBlob) =>
+  privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, blob.wrappedKey);
 
 /** KMS's answer (or a forgery of it) as the proxy relays it. */
-function answer(plaintext: Uint8Array, opts: { to?: KeyObject; forgery?: ForgeryOptions; keyId?: string } = {}): { ciphertextForRecipient: string; keyId: string } {
-  return { ciphertextForRecipient: buildEnvelopedData(plaintext, opts.to ?? recipient.publicKey, opts.forgery).toString('base64'), keyId: opts.keyId ?? ARN };
+function answer(
+  plaintext: Uint8Array,
+  opts: { to?: KeyObject; forgery?: ForgeryOptions; keyId?: string } = {},
+): { ciphertextForRecipient: string; keyId: string } {
+  return {
+    ciphertextForRecipient: buildEnvelopedData(plaintext, opts.to ?? recipient.publicKey, opts.forgery).toString('base64'),
+    keyId: opts.keyId ?? ARN,
+  };
 }
 
 describe('openKmsAnswer', () => {
@@ -66,7 +73,10 @@ describe('openKmsAnswer', () => {
     ['an answer without keyId', () => ({ ciphertextForRecipient: answer(dek).ciphertextForRecipient })],
     ['an answer with an extra field', () => ({ ...answer(dek), plaintext: dek.toString('base64') })],
     ['an answer for another KMS key', () => answer(dek, { keyId: OTHER_ARN })],
-    ['ciphertextForRecipient that is not base64', () => ({ ...answer(dek), ciphertextForRecipient: `*${answer(dek).ciphertextForRecipient}` })],
+    [
+      'ciphertextForRecipient that is not base64',
+      () => ({ ...answer(dek), ciphertextForRecipient: `*${answer(dek).ciphertextForRecipient}` }),
+    ],
     ['an empty ciphertextForRecipient', () => ({ ciphertextForRecipient: '', keyId: ARN })],
     ['CMS that does not parse', () => ({ ciphertextForRecipient: randomBytes(300).toString('base64'), keyId: ARN })],
     ['content of 32 bytes (the data key unpadded)', () => answer(dek, { forgery: { pad: false } })],
@@ -76,9 +86,18 @@ describe('openKmsAnswer', () => {
     ['a 16-byte content key', () => answer(dek, { forgery: { contentKey: randomBytes(16) } })],
     ['a 48-byte content key', () => answer(dek, { forgery: { contentKey: randomBytes(48) } })],
     // PKCS#7 would accept a last byte of 1; the only padding of a 32-byte key is a full block of 16s.
-    ['short padding that PKCS#7 would accept', () => answer(Buffer.concat([dek, Buffer.alloc(15, 16), Buffer.from([1])]), { forgery: { pad: false } })],
-    ['a padding block with one byte off', () => answer(Buffer.concat([dek, Buffer.alloc(15, 16), Buffer.from([17])]), { forgery: { pad: false } })],
-    ['a padding block whose first byte is off', () => answer(Buffer.concat([dek, Buffer.from([15]), Buffer.alloc(15, 16)]), { forgery: { pad: false } })],
+    [
+      'short padding that PKCS#7 would accept',
+      () => answer(Buffer.concat([dek, Buffer.alloc(15, 16), Buffer.from([1])]), { forgery: { pad: false } }),
+    ],
+    [
+      'a padding block with one byte off',
+      () => answer(Buffer.concat([dek, Buffer.alloc(15, 16), Buffer.from([17])]), { forgery: { pad: false } }),
+    ],
+    [
+      'a padding block whose first byte is off',
+      () => answer(Buffer.concat([dek, Buffer.from([15]), Buffer.alloc(15, 16)]), { forgery: { pad: false } }),
+    ],
     ['another data key', () => answer(randomBytes(32))],
     ['a data key with one bit flipped', () => answer(Buffer.from(dek.map((b, i) => (i === 31 ? b ^ 1 : b))))],
   ])('says only "no" (null, no exception) to %s', (_what, raw) => {
@@ -86,7 +105,8 @@ describe('openKmsAnswer', () => {
   });
 
   it('refuses, without throwing, an answer whose IV is not 16 bytes (AES-CBC would throw on it)', () => {
-    for (const length of [0, 8, 12, 32]) expect(openKmsAnswer(answer(dek, { forgery: { iv: Buffer.alloc(length, 1) } }), recipient.privateKey, blob)).toBeNull();
+    for (const length of [0, 8, 12, 32])
+      expect(openKmsAnswer(answer(dek, { forgery: { iv: Buffer.alloc(length, 1) } }), recipient.privateKey, blob)).toBeNull();
   });
 
   it('refuses an answer opened with the wrong recipient key', () => {
@@ -149,7 +169,10 @@ function setup(opts: { failedOpens?: FailedOpens; maxFailures?: number } = {}) {
   const genuine = async (p: ProxyCall['params']) => {
     const lease = await keys.current();
     const pub = lease.privateKey ? createPublicKey(lease.privateKey) : otherRsa.publicKey;
-    const dek = privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, Buffer.from(p.ciphertextBlob, 'base64'));
+    const dek = privateDecrypt(
+      { key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' },
+      Buffer.from(p.ciphertextBlob, 'base64'),
+    );
     return answer(dek, { to: pub, keyId: p.kmsKeyArn });
   };
   const proxy = {
@@ -175,7 +198,12 @@ describe('Unsealer', () => {
     expect(s.calls).toEqual([
       {
         method: 'kms.decrypt',
-        params: { kmsKeyArn: ARN, ciphertextBlob: blob.wrappedKey.toString('base64'), attestationDocument: Buffer.from('doc-1').toString('base64'), deadlineMs: 1234 },
+        params: {
+          kmsKeyArn: ARN,
+          ciphertextBlob: blob.wrappedKey.toString('base64'),
+          attestationDocument: Buffer.from('doc-1').toString('base64'),
+          deadlineMs: 1234,
+        },
         options: { deadlineMs: 1234 },
       },
     ]);

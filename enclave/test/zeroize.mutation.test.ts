@@ -22,7 +22,7 @@ const zero = (b: Uint8Array) => b.every((x) => x === 0);
 function watchDeciphers(): Buffer[] {
   const outputs: Buffer[] = [];
   const original = crypto.createDecipheriv;
-  jest.spyOn(crypto, 'createDecipheriv').mockImplementation(((...args: Parameters<typeof original>) => {
+  jest.spyOn(crypto, 'createDecipheriv').mockImplementation((...args: Parameters<typeof original>) => {
     const d = original(...args);
     const update = d.update.bind(d) as (data: NodeJS.ArrayBufferView) => Buffer;
     const final = d.final.bind(d) as () => Buffer;
@@ -39,7 +39,7 @@ function watchDeciphers(): Buffer[] {
       },
     });
     return d;
-  }));
+  });
   return outputs;
 }
 
@@ -47,7 +47,10 @@ afterEach(() => jest.restoreAllMocks());
 
 describe('zeroizing key material', () => {
   const blob = sealSecret(secret, { keyId: 'k1', address, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
-  const dek = crypto.privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, blob.wrappedKey);
+  const dek = crypto.privateDecrypt(
+    { key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' },
+    blob.wrappedKey,
+  );
 
   it('sealSecret wipes the data key it made once it is wrapped', () => {
     const random = jest.spyOn(crypto, 'randomBytes');
@@ -57,7 +60,10 @@ describe('zeroizing key material', () => {
     expect(dataKey).toBeDefined();
     expect(zero(dataKey as Buffer)).toBe(true);
     // The wipe came after use: the blob still opens with the key KMS recovers.
-    const recovered = crypto.privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, sealed.wrappedKey);
+    const recovered = crypto.privateDecrypt(
+      { key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' },
+      sealed.wrappedKey,
+    );
     expect(Buffer.from(openSealed(sealed, recovered) ?? [])).toEqual(Buffer.from(secret));
   });
 
@@ -73,11 +79,11 @@ describe('zeroizing key material', () => {
     for (const plaintext of [dek, crypto.randomBytes(32)]) {
       const unwrapped: Buffer[] = [];
       const privateDecrypt = crypto.privateDecrypt;
-      jest.spyOn(crypto, 'privateDecrypt').mockImplementation(((...args: Parameters<typeof privateDecrypt>) => {
+      jest.spyOn(crypto, 'privateDecrypt').mockImplementation((...args: Parameters<typeof privateDecrypt>) => {
         const out = privateDecrypt(...args);
         unwrapped.push(out);
         return out;
-      }));
+      });
       const outputs = watchDeciphers();
       const raw = { ciphertextForRecipient: buildEnvelopedData(plaintext, recipient.publicKey).toString('base64'), keyId: ARN };
       const opened = openKmsAnswer(raw, recipient.privateKey, blob);

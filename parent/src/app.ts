@@ -82,7 +82,12 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     accessLog: createLogger({ name: 'parent', level: config.logLevel, redact: false, bufferBytes: 8192 }).child({ component: 'access' }),
     readiness: async () => {
       const health = await enclaveHealth();
-      const checks = { enclave: health !== null, kmsProxy: proxyListening, enclaveKmsLink: health?.kmsProxy === 'connected', database: store.db.open };
+      const checks = {
+        enclave: health !== null,
+        kmsProxy: proxyListening,
+        enclaveKmsLink: health?.kmsProxy === 'connected',
+        database: store.db.open,
+      };
       return { ready: Object.values(checks).every(Boolean), checks };
     },
   });

@@ -37,10 +37,21 @@ const ApiSchema = z.strictObject({
   /** Loopback TCP (`{host, port}`) or a Unix socket (`{socket}`). */
   listen: z.union([
     z.strictObject({ host: z.string().default(D.api.host), port: z.number().int().min(0).max(65535) }),
-    z.strictObject({ socket: z.string().min(1), mode: z.string().regex(/^0[0-7]{3}$/).default(D.api.socketMode) }),
+    z.strictObject({
+      socket: z.string().min(1),
+      mode: z
+        .string()
+        .regex(/^0[0-7]{3}$/)
+        .default(D.api.socketMode),
+    }),
   ]),
   tls: z.strictObject({ certFile: z.string(), keyFile: z.string() }).optional(),
-  maxBodyBytes: z.number().int().min(1024).max(16 * 1024 * 1024).default(D.api.maxBodyBytes),
+  maxBodyBytes: z
+    .number()
+    .int()
+    .min(1024)
+    .max(16 * 1024 * 1024)
+    .default(D.api.maxBodyBytes),
   /** Requests being served at once; beyond it, 503 OVERLOADED with Retry-After. */
   maxInFlight: z.number().int().min(1).max(100_000).default(D.api.maxInFlight),
   /** Whole-request deadline, including the enclave call. */
@@ -53,7 +64,13 @@ export const ParentConfigSchema = z.strictObject({
   api: ApiSchema,
   /** Bearer tokens, stored only as SHA-256 hex of the token. */
   tokens: z
-    .array(z.strictObject({ name: z.string().min(1).max(64), sha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected SHA-256 as 64 lowercase hex'), scopes: z.array(z.enum(SCOPES)).min(1) }))
+    .array(
+      z.strictObject({
+        name: z.string().min(1).max(64),
+        sha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected SHA-256 as 64 lowercase hex'),
+        scopes: z.array(z.enum(SCOPES)).min(1),
+      }),
+    )
     .min(1),
   database: z.strictObject({ path: z.string().min(1) }),
   transport: TransportConfigSchema.default(D.transport),
@@ -107,7 +124,9 @@ export function parseParentConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, sou
   if (new Set(names).size !== names.length) throw new ConfigError(`invalid ${source}: token names must be unique`);
   const l = res.data.api.listen;
   if ('host' in l && !/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(l.host) && !res.data.api.tls) {
-    throw new ConfigError(`invalid ${source}: config.api.listen.host ${l.host} is not loopback; serving beyond loopback requires config.api.tls`);
+    throw new ConfigError(
+      `invalid ${source}: config.api.listen.host ${l.host} is not loopback; serving beyond loopback requires config.api.tls`,
+    );
   }
   return res.data;
 }

@@ -48,7 +48,11 @@ export class KeyRegistry {
     private readonly logger: Logger,
   ) {}
 
-  async create(input: { externalId?: string | undefined; labels?: Record<string, string> | undefined; attest?: boolean | undefined }): Promise<{ record: KeyRecord; created: boolean }> {
+  async create(input: {
+    externalId?: string | undefined;
+    labels?: Record<string, string> | undefined;
+    attest?: boolean | undefined;
+  }): Promise<{ record: KeyRecord; created: boolean }> {
     const { externalId } = input;
     if (externalId === undefined) return this.createNew(input);
     const existing = this.store.getByExternalId(externalId);
@@ -63,7 +67,11 @@ export class KeyRegistry {
     return { record: shared.record, created: false };
   }
 
-  private async createNew(input: { externalId?: string | undefined; labels?: Record<string, string> | undefined; attest?: boolean | undefined }): Promise<{ record: KeyRecord; created: boolean }> {
+  private async createNew(input: {
+    externalId?: string | undefined;
+    labels?: Record<string, string> | undefined;
+    attest?: boolean | undefined;
+  }): Promise<{ record: KeyRecord; created: boolean }> {
     const keyId = newKeyId();
     const made = await this.enclave.call('keys.create', { keyId, attest: input.attest ?? false });
     if (made.keyId !== keyId) throw new KeystoreError('KEY_INTEGRITY', 'the enclave answered for another key id');
@@ -105,7 +113,8 @@ export class KeyRegistry {
     const result = await this.enclave.call('keys.sign', { keyId, blob: r.blob, request }).catch((err: unknown) => {
       // The enclave says only "no" when an unseal fails (forged KMS answer or altered blob); its health total
       // failedOpens (metric nks_enclave_counter{counter="failedOpens"}) is what operators alert on.
-      if (err instanceof KeystoreError && err.code === 'KEY_INTEGRITY') this.logger.warn({ keyId }, 'the enclave refused to unseal a key: its blob was altered or a KMS answer was not genuine');
+      if (err instanceof KeystoreError && err.code === 'KEY_INTEGRITY')
+        this.logger.warn({ keyId }, 'the enclave refused to unseal a key: its blob was altered or a KMS answer was not genuine');
       throw err;
     });
     if (result.address !== r.address) {

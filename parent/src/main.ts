@@ -14,7 +14,10 @@ async function main(): Promise<void> {
   const config = loadParentConfig(file);
   const logger = createLogger({ name: 'parent', level: config.logLevel });
   const parent = await startParent(config, logger);
-  logger.info({ url: parent.url, enclave: config.enclave.address, kmsProxy: config.kmsProxy.listen, database: config.database.path }, 'parent ready');
+  logger.info(
+    { url: parent.url, enclave: config.enclave.address, kmsProxy: config.kmsProxy.listen, database: config.database.path },
+    'parent ready',
+  );
 
   let stopping = false;
   const stop = async (signal: string) => {

@@ -21,10 +21,17 @@ export class Metrics {
   private readonly enclaveMemory: client.Gauge<'kind'>;
   private readonly enclaveUptime: client.Gauge;
 
-  constructor(private readonly sources: { keyCounts: () => { total: number; disabled: number }; enclaveHealth: () => Promise<EnclaveHealth | null> }) {
+  constructor(
+    private readonly sources: { keyCounts: () => { total: number; disabled: number }; enclaveHealth: () => Promise<EnclaveHealth | null> },
+  ) {
     const r = this.registry;
     client.collectDefaultMetrics({ register: r, prefix: 'nks_parent_' });
-    this.httpRequests = new client.Counter({ name: 'nks_http_requests_total', help: 'Caller API requests', labelNames: ['route', 'method', 'status'], registers: [r] });
+    this.httpRequests = new client.Counter({
+      name: 'nks_http_requests_total',
+      help: 'Caller API requests',
+      labelNames: ['route', 'method', 'status'],
+      registers: [r],
+    });
     this.httpDuration = new client.Histogram({
       name: 'nks_http_request_duration_seconds',
       help: 'Caller API request latency',
@@ -39,11 +46,26 @@ export class Metrics {
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [r],
     });
-    this.kmsCalls = new client.Counter({ name: 'nks_kms_calls_total', help: 'Attested KMS Decrypt calls by outcome', labelNames: ['outcome'], registers: [r] });
-    this.kmsDuration = new client.Histogram({ name: 'nks_kms_call_duration_seconds', help: 'KMS Decrypt latency including retries', labelNames: ['outcome'], buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10], registers: [r] });
+    this.kmsCalls = new client.Counter({
+      name: 'nks_kms_calls_total',
+      help: 'Attested KMS Decrypt calls by outcome',
+      labelNames: ['outcome'],
+      registers: [r],
+    });
+    this.kmsDuration = new client.Histogram({
+      name: 'nks_kms_call_duration_seconds',
+      help: 'KMS Decrypt latency including retries',
+      labelNames: ['outcome'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [r],
+    });
     this.enclaveUp = new client.Gauge({ name: 'nks_enclave_up', help: '1 when at least one enclave connection is up', registers: [r] });
     this.inFlight = new client.Gauge({ name: 'nks_http_in_flight', help: 'Caller API requests being served', registers: [r] });
-    this.overloaded = new client.Counter({ name: 'nks_http_overloaded_total', help: 'Requests refused with 503 OVERLOADED', registers: [r] });
+    this.overloaded = new client.Counter({
+      name: 'nks_http_overloaded_total',
+      help: 'Requests refused with 503 OVERLOADED',
+      registers: [r],
+    });
     new client.Gauge({
       name: 'nks_keys',
       help: 'Key records by state',
@@ -55,9 +77,24 @@ export class Metrics {
         this.set({ state: 'disabled' }, c.disabled);
       },
     });
-    this.enclaveCounter = new client.Gauge({ name: 'nks_enclave_counter', help: 'Counters reported by the enclave (enclave.health)', labelNames: ['counter'], registers: [r] });
-    this.enclaveErrors = new client.Gauge({ name: 'nks_enclave_errors', help: 'Enclave errors by reason (enclave.health)', labelNames: ['reason'], registers: [r] });
-    this.enclaveMemory = new client.Gauge({ name: 'nks_enclave_memory_bytes', help: 'Enclave process memory (enclave.health)', labelNames: ['kind'], registers: [r] });
+    this.enclaveCounter = new client.Gauge({
+      name: 'nks_enclave_counter',
+      help: 'Counters reported by the enclave (enclave.health)',
+      labelNames: ['counter'],
+      registers: [r],
+    });
+    this.enclaveErrors = new client.Gauge({
+      name: 'nks_enclave_errors',
+      help: 'Enclave errors by reason (enclave.health)',
+      labelNames: ['reason'],
+      registers: [r],
+    });
+    this.enclaveMemory = new client.Gauge({
+      name: 'nks_enclave_memory_bytes',
+      help: 'Enclave process memory (enclave.health)',
+      labelNames: ['kind'],
+      registers: [r],
+    });
     this.enclaveUptime = new client.Gauge({ name: 'nks_enclave_uptime_seconds', help: 'Enclave uptime (enclave.health)', registers: [r] });
   }
 

@@ -23,11 +23,30 @@ describe('caller API', () => {
   const rawRequest = (path: string, method: string, body: string) =>
     new Promise<{ status: number; body: any; headers: Headers }>((resolve, reject) => {
       const url = new URL(`${s.url}${path}`);
-      const req = http.request({ host: url.hostname, port: url.port, path: url.pathname, method, headers: { authorization: `Bearer ${s.tokens.full}`, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c) => chunks.push(c));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(chunks).toString()), headers: new Headers(res.headers as Record<string, string>) }));
-      });
+      const req = http.request(
+        {
+          host: url.hostname,
+          port: url.port,
+          path: url.pathname,
+          method,
+          headers: {
+            authorization: `Bearer ${s.tokens.full}`,
+            'content-type': 'application/json',
+            'content-length': Buffer.byteLength(body),
+          },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c) => chunks.push(c));
+          res.on('end', () =>
+            resolve({
+              status: res.statusCode ?? 0,
+              body: JSON.parse(Buffer.concat(chunks).toString()),
+              headers: new Headers(res.headers as Record<string, string>),
+            }),
+          );
+        },
+      );
       req.on('error', reject);
       req.end(body);
     });
@@ -60,7 +79,8 @@ describe('caller API', () => {
   /** `message`: what the error must say; for INVALID_PARAMS it names the field, so the test knows which check refused. */
   const expectError = (res: { status: number; body: any; headers: Headers }, status: number, code: string, message?: string | RegExp) => {
     expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code });
-    if (message !== undefined) expect(res.body.error.message).toEqual(typeof message === 'string' ? message : expect.stringMatching(message));
+    if (message !== undefined)
+      expect(res.body.error.message).toEqual(typeof message === 'string' ? message : expect.stringMatching(message));
     expect(typeof res.body.error.message).toBe('string');
     expect(res.body.error.requestId).toBe(res.headers.get('x-request-id'));
   };
@@ -68,7 +88,13 @@ describe('caller API', () => {
   it('creates keys, reads them, lists them with cursor paging', async () => {
     const created = await s.api('/v1/keys', { body: { labels: { tier: 'gold' } } });
     expect(created.status).toBe(201);
-    expect(created.body).toMatchObject({ keyId: expect.stringMatching(/^k_[A-Za-z0-9_-]{22}$/), address: expect.stringMatching(/^0x[0-9a-fA-F]{40}$/), externalId: null, labels: { tier: 'gold' }, disabled: false });
+    expect(created.body).toMatchObject({
+      keyId: expect.stringMatching(/^k_[A-Za-z0-9_-]{22}$/),
+      address: expect.stringMatching(/^0x[0-9a-fA-F]{40}$/),
+      externalId: null,
+      labels: { tier: 'gold' },
+      disabled: false,
+    });
     expect(new Date(created.body.createdAt).toISOString()).toBe(created.body.createdAt);
     expect(created.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
 
@@ -152,20 +178,55 @@ describe('caller API', () => {
     const key = (await s.api('/v1/keys', { body: {} })).body;
     expectError(await s.api('/v1/keys', { body: 'x'.repeat(5000) }), 413, 'PAYLOAD_TOO_LARGE');
     expectError(await s.api('/v1/keys', { body: '{"externalId": ' }), 400, 'INVALID_REQUEST');
-    expectError(await s.api('/v1/keys', { body: { externalId: 'a', color: 'red' } }), 400, 'INVALID_PARAMS', 'body: unknown field(s) "color"');
+    expectError(
+      await s.api('/v1/keys', { body: { externalId: 'a', color: 'red' } }),
+      400,
+      'INVALID_PARAMS',
+      'body: unknown field(s) "color"',
+    );
     expectError(await s.api('/v1/keys', { body: { externalId: 42 } }), 400, 'INVALID_PARAMS', /^body\.externalId: [^;]*string/);
-    expectError(await s.api('/v1/keys', { body: { labels: { 'bad key!': 'x' } } }), 400, 'INVALID_PARAMS', 'body.labels.bad key!: Invalid key in record');
+    expectError(
+      await s.api('/v1/keys', { body: { labels: { 'bad key!': 'x' } } }),
+      400,
+      'INVALID_PARAMS',
+      'body.labels.bad key!: Invalid key in record',
+    );
     expectError(await s.api('/v1/keys', { body: '{}', headers: { 'content-type': 'text/plain' } }), 415, 'UNSUPPORTED_MEDIA_TYPE');
     expectError(await s.api('/v1/keys?color=red', { body: {} }), 400, 'INVALID_PARAMS', 'query: unknown field(s) "color"');
     expectError(await s.api('/v1/keys?limit=0'), 400, 'INVALID_PARAMS', /^query\.limit: /);
     expectError(await s.api('/v1/keys?cursor=bm9wZQ'), 400, 'INVALID_PARAMS', 'cursor is not one this service issued');
-    expectError(await s.api(`/v1/keys/${key.keyId}/disable`, { token: 'admin', body: { unexpected: true } }), 400, 'INVALID_PARAMS', 'body: unknown field(s) "unexpected"');
+    expectError(
+      await s.api(`/v1/keys/${key.keyId}/disable`, { token: 'admin', body: { unexpected: true } }),
+      400,
+      'INVALID_PARAMS',
+      'body: unknown field(s) "unexpected"',
+    );
     const getWithBody = await rawRequest(`/v1/keys/${key.keyId}`, 'GET', '{"unexpected":true}');
     expect([getWithBody.status, getWithBody.body.error.code]).toEqual([400, 'INVALID_REQUEST']);
-    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'digest', digest: '0x12' } }), 400, 'INVALID_PARAMS', /^body\.digest: /);
-    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'message', message: 'm', extra: 1 } }), 400, 'INVALID_PARAMS', 'body: unknown field(s) "extra"');
+    expectError(
+      await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'digest', digest: '0x12' } }),
+      400,
+      'INVALID_PARAMS',
+      /^body\.digest: /,
+    );
+    expectError(
+      await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'message', message: 'm', extra: 1 } }),
+      400,
+      'INVALID_PARAMS',
+      'body: unknown field(s) "extra"',
+    );
     expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { method: 'POST' }), 400, 'INVALID_PARAMS', 'body: a sign request is required');
-    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'typedData', typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'nope' } } } }), 400, 'INVALID_PARAMS', 'typedData: Address "nope" is invalid.');
+    expectError(
+      await s.api(`/v1/keys/${key.keyId}/sign`, {
+        body: {
+          type: 'typedData',
+          typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: 'nope' } },
+        },
+      }),
+      400,
+      'INVALID_PARAMS',
+      'typedData: Address "nope" is invalid.',
+    );
     expectError(await s.api('/v1/keys/k_doesnotexist000000000000'), 404, 'KEY_NOT_FOUND');
     expectError(await s.api('/v1/keys/k_doesnotexist000000000000/sign', { body: { type: 'message', message: 'm' } }), 404, 'KEY_NOT_FOUND');
     expectError(await s.api('/v1/keys/k_doesnotexist000000000000/disable', { method: 'POST', token: 'admin' }), 404, 'KEY_NOT_FOUND');
@@ -178,15 +239,26 @@ describe('caller API', () => {
   it('answers 413 on a declared oversized body without reading it, and closes the connection', async () => {
     const url = new URL(`${s.url}/v1/keys`);
     const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
-      const req = http.request({ host: url.hostname, port: url.port, path: url.pathname, method: 'POST', headers: { authorization: `Bearer ${s.tokens.full}`, 'content-type': 'application/json', 'content-length': '10000000' } }, (r) => {
-        r.resume();
-        resolve(r);
-      });
+      const req = http.request(
+        {
+          host: url.hostname,
+          port: url.port,
+          path: url.pathname,
+          method: 'POST',
+          headers: { authorization: `Bearer ${s.tokens.full}`, 'content-type': 'application/json', 'content-length': '10000000' },
+        },
+        (r) => {
+          r.resume();
+          resolve(r);
+        },
+      );
       req.on('error', reject);
       req.write('{"a":'); // the rest never comes
     });
     expect([res.statusCode, res.headers.connection]).toEqual([413, 'close']);
-    const get = await rawBytes(`GET /v1/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${s.tokens.full}\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n{"a":`);
+    const get = await rawBytes(
+      `GET /v1/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${s.tokens.full}\r\ncontent-type: application/json\r\ncontent-length: 10000000\r\n\r\n{"a":`,
+    );
     expect(get.head).toMatch(/^HTTP\/1.1 413 /);
     expect(JSON.parse(get.body).error.code).toBe('PAYLOAD_TOO_LARGE');
     expect(get.closed).toBe(true);
@@ -196,28 +268,85 @@ describe('caller API', () => {
     const key = (await s.api('/v1/keys', { body: {} })).body;
     // JSON keys are read as JSON.parse reads them: `__proto__` and `constructor` are ordinary (unknown) fields,
     // and a label named `__proto__` is dropped (as zod's record drops it), never set as a prototype.
-    expectError(await s.api('/v1/keys', { body: '{"__proto__": {"admin": true}}' }), 400, 'INVALID_PARAMS', 'body: unknown field(s) "__proto__"');
-    expectError(await s.api('/v1/keys', { body: '{"constructor": {"prototype": {}}}' }), 400, 'INVALID_PARAMS', 'body: unknown field(s) "constructor"');
+    expectError(
+      await s.api('/v1/keys', { body: '{"__proto__": {"admin": true}}' }),
+      400,
+      'INVALID_PARAMS',
+      'body: unknown field(s) "__proto__"',
+    );
+    expectError(
+      await s.api('/v1/keys', { body: '{"constructor": {"prototype": {}}}' }),
+      400,
+      'INVALID_PARAMS',
+      'body: unknown field(s) "constructor"',
+    );
     const proto = await s.api('/v1/keys', { body: '{"labels": {"__proto__": {"admin": true}, "tier": "gold"}}' });
     expect([proto.status, proto.body.labels]).toEqual([201, { tier: 'gold' }]);
     // An empty body is no body, whatever its type; a JSON `null` body is a body, and refused.
     expect((await s.api('/v1/keys', { method: 'POST', body: '' })).status).toBe(201);
-    expect((await s.api(`/v1/keys/${key.keyId}/disable`, { method: 'POST', token: 'admin', body: '', headers: { 'content-type': 'text/plain' } })).status).toBe(200);
-    expectError(await s.api(`/v1/keys/${key.keyId}/sign`, { method: 'POST', body: '' }), 400, 'INVALID_PARAMS', 'body: a sign request is required');
+    expect(
+      (
+        await s.api(`/v1/keys/${key.keyId}/disable`, {
+          method: 'POST',
+          token: 'admin',
+          body: '',
+          headers: { 'content-type': 'text/plain' },
+        })
+      ).status,
+    ).toBe(200);
+    expectError(
+      await s.api(`/v1/keys/${key.keyId}/sign`, { method: 'POST', body: '' }),
+      400,
+      'INVALID_PARAMS',
+      'body: a sign request is required',
+    );
     expectError(await s.api('/v1/keys', { body: 'null' }), 400, 'INVALID_PARAMS', 'body: Invalid input: expected object, received null');
-    expectError(await s.api(`/v1/keys/${key.keyId}/enable`, { token: 'admin', body: 'null' }), 400, 'INVALID_PARAMS', 'body: Invalid input: expected object, received null');
+    expectError(
+      await s.api(`/v1/keys/${key.keyId}/enable`, { token: 'admin', body: 'null' }),
+      400,
+      'INVALID_PARAMS',
+      'body: Invalid input: expected object, received null',
+    );
     expectError(await rawRequest(`/v1/keys/${key.keyId}`, 'GET', 'null'), 400, 'INVALID_REQUEST', 'this route takes no request body');
     expectError(await rawRequest(`/v1/keys/${key.keyId}`, 'GET', '{"a":'), 400, 'INVALID_REQUEST', 'request body is not valid JSON');
-    expectError(await rawRequest(`/v1/keys/${key.keyId}`, 'GET', 'x'.repeat(5000)), 413, 'PAYLOAD_TOO_LARGE', 'request body of 5000 bytes exceeds the 4096-byte limit');
+    expectError(
+      await rawRequest(`/v1/keys/${key.keyId}`, 'GET', 'x'.repeat(5000)),
+      413,
+      'PAYLOAD_TOO_LARGE',
+      'request body of 5000 bytes exceeds the 4096-byte limit',
+    );
     // Only application/json bodies; a malformed Content-Type is refused before the body is read.
-    expectError(await s.api('/v1/keys', { body: '{}', headers: { 'content-type': 'application/json-patch+json' } }), 415, 'UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
-    expectError(await s.api('/v1/keys', { body: '{}', headers: { 'content-type': 'not a media type' } }), 415, 'UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
+    expectError(
+      await s.api('/v1/keys', { body: '{}', headers: { 'content-type': 'application/json-patch+json' } }),
+      415,
+      'UNSUPPORTED_MEDIA_TYPE',
+      'request body must be application/json',
+    );
+    expectError(
+      await s.api('/v1/keys', { body: '{}', headers: { 'content-type': 'not a media type' } }),
+      415,
+      'UNSUPPORTED_MEDIA_TYPE',
+      'request body must be application/json',
+    );
     expect((await s.api('/v1/keys', { body: '{}', headers: { 'content-type': 'Application/JSON; charset=utf-8' } })).status).toBe(201);
-    const untyped = await rawBytes(`POST /v1/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${s.tokens.full}\r\ncontent-length: 2\r\n\r\n{}`);
-    expect([untyped.head.split('\r\n')[0], JSON.parse(untyped.body).error.code]).toEqual(['HTTP/1.1 415 Unsupported Media Type', 'UNSUPPORTED_MEDIA_TYPE']);
+    const untyped = await rawBytes(
+      `POST /v1/keys HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ${s.tokens.full}\r\ncontent-length: 2\r\n\r\n{}`,
+    );
+    expect([untyped.head.split('\r\n')[0], JSON.parse(untyped.body).error.code]).toEqual([
+      'HTTP/1.1 415 Unsupported Media Type',
+      'UNSUPPORTED_MEDIA_TYPE',
+    ]);
     expectError(await s.api('/v1/keys', { body: 'x'.repeat(5000), headers: { 'content-type': 'text/plain' } }), 413, 'PAYLOAD_TOO_LARGE'); // the limit before the type
     // Routes: a path no route has is 404 before any token is asked for, however the router fails to match it.
-    for (const path of ['/v1/nothing', '/v1/keys/not!an-id', `/v1/keys/${'a'.repeat(65)}`, `/v1/keys/${'a'.repeat(300)}/sign`, '/v1/keys/%zz', '/v1/keys/', '/V1/keys']) {
+    for (const path of [
+      '/v1/nothing',
+      '/v1/keys/not!an-id',
+      `/v1/keys/${'a'.repeat(65)}`,
+      `/v1/keys/${'a'.repeat(300)}/sign`,
+      '/v1/keys/%zz',
+      '/v1/keys/',
+      '/V1/keys',
+    ]) {
       expectError(await s.api(path, { token: null }), 404, 'NOT_FOUND', `no route for ${path.slice(0, 200)}`);
     }
     // Methods: 405 with Allow, for any method the path does not serve, HEAD included, before the token.
@@ -235,7 +364,12 @@ describe('caller API', () => {
     }
     // Query strings: a key given twice is refused, not read as a list.
     expectError(await s.api('/v1/keys?limit=1&limit=2'), 400, 'INVALID_PARAMS', 'query: "limit" is given more than once');
-    expectError(await s.api(`/v1/keys/${key.keyId}/sign?a=1&a=2`, { body: { type: 'message', message: 'm' } }), 400, 'INVALID_PARAMS', 'query: "a" is given more than once');
+    expectError(
+      await s.api(`/v1/keys/${key.keyId}/sign?a=1&a=2`, { body: { type: 'message', message: 'm' } }),
+      400,
+      'INVALID_PARAMS',
+      'query: "a" is given more than once',
+    );
     // Bytes that are not HTTP: Node's own bare answer, as before.
     const garbage = await rawBytes('NOT HTTP\r\n\r\n');
     expect([garbage.head, garbage.closed]).toEqual(['HTTP/1.1 400 Bad Request\r\nConnection: close', true]);
@@ -243,16 +377,30 @@ describe('caller API', () => {
 
   it('echoes a well-formed caller request id and replaces a malformed one', async () => {
     expect((await s.api('/healthz', { token: null, headers: { 'x-request-id': 'req-123' } })).headers.get('x-request-id')).toBe('req-123');
-    expect((await s.api('/healthz', { token: null, headers: { 'x-request-id': 'bad id with spaces' } })).headers.get('x-request-id')).not.toBe('bad id with spaces');
+    expect(
+      (await s.api('/healthz', { token: null, headers: { 'x-request-id': 'bad id with spaces' } })).headers.get('x-request-id'),
+    ).not.toBe('bad id with spaces');
   });
 
   it('serves health, readiness and metrics without a token', async () => {
     expect(await s.api('/healthz', { token: null })).toMatchObject({ status: 200, body: { status: 'ok' } });
-    expect(await s.api('/readyz', { token: null })).toMatchObject({ status: 200, body: { status: 'ready', checks: { enclave: true, kmsProxy: true, enclaveKmsLink: true, database: true } } });
+    expect(await s.api('/readyz', { token: null })).toMatchObject({
+      status: 200,
+      body: { status: 'ready', checks: { enclave: true, kmsProxy: true, enclaveKmsLink: true, database: true } },
+    });
     const m = await s.api('/metrics', { token: null });
     expect(m.status).toBe(200);
     const text = String(m.body);
-    for (const name of ['nks_http_requests_total', 'nks_http_request_duration_seconds_bucket', 'nks_enclave_rpc_duration_seconds_bucket', 'nks_kms_calls_total', 'nks_enclave_up 1', 'nks_keys{state="enabled"}', 'nks_enclave_counter{counter="signs"}', 'nks_enclave_memory_bytes{kind="rss"}']) {
+    for (const name of [
+      'nks_http_requests_total',
+      'nks_http_request_duration_seconds_bucket',
+      'nks_enclave_rpc_duration_seconds_bucket',
+      'nks_kms_calls_total',
+      'nks_enclave_up 1',
+      'nks_keys{state="enabled"}',
+      'nks_enclave_counter{counter="signs"}',
+      'nks_enclave_memory_bytes{kind="rss"}',
+    ]) {
       expect(text).toContain(name);
     }
     expect(text).toMatch(/nks_http_requests_total\{route="\/v1\/keys\/\{keyId\}\/sign",method="POST",status="200"\} [1-9]/);

@@ -54,7 +54,12 @@ class FakeEnclave {
         'keys.create': rpcMethod(any, (p: { keyId: string }): CreateResult => {
           const account = privateKeyToAccount(generatePrivateKey());
           this.keys.set(p.keyId, account);
-          return { keyId: p.keyId, address: account.address, publicKey: account.publicKey, blob: Buffer.from(`blob of ${p.keyId}`).toString('base64') };
+          return {
+            keyId: p.keyId,
+            address: account.address,
+            publicKey: account.publicKey,
+            blob: Buffer.from(`blob of ${p.keyId}`).toString('base64'),
+          };
         }),
         'keys.sign': rpcMethod(any, (p: { keyId: string; request: { type: string; message: string } }) => this.sign(p)),
         'keys.forget': rpcMethod(any, () => ({})),
@@ -74,7 +79,15 @@ class FakeEnclave {
     if (p.request.type !== 'message') throw new Error('this fake signs messages only');
     const signature = await account.signMessage({ message: p.request.message });
     const { r, s, v, yParity } = parseSignature(signature);
-    const result = { signature, r, s, v: Number(v) as 27 | 28, yParity: yParity as 0 | 1, hash: hashMessage(p.request.message), address: account.address };
+    const result = {
+      signature,
+      r,
+      s,
+      v: Number(v) as 27 | 28,
+      yParity: yParity as 0 | 1,
+      hash: hashMessage(p.request.message),
+      address: account.address,
+    };
     this.answered.push(result);
     return result;
   }
@@ -109,7 +122,17 @@ describe('parent against a fake enclave', () => {
       const url = new URL(`${(parent as RunningParent).url}${pathname}`);
       const data = body === undefined ? undefined : JSON.stringify(body);
       const req = http.request(
-        { host: url.hostname, port: url.port, path: url.pathname, method: data ? 'POST' : 'GET', agent: false, headers: { authorization: `Bearer ${TOKEN}`, ...(data ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } : {}) } },
+        {
+          host: url.hostname,
+          port: url.port,
+          path: url.pathname,
+          method: data ? 'POST' : 'GET',
+          agent: false,
+          headers: {
+            authorization: `Bearer ${TOKEN}`,
+            ...(data ? { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) } : {}),
+          },
+        },
         (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
@@ -136,7 +159,12 @@ describe('parent against a fake enclave', () => {
       database: { path: path.join(runDir, 'keys.db') },
       transport: { kind: 'simulated', runDir },
       enclave: { address: ENCLAVE, poolSize: 2, deadlineMs: 30_000 },
-      kmsProxy: { listen: 'vsock://3:8000', allowedKeyArns: ['arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000'], region: 'us-east-1', endpoint: 'http://127.0.0.1:9' },
+      kmsProxy: {
+        listen: 'vsock://3:8000',
+        allowedKeyArns: ['arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000'],
+        region: 'us-east-1',
+        endpoint: 'http://127.0.0.1:9',
+      },
       logLevel: 'silent',
     });
     const p = await startParent(config, silentLogger());
@@ -186,7 +214,10 @@ describe('parent against a fake enclave', () => {
       for (let i = 0; i < CAP; i++) {
         const { first, answer } = await sendAndSee(keyId, `${tag} ${i}`, i);
         // Each of the first CAP requests reaches the enclave (it is not answered 503 first).
-        expect([i, first === 'held' ? 'held by the enclave' : `answered ${(first).status} ${(first).text}`]).toEqual([i, 'held by the enclave']);
+        expect([i, first === 'held' ? 'held by the enclave' : `answered ${first.status} ${first.text}`]).toEqual([
+          i,
+          'held by the enclave',
+        ]);
         answers.push(answer);
       }
       expect(enclave.held).toHaveLength(CAP);

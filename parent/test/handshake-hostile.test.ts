@@ -39,7 +39,16 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
   };
 
   const hsClient = (handshake: ConstructorParameters<typeof RpcClient<EnclaveApi>>[0]['handshake']) => {
-    client = new RpcClient<EnclaveApi>({ name: 'hs', transport, address: ADDRESS, logger: captureLogger('silent').logger, connectTimeoutMs: 150, defaultDeadlineMs: 1000, backoff: { initialMs: 20, maxMs: 40 }, handshake });
+    client = new RpcClient<EnclaveApi>({
+      name: 'hs',
+      transport,
+      address: ADDRESS,
+      logger: captureLogger('silent').logger,
+      connectTimeoutMs: 150,
+      defaultDeadlineMs: 1000,
+      backoff: { initialMs: 20, maxMs: 40 },
+      handshake,
+    });
     return client;
   };
 
@@ -117,7 +126,15 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
 
   it('a late answer to a timed-out hello is ignored; the connection it came on is not used', async () => {
     await serve((m, framed) => {
-      setTimeout(() => framed.send({ jsonrpc: '2.0', id: m.id, result: { protocolVersion: 2, supportedVersions: [1, 2], features: [], enclaveVersion: 'x' } }), 250);
+      setTimeout(
+        () =>
+          framed.send({
+            jsonrpc: '2.0',
+            id: m.id,
+            result: { protocolVersion: 2, supportedVersions: [1, 2], features: [], enclaveVersion: 'x' },
+          }),
+        250,
+      );
     });
     const c = hsClient(async (call) => {
       await call('enclave.hello', { protocolVersion: 2 });
@@ -133,13 +150,30 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
     const onUnhandled = (e: unknown) => unhandled.push(e);
     process.on('unhandledRejection', onUnhandled);
     try {
-      const answers = [null, 'x', [], { protocolVersion: '2' }, { protocolVersion: 2.5 }, { protocolVersion: 0 }, { protocolVersion: 3 }, JSON.parse('{"__proto__":{"protocolVersion":2}}')];
+      const answers = [
+        null,
+        'x',
+        [],
+        { protocolVersion: '2' },
+        { protocolVersion: 2.5 },
+        { protocolVersion: 0 },
+        { protocolVersion: 3 },
+        JSON.parse('{"__proto__":{"protocolVersion":2}}'),
+      ];
       let n = 0;
       await serve((m, framed) => {
         if (m.method === 'enclave.hello') framed.send({ jsonrpc: '2.0', id: m.id, result: answers[n++ % answers.length] });
       });
       const log = captureLogger('warn');
-      pool = new EnclavePool({ transport, address: ADDRESS, size: 1, logger: log.logger, connectTimeoutMs: 150, deadlineMs: 500, maxInFlightPerConnection: 4 });
+      pool = new EnclavePool({
+        transport,
+        address: ADDRESS,
+        size: 1,
+        logger: log.logger,
+        connectTimeoutMs: 150,
+        deadlineMs: 500,
+        maxInFlightPerConnection: 4,
+      });
       pool.start();
       await waitFor(() => n >= answers.length * 2, 15_000, 'every garbage answer twice');
       expect(pool.up).toBe(false);
@@ -160,7 +194,15 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
         framed.send({ jsonrpc: '2.0', id: m.id, error: { code: -1, message: 'x', data: { reason: code } } });
       }
     });
-    pool = new EnclavePool({ transport, address: ADDRESS, size: 1, logger: captureLogger('silent').logger, connectTimeoutMs: 150, deadlineMs: 500, maxInFlightPerConnection: 4 });
+    pool = new EnclavePool({
+      transport,
+      address: ADDRESS,
+      size: 1,
+      logger: captureLogger('silent').logger,
+      connectTimeoutMs: 150,
+      deadlineMs: 500,
+      maxInFlightPerConnection: 4,
+    });
     pool.start();
     await sleep(500);
     expect(pool.up).toBe(false);
@@ -187,10 +229,22 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
       if (m.method === 'enclave.hello' && overloadedLeft-- > 0) {
         framed.send({ jsonrpc: '2.0', id: m.id, error: { code: -32020, message: 'busy', data: { code: 'OVERLOADED', retryable: true } } });
       } else if (m.method === 'enclave.hello') {
-        framed.send({ jsonrpc: '2.0', id: m.id, result: { protocolVersion: 2, supportedVersions: [1, 2], features: [], enclaveVersion: 'x' } });
+        framed.send({
+          jsonrpc: '2.0',
+          id: m.id,
+          result: { protocolVersion: 2, supportedVersions: [1, 2], features: [], enclaveVersion: 'x' },
+        });
       }
     });
-    pool = new EnclavePool({ transport, address: ADDRESS, size: 1, logger: captureLogger('silent').logger, connectTimeoutMs: 2000, deadlineMs: 500, maxInFlightPerConnection: 4 });
+    pool = new EnclavePool({
+      transport,
+      address: ADDRESS,
+      size: 1,
+      logger: captureLogger('silent').logger,
+      connectTimeoutMs: 2000,
+      deadlineMs: 500,
+      maxInFlightPerConnection: 4,
+    });
     pool.start();
     await pool.waitUp(5000);
     expect([pool.protocolVersion, accepted, seen.filter((m) => m.method === 'enclave.hello').length]).toEqual([2, 1, 3]);
@@ -201,12 +255,30 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
     const conns: FramedConnection[] = [];
     await serve((m, framed) => {
       conns.push(framed);
-      if (refuse) framed.send({ jsonrpc: '2.0', id: m.id, error: { code: -32004, message: 'protocol version 2 is not supported', data: { code: 'UNSUPPORTED_VERSION' } } });
-      else framed.send({ jsonrpc: '2.0', id: m.id, result: { protocolVersion: 2, supportedVersions: [2], features: [], enclaveVersion: 'x' } });
+      if (refuse)
+        framed.send({
+          jsonrpc: '2.0',
+          id: m.id,
+          error: { code: -32004, message: 'protocol version 2 is not supported', data: { code: 'UNSUPPORTED_VERSION' } },
+        });
+      else
+        framed.send({
+          jsonrpc: '2.0',
+          id: m.id,
+          result: { protocolVersion: 2, supportedVersions: [2], features: [], enclaveVersion: 'x' },
+        });
     });
     const log = captureLogger('error');
     const refusals = () => log.lines().filter((l) => String(l.msg).startsWith('protocol version refused')).length;
-    pool = new EnclavePool({ transport, address: ADDRESS, size: 1, logger: log.logger, connectTimeoutMs: 150, deadlineMs: 500, maxInFlightPerConnection: 4 });
+    pool = new EnclavePool({
+      transport,
+      address: ADDRESS,
+      size: 1,
+      logger: log.logger,
+      connectTimeoutMs: 150,
+      deadlineMs: 500,
+      maxInFlightPerConnection: 4,
+    });
     pool.start();
     await waitFor(() => seen.length >= 2, 5000, 'refusals');
     expect(refusals()).toBe(1);

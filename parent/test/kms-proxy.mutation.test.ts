@@ -37,19 +37,35 @@ function scripted(...steps: Step[]) {
   return { client, calls };
 }
 
-const answer = (extra: object = {}): Step => async () => ({ KeyId: ARN, CiphertextForRecipient: new Uint8Array(CMS), ...extra });
-const fail = (err: object): Step => async () => {
-  throw Object.assign(new Error((err as { message?: string }).message ?? ''), err);
-};
+const answer =
+  (extra: object = {}): Step =>
+  async () => ({ KeyId: ARN, CiphertextForRecipient: new Uint8Array(CMS), ...extra });
+const fail =
+  (err: object): Step =>
+  async () => {
+    throw Object.assign(new Error((err as { message?: string }).message ?? ''), err);
+  };
 
 function proxyWith(client: KMSClient, deadlineMs = 2_000) {
   const outcomes: string[] = [];
   const log = captureLogger('debug');
-  const proxy = new KmsProxy({ client, allowedKeyArns: [ARN], deadlineMs, maxConcurrent: 4, logger: log.logger, onCall: (o, s) => outcomes.push(`${o}${s >= 0 && s < 60 ? '' : ' (bad duration)'}`) });
+  const proxy = new KmsProxy({
+    client,
+    allowedKeyArns: [ARN],
+    deadlineMs,
+    maxConcurrent: 4,
+    logger: log.logger,
+    onCall: (o, s) => outcomes.push(`${o}${s >= 0 && s < 60 ? '' : ' (bad duration)'}`),
+  });
   return { proxy, outcomes, log };
 }
 
-const params = (over: object = {}) => ({ kmsKeyArn: ARN, ciphertextBlob: BLOB.toString('base64'), attestationDocument: DOC.toString('base64'), ...over });
+const params = (over: object = {}) => ({
+  kmsKeyArn: ARN,
+  ciphertextBlob: BLOB.toString('base64'),
+  attestationDocument: DOC.toString('base64'),
+  ...over,
+});
 
 describe('KMS proxy (scripted KMS client)', () => {
   it('asks KMS for exactly an attested RSAES_OAEP_SHA_256 Decrypt, and relays only the recipient ciphertext', async () => {
@@ -82,9 +98,15 @@ describe('KMS proxy (scripted KMS client)', () => {
     const kms = scripted(answer());
     const { proxy, outcomes } = proxyWith(kms.client);
     const notAllowed = await rejection(proxy.decrypt(params({ kmsKeyArn: OTHER })));
-    expect([notAllowed.code, notAllowed.message]).toEqual(['KMS_KEY_NOT_ALLOWED', `KMS key ${OTHER} is not in this parent's allowedKeyArns`]);
+    expect([notAllowed.code, notAllowed.message]).toEqual([
+      'KMS_KEY_NOT_ALLOWED',
+      `KMS key ${OTHER} is not in this parent's allowedKeyArns`,
+    ]);
     const noDoc = await rejection(proxy.decrypt(params({ attestationDocument: '' })));
-    expect([noDoc.code, noDoc.message]).toEqual(['INVALID_PARAMS', 'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext']);
+    expect([noDoc.code, noDoc.message]).toEqual([
+      'INVALID_PARAMS',
+      'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext',
+    ]);
     expect([kms.calls.length, outcomes]).toEqual([0, []]);
   });
 
@@ -93,12 +115,19 @@ describe('KMS proxy (scripted KMS client)', () => {
     const kms = scripted(answer({ Plaintext: plaintext }));
     const { proxy, outcomes, log } = proxyWith(kms.client);
     const err = await rejection(proxy.decrypt(params()));
-    expect([err.code, err.retryable, err.message]).toEqual(['INTERNAL', false, 'KMS returned plaintext to an attested request; refusing to relay it']);
+    expect([err.code, err.retryable, err.message]).toEqual([
+      'INTERNAL',
+      false,
+      'KMS returned plaintext to an attested request; refusing to relay it',
+    ]);
     expect(plaintext.every((b) => b === 0)).toBe(true);
     expect([kms.calls.length, outcomes]).toEqual([1, ['plaintext']]);
-    expect(log.lines().filter((l) => l.level === 40).map((l) => [l.code, l.outcome, l.msg])).toEqual([
-      ['INTERNAL', 'plaintext', 'KMS decrypt refused: KMS returned plaintext to an attested request; refusing to relay it'],
-    ]);
+    expect(
+      log
+        .lines()
+        .filter((l) => l.level === 40)
+        .map((l) => [l.code, l.outcome, l.msg]),
+    ).toEqual([['INTERNAL', 'plaintext', 'KMS decrypt refused: KMS returned plaintext to an attested request; refusing to relay it']]);
     const empty = scripted(answer({ Plaintext: new Uint8Array(0) }));
     expect((await proxyWith(empty.client).proxy.decrypt(params())).ciphertextForRecipient).toBe(CMS.toString('base64'));
   });
@@ -108,12 +137,21 @@ describe('KMS proxy (scripted KMS client)', () => {
       const kms = scripted(answer({ CiphertextForRecipient }));
       const { proxy, outcomes } = proxyWith(kms.client);
       const err = await rejection(proxy.decrypt(params()));
-      expect([err.code, err.message, outcomes, kms.calls.length]).toEqual(['KMS_UNAVAILABLE', 'KMS returned no CiphertextForRecipient', ['no_recipient_ciphertext'], 1]);
+      expect([err.code, err.message, outcomes, kms.calls.length]).toEqual([
+        'KMS_UNAVAILABLE',
+        'KMS returned no CiphertextForRecipient',
+        ['no_recipient_ciphertext'],
+        1,
+      ]);
     }
   });
 
   it('retries what is retryable, logging each retry, and relays the answer that follows', async () => {
-    const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), fail({ name: 'KMSInternalException', $fault: 'server' }), answer());
+    const kms = scripted(
+      fail({ name: 'ThrottlingException', message: 'Rate exceeded' }),
+      fail({ name: 'KMSInternalException', $fault: 'server' }),
+      answer(),
+    );
     const { proxy, outcomes, log } = proxyWith(kms.client);
     expect((await proxy.decrypt(params())).keyId).toBe(ARN);
     expect([kms.calls.length, outcomes]).toEqual([3, ['ok']]);
@@ -123,7 +161,9 @@ describe('KMS proxy (scripted KMS client)', () => {
       [40, 2, 'KMS_UNAVAILABLE'],
     ]);
     // Each retry waited its backoff: 25-50 ms after the first failure, 50-100 ms after the second.
-    const within = (delay: unknown, attempt: number) => (delay as number) >= backoffDelay(attempt, KMS_RETRY_BACKOFF, () => 0) && (delay as number) <= backoffDelay(attempt, KMS_RETRY_BACKOFF, () => 1);
+    const within = (delay: unknown, attempt: number) =>
+      (delay as number) >= backoffDelay(attempt, KMS_RETRY_BACKOFF, () => 0) &&
+      (delay as number) <= backoffDelay(attempt, KMS_RETRY_BACKOFF, () => 1);
     expect([within(retries[0]?.delayMs, 0), within(retries[1]?.delayMs, 1)]).toEqual([true, true]);
     expect([backoffDelay(0, KMS_RETRY_BACKOFF, () => 0), backoffDelay(1, KMS_RETRY_BACKOFF, () => 1)]).toEqual([25, 100]);
   });
@@ -136,19 +176,36 @@ describe('KMS proxy (scripted KMS client)', () => {
   });
 
   it("keeps the KMS SDK's error as the cause and logs it, but sends the enclave only code and message", async () => {
-    const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), fail({ name: 'AccessDeniedException', message: 'User is not authorized\nrequest id 1234' }));
+    const kms = scripted(
+      fail({ name: 'ThrottlingException', message: 'Rate exceeded' }),
+      fail({ name: 'AccessDeniedException', message: 'User is not authorized\nrequest id 1234' }),
+    );
     const { proxy, log } = proxyWith(kms.client);
     const err = await rejection(proxy.decrypt(params()));
     expect(kms.calls.length).toBe(2);
-    expect([(err.cause as Error).name, (err.cause as Error).message]).toEqual(['AccessDeniedException', 'User is not authorized\nrequest id 1234']);
-    const [retry, refused] = log.lines().filter((l) => l.err !== undefined) as Array<{ msg: string; err: { message: string; stack: string; code: string } }>;
-    expect([retry?.msg, retry?.err.code, retry?.err.message]).toEqual(['KMS call failed; retrying', 'KMS_THROTTLED', 'KMS ThrottlingException: Rate exceeded: Rate exceeded']);
+    expect([(err.cause as Error).name, (err.cause as Error).message]).toEqual([
+      'AccessDeniedException',
+      'User is not authorized\nrequest id 1234',
+    ]);
+    const [retry, refused] = log.lines().filter((l) => l.err !== undefined) as Array<{
+      msg: string;
+      err: { message: string; stack: string; code: string };
+    }>;
+    expect([retry?.msg, retry?.err.code, retry?.err.message]).toEqual([
+      'KMS call failed; retrying',
+      'KMS_THROTTLED',
+      'KMS ThrottlingException: Rate exceeded: Rate exceeded',
+    ]);
     expect(refused?.msg).toMatch(/^KMS decrypt refused: /);
     expect(refused?.err.message).toContain('User is not authorized\nrequest id 1234'); // the whole SDK message, second line included
     expect(refused?.err.stack).toContain('caused by: AccessDeniedException: User is not authorized');
     // The wire form: no cause, and nothing of the SDK error beyond the mapped message's first line.
     const wire = JSON.stringify(toRpcError(err));
-    expect(JSON.parse(wire)).toEqual({ code: -32010, message: err.message, data: { code: 'KMS_ACCESS_DENIED', retryable: false, reason: 'KMS_ACCESS_DENIED' } });
+    expect(JSON.parse(wire)).toEqual({
+      code: -32010,
+      message: err.message,
+      data: { code: 'KMS_ACCESS_DENIED', retryable: false, reason: 'KMS_ACCESS_DENIED' },
+    });
     expect(wire).not.toContain('request id 1234');
   });
 
@@ -203,9 +260,21 @@ describe('KMS proxy edge cases', () => {
   });
 
   it('works without an onCall hook, on success and on failure', async () => {
-    const proxy = new KmsProxy({ client: scripted(answer()).client, allowedKeyArns: [ARN], deadlineMs: 1000, maxConcurrent: 1, logger: silentLogger() });
+    const proxy = new KmsProxy({
+      client: scripted(answer()).client,
+      allowedKeyArns: [ARN],
+      deadlineMs: 1000,
+      maxConcurrent: 1,
+      logger: silentLogger(),
+    });
     expect((await proxy.decrypt(params())).keyId).toBe(ARN);
-    const failing = new KmsProxy({ client: scripted(fail({ name: 'AccessDeniedException' })).client, allowedKeyArns: [ARN], deadlineMs: 1000, maxConcurrent: 1, logger: silentLogger() });
+    const failing = new KmsProxy({
+      client: scripted(fail({ name: 'AccessDeniedException' })).client,
+      allowedKeyArns: [ARN],
+      deadlineMs: 1000,
+      maxConcurrent: 1,
+      logger: silentLogger(),
+    });
     expect((await rejection(failing.decrypt(params()))).code).toBe('KMS_ACCESS_DENIED');
   });
 
@@ -217,7 +286,12 @@ describe('KMS proxy edge cases', () => {
     const { proxy, log } = proxyWith(kms.client);
     expect((await proxy.decrypt(params())).keyId).toBe(ARN);
     expect(kms.calls.length).toBe(2);
-    expect(log.lines().filter((l) => l.msg === 'KMS call failed; retrying').map((l) => l.code)).toEqual(['KMS_UNAVAILABLE']);
+    expect(
+      log
+        .lines()
+        .filter((l) => l.msg === 'KMS call failed; retrying')
+        .map((l) => l.code),
+    ).toEqual(['KMS_UNAVAILABLE']);
     expect(mapKmsError(undefined).message).toBe('KMS could not be reached: Error');
   });
 
@@ -229,10 +303,19 @@ describe('KMS proxy edge cases', () => {
   });
 
   it('treats a 4xx it does not know as final: one call, KMS_REJECTED with the name and message KMS gave', async () => {
-    const kms = scripted(fail({ name: 'LimitExceededException', message: 'quota', $fault: 'client', $metadata: { httpStatusCode: 400 } }), answer());
+    const kms = scripted(
+      fail({ name: 'LimitExceededException', message: 'quota', $fault: 'client', $metadata: { httpStatusCode: 400 } }),
+      answer(),
+    );
     const { proxy, outcomes } = proxyWith(kms.client, 5_000);
     const err = await rejection(proxy.decrypt(params()));
-    expect([err.code, err.retryable, err.message, kms.calls.length, outcomes]).toEqual(['KMS_REJECTED', false, 'KMS LimitExceededException: quota', 1, ['KMS_REJECTED']]);
+    expect([err.code, err.retryable, err.message, kms.calls.length, outcomes]).toEqual([
+      'KMS_REJECTED',
+      false,
+      'KMS LimitExceededException: quota',
+      1,
+      ['KMS_REJECTED'],
+    ]);
   });
 
   it.each([
@@ -269,17 +352,20 @@ describe('KMS proxy edge cases', () => {
   it.each([
     [KMS_MIN_ATTEMPT_MS + 24, 'KMS_THROTTLED', 1, ['KMS_THROTTLED']],
     [KMS_MIN_ATTEMPT_MS + 25, 'relayed', 2, ['ok']],
-  ])('with a %i ms deadline, retries only if the backoff and a whole attempt fit before it (%s)', async (deadlineMs, result, calls, outcomes) => {
-    fakeClock();
-    const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), answer());
-    const run = proxyWith(kms.client, deadlineMs);
-    const settled = run.proxy.decrypt(params()).then(
-      () => 'relayed',
-      (e: KeystoreError) => e.code,
-    );
-    await jest.advanceTimersByTimeAsync(1_000);
-    expect([await settled, kms.calls.length, run.outcomes]).toEqual([result, calls, outcomes]);
-  });
+  ])(
+    'with a %i ms deadline, retries only if the backoff and a whole attempt fit before it (%s)',
+    async (deadlineMs, result, calls, outcomes) => {
+      fakeClock();
+      const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), answer());
+      const run = proxyWith(kms.client, deadlineMs);
+      const settled = run.proxy.decrypt(params()).then(
+        () => 'relayed',
+        (e: KeystoreError) => e.code,
+      );
+      await jest.advanceTimersByTimeAsync(1_000);
+      expect([await settled, kms.calls.length, run.outcomes]).toEqual([result, calls, outcomes]);
+    },
+  );
 
   it('budgets a retry as long as the failed attempt took, when that is longer than the minimum', async () => {
     fakeClock();
@@ -311,7 +397,11 @@ describe('KMS proxy edge cases', () => {
       (e: KeystoreError) => `${e.code} ${e.retryable}: ${e.message}`,
     );
     await jest.advanceTimersByTimeAsync(1_000);
-    expect([await result, kms.calls.length, outcomes]).toEqual(['KMS_THROTTLED true: KMS ThrottlingException: Rate exceeded', 2, ['KMS_THROTTLED']]);
+    expect([await result, kms.calls.length, outcomes]).toEqual([
+      'KMS_THROTTLED true: KMS ThrottlingException: Rate exceeded',
+      2,
+      ['KMS_THROTTLED'],
+    ]);
   });
 
   it('does not ask again when its backoff timer fired late, past the deadline, and answers with the failure it had', async () => {
@@ -325,7 +415,11 @@ describe('KMS proxy edge cases', () => {
     await jest.advanceTimersByTimeAsync(0); // the first answer arrives; the 25 ms backoff starts
     expect(kms.calls.length).toBe(1);
     jest.advanceTimersByTime(200); // the backoff's timer fires only when the clock is already at the deadline
-    expect([await result, kms.calls.length, outcomes]).toEqual(['KMS_THROTTLED: KMS ThrottlingException: Rate exceeded', 1, ['KMS_THROTTLED']]);
+    expect([await result, kms.calls.length, outcomes]).toEqual([
+      'KMS_THROTTLED: KMS ThrottlingException: Rate exceeded',
+      1,
+      ['KMS_THROTTLED'],
+    ]);
   });
 });
 
@@ -343,7 +437,12 @@ describe('KMS proxy over RPC (in-process, scripted KMS client)', () => {
       expect(await client.call('kms.decrypt', params())).toEqual({ ciphertextForRecipient: CMS.toString('base64'), keyId: ARN });
       const refused = await rejection(client.call('kms.decrypt', params({ kmsKeyArn: OTHER })));
       expect(refused.code).toBe('KMS_KEY_NOT_ALLOWED');
-      expect(log.lines().filter((l) => l.msg === 'kms-proxy listening').map((l) => l.address)).toEqual(['vsock://3:8123']);
+      expect(
+        log
+          .lines()
+          .filter((l) => l.msg === 'kms-proxy listening')
+          .map((l) => l.address),
+      ).toEqual(['vsock://3:8123']);
       await client.close();
       await proxy.close(100);
       const connects = await new Promise<boolean>((resolve) => {
@@ -365,27 +464,51 @@ describe('KMS proxy over RPC (in-process, scripted KMS client)', () => {
 
 describe('KMS error mapping, name by name', () => {
   it.each<[object, string, string]>([
-    [{ name: 'AccessDeniedException', message: 'User is not authorized\nsecond line' }, 'KMS_ACCESS_DENIED', 'KMS AccessDeniedException: User is not authorized (is this enclave image approved in the key policy?)'],
+    [
+      { name: 'AccessDeniedException', message: 'User is not authorized\nsecond line' },
+      'KMS_ACCESS_DENIED',
+      'KMS AccessDeniedException: User is not authorized (is this enclave image approved in the key policy?)',
+    ],
     [{ name: 'ThrottlingException', message: 'Rate exceeded' }, 'KMS_THROTTLED', 'KMS ThrottlingException: Rate exceeded'],
     [{ name: 'ThrottlingException' }, 'KMS_THROTTLED', 'KMS ThrottlingException: rate exceeded'],
     [{ name: 'InvalidCiphertextException', message: 'bad' }, 'KMS_INVALID_CIPHERTEXT', 'KMS InvalidCiphertextException: bad'],
-    [{ name: 'IncorrectKeyException' }, 'KMS_INVALID_CIPHERTEXT', 'KMS IncorrectKeyException: the wrapped key does not decrypt under this KMS key'],
+    [
+      { name: 'IncorrectKeyException' },
+      'KMS_INVALID_CIPHERTEXT',
+      'KMS IncorrectKeyException: the wrapped key does not decrypt under this KMS key',
+    ],
     [{ name: 'NotFoundException' }, 'KMS_ACCESS_DENIED', 'KMS NotFoundException: the KMS key cannot be used'],
     [{ name: 'DisabledException', message: 'disabled' }, 'KMS_ACCESS_DENIED', 'KMS DisabledException: disabled'],
     [{ name: 'KMSInvalidStateException' }, 'KMS_ACCESS_DENIED', 'KMS KMSInvalidStateException: the KMS key cannot be used'],
     [{ name: 'InvalidKeyUsageException' }, 'KMS_ACCESS_DENIED', 'KMS InvalidKeyUsageException: the KMS key cannot be used'],
-    [{ name: 'ValidationException', message: 'The Attestation document is not valid' }, 'ATTESTATION_FAILED', 'KMS ValidationException: The Attestation document is not valid'],
-    [{ name: 'ValidationException', message: '1 validation error detected' }, 'KMS_REJECTED', 'KMS ValidationException: 1 validation error detected'],
+    [
+      { name: 'ValidationException', message: 'The Attestation document is not valid' },
+      'ATTESTATION_FAILED',
+      'KMS ValidationException: The Attestation document is not valid',
+    ],
+    [
+      { name: 'ValidationException', message: '1 validation error detected' },
+      'KMS_REJECTED',
+      'KMS ValidationException: 1 validation error detected',
+    ],
     [{ name: 'ValidationException' }, 'KMS_REJECTED', 'KMS ValidationException: the request is not valid'],
     [{ name: 'SomethingNew', $fault: 'server' }, 'KMS_UNAVAILABLE', 'KMS SomethingNew: service error'],
     [{ name: 'SomethingNew', $fault: 'server', message: 'oops' }, 'KMS_UNAVAILABLE', 'KMS SomethingNew: oops'],
     [{ name: 'Unknown', $metadata: { httpStatusCode: 500 } }, 'KMS_UNAVAILABLE', 'KMS Unknown: service error'],
     [{ name: 'Unknown', $metadata: { httpStatusCode: 499 } }, 'KMS_REJECTED', 'KMS Unknown: refused the request (HTTP 499)'],
     [{ name: 'Unknown', $metadata: { httpStatusCode: 400 } }, 'KMS_REJECTED', 'KMS Unknown: refused the request (HTTP 400)'],
-    [{ name: 'LimitExceededException', message: 'too many grants', $metadata: { httpStatusCode: 400 } }, 'KMS_REJECTED', 'KMS LimitExceededException: too many grants'],
+    [
+      { name: 'LimitExceededException', message: 'too many grants', $metadata: { httpStatusCode: 400 } },
+      'KMS_REJECTED',
+      'KMS LimitExceededException: too many grants',
+    ],
     [{ name: 'Unknown', $metadata: { httpStatusCode: 399 } }, 'KMS_UNAVAILABLE', 'KMS could not be reached: Unknown'],
     [{ name: 'Unknown', $fault: 'client' }, 'KMS_REJECTED', 'KMS Unknown: refused the request (HTTP 4xx)'],
-    [{ name: 'Error', message: 'connect ECONNREFUSED 127.0.0.1:443' }, 'KMS_UNAVAILABLE', 'KMS could not be reached: Error: connect ECONNREFUSED 127.0.0.1:443'],
+    [
+      { name: 'Error', message: 'connect ECONNREFUSED 127.0.0.1:443' },
+      'KMS_UNAVAILABLE',
+      'KMS could not be reached: Error: connect ECONNREFUSED 127.0.0.1:443',
+    ],
     [{ name: 'KMSInternalException' }, 'KMS_UNAVAILABLE', 'KMS KMSInternalException: service error'],
     [{ name: 'DependencyTimeoutException' }, 'KMS_UNAVAILABLE', 'KMS DependencyTimeoutException: service error'],
     [{ name: 'KeyUnavailableException' }, 'KMS_UNAVAILABLE', 'KMS KeyUnavailableException: service error'],

@@ -35,7 +35,15 @@ describe('KMS attestation proxy', () => {
     const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48)]));
     pcrs.set(0, Buffer.from(pcr0, 'hex'));
     pcrs.set(3, Buffer.from(pcr3ForRole(PARENT_ROLE), 'hex'));
-    return signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0000000000000000', timestamp: Date.now(), pcrs, publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }) }, await ca.signer()).toString('base64');
+    return signAttestationDocument(
+      {
+        moduleId: 'i-0123456789abcdef0-enc0000000000000000',
+        timestamp: Date.now(),
+        pcrs,
+        publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }),
+      },
+      await ca.signer(),
+    ).toString('base64');
   };
   const call = (params: object) => client.call('kms.decrypt', params as ParamsOf<KmsProxyApi, 'kms.decrypt'>);
   const failure = rejection;
@@ -51,7 +59,14 @@ describe('KMS attestation proxy', () => {
     platform = await startPlatform(runDir);
     ca = await SimulatedNitroCa.open(path.join(runDir, 'nsm', 'nsm-ca.json'));
     kms = platform.kms();
-    proxy = new KmsProxy({ client: kms, allowedKeyArns: [platform.keyArn], deadlineMs: 3000, maxConcurrent: 16, logger: silentLogger(), onCall: (o) => outcomes.push(o) });
+    proxy = new KmsProxy({
+      client: kms,
+      allowedKeyArns: [platform.keyArn],
+      deadlineMs: 3000,
+      maxConcurrent: 16,
+      logger: silentLogger(),
+      onCall: (o) => outcomes.push(o),
+    });
     const transport = new SimulatedVsockTransport(runDir);
     await proxy.listen(transport, 'vsock://3:8000');
     client = new RpcClient<KmsProxyApi>({ name: 'test-enclave', transport, address: 'vsock://3:8000', logger: silentLogger() });
@@ -90,18 +105,30 @@ describe('KMS attestation proxy', () => {
     const before = await decryptCalls();
     expect((await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped }))).code).toBe('INVALID_PARAMS');
     const empty = await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: '' }));
-    expect([empty.code, empty.message]).toEqual(['INVALID_PARAMS', 'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext']);
-    expect((await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: await document(), plaintext: true }))).code).toBe('INVALID_PARAMS');
+    expect([empty.code, empty.message]).toEqual([
+      'INVALID_PARAMS',
+      'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext',
+    ]);
+    expect(
+      (await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: await document(), plaintext: true })))
+        .code,
+    ).toBe('INVALID_PARAMS');
     expect(await decryptCalls()).toBe(before);
   });
 
   it('maps KMS refusals to the shared reasons', async () => {
-    const denied = await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: await document('ab'.repeat(48)) }));
+    const denied = await failure(
+      call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: await document('ab'.repeat(48)) }),
+    );
     expect(denied.code).toBe('KMS_ACCESS_DENIED');
     expect(denied.message).toMatch(/is this enclave image approved in the key policy/);
-    const forged = await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: Buffer.from('not a document').toString('base64') }));
+    const forged = await failure(
+      call({ kmsKeyArn: platform.keyArn, ciphertextBlob: wrapped, attestationDocument: Buffer.from('not a document').toString('base64') }),
+    );
     expect(forged.code).toBe('ATTESTATION_FAILED');
-    const badBlob = await failure(call({ kmsKeyArn: platform.keyArn, ciphertextBlob: randomBytes(256).toString('base64'), attestationDocument: await document() }));
+    const badBlob = await failure(
+      call({ kmsKeyArn: platform.keyArn, ciphertextBlob: randomBytes(256).toString('base64'), attestationDocument: await document() }),
+    );
     expect(badBlob.code).toBe('KMS_INVALID_CIPHERTEXT');
   });
 
@@ -165,21 +192,45 @@ describe('KMS proxy against a KMS that answers with Plaintext', () => {
           ...(withPlaintext ? { Plaintext: dek.toString('base64') } : {}),
         };
         const text = JSON.stringify(target === 'TrentService.Decrypt' ? answer : { __type: 'UnknownOperationException' });
-        res.writeHead(target === 'TrentService.Decrypt' ? 200 : 400, { 'content-type': 'application/x-amz-json-1.1', 'content-length': Buffer.byteLength(text), 'x-amzn-requestid': 'fake' });
+        res.writeHead(target === 'TrentService.Decrypt' ? 200 : 400, {
+          'content-type': 'application/x-amz-json-1.1',
+          'content-length': Buffer.byteLength(text),
+          'x-amzn-requestid': 'fake',
+        });
         res.end(text);
       });
     });
     await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
     const { port } = server.address() as { port: number };
-    kms = new KMSClient({ endpoint: `http://127.0.0.1:${port}`, region: 'us-east-1', credentials: { accessKeyId: 'AKIDPARENT', secretAccessKey: 'x' }, maxAttempts: 1 });
-    proxy = new KmsProxy({ client: kms, allowedKeyArns: [ARN], deadlineMs: 3000, maxConcurrent: 4, logger: silentLogger(), onCall: (o) => outcomes.push(o) });
+    kms = new KMSClient({
+      endpoint: `http://127.0.0.1:${port}`,
+      region: 'us-east-1',
+      credentials: { accessKeyId: 'AKIDPARENT', secretAccessKey: 'x' },
+      maxAttempts: 1,
+    });
+    proxy = new KmsProxy({
+      client: kms,
+      allowedKeyArns: [ARN],
+      deadlineMs: 3000,
+      maxConcurrent: 4,
+      logger: silentLogger(),
+      onCall: (o) => outcomes.push(o),
+    });
     const transport = new SimulatedVsockTransport(runDir);
     await proxy.listen(transport, 'vsock://3:8000');
     client = new RpcClient<KmsProxyApi>({ name: 'test-enclave', transport, address: 'vsock://3:8000', logger: silentLogger() });
     await client.waitConnected(2000);
     const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48, i)]));
     const signer = await (await SimulatedNitroCa.open(null)).signer();
-    attestationDocument = signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0000000000000000', timestamp: Date.now(), pcrs, publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }) }, signer).toString('base64');
+    attestationDocument = signAttestationDocument(
+      {
+        moduleId: 'i-0123456789abcdef0-enc0000000000000000',
+        timestamp: Date.now(),
+        pcrs,
+        publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }),
+      },
+      signer,
+    ).toString('base64');
   });
 
   afterAll(async () => {
@@ -190,14 +241,17 @@ describe('KMS proxy against a KMS that answers with Plaintext', () => {
     fs.rmSync(runDir, { recursive: true, force: true });
   });
 
-  const call = () => client.call('kms.decrypt', { kmsKeyArn: ARN, ciphertextBlob: randomBytes(256).toString('base64'), attestationDocument });
+  const call = () =>
+    client.call('kms.decrypt', { kmsKeyArn: ARN, ciphertextBlob: randomBytes(256).toString('base64'), attestationDocument });
 
   it('relays the answer without Plaintext (the fake speaks the protocol the SDK expects)', async () => {
     withPlaintext = false;
     requests.length = 0;
     const res = await call();
     expect(openEnvelopedData(Buffer.from(res.ciphertextForRecipient, 'base64'), enclaveKey.privateKey)).toEqual(dek);
-    expect(requests.map((r) => [r.target, r.body.Recipient])).toEqual([['TrentService.Decrypt', { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: attestationDocument }]]);
+    expect(requests.map((r) => [r.target, r.body.Recipient])).toEqual([
+      ['TrentService.Decrypt', { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: attestationDocument }],
+    ]);
   });
 
   it('refuses to relay an answer that carries Plaintext, and asks KMS only once', async () => {
@@ -205,7 +259,11 @@ describe('KMS proxy against a KMS that answers with Plaintext', () => {
     requests.length = 0;
     outcomes.length = 0;
     const err = await rejection(call());
-    expect([err.code, err.retryable, err.message]).toEqual(['INTERNAL', false, 'KMS returned plaintext to an attested request; refusing to relay it']);
+    expect([err.code, err.retryable, err.message]).toEqual([
+      'INTERNAL',
+      false,
+      'KMS returned plaintext to an attested request; refusing to relay it',
+    ]);
     expect(JSON.stringify(err)).not.toContain(dek.toString('base64'));
     expect(requests).toHaveLength(1);
     expect(outcomes).toEqual(['plaintext']);
@@ -213,7 +271,9 @@ describe('KMS proxy against a KMS that answers with Plaintext', () => {
 
   it('zeroes the Plaintext it was given', async () => {
     const plaintext = Uint8Array.from(dek);
-    const stub = { send: async () => ({ KeyId: ARN, Plaintext: plaintext, CiphertextForRecipient: buildEnvelopedData(dek, enclaveKey.publicKey) }) } as unknown as KMSClient;
+    const stub = {
+      send: async () => ({ KeyId: ARN, Plaintext: plaintext, CiphertextForRecipient: buildEnvelopedData(dek, enclaveKey.publicKey) }),
+    } as unknown as KMSClient;
     const direct = new KmsProxy({ client: stub, allowedKeyArns: [ARN], deadlineMs: 1000, maxConcurrent: 1, logger: silentLogger() });
     const err = await rejection(direct.decrypt({ kmsKeyArn: ARN, ciphertextBlob: 'AAAA', attestationDocument }));
     expect(err.code).toBe('INTERNAL');

@@ -9,7 +9,11 @@ import { tempRunDir } from '../../shared/test/helpers';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
 
 // Every hop waits far longer than the API deadline: the deadline is what ends a held request.
-const LONG_HOPS = { parentEnclave: { deadlineMs: 50_000 }, parentKmsProxy: { deadlineMs: 40_000 }, enclave: { limits: { kmsDeadlineMs: 45_000 } } };
+const LONG_HOPS = {
+  parentEnclave: { deadlineMs: 50_000 },
+  parentKmsProxy: { deadlineMs: 40_000 },
+  enclave: { limits: { kmsDeadlineMs: 45_000 } },
+};
 
 const sign = (s: Stack, keyId: string, message = 'x') => s.api(`/v1/keys/${keyId}/sign`, { body: { type: 'message', message } });
 
@@ -29,7 +33,11 @@ describe('request deadline', () => {
     await s.platform.setFaults({ hold: true, ops: ['Decrypt'] });
     try {
       const res = await sign(s, key.keyId);
-      expect([res.status, res.body.error.code, res.body.error.message]).toEqual([504, 'TIMEOUT', `the request did not complete within ${DEADLINE_MS} ms`]);
+      expect([res.status, res.body.error.code, res.body.error.message]).toEqual([
+        504,
+        'TIMEOUT',
+        `the request did not complete within ${DEADLINE_MS} ms`,
+      ]);
       expect(res.body.error.requestId).toBe(res.headers.get('x-request-id'));
       const metrics = String((await s.api('/metrics', { token: null })).body);
       expect(metrics).toMatch(/^nks_http_in_flight 1$/m); // the scrape itself
@@ -41,7 +49,11 @@ describe('request deadline', () => {
     expect(again.status).toBe(200);
     expect(await recoverMessageAddress({ message: 'after', signature: again.body.signature })).toBe(key.address);
     // The access log is flushed every second: wait for the line rather than read the logs now.
-    expect(await s.parent.waitForLog((e) => e.msg === 'request' && e.status === 504)).toMatchObject({ route: '/v1/keys/{keyId}/sign', code: 'TIMEOUT', principal: 'full' });
+    expect(await s.parent.waitForLog((e) => e.msg === 'request' && e.status === 504)).toMatchObject({
+      route: '/v1/keys/{keyId}/sign',
+      code: 'TIMEOUT',
+      principal: 'full',
+    });
   }, 60_000);
 });
 

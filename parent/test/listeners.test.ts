@@ -51,8 +51,33 @@ describe('API listeners', () => {
   it('serves HTTPS with the configured certificate', async () => {
     const cert = path.join(dir, 'cert.pem');
     const key = path.join(dir, 'key.pem');
-    execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '1', '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1'], { stdio: 'ignore', timeout: 30_000 });
-    parent = startProgram('parent', ['--config', config(dir, { listen: { host: '127.0.0.1', port: 0 }, tls: { certFile: cert, keyFile: key } })]);
+    execFileSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-keyout',
+        key,
+        '-out',
+        cert,
+        '-days',
+        '1',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+      ],
+      { stdio: 'ignore', timeout: 30_000 },
+    );
+    parent = startProgram('parent', [
+      '--config',
+      config(dir, { listen: { host: '127.0.0.1', port: 0 }, tls: { certFile: cert, keyFile: key } }),
+    ]);
     const url = new URL(String((await parent.waitForLog((e) => e.msg === 'parent ready')).url));
     expect(url.protocol).toBe('https:');
     const res = await get({ host: url.hostname, port: url.port, path: '/healthz', ca: fs.readFileSync(cert) }, true);

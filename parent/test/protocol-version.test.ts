@@ -39,7 +39,15 @@ describe('enclave pool protocol handshake', () => {
   });
 
   const startPool = () => {
-    pool = new EnclavePool({ transport, address: ADDRESS, size: 2, logger: log.logger, connectTimeoutMs: 1000, deadlineMs: 2000, maxInFlightPerConnection: 16 });
+    pool = new EnclavePool({
+      transport,
+      address: ADDRESS,
+      size: 2,
+      logger: log.logger,
+      connectTimeoutMs: 1000,
+      deadlineMs: 2000,
+      maxInFlightPerConnection: 16,
+    });
     pool.start();
     return pool;
   };
@@ -81,7 +89,8 @@ describe('enclave pool protocol handshake', () => {
       const framed: FramedConnection = new FramedConnection(raw, {
         message: (msg) => {
           const { id, method } = msg as { id: number; method: string };
-          if (method === 'keys.forget') framed.send({ jsonrpc: '2.0', id, error: v1Error('KEY_INTEGRITY', 'the key could not be unsealed') });
+          if (method === 'keys.forget')
+            framed.send({ jsonrpc: '2.0', id, error: v1Error('KEY_INTEGRITY', 'the key could not be unsealed') });
           else framed.send({ jsonrpc: '2.0', id, error: v1Error('METHOD_NOT_FOUND', `unknown method "${method}"`) });
         },
         close: () => undefined,
@@ -102,7 +111,9 @@ describe('enclave pool protocol handshake', () => {
     expect([p.up, p.protocolVersion]).toEqual([false, undefined]);
     await waitFor(() => server !== undefined && server.stats.requests >= 4, 5000, 'the pool to retry the handshake');
     const refusals = log.lines().filter((l) => String(l.msg).startsWith('protocol version refused'));
-    expect(refusals.map((l) => [l.level, l.msg])).toEqual([[50, 'protocol version refused: the enclave speaks protocol version 4; this parent accepts versions 1 and 2: upgrade the parent']]);
+    expect(refusals.map((l) => [l.level, l.msg])).toEqual([
+      [50, 'protocol version refused: the enclave speaks protocol version 4; this parent accepts versions 1 and 2: upgrade the parent'],
+    ]);
     expect((await rejection(p.call('enclave.health', {}))).code).toBe('UNAVAILABLE');
   });
 

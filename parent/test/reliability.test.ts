@@ -66,7 +66,9 @@ describe('enclave stopped and restarted under load', () => {
   });
 
   it('fails in-flight requests fast and retryably, hangs none, and recovers', async () => {
-    const keys = await Promise.all(Array.from({ length: 4 }, () => s.api('/v1/keys', { body: {} }).then((r) => r.body as { keyId: string })));
+    const keys = await Promise.all(
+      Array.from({ length: 4 }, () => s.api('/v1/keys', { body: {} }).then((r) => r.body as { keyId: string })),
+    );
     type Phase = 'before kill' | 'down' | 'after ready';
     let phase: Phase = 'before kill';
     let stop = false;
@@ -87,7 +89,13 @@ describe('enclave stopped and restarted under load', () => {
           signal: AbortSignal.timeout(2 * ENCLAVE_DEADLINE_MS), // a hang shows up as an abort, and fails the test
         });
         const body = (await res.json()) as { error?: { code: string } };
-        outcomes.push({ phase: sentIn, status: res.status, code: body.error?.code, retryAfter: res.headers.get('retry-after'), ms: Date.now() - t0 });
+        outcomes.push({
+          phase: sentIn,
+          status: res.status,
+          code: body.error?.code,
+          retryAfter: res.headers.get('retry-after'),
+          ms: Date.now() - t0,
+        });
         if (res.status !== 200) await new Promise((r) => setTimeout(r, 20)); // not synchronisation: a client's pause before retrying
       }
     };
@@ -150,7 +158,8 @@ describe('bounded in-flight work and scripted KMS faults', () => {
     for (let i = 0; i < n; i++) keys.push((await s.api('/v1/keys', { body: {} })).body);
     return keys;
   };
-  const overloadedTotal = async () => Number(/^nks_http_overloaded_total (\d+)/m.exec(String((await s.api('/metrics', { token: null })).body))?.[1] ?? 0);
+  const overloadedTotal = async () =>
+    Number(/^nks_http_overloaded_total (\d+)/m.exec(String((await s.api('/metrics', { token: null })).body))?.[1] ?? 0);
 
   it('answers 503 OVERLOADED with Retry-After for exactly the requests beyond the in-flight cap', async () => {
     const keys = await newKeys(MAX_IN_FLIGHT + 5);
@@ -161,14 +170,18 @@ describe('bounded in-flight work and scripted KMS faults', () => {
     await s.platform.waitHeld(MAX_IN_FLIGHT);
     // Every further request is refused at once (nothing is released until they all have their answer).
     const beyond = await Promise.all(keys.slice(MAX_IN_FLIGHT).map((k) => sign(s, k.keyId)));
-    expect(beyond.map((r) => [r.status, r.body.error?.code, r.headers.get('retry-after')])).toEqual(beyond.map(() => [503, 'OVERLOADED', '1']));
+    expect(beyond.map((r) => [r.status, r.body.error?.code, r.headers.get('retry-after')])).toEqual(
+      beyond.map(() => [503, 'OVERLOADED', '1']),
+    );
     expect((await s.platform.faults()).held).toBe(MAX_IN_FLIGHT);
     await s.platform.setFaults({ hold: false });
     const served = await Promise.all(inFlight);
     expect(served.map((r) => r.status)).toEqual(Array(MAX_IN_FLIGHT).fill(200));
     expect((await overloadedTotal()) - overloadedBefore).toBe(5);
     // With the cap free again, the refused requests go through.
-    expect((await Promise.all(keys.slice(MAX_IN_FLIGHT, 2 * MAX_IN_FLIGHT).map((k) => sign(s, k.keyId)))).map((r) => r.status)).toEqual(Array(MAX_IN_FLIGHT).fill(200));
+    expect((await Promise.all(keys.slice(MAX_IN_FLIGHT, 2 * MAX_IN_FLIGHT).map((k) => sign(s, k.keyId)))).map((r) => r.status)).toEqual(
+      Array(MAX_IN_FLIGHT).fill(200),
+    );
   }, 60_000);
 
   it('retries KMS throttling and succeeds within the deadline', async () => {

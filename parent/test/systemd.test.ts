@@ -20,7 +20,14 @@ describe('systemd units', () => {
 
   it('runs the parent hardened, as a dedicated user, restarting on failure', () => {
     const text = fs.readFileSync(path.join(dir, 'nitro-keystore-parent.service'), 'utf8');
-    for (const line of ['User=nitro-keystore', 'NoNewPrivileges=yes', 'ProtectSystem=strict', 'Restart=on-failure', 'CapabilityBoundingSet=', 'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_VSOCK']) {
+    for (const line of [
+      'User=nitro-keystore',
+      'NoNewPrivileges=yes',
+      'ProtectSystem=strict',
+      'Restart=on-failure',
+      'CapabilityBoundingSet=',
+      'RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_VSOCK',
+    ]) {
       expect(text.split('\n')).toContain(line);
     }
   });

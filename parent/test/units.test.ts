@@ -21,10 +21,21 @@ describe('bearer tokens', () => {
     expect(() => TokenAuth.authorize(signer, 'keys:sign')).not.toThrow();
     expect(() => TokenAuth.authorize(signer, 'keys:create')).toThrow(expect.objectContaining({ code: 'FORBIDDEN' }));
     const root = auth.authenticate('Bearer tok-admin');
-    for (const scope of ['keys:create', 'keys:sign', 'keys:read', 'admin'] as const) expect(() => TokenAuth.authorize(root, scope)).not.toThrow();
+    for (const scope of ['keys:create', 'keys:sign', 'keys:read', 'admin'] as const)
+      expect(() => TokenAuth.authorize(root, scope)).not.toThrow();
   });
 
-  it.each([undefined, '', 'tok-sign', 'Bearer', 'Bearer ', 'bearer tok-sign', 'Bearer tok-sign2', `Bearer ${'x'.repeat(600)}`, 'Bearer tok sign'])('refuses %p', (header) => {
+  it.each([
+    undefined,
+    '',
+    'tok-sign',
+    'Bearer',
+    'Bearer ',
+    'bearer tok-sign',
+    'Bearer tok-sign2',
+    `Bearer ${'x'.repeat(600)}`,
+    'Bearer tok sign',
+  ])('refuses %p', (header) => {
     expect(() => auth.authenticate(header)).toThrow(expect.objectContaining({ code: 'UNAUTHORIZED' }));
   });
 });
@@ -36,7 +47,16 @@ describe('key store', () => {
   });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  const rec = (keyId: string, externalId: string | null = null) => ({ keyId, externalId, address: '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266', publicKey: '0x04', blob: 'AAAA', labels: { a: 'b' }, attestation: null, createdAt: 1 });
+  const rec = (keyId: string, externalId: string | null = null) => ({
+    keyId,
+    externalId,
+    address: '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266',
+    publicKey: '0x04',
+    blob: 'AAAA',
+    labels: { a: 'b' },
+    attestation: null,
+    createdAt: 1,
+  });
 
   it('opens with WAL and synchronous=FULL at the current schema version', () => {
     const store = new KeyStore(path.join(dir, 'k.db'));
@@ -118,14 +138,27 @@ describe('parent configuration', () => {
   };
 
   it('fills defaults and applies environment overrides', () => {
-    const c = parseParentConfig(base, { NKS_API_PORT: '9000', NKS_DB_PATH: '/var/lib/nks/keys.db', NKS_KMS_REGION: 'eu-west-1', NKS_LOG_LEVEL: 'warn' });
+    const c = parseParentConfig(base, {
+      NKS_API_PORT: '9000',
+      NKS_DB_PATH: '/var/lib/nks/keys.db',
+      NKS_KMS_REGION: 'eu-west-1',
+      NKS_LOG_LEVEL: 'warn',
+    });
     expect(c.database.path).toBe('/var/lib/nks/keys.db');
     expect(c.kmsProxy.region).toBe('eu-west-1');
     expect(c.logLevel).toBe('warn');
     const { host, socketMode, ...api } = PARENT_CONFIG_DEFAULTS.api;
-    expect(c).toMatchObject({ api: { ...api, listen: { host, port: 9000 } }, transport: PARENT_CONFIG_DEFAULTS.transport, enclave: PARENT_CONFIG_DEFAULTS.enclave, kmsProxy: PARENT_CONFIG_DEFAULTS.kmsProxy });
+    expect(c).toMatchObject({
+      api: { ...api, listen: { host, port: 9000 } },
+      transport: PARENT_CONFIG_DEFAULTS.transport,
+      enclave: PARENT_CONFIG_DEFAULTS.enclave,
+      kmsProxy: PARENT_CONFIG_DEFAULTS.kmsProxy,
+    });
     expect(parseParentConfig(base).logLevel).toBe(PARENT_CONFIG_DEFAULTS.logLevel);
-    expect(parseParentConfig({ ...base, api: { listen: { socket: '/run/x.sock' } } }).api.listen).toEqual({ socket: '/run/x.sock', mode: socketMode });
+    expect(parseParentConfig({ ...base, api: { listen: { socket: '/run/x.sock' } } }).api.listen).toEqual({
+      socket: '/run/x.sock',
+      mode: socketMode,
+    });
     // The enclave's defaults listen where these dial (enclave/test/units.test.ts checks its side).
     expect([c.enclave.address, c.kmsProxy.listen]).toEqual([DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS]);
   });
@@ -133,12 +166,23 @@ describe('parent configuration', () => {
   it('allows exactly the KMS key ARNs the shared definition does', () => {
     const { good, bad } = IDENTIFIER_SAMPLES.kmsKeyArn;
     expect(parseParentConfig({ ...base, kmsProxy: { ...base.kmsProxy, allowedKeyArns: good } }).kmsProxy.allowedKeyArns).toEqual(good);
-    for (const arn of bad) expect(() => parseParentConfig({ ...base, kmsProxy: { ...base.kmsProxy, allowedKeyArns: [arn] } })).toThrow(/config.kmsProxy.allowedKeyArns\[0\]: expected a KMS key ARN/);
+    for (const arn of bad)
+      expect(() => parseParentConfig({ ...base, kmsProxy: { ...base.kmsProxy, allowedKeyArns: [arn] } })).toThrow(
+        /config.kmsProxy.allowedKeyArns\[0\]: expected a KMS key ARN/,
+      );
   });
 
   it.each<[string, object, RegExp]>([
-    ['a non-loopback listener without TLS', { ...base, api: { listen: { host: '0.0.0.0', port: 7070 } } }, /not loopback; serving beyond loopback requires config.api.tls/],
-    ['a token stored in clear', { ...base, tokens: [{ name: 't', sha256: 'plaintext-token', scopes: ['admin'] }] }, /config.tokens\[0\].sha256/],
+    [
+      'a non-loopback listener without TLS',
+      { ...base, api: { listen: { host: '0.0.0.0', port: 7070 } } },
+      /not loopback; serving beyond loopback requires config.api.tls/,
+    ],
+    [
+      'a token stored in clear',
+      { ...base, tokens: [{ name: 't', sha256: 'plaintext-token', scopes: ['admin'] }] },
+      /config.tokens\[0\].sha256/,
+    ],
     ['an unknown scope', { ...base, tokens: [{ name: 't', sha256: hashToken('x'), scopes: ['root'] }] }, /config.tokens\[0\].scopes/],
     ['duplicate token names', { ...base, tokens: [base.tokens[0], base.tokens[0]] }, /token names must be unique/],
     ['no allowed key', { ...base, kmsProxy: { allowedKeyArns: [], region: 'us-east-1' } }, /config.kmsProxy.allowedKeyArns/],

@@ -80,7 +80,10 @@ export function decodeBlob(data: Uint8Array): KeyBlob {
   if (!(m instanceof Map)) throw bad('not a CBOR map');
   const v = m.get('v');
   if (v !== BLOB_VERSION) {
-    throw new KeystoreError('UNSUPPORTED_VERSION', `key blob version ${typeof v === 'number' ? v : String(v)} is not supported (this build reads version ${BLOB_VERSION})`);
+    throw new KeystoreError(
+      'UNSUPPORTED_VERSION',
+      `key blob version ${typeof v === 'number' ? v : String(v)} is not supported (this build reads version ${BLOB_VERSION})`,
+    );
   }
   for (const k of m.keys()) if (typeof k !== 'string' || !FIELDS.has(k)) throw bad(`unknown field ${String(k).slice(0, 32)}`);
   if (m.get('alg') !== BLOB_ALG) throw bad(`alg is not ${BLOB_ALG}`);
@@ -88,7 +91,8 @@ export function decodeBlob(data: Uint8Array): KeyBlob {
   const createdAt = typeof rawCreatedAt === 'bigint' ? Number(rawCreatedAt) : rawCreatedAt;
   if (typeof createdAt !== 'number' || !Number.isSafeInteger(createdAt) || createdAt <= 0) throw bad('createdAt is not a positive integer');
   const wrappedKey = bytes(m, 'wrappedKey');
-  if (![256, 384, 512].includes(wrappedKey.length)) throw bad(`wrappedKey is ${wrappedKey.length} bytes, not an RSA-2048/3072/4096 ciphertext`);
+  if (![256, 384, 512].includes(wrappedKey.length))
+    throw bad(`wrappedKey is ${wrappedKey.length} bytes, not an RSA-2048/3072/4096 ciphertext`);
   return {
     v: BLOB_VERSION,
     alg: BLOB_ALG,

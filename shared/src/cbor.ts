@@ -100,7 +100,7 @@ function scanItem(b: Buffer, pos: number, depth: number, maxDepth: number): numb
     if (info === 20 || info === 21 || info === 22) return pos + 1; // false, true, null
     if (info >= 25 && info <= 27) throw new CborStrictError(pos, 'floating-point numbers are not allowed');
     if (info === 31) throw new CborStrictError(pos, 'a "break" outside an indefinite-length item');
-    throw new CborStrictError(pos, `simple value ${info === 24 ? b[pos + 1] ?? '?' : info} is not allowed`);
+    throw new CborStrictError(pos, `simple value ${info === 24 ? (b[pos + 1] ?? '?') : info} is not allowed`);
   }
   if (info === 31) throw new CborStrictError(pos, `indefinite-length ${MAJOR_NAMES[major]} is not allowed`);
   if (info >= 28) throw new CborStrictError(pos, `reserved additional information ${info}`);
@@ -230,7 +230,8 @@ function encodeDeterministic(value: unknown): Buffer {
       entries.sort((a, b) => Buffer.compare(a[0], b[0]));
       parts.push(head(5, entries.length));
       for (const [k, val] of entries) parts.push(k, val);
-    } else throw new TypeError(`a ${typeof v === 'object' ? (v).constructor?.name ?? 'object' : typeof v} has no deterministic encoding here`);
+    } else
+      throw new TypeError(`a ${typeof v === 'object' ? (v.constructor?.name ?? 'object') : typeof v} has no deterministic encoding here`);
   };
   put(value);
   return Buffer.concat(parts);

@@ -112,7 +112,8 @@ export class FrameDecoder {
   }
 
   private checkedLength(length: number): number {
-    if (length > this.maxPayloadBytes) this.fail('FRAME_TOO_LARGE', `frame length ${length} exceeds the ${this.maxPayloadBytes}-byte limit`);
+    if (length > this.maxPayloadBytes)
+      this.fail('FRAME_TOO_LARGE', `frame length ${length} exceeds the ${this.maxPayloadBytes}-byte limit`);
     return length;
   }
 

@@ -35,7 +35,9 @@ export function loadAddon<T>(what: string, candidates: readonly string[], req: N
       errors.push(err);
     }
   }
-  throw new Error(`${what} could not be loaded (tried ${candidates.length}):\n  ${failures.join('\n  ')}`, { cause: new AggregateError(errors, `${errors.length} candidates failed`) });
+  throw new Error(`${what} could not be loaded (tried ${candidates.length}):\n  ${failures.join('\n  ')}`, {
+    cause: new AggregateError(errors, `${errors.length} candidates failed`),
+  });
 }
 
 function firstLine(s: string): string {

@@ -25,7 +25,8 @@ const refusal = (fn: () => unknown) => {
   return [e.code, e.message];
 };
 
-const pkcs8 = async (k: webcrypto.CryptoKey): Promise<KeyObject> => createPrivateKey({ key: Buffer.from(await webcrypto.subtle.exportKey('pkcs8', k)), format: 'der', type: 'pkcs8' });
+const pkcs8 = async (k: webcrypto.CryptoKey): Promise<KeyObject> =>
+  createPrivateKey({ key: Buffer.from(await webcrypto.subtle.exportKey('pkcs8', k)), format: 'der', type: 'pkcs8' });
 
 interface CertSpec {
   subject: string;
@@ -40,7 +41,7 @@ interface CertSpec {
 
 /** A certificate under `issuer` (signed with its key), with exactly the given names and extensions. */
 async function certUnder(issuer: Issued, spec: CertSpec): Promise<Issued> {
-  const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']));
+  const keys = await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']);
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: '0a',
     subject: spec.subject,
@@ -55,8 +56,14 @@ async function certUnder(issuer: Issued, spec: CertSpec): Promise<Issued> {
   return { cert, keys };
 }
 
-const caExtensions = (pathLen?: number) => [new x509.BasicConstraintsExtension(true, pathLen, true), new x509.KeyUsagesExtension(F.keyCertSign | F.cRLSign | F.digitalSignature, true)];
-const leafExtensions = () => [new x509.BasicConstraintsExtension(false, undefined, true), new x509.KeyUsagesExtension(F.digitalSignature, true)];
+const caExtensions = (pathLen?: number) => [
+  new x509.BasicConstraintsExtension(true, pathLen, true),
+  new x509.KeyUsagesExtension(F.keyCertSign | F.cRLSign | F.digitalSignature, true),
+];
+const leafExtensions = () => [
+  new x509.BasicConstraintsExtension(false, undefined, true),
+  new x509.KeyUsagesExtension(F.digitalSignature, true),
+];
 
 describe('attestation verification at the edges of each check', () => {
   let ca: SimulatedNitroCa;
@@ -69,9 +76,17 @@ describe('attestation verification at the edges of each check', () => {
    * A document whose chain is root, regional, a fresh zonal CA, then `instance` (a spec, under that zonal) and
    * `leaf` (under the instance); the leaf's key signs.
    */
-  async function chainDoc(spec: { instance?: Partial<CertSpec>; leaf?: Partial<CertSpec>; leafKey?: KeyObject; leafPublicKey?: webcrypto.CryptoKey }, over: Partial<DocumentFields> = {}) {
+  async function chainDoc(
+    spec: { instance?: Partial<CertSpec>; leaf?: Partial<CertSpec>; leafKey?: KeyObject; leafPublicKey?: webcrypto.CryptoKey },
+    over: Partial<DocumentFields> = {},
+  ) {
     const instance = await certUnder(zonal, { subject: 'CN=instance.test', extensions: caExtensions(0), ...spec.instance });
-    const leaf = await certUnder(instance, { subject: 'CN=leaf.test', extensions: leafExtensions(), ...spec.leaf, ...(spec.leafPublicKey ? { publicKey: spec.leafPublicKey } : {}) });
+    const leaf = await certUnder(instance, {
+      subject: 'CN=leaf.test',
+      extensions: leafExtensions(),
+      ...spec.leaf,
+      ...(spec.leafPublicKey ? { publicKey: spec.leafPublicKey } : {}),
+    });
     const s: DocumentSigner = {
       certificate: Buffer.from(leaf.cert.rawData),
       cabundle: [...signer.cabundle.slice(0, 2), Buffer.from(zonal.cert.rawData), Buffer.from(instance.cert.rawData)],
@@ -101,9 +116,25 @@ describe('attestation verification at the edges of each check', () => {
 
   it.each<[string, () => Partial<CertSpec>, string]>([
     ['no extensions at all', () => ({ extensions: [] }), 'is not marked as a CA (basicConstraints)'],
-    ['no basicConstraints', () => ({ extensions: [new x509.KeyUsagesExtension(F.keyCertSign, true)] }), 'is not marked as a CA (basicConstraints)'],
-    ['basicConstraints without cA', () => ({ extensions: [new x509.BasicConstraintsExtension(false, undefined, true), new x509.KeyUsagesExtension(F.keyCertSign, true)] }), 'is not marked as a CA (basicConstraints)'],
-    ['keyUsage without keyCertSign', () => ({ extensions: [new x509.BasicConstraintsExtension(true, 0, true), new x509.KeyUsagesExtension(F.digitalSignature | F.cRLSign, true)] }), 'lacks keyUsage keyCertSign'],
+    [
+      'no basicConstraints',
+      () => ({ extensions: [new x509.KeyUsagesExtension(F.keyCertSign, true)] }),
+      'is not marked as a CA (basicConstraints)',
+    ],
+    [
+      'basicConstraints without cA',
+      () => ({
+        extensions: [new x509.BasicConstraintsExtension(false, undefined, true), new x509.KeyUsagesExtension(F.keyCertSign, true)],
+      }),
+      'is not marked as a CA (basicConstraints)',
+    ],
+    [
+      'keyUsage without keyCertSign',
+      () => ({
+        extensions: [new x509.BasicConstraintsExtension(true, 0, true), new x509.KeyUsagesExtension(F.digitalSignature | F.cRLSign, true)],
+      }),
+      'lacks keyUsage keyCertSign',
+    ],
     ['no keyUsage', () => ({ extensions: [new x509.BasicConstraintsExtension(true, 0, true)] }), 'lacks keyUsage keyCertSign'],
   ])('refuses an intermediate CA with %s', async (_what, instance, message) => {
     const { doc } = await chainDoc({ instance: instance() });
@@ -117,8 +148,14 @@ describe('attestation verification at the edges of each check', () => {
 
   it('refuses a leaf that is a CA, or lacks digitalSignature, or has no keyUsage', async () => {
     const cases: Array<[x509.Extension[], string]> = [
-      [[new x509.BasicConstraintsExtension(true, undefined, true), new x509.KeyUsagesExtension(F.digitalSignature, true)], 'the signing certificate is a CA certificate'],
-      [[new x509.BasicConstraintsExtension(false, undefined, true), new x509.KeyUsagesExtension(F.nonRepudiation, true)], 'the signing certificate lacks keyUsage digitalSignature'],
+      [
+        [new x509.BasicConstraintsExtension(true, undefined, true), new x509.KeyUsagesExtension(F.digitalSignature, true)],
+        'the signing certificate is a CA certificate',
+      ],
+      [
+        [new x509.BasicConstraintsExtension(false, undefined, true), new x509.KeyUsagesExtension(F.nonRepudiation, true)],
+        'the signing certificate lacks keyUsage digitalSignature',
+      ],
       [[new x509.BasicConstraintsExtension(false, undefined, true)], 'the signing certificate lacks keyUsage digitalSignature'],
     ];
     for (const [extensions, message] of cases) {
@@ -128,8 +165,12 @@ describe('attestation verification at the edges of each check', () => {
   });
 
   it('refuses a leaf key that is not ECDSA P-384: P-256, and RSA', async () => {
-    const p256 = (await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']));
-    const rsaKeys = (await webcrypto.subtle.generateKey({ name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' }, true, ['sign', 'verify']));
+    const p256 = await webcrypto.subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify']);
+    const rsaKeys = await webcrypto.subtle.generateKey(
+      { name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' },
+      true,
+      ['sign', 'verify'],
+    );
     // The document is signed with some P-384 key (a 96-byte ES384 signature), so the certificate's key is the
     // only defect.
     const signing = generateKeyPairSync('ec', { namedCurve: 'secp384r1' }).privateKey;
@@ -141,20 +182,27 @@ describe('attestation verification at the edges of each check', () => {
 
   it('refuses a certificate signed with its issuer key but naming another issuer', async () => {
     const { doc } = await chainDoc({ leaf: { issuerName: 'CN=someone-else.test' } });
-    expect(refusal(() => verifyAttestation(doc, opts()))).toEqual(['CHAIN_BROKEN', 'the signing certificate (CN=leaf.test) was not issued by CA certificate 3 (CN=instance.test)']);
+    expect(refusal(() => verifyAttestation(doc, opts()))).toEqual([
+      'CHAIN_BROKEN',
+      'the signing certificate (CN=leaf.test) was not issued by CA certificate 3 (CN=instance.test)',
+    ]);
   });
 
   it('names the certificate that is not DER', () => {
     const leafDer = signer.certificate;
     const garbage = Buffer.from('not a certificate');
     const withBundle = (cabundle: Buffer[], certificate: Buffer) => signAttestationDocument(fields(), { ...signer, cabundle, certificate });
-    expect(refusal(() => verifyAttestation(withBundle([signer.cabundle[0] as Buffer, garbage, ...signer.cabundle.slice(2)], leafDer), opts()))).toEqual([
+    expect(
+      refusal(() => verifyAttestation(withBundle([signer.cabundle[0] as Buffer, garbage, ...signer.cabundle.slice(2)], leafDer), opts())),
+    ).toEqual(['MALFORMED', 'attestation document: cabundle[1] is not a valid X.509 certificate']);
+    expect(refusal(() => verifyAttestation(withBundle(signer.cabundle, garbage), opts()))).toEqual([
       'MALFORMED',
-      'attestation document: cabundle[1] is not a valid X.509 certificate',
+      'attestation document: certificate is not a valid X.509 certificate',
     ]);
-    expect(refusal(() => verifyAttestation(withBundle(signer.cabundle, garbage), opts()))).toEqual(['MALFORMED', 'attestation document: certificate is not a valid X.509 certificate']);
     // The X.509 parser's own error stays as the cause.
-    expect(() => verifyAttestation(withBundle(signer.cabundle, garbage), opts())).toThrow(expect.objectContaining({ cause: expect.objectContaining({ message: expect.any(String) }) }));
+    expect(() => verifyAttestation(withBundle(signer.cabundle, garbage), opts())).toThrow(
+      expect.objectContaining({ cause: expect.objectContaining({ message: expect.any(String) }) }),
+    );
   });
 
   it('checks validity inclusively at notBefore and notAfter, and says when it fails', async () => {
@@ -167,8 +215,14 @@ describe('attestation verification at the edges of each check', () => {
     const before = new Date(notBefore.getTime() - 1000);
     const after = new Date(notAfter.getTime() + 1000);
     const leafName = 'the signing certificate (CN=leaf.test)';
-    expect(refusal(() => verifyAttestation(doc, opts({ at: before })))).toEqual(['CERT_NOT_YET_VALID', `${leafName} is not valid before ${notBefore.toISOString()} (checked at ${before.toISOString()})`]);
-    expect(refusal(() => verifyAttestation(doc, opts({ at: after })))).toEqual(['CERT_EXPIRED', `${leafName} expired at ${notAfter.toISOString()} (checked at ${after.toISOString()})`]);
+    expect(refusal(() => verifyAttestation(doc, opts({ at: before })))).toEqual([
+      'CERT_NOT_YET_VALID',
+      `${leafName} is not valid before ${notBefore.toISOString()} (checked at ${before.toISOString()})`,
+    ]);
+    expect(refusal(() => verifyAttestation(doc, opts({ at: after })))).toEqual([
+      'CERT_EXPIRED',
+      `${leafName} expired at ${notAfter.toISOString()} (checked at ${after.toISOString()})`,
+    ]);
   });
 
   it('accepts any of several trusted roots, given as PEM or DER, and names the root it does not trust', async () => {
@@ -179,7 +233,9 @@ describe('attestation verification at the edges of each check', () => {
     }
     const [code, message] = refusal(() => verifyAttestation(doc, { trustedRoots: [other.rootPem], at: new Date() }));
     expect(code).toBe('UNTRUSTED_ROOT');
-    expect(message).toMatch(/^the chain does not start at a trusted root \(its root is CA certificate 0 \([A-Z]+=[^\n]+, CN=sim\.nitro-enclaves\)\)$/);
+    expect(message).toMatch(
+      /^the chain does not start at a trusted root \(its root is CA certificate 0 \([A-Z]+=[^\n]+, CN=sim\.nitro-enclaves\)\)$/,
+    );
   });
 
   it('applies freshness only when asked, with limits that are inclusive', () => {
@@ -188,24 +244,57 @@ describe('attestation verification at the edges of each check', () => {
     const future = signAttestationDocument(fields({ timestamp: Date.now() + 10 * 60_000 }), signer);
     expect(verifyAttestation(future, opts()).document.timestamp).toBeGreaterThan(Date.now()); // no maxAgeMs: no freshness check
     expect(verifyAttestation(doc, opts({ maxAgeMs: 300_000, now: new Date(t + 300_000) })).document.timestamp).toBe(t);
-    expect(refusal(() => verifyAttestation(doc, opts({ maxAgeMs: 300_000, now: new Date(t + 600_000) })))).toEqual(['STALE', 'attestation document is 600 s old; at most 300 s allowed']);
+    expect(refusal(() => verifyAttestation(doc, opts({ maxAgeMs: 300_000, now: new Date(t + 600_000) })))).toEqual([
+      'STALE',
+      'attestation document is 600 s old; at most 300 s allowed',
+    ]);
     expect(verifyAttestation(doc, opts({ maxAgeMs: 300_000, now: new Date(t - 60_000) })).document.timestamp).toBe(t);
-    expect(verifyAttestation(doc, opts({ maxAgeMs: 300_000, maxFutureSkewMs: 5_000, now: new Date(t - 5_000) })).document.timestamp).toBe(t);
-    expect(refusal(() => verifyAttestation(doc, opts({ maxAgeMs: 300_000, now: new Date(t - 120_000) })))).toEqual(['FROM_THE_FUTURE', 'attestation document is dated 120 s in the future']);
+    expect(verifyAttestation(doc, opts({ maxAgeMs: 300_000, maxFutureSkewMs: 5_000, now: new Date(t - 5_000) })).document.timestamp).toBe(
+      t,
+    );
+    expect(refusal(() => verifyAttestation(doc, opts({ maxAgeMs: 300_000, now: new Date(t - 120_000) })))).toEqual([
+      'FROM_THE_FUTURE',
+      'attestation document is dated 120 s in the future',
+    ]);
   });
 
   it('says which optional check failed, and accepts PCRs as 0x-prefixed hex', () => {
     const doc = signAttestationDocument(fields(), signer);
     const pcr0 = Buffer.alloc(48, 0).toString('hex');
-    expect(verifyAttestation(doc, opts({ expectedPcrs: { 0: `0x${pcr0}`, 1: `0X${Buffer.alloc(48, 1).toString('hex')}` } })).chainSubjects).toHaveLength(5);
-    expect(refusal(() => verifyAttestation(doc, opts({ expectedNonce: Buffer.from('nonce-2') })))).toEqual(['NONCE_MISMATCH', 'attestation document: nonce does not match the expected one']);
-    expect(refusal(() => verifyAttestation(doc, opts({ expectedUserData: Buffer.from('other') })))).toEqual(['USER_DATA_MISMATCH', 'attestation document: user_data does not match the expected value']);
-    expect(refusal(() => verifyAttestation(doc, opts({ expectedPcrs: { 2: 'ff'.repeat(48) } })))).toEqual(['PCR_MISMATCH', `attestation document: PCR2 is ${Buffer.alloc(48, 2).toString('hex')}, expected ${'ff'.repeat(48)}`]);
-    expect(refusal(() => verifyAttestation(doc, opts({ expectedPcrs: { 20: 'ff'.repeat(48) } })))).toEqual(['PCR_MISMATCH', `attestation document: PCR20 is absent, expected ${'ff'.repeat(48)}`]);
+    expect(
+      verifyAttestation(doc, opts({ expectedPcrs: { 0: `0x${pcr0}`, 1: `0X${Buffer.alloc(48, 1).toString('hex')}` } })).chainSubjects,
+    ).toHaveLength(5);
+    expect(refusal(() => verifyAttestation(doc, opts({ expectedNonce: Buffer.from('nonce-2') })))).toEqual([
+      'NONCE_MISMATCH',
+      'attestation document: nonce does not match the expected one',
+    ]);
+    expect(refusal(() => verifyAttestation(doc, opts({ expectedUserData: Buffer.from('other') })))).toEqual([
+      'USER_DATA_MISMATCH',
+      'attestation document: user_data does not match the expected value',
+    ]);
+    expect(refusal(() => verifyAttestation(doc, opts({ expectedPcrs: { 2: 'ff'.repeat(48) } })))).toEqual([
+      'PCR_MISMATCH',
+      `attestation document: PCR2 is ${Buffer.alloc(48, 2).toString('hex')}, expected ${'ff'.repeat(48)}`,
+    ]);
+    expect(refusal(() => verifyAttestation(doc, opts({ expectedPcrs: { 20: 'ff'.repeat(48) } })))).toEqual([
+      'PCR_MISMATCH',
+      `attestation document: PCR20 is absent, expected ${'ff'.repeat(48)}`,
+    ]);
     const keyless = signAttestationDocument(fields({ publicKey: undefined }), signer);
-    expect(refusal(() => verifyAttestation(keyless, opts({ requirePublicKey: true })))).toEqual(['MISSING_PUBLIC_KEY', 'attestation document: public_key is absent']);
-    const forged = signAttestationDocument(fields(), { ...signer, privateKey: createPrivateKey(generateKeyPairSync('ec', { namedCurve: 'secp384r1' }).privateKey.export({ type: 'pkcs8', format: 'pem' })) });
-    expect(refusal(() => verifyAttestation(forged, opts()))).toEqual(['BAD_SIGNATURE', 'attestation document: the COSE signature does not verify with the signing certificate']);
+    expect(refusal(() => verifyAttestation(keyless, opts({ requirePublicKey: true })))).toEqual([
+      'MISSING_PUBLIC_KEY',
+      'attestation document: public_key is absent',
+    ]);
+    const forged = signAttestationDocument(fields(), {
+      ...signer,
+      privateKey: createPrivateKey(
+        generateKeyPairSync('ec', { namedCurve: 'secp384r1' }).privateKey.export({ type: 'pkcs8', format: 'pem' }),
+      ),
+    });
+    expect(refusal(() => verifyAttestation(forged, opts()))).toEqual([
+      'BAD_SIGNATURE',
+      'attestation document: the COSE signature does not verify with the signing certificate',
+    ]);
   });
 });
 
@@ -215,7 +304,18 @@ describe('birth attestations', () => {
   const key = { keyId: 'key-1', address: '0x70997970C51812dc3A010C7d01b50e0d17dc79C8' };
   const pcr0 = Buffer.alloc(48, 0x5e);
   const doc = (userData: Buffer) =>
-    signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0123456789abcdef', timestamp: Date.now(), pcrs: new Map([[0, pcr0], [3, Buffer.alloc(48, 3)]]), userData }, signer);
+    signAttestationDocument(
+      {
+        moduleId: 'i-0123456789abcdef0-enc0123456789abcdef',
+        timestamp: Date.now(),
+        pcrs: new Map([
+          [0, pcr0],
+          [3, Buffer.alloc(48, 3)],
+        ]),
+        userData,
+      },
+      signer,
+    );
 
   beforeAll(async () => {
     ca = await SimulatedNitroCa.open(null);
@@ -233,7 +333,10 @@ describe('birth attestations', () => {
     const d = doc(birthUserData(key.keyId, key.address));
     const message = 'a birth attestation is evidence only together with the PCR0 of an image you approve: pass the expected PCR0';
     for (const expectedPcrs of [{}, { 3: Buffer.alloc(48, 3) }, undefined]) {
-      expect(refusal(() => verifyBirthAttestation(d, key, { ...opts(), expectedPcrs: expectedPcrs as never }))).toEqual(['PCR_REQUIRED', message]);
+      expect(refusal(() => verifyBirthAttestation(d, key, { ...opts(), expectedPcrs: expectedPcrs as never }))).toEqual([
+        'PCR_REQUIRED',
+        message,
+      ]);
     }
   });
 

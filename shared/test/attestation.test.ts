@@ -26,7 +26,7 @@ function codeOf(fn: () => unknown): string {
 }
 
 const P384 = { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' } as const;
-const newKeys = async () => (await webcrypto.subtle.generateKey(P384, true, ['sign', 'verify']));
+const newKeys = async () => await webcrypto.subtle.generateKey(P384, true, ['sign', 'verify']);
 
 /** A certificate like `template` (same serial, names as encoded, validity and extensions) for `publicKey`, signed with `signingKey`. */
 async function lookalike(template: Buffer, publicKey: webcrypto.CryptoKey, signingKey: webcrypto.CryptoKey): Promise<Buffer> {
@@ -61,7 +61,11 @@ async function forgeChain(chain: Buffer[], link: number, o: { rightKey?: boolean
     out.push(await lookalike(chain[i] as Buffer, next.publicKey, keys.privateKey));
     keys = next;
   }
-  const privateKey = createPrivateKey({ key: Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)), format: 'der', type: 'pkcs8' });
+  const privateKey = createPrivateKey({
+    key: Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)),
+    format: 'der',
+    type: 'pkcs8',
+  });
   return { certificate: out[out.length - 1] as Buffer, cabundle: out.slice(0, -1), privateKey, link: out[link] as Buffer };
 }
 
@@ -91,18 +95,28 @@ describe('a real AWS Nitro attestation document', () => {
     expect(codeOf(() => verifyAttestation(tagged))).toBe('OK');
   });
 
-  it('refuses a signing certificate forged under the AWS intermediate\'s names and key identifier, signed by another key', async () => {
+  it("refuses a signing certificate forged under the AWS intermediate's names and key identifier, signed by another key", async () => {
     const { document } = decodeAttestationDocument(bytes);
     const chain = [...document.cabundle, document.certificate];
     const forged = await forgeChain(chain, chain.length - 1);
     const leaf = new X509Certificate(forged.link);
     // Names, validity and every extension (authority key identifier included) copied from the real leaf.
-    expect([leaf.subject, leaf.issuer, leaf.validTo]).toEqual([new X509Certificate(document.certificate).subject, new X509Certificate(document.certificate).issuer, new X509Certificate(document.certificate).validTo]);
+    expect([leaf.subject, leaf.issuer, leaf.validTo]).toEqual([
+      new X509Certificate(document.certificate).subject,
+      new X509Certificate(document.certificate).issuer,
+      new X509Certificate(document.certificate).validTo,
+    ]);
     expect(leaf.checkIssued(new X509Certificate(chain[chain.length - 2] as Buffer))).toBe(true);
     const pcrs = new Map(document.pcrs);
-    const forgedDoc = signAttestationDocument({ moduleId: document.moduleId, timestamp: document.timestamp, pcrs, userData: Buffer.from('chosen by the forger') }, forged);
+    const forgedDoc = signAttestationDocument(
+      { moduleId: document.moduleId, timestamp: document.timestamp, pcrs, userData: Buffer.from('chosen by the forger') },
+      forged,
+    );
     const err = failureOf(() => verifyAttestation(forgedDoc)); // the real AWS root, at the document's own time
-    expect([err.code, err.message]).toEqual(['CHAIN_BROKEN', expect.stringMatching(/^the signing certificate \(.*\) has a signature that does not verify with its issuer's key$/)]);
+    expect([err.code, err.message]).toEqual([
+      'CHAIN_BROKEN',
+      expect.stringMatching(/^the signing certificate \(.*\) has a signature that does not verify with its issuer's key$/),
+    ]);
   });
 
   it('fails with its own reason for each kind of defect', () => {
@@ -127,7 +141,9 @@ describe('a real AWS Nitro attestation document', () => {
 
     expect(codeOf(() => verifyAttestation(Buffer.from('0000', 'hex')))).toBe('MALFORMED');
     expect(codeOf(() => verifyAttestation(encodeCbor([1, 2, 3])))).toBe('MALFORMED');
-    expect(codeOf(() => verifyAttestation(encodeCbor([encodeCbor(new Map([[1, -7]])), new Map(), cose.payload, cose.signature])))).toBe('UNSUPPORTED_ALGORITHM');
+    expect(codeOf(() => verifyAttestation(encodeCbor([encodeCbor(new Map([[1, -7]])), new Map(), cose.payload, cose.signature])))).toBe(
+      'UNSUPPORTED_ALGORITHM',
+    );
   });
 });
 
@@ -146,9 +162,24 @@ describe('documents from the simulated NSM CA', () => {
   it('verify against the simulator root, with nonce, user data and PCR checks', () => {
     const doc = signAttestationDocument(fields(), signer);
     expect(doc[0]).toBe(0x84); // untagged COSE_Sign1, as the NSM emits
-    const v = verifyAttestation(doc, opts({ maxAgeMs: 60_000, expectedNonce: Buffer.from('nonce-1'), expectedUserData: Buffer.from('user-data'), expectedPcrs: { 0: Buffer.alloc(48, 0).toString('hex'), 3: Buffer.alloc(48, 3) }, requirePublicKey: true }));
+    const v = verifyAttestation(
+      doc,
+      opts({
+        maxAgeMs: 60_000,
+        expectedNonce: Buffer.from('nonce-1'),
+        expectedUserData: Buffer.from('user-data'),
+        expectedPcrs: { 0: Buffer.alloc(48, 0).toString('hex'), 3: Buffer.alloc(48, 3) },
+        requirePublicKey: true,
+      }),
+    );
     expect(v.document.publicKey?.equals(rsa.publicKey.export({ type: 'spki', format: 'der' }))).toBe(true);
-    expect(v.chainSubjects.map((s) => s.split('CN=')[1])).toEqual([expect.stringMatching(/^sim\.nitro-enclaves/), expect.stringMatching(/us-east-1/), expect.stringMatching(/zonal/), expect.stringMatching(/^i-/), expect.stringMatching(/-enc/)]);
+    expect(v.chainSubjects.map((s) => s.split('CN=')[1])).toEqual([
+      expect.stringMatching(/^sim\.nitro-enclaves/),
+      expect.stringMatching(/us-east-1/),
+      expect.stringMatching(/zonal/),
+      expect.stringMatching(/^i-/),
+      expect.stringMatching(/-enc/),
+    ]);
   });
 
   it('accepts an indefinite-length payload map', () => {
@@ -194,7 +225,7 @@ describe('documents from the simulated NSM CA', () => {
     // An extra CA below the instance CA (pathLen 0) breaks the instance CA's path length constraint.
     const extraCa = await ca.issue('leaf', new Date(), undefined, { ca: true, keyUsage: 32 });
     const alg = { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' } as const;
-    const leafKeys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']));
+    const leafKeys = await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']);
     const leaf = await x509.X509CertificateGenerator.create({
       serialNumber: '01',
       subject: 'CN=below-extra-ca',
@@ -210,7 +241,11 @@ describe('documents from the simulated NSM CA', () => {
     const tooDeep: DocumentSigner = {
       certificate: Buffer.from(leaf.rawData),
       cabundle: [...base.cabundle, base.certificate],
-      privateKey: createPrivateKey({ key: Buffer.from(await webcrypto.subtle.exportKey('pkcs8', leafKeys.privateKey)), format: 'der', type: 'pkcs8' }),
+      privateKey: createPrivateKey({
+        key: Buffer.from(await webcrypto.subtle.exportKey('pkcs8', leafKeys.privateKey)),
+        format: 'der',
+        type: 'pkcs8',
+      }),
     };
     const err = (() => {
       try {
@@ -236,10 +271,19 @@ describe('documents from the simulated NSM CA', () => {
       const forged = await forgeChain(chain, link);
       // Same issuer and subject names (byte for byte), serial, validity and extensions as the real certificate.
       const [original, fake] = [new X509Certificate(chain[link] as Buffer), new X509Certificate(forged.link)];
-      expect([fake.subject, fake.issuer, fake.serialNumber, fake.validTo]).toEqual([original.subject, original.issuer, original.serialNumber, original.validTo]);
+      expect([fake.subject, fake.issuer, fake.serialNumber, fake.validTo]).toEqual([
+        original.subject,
+        original.issuer,
+        original.serialNumber,
+        original.validTo,
+      ]);
       expect(fake.checkIssued(new X509Certificate(chain[link - 1] as Buffer))).toBe(true); // the name check alone accepts it
       const err = failureOf(() => verifyAttestation(doc(forged), opts()));
-      expect([link, err.code, err.message]).toEqual([link, 'CHAIN_BROKEN', expect.stringMatching(/has a signature that does not verify with its issuer's key$/)]);
+      expect([link, err.code, err.message]).toEqual([
+        link,
+        'CHAIN_BROKEN',
+        expect.stringMatching(/has a signature that does not verify with its issuer's key$/),
+      ]);
     }
   });
 
@@ -249,7 +293,10 @@ describe('documents from the simulated NSM CA', () => {
       const m = decodeCbor(payload) as Map<string, unknown>;
       mutate(m);
       const np = encodeCbor(m);
-      const signature = sign('sha384', sigStructure({ protectedHeader: p, payload: np, signature: Buffer.alloc(0) }), { key: signer.privateKey, dsaEncoding: 'ieee-p1363' });
+      const signature = sign('sha384', sigStructure({ protectedHeader: p, payload: np, signature: Buffer.alloc(0) }), {
+        key: signer.privateKey,
+        dsaEncoding: 'ieee-p1363',
+      });
       try {
         verifyAttestation(encodeCbor([p, u, np, signature]), opts());
       } catch (e) {

@@ -249,7 +249,10 @@ describe('per-connection and global caps on requests in flight', () => {
 
   async function readAnswers(peer: RawPeer, n: number): Promise<Array<{ id: number; code?: string; message?: string }>> {
     await waitFor(() => peer.answers.size >= n, 5000, `${n} answers`);
-    return [...peer.answers.entries()].map(([id, a]) => ({ id, ...(a.error ? { code: a.error.data?.code, message: a.error.message } : {}) }));
+    return [...peer.answers.entries()].map(([id, a]) => ({
+      id,
+      ...(a.error ? { code: a.error.data?.code, message: a.error.message } : {}),
+    }));
   }
 
   it('answers OVERLOADED beyond the per-connection request cap without executing, and leaves other connections their own share', async () => {
@@ -262,9 +265,15 @@ describe('per-connection and global caps on requests in flight', () => {
     a.sock.write(Buffer.concat(Array.from({ length: 10 }, (_, i) => request(i, 'gated', { value: i }))));
     const answers = await readAnswers(a, 6);
     expect(answers).toHaveLength(6);
-    for (const ans of answers) expect(ans).toMatchObject({ code: 'OVERLOADED', message: 'more than 4 requests in flight on this connection' });
+    for (const ans of answers)
+      expect(ans).toMatchObject({ code: 'OVERLOADED', message: 'more than 4 requests in flight on this connection' });
     expect(started).toBe(4);
-    expect(server.connectionStats().map((c) => c.inFlight).sort()).toEqual([0, 4]);
+    expect(
+      server
+        .connectionStats()
+        .map((c) => c.inFlight)
+        .sort(),
+    ).toEqual([0, 4]);
     // Another connection still gets its own 4.
     b.sock.write(Buffer.concat(Array.from({ length: 4 }, (_, i) => request(100 + i, 'gated', { value: i }))));
     await waitFor(() => started === 8, 5000, 'the other connection to run its requests');
@@ -316,7 +325,9 @@ describe('per-connection and global caps on requests in flight', () => {
 
   it('refuses limits that contradict each other or would refuse every maximum-size request', () => {
     const base = { name: 'x', logger: log.logger, methods: {} };
-    expect(() => new RpcServer({ ...base, unsentLowWaterBytes: 10, unsentHighWaterBytes: 10 })).toThrow(/unsentLowWaterBytes < unsentHighWaterBytes/);
+    expect(() => new RpcServer({ ...base, unsentLowWaterBytes: 10, unsentHighWaterBytes: 10 })).toThrow(
+      /unsentLowWaterBytes < unsentHighWaterBytes/,
+    );
     expect(() => new RpcServer({ ...base, maxUnsentBytesPerConnection: 1024 })).toThrow(/<= maxUnsentBytesPerConnection/);
     expect(() => new RpcServer({ ...base, maxFrameBytes: 65536, maxInFlightBytesPerConnection: 65535 })).toThrow(/at least maxFrameBytes/);
     expect(() => new RpcServer({ ...base, maxConnections: 0 })).toThrow(/positive integer/);
@@ -377,7 +388,15 @@ describe('server memory with a never-reading peer (separate process, default lim
     fs.writeFileSync(entry, SERVER_SCRIPT);
     const outfile = path.join(runDir, 'server.js');
     const nodeModules = path.resolve(__dirname, '../../node_modules');
-    buildSync({ entryPoints: [entry], outfile, bundle: true, platform: 'node', format: 'cjs', nodePaths: [nodeModules], logLevel: 'silent' });
+    buildSync({
+      entryPoints: [entry],
+      outfile,
+      bundle: true,
+      platform: 'node',
+      format: 'cjs',
+      nodePaths: [nodeModules],
+      logLevel: 'silent',
+    });
     child = fork(outfile, [runDir], { execArgv: ['--expose-gc'], stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
     await new Promise<void>((resolve, reject) => {
       child.once('message', () => resolve());

@@ -45,7 +45,9 @@ describe('blob decoding, field by field', () => {
     expect(decodeBlobBase64(encodeBlob(blob).toString('base64'))).toEqual(blob);
     expect(refusal(Buffer.from(encodeBlob(blob).toString('base64'), 'utf8'))).toEqual(malformed('not canonical CBOR'));
     // The strict decoder's reason stays as the cause (for the log), not in the message.
-    expect(() => decodeBlob(Buffer.from(encodeBlob(blob).toString('base64'), 'utf8'))).toThrow(expect.objectContaining({ cause: expect.any(CborStrictError) }));
+    expect(() => decodeBlob(Buffer.from(encodeBlob(blob).toString('base64'), 'utf8'))).toThrow(
+      expect.objectContaining({ cause: expect.any(CborStrictError) }),
+    );
   });
 
   it('accepts sizes up to exactly MAX_BLOB_BYTES, and refuses empty or larger input', () => {
@@ -54,7 +56,8 @@ describe('blob decoding, field by field', () => {
     // Lengthen the key id part of the ARN until the blob is exactly 4096 bytes (the ARN's length header grows
     // from one to two bytes on the way, so search for the fit).
     let arn = ARN;
-    for (let pad = MAX_BLOB_BYTES - base - 8; fieldsWith({ kmsKeyArn: arn }).length !== MAX_BLOB_BYTES; pad++) arn = `${ARN}${'a'.repeat(pad)}`;
+    for (let pad = MAX_BLOB_BYTES - base - 8; fieldsWith({ kmsKeyArn: arn }).length !== MAX_BLOB_BYTES; pad++)
+      arn = `${ARN}${'a'.repeat(pad)}`;
     expect(decodeBlob(fieldsWith({ kmsKeyArn: arn })).kmsKeyArn).toBe(arn);
     const over = fieldsWith({ kmsKeyArn: `${arn}a` });
     expect(over.length).toBe(MAX_BLOB_BYTES + 1);
@@ -66,9 +69,18 @@ describe('blob decoding, field by field', () => {
     expect(refusal(canonicalCbor({}).subarray(0, 0))).toEqual(malformed('0 bytes is not a plausible blob size'));
     expect(refusal(Buffer.from([0x83, 0x01, 0x02, 0x03]))).toEqual(malformed('not a CBOR map'));
     expect(refusal(Buffer.from([0x01]))).toEqual(malformed('not a CBOR map'));
-    expect(refusal(fieldsWith({ v: 2 }))).toEqual(['UNSUPPORTED_VERSION', 'key blob version 2 is not supported (this build reads version 1)']);
-    expect(refusal(fieldsWith({ v: 'one' }))).toEqual(['UNSUPPORTED_VERSION', 'key blob version one is not supported (this build reads version 1)']);
-    expect(refusal(fieldsWith({ v: undefined }))).toEqual(['UNSUPPORTED_VERSION', 'key blob version undefined is not supported (this build reads version 1)']);
+    expect(refusal(fieldsWith({ v: 2 }))).toEqual([
+      'UNSUPPORTED_VERSION',
+      'key blob version 2 is not supported (this build reads version 1)',
+    ]);
+    expect(refusal(fieldsWith({ v: 'one' }))).toEqual([
+      'UNSUPPORTED_VERSION',
+      'key blob version one is not supported (this build reads version 1)',
+    ]);
+    expect(refusal(fieldsWith({ v: undefined }))).toEqual([
+      'UNSUPPORTED_VERSION',
+      'key blob version undefined is not supported (this build reads version 1)',
+    ]);
   });
 
   it('refuses unknown fields, naming at most 32 characters of them', () => {
@@ -86,17 +98,46 @@ describe('blob decoding, field by field', () => {
 
   it('accepts only RSA-2048, 3072 and 4096 ciphertexts as the wrapped key', () => {
     for (const n of [256, 384, 512]) expect(decodeBlob(fieldsWith({ wrappedKey: Buffer.alloc(n) })).wrappedKey).toHaveLength(n);
-    for (const n of [255, 257, 128, 0]) expect(refusal(fieldsWith({ wrappedKey: Buffer.alloc(n) }))).toEqual(malformed(`wrappedKey is ${n} bytes, not an RSA-2048/3072/4096 ciphertext`));
+    for (const n of [255, 257, 128, 0])
+      expect(refusal(fieldsWith({ wrappedKey: Buffer.alloc(n) }))).toEqual(
+        malformed(`wrappedKey is ${n} bytes, not an RSA-2048/3072/4096 ciphertext`),
+      );
     expect(refusal(fieldsWith({ wrappedKey: 'AAAA' }))).toEqual(malformed('wrappedKey is not a byte string'));
   });
 
   it.each<[string, string, string[], unknown[]]>([
-    ['kmsKeyArn', 'kmsKeyArn', ['arn:aws-cn:kms:cn-north-1:111122223333:key/abc', 'arn:aws-us-gov:kms:us-gov-west-1:111122223333:key/a-b'], [`x${ARN}`, `${ARN}/x`, `${ARN}!`, 'arn:aws:kms:us-east-1:11112222333:key/abc', 'arn:aws:s3:us-east-1:111122223333:key/abc', 'arn:aws1:kms:us-east-1:111122223333:key/abc', 17]],
+    [
+      'kmsKeyArn',
+      'kmsKeyArn',
+      ['arn:aws-cn:kms:cn-north-1:111122223333:key/abc', 'arn:aws-us-gov:kms:us-gov-west-1:111122223333:key/a-b'],
+      [
+        `x${ARN}`,
+        `${ARN}/x`,
+        `${ARN}!`,
+        'arn:aws:kms:us-east-1:11112222333:key/abc',
+        'arn:aws:s3:us-east-1:111122223333:key/abc',
+        'arn:aws1:kms:us-east-1:111122223333:key/abc',
+        17,
+      ],
+    ],
     ['keyId', 'keyId', ['a', 'A-z_0', 'k'.repeat(64)], ['', 'k'.repeat(65), '!k1', 'k1!', 'k 1', 123]],
-    ['address', 'address', ['0x70997970c51812dc3a010c7d01b50e0d17dc79c8'], ['70997970C51812dc3A010C7d01b50e0d17dc79C8', `x${blob.address}`, `${blob.address}0`, `${blob.address}\n`, '0x70997970C51812dc3A010C7d01b50e0d17dc79C', 42]],
+    [
+      'address',
+      'address',
+      ['0x70997970c51812dc3a010c7d01b50e0d17dc79c8'],
+      [
+        '70997970C51812dc3A010C7d01b50e0d17dc79C8',
+        `x${blob.address}`,
+        `${blob.address}0`,
+        `${blob.address}\n`,
+        '0x70997970C51812dc3A010C7d01b50e0d17dc79C',
+        42,
+      ],
+    ],
   ])('%s: accepts the well-formed and refuses the rest, anchored at both ends', (_name, field, good, bad) => {
     for (const value of good) expect(decodeBlob(fieldsWith({ [field]: value }))[field as keyof KeyBlob]).toBe(value);
-    for (const value of bad) expect([value, refusal(fieldsWith({ [field]: value }))]).toEqual([value, malformed(`${field} is missing or not well formed`)]);
+    for (const value of bad)
+      expect([value, refusal(fieldsWith({ [field]: value }))]).toEqual([value, malformed(`${field} is missing or not well formed`)]);
     expect(refusal(fieldsWith({ [field]: undefined }))).toEqual(malformed(`${field} is missing or not well formed`));
   });
 

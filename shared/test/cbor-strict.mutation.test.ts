@@ -37,7 +37,10 @@ describe('decodeCanonicalCbor limits', () => {
 
   it('refuses a map that ends before its last key, at that key', () => {
     // {0: "ab", <missing>}: two entries announced, four bytes left, the first entry takes all four.
-    expect(refusal(Buffer.from([0xa2, 0x00, 0x62, 0x61, 0x62]))).toEqual({ offset: 5, message: expect.stringMatching(/input ends inside a map/) });
+    expect(refusal(Buffer.from([0xa2, 0x00, 0x62, 0x61, 0x62]))).toEqual({
+      offset: 5,
+      message: expect.stringMatching(/input ends inside a map/),
+    });
   });
 
   it('refuses a map whose size exceeds half the bytes left', () => {

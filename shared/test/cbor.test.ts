@@ -79,7 +79,12 @@ describe('decodeCanonicalCbor: genuine encodings', () => {
   });
 
   it('sorts map keys by encoded bytes (RFC 8949 §4.2.1), which for text keys is also shortest-first', () => {
-    expect(decodeCanonicalCbor(hex('a2 6162 01 626161 02'))).toEqual(new Map<string, number>([['b', 1], ['aa', 2]]));
+    expect(decodeCanonicalCbor(hex('a2 6162 01 626161 02'))).toEqual(
+      new Map<string, number>([
+        ['b', 1],
+        ['aa', 2],
+      ]),
+    );
     expect(refusal(hex('a2 626161 02 6162 01'))).toMatch(/map keys are not sorted/);
   });
 });
@@ -138,7 +143,7 @@ describe('decodeCanonicalCbor: refusals', () => {
     expect(refusal(hex(bytes))).toMatch(message);
   });
 
-  it('keeps the UTF-8 decoder\'s error as the cause of an invalid text string', () => {
+  it("keeps the UTF-8 decoder's error as the cause of an invalid text string", () => {
     let err: unknown;
     try {
       decodeCanonicalCbor(hex('62 c328'));

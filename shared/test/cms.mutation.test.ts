@@ -87,16 +87,29 @@ function build(plaintext: Uint8Array, v: Variant = {}): Buffer {
   const half = Math.floor(ciphertext.length / 32) * 16;
   const content = {
     constructed: () => [new asn1js.Constructed({ idBlock: ctx(0), lenBlock: indefinite, value: [octets(ciphertext)] })],
-    chunked: () => [new asn1js.Constructed({ idBlock: ctx(0), lenBlock: indefinite, value: [octets(ciphertext.subarray(0, half)), octets(ciphertext.subarray(half))] })],
+    chunked: () => [
+      new asn1js.Constructed({
+        idBlock: ctx(0),
+        lenBlock: indefinite,
+        value: [octets(ciphertext.subarray(0, half)), octets(ciphertext.subarray(half))],
+      }),
+    ],
     primitive: () => [new asn1js.Primitive({ idBlock: ctx(0), valueHex: ciphertext })],
     absent: () => [],
   }[v.content ?? 'constructed']();
   const eci = new asn1js.Sequence({
     lenBlock: indefinite,
-    value: [oid(v.encryptedContentType ?? OID.data), ivParam ? algId(v.contentAlgorithm ?? OID.aes256cbc, ivParam) : algId(v.contentAlgorithm ?? OID.aes256cbc), ...content],
+    value: [
+      oid(v.encryptedContentType ?? OID.data),
+      ivParam ? algId(v.contentAlgorithm ?? OID.aes256cbc, ivParam) : algId(v.contentAlgorithm ?? OID.aes256cbc),
+      ...content,
+    ],
   });
   const recipients = v.recipients ? v.recipients(ktri) : [ktri];
-  const ed = new asn1js.Sequence({ lenBlock: indefinite, value: [new asn1js.Integer({ value: v.version ?? 2 }), new asn1js.Set({ value: recipients }), eci] });
+  const ed = new asn1js.Sequence({
+    lenBlock: indefinite,
+    value: [new asn1js.Integer({ value: v.version ?? 2 }), new asn1js.Set({ value: recipients }), eci],
+  });
   const ci = new asn1js.Sequence({
     lenBlock: indefinite,
     value: [oid(v.contentType ?? OID.envelopedData), new asn1js.Constructed({ idBlock: ctx(0), lenBlock: indefinite, value: [ed] })],
@@ -128,7 +141,16 @@ describe('CMS parser: accepted forms', () => {
     ['KMS form (one chunk)', {}],
     ['content in two chunks', { content: 'chunked' }],
     ['primitive content', { content: 'primitive' }],
-    ['an explicit empty OAEP label', { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.mgf1, sha256Id())), pSource(OID.pSpecified, octets(new Uint8Array(0)))) }],
+    [
+      'an explicit empty OAEP label',
+      {
+        oaepParams: seq(
+          explicit(0, sha256Id()),
+          explicit(1, algId(OID.mgf1, sha256Id())),
+          pSource(OID.pSpecified, octets(new Uint8Array(0))),
+        ),
+      },
+    ],
   ])('%s opens to the plaintext', (_what, v) => {
     const ber = build(dek, v);
     const parts = parseEnvelopedData(ber);
@@ -150,29 +172,126 @@ describe('CMS parser: each refusal, with its code and message', () => {
     ['two recipients', () => build(dek, { recipients: (k) => [k, k] }), unsupported('expected exactly one recipient, found 2')],
     ['a KEK recipient', () => build(dek, { recipients: () => [kek()] }), unsupported('the recipient is not a KeyTransRecipientInfo')],
     ['KeyTransRecipientInfo version 0', () => build(dek, { ktriVersion: 0 }), unsupported('KeyTransRecipientInfo version 0 is not 2')],
-    ['a recipient named by issuer and serial', () => build(dek, { issuerAndSerial: true }), unsupported('the recipient is not identified by subjectKeyIdentifier')],
-    ['RSA PKCS#1 v1.5 key transport', () => build(dek, { keyEncryption: OID.rsaEncryption }), unsupported(`key encryption ${OID.rsaEncryption} is not RSAES-OAEP`)],
-    ['OAEP without parameters (SHA-1)', () => build(dek, { oaepParams: null }), unsupported('RSAES-OAEP without parameters means SHA-1; only SHA-256 is accepted')],
-    ['OAEP parameters that are not a SEQUENCE', () => build(dek, { oaepParams: new asn1js.Integer({ value: 7 }) }), malformed('RSAES-OAEP parameters is not valid BER')],
-    ['OAEP with the default hash (SHA-1)', () => build(dek, { oaepParams: seq(explicit(1, algId(OID.mgf1, sha256Id()))) }), unsupported(`OAEP hash ${OID.sha1} is not SHA-256`)],
-    ['OAEP with SHA-384', () => build(dek, { oaepParams: seq(explicit(0, algId(OID.sha384)), explicit(1, algId(OID.mgf1, sha256Id()))) }), unsupported(`OAEP hash ${OID.sha384} is not SHA-256`)],
-    ['a mask generation other than MGF1', () => build(dek, { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.sha256, sha256Id()))) }), unsupported(`OAEP mask generation ${OID.sha256} is not MGF1`)],
-    ['MGF1 without its hash', () => build(dek, { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.mgf1))) }), unsupported('MGF1 without a hash')],
-    ['MGF1 with a hash that is not an AlgorithmIdentifier', () => build(dek, { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.mgf1, new asn1js.Integer({ value: 1 })))) }), malformed('MGF1 hash is not valid BER')],
-    ['MGF1 with SHA-1', () => build(dek, { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.mgf1, algId(OID.sha1)))) }), unsupported('MGF1 hash is not SHA-256')],
-    ['an OAEP label source other than pSpecified', () => build(dek, { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.mgf1, sha256Id())), pSource(OID.sha256, octets(new Uint8Array(0)))) }), unsupported('OAEP label source is not pSpecified')],
-    ['a non-empty OAEP label', () => build(dek, { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.mgf1, sha256Id())), pSource(OID.pSpecified, octets(Buffer.from('label')))) }), unsupported('OAEP label is not empty')],
-    ['an OAEP label that is not an OCTET STRING', () => build(dek, { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.mgf1, sha256Id())), pSource(OID.pSpecified, new asn1js.Integer({ value: 5 }))) }), malformed('OAEP label is not valid BER')],
-    ['encrypted content that is not id-data', () => build(dek, { encryptedContentType: OID.envelopedData }), unsupported(`encrypted content type ${OID.envelopedData} is not id-data`)],
-    ['AES-128-CBC content', () => build(dek, { contentAlgorithm: OID.aes128cbc }), unsupported(`content encryption ${OID.aes128cbc} is not AES-256-CBC`)],
+    [
+      'a recipient named by issuer and serial',
+      () => build(dek, { issuerAndSerial: true }),
+      unsupported('the recipient is not identified by subjectKeyIdentifier'),
+    ],
+    [
+      'RSA PKCS#1 v1.5 key transport',
+      () => build(dek, { keyEncryption: OID.rsaEncryption }),
+      unsupported(`key encryption ${OID.rsaEncryption} is not RSAES-OAEP`),
+    ],
+    [
+      'OAEP without parameters (SHA-1)',
+      () => build(dek, { oaepParams: null }),
+      unsupported('RSAES-OAEP without parameters means SHA-1; only SHA-256 is accepted'),
+    ],
+    [
+      'OAEP parameters that are not a SEQUENCE',
+      () => build(dek, { oaepParams: new asn1js.Integer({ value: 7 }) }),
+      malformed('RSAES-OAEP parameters is not valid BER'),
+    ],
+    [
+      'OAEP with the default hash (SHA-1)',
+      () => build(dek, { oaepParams: seq(explicit(1, algId(OID.mgf1, sha256Id()))) }),
+      unsupported(`OAEP hash ${OID.sha1} is not SHA-256`),
+    ],
+    [
+      'OAEP with SHA-384',
+      () => build(dek, { oaepParams: seq(explicit(0, algId(OID.sha384)), explicit(1, algId(OID.mgf1, sha256Id()))) }),
+      unsupported(`OAEP hash ${OID.sha384} is not SHA-256`),
+    ],
+    [
+      'a mask generation other than MGF1',
+      () => build(dek, { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.sha256, sha256Id()))) }),
+      unsupported(`OAEP mask generation ${OID.sha256} is not MGF1`),
+    ],
+    [
+      'MGF1 without its hash',
+      () => build(dek, { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.mgf1))) }),
+      unsupported('MGF1 without a hash'),
+    ],
+    [
+      'MGF1 with a hash that is not an AlgorithmIdentifier',
+      () => build(dek, { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.mgf1, new asn1js.Integer({ value: 1 })))) }),
+      malformed('MGF1 hash is not valid BER'),
+    ],
+    [
+      'MGF1 with SHA-1',
+      () => build(dek, { oaepParams: seq(explicit(0, sha256Id()), explicit(1, algId(OID.mgf1, algId(OID.sha1)))) }),
+      unsupported('MGF1 hash is not SHA-256'),
+    ],
+    [
+      'an OAEP label source other than pSpecified',
+      () =>
+        build(dek, {
+          oaepParams: seq(
+            explicit(0, sha256Id()),
+            explicit(1, algId(OID.mgf1, sha256Id())),
+            pSource(OID.sha256, octets(new Uint8Array(0))),
+          ),
+        }),
+      unsupported('OAEP label source is not pSpecified'),
+    ],
+    [
+      'a non-empty OAEP label',
+      () =>
+        build(dek, {
+          oaepParams: seq(
+            explicit(0, sha256Id()),
+            explicit(1, algId(OID.mgf1, sha256Id())),
+            pSource(OID.pSpecified, octets(Buffer.from('label'))),
+          ),
+        }),
+      unsupported('OAEP label is not empty'),
+    ],
+    [
+      'an OAEP label that is not an OCTET STRING',
+      () =>
+        build(dek, {
+          oaepParams: seq(
+            explicit(0, sha256Id()),
+            explicit(1, algId(OID.mgf1, sha256Id())),
+            pSource(OID.pSpecified, new asn1js.Integer({ value: 5 })),
+          ),
+        }),
+      malformed('OAEP label is not valid BER'),
+    ],
+    [
+      'encrypted content that is not id-data',
+      () => build(dek, { encryptedContentType: OID.envelopedData }),
+      unsupported(`encrypted content type ${OID.envelopedData} is not id-data`),
+    ],
+    [
+      'AES-128-CBC content',
+      () => build(dek, { contentAlgorithm: OID.aes128cbc }),
+      unsupported(`content encryption ${OID.aes128cbc} is not AES-256-CBC`),
+    ],
     ['AES-256-CBC without an IV', () => build(dek, { ivParam: null }), malformed('AES-256-CBC without an IV')],
-    ['an IV that is not an OCTET STRING', () => build(dek, { ivParam: new asn1js.Integer({ value: 16 }) }), malformed('AES-CBC IV is not valid BER')],
+    [
+      'an IV that is not an OCTET STRING',
+      () => build(dek, { ivParam: new asn1js.Integer({ value: 16 }) }),
+      malformed('AES-CBC IV is not valid BER'),
+    ],
     ['a 12-byte IV', () => build(dek, { ivParam: octets(randomBytes(12)) }), malformed('AES-CBC IV is 12 bytes, expected 16')],
     ['a 17-byte IV', () => build(dek, { ivParam: octets(randomBytes(17)) }), malformed('AES-CBC IV is 17 bytes, expected 16')],
     ['no encrypted content', () => build(dek, { content: 'absent' }), malformed('no encrypted content')],
-    ['empty encrypted content', () => build(dek, { ciphertext: Buffer.alloc(0), content: 'primitive' }), malformed('encrypted content is 0 bytes, not a positive multiple of the AES block')],
-    ['content of 47 bytes', () => build(dek, { ciphertext: randomBytes(47) }), malformed('encrypted content is 47 bytes, not a positive multiple of the AES block')],
-    ['content of 8 bytes', () => build(dek, { ciphertext: randomBytes(8), content: 'primitive' }), malformed('encrypted content is 8 bytes, not a positive multiple of the AES block')],
+    [
+      'empty encrypted content',
+      () => build(dek, { ciphertext: Buffer.alloc(0), content: 'primitive' }),
+      malformed('encrypted content is 0 bytes, not a positive multiple of the AES block'),
+    ],
+    [
+      'content of 47 bytes',
+      () => build(dek, { ciphertext: randomBytes(47) }),
+      malformed('encrypted content is 47 bytes, not a positive multiple of the AES block'),
+    ],
+    [
+      'content of 8 bytes',
+      () => build(dek, { ciphertext: randomBytes(8), content: 'primitive' }),
+      malformed('encrypted content is 8 bytes, not a positive multiple of the AES block'),
+    ],
   ])('%s', (_what, input, expected) => {
     expect(refusal(input())).toEqual(expected);
   });
@@ -181,14 +300,21 @@ describe('CMS parser: each refusal, with its code and message', () => {
 describe('CMS opening', () => {
   it('says which step failed: the content key, or the content', () => {
     const genuine = build(dek);
-    expect(() => openEnvelopedData(genuine, other.privateKey)).toThrow(expect.objectContaining({ code: 'CMS_DECRYPT_FAILED', message: 'CMS: the content key does not unwrap with this recipient key' }));
+    expect(() => openEnvelopedData(genuine, other.privateKey)).toThrow(
+      expect.objectContaining({ code: 'CMS_DECRYPT_FAILED', message: 'CMS: the content key does not unwrap with this recipient key' }),
+    );
     // Compared by code and message: the error keeps what failed underneath as its cause.
-    const contentFailure = expect.objectContaining({ code: 'CMS_DECRYPT_FAILED', message: 'CMS: the content does not decrypt (wrong key or bad padding)' });
+    const contentFailure = expect.objectContaining({
+      code: 'CMS_DECRYPT_FAILED',
+      message: 'CMS: the content does not decrypt (wrong key or bad padding)',
+    });
     // A whole block of plaintext without padding: the last byte (0) is not valid PKCS#7.
     expect(() => openEnvelopedData(build(Buffer.alloc(48), { pad: false }), recipient.privateKey)).toThrow(contentFailure);
     // A 16-byte content key is no AES-256 key.
     expect(() => openEnvelopedData(build(dek, { cekBytes: 16 }), recipient.privateKey)).toThrow(contentFailure);
-    expect(() => openEnvelopedData(build(dek, { cekBytes: 16 }), recipient.privateKey)).toThrow(expect.objectContaining({ cause: expect.objectContaining({ message: 'bad key length' }) }));
+    expect(() => openEnvelopedData(build(dek, { cekBytes: 16 }), recipient.privateKey)).toThrow(
+      expect.objectContaining({ cause: expect.objectContaining({ message: 'bad key length' }) }),
+    );
     for (const ber of [build(Buffer.alloc(48), { pad: false }), build(dek, { cekBytes: 16 })]) {
       expect(() => openEnvelopedData(ber, recipient.privateKey)).toThrow(expect.objectContaining({ code: 'CMS_DECRYPT_FAILED' }));
     }
@@ -204,7 +330,8 @@ describe('CMS opening', () => {
       }
       throw new Error('did not throw');
     };
-    const message = (cause: unknown) => (typeof cause === 'object' && cause !== null ? (cause as { message?: unknown }).message : undefined);
+    const message = (cause: unknown) =>
+      typeof cause === 'object' && cause !== null ? (cause as { message?: unknown }).message : undefined;
     for (const [what, fn] of [
       ['not BER', () => parseEnvelopedData(Buffer.from('not asn.1 at all'))],
       ['another recipient key', () => openEnvelopedData(build(dek), other.privateKey)],
@@ -219,11 +346,11 @@ describe('CMS opening', () => {
   it('wipes the content key after use, whether or not the content decrypts', () => {
     const privateDecrypt = crypto.privateDecrypt;
     const keys: Buffer[] = [];
-    const spy = jest.spyOn(crypto, 'privateDecrypt').mockImplementation(((...args: Parameters<typeof privateDecrypt>) => {
+    const spy = jest.spyOn(crypto, 'privateDecrypt').mockImplementation((...args: Parameters<typeof privateDecrypt>) => {
       const out = privateDecrypt(...args);
       keys.push(out);
       return out;
-    }));
+    });
     try {
       expect(openEnvelopedData(build(dek), recipient.privateKey)).toEqual(dek);
       expect(() => openEnvelopedData(build(Buffer.alloc(48), { pad: false }), recipient.privateKey)).toThrow(CmsError);

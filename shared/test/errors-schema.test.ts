@@ -6,7 +6,11 @@ describe('error codes', () => {
   it('round-trips every code through the JSON-RPC error object', () => {
     for (const code of Object.keys(ERROR_CODES) as Array<keyof typeof ERROR_CODES>) {
       const wire = JSON.parse(JSON.stringify(toRpcError(new KeystoreError(code, `m-${code}`))));
-      expect(wire).toEqual({ code: ERROR_CODES[code].rpcCode, message: `m-${code}`, data: { code, retryable: ERROR_CODES[code].retryable, reason: code } });
+      expect(wire).toEqual({
+        code: ERROR_CODES[code].rpcCode,
+        message: `m-${code}`,
+        data: { code, retryable: ERROR_CODES[code].retryable, reason: code },
+      });
       const back = fromRpcError(wire);
       expect([back.code, back.message, back.retryable]).toEqual([code, `m-${code}`, ERROR_CODES[code].retryable]);
     }
@@ -14,11 +18,18 @@ describe('error codes', () => {
 
   it('never puts a cause on the wire: only the code, the message and retryability cross', () => {
     const inner = Object.assign(new Error('OAEP decoding error at byte 17'), { key: Buffer.alloc(32, 7) });
-    const refused = new KeystoreError('KEY_INTEGRITY', 'the key could not be unsealed', { cause: new Error('GCM tag mismatch', { cause: inner }) });
+    const refused = new KeystoreError('KEY_INTEGRITY', 'the key could not be unsealed', {
+      cause: new Error('GCM tag mismatch', { cause: inner }),
+    });
     expect(refused.cause).toBeInstanceOf(Error);
     const text = JSON.stringify(toRpcError(refused));
-    expect(JSON.parse(text)).toEqual({ code: -32001, message: 'the key could not be unsealed', data: { code: 'KEY_INTEGRITY', retryable: false, reason: 'KEY_INTEGRITY' } });
-    for (const hidden of ['cause', 'GCM', 'OAEP', 'byte 17', Buffer.alloc(32, 7).toString('hex')]) expect([hidden, text.includes(hidden)]).toEqual([hidden, false]);
+    expect(JSON.parse(text)).toEqual({
+      code: -32001,
+      message: 'the key could not be unsealed',
+      data: { code: 'KEY_INTEGRITY', retryable: false, reason: 'KEY_INTEGRITY' },
+    });
+    for (const hidden of ['cause', 'GCM', 'OAEP', 'byte 17', Buffer.alloc(32, 7).toString('hex')])
+      expect([hidden, text.includes(hidden)]).toEqual([hidden, false]);
     // An unknown error becomes INTERNAL with a fixed message; its text stays in the cause, off the wire.
     const unknown = asKeystoreError(new Error('library detail'));
     expect([unknown.code, unknown.message, (unknown.cause as Error).message]).toEqual(['INTERNAL', 'internal error', 'library detail']);
@@ -91,7 +102,9 @@ describe('schema helper', () => {
       expect([id, verdict({ keyId: id, blob: 'AAAA' })]).toEqual([id, 'params.keyId: expected 1-64 characters of [A-Za-z0-9_-]']);
     }
     // Both wrong: both named, in order.
-    expect(verdict({ keyId: '', blob: '!' })).toBe('params.keyId: expected 1-64 characters of [A-Za-z0-9_-]; params.blob: expected standard padded base64');
+    expect(verdict({ keyId: '', blob: '!' })).toBe(
+      'params.keyId: expected 1-64 characters of [A-Za-z0-9_-]; params.blob: expected standard padded base64',
+    );
   });
 
   it('names at most five problems and counts the rest', () => {

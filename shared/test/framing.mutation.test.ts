@@ -19,7 +19,11 @@ function errorOf(fn: () => unknown): FrameError {
 describe('frame codec refusals', () => {
   it('refuses to write a frame above the limit, saying by how much', () => {
     const e = errorOf(() => encodeFrame(Buffer.alloc(1025), 1024));
-    expect([e.name, e.code, e.message]).toEqual(['FrameError', 'FRAME_TOO_LARGE', 'outgoing frame of 1025 bytes exceeds the 1024-byte limit']);
+    expect([e.name, e.code, e.message]).toEqual([
+      'FrameError',
+      'FRAME_TOO_LARGE',
+      'outgoing frame of 1025 bytes exceeds the 1024-byte limit',
+    ]);
   });
 
   it('refuses to read a frame above the limit, from its header alone', () => {

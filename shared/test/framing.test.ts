@@ -1,14 +1,7 @@
 import fc from 'fast-check';
 import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
-import {
-  chunksOf,
-  encodeFrame,
-  FrameDecoder,
-  FrameError,
-  FRAME_HEADER_BYTES,
-  MAX_WRITE_CHUNK_BYTES,
-} from '../src/framing';
+import { chunksOf, encodeFrame, FrameDecoder, FrameError, FRAME_HEADER_BYTES, MAX_WRITE_CHUNK_BYTES } from '../src/framing';
 
 /** Splits `buf` at the given cut points (any positions, duplicates and out-of-range ones folded). */
 function rechunk(buf: Buffer, cuts: number[]): Buffer[] {
@@ -115,7 +108,9 @@ describe('frame codec', () => {
       { numRuns: 30 },
     );
     fc.assert(
-      fc.property(fc.integer({ min: 0, max: 2000 }), fc.integer({ min: 1, max: 300 }), fc.integer(), (n, limit, seed) => check(bytesOf(n, seed), limit)),
+      fc.property(fc.integer({ min: 0, max: 2000 }), fc.integer({ min: 1, max: 300 }), fc.integer(), (n, limit, seed) =>
+        check(bytesOf(n, seed), limit),
+      ),
       { numRuns: 100 },
     );
   });

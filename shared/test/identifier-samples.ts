@@ -8,7 +8,18 @@ const ADDRESS = '0x70997970C51812dc3A010C7d01b50e0d17dc79C8';
 export const IDENTIFIER_SAMPLES = {
   kmsKeyArn: {
     good: [ARN, 'arn:aws-cn:kms:cn-north-1:111122223333:key/abc', 'arn:aws-us-gov:kms:us-gov-west-1:111122223333:key/a-b'],
-    bad: ['', `x${ARN}`, `${ARN}/x`, `${ARN}!`, `${ARN}\n`, 'arn:aws:kms:us-east-1:11112222333:key/abc', 'arn:aws:s3:us-east-1:111122223333:key/abc', 'arn:aws1:kms:us-east-1:111122223333:key/abc', 'arn:aws:kms:us-east-1:111122223333:alias/abc', 'arn:aws:s3:::bucket'],
+    bad: [
+      '',
+      `x${ARN}`,
+      `${ARN}/x`,
+      `${ARN}!`,
+      `${ARN}\n`,
+      'arn:aws:kms:us-east-1:11112222333:key/abc',
+      'arn:aws:s3:us-east-1:111122223333:key/abc',
+      'arn:aws1:kms:us-east-1:111122223333:key/abc',
+      'arn:aws:kms:us-east-1:111122223333:alias/abc',
+      'arn:aws:s3:::bucket',
+    ],
   },
   keyId: {
     good: ['a', 'A-z_0', 'k_1-x', 'k'.repeat(64)],
@@ -16,6 +27,15 @@ export const IDENTIFIER_SAMPLES = {
   },
   address: {
     good: [ADDRESS, ADDRESS.toLowerCase(), `0x${'0'.repeat(40)}`],
-    bad: ['', ADDRESS.slice(2), `x${ADDRESS}`, `${ADDRESS}0`, `${ADDRESS}\n`, ADDRESS.slice(0, -1), `0X${ADDRESS.slice(2)}`, `0x${'g'.repeat(40)}`],
+    bad: [
+      '',
+      ADDRESS.slice(2),
+      `x${ADDRESS}`,
+      `${ADDRESS}0`,
+      `${ADDRESS}\n`,
+      ADDRESS.slice(0, -1),
+      `0X${ADDRESS.slice(2)}`,
+      `0x${'g'.repeat(40)}`,
+    ],
   },
 } as const;

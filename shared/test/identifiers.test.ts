@@ -42,7 +42,11 @@ function disagreements(samples: Samples, re: RegExp, validators: Record<string, 
 
 describe('identifier formats, one definition each', () => {
   it('the definitions accept the well-formed samples and refuse the rest', () => {
-    for (const [name, re] of [['kmsKeyArn', KMS_KEY_ARN_RE], ['keyId', KEY_ID_RE], ['address', ADDRESS_RE]] as const) {
+    for (const [name, re] of [
+      ['kmsKeyArn', KMS_KEY_ARN_RE],
+      ['keyId', KEY_ID_RE],
+      ['address', ADDRESS_RE],
+    ] as const) {
       const { good, bad } = IDENTIFIER_SAMPLES[name];
       expect([name, good.filter((s) => !re.test(s)), bad.filter((s) => re.test(s))]).toEqual([name, [], []]);
     }
@@ -52,7 +56,8 @@ describe('identifier formats, one definition each', () => {
     const validators = {
       blob: (s: string) => decodes({ kmsKeyArn: s }),
       schema: (s: string) => kmsKeyArn.safeParse(s).success,
-      kmsDecryptParams: (s: string) => KmsDecryptParams.safeParse({ kmsKeyArn: s, ciphertextBlob: 'AAAA', attestationDocument: 'AAAA' }).success,
+      kmsDecryptParams: (s: string) =>
+        KmsDecryptParams.safeParse({ kmsKeyArn: s, ciphertextBlob: 'AAAA', attestationDocument: 'AAAA' }).success,
     };
     expect(disagreements(IDENTIFIER_SAMPLES.kmsKeyArn, KMS_KEY_ARN_RE, validators)).toEqual([]);
   });

@@ -31,16 +31,25 @@ describe('logger', () => {
   it("does not copy a cause's own fields into the line: a wrapped library error's data stays out", () => {
     const { logger, text: logged } = capture();
     const secretish = Buffer.from('00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff', 'hex');
-    const cause = Object.assign(new Error('library failure'), { key: secretish, keyHex: secretish.toString('hex'), $response: { body: 'raw-response-body' } });
+    const cause = Object.assign(new Error('library failure'), {
+      key: secretish,
+      keyHex: secretish.toString('hex'),
+      $response: { body: 'raw-response-body' },
+    });
     logger.warn({ err: new KeystoreError('INTERNAL', 'internal error', { cause }) }, 'handler failed');
     const text = logged();
     expect(text).toContain('internal error: library failure');
-    for (const leaked of [secretish.toString('hex'), secretish.toString('base64'), 'raw-response-body', '"key"']) expect([leaked, text.includes(leaked)]).toEqual([leaked, false]);
+    for (const leaked of [secretish.toString('hex'), secretish.toString('base64'), 'raw-response-body', '"key"'])
+      expect([leaked, text.includes(leaked)]).toEqual([leaked, false]);
   });
 
   it('still redacts credential paths', () => {
     const { logger, lines } = capture();
     logger.info({ token: 'nks_secret', req: { headers: { authorization: 'Bearer nks_secret' } }, params: { blob: 'AAAA' } }, 'request');
-    expect(lines()[0]).toMatchObject({ token: '[redacted]', req: { headers: { authorization: '[redacted]' } }, params: { blob: '[redacted]' } });
+    expect(lines()[0]).toMatchObject({
+      token: '[redacted]',
+      req: { headers: { authorization: '[redacted]' } },
+      params: { blob: '[redacted]' },
+    });
   });
 });

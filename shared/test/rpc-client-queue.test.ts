@@ -31,14 +31,26 @@ function neverReadingPeer() {
   return { transport, connects: () => connects };
 }
 
-const params = { kmsKeyArn: 'arn:aws:kms:us-east-1:111122223333:key/k', ciphertextBlob: 'A'.repeat(344), attestationDocument: 'B'.repeat(6000) };
+const params = {
+  kmsKeyArn: 'arn:aws:kms:us-east-1:111122223333:key/k',
+  ciphertextBlob: 'A'.repeat(344),
+  attestationDocument: 'B'.repeat(6000),
+};
 
 it('answers OVERLOADED once the unsent request bytes pass its cap, however many calls time out', async () => {
   const peer = neverReadingPeer();
   const log = captureLogger('warn');
   const maxQueuedBytes = 256 * 1024;
   // A long default deadline: the stall check must not be what bounds the queue here.
-  const client = new RpcClient({ name: 'kms-proxy', transport: peer.transport, address: 'vsock://3:8000', logger: log.logger, maxInFlight: 16, defaultDeadlineMs: 60_000, maxQueuedBytes });
+  const client = new RpcClient({
+    name: 'kms-proxy',
+    transport: peer.transport,
+    address: 'vsock://3:8000',
+    logger: log.logger,
+    maxInFlight: 16,
+    defaultDeadlineMs: 60_000,
+    maxQueuedBytes,
+  });
   try {
     await client.waitConnected(1000);
     const reasons: string[] = [];
@@ -59,7 +71,14 @@ it('answers OVERLOADED once the unsent request bytes pass its cap, however many 
 it('drops a connection whose peer takes no bytes for a default deadline, and connects again', async () => {
   const peer = neverReadingPeer();
   const log = captureLogger('warn');
-  const client = new RpcClient({ name: 'kms-proxy', transport: peer.transport, address: 'vsock://3:8000', logger: log.logger, defaultDeadlineMs: 100, backoff: { initialMs: 1, maxMs: 2 } });
+  const client = new RpcClient({
+    name: 'kms-proxy',
+    transport: peer.transport,
+    address: 'vsock://3:8000',
+    logger: log.logger,
+    defaultDeadlineMs: 100,
+    backoff: { initialMs: 1, maxMs: 2 },
+  });
   try {
     await client.waitConnected(1000);
     // Enough bytes to fill the socket buffers, so some stay queued here.

@@ -45,7 +45,13 @@ describe('JSON-RPC over simulated vsock', () => {
   beforeEach(async () => {
     runDir = tempRunDir();
     transport = new SimulatedVsockTransport(runDir);
-    server = new RpcServer({ name: 'test-server', methods: methods(), logger: log.logger, maxConcurrent: 20_000, maxInFlightPerConnection: 20_000 });
+    server = new RpcServer({
+      name: 'test-server',
+      methods: methods(),
+      logger: log.logger,
+      maxConcurrent: 20_000,
+      maxInFlightPerConnection: 20_000,
+    });
     await server.listen(transport, ADDRESS);
     client = new RpcClient<TestApi>({ name: 'test-client', transport, address: ADDRESS, logger: log.logger, maxInFlight: 20_000 });
     await client.waitConnected(10_000);
@@ -195,7 +201,14 @@ describe('RPC client waiting for its connection', () => {
     const runDir = tempRunDir();
     const transport = new SimulatedVsockTransport(runDir);
     const log = captureLogger();
-    const c = new RpcClient<TestApi>({ name: 'patient', transport, address: 'vsock://3:8000', logger: log.logger, waitForConnectionMs: 3000, backoff: { initialMs: 5000, maxMs: 5000 } });
+    const c = new RpcClient<TestApi>({
+      name: 'patient',
+      transport,
+      address: 'vsock://3:8000',
+      logger: log.logger,
+      waitForConnectionMs: 3000,
+      backoff: { initialMs: 5000, maxMs: 5000 },
+    });
     const server = new RpcServer({ name: 'late', methods: methods(), logger: log.logger });
     try {
       c.start();

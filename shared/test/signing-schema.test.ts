@@ -21,16 +21,27 @@ describe('EIP-7702 authorizations with chain id 0', () => {
     );
     expect(verdict({ type: 'authorization', authorization, allowAllChains: false })).toMatch(/allowAllChains/);
     expect(verdict({ type: 'authorization', authorization, allowAllChains: 'yes' })).toMatch(/^params\.allowAllChains: /);
-    expect(verdict({ type: 'authorization', authorization: { ...authorization, allowAllChains: true } })).toMatch(/unknown field\(s\) "allowAllChains"/);
+    expect(verdict({ type: 'authorization', authorization: { ...authorization, allowAllChains: true } })).toMatch(
+      /unknown field\(s\) "allowAllChains"/,
+    );
     const allowed = SignRequestSchema.parse({ type: 'authorization', authorization, allowAllChains: true });
     expect(allowed).toEqual({ type: 'authorization', authorization, allowAllChains: true });
   });
 
-  it('leave authorizations for one chain, and a transaction\'s authorizationList, as they were', () => {
+  it("leave authorizations for one chain, and a transaction's authorizationList, as they were", () => {
     expect(verdict({ type: 'authorization', authorization: { chainId: 1, address: delegate, nonce: 0 } })).toBe('OK');
     expect(verdict({ type: 'authorization', authorization: { chainId: 1, address: delegate, nonce: 0 }, allowAllChains: true })).toBe('OK');
     const signed = { address: delegate, chainId: 0, nonce: 0, r: `0x${'11'.repeat(32)}`, s: `0x${'22'.repeat(32)}`, yParity: 1 };
-    const tx = { type: 'eip7702', chainId: 1, nonce: 0, to: delegate, gas: '100000', maxFeePerGas: '1', maxPriorityFeePerGas: '1', authorizationList: [signed] };
+    const tx = {
+      type: 'eip7702',
+      chainId: 1,
+      nonce: 0,
+      to: delegate,
+      gas: '100000',
+      maxFeePerGas: '1',
+      maxPriorityFeePerGas: '1',
+      authorizationList: [signed],
+    };
     expect(verdict({ type: 'transaction', transaction: tx })).toBe('OK');
   });
 });
@@ -38,7 +49,13 @@ describe('EIP-7702 authorizations with chain id 0', () => {
 describe('a caller-supplied EIP712Domain type', () => {
   const types = { Mail: [{ name: 'contents', type: 'string' }] };
   const message = { contents: 'hello' };
-  const fullDomain = { name: 'Ether Mail', version: '1', chainId: 1, verifyingContract: '0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC', salt: `0x${'ab'.repeat(32)}` } as const;
+  const fullDomain = {
+    name: 'Ether Mail',
+    version: '1',
+    chainId: 1,
+    verifyingContract: '0xCcCCccccCCCCcCCCCCCcCcCccCcCCCcCcccccccC',
+    salt: `0x${'ab'.repeat(32)}`,
+  } as const;
   const request = (domain: Record<string, unknown>, EIP712Domain?: Array<{ name: string; type: string }>) => ({
     type: 'typedData',
     typedData: { domain, types: EIP712Domain ? { EIP712Domain, ...types } : types, primaryType: 'Mail', message },
@@ -46,12 +63,17 @@ describe('a caller-supplied EIP712Domain type', () => {
 
   it('would silently drop domain fields from the hash (why it is checked)', () => {
     const domain = { name: 'Ether Mail', chainId: 1, verifyingContract: fullDomain.verifyingContract };
-    const dropped = hashTypedData({ domain, types: { EIP712Domain: [{ name: 'name', type: 'string' }], ...types }, primaryType: 'Mail', message });
+    const dropped = hashTypedData({
+      domain,
+      types: { EIP712Domain: [{ name: 'name', type: 'string' }], ...types },
+      primaryType: 'Mail',
+      message,
+    });
     expect(dropped).toBe(hashTypedData({ domain: { name: 'Ether Mail' }, types, primaryType: 'Mail', message }));
     expect(dropped).not.toBe(hashTypedData({ domain, types, primaryType: 'Mail', message }));
   });
 
-  it('is refused unless it lists exactly the domain\'s fields, in canonical order, with canonical types', () => {
+  it("is refused unless it lists exactly the domain's fields, in canonical order, with canonical types", () => {
     const domain = { name: 'Ether Mail', chainId: 1, verifyingContract: fullDomain.verifyingContract };
     const expected =
       'params.typedData.types.EIP712Domain: must list exactly the fields present in domain, in the canonical order (name, version, chainId, verifyingContract, salt) with their canonical types: EIP712Domain(string name,uint256 chainId,address verifyingContract); or leave EIP712Domain out of types';
@@ -73,7 +95,14 @@ describe('a caller-supplied EIP712Domain type', () => {
     for (let mask = 0; mask < 32; mask++) {
       const present = CANONICAL_DOMAIN_FIELDS.filter((_, i) => mask & (1 << i));
       const domain = Object.fromEntries(present.map((f) => [f.name, fullDomain[f.name as keyof typeof fullDomain]]));
-      expect(verdict(request(domain, present.map((f) => ({ ...f }))))).toBe('OK');
+      expect(
+        verdict(
+          request(
+            domain,
+            present.map((f) => ({ ...f })),
+          ),
+        ),
+      ).toBe('OK');
       if (present.length > 1) expect(verdict(request(domain, [...present].reverse()))).not.toBe('OK');
       if (present.length > 0) expect(verdict(request(domain, present.slice(1)))).not.toBe('OK');
     }

@@ -1,6 +1,13 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import { createTransport, parseVsockAddress, SimulatedVsockTransport, simulatedSocketPath, TransportConfigSchema, type Connection } from '../src/transport';
+import {
+  createTransport,
+  parseVsockAddress,
+  SimulatedVsockTransport,
+  simulatedSocketPath,
+  TransportConfigSchema,
+  type Connection,
+} from '../src/transport';
 import { sleep, tempRunDir, waitFor } from './helpers';
 
 describe('vsock addresses', () => {
@@ -65,7 +72,11 @@ describe('simulated transport', () => {
     await first.close();
     // A process killed while listening leaves its socket file behind.
     const file = simulatedSocketPath(dir, 'vsock://16:5001');
-    const crashed = spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(file)}, () => process.kill(process.pid, 'SIGKILL'))`], { timeout: 30_000 });
+    const crashed = spawnSync(
+      process.execPath,
+      ['-e', `require('net').createServer().listen(${JSON.stringify(file)}, () => process.kill(process.pid, 'SIGKILL'))`],
+      { timeout: 30_000 },
+    );
     expect(crashed.signal).toBe('SIGKILL');
     expect(fs.lstatSync(file).isSocket()).toBe(true);
     const again = await t.listen('vsock://16:5001', () => undefined);
@@ -123,6 +134,8 @@ describe('simulated transport', () => {
   });
 
   it('fails to connect with a clear error when nothing listens', async () => {
-    await expect(new SimulatedVsockTransport(dir).connect('vsock://16:5999')).rejects.toThrow(/connect to vsock:\/\/16:5999 failed: ENOENT/);
+    await expect(new SimulatedVsockTransport(dir).connect('vsock://16:5999')).rejects.toThrow(
+      /connect to vsock:\/\/16:5999 failed: ENOENT/,
+    );
   });
 });

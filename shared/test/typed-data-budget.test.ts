@@ -42,7 +42,7 @@ describe('typed data that real protocols sign passes the budget', () => {
     expect(v.ok).toBe(true);
   });
 
-  it('builds them from the protocols\' real type definitions (their contracts\' type hashes)', () => {
+  it("builds them from the protocols' real type definitions (their contracts' type hashes)", () => {
     expect(typeHash(payloads.seaportOrder(), 'OrderComponents')).toBe(payloads.SEAPORT_ORDER_TYPEHASH);
     expect(typeHash(payloads.permit2Batch(), 'PermitBatch')).toBe(payloads.PERMIT_BATCH_TYPEHASH);
     expect(typeHash(payloads.safeTransaction(), 'SafeTx')).toBe(payloads.SAFE_TX_TYPEHASH);
@@ -54,10 +54,13 @@ describe('typed data that real protocols sign passes the budget', () => {
   it('counts what the encoder will visit (a Seaport order of 30 + 30 items)', () => {
     const v = budget(payloads.seaportOrder(30, 30));
     // The domain, the order, 60 items; 11 + 30·5 + 30·6 fields + 60 elements + 4 domain fields.
-    expect(v).toEqual({ ok: true, usage: expect.objectContaining({ types: 3, maxFields: 11, depth: 3, longestArray: 30, structInstances: 62, values: 405 }) });
+    expect(v).toEqual({
+      ok: true,
+      usage: expect.objectContaining({ types: 3, maxFields: 11, depth: 3, longestArray: 30, structInstances: 62, values: 405 }),
+    });
   });
 
-  it('lets the requests built to sit at the limits pass (the benchmark\'s worst cases)', () => {
+  it("lets the requests built to sit at the limits pass (the benchmark's worst cases)", () => {
     for (const td of [payloads.atLimitStructs(), payloads.atLimitValues(), payloads.atLimitTypeStrings()]) {
       expect(verdict(td)).toBe('OK');
       expect(JSON.stringify(td).length).toBeLessThan(1_000_000); // fits the enclave's 1 MiB frames
@@ -70,20 +73,69 @@ describe('typed data that real protocols sign passes the budget', () => {
 
 describe('typed data built to be costly is refused before hashing, naming the limit', () => {
   const refusals: Array<[string, () => TypedData, string, RegExp]> = [
-    ['250 chained types and thousands of structs with empty arrays (the reported 5.8 s request)', () => payloads.chainedTypes(250, 4000), 'maxTypes', /^params\.typedData\.types: .*251 types, more than the 32 allowed \(maxTypes\)/],
-    ['30 chained types with 250-character names, 1000 times', () => payloads.chainedTypes(30, 1000, 250), 'maxTypeStringChars', /message\.items0\[\d+\]: .*type strings.*\(maxTypeStringChars/],
+    [
+      '250 chained types and thousands of structs with empty arrays (the reported 5.8 s request)',
+      () => payloads.chainedTypes(250, 4000),
+      'maxTypes',
+      /^params\.typedData\.types: .*251 types, more than the 32 allowed \(maxTypes\)/,
+    ],
+    [
+      '30 chained types with 250-character names, 1000 times',
+      () => payloads.chainedTypes(30, 1000, 250),
+      'maxTypeStringChars',
+      /message\.items0\[\d+\]: .*type strings.*\(maxTypeStringChars/,
+    ],
     ['30,000 empty arrays', () => payloads.emptyArrays(30, 1000), 'maxValues', /message\.f\d+: .*more than 16384 values .*\(maxValues\)/],
-    ['a recursive struct nested 1000 deep', () => payloads.deepNesting(1000), 'maxDepth', /message(\.children\[0\])+: .*deeper than 32 levels .*\(maxDepth\)/],
-    ['an array of 100,000 elements', () => payloads.hugeArray(100_000), 'maxArrayLength', /message\.values: .*100000 elements, more than the 1024 allowed \(maxArrayLength\)/],
+    [
+      'a recursive struct nested 1000 deep',
+      () => payloads.deepNesting(1000),
+      'maxDepth',
+      /message(\.children\[0\])+: .*deeper than 32 levels .*\(maxDepth\)/,
+    ],
+    [
+      'an array of 100,000 elements',
+      () => payloads.hugeArray(100_000),
+      'maxArrayLength',
+      /message\.values: .*100000 elements, more than the 1024 allowed \(maxArrayLength\)/,
+    ],
     ['a Seaport bulk order of 512 orders', () => payloads.seaportBulkOrder(9), 'maxValues', /\(maxValues\)/],
     [
       '3000 empty structs',
-      () => ({ types: { P: [{ name: 'a', type: 'E[]' }, { name: 'b', type: 'E[]' }, { name: 'c', type: 'E[]' }], E: [] }, primaryType: 'P', message: { a: Array(1000).fill({}), b: Array(1000).fill({}), c: Array(1000).fill({}) } }),
+      () => ({
+        types: {
+          P: [
+            { name: 'a', type: 'E[]' },
+            { name: 'b', type: 'E[]' },
+            { name: 'c', type: 'E[]' },
+          ],
+          E: [],
+        },
+        primaryType: 'P',
+        message: { a: Array(1000).fill({}), b: Array(1000).fill({}), c: Array(1000).fill({}) },
+      }),
       'maxStructInstances',
       /more than 2048 struct values to encode \(maxStructInstances\)/,
     ],
-    ['a type with 65 fields', () => ({ types: { P: Array.from({ length: 65 }, (_, i) => ({ name: `f${i}`, type: 'bool' })) }, primaryType: 'P', message: {} }), 'maxFieldsPerType', /types\.P: .*65 fields, more than the 64 allowed \(maxFieldsPerType\)/],
-    ['an array type of 40 dimensions', () => ({ types: { P: [{ name: 'a', type: `uint8${'[]'.repeat(40)}` }] }, primaryType: 'P', message: { a: (function nest(d: number): unknown { return d === 0 ? [] : [nest(d - 1)]; })(40) } }), 'maxDepth', /\(maxDepth\)/],
+    [
+      'a type with 65 fields',
+      () => ({ types: { P: Array.from({ length: 65 }, (_, i) => ({ name: `f${i}`, type: 'bool' })) }, primaryType: 'P', message: {} }),
+      'maxFieldsPerType',
+      /types\.P: .*65 fields, more than the 64 allowed \(maxFieldsPerType\)/,
+    ],
+    [
+      'an array type of 40 dimensions',
+      () => ({
+        types: { P: [{ name: 'a', type: `uint8${'[]'.repeat(40)}` }] },
+        primaryType: 'P',
+        message: {
+          a: (function nest(d: number): unknown {
+            return d === 0 ? [] : [nest(d - 1)];
+          })(40),
+        },
+      }),
+      'maxDepth',
+      /\(maxDepth\)/,
+    ],
   ];
 
   it.each(refusals)('%s', (_name, make, limit, message) => {
@@ -94,23 +146,46 @@ describe('typed data built to be costly is refused before hashing, naming the li
   });
 
   it('refuses values the encoder could not encode, with the path', () => {
-    const types = { P: [{ name: 'list', type: 'uint256[]' }, { name: 'inner', type: 'I' }], I: [{ name: 'x', type: 'uint256' }] };
-    expect(verdict({ types, primaryType: 'P', message: { list: '1', inner: { x: 1 } } })).toBe('params.typedData.message.list: expected an array for type uint256[]');
-    expect(verdict({ types, primaryType: 'P', message: { list: [], inner: [1] } })).toBe('params.typedData.message.inner: expected an object for struct type I');
-    expect(verdict({ types, primaryType: 'P', message: { list: [] } })).toBe('params.typedData.message.inner: expected an object for struct type I');
+    const types = {
+      P: [
+        { name: 'list', type: 'uint256[]' },
+        { name: 'inner', type: 'I' },
+      ],
+      I: [{ name: 'x', type: 'uint256' }],
+    };
+    expect(verdict({ types, primaryType: 'P', message: { list: '1', inner: { x: 1 } } })).toBe(
+      'params.typedData.message.list: expected an array for type uint256[]',
+    );
+    expect(verdict({ types, primaryType: 'P', message: { list: [], inner: [1] } })).toBe(
+      'params.typedData.message.inner: expected an object for struct type I',
+    );
+    expect(verdict({ types, primaryType: 'P', message: { list: [] } })).toBe(
+      'params.typedData.message.inner: expected an object for struct type I',
+    );
   });
 
   it('counts every visit, so shared references (a DAG built in-process) cannot amplify the walk', () => {
     const leaf = { x: '1' };
     const inner = { leaves: Array(1000).fill(leaf) };
-    const td = { types: { P: [{ name: 'inners', type: 'I[]' }], I: [{ name: 'leaves', type: 'L[]' }], L: [{ name: 'x', type: 'uint256' }] }, primaryType: 'P', message: { inners: Array(1000).fill(inner) } };
+    const td = {
+      types: { P: [{ name: 'inners', type: 'I[]' }], I: [{ name: 'leaves', type: 'L[]' }], L: [{ name: 'x', type: 'uint256' }] },
+      primaryType: 'P',
+      message: { inners: Array(1000).fill(inner) },
+    };
     const v = budget(td);
     expect(v.ok ? 'ok' : v.limit).toBe('maxStructInstances');
   });
 
-  it('applies limits passed to it (the defaults are the schema\'s)', () => {
+  it("applies limits passed to it (the defaults are the schema's)", () => {
     const td = payloads.permit2Batch(20);
-    expect(checkTypedDataBudget(td as unknown as TypedDataShape, { ...TYPED_DATA_LIMITS, maxArrayLength: 10 })).toMatchObject({ ok: false, limit: 'maxArrayLength', path: ['message', 'details'] });
-    expect(checkTypedDataBudget(td as unknown as TypedDataShape, { ...TYPED_DATA_LIMITS, maxStructInstances: 5 })).toMatchObject({ ok: false, limit: 'maxStructInstances' });
+    expect(checkTypedDataBudget(td as unknown as TypedDataShape, { ...TYPED_DATA_LIMITS, maxArrayLength: 10 })).toMatchObject({
+      ok: false,
+      limit: 'maxArrayLength',
+      path: ['message', 'details'],
+    });
+    expect(checkTypedDataBudget(td as unknown as TypedDataShape, { ...TYPED_DATA_LIMITS, maxStructInstances: 5 })).toMatchObject({
+      ok: false,
+      limit: 'maxStructInstances',
+    });
   });
 });

@@ -9,7 +9,12 @@ import { TYPED_DATA_LIMITS, type TypedDataLimits } from '../src/signing/typed-da
 export type TypedDataInput = Extract<SignRequestInput, { type: 'typedData' }>['typedData'];
 type Field = { name: string; type: string };
 
-const hex = (seed: number, bytes: number) => `0x${(seed >>> 0).toString(16).padStart(8, '0').repeat(Math.ceil(bytes / 4)).slice(0, bytes * 2)}`;
+const hex = (seed: number, bytes: number) =>
+  `0x${(seed >>> 0)
+    .toString(16)
+    .padStart(8, '0')
+    .repeat(Math.ceil(bytes / 4))
+    .slice(0, bytes * 2)}`;
 const addr = (seed: number) => hex(seed * 2654435761, 20);
 
 // ---------------------------------------------------------------------------------------------------------
@@ -47,14 +52,25 @@ export const SEAPORT_TYPES = {
 } satisfies Record<string, Field[]>;
 /** keccak256 of Seaport's OrderComponents type string (`_ORDER_TYPEHASH` in Seaport's contracts). */
 export const SEAPORT_ORDER_TYPEHASH = '0xfa445660b7e21515a59617fcd68910b487aa5808b8abda3d78bc85df364b2c2f';
-const SEAPORT_DOMAIN = { name: 'Seaport', version: '1.6', chainId: 1, verifyingContract: '0x0000000000000068F116a894984e2DB1123eB395' as const };
+const SEAPORT_DOMAIN = {
+  name: 'Seaport',
+  version: '1.6',
+  chainId: 1,
+  verifyingContract: '0x0000000000000068F116a894984e2DB1123eB395' as const,
+};
 
 function seaportComponents(offers: number, considerations: number, seed = 1) {
   const offerer = addr(seed);
   return {
     offerer,
     zone: '0x0000000000000000000000000000000000000000',
-    offer: Array.from({ length: offers }, (_, i) => ({ itemType: 2, token: addr(1000 + (i % 7)), identifierOrCriteria: String(10_000 + i), startAmount: '1', endAmount: '1' })),
+    offer: Array.from({ length: offers }, (_, i) => ({
+      itemType: 2,
+      token: addr(1000 + (i % 7)),
+      identifierOrCriteria: String(10_000 + i),
+      startAmount: '1',
+      endAmount: '1',
+    })),
     consideration: Array.from({ length: considerations }, (_, i) => ({
       itemType: i % 3 === 0 ? 0 : 1,
       token: i % 3 === 0 ? '0x0000000000000000000000000000000000000000' : '0xC02aaA39b223FE8D0A0e5C4F27eAD9083C756Cc2',
@@ -75,12 +91,18 @@ function seaportComponents(offers: number, considerations: number, seed = 1) {
 
 /** A Seaport order with `offers` NFTs offered and `considerations` payments (fees, royalties, proceeds). */
 export function seaportOrder(offers = 30, considerations = 30): TypedDataInput {
-  return { domain: SEAPORT_DOMAIN, types: SEAPORT_TYPES, primaryType: 'OrderComponents', message: seaportComponents(offers, considerations) };
+  return {
+    domain: SEAPORT_DOMAIN,
+    types: SEAPORT_TYPES,
+    primaryType: 'OrderComponents',
+    message: seaportComponents(offers, considerations),
+  };
 }
 
 /** A Seaport bulk order (BulkOrder: a complete binary tree of 2^height orders, signed once). */
 export function seaportBulkOrder(height: number, offers = 1, considerations = 3): TypedDataInput {
-  const tree = (h: number, seed: number): unknown => (h === 0 ? seaportComponents(offers, considerations, seed) : [tree(h - 1, seed * 2), tree(h - 1, seed * 2 + 1)]);
+  const tree = (h: number, seed: number): unknown =>
+    h === 0 ? seaportComponents(offers, considerations, seed) : [tree(h - 1, seed * 2), tree(h - 1, seed * 2 + 1)];
   return {
     domain: SEAPORT_DOMAIN,
     types: { BulkOrder: [{ name: 'tree', type: `OrderComponents${'[2]'.repeat(height)}` }], ...SEAPORT_TYPES },
@@ -114,7 +136,12 @@ export function permit2Batch(tokens = 20): TypedDataInput {
     },
     primaryType: 'PermitBatch',
     message: {
-      details: Array.from({ length: tokens }, (_, i) => ({ token: addr(2000 + i), amount: '1461501637330902918203684832716283019655932542975', expiration: '1720592000', nonce: String(i) })),
+      details: Array.from({ length: tokens }, (_, i) => ({
+        token: addr(2000 + i),
+        amount: '1461501637330902918203684832716283019655932542975',
+        expiration: '1720592000',
+        nonce: String(i),
+      })),
       spender: '0x3fC91A3afd70395Cd496C647d5a6CC9D4B2b7FAD',
       sigDeadline: '1718001800',
     },
@@ -199,7 +226,14 @@ export function uniswapXExclusiveDutchOrder(nOutputs = 2): TypedDataInput {
       nonce: '1993353164669688581970088190602701610467397285665',
       deadline: '1718000120',
       witness: {
-        info: { reactor: '0x6000da47483062A0D734Ba3dc7576Ce6A0B645C4', swapper, nonce: '1993353164669688581970088190602701610467397285665', deadline: '1718000120', additionalValidationContract: '0x0000000000000000000000000000000000000000', additionalValidationData: '0x' },
+        info: {
+          reactor: '0x6000da47483062A0D734Ba3dc7576Ce6A0B645C4',
+          swapper,
+          nonce: '1993353164669688581970088190602701610467397285665',
+          deadline: '1718000120',
+          additionalValidationContract: '0x0000000000000000000000000000000000000000',
+          additionalValidationData: '0x',
+        },
         decayStartTime: '1718000060',
         decayEndTime: '1718000120',
         exclusiveFiller: '0xff8Ba4D1fC3762f6154cc942CCF30049A2A0cEC6',
@@ -238,7 +272,14 @@ export function uniswapXV2DutchOrder(nOutputs = 2): TypedDataInput {
       nonce: '1993353164669688581970088190602701610467397285666',
       deadline: '1718000300',
       witness: {
-        info: { reactor: '0x00000011F84B9aa48e5f8aA8B9897600006289Be', swapper, nonce: '1993353164669688581970088190602701610467397285666', deadline: '1718000300', additionalValidationContract: '0x0000000000000000000000000000000000000000', additionalValidationData: '0x' },
+        info: {
+          reactor: '0x00000011F84B9aa48e5f8aA8B9897600006289Be',
+          swapper,
+          nonce: '1993353164669688581970088190602701610467397285666',
+          deadline: '1718000300',
+          additionalValidationContract: '0x0000000000000000000000000000000000000000',
+          additionalValidationData: '0x',
+        },
         cosigner: '0x4449cd34d1eb1fedcf02a1be3834ffde8e6a6180',
         baseInputToken: '0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48',
         baseInputStartAmount: '5000000000',
@@ -257,9 +298,14 @@ export const SAFE_TX_TYPEHASH = '0xbb8310d486368db6bd6f849402fdd73ad53d316b5a4b2
 export function safeTransaction(transfers = 40): TypedDataInput {
   // multiSend(bytes transactions): each packed as operation(1) ‖ to(20) ‖ value(32) ‖ dataLength(32) ‖ data.
   const transfer = (i: number) => `a9059cbb${'0'.repeat(24)}${addr(3000 + i).slice(2)}${(1_000_000 + i).toString(16).padStart(64, '0')}`;
-  const packed = Array.from({ length: transfers }, (_, i) => `00${'dAC17F958D2ee523a2206206994597C13D831ec7'.toLowerCase()}${'0'.repeat(64)}${(68).toString(16).padStart(64, '0')}${transfer(i)}`).join('');
+  const packed = Array.from(
+    { length: transfers },
+    (_, i) =>
+      `00${'dAC17F958D2ee523a2206206994597C13D831ec7'.toLowerCase()}${'0'.repeat(64)}${(68).toString(16).padStart(64, '0')}${transfer(i)}`,
+  ).join('');
   const bytesLen = packed.length / 2;
-  const data = `0x8d80ff0a${(32).toString(16).padStart(64, '0')}${bytesLen.toString(16).padStart(64, '0')}${packed}${'0'.repeat((64 - (packed.length % 64)) % 64)}` as `0x${string}`;
+  const data =
+    `0x8d80ff0a${(32).toString(16).padStart(64, '0')}${bytesLen.toString(16).padStart(64, '0')}${packed}${'0'.repeat((64 - (packed.length % 64)) % 64)}` as `0x${string}`;
   return {
     domain: { chainId: 1, verifyingContract: '0x849D52316331967b6fF1198e5E32A0eB168D039d' },
     types: {
@@ -307,7 +353,8 @@ export function chainedTypes(nTypes = 250, instances = 4000, nameLength = 1): Ty
   const chunks = Math.ceil(instances / 1000);
   types.P = Array.from({ length: chunks }, (_, c) => ({ name: `items${c}`, type: 'T0[]' }));
   const message: Record<string, unknown> = {};
-  for (let c = 0; c < chunks; c++) message[`items${c}`] = Array.from({ length: Math.min(1000, instances - c * 1000) }, () => ({ [name]: [] }));
+  for (let c = 0; c < chunks; c++)
+    message[`items${c}`] = Array.from({ length: Math.min(1000, instances - c * 1000) }, () => ({ [name]: [] }));
   return { types, primaryType: 'P', message };
 }
 
@@ -322,12 +369,25 @@ export function emptyArrays(fields = 30, perField = 1000): TypedDataInput {
 export function deepNesting(depth = 1000): TypedDataInput {
   let node: Record<string, unknown> = { v: '1', children: [] };
   for (let i = 1; i < depth; i++) node = { v: String(i), children: [node] };
-  return { types: { Node: [{ name: 'v', type: 'uint256' }, { name: 'children', type: 'Node[]' }] }, primaryType: 'Node', message: node };
+  return {
+    types: {
+      Node: [
+        { name: 'v', type: 'uint256' },
+        { name: 'children', type: 'Node[]' },
+      ],
+    },
+    primaryType: 'Node',
+    message: node,
+  };
 }
 
 /** One array of `length` uint256 elements. */
 export function hugeArray(length = 100_000): TypedDataInput {
-  return { types: { P: [{ name: 'values', type: 'uint256[]' }] }, primaryType: 'P', message: { values: Array.from({ length }, (_, i) => String(i)) } };
+  return {
+    types: { P: [{ name: 'values', type: 'uint256[]' }] },
+    primaryType: 'P',
+    message: { values: Array.from({ length }, (_, i) => String(i)) },
+  };
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -348,7 +408,8 @@ export function atLimitStructs(limits: TypedDataLimits = TYPED_DATA_LIMITS, maxB
     const P = Array.from({ length: arrays }, (_, i) => ({ name: `s${i}`, type: 'S[]' }));
     const item = (j: number) => Object.fromEntries(S.map((f, x) => [f.name, `${j}.${x}`]));
     const message: Record<string, unknown> = {};
-    for (let i = 0; i < arrays; i++) message[`s${i}`] = Array.from({ length: Math.min(limits.maxArrayLength, n - i * limits.maxArrayLength) }, (_, j) => item(j));
+    for (let i = 0; i < arrays; i++)
+      message[`s${i}`] = Array.from({ length: Math.min(limits.maxArrayLength, n - i * limits.maxArrayLength) }, (_, j) => item(j));
     return { domain: { name: 'Budget', chainId: 1 }, types: { P, S }, primaryType: 'P', message };
   };
   let nameLength = Math.max(2, Math.min(250, Math.floor((perInstance - 3) / k) - 'string ,'.length - 3));
@@ -375,5 +436,10 @@ export function atLimitTypeStrings(limits: TypedDataLimits = TYPED_DATA_LIMITS):
   const perInstance = 'Big()'.length + Big.reduce((n, f) => n + f.type.length + f.name.length + 2, 0);
   const copies = Math.min(limits.maxArrayLength, Math.floor((limits.maxTypeStringChars * 0.97) / perInstance));
   const value = Object.fromEntries(Big.map((f, i) => [f.name, i]));
-  return { domain: { name: 'Budget', chainId: 1 }, types: { P: [{ name: 'items', type: 'Big[]' }], Big }, primaryType: 'P', message: { items: Array.from({ length: copies }, () => ({ ...value })) } };
+  return {
+    domain: { name: 'Budget', chainId: 1 },
+    types: { P: [{ name: 'items', type: 'Big[]' }], Big },
+    primaryType: 'P',
+    message: { items: Array.from({ length: copies }, () => ({ ...value })) },
+  };
 }

@@ -11,7 +11,12 @@ describe('attestation user_data', () => {
     expect(new Set(tags).size).toBe(tags.length);
     for (const a of tags) for (const b of tags) if (a !== b) expect(b.startsWith(a)).toBe(false);
     expect(taggedUserData(USER_DATA_TAGS.birth, Buffer.from('x'))).toEqual(createHash('sha256').update('nks-birth-v1x').digest());
-    expect(birthUserData('k', ADDRESS)).toEqual(createHash('sha256').update('nks-birth-v1').update(canonicalCbor({ keyId: 'k', address: ADDRESS })).digest());
+    expect(birthUserData('k', ADDRESS)).toEqual(
+      createHash('sha256')
+        .update('nks-birth-v1')
+        .update(canonicalCbor({ keyId: 'k', address: ADDRESS }))
+        .digest(),
+    );
   });
 
   it('gives the same content under different paths different values', () => {
@@ -22,9 +27,15 @@ describe('attestation user_data', () => {
 
   it('accepts only the tagged birth of this key id and address, and names a 0.1-era document', () => {
     expect(() => checkBirthUserData(birthUserData('k', ADDRESS), 'k', ADDRESS)).not.toThrow();
-    expect(() => checkBirthUserData(birthUserData('k2', ADDRESS), 'k', ADDRESS)).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
+    expect(() => checkBirthUserData(birthUserData('k2', ADDRESS), 'k', ADDRESS)).toThrow(
+      expect.objectContaining({ code: 'USER_DATA_MISMATCH' }),
+    );
     expect(() => checkBirthUserData(undefined, 'k', ADDRESS)).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
-    const legacy = createHash('sha256').update(canonicalCbor({ keyId: 'k', address: ADDRESS })).digest();
-    expect(() => checkBirthUserData(legacy, 'k', ADDRESS)).toThrow(expect.objectContaining({ code: 'LEGACY_BIRTH', message: expect.stringMatching(/not evidence/) }));
+    const legacy = createHash('sha256')
+      .update(canonicalCbor({ keyId: 'k', address: ADDRESS }))
+      .digest();
+    expect(() => checkBirthUserData(legacy, 'k', ADDRESS)).toThrow(
+      expect.objectContaining({ code: 'LEGACY_BIRTH', message: expect.stringMatching(/not evidence/) }),
+    );
   });
 });

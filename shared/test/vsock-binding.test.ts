@@ -25,7 +25,8 @@ function vsockUnsupported(): string | null {
     return null;
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code ?? '';
-    if (['EAFNOSUPPORT', 'ENODEV', 'ESOCKTNOSUPPORT', 'EPROTONOSUPPORT'].includes(code)) return `this kernel has no AF_VSOCK support (${code})`;
+    if (['EAFNOSUPPORT', 'ENODEV', 'ESOCKTNOSUPPORT', 'EPROTONOSUPPORT'].includes(code))
+      return `this kernel has no AF_VSOCK support (${code})`;
     return null; // anything else (a port in use, ...) is for the tests to report
   }
 }
@@ -41,7 +42,10 @@ describe(`real AF_VSOCK${unsupported ? ` (skipped: ${unsupported})` : ''}`, () =
     try {
       expect(listener.address).toBe(`vsock://16:${PORT}`);
       const second = await transport.listen(`vsock://16:${PORT}`, () => undefined).catch((e: NodeJS.ErrnoException) => e);
-      expect(second).toMatchObject({ code: 'EADDRINUSE', message: expect.stringMatching(/^cannot listen on vsock:\/\/16:\d+: bind EADDRINUSE/) });
+      expect(second).toMatchObject({
+        code: 'EADDRINUSE',
+        message: expect.stringMatching(/^cannot listen on vsock:\/\/16:\d+: bind EADDRINUSE/),
+      });
     } finally {
       await listener.close();
       await listener.close(); // idempotent
@@ -68,7 +72,9 @@ describe('vsock transport', () => {
   });
 
   it('says clearly why it cannot load, and what to use instead', () => {
-    expect(() => loadVsockBinding(['/nonexistent/vsock.node'])).toThrow(/AF_VSOCK addon .* could not be loaded[\s\S]*nonexistent[\s\S]*use the simulated transport/);
+    expect(() => loadVsockBinding(['/nonexistent/vsock.node'])).toThrow(
+      /AF_VSOCK addon .* could not be loaded[\s\S]*nonexistent[\s\S]*use the simulated transport/,
+    );
   });
 
   it('refuses to dial CIDs that are never a Nitro peer (0, 1, 2) before calling the addon', async () => {
@@ -125,7 +131,7 @@ describe('vsock transport', () => {
     return { fake, made };
   }
 
-  it('connect resolves on the addon\'s connect event with a working connection', async () => {
+  it("connect resolves on the addon's connect event with a working connection", async () => {
     const { fake, made } = dialler();
     const pending = new RealVsockTransport(fake).connect('vsock://16:5000');
     made[0]!.onEvent('connect');
@@ -151,9 +157,12 @@ describe('vsock transport', () => {
     await expect(transport.connect('vsock://16:5001', { timeoutMs: 20 })).rejects.toThrow('timed out after 20 ms');
     expect(thrown(() => binding.readStart(made[1]!.handle))).toMatchObject({ code: 'EBADF' });
 
-    const syncFail = new RealVsockTransport({ ...binding, connect: () => {
-      throw Object.assign(new Error('socket EAFNOSUPPORT'), { code: 'EAFNOSUPPORT' });
-    } });
+    const syncFail = new RealVsockTransport({
+      ...binding,
+      connect: () => {
+        throw Object.assign(new Error('socket EAFNOSUPPORT'), { code: 'EAFNOSUPPORT' });
+      },
+    });
     await expect(syncFail.connect('vsock://16:5000')).rejects.toThrow('connect to vsock://16:5000 failed: EAFNOSUPPORT');
   });
 

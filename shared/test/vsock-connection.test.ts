@@ -274,7 +274,9 @@ describe('vsock Connection over the addon', () => {
     const [s, peer] = track(binding.socketpair());
     const total = 3000;
     const requests = Buffer.concat(
-      Array.from({ length: total }, (_, i) => encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: i, method: 'blob', params: { n: i } })))),
+      Array.from({ length: total }, (_, i) =>
+        encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: i, method: 'blob', params: { n: i } }))),
+      ),
     );
     let sent = 0;
     /** Writes requests until the kernel takes no more; the next 'writable' continues. */

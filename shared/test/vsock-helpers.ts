@@ -94,7 +94,10 @@ export function gc(): void {
 /** Runs `script` (CommonJS) in a fresh Node process; a process that hangs is killed after 20 s. */
 export function runNode(script: string, options: { ulimitFiles?: number } = {}) {
   const res = options.ulimitFiles
-    ? spawnSync('bash', ['-c', `ulimit -n ${options.ulimitFiles} && exec "$0" -e "$1"`, process.execPath, script], { encoding: 'utf8', timeout: 20_000 })
+    ? spawnSync('bash', ['-c', `ulimit -n ${options.ulimitFiles} && exec "$0" -e "$1"`, process.execPath, script], {
+        encoding: 'utf8',
+        timeout: 20_000,
+      })
     : spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20_000 });
   const last = res.stdout.trim().split('\n').pop() ?? '';
   let out: unknown = null;

@@ -26,7 +26,15 @@ import { LOCKOUT_MESSAGE, KmsEmulator } from '../src/kms/emulator';
 import { KmsHttpServer } from '../src/kms/server';
 import { KmsState } from '../src/kms/state';
 import { SimulatedNitroCa } from '../src/nsm/ca';
-import { approvedByPolicy, DEV_ADMIN_ACCESS_KEY, DEV_ADMIN_ROLE, DEV_PARENT_ROLE, devPaths, provision, updatePolicy } from '../src/dev/provision';
+import {
+  approvedByPolicy,
+  DEV_ADMIN_ACCESS_KEY,
+  DEV_ADMIN_ROLE,
+  DEV_PARENT_ROLE,
+  devPaths,
+  provision,
+  updatePolicy,
+} from '../src/dev/provision';
 
 const ACCOUNT = '111122223333';
 const PARENT = `arn:aws:iam::${ACCOUNT}:role/nitro-keystore-parent`;
@@ -36,7 +44,8 @@ const BREAK_GLASS = `arn:aws:iam::${ACCOUNT}:role/keystore-break-glass`;
 const ATTACKER = `arn:aws:iam::${ACCOUNT}:role/attacker`;
 const PCR0 = 'ab'.repeat(48);
 const roles = { parentRoleArn: PARENT, keyAdministrators: [ADMIN], imageApproverRoleArn: APPROVER, breakGlassRoleArn: BREAK_GLASS };
-const generated = (pcr0s = [PCR0], over: Partial<typeof roles> = {}) => generateKeyPolicy({ images: pcr0s.map((PCR0) => ({ PCR0 })), ...roles, ...over });
+const generated = (pcr0s = [PCR0], over: Partial<typeof roles> = {}) =>
+  generateKeyPolicy({ images: pcr0s.map((PCR0) => ({ PCR0 })), ...roles, ...over });
 
 interface Statement {
   Sid: string;
@@ -59,10 +68,27 @@ const legacyPolicy = () => {
       Sid: 'KeyAdministration',
       Effect: 'Allow',
       Principal: { AWS: ADMIN },
-      Action: ['kms:Create*', 'kms:Describe*', 'kms:Enable*', 'kms:List*', 'kms:Put*', 'kms:Update*', 'kms:Revoke*', 'kms:Disable*', 'kms:Get*', 'kms:Delete*', 'kms:TagResource', 'kms:UntagResource', 'kms:ScheduleKeyDeletion', 'kms:CancelKeyDeletion'],
+      Action: [
+        'kms:Create*',
+        'kms:Describe*',
+        'kms:Enable*',
+        'kms:List*',
+        'kms:Put*',
+        'kms:Update*',
+        'kms:Revoke*',
+        'kms:Disable*',
+        'kms:Get*',
+        'kms:Delete*',
+        'kms:TagResource',
+        'kms:UntagResource',
+        'kms:ScheduleKeyDeletion',
+        'kms:CancelKeyDeletion',
+      ],
       Resource: '*',
     },
-    ...current.filter((s) => ['ParentReadsKeyMetadata', 'EnclaveDecryptOnlyWhenAttested', 'DenyDecryptOutsideApprovedEnclaves'].includes(s.Sid)),
+    ...current.filter((s) =>
+      ['ParentReadsKeyMetadata', 'EnclaveDecryptOnlyWhenAttested', 'DenyDecryptOutsideApprovedEnclaves'].includes(s.Sid),
+    ),
   ]);
 };
 const denies = () => statements(generated()).filter((s) => THE_DENIES.includes(s.Sid));
@@ -95,10 +121,21 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
     dir = tempRunDir();
     const ca = await SimulatedNitroCa.open(null);
     server = new KmsHttpServer({
-      emulator: new KmsEmulator(new KmsState(path.join(dir, 'kms.json')), { region: 'us-east-1', account: ACCOUNT, trustRoots: [ca.rootPem], maxDocAgeMs: 300_000 }),
+      emulator: new KmsEmulator(new KmsState(path.join(dir, 'kms.json')), {
+        region: 'us-east-1',
+        account: ACCOUNT,
+        trustRoots: [ca.rootPem],
+        maxDocAgeMs: 300_000,
+      }),
       logger: silentLogger(),
       faults: { latencyMs: 0, throttleRate: 0, errorRate: 0 },
-      principals: { AKIDADMIN: ADMIN, AKIDAPPROVER: APPROVER, AKIDBREAKGLASS: BREAK_GLASS, AKIDATTACKER: ATTACKER, [DEV_ADMIN_ACCESS_KEY]: DEV_ADMIN_ROLE },
+      principals: {
+        AKIDADMIN: ADMIN,
+        AKIDAPPROVER: APPROVER,
+        AKIDBREAKGLASS: BREAK_GLASS,
+        AKIDATTACKER: ATTACKER,
+        [DEV_ADMIN_ACCESS_KEY]: DEV_ADMIN_ROLE,
+      },
       defaultPrincipal: PARENT,
     });
     url = await server.listen(0);
@@ -116,21 +153,40 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
 
   /** An RSA sealing key with `policy` (created by `creator`, who must keep PutKeyPolicy), and a DEK sealed to it as the enclave does. */
   async function sealingKey(policy: string, creator: KMSClient) {
-    const keyArn = (await creator.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: policy }))).KeyMetadata?.Arn as string;
+    const keyArn = (await creator.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: policy })))
+      .KeyMetadata?.Arn as string;
     const pub = await parent.send(new GetPublicKeyCommand({ KeyId: keyArn }));
     const dek = randomBytes(32);
-    const sealed = publicEncrypt({ key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, dek);
+    const sealed = publicEncrypt(
+      {
+        key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }),
+        padding: constants.RSA_PKCS1_OAEP_PADDING,
+        oaepHash: 'sha256',
+      },
+      dek,
+    );
     return { keyArn, dek, sealed };
   }
 
   /** A key the thief controls (default key policy: the whole account), to re-encrypt to and then decrypt. */
-  const thiefKey = async (thief: KMSClient) => (await thief.send(new CreateKeyCommand({ Description: 'thief' }))).KeyMetadata?.Arn as string;
+  const thiefKey = async (thief: KMSClient) =>
+    (await thief.send(new CreateKeyCommand({ Description: 'thief' }))).KeyMetadata?.Arn as string;
 
   /** ReEncrypt the sealed DEK to the thief's key, then Decrypt it there: the data key in the clear, or the error. */
-  async function unwrapWithoutAttestation(thief: KMSClient, k: { keyArn: string; sealed: Buffer }, opts: { dryRun?: boolean } = {}): Promise<Buffer> {
+  async function unwrapWithoutAttestation(
+    thief: KMSClient,
+    k: { keyArn: string; sealed: Buffer },
+    opts: { dryRun?: boolean } = {},
+  ): Promise<Buffer> {
     const destination = await thiefKey(thief);
     const re = await thief.send(
-      new ReEncryptCommand({ CiphertextBlob: k.sealed, SourceKeyId: k.keyArn, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: destination, ...(opts.dryRun ? { DryRun: true } : {}) }),
+      new ReEncryptCommand({
+        CiphertextBlob: k.sealed,
+        SourceKeyId: k.keyArn,
+        SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+        DestinationKeyId: destination,
+        ...(opts.dryRun ? { DryRun: true } : {}),
+      }),
     );
     const out = await thief.send(new DecryptCommand({ CiphertextBlob: re.CiphertextBlob }));
     return Buffer.from(out.Plaintext as Uint8Array);
@@ -140,9 +196,17 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
     it('an administrator grants itself ReEncryptFrom and unwraps a data key without attestation', async () => {
       const k = await sealingKey(legacyPolicy(), admin);
       // Attested Decrypt is the only way the policy names, and the administrator cannot Decrypt...
-      expect((await caught(admin.send(new DecryptCommand({ KeyId: k.keyArn, CiphertextBlob: k.sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' })))).name).toBe('AccessDeniedException');
+      expect(
+        (
+          await caught(
+            admin.send(new DecryptCommand({ KeyId: k.keyArn, CiphertextBlob: k.sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' })),
+          )
+        ).name,
+      ).toBe('AccessDeniedException');
       // ...nor ReEncrypt, until it creates a grant (kms:Create* covers CreateGrant).
-      expect((await caught(unwrapWithoutAttestation(admin, k))).message).toMatch(/kms:ReEncryptFrom .* no statement in the key policy allows it, and no grant allows it/);
+      expect((await caught(unwrapWithoutAttestation(admin, k))).message).toMatch(
+        /kms:ReEncryptFrom .* no statement in the key policy allows it, and no grant allows it/,
+      );
       await admin.send(new CreateGrantCommand({ KeyId: k.keyArn, GranteePrincipal: ADMIN, Operations: ['ReEncryptFrom'] }));
       expect(await unwrapWithoutAttestation(admin, k)).toEqual(k.dek);
     });
@@ -157,11 +221,19 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
   describe('with the Deny statements', () => {
     it('the same policy plus DenyReEncrypt and DenyCreateGrant: the grant and the ReEncrypt are refused', async () => {
       const k = await sealingKey(withStatements([...statements(legacyPolicy()), ...denies()]), admin);
-      const grant = await caught(admin.send(new CreateGrantCommand({ KeyId: k.keyArn, GranteePrincipal: ADMIN, Operations: ['ReEncryptFrom'] })));
-      expect([grant.name, grant.message]).toEqual(['AccessDeniedException', expect.stringMatching(/kms:CreateGrant .* explicitly denied by statement DenyCreateGrant/)]);
+      const grant = await caught(
+        admin.send(new CreateGrantCommand({ KeyId: k.keyArn, GranteePrincipal: ADMIN, Operations: ['ReEncryptFrom'] })),
+      );
+      expect([grant.name, grant.message]).toEqual([
+        'AccessDeniedException',
+        expect.stringMatching(/kms:CreateGrant .* explicitly denied by statement DenyCreateGrant/),
+      ]);
       expect((await admin.send(new ListGrantsCommand({ KeyId: k.keyArn }))).Grants).toEqual([]);
       const re = await caught(unwrapWithoutAttestation(admin, k));
-      expect([re.name, re.message]).toEqual(['AccessDeniedException', expect.stringMatching(/kms:ReEncryptFrom .* explicitly denied by statement DenyReEncrypt/)]);
+      expect([re.name, re.message]).toEqual([
+        'AccessDeniedException',
+        expect.stringMatching(/kms:ReEncryptFrom .* explicitly denied by statement DenyReEncrypt/),
+      ]);
     });
 
     it('the generated policy: ReEncrypt fails for the parent role and an administrator, even after CreateGrant is tried', async () => {
@@ -172,14 +244,30 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
         ['approver', approver],
         ['attacker', attacker],
       ] as const) {
-        const grant = await caught(c.send(new CreateGrantCommand({ KeyId: k.keyArn, GranteePrincipal: ATTACKER, Operations: ['ReEncryptFrom', 'Decrypt'] })));
-        expect({ who, grant: grant.name, why: grant.message.includes('explicitly denied by statement DenyCreateGrant') }).toEqual({ who, grant: 'AccessDeniedException', why: true });
+        const grant = await caught(
+          c.send(new CreateGrantCommand({ KeyId: k.keyArn, GranteePrincipal: ATTACKER, Operations: ['ReEncryptFrom', 'Decrypt'] })),
+        );
+        expect({ who, grant: grant.name, why: grant.message.includes('explicitly denied by statement DenyCreateGrant') }).toEqual({
+          who,
+          grant: 'AccessDeniedException',
+          why: true,
+        });
         const re = await caught(unwrapWithoutAttestation(c, k));
-        expect({ who, re: re.name, why: re.message.includes('explicitly denied by statement DenyReEncrypt') }).toEqual({ who, re: 'AccessDeniedException', why: true });
+        expect({ who, re: re.name, why: re.message.includes('explicitly denied by statement DenyReEncrypt') }).toEqual({
+          who,
+          re: 'AccessDeniedException',
+          why: true,
+        });
         // A DryRun (what the preflight uses against real KMS) is refused the same way, not "would have succeeded".
         expect((await caught(unwrapWithoutAttestation(c, k, { dryRun: true }))).name).toBe('AccessDeniedException');
         // And unattested Decrypt is refused explicitly.
-        expect((await caught(c.send(new DecryptCommand({ KeyId: k.keyArn, CiphertextBlob: k.sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' })))).message).toMatch(/explicitly denied by statement DenyDecryptOutsideApprovedEnclaves/);
+        expect(
+          (
+            await caught(
+              c.send(new DecryptCommand({ KeyId: k.keyArn, CiphertextBlob: k.sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' })),
+            )
+          ).message,
+        ).toMatch(/explicitly denied by statement DenyDecryptOutsideApprovedEnclaves/);
       }
       expect((await admin.send(new ListGrantsCommand({ KeyId: k.keyArn }))).Grants).toEqual([]);
     });
@@ -191,14 +279,21 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
         { Sid: 'AdministratorsMayGrant', Effect: 'Allow', Principal: { AWS: ADMIN }, Action: 'kms:CreateGrant', Resource: '*' },
       ]);
       const k = await sealingKey(open, approver);
-      const { GrantId } = await admin.send(new CreateGrantCommand({ KeyId: k.keyArn, GranteePrincipal: ATTACKER, Operations: ['ReEncryptFrom'] }));
+      const { GrantId } = await admin.send(
+        new CreateGrantCommand({ KeyId: k.keyArn, GranteePrincipal: ATTACKER, Operations: ['ReEncryptFrom'] }),
+      );
       expect(await unwrapWithoutAttestation(attacker, k)).toEqual(k.dek);
       // ...until the image approver installs the generated policy. The grant is still there, and still lists
       // ReEncryptFrom for the attacker, but an explicit Deny in the key policy wins over any grant.
       await approver.send(new PutKeyPolicyCommand({ KeyId: k.keyArn, Policy: generated() }));
-      expect((await admin.send(new ListGrantsCommand({ KeyId: k.keyArn }))).Grants?.map((g) => [g.GrantId, g.GranteePrincipal, g.Operations])).toEqual([[GrantId, ATTACKER, ['ReEncryptFrom']]]);
+      expect(
+        (await admin.send(new ListGrantsCommand({ KeyId: k.keyArn }))).Grants?.map((g) => [g.GrantId, g.GranteePrincipal, g.Operations]),
+      ).toEqual([[GrantId, ATTACKER, ['ReEncryptFrom']]]);
       const re = await caught(unwrapWithoutAttestation(attacker, k));
-      expect([re.name, re.message]).toEqual(['AccessDeniedException', expect.stringContaining(`explicitly denied by statement DenyReEncrypt, which overrides the allow of grant ${GrantId}`)]);
+      expect([re.name, re.message]).toEqual([
+        'AccessDeniedException',
+        expect.stringContaining(`explicitly denied by statement DenyReEncrypt, which overrides the allow of grant ${GrantId}`),
+      ]);
     });
   });
 
@@ -207,12 +302,20 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
       const k = await sealingKey(generated(), approver);
       const otherApprover = generated([PCR0], { imageApproverRoleArn: `arn:aws:iam::${ACCOUNT}:role/someone-else` });
       const refused = await caught(approver.send(new PutKeyPolicyCommand({ KeyId: k.keyArn, Policy: otherApprover })));
-      expect([refused.name, refused.message]).toEqual(['MalformedPolicyDocumentException', 'The new key policy will not allow you to update the key policy in the future.']);
+      expect([refused.name, refused.message]).toEqual([
+        'MalformedPolicyDocumentException',
+        'The new key policy will not allow you to update the key policy in the future.',
+      ]);
       expect(refused.message).toBe(LOCKOUT_MESSAGE);
       expect((await approver.send(new GetKeyPolicyCommand({ KeyId: k.keyArn }))).Policy).toBe(generated());
       // The generated policy blocks the bypass: not even the image approver may skip the check.
-      const bypass = await caught(approver.send(new PutKeyPolicyCommand({ KeyId: k.keyArn, Policy: otherApprover, BypassPolicyLockoutSafetyCheck: true })));
-      expect([bypass.name, bypass.message]).toEqual(['AccessDeniedException', expect.stringContaining('explicitly denied by statement DenyPolicyLockoutBypass')]);
+      const bypass = await caught(
+        approver.send(new PutKeyPolicyCommand({ KeyId: k.keyArn, Policy: otherApprover, BypassPolicyLockoutSafetyCheck: true })),
+      );
+      expect([bypass.name, bypass.message]).toEqual([
+        'AccessDeniedException',
+        expect.stringContaining('explicitly denied by statement DenyPolicyLockoutBypass'),
+      ]);
     });
 
     it('accepts the image approver re-approving images (rolling upgrade), and refuses everyone else', async () => {
@@ -223,23 +326,31 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
       expect((await approver.send(new GetKeyPolicyCommand({ KeyId: k.keyArn }))).Policy).toBe(generated(['cd'.repeat(48)]));
       for (const c of [admin, parent, as('AKIDBREAKGLASS'), attacker]) {
         const err = await caught(c.send(new PutKeyPolicyCommand({ KeyId: k.keyArn, Policy: both })));
-        expect([err.name, err.message]).toEqual(['AccessDeniedException', expect.stringContaining('not authorized to perform: kms:PutKeyPolicy')]);
+        expect([err.name, err.message]).toEqual([
+          'AccessDeniedException',
+          expect.stringContaining('not authorized to perform: kms:PutKeyPolicy'),
+        ]);
       }
     });
 
     it('first install on a new key: refused when run as an administrator, accepted as the image approver', async () => {
       // A new key carries the default policy (the account), so anyone in the account may PutKeyPolicy once;
       // installing the generated policy as an administrator would leave the administrator unable to change it.
-      const keyArn = (await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT' }))).KeyMetadata?.Arn as string;
+      const keyArn = (await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT' }))).KeyMetadata
+        ?.Arn as string;
       expect((await caught(admin.send(new PutKeyPolicyCommand({ KeyId: keyArn, Policy: generated() })))).message).toBe(LOCKOUT_MESSAGE);
       await approver.send(new PutKeyPolicyCommand({ KeyId: keyArn, Policy: generated() }));
       expect((await approver.send(new GetKeyPolicyCommand({ KeyId: keyArn }))).Policy).toBe(generated());
     });
 
     it('lets a caller bypass the check where the policy allows it, which then locks that caller out', async () => {
-      const plain = withStatements([{ Sid: 'Approver', Effect: 'Allow', Principal: { AWS: APPROVER }, Action: ['kms:PutKeyPolicy', 'kms:GetKeyPolicy'], Resource: '*' }]);
+      const plain = withStatements([
+        { Sid: 'Approver', Effect: 'Allow', Principal: { AWS: APPROVER }, Action: ['kms:PutKeyPolicy', 'kms:GetKeyPolicy'], Resource: '*' },
+      ]);
       const keyArn = (await approver.send(new CreateKeyCommand({ Policy: plain }))).KeyMetadata?.Arn as string;
-      const lockout = withStatements([{ Sid: 'ReadOnly', Effect: 'Allow', Principal: { AWS: APPROVER }, Action: 'kms:GetKeyPolicy', Resource: '*' }]);
+      const lockout = withStatements([
+        { Sid: 'ReadOnly', Effect: 'Allow', Principal: { AWS: APPROVER }, Action: 'kms:GetKeyPolicy', Resource: '*' },
+      ]);
       expect((await caught(approver.send(new PutKeyPolicyCommand({ KeyId: keyArn, Policy: lockout })))).message).toBe(LOCKOUT_MESSAGE);
       await approver.send(new PutKeyPolicyCommand({ KeyId: keyArn, Policy: lockout, BypassPolicyLockoutSafetyCheck: true }));
       expect((await caught(approver.send(new PutKeyPolicyCommand({ KeyId: keyArn, Policy: plain })))).name).toBe('AccessDeniedException');
@@ -248,9 +359,19 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
     it('applies to CreateKey with a policy, too', async () => {
       const err = await caught(admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: generated() })));
       expect([err.name, err.message]).toEqual(['MalformedPolicyDocumentException', LOCKOUT_MESSAGE]);
-      const bypassed = await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: generated(), BypassPolicyLockoutSafetyCheck: true }));
+      const bypassed = await admin.send(
+        new CreateKeyCommand({
+          KeySpec: 'RSA_2048',
+          KeyUsage: 'ENCRYPT_DECRYPT',
+          Policy: generated(),
+          BypassPolicyLockoutSafetyCheck: true,
+        }),
+      );
       expect(bypassed.KeyMetadata?.KeyState).toBe('Enabled');
-      expect((await approver.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: generated() }))).KeyMetadata?.KeyState).toBe('Enabled');
+      expect(
+        (await approver.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: generated() }))).KeyMetadata
+          ?.KeyState,
+      ).toBe('Enabled');
     });
 
     it('refuses a policy over 32 KiB', async () => {
@@ -276,7 +397,16 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
       expect(await approvedByPolicy(url, prov.keyArn)).toEqual(next.approvedPcr0);
       // The dev key denies ReEncrypt to the dev parent role (this server's default principal) too.
       expect(PARENT).toBe(DEV_PARENT_ROLE);
-      const re = await caught(parent.send(new ReEncryptCommand({ CiphertextBlob: randomBytes(256), SourceKeyId: prov.keyArn, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: await thiefKey(parent) })));
+      const re = await caught(
+        parent.send(
+          new ReEncryptCommand({
+            CiphertextBlob: randomBytes(256),
+            SourceKeyId: prov.keyArn,
+            SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+            DestinationKeyId: await thiefKey(parent),
+          }),
+        ),
+      );
       expect(re.message).toMatch(/explicitly denied by statement DenyReEncrypt/);
     } finally {
       fs.rmSync(devDir, { recursive: true, force: true });

@@ -78,11 +78,16 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
   const enclaveKey = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const spki = enclaveKey.publicKey.export({ type: 'spki', format: 'der' });
 
-  async function attestation(over: { pcr0?: string; timestamp?: number; signer?: Awaited<ReturnType<SimulatedNitroCa['signer']>> } = {}): Promise<Buffer> {
+  async function attestation(
+    over: { pcr0?: string; timestamp?: number; signer?: Awaited<ReturnType<SimulatedNitroCa['signer']>> } = {},
+  ): Promise<Buffer> {
     const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48)]));
     pcrs.set(0, Buffer.from(over.pcr0 ?? PCR0, 'hex'));
     pcrs.set(3, Buffer.from(PCR3, 'hex'));
-    return signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0123456789abcdef', timestamp: over.timestamp ?? Date.now(), pcrs, publicKey: spki }, over.signer ?? (await ca.signer()));
+    return signAttestationDocument(
+      { moduleId: 'i-0123456789abcdef0-enc0123456789abcdef', timestamp: over.timestamp ?? Date.now(), pcrs, publicKey: spki },
+      over.signer ?? (await ca.signer()),
+    );
   }
   const recipient = (doc: Buffer) => ({ KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256' as const, AttestationDocument: doc });
 
@@ -90,7 +95,12 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
     dir = tempRunDir();
     ca = await SimulatedNitroCa.open(null);
     server = new KmsHttpServer({
-      emulator: new KmsEmulator(new KmsState(path.join(dir, 'kms.json')), { region: 'us-east-1', account: ACCOUNT, trustRoots: [ca.rootPem], maxDocAgeMs: 300_000 }),
+      emulator: new KmsEmulator(new KmsState(path.join(dir, 'kms.json')), {
+        region: 'us-east-1',
+        account: ACCOUNT,
+        trustRoots: [ca.rootPem],
+        maxDocAgeMs: 300_000,
+      }),
       logger: silentLogger(),
       faults: { latencyMs: 0, throttleRate: 0, errorRate: 0 },
       principals: { ...ACCESS_KEYS, AKIDGRANTEE: GRANTEE_ROLE },
@@ -108,7 +118,13 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
 
   it('creates, describes, lists (paged) and reads public keys', async () => {
     const sym = await kms.send(new CreateKeyCommand({ Description: 'sym' }));
-    expect(sym.KeyMetadata).toMatchObject({ KeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'ENCRYPT_DECRYPT', Enabled: true, KeyState: 'Enabled', AWSAccountId: ACCOUNT });
+    expect(sym.KeyMetadata).toMatchObject({
+      KeySpec: 'SYMMETRIC_DEFAULT',
+      KeyUsage: 'ENCRYPT_DECRYPT',
+      Enabled: true,
+      KeyState: 'Enabled',
+      AWSAccountId: ACCOUNT,
+    });
     expect(sym.KeyMetadata?.CreationDate).toBeInstanceOf(Date);
     const rsaKeys = [];
     for (const KeySpec of ['RSA_2048', 'RSA_3072', 'RSA_4096'] as const) {
@@ -129,53 +145,96 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
     const all = [...(page1.Keys ?? []), ...(page2.Keys ?? [])].map((k) => k.KeyId);
     expect(all).toEqual(expect.arrayContaining([sym.KeyMetadata?.KeyId, ...rsaKeys]));
 
-    expect(await caught(kms.send(new GetPublicKeyCommand({ KeyId: sym.KeyMetadata?.KeyId })))).toBeInstanceOf(UnsupportedOperationException);
-    expect(await caught(kms.send(new DescribeKeyCommand({ KeyId: '00000000-0000-0000-0000-000000000000' })))).toBeInstanceOf(NotFoundException);
+    expect(await caught(kms.send(new GetPublicKeyCommand({ KeyId: sym.KeyMetadata?.KeyId })))).toBeInstanceOf(
+      UnsupportedOperationException,
+    );
+    expect(await caught(kms.send(new DescribeKeyCommand({ KeyId: '00000000-0000-0000-0000-000000000000' })))).toBeInstanceOf(
+      NotFoundException,
+    );
     expect(await caught(kms.send(new DescribeKeyCommand({ KeyId: 'alias/nope' })))).toBeInstanceOf(NotFoundException);
   });
 
   it('encrypts and decrypts with a symmetric key bound to the encryption context', async () => {
     const key = await kms.send(new CreateKeyCommand({}));
     const KeyId = key.KeyMetadata?.Arn;
-    const enc = await kms.send(new EncryptCommand({ KeyId, Plaintext: Buffer.from('hello'), EncryptionContext: { wallet: 'w1', user: 'u1' } }));
+    const enc = await kms.send(
+      new EncryptCommand({ KeyId, Plaintext: Buffer.from('hello'), EncryptionContext: { wallet: 'w1', user: 'u1' } }),
+    );
     const dec = await kms.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob, EncryptionContext: { user: 'u1', wallet: 'w1' } }));
     expect(Buffer.from(dec.Plaintext as Uint8Array).toString()).toBe('hello');
     expect(dec.KeyId).toBe(KeyId);
 
-    const mismatch = await caught(kms.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob, EncryptionContext: { wallet: 'w2', user: 'u1' } })));
+    const mismatch = await caught(
+      kms.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob, EncryptionContext: { wallet: 'w2', user: 'u1' } })),
+    );
     expect(mismatch).toBeInstanceOf(InvalidCiphertextException);
     expect(mismatch.$fault).toBe('client');
     expect(mismatch.$metadata?.httpStatusCode).toBe(400);
     expect(await caught(kms.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob })))).toBeInstanceOf(InvalidCiphertextException);
     const tampered = Buffer.from(enc.CiphertextBlob as Uint8Array);
     tampered[tampered.length - 1] = (tampered[tampered.length - 1] as number) ^ 1;
-    expect(await caught(kms.send(new DecryptCommand({ CiphertextBlob: tampered, EncryptionContext: { wallet: 'w1', user: 'u1' } })))).toBeInstanceOf(InvalidCiphertextException);
+    expect(
+      await caught(kms.send(new DecryptCommand({ CiphertextBlob: tampered, EncryptionContext: { wallet: 'w1', user: 'u1' } }))),
+    ).toBeInstanceOf(InvalidCiphertextException);
 
     const other = await kms.send(new CreateKeyCommand({}));
-    expect(await caught(kms.send(new DecryptCommand({ KeyId: other.KeyMetadata?.KeyId, CiphertextBlob: enc.CiphertextBlob, EncryptionContext: { wallet: 'w1', user: 'u1' } })))).toBeInstanceOf(IncorrectKeyException);
+    expect(
+      await caught(
+        kms.send(
+          new DecryptCommand({
+            KeyId: other.KeyMetadata?.KeyId,
+            CiphertextBlob: enc.CiphertextBlob,
+            EncryptionContext: { wallet: 'w1', user: 'u1' },
+          }),
+        ),
+      ),
+    ).toBeInstanceOf(IncorrectKeyException);
   });
 
   it('decrypts RSAES-OAEP ciphertext made with the public key, and demands the key id and algorithm', async () => {
     const key = await kms.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT' }));
     const pub = await kms.send(new GetPublicKeyCommand({ KeyId: key.KeyMetadata?.KeyId }));
     const dek = randomBytes(32);
-    const ct = publicEncrypt({ key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, dek);
-    const dec = await kms.send(new DecryptCommand({ KeyId: key.KeyMetadata?.Arn, CiphertextBlob: ct, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }));
+    const ct = publicEncrypt(
+      {
+        key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }),
+        padding: constants.RSA_PKCS1_OAEP_PADDING,
+        oaepHash: 'sha256',
+      },
+      dek,
+    );
+    const dec = await kms.send(
+      new DecryptCommand({ KeyId: key.KeyMetadata?.Arn, CiphertextBlob: ct, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }),
+    );
     expect(Buffer.from(dec.Plaintext as Uint8Array)).toEqual(dek);
     expect(dec.EncryptionAlgorithm).toBe('RSAES_OAEP_SHA_256');
 
-    expect(await caught(kms.send(new DecryptCommand({ KeyId: key.KeyMetadata?.Arn, CiphertextBlob: ct })))).toBeInstanceOf(InvalidKeyUsageException);
-    expect((await caught(kms.send(new DecryptCommand({ CiphertextBlob: ct, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' })))).name).toMatch(/InvalidCiphertextException|ValidationException/);
-    expect(await caught(kms.send(new DecryptCommand({ KeyId: key.KeyMetadata?.Arn, CiphertextBlob: ct, EncryptionAlgorithm: 'RSAES_OAEP_SHA_1' })))).toBeInstanceOf(InvalidCiphertextException);
+    expect(await caught(kms.send(new DecryptCommand({ KeyId: key.KeyMetadata?.Arn, CiphertextBlob: ct })))).toBeInstanceOf(
+      InvalidKeyUsageException,
+    );
+    expect((await caught(kms.send(new DecryptCommand({ CiphertextBlob: ct, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' })))).name).toMatch(
+      /InvalidCiphertextException|ValidationException/,
+    );
+    expect(
+      await caught(
+        kms.send(new DecryptCommand({ KeyId: key.KeyMetadata?.Arn, CiphertextBlob: ct, EncryptionAlgorithm: 'RSAES_OAEP_SHA_1' })),
+      ),
+    ).toBeInstanceOf(InvalidCiphertextException);
 
-    const enc = await kms.send(new EncryptCommand({ KeyId: key.KeyMetadata?.Arn, Plaintext: dek, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }));
-    const back = await kms.send(new DecryptCommand({ KeyId: key.KeyMetadata?.Arn, CiphertextBlob: enc.CiphertextBlob, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }));
+    const enc = await kms.send(
+      new EncryptCommand({ KeyId: key.KeyMetadata?.Arn, Plaintext: dek, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }),
+    );
+    const back = await kms.send(
+      new DecryptCommand({ KeyId: key.KeyMetadata?.Arn, CiphertextBlob: enc.CiphertextBlob, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }),
+    );
     expect(Buffer.from(back.Plaintext as Uint8Array)).toEqual(dek);
   });
 
   it('generates data keys and random bytes', async () => {
     const key = await kms.send(new CreateKeyCommand({}));
-    const dk = await kms.send(new GenerateDataKeyCommand({ KeyId: key.KeyMetadata?.KeyId, KeySpec: 'AES_256', EncryptionContext: { a: 'b' } }));
+    const dk = await kms.send(
+      new GenerateDataKeyCommand({ KeyId: key.KeyMetadata?.KeyId, KeySpec: 'AES_256', EncryptionContext: { a: 'b' } }),
+    );
     expect(dk.Plaintext).toHaveLength(32);
     const back = await kms.send(new DecryptCommand({ CiphertextBlob: dk.CiphertextBlob, EncryptionContext: { a: 'b' } }));
     expect(Buffer.from(back.Plaintext as Uint8Array)).toEqual(Buffer.from(dk.Plaintext as Uint8Array));
@@ -183,7 +242,9 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
     expect((await caught(kms.send(new GenerateDataKeyCommand({ KeyId: key.KeyMetadata?.KeyId })))).name).toBe('ValidationException');
     expect((await kms.send(new GenerateRandomCommand({ NumberOfBytes: 48 }))).Plaintext).toHaveLength(48);
     const rsa = await kms.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT' }));
-    expect(await caught(kms.send(new GenerateDataKeyCommand({ KeyId: rsa.KeyMetadata?.KeyId, KeySpec: 'AES_256' })))).toBeInstanceOf(InvalidKeyUsageException);
+    expect(await caught(kms.send(new GenerateDataKeyCommand({ KeyId: rsa.KeyMetadata?.KeyId, KeySpec: 'AES_256' })))).toBeInstanceOf(
+      InvalidKeyUsageException,
+    );
   });
 
   it('stores and validates key policies; disabled keys refuse to work', async () => {
@@ -191,8 +252,19 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
     const KeyId = key.KeyMetadata?.KeyId;
     const initial = await kms.send(new GetKeyPolicyCommand({ KeyId, PolicyName: 'default' }));
     expect(JSON.parse(initial.Policy as string).Statement[0].Principal.AWS).toBe(`arn:aws:iam::${ACCOUNT}:root`);
-    expect(await caught(kms.send(new PutKeyPolicyCommand({ KeyId, Policy: '{not json' })))).toBeInstanceOf(MalformedPolicyDocumentException);
-    expect(await caught(kms.send(new PutKeyPolicyCommand({ KeyId, Policy: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Maybe', Principal: '*', Action: 'kms:*' }] }) })))).toBeInstanceOf(MalformedPolicyDocumentException);
+    expect(await caught(kms.send(new PutKeyPolicyCommand({ KeyId, Policy: '{not json' })))).toBeInstanceOf(
+      MalformedPolicyDocumentException,
+    );
+    expect(
+      await caught(
+        kms.send(
+          new PutKeyPolicyCommand({
+            KeyId,
+            Policy: JSON.stringify({ Version: '2012-10-17', Statement: [{ Effect: 'Maybe', Principal: '*', Action: 'kms:*' }] }),
+          }),
+        ),
+      ),
+    ).toBeInstanceOf(MalformedPolicyDocumentException);
     // Installed by the image approver (the policy lets it update the policy again: lockout safety check).
     const approver = client(url, 'AKIDAPPROVER');
     await approver.send(new PutKeyPolicyCommand({ KeyId, Policy: attestedPolicy() }));
@@ -205,7 +277,9 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
 
     const free = await kms.send(new CreateKeyCommand({}));
     await kms.send(new DisableKeyCommand({ KeyId: free.KeyMetadata?.KeyId }));
-    expect(await caught(kms.send(new EncryptCommand({ KeyId: free.KeyMetadata?.KeyId, Plaintext: Buffer.from('x') })))).toBeInstanceOf(DisabledException);
+    expect(await caught(kms.send(new EncryptCommand({ KeyId: free.KeyMetadata?.KeyId, Plaintext: Buffer.from('x') })))).toBeInstanceOf(
+      DisabledException,
+    );
     await kms.send(new EnableKeyCommand({ KeyId: free.KeyMetadata?.KeyId }));
     await kms.send(new EncryptCommand({ KeyId: free.KeyMetadata?.KeyId, Plaintext: Buffer.from('x') }));
   });
@@ -214,33 +288,121 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
     const a = (await kms.send(new CreateKeyCommand({}))).KeyMetadata?.Arn as string;
     const b = (await kms.send(new CreateKeyCommand({}))).KeyMetadata?.Arn as string;
     const enc = await kms.send(new EncryptCommand({ KeyId: a, Plaintext: Buffer.from('moved'), EncryptionContext: { wallet: 'w1' } }));
-    const re = await kms.send(new ReEncryptCommand({ CiphertextBlob: enc.CiphertextBlob, SourceEncryptionContext: { wallet: 'w1' }, DestinationKeyId: b, DestinationEncryptionContext: { wallet: 'w2' } }));
-    expect(re).toMatchObject({ SourceKeyId: a, KeyId: b, SourceEncryptionAlgorithm: 'SYMMETRIC_DEFAULT', DestinationEncryptionAlgorithm: 'SYMMETRIC_DEFAULT' });
-    expect(Buffer.from((await kms.send(new DecryptCommand({ CiphertextBlob: re.CiphertextBlob, EncryptionContext: { wallet: 'w2' } }))).Plaintext as Uint8Array).toString()).toBe('moved');
-    expect(await caught(kms.send(new DecryptCommand({ CiphertextBlob: re.CiphertextBlob, EncryptionContext: { wallet: 'w1' } })))).toBeInstanceOf(InvalidCiphertextException);
+    const re = await kms.send(
+      new ReEncryptCommand({
+        CiphertextBlob: enc.CiphertextBlob,
+        SourceEncryptionContext: { wallet: 'w1' },
+        DestinationKeyId: b,
+        DestinationEncryptionContext: { wallet: 'w2' },
+      }),
+    );
+    expect(re).toMatchObject({
+      SourceKeyId: a,
+      KeyId: b,
+      SourceEncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
+      DestinationEncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
+    });
+    expect(
+      Buffer.from(
+        (await kms.send(new DecryptCommand({ CiphertextBlob: re.CiphertextBlob, EncryptionContext: { wallet: 'w2' } })))
+          .Plaintext as Uint8Array,
+      ).toString(),
+    ).toBe('moved');
+    expect(
+      await caught(kms.send(new DecryptCommand({ CiphertextBlob: re.CiphertextBlob, EncryptionContext: { wallet: 'w1' } }))),
+    ).toBeInstanceOf(InvalidCiphertextException);
     // The wrong source context fails as Decrypt would.
-    expect(await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: enc.CiphertextBlob, SourceEncryptionContext: { wallet: 'w9' }, DestinationKeyId: b })))).toBeInstanceOf(InvalidCiphertextException);
+    expect(
+      await caught(
+        kms.send(
+          new ReEncryptCommand({ CiphertextBlob: enc.CiphertextBlob, SourceEncryptionContext: { wallet: 'w9' }, DestinationKeyId: b }),
+        ),
+      ),
+    ).toBeInstanceOf(InvalidCiphertextException);
 
     // RSA: whatever anyone sealed with the public key, re-encrypted under a symmetric key (no Recipient exists).
     const rsa = (await kms.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT' }))).KeyMetadata?.Arn as string;
     const pub = await kms.send(new GetPublicKeyCommand({ KeyId: rsa }));
     const dek = randomBytes(32);
-    const sealed = publicEncrypt({ key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, dek);
-    const fromRsa = await kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceKeyId: rsa, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: b }));
-    expect(fromRsa).toMatchObject({ SourceKeyId: rsa, KeyId: b, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationEncryptionAlgorithm: 'SYMMETRIC_DEFAULT' });
-    expect(Buffer.from((await kms.send(new DecryptCommand({ CiphertextBlob: fromRsa.CiphertextBlob }))).Plaintext as Uint8Array)).toEqual(dek);
+    const sealed = publicEncrypt(
+      {
+        key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }),
+        padding: constants.RSA_PKCS1_OAEP_PADDING,
+        oaepHash: 'sha256',
+      },
+      dek,
+    );
+    const fromRsa = await kms.send(
+      new ReEncryptCommand({
+        CiphertextBlob: sealed,
+        SourceKeyId: rsa,
+        SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+        DestinationKeyId: b,
+      }),
+    );
+    expect(fromRsa).toMatchObject({
+      SourceKeyId: rsa,
+      KeyId: b,
+      SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+      DestinationEncryptionAlgorithm: 'SYMMETRIC_DEFAULT',
+    });
+    expect(Buffer.from((await kms.send(new DecryptCommand({ CiphertextBlob: fromRsa.CiphertextBlob }))).Plaintext as Uint8Array)).toEqual(
+      dek,
+    );
     // ... and to an RSA destination, which needs its algorithm.
-    const toRsa = await kms.send(new ReEncryptCommand({ CiphertextBlob: fromRsa.CiphertextBlob, DestinationKeyId: rsa, DestinationEncryptionAlgorithm: 'RSAES_OAEP_SHA_1' }));
+    const toRsa = await kms.send(
+      new ReEncryptCommand({
+        CiphertextBlob: fromRsa.CiphertextBlob,
+        DestinationKeyId: rsa,
+        DestinationEncryptionAlgorithm: 'RSAES_OAEP_SHA_1',
+      }),
+    );
     expect(toRsa).toMatchObject({ SourceKeyId: b, KeyId: rsa, DestinationEncryptionAlgorithm: 'RSAES_OAEP_SHA_1' });
-    expect(Buffer.from((await kms.send(new DecryptCommand({ KeyId: rsa, CiphertextBlob: toRsa.CiphertextBlob, EncryptionAlgorithm: 'RSAES_OAEP_SHA_1' }))).Plaintext as Uint8Array)).toEqual(dek);
+    expect(
+      Buffer.from(
+        (await kms.send(new DecryptCommand({ KeyId: rsa, CiphertextBlob: toRsa.CiphertextBlob, EncryptionAlgorithm: 'RSAES_OAEP_SHA_1' })))
+          .Plaintext as Uint8Array,
+      ),
+    ).toEqual(dek);
 
     // An RSA source needs SourceKeyId and SourceEncryptionAlgorithm, as in KMS.
-    expect((await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: b })))).name).toMatch(/InvalidCiphertextException|NotFoundException|ValidationException/);
-    expect(await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceKeyId: rsa, DestinationKeyId: b })))).toBeInstanceOf(InvalidKeyUsageException);
-    expect(await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: fromRsa.CiphertextBlob, DestinationKeyId: rsa })))).toBeInstanceOf(InvalidKeyUsageException);
-    expect(await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceKeyId: rsa, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: '00000000-0000-0000-0000-000000000000' })))).toBeInstanceOf(NotFoundException);
+    expect(
+      (
+        await caught(
+          kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: b })),
+        )
+      ).name,
+    ).toMatch(/InvalidCiphertextException|NotFoundException|ValidationException/);
+    expect(await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceKeyId: rsa, DestinationKeyId: b })))).toBeInstanceOf(
+      InvalidKeyUsageException,
+    );
+    expect(await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: fromRsa.CiphertextBlob, DestinationKeyId: rsa })))).toBeInstanceOf(
+      InvalidKeyUsageException,
+    );
+    expect(
+      await caught(
+        kms.send(
+          new ReEncryptCommand({
+            CiphertextBlob: sealed,
+            SourceKeyId: rsa,
+            SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+            DestinationKeyId: '00000000-0000-0000-0000-000000000000',
+          }),
+        ),
+      ),
+    ).toBeInstanceOf(NotFoundException);
     // DryRun checks authorization only.
-    const dry = await caught(kms.send(new ReEncryptCommand({ CiphertextBlob: sealed, SourceKeyId: rsa, SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', DestinationKeyId: b, DryRun: true })));
+    const dry = await caught(
+      kms.send(
+        new ReEncryptCommand({
+          CiphertextBlob: sealed,
+          SourceKeyId: rsa,
+          SourceEncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+          DestinationKeyId: b,
+          DryRun: true,
+        }),
+      ),
+    );
     expect(dry).toBeInstanceOf(DryRunOperationException);
     expect(dry.$metadata?.httpStatusCode).toBe(412);
   });
@@ -252,34 +414,77 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
       // A key only the administrator may manage (and grant on); nobody may use it through the key policy.
       const policy = JSON.stringify({
         Version: '2012-10-17',
-        Statement: [{ Sid: 'Admin', Effect: 'Allow', Principal: { AWS: ACCESS_KEYS.AKIDADMIN }, Action: ['kms:PutKeyPolicy', 'kms:CreateGrant', 'kms:ListGrants', 'kms:RevokeGrant', 'kms:DescribeKey'], Resource: '*' }],
+        Statement: [
+          {
+            Sid: 'Admin',
+            Effect: 'Allow',
+            Principal: { AWS: ACCESS_KEYS.AKIDADMIN },
+            Action: ['kms:PutKeyPolicy', 'kms:CreateGrant', 'kms:ListGrants', 'kms:RevokeGrant', 'kms:DescribeKey'],
+            Resource: '*',
+          },
+        ],
       });
       const KeyId = (await admin.send(new CreateKeyCommand({ Policy: policy }))).KeyMetadata?.Arn as string;
-      const encrypt = (c: KMSClient, ctx?: Record<string, string>) => c.send(new EncryptCommand({ KeyId, Plaintext: Buffer.from('x'), ...(ctx ? { EncryptionContext: ctx } : {}) }));
+      const encrypt = (c: KMSClient, ctx?: Record<string, string>) =>
+        c.send(new EncryptCommand({ KeyId, Plaintext: Buffer.from('x'), ...(ctx ? { EncryptionContext: ctx } : {}) }));
       const before = await caught(encrypt(grantee));
-      expect([before.name, before.message]).toEqual(['AccessDeniedException', expect.stringContaining(`User: ${GRANTEE_ROLE} is not authorized to perform: kms:Encrypt`)]);
+      expect([before.name, before.message]).toEqual([
+        'AccessDeniedException',
+        expect.stringContaining(`User: ${GRANTEE_ROLE} is not authorized to perform: kms:Encrypt`),
+      ]);
       expect(before.message).toMatch(/no statement in the key policy allows it, and no grant allows it/);
 
-      const created = await admin.send(new CreateGrantCommand({ KeyId, GranteePrincipal: GRANTEE_ROLE, Operations: ['Encrypt', 'Decrypt'], Name: 'app', Constraints: { EncryptionContextSubset: { app: 'a' } } }));
+      const created = await admin.send(
+        new CreateGrantCommand({
+          KeyId,
+          GranteePrincipal: GRANTEE_ROLE,
+          Operations: ['Encrypt', 'Decrypt'],
+          Name: 'app',
+          Constraints: { EncryptionContextSubset: { app: 'a' } },
+        }),
+      );
       expect(created.GrantId).toMatch(/^[0-9a-f]{64}$/);
       expect(created.GrantToken?.length).toBeGreaterThan(64);
       const enc = await encrypt(grantee, { app: 'a', extra: 'x' });
-      expect(Buffer.from((await grantee.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob, EncryptionContext: { app: 'a', extra: 'x' } }))).Plaintext as Uint8Array).toString()).toBe('x');
+      expect(
+        Buffer.from(
+          (await grantee.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob, EncryptionContext: { app: 'a', extra: 'x' } })))
+            .Plaintext as Uint8Array,
+        ).toString(),
+      ).toBe('x');
       expect((await caught(encrypt(grantee, { app: 'b' }))).name).toBe('AccessDeniedException'); // constraint not met
       expect((await caught(encrypt(kms, { app: 'a' }))).name).toBe('AccessDeniedException'); // not the grantee
       expect((await caught(grantee.send(new DescribeKeyCommand({ KeyId })))).name).toBe('AccessDeniedException'); // not listed
 
       const listed = await admin.send(new ListGrantsCommand({ KeyId }));
       expect(listed.Grants).toHaveLength(1);
-      expect(listed.Grants?.[0]).toMatchObject({ KeyId, GrantId: created.GrantId, Name: 'app', GranteePrincipal: GRANTEE_ROLE, IssuingAccount: `arn:aws:iam::${ACCOUNT}:root`, Operations: ['Encrypt', 'Decrypt'], Constraints: { EncryptionContextSubset: { app: 'a' } } });
+      expect(listed.Grants?.[0]).toMatchObject({
+        KeyId,
+        GrantId: created.GrantId,
+        Name: 'app',
+        GranteePrincipal: GRANTEE_ROLE,
+        IssuingAccount: `arn:aws:iam::${ACCOUNT}:root`,
+        Operations: ['Encrypt', 'Decrypt'],
+        Constraints: { EncryptionContextSubset: { app: 'a' } },
+      });
       expect(listed.Grants?.[0]?.CreationDate).toBeInstanceOf(Date);
 
       // Only operations the key supports; only with permission to create grants.
-      const rsa = (await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: policy }))).KeyMetadata?.Arn as string;
-      const bad = await caught(admin.send(new CreateGrantCommand({ KeyId: rsa, GranteePrincipal: GRANTEE_ROLE, Operations: ['GenerateDataKey'] })));
-      expect([bad.name, bad.message]).toEqual(['ValidationException', expect.stringContaining('GenerateDataKey are not valid for RSA_2048')]);
-      expect((await caught(grantee.send(new CreateGrantCommand({ KeyId, GranteePrincipal: GRANTEE_ROLE, Operations: ['Encrypt'] })))).name).toBe('AccessDeniedException');
-      const dry = await caught(admin.send(new CreateGrantCommand({ KeyId, GranteePrincipal: GRANTEE_ROLE, Operations: ['Encrypt'], DryRun: true })));
+      const rsa = (await admin.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: policy }))).KeyMetadata
+        ?.Arn as string;
+      const bad = await caught(
+        admin.send(new CreateGrantCommand({ KeyId: rsa, GranteePrincipal: GRANTEE_ROLE, Operations: ['GenerateDataKey'] })),
+      );
+      expect([bad.name, bad.message]).toEqual([
+        'ValidationException',
+        expect.stringContaining('GenerateDataKey are not valid for RSA_2048'),
+      ]);
+      expect(
+        (await caught(grantee.send(new CreateGrantCommand({ KeyId, GranteePrincipal: GRANTEE_ROLE, Operations: ['Encrypt'] })))).name,
+      ).toBe('AccessDeniedException');
+      const dry = await caught(
+        admin.send(new CreateGrantCommand({ KeyId, GranteePrincipal: GRANTEE_ROLE, Operations: ['Encrypt'], DryRun: true })),
+      );
       expect(dry).toBeInstanceOf(DryRunOperationException);
       expect((await admin.send(new ListGrantsCommand({ KeyId }))).Grants).toHaveLength(1); // the dry run created nothing
 
@@ -304,11 +509,25 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
       approver.destroy();
       keyArn = key.KeyMetadata?.Arn as string;
       const pub = await kms.send(new GetPublicKeyCommand({ KeyId: keyArn }));
-      sealed = publicEncrypt({ key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, dek);
+      sealed = publicEncrypt(
+        {
+          key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }),
+          padding: constants.RSA_PKCS1_OAEP_PADDING,
+          oaepHash: 'sha256',
+        },
+        dek,
+      );
     });
 
     const decrypt = async (doc?: Buffer) =>
-      kms.send(new DecryptCommand({ KeyId: keyArn, CiphertextBlob: sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256', ...(doc ? { Recipient: recipient(doc) } : {}) }));
+      kms.send(
+        new DecryptCommand({
+          KeyId: keyArn,
+          CiphertextBlob: sealed,
+          EncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+          ...(doc ? { Recipient: recipient(doc) } : {}),
+        }),
+      );
 
     it('returns CMS for the attested key and no plaintext', async () => {
       const res = await decrypt(await attestation());
@@ -316,7 +535,17 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
       expect(res.KeyId).toBe(keyArn);
       expect(openEnvelopedData(Buffer.from(res.CiphertextForRecipient as Uint8Array), enclaveKey.privateKey)).toEqual(dek);
       // DryRun: authorized, nothing decrypted.
-      const dry = await caught(kms.send(new DecryptCommand({ KeyId: keyArn, CiphertextBlob: sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256', Recipient: recipient(await attestation()), DryRun: true })));
+      const dry = await caught(
+        kms.send(
+          new DecryptCommand({
+            KeyId: keyArn,
+            CiphertextBlob: sealed,
+            EncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+            Recipient: recipient(await attestation()),
+            DryRun: true,
+          }),
+        ),
+      );
       expect([dry.name, dry.$metadata?.httpStatusCode]).toEqual(['DryRunOperationException', 412]);
     });
 
@@ -339,7 +568,10 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
         ['BAD_SIGNATURE', encodeCbor([p, u, payload, badSig])],
         ['BAD_SIGNATURE', encodeCbor([p, u, encodeCbor(m), sig])],
         ['UNTRUSTED_ROOT', await attestation({ signer: await otherCa.signer() })],
-        ['CERT_EXPIRED', await attestation({ signer: await ca.signerWithLeaf(new Date(Date.now() - 5 * 3600_000), new Date(Date.now() - 2 * 3600_000)) })],
+        [
+          'CERT_EXPIRED',
+          await attestation({ signer: await ca.signerWithLeaf(new Date(Date.now() - 5 * 3600_000), new Date(Date.now() - 2 * 3600_000)) }),
+        ],
         ['STALE', await attestation({ timestamp: Date.now() - 3600_000 })],
         ['MALFORMED', Buffer.from('not cbor at all')],
       ];
@@ -348,13 +580,27 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
         expect([err.name, err.message]).toEqual(['ValidationException', expect.stringContaining(reason)]);
       }
       const gdk = await kms.send(new CreateKeyCommand({}));
-      expect((await caught(kms.send(new GenerateDataKeyCommand({ KeyId: gdk.KeyMetadata?.KeyId, KeySpec: 'AES_256', Recipient: recipient(cases[0]?.[1] as Buffer) })))).name).toBe('ValidationException');
+      expect(
+        (
+          await caught(
+            kms.send(
+              new GenerateDataKeyCommand({
+                KeyId: gdk.KeyMetadata?.KeyId,
+                KeySpec: 'AES_256',
+                Recipient: recipient(cases[0]?.[1] as Buffer),
+              }),
+            ),
+          )
+        ).name,
+      ).toBe('ValidationException');
     });
 
     it('supports Recipient on GenerateDataKey and GenerateRandom', async () => {
       const key = await kms.send(new CreateKeyCommand({}));
       const doc = await attestation();
-      const dk = await kms.send(new GenerateDataKeyCommand({ KeyId: key.KeyMetadata?.KeyId, KeySpec: 'AES_256', Recipient: recipient(doc) }));
+      const dk = await kms.send(
+        new GenerateDataKeyCommand({ KeyId: key.KeyMetadata?.KeyId, KeySpec: 'AES_256', Recipient: recipient(doc) }),
+      );
       expect(dk.Plaintext).toBeUndefined();
       const opened = openEnvelopedData(Buffer.from(dk.CiphertextForRecipient as Uint8Array), enclaveKey.privateKey);
       const viaBlob = await kms.send(new DecryptCommand({ CiphertextBlob: dk.CiphertextBlob }));
@@ -380,7 +626,14 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
           .toString()
           .split('\n')
           .filter(Boolean)
-          .map((l) => l.replace(/^\s*\d+:/, '').replace(/hl=\d+ l=\s*\d+/, 'l=def').replace(/:[0-9A-F]{16,}$/, '').replace(/\s+/g, ' ').trim());
+          .map((l) =>
+            l
+              .replace(/^\s*\d+:/, '')
+              .replace(/hl=\d+ l=\s*\d+/, 'l=def')
+              .replace(/:[0-9A-F]{16,}$/, '')
+              .replace(/\s+/g, ' ')
+              .trim(),
+          );
       expect(shape(files.cms)).toEqual(shape(files.real));
     });
   });
@@ -435,19 +688,44 @@ describe('kms-emulator process', () => {
       const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(48)]));
       pcrs.set(0, Buffer.from(pcr0, 'hex'));
       pcrs.set(3, Buffer.from(PCR3, 'hex'));
-      return signAttestationDocument({ moduleId: 'i-0123456789abcdef0-enc0123456789abcdef', timestamp: Date.now(), pcrs, publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }) }, signer);
+      return signAttestationDocument(
+        {
+          moduleId: 'i-0123456789abcdef0-enc0123456789abcdef',
+          timestamp: Date.now(),
+          pcrs,
+          publicKey: enclaveKey.publicKey.export({ type: 'spki', format: 'der' }),
+        },
+        signer,
+      );
     };
-    const args = ['--port', '0', '--state', path.join(dir, 'kms-state.json'), '--trust-root', path.join(dir, 'root.pem'), ...accessKeyArgs()];
+    const args = [
+      '--port',
+      '0',
+      '--state',
+      path.join(dir, 'kms-state.json'),
+      '--trust-root',
+      path.join(dir, 'root.pem'),
+      ...accessKeyArgs(),
+    ];
     let proc = startProgram('kms-emulator', args);
     let url = String((await proc.waitForLog((e) => e.msg === 'KMS emulator listening')).url);
     let kms = client(url);
     const approverBefore = client(url, 'AKIDAPPROVER');
-    const key = await approverBefore.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy() }));
+    const key = await approverBefore.send(
+      new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy() }),
+    );
     approverBefore.destroy();
     const keyArn = key.KeyMetadata?.Arn as string;
     const pub = await kms.send(new GetPublicKeyCommand({ KeyId: keyArn }));
     const dek = randomBytes(32);
-    const sealed = publicEncrypt({ key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, dek);
+    const sealed = publicEncrypt(
+      {
+        key: createPublicKey({ key: Buffer.from(pub.PublicKey as Uint8Array), format: 'der', type: 'spki' }),
+        padding: constants.RSA_PKCS1_OAEP_PADDING,
+        oaepHash: 'sha256',
+      },
+      dek,
+    );
     const sym = await kms.send(new CreateKeyCommand({}));
     const enc = await kms.send(new EncryptCommand({ KeyId: sym.KeyMetadata?.KeyId, Plaintext: Buffer.from('persisted') }));
     kms.destroy();
@@ -459,21 +737,34 @@ describe('kms-emulator process', () => {
     const adminKms = client(url, 'AKIDADMIN');
     try {
       expect((await kms.send(new DescribeKeyCommand({ KeyId: keyArn }))).KeyMetadata?.KeySpec).toBe('RSA_2048');
-      expect(Buffer.from((await kms.send(new GetPublicKeyCommand({ KeyId: keyArn }))).PublicKey as Uint8Array)).toEqual(Buffer.from(pub.PublicKey as Uint8Array));
+      expect(Buffer.from((await kms.send(new GetPublicKeyCommand({ KeyId: keyArn }))).PublicKey as Uint8Array)).toEqual(
+        Buffer.from(pub.PublicKey as Uint8Array),
+      );
       expect(await adminKms.send(new GetKeyPolicyCommand({ KeyId: keyArn }))).toMatchObject({ Policy: attestedPolicy() });
       const dec = await kms.send(new DecryptCommand({ CiphertextBlob: enc.CiphertextBlob }));
       expect(Buffer.from(dec.Plaintext as Uint8Array).toString()).toBe('persisted');
 
       // The restarted emulator still trusts the CA root it was given, holds the same RSA private key, and
       // enforces the stored policy: an attested Decrypt of what was sealed before the restart opens to the DEK.
-      const decrypt = async (doc: Buffer) => kms.send(new DecryptCommand({ KeyId: keyArn, CiphertextBlob: sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256', Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: doc } }));
+      const decrypt = async (doc: Buffer) =>
+        kms.send(
+          new DecryptCommand({
+            KeyId: keyArn,
+            CiphertextBlob: sealed,
+            EncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+            Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: doc },
+          }),
+        );
       const attested = await decrypt(await document(await ca.signer()));
       expect(attested.Plaintext).toBeUndefined();
       expect(openEnvelopedData(Buffer.from(attested.CiphertextForRecipient as Uint8Array), enclaveKey.privateKey)).toEqual(dek);
       expect((await caught(decrypt(await document(await ca.signer(), 'cd'.repeat(48))))).name).toBe('AccessDeniedException'); // another image
       const foreign = await caught(decrypt(await document(await (await SimulatedNitroCa.open(null)).signer())));
       expect([foreign.name, foreign.message]).toEqual(['ValidationException', expect.stringContaining('UNTRUSTED_ROOT')]);
-      expect((await caught(kms.send(new DecryptCommand({ KeyId: keyArn, CiphertextBlob: sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' })))).name).toBe('AccessDeniedException'); // the parent without a document
+      expect(
+        (await caught(kms.send(new DecryptCommand({ KeyId: keyArn, CiphertextBlob: sealed, EncryptionAlgorithm: 'RSAES_OAEP_SHA_256' }))))
+          .name,
+      ).toBe('AccessDeniedException'); // the parent without a document
     } finally {
       kms.destroy();
       adminKms.destroy();

@@ -45,21 +45,62 @@ describe('simulated NSM protocol', () => {
   });
 
   it('describes, extends and locks PCRs with the NSM rules', async () => {
-    const describe = async (index: number) => ((await call(req(m([['DescribePCR', m([['index', index]])]])))) as Map<string, Map<string, unknown>>).get('DescribePCR');
+    const describe = async (index: number) =>
+      ((await call(req(m([['DescribePCR', m([['index', index]])]])))) as Map<string, Map<string, unknown>>).get('DescribePCR');
     expect((await describe(0))?.get('data')).toEqual(pcr0);
     expect((await describe(0))?.get('lock')).toBe(true);
     expect((await describe(16))?.get('lock')).toBe(false);
 
     const data = Buffer.from('measurement');
-    const extended = (await call(req(m([['ExtendPCR', m([['index', 16], ['data', data]])]])))) as Map<string, Map<string, Buffer>>;
+    const extended = (await call(
+      req(
+        m([
+          [
+            'ExtendPCR',
+            m([
+              ['index', 16],
+              ['data', data],
+            ]),
+          ],
+        ]),
+      ),
+    )) as Map<string, Map<string, Buffer>>;
     const expected = createHash('sha384').update(Buffer.alloc(48)).update(data).digest();
     expect(extended.get('ExtendPCR')?.get('data')).toEqual(expected);
 
-    expect(await errorOf(req(m([['ExtendPCR', m([['index', 3], ['data', data]])]])))).toBe('ReadOnlyIndex');
+    expect(
+      await errorOf(
+        req(
+          m([
+            [
+              'ExtendPCR',
+              m([
+                ['index', 3],
+                ['data', data],
+              ]),
+            ],
+          ]),
+        ),
+      ),
+    ).toBe('ReadOnlyIndex');
     expect(await errorOf(req(m([['DescribePCR', m([['index', 32]])]])))).toBe('InvalidIndex');
     expect(await errorOf(req(m([['LockPCR', m([['index', 3]])]])))).toBe('ReadOnlyIndex');
     expect(await call(req(m([['LockPCR', m([['index', 16]])]])))).toBe('LockPCR');
-    expect(await errorOf(req(m([['ExtendPCR', m([['index', 16], ['data', data]])]])))).toBe('ReadOnlyIndex');
+    expect(
+      await errorOf(
+        req(
+          m([
+            [
+              'ExtendPCR',
+              m([
+                ['index', 16],
+                ['data', data],
+              ]),
+            ],
+          ]),
+        ),
+      ),
+    ).toBe('ReadOnlyIndex');
     expect(await errorOf(req(m([['LockPCRs', m([['range', 33]])]])))).toBe('InvalidIndex');
     expect(await call(req(m([['LockPCRs', m([['range', 20]])]])))).toBe('LockPCRs');
     expect((await describe(19))?.get('lock')).toBe(true);
@@ -69,14 +110,36 @@ describe('simulated NSM protocol', () => {
   it('produces attestation documents that verify and carry the request fields and locked PCRs', async () => {
     const { publicKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
     const spki = publicKey.export({ type: 'spki', format: 'der' });
-    const res = (await call(req(m([['Attestation', m([['user_data', Buffer.from('u')], ['nonce', Buffer.from('n')], ['public_key', spki]])]])))) as Map<string, Map<string, Buffer>>;
+    const res = (await call(
+      req(
+        m([
+          [
+            'Attestation',
+            m([
+              ['user_data', Buffer.from('u')],
+              ['nonce', Buffer.from('n')],
+              ['public_key', spki],
+            ]),
+          ],
+        ]),
+      ),
+    )) as Map<string, Map<string, Buffer>>;
     const doc = res.get('Attestation')?.get('document') as Buffer;
-    const v = verifyAttestation(doc, { trustedRoots: [ca.rootPem], at: new Date(), maxAgeMs: 10_000, expectedNonce: Buffer.from('n'), expectedUserData: Buffer.from('u'), expectedPcrs: { 0: pcr0 } });
+    const v = verifyAttestation(doc, {
+      trustedRoots: [ca.rootPem],
+      at: new Date(),
+      maxAgeMs: 10_000,
+      expectedNonce: Buffer.from('n'),
+      expectedUserData: Buffer.from('u'),
+      expectedPcrs: { 0: pcr0 },
+    });
     expect(v.document.publicKey).toEqual(spki);
     expect([...v.document.pcrs.keys()]).toEqual(Array.from({ length: 16 }, (_, i) => i));
     // Missing keys are accepted (as QEMU does), and absent fields come out as null -> absent.
     const bare = (await call(req(m([['Attestation', m([])]])))) as Map<string, Map<string, Buffer>>;
-    expect(verifyAttestation(bare.get('Attestation')?.get('document') as Buffer, { trustedRoots: [ca.rootPem] }).document.nonce).toBeUndefined();
+    expect(
+      verifyAttestation(bare.get('Attestation')?.get('document') as Buffer, { trustedRoots: [ca.rootPem] }).document.nonce,
+    ).toBeUndefined();
   });
 
   it('answers errors for bad requests and keeps working', async () => {
@@ -106,7 +169,9 @@ describe('image measurement', () => {
 
   it('computes PCR4 from the instance id as Nitro does', () => {
     // The real document's PCR4 (docs/NITRO-KMS.md, "PCRs") for instance i-0f73a4b4cb74cc9f2.
-    expect(measureString('i-0f73a4b4cb74cc9f2')).toBe('9ab5a1aba055ee41ee254b9b251a58259b29fa1096859762744e9ac73b5869b25e51223854d9f86adbb37fe69f3e5d1c');
+    expect(measureString('i-0f73a4b4cb74cc9f2')).toBe(
+      '9ab5a1aba055ee41ee254b9b251a58259b29fa1096859762744e9ac73b5869b25e51223854d9f86adbb37fe69f3e5d1c',
+    );
   });
 });
 
@@ -140,7 +205,15 @@ describe('nsm-sim process', () => {
 
   async function startSim(image: string[]): Promise<{ socket: string; rootPem: string }> {
     const socket = path.join(dir, 'nsm.sock');
-    proc = startProgram('nsm-sim', ['--socket', socket, '--state-dir', path.join(dir, 'state'), ...image.flatMap((f) => ['--image', f]), '--parent-role-arn', 'arn:aws:iam::111122223333:role/parent']);
+    proc = startProgram('nsm-sim', [
+      '--socket',
+      socket,
+      '--state-dir',
+      path.join(dir, 'state'),
+      ...image.flatMap((f) => ['--image', f]),
+      '--parent-role-arn',
+      'arn:aws:iam::111122223333:role/parent',
+    ]);
     const ready = await proc.waitForLog((e) => e.msg === 'NSM simulator ready');
     return { socket, rootPem: String(ready.rootPem) };
   }
@@ -158,7 +231,11 @@ describe('nsm-sim process', () => {
       return res.get('Attestation')?.get('document') as Buffer;
     };
     const expected = measureImageFiles([bundle, config]);
-    const v1 = verifyAttestation(await attest(first.socket), { trustedRoots: [root1], at: new Date(), expectedPcrs: { 0: expected.PCR0, 1: expected.PCR1, 2: expected.PCR2, 3: pcr3ForRole('arn:aws:iam::111122223333:role/parent') } });
+    const v1 = verifyAttestation(await attest(first.socket), {
+      trustedRoots: [root1],
+      at: new Date(),
+      expectedPcrs: { 0: expected.PCR0, 1: expected.PCR1, 2: expected.PCR2, 3: pcr3ForRole('arn:aws:iam::111122223333:role/parent') },
+    });
     expect(v1.document.pcrs.get(0)?.toString('hex')).toBe(expected.PCR0);
     await proc?.stop();
 

@@ -98,7 +98,11 @@ afterEach(async () => {
 });
 
 function nks(dir: string, args: string[]) {
-  return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', env: { ...process.env, NKS_DEV_DIR: dir }, timeout: CLI_WITHIN_MS });
+  return spawnSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, NKS_DEV_DIR: dir },
+    timeout: CLI_WITHIN_MS,
+  });
 }
 
 /** Processes still running with this state directory on their command line. */
@@ -138,7 +142,9 @@ describe('npm run dev', () => {
       expect(JSON.parse(fs.readFileSync(path.join(dir, 'dev.json'), 'utf8')).url).toBe(dev.url);
       expect(dev.output()).toMatch(/first start: provisioning/);
       expect(fs.statSync(path.join(dir, 'token')).mode & 0o777).toBe(0o600);
-      expect(JSON.parse(fs.readFileSync(path.join(dir, 'key-policy.json'), 'utf8')).Statement.map((st: { Sid: string }) => st.Sid)).toContain('EnclaveDecryptOnlyWhenAttested');
+      expect(
+        JSON.parse(fs.readFileSync(path.join(dir, 'key-policy.json'), 'utf8')).Statement.map((st: { Sid: string }) => st.Sid),
+      ).toContain('EnclaveDecryptOnlyWhenAttested');
 
       // The walk-through block from the README, run by bash in a directory laid out like the repository.
       const readme = fs.readFileSync(path.join(ROOT, 'README.md'), 'utf8');
@@ -175,7 +181,9 @@ describe('npm run dev', () => {
     const dev = await startDev(dir);
     try {
       expect(dev.output()).not.toMatch(/provisioning/);
-      const list = JSON.parse(nks(dir, ['keys', 'list', '--external-id', 'alice', '--json']).stdout) as { keys: Array<{ keyId: string; address: string }> };
+      const list = JSON.parse(nks(dir, ['keys', 'list', '--external-id', 'alice', '--json']).stdout) as {
+        keys: Array<{ keyId: string; address: string }>;
+      };
       expect(list.keys).toEqual([expect.objectContaining({ keyId, address })]);
       const signed = nks(dir, ['sign', keyId, '--message', 'again', '--json']);
       expect(signed.status).toBe(0);
@@ -196,7 +204,9 @@ describe('npm run dev', () => {
       expect(dev.output()).toMatch(/npm run dev -- --update-policy/);
       const refused = nks(dir, ['sign', keyId, '--message', 'nope']);
       expect(refused.status).toBe(1);
-      expect(refused.stderr).toMatch(/KMS_ACCESS_DENIED \(HTTP 502\): KMS AccessDeniedException: .*kms:Decrypt.*is this enclave image approved in the key policy\?/);
+      expect(refused.stderr).toMatch(
+        /KMS_ACCESS_DENIED \(HTTP 502\): KMS AccessDeniedException: .*kms:Decrypt.*is this enclave image approved in the key policy\?/,
+      );
     } finally {
       expect(await interrupt(dev)).toBe(0);
     }

@@ -6,8 +6,25 @@
  */
 import fs from 'node:fs';
 import Database from 'better-sqlite3';
-import { Transaction, TypedDataEncoder, getBytes, hashMessage as ethersHashMessage, recoverAddress as ethersRecover, verifyMessage, verifyTypedData } from 'ethers';
-import { hashTypedData, keccak256, parseTransaction, recoverAddress, recoverMessageAddress, recoverTransactionAddress, recoverTypedDataAddress, type Hex } from 'viem';
+import {
+  Transaction,
+  TypedDataEncoder,
+  getBytes,
+  hashMessage as ethersHashMessage,
+  recoverAddress as ethersRecover,
+  verifyMessage,
+  verifyTypedData,
+} from 'ethers';
+import {
+  hashTypedData,
+  keccak256,
+  parseTransaction,
+  recoverAddress,
+  recoverMessageAddress,
+  recoverTransactionAddress,
+  recoverTypedDataAddress,
+  type Hex,
+} from 'viem';
 import { getUserOperationHash } from 'viem/account-abstraction';
 import { birthUserData } from '../../shared/src/attestation/user-data';
 import { KeystoreApiError, KeystoreClient, verifyKeyBirth, type Key } from '../../client/src/sdk';
@@ -52,12 +69,19 @@ describe('end to end', () => {
     expect((await ks.createKey({ externalId: 'wallet:alice' })).key.keyId).toBe(withExternal.key.keyId);
     keys.push(plain.key, withExternal.key);
 
-    const options = { trustedRoots: [fs.readFileSync(s.platform.rootPem, 'utf8')], at: new Date(), maxAgeMs: 60_000, expectedPcrs: { 0: s.platform.pcr0 } };
+    const options = {
+      trustedRoots: [fs.readFileSync(s.platform.rootPem, 'utf8')],
+      at: new Date(),
+      maxAgeMs: 60_000,
+      expectedPcrs: { 0: s.platform.pcr0 },
+    };
     const v = verifyKeyBirth(withExternal.key, options);
     expect(v.document.pcrs.get(0)?.toString('hex')).toBe(s.platform.pcr0);
     expect(v.document.userData).toEqual(birthUserData(withExternal.key.keyId, withExternal.key.address));
     // The birth binds this key id and address: another key's address does not pass.
-    expect(() => verifyKeyBirth({ ...withExternal.key, address: plain.key.address }, options)).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
+    expect(() => verifyKeyBirth({ ...withExternal.key, address: plain.key.address }, options)).toThrow(
+      expect.objectContaining({ code: 'USER_DATA_MISMATCH' }),
+    );
   });
 
   it('signs every type; ethers v6 and viem each verify every result', async () => {
@@ -77,8 +101,25 @@ describe('end to end', () => {
     }
 
     const domain = { name: 'Permit2', version: '1', chainId: 1, verifyingContract: '0x000000000022D473030F116dDEE9F6B43aC78BA3' as const };
-    const types = { Item: [{ name: 'token', type: 'address' }, { name: 'amount', type: 'uint160' }], Batch: [{ name: 'items', type: 'Item[]' }, { name: 'nonce', type: 'uint48' }, { name: 'memo', type: 'string' }] };
-    const message = { items: [{ token: '0x6B175474E89094C44Da98b954EedeAC495271d0F', amount: '1000' }, { token: '0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48', amount: '0x10' }], nonce: '7', memo: 'batch' };
+    const types = {
+      Item: [
+        { name: 'token', type: 'address' },
+        { name: 'amount', type: 'uint160' },
+      ],
+      Batch: [
+        { name: 'items', type: 'Item[]' },
+        { name: 'nonce', type: 'uint48' },
+        { name: 'memo', type: 'string' },
+      ],
+    };
+    const message = {
+      items: [
+        { token: '0x6B175474E89094C44Da98b954EedeAC495271d0F', amount: '1000' },
+        { token: '0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48', amount: '0x10' },
+      ],
+      nonce: '7',
+      memo: 'batch',
+    };
     const t = await ks.signTypedData(key.keyId, { domain, types, primaryType: 'Batch', message });
     const viemMessage = { items: message.items.map((i) => ({ token: i.token as Hex, amount: BigInt(i.amount) })), nonce: 7, memo: 'batch' };
     expect(await recoverTypedDataAddress({ domain, types, primaryType: 'Batch', message: viemMessage, signature: t.signature })).toBe(addr);
@@ -89,8 +130,25 @@ describe('end to end', () => {
     const to = '0x70997970C51812dc3A010C7d01b50e0d17dc79C8' as const;
     const txs = [
       { type: 'legacy' as const, chainId: 1, nonce: 0, to, value: '1', gas: '21000', gasPrice: '1000000000' },
-      { type: 'eip2930' as const, chainId: 10, nonce: 1, to, gas: '30000', gasPrice: '1000', accessList: [{ address: to, storageKeys: [keccak256('0x01')] }] },
-      { type: 'eip1559' as const, chainId: 8453, nonce: 2, to: null, gas: '500000', maxFeePerGas: '2000000000', maxPriorityFeePerGas: '1000000', data: '0x6080' as Hex },
+      {
+        type: 'eip2930' as const,
+        chainId: 10,
+        nonce: 1,
+        to,
+        gas: '30000',
+        gasPrice: '1000',
+        accessList: [{ address: to, storageKeys: [keccak256('0x01')] }],
+      },
+      {
+        type: 'eip1559' as const,
+        chainId: 8453,
+        nonce: 2,
+        to: null,
+        gas: '500000',
+        maxFeePerGas: '2000000000',
+        maxPriorityFeePerGas: '1000000',
+        data: '0x6080' as Hex,
+      },
     ];
     for (const tx of txs) {
       const res = await ks.signTransaction(key.keyId, tx);
@@ -103,20 +161,54 @@ describe('end to end', () => {
     const auth = await ks.signAuthorization(key.keyId, { chainId: 1, address: to, nonce: 3 });
     expect(await recoverAddress({ hash: auth.hash, signature: auth.signature })).toBe(addr);
     const t7702 = await ks.signTransaction(key.keyId, {
-      type: 'eip7702', chainId: 1, nonce: 4, to: addr, gas: '100000', maxFeePerGas: '1000000000', maxPriorityFeePerGas: '1',
+      type: 'eip7702',
+      chainId: 1,
+      nonce: 4,
+      to: addr,
+      gas: '100000',
+      maxFeePerGas: '1000000000',
+      maxPriorityFeePerGas: '1',
       authorizationList: [{ address: to, chainId: 1, nonce: 3, r: auth.r, s: auth.s, yParity: auth.yParity }],
     });
     expect(Transaction.from(t7702.serializedTransaction as string).from).toBe(addr);
     expect(await recoverTransactionAddress({ serializedTransaction: t7702.serializedTransaction as never })).toBe(addr);
 
     const entryPoint = '0x0000000071727De22E5E9d8BAf0edAc6f37da032' as const;
-    const userOperation = { sender: addr, nonce: '0x1', callData: '0x' as Hex, callGasLimit: '50000', verificationGasLimit: '100000', preVerificationGas: '21000', maxFeePerGas: '1000', maxPriorityFeePerGas: '10' };
+    const userOperation = {
+      sender: addr,
+      nonce: '0x1',
+      callData: '0x' as Hex,
+      callGasLimit: '50000',
+      verificationGasLimit: '100000',
+      preVerificationGas: '21000',
+      maxFeePerGas: '1000',
+      maxPriorityFeePerGas: '10',
+    };
     const uo = await ks.signUserOperation(key.keyId, { version: '0.7', chainId: 1, entryPoint, userOperation });
-    const userOpHash = getUserOperationHash({ chainId: 1, entryPointAddress: entryPoint, entryPointVersion: '0.7', userOperation: { ...userOperation, nonce: 1n, callGasLimit: 50000n, verificationGasLimit: 100000n, preVerificationGas: 21000n, maxFeePerGas: 1000n, maxPriorityFeePerGas: 10n, signature: '0x' } });
+    const userOpHash = getUserOperationHash({
+      chainId: 1,
+      entryPointAddress: entryPoint,
+      entryPointVersion: '0.7',
+      userOperation: {
+        ...userOperation,
+        nonce: 1n,
+        callGasLimit: 50000n,
+        verificationGasLimit: 100000n,
+        preVerificationGas: 21000n,
+        maxFeePerGas: 1000n,
+        maxPriorityFeePerGas: 10n,
+        signature: '0x',
+      },
+    });
     expect(uo.userOperationHash).toBe(userOpHash);
     expect(await recoverMessageAddress({ message: { raw: userOpHash }, signature: uo.signature })).toBe(addr);
     expect(verifyMessage(getBytes(userOpHash), uo.signature)).toBe(addr);
-    const uo6 = await ks.signUserOperation(key.keyId, { version: '0.6', chainId: 1, entryPoint: '0x5FF137D4b0FDCD49DcA30c7CF57E578a026d2789', userOperation: { ...userOperation, initCode: '0x', paymasterAndData: '0x' } });
+    const uo6 = await ks.signUserOperation(key.keyId, {
+      version: '0.6',
+      chainId: 1,
+      entryPoint: '0x5FF137D4b0FDCD49DcA30c7CF57E578a026d2789',
+      userOperation: { ...userOperation, initCode: '0x', paymasterAndData: '0x' },
+    });
     expect(verifyMessage(getBytes(uo6.userOperationHash as string), uo6.signature)).toBe(addr);
 
     // Negative controls, so that the recoveries above mean something: another key of this keystore signs the
@@ -126,11 +218,20 @@ describe('end to end', () => {
     expect(other.address).not.toBe(addr);
     const d0 = await ks.signDigest(other.keyId, digest);
     expect(d0.signature).not.toBe(d.signature);
-    expect([await recoverAddress({ hash: digest, signature: d0.signature }), ethersRecover(digest, d0.signature)]).toEqual([other.address, other.address]);
+    expect([await recoverAddress({ hash: digest, signature: d0.signature }), ethersRecover(digest, d0.signature)]).toEqual([
+      other.address,
+      other.address,
+    ]);
     const m0 = await ks.signMessage(other.keyId, 'gm from the enclave');
-    expect([await recoverMessageAddress({ message: 'gm from the enclave', signature: m0.signature }), verifyMessage('gm from the enclave', m0.signature)]).toEqual([other.address, other.address]);
+    expect([
+      await recoverMessageAddress({ message: 'gm from the enclave', signature: m0.signature }),
+      verifyMessage('gm from the enclave', m0.signature),
+    ]).toEqual([other.address, other.address]);
     const m1 = await ks.signMessage(key.keyId, 'gm from the enclave');
-    for (const recovered of [await recoverMessageAddress({ message: 'gm from the enclave!', signature: m1.signature }), verifyMessage('gm from the enclave!', m1.signature)]) {
+    for (const recovered of [
+      await recoverMessageAddress({ message: 'gm from the enclave!', signature: m1.signature }),
+      verifyMessage('gm from the enclave!', m1.signature),
+    ]) {
       expect([addr, other.address]).not.toContain(recovered);
     }
     expect([addr, other.address]).not.toContain(verifyTypedData(domain, types, { ...message, nonce: '8' }, t.signature));
@@ -166,7 +267,9 @@ describe('end to end', () => {
   it('leaves no private key in anything the parent side holds or sees', async () => {
     // The secrets, recovered the only way possible outside the enclave: with the KMS emulator's key material.
     const db = new Database(s.dbPath, { readonly: true });
-    const secrets = keys.map((k) => recoverSecret((db.prepare('SELECT blob FROM keys WHERE key_id = ?').get(k.keyId) as { blob: string }).blob, s.platform.kmsStateFile));
+    const secrets = keys.map((k) =>
+      recoverSecret((db.prepare('SELECT blob FROM keys WHERE key_id = ?').get(k.keyId) as { blob: string }).blob, s.platform.kmsStateFile),
+    );
     db.close();
     const wal = `${s.dbPath}-wal`;
     const haystacks: Record<string, Buffer | string> = {

@@ -63,7 +63,13 @@ export type EmulatorFaultState = EmulatorFaults & { held: number };
 
 /** The production key policy for one approved PCR0 and the platform's roles. */
 export function attestedPolicy(pcr0: string, role = PARENT_ROLE): string {
-  return generateKeyPolicy({ images: [{ PCR0: pcr0 }], parentRoleArn: role, keyAdministrators: [ADMIN_ROLE], imageApproverRoleArn: APPROVER_ROLE, breakGlassRoleArn: BREAK_GLASS_ROLE });
+  return generateKeyPolicy({
+    images: [{ PCR0: pcr0 }],
+    parentRoleArn: role,
+    keyAdministrators: [ADMIN_ROLE],
+    imageApproverRoleArn: APPROVER_ROLE,
+    breakGlassRoleArn: BREAK_GLASS_ROLE,
+  });
 }
 
 /** `--access-key AKID=ARN` arguments for the emulator. */
@@ -71,7 +77,10 @@ export function accessKeyArgs(): string[] {
   return Object.entries(ACCESS_KEYS).flatMap(([akid, arn]) => ['--access-key', `${akid}=${arn}`]);
 }
 
-export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLatencyMs?: number; reuse?: { keyArn: string; kmsPublicKey: string } } = {}): Promise<Platform> {
+export async function startPlatform(
+  runDir: string,
+  opts: { pcr0?: string; kmsLatencyMs?: number; reuse?: { keyArn: string; kmsPublicKey: string } } = {},
+): Promise<Platform> {
   const pcr0 = opts.pcr0 ?? TEST_PCR0;
   const nsmSocket = path.join(runDir, 'nsm.sock');
   const procs: Running[] = [];
@@ -79,19 +88,33 @@ export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLa
     await Promise.all(procs.map((p) => p.stop()));
   };
   try {
-    const nsm = startProgram('nsm-sim', ['--socket', nsmSocket, '--state-dir', path.join(runDir, 'nsm'), '--pcr0', pcr0, '--parent-role-arn', PARENT_ROLE]);
+    const nsm = startProgram('nsm-sim', [
+      '--socket',
+      nsmSocket,
+      '--state-dir',
+      path.join(runDir, 'nsm'),
+      '--pcr0',
+      pcr0,
+      '--parent-role-arn',
+      PARENT_ROLE,
+    ]);
     procs.push(nsm);
     const ready = await nsm.waitForLog((e) => e.msg === 'NSM simulator ready');
     const rootPem = String(ready.rootPem);
 
     const kmsStateFile = path.join(runDir, 'kms-state.json');
     const kmsProc = startProgram('kms-emulator', [
-      '--port', '0',
-      '--state', kmsStateFile,
-      '--trust-root', rootPem,
+      '--port',
+      '0',
+      '--state',
+      kmsStateFile,
+      '--trust-root',
+      rootPem,
       ...accessKeyArgs(),
-      '--principal', PARENT_ROLE,
-      '--latency-ms', String(opts.kmsLatencyMs ?? 0),
+      '--principal',
+      PARENT_ROLE,
+      '--latency-ms',
+      String(opts.kmsLatencyMs ?? 0),
     ]);
     procs.push(kmsProc);
     const kmsUrl = String((await kmsProc.waitForLog((e) => e.msg === 'KMS emulator listening')).url);
@@ -108,7 +131,9 @@ export async function startPlatform(runDir: string, opts: { pcr0?: string; kmsLa
       const approver = kms('AKIDAPPROVER');
       const admin = kms('AKIDADMIN');
       try {
-        const created = await approver.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy(pcr0) }));
+        const created = await approver.send(
+          new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Policy: attestedPolicy(pcr0) }),
+        );
         keyArn = created.KeyMetadata?.Arn as string;
         const pub = await admin.send(new GetPublicKeyCommand({ KeyId: keyArn }));
         kmsPublicKey = Buffer.from(pub.PublicKey as Uint8Array).toString('base64');

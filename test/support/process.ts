@@ -32,11 +32,21 @@ export interface Running {
  * `keepLines: false` keeps only the first 1,000 lines (enough to see startup), for long benchmark runs.
  * `cpus` runs the program on those CPUs only (taskset), e.g. to give a simulated enclave its own vCPU.
  */
-export function startProgram(name: string, args: string[], env: NodeJS.ProcessEnv = {}, opts: { keepLines?: boolean; cpus?: string } = {}): Running {
+export function startProgram(
+  name: string,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  opts: { keepLines?: boolean; cpus?: string } = {},
+): Running {
   // NKS_PROFILE_DIR: each program writes a V8 CPU profile there when it exits (npm run bench -- --profile).
-  const profile = process.env.NKS_PROFILE_DIR ? ['--cpu-prof', `--cpu-prof-dir=${process.env.NKS_PROFILE_DIR}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`] : [];
+  const profile = process.env.NKS_PROFILE_DIR
+    ? ['--cpu-prof', `--cpu-prof-dir=${process.env.NKS_PROFILE_DIR}`, `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`]
+    : [];
   const argv = [...profile, dist(name), ...args];
-  const child = spawn(opts.cpus ? 'taskset' : process.execPath, opts.cpus ? ['-c', opts.cpus, process.execPath, ...argv] : argv, { env: { ...process.env, LOG_LEVEL: 'debug', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(opts.cpus ? 'taskset' : process.execPath, opts.cpus ? ['-c', opts.cpus, process.execPath, ...argv] : argv, {
+    env: { ...process.env, LOG_LEVEL: 'debug', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const lines: string[] = [];
   const waiters: Array<() => void> = [];
   const onText = (buf: Buffer) => {
@@ -52,10 +62,12 @@ export function startProgram(name: string, args: string[], env: NodeJS.ProcessEn
     if (cut >= 0) onText(Buffer.from(text.slice(0, cut + 1)));
   });
   child.stderr?.on('data', onText);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => {
-    for (const w of waiters.splice(0)) w();
-    resolve(code);
-  }));
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => {
+      for (const w of waiters.splice(0)) w();
+      resolve(code);
+    }),
+  );
 
   const parsed = () =>
     lines.flatMap((l) => {
@@ -76,7 +88,8 @@ export function startProgram(name: string, args: string[], env: NodeJS.ProcessEn
       for (;;) {
         const hit = parsed().find(match);
         if (hit) return hit;
-        if (child.exitCode !== null) throw new Error(`${name} exited (${child.exitCode}) before the expected log line:\n${lines.join('\n')}`);
+        if (child.exitCode !== null)
+          throw new Error(`${name} exited (${child.exitCode}) before the expected log line:\n${lines.join('\n')}`);
         if (Date.now() > until) throw new Error(`timed out waiting for a log line from ${name}:\n${lines.join('\n')}`);
         await new Promise<void>((r) => {
           const t = setTimeout(r, 50);

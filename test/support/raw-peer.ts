@@ -27,7 +27,10 @@ export class RawPeer {
   }
 
   /** The answer parsed as JSON. */
-  async callJson(method: string, params: unknown): Promise<{ result?: unknown; error?: { code: number; message: string; data?: Record<string, unknown> } }> {
+  async callJson(
+    method: string,
+    params: unknown,
+  ): Promise<{ result?: unknown; error?: { code: number; message: string; data?: Record<string, unknown> } }> {
     return JSON.parse((await this.call(method, params)).toString('utf8'));
   }
 

@@ -16,7 +16,10 @@ export function recoverSecret(blobB64: string, kmsStateFile: string): Buffer {
   const state = JSON.parse(fs.readFileSync(kmsStateFile, 'utf8')) as EmulatorState;
   const key = state.keys.find((k) => k.arn === blob.kmsKeyArn);
   if (!key) throw new Error(`the emulator state has no key ${blob.kmsKeyArn}`);
-  const dek = privateDecrypt({ key: createPrivateKey(key.material), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, blob.wrappedKey);
+  const dek = privateDecrypt(
+    { key: createPrivateKey(key.material), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' },
+    blob.wrappedKey,
+  );
   const decipher = createDecipheriv('aes-256-gcm', dek, blob.iv);
   decipher.setAAD(blobAad(blob));
   decipher.setAuthTag(blob.ciphertext.subarray(32));

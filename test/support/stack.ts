@@ -26,7 +26,10 @@ export interface Stack {
   parent: Running;
   parentConfigFile: string;
   dbPath: string;
-  api(pathname: string, init?: { method?: string; token?: TokenName | string | null; body?: unknown; headers?: Record<string, string> }): Promise<{ status: number; body: any; headers: Headers }>;
+  api(
+    pathname: string,
+    init?: { method?: string; token?: TokenName | string | null; body?: unknown; headers?: Record<string, string> },
+  ): Promise<{ status: number; body: any; headers: Headers }>;
   stopEnclave(): Promise<void>;
   startEnclave(): Promise<void>;
   restartParent(opts?: { kill?: boolean }): Promise<void>;
@@ -62,10 +65,15 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
   // With capture, each side talks to a relay that forwards to the other side's real address.
   const enclaveListen = opts.capture ? 'vsock://17:5000' : ENCLAVE_ADDRESS;
   const proxyListen = opts.capture ? 'vsock://13:8000' : PROXY_ADDRESS;
-  const tokens = Object.fromEntries((['full', 'create', 'sign', 'read', 'admin'] as const).map((n) => [n, `nks_${n}_${randomBytes(16).toString('hex')}`])) as Record<TokenName, string>;
+  const tokens = Object.fromEntries(
+    (['full', 'create', 'sign', 'read', 'admin'] as const).map((n) => [n, `nks_${n}_${randomBytes(16).toString('hex')}`]),
+  ) as Record<TokenName, string>;
   const sha = (t: string) => createHash('sha256').update(t).digest('hex');
 
-  const enclaveConfigFile = writeJson(path.join(runDir, 'enclave.json'), enclaveConfigFor(platform, runDir, { listen: enclaveListen, ...opts.enclave }));
+  const enclaveConfigFile = writeJson(
+    path.join(runDir, 'enclave.json'),
+    enclaveConfigFor(platform, runDir, { listen: enclaveListen, ...opts.enclave }),
+  );
   const dbPath = path.join(runDir, 'parent', 'keys.db');
   const parentConfigFile = writeJson(path.join(runDir, 'parent.json'), {
     api: { listen: { host: '127.0.0.1', port: 0 }, ...opts.parentApi },
@@ -79,21 +87,36 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
     database: { path: dbPath },
     transport: { kind: 'simulated', runDir },
     enclave: { address: ENCLAVE_ADDRESS, poolSize: 2, deadlineMs: 5000, ...opts.parentEnclave },
-    kmsProxy: { listen: proxyListen, allowedKeyArns: [platform.keyArn], region: 'us-east-1', endpoint: platform.kmsUrl, deadlineMs: 4000, ...opts.parentKmsProxy },
+    kmsProxy: {
+      listen: proxyListen,
+      allowedKeyArns: [platform.keyArn],
+      region: 'us-east-1',
+      endpoint: platform.kmsUrl,
+      deadlineMs: 4000,
+      ...opts.parentKmsProxy,
+    },
     logLevel: 'debug',
     ...opts.parent,
   });
   const awsEnv = { AWS_ACCESS_KEY_ID: 'AKIDPARENT', AWS_SECRET_ACCESS_KEY: 'not-a-secret', AWS_REGION: 'us-east-1' };
 
   const launchEnclave = async (track?: Running[]) => {
-    const p = startProgram('enclave', ['--config', enclaveConfigFile], {}, { keepLines: opts.keepLogs ?? true, ...(opts.cpus ? { cpus: opts.cpus.enclave } : {}) });
+    const p = startProgram(
+      'enclave',
+      ['--config', enclaveConfigFile],
+      {},
+      { keepLines: opts.keepLogs ?? true, ...(opts.cpus ? { cpus: opts.cpus.enclave } : {}) },
+    );
     track?.push(p);
     await p.waitForLog((e) => e.msg === 'enclave ready');
     return p;
   };
   const parents: Running[] = [];
   const launchParent = async () => {
-    const p = startProgram('parent', ['--config', parentConfigFile], awsEnv, { keepLines: opts.keepLogs ?? true, ...(opts.cpus ? { cpus: opts.cpus.parent } : {}) });
+    const p = startProgram('parent', ['--config', parentConfigFile], awsEnv, {
+      keepLines: opts.keepLogs ?? true,
+      ...(opts.cpus ? { cpus: opts.cpus.parent } : {}),
+    });
     parents.push(p);
     const ready = await p.waitForLog((e) => e.msg === 'parent ready');
     return { p, url: String(ready.url) };
@@ -135,7 +158,12 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
   }
 
   stack.api = async (pathname, init = {}) => {
-    const token = init.token === null ? undefined : init.token === undefined ? tokens.full : (tokens as Record<string, string>)[init.token] ?? init.token;
+    const token =
+      init.token === null
+        ? undefined
+        : init.token === undefined
+          ? tokens.full
+          : ((tokens as Record<string, string>)[init.token] ?? init.token);
     const headers: Record<string, string> = { ...(token ? { authorization: `Bearer ${token}` } : {}), ...init.headers };
     let body: string | undefined;
     if (init.body !== undefined) {
@@ -171,7 +199,10 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
     await stack.enclave?.stop();
     await platform.stop();
     await stopRelays();
-    platform = await startPlatform(runDir, { kmsLatencyMs: opts.kmsLatencyMs ?? 0, reuse: { keyArn: platform.keyArn, kmsPublicKey: platform.kmsPublicKey } });
+    platform = await startPlatform(runDir, {
+      kmsLatencyMs: opts.kmsLatencyMs ?? 0,
+      reuse: { keyArn: platform.keyArn, kmsPublicKey: platform.kmsPublicKey },
+    });
     stack.platform = platform;
     // The KMS emulator listens on a new port: point the parent at it.
     const parentConfig = JSON.parse(fs.readFileSync(parentConfigFile, 'utf8')) as { kmsProxy: { endpoint: string } };

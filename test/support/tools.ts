@@ -4,7 +4,22 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 /** What approve-image.sh, run-enclave.sh and the other scripts may call; no docker, no aws. */
-export const OPS_SCRIPT_TOOLS = ['bash', 'env', 'dirname', 'cat', 'grep', 'mktemp', 'rm', 'cp', 'mkdir', 'awk', 'sleep', 'git', 'node', 'jq'] as const;
+export const OPS_SCRIPT_TOOLS = [
+  'bash',
+  'env',
+  'dirname',
+  'cat',
+  'grep',
+  'mktemp',
+  'rm',
+  'cp',
+  'mkdir',
+  'awk',
+  'sleep',
+  'git',
+  'node',
+  'jq',
+] as const;
 
 /** Links each tool found on this machine's PATH into `bin`; with `required`, a missing one fails the test. */
 export function linkTools(bin: string, tools: readonly string[], { required = false } = {}): void {

@@ -36,7 +36,14 @@ const keyRows = (k: Key): Array<[string, unknown]> => [
   ['keyId', k.keyId],
   ['address', k.address],
   ['externalId', k.externalId],
-  ['labels', Object.keys(k.labels).length ? Object.entries(k.labels).map(([a, b]) => `${a}=${b}`).join(', ') : undefined],
+  [
+    'labels',
+    Object.keys(k.labels).length
+      ? Object.entries(k.labels)
+          .map(([a, b]) => `${a}=${b}`)
+          .join(', ')
+      : undefined,
+  ],
   ['createdAt', k.createdAt],
   ['disabled', k.disabled ? 'yes' : 'no'],
   ['publicKey', k.publicKey],
@@ -46,7 +53,12 @@ export async function keysCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   switch (sub) {
     case 'create': {
-      const { values } = parse(rest, { ...connectionOptions, 'external-id': { type: 'string' }, label: { type: 'string', multiple: true }, attest: { type: 'boolean' } });
+      const { values } = parse(rest, {
+        ...connectionOptions,
+        'external-id': { type: 'string' },
+        label: { type: 'string', multiple: true },
+        attest: { type: 'boolean' },
+      });
       const labels: Record<string, string> = {};
       for (const l of values.label ?? []) {
         const i = l.indexOf('=');
@@ -58,7 +70,12 @@ export async function keysCommand(args: string[]): Promise<number> {
         ...(Object.keys(labels).length ? { labels } : {}),
         ...(values.attest ? { attest: true } : {}),
       });
-      print({ ...key, created }, values.json ?? false, () => `${created ? 'Created' : 'Existing'} key\n${fields([...keyRows(key), ['attestation', key.attestation ? `${key.attestation.length} base64 chars (verify with: nks attestation verify)` : undefined]])}`);
+      print(
+        { ...key, created },
+        values.json ?? false,
+        () =>
+          `${created ? 'Created' : 'Existing'} key\n${fields([...keyRows(key), ['attestation', key.attestation ? `${key.attestation.length} base64 chars (verify with: nks attestation verify)` : undefined]])}`,
+      );
       return 0;
     }
     case 'get': {
@@ -68,7 +85,13 @@ export async function keysCommand(args: string[]): Promise<number> {
       return 0;
     }
     case 'list': {
-      const { values } = parse(rest, { ...connectionOptions, 'external-id': { type: 'string' }, limit: { type: 'string' }, cursor: { type: 'string' }, all: { type: 'boolean' } });
+      const { values } = parse(rest, {
+        ...connectionOptions,
+        'external-id': { type: 'string' },
+        limit: { type: 'string' },
+        cursor: { type: 'string' },
+        all: { type: 'boolean' },
+      });
       const client = clientFor(values);
       let keys: Key[];
       let nextCursor: string | null = null;
@@ -78,12 +101,20 @@ export async function keysCommand(args: string[]): Promise<number> {
       } else {
         const limit = values.limit === undefined ? undefined : Number(values.limit);
         if (limit !== undefined && (!Number.isInteger(limit) || limit < 1)) throw new UsageError('--limit must be a positive integer');
-        const page = await client.listKeys({ ...(values['external-id'] ? { externalId: values['external-id'] } : {}), ...(limit ? { limit } : {}), ...(values.cursor ? { cursor: values.cursor } : {}) });
+        const page = await client.listKeys({
+          ...(values['external-id'] ? { externalId: values['external-id'] } : {}),
+          ...(limit ? { limit } : {}),
+          ...(values.cursor ? { cursor: values.cursor } : {}),
+        });
         keys = page.keys;
         nextCursor = page.nextCursor;
       }
       print({ keys, nextCursor }, values.json ?? false, () =>
-        [`${keys.length} key(s)`, ...keys.map((k) => `${k.keyId}  ${k.address}${k.externalId ? `  ${k.externalId}` : ''}${k.disabled ? '  (disabled)' : ''}`), ...(nextCursor ? [`more: --cursor ${nextCursor}`] : [])].join('\n'),
+        [
+          `${keys.length} key(s)`,
+          ...keys.map((k) => `${k.keyId}  ${k.address}${k.externalId ? `  ${k.externalId}` : ''}${k.disabled ? '  (disabled)' : ''}`),
+          ...(nextCursor ? [`more: --cursor ${nextCursor}`] : []),
+        ].join('\n'),
       );
       return 0;
     }
@@ -141,11 +172,22 @@ export async function signCommand(args: string[]): Promise<number> {
       request = { type: 'transaction', transaction: readJsonInput(values.transaction as string) as never };
       break;
     case 'authorization':
-      request = { type: 'authorization', authorization: readJsonInput(values.authorization as string) as never, ...(values['allow-all-chains'] ? { allowAllChains: true } : {}) };
+      request = {
+        type: 'authorization',
+        authorization: readJsonInput(values.authorization as string) as never,
+        ...(values['allow-all-chains'] ? { allowAllChains: true } : {}),
+      };
       break;
     case 'user-operation': {
-      if (!values['entry-point'] || !values['chain-id'] || !values['ep-version']) throw new UsageError('--user-operation needs --entry-point, --chain-id and --ep-version 0.6|0.7');
-      request = { type: 'userOperation', version: values['ep-version'] as '0.6' | '0.7', chainId: values['chain-id'], entryPoint: values['entry-point'], userOperation: readJsonInput(values['user-operation'] as string) as never };
+      if (!values['entry-point'] || !values['chain-id'] || !values['ep-version'])
+        throw new UsageError('--user-operation needs --entry-point, --chain-id and --ep-version 0.6|0.7');
+      request = {
+        type: 'userOperation',
+        version: values['ep-version'] as '0.6' | '0.7',
+        chainId: values['chain-id'],
+        entryPoint: values['entry-point'],
+        userOperation: readJsonInput(values['user-operation'] as string) as never,
+      };
       break;
     }
     default:
@@ -186,10 +228,13 @@ export async function attestationCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub === 'get') {
     const { values } = parse(rest, { ...connectionOptions, nonce: { type: 'string' }, out: { type: 'string' } });
-    if (values.nonce !== undefined && !/^0x([0-9a-fA-F]{2}){1,512}$/.test(values.nonce)) throw new UsageError('--nonce takes 1-512 bytes of 0x-prefixed hex');
+    if (values.nonce !== undefined && !/^0x([0-9a-fA-F]{2}){1,512}$/.test(values.nonce))
+      throw new UsageError('--nonce takes 1-512 bytes of 0x-prefixed hex');
     const res = await clientFor(values).attestation(values.nonce as `0x${string}` | undefined);
     if (values.out) fs.writeFileSync(values.out, Buffer.from(res.document, 'base64'));
-    print(res, values.json ?? false, () => (values.out ? `wrote ${Buffer.from(res.document, 'base64').length} bytes to ${values.out}` : res.document));
+    print(res, values.json ?? false, () =>
+      values.out ? `wrote ${Buffer.from(res.document, 'base64').length} bytes to ${values.out}` : res.document,
+    );
     return 0;
   }
   if (sub !== 'verify') throw new UsageError('usage: nks attestation get|verify ...');
@@ -240,14 +285,20 @@ export async function attestationCommand(args: string[]): Promise<number> {
   // A birth attestation: user_data must bind this key id and address (and not be a 0.1-era document).
   const birth = values['key-id'] !== undefined || values.address !== undefined;
   if (birth) {
-    if (!values['key-id'] || !values.address || !ADDRESS_RE.test(values.address)) throw new UsageError('a birth attestation needs both --key-id ID and --address 0x… (the key\'s 20-byte address)');
+    if (!values['key-id'] || !values.address || !ADDRESS_RE.test(values.address))
+      throw new UsageError("a birth attestation needs both --key-id ID and --address 0x… (the key's 20-byte address)");
     if (opts.expectedUserData) throw new UsageError('--user-data cannot be combined with --key-id/--address (they determine user_data)');
-    if (opts.expectedPcrs?.[0] === undefined) throw new UsageError('a birth attestation needs --pcr 0=HEX, the PCR0 of an image you approve (any image can ask for any user_data)');
+    if (opts.expectedPcrs?.[0] === undefined)
+      throw new UsageError('a birth attestation needs --pcr 0=HEX, the PCR0 of an image you approve (any image can ask for any user_data)');
   }
   const document = readDocument(positionals[0] as string);
   try {
     const v = birth
-      ? verifyBirthAttestation(document, { keyId: values['key-id'] as string, address: values.address as string }, { ...opts, expectedPcrs: opts.expectedPcrs ?? {} })
+      ? verifyBirthAttestation(
+          document,
+          { keyId: values['key-id'] as string, address: values.address as string },
+          { ...opts, expectedPcrs: opts.expectedPcrs ?? {} },
+        )
       : verifyAttestation(document, opts);
     const d = v.document;
     const summary = {
@@ -261,21 +312,28 @@ export async function attestationCommand(args: string[]): Promise<number> {
       rootFingerprint: v.rootFingerprint,
       chain: v.chainSubjects,
     };
-    print(summary, values.json ?? false, () =>
-      `VALID attestation document\n${fields([
-        ['module', d.moduleId],
-        ['timestamp', summary.timestamp],
-        ['root sha256', v.rootFingerprint],
-        ...[0, 1, 2, 3, 4, 8].filter((i) => d.pcrs.has(i)).map((i): [string, unknown] => [`PCR${i}`, d.pcrs.get(i)?.toString('hex')]),
-        ['user_data', summary.userData],
-        ['nonce', summary.nonce],
-        ['public_key', d.publicKey ? `${d.publicKey.length} bytes` : undefined],
-      ])}`,
+    print(
+      summary,
+      values.json ?? false,
+      () =>
+        `VALID attestation document\n${fields([
+          ['module', d.moduleId],
+          ['timestamp', summary.timestamp],
+          ['root sha256', v.rootFingerprint],
+          ...[0, 1, 2, 3, 4, 8].filter((i) => d.pcrs.has(i)).map((i): [string, unknown] => [`PCR${i}`, d.pcrs.get(i)?.toString('hex')]),
+          ['user_data', summary.userData],
+          ['nonce', summary.nonce],
+          ['public_key', d.publicKey ? `${d.publicKey.length} bytes` : undefined],
+        ])}`,
     );
     return 0;
   } catch (err) {
     if (!(err instanceof AttestationError)) throw err;
-    print({ valid: false, code: err.code, message: err.message }, values.json ?? false, () => `INVALID attestation document: ${err.code}: ${err.message}`);
+    print(
+      { valid: false, code: err.code, message: err.message },
+      values.json ?? false,
+      () => `INVALID attestation document: ${err.code}: ${err.message}`,
+    );
     return 1;
   }
 }
@@ -296,8 +354,12 @@ export function policyCommand(args: string[]): number {
     for (const f of values.measurements ?? []) images.push(measurementsFromNitroCliJson(readJsonInput(f), f));
     for (const p of values.pcr0 ?? []) images.push({ PCR0: normalizePcr(p, '--pcr0') });
     if (!values['parent-role-arn']) throw new UsageError('--parent-role-arn is required (the IAM role of the parent instance)');
-    if (!values['image-approver-role-arn']) throw new UsageError('--image-approver-role-arn is required (the only role allowed to change the key policy, i.e. to approve images)');
-    if (!values['break-glass-role-arn']) throw new UsageError('--break-glass-role-arn is required (the role allowed to disable the key or schedule its deletion)');
+    if (!values['image-approver-role-arn'])
+      throw new UsageError(
+        '--image-approver-role-arn is required (the only role allowed to change the key policy, i.e. to approve images)',
+      );
+    if (!values['break-glass-role-arn'])
+      throw new UsageError('--break-glass-role-arn is required (the role allowed to disable the key or schedule its deletion)');
     const policy = generateKeyPolicy({
       images,
       parentRoleArn: values['parent-role-arn'],

@@ -15,7 +15,10 @@ export interface ApiTarget {
   token: string;
 }
 
-export function resolveApiTarget(flags: { url?: string | undefined; token?: string | undefined; 'dev-dir'?: string | undefined }, env: NodeJS.ProcessEnv = process.env): ApiTarget {
+export function resolveApiTarget(
+  flags: { url?: string | undefined; token?: string | undefined; 'dev-dir'?: string | undefined },
+  env: NodeJS.ProcessEnv = process.env,
+): ApiTarget {
   const devDir = path.resolve(flags['dev-dir'] || env.NKS_DEV_DIR || '.dev');
   const readDev = <T>(file: string, parse: (s: string) => T): T | undefined => {
     try {
@@ -26,8 +29,12 @@ export function resolveApiTarget(flags: { url?: string | undefined; token?: stri
   };
   const url = flags.url ?? env.NKS_URL ?? readDev('dev.json', (s) => (JSON.parse(s) as { url?: string }).url);
   const token = flags.token ?? env.NKS_TOKEN ?? readDev('token', (s) => s.trim());
-  if (!url) throw new UsageError(`no API URL: pass --url, set NKS_URL, or start the local stack (npm run dev) so ${path.join(devDir, 'dev.json')} exists`);
-  if (!token) throw new UsageError(`no token: pass --token, set NKS_TOKEN, or start the local stack so ${path.join(devDir, 'token')} exists`);
+  if (!url)
+    throw new UsageError(
+      `no API URL: pass --url, set NKS_URL, or start the local stack (npm run dev) so ${path.join(devDir, 'dev.json')} exists`,
+    );
+  if (!token)
+    throw new UsageError(`no token: pass --token, set NKS_TOKEN, or start the local stack so ${path.join(devDir, 'token')} exists`);
   return { url, token };
 }
 

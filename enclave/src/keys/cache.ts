@@ -24,9 +24,7 @@ export class KeyCache {
   private readonly counters = { hits: 0, misses: 0, evictions: 0, expirations: 0 };
   private sweeper: NodeJS.Timeout | null = null;
 
-  constructor(
-    private readonly options: { ttlMs: number; maxEntries: number; now?: () => number },
-  ) {}
+  constructor(private readonly options: { ttlMs: number; maxEntries: number; now?: () => number }) {}
 
   private now(): number {
     return this.options.now?.() ?? Date.now();

@@ -74,7 +74,13 @@ export class RecipientKeys {
   current(): Promise<RecipientLease> {
     const now = this.now();
     const { key, doc } = this;
-    if (key?.privateKey && doc && doc.key === key && now - key.createdAt < this.options.rotateMs && now - doc.at < this.options.documentMaxAgeMs) {
+    if (
+      key?.privateKey &&
+      doc &&
+      doc.key === key &&
+      now - key.createdAt < this.options.rotateMs &&
+      now - doc.at < this.options.documentMaxAgeMs
+    ) {
       return Promise.resolve(new RecipientLease(key, doc.document));
     }
     this.pending ??= this.refresh().finally(() => {

@@ -56,7 +56,12 @@ export class Unsealer {
     try {
       return await this.kmsProxy.call(
         'kms.decrypt',
-        { kmsKeyArn: blob.kmsKeyArn, ciphertextBlob: blob.wrappedKey.toString('base64'), attestationDocument: document.toString('base64'), deadlineMs: this.options.deadlineMs },
+        {
+          kmsKeyArn: blob.kmsKeyArn,
+          ciphertextBlob: blob.wrappedKey.toString('base64'),
+          attestationDocument: document.toString('base64'),
+          deadlineMs: this.options.deadlineMs,
+        },
         { deadlineMs: this.options.deadlineMs },
       );
     } catch (err) {

@@ -62,7 +62,8 @@ export class NsmClient {
     ]);
     const res = await this.call(new Map([['Attestation', body]]), 'Attestation');
     const doc = res instanceof Map ? res.get('document') : undefined;
-    if (!(doc instanceof Uint8Array) || doc.length === 0) throw new KeystoreError('ATTESTATION_FAILED', 'NSM Attestation: no document in the response');
+    if (!(doc instanceof Uint8Array) || doc.length === 0)
+      throw new KeystoreError('ATTESTATION_FAILED', 'NSM Attestation: no document in the response');
     return Buffer.from(doc);
   }
 
@@ -76,6 +77,11 @@ export class NsmClient {
   async describe(): Promise<{ moduleId: string; maxPcrs: number; lockedPcrs: number[]; digest: string }> {
     const res = await this.call('DescribeNSM', 'DescribeNSM');
     if (!(res instanceof Map)) throw new KeystoreError('ATTESTATION_FAILED', 'NSM DescribeNSM: unexpected response');
-    return { moduleId: String(res.get('module_id')), maxPcrs: Number(res.get('max_pcrs')), lockedPcrs: (res.get('locked_pcrs') as number[]) ?? [], digest: String(res.get('digest')) };
+    return {
+      moduleId: String(res.get('module_id')),
+      maxPcrs: Number(res.get('max_pcrs')),
+      lockedPcrs: (res.get('locked_pcrs') as number[]) ?? [],
+      digest: String(res.get('digest')),
+    };
   }
 }

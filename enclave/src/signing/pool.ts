@@ -181,7 +181,13 @@ export class SignerPool {
     worker.on('error', (err) => this.onError(`signer thread failed: ${err.message}`, err));
     worker.on('exit', () => {
       if (slot.retired) return;
-      this.retire(slot, undefined, new KeystoreError('UNAVAILABLE', this.closed ? 'the enclave is shutting down' : 'a signer thread stopped; retry', { retryable: true }));
+      this.retire(
+        slot,
+        undefined,
+        new KeystoreError('UNAVAILABLE', this.closed ? 'the enclave is shutting down' : 'a signer thread stopped; retry', {
+          retryable: true,
+        }),
+      );
     });
     worker.unref();
     return slot;
@@ -279,7 +285,8 @@ export class SignerPool {
   async close(): Promise<void> {
     this.closed = true;
     const slots = [...this.slots];
-    for (const slot of slots) if (!slot.retired) this.retire(slot, undefined, new KeystoreError('UNAVAILABLE', 'the enclave is shutting down'));
+    for (const slot of slots)
+      if (!slot.retired) this.retire(slot, undefined, new KeystoreError('UNAVAILABLE', 'the enclave is shutting down'));
     await Promise.all(slots.map((s) => s.worker.terminate().catch(() => undefined)));
   }
 }

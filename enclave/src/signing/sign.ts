@@ -43,7 +43,7 @@ function invalid(err: unknown, what: string): KeystoreError {
 function toViemTransaction(tx: TransactionRequest): TransactionSerializable {
   const { to, ...rest } = tx;
   // A null or absent `to` is a contract creation.
-  return (to ? { ...rest, to } : rest);
+  return to ? { ...rest, to } : rest;
 }
 
 function prepare(req: SignRequest): Prepared {
@@ -71,11 +71,19 @@ function prepare(req: SignRequest): Prepared {
       }
       return {
         digest: keccak256(unsigned),
-        extra: (sig) => ({ serializedTransaction: serializeTransaction(tx, { r: sig.r, s: sig.s, yParity: sig.yParity, v: 27n + BigInt(sig.yParity) }) }),
+        extra: (sig) => ({
+          serializedTransaction: serializeTransaction(tx, { r: sig.r, s: sig.s, yParity: sig.yParity, v: 27n + BigInt(sig.yParity) }),
+        }),
       };
     }
     case 'authorization':
-      return { digest: hashAuthorization({ chainId: req.authorization.chainId, address: req.authorization.address, nonce: req.authorization.nonce }) };
+      return {
+        digest: hashAuthorization({
+          chainId: req.authorization.chainId,
+          address: req.authorization.address,
+          nonce: req.authorization.nonce,
+        }),
+      };
     case 'userOperation': {
       let userOperationHash: Hex;
       try {

@@ -33,7 +33,9 @@ export class TokenAuth {
   authenticate(header: string | undefined): Principal {
     const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(header ?? '');
     if (!m) throw new KeystoreError('UNAUTHORIZED', header ? 'Authorization must be "Bearer <token>"' : 'missing bearer token');
-    const presented = createHash('sha256').update(m[1] as string, 'utf8').digest();
+    const presented = createHash('sha256')
+      .update(m[1] as string, 'utf8')
+      .digest();
     let found: Entry | undefined;
     for (const e of this.entries) {
       if (timingSafeEqual(presented, e.hash) && !found) found = e;

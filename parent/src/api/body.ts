@@ -22,7 +22,8 @@ export function hasBody(req: http.IncomingMessage): boolean {
 /** Reads a JSON body of at most `maxBytes`: `undefined` when it is empty. */
 export async function readJsonBody(req: Readable, headers: http.IncomingHttpHeaders, maxBytes: number): Promise<unknown> {
   const declared = headers['content-length'];
-  if (declared !== undefined && Number(declared) > maxBytes) throw new KeystoreError('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes exceeds the ${maxBytes}-byte limit`);
+  if (declared !== undefined && Number(declared) > maxBytes)
+    throw new KeystoreError('PAYLOAD_TOO_LARGE', `request body of ${declared} bytes exceeds the ${maxBytes}-byte limit`);
   const chunks: Buffer[] = [];
   let size = 0;
   // Plain stream events: cheaper than an async iterator on the signing hot path.

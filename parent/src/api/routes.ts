@@ -23,14 +23,26 @@ declare module 'fastify' {
   }
 }
 
-export type ApiInstance = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, FastifyBaseLogger, ZodTypeProvider>;
+export type ApiInstance = FastifyInstance<
+  RawServerDefault,
+  RawRequestDefaultExpression,
+  RawReplyDefaultExpression,
+  FastifyBaseLogger,
+  ZodTypeProvider
+>;
 
-const externalId = z.string().min(1).max(256).regex(/^[\x21-\x7e]+$/, 'expected printable ASCII without spaces');
+const externalId = z
+  .string()
+  .min(1)
+  .max(256)
+  .regex(/^[\x21-\x7e]+$/, 'expected printable ASCII without spaces');
 const labels = z
   .record(z.string().regex(/^[A-Za-z0-9_.:/-]{1,64}$/, 'label names are 1-64 characters of [A-Za-z0-9_.:/-]'), z.string().max(256))
   .refine((l) => Object.keys(l).length <= 32, 'at most 32 labels');
 
-const CreateBody = z.strictObject({ externalId: externalId.optional(), labels: labels.optional(), attest: z.boolean().optional() }).optional();
+const CreateBody = z
+  .strictObject({ externalId: externalId.optional(), labels: labels.optional(), attest: z.boolean().optional() })
+  .optional();
 const EmptyBody = z.strictObject({}).optional();
 const SignBody = requestBody(SignRequestSchema, { whenMissing: 'a sign request is required', asSent: true });
 const ListQuery = z.strictObject({
@@ -39,7 +51,12 @@ const ListQuery = z.strictObject({
   cursor: z.string().max(64).optional(),
 });
 const NoQuery = z.strictObject({});
-const AttestationQuery = z.strictObject({ nonce: z.string().regex(/^0x(?:[0-9a-fA-F]{2}){1,512}$/, 'expected 1-512 bytes of 0x-prefixed hex').optional() });
+const AttestationQuery = z.strictObject({
+  nonce: z
+    .string()
+    .regex(/^0x(?:[0-9a-fA-F]{2}){1,512}$/, 'expected 1-512 bytes of 0x-prefixed hex')
+    .optional(),
+});
 
 /** A route's URL and identity, from its documented path. */
 const at = (path: string, scope: Scope) => ({ url: routeUrl(path), config: { name: path, scope } });

@@ -13,7 +13,13 @@ import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { randomUUID } from 'node:crypto';
-import Fastify, { type FastifyReply, type FastifyRequest, type onRequestHookHandler, type preValidationHookHandler, type RouteOptions } from 'fastify';
+import Fastify, {
+  type FastifyReply,
+  type FastifyRequest,
+  type onRequestHookHandler,
+  type preValidationHookHandler,
+  type RouteOptions,
+} from 'fastify';
 import { serializerCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import { asKeystoreError, KeystoreError, type ErrorCode } from '../../../shared/src/errors';
 import type { Logger } from '../../../shared/src/log';
@@ -89,7 +95,9 @@ export class ApiServer {
   constructor(private readonly options: ApiServerOptions) {
     const { config } = options;
     const tls = config.tls;
-    const server = tls ? https.createServer({ cert: fs.readFileSync(tls.certFile), key: fs.readFileSync(tls.keyFile) }) : http.createServer();
+    const server = tls
+      ? https.createServer({ cert: fs.readFileSync(tls.certFile), key: fs.readFileSync(tls.keyFile) })
+      : http.createServer();
     server.requestTimeout = config.requestTimeoutMs + 5_000;
     server.headersTimeout = 10_000;
     server.keepAliveTimeout = 5_000;
@@ -98,7 +106,7 @@ export class ApiServer {
 
     const app = Fastify({
       // The server above, with its timeouts and limits; listen() and close() manage it.
-      serverFactory: (handler) => (server.on('request', handler) as http.Server),
+      serverFactory: (handler) => server.on('request', handler) as http.Server,
       genReqId: requestIdOf,
       requestIdHeader: false,
       // HEAD is 405 like any other method a path does not serve; draining answers 503 UNAVAILABLE itself.
@@ -303,7 +311,10 @@ export class ApiServer {
     const { code, statusCode } = (err ?? {}) as { code?: unknown; statusCode?: unknown };
     if (typeof code === 'string' && code.startsWith('FST_') && typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500) {
       if (statusCode === 415) return new KeystoreError('UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json', { cause: err });
-      if (statusCode === 413) return new KeystoreError('PAYLOAD_TOO_LARGE', `request body exceeds the ${this.options.config.maxBodyBytes}-byte limit`, { cause: err });
+      if (statusCode === 413)
+        return new KeystoreError('PAYLOAD_TOO_LARGE', `request body exceeds the ${this.options.config.maxBodyBytes}-byte limit`, {
+          cause: err,
+        });
       return new KeystoreError('INVALID_REQUEST', 'the request is malformed', { cause: err });
     }
     return asKeystoreError(err);
@@ -323,7 +334,18 @@ export class ApiServer {
     this.options.metrics.httpDuration.observe(labels, seconds);
     if (!UNLOGGED.has(state.route)) {
       const { route, principal, code } = state;
-      this.options.accessLog.info({ requestId: request.id, method: request.method, route, status, ms: Math.round(seconds * 1e4) / 10, principal, ...(code ? { code } : {}) }, 'request');
+      this.options.accessLog.info(
+        {
+          requestId: request.id,
+          method: request.method,
+          route,
+          status,
+          ms: Math.round(seconds * 1e4) / 10,
+          principal,
+          ...(code ? { code } : {}),
+        },
+        'request',
+      );
     }
     if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
   }

@@ -114,7 +114,9 @@ export function routeUrl(path: string): string {
 
 /** Whether a request path is one of a documented route path's (the 404/405 decision). */
 export function pathMatcher(path: string): RegExp {
-  const escaped = path.split(PARAM).map((part, i) => (i % 2 === 1 ? `(?:${patternOf(part).replace(/^\^|\$$/g, '')})` : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+  const escaped = path
+    .split(PARAM)
+    .map((part, i) => (i % 2 === 1 ? `(?:${patternOf(part).replace(/^\^|\$$/g, '')})` : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
   return new RegExp(`^${escaped.join('')}$`);
 }
 

@@ -114,7 +114,11 @@ export class EnclavePool {
     return this.clients.filter((c) => c.connected).length;
   }
 
-  async call<M extends EnclaveMethod>(method: M, params: ParamsOf<EnclaveApi, M>, deadlineMs = this.options.deadlineMs): Promise<ResultOf<EnclaveApi, M>> {
+  async call<M extends EnclaveMethod>(
+    method: M,
+    params: ParamsOf<EnclaveApi, M>,
+    deadlineMs = this.options.deadlineMs,
+  ): Promise<ResultOf<EnclaveApi, M>> {
     const started = process.hrtime.bigint();
     let outcome = 'ok';
     try {
@@ -141,7 +145,9 @@ export class EnclavePool {
 
   async waitUp(timeoutMs: number): Promise<void> {
     await Promise.any(this.clients.map((c) => c.waitConnected(timeoutMs))).catch((err: unknown) => {
-      throw new KeystoreError('UNAVAILABLE', `the enclave at ${this.options.address} did not answer within ${timeoutMs} ms`, { cause: err });
+      throw new KeystoreError('UNAVAILABLE', `the enclave at ${this.options.address} did not answer within ${timeoutMs} ms`, {
+        cause: err,
+      });
     });
   }
 

@@ -48,7 +48,14 @@ export function kmsBudgetMs(ownMs: number, enclaveMs: number | undefined): numbe
 }
 
 /** KMS errors that are worth another attempt even without a 5xx status (KMS lists them as transient). */
-const TRANSIENT = new Set(['KMSInternalException', 'DependencyTimeoutException', 'KeyUnavailableException', 'ServiceUnavailableException', 'RequestTimeout', 'TimeoutError']);
+const TRANSIENT = new Set([
+  'KMSInternalException',
+  'DependencyTimeoutException',
+  'KeyUnavailableException',
+  'ServiceUnavailableException',
+  'RequestTimeout',
+  'TimeoutError',
+]);
 
 /**
  * KMS (or transport) error -> the shared error code the enclave and callers understand. Only throttling, 5xx and
@@ -79,7 +86,8 @@ export function mapKmsError(err: unknown): KeystoreError {
       return /attestation/i.test(text) ? of('ATTESTATION_FAILED', text) : of('KMS_REJECTED', text || 'the request is not valid');
     default:
       if (e?.$fault === 'server' || status >= 500 || TRANSIENT.has(name)) return of('KMS_UNAVAILABLE', text || 'service error');
-      if (e?.$fault === 'client' || (status >= 400 && status < 500)) return of('KMS_REJECTED', text || `refused the request (HTTP ${status || '4xx'})`);
+      if (e?.$fault === 'client' || (status >= 400 && status < 500))
+        return of('KMS_REJECTED', text || `refused the request (HTTP ${status || '4xx'})`);
       // No answer from KMS at all (connection refused or reset, DNS, TLS): the transport, retried.
       return new KeystoreError('KMS_UNAVAILABLE', `KMS could not be reached: ${name}${text ? `: ${text}` : ''}`, { cause: err });
   }
@@ -108,7 +116,8 @@ export class KmsProxy {
       throw new KeystoreError('KMS_KEY_NOT_ALLOWED', `KMS key ${p.kmsKeyArn} is not in this parent's allowedKeyArns`);
     }
     const document = Buffer.from(p.attestationDocument, 'base64');
-    if (document.length === 0) throw new KeystoreError('INVALID_PARAMS', 'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext');
+    if (document.length === 0)
+      throw new KeystoreError('INVALID_PARAMS', 'kms.decrypt needs an attestation document; the proxy never asks KMS for plaintext');
 
     const started = Date.now();
     const budgetMs = kmsBudgetMs(this.options.deadlineMs, p.deadlineMs);
@@ -133,9 +142,18 @@ export class KmsProxy {
         );
         if (res.Plaintext && res.Plaintext.length > 0) {
           res.Plaintext.fill(0);
-          throw this.finish(new KeystoreError('INTERNAL', 'KMS returned plaintext to an attested request; refusing to relay it'), started, 'plaintext');
+          throw this.finish(
+            new KeystoreError('INTERNAL', 'KMS returned plaintext to an attested request; refusing to relay it'),
+            started,
+            'plaintext',
+          );
         }
-        if (!res.CiphertextForRecipient?.length) throw this.finish(new KeystoreError('KMS_UNAVAILABLE', 'KMS returned no CiphertextForRecipient'), started, 'no_recipient_ciphertext');
+        if (!res.CiphertextForRecipient?.length)
+          throw this.finish(
+            new KeystoreError('KMS_UNAVAILABLE', 'KMS returned no CiphertextForRecipient'),
+            started,
+            'no_recipient_ciphertext',
+          );
         this.options.onCall?.('ok', (Date.now() - started) / 1000);
         return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient).toString('base64'), keyId: res.KeyId ?? p.kmsKeyArn };
       } catch (err) {

@@ -138,14 +138,16 @@ export class KeyStore {
    * existing record is returned instead and nothing is written.
    */
   insert(rec: Omit<KeyRecord, 'disabled' | 'updatedAt'>): { record: KeyRecord; created: boolean } {
-    return this.db.transaction(() => {
-      if (rec.externalId) {
-        const existing = this.stmts.byExternalId.get(rec.externalId);
-        if (existing) return { record: toRecord(existing), created: false };
-      }
-      this.stmts.insert.run({ ...rec, labels: JSON.stringify(rec.labels) });
-      return { record: toRecord(this.stmts.byKeyId.get(rec.keyId) as Row), created: true };
-    }).immediate();
+    return this.db
+      .transaction(() => {
+        if (rec.externalId) {
+          const existing = this.stmts.byExternalId.get(rec.externalId);
+          if (existing) return { record: toRecord(existing), created: false };
+        }
+        this.stmts.insert.run({ ...rec, labels: JSON.stringify(rec.labels) });
+        return { record: toRecord(this.stmts.byKeyId.get(rec.keyId) as Row), created: true };
+      })
+      .immediate();
   }
 
   get(keyId: string): KeyRecord | undefined {

@@ -13,9 +13,16 @@ import { verifyAttestation, type VerifiedAttestation, type VerifyOptions } from 
 
 export type BirthVerifyOptions = Omit<VerifyOptions, 'expectedUserData'> & { expectedPcrs: NonNullable<VerifyOptions['expectedPcrs']> };
 
-export function verifyBirthAttestation(document: Uint8Array, key: { keyId: string; address: string }, options: BirthVerifyOptions): VerifiedAttestation {
+export function verifyBirthAttestation(
+  document: Uint8Array,
+  key: { keyId: string; address: string },
+  options: BirthVerifyOptions,
+): VerifiedAttestation {
   if (options.expectedPcrs?.[0] === undefined) {
-    throw new AttestationError('PCR_REQUIRED', 'a birth attestation is evidence only together with the PCR0 of an image you approve: pass the expected PCR0');
+    throw new AttestationError(
+      'PCR_REQUIRED',
+      'a birth attestation is evidence only together with the PCR0 of an image you approve: pass the expected PCR0',
+    );
   }
   const verified = verifyAttestation(document, options);
   checkBirthUserData(verified.document.userData, key.keyId, key.address);

@@ -95,7 +95,8 @@ export function decodeAttestationPayload(payload: Uint8Array): AttestationDocume
 
   const ts = map.get('timestamp');
   const timestamp = typeof ts === 'bigint' ? Number(ts) : ts;
-  if (typeof timestamp !== 'number' || !Number.isSafeInteger(timestamp) || timestamp <= 0) throw malformed('timestamp is not a positive integer');
+  if (typeof timestamp !== 'number' || !Number.isSafeInteger(timestamp) || timestamp <= 0)
+    throw malformed('timestamp is not a positive integer');
 
   const rawPcrs = map.get('pcrs');
   if (!(rawPcrs instanceof Map) || rawPcrs.size < 1 || rawPcrs.size > 32) throw malformed('pcrs is not a map of 1..32 entries');

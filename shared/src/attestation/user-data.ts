@@ -58,5 +58,8 @@ export function checkBirthUserData(userData: Uint8Array | undefined, keyId: stri
       'birth attestation predates domain-tagged user data (nitro-keystore 0.1): a compromised parent could mint such a document for an address of its own, so it is not evidence. Ask the keystore for a current attestation of the key instead.',
     );
   }
-  throw new AttestationError('USER_DATA_MISMATCH', `attestation document: user_data is not the birth attestation of key ${keyId} with address ${address}`);
+  throw new AttestationError(
+    'USER_DATA_MISMATCH',
+    `attestation document: user_data is not the birth attestation of key ${keyId} with address ${address}`,
+  );
 }

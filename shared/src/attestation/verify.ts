@@ -127,7 +127,11 @@ export function verifyAttestation(data: Uint8Array, options: VerifyOptions = {})
   // Chain: root first, leaf last.
   const chainDer = [...document.cabundle, document.certificate];
   const certs = chainDer.map((der, i) => parseCert(der, i === chainDer.length - 1 ? 'certificate' : `cabundle[${i}]`));
-  const names = certs.map((c, i) => (i === certs.length - 1 ? `the signing certificate (${c.x509.subject.replace(/\n/g, ', ')})` : `CA certificate ${i} (${c.x509.subject.replace(/\n/g, ', ')})`));
+  const names = certs.map((c, i) =>
+    i === certs.length - 1
+      ? `the signing certificate (${c.x509.subject.replace(/\n/g, ', ')})`
+      : `CA certificate ${i} (${c.x509.subject.replace(/\n/g, ', ')})`,
+  );
 
   const roots = (options.trustedRoots ?? [AWS_NITRO_ROOT_G1_PEM]).map(toDer);
   const root = certs[0] as ParsedCert;
@@ -161,7 +165,10 @@ export function verifyAttestation(data: Uint8Array, options: VerifyOptions = {})
     const now = (options.now ?? new Date()).getTime();
     const age = now - document.timestamp;
     if (age > options.maxAgeMs) {
-      throw new AttestationError('STALE', `attestation document is ${Math.round(age / 1000)} s old; at most ${Math.round(options.maxAgeMs / 1000)} s allowed`);
+      throw new AttestationError(
+        'STALE',
+        `attestation document is ${Math.round(age / 1000)} s old; at most ${Math.round(options.maxAgeMs / 1000)} s allowed`,
+      );
     }
     if (-age > (options.maxFutureSkewMs ?? 60_000)) {
       throw new AttestationError('FROM_THE_FUTURE', `attestation document is dated ${Math.round(-age / 1000)} s in the future`);
@@ -176,7 +183,10 @@ export function verifyAttestation(data: Uint8Array, options: VerifyOptions = {})
   for (const [index, expected] of Object.entries(options.expectedPcrs ?? {})) {
     const actual = document.pcrs.get(Number(index));
     if (!actual || !actual.equals(bytesOf(expected))) {
-      throw new AttestationError('PCR_MISMATCH', `attestation document: PCR${index} is ${actual ? actual.toString('hex') : 'absent'}, expected ${bytesOf(expected).toString('hex')}`);
+      throw new AttestationError(
+        'PCR_MISMATCH',
+        `attestation document: PCR${index} is ${actual ? actual.toString('hex') : 'absent'}, expected ${bytesOf(expected).toString('hex')}`,
+      );
     }
   }
   if (options.requirePublicKey && !document.publicKey) {

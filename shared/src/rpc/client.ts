@@ -63,7 +63,6 @@ interface Pending {
 
 type State = 'idle' | 'connecting' | 'connected' | 'backoff' | 'closed';
 
-
 /** A client for the method table `A`: `call` accepts only its methods, their params, and returns their results. */
 export class RpcClient<A extends RpcApi = RpcApi> {
   private state: State = 'idle';
@@ -142,7 +141,10 @@ export class RpcClient<A extends RpcApi = RpcApi> {
       throw new KeystoreError('OVERLOADED', `${this.options.name}: more than ${this.maxInFlight} requests in flight`);
     }
     if (conn.bufferedBytes > this.maxQueuedBytes) {
-      throw new KeystoreError('OVERLOADED', `${this.options.name}: ${conn.bufferedBytes} request bytes not yet taken by ${this.options.address}`);
+      throw new KeystoreError(
+        'OVERLOADED',
+        `${this.options.name}: ${conn.bufferedBytes} request bytes not yet taken by ${this.options.address}`,
+      );
     }
     const remaining = deadlineMs - (Date.now() - startedAt);
     if (remaining <= 0) throw this.timeout(method, deadlineMs);
@@ -150,7 +152,13 @@ export class RpcClient<A extends RpcApi = RpcApi> {
   }
 
   /** Sends one request on `conn` and waits up to `remainingMs` for its answer. */
-  private request(conn: FramedConnection, method: string, params: unknown, remainingMs: number, deadlineMs = remainingMs): Promise<unknown> {
+  private request(
+    conn: FramedConnection,
+    method: string,
+    params: unknown,
+    remainingMs: number,
+    deadlineMs = remainingMs,
+  ): Promise<unknown> {
     const id = this.nextId++;
     return new Promise<unknown>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -282,7 +290,10 @@ export class RpcClient<A extends RpcApi = RpcApi> {
     this.stallTimer = setTimeout(() => {
       this.stallTimer = null;
       if (this.conn !== conn || conn.bufferedBytes === 0) return;
-      this.options.logger.warn({ address: this.options.address, unsentBytes: conn.bufferedBytes }, `${this.options.name}: the peer took no bytes for ${this.defaultDeadlineMs} ms; dropping the connection`);
+      this.options.logger.warn(
+        { address: this.options.address, unsentBytes: conn.bufferedBytes },
+        `${this.options.name}: the peer took no bytes for ${this.defaultDeadlineMs} ms; dropping the connection`,
+      );
       conn.destroy();
     }, this.defaultDeadlineMs);
     this.stallTimer.unref();
@@ -313,7 +324,10 @@ export class RpcClient<A extends RpcApi = RpcApi> {
     }
     const res = parsed.data;
     if (res.id === null) {
-      this.options.logger.warn({ error: 'error' in res ? res.error.message : undefined }, `${this.options.name}: peer reported an error for an unidentifiable request`);
+      this.options.logger.warn(
+        { error: 'error' in res ? res.error.message : undefined },
+        `${this.options.name}: peer reported an error for an unidentifiable request`,
+      );
       return;
     }
     const p = this.pending.get(res.id);

@@ -139,10 +139,13 @@ function resolveLimits(options: RpcServerOptions): Required<RpcServerLimits> {
     maxConnections: options.maxConnections ?? d.maxConnections,
   };
   for (const [k, v] of Object.entries(l)) {
-    if (!Number.isSafeInteger(v) || v < (k === 'unsentLowWaterBytes' ? 0 : 1)) throw new TypeError(`RpcServer ${k} must be a positive integer, got ${v}`);
+    if (!Number.isSafeInteger(v) || v < (k === 'unsentLowWaterBytes' ? 0 : 1))
+      throw new TypeError(`RpcServer ${k} must be a positive integer, got ${v}`);
   }
   if (l.maxInFlightBytesPerConnection < frame || l.maxInFlightBytes < frame) {
-    throw new TypeError(`RpcServer in-flight byte limits must be at least maxFrameBytes (${frame}), or no request of the maximum size could run`);
+    throw new TypeError(
+      `RpcServer in-flight byte limits must be at least maxFrameBytes (${frame}), or no request of the maximum size could run`,
+    );
   }
   if (!(l.unsentLowWaterBytes < l.unsentHighWaterBytes && l.unsentHighWaterBytes <= l.maxUnsentBytesPerConnection)) {
     throw new TypeError('RpcServer needs unsentLowWaterBytes < unsentHighWaterBytes <= maxUnsentBytesPerConnection');
@@ -278,19 +281,21 @@ export class RpcServer {
     served.inFlight += 1;
     served.inFlightBytes += bytes;
     const ctx: RpcCallContext = { method, connection: framed.description };
-    void this.execute(spec, params ?? {}, ctx).then(
-      (result) => this.reply(served, successResponse(id, result)),
-      (err: unknown) => {
-        if (!(err instanceof KeystoreError)) log.error({ err, method }, 'handler failed unexpectedly');
-        this.reply(served, errorResponse(id, toRpcError(err)));
-      },
-    ).finally(() => {
-      this.inFlight -= 1;
-      this.inFlightBytes -= bytes;
-      served.inFlight -= 1;
-      served.inFlightBytes -= bytes;
-      if (this.inFlight === 0) for (const w of this.drainWaiters.splice(0)) w();
-    });
+    void this.execute(spec, params ?? {}, ctx)
+      .then(
+        (result) => this.reply(served, successResponse(id, result)),
+        (err: unknown) => {
+          if (!(err instanceof KeystoreError)) log.error({ err, method }, 'handler failed unexpectedly');
+          this.reply(served, errorResponse(id, toRpcError(err)));
+        },
+      )
+      .finally(() => {
+        this.inFlight -= 1;
+        this.inFlightBytes -= bytes;
+        served.inFlight -= 1;
+        served.inFlightBytes -= bytes;
+        if (this.inFlight === 0) for (const w of this.drainWaiters.splice(0)) w();
+      });
   }
 
   /** Why a request of `bytes` may not run now, or null when it may. */
@@ -298,8 +303,10 @@ export class RpcServer {
     const l = this.limits;
     if (this.draining) return 'server is shutting down';
     if (this.inFlight >= this.maxConcurrent) return `more than ${this.maxConcurrent} requests in flight`;
-    if (served.inFlight >= l.maxInFlightPerConnection) return `more than ${l.maxInFlightPerConnection} requests in flight on this connection`;
-    if (served.inFlightBytes + bytes > l.maxInFlightBytesPerConnection) return `more than ${l.maxInFlightBytesPerConnection} bytes of requests in flight on this connection`;
+    if (served.inFlight >= l.maxInFlightPerConnection)
+      return `more than ${l.maxInFlightPerConnection} requests in flight on this connection`;
+    if (served.inFlightBytes + bytes > l.maxInFlightBytesPerConnection)
+      return `more than ${l.maxInFlightBytesPerConnection} bytes of requests in flight on this connection`;
     if (this.inFlightBytes + bytes > l.maxInFlightBytes) return `more than ${l.maxInFlightBytes} bytes of requests in flight`;
     return null;
   }
@@ -364,7 +371,10 @@ export class RpcServer {
     this.track(served, unsent);
     if (served.paused && unsent <= this.limits.unsentLowWaterBytes) {
       this.unpause(served);
-      this.options.logger.info({ connection: served.framed.description, unsentBytes: unsent }, 'resumed reading a connection whose backlog drained');
+      this.options.logger.info(
+        { connection: served.framed.description, unsentBytes: unsent },
+        'resumed reading a connection whose backlog drained',
+      );
       served.framed.resumeReading();
     }
   }

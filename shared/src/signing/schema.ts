@@ -26,21 +26,19 @@ const UINT256_MAX = (1n << 256n) - 1n;
 
 /** An unsigned integer as decimal string, 0x hex, or safe JSON integer; parsed to bigint within `max`. */
 function uint(max: bigint, what: string) {
-  return z
-    .union([z.string().max(80), z.number().int().nonnegative().safe()])
-    .transform((v, ctx) => {
-      const s = String(v);
-      if (!/^(0x[0-9a-fA-F]+|0|[1-9][0-9]*)$/.test(s)) {
-        ctx.addIssue({ code: 'custom', message: `expected ${what} as a decimal string or 0x hex` });
-        return z.NEVER;
-      }
-      const n = BigInt(s);
-      if (n > max) {
-        ctx.addIssue({ code: 'custom', message: `${what} out of range` });
-        return z.NEVER;
-      }
-      return n;
-    });
+  return z.union([z.string().max(80), z.number().int().nonnegative().safe()]).transform((v, ctx) => {
+    const s = String(v);
+    if (!/^(0x[0-9a-fA-F]+|0|[1-9][0-9]*)$/.test(s)) {
+      ctx.addIssue({ code: 'custom', message: `expected ${what} as a decimal string or 0x hex` });
+      return z.NEVER;
+    }
+    const n = BigInt(s);
+    if (n > max) {
+      ctx.addIssue({ code: 'custom', message: `${what} out of range` });
+      return z.NEVER;
+    }
+    return n;
+  });
 }
 
 const uint256 = uint(UINT256_MAX, 'a uint256');
@@ -101,7 +99,11 @@ const userOpCommon = {
   signature: hexData.optional(),
 };
 
-export const UserOperationV06Schema = z.strictObject({ ...userOpCommon, initCode: hexData.optional(), paymasterAndData: hexData.optional() });
+export const UserOperationV06Schema = z.strictObject({
+  ...userOpCommon,
+  initCode: hexData.optional(),
+  paymasterAndData: hexData.optional(),
+});
 export const UserOperationV07Schema = z.strictObject({
   ...userOpCommon,
   factory: address.optional(),
@@ -173,8 +175,20 @@ export const SignRequestSchema = z.discriminatedUnion('type', [
       }
     }),
   z.discriminatedUnion('version', [
-    z.strictObject({ type: z.literal('userOperation'), version: z.literal('0.6'), chainId, entryPoint: address, userOperation: UserOperationV06Schema }),
-    z.strictObject({ type: z.literal('userOperation'), version: z.literal('0.7'), chainId, entryPoint: address, userOperation: UserOperationV07Schema }),
+    z.strictObject({
+      type: z.literal('userOperation'),
+      version: z.literal('0.6'),
+      chainId,
+      entryPoint: address,
+      userOperation: UserOperationV06Schema,
+    }),
+    z.strictObject({
+      type: z.literal('userOperation'),
+      version: z.literal('0.7'),
+      chainId,
+      entryPoint: address,
+      userOperation: UserOperationV07Schema,
+    }),
   ]),
 ]);
 

@@ -112,22 +112,39 @@ interface Frame {
  * the path where it happened, or the usage (for tests and the benchmark).
  */
 export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits = TYPED_DATA_LIMITS): BudgetVerdict {
-  const fail = (limit: keyof TypedDataLimits | 'shape', path: Array<string | number>, message: string): BudgetVerdict => ({ ok: false, limit, path, message });
+  const fail = (limit: keyof TypedDataLimits | 'shape', path: Array<string | number>, message: string): BudgetVerdict => ({
+    ok: false,
+    limit,
+    path,
+    message,
+  });
 
   const tooManyValues = (path: Array<string | number>) =>
-    fail('maxValues', path, `typed data exceeds its complexity budget: more than ${limits.maxValues} values (struct fields and array elements) to encode in all (maxValues)`);
+    fail(
+      'maxValues',
+      path,
+      `typed data exceeds its complexity budget: more than ${limits.maxValues} values (struct fields and array elements) to encode in all (maxValues)`,
+    );
 
   // 1. The type definitions: counts first, so the closures below are cheap.
   const typeNames = Object.keys(td.types);
   if (typeNames.length > limits.maxTypes) {
-    return fail('maxTypes', ['types'], `typed data exceeds its complexity budget: ${typeNames.length} types, more than the ${limits.maxTypes} allowed (maxTypes)`);
+    return fail(
+      'maxTypes',
+      ['types'],
+      `typed data exceeds its complexity budget: ${typeNames.length} types, more than the ${limits.maxTypes} allowed (maxTypes)`,
+    );
   }
   const structs = new Map<string, readonly Field[]>();
   let maxFields = 0;
   for (const name of typeNames) {
     const fields = td.types[name] as readonly Field[];
     if (fields.length > limits.maxFieldsPerType) {
-      return fail('maxFieldsPerType', ['types', name], `typed data exceeds its complexity budget: a type with ${fields.length} fields, more than the ${limits.maxFieldsPerType} allowed (maxFieldsPerType)`);
+      return fail(
+        'maxFieldsPerType',
+        ['types', name],
+        `typed data exceeds its complexity budget: a type with ${fields.length} fields, more than the ${limits.maxFieldsPerType} allowed (maxFieldsPerType)`,
+      );
     }
     maxFields = Math.max(maxFields, fields.length);
     structs.set(name, fields);
@@ -176,14 +193,22 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
   while (stack.length > 0) {
     const { type, value, depth: d, path } = stack.pop() as Frame;
     if (d > limits.maxDepth) {
-      return fail('maxDepth', path, `typed data exceeds its complexity budget: nested deeper than ${limits.maxDepth} levels of structs and arrays (maxDepth)`);
+      return fail(
+        'maxDepth',
+        path,
+        `typed data exceeds its complexity budget: nested deeper than ${limits.maxDepth} levels of structs and arrays (maxDepth)`,
+      );
     }
     depth = Math.max(depth, d);
 
     if (isArrayType(type)) {
       if (!Array.isArray(value)) return fail('shape', path, `expected an array for type ${type}`);
       if (value.length > limits.maxArrayLength) {
-        return fail('maxArrayLength', path, `typed data exceeds its complexity budget: an array of ${value.length} elements, more than the ${limits.maxArrayLength} allowed (maxArrayLength)`);
+        return fail(
+          'maxArrayLength',
+          path,
+          `typed data exceeds its complexity budget: an array of ${value.length} elements, more than the ${limits.maxArrayLength} allowed (maxArrayLength)`,
+        );
       }
       longestArray = Math.max(longestArray, value.length);
       values += value.length;
@@ -198,22 +223,36 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
 
     const fields = fieldsOf(type);
     if (fields === undefined) continue; // an atomic value (or an unknown type, which viem refuses)
-    if (typeof value !== 'object' || value === null || Array.isArray(value)) return fail('shape', path, `expected an object for struct type ${type}`);
+    if (typeof value !== 'object' || value === null || Array.isArray(value))
+      return fail('shape', path, `expected an object for struct type ${type}`);
     structInstances += 1;
     if (structInstances > limits.maxStructInstances) {
-      return fail('maxStructInstances', path, `typed data exceeds its complexity budget: more than ${limits.maxStructInstances} struct values to encode (maxStructInstances)`);
+      return fail(
+        'maxStructInstances',
+        path,
+        `typed data exceeds its complexity budget: more than ${limits.maxStructInstances} struct values to encode (maxStructInstances)`,
+      );
     }
     values += fields.length;
     if (values > limits.maxValues) return tooManyValues(path);
     typeStringChars += lengthOf(type);
     if (typeStringChars > limits.maxTypeStringChars) {
-      return fail('maxTypeStringChars', path, `typed data exceeds its complexity budget: its type strings, rebuilt for every struct value, exceed ${limits.maxTypeStringChars} characters in all (maxTypeStringChars; fewer or smaller types, or fewer struct values)`);
+      return fail(
+        'maxTypeStringChars',
+        path,
+        `typed data exceeds its complexity budget: its type strings, rebuilt for every struct value, exceed ${limits.maxTypeStringChars} characters in all (maxTypeStringChars; fewer or smaller types, or fewer struct values)`,
+      );
     }
     const record = value as Record<string, unknown>;
     for (let i = fields.length - 1; i >= 0; i--) {
       const f = fields[i] as Field;
       if (!isArrayType(f.type) && fieldsOf(f.type) === undefined) continue;
-      stack.push({ type: f.type, value: Object.hasOwn(record, f.name) ? record[f.name] : undefined, depth: d + 1, path: [...path, f.name] });
+      stack.push({
+        type: f.type,
+        value: Object.hasOwn(record, f.name) ? record[f.name] : undefined,
+        depth: d + 1,
+        path: [...path, f.name],
+      });
     }
   }
   return { ok: true, usage: { types: typeNames.length, maxFields, depth, longestArray, structInstances, values, typeStringChars } };

@@ -76,11 +76,18 @@ export function loadVsockBinding(candidates?: readonly string[]): VsockBinding {
   if (cached && !candidates) return cached;
   let binding: VsockBinding;
   try {
-    binding = loadAddon<VsockBinding>('the AF_VSOCK addon (enclave/native/vsock.c, built by `npm run build`)', candidates ?? vsockAddonCandidates());
+    binding = loadAddon<VsockBinding>(
+      'the AF_VSOCK addon (enclave/native/vsock.c, built by `npm run build`)',
+      candidates ?? vsockAddonCandidates(),
+    );
   } catch (err) {
-    throw new Error(`${(err as Error).message}\nThe real vsock transport needs it; on a development machine use the simulated transport instead.`, { cause: err });
+    throw new Error(
+      `${(err as Error).message}\nThe real vsock transport needs it; on a development machine use the simulated transport instead.`,
+      { cause: err },
+    );
   }
-  if (typeof binding?.connect !== 'function' || typeof binding.write !== 'function') throw new Error('the AF_VSOCK addon loaded but is not the expected one');
+  if (typeof binding?.connect !== 'function' || typeof binding.write !== 'function')
+    throw new Error('the AF_VSOCK addon loaded but is not the expected one');
   if (!candidates) cached = binding;
   return binding;
 }
@@ -374,9 +381,13 @@ export class RealVsockTransport implements Transport {
     const binding = this.binding;
     try {
       // Binds VMADDR_CID_ANY:port (the CID of the address is this machine's own).
-      return new VsockListener(binding, formatVsockAddress({ cid, port }), onConnection, (onEvent) => binding.listen(port, LISTEN_BACKLOG, onEvent));
+      return new VsockListener(binding, formatVsockAddress({ cid, port }), onConnection, (onEvent) =>
+        binding.listen(port, LISTEN_BACKLOG, onEvent),
+      );
     } catch (err) {
-      throw Object.assign(new Error(`cannot listen on ${address}: ${(err as Error).message}`, { cause: err }), { code: (err as NodeJS.ErrnoException).code });
+      throw Object.assign(new Error(`cannot listen on ${address}: ${(err as Error).message}`, { cause: err }), {
+        code: (err as NodeJS.ErrnoException).code,
+      });
     }
   }
 }

@@ -13,7 +13,18 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { SimulatedNitroCa } from '../nsm/ca';
 import { measureImageFiles } from '../measure';
-import { approvedByPolicy, DEV_ADMIN_ACCESS_KEY, DEV_ADMIN_ROLE, DEV_PARENT_ACCESS_KEY, DEV_PARENT_ROLE, devPaths, ensureTokenAndParentConfig, provision, updatePolicy, type Provisioned } from './provision';
+import {
+  approvedByPolicy,
+  DEV_ADMIN_ACCESS_KEY,
+  DEV_ADMIN_ROLE,
+  DEV_PARENT_ACCESS_KEY,
+  DEV_PARENT_ROLE,
+  devPaths,
+  ensureTokenAndParentConfig,
+  provision,
+  updatePolicy,
+  type Provisioned,
+} from './provision';
 import { startChild, type Child } from './supervisor';
 
 const USAGE = 'usage: dev [--dir DIR] [--api-port PORT] [--update-policy] [--no-build]';
@@ -64,7 +75,8 @@ async function main(): Promise<number> {
   fs.mkdirSync(p.runDir, { recursive: true, mode: 0o700 });
   if (fs.existsSync(p.lock)) {
     const pid = Number(fs.readFileSync(p.lock, 'utf8'));
-    if (pid && pid !== process.pid && alive(pid)) throw new Error(`another local stack (pid ${pid}) is using ${p.dir}; stop it first or choose another --dir`);
+    if (pid && pid !== process.pid && alive(pid))
+      throw new Error(`another local stack (pid ${pid}) is using ${p.dir}; stop it first or choose another --dir`);
   }
   fs.writeFileSync(p.lock, String(process.pid));
 
@@ -109,11 +121,16 @@ async function main(): Promise<number> {
     await SimulatedNitroCa.open(nsmCaFile, { instanceId: 'i-0dev00000000000000' });
 
     const kms = start('kms', 'kms-emulator.js', [
-      '--port', '0',
-      '--state', p.kmsState,
-      '--trust-root', p.rootPem,
-      '--principal', DEV_PARENT_ROLE,
-      '--access-key', `${DEV_ADMIN_ACCESS_KEY}=${DEV_ADMIN_ROLE}`,
+      '--port',
+      '0',
+      '--state',
+      p.kmsState,
+      '--trust-root',
+      p.rootPem,
+      '--principal',
+      DEV_PARENT_ROLE,
+      '--access-key',
+      `${DEV_ADMIN_ACCESS_KEY}=${DEV_ADMIN_ROLE}`,
     ]);
     const kmsUrl = String((await kms.waitFor('KMS emulator listening')).url);
 
@@ -131,12 +148,29 @@ async function main(): Promise<number> {
     }
     const approved = await approvedByPolicy(kmsUrl, prov.keyArn);
     if (!approved.includes(current.PCR0)) {
-      say(`dev: WARNING: the enclave image changed since provisioning. Its PCR0 ${current.PCR0} is not approved by the key policy (approved: ${approved.join(', ') || 'none'}).`);
-      say('dev: KMS will refuse to unseal existing keys for this enclave, as it would in AWS. To approve the new measurements: npm run dev -- --update-policy');
+      say(
+        `dev: WARNING: the enclave image changed since provisioning. Its PCR0 ${current.PCR0} is not approved by the key policy (approved: ${approved.join(', ') || 'none'}).`,
+      );
+      say(
+        'dev: KMS will refuse to unseal existing keys for this enclave, as it would in AWS. To approve the new measurements: npm run dev -- --update-policy',
+      );
     }
 
     ensureTokenAndParentConfig(p, prov.keyArn, apiPort);
-    start('nsm', 'nsm-sim.js', ['--socket', path.join(p.runDir, 'nsm.sock'), '--state-dir', p.nsmStateDir, '--image', bundle, '--image', p.enclaveConfig, '--parent-role-arn', DEV_PARENT_ROLE, '--instance-id', 'i-0dev00000000000000']);
+    start('nsm', 'nsm-sim.js', [
+      '--socket',
+      path.join(p.runDir, 'nsm.sock'),
+      '--state-dir',
+      p.nsmStateDir,
+      '--image',
+      bundle,
+      '--image',
+      p.enclaveConfig,
+      '--parent-role-arn',
+      DEV_PARENT_ROLE,
+      '--instance-id',
+      'i-0dev00000000000000',
+    ]);
     await children[children.length - 1]?.waitFor('NSM simulator ready');
     const parent = start('parent', 'parent.js', ['--config', p.parentConfig], {
       NKS_KMS_ENDPOINT: kmsUrl,
@@ -155,7 +189,10 @@ async function main(): Promise<number> {
       if (Date.now() > until) throw new Error(`${url}/readyz did not pass within 30 s`);
       await new Promise((r) => setTimeout(r, 100));
     }
-    fs.writeFileSync(p.devJson, `${JSON.stringify({ url, dir: p.dir, kmsUrl, keyArn: prov.keyArn, pcr0: current.PCR0, rootPem: p.rootPem, pid: process.pid }, null, 2)}\n`);
+    fs.writeFileSync(
+      p.devJson,
+      `${JSON.stringify({ url, dir: p.dir, kmsUrl, keyArn: prov.keyArn, pcr0: current.PCR0, rootPem: p.rootPem, pid: process.pid }, null, 2)}\n`,
+    );
     say(`dev: caller token in ${p.token}; nks reads it (and the URL) from ${p.dir}`);
     say(`READY ${url}`);
     return -1; // keep running until a signal

@@ -81,7 +81,12 @@ function writeFile(file: string, content: string, mode = 0o600): void {
 }
 
 export function adminKms(url: string): KMSClient {
-  return new KMSClient({ endpoint: url, region: 'us-east-1', credentials: { accessKeyId: DEV_ADMIN_ACCESS_KEY, secretAccessKey: 'dev' }, maxAttempts: 2 });
+  return new KMSClient({
+    endpoint: url,
+    region: 'us-east-1',
+    credentials: { accessKeyId: DEV_ADMIN_ACCESS_KEY, secretAccessKey: 'dev' },
+    maxAttempts: 2,
+  });
 }
 
 /** The dev key policy: the production generator, with the dev roles. */
@@ -109,7 +114,9 @@ async function installPolicy(kms: KMSClient, keyArn: string, m: Measurements, p:
 export async function provision(kmsUrl: string, bundle: string, p: DevPaths): Promise<Provisioned> {
   const kms = adminKms(kmsUrl);
   try {
-    const created = await kms.send(new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Description: 'nitro-keystore local development' }));
+    const created = await kms.send(
+      new CreateKeyCommand({ KeySpec: 'RSA_2048', KeyUsage: 'ENCRYPT_DECRYPT', Description: 'nitro-keystore local development' }),
+    );
     const keyArn = created.KeyMetadata?.Arn as string;
     const pub = await kms.send(new GetPublicKeyCommand({ KeyId: keyArn }));
     const enclaveConfig = {
@@ -149,8 +156,12 @@ export async function approvedByPolicy(kmsUrl: string, keyArn: string): Promise<
   const kms = adminKms(kmsUrl);
   try {
     const res = await kms.send(new GetKeyPolicyCommand({ KeyId: keyArn }));
-    const policy = JSON.parse(res.Policy as string) as { Statement: Array<{ Effect: string; Condition?: Record<string, Record<string, string | string[]>> }> };
-    const values = policy.Statement.filter((s) => s.Effect === 'Allow').flatMap((s) => Object.values(s.Condition ?? {}).flatMap((c) => c['kms:RecipientAttestation:ImageSha384'] ?? []));
+    const policy = JSON.parse(res.Policy as string) as {
+      Statement: Array<{ Effect: string; Condition?: Record<string, Record<string, string | string[]>> }>;
+    };
+    const values = policy.Statement.filter((s) => s.Effect === 'Allow').flatMap((s) =>
+      Object.values(s.Condition ?? {}).flatMap((c) => c['kms:RecipientAttestation:ImageSha384'] ?? []),
+    );
     return values.map((v) => v.toLowerCase());
   } finally {
     kms.destroy();
@@ -167,7 +178,9 @@ export function ensureTokenAndParentConfig(p: DevPaths, keyArn: string, apiPort:
   }
   const config = {
     api: { listen: { host: '127.0.0.1', port: apiPort } },
-    tokens: [{ name: 'dev', sha256: createHash('sha256').update(token).digest('hex'), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] }],
+    tokens: [
+      { name: 'dev', sha256: createHash('sha256').update(token).digest('hex'), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] },
+    ],
     database: { path: p.database },
     transport: { kind: 'simulated', runDir: p.runDir },
     enclave: { address: DEFAULT_ENCLAVE_ADDRESS },

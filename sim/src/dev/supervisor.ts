@@ -35,7 +35,12 @@ export interface Child {
   exited: Promise<number | null>;
 }
 
-export function startChild(label: string, script: string, args: string[], opts: { env?: NodeJS.ProcessEnv; print: (line: string) => void; color: boolean }): Child {
+export function startChild(
+  label: string,
+  script: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; print: (line: string) => void; color: boolean },
+): Child {
   const child = spawn(process.execPath, [script, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const seen: Array<Record<string, unknown>> = [];
   const waiters: Array<() => void> = [];

@@ -41,7 +41,9 @@ export function buildEnvelopedData(plaintext: Uint8Array, recipientPublicKey: Ke
   // A content key that is not an AES-256 key, or an IV that is not 16 bytes, can encrypt nothing: the content
   // is then random bytes.
   const cipher = cek.length === 32 && iv.length === 16 ? createCipheriv('aes-256-cbc', cek, iv).setAutoPadding(forgery.pad ?? true) : null;
-  const ciphertext = cipher ? Buffer.concat([cipher.update(plaintext), cipher.final()]) : randomBytes(plaintext.length + 16 - (plaintext.length % 16));
+  const ciphertext = cipher
+    ? Buffer.concat([cipher.update(plaintext), cipher.final()])
+    : randomBytes(plaintext.length + 16 - (plaintext.length % 16));
   const encryptedKey = publicEncrypt({ key: recipientPublicKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, cek);
   cek.fill(0);
 

@@ -84,8 +84,29 @@ export const GRANT_OPERATIONS = [
   'Verify',
   'VerifyMac',
 ] as const;
-const SYMMETRIC_GRANT_OPERATIONS = new Set(['CreateGrant', 'Decrypt', 'DescribeKey', 'Encrypt', 'GenerateDataKey', 'GenerateDataKeyPair', 'GenerateDataKeyPairWithoutPlaintext', 'GenerateDataKeyWithoutPlaintext', 'ReEncryptFrom', 'ReEncryptTo', 'RetireGrant']);
-const RSA_ENCRYPT_GRANT_OPERATIONS = new Set(['CreateGrant', 'Decrypt', 'DescribeKey', 'Encrypt', 'GetPublicKey', 'ReEncryptFrom', 'ReEncryptTo', 'RetireGrant']);
+const SYMMETRIC_GRANT_OPERATIONS = new Set([
+  'CreateGrant',
+  'Decrypt',
+  'DescribeKey',
+  'Encrypt',
+  'GenerateDataKey',
+  'GenerateDataKeyPair',
+  'GenerateDataKeyPairWithoutPlaintext',
+  'GenerateDataKeyWithoutPlaintext',
+  'ReEncryptFrom',
+  'ReEncryptTo',
+  'RetireGrant',
+]);
+const RSA_ENCRYPT_GRANT_OPERATIONS = new Set([
+  'CreateGrant',
+  'Decrypt',
+  'DescribeKey',
+  'Encrypt',
+  'GetPublicKey',
+  'ReEncryptFrom',
+  'ReEncryptTo',
+  'RetireGrant',
+]);
 const grantOperationsFor = (spec: KeySpec) => (spec === 'SYMMETRIC_DEFAULT' ? SYMMETRIC_GRANT_OPERATIONS : RSA_ENCRYPT_GRANT_OPERATIONS);
 
 /** KMS's answer to a policy that fails the lockout safety check (CreateKey and PutKeyPolicy). */
@@ -135,7 +156,12 @@ const Schemas = {
     GrantTokens: z.array(z.string()).optional(),
   }),
   GenerateRandom: z.object({ NumberOfBytes: z.number().int().min(1).max(1024).optional(), Recipient: RecipientSchema.optional() }),
-  PutKeyPolicy: z.object({ KeyId: z.string().min(1), Policy: z.string().min(1), PolicyName: z.string().optional(), BypassPolicyLockoutSafetyCheck: z.boolean().optional() }),
+  PutKeyPolicy: z.object({
+    KeyId: z.string().min(1),
+    Policy: z.string().min(1),
+    PolicyName: z.string().optional(),
+    BypassPolicyLockoutSafetyCheck: z.boolean().optional(),
+  }),
   GetKeyPolicy: z.object({ KeyId: z.string().min(1), PolicyName: z.string().optional() }),
   EnableKey: z.object({ KeyId: z.string().min(1) }),
   DisableKey: z.object({ KeyId: z.string().min(1) }),
@@ -147,7 +173,11 @@ const Schemas = {
     RetiringServicePrincipal: z.string().optional(),
     Operations: z.array(z.enum(GRANT_OPERATIONS)).min(1),
     Constraints: z
-      .object({ EncryptionContextSubset: z.record(z.string(), z.string()).optional(), EncryptionContextEquals: z.record(z.string(), z.string()).optional(), SourceArn: z.string().optional() })
+      .object({
+        EncryptionContextSubset: z.record(z.string(), z.string()).optional(),
+        EncryptionContextEquals: z.record(z.string(), z.string()).optional(),
+        SourceArn: z.string().optional(),
+      })
       .optional(),
     GrantTokens: grantTokens,
     Name: z.string().min(1).max(256).optional(),
@@ -174,7 +204,10 @@ function parse<S extends z.ZodType>(schema: S, body: unknown): z.output<S> {
   const res = schema.safeParse(body);
   if (!res.success) {
     const issue = res.error.issues[0];
-    throw new KmsError('ValidationException', `1 validation error detected: Value at '${issue?.path.join('.') ?? ''}' failed to satisfy constraint: ${issue?.message ?? 'invalid'}`);
+    throw new KmsError(
+      'ValidationException',
+      `1 validation error detected: Value at '${issue?.path.join('.') ?? ''}' failed to satisfy constraint: ${issue?.message ?? 'invalid'}`,
+    );
   }
   return res.data;
 }
@@ -219,7 +252,13 @@ export class KmsEmulator {
         const req = parse(Schemas.PutKeyPolicy, body);
         this.checkPolicyName(req.PolicyName);
         const bypass = req.BypassPolicyLockoutSafetyCheck;
-        const key = this.authorize(req.KeyId, 'kms:PutKeyPolicy', caller, bypass === undefined ? {} : { 'kms:BypassPolicyLockoutSafetyCheck': String(bypass) }, { allowDisabled: true });
+        const key = this.authorize(
+          req.KeyId,
+          'kms:PutKeyPolicy',
+          caller,
+          bypass === undefined ? {} : { 'kms:BypassPolicyLockoutSafetyCheck': String(bypass) },
+          { allowDisabled: true },
+        );
         this.checkNewPolicy(req.Policy, caller, key.arn, bypass ?? false);
         key.policy = req.Policy;
         this.state.save();
@@ -268,10 +307,17 @@ export class KmsEmulator {
    */
   private checkNewPolicy(text: string, caller: Caller, keyArn: string, bypass: boolean): void {
     const size = Buffer.byteLength(text, 'utf8');
-    if (size > MAX_POLICY_BYTES) throw new KmsError('LimitExceededException', `The key policy has ${size} bytes; the limit is ${MAX_POLICY_BYTES}.`);
+    if (size > MAX_POLICY_BYTES)
+      throw new KmsError('LimitExceededException', `The key policy has ${size} bytes; the limit is ${MAX_POLICY_BYTES}.`);
     const doc = parsePolicy(text);
     if (bypass) return;
-    const next = evaluatePolicy(doc, { action: 'kms:PutKeyPolicy', principalArn: caller.principalArn, account: caller.account, keyArn, values: {} });
+    const next = evaluatePolicy(doc, {
+      action: 'kms:PutKeyPolicy',
+      principalArn: caller.principalArn,
+      account: caller.account,
+      keyArn,
+      values: {},
+    });
     if (!next.allowed) throw new KmsError('MalformedPolicyDocumentException', LOCKOUT_MESSAGE);
   }
 
@@ -321,7 +367,8 @@ export class KmsEmulator {
 
   private getPublicKey(req: z.output<(typeof Schemas)['GetPublicKey']>, caller: Caller): object {
     const key = this.authorize(req.KeyId, 'kms:GetPublicKey', caller, {});
-    if (key.keySpec === 'SYMMETRIC_DEFAULT') throw new KmsError('UnsupportedOperationException', `${key.arn} key usage is not supported for GetPublicKey: it is a symmetric key.`);
+    if (key.keySpec === 'SYMMETRIC_DEFAULT')
+      throw new KmsError('UnsupportedOperationException', `${key.arn} key usage is not supported for GetPublicKey: it is a symmetric key.`);
     const spki = createPublicKey(createPrivateKey(key.material)).export({ type: 'spki', format: 'der' });
     return {
       KeyId: key.arn,
@@ -334,22 +381,37 @@ export class KmsEmulator {
   }
 
   private encrypt(req: z.output<(typeof Schemas)['Encrypt']>, caller: Caller): object {
-    const key = this.authorize(req.KeyId, 'kms:Encrypt', caller, this.contextValues(req.EncryptionContext, req.EncryptionAlgorithm), { encryptionContext: req.EncryptionContext });
+    const key = this.authorize(req.KeyId, 'kms:Encrypt', caller, this.contextValues(req.EncryptionContext, req.EncryptionAlgorithm), {
+      encryptionContext: req.EncryptionContext,
+    });
     const plaintext = Buffer.from(req.Plaintext, 'base64');
     if (plaintext.length < 1 || plaintext.length > 4096) throw new KmsError('ValidationException', 'Plaintext must be 1 to 4096 bytes.');
     const out = this.encryptWith(key, plaintext, req.EncryptionContext, req.EncryptionAlgorithm);
     return { KeyId: key.arn, CiphertextBlob: out.ciphertext.toString('base64'), EncryptionAlgorithm: out.algorithm };
   }
 
-  private encryptWith(key: KmsKeyRecord, plaintext: Buffer, ctx: Record<string, string> | undefined, requested: string | undefined): { ciphertext: Buffer; algorithm: string } {
+  private encryptWith(
+    key: KmsKeyRecord,
+    plaintext: Buffer,
+    ctx: Record<string, string> | undefined,
+    requested: string | undefined,
+  ): { ciphertext: Buffer; algorithm: string } {
     if (key.keySpec === 'SYMMETRIC_DEFAULT') {
-      if (requested && requested !== 'SYMMETRIC_DEFAULT') throw new KmsError('InvalidKeyUsageException', 'The encryption algorithm is not valid for this key.');
+      if (requested && requested !== 'SYMMETRIC_DEFAULT')
+        throw new KmsError('InvalidKeyUsageException', 'The encryption algorithm is not valid for this key.');
       return { ciphertext: this.sealSymmetric(key, plaintext, ctx), algorithm: 'SYMMETRIC_DEFAULT' };
     }
     const alg = this.rsaAlgorithm(requested, ctx);
     const maxPlaintext = Number(key.keySpec.slice(4)) / 8 - 2 * (alg === 'RSAES_OAEP_SHA_256' ? 32 : 20) - 2;
     if (plaintext.length > maxPlaintext) throw new KmsError('ValidationException', `Plaintext is too long for ${key.keySpec} with ${alg}.`);
-    const ct = publicEncrypt({ key: createPublicKey(createPrivateKey(key.material)), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === 'RSAES_OAEP_SHA_256' ? 'sha256' : 'sha1' }, plaintext);
+    const ct = publicEncrypt(
+      {
+        key: createPublicKey(createPrivateKey(key.material)),
+        padding: constants.RSA_PKCS1_OAEP_PADDING,
+        oaepHash: alg === 'RSAES_OAEP_SHA_256' ? 'sha256' : 'sha1',
+      },
+      plaintext,
+    );
     return { ciphertext: ct, algorithm: alg };
   }
 
@@ -358,11 +420,27 @@ export class KmsEmulator {
     if (blob.length < 1 || blob.length > 6144) throw new KmsError('ValidationException', 'CiphertextBlob must be 1 to 6144 bytes.');
     const keyRef = req.KeyId ?? this.symmetricBlobKeyId(blob);
     const recipient = req.Recipient ? this.verifyRecipient(req.Recipient.AttestationDocument) : undefined;
-    const key = this.authorize(keyRef, 'kms:Decrypt', caller, { ...this.contextValues(req.EncryptionContext, req.EncryptionAlgorithm), ...recipient?.conditionValues }, { encryptionContext: req.EncryptionContext });
+    const key = this.authorize(
+      keyRef,
+      'kms:Decrypt',
+      caller,
+      { ...this.contextValues(req.EncryptionContext, req.EncryptionAlgorithm), ...recipient?.conditionValues },
+      { encryptionContext: req.EncryptionContext },
+    );
     if (req.DryRun) throw dryRun();
-    const { plaintext, algorithm: algorithmUsed } = this.decryptWith(key, blob, req.EncryptionContext, req.EncryptionAlgorithm, req.KeyId === undefined ? 'KeyId' : undefined);
+    const { plaintext, algorithm: algorithmUsed } = this.decryptWith(
+      key,
+      blob,
+      req.EncryptionContext,
+      req.EncryptionAlgorithm,
+      req.KeyId === undefined ? 'KeyId' : undefined,
+    );
     if (recipient) {
-      const out = { KeyId: key.arn, EncryptionAlgorithm: algorithmUsed, CiphertextForRecipient: buildEnvelopedData(plaintext, recipient.publicKey).toString('base64') };
+      const out = {
+        KeyId: key.arn,
+        EncryptionAlgorithm: algorithmUsed,
+        CiphertextForRecipient: buildEnvelopedData(plaintext, recipient.publicKey).toString('base64'),
+      };
       plaintext.fill(0);
       return out;
     }
@@ -370,15 +448,32 @@ export class KmsEmulator {
   }
 
   /** `missingKeyId` names the request field that is absent (an asymmetric key needs it), or is undefined. */
-  private decryptWith(key: KmsKeyRecord, blob: Buffer, ctx: Record<string, string> | undefined, requested: string | undefined, missingKeyId: string | undefined): { plaintext: Buffer; algorithm: string } {
+  private decryptWith(
+    key: KmsKeyRecord,
+    blob: Buffer,
+    ctx: Record<string, string> | undefined,
+    requested: string | undefined,
+    missingKeyId: string | undefined,
+  ): { plaintext: Buffer; algorithm: string } {
     if (key.keySpec === 'SYMMETRIC_DEFAULT') {
-      if (requested && requested !== 'SYMMETRIC_DEFAULT') throw new KmsError('IncorrectKeyException', 'The key is symmetric but an asymmetric algorithm was given.');
+      if (requested && requested !== 'SYMMETRIC_DEFAULT')
+        throw new KmsError('IncorrectKeyException', 'The key is symmetric but an asymmetric algorithm was given.');
       return { plaintext: this.openSymmetric(key, blob, ctx), algorithm: 'SYMMETRIC_DEFAULT' };
     }
     if (missingKeyId) throw new KmsError('ValidationException', `${missingKeyId} is required to decrypt with an asymmetric key.`);
     const alg = this.rsaAlgorithm(requested, ctx);
     try {
-      return { plaintext: privateDecrypt({ key: createPrivateKey(key.material), padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: alg === 'RSAES_OAEP_SHA_256' ? 'sha256' : 'sha1' }, blob), algorithm: alg };
+      return {
+        plaintext: privateDecrypt(
+          {
+            key: createPrivateKey(key.material),
+            padding: constants.RSA_PKCS1_OAEP_PADDING,
+            oaepHash: alg === 'RSAES_OAEP_SHA_256' ? 'sha256' : 'sha1',
+          },
+          blob,
+        ),
+        algorithm: alg,
+      };
     } catch (err) {
       throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT, { cause: err });
     }
@@ -409,7 +504,13 @@ export class KmsEmulator {
       { encryptionContext: req.DestinationEncryptionContext },
     );
     if (req.DryRun) throw dryRun();
-    const opened = this.decryptWith(source, blob, req.SourceEncryptionContext, req.SourceEncryptionAlgorithm, req.SourceKeyId === undefined ? 'SourceKeyId' : undefined);
+    const opened = this.decryptWith(
+      source,
+      blob,
+      req.SourceEncryptionContext,
+      req.SourceEncryptionAlgorithm,
+      req.SourceKeyId === undefined ? 'SourceKeyId' : undefined,
+    );
     try {
       const sealed = this.encryptWith(destination, opened.plaintext, req.DestinationEncryptionContext, req.DestinationEncryptionAlgorithm);
       return {
@@ -428,16 +529,25 @@ export class KmsEmulator {
 
   private createGrant(req: z.output<(typeof Schemas)['CreateGrant']>, caller: Caller): object {
     if (req.GranteeServicePrincipal !== undefined || req.RetiringServicePrincipal !== undefined) {
-      throw new KmsError('ValidationException', 'GranteeServicePrincipal and RetiringServicePrincipal are not modelled by the KMS emulator; use GranteePrincipal.');
+      throw new KmsError(
+        'ValidationException',
+        'GranteeServicePrincipal and RetiringServicePrincipal are not modelled by the KMS emulator; use GranteePrincipal.',
+      );
     }
     if (!req.GranteePrincipal) throw new KmsError('ValidationException', 'GranteePrincipal is required.');
     const target = this.findKey(req.KeyId);
     const allowed = grantOperationsFor(target.keySpec);
     const invalid = req.Operations.filter((op) => !allowed.has(op));
-    if (invalid.length) throw new KmsError('ValidationException', `Grant operations ${invalid.join(', ')} are not valid for ${target.keySpec} ENCRYPT_DECRYPT key ${target.arn}.`);
+    if (invalid.length)
+      throw new KmsError(
+        'ValidationException',
+        `Grant operations ${invalid.join(', ')} are not valid for ${target.keySpec} ENCRYPT_DECRYPT key ${target.arn}.`,
+      );
     const constraintTypes = Object.keys(req.Constraints ?? {}).filter((k) => k !== 'SourceArn');
-    if (req.Constraints?.SourceArn !== undefined) throw new KmsError('ValidationException', 'The SourceArn grant constraint is not modelled by the KMS emulator.');
-    if (constraintTypes.length && target.keySpec !== 'SYMMETRIC_DEFAULT') throw new KmsError('ValidationException', 'Encryption context grant constraints are not valid for asymmetric keys.');
+    if (req.Constraints?.SourceArn !== undefined)
+      throw new KmsError('ValidationException', 'The SourceArn grant constraint is not modelled by the KMS emulator.');
+    if (constraintTypes.length && target.keySpec !== 'SYMMETRIC_DEFAULT')
+      throw new KmsError('ValidationException', 'Encryption context grant constraints are not valid for asymmetric keys.');
     const values: Record<string, string | string[]> = {
       'kms:GranteePrincipal': req.GranteePrincipal,
       'kms:GrantOperations': [...req.Operations],
@@ -448,7 +558,10 @@ export class KmsEmulator {
     const { key, grant: via } = this.authorizeDetailed(req.KeyId, 'kms:CreateGrant', caller, values);
     // CreateGrant allowed by a grant may only pass on that grant's own operations.
     if (via && !req.Operations.every((op) => via.operations.includes(op))) {
-      throw new KmsError('AccessDeniedException', `User: ${caller.principalArn} is not authorized to perform: kms:CreateGrant on resource: ${key.arn} because grant ${via.grantId} allows passing on only its own operations (${via.operations.join(', ')})`);
+      throw new KmsError(
+        'AccessDeniedException',
+        `User: ${caller.principalArn} is not authorized to perform: kms:CreateGrant on resource: ${key.arn} because grant ${via.grantId} allows passing on only its own operations (${via.operations.join(', ')})`,
+      );
     }
     if (req.DryRun) throw dryRun();
     const grant: GrantRecord = {
@@ -459,7 +572,12 @@ export class KmsEmulator {
       retiringPrincipal: req.RetiringPrincipal,
       issuingAccount: `arn:aws:iam::${caller.account}:root`,
       operations: [...new Set(req.Operations)],
-      constraints: constraintTypes.length ? { EncryptionContextSubset: req.Constraints?.EncryptionContextSubset, EncryptionContextEquals: req.Constraints?.EncryptionContextEquals } : undefined,
+      constraints: constraintTypes.length
+        ? {
+            EncryptionContextSubset: req.Constraints?.EncryptionContextSubset,
+            EncryptionContextEquals: req.Constraints?.EncryptionContextEquals,
+          }
+        : undefined,
       createdAt: Math.floor(Date.now() / 1000),
     };
     (key.grants ??= []).push(grant);
@@ -469,7 +587,11 @@ export class KmsEmulator {
 
   private listGrants(req: z.output<(typeof Schemas)['ListGrants']>, caller: Caller): object {
     const key = this.authorize(req.KeyId, 'kms:ListGrants', caller, {}, { allowDisabled: true });
-    const all = (key.grants ?? []).filter((g) => (req.GrantId === undefined || g.grantId === req.GrantId) && (req.GranteePrincipal === undefined || g.granteePrincipal === req.GranteePrincipal));
+    const all = (key.grants ?? []).filter(
+      (g) =>
+        (req.GrantId === undefined || g.grantId === req.GrantId) &&
+        (req.GranteePrincipal === undefined || g.granteePrincipal === req.GranteePrincipal),
+    );
     const start = req.Marker ? Number(Buffer.from(req.Marker, 'base64').toString()) : 0;
     if (!Number.isInteger(start) || start < 0) throw new KmsError('ValidationException', 'Invalid Marker');
     const limit = req.Limit ?? 50;
@@ -496,11 +618,21 @@ export class KmsEmulator {
       throw new KmsError('ValidationException', 'Specify exactly one of KeySpec and NumberOfBytes.');
     }
     const recipient = req.Recipient ? this.verifyRecipient(req.Recipient.AttestationDocument) : undefined;
-    const key = this.authorize(req.KeyId, 'kms:GenerateDataKey', caller, { ...this.contextValues(req.EncryptionContext, undefined), ...recipient?.conditionValues }, { encryptionContext: req.EncryptionContext });
-    if (key.keySpec !== 'SYMMETRIC_DEFAULT') throw new KmsError('InvalidKeyUsageException', `${key.arn} key usage is not supported for GenerateDataKey: it is an asymmetric key.`);
+    const key = this.authorize(
+      req.KeyId,
+      'kms:GenerateDataKey',
+      caller,
+      { ...this.contextValues(req.EncryptionContext, undefined), ...recipient?.conditionValues },
+      { encryptionContext: req.EncryptionContext },
+    );
+    if (key.keySpec !== 'SYMMETRIC_DEFAULT')
+      throw new KmsError('InvalidKeyUsageException', `${key.arn} key usage is not supported for GenerateDataKey: it is an asymmetric key.`);
     const n = req.NumberOfBytes ?? (req.KeySpec === 'AES_128' ? 16 : 32);
     const dataKey = randomBytes(n);
-    const out: Record<string, string> = { KeyId: key.arn, CiphertextBlob: this.sealSymmetric(key, dataKey, req.EncryptionContext).toString('base64') };
+    const out: Record<string, string> = {
+      KeyId: key.arn,
+      CiphertextBlob: this.sealSymmetric(key, dataKey, req.EncryptionContext).toString('base64'),
+    };
     if (recipient) out.CiphertextForRecipient = buildEnvelopedData(dataKey, recipient.publicKey).toString('base64');
     else out.Plaintext = dataKey.toString('base64');
     dataKey.fill(0);
@@ -528,7 +660,12 @@ export class KmsEmulator {
     const now = Date.now();
     const hit = this.verified.get(key);
     if (hit && now - hit.at < 60_000 && now - hit.result.document.timestamp <= this.config.maxDocAgeMs) return hit.result;
-    const result = verifyAttestation(doc, { trustedRoots: this.config.trustRoots, at: new Date(now), maxAgeMs: this.config.maxDocAgeMs, requirePublicKey: true });
+    const result = verifyAttestation(doc, {
+      trustedRoots: this.config.trustRoots,
+      at: new Date(now),
+      maxAgeMs: this.config.maxDocAgeMs,
+      requirePublicKey: true,
+    });
     if (this.verified.size >= 256) this.verified.delete(this.verified.keys().next().value as string);
     this.verified.set(key, { at: now, result });
     return result;
@@ -537,7 +674,8 @@ export class KmsEmulator {
   private verifyRecipient(documentB64: string): { publicKey: KeyObject; conditionValues: Record<string, string> } {
     const doc = Buffer.from(documentB64, 'base64');
     if (doc.length < 1 || doc.length > 262144) throw new KmsError('ValidationException', 'AttestationDocument must be 1 to 262144 bytes.');
-    if (this.config.trustRoots.length === 0) throw new KmsError('ValidationException', 'The attestation document cannot be verified: the emulator has no trust root.');
+    if (this.config.trustRoots.length === 0)
+      throw new KmsError('ValidationException', 'The attestation document cannot be verified: the emulator has no trust root.');
     let verified;
     try {
       verified = this.verifyCached(doc);
@@ -551,7 +689,8 @@ export class KmsEmulator {
     } catch (err) {
       throw new KmsError('ValidationException', 'The attestation document public_key is not a DER SubjectPublicKeyInfo.', { cause: err });
     }
-    if (publicKey.asymmetricKeyType !== 'rsa') throw new KmsError('ValidationException', 'The attestation document public_key is not an RSA key.');
+    if (publicKey.asymmetricKeyType !== 'rsa')
+      throw new KmsError('ValidationException', 'The attestation document public_key is not an RSA key.');
     const conditionValues: Record<string, string> = {};
     for (const [i, v] of verified.document.pcrs) conditionValues[`kms:RecipientAttestation:PCR${i}`] = v.toString('hex');
     const pcr0 = verified.document.pcrs.get(0);
@@ -570,7 +709,8 @@ export class KmsEmulator {
   }
 
   private rsaAlgorithm(alg: string | undefined, ctx: Record<string, string> | undefined): (typeof rsaAlgorithms)[number] {
-    if (ctx && Object.keys(ctx).length > 0) throw new KmsError('ValidationException', 'EncryptionContext is not supported with asymmetric keys.');
+    if (ctx && Object.keys(ctx).length > 0)
+      throw new KmsError('ValidationException', 'EncryptionContext is not supported with asymmetric keys.');
     if (alg !== 'RSAES_OAEP_SHA_256' && alg !== 'RSAES_OAEP_SHA_1') {
       throw new KmsError('InvalidKeyUsageException', 'An asymmetric key needs EncryptionAlgorithm RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1.');
     }
@@ -585,7 +725,13 @@ export class KmsEmulator {
     return key;
   }
 
-  private authorize(ref: string, action: string, caller: Caller, values: Record<string, string | string[]>, opts: AuthorizeOptions = {}): KmsKeyRecord {
+  private authorize(
+    ref: string,
+    action: string,
+    caller: Caller,
+    values: Record<string, string | string[]>,
+    opts: AuthorizeOptions = {},
+  ): KmsKeyRecord {
     return this.authorizeDetailed(ref, action, caller, values, opts).key;
   }
 
@@ -594,16 +740,31 @@ export class KmsEmulator {
    * policy, or a grant to the caller listing the operation (and whose constraints hold), allows; else refused.
    * Returns the grant when it is what allowed the call.
    */
-  private authorizeDetailed(ref: string, action: string, caller: Caller, values: Record<string, string | string[]>, opts: AuthorizeOptions = {}): { key: KmsKeyRecord; grant?: GrantRecord } {
+  private authorizeDetailed(
+    ref: string,
+    action: string,
+    caller: Caller,
+    values: Record<string, string | string[]>,
+    opts: AuthorizeOptions = {},
+  ): { key: KmsKeyRecord; grant?: GrantRecord } {
     const key = this.findKey(ref);
-    const decision = evaluatePolicy(parsePolicy(key.policy), { action, principalArn: caller.principalArn, account: caller.account, keyArn: key.arn, values });
+    const decision = evaluatePolicy(parsePolicy(key.policy), {
+      action,
+      principalArn: caller.principalArn,
+      account: caller.account,
+      keyArn: key.arn,
+      values,
+    });
     const grant = decision.allowed ? undefined : this.grantFor(key, action, caller, opts.encryptionContext);
     if (!decision.allowed && (decision.effect === 'ExplicitDeny' || !grant)) {
       const because =
         decision.effect === 'ExplicitDeny'
           ? `${decision.reason}${grant ? `, which overrides the allow of grant ${grant.grantId}` : ''} (an explicit deny in a resource-based policy)`
           : `${decision.reason}, and no grant allows it`;
-      throw new KmsError('AccessDeniedException', `User: ${caller.principalArn} is not authorized to perform: ${action} on resource: ${key.arn} because ${because}`);
+      throw new KmsError(
+        'AccessDeniedException',
+        `User: ${caller.principalArn} is not authorized to perform: ${action} on resource: ${key.arn} because ${because}`,
+      );
     }
     if (!opts.allowDisabled && key.keyState === 'Disabled') throw new KmsError('DisabledException', `${key.arn} is disabled.`);
     return grant ? { key, grant } : { key };
@@ -616,7 +777,8 @@ export class KmsEmulator {
       if (!g.operations.includes(op) || !principalEntryMatches(g.granteePrincipal, caller.principalArn, caller.account)) return false;
       const given = ctx ?? {};
       const equals = g.constraints?.EncryptionContextEquals;
-      if (equals && (Object.keys(equals).length !== Object.keys(given).length || Object.entries(equals).some(([k, v]) => given[k] !== v))) return false;
+      if (equals && (Object.keys(equals).length !== Object.keys(given).length || Object.entries(equals).some(([k, v]) => given[k] !== v)))
+        return false;
       const subset = g.constraints?.EncryptionContextSubset;
       return !subset || Object.entries(subset).every(([k, v]) => given[k] === v);
     });
@@ -632,13 +794,15 @@ export class KmsEmulator {
   }
 
   private symmetricBlobKeyId(blob: Buffer): string {
-    if (blob.length < 1 + 16 + 12 + 16 || blob[0] !== SYMMETRIC_BLOB_VERSION) throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT);
+    if (blob.length < 1 + 16 + 12 + 16 || blob[0] !== SYMMETRIC_BLOB_VERSION)
+      throw new KmsError('InvalidCiphertextException', INVALID_CIPHERTEXT);
     const h = blob.subarray(1, 17).toString('hex');
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
   private openSymmetric(key: KmsKeyRecord, blob: Buffer, ctx: Record<string, string> | undefined): Buffer {
-    if (this.symmetricBlobKeyId(blob) !== key.keyId) throw new KmsError('IncorrectKeyException', 'The key ID in the request does not identify a CMK that can perform this operation.');
+    if (this.symmetricBlobKeyId(blob) !== key.keyId)
+      throw new KmsError('IncorrectKeyException', 'The key ID in the request does not identify a CMK that can perform this operation.');
     try {
       const decipher = createDecipheriv('aes-256-gcm', Buffer.from(key.material, 'base64'), blob.subarray(17, 29));
       decipher.setAAD(contextAad(ctx));

@@ -47,7 +47,8 @@ async function main(): Promise<void> {
     console.log(USAGE);
     return;
   }
-  if (values.port === undefined || !values.state || !values['trust-root']?.length) throw new Error(`--port, --state and --trust-root are required\n${USAGE}`);
+  if (values.port === undefined || !values.state || !values['trust-root']?.length)
+    throw new Error(`--port, --state and --trust-root are required\n${USAGE}`);
   const account = values.account ?? '111122223333';
   if (!/^\d{12}$/.test(account)) throw new Error('--account must be 12 digits');
   const principals: Record<string, string> = {};

@@ -73,7 +73,10 @@ export function parsePolicy(text: string): PolicyDocument {
   const res = PolicySchema.safeParse(json);
   if (!res.success) {
     const issue = res.error.issues[0];
-    throw new KmsError('MalformedPolicyDocumentException', `The policy is malformed: ${issue?.path.join('.') || 'policy'}: ${issue?.message ?? 'invalid'}`);
+    throw new KmsError(
+      'MalformedPolicyDocumentException',
+      `The policy is malformed: ${issue?.path.join('.') || 'policy'}: ${issue?.message ?? 'invalid'}`,
+    );
   }
   const statements = Array.isArray(res.data.Statement) ? res.data.Statement : [res.data.Statement];
   for (const s of statements) {
@@ -106,7 +109,13 @@ export interface Decision {
 const list = (v: string | string[]): string[] => (Array.isArray(v) ? v : [v]);
 
 function glob(pattern: string, value: string, ignoreCase: boolean): boolean {
-  const re = new RegExp(`^${pattern.replace(/[.+^${}()|[\]\\]/g, '\\$&').replace(/\*/g, '.*').replace(/\?/g, '.')}$`, ignoreCase ? 'i' : '');
+  const re = new RegExp(
+    `^${pattern
+      .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+      .replace(/\*/g, '.*')
+      .replace(/\?/g, '.')}$`,
+    ignoreCase ? 'i' : '',
+  );
   return re.test(value);
 }
 
@@ -155,7 +164,12 @@ function compare(base: string, actual: string, expected: string): boolean {
   }
 }
 
-function conditionHolds(op: string, key: string, expectedRaw: string | string[] | boolean, values: Record<string, string | string[]>): boolean {
+function conditionHolds(
+  op: string,
+  key: string,
+  expectedRaw: string | string[] | boolean,
+  values: Record<string, string | string[]>,
+): boolean {
   const { set, base } = splitOperator(op);
   const expected = list(typeof expectedRaw === 'boolean' ? String(expectedRaw) : expectedRaw);
   const actual = values[key.toLowerCase()];
@@ -201,7 +215,15 @@ export function defaultKeyPolicy(account: string): string {
     {
       Version: '2012-10-17',
       Id: 'key-default-1',
-      Statement: [{ Sid: 'Enable IAM User Permissions', Effect: 'Allow', Principal: { AWS: `arn:aws:iam::${account}:root` }, Action: 'kms:*', Resource: '*' }],
+      Statement: [
+        {
+          Sid: 'Enable IAM User Permissions',
+          Effect: 'Allow',
+          Principal: { AWS: `arn:aws:iam::${account}:root` },
+          Action: 'kms:*',
+          Resource: '*',
+        },
+      ],
     },
     null,
     2,

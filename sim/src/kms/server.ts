@@ -136,7 +136,12 @@ export class KmsHttpServer {
 
   private send(res: http.ServerResponse, status: number, body: object, extra: Record<string, string> = {}): void {
     const text = JSON.stringify(body);
-    res.writeHead(status, { 'content-type': JSON_TYPE, 'content-length': Buffer.byteLength(text), 'x-amzn-requestid': randomUUID(), ...extra });
+    res.writeHead(status, {
+      'content-type': JSON_TYPE,
+      'content-length': Buffer.byteLength(text),
+      'x-amzn-requestid': randomUUID(),
+      ...extra,
+    });
     res.end(text);
   }
 
@@ -150,7 +155,8 @@ export class KmsHttpServer {
     const op = target.startsWith('TrentService.') ? target.slice('TrentService.'.length) : '';
     try {
       if (req.method !== 'POST' || req.url !== '/') throw new KmsError('UnknownOperationException', 'Only POST / is served.');
-      if (!OPERATIONS.includes(op as never)) throw new KmsError('UnknownOperationException', `Unknown operation ${target || '(no X-Amz-Target)'}`);
+      if (!OPERATIONS.includes(op as never))
+        throw new KmsError('UnknownOperationException', `Unknown operation ${target || '(no X-Amz-Target)'}`);
       const raw = await this.readBody(req);
       let body: unknown;
       try {
@@ -158,7 +164,8 @@ export class KmsHttpServer {
       } catch (err) {
         throw new KmsError('SerializationException', 'The request body is not valid JSON.', { cause: err });
       }
-      if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new KmsError('SerializationException', 'The request body is not a JSON object.');
+      if (typeof body !== 'object' || body === null || Array.isArray(body))
+        throw new KmsError('SerializationException', 'The request body is not a JSON object.');
       await this.injectFaults(op);
       const out = await this.options.emulator.handle(op, body, this.callerOf(req));
       this.record(op);
@@ -183,7 +190,10 @@ export class KmsHttpServer {
     if (latencyMs > 0) await new Promise((r) => setTimeout(r, latencyMs));
     if (scripted && this.scripted.throttleNext > 0) {
       this.scripted.throttleNext -= 1;
-      throw new KmsError('ThrottlingException', 'You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls.');
+      throw new KmsError(
+        'ThrottlingException',
+        'You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls.',
+      );
     }
     if (scripted && this.scripted.errorNext > 0) {
       this.scripted.errorNext -= 1;
@@ -191,7 +201,10 @@ export class KmsHttpServer {
     }
     const random = this.options.random ?? Math.random;
     if (throttleRate > 0 && random() < throttleRate) {
-      throw new KmsError('ThrottlingException', 'You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls.');
+      throw new KmsError(
+        'ThrottlingException',
+        'You have exceeded the rate at which you may call KMS. Reduce the frequency of your calls.',
+      );
     }
     if (errorRate > 0 && random() < errorRate) throw new KmsError('KMSInternalException', 'An internal error occurred (injected).');
   }
@@ -220,14 +233,16 @@ export class KmsHttpServer {
           // Validate everything first, so a bad request changes nothing.
           for (const k of ['latencyMs', 'throttleRate', 'errorRate'] as const) {
             const v = patch[k];
-            if (v !== undefined && (typeof v !== 'number' || !(v >= 0) || (k !== 'latencyMs' && v > 1))) return send(400, { error: `bad ${k}` });
+            if (v !== undefined && (typeof v !== 'number' || !(v >= 0) || (k !== 'latencyMs' && v > 1)))
+              return send(400, { error: `bad ${k}` });
           }
           for (const k of ['throttleNext', 'errorNext'] as const) {
             const v = patch[k];
-            if (v !== undefined && !(Number.isInteger(v) && (v) >= 0)) return send(400, { error: `bad ${k}` });
+            if (v !== undefined && !(Number.isInteger(v) && v >= 0)) return send(400, { error: `bad ${k}` });
           }
           if (patch.hold !== undefined && typeof patch.hold !== 'boolean') return send(400, { error: 'bad hold' });
-          if (patch.ops !== undefined && !(Array.isArray(patch.ops) && patch.ops.every((o) => OPERATIONS.includes(o as never)))) return send(400, { error: 'bad ops' });
+          if (patch.ops !== undefined && !(Array.isArray(patch.ops) && patch.ops.every((o) => OPERATIONS.includes(o as never))))
+            return send(400, { error: 'bad ops' });
           for (const k of ['latencyMs', 'throttleRate', 'errorRate'] as const) if (patch[k] !== undefined) this.faults[k] = patch[k];
           for (const k of ['throttleNext', 'errorNext'] as const) if (patch[k] !== undefined) this.scripted[k] = patch[k];
           if (patch.ops !== undefined) this.scripted.ops = [...patch.ops];
@@ -240,7 +255,8 @@ export class KmsHttpServer {
       }
       if (req.url === '/__emulator/release' && req.method === 'POST') {
         const body = JSON.parse((await this.readBody(req)).toString() || '{}') as { count?: unknown };
-        if (body.count !== undefined && !(Number.isInteger(body.count) && (body.count as number) >= 0)) return send(400, { error: 'bad count' });
+        if (body.count !== undefined && !(Number.isInteger(body.count) && (body.count as number) >= 0))
+          return send(400, { error: 'bad count' });
         const released = this.release(body.count as number | undefined);
         return send(200, { released, held: this.held.length });
       }

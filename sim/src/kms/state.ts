@@ -20,7 +20,9 @@ export interface GrantRecord {
   issuingAccount: string;
   /** Grant operations without the `kms:` prefix, e.g. `ReEncryptFrom`. */
   operations: string[];
-  constraints?: { EncryptionContextSubset?: Record<string, string> | undefined; EncryptionContextEquals?: Record<string, string> | undefined } | undefined;
+  constraints?:
+    | { EncryptionContextSubset?: Record<string, string> | undefined; EncryptionContextEquals?: Record<string, string> | undefined }
+    | undefined;
   /** Seconds since the epoch. */
   createdAt: number;
 }

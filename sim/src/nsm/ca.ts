@@ -87,7 +87,10 @@ export class SimulatedNitroCa {
     };
     const levels = new Map<Level, Issued>();
     if (stateFile && fs.existsSync(stateFile)) {
-      const stored = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { options: Required<CaOptions>; levels: Partial<Record<Level, StoredLevel>> };
+      const stored = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as {
+        options: Required<CaOptions>;
+        levels: Partial<Record<Level, StoredLevel>>;
+      };
       Object.assign(opts, stored.options, options);
       for (const level of LEVELS) {
         const s = stored.levels[level];
@@ -129,7 +132,7 @@ export class SimulatedNitroCa {
    */
   async issue(level: Level, notBefore: Date, notAfter?: Date, override: Partial<Profile> = {}): Promise<Issued> {
     const profile = { ...PROFILE[level], ...override };
-    const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']));
+    const keys = await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']);
     const start = new Date(notBefore.getTime() - 60_000);
     const end = notAfter ?? new Date(notBefore.getTime() + profile.validityMs);
     const name = subjectFor(level, this.options, randomBytes(8).toString('hex'));
@@ -137,9 +140,19 @@ export class SimulatedNitroCa {
       new x509.BasicConstraintsExtension(profile.ca, profile.pathLen, true),
       new x509.KeyUsagesExtension(profile.keyUsage, profile.critical),
     ];
-    const serialNumber = randomBytes(16).toString('hex').replace(/^[89a-f]/, '1');
+    const serialNumber = randomBytes(16)
+      .toString('hex')
+      .replace(/^[89a-f]/, '1');
     if (level === 'root') {
-      const cert = await x509.X509CertificateGenerator.createSelfSigned({ serialNumber, name, notBefore: start, notAfter: end, keys, signingAlgorithm: ALG, extensions });
+      const cert = await x509.X509CertificateGenerator.createSelfSigned({
+        serialNumber,
+        name,
+        notBefore: start,
+        notAfter: end,
+        keys,
+        signingAlgorithm: ALG,
+        extensions,
+      });
       return { cert, keys };
     }
     const parent = this.levels.get(LEVELS[LEVELS.indexOf(level) - 1] as Level) as Issued;

@@ -86,7 +86,15 @@ export class SimulatedNsm {
     switch (name) {
       case 'DescribePCR': {
         const i = this.index(args.get('index'));
-        return new Map([['DescribePCR', new Map<string, unknown>([['lock', this.locked.has(i)], ['data', this.pcrs[i]]])]]);
+        return new Map([
+          [
+            'DescribePCR',
+            new Map<string, unknown>([
+              ['lock', this.locked.has(i)],
+              ['data', this.pcrs[i]],
+            ]),
+          ],
+        ]);
       }
       case 'ExtendPCR': {
         const i = this.index(args.get('index'));
@@ -150,7 +158,14 @@ export class SimulatedNsm {
     const pcrs = new Map<number, Buffer>();
     for (const i of [...this.locked].sort((a, b) => a - b)) pcrs.set(i, this.pcrs[i] as Buffer);
     const document = signAttestationDocument(
-      { moduleId: this.options.moduleId, timestamp: now.getTime(), pcrs, publicKey: field('public_key'), userData: field('user_data'), nonce: field('nonce') },
+      {
+        moduleId: this.options.moduleId,
+        timestamp: now.getTime(),
+        pcrs,
+        publicKey: field('public_key'),
+        userData: field('user_data'),
+        nonce: field('nonce'),
+      },
       await this.options.ca.signer(now),
     );
     this.counters.attestations += 1;

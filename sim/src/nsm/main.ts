@@ -56,7 +56,10 @@ async function main(): Promise<void> {
   fs.mkdirSync(stateDir, { recursive: true });
 
   const instanceId = values['instance-id'] ?? 'i-0123456789abcdef0';
-  const ca = await SimulatedNitroCa.open(path.join(stateDir, 'nsm-ca.json'), { instanceId, ...(values.region ? { region: values.region } : {}) });
+  const ca = await SimulatedNitroCa.open(path.join(stateDir, 'nsm-ca.json'), {
+    instanceId,
+    ...(values.region ? { region: values.region } : {}),
+  });
 
   const image = values.image?.length ? measureImageFiles(values.image) : undefined;
   const pcrs = new Map<number, Buffer>();
@@ -64,7 +67,10 @@ async function main(): Promise<void> {
   set(0, pcrArg(values.pcr0, 'pcr0') ?? (image && Buffer.from(image.PCR0, 'hex')));
   set(1, pcrArg(values.pcr1, 'pcr1') ?? (image && Buffer.from(image.PCR1, 'hex')));
   set(2, pcrArg(values.pcr2, 'pcr2') ?? (image && Buffer.from(image.PCR2, 'hex')));
-  set(3, pcrArg(values.pcr3, 'pcr3') ?? (values['parent-role-arn'] ? Buffer.from(pcr3ForRole(values['parent-role-arn']), 'hex') : undefined));
+  set(
+    3,
+    pcrArg(values.pcr3, 'pcr3') ?? (values['parent-role-arn'] ? Buffer.from(pcr3ForRole(values['parent-role-arn']), 'hex') : undefined),
+  );
   set(4, pcrArg(values.pcr4, 'pcr4') ?? Buffer.from(measureString(instanceId), 'hex'));
   if (values['debug-mode']) for (const i of [0, 1, 2]) pcrs.set(i, Buffer.from(ZERO_PCR)); // as real debug enclaves report
 
