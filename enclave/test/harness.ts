@@ -6,13 +6,13 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
+import type { KMSClient } from '@aws-sdk/client-kms';
 import { KeystoreError } from '../../shared/src/errors';
 import { KmsDecryptParams, type EnclaveApi, type KmsDecryptResult } from '../../shared/src/enclave-api';
 import { RpcClient, RpcServer, rpcMethod } from '../../shared/src/rpc';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, SimulatedVsockTransport } from '../../shared/src/transport';
 import { silentLogger } from '../../shared/src/log';
-import { enclaveConfigFor, startPlatform, writeJson, type Platform } from '../../test/support/platform';
+import { attestedDecrypt, enclaveConfigFor, startPlatform, writeJson, type Platform } from '../../test/support/platform';
 import { startProgram, type Running } from '../../test/support/process';
 import { RecordingTransport } from '../../test/support/recording';
 
@@ -55,18 +55,7 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
   };
   const kmsDecrypt = async (p: DecryptParams): Promise<KmsDecryptResult> => {
     try {
-      const res = await kms.send(
-        new DecryptCommand({
-          KeyId: p.kmsKeyArn,
-          CiphertextBlob: Buffer.from(p.ciphertextBlob, 'base64'),
-          EncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
-          Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: Buffer.from(p.attestationDocument, 'base64') },
-        }),
-      );
-      return {
-        ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'),
-        keyId: res.KeyId as string,
-      };
+      return await attestedDecrypt(kms, p);
     } catch (err) {
       const name = (err as Error).name;
       throw new KeystoreError(

@@ -6,12 +6,12 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
+import type { KMSClient } from '@aws-sdk/client-kms';
 import type { CreateResult, EnclaveHealth } from '../../shared/src/enclave-api';
 import { FramedConnection } from '../../shared/src/rpc';
 import { SimulatedVsockTransport, type Listener } from '../../shared/src/transport';
 import { tempRunDir } from '../../shared/test/helpers';
-import { startPlatform, writeJson, type Platform } from '../../test/support/platform';
+import { attestedDecrypt, enclaveConfigFor, startPlatform, writeJson, type Platform } from '../../test/support/platform';
 import { startProgram, type Running } from '../../test/support/process';
 import { RawPeer } from '../../test/support/raw-peer';
 
@@ -37,20 +37,7 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
     platform = await startPlatform(runDir);
     kms = platform.kms();
     const transport = new SimulatedVsockTransport(runDir);
-    const genuineFor = (p: Req['params']) => async () => {
-      const res = await kms.send(
-        new DecryptCommand({
-          KeyId: p.kmsKeyArn,
-          CiphertextBlob: Buffer.from(p.ciphertextBlob, 'base64'),
-          EncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
-          Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: Buffer.from(p.attestationDocument, 'base64') },
-        }),
-      );
-      return {
-        ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'),
-        keyId: res.KeyId as string,
-      };
-    };
+    const genuineFor = (p: Req['params']) => () => attestedDecrypt(kms, p);
     listener = await transport.listen(PROXY, (raw) => {
       const framed: FramedConnection = new FramedConnection(raw, {
         message: (msg) => {
@@ -67,16 +54,14 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
       });
     });
     const configFile = path.join(runDir, 'enclave.json');
-    writeJson(configFile, {
-      kmsKeyArn: platform.keyArn,
-      kmsPublicKey: platform.kmsPublicKey,
-      listen: ENCLAVE,
-      kmsProxy: PROXY,
-      transport: { kind: 'simulated', runDir },
-      nsm: { kind: 'simulated', socket: platform.nsmSocket },
-      logLevel: 'debug',
-      failedOpens: { maxFailures: 10_000, windowMs: 60_000, cooldownMs: 60_000 },
-    });
+    writeJson(
+      configFile,
+      enclaveConfigFor(platform, runDir, {
+        listen: ENCLAVE,
+        kmsProxy: PROXY,
+        failedOpens: { maxFailures: 10_000, windowMs: 60_000, cooldownMs: 60_000 },
+      }),
+    );
     enclave = startProgram('enclave', ['--config', configFile]);
     await enclave.waitForLog((e) => e.msg === 'enclave ready');
   }, 90_000);

@@ -9,7 +9,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { CreateKeyCommand, GetPublicKeyCommand, KMSClient } from '@aws-sdk/client-kms';
+import { CreateKeyCommand, DecryptCommand, GetPublicKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { generateKeyPolicy } from '../../client/src/policy';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../shared/src/transport';
 import { startProgram, type Running } from './process';
@@ -180,6 +180,28 @@ export async function startPlatform(
     await stop();
     throw err;
   }
+}
+
+/**
+ * A genuine attested Decrypt, as the parent (which holds the AWS credentials) can make at any time: what the
+ * KMS proxy would relay for a `kms.decrypt` request.
+ */
+export async function attestedDecrypt(
+  kms: KMSClient,
+  p: { kmsKeyArn: string; ciphertextBlob: string; attestationDocument: string },
+): Promise<{ ciphertextForRecipient: string; keyId: string }> {
+  const res = await kms.send(
+    new DecryptCommand({
+      KeyId: p.kmsKeyArn,
+      CiphertextBlob: Buffer.from(p.ciphertextBlob, 'base64'),
+      EncryptionAlgorithm: 'RSAES_OAEP_SHA_256',
+      Recipient: { KeyEncryptionAlgorithm: 'RSAES_OAEP_SHA_256', AttestationDocument: Buffer.from(p.attestationDocument, 'base64') },
+    }),
+  );
+  return {
+    ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient as Uint8Array).toString('base64'),
+    keyId: res.KeyId as string,
+  };
 }
 
 /** An enclave configuration for this platform (its KMS key, simulated NSM and vsock in `runDir`), `over` on top. */
