@@ -58,18 +58,18 @@ export const MODULE_FLOORS = {
   'enclave/src/kms/recipient.ts': 96,
   'enclave/src/kms/failed-opens.ts': 93,
   'enclave/src/keys/seal.ts': 100,
-  'shared/src/cms.ts': 96,
+  'shared/src/cms.ts': 97,
   'shared/src/attestation/verify.ts': 95,
   'shared/src/attestation/user-data.ts': 100,
   'shared/src/attestation/birth.ts': 100,
   'shared/src/blob.ts': 94,
-  'shared/src/cbor.ts': 86,
-  'shared/src/framing.ts': 90,
+  'shared/src/cbor.ts': 89,
+  'shared/src/framing.ts': 91,
   'parent/src/kms/proxy.ts': 98,
 };
 
 /** The commit the floors were measured at: CI (`--since-measured`) checks every module changed since. */
-export const MEASURED_AT = '5e31c22556245d6d98ec1c4811d116e31a8750cf';
+export const MEASURED_AT = 'bfd03c25edb2448623c3a71fe6aaa559cdaca10a';
 
 /** The full run's break threshold: the measured overall score, rounded down (goal: at least 90). */
 export const BREAK = 93;
