@@ -23,8 +23,8 @@ import { parseArgs } from 'node:util';
 import * as secp from '@noble/secp256k1';
 import { Pool } from 'undici';
 import { startStack, waitReady, type Stack } from '../test/support/stack';
-import { SignRequestSchema } from '../shared/src/signing/schema';
-import { checkTypedDataBudget, TYPED_DATA_LIMITS } from '../shared/src/signing/typed-data-budget';
+import { SignRequestSchema } from '@nks/shared/signing/schema';
+import { checkTypedDataBudget, TYPED_DATA_LIMITS } from '@nks/shared/signing/typed-data-budget';
 import { atLimitStructs, atLimitTypeStrings, atLimitValues, type TypedDataInput } from '../shared/test/typed-data-payloads';
 import { signRequest } from '../enclave/src/signing/sign';
 

@@ -15,8 +15,8 @@ import fs from 'node:fs';
 import { isBuiltin } from 'node:module';
 import path from 'node:path';
 import { build } from 'esbuild';
-import { EnclaveApi, KmsProxyApi } from '../shared/src/enclave-api';
-import { ERROR_CODES } from '../shared/src/errors';
+import { EnclaveApi, KmsProxyApi } from '@nks/shared/enclave-api';
+import { ERROR_CODES } from '@nks/shared/errors';
 
 const root = path.resolve(__dirname, '..');
 const read = (rel: string) => fs.readFileSync(path.join(root, rel), 'utf8');

@@ -20,6 +20,8 @@ const compilerOptions: ts.CompilerOptions = {
   moduleResolution: ts.ModuleResolutionKind.Bundler,
   resolveJsonModule: true,
   allowJs: true,
+  paths: { '@nks/shared/*': ['./shared/src/*'] },
+  pathsBasePath: root,
 };
 
 function sourceFiles(dir: string): string[] {
@@ -195,7 +197,7 @@ describe('architecture', () => {
     const text = [
       "import '../../parent/src/metrics';", // side effect only, no `from`
       "import type { KeyView } from '../../parent/src/key-registry';",
-      'import {\n  a, // a comment\n  b,\n} from "../../shared/src/errors";',
+      'import {\n  a, // a comment\n  b,\n} from "@nks/shared/errors";',
       "export * from '../../sim/src/measure';",
       "export { c } from '../../client/src/policy';",
       "import fs = require('../../parent/src/config');",

@@ -23,7 +23,7 @@
  * every debug enclave reports zeros, so approving them would approve any debug enclave. The account root
  * principal is refused: in a key policy it delegates to every IAM policy in the account.
  */
-import { PCR_HEX_RE, pcr3ForRole } from '../../shared/src/pcr';
+import { PCR_HEX_RE, pcr3ForRole } from '@nks/shared/pcr';
 
 export { pcr3ForRole };
 

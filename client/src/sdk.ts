@@ -15,10 +15,10 @@ import {
   type BirthVerifyOptions,
   type VerifiedAttestation,
   type VerifyOptions,
-} from '../../shared/src/attestation';
-import { backoffDelay, type BackoffOptions } from '../../shared/src/backoff';
-import { isRetryableCode } from '../../shared/src/errors';
-import type { SignRequestInput, SignResult } from '../../shared/src/signing/schema';
+} from '@nks/shared/attestation';
+import { backoffDelay, type BackoffOptions } from '@nks/shared/backoff';
+import { isRetryableCode } from '@nks/shared/errors';
+import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
 
 export type { BirthVerifyOptions, SignRequestInput, SignResult, VerifiedAttestation, VerifyOptions };
 export { AttestationError };

@@ -5,8 +5,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
 import { signAttestationDocument } from '../../sim/src/nsm/document';
-import { birthUserData } from '../../shared/src/attestation/user-data';
-import { canonicalCbor } from '../../shared/src/cbor';
+import { birthUserData } from '@nks/shared/attestation/user-data';
+import { canonicalCbor } from '@nks/shared/cbor';
 import { tempRunDir } from '../../shared/test/helpers';
 import realDoc from '../../shared/test/fixtures/aws-nitro-attestation-debug.json';
 

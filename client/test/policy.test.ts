@@ -1,4 +1,4 @@
-import { decodeAttestationDocument } from '../../shared/src/attestation';
+import { decodeAttestationDocument } from '@nks/shared/attestation';
 import realDoc from '../../shared/test/fixtures/aws-nitro-attestation-debug.json';
 import { evaluatePolicy, parsePolicy } from '../../sim/src/kms/policy';
 import { generateKeyPolicy, measurementsFromNitroCliJson, pcr3ForRole, PolicyInputError, type PolicyInput } from '../src/policy';

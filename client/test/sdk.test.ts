@@ -1,4 +1,4 @@
-import { ERROR_CODES, isRetryableCode } from '../../shared/src/errors';
+import { ERROR_CODES, isRetryableCode } from '@nks/shared/errors';
 import { KeystoreApiError, KeystoreClient } from '../src/sdk';
 
 function fakeFetch(statuses: number[]) {

@@ -2,10 +2,10 @@
  * Wires the enclave together from its configuration: NSM, recipient key, KMS-proxy client, key cache and
  * vault, and the RPC server. `startEnclave` returns once it listens; `stop` drains and zeroes the cache.
  */
-import { createTransport } from '../../shared/src/transport';
-import type { Logger } from '../../shared/src/log';
-import { RpcClient, RpcServer } from '../../shared/src/rpc';
-import type { KmsProxyApi } from '../../shared/src/enclave-api';
+import { createTransport } from '@nks/shared/transport';
+import type { Logger } from '@nks/shared/log';
+import { RpcClient, RpcServer } from '@nks/shared/rpc';
+import type { KmsProxyApi } from '@nks/shared/enclave-api';
 import type { EnclaveConfig } from './config';
 import { KeyCache } from './keys/cache';
 import { KeyVault } from './keys/vault';

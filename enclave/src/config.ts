@@ -5,11 +5,11 @@
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import os from 'node:os';
 import { z } from 'zod';
-import { ConfigError, readJsonConfig } from '../../shared/src/config-file';
-import { DEFAULT_MAX_FRAME_BYTES } from '../../shared/src/framing';
-import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '../../shared/src/log';
-import { describeIssues, kmsKeyArn } from '../../shared/src/schema';
-import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '../../shared/src/transport';
+import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
+import { DEFAULT_MAX_FRAME_BYTES } from '@nks/shared/framing';
+import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
+import { describeIssues, kmsKeyArn } from '@nks/shared/schema';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '@nks/shared/transport';
 import { NSM_DEVICE_PATH } from './nsm/device';
 import { DEFAULT_SIGNING_DEADLINE_MS } from './signing/pool';
 

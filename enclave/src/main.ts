@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { createLogger } from '../../shared/src/log';
+import { createLogger } from '@nks/shared/log';
 import { ConfigError, loadEnclaveConfig } from './config';
 import { startEnclave } from './app';
 import { isSignerWorker, runSignerWorker } from './signing/pool';

@@ -2,9 +2,9 @@
  * The handlers of the methods the enclave serves (`EnclaveApi`, docs/PROTOCOL.md), with health counters and
  * errors counted by code.
  */
-import { USER_DATA_TAGS } from '../../shared/src/attestation/user-data';
-import { RELEASE_VERSION } from '../../shared/src/release';
-import { asKeystoreError, KeystoreError } from '../../shared/src/errors';
+import { USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
+import { RELEASE_VERSION } from '@nks/shared/release';
+import { asKeystoreError, KeystoreError } from '@nks/shared/errors';
 import {
   ACCEPTED_PROTOCOL_VERSIONS,
   EnclaveApi,
@@ -12,8 +12,8 @@ import {
   type EnclaveHealth,
   type HelloResult,
   type KmsProxyApi,
-} from '../../shared/src/enclave-api';
-import { serveApi, type RpcClient, type RpcMethod, type RpcServerStats } from '../../shared/src/rpc';
+} from '@nks/shared/enclave-api';
+import { serveApi, type RpcClient, type RpcMethod, type RpcServerStats } from '@nks/shared/rpc';
 import type { KeyCache } from './keys/cache';
 import type { KeyVault } from './keys/vault';
 import type { FailedOpens } from './kms/failed-opens';

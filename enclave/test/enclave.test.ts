@@ -5,11 +5,11 @@
  */
 import { constants, createPublicKey, publicEncrypt, randomBytes } from 'node:crypto';
 import { recoverAddress } from 'viem';
-import { birthUserData } from '../../shared/src/attestation/user-data';
-import { decodeBlobBase64, encodeBlob } from '../../shared/src/blob';
-import { canonicalCbor } from '../../shared/src/cbor';
-import { verifyAttestation } from '../../shared/src/attestation';
-import type { RpcClient } from '../../shared/src/rpc';
+import { birthUserData } from '@nks/shared/attestation/user-data';
+import { decodeBlobBase64, encodeBlob } from '@nks/shared/blob';
+import { canonicalCbor } from '@nks/shared/cbor';
+import { verifyAttestation } from '@nks/shared/attestation';
+import type { RpcClient } from '@nks/shared/rpc';
 import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { findLeaks, recoverSecret } from '../../test/support/secrets';
@@ -109,7 +109,7 @@ describe('enclave program', () => {
     const signsBefore = (await health()).counters.signs;
     h.forge = (p) => {
       // A compromised parent answers with its own data key, wrapped to the enclave's real recipient key.
-      const { document } = require('../../shared/src/attestation').decodeAttestationDocument(Buffer.from(p.attestationDocument, 'base64'));
+      const { document } = require('@nks/shared/attestation').decodeAttestationDocument(Buffer.from(p.attestationDocument, 'base64'));
       const recipient = createPublicKey({ key: document.publicKey, format: 'der', type: 'spki' });
       return { ciphertextForRecipient: buildEnvelopedData(randomBytes(32), recipient).toString('base64'), keyId: p.kmsKeyArn };
     };

@@ -2,7 +2,7 @@
  * A fake NSM for recipient-key tests: every request is answered as an Attestation whose document is
  * `doc-N` (N counts the requests), so a test sees how many documents were made and which one it holds.
  */
-import { encodeCbor } from '../../shared/src/cbor';
+import { encodeCbor } from '@nks/shared/cbor';
 import { NsmClient, type NsmTransport } from '../src/nsm/client';
 
 export interface FakeNsm {

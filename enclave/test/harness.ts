@@ -7,11 +7,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { KMSClient } from '@aws-sdk/client-kms';
-import { KeystoreError } from '../../shared/src/errors';
-import { KmsDecryptParams, type EnclaveApi, type KmsDecryptResult } from '../../shared/src/enclave-api';
-import { RpcClient, RpcServer, rpcMethod } from '../../shared/src/rpc';
-import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, SimulatedVsockTransport } from '../../shared/src/transport';
-import { silentLogger } from '../../shared/src/log';
+import { KeystoreError } from '@nks/shared/errors';
+import { KmsDecryptParams, type EnclaveApi, type KmsDecryptResult } from '@nks/shared/enclave-api';
+import { RpcClient, RpcServer, rpcMethod } from '@nks/shared/rpc';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, SimulatedVsockTransport } from '@nks/shared/transport';
+import { silentLogger } from '@nks/shared/log';
 import { attestedDecrypt, enclaveConfigFor, startPlatform, writeJson, type Platform } from '../../test/support/platform';
 import { startProgram, type Running } from '../../test/support/process';
 import { RecordingTransport } from '../../test/support/recording';

@@ -7,9 +7,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { KMSClient } from '@aws-sdk/client-kms';
-import type { CreateResult, EnclaveHealth } from '../../shared/src/enclave-api';
-import { FramedConnection } from '../../shared/src/rpc';
-import { SimulatedVsockTransport, type Listener } from '../../shared/src/transport';
+import type { CreateResult, EnclaveHealth } from '@nks/shared/enclave-api';
+import { FramedConnection } from '@nks/shared/rpc';
+import { SimulatedVsockTransport, type Listener } from '@nks/shared/transport';
 import { tempRunDir } from '../../shared/test/helpers';
 import { attestedDecrypt, enclaveConfigFor, startPlatform, writeJson, type Platform } from '../../test/support/platform';
 import { startProgram, type Running } from '../../test/support/process';

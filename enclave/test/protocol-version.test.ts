@@ -13,7 +13,7 @@ import {
   type CreateResult,
   type HelloResult,
   type SignResult,
-} from '../../shared/src/enclave-api';
+} from '@nks/shared/enclave-api';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { RawPeer } from '../../test/support/raw-peer';
 import { hello } from '../src/methods';

@@ -4,7 +4,7 @@
  * answers the test releases. Written for mutation testing (npm run test:mutation): each test pins a comparison
  * or a branch that the broader tests in units.test.ts pass through without distinguishing.
  */
-import { KeystoreError } from '../../shared/src/errors';
+import { KeystoreError } from '@nks/shared/errors';
 import { rejection } from '../../shared/test/helpers';
 import { FailedOpens } from '../src/kms/failed-opens';
 import { RecipientKeys, RecipientLease } from '../src/kms/recipient';

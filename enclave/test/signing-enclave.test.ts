@@ -5,8 +5,8 @@
  * refused with INVALID_PARAMS, and a job past `signing.deadlineMs` answers TIMEOUT.
  */
 import { recoverAddress, recoverTypedDataAddress, type Hex } from 'viem';
-import type { CreateResult } from '../../shared/src/enclave-api';
-import type { SignRequestInput } from '../../shared/src/signing/schema';
+import type { CreateResult } from '@nks/shared/enclave-api';
+import type { SignRequestInput } from '@nks/shared/signing/schema';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import * as payloads from '../../shared/test/typed-data-payloads';
 import { startEnclaveHarness, type EnclaveHarness } from './harness';

@@ -30,8 +30,8 @@ import {
 import { privateKeyToAccount, sign as viemSign } from 'viem/accounts';
 import { getUserOperationHash } from 'viem/account-abstraction';
 import { hexToBytes } from 'viem';
-import { SignRequestSchema, type SignRequestInput, type SignResult } from '../../shared/src/signing/schema';
-import { KeystoreError } from '../../shared/src/errors';
+import { SignRequestSchema, type SignRequestInput, type SignResult } from '@nks/shared/signing/schema';
+import { KeystoreError } from '@nks/shared/errors';
 import { signRequest } from '../src/signing/sign';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
 import * as payloads from '../../shared/test/typed-data-payloads';

@@ -7,9 +7,9 @@
  */
 import { constants, createPublicKey, generateKeyPairSync, privateDecrypt, randomBytes, type KeyObject } from 'node:crypto';
 import { hexToBytes } from 'viem';
-import type { KeyBlob } from '../../shared/src/blob';
-import { KeystoreError } from '../../shared/src/errors';
-import type { RpcClient } from '../../shared/src/rpc';
+import type { KeyBlob } from '@nks/shared/blob';
+import { KeystoreError } from '@nks/shared/errors';
+import type { RpcClient } from '@nks/shared/rpc';
 import { buildEnvelopedData, type ForgeryOptions } from '../../sim/src/kms/cms-writer';
 import { rejection } from '../../shared/test/helpers';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';

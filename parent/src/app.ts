@@ -3,9 +3,9 @@
  * then the proxy, then closes the pool and the database.
  */
 import { KMSClient } from '@aws-sdk/client-kms';
-import { createLogger, type Logger } from '../../shared/src/log';
-import type { EnclaveHealth } from '../../shared/src/enclave-api';
-import { createTransport } from '../../shared/src/transport';
+import { createLogger, type Logger } from '@nks/shared/log';
+import type { EnclaveHealth } from '@nks/shared/enclave-api';
+import { createTransport } from '@nks/shared/transport';
 import { ApiServer } from './api/server';
 import { TokenAuth } from './api/auth';
 import { callerRoutes } from './api/routes';

@@ -4,10 +4,10 @@
  * stops the daemon with every problem named.
  */
 import { z } from 'zod';
-import { ConfigError, readJsonConfig } from '../../shared/src/config-file';
-import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '../../shared/src/log';
-import { describeIssues, kmsKeyArn } from '../../shared/src/schema';
-import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '../../shared/src/transport';
+import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
+import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
+import { describeIssues, kmsKeyArn } from '@nks/shared/schema';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '@nks/shared/transport';
 
 export const SCOPES = ['keys:create', 'keys:sign', 'keys:read', 'admin'] as const;
 export type Scope = (typeof SCOPES)[number];

@@ -3,9 +3,9 @@
  * sign through the enclave, disable and enable, and fetch attestation documents.
  */
 import { randomBytes } from 'node:crypto';
-import { KeystoreError } from '../../shared/src/errors';
-import type { Logger } from '../../shared/src/log';
-import type { SignRequestInput, SignResult } from '../../shared/src/signing/schema';
+import { KeystoreError } from '@nks/shared/errors';
+import type { Logger } from '@nks/shared/log';
+import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
 import type { EnclavePool } from './enclave/pool';
 import type { KeyRecord, KeyStore, Page } from './store/key-store';
 

@@ -3,7 +3,7 @@
  * NKS_API_PORT, NKS_DB_PATH, NKS_KMS_ENDPOINT, NKS_KMS_REGION, NKS_LOG_LEVEL. SIGTERM/SIGINT drain and stop.
  */
 import { parseArgs } from 'node:util';
-import { createLogger } from '../../shared/src/log';
+import { createLogger } from '@nks/shared/log';
 import { startParent } from './app';
 import { ConfigError, loadParentConfig } from './config';
 

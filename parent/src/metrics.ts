@@ -4,7 +4,7 @@
  * `enclave.health` at scrape time with a short deadline).
  */
 import client from 'prom-client';
-import type { EnclaveHealth } from '../../shared/src/enclave-api';
+import type { EnclaveHealth } from '@nks/shared/enclave-api';
 
 export class Metrics {
   readonly registry = new client.Registry();

@@ -4,10 +4,10 @@
  * independent attacker's review of the change.
  */
 import fs from 'node:fs';
-import { KeystoreError } from '../../shared/src/errors';
-import type { EnclaveApi } from '../../shared/src/enclave-api';
-import { FramedConnection, RpcClient } from '../../shared/src/rpc';
-import { SimulatedVsockTransport, type Connection, type Listener } from '../../shared/src/transport';
+import { KeystoreError } from '@nks/shared/errors';
+import type { EnclaveApi } from '@nks/shared/enclave-api';
+import { FramedConnection, RpcClient } from '@nks/shared/rpc';
+import { SimulatedVsockTransport, type Connection, type Listener } from '@nks/shared/transport';
 import { EnclavePool } from '../src/enclave/pool';
 import { captureLogger, rejection, sleep, tempRunDir, waitFor } from '../../shared/test/helpers';
 

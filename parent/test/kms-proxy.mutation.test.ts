@@ -8,11 +8,11 @@
 import { DecryptCommand, type KMSClient } from '@aws-sdk/client-kms';
 import fs from 'node:fs';
 import net from 'node:net';
-import { backoffDelay } from '../../shared/src/backoff';
-import { KeystoreError, toRpcError } from '../../shared/src/errors';
-import { silentLogger } from '../../shared/src/log';
-import { RpcClient } from '../../shared/src/rpc';
-import { SimulatedVsockTransport, simulatedSocketPath } from '../../shared/src/transport';
+import { backoffDelay } from '@nks/shared/backoff';
+import { KeystoreError, toRpcError } from '@nks/shared/errors';
+import { silentLogger } from '@nks/shared/log';
+import { RpcClient } from '@nks/shared/rpc';
+import { SimulatedVsockTransport, simulatedSocketPath } from '@nks/shared/transport';
 import { captureLogger, rejection, tempRunDir } from '../../shared/test/helpers';
 import { KMS_MIN_ATTEMPT_MS, KMS_RETRY_BACKOFF, KmsProxy, kmsBudgetMs, mapKmsError } from '../src/kms/proxy';
 

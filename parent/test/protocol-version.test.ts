@@ -7,10 +7,10 @@
  */
 import fs from 'node:fs';
 import { z } from 'zod';
-import { ACCEPTED_PROTOCOL_VERSIONS, PROTOCOL_VERSION } from '../../shared/src/enclave-api';
-import { KeystoreError, toRpcError } from '../../shared/src/errors';
-import { FramedConnection, RpcServer, rpcMethod } from '../../shared/src/rpc';
-import { SimulatedVsockTransport, type Listener } from '../../shared/src/transport';
+import { ACCEPTED_PROTOCOL_VERSIONS, PROTOCOL_VERSION } from '@nks/shared/enclave-api';
+import { KeystoreError, toRpcError } from '@nks/shared/errors';
+import { FramedConnection, RpcServer, rpcMethod } from '@nks/shared/rpc';
+import { SimulatedVsockTransport, type Listener } from '@nks/shared/transport';
 import { captureLogger, rejection, tempRunDir, waitFor } from '../../shared/test/helpers';
 import { EnclavePool } from '../src/enclave/pool';
 

@@ -6,7 +6,7 @@ import { IDENTIFIER_SAMPLES } from '../../shared/test/identifier-samples';
 import { startProgram } from '../../test/support/process';
 import { hashToken, TokenAuth } from '../src/api/auth';
 import { PARENT_CONFIG_DEFAULTS, parseParentConfig } from '../src/config';
-import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../shared/src/transport';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
 import { KeyStore, SCHEMA_VERSION } from '../src/store/key-store';
 
 describe('bearer tokens', () => {

@@ -7,7 +7,7 @@
  */
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { extendPcr, ZERO_PCR } from '../../shared/src/pcr';
+import { extendPcr, ZERO_PCR } from '@nks/shared/pcr';
 
 const sha384 = (...parts: Uint8Array[]) => {
   const h = createHash('sha384');

@@ -20,7 +20,7 @@ import {
   ReEncryptCommand,
 } from '@aws-sdk/client-kms';
 import { generateKeyPolicy } from '../../client/src/policy';
-import { silentLogger } from '../../shared/src/log';
+import { silentLogger } from '@nks/shared/log';
 import { tempRunDir } from '../../shared/test/helpers';
 import { LOCKOUT_MESSAGE, KmsEmulator } from '../src/kms/emulator';
 import { KmsHttpServer } from '../src/kms/server';

@@ -35,15 +35,15 @@ import {
   RevokeGrantCommand,
   UnsupportedOperationException,
 } from '@aws-sdk/client-kms';
-import { openEnvelopedData } from '../../shared/src/cms';
-import { decodeCbor, encodeCbor } from '../../shared/src/cbor';
-import { silentLogger } from '../../shared/src/log';
+import { openEnvelopedData } from '@nks/shared/cms';
+import { decodeCbor, encodeCbor } from '@nks/shared/cbor';
+import { silentLogger } from '@nks/shared/log';
 import { KmsEmulator } from '../src/kms/emulator';
 import { KmsHttpServer } from '../src/kms/server';
 import { KmsState } from '../src/kms/state';
 import { SimulatedNitroCa } from '../src/nsm/ca';
 import { signAttestationDocument } from '../src/nsm/document';
-import { pcr3ForRole } from '../../shared/src/pcr';
+import { pcr3ForRole } from '@nks/shared/pcr';
 import { startProgram } from '../../test/support/process';
 import { ACCESS_KEYS, ACCOUNT, accessKeyArgs, PARENT_ROLE, attestedPolicy as sharedAttestedPolicy } from '../../test/support/platform';
 import { tempRunDir } from '../../shared/test/helpers';

@@ -2,13 +2,13 @@ import { createHash, generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { decodeCbor, encodeCbor } from '../../shared/src/cbor';
-import { encodeFrame, FrameDecoder } from '../../shared/src/framing';
-import { verifyAttestation } from '../../shared/src/attestation';
+import { decodeCbor, encodeCbor } from '@nks/shared/cbor';
+import { encodeFrame, FrameDecoder } from '@nks/shared/framing';
+import { verifyAttestation } from '@nks/shared/attestation';
 import { SimulatedNitroCa } from '../src/nsm/ca';
 import { SimulatedNsm } from '../src/nsm/device';
 import { measureContents, measureImageFiles } from '../src/measure';
-import { measureString, pcr3ForRole } from '../../shared/src/pcr';
+import { measureString, pcr3ForRole } from '@nks/shared/pcr';
 import { startProgram, type Running } from '../../test/support/process';
 import { tempRunDir } from '../../shared/test/helpers';
 

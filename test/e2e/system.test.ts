@@ -26,7 +26,7 @@ import {
   type Hex,
 } from 'viem';
 import { getUserOperationHash } from 'viem/account-abstraction';
-import { birthUserData } from '../../shared/src/attestation/user-data';
+import { birthUserData } from '@nks/shared/attestation/user-data';
 import { KeystoreApiError, KeystoreClient, verifyKeyBirth, type Key } from '../../client/src/sdk';
 import { tempRunDir } from '../../shared/test/helpers';
 import { findLeaks, recoverSecret } from '../support/secrets';

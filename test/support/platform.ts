@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CreateKeyCommand, DecryptCommand, GetPublicKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { generateKeyPolicy } from '../../client/src/policy';
-import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../shared/src/transport';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
 import { startProgram, type Running } from './process';
 
 export const ACCOUNT = '111122223333';

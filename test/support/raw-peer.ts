@@ -3,8 +3,8 @@
  * compared byte for byte, and no client library in between (it sends what a parent of any version might).
  */
 import net from 'node:net';
-import { encodeFrame, FrameDecoder } from '../../shared/src/framing';
-import { simulatedSocketPath } from '../../shared/src/transport';
+import { encodeFrame, FrameDecoder } from '@nks/shared/framing';
+import { simulatedSocketPath } from '@nks/shared/transport';
 
 export class RawPeer {
   private socket!: net.Socket;

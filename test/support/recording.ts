@@ -2,7 +2,7 @@
  * A transport that records every byte it receives, so a test can hold everything a peer process sent over
  * (simulated) vsock and scan it.
  */
-import type { Connection, ConnectionHandlers, Listener, Transport } from '../../shared/src/transport';
+import type { Connection, ConnectionHandlers, Listener, Transport } from '@nks/shared/transport';
 
 class RecordingConnection implements Connection {
   constructor(

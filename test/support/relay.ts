@@ -5,7 +5,7 @@
 import net from 'node:net';
 import fs from 'node:fs';
 import path from 'node:path';
-import { simulatedSocketPath } from '../../shared/src/transport';
+import { simulatedSocketPath } from '@nks/shared/transport';
 
 export interface Relay {
   bytes(): Buffer;

@@ -5,7 +5,7 @@
  */
 import { constants, createDecipheriv, createPrivateKey, privateDecrypt } from 'node:crypto';
 import fs from 'node:fs';
-import { blobAad, decodeBlobBase64 } from '../../shared/src/blob';
+import { blobAad, decodeBlobBase64 } from '@nks/shared/blob';
 
 interface EmulatorState {
   keys: Array<{ arn: string; material: string }>;

@@ -5,7 +5,7 @@
  * and only for an attested enclave (the key policy's conditions).
  */
 import { constants, createCipheriv, createDecipheriv, publicEncrypt, randomBytes, type KeyObject } from 'node:crypto';
-import { BLOB_ALG, BLOB_VERSION, blobAad, type KeyBlob } from '../../../shared/src/blob';
+import { BLOB_ALG, BLOB_VERSION, blobAad, type KeyBlob } from '@nks/shared/blob';
 
 export interface SealParams {
   keyId: string;

@@ -3,11 +3,11 @@
  * cold key, shared by concurrent requests), forget.
  */
 import type { KeyObject } from 'node:crypto';
-import { birthContent, USER_DATA_TAGS } from '../../../shared/src/attestation/user-data';
-import { decodeBlobBase64, encodeBlob } from '../../../shared/src/blob';
-import { KeystoreError } from '../../../shared/src/errors';
-import type { CreateResult } from '../../../shared/src/enclave-api';
-import type { SignRequest, SignResult } from '../../../shared/src/signing/schema';
+import { birthContent, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
+import { decodeBlobBase64, encodeBlob } from '@nks/shared/blob';
+import { KeystoreError } from '@nks/shared/errors';
+import type { CreateResult } from '@nks/shared/enclave-api';
+import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
 import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
 import type { Unsealer } from '../kms/unseal';
 import type { NsmClient } from '../nsm/client';

@@ -15,9 +15,9 @@
  */
 import { constants, createDecipheriv, privateDecrypt, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { z } from 'zod';
-import type { KeyBlob } from '../../../shared/src/blob';
-import { parseEnvelopedData, type EnvelopedParts } from '../../../shared/src/cms';
-import { base64 } from '../../../shared/src/schema';
+import type { KeyBlob } from '@nks/shared/blob';
+import { parseEnvelopedData, type EnvelopedParts } from '@nks/shared/cms';
+import { base64 } from '@nks/shared/schema';
 import { addressOf, isValidSecret, publicKeyOf } from '../crypto/secp256k1';
 import { openSealed } from '../keys/seal';
 

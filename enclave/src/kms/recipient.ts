@@ -16,8 +16,8 @@
  */
 import { generateKeyPair, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
-import { USER_DATA_TAGS } from '../../../shared/src/attestation/user-data';
-import { KeystoreError } from '../../../shared/src/errors';
+import { USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
+import { KeystoreError } from '@nks/shared/errors';
 import type { NsmClient } from '../nsm/client';
 
 const generate = promisify(generateKeyPair);

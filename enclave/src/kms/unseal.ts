@@ -4,10 +4,10 @@
  * arrived gets one answer (`unsealRefused`), retires the recipient key it was made for, and is counted and
  * rate-limited (failed-opens.ts). See docs/SECURITY.md, "The KMS answer is not authenticated".
  */
-import type { KeyBlob } from '../../../shared/src/blob';
-import { KeystoreError } from '../../../shared/src/errors';
-import type { KmsProxyApi } from '../../../shared/src/enclave-api';
-import type { RpcClient } from '../../../shared/src/rpc';
+import type { KeyBlob } from '@nks/shared/blob';
+import { KeystoreError } from '@nks/shared/errors';
+import type { KmsProxyApi } from '@nks/shared/enclave-api';
+import type { RpcClient } from '@nks/shared/rpc';
 import { FailedOpens } from './failed-opens';
 import { openKmsAnswer, type OpenedKey } from './open-answer';
 import type { RecipientKeys } from './recipient';

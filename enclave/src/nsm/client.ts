@@ -2,9 +2,9 @@
  * The NSM protocol as the enclave uses it: CBOR requests and responses (serde's externally tagged enums, as
  * nsm-api encodes them), over a transport that is either the real device or the simulator's socket.
  */
-import { taggedUserData, type UserDataTag } from '../../../shared/src/attestation/user-data';
-import { decodeCbor, encodeCbor } from '../../../shared/src/cbor';
-import { KeystoreError } from '../../../shared/src/errors';
+import { taggedUserData, type UserDataTag } from '@nks/shared/attestation/user-data';
+import { decodeCbor, encodeCbor } from '@nks/shared/cbor';
+import { KeystoreError } from '@nks/shared/errors';
 
 /** Carries one raw request to the NSM and returns its raw response. */
 export interface NsmTransport {

@@ -4,7 +4,7 @@
  * node-gyp build directory (development).
  */
 import path from 'node:path';
-import { loadAddon, nativeDirCandidates } from '../../../shared/src/native';
+import { loadAddon, nativeDirCandidates } from '@nks/shared/native';
 import type { NsmTransport } from './client';
 
 interface NsmAddon {

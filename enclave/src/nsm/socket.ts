@@ -3,7 +3,7 @@
  * the shared frame codec, answered in order on one connection.
  */
 import net from 'node:net';
-import { encodeFrame, FrameDecoder } from '../../../shared/src/framing';
+import { encodeFrame, FrameDecoder } from '@nks/shared/framing';
 import type { NsmTransport } from './client';
 
 const RESPONSE_MAX_BYTES = 0x3000;

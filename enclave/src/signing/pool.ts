@@ -25,8 +25,8 @@
  * file.
  */
 import { Worker, parentPort, workerData, isMainThread } from 'node:worker_threads';
-import { KeystoreError } from '../../../shared/src/errors';
-import type { SignRequest, SignResult } from '../../../shared/src/signing/schema';
+import { KeystoreError } from '@nks/shared/errors';
+import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
 import { signRequest } from './sign';
 
 interface Job {

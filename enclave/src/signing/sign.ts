@@ -22,8 +22,8 @@ import {
 } from 'viem';
 import { getUserOperationHash } from 'viem/account-abstraction';
 import { hashAuthorization } from 'viem/utils';
-import { KeystoreError } from '../../../shared/src/errors';
-import type { SignRequest, SignResult } from '../../../shared/src/signing/schema';
+import { KeystoreError } from '@nks/shared/errors';
+import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
 import type { RawSignature } from '../crypto/secp256k1';
 import { signDigestScrubbed } from './scrub';
 

@@ -4,7 +4,7 @@
  * timing reveals neither which token nor how much of it matched. `admin` includes every other scope.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
-import { KeystoreError } from '../../../shared/src/errors';
+import { KeystoreError } from '@nks/shared/errors';
 import type { Scope } from '../config';
 
 export interface Principal {

@@ -10,7 +10,7 @@
 import type http from 'node:http';
 import type { Readable } from 'node:stream';
 import type { FastifyRequest } from 'fastify';
-import { KeystoreError } from '../../../shared/src/errors';
+import { KeystoreError } from '@nks/shared/errors';
 import { JSON_NULL } from './validation';
 
 /** Whether the request says it has a body (a length above zero, or chunked). */

@@ -7,7 +7,7 @@
 import type { FastifyBaseLogger, FastifyInstance, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { SignRequestSchema } from '../../../shared/src/signing/schema';
+import { SignRequestSchema } from '@nks/shared/signing/schema';
 import type { Scope } from '../config';
 import { viewOf, type KeyRegistry } from '../key-registry';
 import { KeyParams, requestBody, routeUrl } from './validation';

@@ -21,8 +21,8 @@ import Fastify, {
   type RouteOptions,
 } from 'fastify';
 import { serializerCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
-import { asKeystoreError, KeystoreError, type ErrorCode } from '../../../shared/src/errors';
-import type { Logger } from '../../../shared/src/log';
+import { asKeystoreError, KeystoreError, type ErrorCode } from '@nks/shared/errors';
+import type { Logger } from '@nks/shared/log';
 import type { ParentConfig } from '../config';
 import type { Metrics } from '../metrics';
 import { TokenAuth } from './auth';

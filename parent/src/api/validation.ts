@@ -12,8 +12,8 @@
  */
 import type { FastifySchemaCompiler } from 'fastify';
 import { z } from 'zod';
-import { KeystoreError } from '../../../shared/src/errors';
-import { describeIssues, keyId } from '../../../shared/src/schema';
+import { KeystoreError } from '@nks/shared/errors';
+import { describeIssues, keyId } from '@nks/shared/schema';
 
 /**
  * A JSON body that is literally `null`. Fastify hands validators `null` for a request without a body, so the

@@ -5,11 +5,11 @@
  * a protocol version (docs/PROTOCOL.md, "Versions"); a connection whose enclave speaks none this parent
  * accepts never counts as up.
  */
-import { ACCEPTED_PROTOCOL_VERSIONS, PROTOCOL_VERSION, type EnclaveApi } from '../../../shared/src/enclave-api';
-import { KeystoreError } from '../../../shared/src/errors';
-import type { Logger } from '../../../shared/src/log';
-import { RpcClient, type HandshakeCall, type MethodName, type ParamsOf, type ResultOf } from '../../../shared/src/rpc';
-import type { Transport } from '../../../shared/src/transport';
+import { ACCEPTED_PROTOCOL_VERSIONS, PROTOCOL_VERSION, type EnclaveApi } from '@nks/shared/enclave-api';
+import { KeystoreError } from '@nks/shared/errors';
+import type { Logger } from '@nks/shared/log';
+import { RpcClient, type HandshakeCall, type MethodName, type ParamsOf, type ResultOf } from '@nks/shared/rpc';
+import type { Transport } from '@nks/shared/transport';
 
 export interface PoolOptions {
   transport: Transport;

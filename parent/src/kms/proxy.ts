@@ -9,12 +9,12 @@
  * response that carries plaintext (impossible with Recipient, but checked) is refused.
  */
 import { DecryptCommand, KMSClient } from '@aws-sdk/client-kms';
-import { backoffDelay, type BackoffOptions } from '../../../shared/src/backoff';
-import { KeystoreError, type ErrorCode } from '../../../shared/src/errors';
-import type { Logger } from '../../../shared/src/log';
-import { KmsProxyApi, type KmsDecryptResult } from '../../../shared/src/enclave-api';
-import { RpcServer, serveApi, type ValidParamsOf } from '../../../shared/src/rpc';
-import type { Listener, Transport } from '../../../shared/src/transport';
+import { backoffDelay, type BackoffOptions } from '@nks/shared/backoff';
+import { KeystoreError, type ErrorCode } from '@nks/shared/errors';
+import type { Logger } from '@nks/shared/log';
+import { KmsProxyApi, type KmsDecryptResult } from '@nks/shared/enclave-api';
+import { RpcServer, serveApi, type ValidParamsOf } from '@nks/shared/rpc';
+import type { Listener, Transport } from '@nks/shared/transport';
 
 export interface KmsProxyOptions {
   client: KMSClient;

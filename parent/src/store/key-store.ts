@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { KeystoreError } from '../../../shared/src/errors';
+import { KeystoreError } from '@nks/shared/errors';
 
 export interface KeyRecord {
   keyId: string;

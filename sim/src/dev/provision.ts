@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { CreateKeyCommand, GetKeyPolicyCommand, GetPublicKeyCommand, KMSClient, PutKeyPolicyCommand } from '@aws-sdk/client-kms';
 import { generateKeyPolicy } from '../../../client/src/policy';
-import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '../../../shared/src/transport';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
 import { asNitroCliJson, measureImageFiles, type Measurements } from '../measure';
 
 export const DEV_ACCOUNT = '111122223333';

@@ -29,7 +29,7 @@ import {
   type KeyObject,
 } from 'node:crypto';
 import { z } from 'zod';
-import { AttestationError, verifyAttestation } from '../../../shared/src/attestation';
+import { AttestationError, verifyAttestation } from '@nks/shared/attestation';
 import { buildEnvelopedData } from './cms-writer';
 import { KmsError } from './errors';
 import { defaultKeyPolicy, evaluatePolicy, parsePolicy, principalEntryMatches } from './policy';

@@ -9,7 +9,7 @@
  */
 import fs from 'node:fs';
 import { parseArgs } from 'node:util';
-import { createLogger } from '../../../shared/src/log';
+import { createLogger } from '@nks/shared/log';
 import { KmsEmulator } from './emulator';
 import { KmsHttpServer } from './server';
 import { KmsState } from './state';

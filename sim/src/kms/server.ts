@@ -15,7 +15,7 @@
  */
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
-import type { Logger } from '../../../shared/src/log';
+import type { Logger } from '@nks/shared/log';
 import { KmsEmulator, OPERATIONS, type Caller } from './emulator';
 import { KmsError } from './errors';
 

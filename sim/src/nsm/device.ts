@@ -5,10 +5,10 @@
  * PCRs 0..15 are locked at boot (0-4 set from configuration), 16..31 start unlocked at zero.
  */
 import { randomBytes } from 'node:crypto';
-import { decodeCbor, encodeCbor } from '../../../shared/src/cbor';
+import { decodeCbor, encodeCbor } from '@nks/shared/cbor';
 import type { SimulatedNitroCa } from './ca';
 import { signAttestationDocument } from './document';
-import { extendPcr, PCR_BYTES, ZERO_PCR } from '../../../shared/src/pcr';
+import { extendPcr, PCR_BYTES, ZERO_PCR } from '@nks/shared/pcr';
 
 export const NSM_REQUEST_MAX_BYTES = 0x1000;
 export const NSM_RESPONSE_MAX_BYTES = 0x3000;

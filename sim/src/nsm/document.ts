@@ -5,8 +5,8 @@
  * ES384 signature.
  */
 import { sign } from 'node:crypto';
-import { encodeCbor } from '../../../shared/src/cbor';
-import { sigStructure } from '../../../shared/src/attestation';
+import { encodeCbor } from '@nks/shared/cbor';
+import { sigStructure } from '@nks/shared/attestation';
 import type { DocumentSigner } from './ca';
 
 export interface DocumentFields {

@@ -11,12 +11,12 @@ import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { randomBytes } from 'node:crypto';
-import { createLogger } from '../../../shared/src/log';
-import { encodeFrame, FrameDecoder, FrameError } from '../../../shared/src/framing';
+import { createLogger } from '@nks/shared/log';
+import { encodeFrame, FrameDecoder, FrameError } from '@nks/shared/framing';
 import { SimulatedNitroCa } from './ca';
 import { SimulatedNsm, NSM_RESPONSE_MAX_BYTES } from './device';
 import { measureImageFiles } from '../measure';
-import { measureString, PCR_BYTES, PCR_HEX_RE, pcr3ForRole, ZERO_PCR } from '../../../shared/src/pcr';
+import { measureString, PCR_BYTES, PCR_HEX_RE, pcr3ForRole, ZERO_PCR } from '@nks/shared/pcr';
 
 const USAGE = `usage: nsm-sim --socket PATH --state-dir DIR [--image FILE]... [--pcr0..4 HEX] [--parent-role-arn ARN] [--instance-id ID] [--region R] [--debug-mode]`;
 
