@@ -20,16 +20,14 @@ export function encodeCbor(value: unknown): Buffer {
 }
 
 /**
- * Deterministic encoding of a flat record: keys sorted by their encoded bytes (for text keys: shorter first,
- * then bytewise), so two parties that build the same record get the same bytes.
+ * The project's one deterministic CBOR encoder (RFC 8949 §4.2.1): map keys sorted by their encoded bytes (for
+ * text keys: shorter first, then bytewise), every integer and length in its shortest form, nested objects and
+ * Maps alike. Two parties that build the same value get the same bytes, and `decodeCanonicalCbor` accepts
+ * exactly these bytes back. Plain objects are maps with text keys; values are integers (number or bigint),
+ * strings, byte strings, booleans, null, arrays and maps. Anything else (a float, undefined) is refused.
  */
-export function canonicalCbor(record: Record<string, unknown>): Buffer {
-  const keys = Object.keys(record).sort((a, b) => {
-    const ka = encoder.encode(a);
-    const kb = encoder.encode(b);
-    return ka.length - kb.length || Buffer.compare(ka, kb);
-  });
-  return encoder.encode(new Map(keys.map((k) => [k, record[k]])));
+export function canonicalCbor(value: Record<string, unknown>): Buffer {
+  return encodeDeterministic(value);
 }
 
 /**
@@ -207,6 +205,12 @@ function head(major: number, arg: number | bigint): Buffer {
   return h;
 }
 
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (typeof v !== 'object' || v === null) return false;
+  const proto = Object.getPrototypeOf(v) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
 /** RFC 8949 §4.2.1 deterministic encoding of the values `decodeCanonicalCbor` accepts (and nothing else). */
 function encodeDeterministic(value: unknown): Buffer {
   const parts: Buffer[] = [];
@@ -225,8 +229,9 @@ function encodeDeterministic(value: unknown): Buffer {
     else if (Array.isArray(v)) {
       parts.push(head(4, v.length));
       for (const item of v) put(item);
-    } else if (v instanceof Map) {
-      const entries = [...v.entries()].map(([k, val]) => [encodeDeterministic(k), encodeDeterministic(val)] as const);
+    } else if (v instanceof Map || isPlainObject(v)) {
+      const pairs: Array<[unknown, unknown]> = v instanceof Map ? [...v.entries()] : Object.entries(v);
+      const entries = pairs.map(([k, val]) => [encodeDeterministic(k), encodeDeterministic(val)] as const);
       entries.sort((a, b) => Buffer.compare(a[0], b[0]));
       parts.push(head(5, entries.length));
       for (const [k, val] of entries) parts.push(k, val);

@@ -6,6 +6,8 @@
  */
 import { z } from 'zod';
 import { defineMethod } from './rpc/api';
+import { SUBJECT_MAX_BYTES } from './identifiers';
+import type { SignedRecord } from './records';
 import { base64, hexBytes, keyId, kmsKeyArn } from './schema';
 import { SignRequestSchema, type SignResult } from './signing/schema';
 
@@ -13,13 +15,14 @@ const hexUpTo = (bytes: number) => hexBytes.max(2 + 2 * bytes, `expected at most
 const blob = base64.max(8192, 'expected a key blob of at most 6 KiB');
 
 /**
- * The protocol version this build speaks, and the versions it accepts: its own and the one before, so a
- * rolling upgrade can run an old parent with a new enclave and the reverse (docs/PROTOCOL.md, "Versions").
- * Version 1 (release 0.2.0) has no `enclave.hello` and carries error codes in `data.reason` only.
- * The version selects wire details only: the enclave's checks are the same whatever version is spoken.
+ * The protocol version this build speaks, and the versions it accepts (docs/PROTOCOL.md, "Versions").
+ * Normally its own and the one before, so a rolling upgrade can run an old parent with a new enclave and the
+ * reverse. Version 3 (release 0.4.0) is a cutover: every key carries a signed record the enclave checks, and
+ * a version 2 parent sends none, so only version 3 is accepted. Version 2 (0.3.0) added `enclave.hello`;
+ * version 1 (0.2.0) carried error codes in `data.reason` only.
  */
-export const PROTOCOL_VERSION = 2;
-export const ACCEPTED_PROTOCOL_VERSIONS: readonly number[] = [PROTOCOL_VERSION - 1, PROTOCOL_VERSION];
+export const PROTOCOL_VERSION = 3;
+export const ACCEPTED_PROTOCOL_VERSIONS: readonly number[] = [PROTOCOL_VERSION];
 
 export const HelloParams = z.strictObject({ protocolVersion: z.number().int().min(1).max(1_000_000) });
 
@@ -32,9 +35,38 @@ export interface HelloResult {
   enclaveVersion: string;
 }
 
+/** A signed record as it travels: canonical CBOR and the identity's Ed25519 signature, both base64. */
+export const SignedRecordSchema = z.strictObject({
+  record: base64.max(11_000, 'expected a record of at most 8 KiB'),
+  signature: base64.length(88, 'expected a 64-byte signature'),
+});
+const subject = z
+  .string()
+  .min(1)
+  .refine((s) => Buffer.byteLength(s) <= SUBJECT_MAX_BYTES, `expected at most ${SUBJECT_MAX_BYTES} bytes`)
+  .nullable();
+
 export const HealthParams = z.strictObject({});
-export const CreateParams = z.strictObject({ keyId, attest: z.boolean().optional() });
-export const SignParams = z.strictObject({ keyId, blob, request: SignRequestSchema });
+/** Genesis: the operator's nonce goes into the document's `nonce` field, so the document is fresh. */
+export const GenesisParams = z.strictObject({ nonce: hexUpTo(512).refine((h) => h.length > 2, 'expected a nonce of 1-512 bytes') });
+export const IdentityParams = z.strictObject({ nonce: hexUpTo(512).optional() });
+/**
+ * A key is made in a project (its signed record: the enclave checks it is genuine and active) for a subject
+ * (for token projects the parent's external id, or null).
+ */
+export const CreateParams = z.strictObject({ keyId, project: SignedRecordSchema, subject, attest: z.boolean().optional() });
+/** The blob, the key's current record and its project's record: the enclave checks all three before signing. */
+export const SignParams = z.strictObject({
+  keyId,
+  blob,
+  record: SignedRecordSchema,
+  project: SignedRecordSchema,
+  request: SignRequestSchema,
+});
+/** A new record for the key with `disabled` set, `seq` + 1 (an admin action, authorized by the parent for token projects). */
+export const SetDisabledParams = z.strictObject({ record: SignedRecordSchema, project: SignedRecordSchema, disabled: z.boolean() });
+/** Migration image only: a version 1 blob re-sealed as version 2 in `project` for `subject`, with a record of origin "migrated". */
+export const MigrateParams = z.strictObject({ keyId, blob, project: SignedRecordSchema, subject });
 export const ForgetParams = z.strictObject({ keyId });
 /** No `userData`: the parent never chooses bytes of the enclave's evidence (see attestation/user-data.ts). */
 export const AttestationParams = z.strictObject({ nonce: hexUpTo(512).optional() });
@@ -77,6 +109,26 @@ export interface EnclaveHealth {
   memory: { rssBytes: number; heapUsedBytes: number; externalBytes: number };
 }
 
+export interface GenesisResult {
+  /** The identity's Ed25519 public key, 0x-hex. */
+  publicKey: string;
+  /** The identity's sealed seed (blob kind "identity"), base64. */
+  blob: string;
+  /** COSE_Sign1, base64: user_data = SHA-256("nks-identity-v1" ‖ public key), nonce = the operator's. */
+  attestation: string;
+  /** The `default` token project's record, signed by the new identity. */
+  defaultProject: SignedRecord;
+}
+
+export interface IdentityResult {
+  publicKey: string;
+  /** The genesis document from the configuration, base64: clients pin the identity from it. */
+  genesisDocument: string;
+  /** A fresh document of this enclave: user_data binds the public key as at genesis; nonce = the caller's. */
+  attestation: string;
+  defaultProject: SignedRecord;
+}
+
 export interface CreateResult {
   keyId: string;
   address: `0x${string}`;
@@ -84,8 +136,14 @@ export interface CreateResult {
   publicKey: `0x${string}`;
   /** The sealed blob, base64. */
   blob: string;
+  /** The key's first record (seq 0), signed by the identity. */
+  record: SignedRecord;
   /** Birth attestation (base64 COSE_Sign1) whose user_data is `birthUserData(keyId, address)`. */
   attestation?: string;
+}
+
+export interface SetDisabledResult {
+  record: SignedRecord;
 }
 
 export type { SignResult };
@@ -105,9 +163,13 @@ export interface AttestationResult {
 export const EnclaveApi = {
   'enclave.hello': defineMethod<HelloResult>()(HelloParams),
   'enclave.health': defineMethod<EnclaveHealth>()(HealthParams),
+  'identity.genesis': defineMethod<GenesisResult>()(GenesisParams),
+  'identity.get': defineMethod<IdentityResult>()(IdentityParams),
   'keys.create': defineMethod<CreateResult>()(CreateParams),
   'keys.sign': defineMethod<SignResult>()(SignParams),
+  'keys.setDisabled': defineMethod<SetDisabledResult>()(SetDisabledParams),
   'keys.forget': defineMethod<ForgetResult>()(ForgetParams),
+  'keys.migrate': defineMethod<CreateResult>()(MigrateParams),
   'attestation.get': defineMethod<AttestationResult>()(AttestationParams),
 };
 export type EnclaveApi = typeof EnclaveApi;

@@ -28,6 +28,10 @@ export const ERROR_CODES = {
   KEY_NOT_FOUND: { rpcCode: -32002, httpStatus: 404, retryable: false },
   KEY_DISABLED: { rpcCode: -32003, httpStatus: 409, retryable: false },
   UNSUPPORTED_VERSION: { rpcCode: -32004, httpStatus: 500, retryable: false },
+  /** A retired or cancelled key (its signed record says so): it never signs again. */
+  KEY_RETIRED: { rpcCode: -32005, httpStatus: 409, retryable: false },
+  /** The enclave has not (yet) unsealed and checked its keystore identity: it serves nothing but health. */
+  IDENTITY_UNAVAILABLE: { rpcCode: -32006, httpStatus: 503, retryable: true },
   // KMS and attestation
   KMS_ACCESS_DENIED: { rpcCode: -32010, httpStatus: 502, retryable: false },
   KMS_THROTTLED: { rpcCode: -32011, httpStatus: 503, retryable: true },

@@ -19,3 +19,18 @@ export const KEY_ID_EXPECTED = 'expected 1-64 characters of [A-Za-z0-9_-]';
 /** A 20-byte EVM address as 0x-prefixed hex, in any case (the EIP-55 checksum is not checked here). */
 export const ADDRESS_RE = /^0x[0-9a-fA-F]{40}$/;
 export const ADDRESS_EXPECTED = 'expected a 20-byte 0x-prefixed address';
+
+/**
+ * Project ids are chosen by the enclave (`p_` + random, or `default` for the project made at genesis); the
+ * unanchored pattern is for URL patterns.
+ */
+export const PROJECT_ID_PATTERN = '(?:default|p_[A-Za-z0-9_-]{16,43})';
+export const PROJECT_ID_RE = new RegExp(`^${PROJECT_ID_PATTERN}$`);
+export const PROJECT_ID_EXPECTED = 'expected "default" or p_ and 16-43 characters of [A-Za-z0-9_-]';
+
+/** A key's subject within its project (an external id, or a JWT issuer and user): 1-1024 bytes of UTF-8. */
+export const SUBJECT_MAX_BYTES = 1024;
+
+/** The keystore identity's Ed25519 public key: 32 bytes as 0x-prefixed lower-case hex. */
+export const IDENTITY_PUBLIC_KEY_RE = /^0x[0-9a-f]{64}$/;
+export const IDENTITY_PUBLIC_KEY_EXPECTED = 'expected a 32-byte Ed25519 public key as 0x-prefixed lower-case hex';

@@ -5,7 +5,16 @@
  */
 import { z } from 'zod';
 import { KeystoreError, type ErrorCode } from './errors';
-import { ADDRESS_EXPECTED, ADDRESS_RE, KEY_ID_EXPECTED, KEY_ID_RE, KMS_KEY_ARN_EXPECTED, KMS_KEY_ARN_RE } from './identifiers';
+import {
+  ADDRESS_EXPECTED,
+  ADDRESS_RE,
+  IDENTITY_PUBLIC_KEY_EXPECTED,
+  IDENTITY_PUBLIC_KEY_RE,
+  KEY_ID_EXPECTED,
+  KEY_ID_RE,
+  KMS_KEY_ARN_EXPECTED,
+  KMS_KEY_ARN_RE,
+} from './identifiers';
 
 export function describeIssues(error: z.ZodError, root = 'params'): string {
   const parts = error.issues.slice(0, 5).map((issue) => {
@@ -38,3 +47,4 @@ export const base64 = z
 /** Key ids are chosen by the parent: short, URL-safe and free of path separators. */
 export const keyId = z.string().regex(KEY_ID_RE, KEY_ID_EXPECTED);
 export const kmsKeyArn = z.string().regex(KMS_KEY_ARN_RE, KMS_KEY_ARN_EXPECTED);
+export const identityPublicKey = z.string().regex(IDENTITY_PUBLIC_KEY_RE, IDENTITY_PUBLIC_KEY_EXPECTED);

@@ -7,6 +7,7 @@
  * integers are decimal strings, 0x hex, or (when small) JSON numbers, and come out as bigint or number.
  */
 import { z } from 'zod';
+import type { SignRequestType } from './request-types';
 import { address as addressSchema, hex32 } from '../schema';
 import { checkTypedDataBudget, domainFieldsOf } from './typed-data-budget';
 
@@ -211,3 +212,8 @@ export interface SignResult {
   /** For user operations: the EntryPoint's userOpHash (the signed digest is its EIP-191 hash). */
   userOperationHash?: `0x${string}`;
 }
+
+/** Compile-time check: the schema's variants are exactly SIGN_REQUEST_TYPES. */
+type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
+const requestTypesMatch: Same<SignType, SignRequestType> = true;
+void requestTypesMatch;
