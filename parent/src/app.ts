@@ -5,12 +5,13 @@
 import { KMSClient } from '@aws-sdk/client-kms';
 import { createLogger, type Logger } from '@nks/shared/log';
 import type { EnclaveHealth } from '@nks/shared/enclave-api';
-import { createTransport } from '@nks/shared/transport';
+import { createTransport, type Transport } from '@nks/shared/transport';
 import { ApiServer } from './api/server';
 import { TokenAuth } from './api/auth';
 import { callerRoutes } from './api/routes';
 import type { ParentConfig } from './config';
-import { EnclavePool } from './enclave/pool';
+import type { KnownIdentity } from './enclave/identity';
+import { EnclavePool, type PoolOptions } from './enclave/pool';
 import { KeyRegistry } from './key-registry';
 import { KmsProxy } from './kms/proxy';
 import { Metrics } from './metrics';
@@ -20,17 +21,51 @@ export interface RunningParent {
   url: string;
   store: KeyStore;
   pool: EnclavePool;
+  keys: KeyRegistry;
   metrics: Metrics;
   stop(): Promise<void>;
 }
 
-export async function startParent(config: ParentConfig, logger: Logger): Promise<RunningParent> {
-  const store = new KeyStore(config.database.path);
-  const transport = createTransport(config.transport);
-  let proxyListening = false;
+/** The KMS client the proxy calls through: retries happen in the proxy, within the request deadline. */
+export function kmsClientFor(config: ParentConfig): KMSClient {
+  return new KMSClient({
+    region: config.kmsProxy.region,
+    maxAttempts: 1,
+    ...(config.kmsProxy.endpoint ? { endpoint: config.kmsProxy.endpoint } : {}),
+  });
+}
 
-  // The pool's callbacks only fire after start(), by which time `metrics` exists.
-  const pool = new EnclavePool({
+/** The KMS proxy of this configuration (not listening yet). */
+export function kmsProxyFor(config: ParentConfig, kms: KMSClient, logger: Logger, metrics?: Metrics): KmsProxy {
+  return new KmsProxy({
+    client: kms,
+    allowedKeyArns: config.kmsProxy.allowedKeyArns,
+    deadlineMs: config.kmsProxy.deadlineMs,
+    maxConcurrent: config.kmsProxy.maxConcurrent,
+    logger: logger.child({ component: 'kms-proxy' }),
+    ...(metrics
+      ? {
+          onCall: (outcome: string, seconds: number) => {
+            metrics.kmsCalls.inc({ outcome });
+            metrics.kmsDuration.observe({ outcome }, seconds);
+          },
+        }
+      : {}),
+  });
+}
+
+/** The enclave pool of this configuration (not started), learning the keystore identity unless `learnIdentity` is false. */
+export function enclavePoolFor(
+  config: ParentConfig,
+  transport: Transport,
+  logger: Logger,
+  extra: Partial<Pick<PoolOptions, 'onCall' | 'onStateChange' | 'size'>> & {
+    onIdentity?: (identity: KnownIdentity) => void;
+    learnIdentity?: boolean;
+  } = {},
+): EnclavePool {
+  const { onIdentity, learnIdentity = true, ...rest } = extra;
+  return new EnclavePool({
     transport,
     address: config.enclave.address,
     size: config.enclave.poolSize,
@@ -38,8 +73,21 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     connectTimeoutMs: config.enclave.connectTimeoutMs,
     deadlineMs: config.enclave.deadlineMs,
     maxInFlightPerConnection: config.enclave.maxInFlightPerConnection,
+    ...(learnIdentity ? { identity: { pinned: config.identity.publicKey, ...(onIdentity ? { onLearned: onIdentity } : {}) } } : {}),
+    ...rest,
+  });
+}
+
+export async function startParent(config: ParentConfig, logger: Logger): Promise<RunningParent> {
+  const store = new KeyStore(config.database.path);
+  const transport = createTransport(config.transport);
+  let proxyListening = false;
+
+  // The pool's callbacks only fire after start(), by which time `metrics` and `keys` exist.
+  const pool = enclavePoolFor(config, transport, logger, {
     onCall: (method, outcome, seconds) => metrics.enclaveRpc.observe({ method, outcome }, seconds),
     onStateChange: (up) => metrics.enclaveUp.set(up ? 1 : 0),
+    onIdentity: (identity) => keys.useIdentity(identity),
   });
   const enclaveHealth = async (): Promise<EnclaveHealth | null> => {
     if (!pool.up) return null;
@@ -52,27 +100,13 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
   const metrics = new Metrics({ keyCounts: () => store.counts(), enclaveHealth });
   metrics.enclaveUp.set(0);
 
-  const kms = new KMSClient({
-    region: config.kmsProxy.region,
-    maxAttempts: 1, // retries happen in the proxy, within the request deadline
-    ...(config.kmsProxy.endpoint ? { endpoint: config.kmsProxy.endpoint } : {}),
-  });
-  const proxy = new KmsProxy({
-    client: kms,
-    allowedKeyArns: config.kmsProxy.allowedKeyArns,
-    deadlineMs: config.kmsProxy.deadlineMs,
-    maxConcurrent: config.kmsProxy.maxConcurrent,
-    logger: logger.child({ component: 'kms-proxy' }),
-    onCall: (outcome, seconds) => {
-      metrics.kmsCalls.inc({ outcome });
-      metrics.kmsDuration.observe({ outcome }, seconds);
-    },
-  });
+  const kms = kmsClientFor(config);
+  const proxy = kmsProxyFor(config, kms, logger, metrics);
   await proxy.listen(transport, config.kmsProxy.listen);
   proxyListening = true;
+  const keys = new KeyRegistry(store, pool, logger);
   pool.start();
 
-  const keys = new KeyRegistry(store, pool, logger);
   const api = new ApiServer({
     config: config.api,
     routes: callerRoutes(keys),
@@ -83,6 +117,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     readiness: async () => {
       const health = await enclaveHealth();
       const checks = {
+        // Up means a connection passed its handshake, which includes the identity check.
         enclave: health !== null,
         kmsProxy: proxyListening,
         enclaveKmsLink: health?.kmsProxy === 'connected',
@@ -97,6 +132,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     url,
     store,
     pool,
+    keys,
     metrics,
     async stop() {
       await api.close(config.api.drainMs);

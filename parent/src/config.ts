@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
-import { describeIssues, kmsKeyArn } from '@nks/shared/schema';
+import { describeIssues, identityPublicKey, kmsKeyArn } from '@nks/shared/schema';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '@nks/shared/transport';
 
 export const SCOPES = ['keys:create', 'keys:sign', 'keys:read', 'admin'] as const;
@@ -94,6 +94,12 @@ export const ParentConfigSchema = z.strictObject({
     deadlineMs: ms(D.kmsProxy.deadlineMs),
     maxConcurrent: z.number().int().min(1).max(10_000).default(D.kmsProxy.maxConcurrent),
   }),
+  /**
+   * The keystore identity this parent works with (docs/RECORDS.md): its Ed25519 public key, 0x-hex, from the
+   * genesis output. An enclave with another identity is not used. Absent: the first identity the enclave
+   * reports is used for the life of the process.
+   */
+  identity: z.strictObject({ publicKey: identityPublicKey.optional() }).prefault({}),
   logLevel: z.enum(LOG_LEVELS).default(D.logLevel),
 });
 

@@ -1,13 +1,23 @@
 /**
  * What the caller API does with keys, independent of HTTP: create (idempotent by external id), read, list,
- * sign through the enclave, disable and enable, and fetch attestation documents.
+ * sign through the enclave, disable and enable, and fetch attestation documents and the keystore identity.
+ *
+ * Every key carries a record signed by the keystore identity (docs/RECORDS.md). The registry verifies the
+ * stored record and its project's record before it asks the enclave anything about a key (a row that does not
+ * verify, or does not match the key's blob, is KEY_INTEGRITY and the enclave is never asked), and verifies
+ * every record the enclave answers with before storing it. The enclave checks them all again: this is not
+ * what protects keys from the parent, only what makes a damaged database fail early and clearly.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { decodeKeyBlob } from '@nks/shared/blob';
+import type { CreateResult } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
+import { DEFAULT_PROJECT_ID, hex, type KeyRecord, type KeyState, type ProjectRecord, type SignedRecord } from '@nks/shared/records';
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
+import { RecordChecker, type KnownIdentity } from './enclave/identity';
 import type { EnclavePool } from './enclave/pool';
-import type { KeyRecord, KeyStore, Page } from './store/key-store';
+import type { KeyStore, Page, StoredKey } from './store/key-store';
 
 export interface KeyView {
   keyId: string;
@@ -17,19 +27,28 @@ export interface KeyView {
   labels: Record<string, string>;
   createdAt: string;
   disabled: boolean;
+  /** From the key's signed record; null for a key made before 0.4 and not migrated yet. */
+  projectId: string | null;
+  state: KeyState | null;
+  /** The key's current record as the enclave signed it (canonical CBOR and signature, base64). */
+  record: SignedRecord | null;
+  /** The birth attestation, when one was made at creation. */
   attestation?: string;
 }
 
-export function viewOf(r: KeyRecord, withAttestation = false): KeyView {
+export function viewOf(k: StoredKey): KeyView {
   return {
-    keyId: r.keyId,
-    address: r.address,
-    publicKey: r.publicKey,
-    externalId: r.externalId,
-    labels: r.labels,
-    createdAt: new Date(r.createdAt).toISOString(),
-    disabled: r.disabled,
-    ...(withAttestation && r.attestation ? { attestation: r.attestation } : {}),
+    keyId: k.keyId,
+    address: k.address,
+    publicKey: k.publicKey,
+    externalId: k.externalId,
+    labels: k.labels,
+    createdAt: new Date(k.createdAt).toISOString(),
+    disabled: k.disabled,
+    projectId: k.projectId,
+    state: k.state,
+    record: k.record,
+    ...(k.attestation ? { attestation: k.attestation } : {}),
   };
 }
 
@@ -38,9 +57,67 @@ export function newKeyId(): string {
   return `k_${randomBytes(16).toString('base64url')}`;
 }
 
+export const blobSha256 = (blob: string): string => hex(createHash('sha256').update(Buffer.from(blob, 'base64')).digest());
+
+/** The one message for a stored key whose record, blob or project does not verify (the log says which key). */
+export const TAMPERED_ROW = 'the stored key record does not verify: the database was altered or belongs to another keystore identity';
+/** The one message for an enclave answer whose record does not match what was asked. */
+export const BAD_ANSWER = 'the enclave answered with a record that does not match the request';
+
+/** A key the enclave made or re-sealed, checked against what was asked. */
+export interface CheckedKey {
+  made: CreateResult;
+  record: KeyRecord;
+}
+
+/**
+ * Checks a `keys.create` or `keys.migrate` answer: the record is signed by the identity, is the key's first
+ * (seq 0, active, enabled, of this origin), names this key id, address, project and subject, and binds the
+ * blob returned; the blob is version 2 for the same key. KEY_INTEGRITY otherwise.
+ */
+export function checkNewKey(
+  checker: RecordChecker,
+  made: CreateResult,
+  expected: { keyId: string; projectId: string; subject: string | null; origin: 'created' | 'migrated'; address?: string },
+): CheckedKey {
+  const fail = (cause?: unknown) => new KeystoreError('KEY_INTEGRITY', BAD_ANSWER, { cause });
+  if (made?.keyId !== expected.keyId || typeof made.blob !== 'string') throw fail();
+  let record: KeyRecord;
+  try {
+    record = checker.key(made.record).record;
+    const blob = decodeKeyBlob(made.blob);
+    if (
+      blob.keyId !== expected.keyId ||
+      blob.address !== made.address ||
+      blob.projectId !== expected.projectId ||
+      blob.subject !== expected.subject
+    )
+      throw fail();
+  } catch (err) {
+    throw err instanceof KeystoreError && err.message === BAD_ANSWER ? err : fail(err);
+  }
+  const ok =
+    record.keyId === expected.keyId &&
+    record.address === made.address &&
+    (expected.address === undefined || record.address === expected.address) &&
+    record.blobSha256 === blobSha256(made.blob) &&
+    record.projectId === expected.projectId &&
+    record.subject === expected.subject &&
+    record.state === 'active' &&
+    !record.disabled &&
+    record.seq === 0 &&
+    record.prev === null &&
+    record.origin === expected.origin;
+  if (!ok) throw fail();
+  return { made, record };
+}
+
 export class KeyRegistry {
   /** One creation per external id at a time: concurrent requests for it share the first one's result. */
-  private readonly creating = new Map<string, Promise<{ record: KeyRecord; created: boolean }>>();
+  private readonly creating = new Map<string, Promise<{ record: StoredKey; created: boolean }>>();
+  /** One record change per key at a time: the second waits, then works from the record the first stored. */
+  private readonly changing = new Map<string, Promise<unknown>>();
+  private checker: RecordChecker | undefined;
 
   constructor(
     private readonly store: KeyStore,
@@ -48,11 +125,57 @@ export class KeyRegistry {
     private readonly logger: Logger,
   ) {}
 
+  /**
+   * The identity, once the pool has learned it (the enclave pool calls this). Seeds the default project's
+   * record into the store if it has none; a stored one the identity did not sign is logged (every key of the
+   * project then answers KEY_INTEGRITY).
+   */
+  useIdentity(identity: KnownIdentity): void {
+    this.checker = new RecordChecker(identity);
+    const seeded = seedDefaultProject(this.store, this.checker);
+    if (!seeded.ok)
+      this.logger.error(
+        { identity: identity.publicKey },
+        'the default project stored in the database is not signed by the enclave identity: keys of this database will not sign',
+      );
+    const pending = this.store.keysPendingDisable();
+    if (pending.length > 0) void this.applyPendingDisables(pending);
+    const { withoutRecord } = this.store.counts();
+    if (withoutRecord > 0)
+      this.logger.warn(
+        { keys: withoutRecord },
+        'keys made before 0.4 have no signed record and cannot sign until migrated (parent migrate, with the migration image)',
+      );
+  }
+
+  /**
+   * Keys disabled before 0.4 are migrated with an enabled record (the migration image records no state but
+   * "active, enabled"); the parent refuses them meanwhile. Once an enclave with the identity is up, their
+   * disable is recorded through it, one key after another; a failure is logged and retried at the next start.
+   */
+  private async applyPendingDisables(keyIds: string[]): Promise<void> {
+    try {
+      await this.enclave.waitUp(60_000);
+      for (const keyId of keyIds) await this.setDisabled(keyId, true);
+      this.logger.info({ keys: keyIds.length }, 'recorded the disable of keys migrated while disabled');
+    } catch (err) {
+      this.logger.warn(
+        { err },
+        'could not record the disable of keys migrated while disabled; they stay refused, and it is retried at the next start',
+      );
+    }
+  }
+
+  private records(): RecordChecker {
+    if (!this.checker) throw new KeystoreError('IDENTITY_UNAVAILABLE', 'the keystore identity is not known yet: the enclave is not ready');
+    return this.checker;
+  }
+
   async create(input: {
     externalId?: string | undefined;
     labels?: Record<string, string> | undefined;
     attest?: boolean | undefined;
-  }): Promise<{ record: KeyRecord; created: boolean }> {
+  }): Promise<{ record: StoredKey; created: boolean }> {
     const { externalId } = input;
     if (externalId === undefined) return this.createNew(input);
     const existing = this.store.getByExternalId(externalId);
@@ -71,10 +194,13 @@ export class KeyRegistry {
     externalId?: string | undefined;
     labels?: Record<string, string> | undefined;
     attest?: boolean | undefined;
-  }): Promise<{ record: KeyRecord; created: boolean }> {
+  }): Promise<{ record: StoredKey; created: boolean }> {
+    const checker = this.records();
+    const project = this.project(DEFAULT_PROJECT_ID, checker);
     const keyId = newKeyId();
-    const made = await this.enclave.call('keys.create', { keyId, attest: input.attest ?? false });
-    if (made.keyId !== keyId) throw new KeystoreError('KEY_INTEGRITY', 'the enclave answered for another key id');
+    const subject = input.externalId ?? null;
+    const made = await this.enclave.call('keys.create', { keyId, project: project.signed, subject, attest: input.attest ?? false });
+    const { record } = checkNewKey(checker, made, { keyId, projectId: project.record.projectId, subject, origin: 'created' });
     const result = this.store.insert({
       keyId,
       externalId: input.externalId ?? null,
@@ -84,6 +210,8 @@ export class KeyRegistry {
       labels: input.labels ?? {},
       attestation: made.attestation ?? null,
       createdAt: Date.now(),
+      signed: made.record,
+      record,
     });
     if (!result.created) {
       // Another writer stored this external id first; the key made here was never returned and is dropped.
@@ -92,7 +220,7 @@ export class KeyRegistry {
     return result;
   }
 
-  get(keyId: string): KeyRecord {
+  get(keyId: string): StoredKey {
     const r = this.store.get(keyId);
     if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
     return r;
@@ -106,31 +234,144 @@ export class KeyRegistry {
     return this.store.list(q.limit, q.cursor);
   }
 
+  /** A stored project, verified. KEY_INTEGRITY if it is missing or does not verify. */
+  private project(projectId: string, checker: RecordChecker): { signed: SignedRecord; record: ProjectRecord } {
+    const stored = this.store.getProject(projectId);
+    if (!stored) throw new KeystoreError('KEY_INTEGRITY', `project ${projectId} is not in the database`);
+    const { record } = checker.project(stored.signed);
+    if (record.projectId !== projectId || record.seq !== stored.seq)
+      throw new KeystoreError('KEY_INTEGRITY', `project ${projectId}: ${TAMPERED_ROW}`);
+    return { signed: stored.signed, record };
+  }
+
+  /**
+   * A stored key with its verified record and project: the record is signed by the identity and matches the
+   * row (key id, address, seq, project, disabled) and the blob's SHA-256; the project's record is signed and
+   * is the key's project. KEY_INTEGRITY otherwise, before anything is sent to the enclave.
+   */
+  private verified(k: StoredKey): {
+    record: KeyRecord;
+    digest: Buffer;
+    signed: SignedRecord;
+    project: { signed: SignedRecord; record: ProjectRecord };
+  } {
+    if (!k.record) {
+      throw new KeystoreError(
+        'UNSUPPORTED_VERSION',
+        `key ${k.keyId} was made before 0.4 and has no signed record: run the migration (parent migrate) before it can sign`,
+      );
+    }
+    const checker = this.records();
+    try {
+      const { record, digest } = checker.key(k.record);
+      const matches =
+        record.keyId === k.keyId &&
+        record.address === k.address &&
+        record.seq === k.recordSeq &&
+        record.projectId === k.projectId &&
+        record.disabled === (k.disabled && !k.disablePending) &&
+        record.blobSha256 === blobSha256(k.blob);
+      if (!matches) throw new KeystoreError('KEY_INTEGRITY', TAMPERED_ROW);
+      const project = this.project(record.projectId, checker);
+      return { record, digest, signed: k.record, project };
+    } catch (err) {
+      this.logger.warn({ keyId: k.keyId }, `refused key ${k.keyId}: ${TAMPERED_ROW}`);
+      throw err instanceof KeystoreError && err.code === 'KEY_INTEGRITY'
+        ? new KeystoreError('KEY_INTEGRITY', `key ${k.keyId}: ${TAMPERED_ROW}`, { cause: err })
+        : err;
+    }
+  }
+
   /** `request` is passed to the enclave as the caller sent it; the enclave validates and hashes it again. */
   async sign(keyId: string, request: SignRequestInput): Promise<SignResult> {
-    const r = this.get(keyId);
-    if (r.disabled) throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
-    const result = await this.enclave.call('keys.sign', { keyId, blob: r.blob, request }).catch((err: unknown) => {
-      // The enclave says only "no" when an unseal fails (forged KMS answer or altered blob); its health total
-      // failedOpens (metric nks_enclave_counter{counter="failedOpens"}) is what operators alert on.
-      if (err instanceof KeystoreError && err.code === 'KEY_INTEGRITY')
-        this.logger.warn({ keyId }, 'the enclave refused to unseal a key: its blob was altered or a KMS answer was not genuine');
-      throw err;
-    });
-    if (result.address !== r.address) {
-      throw new KeystoreError('KEY_INTEGRITY', `the enclave signed with ${result.address}, but key ${keyId} is ${r.address}`);
+    const k = this.get(keyId);
+    if (!k.record && k.disabled) throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
+    const { record, signed, project } = this.verified(k);
+    if (record.disabled || k.disablePending || project.record.state === 'disabled')
+      throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
+    if (record.state === 'retired' || record.state === 'cancelled')
+      throw new KeystoreError('KEY_RETIRED', `key ${keyId} is ${record.state}`);
+    const type = (request as { type?: unknown }).type;
+    if (typeof type === 'string' && !(project.record.allowedRequestTypes as string[]).includes(type))
+      throw new KeystoreError('FORBIDDEN', `project ${project.record.projectId} does not allow ${type} requests`);
+    const result = await this.enclave
+      .call('keys.sign', { keyId, blob: k.blob, record: signed, project: project.signed, request })
+      .catch((err: unknown) => {
+        // The enclave says only "no" when a record, the blob or an unseal fails (forged KMS answer or altered
+        // blob); its health totals integrityFailures and failedOpens are what operators alert on.
+        if (err instanceof KeystoreError && err.code === 'KEY_INTEGRITY')
+          this.logger.warn({ keyId }, 'the enclave refused the key: its record or blob was altered, or a KMS answer was not genuine');
+        throw err;
+      });
+    if (result.address !== k.address) {
+      throw new KeystoreError('KEY_INTEGRITY', `the enclave signed with ${result.address}, but key ${keyId} is ${k.address}`);
     }
     return result;
   }
 
-  setDisabled(keyId: string, disabled: boolean): KeyRecord {
-    const r = this.store.setDisabled(keyId, disabled);
-    if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
-    if (disabled) void this.enclave.call('keys.forget', { keyId }).catch(() => undefined); // best effort: drop it from the cache
-    return r;
+  /**
+   * Disables or enables a key: the enclave signs the key's next record (`disabled` set, seq + 1), which is
+   * verified and stored. Nothing changes (and no record is made) when the key already is as asked. A key made
+   * before 0.4 has no record: its flag is set in the database as before (the migration carries it over).
+   */
+  async setDisabled(keyId: string, disabled: boolean): Promise<StoredKey> {
+    const before = this.changing.get(keyId) ?? Promise.resolve();
+    const run = before.catch(() => undefined).then(() => this.changeDisabled(keyId, disabled));
+    const tail = run.catch(() => undefined);
+    this.changing.set(keyId, tail);
+    void tail.then(() => {
+      if (this.changing.get(keyId) === tail) this.changing.delete(keyId);
+    });
+    return run;
+  }
+
+  private async changeDisabled(keyId: string, disabled: boolean): Promise<StoredKey> {
+    const k = this.get(keyId);
+    if (!k.record) {
+      const r = this.store.setLegacyDisabled(keyId, disabled);
+      if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
+      return r;
+    }
+    const { record, digest, signed, project } = this.verified(k);
+    if (record.disabled === disabled && !k.disablePending) return k;
+    const answer = await this.enclave.call('keys.setDisabled', { record: signed, project: project.signed, disabled });
+    const checker = this.records();
+    let next: KeyRecord;
+    try {
+      next = checker.key(answer?.record).record;
+    } catch (err) {
+      throw new KeystoreError('KEY_INTEGRITY', BAD_ANSWER, { cause: err });
+    }
+    const expected: KeyRecord = { ...record, disabled, seq: record.seq + 1, prev: hex(digest), createdAt: next.createdAt };
+    if (JSON.stringify(next) !== JSON.stringify(expected)) throw new KeystoreError('KEY_INTEGRITY', BAD_ANSWER);
+    return this.store.updateRecord(keyId, answer.record, next);
   }
 
   async attestation(nonce?: string): Promise<{ document: string }> {
     return this.enclave.call('attestation.get', nonce ? { nonce } : {});
+  }
+
+  /** The keystore identity: its public key, the genesis document, and a fresh document for `nonce`. */
+  async identity(nonce?: string): Promise<{ publicKey: string; genesisDocument: string; attestation: string }> {
+    const known = this.records().identity;
+    const res = await this.enclave.call('identity.get', nonce ? { nonce } : {});
+    if (res?.publicKey !== known.publicKey || typeof res.attestation !== 'string')
+      throw new KeystoreError('IDENTITY_UNAVAILABLE', 'the enclave answered for another keystore identity');
+    return { publicKey: res.publicKey, genesisDocument: res.genesisDocument, attestation: res.attestation };
+  }
+}
+
+/**
+ * Stores the identity's default project record if the database has none. `ok` is false when the stored one
+ * is not signed by this identity.
+ */
+export function seedDefaultProject(store: KeyStore, checker: RecordChecker): { ok: boolean } {
+  const { record } = checker.project(checker.identity.defaultProject);
+  const stored = store.seedProject(checker.identity.defaultProject, record);
+  try {
+    checker.project(stored.signed);
+    return { ok: true };
+  } catch {
+    return { ok: false };
   }
 }

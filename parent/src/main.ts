@@ -1,17 +1,39 @@
 /**
- * Parent daemon (dist/parent.js): `--config FILE` (or $NKS_PARENT_CONFIG), environment overrides
- * NKS_API_PORT, NKS_DB_PATH, NKS_KMS_ENDPOINT, NKS_KMS_REGION, NKS_LOG_LEVEL. SIGTERM/SIGINT drain and stop.
+ * The parent program (dist/parent.js):
+ *
+ *   parent [--config FILE]                                        the daemon
+ *   parent genesis --config FILE --nonce HEX --out FILE [--trusted-root PEM]
+ *   parent migrate --config FILE [--concurrency N]
+ *
+ * The configuration is `--config FILE` or $NKS_PARENT_CONFIG, with the environment overrides NKS_API_PORT,
+ * NKS_DB_PATH, NKS_KMS_ENDPOINT, NKS_KMS_REGION, NKS_LOG_LEVEL. The daemon drains and stops on SIGTERM/SIGINT.
+ * `genesis` makes the keystore identity with the genesis image (genesis.ts); `migrate` re-seals the keys made
+ * before 0.4 with the migration image while the daemon is stopped (migrate.ts). Exit codes: 0 done, 1 the
+ * command failed (its reason on stderr and in the log), 2 bad usage or configuration.
  */
+import fs from 'node:fs';
 import { parseArgs } from 'node:util';
-import { createLogger } from '@nks/shared/log';
+import { createLogger, type Logger } from '@nks/shared/log';
 import { startParent } from './app';
-import { ConfigError, loadParentConfig } from './config';
+import { ConfigError, loadParentConfig, type ParentConfig } from './config';
+import { GENESIS_NONCE_RE, runGenesis, writeGenesisOutput } from './genesis';
+import { runMigration } from './migrate';
 
-async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { config: { type: 'string' } }, strict: true });
-  const file = values.config ?? process.env.NKS_PARENT_CONFIG;
-  if (!file) throw new ConfigError('no configuration: pass --config FILE or set NKS_PARENT_CONFIG');
-  const config = loadParentConfig(file);
+const USAGE = `usage: parent [--config FILE]
+       parent genesis --config FILE --nonce HEX --out FILE [--trusted-root PEM]
+       parent migrate --config FILE [--concurrency N]`;
+
+class UsageError extends Error {}
+
+function configOf(file: string | undefined): ParentConfig {
+  const chosen = file ?? process.env.NKS_PARENT_CONFIG;
+  if (!chosen) throw new ConfigError('no configuration: pass --config FILE or set NKS_PARENT_CONFIG');
+  return loadParentConfig(chosen);
+}
+
+async function daemon(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string' } }, strict: true });
+  const config = configOf(values.config);
   const logger = createLogger({ name: 'parent', level: config.logLevel });
   const parent = await startParent(config, logger);
   logger.info(
@@ -34,8 +56,74 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => void stop('SIGINT'));
 }
 
+/** Runs a one-shot command and exits: 0 when it succeeded, 1 when it failed. */
+async function oneShot(logger: Logger, run: () => Promise<boolean>): Promise<never> {
+  let ok = false;
+  try {
+    ok = await run();
+  } catch (err) {
+    logger.error({ err }, 'command failed');
+    process.stderr.write(`parent: ${(err as Error).message}\n`);
+  }
+  logger.flush();
+  process.exit(ok ? 0 : 1);
+}
+
+async function genesis(args: string[]): Promise<never> {
+  const { values } = parseArgs({
+    args,
+    options: { config: { type: 'string' }, nonce: { type: 'string' }, out: { type: 'string' }, 'trusted-root': { type: 'string' } },
+    strict: true,
+  });
+  if (!values.nonce || !values.out) throw new UsageError('genesis needs --nonce HEX and --out FILE');
+  if (!GENESIS_NONCE_RE.test(values.nonce)) throw new UsageError('--nonce must be 1-512 bytes of 0x-prefixed hex');
+  if (fs.existsSync(values.out)) throw new UsageError(`${values.out} exists: genesis does not replace an earlier identity's output`);
+  const config = configOf(values.config);
+  const logger = createLogger({ name: 'parent', level: config.logLevel });
+  const trustedRoots = values['trusted-root'] ? [fs.readFileSync(values['trusted-root'], 'utf8')] : undefined;
+  return oneShot(logger, async () => {
+    const { output, verified } = await runGenesis(
+      config,
+      { nonce: values.nonce as string, ...(trustedRoots ? { trustedRoots } : {}) },
+      logger,
+    );
+    writeGenesisOutput(values.out as string, output);
+    const pcr0 = verified.document.pcrs.get(0)?.toString('hex');
+    logger.info({ publicKey: output.publicKey, pcr0, out: values.out }, 'genesis done');
+    process.stdout.write(`${JSON.stringify({ publicKey: output.publicKey, pcr0, out: values.out })}\n`);
+    return true;
+  });
+}
+
+async function migrate(args: string[]): Promise<never> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string' }, concurrency: { type: 'string' } }, strict: true });
+  const concurrency = values.concurrency === undefined ? undefined : Number(values.concurrency);
+  if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64))
+    throw new UsageError('--concurrency must be an integer from 1 to 64');
+  const config = configOf(values.config);
+  const logger = createLogger({ name: 'parent', level: config.logLevel });
+  return oneShot(logger, async () => {
+    const summary = await runMigration(config, logger, concurrency ? { concurrency } : {});
+    process.stdout.write(`${JSON.stringify(summary)}\n`);
+    return summary.failed === 0 && summary.remaining === 0;
+  });
+}
+
+async function main(): Promise<void> {
+  const [command, ...rest] = process.argv.slice(2);
+  if (command === 'genesis') await genesis(rest);
+  else if (command === 'migrate') await migrate(rest);
+  else if (command === '--help' || command === 'help') process.stdout.write(`${USAGE}\n`);
+  else await daemon(process.argv.slice(2));
+}
+
 main().catch((err: unknown) => {
-  const message = err instanceof ConfigError ? err.message : `failed to start: ${(err as Error).message}`;
+  const message =
+    err instanceof ConfigError
+      ? err.message
+      : err instanceof UsageError || String((err as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS')
+        ? `${(err as Error).message}\n${USAGE}`
+        : `failed to start: ${(err as Error).message}`;
   process.stderr.write(`parent: ${message}\n`);
   process.exit(2);
 });

@@ -1,108 +1,25 @@
 /**
- * The parent daemon (in this process) against a fake enclave: an RPC server on the simulated vsock transport
- * that the test controls. It holds sign requests until the test releases them, so the API's in-flight cap is
- * measured with exact counts rather than timing; and it can answer a sign with a valid signature by another
- * key, which the parent must refuse (KEY_INTEGRITY) instead of passing on.
+ * The parent daemon (in this process) against a fake enclave (fake-enclave.ts): an RPC server on the simulated
+ * vsock transport that the test controls. It holds sign requests until the test releases them, so the API's
+ * in-flight cap is measured with exact counts rather than timing; and it can answer a sign with a valid
+ * signature by another key, which the parent must refuse (KEY_INTEGRITY) instead of passing on.
  */
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
-import { z } from 'zod';
-import { hashMessage, parseSignature, recoverMessageAddress, type Hex } from 'viem';
-import { generatePrivateKey, privateKeyToAccount, type PrivateKeyAccount } from 'viem/accounts';
+import { recoverMessageAddress, type Hex } from 'viem';
+import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { silentLogger } from '@nks/shared/log';
-import type { CreateResult, SignResult } from '@nks/shared/enclave-api';
-import { RpcServer, rpcMethod } from '@nks/shared/rpc';
+import type { SignResult } from '@nks/shared/enclave-api';
 import { SimulatedVsockTransport } from '@nks/shared/transport';
 import { tempRunDir } from '../../shared/test/helpers';
 import { hashToken } from '../src/api/auth';
 import { startParent, type RunningParent } from '../src/app';
 import { parseParentConfig } from '../src/config';
+import { FAKE_KMS_KEY_ARN, FakeEnclave } from './fake-enclave';
 
 const ENCLAVE = 'vsock://16:5000';
 const TOKEN = 'nks_test_token';
-
-interface Held {
-  keyId: string;
-  release: () => void;
-}
-
-/**
- * An enclave that signs for real with keys it keeps in memory, and does what the test tells it to. It has no
- * `enclave.hello`, like an enclave of protocol version 1, so the parent speaks version 1 to it.
- */
-class FakeEnclave {
-  readonly server: RpcServer;
-  private readonly keys = new Map<string, PrivateKeyAccount>();
-  /** Sign requests waiting for `release` (while `holding`), in arrival order. */
-  readonly held: Held[] = [];
-  private heldWaiters: Array<() => void> = [];
-  holding = false;
-  /** Sign with this account instead of the key's own (a substituted key). */
-  signAs: PrivateKeyAccount | null = null;
-  /** Every signature this enclave answered with. */
-  readonly answered: SignResult[] = [];
-  signRequests = 0;
-
-  constructor() {
-    const any = z.any();
-    this.server = new RpcServer({
-      name: 'fake-enclave',
-      logger: silentLogger(),
-      methods: {
-        'enclave.health': rpcMethod(any, () => ({ status: 'ok', kmsProxy: 'connected', counters: {}, memory: {} })),
-        'keys.create': rpcMethod(any, (p: { keyId: string }): CreateResult => {
-          const account = privateKeyToAccount(generatePrivateKey());
-          this.keys.set(p.keyId, account);
-          return {
-            keyId: p.keyId,
-            address: account.address,
-            publicKey: account.publicKey,
-            blob: Buffer.from(`blob of ${p.keyId}`).toString('base64'),
-          };
-        }),
-        'keys.sign': rpcMethod(any, (p: { keyId: string; request: { type: string; message: string } }) => this.sign(p)),
-        'keys.forget': rpcMethod(any, () => ({})),
-      },
-    });
-  }
-
-  private async sign(p: { keyId: string; request: { type: string; message: string } }): Promise<SignResult> {
-    this.signRequests += 1;
-    if (this.holding) {
-      await new Promise<void>((release) => {
-        this.held.push({ keyId: p.keyId, release });
-        for (const w of this.heldWaiters.splice(0)) w();
-      });
-    }
-    const account = this.signAs ?? (this.keys.get(p.keyId) as PrivateKeyAccount);
-    if (p.request.type !== 'message') throw new Error('this fake signs messages only');
-    const signature = await account.signMessage({ message: p.request.message });
-    const { r, s, v, yParity } = parseSignature(signature);
-    const result = {
-      signature,
-      r,
-      s,
-      v: Number(v) as 27 | 28,
-      yParity: yParity as 0 | 1,
-      hash: hashMessage(p.request.message),
-      address: account.address,
-    };
-    this.answered.push(result);
-    return result;
-  }
-
-  /** Resolves once `n` sign requests are held. */
-  async waitHeld(n: number): Promise<'held'> {
-    while (this.held.length < n) await new Promise<void>((r) => this.heldWaiters.push(r));
-    return 'held';
-  }
-
-  releaseAll(): void {
-    this.holding = false;
-    for (const h of this.held.splice(0)) h.release();
-  }
-}
 
 interface ApiAnswer {
   status: number;
@@ -161,7 +78,7 @@ describe('parent against a fake enclave', () => {
       enclave: { address: ENCLAVE, poolSize: 2, deadlineMs: 30_000 },
       kmsProxy: {
         listen: 'vsock://3:8000',
-        allowedKeyArns: ['arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000'],
+        allowedKeyArns: [FAKE_KMS_KEY_ARN],
         region: 'us-east-1',
         endpoint: 'http://127.0.0.1:9',
       },
@@ -176,14 +93,14 @@ describe('parent against a fake enclave', () => {
   beforeEach(async () => {
     runDir = tempRunDir('nks-fake-enclave-');
     enclave = new FakeEnclave();
-    await enclave.server.listen(new SimulatedVsockTransport(runDir), ENCLAVE);
+    await enclave.listen(new SimulatedVsockTransport(runDir), ENCLAVE);
   });
 
   afterEach(async () => {
     enclave?.releaseAll();
     await parent?.stop();
     parent = undefined;
-    await enclave?.server.close(100);
+    await enclave?.close();
     fs.rmSync(runDir, { recursive: true, force: true });
   });
 
@@ -224,14 +141,14 @@ describe('parent against a fake enclave', () => {
       expect((await p.metrics.inFlight.get()).values[0]?.value).toBe(CAP);
 
       // One more: refused at once with 503 OVERLOADED and Retry-After, and never reaches the enclave.
-      const before = enclave.signRequests;
+      const before = enclave.signRequests.length;
       const { first: over } = await sendAndSee(keyId, `${tag} over`, CAP);
       expect(over).not.toBe('held');
       const refused = over as ApiAnswer;
       expect([refused.status, refused.body?.error?.code]).toEqual([503, 'OVERLOADED']);
       expect(refused.body.error.message).toBe(`more than ${CAP} requests in flight; retry shortly`);
       expect(refused.headers['retry-after']).toMatch(/^\d+$/);
-      expect(enclave.signRequests).toBe(before);
+      expect(enclave.signRequests.length).toBe(before);
       expect(enclave.held).toHaveLength(CAP);
 
       // Released, every held request completes with a signature by the key.

@@ -16,7 +16,7 @@ declare module 'fastify' {
   interface FastifyContextConfig {
     /** The documented path (`/v1/keys/{keyId}`): the metrics label and the name in 405 answers. */
     name?: string;
-    /** The token scope the route needs; none for health, readiness and metrics. */
+    /** The token scope the route needs; none for health, readiness, metrics and the identity. */
     scope?: Scope;
     /** Health, readiness and metrics: served while draining or overloaded, with no token and no deadline. */
     operational?: boolean;
@@ -51,15 +51,15 @@ const ListQuery = z.strictObject({
   cursor: z.string().max(64).optional(),
 });
 const NoQuery = z.strictObject({});
-const AttestationQuery = z.strictObject({
-  nonce: z
-    .string()
-    .regex(/^0x(?:[0-9a-fA-F]{2}){1,512}$/, 'expected 1-512 bytes of 0x-prefixed hex')
-    .optional(),
-});
+const nonce = z
+  .string()
+  .regex(/^0x(?:[0-9a-fA-F]{2}){1,512}$/, 'expected 1-512 bytes of 0x-prefixed hex')
+  .optional();
+const AttestationQuery = z.strictObject({ nonce });
+const IdentityQuery = z.strictObject({ nonce });
 
-/** A route's URL and identity, from its documented path. */
-const at = (path: string, scope: Scope) => ({ url: routeUrl(path), config: { name: path, scope } });
+/** A route's URL and identity, from its documented path; no scope: served without a token. */
+const at = (path: string, scope?: Scope) => ({ url: routeUrl(path), config: { name: path, ...(scope ? { scope } : {}) } });
 
 /** Registration order is the order of methods in a 405's Allow header (`POST, GET` on /v1/keys). */
 export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
@@ -71,7 +71,7 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       async handler(request, reply) {
         const { record, created } = await keys.create(request.body ?? {});
         reply.code(created ? 201 : 200);
-        return viewOf(record, true);
+        return viewOf(record);
       },
     });
     app.route({
@@ -104,8 +104,8 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
         method: 'POST',
         ...at(`/v1/keys/{keyId}/${action}`, 'admin'),
         schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody },
-        handler(request) {
-          return viewOf(keys.setDisabled(request.params.keyId, action === 'disable'));
+        async handler(request) {
+          return viewOf(await keys.setDisabled(request.params.keyId, action === 'disable'));
         },
       });
     }
@@ -115,6 +115,16 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       schema: { querystring: AttestationQuery },
       handler(request) {
         return keys.attestation(request.query.nonce);
+      },
+    });
+    // The keystore identity, for anyone (like /healthz): clients pin its public key from the genesis document
+    // and check with the fresh document that this enclave holds it.
+    app.route({
+      method: 'GET',
+      ...at('/v1/identity'),
+      schema: { querystring: IdentityQuery },
+      handler(request) {
+        return keys.identity(request.query.nonce);
       },
     });
   };

@@ -10,6 +10,7 @@ import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import { RpcClient, type HandshakeCall, type MethodName, type ParamsOf, type ResultOf } from '@nks/shared/rpc';
 import type { Transport } from '@nks/shared/transport';
+import { checkIdentityResult, type KnownIdentity } from './identity';
 
 export interface PoolOptions {
   transport: Transport;
@@ -21,6 +22,12 @@ export interface PoolOptions {
   maxInFlightPerConnection: number;
   onCall?: (method: string, outcome: string, seconds: number) => void;
   onStateChange?: (up: boolean) => void;
+  /**
+   * Learn the keystore identity on every connection (`identity.get` after the hello), and use only connections
+   * whose enclave has it: the pinned one if given, else the first one learned. Absent for the genesis command,
+   * which talks to an enclave that has no identity yet.
+   */
+  identity?: { pinned?: string | undefined; onLearned?: (identity: KnownIdentity) => void };
 }
 
 export type EnclaveMethod = MethodName<EnclaveApi>;
@@ -34,6 +41,7 @@ export class EnclavePool {
   private readonly versions: Array<number | undefined>;
   private next = 0;
   private lastRefusal: string | undefined;
+  private known: KnownIdentity | undefined;
 
   constructor(private readonly options: PoolOptions) {
     this.clients = Array.from(
@@ -90,15 +98,53 @@ export class EnclavePool {
       this.refused(message);
       throw new KeystoreError('UNSUPPORTED_VERSION', message);
     }
+    if (this.options.identity) await this.learnIdentity(call);
     this.versions[i] = version;
     this.lastRefusal = undefined; // a later refusal (another image) is logged again
   }
 
-  /** Logged once per distinct refusal: every connection retries it about once a second. */
-  private refused(message: string): void {
+  /**
+   * The connection's enclave must have the keystore identity: the pinned one, or the one this pool learned
+   * first (records in the database are signed by it). An enclave without one yet (a genesis image, or one
+   * still unsealing it) or with another is not used; the connection retries like after any failed handshake.
+   */
+  private async learnIdentity(call: HandshakeCall<EnclaveApi>): Promise<void> {
+    const { pinned, onLearned } = this.options.identity ?? {};
+    let identity: KnownIdentity;
+    try {
+      identity = checkIdentityResult(await call('identity.get', {}), pinned);
+    } catch (err) {
+      if (err instanceof KeystoreError && err.code === 'IDENTITY_UNAVAILABLE') {
+        // The enclave's own answer says only "not ready": a genesis image, or one still unsealing its identity.
+        this.refused(`the enclave has no keystore identity ready: ${err.message}`, 'warn', 'enclave not used');
+      }
+      throw err;
+    }
+    if (this.known && identity.publicKey !== this.known.publicKey) {
+      const message = `the enclave's keystore identity ${identity.publicKey} is not ${this.known.publicKey}, the one this parent learned first; restart the parent to use the new one`;
+      this.refused(message, 'error', 'enclave refused');
+      throw new KeystoreError('IDENTITY_UNAVAILABLE', message);
+    }
+    if (!this.known) {
+      this.known = identity;
+      this.options.logger.info({ address: this.options.address, identity: identity.publicKey }, 'learned the keystore identity');
+      onLearned?.(identity);
+    }
+  }
+
+  /** The keystore identity learned from the enclave (with `identity` in the options), once a connection had it. */
+  get identity(): KnownIdentity | undefined {
+    return this.known;
+  }
+
+  /**
+   * Logged once per distinct refusal: every connection retries it about once a second. A successful handshake
+   * ends the episode, so the same refusal later is logged again.
+   */
+  private refused(message: string, level: 'warn' | 'error' = 'error', prefix = 'protocol version refused'): void {
     if (message === this.lastRefusal) return;
     this.lastRefusal = message;
-    this.options.logger.error({ address: this.options.address }, `protocol version refused: ${message}`);
+    this.options.logger[level]({ address: this.options.address }, `${prefix}: ${message}`);
   }
 
   start(): void {

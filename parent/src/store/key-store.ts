@@ -1,17 +1,24 @@
 /**
- * Key records on SQLite (better-sqlite3): WAL journal with `synchronous=FULL`, so a commit is on disk before
- * `insert` returns and the API answers. The schema is versioned with `PRAGMA user_version` and migrated
+ * Keys and projects on SQLite (better-sqlite3): WAL journal with `synchronous=FULL`, so a commit is on disk
+ * before a write returns and the API answers. The schema is versioned with `PRAGMA user_version` and migrated
  * forward at open. Keys are never deleted; they are disabled.
  *
  * The parent stores only what it may see: the sealed blob, the address and public key, the caller's
- * external id and labels, and the birth attestation.
+ * external id and labels, the birth attestation, and the records the enclave signed (docs/RECORDS.md). A
+ * record's content is copied into columns (project, subject, state, disabled, seq) for queries and views;
+ * the signed bytes are what counts, and the registry verifies them before it acts on a row.
+ *
+ * Keys made before 0.4 (schema version 1) have a version 1 blob and no record: they stay readable, and sign
+ * again once `parent migrate` has re-sealed them (`migrateKey`). A `disabled` flag changes only with a new
+ * record whose `seq` is the stored one + 1 (`updateRecord`), except on such keys, which have no record.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { KeystoreError } from '@nks/shared/errors';
+import type { KeyRecord, KeyState, ProjectRecord, SignedRecord } from '@nks/shared/records';
 
-export interface KeyRecord {
+export interface StoredKey {
   keyId: string;
   externalId: string | null;
   address: string;
@@ -19,9 +26,45 @@ export interface KeyRecord {
   blob: string;
   labels: Record<string, string>;
   attestation: string | null;
+  /**
+   * Whether the key refuses to sign: its record's `disabled`, or, for a key made before 0.4, the flag as it
+   * was set then (carried over by the migration until the enclave has recorded it: `disablePending`).
+   */
   disabled: boolean;
+  /** From the key's record; null for a key made before 0.4 that is not migrated yet. */
+  projectId: string | null;
+  subject: string | null;
+  state: KeyState | null;
+  record: SignedRecord | null;
+  recordSeq: number | null;
+  /**
+   * A key disabled before 0.4 and migrated since: the migration image records every key enabled, so the parent
+   * keeps refusing it until a disable (or an enable) through the enclave records what the operator wants.
+   */
+  disablePending: boolean;
   /** Milliseconds since the epoch. */
   createdAt: number;
+  updatedAt: number;
+}
+
+/** What `insert` stores: a key the enclave just made, with its first record (verified by the caller). */
+export interface NewKey {
+  keyId: string;
+  externalId: string | null;
+  address: string;
+  publicKey: string;
+  blob: string;
+  labels: Record<string, string>;
+  attestation: string | null;
+  createdAt: number;
+  signed: SignedRecord;
+  record: KeyRecord;
+}
+
+export interface StoredProject {
+  projectId: string;
+  signed: SignedRecord;
+  seq: number;
   updatedAt: number;
 }
 
@@ -36,6 +79,21 @@ interface Row {
   attestation: string | null;
   disabled: number;
   created_at: number;
+  updated_at: number;
+  project_id: string | null;
+  subject: string | null;
+  state: string | null;
+  record: string | null;
+  record_signature: string | null;
+  record_seq: number | null;
+  disable_pending: number;
+}
+
+interface ProjectRow {
+  project_id: string;
+  record: string;
+  signature: string;
+  seq: number;
   updated_at: number;
 }
 
@@ -55,11 +113,28 @@ const MIGRATIONS: string[] = [
      updated_at   INTEGER NOT NULL
    ) STRICT;
    CREATE INDEX keys_address ON keys (address);`,
+  // 0.4: signed records. Existing keys keep NULL records until `parent migrate` re-seals them.
+  `ALTER TABLE keys ADD COLUMN project_id TEXT;
+   ALTER TABLE keys ADD COLUMN subject TEXT;
+   ALTER TABLE keys ADD COLUMN state TEXT;
+   ALTER TABLE keys ADD COLUMN record TEXT;
+   ALTER TABLE keys ADD COLUMN record_signature TEXT;
+   ALTER TABLE keys ADD COLUMN record_seq INTEGER CHECK (record_seq >= 0);
+   ALTER TABLE keys ADD COLUMN disable_pending INTEGER NOT NULL DEFAULT 0 CHECK (disable_pending IN (0, 1));
+   CREATE INDEX keys_without_record ON keys (seq) WHERE record IS NULL;
+   CREATE TABLE projects (
+     project_id   TEXT PRIMARY KEY,
+     record       TEXT NOT NULL,
+     signature    TEXT NOT NULL,
+     seq          INTEGER NOT NULL CHECK (seq >= 0),
+     updated_at   INTEGER NOT NULL
+   ) STRICT;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
 
-function toRecord(r: Row): KeyRecord {
+function toStored(r: Row): StoredKey {
+  const record = r.record !== null && r.record_signature !== null ? { record: r.record, signature: r.record_signature } : null;
   return {
     keyId: r.key_id,
     externalId: r.external_id,
@@ -68,14 +143,38 @@ function toRecord(r: Row): KeyRecord {
     blob: r.blob,
     labels: JSON.parse(r.labels) as Record<string, string>,
     attestation: r.attestation,
-    disabled: r.disabled === 1,
+    disabled: r.disabled === 1 || r.disable_pending === 1,
+    projectId: record ? r.project_id : null,
+    subject: record ? r.subject : null,
+    state: record ? (r.state as KeyState) : null,
+    record,
+    recordSeq: record ? r.record_seq : null,
+    disablePending: r.disable_pending === 1,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
   };
 }
 
+const toProject = (r: ProjectRow): StoredProject => ({
+  projectId: r.project_id,
+  signed: { record: r.record, signature: r.signature },
+  seq: r.seq,
+  updatedAt: r.updated_at,
+});
+
+/** The columns a key record's content fills. */
+const recordColumns = (signed: SignedRecord, record: KeyRecord) => ({
+  projectId: record.projectId,
+  subject: record.subject,
+  state: record.state,
+  disabled: record.disabled ? 1 : 0,
+  record: signed.record,
+  recordSignature: signed.signature,
+  recordSeq: record.seq,
+});
+
 export interface Page {
-  keys: KeyRecord[];
+  keys: StoredKey[];
   nextCursor: string | null;
 }
 
@@ -90,10 +189,10 @@ export class KeyStore {
   readonly db: Database.Database;
   private readonly stmts;
   /**
-   * Recently read records by key id, so a sign does not hit SQLite. Safe because this process is the only
-   * writer: a record only changes through setDisabled, which refreshes it. Bounded (least recently used out).
+   * Recently read keys by key id, so a sign does not hit SQLite. Safe because this process is the only
+   * writer: a key only changes through this class, which forgets it. Bounded (least recently used out).
    */
-  private readonly recent = new Map<string, KeyRecord>();
+  private readonly recent = new Map<string, StoredKey>();
 
   constructor(
     file: string,
@@ -108,15 +207,35 @@ export class KeyStore {
     this.migrate();
     this.stmts = {
       insert: this.db.prepare(
-        `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at, updated_at)
-         VALUES (@keyId, @externalId, @address, @publicKey, @blob, @labels, @attestation, 0, @createdAt, @createdAt)`,
+        `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at, updated_at,
+                           project_id, subject, state, record, record_signature, record_seq)
+         VALUES (@keyId, @externalId, @address, @publicKey, @blob, @labels, @attestation, @disabled, @createdAt, @createdAt,
+                 @projectId, @subject, @state, @record, @recordSignature, @recordSeq)`,
       ),
       byKeyId: this.db.prepare<[string], Row>('SELECT * FROM keys WHERE key_id = ?'),
       byExternalId: this.db.prepare<[string], Row>('SELECT * FROM keys WHERE external_id = ?'),
       page: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE seq > ? ORDER BY seq LIMIT ?'),
-      setDisabled: this.db.prepare('UPDATE keys SET disabled = ?, updated_at = ? WHERE key_id = ?'),
+      withoutRecord: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE record IS NULL AND seq > ? ORDER BY seq LIMIT ?'),
+      setLegacyDisabled: this.db.prepare('UPDATE keys SET disabled = ?, updated_at = ? WHERE key_id = ? AND record IS NULL'),
+      setRecord: this.db.prepare(
+        `UPDATE keys SET project_id = @projectId, subject = @subject, state = @state, disabled = @disabled, record = @record,
+                         record_signature = @recordSignature, record_seq = @recordSeq, disable_pending = 0, updated_at = @now
+         WHERE key_id = @keyId`,
+      ),
+      migrated: this.db.prepare(
+        `UPDATE keys SET blob = @blob, project_id = @projectId, subject = @subject, state = @state, disabled = @disabled,
+                         record = @record, record_signature = @recordSignature, record_seq = @recordSeq,
+                         disable_pending = @disablePending, updated_at = @now
+         WHERE key_id = @keyId AND record IS NULL`,
+      ),
       count: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM keys'),
-      countDisabled: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM keys WHERE disabled = 1'),
+      countDisabled: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM keys WHERE disabled = 1 OR disable_pending = 1'),
+      pendingDisable: this.db.prepare<[], { key_id: string }>('SELECT key_id FROM keys WHERE disable_pending = 1 ORDER BY seq'),
+      countWithoutRecord: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM keys WHERE record IS NULL'),
+      project: this.db.prepare<[string], ProjectRow>('SELECT * FROM projects WHERE project_id = ?'),
+      insertProject: this.db.prepare(
+        'INSERT INTO projects (project_id, record, signature, seq, updated_at) VALUES (@projectId, @record, @signature, @seq, @now) ON CONFLICT DO NOTHING',
+      ),
     };
   }
 
@@ -134,23 +253,25 @@ export class KeyStore {
   }
 
   /**
-   * Inserts a new record, committed and fsynced when this returns. If the external id already exists, the
-   * existing record is returned instead and nothing is written.
+   * Inserts a new key with its first record, committed and fsynced when this returns. If the external id
+   * already exists, the existing key is returned instead and nothing is written.
    */
-  insert(rec: Omit<KeyRecord, 'disabled' | 'updatedAt'>): { record: KeyRecord; created: boolean } {
+  insert(key: NewKey): { record: StoredKey; created: boolean } {
+    if (key.record.keyId !== key.keyId || key.record.seq !== 0) throw new Error('insert: the record is not the first one of this key');
     return this.db
       .transaction(() => {
-        if (rec.externalId) {
-          const existing = this.stmts.byExternalId.get(rec.externalId);
-          if (existing) return { record: toRecord(existing), created: false };
+        if (key.externalId) {
+          const existing = this.stmts.byExternalId.get(key.externalId);
+          if (existing) return { record: toStored(existing), created: false };
         }
-        this.stmts.insert.run({ ...rec, labels: JSON.stringify(rec.labels) });
-        return { record: toRecord(this.stmts.byKeyId.get(rec.keyId) as Row), created: true };
+        const { signed, record, ...rest } = key;
+        this.stmts.insert.run({ ...rest, labels: JSON.stringify(key.labels), ...recordColumns(signed, record) });
+        return { record: toStored(this.stmts.byKeyId.get(key.keyId) as Row), created: true };
       })
       .immediate();
   }
 
-  get(keyId: string): KeyRecord | undefined {
+  get(keyId: string): StoredKey | undefined {
     const hit = this.recent.get(keyId);
     if (hit) {
       this.recent.delete(keyId);
@@ -159,20 +280,20 @@ export class KeyStore {
     }
     const r = this.stmts.byKeyId.get(keyId);
     if (!r) return undefined;
-    const rec = toRecord(r);
-    this.remember(rec);
-    return rec;
+    const key = toStored(r);
+    this.remember(key);
+    return key;
   }
 
-  private remember(rec: KeyRecord): void {
-    this.recent.delete(rec.keyId);
+  private remember(key: StoredKey): void {
+    this.recent.delete(key.keyId);
     if (this.recent.size >= this.cacheSize) this.recent.delete(this.recent.keys().next().value as string);
-    this.recent.set(rec.keyId, rec);
+    this.recent.set(key.keyId, key);
   }
 
-  getByExternalId(externalId: string): KeyRecord | undefined {
+  getByExternalId(externalId: string): StoredKey | undefined {
     const r = this.stmts.byExternalId.get(externalId);
-    return r ? toRecord(r) : undefined;
+    return r ? toStored(r) : undefined;
   }
 
   list(limit: number, cursor?: string): Page {
@@ -180,17 +301,96 @@ export class KeyStore {
     const rows = this.stmts.page.all(after, limit + 1);
     const page = rows.slice(0, limit);
     const last = page[page.length - 1];
-    return { keys: page.map(toRecord), nextCursor: rows.length > limit && last ? encodeCursor(last.seq) : null };
+    return { keys: page.map(toStored), nextCursor: rows.length > limit && last ? encodeCursor(last.seq) : null };
   }
 
-  setDisabled(keyId: string, disabled: boolean): KeyRecord | undefined {
-    const res = this.stmts.setDisabled.run(disabled ? 1 : 0, Date.now(), keyId);
+  /**
+   * Stores a key's next record (verified by the caller): its `seq` must be the stored one + 1, so a record
+   * is never replaced by an older one or skipped. CONFLICT if another write got there first.
+   */
+  updateRecord(keyId: string, signed: SignedRecord, record: KeyRecord): StoredKey {
+    if (record.keyId !== keyId) throw new Error('updateRecord: the record is for another key');
+    return this.db
+      .transaction(() => {
+        const row = this.stmts.byKeyId.get(keyId);
+        if (!row) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
+        if (row.record_seq === null || record.seq !== row.record_seq + 1) {
+          throw new KeystoreError('CONFLICT', `key ${keyId} changed meanwhile; retry`);
+        }
+        this.stmts.setRecord.run({ keyId, now: Date.now(), ...recordColumns(signed, record) });
+        this.recent.delete(keyId);
+        return toStored(this.stmts.byKeyId.get(keyId) as Row);
+      })
+      .immediate();
+  }
+
+  /** The `disabled` flag of a key made before 0.4 (it has no record to carry it). */
+  setLegacyDisabled(keyId: string, disabled: boolean): StoredKey | undefined {
+    const res = this.stmts.setLegacyDisabled.run(disabled ? 1 : 0, Date.now(), keyId);
     this.recent.delete(keyId);
     return res.changes ? this.get(keyId) : undefined;
   }
 
-  counts(): { total: number; disabled: number } {
-    return { total: (this.stmts.count.get() as { n: number }).n, disabled: (this.stmts.countDisabled.get() as { n: number }).n };
+  /**
+   * Keys without a record (made before 0.4), in creation order after `afterSeq` (the `seq` of the last one
+   * returned before): what `parent migrate` works through.
+   */
+  keysWithoutRecord(afterSeq: number, limit: number): Array<StoredKey & { rowSeq: number }> {
+    return this.stmts.withoutRecord.all(afterSeq, limit).map((r) => ({ ...toStored(r), rowSeq: r.seq }));
+  }
+
+  /**
+   * A key made before 0.4 re-sealed by the migration image: its version 2 blob and first record, in one
+   * transaction. False (nothing written) if the key already has a record. A key that was disabled stays
+   * refused (`disablePending`).
+   */
+  migrateKey(keyId: string, blob: string, signed: SignedRecord, record: KeyRecord): boolean {
+    if (record.keyId !== keyId || record.seq !== 0) throw new Error('migrateKey: the record is not the first one of this key');
+    return this.db
+      .transaction(() => {
+        const row = this.stmts.byKeyId.get(keyId);
+        if (!row || row.record !== null) return false;
+        const res = this.stmts.migrated.run({
+          keyId,
+          blob,
+          now: Date.now(),
+          disablePending: row.disabled === 1 && !record.disabled ? 1 : 0,
+          ...recordColumns(signed, record),
+        });
+        this.recent.delete(keyId);
+        return res.changes === 1;
+      })
+      .immediate();
+  }
+
+  /** Keys migrated while disabled whose disable the enclave has not recorded yet. */
+  keysPendingDisable(): string[] {
+    return this.stmts.pendingDisable.all().map((r) => r.key_id);
+  }
+
+  getProject(projectId: string): StoredProject | undefined {
+    const r = this.stmts.project.get(projectId);
+    return r ? toProject(r) : undefined;
+  }
+
+  /** Stores a project's record (verified by the caller) if the project is not stored yet; returns what is stored. */
+  seedProject(signed: SignedRecord, record: ProjectRecord): StoredProject {
+    this.stmts.insertProject.run({
+      projectId: record.projectId,
+      record: signed.record,
+      signature: signed.signature,
+      seq: record.seq,
+      now: Date.now(),
+    });
+    return this.getProject(record.projectId) as StoredProject;
+  }
+
+  counts(): { total: number; disabled: number; withoutRecord: number } {
+    return {
+      total: (this.stmts.count.get() as { n: number }).n,
+      disabled: (this.stmts.countDisabled.get() as { n: number }).n,
+      withoutRecord: (this.stmts.countWithoutRecord.get() as { n: number }).n,
+    };
   }
 
   close(): void {

@@ -1,0 +1,123 @@
+/**
+ * `parent migrate` (docs/OPERATIONS.md, "Migration"): with the enclave running the migration image, re-seals
+ * every key made before 0.4 (a version 1 blob and no record) as a version 2 blob in the `default` project, for
+ * the subject the key's external id names (or none), with a first record of origin "migrated".
+ *
+ * The daemon must not run meanwhile: this command serves the enclave's KMS proxy itself (the migration image
+ * unseals the identity and every version 1 blob through it) and writes the database. Each key is stored in
+ * its own transaction as soon as its answer is checked, so an interrupted run loses nothing and the next run
+ * goes on with the keys still without a record; a run with nothing left to do changes nothing.
+ */
+import { KeystoreError } from '@nks/shared/errors';
+import type { Logger } from '@nks/shared/log';
+import { DEFAULT_PROJECT_ID } from '@nks/shared/records';
+import { createTransport } from '@nks/shared/transport';
+import { enclavePoolFor, kmsClientFor, kmsProxyFor } from './app';
+import type { ParentConfig } from './config';
+import { RecordChecker } from './enclave/identity';
+import { checkNewKey, seedDefaultProject } from './key-registry';
+import { KeyStore, type StoredKey } from './store/key-store';
+
+export interface MigrationSummary {
+  /** Keys without a record when the run started. */
+  total: number;
+  migrated: number;
+  failed: number;
+  /** Keys still without a record when the run ended (failed ones, or ones made meanwhile by an old daemon). */
+  remaining: number;
+}
+
+export interface MigrationOptions {
+  /** Keys migrated at once (each is a KMS Decrypt in the enclave). */
+  concurrency?: number;
+  /** How long to wait for the migration image to be up with its identity unsealed. */
+  waitMs?: number;
+  /** A progress line at most this often. */
+  progressEveryMs?: number;
+}
+
+const BATCH = 200;
+
+export async function runMigration(config: ParentConfig, logger: Logger, opts: MigrationOptions = {}): Promise<MigrationSummary> {
+  const concurrency = Math.max(1, Math.min(opts.concurrency ?? 4, 64));
+  const store = new KeyStore(config.database.path);
+  const transport = createTransport(config.transport);
+  const kms = kmsClientFor(config);
+  const proxy = kmsProxyFor(config, kms, logger);
+  const pool = enclavePoolFor(config, transport, logger);
+  try {
+    await proxy.listen(transport, config.kmsProxy.listen);
+    pool.start();
+    await pool.waitUp(opts.waitMs ?? 120_000);
+    const health = (await pool.call('enclave.health', {})) as { mode?: unknown };
+    if (health.mode !== 'migration') {
+      throw new KeystoreError(
+        'UNSUPPORTED_VERSION',
+        `the enclave is not running the migration image (mode ${String(health.mode ?? 'normal')}): start it with "mode": "migration" in its configuration`,
+      );
+    }
+    const identity = pool.identity;
+    if (!identity) throw new KeystoreError('IDENTITY_UNAVAILABLE', 'the enclave did not report its keystore identity');
+    const checker = new RecordChecker(identity);
+    if (!seedDefaultProject(store, checker).ok) {
+      throw new KeystoreError(
+        'KEY_INTEGRITY',
+        `the default project in ${config.database.path} is not signed by the enclave's identity ${identity.publicKey}: this database belongs to another keystore`,
+      );
+    }
+    const project = (store.getProject(DEFAULT_PROJECT_ID) as { signed: { record: string; signature: string } }).signed;
+
+    const total = store.counts().withoutRecord;
+    const summary: MigrationSummary = { total, migrated: 0, failed: 0, remaining: total };
+    logger.info({ keys: total, identity: identity.publicKey }, total ? 'migrating keys made before 0.4' : 'no key to migrate');
+    let lastProgress = Date.now();
+    const progress = (force = false) => {
+      if (!force && Date.now() - lastProgress < (opts.progressEveryMs ?? 5000)) return;
+      lastProgress = Date.now();
+      logger.info({ migrated: summary.migrated, failed: summary.failed, total }, 'migration progress');
+    };
+
+    const migrateOne = async (k: StoredKey) => {
+      const subject = k.externalId ?? null;
+      try {
+        const made = await pool.call('keys.migrate', { keyId: k.keyId, blob: k.blob, project, subject });
+        const { record } = checkNewKey(checker, made, {
+          keyId: k.keyId,
+          projectId: DEFAULT_PROJECT_ID,
+          subject,
+          origin: 'migrated',
+          address: k.address,
+        });
+        if (made.publicKey !== k.publicKey) throw new KeystoreError('KEY_INTEGRITY', 'the enclave answered with another public key');
+        if (store.migrateKey(k.keyId, made.blob, made.record, record)) summary.migrated += 1;
+      } catch (err) {
+        summary.failed += 1;
+        const code = err instanceof KeystoreError ? err.code : 'INTERNAL';
+        logger.error({ keyId: k.keyId, code, err }, `could not migrate key ${k.keyId}`);
+      }
+      progress();
+    };
+
+    let after = 0;
+    for (;;) {
+      const batch = store.keysWithoutRecord(after, BATCH);
+      if (batch.length === 0) break;
+      after = (batch[batch.length - 1] as { rowSeq: number }).rowSeq;
+      let next = 0;
+      await Promise.all(
+        Array.from({ length: Math.min(concurrency, batch.length) }, async () => {
+          while (next < batch.length) await migrateOne(batch[next++] as StoredKey);
+        }),
+      );
+    }
+    if (total) progress(true);
+    summary.remaining = store.counts().withoutRecord;
+    logger.info(summary, 'migration finished');
+    return summary;
+  } finally {
+    await pool.close();
+    await proxy.close(1000);
+    kms.destroy();
+    store.close();
+  }
+}
