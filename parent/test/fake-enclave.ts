@@ -232,6 +232,11 @@ export class FakeEnclave {
     return { record: this.identity.sign(next) };
   }
 
+  /** Signs for `keyId` with `account` from now on (a key the test stored itself). */
+  adopt(keyId: string, account: PrivateKeyAccount): void {
+    this.keys.set(keyId, account);
+  }
+
   /** Resolves once `n` sign requests are held. */
   async waitHeld(n: number): Promise<'held'> {
     while (this.held.length < n) await new Promise<void>((r) => this.heldWaiters.push(r));

@@ -157,8 +157,9 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
         { protocolVersion: '2' },
         { protocolVersion: 2.5 },
         { protocolVersion: 0 },
-        { protocolVersion: 3 },
-        JSON.parse('{"__proto__":{"protocolVersion":2}}'),
+        { protocolVersion: 2 }, // 0.3.0: no longer accepted
+        { protocolVersion: 4 },
+        JSON.parse('{"__proto__":{"protocolVersion":3}}'),
       ];
       let n = 0;
       await serve((m, framed) => {
@@ -184,7 +185,7 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
     }
   }, 20_000);
 
-  it('EnclavePool: METHOD_NOT_FOUND (a v1 enclave) is the only error that yields version 1; a TIMEOUT or OVERLOADED hello does not', async () => {
+  it('EnclavePool: METHOD_NOT_FOUND (a v1 enclave) is the only error read as version 1 (refused); a TIMEOUT or OVERLOADED hello is not', async () => {
     let mode: 'overloaded' | 'timeout' | 'v1' = 'overloaded';
     await serve((m, framed) => {
       if (m.method !== 'enclave.hello') {
@@ -194,11 +195,13 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
         framed.send({ jsonrpc: '2.0', id: m.id, error: { code: -1, message: 'x', data: { reason: code } } });
       }
     });
+    const log = captureLogger('error');
+    const refusals = () => log.lines().map((l) => String(l.msg));
     pool = new EnclavePool({
       transport,
       address: ADDRESS,
       size: 1,
-      logger: captureLogger('silent').logger,
+      logger: log.logger,
       connectTimeoutMs: 150,
       deadlineMs: 500,
       maxInFlightPerConnection: 4,
@@ -208,10 +211,13 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
     expect(pool.up).toBe(false);
     mode = 'timeout';
     await sleep(500);
-    expect(pool.up).toBe(false);
+    expect([pool.up, refusals()]).toEqual([false, []]);
     mode = 'v1';
-    await pool.waitUp(3000);
-    expect(pool.protocolVersion).toBe(1);
+    await waitFor(() => refusals().length > 0, 3000, 'the version-1 refusal');
+    expect(refusals()).toEqual([
+      'protocol version refused: the enclave speaks protocol version 1; this parent accepts version 3: upgrade the enclave image',
+    ]);
+    expect(pool.up).toBe(false);
   });
 
   it('bounds the whole handshake by connectTimeoutMs: a hook that never ends is given up and the client retries', async () => {
@@ -232,7 +238,7 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
         framed.send({
           jsonrpc: '2.0',
           id: m.id,
-          result: { protocolVersion: 2, supportedVersions: [1, 2], features: [], enclaveVersion: 'x' },
+          result: { protocolVersion: 3, supportedVersions: [3], features: [], enclaveVersion: 'x' },
         });
       }
     });
@@ -247,7 +253,7 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
     });
     pool.start();
     await pool.waitUp(5000);
-    expect([pool.protocolVersion, accepted, seen.filter((m) => m.method === 'enclave.hello').length]).toEqual([2, 1, 3]);
+    expect([pool.protocolVersion, accepted, seen.filter((m) => m.method === 'enclave.hello').length]).toEqual([3, 1, 3]);
   });
 
   it('EnclavePool logs a refusal once per episode: again after a good enclave was seen in between', async () => {
@@ -259,13 +265,13 @@ describe('RpcClient handshake hook vs. hostile peers', () => {
         framed.send({
           jsonrpc: '2.0',
           id: m.id,
-          error: { code: -32004, message: 'protocol version 2 is not supported', data: { code: 'UNSUPPORTED_VERSION' } },
+          error: { code: -32004, message: 'protocol version 3 is not supported', data: { code: 'UNSUPPORTED_VERSION' } },
         });
       else
         framed.send({
           jsonrpc: '2.0',
           id: m.id,
-          result: { protocolVersion: 2, supportedVersions: [2], features: [], enclaveVersion: 'x' },
+          result: { protocolVersion: 3, supportedVersions: [3], features: [], enclaveVersion: 'x' },
         });
     });
     const log = captureLogger('error');

@@ -1,8 +1,9 @@
 /**
  * The parent's side of protocol versions (docs/PROTOCOL.md, "Versions"): the enclave pool opens each
  * connection with `enclave.hello` and uses it only once a version it accepts is agreed. Enclaves of each kind
- * stand behind the pool: a version-2 enclave, a version-1 enclave (release 0.2.0: no hello, error codes in
- * `data.reason` only), an enclave newer than this parent, and one that refuses this parent's version.
+ * stand behind the pool: a version-3 enclave, a version-2 enclave (release 0.3.0: keys without signed records,
+ * refused since version 3 is a cutover), a version-1 enclave (release 0.2.0: no hello), an enclave newer than
+ * this parent, and one that refuses this parent's version.
  * The real enclave bundle's side is in enclave/test/protocol-version.test.ts.
  */
 import fs from 'node:fs';
@@ -66,45 +67,59 @@ describe('enclave pool protocol handshake', () => {
     await server.listen(transport, ADDRESS);
   };
 
-  it('agrees version 2 with a version-2 enclave and then serves calls', async () => {
+  it('agrees version 3 with a version-3 enclave and then serves calls', async () => {
     const asked: number[] = [];
     await enclaveWithHello((theirs) => {
       asked.push(theirs);
-      return { protocolVersion: 2, supportedVersions: [1, 2], features: ['enclave.health', 'enclave.hello'], enclaveVersion: '0.3.0' };
+      return { protocolVersion: 3, supportedVersions: [3], features: ['enclave.health', 'enclave.hello'], enclaveVersion: '0.4.0' };
     });
     const p = startPool();
     await waitFor(() => p.connectedCount === 2, 5000, 'both connections up');
-    expect([p.protocolVersion, PROTOCOL_VERSION, ACCEPTED_PROTOCOL_VERSIONS]).toEqual([2, 2, [1, 2]]);
-    expect(asked).toEqual([2, 2]); // one hello per connection, asking for this parent's version
+    expect([p.protocolVersion, PROTOCOL_VERSION, ACCEPTED_PROTOCOL_VERSIONS]).toEqual([3, 3, [3]]);
+    expect(asked).toEqual([3, 3]); // one hello per connection, asking for this parent's version
     expect(await p.call('enclave.health', {})).toEqual({ status: 'ok' });
   });
 
-  it('speaks version 1 to an enclave without enclave.hello, reading its data.reason errors', async () => {
+  it('refuses a version-2 enclave (0.3.0, keys without records): version 3 is a cutover', async () => {
+    await enclaveWithHello(() => ({ protocolVersion: 2, supportedVersions: [1, 2], features: [], enclaveVersion: '0.3.0' }));
+    const p = startPool();
+    expect((await rejection(p.waitUp(1500))).code).toBe('UNAVAILABLE');
+    expect([p.up, p.protocolVersion]).toEqual([false, undefined]);
+    const refusals = log.lines().filter((l) => String(l.msg).startsWith('protocol version refused'));
+    expect(refusals.map((l) => [l.level, l.msg])).toEqual([
+      [50, 'protocol version refused: the enclave speaks protocol version 2; this parent accepts version 3: upgrade the enclave image'],
+    ]);
+  });
+
+  it('refuses a version-1 enclave (no enclave.hello), reading its data.reason error', async () => {
     // A version-1 enclave as release 0.2.0 answers on the wire: errors carry `data.reason` and no `data.code`.
-    const v1Error = (code: 'METHOD_NOT_FOUND' | 'KEY_INTEGRITY', message: string) => {
+    const v1Error = (code: 'METHOD_NOT_FOUND', message: string) => {
       const { code: rpcCode } = toRpcError(new KeystoreError(code, message));
       return { code: rpcCode, message, data: { reason: code, retryable: false } };
     };
+    let hellos = 0;
     listener = await transport.listen(ADDRESS, (raw) => {
       const framed: FramedConnection = new FramedConnection(raw, {
         message: (msg) => {
           const { id, method } = msg as { id: number; method: string };
-          if (method === 'keys.forget')
-            framed.send({ jsonrpc: '2.0', id, error: v1Error('KEY_INTEGRITY', 'the key could not be unsealed') });
-          else framed.send({ jsonrpc: '2.0', id, error: v1Error('METHOD_NOT_FOUND', `unknown method "${method}"`) });
+          if (method === 'enclave.hello') hellos += 1;
+          framed.send({ jsonrpc: '2.0', id, error: v1Error('METHOD_NOT_FOUND', `unknown method "${method}"`) });
         },
         close: () => undefined,
       });
     });
     const p = startPool();
-    await p.waitUp(5000);
-    expect(p.protocolVersion).toBe(1);
-    const err = await rejection(p.call('keys.forget', { keyId: 'k1' }));
-    expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', 'the key could not be unsealed']);
+    expect((await rejection(p.waitUp(1500))).code).toBe('UNAVAILABLE');
+    expect(hellos).toBeGreaterThanOrEqual(2);
+    expect(p.up).toBe(false);
+    const refusals = log.lines().filter((l) => String(l.msg).startsWith('protocol version refused'));
+    expect(refusals.map((l) => l.msg)).toEqual([
+      'protocol version refused: the enclave speaks protocol version 1; this parent accepts version 3: upgrade the enclave image',
+    ]);
   });
 
   it('refuses an enclave newer than it accepts: never up, one error naming both sides', async () => {
-    await enclaveWithHello(() => ({ protocolVersion: 4, supportedVersions: [3, 4], features: [], enclaveVersion: '9.0.0' }));
+    await enclaveWithHello(() => ({ protocolVersion: 4, supportedVersions: [4], features: [], enclaveVersion: '9.0.0' }));
     const p = startPool();
     const down = await rejection(p.waitUp(1500));
     expect(down.code).toBe('UNAVAILABLE');
@@ -112,13 +127,13 @@ describe('enclave pool protocol handshake', () => {
     await waitFor(() => server !== undefined && server.stats.requests >= 4, 5000, 'the pool to retry the handshake');
     const refusals = log.lines().filter((l) => String(l.msg).startsWith('protocol version refused'));
     expect(refusals.map((l) => [l.level, l.msg])).toEqual([
-      [50, 'protocol version refused: the enclave speaks protocol version 4; this parent accepts versions 1 and 2: upgrade the parent'],
+      [50, 'protocol version refused: the enclave speaks protocol version 4; this parent accepts version 3: upgrade the parent'],
     ]);
     expect((await rejection(p.call('enclave.health', {}))).code).toBe('UNAVAILABLE');
   });
 
   it('stays down when the enclave refuses this parent version, logging the enclave message once', async () => {
-    const message = 'protocol version 2 is not supported: this enclave speaks versions 3 and 4; upgrade the parent';
+    const message = 'protocol version 3 is not supported: this enclave speaks versions 4 and 5; upgrade the parent';
     await enclaveWithHello(() => {
       throw new KeystoreError('UNSUPPORTED_VERSION', message);
     });
@@ -134,7 +149,7 @@ describe('enclave pool protocol handshake', () => {
     await enclaveWithHello(
       () =>
         new Promise((resolve) => {
-          answer = () => resolve({ protocolVersion: 2, supportedVersions: [1, 2], features: [], enclaveVersion: '0.3.0' });
+          answer = () => resolve({ protocolVersion: 3, supportedVersions: [3], features: [], enclaveVersion: '0.4.0' });
         }),
     );
     const p = startPool();
@@ -143,6 +158,6 @@ describe('enclave pool protocol handshake', () => {
     expect((await rejection(p.call('enclave.health', {}))).code).toBe('UNAVAILABLE');
     answer?.();
     await p.waitUp(5000);
-    expect(p.protocolVersion).toBe(2);
+    expect(p.protocolVersion).toBe(3);
   });
 });

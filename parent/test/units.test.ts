@@ -7,7 +7,9 @@ import { startProgram } from '../../test/support/process';
 import { hashToken, TokenAuth } from '../src/api/auth';
 import { PARENT_CONFIG_DEFAULTS, parseParentConfig } from '../src/config';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
+import type { KeyRecord } from '@nks/shared/records';
 import { KeyStore, SCHEMA_VERSION } from '../src/store/key-store';
+import { TestIdentity } from './fake-enclave';
 
 describe('bearer tokens', () => {
   const auth = new TokenAuth([
@@ -47,16 +49,41 @@ describe('key store', () => {
   });
   afterEach(() => fs.rmSync(dir, { recursive: true, force: true }));
 
-  const rec = (keyId: string, externalId: string | null = null) => ({
+  const identity = new TestIdentity();
+  const ADDRESS = '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266';
+  const keyRecord = (keyId: string, over: Partial<KeyRecord> = {}): KeyRecord => ({
+    v: 1,
+    kind: 'key',
     keyId,
-    externalId,
-    address: '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266',
-    publicKey: '0x04',
-    blob: 'AAAA',
-    labels: { a: 'b' },
-    attestation: null,
+    address: ADDRESS,
+    blobSha256: `0x${'ab'.repeat(32)}`,
+    projectId: 'default',
+    subject: null,
+    state: 'active',
+    disabled: false,
+    seq: 0,
+    prev: null,
+    origin: 'created',
     createdAt: 1,
+    ...over,
   });
+  const rec = (keyId: string, externalId: string | null = null) => {
+    const record = keyRecord(keyId, { subject: externalId });
+    return {
+      keyId,
+      externalId,
+      address: ADDRESS,
+      publicKey: '0x04',
+      blob: 'AAAA',
+      labels: { a: 'b' },
+      attestation: null,
+      createdAt: 1,
+      record,
+      signed: identity.sign(record),
+    };
+  };
+  /** The record after `r` with `disabled` set, as the enclave makes it. */
+  const next = (r: KeyRecord, disabled: boolean): KeyRecord => ({ ...r, disabled, seq: r.seq + 1, prev: `0x${'cd'.repeat(32)}` });
 
   it('opens with WAL and synchronous=FULL at the current schema version', () => {
     const store = new KeyStore(path.join(dir, 'k.db'));
@@ -99,33 +126,134 @@ describe('key store', () => {
     expect(() => new KeyStore(file)).toThrow(/newer than this build/);
   });
 
-  it('disables and enables, durably, and counts', () => {
+  it('changes a record only to the next one (seq + 1), durably, and counts', () => {
     const file = path.join(dir, 'k.db');
     let store = new KeyStore(file);
     store.insert(rec('k1'));
     store.insert(rec('k2'));
     expect(store.get('k1')?.disabled).toBe(false); // now in the store's read cache too
 
-    expect(store.setDisabled('k1', true)?.disabled).toBe(true);
+    const r1 = next(keyRecord('k1'), true);
+    const s1 = identity.sign(r1);
+    expect(store.updateRecord('k1', s1, r1)).toMatchObject({ disabled: true, recordSeq: 1, record: s1 });
     expect([store.get('k1')?.disabled, store.get('k2')?.disabled]).toEqual([true, false]);
-    expect(store.counts()).toEqual({ total: 2, disabled: 1 });
-    expect(store.setDisabled('nope', true)).toBeUndefined();
+    expect(store.counts()).toEqual({ total: 2, disabled: 1, withoutRecord: 0 });
+    // Not the next record: the same seq again, one skipped, or one for another key.
+    for (const [keyId, r] of [
+      ['k1', r1],
+      ['k1', { ...next(r1, false), seq: 3 }],
+      ['k2', { ...next(keyRecord('k2'), true), seq: 0 }],
+    ] as Array<[string, KeyRecord]>) {
+      expect(() => store.updateRecord(keyId, identity.sign(r), r)).toThrow(expect.objectContaining({ code: 'CONFLICT' }));
+    }
+    expect(() => store.updateRecord('k2', s1, r1)).toThrow(/another key/);
+    expect(() => store.updateRecord('nope', identity.sign(keyRecord('nope', { seq: 1 })), keyRecord('nope', { seq: 1 }))).toThrow(
+      expect.objectContaining({ code: 'KEY_NOT_FOUND' }),
+    );
+    expect(store.setLegacyDisabled('k2', true)).toBeUndefined(); // a key with a record has no such flag
     store.close();
     store = new KeyStore(file); // what was committed, not what a cache remembers
     expect([store.get('k1')?.disabled, store.get('k2')?.disabled]).toEqual([true, false]);
+    expect(store.get('k1')?.record).toEqual(s1);
 
-    expect(store.setDisabled('k1', false)?.disabled).toBe(false);
-    expect(store.get('k1')?.disabled).toBe(false);
-    expect(store.counts()).toEqual({ total: 2, disabled: 0 });
-    expect(store.setDisabled('k1', false)?.disabled).toBe(false); // enabling an enabled key changes nothing
-    expect(store.setDisabled('nope', false)).toBeUndefined();
+    const r2 = next(r1, false);
+    expect(store.updateRecord('k1', identity.sign(r2), r2).disabled).toBe(false);
+    expect(store.counts()).toEqual({ total: 2, disabled: 0, withoutRecord: 0 });
     store.close();
     store = new KeyStore(file);
-    expect([store.get('k1')?.disabled, store.get('k2')?.disabled]).toEqual([false, false]);
-    expect(store.counts()).toEqual({ total: 2, disabled: 0 });
-    // Nothing else of the record changes.
-    expect(store.get('k1')).toMatchObject({ keyId: 'k1', address: rec('k1').address, blob: 'AAAA', labels: { a: 'b' }, disabled: false });
+    expect(store.get('k1')).toMatchObject({
+      keyId: 'k1',
+      address: ADDRESS,
+      blob: 'AAAA',
+      labels: { a: 'b' },
+      disabled: false,
+      recordSeq: 2,
+    });
     store.close();
+  });
+
+  it('opens a database of schema version 1 (0.3): its keys stay, without a record, until migrated', () => {
+    const file = path.join(dir, 'v1.db');
+    // Schema version 1 exactly as 0.3 created it, with two keys (one disabled).
+    const db = new Database(file);
+    db.exec(`CREATE TABLE keys (
+       seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+       key_id       TEXT NOT NULL UNIQUE,
+       external_id  TEXT UNIQUE,
+       address      TEXT NOT NULL,
+       public_key   TEXT NOT NULL,
+       blob         TEXT NOT NULL,
+       labels       TEXT NOT NULL DEFAULT '{}',
+       attestation  TEXT,
+       disabled     INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+       created_at   INTEGER NOT NULL,
+       updated_at   INTEGER NOT NULL
+     ) STRICT;
+     CREATE INDEX keys_address ON keys (address);`);
+    db.pragma('user_version = 1');
+    const insert = db.prepare(
+      `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at, updated_at)
+       VALUES (?, ?, ?, '0x04', 'djE=', '{"tier":"gold"}', ?, ?, 5, 6)`,
+    );
+    insert.run('old1', 'alice', ADDRESS, 'YmlydGg=', 0);
+    insert.run('old2', null, ADDRESS, null, 1);
+    db.close();
+
+    const store = new KeyStore(file);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(2);
+    expect(store.get('old1')).toEqual({
+      keyId: 'old1',
+      externalId: 'alice',
+      address: ADDRESS,
+      publicKey: '0x04',
+      blob: 'djE=',
+      labels: { tier: 'gold' },
+      attestation: 'YmlydGg=',
+      disabled: false,
+      projectId: null,
+      subject: null,
+      state: null,
+      record: null,
+      recordSeq: null,
+      disablePending: false,
+      createdAt: 5,
+      updatedAt: 6,
+    });
+    expect(store.get('old2')).toMatchObject({ disabled: true, record: null });
+    expect(store.counts()).toEqual({ total: 2, disabled: 1, withoutRecord: 2 });
+    expect(store.keysWithoutRecord(0, 10).map((k) => k.keyId)).toEqual(['old1', 'old2']);
+    expect(store.keysWithoutRecord(store.keysWithoutRecord(0, 1)[0]?.rowSeq as number, 10).map((k) => k.keyId)).toEqual(['old2']);
+    // Their flag is set as before; a record-bound change is refused.
+    expect(store.setLegacyDisabled('old1', true)?.disabled).toBe(true);
+    expect(store.setLegacyDisabled('old1', false)?.disabled).toBe(false);
+    const r = next(keyRecord('old1'), true);
+    expect(() => store.updateRecord('old1', identity.sign(r), r)).toThrow(expect.objectContaining({ code: 'CONFLICT' }));
+
+    // New keys live next to them; the migration gives each its blob and first record once.
+    store.insert(rec('new1', 'bob'));
+    const first = keyRecord('old1', { subject: 'alice', origin: 'migrated' });
+    expect(store.migrateKey('old1', 'djI=', identity.sign(first), first)).toBe(true);
+    expect(store.migrateKey('old1', 'djM=', identity.sign(first), first)).toBe(false);
+    expect(store.migrateKey('new1', 'djM=', identity.sign(keyRecord('new1')), keyRecord('new1'))).toBe(false);
+    expect(store.get('old1')).toMatchObject({
+      blob: 'djI=',
+      projectId: 'default',
+      subject: 'alice',
+      state: 'active',
+      recordSeq: 0,
+      disabled: false,
+    });
+    const second = keyRecord('old2', { origin: 'migrated' });
+    store.migrateKey('old2', 'djI=', identity.sign(second), second);
+    expect(store.get('old2')).toMatchObject({ disabled: true, disablePending: true });
+    expect(store.keysPendingDisable()).toEqual(['old2']);
+    expect(store.counts()).toEqual({ total: 3, disabled: 1, withoutRecord: 0 });
+    store.close();
+
+    // Reopened at version 2: nothing runs again.
+    const again = new KeyStore(file);
+    expect(again.get('old1')?.blob).toBe('djI=');
+    again.close();
   });
 });
 
@@ -159,6 +287,9 @@ describe('parent configuration', () => {
       socket: '/run/x.sock',
       mode: socketMode,
     });
+    expect(c.identity).toEqual({});
+    const pinned = `0x${'ab'.repeat(32)}`;
+    expect(parseParentConfig({ ...base, identity: { publicKey: pinned } }).identity.publicKey).toBe(pinned);
     // The enclave's defaults listen where these dial (enclave/test/units.test.ts checks its side).
     expect([c.enclave.address, c.kmsProxy.listen]).toEqual([DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS]);
   });
@@ -187,6 +318,11 @@ describe('parent configuration', () => {
     ['duplicate token names', { ...base, tokens: [base.tokens[0], base.tokens[0]] }, /token names must be unique/],
     ['no allowed key', { ...base, kmsProxy: { allowedKeyArns: [], region: 'us-east-1' } }, /config.kmsProxy.allowedKeyArns/],
     ['an unknown field', { ...base, debug: true }, /unknown field\(s\) "debug"/],
+    [
+      'an identity public key in upper case',
+      { ...base, identity: { publicKey: `0x${'AB'.repeat(32)}` } },
+      /config.identity.publicKey: expected a 32-byte Ed25519 public key/,
+    ],
   ])('refuses %s', (_name, raw, message) => {
     expect(() => parseParentConfig(raw)).toThrow(message);
   });

@@ -5,7 +5,7 @@
  * a protocol version (docs/PROTOCOL.md, "Versions"); a connection whose enclave speaks none this parent
  * accepts never counts as up.
  */
-import { ACCEPTED_PROTOCOL_VERSIONS, PROTOCOL_VERSION, type EnclaveApi } from '@nks/shared/enclave-api';
+import { ACCEPTED_PROTOCOL_VERSIONS, PROTOCOL_VERSION, type EnclaveApi, type IdentityResult } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import { RpcClient, type HandshakeCall, type MethodName, type ParamsOf, type ResultOf } from '@nks/shared/rpc';
@@ -94,7 +94,7 @@ export class EnclavePool {
     }
     if (!ACCEPTED_PROTOCOL_VERSIONS.includes(version)) {
       const upgrade = version > PROTOCOL_VERSION ? 'the parent' : 'the enclave image';
-      const message = `the enclave speaks protocol version ${String(version)}; this parent accepts versions ${ACCEPTED_PROTOCOL_VERSIONS.join(' and ')}: upgrade ${upgrade}`;
+      const message = `the enclave speaks protocol version ${String(version)}; this parent accepts ${ACCEPTED_PROTOCOL_VERSIONS.length === 1 ? 'version' : 'versions'} ${ACCEPTED_PROTOCOL_VERSIONS.join(' and ')}: upgrade ${upgrade}`;
       this.refused(message);
       throw new KeystoreError('UNSUPPORTED_VERSION', message);
     }
@@ -110,14 +110,21 @@ export class EnclavePool {
    */
   private async learnIdentity(call: HandshakeCall<EnclaveApi>): Promise<void> {
     const { pinned, onLearned } = this.options.identity ?? {};
-    let identity: KnownIdentity;
+    let answer: IdentityResult;
     try {
-      identity = checkIdentityResult(await call('identity.get', {}), pinned);
+      answer = await call('identity.get', {});
     } catch (err) {
       if (err instanceof KeystoreError && err.code === 'IDENTITY_UNAVAILABLE') {
         // The enclave's own answer says only "not ready": a genesis image, or one still unsealing its identity.
         this.refused(`the enclave has no keystore identity ready: ${err.message}`, 'warn', 'enclave not used');
       }
+      throw err;
+    }
+    let identity: KnownIdentity;
+    try {
+      identity = checkIdentityResult(answer, pinned);
+    } catch (err) {
+      this.refused((err as Error).message, 'error', 'enclave refused');
       throw err;
     }
     if (this.known && identity.publicKey !== this.known.publicKey) {
