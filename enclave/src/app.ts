@@ -1,7 +1,12 @@
 /**
  * Wires the enclave together from its configuration: NSM, recipient key, KMS-proxy client, key cache and
- * vault, and the RPC server. `startEnclave` returns once it listens; `stop` drains and zeroes the cache.
+ * vault, records, and the RPC server. `startEnclave` returns once it listens (logged as 'enclave listening');
+ * a normal or migration image then unseals its keystore identity in the background and logs 'enclave ready'
+ * once it has (`identityReady` resolves), or gives up after `identityBoot.maxAttempts` failed attempts
+ * (`identityReady` rejects with IdentityBootError, and the program exits). A genesis image (no identity
+ * configured) is ready at once. `stop` drains and zeroes the cache.
  */
+import { identityPublicKey } from '@nks/shared/records';
 import { createTransport } from '@nks/shared/transport';
 import type { Logger } from '@nks/shared/log';
 import { RpcClient, RpcServer } from '@nks/shared/rpc';
@@ -12,7 +17,9 @@ import { KeyVault } from './keys/vault';
 import { FailedOpens } from './kms/failed-opens';
 import { RecipientKeys } from './kms/recipient';
 import { Unsealer } from './kms/unseal';
-import { enclaveMethods } from './methods';
+import { IdentityHolder, unsealIdentity } from './identity/boot';
+import { enclaveMethods, type ImageKind } from './methods';
+import { VerifiedRecords } from './records/verified';
 import { NsmClient, type NsmTransport } from './nsm/client';
 import { DeviceNsmTransport } from './nsm/device';
 import { SocketNsmTransport } from './nsm/socket';
@@ -23,6 +30,9 @@ export interface RunningEnclave {
   kmsProxy: RpcClient<KmsProxyApi>;
   cache: KeyCache;
   nsm: NsmClient;
+  image: ImageKind;
+  /** Resolves once the identity is ready (at once in a genesis image); rejects when the start has failed. */
+  identityReady: Promise<void>;
   stop(drainMs?: number): Promise<void>;
 }
 
@@ -37,6 +47,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   const description = await nsm.describe(); // proves the NSM answers before anything is served
   logger.info({ nsm: nsm.kind, moduleId: description.moduleId, signerThreads: config.signing.workers }, 'NSM ready');
 
+  const image: ImageKind = config.identity ? config.mode : 'genesis';
   const kmsProxy = new RpcClient<KmsProxyApi>({
     name: 'kms-proxy',
     transport,
@@ -47,7 +58,8 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     // A cold sign waits briefly for the proxy link (e.g. after a parent restart) rather than failing.
     waitForConnectionMs: 2000,
   });
-  kmsProxy.start();
+  // A genesis image never asks KMS for anything.
+  if (image !== 'genesis') kmsProxy.start();
 
   const recipient = new RecipientKeys(nsm, config.recipient);
   const cache = new KeyCache(config.cache);
@@ -57,10 +69,37 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   const signers = new SignerPool(config.signing.workers, script, (message, err) => logger.error({ err }, message), {
     deadlineMs: config.signing.deadlineMs,
   });
-  const keys = new KeyVault({ cache, unsealer, nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject, signers });
+  const identity = new IdentityHolder(image === 'genesis' ? 'genesis' : 'unsealing');
+  // In a genesis image there is no identity, so no record verifies (nor is asked to: see methods.ts).
+  const records = new VerifiedRecords(config.identity ? identityPublicKey(config.identity.publicKey) : null, config.records);
+  const keys = new KeyVault({
+    cache,
+    unsealer,
+    nsm,
+    kmsKeyArn: config.kmsKeyArn,
+    kmsPublicKey: config.kmsPublicKeyObject,
+    signers,
+    records,
+    identity: () => identity.get(),
+  });
   let served: RpcServer | undefined;
   const { methods } = enclaveMethods({
+    image,
+    mode: config.mode,
+    securityEpoch: config.securityEpoch,
+    identity,
+    ...(config.identity
+      ? {
+          configuredIdentity: {
+            publicKey: config.identity.publicKey,
+            genesisDocument: config.identity.genesisDocument,
+            defaultProject: config.identity.defaultProject,
+          },
+        }
+      : {}),
+    genesis: { nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject },
     keys,
+    records,
     cache,
     unsealer,
     recipient,
@@ -83,14 +122,38 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   });
   served = server;
   await server.listen(transport, config.listen);
-  // Warm the recipient key and document so the first cold sign does not pay for RSA key generation.
-  void recipient.current().catch((err: unknown) => logger.warn({ err }, 'could not prepare the KMS recipient key yet'));
+  const where = { listen: config.listen, kmsProxy: config.kmsProxy, kmsKeyArn: config.kmsKeyArn, transport: config.transport.kind };
+  logger.info({ ...where, image, securityEpoch: config.securityEpoch }, 'enclave listening');
+
+  let identityReady: Promise<void>;
+  if (!config.identity) {
+    logger.info({ ...where, identity: 'genesis' }, 'enclave ready');
+    identityReady = Promise.resolve();
+  } else {
+    const configured = config.identity;
+    // Unsealing the identity also prepares the recipient key and document the first cold sign reuses.
+    identityReady = unsealIdentity({
+      publicKey: configured.publicKey,
+      blob: configured.blob,
+      maxAttempts: config.identityBoot.maxAttempts,
+      retryMs: config.identityBoot.retryMs,
+      unsealer,
+      logger,
+    }).then((unsealed) => {
+      identity.set(unsealed);
+      logger.info({ ...where, identity: unsealed.publicKey, mode: config.mode }, 'enclave ready');
+    });
+    // The caller decides what a failed start means (main.ts exits); never an unhandled rejection here.
+    identityReady.catch(() => undefined);
+  }
 
   return {
     server,
     kmsProxy,
     cache,
     nsm,
+    image,
+    identityReady,
     async stop(drainMs = 5000) {
       await server.close(drainMs);
       await signers.close();

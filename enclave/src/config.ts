@@ -1,6 +1,11 @@
 /**
  * The enclave's configuration: a JSON file baked into the image (so it is covered by PCR0), validated at
  * start. An invalid file stops the enclave with a message naming every problem.
+ *
+ * `identity` is the genesis output (docs/RECORDS.md): the keystore identity's public key, its sealed seed, the
+ * genesis attestation document and the `default` project's record. Being in this file, the public key is
+ * measured into PCR0, and only an image with that PCR0 can have KMS unseal the seed. Without `identity` the
+ * image is a genesis image, which serves nothing but `identity.genesis` (and hello and health).
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import os from 'node:os';
@@ -8,7 +13,11 @@ import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
 import { DEFAULT_MAX_FRAME_BYTES } from '@nks/shared/framing';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
-import { describeIssues, kmsKeyArn } from '@nks/shared/schema';
+import { BLOB_VERSION, decodeBlobBase64 } from '@nks/shared/blob';
+import { SignedRecordSchema } from '@nks/shared/enclave-api';
+import { DEFAULT_PROJECT_ID, identityPublicKey as identityKeyObject, openProjectRecord } from '@nks/shared/records';
+import { SECURITY_EPOCH } from '@nks/shared/release';
+import { base64, describeIssues, identityPublicKey, kmsKeyArn } from '@nks/shared/schema';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '@nks/shared/transport';
 import { NSM_DEVICE_PATH } from './nsm/device';
 import { DEFAULT_SIGNING_DEADLINE_MS } from './signing/pool';
@@ -35,6 +44,11 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   limits: { maxConcurrent: 4096, maxFrameBytes: DEFAULT_MAX_FRAME_BYTES, kmsDeadlineMs: 8_000 },
   signing: { workers: defaultWorkers(), deadlineMs: DEFAULT_SIGNING_DEADLINE_MS },
   logLevel: DEFAULT_LOG_LEVEL,
+  mode: 'normal',
+  securityEpoch: SECURITY_EPOCH,
+  // Five tries over about 15 s (back-off from 1 s, doubling), then the enclave exits and is restarted.
+  identityBoot: { maxAttempts: 5, retryMs: 1_000 },
+  records: { maxVerified: 100_000, maxSeqMarks: 200_000 },
 } as const;
 
 const D = ENCLAVE_CONFIG_DEFAULTS;
@@ -105,9 +119,52 @@ export const EnclaveConfigSchema = z.strictObject({
     })
     .prefault({}),
   logLevel: z.enum(LOG_LEVELS).default(D.logLevel),
+  /** The genesis output; absent in a genesis image. */
+  identity: z
+    .strictObject({
+      publicKey: identityPublicKey,
+      /** The sealed seed: a version 2 blob of kind "identity" under `kmsKeyArn`, for `publicKey`. */
+      blob: base64.min(1).max(8192),
+      /** The genesis attestation document (base64 COSE_Sign1), handed out by identity.get. */
+      genesisDocument: base64.min(1).max(349_528),
+      /** The `default` project's record, signed by this identity at genesis. */
+      defaultProject: SignedRecordSchema,
+    })
+    .optional(),
+  /** `migration`: the image that re-seals version 1 blobs (keys.migrate) and serves nothing else; needs `identity`. */
+  mode: z.enum(['normal', 'migration']).default(D.mode),
+  /** Never below this release's SECURITY_EPOCH: an older configuration is refused. */
+  securityEpoch: z
+    .number()
+    .int()
+    .min(SECURITY_EPOCH, `expected at least ${SECURITY_EPOCH}, this release's security epoch`)
+    .max(1_000_000)
+    .default(D.securityEpoch),
+  /**
+   * Unsealing the identity at start: after `maxAttempts` failed attempts (KMS refusing, the proxy absent, an
+   * answer that does not open) the enclave logs why and exits; between attempts it backs off from `retryMs`.
+   */
+  identityBoot: z
+    .strictObject({
+      maxAttempts: z.number().int().min(1).max(100).default(D.identityBoot.maxAttempts),
+      retryMs: ms(D.identityBoot.retryMs, 10, 60_000),
+    })
+    .prefault({}),
+  /**
+   * Bounds of what the enclave remembers about records (least recently used dropped first): verified records
+   * (so a warm sign verifies no signature), and the highest `seq` seen per key and per project (an older
+   * record is refused). Both are in memory only: a restart, or a mark dropped at the bound, forgets them.
+   */
+  records: z
+    .strictObject({
+      maxVerified: z.number().int().min(16).max(10_000_000).default(D.records.maxVerified),
+      maxSeqMarks: z.number().int().min(16).max(10_000_000).default(D.records.maxSeqMarks),
+    })
+    .prefault({}),
 });
 
 export type EnclaveConfig = z.output<typeof EnclaveConfigSchema> & { kmsPublicKeyObject: KeyObject };
+export type IdentityConfig = NonNullable<EnclaveConfig['identity']>;
 
 export { ConfigError };
 
@@ -126,7 +183,41 @@ export function parseEnclaveConfig(raw: unknown, source = 'configuration'): Encl
       `invalid ${source}: config.kmsPublicKey must be an RSA key of at least 2048 bits (the KMS key is RSA_2048/3072/4096)`,
     );
   }
-  return { ...res.data, kmsPublicKeyObject: key };
+  const config = { ...res.data, kmsPublicKeyObject: key };
+  checkIdentity(config, source);
+  return config;
+}
+
+/**
+ * What the schema cannot say about `identity`: the blob is an identity blob for this public key under this
+ * configuration's KMS key, and the default project's record is signed by it. A migration image needs one.
+ */
+function checkIdentity(config: EnclaveConfig, source: string): void {
+  const fail = (message: string): never => {
+    throw new ConfigError(`invalid ${source}: ${message}`);
+  };
+  const { identity } = config;
+  if (!identity) {
+    if (config.mode === 'migration') fail('config.identity: a migration image needs the identity (the genesis output)');
+    return;
+  }
+  let blob;
+  try {
+    blob = decodeBlobBase64(identity.blob);
+  } catch {
+    return fail('config.identity.blob: not a sealed blob');
+  }
+  if (blob.v !== BLOB_VERSION || blob.kind !== 'identity') fail('config.identity.blob: not an identity blob');
+  else if (blob.publicKey !== identity.publicKey)
+    fail('config.identity.blob: sealed for another public key than config.identity.publicKey');
+  else if (blob.kmsKeyArn !== config.kmsKeyArn) fail('config.identity.blob: sealed under another KMS key than config.kmsKeyArn');
+  try {
+    const { record } = openProjectRecord(identity.defaultProject, identityKeyObject(identity.publicKey));
+    if (record.projectId !== DEFAULT_PROJECT_ID) fail('config.identity.defaultProject: not the default project');
+  } catch (err) {
+    if (err instanceof ConfigError) throw err;
+    fail('config.identity.defaultProject: not a project record signed by config.identity.publicKey');
+  }
 }
 
 export function loadEnclaveConfig(file: string): EnclaveConfig {

@@ -2,12 +2,16 @@
  * Enclave program (dist/enclave.js). Reads its configuration from `--config FILE`, `$NKS_ENCLAVE_CONFIG`, or
  * `enclave.json` beside the bundle; refuses to start on an invalid one. `--check-config` only validates the
  * file (exit 0 valid, 2 invalid), so image builds can refuse a bad configuration before it is measured.
+ *
+ * Exit codes: 0 stopped by SIGTERM/SIGINT; 2 the configuration is invalid or the start failed (no NSM, cannot
+ * listen); 3 the keystore identity could not be unsealed in `identityBoot.maxAttempts` attempts.
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createLogger } from '@nks/shared/log';
 import { ConfigError, loadEnclaveConfig } from './config';
 import { startEnclave } from './app';
+import { IdentityBootError } from './identity/boot';
 import { isSignerWorker, runSignerWorker } from './signing/pool';
 
 async function main(): Promise<void> {
@@ -15,17 +19,22 @@ async function main(): Promise<void> {
   const file = values.config ?? process.env.NKS_ENCLAVE_CONFIG ?? path.join(path.dirname(process.argv[1] ?? '.'), 'enclave.json');
   const config = loadEnclaveConfig(file);
   if (values['check-config']) {
+    const image = config.identity ? `${config.mode} image, identity ${config.identity.publicKey}` : 'genesis image';
     process.stdout.write(
-      `enclave: configuration ${file} is valid (KMS key ${config.kmsKeyArn}, listen ${config.listen}, transport ${config.transport.kind}, NSM ${config.nsm.kind})\n`,
+      `enclave: configuration ${file} is valid (${image}, security epoch ${config.securityEpoch}, KMS key ${config.kmsKeyArn}, listen ${config.listen}, transport ${config.transport.kind}, NSM ${config.nsm.kind})\n`,
     );
     return;
   }
   const logger = createLogger({ name: 'enclave', level: process.env.LOG_LEVEL ?? config.logLevel });
   const enclave = await startEnclave(config, logger, path.resolve(process.argv[1] as string));
-  logger.info(
-    { listen: config.listen, kmsProxy: config.kmsProxy, kmsKeyArn: config.kmsKeyArn, transport: config.transport.kind },
-    'enclave ready',
-  );
+  // 'enclave listening' and 'enclave ready' are logged by startEnclave.
+  enclave.identityReady.catch(async (err: unknown) => {
+    const message = err instanceof IdentityBootError ? err.message : `identity start failed: ${(err as Error).message}`;
+    logger.fatal({ err }, `enclave cannot serve: ${message}; exiting`);
+    await enclave.stop(1000).catch(() => undefined);
+    logger.flush();
+    process.exit(3);
+  });
 
   let stopping = false;
   const stop = async (signal: string) => {

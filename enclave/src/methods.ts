@@ -1,6 +1,14 @@
 /**
  * The handlers of the methods the enclave serves (`EnclaveApi`, docs/PROTOCOL.md), with health counters and
- * errors counted by code.
+ * errors counted by code, gated by the image and the identity's state (docs/RECORDS.md):
+ *
+ * - a genesis image (no identity configured) serves hello, health and identity.genesis; every other method
+ *   answers IDENTITY_UNAVAILABLE;
+ * - a normal image serves everything but identity.genesis and keys.migrate, a migration image only
+ *   identity.get and keys.migrate (beside hello and health); a method the image does not serve answers
+ *   METHOD_NOT_FOUND;
+ * - until the identity is unsealed, every served method but hello and health answers IDENTITY_UNAVAILABLE,
+ *   one answer with no detail.
  */
 import { USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
 import { RELEASE_VERSION } from '@nks/shared/release';
@@ -13,10 +21,15 @@ import {
   type HelloResult,
   type KmsProxyApi,
 } from '@nks/shared/enclave-api';
+import type { SignedRecord } from '@nks/shared/records';
 import { serveApi, type RpcClient, type RpcMethod, type RpcServerStats } from '@nks/shared/rpc';
+import type { GenesisDeps } from './identity/genesis';
+import { genesis } from './identity/genesis';
+import { identityUnavailable, type IdentityHolder } from './identity/boot';
 import type { KeyCache } from './keys/cache';
 import type { KeyVault } from './keys/vault';
 import type { FailedOpens } from './kms/failed-opens';
+import type { VerifiedRecords } from './records/verified';
 import type { SignerPool } from './signing/pool';
 import type { RecipientKeys } from './kms/recipient';
 import type { Unsealer } from './kms/unseal';
@@ -24,8 +37,39 @@ import type { NsmClient } from './nsm/client';
 
 export const ENCLAVE_VERSION = RELEASE_VERSION;
 
+/** What an image is: made by its configuration (identity present or not, `mode`). */
+export type ImageKind = 'genesis' | 'normal' | 'migration';
+type MethodName = keyof typeof EnclaveApi;
+
+/** The methods each kind of image serves. */
+export const SERVED_METHODS: Record<ImageKind, readonly MethodName[]> = {
+  genesis: ['enclave.hello', 'enclave.health', 'identity.genesis'],
+  normal: [
+    'enclave.hello',
+    'enclave.health',
+    'identity.get',
+    'keys.create',
+    'keys.sign',
+    'keys.setDisabled',
+    'keys.forget',
+    'attestation.get',
+  ],
+  migration: ['enclave.hello', 'enclave.health', 'identity.get', 'keys.migrate'],
+};
+/** Served whatever the identity's state. */
+const ALWAYS: readonly MethodName[] = ['enclave.hello', 'enclave.health'];
+
 export interface EnclaveParts {
+  image: ImageKind;
+  /** The configuration's `mode` and `securityEpoch`, as health reports them. */
+  mode: 'normal' | 'migration';
+  securityEpoch: number;
+  identity: IdentityHolder;
+  /** From the configuration (not in a genesis image): what identity.get hands out besides a fresh document. */
+  configuredIdentity?: { publicKey: string; genesisDocument: string; defaultProject: SignedRecord };
+  genesis: GenesisDeps;
   keys: KeyVault;
+  records: VerifiedRecords;
   cache: KeyCache;
   unsealer: Unsealer;
   recipient: RecipientKeys;
@@ -43,31 +87,43 @@ const hexBytes = (h: string | undefined) => (h ? Buffer.from(h.slice(2), 'hex') 
 /**
  * Agrees a protocol version with a parent that speaks `theirs`: theirs if this enclave accepts it; this
  * enclave's own if the parent is newer (the parent then decides whether it accepts it); otherwise refused.
+ * `features` are the methods this image serves.
  */
-export function hello(theirs: number): HelloResult {
+export function hello(theirs: number, features: readonly string[] = SERVED_METHODS.normal): HelloResult {
   const supportedVersions = [...ACCEPTED_PROTOCOL_VERSIONS];
   const ok = ACCEPTED_PROTOCOL_VERSIONS.includes(theirs) || theirs > PROTOCOL_VERSION;
   if (!ok) {
+    const speaks = supportedVersions.length === 1 ? `version ${supportedVersions[0]}` : `versions ${supportedVersions.join(' and ')}`;
     throw new KeystoreError(
       'UNSUPPORTED_VERSION',
-      `protocol version ${theirs} is not supported: this enclave speaks versions ${supportedVersions.join(' and ')}; upgrade the parent`,
+      `protocol version ${theirs} is not supported: this enclave speaks ${speaks}; upgrade the parent`,
     );
   }
   return {
     protocolVersion: Math.min(theirs, PROTOCOL_VERSION),
     supportedVersions,
-    features: Object.keys(EnclaveApi).sort(),
+    features: [...features].sort(),
     enclaveVersion: ENCLAVE_VERSION,
   };
 }
 
 export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, RpcMethod>; errors: Record<string, number> } {
   const errors: Record<string, number> = {};
-  /** Counts failures by code; the error itself goes back to the caller unchanged. */
-  const counted =
-    <P, R>(fn: (p: P) => R | Promise<R>) =>
+  const served = new Set<string>(SERVED_METHODS[parts.image]);
+
+  /** Refuses what this image does not serve, or does not serve yet; then runs `fn`, counting failures by code. */
+  const gated =
+    <P, R>(name: MethodName, fn: (p: P) => R | Promise<R>) =>
     async (p: P): Promise<R> => {
       try {
+        if (!ALWAYS.includes(name)) {
+          if (parts.image === 'genesis' ? !served.has(name) : parts.identity.status !== 'ready' && served.has(name)) {
+            throw identityUnavailable();
+          }
+          if (!served.has(name)) {
+            throw new KeystoreError('METHOD_NOT_FOUND', `method "${name}" is not served by a ${parts.image} image`);
+          }
+        }
         return await fn(p);
       } catch (err) {
         const code = asKeystoreError(err).code;
@@ -85,6 +141,9 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
       version: ENCLAVE_VERSION,
       nsm: parts.nsm.kind,
       kmsProxy: parts.kmsProxy.connected ? 'connected' : 'disconnected',
+      identity: parts.identity.status,
+      mode: parts.mode,
+      securityEpoch: parts.securityEpoch,
       uptimeMs: Date.now() - parts.startedAt,
       counters: {
         creates: parts.keys.creates,
@@ -95,8 +154,10 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
         cacheExpirations: c.expirations,
         cacheSize: c.size,
         kmsCalls: parts.unsealer.kmsCalls,
+        identityKmsCalls: parts.unsealer.identityKmsCalls,
         kmsErrors: parts.unsealer.kmsErrors,
         failedOpens: parts.failedOpens.total,
+        integrityFailures: parts.records.failures,
         recipientKeyRotations: parts.recipient.rotations,
         attestationDocuments: parts.recipient.documents,
         signingTimeouts: parts.signers.timeouts,
@@ -111,13 +172,31 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
     };
   };
 
+  /** A fresh document binding the identity's public key (as at genesis), with the caller's nonce. */
+  const identityDocument = async (nonce: Uint8Array | undefined) =>
+    parts.nsm.attest({ tag: USER_DATA_TAGS.identity, content: parts.identity.get().rawPublicKey, nonce });
+
   const methods = serveApi(EnclaveApi, {
-    'enclave.hello': counted((p) => hello(p.protocolVersion)),
+    'enclave.hello': gated('enclave.hello', (p) => hello(p.protocolVersion, SERVED_METHODS[parts.image])),
     'enclave.health': health,
-    'keys.create': counted((p) => parts.keys.create(p.keyId, p.attest ?? false)),
-    'keys.sign': counted((p) => parts.keys.sign(p.keyId, p.blob, p.request)),
-    'keys.forget': counted((p) => ({ keyId: p.keyId, forgotten: parts.keys.forget(p.keyId) })),
-    'attestation.get': counted(async (p) => {
+    'identity.genesis': gated('identity.genesis', (p) => genesis(parts.genesis, hexBytes(p.nonce) as Buffer)),
+    'identity.get': gated('identity.get', async (p) => {
+      const configured = parts.configuredIdentity;
+      if (!configured) throw identityUnavailable();
+      const document = await identityDocument(hexBytes(p.nonce));
+      return {
+        publicKey: configured.publicKey,
+        genesisDocument: configured.genesisDocument,
+        attestation: document.toString('base64'),
+        defaultProject: configured.defaultProject,
+      };
+    }),
+    'keys.create': gated('keys.create', (p) => parts.keys.create(p.keyId, p.project, p.subject, p.attest ?? false)),
+    'keys.sign': gated('keys.sign', (p) => parts.keys.sign(p)),
+    'keys.setDisabled': gated('keys.setDisabled', (p) => parts.keys.setDisabled(p.record, p.project, p.disabled)),
+    'keys.migrate': gated('keys.migrate', (p) => parts.keys.migrate(p.keyId, p.blob, p.project, p.subject)),
+    'keys.forget': gated('keys.forget', (p) => ({ keyId: p.keyId, forgotten: parts.keys.forget(p.keyId) })),
+    'attestation.get': gated('attestation.get', async (p) => {
       const nonce = hexBytes(p.nonce);
       // The caller's nonce goes in the `nonce` field; `user_data` is tagged so this document can never pass
       // as another path's evidence (a birth, the identity).

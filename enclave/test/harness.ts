@@ -2,13 +2,15 @@
  * The enclave as a real process on the simulated platform, with the test standing where the parent would:
  * an RPC client to the enclave, and a KMS proxy (backed by the KMS emulator through @aws-sdk/client-kms) that
  * records what the enclave asks and can be told to forge its answers. Every byte the enclave sends on both
- * links is recorded.
+ * links is recorded. The enclave runs with the platform's keystore identity (unsealed at start through this
+ * proxy, so `proxyRequests` begins with the identity's Decrypt) unless the configuration leaves it out.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import type { KMSClient } from '@aws-sdk/client-kms';
 import { KeystoreError } from '@nks/shared/errors';
-import { KmsDecryptParams, type EnclaveApi, type KmsDecryptResult } from '@nks/shared/enclave-api';
+import { KmsDecryptParams, type CreateResult, type EnclaveApi, type KmsDecryptResult, type SignResult } from '@nks/shared/enclave-api';
+import type { SignedRecord } from '@nks/shared/records';
 import { RpcClient, RpcServer, rpcMethod } from '@nks/shared/rpc';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, SimulatedVsockTransport } from '@nks/shared/transport';
 import { silentLogger } from '@nks/shared/log';
@@ -20,6 +22,9 @@ export const ENCLAVE_ADDRESS = DEFAULT_ENCLAVE_ADDRESS;
 export const PROXY_ADDRESS = DEFAULT_KMS_PROXY_ADDRESS;
 
 export type DecryptParams = ReturnType<typeof KmsDecryptParams.parse>;
+
+/** What the test waits for after starting the enclave: its identity unsealed (default), or only listening. */
+export type LaunchWait = 'ready' | 'listening';
 
 export interface EnclaveHarness {
   platform: Platform;
@@ -38,11 +43,23 @@ export interface EnclaveHarness {
   /** A genuine attested Decrypt, as the parent (which holds the AWS credentials) can make at any time. */
   kmsDecrypt(p: DecryptParams): Promise<KmsDecryptResult>;
   decryptCalls(): Promise<number>;
-  restartEnclave(extraConfig?: Record<string, unknown>): Promise<void>;
+  /** The `default` project's record (made at the platform's genesis). */
+  defaultProject: SignedRecord;
+  /** keys.create in the default project, for subject null unless given. */
+  create(keyId: string, opts?: { attest?: boolean; project?: SignedRecord; subject?: string | null }): Promise<CreateResult>;
+  /** keys.sign of a digest with the key's record and the default project (unless given). */
+  signDigest(key: { keyId: string; blob: string; record: SignedRecord }, n?: number, project?: SignedRecord): Promise<SignResult>;
+  restartEnclave(extraConfig?: Record<string, unknown>, opts?: { wait?: LaunchWait }): Promise<void>;
   stop(): Promise<void>;
 }
 
-export async function startEnclaveHarness(runDir: string, config: Record<string, unknown> = {}): Promise<EnclaveHarness> {
+export const digestOf = (n: number) => `0x${n.toString(16).padStart(64, '0')}`;
+
+export async function startEnclaveHarness(
+  runDir: string,
+  config: Record<string, unknown> = {},
+  opts: { wait?: LaunchWait } = {},
+): Promise<EnclaveHarness> {
   const platform = await startPlatform(runDir);
   const recorded = new RecordingTransport(new SimulatedVsockTransport(runDir));
   const kms: KMSClient = platform.kms();
@@ -83,12 +100,12 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
   const configFile = path.join(runDir, 'enclave.json');
   const baseConfig = enclaveConfigFor(platform, runDir, config); // listens on ENCLAVE_ADDRESS, dials PROXY_ADDRESS
   writeJson(configFile, baseConfig);
-  const launch = async () => {
+  const launch = async (wait: LaunchWait = 'ready') => {
     const proc = startProgram('enclave', ['--config', configFile]);
-    await proc.waitForLog((e) => e.msg === 'enclave ready');
+    await proc.waitForLog((e) => e.msg === (wait === 'ready' ? 'enclave ready' : 'enclave listening'));
     return proc;
   };
-  harness.enclave = await launch();
+  harness.enclave = await launch(opts.wait);
   harness.configFile = configFile;
 
   const client = new RpcClient<EnclaveApi>({
@@ -105,11 +122,27 @@ export async function startEnclaveHarness(runDir: string, config: Record<string,
     const s = await platform.stats();
     return (s.Decrypt?.ok ?? 0) + (s.Decrypt?.error ?? 0);
   };
-  harness.restartEnclave = async (extra = {}) => {
+  harness.defaultProject = platform.identity.defaultProject;
+  harness.create = (keyId, o = {}) =>
+    client.call('keys.create', {
+      keyId,
+      project: o.project ?? platform.identity.defaultProject,
+      subject: o.subject ?? null,
+      ...(o.attest === undefined ? {} : { attest: o.attest }),
+    });
+  harness.signDigest = (key, n = 1, project = platform.identity.defaultProject) =>
+    client.call('keys.sign', {
+      keyId: key.keyId,
+      blob: key.blob,
+      record: key.record,
+      project,
+      request: { type: 'digest', digest: digestOf(n) },
+    });
+  harness.restartEnclave = async (extra = {}, o = {}) => {
     await harness.enclave?.stop();
     for (let i = 0; i < 200 && client.connected; i++) await new Promise((r) => setTimeout(r, 10));
     writeJson(configFile, { ...baseConfig, ...extra });
-    harness.enclave = await launch();
+    harness.enclave = await launch(o.wait);
     await client.waitConnected(10_000);
   };
   harness.stop = async () => {

@@ -77,6 +77,14 @@ export interface EnclaveHealth {
   nsm: 'real' | 'simulated';
   /** The enclave's link to the parent's KMS proxy (needed for cold signs). */
   kmsProxy: 'connected' | 'disconnected';
+  /**
+   * The keystore identity: "genesis" in a genesis image (no identity configured), "unsealing" while the
+   * enclave starts (it serves only hello and health until then), "ready" once unsealed and checked.
+   */
+  identity: 'genesis' | 'unsealing' | 'ready';
+  /** The configuration's `mode` ("migration": the image that re-seals version 1 blobs) and `securityEpoch`. */
+  mode: 'normal' | 'migration';
+  securityEpoch: number;
   uptimeMs: number;
   counters: {
     creates: number;
@@ -86,13 +94,21 @@ export interface EnclaveHealth {
     cacheEvictions: number;
     cacheExpirations: number;
     cacheSize: number;
+    /** Decrypts for user keys: exactly one per cold key. */
     kmsCalls: number;
+    /** Decrypts for the keystore identity's seed (at start), counted apart from kmsCalls. */
+    identityKmsCalls: number;
     kmsErrors: number;
     /**
      * KMS answers that did not open (forged, or for a tampered blob), plus cold signs refused during the
      * cool-down that follows too many. A total only: there is deliberately no count by failing step.
      */
     failedOpens: number;
+    /**
+     * Records or blobs that did not pass the enclave's checks (a signature, a binding, an old seq, a blob that is
+     * not the one the record names), each answered with the same KEY_INTEGRITY. A total only, as failedOpens.
+     */
+    integrityFailures: number;
     /** Recipient key pairs made: scheduled rotations and replacements of keys retired after a failed open. */
     recipientKeyRotations: number;
     attestationDocuments: number;

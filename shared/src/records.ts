@@ -82,7 +82,7 @@ export interface SignedRecord {
 }
 
 export function encodeRecord(r: AnyRecord): Buffer {
-  return canonicalCbor({ ...r } as Record<string, unknown>);
+  return canonicalCbor({ ...r });
 }
 
 /** SHA-256("nks-record-v1" ‖ cbor): what the identity signs, and what `prev` and caches name a record by. */
@@ -119,7 +119,7 @@ export function verifySignedRecord(signed: SignedRecord, identity: KeyObject): {
     throw new KeystoreError('KEY_INTEGRITY', 'record signature does not verify');
   }
   const digest = recordDigest(bytes);
-  let ok = false;
+  let ok: boolean;
   try {
     ok = verify(null, digest, identity, signature);
   } catch {

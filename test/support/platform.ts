@@ -6,12 +6,22 @@
  * Principals by access key id: AKIDADMIN the key administrator, AKIDAPPROVER the image approver (the only one
  * allowed PutKeyPolicy; it creates the key, so the policy passes the lockout safety check), AKIDBREAKGLASS the
  * break-glass role; any other access key id is the parent role.
+ *
+ * Every platform has a keystore identity: at start, the real enclave bundle runs as a genesis image on the
+ * platform's NSM and KMS key, and `identity.genesis` is called once (about a second). `enclaveConfigFor`
+ * puts that identity into every enclave configuration unless told otherwise (`identity: undefined` makes a
+ * genesis image). A platform restarted over the same KMS key (`reuse`) keeps its identity.
  */
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { CreateKeyCommand, DecryptCommand, GetPublicKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { generateKeyPolicy } from '../../client/src/policy';
-import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
+import type { EnclaveApi, GenesisResult } from '@nks/shared/enclave-api';
+import { silentLogger } from '@nks/shared/log';
+import type { SignedRecord } from '@nks/shared/records';
+import { RpcClient } from '@nks/shared/rpc';
+import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, SimulatedVsockTransport } from '@nks/shared/transport';
 import { startProgram, type Running } from './process';
 
 export const ACCOUNT = '111122223333';
@@ -23,6 +33,14 @@ export const BREAK_GLASS_ROLE = `arn:aws:iam::${ACCOUNT}:role/keystore-break-gla
 export const ACCESS_KEYS = { AKIDADMIN: ADMIN_ROLE, AKIDAPPROVER: APPROVER_ROLE, AKIDBREAKGLASS: BREAK_GLASS_ROLE } as const;
 export const TEST_PCR0 = '5e'.repeat(48);
 
+/** The enclave configuration's `identity`: the output of a genesis image. */
+export interface PlatformIdentity {
+  publicKey: string;
+  blob: string;
+  genesisDocument: string;
+  defaultProject: SignedRecord;
+}
+
 export interface Platform {
   runDir: string;
   nsmSocket: string;
@@ -33,6 +51,10 @@ export interface Platform {
   /** DER SPKI of the KMS key, base64: what the enclave configuration pins. */
   kmsPublicKey: string;
   pcr0: string;
+  /** The keystore identity made for this platform's KMS key at start (see `genesisIdentity`). */
+  identity: PlatformIdentity;
+  /** The whole genesis output it came from, with the operator's nonce (hex, 0x-prefixed). */
+  genesis: GenesisResult & { nonce: string };
   kms(accessKeyId?: string): KMSClient;
   stats(): Promise<Record<string, { ok: number; error: number; errors: Record<string, number> }>>;
   /**
@@ -75,6 +97,48 @@ export function attestedPolicy(pcr0: string, role = PARENT_ROLE): string {
 /** `--access-key AKID=ARN` arguments for the emulator. */
 export function accessKeyArgs(): string[] {
   return Object.entries(ACCESS_KEYS).flatMap(([akid, arn]) => ['--access-key', `${akid}=${arn}`]);
+}
+
+/** Genesis outputs by KMS key ARN: a platform restarted over the same key keeps its identity. */
+const identities = new Map<string, GenesisResult & { nonce: string }>();
+
+/**
+ * Runs the real enclave bundle as a genesis image on `platform` (its NSM and KMS key), in a run directory of its
+ * own, and asks it for one identity with a fresh nonce. The genesis image makes no KMS call.
+ */
+export async function genesisIdentity(
+  platform: Pick<Platform, 'keyArn' | 'kmsPublicKey' | 'nsmSocket'>,
+  runDir: string,
+): Promise<GenesisResult & { nonce: string }> {
+  const dir = path.join(runDir, 'genesis');
+  const configFile = writeJson(path.join(dir, 'enclave.json'), {
+    kmsKeyArn: platform.keyArn,
+    kmsPublicKey: platform.kmsPublicKey,
+    listen: DEFAULT_ENCLAVE_ADDRESS,
+    kmsProxy: DEFAULT_KMS_PROXY_ADDRESS,
+    transport: { kind: 'simulated', runDir: dir },
+    nsm: { kind: 'simulated', socket: platform.nsmSocket },
+    signing: { workers: 0 },
+    logLevel: 'info',
+  });
+  const enclave = startProgram('enclave', ['--config', configFile]);
+  const client = new RpcClient<EnclaveApi>({
+    name: 'genesis-operator',
+    transport: new SimulatedVsockTransport(dir),
+    address: DEFAULT_ENCLAVE_ADDRESS,
+    logger: silentLogger(),
+    defaultDeadlineMs: 15_000,
+  });
+  try {
+    await enclave.waitForLog((e) => e.msg === 'enclave ready');
+    await client.waitConnected(10_000);
+    const nonce = `0x${randomBytes(16).toString('hex')}`;
+    return { ...(await client.call('identity.genesis', { nonce })), nonce };
+  } finally {
+    await client.close();
+    await enclave.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 export async function startPlatform(
@@ -149,6 +213,11 @@ export async function startPlatform(
       if (res.status !== 200) throw new Error(`KMS emulator ${pathname}: HTTP ${res.status} ${text}`);
       return JSON.parse(text) as T;
     };
+    let genesis = identities.get(keyArn);
+    if (!genesis) {
+      genesis = await genesisIdentity({ keyArn, kmsPublicKey, nsmSocket }, runDir);
+      identities.set(keyArn, genesis);
+    }
     const platform: Platform = {
       runDir,
       nsmSocket,
@@ -158,6 +227,13 @@ export async function startPlatform(
       keyArn,
       kmsPublicKey,
       pcr0,
+      identity: {
+        publicKey: genesis.publicKey,
+        blob: genesis.blob,
+        genesisDocument: genesis.attestation,
+        defaultProject: genesis.defaultProject,
+      },
+      genesis,
       kms,
       stats: () => admin('stats'),
       setFaults: (f) => admin('faults', f),
@@ -204,7 +280,11 @@ export async function attestedDecrypt(
   };
 }
 
-/** An enclave configuration for this platform (its KMS key, simulated NSM and vsock in `runDir`), `over` on top. */
+/**
+ * An enclave configuration for this platform (its KMS key, its identity, simulated NSM and vsock in `runDir`),
+ * `over` on top. `{identity: undefined}` leaves the identity out (written as JSON, the key disappears): a
+ * genesis image.
+ */
 export function enclaveConfigFor(platform: Platform, runDir: string, over: Record<string, unknown> = {}): Record<string, unknown> {
   return {
     kmsKeyArn: platform.keyArn,
@@ -213,6 +293,7 @@ export function enclaveConfigFor(platform: Platform, runDir: string, over: Recor
     kmsProxy: DEFAULT_KMS_PROXY_ADDRESS,
     transport: { kind: 'simulated', runDir },
     nsm: { kind: 'simulated', socket: platform.nsmSocket },
+    identity: platform.identity,
     logLevel: 'debug',
     ...over,
   };

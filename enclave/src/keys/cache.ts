@@ -2,12 +2,18 @@
  * Decrypted keys, bounded in time (TTL from unsealing) and in count (least recently used evicted first).
  * Every way out of the cache (expiry, eviction, forget, replacement, clear) zeroes the secret bytes.
  * An entry remembers the exact blob it was opened from: a different blob under the same key id is a miss,
- * so a tampered blob is always opened (and refused) rather than answered from the cache.
+ * so a tampered blob is always opened (and refused) rather than answered from the cache. It also keeps what
+ * the blob was checked against when it was opened (its SHA-256, project and subject), so a warm sign checks
+ * the key's record against these without hashing the blob again.
  */
 export interface CachedKey {
   secret: Uint8Array;
   address: `0x${string}`;
   blob: string;
+  /** 0x-hex SHA-256 of the blob's bytes, as key records name it. */
+  blobSha256: string;
+  projectId: string;
+  subject: string | null;
   expiresAt: number;
 }
 

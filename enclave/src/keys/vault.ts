@@ -1,23 +1,50 @@
 /**
- * The enclave's key operations: create (no KMS call), sign (cache, or exactly one attested KMS Decrypt per
- * cold key, shared by concurrent requests), forget.
+ * The enclave's key operations (docs/RECORDS.md): create (no KMS call), sign (cache, or exactly one attested
+ * KMS Decrypt per cold key, shared by concurrent requests), set disabled, forget, and migrate (the migration
+ * image only). Every operation on a key first checks the signed records the parent hands back:
+ *
+ * - sign: both signatures (verified records are cached, see records/verified.ts), the key record is for this
+ *   key id and in this project, neither is older than the newest seen (then they are the newest), the blob is
+ *   the one the record names (its SHA-256; skipped when the cached key was opened from this exact blob text,
+ *   whose hash and binding the cache entry holds), and a cold blob is a version 2 key blob bound to the
+ *   record's key id, address, project and subject; the unsealed key's address is the blob's. Then the states
+ *   and the project's allowed request types. All of it before any KMS call or signature.
+ * - create and migrate make the key's first record (seq 0); setDisabled its next one (seq + 1, prev = the
+ *   digest of the one before).
+ *
+ * Integrity failures are one KEY_INTEGRITY with one fixed message, counted (VerifiedRecords.refused); states are
+ * answered plainly: KEY_RETIRED, KEY_DISABLED, FORBIDDEN.
  */
-import type { KeyObject } from 'node:crypto';
+import { createHash, type KeyObject } from 'node:crypto';
 import { birthContent, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
-import { decodeBlobBase64, encodeBlob } from '@nks/shared/blob';
+import { BLOB_VERSION_V1, decodeBlobBase64, decodeKeyBlob, encodeBlob, type KeyBlob, type KeyBlobV1 } from '@nks/shared/blob';
 import { KeystoreError } from '@nks/shared/errors';
-import type { CreateResult } from '@nks/shared/enclave-api';
+import type { CreateResult, SetDisabledResult } from '@nks/shared/enclave-api';
+import { hex, RECORD_VERSION, type KeyOrigin, type KeyRecord, type ProjectRecord, type SignedRecord } from '@nks/shared/records';
 import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
 import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
+import type { KeystoreIdentity } from '../identity/keystore-identity';
 import type { Unsealer } from '../kms/unseal';
 import type { NsmClient } from '../nsm/client';
+import type { Verified, VerifiedRecords } from '../records/verified';
 import type { SignerPool } from '../signing/pool';
 import type { KeyCache, CachedKey } from './cache';
 import { sealSecret } from './seal';
 
+const sha256Hex = (b: Uint8Array) => hex(createHash('sha256').update(b).digest());
+
+export interface SignParams {
+  keyId: string;
+  blob: string;
+  record: SignedRecord;
+  project: SignedRecord;
+  request: SignRequest;
+}
+
 export class KeyVault {
   creates = 0;
   signs = 0;
+  migrations = 0;
   private readonly inflight = new Map<string, Promise<CachedKey>>();
 
   constructor(
@@ -29,17 +56,34 @@ export class KeyVault {
       kmsPublicKey: KeyObject;
       /** Where requests are hashed and signed (signer threads; see SignerPool). */
       signers: SignerPool;
+      records: VerifiedRecords;
+      /** The unsealed identity; the methods are served only once it is ready. */
+      identity: () => KeystoreIdentity;
+      now?: () => number;
     },
   ) {}
 
-  async create(keyId: string, attest: boolean): Promise<CreateResult> {
+  private now(): number {
+    return this.deps.now?.() ?? Date.now();
+  }
+
+  /** A genuine, current, active project record (for making keys in it). */
+  private activeProject(signed: SignedRecord): Verified<ProjectRecord> {
+    const project = this.deps.records.project(signed);
+    this.deps.records.current(project);
+    if (project.record.state !== 'active') throw new KeystoreError('KEY_DISABLED', 'the project is disabled');
+    return project;
+  }
+
+  async create(keyId: string, projectRecord: SignedRecord, subject: string | null, attest: boolean): Promise<CreateResult> {
+    const project = this.activeProject(projectRecord);
     const secret = generateSecret();
     let result: CreateResult;
     try {
       const pub = publicKeyOf(secret);
       const address = addressOf(pub);
-      const blob = sealSecret(secret, { keyId, address, kmsKeyArn: this.deps.kmsKeyArn, kmsPublicKey: this.deps.kmsPublicKey });
-      result = { keyId, address, publicKey: `0x${Buffer.from(pub).toString('hex')}`, blob: encodeBlob(blob).toString('base64') };
+      result = this.seal(secret, { keyId, address, projectId: project.record.projectId, subject, origin: 'created' });
+      result.publicKey = `0x${Buffer.from(pub).toString('hex')}`;
     } finally {
       secret.fill(0);
     }
@@ -51,10 +95,129 @@ export class KeyVault {
     return result;
   }
 
-  async sign(keyId: string, blob: string, request: SignRequest): Promise<SignResult> {
-    const key = this.deps.cache.get(keyId, blob) ?? (await this.unsealShared(keyId, blob));
-    const result = await this.deps.signers.sign(request, key.secret, key.address);
+  /** Seals `secret` as a version 2 key blob and signs the key's first record. */
+  private seal(
+    secret: Uint8Array,
+    k: { keyId: string; address: `0x${string}`; projectId: string; subject: string | null; origin: KeyOrigin },
+  ): CreateResult {
+    const blob = encodeBlob(
+      sealSecret(secret, { ...k, kmsKeyArn: this.deps.kmsKeyArn, kmsPublicKey: this.deps.kmsPublicKey, createdAt: this.now() }),
+    );
+    const record: KeyRecord = {
+      v: RECORD_VERSION,
+      kind: 'key',
+      keyId: k.keyId,
+      address: k.address,
+      blobSha256: sha256Hex(blob),
+      projectId: k.projectId,
+      subject: k.subject,
+      state: 'active',
+      disabled: false,
+      seq: 0,
+      prev: null,
+      origin: k.origin,
+      createdAt: this.now(),
+    };
+    const { signed, digest } = this.deps.identity().sign(record);
+    this.deps.records.remember(signed, { record, digest });
+    return { keyId: k.keyId, address: k.address, publicKey: '0x', blob: blob.toString('base64'), record: signed };
+  }
+
+  async sign(p: SignParams): Promise<SignResult> {
+    const { records } = this.deps;
+    const key = records.key(p.record);
+    const project = records.project(p.project);
+    if (key.record.keyId !== p.keyId || key.record.projectId !== project.record.projectId) throw records.refused();
+    records.current(key);
+    records.current(project);
+    const k = key.record;
+
+    let cached = this.deps.cache.get(p.keyId, p.blob);
+    let blob: KeyBlob | undefined;
+    if (cached) {
+      // Opened from this exact blob text, whose hash and binding were checked then.
+      if (
+        cached.blobSha256 !== k.blobSha256 ||
+        cached.address !== k.address ||
+        cached.projectId !== k.projectId ||
+        cached.subject !== k.subject
+      )
+        throw records.refused();
+    } else {
+      blob = this.coldBlob(p.blob, k);
+    }
+
+    usable(k, project.record, p.request.type);
+    cached ??= await this.unsealShared(p.blob, blob as KeyBlob, k.blobSha256);
+    const result = await this.deps.signers.sign(p.request, cached.secret, cached.address);
     this.signs += 1;
+    return result;
+  }
+
+  /** The blob the record names, decoded and bound to it, or KEY_INTEGRITY. A version 1 blob never matches. */
+  private coldBlob(b64: string, k: KeyRecord): KeyBlob {
+    const { records } = this.deps;
+    if (sha256Hex(Buffer.from(b64, 'base64')) !== k.blobSha256) throw records.refused();
+    let blob: KeyBlob;
+    try {
+      blob = decodeKeyBlob(b64);
+    } catch (err) {
+      throw records.refused(err);
+    }
+    if (blob.keyId !== k.keyId || blob.address !== k.address || blob.projectId !== k.projectId || blob.subject !== k.subject)
+      throw records.refused();
+    return blob;
+  }
+
+  async setDisabled(recordIn: SignedRecord, projectIn: SignedRecord, disabled: boolean): Promise<SetDisabledResult> {
+    const { records } = this.deps;
+    const key = records.key(recordIn);
+    const project = records.project(projectIn);
+    if (key.record.projectId !== project.record.projectId) throw records.refused();
+    records.current(key);
+    records.current(project);
+    if (key.record.state === 'retired' || key.record.state === 'cancelled') {
+      throw new KeystoreError('KEY_RETIRED', `the key is ${key.record.state}`);
+    }
+    const record: KeyRecord = { ...key.record, disabled, seq: key.record.seq + 1, prev: hex(key.digest), createdAt: this.now() };
+    const { signed, digest } = this.deps.identity().sign(record);
+    // From now on the record before is refused: this one is the newest the enclave has seen.
+    records.remember(signed, { record, digest });
+    if (disabled) this.deps.cache.forget(record.keyId);
+    return { record: signed };
+  }
+
+  /**
+   * The migration image: a version 1 blob (releases up to 0.3) unsealed as usual (one attested Decrypt), then
+   * re-sealed as version 2 in `project` for `subject`, with a first record of origin "migrated".
+   */
+  async migrate(keyId: string, b64: string, projectRecord: SignedRecord, subject: string | null): Promise<CreateResult> {
+    const project = this.activeProject(projectRecord);
+    let old: KeyBlobV1;
+    try {
+      const blob = decodeBlobBase64(b64, { acceptV1: true });
+      if (blob.v !== BLOB_VERSION_V1) throw new Error('not a version 1 blob');
+      old = blob;
+    } catch (err) {
+      throw this.deps.records.refused(err);
+    }
+    if (old.keyId !== keyId) throw this.deps.records.refused();
+    const opened = await this.deps.unsealer.unseal(old);
+    let result: CreateResult;
+    try {
+      const pub = publicKeyOf(opened.secret);
+      result = this.seal(opened.secret, {
+        keyId,
+        address: opened.address,
+        projectId: project.record.projectId,
+        subject,
+        origin: 'migrated',
+      });
+      result.publicKey = `0x${Buffer.from(pub).toString('hex')}`;
+    } finally {
+      opened.secret.fill(0);
+    }
+    this.migrations += 1;
     return result;
   }
 
@@ -63,22 +226,29 @@ export class KeyVault {
   }
 
   /** Concurrent cold signs of the same blob share one unseal (one KMS Decrypt). */
-  private unsealShared(keyId: string, blob: string): Promise<CachedKey> {
-    const flightKey = `${keyId}\u0000${blob}`;
+  private unsealShared(b64: string, blob: KeyBlob, blobSha256: string): Promise<CachedKey> {
+    const flightKey = `${blob.keyId}\u0000${b64}`;
     let p = this.inflight.get(flightKey);
     if (!p) {
-      p = this.unseal(keyId, blob).finally(() => this.inflight.delete(flightKey));
+      p = this.unseal(b64, blob, blobSha256).finally(() => this.inflight.delete(flightKey));
       this.inflight.set(flightKey, p);
     }
     return p;
   }
 
-  private async unseal(keyId: string, blobB64: string): Promise<CachedKey> {
-    const blob = decodeBlobBase64(blobB64);
-    if (blob.keyId !== keyId) {
-      throw new KeystoreError('KEY_INTEGRITY', `the blob belongs to key ${blob.keyId}, not ${keyId}`);
-    }
+  private async unseal(b64: string, blob: KeyBlob, blobSha256: string): Promise<CachedKey> {
     const { secret, address } = await this.deps.unsealer.unseal(blob);
-    return this.deps.cache.set(keyId, { secret, address, blob: blobB64 });
+    return this.deps.cache.set(blob.keyId, { secret, address, blob: b64, blobSha256, projectId: blob.projectId, subject: blob.subject });
+  }
+}
+
+/** What the records' states allow: a retired or cancelled key never signs, a disabled key or project does not now. */
+function usable(k: KeyRecord, project: ProjectRecord, type: SignRequest['type']): void {
+  if (k.state === 'retired' || k.state === 'cancelled') throw new KeystoreError('KEY_RETIRED', `the key is ${k.state}`);
+  if (project.state !== 'active') throw new KeystoreError('KEY_DISABLED', 'the project is disabled');
+  if (k.disabled) throw new KeystoreError('KEY_DISABLED', 'the key is disabled');
+  if (k.state !== 'active') throw new KeystoreError('KEY_DISABLED', `the key is ${k.state}`);
+  if (!project.allowedRequestTypes.includes(type)) {
+    throw new KeystoreError('FORBIDDEN', `the project does not allow ${type} requests`);
   }
 }

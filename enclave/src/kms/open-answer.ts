@@ -9,15 +9,20 @@
  *   single flag collects the verdict; nothing throws out of the middle;
  * - the shape is checked before decrypting: a 16-byte IV and exactly 48 bytes of content (a 32-byte data key
  *   plus one full block of PKCS#7 padding), the only shape KMS produces for a 32-byte data key;
- * - CBC runs without OpenSSL's padding check; the padding block is compared in constant time.
+ * - CBC runs without OpenSSL's padding check; the padding block is compared in constant time;
+ * - the last check is the blob kind's, and it too runs on a stand-in when the box did not open: for a key blob
+ *   (version 2 or 1) the secret is a valid secp256k1 key whose address is the blob's, for an identity blob the
+ *   Ed25519 public key of the seed is the blob's. Which of the two runs depends only on the blob, which the
+ *   parent chose and knows; it never depends on what the answer held.
  * The caller retires the recipient key after any failure, so each forged answer is also the last one tried
  * with that key.
  */
 import { constants, createDecipheriv, privateDecrypt, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { z } from 'zod';
-import type { KeyBlob } from '@nks/shared/blob';
+import type { IdentityBlob, KeyBlob, KeyBlobV1, SealedBlob } from '@nks/shared/blob';
 import { parseEnvelopedData, type EnvelopedParts } from '@nks/shared/cms';
 import { base64 } from '@nks/shared/schema';
+import { ed25519PublicKeyHexOfSeed } from '../crypto/ed25519';
 import { addressOf, isValidSecret, publicKeyOf } from '../crypto/secp256k1';
 import { openSealed } from '../keys/seal';
 
@@ -36,11 +41,28 @@ export interface OpenedKey {
   address: `0x${string}`;
 }
 
+export interface OpenedIdentity {
+  /** The Ed25519 seed. */
+  secret: Uint8Array;
+  publicKey: string;
+}
+
+/** Whether `secret` is the key the blob says it seals, doing the same work whether or not it is. */
+function isBlobsSecret(blob: SealedBlob, secret: Uint8Array): boolean {
+  if (blob.v === 2 && blob.kind === 'identity') return ed25519PublicKeyHexOfSeed(secret) === blob.publicKey;
+  const valid = isValidSecret(secret);
+  const address = addressOf(publicKeyOf(valid ? secret : DUMMY_SECRET));
+  return valid && address === blob.address;
+}
+
 /**
  * Opens `raw` (the KMS proxy's result) with the recipient key and then the blob's GCM box, and checks the key
  * is the blob's. Returns null on any failure, with no indication of which step failed.
  */
-export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: KeyBlob): OpenedKey | null {
+export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: KeyBlob | KeyBlobV1): OpenedKey | null;
+export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: IdentityBlob): OpenedIdentity | null;
+export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: SealedBlob): OpenedKey | OpenedIdentity | null;
+export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: SealedBlob): OpenedKey | OpenedIdentity | null {
   let ok = true;
 
   const answer = DecryptAnswer.safeParse(raw);
@@ -82,14 +104,12 @@ export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: KeyBl
   if (!opened) ok = false;
 
   const secret = opened ?? new Uint8Array(32);
-  const valid = isValidSecret(secret);
-  if (!valid) ok = false;
-  const address = addressOf(publicKeyOf(valid ? secret : DUMMY_SECRET));
-  if (address !== blob.address) ok = false;
+  if (!isBlobsSecret(blob, secret)) ok = false;
 
   if (!ok) {
     secret.fill(0);
     return null;
   }
-  return { secret, address };
+  if (blob.v === 2 && blob.kind === 'identity') return { secret, publicKey: blob.publicKey };
+  return { secret, address: blob.address as `0x${string}` };
 }

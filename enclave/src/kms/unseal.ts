@@ -3,13 +3,16 @@
  * answer (open-answer.ts). The parent relays the answer and may forge it, so every failure once an answer has
  * arrived gets one answer (`unsealRefused`), retires the recipient key it was made for, and is counted and
  * rate-limited (failed-opens.ts). See docs/SECURITY.md, "The KMS answer is not authenticated".
+ *
+ * The keystore identity's seed is unsealed the same way, once at start; its Decrypts are counted apart
+ * (`identityKmsCalls`) so that `kmsCalls` stays exactly one per cold key.
  */
-import type { KeyBlob } from '@nks/shared/blob';
+import type { IdentityBlob, KeyBlob, KeyBlobV1, SealedBlob } from '@nks/shared/blob';
 import { KeystoreError } from '@nks/shared/errors';
 import type { KmsProxyApi } from '@nks/shared/enclave-api';
 import type { RpcClient } from '@nks/shared/rpc';
 import { FailedOpens } from './failed-opens';
-import { openKmsAnswer, type OpenedKey } from './open-answer';
+import { openKmsAnswer, type OpenedIdentity, type OpenedKey } from './open-answer';
 import type { RecipientKeys } from './recipient';
 
 /** The only thing a parent learns from any failed open, whichever step failed: byte-identical every time. */
@@ -17,7 +20,11 @@ export const UNSEAL_REFUSED_MESSAGE = 'the key could not be unsealed';
 export const unsealRefused = (): KeystoreError => new KeystoreError('KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE);
 
 export class Unsealer {
+  /** Decrypts for user keys (version 2, and version 1 in the migration image). */
   kmsCalls = 0;
+  /** Decrypts for the keystore identity's seed. */
+  identityKmsCalls = 0;
+  /** KMS proxy errors, for either. */
   kmsErrors = 0;
 
   constructor(
@@ -27,9 +34,12 @@ export class Unsealer {
     private readonly options: { kmsKeyArn: string; deadlineMs: number },
   ) {}
 
-  async unseal(blob: KeyBlob): Promise<OpenedKey> {
+  unseal(blob: KeyBlob | KeyBlobV1): Promise<OpenedKey>;
+  unseal(blob: IdentityBlob): Promise<OpenedIdentity>;
+  async unseal(blob: SealedBlob): Promise<OpenedKey | OpenedIdentity> {
     if (blob.kmsKeyArn !== this.options.kmsKeyArn) {
-      throw new KeystoreError('KEY_INTEGRITY', `key ${blob.keyId} is sealed under ${blob.kmsKeyArn}, not this enclave's KMS key`);
+      const what = blob.v === 2 && blob.kind === 'identity' ? 'the identity' : `key ${blob.keyId}`;
+      throw new KeystoreError('KEY_INTEGRITY', `${what} is sealed under ${blob.kmsKeyArn}, not this enclave's KMS key`);
     }
     // A call whose recipient key was retired by another call's failure while it waited for KMS asks once more
     // with the new key; its own answer is never opened with a retired key.
@@ -51,8 +61,9 @@ export class Unsealer {
   }
 
   /** `unknown`, not the table's result type: the answer comes from the parent and is checked by openKmsAnswer. */
-  private async decrypt(blob: KeyBlob, document: Buffer): Promise<unknown> {
-    this.kmsCalls += 1;
+  private async decrypt(blob: SealedBlob, document: Buffer): Promise<unknown> {
+    if (blob.v === 2 && blob.kind === 'identity') this.identityKmsCalls += 1;
+    else this.kmsCalls += 1;
     try {
       return await this.kmsProxy.call(
         'kms.decrypt',

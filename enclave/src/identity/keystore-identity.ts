@@ -1,0 +1,60 @@
+/**
+ * The keystore identity (docs/RECORDS.md): an Ed25519 key made at genesis, whose public key the enclave
+ * configuration carries (so PCR0 measures it) and whose seed only an attested enclave can unseal. It signs
+ * every key and project record, over SHA-256("nks-record-v1" ‖ canonical CBOR) (`recordDigest`), and nothing
+ * else: no other signature of this key covers bytes that start with that tag.
+ */
+import { sign, type KeyObject } from 'node:crypto';
+import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
+import {
+  DEFAULT_PROJECT_ID,
+  encodeRecord,
+  recordDigest,
+  RECORD_VERSION,
+  type AnyRecord,
+  type ProjectRecord,
+  type SignedRecord,
+} from '@nks/shared/records';
+import { ed25519PrivateKey, ed25519RawPublicKey } from '../crypto/ed25519';
+
+export class KeystoreIdentity {
+  /** The raw 32-byte public key (what the identity attestation's user_data binds). */
+  readonly rawPublicKey: Buffer;
+  /** 0x-hex of the raw public key. */
+  readonly publicKey: string;
+
+  private constructor(private readonly privateKey: KeyObject) {
+    this.rawPublicKey = ed25519RawPublicKey(privateKey);
+    this.publicKey = `0x${this.rawPublicKey.toString('hex')}`;
+  }
+
+  /** The identity of a 32-byte seed. The caller zeroes its seed; OpenSSL keeps its own copy for the KeyObject. */
+  static fromSeed(seed: Uint8Array): KeystoreIdentity {
+    return new KeystoreIdentity(ed25519PrivateKey(seed));
+  }
+
+  /** Signs a record: its canonical CBOR and the Ed25519 signature over its digest (both base64), and the digest. */
+  sign(record: AnyRecord): { signed: SignedRecord; digest: Buffer } {
+    const bytes = encodeRecord(record);
+    const digest = recordDigest(bytes);
+    const signature = sign(null, digest, this.privateKey);
+    return { signed: { record: bytes.toString('base64'), signature: signature.toString('base64') }, digest };
+  }
+}
+
+/** The project made at genesis: token-authorized, every request type, no browser origins, seq 0. */
+export function defaultProjectRecord(createdAt: number): ProjectRecord {
+  return {
+    v: RECORD_VERSION,
+    kind: 'project',
+    projectId: DEFAULT_PROJECT_ID,
+    projectKey: DEFAULT_PROJECT_ID,
+    auth: { type: 'token' },
+    allowedRequestTypes: [...SIGN_REQUEST_TYPES],
+    allowedOrigins: [],
+    state: 'active',
+    seq: 0,
+    prev: null,
+    createdAt,
+  };
+}

@@ -1,0 +1,116 @@
+/**
+ * The enclave's side of signed records (docs/RECORDS.md): it checks every record the parent hands it before
+ * acting on it, and remembers enough to keep the warm path cheap and to refuse old records.
+ *
+ * - Verified records: a record whose signature verified is kept (bounded, least recently used dropped first)
+ *   under its exact base64 text, with its digest and decoded content. The same record again costs a map
+ *   lookup, not an Ed25519 verification, a decode or even a hash.
+ * - High-water marks: the highest `seq` seen in a genuine record of each key and each project. A record
+ *   older than that is refused: once the enclave has seen a key disabled (seq n), the parent cannot hand it
+ *   the record from before (seq n-1). The marks live in memory only, bounded like the cache: a restart, or a
+ *   mark dropped at the bound, forgets them, and an older record is then accepted again until a newer one is
+ *   seen. That is the documented limit of this check (docs/RECORDS.md); the parent can always restart the
+ *   enclave, so a bound adds nothing it could not already do.
+ *
+ * Every integrity failure is one KEY_INTEGRITY with one fixed message (`integrityRefused`), whichever check
+ * failed, and is counted in `failures` (health: integrityFailures): the parent learns "no", never which.
+ */
+import type { KeyObject } from 'node:crypto';
+import { KeystoreError } from '@nks/shared/errors';
+import {
+  decodeKeyRecord,
+  decodeProjectRecord,
+  verifySignedRecord,
+  type KeyRecord,
+  type ProjectRecord,
+  type SignedRecord,
+} from '@nks/shared/records';
+import { Lru } from './lru';
+
+/** The one message of every record or blob mismatch. */
+export const INTEGRITY_REFUSED_MESSAGE = 'the key does not match its signed records';
+
+export interface Verified<R extends KeyRecord | ProjectRecord> {
+  record: R;
+  /** recordDigest of its bytes: what `prev` of the next record names. */
+  digest: Buffer;
+}
+
+interface Entry {
+  signature: string;
+  verified: Verified<KeyRecord> | Verified<ProjectRecord>;
+}
+
+export interface RecordLimits {
+  maxVerified: number;
+  maxSeqMarks: number;
+}
+
+export class VerifiedRecords {
+  /** Integrity failures: records, blobs and their bindings (not failed opens of KMS answers). */
+  failures = 0;
+  private readonly verified: Lru<string, Entry>;
+  private readonly keyMarks: Lru<string, number>;
+  private readonly projectMarks: Lru<string, number>;
+
+  constructor(
+    /** The identity's public key; null in a genesis image, where no record verifies. */
+    private readonly identity: KeyObject | null,
+    limits: RecordLimits,
+  ) {
+    this.verified = new Lru(limits.maxVerified);
+    this.keyMarks = new Lru(limits.maxSeqMarks);
+    this.projectMarks = new Lru(limits.maxSeqMarks);
+  }
+
+  /** Counts an integrity failure and returns the one error for all of them (to throw). */
+  refused(cause?: unknown): KeystoreError {
+    this.failures += 1;
+    return new KeystoreError('KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE, cause === undefined ? undefined : { cause });
+  }
+
+  /** A key record signed by the identity, or KEY_INTEGRITY. Does not check seq (see `current`). */
+  key(signed: SignedRecord): Verified<KeyRecord> {
+    const v = this.open(signed, 'key');
+    return v as Verified<KeyRecord>;
+  }
+
+  /** A project record signed by the identity, or KEY_INTEGRITY. Does not check seq (see `current`). */
+  project(signed: SignedRecord): Verified<ProjectRecord> {
+    return this.open(signed, 'project') as Verified<ProjectRecord>;
+  }
+
+  /**
+   * Refuses (KEY_INTEGRITY) a genuine record older than the newest of its key or project seen since start;
+   * otherwise raises the mark to it.
+   */
+  current(v: Verified<KeyRecord> | Verified<ProjectRecord>): void {
+    const { record } = v;
+    const marks = record.kind === 'key' ? this.keyMarks : this.projectMarks;
+    const id = record.kind === 'key' ? record.keyId : record.projectId;
+    const mark = marks.get(id);
+    if (mark !== undefined && record.seq < mark) throw this.refused();
+    if (mark === undefined || record.seq > mark) marks.set(id, record.seq);
+  }
+
+  /** A record the enclave has just signed: verified by construction, and the newest of its key or project. */
+  remember(signed: SignedRecord, verified: Verified<KeyRecord> | Verified<ProjectRecord>): void {
+    this.verified.set(signed.record, { signature: signed.signature, verified });
+    this.current(verified);
+  }
+
+  private open(signed: SignedRecord, kind: 'key' | 'project'): Verified<KeyRecord> | Verified<ProjectRecord> {
+    const hit = this.verified.get(signed.record);
+    if (hit && hit.signature === signed.signature && hit.verified.record.kind === kind) return hit.verified;
+    if (!this.identity) throw this.refused();
+    let verified: Verified<KeyRecord> | Verified<ProjectRecord>;
+    try {
+      const { bytes, digest } = verifySignedRecord(signed, this.identity);
+      verified = { record: kind === 'key' ? decodeKeyRecord(bytes) : decodeProjectRecord(bytes), digest } as typeof verified;
+    } catch (err) {
+      throw this.refused(err);
+    }
+    this.verified.set(signed.record, { signature: signed.signature, verified });
+    return verified;
+  }
+}
