@@ -4,7 +4,11 @@
  */
 import http from 'node:http';
 import net from 'node:net';
+import fs from 'node:fs';
 import { recoverMessageAddress } from 'viem';
+import { birthUserData, taggedUserData, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
+import { verifyAttestation } from '@nks/shared/attestation/verify';
+import { identityPublicKey, openKeyRecord } from '@nks/shared/records';
 import { tempRunDir } from '../../shared/test/helpers';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
 
@@ -146,6 +150,69 @@ describe('caller API', () => {
     expect(res.status).toBe(200);
     expect(Buffer.from(res.body.document, 'base64')[0]).toBe(0x84);
     expectError(await s.api('/v1/attestation?nonce=xyz'), 400, 'INVALID_PARAMS', 'query.nonce: expected 1-512 bytes of 0x-prefixed hex');
+  });
+
+  it('serves the keystore identity without a token: the genesis document, and a fresh one for the nonce, both binding the public key', async () => {
+    const { identity } = s.platform;
+    const res = await s.api('/v1/identity?nonce=0x6e6b732d6e6f6e6365', { token: null });
+    expect(res.status).toBe(200);
+    expect(Object.keys(res.body).sort()).toEqual(['attestation', 'genesisDocument', 'publicKey']);
+    expect([res.body.publicKey, res.body.genesisDocument]).toEqual([identity.publicKey, identity.genesisDocument]);
+    const bindsKey = taggedUserData(USER_DATA_TAGS.identity, Buffer.from(identity.publicKey.slice(2), 'hex'));
+    const trustedRoots = [fs.readFileSync(s.platform.rootPem, 'utf8')];
+    const fresh = verifyAttestation(Buffer.from(res.body.attestation, 'base64'), {
+      trustedRoots,
+      expectedNonce: Buffer.from('nks-nonce'),
+      expectedUserData: bindsKey,
+      expectedPcrs: { 0: s.platform.pcr0 },
+      maxAgeMs: 60_000,
+    });
+    expect(fresh.document.nonce?.toString()).toBe('nks-nonce');
+    const genesis = verifyAttestation(Buffer.from(res.body.genesisDocument, 'base64'), { trustedRoots, expectedUserData: bindsKey });
+    expect(genesis.document.nonce?.toString('hex')).toBe(s.platform.genesis.nonce.slice(2));
+    // Without a nonce too; any token (even a bad one) is ignored; the query is strict.
+    expect((await s.api('/v1/identity', { token: null })).body.publicKey).toBe(identity.publicKey);
+    expect((await s.api('/v1/identity', { token: 'nks_not_a_real_token' })).status).toBe(200);
+    expectError(await s.api('/v1/identity?nonce=0x01&x=1', { token: null }), 400, 'INVALID_PARAMS', 'query: unknown field(s) "x"');
+    expectError(
+      await s.api('/v1/identity?nonce=0x1', { token: null }),
+      400,
+      'INVALID_PARAMS',
+      'query.nonce: expected 1-512 bytes of 0x-prefixed hex',
+    );
+    expectError(await s.api('/v1/identity', { method: 'POST', body: {}, token: null }), 405, 'METHOD_NOT_ALLOWED');
+  });
+
+  it('key views carry the project, state, the record the enclave signed, and the birth attestation on every read', async () => {
+    const created = await s.api('/v1/keys', { body: { externalId: 'views-1', attest: true } });
+    expect(created.status).toBe(201);
+    const key = created.body;
+    expect(key).toMatchObject({ projectId: 'default', state: 'active', disabled: false, attestation: expect.any(String) });
+    const identity = identityPublicKey(s.platform.identity.publicKey);
+    const { record } = openKeyRecord(key.record, identity);
+    expect(record).toMatchObject({
+      keyId: key.keyId,
+      address: key.address,
+      projectId: 'default',
+      subject: 'views-1',
+      seq: 0,
+      origin: 'created',
+    });
+    const birth = verifyAttestation(Buffer.from(key.attestation, 'base64'), {
+      trustedRoots: [fs.readFileSync(s.platform.rootPem, 'utf8')],
+      expectedUserData: birthUserData(key.keyId, key.address),
+    });
+    expect(birth.document.pcrs.get(0)?.toString('hex')).toBe(s.platform.pcr0);
+    expect((await s.api(`/v1/keys/${key.keyId}`)).body).toEqual(key);
+    expect((await s.api('/v1/keys?externalId=views-1')).body.keys).toEqual([key]);
+
+    // Disable and enable: each a new record from the enclave, one seq further.
+    const off = await s.api(`/v1/keys/${key.keyId}/disable`, { method: 'POST', token: 'admin' });
+    expect(openKeyRecord(off.body.record, identity).record).toMatchObject({ seq: 1, disabled: true });
+    const on = await s.api(`/v1/keys/${key.keyId}/enable`, { method: 'POST', token: 'admin' });
+    expect(openKeyRecord(on.body.record, identity).record).toMatchObject({ seq: 2, disabled: false });
+    expect({ ...on.body, record: undefined }).toEqual({ ...key, record: undefined });
+    expect((await s.api(`/v1/keys/${key.keyId}/sign`, { body: { type: 'message', message: 'after' } })).status).toBe(200);
   });
 
   it('requires a token with the right scope on every caller route', async () => {
