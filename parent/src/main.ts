@@ -3,12 +3,13 @@
  *
  *   parent [--config FILE]                                        the daemon
  *   parent genesis --config FILE --nonce HEX --out FILE [--trusted-root PEM]
- *   parent migrate --config FILE [--concurrency N]
+ *   parent migrate --config FILE [--concurrency N] [--pending]
  *
  * The configuration is `--config FILE` or $NKS_PARENT_CONFIG, with the environment overrides NKS_API_PORT,
  * NKS_DB_PATH, NKS_KMS_ENDPOINT, NKS_KMS_REGION, NKS_LOG_LEVEL. The daemon drains and stops on SIGTERM/SIGINT.
  * `genesis` makes the keystore identity with the genesis image (genesis.ts); `migrate` re-seals the keys made
- * before 0.4 with the migration image while the daemon is stopped (migrate.ts). Exit codes: 0 done, 1 the
+ * before 0.4 with the migration image while the daemon is stopped (migrate.ts); with `--pending` it only prints
+ * how many keys are left to migrate, as `{"keysWithoutRecord": N}`. Exit codes: 0 done, 1 the
  * command failed (its reason on stderr and in the log), 2 bad usage or configuration.
  */
 import fs from 'node:fs';
@@ -17,11 +18,11 @@ import { createLogger, type Logger } from '@nks/shared/log';
 import { startParent } from './app';
 import { ConfigError, loadParentConfig, type ParentConfig } from './config';
 import { GENESIS_NONCE_RE, runGenesis, writeGenesisOutput } from './genesis';
-import { runMigration } from './migrate';
+import { keysToMigrate, runMigration } from './migrate';
 
 const USAGE = `usage: parent [--config FILE]
        parent genesis --config FILE --nonce HEX --out FILE [--trusted-root PEM]
-       parent migrate --config FILE [--concurrency N]`;
+       parent migrate --config FILE [--concurrency N] [--pending]`;
 
 class UsageError extends Error {}
 
@@ -96,12 +97,22 @@ async function genesis(args: string[]): Promise<never> {
 }
 
 async function migrate(args: string[]): Promise<never> {
-  const { values } = parseArgs({ args, options: { config: { type: 'string' }, concurrency: { type: 'string' } }, strict: true });
+  const { values } = parseArgs({
+    args,
+    options: { config: { type: 'string' }, concurrency: { type: 'string' }, pending: { type: 'boolean' } },
+    strict: true,
+  });
   const concurrency = values.concurrency === undefined ? undefined : Number(values.concurrency);
   if (concurrency !== undefined && (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 64))
     throw new UsageError('--concurrency must be an integer from 1 to 64');
   const config = configOf(values.config);
   const logger = createLogger({ name: 'parent', level: config.logLevel });
+  if (values.pending) {
+    return oneShot(logger, async () => {
+      process.stdout.write(`${JSON.stringify({ keysWithoutRecord: keysToMigrate(config) })}\n`);
+      return true;
+    });
+  }
   return oneShot(logger, async () => {
     const summary = await runMigration(config, logger, concurrency ? { concurrency } : {});
     process.stdout.write(`${JSON.stringify(summary)}\n`);

@@ -22,7 +22,10 @@ export class Metrics {
   private readonly enclaveUptime: client.Gauge;
 
   constructor(
-    private readonly sources: { keyCounts: () => { total: number; disabled: number }; enclaveHealth: () => Promise<EnclaveHealth | null> },
+    private readonly sources: {
+      keyCounts: () => { total: number; disabled: number; withoutRecord?: number };
+      enclaveHealth: () => Promise<EnclaveHealth | null>;
+    },
   ) {
     const r = this.registry;
     client.collectDefaultMetrics({ register: r, prefix: 'nks_parent_' });
@@ -75,6 +78,14 @@ export class Metrics {
         const c = sources.keyCounts();
         this.set({ state: 'enabled' }, c.total - c.disabled);
         this.set({ state: 'disabled' }, c.disabled);
+      },
+    });
+    new client.Gauge({
+      name: 'nks_keys_without_record',
+      help: 'Keys made before 0.4 that have no signed record yet: they cannot sign until migrated (parent migrate)',
+      registers: [r],
+      collect() {
+        this.set(sources.keyCounts().withoutRecord ?? 0);
       },
     });
     this.enclaveCounter = new client.Gauge({

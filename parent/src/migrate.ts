@@ -38,6 +38,16 @@ export interface MigrationOptions {
 
 const BATCH = 200;
 
+/** How many keys still have no record (`parent migrate --pending`): nothing else is done, no enclave needed. */
+export function keysToMigrate(config: ParentConfig): number {
+  const store = new KeyStore(config.database.path);
+  try {
+    return store.counts().withoutRecord;
+  } finally {
+    store.close();
+  }
+}
+
 export async function runMigration(config: ParentConfig, logger: Logger, opts: MigrationOptions = {}): Promise<MigrationSummary> {
   const concurrency = Math.max(1, Math.min(opts.concurrency ?? 4, 64));
   const store = new KeyStore(config.database.path);
@@ -49,11 +59,11 @@ export async function runMigration(config: ParentConfig, logger: Logger, opts: M
     await proxy.listen(transport, config.kmsProxy.listen);
     pool.start();
     await pool.waitUp(opts.waitMs ?? 120_000);
-    const health = (await pool.call('enclave.health', {})) as { mode?: unknown };
-    if (health.mode !== 'migration') {
+    const { mode } = await pool.call('enclave.health', {});
+    if (mode !== 'migration') {
       throw new KeystoreError(
         'UNSUPPORTED_VERSION',
-        `the enclave is not running the migration image (mode ${String(health.mode ?? 'normal')}): start it with "mode": "migration" in its configuration`,
+        `the enclave is not running the migration image (its mode is ${String(mode)}): start it with "mode": "migration" in its configuration`,
       );
     }
     const identity = pool.identity;

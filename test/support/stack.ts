@@ -43,6 +43,8 @@ export interface Stack {
 }
 
 export interface StackOptions {
+  /** A platform already started in `runDir` (the stack then owns it: `stop` stops it). */
+  platform?: Platform;
   enclave?: Record<string, unknown>;
   parentApi?: Record<string, unknown>;
   /** Merged into the parent's `enclave` section (e.g. `{deadlineMs}`). */
@@ -60,45 +62,72 @@ export interface StackOptions {
   cpus?: { enclave: string; parent: string };
 }
 
+/** The AWS credentials the parent programs run with: the emulator maps any unknown access key to the parent role. */
+export const PARENT_AWS_ENV = { AWS_ACCESS_KEY_ID: 'AKIDPARENT', AWS_SECRET_ACCESS_KEY: 'not-a-secret', AWS_REGION: 'us-east-1' };
+
+/** The parent's database in a stack's run directory. */
+export const stackDbPath = (runDir: string) => path.join(runDir, 'parent', 'keys.db');
+
+/**
+ * A parent configuration for `platform` in `runDir` (its database at `stackDbPath`, simulated vsock, the
+ * platform's KMS emulator), with a token per name in `tokens`; `over` replaces whole top-level sections.
+ */
+export function parentConfigFor(
+  platform: Platform,
+  runDir: string,
+  tokens: Partial<Record<TokenName, string>> = {},
+  over: Record<string, unknown> = {},
+): Record<string, unknown> {
+  const sha = (t: string) => createHash('sha256').update(t).digest('hex');
+  const scopes: Record<TokenName, string[]> = {
+    full: ['keys:create', 'keys:sign', 'keys:read'],
+    create: ['keys:create'],
+    sign: ['keys:sign'],
+    read: ['keys:read'],
+    admin: ['admin'],
+  };
+  const named = (Object.entries(tokens) as Array<[TokenName, string]>).map(([name, t]) => ({ name, sha256: sha(t), scopes: scopes[name] }));
+  return {
+    api: { listen: { host: '127.0.0.1', port: 0 } },
+    tokens: named.length ? named : [{ name: 'admin', sha256: sha(randomBytes(16).toString('hex')), scopes: ['admin'] }],
+    database: { path: stackDbPath(runDir) },
+    transport: { kind: 'simulated', runDir },
+    enclave: { address: ENCLAVE_ADDRESS, poolSize: 2, deadlineMs: 5000 },
+    kmsProxy: {
+      listen: PROXY_ADDRESS,
+      allowedKeyArns: [platform.keyArn],
+      region: 'us-east-1',
+      endpoint: platform.kmsUrl,
+      deadlineMs: 4000,
+    },
+    logLevel: 'debug',
+    ...over,
+  };
+}
+
 export async function startStack(runDir: string, opts: StackOptions = {}): Promise<Stack> {
-  let platform = await startPlatform(runDir, { kmsLatencyMs: opts.kmsLatencyMs ?? 0 });
+  let platform = opts.platform ?? (await startPlatform(runDir, { kmsLatencyMs: opts.kmsLatencyMs ?? 0 }));
   // With capture, each side talks to a relay that forwards to the other side's real address.
   const enclaveListen = opts.capture ? 'vsock://17:5000' : ENCLAVE_ADDRESS;
   const proxyListen = opts.capture ? 'vsock://13:8000' : PROXY_ADDRESS;
   const tokens = Object.fromEntries(
     (['full', 'create', 'sign', 'read', 'admin'] as const).map((n) => [n, `nks_${n}_${randomBytes(16).toString('hex')}`]),
   ) as Record<TokenName, string>;
-  const sha = (t: string) => createHash('sha256').update(t).digest('hex');
 
   const enclaveConfigFile = writeJson(
     path.join(runDir, 'enclave.json'),
     enclaveConfigFor(platform, runDir, { listen: enclaveListen, ...opts.enclave }),
   );
-  const dbPath = path.join(runDir, 'parent', 'keys.db');
+  const dbPath = stackDbPath(runDir);
+  const base = parentConfigFor(platform, runDir, tokens) as { api: object; enclave: object; kmsProxy: object };
   const parentConfigFile = writeJson(path.join(runDir, 'parent.json'), {
-    api: { listen: { host: '127.0.0.1', port: 0 }, ...opts.parentApi },
-    tokens: [
-      { name: 'full', sha256: sha(tokens.full), scopes: ['keys:create', 'keys:sign', 'keys:read'] },
-      { name: 'create', sha256: sha(tokens.create), scopes: ['keys:create'] },
-      { name: 'sign', sha256: sha(tokens.sign), scopes: ['keys:sign'] },
-      { name: 'read', sha256: sha(tokens.read), scopes: ['keys:read'] },
-      { name: 'admin', sha256: sha(tokens.admin), scopes: ['admin'] },
-    ],
-    database: { path: dbPath },
-    transport: { kind: 'simulated', runDir },
-    enclave: { address: ENCLAVE_ADDRESS, poolSize: 2, deadlineMs: 5000, ...opts.parentEnclave },
-    kmsProxy: {
-      listen: proxyListen,
-      allowedKeyArns: [platform.keyArn],
-      region: 'us-east-1',
-      endpoint: platform.kmsUrl,
-      deadlineMs: 4000,
-      ...opts.parentKmsProxy,
-    },
-    logLevel: 'debug',
+    ...base,
+    api: { ...base.api, ...opts.parentApi },
+    enclave: { ...base.enclave, ...opts.parentEnclave },
+    kmsProxy: { ...base.kmsProxy, listen: proxyListen, ...opts.parentKmsProxy },
     ...opts.parent,
   });
-  const awsEnv = { AWS_ACCESS_KEY_ID: 'AKIDPARENT', AWS_SECRET_ACCESS_KEY: 'not-a-secret', AWS_REGION: 'us-east-1' };
+  const awsEnv = PARENT_AWS_ENV;
 
   const launchEnclave = async (track?: Running[]) => {
     const p = startProgram(

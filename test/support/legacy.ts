@@ -1,0 +1,98 @@
+/**
+ * State as release 0.3 left it, for the migration tests: a parent database of schema version 1 (its `keys`
+ * table exactly as 0.3 created it) holding keys whose blobs are version 1 (docs/SEALING.md, "The blob":
+ * no kind, project or subject), sealed to a platform's KMS key as 0.3's enclave sealed them.
+ */
+import { constants, createCipheriv, createPublicKey, publicEncrypt, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import Database from 'better-sqlite3';
+import { privateKeyToAccount } from 'viem/accounts';
+import { BLOB_ALG, blobAad, encodeBlob, type KeyBlobV1 } from '@nks/shared/blob';
+
+/** Schema version 1 (0.3.0). */
+export const SCHEMA_V1 = `CREATE TABLE keys (
+     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+     key_id       TEXT NOT NULL UNIQUE,
+     external_id  TEXT UNIQUE,
+     address      TEXT NOT NULL,
+     public_key   TEXT NOT NULL,
+     blob         TEXT NOT NULL,
+     labels       TEXT NOT NULL DEFAULT '{}',
+     attestation  TEXT,
+     disabled     INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+     created_at   INTEGER NOT NULL,
+     updated_at   INTEGER NOT NULL
+   ) STRICT;
+   CREATE INDEX keys_address ON keys (address);`;
+
+export interface LegacyKey {
+  keyId: string;
+  externalId: string | null;
+  disabled: boolean;
+  /** The secp256k1 secret, 0x-hex: the test keeps it to check signatures after the migration. */
+  secret: `0x${string}`;
+  address: `0x${string}`;
+  publicKey: `0x${string}`;
+  /** The version 1 blob, base64. */
+  blob: string;
+}
+
+/** A secret sealed as 0.3 sealed it: AES-256-GCM under the v1 AAD, the data key wrapped to the KMS key. */
+export function sealV1(secret: Uint8Array, header: { keyId: string; address: string; kmsKeyArn: string }, kmsPublicKeyDer: string): string {
+  const dek = randomBytes(32);
+  const iv = randomBytes(12);
+  const blob: KeyBlobV1 = {
+    v: 1,
+    alg: BLOB_ALG,
+    ...header,
+    createdAt: Date.now(),
+    wrappedKey: Buffer.alloc(0),
+    iv,
+    ciphertext: Buffer.alloc(0),
+  };
+  const cipher = createCipheriv('aes-256-gcm', dek, iv);
+  cipher.setAAD(blobAad(blob));
+  blob.ciphertext = Buffer.concat([cipher.update(secret), cipher.final(), cipher.getAuthTag()]);
+  const kmsKey = createPublicKey({ key: Buffer.from(kmsPublicKeyDer, 'base64'), format: 'der', type: 'spki' });
+  blob.wrappedKey = publicEncrypt({ key: kmsKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, dek);
+  return encodeBlob(blob).toString('base64');
+}
+
+/** A key as 0.3 made it, for this KMS key. */
+export function legacyKey(
+  keyId: string,
+  kms: { keyArn: string; kmsPublicKey: string },
+  opts: { externalId?: string; disabled?: boolean } = {},
+): LegacyKey {
+  const secret = `0x${randomBytes(32).toString('hex')}` as const;
+  const account = privateKeyToAccount(secret);
+  return {
+    keyId,
+    externalId: opts.externalId ?? null,
+    disabled: opts.disabled ?? false,
+    secret,
+    address: account.address,
+    publicKey: account.publicKey,
+    blob: sealV1(Buffer.from(secret.slice(2), 'hex'), { keyId, address: account.address, kmsKeyArn: kms.keyArn }, kms.kmsPublicKey),
+  };
+}
+
+/** Adds keys to a database of schema version 1, creating it if it does not exist. */
+export function writeLegacyDatabase(file: string, keys: LegacyKey[]): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  const db = new Database(file);
+  try {
+    if ((db.pragma('user_version', { simple: true }) as number) === 0) {
+      db.exec(SCHEMA_V1);
+      db.pragma('user_version = 1');
+    }
+    const insert = db.prepare(
+      `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at, updated_at)
+       VALUES (@keyId, @externalId, @address, @publicKey, @blob, '{}', NULL, @disabled, @now, @now)`,
+    );
+    for (const k of keys) insert.run({ ...k, disabled: k.disabled ? 1 : 0, now: Date.now() });
+  } finally {
+    db.close();
+  }
+}
