@@ -387,7 +387,10 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
       const p = devPaths(devDir);
       const bundle = path.join(devDir, 'enclave.js');
       fs.writeFileSync(bundle, 'console.log("v1")');
-      const prov = await provision(url, bundle, p);
+      // Provisioning makes the key and the genesis image's configuration; the image with the identity is approved next.
+      const created = await provision(url, p);
+      expect(created.approvedPcr0).toEqual([]);
+      const prov = await updatePolicy(url, bundle, p, created);
       const installed = JSON.parse(fs.readFileSync(p.policy, 'utf8')) as { Statement: Statement[] };
       expect(installed.Statement.map((s) => s.Sid)).toEqual(expect.arrayContaining(['ImageApproval', 'DenyReEncrypt', 'DenyCreateGrant']));
       expect(await approvedByPolicy(url, prov.keyArn)).toEqual(prov.approvedPcr0);

@@ -1,7 +1,9 @@
 /**
- * `npm run dev` as a newcomer uses it: it reaches READY, the README walk-through runs as written against
- * it, Ctrl-C stops every process, a second start reuses the state, and a changed enclave image is refused
- * by KMS until its measurements are approved with --update-policy.
+ * `npm run dev` as a newcomer uses it: it reaches READY with a keystore identity made by the genesis image
+ * (its document verified against the simulated Nitro root), the README walk-through runs as written against
+ * it, Ctrl-C stops every process, a second start reuses the state, a changed enclave image is not started
+ * until its measurements are approved with --update-policy, and a state directory from before 0.4 gets an
+ * identity and its keys migrated with the migration image, approved for the migration only.
  *
  * Each test makes the state it needs in its own directory, and every stack listens on `--api-port 0`: the
  * port is the one printed on the READY line, never one picked beforehand and bound later.
@@ -9,7 +11,24 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { recoverMessageAddress } from 'viem';
+import { taggedUserData, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
+import { verifyAttestation } from '@nks/shared/attestation/verify';
+import { identityPublicKey, openKeyRecord } from '@nks/shared/records';
 import { tempRunDir } from '../../shared/test/helpers';
+import { measureContents } from '../../sim/src/measure';
+import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
+import {
+  approvedByPolicy,
+  DEV_ADMIN_ACCESS_KEY,
+  DEV_ADMIN_ROLE,
+  DEV_PARENT_ROLE,
+  devPaths,
+  ensureTokenAndParentConfig,
+  provision,
+} from '../../sim/src/dev/provision';
+import { legacyKey, writeLegacyDatabase } from '../support/legacy';
+import { startProgram } from '../support/process';
 
 const ROOT = path.resolve(__dirname, '../..');
 const CLI = path.join(ROOT, 'dist', 'cli.js');
@@ -64,6 +83,33 @@ async function startDev(dir: string, extra: string[] = []): Promise<Dev> {
   });
   onOutput = () => undefined;
   return { child, output: () => out, url };
+}
+
+/** A start that is expected to stop by itself before READY: its exit code and output. */
+async function devUntilExit(dir: string, extra: string[] = []): Promise<{ code: number | null; output: string }> {
+  const child = spawn(process.execPath, [path.join(ROOT, 'scripts', 'dev.mjs'), '--no-build', '--dir', dir, '--api-port', '0', ...extra], {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  running.add(child);
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out += d));
+  child.stderr?.on('data', (d: Buffer) => (out += d));
+  const code = await new Promise<number | null>((resolve) => child.once('exit', resolve));
+  running.delete(child);
+  return { code, output: out };
+}
+
+/** The caller API of a running dev stack, with its token. */
+async function devApi(dev: Dev, dir: string, pathname: string, body?: unknown): Promise<{ status: number; body: any }> {
+  const token = fs.readFileSync(path.join(dir, 'token'), 'utf8').trim();
+  const res = await fetch(`${dev.url}${pathname}`, {
+    method: body === undefined ? 'GET' : 'POST',
+    headers: { authorization: `Bearer ${token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+  });
+  return { status: res.status, body: await res.json() };
 }
 
 /** Ctrl-C, and the exit code; a stack that does not stop in time is killed and the test fails. */
@@ -142,6 +188,40 @@ describe('npm run dev', () => {
       expect(JSON.parse(fs.readFileSync(path.join(dir, 'dev.json'), 'utf8')).url).toBe(dev.url);
       expect(dev.output()).toMatch(/first start: provisioning/);
       expect(fs.statSync(path.join(dir, 'token')).mode & 0o777).toBe(0o600);
+
+      // Genesis: the identity in the enclave configuration is the one the API serves, made by the genesis image
+      // (the configuration without it) and bound to the public key, as the simulated Nitro root attests.
+      const output = dev.output();
+      expect(output).toMatch(/dev: no keystore identity yet: starting the genesis image \(PCR0 [0-9a-f]{96}\)/);
+      expect(output).toMatch(
+        /dev: keystore identity 0x[0-9a-f]{64} made by the genesis image; its document verifies against the simulated Nitro root/,
+      );
+      expect(output).not.toMatch(/migrat/);
+      const enclaveConfig = JSON.parse(fs.readFileSync(path.join(dir, 'enclave.json'), 'utf8'));
+      const { identity, ...genesisConfig } = enclaveConfig;
+      const served = await devApi(dev, dir, '/v1/identity?nonce=0x01');
+      expect([served.status, served.body.publicKey, served.body.genesisDocument]).toEqual([
+        200,
+        identity.publicKey,
+        identity.genesisDocument,
+      ]);
+      expect(JSON.parse(fs.readFileSync(path.join(dir, 'parent.json'), 'utf8')).identity).toEqual({ publicKey: identity.publicKey });
+      const genesisImage = measureContents([
+        fs.readFileSync(path.join(ROOT, 'dist', 'enclave.js')),
+        Buffer.from(`${JSON.stringify(genesisConfig, null, 2)}\n`),
+      ]);
+      const genesisDoc = verifyAttestation(Buffer.from(identity.genesisDocument, 'base64'), {
+        trustedRoots: [fs.readFileSync(path.join(dir, 'nsm', 'root.pem'), 'utf8')],
+        expectedUserData: taggedUserData(USER_DATA_TAGS.identity, Buffer.from(identity.publicKey.slice(2), 'hex')),
+        expectedPcrs: { 0: genesisImage.PCR0 },
+      });
+      expect(genesisDoc.document.nonce?.toString('hex')).toBe(
+        JSON.parse(fs.readFileSync(path.join(dir, 'genesis.json'), 'utf8')).nonce.slice(2),
+      );
+      // The key policy approves the image with the identity, not the genesis image.
+      const devJson = JSON.parse(fs.readFileSync(path.join(dir, 'dev.json'), 'utf8'));
+      expect(await approvedByPolicy(devJson.kmsUrl, devJson.keyArn)).toEqual([devJson.pcr0]);
+      expect(devJson.pcr0).not.toBe(genesisImage.PCR0);
       expect(
         JSON.parse(fs.readFileSync(path.join(dir, 'key-policy.json'), 'utf8')).Statement.map((st: { Sid: string }) => st.Sid),
       ).toContain('EnclaveDecryptOnlyWhenAttested');
@@ -181,6 +261,7 @@ describe('npm run dev', () => {
     const dev = await startDev(dir);
     try {
       expect(dev.output()).not.toMatch(/provisioning/);
+      expect(dev.output()).not.toMatch(/genesis image|migrat/);
       const list = JSON.parse(nks(dir, ['keys', 'list', '--external-id', 'alice', '--json']).stdout) as {
         keys: Array<{ keyId: string; address: string }>;
       };
@@ -193,31 +274,102 @@ describe('npm run dev', () => {
     }
   }, 240_000);
 
-  it('refuses to unseal with a changed enclave image until --update-policy approves it', async () => {
+  it('does not start a changed enclave image (KMS would not unseal its identity) until --update-policy approves it', async () => {
     const { dir, keyId } = await provisionedWithKey('nks-dev-image-');
     dirs.push(dir);
     const changed = path.join(dir, 'enclave-changed.js');
     fs.writeFileSync(changed, `${fs.readFileSync(path.join(ROOT, 'dist', 'enclave.js'), 'utf8')}\n// a changed image\n`);
-    let dev = await startDev(dir, ['--enclave-bundle', changed]);
-    try {
-      expect(dev.output()).toMatch(/the enclave image changed since provisioning/);
-      expect(dev.output()).toMatch(/npm run dev -- --update-policy/);
-      const refused = nks(dir, ['sign', keyId, '--message', 'nope']);
-      expect(refused.status).toBe(1);
-      expect(refused.stderr).toMatch(
-        /KMS_ACCESS_DENIED \(HTTP 502\): KMS AccessDeniedException: .*kms:Decrypt.*is this enclave image approved in the key policy\?/,
-      );
-    } finally {
-      expect(await interrupt(dev)).toBe(0);
-    }
+    const refused = await devUntilExit(dir, ['--enclave-bundle', changed]);
+    expect(refused.code).toBe(1);
+    expect(refused.output).toMatch(/the enclave image changed since provisioning/);
+    expect(refused.output).toMatch(/KMS would refuse to unseal the keystore identity .*npm run dev -- --update-policy/);
+    expect(refused.output).not.toMatch(/READY/);
+    expect(survivors(dir)).toEqual([]);
 
-    dev = await startDev(dir, ['--enclave-bundle', changed, '--update-policy']);
+    const dev = await startDev(dir, ['--enclave-bundle', changed, '--update-policy']);
     try {
       expect(dev.output()).toMatch(/key policy now approves PCR0/);
       expect(dev.output()).not.toMatch(/image changed since provisioning/);
       expect(nks(dir, ['sign', keyId, '--message', 'approved']).status).toBe(0);
     } finally {
       expect(await interrupt(dev)).toBe(0);
+    }
+  }, 240_000);
+
+  it('gives a state directory from before 0.4 an identity and migrates its keys, approving the migration image only meanwhile', async () => {
+    // The directory as 0.3's first start left it: its KMS key, an enclave configuration without identity, the
+    // parent configuration and token, and a database of schema 1 with keys sealed as version 1 blobs.
+    const dir = tempRunDir('nks-dev-old-');
+    dirs.push(dir);
+    const p = devPaths(dir);
+    fs.mkdirSync(p.runDir, { recursive: true });
+    await SimulatedNitroCa.open(path.join(p.nsmStateDir, 'nsm-ca.json'), { instanceId: 'i-0dev00000000000000' });
+    const kms = startProgram('kms-emulator', [
+      '--port',
+      '0',
+      '--state',
+      p.kmsState,
+      '--trust-root',
+      p.rootPem,
+      '--principal',
+      DEV_PARENT_ROLE,
+      '--access-key',
+      `${DEV_ADMIN_ACCESS_KEY}=${DEV_ADMIN_ROLE}`,
+    ]);
+    let old: ReturnType<typeof legacyKey>[];
+    try {
+      const url = String((await kms.waitForLog((e) => e.msg === 'KMS emulator listening')).url);
+      const prov = await provision(url, p);
+      ensureTokenAndParentConfig(p, prov.keyArn, 0);
+      const kmsPublicKey = JSON.parse(fs.readFileSync(p.enclaveConfig, 'utf8')).kmsPublicKey as string;
+      old = [
+        legacyKey('k_old_alice', { keyArn: prov.keyArn, kmsPublicKey }, { externalId: 'alice' }),
+        legacyKey('k_old_plain', { keyArn: prov.keyArn, kmsPublicKey }),
+      ];
+      writeLegacyDatabase(p.database, old);
+    } finally {
+      await kms.stop();
+    }
+
+    const dev = await startDev(dir);
+    try {
+      const output = dev.output();
+      expect(output).not.toMatch(/first start: provisioning/);
+      const steps = [
+        /dev: no keystore identity yet: starting the genesis image/,
+        /dev: keystore identity 0x[0-9a-f]{64} made by the genesis image/,
+        /dev: 2 key\(s\) made before 0.4 have no signed record: migrating them with the migration image/,
+        /dev: the key policy approves the migration image \(PCR0 [0-9a-f]{96}\) for the migration only/,
+        /dev: migrated 2 of 2 key\(s\) to signed records/,
+        /dev: the migration image is no longer approved; the key policy approves PCR0 [0-9a-f]{96} alone/,
+        /^READY /m,
+      ];
+      const at = steps.map((re) => output.search(re));
+      expect(at.every((i) => i >= 0)).toBe(true);
+      expect([...at].sort((a, b) => a - b)).toEqual(at); // in this order
+      expect(fs.existsSync(p.migrationConfig)).toBe(false);
+      const devJson = JSON.parse(fs.readFileSync(p.devJson, 'utf8'));
+      expect(await approvedByPolicy(devJson.kmsUrl, devJson.keyArn)).toEqual([devJson.pcr0]);
+
+      // Every key 0.3 made signs with the same address, and carries a record of origin "migrated".
+      const identity = identityPublicKey(devJson.identity);
+      for (const k of old) {
+        const signed = await devApi(dev, dir, `/v1/keys/${k.keyId}/sign`, { type: 'message', message: 'from 0.3' });
+        expect([k.keyId, signed.status]).toEqual([k.keyId, 200]);
+        expect(await recoverMessageAddress({ message: 'from 0.3', signature: signed.body.signature })).toBe(k.address);
+        const view = (await devApi(dev, dir, `/v1/keys/${k.keyId}`)).body;
+        expect(openKeyRecord(view.record, identity).record).toMatchObject({ keyId: k.keyId, subject: k.externalId, origin: 'migrated' });
+      }
+    } finally {
+      expect(await interrupt(dev)).toBe(0);
+    }
+
+    // The next start has nothing left to do.
+    const again = await startDev(dir);
+    try {
+      expect(again.output()).not.toMatch(/genesis image|migrat/);
+    } finally {
+      expect(await interrupt(again)).toBe(0);
     }
   }, 240_000);
 });

@@ -103,7 +103,11 @@ describe('parent migrate', () => {
     const identity = identityPublicKey(platform.identity.publicKey);
     const db = new Database(stackDbPath(runDir), { readonly: true });
     for (const k of keys) {
-      const row = db.prepare('SELECT * FROM keys WHERE key_id = ?').get(k.keyId) as Record<string, string>;
+      const row = db.prepare('SELECT blob, record, record_signature FROM keys WHERE key_id = ?').get(k.keyId) as {
+        blob: string;
+        record: string;
+        record_signature: string;
+      };
       const blob = decodeBlobBase64(row.blob);
       expect(blob).toMatchObject({ v: 2, kind: 'key', keyId: k.keyId, address: k.address, projectId: 'default', subject: k.externalId });
       const { record } = openKeyRecord({ record: row.record, signature: row.record_signature }, identity);

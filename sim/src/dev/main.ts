@@ -1,7 +1,10 @@
 /**
  * The local stack (dist/dev.js, run by `npm run dev` and `nks dev`): the KMS emulator, the NSM simulator, the
  * parent and the enclave as separate processes over simulated vsock, provisioned like production on first
- * start. Prints `READY <url>` once /readyz passes; Ctrl-C stops everything.
+ * start: the KMS key, then the keystore identity made by the genesis image and written into the enclave
+ * configuration, then the key policy approving that image (identity.ts). A state directory from before 0.4 gets
+ * its identity the same way and its keys migrated with the migration image. Prints what it does, and
+ * `READY <url>` once /readyz passes; Ctrl-C stops everything.
  *
  *   dev [--dir DIR] [--api-port PORT] [--update-policy] [--enclave-bundle FILE]
  *
@@ -13,6 +16,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { SimulatedNitroCa } from '../nsm/ca';
 import { measureImageFiles } from '../measure';
+import { identityOf, makeIdentity, migrateKeys, startNsm, type Phase } from './identity';
 import {
   approvedByPolicy,
   DEV_ADMIN_ACCESS_KEY,
@@ -99,6 +103,16 @@ async function main(): Promise<number> {
     });
     return c;
   };
+  /** A program of a setup phase (genesis, migration): stopped with the stack, but its exit is expected. */
+  const run = (label: string, script: string, args: string[], env: NodeJS.ProcessEnv = {}) => {
+    const c = startChild(label, script, args, { env, print: say, color });
+    children.push(c);
+    void c.exited.then(() => {
+      const i = children.indexOf(c);
+      if (i >= 0) children.splice(i, 1);
+    });
+    return c;
+  };
   let stopRequested = false;
   const stopOn = (why: string) => {
     if (stopRequested) return;
@@ -138,46 +152,58 @@ async function main(): Promise<number> {
     if (fs.existsSync(p.provision) && fs.existsSync(p.enclaveConfig)) {
       prov = JSON.parse(fs.readFileSync(p.provision, 'utf8')) as Provisioned;
     } else {
-      say(`dev: first start: provisioning ${p.dir} (KMS key, enclave configuration, measurements, key policy)`);
-      prov = await provision(kmsUrl, bundle, p);
+      say(`dev: first start: provisioning ${p.dir} (KMS key, enclave configuration, keystore identity, measurements, key policy)`);
+      prov = await provision(kmsUrl, p);
     }
-    const current = measureImageFiles([bundle, p.enclaveConfig]);
-    if (values['update-policy']) {
+    const parentEnv = {
+      NKS_KMS_ENDPOINT: kmsUrl,
+      AWS_ACCESS_KEY_ID: DEV_PARENT_ACCESS_KEY,
+      AWS_SECRET_ACCESS_KEY: 'dev',
+      AWS_REGION: 'us-east-1',
+    };
+    const phase: Phase = { run, say, distDir, bundle, paths: p, parentEnv, kmsUrl };
+
+    let identity = identityOf(p);
+    if (identity === undefined) {
+      // A genesis image until now (first start, or a state directory from before 0.4).
+      ensureTokenAndParentConfig(p, prov.keyArn, apiPort);
+      identity = (await makeIdentity(phase)).publicKey;
       prov = await updatePolicy(kmsUrl, bundle, p, prov);
-      say(`dev: key policy now approves PCR0 ${current.PCR0}`);
+      say(`dev: key policy now approves PCR0 ${prov.approvedPcr0.join(', ')} (the image with the identity)`);
+    } else if (values['update-policy']) {
+      prov = await updatePolicy(kmsUrl, bundle, p, prov);
+      say(`dev: key policy now approves PCR0 ${prov.approvedPcr0.join(', ')}`);
     }
+    ensureTokenAndParentConfig(p, prov.keyArn, apiPort, identity);
+    const current = measureImageFiles([bundle, p.enclaveConfig]);
     const approved = await approvedByPolicy(kmsUrl, prov.keyArn);
     if (!approved.includes(current.PCR0)) {
       say(
         `dev: WARNING: the enclave image changed since provisioning. Its PCR0 ${current.PCR0} is not approved by the key policy (approved: ${approved.join(', ') || 'none'}).`,
       );
       say(
-        'dev: KMS will refuse to unseal existing keys for this enclave, as it would in AWS. To approve the new measurements: npm run dev -- --update-policy',
+        'dev: KMS would refuse to unseal the keystore identity (and every key) for this enclave, as it would in AWS, so it cannot start. To approve the new measurements: npm run dev -- --update-policy',
+      );
+      await stopAll();
+      return 1;
+    }
+
+    const migrated = await migrateKeys(phase, prov);
+    if (migrated && (migrated.failed > 0 || migrated.remaining > 0)) {
+      say(
+        `dev: ${migrated.remaining} key(s) could not be migrated (see the log above); they cannot sign until a later start migrates them`,
       );
     }
 
-    ensureTokenAndParentConfig(p, prov.keyArn, apiPort);
-    start('nsm', 'nsm-sim.js', [
-      '--socket',
-      path.join(p.runDir, 'nsm.sock'),
-      '--state-dir',
-      p.nsmStateDir,
-      '--image',
-      bundle,
-      '--image',
-      p.enclaveConfig,
-      '--parent-role-arn',
-      DEV_PARENT_ROLE,
-      '--instance-id',
-      'i-0dev00000000000000',
-    ]);
-    await children[children.length - 1]?.waitFor('NSM simulator ready');
-    const parent = start('parent', 'parent.js', ['--config', p.parentConfig], {
-      NKS_KMS_ENDPOINT: kmsUrl,
-      AWS_ACCESS_KEY_ID: DEV_PARENT_ACCESS_KEY,
-      AWS_SECRET_ACCESS_KEY: 'dev',
-      AWS_REGION: 'us-east-1',
+    await startNsm(phase, [bundle, p.enclaveConfig]);
+    // From here on, an exit of the NSM simulator is not expected.
+    const nsm = children[children.length - 1] as Child;
+    void nsm.exited.then((code) => {
+      if (stopping) return;
+      say(`dev: nsm exited unexpectedly (code ${code}); stopping the stack`);
+      void stopAll().then(() => process.exit(1));
     });
+    const parent = start('parent', 'parent.js', ['--config', p.parentConfig], parentEnv);
     const url = String((await parent.waitFor('parent ready')).url);
     const enclave = start('enclave', bundle, ['--config', p.enclaveConfig]);
     await enclave.waitFor('enclave ready');
@@ -191,7 +217,7 @@ async function main(): Promise<number> {
     }
     fs.writeFileSync(
       p.devJson,
-      `${JSON.stringify({ url, dir: p.dir, kmsUrl, keyArn: prov.keyArn, pcr0: current.PCR0, rootPem: p.rootPem, pid: process.pid }, null, 2)}\n`,
+      `${JSON.stringify({ url, dir: p.dir, kmsUrl, keyArn: prov.keyArn, pcr0: current.PCR0, identity, rootPem: p.rootPem, pid: process.pid }, null, 2)}\n`,
     );
     say(`dev: caller token in ${p.token}; nks reads it (and the URL) from ${p.dir}`);
     say(`READY ${url}`);

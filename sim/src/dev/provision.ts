@@ -1,8 +1,10 @@
 /**
  * First-start provisioning of the local stack, done the way production is (docs/DEPLOY.md): create the RSA KMS
- * key, write the enclave configuration with its ARN and public key, measure the image (bundle + configuration),
- * and install the key policy from the same generator operators use (`nks policy`). Later starts reuse it all
- * and check whether the image still matches what the policy approves.
+ * key and write the enclave configuration with its ARN and public key (a genesis image: no identity yet). The
+ * keystore identity is then made by that image (identity.ts), written into the configuration, and the image
+ * that results is measured (bundle + configuration) and approved in the key policy, from the same generator
+ * operators use (`nks policy`). Later starts reuse it all and check whether the image still matches what the
+ * policy approves.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
@@ -43,6 +45,10 @@ export interface DevPaths {
   policy: string;
   devJson: string;
   lock: string;
+  /** The genesis output (`parent genesis --out`), kept as the operator would keep it. */
+  genesis: string;
+  /** The migration image's configuration, while a migration runs. */
+  migrationConfig: string;
 }
 
 /** Unix socket paths are limited to 107 bytes: a deep state directory keeps its sockets under /tmp. */
@@ -67,6 +73,8 @@ export function devPaths(dir: string): DevPaths {
     policy: path.join(abs, 'key-policy.json'),
     devJson: path.join(abs, 'dev.json'),
     lock: path.join(abs, 'dev.pid'),
+    genesis: path.join(abs, 'genesis.json'),
+    migrationConfig: path.join(abs, 'enclave-migration.json'),
   };
 }
 
@@ -89,10 +97,10 @@ export function adminKms(url: string): KMSClient {
   });
 }
 
-/** The dev key policy: the production generator, with the dev roles. */
-export function devKeyPolicy(m: Measurements): string {
+/** The dev key policy: the production generator, with the dev roles, approving `images`. */
+export function devKeyPolicy(...images: Measurements[]): string {
   return generateKeyPolicy({
-    images: [m],
+    images,
     parentRoleArn: DEV_PARENT_ROLE,
     keyAdministrators: [DEV_KEY_ADMIN_ROLE],
     imageApproverRoleArn: DEV_IMAGE_APPROVER_ROLE,
@@ -110,8 +118,24 @@ async function installPolicy(kms: KMSClient, keyArn: string, m: Measurements, p:
   return [m.PCR0];
 }
 
-/** Creates the KMS key, the enclave configuration, the measurements and the key policy (first start). */
-export async function provision(kmsUrl: string, bundle: string, p: DevPaths): Promise<Provisioned> {
+/**
+ * Approves `extra` next to `current` for a while (the migration image), in KMS only: the policy and
+ * measurement files keep the normal image, and `updatePolicy` afterwards approves that one alone again.
+ */
+export async function approveAlso(kmsUrl: string, keyArn: string, current: Measurements, extra: Measurements): Promise<void> {
+  const kms = adminKms(kmsUrl);
+  try {
+    await kms.send(new PutKeyPolicyCommand({ KeyId: keyArn, Policy: devKeyPolicy(current, extra) }));
+  } finally {
+    kms.destroy();
+  }
+}
+
+/**
+ * Creates the KMS key and the enclave configuration of the genesis image (first start). No image is approved
+ * yet: the genesis image makes no KMS call, and the image to approve is the one with the identity.
+ */
+export async function provision(kmsUrl: string, p: DevPaths): Promise<Provisioned> {
   const kms = adminKms(kmsUrl);
   try {
     const created = await kms.send(
@@ -129,8 +153,7 @@ export async function provision(kmsUrl: string, bundle: string, p: DevPaths): Pr
       logLevel: 'info',
     };
     writeFile(p.enclaveConfig, `${JSON.stringify(enclaveConfig, null, 2)}\n`, 0o644);
-    const approvedPcr0 = await installPolicy(kms, keyArn, measureImageFiles([bundle, p.enclaveConfig]), p);
-    const result: Provisioned = { keyArn, approvedPcr0 };
+    const result: Provisioned = { keyArn, approvedPcr0: [] };
     writeFile(p.provision, `${JSON.stringify({ ...result, provisionedAt: new Date().toISOString() }, null, 2)}\n`);
     return result;
   } finally {
@@ -168,8 +191,11 @@ export async function approvedByPolicy(kmsUrl: string, keyArn: string): Promise<
   }
 }
 
-/** The caller token (created once, mode 0600) and the parent configuration holding only its hash. */
-export function ensureTokenAndParentConfig(p: DevPaths, keyArn: string, apiPort: number): string {
+/**
+ * The caller token (created once, mode 0600) and the parent configuration holding only its hash, and the
+ * keystore identity's public key once there is one (the parent then uses no enclave of another identity).
+ */
+export function ensureTokenAndParentConfig(p: DevPaths, keyArn: string, apiPort: number, identityPublicKey?: string): string {
   let token: string;
   if (fs.existsSync(p.token)) token = fs.readFileSync(p.token, 'utf8').trim();
   else {
@@ -185,6 +211,7 @@ export function ensureTokenAndParentConfig(p: DevPaths, keyArn: string, apiPort:
     transport: { kind: 'simulated', runDir: p.runDir },
     enclave: { address: DEFAULT_ENCLAVE_ADDRESS },
     kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, allowedKeyArns: [keyArn], region: 'us-east-1' },
+    ...(identityPublicKey ? { identity: { publicKey: identityPublicKey } } : {}),
     logLevel: 'info',
   };
   writeFile(p.parentConfig, `${JSON.stringify(config, null, 2)}\n`);
