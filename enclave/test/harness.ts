@@ -17,6 +17,8 @@ import { silentLogger } from '@nks/shared/log';
 import { attestedDecrypt, enclaveConfigFor, startPlatform, writeJson, type Platform } from '../../test/support/platform';
 import { startProgram, type Running } from '../../test/support/process';
 import { RecordingTransport } from '../../test/support/recording';
+import { recoverSecret } from '../../test/support/secrets';
+import { KeystoreIdentity } from '../src/identity/keystore-identity';
 
 export const ENCLAVE_ADDRESS = DEFAULT_ENCLAVE_ADDRESS;
 export const PROXY_ADDRESS = DEFAULT_KMS_PROXY_ADDRESS;
@@ -154,4 +156,18 @@ export async function startEnclaveHarness(
     fs.rmSync(runDir, { recursive: true, force: true });
   };
   return harness as EnclaveHarness;
+}
+
+/**
+ * The platform's keystore identity as a signer, its seed recovered with the KMS emulator's key material (as
+ * only a test can): for records the enclave has no method to make yet (other projects, other states), and to
+ * check the enclave's own.
+ */
+export function platformIdentity(platform: Platform): KeystoreIdentity {
+  const seed = recoverSecret(platform.identity.blob, platform.kmsStateFile);
+  try {
+    return KeystoreIdentity.fromSeed(seed);
+  } finally {
+    seed.fill(0);
+  }
 }

@@ -84,6 +84,14 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
     return p;
   };
   const health = async (p: RawPeer) => (await p.callJson('enclave.health', {})).result as EnclaveHealth;
+  const createParams = (keyId: string) => ({ keyId, project: platform.identity.defaultProject, subject: null });
+  const signParams = (made: CreateResult, n: number) => ({
+    keyId: made.keyId,
+    blob: made.blob,
+    record: made.record,
+    project: platform.identity.defaultProject,
+    request: { type: 'digest', digest: digest(n) },
+  });
 
   it('answers every Object.prototype name as an unknown method, and stays whole', async () => {
     const p = await peer();
@@ -120,7 +128,7 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
       expect(polluted.error?.data?.code).toBe('INVALID_PARAMS');
       const hello = await p.callJson('enclave.hello', JSON.parse('{"__proto__": {"protocolVersion": 2}}'));
       expect(hello.error?.data?.code).toBe('INVALID_PARAMS');
-      const ctor = await p.callJson('keys.create', { keyId: 'ctor-1', constructor: { prototype: { attest: true } } });
+      const ctor = await p.callJson('keys.create', { ...createParams('ctor-1'), constructor: { prototype: { attest: true } } });
       expect(ctor.error?.data?.code).toBe('INVALID_PARAMS');
       // Had Object.prototype been polluted with keyId, `{}` would now validate.
       expect((await p.callJson('keys.create', {})).error?.data?.code).toBe('INVALID_PARAMS');
@@ -136,20 +144,18 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
   });
 
   it('the agreed version changes nothing: same bytes for a forged KMS answer and a parent KMS error, one failed open each', async () => {
-    const made = (await (await peer()).callJson('keys.create', { keyId: 'pa-victim' })).result as CreateResult;
+    const made = (await (await peer()).callJson('keys.create', createParams('pa-victim'))).result as CreateResult;
     const conns = await Promise.all([peer(), peer(), peer(), peer()]);
     try {
-      await conns[1].callJson('enclave.hello', { protocolVersion: 1 });
-      await conns[2].callJson('enclave.hello', { protocolVersion: 2 });
+      await conns[1].callJson('enclave.hello', { protocolVersion: 2 }); // refused: nothing agreed
+      await conns[2].callJson('enclave.hello', { protocolVersion: 3 });
       await conns[3].callJson('enclave.hello', { protocolVersion: 1_000_000 });
       const forged = new Set<string>();
       const kmsErr = new Set<string>();
       for (const [i, c] of conns.entries()) {
         const before = (await health(c)).counters;
         responder = (req) => [{ jsonrpc: '2.0', id: req.id, result: { ciphertextForRecipient: 'AAAA', keyId: req.params.kmsKeyArn } }];
-        forged.add(
-          (await c.call('keys.sign', { keyId: 'pa-victim', blob: made.blob, request: { type: 'digest', digest: digest(i) } })).toString(),
-        );
+        forged.add((await c.call('keys.sign', signParams(made, i))).toString());
         responder = (req) => [
           {
             jsonrpc: '2.0',
@@ -161,9 +167,7 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
             },
           },
         ];
-        kmsErr.add(
-          (await c.call('keys.sign', { keyId: 'pa-victim', blob: made.blob, request: { type: 'digest', digest: digest(i) } })).toString(),
-        );
+        kmsErr.add((await c.call('keys.sign', signParams(made, i))).toString());
         const after = (await health(c)).counters;
         expect(after.failedOpens - before.failedOpens).toBe(1);
         expect(after.kmsErrors - before.kmsErrors).toBe(1);
@@ -179,7 +183,7 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
   it('takes no typed KMS result on trust: every malformed envelope/result is the one fixed "no" and one failed open', async () => {
     const p = await peer();
     try {
-      const made = (await p.callJson('keys.create', { keyId: 'pa-shape' })).result as CreateResult;
+      const made = (await p.callJson('keys.create', createParams('pa-shape'))).result as CreateResult;
       const shapes: Array<[string, (id: number, arn: string) => unknown]> = [
         ['result null', (id) => ({ jsonrpc: '2.0', id, result: null })],
         ['result a string', (id) => ({ jsonrpc: '2.0', id, result: 'MIIB' })],
@@ -194,9 +198,7 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
       const before = (await health(p)).counters;
       for (const [, shape] of shapes) {
         responder = (req) => [shape(req.id, req.params.kmsKeyArn)];
-        answers.add(
-          (await p.call('keys.sign', { keyId: 'pa-shape', blob: made.blob, request: { type: 'digest', digest: digest(1) } })).toString(),
-        );
+        answers.add((await p.call('keys.sign', signParams(made, 1))).toString());
       }
       const after = (await health(p)).counters;
       expect(answers.size).toBe(1);
@@ -209,7 +211,7 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
       expect(after.signs).toBe(before.signs);
       // An envelope with neither result nor error is not an answer at all (the client ignores it): TIMEOUT, no open.
       responder = (req) => [{ jsonrpc: '2.0', id: req.id }];
-      const none = await p.callJson('keys.sign', { keyId: 'pa-shape', blob: made.blob, request: { type: 'digest', digest: digest(1) } });
+      const none = await p.callJson('keys.sign', signParams(made, 1));
       expect(none.error?.data?.code).toBe('TIMEOUT');
       expect((await health(p)).counters.failedOpens).toBe(after.failedOpens);
     } finally {
@@ -220,7 +222,7 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
   it('reads a parent error object as data.code, else data.reason, else INTERNAL; never a prototype name', async () => {
     const p = await peer();
     try {
-      const made = (await p.callJson('keys.create', { keyId: 'pa-errs' })).result as CreateResult;
+      const made = (await p.callJson('keys.create', createParams('pa-errs'))).result as CreateResult;
       const cases: Array<[unknown, string]> = [
         [{ code: 'KEY_INTEGRITY', reason: 'OVERLOADED', retryable: false }, 'KEY_INTEGRITY'],
         [{ code: 'NOPE', reason: 'KMS_THROTTLED' }, 'KMS_THROTTLED'],
@@ -233,7 +235,7 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
       const before = (await health(p)).counters;
       for (const [data, code] of cases) {
         responder = (req) => [{ jsonrpc: '2.0', id: req.id, error: { code: -1, message: 'parent text', data } }];
-        const res = await p.callJson('keys.sign', { keyId: 'pa-errs', blob: made.blob, request: { type: 'digest', digest: digest(2) } });
+        const res = await p.callJson('keys.sign', signParams(made, 2));
         expect(res.error?.data?.code).toBe(code);
       }
       const after = await health(p);
@@ -248,7 +250,7 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
   it('ignores answers for ids it has not asked and duplicate answers: one opening per Decrypt', async () => {
     const p = await peer();
     try {
-      const made = (await p.callJson('keys.create', { keyId: 'pa-dup' })).result as CreateResult;
+      const made = (await p.callJson('keys.create', createParams('pa-dup'))).result as CreateResult;
       const before = (await health(p)).counters;
       responder = async (req, genuine) => {
         const g = await genuine();
@@ -260,12 +262,12 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
           { jsonrpc: '2.0', id: req.id, result: bogus },
         ];
       };
-      const ok = await p.callJson('keys.sign', { keyId: 'pa-dup', blob: made.blob, request: { type: 'digest', digest: digest(3) } });
+      const ok = await p.callJson('keys.sign', signParams(made, 3));
       expect((ok.result as { address: string }).address).toBe(made.address);
       await p.callJson('keys.forget', { keyId: 'pa-dup' });
       responder = null; // genuine
       const n = asked.length;
-      const ok2 = await p.callJson('keys.sign', { keyId: 'pa-dup', blob: made.blob, request: { type: 'digest', digest: digest(4) } });
+      const ok2 = await p.callJson('keys.sign', signParams(made, 4));
       expect((ok2.result as { address: string }).address).toBe(made.address);
       expect(asked.length).toBe(n + 1);
       const after = (await health(p)).counters;
@@ -279,7 +281,7 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
     const p = await peer();
     const before = await health(p);
     const conns = await Promise.all(Array.from({ length: 50 }, () => peer()));
-    for (const c of conns) for (let i = 0; i < 20; i++) await c.callJson('enclave.hello', { protocolVersion: (i % 3) + 1 });
+    for (const c of conns) for (let i = 0; i < 20; i++) await c.callJson('enclave.hello', { protocolVersion: (i % 3) + 3 });
     for (const c of conns) c.close();
     let after = await health(p);
     const until = Date.now() + 5000;

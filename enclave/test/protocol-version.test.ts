@@ -1,9 +1,10 @@
 /**
  * Protocol versions against the real enclave bundle, with the test standing where parents of each version
- * would: a version-2 parent agrees its version with `enclave.hello`; a version-1 parent (release 0.2.0) sends
- * no hello and reads error codes from `data.reason` only, and is served as before; versions the enclave does
- * not accept are refused with a message naming both sides. The version chosen changes nothing the enclave
- * checks: the same bad request gets the same answer whatever was agreed.
+ * would. Version 3 (release 0.4.0) is a cutover: every key operation carries signed records, which parents of
+ * versions 1 and 2 never send, so the enclave accepts version 3 only. A version-3 parent agrees it with
+ * `enclave.hello` and learns what this image serves; older parents are refused with a message naming both
+ * sides, and the requests they would send without a hello are refused as invalid. The version chosen changes
+ * nothing the enclave checks: the same bad request gets the same answer whatever was agreed.
  */
 import { recoverAddress } from 'viem';
 import {
@@ -16,7 +17,7 @@ import {
 } from '@nks/shared/enclave-api';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { RawPeer } from '../../test/support/raw-peer';
-import { hello } from '../src/methods';
+import { hello, SERVED_METHODS } from '../src/methods';
 import { ENCLAVE_ADDRESS, startEnclaveHarness, type EnclaveHarness } from './harness';
 
 const digest = `0x${'ab'.repeat(32)}` as const;
@@ -36,61 +37,101 @@ describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
     await h?.stop();
   });
 
-  it('speaks the current and the previous version and no other', () => {
-    expect([PROTOCOL_VERSION, ACCEPTED_PROTOCOL_VERSIONS]).toEqual([2, [1, 2]]);
+  it('speaks version 3 only (the signed-records cutover)', () => {
+    expect([PROTOCOL_VERSION, ACCEPTED_PROTOCOL_VERSIONS]).toEqual([3, [3]]);
   });
 
-  it('agrees version 2 with a version-2 parent, and names what it serves', async () => {
-    const hello: HelloResult = await h.client.call('enclave.hello', { protocolVersion: 2 });
-    expect(hello).toEqual({
-      protocolVersion: 2,
-      supportedVersions: [1, 2],
-      features: Object.keys(EnclaveApi).sort(),
+  it('agrees version 3 with a version-3 parent, and names what a normal image serves', async () => {
+    const agreed: HelloResult = await h.client.call('enclave.hello', { protocolVersion: 3 });
+    expect(agreed).toEqual({
+      protocolVersion: 3,
+      supportedVersions: [3],
+      features: [
+        'attestation.get',
+        'enclave.health',
+        'enclave.hello',
+        'identity.get',
+        'keys.create',
+        'keys.forget',
+        'keys.setDisabled',
+        'keys.sign',
+      ],
       enclaveVersion: expect.stringMatching(/^\d+\.\d+\.\d+$/),
     });
+    // Neither the genesis method nor the migration method: those are other images'.
+    expect(agreed.features).not.toContain('identity.genesis');
+    expect(agreed.features).not.toContain('keys.migrate');
   });
 
-  it('agrees version 1 with a parent that asks for it, and its own with a newer parent (which then decides)', async () => {
-    expect((await h.client.call('enclave.hello', { protocolVersion: 1 })).protocolVersion).toBe(1);
-    expect((await h.client.call('enclave.hello', { protocolVersion: 3 })).protocolVersion).toBe(2);
-    expect((await h.client.call('enclave.hello', { protocolVersion: 999 })).protocolVersion).toBe(2);
+  it('answers a newer parent with its own version (the parent then decides)', async () => {
+    expect((await h.client.call('enclave.hello', { protocolVersion: 4 })).protocolVersion).toBe(3);
+    expect((await h.client.call('enclave.hello', { protocolVersion: 999 })).protocolVersion).toBe(3);
   });
 
-  it('refuses what is not a version at all (versions start at 1)', async () => {
+  it('refuses parents of versions 1 and 2, naming both sides, and what is not a version at all', async () => {
+    for (const v of [1, 2]) {
+      const err = await rejection(h.client.call('enclave.hello', { protocolVersion: v }));
+      expect([err.code, err.message]).toEqual([
+        'UNSUPPORTED_VERSION',
+        `protocol version ${v} is not supported: this enclave speaks version 3; upgrade the parent`,
+      ]);
+    }
     expect((await rejection(h.client.call('enclave.hello', { protocolVersion: 0 }))).code).toBe('INVALID_PARAMS');
     const fractional = await peer.callJson('enclave.hello', { protocolVersion: 1.5 });
     expect(fractional.error?.data?.code).toBe('INVALID_PARAMS');
   });
 
-  it('serves a version-1 parent: no hello, create and sign as before, error codes in data.reason', async () => {
-    // A version-1 parent never calls enclave.hello and reads `data.reason`.
-    const made = (await peer.callJson('keys.create', { keyId: 'v1-parent' })).result as CreateResult;
-    expect(made.address).toMatch(/^0x[0-9a-fA-F]{40}$/);
-    const signed = (await peer.callJson('keys.sign', { keyId: 'v1-parent', blob: made.blob, request: { type: 'digest', digest } }))
-      .result as SignResult;
-    expect(await recoverAddress({ hash: digest, signature: signed.signature })).toBe(made.address);
-    const bad = await peer.callJson('keys.sign', { keyId: 'v1-parent', blob: made.blob, request: { type: 'digest' } });
-    expect(bad.error?.data).toEqual({ code: 'INVALID_PARAMS', reason: 'INVALID_PARAMS', retryable: false });
-    const missing = await peer.callJson('keys.sign', { keyId: 'other-key', blob: made.blob, request: { type: 'digest', digest } });
-    expect(missing.error?.data).toMatchObject({ code: 'KEY_INTEGRITY', reason: 'KEY_INTEGRITY' });
+  it("refuses an old parent's requests (no records): create and sign as version 1 and 2 sent them", async () => {
+    const made = await h.create('v3-key');
+    const create = await peer.callJson('keys.create', { keyId: 'old-parent' });
+    expect(create.error?.data).toEqual({ code: 'INVALID_PARAMS', reason: 'INVALID_PARAMS', retryable: false });
+    const sign = await peer.callJson('keys.sign', { keyId: 'v3-key', blob: made.blob, request: { type: 'digest', digest } });
+    expect(sign.error?.data).toEqual({ code: 'INVALID_PARAMS', reason: 'INVALID_PARAMS', retryable: false });
+    expect(sign.error?.message).toMatch(/params\.record/);
+    // With its records the same key signs.
+    const signed = (
+      await peer.callJson('keys.sign', {
+        keyId: 'v3-key',
+        blob: made.blob,
+        record: made.record,
+        project: h.defaultProject,
+        request: { type: 'digest', digest },
+      })
+    ).result as SignResult;
+    expect(await recoverAddress({ hash: digest, signature: signed.signature })).toBe((made as CreateResult).address);
   });
 
   it('answers the same bytes to the same bad request whatever version was agreed', async () => {
-    const ask = () => peer.call('keys.sign', { keyId: 'v1-parent', blob: 'AAAA', request: { type: 'digest', digest } });
+    const made = await h.create('v3-same');
+    const ask = () =>
+      peer.call('keys.sign', {
+        keyId: 'v3-same',
+        blob: 'AAAA',
+        record: made.record,
+        project: h.defaultProject,
+        request: { type: 'digest', digest },
+      });
     const before = await ask();
-    await peer.callJson('enclave.hello', { protocolVersion: 1 });
-    const afterV1 = await ask();
+    expect(JSON.parse(before.toString()).error.data.code).toBe('KEY_INTEGRITY');
     await peer.callJson('enclave.hello', { protocolVersion: 2 });
-    const afterV2 = await ask();
-    expect(afterV1.equals(before) && afterV2.equals(before)).toBe(true);
+    const afterRefused = await ask();
+    await peer.callJson('enclave.hello', { protocolVersion: 3 });
+    const afterV3 = await ask();
+    expect(afterRefused.equals(before) && afterV3.equals(before)).toBe(true);
   });
 });
 
 describe('the version check itself (in process)', () => {
-  it('refuses a parent older than the previous version with a message naming both sides', () => {
-    // Over the wire no such version exists yet (the previous one is 1, the lowest); once version 3 is current,
-    // a version-1 parent lands here.
-    expect(hello(3)).toMatchObject({ protocolVersion: 2, supportedVersions: [1, 2] });
-    expect(() => hello(0)).toThrow('protocol version 0 is not supported: this enclave speaks versions 1 and 2; upgrade the parent');
+  it('refuses a parent older than the accepted versions with a message naming both sides', () => {
+    expect(hello(4)).toMatchObject({ protocolVersion: 3, supportedVersions: [3] });
+    expect(() => hello(2)).toThrow('protocol version 2 is not supported: this enclave speaks version 3; upgrade the parent');
+    expect(() => hello(0)).toThrow('protocol version 0 is not supported: this enclave speaks version 3; upgrade the parent');
+  });
+
+  it('names as features exactly the methods an image serves, and every method is served by some image', () => {
+    expect(hello(3, SERVED_METHODS.genesis).features).toEqual(['enclave.health', 'enclave.hello', 'identity.genesis']);
+    expect(hello(3, SERVED_METHODS.migration).features).toEqual(['enclave.health', 'enclave.hello', 'identity.get', 'keys.migrate']);
+    const served = new Set(Object.values(SERVED_METHODS).flat());
+    expect([...served].sort()).toEqual(Object.keys(EnclaveApi).sort());
   });
 });

@@ -15,13 +15,14 @@ describe('enclave signing with one vCPU (signing.workers 0)', () => {
   let h: EnclaveHarness;
   let key: CreateResult;
 
-  const sign = (request: SignRequestInput) => h.client.call('keys.sign', { keyId: 'signer-1', blob: key.blob, request });
+  const sign = (request: SignRequestInput) =>
+    h.client.call('keys.sign', { keyId: 'signer-1', blob: key.blob, record: key.record, project: h.defaultProject, request });
   const digest = (n: number) => ({ type: 'digest', digest: `0x${n.toString(16).padStart(64, '0')}` }) as const;
   const health = () => h.client.call('enclave.health', {});
 
   beforeAll(async () => {
     h = await startEnclaveHarness(tempRunDir('nks-sig-'), { signing: { workers: 0 } });
-    key = await h.client.call('keys.create', { keyId: 'signer-1' });
+    key = await h.create('signer-1');
     await sign(digest(1)); // unsealed and cached
   }, 90_000);
 

@@ -1,15 +1,27 @@
 import { generateKeyPairSync } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BLOB_ALG, blobAad, decodeBlob, encodeBlob, type KeyBlob } from '@nks/shared/blob';
+import {
+  BLOB_ALG,
+  blobAad,
+  decodeBlob,
+  decodeBlobBase64,
+  encodeBlob,
+  type IdentityBlob,
+  type KeyBlob,
+  type SealedBlob,
+} from '@nks/shared/blob';
 import { canonicalCbor, decodeCbor, encodeCbor } from '@nks/shared/cbor';
 import { KeyCache } from '../src/keys/cache';
-import { openSealed, sealSecret } from '../src/keys/seal';
+import { openSealed, sealBlob, sealSecret } from '../src/keys/seal';
 import { FailedOpens } from '../src/kms/failed-opens';
 import { RecipientKeys } from '../src/kms/recipient';
 import { NsmClient } from '../src/nsm/client';
 import { DeviceNsmTransport, loadNsmAddon } from '../src/nsm/device';
 import { ENCLAVE_CONFIG_DEFAULTS, parseEnclaveConfig } from '../src/config';
+import { genesis } from '../src/identity/genesis';
+import { SECURITY_EPOCH } from '@nks/shared/release';
+import type { GenesisResult } from '@nks/shared/enclave-api';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
 import { startProgram } from '../../test/support/process';
 import { tempRunDir } from '../../shared/test/helpers';
@@ -23,7 +35,14 @@ const ADDRESS = '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266';
 describe('key cache', () => {
   let now = 1_000;
   const cache = () => new KeyCache({ ttlMs: 100, maxEntries: 2, now: () => now });
-  const entry = (n: number) => ({ secret: new Uint8Array(32).fill(n), address: ADDRESS as `0x${string}`, blob: `blob-${n}` });
+  const entry = (n: number) => ({
+    secret: new Uint8Array(32).fill(n),
+    address: ADDRESS as `0x${string}`,
+    blob: `blob-${n}`,
+    blobSha256: `0x${'00'.repeat(32)}`,
+    projectId: 'default',
+    subject: null,
+  });
 
   it('expires entries after the TTL and zeroes them', () => {
     const c = cache();
@@ -71,28 +90,94 @@ describe('key cache', () => {
   });
 });
 
+const KEY = { keyId: 'k1', address: ADDRESS, projectId: 'default', subject: null, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey };
+
 describe('sealing', () => {
-  it('round-trips and binds the header as AAD', () => {
+  const { privateDecrypt, constants } = require('node:crypto');
+  const dekOf = (b: SealedBlob) =>
+    privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, b.wrappedKey) as Buffer;
+
+  it('round-trips a version 2 key blob and binds its header (key id, address, project, subject) as AAD', () => {
     const secret = new Uint8Array(32).fill(9);
-    const blob = sealSecret(secret, { keyId: 'k1', address: ADDRESS, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
-    const decoded = decodeBlob(encodeBlob(blob));
+    const blob = sealSecret(secret, KEY);
+    const decoded = decodeBlob(encodeBlob(blob)) as KeyBlob;
     expect(decoded).toEqual(blob);
-    const { privateDecrypt, constants } = require('node:crypto');
-    const dek = privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, blob.wrappedKey);
+    expect(decoded).toMatchObject({ v: 2, kind: 'key', projectId: 'default', subject: null });
+    const dek = dekOf(blob);
     expect(Buffer.from(openSealed(decoded, dek) ?? [])).toEqual(Buffer.from(secret));
     expect(openSealed({ ...decoded, keyId: 'k2' }, dek)).toBeNull();
+    expect(openSealed({ ...decoded, projectId: 'p_0123456789abcdefgh' }, dek)).toBeNull();
+    expect(openSealed({ ...decoded, subject: 'someone-else' }, dek)).toBeNull();
     expect(openSealed(decoded, Buffer.alloc(32))).toBeNull();
-    expect(blobAad(blob)).toEqual(blobAad({ v: 1, alg: BLOB_ALG, kmsKeyArn: ARN, keyId: 'k1', address: ADDRESS }));
+    expect(blobAad(blob)).toEqual(
+      canonicalCbor({
+        v: 2,
+        kind: 'key',
+        alg: BLOB_ALG,
+        kmsKeyArn: ARN,
+        keyId: 'k1',
+        address: ADDRESS,
+        projectId: 'default',
+        subject: null,
+      }),
+    );
+  });
+
+  it('seals identity and version 1 blobs the same way, each opening only as what it was sealed as', () => {
+    const secret = new Uint8Array(32).fill(5);
+    const publicKey = `0x${'ab'.repeat(32)}`;
+    const identity = sealBlob(
+      secret,
+      { v: 2, kind: 'identity', alg: BLOB_ALG, kmsKeyArn: ARN, publicKey },
+      { kmsPublicKey: kms.publicKey },
+    );
+    const v1 = sealBlob(secret, { v: 1, alg: BLOB_ALG, kmsKeyArn: ARN, keyId: 'k1', address: ADDRESS }, { kmsPublicKey: kms.publicKey });
+    expect(decodeBlob(encodeBlob(identity))).toEqual(identity);
+    expect(decodeBlob(encodeBlob(v1), { acceptV1: true })).toEqual(v1);
+    expect(Buffer.from(openSealed(identity, dekOf(identity)) ?? [])).toEqual(Buffer.from(secret));
+    expect(Buffer.from(openSealed(v1, dekOf(v1)) ?? [])).toEqual(Buffer.from(secret));
+    // The same sealed bytes presented as another kind (or version) do not authenticate.
+    const sealedOf = (b: SealedBlob) => ({ createdAt: b.createdAt, wrappedKey: b.wrappedKey, iv: b.iv, ciphertext: b.ciphertext });
+    expect(
+      openSealed(
+        {
+          ...sealedOf(identity),
+          v: 2,
+          kind: 'key',
+          alg: BLOB_ALG,
+          kmsKeyArn: ARN,
+          keyId: 'k1',
+          address: ADDRESS,
+          projectId: 'default',
+          subject: null,
+        },
+        dekOf(identity),
+      ),
+    ).toBeNull();
+    expect(
+      openSealed(
+        {
+          ...sealedOf(v1),
+          v: 2,
+          kind: 'key',
+          alg: BLOB_ALG,
+          kmsKeyArn: ARN,
+          keyId: 'k1',
+          address: ADDRESS,
+          projectId: 'default',
+          subject: null,
+        },
+        dekOf(v1),
+      ),
+    ).toBeNull();
+    expect(openSealed({ ...sealedOf(v1), v: 2, kind: 'identity', alg: BLOB_ALG, kmsKeyArn: ARN, publicKey }, dekOf(v1))).toBeNull();
+    expect(() =>
+      sealBlob(new Uint8Array(31), { v: 2, kind: 'identity', alg: BLOB_ALG, kmsKeyArn: ARN, publicKey }, { kmsPublicKey: kms.publicKey }),
+    ).toThrow('a sealed secret is 32 bytes');
   });
 
   it('encodes canonically (deterministic bytes; createdAt as an integer)', () => {
-    const blob = sealSecret(new Uint8Array(32).fill(1), {
-      keyId: 'k1',
-      address: ADDRESS,
-      kmsKeyArn: ARN,
-      kmsPublicKey: kms.publicKey,
-      createdAt: 1_795_000_000_000,
-    });
+    const blob = sealSecret(new Uint8Array(32).fill(1), { ...KEY, createdAt: 1_795_000_000_000 });
     const a = encodeBlob(blob);
     const b = encodeBlob({ ...blob });
     expect(a).toEqual(b);
@@ -106,7 +191,7 @@ describe('sealing', () => {
     ['a bad address', (b) => ({ ...b, address: 'nope' }), /address/],
     ['another algorithm', (b) => ({ ...b, alg: 'RSA/CBC' }), /alg is not/],
   ])('rejects a blob with %s', (_name, mutate, message) => {
-    const blob = sealSecret(new Uint8Array(32).fill(1), { keyId: 'k1', address: ADDRESS, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
+    const blob = sealSecret(new Uint8Array(32).fill(1), KEY);
     const m = mutate(blob) as Record<string, unknown>;
     const bytes = canonicalCbor(
       Object.fromEntries(
@@ -119,7 +204,7 @@ describe('sealing', () => {
   });
 
   it('decodes only the canonical encoding: another encoding of the same blob is refused', () => {
-    const blob = sealSecret(new Uint8Array(32).fill(1), { keyId: 'k1', address: ADDRESS, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
+    const blob = sealSecret(new Uint8Array(32).fill(1), KEY);
     const canonical = encodeBlob(blob);
     expect(decodeBlob(canonical)).toEqual(blob);
     const fields = [...(decodeCbor(canonical) as Map<string, unknown>)];
@@ -248,6 +333,88 @@ describe('enclave configuration', () => {
     for (const arn of good) expect(parseEnclaveConfig({ ...valid, kmsKeyArn: arn }).kmsKeyArn).toBe(arn);
     for (const arn of bad)
       expect(() => parseEnclaveConfig({ ...valid, kmsKeyArn: arn })).toThrow(/config.kmsKeyArn: expected a KMS key ARN/);
+  });
+
+  describe('identity, mode and security epoch', () => {
+    let genesisOut: GenesisResult;
+    let other: GenesisResult;
+    beforeAll(async () => {
+      genesisOut = await genesis({ nsm: fakeNsm().client, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey }, Buffer.from('nonce'));
+      other = await genesis({ nsm: fakeNsm().client, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey }, Buffer.from('nonce'));
+    });
+    const identityOf = (g: GenesisResult) => ({
+      publicKey: g.publicKey,
+      blob: g.blob,
+      genesisDocument: g.attestation,
+      defaultProject: g.defaultProject,
+    });
+
+    it('takes a genesis output as the identity, in a normal or a migration image; a migration image needs one', () => {
+      const identity = identityOf(genesisOut);
+      expect(parseEnclaveConfig({ ...valid, identity }).identity).toEqual(identity);
+      expect(parseEnclaveConfig({ ...valid, identity, mode: 'migration' }).mode).toBe('migration');
+      expect(parseEnclaveConfig(valid).identity).toBeUndefined(); // a genesis image
+      expect(() => parseEnclaveConfig({ ...valid, mode: 'migration' })).toThrow(
+        /config.identity: a migration image needs the identity \(the genesis output\)/,
+      );
+      expect(() => parseEnclaveConfig({ ...valid, identity, mode: 'genesis' })).toThrow(/config.mode/);
+    });
+
+    it("refuses a security epoch below this release's, and names the field", () => {
+      expect(SECURITY_EPOCH).toBe(2);
+      expect(parseEnclaveConfig({ ...valid, securityEpoch: 3 }).securityEpoch).toBe(3);
+      expect(parseEnclaveConfig(valid).securityEpoch).toBe(SECURITY_EPOCH);
+      expect(() => parseEnclaveConfig({ ...valid, securityEpoch: 1 })).toThrow(
+        /config.securityEpoch: expected at least 2, this release's security epoch/,
+      );
+      expect(() => parseEnclaveConfig({ ...valid, securityEpoch: 2.5 })).toThrow(/config.securityEpoch/);
+    });
+
+    it.each<[string, (i: ReturnType<typeof identityOf>) => unknown, RegExp]>([
+      [
+        'a public key that is not 32 bytes of hex',
+        (i) => ({ ...i, publicKey: '0x1234' }),
+        /config.identity.publicKey: expected a 32-byte Ed25519/,
+      ],
+      [
+        "another identity's public key",
+        (i) => ({ ...i, publicKey: other.publicKey }),
+        /config.identity.blob: sealed for another public key/,
+      ],
+      ['a blob that is not a blob', (i) => ({ ...i, blob: 'AAAA' }), /config.identity.blob: not a sealed blob/],
+      [
+        'a key blob as the identity blob',
+        (i) => ({ ...i, blob: encodeBlob(sealSecret(new Uint8Array(32).fill(1), KEY)).toString('base64') }),
+        /config.identity.blob: not an identity blob/,
+      ],
+      [
+        'an identity blob under another KMS key',
+        (i) => ({
+          ...i,
+          blob: encodeBlob({ ...(decodeBlobBase64(i.blob) as IdentityBlob), kmsKeyArn: ARN.replace(/key\/.*/, 'key/other') }).toString(
+            'base64',
+          ),
+        }),
+        /config.identity.blob: sealed under another KMS key/,
+      ],
+      [
+        'the default project of another identity',
+        (i) => ({ ...i, defaultProject: other.defaultProject }),
+        /config.identity.defaultProject: not a project record signed/,
+      ],
+      ['a missing genesis document', (i) => ({ ...i, genesisDocument: undefined }), /config.identity.genesisDocument/],
+      ['an unknown field', (i) => ({ ...i, seed: 'AAAA' }), /config.identity: unknown field\(s\) "seed"/],
+    ])('refuses an identity with %s, naming the field', (_name, mutate, message) => {
+      expect(() => parseEnclaveConfig({ ...valid, identity: mutate(identityOf(genesisOut)) })).toThrow(message);
+    });
+
+    it.each<[string, object, RegExp]>([
+      ['no attempts', { maxAttempts: 0 }, /config.identityBoot.maxAttempts/],
+      ['a retry delay below 10 ms', { retryMs: 5 }, /config.identityBoot.retryMs/],
+      ['an unknown field', { attempts: 3 }, /config.identityBoot: unknown field\(s\) "attempts"/],
+    ])('refuses identityBoot with %s', (_name, identityBoot, message) => {
+      expect(() => parseEnclaveConfig({ ...valid, identityBoot })).toThrow(message);
+    });
   });
 
   it.each<[string, object, RegExp]>([

@@ -7,13 +7,14 @@
  */
 import { constants, createPublicKey, generateKeyPairSync, privateDecrypt, randomBytes, type KeyObject } from 'node:crypto';
 import { hexToBytes } from 'viem';
-import type { KeyBlob } from '@nks/shared/blob';
+import { BLOB_ALG, type IdentityBlob, type KeyBlob, type SealedBlob } from '@nks/shared/blob';
 import { KeystoreError } from '@nks/shared/errors';
 import type { RpcClient } from '@nks/shared/rpc';
 import { buildEnvelopedData, type ForgeryOptions } from '../../sim/src/kms/cms-writer';
 import { rejection } from '../../shared/test/helpers';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
-import { sealSecret } from '../src/keys/seal';
+import { ed25519PublicKeyHexOfSeed } from '../src/crypto/ed25519';
+import { sealBlob, sealSecret } from '../src/keys/seal';
 import { FailedOpens } from '../src/kms/failed-opens';
 import { DUMMY_SECRET, openKmsAnswer } from '../src/kms/open-answer';
 import { RecipientKeys } from '../src/kms/recipient';
@@ -34,11 +35,19 @@ const addressFor = (secret: Uint8Array) => addressOf(publicKeyOf(secret));
 
 /** Seals `secret` under `address` (by default its own) the way keys.create does. */
 function seal(secret: Uint8Array, address: string = addressFor(secret), keyId = 'k1'): KeyBlob {
-  return sealSecret(secret, { keyId, address, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
+  return sealSecret(secret, { keyId, address, projectId: 'default', subject: null, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
 }
 
+/** Seals an Ed25519 seed as the identity blob of `publicKey` (by default the seed's own), as genesis does. */
+function sealIdentity(seed: Uint8Array, publicKey: string = ed25519PublicKeyHexOfSeed(seed)): IdentityBlob {
+  return sealBlob(seed, { v: 2, kind: 'identity', alg: BLOB_ALG, kmsKeyArn: ARN, publicKey }, { kmsPublicKey: kms.publicKey });
+}
+
+/** The sealed bytes of a blob, to put under another header. */
+const sealedOf = (b: SealedBlob) => ({ createdAt: b.createdAt, wrappedKey: b.wrappedKey, iv: b.iv, ciphertext: b.ciphertext });
+
 /** The data key KMS would recover from the blob. */
-const dekOf = (blob: KeyBlob) =>
+const dekOf = (blob: SealedBlob) =>
   privateDecrypt({ key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, blob.wrappedKey);
 
 /** KMS's answer (or a forgery of it) as the proxy relays it. */
@@ -135,6 +144,62 @@ describe('openKmsAnswer', () => {
       const bad = seal(new Uint8Array(invalid), address);
       expect(openKmsAnswer(answer(dekOf(bad)), recipient.privateKey, bad)).toBeNull();
     }
+  });
+
+  it('opens a version 1 key blob (the migration image) with the same address check', () => {
+    const v1 = sealBlob(
+      secret,
+      { v: 1, alg: BLOB_ALG, kmsKeyArn: ARN, keyId: 'k1', address: blob.address },
+      { kmsPublicKey: kms.publicKey },
+    );
+    expect(openKmsAnswer(answer(dekOf(v1)), recipient.privateKey, v1)?.address).toBe(blob.address);
+    const substituted = sealBlob(secretOf(9), { ...v1 }, { kmsPublicKey: kms.publicKey });
+    expect(openKmsAnswer(answer(dekOf(substituted)), recipient.privateKey, substituted)).toBeNull();
+  });
+
+  it("opens an identity blob to its seed, checking the seed's Ed25519 public key is the blob's", () => {
+    const seed = secretOf(11);
+    const identity = sealIdentity(seed);
+    const opened = openKmsAnswer(answer(dekOf(identity)), recipient.privateKey, identity);
+    expect(Buffer.from(opened?.secret ?? [])).toEqual(Buffer.from(seed));
+    expect(opened?.publicKey).toBe(identity.publicKey);
+    expect(opened).not.toHaveProperty('address');
+    // A seed of the parent's, sealed as the identity blob of the genuine public key: opens, but is not that key.
+    const substituted = sealIdentity(secretOf(12), identity.publicKey);
+    expect(openKmsAnswer(answer(dekOf(substituted)), recipient.privateKey, substituted)).toBeNull();
+    // Forged answers to an identity unseal get the same null.
+    expect(openKmsAnswer(answer(randomBytes(32)), recipient.privateKey, identity)).toBeNull();
+    expect(openKmsAnswer(answer(dekOf(identity), { keyId: OTHER_ARN }), recipient.privateKey, identity)).toBeNull();
+    // The zero seed (what a failed step leaves behind) is refused too, sealed under its own public key.
+    const zero = sealIdentity(new Uint8Array(32));
+    expect(openKmsAnswer(answer(randomBytes(32)), recipient.privateKey, zero)).toBeNull();
+  });
+
+  it('opens a box only as the kind it was sealed as: an identity blob is no key blob, a key blob no identity', () => {
+    const seed = secretOf(13); // also a valid secp256k1 secret
+    const identity = sealIdentity(seed);
+    const asKey: KeyBlob = {
+      ...sealedOf(identity),
+      v: 2,
+      kind: 'key',
+      alg: BLOB_ALG,
+      kmsKeyArn: ARN,
+      keyId: 'k1',
+      address: addressFor(seed),
+      projectId: 'default',
+      subject: null,
+    };
+    expect(openKmsAnswer(answer(dekOf(identity)), recipient.privateKey, asKey)).toBeNull();
+    const key = seal(seed);
+    const asIdentity: IdentityBlob = {
+      ...sealedOf(key),
+      v: 2,
+      kind: 'identity',
+      alg: BLOB_ALG,
+      kmsKeyArn: ARN,
+      publicKey: ed25519PublicKeyHexOfSeed(seed),
+    };
+    expect(openKmsAnswer(answer(dekOf(key)), recipient.privateKey, asIdentity)).toBeNull();
   });
 
   it('returns a fresh copy of the secret and a valid stand-in', () => {
@@ -285,6 +350,24 @@ describe('Unsealer', () => {
     const err = await rejection(s.unsealer.unseal(blob));
     expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
     expect([s.calls.length, s.unsealer.kmsCalls, s.keys.retirements, s.failedOpens.total]).toEqual([2, 2, 2, 0]);
+  });
+
+  it("counts the identity's Decrypt apart from the keys' (kmsCalls stays one per cold key)", async () => {
+    const s = setup();
+    const seed = secretOf(21);
+    const identity = sealIdentity(seed);
+    const opened = await s.unsealer.unseal(identity);
+    expect([Buffer.from(opened.secret).equals(Buffer.from(seed)), opened.publicKey]).toEqual([true, identity.publicKey]);
+    expect([s.unsealer.kmsCalls, s.unsealer.identityKmsCalls]).toEqual([0, 1]);
+    await s.unsealer.unseal(blob);
+    expect([s.unsealer.kmsCalls, s.unsealer.identityKmsCalls]).toEqual([1, 1]);
+    // The same refusal, retirement and count for a forged answer to the identity's Decrypt.
+    s.hooks.answer = (p) => answer(randomBytes(32), { to: recipient.publicKey, keyId: p.kmsKeyArn });
+    const err = await rejection(s.unsealer.unseal(identity));
+    expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
+    expect([s.unsealer.kmsCalls, s.unsealer.identityKmsCalls, s.keys.retirements, s.failedOpens.total]).toEqual([1, 2, 1, 1]);
+    const other = await rejection(s.unsealer.unseal({ ...identity, kmsKeyArn: OTHER_ARN }));
+    expect(other.message).toBe(`the identity is sealed under ${OTHER_ARN}, not this enclave's KMS key`);
   });
 
   it('unsealRefused is the KEY_INTEGRITY refusal with the fixed message', () => {

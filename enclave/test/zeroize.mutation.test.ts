@@ -9,6 +9,10 @@ import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
 import { openSealed, sealSecret } from '../src/keys/seal';
 import { openKmsAnswer } from '../src/kms/open-answer';
+import { ed25519PrivateKey, ed25519PublicKeyHexOfSeed } from '../src/crypto/ed25519';
+import { genesis } from '../src/identity/genesis';
+import { decodeBlobBase64, type IdentityBlob } from '@nks/shared/blob';
+import { fakeNsm } from './fake-nsm';
 
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';
 const kms = generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -46,7 +50,8 @@ function watchDeciphers(): Buffer[] {
 afterEach(() => jest.restoreAllMocks());
 
 describe('zeroizing key material', () => {
-  const blob = sealSecret(secret, { keyId: 'k1', address, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
+  const key = { address, projectId: 'default', subject: null, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey };
+  const blob = sealSecret(secret, { ...key, keyId: 'k1' });
   const dek = crypto.privateDecrypt(
     { key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' },
     blob.wrappedKey,
@@ -54,7 +59,7 @@ describe('zeroizing key material', () => {
 
   it('sealSecret wipes the data key it made once it is wrapped', () => {
     const random = jest.spyOn(crypto, 'randomBytes');
-    const sealed = sealSecret(secret, { keyId: 'k2', address, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey });
+    const sealed = sealSecret(secret, { ...key, keyId: 'k2' });
     const made = random.mock.results.map((r) => r.value as Buffer);
     const dataKey = made.find((b) => b.length === 32);
     expect(dataKey).toBeDefined();
@@ -93,5 +98,42 @@ describe('zeroizing key material', () => {
       for (const b of [...unwrapped, ...outputs]) expect(zero(b)).toBe(true);
       jest.restoreAllMocks();
     }
+  });
+
+  it('ed25519PrivateKey wipes the PKCS#8 buffer that carried the seed to OpenSSL', () => {
+    const seen: Buffer[] = [];
+    const original = crypto.createPrivateKey;
+    jest.spyOn(crypto, 'createPrivateKey').mockImplementation((key: Parameters<typeof original>[0]) => {
+      seen.push((key as { key: Buffer }).key);
+      return original(key);
+    });
+    const seed = new Uint8Array(32).fill(7);
+    const pk = ed25519PrivateKey(seed);
+    expect(seen).toHaveLength(1);
+    expect(zero(seen[0] as Buffer)).toBe(true);
+    // Wiped after use: the key is the seed's (RFC 8032 test vectors are covered in identity.test.ts).
+    expect(pk.asymmetricKeyType).toBe('ed25519');
+    expect(Buffer.from(seed).equals(Buffer.alloc(32, 7))).toBe(true); // the caller's seed is the caller's to wipe
+  });
+
+  it('genesis wipes the seed, the random bytes it came from and the data key', async () => {
+    const random = jest.spyOn(crypto, 'randomBytes');
+    const seeds: Uint8Array[] = [];
+    const original = crypto.createPrivateKey;
+    jest.spyOn(crypto, 'createPrivateKey').mockImplementation((key: Parameters<typeof original>[0]) => {
+      seeds.push((key as { key: Buffer }).key);
+      return original(key);
+    });
+    const out = await genesis({ nsm: fakeNsm().client, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey }, Buffer.from('n'));
+    const made = random.mock.results.map((r) => r.value as Buffer).filter((b) => b.length === 32);
+    expect(made.length).toBeGreaterThanOrEqual(2); // the seed's random bytes and the data key
+    for (const b of [...made, ...seeds]) expect(zero(b)).toBe(true);
+    // And the blob still holds the seed of the public key it names.
+    const blob = decodeBlobBase64(out.blob) as IdentityBlob;
+    const dek = crypto.privateDecrypt(
+      { key: kms.privateKey, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' },
+      blob.wrappedKey,
+    );
+    expect(ed25519PublicKeyHexOfSeed(openSealed(blob, dek) as Uint8Array)).toBe(out.publicKey);
   });
 });
