@@ -150,8 +150,8 @@ export class FakeEnclave {
     });
   }
 
-  listen(transport: Transport, address: string): Promise<void> {
-    return this.server.listen(transport, address);
+  async listen(transport: Transport, address: string): Promise<void> {
+    await this.server.listen(transport, address);
   }
 
   private identityGet(p: { nonce?: string }): IdentityResult {
