@@ -1,8 +1,8 @@
 /**
  * `npm run dev` as a newcomer uses it: it reaches READY with a keystore identity made by the genesis image
  * (its document verified against the simulated Nitro root), the README walk-through runs as written against
- * it, Ctrl-C stops every process, a second start reuses the state, a changed enclave image is not started
- * until its measurements are approved with --update-policy, and a state directory from before 0.4 gets an
+ * it, Ctrl-C stops every process, a second start reuses the state, a changed enclave image cannot unseal the
+ * identity (KMS refuses it) until its measurements are approved with --update-policy, and a state directory from before 0.4 gets an
  * identity and its keys migrated with the migration image, approved for the migration only.
  *
  * Each test makes the state it needs in its own directory, and every stack listens on `--api-port 0`: the
@@ -274,7 +274,7 @@ describe('npm run dev', () => {
     }
   }, 240_000);
 
-  it('does not start a changed enclave image (KMS would not unseal its identity) until --update-policy approves it', async () => {
+  it('refuses to unseal with a changed enclave image until --update-policy approves it', async () => {
     const { dir, keyId } = await provisionedWithKey('nks-dev-image-');
     dirs.push(dir);
     const changed = path.join(dir, 'enclave-changed.js');
@@ -282,7 +282,10 @@ describe('npm run dev', () => {
     const refused = await devUntilExit(dir, ['--enclave-bundle', changed]);
     expect(refused.code).toBe(1);
     expect(refused.output).toMatch(/the enclave image changed since provisioning/);
-    expect(refused.output).toMatch(/KMS would refuse to unseal the keystore identity .*npm run dev -- --update-policy/);
+    // KMS itself refuses: the emulator evaluates the key policy against the enclave's attested PCR0.
+    expect(refused.output).toMatch(
+      /dev: the enclave could not unseal the keystore identity: KMS_ACCESS_DENIED: KMS AccessDeniedException: .*kms:Decrypt.*is this enclave image approved in the key policy\?.*npm run dev -- --update-policy/,
+    );
     expect(refused.output).not.toMatch(/READY/);
     expect(survivors(dir)).toEqual([]);
 

@@ -177,22 +177,19 @@ async function main(): Promise<number> {
     ensureTokenAndParentConfig(p, prov.keyArn, apiPort, identity);
     const current = measureImageFiles([bundle, p.enclaveConfig]);
     const approved = await approvedByPolicy(kmsUrl, prov.keyArn);
-    if (!approved.includes(current.PCR0)) {
+    const unapproved = !approved.includes(current.PCR0);
+    if (unapproved) {
       say(
         `dev: WARNING: the enclave image changed since provisioning. Its PCR0 ${current.PCR0} is not approved by the key policy (approved: ${approved.join(', ') || 'none'}).`,
       );
-      say(
-        'dev: KMS would refuse to unseal the keystore identity (and every key) for this enclave, as it would in AWS, so it cannot start. To approve the new measurements: npm run dev -- --update-policy',
-      );
-      await stopAll();
-      return 1;
-    }
-
-    const migrated = await migrateKeys(phase, prov);
-    if (migrated && (migrated.failed > 0 || migrated.remaining > 0)) {
-      say(
-        `dev: ${migrated.remaining} key(s) could not be migrated (see the log above); they cannot sign until a later start migrates them`,
-      );
+      say('dev: starting it anyway to show what KMS does with it, as it would in AWS (keys made before 0.4 are not migrated meanwhile)');
+    } else {
+      const migrated = await migrateKeys(phase, prov);
+      if (migrated && (migrated.failed > 0 || migrated.remaining > 0)) {
+        say(
+          `dev: ${migrated.remaining} key(s) could not be migrated (see the log above); they cannot sign until a later start migrates them`,
+        );
+      }
     }
 
     await startNsm(phase, [bundle, p.enclaveConfig]);
@@ -206,7 +203,17 @@ async function main(): Promise<number> {
     const parent = start('parent', 'parent.js', ['--config', p.parentConfig], parentEnv);
     const url = String((await parent.waitFor('parent ready')).url);
     const enclave = start('enclave', bundle, ['--config', p.enclaveConfig]);
-    await enclave.waitFor('enclave ready');
+    const started = await enclave.waitFor(
+      (e) => e.msg === 'enclave ready' || (unapproved && String(e.msg).startsWith('could not unseal the keystore identity')),
+      60_000,
+    );
+    if (started.msg !== 'enclave ready') {
+      say(
+        `dev: the enclave could not unseal the keystore identity: ${String(started.code)}: ${String(started.reason)}. To approve the new measurements: npm run dev -- --update-policy`,
+      );
+      await stopAll();
+      return 1;
+    }
 
     const until = Date.now() + 30_000;
     for (;;) {

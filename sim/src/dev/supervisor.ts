@@ -30,7 +30,8 @@ export function formatLine(label: string, line: string, color: boolean): string 
 export interface Child {
   label: string;
   process: ChildProcess;
-  waitFor(msg: string, timeoutMs?: number): Promise<Record<string, unknown>>;
+  /** The first log entry with this message (or for which `msg` is true), once it is printed. */
+  waitFor(msg: string | ((entry: Record<string, unknown>) => boolean), timeoutMs?: number): Promise<Record<string, unknown>>;
   stop(timeoutMs?: number): Promise<void>;
   exited: Promise<number | null>;
 }
@@ -68,11 +69,13 @@ export function startChild(
     exited,
     async waitFor(msg, timeoutMs = 30_000) {
       const until = Date.now() + timeoutMs;
+      const matches = typeof msg === 'string' ? (e: Record<string, unknown>) => e.msg === msg : msg;
       for (;;) {
-        const hit = seen.find((e) => e.msg === msg);
+        const hit = seen.find(matches);
         if (hit) return hit;
-        if (child.exitCode !== null) throw new Error(`${label} exited with code ${child.exitCode} before "${msg}"`);
-        if (Date.now() > until) throw new Error(`${label} did not report "${msg}" within ${timeoutMs} ms`);
+        const what = typeof msg === 'string' ? `"${msg}"` : 'the expected log line';
+        if (child.exitCode !== null) throw new Error(`${label} exited with code ${child.exitCode} before ${what}`);
+        if (Date.now() > until) throw new Error(`${label} did not report ${what} within ${timeoutMs} ms`);
         await new Promise<void>((r) => {
           const t = setTimeout(r, 100);
           waiters.push(() => {
