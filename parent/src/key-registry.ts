@@ -9,7 +9,7 @@
  * what protects keys from the parent, only what makes a damaged database fail early and clearly.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { decodeKeyBlob } from '@nks/shared/blob';
+import { decodeKeyBlob, type KeyBlob } from '@nks/shared/blob';
 import type { CreateResult } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
@@ -59,8 +59,8 @@ export function newKeyId(): string {
 
 export const blobSha256 = (blob: string): string => hex(createHash('sha256').update(Buffer.from(blob, 'base64')).digest());
 
-/** The one message for a stored key whose record, blob or project does not verify (the log says which key). */
-export const TAMPERED_ROW = 'the stored key record does not verify: the database was altered or belongs to another keystore identity';
+/** The one message for a stored key or project whose record (or blob) does not verify (the log says which key). */
+export const TAMPERED_ROW = 'the stored record does not verify: the database was altered or belongs to another keystore identity';
 /** The one message for an enclave answer whose record does not match what was asked. */
 export const BAD_ANSWER = 'the enclave answered with a record that does not match the request';
 
@@ -83,18 +83,12 @@ export function checkNewKey(
   const fail = (cause?: unknown) => new KeystoreError('KEY_INTEGRITY', BAD_ANSWER, { cause });
   if (made?.keyId !== expected.keyId || typeof made.blob !== 'string') throw fail();
   let record: KeyRecord;
+  let blob: KeyBlob;
   try {
     record = checker.key(made.record).record;
-    const blob = decodeKeyBlob(made.blob);
-    if (
-      blob.keyId !== expected.keyId ||
-      blob.address !== made.address ||
-      blob.projectId !== expected.projectId ||
-      blob.subject !== expected.subject
-    )
-      throw fail();
+    blob = decodeKeyBlob(made.blob);
   } catch (err) {
-    throw err instanceof KeystoreError && err.message === BAD_ANSWER ? err : fail(err);
+    throw fail(err);
   }
   const ok =
     record.keyId === expected.keyId &&
@@ -107,7 +101,11 @@ export function checkNewKey(
     !record.disabled &&
     record.seq === 0 &&
     record.prev === null &&
-    record.origin === expected.origin;
+    record.origin === expected.origin &&
+    blob.keyId === expected.keyId &&
+    blob.address === made.address &&
+    blob.projectId === expected.projectId &&
+    blob.subject === expected.subject;
   if (!ok) throw fail();
   return { made, record };
 }
@@ -238,9 +236,14 @@ export class KeyRegistry {
   private project(projectId: string, checker: RecordChecker): { signed: SignedRecord; record: ProjectRecord } {
     const stored = this.store.getProject(projectId);
     if (!stored) throw new KeystoreError('KEY_INTEGRITY', `project ${projectId} is not in the database`);
-    const { record } = checker.project(stored.signed);
-    if (record.projectId !== projectId || record.seq !== stored.seq)
-      throw new KeystoreError('KEY_INTEGRITY', `project ${projectId}: ${TAMPERED_ROW}`);
+    const tampered = (cause?: unknown) => new KeystoreError('KEY_INTEGRITY', `project ${projectId}: ${TAMPERED_ROW}`, { cause });
+    let record: ProjectRecord;
+    try {
+      record = checker.project(stored.signed).record;
+    } catch (err) {
+      throw tampered(err);
+    }
+    if (record.projectId !== projectId || record.seq !== stored.seq) throw tampered();
     return { signed: stored.signed, record };
   }
 
