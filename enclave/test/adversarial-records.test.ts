@@ -249,6 +249,42 @@ describe('adversarial parent vs. signed records (real enclave bundle)', () => {
     await expect(h.signDigest(key, 2)).resolves.toMatchObject({ address: key.address });
   });
 
+  it('refuses a genuine record naming another blob, with the blob the cache holds (the warm check)', async () => {
+    // Beyond what a parent can make: the identity's record for this key id naming another blob. The cached
+    // key was opened from its own blob, whose hash the cache entry keeps: the record must name that one.
+    const key = await h.create('warm-1');
+    const other = await h.create('warm-2');
+    await h.signDigest(key, 1); // cached
+    const r = keyRecordOf(key.record);
+    const naming = (over: Partial<KeyRecord>) =>
+      identity.sign({ ...r, seq: 1, prev: hex(recordDigest(Buffer.from(key.record.record, 'base64'))), ...over }).signed;
+    await expectRefused([
+      ['another blob', 'keys.sign', signParams('warm-1', key.blob, naming({ blobSha256: keyRecordOf(other.record).blobSha256 }))],
+      ['another address', 'keys.sign', signParams('warm-1', key.blob, naming({ address: other.address }))],
+      ['another subject', 'keys.sign', signParams('warm-1', key.blob, naming({ subject: 'someone' }))],
+    ]);
+  });
+
+  it("refuses a genuine record for one key naming another key's blob (the cold check), before any KMS call", async () => {
+    // Beyond what a parent can make: were the identity to sign a record for key x naming key y's blob, the
+    // blob's own key id, address, project and subject must still be the record's, or y's key would sign as x.
+    const x = await h.create('cold-x');
+    const y = await h.create('cold-y', { subject: 'yves' });
+    const rx = keyRecordOf(x.record);
+    const ySha = keyRecordOf(y.record).blobSha256;
+    const naming = (over: Partial<KeyRecord>) =>
+      identity.sign({ ...rx, seq: 1, prev: hex(recordDigest(Buffer.from(x.record.record, 'base64'))), blobSha256: ySha, ...over }).signed;
+    await expectRefused([
+      ["y's blob under x's id and address", 'keys.sign', signParams('cold-x', y.blob, naming({}))],
+      ["y's blob under x's id, y's address", 'keys.sign', signParams('cold-x', y.blob, naming({ address: y.address, subject: 'yves' }))],
+      [
+        "y's blob under y's id, another subject",
+        'keys.sign',
+        signParams('cold-y', y.blob, naming({ keyId: 'cold-y', address: y.address })),
+      ],
+    ]);
+  });
+
   it('refuses a version 1 blob on a normal image without unsealing it, even under a record that names it', async () => {
     const secret = randomBytes(32);
     const address = addressOf(publicKeyOf(secret));

@@ -4,12 +4,15 @@
  * by their encoded bytes, nothing trailing, and the deterministic re-encoding equals the input.
  */
 import fc from 'fast-check';
-import { encodeBlob, type KeyBlob } from '../src/blob';
+import { blobAad, decodeBlob, encodeBlob, type KeyBlobV1 } from '../src/blob';
+import { birthContent } from '../src/attestation/user-data';
 import { canonicalCbor, CborStrictError, decodeCanonicalCbor, decodeCbor, encodeCbor } from '../src/cbor';
+import { encodeRecord } from '../src/records';
+import vector from './fixtures/blob-v1-vector.json';
 
 const hex = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 
-function blob(createdAt: number): KeyBlob {
+function blob(createdAt: number): KeyBlobV1 {
   return {
     v: 1,
     alg: 'RSAES_OAEP_SHA_256/A256GCM',
@@ -49,10 +52,14 @@ describe('decodeCanonicalCbor: genuine encodings', () => {
     expect([...m.keys()]).toEqual(['v', 'iv', 'alg', 'keyId', 'address', 'createdAt', 'kmsKeyArn', 'ciphertext', 'wrappedKey']);
   });
 
-  it('refuses a blob whose createdAt is below 2^32 ms, because encodeBlob pads it to 8 bytes (caveat)', () => {
-    // encodeBlob writes every createdAt as a bigint, which cbor-x always writes as uint64 (0x1b + 8 bytes).
-    // Times after 1970-02-19 need all 8 bytes, so real blobs are canonical; a tiny test value is not.
-    expect(refusal(encodeBlob(blob(1_000)))).toMatch(/unsigned integer argument not in its shortest form/);
+  it('round-trips a blob whose createdAt is below 2^32 ms: the encoder writes every integer in its shortest form', () => {
+    // Until 0.3 encodeBlob wrote createdAt as a uint64 whatever its size, so such a blob was not canonical.
+    const bytes = encodeBlob(blob(1_000));
+    expect(bytes.includes(hex('69 63726561746564417419 03e8'))).toBe(true); // "createdAt": 0x19 03e8
+    expect((decodeCanonicalCbor(bytes) as Map<string, unknown>).get('createdAt')).toBe(1_000);
+    // A uint64 with leading zero bytes (what the old encoder wrote) is refused.
+    const padded = Buffer.from(bytes.toString('hex').replace('19' + '03e8', '1b' + '00000000000003e8'), 'hex');
+    expect(refusal(padded)).toMatch(/unsigned integer argument not in its shortest form/);
   });
 
   it('accepts canonicalCbor records and small values, and returns what decodeCbor returns', () => {
@@ -254,5 +261,125 @@ describe('decodeCanonicalCbor: properties', () => {
       }),
       { numRuns: 2000 },
     );
+  });
+});
+
+describe('canonicalCbor: the one deterministic encoder', () => {
+  const fields = vector.fields;
+  const v1: KeyBlobV1 = {
+    v: 1,
+    alg: 'RSAES_OAEP_SHA_256/A256GCM',
+    kmsKeyArn: fields.kmsKeyArn,
+    keyId: fields.keyId,
+    address: fields.address,
+    createdAt: fields.createdAt,
+    wrappedKey: Buffer.from(fields.wrappedKey, 'hex'),
+    iv: Buffer.from(fields.iv, 'hex'),
+    ciphertext: Buffer.from(fields.ciphertext, 'hex'),
+  };
+
+  it('writes the same bytes as release 0.3.0 for a version 1 blob, its AAD and a birth content (stored vector)', () => {
+    expect(encodeBlob(v1).toString('hex')).toBe(vector.blob);
+    expect(blobAad(v1).toString('hex')).toBe(vector.aad);
+    expect(birthContent(fields.keyId, fields.address).toString('hex')).toBe(vector.birthContent);
+    // And reads it back exactly (as the migration image does), refusing it where version 1 is not accepted.
+    expect(decodeBlob(Buffer.from(vector.blob, 'hex'), { acceptV1: true })).toEqual(v1);
+    expect(() => decodeBlob(Buffer.from(vector.blob, 'hex'))).toThrow(expect.objectContaining({ code: 'UNSUPPORTED_VERSION' }));
+  });
+
+  it('encodes nested objects and Maps alike, whatever the insertion order, at every depth', () => {
+    const a = canonicalCbor({
+      z: 1,
+      a: {
+        y: [1, { d: null, c: true }],
+        b: new Map<unknown, unknown>([
+          ['k', 'v'],
+          [1, 2],
+        ]),
+      },
+      mm: -1,
+    });
+    const b = canonicalCbor({
+      mm: -1,
+      a: {
+        b: new Map<unknown, unknown>([
+          [1, 2],
+          ['k', 'v'],
+        ]),
+        y: [
+          1,
+          new Map([
+            ['c', true],
+            ['d', null],
+          ]),
+        ],
+      },
+      z: 1,
+    });
+    expect(a).toEqual(b);
+    expect(decodeCanonicalCbor(a)).toEqual(decodeCbor(a));
+    // Keys sort by their encoded bytes at every level: shorter first, then bytewise; integers before text.
+    expect(canonicalCbor({ outer: { bb: 1, a: 2, c: 3 } })).toEqual(hex('a1 656f75746572 a3 6161 02 6163 03 626262 01'));
+    expect(
+      canonicalCbor({
+        m: new Map<unknown, unknown>([
+          ['a', 1],
+          [10, 2],
+          [-1, 3],
+        ]),
+      }),
+    ).toEqual(hex('a1 616d a3 0a 02 20 03 6161 01'));
+    // Array order is kept (it is content).
+    expect(canonicalCbor({ l: [2, 1] })).not.toEqual(canonicalCbor({ l: [1, 2] }));
+  });
+
+  it('writes every integer and length in its shortest form, nested too', () => {
+    const cases: Array<[unknown, string]> = [
+      [23, '17'],
+      [24, '1818'],
+      [255, '18ff'],
+      [256, '190100'],
+      [65535, '19ffff'],
+      [65536, '1a00010000'],
+      [2 ** 32 - 1, '1affffffff'],
+      [2 ** 32, '1b0000000100000000'],
+      [Number.MAX_SAFE_INTEGER, '1b001fffffffffffff'],
+      [2n ** 64n - 1n, '1bffffffffffffffff'],
+      [-1, '20'],
+      [-25, '3818'],
+      [-(2 ** 32) - 1, '3b0000000100000000'],
+      ['x'.repeat(24), `7818${'78'.repeat(24)}`],
+      [Buffer.alloc(256), `590100${'00'.repeat(256)}`],
+    ];
+    for (const [value, bytes] of cases)
+      expect([value, canonicalCbor({ n: { n: value } }).toString('hex')]).toEqual([value, `a1616ea1616e${bytes}`]);
+    expect(canonicalCbor({ l: Array.from({ length: 24 }, () => 0) }).toString('hex')).toBe(`a1616c9818${'00'.repeat(24)}`);
+  });
+
+  it('refuses what has no deterministic encoding here', () => {
+    for (const bad of [1.5, undefined, Number.NaN, 2 ** 64, new Date(0), Symbol('s'), () => 1, 2n ** 64n, -(2n ** 64n) - 1n]) {
+      expect(() => canonicalCbor({ nested: { bad } })).toThrow();
+    }
+  });
+
+  it('encodes a record with nested fields (auth, lists) byte-for-byte the same whoever builds it', () => {
+    const record = {
+      v: 1,
+      kind: 'project',
+      projectId: 'default',
+      projectKey: 'default',
+      auth: { type: 'token' },
+      allowedRequestTypes: ['digest', 'message'],
+      allowedOrigins: [],
+      state: 'active',
+      seq: 0,
+      prev: null,
+      createdAt: 1_764_633_600_123,
+    } as const;
+    const shuffled = Object.fromEntries(Object.entries(record).reverse());
+    expect(encodeRecord({ ...record, allowedRequestTypes: [...record.allowedRequestTypes], allowedOrigins: [] })).toEqual(
+      canonicalCbor(shuffled),
+    );
+    expect(decodeCanonicalCbor(canonicalCbor(shuffled), { maxDepth: 4 })).toEqual(decodeCbor(canonicalCbor(record)));
   });
 });

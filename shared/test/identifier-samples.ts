@@ -38,4 +38,36 @@ export const IDENTIFIER_SAMPLES = {
       `0x${'g'.repeat(40)}`,
     ],
   },
+  projectId: {
+    good: ['default', `p_${'a'.repeat(16)}`, `p_${'Z9_-'.repeat(10)}abc`, 'p_0123456789abcdef'],
+    bad: [
+      '',
+      'Default',
+      'default ',
+      'p_',
+      `p_${'a'.repeat(15)}`,
+      `p_${'a'.repeat(44)}`,
+      `q_${'a'.repeat(16)}`,
+      `p_${'a'.repeat(15)}!`,
+      `xdefault`,
+      `p_${'a'.repeat(16)}\n`,
+    ],
+  },
+  identityPublicKey: {
+    good: [
+      `0x${'ab'.repeat(32)}`,
+      `0x${'0'.repeat(64)}`.replace(/0$/, '1'),
+      `0x${'d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a'}`,
+    ],
+    bad: [
+      '',
+      `0x${'AB'.repeat(32)}`,
+      `0x${'ab'.repeat(31)}`,
+      `0x${'ab'.repeat(33)}`,
+      'ab'.repeat(32),
+      `0X${'ab'.repeat(32)}`,
+      `0x${'ab'.repeat(32)}\n`,
+      `0x${'gg'.repeat(32)}`,
+    ],
+  },
 } as const;

@@ -4,7 +4,17 @@
  * itself would be an error. The positive lines pin the result types the tables promise.
  */
 import { RpcClient, serveApi, type ResultOf } from '../src/rpc';
-import { EnclaveApi, KmsProxyApi, type CreateResult, type EnclaveHealth, type HelloResult, type SignResult } from '../src/enclave-api';
+import {
+  EnclaveApi,
+  KmsProxyApi,
+  type CreateResult,
+  type EnclaveHealth,
+  type GenesisResult,
+  type HelloResult,
+  type IdentityResult,
+  type SetDisabledResult,
+  type SignResult,
+} from '../src/enclave-api';
 import type { SimulatedVsockTransport } from '../src/transport';
 import { silentLogger } from '../src/log';
 
@@ -16,32 +26,49 @@ declare const transport: SimulatedVsockTransport;
 const enclave = new RpcClient<EnclaveApi>({ name: 'types', transport, address: 'vsock://16:5000', logger: silentLogger() });
 const kmsProxy = new RpcClient<KmsProxyApi>({ name: 'types', transport, address: 'vsock://3:8000', logger: silentLogger() });
 const digest = `0x${'11'.repeat(32)}` as const;
+const record = { record: 'AAAA', signature: `${'A'.repeat(86)}==` };
+const project = record;
 
 export async function callsAreChecked(): Promise<void> {
   // Each method returns its own result type.
-  const signed = await enclave.call('keys.sign', { keyId: 'k1', blob: 'AAAA', request: { type: 'digest', digest } });
+  const signed = await enclave.call('keys.sign', { keyId: 'k1', blob: 'AAAA', record, project, request: { type: 'digest', digest } });
   same<typeof signed, SignResult>(true);
   void signed;
   same<ResultOf<EnclaveApi, 'keys.create'>, CreateResult>(true);
   same<ResultOf<EnclaveApi, 'enclave.health'>, EnclaveHealth>(true);
   same<ResultOf<EnclaveApi, 'enclave.hello'>, HelloResult>(true);
-  const created: CreateResult = await enclave.call('keys.create', { keyId: 'k1' });
+  const created: CreateResult = await enclave.call('keys.create', { keyId: 'k1', project, subject: null });
   void created;
+  const disabled: SetDisabledResult = await enclave.call('keys.setDisabled', { record, project, disabled: true });
+  void disabled;
+  same<ResultOf<EnclaveApi, 'identity.genesis'>, GenesisResult>(true);
+  same<ResultOf<EnclaveApi, 'identity.get'>, IdentityResult>(true);
+  same<ResultOf<EnclaveApi, 'keys.migrate'>, CreateResult>(true);
 
   // @ts-expect-error an unknown method name
   await enclave.call('keys.sing', { keyId: 'k1' });
   // @ts-expect-error a method of the other direction's table
   await enclave.call('kms.decrypt', { kmsKeyArn: 'x', ciphertextBlob: 'x', attestationDocument: 'x' });
   // @ts-expect-error a missing required param
-  await enclave.call('keys.sign', { keyId: 'k1', blob: 'AAAA' });
+  await enclave.call('keys.sign', { keyId: 'k1', blob: 'AAAA', record, project });
+  // @ts-expect-error keys.sign without the key's record (a version 2 parent's request)
+  await enclave.call('keys.sign', { keyId: 'k1', blob: 'AAAA', project, request: { type: 'digest', digest } });
+  // @ts-expect-error keys.create without a project
+  await enclave.call('keys.create', { keyId: 'k1', subject: null });
   // @ts-expect-error a param of the wrong type
-  await enclave.call('keys.create', { keyId: 7 });
+  await enclave.call('keys.create', { keyId: 7, project, subject: null });
   // @ts-expect-error a param the method does not take
   await enclave.call('keys.forget', { keyId: 'k1', everywhere: true });
   // @ts-expect-error a sign request of an unknown type
-  await enclave.call('keys.sign', { keyId: 'k1', blob: 'AAAA', request: { type: 'blind', digest } });
+  await enclave.call('keys.sign', { keyId: 'k1', blob: 'AAAA', record, project, request: { type: 'blind', digest } });
   // @ts-expect-error the result is a SignResult, not a CreateResult
-  const wrong: CreateResult = await enclave.call('keys.sign', { keyId: 'k1', blob: 'AAAA', request: { type: 'digest', digest } });
+  const wrong: CreateResult = await enclave.call('keys.sign', {
+    keyId: 'k1',
+    blob: 'AAAA',
+    record,
+    project,
+    request: { type: 'digest', digest },
+  });
   void wrong;
 
   await kmsProxy.call('kms.decrypt', { kmsKeyArn: 'x', ciphertextBlob: 'x', attestationDocument: 'x', deadlineMs: 100 });

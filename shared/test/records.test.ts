@@ -1,0 +1,321 @@
+/**
+ * Signed records (records.ts, docs/RECORDS.md): the identity's signature over SHA-256("nks-record-v1" ‖ cbor),
+ * and decoders that accept exactly the fields of a key or project record, each well formed, in the one
+ * canonical encoding, with `prev` following `seq`. Every refusal is KEY_INTEGRITY; a signature failure says
+ * nothing about the record's content.
+ */
+import { generateKeyPairSync, createHash, sign, type KeyObject } from 'node:crypto';
+import { canonicalCbor, encodeCbor } from '../src/cbor';
+import { KeystoreError } from '../src/errors';
+import {
+  decodeKeyRecord,
+  decodeProjectRecord,
+  encodeRecord,
+  hex,
+  identityPublicKey,
+  identityPublicKeyHex,
+  MAX_RECORD_BYTES,
+  openKeyRecord,
+  openProjectRecord,
+  PROJECT_KEY_RE,
+  RECORD_SIGNATURE_TAG,
+  recordDigest,
+  verifySignedRecord,
+  type AnyRecord,
+  type KeyRecord,
+  type ProjectRecord,
+  type SignedRecord,
+} from '../src/records';
+import { SIGN_REQUEST_TYPES } from '../src/signing/request-types';
+
+function newIdentity(): { privateKey: KeyObject; publicKey: KeyObject; hex: string } {
+  const { privateKey, publicKey } = generateKeyPairSync('ed25519');
+  return { privateKey, publicKey, hex: identityPublicKeyHex(publicKey) };
+}
+const identity = newIdentity();
+const other = newIdentity();
+
+/** Signs record bytes as an identity does: Ed25519 over the tagged digest. */
+function signBytes(bytes: Buffer, key = identity.privateKey): SignedRecord {
+  return { record: bytes.toString('base64'), signature: sign(null, recordDigest(bytes), key).toString('base64') };
+}
+const signRecord = (r: AnyRecord, key = identity.privateKey) => signBytes(encodeRecord(r), key);
+
+const KEY: KeyRecord = {
+  v: 1,
+  kind: 'key',
+  keyId: 'k_1',
+  address: '0x70997970C51812dc3A010C7d01b50e0d17dc79C8',
+  blobSha256: hex(Buffer.alloc(32, 0xab)),
+  projectId: 'default',
+  subject: 'user-1',
+  state: 'active',
+  disabled: false,
+  seq: 0,
+  prev: null,
+  origin: 'created',
+  createdAt: 1_764_633_600_123,
+};
+const PROJECT: ProjectRecord = {
+  v: 1,
+  kind: 'project',
+  projectId: 'p_0123456789abcdef',
+  projectKey: 'pk_0123456789abcdef',
+  auth: { type: 'token' },
+  allowedRequestTypes: ['digest', 'message'],
+  allowedOrigins: ['https://app.example.com', 'http://localhost:3000'],
+  state: 'active',
+  seq: 0,
+  prev: null,
+  createdAt: 1_764_633_600_123,
+};
+
+const with_ = (base: AnyRecord, over: Record<string, unknown>): Buffer => {
+  const fields: Record<string, unknown> = { ...base, ...over };
+  return canonicalCbor(Object.fromEntries(Object.entries(fields).filter(([, v]) => v !== undefined)));
+};
+function refusal(fn: () => unknown): [string, string] | 'accepted' {
+  try {
+    fn();
+    return 'accepted';
+  } catch (err) {
+    expect(err).toBeInstanceOf(KeystoreError);
+    return [(err as KeystoreError).code, (err as KeystoreError).message];
+  }
+}
+const malformed = (what: string): [string, string] => ['KEY_INTEGRITY', `record is malformed: ${what}`];
+const NOT_VERIFIED: [string, string] = ['KEY_INTEGRITY', 'record signature does not verify'];
+
+describe('record signatures', () => {
+  it('sign the tagged digest of the canonical bytes, and open to the record and that digest', () => {
+    const bytes = encodeRecord(KEY);
+    expect(recordDigest(bytes)).toEqual(createHash('sha256').update(RECORD_SIGNATURE_TAG).update(bytes).digest());
+    expect(RECORD_SIGNATURE_TAG).toBe('nks-record-v1');
+    const signed = signRecord(KEY);
+    const opened = openKeyRecord(signed, identityPublicKey(identity.hex));
+    expect(opened).toEqual({ record: KEY, digest: recordDigest(bytes) });
+    expect(openProjectRecord(signRecord(PROJECT), identity.publicKey).record).toEqual(PROJECT);
+    expect(identityPublicKeyHex(identityPublicKey(identity.hex))).toBe(identity.hex);
+  });
+
+  it('refuse a signature by another identity, over other bytes, over the untagged bytes, or of the wrong size', () => {
+    const bytes = encodeRecord(KEY);
+    const cases: Array<[string, SignedRecord]> = [
+      ['another identity', signRecord(KEY, other.privateKey)],
+      [
+        'another record',
+        { record: bytes.toString('base64'), signature: signRecord({ ...KEY, seq: 1, prev: hex(Buffer.alloc(32)) }).signature },
+      ],
+      [
+        'the bare CBOR (no tag)',
+        { record: bytes.toString('base64'), signature: sign(null, bytes, identity.privateKey).toString('base64') },
+      ],
+      [
+        'SHA-256 of the CBOR (no tag)',
+        {
+          record: bytes.toString('base64'),
+          signature: sign(null, createHash('sha256').update(bytes).digest(), identity.privateKey).toString('base64'),
+        },
+      ],
+      ['a short signature', { record: bytes.toString('base64'), signature: Buffer.alloc(63).toString('base64') }],
+      [
+        'a long signature',
+        {
+          record: bytes.toString('base64'),
+          signature: Buffer.concat([Buffer.from(signRecord(KEY).signature, 'base64'), Buffer.alloc(1)]).toString('base64'),
+        },
+      ],
+      ['an empty record', { record: '', signature: signRecord(KEY).signature }],
+      ['a record over the size limit', signBytes(Buffer.alloc(MAX_RECORD_BYTES + 1))],
+    ];
+    for (const [name, signed] of cases) {
+      expect([name, refusal(() => verifySignedRecord(signed, identity.publicKey))]).toEqual([name, NOT_VERIFIED]);
+      expect([name, refusal(() => openKeyRecord(signed, identity.publicKey))]).toEqual([name, NOT_VERIFIED]);
+    }
+    // A flipped bit anywhere in the record or the signature.
+    const signed = signRecord(KEY);
+    for (const part of ['record', 'signature'] as const) {
+      const b = Buffer.from(signed[part], 'base64');
+      for (const i of [0, Math.floor(b.length / 2), b.length - 1]) {
+        const flipped = Buffer.from(b);
+        flipped[i] = (flipped[i] as number) ^ 0x01;
+        expect(refusal(() => verifySignedRecord({ ...signed, [part]: flipped.toString('base64') }, identity.publicKey))).toEqual(
+          NOT_VERIFIED,
+        );
+      }
+    }
+  });
+
+  it('identityPublicKey takes 32 bytes of lower-case hex only', () => {
+    for (const bad of ['', '0x1234', identity.hex.toUpperCase(), identity.hex.slice(2), `${identity.hex}00`]) {
+      expect(refusal(() => identityPublicKey(bad))).toEqual(['INVALID_PARAMS', 'identity public key is not 32 bytes of hex']);
+    }
+    expect(() => identityPublicKeyHex(generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey)).toThrow('not an Ed25519 key');
+  });
+});
+
+describe('decoding records: the canonical encoding only', () => {
+  it('refuses a genuinely signed record that is not canonical CBOR, or not a map', () => {
+    const canonical = encodeRecord(KEY);
+    // seq 0 written with a one-byte argument (0x18 0x00) instead of 0x00: the same value, padded.
+    const seqAt = canonical.indexOf(Buffer.from('63736571', 'hex')) + 4; // the text "seq", then its value
+    expect(canonical[seqAt]).toBe(0x00);
+    const variants: Array<[string, Buffer]> = [
+      ['unsorted keys', encodeCbor(new Map(Object.entries(KEY).reverse()))],
+      [
+        'seq in a non-shortest head',
+        Buffer.concat([canonical.subarray(0, seqAt), Buffer.from([0x18, 0x00]), canonical.subarray(seqAt + 1)]),
+      ],
+      ['trailing bytes', Buffer.concat([canonical, Buffer.from([0])])],
+      ['a tag around it', Buffer.concat([Buffer.from([0xd8, 0x18]), canonical])],
+      [
+        'a duplicate key',
+        Buffer.concat([Buffer.from([(canonical[0] as number) + 1]), canonical.subarray(1), canonicalCbor({ seq: 0 }).subarray(1)]),
+      ],
+    ];
+    for (const [name, bytes] of variants) {
+      const signed = signBytes(bytes); // genuinely signed: only the encoding is wrong
+      expect([name, refusal(() => openKeyRecord(signed, identity.publicKey))]).toEqual([name, malformed('not canonical CBOR')]);
+    }
+    expect(refusal(() => decodeKeyRecord(canonicalCbor({ a: 1 }).subarray(1)))).toEqual(malformed('not canonical CBOR'));
+    expect(refusal(() => decodeKeyRecord(Buffer.from([0x83, 1, 2, 3])))).toEqual(malformed('not a CBOR map'));
+    // Nesting beyond what a record has.
+    const deep = with_(PROJECT, { allowedOrigins: [[[['x']]]] });
+    expect(refusal(() => decodeProjectRecord(deep))).toEqual(malformed('not canonical CBOR'));
+  });
+});
+
+describe('decoding key records, field by field', () => {
+  const ok = (over: Record<string, unknown>) => decodeKeyRecord(with_(KEY, over));
+  const bad = (over: Record<string, unknown>) => refusal(() => decodeKeyRecord(with_(KEY, over)));
+
+  it('round-trips, and accepts each field at its edges', () => {
+    expect(decodeKeyRecord(encodeRecord(KEY))).toEqual(KEY);
+    expect(ok({ subject: null }).subject).toBeNull();
+    expect(ok({ subject: 'x'.repeat(1024) }).subject).toHaveLength(1024);
+    for (const state of ['pending', 'active', 'retired', 'cancelled']) expect(ok({ state }).state).toBe(state);
+    for (const origin of ['created', 'migrated']) expect(ok({ origin }).origin).toBe(origin);
+    expect(ok({ disabled: true }).disabled).toBe(true);
+    expect(ok({ seq: Number.MAX_SAFE_INTEGER, prev: hex(Buffer.alloc(32)) }).seq).toBe(Number.MAX_SAFE_INTEGER);
+    expect(ok({ createdAt: 0 }).createdAt).toBe(0);
+    expect(ok({ projectId: `p_${'a'.repeat(43)}` }).projectId).toBe(`p_${'a'.repeat(43)}`);
+  });
+
+  it.each<[string, Record<string, unknown>, string]>([
+    ['version 2', { v: 2 }, 'version is not 1'],
+    ['no version', { v: undefined }, 'version is not 1'],
+    ['kind project', { kind: 'project' }, 'kind is not key'],
+    ['kind missing', { kind: undefined }, 'kind is missing'],
+    ['kind other', { kind: 'blob' }, 'kind is not key'],
+    ['an unknown field', { extra: 1 }, 'unknown field extra'],
+    ['keyId missing', { keyId: undefined }, 'keyId is missing'],
+    ['keyId malformed', { keyId: 'a/b' }, 'keyId is not well formed'],
+    ['keyId too long', { keyId: 'k'.repeat(65) }, 'keyId is not well formed'],
+    ['address malformed', { address: '0x1234' }, 'address is not well formed'],
+    ['address as bytes', { address: Buffer.alloc(20) }, 'address is not well formed'],
+    ['blobSha256 upper case', { blobSha256: KEY.blobSha256.toUpperCase().replace('0X', '0x') }, 'blobSha256 is not well formed'],
+    ['blobSha256 short', { blobSha256: hex(Buffer.alloc(31)) }, 'blobSha256 is not well formed'],
+    ['blobSha256 as bytes', { blobSha256: Buffer.alloc(32) }, 'blobSha256 is not well formed'],
+    ['projectId malformed', { projectId: 'p_short' }, 'projectId is not well formed'],
+    ['projectId missing', { projectId: undefined }, 'projectId is missing'],
+    ['subject empty', { subject: '' }, 'subject is not null or a string'],
+    ['subject too long', { subject: 'x'.repeat(1025) }, 'subject is not null or a string'],
+    ['subject a number', { subject: 5 }, 'subject is not null or a string'],
+    ['subject missing', { subject: undefined }, 'subject is missing'],
+    ['state unknown', { state: 'deleted' }, 'state is not one of pending, active, retired, cancelled'],
+    ['disabled a number', { disabled: 0 }, 'disabled is not a boolean'],
+    ['disabled null', { disabled: null }, 'disabled is not a boolean'],
+    ['seq negative', { seq: -1 }, 'seq is not a non-negative integer'],
+    ['seq a string', { seq: '0' }, 'seq is not a non-negative integer'],
+    ['seq beyond 2^53', { seq: 2n ** 60n, prev: hex(Buffer.alloc(32)) }, 'seq is not a non-negative integer'],
+    ['origin unknown', { origin: 'imported' }, 'origin is not one of created, migrated'],
+    ['createdAt negative', { createdAt: -1 }, 'createdAt is not a non-negative integer'],
+    ['createdAt missing', { createdAt: undefined }, 'createdAt is missing'],
+  ])('refuses %s', (_name, over, what) => {
+    expect(bad(over)).toEqual(malformed(what));
+  });
+
+  it('follows seq with prev: null at 0, a 32-byte hex digest after', () => {
+    const digest = hex(Buffer.alloc(32, 0xab));
+    expect(ok({ seq: 1, prev: digest }).prev).toBe(digest);
+    for (const [seq, prev] of [
+      [0, digest],
+      [1, null],
+      [1, undefined],
+      [2, digest.toUpperCase().replace('0X', '0x')],
+      [2, digest.slice(0, -2)],
+      [2, Buffer.alloc(32, 0xab)],
+      [0, ''],
+    ] as const) {
+      const r = prev === undefined ? bad({ seq, prev: undefined }) : bad({ seq, prev });
+      expect([seq, prev, r]).toEqual([seq, prev, prev === undefined ? malformed('prev is missing') : malformed('prev does not match seq')]);
+    }
+  });
+});
+
+describe('decoding project records, field by field', () => {
+  const ok = (over: Record<string, unknown>) => decodeProjectRecord(with_(PROJECT, over));
+  const bad = (over: Record<string, unknown>) => refusal(() => decodeProjectRecord(with_(PROJECT, over)));
+
+  it('round-trips, and accepts each field at its edges', () => {
+    expect(decodeProjectRecord(encodeRecord(PROJECT))).toEqual(PROJECT);
+    expect(ok({ projectId: 'default', projectKey: 'default' }).projectKey).toBe('default');
+    expect(ok({ allowedRequestTypes: [] }).allowedRequestTypes).toEqual([]);
+    expect(ok({ allowedRequestTypes: [...SIGN_REQUEST_TYPES] }).allowedRequestTypes).toEqual([...SIGN_REQUEST_TYPES]);
+    expect(ok({ allowedOrigins: Array.from({ length: 64 }, (_, i) => `https://a${i}.example`) }).allowedOrigins).toHaveLength(64);
+    expect(ok({ state: 'disabled', seq: 3, prev: hex(Buffer.alloc(32)) }).state).toBe('disabled');
+    expect(PROJECT_KEY_RE.test(`pk_${'a'.repeat(43)}`)).toBe(true);
+  });
+
+  it.each<[string, Record<string, unknown>, string]>([
+    ['version 2', { v: 2 }, 'version is not 1'],
+    ['kind key', { kind: 'key' }, 'kind is not project'],
+    ['an unknown field', { jwt: {} }, 'unknown field jwt'],
+    ['projectId malformed', { projectId: 'p-0123456789abcdef' }, 'projectId is not well formed'],
+    ['projectKey malformed', { projectKey: 'pk_short' }, 'projectKey is not well formed'],
+    ['projectKey a project id', { projectKey: 'p_0123456789abcdef' }, 'projectKey is not well formed'],
+    ['auth of another type', { auth: { type: 'jwt' } }, 'auth is not {type:"token"}'],
+    ['auth with more fields', { auth: { type: 'token', issuer: 'x' } }, 'auth is not {type:"token"}'],
+    ['auth a string', { auth: 'token' }, 'auth is not {type:"token"}'],
+    [
+      'an unknown request type',
+      { allowedRequestTypes: ['digest', 'blind'] },
+      'allowedRequestTypes is not a list of distinct request types',
+    ],
+    [
+      'a repeated request type',
+      { allowedRequestTypes: ['digest', 'digest'] },
+      'allowedRequestTypes is not a list of distinct request types',
+    ],
+    ['request types not a list', { allowedRequestTypes: 'digest' }, 'allowedRequestTypes is not a list of distinct request types'],
+    ['an origin with a path', { allowedOrigins: ['https://a.example/x'] }, 'allowedOrigins is not a list of origins'],
+    ['an origin of another scheme', { allowedOrigins: ['ftp://a.example'] }, 'allowedOrigins is not a list of origins'],
+    [
+      '65 origins',
+      { allowedOrigins: Array.from({ length: 65 }, (_, i) => `https://a${i}.example`) },
+      'allowedOrigins is not a list of origins',
+    ],
+    ['origins not a list', { allowedOrigins: 'https://a.example' }, 'allowedOrigins is not a list of origins'],
+    ['state unknown', { state: 'retired' }, 'state is not one of active, disabled'],
+    ['seq 1 without prev', { seq: 1 }, 'prev does not match seq'],
+    ['prev at seq 0', { prev: hex(Buffer.alloc(32)) }, 'prev does not match seq'],
+    ['createdAt a string', { createdAt: 'now' }, 'createdAt is not a non-negative integer'],
+  ])('refuses %s', (_name, over, what) => {
+    expect(bad(over)).toEqual(malformed(what));
+  });
+
+  it('a key record never opens as a project record, nor a project record as a key record', () => {
+    expect(refusal(() => openProjectRecord(signRecord(KEY), identity.publicKey))).toEqual(malformed('unknown field keyId'));
+    expect(refusal(() => openKeyRecord(signRecord(PROJECT), identity.publicKey))).toEqual(malformed('unknown field auth'));
+  });
+});
+
+describe('record chains', () => {
+  it("name the previous record by its digest: seq n+1's prev is recordDigest of seq n", () => {
+    const r0 = signRecord(KEY);
+    const r1rec: KeyRecord = { ...KEY, disabled: true, seq: 1, prev: hex(recordDigest(Buffer.from(r0.record, 'base64'))) };
+    const r1 = openKeyRecord(signRecord(r1rec), identity.publicKey);
+    expect(r1.record.prev).toBe(hex(openKeyRecord(r0, identity.publicKey).digest));
+    expect(r1.digest).not.toEqual(openKeyRecord(r0, identity.publicKey).digest);
+  });
+});
