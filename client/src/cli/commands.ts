@@ -5,32 +5,14 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { AttestationError, verifyAttestation, verifyBirthAttestation, type VerifyOptions } from '@nks/shared/attestation';
 import { ADDRESS_RE } from '@nks/shared/identifiers';
 import type { SignRequestInput } from '@nks/shared/signing/schema';
 import { generateKeyPolicy, measurementsFromNitroCliJson, normalizePcr, PolicyInputError, type ImageMeasurements } from '../policy';
 import type { Key } from '../sdk';
-import { clientFor, readInput, readJsonInput, UsageError } from './context';
+import { clientFor, connectionOptions, parse, readInput, readJsonInput, UsageError } from './context';
+import { keysVerifyCommand } from './verify-commands';
 import { fields, print } from './output';
-
-const connectionOptions = {
-  url: { type: 'string' },
-  token: { type: 'string' },
-  'dev-dir': { type: 'string' },
-  json: { type: 'boolean' },
-} as const;
-
-function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O, positionals = 0) {
-  let res;
-  try {
-    res = parseArgs({ args, options, allowPositionals: positionals > 0, strict: true });
-  } catch (err) {
-    throw new UsageError((err as Error).message, { cause: err });
-  }
-  if (res.positionals.length !== positionals) throw new UsageError(`expected ${positionals} argument(s), got ${res.positionals.length}`);
-  return res;
-}
 
 const keyRows = (k: Key): Array<[string, unknown]> => [
   ['keyId', k.keyId],
@@ -44,6 +26,8 @@ const keyRows = (k: Key): Array<[string, unknown]> => [
           .join(', ')
       : undefined,
   ],
+  ['project', k.projectId],
+  ['state', k.state],
   ['createdAt', k.createdAt],
   ['disabled', k.disabled ? 'yes' : 'no'],
   ['publicKey', k.publicKey],
@@ -74,7 +58,7 @@ export async function keysCommand(args: string[]): Promise<number> {
         { ...key, created },
         values.json ?? false,
         () =>
-          `${created ? 'Created' : 'Existing'} key\n${fields([...keyRows(key), ['attestation', key.attestation ? `${key.attestation.length} base64 chars (verify with: nks attestation verify)` : undefined]])}`,
+          `${created ? 'Created' : 'Existing'} key\n${fields([...keyRows(key), ['attestation', key.attestation ? `${key.attestation.length} base64 chars (check the key and it with: nks keys verify)` : undefined]])}`,
       );
       return 0;
     }
@@ -126,8 +110,10 @@ export async function keysCommand(args: string[]): Promise<number> {
       print(key, values.json ?? false, () => `${key.keyId} is ${key.disabled ? 'disabled' : 'enabled'}`);
       return 0;
     }
+    case 'verify':
+      return keysVerifyCommand(rest);
     default:
-      throw new UsageError('usage: nks keys create|get|list|disable|enable ...');
+      throw new UsageError('usage: nks keys create|get|list|verify|disable|enable ...');
   }
 }
 
