@@ -12,6 +12,7 @@ import { silentLogger } from '@nks/shared/log';
 import { RpcClient } from '@nks/shared/rpc';
 import { DEFAULT_ENCLAVE_ADDRESS, SimulatedVsockTransport } from '@nks/shared/transport';
 import type { EnclaveApi } from '@nks/shared/enclave-api';
+import { SECURITY_EPOCH } from '@nks/shared/release';
 import { tempRunDir } from '../shared/test/helpers';
 import { startProgram } from './support/process';
 import { linkTools, OPS_SCRIPT_TOOLS } from './support/tools';
@@ -330,6 +331,54 @@ describe('scripts against a stand-in nitro-cli', () => {
     expect(run('build-eif.sh', ['--config', example]).stderr).toMatch(/docker is required but not found/);
   });
 
+  /** Runs `snippet` in bash with scripts/lib.sh sourced, on the restricted PATH. */
+  const withLib = (snippet: string) =>
+    spawnSync('bash', ['-c', `set -euo pipefail; source scripts/lib.sh; ${snippet}`], { cwd: ROOT, encoding: 'utf8', env: { PATH: bin } });
+  const config = (name: string, value: object) => {
+    const file = path.join(dir, name);
+    fs.writeFileSync(file, JSON.stringify(value));
+    return file;
+  };
+
+  it("build-eif.sh's epoch comes from the configuration, or the release's SECURITY_EPOCH, never below it", () => {
+    expect(withLib('release_security_epoch .').stdout).toBe(`${SECURITY_EPOCH}\n`);
+    const none = config('no-epoch.json', { kmsKeyArn: 'k' });
+    expect(withLib(`config_security_epoch ${none} 2`).stdout).toBe('2\n');
+    expect(withLib(`config_security_epoch ${config('epoch-5.json', { securityEpoch: 5 })} 2`).stdout).toBe('5\n');
+    const low = withLib(`config_security_epoch ${config('epoch-1.json', { securityEpoch: 1 })} 2`);
+    expect([low.status, low.stderr]).toEqual([1, expect.stringMatching(/securityEpoch 1 is below this release's 2: the enclave refuses/)]);
+    const text = withLib(`config_security_epoch ${config('epoch-text.json', { securityEpoch: 'two' })} 2`);
+    expect([text.status, text.stderr]).toEqual([1, expect.stringMatching(/securityEpoch must be a positive integer, got two/)]);
+    // build-eif.sh checks it before anything else is needed (docker is not on this PATH).
+    const refused = run('build-eif.sh', ['--config', path.join(dir, 'epoch-1.json')]);
+    expect([refused.status, refused.stderr]).toEqual([1, expect.stringMatching(/securityEpoch 1 is below/)]);
+  });
+
+  it("build-eif.sh's image mode: genesis without identity, else normal or migration; both go into the measurements", () => {
+    const identity = { publicKey: `0x${'11'.repeat(32)}` };
+    expect(withLib(`config_mode ${config('genesis.json', {})}`).stdout).toBe('genesis\n');
+    expect(withLib(`config_mode ${config('normal.json', { identity })}`).stdout).toBe('normal\n');
+    expect(withLib(`config_mode ${config('migration.json', { identity, mode: 'migration' })}`).stdout).toBe('migration\n');
+    const orphan = withLib(`config_mode ${config('orphan.json', { mode: 'migration' })}`);
+    expect([orphan.status, orphan.stderr]).toEqual([1, expect.stringMatching(/mode migration needs the identity section/)]);
+    expect(withLib(`config_mode ${config('odd.json', { identity, mode: 'debug' })}`).stderr).toMatch(
+      /mode must be normal or migration, got debug/,
+    );
+
+    const nitro = config('nitro-cli-out.json', {
+      Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48) },
+    });
+    const out = path.join(dir, 'measurements.json');
+    expect(withLib(`write_measurements ${nitro} 2 normal ${out}`).status).toBe(0);
+    expect(JSON.parse(fs.readFileSync(out, 'utf8'))).toEqual({
+      Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48) },
+      SecurityEpoch: 2,
+      EnclaveMode: 'normal',
+    });
+    const broken = withLib(`write_measurements ${config('nitro-cli-error.json', { error: 'E' })} 2 normal ${out}`);
+    expect([broken.status, broken.stderr]).toEqual([1, expect.stringMatching(/has no Measurements.PCR0/)]);
+  });
+
   it('approve-image.sh produces the policy from nks policy (dry run), and needs the AWS CLI to install it', () => {
     const m = path.join(dir, 'measurements.json');
     fs.writeFileSync(
@@ -352,9 +401,18 @@ describe('scripts against a stand-in nitro-cli', () => {
       '--measurements',
       m,
     ];
-    const dry = run('approve-image.sh', [...args, '--dry-run']);
+    const current = path.join(dir, 'current-policy.json');
+    fs.writeFileSync(current, JSON.stringify({ Version: '2012-10-17', Id: 'key-default-1', Statement: [] }));
+    const dry = run('approve-image.sh', [...args, '--dry-run', '--current-policy', current]);
     expect(dry.status).toBe(0);
     expect(JSON.parse(dry.stdout).Statement.map((s: { Sid: string }) => s.Sid)).toContain('DenyDecryptOutsideApprovedEnclaves');
+    // The measurements carry no SecurityEpoch (made before 0.4): an epoch-1 image, refused over an epoch-2 policy.
+    fs.writeFileSync(current, dry.stdout.replace('"nitro-keystore-key-policy-epoch-1"', '"nitro-keystore-key-policy-epoch-2"'));
+    const down = run('approve-image.sh', [...args, '--dry-run', '--current-policy', current]);
+    expect([down.status, down.stderr]).toEqual([
+      2,
+      expect.stringMatching(/installed policy approves security epoch 2; an image of epoch 1/),
+    ]);
     expect(run('approve-image.sh', args).stderr).toMatch(/aws is required but not found/);
     const debugImage = run('approve-image.sh', [
       '--key-arn',
@@ -369,7 +427,11 @@ describe('scripts against a stand-in nitro-cli', () => {
       'arn:aws:iam::111122223333:role/b',
       '--pcr0',
       '0'.repeat(96),
+      '--security-epoch',
+      '2',
       '--dry-run',
+      '--current-policy',
+      current,
     ]);
     expect(debugImage.status).not.toBe(0);
     expect(debugImage.stderr).toMatch(/debug images cannot be approved/);

@@ -8,7 +8,14 @@ import path from 'node:path';
 import { AttestationError, verifyAttestation, verifyBirthAttestation, type VerifyOptions } from '@nks/shared/attestation';
 import { ADDRESS_RE } from '@nks/shared/identifiers';
 import type { SignRequestInput } from '@nks/shared/signing/schema';
-import { generateKeyPolicy, measurementsFromNitroCliJson, normalizePcr, PolicyInputError, type ImageMeasurements } from '../policy';
+import {
+  generateKeyPolicy,
+  measurementsFromNitroCliJson,
+  normalizePcr,
+  PolicyInputError,
+  securityEpochOfPolicy,
+  type ImageMeasurements,
+} from '../policy';
 import type { Key } from '../sdk';
 import { clientFor, connectionOptions, parse, readInput, readJsonInput, UsageError } from './context';
 import { keysVerifyCommand } from './verify-commands';
@@ -328,6 +335,9 @@ export function policyCommand(args: string[]): number {
   const { values } = parse(args, {
     measurements: { type: 'string', multiple: true },
     pcr0: { type: 'string', multiple: true },
+    'security-epoch': { type: 'string' },
+    'current-policy': { type: 'string' },
+    'migration-window': { type: 'boolean' },
     'parent-role-arn': { type: 'string' },
     admin: { type: 'string', multiple: true },
     'image-approver-role-arn': { type: 'string' },
@@ -338,7 +348,30 @@ export function policyCommand(args: string[]): number {
   const images: ImageMeasurements[] = [];
   try {
     for (const f of values.measurements ?? []) images.push(measurementsFromNitroCliJson(readJsonInput(f), f));
-    for (const p of values.pcr0 ?? []) images.push({ PCR0: normalizePcr(p, '--pcr0') });
+    // A bare PCR0 says nothing about its image's epoch: the operator states it.
+    let epoch: number | undefined;
+    if (values['security-epoch'] !== undefined) {
+      epoch = Number(values['security-epoch']);
+      if (!/^[1-9][0-9]{0,8}$/.test(values['security-epoch'])) throw new UsageError('--security-epoch takes a positive integer');
+    }
+    if (values.pcr0?.length && epoch === undefined)
+      throw new UsageError(
+        "--pcr0 needs --security-epoch N (the securityEpoch of that image's enclave configuration); a measurements file from scripts/build-eif.sh carries it",
+      );
+    for (const p of values.pcr0 ?? []) images.push({ PCR0: normalizePcr(p, '--pcr0'), securityEpoch: epoch });
+    let currentSecurityEpoch: number | undefined;
+    if (values['current-policy'] !== undefined) {
+      try {
+        currentSecurityEpoch = securityEpochOfPolicy(readInput(values['current-policy']).toString('utf8'));
+      } catch (err) {
+        if (err instanceof PolicyInputError) throw err;
+        throw new UsageError(`${values['current-policy']} is not a key policy (JSON)`, { cause: err });
+      }
+      if (currentSecurityEpoch === undefined)
+        process.stderr.write(
+          `nks: the current policy in ${values['current-policy']} was not made by nks policy: no security epoch to keep (first approval)\n`,
+        );
+    }
     if (!values['parent-role-arn']) throw new UsageError('--parent-role-arn is required (the IAM role of the parent instance)');
     if (!values['image-approver-role-arn'])
       throw new UsageError(
@@ -353,6 +386,8 @@ export function policyCommand(args: string[]): number {
       imageApproverRoleArn: values['image-approver-role-arn'],
       breakGlassRoleArn: values['break-glass-role-arn'],
       pinSigningCertificate: values['pin-pcr8'] ?? false,
+      currentSecurityEpoch,
+      allowMigrationImage: values['migration-window'] ?? false,
     });
     if (values.out) fs.writeFileSync(values.out, `${policy}\n`);
     else process.stdout.write(`${policy}\n`);

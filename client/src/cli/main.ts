@@ -30,7 +30,9 @@ const HELP = `nks — nitro-keystore command-line client
                          [--nonce HEX] [--user-data HEX | --key-id ID --address 0x…] [--json]
       --key-id/--address check a key's birth attestation (the key's "attestation" from creation)
   nks policy --parent-role-arn ARN --admin ARN... --image-approver-role-arn ARN --break-glass-role-arn ARN
-              (--measurements FILE | --pcr0 HEX)... [--pin-pcr8] [--out FILE]
+              (--measurements FILE | --pcr0 HEX --security-epoch N)... [--current-policy FILE]
+              [--migration-window] [--pin-pcr8] [--out FILE]
+      refuses an image of a lower security epoch than the current policy's, and mixed epochs
   nks dev [--dir DIR] [--api-port PORT] [--update-policy]
 
 Connection (API commands): --url URL --token TOKEN, or NKS_URL / NKS_TOKEN, or the local dev stack's state
