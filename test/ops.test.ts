@@ -22,7 +22,9 @@ const SCRIPTS = fs.readdirSync(path.join(ROOT, 'scripts')).filter((f) => f.endsW
 
 describe('operations scripts', () => {
   it('exist', () => {
-    expect(SCRIPTS).toEqual(expect.arrayContaining(['build-eif.sh', 'run-enclave.sh', 'stop-enclave.sh', 'approve-image.sh', 'lib.sh']));
+    expect(SCRIPTS).toEqual(
+      expect.arrayContaining(['build-eif.sh', 'run-enclave.sh', 'stop-enclave.sh', 'approve-image.sh', 'genesis.sh', 'lib.sh']),
+    );
   });
 
   it.each(SCRIPTS)('%s passes shellcheck', (script) => {
@@ -377,6 +379,101 @@ describe('scripts against a stand-in nitro-cli', () => {
     });
     const broken = withLib(`write_measurements ${config('nitro-cli-error.json', { error: 'E' })} 2 normal ${out}`);
     expect([broken.status, broken.stderr]).toEqual([1, expect.stringMatching(/has no Measurements.PCR0/)]);
+  });
+
+  describe('genesis.sh', () => {
+    const nonce = '0x5eed5eed5eed5eed';
+    let parentJs: string;
+    let parentConfig: string;
+    const genesisArgs = (out: string, extra: string[] = []) => [
+      '--eif',
+      path.join(dir, 'fake.eif'),
+      '--nonce',
+      nonce,
+      '--out',
+      out,
+      '--config',
+      parentConfig,
+      '--env',
+      '/nonexistent',
+      '--parent-js',
+      parentJs,
+      ...extra,
+    ];
+    beforeAll(() => {
+      // A stand-in for dist/parent.js: logs its arguments and writes what `parent genesis --out` writes (or fails).
+      parentJs = path.join(dir, 'parent-stand-in.js');
+      fs.writeFileSync(
+        parentJs,
+        `const fs = require('fs');
+         const args = process.argv.slice(2);
+         fs.appendFileSync(${JSON.stringify(path.join(dir, 'parent.log'))}, args.join(' ') + '\\n');
+         if (process.env.GENESIS_FAILS) { process.stderr.write('parent: the enclave did not answer\\n'); process.exit(1); }
+         const out = args[args.indexOf('--out') + 1];
+         fs.writeFileSync(out, JSON.stringify({ publicKey: '0x' + '22'.repeat(32), blob: 'b', attestation: 'a', defaultProject: {}, nonce: args[args.indexOf('--nonce') + 1] }));
+         process.stdout.write(JSON.stringify({ out }) + '\\n');`,
+      );
+      parentConfig = config('parent.json', { enclave: { address: 'vsock://16:5000' } });
+    });
+    const parentLog = () => fs.readFileSync(path.join(dir, 'parent.log'), 'utf8');
+
+    it('runs the genesis image, has the parent make the identity, terminates the enclave and says what to verify off-host', () => {
+      withNitroCli();
+      fs.rmSync(path.join(dir, 'parent.log'), { force: true });
+      const out = path.join(dir, 'genesis-out.json');
+      const r = run('genesis.sh', genesisArgs(out), { NKS_ENCLAVE_CID: '16' });
+      expect({ status: r.status, stderr: r.stderr }).toEqual({
+        status: 0,
+        stderr: expect.stringContaining(`genesis done: keystore identity 0x${'22'.repeat(32)}`),
+      });
+      expect(log()).toMatch(
+        /^describe-enclaves\nrun-enclave --eif-path \S+fake\.eif --enclave-cid 16 --cpu-count 2 --memory 1024 --enclave-name nitro-keystore-genesis\nterminate-enclave --enclave-name nitro-keystore-genesis\n$/,
+      );
+      expect(log()).not.toContain('--debug-mode');
+      expect(parentLog()).toBe(`genesis --config ${parentConfig} --nonce ${nonce} --out ${out}\n`);
+      expect(r.stderr).toContain(`nks genesis verify ${out} --pcr0 <genesis PCR0> --nonce ${nonce} --out identity.json`);
+      expect(r.stderr).toMatch(/OFF this host/);
+      // Never over an earlier output: it may hold the identity in use.
+      withNitroCli();
+      const again = run('genesis.sh', genesisArgs(out), { NKS_ENCLAVE_CID: '16' });
+      expect([again.status, again.stderr]).toEqual([1, expect.stringMatching(/exists: genesis never replaces an earlier output/)]);
+      expect(fs.existsSync(path.join(dir, 'nitro-cli.log'))).toBe(false);
+    });
+
+    it('terminates the enclave when the parent fails, and writes nothing', () => {
+      withNitroCli();
+      const out = path.join(dir, 'genesis-failed.json');
+      const r = run('genesis.sh', genesisArgs(out), { NKS_ENCLAVE_CID: '16', GENESIS_FAILS: '1' });
+      expect([r.status, r.stderr]).toEqual([
+        1,
+        expect.stringMatching(/the enclave did not answer[\s\S]*the parent's genesis command failed/),
+      ]);
+      expect(log()).toMatch(/run-enclave [^\n]*\nterminate-enclave --enclave-name nitro-keystore-genesis\n$/);
+      expect(fs.existsSync(out)).toBe(false);
+    });
+
+    it('refuses a missing or malformed nonce, a busy CID, and a missing EIF, before starting anything', () => {
+      withNitroCli('[{"EnclaveName": "nitro-keystore", "EnclaveCID": 16, "State": "RUNNING"}]');
+      const out = path.join(dir, 'genesis-refused.json');
+      const busy = run('genesis.sh', genesisArgs(out), { NKS_ENCLAVE_CID: '16' });
+      expect([busy.status, busy.stderr]).toEqual([1, expect.stringMatching(/enclave nitro-keystore runs with CID 16: stop it first/)]);
+      expect(log()).toBe('describe-enclaves\n');
+      const bad = run(
+        'genesis.sh',
+        genesisArgs(out).map((a) => (a === nonce ? '5eed' : a)),
+        { NKS_ENCLAVE_CID: '16' },
+      );
+      expect([bad.status, bad.stderr]).toEqual([1, expect.stringMatching(/--nonce must be 1-512 bytes of 0x-prefixed hex/)]);
+      const noEif = run(
+        'genesis.sh',
+        genesisArgs(out).map((a) => (a.endsWith('fake.eif') ? '/nope.eif' : a)),
+        { NKS_ENCLAVE_CID: '16' },
+      );
+      expect(noEif.stderr).toMatch(/EIF \/nope.eif does not exist/);
+      expect(run('genesis.sh', ['--eif', path.join(dir, 'fake.eif'), '--out', out]).status).toBe(2);
+      expect(run('genesis.sh', genesisArgs(out)).stderr).toMatch(/NKS_ENCLAVE_CID is not set/);
+      expect(fs.existsSync(out)).toBe(false);
+    });
   });
 
   it('approve-image.sh produces the policy from nks policy (dry run), and needs the AWS CLI to install it', () => {
