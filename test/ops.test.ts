@@ -12,8 +12,9 @@ import { silentLogger } from '@nks/shared/log';
 import { RpcClient } from '@nks/shared/rpc';
 import { DEFAULT_ENCLAVE_ADDRESS, SimulatedVsockTransport } from '@nks/shared/transport';
 import type { EnclaveApi } from '@nks/shared/enclave-api';
+import { IDENTITY_PUBLIC_KEY_RE } from '@nks/shared/identifiers';
 import { SECURITY_EPOCH } from '@nks/shared/release';
-import { tempRunDir } from '../shared/test/helpers';
+import { rejection, tempRunDir } from '../shared/test/helpers';
 import { startProgram } from './support/process';
 import { linkTools, OPS_SCRIPT_TOOLS } from './support/tools';
 
@@ -210,10 +211,13 @@ describe('reproducible enclave bundle and bare-directory start', () => {
       });
       try {
         await client.waitConnected(15_000);
+        // No identity in its configuration: the genesis image, which makes one and serves nothing else.
         const health = await client.call('enclave.health', {});
         expect(health).toMatchObject({ status: 'ok', nsm: 'simulated' });
-        const created = await client.call('keys.create', { keyId: 'bare-1' });
-        expect(created.address).toMatch(/^0x[0-9a-fA-F]{40}$/);
+        const genesis = await client.call('identity.genesis', { nonce: '0x0102' });
+        expect(genesis.publicKey).toMatch(IDENTITY_PUBLIC_KEY_RE);
+        const refused = await rejection(client.call('keys.create', { keyId: 'bare-1', project: genesis.defaultProject, subject: null }));
+        expect(refused.code).toBe('IDENTITY_UNAVAILABLE');
       } finally {
         await client.close();
         enclave.kill('SIGTERM');
