@@ -87,7 +87,7 @@ export async function makeDocuments(): Promise<Documents> {
 export async function makeKeyView(
   identity: Identity,
   docs: Documents,
-  { keyId = 'key-1', externalId = 'alice' as string | null, attest = true, record: over = {} as Partial<KeyRecord> } = {},
+  { keyId = 'key-1', externalId = 'alice', attest = true, record: over = {} } = {},
 ) {
   const account = privateKeyToAccount(generatePrivateKey());
   const record: KeyRecord = {
