@@ -57,11 +57,11 @@ export interface Key {
   labels: Record<string, string>;
   createdAt: string;
   disabled: boolean;
-  /** The project the key belongs to (`default`: the token project made at genesis). */
-  projectId: string;
-  state: KeyState;
-  /** The key's current record, signed by the keystore identity: check it with `verifyKey`. */
-  record: SignedRecord;
+  /** The project the key belongs to (`default`: the token project made at genesis); null for a key made before 0.4 and not migrated yet. */
+  projectId: string | null;
+  state: KeyState | null;
+  /** The key's current record, signed by the keystore identity: check it with `verifyKey`. Null before migration. */
+  record: SignedRecord | null;
   /** Birth attestation (base64 COSE_Sign1), when the key was created with `attest: true`. */
   attestation?: string;
 }

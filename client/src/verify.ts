@@ -77,10 +77,10 @@ export interface KeyViewForVerification {
   publicKey?: string | undefined;
   externalId?: string | null | undefined;
   subject?: string | null | undefined;
-  projectId?: string | undefined;
-  state?: string | undefined;
+  projectId?: string | null | undefined;
+  state?: string | null | undefined;
   disabled?: boolean | undefined;
-  record?: SignedRecord | undefined;
+  record?: SignedRecord | null | undefined;
   attestation?: string | undefined;
 }
 
@@ -117,7 +117,10 @@ function pinnedIdentity(key: string | KeyObject): KeyObject {
 }
 
 /** The record's signature with the identity, then its decoding: two different failures. */
-function openRecord<R>(signed: SignedRecord | undefined, identity: KeyObject, decode: (b: Buffer) => R, what: string) {
+function openRecord<R>(signed: SignedRecord | null | undefined, identity: KeyObject, decode: (b: Buffer) => R, what: string) {
+  if (signed === null) {
+    throw new VerificationError('MALFORMED', `${what} has no signed record: it was made before 0.4 and is not migrated yet`);
+  }
   if (!signed || typeof signed.record !== 'string' || typeof signed.signature !== 'string') {
     throw new VerificationError('MALFORMED', `${what} has no signed record ({record, signature})`);
   }

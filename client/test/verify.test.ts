@@ -112,6 +112,9 @@ describe('verifyKey', () => {
     const { view } = await makeKeyView(identity, docs);
     expect(refusal(() => verifyKey({ ...view, record: identity.sign(defaultProjectRecord()) }, options)).code).toBe('RECORD_MALFORMED');
     expect(refusal(() => verifyKey({ ...view, record: undefined }, options)).code).toBe('MALFORMED');
+    // A key made before 0.4 that is not migrated yet: the parent shows it without a record.
+    const legacy = refusal(() => verifyKey({ ...view, record: null, projectId: null, state: null }, options));
+    expect([legacy.code, legacy.message]).toEqual(['MALFORMED', expect.stringMatching(/made before 0.4 and is not migrated yet/)]);
     expect(refusal(() => verifyKey(view, { ...options, identityPublicKey: '0xABC' })).code).toBe('MALFORMED');
   });
 

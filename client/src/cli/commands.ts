@@ -33,7 +33,7 @@ const keyRows = (k: Key): Array<[string, unknown]> => [
           .join(', ')
       : undefined,
   ],
-  ['project', k.projectId],
+  ['project', k.projectId ?? 'none: made before 0.4, not migrated yet'],
   ['state', k.state],
   ['createdAt', k.createdAt],
   ['disabled', k.disabled ? 'yes' : 'no'],
