@@ -31,7 +31,8 @@ done
 
 need jq "Install jq (dnf install jq)."
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-epoch="$(config_security_epoch "$config" "$(release_security_epoch "$root")")"
+minimum_epoch="$(release_security_epoch "$root")"
+epoch="$(config_security_epoch "$config" "$minimum_epoch")"
 mode="$(config_mode "$config")"
 info "image: $mode, security epoch $epoch"
 
