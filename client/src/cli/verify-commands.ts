@@ -16,7 +16,8 @@ import {
   type IdentitySection,
   type KeyViewForVerification,
 } from '../verify';
-import { clientFor, connectionOptions, parse, readInput, readJsonInput, resolveApiTarget, UsageError } from './context';
+import { KeystoreClient } from '../sdk';
+import { connectionOptions, parse, readInput, readJsonInput, resolveApiTarget, UsageError, type ApiTarget } from './context';
 import { fields, print } from './output';
 
 function pcr(value: string, flag: string): string {
@@ -56,6 +57,16 @@ function invalid(what: string, err: unknown, json: boolean): number {
   return 1;
 }
 
+/** What a verified document says, for --json output. */
+const documentSummary = (b: { document: { timestamp: number; pcrs: Map<number, Buffer>; moduleId: string }; rootFingerprint: string }) => ({
+  moduleId: b.document.moduleId,
+  timestamp: new Date(b.document.timestamp).toISOString(),
+  pcr0: b.document.pcrs.get(0)?.toString('hex'),
+  rootFingerprint: b.rootFingerprint,
+});
+
+const clientOf = (target: ApiTarget) => new KeystoreClient({ url: target.url, token: target.token });
+
 const checklist = (checks: string[]) => checks.map((c) => `  ok  ${c}`).join('\n');
 
 /** `nks keys verify <keyId> --identity 0x…|FILE --pcr0 HEX... [--root PEM] [--require-birth] [--view FILE]` */
@@ -91,7 +102,7 @@ export async function keysVerifyCommand(args: string[]): Promise<number> {
     view = readJsonInput(values.view) as KeyViewForVerification;
     if (view?.keyId !== keyId) throw new UsageError(`${values.view} is the view of key ${String(view?.keyId)}, not ${keyId}`);
   } else {
-    view = await clientFor(values).getKey(keyId);
+    view = await clientOf(target as ApiTarget).getKey(keyId);
   }
   const json = values.json ?? false;
   try {
@@ -108,7 +119,7 @@ export async function keysVerifyCommand(args: string[]): Promise<number> {
         identity: identity.publicKey,
         record: r,
         recordDigest: v.recordDigest,
-        birth: v.birth ? birthSummary(v.birth) : null,
+        birth: v.birth ? documentSummary(v.birth) : null,
         checks: v.checks,
       },
       json,
@@ -130,13 +141,6 @@ export async function keysVerifyCommand(args: string[]): Promise<number> {
     return invalid(`key ${keyId}`, err, json);
   }
 }
-
-const birthSummary = (b: { document: { timestamp: number; pcrs: Map<number, Buffer>; moduleId: string }; rootFingerprint: string }) => ({
-  moduleId: b.document.moduleId,
-  timestamp: new Date(b.document.timestamp).toISOString(),
-  pcr0: b.document.pcrs.get(0)?.toString('hex'),
-  rootFingerprint: b.rootFingerprint,
-});
 
 /** `nks identity [--pcr0 HEX]... [--identity 0x…|FILE] [--genesis-pcr0 HEX] [--root PEM] [--max-age S]` */
 export async function identityCommand(args: string[]): Promise<number> {
@@ -164,7 +168,7 @@ export async function identityCommand(args: string[]): Promise<number> {
   const genesisPcr0 = values['genesis-pcr0'] !== undefined ? pcr(values['genesis-pcr0'], '--genesis-pcr0') : undefined;
 
   const nonce = `0x${randomBytes(16).toString('hex')}` as const;
-  const answer = await clientFor(values, { tokenOptional: true }).identity(nonce);
+  const answer = await clientOf(target).identity(nonce);
   const json = values.json ?? false;
   try {
     const v = verifyIdentity(answer, {
@@ -184,8 +188,8 @@ export async function identityCommand(args: string[]): Promise<number> {
         valid: true,
         publicKey: v.publicKey,
         nonce,
-        attestation: birthSummary(v.attestation),
-        genesis: v.genesis ? birthSummary(v.genesis) : null,
+        attestation: documentSummary(v.attestation),
+        genesis: v.genesis ? documentSummary(v.genesis) : null,
         checks: v.checks,
         notChecked: unchecked,
       },
@@ -239,7 +243,7 @@ export function genesisCommand(args: string[]): number {
         valid: true,
         publicKey: section.publicKey,
         kmsKeyArn: v.kmsKeyArn,
-        attestation: birthSummary(v.attestation),
+        attestation: documentSummary(v.attestation),
         defaultProject: v.defaultProject,
         checks: v.checks,
         ...(values.out ? { out: values.out } : {}),
