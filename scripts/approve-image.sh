@@ -4,7 +4,8 @@
 #
 #   scripts/approve-image.sh --key-arn ARN --parent-role-arn ARN --admin ARN [--admin ARN]...
 #                            --image-approver-role-arn ARN --break-glass-role-arn ARN
-#                            (--measurements FILE | --pcr0 HEX)... [--pin-pcr8] [--dry-run]
+#                            (--measurements FILE | --pcr0 HEX --security-epoch N)... [--migration-window]
+#                            [--pin-pcr8] [--dry-run [--current-policy FILE]]
 #
 # Run it with the image approver role's credentials: that role is the only principal the policy allows to
 # call PutKeyPolicy, and KMS refuses (lockout safety check) a policy that would not let the caller change it
@@ -12,26 +13,36 @@
 # then run again with only the new one. --pin-pcr8 also pins PCR8 (signed EIFs; every image needs a PCR8).
 # --dry-run prints the policy, and its SHA-256 on stderr, without installing it: the reviewer of a two-person
 # approval compares that hash with the one printed when the policy is installed.
+#
+# Security epochs (docs/OPERATIONS.md, "Security epochs"): the installed policy is read first
+# (aws kms get-key-policy) and no image of a lower epoch than the one it approves is approved; images of
+# different epochs are never approved together (raising the epoch is a cutover). A dry run may read the
+# installed policy from a file instead (--current-policy, e.g. saved by the approver with
+# `aws kms get-key-policy --key-id ARN --policy-name default --query Policy --output text`). A migration image
+# is approved only with --migration-window; a genesis image never.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-  printf 'usage: %s --key-arn ARN --parent-role-arn ARN --admin ARN... --image-approver-role-arn ARN --break-glass-role-arn ARN (--measurements FILE | --pcr0 HEX)... [--pin-pcr8] [--dry-run]\n' "${0##*/}" >&2
+  printf 'usage: %s --key-arn ARN --parent-role-arn ARN --admin ARN... --image-approver-role-arn ARN --break-glass-role-arn ARN (--measurements FILE | --pcr0 HEX --security-epoch N)... [--migration-window] [--pin-pcr8] [--dry-run [--current-policy FILE]]\n' "${0##*/}" >&2
   exit 2
 }
 
-key_arn="" dry_run=0
+key_arn="" dry_run=0 current_policy=""
 policy_args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --key-arn)
       [[ $# -ge 2 ]] || usage
       key_arn="$2"; shift 2 ;;
-    --parent-role-arn|--admin|--image-approver-role-arn|--break-glass-role-arn|--measurements|--pcr0)
+    --parent-role-arn|--admin|--image-approver-role-arn|--break-glass-role-arn|--measurements|--pcr0|--security-epoch)
       [[ $# -ge 2 ]] || usage
       policy_args+=("$1" "$2"); shift 2 ;;
-    --pin-pcr8) policy_args+=("$1"); shift ;;
+    --current-policy)
+      [[ $# -ge 2 ]] || usage
+      current_policy="$2"; shift 2 ;;
+    --pin-pcr8|--migration-window) policy_args+=("$1"); shift ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage ;;
     *) printf 'unknown argument: %s\n' "$1" >&2; usage ;;
@@ -39,20 +50,32 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n "$key_arn" ]] || usage
 (( ${#policy_args[@]} > 0 )) || usage
+# Installing always reads the policy KMS has now: a file could be stale.
+[[ -z "$current_policy" ]] || (( dry_run )) \
+  || die "--current-policy is for --dry-run only: an installation reads the installed policy from KMS itself"
 
 read -r -a nks <<< "$(nks_cmd)"
 policy_file="$(mktemp)"
-trap 'rm -f "$policy_file"' EXIT
-"${nks[@]}" policy "${policy_args[@]}" --out "$policy_file"
+installed_file="$(mktemp)"
+trap 'rm -f "$policy_file" "$installed_file"' EXIT
+if [[ -z "$current_policy" ]]; then
+  need aws "Install the AWS CLI v2 and use credentials of the image approver role (a dry run may give --current-policy FILE instead)."
+  aws kms get-key-policy --key-id "$key_arn" --policy-name default --query Policy --output text > "$installed_file" \
+    || die "could not read the installed key policy of $key_arn (aws kms get-key-policy)"
+  current_policy="$installed_file"
+fi
+"${nks[@]}" policy "${policy_args[@]}" --current-policy "$current_policy" --out "$policy_file"
 # node is there whenever nks is (sha256sum is not on every operator machine).
 policy_sha256="$(node -e 'process.stdout.write(require("crypto").createHash("sha256").update(require("fs").readFileSync(process.argv[1])).digest("hex"))' "$policy_file")"
+policy_id="$(jq -r '.Id' "$policy_file")"
+current_id="$(jq -r 'if type == "object" and has("Policy") then (.Policy | fromjson) else . end | .Id // "none"' "$current_policy" 2>/dev/null || printf 'unreadable')"
+info "installed policy: $current_id; new policy: $policy_id"
 
 if (( dry_run )); then
   cat "$policy_file"
   info "policy sha256 $policy_sha256 (not installed: --dry-run)"
   exit 0
 fi
-need aws "Install the AWS CLI v2 and use credentials of the image approver role."
 info "installing policy sha256 $policy_sha256 on $key_arn as $(aws sts get-caller-identity --query Arn --output text)"
 aws kms put-key-policy --key-id "$key_arn" --policy-name default --policy "file://$policy_file"
 info "installed the key policy on $key_arn"

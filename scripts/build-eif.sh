@@ -3,7 +3,9 @@
 #
 #   scripts/build-eif.sh --config enclave.json [--out DIR] [--tag TAG]
 #
-# Output: DIR/nitro-keystore.eif, DIR/measurements.json (nitro-cli's JSON: PCR0, PCR1, PCR2) and
+# Output: DIR/nitro-keystore.eif, DIR/measurements.json (nitro-cli's JSON: PCR0, PCR1, PCR2, and beside them
+#         SecurityEpoch, the configuration's securityEpoch, and EnclaveMode: genesis without an identity, else
+#         normal or migration; nks policy reads both, docs/OPERATIONS.md, "Security epochs") and
 #         DIR/build-info.json (what else PCR0 depends on: commit, SOURCE_DATE_EPOCH, base image digests,
 #         nitro-cli and nitro-cli-devel versions and the digests of its kernel and init blobs). Default DIR:
 #         build/eif. docs/REPRODUCIBLE.md says how a third party rebuilds and compares.
@@ -27,14 +29,19 @@ done
 [[ -n "$config" ]] || usage
 [[ -f "$config" ]] || die "configuration $config does not exist (start from deploy/enclave.example.json)"
 
+need jq "Install jq (dnf install jq)."
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+minimum_epoch="$(release_security_epoch "$root")"
+epoch="$(config_security_epoch "$config" "$minimum_epoch")"
+mode="$(config_mode "$config")"
+info "image: $mode, security epoch $epoch"
+
 need docker "Install Docker (with BuildKit/buildx) on the build host."
 need nitro-cli "Install aws-nitro-enclaves-cli (sudo dnf install aws-nitro-enclaves-cli; see docs/DEPLOY.md)."
 need git "git gives SOURCE_DATE_EPOCH from the last commit."
-need jq "Install jq (dnf install jq)."
 need node "Node.js runs the image checks (scripts/image-argv.mjs)."
 docker buildx version >/dev/null 2>&1 || die "docker buildx is required (BuildKit) to build with fixed timestamps."
 
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 : "${SOURCE_DATE_EPOCH:=$(git log -1 --format=%ct)}"
 export SOURCE_DATE_EPOCH
@@ -80,7 +87,9 @@ fi
 docker rm "$container" >/dev/null
 
 info "building the EIF"
-nitro-cli build-enclave --docker-uri "$tag" --output-file "$out/nitro-keystore.eif" > "$out/measurements.json"
+nitro-cli build-enclave --docker-uri "$tag" --output-file "$out/nitro-keystore.eif" > "$out/nitro-cli-build.json"
+write_measurements "$out/nitro-cli-build.json" "$epoch" "$mode" "$out/measurements.json"
+rm -f "$out/nitro-cli-build.json"
 
 # What PCR0 depends on besides this repository: nitro-cli's kernel and init blobs (from aws-nitro-enclaves-cli
 # and -devel) and the base images. A third party rebuilding needs the same versions.
@@ -102,4 +111,8 @@ jq -n \
     docker: $docker, nitroCliBlobs: ($blobs | split("\n"))}' > "$out/build-info.json"
 info "wrote $out/nitro-keystore.eif, $out/measurements.json and $out/build-info.json:"
 cat "$out/measurements.json"
-info "next: approve these measurements in the key policy (scripts/approve-image.sh --measurements $out/measurements.json ...)"
+case "$mode" in
+  genesis) info "next: this is the genesis image: never approve it in the key policy; run it once with scripts/genesis.sh --eif $out/nitro-keystore.eif (see docs/OPERATIONS.md)" ;;
+  migration) info "next: a migration image; approve it only for the migration window (scripts/approve-image.sh --migration-window --measurements $out/measurements.json ...)" ;;
+  *) info "next: approve these measurements in the key policy (scripts/approve-image.sh --measurements $out/measurements.json ...)" ;;
+esac

@@ -77,3 +77,43 @@ require_clean_tree() {
 $changes
 (commit or stash them, then build again)"
 }
+
+# release_security_epoch ROOT: SECURITY_EPOCH of the checkout at ROOT (shared/src/release.ts): the epoch of an
+# enclave configuration that names none, and the lowest one its enclave accepts.
+release_security_epoch() {
+  local value
+  value="$(awk '/^export const SECURITY_EPOCH = [0-9]+;$/ { gsub(/[^0-9]/, ""); print }' "$1/shared/src/release.ts")"
+  [[ "$value" =~ ^[1-9][0-9]*$ ]] || die "cannot read SECURITY_EPOCH from $1/shared/src/release.ts"
+  printf '%s\n' "$value"
+}
+
+# config_security_epoch CONFIG MINIMUM: the enclave configuration's securityEpoch (MINIMUM when it names none);
+# dies when it is not an integer or is below MINIMUM (the enclave would refuse to start with it).
+config_security_epoch() {
+  local epoch
+  epoch="$(jq -r 'if type != "object" then error("not an object") elif has("securityEpoch") then (.securityEpoch | tostring) else "" end' "$1")" \
+    || die "$1 is not an enclave configuration (a JSON object)"
+  [[ -n "$epoch" ]] || epoch="$2"
+  int_between "$epoch" 1 999999999 || die "$1: securityEpoch must be a positive integer, got $epoch"
+  (( epoch >= $2 )) || die "$1: securityEpoch $epoch is below this release's $2: the enclave refuses such a configuration"
+  printf '%s\n' "$epoch"
+}
+
+# config_mode CONFIG: what the image built from CONFIG is: genesis (no identity), normal or migration.
+config_mode() {
+  local mode
+  mode="$(jq -r 'if has("identity") then (.mode // "normal") elif (.mode // "normal") == "normal" then "genesis" else "no-identity" end' "$1")" \
+    || die "$1 is not an enclave configuration (a JSON object)"
+  case "$mode" in
+    genesis|normal|migration) printf '%s\n' "$mode" ;;
+    no-identity) die "$1: mode migration needs the identity section (the migration image signs records)" ;;
+    *) die "$1: mode must be normal or migration, got $mode" ;;
+  esac
+}
+
+# write_measurements NITRO_CLI_JSON EPOCH MODE OUT: nitro-cli's measurements with the image's SecurityEpoch and
+# EnclaveMode beside them (nks policy reads both), written to OUT.
+write_measurements() {
+  jq -e --argjson epoch "$2" --arg mode "$3" 'if (.Measurements.PCR0 | type) == "string" then . + {SecurityEpoch: $epoch, EnclaveMode: $mode}
+    else error("no Measurements.PCR0") end' "$1" > "$4" || die "nitro-cli's output in $1 has no Measurements.PCR0"
+}

@@ -3,18 +3,21 @@
 # SKIP per line. Run it as the operator on the parent instance after installing (docs/DEPLOY.md, "Preflight").
 #
 #   scripts/preflight.sh --eif FILE --measurements FILE --key-arn ARN --api-url URL --token-file FILE
-#                        [--env FILE] [--admin-profile NAME] [--skip-debug] [--skip-start]
+#                        [--identity 0xKEY|FILE] [--env FILE] [--admin-profile NAME] [--skip-debug] [--skip-start]
 #
 #   --eif, --measurements  the release's EIF and its measurements.json (scripts/build-eif.sh)
 #   --key-arn              the KMS key the enclave seals to
 #   --api-url, --token-file  the parent's caller API and a token with keys:create and keys:sign (canary)
+#   --identity             the keystore identity from genesis (its public key, or identity.json): the enclave
+#                          must attest it holds it, and the canary's record must be signed by it
 #   --env                  enclave-run.env (default /etc/nitro-keystore/enclave-run.env): CPUs, memory, CID
 #   --admin-profile        an AWS CLI profile of a key administrator: the negative checks run as it too
 #   --skip-debug           no debug-mode start (it needs the enclave stopped and spare allocator memory)
 #   --skip-start           do not (re)start the systemd units; check the running service only
 #
 # Checks: tool versions; allocator memory against the EIF (memory >= 4 x EIF size); one debug-mode start
-# read through `nitro-cli console`; one production start and /readyz; a canary create and sign; and the
+# read through `nitro-cli console`; one production start and /readyz; the keystore identity; a canary create
+# (its record and birth attestation checked) and sign; and the
 # negative checks: plain `aws kms decrypt` and `aws kms re-encrypt` (no attestation) as the instance role and
 # as an administrator must be denied, and `aws kms create-grant` as an administrator too. Exit 0 when no line
 # failed, 1 otherwise, 2 on bad usage.
@@ -23,12 +26,12 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 usage() {
-  printf 'usage: %s --eif FILE --measurements FILE --key-arn ARN --api-url URL --token-file FILE [--env FILE] [--admin-profile NAME] [--skip-debug] [--skip-start]\n' "${0##*/}" >&2
+  printf 'usage: %s --eif FILE --measurements FILE --key-arn ARN --api-url URL --token-file FILE [--identity 0xKEY|FILE] [--env FILE] [--admin-profile NAME] [--skip-debug] [--skip-start]\n' "${0##*/}" >&2
   exit 2
 }
 
 eif="" measurements="" key_arn="" api_url="" token_file="" env_file="/etc/nitro-keystore/enclave-run.env"
-admin_profile="" skip_debug=0 skip_start=0
+admin_profile="" identity="" skip_debug=0 skip_start=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --eif) eif="${2:-}"; shift 2 ;;
@@ -36,6 +39,7 @@ while [[ $# -gt 0 ]]; do
     --key-arn) key_arn="${2:-}"; shift 2 ;;
     --api-url) api_url="${2:-}"; shift 2 ;;
     --token-file) token_file="${2:-}"; shift 2 ;;
+    --identity) identity="${2:-}"; shift 2 ;;
     --env) env_file="${2:-}"; shift 2 ;;
     --admin-profile) admin_profile="${2:-}"; shift 2 ;;
     --skip-debug) skip_debug=1; shift ;;
@@ -111,11 +115,13 @@ elif [[ -f "$eif" ]] && int_between "${NKS_ENCLAVE_MEMORY_MIB:-}" 64 1048576; th
       --enclave-name "$debug_name" --debug-mode >/dev/null 2>&1; then
     console="$(timeout 60 nitro-cli console --enclave-name "$debug_name" --disconnect-timeout 30 2>&1 || true)"
     nitro-cli terminate-enclave --enclave-name "$debug_name" >/dev/null 2>&1 || true
-    # The enclave logs JSON lines; its start line says it listens. An exit shows as the kernel's reboot.
-    if grep -q '"msg":"enclave ready' <<< "$console"; then
+    # The enclave logs JSON lines; its start line says it listens. An exit shows as the kernel's reboot. In
+    # debug mode its PCRs are zero, so KMS refuses to unseal its identity: 'enclave listening' is as far as a
+    # normal image gets ('enclave ready' only a genesis image).
+    if grep -qE '"msg":"enclave (listening|ready)' <<< "$console"; then
       pass "debug-mode start: the enclave program started (nitro-cli console)"
     else
-      fail "debug-mode start: no 'enclave ready' line on the console; its last lines: $(tail -n 5 <<< "$console" | tr '\n' ' ')"
+      fail "debug-mode start: no 'enclave ready' line on the console; its last lines: $(tail -n 5 <<< "$console" | tr '\n' ' ') (nor 'enclave listening': the program did not start)"
     fi
   else
     fail "debug-mode start: nitro-cli run-enclave --debug-mode failed (allocator memory/CPUs? a running enclave?)"
@@ -157,6 +163,13 @@ elif (( ready )); then
     else
       fail "canary birth attestation does not verify with PCR0 ${pcr0:0:16}... (nks attestation verify)"
     fi
+    if [[ -n "$identity" && -n "$pcr0" ]]; then
+      if verified="$("${nks[@]}" keys verify "$key_id" --identity "$identity" --pcr0 "$pcr0" --url "$api_url" --token "$token" 2>&1)"; then
+        pass "canary record signed by the keystore identity and agreeing with the API (nks keys verify)"
+      else
+        fail "canary record: ${verified:0:300}"
+      fi
+    fi
     if signed="$(NKS_URL="$api_url" NKS_TOKEN="$token" "${nks[@]}" sign "$key_id" --message "nitro-keystore preflight" --json 2>&1)" \
         && jq -e '.signature | test("^0x[0-9a-f]{130}$")' <<< "$signed" >/dev/null; then
       pass "canary sign with $key_id"
@@ -168,6 +181,19 @@ elif (( ready )); then
   fi
 else
   skip "canary create and sign (the API is not ready)"
+fi
+
+# --- 5b. the keystore identity ------------------------------------------------------------------------------
+if [[ -z "$identity" ]]; then
+  skip "keystore identity (give --identity with the public key from genesis, docs/OPERATIONS.md)"
+elif (( ready )) && [[ -n "$pcr0" ]]; then
+  if held="$("${nks[@]}" identity --pcr0 "$pcr0" --identity "$identity" --url "$api_url" 2>&1)"; then
+    pass "the enclave attests it holds the keystore identity (fresh nonce, PCR0)"
+  else
+    fail "keystore identity: ${held:0:300}"
+  fi
+else
+  skip "keystore identity (the API is not ready, or no PCR0)"
 fi
 
 # --- 6. negative checks: no Decrypt or ReEncrypt without attestation -----------------------------------------

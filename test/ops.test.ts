@@ -12,7 +12,9 @@ import { silentLogger } from '@nks/shared/log';
 import { RpcClient } from '@nks/shared/rpc';
 import { DEFAULT_ENCLAVE_ADDRESS, SimulatedVsockTransport } from '@nks/shared/transport';
 import type { EnclaveApi } from '@nks/shared/enclave-api';
-import { tempRunDir } from '../shared/test/helpers';
+import { IDENTITY_PUBLIC_KEY_RE } from '@nks/shared/identifiers';
+import { SECURITY_EPOCH } from '@nks/shared/release';
+import { rejection, tempRunDir } from '../shared/test/helpers';
 import { startProgram } from './support/process';
 import { linkTools, OPS_SCRIPT_TOOLS } from './support/tools';
 
@@ -21,7 +23,9 @@ const SCRIPTS = fs.readdirSync(path.join(ROOT, 'scripts')).filter((f) => f.endsW
 
 describe('operations scripts', () => {
   it('exist', () => {
-    expect(SCRIPTS).toEqual(expect.arrayContaining(['build-eif.sh', 'run-enclave.sh', 'stop-enclave.sh', 'approve-image.sh', 'lib.sh']));
+    expect(SCRIPTS).toEqual(
+      expect.arrayContaining(['build-eif.sh', 'run-enclave.sh', 'stop-enclave.sh', 'approve-image.sh', 'genesis.sh', 'lib.sh']),
+    );
   });
 
   it.each(SCRIPTS)('%s passes shellcheck', (script) => {
@@ -207,10 +211,13 @@ describe('reproducible enclave bundle and bare-directory start', () => {
       });
       try {
         await client.waitConnected(15_000);
+        // No identity in its configuration: the genesis image, which makes one and serves nothing else.
         const health = await client.call('enclave.health', {});
         expect(health).toMatchObject({ status: 'ok', nsm: 'simulated' });
-        const created = await client.call('keys.create', { keyId: 'bare-1' });
-        expect(created.address).toMatch(/^0x[0-9a-fA-F]{40}$/);
+        const genesis = await client.call('identity.genesis', { nonce: '0x0102' });
+        expect(genesis.publicKey).toMatch(IDENTITY_PUBLIC_KEY_RE);
+        const refused = await rejection(client.call('keys.create', { keyId: 'bare-1', project: genesis.defaultProject, subject: null }));
+        expect(refused.code).toBe('IDENTITY_UNAVAILABLE');
       } finally {
         await client.close();
         enclave.kill('SIGTERM');
@@ -330,6 +337,149 @@ describe('scripts against a stand-in nitro-cli', () => {
     expect(run('build-eif.sh', ['--config', example]).stderr).toMatch(/docker is required but not found/);
   });
 
+  /** Runs `snippet` in bash with scripts/lib.sh sourced, on the restricted PATH. */
+  const withLib = (snippet: string) =>
+    spawnSync('bash', ['-c', `set -euo pipefail; source scripts/lib.sh; ${snippet}`], { cwd: ROOT, encoding: 'utf8', env: { PATH: bin } });
+  const config = (name: string, value: object) => {
+    const file = path.join(dir, name);
+    fs.writeFileSync(file, JSON.stringify(value));
+    return file;
+  };
+
+  it("build-eif.sh's epoch comes from the configuration, or the release's SECURITY_EPOCH, never below it", () => {
+    expect(withLib('release_security_epoch .').stdout).toBe(`${SECURITY_EPOCH}\n`);
+    const none = config('no-epoch.json', { kmsKeyArn: 'k' });
+    expect(withLib(`config_security_epoch ${none} 2`).stdout).toBe('2\n');
+    expect(withLib(`config_security_epoch ${config('epoch-5.json', { securityEpoch: 5 })} 2`).stdout).toBe('5\n');
+    const low = withLib(`config_security_epoch ${config('epoch-1.json', { securityEpoch: 1 })} 2`);
+    expect([low.status, low.stderr]).toEqual([1, expect.stringMatching(/securityEpoch 1 is below this release's 2: the enclave refuses/)]);
+    const text = withLib(`config_security_epoch ${config('epoch-text.json', { securityEpoch: 'two' })} 2`);
+    expect([text.status, text.stderr]).toEqual([1, expect.stringMatching(/securityEpoch must be a positive integer, got two/)]);
+    // build-eif.sh checks it before anything else is needed (docker is not on this PATH).
+    const refused = run('build-eif.sh', ['--config', path.join(dir, 'epoch-1.json')]);
+    expect([refused.status, refused.stderr]).toEqual([1, expect.stringMatching(/securityEpoch 1 is below/)]);
+  });
+
+  it("build-eif.sh's image mode: genesis without identity, else normal or migration; both go into the measurements", () => {
+    const identity = { publicKey: `0x${'11'.repeat(32)}` };
+    expect(withLib(`config_mode ${config('genesis.json', {})}`).stdout).toBe('genesis\n');
+    expect(withLib(`config_mode ${config('normal.json', { identity })}`).stdout).toBe('normal\n');
+    expect(withLib(`config_mode ${config('migration.json', { identity, mode: 'migration' })}`).stdout).toBe('migration\n');
+    const orphan = withLib(`config_mode ${config('orphan.json', { mode: 'migration' })}`);
+    expect([orphan.status, orphan.stderr]).toEqual([1, expect.stringMatching(/mode migration needs the identity section/)]);
+    expect(withLib(`config_mode ${config('odd.json', { identity, mode: 'debug' })}`).stderr).toMatch(
+      /mode must be normal or migration, got debug/,
+    );
+
+    const nitro = config('nitro-cli-out.json', {
+      Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48) },
+    });
+    const out = path.join(dir, 'measurements.json');
+    expect(withLib(`write_measurements ${nitro} 2 normal ${out}`).status).toBe(0);
+    expect(JSON.parse(fs.readFileSync(out, 'utf8'))).toEqual({
+      Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48) },
+      SecurityEpoch: 2,
+      EnclaveMode: 'normal',
+    });
+    const broken = withLib(`write_measurements ${config('nitro-cli-error.json', { error: 'E' })} 2 normal ${out}`);
+    expect([broken.status, broken.stderr]).toEqual([1, expect.stringMatching(/has no Measurements.PCR0/)]);
+  });
+
+  describe('genesis.sh', () => {
+    const nonce = '0x5eed5eed5eed5eed';
+    let parentJs: string;
+    let parentConfig: string;
+    const genesisArgs = (out: string, extra: string[] = []) => [
+      '--eif',
+      path.join(dir, 'fake.eif'),
+      '--nonce',
+      nonce,
+      '--out',
+      out,
+      '--config',
+      parentConfig,
+      '--env',
+      '/nonexistent',
+      '--parent-js',
+      parentJs,
+      ...extra,
+    ];
+    beforeAll(() => {
+      // A stand-in for dist/parent.js: logs its arguments and writes what `parent genesis --out` writes (or fails).
+      parentJs = path.join(dir, 'parent-stand-in.js');
+      fs.writeFileSync(
+        parentJs,
+        `const fs = require('fs');
+         const args = process.argv.slice(2);
+         fs.appendFileSync(${JSON.stringify(path.join(dir, 'parent.log'))}, args.join(' ') + '\\n');
+         if (process.env.GENESIS_FAILS) { process.stderr.write('parent: the enclave did not answer\\n'); process.exit(1); }
+         const out = args[args.indexOf('--out') + 1];
+         fs.writeFileSync(out, JSON.stringify({ publicKey: '0x' + '22'.repeat(32), blob: 'b', attestation: 'a', defaultProject: {}, nonce: args[args.indexOf('--nonce') + 1] }));
+         process.stdout.write(JSON.stringify({ out }) + '\\n');`,
+      );
+      parentConfig = config('parent.json', { enclave: { address: 'vsock://16:5000' } });
+    });
+    const parentLog = () => fs.readFileSync(path.join(dir, 'parent.log'), 'utf8');
+
+    it('runs the genesis image, has the parent make the identity, terminates the enclave and says what to verify off-host', () => {
+      withNitroCli();
+      fs.rmSync(path.join(dir, 'parent.log'), { force: true });
+      const out = path.join(dir, 'genesis-out.json');
+      const r = run('genesis.sh', genesisArgs(out), { NKS_ENCLAVE_CID: '16' });
+      expect({ status: r.status, stderr: r.stderr }).toEqual({
+        status: 0,
+        stderr: expect.stringContaining(`genesis done: keystore identity 0x${'22'.repeat(32)}`),
+      });
+      expect(log()).toMatch(
+        /^describe-enclaves\nrun-enclave --eif-path \S+fake\.eif --enclave-cid 16 --cpu-count 2 --memory 1024 --enclave-name nitro-keystore-genesis\nterminate-enclave --enclave-name nitro-keystore-genesis\n$/,
+      );
+      expect(log()).not.toContain('--debug-mode');
+      expect(parentLog()).toBe(`genesis --config ${parentConfig} --nonce ${nonce} --out ${out}\n`);
+      expect(r.stderr).toContain(`nks genesis verify ${out} --pcr0 <genesis PCR0> --nonce ${nonce} --out identity.json`);
+      expect(r.stderr).toMatch(/OFF this host/);
+      // Never over an earlier output: it may hold the identity in use.
+      withNitroCli();
+      const again = run('genesis.sh', genesisArgs(out), { NKS_ENCLAVE_CID: '16' });
+      expect([again.status, again.stderr]).toEqual([1, expect.stringMatching(/exists: genesis never replaces an earlier output/)]);
+      expect(fs.existsSync(path.join(dir, 'nitro-cli.log'))).toBe(false);
+    });
+
+    it('terminates the enclave when the parent fails, and writes nothing', () => {
+      withNitroCli();
+      const out = path.join(dir, 'genesis-failed.json');
+      const r = run('genesis.sh', genesisArgs(out), { NKS_ENCLAVE_CID: '16', GENESIS_FAILS: '1' });
+      expect([r.status, r.stderr]).toEqual([
+        1,
+        expect.stringMatching(/the enclave did not answer[\s\S]*the parent's genesis command failed/),
+      ]);
+      expect(log()).toMatch(/run-enclave [^\n]*\nterminate-enclave --enclave-name nitro-keystore-genesis\n$/);
+      expect(fs.existsSync(out)).toBe(false);
+    });
+
+    it('refuses a missing or malformed nonce, a busy CID, and a missing EIF, before starting anything', () => {
+      withNitroCli('[{"EnclaveName": "nitro-keystore", "EnclaveCID": 16, "State": "RUNNING"}]');
+      const out = path.join(dir, 'genesis-refused.json');
+      const busy = run('genesis.sh', genesisArgs(out), { NKS_ENCLAVE_CID: '16' });
+      expect([busy.status, busy.stderr]).toEqual([1, expect.stringMatching(/enclave nitro-keystore runs with CID 16: stop it first/)]);
+      expect(log()).toBe('describe-enclaves\n');
+      const bad = run(
+        'genesis.sh',
+        genesisArgs(out).map((a) => (a === nonce ? '5eed' : a)),
+        { NKS_ENCLAVE_CID: '16' },
+      );
+      expect([bad.status, bad.stderr]).toEqual([1, expect.stringMatching(/--nonce must be 1-512 bytes of 0x-prefixed hex/)]);
+      const noEif = run(
+        'genesis.sh',
+        genesisArgs(out).map((a) => (a.endsWith('fake.eif') ? '/nope.eif' : a)),
+        { NKS_ENCLAVE_CID: '16' },
+      );
+      expect(noEif.stderr).toMatch(/EIF \/nope.eif does not exist/);
+      expect(run('genesis.sh', ['--eif', path.join(dir, 'fake.eif'), '--out', out]).status).toBe(2);
+      expect(run('genesis.sh', genesisArgs(out)).stderr).toMatch(/NKS_ENCLAVE_CID is not set/);
+      expect(fs.existsSync(out)).toBe(false);
+    });
+  });
+
   it('approve-image.sh produces the policy from nks policy (dry run), and needs the AWS CLI to install it', () => {
     const m = path.join(dir, 'measurements.json');
     fs.writeFileSync(
@@ -352,9 +502,18 @@ describe('scripts against a stand-in nitro-cli', () => {
       '--measurements',
       m,
     ];
-    const dry = run('approve-image.sh', [...args, '--dry-run']);
+    const current = path.join(dir, 'current-policy.json');
+    fs.writeFileSync(current, JSON.stringify({ Version: '2012-10-17', Id: 'key-default-1', Statement: [] }));
+    const dry = run('approve-image.sh', [...args, '--dry-run', '--current-policy', current]);
     expect(dry.status).toBe(0);
     expect(JSON.parse(dry.stdout).Statement.map((s: { Sid: string }) => s.Sid)).toContain('DenyDecryptOutsideApprovedEnclaves');
+    // The measurements carry no SecurityEpoch (made before 0.4): an epoch-1 image, refused over an epoch-2 policy.
+    fs.writeFileSync(current, dry.stdout.replace('"nitro-keystore-key-policy-epoch-1"', '"nitro-keystore-key-policy-epoch-2"'));
+    const down = run('approve-image.sh', [...args, '--dry-run', '--current-policy', current]);
+    expect([down.status, down.stderr]).toEqual([
+      2,
+      expect.stringMatching(/installed policy approves security epoch 2; an image of epoch 1/),
+    ]);
     expect(run('approve-image.sh', args).stderr).toMatch(/aws is required but not found/);
     const debugImage = run('approve-image.sh', [
       '--key-arn',
@@ -369,7 +528,11 @@ describe('scripts against a stand-in nitro-cli', () => {
       'arn:aws:iam::111122223333:role/b',
       '--pcr0',
       '0'.repeat(96),
+      '--security-epoch',
+      '2',
       '--dry-run',
+      '--current-policy',
+      current,
     ]);
     expect(debugImage.status).not.toBe(0);
     expect(debugImage.stderr).toMatch(/debug images cannot be approved/);

@@ -22,16 +22,36 @@
  * Several images may be approved at once (rolling upgrades). Debug-mode images (all-zero PCR0) are refused:
  * every debug enclave reports zeros, so approving them would approve any debug enclave. The account root
  * principal is refused: in a key policy it delegates to every IAM policy in the account.
+ *
+ * Security epochs (docs/OPERATIONS.md, "Security epochs"): every image has the epoch of its enclave configuration
+ * (scripts/build-eif.sh writes it into the measurements as `SecurityEpoch`). The policy approves images of one
+ * epoch only and records it in its `Id` (`nitro-keystore-key-policy-epoch-N`), so the next approval can read the
+ * highest epoch approved so far back from the installed policy and refuse to go below it: a release that raises
+ * the epoch is a cutover, never a roll beside older images. A genesis image (no identity) never needs Decrypt and
+ * is refused; a migration image only with `allowMigrationImage` (the migration window, docs/OPERATIONS.md,
+ * "Migration").
  */
 import { PCR_HEX_RE, pcr3ForRole } from '@nks/shared/pcr';
+import { SECURITY_EPOCH } from '@nks/shared/release';
 
 export { pcr3ForRole };
+
+/** What an image's enclave configuration makes it: no identity (genesis), `mode` normal or migration. */
+export const ENCLAVE_IMAGE_MODES = ['genesis', 'normal', 'migration'] as const;
+export type EnclaveImageMode = (typeof ENCLAVE_IMAGE_MODES)[number];
+
+/** The epoch of images built before epochs were recorded (releases up to 0.3). */
+export const PRE_EPOCH_SECURITY_EPOCH = 1;
 
 export interface ImageMeasurements {
   PCR0: string;
   PCR1?: string | undefined;
   PCR2?: string | undefined;
   PCR8?: string | undefined;
+  /** The enclave configuration's securityEpoch; default this release's SECURITY_EPOCH. */
+  securityEpoch?: number | undefined;
+  /** Default normal. */
+  mode?: EnclaveImageMode | undefined;
 }
 
 export interface PolicyInput {
@@ -45,6 +65,13 @@ export interface PolicyInput {
   breakGlassRoleArn: string;
   /** Also pin PCR8 (signed EIFs) when the measurements carry it. */
   pinSigningCertificate?: boolean;
+  /**
+   * The highest security epoch the installed policy approves (`securityEpochOfPolicy`): no image below it is
+   * approved. Undefined when no policy of ours is installed yet.
+   */
+  currentSecurityEpoch?: number | undefined;
+  /** Approve a migration image (`mode: "migration"`): only for the migration window. */
+  allowMigrationImage?: boolean;
 }
 
 export class PolicyInputError extends Error {
@@ -86,13 +113,89 @@ export function normalizePcr(value: string, name: string): string {
   return v;
 }
 
-/** Reads `nitro-cli build-enclave` / `describe-eif` output (or just its `Measurements` object). */
+/**
+ * Reads `nitro-cli build-enclave` / `describe-eif` output (or just its `Measurements` object), with what
+ * scripts/build-eif.sh adds beside it: `SecurityEpoch` and `EnclaveMode`. A file without `SecurityEpoch` was made
+ * before epochs were recorded, so its image is of epoch 1.
+ */
 export function measurementsFromNitroCliJson(json: unknown, source = 'measurements'): ImageMeasurements {
   const obj = json as { Measurements?: Record<string, unknown> } & Record<string, unknown>;
   const m = obj && typeof obj === 'object' && obj.Measurements && typeof obj.Measurements === 'object' ? obj.Measurements : obj;
   if (typeof m?.PCR0 !== 'string') throw new PolicyInputError(`${source}: no Measurements.PCR0`);
   const opt = (k: string) => (typeof m[k] === 'string' ? normalizePcr(m[k], `${source} ${k}`) : undefined);
-  return { PCR0: normalizePcr(m.PCR0, `${source} PCR0`), PCR1: opt('PCR1'), PCR2: opt('PCR2'), PCR8: opt('PCR8') };
+  const epoch = obj.SecurityEpoch;
+  if (epoch !== undefined && !isEpoch(epoch)) throw new PolicyInputError(`${source}: SecurityEpoch is not a positive integer`);
+  const mode = obj.EnclaveMode;
+  if (mode !== undefined && !(ENCLAVE_IMAGE_MODES as readonly unknown[]).includes(mode))
+    throw new PolicyInputError(`${source}: EnclaveMode is not one of ${ENCLAVE_IMAGE_MODES.join(', ')}`);
+  return {
+    PCR0: normalizePcr(m.PCR0, `${source} PCR0`),
+    PCR1: opt('PCR1'),
+    PCR2: opt('PCR2'),
+    PCR8: opt('PCR8'),
+    securityEpoch: epoch ?? PRE_EPOCH_SECURITY_EPOCH,
+    mode: (mode as EnclaveImageMode | undefined) ?? 'normal',
+  };
+}
+
+const isEpoch = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 1;
+
+/** The policy `Id` that records the security epoch its images are of. */
+export const POLICY_ID_PREFIX = 'nitro-keystore-key-policy';
+export const policyIdFor = (epoch: number): string => `${POLICY_ID_PREFIX}-epoch-${epoch}`;
+const POLICY_ID_RE = new RegExp(`^${POLICY_ID_PREFIX}-epoch-([1-9][0-9]{0,8})$`);
+
+/**
+ * The security epoch an installed key policy approves, from its `Id`: N for a policy this generator made
+ * (`…-epoch-N`), 1 for one made before epochs (`nitro-keystore-key-policy`), undefined for any other policy (KMS's
+ * default one before the first approval). Accepts the policy document, its JSON text, or `aws kms get-key-policy`
+ * output (`{"Policy": "<json>"}`).
+ */
+export function securityEpochOfPolicy(policy: unknown): number | undefined {
+  let doc = policy;
+  if (typeof doc === 'string') doc = JSON.parse(doc) as unknown;
+  if (doc && typeof doc === 'object' && typeof (doc as { Policy?: unknown }).Policy === 'string') {
+    doc = JSON.parse((doc as { Policy: string }).Policy) as unknown;
+  }
+  if (!doc || typeof doc !== 'object' || !Array.isArray((doc as { Statement?: unknown }).Statement))
+    throw new PolicyInputError('the current policy is not a key policy document (no Statement list)');
+  const id = (doc as { Id?: unknown }).Id;
+  if (id === POLICY_ID_PREFIX) return PRE_EPOCH_SECURITY_EPOCH;
+  const m = typeof id === 'string' ? POLICY_ID_RE.exec(id) : null;
+  return m ? Number(m[1]) : undefined;
+}
+
+/**
+ * The one security epoch of the images to approve. Refuses mixed epochs (a raised epoch is a cutover: the older
+ * images go), an epoch below the installed policy's, a genesis image, and a migration image unless allowed.
+ */
+export function approvedSecurityEpoch(input: Pick<PolicyInput, 'images' | 'currentSecurityEpoch' | 'allowMigrationImage'>): number {
+  const epochs = input.images.map((i, n) => {
+    const e = i.securityEpoch ?? SECURITY_EPOCH;
+    if (!isEpoch(e)) throw new PolicyInputError(`image ${n + 1}: security epoch ${String(e)} is not a positive integer`);
+    return e;
+  });
+  for (const [n, i] of input.images.entries()) {
+    if (i.mode === 'genesis')
+      throw new PolicyInputError(
+        `image ${n + 1} (PCR0 ${i.PCR0.slice(0, 16)}…) is a genesis image: it has no identity and never needs Decrypt; do not approve it`,
+      );
+    if (i.mode === 'migration' && !input.allowMigrationImage)
+      throw new PolicyInputError(
+        `image ${n + 1} (PCR0 ${i.PCR0.slice(0, 16)}…) is a migration image: approve it only for the migration window (--migration-window), then approve the normal image alone`,
+      );
+  }
+  const highest = Math.max(...epochs);
+  const distinct = [...new Set(epochs)].sort((a, b) => a - b);
+  if (distinct.length > 1)
+    throw new PolicyInputError(
+      `the images are of security epochs ${distinct.join(', ')}: a release that raises the epoch is a cutover, so older images are not kept beside it; approve only the epoch-${highest} images`,
+    );
+  if (input.currentSecurityEpoch !== undefined && highest < input.currentSecurityEpoch)
+    throw new PolicyInputError(
+      `the installed policy approves security epoch ${input.currentSecurityEpoch}; an image of epoch ${highest} cannot be approved (it would reopen what epoch ${input.currentSecurityEpoch} closed)`,
+    );
+  return highest;
 }
 
 /** Refuses the account root (or `*`) as a principal: it would hand the permission to the account's IAM policies. */
@@ -137,6 +240,7 @@ export function generateKeyPolicy(input: PolicyInput): string {
     throw new PolicyInputError('the parent role must not also be the image approver or break-glass role');
   if (approver === breakGlass) throw new PolicyInputError('the image approver and break-glass roles must be different roles');
 
+  const epoch = approvedSecurityEpoch(input);
   const pcr0s = [...new Set(input.images.map((i, n) => normalizePcr(i.PCR0, `image ${n + 1} PCR0`)))];
   if (pcr0s.some((p) => /^0+$/.test(p)))
     throw new PolicyInputError('a PCR0 of all zeros is a debug-mode enclave; debug images cannot be approved');
@@ -155,7 +259,7 @@ export function generateKeyPolicy(input: PolicyInput): string {
 
   const policy = {
     Version: '2012-10-17',
-    Id: 'nitro-keystore-key-policy',
+    Id: policyIdFor(epoch),
     Statement: [
       { Sid: 'KeyAdministration', Effect: 'Allow', Principal: { AWS: one(admins) }, Action: [...ADMINISTRATOR_ACTIONS], Resource: '*' },
       { Sid: 'ImageApproval', Effect: 'Allow', Principal: { AWS: approver }, Action: [...IMAGE_APPROVER_ACTIONS], Resource: '*' },

@@ -8,6 +8,13 @@
  * Errors are `KeystoreApiError` with the API's code, HTTP status, request id and whether a retry can help.
  * Requests that are safe to repeat (reads, signing, creation with an externalId) are retried on retryable
  * errors with jittered backoff; creation without an externalId is never retried (it could make two keys).
+ *
+ * Nothing the server says needs to be taken on trust: `verifyKey` checks a key's signed record against the
+ * keystore identity you pin, and its birth attestation against the PCR0s you approve; `verifyIdentity` checks
+ * that the running enclave holds that identity (client/src/verify.ts, docs/RECORDS.md, "What a client pins").
+ *
+ *   const { keys } = await ks.listKeys();
+ *   verifyKey(keys[0], { identityPublicKey: PINNED_IDENTITY, expectedPcrs: { 0: APPROVED_PCR0S } });
  */
 import {
   AttestationError,
@@ -18,10 +25,29 @@ import {
 } from '@nks/shared/attestation';
 import { backoffDelay, type BackoffOptions } from '@nks/shared/backoff';
 import { isRetryableCode } from '@nks/shared/errors';
+import type { KeyState, SignedRecord } from '@nks/shared/records';
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
+import type { IdentityView } from './verify';
 
-export type { BirthVerifyOptions, SignRequestInput, SignResult, VerifiedAttestation, VerifyOptions };
+export type { BirthVerifyOptions, KeyState, SignedRecord, SignRequestInput, SignResult, VerifiedAttestation, VerifyOptions };
 export { AttestationError };
+export {
+  verifyGenesis,
+  verifyIdentity,
+  verifyKey,
+  VerificationError,
+  type ExpectedPcrs,
+  type GenesisOutput,
+  type IdentitySection,
+  type IdentityView,
+  type VerificationErrorCode,
+  type VerifiedGenesis,
+  type VerifiedIdentity,
+  type VerifiedKey,
+  type VerifyGenesisOptions,
+  type VerifyIdentityOptions,
+  type VerifyKeyOptions,
+} from './verify';
 
 export interface Key {
   keyId: string;
@@ -31,12 +57,18 @@ export interface Key {
   labels: Record<string, string>;
   createdAt: string;
   disabled: boolean;
+  /** The project the key belongs to (`default`: the token project made at genesis); null for a key made before 0.4 and not migrated yet. */
+  projectId: string | null;
+  state: KeyState | null;
+  /** The key's current record, signed by the keystore identity: check it with `verifyKey`. Null before migration. */
+  record: SignedRecord | null;
   /** Birth attestation (base64 COSE_Sign1), when the key was created with `attest: true`. */
   attestation?: string;
 }
 
 export interface ClientOptions {
   url: string;
+  /** The caller token; may be empty for the routes that need none (`identity()`, `ready()`). */
   token: string;
   /** Per attempt. Default 15 s. */
   timeoutMs?: number;
@@ -112,7 +144,10 @@ export class KeystoreClient {
   private async once<T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
     const res = await this.doFetch(`${this.base}${path}`, {
       method,
-      headers: { authorization: `Bearer ${this.options.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      headers: {
+        ...(this.options.token ? { authorization: `Bearer ${this.options.token}` } : {}),
+        ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+      },
       body: body === undefined ? undefined : JSON.stringify(body),
       signal: AbortSignal.timeout(this.options.timeoutMs ?? 15_000),
     });
@@ -217,6 +252,14 @@ export class KeystoreClient {
   /** An attestation document from the enclave (base64), carrying `nonce` when given (0x hex). */
   attestation(nonce?: `0x${string}`): Promise<{ document: string }> {
     return this.request('GET', `/v1/attestation${nonce ? `?nonce=${nonce}` : ''}`);
+  }
+
+  /**
+   * The keystore identity (no token needed): its public key, the genesis document, and a fresh attestation of
+   * the running enclave carrying `nonce` (0x hex, 1-512 bytes). Check it with `verifyIdentity`.
+   */
+  identity(nonce: `0x${string}`): Promise<IdentityView> {
+    return this.request('GET', `/v1/identity?nonce=${nonce}`);
   }
 
   async ready(): Promise<boolean> {

@@ -160,6 +160,8 @@ describe('nks policy', () => {
         m,
         JSON.stringify({
           Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: 'ab'.repeat(48), PCR1: 'cd'.repeat(48), PCR2: 'ef'.repeat(48) },
+          SecurityEpoch: 2,
+          EnclaveMode: 'normal',
         }),
       );
       const r = nks([
@@ -168,6 +170,8 @@ describe('nks policy', () => {
         m,
         '--pcr0',
         '12'.repeat(48),
+        '--security-epoch',
+        '2',
         '--parent-role-arn',
         'arn:aws:iam::111122223333:role/p',
         '--admin',
@@ -188,6 +192,8 @@ describe('nks policy', () => {
         'policy',
         '--pcr0',
         '0'.repeat(96),
+        '--security-epoch',
+        '2',
         '--parent-role-arn',
         'arn:aws:iam::111122223333:role/p',
         '--admin',

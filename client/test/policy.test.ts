@@ -1,7 +1,15 @@
 import { decodeAttestationDocument } from '@nks/shared/attestation';
 import realDoc from '../../shared/test/fixtures/aws-nitro-attestation-debug.json';
 import { evaluatePolicy, parsePolicy } from '../../sim/src/kms/policy';
-import { generateKeyPolicy, measurementsFromNitroCliJson, pcr3ForRole, PolicyInputError, type PolicyInput } from '../src/policy';
+import { SECURITY_EPOCH } from '@nks/shared/release';
+import {
+  generateKeyPolicy,
+  measurementsFromNitroCliJson,
+  pcr3ForRole,
+  PolicyInputError,
+  securityEpochOfPolicy,
+  type PolicyInput,
+} from '../src/policy';
 
 const ROLE = 'arn:aws:iam::111122223333:role/nitro-keystore-parent';
 const ADMIN = 'arn:aws:iam::111122223333:role/keystore-admin';
@@ -193,8 +201,21 @@ describe('key policy generator', () => {
     const m = measurementsFromNitroCliJson({
       Measurements: { HashAlgorithm: 'Sha384 { ... }', PCR0: IMAGE_A.toUpperCase(), PCR1: 'c'.repeat(96), PCR2: 'd'.repeat(96) },
     });
-    expect(m).toEqual({ PCR0: IMAGE_A, PCR1: 'c'.repeat(96), PCR2: 'd'.repeat(96), PCR8: undefined });
+    // No SecurityEpoch: made before build-eif.sh recorded epochs, so an image of epoch 1.
+    expect(m).toEqual({ PCR0: IMAGE_A, PCR1: 'c'.repeat(96), PCR2: 'd'.repeat(96), PCR8: undefined, securityEpoch: 1, mode: 'normal' });
     expect(() => measurementsFromNitroCliJson({ Measurements: {} })).toThrow(/no Measurements.PCR0/);
+  });
+
+  it("reads the image's security epoch and mode that build-eif.sh writes beside nitro-cli's measurements", () => {
+    const m = measurementsFromNitroCliJson({ Measurements: { PCR0: IMAGE_A }, SecurityEpoch: 3, EnclaveMode: 'migration' });
+    expect(m).toMatchObject({ PCR0: IMAGE_A, securityEpoch: 3, mode: 'migration' });
+    expect(() => measurementsFromNitroCliJson({ Measurements: { PCR0: IMAGE_A }, SecurityEpoch: '2' }, 'm.json')).toThrow(
+      /m.json: SecurityEpoch is not a positive integer/,
+    );
+    expect(() => measurementsFromNitroCliJson({ Measurements: { PCR0: IMAGE_A }, SecurityEpoch: 0 })).toThrow(/SecurityEpoch/);
+    expect(() => measurementsFromNitroCliJson({ Measurements: { PCR0: IMAGE_A }, EnclaveMode: 'debug' })).toThrow(
+      /EnclaveMode is not one of genesis, normal, migration/,
+    );
   });
 
   const base: PolicyInput = { images: [{ PCR0: IMAGE_A }], ...roles };
@@ -251,5 +272,66 @@ describe('key policy generator', () => {
     expect(() => generateKeyPolicy(input)).toThrow(message);
     // The base input, without that one change, is accepted: the change is what was refused.
     expect(() => generateKeyPolicy(base)).not.toThrow();
+  });
+});
+
+describe('security epochs in the key policy', () => {
+  const epochOf = (text: string) => securityEpochOfPolicy(JSON.parse(text));
+  const policy = (images: PolicyInput['images'], over: Partial<PolicyInput> = {}) => generateKeyPolicy({ images, ...roles, ...over });
+
+  it("records the images' epoch in the policy Id, where the next approval reads it back", () => {
+    const text = policy([
+      { PCR0: IMAGE_A, securityEpoch: 2 },
+      { PCR0: IMAGE_B, securityEpoch: 2 },
+    ]);
+    expect(JSON.parse(text).Id).toBe('nitro-keystore-key-policy-epoch-2');
+    expect(epochOf(text)).toBe(2);
+    expect(epochOf(policy([{ PCR0: IMAGE_A, securityEpoch: 7 }]))).toBe(7);
+    // Images given without an epoch (the dev stack, the test platform) are of this release's.
+    expect(epochOf(policy([{ PCR0: IMAGE_A }]))).toBe(SECURITY_EPOCH);
+    // As aws kms get-key-policy prints it (--output json), as its --query Policy text, or parsed.
+    expect(securityEpochOfPolicy({ Policy: text, PolicyName: 'default' })).toBe(2);
+    expect(securityEpochOfPolicy(text)).toBe(2);
+  });
+
+  it('reads a policy made before epochs as epoch 1, and any other policy as none', () => {
+    const old = { ...JSON.parse(policy([{ PCR0: IMAGE_A }])), Id: 'nitro-keystore-key-policy' };
+    expect(securityEpochOfPolicy(old)).toBe(1);
+    const kmsDefault = { Version: '2012-10-17', Id: 'key-default-1', Statement: [{ Sid: 'Enable IAM User Permissions' }] };
+    expect(securityEpochOfPolicy(kmsDefault)).toBeUndefined();
+    expect(securityEpochOfPolicy({ ...kmsDefault, Id: 'nitro-keystore-key-policy-epoch-02' })).toBeUndefined();
+    expect(() => securityEpochOfPolicy({ Id: 'nitro-keystore-key-policy-epoch-2' })).toThrow(/not a key policy document/);
+  });
+
+  it('refuses images of different epochs: raising the epoch is a cutover, the older images go', () => {
+    expect(() =>
+      policy([
+        { PCR0: IMAGE_A, securityEpoch: 1 },
+        { PCR0: IMAGE_B, securityEpoch: 2 },
+      ]),
+    ).toThrow(
+      /security epochs 1, 2: a release that raises the epoch is a cutover, so older images are not kept beside it; approve only the epoch-2 images/,
+    );
+    expect(epochOf(policy([{ PCR0: IMAGE_B, securityEpoch: 2 }], { currentSecurityEpoch: 1 }))).toBe(2);
+  });
+
+  it('refuses an image below the epoch the installed policy approves, and accepts the same or a higher one', () => {
+    expect(() => policy([{ PCR0: IMAGE_A, securityEpoch: 1 }], { currentSecurityEpoch: 2 })).toThrow(
+      /the installed policy approves security epoch 2; an image of epoch 1 cannot be approved/,
+    );
+    expect(() => policy([{ PCR0: IMAGE_A, securityEpoch: 2 }], { currentSecurityEpoch: 2 })).not.toThrow();
+    expect(() => policy([{ PCR0: IMAGE_A, securityEpoch: 3 }], { currentSecurityEpoch: 2 })).not.toThrow();
+    expect(() => policy([{ PCR0: IMAGE_A, securityEpoch: 0 }])).toThrow(/security epoch 0 is not a positive integer/);
+  });
+
+  it('never approves a genesis image, and a migration image only for the migration window', () => {
+    expect(() => policy([{ PCR0: IMAGE_A, mode: 'genesis' }])).toThrow(/is a genesis image: it has no identity and never needs Decrypt/);
+    expect(() => policy([{ PCR0: IMAGE_A, mode: 'migration' }])).toThrow(/is a migration image: approve it only for the migration window/);
+    const window = JSON.parse(policy([{ PCR0: IMAGE_A, mode: 'migration' }], { allowMigrationImage: true })) as {
+      Statement: Array<{ Sid: string; Condition?: Record<string, Record<string, unknown>> }>;
+    };
+    const allow = window.Statement.find((st) => st.Sid === 'EnclaveDecryptOnlyWhenAttested');
+    expect(allow?.Condition?.StringEqualsIgnoreCase?.['kms:RecipientAttestation:ImageSha384']).toBe(IMAGE_A);
+    expect(() => policy([{ PCR0: IMAGE_A, mode: 'normal' }])).not.toThrow();
   });
 });

@@ -50,6 +50,7 @@ describe('SDK', () => {
     const table = Object.entries(ERROR_CODES).map(([code, info]) => [code, info.retryable]);
     expect(table.map(([code]) => [code, new KeystoreApiError(500, code as string, 'm', undefined).retryable])).toEqual(table);
     expect(table.filter(([, retryable]) => retryable).map(([code]) => code)).toEqual([
+      'IDENTITY_UNAVAILABLE',
       'KMS_THROTTLED',
       'KMS_UNAVAILABLE',
       'OVERLOADED',

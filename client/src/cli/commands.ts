@@ -5,32 +5,21 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { AttestationError, verifyAttestation, verifyBirthAttestation, type VerifyOptions } from '@nks/shared/attestation';
 import { ADDRESS_RE } from '@nks/shared/identifiers';
 import type { SignRequestInput } from '@nks/shared/signing/schema';
-import { generateKeyPolicy, measurementsFromNitroCliJson, normalizePcr, PolicyInputError, type ImageMeasurements } from '../policy';
+import {
+  generateKeyPolicy,
+  measurementsFromNitroCliJson,
+  normalizePcr,
+  PolicyInputError,
+  securityEpochOfPolicy,
+  type ImageMeasurements,
+} from '../policy';
 import type { Key } from '../sdk';
-import { clientFor, readInput, readJsonInput, UsageError } from './context';
+import { clientFor, connectionOptions, parse, readInput, readJsonInput, UsageError } from './context';
+import { keysVerifyCommand } from './verify-commands';
 import { fields, print } from './output';
-
-const connectionOptions = {
-  url: { type: 'string' },
-  token: { type: 'string' },
-  'dev-dir': { type: 'string' },
-  json: { type: 'boolean' },
-} as const;
-
-function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O, positionals = 0) {
-  let res;
-  try {
-    res = parseArgs({ args, options, allowPositionals: positionals > 0, strict: true });
-  } catch (err) {
-    throw new UsageError((err as Error).message, { cause: err });
-  }
-  if (res.positionals.length !== positionals) throw new UsageError(`expected ${positionals} argument(s), got ${res.positionals.length}`);
-  return res;
-}
 
 const keyRows = (k: Key): Array<[string, unknown]> => [
   ['keyId', k.keyId],
@@ -44,6 +33,8 @@ const keyRows = (k: Key): Array<[string, unknown]> => [
           .join(', ')
       : undefined,
   ],
+  ['project', k.projectId ?? 'none: made before 0.4, not migrated yet'],
+  ['state', k.state],
   ['createdAt', k.createdAt],
   ['disabled', k.disabled ? 'yes' : 'no'],
   ['publicKey', k.publicKey],
@@ -74,7 +65,7 @@ export async function keysCommand(args: string[]): Promise<number> {
         { ...key, created },
         values.json ?? false,
         () =>
-          `${created ? 'Created' : 'Existing'} key\n${fields([...keyRows(key), ['attestation', key.attestation ? `${key.attestation.length} base64 chars (verify with: nks attestation verify)` : undefined]])}`,
+          `${created ? 'Created' : 'Existing'} key\n${fields([...keyRows(key), ['attestation', key.attestation ? `${key.attestation.length} base64 chars (check the key and it with: nks keys verify)` : undefined]])}`,
       );
       return 0;
     }
@@ -126,8 +117,10 @@ export async function keysCommand(args: string[]): Promise<number> {
       print(key, values.json ?? false, () => `${key.keyId} is ${key.disabled ? 'disabled' : 'enabled'}`);
       return 0;
     }
+    case 'verify':
+      return keysVerifyCommand(rest);
     default:
-      throw new UsageError('usage: nks keys create|get|list|disable|enable ...');
+      throw new UsageError('usage: nks keys create|get|list|verify|disable|enable ...');
   }
 }
 
@@ -342,6 +335,9 @@ export function policyCommand(args: string[]): number {
   const { values } = parse(args, {
     measurements: { type: 'string', multiple: true },
     pcr0: { type: 'string', multiple: true },
+    'security-epoch': { type: 'string' },
+    'current-policy': { type: 'string' },
+    'migration-window': { type: 'boolean' },
     'parent-role-arn': { type: 'string' },
     admin: { type: 'string', multiple: true },
     'image-approver-role-arn': { type: 'string' },
@@ -352,7 +348,30 @@ export function policyCommand(args: string[]): number {
   const images: ImageMeasurements[] = [];
   try {
     for (const f of values.measurements ?? []) images.push(measurementsFromNitroCliJson(readJsonInput(f), f));
-    for (const p of values.pcr0 ?? []) images.push({ PCR0: normalizePcr(p, '--pcr0') });
+    // A bare PCR0 says nothing about its image's epoch: the operator states it.
+    let epoch: number | undefined;
+    if (values['security-epoch'] !== undefined) {
+      epoch = Number(values['security-epoch']);
+      if (!/^[1-9][0-9]{0,8}$/.test(values['security-epoch'])) throw new UsageError('--security-epoch takes a positive integer');
+    }
+    if (values.pcr0?.length && epoch === undefined)
+      throw new UsageError(
+        "--pcr0 needs --security-epoch N (the securityEpoch of that image's enclave configuration); a measurements file from scripts/build-eif.sh carries it",
+      );
+    for (const p of values.pcr0 ?? []) images.push({ PCR0: normalizePcr(p, '--pcr0'), securityEpoch: epoch });
+    let currentSecurityEpoch: number | undefined;
+    if (values['current-policy'] !== undefined) {
+      try {
+        currentSecurityEpoch = securityEpochOfPolicy(readInput(values['current-policy']).toString('utf8'));
+      } catch (err) {
+        if (err instanceof PolicyInputError) throw err;
+        throw new UsageError(`${values['current-policy']} is not a key policy (JSON)`, { cause: err });
+      }
+      if (currentSecurityEpoch === undefined)
+        process.stderr.write(
+          `nks: the current policy in ${values['current-policy']} was not made by nks policy: no security epoch to keep (first approval)\n`,
+        );
+    }
     if (!values['parent-role-arn']) throw new UsageError('--parent-role-arn is required (the IAM role of the parent instance)');
     if (!values['image-approver-role-arn'])
       throw new UsageError(
@@ -367,6 +386,8 @@ export function policyCommand(args: string[]): number {
       imageApproverRoleArn: values['image-approver-role-arn'],
       breakGlassRoleArn: values['break-glass-role-arn'],
       pinSigningCertificate: values['pin-pcr8'] ?? false,
+      currentSecurityEpoch,
+      allowMigrationImage: values['migration-window'] ?? false,
     });
     if (values.out) fs.writeFileSync(values.out, `${policy}\n`);
     else process.stdout.write(`${policy}\n`);

@@ -4,20 +4,47 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { KeystoreClient } from '../sdk';
 
 export class UsageError extends Error {
   override readonly name = 'UsageError';
 }
 
+/** The flags of every command that talks to the API. */
+export const connectionOptions = {
+  url: { type: 'string' },
+  token: { type: 'string' },
+  'dev-dir': { type: 'string' },
+  json: { type: 'boolean' },
+} as const;
+
+/** Strict flag parsing: unknown flags and a wrong number of arguments are usage errors (exit 2). */
+export function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O, positionals = 0) {
+  let res;
+  try {
+    res = parseArgs({ args, options, allowPositionals: positionals > 0, strict: true });
+  } catch (err) {
+    throw new UsageError((err as Error).message, { cause: err });
+  }
+  if (res.positionals.length !== positionals) throw new UsageError(`expected ${positionals} argument(s), got ${res.positionals.length}`);
+  return res;
+}
+
 export interface ApiTarget {
   url: string;
   token: string;
+  /**
+   * When the URL is the local dev stack's (from dev.json): the PCR0 its key policy approves and the file of the
+   * simulated NSM's root certificate, so verification commands can default to them there and only there.
+   */
+  dev?: { pcr0?: string; rootFile?: string };
 }
 
 export function resolveApiTarget(
   flags: { url?: string | undefined; token?: string | undefined; 'dev-dir'?: string | undefined },
   env: NodeJS.ProcessEnv = process.env,
+  { tokenOptional = false } = {},
 ): ApiTarget {
   const devDir = path.resolve(flags['dev-dir'] || env.NKS_DEV_DIR || '.dev');
   const readDev = <T>(file: string, parse: (s: string) => T): T | undefined => {
@@ -27,19 +54,28 @@ export function resolveApiTarget(
       return undefined;
     }
   };
-  const url = flags.url ?? env.NKS_URL ?? readDev('dev.json', (s) => (JSON.parse(s) as { url?: string }).url);
+  const devState = readDev('dev.json', (s) => JSON.parse(s) as { url?: string; pcr0?: unknown; rootPem?: unknown });
+  const explicitUrl = flags.url ?? env.NKS_URL;
+  const url = explicitUrl || devState?.url;
   const token = flags.token ?? env.NKS_TOKEN ?? readDev('token', (s) => s.trim());
   if (!url)
     throw new UsageError(
       `no API URL: pass --url, set NKS_URL, or start the local stack (npm run dev) so ${path.join(devDir, 'dev.json')} exists`,
     );
-  if (!token)
+  if (!token && !tokenOptional)
     throw new UsageError(`no token: pass --token, set NKS_TOKEN, or start the local stack so ${path.join(devDir, 'token')} exists`);
-  return { url, token };
+  const dev =
+    !explicitUrl && devState
+      ? {
+          ...(typeof devState.pcr0 === 'string' ? { pcr0: devState.pcr0 } : {}),
+          ...(typeof devState.rootPem === 'string' ? { rootFile: devState.rootPem } : {}),
+        }
+      : undefined;
+  return { url, token: token ?? '', ...(dev ? { dev } : {}) };
 }
 
-export function clientFor(flags: Parameters<typeof resolveApiTarget>[0]): KeystoreClient {
-  const c = resolveApiTarget(flags);
+export function clientFor(flags: Parameters<typeof resolveApiTarget>[0], options?: { tokenOptional?: boolean }): KeystoreClient {
+  const c = resolveApiTarget(flags, process.env, options);
   return new KeystoreClient({ url: c.url, token: c.token });
 }
 

@@ -5,6 +5,7 @@
 import { KeystoreApiError } from '../sdk';
 import { attestationCommand, devCommand, keysCommand, policyCommand, signCommand } from './commands';
 import { UsageError } from './context';
+import { genesisCommand, identityCommand } from './verify-commands';
 
 const HELP = `nks — nitro-keystore command-line client
 
@@ -12,6 +13,15 @@ const HELP = `nks — nitro-keystore command-line client
   nks keys get <keyId>
   nks keys list [--external-id ID] [--limit N] [--cursor C] [--all]
   nks keys disable|enable <keyId>
+  nks keys verify <keyId> --identity 0x…|FILE --pcr0 HEX [--pcr0 HEX]... [--root PEM] [--require-birth]
+                  [--view FILE]
+      checks the key's record is signed by the keystore identity you pinned and agrees with what the API shows,
+      and its birth attestation (when it has one) with an approved PCR0; --view checks a saved "keys get --json"
+  nks identity [--pcr0 HEX]... [--identity 0x…|FILE] [--genesis-pcr0 HEX] [--root PEM] [--max-age S]
+      asks the enclave, with a random nonce, to attest that it holds the keystore identity (no token needed)
+  nks genesis verify <genesis.json> --pcr0 HEX --nonce HEX [--root PEM] [--out identity.json]
+      checks a genesis output off-host (the genesis image's PCR0, your nonce) and writes the identity section
+      of the enclave configuration
   nks sign <keyId> --digest 0x… | --message TEXT | --message-hex 0x… | --typed-data FILE
                    | --transaction FILE | --authorization FILE [--allow-all-chains] | --request FILE
                    | --user-operation FILE --entry-point 0x… --chain-id N --ep-version 0.6|0.7
@@ -20,11 +30,14 @@ const HELP = `nks — nitro-keystore command-line client
                          [--nonce HEX] [--user-data HEX | --key-id ID --address 0x…] [--json]
       --key-id/--address check a key's birth attestation (the key's "attestation" from creation)
   nks policy --parent-role-arn ARN --admin ARN... --image-approver-role-arn ARN --break-glass-role-arn ARN
-              (--measurements FILE | --pcr0 HEX)... [--pin-pcr8] [--out FILE]
+              (--measurements FILE | --pcr0 HEX --security-epoch N)... [--current-policy FILE]
+              [--migration-window] [--pin-pcr8] [--out FILE]
+      refuses an image of a lower security epoch than the current policy's, and mixed epochs
   nks dev [--dir DIR] [--api-port PORT] [--update-policy]
 
 Connection (API commands): --url URL --token TOKEN, or NKS_URL / NKS_TOKEN, or the local dev stack's state
-(--dev-dir DIR, default .dev). Add --json for machine-readable output. FILE may be - for standard input.
+(--dev-dir DIR, default .dev; there --pcr0 and --root default to the dev stack's). Add --json for
+machine-readable output. FILE may be - for standard input.
 Exit codes: 0 success, 1 failure or invalid document, 2 usage.`;
 
 async function main(argv: string[]): Promise<number> {
@@ -36,6 +49,10 @@ async function main(argv: string[]): Promise<number> {
       return signCommand(rest);
     case 'attestation':
       return attestationCommand(rest);
+    case 'identity':
+      return identityCommand(rest);
+    case 'genesis':
+      return genesisCommand(rest);
     case 'policy':
       return policyCommand(rest);
     case 'dev':

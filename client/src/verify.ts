@@ -1,0 +1,432 @@
+/**
+ * Offline verification of what the keystore says, with nothing taken from the server on trust (docs/RECORDS.md,
+ * "What a client pins"). A client pins two things: the keystore identity's public key (from the published genesis
+ * document, checked once with `verifyGenesis` / `nks genesis verify`) and the PCR0s of the images it approves.
+ *
+ * - `verifyKey`: a key as the API shows it carries its signed record; the record must be signed by the pinned
+ *   identity and agree with everything the view says (key id, address, public key, project, subject, state,
+ *   disabled), and the birth attestation, when there is one, must verify with an approved PCR0.
+ * - `verifyIdentity`: `GET /v1/identity` — a fresh document of the running enclave that binds the identity's public
+ *   key and the caller's nonce.
+ * - `verifyGenesis`: the genesis output — its document (the genesis image's PCR0, the operator's nonce, user_data
+ *   binding the public key), the identity blob and the default project record the new identity signed.
+ *
+ * Every failure throws VerificationError with a code and a message that says what did not hold.
+ */
+import { createHash, type KeyObject } from 'node:crypto';
+import { keccak_256 } from '@noble/hashes/sha3.js';
+import { AttestationError, decodeAttestationDocument, verifyBirthAttestation, type VerifiedAttestation } from '@nks/shared/attestation';
+import { verifyIdentityAttestation } from '@nks/shared/attestation/identity';
+import { BLOB_VERSION, decodeBlobBase64 } from '@nks/shared/blob';
+import { IDENTITY_PUBLIC_KEY_RE } from '@nks/shared/identifiers';
+import {
+  decodeKeyRecord,
+  decodeProjectRecord,
+  DEFAULT_PROJECT_ID,
+  hex,
+  identityPublicKey,
+  verifySignedRecord,
+  type KeyRecord,
+  type ProjectRecord,
+  type SignedRecord,
+} from '@nks/shared/records';
+import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
+
+export type VerificationErrorCode =
+  /** The input is not what the check needs (no record, not a key view, a public key that is not 0x + 64 hex). */
+  | 'MALFORMED'
+  /** A record's signature does not verify with the pinned identity. */
+  | 'RECORD_SIGNATURE'
+  /** A record verifies but is not a well-formed record of the expected kind. */
+  | 'RECORD_MALFORMED'
+  /** The view says something the signed record does not. */
+  | 'VIEW_MISMATCH'
+  /** A birth attestation was required and there is none. */
+  | 'NO_BIRTH_ATTESTATION'
+  /** An attestation document does not verify (its AttestationError code is in `attestationCode`). */
+  | 'ATTESTATION'
+  /** The identity is not the one pinned. */
+  | 'IDENTITY_MISMATCH'
+  /** The genesis output's blob or default project is not what a genesis enclave makes. */
+  | 'GENESIS_MISMATCH';
+
+export class VerificationError extends Error {
+  override readonly name = 'VerificationError';
+  /** For ATTESTATION: the document's own failure code (PCR_MISMATCH, NONCE_MISMATCH, …). */
+  readonly attestationCode: string | undefined;
+  constructor(
+    readonly code: VerificationErrorCode,
+    message: string,
+    options?: { cause?: unknown; attestationCode?: string },
+  ) {
+    super(message, options?.cause === undefined ? undefined : { cause: options.cause });
+    this.attestationCode = options?.attestationCode;
+  }
+}
+
+/**
+ * Expected PCR values by index. A list means "any one of these" (several approved images, e.g. the PCR0 a key was
+ * born under and today's); PCR0 is required wherever a document is checked.
+ */
+export type ExpectedPcrs = Record<number, string | Uint8Array | ReadonlyArray<string | Uint8Array>>;
+
+/** What `verifyKey` reads from a key view (`GET /v1/keys/{keyId}`, `nks keys get --json`). */
+export interface KeyViewForVerification {
+  keyId: string;
+  address: string;
+  publicKey?: string | undefined;
+  externalId?: string | null | undefined;
+  subject?: string | null | undefined;
+  projectId?: string | null | undefined;
+  state?: string | null | undefined;
+  disabled?: boolean | undefined;
+  record?: SignedRecord | null | undefined;
+  attestation?: string | undefined;
+}
+
+export interface VerifyKeyOptions {
+  /** The keystore identity's Ed25519 public key (0x + 64 hex), from the published genesis document. */
+  identityPublicKey: string | KeyObject;
+  /** PCRs a birth attestation must show (PCR0 required: an image you approve, or the list of them). */
+  expectedPcrs: ExpectedPcrs;
+  /** Trust anchor for attestation documents (PEM or DER); default the AWS Nitro root G1. */
+  rootCertificate?: string | Uint8Array;
+  /** Fail when the key has no birth attestation. Default false: the signed record is the evidence, the birth a bonus. */
+  requireBirthAttestation?: boolean;
+  /** Time at which the birth attestation's certificates must be valid; default the document's own timestamp. */
+  at?: Date;
+}
+
+export interface VerifiedKey {
+  record: KeyRecord;
+  /** SHA-256("nks-record-v1" ‖ cbor) of the record, 0x hex: what the identity signed. */
+  recordDigest: string;
+  birth: VerifiedAttestation | null;
+  /** What was checked, in order, for people. */
+  checks: string[];
+}
+
+const lower = (s: string) => s.toLowerCase();
+
+function pinnedIdentity(key: string | KeyObject): KeyObject {
+  if (typeof key !== 'string') return key;
+  if (!IDENTITY_PUBLIC_KEY_RE.test(key)) {
+    throw new VerificationError('MALFORMED', `the identity public key must be 0x and 64 lower-case hex digits, got "${key.slice(0, 80)}"`);
+  }
+  return identityPublicKey(key);
+}
+
+/** The record's signature with the identity, then its decoding: two different failures. */
+function openRecord<R>(signed: SignedRecord | null | undefined, identity: KeyObject, decode: (b: Buffer) => R, what: string) {
+  if (signed === null) {
+    throw new VerificationError('MALFORMED', `${what} has no signed record: it was made before 0.4 and is not migrated yet`);
+  }
+  if (!signed || typeof signed.record !== 'string' || typeof signed.signature !== 'string') {
+    throw new VerificationError('MALFORMED', `${what} has no signed record ({record, signature})`);
+  }
+  let verified;
+  try {
+    verified = verifySignedRecord(signed, identity);
+  } catch (err) {
+    throw new VerificationError(
+      'RECORD_SIGNATURE',
+      `${what}: the record's signature does not verify with the pinned identity (not made by this keystore, or altered)`,
+      { cause: err },
+    );
+  }
+  try {
+    return { record: decode(verified.bytes), digest: hex(verified.digest) };
+  } catch (err) {
+    throw new VerificationError('RECORD_MALFORMED', `${what}: the signed record is not a well-formed record (${(err as Error).message})`, {
+      cause: err,
+    });
+  }
+}
+
+/** The EIP-55-agnostic address of an uncompressed secp256k1 public key (0x04 ‖ x ‖ y). */
+export function addressOfPublicKey(publicKey: string): string | undefined {
+  if (!/^0x04[0-9a-fA-F]{128}$/.test(publicKey)) return undefined;
+  return `0x${Buffer.from(keccak_256(Buffer.from(publicKey.slice(4), 'hex')))
+    .subarray(12)
+    .toString('hex')}`;
+}
+
+/** Picks, for each index given as a list, the listed value the document shows (or the first, which then fails). */
+function resolvePcrs(document: Uint8Array, expected: ExpectedPcrs): Record<number, string | Uint8Array> {
+  let shown: Map<number, Buffer> | undefined;
+  const out: Record<number, string | Uint8Array> = {};
+  for (const [index, value] of Object.entries(expected)) {
+    if (typeof value === 'string' || value instanceof Uint8Array) {
+      out[Number(index)] = value;
+      continue;
+    }
+    const list = value as ReadonlyArray<string | Uint8Array>;
+    if (list.length === 0) continue;
+    try {
+      shown ??= decodeAttestationDocument(document).document.pcrs;
+    } catch {
+      shown = new Map(); // verification below reports the malformed document
+    }
+    const actual = shown.get(Number(index));
+    const bytes = (v: string | Uint8Array) => (typeof v === 'string' ? Buffer.from(v.replace(/^0x/i, ''), 'hex') : Buffer.from(v));
+    out[Number(index)] = list.find((v) => actual?.equals(bytes(v))) ?? (list[0] as string | Uint8Array);
+  }
+  return out;
+}
+
+function attestationFailure(what: string, err: unknown): never {
+  if (err instanceof AttestationError) {
+    throw new VerificationError('ATTESTATION', `${what}: ${err.code}: ${err.message}`, { cause: err, attestationCode: err.code });
+  }
+  throw err;
+}
+
+const pcr0Of = (v: VerifiedAttestation) => v.document.pcrs.get(0)?.toString('hex');
+
+/**
+ * Checks a key view offline: its record is signed by the pinned identity, and the record and the view agree on the
+ * key id, address, project, state and disabled flag (and the subject for the default token project, which is the
+ * external id); the view's public key belongs to the address; the birth attestation, when present (or required),
+ * verifies at its own time with the expected PCRs and binds this key id and address.
+ */
+export function verifyKey(view: KeyViewForVerification, options: VerifyKeyOptions): VerifiedKey {
+  if (!view || typeof view.keyId !== 'string' || typeof view.address !== 'string') {
+    throw new VerificationError('MALFORMED', 'not a key view (keyId and address are missing)');
+  }
+  const identity = pinnedIdentity(options.identityPublicKey);
+  const checks: string[] = [];
+  const { record, digest } = openRecord(view.record, identity, decodeKeyRecord, `key ${view.keyId}`);
+  checks.push(`record signature verifies with the pinned identity (record ${digest}, seq ${record.seq})`);
+
+  const mismatches: string[] = [];
+  const agree = (field: string, shown: unknown, signed: unknown) => {
+    if (shown !== signed) mismatches.push(`${field}: the view says ${JSON.stringify(shown)}, the record ${JSON.stringify(signed)}`);
+  };
+  agree('keyId', view.keyId, record.keyId);
+  agree('address', lower(view.address), lower(record.address));
+  if (view.projectId !== undefined) agree('projectId', view.projectId, record.projectId);
+  if (view.state !== undefined) agree('state', view.state, record.state);
+  if (view.disabled !== undefined) agree('disabled', view.disabled, record.disabled);
+  if (view.subject !== undefined) agree('subject', view.subject, record.subject);
+  else if (record.projectId === DEFAULT_PROJECT_ID && view.externalId !== undefined) agree('externalId', view.externalId, record.subject);
+  if (view.publicKey !== undefined) {
+    const derived = addressOfPublicKey(view.publicKey);
+    if (derived !== lower(record.address)) mismatches.push(`publicKey: it is not the public key of ${record.address}`);
+  }
+  if (mismatches.length) {
+    throw new VerificationError(
+      'VIEW_MISMATCH',
+      `key ${view.keyId}: the view does not agree with its signed record: ${mismatches.join('; ')}`,
+    );
+  }
+  checks.push(
+    `the view agrees with the record: keyId, address${view.publicKey !== undefined ? ', publicKey' : ''}, project ${record.projectId}, subject, state ${record.state}, disabled ${record.disabled}`,
+  );
+
+  let birth: VerifiedAttestation | null = null;
+  if (view.attestation) {
+    const document = Buffer.from(view.attestation, 'base64');
+    try {
+      birth = verifyBirthAttestation(
+        document,
+        { keyId: record.keyId, address: record.address },
+        {
+          expectedPcrs: resolvePcrs(document, options.expectedPcrs),
+          ...(options.rootCertificate !== undefined ? { trustedRoots: [options.rootCertificate] } : {}),
+          ...(options.at ? { at: options.at } : {}),
+        },
+      );
+    } catch (err) {
+      attestationFailure(`key ${view.keyId}: birth attestation`, err);
+    }
+    checks.push(
+      `birth attestation verifies (chain at ${new Date(birth.document.timestamp).toISOString()}, PCR0 ${pcr0Of(birth)}) and binds this key id and address`,
+    );
+  } else if (options.requireBirthAttestation) {
+    throw new VerificationError('NO_BIRTH_ATTESTATION', `key ${view.keyId} has no birth attestation`);
+  } else {
+    checks.push('no birth attestation (the key was created without attest: true)');
+  }
+  return { record, recordDigest: digest, birth, checks };
+}
+
+/** `GET /v1/identity` as the API answers it. */
+export interface IdentityView {
+  publicKey: string;
+  genesisDocument: string;
+  attestation: string;
+}
+
+export interface VerifyIdentityOptions {
+  /** The nonce the request carried (bytes or hex): the fresh document must carry it. */
+  nonce: string | Uint8Array;
+  /** PCRs the fresh document must show (PCR0 required: an image you approve). */
+  expectedPcrs: ExpectedPcrs;
+  /** The identity public key you pinned: the enclave must hold exactly this one. */
+  identityPublicKey?: string;
+  /** The genesis image's PCR0: when given, the genesis document is checked too (it binds the same public key). */
+  genesisPcr0?: string;
+  rootCertificate?: string | Uint8Array;
+  /** Refuse a fresh document older than this. */
+  maxAgeMs?: number;
+}
+
+export interface VerifiedIdentity {
+  publicKey: string;
+  attestation: VerifiedAttestation;
+  genesis: VerifiedAttestation | null;
+  checks: string[];
+}
+
+const bytesOfHex = (v: string | Uint8Array) => (typeof v === 'string' ? Buffer.from(v.replace(/^0x/i, ''), 'hex') : Buffer.from(v));
+
+/** Checks `GET /v1/identity`: the running enclave attests, with the caller's nonce, that it holds this identity. */
+export function verifyIdentity(view: IdentityView, options: VerifyIdentityOptions): VerifiedIdentity {
+  if (!view || typeof view.publicKey !== 'string' || !IDENTITY_PUBLIC_KEY_RE.test(view.publicKey) || typeof view.attestation !== 'string') {
+    throw new VerificationError('MALFORMED', 'not an identity answer ({publicKey, genesisDocument, attestation})');
+  }
+  const checks: string[] = [];
+  if (options.identityPublicKey !== undefined && options.identityPublicKey !== view.publicKey) {
+    throw new VerificationError(
+      'IDENTITY_MISMATCH',
+      `the enclave's identity is ${view.publicKey}, not the pinned ${options.identityPublicKey}`,
+    );
+  }
+  if (options.identityPublicKey !== undefined) checks.push('the identity is the pinned one');
+  const roots = options.rootCertificate !== undefined ? { trustedRoots: [options.rootCertificate] } : {};
+  const document = Buffer.from(view.attestation, 'base64');
+  let attestation: VerifiedAttestation;
+  try {
+    attestation = verifyIdentityAttestation(document, view.publicKey, {
+      expectedPcrs: resolvePcrs(document, options.expectedPcrs),
+      expectedNonce: bytesOfHex(options.nonce),
+      ...(options.maxAgeMs !== undefined ? { maxAgeMs: options.maxAgeMs } : {}),
+      ...roots,
+    });
+  } catch (err) {
+    attestationFailure('fresh identity attestation', err);
+  }
+  checks.push(
+    `fresh attestation verifies (chain at ${new Date(attestation.document.timestamp).toISOString()}, PCR0 ${pcr0Of(attestation)}), carries the nonce and binds the public key`,
+  );
+  let genesis: VerifiedAttestation | null = null;
+  if (options.genesisPcr0 !== undefined) {
+    if (typeof view.genesisDocument !== 'string') throw new VerificationError('MALFORMED', 'the answer has no genesis document');
+    try {
+      genesis = verifyIdentityAttestation(Buffer.from(view.genesisDocument, 'base64'), view.publicKey, {
+        expectedPcrs: { 0: options.genesisPcr0 },
+        ...roots,
+      });
+    } catch (err) {
+      attestationFailure('genesis document', err);
+    }
+    checks.push(
+      `genesis document verifies (made ${new Date(genesis.document.timestamp).toISOString()} by the genesis image) and binds the same public key`,
+    );
+  }
+  return { publicKey: view.publicKey, attestation, genesis, checks };
+}
+
+/** What `node dist/parent.js genesis` writes: the enclave's `identity.genesis` answer. */
+export interface GenesisOutput {
+  publicKey: string;
+  blob: string;
+  /** The genesis document (base64 COSE_Sign1); `genesisDocument` is accepted as its name too. */
+  attestation?: string;
+  genesisDocument?: string;
+  defaultProject: SignedRecord;
+}
+
+/** The enclave configuration's `identity` section, as the normal and migration images read it. */
+export interface IdentitySection {
+  publicKey: string;
+  blob: string;
+  genesisDocument: string;
+  defaultProject: SignedRecord;
+}
+
+export interface VerifyGenesisOptions {
+  /** The genesis image's PCR0 (from its measurements, reproduced off-host). */
+  pcr0: string;
+  /** The nonce the operator chose for this genesis. */
+  nonce: string | Uint8Array;
+  rootCertificate?: string | Uint8Array;
+  /** Time for the document's certificates; default its own timestamp. */
+  at?: Date;
+}
+
+export interface VerifiedGenesis {
+  identity: IdentitySection;
+  attestation: VerifiedAttestation;
+  defaultProject: ProjectRecord;
+  /** The KMS key the identity blob is sealed under. */
+  kmsKeyArn: string;
+  checks: string[];
+}
+
+/**
+ * Checks a genesis output off-host, before its identity goes into an image: the document verifies with the genesis
+ * image's PCR0 and the operator's nonce and binds the public key; the blob is an identity blob for that key; the
+ * default project record is signed by that key and is exactly the record genesis makes.
+ */
+export function verifyGenesis(output: GenesisOutput, options: VerifyGenesisOptions): VerifiedGenesis {
+  const document = output?.attestation ?? output?.genesisDocument;
+  if (!output || typeof output.publicKey !== 'string' || typeof output.blob !== 'string' || typeof document !== 'string') {
+    throw new VerificationError('MALFORMED', 'not a genesis output ({publicKey, blob, attestation, defaultProject})');
+  }
+  const identity = pinnedIdentity(output.publicKey);
+  const checks: string[] = [];
+  let attestation: VerifiedAttestation;
+  try {
+    attestation = verifyIdentityAttestation(Buffer.from(document, 'base64'), output.publicKey, {
+      expectedPcrs: { 0: options.pcr0 },
+      expectedNonce: bytesOfHex(options.nonce),
+      ...(options.rootCertificate !== undefined ? { trustedRoots: [options.rootCertificate] } : {}),
+      ...(options.at ? { at: options.at } : {}),
+    });
+  } catch (err) {
+    attestationFailure('genesis document', err);
+  }
+  checks.push(
+    `genesis document verifies (chain at ${new Date(attestation.document.timestamp).toISOString()}, the genesis image's PCR0, your nonce) and binds the public key`,
+  );
+
+  let kmsKeyArn: string;
+  try {
+    const blob = decodeBlobBase64(output.blob);
+    if (blob.v !== BLOB_VERSION || blob.kind !== 'identity') throw new Error('not an identity blob');
+    if (blob.publicKey !== output.publicKey) throw new Error('sealed for another public key');
+    kmsKeyArn = blob.kmsKeyArn;
+  } catch (err) {
+    throw new VerificationError('GENESIS_MISMATCH', `the identity blob is not this identity's: ${(err as Error).message}`, { cause: err });
+  }
+  checks.push(`the blob is an identity blob (version 2) for this public key, sealed under ${kmsKeyArn}`);
+
+  const { record, digest } = openRecord(output.defaultProject, identity, decodeProjectRecord, 'the default project');
+  const expectedTypes = [...SIGN_REQUEST_TYPES].sort();
+  const wrong = [
+    record.projectId !== DEFAULT_PROJECT_ID && `projectId is ${record.projectId}`,
+    record.projectKey !== DEFAULT_PROJECT_ID && `projectKey is ${record.projectKey}`,
+    record.seq !== 0 && `seq is ${record.seq}`,
+    record.state !== 'active' && `state is ${record.state}`,
+    record.auth.type !== 'token' && 'auth is not token',
+    [...record.allowedRequestTypes].sort().join() !== expectedTypes.join() && 'it does not allow every request type',
+    record.allowedOrigins.length !== 0 && 'it allows browser origins',
+  ].filter((x): x is string => typeof x === 'string');
+  if (wrong.length)
+    throw new VerificationError('GENESIS_MISMATCH', `the default project record is not the one genesis makes: ${wrong.join('; ')}`);
+  checks.push(
+    `the default project record is signed by this identity (record ${digest}) and is the genesis one: token auth, every request type`,
+  );
+
+  return {
+    identity: { publicKey: output.publicKey, blob: output.blob, genesisDocument: document, defaultProject: output.defaultProject },
+    attestation,
+    defaultProject: record,
+    kmsKeyArn,
+    checks,
+  };
+}
+
+/** SHA-256 of a base64 string's bytes, hex: a short name for a document in output. */
+export const sha256OfBase64 = (b64: string): string => createHash('sha256').update(Buffer.from(b64, 'base64')).digest('hex');

@@ -1,0 +1,249 @@
+/**
+ * The SDK's offline checks (client/src/verify.ts): a key view against the pinned identity and approved PCR0s, the
+ * live identity against a nonce, and a genesis output. Each test changes one thing a parent (or a mistake) could
+ * change and expects the check to refuse it with the reason.
+ */
+import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
+import { birthUserData } from '@nks/shared/attestation/user-data';
+import { identityUserData } from '@nks/shared/attestation/identity';
+import { encodeRecord } from '@nks/shared/records';
+import { VerificationError, verifyGenesis, verifyIdentity, verifyKey, type VerifyKeyOptions } from '../src/sdk';
+import { addressOfPublicKey } from '../src/verify';
+import {
+  defaultProjectRecord,
+  GENESIS_PCR0,
+  identityBlob,
+  KMS_KEY_ARN,
+  makeDocuments,
+  makeGenesisOutput,
+  makeIdentity,
+  makeKeyView,
+  OTHER_PCR0,
+  PCR0,
+  type Documents,
+  type Identity,
+} from './keystore-fixtures';
+
+let identity: Identity;
+let docs: Documents;
+let options: VerifyKeyOptions;
+
+beforeAll(async () => {
+  identity = makeIdentity();
+  docs = await makeDocuments();
+  options = { identityPublicKey: identity.publicKey, expectedPcrs: { 0: PCR0 }, rootCertificate: docs.ca.rootPem };
+});
+
+/** The VerificationError `fn` throws; anything else fails the test. */
+function refusal(fn: () => unknown): VerificationError {
+  try {
+    fn();
+  } catch (err) {
+    if (err instanceof VerificationError) return err;
+    throw err;
+  }
+  throw new Error('expected a VerificationError');
+}
+
+describe('verifyKey', () => {
+  it('accepts a key whose record the pinned identity signed and whose birth attestation shows an approved PCR0', async () => {
+    const { view, record } = await makeKeyView(identity, docs);
+    const v = verifyKey(view, options);
+    expect(v.record).toEqual(record);
+    expect(v.recordDigest).toMatch(/^0x[0-9a-f]{64}$/);
+    expect(v.birth?.document.pcrs.get(0)?.toString('hex')).toBe(PCR0);
+    expect(v.checks).toEqual([
+      expect.stringMatching(/^record signature verifies with the pinned identity/),
+      expect.stringMatching(/^the view agrees with the record: keyId, address, publicKey, project default/),
+      expect.stringMatching(/^birth attestation verifies .* and binds this key id and address$/),
+    ]);
+  });
+
+  it('accepts a key without a birth attestation unless one is required', async () => {
+    const { view } = await makeKeyView(identity, docs, { attest: false });
+    expect(verifyKey(view, options).birth).toBeNull();
+    expect(refusal(() => verifyKey(view, { ...options, requireBirthAttestation: true })).code).toBe('NO_BIRTH_ATTESTATION');
+  });
+
+  it('refuses a record signed by another identity, or altered after signing', async () => {
+    const { view, record } = await makeKeyView(identity, docs);
+    const other = makeIdentity();
+    expect(refusal(() => verifyKey(view, { ...options, identityPublicKey: other.publicKey })).code).toBe('RECORD_SIGNATURE');
+    // The parent's own record for the key, signed with a key of its own.
+    expect(refusal(() => verifyKey({ ...view, record: other.sign(record) }, options)).code).toBe('RECORD_SIGNATURE');
+    // The genuine signature beside an edited record (here: moved to another subject).
+    const edited = { ...view, record: { ...view.record, record: encodeRecord({ ...record, subject: 'mallory' }).toString('base64') } };
+    const err = refusal(() => verifyKey({ ...edited, externalId: 'mallory' }, options));
+    expect([err.code, err.message]).toEqual(['RECORD_SIGNATURE', expect.stringMatching(/does not verify with the pinned identity/)]);
+  });
+
+  it('refuses a view that says something its record does not, naming the field', async () => {
+    const { view, record } = await makeKeyView(identity, docs);
+    const stranger = privateKeyToAccount(generatePrivateKey());
+    const cases: Array<[Partial<typeof view>, RegExp]> = [
+      [{ keyId: 'key-2' }, /keyId: the view says "key-2", the record "key-1"/],
+      [{ address: stranger.address }, /address: the view says/],
+      [{ publicKey: stranger.publicKey }, new RegExp(`publicKey: it is not the public key of ${record.address}`)],
+      [{ projectId: 'p_0123456789abcdef' }, /projectId/],
+      [{ state: 'retired' }, /state: the view says "retired", the record "active"/],
+      [{ disabled: true }, /disabled: the view says true, the record false/],
+      [{ externalId: 'mallory' }, /externalId: the view says "mallory", the record "alice"/],
+    ];
+    for (const [change, message] of cases) {
+      const err = refusal(() => verifyKey({ ...view, ...change }, options));
+      expect({ change, code: err.code, message: err.message }).toEqual({
+        change,
+        code: 'VIEW_MISMATCH',
+        message: expect.stringMatching(message),
+      });
+    }
+    // The address compares without regard to case (EIP-55 or not).
+    expect(verifyKey({ ...view, address: view.address.toLowerCase() }, options).record.keyId).toBe('key-1');
+  });
+
+  it("refuses another key's genuine record under this key id", async () => {
+    const { view } = await makeKeyView(identity, docs, { keyId: 'key-1' });
+    const { view: other } = await makeKeyView(identity, docs, { keyId: 'key-2' });
+    const err = refusal(() => verifyKey({ ...view, record: other.record }, options));
+    expect([err.code, err.message]).toEqual(['VIEW_MISMATCH', expect.stringMatching(/keyId: .*address: /)]);
+  });
+
+  it('refuses a signed record that is not a key record, and a view without one', async () => {
+    const { view } = await makeKeyView(identity, docs);
+    expect(refusal(() => verifyKey({ ...view, record: identity.sign(defaultProjectRecord()) }, options)).code).toBe('RECORD_MALFORMED');
+    expect(refusal(() => verifyKey({ ...view, record: undefined }, options)).code).toBe('MALFORMED');
+    // A key made before 0.4 that is not migrated yet: the parent shows it without a record.
+    const legacy = refusal(() => verifyKey({ ...view, record: null, projectId: null, state: null }, options));
+    expect([legacy.code, legacy.message]).toEqual(['MALFORMED', expect.stringMatching(/made before 0.4 and is not migrated yet/)]);
+    expect(refusal(() => verifyKey(view, { ...options, identityPublicKey: '0xABC' })).code).toBe('MALFORMED');
+  });
+
+  it('checks the birth attestation: an approved PCR0 (any of a list), this key, the pinned root', async () => {
+    const { view } = await makeKeyView(identity, docs);
+    const wrongPcr = refusal(() => verifyKey(view, { ...options, expectedPcrs: { 0: OTHER_PCR0 } }));
+    expect([wrongPcr.code, wrongPcr.attestationCode]).toEqual(['ATTESTATION', 'PCR_MISMATCH']);
+    expect(verifyKey(view, { ...options, expectedPcrs: { 0: [OTHER_PCR0, PCR0] } }).birth).not.toBeNull();
+    expect(refusal(() => verifyKey(view, { ...options, expectedPcrs: { 0: [OTHER_PCR0] } })).attestationCode).toBe('PCR_MISMATCH');
+    expect(refusal(() => verifyKey(view, { ...options, expectedPcrs: {} })).attestationCode).toBe('PCR_REQUIRED');
+    // Without the test root the document's chain is not the AWS one.
+    expect(refusal(() => verifyKey(view, { identityPublicKey: identity.publicKey, expectedPcrs: { 0: PCR0 } })).attestationCode).toBe(
+      'UNTRUSTED_ROOT',
+    );
+    // Another key's birth attestation.
+    const { view: other } = await makeKeyView(identity, docs, { keyId: 'key-2' });
+    expect(refusal(() => verifyKey({ ...view, attestation: other.attestation }, options)).attestationCode).toBe('USER_DATA_MISMATCH');
+    // A document binding this key, but made by an image that is not approved.
+    const rogue = await docs.document({ pcr0: OTHER_PCR0, userData: birthUserData(view.keyId, view.address) });
+    expect(refusal(() => verifyKey({ ...view, attestation: rogue.toString('base64') }, options)).attestationCode).toBe('PCR_MISMATCH');
+  });
+
+  it('derives the address of an uncompressed public key', () => {
+    const a = privateKeyToAccount(generatePrivateKey());
+    expect(addressOfPublicKey(a.publicKey)).toBe(a.address.toLowerCase());
+    expect(addressOfPublicKey('0x02abcd')).toBeUndefined();
+  });
+});
+
+describe('verifyIdentity', () => {
+  const nonce = Buffer.from('0123456789abcdef0123456789abcdef', 'hex');
+  const answer = async (over: { pcr0?: string; publicKey?: string; nonce?: Buffer; genesisPcr0?: string } = {}) => ({
+    publicKey: identity.publicKey,
+    genesisDocument: (
+      await docs.document({
+        pcr0: over.genesisPcr0 ?? GENESIS_PCR0,
+        userData: identityUserData(identity.publicKey),
+        nonce: Buffer.from('op'),
+      })
+    ).toString('base64'),
+    attestation: (
+      await docs.document({
+        pcr0: over.pcr0 ?? PCR0,
+        userData: identityUserData(over.publicKey ?? identity.publicKey),
+        nonce: over.nonce ?? nonce,
+      })
+    ).toString('base64'),
+  });
+  const base = () => ({ nonce, expectedPcrs: { 0: PCR0 }, rootCertificate: docs.ca.rootPem });
+
+  it('accepts a fresh document that carries the nonce and binds the public key, and checks the genesis document when asked', async () => {
+    const v = verifyIdentity(await answer(), {
+      ...base(),
+      identityPublicKey: identity.publicKey,
+      genesisPcr0: GENESIS_PCR0,
+      maxAgeMs: 60_000,
+    });
+    expect(v.publicKey).toBe(identity.publicKey);
+    expect(v.genesis?.document.pcrs.get(0)?.toString('hex')).toBe(GENESIS_PCR0);
+    expect(v.checks).toHaveLength(3);
+  });
+
+  it('refuses another nonce, another public key, an unapproved image, another pinned identity, a wrong genesis image', async () => {
+    expect(refusal(() => verifyIdentity({ publicKey: 'nope', genesisDocument: '', attestation: '' }, base())).code).toBe('MALFORMED');
+    const cases: Array<[ReturnType<typeof answer>, object, string, string | undefined]> = [
+      [answer({ nonce: Buffer.from('another') }), {}, 'ATTESTATION', 'NONCE_MISMATCH'],
+      [answer({ publicKey: makeIdentity().publicKey }), {}, 'ATTESTATION', 'USER_DATA_MISMATCH'],
+      [answer({ pcr0: OTHER_PCR0 }), {}, 'ATTESTATION', 'PCR_MISMATCH'],
+      [answer(), { identityPublicKey: makeIdentity().publicKey }, 'IDENTITY_MISMATCH', undefined],
+      [answer({ genesisPcr0: OTHER_PCR0 }), { genesisPcr0: GENESIS_PCR0 }, 'ATTESTATION', 'PCR_MISMATCH'],
+      [answer(), { expectedPcrs: {} }, 'ATTESTATION', 'PCR_REQUIRED'],
+    ];
+    for (const [a, over, code, attestationCode] of cases) {
+      const view = await a;
+      const e = refusal(() => verifyIdentity(view, { ...base(), ...over }));
+      expect([e.code, e.attestationCode]).toEqual([code, attestationCode]);
+    }
+  });
+});
+
+describe('verifyGenesis', () => {
+  const nonce = Buffer.from('c0ffee00c0ffee00', 'hex');
+
+  it('accepts the genesis output and returns the identity section of the enclave configuration', async () => {
+    const output = await makeGenesisOutput(identity, docs, nonce);
+    const v = verifyGenesis(output, { pcr0: GENESIS_PCR0, nonce: `0x${nonce.toString('hex')}`, rootCertificate: docs.ca.rootPem });
+    expect(v.identity).toEqual({
+      publicKey: identity.publicKey,
+      blob: output.blob,
+      genesisDocument: output.attestation,
+      defaultProject: output.defaultProject,
+    });
+    expect(v.kmsKeyArn).toBe(KMS_KEY_ARN);
+    expect(v.defaultProject).toMatchObject({ projectId: 'default', seq: 0, state: 'active', auth: { type: 'token' } });
+    expect(v.checks).toHaveLength(3);
+  });
+
+  it("refuses another image, another nonce, another key's blob or project record, and a default project genesis does not make", async () => {
+    const good = await makeGenesisOutput(identity, docs, nonce);
+    const opts = { pcr0: GENESIS_PCR0, nonce, rootCertificate: docs.ca.rootPem };
+    const other = makeIdentity();
+    const cases: Array<[object, object, string, RegExp]> = [
+      [{}, { pcr0: PCR0 }, 'ATTESTATION', /PCR_MISMATCH/],
+      [{}, { nonce: Buffer.from('00', 'hex') }, 'ATTESTATION', /NONCE_MISMATCH/],
+      [{ blob: identityBlob(other.publicKey) }, {}, 'GENESIS_MISMATCH', /sealed for another public key/],
+      [{ defaultProject: other.sign(defaultProjectRecord()) }, {}, 'RECORD_SIGNATURE', /default project/],
+      [
+        { defaultProject: identity.sign(defaultProjectRecord({ allowedOrigins: ['https://evil.example'] })) },
+        {},
+        'GENESIS_MISMATCH',
+        /browser origins/,
+      ],
+      [{ defaultProject: identity.sign(defaultProjectRecord({ state: 'disabled' })) }, {}, 'GENESIS_MISMATCH', /state is disabled/],
+      [
+        { defaultProject: identity.sign(defaultProjectRecord({ allowedRequestTypes: ['digest'] })) },
+        {},
+        'GENESIS_MISMATCH',
+        /every request type/,
+      ],
+      [{ publicKey: other.publicKey }, {}, 'ATTESTATION', /USER_DATA_MISMATCH/],
+      [{ attestation: undefined }, {}, 'MALFORMED', /not a genesis output/],
+    ];
+    for (const [change, over, code, message] of cases) {
+      const e = refusal(() => verifyGenesis({ ...good, ...change }, { ...opts, ...over }));
+      expect({ change: Object.keys(change), code: e.code, message: e.message }).toEqual({
+        change: Object.keys(change),
+        code,
+        message: expect.stringMatching(message),
+      });
+    }
+  });
+});
