@@ -7,14 +7,7 @@
  * nothing the enclave checks: the same bad request gets the same answer whatever was agreed.
  */
 import { recoverAddress } from 'viem';
-import {
-  ACCEPTED_PROTOCOL_VERSIONS,
-  EnclaveApi,
-  PROTOCOL_VERSION,
-  type CreateResult,
-  type HelloResult,
-  type SignResult,
-} from '@nks/shared/enclave-api';
+import { ACCEPTED_PROTOCOL_VERSIONS, EnclaveApi, PROTOCOL_VERSION, type HelloResult, type SignResult } from '@nks/shared/enclave-api';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { RawPeer } from '../../test/support/raw-peer';
 import { hello, SERVED_METHODS } from '../src/methods';
@@ -98,7 +91,7 @@ describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
         request: { type: 'digest', digest },
       })
     ).result as SignResult;
-    expect(await recoverAddress({ hash: digest, signature: signed.signature })).toBe((made as CreateResult).address);
+    expect(await recoverAddress({ hash: digest, signature: signed.signature })).toBe(made.address);
   });
 
   it('answers the same bytes to the same bad request whatever version was agreed', async () => {

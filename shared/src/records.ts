@@ -233,7 +233,11 @@ export function decodeProjectRecord(bytes: Uint8Array): ProjectRecord {
   const auth = m.get('auth');
   if (!(auth instanceof Map) || auth.size !== 1 || auth.get('type') !== 'token') throw bad('auth is not {type:"token"}');
   const types = m.get('allowedRequestTypes');
-  if (!Array.isArray(types) || types.some((t) => !(SIGN_REQUEST_TYPES as readonly unknown[]).includes(t)) || new Set(types).size !== types.length) {
+  if (
+    !Array.isArray(types) ||
+    types.some((t) => !(SIGN_REQUEST_TYPES as readonly unknown[]).includes(t)) ||
+    new Set(types).size !== types.length
+  ) {
     throw bad('allowedRequestTypes is not a list of distinct request types');
   }
   const origins = m.get('allowedOrigins');
