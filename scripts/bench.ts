@@ -547,11 +547,15 @@ if (values['cache-footprint']) {
     gc?.();
     const before = process.memoryUsage();
     for (let i = 0; i < n; i++) {
-      // Same shapes as a real entry: a 32-byte secret, a checksummed address, the base64 blob it came from.
+      // Same shapes as a real entry: a 32-byte secret, a checksummed address, the base64 blob it came from
+      // (a version 2 blob is about 450 bytes), the blob's SHA-256, its project and subject.
       cache.set(`k_${randomBytes(16).toString('base64url')}`, {
         secret: new Uint8Array(randomBytes(32)),
         address: `0x${randomBytes(20).toString('hex')}`,
-        blob: randomBytes(400).toString('base64'),
+        blob: randomBytes(450).toString('base64'),
+        blobSha256: `0x${randomBytes(32).toString('hex')}`,
+        projectId: 'default',
+        subject: `user-${randomBytes(8).toString('hex')}`,
       });
     }
     gc?.();

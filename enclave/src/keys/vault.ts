@@ -242,12 +242,14 @@ export class KeyVault {
   }
 }
 
-/** What the records' states allow: a retired or cancelled key never signs, a disabled key or project does not now. */
+/**
+ * What the records' states allow: a retired or cancelled key never signs, a disabled key or project does not
+ * now. A pending key signs (a successor may have to sign during a social recovery, before it is activated).
+ */
 function usable(k: KeyRecord, project: ProjectRecord, type: SignRequest['type']): void {
   if (k.state === 'retired' || k.state === 'cancelled') throw new KeystoreError('KEY_RETIRED', `the key is ${k.state}`);
   if (project.state !== 'active') throw new KeystoreError('KEY_DISABLED', 'the project is disabled');
   if (k.disabled) throw new KeystoreError('KEY_DISABLED', 'the key is disabled');
-  if (k.state !== 'active') throw new KeystoreError('KEY_DISABLED', `the key is ${k.state}`);
   if (!project.allowedRequestTypes.includes(type)) {
     throw new KeystoreError('FORBIDDEN', `the project does not allow ${type} requests`);
   }
