@@ -23,7 +23,7 @@ function repository(
   baseImages = `BUILDER_TAG=node:x\nRUNTIME_TAG=distroless:y\nBUILDER_IMAGE=node@${DIGEST}\nRUNTIME_IMAGE=distroless@${DIGEST}\nRESOLVED_AT=2026-12-01T00:00:00Z\n`,
 ) {
   const repo = path.join(dir, 'repo');
-  for (const p of ['scripts', 'deploy', 'enclave/src', 'Dockerfile.enclave'])
+  for (const p of ['scripts', 'deploy', 'enclave/src', 'shared/src/release.ts', 'Dockerfile.enclave'])
     fs.cpSync(path.join(ROOT, p), path.join(repo, p), { recursive: true });
   fs.writeFileSync(path.join(repo, 'deploy/base-images.env'), baseImages);
   fs.writeFileSync(path.join(repo, '.gitignore'), 'deploy/enclave.json\n');

@@ -242,7 +242,7 @@ describe('the genesis image (real enclave bundle)', () => {
     const asked = h.proxyRequests.length;
     await h.restartEnclave(
       { identity: { ...identityConfig(g), blob: relabelled }, identityBoot: { maxAttempts: 2, retryMs: 10 } },
-      { wait: 'listening' },
+      { wait: 'listening', connect: false },
     );
     try {
       expect(await h.enclave.exited).toBe(3);

@@ -51,7 +51,8 @@ export interface EnclaveHarness {
   create(keyId: string, opts?: { attest?: boolean; project?: SignedRecord; subject?: string | null }): Promise<CreateResult>;
   /** keys.sign of a digest with the key's record and the default project (unless given). */
   signDigest(key: { keyId: string; blob: string; record: SignedRecord }, n?: number, project?: SignedRecord): Promise<SignResult>;
-  restartEnclave(extraConfig?: Record<string, unknown>, opts?: { wait?: LaunchWait }): Promise<void>;
+  /** `connect: false` for an enclave expected to exit by itself (the test client may never connect to it). */
+  restartEnclave(extraConfig?: Record<string, unknown>, opts?: { wait?: LaunchWait; connect?: boolean }): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -145,7 +146,7 @@ export async function startEnclaveHarness(
     for (let i = 0; i < 200 && client.connected; i++) await new Promise((r) => setTimeout(r, 10));
     writeJson(configFile, { ...baseConfig, ...extra });
     harness.enclave = await launch(o.wait);
-    await client.waitConnected(10_000);
+    if (o.connect !== false) await client.waitConnected(10_000);
   };
   harness.stop = async () => {
     await client.close();
