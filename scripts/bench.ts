@@ -547,16 +547,18 @@ if (values['cache-footprint']) {
     gc?.();
     const before = process.memoryUsage();
     for (let i = 0; i < n; i++) {
-      // Same shapes as a real entry: a 32-byte secret, a checksummed address, the base64 blob it came from
-      // (a version 2 blob is about 450 bytes), the blob's SHA-256, its project and subject.
-      cache.set(`k_${randomBytes(16).toString('base64url')}`, {
+      // Same shapes as a real entry: a 32-byte secret, a checksummed address, the base64 blob it came from, its
+      // SHA-256 as the key's record names it, and the project and subject it is bound to.
+      const blob = randomBytes(420).toString('base64');
+      const entry = {
         secret: new Uint8Array(randomBytes(32)),
-        address: `0x${randomBytes(20).toString('hex')}`,
-        blob: randomBytes(450).toString('base64'),
-        blobSha256: `0x${randomBytes(32).toString('hex')}`,
+        address: `0x${randomBytes(20).toString('hex')}` as const,
+        blob,
+        blobSha256: `0x${createHash('sha256').update(Buffer.from(blob, 'base64')).digest('hex')}`,
         projectId: 'default',
-        subject: `user-${randomBytes(8).toString('hex')}`,
-      });
+        subject: `user-${i}`,
+      };
+      cache.set(`k_${randomBytes(16).toString('base64url')}`, entry);
     }
     gc?.();
     const after = process.memoryUsage();

@@ -1,8 +1,8 @@
 /**
  * Keeps docs/ARCHITECTURE.md and docs/PROTOCOL.md true to the code (docs/ARCHITECTURE.md, "Keeping this page
  * true"), and the repository standing on its own:
- * - every repository path they write in backticks exists, and every test they name with › contains the
- *   quoted test names;
+ * - every repository path they (and every other page of docs/, and every README) write in backticks exists,
+ *   and every test they name with › contains the quoted test names;
  * - the enclave's npm packages listed in docs/ARCHITECTURE.md are exactly those esbuild bundles into the
  *   enclave program (same entry and externals as scripts/build.mjs), and every external it leaves out is named;
  * - every method of shared/src/enclave-api.ts is in both protocol tables, and the error table of
@@ -87,6 +87,32 @@ describe('docs/ARCHITECTURE.md and docs/PROTOCOL.md', () => {
     const paths = repositoryPaths(docs[doc] as string);
     expect(paths.length).toBeGreaterThan(10); // the extraction found them
     expect(paths.filter((p) => !fs.existsSync(path.join(root, p)))).toEqual([]);
+  });
+
+  it('every other page of docs/ and every README names only repository paths that exist', () => {
+    // docs/NITRO-KMS.md names files of AWS's repositories; deploy/enclave.json is written by scripts/build-eif.sh
+    // for the build only. A component README's paths may be relative to its folder or its src/.
+    const outside = new Set(['docs/NITRO-KMS.md']);
+    const generated = new Set(['deploy/enclave.json']);
+    const pages = [
+      ...fs
+        .readdirSync(path.join(root, 'docs'))
+        .filter((f) => f.endsWith('.md'))
+        .map((f) => `docs/${f}`),
+      ...trackedTextFiles().filter((f) => /(^|\/)README\.md$/.test(f)),
+    ].filter((f) => !DOCS.includes(f) && !outside.has(f));
+    expect(pages).toEqual(
+      expect.arrayContaining(['docs/RECORDS.md', 'docs/OPERATIONS.md', 'docs/SEALING.md', 'README.md', 'client/README.md']),
+    );
+    const exists = (page: string, p: string) =>
+      generated.has(p) ||
+      [root, path.join(root, path.dirname(page)), path.join(root, path.dirname(page), 'src')].some((d) => fs.existsSync(path.join(d, p)));
+    const missing = pages.flatMap((page) =>
+      repositoryPaths(read(page))
+        .filter((p) => !exists(page, p))
+        .map((p) => `${page}: ${p}`),
+    );
+    expect(missing).toEqual([]);
   });
 
   it('names tests that contain the test names it quotes', () => {

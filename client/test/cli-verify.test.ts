@@ -240,16 +240,32 @@ describe('nks identity', () => {
     }
   });
 
-  it("defaults --pcr0 and --root to the dev stack's only when talking to the dev stack", async () => {
-    await withServer(identityAnswer(), async (url) => {
-      const devDir = path.join(dir, 'dev');
-      fs.mkdirSync(devDir, { recursive: true });
-      fs.writeFileSync(path.join(devDir, 'dev.json'), JSON.stringify({ url, pcr0: PCR0, rootPem: rootFile }));
-      const dev = await nks(['identity', '--dev-dir', devDir]);
-      expect([dev.status, dev.stdout]).toEqual([0, expect.stringMatching(/^VALID keystore identity/)]);
-      const elsewhere = await nks(['identity', '--dev-dir', devDir, '--url', url]);
-      expect([elsewhere.status, elsewhere.stderr]).toEqual([2, expect.stringMatching(/--pcr0 is required/)]);
-    });
+  it("defaults --identity, --pcr0 and --root to the dev stack's only when talking to the dev stack", async () => {
+    const { view } = await makeKeyView(identity, docs);
+    await withServer(
+      (url) => (url.pathname === '/v1/keys/key-1' ? Promise.resolve({ body: view }) : identityAnswer()(url)),
+      async (url) => {
+        const devDir = path.join(dir, 'dev');
+        fs.mkdirSync(devDir, { recursive: true });
+        const devJson = (pinned: string) =>
+          fs.writeFileSync(path.join(devDir, 'dev.json'), JSON.stringify({ url, pcr0: PCR0, rootPem: rootFile, identity: pinned }));
+        fs.writeFileSync(path.join(devDir, 'token'), 't\n');
+        devJson(identity.publicKey);
+        const dev = await nks(['identity', '--dev-dir', devDir]);
+        expect([dev.status, dev.stdout]).toEqual([
+          0,
+          expect.stringMatching(/^VALID keystore identity .*\n {2}ok {2}the identity is the pinned one/),
+        ]);
+        const key = await nks(['keys', 'verify', 'key-1', '--dev-dir', devDir]);
+        expect([key.status, key.stdout]).toEqual([0, expect.stringMatching(/^VALID key key-1/)]);
+        const elsewhere = await nks(['identity', '--dev-dir', devDir, '--url', url]);
+        expect([elsewhere.status, elsewhere.stderr]).toEqual([2, expect.stringMatching(/--pcr0 is required/)]);
+        // The dev stack's identity is what the enclave's, and the key's record's, must be.
+        devJson(makeIdentity().publicKey);
+        expect((await nks(['identity', '--dev-dir', devDir])).stdout).toMatch(/IDENTITY_MISMATCH/);
+        expect((await nks(['keys', 'verify', 'key-1', '--dev-dir', devDir])).stdout).toMatch(/RECORD_SIGNATURE/);
+      },
+    );
   });
 });
 

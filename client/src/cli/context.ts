@@ -35,10 +35,11 @@ export interface ApiTarget {
   url: string;
   token: string;
   /**
-   * When the URL is the local dev stack's (from dev.json): the PCR0 its key policy approves and the file of the
-   * simulated NSM's root certificate, so verification commands can default to them there and only there.
+   * When the URL is the local dev stack's (from dev.json): the PCR0 its key policy approves, the file of the
+   * simulated NSM's root certificate and the keystore identity its genesis made, so verification commands can
+   * default to them there and only there.
    */
-  dev?: { pcr0?: string; rootFile?: string };
+  dev?: { pcr0?: string; rootFile?: string; identity?: string };
 }
 
 export function resolveApiTarget(
@@ -54,10 +55,11 @@ export function resolveApiTarget(
       return undefined;
     }
   };
-  const devState = readDev('dev.json', (s) => JSON.parse(s) as { url?: string; pcr0?: unknown; rootPem?: unknown });
-  const explicitUrl = flags.url ?? env.NKS_URL;
+  const devState = readDev('dev.json', (s) => JSON.parse(s) as { url?: string; pcr0?: unknown; rootPem?: unknown; identity?: unknown });
+  // An empty variable is an unset one.
+  const explicitUrl = flags.url ?? (env.NKS_URL || undefined);
   const url = explicitUrl || devState?.url;
-  const token = flags.token ?? env.NKS_TOKEN ?? readDev('token', (s) => s.trim());
+  const token = flags.token ?? (env.NKS_TOKEN || undefined) ?? readDev('token', (s) => s.trim());
   if (!url)
     throw new UsageError(
       `no API URL: pass --url, set NKS_URL, or start the local stack (npm run dev) so ${path.join(devDir, 'dev.json')} exists`,
@@ -69,6 +71,7 @@ export function resolveApiTarget(
       ? {
           ...(typeof devState.pcr0 === 'string' ? { pcr0: devState.pcr0 } : {}),
           ...(typeof devState.rootPem === 'string' ? { rootFile: devState.rootPem } : {}),
+          ...(typeof devState.identity === 'string' ? { identity: devState.identity } : {}),
         }
       : undefined;
   return { url, token: token ?? '', ...(dev ? { dev } : {}) };

@@ -36,7 +36,7 @@ const HELP = `nks — nitro-keystore command-line client
   nks dev [--dir DIR] [--api-port PORT] [--update-policy]
 
 Connection (API commands): --url URL --token TOKEN, or NKS_URL / NKS_TOKEN, or the local dev stack's state
-(--dev-dir DIR, default .dev; there --pcr0 and --root default to the dev stack's). Add --json for
+(--dev-dir DIR, default .dev; there --identity, --pcr0 and --root default to the dev stack's). Add --json for
 machine-readable output. FILE may be - for standard input.
 Exit codes: 0 success, 1 failure or invalid document, 2 usage.`;
 

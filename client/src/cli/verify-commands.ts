@@ -84,13 +84,14 @@ export async function keysVerifyCommand(args: string[]): Promise<number> {
     1,
   );
   const keyId = positionals[0] as string;
-  if (!values.identity)
+  // The dev stack's own identity, PCR0 and root are defaults only when the key comes from the dev stack.
+  const target = values.view ? undefined : resolveApiTarget(values);
+  const identityArg = values.identity ?? target?.dev?.identity;
+  if (!identityArg)
     throw new UsageError(
       '--identity is required: the keystore identity public key (0x…) you pinned, or the genesis/identity file it is in',
     );
-  const identity = readIdentity(values.identity);
-  // The dev stack's own PCR0 and root are defaults only when the key comes from the dev stack.
-  const target = values.view ? undefined : resolveApiTarget(values);
+  const identity = readIdentity(identityArg);
   const pcr0s = (values.pcr0 ?? (target?.dev?.pcr0 ? [target.dev.pcr0] : [])).map((p) => pcr(p, '--pcr0'));
   if (pcr0s.length === 0)
     throw new UsageError('--pcr0 is required: the PCR0 of each image you approve (a birth attestation must show one)');
@@ -156,7 +157,7 @@ export async function identityCommand(args: string[]): Promise<number> {
   const pcr0s = (values.pcr0 ?? (target.dev?.pcr0 ? [target.dev.pcr0] : [])).map((p) => pcr(p, '--pcr0'));
   if (pcr0s.length === 0)
     throw new UsageError('--pcr0 is required: the PCR0 of each image you approve (without it the document proves nothing about the code)');
-  const pinned = values.identity ? readIdentity(values.identity).publicKey : undefined;
+  const pinned = values.identity ? readIdentity(values.identity).publicKey : target.dev?.identity;
   const rootFile = values.root ?? target.dev?.rootFile;
   const root = rootFile ? readInput(rootFile).toString('utf8') : undefined;
   let maxAgeMs: number | undefined;
