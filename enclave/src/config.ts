@@ -48,7 +48,9 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   securityEpoch: SECURITY_EPOCH,
   // Five tries over about 15 s (back-off from 1 s, doubling), then the enclave exits and is restarted.
   identityBoot: { maxAttempts: 5, retryMs: 1_000 },
-  records: { maxVerified: 100_000, maxSeqMarks: 200_000 },
+  // Sized for the worst entry a parent can make (a 1 KiB subject, RSA-4096 wrapped key): a verified record is
+  // then about 3.6 KB, so 50,000 take some 180 MB; a mark is a key id, an address and a number.
+  records: { maxVerified: 50_000, maxSeqMarks: 200_000 },
 } as const;
 
 const D = ENCLAVE_CONFIG_DEFAULTS;

@@ -5,14 +5,14 @@
  * default project record verifies with it, and whose sealed seed boots a normal image. The identity blob is
  * never a key blob, and a key blob never boots as the identity.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, verify } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { verifyAttestation } from '@nks/shared/attestation';
 import { taggedUserData, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
 import { BLOB_ALG, decodeBlobBase64, encodeBlob, type IdentityBlob, type KeyBlob } from '@nks/shared/blob';
 import type { EnclaveHealth, GenesisResult } from '@nks/shared/enclave-api';
-import { decodeKeyRecord, hex, identityPublicKey, openProjectRecord } from '@nks/shared/records';
+import { decodeKeyRecord, hex, identityBlobDigest, identityPublicKey, openProjectRecord } from '@nks/shared/records';
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
 import { rejection, tempRunDir } from '../../shared/test/helpers';
 import { enclaveConfigFor, writeJson } from '../../test/support/platform';
@@ -124,6 +124,17 @@ describe('the genesis image (real enclave bundle)', () => {
 
     expect(await h.decryptCalls()).toBe(decrypts);
     expect(h.proxyRequests).toHaveLength(0);
+  });
+
+  it('signs its own blob with the new identity, so the operator can tell it is the blob the enclave sealed', async () => {
+    const g = await genesis(hex(randomBytes(8)));
+    const key = identityPublicKey(g.publicKey);
+    const blob = Buffer.from(g.blob, 'base64');
+    expect(verify(null, identityBlobDigest(blob), key, Buffer.from(g.blobSignature, 'base64'))).toBe(true);
+    // Over this blob only, and not as a record: another identity blob of the same public key does not verify.
+    const other = Buffer.from(blob);
+    other[other.length - 1] = (other[other.length - 1] as number) ^ 1;
+    expect(verify(null, identityBlobDigest(other), key, Buffer.from(g.blobSignature, 'base64'))).toBe(false);
   });
 
   it('signs the default project record with the new identity', async () => {

@@ -3,12 +3,13 @@
  * without `identity`) to make the keystore identity, checks what it answers, and writes it to a file for the
  * operator to put in the enclave configuration of the normal image:
  *
- *   {publicKey, blob, attestation, defaultProject, nonce}
+ *   {publicKey, blob, blobSignature, attestation, defaultProject, nonce}
  *
  * The attestation document is verified here (its certificate chain up to the trusted root, the operator's
  * nonce, and user_data binding the public key under the identity tag); the operator still checks its PCR0
  * is the genesis image's, since only they know which image that is.
  */
+import { verify } from 'node:crypto';
 import fs from 'node:fs';
 import { decodeBlobBase64 } from '@nks/shared/blob';
 import { USER_DATA_TAGS, taggedUserData } from '@nks/shared/attestation/user-data';
@@ -17,7 +18,14 @@ import type { GenesisResult } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import { IDENTITY_PUBLIC_KEY_RE } from '@nks/shared/identifiers';
 import type { Logger } from '@nks/shared/log';
-import { DEFAULT_PROJECT_ID, decodeProjectRecord, identityPublicKey, verifySignedRecord, type SignedRecord } from '@nks/shared/records';
+import {
+  DEFAULT_PROJECT_ID,
+  decodeProjectRecord,
+  identityBlobDigest,
+  identityPublicKey,
+  verifySignedRecord,
+  type SignedRecord,
+} from '@nks/shared/records';
 import { createTransport } from '@nks/shared/transport';
 import { enclavePoolFor } from './app';
 import type { ParentConfig } from './config';
@@ -27,6 +35,8 @@ export interface GenesisOutput {
   publicKey: string;
   /** The sealed identity seed (blob kind "identity"), base64. */
   blob: string;
+  /** The identity's signature over its blob (`identityBlobDigest`), base64: the blob is the one the enclave sealed. */
+  blobSignature: string;
   /** The genesis attestation document, base64 COSE_Sign1: the `genesisDocument` of the enclave configuration. */
   attestation: string;
   defaultProject: SignedRecord;
@@ -52,6 +62,13 @@ export function checkGenesis(res: GenesisResult, nonce: string, trustedRoots?: A
   } catch (err) {
     throw fail('the blob is not the identity blob of the public key', err);
   }
+  let blobSigned = false;
+  try {
+    blobSigned = verify(null, identityBlobDigest(Buffer.from(res.blob, 'base64')), key, Buffer.from(res.blobSignature, 'base64'));
+  } catch {
+    blobSigned = false;
+  }
+  if (!blobSigned) throw fail('the blob is not signed by the identity (not the blob the enclave sealed)');
   try {
     const project = decodeProjectRecord(verifySignedRecord(res.defaultProject, key).bytes);
     if (project.projectId !== DEFAULT_PROJECT_ID || project.seq !== 0 || project.state !== 'active')
@@ -85,7 +102,14 @@ export async function runGenesis(
     const res = await pool.call('identity.genesis', { nonce });
     const verified = checkGenesis(res, nonce, opts.trustedRoots);
     return {
-      output: { publicKey: res.publicKey, blob: res.blob, attestation: res.attestation, defaultProject: res.defaultProject, nonce },
+      output: {
+        publicKey: res.publicKey,
+        blob: res.blob,
+        blobSignature: res.blobSignature,
+        attestation: res.attestation,
+        defaultProject: res.defaultProject,
+        nonce,
+      },
       verified,
     };
   } finally {

@@ -130,6 +130,8 @@ export interface GenesisResult {
   publicKey: string;
   /** The identity's sealed seed (blob kind "identity"), base64. */
   blob: string;
+  /** The identity's Ed25519 signature over `identityBlobDigest(blob bytes)`, base64: the blob is the enclave's own. */
+  blobSignature: string;
   /** COSE_Sign1, base64: user_data = SHA-256("nks-identity-v1" ‖ public key), nonce = the operator's. */
   attestation: string;
   /** The `default` token project's record, signed by the new identity. */

@@ -5,7 +5,10 @@
  * Each call makes a new identity: a fresh Ed25519 seed, sealed as an identity blob exactly as keys are (no
  * KMS call; only an attested enclave can have KMS unwrap it), the `default` project's record signed with it,
  * and an attestation document whose user_data is SHA-256("nks-identity-v1" ‖ raw public key) and whose nonce
- * is the operator's, proving the key was made by this image, now. The seed is zeroed before returning.
+ * is the operator's, proving the key was made by this image, now. The identity also signs its own blob
+ * (`blobSignature`), so the operator can check off-host that the blob handed over by the host is the one this
+ * enclave sealed, not another identity-kind blob for the same public key that would never open. The seed is
+ * zeroed before returning.
  */
 import { randomBytes, type KeyObject } from 'node:crypto';
 import { USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
@@ -30,7 +33,7 @@ export async function genesis(deps: GenesisDeps, nonce: Uint8Array): Promise<Gen
   seed.set(random);
   random.fill(0);
   let identity: KeystoreIdentity;
-  let blob: string;
+  let blob: Buffer;
   try {
     identity = KeystoreIdentity.fromSeed(seed);
     const sealed = sealBlob(
@@ -38,12 +41,18 @@ export async function genesis(deps: GenesisDeps, nonce: Uint8Array): Promise<Gen
       { v: BLOB_VERSION, kind: 'identity', alg: BLOB_ALG, kmsKeyArn: deps.kmsKeyArn, publicKey: identity.publicKey },
       { kmsPublicKey: deps.kmsPublicKey },
     );
-    blob = encodeBlob(sealed).toString('base64');
+    blob = encodeBlob(sealed);
   } finally {
     seed.fill(0);
   }
   const now = deps.now?.() ?? Date.now();
   const defaultProject = identity.sign(defaultProjectRecord(now)).signed;
   const document = await deps.nsm.attest({ tag: USER_DATA_TAGS.identity, content: identity.rawPublicKey, nonce });
-  return { publicKey: identity.publicKey, blob, attestation: document.toString('base64'), defaultProject };
+  return {
+    publicKey: identity.publicKey,
+    blob: blob.toString('base64'),
+    blobSignature: identity.signOwnBlob(blob),
+    attestation: document.toString('base64'),
+    defaultProject,
+  };
 }

@@ -1,14 +1,17 @@
 /**
  * The keystore identity (docs/RECORDS.md): an Ed25519 key made at genesis, whose public key the enclave
  * configuration carries (so PCR0 measures it) and whose seed only an attested enclave can unseal. It signs
- * every key and project record, over SHA-256("nks-record-v1" ‖ canonical CBOR) (`recordDigest`), and nothing
- * else: no other signature of this key covers bytes that start with that tag.
+ * every key and project record, over SHA-256("nks-record-v1" ‖ canonical CBOR) (`recordDigest`), and, once
+ * at genesis, its own sealed blob, over SHA-256("nks-identity-blob-v1" ‖ blob) (`identityBlobDigest`), so the
+ * operator can tell the blob handed over is the one the enclave made. Nothing else: every signature of this
+ * key covers a digest that starts with one of those two tags.
  */
 import { sign, type KeyObject } from 'node:crypto';
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
 import {
   DEFAULT_PROJECT_ID,
   encodeRecord,
+  identityBlobDigest,
   recordDigest,
   RECORD_VERSION,
   type AnyRecord,
@@ -39,6 +42,11 @@ export class KeystoreIdentity {
     const digest = recordDigest(bytes);
     const signature = sign(null, digest, this.privateKey);
     return { signed: { record: bytes.toString('base64'), signature: signature.toString('base64') }, digest };
+  }
+
+  /** Signs its own sealed blob (genesis only): base64 of the signature over `identityBlobDigest(blob)`. */
+  signOwnBlob(blob: Uint8Array): string {
+    return sign(null, identityBlobDigest(blob), this.privateKey).toString('base64');
   }
 }
 

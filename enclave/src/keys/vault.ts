@@ -125,6 +125,9 @@ export class KeyVault {
 
   async sign(p: SignParams): Promise<SignResult> {
     const { records } = this.deps;
+    // Looked up before any check, so the cache's counters depend only on the key id and blob sent, never on
+    // which check refuses the request.
+    let cached = this.deps.cache.get(p.keyId, p.blob);
     const key = records.key(p.record);
     const project = records.project(p.project);
     if (key.record.keyId !== p.keyId || key.record.projectId !== project.record.projectId) throw records.refused();
@@ -132,7 +135,6 @@ export class KeyVault {
     records.current(project);
     const k = key.record;
 
-    let cached = this.deps.cache.get(p.keyId, p.blob);
     let blob: KeyBlob | undefined;
     if (cached) {
       // Opened from this exact blob text, whose hash and binding were checked then.
@@ -157,14 +159,23 @@ export class KeyVault {
   /** The blob the record names, decoded and bound to it, or KEY_INTEGRITY. A version 1 blob never matches. */
   private coldBlob(b64: string, k: KeyRecord): KeyBlob {
     const { records } = this.deps;
-    if (sha256Hex(Buffer.from(b64, 'base64')) !== k.blobSha256) throw records.refused();
+    const bytes = Buffer.from(b64, 'base64');
+    // One text per blob: another base64 spelling of the same bytes (free bits in the last character) would
+    // miss the cache, which is keyed on the text, and cost another KMS Decrypt.
+    if (bytes.toString('base64') !== b64 || sha256Hex(bytes) !== k.blobSha256) throw records.refused();
     let blob: KeyBlob;
     try {
       blob = decodeKeyBlob(b64);
     } catch (err) {
       throw records.refused(err);
     }
-    if (blob.keyId !== k.keyId || blob.address !== k.address || blob.projectId !== k.projectId || blob.subject !== k.subject)
+    if (
+      blob.kmsKeyArn !== this.deps.kmsKeyArn ||
+      blob.keyId !== k.keyId ||
+      blob.address !== k.address ||
+      blob.projectId !== k.projectId ||
+      blob.subject !== k.subject
+    )
       throw records.refused();
     return blob;
   }
@@ -201,7 +212,7 @@ export class KeyVault {
     } catch (err) {
       throw this.deps.records.refused(err);
     }
-    if (old.keyId !== keyId) throw this.deps.records.refused();
+    if (old.keyId !== keyId || old.kmsKeyArn !== this.deps.kmsKeyArn) throw this.deps.records.refused();
     const opened = await this.deps.unsealer.unseal(old);
     let result: CreateResult;
     try {

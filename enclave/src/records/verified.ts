@@ -87,10 +87,14 @@ export class VerifiedRecords {
   current(v: Verified<KeyRecord> | Verified<ProjectRecord>): void {
     const { record } = v;
     const marks = record.kind === 'key' ? this.keyMarks : this.projectMarks;
-    const id = record.kind === 'key' ? record.keyId : record.projectId;
+    // A key is its key id and address: key ids are the parent's choice, so two keys made under one id (the
+    // parent's doing) keep separate marks rather than refusing each other.
+    const id = record.kind === 'key' ? `${record.keyId}\u0000${record.address}` : record.projectId;
     const mark = marks.get(id);
     if (mark !== undefined && record.seq < mark) throw this.refused();
-    if (mark === undefined || record.seq > mark) marks.set(id, record.seq);
+    // Only a record after the first needs a mark (nothing is older than seq 0): making keys does not push
+    // the marks of changed keys out of the bound.
+    if (record.seq > 0 && (mark === undefined || record.seq > mark)) marks.set(id, record.seq);
   }
 
   /** A record the enclave has just signed: verified by construction, and the newest of its key or project. */
