@@ -8,7 +8,10 @@
 // their checks of these modules are repeated in-process by the tests listed here (and by *.mutation.test.ts).
 import base from './jest.config.js';
 
-/** The modules under mutation: sealing and unsealing, CMS, attestation verification, blobs, CBOR, framing, KMS proxy. */
+/**
+ * The modules under mutation: sealing and unsealing, CMS, attestation verification, blobs, CBOR, signed
+ * records, framing, KMS proxy.
+ */
 export const MUTATED = [
   'enclave/src/kms/open-answer.ts',
   'enclave/src/kms/unseal.ts',
@@ -21,6 +24,7 @@ export const MUTATED = [
   'shared/src/attestation/birth.ts',
   'shared/src/blob.ts',
   'shared/src/cbor.ts',
+  'shared/src/records.ts',
   'shared/src/framing.ts',
   'parent/src/kms/proxy.ts',
 ];
@@ -41,7 +45,9 @@ export const IN_PROCESS_TESTS = [
   'shared/test/backpressure.test.ts',
   'shared/test/transport.test.ts',
   'shared/test/frame-memory.test.ts',
+  'shared/test/records.test.ts',
   'enclave/test/units.test.ts',
+  'enclave/test/identity.test.ts',
   'sim/test/kms-emulator.test.ts',
   'sim/test/nsm.test.ts',
 ];
@@ -64,6 +70,7 @@ export const MODULE_FLOORS = {
   'shared/src/attestation/birth.ts': 100,
   'shared/src/blob.ts': 94,
   'shared/src/cbor.ts': 89,
+  'shared/src/records.ts': 0,
   'shared/src/framing.ts': 91,
   'parent/src/kms/proxy.ts': 98,
 };
