@@ -62,7 +62,7 @@ export function checkGenesis(res: GenesisResult, nonce: string, trustedRoots?: A
   } catch (err) {
     throw fail('the blob is not the identity blob of the public key', err);
   }
-  let blobSigned = false;
+  let blobSigned: boolean;
   try {
     blobSigned = verify(null, identityBlobDigest(Buffer.from(res.blob, 'base64')), key, Buffer.from(res.blobSignature, 'base64'));
   } catch {
