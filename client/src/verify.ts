@@ -4,8 +4,10 @@
  * document, checked once with `verifyGenesis` / `nks genesis verify`) and the PCR0s of the images it approves.
  *
  * - `verifyKey`: a key as the API shows it carries its signed record; the record must be signed by the pinned
- *   identity and agree with everything the view says (key id, address, public key, project, subject, state,
- *   disabled), and the birth attestation, when there is one, must verify with an approved PCR0.
+ *   identity, be the record of the key the caller asked for (its key id, and the subject or project when the
+ *   caller names them), and agree with everything the view says (key id, address, public key, project, subject,
+ *   state, disabled: a view that leaves one out does not agree), and the birth attestation, when there is one,
+ *   must verify with an approved PCR0.
  * - `verifyIdentity`: `GET /v1/identity` — a fresh document of the running enclave that binds the identity's public
  *   key and the caller's nonce.
  * - `verifyGenesis`: the genesis output — its document (the genesis image's PCR0, the operator's nonce, user_data
@@ -33,14 +35,19 @@ import {
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
 
 export type VerificationErrorCode =
-  /** The input is not what the check needs (no record, not a key view, a public key that is not 0x + 64 hex). */
+  /**
+   * The input is not what the check needs (no record, not a key view, a public key that is not 0x + 64 hex, no
+   * expected key id).
+   */
   | 'MALFORMED'
   /** A record's signature does not verify with the pinned identity. */
   | 'RECORD_SIGNATURE'
   /** A record verifies but is not a well-formed record of the expected kind. */
   | 'RECORD_MALFORMED'
-  /** The view says something the signed record does not. */
+  /** The view says something the signed record does not, or leaves out something the record says. */
   | 'VIEW_MISMATCH'
+  /** The signed record is genuine but of another key than the one expected (key id, subject or project). */
+  | 'KEY_MISMATCH'
   /** A birth attestation was required and there is none. */
   | 'NO_BIRTH_ATTESTATION'
   /** An attestation document does not verify (its AttestationError code is in `attestationCode`). */
@@ -84,9 +91,26 @@ export interface KeyViewForVerification {
   attestation?: string | undefined;
 }
 
+/**
+ * The key the caller means, compared with the signed record (not with the view, which the server writes): a
+ * parent asked for one key can answer with the genuine, self-consistent view of another.
+ */
+export interface ExpectedKey {
+  /** The key id the caller asked for (`GET /v1/keys/{keyId}`). */
+  keyId: string;
+  /** The caller's external id: the record must be of the `default` project, with this subject (null: none). */
+  externalId?: string | null | undefined;
+  /** The subject the key must belong to within its project (null: none). */
+  subject?: string | null | undefined;
+  /** The project the key must belong to. */
+  projectId?: string | undefined;
+}
+
 export interface VerifyKeyOptions {
   /** The keystore identity's Ed25519 public key (0x + 64 hex), from the published genesis document. */
   identityPublicKey: string | KeyObject;
+  /** The key asked for: at least its key id. The record must be this key's (KEY_MISMATCH otherwise). */
+  expected: ExpectedKey;
   /** PCRs a birth attestation must show (PCR0 required: an image you approve, or the list of them). */
   expectedPcrs: ExpectedPcrs;
   /** Trust anchor for attestation documents (PEM or DER); default the AWS Nitro root G1. */
@@ -183,45 +207,90 @@ function attestationFailure(what: string, err: unknown): never {
 
 const pcr0Of = (v: VerifiedAttestation) => v.document.pcrs.get(0)?.toString('hex');
 
+const show = (v: unknown) => (v === undefined ? 'nothing' : JSON.stringify(v));
+
+/** The signed record is the one of the key the caller asked for: its key id, and the subject and project it names. */
+function checkExpected(record: KeyRecord, expected: ExpectedKey): string {
+  const wrong: string[] = [];
+  const checked: string[] = [];
+  const want = (field: string, asked: unknown, signed: unknown, label = `${field} ${JSON.stringify(asked)}`) => {
+    if (asked === undefined || checked.includes(label)) return;
+    checked.push(label);
+    if (asked !== signed) wrong.push(`${field}: you asked for ${JSON.stringify(asked)}, the record is of ${JSON.stringify(signed)}`);
+  };
+  want('keyId', expected.keyId, record.keyId, `keyId ${expected.keyId}`);
+  if (expected.externalId !== undefined) {
+    // The external id is the subject of the default (token) project: a key of another project is not that caller's.
+    want('projectId', DEFAULT_PROJECT_ID, record.projectId, `project ${DEFAULT_PROJECT_ID}`);
+    want('externalId', expected.externalId, record.subject);
+  }
+  want('subject', expected.subject, record.subject);
+  if (expected.projectId !== undefined) want('projectId', expected.projectId, record.projectId, `project ${expected.projectId}`);
+  if (wrong.length) {
+    throw new VerificationError(
+      'KEY_MISMATCH',
+      `the signed record is of key ${record.keyId} (address ${record.address}, project ${record.projectId}, subject ${JSON.stringify(record.subject)}), not the key you asked for: ${wrong.join('; ')}`,
+    );
+  }
+  return `the record is of the key asked for: ${checked.join(', ')}`;
+}
+
 /**
- * Checks a key view offline: its record is signed by the pinned identity, and the record and the view agree on the
- * key id, address, project, state and disabled flag (and the subject for the default token project, which is the
- * external id); the view's public key belongs to the address; the birth attestation, when present (or required),
- * verifies at its own time with the expected PCRs and binds this key id and address.
+ * Checks a key view offline: its record is signed by the pinned identity and is the record of the key `expected`
+ * names (its key id; its external id, subject and project when given); the record and the view agree on the key
+ * id, address, project, subject (for the default token project the view's external id), state and disabled flag,
+ * and a view that leaves one of them out does not agree; the view's public key, when shown, belongs to the
+ * address; the birth attestation, when present (or required), verifies at its own time with the expected PCRs and
+ * binds this key id and address. `checks` lists what was compared, and only that.
  */
 export function verifyKey(view: KeyViewForVerification, options: VerifyKeyOptions): VerifiedKey {
   if (!view || typeof view.keyId !== 'string' || typeof view.address !== 'string') {
     throw new VerificationError('MALFORMED', 'not a key view (keyId and address are missing)');
   }
+  if (!options?.expected || typeof options.expected.keyId !== 'string' || options.expected.keyId === '') {
+    throw new VerificationError('MALFORMED', 'expected.keyId is required: the key id you asked for, which the signed record must name');
+  }
   const identity = pinnedIdentity(options.identityPublicKey);
   const checks: string[] = [];
   const { record, digest } = openRecord(view.record, identity, decodeKeyRecord, `key ${view.keyId}`);
   checks.push(`record signature verifies with the pinned identity (record ${digest}, seq ${record.seq})`);
+  checks.push(checkExpected(record, options.expected));
 
+  // Every field the record has a say in must be in the view and agree with it: a view that leaves a field out
+  // could be the view of another subject's key, and a check left out would not be one.
   const mismatches: string[] = [];
-  const agree = (field: string, shown: unknown, signed: unknown) => {
-    if (shown !== signed) mismatches.push(`${field}: the view says ${JSON.stringify(shown)}, the record ${JSON.stringify(signed)}`);
+  const agreed: string[] = [];
+  const agree = (field: string, shown: unknown, signed: unknown, label = field) => {
+    if (shown === signed) agreed.push(label);
+    else mismatches.push(`${field}: the view says ${show(shown)}, the record ${JSON.stringify(signed)}`);
   };
   agree('keyId', view.keyId, record.keyId);
   agree('address', lower(view.address), lower(record.address));
-  if (view.projectId !== undefined) agree('projectId', view.projectId, record.projectId);
-  if (view.state !== undefined) agree('state', view.state, record.state);
-  if (view.disabled !== undefined) agree('disabled', view.disabled, record.disabled);
-  if (view.subject !== undefined) agree('subject', view.subject, record.subject);
-  else if (record.projectId === DEFAULT_PROJECT_ID && view.externalId !== undefined) agree('externalId', view.externalId, record.subject);
   if (view.publicKey !== undefined) {
     const derived = addressOfPublicKey(view.publicKey);
-    if (derived !== lower(record.address)) mismatches.push(`publicKey: it is not the public key of ${record.address}`);
+    if (derived === lower(record.address)) agreed.push('publicKey');
+    else mismatches.push(`publicKey: it is not the public key of ${record.address}`);
   }
+  agree('projectId', view.projectId, record.projectId, `project ${record.projectId}`);
+  // Who the key belongs to: the view's subject, and in the default project its external id, which is the subject.
+  const ofDefault = record.projectId === DEFAULT_PROJECT_ID;
+  if (view.subject !== undefined) agree('subject', view.subject, record.subject, `subject ${JSON.stringify(record.subject)}`);
+  if (ofDefault && (view.externalId !== undefined || view.subject === undefined)) {
+    agree('externalId', view.externalId, record.subject, `externalId ${JSON.stringify(record.subject)}`);
+  } else if (view.subject === undefined) {
+    mismatches.push(
+      `subject: the view says nothing (outside the default project its externalId is not the subject), the record ${JSON.stringify(record.subject)}`,
+    );
+  }
+  agree('state', view.state, record.state, `state ${record.state}`);
+  agree('disabled', view.disabled, record.disabled, `disabled ${record.disabled}`);
   if (mismatches.length) {
     throw new VerificationError(
       'VIEW_MISMATCH',
       `key ${view.keyId}: the view does not agree with its signed record: ${mismatches.join('; ')}`,
     );
   }
-  checks.push(
-    `the view agrees with the record: keyId, address${view.publicKey !== undefined ? ', publicKey' : ''}, project ${record.projectId}, subject, state ${record.state}, disabled ${record.disabled}`,
-  );
+  checks.push(`the view agrees with the record: ${agreed.join(', ')}`);
 
   let birth: VerifiedAttestation | null = null;
   if (view.attestation) {

@@ -87,7 +87,12 @@ export async function makeDocuments(): Promise<Documents> {
 export async function makeKeyView(
   identity: Identity,
   docs: Documents,
-  { keyId = 'key-1', externalId = 'alice', attest = true, record: over = {} } = {},
+  {
+    keyId = 'key-1',
+    externalId = 'alice',
+    attest = true,
+    record: over = {},
+  }: { keyId?: string; externalId?: string | null; attest?: boolean; record?: Partial<KeyRecord> } = {},
 ) {
   const account = privateKeyToAccount(generatePrivateKey());
   const record: KeyRecord = {
