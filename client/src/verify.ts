@@ -37,7 +37,7 @@ import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
 export type VerificationErrorCode =
   /**
    * The input is not what the check needs (no record, not a key view, a public key that is not 0x + 64 hex, no
-   * expected key id).
+   * expected key id, a nonce that is not 1-512 bytes).
    */
   | 'MALFORMED'
   /** A record's signature does not verify with the pinned identity. */
@@ -327,7 +327,7 @@ export interface IdentityView {
 }
 
 export interface VerifyIdentityOptions {
-  /** The nonce the request carried (bytes or hex): the fresh document must carry it. */
+  /** The nonce the request carried, 1-512 bytes (bytes, or 0x and hex digits): the fresh document must carry it. */
   nonce: string | Uint8Array;
   /** PCRs the fresh document must show (PCR0 required: an image you approve). */
   expectedPcrs: ExpectedPcrs;
@@ -347,13 +347,37 @@ export interface VerifiedIdentity {
   checks: string[];
 }
 
-const bytesOfHex = (v: string | Uint8Array) => (typeof v === 'string' ? Buffer.from(v.replace(/^0x/i, ''), 'hex') : Buffer.from(v));
+/** What an NSM takes as a nonce. */
+const NONCE_MAX_BYTES = 512;
+const NONCE_HEX_RE = new RegExp(`^0x(?:[0-9a-fA-F]{2}){1,${NONCE_MAX_BYTES}}$`);
+
+/**
+ * The caller's nonce as bytes: 1-512 bytes, given as bytes or as 0x and hex digits. Anything else is refused
+ * rather than read as no nonce: a document with an empty nonce is one anybody could have kept and replayed.
+ */
+function nonceBytes(nonce: unknown, what: string): Buffer {
+  let shown: string;
+  if (nonce instanceof Uint8Array) {
+    if (nonce.length >= 1 && nonce.length <= NONCE_MAX_BYTES) return Buffer.from(nonce);
+    shown = `${nonce.length} bytes`;
+  } else if (typeof nonce === 'string') {
+    if (NONCE_HEX_RE.test(nonce)) return Buffer.from(nonce.slice(2), 'hex');
+    shown = JSON.stringify(nonce.length > 80 ? `${nonce.slice(0, 80)}…` : nonce);
+  } else {
+    shown = nonce === null ? 'null' : typeof nonce;
+  }
+  throw new VerificationError(
+    'MALFORMED',
+    `${what} must be 1-${NONCE_MAX_BYTES} bytes, given as bytes or as 0x and hex digits, not ${shown}: a document without a nonce of yours may be a replay`,
+  );
+}
 
 /** Checks `GET /v1/identity`: the running enclave attests, with the caller's nonce, that it holds this identity. */
 export function verifyIdentity(view: IdentityView, options: VerifyIdentityOptions): VerifiedIdentity {
   if (!view || typeof view.publicKey !== 'string' || !IDENTITY_PUBLIC_KEY_RE.test(view.publicKey) || typeof view.attestation !== 'string') {
     throw new VerificationError('MALFORMED', 'not an identity answer ({publicKey, genesisDocument, attestation})');
   }
+  const expectedNonce = nonceBytes(options.nonce, 'the nonce');
   const checks: string[] = [];
   if (options.identityPublicKey !== undefined && options.identityPublicKey !== view.publicKey) {
     throw new VerificationError(
@@ -368,7 +392,7 @@ export function verifyIdentity(view: IdentityView, options: VerifyIdentityOption
   try {
     attestation = verifyIdentityAttestation(document, view.publicKey, {
       expectedPcrs: resolvePcrs(document, options.expectedPcrs),
-      expectedNonce: bytesOfHex(options.nonce),
+      expectedNonce,
       ...(options.maxAgeMs !== undefined ? { maxAgeMs: options.maxAgeMs } : {}),
       ...roots,
     });
@@ -417,7 +441,7 @@ export interface IdentitySection {
 export interface VerifyGenesisOptions {
   /** The genesis image's PCR0 (from its measurements, reproduced off-host). */
   pcr0: string;
-  /** The nonce the operator chose for this genesis. */
+  /** The nonce the operator chose for this genesis, 1-512 bytes (bytes, or 0x and hex digits). */
   nonce: string | Uint8Array;
   rootCertificate?: string | Uint8Array;
   /** Time for the document's certificates; default its own timestamp. */
@@ -443,13 +467,14 @@ export function verifyGenesis(output: GenesisOutput, options: VerifyGenesisOptio
   if (!output || typeof output.publicKey !== 'string' || typeof output.blob !== 'string' || typeof document !== 'string') {
     throw new VerificationError('MALFORMED', 'not a genesis output ({publicKey, blob, attestation, defaultProject})');
   }
+  const expectedNonce = nonceBytes(options.nonce, "the genesis run's nonce");
   const identity = pinnedIdentity(output.publicKey);
   const checks: string[] = [];
   let attestation: VerifiedAttestation;
   try {
     attestation = verifyIdentityAttestation(Buffer.from(document, 'base64'), output.publicKey, {
       expectedPcrs: { 0: options.pcr0 },
-      expectedNonce: bytesOfHex(options.nonce),
+      expectedNonce,
       ...(options.rootCertificate !== undefined ? { trustedRoots: [options.rootCertificate] } : {}),
       ...(options.at ? { at: options.at } : {}),
     });

@@ -3,6 +3,7 @@
  * approved PCR0s, the live identity against a nonce, and a genesis output. Each test changes one thing a parent (or
  * a mistake) could change and expects the check to refuse it with the reason.
  */
+import { randomBytes } from 'node:crypto';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { birthUserData } from '@nks/shared/attestation/user-data';
 import { identityUserData } from '@nks/shared/attestation/identity';
@@ -312,6 +313,37 @@ describe('verifyIdentity', () => {
       expect([e.code, e.attestationCode]).toEqual([code, attestationCode]);
     }
   });
+
+  it('refuses a nonce that is not 1-512 bytes of 0x hex rather than expect none, and so a replayable document (review 16, F9)', async () => {
+    // What an enclave answers to a request without a nonce: a document anybody could have kept and replayed.
+    const replayable = await answer({ nonce: Buffer.alloc(0) });
+    const refused: Array<string | Uint8Array> = [
+      '0x',
+      '',
+      'not-hex-at-all',
+      '0xzz',
+      '0x123', // half a byte
+      '0123456789abcdef', // hex without 0x: refused rather than guessed at
+      `0x${'00'.repeat(513)}`,
+      Buffer.alloc(0),
+      Buffer.alloc(513),
+    ];
+    for (const bad of refused) {
+      const e = refusal(() => verifyIdentity(replayable, { ...base(), identityPublicKey: identity.publicKey, nonce: bad }));
+      expect({ bad, code: e.code, message: e.message }).toEqual({
+        bad,
+        code: 'MALFORMED',
+        message: expect.stringMatching(/^the nonce must be 1-512 bytes, given as bytes or as 0x and hex digits, not /),
+      });
+    }
+    // 1 and 512 bytes, as hex (either case) or bytes, are nonces.
+    for (const n of [Buffer.from('01', 'hex'), randomBytes(512)]) {
+      const view = await answer({ nonce: n });
+      for (const given of [n, `0x${n.toString('hex')}`, `0x${n.toString('hex').toUpperCase()}`]) {
+        expect(verifyIdentity(view, { ...base(), nonce: given }).checks.join('\n')).toContain('carries the nonce');
+      }
+    }
+  });
 });
 
 describe('verifyGenesis', () => {
@@ -329,6 +361,18 @@ describe('verifyGenesis', () => {
     expect(v.kmsKeyArn).toBe(KMS_KEY_ARN);
     expect(v.defaultProject).toMatchObject({ projectId: 'default', seq: 0, state: 'active', auth: { type: 'token' } });
     expect(v.checks).toHaveLength(3);
+  });
+
+  it('refuses a nonce that is not 1-512 bytes of 0x hex, and so a genesis document made without one (review 16, F9)', async () => {
+    // A genesis output whose document carries no nonce: the operator's check must not read "0x" as "expect none".
+    const replayable = await makeGenesisOutput(identity, docs, Buffer.alloc(0));
+    const good = await makeGenesisOutput(identity, docs, nonce);
+    for (const output of [replayable, good]) {
+      for (const bad of ['0x', '', 'not-hex-at-all', 'c0ffee00c0ffee00', Buffer.alloc(0)]) {
+        const e = refusal(() => verifyGenesis(output, { pcr0: GENESIS_PCR0, nonce: bad, rootCertificate: docs.ca.rootPem }));
+        expect([e.code, e.message]).toEqual(['MALFORMED', expect.stringMatching(/^the genesis run's nonce must be 1-512 bytes/)]);
+      }
+    }
   });
 
   it("refuses another image, another nonce, another key's blob or project record, and a default project genesis does not make", async () => {
