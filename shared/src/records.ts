@@ -90,6 +90,14 @@ export function recordDigest(cbor: Uint8Array): Buffer {
   return createHash('sha256').update(RECORD_SIGNATURE_TAG, 'utf8').update(cbor).digest();
 }
 
+/** The domain tag of the identity's signature over its own sealed blob (made at genesis). */
+export const IDENTITY_BLOB_SIGNATURE_TAG = 'nks-identity-blob-v1';
+
+/** SHA-256("nks-identity-blob-v1" ‖ blob): what the identity signs at genesis so its blob is authenticated. */
+export function identityBlobDigest(blob: Uint8Array): Buffer {
+  return createHash('sha256').update(IDENTITY_BLOB_SIGNATURE_TAG, 'utf8').update(blob).digest();
+}
+
 export const hex = (b: Uint8Array): string => `0x${Buffer.from(b).toString('hex')}`;
 
 const bad = (what: string, cause?: unknown) => new KeystoreError('KEY_INTEGRITY', `record is malformed: ${what}`, { cause });
