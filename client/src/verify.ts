@@ -11,11 +11,12 @@
  * - `verifyIdentity`: `GET /v1/identity` — a fresh document of the running enclave that binds the identity's public
  *   key and the caller's nonce.
  * - `verifyGenesis`: the genesis output — its document (the genesis image's PCR0, the operator's nonce, user_data
- *   binding the public key), the identity blob and the default project record the new identity signed.
+ *   binding the public key), the identity blob with the new identity's signature over it, and the default project
+ *   record the new identity signed.
  *
  * Every failure throws VerificationError with a code and a message that says what did not hold.
  */
-import { createHash, type KeyObject } from 'node:crypto';
+import { createHash, verify, type KeyObject } from 'node:crypto';
 import { keccak_256 } from '@noble/hashes/sha3.js';
 import { AttestationError, decodeAttestationDocument, verifyBirthAttestation, type VerifiedAttestation } from '@nks/shared/attestation';
 import { verifyIdentityAttestation } from '@nks/shared/attestation/identity';
@@ -26,6 +27,7 @@ import {
   decodeProjectRecord,
   DEFAULT_PROJECT_ID,
   hex,
+  identityBlobDigest,
   identityPublicKey,
   verifySignedRecord,
   type KeyRecord,
@@ -54,7 +56,7 @@ export type VerificationErrorCode =
   | 'ATTESTATION'
   /** The identity is not the one pinned. */
   | 'IDENTITY_MISMATCH'
-  /** The genesis output's blob or default project is not what a genesis enclave makes. */
+  /** The genesis output's blob, its signature or the default project is not what a genesis enclave makes. */
   | 'GENESIS_MISMATCH';
 
 export class VerificationError extends Error {
@@ -424,6 +426,12 @@ export function verifyIdentity(view: IdentityView, options: VerifyIdentityOption
 export interface GenesisOutput {
   publicKey: string;
   blob: string;
+  /**
+   * The identity's Ed25519 signature (base64) over `identityBlobDigest(blob bytes)`, SHA-256("nks-identity-blob-v1"
+   * ‖ blob): made by the genesis enclave, it shows the blob is the one it sealed, not one the parent made for the
+   * same public key. An output without it (or with a wrong one) is refused.
+   */
+  blobSignature: string;
   /** The genesis document (base64 COSE_Sign1); `genesisDocument` is accepted as its name too. */
   attestation?: string;
   genesisDocument?: string;
@@ -459,8 +467,9 @@ export interface VerifiedGenesis {
 
 /**
  * Checks a genesis output off-host, before its identity goes into an image: the document verifies with the genesis
- * image's PCR0 and the operator's nonce and binds the public key; the blob is an identity blob for that key; the
- * default project record is signed by that key and is exactly the record genesis makes.
+ * image's PCR0 and the operator's nonce and binds the public key; the blob is an identity blob for that key, and
+ * that key signed it (`blobSignature`); the default project record is signed by that key and is exactly the record
+ * genesis makes.
  */
 export function verifyGenesis(output: GenesisOutput, options: VerifyGenesisOptions): VerifiedGenesis {
   const document = output?.attestation ?? output?.genesisDocument;
@@ -495,6 +504,30 @@ export function verifyGenesis(output: GenesisOutput, options: VerifyGenesisOptio
     throw new VerificationError('GENESIS_MISMATCH', `the identity blob is not this identity's: ${(err as Error).message}`, { cause: err });
   }
   checks.push(`the blob is an identity blob (version 2) for this public key, sealed under ${kmsKeyArn}`);
+
+  // The header above is public: anybody can write one for this public key around junk. Only the identity's
+  // signature shows the blob is the one genesis sealed (and so one the image will be able to open).
+  if (typeof output.blobSignature !== 'string' || output.blobSignature === '') {
+    throw new VerificationError(
+      'GENESIS_MISMATCH',
+      "the genesis output has no blobSignature (the identity's signature over its blob): nothing shows the blob is the one genesis sealed",
+    );
+  }
+  const blobSignature = Buffer.from(output.blobSignature, 'base64');
+  const blobDigest = identityBlobDigest(Buffer.from(output.blob, 'base64'));
+  let signed: boolean;
+  try {
+    signed = blobSignature.length === 64 && verify(null, blobDigest, identity, blobSignature);
+  } catch {
+    signed = false;
+  }
+  if (!signed) {
+    throw new VerificationError(
+      'GENESIS_MISMATCH',
+      "the identity blob's signature (blobSignature) does not verify with this public key: the blob is not the one genesis sealed, or was altered",
+    );
+  }
+  checks.push('the identity signed this blob (blobSignature over SHA-256("nks-identity-blob-v1" ‖ blob))');
 
   const { record, digest } = openRecord(output.defaultProject, identity, decodeProjectRecord, 'the default project');
   const expectedTypes = [...SIGN_REQUEST_TYPES].sort();

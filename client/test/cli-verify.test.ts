@@ -12,6 +12,7 @@ import { identityUserData } from '@nks/shared/attestation/identity';
 import { tempRunDir } from '../../shared/test/helpers';
 import {
   GENESIS_PCR0,
+  identityBlob,
   makeDocuments,
   makeGenesisOutput,
   makeIdentity,
@@ -371,6 +372,7 @@ describe('nks genesis verify', () => {
     const r = await nks([...args, '--out', out]);
     expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
     expect(r.stdout).toMatch(new RegExp(`^VALID genesis of keystore identity ${identity.publicKey}`));
+    expect(r.stdout).toContain('  ok  the identity signed this blob (blobSignature over SHA-256("nks-identity-blob-v1" ‖ blob))\n');
     expect(r.stdout).toContain(`wrote the enclave configuration's identity section to ${out}`);
     expect(JSON.parse(fs.readFileSync(out, 'utf8'))).toEqual({
       identity: {
@@ -382,6 +384,32 @@ describe('nks genesis verify', () => {
     });
     const again = await nks([...args, '--out', out]);
     expect([again.status, again.stderr]).toEqual([2, expect.stringMatching(/cannot write .*EEXIST/)]);
+  });
+
+  it('exits 1 for a blob the identity did not sign and writes nothing (review 16, F10)', async () => {
+    const nonce = Buffer.from('0badc0de', 'hex');
+    const genuine = await makeGenesisOutput(identity, docs, nonce);
+    const out = path.join(dir, 'identity-swapped.json');
+    const cases: Array<[string, object, RegExp]> = [
+      // The parent keeps the real blob and hands over one it made: the same header, junk inside.
+      [
+        'swapped',
+        { blob: identityBlob(identity.publicKey) },
+        /GENESIS_MISMATCH: the identity blob's signature \(blobSignature\) does not verify/,
+      ],
+      ['unsigned', { blobSignature: undefined }, /GENESIS_MISMATCH: the genesis output has no blobSignature/],
+    ];
+    for (const [name, change, message] of cases) {
+      const file = path.join(dir, `genesis-${name}.json`);
+      fs.writeFileSync(file, JSON.stringify({ ...genuine, ...change }));
+      const r = await nks(['genesis', 'verify', file, '--pcr0', GENESIS_PCR0, '--nonce', '0x0badc0de', '--root', rootFile, '--out', out]);
+      expect({ name, status: r.status, stdout: r.stdout }).toEqual({
+        name,
+        status: 1,
+        stdout: expect.stringMatching(new RegExp(`^INVALID genesis: ${message.source}`)),
+      });
+      expect(fs.existsSync(out)).toBe(false);
+    }
   });
 
   it('exits 1 for the wrong image or nonce and writes nothing; 2 without the genesis PCR0 or nonce', async () => {

@@ -21,6 +21,7 @@ import {
   makeKeyView,
   OTHER_PCR0,
   PCR0,
+  signIdentityBlob,
   type Documents,
   type Identity,
 } from './keystore-fixtures';
@@ -360,7 +361,49 @@ describe('verifyGenesis', () => {
     });
     expect(v.kmsKeyArn).toBe(KMS_KEY_ARN);
     expect(v.defaultProject).toMatchObject({ projectId: 'default', seq: 0, state: 'active', auth: { type: 'token' } });
-    expect(v.checks).toHaveLength(3);
+    expect(v.checks).toEqual([
+      expect.stringMatching(/^genesis document verifies/),
+      expect.stringMatching(/^the blob is an identity blob/),
+      'the identity signed this blob (blobSignature over SHA-256("nks-identity-blob-v1" ‖ blob))',
+      expect.stringMatching(/^the default project record is signed by this identity/),
+    ]);
+  });
+
+  it('refuses a blob the identity did not sign: a junk blob for the right public key, a missing or wrong signature (review 16, F10)', async () => {
+    const good = await makeGenesisOutput(identity, docs, nonce);
+    const opts = { pcr0: GENESIS_PCR0, nonce, rootCertificate: docs.ca.rootPem };
+    // The parent keeps the real blob and hands over one of its own: the same public header, junk inside.
+    const junk = identityBlob(identity.publicKey);
+    const other = makeIdentity();
+    const cases: Array<[string, object, RegExp]> = [
+      ['a junk blob beside the genuine signature', { blob: junk }, /blobSignature\) does not verify with this public key/],
+      ['no signature', { blobSignature: undefined }, /has no blobSignature/],
+      ['an empty signature', { blobSignature: '' }, /has no blobSignature/],
+      [
+        'a junk blob the parent signed with a key of its own',
+        { blob: junk, blobSignature: signIdentityBlob(other.privateKey, junk) },
+        /does not verify/,
+      ],
+      [
+        'the signature of the junk blob without the domain tag',
+        { blob: junk, blobSignature: signIdentityBlob(identity.privateKey, junk, '') },
+        /does not verify/,
+      ],
+      ['a signature that is not 64 bytes', { blobSignature: 'AAAA' }, /does not verify/],
+      ['the signature of another blob', { blobSignature: signIdentityBlob(identity.privateKey, junk) }, /does not verify/],
+    ];
+    for (const [what, change, message] of cases) {
+      const e = refusal(() => verifyGenesis({ ...good, ...change }, opts));
+      expect({ what, code: e.code, message: e.message }).toEqual({
+        what,
+        code: 'GENESIS_MISMATCH',
+        message: expect.stringMatching(message),
+      });
+    }
+    // The identity's own signature over that junk blob would pass: the signature is what says which blob is genuine.
+    expect(verifyGenesis({ ...good, blob: junk, blobSignature: signIdentityBlob(identity.privateKey, junk) }, opts).identity.blob).toBe(
+      junk,
+    );
   });
 
   it('refuses a nonce that is not 1-512 bytes of 0x hex, and so a genesis document made without one (review 16, F9)', async () => {
