@@ -10,11 +10,12 @@
  * errors with jittered backoff; creation without an externalId is never retried (it could make two keys).
  *
  * Nothing the server says needs to be taken on trust: `verifyKey` checks a key's signed record against the
- * keystore identity you pin, and its birth attestation against the PCR0s you approve; `verifyIdentity` checks
- * that the running enclave holds that identity (client/src/verify.ts, docs/RECORDS.md, "What a client pins").
+ * keystore identity you pin and the key you asked for, and its birth attestation against the PCR0s you approve;
+ * `verifyIdentity` checks that the running enclave holds that identity (client/src/verify.ts, docs/RECORDS.md,
+ * "What a client pins").
  *
- *   const { keys } = await ks.listKeys();
- *   verifyKey(keys[0], { identityPublicKey: PINNED_IDENTITY, expectedPcrs: { 0: APPROVED_PCR0S } });
+ *   const key = await ks.getKey(keyId);
+ *   verifyKey(key, { identityPublicKey: PINNED_IDENTITY, expected: { keyId }, expectedPcrs: { 0: APPROVED_PCR0S } });
  */
 import {
   AttestationError,
@@ -36,6 +37,7 @@ export {
   verifyIdentity,
   verifyKey,
   VerificationError,
+  type ExpectedKey,
   type ExpectedPcrs,
   type GenesisOutput,
   type IdentitySection,

@@ -4,16 +4,19 @@
  * document, checked once with `verifyGenesis` / `nks genesis verify`) and the PCR0s of the images it approves.
  *
  * - `verifyKey`: a key as the API shows it carries its signed record; the record must be signed by the pinned
- *   identity and agree with everything the view says (key id, address, public key, project, subject, state,
- *   disabled), and the birth attestation, when there is one, must verify with an approved PCR0.
+ *   identity, be the record of the key the caller asked for (its key id, and the subject or project when the
+ *   caller names them), and agree with everything the view says (key id, address, public key, project, subject,
+ *   state, disabled: a view that leaves one out does not agree), and the birth attestation, when there is one,
+ *   must verify with an approved PCR0.
  * - `verifyIdentity`: `GET /v1/identity` — a fresh document of the running enclave that binds the identity's public
  *   key and the caller's nonce.
  * - `verifyGenesis`: the genesis output — its document (the genesis image's PCR0, the operator's nonce, user_data
- *   binding the public key), the identity blob and the default project record the new identity signed.
+ *   binding the public key), the identity blob with the new identity's signature over it, and the default project
+ *   record the new identity signed.
  *
  * Every failure throws VerificationError with a code and a message that says what did not hold.
  */
-import { createHash, type KeyObject } from 'node:crypto';
+import { createHash, verify, type KeyObject } from 'node:crypto';
 import { keccak_256 } from '@noble/hashes/sha3.js';
 import { AttestationError, decodeAttestationDocument, verifyBirthAttestation, type VerifiedAttestation } from '@nks/shared/attestation';
 import { verifyIdentityAttestation } from '@nks/shared/attestation/identity';
@@ -24,6 +27,7 @@ import {
   decodeProjectRecord,
   DEFAULT_PROJECT_ID,
   hex,
+  identityBlobDigest,
   identityPublicKey,
   verifySignedRecord,
   type KeyRecord,
@@ -33,21 +37,26 @@ import {
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
 
 export type VerificationErrorCode =
-  /** The input is not what the check needs (no record, not a key view, a public key that is not 0x + 64 hex). */
+  /**
+   * The input is not what the check needs (no record, not a key view, a public key that is not 0x + 64 hex, no
+   * expected key id, a nonce that is not 1-512 bytes).
+   */
   | 'MALFORMED'
   /** A record's signature does not verify with the pinned identity. */
   | 'RECORD_SIGNATURE'
   /** A record verifies but is not a well-formed record of the expected kind. */
   | 'RECORD_MALFORMED'
-  /** The view says something the signed record does not. */
+  /** The view says something the signed record does not, or leaves out something the record says. */
   | 'VIEW_MISMATCH'
+  /** The signed record is genuine but of another key than the one expected (key id, subject or project). */
+  | 'KEY_MISMATCH'
   /** A birth attestation was required and there is none. */
   | 'NO_BIRTH_ATTESTATION'
   /** An attestation document does not verify (its AttestationError code is in `attestationCode`). */
   | 'ATTESTATION'
   /** The identity is not the one pinned. */
   | 'IDENTITY_MISMATCH'
-  /** The genesis output's blob or default project is not what a genesis enclave makes. */
+  /** The genesis output's blob, its signature or the default project is not what a genesis enclave makes. */
   | 'GENESIS_MISMATCH';
 
 export class VerificationError extends Error {
@@ -84,9 +93,26 @@ export interface KeyViewForVerification {
   attestation?: string | undefined;
 }
 
+/**
+ * The key the caller means, compared with the signed record (not with the view, which the server writes): a
+ * parent asked for one key can answer with the genuine, self-consistent view of another.
+ */
+export interface ExpectedKey {
+  /** The key id the caller asked for (`GET /v1/keys/{keyId}`). */
+  keyId: string;
+  /** The caller's external id: the record must be of the `default` project, with this subject (null: none). */
+  externalId?: string | null | undefined;
+  /** The subject the key must belong to within its project (null: none). */
+  subject?: string | null | undefined;
+  /** The project the key must belong to. */
+  projectId?: string | undefined;
+}
+
 export interface VerifyKeyOptions {
   /** The keystore identity's Ed25519 public key (0x + 64 hex), from the published genesis document. */
   identityPublicKey: string | KeyObject;
+  /** The key asked for: at least its key id. The record must be this key's (KEY_MISMATCH otherwise). */
+  expected: ExpectedKey;
   /** PCRs a birth attestation must show (PCR0 required: an image you approve, or the list of them). */
   expectedPcrs: ExpectedPcrs;
   /** Trust anchor for attestation documents (PEM or DER); default the AWS Nitro root G1. */
@@ -183,45 +209,90 @@ function attestationFailure(what: string, err: unknown): never {
 
 const pcr0Of = (v: VerifiedAttestation) => v.document.pcrs.get(0)?.toString('hex');
 
+const show = (v: unknown) => (v === undefined ? 'nothing' : JSON.stringify(v));
+
+/** The signed record is the one of the key the caller asked for: its key id, and the subject and project it names. */
+function checkExpected(record: KeyRecord, expected: ExpectedKey): string {
+  const wrong: string[] = [];
+  const checked: string[] = [];
+  const want = (field: string, asked: unknown, signed: unknown, label = `${field} ${JSON.stringify(asked)}`) => {
+    if (asked === undefined || checked.includes(label)) return;
+    checked.push(label);
+    if (asked !== signed) wrong.push(`${field}: you asked for ${JSON.stringify(asked)}, the record is of ${JSON.stringify(signed)}`);
+  };
+  want('keyId', expected.keyId, record.keyId, `keyId ${expected.keyId}`);
+  if (expected.externalId !== undefined) {
+    // The external id is the subject of the default (token) project: a key of another project is not that caller's.
+    want('projectId', DEFAULT_PROJECT_ID, record.projectId, `project ${DEFAULT_PROJECT_ID}`);
+    want('externalId', expected.externalId, record.subject);
+  }
+  want('subject', expected.subject, record.subject);
+  if (expected.projectId !== undefined) want('projectId', expected.projectId, record.projectId, `project ${expected.projectId}`);
+  if (wrong.length) {
+    throw new VerificationError(
+      'KEY_MISMATCH',
+      `the signed record is of key ${record.keyId} (address ${record.address}, project ${record.projectId}, subject ${JSON.stringify(record.subject)}), not the key you asked for: ${wrong.join('; ')}`,
+    );
+  }
+  return `the record is of the key asked for: ${checked.join(', ')}`;
+}
+
 /**
- * Checks a key view offline: its record is signed by the pinned identity, and the record and the view agree on the
- * key id, address, project, state and disabled flag (and the subject for the default token project, which is the
- * external id); the view's public key belongs to the address; the birth attestation, when present (or required),
- * verifies at its own time with the expected PCRs and binds this key id and address.
+ * Checks a key view offline: its record is signed by the pinned identity and is the record of the key `expected`
+ * names (its key id; its external id, subject and project when given); the record and the view agree on the key
+ * id, address, project, subject (for the default token project the view's external id), state and disabled flag,
+ * and a view that leaves one of them out does not agree; the view's public key, when shown, belongs to the
+ * address; the birth attestation, when present (or required), verifies at its own time with the expected PCRs and
+ * binds this key id and address. `checks` lists what was compared, and only that.
  */
 export function verifyKey(view: KeyViewForVerification, options: VerifyKeyOptions): VerifiedKey {
   if (!view || typeof view.keyId !== 'string' || typeof view.address !== 'string') {
     throw new VerificationError('MALFORMED', 'not a key view (keyId and address are missing)');
   }
+  if (!options?.expected || typeof options.expected.keyId !== 'string' || options.expected.keyId === '') {
+    throw new VerificationError('MALFORMED', 'expected.keyId is required: the key id you asked for, which the signed record must name');
+  }
   const identity = pinnedIdentity(options.identityPublicKey);
   const checks: string[] = [];
   const { record, digest } = openRecord(view.record, identity, decodeKeyRecord, `key ${view.keyId}`);
   checks.push(`record signature verifies with the pinned identity (record ${digest}, seq ${record.seq})`);
+  checks.push(checkExpected(record, options.expected));
 
+  // Every field the record has a say in must be in the view and agree with it: a view that leaves a field out
+  // could be the view of another subject's key, and a check left out would not be one.
   const mismatches: string[] = [];
-  const agree = (field: string, shown: unknown, signed: unknown) => {
-    if (shown !== signed) mismatches.push(`${field}: the view says ${JSON.stringify(shown)}, the record ${JSON.stringify(signed)}`);
+  const agreed: string[] = [];
+  const agree = (field: string, shown: unknown, signed: unknown, label = field) => {
+    if (shown === signed) agreed.push(label);
+    else mismatches.push(`${field}: the view says ${show(shown)}, the record ${JSON.stringify(signed)}`);
   };
   agree('keyId', view.keyId, record.keyId);
   agree('address', lower(view.address), lower(record.address));
-  if (view.projectId !== undefined) agree('projectId', view.projectId, record.projectId);
-  if (view.state !== undefined) agree('state', view.state, record.state);
-  if (view.disabled !== undefined) agree('disabled', view.disabled, record.disabled);
-  if (view.subject !== undefined) agree('subject', view.subject, record.subject);
-  else if (record.projectId === DEFAULT_PROJECT_ID && view.externalId !== undefined) agree('externalId', view.externalId, record.subject);
   if (view.publicKey !== undefined) {
     const derived = addressOfPublicKey(view.publicKey);
-    if (derived !== lower(record.address)) mismatches.push(`publicKey: it is not the public key of ${record.address}`);
+    if (derived === lower(record.address)) agreed.push('publicKey');
+    else mismatches.push(`publicKey: it is not the public key of ${record.address}`);
   }
+  agree('projectId', view.projectId, record.projectId, `project ${record.projectId}`);
+  // Who the key belongs to: the view's subject, and in the default project its external id, which is the subject.
+  const ofDefault = record.projectId === DEFAULT_PROJECT_ID;
+  if (view.subject !== undefined) agree('subject', view.subject, record.subject, `subject ${JSON.stringify(record.subject)}`);
+  if (ofDefault && (view.externalId !== undefined || view.subject === undefined)) {
+    agree('externalId', view.externalId, record.subject, `externalId ${JSON.stringify(record.subject)}`);
+  } else if (view.subject === undefined) {
+    mismatches.push(
+      `subject: the view says nothing (outside the default project its externalId is not the subject), the record ${JSON.stringify(record.subject)}`,
+    );
+  }
+  agree('state', view.state, record.state, `state ${record.state}`);
+  agree('disabled', view.disabled, record.disabled, `disabled ${record.disabled}`);
   if (mismatches.length) {
     throw new VerificationError(
       'VIEW_MISMATCH',
       `key ${view.keyId}: the view does not agree with its signed record: ${mismatches.join('; ')}`,
     );
   }
-  checks.push(
-    `the view agrees with the record: keyId, address${view.publicKey !== undefined ? ', publicKey' : ''}, project ${record.projectId}, subject, state ${record.state}, disabled ${record.disabled}`,
-  );
+  checks.push(`the view agrees with the record: ${agreed.join(', ')}`);
 
   let birth: VerifiedAttestation | null = null;
   if (view.attestation) {
@@ -258,7 +329,7 @@ export interface IdentityView {
 }
 
 export interface VerifyIdentityOptions {
-  /** The nonce the request carried (bytes or hex): the fresh document must carry it. */
+  /** The nonce the request carried, 1-512 bytes (bytes, or 0x and hex digits): the fresh document must carry it. */
   nonce: string | Uint8Array;
   /** PCRs the fresh document must show (PCR0 required: an image you approve). */
   expectedPcrs: ExpectedPcrs;
@@ -278,13 +349,37 @@ export interface VerifiedIdentity {
   checks: string[];
 }
 
-const bytesOfHex = (v: string | Uint8Array) => (typeof v === 'string' ? Buffer.from(v.replace(/^0x/i, ''), 'hex') : Buffer.from(v));
+/** What an NSM takes as a nonce. */
+const NONCE_MAX_BYTES = 512;
+const NONCE_HEX_RE = new RegExp(`^0x(?:[0-9a-fA-F]{2}){1,${NONCE_MAX_BYTES}}$`);
+
+/**
+ * The caller's nonce as bytes: 1-512 bytes, given as bytes or as 0x and hex digits. Anything else is refused
+ * rather than read as no nonce: a document with an empty nonce is one anybody could have kept and replayed.
+ */
+function nonceBytes(nonce: unknown, what: string): Buffer {
+  let shown: string;
+  if (nonce instanceof Uint8Array) {
+    if (nonce.length >= 1 && nonce.length <= NONCE_MAX_BYTES) return Buffer.from(nonce);
+    shown = `${nonce.length} bytes`;
+  } else if (typeof nonce === 'string') {
+    if (NONCE_HEX_RE.test(nonce)) return Buffer.from(nonce.slice(2), 'hex');
+    shown = JSON.stringify(nonce.length > 80 ? `${nonce.slice(0, 80)}…` : nonce);
+  } else {
+    shown = nonce === null ? 'null' : typeof nonce;
+  }
+  throw new VerificationError(
+    'MALFORMED',
+    `${what} must be 1-${NONCE_MAX_BYTES} bytes, given as bytes or as 0x and hex digits, not ${shown}: a document without a nonce of yours may be a replay`,
+  );
+}
 
 /** Checks `GET /v1/identity`: the running enclave attests, with the caller's nonce, that it holds this identity. */
 export function verifyIdentity(view: IdentityView, options: VerifyIdentityOptions): VerifiedIdentity {
   if (!view || typeof view.publicKey !== 'string' || !IDENTITY_PUBLIC_KEY_RE.test(view.publicKey) || typeof view.attestation !== 'string') {
     throw new VerificationError('MALFORMED', 'not an identity answer ({publicKey, genesisDocument, attestation})');
   }
+  const expectedNonce = nonceBytes(options.nonce, 'the nonce');
   const checks: string[] = [];
   if (options.identityPublicKey !== undefined && options.identityPublicKey !== view.publicKey) {
     throw new VerificationError(
@@ -299,7 +394,7 @@ export function verifyIdentity(view: IdentityView, options: VerifyIdentityOption
   try {
     attestation = verifyIdentityAttestation(document, view.publicKey, {
       expectedPcrs: resolvePcrs(document, options.expectedPcrs),
-      expectedNonce: bytesOfHex(options.nonce),
+      expectedNonce,
       ...(options.maxAgeMs !== undefined ? { maxAgeMs: options.maxAgeMs } : {}),
       ...roots,
     });
@@ -331,6 +426,12 @@ export function verifyIdentity(view: IdentityView, options: VerifyIdentityOption
 export interface GenesisOutput {
   publicKey: string;
   blob: string;
+  /**
+   * The identity's Ed25519 signature (base64) over `identityBlobDigest(blob bytes)`, SHA-256("nks-identity-blob-v1"
+   * ‖ blob): made by the genesis enclave, it shows the blob is the one it sealed, not one the parent made for the
+   * same public key. An output without it (or with a wrong one) is refused.
+   */
+  blobSignature: string;
   /** The genesis document (base64 COSE_Sign1); `genesisDocument` is accepted as its name too. */
   attestation?: string;
   genesisDocument?: string;
@@ -348,7 +449,7 @@ export interface IdentitySection {
 export interface VerifyGenesisOptions {
   /** The genesis image's PCR0 (from its measurements, reproduced off-host). */
   pcr0: string;
-  /** The nonce the operator chose for this genesis. */
+  /** The nonce the operator chose for this genesis, 1-512 bytes (bytes, or 0x and hex digits). */
   nonce: string | Uint8Array;
   rootCertificate?: string | Uint8Array;
   /** Time for the document's certificates; default its own timestamp. */
@@ -366,21 +467,23 @@ export interface VerifiedGenesis {
 
 /**
  * Checks a genesis output off-host, before its identity goes into an image: the document verifies with the genesis
- * image's PCR0 and the operator's nonce and binds the public key; the blob is an identity blob for that key; the
- * default project record is signed by that key and is exactly the record genesis makes.
+ * image's PCR0 and the operator's nonce and binds the public key; the blob is an identity blob for that key, and
+ * that key signed it (`blobSignature`); the default project record is signed by that key and is exactly the record
+ * genesis makes.
  */
 export function verifyGenesis(output: GenesisOutput, options: VerifyGenesisOptions): VerifiedGenesis {
   const document = output?.attestation ?? output?.genesisDocument;
   if (!output || typeof output.publicKey !== 'string' || typeof output.blob !== 'string' || typeof document !== 'string') {
     throw new VerificationError('MALFORMED', 'not a genesis output ({publicKey, blob, attestation, defaultProject})');
   }
+  const expectedNonce = nonceBytes(options.nonce, "the genesis run's nonce");
   const identity = pinnedIdentity(output.publicKey);
   const checks: string[] = [];
   let attestation: VerifiedAttestation;
   try {
     attestation = verifyIdentityAttestation(Buffer.from(document, 'base64'), output.publicKey, {
       expectedPcrs: { 0: options.pcr0 },
-      expectedNonce: bytesOfHex(options.nonce),
+      expectedNonce,
       ...(options.rootCertificate !== undefined ? { trustedRoots: [options.rootCertificate] } : {}),
       ...(options.at ? { at: options.at } : {}),
     });
@@ -401,6 +504,30 @@ export function verifyGenesis(output: GenesisOutput, options: VerifyGenesisOptio
     throw new VerificationError('GENESIS_MISMATCH', `the identity blob is not this identity's: ${(err as Error).message}`, { cause: err });
   }
   checks.push(`the blob is an identity blob (version 2) for this public key, sealed under ${kmsKeyArn}`);
+
+  // The header above is public: anybody can write one for this public key around junk. Only the identity's
+  // signature shows the blob is the one genesis sealed (and so one the image will be able to open).
+  if (typeof output.blobSignature !== 'string' || output.blobSignature === '') {
+    throw new VerificationError(
+      'GENESIS_MISMATCH',
+      "the genesis output has no blobSignature (the identity's signature over its blob): nothing shows the blob is the one genesis sealed",
+    );
+  }
+  const blobSignature = Buffer.from(output.blobSignature, 'base64');
+  const blobDigest = identityBlobDigest(Buffer.from(output.blob, 'base64'));
+  let signed: boolean;
+  try {
+    signed = blobSignature.length === 64 && verify(null, blobDigest, identity, blobSignature);
+  } catch {
+    signed = false;
+  }
+  if (!signed) {
+    throw new VerificationError(
+      'GENESIS_MISMATCH',
+      "the identity blob's signature (blobSignature) does not verify with this public key: the blob is not the one genesis sealed, or was altered",
+    );
+  }
+  checks.push('the identity signed this blob (blobSignature over SHA-256("nks-identity-blob-v1" ‖ blob))');
 
   const { record, digest } = openRecord(output.defaultProject, identity, decodeProjectRecord, 'the default project');
   const expectedTypes = [...SIGN_REQUEST_TYPES].sort();

@@ -12,6 +12,7 @@ import { identityUserData } from '@nks/shared/attestation/identity';
 import { tempRunDir } from '../../shared/test/helpers';
 import {
   GENESIS_PCR0,
+  identityBlob,
   makeDocuments,
   makeGenesisOutput,
   makeIdentity,
@@ -163,6 +164,97 @@ describe('nks keys verify', () => {
     );
   });
 
+  it('exits 1 when the API answers the genuine view of another key than the one asked for (review 16, F1)', async () => {
+    const alice = await makeKeyView(identity, docs, { keyId: 'alice-key', externalId: 'alice' });
+    const mallory = await makeKeyView(identity, docs, { keyId: 'mallory-key', externalId: 'mallory' });
+    let served: object = mallory.view; // whatever key is asked for, the parent answers mallory's (genuine, self-consistent)
+    await withServer(
+      () => Promise.resolve({ body: served }),
+      async (url, requests) => {
+        const args = (keyId: string, ...extra: string[]) => [
+          'keys',
+          'verify',
+          keyId,
+          '--url',
+          url,
+          '--token',
+          't',
+          '--identity',
+          identity.publicKey,
+          '--pcr0',
+          PCR0,
+          '--root',
+          rootFile,
+          ...extra,
+        ];
+        const r = await nks(args('alice-key'));
+        expect(requests.map((q) => q.url)).toEqual(['/v1/keys/alice-key']);
+        expect([r.status, r.stdout]).toEqual([
+          1,
+          expect.stringMatching(
+            /^INVALID key alice-key: KEY_MISMATCH: the signed record is of key mallory-key .*keyId: you asked for "alice-key", the record is of "mallory-key"/,
+          ),
+        ]);
+        expect(r.stdout).not.toMatch(/^VALID/m);
+        const json = await nks([...args('alice-key'), '--json']);
+        expect([json.status, JSON.parse(json.stdout)]).toEqual([1, expect.objectContaining({ valid: false, code: 'KEY_MISMATCH' })]);
+        // The genuine answer: VALID, with the record's key id and address.
+        served = alice.view;
+        const ok = await nks(args('alice-key', '--external-id', 'alice'));
+        expect({ status: ok.status, stderr: ok.stderr }).toEqual({ status: 0, stderr: '' });
+        expect(ok.stdout).toMatch(/^VALID key alice-key\n/);
+        expect(ok.stdout).toContain('  ok  the record is of the key asked for: keyId alice-key, project default, externalId "alice"\n');
+        expect(ok.stdout).toContain(
+          '  ok  the view agrees with the record: keyId, address, publicKey, project default, externalId "alice", state active, disabled false\n',
+        );
+        expect(ok.stdout).toContain(`keyId            alice-key\n`);
+        expect(ok.stdout).toContain(`address          ${alice.view.address}\n`);
+        // The right key id, the wrong owner.
+        for (const extra of [
+          ['--external-id', 'bob'],
+          ['--subject', 'bob'],
+          ['--project', 'p_0123456789abcdef'],
+        ]) {
+          const wrong = await nks(args('alice-key', ...extra));
+          expect({ extra, status: wrong.status, stdout: wrong.stdout }).toEqual({
+            extra,
+            status: 1,
+            stdout: expect.stringMatching(/^INVALID key alice-key: KEY_MISMATCH: /),
+          });
+        }
+      },
+    );
+  });
+
+  it('exits 1 when the view leaves out who the key belongs to, its project, state or disabled flag (review 16, F2)', async () => {
+    const bob = await makeKeyView(identity, docs, { keyId: 'bob-key', externalId: 'bob' });
+    const { externalId: _e, projectId: _p, state: _s, disabled: _d, ...stripped } = bob.view;
+    await withServer(
+      () => Promise.resolve({ body: stripped }),
+      async (url) => {
+        const r = await nks([
+          'keys',
+          'verify',
+          'bob-key',
+          '--url',
+          url,
+          '--token',
+          't',
+          '--identity',
+          identity.publicKey,
+          '--pcr0',
+          PCR0,
+          '--root',
+          rootFile,
+        ]);
+        expect([r.status, r.stdout]).toEqual([
+          1,
+          expect.stringMatching(/^INVALID key bob-key: VIEW_MISMATCH: .*externalId: the view says nothing, the record "bob"/),
+        ]);
+      },
+    );
+  });
+
   it('exits 2 on usage errors', async () => {
     const file = path.join(dir, 'view.json');
     for (const [args, message] of [
@@ -280,6 +372,7 @@ describe('nks genesis verify', () => {
     const r = await nks([...args, '--out', out]);
     expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
     expect(r.stdout).toMatch(new RegExp(`^VALID genesis of keystore identity ${identity.publicKey}`));
+    expect(r.stdout).toContain('  ok  the identity signed this blob (blobSignature over SHA-256("nks-identity-blob-v1" ‖ blob))\n');
     expect(r.stdout).toContain(`wrote the enclave configuration's identity section to ${out}`);
     expect(JSON.parse(fs.readFileSync(out, 'utf8'))).toEqual({
       identity: {
@@ -291,6 +384,32 @@ describe('nks genesis verify', () => {
     });
     const again = await nks([...args, '--out', out]);
     expect([again.status, again.stderr]).toEqual([2, expect.stringMatching(/cannot write .*EEXIST/)]);
+  });
+
+  it('exits 1 for a blob the identity did not sign and writes nothing (review 16, F10)', async () => {
+    const nonce = Buffer.from('0badc0de', 'hex');
+    const genuine = await makeGenesisOutput(identity, docs, nonce);
+    const out = path.join(dir, 'identity-swapped.json');
+    const cases: Array<[string, object, RegExp]> = [
+      // The parent keeps the real blob and hands over one it made: the same header, junk inside.
+      [
+        'swapped',
+        { blob: identityBlob(identity.publicKey) },
+        /GENESIS_MISMATCH: the identity blob's signature \(blobSignature\) does not verify/,
+      ],
+      ['unsigned', { blobSignature: undefined }, /GENESIS_MISMATCH: the genesis output has no blobSignature/],
+    ];
+    for (const [name, change, message] of cases) {
+      const file = path.join(dir, `genesis-${name}.json`);
+      fs.writeFileSync(file, JSON.stringify({ ...genuine, ...change }));
+      const r = await nks(['genesis', 'verify', file, '--pcr0', GENESIS_PCR0, '--nonce', '0x0badc0de', '--root', rootFile, '--out', out]);
+      expect({ name, status: r.status, stdout: r.stdout }).toEqual({
+        name,
+        status: 1,
+        stdout: expect.stringMatching(new RegExp(`^INVALID genesis: ${message.source}`)),
+      });
+      expect(fs.existsSync(out)).toBe(false);
+    }
   });
 
   it('exits 1 for the wrong image or nonce and writes nothing; 2 without the genesis PCR0 or nonce', async () => {

@@ -1,10 +1,11 @@
 /**
  * What a keystore would hand a client, made here the way the enclave makes it: an identity (Ed25519) that signs
  * key and project records over SHA-256("nks-record-v1" ‖ cbor), keys with real secp256k1 addresses, attestation
- * documents from a simulated Nitro CA with tagged user_data, and a genesis output with an identity blob. The
+ * documents from a simulated Nitro CA with tagged user_data, and a genesis output with an identity blob the identity
+ * signed over SHA-256("nks-identity-blob-v1" ‖ blob). The
  * tests then change one thing at a time and expect the verifier to say so.
  */
-import { generateKeyPairSync, randomBytes, sign, type KeyObject } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomBytes, sign, type KeyObject } from 'node:crypto';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { birthUserData } from '@nks/shared/attestation/user-data';
 import { identityUserData } from '@nks/shared/attestation/identity';
@@ -87,7 +88,12 @@ export async function makeDocuments(): Promise<Documents> {
 export async function makeKeyView(
   identity: Identity,
   docs: Documents,
-  { keyId = 'key-1', externalId = 'alice', attest = true, record: over = {} } = {},
+  {
+    keyId = 'key-1',
+    externalId = 'alice',
+    attest = true,
+    record: over = {},
+  }: { keyId?: string; externalId?: string | null; attest?: boolean; record?: Partial<KeyRecord> } = {},
 ) {
   const account = privateKeyToAccount(generatePrivateKey());
   const record: KeyRecord = {
@@ -140,11 +146,22 @@ export function identityBlob(publicKey: string): string {
   }).toString('base64');
 }
 
+/**
+ * The identity's signature over its blob, as genesis makes it: Ed25519 over SHA-256("nks-identity-blob-v1" ‖ blob
+ * bytes). Written out here rather than taken from shared/src/records.ts, so that the test states the format.
+ */
+export function signIdentityBlob(privateKey: KeyObject, blob: string, tag = 'nks-identity-blob-v1'): string {
+  const digest = createHash('sha256').update(tag, 'utf8').update(Buffer.from(blob, 'base64')).digest();
+  return sign(null, digest, privateKey).toString('base64');
+}
+
 /** What `parent genesis --out` writes, for a genesis image of GENESIS_PCR0 and the operator's `nonce`. */
 export async function makeGenesisOutput(identity: Identity, docs: Documents, nonce: Buffer, { pcr0 = GENESIS_PCR0 } = {}) {
+  const blob = identityBlob(identity.publicKey);
   return {
     publicKey: identity.publicKey,
-    blob: identityBlob(identity.publicKey),
+    blob,
+    blobSignature: signIdentityBlob(identity.privateKey, blob),
     attestation: (await docs.document({ pcr0, userData: identityUserData(identity.publicKey), nonce })).toString('base64'),
     defaultProject: identity.sign(defaultProjectRecord()),
     nonce: `0x${nonce.toString('hex')}`,

@@ -14,9 +14,10 @@ const HELP = `nks — nitro-keystore command-line client
   nks keys list [--external-id ID] [--limit N] [--cursor C] [--all]
   nks keys disable|enable <keyId>
   nks keys verify <keyId> --identity 0x…|FILE --pcr0 HEX [--pcr0 HEX]... [--root PEM] [--require-birth]
-                  [--view FILE]
-      checks the key's record is signed by the keystore identity you pinned and agrees with what the API shows,
-      and its birth attestation (when it has one) with an approved PCR0; --view checks a saved "keys get --json"
+                  [--external-id ID] [--subject S] [--project P] [--view FILE]
+      checks the key's record is signed by the keystore identity you pinned, is the record of <keyId> (and of
+      the external id, subject and project given), and agrees with all the API shows, and its birth attestation
+      (when it has one) with an approved PCR0; --view checks a saved "keys get --json"
   nks identity [--pcr0 HEX]... [--identity 0x…|FILE] [--genesis-pcr0 HEX] [--root PEM] [--max-age S]
       asks the enclave, with a random nonce, to attest that it holds the keystore identity (no token needed)
   nks genesis verify <genesis.json> --pcr0 HEX --nonce HEX [--root PEM] [--out identity.json]

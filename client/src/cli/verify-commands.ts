@@ -12,6 +12,7 @@ import {
   verifyGenesis,
   verifyIdentity,
   verifyKey,
+  type ExpectedKey,
   type GenesisOutput,
   type IdentitySection,
   type KeyViewForVerification,
@@ -69,7 +70,12 @@ const clientOf = (target: ApiTarget) => new KeystoreClient({ url: target.url, to
 
 const checklist = (checks: string[]) => checks.map((c) => `  ok  ${c}`).join('\n');
 
-/** `nks keys verify <keyId> --identity 0x…|FILE --pcr0 HEX... [--root PEM] [--require-birth] [--view FILE]` */
+/**
+ * `nks keys verify <keyId> --identity 0x…|FILE --pcr0 HEX... [--external-id ID] [--subject S] [--project P] [--root PEM]
+ * [--require-birth] [--view FILE]`. The key's signed record must be of `<keyId>` (and of the external id, subject and
+ * project when given): the server answers what it likes to `GET /v1/keys/<keyId>`, the genuine view of another key
+ * included.
+ */
 export async function keysVerifyCommand(args: string[]): Promise<number> {
   const { values, positionals } = parse(
     args,
@@ -80,10 +86,19 @@ export async function keysVerifyCommand(args: string[]): Promise<number> {
       root: { type: 'string' },
       'require-birth': { type: 'boolean' },
       view: { type: 'string' },
+      'external-id': { type: 'string' },
+      subject: { type: 'string' },
+      project: { type: 'string' },
     },
     1,
   );
   const keyId = positionals[0] as string;
+  const expected: ExpectedKey = {
+    keyId,
+    ...(values['external-id'] !== undefined ? { externalId: values['external-id'] } : {}),
+    ...(values.subject !== undefined ? { subject: values.subject } : {}),
+    ...(values.project !== undefined ? { projectId: values.project } : {}),
+  };
   // The dev stack's own identity, PCR0 and root are defaults only when the key comes from the dev stack.
   const target = values.view ? undefined : resolveApiTarget(values);
   const identityArg = values.identity ?? target?.dev?.identity;
@@ -109,6 +124,7 @@ export async function keysVerifyCommand(args: string[]): Promise<number> {
   try {
     const v = verifyKey(view, {
       identityPublicKey: identity.publicKey,
+      expected,
       expectedPcrs: { 0: pcr0s },
       ...(root !== undefined ? { rootCertificate: root } : {}),
       requireBirthAttestation: values['require-birth'] ?? false,
@@ -125,8 +141,9 @@ export async function keysVerifyCommand(args: string[]): Promise<number> {
       },
       json,
       () =>
-        `VALID key ${keyId}\n${checklist(v.checks)}\n${fields([
+        `VALID key ${r.keyId}\n${checklist(v.checks)}\n${fields([
           ['identity', identity.publicKey],
+          ['keyId', r.keyId],
           ['address', r.address],
           ['project', r.projectId],
           ['subject', r.subject],
