@@ -25,6 +25,7 @@ import { ed25519PrivateKey, ed25519PublicKeyHexOfSeed, ed25519RawPublicKey } fro
 import { IdentityBootError, IdentityHolder, unsealIdentity } from '../src/identity/boot';
 import { genesis } from '../src/identity/genesis';
 import { defaultProjectRecord, KeystoreIdentity } from '../src/identity/keystore-identity';
+import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
 import { sealBlob } from '../src/keys/seal';
 import type { Unsealer } from '../src/kms/unseal';
 import { NsmClient, type NsmTransport } from '../src/nsm/client';
@@ -343,13 +344,25 @@ describe('VerifiedRecords', () => {
     expect(refusedWith(() => v.current(v.project(p0)))).toEqual(['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE]);
   });
 
-  it('is bounded: the least recently used mark is forgotten (as at a restart: the documented limit)', () => {
+  it('is bounded: the least recently used mark is forgotten (as at a restart: the documented limit); first records take no mark', () => {
     const v = new VerifiedRecords(pub, { maxVerified: 16, maxSeqMarks: 16 });
     const old: SignedRecord = signed({ keyId: 'victim' });
     v.current(v.key(signed({ keyId: 'victim', seq: 3, prev: hex(Buffer.alloc(32)) })));
     expect(refusedWith(() => v.current(v.key(old)))).toEqual(['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE]);
-    for (let i = 0; i < 16; i++) v.current(v.key(signed({ keyId: `filler-${i}` })));
+    // Keys' first records (seq 0) take no mark, so making keys does not push the victim's out...
+    for (let i = 0; i < 32; i++) v.current(v.key(signed({ keyId: `new-${i}` })));
+    expect(refusedWith(() => v.current(v.key(old)))).toEqual(['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE]);
+    // ...but 16 other changed keys do.
+    for (let i = 0; i < 16; i++) v.current(v.key(signed({ keyId: `changed-${i}`, seq: 1, prev: hex(Buffer.alloc(32)) })));
     expect(refusedWith(() => v.current(v.key(old)))).toBe('accepted');
+  });
+
+  it('keeps a mark per key, not per key id: another key under the same id has its own', () => {
+    const v = new VerifiedRecords(pub, { maxVerified: 16, maxSeqMarks: 16 });
+    v.current(v.key(signed({ keyId: 'twin', seq: 2, prev: hex(Buffer.alloc(32)) })));
+    const other = signed({ keyId: 'twin', address: addressOf(publicKeyOf(new Uint8Array(32).fill(9))) });
+    expect(refusedWith(() => v.current(v.key(other)))).toBe('accepted');
+    expect(refusedWith(() => v.current(v.key(signed({ keyId: 'twin' }))))).toEqual(['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE]);
   });
 });
 
