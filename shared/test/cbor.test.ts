@@ -383,3 +383,36 @@ describe('canonicalCbor: the one deterministic encoder', () => {
     expect(decodeCanonicalCbor(canonicalCbor(shuffled), { maxDepth: 4 })).toEqual(decodeCbor(canonicalCbor(record)));
   });
 });
+
+describe('canonicalCbor: what it refuses to encode, and its integer edges', () => {
+  it('refuses values with no deterministic encoding here, naming what they are', () => {
+    expect(() => canonicalCbor({ a: 1.5 })).toThrow(new TypeError('not an integer'));
+    expect(() => canonicalCbor({ a: undefined })).toThrow(new TypeError('a undefined has no deterministic encoding here'));
+    expect(() => canonicalCbor({ a: new Date(0) })).toThrow(new TypeError('a Date has no deterministic encoding here'));
+    expect(() => canonicalCbor({ a: Object.create(Object.create(null) as object) as object })).toThrow(
+      new TypeError('a object has no deterministic encoding here'),
+    );
+    expect(() => canonicalCbor({ a: 2n ** 64n })).toThrow(new RangeError('integer out of the CBOR range'));
+    expect(() => canonicalCbor({ a: -(2n ** 64n) - 1n })).toThrow(new RangeError('integer out of the CBOR range'));
+  });
+
+  it('encodes integers at their edges in the shortest form, bigint and number alike', () => {
+    expect(canonicalCbor({ a: 0n })).toEqual(canonicalCbor({ a: 0 }));
+    expect(
+      canonicalCbor({ a: 2n ** 64n - 1n })
+        .subarray(3)
+        .toString('hex'),
+    ).toBe('1bffffffffffffffff');
+    expect(
+      canonicalCbor({ a: -(2n ** 64n) })
+        .subarray(3)
+        .toString('hex'),
+    ).toBe('3bffffffffffffffff');
+    expect(canonicalCbor({ a: -1n })).toEqual(canonicalCbor({ a: -1 }));
+  });
+
+  it('encodes an object without a prototype as the same map as a plain object', () => {
+    const bare = Object.assign(Object.create(null) as Record<string, unknown>, { b: 1, a: 'x' });
+    expect(canonicalCbor(bare)).toEqual(canonicalCbor({ a: 'x', b: 1 }));
+  });
+});
