@@ -18,8 +18,8 @@ module.exports = {
     '^.+\\.(ts|js|mjs|cjs)$': '<rootDir>/scripts/jest-esbuild-transform.js',
   },
   transformIgnorePatterns: [`/node_modules/(?!(${esmOnly})/)`],
-  // The project's own shared code, as the tsconfig `paths` alias names it (esbuild reads that for the bundles).
-  moduleNameMapper: { '^@nks/shared/(.*)$': '<rootDir>/shared/src/$1' },
+  // The project's own shared code and its test helpers, as the tsconfig `paths` aliases name them (esbuild reads that for the bundles).
+  moduleNameMapper: { '^@nks/shared/(.*)$': '<rootDir>/shared/src/$1', '^@nks/shared-test/(.*)$': '<rootDir>/shared/test/$1' },
   moduleFileExtensions: ['ts', 'js', 'mjs', 'cjs', 'json', 'node'],
   testTimeout: 30000,
 };

@@ -25,7 +25,7 @@ import { Pool } from 'undici';
 import { startStack, waitReady, type Stack } from '../test/support/stack';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
 import { checkTypedDataBudget, TYPED_DATA_LIMITS } from '@nks/shared/signing/typed-data-budget';
-import { atLimitStructs, atLimitTypeStrings, atLimitValues, type TypedDataInput } from '../shared/test/typed-data-payloads';
+import { atLimitStructs, atLimitTypeStrings, atLimitValues, type TypedDataInput } from '@nks/shared-test/typed-data-payloads';
 import { signRequest } from '../enclave/src/signing/sign';
 
 const { values } = parseArgs({

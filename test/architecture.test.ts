@@ -20,7 +20,7 @@ const compilerOptions: ts.CompilerOptions = {
   moduleResolution: ts.ModuleResolutionKind.Bundler,
   resolveJsonModule: true,
   allowJs: true,
-  paths: { '@nks/shared/*': ['./shared/src/*'] },
+  paths: { '@nks/shared/*': ['./shared/src/*'], '@nks/shared-test/*': ['./shared/test/*'] },
   pathsBasePath: root,
 };
 

@@ -14,7 +14,7 @@ import { DEFAULT_ENCLAVE_ADDRESS, SimulatedVsockTransport } from '@nks/shared/tr
 import type { EnclaveApi } from '@nks/shared/enclave-api';
 import { IDENTITY_PUBLIC_KEY_RE } from '@nks/shared/identifiers';
 import { SECURITY_EPOCH } from '@nks/shared/release';
-import { rejection, tempRunDir } from '../shared/test/helpers';
+import { rejection, tempRunDir } from '@nks/shared-test/helpers';
 import { startProgram } from './support/process';
 import { linkTools, OPS_SCRIPT_TOOLS } from './support/tools';
 

@@ -7,8 +7,8 @@ import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
 import { signAttestationDocument } from '../../sim/src/nsm/document';
 import { birthUserData } from '@nks/shared/attestation/user-data';
 import { canonicalCbor } from '@nks/shared/cbor';
-import { tempRunDir } from '../../shared/test/helpers';
-import realDoc from '../../shared/test/fixtures/aws-nitro-attestation-debug.json';
+import { tempRunDir } from '@nks/shared-test/helpers';
+import realDoc from '@nks/shared-test/fixtures/aws-nitro-attestation-debug.json';
 
 const CLI = path.resolve(__dirname, '../../dist/cli.js');
 // Each CLI run is a Node start (about half a second, several on a loaded machine); a test runs up to seven.

@@ -1,5 +1,5 @@
 import { decodeAttestationDocument } from '@nks/shared/attestation';
-import realDoc from '../../shared/test/fixtures/aws-nitro-attestation-debug.json';
+import realDoc from '@nks/shared-test/fixtures/aws-nitro-attestation-debug.json';
 import { evaluatePolicy, parsePolicy } from '../../sim/src/kms/policy';
 import { SECURITY_EPOCH } from '@nks/shared/release';
 import {

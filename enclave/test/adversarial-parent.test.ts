@@ -22,7 +22,7 @@ import { encodeFrame, FrameDecoder } from '@nks/shared/framing';
 import type { CreateResult, KmsDecryptResult } from '@nks/shared/enclave-api';
 import { simulatedSocketPath } from '@nks/shared/transport';
 import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
-import { rejection, tempRunDir, waitFor } from '../../shared/test/helpers';
+import { rejection, tempRunDir, waitFor } from '@nks/shared-test/helpers';
 import { RawPeer } from '../../test/support/raw-peer';
 import { ENCLAVE_CONFIG_DEFAULTS } from '../src/config';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';

@@ -28,7 +28,7 @@ import {
   type SignedRecord,
 } from '@nks/shared/records';
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
-import { rejection, tempRunDir } from '../../shared/test/helpers';
+import { rejection, tempRunDir } from '@nks/shared-test/helpers';
 import { genesisIdentity, PARENT_ROLE } from '../../test/support/platform';
 import { startProgram } from '../../test/support/process';
 import { RawPeer } from '../../test/support/raw-peer';

@@ -13,7 +13,7 @@ import type { CreateResult } from '@nks/shared/enclave-api';
 import { identityPublicKey, openKeyRecord } from '@nks/shared/records';
 import type { RpcClient } from '@nks/shared/rpc';
 import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
-import { rejection, tempRunDir } from '../../shared/test/helpers';
+import { rejection, tempRunDir } from '@nks/shared-test/helpers';
 import { findLeaks, recoverSecret } from '../../test/support/secrets';
 import { INTEGRITY_REFUSED_MESSAGE } from '../src/records/verified';
 import { digestOf as digest, startEnclaveHarness, type EnclaveHarness } from './harness';

@@ -14,7 +14,7 @@ import { BLOB_ALG, decodeBlobBase64, encodeBlob, type IdentityBlob, type KeyBlob
 import type { EnclaveHealth, GenesisResult } from '@nks/shared/enclave-api';
 import { decodeKeyRecord, hex, identityBlobDigest, identityPublicKey, openProjectRecord } from '@nks/shared/records';
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
-import { rejection, tempRunDir } from '../../shared/test/helpers';
+import { rejection, tempRunDir } from '@nks/shared-test/helpers';
 import { enclaveConfigFor, writeJson } from '../../test/support/platform';
 import { startProgram } from '../../test/support/process';
 import { RawPeer } from '../../test/support/raw-peer';

@@ -20,7 +20,7 @@ import {
   type SignedRecord,
 } from '@nks/shared/records';
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
-import { captureLogger, rejection } from '../../shared/test/helpers';
+import { captureLogger, rejection } from '@nks/shared-test/helpers';
 import { ed25519PrivateKey, ed25519PublicKeyHexOfSeed, ed25519RawPublicKey } from '../src/crypto/ed25519';
 import { IdentityBootError, IdentityHolder, unsealIdentity } from '../src/identity/boot';
 import { genesis } from '../src/identity/genesis';

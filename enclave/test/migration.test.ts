@@ -10,7 +10,7 @@ import { BLOB_ALG, decodeBlobBase64, encodeBlob, type KeyBlob } from '@nks/share
 import type { EnclaveHealth } from '@nks/shared/enclave-api';
 import { hex, identityPublicKey, openKeyRecord, type ProjectRecord } from '@nks/shared/records';
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
-import { rejection, tempRunDir } from '../../shared/test/helpers';
+import { rejection, tempRunDir } from '@nks/shared-test/helpers';
 import { RawPeer } from '../../test/support/raw-peer';
 import { recoverSecret } from '../../test/support/secrets';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';

@@ -10,7 +10,7 @@ import * as secp from '@noble/secp256k1';
 import { hexToBytes } from 'viem';
 import { KeystoreError } from '@nks/shared/errors';
 import { SignRequestSchema, type SignRequest } from '@nks/shared/signing/schema';
-import { chainedTypes, permit2Batch, seaportBulkOrder } from '../../shared/test/typed-data-payloads';
+import { chainedTypes, permit2Batch, seaportBulkOrder } from '@nks/shared-test/typed-data-payloads';
 import { addressOf, publicKeyOf, signDigest } from '../src/crypto/secp256k1';
 import { SignerPool } from '../src/signing/pool';
 import { signDigestScrubbed } from '../src/signing/scrub';

@@ -10,7 +10,7 @@ import type { KMSClient } from '@aws-sdk/client-kms';
 import type { CreateResult, EnclaveHealth } from '@nks/shared/enclave-api';
 import { FramedConnection } from '@nks/shared/rpc';
 import { SimulatedVsockTransport, type Listener } from '@nks/shared/transport';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { attestedDecrypt, enclaveConfigFor, startPlatform, writeJson, type Platform } from '../../test/support/platform';
 import { startProgram, type Running } from '../../test/support/process';
 import { RawPeer } from '../../test/support/raw-peer';

@@ -8,7 +8,7 @@
  */
 import { recoverAddress } from 'viem';
 import { ACCEPTED_PROTOCOL_VERSIONS, EnclaveApi, PROTOCOL_VERSION, type HelloResult, type SignResult } from '@nks/shared/enclave-api';
-import { rejection, tempRunDir } from '../../shared/test/helpers';
+import { rejection, tempRunDir } from '@nks/shared-test/helpers';
 import { RawPeer } from '../../test/support/raw-peer';
 import { hello, SERVED_METHODS } from '../src/methods';
 import { ENCLAVE_ADDRESS, startEnclaveHarness, type EnclaveHarness } from './harness';

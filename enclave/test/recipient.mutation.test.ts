@@ -5,7 +5,7 @@
  * or a branch that the broader tests in units.test.ts pass through without distinguishing.
  */
 import { KeystoreError } from '@nks/shared/errors';
-import { rejection } from '../../shared/test/helpers';
+import { rejection } from '@nks/shared-test/helpers';
 import { FailedOpens } from '../src/kms/failed-opens';
 import { RecipientKeys, RecipientLease } from '../src/kms/recipient';
 import { fakeNsm } from './fake-nsm';

@@ -8,7 +8,7 @@ import { recoverAddress } from 'viem';
 import { BLOB_ALG, encodeBlob } from '@nks/shared/blob';
 import type { EnclaveHealth } from '@nks/shared/enclave-api';
 import { decodeKeyRecord, type SignedRecord } from '@nks/shared/records';
-import { rejection, tempRunDir } from '../../shared/test/helpers';
+import { rejection, tempRunDir } from '@nks/shared-test/helpers';
 import { RawPeer } from '../../test/support/raw-peer';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
 import { sealBlob } from '../src/keys/seal';

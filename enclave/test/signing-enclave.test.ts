@@ -7,8 +7,8 @@
 import { recoverAddress, recoverTypedDataAddress, type Hex } from 'viem';
 import type { CreateResult } from '@nks/shared/enclave-api';
 import type { SignRequestInput } from '@nks/shared/signing/schema';
-import { rejection, tempRunDir } from '../../shared/test/helpers';
-import * as payloads from '../../shared/test/typed-data-payloads';
+import { rejection, tempRunDir } from '@nks/shared-test/helpers';
+import * as payloads from '@nks/shared-test/typed-data-payloads';
 import { startEnclaveHarness, type EnclaveHarness } from './harness';
 
 describe('enclave signing with one vCPU (signing.workers 0)', () => {

@@ -34,7 +34,7 @@ import { SignRequestSchema, type SignRequestInput, type SignResult } from '@nks/
 import { KeystoreError } from '@nks/shared/errors';
 import { signRequest } from '../src/signing/sign';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
-import * as payloads from '../../shared/test/typed-data-payloads';
+import * as payloads from '@nks/shared-test/typed-data-payloads';
 
 // Well-known development keys (Hardhat accounts 0 and 1). Test code only.
 const KEYS = [

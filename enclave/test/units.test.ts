@@ -24,9 +24,9 @@ import { SECURITY_EPOCH } from '@nks/shared/release';
 import type { GenesisResult } from '@nks/shared/enclave-api';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
 import { startProgram } from '../../test/support/process';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { fakeNsm } from './fake-nsm';
-import { IDENTIFIER_SAMPLES } from '../../shared/test/identifier-samples';
+import { IDENTIFIER_SAMPLES } from '@nks/shared-test/identifier-samples';
 
 const kms = generateKeyPairSync('rsa', { modulusLength: 2048 });
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab';

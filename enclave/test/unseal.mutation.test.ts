@@ -11,7 +11,7 @@ import { BLOB_ALG, type IdentityBlob, type KeyBlob, type SealedBlob } from '@nks
 import { KeystoreError } from '@nks/shared/errors';
 import type { RpcClient } from '@nks/shared/rpc';
 import { buildEnvelopedData, type ForgeryOptions } from '../../sim/src/kms/cms-writer';
-import { rejection } from '../../shared/test/helpers';
+import { rejection } from '@nks/shared-test/helpers';
 import { addressOf, publicKeyOf } from '../src/crypto/secp256k1';
 import { ed25519PublicKeyHexOfSeed } from '../src/crypto/ed25519';
 import { sealBlob, sealSecret } from '../src/keys/seal';

@@ -9,7 +9,7 @@ import { recoverMessageAddress } from 'viem';
 import { birthUserData, taggedUserData, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
 import { verifyAttestation } from '@nks/shared/attestation/verify';
 import { identityPublicKey, openKeyRecord } from '@nks/shared/records';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
 
 describe('caller API', () => {

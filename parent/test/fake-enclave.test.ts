@@ -12,7 +12,7 @@ import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { silentLogger } from '@nks/shared/log';
 import type { SignResult } from '@nks/shared/enclave-api';
 import { SimulatedVsockTransport } from '@nks/shared/transport';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { hashToken } from '../src/api/auth';
 import { startParent, type RunningParent } from '../src/app';
 import { parseParentConfig } from '../src/config';

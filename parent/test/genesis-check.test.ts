@@ -5,7 +5,7 @@
  */
 import fs from 'node:fs';
 import { decodeBlobBase64, encodeBlob } from '@nks/shared/blob';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { startPlatform, type Platform } from '../../test/support/platform';
 import { checkGenesis } from '../src/genesis';
 

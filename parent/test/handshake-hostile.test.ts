@@ -9,7 +9,7 @@ import type { EnclaveApi } from '@nks/shared/enclave-api';
 import { FramedConnection, RpcClient } from '@nks/shared/rpc';
 import { SimulatedVsockTransport, type Connection, type Listener } from '@nks/shared/transport';
 import { EnclavePool } from '../src/enclave/pool';
-import { captureLogger, rejection, sleep, tempRunDir, waitFor } from '../../shared/test/helpers';
+import { captureLogger, rejection, sleep, tempRunDir, waitFor } from '@nks/shared-test/helpers';
 
 const ADDRESS = 'vsock://16:5000';
 type Msg = { id: number; method: string; params: unknown };

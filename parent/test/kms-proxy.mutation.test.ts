@@ -13,7 +13,7 @@ import { KeystoreError, toRpcError } from '@nks/shared/errors';
 import { silentLogger } from '@nks/shared/log';
 import { RpcClient } from '@nks/shared/rpc';
 import { SimulatedVsockTransport, simulatedSocketPath } from '@nks/shared/transport';
-import { captureLogger, rejection, tempRunDir } from '../../shared/test/helpers';
+import { captureLogger, rejection, tempRunDir } from '@nks/shared-test/helpers';
 import { KMS_MIN_ATTEMPT_MS, KMS_RETRY_BACKOFF, KmsProxy, kmsBudgetMs, mapKmsError } from '../src/kms/proxy';
 
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';

@@ -16,7 +16,7 @@ import { buildEnvelopedData } from '../../sim/src/kms/cms-writer';
 import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
 import { signAttestationDocument } from '../../sim/src/nsm/document';
 import { pcr3ForRole } from '@nks/shared/pcr';
-import { rejection, tempRunDir } from '../../shared/test/helpers';
+import { rejection, tempRunDir } from '@nks/shared-test/helpers';
 import { PARENT_ROLE, startPlatform, type Platform } from '../../test/support/platform';
 import { KmsProxy, mapKmsError } from '../src/kms/proxy';
 

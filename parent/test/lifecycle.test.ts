@@ -5,7 +5,7 @@
  */
 import net from 'node:net';
 import { recoverMessageAddress } from 'viem';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
 
 // Every hop waits far longer than the API deadline: the deadline is what ends a held request.

@@ -12,7 +12,7 @@ import { ACCEPTED_PROTOCOL_VERSIONS, PROTOCOL_VERSION } from '@nks/shared/enclav
 import { KeystoreError, toRpcError } from '@nks/shared/errors';
 import { FramedConnection, RpcServer, rpcMethod } from '@nks/shared/rpc';
 import { SimulatedVsockTransport, type Listener } from '@nks/shared/transport';
-import { captureLogger, rejection, tempRunDir, waitFor } from '../../shared/test/helpers';
+import { captureLogger, rejection, tempRunDir, waitFor } from '@nks/shared-test/helpers';
 import { EnclavePool } from '../src/enclave/pool';
 
 const ADDRESS = 'vsock://16:5000';

@@ -14,7 +14,7 @@ import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { KeystoreError } from '@nks/shared/errors';
 import { decodeKeyRecord, hex, openKeyRecord, recordDigest, type KeyRecord, type SignedRecord } from '@nks/shared/records';
 import { SimulatedVsockTransport } from '@nks/shared/transport';
-import { captureLogger, rejection, tempRunDir, waitFor, type CapturedLogger } from '../../shared/test/helpers';
+import { captureLogger, rejection, tempRunDir, waitFor, type CapturedLogger } from '@nks/shared-test/helpers';
 import { hashToken } from '../src/api/auth';
 import { startParent, type RunningParent } from '../src/app';
 import { parseParentConfig } from '../src/config';

@@ -8,7 +8,7 @@
  */
 import Database from 'better-sqlite3';
 import { recoverMessageAddress } from 'viem';
-import { tempRunDir, waitFor } from '../../shared/test/helpers';
+import { tempRunDir, waitFor } from '@nks/shared-test/helpers';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
 
 const sign = (s: Stack, keyId: string, message = 'x') => s.api(`/v1/keys/${keyId}/sign`, { body: { type: 'message', message } });

@@ -1,8 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import { tempRunDir } from '../../shared/test/helpers';
-import { IDENTIFIER_SAMPLES } from '../../shared/test/identifier-samples';
+import { tempRunDir } from '@nks/shared-test/helpers';
+import { IDENTIFIER_SAMPLES } from '@nks/shared-test/identifier-samples';
 import { startProgram } from '../../test/support/process';
 import { hashToken, TokenAuth } from '../src/api/auth';
 import { PARENT_CONFIG_DEFAULTS, parseParentConfig } from '../src/config';

@@ -21,7 +21,7 @@ import {
 } from '@aws-sdk/client-kms';
 import { generateKeyPolicy } from '../../client/src/policy';
 import { silentLogger } from '@nks/shared/log';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { LOCKOUT_MESSAGE, KmsEmulator } from '../src/kms/emulator';
 import { KmsHttpServer } from '../src/kms/server';
 import { KmsState } from '../src/kms/state';

@@ -46,8 +46,8 @@ import { signAttestationDocument } from '../src/nsm/document';
 import { pcr3ForRole } from '@nks/shared/pcr';
 import { startProgram } from '../../test/support/process';
 import { ACCESS_KEYS, ACCOUNT, accessKeyArgs, PARENT_ROLE, attestedPolicy as sharedAttestedPolicy } from '../../test/support/platform';
-import { tempRunDir } from '../../shared/test/helpers';
-import vectors from '../../shared/test/fixtures/kms-cms-vectors.json';
+import { tempRunDir } from '@nks/shared-test/helpers';
+import vectors from '@nks/shared-test/fixtures/kms-cms-vectors.json';
 
 const PCR0 = 'ab'.repeat(48);
 const GRANTEE_ROLE = `arn:aws:iam::${ACCOUNT}:role/grantee`;

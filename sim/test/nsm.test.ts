@@ -10,7 +10,7 @@ import { SimulatedNsm } from '../src/nsm/device';
 import { measureContents, measureImageFiles } from '../src/measure';
 import { measureString, pcr3ForRole } from '@nks/shared/pcr';
 import { startProgram, type Running } from '../../test/support/process';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 
 const req = (v: unknown) => encodeCbor(v);
 const m = (entries: Array<[string, unknown]>) => new Map(entries);

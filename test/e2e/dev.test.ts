@@ -15,7 +15,7 @@ import { recoverMessageAddress } from 'viem';
 import { taggedUserData, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
 import { verifyAttestation } from '@nks/shared/attestation/verify';
 import { identityPublicKey, openKeyRecord } from '@nks/shared/records';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { measureContents } from '../../sim/src/measure';
 import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
 import {

@@ -11,7 +11,7 @@ import { decodeBlobBase64 } from '@nks/shared/blob';
 import { taggedUserData, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
 import { verifyAttestation } from '@nks/shared/attestation/verify';
 import { decodeProjectRecord, identityPublicKey, verifySignedRecord } from '@nks/shared/records';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { enclaveConfigFor, startPlatform, writeJson, type Platform } from '../support/platform';
 import { startProgram, type Running } from '../support/process';
 import { parentConfigFor } from '../support/stack';

@@ -11,7 +11,7 @@ import Database from 'better-sqlite3';
 import { recoverMessageAddress } from 'viem';
 import { decodeBlobBase64 } from '@nks/shared/blob';
 import { identityPublicKey, openKeyRecord } from '@nks/shared/records';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { legacyKey, writeLegacyDatabase, type LegacyKey } from '../support/legacy';
 import { enclaveConfigFor, startPlatform, writeJson, type Platform } from '../support/platform';
 import { startProgram, type Running } from '../support/process';

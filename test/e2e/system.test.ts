@@ -28,7 +28,7 @@ import {
 import { getUserOperationHash } from 'viem/account-abstraction';
 import { birthUserData } from '@nks/shared/attestation/user-data';
 import { KeystoreApiError, KeystoreClient, verifyKeyBirth, type Key } from '../../client/src/sdk';
-import { tempRunDir } from '../../shared/test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { findLeaks, recoverSecret } from '../support/secrets';
 import { startStack, waitReady, type Stack } from '../support/stack';
 
