@@ -10,6 +10,7 @@ import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/
 import type { KeyRecord } from '@nks/shared/records';
 import { KeyStore, SCHEMA_VERSION } from '../src/store/key-store';
 import { TestIdentity } from './fake-enclave';
+import { SCHEMA_V1 } from '../../test/support/legacy';
 
 describe('bearer tokens', () => {
   const auth = new TokenAuth([
@@ -174,22 +175,9 @@ describe('key store', () => {
 
   it('opens a database of schema version 1 (0.3): its keys stay, without a record, until migrated', () => {
     const file = path.join(dir, 'v1.db');
-    // Schema version 1 exactly as 0.3 created it, with two keys (one disabled).
+    // Schema version 1 exactly as 0.3 created it (test/support/legacy.ts), with two keys (one disabled).
     const db = new Database(file);
-    db.exec(`CREATE TABLE keys (
-       seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-       key_id       TEXT NOT NULL UNIQUE,
-       external_id  TEXT UNIQUE,
-       address      TEXT NOT NULL,
-       public_key   TEXT NOT NULL,
-       blob         TEXT NOT NULL,
-       labels       TEXT NOT NULL DEFAULT '{}',
-       attestation  TEXT,
-       disabled     INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
-       created_at   INTEGER NOT NULL,
-       updated_at   INTEGER NOT NULL
-     ) STRICT;
-     CREATE INDEX keys_address ON keys (address);`);
+    db.exec(SCHEMA_V1);
     db.pragma('user_version = 1');
     const insert = db.prepare(
       `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at, updated_at)
