@@ -1,5 +1,5 @@
 /** Jest runs TypeScript through esbuild and also transforms the ESM-only packages (@noble v2/v3, ...) to CJS. */
-const esmOnly = ['@noble', '@scure'].join('|');
+const esmOnly = ['@noble', '@scure', 'jose'].join('|');
 
 /** @type {import('jest').Config} */
 module.exports = {

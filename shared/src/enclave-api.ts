@@ -8,6 +8,8 @@ import { z } from 'zod';
 import { defineMethod } from './rpc/api';
 import { SUBJECT_MAX_BYTES } from './identifiers';
 import type { SignedRecord } from './records';
+import { JWT_MAX_BYTES } from './project-auth';
+import { ProjectSettingsSchema } from './projects-schema';
 import { base64, hexBytes, keyId, kmsKeyArn } from './schema';
 import { SignRequestSchema, type SignResult } from './signing/schema';
 
@@ -51,10 +53,22 @@ export const HealthParams = z.strictObject({});
 export const GenesisParams = z.strictObject({ nonce: hexUpTo(512).refine((h) => h.length > 2, 'expected a nonce of 1-512 bytes') });
 export const IdentityParams = z.strictObject({ nonce: hexUpTo(512).optional() });
 /**
- * A key is made in a project (its signed record: the enclave checks it is genuine and active) for a subject
- * (for token projects the parent's external id, or null).
+ * A user's JWT, compact form, as the caller sent it: required for every operation on a JWT project's key,
+ * refused for a token project's. The enclave verifies it (docs/PROJECTS.md); here only its size is bounded.
  */
-export const CreateParams = z.strictObject({ keyId, project: SignedRecordSchema, subject, attest: z.boolean().optional() });
+const jwt = z.string().min(1).max(JWT_MAX_BYTES, `expected a JWT of at most ${JWT_MAX_BYTES} bytes`);
+/**
+ * A key is made in a project (its signed record: the enclave checks it is genuine and active) for a subject:
+ * for token projects the parent's external id, or null; for JWT projects the enclave derives it from `jwt`
+ * (issuer and user claim) and `subject` must be null.
+ */
+export const CreateParams = z.strictObject({
+  keyId,
+  project: SignedRecordSchema,
+  subject,
+  attest: z.boolean().optional(),
+  jwt: jwt.optional(),
+});
 /** The blob, the key's current record and its project's record: the enclave checks all three before signing. */
 export const SignParams = z.strictObject({
   keyId,
@@ -62,7 +76,17 @@ export const SignParams = z.strictObject({
   record: SignedRecordSchema,
   project: SignedRecordSchema,
   request: SignRequestSchema,
+  jwt: jwt.optional(),
 });
+/**
+ * A JWT project's user asks for their key (TrueWallet `get-address`): the enclave verifies the JWT and that the
+ * record is genuine, current, in the project, for the JWT's subject and not retired, and answers its address.
+ */
+export const LookupParams = z.strictObject({ record: SignedRecordSchema, project: SignedRecordSchema, jwt });
+/** A new project: the enclave chooses its id (`p_…`) and key (`pk_…`) at random and signs its first record. */
+export const ProjectCreateParams = z.strictObject({ settings: ProjectSettingsSchema });
+/** A project's next record with `state` set (an admin action: disable or enable). */
+export const ProjectSetStateParams = z.strictObject({ project: SignedRecordSchema, state: z.enum(['active', 'disabled']) });
 /** A new record for the key with `disabled` set, `seq` + 1 (an admin action, authorized by the parent for token projects). */
 export const SetDisabledParams = z.strictObject({ record: SignedRecordSchema, project: SignedRecordSchema, disabled: z.boolean() });
 /** Migration image only: a version 1 blob re-sealed as version 2 in `project` for `subject`, with a record of origin "migrated". */
@@ -122,6 +146,19 @@ export interface EnclaveHealth {
     rpcInFlightBytes: number;
     errors: Record<string, number>;
   };
+  /** JWT projects (docs/PROJECTS.md): the clock check and the JWKS fetches. */
+  jwt: {
+    /** "trusted" while the last cross-check against an attestation timestamp was within 30 s. */
+    clock: 'unchecked' | 'trusted' | 'untrusted';
+    /** The enclave clock minus the last attestation timestamp, in ms (null before the first check). */
+    clockDriftMs: number | null;
+    verifications: number;
+    /** JWTs refused (INVALID_JWT), a total only. */
+    refusals: number;
+    jwksFetches: number;
+    jwksFetchFailures: number;
+    jwksCached: number;
+  };
   memory: { rssBytes: number; heapUsedBytes: number; externalBytes: number };
 }
 
@@ -164,6 +201,18 @@ export interface SetDisabledResult {
   record: SignedRecord;
 }
 
+export interface LookupResult {
+  keyId: string;
+  address: `0x${string}`;
+}
+
+export interface ProjectResult {
+  projectId: string;
+  projectKey: string;
+  /** The project's newest record, signed by the identity. */
+  record: SignedRecord;
+}
+
 export type { SignResult };
 
 export interface ForgetResult {
@@ -186,6 +235,9 @@ export const EnclaveApi = {
   'keys.create': defineMethod<CreateResult>()(CreateParams),
   'keys.sign': defineMethod<SignResult>()(SignParams),
   'keys.setDisabled': defineMethod<SetDisabledResult>()(SetDisabledParams),
+  'keys.lookup': defineMethod<LookupResult>()(LookupParams),
+  'projects.create': defineMethod<ProjectResult>()(ProjectCreateParams),
+  'projects.setState': defineMethod<ProjectResult>()(ProjectSetStateParams),
   'keys.forget': defineMethod<ForgetResult>()(ForgetParams),
   'keys.migrate': defineMethod<CreateResult>()(MigrateParams),
   'attestation.get': defineMethod<AttestationResult>()(AttestationParams),

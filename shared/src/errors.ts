@@ -32,6 +32,11 @@ export const ERROR_CODES = {
   KEY_RETIRED: { rpcCode: -32005, httpStatus: 409, retryable: false },
   /** The enclave has not (yet) unsealed and checked its keystore identity: it serves nothing but health. */
   IDENTITY_UNAVAILABLE: { rpcCode: -32006, httpStatus: 503, retryable: true },
+  // JWT projects (docs/PROJECTS.md)
+  /** The user's JWT is missing, malformed, expired, for another issuer or audience, or does not verify. */
+  INVALID_JWT: { rpcCode: -32007, httpStatus: 400, retryable: false },
+  /** The project's JWKS could not be fetched (or the enclave's clock is not trusted): not an auth failure. */
+  JWKS_UNAVAILABLE: { rpcCode: -32008, httpStatus: 503, retryable: true },
   // KMS and attestation
   KMS_ACCESS_DENIED: { rpcCode: -32010, httpStatus: 502, retryable: false },
   KMS_THROTTLED: { rpcCode: -32011, httpStatus: 503, retryable: true },

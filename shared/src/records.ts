@@ -16,6 +16,18 @@ import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto
 import { canonicalCbor, decodeCanonicalCbor } from './cbor';
 import { KeystoreError } from './errors';
 import { ADDRESS_RE, IDENTITY_PUBLIC_KEY_RE, KEY_ID_RE, PROJECT_ID_RE, SUBJECT_MAX_BYTES } from './identifiers';
+import {
+  isJwksUri,
+  JWT_ALGORITHMS,
+  JWT_AUDIENCE_MAX,
+  JWT_ISSUER_MAX,
+  MAX_ORIGINS,
+  MAX_TOKEN_LIFETIME_S,
+  ORIGIN_RE,
+  USER_CLAIM_RE,
+  type JwtAlgorithm,
+  type ProjectAuth,
+} from './project-auth';
 import { SIGN_REQUEST_TYPES, type SignRequestType } from './signing/request-types';
 
 export const RECORD_VERSION = 1;
@@ -55,8 +67,7 @@ export interface KeyRecord {
   createdAt: number;
 }
 
-/** How a project's callers are authorized. Part 1 has token projects only; JWT projects come with the JWT work. */
-export type ProjectAuth = { type: 'token' };
+export type { ProjectAuth };
 
 export interface ProjectRecord {
   v: typeof RECORD_VERSION;
@@ -232,14 +243,48 @@ const PROJECT_FIELDS = [
 ] as const;
 /** Project keys: `pk_` and random, or `default` for the genesis project. */
 export const PROJECT_KEY_RE = /^(?:default|pk_[A-Za-z0-9_-]{16,43})$/;
-const MAX_ORIGINS = 64;
-const ORIGIN_RE = /^https?:\/\/[A-Za-z0-9.-]{1,253}(?::\d{1,5})?$/;
+const JWT_AUTH_FIELDS = ['type', 'issuer', 'audience', 'userClaim', 'jwksUri', 'algorithms', 'maxTokenLifetime'];
+
+/** `{type:"token"}` or a JWT auth with exactly its fields, each well formed. */
+function decodeAuth(auth: unknown): ProjectAuth {
+  if (!(auth instanceof Map)) throw bad('auth is not a map');
+  if (auth.size === 1 && auth.get('type') === 'token') return { type: 'token' };
+  if (auth.get('type') !== 'jwt') throw bad('auth is not {type:"token"} or {type:"jwt", …}');
+  for (const k of auth.keys())
+    if (typeof k !== 'string' || !JWT_AUTH_FIELDS.includes(k)) throw bad(`unknown auth field ${String(k).slice(0, 32)}`);
+  const text = (k: string, ok: (v: string) => boolean): string => {
+    const v = auth.get(k);
+    if (typeof v !== 'string' || !ok(v)) throw bad(`auth.${k} is not well formed`);
+    return v;
+  };
+  const algorithms = auth.get('algorithms');
+  if (
+    !Array.isArray(algorithms) ||
+    algorithms.length === 0 ||
+    algorithms.some((a) => !(JWT_ALGORITHMS as readonly unknown[]).includes(a)) ||
+    new Set(algorithms).size !== algorithms.length
+  ) {
+    throw bad('auth.algorithms is not a list of distinct asymmetric algorithms');
+  }
+  const lifetime = auth.get('maxTokenLifetime');
+  if (typeof lifetime !== 'number' || !Number.isSafeInteger(lifetime) || lifetime < 1 || lifetime > MAX_TOKEN_LIFETIME_S) {
+    throw bad('auth.maxTokenLifetime is out of range');
+  }
+  return {
+    type: 'jwt',
+    issuer: text('issuer', (v) => v.length > 0 && v.length <= JWT_ISSUER_MAX),
+    audience: text('audience', (v) => v.length > 0 && v.length <= JWT_AUDIENCE_MAX),
+    userClaim: text('userClaim', (v) => USER_CLAIM_RE.test(v)),
+    jwksUri: text('jwksUri', isJwksUri),
+    algorithms: algorithms as JwtAlgorithm[],
+    maxTokenLifetime: lifetime,
+  };
+}
 
 export function decodeProjectRecord(bytes: Uint8Array): ProjectRecord {
   const m = decodeMap(bytes, PROJECT_FIELDS);
   if (m.get('kind') !== 'project') throw bad('kind is not project');
-  const auth = m.get('auth');
-  if (!(auth instanceof Map) || auth.size !== 1 || auth.get('type') !== 'token') throw bad('auth is not {type:"token"}');
+  const auth = decodeAuth(m.get('auth'));
   const types = m.get('allowedRequestTypes');
   if (
     !Array.isArray(types) ||
@@ -258,7 +303,7 @@ export function decodeProjectRecord(bytes: Uint8Array): ProjectRecord {
     kind: 'project',
     projectId: str(m, 'projectId', PROJECT_ID_RE),
     projectKey: str(m, 'projectKey', PROJECT_KEY_RE),
-    auth: { type: 'token' },
+    auth,
     allowedRequestTypes: types as SignRequestType[],
     allowedOrigins: origins as string[],
     state: oneOf(m, 'state', PROJECT_STATES),
