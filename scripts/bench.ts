@@ -10,9 +10,13 @@
  *   - enclave memory: the enclave process before and after caching keys, and the key cache's footprint at
  *     10,000 and 100,000 entries (the enclave's own KeyCache filled in a separate process);
  *   - typed data at the complexity budget's limit: the worst-case time of one request (in this process, and the
- *     enclave's CPU per request end to end), and a digest sign's latency while such requests run concurrently.
+ *     enclave's CPU per request end to end), and a digest sign's latency while such requests run concurrently;
+ *   - JWT signing: warm signs through a JWT project's TrueWallet route against the same signs through the token
+ *     API, and the enclave CPU a JWT adds to each (docs/PROJECTS.md; target: at most 1 ms).
  * Prints a table, then one JSON line with rawSignPerSec, e2eSignPerSec, ratio, p50Ms, p99Ms,
- * coldKmsCallsPerKey, createKmsCalls, createPerSec, typedData (and more).
+ * coldKmsCallsPerKey, createKmsCalls, createPerSec, typedData, jwt (and more).
+ *
+ * `--only jwt` runs the JWT comparison alone (a stack of its own, about a minute).
  */
 import { spawnSync } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
@@ -22,14 +26,22 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import * as secp from '@noble/secp256k1';
 import { Pool } from 'undici';
+import { startSimulatedIdp, type SimulatedIdp } from '../sim/src/idp/issuer';
 import { startStack, waitReady, type Stack } from '../test/support/stack';
+import { createProject, jwtProject, jwtStackOptions } from '../test/support/truewallet';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
 import { checkTypedDataBudget, TYPED_DATA_LIMITS } from '@nks/shared/signing/typed-data-budget';
 import { atLimitStructs, atLimitTypeStrings, atLimitValues, type TypedDataInput } from '@nks/shared-test/typed-data-payloads';
 import { signRequest } from '../enclave/src/signing/sign';
 
 const { values } = parseArgs({
-  options: { quick: { type: 'boolean' }, signers: { type: 'string' }, profile: { type: 'string' }, 'cache-footprint': { type: 'string' } },
+  options: {
+    quick: { type: 'boolean' },
+    signers: { type: 'string' },
+    profile: { type: 'string' },
+    only: { type: 'string' },
+    'cache-footprint': { type: 'string' },
+  },
   strict: true,
 });
 
@@ -103,7 +115,8 @@ function rawSignRate(seconds: number): number {
 async function closedLoop(
   opts: {
     url: string;
-    token: string;
+    /** The bearer token; none for the TrueWallet routes, which take the user's JWT in the body. */
+    token: string | undefined;
     concurrency: number;
     seconds: number;
     warmupSeconds: number;
@@ -112,7 +125,7 @@ async function closedLoop(
   latenciesOut?: number[],
 ): Promise<Stats> {
   const pool = new Pool(opts.url, { connections: opts.concurrency, pipelining: 1 });
-  const headers = { authorization: `Bearer ${opts.token}`, 'content-type': 'application/json' };
+  const headers = { ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}), 'content-type': 'application/json' };
   const latencies: number[] = [];
   let errors = 0;
   let seq = 0;
@@ -356,6 +369,136 @@ async function typedDataSeries(
   };
 }
 
+/**
+ * Warm signing with a JWT against the same signing with a token (issue 17: a warm sign with a JWT costs at most
+ * 1 ms of enclave CPU more). The same work on both sides: EIP-191 over a 32-byte hash (the TrueWallet `sign`
+ * route's `message_type: "hash"`; `{type: "message", message: {raw}}` through the token API), 16 warm keys,
+ * concurrency 8. Each JWT user's token is minted once and reused within its lifetime, as a wallet app reuses its
+ * login's token, and the project's JWKS is cached after its first fetch. Rounds alternate token, RS256 and
+ * ES256 so that the machine's drift falls on all three; the enclave's CPU per sign is from /proc.
+ */
+async function jwtSeries(
+  s: Stack,
+  idp: SimulatedIdp,
+  o: { seconds: number; warmup: number; rounds: number },
+): Promise<Record<string, unknown>> {
+  const project = await createProject(s, jwtProject(idp));
+  const users = Array.from({ length: 16 }, (_, i) => `bench-user-${i}`);
+  const jwts = {
+    RS256: await Promise.all(users.map((sub) => idp.mint({ sub }, { alg: 'RS256', lifetimeS: 600 }))),
+    ES256: await Promise.all(users.map((sub) => idp.mint({ sub }, { alg: 'ES256', lifetimeS: 600 }))),
+  };
+  const hashes = Array.from({ length: 64 }, () => `0x${randomBytes(32).toString('hex')}`);
+  const walletPath = `/v1/${project.projectKey}/wallets/sign`;
+  for (const jwt of jwts.RS256) {
+    const r = await fetch(`${s.url}/v1/${project.projectKey}/wallets/get-address`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ jwt_token: jwt }),
+    });
+    if (r.status !== 200) throw new Error(`get-address: HTTP ${r.status} ${await r.text()}`);
+  }
+  const keys: string[] = [];
+  for (let i = 0; i < 16; i++) keys.push((await s.api('/v1/keys', { body: {} })).body.keyId);
+
+  const rows = {
+    token: (i: number) => ({
+      path: `/v1/keys/${keys[i % keys.length]}/sign`,
+      body: { type: 'message', message: { raw: hashes[i % hashes.length] } },
+    }),
+    RS256: (i: number) => ({
+      path: walletPath,
+      body: { message: hashes[i % hashes.length], jwt_token: jwts.RS256[i % users.length], message_type: 'hash', wallet_type: 'evm' },
+    }),
+    ES256: (i: number) => ({
+      path: walletPath,
+      body: { message: hashes[i % hashes.length], jwt_token: jwts.ES256[i % users.length], message_type: 'hash', wallet_type: 'evm' },
+    }),
+  };
+  // Every key warm (one sign each) before anything is measured.
+  for (const next of Object.values(rows)) {
+    await closedLoop({
+      url: s.url,
+      token: next === rows.token ? s.tokens.full : undefined,
+      concurrency: 8,
+      seconds: 1,
+      warmupSeconds: 0,
+      next,
+    });
+  }
+  const pids = { parent: s.parent.child.pid as number, enclave: s.enclave.child.pid as number };
+  const runs: Record<keyof typeof rows, Stats[]> = { token: [], RS256: [], ES256: [] };
+  for (let round = 0; round < o.rounds; round++) {
+    for (const name of Object.keys(rows) as Array<keyof typeof rows>) {
+      const st = await withCpu(pids, () =>
+        closedLoop({
+          url: s.url,
+          token: name === 'token' ? s.tokens.full : undefined,
+          concurrency: 8,
+          seconds: o.seconds,
+          warmupSeconds: o.warmup,
+          next: rows[name],
+        }),
+      );
+      runs[name].push(st);
+      console.log(
+        `warm EIP-191 sign, ${name === 'token' ? 'token API' : `JWT ${name}`}, concurrency 8 (round ${round + 1}): ${f(st.perSec)}/s  p50 ${f(st.p50Ms, 2)} ms  p99 ${f(st.p99Ms, 2)} ms  errors ${st.errors}  (enclave CPU ${st.cpuUsPerRequest?.enclave} µs/sign, parent ${st.cpuUsPerRequest?.parent} µs)`,
+      );
+    }
+  }
+  const mean = (xs: Stats[], pick: (x: Stats) => number) => xs.reduce((sum, x) => sum + pick(x), 0) / xs.length;
+  const summarizeRuns = (xs: Stats[]) => ({
+    perSec: Math.round(mean(xs, (x) => x.perSec)),
+    p50Ms: Number(mean(xs, (x) => x.p50Ms).toFixed(3)),
+    p99Ms: Number(mean(xs, (x) => x.p99Ms).toFixed(3)),
+    errors: xs.reduce((sum, x) => sum + x.errors, 0),
+    enclaveCpuUsPerSign: Math.round(mean(xs, (x) => x.cpuUsPerRequest?.enclave ?? NaN)),
+    parentCpuUsPerSign: Math.round(mean(xs, (x) => x.cpuUsPerRequest?.parent ?? NaN)),
+  });
+  const summary = { token: summarizeRuns(runs.token), RS256: summarizeRuns(runs.RS256), ES256: summarizeRuns(runs.ES256) };
+  const extra = {
+    RS256: summary.RS256.enclaveCpuUsPerSign - summary.token.enclaveCpuUsPerSign,
+    ES256: summary.ES256.enclaveCpuUsPerSign - summary.token.enclaveCpuUsPerSign,
+  };
+  const met = Math.max(extra.RS256, extra.ES256) <= 1000 && summary.RS256.errors + summary.ES256.errors === 0;
+  console.log(
+    `JWT vs token, enclave CPU per warm sign: token ${summary.token.enclaveCpuUsPerSign} µs, RS256 ${summary.RS256.enclaveCpuUsPerSign} µs (+${extra.RS256}), ES256 ${summary.ES256.enclaveCpuUsPerSign} µs (+${extra.ES256}); throughput ${summary.token.perSec} / ${summary.RS256.perSec} / ${summary.ES256.perSec} per s, p99 ${f(summary.token.p99Ms, 2)} / ${f(summary.RS256.p99Ms, 2)} / ${f(summary.ES256.p99Ms, 2)} ms; target (at most +1,000 µs, no errors): ${met ? 'met' : 'NOT met'}`,
+  );
+  return { concurrency: 8, rounds: o.rounds, ...summary, extraEnclaveCpuUsPerSign: extra, targetMet: met };
+}
+
+/** The stack options a JWT project needs (the IdP's CA in the enclave's image, the relay allowed to reach it). */
+function jwtOptions(idp: SimulatedIdp) {
+  const o = jwtStackOptions([idp]);
+  return { enclave: o.enclave ?? {}, parent: o.parent ?? {} };
+}
+
+async function onlyJwt(quick: boolean): Promise<void> {
+  const cores = os.availableParallelism();
+  console.log(`nitro-keystore benchmark, JWT signing only (${quick ? 'quick' : 'full'}): ${cores} cores, Node ${process.version}`);
+  const dedicated = cores >= 2;
+  const otherCpus = cores > 2 ? `0-${cores - 2}` : '0';
+  if (dedicated) pinSelf(otherCpus);
+  const idp = await startSimulatedIdp({ audience: 'nitro-keystore-bench' });
+  const j = jwtOptions(idp);
+  const s = await startStack(path.join(os.tmpdir(), `nks-bench-jwt-${process.pid}`), {
+    kmsLatencyMs: 15,
+    enclave: { logLevel: 'info', ...j.enclave },
+    parent: j.parent,
+    parentApi: { maxInFlight: 4096 },
+    keepLogs: false,
+    ...(dedicated ? { cpus: { enclave: String(cores - 1), parent: otherCpus } } : {}),
+  });
+  try {
+    await waitReady(s);
+    const jwt = await jwtSeries(s, idp, { seconds: quick ? 4 : 10, warmup: quick ? 1 : 2, rounds: quick ? 1 : 3 });
+    console.log(JSON.stringify({ machine: { cores, node: process.version }, topology: dedicated ? 'dedicated' : 'shared', jwt }));
+  } finally {
+    await s.stop();
+    await idp.close();
+  }
+}
+
 async function main(): Promise<void> {
   const quick = values.quick ?? false;
   const o = { seconds: quick ? 4 : 10, warmup: quick ? 1 : 2, rawSamples: [] as number[] };
@@ -378,9 +521,12 @@ async function main(): Promise<void> {
   console.log(`raw @noble/secp256k1 sign, one thread: ${f(o.rawSamples[0] as number)}/s`);
 
   const runDir = path.join(os.tmpdir(), `nks-bench-${process.pid}`);
+  const idp = await startSimulatedIdp({ audience: 'nitro-keystore-bench' });
+  const j = jwtOptions(idp);
   const s = await startStack(runDir, {
     kmsLatencyMs: 15,
-    enclave: { logLevel: 'info', ...signing },
+    enclave: { logLevel: 'info', ...signing, ...j.enclave },
+    parent: j.parent,
     // Bodies up to the enclave's 1 MiB frame, so typed data at the budget's limit reaches the enclave.
     parentApi: { maxInFlight: 4096, maxBodyBytes: 1024 * 1024 },
     keepLogs: false,
@@ -390,6 +536,7 @@ async function main(): Promise<void> {
   try {
     await waitReady(s);
     const primary = await warmSeries(s, dedicated ? 'dedicated' : 'shared', o);
+    const jwt = await jwtSeries(s, idp, { seconds: o.seconds, warmup: o.warmup, rounds: quick ? 1 : 2 });
 
     // Cold signing: fresh keys, each signed once.
     const coldN = quick ? 200 : 1000;
@@ -467,9 +614,11 @@ async function main(): Promise<void> {
       cacheMiBPer10kKeys: Number(mb(f10k.heapBytes)),
       cacheMiBPer100kKeys: Number(mb(f100k.heapBytes)),
       typedData,
+      jwt,
     };
   } finally {
     await s.stop();
+    await idp.close();
   }
 
   // For comparison, the same warm series with every process sharing every CPU (no dedicated enclave vCPU).
@@ -567,6 +716,15 @@ if (values['cache-footprint']) {
       `${JSON.stringify({ n: cache.stats.size, rssBytes: after.rss - before.rss, heapBytes: after.heapUsed - before.heapUsed + (after.arrayBuffers - before.arrayBuffers) })}\n`,
     );
   })();
+} else if (values.only !== undefined) {
+  if (values.only !== 'jwt') {
+    console.error('bench: --only takes "jwt"');
+    process.exit(2);
+  }
+  void onlyJwt(values.quick ?? false).catch((err: unknown) => {
+    console.error(`bench: ${(err as Error).stack ?? String(err)}`);
+    process.exit(1);
+  });
 } else {
   void main().catch((err: unknown) => {
     console.error(`bench: ${(err as Error).stack ?? String(err)}`);

@@ -7,16 +7,26 @@
  * `READY <url>` once /readyz passes; Ctrl-C stops everything.
  *
  *   dev [--dir DIR] [--api-port PORT] [--update-policy] [--enclave-bundle FILE]
+ *       [--trust-ca PEM]... [--egress-port PORT]... [--idp [--idp-port PORT]]
  *
  * `--api-port 0` listens on any free port: the one chosen is on the READY line (and in <dir>/dev.json).
  * Orphaned (whatever started it is gone without stopping it), it stops everything as on Ctrl-C.
+ *
+ * JWT projects (docs/PROJECTS.md): the parent's egress relay runs on vsock 3:8001 and, in development only,
+ * allows loopback addresses (ports 443 and `--egress-port`). `--trust-ca` puts CAs into the enclave
+ * configuration's `jwt.trustedCas` for JWKS servers of your own; `--idp` starts a development identity provider
+ * (idp.ts) and trusts its CA. The CAs are what this start's options say: a change rewrites the configuration,
+ * so PCR0 changes, and the stack approves the new image itself when the one it replaces was approved.
  */
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import type { SimulatedIdp } from '../idp/issuer';
 import { SimulatedNitroCa } from '../nsm/ca';
 import { measureImageFiles } from '../measure';
 import { identityOf, makeIdentity, migrateKeys, startNsm, type Phase } from './identity';
+import { DEV_IDP_ORIGINS, ensureDevProject, startDevIdp, type DevIdpPaths } from './idp';
 import {
   approvedByPolicy,
   DEV_ADMIN_ACCESS_KEY,
@@ -26,12 +36,23 @@ import {
   devPaths,
   ensureTokenAndParentConfig,
   provision,
+  readCaFile,
+  setTrustedCas,
   updatePolicy,
   type Provisioned,
 } from './provision';
 import { startChild, type Child } from './supervisor';
 
-const USAGE = 'usage: dev [--dir DIR] [--api-port PORT] [--update-policy] [--no-build]';
+const USAGE =
+  'usage: dev [--dir DIR] [--api-port PORT] [--update-policy] [--no-build] [--trust-ca PEM]... [--egress-port PORT]... [--idp [--idp-port PORT]]';
+
+/** A port option's value: a whole number in [min, 65535]. */
+function portOption(name: string, value: string, min: number): number {
+  const n = Number(value);
+  if (!/^\d+$/.test(value) || n < min || n > 65535)
+    throw new Error(`${name} must be a port number (${min}-65535), not "${value}"\n${USAGE}`);
+  return n;
+}
 
 function say(line: string): void {
   process.stdout.write(`${line}\n`);
@@ -58,6 +79,10 @@ async function main(): Promise<number> {
       'update-policy': { type: 'boolean' },
       'enclave-bundle': { type: 'string' },
       'no-build': { type: 'boolean' }, // handled by the launcher (scripts/dev.mjs); accepted here too
+      'trust-ca': { type: 'string', multiple: true },
+      'egress-port': { type: 'string', multiple: true },
+      idp: { type: 'boolean' },
+      'idp-port': { type: 'string' },
       help: { type: 'boolean' },
     },
     strict: true,
@@ -68,6 +93,11 @@ async function main(): Promise<number> {
   }
   const apiPort = Number(values['api-port'] ?? 7070);
   if (!Number.isInteger(apiPort) || apiPort < 0 || apiPort > 65535) throw new Error(`--api-port must be a port number\n${USAGE}`);
+  const egressPorts = (values['egress-port'] ?? []).map((v) => portOption('--egress-port', v, 1));
+  if (values['idp-port'] !== undefined && !values.idp) throw new Error(`--idp-port goes with --idp\n${USAGE}`);
+  const idpPort = values['idp-port'] === undefined ? undefined : portOption('--idp-port', values['idp-port'], 1);
+  // Read and checked before anything starts: a bad file is a clear error, not a stack that cannot fetch.
+  const fileCas = (values['trust-ca'] ?? []).flatMap((f) => readCaFile(path.resolve(f)));
   const distDir = __dirname;
   const bundle = path.resolve(values['enclave-bundle'] ?? path.join(distDir, 'enclave.js'));
   for (const f of [bundle, path.join(distDir, 'parent.js'), path.join(distDir, 'kms-emulator.js'), path.join(distDir, 'nsm-sim.js')]) {
@@ -87,9 +117,11 @@ async function main(): Promise<number> {
   const color = process.stdout.isTTY === true;
   const children: Child[] = [];
   let stopping = false;
+  let idp: { idp: SimulatedIdp; paths: DevIdpPaths } | undefined;
   const stopAll = async () => {
     stopping = true;
     for (const c of [...children].reverse()) await c.stop();
+    await idp?.idp.close();
     fs.rmSync(p.lock, { force: true });
     fs.rmSync(p.devJson, { force: true });
   };
@@ -174,7 +206,26 @@ async function main(): Promise<number> {
       prov = await updatePolicy(kmsUrl, bundle, p, prov);
       say(`dev: key policy now approves PCR0 ${prov.approvedPcr0.join(', ')}`);
     }
-    ensureTokenAndParentConfig(p, prov.keyArn, apiPort, identity);
+
+    if (values.idp) {
+      idp = await startDevIdp(p.dir, idpPort === undefined ? {} : { port: idpPort });
+      say(`dev: identity provider ${idp.idp.issuer} (JWKS ${idp.idp.jwksUri}; its CA in ${idp.paths.caPem})`);
+    }
+    // The CAs the enclave trusts for JWKS servers are part of its image: a change is a new PCR0, approved here
+    // as an operator would approve it, unless the image it replaces was not approved either (then KMS refuses it,
+    // and --update-policy approves it, as for any changed image).
+    const cas = [...fileCas, ...(idp ? [new X509Certificate(idp.idp.caPem).toString()] : [])];
+    const replaced = measureImageFiles([bundle, p.enclaveConfig]);
+    if (setTrustedCas(p, cas)) {
+      const what = cas.length ? `trusts ${cas.length} CA(s) for JWKS servers (jwt.trustedCas)` : 'trusts no CA of its own for JWKS servers';
+      if ((await approvedByPolicy(kmsUrl, prov.keyArn)).includes(replaced.PCR0)) {
+        prov = await updatePolicy(kmsUrl, bundle, p, prov);
+        say(`dev: the enclave configuration now ${what}; its new image is approved (key policy: PCR0 ${prov.approvedPcr0.join(', ')})`);
+      } else {
+        say(`dev: the enclave configuration now ${what}; the image it replaces was not approved, so neither is this one`);
+      }
+    }
+    ensureTokenAndParentConfig(p, prov.keyArn, apiPort, identity, [...egressPorts, ...(idp ? [idp.idp.port] : [])]);
     const current = measureImageFiles([bundle, p.enclaveConfig]);
     const approved = await approvedByPolicy(kmsUrl, prov.keyArn);
     const unapproved = !approved.includes(current.PCR0);
@@ -222,9 +273,31 @@ async function main(): Promise<number> {
       if (Date.now() > until) throw new Error(`${url}/readyz did not pass within 30 s`);
       await new Promise((r) => setTimeout(r, 100));
     }
+    let idpInfo: Record<string, unknown> | undefined;
+    if (idp) {
+      const token = fs.readFileSync(p.token, 'utf8').trim();
+      const project = await ensureDevProject(url, token, idp.idp, idp.paths);
+      const tokenUrl = `${idp.idp.issuer}/token?sub=alice`;
+      idpInfo = {
+        issuer: idp.idp.issuer,
+        audience: idp.idp.audience,
+        jwksUri: idp.idp.jwksUri,
+        caPem: idp.paths.caPem,
+        tokenUrl,
+        projectId: project.projectId,
+        projectKey: project.projectKey,
+        signerUrl: `${url}/v1/${project.projectKey}`,
+        allowedOrigins: DEV_IDP_ORIGINS,
+      };
+      say(
+        `dev: JWT project ${project.projectId} (${project.created ? 'created now' : 'kept'}), project key ${project.projectKey}, issuer ${idp.idp.issuer}, audience ${idp.idp.audience}, origins ${DEV_IDP_ORIGINS.join(' ')}`,
+      );
+      say(`dev: TrueWallet JWT signer URL ${url}/v1/${project.projectKey}`);
+      say(`dev: a user's JWT (development only): curl -s --cacert ${idp.paths.caPem} '${tokenUrl}'`);
+    }
     fs.writeFileSync(
       p.devJson,
-      `${JSON.stringify({ url, dir: p.dir, kmsUrl, keyArn: prov.keyArn, pcr0: current.PCR0, identity, rootPem: p.rootPem, pid: process.pid }, null, 2)}\n`,
+      `${JSON.stringify({ url, dir: p.dir, kmsUrl, keyArn: prov.keyArn, pcr0: current.PCR0, identity, rootPem: p.rootPem, pid: process.pid, ...(idpInfo ? { idp: idpInfo } : {}) }, null, 2)}\n`,
     );
     say(`dev: caller token in ${p.token}; nks reads it (and the URL) from ${p.dir}`);
     say(`READY ${url}`);

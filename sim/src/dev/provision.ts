@@ -6,11 +6,12 @@
  * operators use (`nks policy`). Later starts reuse it all and check whether the image still matches what the
  * policy approves.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { CreateKeyCommand, GetKeyPolicyCommand, GetPublicKeyCommand, KMSClient, PutKeyPolicyCommand } from '@aws-sdk/client-kms';
 import { generateKeyPolicy } from '../../../client/src/policy';
+import { DEFAULT_EGRESS_ADDRESS } from '@nks/shared/egress';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
 import { asNitroCliJson, measureImageFiles, type Measurements } from '../measure';
 
@@ -194,8 +195,16 @@ export async function approvedByPolicy(kmsUrl: string, keyArn: string): Promise<
 /**
  * The caller token (created once, mode 0600) and the parent configuration holding only its hash, and the
  * keystore identity's public key once there is one (the parent then uses no enclave of another identity).
+ * The egress relay (docs/PROJECTS.md, "The egress relay") allows loopback addresses, which only development
+ * may do (JWKS servers on this machine), and port 443 plus `egressPorts`.
  */
-export function ensureTokenAndParentConfig(p: DevPaths, keyArn: string, apiPort: number, identityPublicKey?: string): string {
+export function ensureTokenAndParentConfig(
+  p: DevPaths,
+  keyArn: string,
+  apiPort: number,
+  identityPublicKey?: string,
+  egressPorts: number[] = [],
+): string {
   let token: string;
   if (fs.existsSync(p.token)) token = fs.readFileSync(p.token, 'utf8').trim();
   else {
@@ -211,9 +220,58 @@ export function ensureTokenAndParentConfig(p: DevPaths, keyArn: string, apiPort:
     transport: { kind: 'simulated', runDir: p.runDir },
     enclave: { address: DEFAULT_ENCLAVE_ADDRESS },
     kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, allowedKeyArns: [keyArn], region: 'us-east-1' },
+    egress: { listen: DEFAULT_EGRESS_ADDRESS, allowLoopback: true, allowedPorts: [...new Set([443, ...egressPorts])] },
     ...(identityPublicKey ? { identity: { publicKey: identityPublicKey } } : {}),
     logLevel: 'info',
   };
   writeFile(p.parentConfig, `${JSON.stringify(config, null, 2)}\n`);
   return token;
+}
+
+/**
+ * The certificates of a PEM file (`--trust-ca`; a bundle may hold several), each normalised to one PEM block.
+ * Refuses a file without a certificate, one that does not parse, and one outside its validity period.
+ */
+export function readCaFile(file: string): string[] {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new Error(`--trust-ca ${file}: ${(err as Error).message}`);
+  }
+  const blocks = text.match(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/g) ?? [];
+  if (blocks.length === 0) throw new Error(`--trust-ca ${file}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it`);
+  return blocks.map((pem, i) => {
+    let cert: X509Certificate;
+    try {
+      cert = new X509Certificate(pem);
+    } catch (err) {
+      throw new Error(`--trust-ca ${file}: certificate ${i + 1} does not parse: ${(err as Error).message}`);
+    }
+    const now = Date.now();
+    if (Date.parse(cert.validFrom) > now || Date.parse(cert.validTo) < now) {
+      throw new Error(`--trust-ca ${file}: certificate ${i + 1} (${cert.subject}) is not valid now (${cert.validFrom} to ${cert.validTo})`);
+    }
+    return cert.toString();
+  });
+}
+
+/**
+ * Makes the enclave configuration's `jwt.trustedCas` exactly `cas` (the CAs the enclave trusts for JWKS
+ * servers beside Node's store; none: no `trustedCas`, and no `jwt` section left empty, so a stack started
+ * without `--trust-ca` or `--idp` keeps the image it had). Returns whether the file changed: then PCR0 did.
+ */
+export function setTrustedCas(p: DevPaths, cas: string[]): boolean {
+  const before = fs.readFileSync(p.enclaveConfig, 'utf8');
+  const config = JSON.parse(before) as Record<string, unknown>;
+  const jwt = { ...(config.jwt as Record<string, unknown> | undefined) };
+  delete jwt.trustedCas;
+  const unique = [...new Set(cas)];
+  if (unique.length > 0) jwt.trustedCas = unique;
+  if (Object.keys(jwt).length > 0) config.jwt = jwt;
+  else delete config.jwt;
+  const after = `${JSON.stringify(config, null, 2)}\n`;
+  if (after === before) return false;
+  writeFile(p.enclaveConfig, after, 0o644);
+  return true;
 }
