@@ -467,10 +467,14 @@ async function jwtSeries(
   return { concurrency: 8, rounds: o.rounds, ...summary, extraEnclaveCpuUsPerSign: extra, targetMet: met };
 }
 
-/** The stack options a JWT project needs (the IdP's CA in the enclave's image, the relay allowed to reach it). */
+/**
+ * The stack options a JWT project needs (the IdP's CA in the enclave's image, the relay allowed to reach it), and
+ * rate limits of the TrueWallet routes far above what the load generator sends from its one address.
+ */
 function jwtOptions(idp: SimulatedIdp) {
   const o = jwtStackOptions([idp]);
-  return { enclave: o.enclave ?? {}, parent: o.parent ?? {} };
+  const unlimited = { perAddress: 10_000_000, failuresPerAddress: 10_000_000, perProject: 100_000_000, perUser: 10_000_000 };
+  return { enclave: o.enclave ?? {}, parent: { ...o.parent, wallets: { rateLimits: unlimited } } };
 }
 
 async function onlyJwt(quick: boolean): Promise<void> {
