@@ -1,4 +1,4 @@
-/** The egress relay's Prometheus metrics (prom-client), named `nks_egress_*` (docs/OPERATIONS.md, "Metrics"). */
+/** The egress relay's Prometheus metrics (prom-client), named `nks_egress_*` (docs/DEPLOY.md, "What to monitor"). */
 import client from 'prom-client';
 
 /**
