@@ -66,7 +66,7 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
       maxTtlMs: 3600_000,
       unknownKidRefetchMs: 30_000,
       failureRetryMs: 1_000,
-      maxUris: 1_000,
+      maxUris: 256,
     },
   },
 } as const;

@@ -33,6 +33,7 @@ export async function startJwksServer(ca: TestCa, names: string[] = ['localhost'
   const { certPem, keyPem } = await ca.issueServer(names);
   const routes = new Map<string, JwksRoute>();
   const counts = new Map<string, number>();
+  const timers = new Set<NodeJS.Timeout>();
   const server = https.createServer({ cert: certPem, key: keyPem }, (req, res) => {
     const path = req.url ?? '';
     const route = routes.get(path);
@@ -57,8 +58,12 @@ export async function startJwksServer(ca: TestCa, names: string[] = ['localhost'
       for (let at = 0; at < bytes.length; at += route.chunked) res.write(bytes.subarray(at, at + route.chunked));
       res.end();
     };
-    if (route.delayMs) setTimeout(answer, route.delayMs);
-    else answer();
+    if (!route.delayMs) return answer();
+    const timer = setTimeout(() => {
+      timers.delete(timer);
+      answer();
+    }, route.delayMs);
+    timers.add(timer);
   });
   server.keepAliveTimeout = 1_000;
   const port = await new Promise<number>((resolve) => server.listen(0, '127.0.0.1', () => resolve((server.address() as AddressInfo).port)));
@@ -69,6 +74,7 @@ export async function startJwksServer(ca: TestCa, names: string[] = ['localhost'
     fetches: (path) => counts.get(path) ?? 0,
     close: () =>
       new Promise<void>((resolve) => {
+        for (const t of timers) clearTimeout(t);
         server.closeAllConnections();
         server.close(() => resolve());
       }),

@@ -59,6 +59,15 @@ describe('JWKS rules', () => {
     expect(parseJwks(body({ keys: [] }), 20).keys).toEqual([]);
   });
 
+  it('keeps of each key only its public members and what key selection reads', () => {
+    const rsa = rsaJwk();
+    const [kept] = parseJwks(
+      body({ keys: [{ ...rsa, use: 'sig', alg: 'RS256', x5c: ['AAAA'], x5t: 'x', pad: 'x'.repeat(1000) }] }),
+      20,
+    ).keys;
+    expect(kept).toEqual({ kty: 'RSA', kid: rsa.kid, n: rsa.n, e: rsa.e, use: 'sig', alg: 'RS256' });
+  });
+
   it('refuses the whole set for one bad key, too many keys, or a body that is not a key set', () => {
     const good = rsaJwk();
     const priv = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });

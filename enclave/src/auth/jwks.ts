@@ -13,7 +13,8 @@
  *   every fetch of the URI), so a stream of made-up key ids costs one fetch per interval.
  * - Concurrent fetches of one URI share one. A failed fetch is JWKS_UNAVAILABLE (retryable), never an auth
  *   failure, and is answered again without a new fetch for `failureRetryMs`.
- * - At most `maxUris` URIs are remembered, least recently used dropped first.
+ * - At most `maxUris` URIs are remembered, least recently used dropped first; of each key only the members
+ *   key selection reads and the public key are kept (a set of at most 64 KiB holds far less once parsed).
  *
  * A fetch is asynchronous I/O on the main thread: other requests, signing included, go on meanwhile.
  */
@@ -55,6 +56,11 @@ interface UriState {
 /** Members only a private or symmetric JWK has. */
 const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'];
 const PUBLIC_KTYS = ['RSA', 'EC', 'OKP'];
+/**
+ * What is kept of each key: what jose's key selection reads and the public key itself. The rest (x5c chains,
+ * names of the issuer's own) is dropped, so a cached set holds key material only, whatever padding it came with.
+ */
+const KEPT_MEMBERS = ['kty', 'kid', 'alg', 'use', 'key_ops', 'ext', 'crv', 'n', 'e', 'x', 'y'];
 
 export class JwksError extends Error {
   override readonly name = 'JwksError';
@@ -87,7 +93,10 @@ export function parseJwks(body: Buffer, maxKeys: number): JSONWebKeySet {
     }
     if (jwk.kty === 'RSA' && (bits ?? 0) < 2048) throw new JwksError('the JWKS holds an RSA key under 2048 bits');
   }
-  return { keys: keys as JSONWebKeySet['keys'] };
+  const kept = (keys as Array<Record<string, unknown>>).map((jwk) =>
+    Object.fromEntries(KEPT_MEMBERS.filter((m) => jwk[m] !== undefined).map((m) => [m, jwk[m]])),
+  );
+  return { keys: kept };
 }
 
 /** `max-age` of a Cache-Control value in ms; 0 for no-store / no-cache; undefined when it says nothing. */
