@@ -3,6 +3,7 @@
  * (development only, opt-in), and the state that brings the same IdP back after a restart (same CA, so the
  * same enclave image; same port, so the same project; same keys, so tokens already handed out still verify).
  */
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import os from 'node:os';
@@ -84,7 +85,7 @@ describe('simulated IdP for development', () => {
       const a = await startDevIdp(dir);
       const p = devIdpPaths(dir);
       expect(fs.statSync(p.state).mode & 0o777).toBe(0o600);
-      expect(fs.readFileSync(p.caPem, 'utf8')).toBe(a.idp.caPem);
+      expect(fs.readFileSync(p.caPem, 'utf8')).toBe(new X509Certificate(a.idp.caPem).toString());
       // While it runs, a second one on the same state cannot take its port.
       await expect(startDevIdp(dir)).rejects.toThrow(/port \d+ is in use/);
       await a.idp.close();

@@ -71,7 +71,8 @@ export async function startDevIdp(stateDir: string, opts: { port?: number } = {}
   }
   const state: StoredState = { port: idp.port, audience: idp.audience, ...(await idp.exportState()) };
   fs.writeFileSync(p.state, `${JSON.stringify(state, null, 2)}\n`, { mode: 0o600 });
-  fs.writeFileSync(p.caPem, idp.caPem, { mode: 0o644 });
+  // Written as the enclave configuration holds it (one normalised PEM block), so the two compare equal.
+  fs.writeFileSync(p.caPem, new X509Certificate(idp.caPem).toString(), { mode: 0o644 });
   return { idp, paths: p };
 }
 
