@@ -7,7 +7,7 @@
  * relay refusing what it must not reach (docs/PROJECTS.md).
  */
 import { getBytes, hexlify, randomBytes, recoverAddress, TypedDataEncoder, verifyMessage, verifyTypedData } from 'ethers';
-import { tempRunDir } from '@nks/shared-test/helpers';
+import { tempRunDir, waitFor } from '@nks/shared-test/helpers';
 import { startSimulatedIdp, type SimulatedIdp } from '../../sim/src/idp/issuer';
 import { startStack, waitReady, type Stack } from '../support/stack';
 import { createProject, jwtProject, jwtStackOptions, walletApi, type CreatedProject } from '../support/truewallet';
@@ -148,17 +148,25 @@ describe('TrueWallet API end to end', () => {
     const res = await walletApi(s, down.projectKey).getAddress(await idpDown.mint({ sub: 'erin' }));
     expect(res.status).toBe(503);
     expect(Number(res.headers.get('retry-after'))).toBeGreaterThan(0);
-    expect(typeof res.body.detail).toBe('string');
+    expect(res.body.detail).toMatch(/the JWKS could not be fetched/);
   });
 
   it('answers 503 JWKS_UNAVAILABLE when the relay refuses the JWKS host: a port it does not allow, the metadata address', async () => {
+    const refusals = (reason: string) => refusalsIn(s, reason);
     // The enclave trusts idpBlocked's CA and the server answers, but its port is not allowed: the relay must not
     // connect (the server sees no fetch).
     const blocked = await createProject(s, jwtProject(idpBlocked));
     const res = await walletApi(s, blocked.projectKey).getAddress(await idpBlocked.mint({ sub: 'frank' }));
     expect(res.status).toBe(503);
     expect(res.headers.get('retry-after')).toBeTruthy();
+    expect(res.body.detail).toMatch(/the JWKS could not be fetched/);
     expect(idpBlocked.fetches).toBe(0);
+    // The relay logs each refusal with its reason (the log is written asynchronously: wait for the line).
+    await waitFor(
+      () => refusals('port_not_allowed').some((e) => e.host === 'localhost' && e.port === idpBlocked.port),
+      5000,
+      'the refusal',
+    );
 
     // The instance metadata address is never allowed, whatever the configuration (loopback is allowed here).
     const issuer = 'https://metadata.test';
@@ -169,7 +177,8 @@ describe('TrueWallet API end to end', () => {
     const viaMetadata = await walletApi(s, metadata.projectKey).getAddress(await idp.mint({ sub: 'grace', iss: issuer }));
     expect(viaMetadata.status).toBe(503);
     expect(viaMetadata.headers.get('retry-after')).toBeTruthy();
-    expect(s.parentLogs()).toMatch(/169\.254\.169\.254/);
+    expect(viaMetadata.body.detail).toMatch(/the JWKS could not be fetched/);
+    await waitFor(() => refusals('metadata_address').some((e) => e.host === '169.254.169.254' && e.port === 443), 5000, 'the refusal');
   });
 
   it('lets only the project origins through CORS, without credentials', async () => {
@@ -185,6 +194,21 @@ describe('TrueWallet API end to end', () => {
     expect(other.headers.get('access-control-allow-origin')).toBeNull();
   });
 });
+
+/** The relay's refusals of `reason` in the parent's log (`egress refused: <reason>`, with host and port). */
+function refusalsIn(s: Stack, reason: string): Array<Record<string, unknown>> {
+  return s
+    .parentLogs()
+    .split('\n')
+    .flatMap((line) => {
+      try {
+        return [JSON.parse(line) as Record<string, unknown>];
+      } catch {
+        return [];
+      }
+    })
+    .filter((e) => e.msg === `egress refused: ${reason}`);
+}
 
 /** The key id of the key with `address`, from the admin's listing. */
 async function keyIdOf(s: Stack, address: string): Promise<string> {
