@@ -232,10 +232,14 @@ describe('key store', () => {
     // Disabled: its host is no longer among the active JWT projects'; the record before it cannot come back.
     const disabled: ProjectRecord = { ...one, state: 'disabled', seq: 1, prev: `0x${'ab'.repeat(32)}` };
     expect(store.updateProjectRecord(one.projectId, identity.sign(disabled), disabled)).toMatchObject({ seq: 1, state: 'disabled' });
-    expect(() => store.updateProjectRecord(one.projectId, identity.sign(disabled), disabled)).toThrow(expect.objectContaining({ code: 'CONFLICT' }));
+    expect(() => store.updateProjectRecord(one.projectId, identity.sign(disabled), disabled)).toThrow(
+      expect.objectContaining({ code: 'CONFLICT' }),
+    );
     expect(() => store.updateProjectRecord(one.projectId, identity.sign(one), one)).toThrow(expect.objectContaining({ code: 'CONFLICT' }));
     const skip: ProjectRecord = { ...disabled, state: 'active', seq: 3 };
-    expect(() => store.updateProjectRecord(one.projectId, identity.sign(skip), skip)).toThrow(expect.objectContaining({ code: 'CONFLICT' }));
+    expect(() => store.updateProjectRecord(one.projectId, identity.sign(skip), skip)).toThrow(
+      expect.objectContaining({ code: 'CONFLICT' }),
+    );
     expect(store.activeJwtProjects().map((p) => p.jwksHost)).toEqual(['jwks2.example.com', 'jwks3.example.com', 'jwks4.example.com']);
     store.close();
   });
@@ -254,7 +258,9 @@ describe('key store', () => {
       signed.signature,
     );
     // A row whose record does not decode keeps empty columns (the registry refuses it when used).
-    db.prepare("INSERT INTO projects (project_id, record, signature, seq, updated_at) VALUES ('p_brokenbrokenbroken0', 'AAAA', 'AAAA', 0, 7)").run();
+    db.prepare(
+      "INSERT INTO projects (project_id, record, signature, seq, updated_at) VALUES ('p_brokenbrokenbroken0', 'AAAA', 'AAAA', 0, 7)",
+    ).run();
     const key = rec('k1', 'alice');
     db.prepare(
       `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, created_at, updated_at, project_id, subject, state,
@@ -438,6 +444,11 @@ describe('parent configuration', () => {
       transport: PARENT_CONFIG_DEFAULTS.transport,
       enclave: PARENT_CONFIG_DEFAULTS.enclave,
       kmsProxy: PARENT_CONFIG_DEFAULTS.kmsProxy,
+      wallets: PARENT_CONFIG_DEFAULTS.wallets,
+    });
+    expect(parseParentConfig({ ...base, wallets: { rateLimits: { perUser: 5 } } }).wallets.rateLimits).toEqual({
+      ...PARENT_CONFIG_DEFAULTS.wallets.rateLimits,
+      perUser: 5,
     });
     expect(parseParentConfig(base).logLevel).toBe(PARENT_CONFIG_DEFAULTS.logLevel);
     expect(parseParentConfig({ ...base, api: { listen: { socket: '/run/x.sock' } } }).api.listen).toEqual({
@@ -475,6 +486,13 @@ describe('parent configuration', () => {
     ['duplicate token names', { ...base, tokens: [base.tokens[0], base.tokens[0]] }, /token names must be unique/],
     ['no allowed key', { ...base, kmsProxy: { allowedKeyArns: [], region: 'us-east-1' } }, /config.kmsProxy.allowedKeyArns/],
     ['an unknown field', { ...base, debug: true }, /unknown field\(s\) "debug"/],
+    ['a rate limit of 0', { ...base, wallets: { rateLimits: { perAddress: 0 } } }, /config.wallets.rateLimits.perAddress/],
+    [
+      'an unknown rate limit',
+      { ...base, wallets: { rateLimits: { perMoon: 1 } } },
+      /config.wallets.rateLimits: unknown field\(s\) "perMoon"/,
+    ],
+    ['a window under a second', { ...base, wallets: { rateLimits: { windowMs: 10 } } }, /config.wallets.rateLimits.windowMs/],
     [
       'an identity public key in upper case',
       { ...base, identity: { publicKey: `0x${'AB'.repeat(32)}` } },

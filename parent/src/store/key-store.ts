@@ -17,7 +17,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { KeystoreError } from '@nks/shared/errors';
-import { decodeProjectRecord, type KeyRecord, type KeyState, type ProjectRecord, type ProjectState, type SignedRecord } from '@nks/shared/records';
+import {
+  decodeProjectRecord,
+  type KeyRecord,
+  type KeyState,
+  type ProjectRecord,
+  type ProjectState,
+  type SignedRecord,
+} from '@nks/shared/records';
 
 export interface StoredKey {
   keyId: string;
@@ -536,7 +543,10 @@ export class KeyStore {
         ...projectColumns(record),
       });
     } catch (err) {
-      if ((err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_UNIQUE' || (err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY')
+      if (
+        (err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_UNIQUE' ||
+        (err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+      )
         throw new KeystoreError('CONFLICT', `project ${record.projectId} (or its project key) is already stored`, { cause: err });
       throw err;
     }
