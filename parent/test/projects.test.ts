@@ -551,9 +551,8 @@ describe('projects and the TrueWallet API in the parent', () => {
       // No bearer token is needed, and one given changes nothing; the existing routes keep their envelope.
       expect((await wallet(project.projectKey, 'sign', signBody(), { token: 'nks_unknown' })).status).toBe(200);
       expect((await wallet(project.projectKey, 'verify', { jwt_token: jwt })).body.error.code).toBe('NOT_FOUND');
-      expect((await call((parent as RunningParent).url, `/v1/${project.projectKey}/wallets/sign`)).body.error.code).toBe(
-        'METHOD_NOT_ALLOWED',
-      );
+      const get = await call((parent as RunningParent).url, `/v1/${project.projectKey}/wallets/sign`);
+      expect([get.status, get.body.error.code, get.headers.allow]).toEqual([405, 'METHOD_NOT_ALLOWED', 'POST']);
     });
 
     it('refuses when the enclave is down: 503 with Retry-After', async () => {

@@ -210,10 +210,12 @@ export class ApiServer {
    */
   private equip(route: RouteOptions): void {
     const { scope, operational = false } = route.config ?? {};
-    // @fastify/cors registers its preflight route (`OPTIONS <prefix>/*`) itself: it is named by its URL.
-    const name = route.config?.name ?? (route.method === 'OPTIONS' ? documentedPath(route.url) : undefined);
+    // @fastify/cors registers its preflight route (`OPTIONS <prefix>*`) itself: it is named by its URL, and
+    // answers only preflights, so it is not in the 404/405 table (a POST to an unknown path there is 404).
+    const preflight = route.config?.name === undefined && route.method === 'OPTIONS';
+    const name = route.config?.name ?? (preflight ? documentedPath(route.url) : undefined);
     if (name === undefined) throw new Error(`route ${String(route.method)} ${route.url} has no config.name`);
-    for (const method of [route.method].flat()) this.known.push({ method, name, operational, matches: pathMatcher(name) });
+    if (!preflight) for (const method of [route.method].flat()) this.known.push({ method, name, operational, matches: pathMatcher(name) });
 
     const auth = this.options.auth;
     const identify: onRequestHookHandler = (request, _reply, done) => {

@@ -183,7 +183,7 @@ export function routeUrl(path: string): string {
 }
 
 /**
- * The documented path of a Fastify URL made by `routeUrl`, or of one under such a prefix (`<prefix>/*`, the
+ * The documented path of a Fastify URL made by `routeUrl`, or of one under such a prefix (`<prefix>*`, the
  * preflight route @fastify/cors registers in the TrueWallet routes' scope); undefined for any other.
  */
 export function documentedPath(url: string): string | undefined {
@@ -191,15 +191,11 @@ export function documentedPath(url: string): string | undefined {
   return undefined;
 }
 
-/** Whether a request path is one of a documented route path's (the 404/405 decision); a final `/*` is any rest. */
+/** Whether a request path is one of a documented route path's (the 404/405 decision). */
 export function pathMatcher(path: string): RegExp {
   const escaped = path
     .split(PARAM)
-    .map((part, i) =>
-      i % 2 === 1
-        ? `(?:${patternOf(part).replace(/^\^|\$$/g, '')})`
-        : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&').replace(/\/\\\*$/, '/.*'),
-    );
+    .map((part, i) => (i % 2 === 1 ? `(?:${patternOf(part).replace(/^\^|\$$/g, '')})` : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
   return new RegExp(`^${escaped.join('')}$`);
 }
 
