@@ -139,6 +139,17 @@ describe('projects and the TrueWallet API against the enclave', () => {
     expectDetail(await wallet(project.projectKey, 'get-address', { jwt_token: otherAudience }, { from: '127.0.0.31' }), 400, {
       jwt_token: [expect.stringMatching(/audience/i)],
     });
+    const otherIssuer = await mint('dave', {}, { iss: 'https://issuer.example' });
+    expectDetail(await wallet(project.projectKey, 'get-address', { jwt_token: otherIssuer }, { from: '127.0.0.34' }), 400, {
+      jwt_token: [expect.stringMatching(/issuer/i)],
+    });
+    const es256Only = (
+      await s.api('/v1/projects', { token: 'admin', body: { name: 'ES256 only', auth: jwtAuth({ algorithms: ['ES256'] }) } })
+    ).body;
+    expectDetail(await wallet(es256Only.projectKey, 'get-address', { jwt_token: await mint('dave') }, { from: '127.0.0.35' }), 400, {
+      jwt_token: [expect.stringMatching(/algorithm/i)],
+    });
+    expect((await wallet(es256Only.projectKey, 'get-address', { jwt_token: await mint('dave', { alg: 'ES256' }) })).status).toBe(200);
     // A request type the project does not allow.
     expectDetail(
       await wallet(project.projectKey, 'sign-request', {
@@ -224,5 +235,16 @@ describe('projects and the TrueWallet API against the enclave', () => {
     expectDetail(quota, 403, 'too many requests for this user; retry later');
     expect(Number(quota.headers['retry-after'])).toBeGreaterThanOrEqual(1);
     if (relay) expect(relay.requests.some((r) => r.host === 'localhost' && r.port === idp.port)).toBe(true);
+  });
+
+  it("shows the TrueWallet outcomes and the enclave's JWT health in the metrics", async () => {
+    const metrics = (await s.api('/metrics', { token: null })).body as string;
+    expect(metrics).toMatch(/nks_wallet_requests_total\{route="\/v1\/\{projectKey\}\/wallets\/get-address",outcome="ok"\} \d+/);
+    expect(metrics).toMatch(/nks_wallet_requests_total\{route="\/v1\/\{projectKey\}\/wallets\/get-address",outcome="invalid_jwt"\} \d+/);
+    expect(metrics).toMatch(/nks_wallet_rate_limited_total\{limit="failures"\} 1/);
+    expect(metrics).toMatch(/nks_wallet_rate_limited_total\{limit="user"\} 1/);
+    expect(metrics).toMatch(/nks_enclave_clock\{state="trusted"\} 1/);
+    expect(metrics).toMatch(/nks_enclave_counter\{counter="jwt_verifications"\} [1-9]\d*/);
+    expect(metrics).toMatch(/nks_enclave_counter\{counter="jwt_refusals"\} [1-9]\d*/);
   });
 });
