@@ -6,11 +6,17 @@
  * (`identityReady` rejects with IdentityBootError, and the program exits). A genesis image (no identity
  * configured) is ready at once. `stop` drains and zeroes the cache.
  */
+import tls from 'node:tls';
+import { USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
 import { identityPublicKey } from '@nks/shared/records';
 import { createTransport } from '@nks/shared/transport';
 import type { Logger } from '@nks/shared/log';
 import { RpcClient, RpcServer } from '@nks/shared/rpc';
 import type { KmsProxyApi } from '@nks/shared/enclave-api';
+import { ClockCheck } from './auth/clock';
+import { httpsGet } from './auth/https-get';
+import { JwksCache } from './auth/jwks';
+import { JwtVerifier } from './auth/jwt';
 import type { EnclaveConfig } from './config';
 import { KeyCache } from './keys/cache';
 import { KeyVault } from './keys/vault';
@@ -21,6 +27,7 @@ import { IdentityHolder, unsealIdentity } from './identity/boot';
 import { enclaveMethods, type ImageKind } from './methods';
 import { VerifiedRecords } from './records/verified';
 import { NsmClient, type NsmTransport } from './nsm/client';
+import { Projects } from './projects';
 import { DeviceNsmTransport } from './nsm/device';
 import { SocketNsmTransport } from './nsm/socket';
 import { SignerPool } from './signing/pool';
@@ -31,6 +38,8 @@ export interface RunningEnclave {
   cache: KeyCache;
   nsm: NsmClient;
   image: ImageKind;
+  /** The JWT projects' clock check (started in a normal image). */
+  clock: ClockCheck;
   /** Resolves once the identity is ready (at once in a genesis image); rejects when the start has failed. */
   identityReady: Promise<void>;
   stop(drainMs?: number): Promise<void>;
@@ -72,6 +81,29 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   const identity = new IdentityHolder(image === 'genesis' ? 'genesis' : 'unsealing');
   // In a genesis image there is no identity, so no record verifies (nor is asked to: see methods.ts).
   const records = new VerifiedRecords(config.identity ? identityPublicKey(config.identity.publicKey) : null, config.records);
+  // JWT projects (normal image): JWKS fetched through the egress relay, TLS ending here; the clock checked
+  // against the NSM's at start and every clockCheckMs.
+  const trustAnchors = [...tls.rootCertificates, ...config.jwt.trustedCas];
+  const jwks = new JwksCache(
+    (uri) =>
+      httpsGet(uri, {
+        transport,
+        egress: config.jwt.egress,
+        ca: trustAnchors,
+        timeoutMs: config.jwt.jwks.fetchTimeoutMs,
+        maxBytes: config.jwt.jwks.maxBytes,
+      }),
+    config.jwt.jwks,
+  );
+  const clock = new ClockCheck(() => nsm.attest({ tag: USER_DATA_TAGS.attestation }), {
+    intervalMs: config.jwt.clockCheckMs,
+    maxDriftMs: config.jwt.maxClockDriftMs,
+    onCheck: ({ state, driftMs, error }) => {
+      if (state === 'trusted') logger.debug({ clock: state, driftMs }, 'enclave clock checked');
+      else logger.warn({ clock: state, driftMs, err: error }, 'enclave clock is not trusted: JWT checks are refused');
+    },
+  });
+  const jwt = new JwtVerifier({ jwks, clock });
   const keys = new KeyVault({
     cache,
     unsealer,
@@ -81,7 +113,9 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     signers,
     records,
     identity: () => identity.get(),
+    jwt,
   });
+  const projects = new Projects({ records, identity: () => identity.get() });
   let served: RpcServer | undefined;
   const { methods } = enclaveMethods({
     image,
@@ -99,6 +133,8 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
       : {}),
     genesis: { nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject },
     keys,
+    projects,
+    jwt: { verifier: jwt, jwks, clock },
     records,
     cache,
     unsealer,
@@ -122,6 +158,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   });
   served = server;
   await server.listen(transport, config.listen);
+  if (image === 'normal') clock.start();
   const where = { listen: config.listen, kmsProxy: config.kmsProxy, kmsKeyArn: config.kmsKeyArn, transport: config.transport.kind };
   logger.info({ ...where, image, securityEpoch: config.securityEpoch }, 'enclave listening');
 
@@ -153,8 +190,10 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     cache,
     nsm,
     image,
+    clock,
     identityReady,
     async stop(drainMs = 5000) {
+      clock.stop();
       await server.close(drainMs);
       await signers.close();
       await kmsProxy.close();

@@ -7,10 +7,11 @@
  * measured into PCR0, and only an image with that PCR0 can have KMS unseal the seed. Without `identity` the
  * image is a genesis image, which serves nothing but `identity.genesis` (and hello and health).
  */
-import { createPublicKey, type KeyObject } from 'node:crypto';
+import { createPublicKey, X509Certificate, type KeyObject } from 'node:crypto';
 import os from 'node:os';
 import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
+import { DEFAULT_EGRESS_ADDRESS } from '@nks/shared/egress';
 import { DEFAULT_MAX_FRAME_BYTES } from '@nks/shared/framing';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
 import { BLOB_VERSION, decodeBlobBase64 } from '@nks/shared/blob';
@@ -51,10 +52,41 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   // Sized for the worst entry a parent can make (a 1 KiB subject, RSA-4096 wrapped key): a verified record is
   // then about 3.6 KB, so 50,000 take some 180 MB; a mark is a key id, an address and a number.
   records: { maxVerified: 50_000, maxSeqMarks: 200_000 },
+  // JWT projects: the egress relay, trust anchors beyond Node's CA store, the clock check, the JWKS cache.
+  jwt: {
+    egress: DEFAULT_EGRESS_ADDRESS,
+    trustedCas: [],
+    clockCheckMs: 3600_000,
+    maxClockDriftMs: 30_000,
+    jwks: {
+      fetchTimeoutMs: 5_000,
+      maxBytes: 64 * 1024,
+      maxKeys: 20,
+      minTtlMs: 60_000,
+      maxTtlMs: 3600_000,
+      unknownKidRefetchMs: 30_000,
+      failureRetryMs: 1_000,
+      maxUris: 256,
+    },
+  },
 } as const;
 
 const D = ENCLAVE_CONFIG_DEFAULTS;
 const ms = (def: number, min: number, max: number) => z.number().int().min(min).max(max).default(def);
+
+/** One PEM certificate (what the JWKS fetch trusts besides Node's CA store). */
+const certificatePem = z
+  .string()
+  .max(16_384)
+  .refine((pem) => {
+    if ((pem.match(/-----BEGIN CERTIFICATE-----/g) ?? []).length !== 1) return false;
+    try {
+      new X509Certificate(pem);
+      return true;
+    } catch {
+      return false;
+    }
+  }, 'expected one PEM certificate');
 
 // Sections default with `prefault({})`: an absent section is parsed as an empty one, so it gets the fields'
 // own defaults and no section restates them.
@@ -161,6 +193,42 @@ export const EnclaveConfigSchema = z.strictObject({
     .strictObject({
       maxVerified: z.number().int().min(16).max(10_000_000).default(D.records.maxVerified),
       maxSeqMarks: z.number().int().min(16).max(10_000_000).default(D.records.maxSeqMarks),
+    })
+    .prefault({}),
+  /**
+   * JWT projects (docs/PROTOCOL.md, `jwt`). The enclave fetches each project's JWKS itself, over HTTPS through
+   * the parent's egress relay at `egress`; the server's certificate must chain to Node's CA store or to one of
+   * `trustedCas` (PEM, in this file so PCR0 measures them). Its clock is checked against the NSM's every
+   * `clockCheckMs`; past `maxClockDriftMs` JWT checks are refused. `jwks`: see enclave/src/auth/jwks.ts.
+   */
+  jwt: z
+    .strictObject({
+      egress: VsockAddressSchema.default(D.jwt.egress),
+      trustedCas: z
+        .array(certificatePem)
+        .max(32)
+        .default([...D.jwt.trustedCas]),
+      clockCheckMs: ms(D.jwt.clockCheckMs, 1_000, 24 * 3600_000),
+      maxClockDriftMs: ms(D.jwt.maxClockDriftMs, 1_000, 300_000),
+      jwks: z
+        .strictObject({
+          /** One deadline for a whole fetch: relay, TLS, request and body. */
+          fetchTimeoutMs: ms(D.jwt.jwks.fetchTimeoutMs, 100, 60_000),
+          /** A larger JWKS, or one with more keys, is refused (the limits may be lowered, not raised). */
+          maxBytes: z.number().int().min(1024).max(D.jwt.jwks.maxBytes).default(D.jwt.jwks.maxBytes),
+          maxKeys: z.number().int().min(1).max(D.jwt.jwks.maxKeys).default(D.jwt.jwks.maxKeys),
+          /** Cache-Control max-age is clamped to [minTtlMs, maxTtlMs]; maxTtlMs is also the hard expiry. */
+          minTtlMs: ms(D.jwt.jwks.minTtlMs, 1_000, 3600_000),
+          maxTtlMs: ms(D.jwt.jwks.maxTtlMs, 1_000, 3600_000),
+          /** A JWT with a key id the set does not hold refetches it at most this often per URI. */
+          unknownKidRefetchMs: ms(D.jwt.jwks.unknownKidRefetchMs, 1_000, 3600_000),
+          /** After a failed fetch, the failure is answered again without a new fetch for this long. */
+          failureRetryMs: ms(D.jwt.jwks.failureRetryMs, 0, 60_000),
+          /** JWKS URIs remembered, least recently used dropped first. */
+          maxUris: z.number().int().min(1).max(100_000).default(D.jwt.jwks.maxUris),
+        })
+        .refine((j) => j.minTtlMs <= j.maxTtlMs, { message: 'minTtlMs must not exceed maxTtlMs', path: ['minTtlMs'] })
+        .prefault({}),
     })
     .prefault({}),
 });

@@ -23,6 +23,9 @@ import {
 } from '@nks/shared/enclave-api';
 import type { SignedRecord } from '@nks/shared/records';
 import { serveApi, type RpcClient, type RpcMethod, type RpcServerStats } from '@nks/shared/rpc';
+import type { ClockCheck } from './auth/clock';
+import type { JwksCache } from './auth/jwks';
+import type { JwtVerifier } from './auth/jwt';
 import type { GenesisDeps } from './identity/genesis';
 import { genesis } from './identity/genesis';
 import { identityUnavailable, type IdentityHolder } from './identity/boot';
@@ -34,6 +37,7 @@ import type { SignerPool } from './signing/pool';
 import type { RecipientKeys } from './kms/recipient';
 import type { Unsealer } from './kms/unseal';
 import type { NsmClient } from './nsm/client';
+import type { Projects } from './projects';
 
 export const ENCLAVE_VERSION = RELEASE_VERSION;
 
@@ -51,7 +55,10 @@ export const SERVED_METHODS: Record<ImageKind, readonly MethodName[]> = {
     'keys.create',
     'keys.sign',
     'keys.setDisabled',
+    'keys.lookup',
     'keys.forget',
+    'projects.create',
+    'projects.setState',
     'attestation.get',
   ],
   migration: ['enclave.hello', 'enclave.health', 'identity.get', 'keys.migrate'],
@@ -69,6 +76,9 @@ export interface EnclaveParts {
   configuredIdentity?: { publicKey: string; genesisDocument: string; defaultProject: SignedRecord };
   genesis: GenesisDeps;
   keys: KeyVault;
+  projects: Projects;
+  /** JWT projects: the verifier, its JWKS cache and the clock check (for health). */
+  jwt: { verifier: JwtVerifier; jwks: JwksCache; clock: ClockCheck };
   records: VerifiedRecords;
   cache: KeyCache;
   unsealer: Unsealer;
@@ -168,6 +178,15 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
         rpcInFlightBytes: rpc?.inFlightBytes ?? 0,
         errors: { ...errors },
       },
+      jwt: {
+        clock: parts.jwt.clock.state,
+        clockDriftMs: parts.jwt.clock.driftMs,
+        verifications: parts.jwt.verifier.verifications,
+        refusals: parts.jwt.verifier.refusals,
+        jwksFetches: parts.jwt.jwks.fetches,
+        jwksFetchFailures: parts.jwt.jwks.fetchFailures,
+        jwksCached: parts.jwt.jwks.cached,
+      },
       memory: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, externalBytes: mem.external },
     };
   };
@@ -191,9 +210,12 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
         defaultProject: configured.defaultProject,
       };
     }),
-    'keys.create': gated('keys.create', (p) => parts.keys.create(p.keyId, p.project, p.subject, p.attest ?? false)),
+    'keys.create': gated('keys.create', (p) => parts.keys.create(p.keyId, p.project, p.subject, p.attest ?? false, p.jwt)),
     'keys.sign': gated('keys.sign', (p) => parts.keys.sign(p)),
     'keys.setDisabled': gated('keys.setDisabled', (p) => parts.keys.setDisabled(p.record, p.project, p.disabled)),
+    'keys.lookup': gated('keys.lookup', (p) => parts.keys.lookup(p.record, p.project, p.jwt)),
+    'projects.create': gated('projects.create', (p) => parts.projects.create(p.settings)),
+    'projects.setState': gated('projects.setState', (p) => parts.projects.setState(p.project, p.state)),
     'keys.migrate': gated('keys.migrate', (p) => parts.keys.migrate(p.keyId, p.blob, p.project, p.subject)),
     'keys.forget': gated('keys.forget', (p) => ({ keyId: p.keyId, forgotten: parts.keys.forget(p.keyId) })),
     'attestation.get': gated('attestation.get', async (p) => {

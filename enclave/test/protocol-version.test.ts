@@ -46,8 +46,11 @@ describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
         'identity.get',
         'keys.create',
         'keys.forget',
+        'keys.lookup',
         'keys.setDisabled',
         'keys.sign',
+        'projects.create',
+        'projects.setState',
       ],
       enclaveVersion: expect.stringMatching(/^\d+\.\d+\.\d+$/),
     });

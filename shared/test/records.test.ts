@@ -274,9 +274,10 @@ describe('decoding project records, field by field', () => {
     ['projectId malformed', { projectId: 'p-0123456789abcdef' }, 'projectId is not well formed'],
     ['projectKey malformed', { projectKey: 'pk_short' }, 'projectKey is not well formed'],
     ['projectKey a project id', { projectKey: 'p_0123456789abcdef' }, 'projectKey is not well formed'],
-    ['auth of another type', { auth: { type: 'jwt' } }, 'auth is not {type:"token"}'],
-    ['auth with more fields', { auth: { type: 'token', issuer: 'x' } }, 'auth is not {type:"token"}'],
-    ['auth a string', { auth: 'token' }, 'auth is not {type:"token"}'],
+    ['auth of another type', { auth: { type: 'oauth' } }, 'auth is not {type:"token"} or {type:"jwt", …}'],
+    ['a token auth with more fields', { auth: { type: 'token', issuer: 'x' } }, 'auth is not {type:"token"} or {type:"jwt", …}'],
+    ['auth a string', { auth: 'token' }, 'auth is not a map'],
+    ['auth null', { auth: null }, 'auth is not a map'],
     [
       'an unknown request type',
       { allowedRequestTypes: ['digest', 'blind'] },
@@ -302,6 +303,60 @@ describe('decoding project records, field by field', () => {
     ['createdAt a string', { createdAt: 'now' }, 'createdAt is not a non-negative integer'],
   ])('refuses %s', (_name, over, what) => {
     expect(bad(over)).toEqual(malformed(what));
+  });
+
+  const JWT = {
+    type: 'jwt',
+    issuer: 'https://login.example.com',
+    audience: 'wallet-app',
+    userClaim: 'sub',
+    jwksUri: 'https://login.example.com/.well-known/jwks.json',
+    algorithms: ['RS256', 'ES256'],
+    maxTokenLifetime: 600,
+  };
+  const jwt = (over: Record<string, unknown>) => ({
+    auth: Object.fromEntries(Object.entries({ ...JWT, ...over }).filter(([, v]) => v !== undefined)),
+  });
+
+  it('takes a JWT auth with each field at its edges', () => {
+    expect(ok({ auth: JWT }).auth).toEqual(JWT);
+    const round = { ...PROJECT, auth: { ...JWT, algorithms: ['EdDSA'] } } as ProjectRecord;
+    expect(decodeProjectRecord(encodeRecord(round))).toEqual(round);
+    expect(ok(jwt({ maxTokenLifetime: 1 })).auth).toMatchObject({ maxTokenLifetime: 1 });
+    expect(ok(jwt({ maxTokenLifetime: 3600 })).auth).toMatchObject({ maxTokenLifetime: 3600 });
+    expect(ok(jwt({ issuer: 'i'.repeat(512), audience: 'a'.repeat(512), userClaim: 'c'.repeat(64) })).auth).toMatchObject({
+      userClaim: 'c'.repeat(64),
+    });
+    expect(ok(jwt({ issuer: 'x', audience: 'y', userClaim: 'email' })).auth).toMatchObject({ issuer: 'x', audience: 'y' });
+  });
+
+  it.each<[string, Record<string, unknown>, string]>([
+    ['an unknown auth field', { extra: 1 }, 'unknown auth field extra'],
+    ['no issuer', { issuer: undefined }, 'auth.issuer is not well formed'],
+    ['an empty issuer', { issuer: '' }, 'auth.issuer is not well formed'],
+    ['an issuer of 513 characters', { issuer: 'i'.repeat(513) }, 'auth.issuer is not well formed'],
+    ['an issuer not a string', { issuer: 7 }, 'auth.issuer is not well formed'],
+    ['an empty audience', { audience: '' }, 'auth.audience is not well formed'],
+    ['an audience of 513 characters', { audience: 'a'.repeat(513) }, 'auth.audience is not well formed'],
+    ['a list as audience', { audience: ['a'] }, 'auth.audience is not well formed'],
+    ['a user claim with a space', { userClaim: 'user id' }, 'auth.userClaim is not well formed'],
+    ['a user claim of 65 characters', { userClaim: 'c'.repeat(65) }, 'auth.userClaim is not well formed'],
+    ['an http JWKS URI', { jwksUri: 'http://login.example.com/jwks' }, 'auth.jwksUri is not well formed'],
+    ['a JWKS URI with credentials', { jwksUri: 'https://u:p@login.example.com/jwks' }, 'auth.jwksUri is not well formed'],
+    ['a JWKS URI with a fragment', { jwksUri: 'https://login.example.com/jwks#x' }, 'auth.jwksUri is not well formed'],
+    ['a JWKS URI not in normal form', { jwksUri: 'https://LOGIN.example.com/jwks' }, 'auth.jwksUri is not well formed'],
+    ['a JWKS URI that is not a URL', { jwksUri: 'login.example.com' }, 'auth.jwksUri is not well formed'],
+    ['a JWKS URI over 2048 characters', { jwksUri: `https://a.example/${'x'.repeat(2031)}` }, 'auth.jwksUri is not well formed'],
+    ['no algorithms', { algorithms: [] }, 'auth.algorithms is not a list of distinct asymmetric algorithms'],
+    ['HS256', { algorithms: ['RS256', 'HS256'] }, 'auth.algorithms is not a list of distinct asymmetric algorithms'],
+    ['none', { algorithms: ['none'] }, 'auth.algorithms is not a list of distinct asymmetric algorithms'],
+    ['a repeated algorithm', { algorithms: ['ES256', 'ES256'] }, 'auth.algorithms is not a list of distinct asymmetric algorithms'],
+    ['algorithms not a list', { algorithms: 'RS256' }, 'auth.algorithms is not a list of distinct asymmetric algorithms'],
+    ['a lifetime of 0', { maxTokenLifetime: 0 }, 'auth.maxTokenLifetime is out of range'],
+    ['a lifetime of 3601', { maxTokenLifetime: 3601 }, 'auth.maxTokenLifetime is out of range'],
+    ['a lifetime as text', { maxTokenLifetime: '600' }, 'auth.maxTokenLifetime is out of range'],
+  ])('refuses a JWT auth with %s', (_name, over, what) => {
+    expect(bad(jwt(over))).toEqual(malformed(what));
   });
 
   it('a key record never opens as a project record, nor a project record as a key record', () => {

@@ -72,6 +72,14 @@ export class KeyCache {
     return stored;
   }
 
+  /**
+   * Whether `entry` (from `get`) is still this key's live entry, without counting a hit or a miss: a caller that
+   * awaited something since `get` checks this before using the secret, which leaving the cache zeroes.
+   */
+  holds(keyId: string, entry: CachedKey): boolean {
+    return this.entries.get(keyId) === entry && entry.expiresAt > this.now();
+  }
+
   forget(keyId: string): boolean {
     const e = this.entries.get(keyId);
     if (!e) return false;

@@ -11,6 +11,9 @@
  *   and the project's allowed request types. All of it before any KMS call or signature.
  * - create and migrate make the key's first record (seq 0); setDisabled its next one (seq + 1, prev = the
  *   digest of the one before).
+ * - JWT projects (docs/PROTOCOL.md, `jwt`): create, sign and lookup of a JWT project's key need the user's JWT,
+ *   verified here (auth/jwt.ts) before any KMS call or signature; its subject is the key's. A sign without one
+ *   is FORBIDDEN: no operator token can sign with a JWT user's key. A token project takes no JWT.
  *
  * Integrity failures are one KEY_INTEGRITY with one fixed message, counted (VerifiedRecords.refused); states are
  * answered plainly: KEY_RETIRED, KEY_DISABLED, FORBIDDEN.
@@ -19,7 +22,8 @@ import { createHash, type KeyObject } from 'node:crypto';
 import { birthContent, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
 import { BLOB_VERSION_V1, decodeBlobBase64, decodeKeyBlob, encodeBlob, type KeyBlob, type KeyBlobV1 } from '@nks/shared/blob';
 import { KeystoreError } from '@nks/shared/errors';
-import type { CreateResult, SetDisabledResult } from '@nks/shared/enclave-api';
+import type { CreateResult, LookupResult, SetDisabledResult } from '@nks/shared/enclave-api';
+import type { JwtProjectAuth } from '@nks/shared/project-auth';
 import { hex, RECORD_VERSION, type KeyOrigin, type KeyRecord, type ProjectRecord, type SignedRecord } from '@nks/shared/records';
 import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
 import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
@@ -39,7 +43,22 @@ export interface SignParams {
   record: SignedRecord;
   project: SignedRecord;
   request: SignRequest;
+  jwt?: string | undefined;
 }
+
+/** What proves a JWT project's user (auth/jwt.ts). */
+export interface JwtSubjects {
+  subjectOf(token: string, auth: JwtProjectAuth): Promise<string>;
+}
+
+/** The same answer whichever part of the subject differs (issuer or user). */
+export const NOT_THIS_USER_MESSAGE = "the JWT is not for this key's user";
+export const SIGN_WITHOUT_JWT_MESSAGE = "a JWT project's key signs only with its user's JWT";
+export const CREATE_WITHOUT_JWT_MESSAGE = "a JWT project's key is created only with its user's JWT";
+export const TOKEN_PROJECT_JWT_MESSAGE = 'a token project takes no JWT';
+
+const tokenProjectJwt = () => new KeystoreError('INVALID_PARAMS', TOKEN_PROJECT_JWT_MESSAGE);
+const notThisUser = () => new KeystoreError('FORBIDDEN', NOT_THIS_USER_MESSAGE);
 
 export class KeyVault {
   creates = 0;
@@ -59,6 +78,8 @@ export class KeyVault {
       records: VerifiedRecords;
       /** The unsealed identity; the methods are served only once it is ready. */
       identity: () => KeystoreIdentity;
+      /** JWT projects' users (auth/jwt.ts). */
+      jwt: JwtSubjects;
       now?: () => number;
     },
   ) {}
@@ -75,8 +96,9 @@ export class KeyVault {
     return project;
   }
 
-  async create(keyId: string, projectRecord: SignedRecord, subject: string | null, attest: boolean): Promise<CreateResult> {
+  async create(keyId: string, projectRecord: SignedRecord, subjectIn: string | null, attest: boolean, jwt?: string): Promise<CreateResult> {
     const project = this.activeProject(projectRecord);
+    const subject = await this.owner(project.record, subjectIn, jwt);
     const secret = generateSecret();
     let result: CreateResult;
     try {
@@ -93,6 +115,19 @@ export class KeyVault {
     }
     this.creates += 1;
     return result;
+  }
+
+  /** Who a new key belongs to: the caller's subject in a token project, the verified JWT's in a JWT project. */
+  private async owner(project: ProjectRecord, subject: string | null, jwt: string | undefined): Promise<string | null> {
+    if (project.auth.type === 'token') {
+      if (jwt !== undefined) throw tokenProjectJwt();
+      return subject;
+    }
+    if (subject !== null) {
+      throw new KeystoreError('INVALID_PARAMS', "a JWT project's key takes its subject from the JWT: subject must be null");
+    }
+    if (jwt === undefined) throw new KeystoreError('FORBIDDEN', CREATE_WITHOUT_JWT_MESSAGE);
+    return this.deps.jwt.subjectOf(jwt, project.auth);
   }
 
   /** Seals `secret` as a version 2 key blob and signs the key's first record. */
@@ -149,6 +184,17 @@ export class KeyVault {
       blob = this.coldBlob(p.blob, k);
     }
 
+    const { auth } = project.record;
+    if (auth.type === 'token') {
+      if (p.jwt !== undefined) throw tokenProjectJwt();
+    } else {
+      // After the record checks (a refused record costs no JWT check, nor a JWKS fetch), before any KMS call.
+      if (p.jwt === undefined) throw new KeystoreError('FORBIDDEN', SIGN_WITHOUT_JWT_MESSAGE);
+      if ((await this.deps.jwt.subjectOf(p.jwt, auth)) !== k.subject) throw notThisUser();
+      // Other requests ran while the JWT was checked: one may have dropped (and zeroed) the cached key. Then
+      // start again, as a cold sign: the same checks, with what the enclave holds now.
+      if (cached && !this.deps.cache.holds(p.keyId, cached)) return this.sign(p);
+    }
     usable(k, project.record, p.request.type);
     cached ??= await this.unsealShared(p.blob, blob as KeyBlob, k.blobSha256);
     const result = await this.deps.signers.sign(p.request, cached.secret, cached.address);
@@ -180,6 +226,24 @@ export class KeyVault {
     return blob;
   }
 
+  /**
+   * A JWT project's user asks for their key: the records genuine, current and of one project, the JWT the
+   * record's user's, the project active and the key neither retired, cancelled nor disabled. No KMS call.
+   */
+  async lookup(recordIn: SignedRecord, projectIn: SignedRecord, jwt: string): Promise<LookupResult> {
+    const { records } = this.deps;
+    const key = records.key(recordIn);
+    const project = records.project(projectIn);
+    if (key.record.projectId !== project.record.projectId) throw records.refused();
+    records.current(key);
+    records.current(project);
+    const { auth } = project.record;
+    if (auth.type === 'token') throw tokenProjectJwt();
+    if ((await this.deps.jwt.subjectOf(jwt, auth)) !== key.record.subject) throw notThisUser();
+    states(key.record, project.record);
+    return { keyId: key.record.keyId, address: key.record.address as `0x${string}` };
+  }
+
   async setDisabled(recordIn: SignedRecord, projectIn: SignedRecord, disabled: boolean): Promise<SetDisabledResult> {
     const { records } = this.deps;
     const key = records.key(recordIn);
@@ -204,6 +268,8 @@ export class KeyVault {
    */
   async migrate(keyId: string, b64: string, projectRecord: SignedRecord, subject: string | null): Promise<CreateResult> {
     const project = this.activeProject(projectRecord);
+    // A JWT project's key belongs to the user a verified JWT names; the migration image has no JWT to check.
+    if (project.record.auth.type === 'jwt') throw new KeystoreError('FORBIDDEN', 'keys are migrated into token projects only');
     let old: KeyBlobV1;
     try {
       const blob = decodeBlobBase64(b64, { acceptV1: true });
@@ -258,10 +324,15 @@ export class KeyVault {
  * now. A pending key signs (a successor may have to sign during a social recovery, before it is activated).
  */
 function usable(k: KeyRecord, project: ProjectRecord, type: SignRequest['type']): void {
-  if (k.state === 'retired' || k.state === 'cancelled') throw new KeystoreError('KEY_RETIRED', `the key is ${k.state}`);
-  if (project.state !== 'active') throw new KeystoreError('KEY_DISABLED', 'the project is disabled');
-  if (k.disabled) throw new KeystoreError('KEY_DISABLED', 'the key is disabled');
+  states(k, project);
   if (!project.allowedRequestTypes.includes(type)) {
     throw new KeystoreError('FORBIDDEN', `the project does not allow ${type} requests`);
   }
+}
+
+/** The states of `usable`, without the request type (keys.lookup). */
+function states(k: KeyRecord, project: ProjectRecord): void {
+  if (k.state === 'retired' || k.state === 'cancelled') throw new KeystoreError('KEY_RETIRED', `the key is ${k.state}`);
+  if (project.state !== 'active') throw new KeystoreError('KEY_DISABLED', 'the project is disabled');
+  if (k.disabled) throw new KeystoreError('KEY_DISABLED', 'the key is disabled');
 }

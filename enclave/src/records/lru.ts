@@ -28,6 +28,11 @@ export class Lru<K, V> {
     this.entries.set(key, value);
   }
 
+  /** The values, least recently used first, without marking any of them used. */
+  values(): IterableIterator<V> {
+    return this.entries.values();
+  }
+
   delete(key: K): boolean {
     return this.entries.delete(key);
   }
