@@ -3,7 +3,7 @@
  * simulated platform, the parent program), with real JWTs minted by the simulated IdP (jose, RS256 and ES256)
  * and its JWKS fetched by the enclave over HTTPS, through the egress relay, with the IdP's CA in the enclave's
  * configuration (`jwt.trustedCas`). When the parent program runs no egress relay of its own (its configuration
- * has no `egress` section), a stand-in relays to the IdP (open-relay.ts).
+ * has no `egress` section), a stand-in relays to the IdP (test/support/open-relay.ts).
  *
  * The parent's own checks (enclave answers that lie, every 400 of the routes, each rate limit) are tested
  * in this process against the fake enclave (projects.test.ts); this file is what the real enclave answers.
@@ -13,7 +13,7 @@ import { tempRunDir } from '@nks/shared-test/helpers';
 import { startSimulatedIdp, type SimulatedIdp } from '../../sim/src/idp/issuer';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
 import { ParentConfigSchema } from '../src/config';
-import { startOpenRelay, type OpenRelay } from './open-relay';
+import { startOpenRelay, type OpenRelay } from '../../test/support/open-relay';
 import { call, expectWalletSignature, type Answer, type CallInit } from './wallet-client';
 
 const ORIGIN = 'https://wallet.example';
