@@ -1,6 +1,6 @@
 /**
- * Wires the parent daemon: key store, enclave pool, KMS proxy, caller API (with the TrueWallet routes),
- * metrics. `stop` drains the API, then the proxy, then closes the pool and the database.
+ * Wires the parent daemon: key store, enclave pool, KMS proxy, egress relay, caller API (with the TrueWallet
+ * routes), metrics. `stop` drains the API, then the proxy and the relay, then closes the pool and the database.
  */
 import { KMSClient } from '@aws-sdk/client-kms';
 import { createLogger, type Logger } from '@nks/shared/log';
@@ -13,6 +13,7 @@ import { walletRoutes } from './api/wallets';
 import type { ParentConfig } from './config';
 import type { KnownIdentity } from './enclave/identity';
 import { EnclavePool, type PoolOptions } from './enclave/pool';
+import { startEgressRelay } from './egress/relay';
 import { KeyRegistry } from './key-registry';
 import { KmsProxy } from './kms/proxy';
 import { Metrics } from './metrics';
@@ -114,6 +115,14 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
   const keys = new KeyRegistry(store, pool, logger);
   const wallets = new WalletKeys(keys, store, pool, logger.child({ component: 'wallets' }));
   pool.start();
+  // The enclave's only way out (JWKS fetches): to the JWKS hosts of active JWT projects and configured hosts.
+  const relay = await startEgressRelay({
+    config: config.egress,
+    transport,
+    allowedHosts: () => keys.projects.jwksHosts(),
+    log: logger.child({ component: 'egress' }),
+    metrics: metrics.registry,
+  });
 
   const caller = callerRoutes(keys);
   const truewallet = walletRoutes({ wallets, config: config.wallets, metrics, logger: logger.child({ component: 'wallets' }) });
@@ -152,6 +161,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
       await api.close(config.api.drainMs);
       await proxy.close(Math.min(config.api.drainMs, 5000));
       proxyListening = false;
+      await relay.close();
       await pool.close();
       kms.destroy();
       store.close();

@@ -8,6 +8,7 @@ import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
 import { describeIssues, identityPublicKey, kmsKeyArn } from '@nks/shared/schema';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '@nks/shared/transport';
+import { EgressConfigSchema } from './egress/config';
 
 export const SCOPES = ['keys:create', 'keys:sign', 'keys:read', 'admin'] as const;
 export type Scope = (typeof SCOPES)[number];
@@ -132,6 +133,8 @@ export const ParentConfigSchema = z.strictObject({
         .prefault({}),
     })
     .prefault({}),
+  /** The egress relay through which the enclave fetches JWKS (docs/PROJECTS.md, "The egress relay"). */
+  egress: EgressConfigSchema.prefault({}),
   logLevel: z.enum(LOG_LEVELS).default(D.logLevel),
 });
 
