@@ -26,11 +26,25 @@ import {
 } from '@nks/shared/attestation';
 import { backoffDelay, type BackoffOptions } from '@nks/shared/backoff';
 import { isRetryableCode } from '@nks/shared/errors';
-import type { KeyState, SignedRecord } from '@nks/shared/records';
+import type { JwtAlgorithm, ProjectAuth } from '@nks/shared/project-auth';
+import type { KeyState, ProjectState, SignedRecord } from '@nks/shared/records';
+import type { SignRequestType } from '@nks/shared/signing/request-types';
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
 import type { IdentityView } from './verify';
 
-export type { BirthVerifyOptions, KeyState, SignedRecord, SignRequestInput, SignResult, VerifiedAttestation, VerifyOptions };
+export type {
+  BirthVerifyOptions,
+  JwtAlgorithm,
+  KeyState,
+  ProjectAuth,
+  ProjectState,
+  SignedRecord,
+  SignRequestInput,
+  SignRequestType,
+  SignResult,
+  VerifiedAttestation,
+  VerifyOptions,
+};
 export { AttestationError };
 export {
   verifyGenesis,
@@ -66,6 +80,41 @@ export interface Key {
   record: SignedRecord | null;
   /** Birth attestation (base64 COSE_Sign1), when the key was created with `attest: true`. */
   attestation?: string;
+}
+
+/** A project (docs/PROJECTS.md): its record's content, the parent's name for it, and the record itself. */
+export interface Project {
+  projectId: string;
+  /** Public: it goes into browser code (`{origin}/v1/{projectKey}/wallets/…`). `default` for the genesis project. */
+  projectKey: string;
+  name: string;
+  auth: ProjectAuth;
+  allowedOrigins: string[];
+  allowedRequestTypes: SignRequestType[];
+  state: ProjectState;
+  createdAt: string;
+  /** The project's current record, signed by the keystore identity. */
+  record: SignedRecord;
+}
+
+/** What `createProject` sends: unset fields take the server's defaults (README.md, "Caller API"). */
+export interface ProjectInput {
+  /** 1-128 printable characters: the parent's label, not in the record. */
+  name: string;
+  auth:
+    | { type: 'token' }
+    | {
+        type: 'jwt';
+        issuer: string;
+        audience: string;
+        /** https only. */
+        jwksUri: string;
+        userClaim?: string;
+        algorithms?: JwtAlgorithm[];
+        maxTokenLifetime?: number;
+      };
+  allowedOrigins?: string[];
+  allowedRequestTypes?: SignRequestType[];
 }
 
 export interface ClientOptions {
@@ -178,9 +227,13 @@ export class KeystoreClient {
     return { status: res.status, body: parsed as T };
   }
 
-  /** Creates a key, or returns the existing one for `externalId` (`created: false`). */
+  /**
+   * Creates a key, or returns the existing one for `externalId` (`created: false`). In the `default` project,
+   * or the token project `projectId` names (a JWT project's keys are made by its users, through the
+   * TrueWallet API).
+   */
   async createKey(
-    input: { externalId?: string; labels?: Record<string, string>; attest?: boolean } = {},
+    input: { externalId?: string; labels?: Record<string, string>; attest?: boolean; projectId?: string } = {},
   ): Promise<{ key: Key; created: boolean }> {
     const res = await this.send<Key>('POST', '/v1/keys', input, input.externalId !== undefined);
     return { key: res.body, created: res.status === 201 };
@@ -249,6 +302,42 @@ export class KeystoreClient {
 
   enableKey(keyId: string): Promise<Key> {
     return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/enable`);
+  }
+
+  /** Creates a project (admin token). Never retried: a repeat would make a second project. */
+  createProject(input: ProjectInput): Promise<Project> {
+    return this.request('POST', '/v1/projects', input, false);
+  }
+
+  getProject(projectId: string): Promise<Project> {
+    return this.request('GET', `/v1/projects/${encodeURIComponent(projectId)}`);
+  }
+
+  listProjects(q: { limit?: number; cursor?: string } = {}): Promise<{ projects: Project[]; nextCursor: string | null }> {
+    const params = new URLSearchParams();
+    if (q.limit !== undefined) params.set('limit', String(q.limit));
+    if (q.cursor !== undefined) params.set('cursor', q.cursor);
+    const qs = params.toString();
+    return this.request('GET', `/v1/projects${qs ? `?${qs}` : ''}`);
+  }
+
+  /** Every project, page by page (the `default` project first). */
+  async *allProjects(pageSize = 500): AsyncGenerator<Project> {
+    let cursor: string | undefined;
+    do {
+      const page = await this.listProjects({ limit: pageSize, ...(cursor ? { cursor } : {}) });
+      yield* page.projects;
+      cursor = page.nextCursor ?? undefined;
+    } while (cursor);
+  }
+
+  /** A disabled project's keys sign nothing and its TrueWallet routes answer 401; enabling resumes them. */
+  disableProject(projectId: string): Promise<Project> {
+    return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/disable`);
+  }
+
+  enableProject(projectId: string): Promise<Project> {
+    return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/enable`);
   }
 
   /** An attestation document from the enclave (base64), carrying `nonce` when given (0x hex). */

@@ -51,6 +51,7 @@ describe('SDK', () => {
     expect(table.map(([code]) => [code, new KeystoreApiError(500, code as string, 'm', undefined).retryable])).toEqual(table);
     expect(table.filter(([, retryable]) => retryable).map(([code]) => code)).toEqual([
       'IDENTITY_UNAVAILABLE',
+      'JWKS_UNAVAILABLE',
       'KMS_THROTTLED',
       'KMS_UNAVAILABLE',
       'OVERLOADED',

@@ -546,10 +546,9 @@ describe('JWT projects (real enclave bundle, real HTTPS JWKS, an egress relay th
         settled = true;
       });
       await waitFor(() => relay.requests.some((r) => r.port === jwks.port), 2_000, 'the relay request');
-      const t0 = Date.now();
+      // Five signs complete while the fetch still hangs (no wall-clock bound: the machine may be slow).
       for (let i = 0; i < 5; i++) await h.signDigest(tokenKey, i);
       expect(settled).toBe(false);
-      expect(Date.now() - t0).toBeLessThan(1_500);
       expect((await pending).code).toBe('JWKS_UNAVAILABLE');
     });
   });

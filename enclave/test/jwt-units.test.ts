@@ -384,24 +384,16 @@ describe('JWT verification (jose, with the JWKS cached)', () => {
     expect(await verifier.subjectOf(await idp.mint({ sub: 'a' }, { kid: null }), auth)).toBe(jwtSubject(idp.issuer, 'a'));
   });
 
-  it('costs well under 1 ms of CPU per warm verification (RS256 and ES256, JWKS cached)', async () => {
-    const n = 2_000;
-    const report: Record<string, { cpuUs: number; wallUs: number }> = {};
+  // Its cost is measured by `npm run bench` (the JWT row), never by a timed test; here only that a warm
+  // verification touches no network: the JWKS is fetched once and then served from the cache.
+  it('verifies warm tokens (RS256 and ES256) from the cached JWKS, without fetching it again', async () => {
     for (const alg of ['RS256', 'ES256'] as const) {
-      const token = await idp.mint({ sub: 'bench' }, { alg, lifetimeS: 600 });
-      for (let i = 0; i < 50; i++) await verifier.subjectOf(token, auth); // warm: keys imported, code optimised
+      const token = await idp.mint({ sub: 'warm' }, { alg, lifetimeS: 600 });
+      await verifier.subjectOf(token, auth);
       const fetches = jwks.fetches;
-      const cpu0 = process.cpuUsage();
-      const t0 = process.hrtime.bigint();
-      for (let i = 0; i < n; i++) await verifier.subjectOf(token, auth);
-      const wallUs = Number(process.hrtime.bigint() - t0) / 1000 / n;
-      const cpu = process.cpuUsage(cpu0);
-      report[alg] = { cpuUs: Math.round(((cpu.user + cpu.system) / n) * 10) / 10, wallUs: Math.round(wallUs * 10) / 10 };
+      for (let i = 0; i < 20; i++) expect(await verifier.subjectOf(token, auth)).toBe(jwtSubject(idp.issuer, 'warm'));
       expect(jwks.fetches).toBe(fetches);
     }
-    // Printed for the record (docs/PERFORMANCE figures); the bound is the issue's: at most 1 ms.
-    process.stdout.write(`warm JWT verification, per call, ${n} each: ${JSON.stringify(report)}\n`);
-    for (const r of Object.values(report)) expect(r.cpuUs).toBeLessThan(1_000);
   });
 });
 

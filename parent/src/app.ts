@@ -1,6 +1,6 @@
 /**
- * Wires the parent daemon: key store, enclave pool, KMS proxy, caller API, metrics. `stop` drains the API,
- * then the proxy, then closes the pool and the database.
+ * Wires the parent daemon: key store, enclave pool, KMS proxy, egress relay, caller API (with the TrueWallet
+ * routes), metrics. `stop` drains the API, then the proxy and the relay, then closes the pool and the database.
  */
 import { KMSClient } from '@aws-sdk/client-kms';
 import { createLogger, type Logger } from '@nks/shared/log';
@@ -9,13 +9,16 @@ import { createTransport, type Transport } from '@nks/shared/transport';
 import { ApiServer } from './api/server';
 import { TokenAuth } from './api/auth';
 import { callerRoutes } from './api/routes';
+import { walletRoutes } from './api/wallets';
 import type { ParentConfig } from './config';
 import type { KnownIdentity } from './enclave/identity';
 import { EnclavePool, type PoolOptions } from './enclave/pool';
+import { startEgressRelay } from './egress/relay';
 import { KeyRegistry } from './key-registry';
 import { KmsProxy } from './kms/proxy';
 import { Metrics } from './metrics';
 import { KeyStore } from './store/key-store';
+import { WalletKeys } from './wallet-keys';
 
 export interface RunningParent {
   url: string;
@@ -23,6 +26,11 @@ export interface RunningParent {
   pool: EnclavePool;
   keys: KeyRegistry;
   metrics: Metrics;
+  /**
+   * The hosts of the JWKS URIs of the active JWT projects (verified records): what the egress relay allows
+   * besides its configured hosts (`allowedHosts: () => parent.jwksHosts()`).
+   */
+  jwksHosts(): string[];
   stop(): Promise<void>;
 }
 
@@ -105,11 +113,25 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
   await proxy.listen(transport, config.kmsProxy.listen);
   proxyListening = true;
   const keys = new KeyRegistry(store, pool, logger);
+  const wallets = new WalletKeys(keys, store, pool, logger.child({ component: 'wallets' }));
   pool.start();
+  // The enclave's only way out (JWKS fetches): to the JWKS hosts of active JWT projects and configured hosts.
+  const relay = await startEgressRelay({
+    config: config.egress,
+    transport,
+    allowedHosts: () => keys.projects.jwksHosts(),
+    log: logger.child({ component: 'egress' }),
+    metrics: metrics.registry,
+  });
 
+  const caller = callerRoutes(keys);
+  const truewallet = walletRoutes({ wallets, config: config.wallets, metrics, logger: logger.child({ component: 'wallets' }) });
   const api = new ApiServer({
     config: config.api,
-    routes: callerRoutes(keys),
+    routes: (app) => {
+      caller(app);
+      truewallet(app);
+    },
     auth: new TokenAuth(config.tokens),
     metrics,
     logger: logger.child({ component: 'api' }),
@@ -134,10 +156,12 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     pool,
     keys,
     metrics,
+    jwksHosts: () => keys.projects.jwksHosts(),
     async stop() {
       await api.close(config.api.drainMs);
       await proxy.close(Math.min(config.api.drainMs, 5000));
       proxyListening = false;
+      await relay.close();
       await pool.close();
       kms.destroy();
       store.close();

@@ -8,6 +8,7 @@ import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
 import { describeIssues, identityPublicKey, kmsKeyArn } from '@nks/shared/schema';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '@nks/shared/transport';
+import { EgressConfigSchema } from './egress/config';
 
 export const SCOPES = ['keys:create', 'keys:sign', 'keys:read', 'admin'] as const;
 export type Scope = (typeof SCOPES)[number];
@@ -27,6 +28,16 @@ export const PARENT_CONFIG_DEFAULTS = {
   transport: { kind: 'vsock' },
   enclave: { address: DEFAULT_ENCLAVE_ADDRESS, poolSize: 2, connectTimeoutMs: 2_000, deadlineMs: 10_000, maxInFlightPerConnection: 2048 },
   kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, deadlineMs: 8_000, maxConcurrent: 256 },
+  wallets: {
+    rateLimits: {
+      windowMs: 60_000,
+      perAddress: 600,
+      failuresPerAddress: 30,
+      perProject: 60_000,
+      perUser: 300,
+      maxTracked: 50_000,
+    },
+  },
   logLevel: DEFAULT_LOG_LEVEL,
 } as const;
 
@@ -100,6 +111,30 @@ export const ParentConfigSchema = z.strictObject({
    * reports is used for the life of the process.
    */
   identity: z.strictObject({ publicKey: identityPublicKey.optional() }).prefault({}),
+  /** The TrueWallet routes (`/v1/{projectKey}/wallets/…`, docs/PROJECTS.md). */
+  wallets: z
+    .strictObject({
+      /**
+       * Fixed windows of `windowMs`; beyond a limit, 403 with Retry-After. Requests per client address count
+       * every request; failures per client address count the answers 401 (project key) and 400 for the JWT, so
+       * invalid tokens lock out their sender, not the user they name; per project and per user count only
+       * requests the enclave served (a verified JWT). `maxTracked` bounds each limiter's memory (least recently
+       * used out).
+       */
+      rateLimits: z
+        .strictObject({
+          windowMs: ms(D.wallets.rateLimits.windowMs, 1000, 3_600_000),
+          perAddress: z.number().int().min(1).max(10_000_000).default(D.wallets.rateLimits.perAddress),
+          failuresPerAddress: z.number().int().min(1).max(10_000_000).default(D.wallets.rateLimits.failuresPerAddress),
+          perProject: z.number().int().min(1).max(100_000_000).default(D.wallets.rateLimits.perProject),
+          perUser: z.number().int().min(1).max(10_000_000).default(D.wallets.rateLimits.perUser),
+          maxTracked: z.number().int().min(100).max(10_000_000).default(D.wallets.rateLimits.maxTracked),
+        })
+        .prefault({}),
+    })
+    .prefault({}),
+  /** The egress relay through which the enclave fetches JWKS (docs/PROJECTS.md, "The egress relay"). */
+  egress: EgressConfigSchema.prefault({}),
   logLevel: z.enum(LOG_LEVELS).default(D.logLevel),
 });
 

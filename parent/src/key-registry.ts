@@ -17,6 +17,7 @@ import { DEFAULT_PROJECT_ID, hex, type KeyRecord, type KeyState, type ProjectRec
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
 import { RecordChecker, type KnownIdentity } from './enclave/identity';
 import type { EnclavePool } from './enclave/pool';
+import { ProjectRegistry } from './project-registry';
 import type { KeyStore, Page, StoredKey } from './store/key-store';
 
 export interface KeyView {
@@ -110,18 +111,31 @@ export function checkNewKey(
   return { made, record };
 }
 
+/** The answer to an operator route asked to act on a JWT project's key (docs/PROJECTS.md): only its user's JWT can. */
+export const JWT_KEY_REFUSED = "a JWT project's key signs only with its user's JWT (the TrueWallet API), never with an operator token";
+
+export interface VerifiedKey {
+  record: KeyRecord;
+  digest: Buffer;
+  signed: SignedRecord;
+  project: { signed: SignedRecord; record: ProjectRecord };
+}
+
 export class KeyRegistry {
   /** One creation per external id at a time: concurrent requests for it share the first one's result. */
   private readonly creating = new Map<string, Promise<{ record: StoredKey; created: boolean }>>();
   /** One record change per key at a time: the second waits, then works from the record the first stored. */
   private readonly changing = new Map<string, Promise<unknown>>();
   private checker: RecordChecker | undefined;
+  readonly projects: ProjectRegistry;
 
   constructor(
     private readonly store: KeyStore,
     private readonly enclave: EnclavePool,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.projects = new ProjectRegistry(store, enclave, logger, () => this.records());
+  }
 
   /**
    * The identity, once the pool has learned it (the enclave pool calls this). Seeds the default project's
@@ -164,37 +178,61 @@ export class KeyRegistry {
     }
   }
 
-  private records(): RecordChecker {
+  /** The identity's record checker; IDENTITY_UNAVAILABLE until the enclave pool has learned the identity. */
+  records(): RecordChecker {
     if (!this.checker) throw new KeystoreError('IDENTITY_UNAVAILABLE', 'the keystore identity is not known yet: the enclave is not ready');
     return this.checker;
   }
 
+  /**
+   * A key of a token project (`default` unless `projectId` names another). Idempotent by external id: the key
+   * that has it is returned (CONFLICT if that key is another project's). A JWT project's keys are made only
+   * through the TrueWallet API, with their user's JWT: FORBIDDEN here.
+   */
   async create(input: {
     externalId?: string | undefined;
     labels?: Record<string, string> | undefined;
     attest?: boolean | undefined;
+    projectId?: string | undefined;
   }): Promise<{ record: StoredKey; created: boolean }> {
     const { externalId } = input;
-    if (externalId === undefined) return this.createNew(input);
+    const projectId = input.projectId ?? DEFAULT_PROJECT_ID;
+    const sameProject = (r: { record: StoredKey; created: boolean }) => {
+      if ((r.record.projectId ?? DEFAULT_PROJECT_ID) !== projectId)
+        throw new KeystoreError('CONFLICT', `externalId ${externalId} belongs to a key of another project`);
+      return r;
+    };
+    if (externalId === undefined) return this.createNew(input, projectId);
     const existing = this.store.getByExternalId(externalId);
-    if (existing) return { record: existing, created: false };
+    if (existing) return sameProject({ record: existing, created: false });
     let p = this.creating.get(externalId);
     if (!p) {
-      p = this.createNew(input).finally(() => this.creating.delete(externalId));
+      p = this.createNew(input, projectId).finally(() => this.creating.delete(externalId));
       this.creating.set(externalId, p);
-      return p;
+      return sameProject(await p);
     }
     const shared = await p;
-    return { record: shared.record, created: false };
+    return sameProject({ record: shared.record, created: false });
   }
 
-  private async createNew(input: {
-    externalId?: string | undefined;
-    labels?: Record<string, string> | undefined;
-    attest?: boolean | undefined;
-  }): Promise<{ record: StoredKey; created: boolean }> {
+  private async createNew(
+    input: {
+      externalId?: string | undefined;
+      labels?: Record<string, string> | undefined;
+      attest?: boolean | undefined;
+    },
+    projectId: string,
+  ): Promise<{ record: StoredKey; created: boolean }> {
     const checker = this.records();
-    const project = this.project(DEFAULT_PROJECT_ID, checker);
+    if (projectId !== DEFAULT_PROJECT_ID && !this.store.getProject(projectId))
+      throw new KeystoreError('INVALID_PARAMS', `body.projectId: project ${projectId} does not exist`);
+    const project = this.project(projectId);
+    if (project.record.auth.type === 'jwt')
+      throw new KeystoreError(
+        'FORBIDDEN',
+        `project ${projectId} authorizes its users with JWTs: its keys are made through the TrueWallet API`,
+      );
+    if (project.record.state === 'disabled') throw new KeystoreError('KEY_DISABLED', `project ${projectId} is disabled`);
     const keyId = newKeyId();
     const subject = input.externalId ?? null;
     const made = await this.enclave.call('keys.create', { keyId, project: project.signed, subject, attest: input.attest ?? false });
@@ -233,31 +271,17 @@ export class KeyRegistry {
   }
 
   /** A stored project, verified. KEY_INTEGRITY if it is missing or does not verify. */
-  private project(projectId: string, checker: RecordChecker): { signed: SignedRecord; record: ProjectRecord } {
-    const stored = this.store.getProject(projectId);
-    if (!stored) throw new KeystoreError('KEY_INTEGRITY', `project ${projectId} is not in the database`);
-    const tampered = (cause?: unknown) => new KeystoreError('KEY_INTEGRITY', `project ${projectId}: ${TAMPERED_ROW}`, { cause });
-    let record: ProjectRecord;
-    try {
-      record = checker.project(stored.signed).record;
-    } catch (err) {
-      throw tampered(err);
-    }
-    if (record.projectId !== projectId || record.seq !== stored.seq) throw tampered();
-    return { signed: stored.signed, record };
+  private project(projectId: string): { signed: SignedRecord; record: ProjectRecord } {
+    const { signed, record } = this.projects.byId(projectId);
+    return { signed, record };
   }
 
   /**
    * A stored key with its verified record and project: the record is signed by the identity and matches the
-   * row (key id, address, seq, project, disabled) and the blob's SHA-256; the project's record is signed and
-   * is the key's project. KEY_INTEGRITY otherwise, before anything is sent to the enclave.
+   * row (key id, address, seq, project, subject, state, disabled) and the blob's SHA-256; the project's record
+   * is signed and is the key's project. KEY_INTEGRITY otherwise, before anything is sent to the enclave.
    */
-  private verified(k: StoredKey): {
-    record: KeyRecord;
-    digest: Buffer;
-    signed: SignedRecord;
-    project: { signed: SignedRecord; record: ProjectRecord };
-  } {
+  verified(k: StoredKey): VerifiedKey {
     if (!k.record) {
       throw new KeystoreError(
         'UNSUPPORTED_VERSION',
@@ -272,10 +296,12 @@ export class KeyRegistry {
         record.address === k.address &&
         record.seq === k.recordSeq &&
         record.projectId === k.projectId &&
+        record.subject === k.subject &&
+        record.state === k.state &&
         record.disabled === (k.disabled && !k.disablePending) &&
         record.blobSha256 === blobSha256(k.blob);
       if (!matches) throw new KeystoreError('KEY_INTEGRITY', TAMPERED_ROW);
-      const project = this.project(record.projectId, checker);
+      const project = this.project(record.projectId);
       return { record, digest, signed: k.record, project };
     } catch (err) {
       this.logger.warn({ keyId: k.keyId }, `refused key ${k.keyId}: ${TAMPERED_ROW}`);
@@ -290,6 +316,8 @@ export class KeyRegistry {
     const k = this.get(keyId);
     if (!k.record && k.disabled) throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
     const { record, signed, project } = this.verified(k);
+    // The enclave refuses it too (FORBIDDEN): it is the authority; this says so before asking it.
+    if (project.record.auth.type === 'jwt') throw new KeystoreError('FORBIDDEN', `key ${keyId}: ${JWT_KEY_REFUSED}`);
     if (record.disabled || k.disablePending || project.record.state === 'disabled')
       throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
     if (record.state === 'retired' || record.state === 'cancelled')

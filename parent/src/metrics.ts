@@ -1,7 +1,7 @@
 /**
  * Prometheus metrics (prom-client): HTTP requests and latency by route and status, enclave RPC latency,
- * KMS calls by outcome, enclave up, keys total, and the enclave's own health counters (read from
- * `enclave.health` at scrape time with a short deadline).
+ * KMS calls by outcome, enclave up, keys total, the TrueWallet routes' outcomes, JWT refusals and rate limits,
+ * and the enclave's own health counters (read from `enclave.health` at scrape time with a short deadline).
  */
 import client from 'prom-client';
 import type { EnclaveHealth } from '@nks/shared/enclave-api';
@@ -16,10 +16,15 @@ export class Metrics {
   readonly enclaveUp: client.Gauge;
   readonly inFlight: client.Gauge;
   readonly overloaded: client.Counter;
+  readonly walletRequests: client.Counter<'route' | 'outcome'>;
+  readonly walletJwtRefusals: client.Counter<'stage'>;
+  readonly walletRateLimited: client.Counter<'limit'>;
   private readonly enclaveCounter: client.Gauge<'counter'>;
   private readonly enclaveErrors: client.Gauge<'reason'>;
   private readonly enclaveMemory: client.Gauge<'kind'>;
   private readonly enclaveUptime: client.Gauge;
+  private readonly enclaveClock: client.Gauge<'state'>;
+  private readonly enclaveClockDrift: client.Gauge;
 
   constructor(
     private readonly sources: {
@@ -69,6 +74,24 @@ export class Metrics {
       help: 'Requests refused with 503 OVERLOADED',
       registers: [r],
     });
+    this.walletRequests = new client.Counter({
+      name: 'nks_wallet_requests_total',
+      help: 'TrueWallet API requests by route and outcome (ok, bad_request, invalid_jwt, unauthorized, rate_limited, conflict, unavailable, error)',
+      labelNames: ['route', 'outcome'],
+      registers: [r],
+    });
+    this.walletJwtRefusals = new client.Counter({
+      name: 'nks_wallet_jwt_refusals_total',
+      help: 'TrueWallet API JWTs refused: by the parent (not a JWT, no user claim) or by the enclave (INVALID_JWT, or a JWT of another user)',
+      labelNames: ['stage'],
+      registers: [r],
+    });
+    this.walletRateLimited = new client.Counter({
+      name: 'nks_wallet_rate_limited_total',
+      help: 'TrueWallet API requests refused by a rate limit (address, failures, project, user)',
+      labelNames: ['limit'],
+      registers: [r],
+    });
     new client.Gauge({
       name: 'nks_keys',
       help: 'Key records by state',
@@ -107,6 +130,17 @@ export class Metrics {
       registers: [r],
     });
     this.enclaveUptime = new client.Gauge({ name: 'nks_enclave_uptime_seconds', help: 'Enclave uptime (enclave.health)', registers: [r] });
+    this.enclaveClock = new client.Gauge({
+      name: 'nks_enclave_clock',
+      help: "1 for the state of the enclave clock's check against attestation timestamps (unchecked, trusted, untrusted: JWTs refused)",
+      labelNames: ['state'],
+      registers: [r],
+    });
+    this.enclaveClockDrift = new client.Gauge({
+      name: 'nks_enclave_clock_drift_seconds',
+      help: 'The enclave clock minus the last attestation timestamp (enclave.health)',
+      registers: [r],
+    });
   }
 
   /** The Prometheus text, after reading the enclave's health counters (skipped when it does not answer). */
@@ -117,6 +151,13 @@ export class Metrics {
       const { errors, ...counters } = h.counters;
       for (const [k, v] of Object.entries(counters)) this.enclaveCounter.set({ counter: k }, v);
       for (const [k, v] of Object.entries(errors)) this.enclaveErrors.set({ reason: k }, v);
+      // JWT verification (docs/PROJECTS.md), from an enclave that reports it: counters as jwt_<name>.
+      if (h.jwt) {
+        const { clock, clockDriftMs, ...jwtCounters } = h.jwt;
+        for (const [k, v] of Object.entries(jwtCounters)) this.enclaveCounter.set({ counter: `jwt_${k}` }, v);
+        for (const state of ['unchecked', 'trusted', 'untrusted']) this.enclaveClock.set({ state }, state === clock ? 1 : 0);
+        if (clockDriftMs !== null) this.enclaveClockDrift.set(clockDriftMs / 1000);
+      }
       this.enclaveMemory.set({ kind: 'rss' }, h.memory.rssBytes);
       this.enclaveMemory.set({ kind: 'heap_used' }, h.memory.heapUsedBytes);
       this.enclaveMemory.set({ kind: 'external' }, h.memory.externalBytes);

@@ -3,19 +3,27 @@
  * version 3 and signs records with a keystore identity of its own (Ed25519 over the record digest, as
  * docs/RECORDS.md says), so the parent's checks run against genuine signatures. It keeps its secp256k1 keys in
  * memory and signs messages for real; the test can hold sign requests, count calls, and change answers.
+ * Projects: it makes and changes project records; for a JWT project it checks the JWT with jose against the
+ * JWKS the test gives it (`jwks`), with the project's issuer and audience, and derives the subject as the
+ * enclave does, so the parent's TrueWallet routes meet genuine refusals (the real enclave's JWT checks, with
+ * every rule of docs/PROJECTS.md, are tested against the bundle).
  * The real enclave's side of every check is tested against the bundle (enclave/test, test/e2e).
  */
 import { generateKeyPairSync, randomBytes, sign as edSign, type KeyObject } from 'node:crypto';
+import { jwtVerify, type JWTVerifyGetKey } from 'jose';
 import { z } from 'zod';
 import { hashMessage, parseSignature } from 'viem';
 import { generatePrivateKey, privateKeyToAccount, type PrivateKeyAccount } from 'viem/accounts';
 import { BLOB_ALG, encodeBlob } from '@nks/shared/blob';
-import type { CreateResult, IdentityResult, SignResult } from '@nks/shared/enclave-api';
+import type { CreateResult, IdentityResult, LookupResult, ProjectResult, SignResult } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import { silentLogger, type Logger } from '@nks/shared/log';
+import { jwtSubject } from '@nks/shared/project-auth';
+import type { ProjectSettings } from '@nks/shared/projects-schema';
 import {
   DEFAULT_PROJECT_ID,
   decodeKeyRecord,
+  decodeProjectRecord,
   encodeRecord,
   hex,
   identityPublicKeyHex,
@@ -82,6 +90,22 @@ export function fakeKeyBlob(k: { keyId: string; address: string; projectId: stri
   }).toString('base64');
 }
 
+interface CreateParams {
+  keyId: string;
+  project: SignedRecord;
+  subject: string | null;
+  attest?: boolean;
+  jwt?: string;
+}
+
+interface SignParams {
+  keyId: string;
+  record: SignedRecord;
+  project: SignedRecord;
+  request: { type: string; message: string | { raw: `0x${string}` } };
+  jwt?: string;
+}
+
 interface Held {
   keyId: string;
   release: () => void;
@@ -105,7 +129,16 @@ export class FakeEnclave {
   /** Every signature this enclave answered with. */
   readonly answered: SignResult[] = [];
   /** Changes an answer before it is sent (an enclave, or whatever answers in its place, that lies). */
-  alter: { create?: (r: CreateResult) => CreateResult; setDisabled?: (r: KeyRecord) => KeyRecord } = {};
+  alter: {
+    create?: (r: CreateResult) => CreateResult;
+    setDisabled?: (r: KeyRecord) => KeyRecord;
+    projectCreate?: (r: ProjectRecord) => ProjectRecord;
+    projectSetState?: (r: ProjectRecord) => ProjectRecord;
+  } = {};
+  /** The keys JWTs of JWT projects are checked with (jose's key resolver, e.g. `createLocalJWKSet`). */
+  jwks: JWTVerifyGetKey | null = null;
+  /** `keys.create` waits this long before answering (concurrent first calls overlap). */
+  createDelayMs = 0;
   /** identity.get answers IDENTITY_UNAVAILABLE while true (a genesis image, or one still unsealing). */
   identityUnavailable = false;
   protocolVersion = 3;
@@ -132,14 +165,18 @@ export class FakeEnclave {
           status: 'ok',
           kmsProxy: 'connected',
           mode: 'normal',
-          counters: {},
-          memory: {},
+          uptimeMs: 1000,
+          counters: { errors: {} },
+          jwt: { clock: 'trusted', clockDriftMs: 12, verifications: 0, refusals: 0, jwksFetches: 0, jwksFetchFailures: 0, jwksCached: 0 },
+          memory: { rssBytes: 1, heapUsedBytes: 1, externalBytes: 1 },
         })),
         'identity.get': count('identity.get', (p: { nonce?: string }) => this.identityGet(p)),
-        'keys.create': count('keys.create', (p: { keyId: string; subject: string | null; attest?: boolean }) => this.create(p)),
-        'keys.sign': count(
-          'keys.sign',
-          (p: { keyId: string; record: SignedRecord; project: SignedRecord; request: { type: string; message: string } }) => this.sign(p),
+        'keys.create': count('keys.create', (p: CreateParams) => this.create(p)),
+        'keys.sign': count('keys.sign', (p: SignParams) => this.sign(p)),
+        'keys.lookup': count('keys.lookup', (p: { record: SignedRecord; project: SignedRecord; jwt: string }) => this.lookup(p)),
+        'projects.create': count('projects.create', (p: { settings: ProjectSettings }) => this.projectCreate(p.settings)),
+        'projects.setState': count('projects.setState', (p: { project: SignedRecord; state: 'active' | 'disabled' }) =>
+          this.projectSetState(p),
         ),
         'keys.setDisabled': count('keys.setDisabled', (p: { record: SignedRecord; project: SignedRecord; disabled: boolean }) =>
           this.setDisabled(p),
@@ -164,18 +201,43 @@ export class FakeEnclave {
     };
   }
 
-  private create(p: { keyId: string; subject: string | null; attest?: boolean }): CreateResult {
+  /** The subject of a JWT project's user, from a JWT that verifies; the project's record decoded. */
+  private async jwtUser(projectSigned: SignedRecord, jwt: string | undefined): Promise<{ project: ProjectRecord; subject: string | null }> {
+    const project = decodeProjectRecord(Buffer.from(projectSigned.record, 'base64'));
+    if (project.auth.type !== 'jwt') {
+      if (jwt !== undefined) throw new KeystoreError('INVALID_PARAMS', 'a token project takes no JWT');
+      return { project, subject: null };
+    }
+    if (jwt === undefined) throw new KeystoreError('FORBIDDEN', "a JWT project's key signs only with its user's JWT");
+    if (!this.jwks) throw new KeystoreError('JWKS_UNAVAILABLE', 'no JWKS');
+    const { auth } = project;
+    let claims: Record<string, unknown>;
+    try {
+      claims = (await jwtVerify(jwt, this.jwks, { issuer: auth.issuer, audience: auth.audience, algorithms: auth.algorithms })).payload;
+    } catch {
+      throw new KeystoreError('INVALID_JWT', 'the JWT does not verify');
+    }
+    const subject = jwtSubject(auth.issuer, claims[auth.userClaim]);
+    if (subject === null) throw new KeystoreError('INVALID_JWT', 'claim missing');
+    return { project, subject };
+  }
+
+  private async create(p: CreateParams): Promise<CreateResult> {
+    const { project, subject: jwtSubjectOf } = await this.jwtUser(p.project, p.jwt);
+    if (project.state !== 'active') throw new KeystoreError('KEY_DISABLED', 'the project is disabled');
+    const subject = project.auth.type === 'jwt' ? jwtSubjectOf : p.subject;
+    if (this.createDelayMs) await new Promise((r) => setTimeout(r, this.createDelayMs));
     const account = privateKeyToAccount(generatePrivateKey());
     this.keys.set(p.keyId, account);
-    const blob = fakeKeyBlob({ keyId: p.keyId, address: account.address, projectId: DEFAULT_PROJECT_ID, subject: p.subject });
+    const blob = fakeKeyBlob({ keyId: p.keyId, address: account.address, projectId: project.projectId, subject });
     const record: KeyRecord = {
       v: 1,
       kind: 'key',
       keyId: p.keyId,
       address: account.address,
       blobSha256: blobSha256(blob),
-      projectId: DEFAULT_PROJECT_ID,
-      subject: p.subject,
+      projectId: project.projectId,
+      subject,
       state: 'active',
       disabled: false,
       seq: 0,
@@ -194,12 +256,22 @@ export class FakeEnclave {
     return this.alter.create ? this.alter.create(result) : result;
   }
 
-  private async sign(p: {
-    keyId: string;
-    record: SignedRecord;
-    project: SignedRecord;
-    request: { type: string; message: string };
-  }): Promise<SignResult> {
+  /** The key's record checked against the JWT's user, as the enclave does: another user's JWT is FORBIDDEN. */
+  private async keyUser(p: { record: SignedRecord; project: SignedRecord; jwt?: string | undefined }): Promise<KeyRecord> {
+    const record = decodeKeyRecord(Buffer.from(p.record.record, 'base64'));
+    const { project, subject } = await this.jwtUser(p.project, p.jwt);
+    if (project.auth.type === 'jwt' && subject !== record.subject) throw new KeystoreError('FORBIDDEN', 'this JWT is not for this key');
+    if (project.state === 'disabled' || record.disabled) throw new KeystoreError('KEY_DISABLED', 'the key is disabled');
+    return record;
+  }
+
+  private async lookup(p: { record: SignedRecord; project: SignedRecord; jwt: string }): Promise<LookupResult> {
+    const record = await this.keyUser(p);
+    return { keyId: record.keyId, address: record.address as `0x${string}` };
+  }
+
+  private async sign(p: SignParams): Promise<SignResult> {
+    await this.keyUser(p);
     this.signRequests.push({ keyId: p.keyId, record: p.record, project: p.project });
     if (this.holding) {
       await new Promise<void>((release) => {
@@ -208,7 +280,7 @@ export class FakeEnclave {
       });
     }
     const account = this.signAs ?? (this.keys.get(p.keyId) as PrivateKeyAccount);
-    if (p.request.type !== 'message') throw new Error('this fake signs messages only');
+    if (p.request.type !== 'message') throw new KeystoreError('INVALID_PARAMS', 'this fake signs messages only');
     const signature = await account.signMessage({ message: p.request.message });
     const { r, s, v, yParity } = parseSignature(signature);
     const result = {
@@ -230,6 +302,27 @@ export class FakeEnclave {
     let next: KeyRecord = { ...old, disabled: p.disabled, seq: old.seq + 1, prev: hex(recordDigest(bytes)), createdAt: Date.now() };
     if (this.alter.setDisabled) next = this.alter.setDisabled(next);
     return { record: this.identity.sign(next) };
+  }
+
+  private projectCreate(settings: ProjectSettings): ProjectResult {
+    let record: ProjectRecord = this.identity.project({
+      projectId: `p_${randomBytes(16).toString('base64url')}`,
+      projectKey: `pk_${randomBytes(16).toString('base64url')}`,
+      auth: settings.auth,
+      allowedOrigins: settings.allowedOrigins,
+      allowedRequestTypes: settings.allowedRequestTypes,
+      createdAt: Date.now(),
+    });
+    if (this.alter.projectCreate) record = this.alter.projectCreate(record);
+    return { projectId: record.projectId, projectKey: record.projectKey, record: this.identity.sign(record) };
+  }
+
+  private projectSetState(p: { project: SignedRecord; state: 'active' | 'disabled' }): ProjectResult {
+    const bytes = Buffer.from(p.project.record, 'base64');
+    const old = decodeProjectRecord(bytes);
+    let next: ProjectRecord = { ...old, state: p.state, seq: old.seq + 1, prev: hex(recordDigest(bytes)), createdAt: Date.now() };
+    if (this.alter.projectSetState) next = this.alter.projectSetState(next);
+    return { projectId: next.projectId, projectKey: next.projectKey, record: this.identity.sign(next) };
   }
 
   /** Signs for `keyId` with `account` from now on (a key the test stored itself). */

@@ -169,8 +169,10 @@ describe('signed records in the parent', () => {
         const ra = row(db, a.keyId);
         const rb = row(db, b.keyId);
         const set = db.prepare('UPDATE keys SET record = ?, record_signature = ?, subject = ? WHERE key_id = ?');
-        set.run(rb.record, rb.record_signature, rb.subject, a.keyId);
+        // Through a free subject first: one active key per (project, subject) holds at every step.
+        set.run(ra.record, ra.record_signature, 'swapping', a.keyId);
         set.run(ra.record, ra.record_signature, ra.subject, b.keyId);
+        set.run(rb.record, rb.record_signature, rb.subject, a.keyId);
       });
       await expectRefused();
       expect((await sign(b.keyId)).body.error.code).toBe('KEY_INTEGRITY');

@@ -7,10 +7,27 @@ import { startProgram } from '../../test/support/process';
 import { hashToken, TokenAuth } from '../src/api/auth';
 import { PARENT_CONFIG_DEFAULTS, parseParentConfig } from '../src/config';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
-import type { KeyRecord } from '@nks/shared/records';
+import type { KeyRecord, ProjectRecord } from '@nks/shared/records';
 import { KeyStore, SCHEMA_VERSION } from '../src/store/key-store';
 import { TestIdentity } from './fake-enclave';
 import { SCHEMA_V1 } from '../../test/support/legacy';
+
+/** Schema version 2 (0.4.0) over version 1, as 0.4 migrated it: frozen here, as 0.4 wrote it. */
+const SCHEMA_V2_STEP = `ALTER TABLE keys ADD COLUMN project_id TEXT;
+   ALTER TABLE keys ADD COLUMN subject TEXT;
+   ALTER TABLE keys ADD COLUMN state TEXT;
+   ALTER TABLE keys ADD COLUMN record TEXT;
+   ALTER TABLE keys ADD COLUMN record_signature TEXT;
+   ALTER TABLE keys ADD COLUMN record_seq INTEGER CHECK (record_seq >= 0);
+   ALTER TABLE keys ADD COLUMN disable_pending INTEGER NOT NULL DEFAULT 0 CHECK (disable_pending IN (0, 1));
+   CREATE INDEX keys_without_record ON keys (seq) WHERE record IS NULL;
+   CREATE TABLE projects (
+     project_id   TEXT PRIMARY KEY,
+     record       TEXT NOT NULL,
+     signature    TEXT NOT NULL,
+     seq          INTEGER NOT NULL CHECK (seq >= 0),
+     updated_at   INTEGER NOT NULL
+   ) STRICT;`;
 
 describe('bearer tokens', () => {
   const auth = new TokenAuth([
@@ -119,6 +136,164 @@ describe('key store', () => {
     store.close();
   });
 
+  /** A JWT project's record (TestIdentity signs it as the enclave would). */
+  const jwtProject = (n: number, over: Partial<ProjectRecord> = {}): ProjectRecord =>
+    identity.project({
+      projectId: `p_${String(n).padStart(22, 'A')}`,
+      projectKey: `pk_${String(n).padStart(22, 'B')}`,
+      auth: {
+        type: 'jwt',
+        issuer: 'https://issuer.example',
+        audience: 'app',
+        userClaim: 'sub',
+        jwksUri: `https://JWKS${n}.Example.com/keys.json`,
+        algorithms: ['RS256'],
+        maxTokenLifetime: 600,
+      },
+      allowedRequestTypes: ['message'],
+      allowedOrigins: ['https://app.example'],
+      ...over,
+    });
+  /** A key of a JWT project for `subject` (no external id). */
+  const userKey = (keyId: string, projectId: string, subject: string) => {
+    const record = keyRecord(keyId, { projectId, subject });
+    return { ...rec(keyId), record, signed: identity.sign(record) };
+  };
+
+  it('keeps one active key per (project, subject): a second is not stored, the first is returned', () => {
+    const store = new KeyStore(path.join(dir, 'k.db'));
+    const p = jwtProject(1);
+    store.insertProject(identity.sign(p), p, 'one');
+    const subject = JSON.stringify(['https://issuer.example', 'alice']);
+    expect(store.insert(userKey('u1', p.projectId, subject)).created).toBe(true);
+    const second = store.insert(userKey('u2', p.projectId, subject));
+    expect([second.created, second.record.keyId]).toEqual([false, 'u1']);
+    expect(store.get('u2')).toBeUndefined();
+    expect(store.activeKeyFor(p.projectId, subject)?.keyId).toBe('u1');
+    // Another subject, or the same subject in another project, is another key.
+    expect(store.insert(userKey('u3', p.projectId, JSON.stringify(['https://issuer.example', 'bob']))).created).toBe(true);
+    expect(store.insert(userKey('u4', 'default', subject)).created).toBe(true);
+    // The index holds below the store's own check, too.
+    const raw = store.db.prepare(
+      `INSERT INTO keys (key_id, address, public_key, blob, created_at, updated_at, project_id, subject, state)
+       VALUES (?, '0x', '0x', 'AA==', 1, 1, ?, ?, ?)`,
+    );
+    expect(() => raw.run('u5', p.projectId, subject, 'active')).toThrow(/UNIQUE constraint failed: keys.project_id, keys.subject/);
+    // A retired key does not count: its user may get a new one.
+    store.db.prepare("UPDATE keys SET state = 'retired' WHERE key_id = 'u1'").run();
+    expect(store.activeKeyFor(p.projectId, subject)).toBeUndefined();
+    expect(store.insert(userKey('u6', p.projectId, subject)).created).toBe(true);
+    expect(store.activeKeyFor(p.projectId, subject)?.keyId).toBe('u6');
+    store.close();
+  });
+
+  it('stores projects: by id and key, listed in pages, the next record only, the JWKS hosts of active JWT projects', () => {
+    const store = new KeyStore(path.join(dir, 'k.db'));
+    const def = identity.project();
+    store.seedProject(identity.sign(def), def);
+    const records = [1, 2, 3, 4].map((n) => jwtProject(n));
+    records.forEach((r, i) => store.insertProject(identity.sign(r), r, `project ${i + 1}`));
+    const token = jwtProject(5, { auth: { type: 'token' } });
+    store.insertProject(identity.sign(token), token, 'token project');
+
+    const one = records[0] as ProjectRecord;
+    expect(store.getProject(one.projectId)).toEqual({
+      projectId: one.projectId,
+      signed: identity.sign(one),
+      seq: 0,
+      updatedAt: expect.any(Number),
+      name: 'project 1',
+      projectKey: one.projectKey,
+      state: 'active',
+      authType: 'jwt',
+      jwksHost: 'jwks1.example.com',
+      createdAt: one.createdAt,
+    });
+    expect(store.getProjectByKey(one.projectKey)?.projectId).toBe(one.projectId);
+    expect(store.getProjectByKey('pk_nobody0000000000000000')).toBeUndefined();
+    expect(store.getProject('default')).toMatchObject({ name: 'default', projectKey: 'default', authType: 'token', jwksHost: null });
+    // Its id or key again: CONFLICT, nothing written.
+    expect(() => store.insertProject(identity.sign(one), one, 'again')).toThrow(expect.objectContaining({ code: 'CONFLICT' }));
+    const sameKey = jwtProject(9, { projectKey: one.projectKey });
+    expect(() => store.insertProject(identity.sign(sameKey), sameKey, 'same key')).toThrow(expect.objectContaining({ code: 'CONFLICT' }));
+    expect(store.getProject(sameKey.projectId)).toBeUndefined();
+
+    const ids: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const page = store.listProjects(2, cursor);
+      expect(page.projects.length).toBeLessThanOrEqual(2);
+      ids.push(...page.projects.map((p) => p.projectId));
+      cursor = page.nextCursor ?? undefined;
+    } while (cursor);
+    expect(ids).toEqual(['default', ...[...records, token].map((r) => r.projectId)]);
+    expect(() => store.listProjects(2, 'garbage')).toThrow(expect.objectContaining({ code: 'INVALID_PARAMS' }));
+
+    // Disabled: its host is no longer among the active JWT projects'; the record before it cannot come back.
+    const disabled: ProjectRecord = { ...one, state: 'disabled', seq: 1, prev: `0x${'ab'.repeat(32)}` };
+    expect(store.updateProjectRecord(one.projectId, identity.sign(disabled), disabled)).toMatchObject({ seq: 1, state: 'disabled' });
+    expect(() => store.updateProjectRecord(one.projectId, identity.sign(disabled), disabled)).toThrow(
+      expect.objectContaining({ code: 'CONFLICT' }),
+    );
+    expect(() => store.updateProjectRecord(one.projectId, identity.sign(one), one)).toThrow(expect.objectContaining({ code: 'CONFLICT' }));
+    const skip: ProjectRecord = { ...disabled, state: 'active', seq: 3 };
+    expect(() => store.updateProjectRecord(one.projectId, identity.sign(skip), skip)).toThrow(
+      expect.objectContaining({ code: 'CONFLICT' }),
+    );
+    expect(store.activeJwtProjects().map((p) => p.jwksHost)).toEqual(['jwks2.example.com', 'jwks3.example.com', 'jwks4.example.com']);
+    store.close();
+  });
+
+  it('opens a database of schema version 2 (0.4): the default project gets its columns, keys stay', () => {
+    const file = path.join(dir, 'v2.db');
+    const db = new Database(file);
+    db.exec(SCHEMA_V1);
+    db.exec(SCHEMA_V2_STEP);
+    db.pragma('user_version = 2');
+    const def = identity.project();
+    const signed = identity.sign(def);
+    db.prepare('INSERT INTO projects (project_id, record, signature, seq, updated_at) VALUES (?, ?, ?, 0, 7)').run(
+      'default',
+      signed.record,
+      signed.signature,
+    );
+    // A row whose record does not decode keeps empty columns (the registry refuses it when used).
+    db.prepare(
+      "INSERT INTO projects (project_id, record, signature, seq, updated_at) VALUES ('p_brokenbrokenbroken0', 'AAAA', 'AAAA', 0, 7)",
+    ).run();
+    const key = rec('k1', 'alice');
+    db.prepare(
+      `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, created_at, updated_at, project_id, subject, state,
+                         record, record_signature, record_seq)
+       VALUES ('k1', 'alice', ?, '0x04', 'AAAA', '{}', 5, 6, 'default', 'alice', 'active', ?, ?, 0)`,
+    ).run(ADDRESS, key.signed.record, key.signed.signature);
+    db.close();
+
+    const store = new KeyStore(file);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    expect(store.getProject('default')).toEqual({
+      projectId: 'default',
+      signed,
+      seq: 0,
+      updatedAt: 7,
+      name: 'default',
+      projectKey: 'default',
+      state: 'active',
+      authType: 'token',
+      jwksHost: null,
+      createdAt: def.createdAt,
+    });
+    expect(store.getProjectByKey('default')?.projectId).toBe('default');
+    expect(store.getProject('p_brokenbrokenbroken0')).toMatchObject({ projectKey: null, state: null, authType: null, name: null });
+    expect(store.get('k1')).toMatchObject({ keyId: 'k1', externalId: 'alice', projectId: 'default', subject: 'alice', record: key.signed });
+    expect(store.activeKeyFor('default', 'alice')?.keyId).toBe('k1');
+    store.close();
+    // Reopened: nothing runs again.
+    const again = new KeyStore(file);
+    expect(again.getProject('default')?.projectKey).toBe('default');
+    again.close();
+  });
+
   it('refuses a database from a newer build', () => {
     const file = path.join(dir, 'k.db');
     const db = new Database(file);
@@ -188,7 +363,7 @@ describe('key store', () => {
     db.close();
 
     const store = new KeyStore(file);
-    expect(store.db.pragma('user_version', { simple: true })).toBe(2);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
     expect(store.get('old1')).toEqual({
       keyId: 'old1',
       externalId: 'alice',
@@ -238,7 +413,7 @@ describe('key store', () => {
     expect(store.counts()).toEqual({ total: 3, disabled: 1, withoutRecord: 0 });
     store.close();
 
-    // Reopened at version 2: nothing runs again.
+    // Reopened at the current version: nothing runs again.
     const again = new KeyStore(file);
     expect(again.get('old1')?.blob).toBe('djI=');
     again.close();
@@ -269,6 +444,11 @@ describe('parent configuration', () => {
       transport: PARENT_CONFIG_DEFAULTS.transport,
       enclave: PARENT_CONFIG_DEFAULTS.enclave,
       kmsProxy: PARENT_CONFIG_DEFAULTS.kmsProxy,
+      wallets: PARENT_CONFIG_DEFAULTS.wallets,
+    });
+    expect(parseParentConfig({ ...base, wallets: { rateLimits: { perUser: 5 } } }).wallets.rateLimits).toEqual({
+      ...PARENT_CONFIG_DEFAULTS.wallets.rateLimits,
+      perUser: 5,
     });
     expect(parseParentConfig(base).logLevel).toBe(PARENT_CONFIG_DEFAULTS.logLevel);
     expect(parseParentConfig({ ...base, api: { listen: { socket: '/run/x.sock' } } }).api.listen).toEqual({
@@ -306,6 +486,13 @@ describe('parent configuration', () => {
     ['duplicate token names', { ...base, tokens: [base.tokens[0], base.tokens[0]] }, /token names must be unique/],
     ['no allowed key', { ...base, kmsProxy: { allowedKeyArns: [], region: 'us-east-1' } }, /config.kmsProxy.allowedKeyArns/],
     ['an unknown field', { ...base, debug: true }, /unknown field\(s\) "debug"/],
+    ['a rate limit of 0', { ...base, wallets: { rateLimits: { perAddress: 0 } } }, /config.wallets.rateLimits.perAddress/],
+    [
+      'an unknown rate limit',
+      { ...base, wallets: { rateLimits: { perMoon: 1 } } },
+      /config.wallets.rateLimits: unknown field\(s\) "perMoon"/,
+    ],
+    ['a window under a second', { ...base, wallets: { rateLimits: { windowMs: 10 } } }, /config.wallets.rateLimits.windowMs/],
     [
       'an identity public key in upper case',
       { ...base, identity: { publicKey: `0x${'AB'.repeat(32)}` } },

@@ -49,6 +49,7 @@ export async function keysCommand(args: string[]): Promise<number> {
         'external-id': { type: 'string' },
         label: { type: 'string', multiple: true },
         attest: { type: 'boolean' },
+        project: { type: 'string' },
       });
       const labels: Record<string, string> = {};
       for (const l of values.label ?? []) {
@@ -60,6 +61,7 @@ export async function keysCommand(args: string[]): Promise<number> {
         ...(values['external-id'] ? { externalId: values['external-id'] } : {}),
         ...(Object.keys(labels).length ? { labels } : {}),
         ...(values.attest ? { attest: true } : {}),
+        ...(values.project ? { projectId: values.project } : {}),
       });
       print(
         { ...key, created },

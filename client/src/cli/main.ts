@@ -5,11 +5,12 @@
 import { KeystoreApiError } from '../sdk';
 import { attestationCommand, devCommand, keysCommand, policyCommand, signCommand } from './commands';
 import { UsageError } from './context';
+import { projectsCommand } from './project-commands';
 import { genesisCommand, identityCommand } from './verify-commands';
 
 const HELP = `nks — nitro-keystore command-line client
 
-  nks keys create [--external-id ID] [--label NAME=VALUE]... [--attest]
+  nks keys create [--external-id ID] [--label NAME=VALUE]... [--attest] [--project P]
   nks keys get <keyId>
   nks keys list [--external-id ID] [--limit N] [--cursor C] [--all]
   nks keys disable|enable <keyId>
@@ -18,6 +19,14 @@ const HELP = `nks — nitro-keystore command-line client
       checks the key's record is signed by the keystore identity you pinned, is the record of <keyId> (and of
       the external id, subject and project given), and agrees with all the API shows, and its birth attestation
       (when it has one) with an approved PCR0; --view checks a saved "keys get --json"
+  nks projects create --name NAME (--token-auth | --issuer ISS --audience AUD --jwks-uri https://…
+                      [--user-claim C] [--algorithm ALG]... [--max-token-lifetime S])
+                      [--origin https://…]... [--request-type TYPE]...
+  nks projects get <projectId>
+  nks projects list [--limit N] [--cursor C] [--all]
+  nks projects disable|enable <projectId>
+      projects need an admin token; a JWT project's users get keys through the TrueWallet API
+      (POST /v1/<projectKey>/wallets/get-address|sign|sign-request) with their own JWTs
   nks identity [--pcr0 HEX]... [--identity 0x…|FILE] [--genesis-pcr0 HEX] [--root PEM] [--max-age S]
       asks the enclave, with a random nonce, to attest that it holds the keystore identity (no token needed)
   nks genesis verify <genesis.json> --pcr0 HEX --nonce HEX [--root PEM] [--out identity.json]
@@ -48,6 +57,8 @@ async function main(argv: string[]): Promise<number> {
       return keysCommand(rest);
     case 'sign':
       return signCommand(rest);
+    case 'projects':
+      return projectsCommand(rest);
     case 'attestation':
       return attestationCommand(rest);
     case 'identity':

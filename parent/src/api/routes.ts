@@ -4,13 +4,22 @@
  * and what an OpenAPI document will be generated from. Objects are strict: unknown fields are refused.
  * The server (server.ts) adds to every route its token check, deadline and request bookkeeping.
  */
-import type { FastifyBaseLogger, FastifyInstance, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
+import type {
+  FastifyBaseLogger,
+  FastifyInstance,
+  FastifyReply,
+  RawReplyDefaultExpression,
+  RawRequestDefaultExpression,
+  RawServerDefault,
+} from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import type { KeystoreError } from '@nks/shared/errors';
+import { ProjectSettingsSchema } from '@nks/shared/projects-schema';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
 import type { Scope } from '../config';
 import { viewOf, type KeyRegistry } from '../key-registry';
-import { KeyParams, requestBody, routeUrl } from './validation';
+import { KeyParams, projectId, ProjectParams, requestBody, routeUrl } from './validation';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -20,6 +29,8 @@ declare module 'fastify' {
     scope?: Scope;
     /** Health, readiness and metrics: served while draining or overloaded, with no token and no deadline. */
     operational?: boolean;
+    /** Answers an error in the route's own format (the TrueWallet routes); the server's envelope otherwise. */
+    answerError?: (err: KeystoreError, request: FastifyRequest, reply: FastifyReply) => void;
   }
 }
 
@@ -41,8 +52,25 @@ const labels = z
   .refine((l) => Object.keys(l).length <= 32, 'at most 32 labels');
 
 const CreateBody = z
-  .strictObject({ externalId: externalId.optional(), labels: labels.optional(), attest: z.boolean().optional() })
+  .strictObject({
+    externalId: externalId.optional(),
+    labels: labels.optional(),
+    attest: z.boolean().optional(),
+    /** A token project (`default` when absent). */
+    projectId: projectId.optional(),
+  })
   .optional();
+/** A project's name is the parent's label: printable (no control or format characters), 1-128 characters. */
+const projectName = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[^\p{C}]+$/u, 'expected 1-128 printable characters');
+const ProjectCreateBody = requestBody(ProjectSettingsSchema.extend({ name: projectName }), { whenMissing: 'a project is required' });
+const ProjectListQuery = z.strictObject({
+  limit: z.coerce.number().int().min(1).max(1000).default(100),
+  cursor: z.string().max(128).optional(),
+});
 const EmptyBody = z.strictObject({}).optional();
 const SignBody = requestBody(SignRequestSchema, { whenMissing: 'a sign request is required', asSent: true });
 const ListQuery = z.strictObject({
@@ -106,6 +134,43 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
         schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody },
         async handler(request) {
           return viewOf(await keys.setDisabled(request.params.keyId, action === 'disable'));
+        },
+      });
+    }
+    app.route({
+      method: 'POST',
+      ...at('/v1/projects', 'admin'),
+      schema: { querystring: NoQuery, body: ProjectCreateBody },
+      async handler(request, reply) {
+        const { name, ...settings } = request.body;
+        const view = await keys.projects.create(name, settings);
+        reply.code(201);
+        return view;
+      },
+    });
+    app.route({
+      method: 'GET',
+      ...at('/v1/projects', 'admin'),
+      schema: { querystring: ProjectListQuery },
+      handler(request) {
+        return keys.projects.list(request.query);
+      },
+    });
+    app.route({
+      method: 'GET',
+      ...at('/v1/projects/{projectId}', 'admin'),
+      schema: { params: ProjectParams, querystring: NoQuery },
+      handler(request) {
+        return keys.projects.get(request.params.projectId);
+      },
+    });
+    for (const action of ['disable', 'enable'] as const) {
+      app.route({
+        method: 'POST',
+        ...at(`/v1/projects/{projectId}/${action}`, 'admin'),
+        schema: { params: ProjectParams, querystring: NoQuery, body: EmptyBody },
+        async handler(request) {
+          return keys.projects.setState(request.params.projectId, action === 'disable' ? 'disabled' : 'active');
         },
       });
     }

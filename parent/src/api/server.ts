@@ -28,7 +28,7 @@ import type { Metrics } from '../metrics';
 import { TokenAuth } from './auth';
 import { bodyParser, hasBody, readJsonBody } from './body';
 import type { ApiInstance } from './routes';
-import { parseQuery, pathMatcher, validatorCompiler } from './validation';
+import { documentedPath, parseQuery, pathMatcher, validatorCompiler } from './validation';
 
 export interface ApiServerOptions {
   config: ParentConfig['api'];
@@ -43,11 +43,11 @@ export interface ApiServerOptions {
 }
 
 /** What the server records about a request between its first hook and its answer. */
-interface RequestState {
+export interface RequestState {
   started: bigint;
   /** The metrics label: the route's documented path, or `unmatched` (not routed, or refused before routing). */
   route: string;
-  /** The token's name once authenticated. */
+  /** The token's name once authenticated (the TrueWallet routes: `project:<id>`). */
   principal: string;
   /** The error code answered, if any. */
   code?: ErrorCode;
@@ -209,9 +209,13 @@ export class ApiServer {
    * label and token check, and (caller routes) admission, the deadline and, for GET, the refusal of a body.
    */
   private equip(route: RouteOptions): void {
-    const { name, scope, operational = false } = route.config ?? {};
+    const { scope, operational = false } = route.config ?? {};
+    // @fastify/cors registers its preflight route (`OPTIONS <prefix>*`) itself: it is named by its URL, and
+    // answers only preflights, so it is not in the 404/405 table (a POST to an unknown path there is 404).
+    const preflight = route.config?.name === undefined && route.method === 'OPTIONS';
+    const name = route.config?.name ?? (preflight ? documentedPath(route.url) : undefined);
     if (name === undefined) throw new Error(`route ${String(route.method)} ${route.url} has no config.name`);
-    for (const method of [route.method].flat()) this.known.push({ method, name, operational, matches: pathMatcher(name) });
+    if (!preflight) for (const method of [route.method].flat()) this.known.push({ method, name, operational, matches: pathMatcher(name) });
 
     const auth = this.options.auth;
     const identify: onRequestHookHandler = (request, _reply, done) => {
@@ -230,7 +234,8 @@ export class ApiServer {
       }
       done();
     };
-    route.onRequest = [...[route.onRequest ?? []].flat(), identify];
+    // First of the route's own hooks: a route's further checks (the TrueWallet limits) run once admitted.
+    route.onRequest = [identify, ...[route.onRequest ?? []].flat()];
     if (operational) return;
 
     const handler = route.handler;
@@ -289,19 +294,24 @@ export class ApiServer {
     this.finish(request, reply);
   }
 
-  /** The error envelope, for everything thrown anywhere in a request (Fastify's own errors mapped first). */
+  /**
+   * The error envelope, for everything thrown anywhere in a request (Fastify's own errors mapped first). A
+   * route with its own error format (`config.answerError`: the TrueWallet routes) answers in it instead.
+   */
   private answerError(err: unknown, request: FastifyRequest, reply: FastifyReply): void {
     const ke = this.keystoreErrorOf(err);
     if (request.apiState) request.apiState.code = ke.code;
     if (ke.code === 'INTERNAL') this.options.logger.error({ requestId: request.id, err: ke.cause ?? ke }, 'request failed unexpectedly');
-    if (ke.httpStatus === 503) reply.header('retry-after', '1');
-    if (ke.code === 'UNAUTHORIZED') reply.header('www-authenticate', 'Bearer');
     // A body not read, or not all of it (over the limit, or refused by Fastify for a malformed Content-Type
     // before reading): close after answering rather than read the rest.
     if (ke.code === 'PAYLOAD_TOO_LARGE' || (err as { code?: unknown } | null)?.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
       reply.header('connection', 'close');
       reply.raw.once('finish', () => request.raw.destroy());
     }
+    const own = request.routeOptions.config?.answerError;
+    if (own) return own(ke, request, reply);
+    if (ke.httpStatus === 503) reply.header('retry-after', '1');
+    if (ke.code === 'UNAUTHORIZED') reply.header('www-authenticate', 'Bearer');
     reply.code(ke.httpStatus).send({ error: { code: ke.code, message: ke.message, requestId: request.id } });
   }
 

@@ -13,6 +13,8 @@
 import type { FastifySchemaCompiler } from 'fastify';
 import { z } from 'zod';
 import { KeystoreError } from '@nks/shared/errors';
+import { PROJECT_ID_EXPECTED, PROJECT_ID_RE } from '@nks/shared/identifiers';
+import { PROJECT_KEY_RE } from '@nks/shared/records';
 import { describeIssues, keyId } from '@nks/shared/schema';
 
 /**
@@ -92,11 +94,74 @@ export const validatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, ht
 };
 
 /**
+ * A 400 of the TrueWallet routes (api/wallets.ts): the reasons by field, as the SDK reads them
+ * (`{detail: {field: ["reason"]}}`). Still INVALID_PARAMS, with the same text as any other boundary's.
+ */
+export class FieldErrors extends KeystoreError {
+  constructor(
+    readonly fields: Record<string, string[]>,
+    code: 'INVALID_PARAMS' | 'INVALID_JWT' = 'INVALID_PARAMS',
+  ) {
+    super(
+      code,
+      Object.entries(fields)
+        .map(([k, v]) => `${k}: ${v.join('; ')}`)
+        .join('; '),
+    );
+  }
+}
+
+/** A zod error as reasons by top-level field (an unknown field is its own entry; the whole body is `body`). */
+export function fieldsOf(error: z.ZodError, root = 'body'): Record<string, string[]> {
+  const fields: Record<string, string[]> = {};
+  const add = (field: string, reason: string) => {
+    const list = (fields[field] ??= []);
+    if (list.length < 5) list.push(reason);
+  };
+  for (const issue of error.issues.slice(0, 20)) {
+    const [head, ...rest] = issue.path;
+    if (issue.code === 'unrecognized_keys' && head === undefined) {
+      for (const k of issue.keys.slice(0, 10)) add(k.slice(0, 64), 'unknown field');
+      continue;
+    }
+    const where = rest.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('');
+    const reason = issue.code === 'unrecognized_keys' ? `unknown field(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}` : issue.message;
+    add(head === undefined ? root : String(head), where ? `${where.replace(/^\./, '')}: ${reason}` : reason);
+  }
+  return fields;
+}
+
+/**
+ * The validator of the TrueWallet routes: as `validatorCompiler`, but a failure names its fields
+ * (`FieldErrors`), and the body is handed over as sent (the sign-request route forwards the request to the
+ * enclave as the caller sent it; the others use only strings).
+ */
+export const fieldValidatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, httpPart }) => {
+  if (httpPart === 'body') {
+    return (data: unknown) => {
+      const body = data === null ? undefined : data === JSON_NULL ? null : data;
+      if (body === undefined) return { error: new FieldErrors({ body: ['a JSON body is required'] }) };
+      const res = schema.safeParse(body);
+      return res.success ? { value: body } : { error: new FieldErrors(fieldsOf(res.error)) };
+    };
+  }
+  const root = httpPart === 'querystring' ? 'query' : (httpPart ?? 'params');
+  return (data: ParsedQuery) => {
+    const twice = data[DUPLICATE_KEY];
+    if (twice !== undefined) return { error: new FieldErrors({ [root]: [`"${twice}" is given more than once`] }) };
+    const res = schema.safeParse(data);
+    return res.success ? { value: res.data } : { error: new FieldErrors(fieldsOf(res.error, root)) };
+  };
+};
+
+/**
  * Path parameters, each with the shared schema that says what it may hold. The router matches a parameter
  * only when its shape is right, so a malformed key id is 404 NOT_FOUND (no such route), before any token or
  * body is looked at — as when routes were regular expressions — and the params schema never fails.
  */
-const PATH_PARAMS: Record<string, z.ZodString> = { keyId };
+export const projectId = z.string().regex(PROJECT_ID_RE, PROJECT_ID_EXPECTED);
+export const projectKey = z.string().regex(PROJECT_KEY_RE, 'expected "default" or pk_ and 16-43 characters of [A-Za-z0-9_-]');
+const PATH_PARAMS: Record<string, z.ZodString> = { keyId, projectId, projectKey };
 
 function patternOf(name: string): string {
   const schema = PATH_PARAMS[name];
@@ -107,9 +172,23 @@ function patternOf(name: string): string {
 
 const PARAM = /\{(\w+)\}/g;
 
+/** Documented paths by the Fastify URL made of them, to name routes registered under a prefix by plugins. */
+const documented = new Map<string, string>();
+
 /** The Fastify URL of a documented route path: `/v1/keys/{keyId}` → `/v1/keys/:keyId(^…$)`. */
 export function routeUrl(path: string): string {
-  return path.replace(PARAM, (_, name: string) => `:${name}(${patternOf(name)})`);
+  const url = path.replace(PARAM, (_, name: string) => `:${name}(${patternOf(name)})`);
+  documented.set(url, path);
+  return url;
+}
+
+/**
+ * The documented path of a Fastify URL made by `routeUrl`, or of one under such a prefix (`<prefix>*`, the
+ * preflight route @fastify/cors registers in the TrueWallet routes' scope); undefined for any other.
+ */
+export function documentedPath(url: string): string | undefined {
+  for (const [prefix, path] of documented) if (url.startsWith(prefix)) return path + url.slice(prefix.length);
+  return undefined;
 }
 
 /** Whether a request path is one of a documented route path's (the 404/405 decision). */
@@ -122,3 +201,7 @@ export function pathMatcher(path: string): RegExp {
 
 /** The params schema of a route whose path names `{keyId}`. */
 export const KeyParams = z.strictObject({ keyId });
+/** The params schema of a route whose path names `{projectId}`. */
+export const ProjectParams = z.strictObject({ projectId });
+/** The params schema of the TrueWallet routes (`/v1/{projectKey}/wallets/…`). */
+export const ProjectKeyParams = z.strictObject({ projectKey });

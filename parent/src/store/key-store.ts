@@ -5,8 +5,9 @@
  *
  * The parent stores only what it may see: the sealed blob, the address and public key, the caller's
  * external id and labels, the birth attestation, and the records the enclave signed (docs/RECORDS.md). A
- * record's content is copied into columns (project, subject, state, disabled, seq) for queries and views;
- * the signed bytes are what counts, and the registry verifies them before it acts on a row.
+ * record's content is copied into columns (a key's project, subject, state, disabled, seq; a project's key,
+ * state, auth type and JWKS host) for queries and views; the signed bytes are what counts, and the registries
+ * verify them before they act on a row. A project's name is the parent's own label.
  *
  * Keys made before 0.4 (schema version 1) have a version 1 blob and no record: they stay readable, and sign
  * again once `parent migrate` has re-sealed them (`migrateKey`). A `disabled` flag changes only with a new
@@ -16,7 +17,14 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { KeystoreError } from '@nks/shared/errors';
-import type { KeyRecord, KeyState, ProjectRecord, SignedRecord } from '@nks/shared/records';
+import {
+  decodeProjectRecord,
+  type KeyRecord,
+  type KeyState,
+  type ProjectRecord,
+  type ProjectState,
+  type SignedRecord,
+} from '@nks/shared/records';
 
 export interface StoredKey {
   keyId: string;
@@ -66,6 +74,20 @@ export interface StoredProject {
   signed: SignedRecord;
   seq: number;
   updatedAt: number;
+  /** The parent's label for the project (not in the record); null for a row from before schema 3 not filled yet. */
+  name: string | null;
+  /** Copies of the record's content, for queries (null if the record did not decode when copied). */
+  projectKey: string | null;
+  state: ProjectState | null;
+  authType: 'token' | 'jwt' | null;
+  /** The host of a JWT project's `jwksUri` (lower case), for the egress relay's allowed hosts. */
+  jwksHost: string | null;
+  createdAt: number | null;
+}
+
+export interface ProjectPage {
+  projects: StoredProject[];
+  nextCursor: string | null;
 }
 
 interface Row {
@@ -95,10 +117,50 @@ interface ProjectRow {
   signature: string;
   seq: number;
   updated_at: number;
+  project_key: string | null;
+  name: string | null;
+  state: string | null;
+  auth_type: string | null;
+  jwks_host: string | null;
+  created_at: number | null;
 }
 
-/** Each entry moves the schema from version i to i+1. Append only. */
-const MIGRATIONS: string[] = [
+/** The columns a project record's content fills (the host of a JWT project's JWKS URI in lower case, as URL gives it). */
+function projectColumns(record: ProjectRecord) {
+  return {
+    projectKey: record.projectKey,
+    state: record.state,
+    authType: record.auth.type,
+    jwksHost: record.auth.type === 'jwt' ? new URL(record.auth.jwksUri).hostname : null,
+    createdAt: record.createdAt,
+  };
+}
+
+/**
+ * Schema 3 (0.5): a project row's record content copied into columns (and its name), filled here for the
+ * rows a schema 2 database has (the `default` project). A record that does not decode keeps NULL columns: the
+ * registry refuses it when it is used, as before.
+ */
+function fillProjectColumns(db: Database.Database): void {
+  const rows = db.prepare<[], ProjectRow>('SELECT * FROM projects WHERE project_key IS NULL').all();
+  const update = db.prepare(
+    `UPDATE projects SET project_key = @projectKey, state = @state, auth_type = @authType, jwks_host = @jwksHost,
+                         created_at = @createdAt, name = COALESCE(name, @projectId)
+     WHERE project_id = @projectId`,
+  );
+  for (const row of rows) {
+    let record: ProjectRecord;
+    try {
+      record = decodeProjectRecord(Buffer.from(row.record, 'base64'));
+    } catch {
+      continue;
+    }
+    if (record.projectId === row.project_id) update.run({ projectId: row.project_id, ...projectColumns(record) });
+  }
+}
+
+/** Each entry moves the schema from version i to i+1: SQL, or a function given the database. Append only. */
+const MIGRATIONS: Array<string | ((db: Database.Database) => void)> = [
   `CREATE TABLE keys (
      seq          INTEGER PRIMARY KEY AUTOINCREMENT,
      key_id       TEXT NOT NULL UNIQUE,
@@ -129,6 +191,19 @@ const MIGRATIONS: string[] = [
      seq          INTEGER NOT NULL CHECK (seq >= 0),
      updated_at   INTEGER NOT NULL
    ) STRICT;`,
+  // 0.5: projects of their own (docs/PROJECTS.md). Columns copy the project record for queries; one active key
+  // per (project, subject), which is what makes concurrent first calls of a JWT user yield one key.
+  (db) => {
+    db.exec(`ALTER TABLE projects ADD COLUMN project_key TEXT;
+             ALTER TABLE projects ADD COLUMN name TEXT;
+             ALTER TABLE projects ADD COLUMN state TEXT;
+             ALTER TABLE projects ADD COLUMN auth_type TEXT;
+             ALTER TABLE projects ADD COLUMN jwks_host TEXT;
+             ALTER TABLE projects ADD COLUMN created_at INTEGER;
+             CREATE UNIQUE INDEX projects_key ON projects (project_key);
+             CREATE UNIQUE INDEX keys_active_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'active';`);
+    fillProjectColumns(db);
+  },
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -160,6 +235,12 @@ const toProject = (r: ProjectRow): StoredProject => ({
   signed: { record: r.record, signature: r.signature },
   seq: r.seq,
   updatedAt: r.updated_at,
+  name: r.name,
+  projectKey: r.project_key,
+  state: r.state as ProjectState | null,
+  authType: r.auth_type as 'token' | 'jwt' | null,
+  jwksHost: r.jwks_host,
+  createdAt: r.created_at,
 });
 
 /** The columns a key record's content fills. */
@@ -183,6 +264,13 @@ function decodeCursor(cursor: string): number {
   const m = /^s(\d{1,15})$/.exec(Buffer.from(cursor, 'base64url').toString());
   if (!m) throw new KeystoreError('INVALID_PARAMS', 'cursor is not one this service issued');
   return Number(m[1]);
+}
+/** Projects are listed in project id order (`default` first, then `p_…`): the cursor is the last id listed. */
+const encodeProjectCursor = (projectId: string) => Buffer.from(`p${projectId}`).toString('base64url');
+function decodeProjectCursor(cursor: string): string {
+  const m = /^p([A-Za-z0-9_-]{1,64})$/.exec(Buffer.from(cursor, 'base64url').toString());
+  if (!m) throw new KeystoreError('INVALID_PARAMS', 'query.cursor: not a cursor this service issued');
+  return m[1] as string;
 }
 
 export class KeyStore {
@@ -214,6 +302,9 @@ export class KeyStore {
       ),
       byKeyId: this.db.prepare<[string], Row>('SELECT * FROM keys WHERE key_id = ?'),
       byExternalId: this.db.prepare<[string], Row>('SELECT * FROM keys WHERE external_id = ?'),
+      activeBySubject: this.db.prepare<[string, string], Row>(
+        "SELECT * FROM keys WHERE project_id = ? AND subject = ? AND subject IS NOT NULL AND state = 'active'",
+      ),
       page: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE seq > ? ORDER BY seq LIMIT ?'),
       withoutRecord: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE record IS NULL AND seq > ? ORDER BY seq LIMIT ?'),
       setLegacyDisabled: this.db.prepare('UPDATE keys SET disabled = ?, updated_at = ? WHERE key_id = ? AND record IS NULL'),
@@ -233,8 +324,24 @@ export class KeyStore {
       pendingDisable: this.db.prepare<[], { key_id: string }>('SELECT key_id FROM keys WHERE disable_pending = 1 ORDER BY seq'),
       countWithoutRecord: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM keys WHERE record IS NULL'),
       project: this.db.prepare<[string], ProjectRow>('SELECT * FROM projects WHERE project_id = ?'),
+      projectByKey: this.db.prepare<[string], ProjectRow>('SELECT * FROM projects WHERE project_key = ?'),
+      projectPage: this.db.prepare<[string, number], ProjectRow>('SELECT * FROM projects WHERE project_id > ? ORDER BY project_id LIMIT ?'),
+      jwksHosts: this.db.prepare<[], ProjectRow>(
+        "SELECT * FROM projects WHERE state = 'active' AND auth_type = 'jwt' AND jwks_host IS NOT NULL ORDER BY project_id",
+      ),
+      seedProject: this.db.prepare(
+        `INSERT INTO projects (project_id, record, signature, seq, updated_at, name, project_key, state, auth_type, jwks_host, created_at)
+         VALUES (@projectId, @record, @signature, @seq, @now, @name, @projectKey, @state, @authType, @jwksHost, @createdAt)
+         ON CONFLICT DO NOTHING`,
+      ),
       insertProject: this.db.prepare(
-        'INSERT INTO projects (project_id, record, signature, seq, updated_at) VALUES (@projectId, @record, @signature, @seq, @now) ON CONFLICT DO NOTHING',
+        `INSERT INTO projects (project_id, record, signature, seq, updated_at, name, project_key, state, auth_type, jwks_host, created_at)
+         VALUES (@projectId, @record, @signature, @seq, @now, @name, @projectKey, @state, @authType, @jwksHost, @createdAt)`,
+      ),
+      setProjectRecord: this.db.prepare(
+        `UPDATE projects SET record = @record, signature = @signature, seq = @seq, updated_at = @now, project_key = @projectKey,
+                             state = @state, auth_type = @authType, jwks_host = @jwksHost, created_at = @createdAt
+         WHERE project_id = @projectId AND seq = @seq - 1`,
       ),
     };
   }
@@ -246,7 +353,9 @@ export class KeyStore {
     }
     for (let v = current; v < SCHEMA_VERSION; v++) {
       this.db.transaction(() => {
-        this.db.exec(MIGRATIONS[v] as string);
+        const step = MIGRATIONS[v] as string | ((db: Database.Database) => void);
+        if (typeof step === 'string') this.db.exec(step);
+        else step(this.db);
         this.db.pragma(`user_version = ${v + 1}`);
       })();
     }
@@ -254,7 +363,8 @@ export class KeyStore {
 
   /**
    * Inserts a new key with its first record, committed and fsynced when this returns. If the external id
-   * already exists, the existing key is returned instead and nothing is written.
+   * already exists, or the project already has an active key for the record's subject, that key is returned
+   * instead and nothing is written.
    */
   insert(key: NewKey): { record: StoredKey; created: boolean } {
     if (key.record.keyId !== key.keyId || key.record.seq !== 0) throw new Error('insert: the record is not the first one of this key');
@@ -262,6 +372,10 @@ export class KeyStore {
       .transaction(() => {
         if (key.externalId) {
           const existing = this.stmts.byExternalId.get(key.externalId);
+          if (existing) return { record: toStored(existing), created: false };
+        }
+        if (key.record.subject !== null) {
+          const existing = this.stmts.activeBySubject.get(key.record.projectId, key.record.subject);
           if (existing) return { record: toStored(existing), created: false };
         }
         const { signed, record, ...rest } = key;
@@ -293,6 +407,12 @@ export class KeyStore {
 
   getByExternalId(externalId: string): StoredKey | undefined {
     const r = this.stmts.byExternalId.get(externalId);
+    return r ? toStored(r) : undefined;
+  }
+
+  /** The project's active key for `subject` (at most one: a unique index), by its record's copied columns. */
+  activeKeyFor(projectId: string, subject: string): StoredKey | undefined {
+    const r = this.stmts.activeBySubject.get(projectId, subject);
     return r ? toStored(r) : undefined;
   }
 
@@ -373,16 +493,79 @@ export class KeyStore {
     return r ? toProject(r) : undefined;
   }
 
+  /** The project whose record's `projectKey` is this (by the copied column; the caller verifies the record). */
+  getProjectByKey(projectKey: string): StoredProject | undefined {
+    const r = this.stmts.projectByKey.get(projectKey);
+    return r ? toProject(r) : undefined;
+  }
+
+  listProjects(limit: number, cursor?: string): ProjectPage {
+    const after = cursor ? decodeProjectCursor(cursor) : '';
+    const rows = this.stmts.projectPage.all(after, limit + 1);
+    const page = rows.slice(0, limit);
+    const last = page[page.length - 1];
+    return { projects: page.map(toProject), nextCursor: rows.length > limit && last ? encodeProjectCursor(last.project_id) : null };
+  }
+
+  /** Active JWT projects (by the copied columns): the egress relay allows their JWKS hosts. */
+  activeJwtProjects(): StoredProject[] {
+    return this.stmts.jwksHosts.all().map(toProject);
+  }
+
   /** Stores a project's record (verified by the caller) if the project is not stored yet; returns what is stored. */
-  seedProject(signed: SignedRecord, record: ProjectRecord): StoredProject {
-    this.stmts.insertProject.run({
+  seedProject(signed: SignedRecord, record: ProjectRecord, name: string = record.projectId): StoredProject {
+    this.stmts.seedProject.run({
       projectId: record.projectId,
       record: signed.record,
       signature: signed.signature,
       seq: record.seq,
       now: Date.now(),
+      name,
+      ...projectColumns(record),
     });
     return this.getProject(record.projectId) as StoredProject;
+  }
+
+  /**
+   * Stores a new project's first record (verified by the caller) with its name. CONFLICT (nothing written) if
+   * its id or key is already stored.
+   */
+  insertProject(signed: SignedRecord, record: ProjectRecord, name: string): StoredProject {
+    if (record.seq !== 0) throw new Error('insertProject: the record is not the first one of this project');
+    try {
+      this.stmts.insertProject.run({
+        projectId: record.projectId,
+        record: signed.record,
+        signature: signed.signature,
+        seq: 0,
+        now: Date.now(),
+        name,
+        ...projectColumns(record),
+      });
+    } catch (err) {
+      if (
+        (err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_UNIQUE' ||
+        (err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
+      )
+        throw new KeystoreError('CONFLICT', `project ${record.projectId} (or its project key) is already stored`, { cause: err });
+      throw err;
+    }
+    return this.getProject(record.projectId) as StoredProject;
+  }
+
+  /** Stores a project's next record (verified by the caller): its `seq` must be the stored one + 1. CONFLICT otherwise. */
+  updateProjectRecord(projectId: string, signed: SignedRecord, record: ProjectRecord): StoredProject {
+    if (record.projectId !== projectId) throw new Error('updateProjectRecord: the record is for another project');
+    const res = this.stmts.setProjectRecord.run({
+      projectId,
+      record: signed.record,
+      signature: signed.signature,
+      seq: record.seq,
+      now: Date.now(),
+      ...projectColumns(record),
+    });
+    if (res.changes !== 1) throw new KeystoreError('CONFLICT', `project ${projectId} changed meanwhile; retry`);
+    return this.getProject(projectId) as StoredProject;
   }
 
   counts(): { total: number; disabled: number; withoutRecord: number } {

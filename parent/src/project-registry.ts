@@ -1,0 +1,244 @@
+/**
+ * Projects (docs/PROJECTS.md): create, read, list, disable and enable. The enclave makes every project record
+ * (`projects.create` chooses the id and the project key at random; `projects.setState` makes the next record);
+ * the parent verifies each answer (signed by the keystore identity, and exactly what was asked) before it
+ * stores it, and verifies a stored record before it hands it to the enclave. The name is the parent's own label.
+ *
+ * As for keys (key-registry.ts), none of these checks protects anything from the parent: the enclave checks
+ * every project record again. They make an altered database, or an enclave answer that is not what was asked,
+ * fail here and plainly.
+ */
+import { isDeepStrictEqual } from 'node:util';
+import { KeystoreError } from '@nks/shared/errors';
+import type { ProjectResult } from '@nks/shared/enclave-api';
+import type { Logger } from '@nks/shared/log';
+import type { ProjectAuth } from '@nks/shared/project-auth';
+import type { ProjectSettings } from '@nks/shared/projects-schema';
+import {
+  DEFAULT_PROJECT_ID,
+  decodeProjectRecord,
+  hex,
+  type ProjectRecord,
+  type ProjectState,
+  type SignedRecord,
+} from '@nks/shared/records';
+import type { SignRequestType } from '@nks/shared/signing/request-types';
+import type { RecordChecker } from './enclave/identity';
+import type { EnclavePool } from './enclave/pool';
+import type { KeyStore, StoredProject } from './store/key-store';
+
+export interface ProjectView {
+  projectId: string;
+  projectKey: string;
+  name: string;
+  auth: ProjectAuth;
+  allowedOrigins: string[];
+  allowedRequestTypes: SignRequestType[];
+  state: ProjectState;
+  createdAt: string;
+  /** The project's current record as the enclave signed it (canonical CBOR and signature, base64). */
+  record: SignedRecord;
+}
+
+/** A stored project whose record verified, with that record. */
+export interface VerifiedProject {
+  stored: StoredProject;
+  signed: SignedRecord;
+  record: ProjectRecord;
+  /** The record's digest (what the next record's `prev` names). */
+  digest: Buffer;
+}
+
+/** The one message for a stored project whose record does not verify or does not match its row. */
+const TAMPERED = 'the stored record does not verify: the database was altered or belongs to another keystore identity';
+/** The one message for an enclave answer whose project record is not what was asked. */
+export const BAD_PROJECT_ANSWER = 'the enclave answered with a project record that does not match the request';
+
+/** Lists compared as sets: their order means nothing, and the enclave may keep another. */
+const sameSet = (a: readonly string[], b: readonly string[]) => a.length === b.length && isDeepStrictEqual([...a].sort(), [...b].sort());
+
+function sameAuth(a: ProjectAuth, b: ProjectAuth): boolean {
+  if (a.type === 'token' || b.type === 'token') return a.type === b.type;
+  const { algorithms: aa, ...ra } = a;
+  const { algorithms: ba, ...rb } = b;
+  return isDeepStrictEqual(ra, rb) && sameSet(aa, ba);
+}
+
+/** The view of a stored project: its record's content, decoded (a view is read, not used; the record is attached to be checked). */
+export function projectViewOf(stored: StoredProject): ProjectView {
+  let record: ProjectRecord;
+  try {
+    record = decodeProjectRecord(Buffer.from(stored.signed.record, 'base64'));
+  } catch (err) {
+    throw new KeystoreError('KEY_INTEGRITY', `project ${stored.projectId}: ${TAMPERED}`, { cause: err });
+  }
+  return {
+    projectId: stored.projectId,
+    projectKey: record.projectKey,
+    name: stored.name ?? stored.projectId,
+    auth: record.auth,
+    allowedOrigins: record.allowedOrigins,
+    allowedRequestTypes: record.allowedRequestTypes,
+    state: record.state,
+    createdAt: new Date(record.createdAt).toISOString(),
+    record: stored.signed,
+  };
+}
+
+export class ProjectRegistry {
+  /** One record change per project at a time: the second waits, then works from the record the first stored. */
+  private readonly changing = new Map<string, Promise<unknown>>();
+
+  constructor(
+    private readonly store: KeyStore,
+    private readonly enclave: EnclavePool,
+    private readonly logger: Logger,
+    /** The identity's record checker; IDENTITY_UNAVAILABLE until the enclave pool has learned the identity. */
+    private readonly records: () => RecordChecker,
+  ) {}
+
+  /** A new project: the enclave makes its record from `settings`; the parent checks it holds exactly them, and stores it. */
+  async create(name: string, settings: ProjectSettings): Promise<ProjectView> {
+    const checker = this.records();
+    const answer = await this.enclave.call('projects.create', { settings });
+    const { record } = this.checkAnswer(checker, answer, (r) => {
+      return (
+        r.projectId !== DEFAULT_PROJECT_ID &&
+        r.projectId.startsWith('p_') &&
+        r.projectKey.startsWith('pk_') &&
+        sameAuth(r.auth, settings.auth) &&
+        sameSet(r.allowedOrigins, settings.allowedOrigins) &&
+        sameSet(r.allowedRequestTypes, settings.allowedRequestTypes) &&
+        r.state === 'active' &&
+        r.seq === 0 &&
+        r.prev === null
+      );
+    });
+    let stored: StoredProject;
+    try {
+      stored = this.store.insertProject(answer.record, record, name);
+    } catch (err) {
+      // An id or key the database already holds: random 128-bit values do not repeat; an enclave that says so is not answering truly.
+      if (err instanceof KeystoreError && err.code === 'CONFLICT')
+        throw new KeystoreError('KEY_INTEGRITY', BAD_PROJECT_ANSWER, { cause: err });
+      throw err;
+    }
+    this.logger.info({ projectId: record.projectId, auth: record.auth.type }, 'project created');
+    return projectViewOf(stored);
+  }
+
+  get(projectId: string): ProjectView {
+    const stored = this.store.getProject(projectId);
+    if (!stored) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    return projectViewOf(stored);
+  }
+
+  list(q: { limit: number; cursor?: string | undefined }): { projects: ProjectView[]; nextCursor: string | null } {
+    const page = this.store.listProjects(q.limit, q.cursor);
+    return { projects: page.projects.map(projectViewOf), nextCursor: page.nextCursor };
+  }
+
+  /** Disables or enables a project: its next record, made by the enclave, verified and stored. Nothing changes when it already is as asked. */
+  async setState(projectId: string, state: ProjectState): Promise<ProjectView> {
+    if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    const before = this.changing.get(projectId) ?? Promise.resolve();
+    const run = before.catch(() => undefined).then(() => this.changeState(projectId, state));
+    const tail = run.catch(() => undefined);
+    this.changing.set(projectId, tail);
+    void tail.then(() => {
+      if (this.changing.get(projectId) === tail) this.changing.delete(projectId);
+    });
+    return run;
+  }
+
+  private async changeState(projectId: string, state: ProjectState): Promise<ProjectView> {
+    const current = this.byId(projectId);
+    if (current.record.state === state) return projectViewOf(current.stored);
+    const checker = this.records();
+    const answer = await this.enclave.call('projects.setState', { project: current.signed, state });
+    const { record } = this.checkAnswer(checker, answer, (r) =>
+      isDeepStrictEqual(r, { ...current.record, state, seq: current.record.seq + 1, prev: hex(current.digest), createdAt: r.createdAt }),
+    );
+    const stored = this.store.updateProjectRecord(projectId, answer.record, record);
+    this.logger.info({ projectId, state }, `project ${state === 'disabled' ? 'disabled' : 'enabled'}`);
+    return projectViewOf(stored);
+  }
+
+  /** An enclave's project answer: the record is signed by the identity, names the answer's id and key, and passes `expected`. */
+  private checkAnswer(
+    checker: RecordChecker,
+    answer: ProjectResult,
+    expected: (r: ProjectRecord) => boolean,
+  ): { record: ProjectRecord; digest: Buffer } {
+    let opened: { record: ProjectRecord; digest: Buffer };
+    try {
+      opened = checker.project(answer?.record);
+    } catch (err) {
+      throw new KeystoreError('KEY_INTEGRITY', BAD_PROJECT_ANSWER, { cause: err });
+    }
+    const r = opened.record;
+    if (answer.projectId !== r.projectId || answer.projectKey !== r.projectKey || !expected(r))
+      throw new KeystoreError('KEY_INTEGRITY', BAD_PROJECT_ANSWER);
+    return opened;
+  }
+
+  /**
+   * A stored project with its record verified and matching its row (id, seq, and the copied key and state).
+   * KEY_INTEGRITY if it is missing or does not verify.
+   */
+  byId(projectId: string): VerifiedProject {
+    const stored = this.store.getProject(projectId);
+    if (!stored) throw new KeystoreError('KEY_INTEGRITY', `project ${projectId} is not in the database`);
+    return this.verify(stored);
+  }
+
+  /** The stored project of a project key, verified; undefined if no project has this key. */
+  byKey(projectKey: string): VerifiedProject | undefined {
+    const stored = this.store.getProjectByKey(projectKey);
+    if (!stored) return undefined;
+    const v = this.verify(stored);
+    if (v.record.projectKey !== projectKey) throw this.tampered(stored.projectId);
+    return v;
+  }
+
+  private verify(stored: StoredProject): VerifiedProject {
+    let opened: { record: ProjectRecord; digest: Buffer };
+    try {
+      opened = this.records().project(stored.signed);
+    } catch (err) {
+      if (err instanceof KeystoreError && err.code === 'IDENTITY_UNAVAILABLE') throw err;
+      throw this.tampered(stored.projectId, err);
+    }
+    const { record, digest } = opened;
+    const matches =
+      record.projectId === stored.projectId &&
+      record.seq === stored.seq &&
+      (stored.projectKey === null || stored.projectKey === record.projectKey) &&
+      (stored.state === null || stored.state === record.state);
+    if (!matches) throw this.tampered(stored.projectId);
+    return { stored, signed: stored.signed, record, digest };
+  }
+
+  private tampered(projectId: string, cause?: unknown): KeystoreError {
+    this.logger.warn({ projectId }, `refused project ${projectId}: ${TAMPERED}`);
+    return new KeystoreError('KEY_INTEGRITY', `project ${projectId}: ${TAMPERED}`, { cause });
+  }
+
+  /**
+   * The hosts of the `jwksUri` of every active JWT project whose record verifies (lower case): the egress relay
+   * allows connections to these (docs/PROJECTS.md, "JWKS"). Empty until the identity is known. Cheap enough
+   * to call per relay connection: one query, and records verified once (the checker remembers them).
+   */
+  jwksHosts(): string[] {
+    const hosts = new Set<string>();
+    for (const stored of this.store.activeJwtProjects()) {
+      try {
+        const { record } = this.verify(stored);
+        if (record.state === 'active' && record.auth.type === 'jwt') hosts.add(new URL(record.auth.jwksUri).hostname);
+      } catch {
+        // Not known yet (no identity), or refused and logged: its host is not allowed.
+      }
+    }
+    return [...hosts];
+  }
+}
