@@ -60,9 +60,9 @@ export class Projects {
   }
 
   private signed(record: ProjectRecord): ProjectResult {
-    const { signed, digest } = this.deps.identity().sign(record);
+    const { signed } = this.deps.identity().sign(record);
     // The newest record of the project from now on: the one before is refused.
-    this.deps.records.remember(signed, { record, digest });
-    return { projectId: record.projectId, projectKey: record.projectKey, record: signed };
+    const { record: made } = this.deps.records.remember<ProjectRecord>(signed, 'project');
+    return { projectId: made.projectId, projectKey: made.projectKey, record: signed };
   }
 }

@@ -153,8 +153,8 @@ export class KeyVault {
       origin: k.origin,
       createdAt: this.now(),
     };
-    const { signed, digest } = this.deps.identity().sign(record);
-    this.deps.records.remember(signed, { record, digest });
+    const { signed } = this.deps.identity().sign(record);
+    this.deps.records.remember<KeyRecord>(signed, 'key');
     return { keyId: k.keyId, address: k.address, publicKey: '0x', blob: blob.toString('base64'), record: signed };
   }
 
@@ -255,9 +255,9 @@ export class KeyVault {
       throw new KeystoreError('KEY_RETIRED', `the key is ${key.record.state}`);
     }
     const record: KeyRecord = { ...key.record, disabled, seq: key.record.seq + 1, prev: hex(key.digest), createdAt: this.now() };
-    const { signed, digest } = this.deps.identity().sign(record);
+    const { signed } = this.deps.identity().sign(record);
     // From now on the record before is refused: this one is the newest the enclave has seen.
-    records.remember(signed, { record, digest });
+    records.remember<KeyRecord>(signed, 'key');
     if (disabled) this.deps.cache.forget(record.keyId);
     return { record: signed };
   }
