@@ -26,6 +26,8 @@ export class Projects {
     private readonly deps: {
       records: VerifiedRecords;
       identity: () => KeystoreIdentity;
+      /** Told when a project is disabled (the key cache drops its keys). */
+      onDisabled?: (projectId: string) => void;
       now?: () => number;
     },
   ) {}
@@ -63,6 +65,9 @@ export class Projects {
     const { signed } = this.deps.identity().sign(record);
     // The newest record of the project from now on: the one before is refused.
     const { record: made } = this.deps.records.remember<ProjectRecord>(signed, 'project');
+    // A disabled project's keys sign nothing (KeyVault.sign checks the project's record again after every
+    // wait): their secrets leave the cache now, as a disabled key's do.
+    if (made.state !== 'active') this.deps.onDisabled?.(made.projectId);
     return { projectId: made.projectId, projectKey: made.projectKey, record: signed };
   }
 }
