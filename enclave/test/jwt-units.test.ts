@@ -382,6 +382,10 @@ describe('JWT verification (jose, with the JWKS cached)', () => {
     expect((await rejection(over([rsa, ec, { ...rsaJwk(), kid: 'rs-2' }]).subjectOf(noKid, auth))).message).toBe(KID_REQUIRED_MESSAGE);
     expect((await rejection(verifier.subjectOf(noKid, auth))).message).toBe(KID_REQUIRED_MESSAGE);
     expect((await rejection(over([rsa, ec]).subjectOf(noKid, auth))).code).toBe('INVALID_JWT');
+    // Two keys under the JWT's own kid: which one signed is a guess too.
+    expect((await rejection(over([rsa, { ...rsaJwk(), kid: rsa.kid }]).subjectOf(await idp.mint({ sub: 'a' }), auth))).message).toBe(
+      "several keys of the project's JWKS match the JWT's key id (kid)",
+    );
     // A set of one key: no kid needed; with a kid, several keys are fine.
     expect(await over([rsa]).subjectOf(noKid, auth)).toBe(jwtSubject(idp.issuer, 'a'));
     expect(await over([rsa, ec]).subjectOf(await idp.mint({ sub: 'a' }), auth)).toBe(jwtSubject(idp.issuer, 'a'));

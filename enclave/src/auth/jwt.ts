@@ -50,7 +50,8 @@ export function jwtRefusal(err: unknown): KeystoreError {
   }
   if (err instanceof errors.JWSSignatureVerificationFailed) return invalid('the JWT signature does not verify');
   if (err instanceof errors.JWKSNoMatchingKey) return invalid("the JWT's key is unknown: no key of the project's JWKS matches it");
-  if (err instanceof errors.JWKSMultipleMatchingKeys) return invalid('the JWT names no key (kid) and several keys of the JWKS match');
+  // With the kid rule below, only keys that share the JWT's kid can match several at once.
+  if (err instanceof errors.JWKSMultipleMatchingKeys) return invalid("several keys of the project's JWKS match the JWT's key id (kid)");
   if (err instanceof errors.JOSEAlgNotAllowed) return invalid("the JWT's algorithm is not allowed by the project");
   if (err instanceof errors.JOSENotSupported) return invalid('the JWT uses an algorithm or header that is not supported');
   if (err instanceof errors.JWTInvalid || err instanceof errors.JWSInvalid) return invalid('the JWT is malformed');
