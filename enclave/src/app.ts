@@ -115,7 +115,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     identity: () => identity.get(),
     jwt,
   });
-  const projects = new Projects({ records, identity: () => identity.get() });
+  const projects = new Projects({ records, identity: () => identity.get(), onDisabled: (projectId) => cache.forgetProject(projectId) });
   let served: RpcServer | undefined;
   const { methods } = enclaveMethods({
     image,

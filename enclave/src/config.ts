@@ -49,9 +49,11 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   securityEpoch: SECURITY_EPOCH,
   // Five tries over about 15 s (back-off from 1 s, doubling), then the enclave exits and is restarted.
   identityBoot: { maxAttempts: 5, retryMs: 1_000 },
-  // Sized for the worst entry a parent can make (a 1 KiB subject, RSA-4096 wrapped key): a verified record is
-  // then about 3.6 KB, so 50,000 take some 180 MB; a mark is a key id, an address and a number.
-  records: { maxVerified: 50_000, maxSeqMarks: 200_000 },
+  // Verified records: 50,000 typical ones (a key record with a short subject takes under 1 KB) or as many as fit
+  // in maxVerifiedBytes, which bounds the worst a parent can make (8 KiB project records, ~21 KB each in
+  // memory, or 1 KiB subjects) at about 200 MB: entries are weighed at least at what they take
+  // (records/verified.ts, entryWeight). A mark is a key id, an address and a number.
+  records: { maxVerified: 50_000, maxVerifiedBytes: 192 * 1024 * 1024, maxSeqMarks: 200_000 },
   // JWT projects: the egress relay, trust anchors beyond Node's CA store, the clock check, the JWKS cache.
   jwt: {
     egress: DEFAULT_EGRESS_ADDRESS,
@@ -192,6 +194,13 @@ export const EnclaveConfigSchema = z.strictObject({
   records: z
     .strictObject({
       maxVerified: z.number().int().min(16).max(10_000_000).default(D.records.maxVerified),
+      /** The verified records' total weight (about their bytes in memory), whatever their number. */
+      maxVerifiedBytes: z
+        .number()
+        .int()
+        .min(64 * 1024)
+        .max(16 * 1024 ** 3)
+        .default(D.records.maxVerifiedBytes),
       maxSeqMarks: z.number().int().min(16).max(10_000_000).default(D.records.maxSeqMarks),
     })
     .prefault({}),

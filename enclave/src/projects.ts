@@ -26,6 +26,8 @@ export class Projects {
     private readonly deps: {
       records: VerifiedRecords;
       identity: () => KeystoreIdentity;
+      /** Told when a project is disabled (the key cache drops its keys). */
+      onDisabled?: (projectId: string) => void;
       now?: () => number;
     },
   ) {}
@@ -60,9 +62,12 @@ export class Projects {
   }
 
   private signed(record: ProjectRecord): ProjectResult {
-    const { signed, digest } = this.deps.identity().sign(record);
+    const { signed } = this.deps.identity().sign(record);
     // The newest record of the project from now on: the one before is refused.
-    this.deps.records.remember(signed, { record, digest });
-    return { projectId: record.projectId, projectKey: record.projectKey, record: signed };
+    const { record: made } = this.deps.records.remember<ProjectRecord>(signed, 'project');
+    // A disabled project's keys sign nothing (KeyVault.sign checks the project's record again after every
+    // wait): their secrets leave the cache now, as a disabled key's do.
+    if (made.state !== 'active') this.deps.onDisabled?.(made.projectId);
+    return { projectId: made.projectId, projectKey: made.projectKey, record: signed };
   }
 }

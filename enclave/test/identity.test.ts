@@ -30,7 +30,7 @@ import { sealBlob } from '../src/keys/seal';
 import type { Unsealer } from '../src/kms/unseal';
 import { NsmClient, type NsmTransport } from '../src/nsm/client';
 import { Lru } from '../src/records/lru';
-import { INTEGRITY_REFUSED_MESSAGE, VerifiedRecords } from '../src/records/verified';
+import { entryWeight, INTEGRITY_REFUSED_MESSAGE, VerifiedRecords } from '../src/records/verified';
 
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';
 const kms = generateKeyPairSync('rsa', { modulusLength: 2048 });
@@ -280,7 +280,7 @@ describe('VerifiedRecords', () => {
   };
 
   it('verifies a record once: the same text again costs no signature check, another signature is checked', () => {
-    const v = new VerifiedRecords(pub, { maxVerified: 16, maxSeqMarks: 16 });
+    const v = new VerifiedRecords(pub, { maxVerified: 16, maxVerifiedBytes: 1 << 20, maxSeqMarks: 16 });
     const s = signed();
     const verify = jest.spyOn(crypto, 'verify');
     try {
@@ -301,7 +301,7 @@ describe('VerifiedRecords', () => {
   });
 
   it('refuses, with one message, records of another identity, of the other kind, malformed or not canonical', () => {
-    const v = new VerifiedRecords(pub, { maxVerified: 16, maxSeqMarks: 16 });
+    const v = new VerifiedRecords(pub, { maxVerified: 16, maxVerifiedBytes: 1 << 20, maxSeqMarks: 16 });
     const stranger = KeystoreIdentity.fromSeed(new Uint8Array(32).fill(9));
     const project = identity.sign(defaultProjectRecord(1)).signed;
     v.project(project); // cached as a project record
@@ -316,14 +316,13 @@ describe('VerifiedRecords', () => {
     for (const [name, fn] of cases) expect([name, refusedWith(fn)]).toEqual([name, ['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE]]);
     expect(v.failures).toBe(cases.length);
     // A genesis image has no identity: nothing verifies.
-    expect(refusedWith(() => new VerifiedRecords(null, { maxVerified: 16, maxSeqMarks: 16 }).key(signed()))).toEqual([
-      'KEY_INTEGRITY',
-      INTEGRITY_REFUSED_MESSAGE,
-    ]);
+    expect(
+      refusedWith(() => new VerifiedRecords(null, { maxVerified: 16, maxVerifiedBytes: 1 << 20, maxSeqMarks: 16 }).key(signed())),
+    ).toEqual(['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE]);
   });
 
   it('refuses a record older than the newest seen for its key or project, and raises the mark', () => {
-    const v = new VerifiedRecords(pub, { maxVerified: 16, maxSeqMarks: 16 });
+    const v = new VerifiedRecords(pub, { maxVerified: 16, maxVerifiedBytes: 1 << 20, maxSeqMarks: 16 });
     const s0 = signed();
     const s1 = signed({ seq: 1, prev: hex(recordDigest(Buffer.from(s0.record, 'base64'))), disabled: true });
     v.current(v.key(s0));
@@ -335,7 +334,7 @@ describe('VerifiedRecords', () => {
     v.current(v.key(signed({ keyId: 'k2' })));
     // remember() (a record the enclave just made) raises the mark too.
     const s2 = identity.sign(keyRecord({ seq: 2, prev: hex(Buffer.alloc(32)) }));
-    v.remember(s2.signed, { record: keyRecord({ seq: 2, prev: hex(Buffer.alloc(32)) }), digest: s2.digest });
+    v.remember(s2.signed, 'key');
     expect(refusedWith(() => v.current(v.key(s1)))).toEqual(['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE]);
     // Projects have their own marks.
     const p0 = identity.sign(defaultProjectRecord(1)).signed;
@@ -345,7 +344,7 @@ describe('VerifiedRecords', () => {
   });
 
   it('is bounded: the least recently used mark is forgotten (as at a restart: the documented limit); first records take no mark', () => {
-    const v = new VerifiedRecords(pub, { maxVerified: 16, maxSeqMarks: 16 });
+    const v = new VerifiedRecords(pub, { maxVerified: 16, maxVerifiedBytes: 1 << 20, maxSeqMarks: 16 });
     const old: SignedRecord = signed({ keyId: 'victim' });
     v.current(v.key(signed({ keyId: 'victim', seq: 3, prev: hex(Buffer.alloc(32)) })));
     expect(refusedWith(() => v.current(v.key(old)))).toEqual(['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE]);
@@ -358,11 +357,93 @@ describe('VerifiedRecords', () => {
   });
 
   it('keeps a mark per key, not per key id: another key under the same id has its own', () => {
-    const v = new VerifiedRecords(pub, { maxVerified: 16, maxSeqMarks: 16 });
+    const v = new VerifiedRecords(pub, { maxVerified: 16, maxVerifiedBytes: 1 << 20, maxSeqMarks: 16 });
     v.current(v.key(signed({ keyId: 'twin', seq: 2, prev: hex(Buffer.alloc(32)) })));
     const other = signed({ keyId: 'twin', address: addressOf(publicKeyOf(new Uint8Array(32).fill(9))) });
     expect(refusedWith(() => v.current(v.key(other)))).toBe('accepted');
     expect(refusedWith(() => v.current(v.key(signed({ keyId: 'twin' }))))).toEqual(['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE]);
+  });
+  it('stillCurrent refuses a record a newer one has superseded since it was checked, without raising any mark', () => {
+    const v = new VerifiedRecords(pub, { maxVerified: 16, maxVerifiedBytes: 1 << 20, maxSeqMarks: 16 });
+    const s0 = v.key(signed({ keyId: 'waits' }));
+    v.current(s0);
+    v.stillCurrent(s0); // nothing newer yet
+    const s1 = v.key(signed({ keyId: 'waits', seq: 1, prev: hex(Buffer.alloc(32)), disabled: true }));
+    v.stillCurrent(s1); // checks only: no mark raised by it...
+    v.stillCurrent(s0); // ...so s0 is still the newest seen
+    v.current(s1);
+    expect(refusedWith(() => v.stillCurrent(s0))).toEqual(['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE]);
+    v.stillCurrent(s1);
+    // Projects too (their marks are their own).
+    const p0 = v.project(identity.sign(defaultProjectRecord(1)).signed);
+    v.stillCurrent(p0);
+    v.remember(identity.sign({ ...defaultProjectRecord(2), seq: 1, prev: hex(Buffer.alloc(32)), state: 'disabled' }).signed, 'project');
+    expect(refusedWith(() => v.stillCurrent(p0))).toEqual(['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE]);
+  });
+
+  // Review 17, F3: remember() kept the object that was encoded; a value the encoding changed (a lone surrogate,
+  // written as U+FFFD) was then enforced from the cache while the signed bytes said something else.
+  it('remember keeps what the signed bytes decode to, never the object that was encoded', () => {
+    const v = new VerifiedRecords(pub, { maxVerified: 16, maxVerifiedBytes: 1 << 20, maxSeqMarks: 16 });
+    const record = keyRecord({ keyId: 'mine', subject: 'alice' });
+    const s = identity.sign(record).signed;
+    const kept = v.remember<KeyRecord>(s, 'key');
+    expect(kept.record).toEqual(record);
+    expect(kept.record).not.toBe(record);
+    expect(kept.digest).toEqual(recordDigest(Buffer.from(s.record, 'base64')));
+    expect(v.key(s)).toBe(kept); // the cache holds the decoded one
+    // Bytes that say something else than the object the caller holds: what is kept is what they say.
+    const other = identity.sign(keyRecord({ keyId: 'mine', subject: 'alice\ufffd' })).signed;
+    expect(v.remember<KeyRecord>(other, 'key').record.subject).toBe('alice\ufffd');
+    // A record the decoder refuses (here, of the other kind) is not kept, and says why (the caller's own input).
+    const refused = refusedWith(() => v.remember(identity.sign(keyRecord({ keyId: 'x' })).signed, 'project'));
+    expect(refused).toEqual([
+      'INVALID_PARAMS',
+      'the record these parameters make would not be readable: record is malformed: unknown field keyId',
+    ]);
+  });
+
+  // Review 17, F4: a record over MAX_RECORD_BYTES was signed and cached, so it worked until the enclave restarted.
+  it('never signs nor remembers a record over MAX_RECORD_BYTES', () => {
+    const v = new VerifiedRecords(pub, { maxVerified: 16, maxVerifiedBytes: 1 << 20, maxSeqMarks: 16 });
+    const origins = Array.from({ length: 64 }, (_, i) => `https://${String(i).padStart(2, '0')}${'o'.repeat(243)}.example`);
+    const big = { ...defaultProjectRecord(1), allowedOrigins: origins };
+    const size = encodeRecord(big).length;
+    expect(size).toBeGreaterThan(8192);
+    const message = `the record would be ${size} bytes, over the 8192 a record may have`;
+    expect(refusedWith(() => identity.sign(big))).toEqual(['INVALID_PARAMS', message]);
+    const forged = { record: encodeRecord(big).toString('base64'), signature: Buffer.alloc(64).toString('base64') };
+    expect(refusedWith(() => v.remember(forged, 'project'))).toEqual(['INVALID_PARAMS', message]);
+    // At the limit exactly, it is signed.
+    const fits = { ...defaultProjectRecord(1), allowedOrigins: [...origins.slice(0, 30), 'https://t'] };
+    while (encodeRecord(fits).length < 8192) fits.allowedOrigins[30] += 't';
+    expect(encodeRecord(fits).length).toBe(8192);
+    expect(v.remember(identity.sign(fits).signed, 'project').record).toEqual(fits);
+  });
+
+  // Review 17, F5: the cache was bounded in entries only, so 50,000 of the largest records took gigabytes.
+  it('bounds the verified records by their weight as well as their number, dropping the least recently used first', () => {
+    const v = new VerifiedRecords(pub, { maxVerified: 1000, maxVerifiedBytes: 100_000, maxSeqMarks: 16 });
+    const origins = Array.from({ length: 64 }, (_, i) => `https://${String(i).padStart(2, '0')}${'o'.repeat(100)}.example`);
+    const records = Array.from({ length: 20 }, (_, i) => identity.sign({ ...defaultProjectRecord(i), allowedOrigins: origins }).signed);
+    const weight = entryWeight(records[0]?.record ?? '', records[0]?.signature ?? '');
+    expect(weight).toBeGreaterThan(2 * Buffer.from(records[0]?.record ?? '', 'base64').length);
+    const verify = jest.spyOn(crypto, 'verify');
+    try {
+      for (const r of records) v.project(r);
+      expect(verify).toHaveBeenCalledTimes(20);
+      // Only the last floor(100,000 / weight) are still cached: those cost no verification, the others one each.
+      const kept = Math.floor(100_000 / weight);
+      expect(kept).toBeGreaterThan(1);
+      expect(kept).toBeLessThan(20);
+      verify.mockClear();
+      for (const r of records.slice(20 - kept)) v.project(r);
+      expect(verify).toHaveBeenCalledTimes(0);
+      v.project(records[0] as SignedRecord);
+      expect(verify).toHaveBeenCalledTimes(1);
+    } finally {
+      verify.mockRestore();
+    }
   });
 });
 
@@ -378,5 +459,28 @@ describe('Lru', () => {
     expect([l.get('a'), l.get('c'), l.size]).toEqual([4, 3, 2]);
     expect(l.delete('a')).toBe(true);
     expect(() => new Lru(0)).toThrow('an LRU holds at least one entry');
+  });
+
+  it('with weights, also keeps their total within the bound (and at least the newest entry)', () => {
+    const l = new Lru<string, number>(10, { maxWeight: 10, weigh: (_k, v) => v });
+    l.set('a', 4);
+    l.set('b', 4);
+    expect([l.size, l.weight]).toEqual([2, 8]);
+    l.set('c', 4); // a goes
+    expect([l.get('a'), l.size, l.weight]).toEqual([undefined, 2, 8]);
+    l.get('b'); // c is now the least recently used
+    l.set('d', 6);
+    expect([l.get('c'), l.get('b'), l.get('d'), l.weight]).toEqual([undefined, 4, 6, 10]);
+    l.set('b', 1); // replacing re-weighs
+    expect([l.size, l.weight]).toEqual([2, 7]);
+    expect(l.delete('d')).toBe(true);
+    expect(l.delete('d')).toBe(false);
+    expect([l.size, l.weight]).toEqual([1, 1]);
+    l.set('huge', 50); // heavier than the bound: kept alone
+    expect([[...l.values()], l.weight]).toEqual([[50], 50]);
+    // The count bound still holds with weights.
+    const few = new Lru<string, number>(2, { maxWeight: 100, weigh: () => 1 });
+    for (const k of ['a', 'b', 'c']) few.set(k, 0);
+    expect([few.size, few.get('a'), few.weight]).toEqual([2, undefined, 2]);
   });
 });

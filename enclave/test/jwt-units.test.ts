@@ -7,6 +7,7 @@
 import { createPrivateKey, generateKeyPairSync } from 'node:crypto';
 import { SignJWT, type JWK } from 'jose';
 import { USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
+import type { KeystoreError } from '@nks/shared/errors';
 import { JWT_MAX_BYTES, jwtSubject, type JwtProjectAuth } from '@nks/shared/project-auth';
 import { SimulatedVsockTransport } from '@nks/shared/transport';
 import { rejection, sleep, tempRunDir } from '@nks/shared-test/helpers';
@@ -18,7 +19,7 @@ import { startOpenRelay, type OpenRelay } from '../../test/support/open-relay';
 import { ClockCheck, CLOCK_NOT_TRUSTED_MESSAGE } from '../src/auth/clock';
 import { httpsGet, type HttpsGetOptions } from '../src/auth/https-get';
 import { JwksCache, maxAgeMs, parseJwks, type JwksLimits } from '../src/auth/jwks';
-import { JwtVerifier } from '../src/auth/jwt';
+import { JwtVerifier, KID_REQUIRED_MESSAGE } from '../src/auth/jwt';
 import { ENCLAVE_CONFIG_DEFAULTS, parseEnclaveConfig } from '../src/config';
 import { NsmClient } from '../src/nsm/client';
 import { startJwksServer, type JwksServer } from './jwks-server';
@@ -368,20 +369,100 @@ describe('JWT verification (jose, with the JWKS cached)', () => {
     expect(verifier.refusals - before).toBe(cases.length);
   });
 
-  it('needs a kid when several keys of the set could match', async () => {
-    const two = new JwksCache(
-      async () => ({ body: body({ keys: [...idp.jwks().keys, { ...rsaJwk(), kid: 'rs-2' }] }), cacheControl: undefined }),
-      LIMITS,
-    );
+  // Review 17 (informational): the issue's rule is "kid required when the JWKS has several keys"; jose alone asks
+  // for one only when several keys match the JWT's algorithm.
+  it('needs a kid when the set has more than one key, even when only one fits the algorithm', async () => {
     const { client } = await shiftedNsm();
-    const v = new JwtVerifier({
-      jwks: two,
-      clock: new ClockCheck(() => client.attest({ tag: USER_DATA_TAGS.attestation }), { intervalMs: 3600_000, maxDriftMs: 30_000 }),
+    const clock = new ClockCheck(() => client.attest({ tag: USER_DATA_TAGS.attestation }), { intervalMs: 3600_000, maxDriftMs: 30_000 });
+    const over = (keys: JWK[]) =>
+      new JwtVerifier({ jwks: new JwksCache(async () => ({ body: body({ keys }), cacheControl: undefined }), LIMITS), clock });
+    const noKid = await idp.mint({ sub: 'a' }, { kid: null });
+    const [rsa, ec] = idp.jwks().keys as [JWK, JWK];
+    // Two RSA keys (both could match), and the IdP's own set (one RSA, one EC key: only one fits RS256).
+    expect((await rejection(over([rsa, ec, { ...rsaJwk(), kid: 'rs-2' }]).subjectOf(noKid, auth))).message).toBe(KID_REQUIRED_MESSAGE);
+    expect((await rejection(verifier.subjectOf(noKid, auth))).message).toBe(KID_REQUIRED_MESSAGE);
+    expect((await rejection(over([rsa, ec]).subjectOf(noKid, auth))).code).toBe('INVALID_JWT');
+    // Two keys under the JWT's own kid: which one signed is a guess too.
+    expect((await rejection(over([rsa, { ...rsaJwk(), kid: rsa.kid }]).subjectOf(await idp.mint({ sub: 'a' }), auth))).message).toBe(
+      "several keys of the project's JWKS match the JWT's key id (kid)",
+    );
+    // A set of one key: no kid needed; with a kid, several keys are fine.
+    expect(await over([rsa]).subjectOf(noKid, auth)).toBe(jwtSubject(idp.issuer, 'a'));
+    expect(await over([rsa, ec]).subjectOf(await idp.mint({ sub: 'a' }), auth)).toBe(jwtSubject(idp.issuer, 'a'));
+    // The same rule for the set refetched for an unknown key id: a set of one key without kid, then two.
+    let keys: JWK[] = [{ ...rsa, kid: undefined }];
+    const rotating = new JwtVerifier({
+      jwks: new JwksCache(async () => ({ body: body({ keys }), cacheControl: undefined }), { ...LIMITS, unknownKidRefetchMs: 1_000 }),
+      clock,
     });
-    const err = await rejection(v.subjectOf(await idp.mint({ sub: 'a' }, { kid: null }), auth));
-    expect(err.message).toBe('the JWT names no key (kid) and several keys of the JWKS match');
-    // With one key of the JWT's type, no kid is needed (the ES256 key is of another type).
-    expect(await verifier.subjectOf(await idp.mint({ sub: 'a' }, { kid: null }), auth)).toBe(jwtSubject(idp.issuer, 'a'));
+    expect(await rotating.subjectOf(noKid, auth)).toBe(jwtSubject(idp.issuer, 'a'));
+    keys = [rsa, ec];
+    await sleep(1_100);
+    expect(await rotating.subjectOf(await idp.mint({ sub: 'a' }), auth)).toBe(jwtSubject(idp.issuer, 'a')); // unknown kid rs-1: refetched
+    expect((await rejection(rotating.subjectOf(noKid, auth))).message).toBe(KID_REQUIRED_MESSAGE);
+  });
+
+  // Review 17, F2: jose judged exp by the clock when the check began; the parent could then delay the JWKS
+  // fetch (up to fetchTimeoutMs) and have a token accepted after exp + skew.
+  it('judges the times again once the key is resolved: a JWT that expires while the JWKS is fetched is refused', async () => {
+    const { client } = await shiftedNsm();
+    const clock = new ClockCheck(() => client.attest({ tag: USER_DATA_TAGS.attestation }), { intervalMs: 3600_000, maxDriftMs: 30_000 });
+    let clockMs = Date.now();
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const slow = new JwksCache(
+      async () => {
+        await gate;
+        return { body: body(idp.jwks()), cacheControl: undefined };
+      },
+      LIMITS,
+      () => clockMs,
+    );
+    const v = new JwtVerifier({ jwks: slow, clock, now: () => clockMs });
+    const nowS = Math.floor(clockMs / 1000);
+    // Acceptable for 10 s more (exp + 60 s skew).
+    const token = await idp.mint({ sub: 'a', iat: nowS - 100, exp: nowS - 50 });
+    const pending = v.subjectOf(token, auth);
+    await sleep(50); // the check is waiting for the set
+    clockMs += 11_000;
+    release();
+    expect([(await rejection(pending)).message, v.refusals]).toEqual(['the JWT has expired', 1]);
+    // The set is now cached: the same token with the clock 11 s back verifies (it was the clock that refused).
+    clockMs -= 11_000;
+    expect(await v.subjectOf(token, auth)).toBe(jwtSubject(idp.issuer, 'a'));
+  });
+
+  it("JwtUser.stillValid judges exp, nbf and iat by the clock of now, and the clock's trust", async () => {
+    const { client } = await shiftedNsm();
+    const clock = new ClockCheck(() => client.attest({ tag: USER_DATA_TAGS.attestation }), { intervalMs: 3600_000, maxDriftMs: 30_000 });
+    let clockMs = Date.now();
+    const v = new JwtVerifier({ jwks, clock, now: () => clockMs });
+    const nowS = Math.floor(clockMs / 1000);
+    const expiring = await v.user(await idp.mint({ sub: 'a', iat: nowS - 100, exp: nowS - 50 }), auth);
+    expect(expiring.subject).toBe(jwtSubject(idp.issuer, 'a'));
+    expect(() => expiring.stillValid()).not.toThrow();
+    clockMs += 11_000;
+    expect(() => expiring.stillValid()).toThrow('the JWT has expired');
+    clockMs -= 11_000;
+    // A clock that went back (nbf and iat were accepted within the skew).
+    const early = await v.user(await idp.mint({ sub: 'a', iat: nowS + 50, nbf: nowS + 50, exp: nowS + 300 }), auth);
+    const future = await v.user(await idp.mint({ sub: 'a', iat: nowS + 50, exp: nowS + 300 }), auth);
+    clockMs -= 20_000;
+    expect(() => early.stillValid()).toThrow('the JWT is not yet valid');
+    expect(() => future.stillValid()).toThrow('the JWT is not yet valid (issued in the future)');
+    clockMs += 20_000;
+    const refusals = v.refusals;
+    expect(() => early.stillValid()).not.toThrow();
+    // A clock no longer trusted: JWKS_UNAVAILABLE, not an auth failure (and no refusal counted).
+    clock.state = 'untrusted';
+    let err: unknown;
+    try {
+      early.stillValid();
+    } catch (e) {
+      err = e;
+    }
+    expect([(err as KeystoreError).code, (err as KeystoreError).message]).toEqual(['JWKS_UNAVAILABLE', CLOCK_NOT_TRUSTED_MESSAGE]);
+    expect(v.refusals).toBe(refusals);
   });
 
   // Its cost is measured by `npm run bench` (the JWT row), never by a timed test; here only that a warm

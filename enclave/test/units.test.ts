@@ -88,6 +88,18 @@ describe('key cache', () => {
     c.clear();
     expect(fourth.secret.every((x) => x === 0)).toBe(true);
   });
+
+  it("drops and zeroes every key of a project (it was disabled), and only that project's", () => {
+    const c = new KeyCache({ ttlMs: 100, maxEntries: 10, now: () => now });
+    const [a, b, other] = [entry(1), entry(2), { ...entry(3), projectId: 'p_other' }];
+    c.set('a', a);
+    c.set('b', b);
+    c.set('o', other);
+    expect(c.forgetProject('default')).toBe(2);
+    expect([a, b].every((e) => e.secret.every((x) => x === 0))).toBe(true);
+    expect([c.get('a', 'blob-1'), c.get('b', 'blob-2'), c.get('o', 'blob-3')?.secret[0]]).toEqual([undefined, undefined, 3]);
+    expect(c.forgetProject('default')).toBe(0);
+  });
 });
 
 const KEY = { keyId: 'k1', address: ADDRESS, projectId: 'default', subject: null, kmsKeyArn: ARN, kmsPublicKey: kms.publicKey };

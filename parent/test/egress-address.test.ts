@@ -2,7 +2,14 @@
  * The egress relay's address policy (parent/src/egress/address-policy.ts): which resolved addresses it may
  * connect to. A table of addresses at the edges of every range, in every spelling a resolver could return.
  */
-import { addressAllowed, classifyAddress, METADATA_ADDRESSES, type AddressCategory } from '../src/egress/address-policy';
+import {
+  addressAllowed,
+  classifyAddress,
+  deniedList,
+  METADATA_ADDRESSES,
+  parseCidr,
+  type AddressCategory,
+} from '../src/egress/address-policy';
 
 const cases: Array<[address: string, category: AddressCategory | null]> = [
   // metadata, in every spelling: never allowed
@@ -124,5 +131,55 @@ describe('egress address policy', () => {
       expect(addressAllowed(category, true)).toBe(false);
       expect(addressAllowed(category, false)).toBe(false);
     }
+  });
+
+  // Review 17 (informational): global unicast addresses that are the operator's own (a VPC's IPv6 range, an
+  // Elastic IP) look public; the operator lists them in egress.deniedCidrs and they are refused like private ones.
+  it("refuses the operator's denied ranges (egress.deniedCidrs), in every spelling, before anything else but metadata", () => {
+    const denied = deniedList(['2600:1f18:aaaa::/48', '3.5.140.2', '52.94.0.0/22', '127.0.0.0/8', '169.254.169.254/32']);
+    const table: Array<[string, AddressCategory | null]> = [
+      ['2600:1f18:aaaa:bbbb::10', 'denied'],
+      ['2600:1f18:aaaa:ffff:ffff:ffff:ffff:ffff', 'denied'],
+      ['2600:1f18:aaab::1', null],
+      ['3.5.140.2', 'denied'],
+      ['3.5.140.3', null],
+      ['::ffff:3.5.140.2', 'denied'],
+      ['::ffff:305:8c02', 'denied'],
+      ['52.94.3.255', 'denied'],
+      ['52.94.4.0', null],
+      ['127.0.0.1', 'denied'], // the operator's list wins over allowLoopback
+      ['169.254.169.254', 'metadata'], // still counted as what it is
+      ['10.0.0.1', 'private'],
+    ];
+    for (const [address, category] of table) expect([address, classifyAddress(address, denied)]).toEqual([address, category]);
+    expect(addressAllowed(classifyAddress('2600:1f18:aaaa:bbbb::10', denied), false)).toBe(false);
+    expect(addressAllowed(classifyAddress('127.0.0.1', denied), true)).toBe(false);
+    // Without the list, the same global addresses are allowed (what the review showed).
+    expect(addressAllowed(classifyAddress('2600:1f18:aaaa:bbbb::10'), false)).toBe(true);
+    expect(addressAllowed(classifyAddress('3.5.140.2', deniedList([])), false)).toBe(true);
+  });
+
+  it.each([
+    ['203.0.113.0/24', ['203.0.113.0', 24, 'ipv4']],
+    ['203.0.113.7', ['203.0.113.7', 32, 'ipv4']],
+    ['0.0.0.0/0', ['0.0.0.0', 0, 'ipv4']],
+    ['2600:1f18::/32', ['2600:1f18::', 32, 'ipv6']],
+    ['::/128', ['::', 128, 'ipv6']],
+    ['2600::1', ['2600::1', 128, 'ipv6']],
+    ['203.0.113.0/33', null],
+    ['2600::/129', null],
+    ['203.0.113.0/', null],
+    ['203.0.113.0/1/2', null],
+    ['203.0.113.0/+8', null],
+    ['203.0.113.0/1000', null],
+    ['host.example/8', null],
+    ['fe80::1%eth0/64', null],
+    ['', null],
+  ] as const)('parses the CIDR %j as %j', (cidr, parsed) => {
+    expect(parseCidr(cidr)).toEqual(parsed);
+  });
+
+  it('refuses to build a denied list from something that is not a CIDR', () => {
+    expect(() => deniedList(['10.0.0.0/8', 'nope'])).toThrow('not a CIDR: nope');
   });
 });

@@ -53,6 +53,9 @@ const DNS: Record<string, string[]> = {
   'loopback-and-private.test': ['127.0.0.1', '192.168.1.5'],
   'mapped-loopback.test': ['::ffff:127.0.0.1'],
   'link-local6.test': ['fe80::1'],
+  // Global addresses inside the operator's network (a VPC's IPv6 range, an Elastic IP): review 17.
+  'vpc6.test': ['2600:1f18:aaaa:bbbb::10'],
+  'eip.test': [PUBLIC],
   'empty.test': [],
   // ::1 first, where the test server does not listen: the relay tries the next checked address.
   'dual.test': ['::1', '127.0.0.1'],
@@ -567,6 +570,24 @@ describe('egress relay: addresses', () => {
     expect(tcpConnects()).toEqual([]);
     expect(target.sockets).toHaveLength(0);
     expect(logs.lines().find((l) => l.reason === 'address_not_allowed')).toMatchObject({ host, range });
+  });
+
+  it.each([
+    ['vpc6.test', '2600:1f18:aaaa:bbbb::10'],
+    ['eip.test', PUBLIC],
+    ['jwks.test', '127.0.0.1'], // allowLoopback is true: the denied list wins
+  ])("refuses %s (%s, in egress.deniedCidrs), and connects nowhere: the operator's own ranges", async (host, address) => {
+    const target = await startTarget();
+    const { relay, logs } = await startRelay(
+      { allowedPorts: [target.port], allowLoopback: true, deniedCidrs: ['2600:1f18:aaaa::/48', `${PUBLIC}/32`, '127.0.0.0/8'] },
+      { hosts: [host] },
+    );
+    const e = await Enclave.request(relay, { host, port: target.port });
+    expect(await e.closed).toEqual(REFUSED);
+    expect(relay.stats().refusals.address_not_allowed).toBe(1);
+    expect(tcpConnects()).toEqual([]);
+    expect(target.sockets).toHaveLength(0);
+    expect(logs.lines().find((l) => l.reason === 'address_not_allowed')).toMatchObject({ level: 40, host, address, range: 'denied' });
   });
 
   it('refuses localhost from the system resolver when loopback is not allowed', async () => {

@@ -24,7 +24,9 @@ export function encodeCbor(value: unknown): Buffer {
  * text keys: shorter first, then bytewise), every integer and length in its shortest form, nested objects and
  * Maps alike. Two parties that build the same value get the same bytes, and `decodeCanonicalCbor` accepts
  * exactly these bytes back. Plain objects are maps with text keys; values are integers (number or bigint),
- * strings, byte strings, booleans, null, arrays and maps. Anything else (a float, undefined) is refused.
+ * strings, byte strings, booleans, null, arrays and maps. Anything else (a float, undefined) is refused, and
+ * so is a string that is not well-formed Unicode (a lone surrogate): UTF-8 cannot carry it, Node would write
+ * U+FFFD instead, and the bytes would then say something else than the value the caller holds (and signs).
  */
 export function canonicalCbor(value: Record<string, unknown>): Buffer {
   return encodeDeterministic(value);
@@ -205,6 +207,9 @@ function head(major: number, arg: number | bigint): Buffer {
   return h;
 }
 
+/** String.prototype.isWellFormed (ES2024, in Node since 20; the TypeScript lib here is ES2022). */
+const wellFormed = (s: string): boolean => (s as unknown as { isWellFormed(): boolean }).isWellFormed();
+
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   if (typeof v !== 'object' || v === null) return false;
   const proto = Object.getPrototypeOf(v) as unknown;
@@ -223,6 +228,7 @@ function encodeDeterministic(value: unknown): Buffer {
       parts.push(v >= 0 ? head(0, v) : head(1, -1 - v));
     } else if (typeof v === 'bigint') parts.push(v >= 0n ? head(0, v) : head(1, -1n - v));
     else if (typeof v === 'string') {
+      if (!wellFormed(v)) throw new TypeError('a string that is not well-formed Unicode (a lone surrogate) has no UTF-8 encoding');
       const s = Buffer.from(v, 'utf8');
       parts.push(head(3, s.length), s);
     } else if (v instanceof Uint8Array) parts.push(head(2, v.length), Buffer.from(v.buffer, v.byteOffset, v.byteLength));

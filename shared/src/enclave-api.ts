@@ -8,7 +8,7 @@ import { z } from 'zod';
 import { defineMethod } from './rpc/api';
 import { SUBJECT_MAX_BYTES } from './identifiers';
 import type { SignedRecord } from './records';
-import { JWT_MAX_BYTES } from './project-auth';
+import { isWellFormedText, JWT_MAX_BYTES } from './project-auth';
 import { ProjectSettingsSchema } from './projects-schema';
 import { base64, hexBytes, keyId, kmsKeyArn } from './schema';
 import { SignRequestSchema, type SignResult } from './signing/schema';
@@ -46,6 +46,7 @@ const subject = z
   .string()
   .min(1)
   .refine((s) => Buffer.byteLength(s) <= SUBJECT_MAX_BYTES, `expected at most ${SUBJECT_MAX_BYTES} bytes`)
+  .refine(isWellFormedText, 'expected well-formed Unicode text (a lone surrogate cannot be encoded)')
   .nullable();
 
 export const HealthParams = z.strictObject({});

@@ -47,6 +47,45 @@ export const JWT_AUDIENCE_MAX = 512;
 export const USER_CLAIM_RE = /^[A-Za-z0-9_.:-]{1,64}$/;
 export const JWKS_URI_MAX = 2048;
 
+/**
+ * Claims that name no user, so `userClaim` may not be one of them: RFC 7519's registered claims other than
+ * `sub`, and the OpenID Connect and OAuth claims about the client, the session or the login. Each is either the
+ * same for many users (iss, aud, azp, client_id, scope, acr, amr: all of them would share one key) or new at
+ * every login (jti, iat, nonce, sid...: a new key each time).
+ */
+export const RESERVED_USER_CLAIMS: readonly string[] = [
+  'iss',
+  'aud',
+  'exp',
+  'nbf',
+  'iat',
+  'jti',
+  'azp',
+  'client_id',
+  'scope',
+  'nonce',
+  'auth_time',
+  'acr',
+  'amr',
+  'sid',
+  'at_hash',
+  'c_hash',
+  'cnf',
+];
+
+/** A claim name a JWT project may take its users from: USER_CLAIM_RE, and not a reserved claim. */
+export function isUserClaim(claim: string): boolean {
+  return USER_CLAIM_RE.test(claim) && !RESERVED_USER_CLAIMS.includes(claim);
+}
+
+/**
+ * Whether a string is well-formed Unicode (no lone surrogate), so UTF-8, hence a record's CBOR, carries it as
+ * it is (String.prototype.isWellFormed, ES2024; the TypeScript lib here is ES2022).
+ */
+export function isWellFormedText(s: string): boolean {
+  return (s as unknown as { isWellFormed(): boolean }).isWellFormed();
+}
+
 /** Whether `uri` is an absolute https URL with a host, no credentials and no fragment. */
 export function isJwksUri(uri: string): boolean {
   if (uri.length > JWKS_URI_MAX) return false;

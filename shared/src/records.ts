@@ -18,13 +18,13 @@ import { KeystoreError } from './errors';
 import { ADDRESS_RE, IDENTITY_PUBLIC_KEY_RE, KEY_ID_RE, PROJECT_ID_RE, SUBJECT_MAX_BYTES } from './identifiers';
 import {
   isJwksUri,
+  isUserClaim,
   JWT_ALGORITHMS,
   JWT_AUDIENCE_MAX,
   JWT_ISSUER_MAX,
   MAX_ORIGINS,
   MAX_TOKEN_LIFETIME_S,
   ORIGIN_RE,
-  USER_CLAIM_RE,
   type JwtAlgorithm,
   type ProjectAuth,
 } from './project-auth';
@@ -274,7 +274,7 @@ function decodeAuth(auth: unknown): ProjectAuth {
     type: 'jwt',
     issuer: text('issuer', (v) => v.length > 0 && v.length <= JWT_ISSUER_MAX),
     audience: text('audience', (v) => v.length > 0 && v.length <= JWT_AUDIENCE_MAX),
-    userClaim: text('userClaim', (v) => USER_CLAIM_RE.test(v)),
+    userClaim: text('userClaim', isUserClaim),
     jwksUri: text('jwksUri', isJwksUri),
     algorithms: algorithms as JwtAlgorithm[],
     maxTokenLifetime: lifetime,

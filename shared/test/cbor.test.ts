@@ -415,4 +415,23 @@ describe('canonicalCbor: what it refuses to encode, and its integer edges', () =
     const bare = Object.assign(Object.create(null) as Record<string, unknown>, { b: 1, a: 'x' });
     expect(canonicalCbor(bare)).toEqual(canonicalCbor({ a: 'x', b: 1 }));
   });
+
+  // Review 17, F3: Node writes U+FFFD for a lone surrogate, so the bytes (what is signed, and what everyone else
+  // reads) said another string than the value the encoder was given.
+  it('refuses a string that is not well-formed Unicode (a lone surrogate), as a value or a key, at any depth', () => {
+    const refusal = new TypeError('a string that is not well-formed Unicode (a lone surrogate) has no UTF-8 encoding');
+    for (const bad of ['\ud800', 'issuer\ud800', '\udfff', '\udc00x', 'x\ud83d', '\ude00\ud83d']) {
+      expect(() => canonicalCbor({ a: bad })).toThrow(refusal);
+      expect(() => canonicalCbor({ [bad]: 1 })).toThrow(refusal);
+      expect(() => canonicalCbor({ auth: { issuer: bad } })).toThrow(refusal);
+      expect(() => canonicalCbor({ list: ['ok', bad] })).toThrow(refusal);
+      expect(() => canonicalCbor({ m: new Map([[bad, 1]]) })).toThrow(refusal);
+    }
+  });
+
+  it('encodes well-formed text outside the BMP (a surrogate pair) as its four UTF-8 bytes, and decodes it back', () => {
+    const bytes = canonicalCbor({ a: '\ud83d\ude00' });
+    expect(bytes.toString('hex')).toBe('a1616164f09f9880');
+    expect(decodeCanonicalCbor(bytes)).toEqual(new Map([['a', '😀']]));
+  });
 });

@@ -26,6 +26,8 @@ import {
   type ProjectRecord,
   type SignedRecord,
 } from '../src/records';
+import { RESERVED_USER_CLAIMS } from '../src/project-auth';
+import { PROJECT_RECORD_MAX_BYTES } from '../src/projects-schema';
 import { SIGN_REQUEST_TYPES } from '../src/signing/request-types';
 
 function newIdentity(): { privateKey: KeyObject; publicKey: KeyObject; hex: string } {
@@ -328,6 +330,18 @@ describe('decoding project records, field by field', () => {
       userClaim: 'c'.repeat(64),
     });
     expect(ok(jwt({ issuer: 'x', audience: 'y', userClaim: 'email' })).auth).toMatchObject({ issuer: 'x', audience: 'y' });
+    // Claim names are case-sensitive: these are not the registered claims.
+    expect(ok(jwt({ userClaim: 'ISS' })).auth).toMatchObject({ userClaim: 'ISS' });
+    expect(ok(jwt({ userClaim: 'oid' })).auth).toMatchObject({ userClaim: 'oid' });
+  });
+
+  it('refuses a reserved user claim: at least the registered claims other than sub', () => {
+    for (const c of ['iss', 'aud', 'exp', 'nbf', 'iat', 'jti']) expect(RESERVED_USER_CLAIMS).toContain(c);
+    expect(RESERVED_USER_CLAIMS).not.toContain('sub');
+  });
+
+  it("agrees with the settings schema on a record's size limit", () => {
+    expect(PROJECT_RECORD_MAX_BYTES).toBe(MAX_RECORD_BYTES);
   });
 
   it.each<[string, Record<string, unknown>, string]>([
@@ -341,6 +355,12 @@ describe('decoding project records, field by field', () => {
     ['a list as audience', { audience: ['a'] }, 'auth.audience is not well formed'],
     ['a user claim with a space', { userClaim: 'user id' }, 'auth.userClaim is not well formed'],
     ['a user claim of 65 characters', { userClaim: 'c'.repeat(65) }, 'auth.userClaim is not well formed'],
+    // Review 17 (informational): claims that name no user (every user would share one key, or get a new one each time).
+    ...RESERVED_USER_CLAIMS.map((c): [string, Record<string, unknown>, string] => [
+      `the user claim ${c}`,
+      { userClaim: c },
+      'auth.userClaim is not well formed',
+    ]),
     ['an http JWKS URI', { jwksUri: 'http://login.example.com/jwks' }, 'auth.jwksUri is not well formed'],
     ['a JWKS URI with credentials', { jwksUri: 'https://u:p@login.example.com/jwks' }, 'auth.jwksUri is not well formed'],
     ['a JWKS URI with a fragment', { jwksUri: 'https://login.example.com/jwks#x' }, 'auth.jwksUri is not well formed'],

@@ -5,20 +5,23 @@
  * The rules, all from the project's signed record and the enclave's own clock:
  * - at most JWT_MAX_BYTES; the algorithm in the project's list (asymmetric only, so never `none` or HS*);
  * - the key from the project's JWKS only: jose's key resolver over the cached set, so `jku`, `jwk`, `x5u` and
- *   `x5c` headers are never used to find a key; `kid` is required when several keys of the set could match;
+ *   `x5c` headers are never used to find a key; `kid` is required when the set has more than one key (jose
+ *   itself would ask for it only when several keys match the JWT's algorithm);
  * - `iss` and `aud` the project's, `exp` and `iat` present, `exp`, `nbf` and `iat` within JWT_CLOCK_SKEW_S of
- *   the enclave's clock, and `exp − iat` at most the project's maxTokenLifetime;
+ *   the enclave's clock, and `exp − iat` at most the project's maxTokenLifetime. The times are judged again by
+ *   the clock once the JWKS is resolved (a fetch the parent delays must not stretch a token's life), and the
+ *   caller judges them once more (`JwtUser.stillValid`) right before it acts, after any wait of its own;
  * - the user claim a non-empty string.
  *
  * Every refusal is INVALID_JWT with a short message naming the problem (it goes to the wallet user; the
  * parent sees the JWT anyway until TLS moves into the enclave). A JWKS that cannot be fetched, or a clock the
  * enclave does not trust, is JWKS_UNAVAILABLE (retryable): never an authentication failure.
  */
-import { errors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
+import { errors, jwtVerify, type FlattenedJWSInput, type JWTHeaderParameters, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { KeystoreError } from '@nks/shared/errors';
 import { JWT_CLOCK_SKEW_S, JWT_MAX_BYTES, jwtSubject, type JwtProjectAuth } from '@nks/shared/project-auth';
-import type { ClockCheck } from './clock';
-import type { JwksCache } from './jwks';
+import { CLOCK_NOT_TRUSTED_MESSAGE, type ClockCheck } from './clock';
+import type { JwksCache, JwksEntry } from './jwks';
 
 const invalid = (message: string) => new KeystoreError('INVALID_JWT', message);
 
@@ -47,11 +50,24 @@ export function jwtRefusal(err: unknown): KeystoreError {
   }
   if (err instanceof errors.JWSSignatureVerificationFailed) return invalid('the JWT signature does not verify');
   if (err instanceof errors.JWKSNoMatchingKey) return invalid("the JWT's key is unknown: no key of the project's JWKS matches it");
-  if (err instanceof errors.JWKSMultipleMatchingKeys) return invalid('the JWT names no key (kid) and several keys of the JWKS match');
+  // With the kid rule below, only keys that share the JWT's kid can match several at once.
+  if (err instanceof errors.JWKSMultipleMatchingKeys) return invalid("several keys of the project's JWKS match the JWT's key id (kid)");
   if (err instanceof errors.JOSEAlgNotAllowed) return invalid("the JWT's algorithm is not allowed by the project");
   if (err instanceof errors.JOSENotSupported) return invalid('the JWT uses an algorithm or header that is not supported');
   if (err instanceof errors.JWTInvalid || err instanceof errors.JWSInvalid) return invalid('the JWT is malformed');
   return invalid('the JWT does not verify');
+}
+
+export const KID_REQUIRED_MESSAGE = "the JWT names no key (kid) and the project's JWKS has several keys";
+
+/** A verified JWT's user: the key subject it proves, and its times judged again by the clock now. */
+export interface JwtUser {
+  subject: string;
+  /**
+   * INVALID_JWT if the JWT is no longer valid by the enclave's clock now (expired since it was verified), or
+   * JWKS_UNAVAILABLE if the clock is no longer trusted. Call it after any wait, right before acting on the JWT.
+   */
+  stillValid(): void;
 }
 
 export class JwtVerifier {
@@ -70,31 +86,56 @@ export class JwtVerifier {
 
   /** The subject `token` proves in a project with `auth`, or INVALID_JWT / JWKS_UNAVAILABLE. */
   async subjectOf(token: string, auth: JwtProjectAuth): Promise<string> {
-    try {
-      const subject = await this.verify(token, auth);
-      this.verifications += 1;
-      return subject;
-    } catch (err) {
-      const refusal = err instanceof KeystoreError ? err : jwtRefusal(err);
-      if (refusal.code === 'INVALID_JWT') this.refusals += 1;
-      throw refusal;
-    }
+    return (await this.user(token, auth)).subject;
   }
 
-  private async verify(token: string, auth: JwtProjectAuth): Promise<string> {
+  /** The user `token` proves in a project with `auth` (see JwtUser), or INVALID_JWT / JWKS_UNAVAILABLE. */
+  async user(token: string, auth: JwtProjectAuth): Promise<JwtUser> {
+    let payload: JWTPayload;
+    try {
+      payload = await this.verify(token, auth);
+    } catch (err) {
+      throw this.refusal(err);
+    }
+    this.verifications += 1;
+    return {
+      subject: jwtSubject(auth.issuer, payload[auth.userClaim]) as string,
+      stillValid: () => {
+        try {
+          this.times(payload);
+        } catch (err) {
+          throw this.refusal(err);
+        }
+      },
+    };
+  }
+
+  /** The one error a failed check answers (INVALID_JWT counted as a refusal). */
+  private refusal(err: unknown): KeystoreError {
+    const refusal = err instanceof KeystoreError ? err : jwtRefusal(err);
+    if (refusal.code === 'INVALID_JWT') this.refusals += 1;
+    return refusal;
+  }
+
+  private async verify(token: string, auth: JwtProjectAuth): Promise<JWTPayload> {
     if (Buffer.byteLength(token) > JWT_MAX_BYTES) throw invalid(`the JWT is longer than ${JWT_MAX_BYTES} bytes`);
     await this.deps.clock.assertTrusted();
     const { jwks } = this.deps;
+    const resolve = (entry: JwksEntry, header: JWTHeaderParameters, jws: FlattenedJWSInput) => {
+      // The issue's rule, stricter than jose's: with several keys in the set a JWT must say which one it is.
+      if (entry.keys > 1 && header.kid === undefined) throw invalid(KID_REQUIRED_MESSAGE);
+      return entry.resolve(header, jws);
+    };
     const getKey: JWTVerifyGetKey = async (header, jws) => {
       const entry = await jwks.get(auth.jwksUri);
       try {
-        return await entry.resolve(header, jws);
+        return await resolve(entry, header, jws);
       } catch (err) {
         // Only a key the set does not hold may mean the issuer rotated: refetch (rate-limited) and look again.
         if (!(err instanceof errors.JWKSNoMatchingKey)) throw err;
         const fresh = await jwks.refetchForUnknownKid(auth.jwksUri);
         if (!fresh) throw err;
-        return fresh.resolve(header, jws);
+        return resolve(fresh, header, jws);
       }
     };
     const { payload } = await jwtVerify(token, getKey, {
@@ -106,12 +147,37 @@ export class JwtVerifier {
       // maxTokenAge also refuses an iat in the future.
       maxTokenAge: auth.maxTokenLifetime,
       clockTolerance: JWT_CLOCK_SKEW_S,
-      currentDate: new Date(this.deps.now?.() ?? Date.now()),
+      currentDate: new Date(this.now()),
     });
+    // jose judged the times by the clock when the check began, before the key was resolved (perhaps fetched,
+    // as slowly as the parent's relay lets it): judge them again now.
+    this.times(payload);
     if (lifetime(payload) > auth.maxTokenLifetime) throw invalid('the JWT lives longer than the project allows');
-    const subject = jwtSubject(auth.issuer, payload[auth.userClaim]);
-    if (subject === null) throw invalid(`the JWT has no "${auth.userClaim}" claim as a string (of at most 1 KiB with the issuer)`);
-    return subject;
+    if (jwtSubject(auth.issuer, payload[auth.userClaim]) === null) {
+      throw invalid(`the JWT has no "${auth.userClaim}" claim as a string (of at most 1 KiB with the issuer)`);
+    }
+    return payload;
+  }
+
+  /**
+   * exp, nbf and iat (checked numeric by jose) by the clock now, with jose's rules and tolerance. The age cap
+   * needs no second look: it follows from exp not past and exp − iat at most the project's cap.
+   */
+  private times(p: JWTPayload): void {
+    if (this.deps.clock.state !== 'trusted') throw new KeystoreError('JWKS_UNAVAILABLE', CLOCK_NOT_TRUSTED_MESSAGE);
+    const now = Math.floor(this.now() / 1000);
+    if (p.nbf !== undefined && p.nbf > now + JWT_CLOCK_SKEW_S) {
+      throw new errors.JWTClaimValidationFailed('"nbf" claim timestamp check failed', p, 'nbf', 'check_failed');
+    }
+    if ((p.exp as number) <= now - JWT_CLOCK_SKEW_S)
+      throw new errors.JWTExpired('"exp" claim timestamp check failed', p, 'exp', 'check_failed');
+    if ((p.iat as number) > now + JWT_CLOCK_SKEW_S) {
+      throw new errors.JWTClaimValidationFailed('"iat" claim timestamp check failed (it should be in the past)', p, 'iat', 'check_failed');
+    }
+  }
+
+  private now(): number {
+    return this.deps.now?.() ?? Date.now();
   }
 }
 

@@ -7,11 +7,13 @@
  * key covers a digest that starts with one of those two tags.
  */
 import { sign, type KeyObject } from 'node:crypto';
+import { KeystoreError } from '@nks/shared/errors';
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
 import {
   DEFAULT_PROJECT_ID,
   encodeRecord,
   identityBlobDigest,
+  MAX_RECORD_BYTES,
   recordDigest,
   RECORD_VERSION,
   type AnyRecord,
@@ -36,9 +38,18 @@ export class KeystoreIdentity {
     return new KeystoreIdentity(ed25519PrivateKey(seed));
   }
 
-  /** Signs a record: its canonical CBOR and the Ed25519 signature over its digest (both base64), and the digest. */
+  /**
+   * Signs a record: its canonical CBOR and the Ed25519 signature over its digest (both base64), and the digest.
+   * Never a record over MAX_RECORD_BYTES: nobody (the enclave after a restart included) would verify it.
+   */
   sign(record: AnyRecord): { signed: SignedRecord; digest: Buffer } {
     const bytes = encodeRecord(record);
+    if (bytes.length > MAX_RECORD_BYTES) {
+      throw new KeystoreError(
+        'INVALID_PARAMS',
+        `the record would be ${bytes.length} bytes, over the ${MAX_RECORD_BYTES} a record may have`,
+      );
+    }
     const digest = recordDigest(bytes);
     const signature = sign(null, digest, this.privateKey);
     return { signed: { record: bytes.toString('base64'), signature: signature.toString('base64') }, digest };

@@ -87,6 +87,18 @@ export class KeyCache {
     return true;
   }
 
+  /** Drops (and zeroes) every key of a project: its keys sign nothing while it is disabled. */
+  forgetProject(projectId: string): number {
+    let n = 0;
+    for (const [id, e] of this.entries) {
+      if (e.projectId === projectId) {
+        this.drop(id, e);
+        n += 1;
+      }
+    }
+    return n;
+  }
+
   /** Zeroes and removes expired entries; also runs on a timer so idle keys do not linger. */
   sweep(): number {
     const now = this.now();

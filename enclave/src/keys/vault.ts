@@ -14,6 +14,11 @@
  * - JWT projects (docs/PROTOCOL.md, `jwt`): create, sign and lookup of a JWT project's key need the user's JWT,
  *   verified here (auth/jwt.ts) before any KMS call or signature; its subject is the key's. A sign without one
  *   is FORBIDDEN: no operator token can sign with a JWT user's key. A token project takes no JWT.
+ * - After every wait (a JWT check, which may fetch the JWKS; a KMS answer) and right before the signature, the
+ *   records are checked again: still the newest the enclave has seen (it may have disabled the key or the
+ *   project meanwhile, at the parent's request), in the states they allow, and the JWT still unexpired. The
+ *   parent can delay a request; it cannot make it act on what the enclave has since superseded
+ *   (docs/SECURITY.md, "A waiting request acts on the records of now").
  *
  * Integrity failures are one KEY_INTEGRITY with one fixed message, counted (VerifiedRecords.refused); states are
  * answered plainly: KEY_RETIRED, KEY_DISABLED, FORBIDDEN.
@@ -24,6 +29,7 @@ import { BLOB_VERSION_V1, decodeBlobBase64, decodeKeyBlob, encodeBlob, type KeyB
 import { KeystoreError } from '@nks/shared/errors';
 import type { CreateResult, LookupResult, SetDisabledResult } from '@nks/shared/enclave-api';
 import type { JwtProjectAuth } from '@nks/shared/project-auth';
+import type { JwtUser } from '../auth/jwt';
 import { hex, RECORD_VERSION, type KeyOrigin, type KeyRecord, type ProjectRecord, type SignedRecord } from '@nks/shared/records';
 import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
 import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
@@ -48,7 +54,7 @@ export interface SignParams {
 
 /** What proves a JWT project's user (auth/jwt.ts). */
 export interface JwtSubjects {
-  subjectOf(token: string, auth: JwtProjectAuth): Promise<string>;
+  user(token: string, auth: JwtProjectAuth): Promise<JwtUser>;
 }
 
 /** The same answer whichever part of the subject differs (issuer or user). */
@@ -99,6 +105,9 @@ export class KeyVault {
   async create(keyId: string, projectRecord: SignedRecord, subjectIn: string | null, attest: boolean, jwt?: string): Promise<CreateResult> {
     const project = this.activeProject(projectRecord);
     const subject = await this.owner(project.record, subjectIn, jwt);
+    // The JWT check may have waited for the JWKS: the project may have been disabled meanwhile. (The birth
+    // attestation below comes after the key and its record exist: a key made just before a disable.)
+    this.deps.records.stillCurrent(project);
     const secret = generateSecret();
     let result: CreateResult;
     try {
@@ -127,7 +136,7 @@ export class KeyVault {
       throw new KeystoreError('INVALID_PARAMS', "a JWT project's key takes its subject from the JWT: subject must be null");
     }
     if (jwt === undefined) throw new KeystoreError('FORBIDDEN', CREATE_WITHOUT_JWT_MESSAGE);
-    return this.deps.jwt.subjectOf(jwt, project.auth);
+    return (await this.deps.jwt.user(jwt, project.auth)).subject;
   }
 
   /** Seals `secret` as a version 2 key blob and signs the key's first record. */
@@ -153,8 +162,8 @@ export class KeyVault {
       origin: k.origin,
       createdAt: this.now(),
     };
-    const { signed, digest } = this.deps.identity().sign(record);
-    this.deps.records.remember(signed, { record, digest });
+    const { signed } = this.deps.identity().sign(record);
+    this.deps.records.remember<KeyRecord>(signed, 'key');
     return { keyId: k.keyId, address: k.address, publicKey: '0x', blob: blob.toString('base64'), record: signed };
   }
 
@@ -185,18 +194,28 @@ export class KeyVault {
     }
 
     const { auth } = project.record;
+    let user: JwtUser | undefined;
     if (auth.type === 'token') {
       if (p.jwt !== undefined) throw tokenProjectJwt();
     } else {
       // After the record checks (a refused record costs no JWT check, nor a JWKS fetch), before any KMS call.
       if (p.jwt === undefined) throw new KeystoreError('FORBIDDEN', SIGN_WITHOUT_JWT_MESSAGE);
-      if ((await this.deps.jwt.subjectOf(p.jwt, auth)) !== k.subject) throw notThisUser();
-      // Other requests ran while the JWT was checked: one may have dropped (and zeroed) the cached key. Then
-      // start again, as a cold sign: the same checks, with what the enclave holds now.
+      user = await this.deps.jwt.user(p.jwt, auth);
+      if (user.subject !== k.subject) throw notThisUser();
+      // Other requests ran while the JWT was checked: one may have made a newer record of the key or the
+      // project (disabled either), or dropped (and zeroed) the cached key. The first is refused; the second
+      // starts again, as a cold sign: the same checks, with what the enclave holds now.
+      records.stillCurrent(key);
+      records.stillCurrent(project);
       if (cached && !this.deps.cache.holds(p.keyId, cached)) return this.sign(p);
     }
     usable(k, project.record, p.request.type);
     cached ??= await this.unsealShared(p.blob, blob as KeyBlob, k.blobSha256);
+    // The last check, with no wait between it and the signature (the KMS answer may have come late): the
+    // records are still the newest, so the states usable() read in them are those of now; the JWT unexpired.
+    records.stillCurrent(key);
+    records.stillCurrent(project);
+    user?.stillValid();
     const result = await this.deps.signers.sign(p.request, cached.secret, cached.address);
     this.signs += 1;
     return result;
@@ -239,7 +258,10 @@ export class KeyVault {
     records.current(project);
     const { auth } = project.record;
     if (auth.type === 'token') throw tokenProjectJwt();
-    if ((await this.deps.jwt.subjectOf(jwt, auth)) !== key.record.subject) throw notThisUser();
+    if ((await this.deps.jwt.user(jwt, auth)).subject !== key.record.subject) throw notThisUser();
+    // The JWT check may have waited (a JWKS fetch): the answer is about the records of now.
+    records.stillCurrent(key);
+    records.stillCurrent(project);
     states(key.record, project.record);
     return { keyId: key.record.keyId, address: key.record.address as `0x${string}` };
   }
@@ -255,9 +277,9 @@ export class KeyVault {
       throw new KeystoreError('KEY_RETIRED', `the key is ${key.record.state}`);
     }
     const record: KeyRecord = { ...key.record, disabled, seq: key.record.seq + 1, prev: hex(key.digest), createdAt: this.now() };
-    const { signed, digest } = this.deps.identity().sign(record);
+    const { signed } = this.deps.identity().sign(record);
     // From now on the record before is refused: this one is the newest the enclave has seen.
-    records.remember(signed, { record, digest });
+    records.remember<KeyRecord>(signed, 'key');
     if (disabled) this.deps.cache.forget(record.keyId);
     return { record: signed };
   }
@@ -282,6 +304,8 @@ export class KeyVault {
     const opened = await this.deps.unsealer.unseal(old);
     let result: CreateResult;
     try {
+      // The unseal waited for KMS: the project may have been changed meanwhile.
+      this.deps.records.stillCurrent(project);
       const pub = publicKeyOf(opened.secret);
       result = this.seal(opened.secret, {
         keyId,

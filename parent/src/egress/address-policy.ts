@@ -12,7 +12,17 @@ import net from 'node:net';
 
 /** Why an address is refused; `null` from `classifyAddress` means a global unicast address. */
 export type AddressCategory =
-  'metadata' | 'loopback' | 'unspecified' | 'private' | 'link_local' | 'unique_local' | 'multicast' | 'broadcast' | 'reserved' | 'invalid';
+  | 'metadata'
+  | 'denied'
+  | 'loopback'
+  | 'unspecified'
+  | 'private'
+  | 'link_local'
+  | 'unique_local'
+  | 'multicast'
+  | 'broadcast'
+  | 'reserved'
+  | 'invalid';
 
 type Rule = [address: string, prefix: number];
 
@@ -91,15 +101,45 @@ const LISTS: ReadonlyArray<[AddressCategory, net.BlockList]> = CATEGORIES.map(([
   return [category, list];
 });
 
+/** `address/prefix` (or a bare address: one host) as `[address, prefix, family]`, or null when it is not one. */
+export function parseCidr(cidr: string): [address: string, prefix: number, family: 'ipv4' | 'ipv6'] | null {
+  const [address = '', prefixText, ...rest] = cidr.split('/');
+  const family = net.isIP(address);
+  if (family === 0 || address.includes('%') || rest.length > 0) return null;
+  const max = family === 4 ? 32 : 128;
+  if (prefixText !== undefined && !/^\d{1,3}$/.test(prefixText)) return null;
+  const prefix = prefixText === undefined ? max : Number(prefixText);
+  return prefix <= max ? [address, prefix, family === 4 ? 'ipv4' : 'ipv6'] : null;
+}
+
 /**
- * The category of an address, or null for a global unicast one. Anything that is not a plain IP address is
- * `invalid`, including a scoped IPv6 address (`fe80::1%eth0`), which `BlockList` would not match.
+ * The operator's own denied ranges (`egress.deniedCidrs`): global addresses that are still inside its network
+ * (a VPC's IPv6 range, its Elastic IPs, a partner's private link), which no special-purpose registry lists.
+ * An IPv4 range also covers its IPv4-mapped IPv6 form (BlockList, as above).
  */
-export function classifyAddress(address: string): AddressCategory | null {
+export function deniedList(cidrs: readonly string[]): net.BlockList {
+  const list = new net.BlockList();
+  for (const cidr of cidrs) {
+    const parsed = parseCidr(cidr);
+    if (!parsed) throw new RangeError(`not a CIDR: ${cidr}`);
+    list.addSubnet(...parsed);
+  }
+  return list;
+}
+
+/**
+ * The category of an address, or null for a global unicast one the operator has not denied. Anything that is
+ * not a plain IP address is `invalid`, including a scoped IPv6 address (`fe80::1%eth0`), which `BlockList`
+ * would not match. `denied` comes right after `metadata`: the operator's list wins over `allowLoopback`.
+ */
+export function classifyAddress(address: string, denied?: net.BlockList): AddressCategory | null {
   const family = net.isIP(address);
   if (family === 0 || address.includes('%')) return 'invalid';
   const type = family === 4 ? 'ipv4' : 'ipv6';
-  for (const [category, list] of LISTS) if (list.check(address, type)) return category;
+  for (const [category, list] of LISTS) {
+    if (list.check(address, type)) return category;
+    if (category === 'metadata' && denied?.check(address, type)) return 'denied';
+  }
   return null;
 }
 

@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { DEFAULT_EGRESS_ADDRESS, EGRESS_HOST_RE } from '@nks/shared/egress';
 import { VsockAddressSchema } from '@nks/shared/transport';
+import { parseCidr } from './address-policy';
 
 /** Every default of the section, once: the schema fills these in, and tests compare with them. */
 export const EGRESS_CONFIG_DEFAULTS = {
@@ -13,6 +14,7 @@ export const EGRESS_CONFIG_DEFAULTS = {
   allowedHosts: [] as string[],
   allowedPorts: [443] as number[],
   allowLoopback: false,
+  deniedCidrs: [] as string[],
   connectTimeoutMs: 5_000,
   idleTimeoutMs: 30_000,
   /**
@@ -45,6 +47,21 @@ export const EgressConfigSchema = z.strictObject({
     .default(() => [...D.allowedPorts]),
   /** Lets names resolve to loopback addresses (development and tests, where the JWKS server is local). */
   allowLoopback: z.boolean().default(D.allowLoopback),
+  /**
+   * Ranges refused like the private ones, whatever else allows them: the operator's own global addresses (its
+   * VPC's IPv6 CIDR, its Elastic IPs, …), which look public to the relay but lead into its network.
+   */
+  deniedCidrs: z
+    .array(
+      z
+        .string()
+        .refine(
+          (c) => parseCidr(c) !== null,
+          'expected an IPv4 or IPv6 range as address/prefix (e.g. 203.0.113.0/24, 2600:1f18::/40) or an address',
+        ),
+    )
+    .max(1000)
+    .default(() => [...D.deniedCidrs]),
   /** Resolving the name, then connecting to its addresses, each within this. */
   connectTimeoutMs: ms(D.connectTimeoutMs, 60_000),
   /** A relayed connection with no byte either way for this long is closed. */

@@ -22,7 +22,7 @@ export const EGRESS_REFUSAL_REASONS = [
   'dns_failed',
   /** One of the name's addresses is an instance metadata address (never allowed). */
   'metadata_address',
-  /** One of the name's addresses is loopback (without `allowLoopback`), private, link-local, unique-local, multicast, reserved, … */
+  /** One of the name's addresses is loopback (without `allowLoopback`), private, link-local, unique-local, multicast, reserved, in `egress.deniedCidrs`, … */
   'address_not_allowed',
   /** Every address refused the connection or failed. */
   'connect_failed',

@@ -18,7 +18,7 @@ import { EGRESS_MAX_REQUEST_BYTES, EGRESS_OK, parseEgressRequest, type EgressReq
 import { FrameDecoder, FrameError } from '@nks/shared/framing';
 import type { Logger } from '@nks/shared/log';
 import type { Connection, Listener, Transport } from '@nks/shared/transport';
-import { addressAllowed, classifyAddress, type AddressCategory } from './address-policy';
+import { addressAllowed, classifyAddress, deniedList, type AddressCategory } from './address-policy';
 import type { EgressConfig } from './config';
 import {
   createEgressMetrics,
@@ -131,6 +131,8 @@ class Relay implements EgressRelay {
   private listener: Listener | null = null;
   private readonly configHosts: ReadonlySet<string>;
   private readonly ports: ReadonlySet<number>;
+  /** `egress.deniedCidrs`, matched like the special-purpose ranges. */
+  readonly denied: net.BlockList;
 
   constructor(private readonly options: EgressRelayOptions) {
     this.config = options.config;
@@ -140,6 +142,7 @@ class Relay implements EgressRelay {
     this.lookup = options.lookup ?? systemLookup;
     this.configHosts = new Set(this.config.allowedHosts.map((h) => h.toLowerCase()));
     this.ports = new Set(this.config.allowedPorts);
+    this.denied = deniedList(this.config.deniedCidrs);
   }
 
   get address(): string {
@@ -154,6 +157,7 @@ class Relay implements EgressRelay {
         allowedHosts: this.config.allowedHosts,
         allowedPorts: this.config.allowedPorts,
         allowLoopback: this.config.allowLoopback,
+        deniedCidrs: this.config.deniedCidrs,
       },
       'egress relay listening',
     );
@@ -315,7 +319,7 @@ class Session {
     if (answers.length === 0) return this.refuse('dns_failed', { code: 'NODATA' });
     // Every address, not just the one connected to: a name that has any address inside is not a public host.
     // A metadata address is reported as such wherever it is in the answer.
-    const ranges = answers.map(({ address }) => ({ address, range: classifyAddress(address) }));
+    const ranges = answers.map(({ address }) => ({ address, range: classifyAddress(address, relay.denied) }));
     const metadata = ranges.find((a) => a.range === 'metadata');
     if (metadata) return this.refuse('metadata_address', metadata);
     const refused = ranges.find((a) => !addressAllowed(a.range, config.allowLoopback));
