@@ -50,7 +50,18 @@ export const JwtAuthSchema = z.strictObject({
 
 export const ProjectAuthSchema = z.discriminatedUnion('type', [z.strictObject({ type: z.literal('token') }), JwtAuthSchema]);
 
-export const OriginSchema = z.string().regex(ORIGIN_RE, 'expected an origin (scheme://host[:port]); * and null are refused');
+/** What a browser sends in `Origin`: lower-case host, no default port; anything else would never match. */
+const isCanonicalOrigin = (o: string): boolean => {
+  try {
+    return new URL(o).origin === o;
+  } catch {
+    return false;
+  }
+};
+export const OriginSchema = z
+  .string()
+  .regex(ORIGIN_RE, 'expected an origin (scheme://host[:port]); * and null are refused')
+  .refine(isCanonicalOrigin, 'expected the origin as a browser sends it: lower-case host, no default port (:443 for https, :80 for http)');
 
 /**
  * A project record's size limit (records.ts, MAX_RECORD_BYTES: a larger record is refused by everyone who

@@ -114,3 +114,26 @@ describe('project settings schema', () => {
     );
   });
 });
+
+describe('allowed origins', () => {
+  // Review 17b: origins no browser sends were accepted, and the app's own page was then refused without a word.
+  it.each(['https://App.Example.com', 'https://app.example.com:443', 'http://app.example.com:80'])(
+    'refuses %s, which no browser sends',
+    (origin) => {
+      expect(problem({ auth: { type: 'token' }, allowedOrigins: [origin] })).toBe(
+        'settings.allowedOrigins[0]: expected the origin as a browser sends it: lower-case host, no default port (:443 for https, :80 for http)',
+      );
+    },
+  );
+
+  it.each(['https://app.example.com', 'https://app.example.com:8443', 'http://localhost:3000', 'http://127.0.0.1:5173'])(
+    'takes %s',
+    (origin) => {
+      expect(ProjectSettingsSchema.parse({ auth: { type: 'token' }, allowedOrigins: [origin] }).allowedOrigins).toEqual([origin]);
+    },
+  );
+
+  it.each(['*', 'null', 'https://app.example.com/', 'https://app.example.com/path'])('refuses %s', (origin) => {
+    expect(problem({ auth: { type: 'token' }, allowedOrigins: [origin] })).toContain('settings.allowedOrigins[0]: expected an origin');
+  });
+});
