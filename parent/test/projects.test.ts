@@ -694,5 +694,82 @@ describe('projects and the TrueWallet API in the parent', () => {
       const other = await createProject();
       expect((await wallet(other.projectKey, 'get-address', { jwt_token: await mint('m3') })).status).toBe(200);
     });
+
+    it('warns at start, and in /metrics, when the API listens on loopback and trusts no proxy; trusts X-Forwarded-For from listed proxies only', async () => {
+      await startWith({ failuresPerAddress: 2 });
+      const warning = () => log.lines().filter((l) => l.level === 40 && String(l.msg).includes('api.trustProxy'));
+      expect(warning()).toHaveLength(1);
+      expect(String(warning()[0]?.msg)).toMatch(/listens on loopback \(127\.0\.0\.1\) and api.trustProxy is empty/);
+      expect((await call((parent as RunningParent).url, '/metrics')).body).toMatch(/^nks_api_client_address_shared 1$/m);
+      // Not trusted: X-Forwarded-For is ignored, every client of a proxy at 127.0.0.9 is one.
+      const jwt = await mint('pia');
+      for (let i = 0; i < 2; i++)
+        expect(
+          (
+            await wallet(
+              project.projectKey,
+              'get-address',
+              { jwt_token: 'x' },
+              { from: '127.0.0.9', headers: { 'x-forwarded-for': '203.0.113.1' } },
+            )
+          ).status,
+        ).toBe(400);
+      expect(
+        (
+          await wallet(
+            project.projectKey,
+            'get-address',
+            { jwt_token: jwt },
+            { from: '127.0.0.9', headers: { 'x-forwarded-for': '198.51.100.1' } },
+          )
+        ).status,
+      ).toBe(403);
+
+      await parent?.stop();
+      log = captureLogger('debug');
+      await start({
+        api: { listen: { host: '127.0.0.1', port: 0 }, trustProxy: ['127.0.0.9', '10.0.0.0/8'] },
+        wallets: { rateLimits: { failuresPerAddress: 2 } },
+      });
+      expect(warning()).toEqual([]);
+      expect((await call((parent as RunningParent).url, '/metrics')).body).toMatch(/^nks_api_client_address_shared 0$/m);
+      const via = (xff: string, from = '127.0.0.9') => ({ from, headers: { 'x-forwarded-for': xff } });
+      for (let i = 0; i < 2; i++)
+        expect((await wallet(project.projectKey, 'get-address', { jwt_token: 'x' }, via('203.0.113.1'))).status).toBe(400);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('203.0.113.1'))).status).toBe(403);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('198.51.100.1'))).status).toBe(200);
+      // Walking back past listed proxies (10/8), up to the first address that is not one.
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('203.0.113.1, 10.1.2.3'))).status).toBe(403);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('203.0.113.1, 198.51.100.1'))).status).toBe(200);
+      // IPv6 clients count by /64 (as the plugin does).
+      for (let i = 0; i < 2; i++)
+        expect((await wallet(project.projectKey, 'get-address', { jwt_token: 'x' }, via(`2001:db8:1:2::${i + 1}`))).status).toBe(400);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('2001:db8:1:2::99'))).status).toBe(403);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('2001:db8:1:3::1'))).status).toBe(200);
+      // A peer that is not listed cannot pick its address.
+      for (let i = 0; i < 2; i++)
+        expect((await wallet(project.projectKey, 'get-address', { jwt_token: 'x' }, via(`192.0.2.${i}`, '127.0.0.10'))).status).toBe(400);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('192.0.2.77', '127.0.0.10'))).status).toBe(403);
+    });
+
+    it('on a Unix socket, trusts the X-Forwarded-For of its peer only with api.trustProxy ["unix"]', async () => {
+      const socket = path.join(runDir, 'api.sock');
+      for (const trustProxy of [[], ['unix']]) {
+        await parent?.stop();
+        log = captureLogger('debug');
+        await start({ api: { listen: { socket }, trustProxy }, wallets: { rateLimits: { failuresPerAddress: 2 } } });
+        project = await createProject();
+        const url = (parent as RunningParent).url;
+        expect(url).toBe(`unix:${socket}`);
+        const post = (jwt: string, xff: string) =>
+          call(url, `/v1/${project.projectKey}/wallets/get-address`, { body: { jwt_token: jwt }, headers: { 'x-forwarded-for': xff } });
+        const shared = trustProxy.length === 0;
+        expect(log.lines().some((l) => l.level === 40 && String(l.msg).includes(`listens on the Unix socket ${socket}`))).toBe(shared);
+        for (let i = 0; i < 2; i++) expect((await post('x', '203.0.113.1')).status).toBe(400);
+        expect((await post(await mint('quinn'), '203.0.113.1')).status).toBe(403);
+        // Without "unix", every caller of the socket is one client; with it, each is its forwarded address.
+        expect([trustProxy, (await post(await mint('quinn'), '198.51.100.1')).status]).toEqual([trustProxy, shared ? 403 : 200]);
+      }
+    });
   });
 });

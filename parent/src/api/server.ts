@@ -27,6 +27,7 @@ import type { ParentConfig } from '../config';
 import type { Metrics } from '../metrics';
 import { TokenAuth } from './auth';
 import { bodyParser, hasBody, readJsonBody } from './body';
+import { trustedProxies } from './client-address';
 import type { ApiInstance } from './routes';
 import { documentedPath, parseQuery, pathMatcher, validatorCompiler } from './validation';
 
@@ -104,9 +105,12 @@ export class ApiServer {
     server.maxHeadersCount = 64;
     this.server = server;
 
+    const trustProxy = trustedProxies(config.trustProxy);
     const app = Fastify({
       // The server above, with its timeouts and limits; listen() and close() manage it.
       serverFactory: (handler) => server.on('request', handler) as http.Server,
+      // request.ip: X-Forwarded-For only from the configured proxies (client-address.ts).
+      ...(trustProxy ? { trustProxy } : {}),
       genReqId: requestIdOf,
       requestIdHeader: false,
       // HEAD is 405 like any other method a path does not serve; draining answers 503 UNAVAILABLE itself.
