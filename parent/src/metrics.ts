@@ -89,7 +89,7 @@ export class Metrics {
     });
     this.walletRateLimited = new client.Counter({
       name: 'nks_wallet_rate_limited_total',
-      help: 'TrueWallet API requests refused by a rate limit (address, failures, project, user)',
+      help: 'TrueWallet API requests refused by a rate limit (address, failures, concurrent, project, user)',
       labelNames: ['limit'],
       registers: [r],
     });

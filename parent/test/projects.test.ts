@@ -8,6 +8,7 @@
  * truewallet-stack.test.ts.
  */
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { createLocalJWKSet } from 'jose';
 import { privateKeyToAccount } from 'viem/accounts';
@@ -18,6 +19,7 @@ import { captureLogger, tempRunDir, waitFor, type CapturedLogger } from '@nks/sh
 import { startSimulatedIdp, type SimulatedIdp } from '../../sim/src/idp/issuer';
 import { hashToken } from '../src/api/auth';
 import { startParent, type RunningParent } from '../src/app';
+import { UNAVAILABLE_DETAILS } from '../src/api/wallets';
 import { parseParentConfig } from '../src/config';
 import { FAKE_KMS_KEY_ARN, FakeEnclave } from './fake-enclave';
 import { call, expectWalletSignature, type Answer, type CallInit } from './wallet-client';
@@ -539,8 +541,12 @@ describe('projects and the TrueWallet API in the parent', () => {
       await api(`/v1/keys/${key?.keyId}/enable`, { method: 'POST' });
       enclave.jwks = null;
       const down = await wallet(project.projectKey, 'sign', signBody());
-      expectDetail(down, 503, 'no JWKS');
+      // A fixed text (the enclave's own words are logged with the request id).
+      expectDetail(down, 503, UNAVAILABLE_DETAILS.jwks);
       expect(down.headers['retry-after']).toBe('1');
+      expect(log.lines()).toContainEqual(
+        expect.objectContaining({ requestId: down.headers['x-request-id'], code: 'JWKS_UNAVAILABLE', detail: 'no JWKS' }),
+      );
       enclave.jwks = createLocalJWKSet(idp.jwks());
       enclave.signAs = privateKeyToAccount(`0x${'01'.repeat(32)}`);
       const lied = await wallet(project.projectKey, 'sign', signBody());
@@ -656,6 +662,12 @@ describe('projects and the TrueWallet API in the parent', () => {
       );
       expectDetail(limited, 403, 'too many requests for this user; retry later');
       expect(Number(limited.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+      // Counted once the enclave had answered: the over-limit signature was made and dropped, never answered.
+      expect([enclave.calls['keys.sign'], enclave.answered.length]).toEqual([1, 1]);
+      // A forged token naming the busy user is refused as any other (no "this user is busy" without their JWT).
+      expectDetail(await wallet(project.projectKey, 'get-address', { jwt_token: forged }, { from: '127.0.0.20' }), 400, {
+        jwt_token: ['the JWT does not verify'],
+      });
       expect((await wallet(project.projectKey, 'get-address', { jwt_token: await mint('kim') })).status).toBe(200);
     });
 
@@ -770,6 +782,104 @@ describe('projects and the TrueWallet API in the parent', () => {
         // Without "unix", every caller of the socket is one client; with it, each is its forwarded address.
         expect([trustProxy, (await post(await mint('quinn'), '198.51.100.1')).status]).toEqual([trustProxy, shared ? 403 : 200]);
       }
+    });
+
+    it('holds the failure budget for each request in flight: a burst of forged tokens gets no further than the budget', async () => {
+      await startWith({ failuresPerAddress: 3 });
+      // The enclave's key lookup is slow: the whole burst arrives before the first failure is known.
+      const keys = createLocalJWKSet(idp.jwks());
+      enclave.jwks = async (header, token) => {
+        await new Promise((r) => setTimeout(r, 300));
+        return keys(header, token);
+      };
+      const forged = (await mint('nina')).replace(/\.[^.]+$/, '.c2lnbmF0dXJl');
+      const from = { from: '127.0.0.5' };
+      const answers = await Promise.all(
+        Array.from({ length: 12 }, () => wallet(project.projectKey, 'get-address', { jwt_token: forged }, from)),
+      );
+      expect(answers.filter((a) => a.status === 400)).toHaveLength(3);
+      const held = answers.filter((a) => a.status === 403);
+      expect(held).toHaveLength(9);
+      for (const a of held) expectDetail(a, 403, 'too many requests in progress from this address; retry shortly');
+      expect(enclave.calls['keys.create']).toBe(3);
+      expectDetail(
+        await wallet(project.projectKey, 'get-address', { jwt_token: await mint('nina') }, from),
+        403,
+        'too many failed requests from this address; retry later',
+      );
+      const metrics = (await call((parent as RunningParent).url, '/metrics')).body as string;
+      expect(metrics).toMatch(/nks_wallet_rate_limited_total\{limit="concurrent"\} 9/);
+      // Successes give their hold back: another address makes more requests than its budget, one after another.
+      enclave.jwks = keys;
+      for (let i = 0; i < 5; i++)
+        expect((await wallet(project.projectKey, 'get-address', { jwt_token: await mint('nina') }, { from: '127.0.0.6' })).status).toBe(
+          200,
+        );
+    });
+
+    it('gives a hold back when its request is abandoned, refused before its work, or outlives its deadline', async () => {
+      await start({
+        api: { listen: { host: '127.0.0.1', port: 0 }, requestTimeoutMs: 200 },
+        wallets: { rateLimits: { failuresPerAddress: 2 } },
+      });
+      project = await createProject();
+      const url = new URL((parent as RunningParent).url);
+      const from = '127.0.0.7';
+      // Abandoned in the middle of its body, three times (more than the budget).
+      for (let i = 0; i < 3; i++) {
+        await new Promise<void>((resolve, reject) => {
+          const socket = net.connect({ host: url.hostname, port: Number(url.port), localAddress: from }, () => {
+            socket.write(
+              `POST /v1/${project.projectKey}/wallets/get-address HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"jwt_`,
+            );
+            setTimeout(() => {
+              socket.destroy();
+              resolve();
+            }, 50);
+          });
+          socket.on('error', reject);
+        });
+      }
+      // Bad bodies (answered before the route's work runs), more than the budget.
+      for (let i = 0; i < 3; i++) expect((await wallet(project.projectKey, 'get-address', { nope: 1 }, { from })).status).toBe(400);
+      // The server has seen the abandoned requests end (they count in flight until they are answered).
+      for (let until = Date.now() + 5000; (await (parent as RunningParent).metrics.inFlight.get()).values[0]?.value !== 0;) {
+        if (Date.now() > until) throw new Error('requests still in flight');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: await mint('olga') }, { from })).status).toBe(200);
+      // Past its deadline (503), the request's work goes on: its hold is kept until the enclave refuses the JWT,
+      // which is then counted.
+      const keys = createLocalJWKSet(idp.jwks());
+      enclave.jwks = async (header, token) => {
+        await new Promise((r) => setTimeout(r, 400));
+        return keys(header, token);
+      };
+      const forged = (await mint('olga')).replace(/\.[^.]+$/, '.c2lnbmF0dXJl');
+      const late = await Promise.all(
+        [1, 2].map(() =>
+          wallet(
+            project.projectKey,
+            'sign',
+            { message: 'x', jwt_token: forged, message_type: 'message', wallet_type: 'evm' },
+            { from: '127.0.0.8' },
+          ),
+        ),
+      );
+      expect(late.map((a) => a.status)).toEqual([503, 503]);
+      // Both still hold the budget: nothing more from that address until they end.
+      expectDetail(
+        await wallet(project.projectKey, 'get-address', { jwt_token: await mint('olga') }, { from: '127.0.0.8' }),
+        403,
+        'too many requests in progress from this address; retry shortly',
+      );
+      await new Promise((r) => setTimeout(r, 500));
+      enclave.jwks = keys;
+      expectDetail(
+        await wallet(project.projectKey, 'get-address', { jwt_token: await mint('olga') }, { from: '127.0.0.8' }),
+        403,
+        'too many failed requests from this address; retry later',
+      );
     });
   });
 });
