@@ -23,7 +23,7 @@ import Fastify, {
 import { serializerCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import { asKeystoreError, KeystoreError, type ErrorCode } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
-import type { ParentConfig } from '../config';
+import type { ParentConfig, Scope } from '../config';
 import type { Metrics } from '../metrics';
 import { TokenAuth } from './auth';
 import { bodyParser, hasBody, readJsonBody } from './body';
@@ -50,6 +50,8 @@ export interface RequestState {
   route: string;
   /** The token's name once authenticated (the TrueWallet routes: `project:<id>`). */
   principal: string;
+  /** The token's scopes once authenticated. */
+  scopes?: ReadonlySet<Scope>;
   /** The error code answered, if any. */
   code?: ErrorCode;
   finished: boolean;
@@ -231,6 +233,7 @@ export class ApiServer {
         if (scope) {
           const who = auth.authenticate(request.headers.authorization);
           state.principal = who.name;
+          state.scopes = who.scopes;
           TokenAuth.authorize(who, scope);
         }
       } catch (err) {
