@@ -56,7 +56,7 @@ const LIMIT_MESSAGES: Record<LimitName, string> = {
 
 /** The 503 answers of these routes: fixed texts, as the callers are the public (the detail goes to the log). */
 export const UNAVAILABLE_DETAILS = {
-  jwks: 'the JWT cannot be verified right now (the identity provider keys are unavailable); retry',
+  jwks: 'the JWKS could not be fetched, or the keystore clock is not trusted; retry',
   other: 'the keystore is temporarily unavailable; retry',
 } as const;
 
