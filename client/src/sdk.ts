@@ -239,6 +239,7 @@ export class KeystoreClient {
     return { key: res.body, created: res.status === 201 };
   }
 
+  /** A key (`KEY_NOT_FOUND` for a JWT project's key unless the token has `admin`: their records name the users). */
   getKey(keyId: string): Promise<Key> {
     return this.request('GET', `/v1/keys/${encodeURIComponent(keyId)}`);
   }
@@ -248,6 +249,7 @@ export class KeystoreClient {
     return page.keys[0];
   }
 
+  /** A page of keys; JWT projects' keys are listed only for a token with `admin`. */
   listKeys(q: { externalId?: string; limit?: number; cursor?: string } = {}): Promise<{ keys: Key[]; nextCursor: string | null }> {
     const params = new URLSearchParams();
     if (q.externalId !== undefined) params.set('externalId', q.externalId);

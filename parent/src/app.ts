@@ -8,6 +8,7 @@ import type { EnclaveHealth } from '@nks/shared/enclave-api';
 import { createTransport, type Transport } from '@nks/shared/transport';
 import { ApiServer } from './api/server';
 import { TokenAuth } from './api/auth';
+import { sharedClientAddress } from './api/client-address';
 import { callerRoutes } from './api/routes';
 import { walletRoutes } from './api/wallets';
 import type { ParentConfig } from './config';
@@ -149,6 +150,17 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     },
   });
   const url = await api.listen();
+  // Behind a proxy that is not trusted, every caller is the proxy: one sender's forged tokens spend the failure
+  // budget of all of them (docs/DEPLOY.md, "The TrueWallet routes behind a load balancer or proxy").
+  const shared = sharedClientAddress(config.api);
+  metrics.sharedClientAddress.set(shared ? 1 : 0);
+  if (shared)
+    logger.warn(
+      { component: 'api' },
+      `WARNING: ${shared}. A proxy on this host that relays the TrueWallet routes makes every caller one client address, so ` +
+        "one sender's invalid tokens rate-limit all of them: list the proxy in api.trustProxy (it must set X-Forwarded-For), " +
+        'or let callers reach the API directly (docs/DEPLOY.md, "The TrueWallet routes behind a load balancer or proxy")',
+    );
 
   return {
     url,

@@ -3,6 +3,7 @@
  * hosts (listen port, database path, KMS endpoint and region, log level). Validated at start; an invalid one
  * stops the daemon with every problem named.
  */
+import net from 'node:net';
 import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
@@ -24,6 +25,8 @@ export const PARENT_CONFIG_DEFAULTS = {
     maxInFlight: 1024,
     requestTimeoutMs: 15_000,
     drainMs: 10_000,
+    /** No proxy is trusted: a request's client address is its socket peer's. */
+    trustProxy: [] as string[],
   },
   transport: { kind: 'vsock' },
   enclave: { address: DEFAULT_ENCLAVE_ADDRESS, poolSize: 2, connectTimeoutMs: 2_000, deadlineMs: 10_000, maxInFlightPerConnection: 2048 },
@@ -43,6 +46,19 @@ export const PARENT_CONFIG_DEFAULTS = {
 
 const D = PARENT_CONFIG_DEFAULTS;
 const ms = (def: number, min = 1, max = 600_000) => z.number().int().min(min).max(max).default(def);
+
+/** The Unix socket listener's peer, in `api.trustProxy`. */
+export const TRUST_UNIX_PEER = 'unix';
+
+/** An IP address or a CIDR block (`10.0.0.0/8`, `2001:db8::/32`): what `api.trustProxy` lists, besides `unix`. */
+const proxyEntry = z.string().refine((s) => {
+  if (s === TRUST_UNIX_PEER) return true;
+  const [ip = '', prefix, ...rest] = s.split('/');
+  const family = net.isIP(ip);
+  if (family === 0 || rest.length > 0) return false;
+  if (prefix === undefined) return true;
+  return /^\d{1,3}$/.test(prefix) && Number(prefix) >= 1 && Number(prefix) <= (family === 4 ? 32 : 128);
+}, `expected an IP address, a CIDR block (address/prefix) or "${TRUST_UNIX_PEER}"`);
 
 const ApiSchema = z.strictObject({
   /** Loopback TCP (`{host, port}`) or a Unix socket (`{socket}`). */
@@ -69,6 +85,14 @@ const ApiSchema = z.strictObject({
   requestTimeoutMs: ms(D.api.requestTimeoutMs),
   /** How long shutdown waits for in-flight requests. */
   drainMs: ms(D.api.drainMs, 0),
+  /**
+   * The proxies in front of the listener whose `X-Forwarded-For` names the client (docs/DEPLOY.md, "The
+   * TrueWallet routes behind a load balancer or proxy"): IP addresses and CIDR blocks, and `unix` for the peer of a
+   * Unix socket listener. A request's client address (the TrueWallet rate limits count by it) is the socket peer's,
+   * unless that peer is listed: then the address its X-Forwarded-For entry names, walking back past listed
+   * proxies. None by default: X-Forwarded-For is then ignored.
+   */
+  trustProxy: z.array(proxyEntry).max(64).default(D.api.trustProxy),
 });
 
 export const ParentConfigSchema = z.strictObject({
@@ -164,6 +188,10 @@ export function parseParentConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, sou
   const names = res.data.tokens.map((t) => t.name);
   if (new Set(names).size !== names.length) throw new ConfigError(`invalid ${source}: token names must be unique`);
   const l = res.data.api.listen;
+  if ('host' in l && res.data.api.trustProxy.includes(TRUST_UNIX_PEER))
+    throw new ConfigError(
+      `invalid ${source}: config.api.trustProxy lists "${TRUST_UNIX_PEER}", but config.api.listen is not a Unix socket`,
+    );
   if ('host' in l && !/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(l.host) && !res.data.api.tls) {
     throw new ConfigError(
       `invalid ${source}: config.api.listen.host ${l.host} is not loopback; serving beyond loopback requires config.api.tls`,

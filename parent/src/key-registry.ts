@@ -262,12 +262,28 @@ export class KeyRegistry {
     return r;
   }
 
-  list(q: { externalId?: string | undefined; limit: number; cursor?: string | undefined }): Page {
+  /** Whether a key belongs to a JWT project (its users' keys: docs/SECURITY.md, "Who sees JWT users' keys"). */
+  private isJwtKey(k: StoredKey): boolean {
+    return k.projectId !== null && this.store.getProject(k.projectId)?.authType === 'jwt';
+  }
+
+  /**
+   * A key, for the read routes. `withJwtKeys: false` (a token below admin): a JWT project's key is answered as
+   * one that does not exist, so such a token cannot list a project's users or their addresses.
+   */
+  view(keyId: string, options: { withJwtKeys: boolean }): StoredKey {
+    const r = this.get(keyId);
+    if (!options.withJwtKeys && this.isJwtKey(r)) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
+    return r;
+  }
+
+  /** Keys by external id or page by page; `withJwtKeys: false` leaves out the keys of JWT projects (as `view`). */
+  list(q: { externalId?: string | undefined; limit: number; cursor?: string | undefined }, options: { withJwtKeys: boolean }): Page {
     if (q.externalId !== undefined) {
       const r = this.store.getByExternalId(q.externalId);
-      return { keys: r ? [r] : [], nextCursor: null };
+      return { keys: r && (options.withJwtKeys || !this.isJwtKey(r)) ? [r] : [], nextCursor: null };
     }
-    return this.store.list(q.limit, q.cursor);
+    return this.store.list(q.limit, q.cursor, { withJwtKeys: options.withJwtKeys });
   }
 
   /** A stored project, verified. KEY_INTEGRITY if it is missing or does not verify. */

@@ -19,6 +19,7 @@ export class Metrics {
   readonly walletRequests: client.Counter<'route' | 'outcome'>;
   readonly walletJwtRefusals: client.Counter<'stage'>;
   readonly walletRateLimited: client.Counter<'limit'>;
+  readonly sharedClientAddress: client.Gauge;
   private readonly enclaveCounter: client.Gauge<'counter'>;
   private readonly enclaveErrors: client.Gauge<'reason'>;
   private readonly enclaveMemory: client.Gauge<'kind'>;
@@ -88,8 +89,13 @@ export class Metrics {
     });
     this.walletRateLimited = new client.Counter({
       name: 'nks_wallet_rate_limited_total',
-      help: 'TrueWallet API requests refused by a rate limit (address, failures, project, user)',
+      help: 'TrueWallet API requests refused by a rate limit (address, failures, concurrent, project, user)',
       labelNames: ['limit'],
+      registers: [r],
+    });
+    this.sharedClientAddress = new client.Gauge({
+      name: 'nks_api_client_address_shared',
+      help: '1 when the API listens on a Unix socket or loopback without api.trustProxy: callers relayed by a proxy share one client address (and its rate limits)',
       registers: [r],
     });
     new client.Gauge({

@@ -8,6 +8,7 @@
  * truewallet-stack.test.ts.
  */
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { createLocalJWKSet } from 'jose';
 import { privateKeyToAccount } from 'viem/accounts';
@@ -18,6 +19,7 @@ import { captureLogger, tempRunDir, waitFor, type CapturedLogger } from '@nks/sh
 import { startSimulatedIdp, type SimulatedIdp } from '../../sim/src/idp/issuer';
 import { hashToken } from '../src/api/auth';
 import { startParent, type RunningParent } from '../src/app';
+import { UNAVAILABLE_DETAILS } from '../src/api/wallets';
 import { parseParentConfig } from '../src/config';
 import { FAKE_KMS_KEY_ARN, FakeEnclave } from './fake-enclave';
 import { call, expectWalletSignature, type Answer, type CallInit } from './wallet-client';
@@ -343,8 +345,11 @@ describe('projects and the TrueWallet API in the parent', () => {
       const p = await createProject();
       const jwt = await mint('alice');
       const { address } = (await wallet(p.projectKey, 'get-address', { jwt_token: jwt })).body;
-      const key = (await api('/v1/keys', { token: TOKENS.full })).body.keys.find((k: { address: string }) => k.address === address);
+      const key = (await api('/v1/keys')).body.keys.find((k: { address: string }) => k.address === address);
       expect(key).toMatchObject({ projectId: p.projectId, externalId: null });
+      // A token below admin does not see it (docs/SECURITY.md, "Who sees JWT users' keys").
+      expect((await api('/v1/keys', { token: TOKENS.full })).body.keys).toEqual([]);
+      expect((await api(`/v1/keys/${key.keyId}`, { token: TOKENS.full })).body.error.code).toBe('KEY_NOT_FOUND');
 
       const signs = enclave.calls['keys.sign'] ?? 0;
       for (const token of [TOKENS.full, TOKENS.admin]) {
@@ -408,7 +413,7 @@ describe('projects and the TrueWallet API in the parent', () => {
       expect(addresses.size).toBe(1);
       expect([...addresses][0]).toMatch(/^0x[0-9a-fA-F]{40}$/);
       expect(enclave.calls['keys.create']).toBe(2); // the forged one's create was refused, then one for carol
-      expect((await api('/v1/keys', { token: TOKENS.full })).body.keys).toHaveLength(1);
+      expect((await api('/v1/keys')).body.keys).toHaveLength(1);
     });
 
     it('signs a hash (EIP-191 over its 32 bytes) and a text, and sign-request answers the full result', async () => {
@@ -539,8 +544,12 @@ describe('projects and the TrueWallet API in the parent', () => {
       await api(`/v1/keys/${key?.keyId}/enable`, { method: 'POST' });
       enclave.jwks = null;
       const down = await wallet(project.projectKey, 'sign', signBody());
-      expectDetail(down, 503, 'no JWKS');
+      // A fixed text (the enclave's own words are logged with the request id).
+      expectDetail(down, 503, UNAVAILABLE_DETAILS.jwks);
       expect(down.headers['retry-after']).toBe('1');
+      expect(log.lines()).toContainEqual(
+        expect.objectContaining({ requestId: down.headers['x-request-id'], code: 'JWKS_UNAVAILABLE', detail: 'no JWKS' }),
+      );
       enclave.jwks = createLocalJWKSet(idp.jwks());
       enclave.signAs = privateKeyToAccount(`0x${'01'.repeat(32)}`);
       const lied = await wallet(project.projectKey, 'sign', signBody());
@@ -656,6 +665,12 @@ describe('projects and the TrueWallet API in the parent', () => {
       );
       expectDetail(limited, 403, 'too many requests for this user; retry later');
       expect(Number(limited.headers['retry-after'])).toBeGreaterThanOrEqual(1);
+      // Counted once the enclave had answered: the over-limit signature was made and dropped, never answered.
+      expect([enclave.calls['keys.sign'], enclave.answered.length]).toEqual([1, 1]);
+      // A forged token naming the busy user is refused as any other (no "this user is busy" without their JWT).
+      expectDetail(await wallet(project.projectKey, 'get-address', { jwt_token: forged }, { from: '127.0.0.20' }), 400, {
+        jwt_token: ['the JWT does not verify'],
+      });
       expect((await wallet(project.projectKey, 'get-address', { jwt_token: await mint('kim') })).status).toBe(200);
     });
 
@@ -693,6 +708,181 @@ describe('projects and the TrueWallet API in the parent', () => {
       );
       const other = await createProject();
       expect((await wallet(other.projectKey, 'get-address', { jwt_token: await mint('m3') })).status).toBe(200);
+    });
+
+    it('warns at start, and in /metrics, when the API listens on loopback and trusts no proxy; trusts X-Forwarded-For from listed proxies only', async () => {
+      await startWith({ failuresPerAddress: 2 });
+      const warning = () => log.lines().filter((l) => l.level === 40 && String(l.msg).includes('api.trustProxy'));
+      expect(warning()).toHaveLength(1);
+      expect(String(warning()[0]?.msg)).toMatch(/listens on loopback \(127\.0\.0\.1\) and api.trustProxy is empty/);
+      expect((await call((parent as RunningParent).url, '/metrics')).body).toMatch(/^nks_api_client_address_shared 1$/m);
+      // Not trusted: X-Forwarded-For is ignored, every client of a proxy at 127.0.0.9 is one.
+      const jwt = await mint('pia');
+      for (let i = 0; i < 2; i++)
+        expect(
+          (
+            await wallet(
+              project.projectKey,
+              'get-address',
+              { jwt_token: 'x' },
+              { from: '127.0.0.9', headers: { 'x-forwarded-for': '203.0.113.1' } },
+            )
+          ).status,
+        ).toBe(400);
+      expect(
+        (
+          await wallet(
+            project.projectKey,
+            'get-address',
+            { jwt_token: jwt },
+            { from: '127.0.0.9', headers: { 'x-forwarded-for': '198.51.100.1' } },
+          )
+        ).status,
+      ).toBe(403);
+
+      await parent?.stop();
+      log = captureLogger('debug');
+      await start({
+        api: { listen: { host: '127.0.0.1', port: 0 }, trustProxy: ['127.0.0.9', '10.0.0.0/8'] },
+        wallets: { rateLimits: { failuresPerAddress: 2 } },
+      });
+      expect(warning()).toEqual([]);
+      expect((await call((parent as RunningParent).url, '/metrics')).body).toMatch(/^nks_api_client_address_shared 0$/m);
+      const via = (xff: string, from = '127.0.0.9') => ({ from, headers: { 'x-forwarded-for': xff } });
+      for (let i = 0; i < 2; i++)
+        expect((await wallet(project.projectKey, 'get-address', { jwt_token: 'x' }, via('203.0.113.1'))).status).toBe(400);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('203.0.113.1'))).status).toBe(403);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('198.51.100.1'))).status).toBe(200);
+      // Walking back past listed proxies (10/8), up to the first address that is not one.
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('203.0.113.1, 10.1.2.3'))).status).toBe(403);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('203.0.113.1, 198.51.100.1'))).status).toBe(200);
+      // IPv6 clients count by /64 (as the plugin does).
+      for (let i = 0; i < 2; i++)
+        expect((await wallet(project.projectKey, 'get-address', { jwt_token: 'x' }, via(`2001:db8:1:2::${i + 1}`))).status).toBe(400);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('2001:db8:1:2::99'))).status).toBe(403);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('2001:db8:1:3::1'))).status).toBe(200);
+      // A peer that is not listed cannot pick its address.
+      for (let i = 0; i < 2; i++)
+        expect((await wallet(project.projectKey, 'get-address', { jwt_token: 'x' }, via(`192.0.2.${i}`, '127.0.0.10'))).status).toBe(400);
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: jwt }, via('192.0.2.77', '127.0.0.10'))).status).toBe(403);
+    });
+
+    it('on a Unix socket, trusts the X-Forwarded-For of its peer only with api.trustProxy ["unix"]', async () => {
+      const socket = path.join(runDir, 'api.sock');
+      for (const trustProxy of [[], ['unix']]) {
+        await parent?.stop();
+        log = captureLogger('debug');
+        await start({ api: { listen: { socket }, trustProxy }, wallets: { rateLimits: { failuresPerAddress: 2 } } });
+        project = await createProject();
+        const url = (parent as RunningParent).url;
+        expect(url).toBe(`unix:${socket}`);
+        const post = (jwt: string, xff: string) =>
+          call(url, `/v1/${project.projectKey}/wallets/get-address`, { body: { jwt_token: jwt }, headers: { 'x-forwarded-for': xff } });
+        const shared = trustProxy.length === 0;
+        expect(log.lines().some((l) => l.level === 40 && String(l.msg).includes(`listens on the Unix socket ${socket}`))).toBe(shared);
+        for (let i = 0; i < 2; i++) expect((await post('x', '203.0.113.1')).status).toBe(400);
+        expect((await post(await mint('quinn'), '203.0.113.1')).status).toBe(403);
+        // Without "unix", every caller of the socket is one client; with it, each is its forwarded address.
+        expect([trustProxy, (await post(await mint('quinn'), '198.51.100.1')).status]).toEqual([trustProxy, shared ? 403 : 200]);
+      }
+    });
+
+    it('holds the failure budget for each request in flight: a burst of forged tokens gets no further than the budget', async () => {
+      await startWith({ failuresPerAddress: 3 });
+      // The enclave's key lookup is slow: the whole burst arrives before the first failure is known.
+      const keys = createLocalJWKSet(idp.jwks());
+      enclave.jwks = async (header, token) => {
+        await new Promise((r) => setTimeout(r, 300));
+        return keys(header, token);
+      };
+      const forged = (await mint('nina')).replace(/\.[^.]+$/, '.c2lnbmF0dXJl');
+      const from = { from: '127.0.0.5' };
+      const answers = await Promise.all(
+        Array.from({ length: 12 }, () => wallet(project.projectKey, 'get-address', { jwt_token: forged }, from)),
+      );
+      expect(answers.filter((a) => a.status === 400)).toHaveLength(3);
+      const held = answers.filter((a) => a.status === 403);
+      expect(held).toHaveLength(9);
+      for (const a of held) expectDetail(a, 403, 'too many requests in progress from this address; retry shortly');
+      expect(enclave.calls['keys.create']).toBe(3);
+      expectDetail(
+        await wallet(project.projectKey, 'get-address', { jwt_token: await mint('nina') }, from),
+        403,
+        'too many failed requests from this address; retry later',
+      );
+      const metrics = (await call((parent as RunningParent).url, '/metrics')).body as string;
+      expect(metrics).toMatch(/nks_wallet_rate_limited_total\{limit="concurrent"\} 9/);
+      // Successes give their hold back: another address makes more requests than its budget, one after another.
+      enclave.jwks = keys;
+      for (let i = 0; i < 5; i++)
+        expect((await wallet(project.projectKey, 'get-address', { jwt_token: await mint('nina') }, { from: '127.0.0.6' })).status).toBe(
+          200,
+        );
+    });
+
+    it('gives a hold back when its request is abandoned, refused before its work, or outlives its deadline', async () => {
+      await start({
+        api: { listen: { host: '127.0.0.1', port: 0 }, requestTimeoutMs: 200 },
+        wallets: { rateLimits: { failuresPerAddress: 2 } },
+      });
+      project = await createProject();
+      const url = new URL((parent as RunningParent).url);
+      const from = '127.0.0.7';
+      // Abandoned in the middle of its body, three times (more than the budget).
+      for (let i = 0; i < 3; i++) {
+        await new Promise<void>((resolve, reject) => {
+          const socket = net.connect({ host: url.hostname, port: Number(url.port), localAddress: from }, () => {
+            socket.write(
+              `POST /v1/${project.projectKey}/wallets/get-address HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"jwt_`,
+            );
+            setTimeout(() => {
+              socket.destroy();
+              resolve();
+            }, 50);
+          });
+          socket.on('error', reject);
+        });
+      }
+      // Bad bodies (answered before the route's work runs), more than the budget.
+      for (let i = 0; i < 3; i++) expect((await wallet(project.projectKey, 'get-address', { nope: 1 }, { from })).status).toBe(400);
+      // The server has seen the abandoned requests end (they count in flight until they are answered).
+      for (let until = Date.now() + 5000; (await (parent as RunningParent).metrics.inFlight.get()).values[0]?.value !== 0;) {
+        if (Date.now() > until) throw new Error('requests still in flight');
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect((await wallet(project.projectKey, 'get-address', { jwt_token: await mint('olga') }, { from })).status).toBe(200);
+      // Past its deadline (503), the request's work goes on: its hold is kept until the enclave refuses the JWT,
+      // which is then counted.
+      const keys = createLocalJWKSet(idp.jwks());
+      enclave.jwks = async (header, token) => {
+        await new Promise((r) => setTimeout(r, 400));
+        return keys(header, token);
+      };
+      const forged = (await mint('olga')).replace(/\.[^.]+$/, '.c2lnbmF0dXJl');
+      const late = await Promise.all(
+        [1, 2].map(() =>
+          wallet(
+            project.projectKey,
+            'sign',
+            { message: 'x', jwt_token: forged, message_type: 'message', wallet_type: 'evm' },
+            { from: '127.0.0.8' },
+          ),
+        ),
+      );
+      expect(late.map((a) => a.status)).toEqual([503, 503]);
+      // Both still hold the budget: nothing more from that address until they end.
+      expectDetail(
+        await wallet(project.projectKey, 'get-address', { jwt_token: await mint('olga') }, { from: '127.0.0.8' }),
+        403,
+        'too many requests in progress from this address; retry shortly',
+      );
+      await new Promise((r) => setTimeout(r, 500));
+      enclave.jwks = keys;
+      expectDetail(
+        await wallet(project.projectKey, 'get-address', { jwt_token: await mint('olga') }, { from: '127.0.0.8' }),
+        403,
+        'too many failed requests from this address; retry later',
+      );
     });
   });
 });

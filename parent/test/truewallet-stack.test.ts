@@ -57,9 +57,9 @@ describe('projects and the TrueWallet API against the enclave', () => {
     expect({ status: res.status, body: res.body }).toEqual({ status, body: { detail } });
   };
   const keysOf = async (projectId: string) =>
-    ((await s.api('/v1/keys?limit=1000')).body.keys as Array<{ keyId: string; projectId: string; address: string }>).filter(
-      (k) => k.projectId === projectId,
-    );
+    (
+      (await s.api('/v1/keys?limit=1000', { token: 'admin' })).body.keys as Array<{ keyId: string; projectId: string; address: string }>
+    ).filter((k) => k.projectId === projectId);
 
   it('creates a JWT project through the enclave, lists it with the default, disables and enables it', async () => {
     expect(project).toMatchObject({

@@ -5,6 +5,7 @@ import { tempRunDir } from '@nks/shared-test/helpers';
 import { IDENTIFIER_SAMPLES } from '@nks/shared-test/identifier-samples';
 import { startProgram } from '../../test/support/process';
 import { hashToken, TokenAuth } from '../src/api/auth';
+import { sharedClientAddress, trustedProxies } from '../src/api/client-address';
 import { PARENT_CONFIG_DEFAULTS, parseParentConfig } from '../src/config';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
 import type { KeyRecord, ProjectRecord } from '@nks/shared/records';
@@ -462,6 +463,40 @@ describe('parent configuration', () => {
     expect([c.enclave.address, c.kmsProxy.listen]).toEqual([DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS]);
   });
 
+  it('takes trusted proxies as addresses and CIDR blocks, and "unix" on a Unix socket; says when callers may share an address', () => {
+    const trustProxy = ['10.0.0.0/8', '2001:db8::/32', '127.0.0.1', '::1', '172.16.0.0/12'];
+    const tcp = parseParentConfig({ ...base, api: { ...base.api, trustProxy } }).api;
+    expect(tcp.trustProxy).toEqual(trustProxy);
+    expect(parseParentConfig(base).api.trustProxy).toEqual([]);
+    const unix = parseParentConfig({ ...base, api: { listen: { socket: '/run/x.sock' }, trustProxy: ['unix'] } }).api;
+    expect(unix.trustProxy).toEqual(['unix']);
+
+    const trusts = trustedProxies(tcp.trustProxy)!;
+    expect(trustedProxies([])).toBeUndefined();
+    for (const a of ['10.1.2.3', '::ffff:10.1.2.3', '2001:db8:ffff::1', '127.0.0.1', '::1', '172.31.255.255'])
+      expect([a, trusts(a, 0)]).toEqual([a, true]);
+    for (const a of ['11.0.0.1', '127.0.0.2', '2001:db9::1', '172.32.0.0', 'not-an-ip', '', undefined as unknown as string])
+      expect([a, trusts(a, 0)]).toEqual([a, false]);
+    // A Unix socket's peer has no address: trusted with "unix", as the first hop only.
+    const unixTrust = trustedProxies(['unix', '10.0.0.0/8'])!;
+    expect([unixTrust(undefined, 0), unixTrust(undefined, 1), unixTrust('10.0.0.1', 1), unixTrust('1.2.3.4', 1)]).toEqual([
+      true,
+      false,
+      true,
+      false,
+    ]);
+
+    expect(sharedClientAddress(parseParentConfig(base).api)).toMatch(/listens on loopback \(127.0.0.1\) and api.trustProxy is empty/);
+    expect(sharedClientAddress(tcp)).toBeNull();
+    expect(sharedClientAddress(parseParentConfig({ ...base, api: { listen: { socket: '/run/x.sock' } } }).api)).toMatch(
+      /Unix socket \/run\/x.sock and api.trustProxy does not list "unix"/,
+    );
+    expect(sharedClientAddress(unix)).toBeNull();
+    // Beyond loopback (with TLS) callers reach the listener directly, e.g. through a load balancer keeping their address.
+    const tls = { certFile: '/c', keyFile: '/k' };
+    expect(sharedClientAddress(parseParentConfig({ ...base, api: { listen: { host: '0.0.0.0', port: 443 }, tls } }).api)).toBeNull();
+  });
+
   it('allows exactly the KMS key ARNs the shared definition does', () => {
     const { good, bad } = IDENTIFIER_SAMPLES.kmsKeyArn;
     expect(parseParentConfig({ ...base, kmsProxy: { ...base.kmsProxy, allowedKeyArns: good } }).kmsProxy.allowedKeyArns).toEqual(good);
@@ -493,6 +528,19 @@ describe('parent configuration', () => {
       /config.wallets.rateLimits: unknown field\(s\) "perMoon"/,
     ],
     ['a window under a second', { ...base, wallets: { rateLimits: { windowMs: 10 } } }, /config.wallets.rateLimits.windowMs/],
+    [
+      'a trusted proxy that is a name',
+      { ...base, api: { ...base.api, trustProxy: ['proxy.internal'] } },
+      /config.api.trustProxy\[0\]: expected an IP address/,
+    ],
+    ['a trusted proxy block of /33', { ...base, api: { ...base.api, trustProxy: ['10.0.0.0/33'] } }, /config.api.trustProxy\[0\]/],
+    ['a trusted proxy block of /0', { ...base, api: { ...base.api, trustProxy: ['::/0'] } }, /config.api.trustProxy\[0\]/],
+    ['a trusted proxy with two prefixes', { ...base, api: { ...base.api, trustProxy: ['10.0.0.0/8/8'] } }, /config.api.trustProxy\[0\]/],
+    [
+      'a trusted Unix socket peer on a TCP listener',
+      { ...base, api: { ...base.api, trustProxy: ['unix'] } },
+      /config.api.trustProxy lists "unix", but config.api.listen is not a Unix socket/,
+    ],
     [
       'an identity public key in upper case',
       { ...base, identity: { publicKey: `0x${'AB'.repeat(32)}` } },

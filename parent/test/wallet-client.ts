@@ -23,8 +23,10 @@ export interface CallInit {
   from?: string;
 }
 
+/** `base` is an http URL, or `unix:<socket path>` for a Unix socket listener. */
 export function call(base: string, pathname: string, init: CallInit = {}): Promise<Answer> {
-  const url = new URL(`${base}${pathname}`);
+  const socketPath = base.startsWith('unix:') ? base.slice('unix:'.length) : undefined;
+  const url = new URL(socketPath === undefined ? `${base}${pathname}` : `http://localhost${pathname}`);
   const body = init.body === undefined ? undefined : typeof init.body === 'string' ? init.body : JSON.stringify(init.body);
   const headers: Record<string, string> = {
     ...(body !== undefined && typeof init.body !== 'string' ? { 'content-type': 'application/json' } : {}),
@@ -34,8 +36,7 @@ export function call(base: string, pathname: string, init: CallInit = {}): Promi
   return new Promise((resolve, reject) => {
     const req = http.request(
       {
-        host: url.hostname,
-        port: url.port,
+        ...(socketPath === undefined ? { host: url.hostname, port: url.port } : { socketPath }),
         path: `${url.pathname}${url.search}`,
         method: init.method ?? (body === undefined ? 'GET' : 'POST'),
         headers,

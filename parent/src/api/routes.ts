@@ -8,6 +8,7 @@ import type {
   FastifyBaseLogger,
   FastifyInstance,
   FastifyReply,
+  FastifyRequest,
   RawReplyDefaultExpression,
   RawRequestDefaultExpression,
   RawServerDefault,
@@ -89,6 +90,12 @@ const IdentityQuery = z.strictObject({ nonce });
 /** A route's URL and identity, from its documented path; no scope: served without a token. */
 const at = (path: string, scope?: Scope) => ({ url: routeUrl(path), config: { name: path, ...(scope ? { scope } : {}) } });
 
+/**
+ * Whether the request's token sees the keys of JWT projects: admin only. Their subjects name the users (issuer
+ * and user claim) and their addresses are the users' wallets; no token below admin may act on them anyway.
+ */
+const seesJwtKeys = (request: FastifyRequest): boolean => request.apiState?.scopes?.has('admin') ?? false;
+
 /** Registration order is the order of methods in a 405's Allow header (`POST, GET` on /v1/keys). */
 export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
   return (app) => {
@@ -107,7 +114,7 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       ...at('/v1/keys', 'keys:read'),
       schema: { querystring: ListQuery },
       handler(request) {
-        const page = keys.list(request.query);
+        const page = keys.list(request.query, { withJwtKeys: seesJwtKeys(request) });
         return { keys: page.keys.map((r) => viewOf(r)), nextCursor: page.nextCursor };
       },
     });
@@ -116,7 +123,7 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       ...at('/v1/keys/{keyId}', 'keys:read'),
       schema: { params: KeyParams, querystring: NoQuery },
       handler(request) {
-        return viewOf(keys.get(request.params.keyId));
+        return viewOf(keys.view(request.params.keyId, { withJwtKeys: seesJwtKeys(request) }));
       },
     });
     app.route({

@@ -23,10 +23,11 @@ import Fastify, {
 import { serializerCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
 import { asKeystoreError, KeystoreError, type ErrorCode } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
-import type { ParentConfig } from '../config';
+import type { ParentConfig, Scope } from '../config';
 import type { Metrics } from '../metrics';
 import { TokenAuth } from './auth';
 import { bodyParser, hasBody, readJsonBody } from './body';
+import { trustedProxies } from './client-address';
 import type { ApiInstance } from './routes';
 import { documentedPath, parseQuery, pathMatcher, validatorCompiler } from './validation';
 
@@ -49,6 +50,8 @@ export interface RequestState {
   route: string;
   /** The token's name once authenticated (the TrueWallet routes: `project:<id>`). */
   principal: string;
+  /** The token's scopes once authenticated. */
+  scopes?: ReadonlySet<Scope>;
   /** The error code answered, if any. */
   code?: ErrorCode;
   finished: boolean;
@@ -104,9 +107,12 @@ export class ApiServer {
     server.maxHeadersCount = 64;
     this.server = server;
 
+    const trustProxy = trustedProxies(config.trustProxy);
     const app = Fastify({
       // The server above, with its timeouts and limits; listen() and close() manage it.
       serverFactory: (handler) => server.on('request', handler) as http.Server,
+      // request.ip: X-Forwarded-For only from the configured proxies (client-address.ts).
+      ...(trustProxy ? { trustProxy } : {}),
       genReqId: requestIdOf,
       requestIdHeader: false,
       // HEAD is 405 like any other method a path does not serve; draining answers 503 UNAVAILABLE itself.
@@ -227,6 +233,7 @@ export class ApiServer {
         if (scope) {
           const who = auth.authenticate(request.headers.authorization);
           state.principal = who.name;
+          state.scopes = who.scopes;
           TokenAuth.authorize(who, scope);
         }
       } catch (err) {

@@ -306,6 +306,12 @@ export class KeyStore {
         "SELECT * FROM keys WHERE project_id = ? AND subject = ? AND subject IS NOT NULL AND state = 'active'",
       ),
       page: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE seq > ? ORDER BY seq LIMIT ?'),
+      // Without the keys of JWT projects (by the projects' copied auth type): what a token below admin lists.
+      pageWithoutJwt: this.db.prepare<[number, number], Row>(
+        `SELECT * FROM keys k WHERE k.seq > ? AND NOT EXISTS
+           (SELECT 1 FROM projects p WHERE p.project_id = k.project_id AND p.auth_type = 'jwt')
+         ORDER BY k.seq LIMIT ?`,
+      ),
       withoutRecord: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE record IS NULL AND seq > ? ORDER BY seq LIMIT ?'),
       setLegacyDisabled: this.db.prepare('UPDATE keys SET disabled = ?, updated_at = ? WHERE key_id = ? AND record IS NULL'),
       setRecord: this.db.prepare(
@@ -416,9 +422,10 @@ export class KeyStore {
     return r ? toStored(r) : undefined;
   }
 
-  list(limit: number, cursor?: string): Page {
+  /** A page of keys in creation order; `withJwtKeys: false` leaves out the keys of JWT projects. */
+  list(limit: number, cursor?: string, options: { withJwtKeys?: boolean } = {}): Page {
     const after = cursor ? decodeCursor(cursor) : 0;
-    const rows = this.stmts.page.all(after, limit + 1);
+    const rows = (options.withJwtKeys === false ? this.stmts.pageWithoutJwt : this.stmts.page).all(after, limit + 1);
     const page = rows.slice(0, limit);
     const last = page[page.length - 1];
     return { keys: page.map(toStored), nextCursor: rows.length > limit && last ? encodeCursor(last.seq) : null };
