@@ -96,3 +96,20 @@ export function writeLegacyDatabase(file: string, keys: LegacyKey[]): void {
     db.close();
   }
 }
+
+/** Schema version 2 (0.4.0) over version 1, as 0.4 migrated it: frozen here, as 0.4 wrote it. */
+export const SCHEMA_V2_STEP = `ALTER TABLE keys ADD COLUMN project_id TEXT;
+   ALTER TABLE keys ADD COLUMN subject TEXT;
+   ALTER TABLE keys ADD COLUMN state TEXT;
+   ALTER TABLE keys ADD COLUMN record TEXT;
+   ALTER TABLE keys ADD COLUMN record_signature TEXT;
+   ALTER TABLE keys ADD COLUMN record_seq INTEGER CHECK (record_seq >= 0);
+   ALTER TABLE keys ADD COLUMN disable_pending INTEGER NOT NULL DEFAULT 0 CHECK (disable_pending IN (0, 1));
+   CREATE INDEX keys_without_record ON keys (seq) WHERE record IS NULL;
+   CREATE TABLE projects (
+     project_id   TEXT PRIMARY KEY,
+     record       TEXT NOT NULL,
+     signature    TEXT NOT NULL,
+     seq          INTEGER NOT NULL CHECK (seq >= 0),
+     updated_at   INTEGER NOT NULL
+   ) STRICT;`;
