@@ -96,7 +96,10 @@ describe('projects and the TrueWallet API against the enclave', () => {
     expect(again.body).toEqual(first.body);
 
     const tokens = await Promise.all(Array.from({ length: 6 }, (_, i) => mint('bob', { alg: i % 2 ? 'ES256' : 'RS256' })));
-    const answers = await Promise.all(tokens.map((jwt_token) => wallet(project.projectKey, 'get-address', { jwt_token })));
+    // From six addresses: one address may have at most failuresPerAddress (4 here) requests in flight.
+    const answers = await Promise.all(
+      tokens.map((jwt_token, i) => wallet(project.projectKey, 'get-address', { jwt_token }, { from: `127.0.0.${60 + i}` })),
+    );
     expect(answers.map((a) => a.status)).toEqual(tokens.map(() => 200));
     expect(new Set(answers.map((a) => a.body.address)).size).toBe(1);
     const keys = await keysOf(project.projectId);
