@@ -16,6 +16,8 @@ export const DEFAULT_LOG_LEVEL: LogLevel = 'info';
 export const REDACT_PATHS = [
   'token',
   'authorization',
+  'jwt',
+  'jwt_token',
   'blob',
   'document',
   'attestationDocument',
@@ -25,6 +27,8 @@ export const REDACT_PATHS = [
   'ciphertext',
   '*.token',
   '*.authorization',
+  '*.jwt',
+  '*.jwt_token',
   '*.blob',
   '*.document',
   '*.attestationDocument',

@@ -45,11 +45,20 @@ describe('logger', () => {
 
   it('still redacts credential paths', () => {
     const { logger, lines } = capture();
-    logger.info({ token: 'nks_secret', req: { headers: { authorization: 'Bearer nks_secret' } }, params: { blob: 'AAAA' } }, 'request');
+    logger.info(
+      {
+        token: 'nks_secret',
+        req: { headers: { authorization: 'Bearer nks_secret' } },
+        params: { blob: 'AAAA', jwt: 'eyJ.x.y' },
+        body: { jwt_token: 'eyJ.x.y' },
+      },
+      'request',
+    );
     expect(lines()[0]).toMatchObject({
       token: '[redacted]',
       req: { headers: { authorization: '[redacted]' } },
-      params: { blob: '[redacted]' },
+      params: { blob: '[redacted]', jwt: '[redacted]' },
+      body: { jwt_token: '[redacted]' },
     });
   });
 });
