@@ -12,6 +12,7 @@ import os from 'node:os';
 import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
 import { DEFAULT_EGRESS_ADDRESS } from '@nks/shared/egress';
+import { DEFAULT_WALLET_STORE_ADDRESS, DEFAULT_WALLETS_ADDRESS } from '@nks/shared/ingress';
 import { DEFAULT_MAX_FRAME_BYTES } from '@nks/shared/framing';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
 import { BLOB_VERSION, decodeBlobBase64 } from '@nks/shared/blob';
@@ -69,6 +70,29 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
       unknownKidRefetchMs: 30_000,
       failureRetryMs: 1_000,
       maxUris: 256,
+    },
+  },
+  // The wallet routes' HTTPS server (docs/TLS.md): the listener the parent's ingress relay connects to, the
+  // parent's wallet store, and the limits that keep a slow or hostile public from holding the enclave's memory.
+  wallets: {
+    listen: DEFAULT_WALLETS_ADDRESS,
+    store: DEFAULT_WALLET_STORE_ADDRESS,
+    maxConnections: 1024,
+    preambleTimeoutMs: 5_000,
+    handshakeTimeoutMs: 10_000,
+    headersTimeoutMs: 10_000,
+    requestTimeoutMs: 30_000,
+    keepAliveTimeoutMs: 60_000,
+    maxHeaderBytes: 16 * 1024,
+    bodyLimit: 256 * 1024,
+    storeDeadlineMs: 5_000,
+    rateLimits: {
+      windowMs: 60_000,
+      perAddress: 600,
+      failuresPerAddress: 30,
+      perProject: 60_000,
+      perUser: 300,
+      maxTracked: 50_000,
     },
   },
 } as const;
@@ -238,6 +262,48 @@ export const EnclaveConfigSchema = z.strictObject({
         })
         .refine((j) => j.minTtlMs <= j.maxTtlMs, { message: 'minTtlMs must not exceed maxTtlMs', path: ['minTtlMs'] })
         .prefault({}),
+    })
+    .prefault({}),
+  /**
+   * The wallet routes' HTTPS server (docs/TLS.md): it accepts the parent's ingress relay on `listen` and asks the
+   * parent's wallet store at `store` for records (each verified here). Connections beyond `maxConnections` are
+   * closed at once; a connection must send its preamble in `preambleTimeoutMs`, finish the TLS handshake in
+   * `handshakeTimeoutMs`, a request's headers in `headersTimeoutMs` and the whole request in `requestTimeoutMs`;
+   * an idle keep-alive connection is closed after `keepAliveTimeoutMs`. `rateLimits`: see enclave/src/wallets.
+   */
+  wallets: z
+    .strictObject({
+      listen: VsockAddressSchema.default(D.wallets.listen),
+      store: VsockAddressSchema.default(D.wallets.store),
+      maxConnections: z.number().int().min(1).max(65_536).default(D.wallets.maxConnections),
+      preambleTimeoutMs: ms(D.wallets.preambleTimeoutMs, 100, 60_000),
+      handshakeTimeoutMs: ms(D.wallets.handshakeTimeoutMs, 100, 120_000),
+      headersTimeoutMs: ms(D.wallets.headersTimeoutMs, 100, 120_000),
+      requestTimeoutMs: ms(D.wallets.requestTimeoutMs, 100, 600_000),
+      keepAliveTimeoutMs: ms(D.wallets.keepAliveTimeoutMs, 100, 3_600_000),
+      maxHeaderBytes: z.number().int().min(1024).max(64 * 1024).default(D.wallets.maxHeaderBytes),
+      bodyLimit: z.number().int().min(1024).max(1024 * 1024).default(D.wallets.bodyLimit),
+      storeDeadlineMs: ms(D.wallets.storeDeadlineMs, 100, 60_000),
+      /**
+       * Fixed windows of `windowMs`; beyond a limit, 403 with Retry-After. Requests per client address count
+       * every request; failures per client address count the answers 401 (project key) and 400 for the JWT, so
+       * invalid tokens lock out their sender, not the user they name; per project and per user count only
+       * requests whose JWT verified. `maxTracked` bounds each limiter's memory (least recently used out).
+       */
+      rateLimits: z
+        .strictObject({
+          windowMs: ms(D.wallets.rateLimits.windowMs, 1000, 3_600_000),
+          perAddress: z.number().int().min(1).max(10_000_000).default(D.wallets.rateLimits.perAddress),
+          failuresPerAddress: z.number().int().min(1).max(10_000_000).default(D.wallets.rateLimits.failuresPerAddress),
+          perProject: z.number().int().min(1).max(100_000_000).default(D.wallets.rateLimits.perProject),
+          perUser: z.number().int().min(1).max(10_000_000).default(D.wallets.rateLimits.perUser),
+          maxTracked: z.number().int().min(100).max(10_000_000).default(D.wallets.rateLimits.maxTracked),
+        })
+        .prefault({}),
+    })
+    .refine((w) => w.headersTimeoutMs <= w.requestTimeoutMs, {
+      message: 'headersTimeoutMs must not exceed requestTimeoutMs',
+      path: ['headersTimeoutMs'],
     })
     .prefault({}),
 });

@@ -9,6 +9,7 @@ import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
 import { describeIssues, identityPublicKey, kmsKeyArn } from '@nks/shared/schema';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '@nks/shared/transport';
+import { DEFAULT_WALLET_STORE_ADDRESS, DEFAULT_WALLETS_ADDRESS } from '@nks/shared/ingress';
 import { EgressConfigSchema } from './egress/config';
 
 export const SCOPES = ['keys:create', 'keys:sign', 'keys:read', 'admin'] as const;
@@ -31,15 +32,20 @@ export const PARENT_CONFIG_DEFAULTS = {
   transport: { kind: 'vsock' },
   enclave: { address: DEFAULT_ENCLAVE_ADDRESS, poolSize: 2, connectTimeoutMs: 2_000, deadlineMs: 10_000, maxInFlightPerConnection: 2048 },
   kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, deadlineMs: 8_000, maxConcurrent: 256 },
+  // The wallet routes are served by the enclave over TLS that ends there (docs/TLS.md): the parent relays raw
+  // TCP from a public port to the enclave's wallet listener, and serves the enclave's wallet store.
   wallets: {
-    rateLimits: {
-      windowMs: 60_000,
-      perAddress: 600,
-      failuresPerAddress: 30,
-      perProject: 60_000,
-      perUser: 300,
-      maxTracked: 50_000,
+    relay: {
+      host: '0.0.0.0',
+      port: 8443,
+      enclave: DEFAULT_WALLETS_ADDRESS,
+      maxConnections: 2048,
+      maxPerAddress: 64,
+      connectTimeoutMs: 2_000,
+      idleTimeoutMs: 120_000,
+      maxBytesPerConnection: 64 * 1024 * 1024,
     },
+    store: { listen: DEFAULT_WALLET_STORE_ADDRESS, maxConcurrent: 256 },
   },
   logLevel: DEFAULT_LOG_LEVEL,
 } as const;
@@ -135,24 +141,39 @@ export const ParentConfigSchema = z.strictObject({
    * reports is used for the life of the process.
    */
   identity: z.strictObject({ publicKey: identityPublicKey.optional() }).prefault({}),
-  /** The TrueWallet routes (`/v1/{projectKey}/wallets/…`, docs/PROJECTS.md). */
+  /**
+   * The wallet routes (`/v1/{projectKey}/wallets/…`, docs/TLS.md), served by the enclave. `publicUrl` is where
+   * callers reach them (the parent's API answers 421 with it on those paths). `relay`: the raw TCP relay from
+   * `host:port` to the enclave's wallet listener — a byte pipe that never sees plaintext, with at most
+   * `maxConnections` connections (`maxPerAddress` per client address), `idleTimeoutMs` without a byte either way,
+   * and `maxBytesPerConnection` per direction. `store`: the listener the enclave asks for records.
+   */
   wallets: z
     .strictObject({
-      /**
-       * Fixed windows of `windowMs`; beyond a limit, 403 with Retry-After. Requests per client address count
-       * every request; failures per client address count the answers 401 (project key) and 400 for the JWT, so
-       * invalid tokens lock out their sender, not the user they name; per project and per user count only
-       * requests the enclave served (a verified JWT). `maxTracked` bounds each limiter's memory (least recently
-       * used out).
-       */
-      rateLimits: z
+      publicUrl: z
+        .url({ protocol: /^https$/, error: 'expected an https:// URL' })
+        .optional(),
+      relay: z
         .strictObject({
-          windowMs: ms(D.wallets.rateLimits.windowMs, 1000, 3_600_000),
-          perAddress: z.number().int().min(1).max(10_000_000).default(D.wallets.rateLimits.perAddress),
-          failuresPerAddress: z.number().int().min(1).max(10_000_000).default(D.wallets.rateLimits.failuresPerAddress),
-          perProject: z.number().int().min(1).max(100_000_000).default(D.wallets.rateLimits.perProject),
-          perUser: z.number().int().min(1).max(10_000_000).default(D.wallets.rateLimits.perUser),
-          maxTracked: z.number().int().min(100).max(10_000_000).default(D.wallets.rateLimits.maxTracked),
+          host: z.string().min(1).default(D.wallets.relay.host),
+          port: z.number().int().min(0).max(65535).default(D.wallets.relay.port),
+          enclave: VsockAddressSchema.default(D.wallets.relay.enclave),
+          maxConnections: z.number().int().min(1).max(1_000_000).default(D.wallets.relay.maxConnections),
+          maxPerAddress: z.number().int().min(1).max(1_000_000).default(D.wallets.relay.maxPerAddress),
+          connectTimeoutMs: ms(D.wallets.relay.connectTimeoutMs),
+          idleTimeoutMs: ms(D.wallets.relay.idleTimeoutMs),
+          maxBytesPerConnection: z
+            .number()
+            .int()
+            .min(64 * 1024)
+            .max(2 ** 40)
+            .default(D.wallets.relay.maxBytesPerConnection),
+        })
+        .prefault({}),
+      store: z
+        .strictObject({
+          listen: VsockAddressSchema.default(D.wallets.store.listen),
+          maxConcurrent: z.number().int().min(1).max(10_000).default(D.wallets.store.maxConcurrent),
         })
         .prefault({}),
     })

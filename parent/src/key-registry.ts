@@ -8,10 +8,11 @@
  * every record the enclave answers with before storing it. The enclave checks them all again: this is not
  * what protects keys from the parent, only what makes a damaged database fail early and clearly.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { decodeKeyBlob, type KeyBlob } from '@nks/shared/blob';
 import type { CreateResult } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
+import { newKeyId } from '@nks/shared/identifiers';
 import type { Logger } from '@nks/shared/log';
 import { DEFAULT_PROJECT_ID, hex, type KeyRecord, type KeyState, type ProjectRecord, type SignedRecord } from '@nks/shared/records';
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
@@ -54,9 +55,7 @@ export function viewOf(k: StoredKey): KeyView {
 }
 
 /** Key ids are chosen here: 128 random bits, URL-safe. */
-export function newKeyId(): string {
-  return `k_${randomBytes(16).toString('base64url')}`;
-}
+export { newKeyId };
 
 export const blobSha256 = (blob: string): string => hex(createHash('sha256').update(Buffer.from(blob, 'base64')).digest());
 

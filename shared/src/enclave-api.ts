@@ -11,6 +11,9 @@ import type { SignedRecord } from './records';
 import { isWellFormedText, JWT_MAX_BYTES } from './project-auth';
 import { ProjectSettingsSchema } from './projects-schema';
 import { base64, hexBytes, keyId, kmsKeyArn } from './schema';
+import { TLS_CHAIN_MAX_BYTES, TLS_MAX_NAMES, TLS_NAME_EXPECTED, TLS_NAME_RE } from './tls-identity';
+import { PROJECT_KEY_RE } from './records';
+import { PROJECT_ID_RE } from './identifiers';
 import { SignRequestSchema, type SignResult } from './signing/schema';
 
 const hexUpTo = (bytes: number) => hexBytes.max(2 + 2 * bytes, `expected at most ${bytes} bytes`);
@@ -93,6 +96,29 @@ export const SetDisabledParams = z.strictObject({ record: SignedRecordSchema, pr
 /** Migration image only: a version 1 blob re-sealed as version 2 in `project` for `subject`, with a record of origin "migrated". */
 export const MigrateParams = z.strictObject({ keyId, blob, project: SignedRecordSchema, subject });
 export const ForgetParams = z.strictObject({ keyId });
+/**
+ * The wallet routes' TLS key (docs/TLS.md): a new P-256 key for these DNS names. Normal image only. Nothing
+ * is installed: the answer is what the operator needs to get a certificate.
+ */
+export const TlsCreateParams = z.strictObject({
+  names: z
+    .array(z.string().regex(TLS_NAME_RE, TLS_NAME_EXPECTED))
+    .min(1, 'expected at least one name')
+    .max(TLS_MAX_NAMES, `expected at most ${TLS_MAX_NAMES} names`)
+    .refine((n) => new Set(n).size === n.length, 'expected each name once'),
+});
+/**
+ * Serve the wallet routes with this key and chain: the blob must be one this enclave's identity signed
+ * (`blobSignature` over tlsBlobDigest), the chain's leaf must name the blob's key, be valid now, and each
+ * certificate be issued by the next. Replaces what was installed. The parent calls it after `tls.create` +
+ * certificate, and after every enclave start (the key is then unsealed: one KMS call).
+ */
+export const TlsInstallParams = z.strictObject({
+  blob: base64.max(8192, 'expected a TLS blob of at most 6 KiB'),
+  blobSignature: base64.length(88, 'expected a 64-byte signature'),
+  chain: z.string().min(1).max(TLS_CHAIN_MAX_BYTES, `expected a PEM chain of at most ${TLS_CHAIN_MAX_BYTES} bytes`),
+});
+
 /** No `userData`: the parent never chooses bytes of the enclave's evidence (see attestation/user-data.ts). */
 export const AttestationParams = z.strictObject({ nonce: hexUpTo(512).optional() });
 
@@ -160,7 +186,45 @@ export interface EnclaveHealth {
     jwksFetchFailures: number;
     jwksCached: number;
   };
+  /** The wallet routes' TLS (docs/TLS.md): what is installed (nothing until `tls.install`). */
+  tls: TlsStatus;
+  /** The enclave's HTTPS server for the wallet routes: connections now, and totals since start. */
+  wallets: {
+    connections: number;
+    /** Connections closed at once: over `wallets.maxConnections`, or a bad preamble. */
+    connectionsRefused: number;
+    /** TLS handshakes that failed or timed out (no certificate installed, a client that gave up, a slowloris). */
+    handshakeFailures: number;
+    /** Answers by outcome: ok, bad_request, invalid_jwt, unauthorized, rate_limited, conflict, unavailable, error. */
+    requests: Record<string, number>;
+  };
   memory: { rssBytes: number; heapUsedBytes: number; externalBytes: number };
+}
+
+export interface TlsStatus {
+  state: 'none' | 'installed';
+  /** The installed key's DER SPKI, base64; null when none. */
+  publicKey: string | null;
+  /** The leaf's DNS names (subjectAltName). */
+  names: string[];
+  /** The leaf's validity, ISO 8601; null when none. */
+  notBefore: string | null;
+  notAfter: string | null;
+  /** SHA-256 of the leaf certificate (DER), lower-case hex; null when none. */
+  fingerprint256: string | null;
+}
+
+export interface TlsCreateResult {
+  /** The new key's DER SubjectPublicKeyInfo, base64. */
+  publicKey: string;
+  /** The sealed key (blob kind "tls"), base64: the parent stores it. */
+  blob: string;
+  /** The identity's Ed25519 signature over `tlsBlobDigest(blob bytes)`, base64. */
+  blobSignature: string;
+  /** PKCS#10 certificate request, PEM: subject CN = names[0], subjectAltName = every name, signed by the key. */
+  csr: string;
+  /** COSE_Sign1, base64: user_data = tlsUserData(SPKI) (attestation/user-data.ts), no nonce. */
+  attestation: string;
 }
 
 export interface GenesisResult {
@@ -242,6 +306,8 @@ export const EnclaveApi = {
   'keys.forget': defineMethod<ForgetResult>()(ForgetParams),
   'keys.migrate': defineMethod<CreateResult>()(MigrateParams),
   'attestation.get': defineMethod<AttestationResult>()(AttestationParams),
+  'tls.create': defineMethod<TlsCreateResult>()(TlsCreateParams),
+  'tls.install': defineMethod<TlsStatus>()(TlsInstallParams),
 };
 export type EnclaveApi = typeof EnclaveApi;
 
@@ -268,3 +334,40 @@ export const KmsProxyApi = {
   'kms.decrypt': defineMethod<KmsDecryptResult>()(KmsDecryptParams),
 };
 export type KmsProxyApi = typeof KmsProxyApi;
+
+/**
+ * The wallet store (docs/TLS.md): asked of the parent by the enclave's HTTPS server for the wallet routes, so
+ * the parent keeps storing records and blobs it can read but not forge. Every answer is the parent's word: the
+ * enclave validates its shape with the `…Answer` schemas below and verifies every record it gets (a lie is
+ * refused; an older genuine record is a replay, see docs/SECURITY.md).
+ */
+const StoredUserKeySchema = z.strictObject({ keyId, blob, record: SignedRecordSchema });
+export type StoredUserKey = z.infer<typeof StoredUserKeySchema>;
+/** A project by its key (the path's `{projectKey}`): its newest signed record, or null when unknown. */
+export const StoreProjectParams = z.strictObject({ projectKey: z.string().regex(PROJECT_KEY_RE) });
+export const StoreProjectAnswer = z.strictObject({ project: SignedRecordSchema.nullable() });
+/** The active key of (project, subject), or null when the user has none. */
+export const StoreUserKeyParams = z.strictObject({
+  projectId: z.string().regex(PROJECT_ID_RE),
+  subject: subject.unwrap(),
+});
+export const StoreUserKeyAnswer = z.strictObject({ key: StoredUserKeySchema.nullable() });
+/**
+ * Store a key the enclave just made for a wallet user (its first record, signed). The parent checks the
+ * record, then stores it unless (project, subject) already has an active key: `inserted` false and that key.
+ */
+export const StoreInsertUserKeyParams = z.strictObject({
+  keyId,
+  address: z.string().regex(/^0x[0-9a-fA-F]{40}$/),
+  publicKey: hexUpTo(65),
+  blob,
+  record: SignedRecordSchema,
+});
+export const StoreInsertUserKeyAnswer = z.strictObject({ inserted: z.boolean(), key: StoredUserKeySchema });
+
+export const WalletStoreApi = {
+  'store.project': defineMethod<z.infer<typeof StoreProjectAnswer>>()(StoreProjectParams),
+  'store.userKey': defineMethod<z.infer<typeof StoreUserKeyAnswer>>()(StoreUserKeyParams),
+  'store.insertUserKey': defineMethod<z.infer<typeof StoreInsertUserKeyAnswer>>()(StoreInsertUserKeyParams),
+};
+export type WalletStoreApi = typeof WalletStoreApi;

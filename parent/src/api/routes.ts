@@ -20,7 +20,7 @@ import { ProjectSettingsSchema } from '@nks/shared/projects-schema';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
 import type { Scope } from '../config';
 import { viewOf, type KeyRegistry } from '../key-registry';
-import { KeyParams, projectId, ProjectParams, requestBody, routeUrl } from './validation';
+import { KeyParams, projectId, ProjectParams, requestBody, routeUrl } from '@nks/shared/http/validation';
 
 declare module 'fastify' {
   interface FastifyContextConfig {

@@ -26,10 +26,10 @@ import type { Logger } from '@nks/shared/log';
 import type { ParentConfig, Scope } from '../config';
 import type { Metrics } from '../metrics';
 import { TokenAuth } from './auth';
-import { bodyParser, hasBody, readJsonBody } from './body';
+import { bodyParser, hasBody, readJsonBody } from '@nks/shared/http/body';
 import { trustedProxies } from './client-address';
 import type { ApiInstance } from './routes';
-import { documentedPath, parseQuery, pathMatcher, validatorCompiler } from './validation';
+import { documentedPath, parseQuery, pathMatcher, validatorCompiler } from '@nks/shared/http/validation';
 
 export interface ApiServerOptions {
   config: ParentConfig['api'];

@@ -32,7 +32,7 @@ import type { Metrics } from '../metrics';
 import type { JwtProject, WalletKeys } from '../wallet-keys';
 import type { ApiInstance } from './routes';
 import type { RequestState } from './server';
-import { fieldValidatorCompiler, FieldErrors, ProjectKeyParams, requestBody, routeUrl } from './validation';
+import { fieldValidatorCompiler, FieldErrors, ProjectKeyParams, requestBody, routeUrl } from '@nks/shared/http/validation';
 
 export interface WalletRoutesOptions {
   wallets: WalletKeys;

@@ -18,6 +18,8 @@ export const USER_DATA_TAGS = {
   attestation: 'nks-attestation-v1',
   /** The document sent to KMS as `Recipient`: content = the recipient public key (DER SPKI). */
   kmsRecipient: 'nks-kms-recipient-v1',
+  /** The wallet routes' TLS key (`GET /v1/tls/attestation`, `tls.create`): content = its DER SPKI. */
+  tls: 'nks-tls-v1',
 } as const;
 
 export type UserDataTag = (typeof USER_DATA_TAGS)[keyof typeof USER_DATA_TAGS];
@@ -62,4 +64,12 @@ export function checkBirthUserData(userData: Uint8Array | undefined, keyId: stri
     'USER_DATA_MISMATCH',
     `attestation document: user_data is not the birth attestation of key ${keyId} with address ${address}`,
   );
+}
+
+/**
+ * `user_data` of a TLS attestation: proof that the P-256 key with this DER SubjectPublicKeyInfo, the one the
+ * wallet routes' certificate names, was made in and never left the enclave (docs/TLS.md).
+ */
+export function tlsUserData(spkiDer: Uint8Array): Buffer {
+  return taggedUserData(USER_DATA_TAGS.tls, spkiDer);
 }
