@@ -26,6 +26,7 @@ import {
 } from '@nks/shared/attestation';
 import { backoffDelay, type BackoffOptions } from '@nks/shared/backoff';
 import { isRetryableCode } from '@nks/shared/errors';
+import type { TlsStatus } from '@nks/shared/enclave-api';
 import type { JwtAlgorithm, ProjectAuth } from '@nks/shared/project-auth';
 import type { KeyState, ProjectState, SignedRecord } from '@nks/shared/records';
 import type { SignRequestType } from '@nks/shared/signing/request-types';
@@ -46,6 +47,16 @@ export type {
   VerifyOptions,
 };
 export { AttestationError };
+export {
+  fetchTlsEvidence,
+  parseTlsOrigin,
+  verifyTlsEvidence,
+  type FetchTlsEvidenceOptions,
+  type TlsEvidence,
+  type VerifiedTlsKey,
+  type VerifyTlsEvidenceOptions,
+} from './tls';
+export type { TlsStatus };
 export {
   verifyGenesis,
   verifyIdentity,
@@ -117,6 +128,30 @@ export interface ProjectInput {
   allowedRequestTypes?: SignRequestType[];
 }
 
+/**
+ * A new TLS key for the wallet routes (`POST /v1/tls/keys`, docs/TLS.md): made in the enclave, not installed yet.
+ * Get a certificate for `csr` and install the chain with `tls.install`.
+ */
+export interface TlsKeyCreated {
+  /** The key's DER SubjectPublicKeyInfo, base64. */
+  publicKey: string;
+  /** PKCS#10 request, PEM: CN = names[0], subjectAltName = every name. */
+  csr: string;
+  /** COSE_Sign1, base64: user_data = tlsUserData(SPKI), no nonce. */
+  attestation: string;
+  names: string[];
+  createdAt: string;
+}
+
+/** `GET /v1/tls`: what the enclave serves with now, and the keys the parent keeps. */
+export interface TlsView {
+  status: TlsStatus;
+  /** The installed key (its chain included), or null. */
+  current: Record<string, unknown> | null;
+  /** A key made by `tls.createKey` and not installed yet, or null. */
+  pending: Record<string, unknown> | null;
+}
+
 export interface ClientOptions {
   url: string;
   /** The caller token; may be empty for the routes that need none (`identity()`, `ready()`). */
@@ -173,6 +208,18 @@ export class KeystoreClient {
     this.base = options.url.replace(/\/+$/, '');
     this.doFetch = options.fetch ?? fetch;
   }
+
+  /**
+   * The wallet routes' TLS key (admin token; docs/TLS.md). `createKey` makes a key in the enclave for these DNS
+   * names (never retried: each call is a new key) and answers its CSR; `install` serves with the pending key and
+   * this PEM chain (leaf first); `status` says what is served. Check a server with `fetchTlsEvidence` and
+   * `verifyTlsEvidence`.
+   */
+  readonly tls = {
+    createKey: (names: string[]): Promise<TlsKeyCreated> => this.request('POST', '/v1/tls/keys', { names }, false),
+    install: (chain: string): Promise<TlsStatus> => this.request('PUT', '/v1/tls/certificate', { chain }),
+    status: (): Promise<TlsView> => this.request('GET', '/v1/tls'),
+  };
 
   private async request<T>(method: string, path: string, body?: unknown, repeatable = true): Promise<T> {
     return (await this.send<T>(method, path, body, repeatable)).body;

@@ -57,7 +57,13 @@ export type VerificationErrorCode =
   /** The identity is not the one pinned. */
   | 'IDENTITY_MISMATCH'
   /** The genesis output's blob, its signature or the default project is not what a genesis enclave makes. */
-  | 'GENESIS_MISMATCH';
+  | 'GENESIS_MISMATCH'
+  /** No TLS connection the caller trusts (certificate, name, or the server did not answer): client/src/tls.ts. */
+  | 'TLS_HANDSHAKE'
+  /** The server's answer to `GET /v1/tls/attestation` is not a document. */
+  | 'BAD_RESPONSE'
+  /** A genuine TLS attestation that binds another key than the one the server presents. */
+  | 'TLS_KEY_MISMATCH';
 
 export class VerificationError extends Error {
   override readonly name = 'VerificationError';
@@ -178,7 +184,7 @@ export function addressOfPublicKey(publicKey: string): string | undefined {
 }
 
 /** Picks, for each index given as a list, the listed value the document shows (or the first, which then fails). */
-function resolvePcrs(document: Uint8Array, expected: ExpectedPcrs): Record<number, string | Uint8Array> {
+export function resolvePcrs(document: Uint8Array, expected: ExpectedPcrs): Record<number, string | Uint8Array> {
   let shown: Map<number, Buffer> | undefined;
   const out: Record<number, string | Uint8Array> = {};
   for (const [index, value] of Object.entries(expected)) {

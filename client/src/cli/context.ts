@@ -77,6 +77,31 @@ export function resolveApiTarget(
   return { url, token: token ?? '', ...(dev ? { dev } : {}) };
 }
 
+/**
+ * The local dev stack's wallet routes (`<dev-dir>/dev.json`, written by `npm run dev`): their https URL, the dev
+ * CA that signed their certificate, and the PCR0 and simulated Nitro root to check attestations with. Undefined
+ * when there is no running dev stack with wallet routes.
+ */
+export function devWallets(
+  flags: { 'dev-dir'?: string | undefined },
+  env: NodeJS.ProcessEnv = process.env,
+): { url: string; caFile?: string; pcr0?: string; rootFile?: string } | undefined {
+  const devDir = path.resolve(flags['dev-dir'] || env.NKS_DEV_DIR || '.dev');
+  let dev: { wallets?: { url?: unknown; caPem?: unknown }; pcr0?: unknown; rootPem?: unknown };
+  try {
+    dev = JSON.parse(fs.readFileSync(path.join(devDir, 'dev.json'), 'utf8')) as typeof dev;
+  } catch {
+    return undefined;
+  }
+  if (typeof dev.wallets?.url !== 'string') return undefined;
+  return {
+    url: dev.wallets.url,
+    ...(typeof dev.wallets.caPem === 'string' ? { caFile: dev.wallets.caPem } : {}),
+    ...(typeof dev.pcr0 === 'string' ? { pcr0: dev.pcr0 } : {}),
+    ...(typeof dev.rootPem === 'string' ? { rootFile: dev.rootPem } : {}),
+  };
+}
+
 export function clientFor(flags: Parameters<typeof resolveApiTarget>[0], options?: { tokenOptional?: boolean }): KeystoreClient {
   const c = resolveApiTarget(flags, process.env, options);
   return new KeystoreClient({ url: c.url, token: c.token });

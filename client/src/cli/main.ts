@@ -6,6 +6,7 @@ import { KeystoreApiError } from '../sdk';
 import { attestationCommand, devCommand, keysCommand, policyCommand, signCommand } from './commands';
 import { UsageError } from './context';
 import { projectsCommand } from './project-commands';
+import { tlsCommand } from './tls-commands';
 import { genesisCommand, identityCommand } from './verify-commands';
 
 const HELP = `nks — nitro-keystore command-line client
@@ -27,6 +28,14 @@ const HELP = `nks — nitro-keystore command-line client
   nks projects disable|enable <projectId>
       projects need an admin token; a JWT project's users get keys through the TrueWallet API
       (POST /v1/<projectKey>/wallets/get-address|sign|sign-request) with their own JWTs
+  nks tls create --name NAME [--name NAME]... [--csr-out FILE] [--pcr0 HEX]... [--root PEM]
+      the enclave makes a TLS key for the wallet routes (admin token) and answers its CSR; get a certificate
+  nks tls install --chain FILE
+      serves the wallet routes with the pending key and this PEM chain (leaf first)
+  nks tls status
+  nks tls verify --url https://HOST[:PORT] [--ca PEM] --pcr0 HEX [--pcr0 HEX]... [--root PEM] [--max-age S]
+      connects with TLS, asks for an attestation with a random nonce, and checks it binds the served key and
+      comes from an approved image (no token needed)
   nks identity [--pcr0 HEX]... [--identity 0x…|FILE] [--genesis-pcr0 HEX] [--root PEM] [--max-age S]
       asks the enclave, with a random nonce, to attest that it holds the keystore identity (no token needed)
   nks genesis verify <genesis.json> --pcr0 HEX --nonce HEX [--root PEM] [--out identity.json]
@@ -65,6 +74,8 @@ async function main(argv: string[]): Promise<number> {
       return identityCommand(rest);
     case 'genesis':
       return genesisCommand(rest);
+    case 'tls':
+      return tlsCommand(rest);
     case 'policy':
       return policyCommand(rest);
     case 'dev':
