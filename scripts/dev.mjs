@@ -1,4 +1,4 @@
-// `npm run dev [-- --dir DIR] [--api-port PORT] [--no-build] [--update-policy]`: builds (unless --no-build),
+// `npm run dev [-- --dir DIR] [--api-port PORT] [--wallets-port PORT] [--no-build] [--update-policy]`: builds (unless --no-build),
 // then runs the local stack (dist/dev.js) in the foreground: on a first start (or a state directory from before
 // 0.4) it makes the keystore identity with the genesis image, and migrates keys made before 0.4 with the
 // migration image (sim/src/dev/identity.ts). Ctrl-C stops it.

@@ -52,7 +52,7 @@ const HELP = `nks — nitro-keystore command-line client
               (--measurements FILE | --pcr0 HEX --security-epoch N)... [--current-policy FILE]
               [--migration-window] [--pin-pcr8] [--out FILE]
       refuses an image of a lower security epoch than the current policy's, and mixed epochs
-  nks dev [--dir DIR] [--api-port PORT] [--update-policy]
+  nks dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy]
 
 Connection (API commands): --url URL --token TOKEN, or NKS_URL / NKS_TOKEN, or the local dev stack's state
 (--dev-dir DIR, default .dev; there --identity, --pcr0 and --root default to the dev stack's). Add --json for

@@ -6,10 +6,15 @@
  * its identity the same way and its keys migrated with the migration image. Prints what it does, and
  * `READY <url>` once /readyz passes; Ctrl-C stops everything.
  *
- *   dev [--dir DIR] [--api-port PORT] [--update-policy] [--enclave-bundle FILE]
+ *   dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy] [--enclave-bundle FILE]
  *       [--trust-ca PEM]... [--egress-port PORT]... [--idp [--idp-port PORT]]
  *
  * `--api-port 0` listens on any free port: the one chosen is on the READY line (and in <dir>/dev.json).
+ *
+ * The wallet routes (docs/TLS.md) are served by the enclave over TLS that ends there: the parent's ingress relay
+ * listens on 127.0.0.1:`--wallets-port` (default 0: a free port) and the dev CA (tls.ts, kept in <dir>/tls/)
+ * signs the certificate of the enclave's own key. `WALLETS https://127.0.0.1:PORT` is printed just before READY
+ * (and the URL and CA file are in <dir>/dev.json).
  * Orphaned (whatever started it is gone without stopping it), it stops everything as on Ctrl-C.
  *
  * JWT projects (docs/PROJECTS.md): the parent's egress relay runs on vsock 3:8001 and, in development only,
@@ -20,6 +25,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { SimulatedIdp } from '../idp/issuer';
@@ -42,9 +48,10 @@ import {
   type Provisioned,
 } from './provision';
 import { startChild, type Child } from './supervisor';
+import { DEV_TLS_IPS, DEV_TLS_NAMES, ensureDevTls, openDevCa } from './tls';
 
 const USAGE =
-  'usage: dev [--dir DIR] [--api-port PORT] [--update-policy] [--no-build] [--trust-ca PEM]... [--egress-port PORT]... [--idp [--idp-port PORT]]';
+  'usage: dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy] [--no-build] [--trust-ca PEM]... [--egress-port PORT]... [--idp [--idp-port PORT]]';
 
 /** A port option's value: a whole number in [min, 65535]. */
 function portOption(name: string, value: string, min: number): number {
@@ -52,6 +59,18 @@ function portOption(name: string, value: string, min: number): number {
   if (!/^\d+$/.test(value) || n < min || n > 65535)
     throw new Error(`${name} must be a port number (${min}-65535), not "${value}"\n${USAGE}`);
   return n;
+}
+
+/** A port free on 127.0.0.1 now (for the wallets relay, whose URL the parent's configuration must name). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
 }
 
 function say(line: string): void {
@@ -76,6 +95,7 @@ async function main(): Promise<number> {
     options: {
       dir: { type: 'string' },
       'api-port': { type: 'string' },
+      'wallets-port': { type: 'string' },
       'update-policy': { type: 'boolean' },
       'enclave-bundle': { type: 'string' },
       'no-build': { type: 'boolean' }, // handled by the launcher (scripts/dev.mjs); accepted here too
@@ -94,6 +114,7 @@ async function main(): Promise<number> {
   const apiPort = Number(values['api-port'] ?? 7070);
   if (!Number.isInteger(apiPort) || apiPort < 0 || apiPort > 65535) throw new Error(`--api-port must be a port number\n${USAGE}`);
   const egressPorts = (values['egress-port'] ?? []).map((v) => portOption('--egress-port', v, 1));
+  const walletsPortOption = values['wallets-port'] === undefined ? 0 : portOption('--wallets-port', values['wallets-port'], 0);
   if (values['idp-port'] !== undefined && !values.idp) throw new Error(`--idp-port goes with --idp\n${USAGE}`);
   const idpPort = values['idp-port'] === undefined ? undefined : portOption('--idp-port', values['idp-port'], 1);
   // Read and checked before anything starts: a bad file is a clear error, not a stack that cannot fetch.
@@ -225,7 +246,18 @@ async function main(): Promise<number> {
         say(`dev: the enclave configuration now ${what}; the image it replaces was not approved, so neither is this one`);
       }
     }
-    ensureTokenAndParentConfig(p, prov.keyArn, apiPort, identity, [...egressPorts, ...(idp ? [idp.idp.port] : [])]);
+    const ca = await openDevCa(p.dir);
+    if (ca.created) say(`dev: made the dev CA for the wallet routes' TLS (${ca.paths.caPem}; its key beside it, mode 0600)`);
+    const parentConfigFor = (walletsPort?: number) =>
+      ensureTokenAndParentConfig(
+        p,
+        prov.keyArn,
+        apiPort,
+        identity,
+        [...egressPorts, ...(idp ? [idp.idp.port] : [])],
+        walletsPort === undefined ? undefined : { port: walletsPort, publicUrl: `https://127.0.0.1:${walletsPort}` },
+      );
+    parentConfigFor(); // what `parent migrate` reads; the daemon's, with the relay's port, is written below
     const current = measureImageFiles([bundle, p.enclaveConfig]);
     const approved = await approvedByPolicy(kmsUrl, prov.keyArn);
     const unapproved = !approved.includes(current.PCR0);
@@ -251,8 +283,31 @@ async function main(): Promise<number> {
       say(`dev: nsm exited unexpectedly (code ${code}); stopping the stack`);
       void stopAll().then(() => process.exit(1));
     });
-    const parent = start('parent', 'parent.js', ['--config', p.parentConfig], parentEnv);
-    const url = String((await parent.waitFor('parent ready')).url);
+    // The relay's port is in the parent's configuration (its publicUrl names it): with --wallets-port 0 a free
+    // port is chosen here, and another one if something took it before the parent bound it.
+    let url = '';
+    let walletsPort = walletsPortOption;
+    for (let attempt = 1; ; attempt++) {
+      if (walletsPortOption === 0) walletsPort = await freePort();
+      parentConfigFor(walletsPort);
+      const parent = run('parent', path.join(distDir, 'parent.js'), ['--config', p.parentConfig], parentEnv);
+      try {
+        url = String((await parent.waitFor('parent ready')).url);
+      } catch (err) {
+        const taken = parent.lines().some((l) => l.includes('EADDRINUSE') && l.includes(String(walletsPort)));
+        if (walletsPortOption === 0 && taken && attempt < 3) continue;
+        if (taken) throw new Error(`the wallets port ${walletsPort} is in use: free it, or pass another --wallets-port`);
+        throw err;
+      }
+      // From here on, like the others: an exit stops the stack.
+      void parent.exited.then((code) => {
+        if (stopping) return;
+        say(`dev: parent exited unexpectedly (code ${code}); stopping the stack`);
+        void stopAll().then(() => process.exit(1));
+      });
+      break;
+    }
+    const walletsUrl = `https://127.0.0.1:${walletsPort}`;
     const enclave = start('enclave', bundle, ['--config', p.enclaveConfig]);
     const started = await enclave.waitFor(
       (e) => e.msg === 'enclave ready' || (unapproved && String(e.msg).startsWith('could not unseal the keystore identity')),
@@ -273,9 +328,9 @@ async function main(): Promise<number> {
       if (Date.now() > until) throw new Error(`${url}/readyz did not pass within 30 s`);
       await new Promise((r) => setTimeout(r, 100));
     }
+    const token = fs.readFileSync(p.token, 'utf8').trim();
     let idpInfo: Record<string, unknown> | undefined;
     if (idp) {
-      const token = fs.readFileSync(p.token, 'utf8').trim();
       const project = await ensureDevProject(url, token, idp.idp, idp.paths);
       const tokenUrl = `${idp.idp.issuer}/token?sub=alice`;
       idpInfo = {
@@ -286,20 +341,27 @@ async function main(): Promise<number> {
         tokenUrl,
         projectId: project.projectId,
         projectKey: project.projectKey,
-        signerUrl: `${url}/v1/${project.projectKey}`,
+        signerUrl: `${walletsUrl}/v1/${project.projectKey}`,
         allowedOrigins: DEV_IDP_ORIGINS,
       };
       say(
         `dev: JWT project ${project.projectId} (${project.created ? 'created now' : 'kept'}), project key ${project.projectKey}, issuer ${idp.idp.issuer}, audience ${idp.idp.audience}, origins ${DEV_IDP_ORIGINS.join(' ')}`,
       );
-      say(`dev: TrueWallet JWT signer URL ${url}/v1/${project.projectKey}`);
+      say(`dev: TrueWallet JWT signer URL ${walletsUrl}/v1/${project.projectKey} (trust the dev CA ${ca.paths.caPem})`);
       say(`dev: a user's JWT (development only): curl -s --cacert ${idp.paths.caPem} '${tokenUrl}'`);
     }
+    // The wallet routes' TLS: the enclave's own key, a certificate of the dev CA (made once, kept across restarts).
+    const tls = await ensureDevTls(url, token, ca);
+    say(
+      `dev: wallet routes served by the enclave at ${walletsUrl} over TLS with its own key (${tls.outcome === 'made' ? 'made now' : 'kept'}; certificate for ${[...DEV_TLS_NAMES, ...DEV_TLS_IPS].join(', ')} from the dev CA ${ca.paths.caPem}, until ${tls.notAfter}); check it with: nks tls verify`,
+    );
+    const wallets = { url: walletsUrl, port: walletsPort, caPem: ca.paths.caPem, fingerprint256: tls.fingerprint256 };
     fs.writeFileSync(
       p.devJson,
-      `${JSON.stringify({ url, dir: p.dir, kmsUrl, keyArn: prov.keyArn, pcr0: current.PCR0, identity, rootPem: p.rootPem, pid: process.pid, ...(idpInfo ? { idp: idpInfo } : {}) }, null, 2)}\n`,
+      `${JSON.stringify({ url, dir: p.dir, kmsUrl, keyArn: prov.keyArn, pcr0: current.PCR0, identity, rootPem: p.rootPem, pid: process.pid, wallets, ...(idpInfo ? { idp: idpInfo } : {}) }, null, 2)}\n`,
     );
     say(`dev: caller token in ${p.token}; nks reads it (and the URL) from ${p.dir}`);
+    say(`WALLETS ${walletsUrl}`);
     say(`READY ${url}`);
     return -1; // keep running until a signal
   } catch (err) {

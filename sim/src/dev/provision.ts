@@ -196,7 +196,8 @@ export async function approvedByPolicy(kmsUrl: string, keyArn: string): Promise<
  * The caller token (created once, mode 0600) and the parent configuration holding only its hash, and the
  * keystore identity's public key once there is one (the parent then uses no enclave of another identity).
  * The egress relay (docs/PROJECTS.md, "The egress relay") allows loopback addresses, which only development
- * may do (JWKS servers on this machine), and port 443 plus `egressPorts`.
+ * may do (JWKS servers on this machine), and port 443 plus `egressPorts`. `wallets`: the ingress relay's port on
+ * 127.0.0.1 and the URL the wallet routes are reached at (docs/TLS.md).
  */
 export function ensureTokenAndParentConfig(
   p: DevPaths,
@@ -204,6 +205,7 @@ export function ensureTokenAndParentConfig(
   apiPort: number,
   identityPublicKey?: string,
   egressPorts: number[] = [],
+  wallets?: { port: number; publicUrl: string },
 ): string {
   let token: string;
   if (fs.existsSync(p.token)) token = fs.readFileSync(p.token, 'utf8').trim();
@@ -222,6 +224,8 @@ export function ensureTokenAndParentConfig(
     kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, allowedKeyArns: [keyArn], region: 'us-east-1' },
     egress: { listen: DEFAULT_EGRESS_ADDRESS, allowLoopback: true, allowedPorts: [...new Set([443, ...egressPorts])] },
     ...(identityPublicKey ? { identity: { publicKey: identityPublicKey } } : {}),
+    // The wallet routes (docs/TLS.md): the relay on loopback, to the enclave's HTTPS server.
+    ...(wallets ? { wallets: { publicUrl: wallets.publicUrl, relay: { host: '127.0.0.1', port: wallets.port } } } : {}),
     logLevel: 'info',
   };
   writeFile(p.parentConfig, `${JSON.stringify(config, null, 2)}\n`);

@@ -30,6 +30,8 @@ export function formatLine(label: string, line: string, color: boolean): string 
 export interface Child {
   label: string;
   process: ChildProcess;
+  /** Every output line so far (JSON log entries and plain text alike). */
+  lines(): string[];
   /** The first log entry with this message (or for which `msg` is true), once it is printed. */
   waitFor(msg: string | ((entry: Record<string, unknown>) => boolean), timeoutMs?: number): Promise<Record<string, unknown>>;
   stop(timeoutMs?: number): Promise<void>;
@@ -44,8 +46,10 @@ export function startChild(
 ): Child {
   const child = spawn(process.execPath, [script, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   const seen: Array<Record<string, unknown>> = [];
+  const raw: string[] = [];
   const waiters: Array<() => void> = [];
   const onLine = (line: string) => {
+    raw.push(line);
     try {
       seen.push(JSON.parse(line) as Record<string, unknown>);
     } catch {
@@ -67,6 +71,7 @@ export function startChild(
     label,
     process: child,
     exited,
+    lines: () => [...raw],
     async waitFor(msg, timeoutMs = 30_000) {
       const until = Date.now() + timeoutMs;
       const matches = typeof msg === 'string' ? (e: Record<string, unknown>) => e.msg === msg : msg;
