@@ -1,9 +1,11 @@
 // @ts-check
 // What the TrueWallet SDK's JWT signer does, against `npm run dev -- --idp` (README.md beside this file):
 // a user's JWT from the dev identity provider, then get-address, a signature over a 32-byte hash, one over a
-// text message and one over typed data, each checked here with ethers and viem.
+// text message and one over typed data — over HTTPS to the enclave, whose TLS ends inside it — each checked here
+// with ethers and viem.
 //
-//   node examples/truewallet/truewallet.mjs [--dir .dev] [--user alice] [--signer-url URL --token-url URL --ca PEM]
+//   node examples/truewallet/truewallet.mjs [--dir .dev] [--user alice]
+//        [--signer-url URL --token-url URL [--ca PEM] [--signer-ca PEM]]
 //
 // Exit code 0 when every signature recovers to the user's address, 1 otherwise.
 import fs from 'node:fs';
@@ -11,6 +13,7 @@ import https from 'node:https';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { getBytes, hexlify, randomBytes, verifyMessage, verifyTypedData } from 'ethers';
+import { Agent, fetch } from 'undici';
 import { recoverMessageAddress, recoverTypedDataAddress } from 'viem';
 
 const { values } = parseArgs({
@@ -20,17 +23,23 @@ const { values } = parseArgs({
     'signer-url': { type: 'string' },
     'token-url': { type: 'string' },
     ca: { type: 'string' },
+    'signer-ca': { type: 'string' },
   },
   strict: true,
 });
 
-/** Where to go: the dev stack's own record of its signer URL and IdP (dev.json), or the options. */
+/**
+ * Where to go: the dev stack's own record of its signer URL, the dev CA of the enclave's certificate and its IdP
+ * (dev.json), or the options (`--ca`: the token endpoint's CA; `--signer-ca`: the signer's, when neither is in
+ * Node's store).
+ */
 function settings() {
   if (values['signer-url'] && values['token-url']) {
     return {
       signerUrl: values['signer-url'],
       tokenUrl: values['token-url'],
       ca: values.ca ? fs.readFileSync(values.ca, 'utf8') : undefined,
+      signerCa: values['signer-ca'] ? fs.readFileSync(values['signer-ca'], 'utf8') : undefined,
     };
   }
   const file = path.join(values.dir ?? '.dev', 'dev.json');
@@ -38,7 +47,12 @@ function settings() {
     throw new Error(`${file} not found: start the stack with \`npm run dev -- --idp\` first (or pass --signer-url and --token-url)`);
   const dev = JSON.parse(fs.readFileSync(file, 'utf8'));
   if (!dev.idp) throw new Error('the dev stack runs without its identity provider: restart it with `npm run dev -- --idp`');
-  return { signerUrl: dev.idp.signerUrl, tokenUrl: dev.idp.tokenUrl, ca: fs.readFileSync(dev.idp.caPem, 'utf8') };
+  return {
+    signerUrl: dev.idp.signerUrl,
+    tokenUrl: dev.idp.tokenUrl,
+    ca: fs.readFileSync(dev.idp.caPem, 'utf8'),
+    signerCa: dev.wallets?.caPem ? fs.readFileSync(dev.wallets.caPem, 'utf8') : undefined,
+  };
 }
 
 /** The user's JWT: in a real app, the ID token of its own login; here, the dev IdP's token endpoint. */
@@ -70,20 +84,23 @@ class SignerError extends Error {
 /**
  * The JWT signer: `{origin}/v1/{projectKey}/wallets/…`, from the first two path segments of the URL it is given,
  * no bearer token (the JWT is the authorization), `getJwt` called for every request (a fresh token each time).
+ * `ca`: the CA its server's certificate chains to, when it is not one Node trusts (the dev stack's CA).
  */
 class JwtSigner {
-  constructor(url, getJwt) {
+  constructor(url, getJwt, ca) {
     const u = new URL(url);
     const [v1, projectKey] = u.pathname.split('/').filter(Boolean);
     if (v1 !== 'v1' || !projectKey) throw new Error(`expected a signer URL like https://host/v1/pk_…, not ${url}`);
     this.base = `${u.origin}/${v1}/${projectKey}/wallets`;
     this.getJwt = getJwt;
+    this.dispatcher = new Agent(ca ? { connect: { ca } } : {});
   }
   async post(route, body) {
     const res = await fetch(`${this.base}/${route}`, {
       method: 'POST',
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify({ ...body, jwt_token: await this.getJwt() }),
+      dispatcher: this.dispatcher,
     });
     const answer = await res.json();
     if (!res.ok) throw new SignerError(res.status, answer.detail, res.headers.get('retry-after'));
@@ -123,9 +140,9 @@ const typedData = {
 };
 
 async function main() {
-  const { signerUrl, tokenUrl, ca } = settings();
+  const { signerUrl, tokenUrl, ca, signerCa } = settings();
   const user = values.user ?? 'alice';
-  const signer = new JwtSigner(signerUrl, () => fetchJwt(tokenUrl, user, ca));
+  const signer = new JwtSigner(signerUrl, () => fetchJwt(tokenUrl, user, ca), signerCa);
   console.log(`signer ${signer.base}, user ${user}`);
 
   const address = await signer.getAddress();
@@ -155,6 +172,7 @@ async function main() {
     console.log(`${good ? 'ok  ' : 'FAIL'} ${what}: recovers ${recovered}`);
   }
   console.log(ok ? "every signature recovers to the user's address" : "a signature does not recover to the user's address");
+  await signer.dispatcher.close();
   return ok ? 0 : 1;
 }
 

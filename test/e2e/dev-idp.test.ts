@@ -118,7 +118,9 @@ describe('npm run dev -- --idp', () => {
       projectKey: expect.stringMatching(/^pk_[A-Za-z0-9_-]{22}$/) as unknown,
     });
     expect(out).toContain(`project key ${info.idp.projectKey as string}, issuer ${info.idp.issuer as string}`);
-    expect(out).toContain(`TrueWallet JWT signer URL ${dev.url}/v1/${info.idp.projectKey as string}`);
+    expect(out).toContain(`TrueWallet JWT signer URL ${info.wallets.url as string}/v1/${info.idp.projectKey as string}`);
+    expect(info.idp.signerUrl).toBe(`${info.wallets.url as string}/v1/${info.idp.projectKey as string}`);
+    expect(info.wallets.url).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
     expect(out).toContain(`curl -s --cacert ${path.join(dir, 'idp', 'ca.pem')} '${info.idp.issuer as string}/token?sub=alice'`);
     const port = Number(new URL(info.idp.issuer as string).port);
     expect(readJson(path.join(dir, 'parent.json')).egress.allowedPorts).toEqual([443, port]);

@@ -1,6 +1,8 @@
 /**
  * `npm run dev` as a newcomer uses it: it reaches READY with a keystore identity made by the genesis image
- * (its document verified against the simulated Nitro root), the README walk-through runs as written against
+ * (its document verified against the simulated Nitro root), with the wallet routes served by the enclave over TLS
+ * (its own key, a certificate of the dev CA kept in <dir>/tls, `WALLETS https://127.0.0.1:PORT` just before READY,
+ * `nks tls verify` VALID), the README walk-through runs as written against
  * it, Ctrl-C stops every process, a second start reuses the state, a changed enclave image cannot unseal the
  * identity (KMS refuses it) until its measurements are approved with --update-policy, and a state directory from before 0.4 gets an
  * identity and its keys migrated with the migration image, approved for the migration only.
@@ -11,6 +13,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { Agent, fetch as undiciFetch } from 'undici';
 import { recoverMessageAddress } from 'viem';
 import { taggedUserData, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
 import { verifyAttestation } from '@nks/shared/attestation/verify';
@@ -41,6 +44,8 @@ interface Dev {
   child: ChildProcess;
   output: () => string;
   url: string;
+  /** The WALLETS line's URL (empty for the stand-in of a stack that did not start). */
+  walletsUrl: string;
 }
 
 /** Every dev stack a test started; whatever happens in the test, none outlives it. */
@@ -78,11 +83,13 @@ async function startDev(dir: string, extra: string[] = []): Promise<Dev> {
     });
     check();
   }).catch(async (err: unknown) => {
-    await interrupt({ child, output: () => out, url: '' }).catch(() => undefined);
+    await interrupt({ child, output: () => out, url: '', walletsUrl: '' }).catch(() => undefined);
     throw err;
   });
   onOutput = () => undefined;
-  return { child, output: () => out, url };
+  // The WALLETS line comes right before READY.
+  const walletsUrl = new RegExp(`^WALLETS (https://\\S+)\nREADY ${url.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm').exec(out)?.[1] ?? '';
+  return { child, output: () => out, url, walletsUrl };
 }
 
 /** A start that is expected to stop by itself before READY: its exit code and output. */
@@ -133,7 +140,7 @@ async function interrupt(dev: Dev): Promise<number | null> {
 /** Last resort, after a test that failed before its own Ctrl-C: stop the stack, then kill its process group. */
 afterEach(async () => {
   for (const child of [...running]) {
-    await interrupt({ child, output: () => '', url: '' }).catch(() => undefined);
+    await interrupt({ child, output: () => '', url: '', walletsUrl: '' }).catch(() => undefined);
     try {
       process.kill(-(child.pid as number), 'SIGKILL');
     } catch {
@@ -188,6 +195,28 @@ describe('npm run dev', () => {
       expect(JSON.parse(fs.readFileSync(path.join(dir, 'dev.json'), 'utf8')).url).toBe(dev.url);
       expect(dev.output()).toMatch(/first start: provisioning/);
       expect(fs.statSync(path.join(dir, 'token')).mode & 0o777).toBe(0o600);
+
+      // The wallet routes: served by the enclave over TLS with its own key, under the dev CA kept in <dir>/tls.
+      expect(dev.walletsUrl).toMatch(/^https:\/\/127\.0\.0\.1:\d+$/);
+      const devState = JSON.parse(fs.readFileSync(path.join(dir, 'dev.json'), 'utf8'));
+      expect(devState.wallets).toMatchObject({ url: dev.walletsUrl, caPem: path.join(dir, 'tls', 'ca.pem') });
+      expect(fs.statSync(path.join(dir, 'tls', 'ca-key.pem')).mode & 0o777).toBe(0o600);
+      expect(JSON.parse(fs.readFileSync(path.join(dir, 'parent.json'), 'utf8')).wallets).toEqual({
+        publicUrl: dev.walletsUrl,
+        relay: { host: '127.0.0.1', port: Number(new URL(dev.walletsUrl).port) },
+      });
+      expect(dev.output()).toMatch(
+        /dev: wallet routes served by the enclave at https:\/\/127\.0\.0\.1:\d+ over TLS with its own key \(made now;/,
+      );
+      const verified = nks(dir, ['tls', 'verify']);
+      expect({ status: verified.status, stderr: verified.stderr }).toEqual({ status: 0, stderr: '' });
+      expect(verified.stdout).toMatch(new RegExp(`^VALID TLS key of ${dev.walletsUrl}: the connection ends in an attested enclave`));
+      expect(verified.stdout).toContain(`spki sha256`);
+      // The dev CA is trusted through an agent of its own (Node's store does not hold it).
+      const health = await undiciFetch(`${dev.walletsUrl}/v1/health`, {
+        dispatcher: new Agent({ connect: { ca: fs.readFileSync(devState.wallets.caPem, 'utf8') } }),
+      });
+      expect(health.status).toBe(200);
 
       // Genesis: the identity in the enclave configuration is the one the API serves, made by the genesis image
       // (the configuration without it) and bound to the public key, as the simulated Nitro root attests.
@@ -258,10 +287,17 @@ describe('npm run dev', () => {
   it('reuses its state on the next start: the same key still signs', async () => {
     const { dir, keyId, address } = await provisionedWithKey('nks-dev-reuse-');
     dirs.push(dir);
+    const fingerprint = JSON.parse(fs.readFileSync(path.join(dir, 'tls', 'installed.json'), 'utf8')).fingerprint256 as string;
+    expect(fingerprint).toMatch(/^[0-9a-f]{64}$/);
     const dev = await startDev(dir);
     try {
       expect(dev.output()).not.toMatch(/provisioning/);
       expect(dev.output()).not.toMatch(/genesis image|migrat/);
+      // The dev CA and the certificate it issued are kept: the parent installed its current key again.
+      expect(dev.output()).toMatch(/wallet routes served by the enclave at \S+ over TLS with its own key \(kept;/);
+      expect(dev.output()).not.toMatch(/made the dev CA/);
+      expect(JSON.parse(fs.readFileSync(path.join(dir, 'tls', 'installed.json'), 'utf8')).fingerprint256).toBe(fingerprint);
+      expect(nks(dir, ['tls', 'verify']).status).toBe(0);
       const list = JSON.parse(nks(dir, ['keys', 'list', '--external-id', 'alice', '--json']).stdout) as {
         keys: Array<{ keyId: string; address: string }>;
       };

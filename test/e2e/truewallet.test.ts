@@ -1,16 +1,18 @@
 /**
- * The TrueWallet API end to end, over real processes as in development: the enclave bundle, the parent with its
- * egress relay, the KMS emulator and the NSM simulator on simulated vsock, and simulated identity providers
- * serving their JWKS over real HTTPS with CAs of their own, trusted through the enclave's configuration. Tokens
- * are real (jose, RS256 and ES256); signatures are checked with ethers. A project is made over HTTP with the
- * admin token, then used as the SDK's JWT signer uses it; one refusal of each class the SDK maps, and the
- * relay refusing what it must not reach (docs/PROJECTS.md).
+ * The TrueWallet API end to end, over real processes as in development: the enclave bundle serving the wallet
+ * routes over TLS that ends inside it (its own key, a certificate from a test CA, docs/TLS.md), the parent with
+ * its ingress relay (ciphertext only) and egress relay, the KMS emulator and the NSM simulator on simulated vsock,
+ * and simulated identity providers serving their JWKS over real HTTPS with CAs of their own, trusted through the
+ * enclave's configuration. Tokens are real (jose, RS256 and ES256); signatures are checked with ethers. A project
+ * is made over HTTP with the admin token, then used as the SDK's JWT signer uses it — over HTTPS to the enclave,
+ * trusting the test CA; one refusal of each class the SDK maps, and the egress relay refusing what it must not
+ * reach (docs/PROJECTS.md).
  */
 import { getBytes, hexlify, randomBytes, recoverAddress, TypedDataEncoder, verifyMessage, verifyTypedData } from 'ethers';
 import { tempRunDir, waitFor } from '@nks/shared-test/helpers';
 import { startSimulatedIdp, type SimulatedIdp } from '../../sim/src/idp/issuer';
 import { startStack, waitReady, type Stack } from '../support/stack';
-import { createProject, jwtProject, jwtStackOptions, walletApi, type CreatedProject } from '../support/truewallet';
+import { call, createProject, jwtProject, jwtStackOptions, walletApi, type CreatedProject } from '../support/truewallet';
 
 const SECP256K1_HALF_N = BigInt('0x7fffffffffffffffffffffffffffffff5d576e7357a4501ddfe92f46681b20a0');
 
@@ -54,7 +56,7 @@ describe('TrueWallet API end to end', () => {
     idp = await startSimulatedIdp({ audience: 'truewallet-e2e' });
     idpDown = await startSimulatedIdp({ audience: 'truewallet-e2e' });
     idpBlocked = await startSimulatedIdp({ audience: 'truewallet-e2e' });
-    s = await startStack(tempRunDir('nks-truewallet-'), jwtStackOptions([idp, idpDown], [idpBlocked.caPem]));
+    s = await startStack(tempRunDir('nks-truewallet-'), { ...jwtStackOptions([idp, idpDown], [idpBlocked.caPem]), walletsTls: true });
     await waitReady(s);
   }, 120_000);
 
@@ -147,7 +149,7 @@ describe('TrueWallet API end to end', () => {
     await idpDown.stop();
     const res = await walletApi(s, down.projectKey).getAddress(await idpDown.mint({ sub: 'erin' }));
     expect(res.status).toBe(503);
-    expect(Number(res.headers.get('retry-after'))).toBeGreaterThan(0);
+    expect(Number(res.headers['retry-after'])).toBeGreaterThan(0);
     expect(res.body.detail).toMatch(/the JWKS could not be fetched/);
   });
 
@@ -158,7 +160,7 @@ describe('TrueWallet API end to end', () => {
     const blocked = await createProject(s, jwtProject(idpBlocked));
     const res = await walletApi(s, blocked.projectKey).getAddress(await idpBlocked.mint({ sub: 'frank' }));
     expect(res.status).toBe(503);
-    expect(res.headers.get('retry-after')).toBeTruthy();
+    expect(res.headers['retry-after']).toBeTruthy();
     expect(res.body.detail).toMatch(/the JWKS could not be fetched/);
     expect(idpBlocked.fetches).toBe(0);
     // The relay logs each refusal with its reason (the log is written asynchronously: wait for the line).
@@ -176,22 +178,31 @@ describe('TrueWallet API end to end', () => {
     });
     const viaMetadata = await walletApi(s, metadata.projectKey).getAddress(await idp.mint({ sub: 'grace', iss: issuer }));
     expect(viaMetadata.status).toBe(503);
-    expect(viaMetadata.headers.get('retry-after')).toBeTruthy();
+    expect(viaMetadata.headers['retry-after']).toBeTruthy();
     expect(viaMetadata.body.detail).toMatch(/the JWKS could not be fetched/);
     await waitFor(() => refusals('metadata_address').some((e) => e.host === '169.254.169.254' && e.port === 443), 5000, 'the refusal');
   });
 
   it('lets only the project origins through CORS, without credentials', async () => {
     const preflight = (origin: string) =>
-      fetch(`${s.url}/v1/${project.projectKey}/wallets/sign`, {
+      call(s, `/v1/${project.projectKey}/wallets/sign`, {
         method: 'OPTIONS',
         headers: { origin, 'access-control-request-method': 'POST', 'access-control-request-headers': 'content-type' },
       });
     const allowed = await preflight('http://localhost:3000');
-    expect(allowed.headers.get('access-control-allow-origin')).toBe('http://localhost:3000');
-    expect(allowed.headers.get('access-control-allow-credentials')).toBeNull();
+    expect(allowed.headers['access-control-allow-origin']).toBe('http://localhost:3000');
+    expect(allowed.headers['access-control-allow-credentials']).toBeUndefined();
     const other = await preflight('http://localhost:3001');
-    expect(other.headers.get('access-control-allow-origin')).toBeNull();
+    expect(other.headers['access-control-allow-origin']).toBeUndefined();
+  });
+
+  it('is not served by the parent: its own API answers 421 with the URL of the enclave’s server, without reading the body', async () => {
+    const res = await s.api(`/v1/${project.projectKey}/wallets/sign`, {
+      token: null,
+      body: { jwt_token: await idp.mint({ sub: 'alice' }) },
+    });
+    expect(res.status).toBe(421);
+    expect(res.body).toMatchObject({ url: s.walletsUrl, detail: expect.stringContaining(s.walletsUrl) as unknown });
   });
 });
 

@@ -1,7 +1,8 @@
 /**
  * A transport that records every byte it receives, so a test can hold everything a peer process sent over
- * (simulated) vsock and scan it.
+ * (simulated) vsock and scan it; and a recording TCP proxy, for what passes between a client and a TCP port.
  */
+import net from 'node:net';
 import type { Connection, ConnectionHandlers, Listener, Transport } from '@nks/shared/transport';
 
 class RecordingConnection implements Connection {
@@ -66,4 +67,51 @@ export class RecordingTransport implements Transport {
   bytes(): Buffer {
     return Buffer.concat(this.received);
   }
+}
+
+export interface RecordingProxy {
+  /** The port on 127.0.0.1 to connect to instead of the target. */
+  port: number;
+  /** Every byte that passed, both directions, in order of arrival. */
+  bytes(): Buffer;
+  close(): Promise<void>;
+}
+
+/**
+ * A TCP proxy on 127.0.0.1 that forwards to `targetPort` and keeps every byte that passes, both ways: what anyone
+ * on the path between a client and the parent's ingress relay, the parent included, can see.
+ */
+export async function startRecordingProxy(targetPort: number, targetHost = '127.0.0.1'): Promise<RecordingProxy> {
+  const seen: Buffer[] = [];
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((a) => {
+    const b = net.connect(targetPort, targetHost);
+    for (const s of [a, b]) {
+      sockets.add(s);
+      s.on('error', () => undefined);
+      s.on('close', () => {
+        sockets.delete(s);
+        a.destroy();
+        b.destroy();
+      });
+    }
+    a.on('data', (d: Buffer) => {
+      seen.push(Buffer.from(d));
+      b.write(d);
+    });
+    b.on('data', (d: Buffer) => {
+      seen.push(Buffer.from(d));
+      a.write(d);
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    bytes: () => Buffer.concat(seen),
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
 }

@@ -2,14 +2,21 @@
  * The whole system as separate processes on the simulated platform: NSM simulator, KMS emulator, enclave and
  * parent, talking over simulated vsock. Tests get the API URL, tokens for every scope, and the means to stop,
  * restart or kill -9 the enclave and the parent.
+ *
+ * The wallet routes (docs/TLS.md): the parent's ingress relay listens on 127.0.0.1 (a free port chosen at start
+ * and kept across restarts, its URL the parent's `wallets.publicUrl`: `walletsUrl`); with `walletsTls` the stack has the enclave make its TLS key, a test CA signs its CSR
+ * (localhost and 127.0.0.1) and the chain is installed, as an operator does (`walletsCa` is that CA).
  */
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
+import { DEFAULT_WALLET_STORE_ADDRESS, DEFAULT_WALLETS_ADDRESS } from '@nks/shared/ingress';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
 import { enclaveConfigFor, startPlatform, writeJson, type Platform } from './platform';
 import { startProgram, type Running } from './process';
+import { makeTestCa } from '../../sim/src/idp/tls';
 import { startRelay, type Relay } from './relay';
 
 export const ENCLAVE_ADDRESS = DEFAULT_ENCLAVE_ADDRESS;
@@ -26,6 +33,18 @@ export interface Stack {
   parent: Running;
   parentConfigFile: string;
   dbPath: string;
+  /** `https://127.0.0.1:PORT`: the parent's ingress relay to the enclave's HTTPS server (the same across restarts). */
+  walletsUrl: string;
+  /** The CA (PEM) of the installed wallet certificate, with `walletsTls` (or after `installWalletsTls`). */
+  walletsCa: string | undefined;
+  /**
+   * Has the enclave make a TLS key for `names` (`POST /v1/tls/keys`), a fresh test CA issue its certificate (the
+   * names and 127.0.0.1) and installs the chain (`PUT /v1/tls/certificate`); resolves once the enclave serves it.
+   */
+  installWalletsTls(names?: string[]): Promise<{ caPem: string; chain: string; publicKey: string }>;
+  /** Stops the parent (the relay's port is then free); `startParent` starts it again with the same configuration. */
+  stopParent(opts?: { kill?: boolean }): Promise<void>;
+  startParent(): Promise<void>;
   api(
     pathname: string,
     init?: { method?: string; token?: TokenName | string | null; body?: unknown; headers?: Record<string, string> },
@@ -54,8 +73,15 @@ export interface StackOptions {
   /** Replaces whole top-level sections of the parent configuration. */
   parent?: Record<string, unknown>;
   kmsLatencyMs?: number;
-  /** Put recording relays on both parent <-> enclave links. */
+  /**
+   * Put recording relays on every parent <-> enclave link: the RPC, the KMS proxy, the ingress relay's vsock side
+   * and the wallet store.
+   */
   capture?: boolean;
+  /** Merged into the parent's `wallets.relay` (host 127.0.0.1 and a free port otherwise). */
+  walletsRelay?: Record<string, unknown>;
+  /** Install a TLS certificate for the wallet routes (a test CA) once the stack is up. */
+  walletsTls?: boolean;
   /** false: keep only the programs' startup output (long benchmark runs). */
   keepLogs?: boolean;
   /** CPU lists (taskset) for the enclave and for the parent, to model the enclave's dedicated vCPUs. */
@@ -100,32 +126,74 @@ export function parentConfigFor(
       endpoint: platform.kmsUrl,
       deadlineMs: 4000,
     },
+    // Never the default 0.0.0.0:8443: every stack on this machine would want it.
+    wallets: { relay: { host: '127.0.0.1', port: 0 } },
     logLevel: 'debug',
     ...over,
   };
 }
 
+/** A port free on 127.0.0.1 now. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Where the capture relays sit (opts.capture): each side talks to a relay that forwards to the other's address. */
+const CAPTURED = {
+  enclave: 'vsock://17:5000',
+  kmsProxy: 'vsock://13:8000',
+  walletsListener: 'vsock://17:8443',
+  walletStore: 'vsock://13:8002',
+} as const;
+
 export async function startStack(runDir: string, opts: StackOptions = {}): Promise<Stack> {
   let platform = opts.platform ?? (await startPlatform(runDir, { kmsLatencyMs: opts.kmsLatencyMs ?? 0 }));
   // With capture, each side talks to a relay that forwards to the other side's real address.
-  const enclaveListen = opts.capture ? 'vsock://17:5000' : ENCLAVE_ADDRESS;
-  const proxyListen = opts.capture ? 'vsock://13:8000' : PROXY_ADDRESS;
+  const enclaveListen = opts.capture ? CAPTURED.enclave : ENCLAVE_ADDRESS;
+  const proxyListen = opts.capture ? CAPTURED.kmsProxy : PROXY_ADDRESS;
   const tokens = Object.fromEntries(
     (['full', 'create', 'sign', 'read', 'admin'] as const).map((n) => [n, `nks_${n}_${randomBytes(16).toString('hex')}`]),
   ) as Record<TokenName, string>;
 
+  const enclaveWallets = opts.enclave?.wallets as Record<string, unknown> | undefined;
   const enclaveConfigFile = writeJson(
     path.join(runDir, 'enclave.json'),
-    enclaveConfigFor(platform, runDir, { listen: enclaveListen, ...opts.enclave }),
+    enclaveConfigFor(platform, runDir, {
+      listen: enclaveListen,
+      ...opts.enclave,
+      ...(opts.capture ? { wallets: { ...enclaveWallets, store: CAPTURED.walletStore } } : {}),
+    }),
   );
   const dbPath = stackDbPath(runDir);
-  const base = parentConfigFor(platform, runDir, tokens) as { api: object; enclave: object; kmsProxy: object };
+  const base = parentConfigFor(platform, runDir, tokens) as {
+    api: object;
+    enclave: object;
+    kmsProxy: object;
+    wallets: { relay: object };
+  };
+  const parentWallets = (opts.parent?.wallets ?? {}) as { relay?: object };
   const parentConfigFile = writeJson(path.join(runDir, 'parent.json'), {
     ...base,
     api: { ...base.api, ...opts.parentApi },
     enclave: { ...base.enclave, ...opts.parentEnclave },
     kmsProxy: { ...base.kmsProxy, listen: proxyListen, ...opts.parentKmsProxy },
     ...opts.parent,
+    wallets: {
+      ...parentWallets,
+      relay: {
+        ...base.wallets.relay,
+        ...parentWallets.relay,
+        ...opts.walletsRelay,
+        ...(opts.capture ? { enclave: CAPTURED.walletsListener } : {}),
+      },
+    },
   });
   const awsEnv = PARENT_AWS_ENV;
 
@@ -141,21 +209,48 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
     return p;
   };
   const parents: Running[] = [];
-  const launchParent = async () => {
-    const p = startProgram('parent', ['--config', parentConfigFile], awsEnv, {
-      keepLines: opts.keepLogs ?? true,
-      ...(opts.cpus ? { cpus: opts.cpus.parent } : {}),
-    });
-    parents.push(p);
-    const ready = await p.waitForLog((e) => e.msg === 'parent ready');
-    return { p, url: String(ready.url) };
+  /** The relay's port is chosen here and kept in the configuration, so its public URL is known from the first start. */
+  const pinWalletsPort = async () => {
+    const config = JSON.parse(fs.readFileSync(parentConfigFile, 'utf8')) as { wallets: { publicUrl?: string; relay: { port: number } } };
+    const port = await freePort();
+    config.wallets.relay.port = port;
+    config.wallets.publicUrl = `https://127.0.0.1:${port}`;
+    writeJson(parentConfigFile, config);
   };
+  const choosePort =
+    (JSON.parse(fs.readFileSync(parentConfigFile, 'utf8')) as { wallets: { relay: { port: number } } }).wallets.relay.port === 0;
+  const launchParent = async () => {
+    for (let attempt = 1; ; attempt++) {
+      if (choosePort && attempt > 1) await pinWalletsPort();
+      const p = startProgram('parent', ['--config', parentConfigFile], awsEnv, {
+        keepLines: opts.keepLogs ?? true,
+        ...(opts.cpus ? { cpus: opts.cpus.parent } : {}),
+      });
+      parents.push(p);
+      let ready: Record<string, unknown>;
+      try {
+        ready = await p.waitForLog((e) => e.msg === 'parent ready');
+      } catch (err) {
+        // Another process took the chosen port between the choice and the parent's bind: choose again.
+        if (choosePort && attempt < 3 && p.lines.some((l) => l.includes('EADDRINUSE'))) continue;
+        throw err;
+      }
+      stack.walletsUrl = `https://127.0.0.1:${Number(ready.walletsRelayPort)}`;
+      return { p, url: String(ready.url) };
+    }
+  };
+  if (choosePort) await pinWalletsPort();
 
   const relays: Relay[] = [];
   const traffic: Buffer[] = [];
   const startRelays = async () => {
     if (!opts.capture) return;
-    relays.push(await startRelay(runDir, ENCLAVE_ADDRESS, enclaveListen), await startRelay(runDir, PROXY_ADDRESS, proxyListen));
+    relays.push(
+      await startRelay(runDir, ENCLAVE_ADDRESS, enclaveListen),
+      await startRelay(runDir, PROXY_ADDRESS, proxyListen),
+      await startRelay(runDir, DEFAULT_WALLETS_ADDRESS, CAPTURED.walletsListener),
+      await startRelay(runDir, DEFAULT_WALLET_STORE_ADDRESS, CAPTURED.walletStore),
+    );
   };
   const stopRelays = async () => {
     for (const r of relays.splice(0)) {
@@ -163,7 +258,7 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
       await r.close();
     }
   };
-  const stack: Partial<Stack> = { runDir, platform, tokens, parentConfigFile, dbPath };
+  const stack: Partial<Stack> = { runDir, platform, tokens, parentConfigFile, dbPath, walletsCa: undefined };
   const launched: Running[] = [];
   /** Stops every process and relay this stack started; keeps going past failures, then reports the first. */
   const stopEverything = async () => {
@@ -209,6 +304,26 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
     }
     return { status: res.status, body: parsed, headers: res.headers };
   };
+  stack.installWalletsTls = async (names = ['localhost']) => {
+    const ca = await makeTestCa('nitro-keystore test wallets CA');
+    const made = await stack.api!('/v1/tls/keys', { token: 'admin', body: { names } });
+    if (made.status !== 201) throw new Error(`POST /v1/tls/keys: HTTP ${made.status} ${JSON.stringify(made.body)}`);
+    const leaf = await ca.issueForCsr(String(made.body.csr), [...names, '127.0.0.1']);
+    const chain = `${leaf}${ca.caPem.trimEnd()}\n`;
+    const installed = await stack.api!('/v1/tls/certificate', { token: 'admin', method: 'PUT', body: { chain } });
+    if (installed.status !== 200) throw new Error(`PUT /v1/tls/certificate: HTTP ${installed.status} ${JSON.stringify(installed.body)}`);
+    stack.walletsCa = ca.caPem;
+    await waitWalletsTls(stack as Stack, String(made.body.publicKey));
+    return { caPem: ca.caPem, chain, publicKey: String(made.body.publicKey) };
+  };
+  stack.stopParent = async ({ kill = false } = {}) => {
+    await stack.parent?.stop(kill ? 'SIGKILL' : 'SIGTERM');
+  };
+  stack.startParent = async () => {
+    const next = await launchParent();
+    stack.parent = next.p;
+    stack.url = next.url;
+  };
   stack.stopEnclave = async () => {
     await stack.enclave?.stop();
   };
@@ -250,7 +365,27 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
       fs.rmSync(runDir, { recursive: true, force: true });
     }
   };
+  if (opts.walletsTls) {
+    try {
+      await waitReady(stack as Stack);
+      await stack.installWalletsTls();
+    } catch (err) {
+      await stopEverything().catch(() => undefined);
+      throw err;
+    }
+  }
   return stack as Stack;
+}
+
+/** Polls `GET /v1/tls` until the enclave serves the key `publicKey` (base64 SPKI), or fails. */
+export async function waitWalletsTls(stack: Stack, publicKey: string, timeoutMs = 30_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await stack.api('/v1/tls', { token: 'admin' }).catch(() => ({ status: 0, body: undefined }));
+    if (r.status === 200 && r.body?.status?.state === 'installed' && r.body.status.publicKey === publicKey) return;
+    if (Date.now() > until) throw new Error(`the enclave did not serve the TLS key within ${timeoutMs} ms: ${JSON.stringify(r.body)}`);
+    await new Promise((res) => setTimeout(res, 50));
+  }
 }
 
 /** Polls until the API says ready (enclave reachable), or fails. */
