@@ -41,7 +41,12 @@ export interface Browser {
   close(): Promise<void>;
 }
 
-export async function launchChromium(binary: string): Promise<Browser> {
+/**
+ * `trustSpkis`: SHA-256 hashes (base64) of server keys whose certificates the browser accepts although they chain to
+ * no CA it knows (`--ignore-certificate-errors-spki-list`): a test CA's server, as a user's browser would trust a
+ * public CA's.
+ */
+export async function launchChromium(binary: string, opts: { trustSpkis?: string[] } = {}): Promise<Browser> {
   const profile = fs.mkdtempSync(path.join(os.tmpdir(), 'nks-chromium-'));
   const child: ChildProcess = spawn(
     binary,
@@ -57,6 +62,7 @@ export async function launchChromium(binary: string): Promise<Browser> {
       '--disable-extensions',
       '--remote-debugging-pipe',
       `--user-data-dir=${profile}`,
+      ...(opts.trustSpkis?.length ? [`--ignore-certificate-errors-spki-list=${opts.trustSpkis.join(',')}`] : []),
       'about:blank',
     ],
     { stdio: ['ignore', 'ignore', 'pipe', 'pipe', 'pipe'] },

@@ -1,17 +1,20 @@
 /**
  * `npm run test:browser` (not part of `npm test`): the TrueWallet routes called with `fetch` from a real browser,
- * headless Chromium, against the whole stack (enclave bundle, parent with its egress relay, KMS emulator, NSM
- * simulator, a simulated IdP over HTTPS). A page served from an origin the project allows gets the user's
- * address and two signatures (checked here with ethers); the same page from another origin is refused by
- * CORS, so its script reads nothing (docs/PROJECTS.md, "CORS").
+ * headless Chromium, against the whole stack (enclave bundle serving the wallet routes over its own TLS, parent
+ * with its ingress and egress relays, KMS emulator, NSM simulator, a simulated IdP over HTTPS). The browser trusts
+ * the enclave's key (its SPKI hash, as a user's browser trusts a public CA's certificate). A page served from an
+ * origin the project allows gets the user's address and two signatures (checked here with ethers); the same page
+ * from another origin is refused by CORS, so its script reads nothing (docs/PROJECTS.md, "CORS").
  */
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
+import tls from 'node:tls';
 import { getBytes, hexlify, randomBytes, verifyMessage } from 'ethers';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { startSimulatedIdp, type SimulatedIdp } from '../../sim/src/idp/issuer';
 import { startStack, waitReady, type Stack } from '../support/stack';
-import { createProject, jwtProject, jwtStackOptions } from '../support/truewallet';
+import { createProject, jwtProject, jwtStackOptions, walletApi } from '../support/truewallet';
 import { chromiumBinary, launchChromium, type Browser } from './chromium';
 
 /**
@@ -90,10 +93,10 @@ describe('TrueWallet routes from a browser (headless Chromium)', () => {
     idp = await startSimulatedIdp({ audience: 'truewallet-browser' });
     allowed = await pageServer();
     other = await pageServer();
-    s = await startStack(tempRunDir('nks-browser-'), jwtStackOptions([idp]));
+    s = await startStack(tempRunDir('nks-browser-'), { ...jwtStackOptions([idp]), walletsTls: true });
     await waitReady(s);
     ({ projectKey } = await createProject(s, jwtProject(idp, { allowedOrigins: [allowed.origin] })));
-    browser = await launchChromium(binary);
+    browser = await launchChromium(binary, { trustSpkis: [await servedSpkiSha256(s.walletsUrl, s.walletsCa as string)] });
   }, 120_000);
 
   afterAll(async () => {
@@ -104,7 +107,7 @@ describe('TrueWallet routes from a browser (headless Chromium)', () => {
 
   const pageUrl = async (origin: string, sub: string) => {
     const q = new URLSearchParams({
-      api: s.url,
+      api: s.walletsUrl,
       projectKey,
       jwt: await idp.mint({ sub }),
       message: 'signed in a browser',
@@ -132,12 +135,8 @@ describe('TrueWallet routes from a browser (headless Chromium)', () => {
     expect(await page.evaluate<string>("document.getElementById('address').textContent")).toBe(result.address);
     expect(await page.evaluate<string>("document.getElementById('hash-signature').textContent")).toBe(result.hashSignature);
     // The same user through the API directly: the same key.
-    const direct = await fetch(`${s.url}/v1/${projectKey}/wallets/get-address`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ jwt_token: await idp.mint({ sub: 'browser-user' }) }),
-    });
-    expect(((await direct.json()) as { address: string }).address).toBe(result.address);
+    const direct = await walletApi(s, projectKey).getAddress(await idp.mint({ sub: 'browser-user' }));
+    expect(direct.body.address).toBe(result.address);
   });
 
   it('from another origin, CORS refuses: fetch fails and the page reads nothing', async () => {
@@ -152,3 +151,17 @@ describe('TrueWallet routes from a browser (headless Chromium)', () => {
     expect(page.console.join('\n')).toMatch(/CORS/);
   });
 });
+
+/** SHA-256 (base64) of the SPKI of the leaf the wallet server presents: what Chromium is told to accept. */
+function servedSpkiSha256(walletsUrl: string, ca: string): Promise<string> {
+  const u = new URL(walletsUrl);
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({ host: u.hostname, port: Number(u.port), ca, servername: 'localhost' }, () => {
+      const spki = socket.getPeerX509Certificate()?.publicKey.export({ type: 'spki', format: 'der' });
+      socket.destroy();
+      if (!spki) return reject(new Error('the wallet server presented no certificate'));
+      resolve(createHash('sha256').update(spki).digest('base64'));
+    });
+    socket.on('error', reject);
+  });
+}
