@@ -2,7 +2,7 @@
  * The wallet routes' TLS key in-process (tls/holder.ts, tls/chain.ts, tls/key.ts): what `tls.create` makes,
  * what `tls.install` checks and in which order (the blob's signature before anything, the chain before any
  * KMS call), where the private key comes from (memory, else one Decrypt), and that what is installed serves
- * TLS. The real bundle over simulated vsock is tests/tls-enclave.test.ts; this file reaches the corners.
+ * TLS. The real bundle over simulated vsock is tls-enclave.test.ts; this file reaches the corners.
  */
 import {
   constants,
@@ -218,11 +218,11 @@ describe('tls.install', () => {
     await s.holder.install({ blob: oldest.blob, blobSignature: oldest.blobSignature, chain: renewed });
     expect(s.calls()).toBe(1);
     expect(s.holder.current()?.cert).toBe(renewed);
-    // A key that was pending and has been replaced: still pending (not the installed one), no call.
+    // Another of the last creates, never installed: still held, no call.
     const second = made[1] as TlsCreateResult;
     await s.holder.install({ blob: second.blob, blobSignature: second.blobSignature, chain: await chainFor(second) });
     expect(s.calls()).toBe(1);
-    // Installed once, dropped from the pending keys: installing newest again (after second replaced it) unseals.
+    // A key leaves the pending ones once installed; replaced since, it is unsealed again (the second call).
     await s.holder.install({ blob: newest.blob, blobSignature: newest.blobSignature, chain: await chainFor(newest) });
     expect(s.calls()).toBe(2);
   });
