@@ -100,6 +100,9 @@ describe('limits and patterns', () => {
       'a.example\n',
       'é.example',
       '::1',
+      '127.0.0.1',
+      '10.0.0.12',
+      '1234',
     ]) {
       expect([bad, TLS_NAME_RE.test(bad)]).toEqual([bad, false]);
     }
