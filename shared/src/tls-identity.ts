@@ -18,10 +18,11 @@ export function tlsBlobDigest(blob: Uint8Array): Buffer {
 
 /**
  * A DNS name a wallet certificate may be requested for: lower case, 1-253 characters, labels of letters,
- * digits and hyphens; no wildcard (one name, one enclave fleet), no IP literals (the public reach a name).
+ * digits and hyphens, not all digits and dots; no wildcard (one name, one enclave fleet), no IP literals (the
+ * public reach a name).
  */
 export const TLS_NAME_RE =
-  /^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/;
+  /^(?=.{1,253}$)(?![0-9.]+$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/;
 export const TLS_NAME_EXPECTED = 'expected a lower-case DNS name (no wildcard, no IP address)';
 /** At most this many names per key (the CSR's subjectAltName). */
 export const TLS_MAX_NAMES = 10;
