@@ -5,7 +5,6 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { isIP } from 'node:net';
 import { AttestationError, verifyAttestation } from '@nks/shared/attestation';
 import { tlsUserData } from '@nks/shared/attestation/user-data';
 import type { TlsStatus } from '@nks/shared/enclave-api';
@@ -73,9 +72,7 @@ async function createCommand(args: string[]): Promise<number> {
   const names = values.name ?? [];
   if (names.length === 0) throw new UsageError('--name is required: the DNS name(s) the certificate will be for (the first is its CN)');
   if (names.length > TLS_MAX_NAMES) throw new UsageError(`at most ${TLS_MAX_NAMES} --name`);
-  // (TLS_NAME_RE alone lets an all-digit name such as 127.0.0.1 through.)
-  for (const n of names)
-    if (!TLS_NAME_RE.test(n) || isIP(n) !== 0) throw new UsageError(`--name ${JSON.stringify(n)}: ${TLS_NAME_EXPECTED}`);
+  for (const n of names) if (!TLS_NAME_RE.test(n)) throw new UsageError(`--name ${JSON.stringify(n)}: ${TLS_NAME_EXPECTED}`);
   if (new Set(names).size !== names.length) throw new UsageError('each --name once');
   const target = resolveApiTarget(values);
   const pcr0s = (values.pcr0 ?? (target.dev?.pcr0 ? [target.dev.pcr0] : [])).map(pcr);
