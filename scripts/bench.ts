@@ -505,7 +505,7 @@ function jwtOptions(idp: SimulatedIdp) {
 /** The enclave's wallet-server connections now, as the parent exports enclave.health (NaN if not exported). */
 async function walletConnections(s: Stack): Promise<number> {
   const text = String((await s.api('/metrics', { token: null })).body);
-  return Number(/^nks_enclave_wallets_connections(?:\{[^}]*\})? (\d+)/m.exec(text)?.[1] ?? NaN);
+  return Number(/^nks_enclave_counter\{counter="wallets_connections"\} (\d+)/m.exec(text)?.[1] ?? NaN);
 }
 
 /**

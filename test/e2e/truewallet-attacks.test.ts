@@ -461,6 +461,19 @@ describe('the wallet routes under attack, served by the enclave', () => {
       expect(verifyTypedData(typedData.domain, typedData.types, typedData.message, full.body.signature)).toBe(address);
     });
 
+    it("shows the wallet routes' outcomes and the enclave's JWT health in the parent's metrics (counts, nothing of the requests)", async () => {
+      const metrics = String((await s.api('/metrics', { token: null })).body);
+      for (const outcome of ['ok', 'invalid_jwt', 'rate_limited', 'unauthorized'])
+        expect([outcome, new RegExp(`^nks_enclave_wallet_requests\\{outcome="${outcome}"\\} [1-9]\\d*$`, 'm').test(metrics)]).toEqual([
+          outcome,
+          true,
+        ]);
+      expect(metrics).toMatch(/^nks_enclave_clock\{state="trusted"\} 1$/m);
+      expect(metrics).toMatch(/^nks_enclave_counter\{counter="jwt_verifications"\} [1-9]\d*$/m);
+      expect(metrics).toMatch(/^nks_enclave_counter\{counter="jwt_refusals"\} [1-9]\d*$/m);
+      expect(metrics).toMatch(/^nks_tls_installed 1$/m);
+    });
+
     it('path confusion: project key case, encoding, default, trailing slash', async () => {
       const jwt = await mint('path-user');
       const pk = project.projectKey;

@@ -433,9 +433,10 @@ async function dribble(port: number, ca: string, projectKey: string): Promise<{ 
   };
 }
 
-/** The enclave's wallet-server counters, as the parent exports enclave.health in /metrics. */
+/** The enclave's wallet-server counters (enclave.health's `wallets`), as the parent exports them in /metrics. */
 async function walletCounters(s: Stack): Promise<{ handshakeFailures: number; connectionsRefused: number }> {
   const text = String((await s.api('/metrics', { token: null })).body);
-  const read = (name: string) => Number(new RegExp(`^nks_enclave_wallets_${name}(?:\\{[^}]*\\})? (\\d+)`, 'm').exec(text)?.[1] ?? NaN);
-  return { handshakeFailures: read('handshake_failures'), connectionsRefused: read('connections_refused') };
+  const read = (name: string) =>
+    Number(new RegExp(`^nks_enclave_counter\\{counter="wallets_${name}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? NaN);
+  return { handshakeFailures: read('handshakeFailures'), connectionsRefused: read('connectionsRefused') };
 }
