@@ -80,7 +80,7 @@ describe('limits and patterns', () => {
     const label63 = `a${'b'.repeat(61)}c`;
     const long = [label63, label63, label63, `${'d'.repeat(61)}`].join('.'); // 253 characters
     expect(long).toHaveLength(253);
-    for (const ok of ['a', 'localhost', 'wallets.example.com', 'x-1.example', '1.example', label63, long, 'a.b.c.d', '127.0.0.1x']) {
+    for (const ok of ['a', 'localhost', 'wallets.example.com', 'x-1.example', '1.example', label63, long, 'a.b.c.d', '127.0.0.a1', 'xn--bcher-kva.example']) {
       expect([ok, TLS_NAME_RE.test(ok)]).toEqual([ok, true]);
     }
     for (const bad of [
@@ -103,6 +103,11 @@ describe('limits and patterns', () => {
       '127.0.0.1',
       '10.0.0.12',
       '1234',
+      '0x7f000001',
+      '0x7f.0.0.1',
+      '1.2.3.0x4',
+      'wallets.123',
+      '127.0.0.1x',
     ]) {
       expect([bad, TLS_NAME_RE.test(bad)]).toEqual([bad, false]);
     }
