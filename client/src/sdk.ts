@@ -146,10 +146,10 @@ export interface TlsKeyCreated {
 /** `GET /v1/tls`: what the enclave serves with now, and the keys the parent keeps. */
 export interface TlsView {
   status: TlsStatus;
-  /** The installed key (its chain included), or null. */
-  current: Record<string, unknown> | null;
-  /** A key made by `tls.createKey` and not installed yet, or null. */
-  pending: Record<string, unknown> | null;
+  /** The installed key (`publicKey`: DER SPKI, base64), or null. */
+  current: { publicKey: string; names: string[]; notAfter: string; installedAt: string } | null;
+  /** Keys made by `tls.createKey` and not installed (yet), newest first. */
+  pending: Array<{ publicKey: string; names: string[]; createdAt: string }>;
 }
 
 export interface ClientOptions {

@@ -301,12 +301,17 @@ describe('nks tls create | install | status', () => {
   });
 
   it('install puts the chain file; status prints the state; a chain file without a certificate is a usage error', async () => {
+    const view = {
+      status,
+      current: { publicKey: status.publicKey, names: status.names, notAfter: status.notAfter, installedAt: '2026-01-02T00:00:00.000Z' },
+      pending: [{ publicKey: Buffer.from('other').toString('base64'), names: ['w2.example.com'], createdAt: '2026-02-01T00:00:00.000Z' }],
+    };
     const chainFile = path.join(dir, 'fullchain.pem');
     const ca = await makeTestCa();
     const { certPem } = await ca.issueServer(['wallets.example.com']);
     fs.writeFileSync(chainFile, `${certPem}${ca.caPem}`);
     await withApi(
-      async (method) => ({ body: method === 'PUT' ? status : { status, current: { names: status.names }, pending: null } }),
+      async (method) => ({ body: method === 'PUT' ? status : view }),
       async (url, requests) => {
         const r = await nks(['tls', 'install', '--url', url, '--token', 'tok', '--chain', chainFile]);
         expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: '' });
@@ -319,7 +324,12 @@ describe('nks tls create | install | status', () => {
         expect(r.stdout).toMatch(/^Installed the TLS certificate\nstate +installed/);
         expect(r.stdout).toContain(`certificate sha256  ${'ab'.repeat(32)}`);
         const st = await nks(['tls', 'status', '--url', url, '--token', 'tok', '--json']);
-        expect(JSON.parse(st.stdout)).toEqual({ status, current: { names: status.names }, pending: null });
+        expect(JSON.parse(st.stdout)).toEqual(view);
+        const human = await nks(['tls', 'status', '--url', url, '--token', 'tok']);
+        expect(human.stdout).toMatch(/^state +installed: the enclave serves the wallet routes with this key\n/);
+        expect(human.stdout).toMatch(
+          /pending key \(made, not installed\): w2\.example\.com, created 2026-02-01T00:00:00\.000Z, spki sha256 [0-9a-f]{64}/,
+        );
       },
     );
     fs.writeFileSync(path.join(dir, 'not-a-chain.pem'), 'hello');

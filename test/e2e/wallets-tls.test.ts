@@ -244,10 +244,9 @@ describe('the wallet routes over the enclave’s TLS', () => {
     const rogue = await rogueCa.issueServer(['localhost', '127.0.0.1']);
     const selfSigned = await makeTestCa('self-signed');
     const self = await selfSigned.issueServer(['localhost', '127.0.0.1']);
-    // The parent cannot serve the installed chain: it does not hold the key (TLS would not even start).
-    const installed = (await s.api('/v1/tls', { token: 'admin' })).body.current as { chain?: string } | null;
-    if (typeof installed?.chain === 'string')
-      expect(() => tls.createSecureContext({ cert: installed.chain, key: rogue.keyPem })).toThrow(/key values mismatch/);
+    // The parent cannot serve the enclave's certificate (public): it does not hold its key, so TLS would not even start.
+    const served = await servedCertificate(relayPort, s.walletsCa as string);
+    expect(() => tls.createSecureContext({ cert: served, key: rogue.keyPem })).toThrow(/key values mismatch/);
 
     // The parent stops relaying and answers the port with TLS servers of its own.
     await s.stopParent();
@@ -380,17 +379,20 @@ describe('the wallet routes over the enclave’s TLS', () => {
   }, 120_000);
 });
 
-/** The SPKI of the leaf the server at 127.0.0.1:port presents, trusting `ca`. */
-function servedSpki(port: number, ca: string): Promise<Buffer> {
+/** The leaf certificate the server at 127.0.0.1:port presents, trusting `ca`. */
+function servedLeaf(port: number, ca: string): Promise<X509Certificate> {
   return new Promise((resolve, reject) => {
     const socket = tls.connect({ host: '127.0.0.1', port, ca, servername: 'localhost' }, () => {
       const cert = socket.getPeerX509Certificate() as X509Certificate;
       socket.destroy();
-      resolve(createPublicKey(cert.publicKey).export({ type: 'spki', format: 'der' }));
+      resolve(cert);
     });
     socket.on('error', reject);
   });
 }
+const servedSpki = async (port: number, ca: string) =>
+  createPublicKey((await servedLeaf(port, ca)).publicKey).export({ type: 'spki', format: 'der' });
+const servedCertificate = async (port: number, ca: string) => (await servedLeaf(port, ca)).toString();
 
 /** A TCP connection that sends nothing unless told: `closed` resolves when the other side closes it. */
 async function rawConnection(port: number): Promise<{ socket: net.Socket; closed: Promise<void> }> {

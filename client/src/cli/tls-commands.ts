@@ -154,17 +154,16 @@ async function installCommand(args: string[]): Promise<number> {
 async function statusCommand(args: string[]): Promise<number> {
   const { values } = parse(args, connectionOptions);
   const view = await clientFor(values).tls.status();
-  const pending = view.pending as { names?: unknown; createdAt?: unknown; publicKey?: unknown } | null;
+  const spkiSha = (b64: string) => sha256(Buffer.from(b64, 'base64'));
   print(view, values.json ?? false, () =>
     [
       fields(statusRows(view.status)),
-      ...(pending
-        ? [
-            `pending key (made, not installed): ${Array.isArray(pending.names) ? pending.names.join(', ') : ''}${
-              typeof pending.createdAt === 'string' ? `, created ${pending.createdAt}` : ''
-            }${typeof pending.publicKey === 'string' ? `, spki sha256 ${sha256(Buffer.from(pending.publicKey, 'base64'))}` : ''}`,
-          ]
+      ...(view.current && view.current.publicKey !== view.status.publicKey
+        ? [`current key (the parent installs it after every enclave start): spki sha256 ${spkiSha(view.current.publicKey)}`]
         : []),
+      ...view.pending.map(
+        (k) => `pending key (made, not installed): ${k.names.join(', ')}, created ${k.createdAt}, spki sha256 ${spkiSha(k.publicKey)}`,
+      ),
     ].join('\n'),
   );
   return 0;

@@ -107,6 +107,8 @@ export async function openDevCa(stateDir: string): Promise<DevCa> {
 }
 
 interface Installed {
+  /** The key's DER SPKI, base64 (what `GET /v1/tls` names the current key by). */
+  publicKey: string;
   fingerprint256: string;
   caFingerprint256: string;
   notAfter: string;
@@ -139,7 +141,7 @@ export interface DevTlsOutcome {
 
 /**
  * Makes sure the enclave serves the wallet routes with a certificate of the dev CA: keeps what this stack installed
- * before when the parent still has it as current, it is from this CA and far from its end; else has the enclave
+ * before when the parent still has its key as current, it is from this CA and far from its end; else has the enclave
  * make a key and installs a certificate for it. Then waits until the enclave reports it installed (after a
  * restart the parent installs its current key again once the enclave is up).
  */
@@ -152,16 +154,10 @@ export async function ensureDevTls(url: string, adminToken: string, ca: DevCa, t
   } catch {
     kept = undefined;
   }
-  const current = view.body.current as { fingerprint256?: unknown; chain?: unknown } | null;
-  const currentFingerprint =
-    typeof current?.fingerprint256 === 'string'
-      ? current.fingerprint256
-      : typeof current?.chain === 'string'
-        ? fingerprint(current.chain)
-        : undefined;
+  const current = view.body.current as { publicKey?: unknown } | null;
   const reuse =
     kept !== undefined &&
-    currentFingerprint === kept.fingerprint256 &&
+    current?.publicKey === kept.publicKey &&
     kept.caFingerprint256 === ca.fingerprint256 &&
     Date.parse(kept.notAfter) - Date.now() > RENEW_BEFORE_MS;
   if (!reuse) {
@@ -172,6 +168,7 @@ export async function ensureDevTls(url: string, adminToken: string, ca: DevCa, t
     const installed = await api(url, adminToken, 'PUT', '/v1/tls/certificate', { chain });
     if (installed.status !== 200) throw new Error(`PUT /v1/tls/certificate: HTTP ${installed.status} ${JSON.stringify(installed.body)}`);
     const record: Installed = {
+      publicKey: String(made.body.publicKey),
       fingerprint256: fingerprint(leaf),
       caFingerprint256: ca.fingerprint256,
       notAfter: new Date(new X509Certificate(leaf).validTo).toISOString(),
