@@ -239,6 +239,29 @@ describe('tls.install', () => {
     expect(restarted.calls()).toBe(1);
   });
 
+  it('keeps a key it unsealed when the install then fails: a retry of the blob costs no second Decrypt', async () => {
+    const first = setup();
+    const created = await first.holder.create(['wallets.example.com']);
+    const p = { blob: created.blob, blobSignature: created.blobSignature, chain: await chainFor(created) };
+    const restarted = setup(first.identity);
+    // OpenSSL refusing the key with its leaf once: checkChain made sure it cannot, so only a stand-in does.
+    const real = tls.createSecureContext;
+    const spy = jest.spyOn(tls, 'createSecureContext').mockImplementation((o) => {
+      if (o?.key) throw new Error('refused with the key');
+      return real(o);
+    });
+    let err: KeystoreError;
+    try {
+      err = await rejection(restarted.holder.install(p));
+    } finally {
+      spy.mockRestore();
+    }
+    expect([err.code, err.message]).toEqual(['INVALID_PARAMS', 'the certificate chain is not usable for TLS with this key']);
+    expect([restarted.calls(), restarted.holder.status().state]).toEqual([1, 'none']);
+    expect((await restarted.holder.install(p)).publicKey).toBe(created.publicKey);
+    expect(restarted.calls()).toBe(1);
+  });
+
   it('answers a forged KMS answer with the unsealer’s one refusal, and keeps what was installed', async () => {
     const first = setup();
     const [a, b] = [await first.holder.create(['a.example']), await first.holder.create(['b.example'])];
@@ -513,6 +536,15 @@ describe('checkChain', () => {
     const expiredRoot = await makeAuthority('expired root', undefined, { notBefore: new Date(0), notAfter: new Date(1000) });
     const under = await makeAuthority('under expired', expiredRoot);
     expect(refusal((await issueLeaf(under, spki, NAMES)) + under.pem + expiredRoot.pem)).toBe('accepted');
+  });
+
+  it("reads a validity after 2049 (GeneralizedTime) as OpenSSL prints it; a day's date has a space before it", async () => {
+    const notBefore = new Date('2024-03-05T09:07:01Z');
+    const notAfter = new Date('2051-12-31T23:59:59Z');
+    const pem = await issueLeaf(intermediate, spki, NAMES, { notBefore, notAfter });
+    expect(new X509Certificate(pem).validFrom).toBe('Mar  5 09:07:01 2024 GMT');
+    const checked = checkChain(pem, spki, now());
+    expect([checked.notBefore, checked.notAfter]).toEqual([notBefore, notAfter]);
   });
 
   it('refuses a leaf with no DNS name', async () => {
