@@ -31,7 +31,7 @@ import { sealBlob, sealSecret } from '../src/keys/seal';
 import { FailedOpens } from '../src/kms/failed-opens';
 import { RecipientKeys } from '../src/kms/recipient';
 import { UNSEAL_REFUSED_MESSAGE, Unsealer } from '../src/kms/unseal';
-import { checkChain } from '../src/tls/chain';
+import { checkChain } from '@nks/shared/tls-chain';
 import { PENDING_KEYS, TlsHolder } from '../src/tls/holder';
 import { fakeNsm } from './fake-nsm';
 import { issueForCsr, issueLeaf, makeAuthority, ownKeyPair, SUBJECT_ALT_NAME, type TestAuthority } from './tls-ca';
@@ -470,7 +470,7 @@ describe('checkChain', () => {
   it('serves only the certificates, re-encoded: text around them is refused, not passed on', () => {
     expect(refusal(`hello\n${leaf}`)).toEqual(invalid('holds text that is not a PEM CERTIFICATE block'));
     expect(refusal(`${leaf}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n`)).toEqual(
-      invalid('holds text that is not a PEM CERTIFICATE block'),
+      invalid('holds a private key: send only the certificates (the enclave made the key, which never leaves it)'),
     );
     expect(refusal(leaf.replace('-----END CERTIFICATE-----', '-----END CERTIFICATE REQUEST-----'))).toEqual(
       invalid('holds text that is not a PEM CERTIFICATE block'),

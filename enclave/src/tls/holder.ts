@@ -29,7 +29,7 @@ import { tlsBlobDigest } from '@nks/shared/tls-identity';
 import type { KeystoreIdentity } from '../identity/keystore-identity';
 import type { Unsealer } from '../kms/unseal';
 import type { NsmClient } from '../nsm/client';
-import { checkChain, type CheckedChain } from './chain';
+import { checkChain, type CheckedChain } from '@nks/shared/tls-chain';
 import { newTlsKey, openTlsKey, tlsBlobSpki, tlsCsr } from './key';
 
 /**

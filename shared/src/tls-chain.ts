@@ -1,6 +1,6 @@
 /**
- * Checking the certificate chain the operator installs for the wallet routes (docs/TLS.md), before the
- * enclave serves with it. The chain is the operator's (from a public CA or their own) and not secret, so a
+ * Checking the certificate chain the operator installs for the wallet routes (docs/TLS.md): by the enclave
+ * before it serves with it, and by the parent first, with the same rules, to answer the operator a 400. The chain is the operator's (from a public CA or their own) and not secret, so a
  * refusal says plainly what is wrong with it: INVALID_PARAMS, naming the certificate and the rule. The checks
  * are those that make the chain usable for this key, not a path validation: clients validate the path to
  * their own roots.
@@ -22,8 +22,8 @@
  */
 import { createHash, X509Certificate } from 'node:crypto';
 import nodeTls from 'node:tls';
-import { KeystoreError } from '@nks/shared/errors';
-import { TLS_CHAIN_MAX_BYTES, TLS_CHAIN_MAX_CERTS } from '@nks/shared/tls-identity';
+import { KeystoreError } from './errors';
+import { TLS_CHAIN_MAX_BYTES, TLS_CHAIN_MAX_CERTS } from './tls-identity';
 import { x509 } from './x509';
 
 export interface CheckedChain {
@@ -46,6 +46,8 @@ const BLOCK = /-----BEGIN CERTIFICATE-----\r?\n((?:[A-Za-z0-9+/=]+\r?\n)+)-----E
 function parsePem(pem: string): X509Certificate[] {
   const bytes = Buffer.byteLength(pem);
   if (bytes > TLS_CHAIN_MAX_BYTES) throw invalid(`is ${bytes} bytes, over the ${TLS_CHAIN_MAX_BYTES} allowed`);
+  if (/-----BEGIN [A-Z ]*PRIVATE KEY-----/.test(pem))
+    throw invalid('holds a private key: send only the certificates (the enclave made the key, which never leaves it)');
   const blocks = [...pem.matchAll(BLOCK)];
   if (pem.replace(BLOCK, '').trim() !== '') throw invalid('holds text that is not a PEM CERTIFICATE block');
   if (blocks.length === 0) throw invalid('holds no certificate (expected PEM, leaf first)');
@@ -97,6 +99,19 @@ function openSslTime(text: string): Date | null {
 function openSslReason(err: unknown): string {
   const reason = (err as { reason?: unknown } | null)?.reason;
   return typeof reason === 'string' && /^[a-z0-9 ]{1,80}$/i.test(reason) ? ` (OpenSSL: ${reason})` : '';
+}
+
+/**
+ * The DER SubjectPublicKeyInfo of the chain's first certificate (the leaf), so the parent can tell which of its
+ * TLS keys the chain is for; INVALID_PARAMS when the text is not a PEM chain.
+ */
+export function leafPublicKey(pem: string): Buffer {
+  try {
+    return (parsePem(pem)[0] as X509Certificate).publicKey.export({ type: 'spki', format: 'der' });
+  } catch (err) {
+    if (err instanceof KeystoreError) throw err;
+    throw invalid('is not well formed', err);
+  }
 }
 
 /**
