@@ -129,6 +129,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     identity: () => identity.get(),
     kmsKeyArn: config.kmsKeyArn,
     kmsPublicKey: config.kmsPublicKeyObject,
+    refused: (cause) => records.refused(cause),
   });
   // The parent's wallet store (docs/TLS.md): records and blobs for the wallet routes, each verified here.
   const walletStore = new RpcClient<WalletStoreApi>({

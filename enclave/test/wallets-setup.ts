@@ -7,17 +7,11 @@
  * - the egress relay (test/support/open-relay.ts), for the JWKS of a simulated IdP (real jose-minted JWTs).
  * HTTPS is real: node:https with the test CA trusted, for the name `wallets.test`.
  *
- * The TLS key: with the TLS holder in the tree (enclave/src/tls/holder.ts), the enclave makes it (`tls.create`)
- * and the test CA certifies it (`tls.install`). Until then, a test bundle is built with a stand-in holder that
- * serves a key and chain the test made (tls-holder-stand-in.ts, methods-stand-in.ts): installing is then a
- * restart with the files named.
+ * The TLS key: the enclave makes it (`tls.create`) and the test CA certifies it (`tls.install`).
  */
-import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
-import path from 'node:path';
-import { generateKeyPairSync, randomBytes, webcrypto } from 'node:crypto';
-import { build } from 'esbuild';
+import { randomBytes, webcrypto } from 'node:crypto';
 import type { EnclaveHealth, ProjectResult } from '@nks/shared/enclave-api';
 import { encodeFrame } from '@nks/shared/framing';
 import { DEFAULT_WALLETS_ADDRESS, encodeIngressPreamble } from '@nks/shared/ingress';
@@ -26,15 +20,11 @@ import { tempRunDir } from '@nks/shared-test/helpers';
 import { x509 } from '../../sim/src/nsm/x509';
 import { startSimulatedIdp, type SimulatedIdp } from '../../sim/src/idp/issuer';
 import { startOpenRelay, type OpenRelay } from '../../test/support/open-relay';
-import { ROOT } from '../../test/support/process';
 import { startEnclaveHarness, type EnclaveHarness } from './harness';
 import { startWalletStore, type WalletStore } from './wallet-store';
 
 export const NAME = 'wallets.test';
 export const ORIGIN = 'https://wallet.example';
-
-/** Whether the TLS holder has landed; if not, the wallet tests run a bundle with the stand-in. */
-export const STAND_IN = !fs.existsSync(path.join(ROOT, 'enclave', 'src', 'tls', 'holder.ts'));
 
 const ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 
@@ -83,40 +73,6 @@ export async function makeWalletsCa(): Promise<WalletsCa> {
       return cert.toString('pem');
     },
   };
-}
-
-/**
- * Builds the enclave with the stand-ins into dist/test-bundles (see the file comment); answers the program name.
- * Without the holder there is no dist/enclave.js either (the build cannot make it), which the platform's genesis
- * runs: this bundle is then copied there too (a genesis image starts nothing the stand-ins replace).
- */
-async function standInProgram(): Promise<string> {
-  const name = `test-bundles/enclave-wallets-${process.pid}`;
-  const standIn = (file: string) => ({ path: path.join(ROOT, 'enclave', 'test', file) });
-  await build({
-    absWorkingDir: ROOT,
-    entryPoints: ['enclave/src/main.ts'],
-    outfile: path.join(ROOT, 'dist', `${name}.js`),
-    bundle: true,
-    platform: 'node',
-    target: 'node20',
-    format: 'cjs',
-    logLevel: 'warning',
-    plugins: [
-      {
-        name: 'wallets-stand-ins',
-        setup(b) {
-          b.onResolve({ filter: /^\.\/tls\/holder$/ }, () => standIn('tls-holder-stand-in.ts'));
-          b.onResolve({ filter: /^\.\/methods$/ }, (args) =>
-            args.importer.endsWith(path.join('enclave', 'src', 'app.ts')) ? standIn('methods-stand-in.ts') : undefined,
-          );
-        },
-      },
-    ],
-  });
-  const enclave = path.join(ROOT, 'dist', 'enclave.js');
-  if (!fs.existsSync(enclave)) fs.copyFileSync(path.join(ROOT, 'dist', `${name}.js`), enclave);
-  return name;
 }
 
 export interface Answer {
@@ -220,25 +176,18 @@ export async function startWalletsRig(opts: { wallets?: Record<string, unknown>;
   const runDir = tempRunDir('nks-w-');
   const idp = await startSimulatedIdp();
   const ca = await makeWalletsCa();
-  const program = STAND_IN ? await standInProgram() : 'enclave';
-  delete process.env.NKS_TEST_WALLETS_TLS_KEY;
-  delete process.env.NKS_TEST_WALLETS_TLS_CERT;
-  const h = await startEnclaveHarness(
-    runDir,
-    {
-      jwt: { trustedCas: [idp.caPem], jwks: { fetchTimeoutMs: 2_000, failureRetryMs: 0 } },
-      wallets: {
-        preambleTimeoutMs: 500,
-        handshakeTimeoutMs: 1_000,
-        headersTimeoutMs: 1_000,
-        requestTimeoutMs: 2_000,
-        keepAliveTimeoutMs: 1_000,
-        storeDeadlineMs: 1_000,
-        ...opts.wallets,
-      },
+  const h = await startEnclaveHarness(runDir, {
+    jwt: { trustedCas: [idp.caPem], jwks: { fetchTimeoutMs: 2_000, failureRetryMs: 0 } },
+    wallets: {
+      preambleTimeoutMs: 500,
+      handshakeTimeoutMs: 1_000,
+      headersTimeoutMs: 1_000,
+      requestTimeoutMs: 2_000,
+      keepAliveTimeoutMs: 1_000,
+      storeDeadlineMs: 1_000,
+      ...opts.wallets,
     },
-    { program },
-  );
+  });
   const store = await startWalletStore(h.recorded);
   const egress = await startOpenRelay(runDir);
   const ingress = await startIngressRelay(runDir);
@@ -306,19 +255,15 @@ export async function startWalletsRig(opts: { wallets?: Record<string, unknown>;
     mint: (sub, claims = {}, options = {}) => idp.mint({ sub: sub as string, ...claims }, options),
     health: () => h.client.call('enclave.health', {}),
     async installTls() {
-      if (STAND_IN) {
-        const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-        const cert = await ca.issueFor(publicKey.export({ format: 'der', type: 'spki' }), names);
-        process.env.NKS_TEST_WALLETS_TLS_KEY = path.join(runDir, 'tls-key.pem');
-        process.env.NKS_TEST_WALLETS_TLS_CERT = path.join(runDir, 'tls-cert.pem');
-        fs.writeFileSync(process.env.NKS_TEST_WALLETS_TLS_KEY, privateKey.export({ format: 'pem', type: 'pkcs8' }));
-        fs.writeFileSync(process.env.NKS_TEST_WALLETS_TLS_CERT, cert);
-        await h.restartEnclave();
-        return;
-      }
       const created = await h.client.call('tls.create', { names });
       const chain = await ca.issueFor(Buffer.from(created.publicKey, 'base64'), names);
       await h.client.call('tls.install', { blob: created.blob, blobSignature: created.blobSignature, chain });
+      // The enclave dials the wallet store, started after it, with back-off: the routes answer once it is linked.
+      const until = Date.now() + 15_000;
+      while ((await call('/v1/health')).status !== 200) {
+        if (Date.now() > until) throw new Error('the wallet routes did not become available (is the wallet store linked?)');
+        await new Promise((r) => setTimeout(r, 50));
+      }
     },
     async stop() {
       await ingress.close();
@@ -326,7 +271,6 @@ export async function startWalletsRig(opts: { wallets?: Record<string, unknown>;
       await store.close();
       await h.stop();
       await idp.close();
-      if (STAND_IN) fs.rmSync(path.join(ROOT, 'dist', `${program}.js`), { force: true });
     },
   };
   if (opts.tls !== false) await rig.installTls();
