@@ -4,7 +4,8 @@
  *
  * - a genesis image (no identity configured) serves hello, health and identity.genesis; every other method
  *   answers IDENTITY_UNAVAILABLE;
- * - a normal image serves everything but identity.genesis and keys.migrate, a migration image only
+ * - a normal image serves everything but identity.genesis and keys.migrate (tls.* included: the wallet routes'
+ *   TLS key, tls/holder.ts), a migration image only
  *   identity.get and keys.migrate (beside hello and health); a method the image does not serve answers
  *   METHOD_NOT_FOUND;
  * - until the identity is unsealed, every served method but hello and health answers IDENTITY_UNAVAILABLE,
@@ -38,6 +39,7 @@ import type { RecipientKeys } from './kms/recipient';
 import type { Unsealer } from './kms/unseal';
 import type { NsmClient } from './nsm/client';
 import type { Projects } from './projects';
+import { TlsHolder } from './tls/holder';
 
 export const ENCLAVE_VERSION = RELEASE_VERSION;
 
@@ -60,6 +62,8 @@ export const SERVED_METHODS: Record<ImageKind, readonly MethodName[]> = {
     'projects.create',
     'projects.setState',
     'attestation.get',
+    'tls.create',
+    'tls.install',
   ],
   migration: ['enclave.hello', 'enclave.health', 'identity.get', 'keys.migrate'],
 };
@@ -90,7 +94,16 @@ export interface EnclaveParts {
   startedAt: number;
   /** The enclave's own RPC server (made after the methods), for its per-connection backlog. */
   rpcStats?: () => RpcServerStats | undefined;
+  /**
+   * The wallet routes' TLS key: app.ts passes the holder its HTTPS server serves with. When not given, one is
+   * made here from the other parts (then nothing serves what it installs; tests of the methods alone).
+   */
+  tls?: TlsHolder;
+  /** The wallet routes' HTTPS server, for health; all zero when there is none. */
+  walletStats?: () => EnclaveHealth['wallets'];
 }
+
+const NO_WALLET_STATS = (): EnclaveHealth['wallets'] => ({ connections: 0, connectionsRefused: 0, handshakeFailures: 0, requests: {} });
 
 const hexBytes = (h: string | undefined) => (h ? Buffer.from(h.slice(2), 'hex') : undefined);
 
@@ -117,9 +130,24 @@ export function hello(theirs: number, features: readonly string[] = SERVED_METHO
   };
 }
 
-export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, RpcMethod>; errors: Record<string, number> } {
+export function enclaveMethods(parts: EnclaveParts): {
+  methods: Record<string, RpcMethod>;
+  errors: Record<string, number>;
+  tls: TlsHolder;
+} {
   const errors: Record<string, number> = {};
   const served = new Set<string>(SERVED_METHODS[parts.image]);
+  const tls =
+    parts.tls ??
+    new TlsHolder({
+      nsm: parts.nsm,
+      unsealer: parts.unsealer,
+      identity: () => parts.identity.get(),
+      kmsKeyArn: parts.genesis.kmsKeyArn,
+      kmsPublicKey: parts.genesis.kmsPublicKey,
+      refused: (cause) => parts.records.refused(cause),
+    });
+  const walletStats = parts.walletStats ?? NO_WALLET_STATS;
 
   /** Refuses what this image does not serve, or does not serve yet; then runs `fn`, counting failures by code. */
   const gated =
@@ -187,6 +215,8 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
         jwksFetchFailures: parts.jwt.jwks.fetchFailures,
         jwksCached: parts.jwt.jwks.cached,
       },
+      tls: tls.status(),
+      wallets: walletStats(),
       memory: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, externalBytes: mem.external },
     };
   };
@@ -225,6 +255,8 @@ export function enclaveMethods(parts: EnclaveParts): { methods: Record<string, R
       const document = await parts.nsm.attest({ tag: USER_DATA_TAGS.attestation, content: nonce, nonce });
       return { document: document.toString('base64') };
     }),
+    'tls.create': gated('tls.create', (p) => tls.create(p.names)),
+    'tls.install': gated('tls.install', (p) => tls.install(p)),
   });
-  return { methods, errors };
+  return { methods, errors, tls };
 }

@@ -51,6 +51,8 @@ describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
         'keys.sign',
         'projects.create',
         'projects.setState',
+        'tls.create',
+        'tls.install',
       ],
       enclaveVersion: expect.stringMatching(/^\d+\.\d+\.\d+$/),
     });

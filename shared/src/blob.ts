@@ -5,9 +5,11 @@
  * Version 2 (this release) has a `kind`:
  *   key:      {v:2, kind:"key", alg, kmsKeyArn, keyId, address, projectId, subject, createdAt, wrappedKey, iv, ciphertext}
  *   identity: {v:2, kind:"identity", alg, kmsKeyArn, publicKey, createdAt, wrappedKey, iv, ciphertext}
+ *   tls:      {v:2, kind:"tls", alg, kmsKeyArn, publicKey, createdAt, wrappedKey, iv, ciphertext}
  * AAD = canonical CBOR of every field but createdAt, wrappedKey, iv and ciphertext (`blobAad`): a blob altered,
  * moved to another key id, project or subject, or opened as another kind does not authenticate. A key blob
- * holds a secp256k1 secret, an identity blob an Ed25519 seed (32 bytes each).
+ * holds a secp256k1 secret, an identity blob an Ed25519 seed, a tls blob the P-256 private scalar of the wallet
+ * routes' TLS key (docs/TLS.md) (32 bytes each).
  *
  * Version 1 (releases up to 0.3): {v:1, alg, kmsKeyArn, keyId, address, createdAt, wrappedKey, iv, ciphertext},
  * AAD over {v, alg, kmsKeyArn, keyId, address}. It binds no project or subject, so normal images refuse it;
@@ -56,6 +58,20 @@ export interface IdentityBlob extends Sealed {
   publicKey: string;
 }
 
+/**
+ * The wallet routes' TLS key (shared/src/tls-identity.ts): a P-256 private scalar. Its blob opens only as
+ * this kind, for this public key; that the enclave made it is the identity's signature over the blob.
+ */
+export interface TlsBlob extends Sealed {
+  v: typeof BLOB_VERSION;
+  kind: 'tls';
+  /** The P-256 public key, uncompressed (65 bytes, 0x04 first), 0x-prefixed lower-case hex. */
+  publicKey: string;
+}
+
+/** A TLS blob's public key: "0x04" and the 64-byte point, lower-case hex. */
+export const TLS_PUBLIC_KEY_RE = /^0x04[0-9a-f]{128}$/;
+
 /** A version 1 key blob (no kind, project or subject): opened only by the migration image. */
 export interface KeyBlobV1 extends Sealed {
   v: typeof BLOB_VERSION_V1;
@@ -63,12 +79,13 @@ export interface KeyBlobV1 extends Sealed {
   address: string;
 }
 
-export type SealedBlob = KeyBlob | IdentityBlob | KeyBlobV1;
+export type SealedBlob = KeyBlob | IdentityBlob | TlsBlob | KeyBlobV1;
 
 /** The fields a blob's AAD binds (everything but createdAt and the sealed bytes). */
 export function blobBinding(b: SealedBlob): Record<string, unknown> {
   if (b.v === BLOB_VERSION_V1) return { v: b.v, alg: b.alg, kmsKeyArn: b.kmsKeyArn, keyId: b.keyId, address: b.address };
-  if (b.kind === 'identity') return { v: b.v, kind: b.kind, alg: b.alg, kmsKeyArn: b.kmsKeyArn, publicKey: b.publicKey };
+  if (b.kind === 'identity' || b.kind === 'tls')
+    return { v: b.v, kind: b.kind, alg: b.alg, kmsKeyArn: b.kmsKeyArn, publicKey: b.publicKey };
   return {
     v: b.v,
     kind: b.kind,
@@ -122,6 +139,7 @@ const FIELDS: Record<string, Set<string>> = {
   v1: new Set([...COMMON, 'keyId', 'address']),
   key: new Set([...COMMON, 'kind', 'keyId', 'address', 'projectId', 'subject']),
   identity: new Set([...COMMON, 'kind', 'publicKey']),
+  tls: new Set([...COMMON, 'kind', 'publicKey']),
 };
 
 /** Which versions a caller accepts: normal code paths only version 2; the migration image also version 1. */
@@ -131,7 +149,7 @@ export interface DecodeBlobOptions {
 
 /**
  * Decodes and checks the shape of any blob: canonical CBOR, known version and kind, exactly the kind's fields,
- * each well formed. What a caller may do with the kind it gets (a key to sign, the identity at boot) is the
+ * each well formed. What a caller may do with the kind it gets (a key to sign, the identity at boot, a TLS key to serve) is the
  * caller's check.
  */
 export function decodeBlob(data: Uint8Array, options: DecodeBlobOptions = {}): SealedBlob {
@@ -155,7 +173,7 @@ export function decodeBlob(data: Uint8Array, options: DecodeBlobOptions = {}): S
   }
   const kind = v === BLOB_VERSION_V1 ? 'v1' : m.get('kind');
   const fields = typeof kind === 'string' ? FIELDS[kind] : undefined;
-  if (!fields || (kind === 'v1') !== (v === BLOB_VERSION_V1)) throw bad('kind is not key or identity');
+  if (!fields || (kind === 'v1') !== (v === BLOB_VERSION_V1)) throw bad('kind is not key, identity or tls');
   for (const k of m.keys()) if (typeof k !== 'string' || !fields.has(k)) throw bad(`unknown field ${String(k).slice(0, 32)}`);
   if (m.get('alg') !== BLOB_ALG) throw bad(`alg is not ${BLOB_ALG}`);
   const rawCreatedAt = m.get('createdAt');
@@ -174,6 +192,7 @@ export function decodeBlob(data: Uint8Array, options: DecodeBlobOptions = {}): S
   };
   if (kind === 'v1') return { v: BLOB_VERSION_V1, ...sealed, keyId: text(m, 'keyId', KEY_ID_RE), address: text(m, 'address', ADDRESS_RE) };
   if (kind === 'identity') return { v: BLOB_VERSION, kind, ...sealed, publicKey: text(m, 'publicKey', IDENTITY_PUBLIC_KEY_RE) };
+  if (kind === 'tls') return { v: BLOB_VERSION, kind, ...sealed, publicKey: text(m, 'publicKey', TLS_PUBLIC_KEY_RE) };
   return {
     v: BLOB_VERSION,
     kind: 'key',
@@ -194,5 +213,12 @@ export function decodeBlobBase64(b64: string, options?: DecodeBlobOptions): Seal
 export function decodeKeyBlob(b64: string): KeyBlob {
   const blob = decodeBlobBase64(b64);
   if (blob.v !== BLOB_VERSION || blob.kind !== 'key') throw bad('not a key blob');
+  return blob;
+}
+
+/** A TLS blob (the wallet routes' key), or KEY_INTEGRITY: what `tls.install` accepts. */
+export function decodeTlsBlob(b64: string): TlsBlob {
+  const blob = decodeBlobBase64(b64);
+  if (blob.v !== BLOB_VERSION || blob.kind !== 'tls') throw bad('not a TLS blob');
   return blob;
 }

@@ -147,7 +147,7 @@ export interface EnclaveHealth {
     cacheSize: number;
     /** Decrypts for user keys: exactly one per cold key. */
     kmsCalls: number;
-    /** Decrypts for the keystore identity's seed (at start), counted apart from kmsCalls. */
+    /** Decrypts for the enclave's own keys (the identity's seed at start, the TLS key at install), apart from kmsCalls. */
     identityKmsCalls: number;
     kmsErrors: number;
     /**

@@ -1,6 +1,6 @@
 /**
  * The sealed-blob decoder (blob.ts) refuses every malformed field by name, at each limit's exact edge, for
- * every kind: version 2 key blobs, version 2 identity blobs, and version 1 key blobs (only with
+ * every kind: version 2 key blobs, version 2 identity and tls blobs, and version 1 key blobs (only with
  * `acceptV1`, the migration image's option). Sizes, version and kind, field names, createdAt, the wrapped
  * key's length, and the ARN, key id, address, project id, subject and public key formats (anchored at both
  * ends). And the AAD: each kind binds its own fields, so a blob re-homed to another project, subject or key
@@ -17,12 +17,15 @@ import {
   decodeBlob,
   decodeBlobBase64,
   decodeKeyBlob,
+  decodeTlsBlob,
   encodeBlob,
   MAX_BLOB_BYTES,
+  TLS_PUBLIC_KEY_RE,
   type IdentityBlob,
   type KeyBlob,
   type KeyBlobV1,
   type SealedBlob,
+  type TlsBlob,
 } from '../src/blob';
 import { canonicalCbor, CborStrictError } from '../src/cbor';
 import { KeystoreError } from '../src/errors';
@@ -46,6 +49,9 @@ const keyBlob: KeyBlob = {
   subject: 'user@example.com',
 };
 const identityBlob: IdentityBlob = { v: 2, kind: 'identity', ...sealed, publicKey: `0x${'5a'.repeat(32)}` };
+/** A P-256 point as a tls blob names it: 0x04 ‖ x ‖ y, lower-case hex. */
+const TLS_POINT = `0x04${'6b'.repeat(32)}${'4f'.repeat(32)}`;
+const tlsBlob: TlsBlob = { v: 2, kind: 'tls', ...sealed, publicKey: TLS_POINT };
 const v1Blob: KeyBlobV1 = { v: 1, ...sealed, keyId: 'k_1-A', address: '0x70997970C51812dc3A010C7d01b50e0d17dc79C8' };
 
 /** The canonical encoding of a blob's fields with some replaced (undefined removes a field). */
@@ -79,6 +85,8 @@ describe('blob decoding, each kind', () => {
     expect([BLOB_ALG, BLOB_VERSION, BLOB_VERSION_V1]).toEqual(['RSAES_OAEP_SHA_256/A256GCM', 2, 1]);
     expect(decodeBlob(keyWith({}))).toEqual(keyBlob);
     expect(decodeBlob(encodeBlob(identityBlob))).toEqual(identityBlob);
+    expect(decodeBlob(encodeBlob(tlsBlob))).toEqual(tlsBlob);
+    expect(decodeBlobBase64(encodeBlob(tlsBlob).toString('base64'))).toEqual(tlsBlob);
     expect(decodeBlob(encodeBlob(v1Blob), { acceptV1: true })).toEqual(v1Blob);
     expect(decodeBlobBase64(encodeBlob(keyBlob).toString('base64'))).toEqual(keyBlob);
     expect(decodeBlobBase64(encodeBlob(v1Blob).toString('base64'), { acceptV1: true })).toEqual(v1Blob);
@@ -96,9 +104,9 @@ describe('blob decoding, each kind', () => {
     // A version 1 blob with version 2 fields, or a version 2 blob without its kind, is neither.
     expect(refusal(fieldsWith(v1Blob, { kind: 'key' }), true)).toEqual(malformed('unknown field kind'));
     expect(refusal(fieldsWith(v1Blob, { projectId: 'default', subject: null }), true)).toEqual(malformed('unknown field subject'));
-    expect(refusal(keyWith({ kind: undefined }))).toEqual(malformed('kind is not key or identity'));
+    expect(refusal(keyWith({ kind: undefined }))).toEqual(malformed('kind is not key, identity or tls'));
     expect(refusal(keyWith({ v: 1 }), true)).toEqual(malformed('unknown field kind'));
-    expect(refusal(fieldsWith(v1Blob, { v: 2 }))).toEqual(malformed('kind is not key or identity'));
+    expect(refusal(fieldsWith(v1Blob, { v: 2 }))).toEqual(malformed('kind is not key, identity or tls'));
   });
 
   it('decodeKeyBlob takes only version 2 key blobs (what every signing path accepts)', () => {
@@ -107,6 +115,20 @@ describe('blob decoding, each kind', () => {
       expect.objectContaining({ code: 'KEY_INTEGRITY', message: 'key blob is malformed: not a key blob' }),
     );
     expect(() => decodeKeyBlob(encodeBlob(v1Blob).toString('base64'))).toThrow(expect.objectContaining({ code: 'UNSUPPORTED_VERSION' }));
+    expect(() => decodeKeyBlob(encodeBlob(tlsBlob).toString('base64'))).toThrow(
+      expect.objectContaining({ code: 'KEY_INTEGRITY', message: 'key blob is malformed: not a key blob' }),
+    );
+  });
+
+  it('decodeTlsBlob takes only tls blobs (what tls.install accepts): never a key, identity or version 1 blob', () => {
+    expect(decodeTlsBlob(encodeBlob(tlsBlob).toString('base64'))).toEqual(tlsBlob);
+    for (const other of [keyBlob, identityBlob]) {
+      expect(() => decodeTlsBlob(encodeBlob(other).toString('base64'))).toThrow(
+        expect.objectContaining({ code: 'KEY_INTEGRITY', message: 'key blob is malformed: not a TLS blob' }),
+      );
+    }
+    expect(() => decodeTlsBlob(encodeBlob(v1Blob).toString('base64'))).toThrow(expect.objectContaining({ code: 'UNSUPPORTED_VERSION' }));
+    expect(() => decodeTlsBlob('')).toThrow(expect.objectContaining({ code: 'KEY_INTEGRITY' }));
   });
 
   it('accepts sizes up to exactly MAX_BLOB_BYTES, and refuses empty or larger input', () => {
@@ -130,8 +152,8 @@ describe('blob decoding, each kind', () => {
     expect(refusal(keyWith({ v: 'two' }))).toEqual(unsupported('two'));
     expect(refusal(keyWith({ v: undefined }))).toEqual(unsupported('undefined'));
     expect(refusal(keyWith({ v: 3 }), true)).toEqual(unsupported('3'));
-    for (const kind of ['Key', 'identity ', 'v1', 'project', 7, null]) {
-      expect([kind, refusal(keyWith({ kind }))]).toEqual([kind, malformed('kind is not key or identity')]);
+    for (const kind of ['Key', 'identity ', 'v1', 'project', 'TLS', 'tls ', 7, null]) {
+      expect([kind, refusal(keyWith({ kind }))]).toEqual([kind, malformed('kind is not key, identity or tls')]);
     }
   });
 
@@ -145,6 +167,13 @@ describe('blob decoding, each kind', () => {
     expect(refusal(keyWith({ projectId: undefined }))).toEqual(malformed('projectId is missing or not well formed'));
     expect(refusal(keyWith({ subject: undefined }))).toEqual(malformed('subject is not null or a string'));
     expect(refusal(fieldsWith(identityBlob, { publicKey: undefined }))).toEqual(malformed('publicKey is missing or not well formed'));
+    expect(refusal(fieldsWith(tlsBlob, { keyId: 'k1' }))).toEqual(malformed('unknown field keyId'));
+    expect(refusal(fieldsWith(tlsBlob, { address: keyBlob.address }))).toEqual(malformed('unknown field address'));
+    expect(refusal(fieldsWith(tlsBlob, { subject: null }))).toEqual(malformed('unknown field subject'));
+    expect(refusal(fieldsWith(tlsBlob, { publicKey: undefined }))).toEqual(malformed('publicKey is missing or not well formed'));
+    // A tls blob holds exactly the identity kind's fields, but its public key is a P-256 point: neither passes as the other.
+    expect(refusal(fieldsWith(tlsBlob, { kind: 'identity' }))).toEqual(malformed('publicKey is missing or not well formed'));
+    expect(refusal(fieldsWith(identityBlob, { kind: 'tls' }))).toEqual(malformed('publicKey is missing or not well formed'));
   });
 
   it('refuses a createdAt that is not a positive safe integer, and accepts 1 and 2^53-1', () => {
@@ -165,7 +194,7 @@ describe('blob decoding, each kind', () => {
   });
 
   it('refuses another algorithm, for every kind', () => {
-    for (const b of [keyBlob, identityBlob, v1Blob])
+    for (const b of [keyBlob, identityBlob, tlsBlob, v1Blob])
       expect(refusal(fieldsWith(b, { alg: 'RSAES_OAEP_SHA_1/A256GCM' }), true)).toEqual(malformed(`alg is not ${BLOB_ALG}`));
   });
 
@@ -203,6 +232,25 @@ describe('blob decoding, each kind', () => {
       identityBlob,
       [`0x${'00'.repeat(32)}`, `0x${'f'.repeat(64)}`],
       [`0x${'AB'.repeat(32)}`, `0x${'ab'.repeat(31)}`, `0x${'ab'.repeat(33)}`, 'ab'.repeat(32), Buffer.alloc(32), 5],
+    ],
+    [
+      'publicKey',
+      tlsBlob,
+      [`0x04${'00'.repeat(64)}`, `0x04${'f'.repeat(128)}`],
+      [
+        `0x04${'AB'.repeat(64)}`,
+        `0x02${'ab'.repeat(64)}`,
+        `0x03${'ab'.repeat(32)}`,
+        `0x04${'ab'.repeat(63)}`,
+        `0x04${'ab'.repeat(65)}`,
+        `04${'ab'.repeat(64)}`,
+        `x${TLS_POINT}`,
+        `${TLS_POINT}0`,
+        `${TLS_POINT}\n`,
+        identityBlob.publicKey,
+        Buffer.alloc(65, 4),
+        5,
+      ],
     ],
   ])('%s: accepts the well-formed and refuses the rest, anchored at both ends', (field, base, good, bad) => {
     for (const value of good)
@@ -262,6 +310,9 @@ describe('blob AAD: each kind binds its own fields', () => {
       subject: 'user@example.com',
     });
     expect(blobBinding(identityBlob)).toEqual({ v: 2, kind: 'identity', alg: BLOB_ALG, kmsKeyArn: ARN, publicKey: identityBlob.publicKey });
+    expect(blobBinding(tlsBlob)).toEqual({ v: 2, kind: 'tls', alg: BLOB_ALG, kmsKeyArn: ARN, publicKey: TLS_POINT });
+    expect(blobAad(tlsBlob)).toEqual(canonicalCbor({ v: 2, kind: 'tls', alg: BLOB_ALG, kmsKeyArn: ARN, publicKey: TLS_POINT }));
+    expect(encodeBlob(tlsBlob)).toEqual(canonicalCbor({ ...blobBinding(tlsBlob), ...sealed }));
     expect(blobBinding(v1Blob)).toEqual({ v: 1, alg: BLOB_ALG, kmsKeyArn: ARN, keyId: 'k_1-A', address: v1Blob.address });
     expect(blobAad(keyBlob)).toEqual(canonicalCbor(blobBinding(keyBlob)));
     // createdAt and the sealed bytes are not bound (they are what is sealed, or when).
@@ -278,6 +329,7 @@ describe('blob AAD: each kind binds its own fields', () => {
     ['another address', { ...keyBlob, address: '0x000000000000000000000000000000000000dEaD' }],
     ['another KMS key', { ...keyBlob, kmsKeyArn: ARN.replace('1111', '9999') }],
     ['the identity kind', { ...identityBlob }],
+    ['the tls kind', { ...tlsBlob }],
     ['version 1', { ...v1Blob }],
   ])('a key blob re-homed to %s does not authenticate', (_what, moved) => {
     expect(opensAs(keyBlob, keyBlob)).toBe(true);
@@ -288,7 +340,17 @@ describe('blob AAD: each kind binds its own fields', () => {
     expect(opensAs(identityBlob, identityBlob)).toBe(true);
     expect(opensAs(identityBlob, { ...identityBlob, publicKey: `0x${'5b'.repeat(32)}` })).toBe(false);
     expect(opensAs(identityBlob, keyBlob)).toBe(false);
+    expect(opensAs(identityBlob, { ...tlsBlob, publicKey: identityBlob.publicKey })).toBe(false);
     expect(opensAs(v1Blob, v1Blob)).toBe(true);
     expect(opensAs(v1Blob, { ...keyBlob, keyId: v1Blob.keyId, address: v1Blob.address })).toBe(false);
+  });
+
+  it('a tls blob opens only for its public key and kind: never as an identity or key blob', () => {
+    expect(opensAs(tlsBlob, tlsBlob)).toBe(true);
+    expect(opensAs(tlsBlob, { ...tlsBlob, publicKey: `0x04${'6b'.repeat(32)}${'4e'.repeat(32)}` })).toBe(false);
+    expect(opensAs(tlsBlob, { ...tlsBlob, kmsKeyArn: ARN.replace('1111', '9999') })).toBe(false);
+    expect(opensAs(tlsBlob, { ...identityBlob, publicKey: TLS_POINT })).toBe(false);
+    expect(opensAs(tlsBlob, keyBlob)).toBe(false);
+    expect(TLS_PUBLIC_KEY_RE.test(TLS_POINT)).toBe(true);
   });
 });

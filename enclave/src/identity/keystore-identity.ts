@@ -1,10 +1,12 @@
 /**
  * The keystore identity (docs/RECORDS.md): an Ed25519 key made at genesis, whose public key the enclave
  * configuration carries (so PCR0 measures it) and whose seed only an attested enclave can unseal. It signs
- * every key and project record, over SHA-256("nks-record-v1" ‖ canonical CBOR) (`recordDigest`), and, once
- * at genesis, its own sealed blob, over SHA-256("nks-identity-blob-v1" ‖ blob) (`identityBlobDigest`), so the
- * operator can tell the blob handed over is the one the enclave made. Nothing else: every signature of this
- * key covers a digest that starts with one of those two tags.
+ * every key and project record, over SHA-256("nks-record-v1" ‖ canonical CBOR) (`recordDigest`); once at
+ * genesis, its own sealed blob, over SHA-256("nks-identity-blob-v1" ‖ blob) (`identityBlobDigest`), so the
+ * operator can tell the blob handed over is the one the enclave made; and each TLS blob it makes for the wallet
+ * routes, over SHA-256("nks-tls-blob-v1" ‖ blob) (`tlsBlobDigest`), so it serves only keys it made (docs/TLS.md).
+ * Nothing else: every signature of this key covers a digest whose preimage starts with one of those three
+ * (prefix-free) tags.
  */
 import { sign, type KeyObject } from 'node:crypto';
 import { KeystoreError } from '@nks/shared/errors';
@@ -20,6 +22,7 @@ import {
   type ProjectRecord,
   type SignedRecord,
 } from '@nks/shared/records';
+import { tlsBlobDigest } from '@nks/shared/tls-identity';
 import { ed25519PrivateKey, ed25519RawPublicKey } from '../crypto/ed25519';
 
 export class KeystoreIdentity {
@@ -58,6 +61,11 @@ export class KeystoreIdentity {
   /** Signs its own sealed blob (genesis only): base64 of the signature over `identityBlobDigest(blob)`. */
   signOwnBlob(blob: Uint8Array): string {
     return sign(null, identityBlobDigest(blob), this.privateKey).toString('base64');
+  }
+
+  /** Signs a TLS blob it has just sealed (`tls.create`): base64 of the signature over `tlsBlobDigest(blob)`. */
+  signTlsBlob(blob: Uint8Array): string {
+    return sign(null, tlsBlobDigest(blob), this.privateKey).toString('base64');
   }
 }
 

@@ -5,12 +5,21 @@
  * and only for an attested enclave (the key policy's conditions).
  *
  * One sealing for every kind of blob (shared/src/blob.ts): a user key (version 2, kind "key"), the keystore
- * identity's Ed25519 seed (kind "identity"), and, for tests of the migration image, a version 1 key blob. The
+ * identity's Ed25519 seed (kind "identity"), the wallet routes' TLS key (kind "tls"), and, for tests of the migration image, a version 1 key blob. The
  * header (everything but createdAt and the sealed bytes) is the AAD, so a blob opens only as what it was
  * sealed as.
  */
 import { constants, createCipheriv, createDecipheriv, publicEncrypt, randomBytes, type KeyObject } from 'node:crypto';
-import { BLOB_ALG, BLOB_VERSION, blobAad, type IdentityBlob, type KeyBlob, type KeyBlobV1, type SealedBlob } from '@nks/shared/blob';
+import {
+  BLOB_ALG,
+  BLOB_VERSION,
+  blobAad,
+  type IdentityBlob,
+  type KeyBlob,
+  type KeyBlobV1,
+  type SealedBlob,
+  type TlsBlob,
+} from '@nks/shared/blob';
 
 /** The sealed fields: what `sealBlob` adds to a header. */
 type SealedPart = 'createdAt' | 'wrappedKey' | 'iv' | 'ciphertext';
@@ -24,6 +33,7 @@ export interface SealTo {
 
 export function sealBlob(secret: Uint8Array, header: BlobHeader<KeyBlob>, to: SealTo): KeyBlob;
 export function sealBlob(secret: Uint8Array, header: BlobHeader<IdentityBlob>, to: SealTo): IdentityBlob;
+export function sealBlob(secret: Uint8Array, header: BlobHeader<TlsBlob>, to: SealTo): TlsBlob;
 export function sealBlob(secret: Uint8Array, header: BlobHeader<KeyBlobV1>, to: SealTo): KeyBlobV1;
 export function sealBlob(secret: Uint8Array, header: BlobHeader, to: SealTo): SealedBlob {
   if (secret.length !== 32) throw new RangeError('a sealed secret is 32 bytes');

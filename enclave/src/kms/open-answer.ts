@@ -12,17 +12,19 @@
  * - CBC runs without OpenSSL's padding check; the padding block is compared in constant time;
  * - the last check is the blob kind's, and it too runs on a stand-in when the box did not open: for a key blob
  *   (version 2 or 1) the secret is a valid secp256k1 key whose address is the blob's, for an identity blob the
- *   Ed25519 public key of the seed is the blob's. Which of the two runs depends only on the blob, which the
- *   parent chose and knows; it never depends on what the answer held.
+ *   Ed25519 public key of the seed is the blob's, for a tls blob the secret is a valid P-256 scalar whose
+ *   public point is the blob's. Which one runs depends only on the blob, which the parent chose and
+ *   knows; it never depends on what the answer held.
  * The caller retires the recipient key after any failure, so each forged answer is also the last one tried
  * with that key.
  */
 import { constants, createDecipheriv, privateDecrypt, randomBytes, timingSafeEqual, type KeyObject } from 'node:crypto';
 import { z } from 'zod';
-import type { IdentityBlob, KeyBlob, KeyBlobV1, SealedBlob } from '@nks/shared/blob';
+import type { IdentityBlob, KeyBlob, KeyBlobV1, SealedBlob, TlsBlob } from '@nks/shared/blob';
 import { parseEnvelopedData, type EnvelopedParts } from '@nks/shared/cms';
 import { base64 } from '@nks/shared/schema';
 import { ed25519PublicKeyHexOfSeed } from '../crypto/ed25519';
+import { p256PublicKeyOf } from '../crypto/p256';
 import { addressOf, isValidSecret, publicKeyOf } from '../crypto/secp256k1';
 import { openSealed } from '../keys/seal';
 
@@ -33,7 +35,7 @@ const DATA_KEY_BYTES = 32;
 /** The data key plus one full padding block. */
 const CONTENT_BYTES = DATA_KEY_BYTES + 16;
 const FULL_PADDING = Buffer.alloc(16, 16);
-/** Stand-in private key for the address step when an earlier step failed (any valid scalar will do). */
+/** Stand-in private key for the address (or point) step when an earlier step failed (valid on both curves). */
 export const DUMMY_SECRET = new Uint8Array(32).fill(1);
 
 export interface OpenedKey {
@@ -47,9 +49,22 @@ export interface OpenedIdentity {
   publicKey: string;
 }
 
+export interface OpenedTls {
+  /** The P-256 scalar. */
+  secret: Uint8Array;
+  /** The blob's uncompressed point, 0x-hex, which the secret's is. */
+  publicKey: string;
+}
+
 /** Whether `secret` is the key the blob says it seals, doing the same work whether or not it is. */
 function isBlobsSecret(blob: SealedBlob, secret: Uint8Array): boolean {
   if (blob.v === 2 && blob.kind === 'identity') return ed25519PublicKeyHexOfSeed(secret) === blob.publicKey;
+  if (blob.v === 2 && blob.kind === 'tls') {
+    const point = p256PublicKeyOf(secret);
+    // An invalid scalar has no point: the stand-in's is computed instead, so both cases do a multiplication.
+    const compared: Buffer = point ?? (p256PublicKeyOf(DUMMY_SECRET) as Buffer);
+    return point !== null && `0x${compared.toString('hex')}` === blob.publicKey;
+  }
   const valid = isValidSecret(secret);
   const address = addressOf(publicKeyOf(valid ? secret : DUMMY_SECRET));
   return valid && address === blob.address;
@@ -61,8 +76,9 @@ function isBlobsSecret(blob: SealedBlob, secret: Uint8Array): boolean {
  */
 export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: KeyBlob | KeyBlobV1): OpenedKey | null;
 export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: IdentityBlob): OpenedIdentity | null;
-export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: SealedBlob): OpenedKey | OpenedIdentity | null;
-export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: SealedBlob): OpenedKey | OpenedIdentity | null {
+export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: TlsBlob): OpenedTls | null;
+export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: SealedBlob): OpenedKey | OpenedIdentity | OpenedTls | null;
+export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: SealedBlob): OpenedKey | OpenedIdentity | OpenedTls | null {
   let ok = true;
 
   const answer = DecryptAnswer.safeParse(raw);
@@ -110,6 +126,6 @@ export function openKmsAnswer(raw: unknown, recipientKey: KeyObject, blob: Seale
     secret.fill(0);
     return null;
   }
-  if (blob.v === 2 && blob.kind === 'identity') return { secret, publicKey: blob.publicKey };
+  if (blob.v === 2 && (blob.kind === 'identity' || blob.kind === 'tls')) return { secret, publicKey: blob.publicKey };
   return { secret, address: blob.address as `0x${string}` };
 }

@@ -4,15 +4,16 @@
  * arrived gets one answer (`unsealRefused`), retires the recipient key it was made for, and is counted and
  * rate-limited (failed-opens.ts). See docs/SECURITY.md, "The KMS answer is not authenticated".
  *
- * The keystore identity's seed is unsealed the same way, once at start; its Decrypts are counted apart
- * (`identityKmsCalls`) so that `kmsCalls` stays exactly one per cold key.
+ * The keystore identity's seed is unsealed the same way, once at start, and the wallet routes' TLS key at
+ * `tls.install` when the enclave no longer holds it (docs/TLS.md); the enclave's own keys' Decrypts are counted
+ * apart (`identityKmsCalls`) so that `kmsCalls` stays exactly one per cold user key.
  */
-import type { IdentityBlob, KeyBlob, KeyBlobV1, SealedBlob } from '@nks/shared/blob';
+import type { IdentityBlob, KeyBlob, KeyBlobV1, SealedBlob, TlsBlob } from '@nks/shared/blob';
 import { KeystoreError } from '@nks/shared/errors';
 import type { KmsProxyApi } from '@nks/shared/enclave-api';
 import type { RpcClient } from '@nks/shared/rpc';
 import { FailedOpens } from './failed-opens';
-import { openKmsAnswer, type OpenedIdentity, type OpenedKey } from './open-answer';
+import { openKmsAnswer, type OpenedIdentity, type OpenedKey, type OpenedTls } from './open-answer';
 import type { RecipientKeys } from './recipient';
 
 /** The only thing a parent learns from any failed open, whichever step failed: byte-identical every time. */
@@ -22,7 +23,7 @@ export const unsealRefused = (): KeystoreError => new KeystoreError('KEY_INTEGRI
 export class Unsealer {
   /** Decrypts for user keys (version 2, and version 1 in the migration image). */
   kmsCalls = 0;
-  /** Decrypts for the keystore identity's seed. */
+  /** Decrypts for the enclave's own keys: the keystore identity's seed, the wallet routes' TLS key. */
   identityKmsCalls = 0;
   /** KMS proxy errors, for either. */
   kmsErrors = 0;
@@ -36,9 +37,10 @@ export class Unsealer {
 
   unseal(blob: KeyBlob | KeyBlobV1): Promise<OpenedKey>;
   unseal(blob: IdentityBlob): Promise<OpenedIdentity>;
-  async unseal(blob: SealedBlob): Promise<OpenedKey | OpenedIdentity> {
+  unseal(blob: TlsBlob): Promise<OpenedTls>;
+  async unseal(blob: SealedBlob): Promise<OpenedKey | OpenedIdentity | OpenedTls> {
     if (blob.kmsKeyArn !== this.options.kmsKeyArn) {
-      const what = blob.v === 2 && blob.kind === 'identity' ? 'the identity' : `key ${blob.keyId}`;
+      const what = blob.v === 1 || blob.kind === 'key' ? `key ${blob.keyId}` : blob.kind === 'identity' ? 'the identity' : 'the TLS key';
       throw new KeystoreError('KEY_INTEGRITY', `${what} is sealed under ${blob.kmsKeyArn}, not this enclave's KMS key`);
     }
     // A call whose recipient key was retired by another call's failure while it waited for KMS asks once more
@@ -62,8 +64,8 @@ export class Unsealer {
 
   /** `unknown`, not the table's result type: the answer comes from the parent and is checked by openKmsAnswer. */
   private async decrypt(blob: SealedBlob, document: Buffer): Promise<unknown> {
-    if (blob.v === 2 && blob.kind === 'identity') this.identityKmsCalls += 1;
-    else this.kmsCalls += 1;
+    if (blob.v === 1 || blob.kind === 'key') this.kmsCalls += 1;
+    else this.identityKmsCalls += 1;
     try {
       return await this.kmsProxy.call(
         'kms.decrypt',
