@@ -61,7 +61,8 @@ export const digestOf = (n: number) => `0x${n.toString(16).padStart(64, '0')}`;
 export async function startEnclaveHarness(
   runDir: string,
   config: Record<string, unknown> = {},
-  opts: { wait?: LaunchWait } = {},
+  /** `program`: another bundle in dist/ to run (a test build), `enclave` by default. */
+  opts: { wait?: LaunchWait; program?: string } = {},
 ): Promise<EnclaveHarness> {
   const platform = await startPlatform(runDir);
   const recorded = new RecordingTransport(new SimulatedVsockTransport(runDir));
@@ -104,7 +105,7 @@ export async function startEnclaveHarness(
   const baseConfig = enclaveConfigFor(platform, runDir, config); // listens on ENCLAVE_ADDRESS, dials PROXY_ADDRESS
   writeJson(configFile, baseConfig);
   const launch = async (wait: LaunchWait = 'ready') => {
-    const proc = startProgram('enclave', ['--config', configFile]);
+    const proc = startProgram(opts.program ?? 'enclave', ['--config', configFile]);
     await proc.waitForLog((e) => e.msg === (wait === 'ready' ? 'enclave ready' : 'enclave listening'));
     return proc;
   };

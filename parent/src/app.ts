@@ -1,6 +1,9 @@
 /**
- * Wires the parent daemon: key store, enclave pool, KMS proxy, egress relay, caller API (with the TrueWallet
- * routes), metrics. `stop` drains the API, then the proxy and the relay, then closes the pool and the database.
+ * Wires the parent daemon: key store, enclave pool, KMS proxy, egress relay, the wallet routes' ingress relay
+ * and wallet store (the enclave serves those routes over TLS: docs/TLS.md), the TLS keys' re-install after each
+ * enclave connection, caller API (with the TLS admin routes; 421 on the wallet paths), metrics. `stop` closes the
+ * ingress relay, drains the API, then the wallet store, the proxy and the egress relay, then closes the pool
+ * and the database.
  */
 import { KMSClient } from '@aws-sdk/client-kms';
 import { createLogger, type Logger } from '@nks/shared/log';
@@ -8,18 +11,19 @@ import type { EnclaveHealth } from '@nks/shared/enclave-api';
 import { createTransport, type Transport } from '@nks/shared/transport';
 import { ApiServer } from './api/server';
 import { TokenAuth } from './api/auth';
-import { sharedClientAddress } from './api/client-address';
 import { callerRoutes } from './api/routes';
-import { walletRoutes } from './api/wallets';
+import { tlsRoutes } from './api/tls-routes';
 import type { ParentConfig } from './config';
 import type { KnownIdentity } from './enclave/identity';
 import { EnclavePool, type PoolOptions } from './enclave/pool';
 import { startEgressRelay } from './egress/relay';
+import { startIngressRelay } from './ingress/relay';
 import { KeyRegistry } from './key-registry';
 import { KmsProxy } from './kms/proxy';
 import { Metrics } from './metrics';
 import { KeyStore } from './store/key-store';
-import { WalletKeys } from './wallet-keys';
+import { TlsKeys } from './tls/tls-keys';
+import { WalletStore } from './wallet-store/server';
 
 export interface RunningParent {
   url: string;
@@ -27,6 +31,9 @@ export interface RunningParent {
   pool: EnclavePool;
   keys: KeyRegistry;
   metrics: Metrics;
+  tls: TlsKeys;
+  /** The port the wallet routes' ingress relay listens on (`wallets.relay.port`, or the one chosen for 0). */
+  walletsRelayPort: number;
   /**
    * The hosts of the JWKS URIs of the active JWT projects (verified records): what the egress relay allows
    * besides its configured hosts (`allowedHosts: () => parent.jwksHosts()`).
@@ -68,7 +75,7 @@ export function enclavePoolFor(
   config: ParentConfig,
   transport: Transport,
   logger: Logger,
-  extra: Partial<Pick<PoolOptions, 'onCall' | 'onStateChange' | 'size'>> & {
+  extra: Partial<Pick<PoolOptions, 'onCall' | 'onStateChange' | 'onConnected' | 'size'>> & {
     onIdentity?: (identity: KnownIdentity) => void;
     learnIdentity?: boolean;
   } = {},
@@ -92,10 +99,14 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
   const transport = createTransport(config.transport);
   let proxyListening = false;
 
-  // The pool's callbacks only fire after start(), by which time `metrics` and `keys` exist.
+  // The pool's callbacks only fire after start(), by which time `metrics`, `keys` and `tls` exist.
   const pool = enclavePoolFor(config, transport, logger, {
     onCall: (method, outcome, seconds) => metrics.enclaveRpc.observe({ method, outcome }, seconds),
-    onStateChange: (up) => metrics.enclaveUp.set(up ? 1 : 0),
+    onStateChange: (up) => {
+      metrics.enclaveUp.set(up ? 1 : 0);
+      if (!up) metrics.setTls(null);
+    },
+    onConnected: () => tls.onEnclaveConnected(),
     onIdentity: (identity) => keys.useIdentity(identity),
   });
   const enclaveHealth = async (): Promise<EnclaveHealth | null> => {
@@ -114,7 +125,21 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
   await proxy.listen(transport, config.kmsProxy.listen);
   proxyListening = true;
   const keys = new KeyRegistry(store, pool, logger);
-  const wallets = new WalletKeys(keys, store, pool, logger.child({ component: 'wallets' }));
+  const tls = new TlsKeys({
+    store,
+    pool,
+    records: () => keys.records(),
+    logger: logger.child({ component: 'tls' }),
+    onStatus: (status) => metrics.setTls(status),
+  });
+  // What the enclave's wallet routes ask the parent (records it stores and cannot forge).
+  const walletStore = new WalletStore({
+    store,
+    records: () => keys.records(),
+    logger: logger.child({ component: 'wallet-store' }),
+    maxConcurrent: config.wallets.store.maxConcurrent,
+  });
+  await walletStore.listen(transport, config.wallets.store.listen);
   pool.start();
   // The enclave's only way out (JWKS fetches): to the JWKS hosts of active JWT projects and configured hosts.
   const relay = await startEgressRelay({
@@ -125,14 +150,23 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     metrics: metrics.registry,
   });
 
+  // The public's way to the enclave's HTTPS server for the wallet routes: ciphertext only.
+  const ingress = await startIngressRelay({
+    config: config.wallets.relay,
+    transport,
+    log: logger.child({ component: 'ingress' }),
+    metrics: metrics.registry,
+  });
+
   const caller = callerRoutes(keys);
-  const truewallet = walletRoutes({ wallets, config: config.wallets, metrics, logger: logger.child({ component: 'wallets' }) });
+  const tlsAdmin = tlsRoutes(tls);
   const api = new ApiServer({
     config: config.api,
     routes: (app) => {
       caller(app);
-      truewallet(app);
+      tlsAdmin(app);
     },
+    walletsPublicUrl: config.wallets.publicUrl,
     auth: new TokenAuth(config.tokens),
     metrics,
     logger: logger.child({ component: 'api' }),
@@ -150,17 +184,6 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     },
   });
   const url = await api.listen();
-  // Behind a proxy that is not trusted, every caller is the proxy: one sender's forged tokens spend the failure
-  // budget of all of them (docs/DEPLOY.md, "The TrueWallet routes behind a load balancer or proxy").
-  const shared = sharedClientAddress(config.api);
-  metrics.sharedClientAddress.set(shared ? 1 : 0);
-  if (shared)
-    logger.warn(
-      { component: 'api' },
-      `WARNING: ${shared}. A proxy on this host that relays the TrueWallet routes makes every caller one client address, so ` +
-        "one sender's invalid tokens rate-limit all of them: list the proxy in api.trustProxy (it must set X-Forwarded-For), " +
-        'or let callers reach the API directly (docs/DEPLOY.md, "The TrueWallet routes behind a load balancer or proxy")',
-    );
 
   return {
     url,
@@ -168,9 +191,14 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     pool,
     keys,
     metrics,
+    tls,
+    walletsRelayPort: ingress.port as number,
     jwksHosts: () => keys.projects.jwksHosts(),
     async stop() {
+      await ingress.close();
+      tls.stop();
       await api.close(config.api.drainMs);
+      await walletStore.close(Math.min(config.api.drainMs, 5000));
       await proxy.close(Math.min(config.api.drainMs, 5000));
       proxyListening = false;
       await relay.close();

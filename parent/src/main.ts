@@ -38,7 +38,14 @@ async function daemon(args: string[]): Promise<void> {
   const logger = createLogger({ name: 'parent', level: config.logLevel });
   const parent = await startParent(config, logger);
   logger.info(
-    { url: parent.url, enclave: config.enclave.address, kmsProxy: config.kmsProxy.listen, database: config.database.path },
+    {
+      url: parent.url,
+      enclave: config.enclave.address,
+      kmsProxy: config.kmsProxy.listen,
+      database: config.database.path,
+      walletsRelayPort: parent.walletsRelayPort,
+      walletStore: config.wallets.store.listen,
+    },
     'parent ready',
   );
 

@@ -1,10 +1,12 @@
 /**
  * Prometheus metrics (prom-client): HTTP requests and latency by route and status, enclave RPC latency,
- * KMS calls by outcome, enclave up, keys total, the TrueWallet routes' outcomes, JWT refusals and rate limits,
- * and the enclave's own health counters (read from `enclave.health` at scrape time with a short deadline).
+ * KMS calls by outcome, enclave up, keys total, the wallet routes' TLS (installed, certificate expiry), and the
+ * enclave's own health counters (read from `enclave.health` at scrape time with a short deadline), its wallet
+ * routes' connections and answers included. The ingress and egress relays register `nks_ingress_*` and
+ * `nks_egress_*` on the same registry.
  */
 import client from 'prom-client';
-import type { EnclaveHealth } from '@nks/shared/enclave-api';
+import type { EnclaveHealth, TlsStatus } from '@nks/shared/enclave-api';
 
 export class Metrics {
   readonly registry = new client.Registry();
@@ -16,16 +18,15 @@ export class Metrics {
   readonly enclaveUp: client.Gauge;
   readonly inFlight: client.Gauge;
   readonly overloaded: client.Counter;
-  readonly walletRequests: client.Counter<'route' | 'outcome'>;
-  readonly walletJwtRefusals: client.Counter<'stage'>;
-  readonly walletRateLimited: client.Counter<'limit'>;
-  readonly sharedClientAddress: client.Gauge;
+  readonly tlsInstalled: client.Gauge;
+  readonly tlsNotAfter: client.Gauge;
   private readonly enclaveCounter: client.Gauge<'counter'>;
   private readonly enclaveErrors: client.Gauge<'reason'>;
   private readonly enclaveMemory: client.Gauge<'kind'>;
   private readonly enclaveUptime: client.Gauge;
   private readonly enclaveClock: client.Gauge<'state'>;
   private readonly enclaveClockDrift: client.Gauge;
+  private readonly enclaveWalletRequests: client.Gauge<'outcome'>;
 
   constructor(
     private readonly sources: {
@@ -75,27 +76,21 @@ export class Metrics {
       help: 'Requests refused with 503 OVERLOADED',
       registers: [r],
     });
-    this.walletRequests = new client.Counter({
-      name: 'nks_wallet_requests_total',
-      help: 'TrueWallet API requests by route and outcome (ok, bad_request, invalid_jwt, unauthorized, rate_limited, conflict, unavailable, error)',
-      labelNames: ['route', 'outcome'],
+    this.tlsInstalled = new client.Gauge({
+      name: 'nks_tls_installed',
+      help: "1 while the enclave serves the wallet routes with an installed TLS certificate (enclave.health's tls), else 0",
       registers: [r],
     });
-    this.walletJwtRefusals = new client.Counter({
-      name: 'nks_wallet_jwt_refusals_total',
-      help: 'TrueWallet API JWTs refused: by the parent (not a JWT, no user claim) or by the enclave (INVALID_JWT, or a JWT of another user)',
-      labelNames: ['stage'],
+    this.tlsInstalled.set(0);
+    this.tlsNotAfter = new client.Gauge({
+      name: 'nks_tls_not_after_seconds',
+      help: "When the wallet routes' installed TLS certificate expires (Unix time): alert well before it",
       registers: [r],
     });
-    this.walletRateLimited = new client.Counter({
-      name: 'nks_wallet_rate_limited_total',
-      help: 'TrueWallet API requests refused by a rate limit (address, failures, concurrent, project, user)',
-      labelNames: ['limit'],
-      registers: [r],
-    });
-    this.sharedClientAddress = new client.Gauge({
-      name: 'nks_api_client_address_shared',
-      help: '1 when the API listens on a Unix socket or loopback without api.trustProxy: callers relayed by a proxy share one client address (and its rate limits)',
+    this.enclaveWalletRequests = new client.Gauge({
+      name: 'nks_enclave_wallet_requests',
+      help: "The enclave's wallet routes: answers by outcome since it started (enclave.health)",
+      labelNames: ['outcome'],
       registers: [r],
     });
     new client.Gauge({
@@ -164,10 +159,25 @@ export class Metrics {
         for (const state of ['unchecked', 'trusted', 'untrusted']) this.enclaveClock.set({ state }, state === clock ? 1 : 0);
         if (clockDriftMs !== null) this.enclaveClockDrift.set(clockDriftMs / 1000);
       }
+      // The wallet routes served by the enclave (docs/TLS.md): counters as wallets_<name>, answers by outcome.
+      if (h.wallets) {
+        const { requests, ...walletCounters } = h.wallets;
+        for (const [k, v] of Object.entries(walletCounters)) this.enclaveCounter.set({ counter: `wallets_${k}` }, v);
+        for (const [k, v] of Object.entries(requests)) this.enclaveWalletRequests.set({ outcome: k }, v);
+      }
+      if (h.tls) this.setTls(h.tls);
       this.enclaveMemory.set({ kind: 'rss' }, h.memory.rssBytes);
       this.enclaveMemory.set({ kind: 'heap_used' }, h.memory.heapUsedBytes);
       this.enclaveMemory.set({ kind: 'external' }, h.memory.externalBytes);
     }
     return this.registry.metrics();
+  }
+
+  /** What the enclave serves on the wallet routes (null: nothing, or not known). */
+  setTls(status: TlsStatus | null): void {
+    const installed = status?.state === 'installed';
+    this.tlsInstalled.set(installed ? 1 : 0);
+    const notAfter = installed && status.notAfter ? Date.parse(status.notAfter) : NaN;
+    if (Number.isFinite(notAfter)) this.tlsNotAfter.set(Math.floor(notAfter / 1000));
   }
 }

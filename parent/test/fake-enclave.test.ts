@@ -82,6 +82,7 @@ describe('parent against a fake enclave', () => {
         region: 'us-east-1',
         endpoint: 'http://127.0.0.1:9',
       },
+      wallets: { relay: { host: '127.0.0.1', port: 0 } },
       logLevel: 'silent',
     });
     const p = await startParent(config, silentLogger());

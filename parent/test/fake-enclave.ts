@@ -7,15 +7,35 @@
  * JWKS the test gives it (`jwks`), with the project's issuer and audience, and derives the subject as the
  * enclave does, so the parent's TrueWallet routes meet genuine refusals (the real enclave's JWT checks, with
  * every rule of docs/PROJECTS.md, are tested against the bundle).
+ * The wallet routes' TLS (docs/TLS.md): `tls.create` makes a real P-256 key and PKCS#10 request (@peculiar/x509),
+ * its "sealed" blob random bytes that only the fakes can open (`FAKE_KMS`, standing for KMS, so a fake started
+ * again with the same identity unseals it); `tls.install` checks the identity's signature over the blob and that
+ * the chain's leaf is the key's, and health reports what is installed.
  * The real enclave's side of every check is tested against the bundle (enclave/test, test/e2e).
  */
-import { generateKeyPairSync, randomBytes, sign as edSign, type KeyObject } from 'node:crypto';
+import {
+  generateKeyPairSync,
+  randomBytes,
+  sign as edSign,
+  verify as edVerify,
+  webcrypto,
+  X509Certificate,
+  type KeyObject,
+} from 'node:crypto';
 import { jwtVerify, type JWTVerifyGetKey } from 'jose';
 import { z } from 'zod';
 import { hashMessage, parseSignature } from 'viem';
 import { generatePrivateKey, privateKeyToAccount, type PrivateKeyAccount } from 'viem/accounts';
 import { BLOB_ALG, encodeBlob } from '@nks/shared/blob';
-import type { CreateResult, IdentityResult, LookupResult, ProjectResult, SignResult } from '@nks/shared/enclave-api';
+import type {
+  CreateResult,
+  IdentityResult,
+  LookupResult,
+  ProjectResult,
+  SignResult,
+  TlsCreateResult,
+  TlsStatus,
+} from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import { silentLogger, type Logger } from '@nks/shared/log';
 import { jwtSubject } from '@nks/shared/project-auth';
@@ -34,7 +54,9 @@ import {
 } from '@nks/shared/records';
 import { RpcServer, rpcMethod } from '@nks/shared/rpc';
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
+import { tlsBlobDigest } from '@nks/shared/tls-identity';
 import type { Transport } from '@nks/shared/transport';
+import { x509 } from '../../sim/src/nsm/x509';
 import { blobSha256 } from '../src/key-registry';
 
 export const FAKE_KMS_KEY_ARN = 'arn:aws:kms:us-east-1:111122223333:key/00000000-0000-0000-0000-000000000000';
@@ -106,6 +128,11 @@ interface SignParams {
   jwt?: string;
 }
 
+/** What the fakes' "KMS" opens: a TLS blob (base64) -> the key it seals, its SPKI (base64). Shared by every fake. */
+const FAKE_KMS = new Map<string, { spki: string }>();
+
+export const NO_TLS: TlsStatus = { state: 'none', publicKey: null, names: [], notBefore: null, notAfter: null, fingerprint256: null };
+
 interface Held {
   keyId: string;
   release: () => void;
@@ -113,7 +140,7 @@ interface Held {
 
 export class FakeEnclave {
   readonly server: RpcServer;
-  readonly identity = new TestIdentity();
+  readonly identity: TestIdentity = new TestIdentity();
   readonly defaultProject: SignedRecord;
   private readonly keys = new Map<string, PrivateKeyAccount>();
   /** Calls by method. */
@@ -134,7 +161,15 @@ export class FakeEnclave {
     setDisabled?: (r: KeyRecord) => KeyRecord;
     projectCreate?: (r: ProjectRecord) => ProjectRecord;
     projectSetState?: (r: ProjectRecord) => ProjectRecord;
+    tlsCreate?: (r: TlsCreateResult) => TlsCreateResult;
+    tlsInstall?: (r: TlsStatus) => TlsStatus;
   } = {};
+  /** What the wallet routes are served with (health's `tls`). */
+  tls: TlsStatus = NO_TLS;
+  /** Every `tls.install` request as received. */
+  readonly tlsInstalls: Array<{ blob: string; blobSignature: string; chain: string }> = [];
+  /** `tls.install` answers this error while set (an enclave that cannot install: KMS down, say). */
+  tlsInstallError: KeystoreError | null = null;
   /** The keys JWTs of JWT projects are checked with (jose's key resolver, e.g. `createLocalJWKSet`). */
   jwks: JWTVerifyGetKey | null = null;
   /** `keys.create` waits this long before answering (concurrent first calls overlap). */
@@ -143,7 +178,9 @@ export class FakeEnclave {
   identityUnavailable = false;
   protocolVersion = 3;
 
-  constructor(logger: Logger = silentLogger()) {
+  /** `identity`: another fake's, so this one stands for the same enclave started again. */
+  constructor(logger: Logger = silentLogger(), identity?: TestIdentity) {
+    if (identity) this.identity = identity;
     this.defaultProject = this.identity.sign(this.identity.project());
     const any = z.any();
     const count = <P, R>(method: string, fn: (p: P) => R) =>
@@ -168,6 +205,8 @@ export class FakeEnclave {
           uptimeMs: 1000,
           counters: { errors: {} },
           jwt: { clock: 'trusted', clockDriftMs: 12, verifications: 0, refusals: 0, jwksFetches: 0, jwksFetchFailures: 0, jwksCached: 0 },
+          tls: this.tls,
+          wallets: { connections: 3, connectionsRefused: 1, handshakeFailures: 2, requests: { ok: 5, invalid_jwt: 1 } },
           memory: { rssBytes: 1, heapUsedBytes: 1, externalBytes: 1 },
         })),
         'identity.get': count('identity.get', (p: { nonce?: string }) => this.identityGet(p)),
@@ -183,6 +222,8 @@ export class FakeEnclave {
         ),
         'keys.forget': count('keys.forget', (p: { keyId: string }) => ({ keyId: p.keyId, forgotten: false })),
         'attestation.get': count('attestation.get', () => ({ document: Buffer.from('fake document').toString('base64') })),
+        'tls.create': count('tls.create', (p: { names: string[] }) => this.tlsCreate(p.names)),
+        'tls.install': count('tls.install', (p: { blob: string; blobSignature: string; chain: string }) => this.tlsInstall(p)),
       },
     });
   }
@@ -323,6 +364,54 @@ export class FakeEnclave {
     let next: ProjectRecord = { ...old, state: p.state, seq: old.seq + 1, prev: hex(recordDigest(bytes)), createdAt: Date.now() };
     if (this.alter.projectSetState) next = this.alter.projectSetState(next);
     return { projectId: next.projectId, projectKey: next.projectKey, record: this.identity.sign(next) };
+  }
+
+  private async tlsCreate(names: string[]): Promise<TlsCreateResult> {
+    const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
+    const keys = await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify']);
+    const csr = await x509.Pkcs10CertificateRequestGenerator.create({
+      name: `CN=${names[0]}`,
+      keys,
+      signingAlgorithm: alg,
+      extensions: [new x509.SubjectAlternativeNameExtension(names.map((value) => ({ type: 'dns' as const, value })))],
+    });
+    const spki = Buffer.from(await webcrypto.subtle.exportKey('spki', keys.publicKey)).toString('base64');
+    const blob = randomBytes(220).toString('base64');
+    FAKE_KMS.set(blob, { spki });
+    const result: TlsCreateResult = {
+      publicKey: spki,
+      blob,
+      blobSignature: edSign(null, tlsBlobDigest(Buffer.from(blob, 'base64')), this.identity.privateKey).toString('base64'),
+      csr: csr.toString('pem'),
+      attestation: Buffer.from(`fake tls attestation of ${spki}`).toString('base64'),
+    };
+    return this.alter.tlsCreate ? this.alter.tlsCreate(result) : result;
+  }
+
+  private tlsInstall(p: { blob: string; blobSignature: string; chain: string }): TlsStatus {
+    this.tlsInstalls.push(p);
+    if (this.tlsInstallError) throw this.tlsInstallError;
+    const signed = edVerify(
+      null,
+      tlsBlobDigest(Buffer.from(p.blob, 'base64')),
+      this.identity.publicKeyObject,
+      Buffer.from(p.blobSignature, 'base64'),
+    );
+    const sealed = FAKE_KMS.get(p.blob);
+    if (!signed || !sealed) throw new KeystoreError('KEY_INTEGRITY', 'no');
+    const leaf = new X509Certificate(/-----BEGIN CERTIFICATE-----[\s\S]*?-----END CERTIFICATE-----/.exec(p.chain)?.[0] ?? '');
+    if (leaf.publicKey.export({ type: 'spki', format: 'der' }).toString('base64') !== sealed.spki)
+      throw new KeystoreError('INVALID_PARAMS', 'the chain does not name this key');
+    const status: TlsStatus = {
+      state: 'installed',
+      publicKey: sealed.spki,
+      names: (leaf.subjectAltName ?? '').split(', ').flatMap((n) => (n.startsWith('DNS:') ? [n.slice(4)] : [])),
+      notBefore: new Date(leaf.validFrom).toISOString(),
+      notAfter: new Date(leaf.validTo).toISOString(),
+      fingerprint256: leaf.fingerprint256.replace(/:/g, '').toLowerCase(),
+    };
+    this.tls = this.alter.tlsInstall ? this.alter.tlsInstall(status) : status;
+    return this.tls;
   }
 
   /** Signs for `keyId` with `account` from now on (a key the test stored itself). */

@@ -45,6 +45,7 @@ describe('signed records in the parent', () => {
       transport: { kind: 'simulated', runDir },
       enclave: { address: ENCLAVE, poolSize: 2, connectTimeoutMs: 1000, deadlineMs: 5000 },
       kmsProxy: { listen: 'vsock://3:8000', allowedKeyArns: [FAKE_KMS_KEY_ARN], region: 'us-east-1', endpoint: 'http://127.0.0.1:9' },
+      wallets: { relay: { host: '127.0.0.1', port: 0 } },
       logLevel: 'debug',
       ...over,
     });

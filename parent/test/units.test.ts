@@ -5,13 +5,14 @@ import { tempRunDir } from '@nks/shared-test/helpers';
 import { IDENTIFIER_SAMPLES } from '@nks/shared-test/identifier-samples';
 import { startProgram } from '../../test/support/process';
 import { hashToken, TokenAuth } from '../src/api/auth';
-import { sharedClientAddress, trustedProxies } from '../src/api/client-address';
+import { trustedProxies } from '../src/api/client-address';
 import { PARENT_CONFIG_DEFAULTS, parseParentConfig } from '../src/config';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
+import { DEFAULT_WALLET_STORE_ADDRESS, DEFAULT_WALLETS_ADDRESS } from '@nks/shared/ingress';
 import type { KeyRecord, ProjectRecord } from '@nks/shared/records';
 import { KeyStore, SCHEMA_VERSION } from '../src/store/key-store';
 import { TestIdentity } from './fake-enclave';
-import { SCHEMA_V1, SCHEMA_V2_STEP } from '../../test/support/legacy';
+import { SCHEMA_V1, SCHEMA_V2_STEP, SCHEMA_V3_STEP } from '../../test/support/legacy';
 
 describe('bearer tokens', () => {
   const auth = new TokenAuth([
@@ -278,6 +279,89 @@ describe('key store', () => {
     again.close();
   });
 
+  /** A TLS key as `tls.create` answers it (the parent stores what it is given; the enclave checks it). */
+  const tlsKey = (n: number, createdAt = 1000 + n) => ({
+    publicKey: Buffer.from(`spki ${n}`).toString('base64'),
+    blob: Buffer.from(`blob ${n}`).toString('base64'),
+    blobSignature: Buffer.alloc(64, n).toString('base64'),
+    names: [`w${n}.example.com`, 'wallets.example.com'],
+    csr: `-----BEGIN CERTIFICATE REQUEST-----\n${n}\n-----END CERTIFICATE REQUEST-----\n`,
+    createdAt,
+  });
+
+  it('stores TLS keys: pending until installed, one current at a time, durably', () => {
+    const file = path.join(dir, 'k.db');
+    let store = new KeyStore(file);
+    expect(store.currentTlsKey()).toBeUndefined();
+    expect(store.pendingTlsKeys(10)).toEqual([]);
+    const one = store.insertTlsKey(tlsKey(1));
+    expect(one).toEqual({ ...tlsKey(1), chain: null, installedAt: null, current: false });
+    expect(() => store.insertTlsKey(tlsKey(1))).toThrow(expect.objectContaining({ code: 'CONFLICT' }));
+    store.insertTlsKey(tlsKey(2));
+    store.insertTlsKey(tlsKey(3));
+    expect(store.pendingTlsKeys(10).map((k) => k.names[0])).toEqual(['w3.example.com', 'w2.example.com', 'w1.example.com']);
+    expect(store.pendingTlsKeys(2)).toHaveLength(2);
+
+    expect(store.setCurrentTlsKey(tlsKey(2).publicKey, 'CHAIN 2', 5000)).toMatchObject({
+      chain: 'CHAIN 2',
+      installedAt: 5000,
+      current: true,
+    });
+    expect(store.currentTlsKey()?.publicKey).toBe(tlsKey(2).publicKey);
+    expect(store.pendingTlsKeys(10).map((k) => k.names[0])).toEqual(['w3.example.com', 'w1.example.com']);
+    // Another key installed: it is current, the one before is not (and not pending: it was installed).
+    store.setCurrentTlsKey(tlsKey(3).publicKey, 'CHAIN 3', 6000);
+    expect(store.currentTlsKey()?.publicKey).toBe(tlsKey(3).publicKey);
+    expect(store.tlsKey(tlsKey(2).publicKey)).toMatchObject({ current: false, chain: 'CHAIN 2' });
+    expect(() => store.setCurrentTlsKey(tlsKey(9).publicKey, 'CHAIN 9', 7000)).toThrow(expect.objectContaining({ code: 'NOT_FOUND' }));
+    // Below the store: never two current keys, never a current key without a chain.
+    expect(() => store.db.prepare('UPDATE tls_keys SET current = 1 WHERE chain IS NOT NULL').run()).toThrow(/UNIQUE constraint failed/);
+    expect(() => store.db.prepare('UPDATE tls_keys SET current = 1, chain = NULL WHERE public_key = ?').run(tlsKey(1).publicKey)).toThrow(
+      /CHECK constraint failed/,
+    );
+    store.close();
+    store = new KeyStore(file);
+    expect(store.currentTlsKey()).toMatchObject({ ...tlsKey(3), chain: 'CHAIN 3', installedAt: 6000, current: true });
+    store.close();
+  });
+
+  it('opens a database of schema version 3 (0.5): it gains the TLS keys, and keys and projects stay', () => {
+    const file = path.join(dir, 'v3.db');
+    const db = new Database(file);
+    db.exec(SCHEMA_V1);
+    db.exec(SCHEMA_V2_STEP);
+    db.exec(SCHEMA_V3_STEP);
+    db.pragma('user_version = 3');
+    const p = jwtProject(1);
+    const signedProject = identity.sign(p);
+    db.prepare(
+      `INSERT INTO projects (project_id, record, signature, seq, updated_at, project_key, name, state, auth_type, jwks_host, created_at)
+       VALUES (?, ?, ?, 0, 7, ?, 'one', 'active', 'jwt', 'jwks1.example.com', ?)`,
+    ).run(p.projectId, signedProject.record, signedProject.signature, p.projectKey, p.createdAt);
+    const subject = JSON.stringify(['https://issuer.example', 'alice']);
+    const key = userKey('u1', p.projectId, subject);
+    db.prepare(
+      `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, created_at, updated_at, project_id, subject, state,
+                         record, record_signature, record_seq)
+       VALUES ('u1', NULL, ?, '0x04', 'AAAA', '{}', 5, 6, ?, ?, 'active', ?, ?, 0)`,
+    ).run(ADDRESS, p.projectId, subject, key.signed.record, key.signed.signature);
+    db.close();
+
+    const store = new KeyStore(file);
+    expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
+    expect(SCHEMA_VERSION).toBe(4);
+    expect(store.getProjectByKey(p.projectKey)).toMatchObject({ projectId: p.projectId, name: 'one', signed: signedProject });
+    expect(store.activeKeyFor(p.projectId, subject)).toMatchObject({ keyId: 'u1', record: key.signed });
+    expect(store.currentTlsKey()).toBeUndefined();
+    store.insertTlsKey(tlsKey(1));
+    store.setCurrentTlsKey(tlsKey(1).publicKey, 'CHAIN', 9);
+    store.close();
+    // Reopened: nothing runs again, the TLS key is kept.
+    const again = new KeyStore(file);
+    expect(again.currentTlsKey()?.chain).toBe('CHAIN');
+    again.close();
+  });
+
   it('refuses a database from a newer build', () => {
     const file = path.join(dir, 'k.db');
     const db = new Database(file);
@@ -430,9 +514,14 @@ describe('parent configuration', () => {
       kmsProxy: PARENT_CONFIG_DEFAULTS.kmsProxy,
       wallets: PARENT_CONFIG_DEFAULTS.wallets,
     });
-    expect(parseParentConfig({ ...base, wallets: { rateLimits: { perUser: 5 } } }).wallets.rateLimits).toEqual({
-      ...PARENT_CONFIG_DEFAULTS.wallets.rateLimits,
-      perUser: 5,
+    const wallets = parseParentConfig({
+      ...base,
+      wallets: { publicUrl: 'https://wallets.example.com', relay: { port: 0, maxPerAddress: 8 } },
+    }).wallets;
+    expect(wallets).toEqual({
+      publicUrl: 'https://wallets.example.com',
+      relay: { ...PARENT_CONFIG_DEFAULTS.wallets.relay, port: 0, maxPerAddress: 8 },
+      store: PARENT_CONFIG_DEFAULTS.wallets.store,
     });
     expect(parseParentConfig(base).logLevel).toBe(PARENT_CONFIG_DEFAULTS.logLevel);
     expect(parseParentConfig({ ...base, api: { listen: { socket: '/run/x.sock' } } }).api.listen).toEqual({
@@ -444,9 +533,10 @@ describe('parent configuration', () => {
     expect(parseParentConfig({ ...base, identity: { publicKey: pinned } }).identity.publicKey).toBe(pinned);
     // The enclave's defaults listen where these dial (enclave/test/units.test.ts checks its side).
     expect([c.enclave.address, c.kmsProxy.listen]).toEqual([DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS]);
+    expect([c.wallets.relay.enclave, c.wallets.store.listen]).toEqual([DEFAULT_WALLETS_ADDRESS, DEFAULT_WALLET_STORE_ADDRESS]);
   });
 
-  it('takes trusted proxies as addresses and CIDR blocks, and "unix" on a Unix socket; says when callers may share an address', () => {
+  it('takes trusted proxies as addresses and CIDR blocks, and "unix" on a Unix socket', () => {
     const trustProxy = ['10.0.0.0/8', '2001:db8::/32', '127.0.0.1', '::1', '172.16.0.0/12'];
     const tcp = parseParentConfig({ ...base, api: { ...base.api, trustProxy } }).api;
     expect(tcp.trustProxy).toEqual(trustProxy);
@@ -468,16 +558,6 @@ describe('parent configuration', () => {
       true,
       false,
     ]);
-
-    expect(sharedClientAddress(parseParentConfig(base).api)).toMatch(/listens on loopback \(127.0.0.1\) and api.trustProxy is empty/);
-    expect(sharedClientAddress(tcp)).toBeNull();
-    expect(sharedClientAddress(parseParentConfig({ ...base, api: { listen: { socket: '/run/x.sock' } } }).api)).toMatch(
-      /Unix socket \/run\/x.sock and api.trustProxy does not list "unix"/,
-    );
-    expect(sharedClientAddress(unix)).toBeNull();
-    // Beyond loopback (with TLS) callers reach the listener directly, e.g. through a load balancer keeping their address.
-    const tls = { certFile: '/c', keyFile: '/k' };
-    expect(sharedClientAddress(parseParentConfig({ ...base, api: { listen: { host: '0.0.0.0', port: 443 }, tls } }).api)).toBeNull();
   });
 
   it('allows exactly the KMS key ARNs the shared definition does', () => {
@@ -504,13 +584,21 @@ describe('parent configuration', () => {
     ['duplicate token names', { ...base, tokens: [base.tokens[0], base.tokens[0]] }, /token names must be unique/],
     ['no allowed key', { ...base, kmsProxy: { allowedKeyArns: [], region: 'us-east-1' } }, /config.kmsProxy.allowedKeyArns/],
     ['an unknown field', { ...base, debug: true }, /unknown field\(s\) "debug"/],
-    ['a rate limit of 0', { ...base, wallets: { rateLimits: { perAddress: 0 } } }, /config.wallets.rateLimits.perAddress/],
+    // The rate limits of the wallet routes moved to the enclave's configuration with the routes (docs/TLS.md).
+    ['wallet rate limits', { ...base, wallets: { rateLimits: { perAddress: 5 } } }, /config.wallets: unknown field\(s\) "rateLimits"/],
+    ['a wallets URL that is not https', { ...base, wallets: { publicUrl: 'http://wallets.example.com' } }, /config.wallets.publicUrl/],
+    ['a relay connection limit of 0', { ...base, wallets: { relay: { maxConnections: 0 } } }, /config.wallets.relay.maxConnections/],
     [
-      'an unknown rate limit',
-      { ...base, wallets: { rateLimits: { perMoon: 1 } } },
-      /config.wallets.rateLimits: unknown field\(s\) "perMoon"/,
+      'a relay byte cap under 64 KiB',
+      { ...base, wallets: { relay: { maxBytesPerConnection: 1024 } } },
+      /config.wallets.relay.maxBytesPerConnection/,
     ],
-    ['a window under a second', { ...base, wallets: { rateLimits: { windowMs: 10 } } }, /config.wallets.rateLimits.windowMs/],
+    [
+      'a relay enclave address that is not vsock',
+      { ...base, wallets: { relay: { enclave: 'tcp://x:1' } } },
+      /config.wallets.relay.enclave/,
+    ],
+    ['a store address that is not vsock', { ...base, wallets: { store: { listen: '127.0.0.1:8002' } } }, /config.wallets.store.listen/],
     [
       'a trusted proxy that is a name',
       { ...base, api: { ...base.api, trustProxy: ['proxy.internal'] } },

@@ -113,3 +113,16 @@ export const SCHEMA_V2_STEP = `ALTER TABLE keys ADD COLUMN project_id TEXT;
      seq          INTEGER NOT NULL CHECK (seq >= 0),
      updated_at   INTEGER NOT NULL
    ) STRICT;`;
+
+/**
+ * Schema version 3 (0.5) over version 2, as 0.5 migrated it: frozen here, as 0.5 wrote it (0.5 then filled the
+ * new project columns from each row's record; a test writes the rows of a version 3 database itself).
+ */
+export const SCHEMA_V3_STEP = `ALTER TABLE projects ADD COLUMN project_key TEXT;
+   ALTER TABLE projects ADD COLUMN name TEXT;
+   ALTER TABLE projects ADD COLUMN state TEXT;
+   ALTER TABLE projects ADD COLUMN auth_type TEXT;
+   ALTER TABLE projects ADD COLUMN jwks_host TEXT;
+   ALTER TABLE projects ADD COLUMN created_at INTEGER;
+   CREATE UNIQUE INDEX projects_key ON projects (project_key);
+   CREATE UNIQUE INDEX keys_active_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'active';`;

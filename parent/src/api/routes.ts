@@ -7,7 +7,6 @@
 import type {
   FastifyBaseLogger,
   FastifyInstance,
-  FastifyReply,
   FastifyRequest,
   RawReplyDefaultExpression,
   RawRequestDefaultExpression,
@@ -15,7 +14,6 @@ import type {
 } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import type { KeystoreError } from '@nks/shared/errors';
 import { ProjectSettingsSchema } from '@nks/shared/projects-schema';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
 import type { Scope } from '../config';
@@ -30,8 +28,6 @@ declare module 'fastify' {
     scope?: Scope;
     /** Health, readiness and metrics: served while draining or overloaded, with no token and no deadline. */
     operational?: boolean;
-    /** Answers an error in the route's own format (the TrueWallet routes); the server's envelope otherwise. */
-    answerError?: (err: KeystoreError, request: FastifyRequest, reply: FastifyReply) => void;
   }
 }
 
@@ -79,7 +75,7 @@ const ListQuery = z.strictObject({
   limit: z.coerce.number().int().min(1).max(1000).default(100),
   cursor: z.string().max(64).optional(),
 });
-const NoQuery = z.strictObject({});
+export const NoQuery = z.strictObject({});
 const nonce = z
   .string()
   .regex(/^0x(?:[0-9a-fA-F]{2}){1,512}$/, 'expected 1-512 bytes of 0x-prefixed hex')
@@ -88,7 +84,7 @@ const AttestationQuery = z.strictObject({ nonce });
 const IdentityQuery = z.strictObject({ nonce });
 
 /** A route's URL and identity, from its documented path; no scope: served without a token. */
-const at = (path: string, scope?: Scope) => ({ url: routeUrl(path), config: { name: path, ...(scope ? { scope } : {}) } });
+export const at = (path: string, scope?: Scope) => ({ url: routeUrl(path), config: { name: path, ...(scope ? { scope } : {}) } });
 
 /**
  * Whether the request's token sees the keys of JWT projects: admin only. Their subjects name the users (issuer

@@ -30,6 +30,7 @@ import { bodyParser, hasBody, readJsonBody } from '@nks/shared/http/body';
 import { trustedProxies } from './client-address';
 import type { ApiInstance } from './routes';
 import { documentedPath, parseQuery, pathMatcher, validatorCompiler } from '@nks/shared/http/validation';
+import { walletsMoved, WALLETS_MOVED_LABEL, WALLETS_PATH_RE } from './wallets-moved';
 
 export interface ApiServerOptions {
   config: ParentConfig['api'];
@@ -41,6 +42,8 @@ export interface ApiServerOptions {
   /** One line per request with fixed, safe fields only (request id, route, status, latency, token name). */
   accessLog: Logger;
   readiness: () => Promise<{ ready: boolean; checks: Record<string, boolean | string> }>;
+  /** Where the wallet routes are served (`wallets.publicUrl`): named in the 421 of their paths here. */
+  walletsPublicUrl?: string | undefined;
 }
 
 /** What the server records about a request between its first hook and its answer. */
@@ -48,7 +51,7 @@ export interface RequestState {
   started: bigint;
   /** The metrics label: the route's documented path, or `unmatched` (not routed, or refused before routing). */
   route: string;
-  /** The token's name once authenticated (the TrueWallet routes: `project:<id>`). */
+  /** The token's name once authenticated. */
   principal: string;
   /** The token's scopes once authenticated. */
   scopes?: ReadonlySet<Scope>;
@@ -135,6 +138,7 @@ export class ApiServer {
     app.addHook('onRoute', (route) => this.equip(route));
     app.addHook('onRequest', (request, reply, done) => {
       this.begin(request, reply);
+      if (WALLETS_PATH_RE.test(pathOf(request.url))) return this.walletsMoved(request, reply);
       if (!request.is404) return done();
       try {
         this.unmatched(request, reply);
@@ -241,7 +245,7 @@ export class ApiServer {
       }
       done();
     };
-    // First of the route's own hooks: a route's further checks (the TrueWallet limits) run once admitted.
+    // First of the route's own hooks: a route's further checks run once admitted.
     route.onRequest = [identify, ...[route.onRequest ?? []].flat()];
     if (operational) return;
 
@@ -289,6 +293,21 @@ export class ApiServer {
     throw new KeystoreError('METHOD_NOT_ALLOWED', `${request.method} is not allowed on ${first.name}`);
   }
 
+  /**
+   * 421 on the wallet routes' paths (wallets-moved.ts), any method, before anything else: the body (a user's
+   * JWT) is never parsed. A small one is discarded unread by Node (the connection stays usable); one of unknown
+   * length or over the limit is not waited for: the connection is closed after the answer.
+   */
+  private walletsMoved(request: FastifyRequest, reply: FastifyReply): void {
+    (request.apiState as RequestState).route = WALLETS_MOVED_LABEL;
+    const length = Number(request.headers['content-length'] ?? NaN);
+    if (hasBody(request.raw) && !(length <= this.options.config.maxBodyBytes)) {
+      reply.header('connection', 'close');
+      reply.raw.once('finish', () => request.raw.destroy());
+    }
+    reply.code(421).send(walletsMoved(this.options.walletsPublicUrl));
+  }
+
   /** Fastify's answer for paths its router rejects before any hook runs; recorded like any other request. */
   private unroutable(_err: Error, request: FastifyRequest, reply: FastifyReply): void {
     this.begin(request, reply);
@@ -302,8 +321,7 @@ export class ApiServer {
   }
 
   /**
-   * The error envelope, for everything thrown anywhere in a request (Fastify's own errors mapped first). A
-   * route with its own error format (`config.answerError`: the TrueWallet routes) answers in it instead.
+   * The error envelope, for everything thrown anywhere in a request (Fastify's own errors mapped first).
    */
   private answerError(err: unknown, request: FastifyRequest, reply: FastifyReply): void {
     const ke = this.keystoreErrorOf(err);
@@ -315,8 +333,6 @@ export class ApiServer {
       reply.header('connection', 'close');
       reply.raw.once('finish', () => request.raw.destroy());
     }
-    const own = request.routeOptions.config?.answerError;
-    if (own) return own(ke, request, reply);
     if (ke.httpStatus === 503) reply.header('retry-after', '1');
     if (ke.code === 'UNAUTHORIZED') reply.header('www-authenticate', 'Bearer');
     reply.code(ke.httpStatus).send({ error: { code: ke.code, message: ke.message, requestId: request.id } });

@@ -23,6 +23,11 @@ export interface PoolOptions {
   onCall?: (method: string, outcome: string, seconds: number) => void;
   onStateChange?: (up: boolean) => void;
   /**
+   * Called each time a connection comes up (its handshake done, so calls may use it): after the enclave
+   * (re)started, what the parent keeps in the enclave's memory is given again (the wallet routes' TLS key).
+   */
+  onConnected?: () => void;
+  /**
    * Learn the keystore identity on every connection (`identity.get` after the hello), and use only connections
    * whose enclave has it: the pinned one if given, else the first one learned. Absent for the genesis command,
    * which talks to an enclave that has no identity yet.
@@ -56,7 +61,11 @@ export class EnclavePool {
           defaultDeadlineMs: options.deadlineMs,
           maxInFlight: options.maxInFlightPerConnection,
           backoff: { initialMs: 50, maxMs: 1000 },
-          onStateChange: () => options.onStateChange?.(this.up),
+          onStateChange: (connected) => {
+            // The client still reads as connected while it reports going down: up is then the others'.
+            options.onStateChange?.(connected || this.clients.some((c, j) => j !== i && c.connected));
+            if (connected) options.onConnected?.();
+          },
           handshake: (call) => this.hello(call, i),
         }),
     );

@@ -1,13 +1,14 @@
 /**
- * Keys and projects on SQLite (better-sqlite3): WAL journal with `synchronous=FULL`, so a commit is on disk
- * before a write returns and the API answers. The schema is versioned with `PRAGMA user_version` and migrated
- * forward at open. Keys are never deleted; they are disabled.
+ * Keys, projects and the wallet routes' TLS keys on SQLite (better-sqlite3): WAL journal with
+ * `synchronous=FULL`, so a commit is on disk before a write returns and the API answers. The schema is versioned
+ * with `PRAGMA user_version` and migrated forward at open. Keys are never deleted; they are disabled.
  *
  * The parent stores only what it may see: the sealed blob, the address and public key, the caller's
  * external id and labels, the birth attestation, and the records the enclave signed (docs/RECORDS.md). A
  * record's content is copied into columns (a key's project, subject, state, disabled, seq; a project's key,
  * state, auth type and JWKS host) for queries and views; the signed bytes are what counts, and the registries
- * verify them before they act on a row. A project's name is the parent's own label.
+ * verify them before they act on a row. A project's name is the parent's own label. A TLS key of the wallet
+ * routes is likewise only its sealed blob, the identity's signature over it, its CSR and its public chain.
  *
  * Keys made before 0.4 (schema version 1) have a version 1 blob and no record: they stay readable, and sign
  * again once `parent migrate` has re-sealed them (`migrateKey`). A `disabled` flag changes only with a new
@@ -84,6 +85,50 @@ export interface StoredProject {
   jwksHost: string | null;
   createdAt: number | null;
 }
+
+/** A TLS key of the wallet routes (docs/TLS.md): what `tls.create` answered, and once installed its chain. */
+export interface StoredTlsKey {
+  /** The key's DER SubjectPublicKeyInfo, base64: its identity here. */
+  publicKey: string;
+  /** The sealed key (blob kind "tls") and the identity's signature over it, base64: what `tls.install` takes. */
+  blob: string;
+  blobSignature: string;
+  names: string[];
+  /** The PKCS#10 request the enclave made (PEM). */
+  csr: string;
+  createdAt: number;
+  /** The certificate chain installed with it (PEM, leaf first); null until installed once. */
+  chain: string | null;
+  installedAt: number | null;
+  /** The key the enclave is told to serve (after every start): at most one. */
+  current: boolean;
+}
+
+export type NewTlsKey = Pick<StoredTlsKey, 'publicKey' | 'blob' | 'blobSignature' | 'names' | 'csr' | 'createdAt'>;
+
+interface TlsKeyRow {
+  public_key: string;
+  blob: string;
+  blob_signature: string;
+  names: string;
+  csr: string;
+  created_at: number;
+  chain: string | null;
+  installed_at: number | null;
+  current: number;
+}
+
+const toTlsKey = (r: TlsKeyRow): StoredTlsKey => ({
+  publicKey: r.public_key,
+  blob: r.blob,
+  blobSignature: r.blob_signature,
+  names: JSON.parse(r.names) as string[],
+  csr: r.csr,
+  createdAt: r.created_at,
+  chain: r.chain,
+  installedAt: r.installed_at,
+  current: r.current === 1,
+});
 
 export interface ProjectPage {
   projects: StoredProject[];
@@ -204,6 +249,21 @@ const MIGRATIONS: Array<string | ((db: Database.Database) => void)> = [
              CREATE UNIQUE INDEX keys_active_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'active';`);
     fillProjectColumns(db);
   },
+  // 0.6: the wallet routes' TLS keys (docs/TLS.md): made and sealed by the enclave, their certificate chains
+  // installed by the operator. At most one is current (the one the enclave is told to serve after each start).
+  `CREATE TABLE tls_keys (
+     public_key     TEXT PRIMARY KEY,
+     blob           TEXT NOT NULL,
+     blob_signature TEXT NOT NULL,
+     names          TEXT NOT NULL,
+     csr            TEXT NOT NULL,
+     created_at     INTEGER NOT NULL,
+     chain          TEXT,
+     installed_at   INTEGER,
+     current        INTEGER NOT NULL DEFAULT 0 CHECK (current IN (0, 1)),
+     CHECK (current = 0 OR chain IS NOT NULL)
+   ) STRICT;
+   CREATE UNIQUE INDEX tls_keys_current ON tls_keys (current) WHERE current = 1;`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -348,6 +408,19 @@ export class KeyStore {
         `UPDATE projects SET record = @record, signature = @signature, seq = @seq, updated_at = @now, project_key = @projectKey,
                              state = @state, auth_type = @authType, jwks_host = @jwksHost, created_at = @createdAt
          WHERE project_id = @projectId AND seq = @seq - 1`,
+      ),
+      insertTlsKey: this.db.prepare(
+        `INSERT INTO tls_keys (public_key, blob, blob_signature, names, csr, created_at)
+         VALUES (@publicKey, @blob, @blobSignature, @names, @csr, @createdAt)`,
+      ),
+      tlsKey: this.db.prepare<[string], TlsKeyRow>('SELECT * FROM tls_keys WHERE public_key = ?'),
+      currentTlsKey: this.db.prepare<[], TlsKeyRow>('SELECT * FROM tls_keys WHERE current = 1'),
+      pendingTlsKeys: this.db.prepare<[number], TlsKeyRow>(
+        'SELECT * FROM tls_keys WHERE chain IS NULL ORDER BY created_at DESC, public_key LIMIT ?',
+      ),
+      clearCurrentTlsKey: this.db.prepare('UPDATE tls_keys SET current = 0 WHERE current = 1'),
+      setCurrentTlsKey: this.db.prepare(
+        'UPDATE tls_keys SET chain = @chain, installed_at = @installedAt, current = 1 WHERE public_key = @publicKey',
       ),
     };
   }
@@ -573,6 +646,46 @@ export class KeyStore {
     });
     if (res.changes !== 1) throw new KeystoreError('CONFLICT', `project ${projectId} changed meanwhile; retry`);
     return this.getProject(projectId) as StoredProject;
+  }
+
+  /** Stores a TLS key the enclave just made (pending: no chain yet). CONFLICT if this public key is stored. */
+  insertTlsKey(key: NewTlsKey): StoredTlsKey {
+    try {
+      this.stmts.insertTlsKey.run({ ...key, names: JSON.stringify(key.names) });
+    } catch (err) {
+      if ((err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY')
+        throw new KeystoreError('CONFLICT', 'this TLS key is already stored', { cause: err });
+      throw err;
+    }
+    return this.tlsKey(key.publicKey) as StoredTlsKey;
+  }
+
+  tlsKey(publicKey: string): StoredTlsKey | undefined {
+    const r = this.stmts.tlsKey.get(publicKey);
+    return r ? toTlsKey(r) : undefined;
+  }
+
+  /** The TLS key the enclave serves (installed last), if any. */
+  currentTlsKey(): StoredTlsKey | undefined {
+    const r = this.stmts.currentTlsKey.get();
+    return r ? toTlsKey(r) : undefined;
+  }
+
+  /** TLS keys never installed, newest first. */
+  pendingTlsKeys(limit: number): StoredTlsKey[] {
+    return this.stmts.pendingTlsKeys.all(limit).map(toTlsKey);
+  }
+
+  /** Makes a stored TLS key the current one, with the chain the enclave accepted (in one transaction). */
+  setCurrentTlsKey(publicKey: string, chain: string, installedAt: number): StoredTlsKey {
+    return this.db
+      .transaction(() => {
+        if (!this.stmts.tlsKey.get(publicKey)) throw new KeystoreError('NOT_FOUND', 'this TLS key is not stored');
+        this.stmts.clearCurrentTlsKey.run();
+        this.stmts.setCurrentTlsKey.run({ publicKey, chain, installedAt });
+        return toTlsKey(this.stmts.tlsKey.get(publicKey) as TlsKeyRow);
+      })
+      .immediate();
   }
 
   counts(): { total: number; disabled: number; withoutRecord: number } {

@@ -1,0 +1,196 @@
+/**
+ * The wallet store (parent/src/wallet-store/server.ts), asked over the simulated vsock as the enclave's wallet
+ * routes ask it, on a real SQLite file, with records signed by a test identity as the enclave signs them. It
+ * answers projects and users' keys, stores a user's first key once (a second for the same user answers the
+ * first), and refuses an insert whose record is forged or does not bind the key it names, storing nothing.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
+import { WalletStoreApi } from '@nks/shared/enclave-api';
+import { KeystoreError } from '@nks/shared/errors';
+import { newKeyId } from '@nks/shared/identifiers';
+import { silentLogger } from '@nks/shared/log';
+import type { KeyRecord, ProjectRecord } from '@nks/shared/records';
+import { RpcClient } from '@nks/shared/rpc';
+import { SimulatedVsockTransport } from '@nks/shared/transport';
+import { captureLogger, rejection, tempRunDir, type CapturedLogger } from '@nks/shared-test/helpers';
+import { RecordChecker } from '../src/enclave/identity';
+import { blobSha256 } from '../src/key-registry';
+import { KeyStore } from '../src/store/key-store';
+import { NOT_THE_KEY, WalletStore } from '../src/wallet-store/server';
+import { fakeKeyBlob, TestIdentity } from './fake-enclave';
+
+const ADDRESS = 'vsock://3:8002';
+const identity = new TestIdentity();
+const checker = new RecordChecker({
+  publicKey: identity.publicKey,
+  key: identity.publicKeyObject,
+  genesisDocument: '',
+  defaultProject: identity.sign(identity.project()),
+});
+
+const jwtProject = (n: number, over: Partial<ProjectRecord> = {}): ProjectRecord =>
+  identity.project({
+    projectId: `p_${String(n).padStart(22, 'A')}`,
+    projectKey: `pk_${String(n).padStart(22, 'B')}`,
+    auth: {
+      type: 'jwt',
+      issuer: 'https://issuer.example',
+      audience: 'app',
+      userClaim: 'sub',
+      jwksUri: 'https://jwks.example.com/keys.json',
+      algorithms: ['RS256'],
+      maxTokenLifetime: 600,
+    },
+    ...over,
+  });
+const JWT = jwtProject(1);
+const TOKEN = identity.project({ projectId: `p_${'T'.repeat(22)}`, projectKey: `pk_${'T'.repeat(22)}` });
+const alice = JSON.stringify(['https://issuer.example', 'alice']);
+
+/** A key as `keys.create` answers it for a JWT user: its first record, signed; `over` changes the record. */
+function madeKey(subject: string | null = alice, over: Partial<KeyRecord> = {}, projectId = JWT.projectId) {
+  const account = privateKeyToAccount(generatePrivateKey());
+  const keyId = newKeyId();
+  const blob = fakeKeyBlob({ keyId, address: account.address, projectId, subject });
+  const record: KeyRecord = {
+    v: 1,
+    kind: 'key',
+    keyId,
+    address: account.address,
+    blobSha256: blobSha256(blob),
+    projectId,
+    subject,
+    state: 'active',
+    disabled: false,
+    seq: 0,
+    prev: null,
+    origin: 'created',
+    createdAt: Date.now(),
+    ...over,
+  };
+  return { keyId, address: account.address as string, publicKey: account.publicKey as string, blob, record: identity.sign(record) };
+}
+
+describe('wallet store', () => {
+  let runDir: string;
+  let store: KeyStore;
+  let server: WalletStore;
+  let client: RpcClient<WalletStoreApi>;
+  let log: CapturedLogger;
+  let records: () => RecordChecker;
+
+  beforeEach(async () => {
+    runDir = tempRunDir('nks-wstore-');
+    store = new KeyStore(path.join(runDir, 'keys.db'));
+    for (const p of [JWT, TOKEN]) store.insertProject(identity.sign(p), p, p.projectId);
+    log = captureLogger('debug');
+    records = () => checker;
+    server = new WalletStore({ store, records: () => records(), logger: log.logger, maxConcurrent: 8 });
+    const transport = new SimulatedVsockTransport(runDir);
+    await server.listen(transport, ADDRESS);
+    client = new RpcClient<WalletStoreApi>({ name: 'enclave', transport, address: ADDRESS, logger: silentLogger() });
+    client.start();
+    await client.waitConnected(5000);
+  });
+  afterEach(async () => {
+    await client.close();
+    await server.close(100);
+    store.close();
+    fs.rmSync(runDir, { recursive: true, force: true });
+  });
+
+  it('answers a project by its key whatever its state, and null for an unknown key', async () => {
+    expect(await client.call('store.project', { projectKey: JWT.projectKey })).toEqual({ project: identity.sign(JWT) });
+    const disabled: ProjectRecord = { ...JWT, state: 'disabled', seq: 1, prev: `0x${'ab'.repeat(32)}` };
+    store.updateProjectRecord(JWT.projectId, identity.sign(disabled), disabled);
+    expect(await client.call('store.project', { projectKey: JWT.projectKey })).toEqual({ project: identity.sign(disabled) });
+    expect(await client.call('store.project', { projectKey: `pk_${'Z'.repeat(22)}` })).toEqual({ project: null });
+    expect(await client.call('store.project', { projectKey: 'default' })).toEqual({ project: null }); // not seeded here
+    const bad = await rejection(client.call('store.project', { projectKey: 'no such key!' }));
+    expect(bad.code).toBe('INVALID_PARAMS');
+  });
+
+  it("stores a user's first key once; the user's next key is not stored and the first is answered", async () => {
+    expect(await client.call('store.userKey', { projectId: JWT.projectId, subject: alice })).toEqual({ key: null });
+    const first = madeKey();
+    const inserted = await client.call('store.insertUserKey', first);
+    expect(inserted).toEqual({ inserted: true, key: { keyId: first.keyId, blob: first.blob, record: first.record } });
+    expect(await client.call('store.userKey', { projectId: JWT.projectId, subject: alice })).toEqual({ key: inserted.key });
+    expect(store.get(first.keyId)).toMatchObject({
+      address: first.address,
+      publicKey: first.publicKey,
+      projectId: JWT.projectId,
+      subject: alice,
+    });
+    // The same insert again (an enclave that retried), and another key for alice (a concurrent first call).
+    expect(await client.call('store.insertUserKey', first)).toEqual({ inserted: false, key: inserted.key });
+    const second = madeKey();
+    expect(await client.call('store.insertUserKey', second)).toEqual({ inserted: false, key: inserted.key });
+    expect(store.get(second.keyId)).toBeUndefined();
+    // Bob is another user.
+    const bob = JSON.stringify(['https://issuer.example', 'bob']);
+    expect((await client.call('store.insertUserKey', madeKey(bob))).inserted).toBe(true);
+    expect(store.counts().total).toBe(2);
+    expect(log.lines().filter((l) => l.msg === 'stored a key for a JWT user')).toHaveLength(2);
+  });
+
+  const someoneElse = new TestIdentity();
+  const forged = () => {
+    const k = madeKey();
+    const { record } = checker.key(k.record);
+    return { ...k, record: someoneElse.sign(record) };
+  };
+  it.each<[string, () => ReturnType<typeof madeKey>]>([
+    ['a record signed by another identity', forged],
+    ['a record of another key id', () => ({ ...madeKey(), keyId: newKeyId() })],
+    ['a record of another address', () => ({ ...madeKey(), address: privateKeyToAccount(generatePrivateKey()).address })],
+    ['a public key that is not the address', () => ({ ...madeKey(), publicKey: privateKeyToAccount(generatePrivateKey()).publicKey })],
+    ['a blob the record does not name', () => ({ ...madeKey(), blob: madeKey().blob })],
+    ['a record that is not the first (seq 1)', () => madeKey(alice, { seq: 1, prev: `0x${'cd'.repeat(32)}` })],
+    ['a record of a migrated key', () => madeKey(alice, { origin: 'migrated' })],
+    ['a record of a disabled key', () => madeKey(alice, { disabled: true })],
+    ['a record of a retired key', () => madeKey(alice, { state: 'retired' })],
+    ['a key without a subject', () => madeKey(null)],
+    ["a token project's key", () => madeKey('server-1', {}, TOKEN.projectId)],
+    ['a key of a project not stored', () => madeKey(alice, {}, `p_${'N'.repeat(22)}`)],
+    ['a record that does not decode', () => ({ ...madeKey(), record: { record: 'AAAA', signature: Buffer.alloc(64).toString('base64') } })],
+  ])('refuses %s with KEY_INTEGRITY and stores nothing', async (_name, make) => {
+    const err = await rejection(client.call('store.insertUserKey', make()));
+    expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', NOT_THE_KEY]);
+    expect(store.counts().total).toBe(0);
+    expect(log.lines().some((l) => typeof l.msg === 'string' && l.msg.startsWith('wallet store: refused a user key: '))).toBe(true);
+  });
+
+  it("refuses a key whose project's stored record does not verify", async () => {
+    store.db.prepare('UPDATE projects SET signature = ? WHERE project_id = ?').run(Buffer.alloc(64, 1).toString('base64'), JWT.projectId);
+    const err = await rejection(client.call('store.insertUserKey', madeKey()));
+    expect(err.code).toBe('KEY_INTEGRITY');
+    expect(log.text()).toContain(`the stored record of project ${JWT.projectId} does not verify`);
+    expect(store.counts().total).toBe(0);
+  });
+
+  it('refuses malformed inserts with INVALID_PARAMS', async () => {
+    const k = madeKey();
+    for (const bad of [
+      { ...k, address: 'not an address' },
+      { ...k, publicKey: `0x02${'11'.repeat(32)}` },
+      { ...k, blob: 'not base64 !' },
+      { ...k, record: { record: k.record.record } },
+      { ...k, extra: 1 },
+    ]) {
+      const err = await rejection(client.call('store.insertUserKey', bad as never));
+      expect([err.code, err.message]).toEqual(['INVALID_PARAMS', expect.any(String)]);
+    }
+    expect(store.counts().total).toBe(0);
+  });
+
+  it('answers IDENTITY_UNAVAILABLE to an insert before the identity is known', async () => {
+    records = () => {
+      throw new KeystoreError('IDENTITY_UNAVAILABLE', 'the keystore identity is not known yet');
+    };
+    expect((await rejection(client.call('store.insertUserKey', madeKey()))).code).toBe('IDENTITY_UNAVAILABLE');
+    expect(store.counts().total).toBe(0);
+  });
+});
