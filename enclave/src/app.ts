@@ -4,7 +4,9 @@
  * a normal or migration image then unseals its keystore identity in the background and logs 'enclave ready'
  * once it has (`identityReady` resolves), or gives up after `identityBoot.maxAttempts` failed attempts
  * (`identityReady` rejects with IdentityBootError, and the program exits). A genesis image (no identity
- * configured) is ready at once. `stop` drains and zeroes the cache.
+ * configured) is ready at once. A normal image also serves the wallet routes over HTTPS (wallets/, docs/TLS.md),
+ * with the TLS key the TLS holder makes and installs (tls/holder.ts). `stop` closes them, drains and zeroes the
+ * cache.
  */
 import tls from 'node:tls';
 import { USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
@@ -12,7 +14,7 @@ import { identityPublicKey } from '@nks/shared/records';
 import { createTransport } from '@nks/shared/transport';
 import type { Logger } from '@nks/shared/log';
 import { RpcClient, RpcServer } from '@nks/shared/rpc';
-import type { KmsProxyApi } from '@nks/shared/enclave-api';
+import type { KmsProxyApi, WalletStoreApi } from '@nks/shared/enclave-api';
 import { ClockCheck } from './auth/clock';
 import { httpsGet } from './auth/https-get';
 import { JwksCache } from './auth/jwks';
@@ -31,6 +33,8 @@ import { Projects } from './projects';
 import { DeviceNsmTransport } from './nsm/device';
 import { SocketNsmTransport } from './nsm/socket';
 import { SignerPool } from './signing/pool';
+import { TlsHolder } from './tls/holder';
+import { startWallets, type Wallets } from './wallets';
 
 export interface RunningEnclave {
   server: RpcServer;
@@ -40,6 +44,10 @@ export interface RunningEnclave {
   image: ImageKind;
   /** The JWT projects' clock check (started in a normal image). */
   clock: ClockCheck;
+  /** The wallet routes' TLS key and certificate (tls.create, tls.install). */
+  tls: TlsHolder;
+  /** The wallet routes' HTTPS server (a normal image only). */
+  wallets: Wallets | null;
   /** Resolves once the identity is ready (at once in a genesis image); rejects when the start has failed. */
   identityReady: Promise<void>;
   stop(drainMs?: number): Promise<void>;
@@ -115,6 +123,26 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     identity: () => identity.get(),
     jwt,
   });
+  const tlsHolder = new TlsHolder({
+    nsm,
+    unsealer,
+    identity: () => identity.get(),
+    kmsKeyArn: config.kmsKeyArn,
+    kmsPublicKey: config.kmsPublicKeyObject,
+    refused: (cause) => records.refused(cause),
+  });
+  // The parent's wallet store (docs/TLS.md): records and blobs for the wallet routes, each verified here.
+  const walletStore = new RpcClient<WalletStoreApi>({
+    name: 'wallet-store',
+    transport,
+    address: config.wallets.store,
+    logger,
+    defaultDeadlineMs: config.wallets.storeDeadlineMs,
+    maxFrameBytes: config.limits.maxFrameBytes,
+    // A wallet request waits briefly for the store link (e.g. after a parent restart) rather than failing.
+    waitForConnectionMs: Math.min(2000, config.wallets.storeDeadlineMs),
+  });
+  let wallets: Wallets | null = null;
   const projects = new Projects({ records, identity: () => identity.get(), onDisabled: (projectId) => cache.forgetProject(projectId) });
   let served: RpcServer | undefined;
   const { methods } = enclaveMethods({
@@ -145,6 +173,8 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     kmsProxy,
     startedAt: Date.now(),
     rpcStats: () => served?.stats,
+    tls: tlsHolder,
+    walletStats: () => wallets?.stats() ?? { connections: 0, connectionsRefused: 0, handshakeFailures: 0, requests: {} },
   });
 
   // The server's per-connection limits (requests and bytes in flight, unsent answers) are its defaults: a
@@ -158,8 +188,31 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   });
   served = server;
   await server.listen(transport, config.listen);
-  if (image === 'normal') clock.start();
-  const where = { listen: config.listen, kmsProxy: config.kmsProxy, kmsKeyArn: config.kmsKeyArn, transport: config.transport.kind };
+  if (image === 'normal') {
+    clock.start();
+    walletStore.start();
+    // Served from the start: until the identity is unsealed the routes answer 503, and until tls.install
+    // every TLS handshake fails.
+    wallets = await startWallets({
+      config: config.wallets,
+      transport,
+      store: walletStore,
+      tls: tlsHolder,
+      nsm,
+      vault: keys,
+      records,
+      jwt,
+      identityReady: () => identity.status === 'ready',
+      logger,
+    });
+  }
+  const where = {
+    listen: config.listen,
+    kmsProxy: config.kmsProxy,
+    kmsKeyArn: config.kmsKeyArn,
+    transport: config.transport.kind,
+    ...(wallets ? { wallets: config.wallets.listen, walletStore: config.wallets.store } : {}),
+  };
   logger.info({ ...where, image, securityEpoch: config.securityEpoch }, 'enclave listening');
 
   let identityReady: Promise<void>;
@@ -191,12 +244,16 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     nsm,
     image,
     clock,
+    tls: tlsHolder,
+    wallets,
     identityReady,
     async stop(drainMs = 5000) {
       clock.stop();
+      await wallets?.close();
       await server.close(drainMs);
       await signers.close();
       await kmsProxy.close();
+      await walletStore.close();
       cache.clear();
       nsm.transport.close();
     },

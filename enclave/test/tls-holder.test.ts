@@ -31,7 +31,7 @@ import { sealBlob, sealSecret } from '../src/keys/seal';
 import { FailedOpens } from '../src/kms/failed-opens';
 import { RecipientKeys } from '../src/kms/recipient';
 import { UNSEAL_REFUSED_MESSAGE, Unsealer } from '../src/kms/unseal';
-import { checkChain } from '../src/tls/chain';
+import { checkChain } from '@nks/shared/tls-chain';
 import { PENDING_KEYS, TlsHolder } from '../src/tls/holder';
 import { fakeNsm } from './fake-nsm';
 import { issueForCsr, issueLeaf, makeAuthority, ownKeyPair, SUBJECT_ALT_NAME, type TestAuthority } from './tls-ca';
@@ -236,6 +236,29 @@ describe('tls.install', () => {
     expect(status.publicKey).toBe(created.publicKey);
     expect([restarted.calls(), restarted.unsealer.identityKmsCalls, restarted.unsealer.kmsCalls]).toEqual([1, 1, 0]);
     await restarted.holder.install({ blob: created.blob, blobSignature: created.blobSignature, chain });
+    expect(restarted.calls()).toBe(1);
+  });
+
+  it('keeps a key it unsealed when the install then fails: a retry of the blob costs no second Decrypt', async () => {
+    const first = setup();
+    const created = await first.holder.create(['wallets.example.com']);
+    const p = { blob: created.blob, blobSignature: created.blobSignature, chain: await chainFor(created) };
+    const restarted = setup(first.identity);
+    // OpenSSL refusing the key with its leaf once: checkChain made sure it cannot, so only a stand-in does.
+    const real = tls.createSecureContext;
+    const spy = jest.spyOn(tls, 'createSecureContext').mockImplementation((o) => {
+      if (o?.key) throw new Error('refused with the key');
+      return real(o);
+    });
+    let err: KeystoreError;
+    try {
+      err = await rejection(restarted.holder.install(p));
+    } finally {
+      spy.mockRestore();
+    }
+    expect([err.code, err.message]).toEqual(['INVALID_PARAMS', 'the certificate chain is not usable for TLS with this key']);
+    expect([restarted.calls(), restarted.holder.status().state]).toEqual([1, 'none']);
+    expect((await restarted.holder.install(p)).publicKey).toBe(created.publicKey);
     expect(restarted.calls()).toBe(1);
   });
 
@@ -447,7 +470,7 @@ describe('checkChain', () => {
   it('serves only the certificates, re-encoded: text around them is refused, not passed on', () => {
     expect(refusal(`hello\n${leaf}`)).toEqual(invalid('holds text that is not a PEM CERTIFICATE block'));
     expect(refusal(`${leaf}-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n`)).toEqual(
-      invalid('holds text that is not a PEM CERTIFICATE block'),
+      invalid('holds a private key: send only the certificates (the enclave made the key, which never leaves it)'),
     );
     expect(refusal(leaf.replace('-----END CERTIFICATE-----', '-----END CERTIFICATE REQUEST-----'))).toEqual(
       invalid('holds text that is not a PEM CERTIFICATE block'),
@@ -513,6 +536,15 @@ describe('checkChain', () => {
     const expiredRoot = await makeAuthority('expired root', undefined, { notBefore: new Date(0), notAfter: new Date(1000) });
     const under = await makeAuthority('under expired', expiredRoot);
     expect(refusal((await issueLeaf(under, spki, NAMES)) + under.pem + expiredRoot.pem)).toBe('accepted');
+  });
+
+  it("reads a validity after 2049 (GeneralizedTime) as OpenSSL prints it; a day's date has a space before it", async () => {
+    const notBefore = new Date('2024-03-05T09:07:01Z');
+    const notAfter = new Date('2051-12-31T23:59:59Z');
+    const pem = await issueLeaf(intermediate, spki, NAMES, { notBefore, notAfter });
+    expect(new X509Certificate(pem).validFrom).toBe('Mar  5 09:07:01 2024 GMT');
+    const checked = checkChain(pem, spki, now());
+    expect([checked.notBefore, checked.notAfter]).toEqual([notBefore, notAfter]);
   });
 
   it('refuses a leaf with no DNS name', async () => {

@@ -39,7 +39,8 @@ export const PARENT_CONFIG_DEFAULTS = {
       host: '0.0.0.0',
       port: 8443,
       enclave: DEFAULT_WALLETS_ADDRESS,
-      maxConnections: 2048,
+      // No more than the enclave's wallets.maxConnections: beyond it the enclave would close them anyway.
+      maxConnections: 1024,
       maxPerAddress: 64,
       connectTimeoutMs: 2_000,
       idleTimeoutMs: 120_000,
@@ -94,7 +95,7 @@ const ApiSchema = z.strictObject({
   /**
    * The proxies in front of the listener whose `X-Forwarded-For` names the client (docs/DEPLOY.md, "The
    * TrueWallet routes behind a load balancer or proxy"): IP addresses and CIDR blocks, and `unix` for the peer of a
-   * Unix socket listener. A request's client address (the TrueWallet rate limits count by it) is the socket peer's,
+   * Unix socket listener. A request's client address (what the access log records) is the socket peer's,
    * unless that peer is listed: then the address its X-Forwarded-For entry names, walking back past listed
    * proxies. None by default: X-Forwarded-For is then ignored.
    */
@@ -150,9 +151,7 @@ export const ParentConfigSchema = z.strictObject({
    */
   wallets: z
     .strictObject({
-      publicUrl: z
-        .url({ protocol: /^https$/, error: 'expected an https:// URL' })
-        .optional(),
+      publicUrl: z.url({ protocol: /^https$/, error: 'expected an https:// URL' }).optional(),
       relay: z
         .strictObject({
           host: z.string().min(1).default(D.wallets.relay.host),

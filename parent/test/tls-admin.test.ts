@@ -197,26 +197,29 @@ describe('TLS keys of the wallet routes, through the parent', () => {
       [undefined, 'body: a certificate chain is required'],
       ['', /^body\.chain: /],
       ['x'.repeat(64 * 1024 + 1), 'body.chain: expected a PEM chain of at most 65536 bytes'],
-      ['not a certificate', 'body.chain: holds no PEM certificate (-----BEGIN CERTIFICATE-----)'],
+      ['not a certificate', 'body.chain: the certificate chain holds text that is not a PEM CERTIFICATE block'],
       [
         `${leaf}${keyPem}`,
-        'body.chain: holds a PEM block "PRIVATE KEY"; expected only CERTIFICATE blocks (never a private key: the enclave made the key)',
+        'body.chain: the certificate chain holds a private key: send only the certificates (the enclave made the key, which never leaves it)',
       ],
-      ['-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n', 'body.chain: certificate 1 is not a valid X.509 certificate'],
       [
-        `${ca.intermediatePem}${leaf}`,
-        'body.chain: certificate 1 is not issued by certificate 2 (expected the leaf first, then each issuer in turn)',
+        '-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n',
+        'body.chain: the certificate chain: certificate 1 is not an X.509 certificate',
       ],
+      [`${ca.intermediatePem}${leaf}`, 'body.chain: the certificate chain has a leaf with no DNS name in its subjectAltName'],
       [
         `${leaf}${ca.rootPem}`,
-        'body.chain: certificate 1 is not issued by certificate 2 (expected the leaf first, then each issuer in turn)',
+        'body.chain: the certificate chain is out of order or incomplete: certificate 1 is not issued by certificate 2 (expected leaf first, then each issuer)',
       ],
-      [`${leaf}${ca.intermediatePem.repeat(8)}`, 'body.chain: expected at most 8 certificates'],
+      [`${leaf}${ca.intermediatePem.repeat(8)}`, 'body.chain: the certificate chain has 9 certificates, more than the 8 allowed'],
       [
         ca.chain(await ca.issue(key.csr, { notBefore: new Date(Date.now() - 10 * DAY), notAfter: new Date(Date.now() - DAY) })),
-        /^body\.chain: the leaf certificate is not valid now: valid from .* to /,
+        /^body\.chain: the certificate chain has a leaf that expired at /,
       ],
-      [ca.chain(await ca.issue(key.csr, { notBefore: new Date(Date.now() + DAY) })), /^body\.chain: the leaf certificate is not valid now/],
+      [
+        ca.chain(await ca.issue(key.csr, { notBefore: new Date(Date.now() + DAY) })),
+        /^body\.chain: the certificate chain has a leaf that is not valid before /,
+      ],
       [
         stranger,
         "body.chain: the leaf certificate's public key is not a TLS key of this keystore: get the certificate for a CSR from POST /v1/tls/keys",

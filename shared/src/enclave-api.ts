@@ -195,7 +195,7 @@ export interface EnclaveHealth {
     connectionsRefused: number;
     /** TLS handshakes that failed or timed out (no certificate installed, a client that gave up, a slowloris). */
     handshakeFailures: number;
-    /** Answers by outcome: ok, bad_request, invalid_jwt, unauthorized, rate_limited, conflict, unavailable, error. */
+    /** Answers by outcome: ok, bad_request, invalid_jwt, unauthorized, not_found, rate_limited, conflict, unavailable, error. */
     requests: Record<string, number>;
   };
   memory: { rssBytes: number; heapUsedBytes: number; externalBytes: number };

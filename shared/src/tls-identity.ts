@@ -22,8 +22,7 @@ export function tlsBlobDigest(blob: Uint8Array): Buffer {
  * browser reads as an IPv4 address (127.0.0.1, 0x7f000001, 1.2.3.0x4) passes; no wildcard (one name, one
  * enclave fleet).
  */
-export const TLS_NAME_RE =
-  /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+export const TLS_NAME_RE = /^(?=.{1,253}$)(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
 export const TLS_NAME_EXPECTED = 'expected a lower-case DNS name (no wildcard, no IP address)';
 /** At most this many names per key (the CSR's subjectAltName). */
 export const TLS_MAX_NAMES = 10;

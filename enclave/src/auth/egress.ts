@@ -5,77 +5,18 @@
  * trusted; TLS, which runs over this stream and ends in the enclave (https-get.ts), is what authenticates
  * the server.
  *
- * `openEgress` answers a Node Duplex over the transport's Connection, so `tls.connect({socket})` runs on it.
- * Backpressure both ways: reading pauses the connection while the Duplex's reader is full, writing waits while
- * the connection holds more than WRITE_HIGH_WATER unsent bytes.
+ * `openEgress` answers a Node Duplex over the transport's Connection (net/connection-stream.ts), so
+ * `tls.connect({socket})` runs on it.
  */
-import { Duplex } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { EGRESS_OK, encodeEgressRequest, type EgressRequest } from '@nks/shared/egress';
 import { encodeFrame } from '@nks/shared/framing';
 import type { Connection, Transport } from '@nks/shared/transport';
-
-/** Unsent bytes above which a write waits for the connection to drain. */
-const WRITE_HIGH_WATER = 64 * 1024;
+import { ConnectionStream } from '../net/connection-stream';
 
 /** Why an egress connection did not open; the message never carries bytes the relay sent. */
 export class EgressError extends Error {
   override readonly name = 'EgressError';
-}
-
-/** A transport Connection as a Duplex. Created after the handshake, with any bytes that followed EGRESS_OK. */
-class ConnectionStream extends Duplex {
-  private pendingWrite: (() => void) | null = null;
-
-  constructor(private readonly conn: Connection) {
-    super({ allowHalfOpen: false });
-  }
-
-  /** The connection's data, as the transport delivers it. */
-  received(chunk: Buffer): void {
-    if (chunk.length > 0 && !this.push(chunk)) this.conn.pauseReading();
-  }
-
-  /** The connection is gone: the end of the readable side, or an error. */
-  gone(error?: Error): void {
-    this.release();
-    if (error) this.destroy(error);
-    else this.push(null);
-  }
-
-  flushed(buffered: number): void {
-    if (buffered <= WRITE_HIGH_WATER) this.release();
-  }
-
-  override _read(): void {
-    this.conn.resumeReading();
-  }
-
-  override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void): void {
-    if (this.conn.closed) {
-      callback(new EgressError('the egress connection is closed'));
-      return;
-    }
-    this.conn.write(chunk);
-    if (this.conn.bufferedBytes <= WRITE_HIGH_WATER) callback();
-    else this.pendingWrite = () => callback();
-  }
-
-  override _final(callback: (error?: Error | null) => void): void {
-    this.conn.end();
-    callback();
-  }
-
-  override _destroy(error: Error | null, callback: (error?: Error | null) => void): void {
-    this.release();
-    this.conn.destroy();
-    callback(error);
-  }
-
-  private release(): void {
-    const pending = this.pendingWrite;
-    this.pendingWrite = null;
-    pending?.();
-  }
 }
 
 /**
@@ -110,7 +51,8 @@ export async function openEgress(transport: Transport, address: string, target: 
           return;
         }
         clearTimeout(timer);
-        stream = new ConnectionStream(conn);
+        stream = new ConnectionStream(conn, () => new EgressError('the egress connection is closed'));
+        // Bytes that followed EGRESS_OK in the same chunk are the stream's first.
         stream.received(chunk.subarray(1));
         resolve(stream);
       },

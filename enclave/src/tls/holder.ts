@@ -7,10 +7,11 @@
  * signature over tlsBlobDigest(blob), made at `tls.create`. The KMS public key is public, so the parent could
  * seal a key it knows as a tls blob; without that signature it is refused before any KMS call, with the
  * records' one KEY_INTEGRITY (counted in integrityFailures), as is a blob that is not a tls blob, or altered.
- * The chain is checked next (tls/chain.ts: INVALID_PARAMS naming what is wrong with it), still before any KMS
- * call. The private key then comes from memory when the enclave has it (made by one of the last
- * PENDING_KEYS creates, or installed now), otherwise from the blob: one attested KMS Decrypt, counted with the
- * identity's (`identityKmsCalls`). A failed open is the unsealer's one refusal.
+ * The chain is checked next, completely (tls/chain.ts, node:tls included: INVALID_PARAMS naming what is wrong
+ * with it), still before any KMS call. The private key then comes from memory when the enclave has it (made
+ * by one of the last PENDING_KEYS creates, unsealed by an install that did not finish, or installed now),
+ * otherwise from the blob: one attested KMS Decrypt, counted with the identity's (`identityKmsCalls`), and the
+ * key is held from then on, so no retry of that blob costs another. A failed open is the unsealer's one refusal.
  *
  * Private material: the scalar is zeroed as soon as OpenSSL holds the KeyObject; a KeyObject dropped (pending
  * evicted, replaced by an install) is freed and cleansed by OpenSSL when collected. `current().key` is a PEM
@@ -28,10 +29,13 @@ import { tlsBlobDigest } from '@nks/shared/tls-identity';
 import type { KeystoreIdentity } from '../identity/keystore-identity';
 import type { Unsealer } from '../kms/unseal';
 import type { NsmClient } from '../nsm/client';
-import { checkChain, type CheckedChain } from './chain';
+import { checkChain, type CheckedChain } from '@nks/shared/tls-chain';
 import { newTlsKey, openTlsKey, tlsBlobSpki, tlsCsr } from './key';
 
-/** How many keys made by `tls.create` the enclave keeps, newest first, so installing one needs no KMS call. */
+/**
+ * How many keys not installed the enclave keeps (made by `tls.create`, or unsealed by an install that then
+ * failed), newest first, so installing one needs no KMS call.
+ */
 export const PENDING_KEYS = 4;
 
 export interface TlsCredentials {
@@ -63,7 +67,7 @@ interface Installed {
 const NONE: TlsStatus = { state: 'none', publicKey: null, names: [], notBefore: null, notAfter: null, fingerprint256: null };
 
 export class TlsHolder {
-  /** Keys of the last creates by base64 SPKI, oldest first. */
+  /** Keys held but not installed (PENDING_KEYS at most) by base64 SPKI, oldest first. */
   private readonly pending = new Map<string, KeyObject>();
   private installed: Installed | null = null;
   private readonly listeners: Array<(c: TlsCredentials) => void> = [];
@@ -86,11 +90,7 @@ export class TlsHolder {
     const csr = await tlsCsr(names, key.privateKey, key.spki);
     const document = await this.deps.nsm.attest({ tag: USER_DATA_TAGS.tls, content: key.spki });
     const id = key.spki.toString('base64');
-    this.pending.set(id, key.privateKey);
-    for (const oldest of this.pending.keys()) {
-      if (this.pending.size <= PENDING_KEYS) break;
-      this.pending.delete(oldest);
-    }
+    this.hold(id, key.privateKey);
     return { publicKey: id, blob: key.blob.toString('base64'), blobSignature, csr, attestation: document.toString('base64') };
   }
 
@@ -104,21 +104,36 @@ export class TlsHolder {
   private async installNow(p: { blob: string; blobSignature: string; chain: string }): Promise<TlsStatus> {
     const blob = this.ownBlob(p.blob, p.blobSignature);
     const spki = tlsBlobSpki(blob);
+    // Everything that can refuse the chain, before any KMS call.
     const chain = checkChain(p.chain, spki, this.now());
     const id = spki.toString('base64');
-    const privateKey = this.pending.get(id) ?? (this.installed?.spki.equals(spki) ? this.installed.privateKey : undefined);
-    const key = privateKey ?? (await openTlsKey(this.deps.unsealer, blob));
-    const credentials = { key: key.export({ type: 'pkcs8', format: 'pem' }) as string, cert: chain.pem };
+    const held = this.pending.get(id) ?? (this.installed?.spki.equals(spki) ? this.installed.privateKey : undefined);
+    const key = held ?? (await openTlsKey(this.deps.unsealer, blob));
+    let credentials: TlsCredentials;
     try {
-      // What the HTTPS server will do with them: OpenSSL also checks the key is the leaf's.
+      credentials = { key: key.export({ type: 'pkcs8', format: 'pem' }) as string, cert: chain.pem };
+      // What the HTTPS server will do with them: checkChain took the chain alone; with the key OpenSSL also
+      // checks it is the leaf's (checkChain compared them, so this is not expected to fail).
       nodeTls.createSecureContext(credentials);
     } catch (err) {
+      // Keep what was unsealed: a retry of this blob needs no second Decrypt.
+      if (!held) this.hold(id, key);
       throw new KeystoreError('INVALID_PARAMS', 'the certificate chain is not usable for TLS with this key', { cause: err });
     }
     this.pending.delete(id);
     this.installed = { spki, privateKey: key, chain, credentials };
     for (const listener of this.listeners) listener(credentials);
     return this.status();
+  }
+
+  /** Holds a key not installed (the newest), dropping the oldest past PENDING_KEYS. */
+  private hold(id: string, key: KeyObject): void {
+    this.pending.delete(id);
+    this.pending.set(id, key);
+    for (const oldest of this.pending.keys()) {
+      if (this.pending.size <= PENDING_KEYS) break;
+      this.pending.delete(oldest);
+    }
   }
 
   /** A tls blob this enclave's identity signed, or the one KEY_INTEGRITY. */

@@ -8,7 +8,7 @@ import { BLOB_ALG, BLOB_VERSION, encodeBlob, type TlsBlob } from '@nks/shared/bl
 import { generateP256Secret, p256PrivateKey, p256PublicKeyOf, p256Spki } from '../crypto/p256';
 import { sealBlob } from '../keys/seal';
 import type { Unsealer } from '../kms/unseal';
-import { x509 } from './x509';
+import { x509 } from '@nks/shared/x509';
 
 const ECDSA_P256 = { name: 'ECDSA', namedCurve: 'P-256' } as const;
 

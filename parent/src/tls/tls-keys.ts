@@ -14,11 +14,12 @@ import { backoffDelay, type BackoffOptions } from '@nks/shared/backoff';
 import type { TlsStatus } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
+import { checkChain, leafPublicKey } from '@nks/shared/tls-chain';
 import { tlsBlobDigest } from '@nks/shared/tls-identity';
 import type { RecordChecker } from '../enclave/identity';
 import type { EnclavePool } from '../enclave/pool';
 import type { KeyStore, StoredTlsKey } from '../store/key-store';
-import { checkChain, fingerprintOf, leafOf } from './chain';
+import { fingerprintOf, leafOf } from './chain';
 
 export interface TlsKeysOptions {
   store: KeyStore;
@@ -101,15 +102,18 @@ export class TlsKeys {
   /** Installs `chainText` with the stored key its leaf names, and makes that key current. */
   async install(chainText: string): Promise<TlsStatus> {
     const { store, logger } = this.options;
-    const chain = checkChain(chainText);
-    const key = store.tlsKey(chain.leafPublicKey);
+    const chain = asBodyChain(() => {
+      const spki = leafPublicKey(chainText);
+      return { spki, checked: checkChain(chainText, spki, Date.now()) };
+    });
+    const key = store.tlsKey(chain.spki.toString('base64'));
     if (!key)
       throw new KeystoreError(
         'INVALID_PARAMS',
         "body.chain: the leaf certificate's public key is not a TLS key of this keystore: get the certificate for a CSR from POST /v1/tls/keys",
       );
-    const status = await this.installInEnclave(key, chain.pem);
-    store.setCurrentTlsKey(key.publicKey, chain.pem, Date.now());
+    const status = await this.installInEnclave(key, chain.checked.pem);
+    store.setCurrentTlsKey(key.publicKey, chain.checked.pem, Date.now());
     logger.info(
       { publicKey: key.publicKey, names: status.names, notAfter: status.notAfter },
       'installed a TLS certificate for the wallet routes',
@@ -224,5 +228,16 @@ export class TlsKeys {
   stop(): void {
     this.stopped = true;
     this.wake?.();
+  }
+}
+
+/** The shared chain check's refusal, named as the API names body fields (`body.chain: …`). */
+function asBodyChain<T>(check: () => T): T {
+  try {
+    return check();
+  } catch (err) {
+    if (err instanceof KeystoreError && err.code === 'INVALID_PARAMS')
+      throw new KeystoreError('INVALID_PARAMS', `body.chain: ${err.message}`);
+    throw err;
   }
 }

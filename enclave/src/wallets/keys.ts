@@ -1,0 +1,189 @@
+/**
+ * The keys of JWT projects' users for the wallet routes (routes.ts, docs/PROJECTS.md), independent of HTTP: the
+ * enclave's side of what the parent's wallet store keeps (WalletStoreApi, shared/src/enclave-api.ts).
+ *
+ * The store is the parent's, so every answer is its word (docs/TLS.md): its shape is checked with the `…Answer`
+ * schemas (a malformed answer, like no answer within `storeDeadlineMs`, is UNAVAILABLE: the parent denies
+ * service, which it always can), and every record in it is verified here before it is used. A project record
+ * must be genuine and be the project the path names; a key record genuine, of that project and of the subject
+ * the verified JWT proves. A lie is KEY_INTEGRITY (VerifiedRecords.refused), never a refusal blamed on the
+ * caller's JWT, and the vault (keys/vault.ts) checks the records, the blob and the JWT again before it answers.
+ * The store sees project keys, project ids, subjects, key ids, records and blobs: never a JWT or a request body.
+ *
+ * One active key per (project, subject): the store's unique index, and here one creation per subject at a time
+ * (a per-subject lock, not a shared result: each caller's own JWT is checked by the vault, so a caller with a
+ * forged token never receives the address a concurrent genuine caller was given).
+ */
+import type { z } from 'zod';
+import { KeystoreError } from '@nks/shared/errors';
+import {
+  StoreInsertUserKeyAnswer,
+  StoreProjectAnswer,
+  StoreUserKeyAnswer,
+  type StoredUserKey,
+  type WalletStoreApi,
+} from '@nks/shared/enclave-api';
+import { newKeyId } from '@nks/shared/identifiers';
+import type { Logger } from '@nks/shared/log';
+import type { JwtProjectAuth } from '@nks/shared/project-auth';
+import type { ProjectRecord, SignedRecord } from '@nks/shared/records';
+import type { MethodName, ParamsOf, RpcClient } from '@nks/shared/rpc';
+import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
+import type { JwtVerifier } from '../auth/jwt';
+import type { KeyVault } from '../keys/vault';
+import type { VerifiedRecords } from '../records/verified';
+
+/** A project record the enclave verified, as the store answered it. */
+export interface WalletProject {
+  signed: SignedRecord;
+  record: ProjectRecord;
+}
+
+/** A verified, active JWT project. */
+export interface JwtProject extends WalletProject {
+  record: ProjectRecord & { auth: JwtProjectAuth };
+}
+
+export interface WalletKeysDeps {
+  store: Pick<RpcClient<WalletStoreApi>, 'call'>;
+  records: VerifiedRecords;
+  vault: Pick<KeyVault, 'create' | 'lookup' | 'sign'>;
+  jwt: Pick<JwtVerifier, 'subjectOf'>;
+  logger: Logger;
+  /** How long a store call may take (`wallets.storeDeadlineMs`). */
+  deadlineMs: number;
+}
+
+/**
+ * The project of the wallet routes: a verified project (WalletKeys.project), if it takes JWTs and is active.
+ * UNAUTHORIZED otherwise: an unknown key, a disabled project, or a token project (the routes are for JWT projects).
+ */
+export function jwtProjectOf(v: WalletProject | null): JwtProject {
+  if (!v) throw new KeystoreError('UNAUTHORIZED', 'unknown project key');
+  if (v.record.state !== 'active') throw new KeystoreError('UNAUTHORIZED', 'this project is disabled');
+  if (v.record.auth.type !== 'jwt') throw new KeystoreError('UNAUTHORIZED', 'this project does not take JWTs');
+  return v as JwtProject;
+}
+
+const sameRecord = (a: SignedRecord, b: SignedRecord) => a.record === b.record && a.signature === b.signature;
+
+export class WalletKeys {
+  /** The tail of the creations waiting per (project, subject); an entry goes when its chain is idle. */
+  private readonly creating = new Map<string, Promise<unknown>>();
+
+  constructor(private readonly deps: WalletKeysDeps) {}
+
+  /**
+   * The verified record of a project key whatever its state or auth (for CORS: a browser page of an allowed
+   * origin must be able to read every answer, the 401 of a disabled project included); null when the store
+   * knows no such project.
+   */
+  async project(projectKey: string): Promise<WalletProject | null> {
+    const { project } = await this.ask('store.project', { projectKey }, StoreProjectAnswer);
+    if (project === null) return null;
+    const { records } = this.deps;
+    const v = records.project(project);
+    // Another project's genuine record is a lie about which project the path names.
+    if (v.record.projectKey !== projectKey) throw records.refused();
+    // An older record than the newest seen (a replay of the project before it was disabled) is refused.
+    records.current(v);
+    return { signed: project, record: v.record };
+  }
+
+  /** The subject a JWT proves in `project`, verified (auth/jwt.ts): INVALID_JWT or JWKS_UNAVAILABLE otherwise. */
+  subjectOf(project: JwtProject, jwt: string): Promise<string> {
+    return this.deps.jwt.subjectOf(jwt, project.record.auth);
+  }
+
+  /** The user's address (TrueWallet get-address): `vault.lookup` of the user's key, or the key made on first use. */
+  async address(project: JwtProject, jwt: string, subject: string): Promise<{ keyId: string; address: string }> {
+    const { key, made } = await this.userKey(project, jwt, subject);
+    if (made) return { keyId: key.keyId, address: made };
+    return this.deps.vault.lookup(key.record, project.signed, jwt);
+  }
+
+  /** A signature with the user's key (made on first use, as get-address would). */
+  async sign(project: JwtProject, jwt: string, subject: string, request: SignRequest): Promise<SignResult> {
+    const { key } = await this.userKey(project, jwt, subject);
+    return this.deps.vault.sign({ keyId: key.keyId, blob: key.blob, record: key.record, project: project.signed, request, jwt });
+  }
+
+  /**
+   * Asks the store, within the deadline, and checks the answer's shape. Whatever goes wrong is UNAVAILABLE with
+   * a fixed text (the store's own error code at most): the parent's words never reach the caller.
+   */
+  private async ask<M extends MethodName<WalletStoreApi>, S extends z.ZodType>(
+    method: M,
+    params: ParamsOf<WalletStoreApi, M>,
+    schema: S,
+  ): Promise<z.output<S>> {
+    let answer: unknown;
+    try {
+      answer = await this.deps.store.call(method, params, { deadlineMs: this.deps.deadlineMs });
+    } catch (err) {
+      const code = err instanceof KeystoreError ? err.code : 'INTERNAL';
+      throw new KeystoreError('UNAVAILABLE', `the wallet store did not answer ${method} (${code})`);
+    }
+    const res = schema.safeParse(answer);
+    if (!res.success) throw new KeystoreError('UNAVAILABLE', `the wallet store answered ${method} with a malformed answer`);
+    return res.data;
+  }
+
+  /** A key the store answered, checked to be the user's in this project before anything acts on it. */
+  private mine(key: StoredUserKey, project: JwtProject, subject: string): StoredUserKey {
+    const { records } = this.deps;
+    const { record } = records.key(key.record);
+    if (record.keyId !== key.keyId || record.projectId !== project.record.projectId || record.subject !== subject) {
+      throw records.refused();
+    }
+    return key;
+  }
+
+  private async stored(project: JwtProject, subject: string): Promise<StoredUserKey | null> {
+    const { key } = await this.ask('store.userKey', { projectId: project.record.projectId, subject }, StoreUserKeyAnswer);
+    return key && this.mine(key, project, subject);
+  }
+
+  /**
+   * The user's active key: stored, or made now with the user's JWT (`made` is then the address the vault
+   * answered). Creations for one subject run one at a time, each looking again once it may start.
+   */
+  private async userKey(project: JwtProject, jwt: string, subject: string): Promise<{ key: StoredUserKey; made: string | null }> {
+    const stored = await this.stored(project, subject);
+    if (stored) return { key: stored, made: null };
+    const lock = `${project.record.projectId}\n${subject}`;
+    const before = this.creating.get(lock) ?? Promise.resolve();
+    const run = before.catch(() => undefined).then(() => this.create(project, jwt, subject));
+    const tail = run.catch(() => undefined);
+    this.creating.set(lock, tail);
+    void tail.then(() => {
+      if (this.creating.get(lock) === tail) this.creating.delete(lock);
+    });
+    return run;
+  }
+
+  private async create(project: JwtProject, jwt: string, subject: string): Promise<{ key: StoredUserKey; made: string | null }> {
+    const stored = await this.stored(project, subject);
+    if (stored) return { key: stored, made: null };
+    const projectId = project.record.projectId;
+    const keyId = newKeyId();
+    // The vault verifies the JWT again and takes the key's subject from it: the one looked up above.
+    const made = await this.deps.vault.create(keyId, project.signed, null, false, jwt);
+    const key: StoredUserKey = { keyId, blob: made.blob, record: made.record };
+    const { inserted, key: kept } = await this.ask(
+      'store.insertUserKey',
+      { keyId, address: made.address, publicKey: made.publicKey, blob: made.blob, record: made.record },
+      StoreInsertUserKeyAnswer,
+    );
+    if (inserted) {
+      // "Kept": then what it kept is the key made here.
+      if (kept.keyId !== keyId || kept.blob !== key.blob || !sameRecord(kept.record, key.record)) throw this.deps.records.refused();
+      this.deps.logger.info({ projectId, keyId }, 'created a key for a JWT user');
+      return { key, made: made.address };
+    }
+    // Another request stored the user's key first: the one made here was never answered and is dropped, and the
+    // stored one is checked like any other.
+    this.deps.logger.info({ projectId, keyId }, 'discarded a duplicate key for a JWT user who already has one');
+    return { key: this.mine(kept, project, subject), made: null };
+  }
+}
