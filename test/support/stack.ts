@@ -248,8 +248,10 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
     relays.push(
       await startRelay(runDir, ENCLAVE_ADDRESS, enclaveListen),
       await startRelay(runDir, PROXY_ADDRESS, proxyListen),
-      await startRelay(runDir, DEFAULT_WALLETS_ADDRESS, CAPTURED.walletsListener),
-      await startRelay(runDir, DEFAULT_WALLET_STORE_ADDRESS, CAPTURED.walletStore),
+      // The parent's ingress relay dials the capture address, the enclave listens on its default one; the enclave
+      // dials the wallet store at the capture address, the parent listens on its default one.
+      await startRelay(runDir, CAPTURED.walletsListener, DEFAULT_WALLETS_ADDRESS),
+      await startRelay(runDir, CAPTURED.walletStore, DEFAULT_WALLET_STORE_ADDRESS),
     );
   };
   const stopRelays = async () => {
