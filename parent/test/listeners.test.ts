@@ -18,6 +18,8 @@ function config(dir: string, api: object) {
       database: { path: path.join(dir, 'keys.db') },
       transport: { kind: 'simulated', runDir: dir },
       kmsProxy: { allowedKeyArns: ['arn:aws:kms:us-east-1:111122223333:key/k'], region: 'us-east-1', endpoint: 'http://127.0.0.1:9' },
+      // Any free port for the wallet relay: tests run side by side.
+      wallets: { relay: { host: '127.0.0.1', port: 0 } },
     }),
   );
   return file;
