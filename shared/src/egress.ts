@@ -7,6 +7,8 @@
  * a failed connect) is that same close. TLS runs inside the enclave over the piped bytes, so the relay sees
  * only ciphertext and the server's name.
  */
+import { jsonFrameObject } from './json-frame';
+
 export const DEFAULT_EGRESS_ADDRESS = 'vsock://3:8001';
 /** The relay's answer that the connection is open. */
 export const EGRESS_OK = 0x01;
@@ -23,16 +25,9 @@ export interface EgressRequest {
 
 /** Parses the relay's request frame payload: the host name and port, or null for anything else. */
 export function parseEgressRequest(payload: Uint8Array): EgressRequest | null {
-  if (payload.length > EGRESS_MAX_REQUEST_BYTES) return null;
-  let v: unknown;
-  try {
-    v = JSON.parse(Buffer.from(payload).toString('utf8'));
-  } catch {
-    return null;
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return null;
-  const { host, port, ...rest } = v as Record<string, unknown>;
-  if (Object.keys(rest).length > 0) return null;
+  const v = jsonFrameObject(payload, EGRESS_MAX_REQUEST_BYTES, ['host', 'port']);
+  if (!v) return null;
+  const { host, port } = v;
   if (typeof host !== 'string' || !EGRESS_HOST_RE.test(host)) return null;
   if (typeof port !== 'number' || !Number.isInteger(port) || port < 1 || port > 65535) return null;
   return { host: host.toLowerCase(), port };

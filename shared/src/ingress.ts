@@ -7,6 +7,7 @@
  * moves which address a limit counts, which a parent that can drop every connection could do anyway.
  */
 import { isIP } from 'node:net';
+import { jsonFrameObject } from './json-frame';
 
 /** Where the enclave's wallet listener is (its CID, port 8443), and where the parent's wallet store is. */
 export const DEFAULT_WALLETS_ADDRESS = 'vsock://16:8443';
@@ -25,16 +26,7 @@ export function encodeIngressPreamble(p: IngressPreamble): Buffer {
 
 /** Parses the preamble frame's payload: `{client}` with an IP address or "unknown", or null for anything else. */
 export function parseIngressPreamble(payload: Uint8Array): IngressPreamble | null {
-  if (payload.length > INGRESS_PREAMBLE_MAX_BYTES) return null;
-  let v: unknown;
-  try {
-    v = JSON.parse(Buffer.from(payload).toString('utf8'));
-  } catch {
-    return null;
-  }
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return null;
-  const { client, ...rest } = v as Record<string, unknown>;
-  if (Object.keys(rest).length > 0 || typeof client !== 'string') return null;
-  if (client !== 'unknown' && isIP(client) === 0) return null;
+  const client = jsonFrameObject(payload, INGRESS_PREAMBLE_MAX_BYTES, ['client'])?.client;
+  if (typeof client !== 'string' || (client !== 'unknown' && isIP(client) === 0)) return null;
   return { client };
 }
