@@ -78,6 +78,8 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
     listen: DEFAULT_WALLETS_ADDRESS,
     store: DEFAULT_WALLET_STORE_ADDRESS,
     maxConnections: 1024,
+    maxConnectionsPerAddress: 32,
+    maxRequestsPerConnection: 1000,
     preambleTimeoutMs: 5_000,
     handshakeTimeoutMs: 10_000,
     headersTimeoutMs: 10_000,
@@ -86,6 +88,7 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
     maxHeaderBytes: 16 * 1024,
     bodyLimit: 256 * 1024,
     storeDeadlineMs: 5_000,
+    projectCacheMs: 2_000,
     rateLimits: {
       windowMs: 60_000,
       perAddress: 600,
@@ -98,6 +101,8 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
 } as const;
 
 const D = ENCLAVE_CONFIG_DEFAULTS;
+/** What the wallet connections' requests may hold in memory at once (`wallets`: see its refinement). */
+export const WALLETS_MAX_REQUEST_MEMORY = 512 * 1024 * 1024;
 const ms = (def: number, min: number, max: number) => z.number().int().min(min).max(max).default(def);
 
 /** One PEM certificate (what the JWKS fetch trusts besides Node's CA store). */
@@ -269,21 +274,38 @@ export const EnclaveConfigSchema = z.strictObject({
    * parent's wallet store at `store` for records (each verified here). Connections beyond `maxConnections` are
    * closed at once; a connection must send its preamble in `preambleTimeoutMs`, finish the TLS handshake in
    * `handshakeTimeoutMs`, a request's headers in `headersTimeoutMs` and the whole request in `requestTimeoutMs`;
-   * an idle keep-alive connection is closed after `keepAliveTimeoutMs`. `rateLimits`: see enclave/src/wallets.
+   * an idle keep-alive connection is closed after `keepAliveTimeoutMs`. At `maxConnections`, a new connection
+   * closes the keep-alive connection idle the longest, if there is one, else it is closed itself. At most
+   * `maxConnectionsPerAddress` are open per preamble client address (IPv6 by /64), and a connection serves at most
+   * `maxRequestsPerConnection` requests. Project lookups are cached for `projectCacheMs` (0: none). `rateLimits`:
+   * see enclave/src/wallets.
    */
   wallets: z
     .strictObject({
       listen: VsockAddressSchema.default(D.wallets.listen),
       store: VsockAddressSchema.default(D.wallets.store),
       maxConnections: z.number().int().min(1).max(65_536).default(D.wallets.maxConnections),
+      maxConnectionsPerAddress: z.number().int().min(1).max(65_536).default(D.wallets.maxConnectionsPerAddress),
+      maxRequestsPerConnection: z.number().int().min(1).max(1_000_000).default(D.wallets.maxRequestsPerConnection),
       preambleTimeoutMs: ms(D.wallets.preambleTimeoutMs, 100, 60_000),
       handshakeTimeoutMs: ms(D.wallets.handshakeTimeoutMs, 100, 120_000),
       headersTimeoutMs: ms(D.wallets.headersTimeoutMs, 100, 120_000),
       requestTimeoutMs: ms(D.wallets.requestTimeoutMs, 100, 600_000),
       keepAliveTimeoutMs: ms(D.wallets.keepAliveTimeoutMs, 100, 3_600_000),
-      maxHeaderBytes: z.number().int().min(1024).max(64 * 1024).default(D.wallets.maxHeaderBytes),
-      bodyLimit: z.number().int().min(1024).max(1024 * 1024).default(D.wallets.bodyLimit),
+      maxHeaderBytes: z
+        .number()
+        .int()
+        .min(1024)
+        .max(64 * 1024)
+        .default(D.wallets.maxHeaderBytes),
+      bodyLimit: z
+        .number()
+        .int()
+        .min(1024)
+        .max(1024 * 1024)
+        .default(D.wallets.bodyLimit),
       storeDeadlineMs: ms(D.wallets.storeDeadlineMs, 100, 60_000),
+      projectCacheMs: ms(D.wallets.projectCacheMs, 0, 60_000),
       /**
        * Fixed windows of `windowMs`; beyond a limit, 403 with Retry-After. Requests per client address count
        * every request; failures per client address count the answers 401 (project key) and 400 for the JWT, so
@@ -304,6 +326,11 @@ export const EnclaveConfigSchema = z.strictObject({
     .refine((w) => w.headersTimeoutMs <= w.requestTimeoutMs, {
       message: 'headersTimeoutMs must not exceed requestTimeoutMs',
       path: ['headersTimeoutMs'],
+    })
+    // Every connection may hold a request's headers and body in memory at once.
+    .refine((w) => w.maxConnections * (w.bodyLimit + w.maxHeaderBytes) <= WALLETS_MAX_REQUEST_MEMORY, {
+      message: `maxConnections × (bodyLimit + maxHeaderBytes) must not exceed ${WALLETS_MAX_REQUEST_MEMORY / 1024 / 1024} MiB (the requests all connections may hold in memory at once)`,
+      path: ['maxConnections'],
     })
     .prefault({}),
 });

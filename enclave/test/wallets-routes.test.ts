@@ -319,18 +319,21 @@ describe('the wallet routes in the enclave, over HTTPS', () => {
     expect(bad.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
   });
 
-  it("limits requests per client address (the preamble's): 403 with Retry-After, CORS still applied; another address is another client", async () => {
+  it("limits requests per client address (the preamble's): 403 with Retry-After, before the project is looked up; another address is another client", async () => {
     const project = await w.newProject();
     const jwt = await w.mint('gina');
     const from = { from: '127.0.8.1' };
     // Eight users behind one address (a NAT): each within its own limit, the address at its.
     for (let i = 0; i < 8; i++)
       expect((await w.wallet(project.projectKey, 'get-address', { jwt_token: await w.mint(`gina${i}`) }, from)).status).toBe(200);
+    const lookups = w.store.calls.filter((c) => c.method === 'store.project').length;
     const limited = await w.wallet(project.projectKey, 'get-address', { jwt_token: jwt }, { headers: { origin: ORIGIN }, ...from });
     expectDetail(limited, 403, 'too many requests from this address; retry later');
     expect(Number(limited.headers['retry-after'])).toBeGreaterThanOrEqual(1);
-    expect(limited.headers['access-control-allow-origin']).toBe(ORIGIN);
-    // The TLS attestation (an NSM call each) is limited per address too, on its own count.
+    // Refused before CORS asks the store for the project: no store call, hence no CORS headers.
+    expect(w.store.calls.filter((c) => c.method === 'store.project').length).toBe(lookups);
+    expect(limited.headers['access-control-allow-origin']).toBeUndefined();
+    // The TLS attestation (an NSM call each) is limited per address too.
     const attest = () => w.call(`/v1/tls/attestation?nonce=${'cd'.repeat(8)}`, { from: '127.0.8.3' });
     for (let i = 0; i < 8; i++) expect((await attest()).status).toBe(200);
     const refused = await attest();

@@ -41,7 +41,7 @@ export const PARENT_CONFIG_DEFAULTS = {
       enclave: DEFAULT_WALLETS_ADDRESS,
       // No more than the enclave's wallets.maxConnections: beyond it the enclave would close them anyway.
       maxConnections: 1024,
-      maxPerAddress: 64,
+      maxPerAddress: 32,
       connectTimeoutMs: 2_000,
       idleTimeoutMs: 120_000,
       maxBytesPerConnection: 64 * 1024 * 1024,

@@ -127,6 +127,13 @@ export class VerifiedRecords {
     if (mark !== undefined && v.record.seq < mark) throw this.refused();
   }
 
+  /** Whether no newer record of its key or project has been seen (no failure counted): for a cache's entries. */
+  isCurrent(v: { record: KeyRecord | ProjectRecord }): boolean {
+    const [marks, id] = this.marksOf(v.record);
+    const mark = marks.get(id);
+    return mark === undefined || v.record.seq >= mark;
+  }
+
   /**
    * A key is its key id and address: key ids are the parent's choice, so two keys made under one id (the
    * parent's doing) keep separate marks rather than refusing each other.

@@ -51,6 +51,7 @@ export async function startWallets(deps: WalletsDeps): Promise<Wallets> {
     jwt: deps.jwt,
     logger,
     deadlineMs: config.storeDeadlineMs,
+    projectCacheMs: config.projectCacheMs,
   });
   const server = new WalletsServer({
     config,
@@ -66,9 +67,11 @@ export async function startWallets(deps: WalletsDeps): Promise<Wallets> {
     transport: deps.transport,
     address: config.listen,
     maxConnections: config.maxConnections,
+    maxConnectionsPerAddress: config.maxConnectionsPerAddress,
     preambleTimeoutMs: config.preambleTimeoutMs,
     counters,
     accept: (stream, client) => server.accept(stream, client),
+    takeIdlest: () => server.takeIdlest(),
     logger,
   });
   await listener.listen();

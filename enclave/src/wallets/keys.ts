@@ -13,6 +13,12 @@
  * One active key per (project, subject): the store's unique index, and here one creation per subject at a time
  * (a per-subject lock, not a shared result: each caller's own JWT is checked by the vault, so a caller with a
  * forged token never receives the address a concurrent genuine caller was given).
+ *
+ * Project lookups are cached for `projectCacheMs` (default 2 s), "no such project" too, in a small LRU, and
+ * concurrent lookups of one key share one store call: every request (and CORS preflight) needs its project, and
+ * the public chooses the keys. A cached record weakens nothing: the parent could answer that same older record
+ * anyway (docs/TLS.md, "What the parent can still do"), and an entry older than a record the enclave has seen
+ * since (it disabled the project, say) is not used.
  */
 import type { z } from 'zod';
 import { KeystoreError } from '@nks/shared/errors';
@@ -31,7 +37,8 @@ import type { MethodName, ParamsOf, RpcClient } from '@nks/shared/rpc';
 import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
 import type { JwtVerifier } from '../auth/jwt';
 import type { KeyVault } from '../keys/vault';
-import type { VerifiedRecords } from '../records/verified';
+import { Lru } from '../records/lru';
+import { entryWeight, type VerifiedRecords } from '../records/verified';
 
 /** A project record the enclave verified, as the store answered it. */
 export interface WalletProject {
@@ -52,6 +59,20 @@ export interface WalletKeysDeps {
   logger: Logger;
   /** How long a store call may take (`wallets.storeDeadlineMs`). */
   deadlineMs: number;
+  /** How long a project lookup is reused (`wallets.projectCacheMs`; 0: never). */
+  projectCacheMs: number;
+}
+
+/** The project cache's bounds: entries, and the weight of their records (verified.ts, entryWeight). */
+const PROJECT_CACHE_ENTRIES = 1024;
+const PROJECT_CACHE_WEIGHT = 8 * 1024 * 1024;
+
+interface CachedProject {
+  /** The lookup: in flight, or its answer (a failure is not kept). */
+  lookup: Promise<WalletProject | null>;
+  /** When the answer stops being used; Infinity while in flight. */
+  until: number;
+  weight: number;
 }
 
 /**
@@ -70,15 +91,43 @@ const sameRecord = (a: SignedRecord, b: SignedRecord) => a.record === b.record &
 export class WalletKeys {
   /** The tail of the creations waiting per (project, subject); an entry goes when its chain is idle. */
   private readonly creating = new Map<string, Promise<unknown>>();
+  private readonly projects = new Lru<string, CachedProject>(PROJECT_CACHE_ENTRIES, {
+    maxWeight: PROJECT_CACHE_WEIGHT,
+    weigh: (_key, entry) => entry.weight,
+  });
 
   constructor(private readonly deps: WalletKeysDeps) {}
 
   /**
    * The verified record of a project key whatever its state or auth (for CORS: a browser page of an allowed
    * origin must be able to read every answer, the 401 of a disabled project included); null when the store
-   * knows no such project.
+   * knows no such project. From the cache when it has a current answer (see the file comment).
    */
   async project(projectKey: string): Promise<WalletProject | null> {
+    const { projectCacheMs, records } = this.deps;
+    if (projectCacheMs === 0) return this.lookup(projectKey);
+    const cached = this.projects.get(projectKey);
+    if (cached && cached.until > Date.now()) {
+      const v = await cached.lookup;
+      if (v === null || records.isCurrent(v)) return v;
+    }
+    const entry: CachedProject = { lookup: this.lookup(projectKey), until: Infinity, weight: 256 };
+    this.projects.set(projectKey, entry);
+    const forget = () => {
+      if (this.projects.get(projectKey) === entry) this.projects.delete(projectKey);
+    };
+    entry.lookup.then((v) => {
+      if (this.projects.get(projectKey) !== entry) return;
+      entry.until = Date.now() + projectCacheMs;
+      if (!v) return;
+      // Weighed again, at its record's size.
+      entry.weight = entryWeight(v.signed.record, v.signed.signature);
+      this.projects.set(projectKey, entry);
+    }, forget);
+    return entry.lookup;
+  }
+
+  private async lookup(projectKey: string): Promise<WalletProject | null> {
     const { project } = await this.ask('store.project', { projectKey }, StoreProjectAnswer);
     if (project === null) return null;
     const { records } = this.deps;

@@ -4,17 +4,20 @@
  * sign-request`, for JWT projects only. No bearer token: the user's JWT in the body is the authorization, and the
  * enclave verifies it on every call; the parent relays ciphertext and never sees it.
  *
+ * Every request, CORS preflights included, is first counted against its client address's request limit (the
+ * server's one count for all its routes, server.ts; the address is the one the ingress relay's preamble names:
+ * listener.ts), before anything asks the store for the project: over it, 403 without CORS headers.
+ *
  * In its own Fastify scope, so that only these routes get:
  * - CORS (@fastify/cors): exactly the project's `allowedOrigins`, methods POST, header content-type, no
  *   credentials; a preflight from any other origin is not answered (404), and other origins get no
  *   Access-Control-Allow-Origin;
- * - rate limits (@fastify/rate-limit's limiters, in fixed windows, least recently used keys out): requests per
- *   client address (the address the ingress relay's preamble names: listener.ts); failures (401, and 400 for the
- *   JWT) per client address, so invalid tokens lock out their sender and not the user they name, with each
- *   request in flight holding one unit of its address's failure budget until its outcome is known (a concurrent
- *   burst cannot get past the budget); and per project and per user, counted once the JWT has verified and the
- *   vault has answered, so nobody spends a user's or a project's quota, or learns whether a user is busy, without
- *   that user's valid JWT. 403 + Retry-After.
+ * - rate limits (@fastify/rate-limit's limiters, in fixed windows, least recently used keys out): failures (401,
+ *   and 400 for the JWT) per client address, so invalid tokens lock out their sender and not the user they name,
+ *   with each request in flight holding one unit of its address's failure budget until its outcome is known (a
+ *   concurrent burst cannot get past the budget); and per project and per user, counted once the JWT has
+ *   verified and the vault has answered, so nobody spends a user's or a project's quota, or learns whether a user
+ *   is busy, without that user's valid JWT. 403 + Retry-After.
  * Their errors are answered by the server in the SDK's format (answers.ts).
  */
 import cors, { type FastifyCorsOptions } from '@fastify/cors';
@@ -36,6 +39,8 @@ export interface WalletRoutesOptions {
   limits: EnclaveConfig['wallets']['rateLimits'];
   /** The key a client-address limit counts by (the preamble's address, IPv6 by /64). */
   clientKey: (req: FastifyRequest) => string;
+  /** Counts a request against its address's limit, and refuses it beyond (RateLimited). */
+  countAddress: (req: FastifyRequest) => Promise<void>;
 }
 
 /** The documented paths of the routes (the server's 404/405 table). */
@@ -81,7 +86,7 @@ function isFailure(err: unknown): boolean {
 }
 
 export function walletRoutes(options: WalletRoutesOptions): (app: WalletsApp) => Promise<void> {
-  const { keys, limits, clientKey } = options;
+  const { keys, limits, clientKey, countAddress } = options;
   const requests = new WeakMap<FastifyRequest, WalletRequest>();
   const stateOf = (req: FastifyRequest): WalletRequest => {
     let s = requests.get(req);
@@ -97,6 +102,10 @@ export function walletRoutes(options: WalletRoutesOptions): (app: WalletsApp) =>
   };
 
   return async (scope) => {
+    // Registered before CORS, whose delegator asks the store for the project: a request over its address's
+    // limit, a preflight included, costs no store call.
+    scope.addHook('onRequest', countAddress);
+
     // The browser origins of the project the path names (its record's allowedOrigins); none for an unknown key.
     const corsFor = async (req: FastifyRequest): Promise<FastifyCorsOptions> => {
       const origin = req.headers.origin;
@@ -125,14 +134,13 @@ export function walletRoutes(options: WalletRoutesOptions): (app: WalletsApp) =>
     // `cache` (the LRU size of a limiter's keys) is passed on to the store, though the plugin's types leave it out.
     const limiter = (max: number, keyGenerator: (req: FastifyRequest) => string) =>
       scope.createRateLimit({ max, timeWindow: limits.windowMs, keyGenerator, cache: limits.maxTracked } as CreateRateLimitOptions);
-    const byAddress = limiter(limits.perAddress, clientKey);
     const failures = limiter(limits.failuresPerAddress, clientKey);
     const byProject = limiter(limits.perProject, (req) => (stateOf(req).project as JwtProject).record.projectId);
     const byUser = limiter(limits.perUser, (req) => {
       const w = stateOf(req);
       return `${(w.project as JwtProject).record.projectId}\n${w.subject ?? ''}`;
     });
-    type Limiter = typeof byAddress;
+    type Limiter = typeof failures;
     /** Counts this request, and refuses it beyond the limit. */
     const take = async (check: Limiter, req: FastifyRequest, limit: LimitName) => {
       const r = await check(req);
@@ -194,9 +202,11 @@ export function walletRoutes(options: WalletRoutesOptions): (app: WalletsApp) =>
       await take(byUser, req, 'user');
     };
 
-    /** Before the body is read: the address's limits, then the project (401 unless an active JWT project). */
+    /**
+     * Before the body is read (and after the address's request count): the failure budget, then the project
+     * (401 unless an active JWT project).
+     */
     const gate = async (request: FastifyRequest) => {
-      await take(byAddress, request, 'address');
       await hold(request);
       let project: JwtProject;
       try {

@@ -7,17 +7,22 @@
  * `tls.install`: every handshake then fails), TLS 1.2 at least, within `handshakeTimeoutMs`. The server makes
  * the socket itself, rather than an `https.Server` doing it, so it knows which connection, hence which client
  * address, each request came on: a TLSSocket over a stream that is not a TCP socket has no remote address.
- * Handshakes that fail, time out or are given up are counted.
+ * Handshakes that fail, time out or are given up are counted. Renegotiation is refused (OpenSSL's
+ * SSL_OP_NO_RENEGOTIATION): Node limits it only on the sockets a `tls.Server` makes, and each costs a handshake.
  *
  * HTTP: Fastify on a `node:http` server that is handed the TLS sockets, with the limits of `wallets`
- * (headers and request timeouts, keep-alive, header and body sizes), request ids (`x-request-id`), one JSON body
- * parser and the field validation of shared/src/http, and every answer in the TrueWallet SDK's `{detail}` shape
- * (answers.ts), 404 and 405 (with Allow) included. Routes: the wallet routes (routes.ts), `GET /v1/health`
+ * (headers and request timeouts, keep-alive, requests per connection, header and body sizes), request ids
+ * (`x-request-id`), one JSON body parser and the field validation of shared/src/http, and every answer in the
+ * TrueWallet SDK's `{detail}` shape (answers.ts), 404 and 405 (with Allow) included. Routes: the wallet routes (routes.ts), `GET /v1/health`
  * (`{status, tls}`, nothing internal) and `GET /v1/tls/attestation?nonce=` (an attestation document binding the
- * serving key: user_data = tlsUserData(SPKI), attestation/user-data.ts), the latter rate limited per address.
+ * serving key: user_data = tlsUserData(SPKI), attestation/user-data.ts). Every request of these routes, and of
+ * the wallet routes with their CORS preflights, counts against one limit per client address (`perAddress`).
+ *
+ * It also tells the listener which connection has been idle the longest (`takeIdlest`): one past its handshake,
+ * with a request answered and none in flight, in the order they became so.
  */
 import http from 'node:http';
-import { randomUUID } from 'node:crypto';
+import { constants, randomUUID } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import rateLimit, { normalizeIP, type CreateRateLimitOptions } from '@fastify/rate-limit';
@@ -52,6 +57,21 @@ export interface TlsSource {
   onChange(fn: (credentials: TlsCredentials | null) => void): void;
   /** The installed key's DER SubjectPublicKeyInfo, or null. */
   publicKeyDer(): Buffer | null;
+}
+
+/** The key a per-address limit counts: the preamble's client address, IPv6 by /64 (as @fastify/rate-limit does). */
+export function addressKey(client: string): string {
+  return client === 'unknown' ? client : normalizeIP(client);
+}
+
+/** A connection past its handshake, for choosing the one idle the longest. */
+interface ConnectionState {
+  /** What the listener handed over (its connection's stream). */
+  stream: Duplex;
+  /** Requests received and not yet answered (pipelined ones included). */
+  inflight: number;
+  /** Requests received. */
+  requests: number;
 }
 
 /** The HTTPS server's counters (health: `wallets`). */
@@ -107,6 +127,9 @@ export class WalletsServer {
   /** The client address of each TLS socket (the preamble's), for the limits. */
   private readonly clients = new WeakMap<object, string>();
   private readonly sockets = new Set<tls.TLSSocket>();
+  private readonly states = new WeakMap<object, ConnectionState>();
+  /** The connections with no request in flight and one answered, the longest idle first (Map order). */
+  private readonly idle = new Map<tls.TLSSocket, ConnectionState>();
   private readonly outcomes = new WeakMap<FastifyRequest, string>();
   /** Every route's method and documented path, for telling 405 (the path exists) from 404. */
   private readonly known: Array<{ method: string; matches: RegExp }> = [];
@@ -130,7 +153,10 @@ export class WalletsServer {
       connectionsCheckingInterval: Math.min(1000, Math.max(25, Math.floor(config.headersTimeoutMs / 4))),
     });
     server.keepAliveTimeout = config.keepAliveTimeoutMs;
+    // Node answers requests pipelined beyond it 503 (and says `max=` in Keep-Alive); busy() closes the connection.
+    server.maxRequestsPerSocket = config.maxRequestsPerConnection;
     server.maxHeadersCount = 64;
+    server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => this.busy(req, res));
     this.http = server;
 
     this.app = Fastify({
@@ -181,16 +207,22 @@ export class WalletsServer {
 
     await app.register(rateLimit, { global: false });
     const clientKey = (req: FastifyRequest) => this.clientKey(req);
-    await app.register(walletRoutes({ keys: options.keys, limits, clientKey }), { prefix: walletRoutesPrefix() });
-    for (const path of WALLET_ROUTES) this.known.push({ method: 'POST', matches: pathMatcher(path) });
-
-    const attestations = app.createRateLimit({
+    // One count per address for every request of every route (`cache`, the LRU size of its keys, is passed on to
+    // the store, though the plugin's types leave it out).
+    const byAddress = app.createRateLimit({
       max: limits.perAddress,
       timeWindow: limits.windowMs,
       keyGenerator: clientKey,
       cache: limits.maxTracked,
     } as CreateRateLimitOptions);
-    app.get(WALLETS_HEALTH_PATH, async (_request, reply) => {
+    const countAddress = async (request: FastifyRequest) => {
+      const r = await byAddress(request);
+      if (!r.isAllowed && r.isExceeded) throw new RateLimited('address', r.ttlInSeconds);
+    };
+    await app.register(walletRoutes({ keys: options.keys, limits, clientKey, countAddress }), { prefix: walletRoutesPrefix() });
+    for (const path of WALLET_ROUTES) this.known.push({ method: 'POST', matches: pathMatcher(path) });
+
+    app.get(WALLETS_HEALTH_PATH, { onRequest: countAddress }, async (_request, reply) => {
       // Whether the routes can answer, and nothing else: the operator's health is the parent's enclave.health.
       const ok = options.ready();
       reply.code(ok ? 200 : 503);
@@ -200,10 +232,7 @@ export class WalletsServer {
       TLS_ATTESTATION_PATH,
       {
         schema: { querystring: AttestationQuery },
-        onRequest: async (request) => {
-          const r = await attestations(request);
-          if (!r.isAllowed && r.isExceeded) throw new RateLimited('address', r.ttlInSeconds);
-        },
+        onRequest: countAddress,
       },
       async (request) => {
         const spki = options.tls.publicKeyDer();
@@ -237,6 +266,9 @@ export class WalletsServer {
       rejectUnauthorized: false,
       ALPNProtocols: ['http/1.1'],
     });
+    // Renegotiation is refused by the context (SSL_OP_NO_RENEGOTIATION). On a socket no tls.Server made, Node
+    // applies neither its own limit nor this one (their errors go to a tls.Server only): a second line, should it.
+    socket.disableRenegotiation();
     this.clients.set(socket, client);
     this.sockets.add(socket);
     let settled = false;
@@ -254,12 +286,29 @@ export class WalletsServer {
       if (settled) return;
       settled = true;
       clearTimeout(timer);
+      this.states.set(socket, { stream, inflight: 0, requests: 0 });
       this.http.emit('connection', socket);
     });
     socket.once('close', () => {
       failed();
       this.sockets.delete(socket);
+      this.idle.delete(socket);
     });
+  }
+
+  /**
+   * Closes the connection idle the longest (a request answered, none in flight) and answers its stream, for the
+   * listener to make room at `maxConnections`; null when no connection is idle. A connection whose next request
+   * has begun to arrive but is not whole counts as idle (Node says which only to closeIdleConnections, for all).
+   */
+  takeIdlest(): Duplex | null {
+    for (const [socket, state] of this.idle) {
+      this.idle.delete(socket);
+      if (socket.destroyed) continue;
+      socket.destroy();
+      return state.stream;
+    }
+    return null;
   }
 
   /** Closes every connection and the server. */
@@ -272,13 +321,36 @@ export class WalletsServer {
   }
 
   private secureContext(c: TlsCredentials | null): tls.SecureContext {
-    return tls.createSecureContext({ minVersion: 'TLSv1.2', ...(c ? { key: c.key, cert: c.cert } : {}) });
+    return tls.createSecureContext({
+      minVersion: 'TLSv1.2',
+      // No renegotiation (TLS 1.2; 1.3 has none): OpenSSL answers a request with a no_renegotiation alert.
+      secureOptions: constants.SSL_OP_NO_RENEGOTIATION,
+      ...(c ? { key: c.key, cert: c.cert } : {}),
+    });
   }
 
-  /** The key a per-address limit counts: the preamble's address (IPv6 by /64, as the plugin does). */
+  /** The key a per-address limit counts: the preamble's address (`addressKey`). */
   private clientKey(req: FastifyRequest): string {
-    const client = this.clients.get(req.raw.socket) ?? 'unknown';
-    return client === 'unknown' ? client : normalizeIP(client);
+    return addressKey(this.clients.get(req.raw.socket) ?? 'unknown');
+  }
+
+  /** A request arrived: its connection is busy until every request on it is answered (or it closes). */
+  private busy(req: http.IncomingMessage, res: http.ServerResponse): void {
+    const socket = req.socket as tls.TLSSocket;
+    const state = this.states.get(socket);
+    if (!state) return;
+    state.inflight += 1;
+    state.requests += 1;
+    // The last one: answered with `Connection: close`, then the connection closed. (Node's maxRequestsPerSocket
+    // says `Connection: close` but keeps the connection open.)
+    if (state.requests >= this.options.config.maxRequestsPerConnection) res.shouldKeepAlive = false;
+    this.idle.delete(socket);
+    res.once('close', () => {
+      state.inflight -= 1;
+      if (state.inflight > 0 || socket.destroyed) return;
+      this.idle.delete(socket);
+      this.idle.set(socket, state);
+    });
   }
 
   private begin(reply: FastifyReply): void {

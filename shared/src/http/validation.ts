@@ -111,9 +111,12 @@ export class FieldErrors extends KeystoreError {
   }
 }
 
-/** A zod error as reasons by top-level field (an unknown field is its own entry; the whole body is `body`). */
+/**
+ * A zod error as reasons by top-level field (an unknown field is its own entry; the whole body is `body`). The
+ * object has no prototype: a caller's field named `constructor` or `toString` is a key like any other.
+ */
 export function fieldsOf(error: z.ZodError, root = 'body'): Record<string, string[]> {
-  const fields: Record<string, string[]> = {};
+  const fields = Object.create(null) as Record<string, string[]>;
   const add = (field: string, reason: string) => {
     const list = (fields[field] ??= []);
     if (list.length < 5) list.push(reason);
