@@ -174,7 +174,8 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     startedAt: Date.now(),
     rpcStats: () => served?.stats,
     tls: tlsHolder,
-    walletStats: () => wallets?.stats() ?? { connections: 0, connectionsRefused: 0, handshakeFailures: 0, requests: {} },
+    walletStats: () =>
+      wallets?.stats() ?? { connections: 0, connectionsRefused: 0, connectionsEvicted: 0, handshakeFailures: 0, requests: {} },
   });
 
   // The server's per-connection limits (requests and bytes in flight, unsent answers) are its defaults: a

@@ -103,7 +103,13 @@ export interface EnclaveParts {
   walletStats?: () => EnclaveHealth['wallets'];
 }
 
-const NO_WALLET_STATS = (): EnclaveHealth['wallets'] => ({ connections: 0, connectionsRefused: 0, handshakeFailures: 0, requests: {} });
+const NO_WALLET_STATS = (): EnclaveHealth['wallets'] => ({
+  connections: 0,
+  connectionsRefused: 0,
+  connectionsEvicted: 0,
+  handshakeFailures: 0,
+  requests: {},
+});
 
 const hexBytes = (h: string | undefined) => (h ? Buffer.from(h.slice(2), 'hex') : undefined);
 

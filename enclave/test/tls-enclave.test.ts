@@ -72,7 +72,7 @@ describe('tls.create and tls.install on the enclave program', () => {
     expect(hello.features).toEqual(expect.arrayContaining(['tls.create', 'tls.install']));
     const hh = await health();
     expect(hh.tls).toEqual({ state: 'none', publicKey: null, names: [], notBefore: null, notAfter: null, fingerprint256: null });
-    expect(hh.wallets).toEqual({ connections: 0, connectionsRefused: 0, handshakeFailures: 0, requests: {} });
+    expect(hh.wallets).toEqual({ connections: 0, connectionsRefused: 0, connectionsEvicted: 0, handshakeFailures: 0, requests: {} });
   });
 
   it('creates a key with no KMS call: a tls blob the identity signed, a CSR naming the key, an attestation of it', async () => {

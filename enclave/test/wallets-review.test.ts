@@ -232,6 +232,7 @@ describe('connections: per address, requests per connection, the longest idle ma
 
   it('at maxConnections, closes the keep-alive connection idle the longest to take a new one', async () => {
     const open = async (i: number) => tlsOpen(w, `127.0.62.${i}`);
+    const evictedBefore = (await w.health()).wallets.connectionsEvicted;
     const k = [await open(1), await open(2), await open(3), await open(4)] as tls.TLSSocket[];
     for (const s of k) expect((await exchange(s, HEALTH)).status).toBe(200);
     // A fifth: the first to have gone idle is closed for it.
@@ -247,6 +248,7 @@ describe('connections: per address, requests per connection, the longest idle ma
     await fourthClosed;
     // The others were kept, and still serve.
     for (const s of [k[1], k[2], k[4]] as tls.TLSSocket[]) expect((await exchange(s, HEALTH)).status).toBe(200);
+    expect((await w.health()).wallets.connectionsEvicted).toBe(evictedBefore + 2);
     for (const s of k) s.destroy();
   });
 

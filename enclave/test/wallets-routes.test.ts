@@ -461,6 +461,7 @@ describe('the wallet routes in the enclave, over HTTPS', () => {
     expect(h.wallets).toEqual({
       connections: expect.any(Number),
       connectionsRefused: 0,
+      connectionsEvicted: 0,
       handshakeFailures: expect.any(Number),
       requests: expect.objectContaining({
         ok: expect.any(Number),

@@ -193,6 +193,8 @@ export interface EnclaveHealth {
     connections: number;
     /** Connections closed at once: over `wallets.maxConnections`, or a bad preamble. */
     connectionsRefused: number;
+    /** Keep-alive connections closed, the one idle the longest, to make room at `wallets.maxConnections`. */
+    connectionsEvicted: number;
     /** TLS handshakes that failed or timed out (no certificate installed, a client that gave up, a slowloris). */
     handshakeFailures: number;
     /** Answers by outcome: ok, bad_request, invalid_jwt, unauthorized, not_found, rate_limited, conflict, unavailable, error. */

@@ -73,6 +73,7 @@ export class WalletListener {
     if (!idle || !this.open.has(idle)) return false;
     this.forget(idle);
     idle.destroy();
+    this.options.counters.connectionsEvicted += 1;
     this.options.logger.debug('closed the wallet connection idle the longest: at wallets.maxConnections');
     return true;
   }

@@ -78,6 +78,7 @@ interface ConnectionState {
 export interface WalletsStats {
   connections: number;
   connectionsRefused: number;
+  connectionsEvicted: number;
   handshakeFailures: number;
   requests: Record<string, number>;
 }
@@ -85,12 +86,13 @@ export interface WalletsStats {
 export class WalletCounters {
   connections = 0;
   connectionsRefused = 0;
+  connectionsEvicted = 0;
   handshakeFailures = 0;
   readonly requests: Record<string, number> = {};
 
   snapshot(): WalletsStats {
-    const { connections, connectionsRefused, handshakeFailures } = this;
-    return { connections, connectionsRefused, handshakeFailures, requests: { ...this.requests } };
+    const { connections, connectionsRefused, connectionsEvicted, handshakeFailures } = this;
+    return { connections, connectionsRefused, connectionsEvicted, handshakeFailures, requests: { ...this.requests } };
   }
 }
 
