@@ -30,7 +30,8 @@ import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyRepl
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
-import { asKeystoreError, KeystoreError } from '@nks/shared/errors';
+import { keystoreErrorOf } from '@nks/shared/http/errors';
+import { KeystoreError } from '@nks/shared/errors';
 import { bodyParser } from '@nks/shared/http/body';
 import { documentedPath, fieldValidatorCompiler, parseQuery, pathMatcher } from '@nks/shared/http/validation';
 import type { Logger } from '@nks/shared/log';
@@ -187,7 +188,7 @@ export class WalletsServer {
     app.setValidatorCompiler(fieldValidatorCompiler);
     app.removeAllContentTypeParsers();
     app.addContentTypeParser('*', bodyParser(options.config.bodyLimit));
-    app.setErrorHandler((err, request, reply) => this.answer(this.keystoreErrorOf(err), request, reply));
+    app.setErrorHandler((err, request, reply) => this.answer(keystoreErrorOf(err, this.options.config.bodyLimit), request, reply));
     app.addHook('onRequest', (request, reply, done) => {
       this.begin(reply);
       if (!request.is404) return done();
@@ -384,20 +385,5 @@ export class WalletsServer {
     if (a.retryAfterS !== undefined) reply.header('retry-after', String(a.retryAfterS));
     this.outcomes.set(request, a.outcome);
     reply.code(a.status).send({ detail: a.detail });
-  }
-
-  /** Our errors as they are; Fastify's client errors by status; anything else INTERNAL (its text is not passed on). */
-  private keystoreErrorOf(err: unknown): KeystoreError {
-    if (err instanceof KeystoreError) return err;
-    const { code, statusCode } = (err ?? {}) as { code?: unknown; statusCode?: unknown };
-    if (typeof code === 'string' && code.startsWith('FST_') && typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500) {
-      if (statusCode === 415) return new KeystoreError('UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json', { cause: err });
-      if (statusCode === 413)
-        return new KeystoreError('PAYLOAD_TOO_LARGE', `request body exceeds the ${this.options.config.bodyLimit}-byte limit`, {
-          cause: err,
-        });
-      return new KeystoreError('INVALID_REQUEST', 'the request is malformed', { cause: err });
-    }
-    return asKeystoreError(err);
   }
 }

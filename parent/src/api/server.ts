@@ -21,7 +21,8 @@ import Fastify, {
   type RouteOptions,
 } from 'fastify';
 import { serializerCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
-import { asKeystoreError, KeystoreError, type ErrorCode } from '@nks/shared/errors';
+import { keystoreErrorOf } from '@nks/shared/http/errors';
+import { KeystoreError, type ErrorCode } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import type { ParentConfig, Scope } from '../config';
 import type { Metrics } from '../metrics';
@@ -324,7 +325,7 @@ export class ApiServer {
    * The error envelope, for everything thrown anywhere in a request (Fastify's own errors mapped first).
    */
   private answerError(err: unknown, request: FastifyRequest, reply: FastifyReply): void {
-    const ke = this.keystoreErrorOf(err);
+    const ke = keystoreErrorOf(err, this.options.config.maxBodyBytes);
     if (request.apiState) request.apiState.code = ke.code;
     if (ke.code === 'INTERNAL') this.options.logger.error({ requestId: request.id, err: ke.cause ?? ke }, 'request failed unexpectedly');
     // A body not read, or not all of it (over the limit, or refused by Fastify for a malformed Content-Type
@@ -336,21 +337,6 @@ export class ApiServer {
     if (ke.httpStatus === 503) reply.header('retry-after', '1');
     if (ke.code === 'UNAUTHORIZED') reply.header('www-authenticate', 'Bearer');
     reply.code(ke.httpStatus).send({ error: { code: ke.code, message: ke.message, requestId: request.id } });
-  }
-
-  /** Our errors as they are; Fastify's client errors by status; anything else INTERNAL (its text is not passed on). */
-  private keystoreErrorOf(err: unknown): KeystoreError {
-    if (err instanceof KeystoreError) return err;
-    const { code, statusCode } = (err ?? {}) as { code?: unknown; statusCode?: unknown };
-    if (typeof code === 'string' && code.startsWith('FST_') && typeof statusCode === 'number' && statusCode >= 400 && statusCode < 500) {
-      if (statusCode === 415) return new KeystoreError('UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json', { cause: err });
-      if (statusCode === 413)
-        return new KeystoreError('PAYLOAD_TOO_LARGE', `request body exceeds the ${this.options.config.maxBodyBytes}-byte limit`, {
-          cause: err,
-        });
-      return new KeystoreError('INVALID_REQUEST', 'the request is malformed', { cause: err });
-    }
-    return asKeystoreError(err);
   }
 
   /** Once per request, when its answer is sent: in-flight count, metrics, the access-log line, drain waiters. */
