@@ -80,7 +80,18 @@ describe('limits and patterns', () => {
     const label63 = `a${'b'.repeat(61)}c`;
     const long = [label63, label63, label63, `${'d'.repeat(61)}`].join('.'); // 253 characters
     expect(long).toHaveLength(253);
-    for (const ok of ['a', 'localhost', 'wallets.example.com', 'x-1.example', '1.example', label63, long, 'a.b.c.d', '127.0.0.a1', 'xn--bcher-kva.example']) {
+    for (const ok of [
+      'a',
+      'localhost',
+      'wallets.example.com',
+      'x-1.example',
+      '1.example',
+      label63,
+      long,
+      'a.b.c.d',
+      '127.0.0.a1',
+      'xn--bcher-kva.example',
+    ]) {
       expect([ok, TLS_NAME_RE.test(ok)]).toEqual([ok, true]);
     }
     for (const bad of [
