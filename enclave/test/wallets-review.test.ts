@@ -230,6 +230,18 @@ describe('connections: per address, requests per connection, the longest idle ma
     expect(answers.filter((a) => a.status === 200)).toHaveLength(3);
   });
 
+  it('closes the connection of a request Node answers itself (Expect: 417), and counts it', async () => {
+    const before = (await w.health()).wallets.requests.bad_request ?? 0;
+    const socket = await tlsOpen(w, '127.0.64.1');
+    const closed = untilClosed(socket);
+    // Without the close, these would escape the address limit and maxRequestsPerConnection, and hold the slot.
+    socket.write(`GET /v1/health HTTP/1.1\r\nHost: ${NAME}\r\nExpect: x\r\n\r\n`.repeat(5));
+    const answers = answersIn(await closed);
+    expect(answers.map((a) => a.status)).toEqual([417]);
+    expect(answers[0]?.head).toMatch(/^connection: close$/m);
+    expect((await w.health()).wallets.requests.bad_request).toBeGreaterThan(before);
+  });
+
   it('at maxConnections, closes the keep-alive connection idle the longest to take a new one', async () => {
     const open = async (i: number) => tlsOpen(w, `127.0.62.${i}`);
     const evictedBefore = (await w.health()).wallets.connectionsEvicted;

@@ -160,6 +160,15 @@ export class WalletsServer {
     server.maxRequestsPerSocket = config.maxRequestsPerConnection;
     server.maxHeadersCount = 64;
     server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => this.busy(req, res));
+    // A request Node would answer itself, without a 'request' event (so without the address limit or busy()):
+    // an `Expect` other than 100-continue. Answered 417 and the connection closed, so no request escapes the
+    // limits while its connection holds a slot. (Those past maxRequestsPerSocket follow one busy() closes on.)
+    server.on('checkExpectation', (_req: http.IncomingMessage, res: http.ServerResponse) => {
+      const requests = options.counters.requests;
+      requests.bad_request = (requests.bad_request ?? 0) + 1;
+      res.writeHead(417, { connection: 'close', 'content-type': 'application/json' });
+      res.end(JSON.stringify({ detail: 'the Expect header is not supported' }), () => res.socket?.destroy());
+    });
     this.http = server;
 
     this.app = Fastify({
