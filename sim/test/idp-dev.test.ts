@@ -15,7 +15,7 @@ import { devIdpPaths, startDevIdp } from '../src/dev/idp';
 const get = (url: string, ca: string) =>
   new Promise<{ status: number; body: string }>((resolve, reject) => {
     https
-      .get(url, { ca }, (res) => {
+      .get(url, { ca, agent: false }, (res) => {
         let body = '';
         res.on('data', (c: Buffer) => (body += c.toString()));
         res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
