@@ -25,7 +25,7 @@ export const USER_DATA_TAGS = {
 export type UserDataTag = (typeof USER_DATA_TAGS)[keyof typeof USER_DATA_TAGS];
 
 export function taggedUserData(tag: UserDataTag, content: Uint8Array = new Uint8Array(0)): Buffer {
-  return createHash('sha256').update(tag, 'utf8').update(content).digest();
+  return createHash('sha256').update(tag).update(content).digest();
 }
 
 /** The content a birth attestation binds: canonical CBOR of {keyId, address} (address EIP-55 checksummed). */
