@@ -16,8 +16,8 @@ import { newKeyId } from '@nks/shared/identifiers';
 import type { Logger } from '@nks/shared/log';
 import { DEFAULT_PROJECT_ID, hex, type KeyRecord, type KeyState, type ProjectRecord, type SignedRecord } from '@nks/shared/records';
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
-import { RecordChecker, type KnownIdentity } from './enclave/identity';
-import type { EnclavePool } from './enclave/pool';
+import { RecordChecker, type KnownIdentity } from './enclave-link/identity';
+import type { EnclavePool } from './enclave-link/pool';
 import { ProjectRegistry } from './project-registry';
 import type { KeyStore, Page, StoredKey } from './store/key-store';
 

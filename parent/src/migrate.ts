@@ -14,7 +14,7 @@ import { DEFAULT_PROJECT_ID } from '@nks/shared/records';
 import { createTransport } from '@nks/shared/transport';
 import { enclavePoolFor, kmsClientFor, kmsProxyFor } from './app';
 import type { ParentConfig } from './config';
-import { RecordChecker } from './enclave/identity';
+import { RecordChecker } from './enclave-link/identity';
 import { checkNewKey, seedDefaultProject } from './key-registry';
 import { KeyStore, type StoredKey } from './store/key-store';
 

@@ -23,8 +23,8 @@ import {
   type SignedRecord,
 } from '@nks/shared/records';
 import type { SignRequestType } from '@nks/shared/signing/request-types';
-import type { RecordChecker } from './enclave/identity';
-import type { EnclavePool } from './enclave/pool';
+import type { RecordChecker } from './enclave-link/identity';
+import type { EnclavePool } from './enclave-link/pool';
 import type { KeyStore, StoredProject } from './store/key-store';
 
 export interface ProjectView {

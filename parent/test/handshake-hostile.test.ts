@@ -8,7 +8,7 @@ import { KeystoreError } from '@nks/shared/errors';
 import type { EnclaveApi } from '@nks/shared/enclave-api';
 import { FramedConnection, RpcClient } from '@nks/shared/rpc';
 import { SimulatedVsockTransport, type Connection, type Listener } from '@nks/shared/transport';
-import { EnclavePool } from '../src/enclave/pool';
+import { EnclavePool } from '../src/enclave-link/pool';
 import { captureLogger, rejection, sleep, tempRunDir, waitFor } from '@nks/shared-test/helpers';
 
 const ADDRESS = 'vsock://16:5000';

@@ -13,7 +13,7 @@ import { KeystoreError, toRpcError } from '@nks/shared/errors';
 import { FramedConnection, RpcServer, rpcMethod } from '@nks/shared/rpc';
 import { SimulatedVsockTransport, type Listener } from '@nks/shared/transport';
 import { captureLogger, rejection, tempRunDir, waitFor } from '@nks/shared-test/helpers';
-import { EnclavePool } from '../src/enclave/pool';
+import { EnclavePool } from '../src/enclave-link/pool';
 
 const ADDRESS = 'vsock://16:5000';
 

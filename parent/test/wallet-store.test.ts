@@ -15,7 +15,7 @@ import type { KeyRecord, ProjectRecord } from '@nks/shared/records';
 import { RpcClient } from '@nks/shared/rpc';
 import { SimulatedVsockTransport } from '@nks/shared/transport';
 import { captureLogger, rejection, tempRunDir, type CapturedLogger } from '@nks/shared-test/helpers';
-import { RecordChecker } from '../src/enclave/identity';
+import { RecordChecker } from '../src/enclave-link/identity';
 import { blobSha256 } from '../src/key-registry';
 import { KeyStore } from '../src/store/key-store';
 import { NOT_THE_KEY, WalletStore } from '../src/wallet-store/server';

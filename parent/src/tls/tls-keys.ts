@@ -16,8 +16,8 @@ import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import { checkChain, leafPublicKey } from '@nks/shared/tls-chain';
 import { tlsBlobDigest } from '@nks/shared/tls-identity';
-import type { RecordChecker } from '../enclave/identity';
-import type { EnclavePool } from '../enclave/pool';
+import type { RecordChecker } from '../enclave-link/identity';
+import type { EnclavePool } from '../enclave-link/pool';
 import type { KeyStore, StoredTlsKey } from '../store/key-store';
 import { fingerprintOf, leafOf } from './chain';
 

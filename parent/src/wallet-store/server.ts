@@ -19,7 +19,7 @@ import type { Logger } from '@nks/shared/log';
 import type { KeyRecord } from '@nks/shared/records';
 import { RpcServer, serveApi, type ValidParamsOf } from '@nks/shared/rpc';
 import type { Listener, Transport } from '@nks/shared/transport';
-import type { RecordChecker } from '../enclave/identity';
+import type { RecordChecker } from '../enclave-link/identity';
 import { checkNewKey } from '../key-registry';
 import type { KeyStore, StoredKey } from '../store/key-store';
 
