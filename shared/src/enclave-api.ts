@@ -15,6 +15,8 @@ import { TLS_CHAIN_MAX_BYTES, TLS_MAX_NAMES, TLS_NAME_EXPECTED, TLS_NAME_RE } fr
 import { PROJECT_KEY_RE } from './records';
 import { PROJECT_ID_RE } from './identifiers';
 import { SignRequestSchema, type SignResult } from './signing/schema';
+import { PoliciesSchema } from './policy/schema';
+import type { PolicyDecision } from './policy/decision';
 
 const hexUpTo = (bytes: number) => hexBytes.max(2 + 2 * bytes, `expected at most ${bytes} bytes`);
 const blob = base64.max(8192, 'expected a key blob of at most 6 KiB');
@@ -42,7 +44,7 @@ export interface HelloResult {
 
 /** A signed record as it travels: canonical CBOR and the identity's Ed25519 signature, both base64. */
 export const SignedRecordSchema = z.strictObject({
-  record: base64.max(11_000, 'expected a record of at most 8 KiB'),
+  record: base64.max(43_692, 'expected a record of at most 32 KiB'),
   signature: base64.length(88, 'expected a 64-byte signature'),
 });
 const subject = z
@@ -91,6 +93,22 @@ export const LookupParams = z.strictObject({ record: SignedRecordSchema, project
 export const ProjectCreateParams = z.strictObject({ settings: ProjectSettingsSchema });
 /** A project's next record with `state` set (an admin action: disable or enable). */
 export const ProjectSetStateParams = z.strictObject({ project: SignedRecordSchema, state: z.enum(['active', 'disabled']) });
+/**
+ * A project's next record with `policies` replaced (an admin action; docs/POLICIES.md): seq + 1, everything
+ * else as it was. An empty policy removes the field: the project then signs as one without policies.
+ */
+export const ProjectSetPoliciesParams = z.strictObject({ project: SignedRecordSchema, policies: PoliciesSchema });
+/**
+ * A dry run (an admin action): the decision the project's policy (its record's, or `policies` when given, to
+ * try a policy before setting it) makes on `request`, with every rule's and limit's outcome. `record` (one of
+ * the project's keys) adds the key's own limits; nothing is counted and nothing is signed.
+ */
+export const ProjectEvaluatePolicyParams = z.strictObject({
+  project: SignedRecordSchema,
+  request: SignRequestSchema,
+  record: SignedRecordSchema.optional(),
+  policies: PoliciesSchema.optional(),
+});
 /** A new record for the key with `disabled` set, `seq` + 1 (an admin action, authorized by the parent for token projects). */
 export const SetDisabledParams = z.strictObject({ record: SignedRecordSchema, project: SignedRecordSchema, disabled: z.boolean() });
 /** Migration image only: a version 1 blob re-sealed as version 2 in `project` for `subject`, with a record of origin "migrated". */
@@ -172,6 +190,14 @@ export interface EnclaveHealth {
     rpcUnsentBytes: number;
     rpcInFlightBytes: number;
     errors: Record<string, number>;
+  };
+  /** Signing policies (docs/POLICIES.md): requests evaluated and refused, and the limit counters held. */
+  policy: {
+    evaluations: number;
+    /** POLICY_DENIED answers: by a deny rule, by no allow rule, by a limit. */
+    denials: { rule: number; noRule: number; limit: number };
+    /** Keys and projects with a limit counter in memory (bounded by the configuration's policy.maxTrackedKeys). */
+    trackedCounters: number;
   };
   /** JWT projects (docs/PROJECTS.md): the clock check and the JWKS fetches. */
   jwt: {
@@ -305,6 +331,8 @@ export const EnclaveApi = {
   'keys.lookup': defineMethod<LookupResult>()(LookupParams),
   'projects.create': defineMethod<ProjectResult>()(ProjectCreateParams),
   'projects.setState': defineMethod<ProjectResult>()(ProjectSetStateParams),
+  'projects.setPolicies': defineMethod<ProjectResult>()(ProjectSetPoliciesParams),
+  'projects.evaluatePolicy': defineMethod<PolicyDecision>()(ProjectEvaluatePolicyParams),
   'keys.forget': defineMethod<ForgetResult>()(ForgetParams),
   'keys.migrate': defineMethod<CreateResult>()(MigrateParams),
   'attestation.get': defineMethod<AttestationResult>()(AttestationParams),

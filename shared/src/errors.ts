@@ -58,6 +58,9 @@ export const ERROR_CODES = {
   PAYLOAD_TOO_LARGE: { rpcCode: -32034, httpStatus: 413, retryable: false },
   UNSUPPORTED_MEDIA_TYPE: { rpcCode: -32035, httpStatus: 415, retryable: false },
   CONFLICT: { rpcCode: -32036, httpStatus: 409, retryable: false },
+  // Signing policies (docs/POLICIES.md)
+  /** The project's policy does not allow this request: `details` names the rule or limit and the reason. */
+  POLICY_DENIED: { rpcCode: -32040, httpStatus: 403, retryable: false },
 } as const satisfies Record<string, ErrorCodeInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -74,16 +77,37 @@ export function isRetryableCode(code: unknown): boolean {
   return isErrorCode(code) && ERROR_CODES[code].retryable;
 }
 
+/**
+ * Machine-readable facts about a failure, beside its message (POLICY_DENIED: the rule or limit and the reason):
+ * short strings or null, never key material. Bounded when received from a peer (`detailsOf`).
+ */
+export type ErrorDetails = Readonly<Record<string, string | null>>;
+const MAX_DETAILS = 8;
+const MAX_DETAIL_CHARS = 1024;
+
+/** `value` as ErrorDetails if it is a small map of short strings or nulls, else undefined (a peer's word). */
+export function detailsOf(value: unknown): ErrorDetails | undefined {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return undefined;
+  const entries = Object.entries(value);
+  if (entries.length === 0 || entries.length > MAX_DETAILS) return undefined;
+  for (const [k, v] of entries) {
+    if (k.length > 64 || (v !== null && (typeof v !== 'string' || v.length > MAX_DETAIL_CHARS))) return undefined;
+  }
+  return Object.fromEntries(entries);
+}
+
 /** An error with a registered code. `retryable` defaults to the code's own; `cause` keeps what it wraps. */
 export class KeystoreError extends Error {
   override readonly name = 'KeystoreError';
   readonly code: ErrorCode;
   readonly retryable: boolean;
+  readonly details: ErrorDetails | undefined;
 
-  constructor(code: ErrorCode, message: string, options?: { retryable?: boolean; cause?: unknown }) {
+  constructor(code: ErrorCode, message: string, options?: { retryable?: boolean; cause?: unknown; details?: ErrorDetails }) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.retryable = options?.retryable ?? ERROR_CODES[code].retryable;
+    this.details = options?.details;
   }
 
   get rpcCode(): number {
@@ -103,12 +127,14 @@ export class KeystoreError extends Error {
 export interface RpcErrorObject {
   code: number;
   message: string;
-  data: { code: ErrorCode; retryable: boolean; reason: ErrorCode };
+  data: { code: ErrorCode; retryable: boolean; reason: ErrorCode; details?: ErrorDetails };
 }
 
 export function toRpcError(err: unknown): RpcErrorObject {
   const ke = asKeystoreError(err);
-  return { code: ke.rpcCode, message: ke.message, data: { code: ke.code, retryable: ke.retryable, reason: ke.code } };
+  const data: RpcErrorObject['data'] = { code: ke.code, retryable: ke.retryable, reason: ke.code };
+  if (ke.details) data.details = ke.details;
+  return { code: ke.rpcCode, message: ke.message, data };
 }
 
 /** `data.code` (protocol 2), else `data.reason` (protocol 1). */
@@ -120,12 +146,18 @@ function wireCode(data: { code?: unknown; reason?: unknown }): ErrorCode | undef
 /** Rebuilds a KeystoreError from a JSON-RPC error object received from the peer. */
 export function fromRpcError(obj: unknown): KeystoreError {
   if (typeof obj === 'object' && obj !== null) {
-    const { message, data } = obj as { message?: unknown; data?: { code?: unknown; reason?: unknown; retryable?: unknown } };
+    const { message, data } = obj as {
+      message?: unknown;
+      data?: { code?: unknown; reason?: unknown; retryable?: unknown; details?: unknown };
+    };
     const text = typeof message === 'string' ? message : 'peer returned an error without a message';
     const code = data ? wireCode(data) : undefined;
     if (data && code) {
-      const options = typeof data.retryable === 'boolean' ? { retryable: data.retryable } : undefined;
-      return new KeystoreError(code, text, options);
+      const details = detailsOf(data.details);
+      return new KeystoreError(code, text, {
+        ...(typeof data.retryable === 'boolean' ? { retryable: data.retryable } : {}),
+        ...(details ? { details } : {}),
+      });
     }
     return new KeystoreError('INTERNAL', text);
   }

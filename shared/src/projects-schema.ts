@@ -23,6 +23,7 @@ import {
   USER_CLAIM_RE,
 } from './project-auth';
 import { SIGN_REQUEST_TYPES } from './signing/request-types';
+import { isEmptyPolicy, PoliciesSchema, type Policies } from './policy/schema';
 
 const distinct = <T>(list: readonly T[]) => new Set(list).size === list.length;
 
@@ -68,15 +69,18 @@ export const OriginSchema = z
  * verifies it, the enclave after a restart included). Here so this module needs nothing of records.ts, which
  * imports node:crypto; records.test.ts checks the two agree.
  */
-export const PROJECT_RECORD_MAX_BYTES = 8192;
+export const PROJECT_RECORD_MAX_BYTES = 32_768;
 
 /**
  * The size of the largest record these settings can ever be in: the project's ids at their longest, state
  * `disabled`, a `prev` digest, and `seq` and `createdAt` at their largest encodings (every later record of the
  * project, made by projects.setState, is at most this).
  */
-export function largestProjectRecordBytes(settings: Pick<ProjectSettings, 'auth' | 'allowedOrigins' | 'allowedRequestTypes'>): number {
+export function largestProjectRecordBytes(
+  settings: Pick<ProjectSettings, 'auth' | 'allowedOrigins' | 'allowedRequestTypes'> & { policies?: Policies | undefined },
+): number {
   return canonicalCbor({
+    ...(isEmptyPolicy(settings.policies) ? {} : { policies: settings.policies }),
     v: 1,
     kind: 'project',
     projectId: `p_${'A'.repeat(22)}`,
@@ -91,7 +95,10 @@ export function largestProjectRecordBytes(settings: Pick<ProjectSettings, 'auth'
   }).length;
 }
 
-/** A project's settings: its auth (immutable), the browser origins it allows and the request types it signs. */
+/**
+ * A project's settings: its auth (immutable), the browser origins it allows, the request types it signs and
+ * its signing policies (docs/POLICIES.md; changed later with `PUT /v1/projects/{id}/policies`).
+ */
 export const ProjectSettingsSchema = z
   .strictObject({
     auth: ProjectAuthSchema,
@@ -101,15 +108,17 @@ export const ProjectSettingsSchema = z
       .min(1)
       .refine(distinct, 'expected distinct request types')
       .default([...DEFAULT_ALLOWED_REQUEST_TYPES]),
+    policies: PoliciesSchema.optional(),
   })
   .superRefine(
     (settings, ctx) => {
       const size = largestProjectRecordBytes(settings);
       if (size > PROJECT_RECORD_MAX_BYTES) {
+        const policies = !isEmptyPolicy(settings.policies);
         ctx.addIssue({
           code: 'custom',
-          path: ['allowedOrigins'],
-          message: `the project's record would be ${size} bytes, over the ${PROJECT_RECORD_MAX_BYTES} a record may have: list fewer or shorter origins`,
+          path: [policies ? 'policies' : 'allowedOrigins'],
+          message: `the project's record would be ${size} bytes, over the ${PROJECT_RECORD_MAX_BYTES} a record may have: ${policies ? 'write fewer or shorter rules, limits or lists' : 'list fewer or shorter origins'}`,
         });
       }
     },

@@ -5,12 +5,16 @@
  * a user's key id, move a key to another project or subject, or edit a state.
  *
  *   key:     {v:1, kind:"key", keyId, address, blobSha256, projectId, subject, state, disabled, seq, prev, origin, createdAt}
- *   project: {v:1, kind:"project", projectId, projectKey, auth, allowedRequestTypes, allowedOrigins, state, seq, prev, createdAt}
+ *   project: {v:1, kind:"project", projectId, projectKey, auth, allowedRequestTypes, allowedOrigins, state, seq, prev, createdAt,
+ *             policies?}
  *
  * `seq` counts a key's (a project's) records from 0; `prev` is the digest of the record before it (null at 0).
  * The decoders here accept exactly these fields, each well formed, in the one canonical encoding; the enclave
- * and the parent decide what a record's content allows. Plain checks and no zod, so the CLI and SDK use them
- * as they are.
+ * and the parent decide what a record's content allows. `policies` (docs/POLICIES.md) is the one optional
+ * field: a project without policies has none, so its records are byte for byte what they were before policies
+ * existed, and a release that does not know the field refuses a record that has it (a downgrade cannot drop a
+ * policy). A policy is checked by its own schema (policy/schema.ts) and must be in the normalized form it
+ * outputs; everything else is plain checks.
  */
 import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { canonicalCbor, decodeCanonicalCbor } from './cbor';
@@ -29,12 +33,13 @@ import {
   type ProjectAuth,
 } from './project-auth';
 import { SIGN_REQUEST_TYPES, type SignRequestType } from './signing/request-types';
+import { isEmptyPolicy, PoliciesSchema, type Policies } from './policy/schema';
 
 export const RECORD_VERSION = 1;
 /** The domain tag of a record signature: no other signature of the identity covers these bytes. */
 export const RECORD_SIGNATURE_TAG = 'nks-record-v1';
-/** A record is a few hundred bytes; a project's lists are bounded below. */
-export const MAX_RECORD_BYTES = 8192;
+/** A key record is a few hundred bytes; a project's lists and policies are bounded by this (projects-schema.ts). */
+export const MAX_RECORD_BYTES = 32_768;
 export const ED25519_SIGNATURE_BYTES = 64;
 
 export const KEY_STATES = ['pending', 'active', 'retired', 'cancelled'] as const;
@@ -82,6 +87,8 @@ export interface ProjectRecord {
   seq: number;
   prev: string | null;
   createdAt: number;
+  /** The project's signing policies (docs/POLICIES.md), normalized and not empty; absent: none. */
+  policies?: Policies;
 }
 
 export type AnyRecord = KeyRecord | ProjectRecord;
@@ -93,7 +100,10 @@ export interface SignedRecord {
 }
 
 export function encodeRecord(r: AnyRecord): Buffer {
-  return canonicalCbor({ ...r });
+  const fields: Record<string, unknown> = { ...r };
+  // No policies: no field, so the record is what it was before policies existed.
+  if (r.kind === 'project' && isEmptyPolicy(r.policies)) delete fields.policies;
+  return canonicalCbor(fields);
 }
 
 /** SHA-256("nks-record-v1" ‖ cbor): what the identity signs, and what `prev` and caches name a record by. */
@@ -148,16 +158,18 @@ export function verifySignedRecord(signed: SignedRecord, identity: KeyObject): {
   return { bytes, digest };
 }
 
-function decodeMap(bytes: Uint8Array, fields: readonly string[]): Map<unknown, unknown> {
+function decodeMap(bytes: Uint8Array, fields: readonly string[], optional: readonly string[] = [], maxDepth = 4): Map<unknown, unknown> {
   let m: unknown;
   try {
-    m = decodeCanonicalCbor(bytes, { maxDepth: 4 });
+    m = decodeCanonicalCbor(bytes, { maxDepth });
   } catch (err) {
     throw bad('not canonical CBOR', err);
   }
   if (!(m instanceof Map)) throw bad('not a CBOR map');
   if (m.get('v') !== RECORD_VERSION) throw bad(`version is not ${RECORD_VERSION}`);
-  for (const k of m.keys()) if (typeof k !== 'string' || !fields.includes(k)) throw bad(`unknown field ${String(k).slice(0, 32)}`);
+  for (const k of m.keys()) {
+    if (typeof k !== 'string' || !(fields.includes(k) || optional.includes(k))) throw bad(`unknown field ${String(k).slice(0, 32)}`);
+  }
   for (const k of fields) if (!m.has(k)) throw bad(`${k} is missing`);
   return m;
 }
@@ -241,6 +253,33 @@ const PROJECT_FIELDS = [
   'prev',
   'createdAt',
 ] as const;
+/** A policy nests deepest: record, policies, rules, a rule, its condition, erc20, a list. */
+const PROJECT_MAX_DEPTH = 7;
+
+/** CBOR maps (text keys only) and arrays as plain JSON values, for the policy schema. */
+function plain(v: unknown): unknown {
+  if (Array.isArray(v)) return v.map(plain);
+  if (v instanceof Map) {
+    const o: Record<string, unknown> = {};
+    for (const [k, x] of v) {
+      if (typeof k !== 'string') throw bad('policies has a key that is not text');
+      Object.defineProperty(o, k, { value: plain(x), enumerable: true, writable: true, configurable: true });
+    }
+    return o;
+  }
+  return v;
+}
+
+/** A policy as the enclave writes it: valid, not empty, and already in the schema's normalized form. */
+function decodePolicies(raw: unknown): Policies {
+  const value = plain(raw);
+  const parsed = PoliciesSchema.safeParse(value);
+  if (!parsed.success) throw bad('policies is not a valid policy');
+  if (isEmptyPolicy(parsed.data)) throw bad('policies is empty (a project without policies has no field)');
+  if (!canonicalCbor({ p: parsed.data }).equals(canonicalCbor({ p: value }))) throw bad('policies is not in normalized form');
+  return parsed.data;
+}
+
 /** Project keys: `pk_` and random, or `default` for the genesis project. */
 export const PROJECT_KEY_RE = /^(?:default|pk_[A-Za-z0-9_-]{16,43})$/;
 const JWT_AUTH_FIELDS = ['type', 'issuer', 'audience', 'userClaim', 'jwksUri', 'algorithms', 'maxTokenLifetime'];
@@ -282,7 +321,7 @@ function decodeAuth(auth: unknown): ProjectAuth {
 }
 
 export function decodeProjectRecord(bytes: Uint8Array): ProjectRecord {
-  const m = decodeMap(bytes, PROJECT_FIELDS);
+  const m = decodeMap(bytes, PROJECT_FIELDS, ['policies'], PROJECT_MAX_DEPTH);
   if (m.get('kind') !== 'project') throw bad('kind is not project');
   const auth = decodeAuth(m.get('auth'));
   const types = m.get('allowedRequestTypes');
@@ -298,7 +337,7 @@ export function decodeProjectRecord(bytes: Uint8Array): ProjectRecord {
     throw bad('allowedOrigins is not a list of origins');
   }
   const seq = uint(m, 'seq');
-  return {
+  const record: ProjectRecord = {
     v: RECORD_VERSION,
     kind: 'project',
     projectId: str(m, 'projectId', PROJECT_ID_RE),
@@ -311,6 +350,8 @@ export function decodeProjectRecord(bytes: Uint8Array): ProjectRecord {
     prev: prevOf(m, seq),
     createdAt: uint(m, 'createdAt'),
   };
+  if (m.has('policies')) record.policies = decodePolicies(m.get('policies'));
+  return record;
 }
 
 /** Verifies and decodes a key record: KEY_INTEGRITY if either fails. */
