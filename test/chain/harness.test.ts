@@ -1,7 +1,8 @@
 /**
- * The chain harness against itself: an OpenZeppelin ERC-20 compiled by solc and deployed on EDR, transfers signed
- * by a plain viem local account (standing where the keystore's signatures will) mined in each transaction type
- * the chain supports, and transactions whose signature is wrong refused by the chain itself.
+ * The chain harness against itself: an OpenZeppelin ERC-20 compiled by solc and deployed on EDR; transfers
+ * prepared by the harness, put in the keystore's request form and parsed by its schema (as the enclave does),
+ * then signed by a plain viem local account (standing where the keystore's key will) and mined in each
+ * transaction type the chain supports; and transactions whose signature is wrong refused by the chain itself.
  */
 import fs from 'node:fs';
 import {
@@ -13,7 +14,18 @@ import {
   type TransactionSerializableEIP1559,
 } from 'viem';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
-import { CACHE_DIR, compile, contractSources, openZeppelinArtifact, startChain, type Artifact, type Chain } from './harness';
+import { TransactionSchema } from '@nks/shared/signing/schema';
+import {
+  CACHE_DIR,
+  compile,
+  contractSources,
+  openZeppelinArtifact,
+  startChain,
+  toKeystoreTransaction,
+  type Artifact,
+  type Chain,
+  type PreparedTransaction,
+} from './harness';
 
 const SECP256K1_N = 0xfffffffffffffffffffffffffffffffebaaedce6af48a03bbfd25e8cd0364141n;
 
@@ -36,6 +48,9 @@ const balanceOf = (holder: Address) =>
 const transferData = (to: Address, amount: bigint) =>
   encodeFunctionData({ abi: TestToken.abi, functionName: 'transfer', args: [to, amount] });
 
+/** The transaction as the keystore gets it (the SDK's request) and parses it (the enclave's schema), to be signed. */
+const asTheKeystoreParsesIt = (tx: PreparedTransaction) => TransactionSchema.parse(toKeystoreTransaction(tx));
+
 /** A fresh user with ether for gas and `tokens` minted to it. */
 async function newHolder(tokens: bigint) {
   const account = privateKeyToAccount(generatePrivateKey());
@@ -52,12 +67,12 @@ test('the token is an OpenZeppelin ERC-20 compiled from npm sources, on a chain 
   for (const a of chain.accounts) expect(await chain.publicClient.getBalance({ address: a.address })).toBeGreaterThan(0n);
 });
 
-describe.each(['legacy', 'eip1559'] as const)('a %s transfer signed by a viem local account', (type) => {
+describe.each(['legacy', 'eip1559'] as const)('%s: a transfer in the keystore request form, signed by a viem local account', (type) => {
   test('is mined and moves the tokens', async () => {
     const user = await newHolder(5_000_000n);
     const to = privateKeyToAccount(generatePrivateKey()).address;
     const tx = await chain.prepareTransaction(user.address, { to: token, data: transferData(to, 1_250_000n) }, type);
-    const receipt = await chain.sendRawTransaction(await user.signTransaction(tx));
+    const receipt = await chain.sendRawTransaction(await user.signTransaction(asTheKeystoreParsesIt(tx)));
     expect(receipt).toMatchObject({ status: 'success', from: user.address.toLowerCase(), to: token.toLowerCase(), type });
     expect(await balanceOf(user.address)).toBe(3_750_000n);
     expect(await balanceOf(to)).toBe(1_250_000n);
@@ -72,7 +87,7 @@ test('an eip7702 transaction with a signed authorization is mined: the account t
   const authorization = await user.signAuthorization({ chainId: chain.chainId, address: delegate, nonce: nonce + 1 });
   const ping = encodeFunctionData({ abi: Delegate.abi, functionName: 'ping' });
   const tx = await chain.prepareTransaction(user.address, { to: user.address, data: ping, authorizationList: [authorization] }, 'eip7702');
-  const receipt = await chain.sendRawTransaction(await user.signTransaction(tx));
+  const receipt = await chain.sendRawTransaction(await user.signTransaction(asTheKeystoreParsesIt(tx)));
 
   expect(receipt).toMatchObject({ status: 'success', type: 'eip7702' });
   expect(receipt.logs).toHaveLength(1);
@@ -90,7 +105,7 @@ describe('a transaction with a bad signature is refused by the chain, and nothin
   beforeAll(async () => {
     user = await newHolder(1_000_000n);
     const tx = await chain.prepareTransaction(user.address, { to: token, data: transferData(to, 400_000n) });
-    signed = await user.signTransaction(tx);
+    signed = await user.signTransaction(asTheKeystoreParsesIt(tx));
     fields = parseTransaction(signed) as TransactionSerializableEIP1559;
   });
 

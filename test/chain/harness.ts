@@ -34,6 +34,7 @@ import {
   type Transport,
 } from 'viem';
 import { privateKeyToAccount, type PrivateKeyAccount } from 'viem/accounts';
+import type { SignRequestInput } from '@nks/shared/signing/schema';
 import type { Artifact } from './compile';
 
 export { CACHE_DIR, compile, contractSources, openZeppelinArtifact, type Artifact, type CompileOptions } from './compile';
@@ -121,6 +122,36 @@ export interface Chain {
   ): Promise<PreparedTransaction>;
   /** Drops the chain; later calls throw. */
   close(): Promise<void>;
+}
+
+/** A transaction as the keystore's sign request takes it (the SDK's `signTransaction`). */
+export type KeystoreTransaction = Extract<SignRequestInput, { type: 'transaction' }>['transaction'];
+
+/**
+ * `prepareTransaction`'s answer as the keystore takes it: integers as decimal strings, and each authorization
+ * reduced to the fields its strict schema allows (viem's also carry `v`).
+ */
+export function toKeystoreTransaction(tx: PreparedTransaction): KeystoreTransaction {
+  const common = {
+    chainId: tx.chainId,
+    nonce: tx.nonce,
+    gas: tx.gas.toString(),
+    ...(tx.to !== undefined ? { to: tx.to } : {}),
+    ...(tx.data !== undefined ? { data: tx.data } : {}),
+    ...(tx.value !== undefined ? { value: tx.value.toString() } : {}),
+  };
+  if (tx.type === 'legacy') return { type: 'legacy', ...common, gasPrice: tx.gasPrice.toString() };
+  const fees = { maxFeePerGas: tx.maxFeePerGas.toString(), maxPriorityFeePerGas: tx.maxPriorityFeePerGas.toString() };
+  if (tx.type === 'eip1559') return { type: 'eip1559', ...common, ...fees };
+  const authorizationList = tx.authorizationList.map(({ address, chainId, nonce, r, s, yParity }) => ({
+    address,
+    chainId,
+    nonce,
+    r,
+    s,
+    yParity: yParity as 0 | 1,
+  }));
+  return { type: 'eip7702', ...common, ...fees, authorizationList };
 }
 
 /** Deterministic dev keys, so addresses are stable across runs (and can never hold value elsewhere by chance). */
@@ -249,12 +280,13 @@ export async function startChain(options: ChainOptions = {}): Promise<Chain> {
         }),
         publicClient.estimateFeesPerGas({ type: type === 'legacy' ? 'legacy' : 'eip1559' }),
       ]);
-      const base = { chainId, nonce, gas, ...tx };
+      const { authorizationList, ...call } = tx;
+      const base = { chainId, nonce, gas, ...call };
       if (type === 'legacy') return { ...base, type, gasPrice: fees.gasPrice ?? 0n };
       const eip1559 = { maxFeePerGas: fees.maxFeePerGas ?? 0n, maxPriorityFeePerGas: fees.maxPriorityFeePerGas ?? 0n };
       if (type === 'eip1559') return { ...base, type, ...eip1559 };
-      if (!tx.authorizationList?.length) throw new Error('an eip7702 transaction needs a signed authorizationList');
-      return { ...base, type, ...eip1559, authorizationList: tx.authorizationList };
+      if (!authorizationList?.length) throw new Error('an eip7702 transaction needs a signed authorizationList');
+      return { ...base, type, ...eip1559, authorizationList };
     },
     async close() {
       if (!gone) {
