@@ -196,7 +196,7 @@ export interface EnclaveHealth {
     evaluations: number;
     /** POLICY_DENIED answers: by a deny rule, by no allow rule, by a limit. */
     denials: { rule: number; noRule: number; limit: number };
-    /** Keys and projects with a limit counter in memory (bounded by the configuration's policy.maxTrackedKeys). */
+    /** Keys and projects with a limit counter in memory (bounded by the configuration's policy.maxTrackedCounters). */
     trackedCounters: number;
   };
   /** JWT projects (docs/PROJECTS.md): the clock check and the JWKS fetches. */
@@ -223,7 +223,7 @@ export interface EnclaveHealth {
     connectionsEvicted: number;
     /** TLS handshakes that failed or timed out (no certificate installed, a client that gave up, a slowloris). */
     handshakeFailures: number;
-    /** Answers by outcome: ok, bad_request, invalid_jwt, unauthorized, not_found, rate_limited, conflict, unavailable, error. */
+    /** Answers by outcome: ok, bad_request, invalid_jwt, unauthorized, not_found, rate_limited, conflict, policy_denied, unavailable, error. */
     requests: Record<string, number>;
   };
   memory: { rssBytes: number; heapUsedBytes: number; externalBytes: number };
