@@ -31,6 +31,7 @@ const PROJECT: Project = {
   allowedRequestTypes: ['message', 'userOperation', 'typedData'],
   state: 'active',
   createdAt: '2026-01-01T00:00:00.000Z',
+  policies: { rules: [], limits: [] },
   record: { record: 'AA==', signature: 'AA==' },
 };
 
