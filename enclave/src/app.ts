@@ -29,6 +29,8 @@ import { IdentityHolder, unsealIdentity } from './identity/boot';
 import { enclaveMethods, type ImageKind } from './methods';
 import { VerifiedRecords } from './records/verified';
 import { NsmClient, type NsmTransport } from './nsm/client';
+import { PolicyEnforcer } from './policy/enforcer';
+import { LimitCounters } from './policy/limits';
 import { Projects } from './projects';
 import { DeviceNsmTransport } from './nsm/device';
 import { SocketNsmTransport } from './nsm/socket';
@@ -112,6 +114,8 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     },
   });
   const jwt = new JwtVerifier({ jwks, clock });
+  // Signing policies (docs/POLICIES.md): limit counters in memory, bounded by the configuration.
+  const policy = new PolicyEnforcer(new LimitCounters({ maxTrackedCounters: config.policy.maxTrackedCounters }));
   const keys = new KeyVault({
     cache,
     unsealer,
@@ -122,6 +126,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     records,
     identity: () => identity.get(),
     jwt,
+    policy,
   });
   const tlsHolder = new TlsHolder({
     nsm,
@@ -143,7 +148,13 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     waitForConnectionMs: Math.min(2000, config.wallets.storeDeadlineMs),
   });
   let wallets: Wallets | null = null;
-  const projects = new Projects({ records, identity: () => identity.get(), onDisabled: (projectId) => cache.forgetProject(projectId) });
+  const projects = new Projects({
+    records,
+    identity: () => identity.get(),
+    onDisabled: (projectId) => cache.forgetProject(projectId),
+    policy,
+    logger,
+  });
   let served: RpcServer | undefined;
   const { methods } = enclaveMethods({
     image,
@@ -162,6 +173,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     genesis: { nsm, kmsKeyArn: config.kmsKeyArn, kmsPublicKey: config.kmsPublicKeyObject },
     keys,
     projects,
+    policy,
     jwt: { verifier: jwt, jwks, clock },
     records,
     cache,

@@ -51,10 +51,12 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   // Five tries over about 15 s (back-off from 1 s, doubling), then the enclave exits and is restarted.
   identityBoot: { maxAttempts: 5, retryMs: 1_000 },
   // Verified records: 50,000 typical ones (a key record with a short subject takes under 1 KB) or as many as fit
-  // in maxVerifiedBytes, which bounds the worst a parent can make (8 KiB project records, ~21 KB each in
+  // in maxVerifiedBytes, which bounds the worst a parent can make (32 KiB project records, ~85 KB each in
   // memory, or 1 KiB subjects) at about 200 MB: entries are weighed at least at what they take
   // (records/verified.ts, entryWeight). A mark is a key id, an address and a number.
   records: { maxVerified: 50_000, maxVerifiedBytes: 192 * 1024 * 1024, maxSeqMarks: 200_000 },
+  // Signing policies' limit counters (docs/POLICIES.md): one per (project, limit) and per (project, limit, key).
+  policy: { maxTrackedCounters: 100_000 },
   // JWT projects: the egress relay, trust anchors beyond Node's CA store, the clock check, the JWKS cache.
   jwt: {
     egress: DEFAULT_EGRESS_ADDRESS,
@@ -231,6 +233,18 @@ export const EnclaveConfigSchema = z.strictObject({
         .max(16 * 1024 ** 3)
         .default(D.records.maxVerifiedBytes),
       maxSeqMarks: z.number().int().min(16).max(10_000_000).default(D.records.maxSeqMarks),
+    })
+    .prefault({}),
+  /**
+   * Signing policies (docs/POLICIES.md): the limit counters the enclave holds in memory, at most
+   * `maxTrackedCounters`. A counter is a few hundred bytes, up to about 4 KB for one that signed for value in
+   * every minute of its hour (61 buckets). Expired ones are dropped first; when the bound is still reached, a
+   * request that would need a new counter is refused (POLICY_DENIED): a live counter is never dropped, which
+   * would reset its limit.
+   */
+  policy: z
+    .strictObject({
+      maxTrackedCounters: z.number().int().min(1).max(10_000_000).default(D.policy.maxTrackedCounters),
     })
     .prefault({}),
   /**

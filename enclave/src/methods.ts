@@ -38,6 +38,7 @@ import type { SignerPool } from './signing/pool';
 import type { RecipientKeys } from './kms/recipient';
 import type { Unsealer } from './kms/unseal';
 import type { NsmClient } from './nsm/client';
+import type { PolicyEnforcer } from './policy/enforcer';
 import type { Projects } from './projects';
 import { TlsHolder } from './tls/holder';
 
@@ -61,6 +62,8 @@ export const SERVED_METHODS: Record<ImageKind, readonly MethodName[]> = {
     'keys.forget',
     'projects.create',
     'projects.setState',
+    'projects.setPolicies',
+    'projects.evaluatePolicy',
     'attestation.get',
     'tls.create',
     'tls.install',
@@ -81,6 +84,8 @@ export interface EnclaveParts {
   genesis: GenesisDeps;
   keys: KeyVault;
   projects: Projects;
+  /** Signing policies (for health). */
+  policy: PolicyEnforcer;
   /** JWT projects: the verifier, its JWKS cache and the clock check (for health). */
   jwt: { verifier: JwtVerifier; jwks: JwksCache; clock: ClockCheck };
   records: VerifiedRecords;
@@ -221,6 +226,7 @@ export function enclaveMethods(parts: EnclaveParts): {
         jwksFetchFailures: parts.jwt.jwks.fetchFailures,
         jwksCached: parts.jwt.jwks.cached,
       },
+      policy: parts.policy.stats(),
       tls: tls.status(),
       wallets: walletStats(),
       memory: { rssBytes: mem.rss, heapUsedBytes: mem.heapUsed, externalBytes: mem.external },
@@ -252,6 +258,8 @@ export function enclaveMethods(parts: EnclaveParts): {
     'keys.lookup': gated('keys.lookup', (p) => parts.keys.lookup(p.record, p.project, p.jwt)),
     'projects.create': gated('projects.create', (p) => parts.projects.create(p.settings)),
     'projects.setState': gated('projects.setState', (p) => parts.projects.setState(p.project, p.state)),
+    'projects.setPolicies': gated('projects.setPolicies', (p) => parts.projects.setPolicies(p.project, p.policies)),
+    'projects.evaluatePolicy': gated('projects.evaluatePolicy', (p) => parts.projects.evaluatePolicy(p)),
     'keys.migrate': gated('keys.migrate', (p) => parts.keys.migrate(p.keyId, p.blob, p.project, p.subject)),
     'keys.forget': gated('keys.forget', (p) => ({ keyId: p.keyId, forgotten: parts.keys.forget(p.keyId) })),
     'attestation.get': gated('attestation.get', async (p) => {

@@ -8,13 +8,23 @@
  * - `setState`: the project's next record with `state` set (seq + 1, prev = the digest of the one given),
  *   which must be genuine and the newest the enclave has seen; the enclave then refuses the one before. The
  *   auth and everything else stay as they are: another auth is another project.
+ * - `setPolicies` (docs/POLICIES.md): the same, with `policies` replaced (an empty policy leaves the field out:
+ *   the project then signs as one without policies). A disabled project's too. Logged with the digests of the
+ *   record before and after, never the policy itself.
+ * - `evaluatePolicy`: the admin's dry run of the project's policy (or of a proposed one) on a request, with
+ *   one of its keys if given: the decision, nothing counted, nothing signed, no KMS call.
  */
 import { randomBytes } from 'node:crypto';
 import type { ProjectResult } from '@nks/shared/enclave-api';
+import type { Logger } from '@nks/shared/log';
+import type { PolicyDecision } from '@nks/shared/policy/decision';
+import { isEmptyPolicy, type Policies } from '@nks/shared/policy/schema';
 import type { ProjectSettings } from '@nks/shared/projects-schema';
 import { hex, RECORD_VERSION, type ProjectRecord, type ProjectState, type SignedRecord } from '@nks/shared/records';
+import type { SignRequest } from '@nks/shared/signing/schema';
 import type { KeystoreIdentity } from './identity/keystore-identity';
-import type { VerifiedRecords } from './records/verified';
+import type { PolicyEnforcer } from './policy/enforcer';
+import type { Verified, VerifiedRecords } from './records/verified';
 
 /** 16 random bytes as base64url: 22 characters. */
 const randomId = (prefix: string) => `${prefix}${randomBytes(16).toString('base64url')}`;
@@ -28,6 +38,8 @@ export class Projects {
       identity: () => KeystoreIdentity;
       /** Told when a project is disabled (the key cache drops its keys). */
       onDisabled?: (projectId: string) => void;
+      policy: PolicyEnforcer;
+      logger: Logger;
       now?: () => number;
     },
   ) {}
@@ -49,6 +61,7 @@ export class Projects {
       seq: 0,
       prev: null,
       createdAt: this.now(),
+      ...(isEmptyPolicy(settings.policies) ? {} : { policies: settings.policies }),
     };
     this.creates += 1;
     return this.signed(record);
@@ -61,13 +74,59 @@ export class Projects {
     return this.signed({ ...project.record, state, seq: project.record.seq + 1, prev: hex(project.digest), createdAt: this.now() });
   }
 
+  setPolicies(signed: SignedRecord, policies: Policies): ProjectResult {
+    const { records } = this.deps;
+    const project = records.project(signed);
+    records.current(project);
+    const { policies: _old, ...rest } = project.record;
+    const next: ProjectRecord = {
+      ...rest,
+      seq: project.record.seq + 1,
+      prev: hex(project.digest),
+      createdAt: this.now(),
+      ...(isEmptyPolicy(policies) ? {} : { policies }),
+    };
+    const { result, made } = this.make(next);
+    this.deps.logger.info(
+      { projectId: next.projectId, seq: next.seq, oldRecordDigest: hex(project.digest), newRecordDigest: hex(made.digest) },
+      isEmptyPolicy(policies) ? "removed a project's policies" : "set a project's policies",
+    );
+    return result;
+  }
+
+  /** The dry run (see the file comment). */
+  evaluatePolicy(p: {
+    project: SignedRecord;
+    request: SignRequest;
+    record?: SignedRecord | undefined;
+    policies?: Policies | undefined;
+  }): PolicyDecision {
+    const { records } = this.deps;
+    const project = records.project(p.project);
+    records.current(project);
+    let key = null;
+    if (p.record) {
+      const k = records.key(p.record);
+      if (k.record.projectId !== project.record.projectId) throw records.refused();
+      records.current(k);
+      key = { keyId: k.record.keyId, address: k.record.address };
+    }
+    const policies = p.policies ?? project.record.policies;
+    return this.deps.policy.evaluate(project.record.projectId, policies, p.request, key);
+  }
+
   private signed(record: ProjectRecord): ProjectResult {
+    return this.make(record).result;
+  }
+
+  private make(record: ProjectRecord): { result: ProjectResult; made: Verified<ProjectRecord> } {
     const { signed } = this.deps.identity().sign(record);
     // The newest record of the project from now on: the one before is refused.
-    const { record: made } = this.deps.records.remember<ProjectRecord>(signed, 'project');
+    const made = this.deps.records.remember<ProjectRecord>(signed, 'project');
+    const { projectId, projectKey, state } = made.record;
     // A disabled project's keys sign nothing (KeyVault.sign checks the project's record again after every
     // wait): their secrets leave the cache now, as a disabled key's do.
-    if (made.state !== 'active') this.deps.onDisabled?.(made.projectId);
-    return { projectId: made.projectId, projectKey: made.projectKey, record: signed };
+    if (state !== 'active') this.deps.onDisabled?.(projectId);
+    return { result: { projectId, projectKey, record: signed }, made };
   }
 }

@@ -13,12 +13,14 @@ import {
   encodeRecord,
   hex,
   identityPublicKey,
+  MAX_RECORD_BYTES,
   openProjectRecord,
   recordDigest,
   verifySignedRecord,
   type KeyRecord,
   type SignedRecord,
 } from '@nks/shared/records';
+import { PoliciesSchema } from '@nks/shared/policy/schema';
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
 import { captureLogger, rejection } from '@nks/shared-test/helpers';
 import { ed25519PrivateKey, ed25519PublicKeyHexOfSeed, ed25519RawPublicKey } from '../src/crypto/ed25519';
@@ -407,17 +409,26 @@ describe('VerifiedRecords', () => {
   it('never signs nor remembers a record over MAX_RECORD_BYTES', () => {
     const v = new VerifiedRecords(pub, { maxVerified: 16, maxVerifiedBytes: 1 << 20, maxSeqMarks: 16 });
     const origins = Array.from({ length: 64 }, (_, i) => `https://${String(i).padStart(2, '0')}${'o'.repeat(243)}.example`);
-    const big = { ...defaultProjectRecord(1), allowedOrigins: origins };
+    // The largest origins (17 KB) and a policy's address lists take a record past the bound.
+    const to = (n: number) => Array.from({ length: n }, (_, i) => `0x${i.toString(16).padStart(40, '0')}`);
+    const policy = (n: number) =>
+      PoliciesSchema.parse({
+        rules: [0, 256].flatMap((from, k) =>
+          n > from ? [{ name: `r${k}`, effect: 'allow', when: { to: to(n).slice(from, from + 256) } }] : [],
+        ),
+      });
+    const big = { ...defaultProjectRecord(1), allowedOrigins: origins, policies: policy(400) };
     const size = encodeRecord(big).length;
-    expect(size).toBeGreaterThan(8192);
-    const message = `the record would be ${size} bytes, over the 8192 a record may have`;
+    expect(size).toBeGreaterThan(MAX_RECORD_BYTES);
+    const message = `the record would be ${size} bytes, over the ${MAX_RECORD_BYTES} a record may have`;
     expect(refusedWith(() => identity.sign(big))).toEqual(['INVALID_PARAMS', message]);
     const forged = { record: encodeRecord(big).toString('base64'), signature: Buffer.alloc(64).toString('base64') };
     expect(refusedWith(() => v.remember(forged, 'project'))).toEqual(['INVALID_PARAMS', message]);
     // At the limit exactly, it is signed.
-    const fits = { ...defaultProjectRecord(1), allowedOrigins: [...origins.slice(0, 30), 'https://t'] };
-    while (encodeRecord(fits).length < 8192) fits.allowedOrigins[30] += 't';
-    expect(encodeRecord(fits).length).toBe(8192);
+    const fits = { ...defaultProjectRecord(1), allowedOrigins: [...origins.slice(0, 63), 'https://t'], policies: policy(1) };
+    for (let n = 2; encodeRecord({ ...fits, policies: policy(n) }).length < MAX_RECORD_BYTES - 100; n++) fits.policies = policy(n);
+    while (encodeRecord(fits).length < MAX_RECORD_BYTES) fits.allowedOrigins[63] += 't';
+    expect(encodeRecord(fits).length).toBe(MAX_RECORD_BYTES);
     expect(v.remember(identity.sign(fits).signed, 'project').record).toEqual(fits);
   });
 

@@ -50,6 +50,8 @@ describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
         'keys.setDisabled',
         'keys.sign',
         'projects.create',
+        'projects.evaluatePolicy',
+        'projects.setPolicies',
         'projects.setState',
         'tls.create',
         'tls.install',

@@ -7,7 +7,7 @@
  *   ends, not of when it began: if the enclave disabled the key or the project meanwhile, it is refused.
  * - F2: a JWT's times are judged again once its key is resolved, and again right before the signature.
  * - F3: text a record cannot carry as it is (a lone surrogate) is refused, never signed as something else.
- * - F4: no project record over 8 KiB is signed.
+ * - F4: no project record over the size every reader accepts (32 KiB) is signed.
  * - F5: the verified-record cache is bounded in bytes as well as in entries.
  * - kid: a JWT without `kid` is refused when the project's JWKS has several keys.
  */
@@ -271,18 +271,22 @@ describe('review 17, fixed: a compromised parent against JWT projects', () => {
     });
   });
 
-  it('F4: projects.create refuses settings whose record would be over 8 KiB (nobody would verify it)', async () => {
-    // The review's settings: 64 origins of 261 characters, a 17 KB record.
+  it('F4: projects.create refuses settings whose record would be over 32 KiB (nobody would verify it)', async () => {
+    // The review's origins (64 of 261 characters, a 17 KB record) with policies that take it past 32 KiB.
     const origins = Array.from({ length: 64 }, (_, i) => `https://${String(i).padStart(2, '0')}${'o'.repeat(243)}.example`);
-    const err = await rejection(h.client.call('projects.create', { settings: { auth: { type: 'token' }, allowedOrigins: origins } }));
+    const to = (k: number) => Array.from({ length: 200 }, (_, i) => `0x${k}${i.toString(16).padStart(39, '0')}`);
+    const policies = { rules: [2, 3].map((k) => ({ name: `r${k}`, effect: 'allow', when: { to: to(k) } })) };
+    const err = await rejection(
+      h.client.call('projects.create', { settings: { auth: { type: 'token' }, allowedOrigins: origins, policies } } as never),
+    );
     expect([err.code, err.message]).toEqual([
       'INVALID_PARAMS',
-      expect.stringMatching(/settings\.allowedOrigins: the project's record would be 1\d{4} bytes, over the 8192 a record may have/),
+      expect.stringMatching(/settings\.policies: the project's record would be 3\d{4} bytes, over the 32768 a record may have/),
     ]);
-    // Just under the limit is taken, and the record is one everyone verifies: it works after a restart too.
-    const fits = Array.from({ length: 64 }, (_, i) => `https://${String(i).padStart(2, '0')}${'o'.repeat(100)}.example`);
-    const p = await h.client.call('projects.create', { settings: { auth: { type: 'token' }, allowedOrigins: fits } });
-    expect(Buffer.from(p.record.record, 'base64').length).toBeLessThanOrEqual(8192);
+    // The origins alone are taken, and the record is one everyone verifies: it works after a restart too.
+    const p = await h.client.call('projects.create', { settings: { auth: { type: 'token' }, allowedOrigins: origins } });
+    expect(Buffer.from(p.record.record, 'base64').length).toBeGreaterThan(16_384);
+    expect(Buffer.from(p.record.record, 'base64').length).toBeLessThanOrEqual(32_768);
     const key = await h.client.call('keys.create', { keyId: `r17f-${++n}`, project: p.record, subject: 'victim' });
     await h.restartEnclave();
     await expect(sign(key, p.record)).resolves.toMatchObject({ address: key.address });

@@ -456,6 +456,42 @@ describe('the wallet routes in the enclave, over HTTPS', () => {
     expect(w.store.calls.map((c) => c.method)).toEqual(expect.arrayContaining(['store.project', 'store.userKey', 'store.insertUserKey']));
   });
 
+  it("answers a sign the project's policy refuses with 403 {detail} naming the rule or limit: no failure, no quota spent", async () => {
+    const project = await w.newProject({
+      allowedRequestTypes: ['message', 'typedData'],
+      policies: {
+        rules: [{ name: 'texts', effect: 'allow', when: { type: ['message'] } }],
+        limits: [{ name: 'one a day', scope: 'key', window: 'day', maxCount: 1 }],
+      },
+    });
+    const jwt = await w.mint('erin');
+    const typedData = {
+      domain: { name: 'Wallet app', chainId: 1 },
+      types: { Mail: [{ name: 'contents', type: 'string' }] },
+      primaryType: 'Mail',
+      message: { contents: 'hello' },
+    };
+    const body = (message: string) => ({ message, jwt_token: jwt, message_type: 'message', wallet_type: 'evm' });
+    // More refusals from one address than its failure budget (3): a policy's refusal is no failure.
+    const from = { from: '127.0.16.1' };
+    for (let i = 0; i < 4; i++) {
+      const denied = await w.wallet(
+        project.projectKey,
+        'sign-request',
+        { jwt_token: jwt, request: { type: 'typedData', typedData } },
+        from,
+      );
+      expectDetail(denied, 403, `denied by the project's policy (no rule allows it): rule "texts": type typedData is not in the list`);
+      expect(denied.headers['retry-after']).toBeUndefined();
+    }
+    expect((await w.wallet(project.projectKey, 'sign', body('hi'), from)).status).toBe(200);
+    expectDetail(
+      await w.wallet(project.projectKey, 'sign', body('again'), from),
+      403,
+      `denied by the project's policy (limit "one a day"): 1 signature in the last day, the maximum is 1`,
+    );
+  });
+
   it('counts its answers by outcome in enclave.health, and says nothing internal in its own health', async () => {
     const h = await w.health();
     expect(h.wallets).toEqual({
@@ -471,6 +507,7 @@ describe('the wallet routes in the enclave, over HTTPS', () => {
         rate_limited: expect.any(Number),
         conflict: 1,
         unavailable: 1,
+        policy_denied: 5,
         not_found: expect.any(Number),
       }),
     });

@@ -6,7 +6,8 @@
 import { describeIssues } from '../src/schema';
 import { RESERVED_USER_CLAIMS } from '../src/project-auth';
 import { largestProjectRecordBytes, PROJECT_RECORD_MAX_BYTES, ProjectSettingsSchema } from '../src/projects-schema';
-import { encodeRecord, MAX_RECORD_BYTES, type ProjectRecord } from '../src/records';
+import { decodeProjectRecord, encodeRecord, MAX_RECORD_BYTES, type ProjectRecord } from '../src/records';
+import { isEmptyPolicy, PoliciesSchema } from '../src/policy/schema';
 
 const JWT = { type: 'jwt', issuer: 'https://login.example.com', audience: 'wallet-app', jwksUri: 'https://login.example.com/jwks' };
 
@@ -36,7 +37,8 @@ function recordOf(settings: ReturnType<typeof ProjectSettingsSchema.parse>, seq:
     state,
     seq,
     prev: seq === 0 ? null : `0x${'ab'.repeat(32)}`,
-    createdAt: Date.now(),
+    createdAt: 1_764_633_600_123,
+    ...(settings.policies && !isEmptyPolicy(settings.policies) ? { policies: settings.policies } : {}),
   };
 }
 
@@ -73,39 +75,76 @@ describe('project settings schema', () => {
     }
   });
 
+  /** An allow rule per 200 characters of typed-data names (distinct), `chars` characters in all: grows one by one. */
+  const policyOf = (chars: number) => {
+    const names = Array.from({ length: Math.floor(chars / 200) }, (_, i) => `${String(i).padStart(3, '0')}${'n'.repeat(197)}`);
+    if (chars % 200 > 0) names.push(`z${'n'.repeat((chars % 200) - 1)}`);
+    const rules = [];
+    for (let i = 0; i < names.length; i += 256)
+      rules.push({ name: `r${i}`, effect: 'allow', when: { typedData: { name: names.slice(i, i + 256) } } });
+    return { rules };
+  };
+  const LARGEST_AUTH = { ...JWT, issuer: 'i'.repeat(512), audience: 'a'.repeat(512), jwksUri: `https://a.example/${'x'.repeat(2030)}` };
+
   // Review 17, F4: 64 origins of ~261 characters made a 17 KB record the enclave signed, which nobody (the
-  // enclave after a restart included) would ever verify.
-  it("refuses settings whose record would exceed the record size limit, saying the record's size", () => {
+  // enclave after a restart included) would ever verify. Records are 32 KiB now, for policies: the size error
+  // names the policies, the one field that can grow that far.
+  it("refuses settings whose record would exceed the record size limit, naming policies and the record's size", () => {
     expect(PROJECT_RECORD_MAX_BYTES).toBe(MAX_RECORD_BYTES);
-    const allowedOrigins = origins(64, 261);
-    const size = largestProjectRecordBytes({
-      auth: { type: 'token' },
-      allowedOrigins,
-      allowedRequestTypes: ['message', 'userOperation', 'typedData'],
-    });
-    expect(size).toBeGreaterThan(17_000);
-    expect(problem({ auth: { type: 'token' }, allowedOrigins })).toBe(
-      `settings.allowedOrigins: the project's record would be ${size} bytes, over the 8192 a record may have: list fewer or shorter origins`,
+    expect(MAX_RECORD_BYTES).toBe(32_768);
+    const raw = { auth: { type: 'token' }, allowedOrigins: origins(64, 261), policies: policyOf(20_000) };
+    const policies = PoliciesSchema.parse(raw.policies);
+    const size = largestProjectRecordBytes({ ...ProjectSettingsSchema.parse({ ...raw, policies: undefined }), policies });
+    expect(size).toBeGreaterThan(MAX_RECORD_BYTES);
+    expect(problem(raw)).toBe(
+      `settings.policies: the project's record would be ${size} bytes, over the 32768 a record may have: write fewer or shorter rules, limits or lists`,
     );
   });
 
-  it('takes settings up to the limit, and every record the project can ever have then fits', () => {
-    // The longest origins that still fit beside the largest JWT auth, found by growing them.
-    const auth = { ...JWT, issuer: 'i'.repeat(512), audience: 'a'.repeat(512), jwksUri: `https://a.example/${'x'.repeat(2030)}` };
-    let len = 20;
-    while (ProjectSettingsSchema.safeParse({ auth, allowedOrigins: origins(64, len + 1) }).success) len += 1;
-    const settings = ProjectSettingsSchema.parse({ auth, allowedOrigins: origins(64, len) });
-    expect(problem({ auth, allowedOrigins: origins(64, len + 1) })).toContain('settings.allowedOrigins: the project');
+  it('takes the longest origins beside the largest JWT auth: without policies, every record fits', () => {
+    const settings = ProjectSettingsSchema.parse({ auth: LARGEST_AUTH, allowedOrigins: origins(64, 261) });
+    expect(largestProjectRecordBytes(settings)).toBeGreaterThan(17_000);
     expect(largestProjectRecordBytes(settings)).toBeLessThanOrEqual(MAX_RECORD_BYTES);
-    expect(largestProjectRecordBytes(settings)).toBeGreaterThan(MAX_RECORD_BYTES - 64);
+    expect(decodeProjectRecord(encodeRecord(recordOf(settings, 1, 'disabled')))).toEqual(recordOf(settings, 1, 'disabled'));
+  });
+
+  it('takes settings with a policy up to the limit, and every record the project can ever have then fits', () => {
+    // The largest policy that still fits beside the largest JWT auth and origins, found by bisection.
+    const raw = (chars: number) => ({ auth: LARGEST_AUTH, allowedOrigins: origins(64, 261), policies: policyOf(chars) });
+    let chars = 1;
+    for (let hi = 32_768; hi - chars > 1;) {
+      const mid = (chars + hi) >> 1;
+      if (ProjectSettingsSchema.safeParse(raw(mid)).success) chars = mid;
+      else hi = mid;
+    }
+    const settings = ProjectSettingsSchema.parse(raw(chars));
+    expect(problem(raw(chars + 1))).toContain("settings.policies: the project's record would be");
+    expect(largestProjectRecordBytes(settings)).toBeLessThanOrEqual(MAX_RECORD_BYTES);
+    expect(largestProjectRecordBytes(settings)).toBeGreaterThan(MAX_RECORD_BYTES - 8);
     for (const [seq, state] of [
       [0, 'active'],
       [1, 'disabled'],
       [2 ** 32, 'active'],
       [Number.MAX_SAFE_INTEGER, 'disabled'],
     ] as const) {
-      expect(encodeRecord(recordOf(settings, seq, state)).length).toBeLessThanOrEqual(largestProjectRecordBytes(settings));
+      const record = recordOf(settings, seq, state);
+      expect(encodeRecord(record).length).toBeLessThanOrEqual(largestProjectRecordBytes(settings));
+      expect(decodeProjectRecord(encodeRecord(record))).toEqual(record);
     }
+  });
+
+  it('takes no policies, or an empty one, as a project without policies', () => {
+    const none = ProjectSettingsSchema.parse({ auth: { type: 'token' } });
+    const empty = ProjectSettingsSchema.parse({ auth: { type: 'token' }, policies: {} });
+    expect(empty.policies).toEqual({ rules: [], limits: [] });
+    expect(largestProjectRecordBytes(empty)).toBe(largestProjectRecordBytes(none));
+    expect(encodeRecord(recordOf(empty, 0, 'active'))).toEqual(encodeRecord(recordOf(none, 0, 'active')));
+  });
+
+  it('refuses an invalid policy at creation, naming the field', () => {
+    expect(problem({ auth: { type: 'token' }, policies: { rules: [{ name: 'a', effect: 'allow', when: { chain: [1] } }] } })).toBe(
+      'settings.policies.rules[0].when: unknown field(s) "chain"',
+    );
   });
 
   it('does not measure settings that are invalid field by field (their own issues are reported)', () => {

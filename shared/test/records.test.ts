@@ -29,6 +29,8 @@ import {
 import { RESERVED_USER_CLAIMS } from '../src/project-auth';
 import { PROJECT_RECORD_MAX_BYTES } from '../src/projects-schema';
 import { SIGN_REQUEST_TYPES } from '../src/signing/request-types';
+import { PoliciesSchema } from '../src/policy/schema';
+import { getAddress } from 'viem';
 
 function newIdentity(): { privateKey: KeyObject; publicKey: KeyObject; hex: string } {
   const { privateKey, publicKey } = generateKeyPairSync('ed25519');
@@ -181,9 +183,12 @@ describe('decoding records: the canonical encoding only', () => {
     }
     expect(refusal(() => decodeKeyRecord(canonicalCbor({ a: 1 }).subarray(1)))).toEqual(malformed('not canonical CBOR'));
     expect(refusal(() => decodeKeyRecord(Buffer.from([0x83, 1, 2, 3])))).toEqual(malformed('not a CBOR map'));
-    // Nesting beyond what a record has.
-    const deep = with_(PROJECT, { allowedOrigins: [[[['x']]]] });
-    expect(refusal(() => decodeProjectRecord(deep))).toEqual(malformed('not canonical CBOR'));
+    // Nesting beyond what a record has: a policy's lists are the deepest, at 7 (record, policies, rules, a rule,
+    // its condition, erc20, a list).
+    expect(refusal(() => decodeProjectRecord(with_(PROJECT, { allowedOrigins: [[[[[[['x']]]]]]] })))).toEqual(
+      malformed('not canonical CBOR'),
+    );
+    expect(refusal(() => decodeKeyRecord(with_(KEY, { subject: [[[['x']]]] })))).toEqual(malformed('not canonical CBOR'));
   });
 });
 
@@ -382,6 +387,153 @@ describe('decoding project records, field by field', () => {
   it('a key record never opens as a project record, nor a project record as a key record', () => {
     expect(refusal(() => openProjectRecord(signRecord(KEY), identity.publicKey))).toEqual(malformed('unknown field keyId'));
     expect(refusal(() => openKeyRecord(signRecord(PROJECT), identity.publicKey))).toEqual(malformed('unknown field auth'));
+  });
+});
+
+describe('project records with policies (docs/POLICIES.md)', () => {
+  const USDC = '0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48';
+  const POLICIES = PoliciesSchema.parse({
+    rules: [
+      { name: 'no-blind', effect: 'deny', when: { type: ['digest'] } },
+      { name: 'usdc', effect: 'allow', when: { chainId: [1], to: [USDC], erc20: { function: ['transfer'], maxAmount: '1000000' } } },
+    ],
+    limits: [{ name: 'daily', scope: 'key', window: 'day', maxValue: '1000000000000000000' }],
+  });
+  const withPolicies = (policies: unknown) => with_(PROJECT, { policies });
+  const bad = (policies: unknown) => refusal(() => decodeProjectRecord(withPolicies(policies)));
+
+  it('leaves a record without policies byte for byte what it was before policies existed', () => {
+    // The encoding before the field existed was canonicalCbor of the record's fields, nothing else.
+    const before = canonicalCbor({ ...PROJECT });
+    expect(encodeRecord(PROJECT)).toEqual(before);
+    expect(createHash('sha256').update(before).digest('hex')).toBe('8309bf74f2a9d29ef4dd1635abf18dcea0692568babde1e65220e3faa1691331');
+    // An empty policy is no policy: the field is left out, not written empty.
+    expect(encodeRecord({ ...PROJECT, policies: { rules: [], limits: [] } })).toEqual(before);
+    const decoded = decodeProjectRecord(before);
+    expect(decoded).toEqual(PROJECT);
+    expect('policies' in decoded).toBe(false);
+  });
+
+  it('round-trips a policy, through a genuine signature too', () => {
+    const record: ProjectRecord = { ...PROJECT, policies: POLICIES };
+    expect(decodeProjectRecord(encodeRecord(record))).toEqual(record);
+    expect(openProjectRecord(signRecord(record), identity.publicKey).record.policies).toEqual(POLICIES);
+    // Only limits, or only rules, are policies too.
+    expect(decodeProjectRecord(withPolicies({ rules: [], limits: POLICIES.limits })).policies).toEqual({
+      rules: [],
+      limits: POLICIES.limits,
+    });
+    expect(decodeProjectRecord(withPolicies({ rules: POLICIES.rules, limits: [] })).policies).toEqual({
+      rules: POLICIES.rules,
+      limits: [],
+    });
+  });
+
+  it('takes a policy up to the size limit: a 32 KiB record verifies and decodes', () => {
+    // Rules of up to 256 distinct addresses each (an address is 43 bytes of CBOR), in the normalized form.
+    const addresses = Array.from({ length: 1024 }, (_, i) =>
+      getAddress(`0x${createHash('sha256').update(String(i)).digest('hex').slice(0, 40)}`),
+    );
+    const recordWith = (count: number): ProjectRecord => ({
+      ...PROJECT,
+      policies: {
+        rules: Array.from({ length: Math.ceil(count / 256) }, (_, r) => ({
+          name: `r${r}`,
+          effect: 'allow' as const,
+          when: { to: addresses.slice(256 * r, Math.min(count, 256 * (r + 1))) },
+        })),
+        limits: [],
+      },
+    });
+    let n = 1; // the most addresses that fit, by bisection
+    for (let hi = addresses.length; hi - n > 1;) {
+      const mid = (n + hi) >> 1;
+      if (encodeRecord(recordWith(mid)).length <= MAX_RECORD_BYTES) n = mid;
+      else hi = mid;
+    }
+    const largest = recordWith(n);
+    expect(PoliciesSchema.parse(largest.policies)).toEqual(largest.policies);
+    const bytes = encodeRecord(largest);
+    expect(bytes.length).toBeGreaterThan(MAX_RECORD_BYTES - 64);
+    expect(bytes.length).toBeLessThanOrEqual(32_768);
+    expect(openProjectRecord(signRecord(largest), identity.publicKey).record).toEqual(largest);
+    // One address more and nobody verifies it.
+    expect(refusal(() => openProjectRecord(signRecord(recordWith(n + 1)), identity.publicKey))).toEqual(NOT_VERIFIED);
+  });
+
+  it.each<[string, unknown, string]>([
+    ['an empty policy', { rules: [], limits: [] }, 'policies is empty (a project without policies has no field)'],
+    [
+      'a lower-case address',
+      { rules: [{ name: 'a', effect: 'allow', when: { to: [USDC.toLowerCase()] } }], limits: [] },
+      'policies is not in normalized form',
+    ],
+    [
+      'an upper-case selector',
+      { rules: [{ name: 'a', effect: 'allow', when: { selector: ['0xA9059CBB'] } }], limits: [] },
+      'policies is not in normalized form',
+    ],
+    [
+      'an amount with a leading zero',
+      { rules: [{ name: 'a', effect: 'allow', when: { maxValue: '0100' } }], limits: [] },
+      'policies is not in normalized form',
+    ],
+    [
+      'a rule without its (default) condition',
+      { rules: [{ name: 'a', effect: 'allow' }], limits: [] },
+      'policies is not in normalized form',
+    ],
+    ['no limits field', { rules: [{ name: 'a', effect: 'allow', when: {} }] }, 'policies is not in normalized form'],
+    [
+      'a bad checksum',
+      { rules: [{ name: 'a', effect: 'allow', when: { to: [USDC.replace('A0b', 'a0B')] } }], limits: [] },
+      'policies is not a valid policy',
+    ],
+    [
+      'an unknown condition field',
+      { rules: [{ name: 'a', effect: 'allow', when: { value: '1' } }], limits: [] },
+      'policies is not a valid policy',
+    ],
+    [
+      'an unknown erc20 field',
+      { rules: [{ name: 'a', effect: 'allow', when: { erc20: { token: [USDC] } } }], limits: [] },
+      'policies is not a valid policy',
+    ],
+    ['an unknown top-level field', { rules: [], limits: [], version: 1 }, 'policies is not a valid policy'],
+    [
+      'an amount as a number',
+      { rules: [{ name: 'a', effect: 'allow', when: { maxValue: 100 } }], limits: [] },
+      'policies is not a valid policy',
+    ],
+    ['an empty list', { rules: [{ name: 'a', effect: 'allow', when: { chainId: [] } }], limits: [] }, 'policies is not a valid policy'],
+    [
+      'a repeated name',
+      { rules: [{ name: 'a', effect: 'allow', when: {} }], limits: [{ name: 'a', scope: 'key', window: 'hour', maxCount: 1 }] },
+      'policies is not a valid policy',
+    ],
+    ['a limit without a maximum', { rules: [], limits: [{ name: 'l', scope: 'key', window: 'hour' }] }, 'policies is not a valid policy'],
+    ['policies as text', 'deny everything', 'policies is not a valid policy'],
+    ['policies null', null, 'policies is not a valid policy'],
+    [
+      'a map with an integer key',
+      new Map<unknown, unknown>([
+        [1, []],
+        ['rules', []],
+      ]),
+      'policies has a key that is not text',
+    ],
+  ])('refuses %s', (_name, policies, what) => {
+    expect(bad(policies)).toEqual(malformed(what));
+  });
+
+  it('refuses a policy nested deeper than the language nests', () => {
+    // A list inside a list, where an address goes: depth 8.
+    const deep = { rules: [{ name: 'a', effect: 'allow', when: { erc20: { recipient: [[USDC]] } } }], limits: [] };
+    expect(bad(deep)).toEqual(malformed('not canonical CBOR'));
+    // One level less is decoded, and refused by the schema.
+    expect(bad({ rules: [{ name: 'a', effect: 'allow', when: { erc20: { recipient: [] } } }], limits: [] })).toEqual(
+      malformed('policies is not a valid policy'),
+    );
   });
 });
 

@@ -8,7 +8,9 @@
  *   the one the record names (its SHA-256; skipped when the cached key was opened from this exact blob text,
  *   whose hash and binding the cache entry holds), and a cold blob is a version 2 key blob bound to the
  *   record's key id, address, project and subject; the unsealed key's address is the blob's. Then the states
- *   and the project's allowed request types. All of it before any KMS call or signature.
+ *   and the project's allowed request types, then the project's policy rules (docs/POLICIES.md). All of it
+ *   before any KMS call or signature. The policy's limits are checked and counted after the last check of the
+ *   records, right before the signature (taken back if no signature is made).
  * - create and migrate make the key's first record (seq 0); setDisabled its next one (seq + 1, prev = the
  *   digest of the one before).
  * - JWT projects (docs/PROTOCOL.md, `jwt`): create, sign and lookup of a JWT project's key need the user's JWT,
@@ -36,6 +38,7 @@ import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
 import type { KeystoreIdentity } from '../identity/keystore-identity';
 import type { Unsealer } from '../kms/unseal';
 import type { NsmClient } from '../nsm/client';
+import type { PolicyEnforcer } from '../policy/enforcer';
 import type { Verified, VerifiedRecords } from '../records/verified';
 import type { SignerPool } from '../signing/pool';
 import type { KeyCache, CachedKey } from './cache';
@@ -86,6 +89,8 @@ export class KeyVault {
       identity: () => KeystoreIdentity;
       /** JWT projects' users (auth/jwt.ts). */
       jwt: JwtSubjects;
+      /** The projects' signing policies (policy/enforcer.ts). */
+      policy: PolicyEnforcer;
       now?: () => number;
     },
   ) {}
@@ -210,13 +215,24 @@ export class KeyVault {
       if (cached && !this.deps.cache.holds(p.keyId, cached)) return this.sign(p);
     }
     usable(k, project.record, p.request.type);
+    // The project's rules (docs/POLICIES.md), before any KMS call: a refused cold sign costs no Decrypt.
+    const passed = this.deps.policy.checkRules(project.record, p.request);
     cached ??= await this.unsealShared(p.blob, blob as KeyBlob, k.blobSha256);
     // The last check, with no wait between it and the signature (the KMS answer may have come late): the
-    // records are still the newest, so the states usable() read in them are those of now; the JWT unexpired.
+    // records are still the newest, so the states usable() read in them are those of now, and the policy the
+    // rules read is the project's policy of now; the JWT unexpired.
     records.stillCurrent(key);
     records.stillCurrent(project);
     user?.stillValid();
-    const result = await this.deps.signers.sign(p.request, cached.secret, cached.address);
+    // The limits: checked and counted in one step, right before the signature; taken back if none is made.
+    const reservation = this.deps.policy.reserve(passed, { keyId: k.keyId, address: k.address });
+    let result: SignResult;
+    try {
+      result = await this.deps.signers.sign(p.request, cached.secret, cached.address);
+    } catch (err) {
+      this.deps.policy.release(reservation);
+      throw err;
+    }
     this.signs += 1;
     return result;
   }

@@ -1,6 +1,7 @@
 /**
  * How the enclave's HTTPS server answers errors (docs/PROJECTS.md, "Errors"): every route in the TrueWallet
- * SDK's format, 400 `{detail: {field: [reason]}}`, every other status `{detail}` (403 and 503 with Retry-After).
+ * SDK's format, 400 `{detail: {field: [reason]}}`, every other status `{detail}` (403 and 503 with Retry-After; a
+ * request the project's signing policy refuses, 403 without).
  * The callers are the public, so 503 and 500 answer fixed texts; what went wrong is logged with the request id.
  */
 import { KeystoreError } from '@nks/shared/errors';
@@ -67,6 +68,9 @@ export function answerOf(ke: KeystoreError, route: string | undefined, requestId
       return { status: 400, detail: { [REQUEST_FIELD[route ?? ''] ?? 'body']: [ke.message] }, outcome: 'bad_request' };
     case 'UNAUTHORIZED':
       return { status: 401, detail: ke.message, outcome: 'unauthorized' };
+    case 'POLICY_DENIED':
+      // The project's signing policy refused the request: its message names the rule or limit and why.
+      return { status: 403, detail: ke.message, outcome: 'policy_denied' };
     case 'KEY_DISABLED':
     case 'KEY_RETIRED':
       return { status: 409, detail: ke.message, outcome: 'conflict' };

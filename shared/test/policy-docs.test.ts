@@ -1,0 +1,179 @@
+/**
+ * The examples of docs/POLICIES.md are valid policies and do what the page says they do: each is read from the
+ * page (the JSON block after its `<!-- example: name -->` marker), parsed by the policy schema, and evaluated on
+ * the requests the text says it allows and denies, with the texts it quotes.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { policyDenied } from '../src/policy/decision';
+import { requestFacts } from '../src/policy/facts';
+import { compilePolicy, evaluateRules } from '../src/policy/evaluate';
+import { PoliciesSchema } from '../src/policy/schema';
+import type { SignRequest } from '../src/signing/schema';
+import {
+  ALICE,
+  approveData,
+  authorizationRequest,
+  batchCallsData,
+  BOB,
+  DAI,
+  DELEGATE,
+  digestRequest,
+  ENTRY_POINT_06,
+  executeData,
+  MALLORY,
+  messageRequest,
+  PERMIT_DOMAIN,
+  signedAuthorization,
+  transactionRequest,
+  transferData,
+  typedDataRequest,
+  USDC,
+  userOperationRequest,
+} from './policy-requests';
+
+const page = readFileSync(path.join(__dirname, '../../docs/POLICIES.md'), 'utf8');
+const examples = new Map(
+  [...page.matchAll(/<!-- example: ([a-z0-9-]+) -->\n```json\n([\s\S]*?)\n```/g)].map((m) => [m[1] as string, m[2] as string]),
+);
+const policy = (name: string) => {
+  const json = examples.get(name);
+  if (json === undefined) throw new Error(`docs/POLICIES.md has no example ${name}`);
+  return compilePolicy(PoliciesSchema.parse(JSON.parse(json)));
+};
+const decide = (name: string, req: SignRequest) => evaluateRules(policy(name), requestFacts(req));
+/** The refusal's message, as a caller reads it. */
+const refusal = (name: string, req: SignRequest) => {
+  const d = decide(name, req);
+  expect(d.allowed).toBe(false);
+  return policyDenied({ ...d, limit: null, limits: [] }).message;
+};
+const USDC_TX = (data: `0x${string}`, over: Record<string, unknown> = {}) => transactionRequest('eip1559', { to: USDC, data, ...over });
+
+describe('docs/POLICIES.md examples', () => {
+  it('has the examples this test checks, each a valid policy', () => {
+    expect([...examples.keys()]).toEqual([
+      'no-blind-signing',
+      'chain-allow-list',
+      'usdc-payouts',
+      'usdc-permit',
+      'app-user-operations',
+      'eip7702-delegate',
+      'gas-price-cap',
+      'daily-value-limit',
+    ]);
+    for (const json of examples.values()) expect(() => PoliciesSchema.parse(JSON.parse(json))).not.toThrow();
+  });
+
+  it('no-blind-signing: denies digests, allows the rest', () => {
+    expect(refusal('no-blind-signing', digestRequest())).toBe(`denied by the project's policy (rule "no-blind-signing"): type is digest`);
+    expect(decide('no-blind-signing', messageRequest()).allowed).toBe(true);
+  });
+
+  it('chain-allow-list: chains 1 and 8453 only; nothing without a chain', () => {
+    expect(decide('chain-allow-list', transactionRequest('legacy')).allowed).toBe(true);
+    expect(refusal('chain-allow-list', transactionRequest('eip1559', { chainId: 10 }))).toBe(
+      `denied by the project's policy (no rule allows it): rule "mainnet-and-base": chainId 10 is not in the list`,
+    );
+    expect(decide('chain-allow-list', authorizationRequest(DELEGATE, 0)).reason).toBe(
+      'rule "mainnet-and-base": chainId 0 is not in the list',
+    );
+    expect(decide('chain-allow-list', digestRequest()).allowed).toBe(false);
+    expect(decide('chain-allow-list', messageRequest()).allowed).toBe(false);
+    expect(decide('chain-allow-list', typedDataRequest({})).allowed).toBe(false);
+  });
+
+  it('usdc-payouts: transfers to the listed recipients, up to 1,000 USDC, without ether', () => {
+    expect(decide('usdc-payouts', USDC_TX(transferData(ALICE, 1_000_000_000n))).allowed).toBe(true);
+    expect(decide('usdc-payouts', USDC_TX(transferData(BOB, 1n))).allowed).toBe(true);
+    expect(refusal('usdc-payouts', USDC_TX(transferData(ALICE, 5_000_000_000n)))).toBe(
+      `denied by the project's policy (no rule allows it): rule "usdc-payouts": erc20.amount 5000000000 is above the maximum 1000000000`,
+    );
+    expect(decide('usdc-payouts', USDC_TX(approveData(ALICE, 1n))).reason).toBe(
+      'rule "usdc-payouts": erc20.function approve is not in the list',
+    );
+    expect(decide('usdc-payouts', USDC_TX(transferData(MALLORY, 1n))).allowed).toBe(false);
+    expect(decide('usdc-payouts', USDC_TX(transferData(ALICE, 1n), { value: '1' })).allowed).toBe(false);
+    expect(decide('usdc-payouts', transactionRequest('eip1559', { to: DAI, data: transferData(ALICE, 1n) })).allowed).toBe(false);
+  });
+
+  it('usdc-permit: Permit typed data of USDC on mainnet only', () => {
+    expect(decide('usdc-permit', typedDataRequest(PERMIT_DOMAIN)).allowed).toBe(true);
+    expect(decide('usdc-permit', typedDataRequest({ ...PERMIT_DOMAIN, verifyingContract: DAI })).allowed).toBe(false);
+    expect(decide('usdc-permit', typedDataRequest(PERMIT_DOMAIN, 'Mail')).allowed).toBe(false);
+    expect(decide('usdc-permit', typedDataRequest({ ...PERMIT_DOMAIN, chainId: 5 })).allowed).toBe(false);
+  });
+
+  it('app-user-operations: v0.7, on Base, only the listed targets, no ether', () => {
+    const op = (callData: `0x${string}`, version: '0.6' | '0.7' = '0.7') => userOperationRequest(version, callData, {});
+    const onBase = (req: SignRequest) => ({ ...req, chainId: 8453 }) as SignRequest;
+    expect(
+      decide(
+        'app-user-operations',
+        onBase(
+          op(
+            batchCallsData([
+              { target: USDC, value: 0n },
+              { target: DAI, value: 0n },
+            ]),
+          ),
+        ),
+      ).allowed,
+    ).toBe(true);
+    expect(
+      decide(
+        'app-user-operations',
+        onBase(
+          op(
+            batchCallsData([
+              { target: USDC, value: 0n },
+              { target: MALLORY, value: 0n },
+            ]),
+          ),
+        ),
+      ).reason,
+    ).toBe(`rule "app-user-operations": userOperation.targets ${MALLORY.toLowerCase()} is not in the list`);
+    expect(decide('app-user-operations', onBase(op(transferData(ALICE, 1n)))).reason).toBe(
+      'rule "app-user-operations": value is unknown (the user operation\'s calls are not decoded)',
+    );
+    expect(decide('app-user-operations', onBase(op(executeData(USDC, 1n)))).allowed).toBe(false);
+    expect(decide('app-user-operations', onBase(op(executeData(USDC, 0n), '0.6'))).reason).toContain(
+      `userOperation.entryPoint ${ENTRY_POINT_06.toLowerCase()} is not in the list`,
+    );
+    expect(decide('app-user-operations', op(executeData(USDC, 0n))).allowed).toBe(false); // chain 1
+  });
+
+  it('eip7702-delegate: the audited delegate on chain 1, as an authorization or in a type-4 transaction', () => {
+    expect(decide('eip7702-delegate', authorizationRequest(DELEGATE, 1)).allowed).toBe(true);
+    expect(decide('eip7702-delegate', transactionRequest('eip7702')).allowed).toBe(true);
+    expect(decide('eip7702-delegate', authorizationRequest(DELEGATE, 0)).reason).toBe(
+      'rule "known-delegate": chainId 0 is not in the list',
+    );
+    expect(decide('eip7702-delegate', authorizationRequest(MALLORY, 1)).allowed).toBe(false);
+    expect(
+      decide(
+        'eip7702-delegate',
+        transactionRequest('eip7702', { authorizationList: [signedAuthorization(DELEGATE), signedAuthorization(MALLORY)] }),
+      ).allowed,
+    ).toBe(false);
+    expect(decide('eip7702-delegate', transactionRequest('eip1559')).reason).toBe(
+      'rule "known-delegate": delegate does not apply (a transaction request delegates nothing)',
+    );
+  });
+
+  it('gas-price-cap: transactions up to 200 gwei', () => {
+    expect(decide('gas-price-cap', transactionRequest('legacy', { gasPrice: '200000000000' })).allowed).toBe(true);
+    expect(decide('gas-price-cap', transactionRequest('legacy', { gasPrice: '300000000000' })).reason).toBe(
+      'rule "capped-transactions": gasPrice 300000000000 is above the maximum 200000000000',
+    );
+  });
+
+  it('daily-value-limit: limits only, so the rules allow everything; the limits are compiled as written', () => {
+    const p = policy('daily-value-limit');
+    expect(evaluateRules(p, requestFacts(digestRequest()))).toMatchObject({ allowed: true, rule: null });
+    expect(p.limits).toMatchObject([
+      { name: 'daily-ether', scope: 'key', window: 'day', maxValue: 10n ** 18n },
+      { name: 'hourly-transactions', scope: 'project', window: 'hour', maxCount: 100 },
+    ]);
+  });
+});
