@@ -137,13 +137,13 @@ describe('signing policies end to end', () => {
     const elsewhere = await refusal(signer.signTransaction(key.keyId, transfer(1n, BOB)));
     expect(elsewhere.details?.reason).toMatch(new RegExp(`^rule "usdc transfers": to ${BOB.toLowerCase()} is not in the list;`));
 
-    // A limit: two messages an hour, the third refused by it.
+    // A limit: two messages an hour, the third refused by it (the rule that allowed it named too).
     for (const m of ['one', 'two']) expect((await signer.signMessage(key.keyId, m)).address).toBe(key.address);
     const third = await refusal(signer.signMessage(key.keyId, 'three'));
     expect([third.status, third.code, third.details?.rule, third.details?.limit]).toEqual([
       403,
       'POLICY_DENIED',
-      null,
+      'messages',
       'messages per hour',
     ]);
     expect(third.message).toMatch(/^denied by the project's policy \(limit "messages per hour"\): /);
