@@ -25,7 +25,9 @@ import {
   type VerifyOptions,
 } from '@nks/shared/attestation';
 import { backoffDelay, type BackoffOptions } from '@nks/shared/backoff';
-import { isRetryableCode } from '@nks/shared/errors';
+import { detailsOf, isRetryableCode, type ErrorDetails } from '@nks/shared/errors';
+import type { LimitOutcome, PolicyDecision, RuleOutcome } from '@nks/shared/policy/decision';
+import type { Condition, Limit, Policies, PoliciesInput, Rule } from '@nks/shared/policy/schema';
 import type { TlsStatus } from '@nks/shared/enclave-api';
 import type { JwtAlgorithm, ProjectAuth } from '@nks/shared/project-auth';
 import type { KeyState, ProjectState, SignedRecord } from '@nks/shared/records';
@@ -35,6 +37,15 @@ import type { IdentityView } from './verify';
 
 export type {
   BirthVerifyOptions,
+  Condition,
+  ErrorDetails,
+  Limit,
+  LimitOutcome,
+  Policies,
+  PoliciesInput,
+  PolicyDecision,
+  Rule,
+  RuleOutcome,
   JwtAlgorithm,
   KeyState,
   ProjectAuth,
@@ -61,6 +72,7 @@ export {
   verifyGenesis,
   verifyIdentity,
   verifyKey,
+  verifyPolicies,
   VerificationError,
   type ExpectedKey,
   type ExpectedPcrs,
@@ -74,6 +86,7 @@ export {
   type VerifyGenesisOptions,
   type VerifyIdentityOptions,
   type VerifyKeyOptions,
+  type VerifiedPolicies,
 } from './verify';
 
 export interface Key {
@@ -104,7 +117,22 @@ export interface Project {
   allowedRequestTypes: SignRequestType[];
   state: ProjectState;
   createdAt: string;
+  /** Its signing policies (docs/POLICIES.md), normalized; empty lists when it has none. */
+  policies: Policies;
   /** The project's current record, signed by the keystore identity. */
+  record: SignedRecord;
+}
+
+/** A project's signing policies (`getPolicies`, `setPolicies`) and the record that holds them. */
+export interface PoliciesView {
+  projectId: string;
+  /** The record's seq: each change is a new record, seq + 1. */
+  seq: number;
+  /** SHA-256("nks-record-v1" ‖ record), 0x hex: what the next record's `prev` names (docs/RECORDS.md). */
+  recordSha256: string;
+  /** Normalized (EIP-55 addresses, lower-case selectors, decimal amounts); empty lists when none. */
+  policies: Policies;
+  /** The project record, signed by the keystore identity: the policies are what it says (check it with `verifyPolicies`). */
   record: SignedRecord;
 }
 
@@ -126,6 +154,8 @@ export interface ProjectInput {
       };
   allowedOrigins?: string[];
   allowedRequestTypes?: SignRequestType[];
+  /** Signing policies from the start (docs/POLICIES.md); later: `setPolicies`. */
+  policies?: PoliciesInput;
 }
 
 /**
@@ -168,14 +198,20 @@ export const SDK_RETRY_BACKOFF: Readonly<BackoffOptions> = { initialMs: 100, max
 
 export class KeystoreApiError extends Error {
   override readonly name = 'KeystoreApiError';
+  /**
+   * What the server said beside the message, when it did: for POLICY_DENIED, `{rule, limit, reason}` (the rule
+   * or limit that refused, and why; docs/POLICIES.md).
+   */
+  readonly details: ErrorDetails | undefined;
   constructor(
     readonly status: number,
     readonly code: string,
     message: string,
     readonly requestId: string | undefined,
-    options?: ErrorOptions,
+    options?: ErrorOptions & { details?: ErrorDetails | undefined },
   ) {
     super(message, options);
+    this.details = options?.details;
   }
   /** From the server's own error-code table (shared/src/errors.ts), so client and server agree. */
   get retryable(): boolean {
@@ -263,12 +299,14 @@ export class KeystoreClient {
       );
     }
     if (!res.ok) {
-      const e = (parsed as { error?: { code?: string; message?: string; requestId?: string } })?.error;
+      const e = (parsed as { error?: { code?: string; message?: string; requestId?: string; details?: unknown } })?.error;
+      const details = detailsOf(e?.details);
       throw new KeystoreApiError(
         res.status,
         e?.code ?? `HTTP_${res.status}`,
         e?.message ?? res.statusText,
         e?.requestId ?? res.headers.get('x-request-id') ?? undefined,
+        details ? { details } : undefined,
       );
     }
     return { status: res.status, body: parsed as T };
@@ -387,6 +425,31 @@ export class KeystoreClient {
 
   enableProject(projectId: string): Promise<Project> {
     return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/enable`);
+  }
+
+  /** A project's signing policies (admin token; docs/POLICIES.md), with the signed record that holds them. */
+  getPolicies(projectId: string): Promise<PoliciesView> {
+    return this.request('GET', `/v1/projects/${encodeURIComponent(projectId)}/policies`);
+  }
+
+  /**
+   * Replaces a project's signing policies as a whole (admin token): the enclave makes the project's next record
+   * with them. `{}` removes them. Setting the same policies again changes nothing, so it is retried like a read.
+   */
+  setPolicies(projectId: string, policies: PoliciesInput): Promise<PoliciesView> {
+    return this.request('PUT', `/v1/projects/${encodeURIComponent(projectId)}/policies`, policies);
+  }
+
+  /**
+   * A dry run (admin token): what the project's policy — or `policies`, to try one before setting it — decides
+   * on `request`, with every rule's and limit's outcome (`keyId`: that key's limit counters). Nothing is signed
+   * or counted; a denial is an answer here (`allowed: false`), not an error.
+   */
+  evaluatePolicy(
+    projectId: string,
+    input: { request: SignRequestInput; keyId?: string; policies?: PoliciesInput },
+  ): Promise<PolicyDecision> {
+    return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/policies:evaluate`, input);
   }
 
   /** An attestation document from the enclave (base64), carrying `nonce` when given (0x hex). */

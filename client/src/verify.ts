@@ -8,6 +8,8 @@
  *   caller names them), and agree with everything the view says (key id, address, public key, project, subject,
  *   state, disabled: a view that leaves one out does not agree), and the birth attestation, when there is one,
  *   must verify with an approved PCR0.
+ * - `verifyPolicies`: a project's signing policies as the API shows them (`GET /v1/projects/{id}/policies`) are
+ *   those of a project record signed by the pinned identity, of the project asked for.
  * - `verifyIdentity`: `GET /v1/identity` — a fresh document of the running enclave that binds the identity's public
  *   key and the caller's nonce.
  * - `verifyGenesis`: the genesis output — its document (the genesis image's PCR0, the operator's nonce, user_data
@@ -34,6 +36,8 @@ import {
   type ProjectRecord,
   type SignedRecord,
 } from '@nks/shared/records';
+import { isDeepStrictEqual } from 'node:util';
+import type { Policies } from '@nks/shared/policy/schema';
 import { SIGN_REQUEST_TYPES } from '@nks/shared/signing/request-types';
 
 export type VerificationErrorCode =
@@ -48,7 +52,7 @@ export type VerificationErrorCode =
   | 'RECORD_MALFORMED'
   /** The view says something the signed record does not, or leaves out something the record says. */
   | 'VIEW_MISMATCH'
-  /** The signed record is genuine but of another key than the one expected (key id, subject or project). */
+  /** The signed record is genuine but of another key (or project) than the one expected (key id, subject or project). */
   | 'KEY_MISMATCH'
   /** A birth attestation was required and there is none. */
   | 'NO_BIRTH_ATTESTATION'
@@ -325,6 +329,68 @@ export function verifyKey(view: KeyViewForVerification, options: VerifyKeyOption
     checks.push('no birth attestation (the key was created without attest: true)');
   }
   return { record, recordDigest: digest, birth, checks };
+}
+
+/** What `verifyPolicies` reads: `GET /v1/projects/{projectId}/policies` (`nks policies get --json`). */
+export interface PoliciesViewForVerification {
+  projectId: string;
+  seq?: number | undefined;
+  recordSha256?: string | undefined;
+  policies: Policies;
+  record: SignedRecord;
+}
+
+export interface VerifiedPolicies {
+  record: ProjectRecord;
+  /** The record's digest, 0x hex (the view's recordSha256). */
+  recordDigest: string;
+  /** The record's policies (empty lists when it has none). */
+  policies: Policies;
+  checks: string[];
+}
+
+/**
+ * Checks a project's policies view offline: its record is signed by the pinned identity, is a record of the
+ * project asked for, and says exactly the policies the view shows (empty lists: a record without policies),
+ * at the seq and digest the view shows. It proves what that record says, not that it is the project's newest
+ * (the enclave refuses records older than the newest it has seen: docs/SECURITY.md).
+ */
+export function verifyPolicies(
+  view: PoliciesViewForVerification,
+  options: { identityPublicKey: string | KeyObject; projectId: string },
+): VerifiedPolicies {
+  if (!view || typeof view.projectId !== 'string' || typeof view.policies !== 'object' || view.policies === null) {
+    throw new VerificationError('MALFORMED', 'not a policies view (projectId and policies are missing)');
+  }
+  if (typeof options?.projectId !== 'string' || options.projectId === '')
+    throw new VerificationError('MALFORMED', 'projectId is required: the project you asked for, which the signed record must name');
+  const identity = pinnedIdentity(options.identityPublicKey);
+  const { record, digest } = openRecord(view.record, identity, decodeProjectRecord, `project ${view.projectId}`);
+  const checks = [`record signature verifies with the pinned identity (record ${digest}, seq ${record.seq})`];
+  if (record.projectId !== options.projectId)
+    throw new VerificationError(
+      'KEY_MISMATCH',
+      `the signed record is of project ${record.projectId}, not project ${options.projectId} you asked for`,
+    );
+  checks.push(`the record is of project ${record.projectId}`);
+  const policies: Policies = record.policies ?? { rules: [], limits: [] };
+  const mismatches: string[] = [];
+  if (view.projectId !== record.projectId) mismatches.push(`projectId: the view says ${show(view.projectId)}`);
+  if (view.seq !== undefined && view.seq !== record.seq) mismatches.push(`seq: the view says ${show(view.seq)}, the record ${record.seq}`);
+  if (view.recordSha256 !== undefined && view.recordSha256 !== digest)
+    mismatches.push(`recordSha256: the view says ${show(view.recordSha256)}, the record's is ${digest}`);
+  const plain = (v: unknown): unknown => JSON.parse(JSON.stringify(v));
+  if (!isDeepStrictEqual(plain(view.policies), plain(policies)))
+    mismatches.push('policies: the view shows other rules or limits than the record holds');
+  if (mismatches.length)
+    throw new VerificationError(
+      'VIEW_MISMATCH',
+      `project ${record.projectId}: the view does not agree with its signed record: ${mismatches.join('; ')}`,
+    );
+  checks.push(
+    `the view's policies are the record's: ${policies.rules.length} rule(s), ${policies.limits.length} limit(s)${view.seq !== undefined ? ', seq' : ''}${view.recordSha256 !== undefined ? ', recordSha256' : ''}`,
+  );
+  return { record, recordDigest: digest, policies, checks };
 }
 
 /** `GET /v1/identity` as the API answers it. */

@@ -31,6 +31,7 @@ const PROJECT: Project = {
   allowedRequestTypes: ['message', 'userOperation', 'typedData'],
   state: 'active',
   createdAt: '2026-01-01T00:00:00.000Z',
+  policies: { rules: [], limits: [] },
   record: { record: 'AA==', signature: 'AA==' },
 };
 
@@ -203,7 +204,9 @@ describe('nks projects', () => {
         0,
         `1 project(s)\n${PROJECT.projectId}  ${PROJECT.projectKey}  jwt  active  Wallet app\n`,
       ]);
-      expect((await nks(['projects', 'get', PROJECT.projectId], env)).stdout).toContain('jwksUri');
+      const shown = (await nks(['projects', 'get', PROJECT.projectId], env)).stdout;
+      expect(shown).toContain('jwksUri');
+      expect(shown).toMatch(/^policies +none$/m);
       expect((await nks(['projects', 'disable', PROJECT.projectId], env)).stdout).toBe(`${PROJECT.projectId} is disabled\n`);
       expect((await nks(['projects', 'enable', PROJECT.projectId], env)).status).toBe(0);
       expect(api.seen.slice(2).map((s) => `${s.method} ${s.url}`)).toEqual([

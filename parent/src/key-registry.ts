@@ -16,6 +16,8 @@ import { newKeyId } from '@nks/shared/identifiers';
 import type { Logger } from '@nks/shared/log';
 import { DEFAULT_PROJECT_ID, hex, type KeyRecord, type KeyState, type ProjectRecord, type SignedRecord } from '@nks/shared/records';
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
+import type { PolicyDecision } from '@nks/shared/policy/decision';
+import type { PoliciesInput } from '@nks/shared/policy/schema';
 import { RecordChecker, type KnownIdentity } from './enclave-link/identity';
 import type { EnclavePool } from './enclave-link/pool';
 import { ProjectRegistry } from './project-registry';
@@ -132,8 +134,9 @@ export class KeyRegistry {
     private readonly store: KeyStore,
     private readonly enclave: EnclavePool,
     private readonly logger: Logger,
+    options: { onPolicyChange?: () => void } = {},
   ) {
-    this.projects = new ProjectRegistry(store, enclave, logger, () => this.records());
+    this.projects = new ProjectRegistry(store, enclave, logger, () => this.records(), options.onPolicyChange);
   }
 
   /**
@@ -391,6 +394,31 @@ export class KeyRegistry {
     const expected: KeyRecord = { ...record, disabled, seq: record.seq + 1, prev: hex(digest), createdAt: next.createdAt };
     if (JSON.stringify(next) !== JSON.stringify(expected)) throw new KeystoreError('KEY_INTEGRITY', BAD_ANSWER);
     return this.store.updateRecord(keyId, answer.record, next);
+  }
+
+  /**
+   * A dry run of a project's policy (docs/POLICIES.md) on `request`: its record's policy, or `policies` (not
+   * stored) when given; `keyId` (a key of the project, else KEY_NOT_FOUND) adds the key's own limit counters.
+   * The enclave decides (nothing is counted or signed); the answer is the same whether allowed or not.
+   */
+  async evaluatePolicy(
+    projectId: string,
+    input: { request: SignRequestInput; keyId?: string | undefined; policies?: PoliciesInput | undefined },
+  ): Promise<PolicyDecision> {
+    if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    const project = this.project(projectId);
+    let record: SignedRecord | undefined;
+    if (input.keyId !== undefined) {
+      const k = this.get(input.keyId);
+      if (k.projectId !== projectId) throw new KeystoreError('KEY_NOT_FOUND', `key ${input.keyId} is not a key of project ${projectId}`);
+      record = this.verified(k).signed;
+    }
+    return this.enclave.call('projects.evaluatePolicy', {
+      project: project.signed,
+      request: input.request,
+      ...(record ? { record } : {}),
+      ...(input.policies !== undefined ? { policies: input.policies } : {}),
+    });
   }
 
   async attestation(nonce?: string): Promise<{ document: string }> {

@@ -2,8 +2,9 @@
  * Prometheus metrics (prom-client): HTTP requests and latency by route and status, enclave RPC latency,
  * KMS calls by outcome, enclave up, keys total, the wallet routes' TLS (installed, certificate expiry), and the
  * enclave's own health counters (read from `enclave.health` at scrape time with a short deadline), its wallet
- * routes' connections and answers included. The ingress and egress relays register `nks_ingress_*` and
- * `nks_egress_*` on the same registry.
+ * routes' connections and answers and its signing policies' evaluations and denials included, and the policy
+ * changes made through this parent. The ingress and egress relays register `nks_ingress_*` and `nks_egress_*`
+ * on the same registry.
  */
 import client from 'prom-client';
 import type { EnclaveHealth, TlsStatus } from '@nks/shared/enclave-api';
@@ -27,6 +28,11 @@ export class Metrics {
   private readonly enclaveClock: client.Gauge<'state'>;
   private readonly enclaveClockDrift: client.Gauge;
   private readonly enclaveWalletRequests: client.Gauge<'outcome'>;
+  /** Records made by `PUT /v1/projects/{id}/policies` that changed a project's policies (this parent process). */
+  readonly policyChanges: client.Counter;
+  private readonly policyDenials: client.Counter<'by'>;
+  private readonly policyEvaluations: client.Counter;
+  private readonly policyTracked: client.Gauge;
 
   constructor(
     private readonly sources: {
@@ -137,6 +143,27 @@ export class Metrics {
       labelNames: ['state'],
       registers: [r],
     });
+    this.policyChanges = new client.Counter({
+      name: 'nks_policy_changes_total',
+      help: "Project records made to change a project's signing policies (PUT /v1/projects/{id}/policies)",
+      registers: [r],
+    });
+    this.policyDenials = new client.Counter({
+      name: 'nks_policy_denials_total',
+      help: 'Sign requests refused POLICY_DENIED by the enclave since it started, by a deny rule, no allow rule, or a limit (enclave.health)',
+      labelNames: ['by'],
+      registers: [r],
+    });
+    this.policyEvaluations = new client.Counter({
+      name: 'nks_policy_evaluations_total',
+      help: "Sign requests the enclave evaluated against a project's signing policies since it started (enclave.health)",
+      registers: [r],
+    });
+    this.policyTracked = new client.Gauge({
+      name: 'nks_policy_tracked_counters',
+      help: "Limit counters the enclave holds in memory (enclave.health), at most its configuration's policy.maxTrackedCounters",
+      registers: [r],
+    });
     this.enclaveClockDrift = new client.Gauge({
       name: 'nks_enclave_clock_drift_seconds',
       help: 'The enclave clock minus the last attestation timestamp (enclave.health)',
@@ -165,6 +192,18 @@ export class Metrics {
         for (const [k, v] of Object.entries(walletCounters)) this.enclaveCounter.set({ counter: `wallets_${k}` }, v);
         for (const [k, v] of Object.entries(requests)) this.enclaveWalletRequests.set({ outcome: k }, v);
       }
+      // Signing policies (docs/POLICIES.md): the enclave's own totals since it started, exported as counters (a
+      // restart of the enclave is a counter reset, which rate() handles).
+      if (h.policy) {
+        const { rule, noRule, limit } = h.policy.denials;
+        mirror(this.policyDenials, [
+          [{ by: 'rule' }, rule],
+          [{ by: 'no_rule' }, noRule],
+          [{ by: 'limit' }, limit],
+        ]);
+        mirror(this.policyEvaluations, [[{}, h.policy.evaluations]]);
+        this.policyTracked.set(h.policy.trackedCounters);
+      }
       if (h.tls) this.setTls(h.tls);
       this.enclaveMemory.set({ kind: 'rss' }, h.memory.rssBytes);
       this.enclaveMemory.set({ kind: 'heap_used' }, h.memory.heapUsedBytes);
@@ -180,4 +219,10 @@ export class Metrics {
     const notAfter = installed && status.notAfter ? Date.parse(status.notAfter) : NaN;
     if (Number.isFinite(notAfter)) this.tlsNotAfter.set(Math.floor(notAfter / 1000));
   }
+}
+
+/** Sets a counter to totals another process keeps (prom-client counters only go up: reset, then add). */
+function mirror<L extends string>(counter: client.Counter<L>, values: Array<[Partial<Record<L, string>>, number]>): void {
+  counter.reset();
+  for (const [labels, v] of values) if (Number.isFinite(v) && v >= 0) counter.inc(labels, v);
 }

@@ -1,6 +1,7 @@
 /**
- * Projects (docs/PROJECTS.md): create, read, list, disable and enable. The enclave makes every project record
- * (`projects.create` chooses the id and the project key at random; `projects.setState` makes the next record);
+ * Projects (docs/PROJECTS.md): create, read, list, disable and enable, and set their signing policies
+ * (docs/POLICIES.md). The enclave makes every project record (`projects.create` chooses the id and the project
+ * key at random; `projects.setState` and `projects.setPolicies` make the next record);
  * the parent verifies each answer (signed by the keystore identity, and exactly what was asked) before it
  * stores it, and verifies a stored record before it hands it to the enclave. The name is the parent's own label.
  *
@@ -13,7 +14,8 @@ import { KeystoreError } from '@nks/shared/errors';
 import type { ProjectResult } from '@nks/shared/enclave-api';
 import type { Logger } from '@nks/shared/log';
 import type { ProjectAuth } from '@nks/shared/project-auth';
-import type { ProjectSettings } from '@nks/shared/projects-schema';
+import { largestProjectRecordBytes, PROJECT_RECORD_MAX_BYTES, type ProjectSettings } from '@nks/shared/projects-schema';
+import { isEmptyPolicy, type Policies } from '@nks/shared/policy/schema';
 import {
   DEFAULT_PROJECT_ID,
   decodeProjectRecord,
@@ -36,9 +38,33 @@ export interface ProjectView {
   allowedRequestTypes: SignRequestType[];
   state: ProjectState;
   createdAt: string;
+  /** Its signing policies (docs/POLICIES.md): empty lists when it has none. */
+  policies: Policies;
   /** The project's current record as the enclave signed it (canonical CBOR and signature, base64). */
   record: SignedRecord;
 }
+
+/** `GET` and `PUT /v1/projects/{projectId}/policies`: the policies of the project's current record, and that record. */
+export interface PoliciesView {
+  projectId: string;
+  /** The record's seq: every change of the policies is a new record, seq + 1. */
+  seq: number;
+  /** The record's digest, SHA-256("nks-record-v1" ‖ record), 0x hex: what the next record's `prev` names. */
+  recordSha256: string;
+  /** Empty lists when the project has none. */
+  policies: Policies;
+  /** The record, signed by the keystore identity: a client checks the policies with it (docs/RECORDS.md). */
+  record: SignedRecord;
+}
+
+/** No policy is shown as empty lists (a record without the field). */
+export const policiesOf = (record: ProjectRecord): Policies => record.policies ?? { rules: [], limits: [] };
+
+/** The policies `record` has after asking for `policies`: none when it is empty (the record leaves the field out). */
+const withPolicies = (record: ProjectRecord, policies: Policies | undefined): ProjectRecord => {
+  const { policies: _old, ...rest } = record;
+  return isEmptyPolicy(policies) ? rest : { ...rest, policies: policies };
+};
 
 /** A stored project whose record verified, with that record. */
 export interface VerifiedProject {
@@ -81,7 +107,19 @@ export function projectViewOf(stored: StoredProject): ProjectView {
     allowedRequestTypes: record.allowedRequestTypes,
     state: record.state,
     createdAt: new Date(record.createdAt).toISOString(),
+    policies: policiesOf(record),
     record: stored.signed,
+  };
+}
+
+/** The policies view of a verified project. */
+export function policiesViewOf(p: VerifiedProject): PoliciesView {
+  return {
+    projectId: p.record.projectId,
+    seq: p.record.seq,
+    recordSha256: hex(p.digest),
+    policies: policiesOf(p.record),
+    record: p.signed,
   };
 }
 
@@ -95,6 +133,8 @@ export class ProjectRegistry {
     private readonly logger: Logger,
     /** The identity's record checker; IDENTITY_UNAVAILABLE until the enclave pool has learned the identity. */
     private readonly records: () => RecordChecker,
+    /** Called once per new record whose policies changed (the metric nks_policy_changes_total). */
+    private readonly onPolicyChange: () => void = () => undefined,
   ) {}
 
   /** A new project: the enclave makes its record from `settings`; the parent checks it holds exactly them, and stores it. */
@@ -109,6 +149,8 @@ export class ProjectRegistry {
         sameAuth(r.auth, settings.auth) &&
         sameSet(r.allowedOrigins, settings.allowedOrigins) &&
         sameSet(r.allowedRequestTypes, settings.allowedRequestTypes) &&
+        // In order: the first rule that matches decides (docs/POLICIES.md).
+        isDeepStrictEqual(withPolicies(r, settings.policies), r) &&
         r.state === 'active' &&
         r.seq === 0 &&
         r.prev === null
@@ -123,7 +165,7 @@ export class ProjectRegistry {
         throw new KeystoreError('KEY_INTEGRITY', BAD_PROJECT_ANSWER, { cause: err });
       throw err;
     }
-    this.logger.info({ projectId: record.projectId, auth: record.auth.type }, 'project created');
+    this.logger.info({ projectId: record.projectId, auth: record.auth.type, policies: record.policies !== undefined }, 'project created');
     return projectViewOf(stored);
   }
 
@@ -141,8 +183,32 @@ export class ProjectRegistry {
   /** Disables or enables a project: its next record, made by the enclave, verified and stored. Nothing changes when it already is as asked. */
   async setState(projectId: string, state: ProjectState): Promise<ProjectView> {
     if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    return this.serially(projectId, () => this.changeState(projectId, state));
+  }
+
+  /**
+   * The policies of a project's current record (verified: a client can check them with the record). NOT_FOUND
+   * for a project the database does not hold.
+   */
+  policies(projectId: string): PoliciesView {
+    if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    return policiesViewOf(this.byId(projectId));
+  }
+
+  /**
+   * Replaces a project's policies (an empty policy removes them): its next record, made by the enclave from the
+   * newest stored one, verified (exactly the stored record with these policies, seq + 1) and stored. Nothing
+   * changes when the record already has them. A disabled project's policies change too.
+   */
+  async setPolicies(projectId: string, policies: Policies): Promise<PoliciesView> {
+    if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    return this.serially(projectId, () => this.changePolicies(projectId, policies));
+  }
+
+  /** One record change per project at a time (state or policies): each works from the record the one before stored. */
+  private serially<T>(projectId: string, change: () => Promise<T>): Promise<T> {
     const before = this.changing.get(projectId) ?? Promise.resolve();
-    const run = before.catch(() => undefined).then(() => this.changeState(projectId, state));
+    const run = before.catch(() => undefined).then(change);
     const tail = run.catch(() => undefined);
     this.changing.set(projectId, tail);
     void tail.then(() => {
@@ -162,6 +228,39 @@ export class ProjectRegistry {
     const stored = this.store.updateProjectRecord(projectId, answer.record, record);
     this.logger.info({ projectId, state }, `project ${state === 'disabled' ? 'disabled' : 'enabled'}`);
     return projectViewOf(stored);
+  }
+
+  private async changePolicies(projectId: string, policies: Policies): Promise<PoliciesView> {
+    const current = this.byId(projectId);
+    const wanted = withPolicies(current.record, policies);
+    if (isDeepStrictEqual(wanted, current.record)) return policiesViewOf(current);
+    // The enclave refuses a record over the limit too; this says so before asking it, as creation does.
+    const size = largestProjectRecordBytes({ ...current.record, policies });
+    if (size > PROJECT_RECORD_MAX_BYTES)
+      throw new KeystoreError(
+        'INVALID_PARAMS',
+        `body: the project's record would be ${size} bytes, over the ${PROJECT_RECORD_MAX_BYTES} a record may have: write fewer or shorter rules, limits or lists`,
+      );
+    const checker = this.records();
+    const answer = await this.enclave.call('projects.setPolicies', { project: current.signed, policies });
+    const next = this.checkAnswer(checker, answer, (r) =>
+      isDeepStrictEqual(r, { ...wanted, seq: current.record.seq + 1, prev: hex(current.digest), createdAt: r.createdAt }),
+    );
+    const stored = this.store.updateProjectRecord(projectId, answer.record, next.record);
+    this.onPolicyChange();
+    // The hashes name both records (the policies themselves are in them, not in the log).
+    this.logger.info(
+      {
+        projectId,
+        seq: next.record.seq,
+        oldRecordSha256: hex(current.digest),
+        newRecordSha256: hex(next.digest),
+        rules: policies.rules.length,
+        limits: policies.limits.length,
+      },
+      'project policies changed',
+    );
+    return policiesViewOf({ stored, signed: stored.signed, record: next.record, digest: next.digest });
   }
 
   /** An enclave's project answer: the record is signed by the identity, names the answer's id and key, and passes `expected`. */

@@ -7,6 +7,10 @@
  * JWKS the test gives it (`jwks`), with the project's issuer and audience, and derives the subject as the
  * enclave does, so the parent's TrueWallet routes meet genuine refusals (the real enclave's JWT checks, with
  * every rule of docs/PROJECTS.md, are tested against the bundle).
+ * Signing policies (docs/POLICIES.md): `projects.setPolicies` makes the next record with the policies given
+ * (normalized by their schema, as the enclave's method parameters are); `projects.evaluatePolicy` records what
+ * it is asked and answers `decision`; `signRefusal` is what keys.sign throws while set (a POLICY_DENIED, say).
+ * The real evaluation is tested against the bundle.
  * The wallet routes' TLS (docs/TLS.md): `tls.create` makes a real P-256 key and PKCS#10 request (@peculiar/x509),
  * its "sealed" blob random bytes that only the fakes can open (`FAKE_KMS`, standing for KMS, so a fake started
  * again with the same identity unseals it); `tls.install` checks the identity's signature over the blob and that
@@ -38,6 +42,8 @@ import type {
 } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import { silentLogger, type Logger } from '@nks/shared/log';
+import type { PolicyDecision } from '@nks/shared/policy/decision';
+import { isEmptyPolicy, PoliciesSchema, type Policies } from '@nks/shared/policy/schema';
 import { jwtSubject } from '@nks/shared/project-auth';
 import type { ProjectSettings } from '@nks/shared/projects-schema';
 import {
@@ -128,6 +134,12 @@ interface SignParams {
   jwt?: string;
 }
 
+/** A record's `policies` field: absent for none (normalized by the schema, as the enclave's parameters are). */
+const policiesField = (policies: unknown): { policies?: Policies } => {
+  const p = policies === undefined ? undefined : PoliciesSchema.parse(policies);
+  return isEmptyPolicy(p) ? {} : { policies: p };
+};
+
 /** What the fakes' "KMS" opens: a TLS blob (base64) -> the key it seals, its SPKI (base64). Shared by every fake. */
 const FAKE_KMS = new Map<string, { spki: string }>();
 
@@ -161,6 +173,7 @@ export class FakeEnclave {
     setDisabled?: (r: KeyRecord) => KeyRecord;
     projectCreate?: (r: ProjectRecord) => ProjectRecord;
     projectSetState?: (r: ProjectRecord) => ProjectRecord;
+    projectSetPolicies?: (r: ProjectRecord) => ProjectRecord;
     tlsCreate?: (r: TlsCreateResult) => TlsCreateResult;
     tlsInstall?: (r: TlsStatus) => TlsStatus;
   } = {};
@@ -174,6 +187,16 @@ export class FakeEnclave {
   jwks: JWTVerifyGetKey | null = null;
   /** `keys.create` waits this long before answering (concurrent first calls overlap). */
   createDelayMs = 0;
+  /** What projects.evaluatePolicy answers. */
+  decision: PolicyDecision = { allowed: true, rule: null, limit: null, reason: 'the project has no policies', rules: [], limits: [] };
+  /** Every projects.evaluatePolicy request as received. */
+  readonly evaluations: Array<Record<string, unknown>> = [];
+  /** keys.sign throws this while set (after its record checks), as the enclave's policy check does. */
+  signRefusal: KeystoreError | null = null;
+  /** projects.setPolicies waits for this before answering, while set. */
+  setPoliciesGate: Promise<void> | null = null;
+  /** Health's `policy` section. */
+  policyHealth = { evaluations: 7, denials: { rule: 3, noRule: 2, limit: 1 }, trackedCounters: 4 };
   /** identity.get answers IDENTITY_UNAVAILABLE while true (a genesis image, or one still unsealing). */
   identityUnavailable = false;
   protocolVersion = 3;
@@ -214,6 +237,7 @@ export class FakeEnclave {
             requests: { ok: 5, invalid_jwt: 1 },
           },
           memory: { rssBytes: 1, heapUsedBytes: 1, externalBytes: 1 },
+          policy: this.policyHealth,
         })),
         'identity.get': count('identity.get', (p: { nonce?: string }) => this.identityGet(p)),
         'keys.create': count('keys.create', (p: CreateParams) => this.create(p)),
@@ -223,6 +247,13 @@ export class FakeEnclave {
         'projects.setState': count('projects.setState', (p: { project: SignedRecord; state: 'active' | 'disabled' }) =>
           this.projectSetState(p),
         ),
+        'projects.setPolicies': count('projects.setPolicies', (p: { project: SignedRecord; policies: unknown }) =>
+          this.projectSetPolicies(p),
+        ),
+        'projects.evaluatePolicy': count('projects.evaluatePolicy', (p: Record<string, unknown>) => {
+          this.evaluations.push(p);
+          return this.decision;
+        }),
         'keys.setDisabled': count('keys.setDisabled', (p: { record: SignedRecord; project: SignedRecord; disabled: boolean }) =>
           this.setDisabled(p),
         ),
@@ -320,6 +351,7 @@ export class FakeEnclave {
   private async sign(p: SignParams): Promise<SignResult> {
     await this.keyUser(p);
     this.signRequests.push({ keyId: p.keyId, record: p.record, project: p.project });
+    if (this.signRefusal) throw this.signRefusal;
     if (this.holding) {
       await new Promise<void>((release) => {
         this.held.push({ keyId: p.keyId, release });
@@ -359,6 +391,7 @@ export class FakeEnclave {
       allowedOrigins: settings.allowedOrigins,
       allowedRequestTypes: settings.allowedRequestTypes,
       createdAt: Date.now(),
+      ...policiesField(settings.policies),
     });
     if (this.alter.projectCreate) record = this.alter.projectCreate(record);
     return { projectId: record.projectId, projectKey: record.projectKey, record: this.identity.sign(record) };
@@ -369,6 +402,21 @@ export class FakeEnclave {
     const old = decodeProjectRecord(bytes);
     let next: ProjectRecord = { ...old, state: p.state, seq: old.seq + 1, prev: hex(recordDigest(bytes)), createdAt: Date.now() };
     if (this.alter.projectSetState) next = this.alter.projectSetState(next);
+    return { projectId: next.projectId, projectKey: next.projectKey, record: this.identity.sign(next) };
+  }
+
+  private async projectSetPolicies(p: { project: SignedRecord; policies: unknown }): Promise<ProjectResult> {
+    if (this.setPoliciesGate) await this.setPoliciesGate;
+    const bytes = Buffer.from(p.project.record, 'base64');
+    const { policies: _old, ...old } = decodeProjectRecord(bytes);
+    let next: ProjectRecord = {
+      ...old,
+      ...policiesField(PoliciesSchema.parse(p.policies)),
+      seq: old.seq + 1,
+      prev: hex(recordDigest(bytes)),
+      createdAt: Date.now(),
+    };
+    if (this.alter.projectSetPolicies) next = this.alter.projectSetPolicies(next);
     return { projectId: next.projectId, projectKey: next.projectKey, record: this.identity.sign(next) };
   }
 

@@ -136,6 +136,7 @@ describe('projects in the parent', () => {
         allowedRequestTypes: ['message', 'userOperation', 'typedData'],
         state: 'active',
         createdAt: expect.any(String),
+        policies: { rules: [], limits: [] },
         record: { record: expect.any(String), signature: expect.any(String) },
       });
       expect(Date.parse((jwt as unknown as { createdAt: string }).createdAt)).toBeGreaterThanOrEqual(before - 1000);

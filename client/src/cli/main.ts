@@ -5,6 +5,7 @@
 import { KeystoreApiError } from '../sdk';
 import { attestationCommand, devCommand, keysCommand, policyCommand, signCommand } from './commands';
 import { UsageError } from './context';
+import { policiesCommand } from './policies-commands';
 import { projectsCommand } from './project-commands';
 import { tlsCommand } from './tls-commands';
 import { genesisCommand, identityCommand } from './verify-commands';
@@ -28,6 +29,13 @@ const HELP = `nks — nitro-keystore command-line client
   nks projects disable|enable <projectId>
       projects need an admin token; a JWT project's users get keys through the TrueWallet API
       (POST /v1/<projectKey>/wallets/get-address|sign|sign-request) with their own JWTs
+  nks policies get --project ID [--identity 0x…|FILE]
+  nks policies set --project ID --file policy.json
+  nks policies evaluate --project ID --request request.json [--key KEY] [--file policy.json]
+      a project's signing policies (admin token; docs/POLICIES.md): what its keys may sign, enforced in the
+      enclave. set replaces the whole policy ({} removes it); evaluate is a dry run that explains the decision
+      (exit 0 whether allowed or denied), of the project's policy or of --file's; --identity checks the
+      record that holds the policies
   nks tls create --name NAME [--name NAME]... [--csr-out FILE] [--pcr0 HEX]... [--root PEM]
       the enclave makes a TLS key for the wallet routes (admin token) and answers its CSR; get a certificate
   nks tls install --chain FILE
@@ -51,7 +59,8 @@ const HELP = `nks — nitro-keystore command-line client
   nks policy --parent-role-arn ARN --admin ARN... --image-approver-role-arn ARN --break-glass-role-arn ARN
               (--measurements FILE | --pcr0 HEX --security-epoch N)... [--current-policy FILE]
               [--migration-window] [--pin-pcr8] [--out FILE]
-      refuses an image of a lower security epoch than the current policy's, and mixed epochs
+      writes the KMS key policy (docs/KEY-POLICY.md: which images may unseal keys; not signing policies,
+      see nks policies); refuses an image of a lower security epoch than the current policy's, and mixed epochs
   nks dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy]
 
 Connection (API commands): --url URL --token TOKEN, or NKS_URL / NKS_TOKEN, or the local dev stack's state
@@ -76,7 +85,12 @@ async function main(argv: string[]): Promise<number> {
       return genesisCommand(rest);
     case 'tls':
       return tlsCommand(rest);
+    case 'policies':
+      return policiesCommand(rest);
     case 'policy':
+      // `nks policy get|set|evaluate`: signing policies are `nks policies`.
+      if (['get', 'set', 'evaluate'].includes(rest[0] ?? ''))
+        throw new UsageError(`nks policy writes the KMS key policy; a project's signing policies are "nks policies ${rest[0]}"`);
       return policyCommand(rest);
     case 'dev':
       return devCommand(rest);

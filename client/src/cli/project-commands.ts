@@ -27,6 +27,13 @@ const projectRows = (p: Project): Array<[string, unknown]> => [
   ['allowedOrigins', p.allowedOrigins.length ? p.allowedOrigins.join(', ') : 'none'],
   ['allowedRequestTypes', p.allowedRequestTypes.join(', ')],
   ['state', p.state],
+  [
+    'policies',
+    // Older servers show none; the rules themselves: nks policies get.
+    p.policies && (p.policies.rules.length || p.policies.limits.length)
+      ? `${p.policies.rules.length} rule(s), ${p.policies.limits.length} limit(s) (nks policies get --project ${p.projectId})`
+      : 'none',
+  ],
   ['createdAt', p.createdAt],
 ];
 

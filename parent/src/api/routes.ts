@@ -14,7 +14,9 @@ import type {
 } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
+import { PoliciesSchema } from '@nks/shared/policy/schema';
 import { ProjectSettingsSchema } from '@nks/shared/projects-schema';
+import { keyId } from '@nks/shared/schema';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
 import type { Scope } from '../config';
 import { viewOf, type KeyRegistry } from '../key-registry';
@@ -69,6 +71,18 @@ const ProjectListQuery = z.strictObject({
   cursor: z.string().max(128).optional(),
 });
 const EmptyBody = z.strictObject({}).optional();
+/** A project's whole policy (docs/POLICIES.md): it replaces the one the project has; `{}` removes it. */
+const PoliciesBody = requestBody(PoliciesSchema, {
+  whenMissing: 'a policy is required ({"rules": [...], "limits": [...]}; {} removes it)',
+});
+/**
+ * A dry run: the request (as sent: the enclave validates it again, as when signing), the key whose limit
+ * counters to show, and a policy to try instead of the project's.
+ */
+const EvaluateBody = requestBody(
+  z.strictObject({ request: SignRequestSchema, keyId: keyId.optional(), policies: PoliciesSchema.optional() }),
+  { whenMissing: 'a body {"request": {...}, "keyId"?, "policies"?} is required', asSent: true },
+);
 const SignBody = requestBody(SignRequestSchema, { whenMissing: 'a sign request is required', asSent: true });
 const ListQuery = z.strictObject({
   externalId: externalId.optional(),
@@ -83,8 +97,14 @@ const nonce = z
 const AttestationQuery = z.strictObject({ nonce });
 const IdentityQuery = z.strictObject({ nonce });
 
-/** A route's URL and identity, from its documented path; no scope: served without a token. */
-export const at = (path: string, scope?: Scope) => ({ url: routeUrl(path), config: { name: path, ...(scope ? { scope } : {}) } });
+/**
+ * A route's URL and identity, from its documented path; no scope: served without a token. A literal colon
+ * (`…/policies:evaluate`) is `::` to Fastify, whose `:` starts a parameter; the documented path keeps one.
+ */
+export const at = (path: string, scope?: Scope) => ({
+  url: routeUrl(path.replace(/:/g, '::')),
+  config: { name: path, ...(scope ? { scope } : {}) },
+});
 
 /**
  * Whether the request's token sees the keys of JWT projects: admin only. Their subjects name the users (issuer
@@ -177,6 +197,31 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
         },
       });
     }
+    // Signing policies (docs/POLICIES.md): read and replaced as a whole; a dry run on any request.
+    app.route({
+      method: 'GET',
+      ...at('/v1/projects/{projectId}/policies', 'admin'),
+      schema: { params: ProjectParams, querystring: NoQuery },
+      handler(request) {
+        return keys.projects.policies(request.params.projectId);
+      },
+    });
+    app.route({
+      method: 'PUT',
+      ...at('/v1/projects/{projectId}/policies', 'admin'),
+      schema: { params: ProjectParams, querystring: NoQuery, body: PoliciesBody },
+      handler(request) {
+        return keys.projects.setPolicies(request.params.projectId, request.body);
+      },
+    });
+    app.route({
+      method: 'POST',
+      ...at('/v1/projects/{projectId}/policies:evaluate', 'admin'),
+      schema: { params: ProjectParams, querystring: NoQuery, body: EvaluateBody },
+      handler(request) {
+        return keys.evaluatePolicy(request.params.projectId, request.body);
+      },
+    });
     app.route({
       method: 'GET',
       ...at('/v1/attestation', 'keys:read'),

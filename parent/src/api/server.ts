@@ -4,7 +4,8 @@
  * routing (404/405), bearer-token auth (401/403), a bounded JSON body (413/415/400), validation against the
  * route's schemas (400), a deadline (504), metrics and one access-log line without bodies or credentials.
  * `/healthz`, `/readyz` and `/metrics` need no token. Every error is `{"error": {"code", "message",
- * "requestId"}}` with the status of its code (shared/src/errors.ts); Fastify's own errors are mapped into it.
+ * "retryable", "requestId", "details"?}}` with the status of its code (shared/src/errors.ts); Fastify's own errors are
+ * mapped into it.
  *
  * The order of the checks is the documented one (parent/README.md): admission (draining, in-flight cap),
  * then the route (404/405), the token, the body, the schemas, and the handler under its deadline.
@@ -336,7 +337,11 @@ export class ApiServer {
     }
     if (ke.httpStatus === 503) reply.header('retry-after', '1');
     if (ke.code === 'UNAUTHORIZED') reply.header('www-authenticate', 'Bearer');
-    reply.code(ke.httpStatus).send({ error: { code: ke.code, message: ke.message, requestId: request.id } });
+    // `details` (POLICY_DENIED: the rule or limit and the reason) only when the error has them.
+    const details = ke.details ? { details: ke.details } : {};
+    reply
+      .code(ke.httpStatus)
+      .send({ error: { code: ke.code, message: ke.message, retryable: ke.retryable, requestId: request.id, ...details } });
   }
 
   /** Once per request, when its answer is sent: in-flight count, metrics, the access-log line, drain waiters. */
