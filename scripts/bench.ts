@@ -21,7 +21,8 @@
  * coldKmsCallsPerKey, createKmsCalls, createPerSec, typedData, jwt, wallets (and more).
  *
  * `--only jwt` runs the JWT comparison alone, `--only wallets` the wallets section alone (a stack of its own each,
- * about a minute).
+ * about a minute). `--only policy` measures signing policies (docs/POLICIES.md) in this process, no stack: the CPU
+ * of reading a request's facts and evaluating a 20-rule policy on it, against the enclave's 50 µs budget.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash, createHmac, randomBytes } from 'node:crypto';
@@ -39,6 +40,24 @@ import { SignRequestSchema } from '@nks/shared/signing/schema';
 import { checkTypedDataBudget, TYPED_DATA_LIMITS } from '@nks/shared/signing/typed-data-budget';
 import { atLimitStructs, atLimitTypeStrings, atLimitValues, type TypedDataInput } from '@nks/shared-test/typed-data-payloads';
 import { signRequest } from '../enclave/src/signing/sign';
+import { requestFacts } from '@nks/shared/policy/facts';
+import { compilePolicy, evaluateRules } from '@nks/shared/policy/evaluate';
+import { PoliciesSchema } from '@nks/shared/policy/schema';
+import type { SignRequest } from '@nks/shared/signing/schema';
+import {
+  ALICE,
+  batchCallsData,
+  batchV07Data,
+  BOB,
+  DAI,
+  DELEGATE,
+  ENTRY_POINT_07,
+  MALLORY,
+  transactionRequest,
+  transferData,
+  USDC,
+  userOperationRequest,
+} from '@nks/shared-test/policy-requests';
 
 const { values } = parseArgs({
   options: {
@@ -676,6 +695,103 @@ async function onlyJwt(quick: boolean): Promise<void> {
   }
 }
 
+/** The enclave's budget for facts + rules of a 20-rule policy on a transaction (docs/POLICIES.md). */
+const POLICY_BUDGET_US = 50;
+
+/**
+ * A project's policy as it grows in practice: two deny rules, then allow rules of every kind of condition, none
+ * of which matches the requests below before the last: every rule is evaluated and every failed one explained.
+ */
+function twentyRulePolicy() {
+  const addresses = (n: number, seed: number) =>
+    Array.from({ length: n }, (_, i) => `0x${createHash('sha256').update(`${seed}:${i}`).digest('hex').slice(0, 40)}`);
+  const rules: unknown[] = [
+    { name: 'no-blind', effect: 'deny', when: { type: ['digest'] } },
+    { name: 'no-7702-everywhere', effect: 'deny', when: { type: ['authorization'], chainId: [0] } },
+  ];
+  for (let i = 0; i < 15; i++) {
+    const kind = i % 5;
+    rules.push({
+      name: `allow-${i}`,
+      effect: 'allow',
+      when: [
+        { type: ['transaction'], chainId: [10, 8453], to: addresses(20, i), maxValue: '1000000000000000000' },
+        { type: ['transaction'], erc20: { function: ['transfer'], recipient: addresses(20, i), maxAmount: '1000000' } },
+        { type: ['typedData'], typedData: { primaryType: ['Permit'], verifyingContract: addresses(10, i) } },
+        { type: ['userOperation'], userOperation: { entryPoint: [ENTRY_POINT_07], targets: addresses(20, i) }, maxValue: '0' },
+        { type: ['authorization', 'transaction'], chainId: [1], delegate: [DELEGATE] },
+      ][kind],
+    });
+  }
+  rules.push(
+    {
+      name: 'usdc',
+      effect: 'allow',
+      when: { type: ['transaction'], chainId: [1], to: [USDC], maxValue: '0', erc20: { recipient: [ALICE, BOB], maxAmount: '1000000000' } },
+    },
+    {
+      name: 'app-ops',
+      effect: 'allow',
+      when: { type: ['userOperation'], chainId: [1], userOperation: { targets: [USDC, DAI, BOB] }, maxGasPrice: '100000000000' },
+    },
+    {
+      name: 'payments',
+      effect: 'allow',
+      when: { type: ['transaction'], chainId: [1], to: [BOB, ALICE], maxValue: '1000000000000000000', maxGasPrice: '100000000000' },
+    },
+  );
+  return compilePolicy(PoliciesSchema.parse({ rules }));
+}
+
+/** CPU microseconds (user + system, this thread's process) per facts + rules evaluation of `req`. */
+function policyCpuUs(policy: ReturnType<typeof compilePolicy>, req: SignRequest, iterations: number): number {
+  let allowed = 0;
+  for (let i = 0; i < Math.ceil(iterations / 10); i++) allowed += Number(evaluateRules(policy, requestFacts(req)).allowed); // warm-up
+  const before = process.cpuUsage();
+  for (let i = 0; i < iterations; i++) allowed += Number(evaluateRules(policy, requestFacts(req)).allowed);
+  const used = process.cpuUsage(before);
+  if (allowed < 0) throw new Error('unreachable'); // keeps the loop's result alive
+  return (used.user + used.system) / iterations;
+}
+
+function onlyPolicy(quick: boolean): void {
+  const iterations = quick ? 20_000 : 200_000;
+  console.log(
+    `nitro-keystore benchmark, signing policies (${quick ? 'quick' : 'full'}): Node ${process.version}, ${iterations} evaluations each`,
+  );
+  const policy = twentyRulePolicy();
+  const calls = (n: number) => Array.from({ length: n }, (_, i) => ({ target: [USDC, DAI, BOB][i % 3] as string, value: 0n }));
+  const cases: Array<[string, SignRequest, boolean]> = [
+    ['transaction (eip1559, ether to a listed address)', transactionRequest('eip1559', { to: BOB, value: '1000' }), true],
+    ['transaction, denied (no rule allows it)', transactionRequest('eip1559', { to: MALLORY, value: '1000' }), true],
+    ['ERC-20 transfer', transactionRequest('eip1559', { to: USDC, data: transferData(ALICE, 5_000_000n) }), true],
+    ['userOperation 0.7 executeBatch (3 calls)', userOperationRequest('0.7', batchV07Data([USDC, DAI, BOB], [0n, 0n, 0n])), true],
+    ['userOperation executeBatch((address,uint256,bytes)[]) (3 calls)', userOperationRequest('0.7', batchCallsData(calls(3))), true],
+    ['userOperation executeBatch, 64 calls (the decoding bound)', userOperationRequest('0.7', batchCallsData(calls(64))), false],
+  ];
+  const results: Record<string, number> = {};
+  for (const [name, req, budgeted] of cases) {
+    const us = policyCpuUs(policy, req, budgeted ? iterations : Math.ceil(iterations / 20));
+    results[name] = Number(us.toFixed(2));
+    const verdict = !budgeted
+      ? 'the bound of the work a request can ask for'
+      : us <= POLICY_BUDGET_US
+        ? `within the ${POLICY_BUDGET_US} µs budget`
+        : `OVER the ${POLICY_BUDGET_US} µs budget`;
+    console.log(`  ${name}: ${f(us, 2)} µs CPU per evaluation (${verdict})`);
+  }
+  const worst = Math.max(...cases.filter((c) => c[2]).map((c) => results[c[0]] as number));
+  console.log(
+    `policy: 20 rules, facts + rules, worst ${f(worst, 2)} µs: ${worst <= POLICY_BUDGET_US ? 'met' : 'NOT met'} (budget ${POLICY_BUDGET_US} µs)`,
+  );
+  console.log(
+    JSON.stringify({
+      machine: { node: process.version },
+      policy: { rules: policy.rules.length, budgetUs: POLICY_BUDGET_US, cpuUsPerEvaluation: results },
+    }),
+  );
+}
+
 async function main(): Promise<void> {
   const quick = values.quick ?? false;
   const o = { seconds: quick ? 4 : 10, warmup: quick ? 1 : 2, rawSamples: [] as number[] };
@@ -895,9 +1011,11 @@ if (values['cache-footprint']) {
       `${JSON.stringify({ n: cache.stats.size, rssBytes: after.rss - before.rss, heapBytes: after.heapUsed - before.heapUsed + (after.arrayBuffers - before.arrayBuffers) })}\n`,
     );
   })();
+} else if (values.only === 'policy') {
+  onlyPolicy(values.quick ?? false);
 } else if (values.only !== undefined) {
   if (values.only !== 'jwt' && values.only !== 'wallets') {
-    console.error('bench: --only takes "jwt" or "wallets"');
+    console.error('bench: --only takes "jwt", "wallets" or "policy"');
     process.exit(2);
   }
   void (values.only === 'jwt' ? onlyJwt : onlyWallets)(values.quick ?? false).catch((err: unknown) => {

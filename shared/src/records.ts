@@ -253,11 +253,17 @@ const PROJECT_FIELDS = [
   'prev',
   'createdAt',
 ] as const;
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
 /** A policy nests deepest: record, policies, rules, a rule, its condition, erc20, a list. */
 const PROJECT_MAX_DEPTH = 7;
 
-/** CBOR maps (text keys only) and arrays as plain JSON values, for the policy schema. */
+/**
+ * CBOR maps (text keys only) and arrays as plain JSON values, for the policy schema. The decoder gives integers
+ * of 2^32 and above as bigint; the schema's numbers (a chain id may be up to 2^53 - 1) are numbers again here,
+ * and encode to the same bytes, so the normalized-form check below still compares the record's own bytes.
+ */
 function plain(v: unknown): unknown {
+  if (typeof v === 'bigint') return v >= -MAX_SAFE && v <= MAX_SAFE ? Number(v) : v;
   if (Array.isArray(v)) return v.map(plain);
   if (v instanceof Map) {
     const o: Record<string, unknown> = {};

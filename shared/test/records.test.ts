@@ -429,6 +429,24 @@ describe('project records with policies (docs/POLICIES.md)', () => {
     });
   });
 
+  it('round-trips chain ids of 2^32 and above, up to 2^53 - 1 (CBOR gives them back as bigint)', () => {
+    // Palm's chain id is 11297108109: a policy naming it must not make a record nobody can decode.
+    const record: ProjectRecord = {
+      ...PROJECT,
+      policies: PoliciesSchema.parse({
+        rules: [{ name: 'big chains', effect: 'allow', when: { chainId: [2 ** 32, 11_297_108_109, Number.MAX_SAFE_INTEGER] } }],
+        limits: [{ name: 'l', scope: 'key', window: 'day', maxCount: 1_000_000_000, when: { chainId: [2 ** 32 - 1] } }],
+      }),
+    };
+    expect(openProjectRecord(signRecord(record), identity.publicKey).record).toEqual(record);
+    // Beyond 2^53 - 1 is no chain id of the schema's: refused, as any invalid policy.
+    const beyond = canonicalCbor({
+      ...PROJECT,
+      policies: { rules: [{ name: 'a', effect: 'allow', when: { chainId: [2n ** 53n] } }], limits: [] },
+    });
+    expect(refusal(() => decodeProjectRecord(beyond))).toEqual(malformed('policies is not a valid policy'));
+  });
+
   it('takes a policy up to the size limit: a 32 KiB record verifies and decodes', () => {
     // Rules of up to 256 distinct addresses each (an address is 43 bytes of CBOR), in the normalized form.
     const addresses = Array.from({ length: 1024 }, (_, i) =>

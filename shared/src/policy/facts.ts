@@ -199,9 +199,11 @@ function callHeadsOf(args: Uint8Array): Array<{ target: string | undefined; valu
 /**
  * Whether the first `count` arguments, each a dynamic array (its head word an offset to its length), have at
  * most USER_OPERATION_DECODE_LIMITS.maxCalls elements: read before decoding them, as viem's decoder costs
- * microseconds per element and 16 KiB holds some 500.
+ * microseconds per element and 16 KiB holds some 500. Each element takes a word of the arguments (here: an
+ * address, a value or an offset), so arguments of at most that many words need no reading.
  */
 function arraysFit(args: Uint8Array, count: number): boolean {
+  if (args.length <= 32 * USER_OPERATION_DECODE_LIMITS.maxCalls) return true;
   for (let i = 0; i < count; i++) {
     const offset = decode(ONE_WORD, args, 32 * i)?.[0];
     const length = offset !== undefined && offset < BigInt(args.length) ? decode(ONE_WORD, args, Number(offset))?.[0] : undefined;
