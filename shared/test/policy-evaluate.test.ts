@@ -161,6 +161,30 @@ const CASES: Record<string, Case[]> = {
       typedDataRequest({ name: `${'😀'.repeat(40)}${'x'.repeat(100)}` }),
       `typedData.name "${'😀'.repeat(40)}${'x'.repeat(ECHO_MAX_CHARS - 40)}…" is not in the list`,
     ],
+    [
+      'a name of 64 characters outside the BMP, then more, echoed in part',
+      { typedData: { name: ['USD Coin'] } },
+      typedDataRequest({ name: `${'😀'.repeat(ECHO_MAX_CHARS)}xyz` }),
+      `typedData.name "${'😀'.repeat(ECHO_MAX_CHARS)}…" is not in the list`,
+    ],
+    [
+      'a name of exactly 64 characters, echoed whole',
+      { typedData: { name: ['USD Coin'] } },
+      typedDataRequest({ name: '😀'.repeat(ECHO_MAX_CHARS) }),
+      `typedData.name "${'😀'.repeat(ECHO_MAX_CHARS)}" is not in the list`,
+    ],
+    [
+      'a name with quotes and a control character, escaped',
+      { typedData: { name: ['USD Coin'] } },
+      typedDataRequest({ name: 'a"b\nc' }),
+      'typedData.name "a\\"b\\nc" is not in the list',
+    ],
+    [
+      'a long primary type, echoed in part',
+      { typedData: { primaryType: ['Permit'] } },
+      typedDataRequest({}, 'P'.repeat(200)),
+      `typedData.primaryType "${'P'.repeat(ECHO_MAX_CHARS)}…" is not in the list`,
+    ],
     ['a listed verifying contract', { typedData: { verifyingContract: [USDC] } }, permit, null],
     [
       'another verifying contract',

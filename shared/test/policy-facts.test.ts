@@ -275,7 +275,7 @@ describe('decoding bounds (docs/POLICIES.md, "Known limits")', () => {
     expect([over.userOperation?.targets, over.value]).toEqual([undefined, undefined]);
   });
 
-  it('the costliest callData within the bounds is read in well under a millisecond', () => {
+  it('the costliest callData within the bounds is read in under a millisecond', () => {
     const words = (xs: Array<bigint | number>) => xs.map((x) => BigInt(x).toString(16).padStart(64, '0')).join('');
     const fill = (selector: string, body: string) => `${selector}${body}`.padEnd(2 + 2 * maxCallDataBytes, '0') as Hex;
     const most = Math.floor((maxCallDataBytes - 4 - 96) / 32); // words that fit after the heads

@@ -112,8 +112,14 @@ export function compilePolicy(p: Policies): CompiledPolicy {
 
 /** A caller's string, quoted and cut to ECHO_MAX_CHARS characters (whole code points). */
 function quote(s: string): string {
-  const chars = Array.from(s.slice(0, 2 * ECHO_MAX_CHARS));
-  return JSON.stringify(chars.length > ECHO_MAX_CHARS ? `${chars.slice(0, ECHO_MAX_CHARS).join('')}…` : s);
+  let chars = 0;
+  let end = 0;
+  for (const ch of s) {
+    if (chars === ECHO_MAX_CHARS) return JSON.stringify(`${s.slice(0, end)}…`);
+    chars += 1;
+    end += ch.length;
+  }
+  return JSON.stringify(s);
 }
 
 /** Why a request has no such fact: the end of a "does not apply" text. */
