@@ -15,7 +15,7 @@ import { TLS_CHAIN_MAX_BYTES, TLS_MAX_NAMES, TLS_NAME_EXPECTED, TLS_NAME_RE } fr
 import { PROJECT_KEY_RE } from './records';
 import { PROJECT_ID_RE } from './identifiers';
 import { SignRequestSchema, type SignResult } from './signing/schema';
-import { PoliciesSchema } from './policy/schema';
+import { PoliciesSchema, POLICY_MAX_APPROVERS } from './policy/schema';
 import type { PolicyDecision } from './policy/decision';
 
 const hexUpTo = (bytes: number) => hexBytes.max(2 + 2 * bytes, `expected at most ${bytes} bytes`);
@@ -97,7 +97,15 @@ export const ProjectSetStateParams = z.strictObject({ project: SignedRecordSchem
  * A project's next record with `policies` replaced (an admin action; docs/POLICIES.md): seq + 1, everything
  * else as it was. An empty policy removes the field: the project then signs as one without policies.
  */
-export const ProjectSetPoliciesParams = z.strictObject({ project: SignedRecordSchema, policies: PoliciesSchema });
+export const ProjectSetPoliciesParams = z.strictObject({
+  project: SignedRecordSchema,
+  policies: PoliciesSchema,
+  /** EIP-712 signatures of the current policy's approvers over this change (policy/approval.ts); needed when it has approvers. */
+  approvals: z
+    .array(z.string().regex(/^0x[0-9a-fA-F]{130}$/, 'expected a 65-byte signature as 0x hex'))
+    .max(POLICY_MAX_APPROVERS)
+    .optional(),
+});
 /**
  * A dry run (an admin action): the decision the project's policy (its record's, or `policies` when given, to
  * try a policy before setting it) makes on `request`, with every rule's and limit's outcome. `record` (one of

@@ -6,7 +6,7 @@
  */
 import { KeystoreError } from '../errors';
 import type { SignRequestType } from '../signing/request-types';
-import type { Erc20Function, LimitScope, LimitWindow } from './schema';
+import type { Erc20Function, LimitScope, LimitWindow, MessageKind } from './schema';
 
 /**
  * The facts of one sign request, read from its parsed, validated form (never from bytes the caller chose as
@@ -21,10 +21,19 @@ export interface RequestFacts {
   to?: string | null;
   /**
    * Native value moved, wei: a transaction's value (0 when absent); a user operation's decoded calls' values
-   * summed (absent when its callData is not a call this reader decodes); 0 for digest, message, typed data and
-   * authorization requests.
+   * summed (absent when its callData is not a call this reader decodes); 0 for text and raw messages and
+   * authorizations. Absent (unknown) for what the enclave cannot read the value of: digests, `hash` messages
+   * and typed data (a digest may be a transaction's, a typed-data message a Safe transaction's).
    */
   value?: bigint;
+  /**
+   * The most the request can pay for gas, wei: a transaction's gas × (gasPrice or maxFeePerGas) (gas absent: 0);
+   * a user operation's callGasLimit + verificationGasLimit + preVerificationGas (+ the paymaster's limits) ×
+   * maxFeePerGas. Absent for other requests. Limits count value + fee (`cost`).
+   */
+  fee?: bigint;
+  /** Message requests: `text`, `raw`, or `hash` (exactly 32 raw bytes). */
+  messageKind?: MessageKind;
   /** Transactions whose calldata has at least 4 bytes: its first 4, lower-case 0x hex. */
   selector?: string;
   /** Transactions whose calldata is exactly an ERC-20 transfer or approve. */
@@ -32,7 +41,7 @@ export interface RequestFacts {
   typedData?: { name?: string; verifyingContract?: string; primaryType: string };
   /** `targets` absent when the callData is not an execute / executeBatch call this reader decodes. */
   userOperation?: { sender: string; entryPoint: string; targets?: string[] };
-  /** Authorization requests (one) and EIP-7702 transactions (each of the list). */
+  /** Authorization requests: the delegate this key's signature names (type-4 transactions have none: their tuples are others'). */
   delegates?: string[];
   /** Transactions (gasPrice, or maxFeePerGas) and user operations (maxFeePerGas). */
   gasPrice?: bigint;

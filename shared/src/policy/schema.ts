@@ -29,6 +29,15 @@ export const POLICY_MAX_LIST = 256;
 export const POLICY_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,63}$/;
 export const POLICY_NAME_EXPECTED = 'expected a name of 1-64 characters of [A-Za-z0-9 _.:-], starting with a letter or digit';
 export const ERC20_FUNCTIONS = ['transfer', 'approve'] as const;
+/**
+ * What a `message` request signs: `text` (a string), `raw` (bytes), or `hash` (exactly 32 raw bytes: a digest
+ * whose preimage the enclave does not see, e.g. the userOpHash an ERC-4337 account checks under EIP-191). A hash
+ * is blind signing: only an allow rule that lists `hash` in `messageKind` allows it (docs/POLICIES.md).
+ */
+export const MESSAGE_KINDS = ['text', 'raw', 'hash'] as const;
+export type MessageKind = (typeof MESSAGE_KINDS)[number];
+/** At most this many approvers, and approvals in one change. */
+export const POLICY_MAX_APPROVERS = 16;
 export type Erc20Function = (typeof ERC20_FUNCTIONS)[number];
 export const POLICY_EFFECTS = ['allow', 'deny'] as const;
 export const LIMIT_SCOPES = ['key', 'project'] as const;
@@ -75,6 +84,10 @@ export const ConditionSchema = z.strictObject({
   to: list(PolicyAddressSchema).optional(),
   /** The native value moved, in wei: a transaction's value, or the sum of a user operation's decoded calls. */
   maxValue: WeiSchema.optional(),
+  /** A message request's kind (`text`, `raw`, `hash`); an allow rule matches a `hash` only when it lists it here. */
+  messageKind: list(z.enum(MESSAGE_KINDS)).optional(),
+  /** The most the request can pay for gas, wei: a transaction's gas × (gasPrice or maxFeePerGas); a user operation's gas limits summed × maxFeePerGas. */
+  maxFee: WeiSchema.optional(),
   /** A transaction's 4-byte function selector (calldata of at least 4 bytes). */
   selector: list(selector).optional(),
   /** A transaction whose calldata is exactly an ERC-20 transfer(to, amount) or approve(spender, amount). */
@@ -102,7 +115,10 @@ export const ConditionSchema = z.strictObject({
       targets: list(PolicyAddressSchema).optional(),
     })
     .optional(),
-  /** EIP-7702 delegates: an authorization's address, or every address in a type-4 transaction's authorization list. */
+  /**
+   * The EIP-7702 delegate an authorization request names (what this key delegates its account to). A type-4
+   * transaction's authorization list holds tuples others signed: it is no fact of the transaction's signer.
+   */
   delegate: list(PolicyAddressSchema).optional(),
   /** A transaction's gasPrice or maxFeePerGas, a user operation's maxFeePerGas, in wei. */
   maxGasPrice: WeiSchema.optional(),
@@ -135,10 +151,28 @@ export const LimitSchema = z
   .refine((l) => l.maxCount !== undefined || l.maxValue !== undefined, 'expected maxCount, maxValue or both');
 export type Limit = z.output<typeof LimitSchema>;
 
+/**
+ * Who must approve a change of the project's policies (docs/POLICIES.md, "Approvers"): Ethereum addresses whose
+ * EIP-712 signatures over the change (approval.ts) the enclave checks; `threshold` distinct ones. Without
+ * approvers the parent's admin token is what authorizes a change; with them, a compromised parent cannot change,
+ * relax or drop the policy (nor the approvers) while the enclave runs.
+ */
+export const ApproversSchema = z
+  .strictObject({
+    addresses: list(PolicyAddressSchema).max(POLICY_MAX_APPROVERS, `expected at most ${POLICY_MAX_APPROVERS} approvers`),
+    threshold: z.number().int().min(1).max(POLICY_MAX_APPROVERS),
+  })
+  .refine((a) => a.threshold <= a.addresses.length, {
+    message: 'expected a threshold of at most the number of approvers',
+    path: ['threshold'],
+  });
+export type Approvers = z.output<typeof ApproversSchema>;
+
 export const PoliciesSchema = z
   .strictObject({
     rules: z.array(RuleSchema).max(POLICY_MAX_RULES, `expected at most ${POLICY_MAX_RULES} rules`).default([]),
     limits: z.array(LimitSchema).max(POLICY_MAX_LIMITS, `expected at most ${POLICY_MAX_LIMITS} limits`).default([]),
+    approvers: ApproversSchema.optional(),
   })
   .refine((p) => distinct([...p.rules.map((r) => r.name), ...p.limits.map((l) => l.name)]), {
     message: 'expected distinct names across rules and limits (a refusal names the rule or limit)',
@@ -146,5 +180,6 @@ export const PoliciesSchema = z
 export type Policies = z.output<typeof PoliciesSchema>;
 export type PoliciesInput = z.input<typeof PoliciesSchema>;
 
-/** No rules and no limits: the same as no policy (a record leaves the field out). */
-export const isEmptyPolicy = (p: Policies | undefined): boolean => !p || (p.rules.length === 0 && p.limits.length === 0);
+/** No rules, no limits and no approvers: the same as no policy (a record leaves the field out). */
+export const isEmptyPolicy = (p: Policies | undefined): boolean =>
+  !p || (p.rules.length === 0 && p.limits.length === 0 && p.approvers === undefined);
