@@ -6,8 +6,8 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { policyDenied } from '../src/policy/decision';
-import { requestFacts } from '../src/policy/facts';
-import { compilePolicy, evaluateRules } from '../src/policy/evaluate';
+import { requestCost, requestFacts } from '../src/policy/facts';
+import { compilePolicy, conditionFailure, evaluateRules, HASH_NOT_LISTED } from '../src/policy/evaluate';
 import { PoliciesSchema } from '../src/policy/schema';
 import type { SignRequest } from '../src/signing/schema';
 import {
@@ -24,6 +24,7 @@ import {
   MALLORY,
   messageRequest,
   PERMIT_DOMAIN,
+  rawMessageRequest,
   signedAuthorization,
   transactionRequest,
   transferData,
@@ -68,6 +69,10 @@ describe('docs/POLICIES.md examples', () => {
   it('no-blind-signing: denies digests, allows the rest', () => {
     expect(refusal('no-blind-signing', digestRequest())).toBe(`denied by the project's policy (rule "no-blind-signing"): type is digest`);
     expect(decide('no-blind-signing', messageRequest()).allowed).toBe(true);
+    expect(decide('no-blind-signing', rawMessageRequest(20)).allowed).toBe(true);
+    expect(refusal('no-blind-signing', rawMessageRequest(32))).toBe(
+      `denied by the project's policy (no rule allows it): rule "everything-else": ${HASH_NOT_LISTED}`,
+    );
   });
 
   it('chain-allow-list: chains 1 and 8453 only; nothing without a chain', () => {
@@ -133,6 +138,12 @@ describe('docs/POLICIES.md examples', () => {
         ),
       ).reason,
     ).toBe(`rule "app-user-operations": userOperation.targets ${MALLORY.toLowerCase()} is not in the list`);
+    expect(
+      decide(
+        'app-user-operations',
+        onBase(userOperationRequest('0.7', executeData(USDC, 0n), { preVerificationGas: '10000000000000', maxFeePerGas: '1000000000' })),
+      ).reason,
+    ).toBe('rule "app-user-operations": fee 10000000200000000000000 is above the maximum 10000000000000000');
     expect(decide('app-user-operations', onBase(op(transferData(ALICE, 1n)))).reason).toBe(
       'rule "app-user-operations": value is unknown (the user operation\'s calls are not decoded)',
     );
@@ -143,21 +154,27 @@ describe('docs/POLICIES.md examples', () => {
     expect(decide('app-user-operations', op(executeData(USDC, 0n))).allowed).toBe(false); // chain 1
   });
 
-  it('eip7702-delegate: the audited delegate on chain 1, as an authorization or in a type-4 transaction', () => {
+  it("eip7702-delegate: this key's delegation to the audited delegate on chain 1; type-4 transactions are transactions", () => {
     expect(decide('eip7702-delegate', authorizationRequest(DELEGATE, 1)).allowed).toBe(true);
-    expect(decide('eip7702-delegate', transactionRequest('eip7702')).allowed).toBe(true);
     expect(decide('eip7702-delegate', authorizationRequest(DELEGATE, 0)).reason).toBe(
       'rule "known-delegate": chainId 0 is not in the list',
     );
-    expect(decide('eip7702-delegate', authorizationRequest(MALLORY, 1)).allowed).toBe(false);
-    expect(
-      decide(
-        'eip7702-delegate',
-        transactionRequest('eip7702', { authorizationList: [signedAuthorization(DELEGATE), signedAuthorization(MALLORY)] }),
-      ).allowed,
-    ).toBe(false);
-    expect(decide('eip7702-delegate', transactionRequest('eip1559')).reason).toBe(
-      'rule "known-delegate": delegate does not apply (a transaction request delegates nothing)',
+    expect(decide('eip7702-delegate', authorizationRequest(MALLORY, 1)).reason).toBe(
+      `rule "known-delegate": delegate ${MALLORY.toLowerCase()} is not in the list`,
+    );
+    // A type-4 transaction naming the delegate is not allowed by it: its list is others' signatures.
+    for (const authorizationList of [[signedAuthorization(DELEGATE)], [signedAuthorization(DELEGATE), signedAuthorization(MALLORY)]])
+      expect(decide('eip7702-delegate', transactionRequest('eip7702', { authorizationList })).reason).toBe(
+        'rule "known-delegate": type transaction is not in the list',
+      );
+    // Nor by the same rule widened to transactions: a type-4 transaction has no delegate.
+    const widened = compilePolicy(
+      PoliciesSchema.parse({
+        rules: [{ name: 'w', effect: 'allow', when: { type: ['authorization', 'transaction'], delegate: [DELEGATE] } }],
+      }),
+    );
+    expect(evaluateRules(widened, requestFacts(transactionRequest('eip7702'))).reason).toBe(
+      'rule "w": delegate does not apply (only an authorization request names a delegate)',
     );
   });
 
@@ -168,12 +185,24 @@ describe('docs/POLICIES.md examples', () => {
     );
   });
 
-  it('daily-value-limit: limits only, so the rules allow everything; the limits are compiled as written', () => {
+  it('daily-value-limit: digests and hash messages refused by rules; the limits count what moves ether, gas included', () => {
     const p = policy('daily-value-limit');
-    expect(evaluateRules(p, requestFacts(digestRequest()))).toMatchObject({ allowed: true, rule: null });
+    expect(refusal('daily-value-limit', digestRequest())).toBe(`denied by the project's policy (rule "no-blind-signing"): type is digest`);
+    expect(decide('daily-value-limit', rawMessageRequest(32)).reason).toBe(`rule "everything-else": ${HASH_NOT_LISTED}`);
+    for (const req of [messageRequest(), typedDataRequest(PERMIT_DOMAIN), transactionRequest('eip1559'), authorizationRequest()])
+      expect(decide('daily-value-limit', req).allowed).toBe(true);
     expect(p.limits).toMatchObject([
       { name: 'daily-ether', scope: 'key', window: 'day', maxValue: 10n ** 18n },
       { name: 'hourly-transactions', scope: 'project', window: 'hour', maxCount: 100 },
     ]);
+    const counts = (req: SignRequest) => conditionFailure(p.limits[0]!.when!, requestFacts(req)) === null;
+    // What daily-ether counts has a known cost (value + gas), unless a user operation's calls are not decoded.
+    const tx = transactionRequest('eip1559', { value: '1000' });
+    expect([counts(tx), requestCost(requestFacts(tx))]).toEqual([true, 1000n + 21_000n * 30_000_000_000n]);
+    const opUndecoded = userOperationRequest('0.7', transferData(ALICE, 1n));
+    expect([counts(opUndecoded), requestCost(requestFacts(opUndecoded))]).toEqual([true, undefined]);
+    for (const req of [digestRequest(), rawMessageRequest(32), typedDataRequest(PERMIT_DOMAIN)]) {
+      expect([counts(req), requestCost(requestFacts(req))]).toEqual([false, undefined]);
+    }
   });
 });

@@ -6,7 +6,7 @@
 import type { Hex } from 'viem';
 import { policyDenied } from '../src/policy/decision';
 import { requestFacts } from '../src/policy/facts';
-import { compilePolicy, conditionFailure, ECHO_MAX_CHARS, evaluateRules, NO_RULE_REASONS } from '../src/policy/evaluate';
+import { compilePolicy, conditionFailure, ECHO_MAX_CHARS, evaluateRules, HASH_NOT_LISTED, NO_RULE_REASONS } from '../src/policy/evaluate';
 import { PoliciesSchema, type PoliciesInput } from '../src/policy/schema';
 import type { SignRequest } from '../src/signing/schema';
 import {
@@ -26,6 +26,7 @@ import {
   MALLORY,
   messageRequest,
   PERMIT_DOMAIN,
+  rawMessageRequest,
   SENDER,
   signedAuthorization,
   transactionRequest,
@@ -44,6 +45,8 @@ const allowOnly = (when: ConditionInput) => compile({ rules: [{ name: 'r', effec
 // Requests, one of each kind.
 const digest = digestRequest();
 const message = messageRequest();
+const raw = rawMessageRequest(31);
+const hash = rawMessageRequest(32);
 const permit = typedDataRequest(PERMIT_DOMAIN);
 const mail = typedDataRequest({}, 'Mail');
 const legacy = transactionRequest('legacy', { value: '1000' });
@@ -68,6 +71,8 @@ const op07Calls = op07(
 );
 const opOther = op07(transferData(ALICE, 1n));
 const opEmpty = op07(batchCallsData([]));
+/** 30 gwei (the requests' gas price) × gas. */
+const gwei30 = (gas: bigint) => (gas * 30_000_000_000n).toString();
 
 /** [name, condition, request, the failed condition's text, or null when it holds] */
 type Case = [string, ConditionInput, SignRequest, string | null];
@@ -102,7 +107,16 @@ const CASES: Record<string, Case[]> = {
     ['value at the maximum', { maxValue: '1000' }, legacy, null],
     ['value above', { maxValue: '1000' }, eip1559, 'value 1001 is above the maximum 1000'],
     ['no value field (0)', { maxValue: '0' }, eip2930, null],
-    ['a digest (0)', { maxValue: '0' }, digest, null],
+    ['a digest: unknown', { maxValue: '0' }, digest, 'value is unknown (a digest is signed blind: it may be any transaction)'],
+    ['a text message (0)', { maxValue: '0' }, message, null],
+    ['a raw message (0)', { maxValue: '0' }, raw, null],
+    [
+      'a hash message: unknown',
+      { maxValue: '0' },
+      hash,
+      'value is unknown (a 32-byte raw message is a hash, signed blind: it may be a user operation)',
+    ],
+    ["typed data: unknown (a Safe transaction's, say)", { maxValue: '0' }, permit, "value is unknown (typed data's message is not read)"],
     ['an authorization (0)', { maxValue: '0' }, auth, null],
     ["a user operation's execute value", { maxValue: '7' }, op07Execute, null],
     ["a user operation's batch values, summed", { maxValue: '11' }, op07Calls, 'value 12 is above the maximum 11'],
@@ -113,6 +127,57 @@ const CASES: Record<string, Case[]> = {
       opOther,
       "value is unknown (the user operation's calls are not decoded)",
     ],
+  ],
+  messageKind: [
+    ['a text message', { messageKind: ['text'] }, message, null],
+    ['a raw message of 31 bytes', { messageKind: ['raw'] }, raw, null],
+    ['a raw message of 33 bytes', { messageKind: ['raw'] }, rawMessageRequest(33), null],
+    ['an empty raw message', { messageKind: ['raw'] }, rawMessageRequest(0), null],
+    ['a hash (32 raw bytes), listed', { messageKind: ['text', 'hash'] }, hash, null],
+    ['a hash, not listed', { messageKind: ['text', 'raw'] }, hash, 'messageKind hash is not in the list'],
+    ['a text message, not listed', { messageKind: ['raw'] }, message, 'messageKind text is not in the list'],
+    ['a digest', { messageKind: ['hash'] }, digest, 'messageKind does not apply (a digest request is not a message)'],
+    ['typed data', { messageKind: ['text'] }, permit, 'messageKind does not apply (a typedData request is not a message)'],
+    ['a transaction', { messageKind: ['text'] }, legacy, 'messageKind does not apply (a transaction request is not a message)'],
+  ],
+  maxFee: [
+    ['a legacy transaction: gas × gasPrice, at the maximum', { maxFee: gwei30(21_000n) }, legacy, null],
+    ['an eip1559 transaction: gas × maxFeePerGas, above', { maxFee: '1' }, eip1559, `fee ${gwei30(21_000n)} is above the maximum 1`],
+    ['a transaction without gas (it pays nothing)', { maxFee: '0' }, transactionRequest('eip1559', { gas: undefined }), null],
+    [
+      'a large gas limit',
+      { maxFee: gwei30(21_000n) },
+      transactionRequest('eip2930', { gas: 21_001 }),
+      `fee ${gwei30(21_001n)} is above the maximum ${gwei30(21_000n)}`,
+    ],
+    ['an EIP-7702 transaction', { maxFee: gwei30(20_999n) }, eip7702, `fee ${gwei30(21_000n)} is above the maximum ${gwei30(20_999n)}`],
+    ['a 0.6 user operation: its three gas limits × maxFeePerGas', { maxFee: gwei30(250_000n) }, op06Batch, null],
+    [
+      'a 0.6 user operation with a paymaster: verificationGasLimit counts three times',
+      { maxFee: gwei30(250_000n) },
+      userOperationRequest('0.6', batchV06Data([USDC]), { paymasterAndData: `0x${'12'.repeat(20)}` }),
+      `fee ${gwei30(450_000n)} is above the maximum ${gwei30(250_000n)}`,
+    ],
+    [
+      'a 0.7 user operation: preVerificationGas counts (the bundler is paid it in full)',
+      { maxFee: gwei30(250_000n) },
+      userOperationRequest('0.7', batchV06Data([USDC]), { preVerificationGas: '10000000000000' }),
+      `fee ${gwei30(10_000_000_200_000n)} is above the maximum ${gwei30(250_000n)}`,
+    ],
+    [
+      "a 0.7 user operation: the paymaster's gas limits count",
+      { maxFee: gwei30(250_000n) },
+      userOperationRequest('0.7', batchV06Data([USDC]), {
+        paymaster: DAI,
+        paymasterVerificationGasLimit: 7,
+        paymasterPostOpGasLimit: 8,
+      }),
+      `fee ${gwei30(250_015n)} is above the maximum ${gwei30(250_000n)}`,
+    ],
+    ['a digest', { maxFee: '1' }, digest, 'fee does not apply (a digest request pays no gas)'],
+    ['a message', { maxFee: '1' }, message, 'fee does not apply (a message request pays no gas)'],
+    ['typed data', { maxFee: '1' }, permit, 'fee does not apply (a typedData request pays no gas)'],
+    ['an authorization', { maxFee: '1' }, auth, 'fee does not apply (a authorization request pays no gas)'],
   ],
   selector: [
     ['a listed selector', { selector: ['0xa9059cbb'] }, usdcTransfer(1n), null],
@@ -248,10 +313,16 @@ const CASES: Record<string, Case[]> = {
   delegate: [
     ["an authorization's listed delegate", { delegate: [DELEGATE] }, auth, null],
     ["an authorization's other delegate", { delegate: [ALICE] }, auth, `delegate ${lc(DELEGATE)} is not in the list`],
-    ['an EIP-7702 transaction, every delegate listed', { delegate: [MALLORY, DELEGATE] }, eip7702, null],
-    ['an EIP-7702 transaction, one delegate not listed', { delegate: [DELEGATE] }, eip7702, `delegate ${lc(MALLORY)} is not in the list`],
-    ['another transaction', { delegate: [DELEGATE] }, eip1559, 'delegate does not apply (a transaction request delegates nothing)'],
-    ['a user operation', { delegate: [DELEGATE] }, op07Execute, 'delegate does not apply (a userOperation request delegates nothing)'],
+    // A type-4 transaction's authorization list is others' signatures: no delegation of this key.
+    [
+      'an EIP-7702 transaction, every delegate of its list listed',
+      { delegate: [MALLORY, DELEGATE] },
+      eip7702,
+      'delegate does not apply (only an authorization request names a delegate)',
+    ],
+    ['another transaction', { delegate: [DELEGATE] }, eip1559, 'delegate does not apply (only an authorization request names a delegate)'],
+    ['a user operation', { delegate: [DELEGATE] }, op07Execute, 'delegate does not apply (only an authorization request names a delegate)'],
+    ['a message', { delegate: [DELEGATE] }, message, 'delegate does not apply (only an authorization request names a delegate)'],
   ],
   maxGasPrice: [
     ["a legacy transaction's gasPrice at the maximum", { maxGasPrice: '30000000000' }, legacy, null],
@@ -296,6 +367,52 @@ describe.each(Object.entries(CASES))('the condition field %s', (_field, cases) =
     expect(decision.allowed).toBe(failed === null);
     expect(decision.rule).toBe(failed === null ? 'r' : null);
     if (failed !== null) expect(decision.reason).toBe(`rule "r": ${failed}`);
+  });
+});
+
+describe('a hash message is blind signing: only an allow rule listing messageKind "hash" allows it', () => {
+  const decide = (when: ConditionInput, req: SignRequest, effect: 'allow' | 'deny' = 'allow') =>
+    evaluateRules(compile({ rules: [{ name: 'r', effect, when }] }), requestFacts(req));
+  const allowedBy = (when: ConditionInput, req: SignRequest) => decide(when, req).allowed;
+
+  it.each<[string, ConditionInput, string]>([
+    ['an empty condition', {}, HASH_NOT_LISTED],
+    ['messages by type', { type: ['message'] }, HASH_NOT_LISTED],
+    ['message and digest types', { type: ['message', 'digest'] }, HASH_NOT_LISTED],
+    [
+      'a value cap (a hash has no known value)',
+      { maxValue: '0' },
+      'value is unknown (a 32-byte raw message is a hash, signed blind: it may be a user operation)',
+    ],
+  ])('an allow rule of %s does not allow a hash, saying why', (_name, when, failed) => {
+    const d = decide(when, hash);
+    expect(d).toMatchObject({ allowed: false, rule: null, reason: `rule "r": ${failed}` });
+    expect(d.rules).toEqual([{ name: 'r', effect: 'allow', matched: false, failed }]);
+  });
+
+  it('the failed text of a rule that would otherwise allow a hash', () => {
+    expect(HASH_NOT_LISTED).toBe(
+      'a 32-byte raw message is a hash (a user operation\'s, say): only a rule listing messageKind "hash" allows it',
+    );
+    expect(decide({ type: ['message'] }, hash).reason).toBe(`rule "r": ${HASH_NOT_LISTED}`);
+  });
+
+  it('a rule listing "hash" allows it; text and other raw messages are allowed by type alone', () => {
+    expect(allowedBy({ type: ['message'], messageKind: ['hash'] }, hash)).toBe(true);
+    expect(allowedBy({ messageKind: ['text', 'raw', 'hash'] }, hash)).toBe(true);
+    for (const req of [message, raw, rawMessageRequest(33), rawMessageRequest(0)]) expect(allowedBy({ type: ['message'] }, req)).toBe(true);
+  });
+
+  it('a rule listing hash but failing another field reports that field', () => {
+    expect(decide({ messageKind: ['hash'], chainId: [1] }, hash).reason).toBe(
+      'rule "r": chainId does not apply (a message request has no chain)',
+    );
+  });
+
+  it('deny rules and limits are not narrowed: they read the condition as written', () => {
+    expect(decide({ type: ['message'] }, hash, 'deny')).toMatchObject({ allowed: false, rule: 'r', reason: 'type is message' });
+    const policy = compile({ limits: [{ name: 'messages', scope: 'key', window: 'day', maxCount: 1, when: { type: ['message'] } }] });
+    expect(conditionFailure(policy.limits[0]!.when!, requestFacts(hash))).toBeNull();
   });
 });
 
@@ -354,7 +471,8 @@ describe('rule order: deny wins, then the first allow, else denied', () => {
       `userOperation.entryPoint is ${lc(ENTRY_POINT_06)} and userOperation.targets are ${lc(USDC)}, ${lc(DAI)}`,
     );
     expect(deny({ delegate: [DELEGATE] }, auth)).toBe(`delegate is ${lc(DELEGATE)}`);
-    expect(deny({ delegate: [DELEGATE, MALLORY] }, eip7702)).toBe(`delegates are ${lc(DELEGATE)}, ${lc(MALLORY)}`);
+    expect(deny({ type: ['message'], messageKind: ['hash'] }, hash)).toBe('type is message and messageKind is hash');
+    expect(deny({ maxFee: gwei30(21_000n) }, legacy)).toBe(`fee ${gwei30(21_000n)} is at most ${gwei30(21_000n)}`);
     expect(deny({ maxGasPrice: '30000000000' }, legacy)).toBe('gasPrice 30000000000 is at most 30000000000');
   });
 

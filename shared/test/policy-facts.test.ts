@@ -4,7 +4,8 @@
  * the decoding bounds beyond which targets and value are unknown.
  */
 import { concat, encodeAbiParameters, toFunctionSelector, type Hex } from 'viem';
-import { requestFacts, SELECTORS, USER_OPERATION_DECODE_LIMITS } from '../src/policy/facts';
+import { SignRequestSchema } from '../src/signing/schema';
+import { requestCost, requestFacts, SELECTORS, USER_OPERATION_DECODE_LIMITS } from '../src/policy/facts';
 import {
   ALICE,
   approveData,
@@ -22,6 +23,7 @@ import {
   MALLORY,
   messageRequest,
   PERMIT_DOMAIN,
+  rawMessageRequest,
   SENDER,
   signedAuthorization,
   transactionRequest,
@@ -47,19 +49,34 @@ describe('selectors', () => {
 });
 
 describe('facts of requests without calldata', () => {
-  it('digest and message: the type and no value, nothing else', () => {
-    expect(requestFacts(digestRequest())).toEqual({ type: 'digest', value: 0n });
-    expect(requestFacts(messageRequest())).toEqual({ type: 'message', value: 0n });
+  it('digest: the type only; its value is unknown (it may be any transaction)', () => {
+    expect(requestFacts(digestRequest())).toEqual({ type: 'digest' });
+  });
+
+  it.each([
+    ['a string', messageRequest(), { messageKind: 'text', value: 0n }],
+    ['an empty string', SignRequestSchema.parse({ type: 'message', message: '' }), { messageKind: 'text', value: 0n }],
+    [
+      'a string of 0x and 64 hex digits (text: EIP-191 signs its characters)',
+      SignRequestSchema.parse({ type: 'message', message: `0x${'ab'.repeat(32)}` }),
+      { messageKind: 'text', value: 0n },
+    ],
+    ['raw bytes (0)', rawMessageRequest(0), { messageKind: 'raw', value: 0n }],
+    ['raw bytes (31)', rawMessageRequest(31), { messageKind: 'raw', value: 0n }],
+    ['raw bytes (33)', rawMessageRequest(33), { messageKind: 'raw', value: 0n }],
+    ['raw bytes (32): a hash, value unknown', rawMessageRequest(32), { messageKind: 'hash' }],
+  ] as const)('message of %s: its kind', (_name, req, facts) => {
+    expect(requestFacts(req)).toEqual({ type: 'message', ...facts });
   });
 
   it("typed data: the domain's chain, name and contract (lower-case) when given, and the primary type", () => {
+    // No value: the message is not read (a Safe transaction's typed data moves ether).
     expect(requestFacts(typedDataRequest(PERMIT_DOMAIN))).toEqual({
       type: 'typedData',
       chainId: 1,
-      value: 0n,
       typedData: { name: 'USD Coin', verifyingContract: lc(USDC), primaryType: 'Permit' },
     });
-    expect(requestFacts(typedDataRequest({}, 'Mail'))).toEqual({ type: 'typedData', value: 0n, typedData: { primaryType: 'Mail' } });
+    expect(requestFacts(typedDataRequest({}, 'Mail'))).toEqual({ type: 'typedData', typedData: { primaryType: 'Mail' } });
     expect(requestFacts(typedDataRequest({ chainId: 0 }))).toMatchObject({ chainId: 0 });
   });
 
@@ -80,7 +97,7 @@ describe('facts of transactions', () => {
     ['eip2930', 30_000_000_000n],
     ['eip1559', 30_000_000_000n],
     ['eip7702', 30_000_000_000n],
-  ] as const)('%s: chain, recipient, value, gas price', (type, gasPrice) => {
+  ] as const)('%s: chain, recipient, value, gas price, fee; no delegates', (type, gasPrice) => {
     const facts = requestFacts(transactionRequest(type, { value: '1000', ...(type === 'legacy' ? { gasPrice: '7' } : {}) }));
     expect(facts).toMatchObject({
       type: 'transaction',
@@ -88,10 +105,19 @@ describe('facts of transactions', () => {
       to: lc(BOB),
       value: 1000n,
       gasPrice: type === 'legacy' ? 7n : gasPrice,
+      fee: 21_000n * (type === 'legacy' ? 7n : gasPrice),
     });
     expect(facts.selector).toBeUndefined();
     expect(facts.erc20).toBeUndefined();
-    expect(facts.delegates).toEqual(type === 'eip7702' ? [lc(DELEGATE)] : undefined);
+    expect(facts.delegates).toBeUndefined();
+    expect(facts.messageKind).toBeUndefined();
+  });
+
+  it('fee: gas × maxFeePerGas (not the priority fee); 0 without gas', () => {
+    const tx = (over: Record<string, unknown>) => requestFacts(transactionRequest('eip1559', over)).fee;
+    expect(tx({ gas: 100_000, maxFeePerGas: '99', maxPriorityFeePerGas: '98' })).toBe(9_900_000n);
+    expect(tx({ gas: '0xffffffffffffffff', maxFeePerGas: (1n << 200n).toString() })).toBe(((1n << 64n) - 1n) << 200n);
+    expect(tx({ gas: undefined })).toBe(0n);
   });
 
   it('gas price: maxFeePerGas for fee-market transactions', () => {
@@ -104,11 +130,18 @@ describe('facts of transactions', () => {
     expect(requestFacts(transactionRequest('eip1559', { to: undefined, data: '0x6000' })).to).toBeNull();
   });
 
-  it('eip7702: every delegate of the authorization list, lower-case', () => {
+  it("eip7702: no delegates (its authorization list holds others' signatures), a transaction like any other", () => {
     const facts = requestFacts(
       transactionRequest('eip7702', { authorizationList: [signedAuthorization(DELEGATE), signedAuthorization(MALLORY, 0)] }),
     );
-    expect(facts.delegates).toEqual([lc(DELEGATE), lc(MALLORY)]);
+    expect(facts).toEqual({
+      type: 'transaction',
+      chainId: 1,
+      to: lc(BOB),
+      value: 0n,
+      fee: 21_000n * 30_000_000_000n,
+      gasPrice: 30_000_000_000n,
+    });
   });
 
   it('selector: the first 4 bytes of calldata of 4 bytes or more, lower-case', () => {
@@ -156,14 +189,28 @@ describe('facts of transactions', () => {
 describe('facts of user operations', () => {
   const op = (version: '0.6' | '0.7', callData: Hex) => requestFacts(userOperationRequest(version, callData));
 
-  it('sender, entry point, chain, gas price (maxFeePerGas), lower-case', () => {
+  it('sender, entry point, chain, gas price (maxFeePerGas), fee, lower-case', () => {
     expect(op('0.6', executeData(BOB, 0n))).toMatchObject({
       type: 'userOperation',
       chainId: 1,
       gasPrice: 30_000_000_000n,
+      fee: 250_000n * 30_000_000_000n,
       userOperation: { sender: lc(SENDER), entryPoint: lc(ENTRY_POINT_06) },
     });
     expect(op('0.7', executeData(BOB, 0n)).userOperation?.entryPoint).toBe(lc(ENTRY_POINT_07));
+  });
+
+  it.each([
+    ['0.6, the three gas limits', '0.6', {}, 250_000n],
+    ['0.6, an empty paymasterAndData', '0.6', { paymasterAndData: '0x' }, 250_000n],
+    ['0.6 with a paymaster: verificationGasLimit × 3', '0.6', { paymasterAndData: `0x${'12'.repeat(20)}` }, 450_000n],
+    ['0.7, the three gas limits', '0.7', {}, 250_000n],
+    ['0.7, preVerificationGas (paid to the bundler)', '0.7', { preVerificationGas: '10000000000000' }, 10_000_000_200_000n],
+    ['0.7, the paymaster limits', '0.7', { paymaster: DAI, paymasterVerificationGasLimit: 7, paymasterPostOpGasLimit: 8 }, 250_015n],
+    ['0.7, one paymaster limit', '0.7', { paymaster: DAI, paymasterPostOpGasLimit: 8 }, 250_008n],
+  ] as const)('fee of a user operation: %s, × maxFeePerGas', (_name, version, over, gas) => {
+    const facts = requestFacts(userOperationRequest(version, executeData(BOB, 0n), over));
+    expect(facts.fee).toBe(gas * 30_000_000_000n);
   });
 
   it.each(['0.6', '0.7'] as const)('%s execute(dest, value, func): the target and its value', (version) => {
@@ -240,6 +287,22 @@ describe('facts of user operations', () => {
     const execute = executeData(BOB, 1n, '0x1234');
     const badPayload = `${execute.slice(0, 10 + 128)}${'00'.repeat(31)}ff${execute.slice(10 + 192)}` as Hex; // func's offset past the end
     expect(op('0.6', badPayload)).toMatchObject({ value: 1n, userOperation: { targets: [lc(BOB)] } });
+  });
+});
+
+describe('requestCost: value + fee, what limits count', () => {
+  it.each([
+    ['a transaction', transactionRequest('eip1559', { value: '1000' }), 1000n + 21_000n * 30_000_000_000n],
+    ['a user operation', userOperationRequest('0.7', executeData(BOB, 5n)), 5n + 250_000n * 30_000_000_000n],
+    ['a user operation whose calls are not decoded', userOperationRequest('0.7', transferData(ALICE, 1n)), undefined],
+    ['a text message', messageRequest(), 0n],
+    ['a raw message', rawMessageRequest(20), 0n],
+    ['a hash message', rawMessageRequest(32), undefined],
+    ['an authorization', authorizationRequest(DELEGATE, 1), 0n],
+    ['a digest', digestRequest(), undefined],
+    ['typed data', typedDataRequest(PERMIT_DOMAIN), undefined],
+  ] as const)('%s', (_name, req, cost) => {
+    expect(requestCost(requestFacts(req))).toBe(cost);
   });
 });
 

@@ -6,7 +6,7 @@
  */
 import fc from 'fast-check';
 import { decodeAbiParameters, decodeFunctionData, type Hex } from 'viem';
-import { requestFacts, SELECTORS } from '../src/policy/facts';
+import { requestCost, requestFacts, SELECTORS } from '../src/policy/facts';
 import { compilePolicy, conditionFailure, evaluateRules } from '../src/policy/evaluate';
 import { PoliciesSchema, type PoliciesInput } from '../src/policy/schema';
 import { SignRequestSchema } from '../src/signing/schema';
@@ -140,6 +140,7 @@ const request = fc.oneof(
     .oneof(
       fc.string(),
       bytes(40).map((raw) => ({ raw })),
+      fc.uint8Array({ minLength: 32, maxLength: 32 }).map((raw) => ({ raw: hexOf(raw) })),
     )
     .map((message) => ({ type: 'message', message })),
   typedData,
@@ -158,6 +159,8 @@ const condition = fc.record(
     chainId: list(fc.constantFrom(0, 1, 5, 10)),
     to: list(fc.constantFrom(...KNOWN)),
     maxValue: fc.constantFrom('0', '1000', '1000000000000000000'),
+    messageKind: list(fc.constantFrom('text', 'raw', 'hash')),
+    maxFee: fc.constantFrom('0', '21000', '630000000000000', '1000000000000000000'),
     selector: list(fc.constantFrom(...Object.values(SELECTORS), '0xDEADBEEF')),
     erc20: fc.record(
       {
@@ -188,9 +191,15 @@ const condition = fc.record(
   },
   { requiredKeys: [] },
 );
+type ConditionInput = NonNullable<NonNullable<PoliciesInput['rules']>[number]['when']>;
+/** Conditions, and some broad ones that hold on many requests (so that rules match, a hash message among them). */
+const ruleCondition = fc.oneof(
+  { arbitrary: condition, weight: 3 },
+  fc.constantFrom<ConditionInput>({}, { type: ['message'] }, { type: ['message', 'digest'] }, { messageKind: ['hash'] }, { maxValue: '0' }),
+);
 const policies = fc
   .record({
-    rules: fc.array(fc.record({ effect: fc.constantFrom('allow', 'deny'), when: condition }), { maxLength: 8 }),
+    rules: fc.array(fc.record({ effect: fc.constantFrom('allow', 'deny'), when: ruleCondition }), { maxLength: 8 }),
     limits: fc.array(
       fc.record(
         {
@@ -245,6 +254,19 @@ describe('policy evaluation is total', () => {
         expect(decision.rule).toBe(rule && rule.name);
         expect(decision.allowed).toBe(!deny && (allow !== undefined || policy.rules.length === 0));
         expect(decision.reason.length).toBeGreaterThan(0);
+        // Each rule matches when its condition holds, but an allow rule matches a hash message only when it lists
+        // "hash" (deny rules read the condition as written).
+        policy.rules.forEach((r, k) => {
+          const holds = conditionFailure(r.when, facts) === null;
+          const hashGate = r.effect === 'deny' || facts.messageKind !== 'hash' || r.when.messageKind?.has('hash') === true;
+          expect(decision.rules[k]?.matched).toBe(holds && hashGate);
+        });
+        // Value is unknown exactly where the enclave cannot see it; the cost adds the fee to a known value.
+        const blind = facts.type === 'digest' || facts.type === 'typedData' || facts.messageKind === 'hash';
+        if (blind) expect(facts.value).toBeUndefined();
+        else if (facts.type !== 'userOperation') expect(typeof facts.value).toBe('bigint');
+        expect(requestCost(facts)).toBe(facts.value === undefined ? undefined : facts.value + (facts.fee ?? 0n));
+        expect(facts.delegates === undefined).toBe(facts.type !== 'authorization');
         for (const a of [facts.to, facts.userOperation?.sender, ...(facts.userOperation?.targets ?? []), ...(facts.delegates ?? [])]) {
           if (typeof a === 'string') expect(a).toBe(a.toLowerCase());
         }

@@ -48,6 +48,8 @@ export const batchCallsData = (calls: Array<{ target: string; value: bigint; dat
 
 export const digestRequest = (): SignRequest => parse({ type: 'digest', digest: `0x${'11'.repeat(32)}` });
 export const messageRequest = (): SignRequest => parse({ type: 'message', message: 'hello' });
+/** A raw message of `bytes` bytes: 32 is a `hash` (a userOpHash, say), any other length `raw`. */
+export const rawMessageRequest = (bytes: number): SignRequest => parse({ type: 'message', message: { raw: `0x${'ab'.repeat(bytes)}` } });
 
 export function typedDataRequest(domain: Record<string, unknown> = {}, primaryType = 'Permit'): SignRequest {
   return parse({

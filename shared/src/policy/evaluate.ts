@@ -6,11 +6,14 @@
  * - A condition holds when every field it gives holds; a field on a fact the request does not have fails.
  * - Deny wins: the first deny rule that matches decides. Else the first allow rule that matches allows. Else a
  *   policy with rules denies ("no rule allows it"); one with only limits allows by rules.
+ * - A `hash` message (32 raw bytes: blind signing) is allowed only by an allow rule that lists `hash` in its
+ *   `messageKind`: a rule allowing messages by type alone does not allow one. Deny rules and limits' `when`
+ *   read the condition as written.
  * Limits (counted by the enclave, enclave/src/policy/limits.ts) use `conditionFailure` for their `when`.
  */
 import type { SignRequestType } from '../signing/request-types';
 import type { RequestFacts, RuleOutcome } from './decision';
-import type { Condition, Erc20Function, LimitScope, LimitWindow, Policies } from './schema';
+import type { Condition, Erc20Function, LimitScope, LimitWindow, MessageKind, Policies } from './schema';
 
 export interface CompiledCondition {
   type?: ReadonlySet<SignRequestType>;
@@ -18,6 +21,8 @@ export interface CompiledCondition {
   /** Lower-case addresses, as the facts have them. */
   to?: ReadonlySet<string>;
   maxValue?: bigint;
+  messageKind?: ReadonlySet<MessageKind>;
+  maxFee?: bigint;
   selector?: ReadonlySet<string>;
   erc20?: { function?: ReadonlySet<Erc20Function>; recipient?: ReadonlySet<string>; maxAmount?: bigint };
   typedData?: { name?: ReadonlySet<string>; verifyingContract?: ReadonlySet<string>; primaryType?: ReadonlySet<string> };
@@ -69,6 +74,8 @@ function compileCondition(c: Condition): CompiledCondition {
   if (c.chainId) out.chainId = new Set(c.chainId);
   if (c.to) out.to = lowerSet(c.to);
   if (c.maxValue !== undefined) out.maxValue = BigInt(c.maxValue);
+  if (c.messageKind) out.messageKind = new Set(c.messageKind);
+  if (c.maxFee !== undefined) out.maxFee = BigInt(c.maxFee);
   if (c.selector) out.selector = lowerSet(c.selector);
   if (c.erc20) {
     const e: NonNullable<CompiledCondition['erc20']> = {};
@@ -138,10 +145,29 @@ function noFact(field: string, facts: RequestFacts): string {
       return `a ${t} request is not EIP-712 typed data`;
     case 'userOperation':
       return `a ${t} request is not a user operation`;
+    case 'messageKind':
+      return `a ${t} request is not a message`;
+    case 'fee':
+      return `a ${t} request pays no gas`;
     case 'delegate':
-      return `a ${t} request delegates nothing`;
+      // A type-4 transaction's authorization list is others' signatures, not this key's delegation.
+      return 'only an authorization request names a delegate';
     default:
       return `a ${t} request has no gas price`;
+  }
+}
+
+/** Why a request's value is unknown (docs/POLICIES.md, "Blind signing"). */
+function valueUnknown(facts: RequestFacts): string {
+  switch (facts.type) {
+    case 'digest':
+      return 'value is unknown (a digest is signed blind: it may be any transaction)';
+    case 'message':
+      return 'value is unknown (a 32-byte raw message is a hash, signed blind: it may be a user operation)';
+    case 'typedData':
+      return "value is unknown (typed data's message is not read)";
+    default:
+      return "value is unknown (the user operation's calls are not decoded)";
   }
 }
 
@@ -164,8 +190,16 @@ export function conditionFailure(c: CompiledCondition, facts: RequestFacts): str
     if (!c.to.has(facts.to)) return notIn('to', facts.to);
   }
   if (c.maxValue !== undefined) {
-    if (facts.value === undefined) return "value is unknown (the user operation's calls are not decoded)";
+    if (facts.value === undefined) return valueUnknown(facts);
     if (facts.value > c.maxValue) return above('value', facts.value, c.maxValue);
+  }
+  if (c.messageKind) {
+    if (facts.messageKind === undefined) return doesNotApply('messageKind', facts);
+    if (!c.messageKind.has(facts.messageKind)) return notIn('messageKind', facts.messageKind);
+  }
+  if (c.maxFee !== undefined) {
+    if (facts.fee === undefined) return doesNotApply('fee', facts);
+    if (facts.fee > c.maxFee) return above('fee', facts.fee, c.maxFee);
   }
   if (c.selector) {
     if (facts.selector === undefined) return doesNotApply('selector', facts);
@@ -226,6 +260,8 @@ export function conditionMatch(c: CompiledCondition, facts: RequestFacts): strin
   if (c.chainId) parts.push(`chainId is ${facts.chainId}`);
   if (c.to) parts.push(`to is ${facts.to}`);
   if (c.maxValue !== undefined) parts.push(`value ${facts.value} is at most ${c.maxValue}`);
+  if (c.messageKind) parts.push(`messageKind is ${facts.messageKind}`);
+  if (c.maxFee !== undefined) parts.push(`fee ${facts.fee} is at most ${c.maxFee}`);
   if (c.selector) parts.push(`selector is ${facts.selector}`);
   const e = facts.erc20;
   if (c.erc20 && e) {
@@ -252,6 +288,17 @@ export function conditionMatch(c: CompiledCondition, facts: RequestFacts): strin
   return parts.length === 0 ? 'the rule has no condition (it matches every request)' : parts.join(' and ');
 }
 
+/** The failed text of an allow rule that holds on a hash message it does not name (docs/POLICIES.md, "Blind signing"). */
+export const HASH_NOT_LISTED =
+  'a 32-byte raw message is a hash (a user operation\'s, say): only a rule listing messageKind "hash" allows it';
+
+/** Why rule `r` does not match `facts`, or null when it does: its condition, and for allow rules the hash exception. */
+function ruleFailure(r: CompiledRule, facts: RequestFacts): string | null {
+  const failed = conditionFailure(r.when, facts);
+  if (failed !== null || r.effect === 'deny' || facts.messageKind !== 'hash') return failed;
+  return r.when.messageKind?.has('hash') ? null : HASH_NOT_LISTED;
+}
+
 /**
  * The rules' decision on `facts`: every rule's outcome, and which rule decided and why (docs/POLICIES.md,
  * "Semantics"). Total: it does not throw on facts `requestFacts` made.
@@ -261,7 +308,7 @@ export function evaluateRules(policy: CompiledPolicy, facts: RequestFacts): Rule
   let deny: CompiledRule | undefined;
   let allow: CompiledRule | undefined;
   for (const r of policy.rules) {
-    const failed = conditionFailure(r.when, facts);
+    const failed = ruleFailure(r, facts);
     if (failed === null) {
       rules.push({ name: r.name, effect: r.effect, matched: true });
       if (r.effect === 'deny') deny ??= r;

@@ -11,6 +11,7 @@
 import { decodeAbiParameters, type AbiParameter, type Hex } from 'viem';
 import type { SignRequest } from '../signing/schema';
 import type { RequestFacts } from './decision';
+import type { MessageKind } from './schema';
 
 /** The calldata selectors read here (checked against their signatures with viem's toFunctionSelector in the tests). */
 export const SELECTORS = {
@@ -72,18 +73,27 @@ const selectorOf = (data: string | undefined): string | undefined =>
 /** An address word's address (lower-case), or undefined when its 12 high bytes are not zero. */
 const addressOf = (word: Hex): string | undefined => (/^0x0{24}/.test(word) ? `0x${word.slice(26).toLowerCase()}` : undefined);
 
-/** What `req` asks to sign, as facts. Total on a parsed request: it does not throw. */
+/**
+ * What `req` asks to sign, as facts. Total on a parsed request: it does not throw.
+ *
+ * Value is absent (unknown) where the enclave cannot see what is signed for: a digest may be a transaction's, a
+ * 32-byte raw message a userOpHash (which an ERC-4337 account checks under EIP-191), typed data a Safe
+ * transaction. Conditions and limits on value then fail closed (docs/POLICIES.md, "Blind signing").
+ */
 export function requestFacts(req: SignRequest): RequestFacts {
   switch (req.type) {
     case 'digest':
-    case 'message':
-      return { type: req.type, value: 0n };
+      return { type: 'digest' };
+    case 'message': {
+      const messageKind = messageKindOf(req.message);
+      return messageKind === 'hash' ? { type: 'message', messageKind } : { type: 'message', messageKind, value: 0n };
+    }
     case 'typedData': {
       const { domain, primaryType } = req.typedData;
       const typedData: NonNullable<RequestFacts['typedData']> = { primaryType };
       if (domain?.name !== undefined) typedData.name = domain.name;
       if (domain?.verifyingContract !== undefined) typedData.verifyingContract = lower(domain.verifyingContract);
-      const facts: RequestFacts = { type: 'typedData', value: 0n, typedData };
+      const facts: RequestFacts = { type: 'typedData', typedData };
       if (domain?.chainId !== undefined) facts.chainId = domain.chainId;
       return facts;
     }
@@ -96,19 +106,38 @@ export function requestFacts(req: SignRequest): RequestFacts {
   }
 }
 
+/**
+ * A request's cost, what limits with maxValue count (docs/POLICIES.md, "Limits"): the native value it moves plus
+ * the most it can pay for gas (`fee`). Undefined when the value is unknown: such a limit then refuses it.
+ */
+export const requestCost = (facts: RequestFacts): bigint | undefined =>
+  facts.value === undefined ? undefined : facts.value + (facts.fee ?? 0n);
+
+/** A string is text; raw bytes are `raw`, or `hash` when exactly 32 long (a digest whose preimage is unseen). */
+function messageKindOf(message: Extract<SignRequest, { type: 'message' }>['message']): MessageKind {
+  if (typeof message === 'string') return 'text';
+  return message.raw.length === 2 + 2 * 32 ? 'hash' : 'raw';
+}
+
+/*
+ * A type-4 transaction's authorization list holds tuples other accounts signed: they are no delegation of this
+ * key, so the transaction has no `delegates` fact and is governed by to, value and selector like any other.
+ */
 function transactionFacts(tx: Transaction): RequestFacts {
+  const gasPrice = tx.type === 'legacy' || tx.type === 'eip2930' ? tx.gasPrice : tx.maxFeePerGas;
   const facts: RequestFacts = {
     type: 'transaction',
     chainId: tx.chainId,
     to: tx.to ? lower(tx.to) : null,
     value: tx.value ?? 0n,
-    gasPrice: tx.type === 'legacy' || tx.type === 'eip2930' ? tx.gasPrice : tx.maxFeePerGas,
+    // Without gas the transaction cannot be mined (its intrinsic gas is 21,000): it can pay nothing.
+    fee: (tx.gas ?? 0n) * gasPrice,
+    gasPrice,
   };
   const selector = selectorOf(tx.data);
   if (selector !== undefined) facts.selector = selector;
   const erc20 = tx.data !== undefined && selector !== undefined ? erc20Of(tx.data, selector) : undefined;
   if (erc20) facts.erc20 = erc20;
-  if (tx.type === 'eip7702') facts.delegates = tx.authorizationList.map((a) => lower(a.address));
   return facts;
 }
 
@@ -124,13 +153,35 @@ function erc20Of(data: string, selector: string): RequestFacts['erc20'] {
 function userOperationFacts(req: UserOperationRequest): RequestFacts {
   const op = req.userOperation;
   const userOperation: NonNullable<RequestFacts['userOperation']> = { sender: lower(op.sender), entryPoint: lower(req.entryPoint) };
-  const facts: RequestFacts = { type: 'userOperation', chainId: req.chainId, userOperation, gasPrice: op.maxFeePerGas };
+  const facts: RequestFacts = {
+    type: 'userOperation',
+    chainId: req.chainId,
+    userOperation,
+    fee: userOperationGas(req) * op.maxFeePerGas,
+    gasPrice: op.maxFeePerGas,
+  };
   const calls = callsOf(op.callData);
   if (calls) {
     userOperation.targets = calls.targets;
     facts.value = calls.value;
   }
   return facts;
+}
+
+/**
+ * The most gas a user operation can be charged for: what the EntryPoint computes its prefund from (taken from the
+ * sender's deposit, or its paymaster's), preVerificationGas included, which goes in full to the bundler. 0.7 adds
+ * the paymaster's own limits; 0.6 counts verificationGasLimit three times when there is a paymaster (it also
+ * bounds the paymaster's validation and postOp).
+ */
+function userOperationGas(req: UserOperationRequest): bigint {
+  const common = req.userOperation.callGasLimit + req.userOperation.preVerificationGas;
+  if (req.version === '0.6') {
+    const { verificationGasLimit, paymasterAndData } = req.userOperation;
+    return common + verificationGasLimit * (paymasterAndData !== undefined && paymasterAndData.length > 2 ? 3n : 1n);
+  }
+  const { verificationGasLimit, paymasterVerificationGasLimit, paymasterPostOpGasLimit } = req.userOperation;
+  return common + verificationGasLimit + (paymasterVerificationGasLimit ?? 0n) + (paymasterPostOpGasLimit ?? 0n);
 }
 
 /**
