@@ -4,7 +4,8 @@
  *
  * - `checkRules`, before any KMS call (a refused cold sign costs no Decrypt): the request's facts, read from its
  *   parsed form, against the rules;
- * - `reserve`, after the last check of the records and right before the signature: the limits checked and the
+ * - `reserve`, after the last check of the records and right before the signature: the limits checked (on the
+ *   request's cost, value + most gas fee: requestCost) and the
  *   request counted in one synchronous step (limits.ts); `release` if no signature is made.
  *
  * A project without policies is not evaluated at all. A policy is compiled once per verified record object (the
@@ -15,7 +16,7 @@
 import type { EnclaveHealth } from '@nks/shared/enclave-api';
 import { policyDenied, type PolicyDecision, type RequestFacts } from '@nks/shared/policy/decision';
 import { compilePolicy, conditionFailure, evaluateRules, type CompiledPolicy, type RulesDecision } from '@nks/shared/policy/evaluate';
-import { requestFacts } from '@nks/shared/policy/facts';
+import { requestCost, requestFacts } from '@nks/shared/policy/facts';
 import { isEmptyPolicy, type Policies } from '@nks/shared/policy/schema';
 import type { ProjectRecord } from '@nks/shared/records';
 import type { SignRequest } from '@nks/shared/signing/schema';
@@ -91,7 +92,7 @@ export class PolicyEnforcer {
    */
   reserve(passed: RulesPassed | null, key: SigningKey): Reservation | null {
     if (!passed || passed.policy.limits.length === 0) return null;
-    const answer = this.counters.reserve(passed.projectId, key, limitChecks(passed.policy, passed.facts), passed.facts.value);
+    const answer = this.counters.reserve(passed.projectId, key, limitChecks(passed.policy, passed.facts), requestCost(passed.facts));
     if (answer.denied) {
       this.denials.limit += 1;
       throw policyDenied(decisionOf(passed.rules, answer));
@@ -115,7 +116,7 @@ export class PolicyEnforcer {
     const policy = compilePolicy(policies as Policies);
     const facts = requestFacts(request);
     const rules = evaluateRules(policy, facts);
-    const limits = this.counters.usage(projectId, key, limitChecks(policy, facts), facts.value);
+    const limits = this.counters.usage(projectId, key, limitChecks(policy, facts), requestCost(facts));
     if (!rules.allowed) return { ...rules, limit: null, limits: limits.outcomes };
     return decisionOf(rules, limits);
   }
