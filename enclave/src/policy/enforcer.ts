@@ -4,9 +4,9 @@
  *
  * - `checkRules`, before any KMS call (a refused cold sign costs no Decrypt): the request's facts, read from its
  *   parsed form, against the rules;
- * - `reserve`, after the last check of the records and right before the signature: the limits checked (on the
- *   request's cost, value + most gas fee: requestCost) and the
- *   request counted in one synchronous step (limits.ts); `release` if no signature is made.
+ * - `reserve`, after the last check of the records and right before the signature: the limits checked and the
+ *   request counted in one synchronous step (limits.ts), on its cost (value + the most it can pay for gas:
+ *   requestCost); `release` if no signature is made.
  *
  * A project without policies is not evaluated at all. A policy is compiled once per verified record object (the
  * records cache hands out the same object for the same record: records/verified.ts), so a warm sign pays set
