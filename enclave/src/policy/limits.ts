@@ -109,6 +109,7 @@ const newCounter = (window: LimitWindow, newest: number): Counter => ({
 
 const LIMB_BITS = 52n;
 const LIMB_MASK = (1n << LIMB_BITS) - 1n;
+const LIMB = 2 ** 52;
 
 const countAt = (c: Counter, s: number) => c.cells[s * (1 + c.width)] as number;
 
@@ -119,21 +120,46 @@ function valueAt(c: Counter, s: number): bigint {
   return v;
 }
 
-/** Sets slot `s`'s value (≥ 0), widening every slot first if it needs more limbs. */
-function setValue(c: Counter, s: number, value: bigint): void {
-  let width = 0;
-  for (let v = value; v > 0n; v >>= LIMB_BITS) width += 1;
-  if (width > c.width) {
-    const slots = slotsOf(c.window);
-    const cells = new Array<number>(slots * (1 + width)).fill(0);
-    for (let t = 0; t < slots; t++) {
-      for (let i = 0; i <= c.width; i++) cells[t * (1 + width) + i] = c.cells[t * (1 + c.width) + i] as number;
-    }
-    Object.assign(c, { width, cells });
+/** `value`'s limbs (≥ 0), least significant first. */
+function limbsOf(value: bigint): number[] {
+  const limbs: number[] = [];
+  for (let v = value; v > 0n; v >>= LIMB_BITS) limbs.push(Number(v & LIMB_MASK));
+  return limbs;
+}
+
+/** Gives every slot `width` limbs (more than it has). */
+function widen(c: Counter, width: number): void {
+  const slots = slotsOf(c.window);
+  const cells = new Array<number>(slots * (1 + width)).fill(0);
+  for (let t = 0; t < slots; t++) {
+    for (let i = 0; i <= c.width; i++) cells[t * (1 + width) + i] = c.cells[t * (1 + c.width) + i] as number;
   }
+  Object.assign(c, { width, cells });
+}
+
+/** Sets slot `s`'s value (≥ 0), widening first if it needs more limbs. */
+function setValue(c: Counter, s: number, value: bigint): void {
+  const limbs = limbsOf(value);
+  if (limbs.length > c.width) widen(c, limbs.length);
   const at = s * (1 + c.width);
-  let v = value;
-  for (let i = 1; i <= c.width; i++, v >>= LIMB_BITS) c.cells[at + i] = Number(v & LIMB_MASK);
+  for (let i = 1; i <= c.width; i++) c.cells[at + i] = limbs[i - 1] ?? 0;
+}
+
+/** Adds `value` (> 0) to slot `s`, limb by limb (a sum of two limbs and a carry stays exact in a double). */
+function addValue(c: Counter, s: number, value: bigint): void {
+  const limbs = limbsOf(value);
+  if (limbs.length > c.width) widen(c, limbs.length);
+  let at = s * (1 + c.width);
+  let carry = 0;
+  for (let i = 1; i <= c.width; i++) {
+    const x = (c.cells[at + i] as number) + (limbs[i - 1] ?? 0) + carry;
+    carry = x >= LIMB ? 1 : 0;
+    c.cells[at + i] = x - carry * LIMB;
+  }
+  if (carry === 0) return;
+  widen(c, c.width + 1);
+  at = s * (1 + c.width);
+  c.cells[at + c.width] = 1;
 }
 
 /**
@@ -163,7 +189,7 @@ function add(c: Counter, n: number, count: number, value: bigint): void {
   c.cells[s * (1 + c.width)] = countAt(c, s) + count;
   c.count += count;
   if (value !== 0n) {
-    setValue(c, s, valueAt(c, s) + value);
+    addValue(c, s, value);
     c.sum += value;
   }
 }
