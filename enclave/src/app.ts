@@ -115,7 +115,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
   });
   const jwt = new JwtVerifier({ jwks, clock });
   // Signing policies (docs/POLICIES.md): limit counters in memory, bounded by the configuration.
-  const policy = new PolicyEnforcer(new LimitCounters({ maxTrackedCounters: config.policy.maxTrackedCounters }));
+  const policy = new PolicyEnforcer(new LimitCounters(config.policy));
   const keys = new KeyVault({
     cache,
     unsealer,

@@ -56,7 +56,8 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   // (records/verified.ts, entryWeight). A mark is a key id, an address and a number.
   records: { maxVerified: 50_000, maxVerifiedBytes: 192 * 1024 * 1024, maxSeqMarks: 200_000 },
   // Signing policies' limit counters (docs/POLICIES.md): one per (project, limit) and per (project, limit, key).
-  policy: { maxTrackedCounters: 100_000 },
+  // At most 1.6 KB each (measured, docs/OPERATIONS.md): 40,000 stay under 64 MiB; a project holds a quarter.
+  policy: { maxTrackedCounters: 40_000, maxTrackedCountersPerProject: 10_000 },
   // JWT projects: the egress relay, trust anchors beyond Node's CA store, the clock check, the JWKS cache.
   jwt: {
     egress: DEFAULT_EGRESS_ADDRESS,
@@ -237,14 +238,16 @@ export const EnclaveConfigSchema = z.strictObject({
     .prefault({}),
   /**
    * Signing policies (docs/POLICIES.md): the limit counters the enclave holds in memory, at most
-   * `maxTrackedCounters`. A counter is a few hundred bytes, up to about 4 KB for one that signed for value in
-   * every minute of its hour (61 buckets). Expired ones are dropped first; when the bound is still reached, a
-   * request that would need a new counter is refused (POLICY_DENIED): a live counter is never dropped, which
-   * would reset its limit.
+   * `maxTrackedCounters`, and at most `maxTrackedCountersPerProject` for one project (so one project's callers
+   * cannot fill the table for all the others). A counter takes about 0.4 KB, up to 1.6 KB for a day with a
+   * value in every hour (measured: docs/OPERATIONS.md). Expired ones are dropped first; when a bound is still
+   * reached, a request that would need a new counter is refused (POLICY_DENIED): a live counter is never
+   * dropped, which would reset its limit.
    */
   policy: z
     .strictObject({
       maxTrackedCounters: z.number().int().min(1).max(10_000_000).default(D.policy.maxTrackedCounters),
+      maxTrackedCountersPerProject: z.number().int().min(1).max(10_000_000).default(D.policy.maxTrackedCountersPerProject),
     })
     .prefault({}),
   /**

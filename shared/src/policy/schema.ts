@@ -42,7 +42,7 @@ export type Erc20Function = (typeof ERC20_FUNCTIONS)[number];
 export const POLICY_EFFECTS = ['allow', 'deny'] as const;
 export const LIMIT_SCOPES = ['key', 'project'] as const;
 export type LimitScope = (typeof LIMIT_SCOPES)[number];
-/** A limit's window slides: an hour in one-minute buckets, a day in one-hour buckets (docs/POLICIES.md). */
+/** A limit's window slides: an hour in five-minute buckets, a day in one-hour buckets (docs/POLICIES.md). */
 export const LIMIT_WINDOWS = ['hour', 'day'] as const;
 export type LimitWindow = (typeof LIMIT_WINDOWS)[number];
 export const LIMIT_MAX_COUNT = 1_000_000_000;
