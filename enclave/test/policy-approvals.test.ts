@@ -153,6 +153,11 @@ describe('policy approvers (real enclave bundle, the test in the parent seat)', 
   it('a project made with approvers needs no approval to be made; approvals are bounded and well-formed', async () => {
     const p = await newProject(NO_DIGESTS);
     expect(policiesOf(p.record)?.approvers).toEqual(PoliciesSchema.parse(NO_DIGESTS).approvers);
+    // Approvers alone are a policy (guarding the project's future policy) that restricts no signature.
+    const guardOnly = await newProject({ approvers: approvers([a1], 1) });
+    const key = await newKey(guardOnly);
+    expect((await sign(key, guardOnly.record, digestRequest(4))).address).toBe(key.address);
+    expect(await refusal(setPolicies(guardOnly.record, {}))).toEqual(forbidden(1, 0));
     const tooMany = Array.from({ length: 17 }, (_, i) => `0x${(i + 1).toString(16).padStart(130, '0')}`);
     expect((await refusal(setPolicies(p.record, LAX, tooMany))).code).toBe('INVALID_PARAMS');
     expect((await refusal(setPolicies(p.record, LAX, ['0x1234']))).code).toBe('INVALID_PARAMS');
