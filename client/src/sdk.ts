@@ -27,7 +27,8 @@ import {
 import { backoffDelay, type BackoffOptions } from '@nks/shared/backoff';
 import { detailsOf, isRetryableCode, type ErrorDetails } from '@nks/shared/errors';
 import type { LimitOutcome, PolicyDecision, RuleOutcome } from '@nks/shared/policy/decision';
-import type { Condition, Limit, Policies, PoliciesInput, Rule } from '@nks/shared/policy/schema';
+import type { policyChangeTypedData } from '@nks/shared/policy/approval';
+import type { Approvers, Condition, Limit, Policies, PoliciesInput, Rule } from '@nks/shared/policy/schema';
 import type { TlsStatus } from '@nks/shared/enclave-api';
 import type { JwtAlgorithm, ProjectAuth } from '@nks/shared/project-auth';
 import type { KeyState, ProjectState, SignedRecord } from '@nks/shared/records';
@@ -36,6 +37,7 @@ import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
 import type { IdentityView } from './verify';
 
 export type {
+  Approvers,
   BirthVerifyOptions,
   Condition,
   ErrorDetails,
@@ -134,6 +136,22 @@ export interface PoliciesView {
   policies: Policies;
   /** The project record, signed by the keystore identity: the policies are what it says (check it with `verifyPolicies`). */
   record: SignedRecord;
+}
+
+/**
+ * `policyApproval`: what a project's approvers sign for changing its current record to the policies asked
+ * (docs/POLICIES.md, "Approvers"): EIP-712 typed data, for `eth_signTypedData_v4` or viem's `signTypedData`.
+ * An approval is good for that one change of that one record (`recordSha256`).
+ */
+export interface PolicyApprovalView {
+  projectId: string;
+  seq: number;
+  recordSha256: `0x${string}`;
+  /** Who must approve (null: nobody; the admin token alone changes the policies). */
+  approvers: Approvers | null;
+  typedData: ReturnType<typeof policyChangeTypedData> & {
+    types: { EIP712Domain: ReadonlyArray<{ name: string; type: string }> };
+  };
 }
 
 /** What `createProject` sends: unset fields take the server's defaults (README.md, "Caller API"). */
@@ -435,9 +453,17 @@ export class KeystoreClient {
   /**
    * Replaces a project's signing policies as a whole (admin token): the enclave makes the project's next record
    * with them. `{}` removes them. Setting the same policies again changes nothing, so it is retried like a read.
+   * When the current policy has approvers, `approvals` carries `threshold` of their signatures over this change
+   * (`policyApproval`); without them the enclave refuses it (403 FORBIDDEN).
    */
-  setPolicies(projectId: string, policies: PoliciesInput): Promise<PoliciesView> {
-    return this.request('PUT', `/v1/projects/${encodeURIComponent(projectId)}/policies`, policies);
+  setPolicies(projectId: string, policies: PoliciesInput, options: { approvals?: readonly string[] } = {}): Promise<PoliciesView> {
+    const body = options.approvals ? { ...policies, approvals: [...options.approvals] } : policies;
+    return this.request('PUT', `/v1/projects/${encodeURIComponent(projectId)}/policies`, body);
+  }
+
+  /** The typed data an approver signs for changing the project's current policies to `policies` (admin token). */
+  policyApproval(projectId: string, policies: PoliciesInput): Promise<PolicyApprovalView> {
+    return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/policies:approval`, { policies });
   }
 
   /**

@@ -10,6 +10,10 @@ import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
+import { recoverTypedDataAddress } from 'viem';
+import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
+import { policiesDigest, policyChangeTypedData } from '@nks/shared/policy/approval';
+import { PoliciesSchema } from '@nks/shared/policy/schema';
 import { recordDigest, hex } from '@nks/shared/records';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import {
@@ -360,7 +364,7 @@ describe('nks policies', () => {
     try {
       const env = { NKS_URL: api.url, NKS_TOKEN: 't' };
       const cases: Array<[string[], RegExp]> = [
-        [['policies'], /usage: nks policies get\|set\|evaluate .*the KMS key policy is "nks policy"/],
+        [['policies'], /usage: nks policies get\|set\|evaluate\|approve .*the KMS key policy is "nks policy"/],
         [['policies', 'delete', '--project', PROJECT_ID], /usage: nks policies/],
         [['policies', 'get'], /--project is required/],
         [['policies', 'get', '--project', PROJECT_ID, '--identity', '0x12'], /--identity takes 0x and 64/],
@@ -387,6 +391,34 @@ describe('nks policies', () => {
         ],
         [['policies', 'evaluate', '--project', PROJECT_ID, '--request', file('request.json'), '--sign'], /Unknown option '--sign'/],
         [
+          ['policies', 'set', '--project', PROJECT_ID, '--file', file('policy.json'), '--approval', '0x12'],
+          /--approval 0x12: expected a 65-byte/,
+        ],
+        [['policies', 'approve', '--project', PROJECT_ID], /--file is required/],
+        [['policies', 'approve', '--project', PROJECT_ID, '--file', file('policy.json')], /either --key-file FILE .* or --typed-data/],
+        [
+          [
+            'policies',
+            'approve',
+            '--project',
+            PROJECT_ID,
+            '--file',
+            file('policy.json'),
+            '--typed-data',
+            '--key-file',
+            file('policy.json'),
+          ],
+          /either --key-file FILE .* or --typed-data/,
+        ],
+        [
+          ['policies', 'approve', '--project', PROJECT_ID, '--file', file('policy.json'), '--key-file', file('request.json')],
+          /request\.json is not a secp256k1 private key \(32 bytes as hex, 0x optional\)/,
+        ],
+        [
+          ['policies', 'approve', '--project', PROJECT_ID, '--file', file('policy.json'), '--typed-data', '--record', '0x12'],
+          /--record 0x12: expected a record digest/,
+        ],
+        [
           ['policy', 'get', '--project', PROJECT_ID],
           /nks policy writes the KMS key policy; a project's signing policies are "nks policies get"/,
         ],
@@ -408,5 +440,95 @@ describe('nks policies', () => {
     expect(help).toMatch(/nks policies get --project ID/);
     expect(help).toMatch(/a project's signing policies \(admin token; docs\/POLICIES\.md\)/);
     expect(help).toMatch(/writes the KMS key policy \(docs\/KEY-POLICY\.md.*not signing policies/s);
+  });
+  it('approve: signs the change of the current record with a local key, or prints its typed data for a wallet; set sends approvals', async () => {
+    const key = generatePrivateKey();
+    const approver = privateKeyToAccount(key);
+    fs.writeFileSync(file('approver.key'), `${key.slice(2)}\n`);
+    const approved = { ...POLICIES, approvers: { addresses: [approver.address.toLowerCase()], threshold: 1 } };
+    fs.writeFileSync(file('approved.json'), JSON.stringify(approved));
+    const normalized = PoliciesSchema.parse(approved);
+    const expected = policyChangeTypedData(PROJECT_ID, VIEW.recordSha256 as `0x${string}`, normalized);
+    const withApprovers = (addresses: string[]) => ({ ...VIEW, policies: { ...POLICIES, approvers: { addresses, threshold: 1 } } });
+    let answer: unknown = withApprovers([approver.address]);
+    const api = await standIn((req) => (req.method === 'GET' ? { status: 200, body: answer } : { status: 200, body: VIEW }));
+    try {
+      const env = { NKS_URL: api.url, NKS_TOKEN: 'admin-token' };
+      const args = ['policies', 'approve', '--project', PROJECT_ID, '--file', file('approved.json')];
+      const signed = await nks([...args, '--key-file', file('approver.key'), '--json'], env);
+      expect({ status: signed.status, stderr: signed.stderr }).toEqual({ status: 0, stderr: '' });
+      const out = JSON.parse(signed.stdout);
+      expect(out).toEqual({
+        projectId: PROJECT_ID,
+        recordSha256: VIEW.recordSha256,
+        policiesSha256: policiesDigest(normalized),
+        approver: approver.address,
+        signature: expect.stringMatching(/^0x[0-9a-f]{130}$/),
+      });
+      expect(await recoverTypedDataAddress({ ...expected, signature: out.signature })).toBe(approver.address);
+      expect(api.seen).toEqual([expect.objectContaining({ method: 'GET', url: `/v1/projects/${PROJECT_ID}/policies` })]);
+
+      // The typed data for a wallet: the wallet's signature (EIP712Domain listed) is the same approval.
+      const printed = await nks([...args, '--typed-data'], env);
+      expect(printed.status).toBe(0);
+      const typed = JSON.parse(printed.stdout);
+      expect(typed.types.EIP712Domain).toEqual([
+        { name: 'name', type: 'string' },
+        { name: 'version', type: 'string' },
+      ]);
+      expect(await approver.signTypedData(typed)).toBe(out.signature);
+
+      // Offline, from a digest the approver got elsewhere: no API call.
+      const seen = api.seen.length;
+      const offline = await nks([...args, '--key-file', file('approver.key'), '--record', VIEW.recordSha256, '--json']);
+      expect([offline.status, JSON.parse(offline.stdout).signature]).toEqual([0, out.signature]);
+      expect(api.seen.length).toBe(seen);
+
+      // Someone who is not an approver is told the enclave will not count it.
+      answer = withApprovers([USDC]);
+      const outsider = await nks([...args, '--key-file', file('approver.key')], env);
+      expect(outsider.status).toBe(0);
+      expect(outsider.stderr).toMatch(new RegExp(`warning: ${approver.address} is not one of this project's approvers`));
+      expect(outsider.stdout).toMatch(/^Approved the change of project .* to:\napprovers: 1 of \[0x/);
+      // An answer whose digest is not its record's: nothing signed.
+      answer = { ...VIEW, recordSha256: `0x${'00'.repeat(32)}` };
+      const lied = await nks([...args, '--key-file', file('approver.key')], env);
+      expect([lied.status, lied.stdout]).toEqual([1, '']);
+      expect(lied.stderr).toMatch(/names another project or record .*: not approved/);
+
+      const sent = await nks(
+        [
+          'policies',
+          'set',
+          '--project',
+          PROJECT_ID,
+          '--file',
+          file('approved.json'),
+          '--approval',
+          out.signature,
+          '--approval',
+          `0x${'ab'.repeat(65)}`,
+        ],
+        env,
+      );
+      expect(sent.status).toBe(0);
+      expect(api.seen.at(-1)).toMatchObject({
+        method: 'PUT',
+        body: { ...normalized, approvals: [out.signature, `0x${'ab'.repeat(65)}`] },
+      });
+
+      // The SDK: policyApproval and setPolicies with approvals, on their routes.
+      const client = new KeystoreClient({ url: api.url, token: 'admin-token' });
+      await client.policyApproval(PROJECT_ID, approved);
+      expect(api.seen.at(-1)).toMatchObject({
+        method: 'POST',
+        url: `/v1/projects/${PROJECT_ID}/policies:approval`,
+        body: { policies: approved },
+      });
+      await client.setPolicies(PROJECT_ID, approved, { approvals: [out.signature] });
+      expect(api.seen.at(-1)?.body).toEqual({ ...approved, approvals: [out.signature] });
+    } finally {
+      await api.close();
+    }
   });
 });

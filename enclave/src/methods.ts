@@ -258,7 +258,7 @@ export function enclaveMethods(parts: EnclaveParts): {
     'keys.lookup': gated('keys.lookup', (p) => parts.keys.lookup(p.record, p.project, p.jwt)),
     'projects.create': gated('projects.create', (p) => parts.projects.create(p.settings)),
     'projects.setState': gated('projects.setState', (p) => parts.projects.setState(p.project, p.state)),
-    'projects.setPolicies': gated('projects.setPolicies', (p) => parts.projects.setPolicies(p.project, p.policies)),
+    'projects.setPolicies': gated('projects.setPolicies', (p) => parts.projects.setPolicies(p.project, p.policies, p.approvals)),
     'projects.evaluatePolicy': gated('projects.evaluatePolicy', (p) => parts.projects.evaluatePolicy(p)),
     'keys.migrate': gated('keys.migrate', (p) => parts.keys.migrate(p.keyId, p.blob, p.project, p.subject)),
     'keys.forget': gated('keys.forget', (p) => ({ keyId: p.keyId, forgotten: parts.keys.forget(p.keyId) })),

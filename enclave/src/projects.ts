@@ -9,12 +9,14 @@
  *   which must be genuine and the newest the enclave has seen; the enclave then refuses the one before. The
  *   auth and everything else stay as they are: another auth is another project.
  * - `setPolicies` (docs/POLICIES.md): the same, with `policies` replaced (an empty policy leaves the field out:
- *   the project then signs as one without policies). A disabled project's too. Logged with the digests of the
- *   record before and after, never the policy itself.
+ *   the project then signs as one without policies). A disabled project's too. When the current policy names
+ *   approvers, only with enough of their signatures over this change (policy/approvals.ts): the parent alone
+ *   cannot change it. Logged with the digests of the record before and after, never the policy itself.
  * - `evaluatePolicy`: the admin's dry run of the project's policy (or of a proposed one) on a request, with
  *   one of its keys if given: the decision, nothing counted, nothing signed, no KMS call.
  */
 import { randomBytes } from 'node:crypto';
+import type { Hex } from 'viem';
 import type { ProjectResult } from '@nks/shared/enclave-api';
 import type { Logger } from '@nks/shared/log';
 import type { PolicyDecision } from '@nks/shared/policy/decision';
@@ -23,6 +25,7 @@ import type { ProjectSettings } from '@nks/shared/projects-schema';
 import { hex, RECORD_VERSION, type ProjectRecord, type ProjectState, type SignedRecord } from '@nks/shared/records';
 import type { SignRequest } from '@nks/shared/signing/schema';
 import type { KeystoreIdentity } from './identity/keystore-identity';
+import { checkApprovals } from './policy/approvals';
 import type { PolicyEnforcer } from './policy/enforcer';
 import type { Verified, VerifiedRecords } from './records/verified';
 
@@ -74,9 +77,17 @@ export class Projects {
     return this.signed({ ...project.record, state, seq: project.record.seq + 1, prev: hex(project.digest), createdAt: this.now() });
   }
 
-  setPolicies(signed: SignedRecord, policies: Policies): ProjectResult {
+  async setPolicies(signed: SignedRecord, policies: Policies, approvals?: readonly string[]): Promise<ProjectResult> {
     const { records } = this.deps;
     const project = records.project(signed);
+    records.current(project);
+    const { projectId } = project.record;
+    const approvedBy = await checkApprovals(
+      project.record.policies,
+      { projectId, recordDigest: hex(project.digest) as Hex, policies },
+      approvals,
+    );
+    // Recovering is asynchronous: the record must still be the newest (another change may have come in between).
     records.current(project);
     const { policies: _old, ...rest } = project.record;
     const next: ProjectRecord = {
@@ -88,7 +99,7 @@ export class Projects {
     };
     const { result, made } = this.make(next);
     this.deps.logger.info(
-      { projectId: next.projectId, seq: next.seq, oldRecordDigest: hex(project.digest), newRecordDigest: hex(made.digest) },
+      { projectId: next.projectId, seq: next.seq, oldRecordDigest: hex(project.digest), newRecordDigest: hex(made.digest), approvedBy },
       isEmptyPolicy(policies) ? "removed a project's policies" : "set a project's policies",
     );
     return result;

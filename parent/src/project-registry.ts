@@ -15,7 +15,8 @@ import type { ProjectResult } from '@nks/shared/enclave-api';
 import type { Logger } from '@nks/shared/log';
 import type { ProjectAuth } from '@nks/shared/project-auth';
 import { largestProjectRecordBytes, PROJECT_RECORD_MAX_BYTES, type ProjectSettings } from '@nks/shared/projects-schema';
-import { isEmptyPolicy, type Policies } from '@nks/shared/policy/schema';
+import { policyChangeTypedData } from '@nks/shared/policy/approval';
+import { isEmptyPolicy, type Approvers, type Policies } from '@nks/shared/policy/schema';
 import {
   DEFAULT_PROJECT_ID,
   decodeProjectRecord,
@@ -56,6 +57,23 @@ export interface PoliciesView {
   /** The record, signed by the keystore identity: a client checks the policies with it (docs/RECORDS.md). */
   record: SignedRecord;
 }
+
+/** `POST …/policies:approval`: the typed data an approver signs for one change of the current record. */
+export interface PolicyApprovalView {
+  projectId: string;
+  seq: number;
+  /** The current record's digest: the record the change replaces, which the approval names. */
+  recordSha256: `0x${string}`;
+  /** Who must approve the change (null: nobody; the admin token authorizes it). */
+  approvers: Approvers | null;
+  /** EIP-712 typed data (`eth_signTypedData_v4`, viem's `signTypedData`). */
+  typedData: ReturnType<typeof policyChangeTypedData> & { types: { EIP712Domain: typeof EIP712_DOMAIN_FIELDS } };
+}
+/** The domain's fields (name, version) as wallets want them listed among the types. */
+const EIP712_DOMAIN_FIELDS = [
+  { name: 'name', type: 'string' },
+  { name: 'version', type: 'string' },
+] as const;
 
 /** No policy is shown as empty lists (a record without the field). */
 export const policiesOf = (record: ProjectRecord): Policies => record.policies ?? { rules: [], limits: [] };
@@ -200,9 +218,28 @@ export class ProjectRegistry {
    * newest stored one, verified (exactly the stored record with these policies, seq + 1) and stored. Nothing
    * changes when the record already has them. A disabled project's policies change too.
    */
-  async setPolicies(projectId: string, policies: Policies): Promise<PoliciesView> {
+  async setPolicies(projectId: string, policies: Policies, approvals?: string[]): Promise<PoliciesView> {
     if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
-    return this.serially(projectId, () => this.changePolicies(projectId, policies));
+    return this.serially(projectId, () => this.changePolicies(projectId, policies, approvals));
+  }
+
+  /**
+   * What an approver signs for changing the project's policies from its current record to `policies`
+   * (docs/POLICIES.md, "Approvers"): good for that one change of that one record. `EIP712Domain` is spelled out
+   * so a wallet's `eth_signTypedData_v4` hashes the same domain.
+   */
+  approval(projectId: string, policies: Policies): PolicyApprovalView {
+    if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    const current = this.byId(projectId);
+    const recordSha256 = hex(current.digest) as `0x${string}`;
+    const typed = policyChangeTypedData(projectId, recordSha256, policies);
+    return {
+      projectId,
+      seq: current.record.seq,
+      recordSha256,
+      approvers: current.record.policies?.approvers ?? null,
+      typedData: { ...typed, types: { EIP712Domain: EIP712_DOMAIN_FIELDS, ...typed.types } },
+    };
   }
 
   /** One record change per project at a time (state or policies): each works from the record the one before stored. */
@@ -230,7 +267,7 @@ export class ProjectRegistry {
     return projectViewOf(stored);
   }
 
-  private async changePolicies(projectId: string, policies: Policies): Promise<PoliciesView> {
+  private async changePolicies(projectId: string, policies: Policies, approvals?: string[]): Promise<PoliciesView> {
     const current = this.byId(projectId);
     const wanted = withPolicies(current.record, policies);
     if (isDeepStrictEqual(wanted, current.record)) return policiesViewOf(current);
@@ -242,7 +279,12 @@ export class ProjectRegistry {
         `body: the project's record would be ${size} bytes, over the ${PROJECT_RECORD_MAX_BYTES} a record may have: write fewer or shorter rules, limits or lists`,
       );
     const checker = this.records();
-    const answer = await this.enclave.call('projects.setPolicies', { project: current.signed, policies });
+    // Approvals are the enclave's to check (a FORBIDDEN from it is the caller's answer as is).
+    const answer = await this.enclave.call('projects.setPolicies', {
+      project: current.signed,
+      policies,
+      ...(approvals === undefined ? {} : { approvals }),
+    });
     const next = this.checkAnswer(checker, answer, (r) =>
       isDeepStrictEqual(r, { ...wanted, seq: current.record.seq + 1, prev: hex(current.digest), createdAt: r.createdAt }),
     );
@@ -257,6 +299,7 @@ export class ProjectRegistry {
         newRecordSha256: hex(next.digest),
         rules: policies.rules.length,
         limits: policies.limits.length,
+        approvals: approvals?.length ?? 0,
       },
       'project policies changed',
     );

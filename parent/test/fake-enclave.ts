@@ -193,6 +193,8 @@ export class FakeEnclave {
   readonly evaluations: Array<Record<string, unknown>> = [];
   /** keys.sign throws this while set (after its record checks), as the enclave's policy check does. */
   signRefusal: KeystoreError | null = null;
+  /** Every projects.setPolicies `approvals` as received (undefined: none sent). */
+  readonly approvalsReceived: Array<string[] | undefined> = [];
   /** projects.setPolicies waits for this before answering, while set. */
   setPoliciesGate: Promise<void> | null = null;
   /** Health's `policy` section. */
@@ -247,7 +249,7 @@ export class FakeEnclave {
         'projects.setState': count('projects.setState', (p: { project: SignedRecord; state: 'active' | 'disabled' }) =>
           this.projectSetState(p),
         ),
-        'projects.setPolicies': count('projects.setPolicies', (p: { project: SignedRecord; policies: unknown }) =>
+        'projects.setPolicies': count('projects.setPolicies', (p: { project: SignedRecord; policies: unknown; approvals?: string[] }) =>
           this.projectSetPolicies(p),
         ),
         'projects.evaluatePolicy': count('projects.evaluatePolicy', (p: Record<string, unknown>) => {
@@ -405,10 +407,19 @@ export class FakeEnclave {
     return { projectId: next.projectId, projectKey: next.projectKey, record: this.identity.sign(next) };
   }
 
-  private async projectSetPolicies(p: { project: SignedRecord; policies: unknown }): Promise<ProjectResult> {
+  private async projectSetPolicies(p: { project: SignedRecord; policies: unknown; approvals?: string[] }): Promise<ProjectResult> {
     if (this.setPoliciesGate) await this.setPoliciesGate;
+    this.approvalsReceived.push(p.approvals);
     const bytes = Buffer.from(p.project.record, 'base64');
-    const { policies: _old, ...old } = decodeProjectRecord(bytes);
+    const { policies: current, ...old } = decodeProjectRecord(bytes);
+    // A stand-in for the enclave's check (enclave/test/policy-approvals.test.ts tests the real one): it counts
+    // the approvals given, it does not recover them.
+    const got = p.approvals?.length ?? 0;
+    if (current?.approvers && got < current.approvers.threshold)
+      throw new KeystoreError(
+        'FORBIDDEN',
+        `changing this project's policies needs ${current.approvers.threshold} approvals of its approvers, got ${got}`,
+      );
     let next: ProjectRecord = {
       ...old,
       ...policiesField(PoliciesSchema.parse(p.policies)),

@@ -7,7 +7,11 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { recoverTypedDataAddress } from 'viem';
+import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
+import { policyChangeTypedData } from '@nks/shared/policy/approval';
 import { policyDenied, type PolicyDecision } from '@nks/shared/policy/decision';
+import { PoliciesSchema } from '@nks/shared/policy/schema';
 import { openProjectRecord, recordDigest, hex, type ProjectRecord } from '@nks/shared/records';
 import { captureLogger, tempRunDir, type CapturedLogger } from '@nks/shared-test/helpers';
 import { SimulatedVsockTransport } from '@nks/shared/transport';
@@ -21,6 +25,7 @@ const ENCLAVE = 'vsock://16:5000';
 const TOKENS = { admin: 'nks_test_admin', full: 'nks_test_full' };
 const USDC = '0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48';
 const NO_PROJECT = `p_${'A'.repeat(22)}`;
+const [a1, a2] = [privateKeyToAccount(generatePrivateKey()), privateKeyToAccount(generatePrivateKey())];
 
 /** A policy as a caller writes it: a lower-case address, an upper-case selector, an amount with a leading zero. */
 const POLICY = {
@@ -440,5 +445,71 @@ describe('signing policies in the parent', () => {
     const later = String((await api('/metrics', { token: '' })).body);
     expect(later).toMatch(/^nks_policy_denials_total\{by="rule"\} 0$/m);
     expect(later).toMatch(/^nks_policy_evaluations_total 1$/m);
+  });
+  it('approvers: PUT passes approvals beside the policy to the enclave, answers its FORBIDDEN as 403; :approval gives the typed data', async () => {
+    const approvers = { addresses: [a1.address, a2.address], threshold: 2 };
+    const p = await tokenProject({ policies: { ...POLICY, approvers } });
+    // The typed data an approver signs: this project, its current record, the normalized policies.
+    const lax = { rules: [{ name: 'all', effect: 'allow' }], approvers };
+    const asked = await api(`/v1/projects/${p.projectId}/policies:approval`, { method: 'POST', body: { policies: lax } });
+    expect(asked.status).toBe(200);
+    const expected = policyChangeTypedData(p.projectId, digestOf(p.record) as `0x${string}`, PoliciesSchema.parse(lax));
+    expect(asked.body).toEqual({
+      projectId: p.projectId,
+      seq: 0,
+      recordSha256: digestOf(p.record),
+      approvers: { addresses: [a1.address, a2.address], threshold: 2 },
+      typedData: {
+        ...expected,
+        types: {
+          EIP712Domain: [
+            { name: 'name', type: 'string' },
+            { name: 'version', type: 'string' },
+          ],
+          ...expected.types,
+        },
+      },
+    });
+    // What an approver's wallet signs from that JSON is what the enclave checks (the domain type changes nothing).
+    const signature = await a1.signTypedData(asked.body.typedData);
+    expect(await recoverTypedDataAddress({ ...expected, signature })).toBe(a1.address);
+
+    // Without approvals: the enclave's FORBIDDEN, as it said it, and nothing stored.
+    const refused = await put(p.projectId, lax);
+    expect([refused.status, refused.body.error.code, refused.body.error.message]).toEqual([
+      403,
+      'FORBIDDEN',
+      "changing this project's policies needs 2 approvals of its approvers, got 0",
+    ]);
+    expect((await api(`/v1/projects/${p.projectId}/policies`)).body.seq).toBe(0);
+    // With approvals: passed on as given, and not part of the policy.
+    const approvals = [signature, await a2.signTypedData(asked.body.typedData)];
+    const set = await put(p.projectId, { ...lax, approvals });
+    expect([set.status, set.body.seq, set.body.policies]).toEqual([200, 1, PoliciesSchema.parse(lax)]);
+    expect(enclave.approvalsReceived).toEqual([undefined, approvals]);
+    expect('approvals' in (opened(set.body.record).policies ?? {})).toBe(false);
+    expect(log.lines().find((l) => l.msg === 'project policies changed')).toMatchObject({ approvals: 2 });
+
+    // Bad approvals: 400 before the enclave is asked.
+    const sig = `0x${'1'.repeat(130)}`;
+    for (const [approvalsSent, message] of [
+      [['0x1234'], 'body.approvals[0]: expected a 65-byte signature as 0x hex (130 hex digits)'],
+      ['0x12', 'body.approvals:'],
+      [Array.from({ length: 17 }, (_, i) => `0x${String(i).padStart(130, '0')}`), 'body.approvals: expected at most 16 approvals'],
+      [[sig, sig.toUpperCase().replace('0X', '0x')], 'body.approvals: expected distinct approvals'],
+    ] as const) {
+      const bad = await put(p.projectId, { ...lax, rules: [], approvals: approvalsSent });
+      expect([...code(bad), bad.body.error.message]).toEqual([400, 'INVALID_PARAMS', expect.stringContaining(message)]);
+    }
+    expect(enclave.calls['projects.setPolicies']).toBe(2);
+    // :approval: admin only, a policy required, 404 for an unknown project.
+    const at = `/v1/projects/${p.projectId}/policies:approval`;
+    expect(code(await api(at, { method: 'POST', body: { policies: lax }, token: TOKENS.full }))).toEqual([403, 'FORBIDDEN']);
+    expect(code(await api(at, { method: 'POST' }))).toEqual([400, 'INVALID_PARAMS']);
+    expect(code(await api(at, { method: 'POST', body: lax }))).toEqual([400, 'INVALID_PARAMS']);
+    expect(code(await api(`/v1/projects/${NO_PROJECT}/policies:approval`, { method: 'POST', body: { policies: lax } }))).toEqual([
+      404,
+      'NOT_FOUND',
+    ]);
   });
 });

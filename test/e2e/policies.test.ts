@@ -4,7 +4,8 @@
  * signs — a deny rule, no allow rule, a limit, each a 403 POLICY_DENIED with its details — while allowed requests
  * sign; `nks policies evaluate` explains without counting; the policies read back with a record that verifies with
  * the keystore identity; the metrics; and a parent that puts the project's older record (without the policy) back
- * in its database, refused by the enclave. One stack.
+ * in its database, refused by the enclave; a policy with approvers, changed only with their signatures
+ * (`nks policies approve`, `set --approval`). One stack.
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -12,7 +13,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { encodeFunctionData, erc20Abi, keccak256, recoverTransactionAddress, type Hex } from 'viem';
-import { KeystoreApiError, KeystoreClient, verifyPolicies, type Key, type Project } from '../../client/src/sdk';
+import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
+import { KeystoreApiError, KeystoreClient, verifyPolicies, type Key, type PoliciesInput, type Project } from '../../client/src/sdk';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { ROOT } from '../support/process';
 import { startStack, waitReady, type Stack } from '../support/stack';
@@ -211,5 +213,42 @@ describe('signing policies end to end', () => {
     const replayed = await refusal(signer.signDigest(key.keyId, keccak256('0x03')));
     expect([replayed.status, replayed.code]).toEqual([500, 'KEY_INTEGRITY']);
     expect(replayed.details).toBeUndefined();
+  });
+  it('a policy with approvers changes only with their signatures: nks policies approve (a key file, or a wallet) then set --approval', async () => {
+    const [k1, k2] = [generatePrivateKey(), generatePrivateKey()];
+    const [a1, a2] = [privateKeyToAccount(k1), privateKeyToAccount(k2)];
+    const guarded = await admin.createProject({
+      name: 'guarded',
+      auth: { type: 'token' },
+      allowedRequestTypes: ['digest', 'message'],
+      policies: { ...(POLICY as PoliciesInput), approvers: { addresses: [a1.address, a2.address], threshold: 2 } },
+    });
+    const lax = {
+      rules: [{ name: 'anything', effect: 'allow' as const }],
+      approvers: { addresses: [a1.address, a2.address], threshold: 2 },
+    };
+    // The admin token alone (the parent alone) cannot relax it.
+    const refused = await refusal(admin.setPolicies(guarded.projectId, lax));
+    expect([refused.status, refused.code, refused.message]).toEqual([
+      403,
+      'FORBIDDEN',
+      "changing this project's policies needs 2 approvals of its approvers, got 0",
+    ]);
+    fs.writeFileSync(path.join(dir, 'lax.json'), JSON.stringify(lax));
+    fs.writeFileSync(path.join(dir, 'a1.key'), k1);
+    const approve = ['policies', 'approve', '--project', guarded.projectId, '--file', path.join(dir, 'lax.json')];
+    const one = await nks([...approve, '--key-file', path.join(dir, 'a1.key'), '--json'], env());
+    expect({ status: one.status, stderr: one.stderr }).toEqual({ status: 0, stderr: '' });
+    const typed = await nks([...approve, '--typed-data'], env());
+    const second = await a2.signTypedData(JSON.parse(typed.stdout)); // what a wallet would answer
+    const first = (JSON.parse(one.stdout) as { signature: string }).signature;
+    // One approver and someone who is none: one approval.
+    const outsider = await privateKeyToAccount(generatePrivateKey()).signTypedData(JSON.parse(typed.stdout));
+    const set = ['policies', 'set', '--project', guarded.projectId, '--file', path.join(dir, 'lax.json')];
+    const short = await nks([...set, '--approval', first, '--approval', outsider], env());
+    expect([short.status, short.stderr]).toEqual([1, expect.stringMatching(/FORBIDDEN \(HTTP 403\): .* got 1/)]);
+    const done = await nks([...set, '--approval', first, '--approval', second, '--json'], env());
+    expect({ status: done.status, stderr: done.stderr }).toEqual({ status: 0, stderr: '' });
+    expect(JSON.parse(done.stdout)).toMatchObject({ seq: 1, policies: { rules: [{ name: 'anything' }] } });
   });
 });

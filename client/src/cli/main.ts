@@ -30,12 +30,14 @@ const HELP = `nks — nitro-keystore command-line client
       projects need an admin token; a JWT project's users get keys through the TrueWallet API
       (POST /v1/<projectKey>/wallets/get-address|sign|sign-request) with their own JWTs
   nks policies get --project ID [--identity 0x…|FILE]
-  nks policies set --project ID --file policy.json
+  nks policies set --project ID --file policy.json [--approval 0x… ...]
+  nks policies approve --project ID --file policy.json (--key-file FILE | --typed-data) [--record 0x…] [--identity …]
   nks policies evaluate --project ID --request request.json [--key KEY] [--file policy.json]
       a project's signing policies (admin token; docs/POLICIES.md): what its keys may sign, enforced in the
       enclave. set replaces the whole policy ({} removes it); evaluate is a dry run that explains the decision
       (exit 0 whether allowed or denied), of the project's policy or of --file's; --identity checks the
-      record that holds the policies
+      record that holds the policies. A policy with approvers changes only with their --approval signatures:
+      an approver runs approve (signs with a local key file, or prints EIP-712 typed data for a wallet)
   nks tls create --name NAME [--name NAME]... [--csr-out FILE] [--pcr0 HEX]... [--root PEM]
       the enclave makes a TLS key for the wallet routes (admin token) and answers its CSR; get a certificate
   nks tls install --chain FILE

@@ -6,23 +6,33 @@
  *   nks policies get --project ID [--identity 0x…|FILE]
  *   nks policies set --project ID --file policy.json
  *   nks policies evaluate --project ID --request request.json [--key KEY] [--file policy.json]
+ *   nks policies approve --project ID --file policy.json (--key-file FILE | --typed-data) [--record 0x…] [--identity …]
+ *   nks policies set --project ID --file policy.json --approval 0x… [--approval 0x…]
+ *
+ * `approve` is an approver's side (docs/POLICIES.md, "Approvers"): the EIP-712 approval of changing the project's
+ * current record (its digest read from the API and recomputed from the record itself, or `--record` offline) to
+ * the policy in the file, as computed here from the file, not taken from the server — signed with a local
+ * secp256k1 key, or printed as typed data for a wallet (`eth_signTypedData_v4`).
  *
  * Files are checked here against the same schemas the API uses, so a mistake is a usage error (exit 2) that
  * names the field, before anything is sent. A request is sent as written (the enclave reads exactly that).
  */
+import { privateKeyToAccount } from 'viem/accounts';
 import type { z } from 'zod';
 import { KEY_ID_EXPECTED, KEY_ID_RE } from '@nks/shared/identifiers';
+import { policiesDigest, policyChangeTypedData } from '@nks/shared/policy/approval';
 import type { LimitOutcome, PolicyDecision, RuleOutcome } from '@nks/shared/policy/decision';
 import { PoliciesSchema, type Condition, type Limit, type Policies, type PoliciesInput, type Rule } from '@nks/shared/policy/schema';
+import { hex, recordDigest } from '@nks/shared/records';
 import { describeIssues } from '@nks/shared/schema';
 import { SignRequestSchema, type SignRequestInput } from '@nks/shared/signing/schema';
 import type { PoliciesView } from '../sdk';
 import { VerificationError, verifyPolicies } from '../verify';
-import { clientFor, connectionOptions, parse, readJsonInput, UsageError } from './context';
+import { clientFor, connectionOptions, parse, readInput, readJsonInput, UsageError } from './context';
 import { fields, print } from './output';
 import { readIdentity } from './verify-commands';
 
-const USAGE = 'usage: nks policies get|set|evaluate --project ID ... (signing policies; the KMS key policy is "nks policy")';
+const USAGE = 'usage: nks policies get|set|evaluate|approve --project ID ... (signing policies; the KMS key policy is "nks policy")';
 
 /** A JSON file checked against `schema`: a usage error naming the field otherwise. */
 function readChecked<S extends z.ZodType>(file: string, schema: S, what: string): { sent: unknown; parsed: z.output<S> } {
@@ -82,8 +92,11 @@ const limitLine = (l: Limit) => {
 
 /** A policy for people: rules in order (deny wins, then the first allow), then limits. */
 export function describePolicies(p: Policies): string {
-  if (p.rules.length === 0 && p.limits.length === 0) return 'no policies: every request the project allows is signed';
+  if (p.rules.length === 0 && p.limits.length === 0 && !p.approvers) return 'no policies: every request the project allows is signed';
   return [
+    ...(p.approvers
+      ? [`approvers: ${p.approvers.threshold} of [${p.approvers.addresses.join(', ')}] must approve a change of these policies`]
+      : []),
     p.rules.length
       ? `rules (${p.rules.length}; a matching deny rule refuses, else a matching allow rule allows, else refused):`
       : 'rules: none (only the limits apply)',
@@ -129,6 +142,44 @@ const needProject = (project: string | undefined): string => {
   return project;
 };
 
+const SIGNATURE_RE = /^0x[0-9a-fA-F]{130}$/;
+const RECORD_DIGEST_RE = /^0x[0-9a-fA-F]{64}$/;
+/** Wallets hash the domain by the fields `EIP712Domain` lists: spelled out, so they hash what the enclave checks. */
+const EIP712_DOMAIN_FIELDS = [
+  { name: 'name', type: 'string' },
+  { name: 'version', type: 'string' },
+];
+
+/** A secp256k1 private key from a file (32 bytes as hex, 0x optional); the key itself never appears in an error. */
+function readPrivateKey(file: string) {
+  const text = readInput(file).toString('utf8').trim();
+  const key = (text.startsWith('0x') ? text : `0x${text}`) as `0x${string}`;
+  if (!/^0x[0-9a-fA-F]{64}$/.test(key)) throw new UsageError(`${file} is not a secp256k1 private key (32 bytes as hex, 0x optional)`);
+  try {
+    return privateKeyToAccount(key);
+  } catch (err) {
+    throw new UsageError(`${file} is not a valid secp256k1 private key (out of range)`, { cause: err });
+  }
+}
+
+/** The project's current record digest and approvers: read from the API (checked against the record it sends), or `--record`. */
+async function currentRecord(
+  values: Parameters<typeof clientFor>[0] & { record?: string; identity?: string },
+  projectId: string,
+): Promise<{ recordSha256: `0x${string}`; approvers: string[] | null }> {
+  if (values.record !== undefined) {
+    if (!RECORD_DIGEST_RE.test(values.record))
+      throw new UsageError(`--record ${values.record}: expected a record digest (0x and 64 hex digits)`);
+    return { recordSha256: values.record.toLowerCase() as `0x${string}`, approvers: null };
+  }
+  const view = await clientFor(values).getPolicies(projectId);
+  if (values.identity !== undefined) verifyPolicies(view, { identityPublicKey: readIdentity(values.identity).publicKey, projectId });
+  const recordSha256 = hex(recordDigest(Buffer.from(view.record.record, 'base64'))) as `0x${string}`;
+  if (view.projectId !== projectId || recordSha256 !== view.recordSha256)
+    throw new VerificationError('VIEW_MISMATCH', "the API's answer names another project or record than the one it sends: not approved");
+  return { recordSha256, approvers: view.policies.approvers?.addresses ?? null };
+}
+
 export async function policiesCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   switch (sub) {
@@ -155,12 +206,20 @@ export async function policiesCommand(args: string[]): Promise<number> {
       return 0;
     }
     case 'set': {
-      const { values } = parse(rest, { ...connectionOptions, project: { type: 'string' }, file: { type: 'string' } });
+      const { values } = parse(rest, {
+        ...connectionOptions,
+        project: { type: 'string' },
+        file: { type: 'string' },
+        approval: { type: 'string', multiple: true },
+      });
       const projectId = needProject(values.project);
       if (!values.file)
         throw new UsageError('--file is required: the whole policy as JSON ({"rules": [...], "limits": [...]}; {} removes it)');
       const { parsed } = readChecked(values.file, PoliciesSchema, 'a policy');
-      const view = await clientFor(values).setPolicies(projectId, parsed);
+      const approvals = values.approval ?? [];
+      for (const a of approvals)
+        if (!SIGNATURE_RE.test(a)) throw new UsageError(`--approval ${a}: expected a 65-byte signature (0x and 130 hex digits)`);
+      const view = await clientFor(values).setPolicies(projectId, parsed, approvals.length ? { approvals } : {});
       print(view, values.json ?? false, () => `Set the signing policies of project ${view.projectId}\n${viewText(view)}`);
       return 0;
     }
@@ -183,6 +242,52 @@ export async function policiesCommand(args: string[]): Promise<number> {
         ...(policies ? { policies } : {}),
       });
       print(decision, values.json ?? false, () => describeDecision(decision));
+      return 0;
+    }
+    case 'approve': {
+      const { values } = parse(rest, {
+        ...connectionOptions,
+        project: { type: 'string' },
+        file: { type: 'string' },
+        'key-file': { type: 'string' },
+        'typed-data': { type: 'boolean' },
+        record: { type: 'string' },
+        identity: { type: 'string' },
+      });
+      const projectId = needProject(values.project);
+      if (!values.file) throw new UsageError('--file is required: the whole policy to approve, as JSON (what "nks policies set" sends)');
+      if ((values['key-file'] === undefined) === (values['typed-data'] !== true))
+        throw new UsageError('give either --key-file FILE (sign here) or --typed-data (print the typed data for a wallet)');
+      const { parsed } = readChecked(values.file, PoliciesSchema, 'a policy');
+      const account = values['key-file'] !== undefined ? readPrivateKey(values['key-file']) : undefined;
+      const current = await currentRecord(values, projectId);
+      const typedData = policyChangeTypedData(projectId, current.recordSha256, parsed);
+      if (!account) {
+        print({ ...typedData, types: { EIP712Domain: EIP712_DOMAIN_FIELDS, ...typedData.types } }, true, () => '');
+        return 0;
+      }
+      const signature = await account.signTypedData(typedData);
+      const answer = {
+        projectId,
+        recordSha256: current.recordSha256,
+        policiesSha256: policiesDigest(parsed),
+        approver: account.address,
+        signature,
+      };
+      if (current.approvers && !current.approvers.includes(account.address))
+        process.stderr.write(
+          `nks: warning: ${account.address} is not one of this project's approvers: the enclave will not count this approval\n`,
+        );
+      print(answer, values.json ?? false, () =>
+        [
+          `Approved the change of project ${projectId} from record ${current.recordSha256} to:`,
+          describePolicies(parsed),
+          fields([
+            ['approver', account.address],
+            ['signature', signature],
+          ]),
+        ].join('\n'),
+      );
       return 0;
     }
     default:

@@ -14,7 +14,7 @@ import type {
 } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
-import { PoliciesSchema } from '@nks/shared/policy/schema';
+import { PoliciesSchema, POLICY_MAX_APPROVERS } from '@nks/shared/policy/schema';
 import { ProjectSettingsSchema } from '@nks/shared/projects-schema';
 import { keyId } from '@nks/shared/schema';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
@@ -71,9 +71,25 @@ const ProjectListQuery = z.strictObject({
   cursor: z.string().max(128).optional(),
 });
 const EmptyBody = z.strictObject({}).optional();
-/** A project's whole policy (docs/POLICIES.md): it replaces the one the project has; `{}` removes it. */
-const PoliciesBody = requestBody(PoliciesSchema, {
-  whenMissing: 'a policy is required ({"rules": [...], "limits": [...]}; {} removes it)',
+/** An approver's EIP-712 signature of a policy change (docs/POLICIES.md, "Approvers"): 65 bytes, 0x hex. */
+const approval = z.string().regex(/^0x[0-9a-fA-F]{130}$/, 'expected a 65-byte signature as 0x hex (130 hex digits)');
+/**
+ * A project's whole policy (docs/POLICIES.md): it replaces the one the project has; `{}` removes it. When the
+ * current policy has approvers, `approvals` (beside the policy's fields, not part of it) carries their signatures.
+ */
+const PoliciesBody = requestBody(
+  PoliciesSchema.safeExtend({
+    approvals: z
+      .array(approval)
+      .max(POLICY_MAX_APPROVERS, `expected at most ${POLICY_MAX_APPROVERS} approvals`)
+      .refine((l) => new Set(l.map((a) => a.toLowerCase())).size === l.length, 'expected distinct approvals')
+      .optional(),
+  }),
+  { whenMissing: 'a policy is required ({"rules": [...], "limits": [...], "approvers"?, "approvals"?}; {} removes it)' },
+);
+/** The policy an approver is asked to approve (its typed data names the project's current record). */
+const ApprovalBody = requestBody(z.strictObject({ policies: PoliciesSchema }), {
+  whenMissing: 'a body {"policies": {...}} is required',
 });
 /**
  * A dry run: the request (as sent: the enclave validates it again, as when signing), the key whose limit
@@ -211,7 +227,16 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       ...at('/v1/projects/{projectId}/policies', 'admin'),
       schema: { params: ProjectParams, querystring: NoQuery, body: PoliciesBody },
       handler(request) {
-        return keys.projects.setPolicies(request.params.projectId, request.body);
+        const { approvals, ...policies } = request.body;
+        return keys.projects.setPolicies(request.params.projectId, policies, approvals);
+      },
+    });
+    app.route({
+      method: 'POST',
+      ...at('/v1/projects/{projectId}/policies:approval', 'admin'),
+      schema: { params: ProjectParams, querystring: NoQuery, body: ApprovalBody },
+      handler(request) {
+        return keys.projects.approval(request.params.projectId, request.body.policies);
       },
     });
     app.route({
