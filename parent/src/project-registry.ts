@@ -15,7 +15,7 @@ import type { ProjectResult } from '@nks/shared/enclave-api';
 import type { Logger } from '@nks/shared/log';
 import type { ProjectAuth } from '@nks/shared/project-auth';
 import { largestProjectRecordBytes, PROJECT_RECORD_MAX_BYTES, type ProjectSettings } from '@nks/shared/projects-schema';
-import { policyChangeTypedData } from '@nks/shared/policy/approval';
+import { policyChangeTypedDataForWallet } from '@nks/shared/policy/approval';
 import { isEmptyPolicy, type Approvers, type Policies } from '@nks/shared/policy/schema';
 import {
   DEFAULT_PROJECT_ID,
@@ -67,13 +67,8 @@ export interface PolicyApprovalView {
   /** Who must approve the change (null: nobody; the admin token authorizes it). */
   approvers: Approvers | null;
   /** EIP-712 typed data (`eth_signTypedData_v4`, viem's `signTypedData`). */
-  typedData: ReturnType<typeof policyChangeTypedData> & { types: { EIP712Domain: typeof EIP712_DOMAIN_FIELDS } };
+  typedData: ReturnType<typeof policyChangeTypedDataForWallet>;
 }
-/** The domain's fields (name, version) as wallets want them listed among the types. */
-const EIP712_DOMAIN_FIELDS = [
-  { name: 'name', type: 'string' },
-  { name: 'version', type: 'string' },
-] as const;
 
 /** No policy is shown as empty lists (a record without the field). */
 export const policiesOf = (record: ProjectRecord): Policies => record.policies ?? { rules: [], limits: [] };
@@ -232,13 +227,12 @@ export class ProjectRegistry {
     if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
     const current = this.byId(projectId);
     const recordSha256 = hex(current.digest) as `0x${string}`;
-    const typed = policyChangeTypedData(projectId, recordSha256, policies);
     return {
       projectId,
       seq: current.record.seq,
       recordSha256,
       approvers: current.record.policies?.approvers ?? null,
-      typedData: { ...typed, types: { EIP712Domain: EIP712_DOMAIN_FIELDS, ...typed.types } },
+      typedData: policyChangeTypedDataForWallet(projectId, recordSha256, policies),
     };
   }
 

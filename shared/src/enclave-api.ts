@@ -17,6 +17,7 @@ import { PROJECT_ID_RE } from './identifiers';
 import { SignRequestSchema, type SignResult } from './signing/schema';
 import { PoliciesSchema, POLICY_MAX_APPROVERS } from './policy/schema';
 import type { PolicyDecision } from './policy/decision';
+import { APPROVAL_SIGNATURE_EXPECTED, APPROVAL_SIGNATURE_RE } from './policy/approval';
 
 const hexUpTo = (bytes: number) => hexBytes.max(2 + 2 * bytes, `expected at most ${bytes} bytes`);
 const blob = base64.max(8192, 'expected a key blob of at most 6 KiB');
@@ -101,10 +102,7 @@ export const ProjectSetPoliciesParams = z.strictObject({
   project: SignedRecordSchema,
   policies: PoliciesSchema,
   /** EIP-712 signatures of the current policy's approvers over this change (policy/approval.ts); needed when it has approvers. */
-  approvals: z
-    .array(z.string().regex(/^0x[0-9a-fA-F]{130}$/, 'expected a 65-byte signature as 0x hex'))
-    .max(POLICY_MAX_APPROVERS)
-    .optional(),
+  approvals: z.array(z.string().regex(APPROVAL_SIGNATURE_RE, APPROVAL_SIGNATURE_EXPECTED)).max(POLICY_MAX_APPROVERS).optional(),
 });
 /**
  * A dry run (an admin action): the decision the project's policy (its record's, or `policies` when given, to

@@ -20,7 +20,7 @@
 import { privateKeyToAccount } from 'viem/accounts';
 import type { z } from 'zod';
 import { KEY_ID_EXPECTED, KEY_ID_RE } from '@nks/shared/identifiers';
-import { policiesDigest, policyChangeTypedData } from '@nks/shared/policy/approval';
+import { APPROVAL_SIGNATURE_RE, policiesDigest, policyChangeTypedData, policyChangeTypedDataForWallet } from '@nks/shared/policy/approval';
 import type { LimitOutcome, PolicyDecision, RuleOutcome } from '@nks/shared/policy/decision';
 import { PoliciesSchema, type Condition, type Limit, type Policies, type PoliciesInput, type Rule } from '@nks/shared/policy/schema';
 import { hex, recordDigest } from '@nks/shared/records';
@@ -142,13 +142,7 @@ const needProject = (project: string | undefined): string => {
   return project;
 };
 
-const SIGNATURE_RE = /^0x[0-9a-fA-F]{130}$/;
 const RECORD_DIGEST_RE = /^0x[0-9a-fA-F]{64}$/;
-/** Wallets hash the domain by the fields `EIP712Domain` lists: spelled out, so they hash what the enclave checks. */
-const EIP712_DOMAIN_FIELDS = [
-  { name: 'name', type: 'string' },
-  { name: 'version', type: 'string' },
-];
 
 /** A secp256k1 private key from a file (32 bytes as hex, 0x optional); the key itself never appears in an error. */
 function readPrivateKey(file: string) {
@@ -218,7 +212,7 @@ export async function policiesCommand(args: string[]): Promise<number> {
       const { parsed } = readChecked(values.file, PoliciesSchema, 'a policy');
       const approvals = values.approval ?? [];
       for (const a of approvals)
-        if (!SIGNATURE_RE.test(a)) throw new UsageError(`--approval ${a}: expected a 65-byte signature (0x and 130 hex digits)`);
+        if (!APPROVAL_SIGNATURE_RE.test(a)) throw new UsageError(`--approval ${a}: expected a 65-byte signature (0x and 130 hex digits)`);
       const view = await clientFor(values).setPolicies(projectId, parsed, approvals.length ? { approvals } : {});
       print(view, values.json ?? false, () => `Set the signing policies of project ${view.projectId}\n${viewText(view)}`);
       return 0;
@@ -261,12 +255,11 @@ export async function policiesCommand(args: string[]): Promise<number> {
       const { parsed } = readChecked(values.file, PoliciesSchema, 'a policy');
       const account = values['key-file'] !== undefined ? readPrivateKey(values['key-file']) : undefined;
       const current = await currentRecord(values, projectId);
-      const typedData = policyChangeTypedData(projectId, current.recordSha256, parsed);
       if (!account) {
-        print({ ...typedData, types: { EIP712Domain: EIP712_DOMAIN_FIELDS, ...typedData.types } }, true, () => '');
+        print(policyChangeTypedDataForWallet(projectId, current.recordSha256, parsed), true, () => '');
         return 0;
       }
-      const signature = await account.signTypedData(typedData);
+      const signature = await account.signTypedData(policyChangeTypedData(projectId, current.recordSha256, parsed));
       const answer = {
         projectId,
         recordSha256: current.recordSha256,

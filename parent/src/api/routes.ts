@@ -15,6 +15,7 @@ import type {
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { z } from 'zod';
 import { PoliciesSchema, POLICY_MAX_APPROVERS } from '@nks/shared/policy/schema';
+import { APPROVAL_SIGNATURE_EXPECTED, APPROVAL_SIGNATURE_RE } from '@nks/shared/policy/approval';
 import { ProjectSettingsSchema } from '@nks/shared/projects-schema';
 import { keyId } from '@nks/shared/schema';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
@@ -72,7 +73,7 @@ const ProjectListQuery = z.strictObject({
 });
 const EmptyBody = z.strictObject({}).optional();
 /** An approver's EIP-712 signature of a policy change (docs/POLICIES.md, "Approvers"): 65 bytes, 0x hex. */
-const approval = z.string().regex(/^0x[0-9a-fA-F]{130}$/, 'expected a 65-byte signature as 0x hex (130 hex digits)');
+const approval = z.string().regex(APPROVAL_SIGNATURE_RE, APPROVAL_SIGNATURE_EXPECTED);
 /**
  * A project's whole policy (docs/POLICIES.md): it replaces the one the project has; `{}` removes it. When the
  * current policy has approvers, `approvals` (beside the policy's fields, not part of it) carries their signatures.

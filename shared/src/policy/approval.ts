@@ -11,6 +11,14 @@ import { canonicalCbor } from '../cbor';
 import { isEmptyPolicy, type Policies } from './schema';
 
 export const POLICY_APPROVAL_DOMAIN = { name: 'nitro-keystore policy change', version: '1' } as const;
+/** An approval as it travels: a 65-byte secp256k1 signature (r ‖ s ‖ v), 0x hex. */
+export const APPROVAL_SIGNATURE_RE = /^0x[0-9a-fA-F]{130}$/;
+export const APPROVAL_SIGNATURE_EXPECTED = 'expected a 65-byte signature as 0x hex (130 hex digits)';
+/** The domain's fields, as wallets (`eth_signTypedData_v4`) want them listed among the types: they hash what the enclave checks. */
+export const POLICY_APPROVAL_DOMAIN_FIELDS = [
+  { name: 'name', type: 'string' },
+  { name: 'version', type: 'string' },
+] as const;
 export const POLICY_APPROVAL_TYPES = {
   PolicyChange: [
     { name: 'projectId', type: 'string' },
@@ -41,4 +49,10 @@ export function policyChangeTypedData(
     primaryType: 'PolicyChange',
     message: { projectId, record: recordDigest, policies: policiesDigest(policies) },
   };
+}
+
+/** `policyChangeTypedData` with `EIP712Domain` spelled out among the types, for a wallet to sign as it is. */
+export function policyChangeTypedDataForWallet(projectId: string, recordDigest: `0x${string}`, policies: Policies | undefined) {
+  const typed = policyChangeTypedData(projectId, recordDigest, policies);
+  return { ...typed, types: { EIP712Domain: POLICY_APPROVAL_DOMAIN_FIELDS, ...typed.types } };
 }

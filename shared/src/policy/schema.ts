@@ -74,7 +74,7 @@ const selector = z
 const chainId = z.number().int().min(0).max(Number.MAX_SAFE_INTEGER);
 const text = z.string().min(1).max(256).refine(isWellFormedText, 'expected well-formed Unicode text');
 
-/** What a rule (or a limit) applies to: every field given must hold (docs/POLICIES.md, "Conditions"). */
+/** What a rule (or a limit) applies to: every field given must hold (docs/POLICIES.md, "A policy"). */
 export const ConditionSchema = z.strictObject({
   /** The sign request's type. */
   type: list(z.enum(SIGN_REQUEST_TYPES)).optional(),
