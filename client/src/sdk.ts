@@ -27,14 +27,23 @@ import {
 import { backoffDelay, type BackoffOptions } from '@nks/shared/backoff';
 import { detailsOf, isRetryableCode, type ErrorDetails } from '@nks/shared/errors';
 import type { LimitOutcome, PolicyDecision, RuleOutcome } from '@nks/shared/policy/decision';
-import type { policyChangeTypedData } from '@nks/shared/policy/approval';
-import type { Approvers, Condition, Limit, Policies, PoliciesInput, Rule } from '@nks/shared/policy/schema';
+import { policyChangeTypedDataForWallet } from '@nks/shared/policy/approval';
+import {
+  PoliciesSchema,
+  type Approvers,
+  type Condition,
+  type Limit,
+  type Policies,
+  type PoliciesInput,
+  type Rule,
+} from '@nks/shared/policy/schema';
 import type { TlsStatus } from '@nks/shared/enclave-api';
 import type { JwtAlgorithm, ProjectAuth } from '@nks/shared/project-auth';
 import type { KeyState, ProjectState, SignedRecord } from '@nks/shared/records';
 import type { SignRequestType } from '@nks/shared/signing/request-types';
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
-import type { IdentityView } from './verify';
+import { isDeepStrictEqual } from 'node:util';
+import { VerificationError, type IdentityView } from './verify';
 
 export type {
   Approvers,
@@ -149,9 +158,7 @@ export interface PolicyApprovalView {
   recordSha256: `0x${string}`;
   /** Who must approve (null: nobody; the admin token alone changes the policies). */
   approvers: Approvers | null;
-  typedData: ReturnType<typeof policyChangeTypedData> & {
-    types: { EIP712Domain: ReadonlyArray<{ name: string; type: string }> };
-  };
+  typedData: ReturnType<typeof policyChangeTypedDataForWallet>;
 }
 
 /** What `createProject` sends: unset fields take the server's defaults (README.md, "Caller API"). */
@@ -461,9 +468,25 @@ export class KeystoreClient {
     return this.request('PUT', `/v1/projects/${encodeURIComponent(projectId)}/policies`, body);
   }
 
-  /** The typed data an approver signs for changing the project's current policies to `policies` (admin token). */
-  policyApproval(projectId: string, policies: PoliciesInput): Promise<PolicyApprovalView> {
-    return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/policies:approval`, { policies });
+  /**
+   * The typed data an approver signs for changing the project's current policies to `policies` (admin token).
+   * The server's answer is the parent's word: its typed data is checked to be exactly the change to `policies`
+   * of the project and record it names (computed here), so a parent cannot have a laxer policy approved in a
+   * wallet that shows only digests. Check `recordSha256` against a record you verified (`getPolicies` +
+   * `verifyPolicies`) to be sure it is the current one.
+   */
+  async policyApproval(projectId: string, policies: PoliciesInput): Promise<PolicyApprovalView> {
+    const view = await this.request<PolicyApprovalView>('POST', `/v1/projects/${encodeURIComponent(projectId)}/policies:approval`, {
+      policies,
+    });
+    const expected = policyChangeTypedDataForWallet(projectId, view.recordSha256, PoliciesSchema.parse(policies));
+    if (view.projectId !== projectId || !isDeepStrictEqual(view.typedData, expected)) {
+      throw new VerificationError(
+        'VIEW_MISMATCH',
+        'the approval the server answered is not the change of this project to these policies',
+      );
+    }
+    return view;
   }
 
   /**

@@ -338,7 +338,8 @@ describe('decoding bounds (docs/POLICIES.md, "Known limits")', () => {
     expect([over.userOperation?.targets, over.value]).toEqual([undefined, undefined]);
   });
 
-  it('the costliest callData within the bounds is read in under a millisecond', () => {
+  // Their cost is measured by `npm run bench -- --only policy` (the 64-call decoding bound row), not here.
+  it('the costliest callData within the bounds reads at most 64 calls, or none', () => {
     const words = (xs: Array<bigint | number>) => xs.map((x) => BigInt(x).toString(16).padStart(64, '0')).join('');
     const fill = (selector: string, body: string) => `${selector}${body}`.padEnd(2 + 2 * maxCallDataBytes, '0') as Hex;
     const most = Math.floor((maxCallDataBytes - 4 - 96) / 32); // words that fit after the heads
@@ -360,15 +361,10 @@ describe('decoding bounds (docs/POLICIES.md, "Known limits")', () => {
     ];
     for (const [name, callData] of cases) {
       expect([name, callData.length <= 2 + 2 * maxCallDataBytes]).toEqual([name, true]);
-      const req = userOperationRequest('0.6', callData);
-      const times: number[] = [];
-      for (let i = 0; i < 21; i++) {
-        const start = process.hrtime.bigint();
-        requestFacts(req);
-        times.push(Number(process.hrtime.bigint() - start) / 1e6);
-      }
-      // The fastest of 21: what the work costs, without what a loaded machine adds to some runs.
-      expect([name, Math.min(...times) < 1]).toEqual([name, true]);
+      const facts = requestFacts(userOperationRequest('0.6', callData));
+      const targets = facts.userOperation?.targets;
+      expect([name, targets === undefined || targets.length <= 64]).toEqual([name, true]);
+      expect([name, targets === undefined]).toEqual([name, facts.value === undefined]);
     }
   });
 });

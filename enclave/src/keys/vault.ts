@@ -29,6 +29,7 @@ import { createHash, type KeyObject } from 'node:crypto';
 import { birthContent, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
 import { BLOB_VERSION_V1, decodeBlobBase64, decodeKeyBlob, encodeBlob, type KeyBlob, type KeyBlobV1 } from '@nks/shared/blob';
 import { KeystoreError } from '@nks/shared/errors';
+import { POLICY_APPROVAL_DOMAIN } from '@nks/shared/policy/approval';
 import type { CreateResult, LookupResult, SetDisabledResult } from '@nks/shared/enclave-api';
 import type { JwtProjectAuth } from '@nks/shared/project-auth';
 import type { JwtUser } from '../auth/jwt';
@@ -214,7 +215,7 @@ export class KeyVault {
       records.stillCurrent(project);
       if (cached && !this.deps.cache.holds(p.keyId, cached)) return this.sign(p);
     }
-    usable(k, project.record, p.request.type);
+    usable(k, project.record, p.request);
     // The project's rules (docs/POLICIES.md), before any KMS call: a refused cold sign costs no Decrypt.
     const passed = this.deps.policy.checkRules(project.record, p.request);
     cached ??= await this.unsealShared(p.blob, blob as KeyBlob, k.blobSha256);
@@ -363,10 +364,17 @@ export class KeyVault {
  * What the records' states allow: a retired or cancelled key never signs, a disabled key or project does not
  * now. A pending key signs (a successor may have to sign during a social recovery, before it is activated).
  */
-function usable(k: KeyRecord, project: ProjectRecord, type: SignRequest['type']): void {
+function usable(k: KeyRecord, project: ProjectRecord, request: SignRequest): void {
   states(k, project);
-  if (!project.allowedRequestTypes.includes(type)) {
-    throw new KeystoreError('FORBIDDEN', `the project does not allow ${type} requests`);
+  if (!project.allowedRequestTypes.includes(request.type)) {
+    throw new KeystoreError('FORBIDDEN', `the project does not allow ${request.type} requests`);
+  }
+  // An approval of a policy change is an approver's own signature, made outside this keystore: a key held here
+  // that signed one would let whoever asks the enclave to sign (a compromised parent, for a token project)
+  // approve changes itself (docs/POLICIES.md, "Approvers"). A blind digest of the same hash cannot be told
+  // apart: approvers must not be keys of this keystore.
+  if (request.type === 'typedData' && request.typedData.domain?.name === POLICY_APPROVAL_DOMAIN.name) {
+    throw new KeystoreError('FORBIDDEN', 'keys of this keystore do not sign policy-change approvals');
   }
 }
 

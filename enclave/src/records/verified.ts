@@ -10,10 +10,14 @@
  *   bytes").
  * - High-water marks: the highest `seq` seen in a genuine record of each key and each project. A record
  *   older than that is refused: once the enclave has seen a key disabled (seq n), the parent cannot hand it
- *   the record from before (seq n-1). The marks live in memory only, bounded like the cache: a restart, or a
- *   mark dropped at the bound, forgets them, and an older record is then accepted again until a newer one is
- *   seen. That is the documented limit of this check (docs/RECORDS.md); the parent can always restart the
- *   enclave, so a bound adds nothing it could not already do.
+ *   the record from before (seq n-1). The marks live in memory only: a restart forgets them, and an older
+ *   record is then accepted again until a newer one is seen. That is the documented limit of this check
+ *   (docs/RECORDS.md). Key marks are bounded like the cache (a mark dropped at the bound is forgotten as by a
+ *   restart). Project marks are never dropped: a project's record carries its policy and its approvers, and
+ *   a parent that could push a mark out (by changing many other projects) would hand back the record from
+ *   before the approvers without the restart everyone can see (docs/POLICIES.md, "Approvers"). At the bound a
+ *   project that needs a new mark is refused (OVERLOADED): the parent made that many project changes, which
+ *   denies service and nothing else.
  *
  * Every integrity failure is one KEY_INTEGRITY with one fixed message (`integrityRefused`), whichever check
  * failed, and is counted in `failures` (health: integrityFailures): the parent learns "no", never which.
@@ -70,7 +74,8 @@ export class VerifiedRecords {
   failures = 0;
   private readonly verified: Lru<string, Entry>;
   private readonly keyMarks: Lru<string, number>;
-  private readonly projectMarks: Lru<string, number>;
+  private readonly projectMarks = new Map<string, number>();
+  private readonly maxProjectMarks: number;
 
   constructor(
     /** The identity's public key; null in a genesis image, where no record verifies. */
@@ -82,7 +87,7 @@ export class VerifiedRecords {
       weigh: (text, entry) => entryWeight(text, entry.signature),
     });
     this.keyMarks = new Lru(limits.maxSeqMarks);
-    this.projectMarks = new Lru(limits.maxSeqMarks);
+    this.maxProjectMarks = limits.maxSeqMarks;
   }
 
   /** Counts an integrity failure and returns the one error for all of them (to throw). */
@@ -113,7 +118,16 @@ export class VerifiedRecords {
     if (mark !== undefined && record.seq < mark) throw this.refused();
     // Only a record after the first needs a mark (nothing is older than seq 0): making keys does not push
     // the marks of changed keys out of the bound.
-    if (record.seq > 0 && (mark === undefined || record.seq > mark)) marks.set(id, record.seq);
+    if (record.seq > 0 && (mark === undefined || record.seq > mark)) {
+      if (marks === this.projectMarks && mark === undefined && this.projectMarks.size >= this.maxProjectMarks) {
+        throw new KeystoreError(
+          'OVERLOADED',
+          `the enclave keeps the newest record of at most ${this.maxProjectMarks} changed projects (records.maxSeqMarks)`,
+          { retryable: false },
+        );
+      }
+      marks.set(id, record.seq);
+    }
   }
 
   /**
@@ -138,7 +152,7 @@ export class VerifiedRecords {
    * A key is its key id and address: key ids are the parent's choice, so two keys made under one id (the
    * parent's doing) keep separate marks rather than refusing each other.
    */
-  private marksOf(record: KeyRecord | ProjectRecord): [Lru<string, number>, string] {
+  private marksOf(record: KeyRecord | ProjectRecord): [Lru<string, number> | Map<string, number>, string] {
     return record.kind === 'key' ? [this.keyMarks, `${record.keyId}\u0000${record.address}`] : [this.projectMarks, record.projectId];
   }
 
