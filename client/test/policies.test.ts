@@ -12,7 +12,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { recoverTypedDataAddress } from 'viem';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
-import { policiesDigest, policyChangeTypedData } from '@nks/shared/policy/approval';
+import { policiesDigest, policyChangeTypedData, policyChangeTypedDataForWallet } from '@nks/shared/policy/approval';
 import { PoliciesSchema } from '@nks/shared/policy/schema';
 import { recordDigest, hex } from '@nks/shared/records';
 import { tempRunDir } from '@nks/shared-test/helpers';
@@ -451,7 +451,17 @@ describe('nks policies', () => {
     const expected = policyChangeTypedData(PROJECT_ID, VIEW.recordSha256 as `0x${string}`, normalized);
     const withApprovers = (addresses: string[]) => ({ ...VIEW, policies: { ...POLICIES, approvers: { addresses, threshold: 1 } } });
     let answer: unknown = withApprovers([approver.address]);
-    const api = await standIn((req) => (req.method === 'GET' ? { status: 200, body: answer } : { status: 200, body: VIEW }));
+    // What the parent answers for POST …/policies:approval: the change to `approved` (the SDK checks it is).
+    const approvalView = {
+      projectId: PROJECT_ID,
+      seq: VIEW.seq,
+      recordSha256: VIEW.recordSha256,
+      approvers: normalized.approvers,
+      typedData: policyChangeTypedDataForWallet(PROJECT_ID, VIEW.recordSha256 as `0x${string}`, normalized),
+    };
+    const api = await standIn((req) =>
+      req.method === 'GET' ? { status: 200, body: answer } : { status: 200, body: req.url.endsWith(':approval') ? approvalView : VIEW },
+    );
     try {
       const env = { NKS_URL: api.url, NKS_TOKEN: 'admin-token' };
       const args = ['policies', 'approve', '--project', PROJECT_ID, '--file', file('approved.json')];
@@ -519,7 +529,7 @@ describe('nks policies', () => {
 
       // The SDK: policyApproval and setPolicies with approvals, on their routes.
       const client = new KeystoreClient({ url: api.url, token: 'admin-token' });
-      await client.policyApproval(PROJECT_ID, approved);
+      expect((await client.policyApproval(PROJECT_ID, approved)).typedData).toEqual(approvalView.typedData);
       expect(api.seen.at(-1)).toMatchObject({
         method: 'POST',
         url: `/v1/projects/${PROJECT_ID}/policies:approval`,
