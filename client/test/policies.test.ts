@@ -441,6 +441,33 @@ describe('nks policies', () => {
     expect(help).toMatch(/a project's signing policies \(admin token; docs\/POLICIES\.md\)/);
     expect(help).toMatch(/writes the KMS key policy \(docs\/KEY-POLICY\.md.*not signing policies/s);
   });
+  it("the SDK's policyApproval refuses typed data that is not the change to the policies asked (a parent's lie)", async () => {
+    const approvers = { addresses: [privateKeyToAccount(generatePrivateKey()).address], threshold: 1 };
+    const wanted = { ...POLICIES, approvers };
+    const laxer = { rules: [{ name: 'all', effect: 'allow' as const }], approvers };
+    const record = VIEW.recordSha256 as `0x${string}`;
+    const view = (id: string, policies: typeof wanted | typeof laxer) => ({
+      projectId: id,
+      seq: VIEW.seq,
+      recordSha256: record,
+      approvers,
+      typedData: policyChangeTypedDataForWallet(id, record, PoliciesSchema.parse(policies)),
+    });
+    for (const lie of [view(PROJECT_ID, laxer), view('p_BBBBBBBBBBBBBBBBBBBBBB', wanted)]) {
+      const api = await standIn(() => ({ status: 200, body: lie }));
+      try {
+        const err = await new KeystoreClient({ url: api.url, token: 'admin-token' }).policyApproval(PROJECT_ID, wanted).then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        expect(err).toBeInstanceOf(VerificationError);
+        expect((err as VerificationError).code).toBe('VIEW_MISMATCH');
+      } finally {
+        await api.close();
+      }
+    }
+  });
+
   it('approve: signs the change of the current record with a local key, or prints its typed data for a wallet; set sends approvals', async () => {
     const key = generatePrivateKey();
     const approver = privateKeyToAccount(key);
