@@ -481,10 +481,7 @@ export class KeystoreClient {
     });
     const expected = policyChangeTypedDataForWallet(projectId, view.recordSha256, PoliciesSchema.parse(policies));
     if (view.projectId !== projectId || !isDeepStrictEqual(view.typedData, expected)) {
-      throw new VerificationError(
-        'VIEW_MISMATCH',
-        'the approval the server answered is not the change of this project to these policies',
-      );
+      throw new VerificationError('VIEW_MISMATCH', 'the approval the server answered is not the change of this project to these policies');
     }
     return view;
   }
