@@ -28,6 +28,7 @@ import { backoffDelay, type BackoffOptions } from '@nks/shared/backoff';
 import { detailsOf, isRetryableCode, type ErrorDetails } from '@nks/shared/errors';
 import type { LimitOutcome, PolicyDecision, RuleOutcome } from '@nks/shared/policy/decision';
 import { policyChangeTypedDataForWallet } from '@nks/shared/policy/approval';
+import type { PoliciesView, PolicyApprovalView } from '@nks/shared/policy/views';
 import {
   PoliciesSchema,
   type Approvers,
@@ -134,32 +135,7 @@ export interface Project {
   record: SignedRecord;
 }
 
-/** A project's signing policies (`getPolicies`, `setPolicies`) and the record that holds them. */
-export interface PoliciesView {
-  projectId: string;
-  /** The record's seq: each change is a new record, seq + 1. */
-  seq: number;
-  /** SHA-256("nks-record-v1" ‖ record), 0x hex: what the next record's `prev` names (docs/RECORDS.md). */
-  recordSha256: string;
-  /** Normalized (EIP-55 addresses, lower-case selectors, decimal amounts); empty lists when none. */
-  policies: Policies;
-  /** The project record, signed by the keystore identity: the policies are what it says (check it with `verifyPolicies`). */
-  record: SignedRecord;
-}
-
-/**
- * `policyApproval`: what a project's approvers sign for changing its current record to the policies asked
- * (docs/POLICIES.md, "Approvers"): EIP-712 typed data, for `eth_signTypedData_v4` or viem's `signTypedData`.
- * An approval is good for that one change of that one record (`recordSha256`).
- */
-export interface PolicyApprovalView {
-  projectId: string;
-  seq: number;
-  recordSha256: `0x${string}`;
-  /** Who must approve (null: nobody; the admin token alone changes the policies). */
-  approvers: Approvers | null;
-  typedData: ReturnType<typeof policyChangeTypedDataForWallet>;
-}
+export type { PoliciesView, PolicyApprovalView };
 
 /** What `createProject` sends: unset fields take the server's defaults (README.md, "Caller API"). */
 export interface ProjectInput {

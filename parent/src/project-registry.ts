@@ -16,7 +16,8 @@ import type { Logger } from '@nks/shared/log';
 import type { ProjectAuth } from '@nks/shared/project-auth';
 import { largestProjectRecordBytes, PROJECT_RECORD_MAX_BYTES, type ProjectSettings } from '@nks/shared/projects-schema';
 import { policyChangeTypedDataForWallet } from '@nks/shared/policy/approval';
-import { isEmptyPolicy, type Approvers, type Policies } from '@nks/shared/policy/schema';
+import type { PoliciesView, PolicyApprovalView } from '@nks/shared/policy/views';
+import { isEmptyPolicy, type Policies } from '@nks/shared/policy/schema';
 import {
   DEFAULT_PROJECT_ID,
   decodeProjectRecord,
@@ -45,30 +46,7 @@ export interface ProjectView {
   record: SignedRecord;
 }
 
-/** `GET` and `PUT /v1/projects/{projectId}/policies`: the policies of the project's current record, and that record. */
-export interface PoliciesView {
-  projectId: string;
-  /** The record's seq: every change of the policies is a new record, seq + 1. */
-  seq: number;
-  /** The record's digest, SHA-256("nks-record-v1" ‖ record), 0x hex: what the next record's `prev` names. */
-  recordSha256: string;
-  /** Empty lists when the project has none. */
-  policies: Policies;
-  /** The record, signed by the keystore identity: a client checks the policies with it (docs/RECORDS.md). */
-  record: SignedRecord;
-}
-
-/** `POST …/policies:approval`: the typed data an approver signs for one change of the current record. */
-export interface PolicyApprovalView {
-  projectId: string;
-  seq: number;
-  /** The current record's digest: the record the change replaces, which the approval names. */
-  recordSha256: `0x${string}`;
-  /** Who must approve the change (null: nobody; the admin token authorizes it). */
-  approvers: Approvers | null;
-  /** EIP-712 typed data (`eth_signTypedData_v4`, viem's `signTypedData`). */
-  typedData: ReturnType<typeof policyChangeTypedDataForWallet>;
-}
+export type { PoliciesView, PolicyApprovalView };
 
 /** No policy is shown as empty lists (a record without the field). */
 export const policiesOf = (record: ProjectRecord): Policies => record.policies ?? { rules: [], limits: [] };
