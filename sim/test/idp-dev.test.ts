@@ -5,23 +5,12 @@
  */
 import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
-import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { createLocalJWKSet, jwtVerify } from 'jose';
 import { startSimulatedIdp } from '../src/idp/issuer';
 import { devIdpPaths, startDevIdp } from '../src/dev/idp';
-
-const get = (url: string, ca: string) =>
-  new Promise<{ status: number; body: string }>((resolve, reject) => {
-    https
-      .get(url, { ca, agent: false }, (res) => {
-        let body = '';
-        res.on('data', (c: Buffer) => (body += c.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      })
-      .on('error', reject);
-  });
+import { httpsGet as get } from '../../test/support/https-get';
 
 describe('simulated IdP for development', () => {
   it('serves tokens for any user at /token only when asked to, and refuses bad parameters', async () => {

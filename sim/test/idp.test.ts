@@ -1,17 +1,6 @@
-import https from 'node:https';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify } from 'jose';
 import { startSimulatedIdp, type SimulatedIdp } from '../src/idp/issuer';
-
-const get = (url: string, ca: string) =>
-  new Promise<{ status: number; body: string }>((resolve, reject) => {
-    https
-      .get(url, { ca, agent: false }, (res) => {
-        let body = '';
-        res.on('data', (c: Buffer) => (body += c.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      })
-      .on('error', reject);
-  });
+import { httpsGet as get } from '../../test/support/https-get';
 
 describe('simulated identity provider', () => {
   let idp: SimulatedIdp;
