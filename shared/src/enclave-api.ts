@@ -117,6 +117,34 @@ export const ProjectEvaluatePolicyParams = z.strictObject({
 });
 /** A new record for the key with `disabled` set, `seq` + 1 (an admin action, authorized by the parent for token projects). */
 export const SetDisabledParams = z.strictObject({ record: SignedRecordSchema, project: SignedRecordSchema, disabled: z.boolean() });
+/**
+ * The key lifecycle (docs/LIFECYCLE.md). Each is one key's (or two keys') next signed records; the parent
+ * authorizes the caller for token projects, and a JWT project's key changes only with its user's JWT carrying
+ * `nks_action` equal to the action and living at most LIFECYCLE_MAX_TOKEN_LIFETIME_S (no operator can).
+ *
+ * successor: a new key (`keyId`, chosen by the parent like a create's) in state `pending`, same project and
+ * subject as `record`'s key, which must be `active`; its records carry `predecessor` = that key's id. The
+ * parent keeps at most one pending key per subject (SUCCESSOR_EXISTS); the enclave checks the states.
+ */
+export const SuccessorParams = z.strictObject({
+  keyId,
+  record: SignedRecordSchema,
+  project: SignedRecordSchema,
+  attest: z.boolean().optional(),
+  jwt: jwt.optional(),
+});
+/**
+ * activate: `record` (a `pending` key) becomes `active` and `predecessor` (the current record of the key its
+ * `predecessor` names, `active`) becomes `retired`; both records are answered and must be stored together.
+ */
+export const ActivateParams = z.strictObject({
+  record: SignedRecordSchema,
+  predecessor: SignedRecordSchema,
+  project: SignedRecordSchema,
+  jwt: jwt.optional(),
+});
+/** cancel: `record` (a `pending` key) becomes `cancelled`; it never signs again. */
+export const CancelParams = z.strictObject({ record: SignedRecordSchema, project: SignedRecordSchema, jwt: jwt.optional() });
 /** Migration image only: a version 1 blob re-sealed as version 2 in `project` for `subject`, with a record of origin "migrated". */
 export const MigrateParams = z.strictObject({ keyId, blob, project: SignedRecordSchema, subject });
 export const ForgetParams = z.strictObject({ keyId });
@@ -300,6 +328,13 @@ export interface SetDisabledResult {
   record: SignedRecord;
 }
 
+export interface ActivateResult {
+  /** The activated key's next record (state active). */
+  record: SignedRecord;
+  /** Its predecessor's next record (state retired). */
+  predecessor: SignedRecord;
+}
+
 export interface LookupResult {
   keyId: string;
   address: `0x${string}`;
@@ -335,6 +370,9 @@ export const EnclaveApi = {
   'keys.sign': defineMethod<SignResult>()(SignParams),
   'keys.setDisabled': defineMethod<SetDisabledResult>()(SetDisabledParams),
   'keys.lookup': defineMethod<LookupResult>()(LookupParams),
+  'keys.successor': defineMethod<CreateResult>()(SuccessorParams),
+  'keys.activate': defineMethod<ActivateResult>()(ActivateParams),
+  'keys.cancel': defineMethod<SetDisabledResult>()(CancelParams),
   'projects.create': defineMethod<ProjectResult>()(ProjectCreateParams),
   'projects.setState': defineMethod<ProjectResult>()(ProjectSetStateParams),
   'projects.setPolicies': defineMethod<ProjectResult>()(ProjectSetPoliciesParams),
@@ -401,9 +439,28 @@ export const StoreInsertUserKeyParams = z.strictObject({
 });
 export const StoreInsertUserKeyAnswer = z.strictObject({ inserted: z.boolean(), key: StoredUserKeySchema });
 
+/** The pending successor of (project, subject), or null (docs/LIFECYCLE.md). */
+export const StorePendingUserKeyParams = StoreUserKeyParams;
+export const StorePendingUserKeyAnswer = StoreUserKeyAnswer;
+/**
+ * Store a successor the enclave just made (its first record, state pending, `predecessor` set). The parent
+ * checks the record, then stores it unless the subject already has a pending key: `inserted` false and that key.
+ */
+export const StoreInsertSuccessorParams = StoreInsertUserKeyParams;
+export const StoreInsertSuccessorAnswer = StoreInsertUserKeyAnswer;
+/**
+ * Store the next records of existing keys, all or none (activate: the successor's and its predecessor's, in
+ * one transaction). The parent checks each (genuine, seq = stored seq + 1, prev = the stored record's digest).
+ */
+export const StoreUpdateRecordsParams = z.strictObject({ records: z.array(SignedRecordSchema).min(1).max(2) });
+export const StoreUpdateRecordsAnswer = z.strictObject({ updated: z.literal(true) });
+
 export const WalletStoreApi = {
   'store.project': defineMethod<z.infer<typeof StoreProjectAnswer>>()(StoreProjectParams),
   'store.userKey': defineMethod<z.infer<typeof StoreUserKeyAnswer>>()(StoreUserKeyParams),
   'store.insertUserKey': defineMethod<z.infer<typeof StoreInsertUserKeyAnswer>>()(StoreInsertUserKeyParams),
+  'store.pendingUserKey': defineMethod<z.infer<typeof StorePendingUserKeyAnswer>>()(StorePendingUserKeyParams),
+  'store.insertSuccessor': defineMethod<z.infer<typeof StoreInsertSuccessorAnswer>>()(StoreInsertSuccessorParams),
+  'store.updateRecords': defineMethod<z.infer<typeof StoreUpdateRecordsAnswer>>()(StoreUpdateRecordsParams),
 };
 export type WalletStoreApi = typeof WalletStoreApi;

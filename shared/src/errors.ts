@@ -30,6 +30,10 @@ export const ERROR_CODES = {
   UNSUPPORTED_VERSION: { rpcCode: -32004, httpStatus: 500, retryable: false },
   /** A retired or cancelled key (its signed record says so): it never signs again. */
   KEY_RETIRED: { rpcCode: -32005, httpStatus: 409, retryable: false },
+  /** A successor of the key's subject is already pending (docs/LIFECYCLE.md): activate or cancel it first. */
+  SUCCESSOR_EXISTS: { rpcCode: -32041, httpStatus: 409, retryable: false },
+  /** A lifecycle transition from a state that does not allow it: `details.state` names the key's state now. */
+  KEY_STATE: { rpcCode: -32042, httpStatus: 409, retryable: false },
   /** The enclave has not (yet) unsealed and checked its keystore identity: it serves nothing but health. */
   IDENTITY_UNAVAILABLE: { rpcCode: -32006, httpStatus: 503, retryable: true },
   // JWT projects (docs/PROJECTS.md)

@@ -22,6 +22,10 @@ export const DEFAULT_MAX_TOKEN_LIFETIME_S = 600;
 export const MAX_TOKEN_LIFETIME_S = 3600;
 /** A lifecycle change (rotate, retire) also needs the claim `nks_action` and a lifetime of at most this. */
 export const LIFECYCLE_MAX_TOKEN_LIFETIME_S = 120;
+/** The claim that names the one lifecycle change a JWT authorizes, and its values (docs/LIFECYCLE.md). */
+export const LIFECYCLE_ACTION_CLAIM = 'nks_action';
+export const LIFECYCLE_ACTIONS = ['rotate', 'activate', 'cancel'] as const;
+export type LifecycleAction = (typeof LIFECYCLE_ACTIONS)[number];
 /** Allowed difference between the token's times and the enclave's clock, in seconds. */
 export const JWT_CLOCK_SKEW_S = 60;
 /** A compact JWT longer than this is refused before it is parsed. */

@@ -4,7 +4,8 @@
  * them back; nobody without the identity can make or alter one, so a parent cannot put a key of its own under
  * a user's key id, move a key to another project or subject, or edit a state.
  *
- *   key:     {v:1, kind:"key", keyId, address, blobSha256, projectId, subject, state, disabled, seq, prev, origin, createdAt}
+ *   key:     {v:1, kind:"key", keyId, address, blobSha256, projectId, subject, state, disabled, seq, prev, origin, createdAt,
+ *             predecessor?}
  *   project: {v:1, kind:"project", projectId, projectKey, auth, allowedRequestTypes, allowedOrigins, state, seq, prev, createdAt,
  *             policies?}
  *
@@ -14,7 +15,8 @@
  * field: a project without policies has none, so its records are byte for byte what they were before policies
  * existed, and a release that does not know the field refuses a record that has it (a downgrade cannot drop a
  * policy). A policy is checked by its own schema (policy/schema.ts) and must be in the normalized form it
- * outputs; everything else is plain checks.
+ * outputs; everything else is plain checks. A key's `predecessor` (docs/LIFECYCLE.md) is optional the same way:
+ * only a successor has it, so every other key's records are what they were before the lifecycle existed.
  */
 import { createHash, createPublicKey, verify, type KeyObject } from 'node:crypto';
 import { canonicalCbor, decodeCanonicalCbor } from './cbor';
@@ -70,7 +72,17 @@ export interface KeyRecord {
   origin: KeyOrigin;
   /** Milliseconds since the epoch, by the enclave's clock, when this record was made. */
   createdAt: number;
+  /**
+   * A successor's (docs/LIFECYCLE.md): the key id of the key it succeeds, same project and subject. Set at the
+   * successor's birth (state pending) and kept in all its records; absent on every other key.
+   */
+  predecessor?: string;
 }
+
+/** Pending: made as a successor, signs, not yet the subject's key. Active: the subject's key. */
+export const SIGNING_KEY_STATES: readonly KeyState[] = ['pending', 'active'];
+/** Retired (succeeded) and cancelled (a successor given up) are final: such a key never signs again. */
+export const isFinalKeyState = (s: KeyState): boolean => s === 'retired' || s === 'cancelled';
 
 export type { ProjectAuth };
 
@@ -101,6 +113,7 @@ export interface SignedRecord {
 
 export function encodeRecord(r: AnyRecord): Buffer {
   const fields: Record<string, unknown> = { ...r };
+  if (r.kind === 'key' && r.predecessor === undefined) delete fields.predecessor;
   // No policies: no field, so the record is what it was before policies existed.
   if (r.kind === 'project' && isEmptyPolicy(r.policies)) delete fields.policies;
   return canonicalCbor(fields);
@@ -214,7 +227,7 @@ const KEY_FIELDS = [
 ] as const;
 
 export function decodeKeyRecord(bytes: Uint8Array): KeyRecord {
-  const m = decodeMap(bytes, KEY_FIELDS);
+  const m = decodeMap(bytes, KEY_FIELDS, ['predecessor']);
   if (m.get('kind') !== 'key') throw bad('kind is not key');
   const subject = m.get('subject');
   if (subject !== null && (typeof subject !== 'string' || subject.length === 0 || Buffer.byteLength(subject) > SUBJECT_MAX_BYTES)) {
@@ -237,6 +250,7 @@ export function decodeKeyRecord(bytes: Uint8Array): KeyRecord {
     prev: prevOf(m, seq),
     origin: oneOf(m, 'origin', KEY_ORIGINS),
     createdAt: uint(m, 'createdAt'),
+    ...(m.has('predecessor') ? { predecessor: str(m, 'predecessor', KEY_ID_RE) } : {}),
   };
 }
 
