@@ -337,7 +337,7 @@ export class KeyRegistry {
 
   /**
    * A stored key with its verified record and project: the record is signed by the identity and matches the
-   * row (key id, address, seq, project, subject, state, disabled) and the blob's SHA-256; the project's record
+   * row (key id, address, seq, project, subject, state, predecessor, disabled) and the blob's SHA-256; the project's record
    * is signed and is the key's project. KEY_INTEGRITY otherwise, before anything is sent to the enclave.
    */
   verified(k: StoredKey): VerifiedKey {
@@ -357,6 +357,7 @@ export class KeyRegistry {
         record.projectId === k.projectId &&
         record.subject === k.subject &&
         record.state === k.state &&
+        (record.predecessor ?? null) === k.predecessor &&
         record.disabled === (k.disabled && !k.disablePending) &&
         record.blobSha256 === blobSha256(k.blob);
       if (!matches) throw new KeystoreError('KEY_INTEGRITY', TAMPERED_ROW);
@@ -480,6 +481,10 @@ export class KeyRegistry {
    * before and after the enclave makes one: of concurrent requests, one is stored and the others answered so).
    */
   async successor(keyId: string, input: { attest?: boolean | undefined } = {}): Promise<StoredKey> {
+    return this.serialized(keyId, () => this.makeSuccessor(keyId, input));
+  }
+
+  private async makeSuccessor(keyId: string, input: { attest?: boolean | undefined }): Promise<StoredKey> {
     const { k, v } = this.lifecycleKey(keyId, 'active');
     const subject = v.record.subject;
     if (subject === null)
@@ -525,13 +530,17 @@ export class KeyRegistry {
 
   /**
    * Activates a pending key (docs/LIFECYCLE.md): the enclave makes its next record (active) and its
-   * predecessor's (retired); both are checked, then stored in one transaction, or neither.
+   * predecessor's (retired); both are checked, then stored in one transaction, or neither. After the other
+   * changes of both keys (the key first: only an activation waits for two, and a predecessor is older).
    */
   async activate(keyId: string): Promise<StoredKey> {
-    return this.serialized(keyId, async () => {
+    // A key without predecessor is not pending: lifecycleKey answers KEY_STATE.
+    const predecessorId = this.get(keyId).predecessor;
+    const both = (change: () => Promise<StoredKey>) =>
+      this.serialized(keyId, () => (predecessorId ? this.serialized(predecessorId, change) : change()));
+    return both(async () => {
       const { v } = this.lifecycleKey(keyId, 'pending');
-      const predecessorId = v.record.predecessor as string;
-      const p = this.verified(this.get(predecessorId));
+      const p = this.verified(this.get(predecessorId as string));
       const answer = await this.enclave.call('keys.activate', { record: v.signed, predecessor: p.signed, project: v.project.signed });
       const next = this.checkNext(answer?.record, v, { state: 'active' });
       const retired = this.checkNext(answer?.predecessor, p, { state: 'retired' });
