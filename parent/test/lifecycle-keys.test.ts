@@ -3,7 +3,8 @@
  * simulated platform, real SQLite): successor, activate, cancel and history; transitions from the wrong state
  * are 409 KEY_STATE naming the state with nothing changed; one pending successor (SUCCESSOR_EXISTS); an
  * activation stored whole or not at all; the external id answers the active key; a retired or cancelled key
- * never signs again, also after a parent restart; and a JWT project's keys refused to operator tokens.
+ * never signs again, also after a parent restart; a JWT project's keys refused to operator tokens, and their
+ * user's rotate, activate and cancel on the enclave's wallet routes stored by the parent's wallet store.
  */
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
@@ -247,4 +248,58 @@ describe('key lifecycle over the caller API', () => {
     expect((await s.api(`/v1/keys/${key.keyId}/history`, { token: 'read' })).body.error.code).toBe('KEY_NOT_FOUND');
     expect((await get(key.keyId)).keyId).toBeUndefined();
   }, 60_000);
+
+  it("a JWT user's rotate, activate and cancel on the wallet routes are stored by the parent's wallet store", async () => {
+    const project = await createProject(s, jwtProject(idp));
+    const wallet = walletApi(s, project.projectKey);
+    const jwt = (action?: string) => idp.mint({ sub: 'walt', ...(action ? { nks_action: action } : {}) }, { lifetimeS: 60 });
+    const lifecycle = async (action: string, token?: string) => wallet.post(action, { jwt_token: token ?? (await jwt(action)) });
+    const a = (await wallet.getAddress(await jwt())).body.address as string;
+    const keyIdOf = async (address: string) =>
+      ((await s.api('/v1/keys?limit=1000', { token: 'admin' })).body as { keys: KeyAnswer[] }).keys.find((k) => k.address === address)
+        ?.keyId as string;
+    const states = async () =>
+      (
+        (await s.api(`/v1/keys/${await keyIdOf(a)}/history`, { token: 'admin' })).body as {
+          keys: Array<{ address: string; state: string }>;
+        }
+      ).keys.map((k) => [k.address, k.state]);
+
+    // An ordinary login token cannot rotate: nothing is made.
+    expect((await lifecycle('rotate', await jwt())).status).not.toBe(200);
+    expect(await states()).toEqual([[a, 'active']]);
+
+    const rotated = await lifecycle('rotate');
+    expect(rotated.status).toBe(200);
+    const b = rotated.body.address as string;
+    expect(await states()).toEqual([
+      [a, 'active'],
+      [b, 'pending'],
+    ]);
+    expect((await s.api(`/v1/keys/${await keyIdOf(b)}`, { token: 'admin' })).body.predecessor).toBe(await keyIdOf(a));
+    const twice = await lifecycle('rotate');
+    expect([twice.status, twice.body.detail]).toEqual([409, expect.stringContaining('pending key already')]);
+
+    const activated = await lifecycle('activate');
+    expect([activated.status, activated.body.address]).toEqual([200, b]);
+    expect(await states()).toEqual([
+      [a, 'retired'],
+      [b, 'active'],
+    ]);
+    expect((await wallet.getAddress(await jwt())).body.address).toBe(b);
+    await s.parent.waitForLog((e) => e.msg === 'stored the next records of JWT user keys');
+
+    const c = (await lifecycle('rotate')).body.address as string;
+    const cancelled = await lifecycle('cancel');
+    expect([cancelled.status, cancelled.body.address]).toEqual([200, c]);
+    // Stored, so a parent restart changes nothing: the user's key is b.
+    await s.restartParent();
+    await waitReady(s);
+    expect(await states()).toEqual([
+      [a, 'retired'],
+      [b, 'active'],
+      [c, 'cancelled'],
+    ]);
+    expect((await wallet.getAddress(await jwt())).body.address).toBe(b);
+  }, 90_000);
 });
