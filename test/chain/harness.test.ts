@@ -149,6 +149,15 @@ test('a transfer of more than the balance is mined, reverted, and moves nothing'
   expect(await balanceOf(user.address)).toBe(10n);
 });
 
+test("a reverting call answers as a node does (code 3, the revert bytes), so viem names the contract's error", async () => {
+  const empty = privateKeyToAccount(generatePrivateKey());
+  const call = { address: token, abi: TestToken.abi, functionName: 'transfer', args: [chain.accounts[1]!.address, 1n] } as const;
+  await expect(chain.publicClient.simulateContract({ ...call, account: empty })).rejects.toThrow(
+    new RegExp(`ERC20InsufficientBalance\\(address sender, uint256 balance, uint256 needed\\)\\s+\\(${empty.address}, 0, 1\\)`),
+  );
+  await expect(chain.write({ ...call, account: empty })).rejects.toThrow(/ERC20InsufficientBalance/);
+});
+
 test('a Cancun chain refuses an eip7702 transaction; a closed chain answers nothing', async () => {
   const cancun = await startChain({ hardfork: 'cancun', chainId: 5, accounts: 1 });
   const [sender] = cancun.accounts;
