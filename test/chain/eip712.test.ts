@@ -7,7 +7,7 @@
 import type { Address, Hex } from 'viem';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import type { Key } from '../../client/src/sdk';
-import { compile, contractSources, startChain, type Artifact, type Chain } from './harness';
+import { compileTestContracts, startChain, type Artifact, type Chain } from './harness';
 import { startKeystore, type ChainKeystore } from './keystore';
 
 let chain: Chain;
@@ -37,7 +37,7 @@ const typedDataFor = (verifyingContract: Address, message: typeof mail) => ({
 
 beforeAll(async () => {
   let artifacts: Record<string, Artifact>;
-  [chain, keystore, artifacts] = await Promise.all([startChain(), startKeystore('eip712'), compile(contractSources('TypedMail.sol'))]);
+  [chain, keystore, artifacts] = await Promise.all([startChain(), startKeystore('eip712'), compileTestContracts()]);
   TypedMail = artifacts.TypedMail!;
   mailbox = (await chain.deploy(TypedMail)).address;
   key = (await keystore.client.createKey()).key;

@@ -18,7 +18,7 @@ import { TransactionSchema } from '@nks/shared/signing/schema';
 import {
   CACHE_DIR,
   compile,
-  contractSources,
+  compileTestContracts,
   openZeppelinArtifact,
   startChain,
   toKeystoreTransaction,
@@ -35,7 +35,7 @@ let Delegate: Artifact;
 let token: Address;
 
 beforeAll(async () => {
-  const artifacts = await compile(contractSources('TestToken.sol', 'Delegate.sol'));
+  const artifacts = await compileTestContracts();
   TestToken = artifacts.TestToken!;
   Delegate = artifacts.Delegate!;
   chain = await startChain();
@@ -187,7 +187,7 @@ test('compile: cached by source hash, and a compiler error names the problem', a
   const cacheFiles = () => fs.readdirSync(CACHE_DIR).filter((f) => f.endsWith('.json'));
   const files = cacheFiles();
   expect(files.length).toBeGreaterThan(0);
-  const again = await compile(contractSources('TestToken.sol', 'Delegate.sol'));
+  const again = await compileTestContracts();
   expect(again.TestToken?.bytecode).toBe(TestToken.bytecode);
   expect(cacheFiles()).toEqual(files);
 

@@ -6,7 +6,7 @@
  * so `sendRawTransaction` hands back the receipt. Nothing listens on a port, nothing is fetched, and no timer
  * runs (viem's receipt polling is not used), so a test that awaits `close()` leaves no open handle.
  *
- * Typical use: `compile(contractSources('TestToken.sol'))` (./compile.ts, cached), `chain.deploy(artifact,
+ * Typical use: `compileTestContracts()` (./compile.ts, cached), `chain.deploy(artifact,
  * args)`, sign a transaction anywhere (the keystore, a viem local account) with fields from
  * `chain.prepareTransaction`, then `chain.sendRawTransaction(serialized)` and read state with `chain.read`.
  */
@@ -42,6 +42,7 @@ export {
   accountAbstractionArtifact,
   CACHE_DIR,
   compile,
+  compileTestContracts,
   contractSources,
   ENTRY_POINT_VERSIONS,
   openZeppelinArtifact,

@@ -1,16 +1,16 @@
 /**
- * TestRecoveryAccount (test/chain/contracts): compiled once (cached by source hash), deployed for an owner and
+ * TestRecoveryAccount (test/chain/contracts): compiled with the other test contracts (cached by source hash), deployed for an owner and
  * guardians on EntryPoint 0.7, and the calls its tests make through user operations.
  */
 import { encodeFunctionData, parseEther, type Address } from 'viem';
 import { userOperation, type AnyUserOperation, type EntryPointDeployment } from './account-abstraction';
-import { compile, contractSources, type Artifact, type Chain } from './harness';
+import { compileTestContracts, type Artifact, type Chain } from './harness';
 
 /** The guardians' time lock in the tests: a day of chain time (moved by `chain.advanceTime`). */
 export const RECOVERY_DELAY = 86_400;
 
 export async function recoveryAccountArtifact(): Promise<Artifact> {
-  return (await compile(contractSources('TestRecoveryAccount.sol'))).TestRecoveryAccount!;
+  return (await compileTestContracts()).TestRecoveryAccount!;
 }
 
 /** A funded TestRecoveryAccount of `owner` with `guardians`, `threshold` of whom can recover it after RECOVERY_DELAY. */

@@ -7,15 +7,7 @@
 import { encodeFunctionData, parseEther, type Address, type Hex } from 'viem';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import type { Key } from '../../client/src/sdk';
-import {
-  compile,
-  contractSources,
-  startChain,
-  toKeystoreTransaction,
-  type Artifact,
-  type Chain,
-  type PreparedTransaction,
-} from './harness';
+import { compileTestContracts, startChain, toKeystoreTransaction, type Artifact, type Chain, type PreparedTransaction } from './harness';
 import { signedAuthorization, startKeystore, type ChainKeystore } from './keystore';
 
 let chain: Chain;
@@ -24,7 +16,7 @@ let Delegate: Artifact;
 
 beforeAll(async () => {
   let artifacts: Record<string, Artifact>;
-  [chain, keystore, artifacts] = await Promise.all([startChain(), startKeystore('transactions'), compile(contractSources('Delegate.sol'))]);
+  [chain, keystore, artifacts] = await Promise.all([startChain(), startKeystore('transactions'), compileTestContracts()]);
   Delegate = artifacts.Delegate!;
 }, 60_000);
 
