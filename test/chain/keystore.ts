@@ -1,7 +1,8 @@
 /**
  * The keystore for a chain test file: the whole stack (real enclave bundle over simulated vsock, NSM simulator,
- * KMS emulator, parent with SQLite; test/support/stack.ts) and an SDK client with the `full` token, whose keys
- * live in the default project (every request type allowed). One per test file: it takes a few seconds to start.
+ * KMS emulator, parent with SQLite; test/support/stack.ts) and SDK clients with the `full` token, whose keys live
+ * in the default project (every request type allowed), and the `admin` token. One per test file: it takes a few
+ * seconds to start.
  */
 import type { Address, SignedAuthorization } from 'viem';
 import { tempRunDir } from '@nks/shared-test/helpers';
@@ -12,6 +13,7 @@ import { startStack, waitReady, type Stack } from '../support/stack';
 export interface ChainKeystore {
   stack: Stack;
   client: KeystoreClient;
+  admin: KeystoreClient;
   stop(): Promise<void>;
 }
 
@@ -23,7 +25,8 @@ export async function startKeystore(name: string): Promise<ChainKeystore> {
     await stack.stop();
     throw e;
   }
-  return { stack, client: new KeystoreClient({ url: stack.url, token: stack.tokens.full }), stop: () => stack.stop() };
+  const client = (token: string) => new KeystoreClient({ url: stack.url, token });
+  return { stack, client: client(stack.tokens.full), admin: client(stack.tokens.admin), stop: () => stack.stop() };
 }
 
 /** A keystore `authorization` signature as the signed authorization a type-4 transaction carries (viem's shape). */
