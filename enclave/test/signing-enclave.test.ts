@@ -4,7 +4,8 @@
  * main thread (health checks and digest signs are answered while it runs), dangerous or costly requests are
  * refused with INVALID_PARAMS, and a job past `signing.deadlineMs` answers TIMEOUT.
  */
-import { recoverAddress, recoverTypedDataAddress, type Hex } from 'viem';
+import { recoverAddress, recoverTransactionAddress, recoverTypedDataAddress, type Hex } from 'viem';
+import { getUserOperationHash } from 'viem/account-abstraction';
 import type { CreateResult } from '@nks/shared/enclave-api';
 import type { SignRequestInput } from '@nks/shared/signing/schema';
 import { rejection, tempRunDir } from '@nks/shared-test/helpers';
@@ -65,6 +66,49 @@ describe('enclave signing with one vCPU (signing.workers 0)', () => {
     );
     const res = await sign({ type: 'authorization', authorization, allowAllChains: true });
     expect(await recoverAddress({ hash: res.hash, signature: res.signature })).toBe(key.address);
+  });
+
+  it('signs an EIP-4844 transaction and an EntryPoint 0.8 user operation; refuses a blob transaction without `to`', async () => {
+    const transaction = {
+      type: 'eip4844' as const,
+      chainId: 1,
+      nonce: 0,
+      to: key.address,
+      gas: '21000',
+      maxFeePerGas: '2',
+      maxPriorityFeePerGas: '1',
+      maxFeePerBlobGas: '1',
+      blobVersionedHashes: [`0x01${'ab'.repeat(31)}` as Hex],
+    };
+    const tx = await sign({ type: 'transaction', transaction });
+    expect(await recoverTransactionAddress({ serializedTransaction: tx.serializedTransaction as never })).toBe(key.address);
+    const err = await rejection(sign({ type: 'transaction', transaction: { ...transaction, to: null as never } }));
+    expect([err.code, err.message]).toEqual([
+      'INVALID_PARAMS',
+      'params.request.transaction.to: an EIP-4844 transaction cannot create a contract: `to` must name the recipient',
+    ]);
+
+    const entryPoint = '0x4337084D9E255Ff0702461CF8895CE9E3b5Ff108' as const;
+    const userOperation = { sender: key.address, nonce: 0, callData: '0x' as Hex, callGasLimit: 1, verificationGasLimit: 1 };
+    const fees = { preVerificationGas: 1, maxFeePerGas: 1, maxPriorityFeePerGas: 1 };
+    const op = await sign({ type: 'userOperation', version: '0.8', chainId: 1, entryPoint, userOperation: { ...userOperation, ...fees } });
+    const userOpHash = getUserOperationHash({
+      chainId: 1,
+      entryPointAddress: entryPoint,
+      entryPointVersion: '0.8',
+      userOperation: {
+        ...userOperation,
+        nonce: 0n,
+        callGasLimit: 1n,
+        verificationGasLimit: 1n,
+        preVerificationGas: 1n,
+        maxFeePerGas: 1n,
+        maxPriorityFeePerGas: 1n,
+        signature: '0x',
+      },
+    });
+    expect([op.userOperationHash, op.hash]).toEqual([userOpHash, userOpHash]);
+    expect(await recoverAddress({ hash: userOpHash, signature: op.signature })).toBe(key.address);
   });
 
   it('refuses an EIP712Domain type that would leave domain fields out of the hash', async () => {

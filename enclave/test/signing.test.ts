@@ -20,15 +20,19 @@ import {
 } from 'ethers';
 import {
   getAddress,
+  hashMessage,
   hashTypedData,
   keccak256,
+  parseTransaction,
   recoverAddress as viemRecoverAddress,
   recoverMessageAddress,
+  recoverTransactionAddress,
   recoverTypedDataAddress,
+  serializeTransaction,
   type Hex,
 } from 'viem';
 import { privateKeyToAccount, sign as viemSign } from 'viem/accounts';
-import { getUserOperationHash } from 'viem/account-abstraction';
+import { getUserOperationHash, getUserOperationTypedData } from 'viem/account-abstraction';
 import { hexToBytes } from 'viem';
 import { SignRequestSchema, type SignRequestInput, type SignResult } from '@nks/shared/signing/schema';
 import { KeystoreError } from '@nks/shared/errors';
@@ -405,6 +409,190 @@ describe.each(KEYS)('signing with key %s', (key) => {
   });
 });
 
+describe.each(KEYS)('EIP-4844 and EntryPoint 0.8 with key %s', (key) => {
+  const wallet = new Wallet(key);
+  const account = privateKeyToAccount(key);
+  const to = '0x70997970C51812dc3A010C7d01b50e0d17dc79C8' as const;
+  const versionedHash = (n: number): Hex => `0x01${n.toString(16).padStart(62, '0')}`;
+
+  it('signs an EIP-4844 transaction over its blob versioned hashes, without sidecars, as ethers and viem do', async () => {
+    const transaction = {
+      type: 'eip4844' as const,
+      chainId: 1,
+      nonce: 4,
+      to,
+      value: '1',
+      gas: '21000',
+      data: '0x1234' as Hex,
+      maxFeePerGas: '30000000000',
+      maxPriorityFeePerGas: '1000000000',
+      maxFeePerBlobGas: '7',
+      accessList: [{ address: to, storageKeys: [keccak256('0x01')] }],
+      blobVersionedHashes: [versionedHash(1), versionedHash(2)],
+    };
+    const res = sign(key, { type: 'transaction', transaction });
+    const viemTx = {
+      ...transaction,
+      value: 1n,
+      gas: 21000n,
+      maxFeePerGas: 30000000000n,
+      maxPriorityFeePerGas: 1000000000n,
+      maxFeePerBlobGas: 7n,
+    };
+    expect(res.hash).toBe(keccak256(serializeTransaction(viemTx)));
+    expect(await account.signTransaction(viemTx)).toBe(res.serializedTransaction);
+    // ethers, independently: a type-3 transaction without blobs serializes to its canonical (block) form.
+    const ethersTx = Transaction.from({
+      type: 3,
+      chainId: 1,
+      nonce: 4,
+      to,
+      value: 1n,
+      gasLimit: 21000n,
+      data: transaction.data,
+      maxFeePerGas: viemTx.maxFeePerGas,
+      maxPriorityFeePerGas: viemTx.maxPriorityFeePerGas,
+      maxFeePerBlobGas: 7n,
+      accessList: transaction.accessList,
+      blobVersionedHashes: transaction.blobVersionedHashes,
+    });
+    expect(res.hash).toBe(ethersTx.unsignedHash);
+    expect(res.serializedTransaction).toBe(await wallet.signTransaction(ethersTx));
+    // What a node recovers the sender from: the signed serialization, its versioned hashes covered.
+    const serialized = res.serializedTransaction as Hex;
+    expect(serialized.startsWith('0x03')).toBe(true);
+    expect(parseTransaction(serialized)).toMatchObject({
+      type: 'eip4844',
+      to: to.toLowerCase(),
+      blobVersionedHashes: transaction.blobVersionedHashes,
+    });
+    expect(await recoverTransactionAddress({ serializedTransaction: serialized as never })).toBe(account.address);
+    expect(Transaction.from(serialized).from).toBe(wallet.address);
+    const otherHashes = sign(key, { type: 'transaction', transaction: { ...transaction, blobVersionedHashes: [versionedHash(1)] } });
+    expect(otherHashes.hash).not.toBe(res.hash);
+  });
+
+  const entryPoint08 = '0x4337084D9E255Ff0702461CF8895CE9E3b5Ff108' as const;
+  const sender = '0x1306b01bC3e4AD202612D3843387e94737673F53' as const;
+  const userOperation = {
+    sender,
+    nonce: '0x1',
+    factory: '0x9406Cc6185a346906296840746125a0E44976454' as const,
+    factoryData: '0x5fbfb9cf' as Hex,
+    callData: '0xb61d27f6' as Hex,
+    callGasLimit: '100000',
+    verificationGasLimit: '300000',
+    preVerificationGas: '50000',
+    maxFeePerGas: '2000000000',
+    maxPriorityFeePerGas: '1000000000',
+    paymaster: '0x00000000000000fB866DaAA79352cC568a005D96' as const,
+    paymasterVerificationGasLimit: '60000',
+    paymasterPostOpGasLimit: '10000',
+    paymasterData: '0x1234' as Hex,
+    signature: '0xdeadbeef' as Hex,
+  };
+  const viemOp = {
+    ...userOperation,
+    nonce: 1n,
+    callGasLimit: 100000n,
+    verificationGasLimit: 300000n,
+    preVerificationGas: 50000n,
+    maxFeePerGas: 2000000000n,
+    maxPriorityFeePerGas: 1000000000n,
+    paymasterVerificationGasLimit: 60000n,
+    paymasterPostOpGasLimit: 10000n,
+    signature: '0x' as Hex,
+  };
+  /** EntryPoint 0.8's getUserOpHash, independently with ethers: EIP-712 over the packed fields (UserOperationLib). */
+  const entryPointHash = (chainId: number, initCode: string) => {
+    const u128 = (v: string) => zeroPadValue(toBeHex(BigInt(v)), 16);
+    return TypedDataEncoder.hash(
+      { name: 'ERC4337', version: '1', chainId, verifyingContract: entryPoint08 },
+      {
+        PackedUserOperation: [
+          { name: 'sender', type: 'address' },
+          { name: 'nonce', type: 'uint256' },
+          { name: 'initCode', type: 'bytes' },
+          { name: 'callData', type: 'bytes' },
+          { name: 'accountGasLimits', type: 'bytes32' },
+          { name: 'preVerificationGas', type: 'uint256' },
+          { name: 'gasFees', type: 'bytes32' },
+          { name: 'paymasterAndData', type: 'bytes' },
+        ],
+      },
+      {
+        sender,
+        nonce: userOperation.nonce,
+        initCode,
+        callData: userOperation.callData,
+        accountGasLimits: concat([u128(userOperation.verificationGasLimit), u128(userOperation.callGasLimit)]),
+        preVerificationGas: userOperation.preVerificationGas,
+        gasFees: concat([u128(userOperation.maxPriorityFeePerGas), u128(userOperation.maxFeePerGas)]),
+        paymasterAndData: concat([
+          userOperation.paymaster,
+          u128(userOperation.paymasterVerificationGasLimit),
+          u128(userOperation.paymasterPostOpGasLimit),
+          userOperation.paymasterData,
+        ]),
+      },
+    );
+  };
+
+  it('signs a v0.8 UserOperation over its EIP-712 userOpHash as is, as SimpleAccount 0.8 recovers it (not EIP-191)', async () => {
+    const res = sign(key, { type: 'userOperation', version: '0.8', chainId: 8453, entryPoint: entryPoint08, userOperation });
+    const userOpHash = getUserOperationHash({
+      chainId: 8453,
+      entryPointAddress: entryPoint08,
+      entryPointVersion: '0.8',
+      userOperation: viemOp,
+    });
+    expect(res.userOperationHash).toBe(userOpHash);
+    expect(res.hash).toBe(userOpHash);
+    expect(userOpHash).toBe(entryPointHash(8453, concat([userOperation.factory, userOperation.factoryData])));
+    // SimpleAccount 0.8: owner == ECDSA.recover(userOpHash, signature).
+    expect(recoverAddress(userOpHash, res.signature)).toBe(wallet.address);
+    expect(recoverAddress(hashMessage({ raw: userOpHash }), res.signature)).not.toBe(wallet.address);
+    // What viem's 0.8 accounts sign: the user operation's typed data.
+    const typedData = getUserOperationTypedData({ chainId: 8453, entryPointAddress: entryPoint08, userOperation: viemOp });
+    expect(await account.signTypedData(typedData)).toBe(res.signature);
+    // The same operation for the 0.7 EntryPoint is another hash, signed EIP-191.
+    const v07 = sign(key, { type: 'userOperation', version: '0.7', chainId: 8453, entryPoint: entryPoint08, userOperation });
+    expect(v07.userOperationHash).not.toBe(userOpHash);
+    expect(v07.hash).toBe(hashMessage({ raw: v07.userOperationHash as Hex }));
+  });
+
+  it("signs an EIP-7702 v0.8 UserOperation over its delegate, as the EntryPoint hashes it from the sender's code", async () => {
+    const delegate = '0xe6Cae83BdE06E4c305530e199D7217f42808555B' as const;
+    const authorization = { address: delegate, chainId: 8453, nonce: 3 };
+    const { factory: _f, factoryData: _d, ...rest } = userOperation;
+    const op = { ...rest, factory: '0x7702000000000000000000000000000000000000', factoryData: '0xabcd', authorization };
+    const res = sign(key, { type: 'userOperation', version: '0.8', chainId: 8453, entryPoint: entryPoint08, userOperation: op });
+    // EntryPoint 0.8 (Eip7702Support): initCode's hash is keccak(delegate ‖ initCode[20:]).
+    expect(res.userOperationHash).toBe(entryPointHash(8453, concat([delegate, '0xabcd'])));
+    expect(res.hash).toBe(res.userOperationHash);
+    expect(recoverAddress(res.hash, res.signature)).toBe(wallet.address);
+    // The authorization's own signature is not hashed: with it, the same signature.
+    const signedAuth = await account.signAuthorization(authorization);
+    const withSignature = { ...authorization, r: signedAuth.r, s: signedAuth.s, yParity: signedAuth.yParity as 0 | 1 };
+    const again = sign(key, {
+      type: 'userOperation',
+      version: '0.8',
+      chainId: 8453,
+      entryPoint: entryPoint08,
+      userOperation: { ...op, authorization: withSignature },
+    });
+    expect(again.signature).toBe(res.signature);
+    expect(
+      getUserOperationHash({
+        chainId: 8453,
+        entryPointAddress: entryPoint08,
+        entryPointVersion: '0.8',
+        userOperation: { ...viemOp, factory: '0x7702', factoryData: '0xabcd', authorization: signedAuth },
+      }),
+    ).toBe(res.userOperationHash);
+  });
+});
+
 describe('sign request validation', () => {
   const key = KEYS[0];
   const bad = (input: unknown): KeystoreError | string => {
@@ -426,7 +614,50 @@ describe('sign request validation', () => {
       'a transaction without chain id',
       { type: 'transaction', transaction: { type: 'eip1559', nonce: 0, maxFeePerGas: '1', maxPriorityFeePerGas: '1' } },
     ],
-    ['an EIP-4844 transaction', { type: 'transaction', transaction: { type: 'eip4844', chainId: 1, nonce: 0 } }],
+    ...(
+      [
+        ['an EIP-4844 transaction creating a contract', { to: null }],
+        ['an EIP-4844 transaction with a versioned hash of version 0x00', { blobVersionedHashes: [`0x00${'ab'.repeat(31)}`] }],
+        ['an EIP-4844 transaction with 7 blobs', { blobVersionedHashes: Array(7).fill(`0x01${'ab'.repeat(31)}`) }],
+        ['an EIP-4844 transaction with its sidecars', { sidecars: [] }],
+      ] as const
+    ).map(([name, over]): [string, unknown] => [
+      name,
+      {
+        type: 'transaction',
+        transaction: {
+          type: 'eip4844',
+          chainId: 1,
+          nonce: 0,
+          to: `0x${'11'.repeat(20)}`,
+          maxFeePerGas: '1',
+          maxPriorityFeePerGas: '1',
+          maxFeePerBlobGas: '1',
+          blobVersionedHashes: [`0x01${'ab'.repeat(31)}`],
+          ...over,
+        },
+      },
+    ]),
+    [
+      'an EIP-7702 v0.8 user operation without its authorization',
+      {
+        type: 'userOperation',
+        version: '0.8',
+        chainId: 1,
+        entryPoint: `0x${'11'.repeat(20)}`,
+        userOperation: {
+          sender: `0x${'22'.repeat(20)}`,
+          nonce: 0,
+          factory: '0x7702000000000000000000000000000000000000',
+          callData: '0x',
+          callGasLimit: 1,
+          verificationGasLimit: 1,
+          preVerificationGas: 1,
+          maxFeePerGas: 1,
+          maxPriorityFeePerGas: 1,
+        },
+      },
+    ],
     ['a negative value', { type: 'transaction', transaction: { type: 'legacy', chainId: 1, nonce: 0, gasPrice: '1', value: '-1' } }],
     [
       'a value above uint256',
@@ -437,7 +668,7 @@ describe('sign request validation', () => {
     ['odd-length hex', { type: 'message', message: { raw: '0xabc' } }],
     [
       'a user operation of an unknown version',
-      { type: 'userOperation', version: '0.8', chainId: 1, entryPoint: `0x${'11'.repeat(20)}`, userOperation: {} },
+      { type: 'userOperation', version: '0.9', chainId: 1, entryPoint: `0x${'11'.repeat(20)}`, userOperation: {} },
     ],
     [
       'an authorization for every chain without allowAllChains',

@@ -22,6 +22,7 @@ import {
   digestRequest,
   ENTRY_POINT_06,
   ENTRY_POINT_07,
+  ENTRY_POINT_08,
   executeData,
   MALLORY,
   messageRequest,
@@ -55,6 +56,9 @@ const eip1559 = transactionRequest('eip1559', { value: '1001' });
 const creation = transactionRequest('eip1559', { to: null, data: '0x6000' });
 const usdcTransfer = (amount: bigint, to = ALICE) => transactionRequest('eip1559', { to: USDC, data: transferData(to, amount) });
 const eip7702 = transactionRequest('eip7702', { authorizationList: [signedAuthorization(DELEGATE), signedAuthorization(MALLORY)] });
+/** One blob at a blob gas price of 1 gwei (policy-requests.ts). */
+const eip4844 = transactionRequest('eip4844', { value: '1002' });
+const blobFee = 131_072n * 1_000_000_000n;
 const auth = authorizationRequest(DELEGATE, 1);
 const authAllChains = authorizationRequest(DELEGATE, 0);
 const op06 = (callData: Hex) => userOperationRequest('0.6', callData);
@@ -64,6 +68,14 @@ const op06Batch = op06(batchV06Data([USDC, DAI]));
 const op07Execute = op07(executeData(BOB, 7n));
 const op07Batch = op07(batchV07Data([USDC, BOB], [0n, 5n]));
 const op07Calls = op07(
+  batchCallsData([
+    { target: USDC, value: 5n },
+    { target: MALLORY, value: 7n },
+  ]),
+);
+const op08 = (callData: Hex) => userOperationRequest('0.8', callData);
+const op08Execute = op08(executeData(BOB, 7n));
+const op08Calls = op08(
   batchCallsData([
     { target: USDC, value: 5n },
     { target: MALLORY, value: 7n },
@@ -99,6 +111,8 @@ const CASES: Record<string, Case[]> = {
   to: [
     ['a listed recipient', { to: [BOB, ALICE] }, legacy, null],
     ['another recipient', { to: [ALICE] }, legacy, `to ${lc(BOB)} is not in the list`],
+    ["a blob transaction's recipient", { to: [BOB] }, eip4844, null],
+    ['a blob transaction to another recipient', { to: [ALICE] }, eip4844, `to ${lc(BOB)} is not in the list`],
     ['a contract creation', { to: [BOB] }, creation, 'to does not apply (a contract creation has no recipient)'],
     ['a user operation', { to: [BOB] }, op07Execute, 'to does not apply (a userOperation request has no recipient)'],
     ['typed data', { to: [USDC] }, permit, 'to does not apply (a typedData request has no recipient)'],
@@ -106,6 +120,7 @@ const CASES: Record<string, Case[]> = {
   maxValue: [
     ['value at the maximum', { maxValue: '1000' }, legacy, null],
     ['value above', { maxValue: '1000' }, eip1559, 'value 1001 is above the maximum 1000'],
+    ["a blob transaction's value above", { maxValue: '1001' }, eip4844, 'value 1002 is above the maximum 1001'],
     ['no value field (0)', { maxValue: '0' }, eip2930, null],
     ['a digest: unknown', { maxValue: '0' }, digest, 'value is unknown (a digest is signed blind: it may be any transaction)'],
     ['a text message (0)', { maxValue: '0' }, message, null],
@@ -121,6 +136,7 @@ const CASES: Record<string, Case[]> = {
     ["a user operation's execute value", { maxValue: '7' }, op07Execute, null],
     ["a user operation's batch values, summed", { maxValue: '11' }, op07Calls, 'value 12 is above the maximum 11'],
     ["a 0.7 batch's values, summed", { maxValue: '4' }, op07Batch, 'value 5 is above the maximum 4'],
+    ["a 0.8 batch's values, summed", { maxValue: '11' }, op08Calls, 'value 12 is above the maximum 11'],
     [
       'a user operation whose calls are not decoded',
       { maxValue: '0' },
@@ -151,6 +167,24 @@ const CASES: Record<string, Case[]> = {
       `fee ${gwei30(21_001n)} is above the maximum ${gwei30(21_000n)}`,
     ],
     ['an EIP-7702 transaction', { maxFee: gwei30(20_999n) }, eip7702, `fee ${gwei30(21_000n)} is above the maximum ${gwei30(20_999n)}`],
+    [
+      'a blob transaction: gas × maxFeePerGas + its blob gas × maxFeePerBlobGas, at the maximum',
+      { maxFee: String(BigInt(gwei30(21_000n)) + blobFee) },
+      eip4844,
+      null,
+    ],
+    [
+      'a blob transaction: its blob fee counts',
+      { maxFee: gwei30(21_000n) },
+      eip4844,
+      `fee ${BigInt(gwei30(21_000n)) + blobFee} is above the maximum ${gwei30(21_000n)}`,
+    ],
+    [
+      "a 0.8 user operation: the paymaster's gas limits count",
+      { maxFee: gwei30(250_000n) },
+      userOperationRequest('0.8', executeData(BOB, 0n), { paymaster: DAI, paymasterVerificationGasLimit: 7, paymasterPostOpGasLimit: 8 }),
+      `fee ${gwei30(250_015n)} is above the maximum ${gwei30(250_000n)}`,
+    ],
     ['a 0.6 user operation: its three gas limits × maxFeePerGas', { maxFee: gwei30(250_000n) }, op06Batch, null],
     [
       'a 0.6 user operation with a paymaster: verificationGasLimit counts three times',
@@ -274,6 +308,21 @@ const CASES: Record<string, Case[]> = {
     ['another sender', { userOperation: { sender: [ALICE] } }, op06Batch, `userOperation.sender ${lc(SENDER)} is not in the list`],
     ['a listed entry point (0.6)', { userOperation: { entryPoint: [ENTRY_POINT_06] } }, op06Execute, null],
     ['a listed entry point (0.7)', { userOperation: { entryPoint: [ENTRY_POINT_07] } }, op07Execute, null],
+    ['a listed entry point (0.8)', { userOperation: { entryPoint: [ENTRY_POINT_08] } }, op08Execute, null],
+    [
+      'a 0.8 operation, only 0.7 listed',
+      { userOperation: { entryPoint: [ENTRY_POINT_07] } },
+      op08Execute,
+      `userOperation.entryPoint ${lc(ENTRY_POINT_08)} is not in the list`,
+    ],
+    ['a listed sender (0.8)', { userOperation: { sender: [SENDER] } }, op08Execute, null],
+    ['0.8 execute to a listed target', { userOperation: { targets: [BOB] } }, op08Execute, null],
+    [
+      '0.8 executeBatch(Call[]), one target not listed',
+      { userOperation: { targets: [USDC] } },
+      op08Calls,
+      `userOperation.targets ${lc(MALLORY)} is not in the list`,
+    ],
     [
       'another entry point',
       { userOperation: { entryPoint: [ENTRY_POINT_07] } },
@@ -334,7 +383,15 @@ const CASES: Record<string, Case[]> = {
       eip1559,
       'gasPrice 30000000000 is above the maximum 29999999999',
     ],
+    [
+      "a blob transaction's maxFeePerGas (not its maxFeePerBlobGas: maxFee bounds that)",
+      { maxGasPrice: '30000000000' },
+      transactionRequest('eip4844', { maxFeePerBlobGas: '99000000000' }),
+      null,
+    ],
+    ['a blob transaction above', { maxGasPrice: '1' }, eip4844, 'gasPrice 30000000000 is above the maximum 1'],
     ["a user operation's maxFeePerGas", { maxGasPrice: '30000000000' }, op06Batch, null],
+    ['a 0.8 user operation above', { maxGasPrice: '1' }, op08Execute, 'gasPrice 30000000000 is above the maximum 1'],
     ['a user operation above', { maxGasPrice: '1' }, op07Batch, 'gasPrice 30000000000 is above the maximum 1'],
     ['a digest', { maxGasPrice: '1' }, digest, 'gasPrice does not apply (a digest request has no gas price)'],
     ['an authorization', { maxGasPrice: '1' }, auth, 'gasPrice does not apply (a authorization request has no gas price)'],

@@ -5,7 +5,7 @@
  */
 import { concat, encodeAbiParameters, toFunctionSelector, type Hex } from 'viem';
 import { SignRequestSchema } from '../src/signing/schema';
-import { requestCost, requestFacts, SELECTORS, USER_OPERATION_DECODE_LIMITS } from '../src/policy/facts';
+import { GAS_PER_BLOB, requestCost, requestFacts, SELECTORS, USER_OPERATION_DECODE_LIMITS } from '../src/policy/facts';
 import {
   ALICE,
   approveData,
@@ -19,6 +19,8 @@ import {
   digestRequest,
   ENTRY_POINT_06,
   ENTRY_POINT_07,
+  ENTRY_POINT_08,
+  blobVersionedHash,
   executeData,
   MALLORY,
   messageRequest,
@@ -144,6 +146,30 @@ describe('facts of transactions', () => {
     });
   });
 
+  it("eip4844: a transaction like eip1559 whose fee adds each blob's blob gas × maxFeePerBlobGas", () => {
+    const gwei = 1_000_000_000n;
+    expect(GAS_PER_BLOB).toBe(2n ** 17n); // EIP-4844's GAS_PER_BLOB
+    expect(requestFacts(transactionRequest('eip4844', { value: '1000' }))).toEqual({
+      type: 'transaction',
+      chainId: 1,
+      to: lc(BOB),
+      value: 1000n,
+      fee: 21_000n * 30n * gwei + 131_072n * gwei,
+      gasPrice: 30n * gwei,
+    });
+    const blobs = [1, 2, 3].map(blobVersionedHash);
+    expect(requestFacts(transactionRequest('eip4844', { blobVersionedHashes: blobs, maxFeePerBlobGas: '5' })).fee).toBe(
+      21_000n * 30n * gwei + 3n * 131_072n * 5n,
+    );
+    // Without gas it cannot be mined; its blob fee is still counted (the most it could pay).
+    expect(requestFacts(transactionRequest('eip4844', { gas: undefined, maxFeePerBlobGas: '5' })).fee).toBe(131_072n * 5n);
+    expect(requestFacts(transactionRequest('eip4844', { to: USDC, data: transferData(ALICE, 9n) }))).toMatchObject({
+      to: lc(USDC),
+      selector: SELECTORS.transfer,
+      erc20: { function: 'transfer', recipient: lc(ALICE), amount: 9n },
+    });
+  });
+
   it('selector: the first 4 bytes of calldata of 4 bytes or more, lower-case', () => {
     expect(requestFacts(transactionRequest('eip1559', { data: '0xDEADBEEF' })).selector).toBe('0xdeadbeef');
     expect(requestFacts(transactionRequest('eip1559', { data: '0xdeadbeef00' })).selector).toBe('0xdeadbeef');
@@ -187,7 +213,7 @@ describe('facts of transactions', () => {
 });
 
 describe('facts of user operations', () => {
-  const op = (version: '0.6' | '0.7', callData: Hex) => requestFacts(userOperationRequest(version, callData));
+  const op = (version: '0.6' | '0.7' | '0.8', callData: Hex) => requestFacts(userOperationRequest(version, callData));
 
   it('sender, entry point, chain, gas price (maxFeePerGas), fee, lower-case', () => {
     expect(op('0.6', executeData(BOB, 0n))).toMatchObject({
@@ -198,6 +224,13 @@ describe('facts of user operations', () => {
       userOperation: { sender: lc(SENDER), entryPoint: lc(ENTRY_POINT_06) },
     });
     expect(op('0.7', executeData(BOB, 0n)).userOperation?.entryPoint).toBe(lc(ENTRY_POINT_07));
+    expect(op('0.8', executeData(BOB, 0n))).toMatchObject({
+      type: 'userOperation',
+      chainId: 1,
+      gasPrice: 30_000_000_000n,
+      fee: 250_000n * 30_000_000_000n,
+      userOperation: { sender: lc(SENDER), entryPoint: lc(ENTRY_POINT_08) },
+    });
   });
 
   it.each([
@@ -208,12 +241,14 @@ describe('facts of user operations', () => {
     ['0.7, preVerificationGas (paid to the bundler)', '0.7', { preVerificationGas: '10000000000000' }, 10_000_000_200_000n],
     ['0.7, the paymaster limits', '0.7', { paymaster: DAI, paymasterVerificationGasLimit: 7, paymasterPostOpGasLimit: 8 }, 250_015n],
     ['0.7, one paymaster limit', '0.7', { paymaster: DAI, paymasterPostOpGasLimit: 8 }, 250_008n],
+    ['0.8, the three gas limits', '0.8', {}, 250_000n],
+    ['0.8, the paymaster limits', '0.8', { paymaster: DAI, paymasterVerificationGasLimit: 7, paymasterPostOpGasLimit: 8 }, 250_015n],
   ] as const)('fee of a user operation: %s, × maxFeePerGas', (_name, version, over, gas) => {
     const facts = requestFacts(userOperationRequest(version, executeData(BOB, 0n), over));
     expect(facts.fee).toBe(gas * 30_000_000_000n);
   });
 
-  it.each(['0.6', '0.7'] as const)('%s execute(dest, value, func): the target and its value', (version) => {
+  it.each(['0.6', '0.7', '0.8'] as const)('%s execute(dest, value, func): the target and its value', (version) => {
     expect(op(version, executeData(USDC, 7n, transferData(ALICE, 1n)))).toMatchObject({
       value: 7n,
       userOperation: { targets: [lc(USDC)] },
@@ -255,6 +290,28 @@ describe('facts of user operations', () => {
     ).toMatchObject({ value: 7n, userOperation: { targets: [lc(USDC), lc(BOB), lc(ALICE)] } });
   });
 
+  it("SimpleAccount 0.8 executeBatch(Call[]), BaseAccount's (address, uint256, bytes)[]: every target, values summed", () => {
+    const calls = [
+      { target: USDC, value: 0n, data: transferData(ALICE, 1n) },
+      { target: BOB, value: 2n },
+    ];
+    expect(op('0.8', batchCallsData(calls))).toMatchObject({ value: 2n, userOperation: { targets: [lc(USDC), lc(BOB)] } });
+    // 0.7's executeBatch(address[], uint256[], bytes[]) is no function of a 0.8 SimpleAccount, but the facts are
+    // what the callData calls: an account that has it runs those calls.
+    expect(op('0.8', batchV07Data([USDC], [0n]))).toMatchObject({ userOperation: { targets: [lc(USDC)] } });
+  });
+
+  it('an EIP-7702 user operation (0.8): its authorization is no fact (the sender signed it, not this request)', () => {
+    const facts = requestFacts(
+      userOperationRequest('0.8', executeData(BOB, 1n), {
+        factory: '0x7702000000000000000000000000000000000000',
+        authorization: { address: DELEGATE, chainId: 1, nonce: 0 },
+      }),
+    );
+    expect(facts).toMatchObject({ value: 1n, userOperation: { sender: lc(SENDER), entryPoint: lc(ENTRY_POINT_08), targets: [lc(BOB)] } });
+    expect(facts.delegates).toBeUndefined();
+  });
+
   it('an empty batch: no targets, no value', () => {
     expect(op('0.6', batchV06Data([]))).toMatchObject({ value: 0n, userOperation: { targets: [] } });
     expect(op('0.7', batchCallsData([]))).toMatchObject({ value: 0n, userOperation: { targets: [] } });
@@ -294,6 +351,8 @@ describe('requestCost: value + fee, what limits count', () => {
   it.each([
     ['a transaction', transactionRequest('eip1559', { value: '1000' }), 1000n + 21_000n * 30_000_000_000n],
     ['a user operation', userOperationRequest('0.7', executeData(BOB, 5n)), 5n + 250_000n * 30_000_000_000n],
+    ['a 0.8 user operation', userOperationRequest('0.8', executeData(BOB, 5n)), 5n + 250_000n * 30_000_000_000n],
+    ['a blob transaction', transactionRequest('eip4844', { value: '1000' }), 1000n + 21_000n * 30_000_000_000n + 131_072n * 1_000_000_000n],
     ['a user operation whose calls are not decoded', userOperationRequest('0.7', transferData(ALICE, 1n)), undefined],
     ['a text message', messageRequest(), 0n],
     ['a raw message', rawMessageRequest(20), 0n],

@@ -9,12 +9,13 @@ import { decodeAbiParameters, decodeFunctionData, type Hex } from 'viem';
 import { requestCost, requestFacts, SELECTORS } from '../src/policy/facts';
 import { compilePolicy, conditionFailure, evaluateRules } from '../src/policy/evaluate';
 import { PoliciesSchema, type PoliciesInput } from '../src/policy/schema';
-import { SignRequestSchema } from '../src/signing/schema';
+import { MAX_BLOBS_PER_TRANSACTION, SignRequestSchema } from '../src/signing/schema';
 import {
   ABI,
   ALICE,
   approveData,
   batchCallsData,
+  blobVersionedHash,
   batchV06Data,
   batchV07Data,
   BOB,
@@ -96,6 +97,15 @@ const transaction = fc
         ...(type === 'eip7702' ? { authorizationList: fc.array(signedAuthorization, { minLength: 1, maxLength: 3 }) } : {}),
       }),
     ),
+    // A blob transaction always names `to` (this one replaces the common, nullable one).
+    fc.record({
+      type: fc.constant('eip4844'),
+      to: address,
+      maxFeePerGas: wei,
+      maxPriorityFeePerGas: wei,
+      maxFeePerBlobGas: wei,
+      blobVersionedHashes: fc.array(fc.nat().map(blobVersionedHash), { minLength: 1, maxLength: MAX_BLOBS_PER_TRANSACTION }),
+    }),
   )
   .chain((fees) =>
     fc
@@ -106,7 +116,7 @@ const transaction = fc
       .map((common) => ({ type: 'transaction', transaction: { ...common, ...fees } })),
   );
 const userOperation = fc
-  .record({ version: fc.constantFrom('0.6', '0.7'), chainId, entryPoint: address, sender: address, callData, maxFeePerGas: wei })
+  .record({ version: fc.constantFrom('0.6', '0.7', '0.8'), chainId, entryPoint: address, sender: address, callData, maxFeePerGas: wei })
   .map(({ version, chainId: id, entryPoint, sender, callData: data, maxFeePerGas }) => ({
     type: 'userOperation',
     version,
@@ -278,7 +288,7 @@ describe('policy evaluation is total', () => {
   it("reads a user operation's calls as viem's full decoder does, whenever both read them", () => {
     let compared = 0;
     fc.assert(
-      fc.property(callData, fc.constantFrom('0.6', '0.7'), (data, version) => {
+      fc.property(callData, fc.constantFrom('0.6', '0.7', '0.8'), (data, version) => {
         const facts = requestFacts(
           SignRequestSchema.parse({
             type: 'userOperation',

@@ -13,6 +13,7 @@ export const MALLORY = '0x90F79bf6EB2c4f870365E785982E1f101E93b906';
 export const SENDER = '0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65';
 export const ENTRY_POINT_06 = '0x5FF137D4b0FDCD49DcA30c7CF57E578a026d2789';
 export const ENTRY_POINT_07 = '0x0000000071727De22E5E9d8BAf0edAc6f37da032';
+export const ENTRY_POINT_08 = '0x4337084D9E255Ff0702461CF8895CE9E3b5Ff108';
 export const DELEGATE = '0x63c0c19a282a1B52b07dD5a65b58948A07DAE32B';
 
 export const ABI = parseAbi([
@@ -65,10 +66,15 @@ export function typedDataRequest(domain: Record<string, unknown> = {}, primaryTy
 /** An EIP-2612 permit's domain (USDC on mainnet). */
 export const PERMIT_DOMAIN = { name: 'USD Coin', version: '2', chainId: 1, verifyingContract: USDC };
 
-type TxType = 'legacy' | 'eip2930' | 'eip1559' | 'eip7702';
+/** A blob versioned hash (version byte 0x01), the `n`th. */
+export const blobVersionedHash = (n: number): Hex => `0x01${n.toString(16).padStart(62, '0')}`;
+
+type TxType = 'legacy' | 'eip2930' | 'eip1559' | 'eip7702' | 'eip4844';
+/** A transaction to BOB with 21,000 gas at 30 gwei; an eip4844 one carries one blob at a blob gas price of 1 gwei. */
 export function transactionRequest(type: TxType, over: Record<string, unknown> = {}): SignRequest {
   const fees =
     type === 'legacy' || type === 'eip2930' ? { gasPrice: '30000000000' } : { maxFeePerGas: '30000000000', maxPriorityFeePerGas: '1' };
+  const blobs = type === 'eip4844' ? { maxFeePerBlobGas: '1000000000', blobVersionedHashes: [blobVersionedHash(1)] } : {};
   const authorizationList =
     type === 'eip7702'
       ? {
@@ -79,7 +85,7 @@ export function transactionRequest(type: TxType, over: Record<string, unknown> =
       : {};
   return parse({
     type: 'transaction',
-    transaction: { type, chainId: 1, nonce: 0, to: BOB, gas: 21000, ...fees, ...authorizationList, ...over },
+    transaction: { type, chainId: 1, nonce: 0, to: BOB, gas: 21000, ...fees, ...authorizationList, ...blobs, ...over },
   } as SignRequestInput);
 }
 /** A signed authorization for an EIP-7702 transaction's list. */
@@ -100,12 +106,12 @@ export function authorizationRequest(address: string = DELEGATE, chainId = 1): S
   });
 }
 
-export function userOperationRequest(version: '0.6' | '0.7', callData: Hex, over: Record<string, unknown> = {}): SignRequest {
+export function userOperationRequest(version: '0.6' | '0.7' | '0.8', callData: Hex, over: Record<string, unknown> = {}): SignRequest {
   return parse({
     type: 'userOperation',
     version,
     chainId: 1,
-    entryPoint: version === '0.6' ? ENTRY_POINT_06 : ENTRY_POINT_07,
+    entryPoint: { '0.6': ENTRY_POINT_06, '0.7': ENTRY_POINT_07, '0.8': ENTRY_POINT_08 }[version],
     userOperation: {
       sender: SENDER,
       nonce: 0,

@@ -175,10 +175,10 @@ export async function signCommand(args: string[]): Promise<number> {
       break;
     case 'user-operation': {
       if (!values['entry-point'] || !values['chain-id'] || !values['ep-version'])
-        throw new UsageError('--user-operation needs --entry-point, --chain-id and --ep-version 0.6|0.7');
+        throw new UsageError('--user-operation needs --entry-point, --chain-id and --ep-version 0.6|0.7|0.8');
       request = {
         type: 'userOperation',
-        version: values['ep-version'] as '0.6' | '0.7',
+        version: values['ep-version'] as '0.6' | '0.7' | '0.8',
         chainId: values['chain-id'],
         entryPoint: values['entry-point'],
         userOperation: readJsonInput(values['user-operation'] as string) as never,

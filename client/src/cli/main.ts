@@ -53,7 +53,7 @@ const HELP = `nks — nitro-keystore command-line client
       of the enclave configuration
   nks sign <keyId> --digest 0x… | --message TEXT | --message-hex 0x… | --typed-data FILE
                    | --transaction FILE | --authorization FILE [--allow-all-chains] | --request FILE
-                   | --user-operation FILE --entry-point 0x… --chain-id N --ep-version 0.6|0.7
+                   | --user-operation FILE --entry-point 0x… --chain-id N --ep-version 0.6|0.7|0.8
   nks attestation get [--nonce 0x…] [--out FILE]
   nks attestation verify <file> [--root PEM] [--at ISO-TIME] [--max-age S] [--pcr N=HEX]...
                          [--nonce HEX] [--user-data HEX | --key-id ID --address 0x…] [--json]

@@ -11,7 +11,10 @@
  *   the enclave's clock, and `exp − iat` at most the project's maxTokenLifetime. The times are judged again by
  *   the clock once the JWKS is resolved (a fetch the parent delays must not stretch a token's life), and the
  *   caller judges them once more (`JwtUser.stillValid`) right before it acts, after any wait of its own;
- * - the user claim a non-empty string.
+ * - the user claim a non-empty string;
+ * - for a lifecycle change (`action`, docs/PROTOCOL.md, "Key lifecycle"): the claim LIFECYCLE_ACTION_CLAIM equal to
+ *   the action and `exp − iat` at most LIFECYCLE_MAX_TOKEN_LIFETIME_S, so an ordinary login token, wherever it was
+ *   seen, can change no key's state, and a token for one change cannot make another.
  *
  * Every refusal is INVALID_JWT with a short message naming the problem (it goes to the wallet user; the
  * parent sees the JWT anyway until TLS moves into the enclave). A JWKS that cannot be fetched, or a clock the
@@ -19,7 +22,15 @@
  */
 import { errors, jwtVerify, type FlattenedJWSInput, type JWTHeaderParameters, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import { KeystoreError } from '@nks/shared/errors';
-import { JWT_CLOCK_SKEW_S, JWT_MAX_BYTES, jwtSubject, type JwtProjectAuth } from '@nks/shared/project-auth';
+import {
+  JWT_CLOCK_SKEW_S,
+  JWT_MAX_BYTES,
+  jwtSubject,
+  LIFECYCLE_ACTION_CLAIM,
+  LIFECYCLE_MAX_TOKEN_LIFETIME_S,
+  type JwtProjectAuth,
+  type LifecycleAction,
+} from '@nks/shared/project-auth';
 import { CLOCK_NOT_TRUSTED_MESSAGE, type ClockCheck } from './clock';
 import type { JwksCache, JwksEntry } from './jwks';
 
@@ -84,16 +95,20 @@ export class JwtVerifier {
     },
   ) {}
 
-  /** The subject `token` proves in a project with `auth`, or INVALID_JWT / JWKS_UNAVAILABLE. */
-  async subjectOf(token: string, auth: JwtProjectAuth): Promise<string> {
-    return (await this.user(token, auth)).subject;
+  /** The subject `token` proves in a project with `auth` (for `action`, see `user`), or INVALID_JWT / JWKS_UNAVAILABLE. */
+  async subjectOf(token: string, auth: JwtProjectAuth, action?: LifecycleAction): Promise<string> {
+    return (await this.user(token, auth, action)).subject;
   }
 
-  /** The user `token` proves in a project with `auth` (see JwtUser), or INVALID_JWT / JWKS_UNAVAILABLE. */
-  async user(token: string, auth: JwtProjectAuth): Promise<JwtUser> {
+  /**
+   * The user `token` proves in a project with `auth` (see JwtUser), or INVALID_JWT / JWKS_UNAVAILABLE. With
+   * `action`, the token must also authorize that lifecycle change (see the file comment).
+   */
+  async user(token: string, auth: JwtProjectAuth, action?: LifecycleAction): Promise<JwtUser> {
     let payload: JWTPayload;
     try {
       payload = await this.verify(token, auth);
+      if (action !== undefined) lifecycleAction(payload, action);
     } catch (err) {
       throw this.refusal(err);
     }
@@ -183,3 +198,13 @@ export class JwtVerifier {
 
 /** exp − iat (both checked present and numeric by jose). */
 const lifetime = (p: JWTPayload): number => (p.exp as number) - (p.iat as number);
+
+export const lifecycleActionMessage = (action: LifecycleAction) =>
+  `the JWT does not authorize this change: its "${LIFECYCLE_ACTION_CLAIM}" claim must be "${action}"`;
+export const LIFECYCLE_LIFETIME_MESSAGE = `a JWT for a key lifecycle change lives at most ${LIFECYCLE_MAX_TOKEN_LIFETIME_S} s`;
+
+/** A verified token's fitness for one lifecycle change: the action claim, and the short lifetime. */
+function lifecycleAction(p: JWTPayload, action: LifecycleAction): void {
+  if (p[LIFECYCLE_ACTION_CLAIM] !== action) throw invalid(lifecycleActionMessage(action));
+  if (lifetime(p) > LIFECYCLE_MAX_TOKEN_LIFETIME_S) throw invalid(LIFECYCLE_LIFETIME_MESSAGE);
+}

@@ -12,10 +12,13 @@
  *   before any KMS call or signature. The policy's limits are checked and counted after the last check of the
  *   records, right before the signature (taken back if no signature is made).
  * - create and migrate make the key's first record (seq 0); setDisabled its next one (seq + 1, prev = the
- *   digest of the one before).
+ *   digest of the one before). The lifecycle (successor, activate, cancel) is keys/lifecycle.ts; who may ask
+ *   for it is `authorize` here.
  * - JWT projects (docs/PROTOCOL.md, `jwt`): create, sign and lookup of a JWT project's key need the user's JWT,
  *   verified here (auth/jwt.ts) before any KMS call or signature; its subject is the key's. A sign without one
- *   is FORBIDDEN: no operator token can sign with a JWT user's key. A token project takes no JWT.
+ *   is FORBIDDEN: no operator token can sign with a JWT user's key. A token project takes no JWT. The same
+ *   for a lifecycle change, whose JWT must also be for exactly that change (auth/jwt.ts): no operator token
+ *   can make, activate or cancel a JWT user's successor.
  * - After every wait (a JWT check, which may fetch the JWKS; a KMS answer) and right before the signature, the
  *   records are checked again: still the newest the enclave has seen (it may have disabled the key or the
  *   project meanwhile, at the parent's request), in the states they allow, and the JWT still unexpired. The
@@ -30,10 +33,18 @@ import { birthContent, USER_DATA_TAGS } from '@nks/shared/attestation/user-data'
 import { BLOB_VERSION_V1, decodeBlobBase64, decodeKeyBlob, encodeBlob, type KeyBlob, type KeyBlobV1 } from '@nks/shared/blob';
 import { KeystoreError } from '@nks/shared/errors';
 import { POLICY_APPROVAL_DOMAIN } from '@nks/shared/policy/approval';
-import type { CreateResult, LookupResult, SetDisabledResult } from '@nks/shared/enclave-api';
-import type { JwtProjectAuth } from '@nks/shared/project-auth';
+import type { ActivateResult, CreateResult, LookupResult, SetDisabledResult } from '@nks/shared/enclave-api';
+import type { JwtProjectAuth, LifecycleAction } from '@nks/shared/project-auth';
 import type { JwtUser } from '../auth/jwt';
-import { hex, RECORD_VERSION, type KeyOrigin, type KeyRecord, type ProjectRecord, type SignedRecord } from '@nks/shared/records';
+import {
+  hex,
+  isFinalKeyState,
+  RECORD_VERSION,
+  type KeyOrigin,
+  type KeyRecord,
+  type ProjectRecord,
+  type SignedRecord,
+} from '@nks/shared/records';
 import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
 import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
 import type { KeystoreIdentity } from '../identity/keystore-identity';
@@ -43,6 +54,7 @@ import type { PolicyEnforcer } from '../policy/enforcer';
 import type { Verified, VerifiedRecords } from '../records/verified';
 import type { SignerPool } from '../signing/pool';
 import type { KeyCache, CachedKey } from './cache';
+import { KeyLifecycle, nextKeyRecord, type ActivateInput, type CancelInput, type SuccessorInput } from './lifecycle';
 import { sealSecret } from './seal';
 
 const sha256Hex = (b: Uint8Array) => hex(createHash('sha256').update(b).digest());
@@ -56,9 +68,9 @@ export interface SignParams {
   jwt?: string | undefined;
 }
 
-/** What proves a JWT project's user (auth/jwt.ts). */
+/** What proves a JWT project's user (auth/jwt.ts), for a lifecycle `action` when given. */
 export interface JwtSubjects {
-  user(token: string, auth: JwtProjectAuth): Promise<JwtUser>;
+  user(token: string, auth: JwtProjectAuth, action?: LifecycleAction): Promise<JwtUser>;
 }
 
 /** The same answer whichever part of the subject differs (issuer or user). */
@@ -66,6 +78,7 @@ export const NOT_THIS_USER_MESSAGE = "the JWT is not for this key's user";
 export const SIGN_WITHOUT_JWT_MESSAGE = "a JWT project's key signs only with its user's JWT";
 export const CREATE_WITHOUT_JWT_MESSAGE = "a JWT project's key is created only with its user's JWT";
 export const TOKEN_PROJECT_JWT_MESSAGE = 'a token project takes no JWT';
+export const LIFECYCLE_WITHOUT_JWT_MESSAGE = "a JWT project's key changes state only with its user's JWT";
 
 const tokenProjectJwt = () => new KeystoreError('INVALID_PARAMS', TOKEN_PROJECT_JWT_MESSAGE);
 const notThisUser = () => new KeystoreError('FORBIDDEN', NOT_THIS_USER_MESSAGE);
@@ -75,6 +88,7 @@ export class KeyVault {
   signs = 0;
   migrations = 0;
   private readonly inflight = new Map<string, Promise<CachedKey>>();
+  private readonly lifecycle: KeyLifecycle;
 
   constructor(
     private readonly deps: {
@@ -94,7 +108,17 @@ export class KeyVault {
       policy: PolicyEnforcer;
       now?: () => number;
     },
-  ) {}
+  ) {
+    this.lifecycle = new KeyLifecycle({
+      records: deps.records,
+      identity: deps.identity,
+      cache: deps.cache,
+      now: () => this.now(),
+      authorize: (project, key, jwt, action) => this.authorize(project, key, jwt, action),
+      make: (keyId, project, subject, predecessor, attest) =>
+        this.make(keyId, project.projectId, subject, attest, { origin: 'created', predecessor }),
+    });
+  }
 
   private now(): number {
     return this.deps.now?.() ?? Date.now();
@@ -114,12 +138,23 @@ export class KeyVault {
     // The JWT check may have waited for the JWKS: the project may have been disabled meanwhile. (The birth
     // attestation below comes after the key and its record exist: a key made just before a disable.)
     this.deps.records.stillCurrent(project);
+    return this.make(keyId, project.record.projectId, subject, attest, { origin: 'created' });
+  }
+
+  /** A new key (no KMS call) with its first record, and its birth attestation if asked; counted in `creates`. */
+  private async make(
+    keyId: string,
+    projectId: string,
+    subject: string | null,
+    attest: boolean,
+    how: { origin: KeyOrigin; predecessor?: string },
+  ): Promise<CreateResult> {
     const secret = generateSecret();
     let result: CreateResult;
     try {
       const pub = publicKeyOf(secret);
       const address = addressOf(pub);
-      result = this.seal(secret, { keyId, address, projectId: project.record.projectId, subject, origin: 'created' });
+      result = this.seal(secret, { keyId, address, projectId, subject, ...how });
       result.publicKey = `0x${Buffer.from(pub).toString('hex')}`;
     } finally {
       secret.fill(0);
@@ -130,6 +165,37 @@ export class KeyVault {
     }
     this.creates += 1;
     return result;
+  }
+
+  /** keys.successor, keys.activate, keys.cancel (keys/lifecycle.ts). */
+  successor(p: SuccessorInput): Promise<CreateResult> {
+    return this.lifecycle.successor(p);
+  }
+  activate(p: ActivateInput): Promise<ActivateResult> {
+    return this.lifecycle.activate(p);
+  }
+  cancel(p: CancelInput): Promise<SetDisabledResult> {
+    return this.lifecycle.cancel(p);
+  }
+
+  /**
+   * Who may change a key's lifecycle: in a token project whoever the parent let ask (no JWT); in a JWT project
+   * only the key's user, with a verified JWT for exactly `action`. Answers the user, to check again after a wait.
+   */
+  private async authorize(
+    project: ProjectRecord,
+    key: KeyRecord,
+    jwt: string | undefined,
+    action: LifecycleAction,
+  ): Promise<JwtUser | undefined> {
+    if (project.auth.type === 'token') {
+      if (jwt !== undefined) throw tokenProjectJwt();
+      return undefined;
+    }
+    if (jwt === undefined) throw new KeystoreError('FORBIDDEN', LIFECYCLE_WITHOUT_JWT_MESSAGE);
+    const user = await this.deps.jwt.user(jwt, project.auth, action);
+    if (user.subject !== key.subject) throw notThisUser();
+    return user;
   }
 
   /** Who a new key belongs to: the caller's subject in a token project, the verified JWT's in a JWT project. */
@@ -145,13 +211,17 @@ export class KeyVault {
     return (await this.deps.jwt.user(jwt, project.auth)).subject;
   }
 
-  /** Seals `secret` as a version 2 key blob and signs the key's first record. */
+  /**
+   * Seals `secret` as a version 2 key blob and signs the key's first record: `active`, or `pending` for a
+   * successor (one with a `predecessor`, which its records name from now on).
+   */
   private seal(
     secret: Uint8Array,
-    k: { keyId: string; address: `0x${string}`; projectId: string; subject: string | null; origin: KeyOrigin },
+    k: { keyId: string; address: `0x${string}`; projectId: string; subject: string | null; origin: KeyOrigin; predecessor?: string },
   ): CreateResult {
+    const { predecessor, ...bound } = k;
     const blob = encodeBlob(
-      sealSecret(secret, { ...k, kmsKeyArn: this.deps.kmsKeyArn, kmsPublicKey: this.deps.kmsPublicKey, createdAt: this.now() }),
+      sealSecret(secret, { ...bound, kmsKeyArn: this.deps.kmsKeyArn, kmsPublicKey: this.deps.kmsPublicKey, createdAt: this.now() }),
     );
     const record: KeyRecord = {
       v: RECORD_VERSION,
@@ -167,6 +237,7 @@ export class KeyVault {
       prev: null,
       origin: k.origin,
       createdAt: this.now(),
+      ...(predecessor === undefined ? {} : { state: 'pending' as const, predecessor }),
     };
     const { signed } = this.deps.identity().sign(record);
     this.deps.records.remember<KeyRecord>(signed, 'key');
@@ -290,10 +361,8 @@ export class KeyVault {
     if (key.record.projectId !== project.record.projectId) throw records.refused();
     records.current(key);
     records.current(project);
-    if (key.record.state === 'retired' || key.record.state === 'cancelled') {
-      throw new KeystoreError('KEY_RETIRED', `the key is ${key.record.state}`);
-    }
-    const record: KeyRecord = { ...key.record, disabled, seq: key.record.seq + 1, prev: hex(key.digest), createdAt: this.now() };
+    if (isFinalKeyState(key.record.state)) throw new KeystoreError('KEY_RETIRED', `the key is ${key.record.state}`);
+    const record = nextKeyRecord(key, { disabled }, this.now());
     const { signed } = this.deps.identity().sign(record);
     // From now on the record before is refused: this one is the newest the enclave has seen.
     records.remember<KeyRecord>(signed, 'key');
@@ -380,7 +449,7 @@ function usable(k: KeyRecord, project: ProjectRecord, request: SignRequest): voi
 
 /** The states of `usable`, without the request type (keys.lookup). */
 function states(k: KeyRecord, project: ProjectRecord): void {
-  if (k.state === 'retired' || k.state === 'cancelled') throw new KeystoreError('KEY_RETIRED', `the key is ${k.state}`);
+  if (isFinalKeyState(k.state)) throw new KeystoreError('KEY_RETIRED', `the key is ${k.state}`);
   if (project.state !== 'active') throw new KeystoreError('KEY_DISABLED', 'the project is disabled');
   if (k.disabled) throw new KeystoreError('KEY_DISABLED', 'the key is disabled');
 }

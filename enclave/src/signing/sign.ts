@@ -41,6 +41,8 @@ function invalid(err: unknown, what: string): KeystoreError {
 }
 
 function toViemTransaction(tx: TransactionRequest): TransactionSerializable {
+  // A blob transaction always names `to` (schema.ts); its sidecars are not taken, so none is serialized.
+  if (tx.type === 'eip4844') return tx;
   const { to, ...rest } = tx;
   // A null or absent `to` is a contract creation.
   return to ? { ...rest, to } : rest;
@@ -87,25 +89,49 @@ function prepare(req: SignRequest): Prepared {
     case 'userOperation': {
       let userOperationHash: Hex;
       try {
-        userOperationHash =
-          req.version === '0.6'
-            ? getUserOperationHash({
-                chainId: req.chainId,
-                entryPointAddress: req.entryPoint,
-                entryPointVersion: '0.6',
-                userOperation: { initCode: '0x', paymasterAndData: '0x', ...req.userOperation, signature: '0x' },
-              })
-            : getUserOperationHash({
-                chainId: req.chainId,
-                entryPointAddress: req.entryPoint,
-                entryPointVersion: '0.7',
-                userOperation: { ...req.userOperation, signature: '0x' },
-              });
+        userOperationHash = userOperationHashOf(req);
       } catch (err) {
         throw invalid(err, 'userOperation');
       }
-      // SimpleAccount-style accounts check an EIP-191 signature over the userOpHash.
-      return { digest: hashMessage({ raw: userOperationHash }), extra: () => ({ userOperationHash }) };
+      // SimpleAccount 0.6 and 0.7 check an EIP-191 signature over the userOpHash; from 0.8 the userOpHash is an
+      // EIP-712 digest, and SimpleAccount and Simple7702Account 0.8 recover the signer from it as is.
+      const digest = req.version === '0.8' ? userOperationHash : hashMessage({ raw: userOperationHash });
+      return { digest, extra: () => ({ userOperationHash }) };
+    }
+  }
+}
+
+/** The EntryPoint's userOpHash (viem's getUserOperationHash); the signature field is never part of it. */
+function userOperationHashOf(req: Extract<SignRequest, { type: 'userOperation' }>): Hex {
+  const { chainId, entryPoint: entryPointAddress } = req;
+  switch (req.version) {
+    case '0.6':
+      return getUserOperationHash({
+        chainId,
+        entryPointAddress,
+        entryPointVersion: '0.6',
+        userOperation: { initCode: '0x', paymasterAndData: '0x', ...req.userOperation, signature: '0x' },
+      });
+    case '0.7':
+      return getUserOperationHash({
+        chainId,
+        entryPointAddress,
+        entryPointVersion: '0.7',
+        userOperation: { ...req.userOperation, signature: '0x' },
+      });
+    case '0.8': {
+      // The authorization's signature is not hashed (the schema lets the caller leave it out): only its address is.
+      const { authorization, ...op } = req.userOperation;
+      return getUserOperationHash({
+        chainId,
+        entryPointAddress,
+        entryPointVersion: '0.8',
+        userOperation: {
+          ...op,
+          ...(authorization ? { authorization: { r: '0x', s: '0x', yParity: 0, ...authorization } } : {}),
+          signature: '0x',
+        },
+      });
     }
   }
 }

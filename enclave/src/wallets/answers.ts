@@ -73,8 +73,12 @@ export function answerOf(ke: KeystoreError, route: string | undefined, requestId
       return { status: 403, detail: ke.message, outcome: 'policy_denied' };
     case 'KEY_DISABLED':
     case 'KEY_RETIRED':
+    case 'KEY_STATE':
+    case 'SUCCESSOR_EXISTS':
+      // The key's state (KEY_STATE names it) or a pending successor already made: the request does not fit now.
       return { status: 409, detail: ke.message, outcome: 'conflict' };
     case 'NOT_FOUND':
+    case 'KEY_NOT_FOUND':
       return { status: 404, detail: ke.message, outcome: 'not_found' };
     case 'METHOD_NOT_ALLOWED':
       return { status: 405, detail: ke.message, outcome: 'not_found' };

@@ -25,7 +25,7 @@ export interface WalletsDeps {
   store: RpcClient<WalletStoreApi>;
   tls: TlsSource;
   nsm: Pick<NsmClient, 'attest'>;
-  vault: Pick<KeyVault, 'create' | 'lookup' | 'sign'>;
+  vault: Pick<KeyVault, 'create' | 'lookup' | 'sign' | 'successor' | 'activate' | 'cancel'>;
   records: VerifiedRecords;
   jwt: Pick<JwtVerifier, 'subjectOf'>;
   /** Whether the keystore identity is unsealed (the vault serves nothing before). */

@@ -14,6 +14,11 @@
  * (a per-subject lock, not a shared result: each caller's own JWT is checked by the vault, so a caller with a
  * forged token never receives the address a concurrent genuine caller was given).
  *
+ * The lifecycle (rotate, activate, cancel; docs/PROTOCOL.md, "Key lifecycle"): at most one pending key per
+ * (project, subject), the store's too (`store.insertSuccessor` answers the one it keeps: SUCCESSOR_EXISTS). The
+ * vault decides every transition from the records (keys/lifecycle.ts); the store only keeps what it answers,
+ * activate's two records together (`store.updateRecords`).
+ *
  * Project lookups are cached for `projectCacheMs` (default 2 s), "no such project" too, in a small LRU, and
  * concurrent lookups of one key share one store call: every request (and CORS preflight) needs its project, and
  * the public chooses the keys. A cached record weakens nothing: the parent could answer that same older record
@@ -23,15 +28,18 @@
 import type { z } from 'zod';
 import { KeystoreError } from '@nks/shared/errors';
 import {
+  StoreInsertSuccessorAnswer,
   StoreInsertUserKeyAnswer,
+  StorePendingUserKeyAnswer,
   StoreProjectAnswer,
+  StoreUpdateRecordsAnswer,
   StoreUserKeyAnswer,
   type StoredUserKey,
   type WalletStoreApi,
 } from '@nks/shared/enclave-api';
 import { newKeyId } from '@nks/shared/identifiers';
 import type { Logger } from '@nks/shared/log';
-import type { JwtProjectAuth } from '@nks/shared/project-auth';
+import type { JwtProjectAuth, LifecycleAction } from '@nks/shared/project-auth';
 import type { ProjectRecord, SignedRecord } from '@nks/shared/records';
 import type { MethodName, ParamsOf, RpcClient } from '@nks/shared/rpc';
 import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
@@ -54,7 +62,7 @@ export interface JwtProject extends WalletProject {
 export interface WalletKeysDeps {
   store: Pick<RpcClient<WalletStoreApi>, 'call'>;
   records: VerifiedRecords;
-  vault: Pick<KeyVault, 'create' | 'lookup' | 'sign'>;
+  vault: Pick<KeyVault, 'create' | 'lookup' | 'sign' | 'successor' | 'activate' | 'cancel'>;
   jwt: Pick<JwtVerifier, 'subjectOf'>;
   logger: Logger;
   /** How long a store call may take (`wallets.storeDeadlineMs`). */
@@ -87,6 +95,7 @@ export function jwtProjectOf(v: WalletProject | null): JwtProject {
 }
 
 const sameRecord = (a: SignedRecord, b: SignedRecord) => a.record === b.record && a.signature === b.signature;
+const successorExists = () => new KeystoreError('SUCCESSOR_EXISTS', 'this user has a pending key already: activate or cancel it first');
 
 export class WalletKeys {
   /** The tail of the creations waiting per (project, subject); an entry goes when its chain is idle. */
@@ -139,9 +148,64 @@ export class WalletKeys {
     return { signed: project, record: v.record };
   }
 
-  /** The subject a JWT proves in `project`, verified (auth/jwt.ts): INVALID_JWT or JWKS_UNAVAILABLE otherwise. */
-  subjectOf(project: JwtProject, jwt: string): Promise<string> {
-    return this.deps.jwt.subjectOf(jwt, project.record.auth);
+  /**
+   * The subject a JWT proves in `project` (for a lifecycle `action`: a JWT for exactly that change), verified
+   * (auth/jwt.ts): INVALID_JWT or JWKS_UNAVAILABLE otherwise.
+   */
+  subjectOf(project: JwtProject, jwt: string, action?: LifecycleAction): Promise<string> {
+    return this.deps.jwt.subjectOf(jwt, project.record.auth, action);
+  }
+
+  /**
+   * A successor of the user's active key (state pending): its address. SUCCESSOR_EXISTS when one is pending
+   * already (asked first, so no key is made for nothing; the store's insert decides between concurrent ones).
+   */
+  async rotate(project: JwtProject, jwt: string, subject: string): Promise<{ keyId: string; address: string }> {
+    const active = await this.stored(project, subject);
+    if (!active) throw new KeystoreError('KEY_NOT_FOUND', 'this user has no key yet');
+    if (await this.pending(project, subject)) throw successorExists();
+    const keyId = newKeyId();
+    const made = await this.deps.vault.successor({ keyId, record: active.record, project: project.signed, jwt });
+    const key: StoredUserKey = { keyId, blob: made.blob, record: made.record };
+    const { inserted, key: kept } = await this.ask(
+      'store.insertSuccessor',
+      { keyId, address: made.address, publicKey: made.publicKey, blob: made.blob, record: made.record },
+      StoreInsertSuccessorAnswer,
+    );
+    if (!inserted) {
+      // Another request stored a successor first: the one made here was never answered and is dropped.
+      this.mine(kept, project, subject);
+      throw successorExists();
+    }
+    if (kept.keyId !== keyId || kept.blob !== key.blob || !sameRecord(kept.record, key.record)) throw this.deps.records.refused();
+    this.deps.logger.info({ projectId: project.record.projectId, keyId, predecessor: active.keyId }, 'made a successor for a JWT user');
+    return { keyId, address: made.address };
+  }
+
+  /** The user's pending key becomes their key, the one it succeeds retired: its address. */
+  async activate(project: JwtProject, jwt: string, subject: string): Promise<{ keyId: string; address: string }> {
+    const pending = await this.pendingOrNone(project, subject);
+    const active = await this.stored(project, subject);
+    // A pending key without the key it succeeds: the store's answers do not fit together.
+    if (!active) throw this.deps.records.refused();
+    const { record, predecessor } = await this.deps.vault.activate({
+      record: pending.record,
+      predecessor: active.record,
+      project: project.signed,
+      jwt,
+    });
+    await this.ask('store.updateRecords', { records: [record, predecessor] }, StoreUpdateRecordsAnswer);
+    this.deps.logger.info({ projectId: project.record.projectId, keyId: pending.keyId, retired: active.keyId }, 'activated a successor');
+    return { keyId: pending.keyId, address: this.addressOf(pending) };
+  }
+
+  /** The user's pending key is given up (it never signs again): its address. */
+  async cancel(project: JwtProject, jwt: string, subject: string): Promise<{ keyId: string; address: string }> {
+    const pending = await this.pendingOrNone(project, subject);
+    const { record } = await this.deps.vault.cancel({ record: pending.record, project: project.signed, jwt });
+    await this.ask('store.updateRecords', { records: [record] }, StoreUpdateRecordsAnswer);
+    this.deps.logger.info({ projectId: project.record.projectId, keyId: pending.keyId }, 'cancelled a successor');
+    return { keyId: pending.keyId, address: this.addressOf(pending) };
   }
 
   /** The user's address (TrueWallet get-address): `vault.lookup` of the user's key, or the key made on first use. */
@@ -191,6 +255,22 @@ export class WalletKeys {
   private async stored(project: JwtProject, subject: string): Promise<StoredUserKey | null> {
     const { key } = await this.ask('store.userKey', { projectId: project.record.projectId, subject }, StoreUserKeyAnswer);
     return key && this.mine(key, project, subject);
+  }
+
+  private async pending(project: JwtProject, subject: string): Promise<StoredUserKey | null> {
+    const { key } = await this.ask('store.pendingUserKey', { projectId: project.record.projectId, subject }, StorePendingUserKeyAnswer);
+    return key && this.mine(key, project, subject);
+  }
+
+  private async pendingOrNone(project: JwtProject, subject: string): Promise<StoredUserKey> {
+    const pending = await this.pending(project, subject);
+    if (!pending) throw new KeystoreError('KEY_NOT_FOUND', 'this user has no pending key');
+    return pending;
+  }
+
+  /** The address a stored key's (verified, cached) record names. */
+  private addressOf(key: StoredUserKey): string {
+    return this.deps.records.key(key.record).record.address;
   }
 
   /**

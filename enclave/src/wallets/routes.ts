@@ -2,7 +2,11 @@
  * The TrueWallet API (docs/PROJECTS.md, "The TrueWallet API"), served by the enclave over TLS that ends here
  * (docs/TLS.md): what the TrueWallet SDK's JWT signer calls, `POST /v1/{projectKey}/wallets/get-address | sign |
  * sign-request`, for JWT projects only. No bearer token: the user's JWT in the body is the authorization, and the
- * enclave verifies it on every call; the parent relays ciphertext and never sees it.
+ * enclave verifies it on every call; the parent relays ciphertext and never sees it. The key lifecycle
+ * (docs/PROTOCOL.md, "Key lifecycle"): `POST …/wallets/rotate | activate | cancel {jwt_token}` → `{address}` of
+ * the pending successor made, the key now active, the key cancelled. Their JWT must be for exactly that change
+ * (claim `nks_action`, a lifetime of at most LIFECYCLE_MAX_TOKEN_LIFETIME_S; auth/jwt.ts), refused as any other
+ * JWT (400 `jwt_token`, counted as a failure) otherwise: an ordinary login token changes no key.
  *
  * Every request, CORS preflights included, is first counted against its client address's request limit (the
  * server's one count for all its routes, server.ts; the address is the one the ingress relay's preamble names:
@@ -26,7 +30,7 @@ import type { FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import { KeystoreError } from '@nks/shared/errors';
 import { FieldErrors, ProjectKeyParams, requestBody, routeUrl } from '@nks/shared/http/validation';
-import { JWT_MAX_BYTES } from '@nks/shared/project-auth';
+import { JWT_MAX_BYTES, LIFECYCLE_ACTIONS, type LifecycleAction } from '@nks/shared/project-auth';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
 import { WALLETS_PREFIX } from '@nks/shared/tls-identity';
 import type { EnclaveConfig } from '../config';
@@ -44,7 +48,12 @@ export interface WalletRoutesOptions {
 }
 
 /** The documented paths of the routes (the server's 404/405 table). */
-export const WALLET_ROUTES = [`${WALLETS_PREFIX}/get-address`, `${WALLETS_PREFIX}/sign`, `${WALLETS_PREFIX}/sign-request`] as const;
+export const WALLET_ROUTES: readonly string[] = [
+  `${WALLETS_PREFIX}/get-address`,
+  `${WALLETS_PREFIX}/sign`,
+  `${WALLETS_PREFIX}/sign-request`,
+  ...LIFECYCLE_ACTIONS.map((action) => `${WALLETS_PREFIX}/${action}`),
+];
 
 /** A request's hold on one unit of its address's failure budget, from admission until its outcome is counted. */
 interface Reservation {
@@ -62,6 +71,7 @@ interface WalletRequest {
 
 const jwtToken = z.string().min(1, 'expected a JWT').max(JWT_MAX_BYTES, `expected a JWT of at most ${JWT_MAX_BYTES} bytes`);
 const GetAddressBody = z.strictObject({ jwt_token: jwtToken });
+
 const HASH_RE = /^0x[0-9a-fA-F]{64}$/;
 const SignBody = z
   .strictObject({
@@ -224,10 +234,14 @@ export function walletRoutes(options: WalletRoutesOptions): (app: WalletsApp) =>
      * limit is counted only once the vault has answered (`served`): before, it would tell a caller without the
      * user's JWT that the user is busy.
      */
-    const userOf = async (request: FastifyRequest, jwt: string): Promise<{ project: JwtProject; subject: string }> => {
+    const userOf = async (
+      request: FastifyRequest,
+      jwt: string,
+      action?: LifecycleAction,
+    ): Promise<{ project: JwtProject; subject: string }> => {
       const w = stateOf(request);
       const project = w.project as JwtProject;
-      w.subject = await keys.subjectOf(project, jwt);
+      w.subject = await keys.subjectOf(project, jwt, action);
       return { project, subject: w.subject };
     };
 
@@ -285,6 +299,24 @@ export function walletRoutes(options: WalletRoutesOptions): (app: WalletsApp) =>
         });
       },
     });
+
+    // `…/wallets/{action}` for each lifecycle action: WalletKeys' method of that name, with a JWT for it.
+    for (const action of LIFECYCLE_ACTIONS) {
+      scope.route({
+        method: 'POST',
+        ...route(`${WALLETS_PREFIX}/${action}`),
+        schema: { params: ProjectKeyParams, querystring: NoQuery, body: GetAddressBody },
+        handler(request) {
+          return serve(request, async () => {
+            // The JWT must be for this change before the store is asked anything about the user's keys.
+            const { project, subject } = await userOf(request, request.body.jwt_token, action);
+            const { address } = await keys[action](project, request.body.jwt_token, subject);
+            await served(request);
+            return { address };
+          });
+        },
+      });
+    }
 
     // A request answered without its route's work running (refused at admission, a bad body) gives its hold
     // back with the answer; one whose work runs gives it back when the work ends (serve), even after its caller left.

@@ -27,7 +27,8 @@ export interface RequestFacts {
    */
   value?: bigint;
   /**
-   * The most the request can pay for gas, wei: a transaction's gas × (gasPrice or maxFeePerGas) (gas absent: 0);
+   * The most the request can pay for gas, wei: a transaction's gas × (gasPrice or maxFeePerGas) (gas absent: 0),
+   * plus a blob transaction's blob gas × maxFeePerBlobGas;
    * a user operation's callGasLimit + verificationGasLimit + preVerificationGas (+ the paymaster's limits) ×
    * maxFeePerGas. Absent for other requests. Limits count value + fee (`cost`).
    */

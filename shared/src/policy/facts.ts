@@ -19,18 +19,21 @@ export const SELECTORS = {
   transfer: '0xa9059cbb',
   /** ERC-20 approve(address,uint256) */
   approve: '0x095ea7b3',
-  /** execute(address,uint256,bytes): SimpleAccount 0.6 / 0.7, Coinbase Smart Wallet */
+  /** execute(address,uint256,bytes): SimpleAccount 0.6 / 0.7 / 0.8, Coinbase Smart Wallet */
   execute: '0xb61d27f6',
   /** executeBatch(address[],bytes[]): SimpleAccount 0.6 */
   executeBatchV06: '0x18dfb3c7',
   /** executeBatch(address[],uint256[],bytes[]): SimpleAccount 0.7 */
   executeBatchV07: '0x47e1da2a',
-  /** executeBatch((address,uint256,bytes)[]): Coinbase Smart Wallet */
+  /** executeBatch((address,uint256,bytes)[]): SimpleAccount 0.8 (BaseAccount's Call[]), Coinbase Smart Wallet */
   executeBatchCalls: '0x34fcd5be',
 } as const;
 
 /** Beyond these, a user operation's calls are not decoded: its targets and value are unknown (absent). */
 export const USER_OPERATION_DECODE_LIMITS = { maxCallDataBytes: 16 * 1024, maxCalls: 64 } as const;
+
+/** Blob gas one blob of an EIP-4844 transaction uses (GAS_PER_BLOB). */
+export const GAS_PER_BLOB = 131_072n;
 
 /** ERC-20 calldata: selector, a 32-byte address word, a 32-byte amount; nothing more. */
 const ERC20_CALLDATA_BYTES = 4 + 32 + 32;
@@ -122,16 +125,19 @@ function messageKindOf(message: Extract<SignRequest, { type: 'message' }>['messa
 /*
  * A type-4 transaction's authorization list holds tuples other accounts signed: they are no delegation of this
  * key, so the transaction has no `delegates` fact and is governed by to, value and selector like any other.
+ * A blob transaction's fee adds the most its blobs can cost (their blob gas × maxFeePerBlobGas) to its gas.
  */
 function transactionFacts(tx: Transaction): RequestFacts {
   const gasPrice = tx.type === 'legacy' || tx.type === 'eip2930' ? tx.gasPrice : tx.maxFeePerGas;
+  const blobFee = tx.type === 'eip4844' ? BigInt(tx.blobVersionedHashes.length) * GAS_PER_BLOB * tx.maxFeePerBlobGas : 0n;
   const facts: RequestFacts = {
     type: 'transaction',
     chainId: tx.chainId,
     to: tx.to ? lower(tx.to) : null,
     value: tx.value ?? 0n,
-    // Without gas the transaction cannot be mined (its intrinsic gas is 21,000): it can pay nothing.
-    fee: (tx.gas ?? 0n) * gasPrice,
+    // Without gas the transaction cannot be mined (its intrinsic gas is 21,000): it pays no gas (a blob fee is
+    // still counted, the most it could pay).
+    fee: (tx.gas ?? 0n) * gasPrice + blobFee,
     gasPrice,
   };
   const selector = selectorOf(tx.data);
@@ -170,8 +176,8 @@ function userOperationFacts(req: UserOperationRequest): RequestFacts {
 
 /**
  * The most gas a user operation can be charged for: what the EntryPoint computes its prefund from (taken from the
- * sender's deposit, or its paymaster's), preVerificationGas included, which goes in full to the bundler. 0.7 adds
- * the paymaster's own limits; 0.6 counts verificationGasLimit three times when there is a paymaster (it also
+ * sender's deposit, or its paymaster's), preVerificationGas included, which goes in full to the bundler. 0.7 and
+ * 0.8 add the paymaster's own limits; 0.6 counts verificationGasLimit three times when there is a paymaster (it also
  * bounds the paymaster's validation and postOp).
  */
 function userOperationGas(req: UserOperationRequest): bigint {

@@ -86,7 +86,10 @@ export const ConditionSchema = z.strictObject({
   maxValue: WeiSchema.optional(),
   /** A message request's kind (`text`, `raw`, `hash`); an allow rule matches a `hash` only when it lists it here. */
   messageKind: list(z.enum(MESSAGE_KINDS)).optional(),
-  /** The most the request can pay for gas, wei: a transaction's gas × (gasPrice or maxFeePerGas); a user operation's gas limits summed × maxFeePerGas. */
+  /**
+   * The most the request can pay for gas, wei: a transaction's gas × (gasPrice or maxFeePerGas), plus a blob
+   * transaction's blob gas × maxFeePerBlobGas; a user operation's gas limits summed × maxFeePerGas.
+   */
   maxFee: WeiSchema.optional(),
   /** A transaction's 4-byte function selector (calldata of at least 4 bytes). */
   selector: list(selector).optional(),

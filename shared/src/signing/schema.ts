@@ -3,7 +3,7 @@
  * `keys.sign` (enclave). Both sides validate with the same strict schemas; the enclave, which trusts nothing the
  * parent says, re-validates and derives the hash itself from the structured input.
  *
- * Field names follow viem (`TransactionSerializable`, `UserOperation` 0.6/0.7, `AuthorizationRequest`);
+ * Field names follow viem (`TransactionSerializable`, `UserOperation` 0.6/0.7/0.8, `AuthorizationRequest`);
  * integers are decimal strings, 0x hex, or (when small) JSON numbers, and come out as bigint or number.
  */
 import { z } from 'zod';
@@ -71,6 +71,14 @@ const txCommon = {
   gas: uint64.optional(),
 };
 
+/** Blobs one EIP-4844 transaction may carry: EIP-7594's MAX_BLOBS_PER_TX (Osaka), viem's limit too. */
+export const MAX_BLOBS_PER_TRANSACTION = 6;
+/** A blob's versioned hash: 32 bytes, the first the version, 0x01 (VERSIONED_HASH_VERSION_KZG, EIP-4844). */
+const blobVersionedHash = bytes32.refine(
+  (h) => h.startsWith('01', 2),
+  'expected a blob versioned hash: 32 bytes whose first byte is the version 0x01 (VERSIONED_HASH_VERSION_KZG, EIP-4844)',
+);
+
 export const TransactionSchema = z.discriminatedUnion('type', [
   z.strictObject({ type: z.literal('legacy'), ...txCommon, gasPrice: uint256 }),
   z.strictObject({ type: z.literal('eip2930'), ...txCommon, gasPrice: uint256, accessList }),
@@ -82,6 +90,29 @@ export const TransactionSchema = z.discriminatedUnion('type', [
     maxPriorityFeePerGas: uint256,
     accessList,
     authorizationList: z.array(signedAuthorization).min(1).max(64),
+  }),
+  /*
+   * A blob transaction is signed over its blob versioned hashes; the blobs, commitments and proofs (the
+   * sidecars) are not part of what is signed, so they are not taken: the caller wraps the signed transaction
+   * with them to broadcast it (README.md, "Caller API").
+   */
+  z.strictObject({
+    type: z.literal('eip4844'),
+    ...txCommon,
+    to: z
+      .string({
+        error: (issue) =>
+          issue.input == null ? 'an EIP-4844 transaction cannot create a contract: `to` must name the recipient' : undefined,
+      })
+      .pipe(addressSchema) as unknown as z.ZodType<`0x${string}`>,
+    maxFeePerGas: uint256,
+    maxPriorityFeePerGas: uint256,
+    maxFeePerBlobGas: uint256,
+    accessList,
+    blobVersionedHashes: z
+      .array(blobVersionedHash)
+      .min(1, 'a blob transaction carries at least one blob: expected its versioned hashes')
+      .max(MAX_BLOBS_PER_TRANSACTION, `a transaction carries at most ${MAX_BLOBS_PER_TRANSACTION} blobs (EIP-7594)`),
   }),
 ]);
 
@@ -114,6 +145,44 @@ export const UserOperationV07Schema = z.strictObject({
   paymasterPostOpGasLimit: uint256.optional(),
   paymasterData: hexData.optional(),
 });
+
+/** EntryPoint 0.8's EIP-7702 marker: a `factory` of 0x7702 (padded) says the sender is an EIP-7702 account. */
+export const EIP7702_FACTORY_MARKER = '0x7702000000000000000000000000000000000000';
+/**
+ * The sender's EIP-7702 authorization (viem's `authorization`): only its `address`, the delegate, enters the
+ * userOpHash, in place of the marker (the EntryPoint reads the sender's delegate from its code). Its signature,
+ * when given, is not read: it is the bundler's to send.
+ */
+const userOperationAuthorization = z.strictObject({
+  address,
+  chainId: safeUint('a chain id'),
+  nonce: safeUint('a nonce'),
+  r: bytes32.optional(),
+  s: bytes32.optional(),
+  yParity: z.union([z.literal(0), z.literal(1)]).optional(),
+});
+/**
+ * EntryPoint 0.8 takes 0.7's packed fields, hashed under EIP-712, and EIP-7702 senders. viem hashes a
+ * 0x7702 factory without an authorization as the marker itself, which no EntryPoint does, and ignores an
+ * authorization with any other factory: both are refused rather than signed over a hash the chain does not use.
+ */
+export const UserOperationV08Schema = z
+  .strictObject({ ...UserOperationV07Schema.shape, authorization: userOperationAuthorization.optional() })
+  .superRefine((op, ctx) => {
+    const eip7702 = op.factory?.toLowerCase() === EIP7702_FACTORY_MARKER;
+    if (eip7702 && !op.authorization)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['authorization'],
+        message: `an EIP-7702 user operation (factory ${EIP7702_FACTORY_MARKER}) needs the sender's authorization: its delegate address is part of the userOpHash`,
+      });
+    if (!eip7702 && op.authorization)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['authorization'],
+        message: `an authorization applies only to an EIP-7702 user operation, whose factory is ${EIP7702_FACTORY_MARKER}`,
+      });
+  });
 
 const typedDataField = z.strictObject({ name: z.string().min(1).max(256), type: z.string().min(1).max(256) });
 export const TypedDataSchema = z
@@ -190,6 +259,13 @@ export const SignRequestSchema = z.discriminatedUnion('type', [
       entryPoint: address,
       userOperation: UserOperationV07Schema,
     }),
+    z.strictObject({
+      type: z.literal('userOperation'),
+      version: z.literal('0.8'),
+      chainId,
+      entryPoint: address,
+      userOperation: UserOperationV08Schema,
+    }),
   ]),
 ]);
 
@@ -207,9 +283,9 @@ export interface SignResult {
   /** The 32-byte digest that was signed. */
   hash: `0x${string}`;
   address: `0x${string}`;
-  /** For transactions: the signed, serialized transaction. */
+  /** For transactions: the signed, serialized transaction (EIP-4844: without the blob sidecars). */
   serializedTransaction?: `0x${string}`;
-  /** For user operations: the EntryPoint's userOpHash (the signed digest is its EIP-191 hash). */
+  /** For user operations: the EntryPoint's userOpHash (signed as is in 0.8; 0.6 and 0.7 sign its EIP-191 hash). */
   userOperationHash?: `0x${string}`;
 }
 
