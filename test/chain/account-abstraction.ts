@@ -5,7 +5,7 @@
  * (0.6 the plain struct, 0.7/0.8 packed).
  */
 import { concat, encodeFunctionData, parseEventLogs, type Address, type Hex, type TransactionReceipt } from 'viem';
-import { getUserOperationTypedData, toPackedUserOperation, type UserOperation } from 'viem/account-abstraction';
+import { toPackedUserOperation, type UserOperation } from 'viem/account-abstraction';
 import type { SignRequestInput } from '@nks/shared/signing/schema';
 import { accountAbstractionArtifact, type Artifact, type Chain, type EntryPointVersion } from './harness';
 
@@ -84,11 +84,9 @@ function jsonSafe(value: unknown): unknown {
 }
 
 type UserOperationRequest = Extract<SignRequestInput, { type: 'userOperation' }>;
-type TypedDataRequest = Extract<SignRequestInput, { type: 'typedData' }>;
 
-/** The keystore's `userOperation` sign request for `op` (0.6/0.7), integers as decimal strings and no signature. */
+/** The keystore's `userOperation` sign request for `op`, integers as decimal strings and no signature. */
 export function userOperationRequest(chain: Chain, d: EntryPointDeployment, op: AnyUserOperation): UserOperationRequest {
-  if (d.version === '0.8') throw new Error('the keystore signs EntryPoint 0.8 operations as typed data (userOperationTypedData)');
   const { signature: _signature, ...fields } = op;
   // The request schema (shared/src/signing/schema.ts) checks each field; jsonSafe only changes how integers are written.
   const userOperation = jsonSafe(fields) as UserOperationRequest['userOperation'];
@@ -99,13 +97,6 @@ export function userOperationRequest(chain: Chain, d: EntryPointDeployment, op: 
     entryPoint: d.entryPoint,
     userOperation,
   };
-}
-
-/** EntryPoint 0.8's userOpHash is an EIP-712 digest: the typed data it is the hash of, in the keystore's JSON form. */
-export function userOperationTypedData(chain: Chain, d: EntryPointDeployment, op: AnyUserOperation): TypedDataRequest['typedData'] {
-  return jsonSafe(
-    getUserOperationTypedData({ chainId: chain.chainId, entryPointAddress: d.entryPoint, userOperation: op }),
-  ) as TypedDataRequest['typedData'];
 }
 
 /** The EntryPoint's own `getUserOpHash` of the (signed) operation. */

@@ -3,8 +3,8 @@
  * 0.7.0, 0.8.0, their own compiled artifacts): an operation signed by a keystore key deploys that key's
  * SimpleAccount through `handleOps` (initCode, or factory + factoryData) and makes its call; the same operation
  * with one field changed after signing is rejected by the EntryPoint (AA24, the account's signature check).
- * EntryPoint 0.8's userOpHash is an EIP-712 digest that SimpleAccount 0.8 checks as it is (no EIP-191 prefix):
- * the keystore signs it as typed data.
+ * The keystore signs the 0.6 and 0.7 userOpHash under EIP-191 and 0.8's, an EIP-712 digest, as it is: what each
+ * release's SimpleAccount recovers.
  */
 import { encodeFunctionData, parseEther, type Address, type Hex } from 'viem';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
@@ -16,7 +16,6 @@ import {
   simpleAccountOperation,
   userOperationEvents,
   userOperationRequest,
-  userOperationTypedData,
   type AnyUserOperation,
   type EntryPointDeployment,
 } from './account-abstraction';
@@ -43,10 +42,6 @@ afterAll(async () => {
 
 /** The keystore's signature of `op` and the userOpHash it says it signed. */
 async function keystoreSign(d: EntryPointDeployment, op: AnyUserOperation): Promise<{ signature: Hex; userOpHash: Hex }> {
-  if (d.version === '0.8') {
-    const signed = await keystore.client.signTypedData(key.keyId, userOperationTypedData(chain, d, op));
-    return { signature: signed.signature, userOpHash: signed.hash };
-  }
   const signed = await keystore.client.sign(key.keyId, userOperationRequest(chain, d, op));
   return { signature: signed.signature, userOpHash: signed.userOperationHash! };
 }

@@ -2,9 +2,25 @@
  * Every transaction type the keystore signs, mined on a real EVM with the sender the chain recovers from the
  * signature being the key: legacy (EIP-155: the chain id in v), EIP-2930 (with an access list), EIP-1559 and
  * EIP-7702 (a keystore-signed authorization in a keystore-signed type-4 transaction, on Prague: the key's
- * account then runs the delegate's code).
+ * account then runs the delegate's code). EIP-4844: EDR takes no blob transactions (its raw-transaction decoder
+ * refuses type 3), so the blob transaction the keystore signs over its blob versioned hashes is checked as a node
+ * checks its sender: recovered from the serialized transaction (viem), which must give the key, and another key
+ * for the same transaction with one hash changed.
  */
-import { encodeFunctionData, parseEther, type Address, type Hex } from 'viem';
+import {
+  commitmentToVersionedHash,
+  encodeFunctionData,
+  keccak256,
+  parseEther,
+  parseTransaction,
+  recoverTransactionAddress,
+  serializeTransaction,
+  stringToHex,
+  type Address,
+  type Hex,
+  type TransactionSerializableEIP4844,
+  type TransactionSerializedEIP4844,
+} from 'viem';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import type { Key } from '../../client/src/sdk';
 import { compileTestContracts, startChain, toKeystoreTransaction, type Artifact, type Chain, type PreparedTransaction } from './harness';
@@ -77,4 +93,47 @@ test('eip7702: a keystore-signed authorization in a keystore-signed type-4 trans
   expect(await chain.publicClient.getCode({ address: key.address })).toBe(`0xef0100${delegate.slice(2).toLowerCase()}`);
   expect(receipt.logs.map((l) => l.address)).toEqual([key.address.toLowerCase()]);
   expect(await chain.read<Address>({ address: key.address, abi: Delegate.abi, functionName: 'self' })).toBe(key.address);
+});
+
+test('eip4844: a keystore-signed blob transaction recovers to the key, and commits to its blob versioned hashes', async () => {
+  const key = await fundedKey();
+  // Versioned hashes of two (made-up) KZG commitments: 0x01 || sha256(commitment)[1:].
+  const blobVersionedHashes = ['one', 'two'].map((b) =>
+    commitmentToVersionedHash({ commitment: `${keccak256(stringToHex(b))}${'00'.repeat(16)}` as Hex }),
+  );
+  const to = privateKeyToAccount(generatePrivateKey()).address;
+  const { maxFeePerGas, maxPriorityFeePerGas } = await chain.publicClient.estimateFeesPerGas();
+  const fields = {
+    chainId: chain.chainId,
+    nonce: 0,
+    to,
+    value: 1n,
+    gas: 21_000n,
+    maxFeePerGas,
+    maxPriorityFeePerGas,
+    maxFeePerBlobGas: 10n ** 9n,
+  };
+  const request = {
+    type: 'eip4844',
+    ...fields,
+    value: '1',
+    gas: '21000',
+    maxFeePerGas: maxFeePerGas.toString(),
+    maxPriorityFeePerGas: maxPriorityFeePerGas.toString(),
+    maxFeePerBlobGas: '1000000000',
+    blobVersionedHashes,
+  } as const;
+  const serialized = (await keystore.client.signTransaction(key.keyId, request)).serializedTransaction as TransactionSerializedEIP4844;
+
+  const parsed = parseTransaction(serialized) as TransactionSerializableEIP4844;
+  expect(parsed).toMatchObject({ type: 'eip4844', ...fields, to: to.toLowerCase(), blobVersionedHashes });
+  expect(await recoverTransactionAddress({ serializedTransaction: serialized })).toBe(key.address);
+
+  // The same signature over the transaction with one blob swapped is some other address's.
+  const { r, s, yParity } = parsed as Required<Pick<TransactionSerializableEIP4844, 'r' | 's' | 'yParity'>>;
+  const swapped = serializeTransaction(
+    { ...parsed, blobVersionedHashes: [blobVersionedHashes[0]!, blobVersionedHashes[0]!] },
+    { r, s, yParity },
+  );
+  expect(await recoverTransactionAddress({ serializedTransaction: swapped })).not.toBe(key.address);
 });
