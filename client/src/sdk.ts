@@ -114,8 +114,23 @@ export interface Key {
   state: KeyState | null;
   /** The key's current record, signed by the keystore identity: check it with `verifyKey`. Null before migration. */
   record: SignedRecord | null;
+  /** A successor's (docs/LIFECYCLE.md): the key it succeeds. */
+  predecessor?: string;
   /** Birth attestation (base64 COSE_Sign1), when the key was created with `attest: true`. */
   attestation?: string;
+}
+
+/** A key in its subject's history (docs/LIFECYCLE.md), oldest first. */
+export interface KeyHistoryEntry {
+  keyId: string;
+  address: `0x${string}`;
+  /** pending, active, retired or cancelled (null for a key made before 0.4 and not migrated yet). */
+  state: KeyState | null;
+  disabled: boolean;
+  /** The key it succeeds, or null. */
+  predecessor: string | null;
+  createdAt: string;
+  updatedAt: string;
 }
 
 /** A project (docs/PROJECTS.md): its record's content, the parent's name for it, and the record itself. */
@@ -390,6 +405,31 @@ export class KeystoreClient {
 
   enableKey(keyId: string): Promise<Key> {
     return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/enable`);
+  }
+
+  /**
+   * The key lifecycle (docs/LIFECYCLE.md), for a token project's keys. `successor` (keys:create) makes a new
+   * key for the same subject, `pending` (it signs) and naming `keyId` as its predecessor; SUCCESSOR_EXISTS while
+   * one is pending. `activate` (admin) makes a pending key the subject's active key and retires its predecessor;
+   * `cancel` (admin) gives a pending key up. A change from the wrong state is KEY_STATE (`details.state` names
+   * the state). None is retried: a repeat after a lost answer would answer KEY_STATE or SUCCESSOR_EXISTS; read
+   * `history` instead. A JWT project's keys change only with their user's JWT (the TrueWallet API).
+   */
+  successor(keyId: string, options: { attest?: boolean } = {}): Promise<Key> {
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/successor`, options, false);
+  }
+
+  activate(keyId: string): Promise<Key> {
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/activate`, undefined, false);
+  }
+
+  cancel(keyId: string): Promise<Key> {
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/cancel`, undefined, false);
+  }
+
+  /** The key's subject's keys, oldest first, with states and times (a key without subject: itself). */
+  async history(keyId: string): Promise<KeyHistoryEntry[]> {
+    return (await this.request<{ keys: KeyHistoryEntry[] }>('GET', `/v1/keys/${encodeURIComponent(keyId)}/history`)).keys;
   }
 
   /** Creates a project (admin token). Never retried: a repeat would make a second project. */

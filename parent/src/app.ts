@@ -124,7 +124,10 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
   const proxy = kmsProxyFor(config, kms, logger, metrics);
   await proxy.listen(transport, config.kmsProxy.listen);
   proxyListening = true;
-  const keys = new KeyRegistry(store, pool, logger, { onPolicyChange: () => metrics.policyChanges.inc() });
+  const keys = new KeyRegistry(store, pool, logger, {
+    onPolicyChange: () => metrics.policyChanges.inc(),
+    onTransition: (transition) => metrics.keyTransitions.inc({ transition }),
+  });
   const tls = new TlsKeys({
     store,
     pool,

@@ -1,6 +1,7 @@
 /**
  * What the caller API does with keys, independent of HTTP: create (idempotent by external id), read, list,
- * sign through the enclave, disable and enable, and fetch attestation documents and the keystore identity.
+ * sign through the enclave, disable and enable, the lifecycle (successor, activate, cancel, history:
+ * docs/LIFECYCLE.md), and fetch attestation documents and the keystore identity.
  *
  * Every key carries a record signed by the keystore identity (docs/RECORDS.md). The registry verifies the
  * stored record and its project's record before it asks the enclave anything about a key (a row that does not
@@ -9,6 +10,7 @@
  * what protects keys from the parent, only what makes a damaged database fail early and clearly.
  */
 import { createHash } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
 import { decodeKeyBlob, type KeyBlob } from '@nks/shared/blob';
 import type { CreateResult } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
@@ -21,7 +23,7 @@ import type { PoliciesInput } from '@nks/shared/policy/schema';
 import { RecordChecker, type KnownIdentity } from './enclave-link/identity';
 import type { EnclavePool } from './enclave-link/pool';
 import { ProjectRegistry } from './project-registry';
-import type { KeyStore, Page, StoredKey } from './store/key-store';
+import { keyStateError, type KeyStore, type Page, type StoredKey } from './store/key-store';
 
 export interface KeyView {
   keyId: string;
@@ -36,9 +38,32 @@ export interface KeyView {
   state: KeyState | null;
   /** The key's current record as the enclave signed it (canonical CBOR and signature, base64). */
   record: SignedRecord | null;
+  /** A successor's: the key it succeeds (docs/LIFECYCLE.md). */
+  predecessor?: string;
   /** The birth attestation, when one was made at creation. */
   attestation?: string;
 }
+
+/** A key in a history (docs/LIFECYCLE.md): its state and times, without its record. */
+export interface HistoryEntry {
+  keyId: string;
+  address: string;
+  state: KeyState | null;
+  disabled: boolean;
+  predecessor: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export const historyEntryOf = (k: StoredKey): HistoryEntry => ({
+  keyId: k.keyId,
+  address: k.address,
+  state: k.state,
+  disabled: k.disabled,
+  predecessor: k.predecessor,
+  createdAt: new Date(k.createdAt).toISOString(),
+  updatedAt: new Date(k.updatedAt).toISOString(),
+});
 
 export function viewOf(k: StoredKey): KeyView {
   return {
@@ -52,6 +77,7 @@ export function viewOf(k: StoredKey): KeyView {
     projectId: k.projectId,
     state: k.state,
     record: k.record,
+    ...(k.predecessor ? { predecessor: k.predecessor } : {}),
     ...(k.attestation ? { attestation: k.attestation } : {}),
   };
 }
@@ -73,14 +99,22 @@ export interface CheckedKey {
 }
 
 /**
- * Checks a `keys.create` or `keys.migrate` answer: the record is signed by the identity, is the key's first
- * (seq 0, active, enabled, of this origin), names this key id, address, project and subject, and binds the
- * blob returned; the blob is version 2 for the same key. KEY_INTEGRITY otherwise.
+ * Checks a `keys.create`, `keys.migrate` or `keys.successor` answer: the record is signed by the identity, is
+ * the key's first (seq 0, enabled, of this origin; active, or pending and naming `predecessor` for a
+ * successor), names this key id, address, project and subject, and binds the blob returned; the blob is
+ * version 2 for the same key. KEY_INTEGRITY otherwise.
  */
 export function checkNewKey(
   checker: RecordChecker,
   made: CreateResult,
-  expected: { keyId: string; projectId: string; subject: string | null; origin: 'created' | 'migrated'; address?: string },
+  expected: {
+    keyId: string;
+    projectId: string;
+    subject: string | null;
+    origin: 'created' | 'migrated';
+    address?: string;
+    predecessor?: string;
+  },
 ): CheckedKey {
   const fail = (cause?: unknown) => new KeystoreError('KEY_INTEGRITY', BAD_ANSWER, { cause });
   if (made?.keyId !== expected.keyId || typeof made.blob !== 'string') throw fail();
@@ -99,7 +133,8 @@ export function checkNewKey(
     record.blobSha256 === blobSha256(made.blob) &&
     record.projectId === expected.projectId &&
     record.subject === expected.subject &&
-    record.state === 'active' &&
+    record.state === (expected.predecessor === undefined ? 'active' : 'pending') &&
+    record.predecessor === expected.predecessor &&
     !record.disabled &&
     record.seq === 0 &&
     record.prev === null &&
@@ -114,6 +149,12 @@ export function checkNewKey(
 
 /** The answer to an operator route asked to act on a JWT project's key (docs/PROJECTS.md): only its user's JWT can. */
 export const JWT_KEY_REFUSED = "a JWT project's key signs only with its user's JWT (the TrueWallet API), never with an operator token";
+/** The answer to an operator route asked to change a JWT project key's lifecycle (docs/LIFECYCLE.md). */
+export const JWT_LIFECYCLE_REFUSED =
+  "a JWT project's key changes state only with its user's JWT carrying nks_action (the TrueWallet API: wallets/rotate, wallets/activate, wallets/cancel), never with an operator token";
+
+/** The lifecycle transitions (docs/LIFECYCLE.md), as counted in `nks_key_transitions_total`. */
+export type Transition = 'successor' | 'activate' | 'cancel';
 
 export interface VerifiedKey {
   record: KeyRecord;
@@ -134,7 +175,7 @@ export class KeyRegistry {
     private readonly store: KeyStore,
     private readonly enclave: EnclavePool,
     private readonly logger: Logger,
-    options: { onPolicyChange?: () => void } = {},
+    private readonly options: { onPolicyChange?: () => void; onTransition?: (t: Transition) => void } = {},
   ) {
     this.projects = new ProjectRegistry(store, enclave, logger, () => this.records(), options.onPolicyChange);
   }
@@ -296,7 +337,7 @@ export class KeyRegistry {
 
   /**
    * A stored key with its verified record and project: the record is signed by the identity and matches the
-   * row (key id, address, seq, project, subject, state, disabled) and the blob's SHA-256; the project's record
+   * row (key id, address, seq, project, subject, state, predecessor, disabled) and the blob's SHA-256; the project's record
    * is signed and is the key's project. KEY_INTEGRITY otherwise, before anything is sent to the enclave.
    */
   verified(k: StoredKey): VerifiedKey {
@@ -316,6 +357,7 @@ export class KeyRegistry {
         record.projectId === k.projectId &&
         record.subject === k.subject &&
         record.state === k.state &&
+        (record.predecessor ?? null) === k.predecessor &&
         record.disabled === (k.disabled && !k.disablePending) &&
         record.blobSha256 === blobSha256(k.blob);
       if (!matches) throw new KeystoreError('KEY_INTEGRITY', TAMPERED_ROW);
@@ -364,14 +406,45 @@ export class KeyRegistry {
    * before 0.4 has no record: its flag is set in the database as before (the migration carries it over).
    */
   async setDisabled(keyId: string, disabled: boolean): Promise<StoredKey> {
+    return this.serialized(keyId, () => this.changeDisabled(keyId, disabled));
+  }
+
+  /** Runs `change` of a key's record after the changes of that key asked before it (each from the record stored last). */
+  private serialized<T>(keyId: string, change: () => Promise<T>): Promise<T> {
     const before = this.changing.get(keyId) ?? Promise.resolve();
-    const run = before.catch(() => undefined).then(() => this.changeDisabled(keyId, disabled));
+    const run = before.catch(() => undefined).then(change);
     const tail = run.catch(() => undefined);
     this.changing.set(keyId, tail);
     void tail.then(() => {
       if (this.changing.get(keyId) === tail) this.changing.delete(keyId);
     });
     return run;
+  }
+
+  /**
+   * A key's next record as the enclave answered it: signed by the identity, and exactly `current` with `change`,
+   * seq + 1 and chained to it (only its time is the enclave's). KEY_INTEGRITY otherwise, and nothing is stored.
+   */
+  private checkNext(
+    answer: SignedRecord,
+    current: { record: KeyRecord; digest: Buffer },
+    change: Partial<Pick<KeyRecord, 'disabled' | 'state'>>,
+  ): { record: KeyRecord; digest: Buffer } {
+    let next: { record: KeyRecord; digest: Buffer };
+    try {
+      next = this.records().key(answer);
+    } catch (err) {
+      throw new KeystoreError('KEY_INTEGRITY', BAD_ANSWER, { cause: err });
+    }
+    const expected: KeyRecord = {
+      ...current.record,
+      ...change,
+      seq: current.record.seq + 1,
+      prev: hex(current.digest),
+      createdAt: next.record.createdAt,
+    };
+    if (!isDeepStrictEqual(next.record, expected)) throw new KeystoreError('KEY_INTEGRITY', BAD_ANSWER);
+    return next;
   }
 
   private async changeDisabled(keyId: string, disabled: boolean): Promise<StoredKey> {
@@ -384,16 +457,138 @@ export class KeyRegistry {
     const { record, digest, signed, project } = this.verified(k);
     if (record.disabled === disabled && !k.disablePending) return k;
     const answer = await this.enclave.call('keys.setDisabled', { record: signed, project: project.signed, disabled });
-    const checker = this.records();
-    let next: KeyRecord;
-    try {
-      next = checker.key(answer?.record).record;
-    } catch (err) {
-      throw new KeystoreError('KEY_INTEGRITY', BAD_ANSWER, { cause: err });
-    }
-    const expected: KeyRecord = { ...record, disabled, seq: record.seq + 1, prev: hex(digest), createdAt: next.createdAt };
-    if (JSON.stringify(next) !== JSON.stringify(expected)) throw new KeystoreError('KEY_INTEGRITY', BAD_ANSWER);
-    return this.store.updateRecord(keyId, answer.record, next);
+    const next = this.checkNext(answer?.record, { record, digest }, { disabled });
+    return this.store.updateRecord(keyId, answer.record, next.record);
+  }
+
+  /**
+   * A key for a lifecycle change through the caller API: verified, of a token project (a JWT project's keys
+   * change only with their user's JWT: FORBIDDEN here, before the enclave, which refuses it too), in `state`
+   * (KEY_STATE naming the state it is in otherwise). The enclave decides again from the signed record.
+   */
+  private lifecycleKey(keyId: string, state: KeyState): { k: StoredKey; v: VerifiedKey } {
+    const k = this.get(keyId);
+    const v = this.verified(k);
+    if (v.project.record.auth.type === 'jwt') throw new KeystoreError('FORBIDDEN', `key ${keyId}: ${JWT_LIFECYCLE_REFUSED}`);
+    if (v.record.state !== state) throw keyStateError(keyId, v.record.state, state);
+    return { k, v };
+  }
+
+  /**
+   * A successor of an active key (docs/LIFECYCLE.md): a new key, same project and subject, state pending,
+   * naming `keyId` as its predecessor; it signs, and becomes the subject's key when activated. It carries the
+   * predecessor's external id and labels. SUCCESSOR_EXISTS when the subject has a pending key already (asked
+   * before and after the enclave makes one: of concurrent requests, one is stored and the others answered so).
+   */
+  async successor(keyId: string, input: { attest?: boolean | undefined } = {}): Promise<StoredKey> {
+    return this.serialized(keyId, () => this.makeSuccessor(keyId, input));
+  }
+
+  private async makeSuccessor(keyId: string, input: { attest?: boolean | undefined }): Promise<StoredKey> {
+    const { k, v } = this.lifecycleKey(keyId, 'active');
+    const subject = v.record.subject;
+    if (subject === null)
+      throw new KeystoreError('INVALID_PARAMS', `key ${keyId} has no subject (made without an externalId): it cannot have a successor`);
+    const exists = () => new KeystoreError('SUCCESSOR_EXISTS', `key ${keyId} already has a pending successor: activate or cancel it first`);
+    if (this.store.pendingKeyFor(v.record.projectId, subject)) throw exists();
+    const newId = newKeyId();
+    const made = await this.enclave.call('keys.successor', {
+      keyId: newId,
+      record: v.signed,
+      project: v.project.signed,
+      attest: input.attest ?? false,
+    });
+    const { record } = checkNewKey(this.records(), made, {
+      keyId: newId,
+      projectId: v.record.projectId,
+      subject,
+      origin: 'created',
+      predecessor: keyId,
+    });
+    const result = this.store.insertSuccessor({
+      keyId: newId,
+      externalId: k.externalId,
+      address: made.address,
+      publicKey: made.publicKey,
+      blob: made.blob,
+      labels: k.labels,
+      attestation: made.attestation ?? null,
+      createdAt: Date.now(),
+      signed: made.record,
+      record,
+    });
+    if (!result.created) throw exists();
+    this.transition('successor', 'key successor made', {
+      keyId: newId,
+      predecessor: keyId,
+      projectId: record.projectId,
+      newRecordSha256: hex(this.records().key(made.record).digest),
+      predecessorRecordSha256: hex(v.digest),
+    });
+    return result.record;
+  }
+
+  /**
+   * Activates a pending key (docs/LIFECYCLE.md): the enclave makes its next record (active) and its
+   * predecessor's (retired); both are checked, then stored in one transaction, or neither. After the other
+   * changes of both keys (the key first: only an activation waits for two, and a predecessor is older).
+   */
+  async activate(keyId: string): Promise<StoredKey> {
+    // A key without predecessor is not pending: lifecycleKey answers KEY_STATE.
+    const predecessorId = this.get(keyId).predecessor;
+    const both = (change: () => Promise<StoredKey>) =>
+      this.serialized(keyId, () => (predecessorId ? this.serialized(predecessorId, change) : change()));
+    return both(async () => {
+      const { v } = this.lifecycleKey(keyId, 'pending');
+      const p = this.verified(this.get(predecessorId as string));
+      const answer = await this.enclave.call('keys.activate', { record: v.signed, predecessor: p.signed, project: v.project.signed });
+      const next = this.checkNext(answer?.record, v, { state: 'active' });
+      const retired = this.checkNext(answer?.predecessor, p, { state: 'retired' });
+      const [stored] = this.store.updateRecords([
+        { signed: answer.record, record: next.record },
+        { signed: answer.predecessor, record: retired.record },
+      ]);
+      this.transition('activate', 'key activated, its predecessor retired', {
+        keyId,
+        predecessor: predecessorId,
+        projectId: next.record.projectId,
+        oldRecordSha256: hex(v.digest),
+        newRecordSha256: hex(next.digest),
+        predecessorOldRecordSha256: hex(p.digest),
+        predecessorNewRecordSha256: hex(retired.digest),
+      });
+      return stored as StoredKey;
+    });
+  }
+
+  /** Cancels a pending key (docs/LIFECYCLE.md): its next record says cancelled, and it never signs again. */
+  async cancel(keyId: string): Promise<StoredKey> {
+    return this.serialized(keyId, async () => {
+      const { v } = this.lifecycleKey(keyId, 'pending');
+      const answer = await this.enclave.call('keys.cancel', { record: v.signed, project: v.project.signed });
+      const next = this.checkNext(answer?.record, v, { state: 'cancelled' });
+      const stored = this.store.updateRecord(keyId, answer.record, next.record);
+      this.transition('cancel', 'key cancelled', {
+        keyId,
+        predecessor: v.record.predecessor,
+        projectId: next.record.projectId,
+        oldRecordSha256: hex(v.digest),
+        newRecordSha256: hex(next.digest),
+      });
+      return stored;
+    });
+  }
+
+  /** A key's history: its subject's keys oldest first (a JWT project's, as `view`, only with `withJwtKeys`). */
+  history(keyId: string, options: { withJwtKeys: boolean }): StoredKey[] {
+    this.view(keyId, options);
+    return this.store.history(keyId);
+  }
+
+  /** Counts and logs a transition; the record hashes name the records before and after (the records say the rest). */
+  private transition(t: Transition, msg: string, fields: Record<string, unknown>): void {
+    this.options.onTransition?.(t);
+    this.logger.info({ transition: t, ...fields }, msg);
   }
 
   /**

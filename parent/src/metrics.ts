@@ -3,7 +3,7 @@
  * KMS calls by outcome, enclave up, keys total, the wallet routes' TLS (installed, certificate expiry), and the
  * enclave's own health counters (read from `enclave.health` at scrape time with a short deadline), its wallet
  * routes' connections and answers and its signing policies' evaluations and denials included, and the policy
- * changes made through this parent. The ingress and egress relays register `nks_ingress_*` and `nks_egress_*`
+ * changes and key lifecycle transitions made through this parent, and the pending successors. The ingress and egress relays register `nks_ingress_*` and `nks_egress_*`
  * on the same registry.
  */
 import client from 'prom-client';
@@ -30,13 +30,15 @@ export class Metrics {
   private readonly enclaveWalletRequests: client.Gauge<'outcome'>;
   /** Records made by `PUT /v1/projects/{id}/policies` that changed a project's policies (this parent process). */
   readonly policyChanges: client.Counter;
+  /** Key lifecycle transitions made through this parent's caller API (docs/LIFECYCLE.md). */
+  readonly keyTransitions: client.Counter<'transition'>;
   private readonly policyDenials: client.Counter<'by'>;
   private readonly policyEvaluations: client.Counter;
   private readonly policyTracked: client.Gauge;
 
   constructor(
     private readonly sources: {
-      keyCounts: () => { total: number; disabled: number; withoutRecord?: number };
+      keyCounts: () => { total: number; disabled: number; withoutRecord?: number; pending?: number };
       enclaveHealth: () => Promise<EnclaveHealth | null>;
     },
   ) {
@@ -117,6 +119,20 @@ export class Metrics {
       collect() {
         this.set(sources.keyCounts().withoutRecord ?? 0);
       },
+    });
+    new client.Gauge({
+      name: 'nks_keys_pending',
+      help: 'Pending keys (successors made, neither activated nor cancelled yet): docs/LIFECYCLE.md',
+      registers: [r],
+      collect() {
+        this.set(sources.keyCounts().pending ?? 0);
+      },
+    });
+    this.keyTransitions = new client.Counter({
+      name: 'nks_key_transitions_total',
+      help: 'Key lifecycle transitions made through the caller API: successor, activate, cancel (docs/LIFECYCLE.md)',
+      labelNames: ['transition'],
+      registers: [r],
     });
     this.enclaveCounter = new client.Gauge({
       name: 'nks_enclave_counter',

@@ -349,7 +349,7 @@ describe('key store', () => {
 
     const store = new KeyStore(file);
     expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
-    expect(SCHEMA_VERSION).toBe(4);
+    expect(SCHEMA_VERSION).toBe(5);
     expect(store.getProjectByKey(p.projectKey)).toMatchObject({ projectId: p.projectId, name: 'one', signed: signedProject });
     expect(store.activeKeyFor(p.projectId, subject)).toMatchObject({ keyId: 'u1', record: key.signed });
     expect(store.currentTlsKey()).toBeUndefined();
@@ -381,7 +381,7 @@ describe('key store', () => {
     const s1 = identity.sign(r1);
     expect(store.updateRecord('k1', s1, r1)).toMatchObject({ disabled: true, recordSeq: 1, record: s1 });
     expect([store.get('k1')?.disabled, store.get('k2')?.disabled]).toEqual([true, false]);
-    expect(store.counts()).toEqual({ total: 2, disabled: 1, withoutRecord: 0 });
+    expect(store.counts()).toEqual({ total: 2, disabled: 1, withoutRecord: 0, pending: 0 });
     // Not the next record: the same seq again, one skipped, or one for another key.
     for (const [keyId, r] of [
       ['k1', r1],
@@ -402,7 +402,7 @@ describe('key store', () => {
 
     const r2 = next(r1, false);
     expect(store.updateRecord('k1', identity.sign(r2), r2).disabled).toBe(false);
-    expect(store.counts()).toEqual({ total: 2, disabled: 0, withoutRecord: 0 });
+    expect(store.counts()).toEqual({ total: 2, disabled: 0, withoutRecord: 0, pending: 0 });
     store.close();
     store = new KeyStore(file);
     expect(store.get('k1')).toMatchObject({
@@ -444,6 +444,7 @@ describe('key store', () => {
       projectId: null,
       subject: null,
       state: null,
+      predecessor: null,
       record: null,
       recordSeq: null,
       disablePending: false,
@@ -451,7 +452,7 @@ describe('key store', () => {
       updatedAt: 6,
     });
     expect(store.get('old2')).toMatchObject({ disabled: true, record: null });
-    expect(store.counts()).toEqual({ total: 2, disabled: 1, withoutRecord: 2 });
+    expect(store.counts()).toEqual({ total: 2, disabled: 1, withoutRecord: 2, pending: 0 });
     expect(store.keysWithoutRecord(0, 10).map((k) => k.keyId)).toEqual(['old1', 'old2']);
     expect(store.keysWithoutRecord(store.keysWithoutRecord(0, 1)[0]?.rowSeq as number, 10).map((k) => k.keyId)).toEqual(['old2']);
     // Their flag is set as before; a record-bound change is refused.
@@ -478,7 +479,7 @@ describe('key store', () => {
     store.migrateKey('old2', 'djI=', identity.sign(second), second);
     expect(store.get('old2')).toMatchObject({ disabled: true, disablePending: true });
     expect(store.keysPendingDisable()).toEqual(['old2']);
-    expect(store.counts()).toEqual({ total: 3, disabled: 1, withoutRecord: 0 });
+    expect(store.counts()).toEqual({ total: 3, disabled: 1, withoutRecord: 0, pending: 0 });
     store.close();
 
     // Reopened at the current version: nothing runs again.

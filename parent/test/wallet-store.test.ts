@@ -2,7 +2,9 @@
  * The wallet store (parent/src/wallet-store/server.ts), asked over the simulated vsock as the enclave's wallet
  * routes ask it, on a real SQLite file, with records signed by a test identity as the enclave signs them. It
  * answers projects and users' keys, stores a user's first key once (a second for the same user answers the
- * first), and refuses an insert whose record is forged or does not bind the key it names, storing nothing.
+ * first), and refuses an insert whose record is forged or does not bind the key it names, storing nothing. The
+ * lifecycle's methods: a user's successor stored once, an activation's two records stored together, and records
+ * that are forged or not the next of their key refused with nothing stored.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -11,14 +13,14 @@ import { WalletStoreApi } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import { newKeyId } from '@nks/shared/identifiers';
 import { silentLogger } from '@nks/shared/log';
-import type { KeyRecord, ProjectRecord } from '@nks/shared/records';
+import { hex, recordDigest, type KeyRecord, type ProjectRecord } from '@nks/shared/records';
 import { RpcClient } from '@nks/shared/rpc';
 import { SimulatedVsockTransport } from '@nks/shared/transport';
 import { captureLogger, rejection, tempRunDir, type CapturedLogger } from '@nks/shared-test/helpers';
 import { RecordChecker } from '../src/enclave-link/identity';
 import { blobSha256 } from '../src/key-registry';
 import { KeyStore } from '../src/store/key-store';
-import { NOT_THE_KEY, WalletStore } from '../src/wallet-store/server';
+import { NOT_THE_KEY, NOT_THE_NEXT, WalletStore } from '../src/wallet-store/server';
 import { fakeKeyBlob, TestIdentity } from './fake-enclave';
 
 const ADDRESS = 'vsock://3:8002';
@@ -192,5 +194,118 @@ describe('wallet store', () => {
     };
     expect((await rejection(client.call('store.insertUserKey', madeKey()))).code).toBe('IDENTITY_UNAVAILABLE');
     expect(store.counts().total).toBe(0);
+  });
+
+  describe('the key lifecycle (docs/LIFECYCLE.md)', () => {
+    const digestOf = (signed: { record: string }) => hex(recordDigest(Buffer.from(signed.record, 'base64')));
+    /** The record after `signed` in `state`, as the enclave makes it (`over` changes it). */
+    const nextOf = (signed: { record: string; signature: string }, state: KeyRecord['state'], over: Partial<KeyRecord> = {}) => {
+      const r = checker.key(signed).record;
+      return identity.sign({ ...r, state, seq: r.seq + 1, prev: digestOf(signed), createdAt: Date.now(), ...over });
+    };
+    /** Alice's first key, stored, and a successor of it as `keys.successor` answers it (not stored). */
+    const aliceWithSuccessor = async () => {
+      const first = madeKey();
+      await client.call('store.insertUserKey', first);
+      return { first, successor: madeKey(alice, { state: 'pending', predecessor: first.keyId }) };
+    };
+    const states = (...keyIds: string[]) => keyIds.map((k) => [store.get(k)?.state, store.get(k)?.recordSeq]);
+
+    it("stores a user's successor once, as the pending key; the active key stays the first", async () => {
+      const { first, successor } = await aliceWithSuccessor();
+      expect(await client.call('store.pendingUserKey', { projectId: JWT.projectId, subject: alice })).toEqual({ key: null });
+      const inserted = await client.call('store.insertSuccessor', successor);
+      expect(inserted).toEqual({ inserted: true, key: { keyId: successor.keyId, blob: successor.blob, record: successor.record } });
+      expect(await client.call('store.pendingUserKey', { projectId: JWT.projectId, subject: alice })).toEqual({ key: inserted.key });
+      expect((await client.call('store.userKey', { projectId: JWT.projectId, subject: alice })).key?.keyId).toBe(first.keyId);
+      expect(store.get(successor.keyId)).toMatchObject({ state: 'pending', predecessor: first.keyId, externalId: null });
+      // Another successor while one is pending: the pending one is answered, nothing stored.
+      const other = madeKey(alice, { state: 'pending', predecessor: first.keyId });
+      expect(await client.call('store.insertSuccessor', other)).toEqual({ inserted: false, key: inserted.key });
+      expect(store.get(other.keyId)).toBeUndefined();
+      expect(log.lines().filter((l) => l.msg === 'stored a successor for a JWT user')).toHaveLength(1);
+    });
+
+    it.each<[string, (first: ReturnType<typeof madeKey>) => ReturnType<typeof madeKey>]>([
+      ['a first key (no predecessor)', () => madeKey()],
+      ['a pending record without predecessor', () => madeKey(alice, { state: 'pending' })],
+      ['an active record with a predecessor', (first) => madeKey(alice, { predecessor: first.keyId })],
+      [
+        'a record signed by another identity',
+        (first) => {
+          const k = madeKey(alice, { state: 'pending', predecessor: first.keyId });
+          return { ...k, record: someoneElse.sign(checker.key(k.record).record) };
+        },
+      ],
+    ])('refuses as a successor %s with KEY_INTEGRITY and stores nothing', async (_name, make) => {
+      const { first } = await aliceWithSuccessor();
+      const err = await rejection(client.call('store.insertSuccessor', make(first)));
+      expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', NOT_THE_KEY]);
+      expect(store.counts().total).toBe(1);
+    });
+
+    it('refuses a successor of a key not stored, or of a key no longer active, naming its state', async () => {
+      const { first } = await aliceWithSuccessor();
+      const orphan = madeKey(alice, { state: 'pending', predecessor: newKeyId() });
+      expect((await rejection(client.call('store.insertSuccessor', orphan))).code).toBe('KEY_NOT_FOUND');
+      await client.call('store.updateRecords', { records: [nextOf(first.record, 'retired')] });
+      const late = madeKey(alice, { state: 'pending', predecessor: first.keyId });
+      const err = await rejection(client.call('store.insertSuccessor', late));
+      expect([err.code, err.details]).toEqual(['KEY_STATE', { state: 'retired' }]);
+      expect(store.counts().total).toBe(1);
+    });
+
+    it('stores an activation: both records together; the user key is then the successor', async () => {
+      const { first, successor } = await aliceWithSuccessor();
+      await client.call('store.insertSuccessor', successor);
+      const records = [nextOf(successor.record, 'active'), nextOf(first.record, 'retired')];
+      expect(await client.call('store.updateRecords', { records })).toEqual({ updated: true });
+      expect(states(first.keyId, successor.keyId)).toEqual([
+        ['retired', 1],
+        ['active', 1],
+      ]);
+      expect((await client.call('store.userKey', { projectId: JWT.projectId, subject: alice })).key).toEqual({
+        keyId: successor.keyId,
+        blob: successor.blob,
+        record: records[0],
+      });
+      expect(await client.call('store.pendingUserKey', { projectId: JWT.projectId, subject: alice })).toEqual({ key: null });
+      // The same records again (a replay): no longer the next ones, refused, nothing changes.
+      const again = await rejection(client.call('store.updateRecords', { records }));
+      expect(again.code).toBe('KEY_INTEGRITY');
+      expect(states(first.keyId, successor.keyId)).toEqual([
+        ['retired', 1],
+        ['active', 1],
+      ]);
+    });
+
+    it.each<[string, (first: { record: string; signature: string }) => { record: string; signature: string }]>([
+      ['signed by another identity', (r) => someoneElse.sign(checker.key(nextOf(r, 'retired')).record)],
+      ['skipping a seq', (r) => nextOf(r, 'retired', { seq: 2 })],
+      ['chained to another record', (r) => nextOf(r, 'retired', { prev: `0x${'cd'.repeat(32)}` })],
+      ['that does not decode', () => ({ record: 'AAAA', signature: Buffer.alloc(64).toString('base64') })],
+    ])('refuses a pair whose second record is %s: KEY_INTEGRITY, neither stored', async (_name, bad) => {
+      const { first, successor } = await aliceWithSuccessor();
+      await client.call('store.insertSuccessor', successor);
+      const err = await rejection(client.call('store.updateRecords', { records: [nextOf(successor.record, 'active'), bad(first.record)] }));
+      expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', NOT_THE_NEXT]);
+      expect(states(first.keyId, successor.keyId)).toEqual([
+        ['active', 0],
+        ['pending', 0],
+      ]);
+      expect(log.text()).toContain('wallet store: refused a record update');
+    });
+
+    it('refuses two records of one key, and a record of a key not stored', async () => {
+      const { first } = await aliceWithSuccessor();
+      const twice = await rejection(
+        client.call('store.updateRecords', { records: [nextOf(first.record, 'retired'), nextOf(first.record, 'retired')] }),
+      );
+      expect(twice.code).toBe('INVALID_PARAMS');
+      const unknown = madeKey();
+      const missing = await rejection(client.call('store.updateRecords', { records: [nextOf(unknown.record, 'retired')] }));
+      expect(missing.code).toBe('KEY_NOT_FOUND');
+      expect(states(first.keyId)).toEqual([['active', 0]]);
+    });
   });
 });

@@ -126,3 +126,18 @@ export const SCHEMA_V3_STEP = `ALTER TABLE projects ADD COLUMN project_key TEXT;
    ALTER TABLE projects ADD COLUMN created_at INTEGER;
    CREATE UNIQUE INDEX projects_key ON projects (project_key);
    CREATE UNIQUE INDEX keys_active_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'active';`;
+
+/** Schema version 4 (0.6) over version 3, as 0.6 migrated it: frozen here, as 0.6 wrote it. */
+export const SCHEMA_V4_STEP = `CREATE TABLE tls_keys (
+     public_key     TEXT PRIMARY KEY,
+     blob           TEXT NOT NULL,
+     blob_signature TEXT NOT NULL,
+     names          TEXT NOT NULL,
+     csr            TEXT NOT NULL,
+     created_at     INTEGER NOT NULL,
+     chain          TEXT,
+     installed_at   INTEGER,
+     current        INTEGER NOT NULL DEFAULT 0 CHECK (current IN (0, 1)),
+     CHECK (current = 0 OR chain IS NOT NULL)
+   ) STRICT;
+   CREATE UNIQUE INDEX tls_keys_current ON tls_keys (current) WHERE current = 1;`;

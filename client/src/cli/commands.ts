@@ -19,6 +19,7 @@ import {
 import type { Key } from '../sdk';
 import { clientFor, connectionOptions, parse, readInput, readJsonInput, UsageError } from './context';
 import { keysVerifyCommand } from './verify-commands';
+import { lifecycleCommand } from './lifecycle-commands';
 import { fields, print } from './output';
 
 const keyRows = (k: Key): Array<[string, unknown]> => [
@@ -121,8 +122,13 @@ export async function keysCommand(args: string[]): Promise<number> {
     }
     case 'verify':
       return keysVerifyCommand(rest);
+    case 'successor':
+    case 'activate':
+    case 'cancel':
+    case 'history':
+      return lifecycleCommand(sub, rest);
     default:
-      throw new UsageError('usage: nks keys create|get|list|verify|disable|enable ...');
+      throw new UsageError('usage: nks keys create|get|list|verify|disable|enable|successor|activate|cancel|history ...');
   }
 }
 

@@ -16,6 +16,12 @@ const HELP = `nks — nitro-keystore command-line client
   nks keys get <keyId>
   nks keys list [--external-id ID] [--limit N] [--cursor C] [--all]
   nks keys disable|enable <keyId>
+  nks keys successor <keyId> [--attest]
+  nks keys activate|cancel <keyId>
+  nks keys history <keyId>
+      the key lifecycle (docs/LIFECYCLE.md): successor makes a pending key for the same subject (it signs;
+      keys:create), activate makes it the subject's key and retires its predecessor, cancel gives it up
+      (admin); history lists the subject's keys, oldest first
   nks keys verify <keyId> --identity 0x…|FILE --pcr0 HEX [--pcr0 HEX]... [--root PEM] [--require-birth]
                   [--external-id ID] [--subject S] [--project P] [--view FILE]
       checks the key's record is signed by the keystore identity you pinned, is the record of <keyId> (and of

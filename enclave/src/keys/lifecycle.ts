@@ -10,7 +10,8 @@
  *   project and subject), `active`, in an active project; both next records are made and remembered together.
  * - cancel: the key must be `pending` (in any project state: giving a key up takes no power away from anyone).
  *
- * `disabled` is a separate flag, kept as it is by every transition. A record that does not fit the others (another
+ * `disabled` is a separate flag, kept as it is by every transition and inherited by a successor: a rotation
+ * does not undo an operator's hold. A record that does not fit the others (another
  * project, a predecessor that is not the one named) is the one KEY_INTEGRITY; a genuine record in a state that
  * does not allow the change is KEY_STATE naming the state. Who may ask is the vault's rule (`authorize`): for a
  * JWT project, the key's user with a JWT for exactly this change (auth/jwt.ts); no operator can.
@@ -19,6 +20,11 @@
  * refused, so a parent replaying a key's active record after its retirement gets KEY_INTEGRITY while the enclave
  * runs (across a restart: docs/SECURITY.md, "The key lifecycle"). A retired or cancelled key is dropped from the
  * key cache; it would be refused anyway (keys/vault.ts, `states`).
+ *
+ * An activate or cancel asked again with the same records (the answer was lost before the store kept it: a
+ * crash, a failed write) is answered the records it made then, if they are still the newest, after the same
+ * authorization: otherwise the records before are refused and the records made exist nowhere, and the user could
+ * neither finish nor undo the change until the enclave restarts. Answering them again gives nobody anything new.
  */
 import { KeystoreError } from '@nks/shared/errors';
 import type { ActivateResult, CreateResult, SetDisabledResult } from '@nks/shared/enclave-api';
@@ -27,6 +33,7 @@ import { hex, type KeyRecord, type KeyState, type ProjectRecord, type SignedReco
 import type { JwtUser } from '../auth/jwt';
 import type { KeystoreIdentity } from '../identity/keystore-identity';
 import type { Verified, VerifiedRecords } from '../records/verified';
+import { Lru } from '../records/lru';
 import type { KeyCache } from './cache';
 
 /** A transition from a state that does not allow it: the state named, in the message and in `details`. */
@@ -69,11 +76,20 @@ export interface LifecycleDeps {
    * project's change needs its user's JWT for `action`. Answers the verified user (undefined for a token project).
    */
   authorize(project: ProjectRecord, key: KeyRecord, jwt: string | undefined, action: LifecycleAction): Promise<JwtUser | undefined>;
-  /** Makes the successor: a new key as keys.create makes one, in state pending with `predecessor` set. */
-  make(keyId: string, project: ProjectRecord, subject: string | null, predecessor: string, attest: boolean): Promise<CreateResult>;
+  /**
+   * Makes the successor of `predecessor`: a new key as keys.create makes one, in state pending, with its subject,
+   * `predecessor` set to its key id, and its `disabled` flag (an operator's hold is not undone by a rotation).
+   */
+  make(keyId: string, project: ProjectRecord, predecessor: KeyRecord, attest: boolean): Promise<CreateResult>;
 }
 
+/** How many transitions' answers are kept for a repeated request (a few hundred bytes each). */
+const ANSWERS_KEPT = 4096;
+
 export class KeyLifecycle {
+  /** The records made by recent activates and cancels, by the digests of the records they were made from. */
+  private readonly answered = new Lru<string, ActivateResult | SetDisabledResult>(ANSWERS_KEPT);
+
   constructor(private readonly deps: LifecycleDeps) {}
 
   async successor(p: SuccessorInput): Promise<CreateResult> {
@@ -89,7 +105,7 @@ export class KeyLifecycle {
     const user = await this.deps.authorize(project.record, old.record, p.jwt, 'rotate');
     // The JWT check may have waited (a JWKS fetch): the key may have been changed meanwhile.
     this.stillCurrent([old, project], user);
-    return this.deps.make(p.keyId, project.record, old.record.subject, old.record.keyId, p.attest ?? false);
+    return this.deps.make(p.keyId, project.record, old.record, p.attest ?? false);
   }
 
   async activate(p: ActivateInput): Promise<ActivateResult> {
@@ -106,6 +122,9 @@ export class KeyLifecycle {
       k.subject !== b.subject
     )
       throw records.refused();
+    const again = `activate\u0000${hex(key.digest)}\u0000${hex(before.digest)}`;
+    const made = this.answered.get(again) as ActivateResult | undefined;
+    if (made) return this.answerAgain(made, [made.record, made.predecessor], project, k, p.jwt, 'activate');
     records.current(key);
     records.current(before);
     records.current(project);
@@ -121,7 +140,9 @@ export class KeyLifecycle {
     records.remember<KeyRecord>(active, 'key');
     records.remember<KeyRecord>(retired, 'key');
     this.deps.cache.forget(b.keyId);
-    return { record: active, predecessor: retired };
+    const result = { record: active, predecessor: retired };
+    this.answered.set(again, result);
+    return result;
   }
 
   async cancel(p: CancelInput): Promise<SetDisabledResult> {
@@ -129,6 +150,9 @@ export class KeyLifecycle {
     const key = records.key(p.record);
     const project = records.project(p.project);
     if (key.record.projectId !== project.record.projectId) throw records.refused();
+    const again = `cancel\u0000${hex(key.digest)}`;
+    const made = this.answered.get(again);
+    if (made) return this.answerAgain(made, [made.record], project, key.record, p.jwt, 'cancel');
     records.current(key);
     records.current(project);
     if (key.record.state !== 'pending') throw keyStateError(key.record.state);
@@ -137,7 +161,30 @@ export class KeyLifecycle {
     const record = this.sign(nextKeyRecord(key, { state: 'cancelled' }, this.deps.now()));
     records.remember<KeyRecord>(record, 'key');
     this.deps.cache.forget(key.record.keyId);
+    this.answered.set(again, { record });
     return { record };
+  }
+
+  /**
+   * A transition asked again with the records it was made from: the same authorization as the first time, then
+   * the records made then, if they are still the newest of their keys (KEY_INTEGRITY otherwise, as for any
+   * superseded record). The project record must be current, as for any request.
+   */
+  private async answerAgain<R extends ActivateResult | SetDisabledResult>(
+    made: R,
+    records: SignedRecord[],
+    project: Verified<ProjectRecord>,
+    key: KeyRecord,
+    jwt: string | undefined,
+    action: LifecycleAction,
+  ): Promise<R> {
+    const r = this.deps.records;
+    r.current(project);
+    const user = await this.deps.authorize(project.record, key, jwt, action);
+    r.stillCurrent(project);
+    user?.stillValid();
+    for (const signed of records) if (!r.isCurrent(r.key(signed))) throw r.refused();
+    return made;
   }
 
   /** After a wait: the records still the newest seen (so their states are those of now), the JWT unexpired. */

@@ -57,6 +57,12 @@ import type { KeyCache, CachedKey } from './cache';
 import { KeyLifecycle, nextKeyRecord, type ActivateInput, type CancelInput, type SuccessorInput } from './lifecycle';
 import { sealSecret } from './seal';
 
+/** What a successor takes from the key it succeeds (keys/lifecycle.ts). */
+interface SuccessorOf {
+  keyId: string;
+  disabled: boolean;
+}
+
 const sha256Hex = (b: Uint8Array) => hex(createHash('sha256').update(b).digest());
 
 export interface SignParams {
@@ -115,8 +121,11 @@ export class KeyVault {
       cache: deps.cache,
       now: () => this.now(),
       authorize: (project, key, jwt, action) => this.authorize(project, key, jwt, action),
-      make: (keyId, project, subject, predecessor, attest) =>
-        this.make(keyId, project.projectId, subject, attest, { origin: 'created', predecessor }),
+      make: (keyId, project, predecessor, attest) =>
+        this.make(keyId, project.projectId, predecessor.subject, attest, {
+          origin: 'created',
+          successorOf: { keyId: predecessor.keyId, disabled: predecessor.disabled },
+        }),
     });
   }
 
@@ -147,7 +156,7 @@ export class KeyVault {
     projectId: string,
     subject: string | null,
     attest: boolean,
-    how: { origin: KeyOrigin; predecessor?: string },
+    how: { origin: KeyOrigin; successorOf?: SuccessorOf },
   ): Promise<CreateResult> {
     const secret = generateSecret();
     let result: CreateResult;
@@ -213,13 +222,13 @@ export class KeyVault {
 
   /**
    * Seals `secret` as a version 2 key blob and signs the key's first record: `active`, or `pending` for a
-   * successor (one with a `predecessor`, which its records name from now on).
+   * successor (whose records name its predecessor from now on, and which starts disabled if it was).
    */
   private seal(
     secret: Uint8Array,
-    k: { keyId: string; address: `0x${string}`; projectId: string; subject: string | null; origin: KeyOrigin; predecessor?: string },
+    k: { keyId: string; address: `0x${string}`; projectId: string; subject: string | null; origin: KeyOrigin; successorOf?: SuccessorOf },
   ): CreateResult {
-    const { predecessor, ...bound } = k;
+    const { successorOf, ...bound } = k;
     const blob = encodeBlob(
       sealSecret(secret, { ...bound, kmsKeyArn: this.deps.kmsKeyArn, kmsPublicKey: this.deps.kmsPublicKey, createdAt: this.now() }),
     );
@@ -237,7 +246,7 @@ export class KeyVault {
       prev: null,
       origin: k.origin,
       createdAt: this.now(),
-      ...(predecessor === undefined ? {} : { state: 'pending' as const, predecessor }),
+      ...(successorOf === undefined ? {} : { state: 'pending' as const, predecessor: successorOf.keyId, disabled: successorOf.disabled }),
     };
     const { signed } = this.deps.identity().sign(record);
     this.deps.records.remember<KeyRecord>(signed, 'key');

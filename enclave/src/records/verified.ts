@@ -13,11 +13,14 @@
  *   the record from before (seq n-1). The marks live in memory only: a restart forgets them, and an older
  *   record is then accepted again until a newer one is seen. That is the documented limit of this check
  *   (docs/RECORDS.md). Key marks are bounded like the cache (a mark dropped at the bound is forgotten as by a
- *   restart). Project marks are never dropped: a project's record carries its policy and its approvers, and
+ *   restart), except the marks of retired and cancelled keys, which are never dropped: a parent that could push
+ *   one out (by disabling many keys of its own) would hand back the key's record from before and sign with a
+ *   retired key, or activate a second successor, without the restart everyone can see (docs/LIFECYCLE.md).
+ *   Project marks are never dropped either: a project's record carries its policy and its approvers, and
  *   a parent that could push a mark out (by changing many other projects) would hand back the record from
  *   before the approvers without the restart everyone can see (docs/POLICIES.md, "Approvers"). At the bound a
- *   project that needs a new mark is refused (OVERLOADED): the parent made that many project changes, which
- *   denies service and nothing else.
+ *   project (a retired or cancelled key) that needs a new mark is refused (OVERLOADED): the parent made that many
+ *   project changes (key transitions), which denies service and nothing else.
  *
  * Every integrity failure is one KEY_INTEGRITY with one fixed message (`integrityRefused`), whichever check
  * failed, and is counted in `failures` (health: integrityFailures): the parent learns "no", never which.
@@ -26,6 +29,7 @@ import type { KeyObject } from 'node:crypto';
 import { KeystoreError } from '@nks/shared/errors';
 import {
   decodeKeyRecord,
+  isFinalKeyState,
   decodeProjectRecord,
   MAX_RECORD_BYTES,
   recordDigest,
@@ -74,6 +78,8 @@ export class VerifiedRecords {
   failures = 0;
   private readonly verified: Lru<string, Entry>;
   private readonly keyMarks: Lru<string, number>;
+  /** The marks of retired and cancelled keys: never dropped (see the file comment). */
+  private readonly finalKeyMarks = new Map<string, number>();
   private readonly projectMarks = new Map<string, number>();
   private readonly maxProjectMarks: number;
 
@@ -113,21 +119,34 @@ export class VerifiedRecords {
    */
   current(v: Verified<KeyRecord> | Verified<ProjectRecord>): void {
     const { record } = v;
-    const [marks, id] = this.marksOf(record);
-    const mark = marks.get(id);
+    const id = this.idOf(record);
+    const mark = this.markOf(record, id);
     if (mark !== undefined && record.seq < mark) throw this.refused();
     // Only a record after the first needs a mark (nothing is older than seq 0): making keys does not push
     // the marks of changed keys out of the bound.
-    if (record.seq > 0 && (mark === undefined || record.seq > mark)) {
-      if (marks === this.projectMarks && mark === undefined && this.projectMarks.size >= this.maxProjectMarks) {
-        throw new KeystoreError(
-          'OVERLOADED',
-          `the enclave keeps the newest record of at most ${this.maxProjectMarks} changed projects (records.maxSeqMarks)`,
-          { retryable: false },
-        );
-      }
-      marks.set(id, record.seq);
+    if (record.seq === 0 || (mark !== undefined && record.seq <= mark)) return;
+    if (record.kind === 'project') {
+      this.pinned(this.projectMarks, id, 'changed projects').set(id, record.seq);
+    } else if (isFinalKeyState(record.state)) {
+      this.pinned(this.finalKeyMarks, id, 'retired or cancelled keys').set(id, record.seq);
+      this.keyMarks.delete(id);
+    } else {
+      this.keyMarks.set(id, record.seq);
     }
+  }
+
+  /** A map of marks that are never dropped, with room for `id`; OVERLOADED at the bound. */
+  private pinned(marks: Map<string, number>, id: string, what: string): Map<string, number> {
+    if (!marks.has(id) && marks.size >= this.maxProjectMarks) {
+      throw new KeystoreError(
+        'OVERLOADED',
+        `the enclave keeps the newest record of at most ${this.maxProjectMarks} ${what} (records.maxSeqMarks)`,
+        {
+          retryable: false,
+        },
+      );
+    }
+    return marks;
   }
 
   /**
@@ -136,15 +155,13 @@ export class VerifiedRecords {
    * may have made a newer record, e.g. disabled the key or the project.
    */
   stillCurrent(v: Verified<KeyRecord> | Verified<ProjectRecord>): void {
-    const [marks, id] = this.marksOf(v.record);
-    const mark = marks.get(id);
+    const mark = this.markOf(v.record, this.idOf(v.record));
     if (mark !== undefined && v.record.seq < mark) throw this.refused();
   }
 
   /** Whether no newer record of its key or project has been seen (no failure counted): for a cache's entries. */
   isCurrent(v: { record: KeyRecord | ProjectRecord }): boolean {
-    const [marks, id] = this.marksOf(v.record);
-    const mark = marks.get(id);
+    const mark = this.markOf(v.record, this.idOf(v.record));
     return mark === undefined || v.record.seq >= mark;
   }
 
@@ -152,8 +169,14 @@ export class VerifiedRecords {
    * A key is its key id and address: key ids are the parent's choice, so two keys made under one id (the
    * parent's doing) keep separate marks rather than refusing each other.
    */
-  private marksOf(record: KeyRecord | ProjectRecord): [Lru<string, number> | Map<string, number>, string] {
-    return record.kind === 'key' ? [this.keyMarks, `${record.keyId}\u0000${record.address}`] : [this.projectMarks, record.projectId];
+  private idOf(record: KeyRecord | ProjectRecord): string {
+    return record.kind === 'key' ? `${record.keyId}\u0000${record.address}` : record.projectId;
+  }
+
+  /** The highest seq seen of the record's key or project, if any is kept. */
+  private markOf(record: KeyRecord | ProjectRecord, id: string): number | undefined {
+    if (record.kind === 'project') return this.projectMarks.get(id);
+    return this.finalKeyMarks.get(id) ?? this.keyMarks.get(id);
   }
 
   /**

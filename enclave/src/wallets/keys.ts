@@ -40,7 +40,7 @@ import {
 import { newKeyId } from '@nks/shared/identifiers';
 import type { Logger } from '@nks/shared/log';
 import type { JwtProjectAuth, LifecycleAction } from '@nks/shared/project-auth';
-import type { ProjectRecord, SignedRecord } from '@nks/shared/records';
+import type { KeyState, ProjectRecord, SignedRecord } from '@nks/shared/records';
 import type { MethodName, ParamsOf, RpcClient } from '@nks/shared/rpc';
 import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
 import type { JwtVerifier } from '../auth/jwt';
@@ -174,7 +174,7 @@ export class WalletKeys {
     );
     if (!inserted) {
       // Another request stored a successor first: the one made here was never answered and is dropped.
-      this.mine(kept, project, subject);
+      this.mine(kept, project, subject, ['pending', 'cancelled']);
       throw successorExists();
     }
     if (kept.keyId !== keyId || kept.blob !== key.blob || !sameRecord(kept.record, key.record)) throw this.deps.records.refused();
@@ -182,9 +182,13 @@ export class WalletKeys {
     return { keyId, address: made.address };
   }
 
-  /** The user's pending key becomes their key, the one it succeeds retired: its address. */
-  async activate(project: JwtProject, jwt: string, subject: string): Promise<{ keyId: string; address: string }> {
-    const pending = await this.pendingOrNone(project, subject);
+  /**
+   * The user's pending key, the one at `address` (the user names it: the store might hold another successor),
+   * becomes their key, the one it succeeds retired: its address.
+   */
+  async activate(project: JwtProject, jwt: string, subject: string, address?: string): Promise<{ keyId: string; address: string }> {
+    if (address === undefined) throw new KeystoreError('INVALID_PARAMS', 'activate names the address of the pending key');
+    const pending = await this.pendingOrNone(project, subject, address);
     const active = await this.stored(project, subject);
     // A pending key without the key it succeeds: the store's answers do not fit together.
     if (!active) throw this.deps.records.refused();
@@ -199,9 +203,9 @@ export class WalletKeys {
     return { keyId: pending.keyId, address: this.addressOf(pending) };
   }
 
-  /** The user's pending key is given up (it never signs again): its address. */
-  async cancel(project: JwtProject, jwt: string, subject: string): Promise<{ keyId: string; address: string }> {
-    const pending = await this.pendingOrNone(project, subject);
+  /** The user's pending key (the one at `address`, if given) is given up (it never signs again): its address. */
+  async cancel(project: JwtProject, jwt: string, subject: string, address?: string): Promise<{ keyId: string; address: string }> {
+    const pending = await this.pendingOrNone(project, subject, address);
     const { record } = await this.deps.vault.cancel({ record: pending.record, project: project.signed, jwt });
     await this.ask('store.updateRecords', { records: [record] }, StoreUpdateRecordsAnswer);
     this.deps.logger.info({ projectId: project.record.projectId, keyId: pending.keyId }, 'cancelled a successor');
@@ -242,29 +246,46 @@ export class WalletKeys {
     return res.data;
   }
 
-  /** A key the store answered, checked to be the user's in this project before anything acts on it. */
-  private mine(key: StoredUserKey, project: JwtProject, subject: string): StoredUserKey {
+  /**
+   * A key the store answered, checked to be the user's in this project, and in one of `states` (what the store
+   * was asked for), before anything acts on it.
+   */
+  private mine(key: StoredUserKey, project: JwtProject, subject: string, states: readonly KeyState[]): StoredUserKey {
     const { records } = this.deps;
     const { record } = records.key(key.record);
-    if (record.keyId !== key.keyId || record.projectId !== project.record.projectId || record.subject !== subject) {
+    if (
+      record.keyId !== key.keyId ||
+      record.projectId !== project.record.projectId ||
+      record.subject !== subject ||
+      !states.includes(record.state)
+    ) {
       throw records.refused();
     }
     return key;
   }
 
+  /**
+   * The user's key as the store answers it. Its record must say active (or retired: the vault then answers
+   * KEY_RETIRED): a pending successor is the user's key only once the user activates it, so a store that
+   * answers one here is lying (KEY_INTEGRITY), and cannot make get-address or sign use it early.
+   */
   private async stored(project: JwtProject, subject: string): Promise<StoredUserKey | null> {
     const { key } = await this.ask('store.userKey', { projectId: project.record.projectId, subject }, StoreUserKeyAnswer);
-    return key && this.mine(key, project, subject);
+    return key && this.mine(key, project, subject, ['active', 'retired']);
   }
 
+  /** The user's pending successor as the store answers it: its record must say pending (or cancelled, as above). */
   private async pending(project: JwtProject, subject: string): Promise<StoredUserKey | null> {
     const { key } = await this.ask('store.pendingUserKey', { projectId: project.record.projectId, subject }, StorePendingUserKeyAnswer);
-    return key && this.mine(key, project, subject);
+    return key && this.mine(key, project, subject, ['pending', 'cancelled']);
   }
 
-  private async pendingOrNone(project: JwtProject, subject: string): Promise<StoredUserKey> {
+  private async pendingOrNone(project: JwtProject, subject: string, address?: string): Promise<StoredUserKey> {
     const pending = await this.pending(project, subject);
     if (!pending) throw new KeystoreError('KEY_NOT_FOUND', 'this user has no pending key');
+    if (address !== undefined && this.addressOf(pending).toLowerCase() !== address.toLowerCase()) {
+      throw new KeystoreError('KEY_NOT_FOUND', 'this user has no pending key at this address');
+    }
     return pending;
   }
 
@@ -313,6 +334,6 @@ export class WalletKeys {
     // Another request stored the user's key first: the one made here was never answered and is dropped, and the
     // stored one is checked like any other.
     this.deps.logger.info({ projectId, keyId }, 'discarded a duplicate key for a JWT user who already has one');
-    return { key: this.mine(kept, project, subject), made: null };
+    return { key: this.mine(kept, project, subject, ['active', 'retired']), made: null };
   }
 }

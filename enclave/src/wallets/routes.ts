@@ -6,7 +6,9 @@
  * (docs/PROTOCOL.md, "Key lifecycle"): `POST …/wallets/rotate | activate | cancel {jwt_token}` → `{address}` of
  * the pending successor made, the key now active, the key cancelled. Their JWT must be for exactly that change
  * (claim `nks_action`, a lifetime of at most LIFECYCLE_MAX_TOKEN_LIFETIME_S; auth/jwt.ts), refused as any other
- * JWT (400 `jwt_token`, counted as a failure) otherwise: an ordinary login token changes no key.
+ * JWT (400 `jwt_token`, counted as a failure) otherwise: an ordinary login token changes no key. Activate names
+ * the `address` it activates (the one rotate answered, which the user registered on chain) and cancel may: the
+ * store (the parent) says which key is pending, and may hold another successor of the user's than that one.
  *
  * Every request, CORS preflights included, is first counted against its client address's request limit (the
  * server's one count for all its routes, server.ts; the address is the one the ingress relay's preamble names:
@@ -71,6 +73,12 @@ interface WalletRequest {
 
 const jwtToken = z.string().min(1, 'expected a JWT').max(JWT_MAX_BYTES, `expected a JWT of at most ${JWT_MAX_BYTES} bytes`);
 const GetAddressBody = z.strictObject({ jwt_token: jwtToken });
+const addressField = z.string().regex(/^0x[0-9a-fA-F]{40}$/, 'expected an address, 0x and 40 hex digits');
+const LifecycleBodies = {
+  rotate: GetAddressBody,
+  activate: z.strictObject({ jwt_token: jwtToken, address: addressField }),
+  cancel: z.strictObject({ jwt_token: jwtToken, address: addressField.optional() }),
+} as const;
 
 const HASH_RE = /^0x[0-9a-fA-F]{64}$/;
 const SignBody = z
@@ -305,12 +313,13 @@ export function walletRoutes(options: WalletRoutesOptions): (app: WalletsApp) =>
       scope.route({
         method: 'POST',
         ...route(`${WALLETS_PREFIX}/${action}`),
-        schema: { params: ProjectKeyParams, querystring: NoQuery, body: GetAddressBody },
+        schema: { params: ProjectKeyParams, querystring: NoQuery, body: LifecycleBodies[action] },
         handler(request) {
           return serve(request, async () => {
+            const body = request.body as { jwt_token: string; address?: string };
             // The JWT must be for this change before the store is asked anything about the user's keys.
-            const { project, subject } = await userOf(request, request.body.jwt_token, action);
-            const { address } = await keys[action](project, request.body.jwt_token, subject);
+            const { project, subject } = await userOf(request, body.jwt_token, action);
+            const { address } = await keys[action](project, body.jwt_token, subject, body.address);
             await served(request);
             return { address };
           });

@@ -20,7 +20,7 @@ import { ProjectSettingsSchema } from '@nks/shared/projects-schema';
 import { keyId } from '@nks/shared/schema';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
 import type { Scope } from '../config';
-import { viewOf, type KeyRegistry } from '../key-registry';
+import { historyEntryOf, viewOf, type KeyRegistry } from '../key-registry';
 import { KeyParams, projectId, ProjectParams, requestBody, routeUrl } from '@nks/shared/http/validation';
 
 declare module 'fastify' {
@@ -72,6 +72,8 @@ const ProjectListQuery = z.strictObject({
   cursor: z.string().max(128).optional(),
 });
 const EmptyBody = z.strictObject({}).optional();
+/** A successor (docs/LIFECYCLE.md): it takes its predecessor's external id and labels; `attest` as at creation. */
+const SuccessorBody = z.strictObject({ attest: z.boolean().optional() }).optional();
 /** An approver's EIP-712 signature of a policy change (docs/POLICIES.md, "Approvers"): 65 bytes, 0x hex. */
 const approval = z.string().regex(APPROVAL_SIGNATURE_RE, APPROVAL_SIGNATURE_EXPECTED);
 /**
@@ -177,6 +179,36 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
         },
       });
     }
+    // The key lifecycle (docs/LIFECYCLE.md): a successor is a new key (keys:create); activating one retires its
+    // predecessor and cancelling one ends it, which are the admin's, like disable.
+    app.route({
+      method: 'POST',
+      ...at('/v1/keys/{keyId}/successor', 'keys:create'),
+      schema: { params: KeyParams, querystring: NoQuery, body: SuccessorBody },
+      async handler(request, reply) {
+        const record = await keys.successor(request.params.keyId, request.body ?? {});
+        reply.code(201);
+        return viewOf(record);
+      },
+    });
+    for (const action of ['activate', 'cancel'] as const) {
+      app.route({
+        method: 'POST',
+        ...at(`/v1/keys/{keyId}/${action}`, 'admin'),
+        schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody },
+        async handler(request) {
+          return viewOf(await keys[action](request.params.keyId));
+        },
+      });
+    }
+    app.route({
+      method: 'GET',
+      ...at('/v1/keys/{keyId}/history', 'keys:read'),
+      schema: { params: KeyParams, querystring: NoQuery },
+      handler(request) {
+        return { keys: keys.history(request.params.keyId, { withJwtKeys: seesJwtKeys(request) }).map(historyEntryOf) };
+      },
+    });
     app.route({
       method: 'POST',
       ...at('/v1/projects', 'admin'),

@@ -13,6 +13,10 @@
  * Keys made before 0.4 (schema version 1) have a version 1 blob and no record: they stay readable, and sign
  * again once `parent migrate` has re-sealed them (`migrateKey`). A `disabled` flag changes only with a new
  * record whose `seq` is the stored one + 1 (`updateRecord`), except on such keys, which have no record.
+ *
+ * The key lifecycle (docs/LIFECYCLE.md): a subject has at most one active and one pending key (unique indexes);
+ * a successor is stored with its predecessor's external id (the external id names the subject, and every
+ * lookup by it answers the subject's active key), and an activation stores both keys' records in one transaction.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -44,6 +48,8 @@ export interface StoredKey {
   projectId: string | null;
   subject: string | null;
   state: KeyState | null;
+  /** A successor's predecessor (key id), from its record; null for every other key. */
+  predecessor: string | null;
   record: SignedRecord | null;
   recordSeq: number | null;
   /**
@@ -154,6 +160,7 @@ interface Row {
   record_signature: string | null;
   record_seq: number | null;
   disable_pending: number;
+  predecessor: string | null;
 }
 
 interface ProjectRow {
@@ -264,6 +271,44 @@ const MIGRATIONS: Array<string | ((db: Database.Database) => void)> = [
      CHECK (current = 0 OR chain IS NOT NULL)
    ) STRICT;
    CREATE UNIQUE INDEX tls_keys_current ON tls_keys (current) WHERE current = 1;`,
+  // 0.7: the key lifecycle (docs/LIFECYCLE.md). A successor carries its predecessor's external id (the subject's
+  // name), so the column is unique only among keys that succeed none: SQLite cannot drop a column's UNIQUE, so
+  // the table is rebuilt (https://sqlite.org/lang_altertable.html#otheralter), rows and their seq kept.
+  // One active and one pending key per (project, subject).
+  `CREATE TABLE keys_v5 (
+     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+     key_id           TEXT NOT NULL UNIQUE,
+     external_id      TEXT,
+     address          TEXT NOT NULL,
+     public_key       TEXT NOT NULL,
+     blob             TEXT NOT NULL,
+     labels           TEXT NOT NULL DEFAULT '{}',
+     attestation      TEXT,
+     disabled         INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+     created_at       INTEGER NOT NULL,
+     updated_at       INTEGER NOT NULL,
+     project_id       TEXT,
+     subject          TEXT,
+     state            TEXT,
+     record           TEXT,
+     record_signature TEXT,
+     record_seq       INTEGER CHECK (record_seq >= 0),
+     disable_pending  INTEGER NOT NULL DEFAULT 0 CHECK (disable_pending IN (0, 1)),
+     predecessor      TEXT
+   ) STRICT;
+   INSERT INTO keys_v5 (seq, key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at,
+                        updated_at, project_id, subject, state, record, record_signature, record_seq, disable_pending)
+     SELECT seq, key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at,
+            updated_at, project_id, subject, state, record, record_signature, record_seq, disable_pending FROM keys;
+   DROP TABLE keys;
+   ALTER TABLE keys_v5 RENAME TO keys;
+   CREATE INDEX keys_address ON keys (address);
+   CREATE INDEX keys_without_record ON keys (seq) WHERE record IS NULL;
+   CREATE INDEX keys_external_id ON keys (external_id) WHERE external_id IS NOT NULL;
+   CREATE UNIQUE INDEX keys_external_id_first ON keys (external_id) WHERE predecessor IS NULL;
+   CREATE INDEX keys_subject ON keys (project_id, subject, seq) WHERE subject IS NOT NULL;
+   CREATE UNIQUE INDEX keys_active_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'active';
+   CREATE UNIQUE INDEX keys_pending_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'pending';`,
 ];
 
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -282,6 +327,7 @@ function toStored(r: Row): StoredKey {
     projectId: record ? r.project_id : null,
     subject: record ? r.subject : null,
     state: record ? (r.state as KeyState) : null,
+    predecessor: record ? r.predecessor : null,
     record,
     recordSeq: record ? r.record_seq : null,
     disablePending: r.disable_pending === 1,
@@ -312,7 +358,16 @@ const recordColumns = (signed: SignedRecord, record: KeyRecord) => ({
   record: signed.record,
   recordSignature: signed.signature,
   recordSeq: record.seq,
+  predecessor: record.predecessor ?? null,
 });
+
+/**
+ * A lifecycle transition asked of a key in a state that does not allow it (docs/LIFECYCLE.md): 409 KEY_STATE,
+ * the state named in the message and in `details.state`.
+ */
+export function keyStateError(keyId: string, state: KeyState | null, needed: KeyState): KeystoreError {
+  return new KeystoreError('KEY_STATE', `key ${keyId} is ${state ?? 'without a record'}: this needs it ${needed}`, { details: { state } });
+}
 
 export interface Page {
   keys: StoredKey[];
@@ -356,14 +411,24 @@ export class KeyStore {
     this.stmts = {
       insert: this.db.prepare(
         `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at, updated_at,
-                           project_id, subject, state, record, record_signature, record_seq)
+                           project_id, subject, state, record, record_signature, record_seq, predecessor)
          VALUES (@keyId, @externalId, @address, @publicKey, @blob, @labels, @attestation, @disabled, @createdAt, @createdAt,
-                 @projectId, @subject, @state, @record, @recordSignature, @recordSeq)`,
+                 @projectId, @subject, @state, @record, @recordSignature, @recordSeq, @predecessor)`,
       ),
       byKeyId: this.db.prepare<[string], Row>('SELECT * FROM keys WHERE key_id = ?'),
-      byExternalId: this.db.prepare<[string], Row>('SELECT * FROM keys WHERE external_id = ?'),
+      // Every key of a subject carries its external id: the active one answers for it (a key made before 0.4,
+      // without state, is the only key of its external id).
+      byExternalId: this.db.prepare<[string], Row>(
+        "SELECT * FROM keys WHERE external_id = ? ORDER BY CASE WHEN state = 'active' THEN 0 ELSE 1 END, seq LIMIT 1",
+      ),
       activeBySubject: this.db.prepare<[string, string], Row>(
         "SELECT * FROM keys WHERE project_id = ? AND subject = ? AND subject IS NOT NULL AND state = 'active'",
+      ),
+      pendingBySubject: this.db.prepare<[string, string], Row>(
+        "SELECT * FROM keys WHERE project_id = ? AND subject = ? AND subject IS NOT NULL AND state = 'pending'",
+      ),
+      bySubject: this.db.prepare<[string, string], Row>(
+        'SELECT * FROM keys WHERE project_id = ? AND subject = ? AND subject IS NOT NULL ORDER BY seq',
       ),
       page: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE seq > ? ORDER BY seq LIMIT ?'),
       // Without the keys of JWT projects (by the projects' copied auth type): what a token below admin lists.
@@ -376,19 +441,21 @@ export class KeyStore {
       setLegacyDisabled: this.db.prepare('UPDATE keys SET disabled = ?, updated_at = ? WHERE key_id = ? AND record IS NULL'),
       setRecord: this.db.prepare(
         `UPDATE keys SET project_id = @projectId, subject = @subject, state = @state, disabled = @disabled, record = @record,
-                         record_signature = @recordSignature, record_seq = @recordSeq, disable_pending = 0, updated_at = @now
-         WHERE key_id = @keyId`,
+                         record_signature = @recordSignature, record_seq = @recordSeq, predecessor = @predecessor,
+                         disable_pending = 0, updated_at = @now
+         WHERE key_id = @keyId AND record_seq = @recordSeq - 1`,
       ),
       migrated: this.db.prepare(
         `UPDATE keys SET blob = @blob, project_id = @projectId, subject = @subject, state = @state, disabled = @disabled,
                          record = @record, record_signature = @recordSignature, record_seq = @recordSeq,
-                         disable_pending = @disablePending, updated_at = @now
+                         predecessor = @predecessor, disable_pending = @disablePending, updated_at = @now
          WHERE key_id = @keyId AND record IS NULL`,
       ),
       count: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM keys'),
       countDisabled: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM keys WHERE disabled = 1 OR disable_pending = 1'),
       pendingDisable: this.db.prepare<[], { key_id: string }>('SELECT key_id FROM keys WHERE disable_pending = 1 ORDER BY seq'),
       countWithoutRecord: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM keys WHERE record IS NULL'),
+      countPending: this.db.prepare<[], { n: number }>("SELECT COUNT(*) AS n FROM keys WHERE subject IS NOT NULL AND state = 'pending'"),
       project: this.db.prepare<[string], ProjectRow>('SELECT * FROM projects WHERE project_id = ?'),
       projectByKey: this.db.prepare<[string], ProjectRow>('SELECT * FROM projects WHERE project_key = ?'),
       projectPage: this.db.prepare<[string, number], ProjectRow>('SELECT * FROM projects WHERE project_id > ? ORDER BY project_id LIMIT ?'),
@@ -495,6 +562,49 @@ export class KeyStore {
     return r ? toStored(r) : undefined;
   }
 
+  /** The project's pending key (a successor) for `subject`: at most one, like the active key. */
+  pendingKeyFor(projectId: string, subject: string): StoredKey | undefined {
+    const r = this.stmts.pendingBySubject.get(projectId, subject);
+    return r ? toStored(r) : undefined;
+  }
+
+  /** A key's history (docs/LIFECYCLE.md): its subject's keys, oldest first; a key without subject is its own. */
+  history(keyId: string): StoredKey[] {
+    const r = this.stmts.byKeyId.get(keyId);
+    if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
+    if (r.record === null || r.project_id === null || r.subject === null) return [toStored(r)];
+    return this.stmts.bySubject.all(r.project_id, r.subject).map(toStored);
+  }
+
+  /**
+   * Inserts a successor the enclave just made (its first record, state pending, naming its predecessor;
+   * verified by the caller), committed when this returns. The predecessor must be stored and still active (the
+   * state it was succeeded from): KEY_STATE otherwise. If the subject already has a pending key, that key is
+   * returned instead and nothing is written.
+   */
+  insertSuccessor(key: NewKey): { record: StoredKey; created: boolean } {
+    const { record } = key;
+    if (record.keyId !== key.keyId || record.seq !== 0 || record.state !== 'pending' || !record.predecessor || record.subject === null)
+      throw new Error('insertSuccessor: the record is not the first one of a successor');
+    return this.db
+      .transaction(() => {
+        const predecessor = this.stmts.byKeyId.get(record.predecessor as string);
+        if (!predecessor || predecessor.project_id !== record.projectId || predecessor.subject !== record.subject)
+          throw new KeystoreError('KEY_NOT_FOUND', `key ${record.predecessor} (the predecessor) is not a stored key of this subject`);
+        const pending = this.stmts.pendingBySubject.get(record.projectId, record.subject as string);
+        if (pending) return { record: toStored(pending), created: false };
+        if (predecessor.state !== 'active') throw keyStateError(predecessor.key_id, predecessor.state as KeyState, 'active');
+        const { signed, ...rest } = key;
+        this.stmts.insert.run({
+          ...rest,
+          labels: JSON.stringify(key.labels),
+          ...recordColumns(signed, record),
+        });
+        return { record: toStored(this.stmts.byKeyId.get(key.keyId) as Row), created: true };
+      })
+      .immediate();
+  }
+
   /** A page of keys in creation order; `withJwtKeys: false` leaves out the keys of JWT projects. */
   list(limit: number, cursor?: string, options: { withJwtKeys?: boolean } = {}): Page {
     const after = cursor ? decodeCursor(cursor) : 0;
@@ -510,16 +620,28 @@ export class KeyStore {
    */
   updateRecord(keyId: string, signed: SignedRecord, record: KeyRecord): StoredKey {
     if (record.keyId !== keyId) throw new Error('updateRecord: the record is for another key');
+    return this.updateRecords([{ signed, record }])[0] as StoredKey;
+  }
+
+  /**
+   * Stores the next records of keys (verified by the caller) in one transaction, all or none: each `seq` must
+   * be its key's stored one + 1 (a compare-and-set: CONFLICT, nothing written, if another write got there
+   * first). An activation's two records: the one that leaves `active` is written first, so the unique index
+   * of active keys holds after every statement.
+   */
+  updateRecords(updates: ReadonlyArray<{ signed: SignedRecord; record: KeyRecord }>): StoredKey[] {
+    const ordered = [...updates].sort((a, b) => Number(a.record.state === 'active') - Number(b.record.state === 'active'));
     return this.db
       .transaction(() => {
-        const row = this.stmts.byKeyId.get(keyId);
-        if (!row) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
-        if (row.record_seq === null || record.seq !== row.record_seq + 1) {
+        for (const { signed, record } of ordered) {
+          const { keyId } = record;
+          this.recent.delete(keyId);
+          const res = this.stmts.setRecord.run({ keyId, now: Date.now(), ...recordColumns(signed, record) });
+          if (res.changes === 1) continue;
+          if (!this.stmts.byKeyId.get(keyId)) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
           throw new KeystoreError('CONFLICT', `key ${keyId} changed meanwhile; retry`);
         }
-        this.stmts.setRecord.run({ keyId, now: Date.now(), ...recordColumns(signed, record) });
-        this.recent.delete(keyId);
-        return toStored(this.stmts.byKeyId.get(keyId) as Row);
+        return updates.map((u) => toStored(this.stmts.byKeyId.get(u.record.keyId) as Row));
       })
       .immediate();
   }
@@ -688,11 +810,12 @@ export class KeyStore {
       .immediate();
   }
 
-  counts(): { total: number; disabled: number; withoutRecord: number } {
+  counts(): { total: number; disabled: number; withoutRecord: number; pending: number } {
     return {
       total: (this.stmts.count.get() as { n: number }).n,
       disabled: (this.stmts.countDisabled.get() as { n: number }).n,
       withoutRecord: (this.stmts.countWithoutRecord.get() as { n: number }).n,
+      pending: (this.stmts.countPending.get() as { n: number }).n,
     };
   }
 

@@ -11,17 +11,22 @@
  *   key (key-registry.ts `checkNewKey`: the identity's record, seq 0, origin "created", binding this key id,
  *   address and blob), of a JWT project, its public key that address's; then stored, unless the user already
  *   has an active key (the unique index): that key is answered instead, `inserted: false`.
+ * - The key lifecycle (docs/LIFECYCLE.md): `store.pendingUserKey`, the user's pending successor;
+ *   `store.insertSuccessor`, a successor checked as a first key is (state pending, naming a stored key of the
+ *   same user as its predecessor), stored unless the user has a pending key (then that one, `inserted: false`);
+ *   `store.updateRecords`, the next records of stored keys, each genuine, seq = stored + 1 and prev = the stored
+ *   record's digest, stored together or not at all (an activation's two).
  */
 import { publicKeyToAddress } from 'viem/accounts';
 import { WalletStoreApi, type CreateResult, type StoredUserKey } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
-import type { KeyRecord } from '@nks/shared/records';
+import { hex, recordDigest, type KeyRecord, type SignedRecord } from '@nks/shared/records';
 import { RpcServer, serveApi, type ValidParamsOf } from '@nks/shared/rpc';
 import type { Listener, Transport } from '@nks/shared/transport';
 import type { RecordChecker } from '../enclave-link/identity';
 import { checkNewKey } from '../key-registry';
-import type { KeyStore, StoredKey } from '../store/key-store';
+import type { KeyStore, NewKey, StoredKey } from '../store/key-store';
 
 export interface WalletStoreOptions {
   store: KeyStore;
@@ -37,6 +42,8 @@ const UNCOMPRESSED_PUBLIC_KEY = /^0x04[0-9a-fA-F]{128}$/;
 
 /** The message of an insert whose record, blob or public key does not bind the key it names. */
 export const NOT_THE_KEY = 'the record does not verify, or does not bind this key, its address, public key and blob';
+/** The message of an update whose record is not genuine or not the next one of the key it names. */
+export const NOT_THE_NEXT = 'a record does not verify, or is not the next record (seq + 1, prev) of the stored key it names';
 
 type Params<M extends keyof WalletStoreApi> = ValidParamsOf<WalletStoreApi, M>;
 
@@ -57,6 +64,9 @@ export class WalletStore {
         'store.project': (p) => this.project(p),
         'store.userKey': (p) => this.userKey(p),
         'store.insertUserKey': (p) => this.insertUserKey(p),
+        'store.pendingUserKey': (p) => this.pendingUserKey(p),
+        'store.insertSuccessor': (p) => this.insertSuccessor(p),
+        'store.updateRecords': (p) => this.updateRecords(p),
       }),
     });
   }
@@ -79,7 +89,36 @@ export class WalletStore {
     return { key: k?.record ? userKeyOf(k) : null };
   }
 
+  pendingUserKey({ projectId, subject }: Params<'store.pendingUserKey'>): { key: StoredUserKey | null } {
+    const k = this.options.store.pendingKeyFor(projectId, subject);
+    return { key: k?.record ? userKeyOf(k) : null };
+  }
+
   insertUserKey(p: Params<'store.insertUserKey'>): { inserted: boolean; key: StoredUserKey } {
+    const record = this.checkNewUserKey(p);
+    const result = this.insert(p, record, (key) => this.options.store.insert(key));
+    this.logInsert(result, p.keyId, record, 'stored a key for a JWT user', 'a JWT user already has an active key: answered it instead');
+    return { inserted: result.created, key: userKeyOf(result.record) };
+  }
+
+  insertSuccessor(p: Params<'store.insertSuccessor'>): { inserted: boolean; key: StoredUserKey } {
+    const record = this.checkNewUserKey(p, true);
+    const result = this.insert(p, record, (key) => this.options.store.insertSuccessor(key));
+    this.logInsert(
+      result,
+      p.keyId,
+      record,
+      'stored a successor for a JWT user',
+      'a JWT user already has a pending successor: answered it instead',
+    );
+    return { inserted: result.created, key: userKeyOf(result.record) };
+  }
+
+  /**
+   * A new key of a wallet user, checked as the parent checks every new key (`checkNewKey`) for a JWT project:
+   * its first record, active, or (`successor`) pending and naming a key of the same user. KEY_INTEGRITY otherwise.
+   */
+  private checkNewUserKey(p: Params<'store.insertUserKey'>, successor = false): KeyRecord {
     const { store, logger } = this.options;
     const checker = this.options.records();
     if (!UNCOMPRESSED_PUBLIC_KEY.test(p.publicKey))
@@ -108,16 +147,32 @@ export class WalletStore {
       return refuse(`the stored record of project ${record.projectId} does not verify`, err);
     }
     if (projectAuth !== 'jwt') return refuse(`project ${record.projectId} does not take JWTs`);
+    if (successor && record.predecessor === undefined) return refuse('the record names no predecessor (not a successor)');
     const made = { keyId: p.keyId, address: p.address, publicKey: p.publicKey, blob: p.blob, record: p.record } as CreateResult;
     try {
-      checkNewKey(checker, made, { keyId: p.keyId, projectId: record.projectId, subject: record.subject, origin: 'created' });
+      checkNewKey(checker, made, {
+        keyId: p.keyId,
+        projectId: record.projectId,
+        subject: record.subject,
+        origin: 'created',
+        ...(successor ? { predecessor: record.predecessor } : {}),
+      });
     } catch (err) {
-      return refuse('the record is not the first (seq 0, active, made) of this key id, address, subject and blob', err);
+      return refuse(
+        `the record is not the first (seq 0, ${successor ? 'pending' : 'active'}, made) of this key id, address, subject and blob`,
+        err,
+      );
     }
+    return record;
+  }
 
-    let result: { record: StoredKey; created: boolean };
+  private insert(
+    p: Params<'store.insertUserKey'>,
+    record: KeyRecord,
+    insert: (key: NewKey) => { record: StoredKey; created: boolean },
+  ): { record: StoredKey; created: boolean } {
     try {
-      result = store.insert({
+      return insert({
         keyId: p.keyId,
         externalId: null,
         address: p.address,
@@ -131,15 +186,52 @@ export class WalletStore {
       });
     } catch (err) {
       // The key id is another key's (random 128-bit ids do not repeat: not what an enclave sends).
-      if ((err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_UNIQUE') return refuse('the key id is already stored', err);
+      if ((err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_UNIQUE') {
+        this.options.logger.warn({ keyId: p.keyId }, 'wallet store: refused a user key: the key id is already stored');
+        throw new KeystoreError('KEY_INTEGRITY', NOT_THE_KEY, { cause: err });
+      }
       throw err;
     }
-    if (result.created) logger.info({ projectId: record.projectId, keyId: p.keyId }, 'stored a key for a JWT user');
-    else
-      logger.info(
-        { projectId: record.projectId, keyId: p.keyId, existing: result.record.keyId },
-        'a JWT user already has an active key: answered it instead',
-      );
-    return { inserted: result.created, key: userKeyOf(result.record) };
+  }
+
+  private logInsert(result: { record: StoredKey; created: boolean }, keyId: string, record: KeyRecord, stored: string, existing: string) {
+    const { logger } = this.options;
+    if (result.created) logger.info({ projectId: record.projectId, keyId, predecessor: record.predecessor }, stored);
+    else logger.info({ projectId: record.projectId, keyId, existing: result.record.keyId }, existing);
+  }
+
+  /**
+   * The next records of stored keys (an activation's two, a cancel's one), all or none: each genuine, of a
+   * stored key with a record, seq = its stored seq + 1 and prev = its stored record's digest (KEY_INTEGRITY
+   * otherwise, nothing written); stored with a compare-and-set on seq (CONFLICT if the key changed meanwhile).
+   */
+  updateRecords({ records }: Params<'store.updateRecords'>): { updated: true } {
+    const { store, logger } = this.options;
+    const checker = this.options.records();
+    const refuse = (keyId: string | undefined, why: string, cause?: unknown): never => {
+      logger.warn({ keyId, why }, `wallet store: refused a record update: ${why}`);
+      throw new KeystoreError('KEY_INTEGRITY', NOT_THE_NEXT, { cause });
+    };
+    const updates = records.map((signed: SignedRecord) => {
+      let opened: { record: KeyRecord; digest: Buffer };
+      try {
+        opened = checker.key(signed);
+      } catch (err) {
+        return refuse(undefined, 'a record is not signed by the keystore identity', err);
+      }
+      const { record, digest } = opened;
+      const k = store.get(record.keyId);
+      if (!k) throw new KeystoreError('KEY_NOT_FOUND', `key ${record.keyId} does not exist`);
+      if (!k.record || k.recordSeq === null) return refuse(record.keyId, 'the stored key has no record');
+      const old = hex(recordDigest(Buffer.from(k.record.record, 'base64')));
+      if (record.seq !== k.recordSeq + 1 || record.prev !== old)
+        return refuse(record.keyId, `the record (seq ${record.seq}) is not the next one of the stored record (seq ${k.recordSeq})`);
+      return { signed, record, log: { keyId: record.keyId, state: record.state, oldRecordSha256: old, newRecordSha256: hex(digest) } };
+    });
+    if (new Set(updates.map((u) => u.record.keyId)).size !== updates.length)
+      throw new KeystoreError('INVALID_PARAMS', 'records: expected at most one record per key');
+    store.updateRecords(updates);
+    logger.info({ records: updates.map((u) => u.log) }, 'stored the next records of JWT user keys');
+    return { updated: true };
   }
 }
