@@ -1,6 +1,7 @@
 /**
  * Solidity for the chain tests: sources compiled by solc-js from npm (pinned in package.json), imports resolved
- * from node_modules only (@openzeppelin/contracts), and the output cached by the hash of everything that
+ * from node_modules only (@openzeppelin/contracts, @account-abstraction/contracts-v06/v07/v08), and the output
+ * cached by the hash of everything that
  * determines it (compiler and library versions, settings, sources) under node_modules/.cache/nks-chain, so only
  * the first run pays for the compiler. No network at any time.
  */
@@ -41,12 +42,29 @@ interface SolcOutput {
   contracts?: Record<string, Record<string, { abi: Abi; evm: { bytecode: { object: string } } }>>;
 }
 
+/** The npm packages test contracts may import from; their versions are part of the cache key. */
+const IMPORTABLE_PACKAGES = [
+  '@openzeppelin/contracts',
+  '@account-abstraction/contracts-v06',
+  '@account-abstraction/contracts-v07',
+  '@account-abstraction/contracts-v08',
+];
+
 const versionOf = (pkg: string): string =>
   (JSON.parse(fs.readFileSync(path.join(nodeModules, pkg, 'package.json'), 'utf8')) as { version: string }).version;
 
 /** The sources of test/chain/contracts files, by file name, ready for `compile`. */
 export function contractSources(...files: string[]): Record<string, string> {
   return Object.fromEntries(files.map((f) => [f, fs.readFileSync(path.join(CONTRACTS_DIR, f), 'utf8')]));
+}
+
+/**
+ * Every contract in test/chain/contracts, compiled together: one solc run (and one cache entry) serves every
+ * chain test file, which matters on a fresh machine where each run of the compiler costs seconds.
+ */
+export function compileTestContracts(): Promise<Record<string, Artifact>> {
+  const files = fs.readdirSync(CONTRACTS_DIR).filter((f) => f.endsWith('.sol'));
+  return compile(contractSources(...files.sort()));
 }
 
 /**
@@ -63,9 +81,10 @@ export async function compile(sources: Record<string, string>, options: CompileO
       outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object'] } },
     },
   };
-  // The imported library is fixed by its version (npm packages are immutable), so its files need not be hashed.
+  // An imported library is fixed by its version (npm packages are immutable), so its files need not be hashed.
+  const libraries = Object.fromEntries(IMPORTABLE_PACKAGES.map((p) => [p, versionOf(p)]));
   const key = createHash('sha256')
-    .update(JSON.stringify({ solc: versionOf('solc'), openzeppelin: versionOf('@openzeppelin/contracts'), input }))
+    .update(JSON.stringify({ solc: versionOf('solc'), libraries, input }))
     .digest('hex');
   const cached = path.join(CACHE_DIR, `solc-${key}.json`);
   let output: SolcOutput;
@@ -123,8 +142,25 @@ function runSolc(input: object): Promise<SolcOutput> {
 
 /** A contract as @openzeppelin/contracts publishes it compiled (build/contracts/NAME.json): no solc needed. */
 export function openZeppelinArtifact(name: string): Artifact {
+  return publishedArtifact(path.join('@openzeppelin', 'contracts', 'build', 'contracts'), name);
+}
+
+/** The ERC-4337 EntryPoint versions exercised, each its @account-abstraction/contracts release through an npm alias. */
+export const ENTRY_POINT_VERSIONS = ['0.6', '0.7', '0.8'] as const;
+export type EntryPointVersion = (typeof ENTRY_POINT_VERSIONS)[number];
+
+/**
+ * A contract as @account-abstraction/contracts `version`.0 publishes it compiled (artifacts/NAME.json, built by
+ * eth-infinitism with that release's own compiler settings): EntryPoint, SimpleAccountFactory, SimpleAccount...
+ */
+export function accountAbstractionArtifact(version: EntryPointVersion, name: string): Artifact {
+  return publishedArtifact(path.join('@account-abstraction', `contracts-v${version.replace('.', '')}`, 'artifacts'), name);
+}
+
+/** A Hardhat-format artifact (NAME.json under `dir` in node_modules). */
+function publishedArtifact(dir: string, name: string): Artifact {
   if (!/^[A-Za-z0-9_]+$/.test(name)) throw new Error(`not a contract name: ${name}`);
-  const file = path.join(nodeModules, '@openzeppelin', 'contracts', 'build', 'contracts', `${name}.json`);
+  const file = path.join(nodeModules, dir, `${name}.json`);
   const a = JSON.parse(fs.readFileSync(file, 'utf8')) as { contractName: string; sourceName: string; abi: Abi; bytecode: Hex };
   return { contractName: a.contractName, sourceName: a.sourceName, abi: a.abi, bytecode: a.bytecode };
 }

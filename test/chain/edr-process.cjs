@@ -20,7 +20,7 @@ async function start({ chainId, hardfork, privateKeys, balance }) {
       allowBlocksWithSameTimestamp: false,
       allowUnlimitedContractSize: false,
       // Like a real node: a reverting transaction is mined (status 0), a reverting eth_call answers an error.
-      bailOnCallFailure: false,
+      bailOnCallFailure: true,
       bailOnTransactionFailure: false,
       blockGasLimit: 30_000_000n,
       chainId: BigInt(chainId),

@@ -18,7 +18,7 @@ import { TransactionSchema } from '@nks/shared/signing/schema';
 import {
   CACHE_DIR,
   compile,
-  contractSources,
+  compileTestContracts,
   openZeppelinArtifact,
   startChain,
   toKeystoreTransaction,
@@ -35,7 +35,7 @@ let Delegate: Artifact;
 let token: Address;
 
 beforeAll(async () => {
-  const artifacts = await compile(contractSources('TestToken.sol', 'Delegate.sol'));
+  const artifacts = await compileTestContracts();
   TestToken = artifacts.TestToken!;
   Delegate = artifacts.Delegate!;
   chain = await startChain();
@@ -149,6 +149,15 @@ test('a transfer of more than the balance is mined, reverted, and moves nothing'
   expect(await balanceOf(user.address)).toBe(10n);
 });
 
+test("a reverting call answers as a node does (code 3, the revert bytes), so viem names the contract's error", async () => {
+  const empty = privateKeyToAccount(generatePrivateKey());
+  const call = { address: token, abi: TestToken.abi, functionName: 'transfer', args: [chain.accounts[1]!.address, 1n] } as const;
+  await expect(chain.publicClient.simulateContract({ ...call, account: empty })).rejects.toThrow(
+    new RegExp(`ERC20InsufficientBalance\\(address sender, uint256 balance, uint256 needed\\)\\s+\\(${empty.address}, 0, 1\\)`),
+  );
+  await expect(chain.write({ ...call, account: empty })).rejects.toThrow(/ERC20InsufficientBalance/);
+});
+
 test('a Cancun chain refuses an eip7702 transaction; a closed chain answers nothing', async () => {
   const cancun = await startChain({ hardfork: 'cancun', chainId: 5, accounts: 1 });
   const [sender] = cancun.accounts;
@@ -178,7 +187,7 @@ test('compile: cached by source hash, and a compiler error names the problem', a
   const cacheFiles = () => fs.readdirSync(CACHE_DIR).filter((f) => f.endsWith('.json'));
   const files = cacheFiles();
   expect(files.length).toBeGreaterThan(0);
-  const again = await compile(contractSources('TestToken.sol', 'Delegate.sol'));
+  const again = await compileTestContracts();
   expect(again.TestToken?.bytecode).toBe(TestToken.bytecode);
   expect(cacheFiles()).toEqual(files);
 

@@ -6,7 +6,7 @@
  * so `sendRawTransaction` hands back the receipt. Nothing listens on a port, nothing is fetched, and no timer
  * runs (viem's receipt polling is not used), so a test that awaits `close()` leaves no open handle.
  *
- * Typical use: `compile(contractSources('TestToken.sol'))` (./compile.ts, cached), `chain.deploy(artifact,
+ * Typical use: `compileTestContracts()` (./compile.ts, cached), `chain.deploy(artifact,
  * args)`, sign a transaction anywhere (the keystore, a viem local account) with fields from
  * `chain.prepareTransaction`, then `chain.sendRawTransaction(serialized)` and read state with `chain.read`.
  */
@@ -24,6 +24,7 @@ import {
   stringToHex,
   type Abi,
   type Account,
+  type AccessList,
   type Address,
   type Chain as ViemChain,
   type Hex,
@@ -37,7 +38,18 @@ import { privateKeyToAccount, type PrivateKeyAccount } from 'viem/accounts';
 import type { SignRequestInput } from '@nks/shared/signing/schema';
 import type { Artifact } from './compile';
 
-export { CACHE_DIR, compile, contractSources, openZeppelinArtifact, type Artifact, type CompileOptions } from './compile';
+export {
+  accountAbstractionArtifact,
+  CACHE_DIR,
+  compile,
+  compileTestContracts,
+  contractSources,
+  ENTRY_POINT_VERSIONS,
+  openZeppelinArtifact,
+  type Artifact,
+  type CompileOptions,
+  type EntryPointVersion,
+} from './compile';
 
 export interface ChainOptions {
   /** Default 31337. */
@@ -72,6 +84,7 @@ export type PreparedTransaction = {
   value?: bigint;
 } & (
   | { type: 'legacy'; gasPrice: bigint }
+  | { type: 'eip2930'; gasPrice: bigint; accessList: AccessList }
   | { type: 'eip1559'; maxFeePerGas: bigint; maxPriorityFeePerGas: bigint }
   | { type: 'eip7702'; maxFeePerGas: bigint; maxPriorityFeePerGas: bigint; authorizationList: SignedAuthorizationList }
 );
@@ -114,12 +127,17 @@ export interface Chain {
   read<T = unknown>(params: ReadParams): Promise<T>;
   /** Adds `amount` wei (default 10 ether) to the balance of `address`. */
   fund(address: Address, amount?: bigint): Promise<void>;
-  /** Nonce (pending), gas estimate and current fees for a transaction from `from`, typed for `type` (default eip1559). */
+  /**
+   * Nonce (pending), gas estimate and current fees for a transaction from `from`, typed for `type` (default
+   * eip1559). `accessList` is for eip2930 (estimated with it; the other types leave it out).
+   */
   prepareTransaction(
     from: Address,
-    tx: { to?: Address | null; data?: Hex; value?: bigint; authorizationList?: SignedAuthorizationList },
-    type?: 'legacy' | 'eip1559' | 'eip7702',
+    tx: { to?: Address | null; data?: Hex; value?: bigint; accessList?: AccessList; authorizationList?: SignedAuthorizationList },
+    type?: PreparedTransaction['type'],
   ): Promise<PreparedTransaction>;
+  /** Moves the chain's clock `seconds` ahead and mines a block, so `latest` (and the next transaction) sees it. */
+  advanceTime(seconds: number): Promise<void>;
   /** Drops the chain; later calls throw. */
   close(): Promise<void>;
 }
@@ -141,6 +159,10 @@ export function toKeystoreTransaction(tx: PreparedTransaction): KeystoreTransact
     ...(tx.value !== undefined ? { value: tx.value.toString() } : {}),
   };
   if (tx.type === 'legacy') return { type: 'legacy', ...common, gasPrice: tx.gasPrice.toString() };
+  if (tx.type === 'eip2930') {
+    const accessList = tx.accessList.map(({ address, storageKeys }) => ({ address, storageKeys: [...storageKeys] }));
+    return { type: 'eip2930', ...common, gasPrice: tx.gasPrice.toString(), accessList };
+  }
   const fees = { maxFeePerGas: tx.maxFeePerGas.toString(), maxPriorityFeePerGas: tx.maxPriorityFeePerGas.toString() };
   if (tx.type === 'eip1559') return { type: 'eip1559', ...common, ...fees };
   const authorizationList = tx.authorizationList.map(({ address, chainId, nonce, r, s, yParity }) => ({
@@ -213,7 +235,14 @@ export async function startChain(options: ChainOptions = {}): Promise<Chain> {
       pending.set(id, { resolve, reject });
       child.send({ id, request: { jsonrpc: '2.0', id, method, params } });
     });
-    if (body.error) throw new ChainRpcError(body.error.code, body.error.message, body.error.data);
+    if (body.error) {
+      // EDR answers a revert as Hardhat does (-32000, data {data: revert bytes}); a node answers code 3 with the
+      // bytes as data (EIP-1474), which is what viem decodes into the contract's custom error.
+      const { code, message, data } = body.error;
+      const reverted = (data as { data?: unknown } | undefined)?.data;
+      if (typeof reverted === 'string' && reverted.startsWith('0x')) throw new ChainRpcError(3, message, reverted);
+      throw new ChainRpcError(code, message, data);
+    }
     return body.result;
   }
 
@@ -276,17 +305,23 @@ export async function startChain(options: ChainOptions = {}): Promise<Chain> {
           to: tx.to ?? undefined,
           data: tx.data,
           value: tx.value,
+          accessList: tx.accessList,
           authorizationList: tx.authorizationList,
         }),
-        publicClient.estimateFeesPerGas({ type: type === 'legacy' ? 'legacy' : 'eip1559' }),
+        publicClient.estimateFeesPerGas({ type: type === 'legacy' || type === 'eip2930' ? 'legacy' : 'eip1559' }),
       ]);
-      const { authorizationList, ...call } = tx;
+      const { authorizationList, accessList, ...call } = tx;
       const base = { chainId, nonce, gas, ...call };
       if (type === 'legacy') return { ...base, type, gasPrice: fees.gasPrice ?? 0n };
+      if (type === 'eip2930') return { ...base, type, gasPrice: fees.gasPrice ?? 0n, accessList: accessList ?? [] };
       const eip1559 = { maxFeePerGas: fees.maxFeePerGas ?? 0n, maxPriorityFeePerGas: fees.maxPriorityFeePerGas ?? 0n };
       if (type === 'eip1559') return { ...base, type, ...eip1559 };
       if (!authorizationList?.length) throw new Error('an eip7702 transaction needs a signed authorizationList');
       return { ...base, type, ...eip1559, authorizationList };
+    },
+    async advanceTime(seconds) {
+      await testClient.increaseTime({ seconds });
+      await testClient.mine({ blocks: 1 });
     },
     async close() {
       if (!gone) {

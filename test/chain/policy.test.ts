@@ -10,7 +10,7 @@ import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { KeystoreApiError, KeystoreClient, type Key } from '../../client/src/sdk';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { startStack, waitReady, type Stack } from '../support/stack';
-import { compile, contractSources, startChain, toKeystoreTransaction, type Artifact, type Chain } from './harness';
+import { compileTestContracts, startChain, toKeystoreTransaction, type Artifact, type Chain } from './harness';
 
 let chain: Chain;
 let TestToken: Artifact;
@@ -23,7 +23,7 @@ const stranger = privateKeyToAccount(generatePrivateKey()).address;
 const MAX = 1_000_000n;
 
 beforeAll(async () => {
-  TestToken = (await compile(contractSources('TestToken.sol'))).TestToken!;
+  TestToken = (await compileTestContracts()).TestToken!;
   chain = await startChain();
   token = (await chain.deploy(TestToken, ['Test USD', 'TUSD'])).address;
 
