@@ -13,9 +13,11 @@
  *   the record from before (seq n-1). The marks live in memory only: a restart forgets them, and an older
  *   record is then accepted again until a newer one is seen. That is the documented limit of this check
  *   (docs/RECORDS.md). Key marks are bounded like the cache (a mark dropped at the bound is forgotten as by a
- *   restart), except the marks of retired and cancelled keys, which are never dropped: a parent that could push
- *   one out (by disabling many keys of its own) would hand back the key's record from before and sign with a
- *   retired key, or activate a second successor, without the restart everyone can see (docs/LIFECYCLE.md).
+ *   restart), except for retired and cancelled keys: their final record itself is kept (its digest), never
+ *   dropped, and is the only record of the key accepted from then on. A parent that could push the mark out (by
+ *   disabling many keys of its own), or keep a record it had the enclave make before the retirement (a disable)
+ *   and hand that back, would sign with a retired key, or activate a second successor, without the restart
+ *   everyone can see (docs/LIFECYCLE.md).
  *   Project marks are never dropped either: a project's record carries its policy and its approvers, and
  *   a parent that could push a mark out (by changing many other projects) would hand back the record from
  *   before the approvers without the restart everyone can see (docs/POLICIES.md, "Approvers"). At the bound a
@@ -78,8 +80,12 @@ export class VerifiedRecords {
   failures = 0;
   private readonly verified: Lru<string, Entry>;
   private readonly keyMarks: Lru<string, number>;
-  /** The marks of retired and cancelled keys: never dropped (see the file comment). */
-  private readonly finalKeyMarks = new Map<string, number>();
+  /**
+   * Retired and cancelled keys: their final record's digest, never dropped (see the file comment). A final state
+   * is terminal, so this record is the only one of the key still current: any other, older or a fork the parent
+   * made from an older record (at the same seq or after), is refused.
+   */
+  private readonly finalKeys = new Map<string, string>();
   private readonly projectMarks = new Map<string, number>();
   private readonly maxProjectMarks: number;
 
@@ -120,31 +126,40 @@ export class VerifiedRecords {
   current(v: Verified<KeyRecord> | Verified<ProjectRecord>): void {
     const { record } = v;
     const id = this.idOf(record);
+    if (!this.notOlder(v, id)) throw this.refused();
+    if (record.kind === 'key' && this.finalKeys.has(id)) return;
     const mark = this.markOf(record, id);
-    if (mark !== undefined && record.seq < mark) throw this.refused();
     // Only a record after the first needs a mark (nothing is older than seq 0): making keys does not push
     // the marks of changed keys out of the bound.
     if (record.seq === 0 || (mark !== undefined && record.seq <= mark)) return;
     if (record.kind === 'project') {
       this.pinned(this.projectMarks, id, 'changed projects').set(id, record.seq);
     } else if (isFinalKeyState(record.state)) {
-      this.pinned(this.finalKeyMarks, id, 'retired or cancelled keys').set(id, record.seq);
+      this.pinned(this.finalKeys, id, 'retired or cancelled keys').set(id, v.digest.toString('hex'));
       this.keyMarks.delete(id);
     } else {
       this.keyMarks.set(id, record.seq);
     }
   }
 
+  /**
+   * Whether `v` is not older than the newest record of its key or project seen: for a retired or cancelled key,
+   * whether it is that final record itself.
+   */
+  private notOlder(v: Verified<KeyRecord> | { record: ProjectRecord }, id: string): boolean {
+    if (v.record.kind === 'key') {
+      const final = this.finalKeys.get(id);
+      if (final !== undefined) return final === (v as Verified<KeyRecord>).digest.toString('hex');
+    }
+    const mark = this.markOf(v.record, id);
+    return mark === undefined || v.record.seq >= mark;
+  }
+
   /** A map of marks that are never dropped, with room for `id`; OVERLOADED at the bound. */
-  private pinned(marks: Map<string, number>, id: string, what: string): Map<string, number> {
+  private pinned<V>(marks: Map<string, V>, id: string, what: string): Map<string, V> {
     if (!marks.has(id) && marks.size >= this.maxProjectMarks) {
-      throw new KeystoreError(
-        'OVERLOADED',
-        `the enclave keeps the newest record of at most ${this.maxProjectMarks} ${what} (records.maxSeqMarks)`,
-        {
-          retryable: false,
-        },
-      );
+      const message = `the enclave keeps the newest record of at most ${this.maxProjectMarks} ${what} (records.maxSeqMarks)`;
+      throw new KeystoreError('OVERLOADED', message, { retryable: false });
     }
     return marks;
   }
@@ -155,14 +170,12 @@ export class VerifiedRecords {
    * may have made a newer record, e.g. disabled the key or the project.
    */
   stillCurrent(v: Verified<KeyRecord> | Verified<ProjectRecord>): void {
-    const mark = this.markOf(v.record, this.idOf(v.record));
-    if (mark !== undefined && v.record.seq < mark) throw this.refused();
+    if (!this.notOlder(v, this.idOf(v.record))) throw this.refused();
   }
 
   /** Whether no newer record of its key or project has been seen (no failure counted): for a cache's entries. */
-  isCurrent(v: { record: KeyRecord | ProjectRecord }): boolean {
-    const mark = this.markOf(v.record, this.idOf(v.record));
-    return mark === undefined || v.record.seq >= mark;
+  isCurrent(v: Verified<KeyRecord> | { record: ProjectRecord }): boolean {
+    return this.notOlder(v, this.idOf(v.record));
   }
 
   /**
@@ -173,10 +186,9 @@ export class VerifiedRecords {
     return record.kind === 'key' ? `${record.keyId}\u0000${record.address}` : record.projectId;
   }
 
-  /** The highest seq seen of the record's key or project, if any is kept. */
+  /** The highest seq seen of the record's key (not retired or cancelled) or project, if any is kept. */
   private markOf(record: KeyRecord | ProjectRecord, id: string): number | undefined {
-    if (record.kind === 'project') return this.projectMarks.get(id);
-    return this.finalKeyMarks.get(id) ?? this.keyMarks.get(id);
+    return record.kind === 'project' ? this.projectMarks.get(id) : this.keyMarks.get(id);
   }
 
   /**

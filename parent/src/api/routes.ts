@@ -186,6 +186,8 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       ...at('/v1/keys/{keyId}/successor', 'keys:create'),
       schema: { params: KeyParams, querystring: NoQuery, body: SuccessorBody },
       async handler(request, reply) {
+        // A JWT project's key does not exist for a caller below admin, as on the read routes (then FORBIDDEN).
+        keys.view(request.params.keyId, { withJwtKeys: seesJwtKeys(request) });
         const record = await keys.successor(request.params.keyId, request.body ?? {});
         reply.code(201);
         return viewOf(record);
