@@ -192,6 +192,17 @@ describe('key lifecycle over the caller API', () => {
     expect((await post(`/v1/keys/${a.keyId}/successor`, 'create', { externalId: 'x' })).body.error.code).toBe('INVALID_PARAMS');
   }, 60_000);
 
+  it('a disabled key`s successor starts disabled (a rotation is not an enable), and is enabled as any key', async () => {
+    const a = await create(alice());
+    expect((await post(`/v1/keys/${a.keyId}/disable`)).body.disabled).toBe(true);
+    const b = await successor(a.keyId);
+    expect([b.state, openKeyRecord(b.record, identity).record.disabled, (await get(b.keyId)).disabled]).toEqual(['pending', true, true]);
+    const refused = await sign(b.keyId);
+    expect([refused.status, refused.body.error.code]).toEqual([409, 'KEY_DISABLED']);
+    expect((await post(`/v1/keys/${b.keyId}/enable`)).body.disabled).toBe(false);
+    expect((await sign(b.keyId)).status).toBe(200);
+  });
+
   it('a key without subject has no successor, and is its own history', async () => {
     const k = await create();
     const res = await post(`/v1/keys/${k.keyId}/successor`, 'create');
@@ -298,6 +309,18 @@ describe('key lifecycle over the caller API', () => {
     ]);
     expect((await wallet.getAddress(await jwt())).body.address).toBe(b);
     await s.parent.waitForLog((e) => e.msg === 'stored the next records of JWT user keys');
+
+    // A user whose key the operator disabled rotates: the successor is stored, disabled as its predecessor.
+    const other = walletApi(s, (await createProject(s, jwtProject(idp))).projectKey);
+    const dora = (action?: string) => idp.mint({ sub: 'dora', ...(action ? { nks_action: action } : {}) }, { lifetimeS: 60 });
+    const d = (await other.getAddress(await dora())).body.address as string;
+    expect((await post(`/v1/keys/${await keyIdOf(d)}/disable`)).body.disabled).toBe(true);
+    const rotatedOff = await other.post('rotate', { jwt_token: await dora('rotate') });
+    expect(rotatedOff.status).toBe(200);
+    expect((await s.api(`/v1/keys/${await keyIdOf(rotatedOff.body.address)}`, { token: 'admin' })).body).toMatchObject({
+      state: 'pending',
+      disabled: true,
+    });
 
     const c = (await lifecycle('rotate')).body.address as string;
     const cancelled = await lifecycle('cancel', undefined, c);
