@@ -1,13 +1,15 @@
 /**
  * The key lifecycle on the TrueWallet routes (docs/PROTOCOL.md, "Key lifecycle"): `POST /v1/{projectKey}/wallets/
- * rotate | activate | cancel {jwt_token}` over real HTTPS to the real enclave bundle, real JWTs from the simulated
- * IdP, and the test in the parent's seat with the wallet store double (wallet-store.ts), which may lie.
+ * rotate | activate | cancel {jwt_token, address?}` (activate names its address) over real HTTPS to the real enclave
+ * bundle, real JWTs from the simulated IdP, and the test in the parent's seat with the wallet store double
+ * (wallet-store.ts), which may lie.
  *
  * What must hold: each route answers `{address}` of the key it made or changed and leaves the store holding the
  * enclave's records (activate's two together); a JWT that is not for exactly that change (an ordinary login token,
  * another action's, one living over 120 s) is refused as any bad JWT before the store is asked about the user's
  * keys; a second successor is SUCCESSOR_EXISTS (asked first, or decided by the store's insert); wrong states are
- * 409 naming the state; a missing key is 404; each outcome counted in health.
+ * 409 naming the state; a missing key, or none pending at the address named, is 404; each outcome counted in health.
+ * The attacks of a store that lies about which key is pending: lifecycle-review-wallets.test.ts.
  */
 import { getBytes, verifyMessage } from 'ethers';
 import { jwtSubject, LIFECYCLE_MAX_TOKEN_LIFETIME_S, type LifecycleAction } from '@nks/shared/project-auth';
@@ -43,9 +45,12 @@ describe('the key lifecycle on the wallet routes, over HTTPS', () => {
   /** A JWT for `sub`: for a lifecycle `action`, or an ordinary login token (none). */
   const jwtFor = (sub: string, action?: LifecycleAction, lifetimeS = 60) =>
     w.mint(sub, action === undefined ? {} : { nks_action: action }, { lifetimeS });
-  const call = async (route: string, sub: string, action?: LifecycleAction, lifetimeS?: number) =>
-    w.wallet(projectKey, route, { jwt_token: await jwtFor(sub, action, lifetimeS) });
-  const lifecycle = (action: LifecycleAction, sub: string) => call(action, sub, action);
+  const call = async (route: string, sub: string, action?: LifecycleAction, lifetimeS?: number, address?: string) =>
+    w.wallet(projectKey, route, { jwt_token: await jwtFor(sub, action, lifetimeS), ...(address === undefined ? {} : { address }) });
+  /** A lifecycle change; activate names the address it activates (cancel may). */
+  const lifecycle = (action: LifecycleAction, sub: string, address?: string) => call(action, sub, action, undefined, address);
+  /** Some address no key of these tests has. */
+  const NOBODY = `0x${'12'.repeat(20)}`;
   const requests = async () => (await w.health()).wallets.requests;
 
   it('rotate → pending successor; activate → it is the user`s key, the old one retired; cancel → given up', async () => {
@@ -60,7 +65,7 @@ describe('the key lifecycle on the wallet routes, over HTTPS', () => {
     // Until it is activated, the user's key is the one before.
     expect((await call('get-address', 'alice')).body).toEqual({ address: before });
 
-    const activated = await lifecycle('activate', 'alice');
+    const activated = await lifecycle('activate', 'alice', b);
     expect([activated.status, activated.body]).toEqual([200, { address: b }]);
     expect((await call('get-address', 'alice')).body).toEqual({ address: b });
     expect(w.store.pendingKey(projectId, subjectOf('alice'))).toBeUndefined();
@@ -106,6 +111,7 @@ describe('the key lifecycle on the wallet routes, over HTTPS', () => {
     await call('get-address', 'carol');
     const calls = w.store.calls.length;
     const counted = (await requests()).invalid_jwt ?? 0;
+    // (activate names an address: the JWT is refused before it is looked at.)
     const cases: Array<[string, LifecycleAction | undefined, number, string]> = [
       ['rotate', undefined, 60, lifecycleActionMessage('rotate')],
       ['rotate', 'activate', 60, lifecycleActionMessage('rotate')],
@@ -114,7 +120,7 @@ describe('the key lifecycle on the wallet routes, over HTTPS', () => {
       ['rotate', 'rotate', LIFECYCLE_MAX_TOKEN_LIFETIME_S + 1, LIFECYCLE_LIFETIME_MESSAGE],
     ];
     for (const [route, action, lifetimeS, message] of cases) {
-      const res = await call(route, 'carol', action, lifetimeS);
+      const res = await call(route, 'carol', action, lifetimeS, route === 'activate' ? NOBODY : undefined);
       expect([route, action, res.status, res.body]).toEqual([route, action, 400, { detail: { jwt_token: [message] } }]);
     }
     expect(((await requests()).invalid_jwt ?? 0) - counted).toBe(cases.length);
@@ -125,24 +131,31 @@ describe('the key lifecycle on the wallet routes, over HTTPS', () => {
     expect((await call('rotate', 'carol', 'rotate', LIFECYCLE_MAX_TOKEN_LIFETIME_S)).status).toBe(200);
   });
 
-  it('404 without a key to change; 409 naming the state when the store answers a key that is not pending', async () => {
+  it('404 without a key to change or at another address; 409 naming the state of a cancelled key the store answers', async () => {
     const counted = (await requests()).not_found ?? 0;
     expectDetail(await lifecycle('rotate', 'dave'), 404, 'this user has no key yet');
     await call('get-address', 'dave');
-    expectDetail(await lifecycle('activate', 'dave'), 404, 'this user has no pending key');
+    expectDetail(await lifecycle('activate', 'dave', NOBODY), 404, 'this user has no pending key');
     expectDetail(await lifecycle('cancel', 'dave'), 404, 'this user has no pending key');
-    expect(((await requests()).not_found ?? 0) - counted).toBe(3);
-    // The store answers the user's active key as their pending one: the enclave decides from its record.
+    // A pending key, but not at the address named.
+    const p = (await lifecycle('rotate', 'dave')).body.address as string;
+    expectDetail(await lifecycle('activate', 'dave', NOBODY), 404, 'this user has no pending key at this address');
+    expectDetail(await lifecycle('cancel', 'dave', NOBODY), 404, 'this user has no pending key at this address');
+    expect(((await requests()).not_found ?? 0) - counted).toBe(5);
+    expect((await lifecycle('cancel', 'dave', p)).status).toBe(200);
+    // The store answers the cancelled key as the pending one: the enclave decides from its record.
     const active = w.store.userKey(projectId, subjectOf('dave'));
-    w.store.lie['store.pendingUserKey'] = () => ({ key: active });
-    expectDetail(await lifecycle('cancel', 'dave'), 409, 'the key is active');
+    const cancelled = w.store.finished().pop();
+    w.store.lie['store.pendingUserKey'] = () => ({ key: cancelled });
+    expectDetail(await lifecycle('cancel', 'dave'), 409, 'the key is cancelled');
+    expectDetail(await lifecycle('activate', 'dave', p), 409, 'the key is cancelled');
     // Nothing changed: the key is still the user's and usable.
     w.store.lie = {};
     expect(w.store.userKey(projectId, subjectOf('dave'))).toEqual(active);
     expect((await lifecycle('rotate', 'dave')).status).toBe(200);
   });
 
-  it("a store's lie about the keys is KEY_INTEGRITY (500), never a change: another user's pending key, a pending key with no active one", async () => {
+  it("a store's lie about the keys is KEY_INTEGRITY (500), never a change: another user's pending key, a pending key with no active one, the active key as pending", async () => {
     await call('get-address', 'erin');
     await call('get-address', 'frank');
     expect((await lifecycle('rotate', 'frank')).status).toBe(200);
@@ -153,21 +166,27 @@ describe('the key lifecycle on the wallet routes, over HTTPS', () => {
     w.store.lie['store.pendingUserKey'] = () => ({ key: franks });
     expect((await lifecycle('cancel', 'erin')).status).toBe(500);
     w.store.lie = { 'store.userKey': () => ({ key: null }) };
-    expect((await lifecycle('activate', 'frank')).status).toBe(500);
+    const franksAddress = keyOf((franks as { record: SignedRecord }).record).address;
+    expect((await lifecycle('activate', 'frank', franksAddress)).status).toBe(500);
+    // The user's active key answered as their pending one (a pending key's record says pending, or cancelled).
+    w.store.lie = { 'store.pendingUserKey': () => ({ key: erins }) };
+    expect((await lifecycle('cancel', 'erin')).status).toBe(500);
     const after = await w.health();
-    expect([(after.wallets.requests.error ?? 0) - errors, after.counters.integrityFailures - failures]).toEqual([2, 2]);
+    expect([(after.wallets.requests.error ?? 0) - errors, after.counters.integrityFailures - failures]).toEqual([3, 3]);
     w.store.lie = {};
     // Nothing changed: frank's successor is still pending, erin's key still hers.
     expect([w.store.pendingKey(projectId, subjectOf('frank')), w.store.userKey(projectId, subjectOf('erin'))]).toEqual([franks, erins]);
-    expect((await lifecycle('activate', 'frank')).status).toBe(200);
+    expect((await lifecycle('activate', 'frank', franksAddress)).status).toBe(200);
   });
 
   it('never hands the store a JWT', async () => {
     const jwts = await Promise.all(['rotate', 'activate', 'cancel'].map((a) => jwtFor('gina', a as LifecycleAction)));
     await call('get-address', 'gina');
-    const statuses = [];
-    for (const [i, route] of ['rotate', 'activate', 'cancel'].entries())
-      statuses.push((await w.wallet(projectKey, route, { jwt_token: jwts[i] as string })).status);
+    const rotated = await w.wallet(projectKey, 'rotate', { jwt_token: jwts[0] as string });
+    const address = rotated.body.address as string;
+    const statuses = [rotated.status];
+    for (const [i, route] of (['activate', 'cancel'] as const).entries())
+      statuses.push((await w.wallet(projectKey, route, { jwt_token: jwts[i + 1] as string, address })).status);
     // (Nothing is pending once activated.)
     expect(statuses).toEqual([200, 200, 404]);
     const seen = JSON.stringify(w.store.calls);

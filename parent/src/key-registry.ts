@@ -100,8 +100,8 @@ export interface CheckedKey {
 
 /**
  * Checks a `keys.create`, `keys.migrate` or `keys.successor` answer: the record is signed by the identity, is
- * the key's first (seq 0, enabled, of this origin; active, or pending and naming `predecessor` for a
- * successor), names this key id, address, project and subject, and binds the blob returned; the blob is
+ * the key's first (seq 0, of this origin; active and enabled, or for a successor pending, naming `predecessor`
+ * and disabled as `disabled` says: a successor inherits its predecessor's flag), names this key id, address, project and subject, and binds the blob returned; the blob is
  * version 2 for the same key. KEY_INTEGRITY otherwise.
  */
 export function checkNewKey(
@@ -114,6 +114,7 @@ export function checkNewKey(
     origin: 'created' | 'migrated';
     address?: string;
     predecessor?: string;
+    disabled?: boolean;
   },
 ): CheckedKey {
   const fail = (cause?: unknown) => new KeystoreError('KEY_INTEGRITY', BAD_ANSWER, { cause });
@@ -135,7 +136,7 @@ export function checkNewKey(
     record.subject === expected.subject &&
     record.state === (expected.predecessor === undefined ? 'active' : 'pending') &&
     record.predecessor === expected.predecessor &&
-    !record.disabled &&
+    record.disabled === (expected.disabled ?? false) &&
     record.seq === 0 &&
     record.prev === null &&
     record.origin === expected.origin &&
@@ -504,6 +505,7 @@ export class KeyRegistry {
       subject,
       origin: 'created',
       predecessor: keyId,
+      disabled: v.record.disabled,
     });
     const result = this.store.insertSuccessor({
       keyId: newId,

@@ -2,9 +2,10 @@
  * The key lifecycle through the caller API (docs/LIFECYCLE.md), over the real processes (enclave bundle on the
  * simulated platform, real SQLite): successor, activate, cancel and history; transitions from the wrong state
  * are 409 KEY_STATE naming the state with nothing changed; one pending successor (SUCCESSOR_EXISTS); an
- * activation stored whole or not at all; the external id answers the active key; a retired or cancelled key
- * never signs again, also after a parent restart; a JWT project's keys refused to operator tokens, and their
- * user's rotate, activate and cancel on the enclave's wallet routes stored by the parent's wallet store.
+ * activation stored whole or not at all (a failed write repaired by asking again); the external id answers the
+ * active key; a retired or cancelled key never signs again, also after a parent restart; a JWT project's keys
+ * refused to operator tokens, and their user's rotate, activate and cancel on the enclave's wallet routes stored
+ * by the parent's wallet store.
  */
 import Database from 'better-sqlite3';
 import { randomBytes } from 'node:crypto';
@@ -191,6 +192,17 @@ describe('key lifecycle over the caller API', () => {
     expect((await post(`/v1/keys/${a.keyId}/successor`, 'create', { externalId: 'x' })).body.error.code).toBe('INVALID_PARAMS');
   }, 60_000);
 
+  it('a disabled key`s successor starts disabled (a rotation is not an enable), and is enabled as any key', async () => {
+    const a = await create(alice());
+    expect((await post(`/v1/keys/${a.keyId}/disable`)).body.disabled).toBe(true);
+    const b = await successor(a.keyId);
+    expect([b.state, openKeyRecord(b.record, identity).record.disabled, (await get(b.keyId)).disabled]).toEqual(['pending', true, true]);
+    const refused = await sign(b.keyId);
+    expect([refused.status, refused.body.error.code]).toEqual([409, 'KEY_DISABLED']);
+    expect((await post(`/v1/keys/${b.keyId}/enable`)).body.disabled).toBe(false);
+    expect((await sign(b.keyId)).status).toBe(200);
+  });
+
   it('a key without subject has no successor, and is its own history', async () => {
     const k = await create();
     const res = await post(`/v1/keys/${k.keyId}/successor`, 'create');
@@ -198,7 +210,7 @@ describe('key lifecycle over the caller API', () => {
     expect((await history(k.keyId)).map((e) => [e.keyId, e.state, e.predecessor])).toEqual([[k.keyId, 'active', null]]);
   });
 
-  it('stores an activation whole or not at all: the second write fails, both keys stay as they were', async () => {
+  it('stores an activation whole or not at all: the second write fails, both keys stay as they were; asked again, it is stored', async () => {
     const a = await create(alice());
     const b = await successor(a.keyId);
     // Standing where the host is: the database refuses the second write of the transaction (the activated key's).
@@ -217,14 +229,21 @@ describe('key lifecycle over the caller API', () => {
       db.exec('DROP TRIGGER IF EXISTS fail_activation');
       db.close();
     }
-    // The enclave remembers the records it made, so it refuses the stored ones as older until it restarts
-    // (docs/LIFECYCLE.md); then the activation goes through.
-    expect((await post(`/v1/keys/${b.keyId}/activate`)).body.error.code).toBe('KEY_INTEGRITY');
-    await s.stopEnclave();
-    await s.startEnclave();
-    await waitReady(s);
+    // The enclave remembers the records it made, so the stored ones are now older than the newest it has seen:
+    // the key signs no more with them until the records are stored (docs/LIFECYCLE.md, "Limits").
+    expect((await sign(a.keyId)).body.error.code).toBe('KEY_INTEGRITY');
+    // The same activate asked again is answered the records made the first time, and stored: repaired, with no
+    // enclave restart.
     const activated = await post(`/v1/keys/${b.keyId}/activate`);
     expect([activated.status, activated.body.state, (await get(a.keyId)).state]).toEqual([200, 'active', 'retired']);
+    const ra = openKeyRecord((await get(a.keyId)).record, identity).record;
+    expect([ra.state, ra.seq, ra.prev]).toEqual(['retired', 1, hex(recordDigest(Buffer.from(a.record.record, 'base64')))]);
+    expect(await history(a.keyId)).toEqual([
+      expect.objectContaining({ keyId: a.keyId, state: 'retired' }),
+      expect.objectContaining({ keyId: b.keyId, state: 'active' }),
+    ]);
+    expect((await sign(b.keyId)).status).toBe(200);
+    expect((await sign(a.keyId)).body.error.code).toBe('KEY_RETIRED');
   }, 90_000);
 
   it("refuses every lifecycle change of a JWT project's key to operator tokens, before asking the enclave", async () => {
@@ -253,7 +272,8 @@ describe('key lifecycle over the caller API', () => {
     const project = await createProject(s, jwtProject(idp));
     const wallet = walletApi(s, project.projectKey);
     const jwt = (action?: string) => idp.mint({ sub: 'walt', ...(action ? { nks_action: action } : {}) }, { lifetimeS: 60 });
-    const lifecycle = async (action: string, token?: string) => wallet.post(action, { jwt_token: token ?? (await jwt(action)) });
+    const lifecycle = async (action: string, token?: string, address?: string) =>
+      wallet.post(action, { jwt_token: token ?? (await jwt(action)), ...(address === undefined ? {} : { address }) });
     const a = (await wallet.getAddress(await jwt())).body.address as string;
     const keyIdOf = async (address: string) =>
       ((await s.api('/v1/keys?limit=1000', { token: 'admin' })).body as { keys: KeyAnswer[] }).keys.find((k) => k.address === address)
@@ -280,7 +300,8 @@ describe('key lifecycle over the caller API', () => {
     const twice = await lifecycle('rotate');
     expect([twice.status, twice.body.detail]).toEqual([409, expect.stringContaining('pending key already')]);
 
-    const activated = await lifecycle('activate');
+    // Activate names the address rotate answered (the one the user registered).
+    const activated = await lifecycle('activate', undefined, b);
     expect([activated.status, activated.body.address]).toEqual([200, b]);
     expect(await states()).toEqual([
       [a, 'retired'],
@@ -289,8 +310,20 @@ describe('key lifecycle over the caller API', () => {
     expect((await wallet.getAddress(await jwt())).body.address).toBe(b);
     await s.parent.waitForLog((e) => e.msg === 'stored the next records of JWT user keys');
 
+    // A user whose key the operator disabled rotates: the successor is stored, disabled as its predecessor.
+    const other = walletApi(s, (await createProject(s, jwtProject(idp))).projectKey);
+    const dora = (action?: string) => idp.mint({ sub: 'dora', ...(action ? { nks_action: action } : {}) }, { lifetimeS: 60 });
+    const d = (await other.getAddress(await dora())).body.address as string;
+    expect((await post(`/v1/keys/${await keyIdOf(d)}/disable`)).body.disabled).toBe(true);
+    const rotatedOff = await other.post('rotate', { jwt_token: await dora('rotate') });
+    expect(rotatedOff.status).toBe(200);
+    expect((await s.api(`/v1/keys/${await keyIdOf(rotatedOff.body.address)}`, { token: 'admin' })).body).toMatchObject({
+      state: 'pending',
+      disabled: true,
+    });
+
     const c = (await lifecycle('rotate')).body.address as string;
-    const cancelled = await lifecycle('cancel');
+    const cancelled = await lifecycle('cancel', undefined, c);
     expect([cancelled.status, cancelled.body.address]).toEqual([200, c]);
     // Stored, so a parent restart changes nothing: the user's key is b.
     await s.restartParent();

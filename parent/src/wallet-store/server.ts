@@ -155,7 +155,8 @@ export class WalletStore {
         projectId: record.projectId,
         subject: record.subject,
         origin: 'created',
-        ...(successor ? { predecessor: record.predecessor } : {}),
+        // A successor starts disabled if its predecessor was (the enclave's decision, from the predecessor's record).
+        ...(successor ? { predecessor: record.predecessor, disabled: record.disabled } : {}),
       });
     } catch (err) {
       return refuse(
