@@ -259,6 +259,9 @@ describe('key lifecycle over the caller API', () => {
       expect([res.status, res.body.error.code]).toEqual([403, 'FORBIDDEN']);
       expect(res.body.error.message).toContain('nks_action');
     }
+    // A successor asked with keys:create (below admin): the key does not exist for it, as on the read routes.
+    const below = await post(`/v1/keys/${key.keyId}/successor`, 'create');
+    expect([below.status, below.body.error.code]).toEqual([404, 'KEY_NOT_FOUND']);
     expect(await lifecycleCalls()).toBe(asked);
     // History: the admin sees it; a token below admin is told the key does not exist.
     expect((await s.api(`/v1/keys/${key.keyId}/history`, { token: 'admin' })).body.keys.map((k: KeyAnswer) => k.keyId)).toEqual([
