@@ -21,6 +21,7 @@ interface KeyAnswer {
   address: `0x${string}`;
   externalId: string | null;
   state: string;
+  disabled: boolean;
   predecessor?: string;
   record: SignedRecord;
 }
