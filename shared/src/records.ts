@@ -79,8 +79,6 @@ export interface KeyRecord {
   predecessor?: string;
 }
 
-/** Pending: made as a successor, signs, not yet the subject's key. Active: the subject's key. */
-export const SIGNING_KEY_STATES: readonly KeyState[] = ['pending', 'active'];
 /** Retired (succeeded) and cancelled (a successor given up) are final: such a key never signs again. */
 export const isFinalKeyState = (s: KeyState): boolean => s === 'retired' || s === 'cancelled';
 
@@ -113,7 +111,7 @@ export interface SignedRecord {
 
 export function encodeRecord(r: AnyRecord): Buffer {
   const fields: Record<string, unknown> = { ...r };
-  if (r.kind === 'key' && r.predecessor === undefined) delete fields.predecessor;
+  if (fields.predecessor === undefined) delete fields.predecessor;
   // No policies: no field, so the record is what it was before policies existed.
   if (r.kind === 'project' && isEmptyPolicy(r.policies)) delete fields.policies;
   return canonicalCbor(fields);

@@ -14,6 +14,8 @@ import {
   hex,
   identityPublicKey,
   identityPublicKeyHex,
+  isFinalKeyState,
+  KEY_STATES,
   MAX_RECORD_BYTES,
   openKeyRecord,
   openProjectRecord,
@@ -387,6 +389,49 @@ describe('decoding project records, field by field', () => {
   it('a key record never opens as a project record, nor a project record as a key record', () => {
     expect(refusal(() => openProjectRecord(signRecord(KEY), identity.publicKey))).toEqual(malformed('unknown field keyId'));
     expect(refusal(() => openKeyRecord(signRecord(PROJECT), identity.publicKey))).toEqual(malformed('unknown field auth'));
+  });
+});
+
+describe('key records of successors (docs/LIFECYCLE.md): the optional predecessor', () => {
+  const SUCCESSOR: KeyRecord = { ...KEY, keyId: 'k_2', state: 'pending', predecessor: 'k_1' };
+
+  it('leaves a key record without a predecessor byte for byte what it was before the lifecycle existed', () => {
+    const before = canonicalCbor({ ...KEY });
+    expect(encodeRecord(KEY)).toEqual(before);
+    expect(encodeRecord({ ...KEY, predecessor: undefined })).toEqual(before);
+    const decoded = decodeKeyRecord(before);
+    expect(decoded).toEqual(KEY);
+    expect('predecessor' in decoded).toBe(false);
+  });
+
+  it('round-trips a predecessor, through a genuine signature too', () => {
+    const bytes = encodeRecord(SUCCESSOR);
+    expect(bytes).toEqual(canonicalCbor({ ...SUCCESSOR }));
+    expect(decodeKeyRecord(bytes)).toEqual(SUCCESSOR);
+    expect(openKeyRecord(signRecord(SUCCESSOR), identity.publicKey).record.predecessor).toBe('k_1');
+  });
+
+  it.each<[string, unknown]>([
+    ['empty', ''],
+    ['malformed', 'a/b'],
+    ['too long', 'k'.repeat(65)],
+    ['a number', 1],
+    ['null', null],
+  ])('refuses a predecessor that is %s', (_name, predecessor) => {
+    expect(refusal(() => decodeKeyRecord(with_(SUCCESSOR, { predecessor })))).toEqual(malformed('predecessor is not well formed'));
+  });
+
+  it('has no predecessor field in a project record', () => {
+    expect(refusal(() => decodeProjectRecord(with_(PROJECT, { predecessor: 'k_1' })))).toEqual(malformed('unknown field predecessor'));
+  });
+
+  it('calls retired and cancelled final, pending and active not', () => {
+    expect(KEY_STATES.map((s) => [s, isFinalKeyState(s)])).toEqual([
+      ['pending', false],
+      ['active', false],
+      ['retired', true],
+      ['cancelled', true],
+    ]);
   });
 });
 
