@@ -25,7 +25,7 @@ const keyOf = (s: SignedRecord): KeyRecord => decodeKeyRecord(Buffer.from(s.reco
 const codeAndMessage = (e: KeystoreError) => [e.code, e.message];
 const INTEGRITY = ['KEY_INTEGRITY', INTEGRITY_REFUSED_MESSAGE];
 const MARKS = 16;
-const FINAL_BOUND = /^the enclave keeps the newest record of at most 16 retired or cancelled keys \(records\.maxSeqMarks\)$/;
+const FINAL_BOUND = /^the enclave keeps the newest record of at most 16 retired, cancelled or activated keys \(records\.maxSeqMarks\)$/;
 
 /** The calls of the parent seat on one enclave harness. */
 function parentSeat(h: () => EnclaveHarness, prefix: string) {
@@ -175,11 +175,12 @@ describe('the bound on the marks of retired and cancelled keys (records.maxSeqMa
     await h?.stop();
   });
 
-  it('once that many keys are retired or cancelled, the next such change is OVERLOADED and nothing changes', async () => {
-    // MARKS keys made final: half retired by an activation, half cancelled.
+  it('once that many keys are retired, cancelled or activated, the next such change is OVERLOADED and nothing changes', async () => {
+    // MARKS keys pinned: each round an activation (its predecessor retired, the successor activated: two pins)
+    // and a cancel (one); then one more cancel.
     const retired: Array<{ key: Awaited<ReturnType<typeof create>>; active: SignedRecord }> = [];
     const cancelled: Array<Awaited<ReturnType<typeof create>>> = [];
-    for (let i = 0; i < MARKS / 2; i++) {
+    for (let i = 0; i < Math.floor(MARKS / 3); i++) {
       const a = await create();
       const { record: active } = await activate(await successor(a), a);
       retired.push({ key: a, active });
@@ -187,6 +188,9 @@ describe('the bound on the marks of retired and cancelled keys (records.maxSeqMa
       await cancel(p);
       cancelled.push(p);
     }
+    const last = await successor(await create());
+    await cancel(last);
+    cancelled.push(last);
 
     // One more cancel: OVERLOADED, and the successor is still pending (it signs, its record current).
     const a = await create();

@@ -136,10 +136,10 @@ export class KeyLifecycle {
     const now = this.deps.now();
     const active = this.sign(nextKeyRecord(key, { state: 'active' }, now));
     const retired = this.sign(nextKeyRecord(before, { state: 'retired' }, now));
-    // Both remembered with no wait between them: no request sees one change without the other. The retired one
-    // first: at the bound of final marks it is refused (OVERLOADED), and then nothing has changed.
-    records.remember<KeyRecord>(retired, 'key');
-    records.remember<KeyRecord>(active, 'key');
+    // Both remembered, and both keys pinned (the retired one final, the successor never pending again), with no
+    // wait between them: no request sees one change without the other. At the bound of pinned keys neither is
+    // (OVERLOADED), and nothing has changed.
+    records.rememberActivation(active, retired);
     this.deps.cache.forget(b.keyId);
     const result = { record: active, predecessor: retired };
     this.answered.set(again, result);

@@ -14,15 +14,17 @@
  *   record is then accepted again until a newer one is seen. That is the documented limit of this check
  *   (docs/RECORDS.md). Key marks are bounded like the cache (a mark dropped at the bound is forgotten as by a
  *   restart), except for retired and cancelled keys: their final record itself is kept (its digest), never
- *   dropped, and is the only record of the key accepted from then on. A parent that could push the mark out (by
+ *   dropped, and is the only record of the key accepted from then on; and for successors this enclave activated:
+ *   their activation's seq is kept, never dropped, and no pending record of them is accepted again (the parent
+ *   could otherwise hand one back as "the user's pending key" to a cancel, and end the user's key). A parent that could push the mark out (by
  *   disabling many keys of its own), or keep a record it had the enclave make before the retirement (a disable)
  *   and hand that back, would sign with a retired key, or activate a second successor, without the restart
  *   everyone can see (docs/LIFECYCLE.md).
  *   Project marks are never dropped either: a project's record carries its policy and its approvers, and
  *   a parent that could push a mark out (by changing many other projects) would hand back the record from
  *   before the approvers without the restart everyone can see (docs/POLICIES.md, "Approvers"). At the bound a
- *   project (a retired or cancelled key) that needs a new mark is refused (OVERLOADED): the parent made that many
- *   project changes (key transitions), which denies service and nothing else.
+ *   project (a key to pin) that needs a new mark is refused (OVERLOADED): the parent made that many project
+ *   changes (key transitions), which denies service and nothing else.
  *
  * Every integrity failure is one KEY_INTEGRITY with one fixed message (`integrityRefused`), whichever check
  * failed, and is counted in `failures` (health: integrityFailures): the parent learns "no", never which.
@@ -41,6 +43,9 @@ import {
   type SignedRecord,
 } from '@nks/shared/records';
 import { Lru } from './lru';
+
+/** What the OVERLOADED answer at the bound of pinned keys names. */
+const KEY_PINS = 'retired, cancelled or activated keys';
 
 /** The one message of every record or blob mismatch. */
 export const INTEGRITY_REFUSED_MESSAGE = 'the key does not match its signed records';
@@ -81,11 +86,12 @@ export class VerifiedRecords {
   private readonly verified: Lru<string, Entry>;
   private readonly keyMarks: Lru<string, number>;
   /**
-   * Retired and cancelled keys: their final record's digest, never dropped (see the file comment). A final state
-   * is terminal, so this record is the only one of the key still current: any other, older or a fork the parent
-   * made from an older record (at the same seq or after), is refused.
+   * Keys whose lifecycle went one way (see the file comment), never dropped: a retired or cancelled key's final
+   * record (its digest; a final state is terminal, so this record is the only one of the key still current: any
+   * other, older or a fork the parent made from an older record, is refused), and a successor this enclave
+   * activated (the seq of its activation: no record of it before that, and no pending record, is accepted again).
    */
-  private readonly finalKeys = new Map<string, string>();
+  private readonly pinnedKeys = new Map<string, { final: string } | { activatedAt: number }>();
   private readonly projectMarks = new Map<string, number>();
   private readonly maxProjectMarks: number;
 
@@ -127,7 +133,8 @@ export class VerifiedRecords {
     const { record } = v;
     const id = this.idOf(record);
     if (!this.notOlder(v, id)) throw this.refused();
-    if (record.kind === 'key' && this.finalKeys.has(id)) return;
+    const pin = record.kind === 'key' ? this.pinnedKeys.get(id) : undefined;
+    if (pin && 'final' in pin) return;
     const mark = this.markOf(record, id);
     // Only a record after the first needs a mark (nothing is older than seq 0): making keys does not push
     // the marks of changed keys out of the bound.
@@ -135,7 +142,7 @@ export class VerifiedRecords {
     if (record.kind === 'project') {
       this.pinned(this.projectMarks, id, 'changed projects').set(id, record.seq);
     } else if (isFinalKeyState(record.state)) {
-      this.pinned(this.finalKeys, id, 'retired or cancelled keys').set(id, v.digest.toString('hex'));
+      this.pinned(this.pinnedKeys, id, KEY_PINS).set(id, { final: v.digest.toString('hex') });
       this.keyMarks.delete(id);
     } else {
       this.keyMarks.set(id, record.seq);
@@ -148,8 +155,9 @@ export class VerifiedRecords {
    */
   private notOlder(v: Verified<KeyRecord> | { record: ProjectRecord }, id: string): boolean {
     if (v.record.kind === 'key') {
-      const final = this.finalKeys.get(id);
-      if (final !== undefined) return final === (v as Verified<KeyRecord>).digest.toString('hex');
+      const pin = this.pinnedKeys.get(id);
+      if (pin && 'final' in pin) return pin.final === (v as Verified<KeyRecord>).digest.toString('hex');
+      if (pin && (v.record.state === 'pending' || v.record.seq < pin.activatedAt)) return false;
     }
     const mark = this.markOf(v.record, id);
     return mark === undefined || v.record.seq >= mark;
@@ -157,11 +165,13 @@ export class VerifiedRecords {
 
   /** A map of marks that are never dropped, with room for `id`; OVERLOADED at the bound. */
   private pinned<V>(marks: Map<string, V>, id: string, what: string): Map<string, V> {
-    if (!marks.has(id) && marks.size >= this.maxProjectMarks) {
-      const message = `the enclave keeps the newest record of at most ${this.maxProjectMarks} ${what} (records.maxSeqMarks)`;
-      throw new KeystoreError('OVERLOADED', message, { retryable: false });
-    }
+    if (!marks.has(id) && marks.size >= this.maxProjectMarks) throw this.overloaded(what);
     return marks;
+  }
+
+  private overloaded(what: string): KeystoreError {
+    const message = `the enclave keeps the newest record of at most ${this.maxProjectMarks} ${what} (records.maxSeqMarks)`;
+    return new KeystoreError('OVERLOADED', message, { retryable: false });
   }
 
   /**
@@ -219,6 +229,20 @@ export class VerifiedRecords {
     this.verified.set(signed.record, { signature: signed.signature, verified: verified as Entry['verified'] });
     this.current(verified as Entry['verified']);
     return verified;
+  }
+
+  /**
+   * An activation this enclave made (keys/lifecycle.ts): the predecessor's retired record and the successor's
+   * active one, both remembered and both keys pinned, or neither (OVERLOADED, nothing changed, when the pins are
+   * at their bound). The successor's pin refuses its pending records from now on: a parent that pushed its
+   * ordinary mark out could otherwise hand one back (as "the user's pending key", to a cancel) and end it.
+   */
+  rememberActivation(active: SignedRecord, retired: SignedRecord): void {
+    const newPins = [active, retired].filter((r) => !this.pinnedKeys.has(this.idOf(this.key(r).record))).length;
+    if (this.pinnedKeys.size + newPins > this.maxProjectMarks) throw this.overloaded(KEY_PINS);
+    this.remember<KeyRecord>(retired, 'key');
+    const made = this.remember<KeyRecord>(active, 'key');
+    this.pinnedKeys.set(this.idOf(made.record), { activatedAt: made.record.seq });
   }
 
   private open(signed: SignedRecord, kind: 'key' | 'project'): Verified<KeyRecord> | Verified<ProjectRecord> {
