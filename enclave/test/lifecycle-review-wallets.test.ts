@@ -95,6 +95,15 @@ describe('the lifecycle on the wallet routes against the parent as the store', (
     // An activate that names no address is not taken (400).
     const unnamed = await lifecycle('activate', 'alice');
     expect([unnamed.status, Object.keys(unnamed.body.detail)]).toEqual([400, ['address']]);
+    // Nor one that names something other than an address, on activate or cancel.
+    for (const action of ['activate', 'cancel'] as const) {
+      const malformed = await lifecycle(action, 'alice', '0x1234');
+      expect([action, malformed.status, malformed.body]).toEqual([
+        action,
+        400,
+        { detail: { address: ['expected an address, 0x and 40 hex digits'] } },
+      ]);
+    }
     expect(updates()).toBe(written);
     // With the truth, P2 is activated (its address in any case: lower case here).
     const activated = await lifecycle('activate', 'alice', p2.toLowerCase());
