@@ -16,7 +16,15 @@ import type { CreateResult } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import { newKeyId } from '@nks/shared/identifiers';
 import type { Logger } from '@nks/shared/log';
-import { DEFAULT_PROJECT_ID, hex, type KeyRecord, type KeyState, type ProjectRecord, type SignedRecord } from '@nks/shared/records';
+import {
+  DEFAULT_PROJECT_ID,
+  hex,
+  recordDigest,
+  type KeyRecord,
+  type KeyState,
+  type ProjectRecord,
+  type SignedRecord,
+} from '@nks/shared/records';
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
 import type { PolicyDecision } from '@nks/shared/policy/decision';
 import type { PoliciesInput } from '@nks/shared/policy/schema';
@@ -524,7 +532,8 @@ export class KeyRegistry {
       keyId: newId,
       predecessor: keyId,
       projectId: record.projectId,
-      newRecordSha256: hex(this.records().key(made.record).digest),
+      // Verified by checkNewKey above: only its digest is read here.
+      newRecordSha256: hex(recordDigest(Buffer.from(made.record.record, 'base64'))),
       predecessorRecordSha256: hex(v.digest),
     });
     return result.record;

@@ -238,7 +238,9 @@ export class VerifiedRecords {
    * ordinary mark out could otherwise hand one back (as "the user's pending key", to a cancel) and end it.
    */
   rememberActivation(active: SignedRecord, retired: SignedRecord): void {
-    const newPins = [active, retired].filter((r) => !this.pinnedKeys.has(this.idOf(this.key(r).record))).length;
+    // The records are the enclave's own, just signed: read for their ids, not verified.
+    const idOfSigned = (r: SignedRecord) => this.idOf(decodeKeyRecord(Buffer.from(r.record, 'base64')));
+    const newPins = [active, retired].filter((r) => !this.pinnedKeys.has(idOfSigned(r))).length;
     if (this.pinnedKeys.size + newPins > this.maxProjectMarks) throw this.overloaded(KEY_PINS);
     this.remember<KeyRecord>(retired, 'key');
     const made = this.remember<KeyRecord>(active, 'key');
