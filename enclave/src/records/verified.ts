@@ -44,6 +44,9 @@ import {
 } from '@nks/shared/records';
 import { Lru } from './lru';
 
+/** A key whose lifecycle went one way: its final record's digest, or the seq of its activation. */
+type KeyPin = { final: string } | { activatedAt: number };
+
 /** What the OVERLOADED answer at the bound of pinned keys names. */
 const KEY_PINS = 'retired, cancelled or activated keys';
 
@@ -91,7 +94,7 @@ export class VerifiedRecords {
    * other, older or a fork the parent made from an older record, is refused), and a successor this enclave
    * activated (the seq of its activation: no record of it before that, and no pending record, is accepted again).
    */
-  private readonly pinnedKeys = new Map<string, { final: string } | { activatedAt: number }>();
+  private readonly pinnedKeys = new Map<string, KeyPin>();
   private readonly projectMarks = new Map<string, number>();
   private readonly maxProjectMarks: number;
 
@@ -132,10 +135,10 @@ export class VerifiedRecords {
   current(v: Verified<KeyRecord> | Verified<ProjectRecord>): void {
     const { record } = v;
     const id = this.idOf(record);
-    if (!this.notOlder(v, id)) throw this.refused();
     const pin = record.kind === 'key' ? this.pinnedKeys.get(id) : undefined;
-    if (pin && 'final' in pin) return;
     const mark = this.markOf(record, id);
+    if (!this.fits(v, pin, mark)) throw this.refused();
+    if (pin && 'final' in pin) return;
     // Only a record after the first needs a mark (nothing is older than seq 0): making keys does not push
     // the marks of changed keys out of the bound.
     if (record.seq === 0 || (mark !== undefined && record.seq <= mark)) return;
@@ -151,15 +154,17 @@ export class VerifiedRecords {
 
   /**
    * Whether `v` is not older than the newest record of its key or project seen: for a retired or cancelled key,
-   * whether it is that final record itself.
+   * whether it is that final record itself; for an activated successor, also neither pending nor from before.
    */
   private notOlder(v: Verified<KeyRecord> | { record: ProjectRecord }, id: string): boolean {
-    if (v.record.kind === 'key') {
-      const pin = this.pinnedKeys.get(id);
-      if (pin && 'final' in pin) return pin.final === (v as Verified<KeyRecord>).digest.toString('hex');
-      if (pin && (v.record.state === 'pending' || v.record.seq < pin.activatedAt)) return false;
-    }
-    const mark = this.markOf(v.record, id);
+    const pin = v.record.kind === 'key' ? this.pinnedKeys.get(id) : undefined;
+    return this.fits(v, pin, this.markOf(v.record, id));
+  }
+
+  /** `notOlder`, given the key's pin (if any) and the mark of its key or project (if any). */
+  private fits(v: Verified<KeyRecord> | { record: ProjectRecord }, pin: KeyPin | undefined, mark: number | undefined): boolean {
+    if (pin && 'final' in pin) return pin.final === (v as Verified<KeyRecord>).digest.toString('hex');
+    if (pin && (v.record.state === 'pending' || v.record.seq < pin.activatedAt)) return false;
     return mark === undefined || v.record.seq >= mark;
   }
 
