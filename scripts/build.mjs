@@ -23,6 +23,8 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const programs = [
   { name: 'enclave', entry: 'enclave/src/main.ts' },
   { name: 'parent', entry: 'parent/src/main.ts' },
+  // The SQLite engine's worker thread (parent/src/store/sqlite-engine.ts), loaded beside parent.js and cli.js.
+  { name: 'store-worker', entry: 'parent/src/store/sqlite-worker.ts' },
   { name: 'cli', entry: 'client/src/cli/main.ts' },
   { name: 'dev', entry: 'sim/src/dev/main.ts' },
   { name: 'kms-emulator', entry: 'sim/src/kms/main.ts' },
@@ -32,7 +34,8 @@ const programs = [
 
 /** Native addons stay outside the bundles and are loaded at run time. */
 // cbor-extract is cbor-x's optional native decoder; cbor-x falls back to JavaScript without it.
-const external = ['better-sqlite3', 'cbor-extract'];
+// pg-native: pg's optional native binding, never installed (pg's JavaScript client is used).
+const external = ['better-sqlite3', 'cbor-extract', 'pg-native'];
 
 const { values } = parseArgs({
   options: { only: { type: 'string' }, outdir: { type: 'string' }, 'image-dir': { type: 'string' }, 'native-dir': { type: 'string' } },

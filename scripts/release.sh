@@ -6,7 +6,8 @@
 # On a build host (or CI) with the same Node major version and architecture as production (AL2023's
 # nodejs22: --node-major 22, the default). Output: DIR/nitro-keystore-VERSION-linux-x64-node22.tar.gz and its
 # .sha256 (default DIR: build/release). The archive unpacks into /opt/nitro-keystore:
-#   dist/parent.js, dist/cli.js, dist/enclave.js   the bundles (npm run build)
+#   dist/parent.js, dist/store-worker.js,          the bundles (npm run build; store-worker.js is the
+#   dist/cli.js, dist/enclave.js                   SQLite engine's worker thread, beside parent.js)
 #   dist/native/vsock.node                         the vsock addon (enclave/native), loaded beside the bundle
 #   node_modules/                                  production dependencies with native parts built here
 #                                                  (better-sqlite3) for this Node ABI; nothing else
@@ -54,7 +55,7 @@ npm ci --no-audit --no-fund
 npm run build
 
 mkdir -p "$stage/dist/native"
-cp dist/parent.js dist/cli.js dist/enclave.js "$stage/dist/"
+cp dist/parent.js dist/store-worker.js dist/cli.js dist/enclave.js "$stage/dist/"
 cp enclave/native/build/Release/vsock.node "$stage/dist/native/vsock.node"
 cp package.json package-lock.json README.md "$stage/"
 cp -r docs deploy "$stage/"

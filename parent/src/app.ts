@@ -21,7 +21,8 @@ import { startIngressRelay } from './ingress/relay';
 import { KeyRegistry } from './key-registry';
 import { KmsProxy } from './kms/proxy';
 import { Metrics } from './metrics';
-import { KeyStore } from './store/key-store';
+import type { KeyStore } from './store/key-store';
+import { openStore } from './store/open';
 import { TlsKeys } from './tls/tls-keys';
 import { WalletStore } from './wallet-store/server';
 
@@ -38,7 +39,7 @@ export interface RunningParent {
    * The hosts of the JWKS URIs of the active JWT projects (verified records): what the egress relay allows
    * besides its configured hosts (`allowedHosts: () => parent.jwksHosts()`).
    */
-  jwksHosts(): string[];
+  jwksHosts(): Promise<string[]>;
   stop(): Promise<void>;
 }
 
@@ -76,7 +77,7 @@ export function enclavePoolFor(
   transport: Transport,
   logger: Logger,
   extra: Partial<Pick<PoolOptions, 'onCall' | 'onStateChange' | 'onConnected' | 'size'>> & {
-    onIdentity?: (identity: KnownIdentity) => void;
+    onIdentity?: (identity: KnownIdentity) => void | Promise<void>;
     learnIdentity?: boolean;
   } = {},
 ): EnclavePool {
@@ -95,7 +96,8 @@ export function enclavePoolFor(
 }
 
 export async function startParent(config: ParentConfig, logger: Logger): Promise<RunningParent> {
-  const store = new KeyStore(config.database.path);
+  const store = await openStore(config.database, logger.child({ component: 'store' }));
+  for (const warning of config.deprecations ?? []) logger.warn(warning);
   const transport = createTransport(config.transport);
   let proxyListening = false;
 
@@ -117,7 +119,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
       return null;
     }
   };
-  const metrics = new Metrics({ keyCounts: () => store.counts(), enclaveHealth });
+  const metrics = new Metrics({ keyCounts: () => store.counts(), storeCoherent: () => store.coherent, enclaveHealth });
   metrics.enclaveUp.set(0);
 
   const kms = kmsClientFor(config);
@@ -175,13 +177,13 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     logger: logger.child({ component: 'api' }),
     accessLog: createLogger({ name: 'parent', level: config.logLevel, redact: false, bufferBytes: 8192 }).child({ component: 'access' }),
     readiness: async () => {
-      const health = await enclaveHealth();
+      const [health, database] = await Promise.all([enclaveHealth(), store.ping(1000)]);
       const checks = {
         // Up means a connection passed its handshake, which includes the identity check.
         enclave: health !== null,
         kmsProxy: proxyListening,
         enclaveKmsLink: health?.kmsProxy === 'connected',
-        database: store.db.open,
+        database,
       };
       return { ready: Object.values(checks).every(Boolean), checks };
     },
@@ -207,7 +209,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
       await relay.close();
       await pool.close();
       kms.destroy();
-      store.close();
+      await store.close();
     },
   };
 }

@@ -102,6 +102,43 @@ const ApiSchema = z.strictObject({
   trustProxy: z.array(proxyEntry).max(64).default(D.api.trustProxy),
 });
 
+/** A PostgreSQL URL; its password is never logged (docs/STORAGE.md). Better passed as NKS_DATABASE_URL than written here. */
+const postgresUrl = z
+  .string()
+  .max(4096)
+  .refine((u) => /^postgres(ql)?:\/\/[^\s]+$/.test(u), 'expected a postgres:// or postgresql:// URL');
+
+/**
+ * The store (docs/STORAGE.md): SQLite, embedded, for one instance (the default), or PostgreSQL, shared by
+ * several instances. The shape before 0.8, `{path}`, is read as SQLite (with a deprecation warning at start).
+ */
+const DatabaseSchema = z.preprocess(
+  (v) => (typeof v === 'object' && v !== null && !('kind' in v) && 'path' in v ? { kind: 'sqlite', ...v } : v),
+  z.discriminatedUnion('kind', [
+    z.strictObject({
+      kind: z.literal('sqlite'),
+      path: z.string().min(1),
+      /** Deadline of one database call (a write stuck in fsync fails as STORAGE_UNAVAILABLE after it). */
+      timeoutMs: z.number().int().min(100).max(60_000).default(5000),
+    }),
+    z.strictObject({
+      kind: z.literal('postgres'),
+      url: postgresUrl,
+      /** Connections of this instance (RDS: max_connections over the instances, with room for operators). */
+      poolSize: z.number().int().min(1).max(200).default(10),
+      /** TLS to the server: true verifies against the system CAs; `ca` names a PEM file (RDS: its CA bundle). */
+      ssl: z
+        .union([z.boolean(), z.strictObject({ ca: z.string().min(1).optional(), rejectUnauthorized: z.boolean().default(true) })])
+        .default(false),
+      statementTimeoutMs: z.number().int().min(100).max(60_000).default(5000),
+      connectTimeoutMs: z.number().int().min(100).max(60_000).default(5000),
+      /** Apply pending migrations at start (else refuse a database that is behind: run `nks store migrate`). */
+      migrate: z.boolean().default(true),
+    }),
+  ]),
+);
+export type DatabaseConfig = z.output<typeof DatabaseSchema>;
+
 export const ParentConfigSchema = z.strictObject({
   api: ApiSchema,
   /** Bearer tokens, stored only as SHA-256 hex of the token. */
@@ -114,7 +151,7 @@ export const ParentConfigSchema = z.strictObject({
       }),
     )
     .min(1),
-  database: z.strictObject({ path: z.string().min(1) }),
+  database: DatabaseSchema,
   transport: TransportConfigSchema.default(D.transport),
   // An absent section is parsed as an empty one (`prefault`), so it gets the fields' own defaults.
   enclave: z
@@ -182,7 +219,10 @@ export const ParentConfigSchema = z.strictObject({
   logLevel: z.enum(LOG_LEVELS).default(D.logLevel),
 });
 
-export type ParentConfig = z.output<typeof ParentConfigSchema>;
+export type ParentConfig = z.output<typeof ParentConfigSchema> & {
+  /** What the configuration says in a shape this release still reads but will not (logged at start). */
+  deprecations?: readonly string[];
+};
 
 export { ConfigError };
 
@@ -195,6 +235,8 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<
     section('api').listen = { host: (section('api').listen as { host?: string } | undefined)?.host ?? D.api.host, port };
   }
   if (env.NKS_DB_PATH) section('database').path = env.NKS_DB_PATH;
+  // The URL with its password comes from the environment (a secret manager), not the configuration file.
+  if (env.NKS_DATABASE_URL) out.database = { ...section('database'), kind: 'postgres', url: env.NKS_DATABASE_URL };
   if (env.NKS_KMS_ENDPOINT) section('kmsProxy').endpoint = env.NKS_KMS_ENDPOINT;
   if (env.NKS_KMS_REGION) section('kmsProxy').region = env.NKS_KMS_REGION;
   if (env.NKS_LOG_LEVEL) (out as Record<string, unknown>).logLevel = env.NKS_LOG_LEVEL;
@@ -217,7 +259,12 @@ export function parseParentConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, sou
       `invalid ${source}: config.api.listen.host ${l.host} is not loopback; serving beyond loopback requires config.api.tls`,
     );
   }
-  return res.data;
+  const db = (raw as { database?: unknown }).database;
+  const deprecations =
+    typeof db === 'object' && db !== null && !('kind' in db) && !env.NKS_DATABASE_URL
+      ? ['config.database {path} is read as {"kind": "sqlite", "path": ...}: write it so; the old shape goes in a later release']
+      : [];
+  return { ...res.data, deprecations };
 }
 
 export function loadParentConfig(file: string, env: NodeJS.ProcessEnv = process.env): ParentConfig {

@@ -31,7 +31,8 @@ import type { PoliciesInput } from '@nks/shared/policy/schema';
 import { RecordChecker, type KnownIdentity } from './enclave-link/identity';
 import type { EnclavePool } from './enclave-link/pool';
 import { ProjectRegistry } from './project-registry';
-import { keyStateError, type KeyStore, type Page, type StoredKey } from './store/key-store';
+import type { KeyStore } from './store/key-store';
+import { keyStateError, type Page, type StoredKey } from './store/types';
 
 export interface KeyView {
   keyId: string;
@@ -194,17 +195,17 @@ export class KeyRegistry {
    * record into the store if it has none; a stored one the identity did not sign is logged (every key of the
    * project then answers KEY_INTEGRITY).
    */
-  useIdentity(identity: KnownIdentity): void {
+  async useIdentity(identity: KnownIdentity): Promise<void> {
     this.checker = new RecordChecker(identity);
-    const seeded = seedDefaultProject(this.store, this.checker);
+    const seeded = await seedDefaultProject(this.store, this.checker);
     if (!seeded.ok)
       this.logger.error(
         { identity: identity.publicKey },
         'the default project stored in the database is not signed by the enclave identity: keys of this database will not sign',
       );
-    const pending = this.store.keysPendingDisable();
+    const pending = await this.store.keysPendingDisable();
     if (pending.length > 0) void this.applyPendingDisables(pending);
-    const { withoutRecord } = this.store.counts();
+    const { withoutRecord } = await this.store.counts();
     if (withoutRecord > 0)
       this.logger.warn(
         { keys: withoutRecord },
@@ -255,7 +256,7 @@ export class KeyRegistry {
       return r;
     };
     if (externalId === undefined) return this.createNew(input, projectId);
-    const existing = this.store.getByExternalId(externalId);
+    const existing = await this.store.getByExternalId(externalId);
     if (existing) return sameProject({ record: existing, created: false });
     let p = this.creating.get(externalId);
     if (!p) {
@@ -276,9 +277,9 @@ export class KeyRegistry {
     projectId: string,
   ): Promise<{ record: StoredKey; created: boolean }> {
     const checker = this.records();
-    if (projectId !== DEFAULT_PROJECT_ID && !this.store.getProject(projectId))
+    if (projectId !== DEFAULT_PROJECT_ID && !(await this.store.getProject(projectId)))
       throw new KeystoreError('INVALID_PARAMS', `body.projectId: project ${projectId} does not exist`);
-    const project = this.project(projectId);
+    const project = await this.project(projectId);
     if (project.record.auth.type === 'jwt')
       throw new KeystoreError(
         'FORBIDDEN',
@@ -289,7 +290,7 @@ export class KeyRegistry {
     const subject = input.externalId ?? null;
     const made = await this.enclave.call('keys.create', { keyId, project: project.signed, subject, attest: input.attest ?? false });
     const { record } = checkNewKey(checker, made, { keyId, projectId: project.record.projectId, subject, origin: 'created' });
-    const result = this.store.insert({
+    const result = await this.store.insert({
       keyId,
       externalId: input.externalId ?? null,
       address: made.address,
@@ -308,39 +309,42 @@ export class KeyRegistry {
     return result;
   }
 
-  get(keyId: string): StoredKey {
-    const r = this.store.get(keyId);
+  async get(keyId: string): Promise<StoredKey> {
+    const r = await this.store.get(keyId);
     if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
     return r;
   }
 
   /** Whether a key belongs to a JWT project (its users' keys: docs/SECURITY.md, "Who sees JWT users' keys"). */
-  private isJwtKey(k: StoredKey): boolean {
-    return k.projectId !== null && this.store.getProject(k.projectId)?.authType === 'jwt';
+  private async isJwtKey(k: StoredKey): Promise<boolean> {
+    return k.projectId !== null && (await this.store.getProject(k.projectId))?.authType === 'jwt';
   }
 
   /**
    * A key, for the read routes. `withJwtKeys: false` (a token below admin): a JWT project's key is answered as
    * one that does not exist, so such a token cannot list a project's users or their addresses.
    */
-  view(keyId: string, options: { withJwtKeys: boolean }): StoredKey {
-    const r = this.get(keyId);
-    if (!options.withJwtKeys && this.isJwtKey(r)) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
+  async view(keyId: string, options: { withJwtKeys: boolean }): Promise<StoredKey> {
+    const r = await this.get(keyId);
+    if (!options.withJwtKeys && (await this.isJwtKey(r))) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
     return r;
   }
 
   /** Keys by external id or page by page; `withJwtKeys: false` leaves out the keys of JWT projects (as `view`). */
-  list(q: { externalId?: string | undefined; limit: number; cursor?: string | undefined }, options: { withJwtKeys: boolean }): Page {
+  async list(
+    q: { externalId?: string | undefined; limit: number; cursor?: string | undefined },
+    options: { withJwtKeys: boolean },
+  ): Promise<Page> {
     if (q.externalId !== undefined) {
-      const r = this.store.getByExternalId(q.externalId);
-      return { keys: r && (options.withJwtKeys || !this.isJwtKey(r)) ? [r] : [], nextCursor: null };
+      const r = await this.store.getByExternalId(q.externalId);
+      return { keys: r && (options.withJwtKeys || !(await this.isJwtKey(r))) ? [r] : [], nextCursor: null };
     }
     return this.store.list(q.limit, q.cursor, { withJwtKeys: options.withJwtKeys });
   }
 
   /** A stored project, verified. KEY_INTEGRITY if it is missing or does not verify. */
-  private project(projectId: string): { signed: SignedRecord; record: ProjectRecord } {
-    const { signed, record } = this.projects.byId(projectId);
+  private async project(projectId: string): Promise<{ signed: SignedRecord; record: ProjectRecord }> {
+    const { signed, record } = await this.projects.byId(projectId);
     return { signed, record };
   }
 
@@ -349,7 +353,7 @@ export class KeyRegistry {
    * row (key id, address, seq, project, subject, state, predecessor, disabled) and the blob's SHA-256; the project's record
    * is signed and is the key's project. KEY_INTEGRITY otherwise, before anything is sent to the enclave.
    */
-  verified(k: StoredKey): VerifiedKey {
+  async verified(k: StoredKey): Promise<VerifiedKey> {
     if (!k.record) {
       throw new KeystoreError(
         'UNSUPPORTED_VERSION',
@@ -370,7 +374,7 @@ export class KeyRegistry {
         record.disabled === (k.disabled && !k.disablePending) &&
         record.blobSha256 === blobSha256(k.blob);
       if (!matches) throw new KeystoreError('KEY_INTEGRITY', TAMPERED_ROW);
-      const project = this.project(record.projectId);
+      const project = await this.project(record.projectId);
       return { record, digest, signed: k.record, project };
     } catch (err) {
       this.logger.warn({ keyId: k.keyId }, `refused key ${k.keyId}: ${TAMPERED_ROW}`);
@@ -382,9 +386,9 @@ export class KeyRegistry {
 
   /** `request` is passed to the enclave as the caller sent it; the enclave validates and hashes it again. */
   async sign(keyId: string, request: SignRequestInput): Promise<SignResult> {
-    const k = this.get(keyId);
+    const k = await this.get(keyId);
     if (!k.record && k.disabled) throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
-    const { record, signed, project } = this.verified(k);
+    const { record, signed, project } = await this.verified(k);
     // The enclave refuses it too (FORBIDDEN): it is the authority; this says so before asking it.
     if (project.record.auth.type === 'jwt') throw new KeystoreError('FORBIDDEN', `key ${keyId}: ${JWT_KEY_REFUSED}`);
     if (record.disabled || k.disablePending || project.record.state === 'disabled')
@@ -457,13 +461,13 @@ export class KeyRegistry {
   }
 
   private async changeDisabled(keyId: string, disabled: boolean): Promise<StoredKey> {
-    const k = this.get(keyId);
+    const k = await this.get(keyId);
     if (!k.record) {
-      const r = this.store.setLegacyDisabled(keyId, disabled);
+      const r = await this.store.setLegacyDisabled(keyId, disabled);
       if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
       return r;
     }
-    const { record, digest, signed, project } = this.verified(k);
+    const { record, digest, signed, project } = await this.verified(k);
     if (record.disabled === disabled && !k.disablePending) return k;
     const answer = await this.enclave.call('keys.setDisabled', { record: signed, project: project.signed, disabled });
     const next = this.checkNext(answer?.record, { record, digest }, { disabled });
@@ -475,9 +479,9 @@ export class KeyRegistry {
    * change only with their user's JWT: FORBIDDEN here, before the enclave, which refuses it too), in `state`
    * (KEY_STATE naming the state it is in otherwise). The enclave decides again from the signed record.
    */
-  private lifecycleKey(keyId: string, state: KeyState): { k: StoredKey; v: VerifiedKey } {
-    const k = this.get(keyId);
-    const v = this.verified(k);
+  private async lifecycleKey(keyId: string, state: KeyState): Promise<{ k: StoredKey; v: VerifiedKey }> {
+    const k = await this.get(keyId);
+    const v = await this.verified(k);
     if (v.project.record.auth.type === 'jwt') throw new KeystoreError('FORBIDDEN', `key ${keyId}: ${JWT_LIFECYCLE_REFUSED}`);
     if (v.record.state !== state) throw keyStateError(keyId, v.record.state, state);
     return { k, v };
@@ -494,12 +498,12 @@ export class KeyRegistry {
   }
 
   private async makeSuccessor(keyId: string, input: { attest?: boolean | undefined }): Promise<StoredKey> {
-    const { k, v } = this.lifecycleKey(keyId, 'active');
+    const { k, v } = await this.lifecycleKey(keyId, 'active');
     const subject = v.record.subject;
     if (subject === null)
       throw new KeystoreError('INVALID_PARAMS', `key ${keyId} has no subject (made without an externalId): it cannot have a successor`);
     const exists = () => new KeystoreError('SUCCESSOR_EXISTS', `key ${keyId} already has a pending successor: activate or cancel it first`);
-    if (this.store.pendingKeyFor(v.record.projectId, subject)) throw exists();
+    if (await this.store.pendingKeyFor(v.record.projectId, subject)) throw exists();
     const newId = newKeyId();
     const made = await this.enclave.call('keys.successor', {
       keyId: newId,
@@ -515,7 +519,7 @@ export class KeyRegistry {
       predecessor: keyId,
       disabled: v.record.disabled,
     });
-    const result = this.store.insertSuccessor({
+    const result = await this.store.insertSuccessor({
       keyId: newId,
       externalId: k.externalId,
       address: made.address,
@@ -546,16 +550,16 @@ export class KeyRegistry {
    */
   async activate(keyId: string): Promise<StoredKey> {
     // A key without predecessor is not pending: lifecycleKey answers KEY_STATE.
-    const predecessorId = this.get(keyId).predecessor;
+    const predecessorId = (await this.get(keyId)).predecessor;
     const both = (change: () => Promise<StoredKey>) =>
       this.serialized(keyId, () => (predecessorId ? this.serialized(predecessorId, change) : change()));
     return both(async () => {
-      const { v } = this.lifecycleKey(keyId, 'pending');
-      const p = this.verified(this.get(predecessorId as string));
+      const { v } = await this.lifecycleKey(keyId, 'pending');
+      const p = await this.verified(await this.get(predecessorId as string));
       const answer = await this.enclave.call('keys.activate', { record: v.signed, predecessor: p.signed, project: v.project.signed });
       const next = this.checkNext(answer?.record, v, { state: 'active' });
       const retired = this.checkNext(answer?.predecessor, p, { state: 'retired' });
-      const [stored] = this.store.updateRecords([
+      const [stored] = await this.store.updateRecords([
         { signed: answer.record, record: next.record },
         { signed: answer.predecessor, record: retired.record },
       ]);
@@ -575,10 +579,10 @@ export class KeyRegistry {
   /** Cancels a pending key (docs/LIFECYCLE.md): its next record says cancelled, and it never signs again. */
   async cancel(keyId: string): Promise<StoredKey> {
     return this.serialized(keyId, async () => {
-      const { v } = this.lifecycleKey(keyId, 'pending');
+      const { v } = await this.lifecycleKey(keyId, 'pending');
       const answer = await this.enclave.call('keys.cancel', { record: v.signed, project: v.project.signed });
       const next = this.checkNext(answer?.record, v, { state: 'cancelled' });
-      const stored = this.store.updateRecord(keyId, answer.record, next.record);
+      const stored = await this.store.updateRecord(keyId, answer.record, next.record);
       this.transition('cancel', 'key cancelled', {
         keyId,
         predecessor: v.record.predecessor,
@@ -591,8 +595,8 @@ export class KeyRegistry {
   }
 
   /** A key's history: its subject's keys oldest first (a JWT project's, as `view`, only with `withJwtKeys`). */
-  history(keyId: string, options: { withJwtKeys: boolean }): StoredKey[] {
-    this.view(keyId, options);
+  async history(keyId: string, options: { withJwtKeys: boolean }): Promise<StoredKey[]> {
+    await this.view(keyId, options);
     return this.store.history(keyId);
   }
 
@@ -611,13 +615,13 @@ export class KeyRegistry {
     projectId: string,
     input: { request: SignRequestInput; keyId?: string | undefined; policies?: PoliciesInput | undefined },
   ): Promise<PolicyDecision> {
-    if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
-    const project = this.project(projectId);
+    if (!(await this.store.getProject(projectId))) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    const project = await this.project(projectId);
     let record: SignedRecord | undefined;
     if (input.keyId !== undefined) {
-      const k = this.get(input.keyId);
+      const k = await this.get(input.keyId);
       if (k.projectId !== projectId) throw new KeystoreError('KEY_NOT_FOUND', `key ${input.keyId} is not a key of project ${projectId}`);
-      record = this.verified(k).signed;
+      record = (await this.verified(k)).signed;
     }
     return this.enclave.call('projects.evaluatePolicy', {
       project: project.signed,
@@ -645,9 +649,9 @@ export class KeyRegistry {
  * Stores the identity's default project record if the database has none. `ok` is false when the stored one
  * is not signed by this identity.
  */
-export function seedDefaultProject(store: KeyStore, checker: RecordChecker): { ok: boolean } {
+export async function seedDefaultProject(store: KeyStore, checker: RecordChecker): Promise<{ ok: boolean }> {
   const { record } = checker.project(checker.identity.defaultProject);
-  const stored = store.seedProject(checker.identity.defaultProject, record);
+  const stored = await store.seedProject(checker.identity.defaultProject, record);
   try {
     checker.project(stored.signed);
     return { ok: true };

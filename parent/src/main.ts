@@ -19,6 +19,7 @@ import { startParent } from './app';
 import { ConfigError, loadParentConfig, type ParentConfig } from './config';
 import { GENESIS_NONCE_RE, runGenesis, writeGenesisOutput } from './genesis';
 import { keysToMigrate, runMigration } from './migrate';
+import { redactUrl } from './store/redact';
 
 const USAGE = `usage: parent [--config FILE]
        parent genesis --config FILE --nonce HEX --out FILE [--trusted-root PEM]
@@ -42,7 +43,7 @@ async function daemon(args: string[]): Promise<void> {
       url: parent.url,
       enclave: config.enclave.address,
       kmsProxy: config.kmsProxy.listen,
-      database: config.database.path,
+      database: config.database.kind === 'sqlite' ? config.database.path : redactUrl(config.database.url),
       walletsRelayPort: parent.walletsRelayPort,
       walletStore: config.wallets.store.listen,
     },
@@ -116,7 +117,7 @@ async function migrate(args: string[]): Promise<never> {
   const logger = createLogger({ name: 'parent', level: config.logLevel });
   if (values.pending) {
     return oneShot(logger, async () => {
-      process.stdout.write(`${JSON.stringify({ keysWithoutRecord: keysToMigrate(config) })}\n`);
+      process.stdout.write(`${JSON.stringify({ keysWithoutRecord: await keysToMigrate(config) })}\n`);
       return true;
     });
   }

@@ -8,6 +8,7 @@
  */
 import client from 'prom-client';
 import type { EnclaveHealth, TlsStatus } from '@nks/shared/enclave-api';
+import type { KeyCounts } from './store/types';
 
 export class Metrics {
   readonly registry = new client.Registry();
@@ -36,9 +37,37 @@ export class Metrics {
   private readonly policyEvaluations: client.Counter;
   private readonly policyTracked: client.Gauge;
 
+  private lastCounts: KeyCounts = { total: 0, disabled: 0, withoutRecord: 0, pending: 0 };
+  private counting: Promise<KeyCounts> | undefined;
+
+  /**
+   * The key counts for one scrape (its three gauges share one query): within a second, or the last ones known,
+   * so a stalled database does not stall /metrics.
+   */
+  private keyCounts(): Promise<KeyCounts> {
+    this.counting ??= new Promise<KeyCounts>((resolve) => {
+      const timer = setTimeout(() => resolve(this.lastCounts), 1000);
+      this.sources.keyCounts().then(
+        (c) => {
+          this.lastCounts = c;
+          clearTimeout(timer);
+          resolve(c);
+        },
+        () => {
+          clearTimeout(timer);
+          resolve(this.lastCounts);
+        },
+      );
+    }).finally(() => setTimeout(() => (this.counting = undefined), 250).unref());
+    return this.counting;
+  }
+
   constructor(
     private readonly sources: {
-      keyCounts: () => { total: number; disabled: number; withoutRecord?: number; pending?: number };
+      /** Counted by the database; a scrape waits for them at most a second, then shows the last ones. */
+      keyCounts: () => Promise<KeyCounts>;
+      /** Whether the store hears every change other instances make (docs/STORAGE.md, "Coherence"). */
+      storeCoherent?: () => boolean;
       enclaveHealth: () => Promise<EnclaveHealth | null>;
     },
   ) {
@@ -101,31 +130,40 @@ export class Metrics {
       labelNames: ['outcome'],
       registers: [r],
     });
-    new client.Gauge({
+    const counts = () => this.keyCounts();
+    const gauge: client.Gauge<'state'> = new client.Gauge({
       name: 'nks_keys',
       help: 'Key records by state',
       labelNames: ['state'],
       registers: [r],
-      collect() {
-        const c = sources.keyCounts();
-        this.set({ state: 'enabled' }, c.total - c.disabled);
-        this.set({ state: 'disabled' }, c.disabled);
+      collect: async () => {
+        const c = await this.keyCounts();
+        gauge.set({ state: 'enabled' }, c.total - c.disabled);
+        gauge.set({ state: 'disabled' }, c.disabled);
       },
     });
     new client.Gauge({
       name: 'nks_keys_without_record',
       help: 'Keys made before 0.4 that have no signed record yet: they cannot sign until migrated (parent migrate)',
       registers: [r],
-      collect() {
-        this.set(sources.keyCounts().withoutRecord ?? 0);
+      async collect() {
+        this.set((await counts()).withoutRecord);
       },
     });
     new client.Gauge({
       name: 'nks_keys_pending',
       help: 'Pending keys (successors made, neither activated nor cancelled yet): docs/LIFECYCLE.md',
       registers: [r],
+      async collect() {
+        this.set((await counts()).pending);
+      },
+    });
+    new client.Gauge({
+      name: 'nks_store_coherent',
+      help: 'Whether this parent hears every change other instances make to the shared store (1), or trusts cached rows only for a second (0)',
+      registers: [r],
       collect() {
-        this.set(sources.keyCounts().pending ?? 0);
+        this.set(sources.storeCoherent?.() === false ? 0 : 1);
       },
     });
     this.keyTransitions = new client.Counter({

@@ -16,7 +16,8 @@ import { enclavePoolFor, kmsClientFor, kmsProxyFor } from './app';
 import type { ParentConfig } from './config';
 import { RecordChecker } from './enclave-link/identity';
 import { checkNewKey, seedDefaultProject } from './key-registry';
-import { KeyStore, type StoredKey } from './store/key-store';
+import { openStore } from './store/open';
+import type { StoredKey } from './store/types';
 
 export interface MigrationSummary {
   /** Keys without a record when the run started. */
@@ -39,18 +40,18 @@ export interface MigrationOptions {
 const BATCH = 200;
 
 /** How many keys still have no record (`parent migrate --pending`): nothing else is done, no enclave needed. */
-export function keysToMigrate(config: ParentConfig): number {
-  const store = new KeyStore(config.database.path);
+export async function keysToMigrate(config: ParentConfig): Promise<number> {
+  const store = await openStore(config.database);
   try {
-    return store.counts().withoutRecord;
+    return (await store.counts()).withoutRecord;
   } finally {
-    store.close();
+    await store.close();
   }
 }
 
 export async function runMigration(config: ParentConfig, logger: Logger, opts: MigrationOptions = {}): Promise<MigrationSummary> {
   const concurrency = Math.max(1, Math.min(opts.concurrency ?? 4, 64));
-  const store = new KeyStore(config.database.path);
+  const store = await openStore(config.database, logger);
   const transport = createTransport(config.transport);
   const kms = kmsClientFor(config);
   const proxy = kmsProxyFor(config, kms, logger);
@@ -69,15 +70,15 @@ export async function runMigration(config: ParentConfig, logger: Logger, opts: M
     const identity = pool.identity;
     if (!identity) throw new KeystoreError('IDENTITY_UNAVAILABLE', 'the enclave did not report its keystore identity');
     const checker = new RecordChecker(identity);
-    if (!seedDefaultProject(store, checker).ok) {
+    if (!(await seedDefaultProject(store, checker)).ok) {
       throw new KeystoreError(
         'KEY_INTEGRITY',
-        `the default project in ${config.database.path} is not signed by the enclave's identity ${identity.publicKey}: this database belongs to another keystore`,
+        `the default project in the database is not signed by the enclave's identity ${identity.publicKey}: this database belongs to another keystore`,
       );
     }
-    const project = (store.getProject(DEFAULT_PROJECT_ID) as { signed: { record: string; signature: string } }).signed;
+    const project = ((await store.getProject(DEFAULT_PROJECT_ID)) as { signed: { record: string; signature: string } }).signed;
 
-    const total = store.counts().withoutRecord;
+    const total = (await store.counts()).withoutRecord;
     const summary: MigrationSummary = { total, migrated: 0, failed: 0, remaining: total };
     logger.info({ keys: total, identity: identity.publicKey }, total ? 'migrating keys made before 0.4' : 'no key to migrate');
     let lastProgress = Date.now();
@@ -99,7 +100,7 @@ export async function runMigration(config: ParentConfig, logger: Logger, opts: M
           address: k.address,
         });
         if (made.publicKey !== k.publicKey) throw new KeystoreError('KEY_INTEGRITY', 'the enclave answered with another public key');
-        if (store.migrateKey(k.keyId, made.blob, made.record, record)) summary.migrated += 1;
+        if (await store.migrateKey(k.keyId, made.blob, made.record, record)) summary.migrated += 1;
       } catch (err) {
         summary.failed += 1;
         const code = err instanceof KeystoreError ? err.code : 'INTERNAL';
@@ -110,7 +111,7 @@ export async function runMigration(config: ParentConfig, logger: Logger, opts: M
 
     let after = 0;
     for (;;) {
-      const batch = store.keysWithoutRecord(after, BATCH);
+      const batch = await store.keysWithoutRecord(after, BATCH);
       if (batch.length === 0) break;
       after = (batch[batch.length - 1] as { rowSeq: number }).rowSeq;
       let next = 0;
@@ -121,13 +122,13 @@ export async function runMigration(config: ParentConfig, logger: Logger, opts: M
       );
     }
     if (total) progress(true);
-    summary.remaining = store.counts().withoutRecord;
+    summary.remaining = (await store.counts()).withoutRecord;
     logger.info(summary, 'migration finished');
     return summary;
   } finally {
     await pool.close();
     await proxy.close(1000);
     kms.destroy();
-    store.close();
+    await store.close();
   }
 }

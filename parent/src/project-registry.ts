@@ -29,7 +29,8 @@ import {
 import type { SignRequestType } from '@nks/shared/signing/request-types';
 import type { RecordChecker } from './enclave-link/identity';
 import type { EnclavePool } from './enclave-link/pool';
-import type { KeyStore, StoredProject } from './store/key-store';
+import type { KeyStore } from './store/key-store';
+import type { StoredProject } from './store/types';
 
 export interface ProjectView {
   projectId: string;
@@ -149,7 +150,7 @@ export class ProjectRegistry {
     });
     let stored: StoredProject;
     try {
-      stored = this.store.insertProject(answer.record, record, name);
+      stored = await this.store.insertProject(answer.record, record, name);
     } catch (err) {
       // An id or key the database already holds: random 128-bit values do not repeat; an enclave that says so is not answering truly.
       if (err instanceof KeystoreError && err.code === 'CONFLICT')
@@ -160,20 +161,20 @@ export class ProjectRegistry {
     return projectViewOf(stored);
   }
 
-  get(projectId: string): ProjectView {
-    const stored = this.store.getProject(projectId);
+  async get(projectId: string): Promise<ProjectView> {
+    const stored = await this.store.getProject(projectId);
     if (!stored) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
     return projectViewOf(stored);
   }
 
-  list(q: { limit: number; cursor?: string | undefined }): { projects: ProjectView[]; nextCursor: string | null } {
-    const page = this.store.listProjects(q.limit, q.cursor);
+  async list(q: { limit: number; cursor?: string | undefined }): Promise<{ projects: ProjectView[]; nextCursor: string | null }> {
+    const page = await this.store.listProjects(q.limit, q.cursor);
     return { projects: page.projects.map(projectViewOf), nextCursor: page.nextCursor };
   }
 
   /** Disables or enables a project: its next record, made by the enclave, verified and stored. Nothing changes when it already is as asked. */
   async setState(projectId: string, state: ProjectState): Promise<ProjectView> {
-    if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    if (!(await this.store.getProject(projectId))) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
     return this.serially(projectId, () => this.changeState(projectId, state));
   }
 
@@ -181,9 +182,9 @@ export class ProjectRegistry {
    * The policies of a project's current record (verified: a client can check them with the record). NOT_FOUND
    * for a project the database does not hold.
    */
-  policies(projectId: string): PoliciesView {
-    if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
-    return policiesViewOf(this.byId(projectId));
+  async policies(projectId: string): Promise<PoliciesView> {
+    if (!(await this.store.getProject(projectId))) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    return policiesViewOf(await this.byId(projectId));
   }
 
   /**
@@ -192,7 +193,7 @@ export class ProjectRegistry {
    * changes when the record already has them. A disabled project's policies change too.
    */
   async setPolicies(projectId: string, policies: Policies, approvals?: string[]): Promise<PoliciesView> {
-    if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    if (!(await this.store.getProject(projectId))) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
     return this.serially(projectId, () => this.changePolicies(projectId, policies, approvals));
   }
 
@@ -201,9 +202,9 @@ export class ProjectRegistry {
    * (docs/POLICIES.md, "Approvers"): good for that one change of that one record. `EIP712Domain` is spelled out
    * so a wallet's `eth_signTypedData_v4` hashes the same domain.
    */
-  approval(projectId: string, policies: Policies): PolicyApprovalView {
-    if (!this.store.getProject(projectId)) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
-    const current = this.byId(projectId);
+  async approval(projectId: string, policies: Policies): Promise<PolicyApprovalView> {
+    if (!(await this.store.getProject(projectId))) throw new KeystoreError('NOT_FOUND', `project ${projectId} does not exist`);
+    const current = await this.byId(projectId);
     const recordSha256 = hex(current.digest) as `0x${string}`;
     return {
       projectId,
@@ -227,20 +228,20 @@ export class ProjectRegistry {
   }
 
   private async changeState(projectId: string, state: ProjectState): Promise<ProjectView> {
-    const current = this.byId(projectId);
+    const current = await this.byId(projectId);
     if (current.record.state === state) return projectViewOf(current.stored);
     const checker = this.records();
     const answer = await this.enclave.call('projects.setState', { project: current.signed, state });
     const { record } = this.checkAnswer(checker, answer, (r) =>
       isDeepStrictEqual(r, { ...current.record, state, seq: current.record.seq + 1, prev: hex(current.digest), createdAt: r.createdAt }),
     );
-    const stored = this.store.updateProjectRecord(projectId, answer.record, record);
+    const stored = await this.store.updateProjectRecord(projectId, answer.record, record);
     this.logger.info({ projectId, state }, `project ${state === 'disabled' ? 'disabled' : 'enabled'}`);
     return projectViewOf(stored);
   }
 
   private async changePolicies(projectId: string, policies: Policies, approvals?: string[]): Promise<PoliciesView> {
-    const current = this.byId(projectId);
+    const current = await this.byId(projectId);
     const wanted = withPolicies(current.record, policies);
     if (isDeepStrictEqual(wanted, current.record)) return policiesViewOf(current);
     // The enclave refuses a record over the limit too; this says so before asking it, as creation does.
@@ -260,7 +261,7 @@ export class ProjectRegistry {
     const next = this.checkAnswer(checker, answer, (r) =>
       isDeepStrictEqual(r, { ...wanted, seq: current.record.seq + 1, prev: hex(current.digest), createdAt: r.createdAt }),
     );
-    const stored = this.store.updateProjectRecord(projectId, answer.record, next.record);
+    const stored = await this.store.updateProjectRecord(projectId, answer.record, next.record);
     this.onPolicyChange();
     // The hashes name both records (the policies themselves are in them, not in the log).
     this.logger.info(
@@ -300,15 +301,15 @@ export class ProjectRegistry {
    * A stored project with its record verified and matching its row (id, seq, and the copied key and state).
    * KEY_INTEGRITY if it is missing or does not verify.
    */
-  byId(projectId: string): VerifiedProject {
-    const stored = this.store.getProject(projectId);
+  async byId(projectId: string): Promise<VerifiedProject> {
+    const stored = await this.store.getProject(projectId);
     if (!stored) throw new KeystoreError('KEY_INTEGRITY', `project ${projectId} is not in the database`);
     return this.verify(stored);
   }
 
   /** The stored project of a project key, verified; undefined if no project has this key. */
-  byKey(projectKey: string): VerifiedProject | undefined {
-    const stored = this.store.getProjectByKey(projectKey);
+  async byKey(projectKey: string): Promise<VerifiedProject | undefined> {
+    const stored = await this.store.getProjectByKey(projectKey);
     if (!stored) return undefined;
     const v = this.verify(stored);
     if (v.record.projectKey !== projectKey) throw this.tampered(stored.projectId);
@@ -343,9 +344,9 @@ export class ProjectRegistry {
    * allows connections to these (docs/PROJECTS.md, "JWKS"). Empty until the identity is known. Cheap enough
    * to call per relay connection: one query, and records verified once (the checker remembers them).
    */
-  jwksHosts(): string[] {
+  async jwksHosts(): Promise<string[]> {
     const hosts = new Set<string>();
-    for (const stored of this.store.activeJwtProjects()) {
+    for (const stored of await this.store.activeJwtProjects()) {
       try {
         const { record } = this.verify(stored);
         if (record.state === 'active' && record.auth.type === 'jwt') hosts.add(new URL(record.auth.jwksUri).hostname);

@@ -9,7 +9,9 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import type { KeyRecord } from '@nks/shared/records';
 import { tempRunDir } from '@nks/shared-test/helpers';
-import { KeyStore, SCHEMA_VERSION, type NewKey } from '../src/store/key-store';
+import { SCHEMA_VERSION } from '../src/store/migrations';
+import { SqliteDatabase } from '../src/store/sqlite-db';
+import type { NewKey } from '../src/store/types';
 import { TestIdentity } from './fake-enclave';
 import { SCHEMA_V1, SCHEMA_V2_STEP, SCHEMA_V3_STEP, SCHEMA_V4_STEP } from '../../test/support/legacy';
 
@@ -58,11 +60,11 @@ const update = (r: KeyRecord) => ({ signed: identity.sign(r), record: r });
 describe('key lifecycle in the store', () => {
   let dir: string;
   let file: string;
-  let store: KeyStore;
+  let store: SqliteDatabase;
   beforeEach(() => {
     dir = tempRunDir('nks-lifecycle-store-');
     file = path.join(dir, 'keys.db');
-    store = new KeyStore(file);
+    store = new SqliteDatabase(file);
   });
   afterEach(() => {
     store.close();
@@ -132,7 +134,7 @@ describe('key lifecycle in the store', () => {
     );
     // Durable: a new store reads what was committed.
     store.close();
-    store = new KeyStore(file);
+    store = new SqliteDatabase(file);
     expect([store.get('a')?.state, store.get('b')?.state, store.getByExternalId('alice')?.keyId]).toEqual(['retired', 'active', 'b']);
   });
 
@@ -202,7 +204,7 @@ describe('key lifecycle in the store', () => {
     ).run(ADDRESS);
     db.close();
 
-    store = new KeyStore(old);
+    store = new SqliteDatabase(old);
     expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
     expect(SCHEMA_VERSION).toBe(5);
     expect(store.get('a')).toMatchObject({
@@ -235,7 +237,7 @@ describe('key lifecycle in the store', () => {
     ]);
     store.close();
     // Reopened: nothing runs again.
-    store = new KeyStore(old);
+    store = new SqliteDatabase(old);
     expect(store.get('b')?.state).toBe('pending');
     expect(store.insertSuccessor(successorOf('c', 'a'))).toMatchObject({ created: false, record: { keyId: 'b' } });
   });

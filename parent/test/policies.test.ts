@@ -215,7 +215,7 @@ describe('signing policies in the parent', () => {
     while (!enclave.calls['projects.setPolicies']) await new Promise((r) => setTimeout(r, 5));
     // Another writer of the same database (another parent process) stores the project's next record first.
     const other = await parent.pool.call('projects.setState', { project: p.record, state: 'disabled' });
-    parent.store.updateProjectRecord(p.projectId, other.record, opened(other.record));
+    await parent.store.updateProjectRecord(p.projectId, other.record, opened(other.record));
     open();
     const res = await pending;
     expect([...code(res), res.body.error.message]).toEqual([409, 'CONFLICT', `project ${p.projectId} changed meanwhile; retry`]);

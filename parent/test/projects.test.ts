@@ -187,24 +187,24 @@ describe('projects in the parent', () => {
       expect((await api(`/v1/projects/${p.projectId}/disable`, { method: 'POST', body: {} })).body.state).toBe('disabled');
       expect(enclave.calls['projects.setState']).toBe(1);
       // Disabled: its JWKS host is no longer one the egress relay allows.
-      expect((parent as RunningParent).jwksHosts()).toEqual([]);
+      expect(await (parent as RunningParent).jwksHosts()).toEqual([]);
       const on = await api(`/v1/projects/${p.projectId}/enable`, { method: 'POST' });
       expect([on.status, on.body.state, openProjectRecord(on.body.record, enclave.identity.publicKeyObject).record.seq]).toEqual([
         200,
         'active',
         2,
       ]);
-      expect((parent as RunningParent).jwksHosts()).toEqual(['localhost']);
+      expect(await (parent as RunningParent).jwksHosts()).toEqual(['localhost']);
       expect((await api(`/v1/projects/${p.projectId}`)).body.state).toBe('active');
     });
 
     it('gives the egress relay the JWKS hosts of active JWT projects only', async () => {
-      expect((parent as RunningParent).jwksHosts()).toEqual([]);
+      expect(await (parent as RunningParent).jwksHosts()).toEqual([]);
       await createProject({ auth: jwtAuth({ jwksUri: 'https://login.example.com/.well-known/jwks.json' }) });
       await createProject({ auth: jwtAuth({ jwksUri: 'https://login.example.com/other.json' }) });
       await createProject({ auth: { type: 'token' } });
       await createProject();
-      expect((parent as RunningParent).jwksHosts().sort()).toEqual(['localhost', 'login.example.com']);
+      expect((await (parent as RunningParent).jwksHosts()).sort()).toEqual(['localhost', 'login.example.com']);
     });
 
     it.each<[string, unknown, RegExp]>([

@@ -19,7 +19,7 @@ import { hashToken } from '../src/api/auth';
 import { startParent, type RunningParent } from '../src/app';
 import { parseParentConfig } from '../src/config';
 import { blobSha256, TAMPERED_ROW } from '../src/key-registry';
-import { KeyStore } from '../src/store/key-store';
+import { SqliteDatabase } from '../src/store/sqlite-db';
 import { FAKE_KMS_KEY_ARN, FakeEnclave, fakeKeyBlob, TestIdentity } from './fake-enclave';
 
 const ENCLAVE = 'vsock://16:5000';
@@ -311,7 +311,7 @@ describe('signed records in the parent', () => {
       expect(p.pool.identity?.publicKey).toBe(enclave.identity.publicKey);
       await waitFor(() => p.pool.connectedCount === 2, 5000, 'both connections');
       expect(calls('identity.get')).toBe(2); // once per connection
-      expect(p.store.getProject('default')?.signed).toEqual(enclave.defaultProject);
+      expect((await p.store.getProject('default'))?.signed).toEqual(enclave.defaultProject);
       await stop();
       await start();
       const db = new Database(dbPath, { readonly: true });
@@ -336,7 +336,7 @@ describe('signed records in the parent', () => {
       expect([ready.status, ready.body.checks.enclave]).toEqual([503, false]);
       expect((await api('/v1/keys', { body: {} })).body.error.code).toBe('IDENTITY_UNAVAILABLE');
       expect(calls('keys.create')).toBe(0);
-      expect(p.store.getProject('default')).toBeUndefined();
+      expect(await p.store.getProject('default')).toBeUndefined();
     });
 
     it('uses an enclave whose identity is the pinned one', async () => {
@@ -539,7 +539,7 @@ describe('signed records in the parent', () => {
         origin: 'migrated',
         createdAt: 2,
       };
-      const store = new KeyStore(dbPath);
+      const store = new SqliteDatabase(dbPath);
       expect(store.migrateKey('k_off', blob, enclave.identity.sign(first), first)).toBe(true);
       expect(store.get('k_off')).toMatchObject({ disabled: true, disablePending: true, recordSeq: 0 });
       expect(store.migrateKey('k_off', blob, enclave.identity.sign(first), first)).toBe(false); // once

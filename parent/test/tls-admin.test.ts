@@ -114,7 +114,7 @@ describe('TLS keys of the wallet routes, through the parent', () => {
       },
     ]);
     // The enclave got the stored blob and signature, and the chain as certificates only.
-    const stored = parent.store.tlsKey(key.publicKey);
+    const stored = await parent.store.tlsKey(key.publicKey);
     expect(enclave.tlsInstalls).toEqual([
       {
         blob: stored?.blob,
@@ -146,8 +146,8 @@ describe('TLS keys of the wallet routes, through the parent', () => {
     expect((await api('/v1/tls/certificate', { method: 'PUT', body: { chain: ca.chain(otherLeaf) } })).body.publicKey).toBe(
       other.publicKey,
     );
-    expect(parent.store.currentTlsKey()?.publicKey).toBe(other.publicKey);
-    expect(parent.store.tlsKey(key.publicKey)?.current).toBe(false);
+    expect((await parent.store.currentTlsKey())?.publicKey).toBe(other.publicKey);
+    expect((await parent.store.tlsKey(key.publicKey))?.current).toBe(false);
     expect((await api('/v1/tls')).body).toMatchObject({ current: { publicKey: other.publicKey, names: ['w3.example.com'] }, pending: [] });
     expect(log.text()).not.toMatch(/PRIVATE KEY/);
   });
@@ -227,7 +227,7 @@ describe('TLS keys of the wallet routes, through the parent', () => {
     ];
     for (const [chain, message] of cases) expectError(await put(chain), 400, 'INVALID_PARAMS', message);
     expect(enclave.calls['tls.install']).toBeUndefined();
-    expect(parent.store.currentTlsKey()).toBeUndefined();
+    expect(await parent.store.currentTlsKey()).toBeUndefined();
     expect(log.text()).not.toContain(keyPem.split('\n')[1]);
   });
 
@@ -247,7 +247,7 @@ describe('TLS keys of the wallet routes, through the parent', () => {
       expectError(await api('/v1/tls/keys', { body: { names: NAMES } }), 500, 'KEY_INTEGRITY');
     }
     enclave.alter.tlsCreate = undefined;
-    expect(parent.store.pendingTlsKeys(10)).toEqual([]);
+    expect(await parent.store.pendingTlsKeys(10)).toEqual([]);
 
     // An install answered for another key, or refused: the key is not made current.
     const key = await createKey();
@@ -257,7 +257,7 @@ describe('TLS keys of the wallet routes, through the parent', () => {
     enclave.alter.tlsInstall = undefined;
     enclave.tlsInstallError = new KeystoreError('INVALID_PARAMS', 'no');
     expectError(await api('/v1/tls/certificate', { method: 'PUT', body: { chain } }), 400, 'INVALID_PARAMS', 'no');
-    expect(parent.store.currentTlsKey()).toBeUndefined();
+    expect(await parent.store.currentTlsKey()).toBeUndefined();
     expect((await api('/v1/tls')).body.current).toBeNull();
   });
 
@@ -284,7 +284,7 @@ describe('TLS keys of the wallet routes, through the parent', () => {
       'both connections checked',
     );
     expect(enclave.calls['tls.install']).toBe(1);
-    expect(enclave.tlsInstalls[0]?.blob).toBe(parent.store.tlsKey(key.publicKey)?.blob);
+    expect(enclave.tlsInstalls[0]?.blob).toBe((await parent.store.tlsKey(key.publicKey))?.blob);
     expect(await metrics()).toMatch(/^nks_tls_installed 1$/m);
     expect(log.lines().filter((l) => l.msg === 'installed the wallet TLS key in the enclave again')).toHaveLength(1);
 

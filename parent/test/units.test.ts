@@ -10,7 +10,8 @@ import { PARENT_CONFIG_DEFAULTS, parseParentConfig } from '../src/config';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS } from '@nks/shared/transport';
 import { DEFAULT_WALLET_STORE_ADDRESS, DEFAULT_WALLETS_ADDRESS } from '@nks/shared/ingress';
 import type { KeyRecord, ProjectRecord } from '@nks/shared/records';
-import { KeyStore, SCHEMA_VERSION } from '../src/store/key-store';
+import { SCHEMA_VERSION } from '../src/store/migrations';
+import { SqliteDatabase } from '../src/store/sqlite-db';
 import { TestIdentity } from './fake-enclave';
 import { SCHEMA_V1, SCHEMA_V2_STEP, SCHEMA_V3_STEP } from '../../test/support/legacy';
 
@@ -89,7 +90,7 @@ describe('key store', () => {
   const next = (r: KeyRecord, disabled: boolean): KeyRecord => ({ ...r, disabled, seq: r.seq + 1, prev: `0x${'cd'.repeat(32)}` });
 
   it('opens with WAL and synchronous=FULL at the current schema version', () => {
-    const store = new KeyStore(path.join(dir, 'k.db'));
+    const store = new SqliteDatabase(path.join(dir, 'k.db'));
     expect(store.db.pragma('journal_mode', { simple: true })).toBe('wal');
     expect(store.db.pragma('synchronous', { simple: true })).toBe(2); // FULL
     expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
@@ -97,17 +98,17 @@ describe('key store', () => {
   });
 
   it('returns the existing record for a known external id, and never inserts twice', () => {
-    const store = new KeyStore(path.join(dir, 'k.db'));
+    const store = new SqliteDatabase(path.join(dir, 'k.db'));
     expect(store.insert(rec('k1', 'ext')).created).toBe(true);
     const second = store.insert(rec('k2', 'ext'));
     expect([second.created, second.record.keyId]).toEqual([false, 'k1']);
     expect(store.get('k2')).toBeUndefined();
-    expect(() => store.insert(rec('k1'))).toThrow(/UNIQUE/);
+    expect(() => store.insert(rec('k1'))).toThrow(/key k1 is already stored/);
     store.close();
   });
 
   it('pages with an opaque cursor and rejects foreign cursors', () => {
-    const store = new KeyStore(path.join(dir, 'k.db'));
+    const store = new SqliteDatabase(path.join(dir, 'k.db'));
     for (let i = 0; i < 7; i++) store.insert(rec(`k${i}`));
     const ids: string[] = [];
     let cursor: string | undefined;
@@ -146,7 +147,7 @@ describe('key store', () => {
   };
 
   it('keeps one active key per (project, subject): a second is not stored, the first is returned', () => {
-    const store = new KeyStore(path.join(dir, 'k.db'));
+    const store = new SqliteDatabase(path.join(dir, 'k.db'));
     const p = jwtProject(1);
     store.insertProject(identity.sign(p), p, 'one');
     const subject = JSON.stringify(['https://issuer.example', 'alice']);
@@ -173,7 +174,7 @@ describe('key store', () => {
   });
 
   it('stores projects: by id and key, listed in pages, the next record only, the JWKS hosts of active JWT projects', () => {
-    const store = new KeyStore(path.join(dir, 'k.db'));
+    const store = new SqliteDatabase(path.join(dir, 'k.db'));
     const def = identity.project();
     store.seedProject(identity.sign(def), def);
     const records = [1, 2, 3, 4].map((n) => jwtProject(n));
@@ -254,7 +255,7 @@ describe('key store', () => {
     ).run(ADDRESS, key.signed.record, key.signed.signature);
     db.close();
 
-    const store = new KeyStore(file);
+    const store = new SqliteDatabase(file);
     expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
     expect(store.getProject('default')).toEqual({
       projectId: 'default',
@@ -274,7 +275,7 @@ describe('key store', () => {
     expect(store.activeKeyFor('default', 'alice')?.keyId).toBe('k1');
     store.close();
     // Reopened: nothing runs again.
-    const again = new KeyStore(file);
+    const again = new SqliteDatabase(file);
     expect(again.getProject('default')?.projectKey).toBe('default');
     again.close();
   });
@@ -291,7 +292,7 @@ describe('key store', () => {
 
   it('stores TLS keys: pending until installed, one current at a time, durably', () => {
     const file = path.join(dir, 'k.db');
-    let store = new KeyStore(file);
+    let store = new SqliteDatabase(file);
     expect(store.currentTlsKey()).toBeUndefined();
     expect(store.pendingTlsKeys(10)).toEqual([]);
     const one = store.insertTlsKey(tlsKey(1));
@@ -320,7 +321,7 @@ describe('key store', () => {
       /CHECK constraint failed/,
     );
     store.close();
-    store = new KeyStore(file);
+    store = new SqliteDatabase(file);
     expect(store.currentTlsKey()).toMatchObject({ ...tlsKey(3), chain: 'CHAIN 3', installedAt: 6000, current: true });
     store.close();
   });
@@ -347,7 +348,7 @@ describe('key store', () => {
     ).run(ADDRESS, p.projectId, subject, key.signed.record, key.signed.signature);
     db.close();
 
-    const store = new KeyStore(file);
+    const store = new SqliteDatabase(file);
     expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
     expect(SCHEMA_VERSION).toBe(5);
     expect(store.getProjectByKey(p.projectKey)).toMatchObject({ projectId: p.projectId, name: 'one', signed: signedProject });
@@ -357,7 +358,7 @@ describe('key store', () => {
     store.setCurrentTlsKey(tlsKey(1).publicKey, 'CHAIN', 9);
     store.close();
     // Reopened: nothing runs again, the TLS key is kept.
-    const again = new KeyStore(file);
+    const again = new SqliteDatabase(file);
     expect(again.currentTlsKey()?.chain).toBe('CHAIN');
     again.close();
   });
@@ -367,12 +368,12 @@ describe('key store', () => {
     const db = new Database(file);
     db.pragma(`user_version = ${SCHEMA_VERSION + 1}`);
     db.close();
-    expect(() => new KeyStore(file)).toThrow(/newer than this build/);
+    expect(() => new SqliteDatabase(file)).toThrow(/newer than this build/);
   });
 
   it('changes a record only to the next one (seq + 1), durably, and counts', () => {
     const file = path.join(dir, 'k.db');
-    let store = new KeyStore(file);
+    let store = new SqliteDatabase(file);
     store.insert(rec('k1'));
     store.insert(rec('k2'));
     expect(store.get('k1')?.disabled).toBe(false); // now in the store's read cache too
@@ -396,7 +397,7 @@ describe('key store', () => {
     );
     expect(store.setLegacyDisabled('k2', true)).toBeUndefined(); // a key with a record has no such flag
     store.close();
-    store = new KeyStore(file); // what was committed, not what a cache remembers
+    store = new SqliteDatabase(file); // what was committed, not what a cache remembers
     expect([store.get('k1')?.disabled, store.get('k2')?.disabled]).toEqual([true, false]);
     expect(store.get('k1')?.record).toEqual(s1);
 
@@ -404,7 +405,7 @@ describe('key store', () => {
     expect(store.updateRecord('k1', identity.sign(r2), r2).disabled).toBe(false);
     expect(store.counts()).toEqual({ total: 2, disabled: 0, withoutRecord: 0, pending: 0 });
     store.close();
-    store = new KeyStore(file);
+    store = new SqliteDatabase(file);
     expect(store.get('k1')).toMatchObject({
       keyId: 'k1',
       address: ADDRESS,
@@ -430,7 +431,7 @@ describe('key store', () => {
     insert.run('old2', null, ADDRESS, null, 1);
     db.close();
 
-    const store = new KeyStore(file);
+    const store = new SqliteDatabase(file);
     expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
     expect(store.get('old1')).toEqual({
       keyId: 'old1',
@@ -483,7 +484,7 @@ describe('key store', () => {
     store.close();
 
     // Reopened at the current version: nothing runs again.
-    const again = new KeyStore(file);
+    const again = new SqliteDatabase(file);
     expect(again.get('old1')?.blob).toBe('djI=');
     again.close();
   });
@@ -504,7 +505,7 @@ describe('parent configuration', () => {
       NKS_KMS_REGION: 'eu-west-1',
       NKS_LOG_LEVEL: 'warn',
     });
-    expect(c.database.path).toBe('/var/lib/nks/keys.db');
+    expect(c.database).toEqual({ kind: 'sqlite', path: '/var/lib/nks/keys.db', timeoutMs: 5000 });
     expect(c.kmsProxy.region).toBe('eu-west-1');
     expect(c.logLevel).toBe('warn');
     const { host, socketMode, ...api } = PARENT_CONFIG_DEFAULTS.api;

@@ -20,6 +20,8 @@ import { captureLogger, rejection, tempRunDir, type CapturedLogger } from '@nks/
 import { RecordChecker } from '../src/enclave-link/identity';
 import { blobSha256 } from '../src/key-registry';
 import { KeyStore } from '../src/store/key-store';
+import { SqliteDatabase } from '../src/store/sqlite-db';
+import { SqliteEngine } from '../src/store/sqlite-engine';
 import { NOT_THE_KEY, NOT_THE_NEXT, WalletStore } from '../src/wallet-store/server';
 import { fakeKeyBlob, TestIdentity } from './fake-enclave';
 
@@ -78,6 +80,8 @@ function madeKey(subject: string | null = alice, over: Partial<KeyRecord> = {}, 
 describe('wallet store', () => {
   let runDir: string;
   let store: KeyStore;
+  /** The same file through a connection of the test's own, to look at and alter what the server stored. */
+  let db: SqliteDatabase;
   let server: WalletStore;
   let client: RpcClient<WalletStoreApi>;
   let log: CapturedLogger;
@@ -85,8 +89,9 @@ describe('wallet store', () => {
 
   beforeEach(async () => {
     runDir = tempRunDir('nks-wstore-');
-    store = new KeyStore(path.join(runDir, 'keys.db'));
-    for (const p of [JWT, TOKEN]) store.insertProject(identity.sign(p), p, p.projectId);
+    db = new SqliteDatabase(path.join(runDir, 'keys.db'));
+    for (const p of [JWT, TOKEN]) db.insertProject(identity.sign(p), p, p.projectId);
+    store = new KeyStore(await SqliteEngine.open({ path: path.join(runDir, 'keys.db') }));
     log = captureLogger('debug');
     records = () => checker;
     server = new WalletStore({ store, records: () => records(), logger: log.logger, maxConcurrent: 8 });
@@ -99,14 +104,15 @@ describe('wallet store', () => {
   afterEach(async () => {
     await client.close();
     await server.close(100);
-    store.close();
+    await store.close();
+    db.close();
     fs.rmSync(runDir, { recursive: true, force: true });
   });
 
   it('answers a project by its key whatever its state, and null for an unknown key', async () => {
     expect(await client.call('store.project', { projectKey: JWT.projectKey })).toEqual({ project: identity.sign(JWT) });
     const disabled: ProjectRecord = { ...JWT, state: 'disabled', seq: 1, prev: `0x${'ab'.repeat(32)}` };
-    store.updateProjectRecord(JWT.projectId, identity.sign(disabled), disabled);
+    db.updateProjectRecord(JWT.projectId, identity.sign(disabled), disabled);
     expect(await client.call('store.project', { projectKey: JWT.projectKey })).toEqual({ project: identity.sign(disabled) });
     expect(await client.call('store.project', { projectKey: `pk_${'Z'.repeat(22)}` })).toEqual({ project: null });
     expect(await client.call('store.project', { projectKey: 'default' })).toEqual({ project: null }); // not seeded here
@@ -120,7 +126,7 @@ describe('wallet store', () => {
     const inserted = await client.call('store.insertUserKey', first);
     expect(inserted).toEqual({ inserted: true, key: { keyId: first.keyId, blob: first.blob, record: first.record } });
     expect(await client.call('store.userKey', { projectId: JWT.projectId, subject: alice })).toEqual({ key: inserted.key });
-    expect(store.get(first.keyId)).toMatchObject({
+    expect(db.get(first.keyId)).toMatchObject({
       address: first.address,
       publicKey: first.publicKey,
       projectId: JWT.projectId,
@@ -130,11 +136,11 @@ describe('wallet store', () => {
     expect(await client.call('store.insertUserKey', first)).toEqual({ inserted: false, key: inserted.key });
     const second = madeKey();
     expect(await client.call('store.insertUserKey', second)).toEqual({ inserted: false, key: inserted.key });
-    expect(store.get(second.keyId)).toBeUndefined();
+    expect(db.get(second.keyId)).toBeUndefined();
     // Bob is another user.
     const bob = JSON.stringify(['https://issuer.example', 'bob']);
     expect((await client.call('store.insertUserKey', madeKey(bob))).inserted).toBe(true);
-    expect(store.counts().total).toBe(2);
+    expect(db.counts().total).toBe(2);
     expect(log.lines().filter((l) => l.msg === 'stored a key for a JWT user')).toHaveLength(2);
   });
 
@@ -161,16 +167,16 @@ describe('wallet store', () => {
   ])('refuses %s with KEY_INTEGRITY and stores nothing', async (_name, make) => {
     const err = await rejection(client.call('store.insertUserKey', make()));
     expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', NOT_THE_KEY]);
-    expect(store.counts().total).toBe(0);
+    expect(db.counts().total).toBe(0);
     expect(log.lines().some((l) => typeof l.msg === 'string' && l.msg.startsWith('wallet store: refused a user key: '))).toBe(true);
   });
 
   it("refuses a key whose project's stored record does not verify", async () => {
-    store.db.prepare('UPDATE projects SET signature = ? WHERE project_id = ?').run(Buffer.alloc(64, 1).toString('base64'), JWT.projectId);
+    db.db.prepare('UPDATE projects SET signature = ? WHERE project_id = ?').run(Buffer.alloc(64, 1).toString('base64'), JWT.projectId);
     const err = await rejection(client.call('store.insertUserKey', madeKey()));
     expect(err.code).toBe('KEY_INTEGRITY');
     expect(log.text()).toContain(`the stored record of project ${JWT.projectId} does not verify`);
-    expect(store.counts().total).toBe(0);
+    expect(db.counts().total).toBe(0);
   });
 
   it('refuses malformed inserts with INVALID_PARAMS', async () => {
@@ -185,7 +191,7 @@ describe('wallet store', () => {
       const err = await rejection(client.call('store.insertUserKey', bad as never));
       expect([err.code, err.message]).toEqual(['INVALID_PARAMS', expect.any(String)]);
     }
-    expect(store.counts().total).toBe(0);
+    expect(db.counts().total).toBe(0);
   });
 
   it('answers IDENTITY_UNAVAILABLE to an insert before the identity is known', async () => {
@@ -193,7 +199,7 @@ describe('wallet store', () => {
       throw new KeystoreError('IDENTITY_UNAVAILABLE', 'the keystore identity is not known yet');
     };
     expect((await rejection(client.call('store.insertUserKey', madeKey()))).code).toBe('IDENTITY_UNAVAILABLE');
-    expect(store.counts().total).toBe(0);
+    expect(db.counts().total).toBe(0);
   });
 
   describe('the key lifecycle (docs/LIFECYCLE.md)', () => {
@@ -209,7 +215,7 @@ describe('wallet store', () => {
       await client.call('store.insertUserKey', first);
       return { first, successor: madeKey(alice, { state: 'pending', predecessor: first.keyId }) };
     };
-    const states = (...keyIds: string[]) => keyIds.map((k) => [store.get(k)?.state, store.get(k)?.recordSeq]);
+    const states = (...keyIds: string[]) => keyIds.map((k) => [db.get(k)?.state, db.get(k)?.recordSeq]);
 
     it("stores a user's successor once, as the pending key; the active key stays the first", async () => {
       const { first, successor } = await aliceWithSuccessor();
@@ -218,11 +224,11 @@ describe('wallet store', () => {
       expect(inserted).toEqual({ inserted: true, key: { keyId: successor.keyId, blob: successor.blob, record: successor.record } });
       expect(await client.call('store.pendingUserKey', { projectId: JWT.projectId, subject: alice })).toEqual({ key: inserted.key });
       expect((await client.call('store.userKey', { projectId: JWT.projectId, subject: alice })).key?.keyId).toBe(first.keyId);
-      expect(store.get(successor.keyId)).toMatchObject({ state: 'pending', predecessor: first.keyId, externalId: null });
+      expect(db.get(successor.keyId)).toMatchObject({ state: 'pending', predecessor: first.keyId, externalId: null });
       // Another successor while one is pending: the pending one is answered, nothing stored.
       const other = madeKey(alice, { state: 'pending', predecessor: first.keyId });
       expect(await client.call('store.insertSuccessor', other)).toEqual({ inserted: false, key: inserted.key });
-      expect(store.get(other.keyId)).toBeUndefined();
+      expect(db.get(other.keyId)).toBeUndefined();
       expect(log.lines().filter((l) => l.msg === 'stored a successor for a JWT user')).toHaveLength(1);
     });
 
@@ -241,7 +247,7 @@ describe('wallet store', () => {
       const { first } = await aliceWithSuccessor();
       const err = await rejection(client.call('store.insertSuccessor', make(first)));
       expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', NOT_THE_KEY]);
-      expect(store.counts().total).toBe(1);
+      expect(db.counts().total).toBe(1);
     });
 
     it('refuses a successor of a key not stored, or of a key no longer active, naming its state', async () => {
@@ -252,7 +258,7 @@ describe('wallet store', () => {
       const late = madeKey(alice, { state: 'pending', predecessor: first.keyId });
       const err = await rejection(client.call('store.insertSuccessor', late));
       expect([err.code, err.details]).toEqual(['KEY_STATE', { state: 'retired' }]);
-      expect(store.counts().total).toBe(1);
+      expect(db.counts().total).toBe(1);
     });
 
     it('stores an activation: both records together; the user key is then the successor', async () => {

@@ -36,7 +36,10 @@ describe('the wallet paths on the parent API', () => {
     });
     log = captureLogger('debug');
     access = captureLogger('debug');
-    metrics = new Metrics({ keyCounts: () => ({ total: 0, disabled: 0 }), enclaveHealth: async () => null });
+    metrics = new Metrics({
+      keyCounts: async () => ({ total: 0, disabled: 0, withoutRecord: 0, pending: 0 }),
+      enclaveHealth: async () => null,
+    });
     // The caller routes are registered as in the daemon; no request here reaches their registry.
     server = new ApiServer({
       config: config.api,

@@ -54,6 +54,8 @@ export const ERROR_CODES = {
   OVERLOADED: { rpcCode: -32020, httpStatus: 503, retryable: true },
   TIMEOUT: { rpcCode: -32021, httpStatus: 504, retryable: true },
   UNAVAILABLE: { rpcCode: -32022, httpStatus: 503, retryable: true },
+  /** The parent's database did not answer in time, is unreachable or full (docs/STORAGE.md): retry later. */
+  STORAGE_UNAVAILABLE: { rpcCode: -32043, httpStatus: 503, retryable: true },
   // Caller API only
   UNAUTHORIZED: { rpcCode: -32030, httpStatus: 401, retryable: false },
   FORBIDDEN: { rpcCode: -32031, httpStatus: 403, retryable: false },

@@ -148,8 +148,8 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       method: 'GET',
       ...at('/v1/keys', 'keys:read'),
       schema: { querystring: ListQuery },
-      handler(request) {
-        const page = keys.list(request.query, { withJwtKeys: seesJwtKeys(request) });
+      async handler(request) {
+        const page = await keys.list(request.query, { withJwtKeys: seesJwtKeys(request) });
         return { keys: page.keys.map((r) => viewOf(r)), nextCursor: page.nextCursor };
       },
     });
@@ -157,8 +157,8 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       method: 'GET',
       ...at('/v1/keys/{keyId}', 'keys:read'),
       schema: { params: KeyParams, querystring: NoQuery },
-      handler(request) {
-        return viewOf(keys.view(request.params.keyId, { withJwtKeys: seesJwtKeys(request) }));
+      async handler(request) {
+        return viewOf(await keys.view(request.params.keyId, { withJwtKeys: seesJwtKeys(request) }));
       },
     });
     app.route({
@@ -187,7 +187,7 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       schema: { params: KeyParams, querystring: NoQuery, body: SuccessorBody },
       async handler(request, reply) {
         // A JWT project's key does not exist for a caller below admin, as on the read routes (then FORBIDDEN).
-        keys.view(request.params.keyId, { withJwtKeys: seesJwtKeys(request) });
+        await keys.view(request.params.keyId, { withJwtKeys: seesJwtKeys(request) });
         const record = await keys.successor(request.params.keyId, request.body ?? {});
         reply.code(201);
         return viewOf(record);
@@ -207,8 +207,8 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       method: 'GET',
       ...at('/v1/keys/{keyId}/history', 'keys:read'),
       schema: { params: KeyParams, querystring: NoQuery },
-      handler(request) {
-        return { keys: keys.history(request.params.keyId, { withJwtKeys: seesJwtKeys(request) }).map(historyEntryOf) };
+      async handler(request) {
+        return { keys: (await keys.history(request.params.keyId, { withJwtKeys: seesJwtKeys(request) })).map(historyEntryOf) };
       },
     });
     app.route({

@@ -51,7 +51,7 @@ export interface EgressRelayOptions {
   config: EgressConfig;
   transport: Transport;
   /** The `jwksUri` hosts of enabled JWT projects, read for every connection (a project disabled since is refused). */
-  allowedHosts: () => Iterable<string>;
+  allowedHosts: () => Iterable<string> | Promise<Iterable<string>>;
   log: Logger;
   /** The metrics to update, or a registry to register `nks_egress_*` on (createEgressMetrics). */
   metrics?: EgressMetrics | client.Registry;
@@ -181,9 +181,9 @@ class Relay implements EgressRelay {
   }
 
   /** The configured hosts, then the store's: exact, case-insensitive. A throwing source refuses (caller). */
-  hostAllowed(host: string): boolean {
+  async hostAllowed(host: string): Promise<boolean> {
     if (this.configHosts.has(host)) return true;
-    for (const h of this.options.allowedHosts()) if (h.toLowerCase() === host) return true;
+    for (const h of await this.options.allowedHosts()) if (h.toLowerCase() === host) return true;
     return false;
   }
 
@@ -301,7 +301,7 @@ class Session {
     const relay = this.relay;
     const { config } = relay;
     try {
-      if (!relay.hostAllowed(host)) return this.refuse('host_not_allowed');
+      if (!(await relay.hostAllowed(host))) return this.refuse('host_not_allowed');
     } catch (err) {
       relay.log.error({ err, host, port }, 'egress relay: the allowed hosts could not be read');
       return this.refuse('internal_error');

@@ -32,7 +32,7 @@ export interface PoolOptions {
    * whose enclave has it: the pinned one if given, else the first one learned. Absent for the genesis command,
    * which talks to an enclave that has no identity yet.
    */
-  identity?: { pinned?: string | undefined; onLearned?: (identity: KnownIdentity) => void };
+  identity?: { pinned?: string | undefined; onLearned?: (identity: KnownIdentity) => void | Promise<void> };
 }
 
 export type EnclaveMethod = MethodName<EnclaveApi>;
@@ -47,6 +47,7 @@ export class EnclavePool {
   private next = 0;
   private lastRefusal: string | undefined;
   private known: KnownIdentity | undefined;
+  private learning: Promise<void> | undefined;
 
   constructor(private readonly options: PoolOptions) {
     this.clients = Array.from(
@@ -142,9 +143,16 @@ export class EnclavePool {
       throw new KeystoreError('IDENTITY_UNAVAILABLE', message);
     }
     if (!this.known) {
-      this.known = identity;
-      this.options.logger.info({ address: this.options.address, identity: identity.publicKey }, 'learned the keystore identity');
-      onLearned?.(identity);
+      // What depends on the identity (the default project seeded into the store) is done once, before the first
+      // connection is used; if it fails (the database is down), the connections wait for it fail and the next tries again.
+      this.learning ??= (async () => {
+        await onLearned?.(identity);
+        this.known = identity;
+        this.options.logger.info({ address: this.options.address, identity: identity.publicKey }, 'learned the keystore identity');
+      })().finally(() => (this.learning = undefined));
+      await this.learning;
+      if ((this.known as KnownIdentity | undefined)?.publicKey !== identity.publicKey)
+        throw new KeystoreError('IDENTITY_UNAVAILABLE', 'the enclave changed its keystore identity');
     }
   }
 

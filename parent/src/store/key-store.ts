@@ -1,825 +1,209 @@
 /**
- * Keys, projects and the wallet routes' TLS keys on SQLite (better-sqlite3): WAL journal with
- * `synchronous=FULL`, so a commit is on disk before a write returns and the API answers. The schema is versioned
- * with `PRAGMA user_version` and migrated forward at open. Keys are never deleted; they are disabled.
+ * The parent's store (docs/STORAGE.md): one of the engines (SQLite in a worker thread, or PostgreSQL shared by
+ * several instances) behind a cache of keys and projects by id, so a warm sign reads neither database.
  *
- * The parent stores only what it may see: the sealed blob, the address and public key, the caller's
- * external id and labels, the birth attestation, and the records the enclave signed (docs/RECORDS.md). A
- * record's content is copied into columns (a key's project, subject, state, disabled, seq; a project's key,
- * state, auth type and JWKS host) for queries and views; the signed bytes are what counts, and the registries
- * verify them before they act on a row. A project's name is the parent's own label. A TLS key of the wallet
- * routes is likewise only its sealed blob, the identity's signature over it, its CSR and its public chain.
- *
- * Keys made before 0.4 (schema version 1) have a version 1 blob and no record: they stay readable, and sign
- * again once `parent migrate` has re-sealed them (`migrateKey`). A `disabled` flag changes only with a new
- * record whose `seq` is the stored one + 1 (`updateRecord`), except on such keys, which have no record.
- *
- * The key lifecycle (docs/LIFECYCLE.md): a subject has at most one active and one pending key (unique indexes);
- * a successor is stored with its predecessor's external id (the external id names the subject, and every
- * lookup by it answers the subject's active key), and an activation stores both keys' records in one transaction.
+ * Coherence: no instance acts on a cached row another instance changed more than `staleAfterMs` (1 s) ago.
+ * The SQLite engine has one writer, this process, which forgets what it changes. On PostgreSQL every change
+ * is announced to every instance (LISTEN/NOTIFY) and forgotten on arrival; while the notification connection
+ * is down (changes may be missed) an entry is used only within `staleAfterMs` of being read, and everything
+ * cached is dropped when it is back. A read that was under way when its row's change arrived is not cached.
  */
-import fs from 'node:fs';
-import path from 'node:path';
-import Database from 'better-sqlite3';
-import { KeystoreError } from '@nks/shared/errors';
-import {
-  decodeProjectRecord,
-  type KeyRecord,
-  type KeyState,
-  type ProjectRecord,
-  type ProjectState,
-  type SignedRecord,
-} from '@nks/shared/records';
+import type { Logger } from '@nks/shared/log';
+import type { KeyRecord, ProjectRecord, SignedRecord } from '@nks/shared/records';
+import type { KeyCounts, NewKey, NewTlsKey, StoreChange, StoreEngine, StoredKey, StoredProject, StoredTlsKey } from './types';
 
-export interface StoredKey {
-  keyId: string;
-  externalId: string | null;
-  address: string;
-  publicKey: string;
-  blob: string;
-  labels: Record<string, string>;
-  attestation: string | null;
-  /**
-   * Whether the key refuses to sign: its record's `disabled`, or, for a key made before 0.4, the flag as it
-   * was set then (carried over by the migration until the enclave has recorded it: `disablePending`).
-   */
-  disabled: boolean;
-  /** From the key's record; null for a key made before 0.4 that is not migrated yet. */
-  projectId: string | null;
-  subject: string | null;
-  state: KeyState | null;
-  /** A successor's predecessor (key id), from its record; null for every other key. */
-  predecessor: string | null;
-  record: SignedRecord | null;
-  recordSeq: number | null;
-  /**
-   * A key disabled before 0.4 and migrated since: the migration image records every key enabled, so the parent
-   * keeps refusing it until a disable (or an enable) through the enclave records what the operator wants.
-   */
-  disablePending: boolean;
-  /** Milliseconds since the epoch. */
-  createdAt: number;
-  updatedAt: number;
+export interface KeyStoreOptions {
+  /** Keys (and, a tenth as many, projects) kept in memory, least recently used out. */
+  cacheSize?: number;
+  /** How old a cached row may be while change notifications may be missed. */
+  staleAfterMs?: number;
+  logger?: Logger;
 }
 
-/** What `insert` stores: a key the enclave just made, with its first record (verified by the caller). */
-export interface NewKey {
-  keyId: string;
-  externalId: string | null;
-  address: string;
-  publicKey: string;
-  blob: string;
-  labels: Record<string, string>;
-  attestation: string | null;
-  createdAt: number;
-  signed: SignedRecord;
-  record: KeyRecord;
+interface Entry<T> {
+  value: T;
+  at: number;
 }
 
-export interface StoredProject {
-  projectId: string;
-  signed: SignedRecord;
-  seq: number;
-  updatedAt: number;
-  /** The parent's label for the project (not in the record); null for a row from before schema 3 not filled yet. */
-  name: string | null;
-  /** Copies of the record's content, for queries (null if the record did not decode when copied). */
-  projectKey: string | null;
-  state: ProjectState | null;
-  authType: 'token' | 'jwt' | null;
-  /** The host of a JWT project's `jwksUri` (lower case), for the egress relay's allowed hosts. */
-  jwksHost: string | null;
-  createdAt: number | null;
-}
+/** A bounded map of rows by id, with a generation per id that a change bumps, so a read racing it is not kept. */
+class RowCache<T> {
+  private readonly rows = new Map<string, Entry<T>>();
+  private readonly changed = new Map<string, number>();
+  private epoch = 0;
 
-/** A TLS key of the wallet routes (docs/TLS.md): what `tls.create` answered, and once installed its chain. */
-export interface StoredTlsKey {
-  /** The key's DER SubjectPublicKeyInfo, base64: its identity here. */
-  publicKey: string;
-  /** The sealed key (blob kind "tls") and the identity's signature over it, base64: what `tls.install` takes. */
-  blob: string;
-  blobSignature: string;
-  names: string[];
-  /** The PKCS#10 request the enclave made (PEM). */
-  csr: string;
-  createdAt: number;
-  /** The certificate chain installed with it (PEM, leaf first); null until installed once. */
-  chain: string | null;
-  installedAt: number | null;
-  /** The key the enclave is told to serve (after every start): at most one. */
-  current: boolean;
-}
+  constructor(private readonly size: number) {}
 
-export type NewTlsKey = Pick<StoredTlsKey, 'publicKey' | 'blob' | 'blobSignature' | 'names' | 'csr' | 'createdAt'>;
-
-interface TlsKeyRow {
-  public_key: string;
-  blob: string;
-  blob_signature: string;
-  names: string;
-  csr: string;
-  created_at: number;
-  chain: string | null;
-  installed_at: number | null;
-  current: number;
-}
-
-const toTlsKey = (r: TlsKeyRow): StoredTlsKey => ({
-  publicKey: r.public_key,
-  blob: r.blob,
-  blobSignature: r.blob_signature,
-  names: JSON.parse(r.names) as string[],
-  csr: r.csr,
-  createdAt: r.created_at,
-  chain: r.chain,
-  installedAt: r.installed_at,
-  current: r.current === 1,
-});
-
-export interface ProjectPage {
-  projects: StoredProject[];
-  nextCursor: string | null;
-}
-
-interface Row {
-  seq: number;
-  key_id: string;
-  external_id: string | null;
-  address: string;
-  public_key: string;
-  blob: string;
-  labels: string;
-  attestation: string | null;
-  disabled: number;
-  created_at: number;
-  updated_at: number;
-  project_id: string | null;
-  subject: string | null;
-  state: string | null;
-  record: string | null;
-  record_signature: string | null;
-  record_seq: number | null;
-  disable_pending: number;
-  predecessor: string | null;
-}
-
-interface ProjectRow {
-  project_id: string;
-  record: string;
-  signature: string;
-  seq: number;
-  updated_at: number;
-  project_key: string | null;
-  name: string | null;
-  state: string | null;
-  auth_type: string | null;
-  jwks_host: string | null;
-  created_at: number | null;
-}
-
-/** The columns a project record's content fills (the host of a JWT project's JWKS URI in lower case, as URL gives it). */
-function projectColumns(record: ProjectRecord) {
-  return {
-    projectKey: record.projectKey,
-    state: record.state,
-    authType: record.auth.type,
-    jwksHost: record.auth.type === 'jwt' ? new URL(record.auth.jwksUri).hostname : null,
-    createdAt: record.createdAt,
-  };
-}
-
-/**
- * Schema 3 (0.5): a project row's record content copied into columns (and its name), filled here for the
- * rows a schema 2 database has (the `default` project). A record that does not decode keeps NULL columns: the
- * registry refuses it when it is used, as before.
- */
-function fillProjectColumns(db: Database.Database): void {
-  const rows = db.prepare<[], ProjectRow>('SELECT * FROM projects WHERE project_key IS NULL').all();
-  const update = db.prepare(
-    `UPDATE projects SET project_key = @projectKey, state = @state, auth_type = @authType, jwks_host = @jwksHost,
-                         created_at = @createdAt, name = COALESCE(name, @projectId)
-     WHERE project_id = @projectId`,
-  );
-  for (const row of rows) {
-    let record: ProjectRecord;
-    try {
-      record = decodeProjectRecord(Buffer.from(row.record, 'base64'));
-    } catch {
-      continue;
+  get(id: string, freshAfter: number): T | undefined {
+    const e = this.rows.get(id);
+    if (!e) return undefined;
+    if (e.at < freshAfter) {
+      this.rows.delete(id);
+      return undefined;
     }
-    if (record.projectId === row.project_id) update.run({ projectId: row.project_id, ...projectColumns(record) });
+    this.rows.delete(id);
+    this.rows.set(id, e);
+    return e.value;
   }
-}
 
-/** Each entry moves the schema from version i to i+1: SQL, or a function given the database. Append only. */
-const MIGRATIONS: Array<string | ((db: Database.Database) => void)> = [
-  `CREATE TABLE keys (
-     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
-     key_id       TEXT NOT NULL UNIQUE,
-     external_id  TEXT UNIQUE,
-     address      TEXT NOT NULL,
-     public_key   TEXT NOT NULL,
-     blob         TEXT NOT NULL,
-     labels       TEXT NOT NULL DEFAULT '{}',
-     attestation  TEXT,
-     disabled     INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
-     created_at   INTEGER NOT NULL,
-     updated_at   INTEGER NOT NULL
-   ) STRICT;
-   CREATE INDEX keys_address ON keys (address);`,
-  // 0.4: signed records. Existing keys keep NULL records until `parent migrate` re-seals them.
-  `ALTER TABLE keys ADD COLUMN project_id TEXT;
-   ALTER TABLE keys ADD COLUMN subject TEXT;
-   ALTER TABLE keys ADD COLUMN state TEXT;
-   ALTER TABLE keys ADD COLUMN record TEXT;
-   ALTER TABLE keys ADD COLUMN record_signature TEXT;
-   ALTER TABLE keys ADD COLUMN record_seq INTEGER CHECK (record_seq >= 0);
-   ALTER TABLE keys ADD COLUMN disable_pending INTEGER NOT NULL DEFAULT 0 CHECK (disable_pending IN (0, 1));
-   CREATE INDEX keys_without_record ON keys (seq) WHERE record IS NULL;
-   CREATE TABLE projects (
-     project_id   TEXT PRIMARY KEY,
-     record       TEXT NOT NULL,
-     signature    TEXT NOT NULL,
-     seq          INTEGER NOT NULL CHECK (seq >= 0),
-     updated_at   INTEGER NOT NULL
-   ) STRICT;`,
-  // 0.5: projects of their own (docs/PROJECTS.md). Columns copy the project record for queries; one active key
-  // per (project, subject), which is what makes concurrent first calls of a JWT user yield one key.
-  (db) => {
-    db.exec(`ALTER TABLE projects ADD COLUMN project_key TEXT;
-             ALTER TABLE projects ADD COLUMN name TEXT;
-             ALTER TABLE projects ADD COLUMN state TEXT;
-             ALTER TABLE projects ADD COLUMN auth_type TEXT;
-             ALTER TABLE projects ADD COLUMN jwks_host TEXT;
-             ALTER TABLE projects ADD COLUMN created_at INTEGER;
-             CREATE UNIQUE INDEX projects_key ON projects (project_key);
-             CREATE UNIQUE INDEX keys_active_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'active';`);
-    fillProjectColumns(db);
-  },
-  // 0.6: the wallet routes' TLS keys (docs/TLS.md): made and sealed by the enclave, their certificate chains
-  // installed by the operator. At most one is current (the one the enclave is told to serve after each start).
-  `CREATE TABLE tls_keys (
-     public_key     TEXT PRIMARY KEY,
-     blob           TEXT NOT NULL,
-     blob_signature TEXT NOT NULL,
-     names          TEXT NOT NULL,
-     csr            TEXT NOT NULL,
-     created_at     INTEGER NOT NULL,
-     chain          TEXT,
-     installed_at   INTEGER,
-     current        INTEGER NOT NULL DEFAULT 0 CHECK (current IN (0, 1)),
-     CHECK (current = 0 OR chain IS NOT NULL)
-   ) STRICT;
-   CREATE UNIQUE INDEX tls_keys_current ON tls_keys (current) WHERE current = 1;`,
-  // 0.7: the key lifecycle (docs/LIFECYCLE.md). A successor carries its predecessor's external id (the subject's
-  // name), so the column is unique only among keys that succeed none: SQLite cannot drop a column's UNIQUE, so
-  // the table is rebuilt (https://sqlite.org/lang_altertable.html#otheralter), rows and their seq kept.
-  // One active and one pending key per (project, subject).
-  `CREATE TABLE keys_v5 (
-     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
-     key_id           TEXT NOT NULL UNIQUE,
-     external_id      TEXT,
-     address          TEXT NOT NULL,
-     public_key       TEXT NOT NULL,
-     blob             TEXT NOT NULL,
-     labels           TEXT NOT NULL DEFAULT '{}',
-     attestation      TEXT,
-     disabled         INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
-     created_at       INTEGER NOT NULL,
-     updated_at       INTEGER NOT NULL,
-     project_id       TEXT,
-     subject          TEXT,
-     state            TEXT,
-     record           TEXT,
-     record_signature TEXT,
-     record_seq       INTEGER CHECK (record_seq >= 0),
-     disable_pending  INTEGER NOT NULL DEFAULT 0 CHECK (disable_pending IN (0, 1)),
-     predecessor      TEXT
-   ) STRICT;
-   INSERT INTO keys_v5 (seq, key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at,
-                        updated_at, project_id, subject, state, record, record_signature, record_seq, disable_pending)
-     SELECT seq, key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at,
-            updated_at, project_id, subject, state, record, record_signature, record_seq, disable_pending FROM keys;
-   DROP TABLE keys;
-   ALTER TABLE keys_v5 RENAME TO keys;
-   CREATE INDEX keys_address ON keys (address);
-   CREATE INDEX keys_without_record ON keys (seq) WHERE record IS NULL;
-   CREATE INDEX keys_external_id ON keys (external_id) WHERE external_id IS NOT NULL;
-   CREATE UNIQUE INDEX keys_external_id_first ON keys (external_id) WHERE predecessor IS NULL;
-   CREATE INDEX keys_subject ON keys (project_id, subject, seq) WHERE subject IS NOT NULL;
-   CREATE UNIQUE INDEX keys_active_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'active';
-   CREATE UNIQUE INDEX keys_pending_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'pending';`,
-];
+  /** What a read must present to `put` its result: unchanged if no change of `id` (or drop) came meanwhile. */
+  ticket(id: string): string {
+    return `${this.epoch}:${this.changed.get(id) ?? 0}`;
+  }
 
-export const SCHEMA_VERSION = MIGRATIONS.length;
+  put(id: string, value: T, ticket: string, at: number): void {
+    if (ticket !== this.ticket(id)) return;
+    this.rows.delete(id);
+    if (this.rows.size >= this.size) this.rows.delete(this.rows.keys().next().value as string);
+    this.rows.set(id, { value, at });
+  }
 
-function toStored(r: Row): StoredKey {
-  const record = r.record !== null && r.record_signature !== null ? { record: r.record, signature: r.record_signature } : null;
-  return {
-    keyId: r.key_id,
-    externalId: r.external_id,
-    address: r.address,
-    publicKey: r.public_key,
-    blob: r.blob,
-    labels: JSON.parse(r.labels) as Record<string, string>,
-    attestation: r.attestation,
-    disabled: r.disabled === 1 || r.disable_pending === 1,
-    projectId: record ? r.project_id : null,
-    subject: record ? r.subject : null,
-    state: record ? (r.state as KeyState) : null,
-    predecessor: record ? r.predecessor : null,
-    record,
-    recordSeq: record ? r.record_seq : null,
-    disablePending: r.disable_pending === 1,
-    createdAt: r.created_at,
-    updatedAt: r.updated_at,
-  };
-}
+  forget(id: string): void {
+    this.rows.delete(id);
+    // Only ids with a read in flight need their generation; the map is cleared with the rows on a drop.
+    this.changed.set(id, (this.changed.get(id) ?? 0) + 1);
+    if (this.changed.size > this.size * 4) {
+      this.changed.clear();
+      this.epoch++;
+    }
+  }
 
-const toProject = (r: ProjectRow): StoredProject => ({
-  projectId: r.project_id,
-  signed: { record: r.record, signature: r.signature },
-  seq: r.seq,
-  updatedAt: r.updated_at,
-  name: r.name,
-  projectKey: r.project_key,
-  state: r.state as ProjectState | null,
-  authType: r.auth_type as 'token' | 'jwt' | null,
-  jwksHost: r.jwks_host,
-  createdAt: r.created_at,
-});
-
-/** The columns a key record's content fills. */
-const recordColumns = (signed: SignedRecord, record: KeyRecord) => ({
-  projectId: record.projectId,
-  subject: record.subject,
-  state: record.state,
-  disabled: record.disabled ? 1 : 0,
-  record: signed.record,
-  recordSignature: signed.signature,
-  recordSeq: record.seq,
-  predecessor: record.predecessor ?? null,
-});
-
-/**
- * A lifecycle transition asked of a key in a state that does not allow it (docs/LIFECYCLE.md): 409 KEY_STATE,
- * the state named in the message and in `details.state`.
- */
-export function keyStateError(keyId: string, state: KeyState | null, needed: KeyState): KeystoreError {
-  return new KeystoreError('KEY_STATE', `key ${keyId} is ${state ?? 'without a record'}: this needs it ${needed}`, { details: { state } });
-}
-
-export interface Page {
-  keys: StoredKey[];
-  nextCursor: string | null;
-}
-
-const encodeCursor = (seq: number) => Buffer.from(`s${seq}`).toString('base64url');
-function decodeCursor(cursor: string): number {
-  const m = /^s(\d{1,15})$/.exec(Buffer.from(cursor, 'base64url').toString());
-  if (!m) throw new KeystoreError('INVALID_PARAMS', 'cursor is not one this service issued');
-  return Number(m[1]);
-}
-/** Projects are listed in project id order (`default` first, then `p_…`): the cursor is the last id listed. */
-const encodeProjectCursor = (projectId: string) => Buffer.from(`p${projectId}`).toString('base64url');
-function decodeProjectCursor(cursor: string): string {
-  const m = /^p([A-Za-z0-9_-]{1,64})$/.exec(Buffer.from(cursor, 'base64url').toString());
-  if (!m) throw new KeystoreError('INVALID_PARAMS', 'query.cursor: not a cursor this service issued');
-  return m[1] as string;
+  drop(): void {
+    this.rows.clear();
+    this.changed.clear();
+    this.epoch++;
+  }
 }
 
 export class KeyStore {
-  readonly db: Database.Database;
-  private readonly stmts;
-  /**
-   * Recently read keys by key id, so a sign does not hit SQLite. Safe because this process is the only
-   * writer: a key only changes through this class, which forgets it. Bounded (least recently used out).
-   */
-  private readonly recent = new Map<string, StoredKey>();
+  private readonly keys: RowCache<StoredKey>;
+  private readonly projects: RowCache<StoredProject>;
+  private readonly staleAfterMs: number;
+  /** Whether every change committed elsewhere reaches this process (always, for an engine no one else writes). */
+  private live: boolean;
 
   constructor(
-    file: string,
-    private readonly cacheSize = 10_000,
+    readonly engine: StoreEngine,
+    options: KeyStoreOptions = {},
   ) {
-    if (file !== ':memory:') fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-    this.db = new Database(file);
-    this.db.pragma('journal_mode = WAL');
-    this.db.pragma('synchronous = FULL');
-    this.db.pragma('foreign_keys = ON');
-    this.db.pragma('busy_timeout = 5000');
-    this.migrate();
-    this.stmts = {
-      insert: this.db.prepare(
-        `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at, updated_at,
-                           project_id, subject, state, record, record_signature, record_seq, predecessor)
-         VALUES (@keyId, @externalId, @address, @publicKey, @blob, @labels, @attestation, @disabled, @createdAt, @createdAt,
-                 @projectId, @subject, @state, @record, @recordSignature, @recordSeq, @predecessor)`,
-      ),
-      byKeyId: this.db.prepare<[string], Row>('SELECT * FROM keys WHERE key_id = ?'),
-      // Every key of a subject carries its external id: the active one answers for it (a key made before 0.4,
-      // without state, is the only key of its external id).
-      byExternalId: this.db.prepare<[string], Row>(
-        "SELECT * FROM keys WHERE external_id = ? ORDER BY CASE WHEN state = 'active' THEN 0 ELSE 1 END, seq LIMIT 1",
-      ),
-      activeBySubject: this.db.prepare<[string, string], Row>(
-        "SELECT * FROM keys WHERE project_id = ? AND subject = ? AND subject IS NOT NULL AND state = 'active'",
-      ),
-      pendingBySubject: this.db.prepare<[string, string], Row>(
-        "SELECT * FROM keys WHERE project_id = ? AND subject = ? AND subject IS NOT NULL AND state = 'pending'",
-      ),
-      bySubject: this.db.prepare<[string, string], Row>(
-        'SELECT * FROM keys WHERE project_id = ? AND subject = ? AND subject IS NOT NULL ORDER BY seq',
-      ),
-      page: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE seq > ? ORDER BY seq LIMIT ?'),
-      // Without the keys of JWT projects (by the projects' copied auth type): what a token below admin lists.
-      pageWithoutJwt: this.db.prepare<[number, number], Row>(
-        `SELECT * FROM keys k WHERE k.seq > ? AND NOT EXISTS
-           (SELECT 1 FROM projects p WHERE p.project_id = k.project_id AND p.auth_type = 'jwt')
-         ORDER BY k.seq LIMIT ?`,
-      ),
-      withoutRecord: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE record IS NULL AND seq > ? ORDER BY seq LIMIT ?'),
-      setLegacyDisabled: this.db.prepare('UPDATE keys SET disabled = ?, updated_at = ? WHERE key_id = ? AND record IS NULL'),
-      setRecord: this.db.prepare(
-        `UPDATE keys SET project_id = @projectId, subject = @subject, state = @state, disabled = @disabled, record = @record,
-                         record_signature = @recordSignature, record_seq = @recordSeq, predecessor = @predecessor,
-                         disable_pending = 0, updated_at = @now
-         WHERE key_id = @keyId AND record_seq = @recordSeq - 1`,
-      ),
-      migrated: this.db.prepare(
-        `UPDATE keys SET blob = @blob, project_id = @projectId, subject = @subject, state = @state, disabled = @disabled,
-                         record = @record, record_signature = @recordSignature, record_seq = @recordSeq,
-                         predecessor = @predecessor, disable_pending = @disablePending, updated_at = @now
-         WHERE key_id = @keyId AND record IS NULL`,
-      ),
-      count: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM keys'),
-      countDisabled: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM keys WHERE disabled = 1 OR disable_pending = 1'),
-      pendingDisable: this.db.prepare<[], { key_id: string }>('SELECT key_id FROM keys WHERE disable_pending = 1 ORDER BY seq'),
-      countWithoutRecord: this.db.prepare<[], { n: number }>('SELECT COUNT(*) AS n FROM keys WHERE record IS NULL'),
-      countPending: this.db.prepare<[], { n: number }>("SELECT COUNT(*) AS n FROM keys WHERE subject IS NOT NULL AND state = 'pending'"),
-      project: this.db.prepare<[string], ProjectRow>('SELECT * FROM projects WHERE project_id = ?'),
-      projectByKey: this.db.prepare<[string], ProjectRow>('SELECT * FROM projects WHERE project_key = ?'),
-      projectPage: this.db.prepare<[string, number], ProjectRow>('SELECT * FROM projects WHERE project_id > ? ORDER BY project_id LIMIT ?'),
-      jwksHosts: this.db.prepare<[], ProjectRow>(
-        "SELECT * FROM projects WHERE state = 'active' AND auth_type = 'jwt' AND jwks_host IS NOT NULL ORDER BY project_id",
-      ),
-      seedProject: this.db.prepare(
-        `INSERT INTO projects (project_id, record, signature, seq, updated_at, name, project_key, state, auth_type, jwks_host, created_at)
-         VALUES (@projectId, @record, @signature, @seq, @now, @name, @projectKey, @state, @authType, @jwksHost, @createdAt)
-         ON CONFLICT DO NOTHING`,
-      ),
-      insertProject: this.db.prepare(
-        `INSERT INTO projects (project_id, record, signature, seq, updated_at, name, project_key, state, auth_type, jwks_host, created_at)
-         VALUES (@projectId, @record, @signature, @seq, @now, @name, @projectKey, @state, @authType, @jwksHost, @createdAt)`,
-      ),
-      setProjectRecord: this.db.prepare(
-        `UPDATE projects SET record = @record, signature = @signature, seq = @seq, updated_at = @now, project_key = @projectKey,
-                             state = @state, auth_type = @authType, jwks_host = @jwksHost, created_at = @createdAt
-         WHERE project_id = @projectId AND seq = @seq - 1`,
-      ),
-      insertTlsKey: this.db.prepare(
-        `INSERT INTO tls_keys (public_key, blob, blob_signature, names, csr, created_at)
-         VALUES (@publicKey, @blob, @blobSignature, @names, @csr, @createdAt)`,
-      ),
-      tlsKey: this.db.prepare<[string], TlsKeyRow>('SELECT * FROM tls_keys WHERE public_key = ?'),
-      currentTlsKey: this.db.prepare<[], TlsKeyRow>('SELECT * FROM tls_keys WHERE current = 1'),
-      pendingTlsKeys: this.db.prepare<[number], TlsKeyRow>(
-        'SELECT * FROM tls_keys WHERE chain IS NULL ORDER BY created_at DESC, public_key LIMIT ?',
-      ),
-      clearCurrentTlsKey: this.db.prepare('UPDATE tls_keys SET current = 0 WHERE current = 1'),
-      setCurrentTlsKey: this.db.prepare(
-        'UPDATE tls_keys SET chain = @chain, installed_at = @installedAt, current = 1 WHERE public_key = @publicKey',
-      ),
-    };
-  }
-
-  private migrate(): void {
-    const current = this.db.pragma('user_version', { simple: true }) as number;
-    if (current > SCHEMA_VERSION) {
-      throw new Error(`database schema version ${current} is newer than this build (${SCHEMA_VERSION}); refusing to open it`);
-    }
-    for (let v = current; v < SCHEMA_VERSION; v++) {
-      this.db.transaction(() => {
-        const step = MIGRATIONS[v] as string | ((db: Database.Database) => void);
-        if (typeof step === 'string') this.db.exec(step);
-        else step(this.db);
-        this.db.pragma(`user_version = ${v + 1}`);
-      })();
-    }
-  }
-
-  /**
-   * Inserts a new key with its first record, committed and fsynced when this returns. If the external id
-   * already exists, or the project already has an active key for the record's subject, that key is returned
-   * instead and nothing is written.
-   */
-  insert(key: NewKey): { record: StoredKey; created: boolean } {
-    if (key.record.keyId !== key.keyId || key.record.seq !== 0) throw new Error('insert: the record is not the first one of this key');
-    return this.db
-      .transaction(() => {
-        if (key.externalId) {
-          const existing = this.stmts.byExternalId.get(key.externalId);
-          if (existing) return { record: toStored(existing), created: false };
+    const size = options.cacheSize ?? 10_000;
+    this.keys = new RowCache(size);
+    this.projects = new RowCache(Math.max(100, Math.floor(size / 10)));
+    this.staleAfterMs = options.staleAfterMs ?? 1000;
+    this.live = !engine.shared;
+    engine.subscribe?.(
+      (change) => this.forget(change),
+      (live) => {
+        if (live) {
+          this.keys.drop();
+          this.projects.drop();
         }
-        if (key.record.subject !== null) {
-          const existing = this.stmts.activeBySubject.get(key.record.projectId, key.record.subject);
-          if (existing) return { record: toStored(existing), created: false };
-        }
-        const { signed, record, ...rest } = key;
-        this.stmts.insert.run({ ...rest, labels: JSON.stringify(key.labels), ...recordColumns(signed, record) });
-        return { record: toStored(this.stmts.byKeyId.get(key.keyId) as Row), created: true };
-      })
-      .immediate();
+        if (live !== this.live)
+          options.logger?.[live ? 'info' : 'warn'](
+            live
+              ? 'store change notifications are back: cache dropped'
+              : `store change notifications lost: cached rows live ${this.staleAfterMs} ms`,
+          );
+        this.live = live;
+      },
+    );
   }
 
-  get(keyId: string): StoredKey | undefined {
-    const hit = this.recent.get(keyId);
-    if (hit) {
-      this.recent.delete(keyId);
-      this.recent.set(keyId, hit);
-      return hit;
-    }
-    const r = this.stmts.byKeyId.get(keyId);
-    if (!r) return undefined;
-    const key = toStored(r);
-    this.remember(key);
-    return key;
+  /** Whether cached rows are kept until changed (false while notifications may be missed). */
+  get coherent(): boolean {
+    return this.live;
   }
 
-  private remember(key: StoredKey): void {
-    this.recent.delete(key.keyId);
-    if (this.recent.size >= this.cacheSize) this.recent.delete(this.recent.keys().next().value as string);
-    this.recent.set(key.keyId, key);
+  private forget(change: StoreChange): void {
+    (change.kind === 'key' ? this.keys : this.projects).forget(change.id);
   }
 
-  getByExternalId(externalId: string): StoredKey | undefined {
-    const r = this.stmts.byExternalId.get(externalId);
-    return r ? toStored(r) : undefined;
+  private freshAfter(): number {
+    return this.live ? -Infinity : Date.now() - this.staleAfterMs;
   }
 
-  /** The project's active key for `subject` (at most one: a unique index), by its record's copied columns. */
-  activeKeyFor(projectId: string, subject: string): StoredKey | undefined {
-    const r = this.stmts.activeBySubject.get(projectId, subject);
-    return r ? toStored(r) : undefined;
+  private async cached<T>(cache: RowCache<T>, id: string, read: () => Promise<T | undefined>): Promise<T | undefined> {
+    const hit = cache.get(id, this.freshAfter());
+    if (hit) return hit;
+    const ticket = cache.ticket(id);
+    const at = Date.now();
+    const value = await read();
+    if (value) cache.put(id, value, ticket, at);
+    return value;
   }
 
-  /** The project's pending key (a successor) for `subject`: at most one, like the active key. */
-  pendingKeyFor(projectId: string, subject: string): StoredKey | undefined {
-    const r = this.stmts.pendingBySubject.get(projectId, subject);
-    return r ? toStored(r) : undefined;
+  get(keyId: string): Promise<StoredKey | undefined> {
+    return this.cached(this.keys, keyId, () => this.engine.get(keyId));
   }
 
-  /** A key's history (docs/LIFECYCLE.md): its subject's keys, oldest first; a key without subject is its own. */
-  history(keyId: string): StoredKey[] {
-    const r = this.stmts.byKeyId.get(keyId);
-    if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
-    if (r.record === null || r.project_id === null || r.subject === null) return [toStored(r)];
-    return this.stmts.bySubject.all(r.project_id, r.subject).map(toStored);
+  getProject(projectId: string): Promise<StoredProject | undefined> {
+    return this.cached(this.projects, projectId, () => this.engine.getProject(projectId));
   }
 
-  /**
-   * Inserts a successor the enclave just made (its first record, state pending, naming its predecessor;
-   * verified by the caller), committed when this returns. The predecessor must be stored and still active (the
-   * state it was succeeded from): KEY_STATE otherwise. If the subject already has a pending key, that key is
-   * returned instead and nothing is written.
-   */
-  insertSuccessor(key: NewKey): { record: StoredKey; created: boolean } {
-    const { record } = key;
-    if (record.keyId !== key.keyId || record.seq !== 0 || record.state !== 'pending' || !record.predecessor || record.subject === null)
-      throw new Error('insertSuccessor: the record is not the first one of a successor');
-    return this.db
-      .transaction(() => {
-        const predecessor = this.stmts.byKeyId.get(record.predecessor as string);
-        if (!predecessor || predecessor.project_id !== record.projectId || predecessor.subject !== record.subject)
-          throw new KeystoreError('KEY_NOT_FOUND', `key ${record.predecessor} (the predecessor) is not a stored key of this subject`);
-        const pending = this.stmts.pendingBySubject.get(record.projectId, record.subject as string);
-        if (pending) return { record: toStored(pending), created: false };
-        if (predecessor.state !== 'active') throw keyStateError(predecessor.key_id, predecessor.state as KeyState, 'active');
-        const { signed, ...rest } = key;
-        this.stmts.insert.run({
-          ...rest,
-          labels: JSON.stringify(key.labels),
-          ...recordColumns(signed, record),
-        });
-        return { record: toStored(this.stmts.byKeyId.get(key.keyId) as Row), created: true };
-      })
-      .immediate();
-  }
+  // Reads that are not by id go to the database (they are not on the warm signing path).
+  getByExternalId = (externalId: string) => this.engine.getByExternalId(externalId);
+  activeKeyFor = (projectId: string, subject: string) => this.engine.activeKeyFor(projectId, subject);
+  pendingKeyFor = (projectId: string, subject: string) => this.engine.pendingKeyFor(projectId, subject);
+  history = (keyId: string) => this.engine.history(keyId);
+  list = (limit: number, cursor?: string, options?: { withJwtKeys?: boolean }) => this.engine.list(limit, cursor, options);
+  keysWithoutRecord = (afterSeq: number, limit: number) => this.engine.keysWithoutRecord(afterSeq, limit);
+  keysPendingDisable = () => this.engine.keysPendingDisable();
+  getProjectByKey = (projectKey: string) => this.engine.getProjectByKey(projectKey);
+  listProjects = (limit: number, cursor?: string) => this.engine.listProjects(limit, cursor);
+  activeJwtProjects = () => this.engine.activeJwtProjects();
+  tlsKey = (publicKey: string) => this.engine.tlsKey(publicKey);
+  currentTlsKey = () => this.engine.currentTlsKey();
+  pendingTlsKeys = (limit: number) => this.engine.pendingTlsKeys(limit);
+  counts = (): Promise<KeyCounts> => this.engine.counts();
+  status = () => this.engine.status();
+  ping = (timeoutMs: number) => this.engine.ping(timeoutMs);
 
-  /** A page of keys in creation order; `withJwtKeys: false` leaves out the keys of JWT projects. */
-  list(limit: number, cursor?: string, options: { withJwtKeys?: boolean } = {}): Page {
-    const after = cursor ? decodeCursor(cursor) : 0;
-    const rows = (options.withJwtKeys === false ? this.stmts.pageWithoutJwt : this.stmts.page).all(after, limit + 1);
-    const page = rows.slice(0, limit);
-    const last = page[page.length - 1];
-    return { keys: page.map(toStored), nextCursor: rows.length > limit && last ? encodeCursor(last.seq) : null };
-  }
+  // Writes forget what they change here before they start and after they end (other instances hear it).
+  insert = (key: NewKey) => this.engine.insert(key);
+  insertSuccessor = (key: NewKey) => this.engine.insertSuccessor(key);
+  insertTlsKey = (key: NewTlsKey): Promise<StoredTlsKey> => this.engine.insertTlsKey(key);
+  setCurrentTlsKey = (publicKey: string, chain: string, installedAt: number) => this.engine.setCurrentTlsKey(publicKey, chain, installedAt);
 
-  /**
-   * Stores a key's next record (verified by the caller): its `seq` must be the stored one + 1, so a record
-   * is never replaced by an older one or skipped. CONFLICT if another write got there first.
-   */
-  updateRecord(keyId: string, signed: SignedRecord, record: KeyRecord): StoredKey {
+  async updateRecord(keyId: string, signed: SignedRecord, record: KeyRecord): Promise<StoredKey> {
     if (record.keyId !== keyId) throw new Error('updateRecord: the record is for another key');
-    return this.updateRecords([{ signed, record }])[0] as StoredKey;
+    return (await this.updateRecords([{ signed, record }]))[0] as StoredKey;
   }
 
-  /**
-   * Stores the next records of keys (verified by the caller) in one transaction, all or none: each `seq` must
-   * be its key's stored one + 1 (a compare-and-set: CONFLICT, nothing written, if another write got there
-   * first). An activation's two records: the one that leaves `active` is written first, so the unique index
-   * of active keys holds after every statement.
-   */
-  updateRecords(updates: ReadonlyArray<{ signed: SignedRecord; record: KeyRecord }>): StoredKey[] {
-    const ordered = [...updates].sort((a, b) => Number(a.record.state === 'active') - Number(b.record.state === 'active'));
-    return this.db
-      .transaction(() => {
-        for (const { signed, record } of ordered) {
-          const { keyId } = record;
-          this.recent.delete(keyId);
-          const res = this.stmts.setRecord.run({ keyId, now: Date.now(), ...recordColumns(signed, record) });
-          if (res.changes === 1) continue;
-          if (!this.stmts.byKeyId.get(keyId)) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
-          throw new KeystoreError('CONFLICT', `key ${keyId} changed meanwhile; retry`);
-        }
-        return updates.map((u) => toStored(this.stmts.byKeyId.get(u.record.keyId) as Row));
-      })
-      .immediate();
+  updateRecords(updates: ReadonlyArray<{ signed: SignedRecord; record: KeyRecord }>): Promise<StoredKey[]> {
+    const ids = updates.map((u) => u.record.keyId);
+    return this.writing('key', ids, () => this.engine.updateRecords(updates));
   }
 
-  /** The `disabled` flag of a key made before 0.4 (it has no record to carry it). */
-  setLegacyDisabled(keyId: string, disabled: boolean): StoredKey | undefined {
-    const res = this.stmts.setLegacyDisabled.run(disabled ? 1 : 0, Date.now(), keyId);
-    this.recent.delete(keyId);
-    return res.changes ? this.get(keyId) : undefined;
+  setLegacyDisabled(keyId: string, disabled: boolean): Promise<StoredKey | undefined> {
+    return this.writing('key', [keyId], () => this.engine.setLegacyDisabled(keyId, disabled));
   }
 
-  /**
-   * Keys without a record (made before 0.4), in creation order after `afterSeq` (the `seq` of the last one
-   * returned before): what `parent migrate` works through.
-   */
-  keysWithoutRecord(afterSeq: number, limit: number): Array<StoredKey & { rowSeq: number }> {
-    return this.stmts.withoutRecord.all(afterSeq, limit).map((r) => ({ ...toStored(r), rowSeq: r.seq }));
+  migrateKey(keyId: string, blob: string, signed: SignedRecord, record: KeyRecord): Promise<boolean> {
+    return this.writing('key', [keyId], () => this.engine.migrateKey(keyId, blob, signed, record));
   }
 
-  /**
-   * A key made before 0.4 re-sealed by the migration image: its version 2 blob and first record, in one
-   * transaction. False (nothing written) if the key already has a record. A key that was disabled stays
-   * refused (`disablePending`).
-   */
-  migrateKey(keyId: string, blob: string, signed: SignedRecord, record: KeyRecord): boolean {
-    if (record.keyId !== keyId || record.seq !== 0) throw new Error('migrateKey: the record is not the first one of this key');
-    return this.db
-      .transaction(() => {
-        const row = this.stmts.byKeyId.get(keyId);
-        if (!row || row.record !== null) return false;
-        const res = this.stmts.migrated.run({
-          keyId,
-          blob,
-          now: Date.now(),
-          disablePending: row.disabled === 1 && !record.disabled ? 1 : 0,
-          ...recordColumns(signed, record),
-        });
-        this.recent.delete(keyId);
-        return res.changes === 1;
-      })
-      .immediate();
+  seedProject(signed: SignedRecord, record: ProjectRecord, name?: string): Promise<StoredProject> {
+    return this.writing('project', [record.projectId], () => this.engine.seedProject(signed, record, name));
   }
 
-  /** Keys migrated while disabled whose disable the enclave has not recorded yet. */
-  keysPendingDisable(): string[] {
-    return this.stmts.pendingDisable.all().map((r) => r.key_id);
+  insertProject(signed: SignedRecord, record: ProjectRecord, name: string): Promise<StoredProject> {
+    return this.writing('project', [record.projectId], () => this.engine.insertProject(signed, record, name));
   }
 
-  getProject(projectId: string): StoredProject | undefined {
-    const r = this.stmts.project.get(projectId);
-    return r ? toProject(r) : undefined;
+  updateProjectRecord(projectId: string, signed: SignedRecord, record: ProjectRecord): Promise<StoredProject> {
+    return this.writing('project', [projectId], () => this.engine.updateProjectRecord(projectId, signed, record));
   }
 
-  /** The project whose record's `projectKey` is this (by the copied column; the caller verifies the record). */
-  getProjectByKey(projectKey: string): StoredProject | undefined {
-    const r = this.stmts.projectByKey.get(projectKey);
-    return r ? toProject(r) : undefined;
-  }
-
-  listProjects(limit: number, cursor?: string): ProjectPage {
-    const after = cursor ? decodeProjectCursor(cursor) : '';
-    const rows = this.stmts.projectPage.all(after, limit + 1);
-    const page = rows.slice(0, limit);
-    const last = page[page.length - 1];
-    return { projects: page.map(toProject), nextCursor: rows.length > limit && last ? encodeProjectCursor(last.project_id) : null };
-  }
-
-  /** Active JWT projects (by the copied columns): the egress relay allows their JWKS hosts. */
-  activeJwtProjects(): StoredProject[] {
-    return this.stmts.jwksHosts.all().map(toProject);
-  }
-
-  /** Stores a project's record (verified by the caller) if the project is not stored yet; returns what is stored. */
-  seedProject(signed: SignedRecord, record: ProjectRecord, name: string = record.projectId): StoredProject {
-    this.stmts.seedProject.run({
-      projectId: record.projectId,
-      record: signed.record,
-      signature: signed.signature,
-      seq: record.seq,
-      now: Date.now(),
-      name,
-      ...projectColumns(record),
-    });
-    return this.getProject(record.projectId) as StoredProject;
-  }
-
-  /**
-   * Stores a new project's first record (verified by the caller) with its name. CONFLICT (nothing written) if
-   * its id or key is already stored.
-   */
-  insertProject(signed: SignedRecord, record: ProjectRecord, name: string): StoredProject {
-    if (record.seq !== 0) throw new Error('insertProject: the record is not the first one of this project');
+  private async writing<T>(kind: StoreChange['kind'], ids: string[], write: () => Promise<T>): Promise<T> {
+    const forget = () => ids.forEach((id) => this.forget({ kind, id }));
+    forget();
     try {
-      this.stmts.insertProject.run({
-        projectId: record.projectId,
-        record: signed.record,
-        signature: signed.signature,
-        seq: 0,
-        now: Date.now(),
-        name,
-        ...projectColumns(record),
-      });
-    } catch (err) {
-      if (
-        (err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_UNIQUE' ||
-        (err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY'
-      )
-        throw new KeystoreError('CONFLICT', `project ${record.projectId} (or its project key) is already stored`, { cause: err });
-      throw err;
+      return await write();
+    } finally {
+      forget();
     }
-    return this.getProject(record.projectId) as StoredProject;
   }
 
-  /** Stores a project's next record (verified by the caller): its `seq` must be the stored one + 1. CONFLICT otherwise. */
-  updateProjectRecord(projectId: string, signed: SignedRecord, record: ProjectRecord): StoredProject {
-    if (record.projectId !== projectId) throw new Error('updateProjectRecord: the record is for another project');
-    const res = this.stmts.setProjectRecord.run({
-      projectId,
-      record: signed.record,
-      signature: signed.signature,
-      seq: record.seq,
-      now: Date.now(),
-      ...projectColumns(record),
-    });
-    if (res.changes !== 1) throw new KeystoreError('CONFLICT', `project ${projectId} changed meanwhile; retry`);
-    return this.getProject(projectId) as StoredProject;
-  }
-
-  /** Stores a TLS key the enclave just made (pending: no chain yet). CONFLICT if this public key is stored. */
-  insertTlsKey(key: NewTlsKey): StoredTlsKey {
-    try {
-      this.stmts.insertTlsKey.run({ ...key, names: JSON.stringify(key.names) });
-    } catch (err) {
-      if ((err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY')
-        throw new KeystoreError('CONFLICT', 'this TLS key is already stored', { cause: err });
-      throw err;
-    }
-    return this.tlsKey(key.publicKey) as StoredTlsKey;
-  }
-
-  tlsKey(publicKey: string): StoredTlsKey | undefined {
-    const r = this.stmts.tlsKey.get(publicKey);
-    return r ? toTlsKey(r) : undefined;
-  }
-
-  /** The TLS key the enclave serves (installed last), if any. */
-  currentTlsKey(): StoredTlsKey | undefined {
-    const r = this.stmts.currentTlsKey.get();
-    return r ? toTlsKey(r) : undefined;
-  }
-
-  /** TLS keys never installed, newest first. */
-  pendingTlsKeys(limit: number): StoredTlsKey[] {
-    return this.stmts.pendingTlsKeys.all(limit).map(toTlsKey);
-  }
-
-  /** Makes a stored TLS key the current one, with the chain the enclave accepted (in one transaction). */
-  setCurrentTlsKey(publicKey: string, chain: string, installedAt: number): StoredTlsKey {
-    return this.db
-      .transaction(() => {
-        if (!this.stmts.tlsKey.get(publicKey)) throw new KeystoreError('NOT_FOUND', 'this TLS key is not stored');
-        this.stmts.clearCurrentTlsKey.run();
-        this.stmts.setCurrentTlsKey.run({ publicKey, chain, installedAt });
-        return toTlsKey(this.stmts.tlsKey.get(publicKey) as TlsKeyRow);
-      })
-      .immediate();
-  }
-
-  counts(): { total: number; disabled: number; withoutRecord: number; pending: number } {
-    return {
-      total: (this.stmts.count.get() as { n: number }).n,
-      disabled: (this.stmts.countDisabled.get() as { n: number }).n,
-      withoutRecord: (this.stmts.countWithoutRecord.get() as { n: number }).n,
-      pending: (this.stmts.countPending.get() as { n: number }).n,
-    };
-  }
-
-  close(): void {
-    this.db.close();
+  close(): Promise<void> {
+    return this.engine.close();
   }
 }

@@ -18,7 +18,8 @@ import { checkChain, leafPublicKey } from '@nks/shared/tls-chain';
 import { tlsBlobDigest } from '@nks/shared/tls-identity';
 import type { RecordChecker } from '../enclave-link/identity';
 import type { EnclavePool } from '../enclave-link/pool';
-import type { KeyStore, StoredTlsKey } from '../store/key-store';
+import type { KeyStore } from '../store/key-store';
+import type { StoredTlsKey } from '../store/types';
 import { fingerprintOf, leafOf } from './chain';
 
 export interface TlsKeysOptions {
@@ -87,7 +88,7 @@ export class TlsKeys {
     } catch (err) {
       throw err instanceof KeystoreError ? err : fail(err);
     }
-    const stored = store.insertTlsKey({
+    const stored = await store.insertTlsKey({
       publicKey: made.publicKey,
       blob: made.blob,
       blobSignature: made.blobSignature,
@@ -106,14 +107,14 @@ export class TlsKeys {
       const spki = leafPublicKey(chainText);
       return { spki, checked: checkChain(chainText, spki, Date.now()) };
     });
-    const key = store.tlsKey(chain.spki.toString('base64'));
+    const key = await store.tlsKey(chain.spki.toString('base64'));
     if (!key)
       throw new KeystoreError(
         'INVALID_PARAMS',
         "body.chain: the leaf certificate's public key is not a TLS key of this keystore: get the certificate for a CSR from POST /v1/tls/keys",
       );
     const status = await this.installInEnclave(key, chain.checked.pem);
-    store.setCurrentTlsKey(key.publicKey, chain.checked.pem, Date.now());
+    await store.setCurrentTlsKey(key.publicKey, chain.checked.pem, Date.now());
     logger.info(
       { publicKey: key.publicKey, names: status.names, notAfter: status.notAfter },
       'installed a TLS certificate for the wallet routes',
@@ -131,7 +132,7 @@ export class TlsKeys {
         status = null;
       }
     }
-    const current = store.currentTlsKey();
+    const current = await store.currentTlsKey();
     return {
       status,
       current:
@@ -143,7 +144,11 @@ export class TlsKeys {
               installedAt: iso(current.installedAt),
             }
           : null,
-      pending: store.pendingTlsKeys(PENDING_LISTED).map((k) => ({ publicKey: k.publicKey, names: k.names, createdAt: iso(k.createdAt) })),
+      pending: (await store.pendingTlsKeys(PENDING_LISTED)).map((k) => ({
+        publicKey: k.publicKey,
+        names: k.names,
+        createdAt: iso(k.createdAt),
+      })),
     };
   }
 
@@ -208,7 +213,7 @@ export class TlsKeys {
   /** Installs the current key unless the enclave already serves it with the stored chain. */
   private async ensureOnce(): Promise<void> {
     const { store, pool, logger } = this.options;
-    const current = store.currentTlsKey();
+    const current = await store.currentTlsKey();
     if (!current?.chain) return;
     const health = await pool.call('enclave.health', {}, 2000);
     const served = health?.tls;

@@ -26,7 +26,8 @@ import { RpcServer, serveApi, type ValidParamsOf } from '@nks/shared/rpc';
 import type { Listener, Transport } from '@nks/shared/transport';
 import type { RecordChecker } from '../enclave-link/identity';
 import { checkNewKey } from '../key-registry';
-import type { KeyStore, NewKey, StoredKey } from '../store/key-store';
+import type { KeyStore } from '../store/key-store';
+import type { NewKey, StoredKey } from '../store/types';
 
 export interface WalletStoreOptions {
   store: KeyStore;
@@ -80,30 +81,30 @@ export class WalletStore {
   }
 
   /** The project's newest stored record (any state), or null for a key no project has. */
-  project({ projectKey }: Params<'store.project'>): { project: StoredUserKey['record'] | null } {
-    return { project: this.options.store.getProjectByKey(projectKey)?.signed ?? null };
+  async project({ projectKey }: Params<'store.project'>): Promise<{ project: StoredUserKey['record'] | null }> {
+    return { project: (await this.options.store.getProjectByKey(projectKey))?.signed ?? null };
   }
 
-  userKey({ projectId, subject }: Params<'store.userKey'>): { key: StoredUserKey | null } {
-    const k = this.options.store.activeKeyFor(projectId, subject);
+  async userKey({ projectId, subject }: Params<'store.userKey'>): Promise<{ key: StoredUserKey | null }> {
+    const k = await this.options.store.activeKeyFor(projectId, subject);
     return { key: k?.record ? userKeyOf(k) : null };
   }
 
-  pendingUserKey({ projectId, subject }: Params<'store.pendingUserKey'>): { key: StoredUserKey | null } {
-    const k = this.options.store.pendingKeyFor(projectId, subject);
+  async pendingUserKey({ projectId, subject }: Params<'store.pendingUserKey'>): Promise<{ key: StoredUserKey | null }> {
+    const k = await this.options.store.pendingKeyFor(projectId, subject);
     return { key: k?.record ? userKeyOf(k) : null };
   }
 
-  insertUserKey(p: Params<'store.insertUserKey'>): { inserted: boolean; key: StoredUserKey } {
-    const record = this.checkNewUserKey(p);
-    const result = this.insert(p, record, (key) => this.options.store.insert(key));
+  async insertUserKey(p: Params<'store.insertUserKey'>): Promise<{ inserted: boolean; key: StoredUserKey }> {
+    const record = await this.checkNewUserKey(p);
+    const result = await this.insert(p, record, (key) => this.options.store.insert(key));
     this.logInsert(result, p.keyId, record, 'stored a key for a JWT user', 'a JWT user already has an active key: answered it instead');
     return { inserted: result.created, key: userKeyOf(result.record) };
   }
 
-  insertSuccessor(p: Params<'store.insertSuccessor'>): { inserted: boolean; key: StoredUserKey } {
-    const record = this.checkNewUserKey(p, true);
-    const result = this.insert(p, record, (key) => this.options.store.insertSuccessor(key));
+  async insertSuccessor(p: Params<'store.insertSuccessor'>): Promise<{ inserted: boolean; key: StoredUserKey }> {
+    const record = await this.checkNewUserKey(p, true);
+    const result = await this.insert(p, record, (key) => this.options.store.insertSuccessor(key));
     this.logInsert(
       result,
       p.keyId,
@@ -118,7 +119,7 @@ export class WalletStore {
    * A new key of a wallet user, checked as the parent checks every new key (`checkNewKey`) for a JWT project:
    * its first record, active, or (`successor`) pending and naming a key of the same user. KEY_INTEGRITY otherwise.
    */
-  private checkNewUserKey(p: Params<'store.insertUserKey'>, successor = false): KeyRecord {
+  private async checkNewUserKey(p: Params<'store.insertUserKey'>, successor = false): Promise<KeyRecord> {
     const { store, logger } = this.options;
     const checker = this.options.records();
     if (!UNCOMPRESSED_PUBLIC_KEY.test(p.publicKey))
@@ -136,7 +137,7 @@ export class WalletStore {
     if (record.subject === null) return refuse('the record names no subject (not a JWT user key)');
     if (publicKeyToAddress(p.publicKey as `0x${string}`).toLowerCase() !== p.address.toLowerCase())
       return refuse('the public key is not the address');
-    const stored = store.getProject(record.projectId);
+    const stored = await store.getProject(record.projectId);
     if (!stored) return refuse(`project ${record.projectId} is not stored`);
     let projectAuth: string;
     try {
@@ -167,13 +168,13 @@ export class WalletStore {
     return record;
   }
 
-  private insert(
+  private async insert(
     p: Params<'store.insertUserKey'>,
     record: KeyRecord,
-    insert: (key: NewKey) => { record: StoredKey; created: boolean },
-  ): { record: StoredKey; created: boolean } {
+    insert: (key: NewKey) => Promise<{ record: StoredKey; created: boolean }>,
+  ): Promise<{ record: StoredKey; created: boolean }> {
     try {
-      return insert({
+      return await insert({
         keyId: p.keyId,
         externalId: null,
         address: p.address,
@@ -187,7 +188,7 @@ export class WalletStore {
       });
     } catch (err) {
       // The key id is another key's (random 128-bit ids do not repeat: not what an enclave sends).
-      if ((err as { code?: unknown }).code === 'SQLITE_CONSTRAINT_UNIQUE') {
+      if (err instanceof KeystoreError && err.code === 'CONFLICT') {
         this.options.logger.warn({ keyId: p.keyId }, 'wallet store: refused a user key: the key id is already stored');
         throw new KeystoreError('KEY_INTEGRITY', NOT_THE_KEY, { cause: err });
       }
@@ -206,14 +207,15 @@ export class WalletStore {
    * stored key with a record, seq = its stored seq + 1 and prev = its stored record's digest (KEY_INTEGRITY
    * otherwise, nothing written); stored with a compare-and-set on seq (CONFLICT if the key changed meanwhile).
    */
-  updateRecords({ records }: Params<'store.updateRecords'>): { updated: true } {
+  async updateRecords({ records }: Params<'store.updateRecords'>): Promise<{ updated: true }> {
     const { store, logger } = this.options;
     const checker = this.options.records();
     const refuse = (keyId: string | undefined, why: string, cause?: unknown): never => {
       logger.warn({ keyId, why }, `wallet store: refused a record update: ${why}`);
       throw new KeystoreError('KEY_INTEGRITY', NOT_THE_NEXT, { cause });
     };
-    const updates = records.map((signed: SignedRecord) => {
+    const updates: Array<{ signed: SignedRecord; record: KeyRecord; log: Record<string, unknown> }> = [];
+    for (const signed of records as SignedRecord[]) {
       let opened: { record: KeyRecord; digest: Buffer };
       try {
         opened = checker.key(signed);
@@ -221,17 +223,21 @@ export class WalletStore {
         return refuse(undefined, 'a record is not signed by the keystore identity', err);
       }
       const { record, digest } = opened;
-      const k = store.get(record.keyId);
+      const k = await store.engine.get(record.keyId);
       if (!k) throw new KeystoreError('KEY_NOT_FOUND', `key ${record.keyId} does not exist`);
       if (!k.record || k.recordSeq === null) return refuse(record.keyId, 'the stored key has no record');
       const old = hex(recordDigest(Buffer.from(k.record.record, 'base64')));
       if (record.seq !== k.recordSeq + 1 || record.prev !== old)
         return refuse(record.keyId, `the record (seq ${record.seq}) is not the next one of the stored record (seq ${k.recordSeq})`);
-      return { signed, record, log: { keyId: record.keyId, state: record.state, oldRecordSha256: old, newRecordSha256: hex(digest) } };
-    });
+      updates.push({
+        signed,
+        record,
+        log: { keyId: record.keyId, state: record.state, oldRecordSha256: old, newRecordSha256: hex(digest) },
+      });
+    }
     if (new Set(updates.map((u) => u.record.keyId)).size !== updates.length)
       throw new KeystoreError('INVALID_PARAMS', 'records: expected at most one record per key');
-    store.updateRecords(updates);
+    await store.updateRecords(updates);
     logger.info({ records: updates.map((u) => u.log) }, 'stored the next records of JWT user keys');
     return { updated: true };
   }

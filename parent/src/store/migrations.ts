@@ -1,0 +1,134 @@
+/**
+ * The schema's versions (docs/STORAGE.md). Each entry moves a database from version i to i+1 and is append
+ * only; both engines are at the same version number after the same step. SQLite carries every step from 0.1
+ * on (its databases may be that old); PostgreSQL support began at version 5, so its first step creates
+ * version 5's schema at once and later steps are written for both.
+ */
+import type Database from 'better-sqlite3';
+import { decodeProjectRecord, type ProjectRecord } from '@nks/shared/records';
+import { projectColumns, type ProjectRow } from './types';
+
+/**
+ * Schema 3 (0.5): a project row's record content copied into columns (and its name), filled here for the
+ * rows a schema 2 database has (the `default` project). A record that does not decode keeps NULL columns: the
+ * registry refuses it when it is used, as before.
+ */
+function fillProjectColumns(db: Database.Database): void {
+  const rows = db.prepare<[], ProjectRow>('SELECT * FROM projects WHERE project_key IS NULL').all();
+  const update = db.prepare(
+    `UPDATE projects SET project_key = @projectKey, state = @state, auth_type = @authType, jwks_host = @jwksHost,
+                         created_at = @createdAt, name = COALESCE(name, @projectId)
+     WHERE project_id = @projectId`,
+  );
+  for (const row of rows) {
+    let record: ProjectRecord;
+    try {
+      record = decodeProjectRecord(Buffer.from(row.record, 'base64'));
+    } catch {
+      continue;
+    }
+    if (record.projectId === row.project_id) update.run({ projectId: row.project_id, ...projectColumns(record) });
+  }
+}
+
+/** Each entry moves the schema from version i to i+1: SQL, or a function given the database. Append only. */
+export const SQLITE_MIGRATIONS: Array<string | ((db: Database.Database) => void)> = [
+  `CREATE TABLE keys (
+     seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+     key_id       TEXT NOT NULL UNIQUE,
+     external_id  TEXT UNIQUE,
+     address      TEXT NOT NULL,
+     public_key   TEXT NOT NULL,
+     blob         TEXT NOT NULL,
+     labels       TEXT NOT NULL DEFAULT '{}',
+     attestation  TEXT,
+     disabled     INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+     created_at   INTEGER NOT NULL,
+     updated_at   INTEGER NOT NULL
+   ) STRICT;
+   CREATE INDEX keys_address ON keys (address);`,
+  // 0.4: signed records. Existing keys keep NULL records until `parent migrate` re-seals them.
+  `ALTER TABLE keys ADD COLUMN project_id TEXT;
+   ALTER TABLE keys ADD COLUMN subject TEXT;
+   ALTER TABLE keys ADD COLUMN state TEXT;
+   ALTER TABLE keys ADD COLUMN record TEXT;
+   ALTER TABLE keys ADD COLUMN record_signature TEXT;
+   ALTER TABLE keys ADD COLUMN record_seq INTEGER CHECK (record_seq >= 0);
+   ALTER TABLE keys ADD COLUMN disable_pending INTEGER NOT NULL DEFAULT 0 CHECK (disable_pending IN (0, 1));
+   CREATE INDEX keys_without_record ON keys (seq) WHERE record IS NULL;
+   CREATE TABLE projects (
+     project_id   TEXT PRIMARY KEY,
+     record       TEXT NOT NULL,
+     signature    TEXT NOT NULL,
+     seq          INTEGER NOT NULL CHECK (seq >= 0),
+     updated_at   INTEGER NOT NULL
+   ) STRICT;`,
+  // 0.5: projects of their own (docs/PROJECTS.md). Columns copy the project record for queries; one active key
+  // per (project, subject), which is what makes concurrent first calls of a JWT user yield one key.
+  (db) => {
+    db.exec(`ALTER TABLE projects ADD COLUMN project_key TEXT;
+             ALTER TABLE projects ADD COLUMN name TEXT;
+             ALTER TABLE projects ADD COLUMN state TEXT;
+             ALTER TABLE projects ADD COLUMN auth_type TEXT;
+             ALTER TABLE projects ADD COLUMN jwks_host TEXT;
+             ALTER TABLE projects ADD COLUMN created_at INTEGER;
+             CREATE UNIQUE INDEX projects_key ON projects (project_key);
+             CREATE UNIQUE INDEX keys_active_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'active';`);
+    fillProjectColumns(db);
+  },
+  // 0.6: the wallet routes' TLS keys (docs/TLS.md): made and sealed by the enclave, their certificate chains
+  // installed by the operator. At most one is current (the one the enclave is told to serve after each start).
+  `CREATE TABLE tls_keys (
+     public_key     TEXT PRIMARY KEY,
+     blob           TEXT NOT NULL,
+     blob_signature TEXT NOT NULL,
+     names          TEXT NOT NULL,
+     csr            TEXT NOT NULL,
+     created_at     INTEGER NOT NULL,
+     chain          TEXT,
+     installed_at   INTEGER,
+     current        INTEGER NOT NULL DEFAULT 0 CHECK (current IN (0, 1)),
+     CHECK (current = 0 OR chain IS NOT NULL)
+   ) STRICT;
+   CREATE UNIQUE INDEX tls_keys_current ON tls_keys (current) WHERE current = 1;`,
+  // 0.7: the key lifecycle (docs/LIFECYCLE.md). A successor carries its predecessor's external id (the subject's
+  // name), so the column is unique only among keys that succeed none: SQLite cannot drop a column's UNIQUE, so
+  // the table is rebuilt (https://sqlite.org/lang_altertable.html#otheralter), rows and their seq kept.
+  // One active and one pending key per (project, subject).
+  `CREATE TABLE keys_v5 (
+     seq              INTEGER PRIMARY KEY AUTOINCREMENT,
+     key_id           TEXT NOT NULL UNIQUE,
+     external_id      TEXT,
+     address          TEXT NOT NULL,
+     public_key       TEXT NOT NULL,
+     blob             TEXT NOT NULL,
+     labels           TEXT NOT NULL DEFAULT '{}',
+     attestation      TEXT,
+     disabled         INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
+     created_at       INTEGER NOT NULL,
+     updated_at       INTEGER NOT NULL,
+     project_id       TEXT,
+     subject          TEXT,
+     state            TEXT,
+     record           TEXT,
+     record_signature TEXT,
+     record_seq       INTEGER CHECK (record_seq >= 0),
+     disable_pending  INTEGER NOT NULL DEFAULT 0 CHECK (disable_pending IN (0, 1)),
+     predecessor      TEXT
+   ) STRICT;
+   INSERT INTO keys_v5 (seq, key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at,
+                        updated_at, project_id, subject, state, record, record_signature, record_seq, disable_pending)
+     SELECT seq, key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at,
+            updated_at, project_id, subject, state, record, record_signature, record_seq, disable_pending FROM keys;
+   DROP TABLE keys;
+   ALTER TABLE keys_v5 RENAME TO keys;
+   CREATE INDEX keys_address ON keys (address);
+   CREATE INDEX keys_without_record ON keys (seq) WHERE record IS NULL;
+   CREATE INDEX keys_external_id ON keys (external_id) WHERE external_id IS NOT NULL;
+   CREATE UNIQUE INDEX keys_external_id_first ON keys (external_id) WHERE predecessor IS NULL;
+   CREATE INDEX keys_subject ON keys (project_id, subject, seq) WHERE subject IS NOT NULL;
+   CREATE UNIQUE INDEX keys_active_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'active';
+   CREATE UNIQUE INDEX keys_pending_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'pending';`,
+];
+
+export const SCHEMA_VERSION = SQLITE_MIGRATIONS.length;
