@@ -1,0 +1,85 @@
+/**
+ * What a PostgreSQL failure means to a caller, and database URLs made fit for logs. A database that is down,
+ * unreachable, too slow, full or briefly contended is STORAGE_UNAVAILABLE (503, retryable), with a short cause
+ * and never the URL or its password; other errors (a bug, a constraint the engine does not expect) pass as
+ * they are.
+ */
+import { KeystoreError } from '@nks/shared/errors';
+
+/** `url` with its password (the user info's, or any `…password` parameter) replaced by `***`. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    for (const name of [...u.searchParams.keys()]) if (/password/i.test(name)) u.searchParams.set(name, '***');
+    return u.toString();
+  } catch {
+    return redactText(url);
+  }
+}
+
+/** Every URL password and `password=` value in free text (an error message, a key=value connection string). */
+export function redactText(text: string): string {
+  return text.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^\s:/@]*:)[^\s@]*@/gi, '$1***@').replace(/(password=)[^&\s]*/gi, '$1***');
+}
+
+const SQLSTATE_CAUSES: Record<string, string> = {
+  '57P01': 'the database server is shutting down',
+  '57P02': 'the database server crashed',
+  '57P03': 'the database server is not accepting connections yet',
+  '57014': 'a database statement timed out',
+  '40001': 'a database transaction could not be serialized',
+  '40P01': 'a database deadlock',
+  '53100': 'the database disk is full',
+  // A failover leaves connections on a server that became a read-only replica.
+  '25006': 'the database is read-only',
+};
+const SQLSTATE_CLASS_CAUSES: Record<string, string> = {
+  '08': 'the database connection failed',
+  '53': 'the database is out of resources',
+};
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+]);
+/** node-postgres's own errors (no code): a connection lost, a pool or client timeout. */
+const CLIENT_MESSAGES: Array<[RegExp, string]> = [
+  // The pool's wait for a connection, and a client's own connect (pg destroys its socket with "timeout expired").
+  [/timeout exceeded when trying to connect|connection timeout|^timeout expired$/i, 'no database connection within the connect timeout'],
+  [/Query read timeout/i, 'a database query timed out'],
+  [/Connection terminated|not queryable|Connection ended/i, 'the database connection was lost'],
+];
+
+/** Read by shape, not `instanceof Error`: a socket's errors may come from another realm (a test's VM context). */
+function cause(err: unknown): string | undefined {
+  if (typeof err !== 'object' || err === null) return undefined;
+  const { code, message } = err as { code?: unknown; message?: unknown };
+  if (typeof code === 'string') {
+    if (NETWORK_CODES.has(code)) return `the database is unreachable (${code})`;
+    const known = SQLSTATE_CAUSES[code] ?? (code.length === 5 ? SQLSTATE_CLASS_CAUSES[code.slice(0, 2)] : undefined);
+    if (known) return `${known} (${code})`;
+  }
+  return typeof message === 'string' ? CLIENT_MESSAGES.find(([re]) => re.test(message))?.[1] : undefined;
+}
+
+/** Whether the database is the trouble (rather than the request): the error STORAGE_UNAVAILABLE stands for. */
+export const isUnavailable = (err: unknown): boolean => cause(err) !== undefined;
+
+/** `err` as STORAGE_UNAVAILABLE if the database is the trouble; otherwise `err` itself. */
+export function storageError(err: unknown): unknown {
+  if (err instanceof KeystoreError) return err;
+  const why = cause(err);
+  return why === undefined ? err : new KeystoreError('STORAGE_UNAVAILABLE', why, { cause: err });
+}
+
+/** A pg error's fields worth logging (its message scrubbed of any URL password). */
+export function describeError(err: unknown): { code?: string; message: string } {
+  const { code, message } = (typeof err === 'object' && err !== null ? err : {}) as { code?: unknown; message?: unknown };
+  return { ...(typeof code === 'string' ? { code } : {}), message: redactText(typeof message === 'string' ? message : String(err)) };
+}
