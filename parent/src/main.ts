@@ -19,18 +19,22 @@ import { startParent } from './app';
 import { ConfigError, loadParentConfig, type ParentConfig } from './config';
 import { GENESIS_NONCE_RE, runGenesis, writeGenesisOutput } from './genesis';
 import { keysToMigrate, runMigration } from './migrate';
+import { openEngine, storeStatus } from './store/open';
 import { redactUrl } from './store/redact';
 
 const USAGE = `usage: parent [--config FILE]
        parent genesis --config FILE --nonce HEX --out FILE [--trusted-root PEM]
-       parent migrate --config FILE [--concurrency N] [--pending]`;
+       parent migrate --config FILE [--concurrency N] [--pending]
+       parent store status|migrate --config FILE [--database-url URL]
+           the database's schema version (docs/STORAGE.md, "Migrations"); migrate applies pending steps
+           (--database-url, or NKS_DATABASE_URL: a PostgreSQL URL to use instead, e.g. the owner role's)`;
 
 class UsageError extends Error {}
 
-function configOf(file: string | undefined): ParentConfig {
+function configOf(file: string | undefined, env: NodeJS.ProcessEnv = process.env): ParentConfig {
   const chosen = file ?? process.env.NKS_PARENT_CONFIG;
   if (!chosen) throw new ConfigError('no configuration: pass --config FILE or set NKS_PARENT_CONFIG');
-  return loadParentConfig(chosen);
+  return loadParentConfig(chosen, env);
 }
 
 async function daemon(args: string[]): Promise<void> {
@@ -128,10 +132,26 @@ async function migrate(args: string[]): Promise<never> {
   });
 }
 
+async function store(args: string[]): Promise<never> {
+  const [action, ...rest] = args;
+  if (action !== 'status' && action !== 'migrate') throw new UsageError('store needs status or migrate');
+  const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, 'database-url': { type: 'string' } }, strict: true });
+  const url = values['database-url'];
+  const config = configOf(values.config, url === undefined ? process.env : { ...process.env, NKS_DATABASE_URL: url });
+  const logger = createLogger({ name: 'parent', level: config.logLevel });
+  return oneShot(logger, async () => {
+    if (action === 'migrate') await (await openEngine(config.database, logger, { migrate: true })).close();
+    const status = await storeStatus(config.database);
+    process.stdout.write(`${JSON.stringify(status)}\n`);
+    return action === 'migrate' || status.pending === 0;
+  });
+}
+
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
   if (command === 'genesis') await genesis(rest);
   else if (command === 'migrate') await migrate(rest);
+  else if (command === 'store') await store(rest);
   else if (command === '--help' || command === 'help') process.stdout.write(`${USAGE}\n`);
   else await daemon(process.argv.slice(2));
 }

@@ -67,7 +67,6 @@ export const ERROR_CODES = {
   // Signing policies (docs/POLICIES.md)
   /** The project's policy does not allow this request: `details` names the rule or limit and the reason. */
   POLICY_DENIED: { rpcCode: -32040, httpStatus: 403, retryable: false },
-  STORAGE_UNAVAILABLE: { rpcCode: -32043, httpStatus: 503, retryable: true },
 } as const satisfies Record<string, ErrorCodeInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

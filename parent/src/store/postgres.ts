@@ -16,8 +16,8 @@ import pg from 'pg';
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import type { KeyRecord, KeyState, ProjectRecord, SignedRecord } from '@nks/shared/records';
-import { describeError, redactUrl, storageError } from './postgres-errors';
-export { redactUrl } from './postgres-errors';
+import { describeError, storageError } from './postgres-errors';
+import { redactUrl } from './redact';
 import { ChangeListener } from './postgres-listener';
 import { POSTGRES_BASELINE, POSTGRES_MIGRATIONS } from './postgres-migrations';
 import {
@@ -154,7 +154,7 @@ function checkVersion(version: number, migrate: boolean): void {
   if (version > 0 && version < POSTGRES_BASELINE)
     throw new Error(`database schema version ${version} is not one a PostgreSQL store has (they start at ${POSTGRES_BASELINE})`);
   if (!migrate && version < LATEST_VERSION)
-    throw new Error(`database schema version ${version} is behind this build (${LATEST_VERSION}): run \`nks store migrate\` first`);
+    throw new Error(`database schema version ${version} is behind this build (${LATEST_VERSION}): run \`parent store migrate\` (or \`nks store migrate\`) first`);
 }
 
 const keyParams = (key: NewKey) => {
@@ -239,6 +239,27 @@ export class PostgresEngine implements StoreEngine {
       throw storageError(err);
     }
     return engine;
+  }
+
+  /** The schema version of the database `options` names, without migrating or refusing anything (`store status`). */
+  static async versionOf(options: Pick<PostgresOptions, 'url' | 'ssl' | 'connectTimeoutMs' | 'statementTimeoutMs'>): Promise<StoreStatus> {
+    const client = new pg.Client({
+      connectionString: options.url,
+      ...(options.ssl !== undefined ? { ssl: options.ssl } : {}),
+      connectionTimeoutMillis: options.connectTimeoutMs ?? 5_000,
+      statement_timeout: options.statementTimeoutMs ?? 5_000,
+      types,
+    });
+    client.on('error', () => undefined);
+    try {
+      await client.connect();
+      const version = await schemaVersion(client);
+      return { engine: 'postgres', location: redactUrl(options.url), schemaVersion: version, latestVersion: LATEST_VERSION };
+    } catch (err) {
+      throw storageError(err);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
   }
 
   private async migrate(): Promise<void> {

@@ -1,12 +1,18 @@
-/** A database URL as logs and errors may show it: never its password (in the userinfo or a `password=` parameter). */
+/** Database URLs and error texts made fit for logs: never a password (docs/STORAGE.md, "Configuration"). */
+
+/** `url` with its password (the user info's, or any `…password` parameter) replaced by `***`. */
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = '***';
-    for (const key of [...u.searchParams.keys()]) if (/^password$/i.test(key)) u.searchParams.set(key, '***');
+    for (const name of [...u.searchParams.keys()]) if (/password/i.test(name)) u.searchParams.set(name, '***');
     return u.toString();
   } catch {
-    // Not a URL this can take apart: nothing of it is shown.
-    return '(a database URL that does not parse)';
+    return redactText(url);
   }
+}
+
+/** Every URL password and `password=` value in free text (an error message, a key=value connection string). */
+export function redactText(text: string): string {
+  return text.replace(/(\b[a-z][a-z0-9+.-]*:\/\/[^\s:/@]*:)[^\s@]*@/gi, '$1***@').replace(/(password=)[^&\s]*/gi, '$1***');
 }
