@@ -7,55 +7,15 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
-import type { KeyRecord } from '@nks/shared/records';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { SCHEMA_VERSION } from '../src/store/migrations';
 import { SqliteDatabase } from '../src/store/sqlite-db';
-import type { NewKey } from '../src/store/types';
-import { TestIdentity } from './fake-enclave';
+import { ADDRESS, identity, keyRecord, newKey, next, update } from './store-fixtures';
 import { SCHEMA_V1, SCHEMA_V2_STEP, SCHEMA_V3_STEP, SCHEMA_V4_STEP } from '../../test/support/legacy';
 
-const identity = new TestIdentity();
-const ADDRESS = '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266';
-const PREV = `0x${'cd'.repeat(32)}`;
-
-const keyRecord = (keyId: string, over: Partial<KeyRecord> = {}): KeyRecord => ({
-  v: 1,
-  kind: 'key',
-  keyId,
-  address: ADDRESS,
-  blobSha256: `0x${'ab'.repeat(32)}`,
-  projectId: 'default',
-  subject: 'alice',
-  state: 'active',
-  disabled: false,
-  seq: 0,
-  prev: null,
-  origin: 'created',
-  createdAt: 1,
-  ...over,
-});
-const newKey = (keyId: string, externalId: string | null, over: Partial<KeyRecord> = {}): NewKey => {
-  const record = keyRecord(keyId, over);
-  return {
-    keyId,
-    externalId,
-    address: ADDRESS,
-    publicKey: '0x04',
-    blob: 'AAAA',
-    labels: { tier: 'gold' },
-    attestation: null,
-    createdAt: 1,
-    record,
-    signed: identity.sign(record),
-  };
-};
 /** The successor `keyId` of `predecessor` (alice's), as the enclave makes it. */
 const successorOf = (keyId: string, predecessor: string, externalId: string | null = 'alice') =>
   newKey(keyId, externalId, { state: 'pending', predecessor });
-/** The record after `r` in `state`, as the enclave makes it. */
-const next = (r: KeyRecord, state: KeyRecord['state']): KeyRecord => ({ ...r, state, seq: r.seq + 1, prev: PREV });
-const update = (r: KeyRecord) => ({ signed: identity.sign(r), record: r });
 
 describe('key lifecycle in the store', () => {
   let dir: string;

@@ -11,26 +11,10 @@ import { KeyStore } from '../src/store/key-store';
 import { SqliteDatabase } from '../src/store/sqlite-db';
 import { SqliteEngine } from '../src/store/sqlite-engine';
 import type { StoreChange, StoreEngine } from '../src/store/types';
-import { TestIdentity } from './fake-enclave';
+import { identity, keyRecord, PREV } from './store-fixtures';
 
-const identity = new TestIdentity();
-const record = (over: Partial<KeyRecord> = {}): KeyRecord => ({
-  v: 1,
-  kind: 'key',
-  keyId: 'k1',
-  address: '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266',
-  blobSha256: `0x${'ab'.repeat(32)}`,
-  projectId: 'default',
-  subject: 'alice',
-  state: 'active',
-  disabled: false,
-  seq: 0,
-  prev: null,
-  origin: 'created',
-  createdAt: 1,
-  ...over,
-});
-const disabledAt = (seq: number) => record({ disabled: seq % 2 === 1, seq, prev: `0x${'cd'.repeat(32)}` });
+const record = (over: Partial<KeyRecord> = {}) => keyRecord('k1', over);
+const disabledAt = (seq: number) => record({ disabled: seq % 2 === 1, seq, prev: PREV });
 
 /** The real engine, presented as one other instances write too: the test plays their notifications. */
 class SharedForTest implements Partial<StoreEngine> {

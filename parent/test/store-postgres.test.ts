@@ -8,58 +8,13 @@
  */
 import net from 'node:net';
 import pg from 'pg';
-import type { KeyRecord } from '@nks/shared/records';
 import { SCHEMA_VERSION } from '../src/store/migrations';
 import { LISTENER_NAME, PostgresEngine, type PostgresOptions } from '../src/store/postgres';
 import { redactUrl } from '../src/store/redact';
 import { POSTGRES_MIGRATIONS } from '../src/store/postgres-migrations';
-import type { NewKey, StoreChange } from '../src/store/types';
+import type { StoreChange } from '../src/store/types';
 import { createAppRole, startPostgres, type PostgresServer } from '../../test/support/postgres';
-import { TestIdentity } from './fake-enclave';
-
-const identity = new TestIdentity();
-const ADDRESS = '0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266';
-const PREV = `0x${'cd'.repeat(32)}`;
-
-const keyRecord = (keyId: string, over: Partial<KeyRecord> = {}): KeyRecord => ({
-  v: 1,
-  kind: 'key',
-  keyId,
-  address: ADDRESS,
-  blobSha256: `0x${'ab'.repeat(32)}`,
-  projectId: 'default',
-  subject: 'alice',
-  state: 'active',
-  disabled: false,
-  seq: 0,
-  prev: null,
-  origin: 'created',
-  createdAt: 1,
-  ...over,
-});
-const newKey = (keyId: string, externalId: string | null, over: Partial<KeyRecord> = {}): NewKey => {
-  const record = keyRecord(keyId, over);
-  return {
-    keyId,
-    externalId,
-    address: ADDRESS,
-    publicKey: '0x04',
-    blob: 'AAAA',
-    labels: { tier: 'gold' },
-    attestation: null,
-    createdAt: 1_700_000_000_123,
-    record,
-    signed: identity.sign(record),
-  };
-};
-const next = (r: KeyRecord, state: KeyRecord['state'], over: Partial<KeyRecord> = {}): KeyRecord => ({
-  ...r,
-  state,
-  seq: r.seq + 1,
-  prev: PREV,
-  ...over,
-});
-const update = (r: KeyRecord) => ({ signed: identity.sign(r), record: r });
+import { identity, keyRecord, newKey, next, update } from './store-fixtures';
 
 /** Polls `check` until it holds; fails past `ms`. */
 async function until(check: () => boolean | Promise<boolean>, ms = 5_000): Promise<void> {
@@ -143,118 +98,6 @@ describe('PostgreSQL store: schema', () => {
   });
 });
 
-describe('PostgreSQL store: the StoreEngine methods', () => {
-  it('stores and answers keys, successors, records, legacy keys, projects and TLS keys as the SQLite engine does', async () => {
-    const url = await freshDatabase();
-    const db = await open(url);
-    const made = await db.insert(newKey('a', 'alice'));
-    expect(made).toMatchObject({
-      created: true,
-      record: { keyId: 'a', externalId: 'alice', state: 'active', recordSeq: 0, disabled: false },
-    });
-    expect(made.record).toMatchObject({ labels: { tier: 'gold' }, createdAt: 1_700_000_000_123, subject: 'alice', predecessor: null });
-    expect(typeof made.record.updatedAt).toBe('number');
-    expect(await db.insert(newKey('a2', 'alice'))).toMatchObject({ created: false, record: { keyId: 'a' } });
-    // A successor: pending, with its predecessor's external id; lookups by the external id answer the active key.
-    const succ = await db.insertSuccessor(newKey('b', 'alice', { state: 'pending', predecessor: 'a' }));
-    expect(succ).toMatchObject({ created: true, record: { keyId: 'b', state: 'pending', predecessor: 'a', externalId: 'alice' } });
-    expect(await db.insertSuccessor(newKey('c', 'alice', { state: 'pending', predecessor: 'a' }))).toMatchObject({
-      created: false,
-      record: { keyId: 'b' },
-    });
-    await expect(db.insertSuccessor(newKey('c', 'alice', { state: 'pending', predecessor: 'nope' }))).rejects.toMatchObject({
-      code: 'KEY_NOT_FOUND',
-    });
-    expect((await db.getByExternalId('alice'))?.keyId).toBe('a');
-    expect((await db.pendingKeyFor('default', 'alice'))?.keyId).toBe('b');
-    // Activation: both records in one transaction, the one leaving `active` written first whatever the order given.
-    const [b1, a1] = await db.updateRecords([
-      update(next(keyRecord('b', { state: 'pending', predecessor: 'a' }), 'active')),
-      update(next(keyRecord('a'), 'retired')),
-    ]);
-    expect([b1?.keyId, b1?.state, b1?.recordSeq, a1?.keyId, a1?.state]).toEqual(['b', 'active', 1, 'a', 'retired']);
-    expect((await db.activeKeyFor('default', 'alice'))?.keyId).toBe('b');
-    expect((await db.history('b')).map((k) => k.keyId)).toEqual(['a', 'b']);
-    await expect(db.history('zz')).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });
-    await expect(db.insertSuccessor(newKey('d', 'alice', { state: 'pending', predecessor: 'a' }))).rejects.toMatchObject({
-      code: 'KEY_STATE',
-      details: { state: 'retired' },
-    });
-
-    // Pages in creation order; without the keys of JWT projects when asked.
-    const jwt = identity.project({
-      projectId: `p_${'J'.repeat(22)}`,
-      projectKey: `pk_${'J'.repeat(22)}`,
-      auth: {
-        type: 'jwt',
-        issuer: 'https://issuer.example',
-        audience: 'app',
-        userClaim: 'sub',
-        jwksUri: 'https://JWKS.example.com/keys.json',
-        algorithms: ['RS256'],
-        maxTokenLifetime: 600,
-      },
-    });
-    expect(await db.insertProject(identity.sign(jwt), jwt, 'jwt app')).toMatchObject({
-      projectId: jwt.projectId,
-      name: 'jwt app',
-      authType: 'jwt',
-      jwksHost: 'jwks.example.com',
-      seq: 0,
-    });
-    await expect(db.insertProject(identity.sign(jwt), jwt, 'again')).rejects.toMatchObject({ code: 'CONFLICT' });
-    await db.insert(newKey('j', null, { projectId: jwt.projectId, subject: 'u1' }));
-    const first = await db.list(2);
-    expect(first.keys.map((k) => k.keyId)).toEqual(['a', 'b']);
-    expect((await db.list(2, first.nextCursor as string)).keys.map((k) => k.keyId)).toEqual(['j']);
-    expect((await db.list(10, undefined, { withJwtKeys: false })).keys.map((k) => k.keyId)).toEqual(['a', 'b']);
-
-    const def = identity.project();
-    expect(await db.seedProject(identity.sign(def), def)).toMatchObject({ projectId: 'default', name: 'default', seq: 0 });
-    expect(await db.seedProject(identity.sign(def), def, 'other')).toMatchObject({ name: 'default' });
-    expect((await db.listProjects(1)).projects.map((p) => p.projectId)).toEqual(['default']);
-    const page2 = await db.listProjects(1, (await db.listProjects(1)).nextCursor as string);
-    expect([page2.projects.map((p) => p.projectId), page2.nextCursor]).toEqual([[jwt.projectId], null]);
-    expect((await db.getProjectByKey(jwt.projectKey))?.projectId).toBe(jwt.projectId);
-    expect((await db.activeJwtProjects()).map((p) => p.projectId)).toEqual([jwt.projectId]);
-    const disabled = { ...jwt, state: 'disabled' as const, seq: 1, prev: PREV };
-    expect(await db.updateProjectRecord(jwt.projectId, identity.sign(disabled), disabled)).toMatchObject({ seq: 1, state: 'disabled' });
-    await expect(db.updateProjectRecord(jwt.projectId, identity.sign(disabled), disabled)).rejects.toMatchObject({ code: 'CONFLICT' });
-    expect(await db.activeJwtProjects()).toEqual([]);
-
-    // A key made before 0.4 (no record): its flag, then its migration (still refused: the disable is pending).
-    await sql(
-      url,
-      `INSERT INTO keys (key_id, external_id, address, public_key, blob, disabled, created_at, updated_at)
-       VALUES ('old', 'legacy', $1, '0x04', 'AAAA', 0, 1, 1)`,
-      [ADDRESS],
-    );
-    expect(await db.setLegacyDisabled('old', true)).toMatchObject({ keyId: 'old', disabled: true, record: null });
-    expect(await db.setLegacyDisabled('a', true)).toBeUndefined();
-    const withoutRecord = await db.keysWithoutRecord(0, 10);
-    expect(withoutRecord.map((k) => [k.keyId, typeof k.rowSeq])).toEqual([['old', 'number']]);
-    const migrated = keyRecord('old', { subject: null, origin: 'migrated' });
-    expect(await db.migrateKey('old', 'BBBB', identity.sign(migrated), migrated)).toBe(true);
-    expect(await db.migrateKey('old', 'BBBB', identity.sign(migrated), migrated)).toBe(false);
-    expect(await db.get('old')).toMatchObject({ blob: 'BBBB', disabled: true, disablePending: true, recordSeq: 0 });
-    expect(await db.keysPendingDisable()).toEqual(['old']);
-    expect(await db.counts()).toEqual({ total: 4, disabled: 1, withoutRecord: 0, pending: 0 });
-
-    // TLS keys: pending until installed; one current.
-    const tls = (n: number) => ({ publicKey: `pk${n}`, blob: 'b', blobSignature: 's', names: ['a.example'], csr: 'csr', createdAt: n });
-    await db.insertTlsKey(tls(1));
-    await db.insertTlsKey(tls(2));
-    await expect(db.insertTlsKey(tls(1))).rejects.toMatchObject({ code: 'CONFLICT' });
-    expect((await db.pendingTlsKeys(10)).map((k) => k.publicKey)).toEqual(['pk2', 'pk1']);
-    await db.setCurrentTlsKey('pk1', 'chain1', 10);
-    expect(await db.setCurrentTlsKey('pk2', 'chain2', 20)).toMatchObject({ publicKey: 'pk2', current: true, installedAt: 20 });
-    expect(await db.tlsKey('pk1')).toMatchObject({ current: false, chain: 'chain1', names: ['a.example'] });
-    expect((await db.currentTlsKey())?.publicKey).toBe('pk2');
-    await expect(db.setCurrentTlsKey('pk9', 'c', 1)).rejects.toMatchObject({ code: 'NOT_FOUND' });
-    expect(await db.ping(1_000)).toBe(true);
-  });
-});
-
 describe('PostgreSQL store: instances sharing one database', () => {
   let url: string;
   let one: PostgresEngine;
@@ -263,57 +106,6 @@ describe('PostgreSQL store: instances sharing one database', () => {
     url = await freshDatabase();
     one = await open(url);
     two = await open(url, { migrate: false });
-  });
-
-  it('creates one key when two instances create the same external id at once; both answers name it', async () => {
-    for (let i = 0; i < 10; i++) {
-      const [x, y] = await Promise.all([
-        one.insert(newKey(`x${i}`, `user${i}`, { subject: `user${i}` })),
-        two.insert(newKey(`y${i}`, `user${i}`, { subject: `user${i}` })),
-      ]);
-      expect(x.record.keyId).toBe(y.record.keyId);
-      expect([x.created, y.created].sort()).toEqual([false, true]);
-    }
-    expect((await one.counts()).total).toBe(10);
-  });
-
-  it('creates one active key when two instances create a key for the same subject at once (no external id)', async () => {
-    for (let i = 0; i < 10; i++) {
-      const [x, y] = await Promise.all([
-        one.insert(newKey(`x${i}`, null, { subject: `s${i}` })),
-        two.insert(newKey(`y${i}`, null, { subject: `s${i}` })),
-      ]);
-      expect(x.record.keyId).toBe(y.record.keyId);
-      expect((await two.activeKeyFor('default', `s${i}`))?.keyId).toBe(x.record.keyId);
-    }
-    expect((await one.counts()).total).toBe(10);
-  });
-
-  it('creates one successor when two instances make one for the same subject at once', async () => {
-    await one.insert(newKey('a', 'alice'));
-    const [x, y] = await Promise.all([
-      one.insertSuccessor(newKey('b', 'alice', { state: 'pending', predecessor: 'a' })),
-      two.insertSuccessor(newKey('c', 'alice', { state: 'pending', predecessor: 'a' })),
-    ]);
-    expect(x.record.keyId).toBe(y.record.keyId);
-    expect((await one.counts()).pending).toBe(1);
-  });
-
-  it('compare-and-set on seq: of two instances writing the same next record one wins, the other is CONFLICT', async () => {
-    await one.insert(newKey('a', 'alice'));
-    const disabled = next(keyRecord('a'), 'active', { disabled: true });
-    const results = await Promise.allSettled([one.updateRecords([update(disabled)]), two.updateRecords([update(disabled)])]);
-    expect(results.map((r) => r.status).sort()).toEqual(['fulfilled', 'rejected']);
-    expect(results.find((r) => r.status === 'rejected')).toMatchObject({ reason: { code: 'CONFLICT' } });
-    expect(await two.get('a')).toMatchObject({ recordSeq: 1, disabled: true });
-    // A stale record, and a key that does not exist.
-    await expect(one.updateRecords([update(disabled)])).rejects.toMatchObject({ code: 'CONFLICT' });
-    await expect(one.updateRecords([update(next(keyRecord('zz'), 'active'))])).rejects.toMatchObject({ code: 'KEY_NOT_FOUND' });
-    // All or none: a pair with one stale record writes neither.
-    await one.insert(newKey('b', 'bob', { subject: 'bob' }));
-    const bobOk = next(keyRecord('b', { subject: 'bob' }), 'active', { disabled: true });
-    await expect(one.updateRecords([update(bobOk), update(disabled)])).rejects.toMatchObject({ code: 'CONFLICT' });
-    expect((await one.get('b'))?.recordSeq).toBe(0);
   });
 
   it('notifies the other instance of a change, at commit', async () => {
