@@ -236,7 +236,11 @@ function applyEnv(raw: Record<string, unknown>, env: NodeJS.ProcessEnv): Record<
   }
   if (env.NKS_DB_PATH) section('database').path = env.NKS_DB_PATH;
   // The URL with its password comes from the environment (a secret manager), not the configuration file.
-  if (env.NKS_DATABASE_URL) out.database = { ...section('database'), kind: 'postgres', url: env.NKS_DATABASE_URL };
+  // A PostgreSQL section keeps its other settings; any other is replaced.
+  if (env.NKS_DATABASE_URL) {
+    const db = section('database');
+    out.database = db.kind === 'postgres' ? { ...db, url: env.NKS_DATABASE_URL } : { kind: 'postgres', url: env.NKS_DATABASE_URL };
+  }
   if (env.NKS_KMS_ENDPOINT) section('kmsProxy').endpoint = env.NKS_KMS_ENDPOINT;
   if (env.NKS_KMS_REGION) section('kmsProxy').region = env.NKS_KMS_REGION;
   if (env.NKS_LOG_LEVEL) (out as Record<string, unknown>).logLevel = env.NKS_LOG_LEVEL;

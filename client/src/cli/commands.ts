@@ -406,11 +406,22 @@ export function policyCommand(args: string[]): number {
   }
 }
 
-/** `nks dev ...`: runs the local stack (dist/dev.js beside this bundle) with the same arguments. */
-export function devCommand(args: string[]): Promise<number> {
-  const devJs = path.join(path.dirname(process.argv[1] ?? '.'), 'dev.js');
-  if (!fs.existsSync(devJs)) throw new UsageError(`${devJs} not found: run "npm run build" first (or use "npm run dev")`);
-  const child = spawn(process.execPath, [devJs, ...args], { stdio: 'inherit' });
+/** Runs a host program beside this bundle (dist/dev.js, dist/parent.js) with `args`, its output and exit code ours. */
+function hostProgram(program: string, args: string[], hint: string): Promise<number> {
+  const file = path.join(path.dirname(process.argv[1] ?? '.'), program);
+  if (!fs.existsSync(file)) throw new UsageError(`${file} not found: ${hint}`);
+  const child = spawn(process.execPath, [file, ...args], { stdio: 'inherit' });
   for (const sig of ['SIGINT', 'SIGTERM'] as const) process.on(sig, () => child.kill(sig));
   return new Promise((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
+}
+
+/** `nks dev ...`: runs the local stack (dist/dev.js beside this bundle) with the same arguments. */
+export function devCommand(args: string[]): Promise<number> {
+  return hostProgram('dev.js', args, 'run "npm run build" first (or use "npm run dev")');
+}
+
+/** `nks store status|migrate ...`: the parent's database (`parent store`, dist/parent.js beside this bundle), on the host. */
+export function storeCommand(args: string[]): Promise<number> {
+  if (args[0] !== 'status' && args[0] !== 'migrate') throw new UsageError('nks store needs status or migrate');
+  return hostProgram('parent.js', ['store', ...args], 'nks store runs on the parent host, beside the parent (npm run build)');
 }

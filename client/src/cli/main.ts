@@ -3,7 +3,7 @@
  * error, an invalid attestation document), 2 usage.
  */
 import { KeystoreApiError } from '../sdk';
-import { attestationCommand, devCommand, keysCommand, policyCommand, signCommand } from './commands';
+import { attestationCommand, devCommand, keysCommand, policyCommand, signCommand, storeCommand } from './commands';
 import { UsageError } from './context';
 import { policiesCommand } from './policies-commands';
 import { projectsCommand } from './project-commands';
@@ -70,6 +70,10 @@ const HELP = `nks — nitro-keystore command-line client
       writes the KMS key policy (docs/KEY-POLICY.md: which images may unseal keys; not signing policies,
       see nks policies); refuses an image of a lower security epoch than the current policy's, and mixed epochs
   nks dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy]
+          [--instances N --database postgres [--database-url URL]]
+  nks store status|migrate --config parent.json [--database-url URL]
+      the parent's database on this host (docs/STORAGE.md, "Migrations"): its schema version, or the pending
+      migrations applied (with the owner's --database-url, or NKS_DATABASE_URL); exit 1 from status if behind
 
 Connection (API commands): --url URL --token TOKEN, or NKS_URL / NKS_TOKEN, or the local dev stack's state
 (--dev-dir DIR, default .dev; there --identity, --pcr0 and --root default to the dev stack's). Add --json for
@@ -102,6 +106,8 @@ async function main(argv: string[]): Promise<number> {
       return policyCommand(rest);
     case 'dev':
       return devCommand(rest);
+    case 'store':
+      return storeCommand(rest);
     case undefined:
     case 'help':
     case '--help':

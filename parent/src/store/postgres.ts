@@ -154,7 +154,9 @@ function checkVersion(version: number, migrate: boolean): void {
   if (version > 0 && version < POSTGRES_BASELINE)
     throw new Error(`database schema version ${version} is not one a PostgreSQL store has (they start at ${POSTGRES_BASELINE})`);
   if (!migrate && version < LATEST_VERSION)
-    throw new Error(`database schema version ${version} is behind this build (${LATEST_VERSION}): run \`parent store migrate\` (or \`nks store migrate\`) first`);
+    throw new Error(
+      `database schema version ${version} is behind this build (${LATEST_VERSION}): run \`parent store migrate\` (or \`nks store migrate\`) first`,
+    );
 }
 
 const keyParams = (key: NewKey) => {
