@@ -20,6 +20,7 @@
  * Prints a table, then one JSON line with rawSignPerSec, e2eSignPerSec, ratio, p50Ms, p99Ms,
  * coldKmsCallsPerKey, createKmsCalls, createPerSec, typedData, jwt, wallets (and more).
  *
+ * `--database postgres` measures warm signs and creates on SQLite and on PostgreSQL (embedded) one after the other.
  * `--only jwt` runs the JWT comparison alone, `--only wallets` the wallets section alone (a stack of its own each,
  * about a minute). `--only policy` measures signing policies (docs/POLICIES.md) in this process, no stack: the CPU
  * of reading a request's facts and evaluating a 20-rule policy on it, against the enclave's 50 µs budget.
@@ -34,7 +35,8 @@ import { parseArgs } from 'node:util';
 import * as secp from '@noble/secp256k1';
 import { Pool } from 'undici';
 import { startSimulatedIdp, type SimulatedIdp } from '../sim/src/idp/issuer';
-import { startStack, waitReady, type Stack } from '../test/support/stack';
+import { startStack, stackDbPath, waitReady, type Stack } from '../test/support/stack';
+import { startPostgres } from '../test/support/postgres';
 import { createProject, jwtProject, jwtStackOptions } from '../test/support/truewallet';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
 import { checkTypedDataBudget, TYPED_DATA_LIMITS } from '@nks/shared/signing/typed-data-budget';
@@ -66,6 +68,7 @@ const { values } = parseArgs({
     profile: { type: 'string' },
     only: { type: 'string' },
     'cache-footprint': { type: 'string' },
+    database: { type: 'string' },
   },
   strict: true,
 });
@@ -695,6 +698,80 @@ async function onlyJwt(quick: boolean): Promise<void> {
   }
 }
 
+/**
+ * `--database postgres`: warm signing and creates on each store in one run (docs/STORAGE.md), one stack after the
+ * other with the same topology. A warm sign reads neither database (its key and project are cached), so its rate
+ * should not depend on the engine (target: PostgreSQL within 10% of SQLite); a create is one transaction each.
+ */
+async function databaseComparison(quick: boolean): Promise<void> {
+  const cores = os.availableParallelism();
+  console.log(`nitro-keystore benchmark, SQLite against PostgreSQL (${quick ? 'quick' : 'full'}): ${cores} cores, Node ${process.version}`);
+  const dedicated = cores >= 2;
+  const otherCpus = cores > 2 ? `0-${cores - 2}` : '0';
+  if (dedicated) pinSelf(otherCpus);
+  const seconds = quick ? 4 : 10;
+  const warmup = quick ? 1 : 2;
+  const pg = await startPostgres();
+  const out: Record<string, { warmPerSec: number; warmP99Ms: number; createPerSec: number; createP99Ms: number }> = {};
+  try {
+    for (const engine of ['sqlite', 'postgres'] as const) {
+      const runDir = path.join(os.tmpdir(), `nks-bench-db-${engine}-${process.pid}`);
+      const database =
+        engine === 'sqlite' ? { kind: 'sqlite', path: stackDbPath(runDir) } : { kind: 'postgres', url: pg.url, poolSize: 10 };
+      const s = await startStack(runDir, {
+        kmsLatencyMs: 15,
+        enclave: { logLevel: 'info' },
+        parentApi: { maxInFlight: 4096 },
+        parent: { database },
+        keepLogs: false,
+        ...(dedicated ? { cpus: { enclave: String(cores - 1), parent: otherCpus } } : {}),
+      });
+      try {
+        await waitReady(s);
+        const keys: string[] = [];
+        for (let i = 0; i < 16; i++) keys.push((await s.api('/v1/keys', { body: {} })).body.keyId);
+        for (const k of keys) await s.api(`/v1/keys/${k}/sign`, { body: { type: 'digest', digest: `0x${'11'.repeat(32)}` } });
+        const warm = await closedLoop({
+          url: s.url,
+          token: s.tokens.full,
+          concurrency: 8,
+          seconds,
+          warmupSeconds: warmup,
+          next: (i) => ({ path: `/v1/keys/${keys[i % keys.length]}/sign`, body: { type: 'digest', digest: `0x${'22'.repeat(32)}` } }),
+        });
+        const creates = await closedLoop({
+          url: s.url,
+          token: s.tokens.full,
+          concurrency: 8,
+          seconds: quick ? 3 : 8,
+          warmupSeconds: 0.5,
+          next: () => ({ path: '/v1/keys', body: {} }),
+        });
+        out[engine] = {
+          warmPerSec: Math.round(warm.perSec),
+          warmP99Ms: Number(warm.p99Ms.toFixed(2)),
+          createPerSec: Math.round(creates.perSec),
+          createP99Ms: Number(creates.p99Ms.toFixed(2)),
+        };
+        console.log(
+          `${engine}: warm sign (concurrency 8) ${f(warm.perSec)}/s p99 ${f(warm.p99Ms, 2)} ms errors ${warm.errors}; create (concurrency 8) ${f(creates.perSec)}/s p99 ${f(creates.p99Ms, 2)} ms errors ${creates.errors}`,
+        );
+      } finally {
+        await s.stop();
+      }
+    }
+  } finally {
+    await pg.stop();
+  }
+  const sqlite = out.sqlite as (typeof out)[string];
+  const postgres = out.postgres as (typeof out)[string];
+  const warmRatio = postgres.warmPerSec / sqlite.warmPerSec;
+  console.log(
+    `warm signing on PostgreSQL: ${f(warmRatio * 100, 1)}% of SQLite's (target: within 10%: ${warmRatio >= 0.9 ? 'met' : 'NOT met'}); creates ${f((postgres.createPerSec / sqlite.createPerSec) * 100, 1)}%`,
+  );
+  console.log(JSON.stringify({ machine: { cores, node: process.version }, database: { ...out, warmRatio: Number(warmRatio.toFixed(3)) } }));
+}
+
 /** The enclave's budget for facts + rules of a 20-rule policy on a transaction (docs/POLICIES.md). */
 const POLICY_BUDGET_US = 50;
 
@@ -1011,6 +1088,15 @@ if (values['cache-footprint']) {
       `${JSON.stringify({ n: cache.stats.size, rssBytes: after.rss - before.rss, heapBytes: after.heapUsed - before.heapUsed + (after.arrayBuffers - before.arrayBuffers) })}\n`,
     );
   })();
+} else if (values.database !== undefined) {
+  if (values.database !== 'postgres') {
+    console.error('bench: --database takes "postgres" (it is measured beside SQLite)');
+    process.exit(2);
+  }
+  void databaseComparison(values.quick ?? false).catch((err: unknown) => {
+    console.error(`bench: ${(err as Error).stack ?? String(err)}`);
+    process.exit(1);
+  });
 } else if (values.only === 'policy') {
   onlyPolicy(values.quick ?? false);
 } else if (values.only !== undefined) {
