@@ -137,6 +137,8 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     logger: logger.child({ component: 'tls' }),
     onStatus: (status) => metrics.setTls(status),
   });
+  // A certificate installed through another instance (one database): this enclave serves it too.
+  store.onTlsChange(() => tls.onEnclaveConnected());
   // What the enclave's wallet routes ask the parent (records it stores and cannot forge).
   const walletStore = new WalletStore({
     store,

@@ -131,6 +131,11 @@ describe('PostgreSQL store: instances sharing one database', () => {
     await one.insert(newKey('z', 'zoe', { subject: 'zoe' }));
     await until(() => seen.length >= 4);
     expect(seen.slice(3)).toEqual([{ kind: 'key', id: 'z' }]);
+    // A TLS key made current: every instance's enclave must serve it.
+    await one.insertTlsKey({ publicKey: 'pk1', blob: 'b', blobSignature: 's', names: ['w.example'], csr: 'csr', createdAt: 1 });
+    await one.setCurrentTlsKey('pk1', 'chain', 2);
+    await until(() => seen.length >= 5);
+    expect(seen.slice(4)).toEqual([{ kind: 'tls', id: 'pk1' }]);
   });
 
   it('reports the change feed lost when its connection is terminated, reconnects, and says so', async () => {

@@ -114,7 +114,15 @@ export class KeyStore {
   }
 
   private forget(change: StoreChange): void {
+    if (change.kind === 'tls') return this.tlsListeners.forEach((l) => l(change.id));
     (change.kind === 'key' ? this.keys : this.projects).forget(change.id);
+  }
+
+  private readonly tlsListeners: Array<(publicKey: string) => void> = [];
+
+  /** Calls `listener` when another instance makes a TLS key of the wallet routes current (a shared engine only). */
+  onTlsChange(listener: (publicKey: string) => void): void {
+    this.tlsListeners.push(listener);
   }
 
   private freshAfter(): number {

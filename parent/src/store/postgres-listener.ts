@@ -18,8 +18,8 @@ const FIRST_DELAY_MS = 100;
 const MAX_DELAY_MS = 2_000;
 
 export function parseChange(payload: string | undefined): StoreChange | undefined {
-  const m = /^(key|project):(.+)$/.exec(payload ?? '');
-  return m ? { kind: m[1] as 'key' | 'project', id: m[2] as string } : undefined;
+  const m = /^(key|project|tls):(.+)$/.exec(payload ?? '');
+  return m ? { kind: m[1] as StoreChange['kind'], id: m[2] as string } : undefined;
 }
 
 export interface ListenerOptions {

@@ -128,7 +128,9 @@ const SQL = {
   currentTlsKey: 'SELECT * FROM tls_keys WHERE current = 1',
   pendingTlsKeys: 'SELECT * FROM tls_keys WHERE chain IS NULL ORDER BY created_at DESC, public_key LIMIT $1',
   clearCurrentTlsKey: 'UPDATE tls_keys SET current = 0 WHERE current = 1',
-  setCurrentTlsKey: 'UPDATE tls_keys SET chain = $2, installed_at = $3, current = 1 WHERE public_key = $1 RETURNING *',
+  // Every instance's parent then installs the new current key in its own enclave (tls-keys.ts).
+  setCurrentTlsKey: `UPDATE tls_keys SET chain = $2, installed_at = $3, current = 1 WHERE public_key = $1
+                     RETURNING *, pg_notify('nks_changes', 'tls:' || public_key) AS notified`,
 };
 
 type Queryable = Pick<pg.ClientBase, 'query'>;

@@ -246,8 +246,12 @@ export function decodeProjectCursor(cursor: string): string {
   return m[1] as string;
 }
 
-/** Which row changed (a key's record or flag, a project's record): what other instances must stop caching. */
-export type StoreChange = { kind: 'key'; id: string } | { kind: 'project'; id: string };
+/**
+ * Which row changed, committed by any instance: a key's record or flag and a project's record (what caches must
+ * forget; a new row counts too), or the wallet routes' current TLS key (`id` its public key: every instance's
+ * enclave must serve it).
+ */
+export type StoreChange = { kind: 'key' | 'project' | 'tls'; id: string };
 
 export interface StoreStatus {
   engine: 'sqlite' | 'postgres';
@@ -272,9 +276,10 @@ export interface StoreEngine {
    */
   readonly shared: boolean;
   /**
-   * Calls `listener` for every change committed by any instance (PostgreSQL LISTEN/NOTIFY), and
-   * `onCoherence(false)` while changes may be missed (the notification connection is down; `true` once it is
-   * back, after which everything cached before must be dropped). Absent on an engine that is not shared.
+   * Calls `listener` for every change committed by any instance, this one included (PostgreSQL LISTEN/NOTIFY),
+   * and `onCoherence(true)` each time the notification connection listens (the first time too; everything
+   * cached before must then be dropped), `onCoherence(false)` while changes may be missed (it is down, or never
+   * connected). Absent on an engine that is not shared.
    */
   subscribe?(listener: (change: StoreChange) => void, onCoherence: (live: boolean) => void): void;
   status(): Promise<StoreStatus>;
