@@ -119,7 +119,12 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
       return null;
     }
   };
-  const metrics = new Metrics({ keyCounts: () => store.counts(), storeCoherent: () => store.coherent, enclaveHealth });
+  const metrics = new Metrics({
+    keyCounts: () => store.counts(),
+    keyCountsMaxAgeMs: store.engine.shared ? 30_000 : 0,
+    storeCoherent: () => store.coherent,
+    enclaveHealth,
+  });
   metrics.enclaveUp.set(0);
 
   const kms = kmsClientFor(config);

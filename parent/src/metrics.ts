@@ -38,6 +38,7 @@ export class Metrics {
   private readonly policyTracked: client.Gauge;
 
   private lastCounts: KeyCounts = { total: 0, disabled: 0, withoutRecord: 0, pending: 0 };
+  private lastCountsAt = 0;
   private counting: Promise<KeyCounts> | undefined;
 
   /**
@@ -45,11 +46,13 @@ export class Metrics {
    * so a stalled database does not stall /metrics.
    */
   private keyCounts(): Promise<KeyCounts> {
+    if (Date.now() - this.lastCountsAt < (this.sources.keyCountsMaxAgeMs ?? 0)) return Promise.resolve(this.lastCounts);
     this.counting ??= new Promise<KeyCounts>((resolve) => {
       const timer = setTimeout(() => resolve(this.lastCounts), 1000);
       this.sources.keyCounts().then(
         (c) => {
           this.lastCounts = c;
+          this.lastCountsAt = Date.now();
           clearTimeout(timer);
           resolve(c);
         },
@@ -66,6 +69,11 @@ export class Metrics {
     private readonly sources: {
       /** Counted by the database; a scrape waits for them at most a second, then shows the last ones. */
       keyCounts: () => Promise<KeyCounts>;
+      /**
+       * Counts younger than this are shown again rather than counted anew: a shared database's COUNT over every
+       * key, from every instance at every scrape, is load the figures do not need.
+       */
+      keyCountsMaxAgeMs?: number;
       /** Whether the store hears every change other instances make (docs/STORAGE.md, "Coherence"). */
       storeCoherent?: () => boolean;
       enclaveHealth: () => Promise<EnclaveHealth | null>;
