@@ -116,6 +116,11 @@ export class SqliteEngine implements StoreEngine {
     });
   }
 
+  /** One writer, this process: the registries' own per-key queues already order its changes. */
+  withLocks<T>(_names: readonly string[], fn: () => Promise<T>): Promise<T> {
+    return fn();
+  }
+
   async status(): Promise<StoreStatus> {
     return {
       engine: 'sqlite',

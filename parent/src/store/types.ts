@@ -282,6 +282,19 @@ export interface StoreEngine {
    * connected). Absent on an engine that is not shared.
    */
   subscribe?(listener: (change: StoreChange) => void, onCoherence: (live: boolean) => void): void;
+  /**
+   * The time (ms since the epoch) before which every change committed by any instance has been delivered to
+   * `subscribe`'s listener: what a cached row may be trusted back to. A shared engine only; it stops advancing
+   * while the notification connection is down or silent.
+   */
+  deliveredThrough?(): number;
+  /**
+   * Runs `fn` holding the database's exclusive locks named `names` (key ids), so that no instance asks its enclave
+   * for a change of those keys meanwhile (an enclave remembers lifecycle records it made: two instances making
+   * rival ones would leave one enclave pinned to a record never stored). Waits at most the engine's deadline
+   * (STORAGE_UNAVAILABLE past it). An engine with one writer (SQLite) just runs `fn`.
+   */
+  withLocks<T>(names: readonly string[], fn: () => Promise<T>): Promise<T>;
   status(): Promise<StoreStatus>;
   /** A cheap round trip within `timeoutMs`: false if the database cannot answer (readiness). */
   ping(timeoutMs: number): Promise<boolean>;
