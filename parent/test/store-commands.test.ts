@@ -10,6 +10,7 @@ import path from 'node:path';
 import { hashToken } from '../src/api/auth';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { parseParentConfig } from '../src/config';
+import { SCHEMA_VERSION } from '../src/store/migrations';
 import { startPostgres, type PostgresServer } from '../../test/support/postgres';
 
 const root = path.resolve(__dirname, '../..');
@@ -73,11 +74,11 @@ describe('parent store and nks store', () => {
     const before = run('parent.js', ['store', 'status', '--config', config]);
     expect([before.code, before.json()]).toEqual([
       1,
-      { engine: 'sqlite', location: path.join(dir, 'keys.db'), schemaVersion: 0, latestVersion: 5, pending: 5 },
+      { engine: 'sqlite', location: path.join(dir, 'keys.db'), schemaVersion: 0, latestVersion: SCHEMA_VERSION, pending: SCHEMA_VERSION },
     ]);
     expect(fs.existsSync(path.join(dir, 'keys.db'))).toBe(false); // status creates nothing
     const migrated = run('cli.js', ['store', 'migrate', '--config', config]);
-    expect([migrated.code, migrated.json().schemaVersion, migrated.json().pending]).toEqual([0, 5, 0]);
+    expect([migrated.code, migrated.json().schemaVersion, migrated.json().pending]).toEqual([0, SCHEMA_VERSION, 0]);
     expect(run('cli.js', ['store', 'status', '--config', config]).code).toBe(0);
     const usage = run('cli.js', ['store', 'drop']);
     expect([usage.code, usage.err]).toEqual([2, expect.stringMatching(/nks store needs status or migrate/)]);
@@ -90,9 +91,14 @@ describe('parent store and nks store', () => {
     const config = path.join(dir, 'parent.json');
     fs.writeFileSync(config, JSON.stringify({ ...base, database: { path: path.join(dir, 'unused.db') } }));
     const status = run('parent.js', ['store', 'status', '--config', config, '--database-url', server.url]);
-    expect([status.code, status.json().engine, status.json().schemaVersion, status.json().pending]).toEqual([1, 'postgres', 0, 5]);
+    expect([status.code, status.json().engine, status.json().schemaVersion, status.json().pending]).toEqual([
+      1,
+      'postgres',
+      0,
+      SCHEMA_VERSION,
+    ]);
     const migrated = run('cli.js', ['store', 'migrate', '--config', config, '--database-url', server.url]);
-    expect([migrated.code, migrated.json().schemaVersion]).toEqual([0, 5]);
+    expect([migrated.code, migrated.json().schemaVersion]).toEqual([0, SCHEMA_VERSION]);
     const again = run('parent.js', ['store', 'status', '--config', config], { NKS_DATABASE_URL: server.url });
     expect([again.code, again.json().pending]).toEqual([0, 0]);
     for (const r of [status, migrated, again]) expect(r.out + r.err).not.toContain(password);

@@ -9,6 +9,7 @@ import path from 'node:path';
 import Database from 'better-sqlite3';
 import pg from 'pg';
 import { tempRunDir } from '@nks/shared-test/helpers';
+import { SCHEMA_VERSION, SQLITE_MIGRATIONS } from '../src/store/migrations';
 import { PostgresEngine } from '../src/store/postgres';
 import { SqliteEngine } from '../src/store/sqlite-engine';
 import type { StoreEngine } from '../src/store/types';
@@ -153,20 +154,27 @@ describe.each(backends)('the store contract: $name', (backend) => {
     expect(await db.activeJwtProjects()).toEqual([]);
 
     // A key made before 0.4 (no record): its flag, then its migration (still refused: the disable is pending).
-    await place.exec(
-      `INSERT INTO keys (key_id, external_id, address, public_key, blob, disabled, created_at, updated_at)
-       VALUES ('old', 'legacy', '${ADDRESS}', '0x04', 'AAAA', 0, 1, 1)`,
-    );
-    expect(await db.setLegacyDisabled('old', true)).toMatchObject({ keyId: 'old', disabled: true, record: null });
+    // Only SQLite databases have such keys: PostgreSQL refuses a row without a record (schema 6).
+    const legacy = `INSERT INTO keys (key_id, external_id, address, public_key, blob, disabled, created_at, updated_at)
+                    VALUES ('old', 'legacy', '${ADDRESS}', '0x04', 'AAAA', 0, 1, 1)`;
     expect(await db.setLegacyDisabled('a', true)).toBeUndefined();
-    const withoutRecord = await db.keysWithoutRecord(0, 10);
-    expect(withoutRecord.map((k) => [k.keyId, typeof k.rowSeq])).toEqual([['old', 'number']]);
-    const migrated = keyRecord('old', { subject: null, origin: 'migrated' });
-    expect(await db.migrateKey('old', 'BBBB', identity.sign(migrated), migrated)).toBe(true);
-    expect(await db.migrateKey('old', 'BBBB', identity.sign(migrated), migrated)).toBe(false);
-    expect(await db.get('old')).toMatchObject({ blob: 'BBBB', disabled: true, disablePending: true, recordSeq: 0 });
-    expect(await db.keysPendingDisable()).toEqual(['old']);
-    expect(await db.counts()).toEqual({ total: 4, disabled: 1, withoutRecord: 0, pending: 0 });
+    if (backend.name === 'SQLite') {
+      await place.exec(legacy);
+      expect(await db.setLegacyDisabled('old', true)).toMatchObject({ keyId: 'old', disabled: true, record: null });
+      const withoutRecord = await db.keysWithoutRecord(0, 10);
+      expect(withoutRecord.map((k) => [k.keyId, typeof k.rowSeq])).toEqual([['old', 'number']]);
+      const migrated = keyRecord('old', { subject: null, origin: 'migrated' });
+      expect(await db.migrateKey('old', 'BBBB', identity.sign(migrated), migrated)).toBe(true);
+      expect(await db.migrateKey('old', 'BBBB', identity.sign(migrated), migrated)).toBe(false);
+      expect(await db.get('old')).toMatchObject({ blob: 'BBBB', disabled: true, disablePending: true, recordSeq: 0 });
+      expect(await db.keysPendingDisable()).toEqual(['old']);
+      expect(await db.counts()).toEqual({ total: 4, disabled: 1, withoutRecord: 0, pending: 0 });
+    } else {
+      await expect(place.exec(legacy)).rejects.toMatchObject({ code: '23514' });
+      expect(await db.keysWithoutRecord(0, 10)).toEqual([]);
+      expect(await db.keysPendingDisable()).toEqual([]);
+      expect(await db.counts()).toEqual({ total: 3, disabled: 0, withoutRecord: 0, pending: 0 });
+    }
 
     // TLS keys: pending until installed; one current.
     const tls = (n: number) => ({ publicKey: `pk${n}`, blob: 'b', blobSignature: 's', names: ['a.example'], csr: 'csr', createdAt: n });
@@ -181,6 +189,44 @@ describe.each(backends)('the store contract: $name', (backend) => {
     await expect(db.setCurrentTlsKey('pk9', 'c', 1)).rejects.toMatchObject({ code: 'NOT_FOUND' });
     expect(await db.ping(1_000)).toBe(true);
   }, 60_000);
+
+  it('refuses what no honest parent writes (schema 6), whoever writes it', async () => {
+    const place = await backend.fresh();
+    const db = await place.open();
+    await db.insert(newKey('a', 'alice'));
+    const a1 = next(keyRecord('a'), 'active', { disabled: true });
+    await db.updateRecords([update(a1)]);
+    const def = identity.project();
+    await db.seedProject(identity.sign(def), def);
+    await db.insertTlsKey({ publicKey: 'pk1', blob: 'b', blobSignature: 's', names: ['a.example'], csr: 'csr', createdAt: 1 });
+    const zero = newKey('a', 'alice').signed;
+    const a2 = identity.sign(next(a1, 'active'));
+    const refused = /^nks: /;
+    for (const sql of [
+      // A record rolled back; a column changed under the same record; a genuine next record moving the key.
+      `UPDATE keys SET record = '${zero.record}', record_signature = '${zero.signature}', record_seq = 0, disabled = 0`,
+      'UPDATE keys SET disabled = 0',
+      `UPDATE keys SET record = '${a2.record}', record_signature = '${a2.signature}', record_seq = 2, external_id = 'victim'`,
+      `UPDATE keys SET record = '${a2.record}', record_signature = '${a2.signature}', record_seq = 2, blob = 'BBBB'`,
+      `UPDATE keys SET record = '${a2.record}', record_signature = '${a2.signature}', record_seq = 2, subject = 'mallory'`,
+      `INSERT INTO keys (key_id, external_id, address, public_key, blob, created_at, updated_at, record, record_signature, record_seq)
+       VALUES ('m', 'm', '${ADDRESS}', '0x04', 'AAAA', 1, 1, '${a2.record}', '${a2.signature}', 2)`,
+      "UPDATE projects SET seq = 0, name = 'x'",
+      `UPDATE projects SET record = '${identity.sign({ ...def, seq: 1, prev: PREV }).record}', seq = 1, project_key = 'pk_x'`,
+      "UPDATE tls_keys SET blob = 'x'",
+    ])
+      // The message, not toThrow: better-sqlite3's errors are not always Errors of the test's realm.
+      expect(
+        await place.exec(sql).then(
+          () => `accepted: ${sql}`,
+          (e: { message?: unknown }) => String(e.message),
+        ),
+      ).toMatch(refused);
+    // What honest writes need still passes: the next record, the TLS key installed.
+    await place.exec(`UPDATE keys SET record = '${a2.record}', record_signature = '${a2.signature}', record_seq = 2, disabled = 0`);
+    await db.setCurrentTlsKey('pk1', 'chain', 2);
+    expect(await db.currentTlsKey()).toMatchObject({ publicKey: 'pk1', blob: 'b' });
+  });
 
   describe('two engines on one database', () => {
     let one: StoreEngine;
@@ -241,5 +287,39 @@ describe.each(backends)('the store contract: $name', (backend) => {
       await expect(one.updateRecords([update(bobOk), update(disabled)])).rejects.toMatchObject({ code: 'CONFLICT' });
       expect((await one.get('b'))?.recordSeq).toBe(0);
     });
+  });
+});
+
+describe('SQLite: schema 5 to 6', () => {
+  it('keeps every row, and what an honest parent writes to them still passes', async () => {
+    const file = path.join(tempRunDir('nks-v5-'), 'keys.db');
+    const raw = new Database(file);
+    for (const step of SQLITE_MIGRATIONS.slice(0, 5)) {
+      if (typeof step === 'string') raw.exec(step);
+      else step(raw);
+    }
+    raw.pragma('user_version = 5');
+    const a = newKey('a', 'alice');
+    raw
+      .prepare(
+        `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, created_at, updated_at, project_id, subject, state,
+                           record, record_signature, record_seq)
+         VALUES ('a', 'alice', ?, '0x04', 'AAAA', '{"tier":"gold"}', 1, 1, 'default', 'alice', 'active', ?, ?, 0)`,
+      )
+      .run(ADDRESS, a.signed.record, a.signed.signature);
+    raw.exec(`INSERT INTO keys (key_id, external_id, address, public_key, blob, disabled, created_at, updated_at)
+              VALUES ('old', 'legacy', '${ADDRESS}', '0x04', 'AAAA', 1, 1, 1)`);
+    raw.close();
+
+    const db = track(await SqliteEngine.open({ path: file }));
+    expect(await db.status()).toMatchObject({ schemaVersion: SCHEMA_VERSION, latestVersion: SCHEMA_VERSION });
+    expect(SCHEMA_VERSION).toBe(6);
+    expect(await db.get('a')).toMatchObject({ keyId: 'a', recordSeq: 0, labels: { tier: 'gold' } });
+    expect(await db.get('old')).toMatchObject({ keyId: 'old', record: null, disabled: true });
+    expect((await db.updateRecords([update(next(keyRecord('a'), 'retired'))]))[0]?.state).toBe('retired');
+    expect(await db.setLegacyDisabled('old', false)).toMatchObject({ disabled: false });
+    const migrated = keyRecord('old', { subject: null, origin: 'migrated' });
+    expect(await db.migrateKey('old', 'BBBB', identity.sign(migrated), migrated)).toBe(true);
+    expect(await db.get('old')).toMatchObject({ blob: 'BBBB', recordSeq: 0, disablePending: false });
   });
 });

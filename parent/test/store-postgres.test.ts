@@ -14,7 +14,7 @@ import { redactUrl } from '../src/store/redact';
 import { POSTGRES_MIGRATIONS } from '../src/store/postgres-migrations';
 import type { StoreChange } from '../src/store/types';
 import { createAppRole, startPostgres, type PostgresServer } from '../../test/support/postgres';
-import { identity, keyRecord, newKey, next, update } from './store-fixtures';
+import { identity, keyRecord, newKey, next, PREV, update } from './store-fixtures';
 
 /** Polls `check` until it holds; fails past `ms`. */
 async function until(check: () => boolean | Promise<boolean>, ms = 5_000): Promise<void> {
@@ -73,11 +73,34 @@ describe('PostgreSQL store: schema', () => {
   it('migrates a fresh database to the latest version, recorded once; reopening changes nothing', async () => {
     const url = await freshDatabase();
     const engine = await open(url);
-    expect(await engine.status()).toEqual({ engine: 'postgres', location: redactUrl(url), schemaVersion: 5, latestVersion: 5 });
+    expect(await engine.status()).toEqual({
+      engine: 'postgres',
+      location: redactUrl(url),
+      schemaVersion: SCHEMA_VERSION,
+      latestVersion: SCHEMA_VERSION,
+    });
     expect((await engine.status()).location).not.toContain(new URL(url).password);
     await engine.close();
     await open(url, { migrate: false });
-    expect(await sql(url, 'SELECT version FROM nks_schema')).toEqual([{ version: 5 }]);
+    expect(await sql(url, 'SELECT version FROM nks_schema ORDER BY version')).toEqual([{ version: 5 }, { version: 6 }]);
+  });
+
+  it('migrates a version 5 database to 6, its rows kept', async () => {
+    const url = await freshDatabase();
+    await sql(url, POSTGRES_MIGRATIONS[4] as string);
+    await sql(url, 'INSERT INTO nks_schema (version) VALUES (5)');
+    const k = newKey('a', 'alice');
+    await sql(
+      url,
+      `INSERT INTO keys (key_id, external_id, address, public_key, blob, created_at, updated_at, project_id, subject, state,
+                         record, record_signature, record_seq)
+       VALUES ('a', 'alice', $1, '0x04', 'AAAA', 1, 1, 'default', 'alice', 'active', $2, $3, 0)`,
+      [k.address, k.signed.record, k.signed.signature],
+    );
+    const engine = await open(url);
+    expect((await engine.status()).schemaVersion).toBe(6);
+    expect(await engine.get('a')).toMatchObject({ keyId: 'a', recordSeq: 0, externalId: 'alice', state: 'active' });
+    expect((await engine.updateRecords([update(next(keyRecord('a'), 'retired'))]))[0]?.state).toBe('retired');
   });
 
   it('refuses a database newer than this build, and one behind it without migrate (naming the command)', async () => {
@@ -85,8 +108,8 @@ describe('PostgreSQL store: schema', () => {
     await expect(open(behind, { migrate: false })).rejects.toThrow(/behind this build.*nks store migrate/);
     const newer = await freshDatabase();
     await (await open(newer)).close();
-    await sql(newer, 'INSERT INTO nks_schema (version) VALUES (6)');
-    await expect(open(newer)).rejects.toThrow(/version 6 is newer than this build/);
+    await sql(newer, 'INSERT INTO nks_schema (version) VALUES ($1)', [SCHEMA_VERSION + 1]);
+    await expect(open(newer)).rejects.toThrow(`version ${SCHEMA_VERSION + 1} is newer than this build`);
     await expect(open(newer, { migrate: false })).rejects.toThrow(/newer than this build/);
   });
 
@@ -94,7 +117,7 @@ describe('PostgreSQL store: schema', () => {
     const url = await freshDatabase();
     const opened = await Promise.all([open(url), open(url), open(url)]);
     expect(opened).toHaveLength(3);
-    expect(await sql(url, 'SELECT version FROM nks_schema')).toEqual([{ version: 5 }]);
+    expect(await sql(url, 'SELECT version FROM nks_schema ORDER BY version')).toEqual([{ version: 5 }, { version: 6 }]);
   });
 });
 
@@ -160,11 +183,17 @@ describe('PostgreSQL store: instances sharing one database', () => {
 });
 
 describe('PostgreSQL store: the application role', () => {
-  it('reads and writes through the engine but cannot DELETE, TRUNCATE or change the schema', async () => {
-    const owner = await freshDatabase();
+  let owner: string;
+  let app: string;
+  let engine: PostgresEngine;
+  beforeEach(async () => {
+    owner = await freshDatabase();
     await (await open(owner)).close();
-    const app = await createAppRole(owner, 'nks_app_t');
-    const engine = await open(app, { migrate: false });
+    app = await createAppRole(owner, `nks_app_${databases}`);
+    engine = await open(app, { migrate: false });
+  });
+
+  it('reads and writes through the engine but cannot DELETE, TRUNCATE or change the schema', async () => {
     await engine.insert(newKey('a', 'alice'));
     await engine.updateRecords([update(next(keyRecord('a'), 'active', { disabled: true }))]);
     const def = identity.project();
@@ -174,6 +203,145 @@ describe('PostgreSQL store: the application role', () => {
     await expect(sql(app, 'DROP TABLE projects')).rejects.toMatchObject({ code: '42501' });
     await expect(sql(app, 'CREATE TABLE extra (x int)')).rejects.toMatchObject({ code: '42501' });
     expect((await engine.get('a'))?.disabled).toBe(true);
+  });
+
+  it('only reads the schema ledger: a version row is the owner’s to write', async () => {
+    expect(await sql(app, 'SELECT version FROM nks_schema ORDER BY version')).toEqual([{ version: 5 }, { version: 6 }]);
+    await expect(sql(app, 'INSERT INTO nks_schema (version) VALUES (7)')).rejects.toMatchObject({ code: '42501' });
+    await expect(sql(app, 'UPDATE nks_schema SET version = 7 WHERE version = 6')).rejects.toMatchObject({ code: '42501' });
+    expect((await engine.status()).schemaVersion).toBe(SCHEMA_VERSION);
+  });
+
+  it('cannot drop, disable, replace or bypass the guards', async () => {
+    for (const statement of [
+      'DROP TRIGGER keys_guard ON keys',
+      'ALTER TABLE keys DISABLE TRIGGER keys_guard',
+      'ALTER TABLE projects DISABLE TRIGGER ALL',
+      'ALTER TABLE keys DROP CONSTRAINT keys_record_present',
+      "CREATE OR REPLACE FUNCTION nks_keys_guard() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'",
+      'DROP FUNCTION nks_tls_keys_guard() CASCADE',
+      'SET session_replication_role = replica',
+    ])
+      await expect(sql(app, statement)).rejects.toMatchObject({ code: '42501' });
+  });
+
+  it('is refused every write no honest parent makes (the database’s guards); every honest write passes', async () => {
+    // Honest writes, as the engine makes them: a key, its successor, the activation, a disable; projects; TLS keys.
+    await engine.insert(newKey('a', 'alice'));
+    await engine.insertSuccessor(newKey('b', 'alice', { state: 'pending', predecessor: 'a' }));
+    await engine.updateRecords([
+      update(next(keyRecord('b', { state: 'pending', predecessor: 'a' }), 'active')),
+      update(next(keyRecord('a'), 'retired')),
+    ]);
+    await engine.updateRecords([
+      update(next(next(keyRecord('b', { state: 'pending', predecessor: 'a' }), 'active'), 'active', { disabled: true })),
+    ]);
+    const def = identity.project();
+    await engine.seedProject(identity.sign(def), def);
+    const p = identity.project({ projectId: `p_${'Q'.repeat(22)}`, projectKey: `pk_${'Q'.repeat(22)}` });
+    await engine.insertProject(identity.sign(p), p, 'q');
+    const p1 = { ...p, state: 'disabled' as const, seq: 1, prev: PREV };
+    await engine.updateProjectRecord(p.projectId, identity.sign(p1), p1);
+    const tls = (n: number) => ({ publicKey: `pk${n}`, blob: 'b', blobSignature: 's', names: ['a.example'], csr: 'csr', createdAt: n });
+    await engine.insertTlsKey(tls(1));
+    await engine.insertTlsKey(tls(2));
+    await engine.setCurrentTlsKey('pk1', 'chain1', 10);
+    await engine.setCurrentTlsKey('pk2', 'chain2', 20);
+    expect(await engine.get('b')).toMatchObject({ recordSeq: 2, disabled: true, state: 'active' });
+
+    // What a compromised instance would write, with the application role's own grants.
+    const stored = async (keyId: string) =>
+      (
+        await sql<{ record: string; record_signature: string; record_seq: number }>(app, 'SELECT * FROM keys WHERE key_id = $1', [keyId])
+      )[0]!;
+    const aZero = newKey('a', 'alice').signed;
+    const refused = async (text: string, params: unknown[] = [], code = '23000') =>
+      expect(sql(app, text, params)).rejects.toMatchObject({
+        code,
+        ...(code === '23000' ? { message: expect.stringMatching(/^nks:/) } : {}),
+      });
+    // A record rolled back (FINDING B), or its columns made to lie with the record unchanged.
+    await refused('UPDATE keys SET record = $2, record_signature = $3, record_seq = 0, state = $4 WHERE key_id = $1', [
+      'a',
+      aZero.record,
+      aZero.signature,
+      'active',
+    ]);
+    await refused('UPDATE keys SET record = $2, record_signature = $3, record_seq = record_seq + 1 WHERE key_id = $1', [
+      'b',
+      (await stored('b')).record,
+      'x',
+    ]);
+    await refused("UPDATE keys SET disabled = 0 WHERE key_id = 'b'");
+    await refused("UPDATE keys SET state = 'active' WHERE key_id = 'a'");
+    // A genuine next record is accepted only with the key's identity columns unchanged (FINDING A bis: external_id).
+    const b3 = identity.sign(next(next(next(keyRecord('b', { state: 'pending', predecessor: 'a' }), 'active'), 'active'), 'active'));
+    for (const [column, value] of [
+      ['external_id', 'victim'],
+      ['blob', 'BBBB'],
+      ['address', '0x00'],
+      ['public_key', '0x05'],
+      ['labels', '{}'],
+      ['project_id', 'p_other'],
+      ['subject', 'mallory'],
+      ['predecessor', null],
+      ['created_at', 5],
+      ['seq', 99],
+      ['disable_pending', 1],
+    ] as const)
+      await refused(`UPDATE keys SET record = $2, record_signature = $3, record_seq = 3, ${column} = $4 WHERE key_id = $1`, [
+        'b',
+        b3.record,
+        b3.signature,
+        value,
+      ]);
+    await refused("UPDATE keys SET record = NULL, record_signature = NULL, record_seq = 3 WHERE key_id = 'b'");
+    // New rows: a key without a record (FINDING A), one not at its first record, one waiting for a disable.
+    const insert = `INSERT INTO keys (key_id, external_id, address, public_key, blob, created_at, updated_at, record, record_signature, record_seq,
+                                      disable_pending)
+                    VALUES ($1, $2, '0x01', '0x04', 'AAAA', 1, 1, $3, $4, $5, $6)`;
+    await refused(insert, ['m1', 'victim-42', null, null, null, 0], '23514');
+    await refused(insert, ['m2', 'victim-43', b3.record, b3.signature, 3, 0]);
+    await refused(insert, ['m3', 'victim-44', aZero.record, aZero.signature, 0, 1], '23514');
+    // Projects: rolled back, re-keyed, renamed under the same record; TLS keys: their sealed content.
+    const q0 = identity.sign(p);
+    await refused('UPDATE projects SET record = $2, signature = $3, seq = 0, state = $4 WHERE project_id = $1', [
+      p.projectId,
+      q0.record,
+      q0.signature,
+      'active',
+    ]);
+    const p2 = identity.sign({ ...p, seq: 2, prev: PREV });
+    await refused('UPDATE projects SET record = $2, signature = $3, seq = 2, project_key = $4 WHERE project_id = $1', [
+      p.projectId,
+      p2.record,
+      p2.signature,
+      'pk_other',
+    ]);
+    await refused("UPDATE projects SET name = 'other' WHERE project_id = 'default'");
+    for (const column of ['blob', 'blob_signature', 'names', 'csr', 'public_key'])
+      await refused(`UPDATE tls_keys SET ${column} = 'x' WHERE public_key = 'pk1'`);
+    // Nothing changed.
+    expect(await engine.get('a')).toMatchObject({ recordSeq: 1, state: 'retired', blob: 'AAAA' });
+    expect(await engine.get('b')).toMatchObject({ recordSeq: 2, externalId: 'alice' });
+    expect(await engine.get('m1')).toBeUndefined();
+    expect((await engine.getProject(p.projectId))?.seq).toBe(1);
+  });
+
+  it('answers KEY_INTEGRITY when its own honest write meets a row the guards refuse to change that way', async () => {
+    // A row whose project column lies about its (genuine) record: the next record would "move" the key.
+    const k = newKey('m', 'mallory');
+    await sql(
+      app,
+      `INSERT INTO keys (key_id, external_id, address, public_key, blob, created_at, updated_at, project_id, subject, state,
+                         record, record_signature, record_seq)
+       VALUES ('m', 'mallory', $1, '0x04', 'AAAA', 1, 1, 'p_other', 'alice', 'active', $2, $3, 0)`,
+      [k.address, k.signed.record, k.signed.signature],
+    );
+    await expect(engine.updateRecords([update(next(keyRecord('m'), 'active', { disabled: true }))])).rejects.toMatchObject({
+      code: 'KEY_INTEGRITY',
+      retryable: false,
+    });
   });
 });
 

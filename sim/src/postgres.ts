@@ -260,9 +260,10 @@ async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Pro
 }
 
 /**
- * A login role with what the parent needs on the store's tables and nothing more: SELECT, INSERT and UPDATE on
- * every table, USAGE on the sequences; no DELETE, TRUNCATE or DDL. Run after the schema is migrated (it grants
- * on the tables that exist). Returns its URL on the same database as `ownerUrl`.
+ * A login role with what the parent needs on the store's tables and nothing more (docs/STORAGE.md, "Grants"):
+ * SELECT, INSERT and UPDATE on the tables it writes, named; SELECT only on the schema ledger `nks_schema` (a
+ * version row is the owner's to write); USAGE on the sequences; no DELETE, TRUNCATE or DDL (nor CREATE in the
+ * public schema). Run after the schema is migrated. Returns its URL on the same database as `ownerUrl`.
  */
 export async function createAppRole(ownerUrl: string, role = 'nks_app'): Promise<string> {
   if (!/^[a-z_][a-z0-9_]*$/.test(role)) throw new Error(`role name ${role}: lower-case letters, digits and _ only`);
@@ -274,7 +275,8 @@ export async function createAppRole(ownerUrl: string, role = 'nks_app'): Promise
     await c.query(`REVOKE CREATE ON SCHEMA public FROM PUBLIC`);
     await c.query(`GRANT CONNECT ON DATABASE ${c.escapeIdentifier(database)} TO ${role}`);
     await c.query(`GRANT USAGE ON SCHEMA public TO ${role}`);
-    await c.query(`GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO ${role}`);
+    await c.query(`GRANT SELECT, INSERT, UPDATE ON keys, projects, tls_keys TO ${role}`);
+    await c.query(`GRANT SELECT ON nks_schema TO ${role}`);
     await c.query(`GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO ${role}`);
   });
   url.username = role;

@@ -129,6 +129,39 @@ export const SQLITE_MIGRATIONS: Array<string | ((db: Database.Database) => void)
    CREATE INDEX keys_subject ON keys (project_id, subject, seq) WHERE subject IS NOT NULL;
    CREATE UNIQUE INDEX keys_active_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'active';
    CREATE UNIQUE INDEX keys_pending_subject ON keys (project_id, subject) WHERE subject IS NOT NULL AND state = 'pending';`,
+  // 0.8: the database refuses what no honest parent writes (the same rules as PostgreSQL's step 6,
+  // postgres-migrations.ts): a key's record only moves forward one seq at a time, with its identity columns fixed;
+  // a project's likewise; a TLS key's sealed content is fixed. Rows without a record (keys made before 0.4) may
+  // only have their flag set, or be migrated to their first record. On SQLite these guard against bugs (whoever
+  // can write the file can drop them); PostgreSQL's guard against the application role.
+  `CREATE TRIGGER keys_guard_insert BEFORE INSERT ON keys
+     WHEN NEW.record IS NOT NULL AND NEW.record_seq IS NOT 0
+   BEGIN SELECT RAISE(ABORT, 'nks: a key is stored with its first record (seq 0)'); END;
+   CREATE TRIGGER keys_guard_update BEFORE UPDATE ON keys
+     WHEN NEW.seq IS NOT OLD.seq OR NEW.key_id IS NOT OLD.key_id OR NEW.external_id IS NOT OLD.external_id
+       OR NEW.address IS NOT OLD.address OR NEW.public_key IS NOT OLD.public_key OR NEW.labels IS NOT OLD.labels
+       OR NEW.attestation IS NOT OLD.attestation OR NEW.created_at IS NOT OLD.created_at
+       OR CASE
+            WHEN OLD.record IS NOT NULL THEN
+              NEW.record IS NULL OR NEW.record IS OLD.record OR NEW.record_seq IS NOT OLD.record_seq + 1
+              OR NEW.blob IS NOT OLD.blob OR NEW.project_id IS NOT OLD.project_id OR NEW.subject IS NOT OLD.subject
+              OR NEW.predecessor IS NOT OLD.predecessor OR NEW.disable_pending > OLD.disable_pending
+            WHEN NEW.record IS NOT NULL THEN NEW.record_seq IS NOT 0
+            ELSE NEW.blob IS NOT OLD.blob OR NEW.project_id IS NOT OLD.project_id OR NEW.subject IS NOT OLD.subject
+              OR NEW.state IS NOT OLD.state OR NEW.record_signature IS NOT OLD.record_signature
+              OR NEW.record_seq IS NOT OLD.record_seq OR NEW.predecessor IS NOT OLD.predecessor
+              OR NEW.disable_pending IS NOT OLD.disable_pending
+          END
+   BEGIN SELECT RAISE(ABORT, 'nks: a key''s stored record only moves to its next seq, its other columns fixed'); END;
+   CREATE TRIGGER projects_guard_update BEFORE UPDATE ON projects
+     WHEN NEW.seq IS NOT OLD.seq + 1 OR NEW.record IS OLD.record OR NEW.project_id IS NOT OLD.project_id
+       OR (OLD.created_at IS NOT NULL AND NEW.created_at IS NOT OLD.created_at)
+       OR (OLD.project_key IS NOT NULL AND NEW.project_key IS NOT OLD.project_key)
+   BEGIN SELECT RAISE(ABORT, 'nks: a project''s stored record only moves to its next seq, its id and key fixed'); END;
+   CREATE TRIGGER tls_keys_guard_update BEFORE UPDATE ON tls_keys
+     WHEN NEW.public_key IS NOT OLD.public_key OR NEW.blob IS NOT OLD.blob OR NEW.blob_signature IS NOT OLD.blob_signature
+       OR NEW.names IS NOT OLD.names OR NEW.csr IS NOT OLD.csr OR NEW.created_at IS NOT OLD.created_at
+   BEGIN SELECT RAISE(ABORT, 'nks: a TLS key''s sealed key, names and request are fixed'); END;`,
 ];
 
 export const SCHEMA_VERSION = SQLITE_MIGRATIONS.length;

@@ -55,9 +55,33 @@ function cause(err: unknown): string | undefined {
 /** Whether the database is the trouble (rather than the request): the error STORAGE_UNAVAILABLE stands for. */
 export const isUnavailable = (err: unknown): boolean => cause(err) !== undefined;
 
-/** `err` as STORAGE_UNAVAILABLE if the database is the trouble; otherwise `err` itself. */
+/** The CHECK constraints of schema 6 that no honest parent's write breaks (postgres-migrations.ts). */
+const GUARD_CONSTRAINTS = new Set(['keys_record_present', 'keys_no_disable_pending']);
+
+/**
+ * Whether the database refused a write as no honest parent makes it (schema 6's triggers, SQLSTATE 23000 and
+ * "nks:", and its CHECKs): a row someone else wrote is not what an honest parent stores (KEY_INTEGRITY).
+ */
+export function isGuardViolation(err: unknown): boolean {
+  if (typeof err !== 'object' || err === null) return false;
+  const { code, message, constraint } = err as { code?: unknown; message?: unknown; constraint?: unknown };
+  return (
+    (code === '23000' && typeof message === 'string' && message.startsWith('nks:')) ||
+    (code === '23514' && typeof constraint === 'string' && GUARD_CONSTRAINTS.has(constraint))
+  );
+}
+
+/**
+ * `err` as STORAGE_UNAVAILABLE if the database is the trouble, as KEY_INTEGRITY if the database refused a write
+ * no honest parent makes (isGuardViolation; an honest caller meets it only when another writer has tampered with
+ * the row); otherwise `err` itself.
+ */
 export function storageError(err: unknown): unknown {
   if (err instanceof KeystoreError) return err;
+  if (isGuardViolation(err))
+    return new KeystoreError('KEY_INTEGRITY', 'the database refused this write: the stored row is not one an honest parent wrote', {
+      cause: err,
+    });
   const why = cause(err);
   return why === undefined ? err : new KeystoreError('STORAGE_UNAVAILABLE', why, { cause: err });
 }

@@ -79,5 +79,73 @@ CREATE TABLE tls_keys (
 CREATE UNIQUE INDEX tls_keys_current ON tls_keys (current) WHERE current = 1;
 `;
 
+/**
+ * Version 6: the database refuses what no honest parent writes, whoever asks (docs/STORAGE.md, "What the database
+ * enforces"). The triggers and their functions belong to the owner that runs migrations: the application role
+ * can neither drop, replace nor disable them. Each raises SQLSTATE 23000 with a message starting "nks:"
+ * (postgres-errors.ts makes it KEY_INTEGRITY). The same rules are SQLite's step 6 (migrations.ts), which also
+ * lets the rows a PostgreSQL store never has (keys made before 0.4, without a record) have their flag set or be
+ * migrated; here every key has a record and none waits for a disable (CHECKs).
+ */
+const V6 = `
+CREATE FUNCTION nks_keys_guard() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    IF NEW.record IS NOT NULL AND NEW.record_seq IS DISTINCT FROM 0 THEN
+      RAISE EXCEPTION USING ERRCODE = '23000', MESSAGE = 'nks: a key is stored with its first record (seq 0)';
+    END IF;
+    RETURN NEW;
+  END IF;
+  IF (NEW.seq, NEW.key_id, NEW.external_id, NEW.address, NEW.public_key, NEW.labels, NEW.attestation, NEW.created_at)
+       IS DISTINCT FROM (OLD.seq, OLD.key_id, OLD.external_id, OLD.address, OLD.public_key, OLD.labels, OLD.attestation, OLD.created_at)
+     -- In parentheses: PL/pgSQL would end the IF's condition at the CASE's first THEN otherwise.
+     OR (CASE
+          WHEN OLD.record IS NOT NULL THEN
+            NEW.record IS NULL OR NEW.record IS NOT DISTINCT FROM OLD.record
+            OR NEW.record_seq IS DISTINCT FROM OLD.record_seq + 1
+            OR (NEW.blob, NEW.project_id, NEW.subject, NEW.predecessor) IS DISTINCT FROM (OLD.blob, OLD.project_id, OLD.subject, OLD.predecessor)
+            OR NEW.disable_pending > OLD.disable_pending
+          WHEN NEW.record IS NOT NULL THEN NEW.record_seq IS DISTINCT FROM 0
+          ELSE (NEW.blob, NEW.project_id, NEW.subject, NEW.state, NEW.record_signature, NEW.record_seq, NEW.predecessor, NEW.disable_pending)
+               IS DISTINCT FROM (OLD.blob, OLD.project_id, OLD.subject, OLD.state, OLD.record_signature, OLD.record_seq, OLD.predecessor, OLD.disable_pending)
+        END)
+  THEN
+    RAISE EXCEPTION USING ERRCODE = '23000',
+      MESSAGE = 'nks: a key''s stored record only moves to its next seq, its other columns fixed (key ' || OLD.key_id || ')';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER keys_guard BEFORE INSERT OR UPDATE ON keys FOR EACH ROW EXECUTE FUNCTION nks_keys_guard();
+
+CREATE FUNCTION nks_projects_guard() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF NEW.seq IS DISTINCT FROM OLD.seq + 1 OR NEW.record IS NOT DISTINCT FROM OLD.record
+     OR NEW.project_id IS DISTINCT FROM OLD.project_id
+     OR (OLD.created_at IS NOT NULL AND NEW.created_at IS DISTINCT FROM OLD.created_at)
+     OR (OLD.project_key IS NOT NULL AND NEW.project_key IS DISTINCT FROM OLD.project_key)
+  THEN
+    RAISE EXCEPTION USING ERRCODE = '23000',
+      MESSAGE = 'nks: a project''s stored record only moves to its next seq, its id and key fixed (project ' || OLD.project_id || ')';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER projects_guard BEFORE UPDATE ON projects FOR EACH ROW EXECUTE FUNCTION nks_projects_guard();
+
+CREATE FUNCTION nks_tls_keys_guard() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF (NEW.public_key, NEW.blob, NEW.blob_signature, NEW.names, NEW.csr, NEW.created_at)
+       IS DISTINCT FROM (OLD.public_key, OLD.blob, OLD.blob_signature, OLD.names, OLD.csr, OLD.created_at)
+  THEN
+    RAISE EXCEPTION USING ERRCODE = '23000', MESSAGE = 'nks: a TLS key''s sealed key, names and request are fixed';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER tls_keys_guard BEFORE UPDATE ON tls_keys FOR EACH ROW EXECUTE FUNCTION nks_tls_keys_guard();
+
+-- Every row a PostgreSQL store has satisfies these (it starts at version 5, with records): checked, not assumed.
+ALTER TABLE keys ADD CONSTRAINT keys_record_present CHECK (record IS NOT NULL AND record_signature IS NOT NULL AND record_seq IS NOT NULL);
+ALTER TABLE keys ADD CONSTRAINT keys_no_disable_pending CHECK (disable_pending = 0);
+`;
+
 /** Entry i moves the schema from version i to i+1 (null: a version no PostgreSQL database has). Append only. */
-export const POSTGRES_MIGRATIONS: ReadonlyArray<string | null> = [null, null, null, null, V5];
+export const POSTGRES_MIGRATIONS: ReadonlyArray<string | null> = [null, null, null, null, V5, V6];
