@@ -345,6 +345,54 @@ describe('PostgreSQL store: the application role', () => {
   });
 });
 
+describe('PostgreSQL store: readiness', () => {
+  it('is false while another session holds a table locked, within the ping timeout; true again after', async () => {
+    const url = await freshDatabase();
+    const engine = await open(url, { poolSize: 2 });
+    expect(await engine.ping(1_000)).toBe(true);
+    for (const table of ['keys', 'projects']) {
+      const holder = new pg.Client({ connectionString: url });
+      await holder.connect();
+      try {
+        await holder.query(`BEGIN; LOCK TABLE ${table} IN ACCESS EXCLUSIVE MODE`);
+        const started = Date.now();
+        expect(await engine.ping(400)).toBe(false);
+        expect(Date.now() - started).toBeLessThan(1_000);
+        await holder.query('ROLLBACK');
+        expect(await engine.ping(1_000)).toBe(true);
+      } finally {
+        await holder.end();
+      }
+    }
+  });
+});
+
+describe('PostgreSQL store: a pooled session that is no good', () => {
+  it('destroys a connection whose server became read-only (a failover), so the next call gets a new one', async () => {
+    const url = await freshDatabase();
+    const engine = await open(url, { poolSize: 1 });
+    const pool = (engine as unknown as { pool: pg.Pool }).pool;
+    for (const [i, statement] of [
+      'SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY',
+      'SET default_transaction_read_only = on',
+    ].entries()) {
+      await pool.query(statement); // the pool's one session, as a failover leaves it
+      await expect(engine.insert(newKey(`r${i}`, `ext-r${i}`, { subject: `s-r${i}` }))).rejects.toMatchObject({
+        code: 'STORAGE_UNAVAILABLE',
+        message: expect.stringContaining('25006'),
+      });
+      expect((await engine.insert(newKey(`r${i}`, `ext-r${i}`, { subject: `s-r${i}` }))).created).toBe(true);
+    }
+    // A refused write of the request's own (not the session's) keeps the connection.
+    const pid = async () => (await pool.query<{ pid: number }>('SELECT pg_backend_pid() AS pid')).rows[0]?.pid;
+    const before = await pid();
+    await expect(engine.updateRecords([update(next(keyRecord('r0', { subject: 's-r0' }), 'retired', { seq: 5 }))])).rejects.toMatchObject({
+      code: 'CONFLICT',
+    });
+    expect(await pid()).toBe(before);
+  });
+});
+
 describe('PostgreSQL store: an unavailable database', () => {
   it('fails a call that waits on a lock past the statement timeout with STORAGE_UNAVAILABLE', async () => {
     const url = await freshDatabase();
@@ -402,9 +450,13 @@ describe('PostgreSQL store: an unavailable database', () => {
   }, 30_000);
 });
 
-/** A TCP proxy to the server that can stop passing bytes (a network that goes silent, no connection closed). */
+/**
+ * A TCP proxy to the server that can stop passing bytes (a network that goes silent, no connection closed), and
+ * pass them again (`thaw`: what was held back is delivered, as TCP would after a partition heals).
+ */
 async function freezableProxy(port: number) {
   let frozen = false;
+  const held: Array<() => void> = [];
   const sockets = new Set<net.Socket>();
   const proxy = net.createServer((inbound) => {
     const outbound = net.connect(port, '127.0.0.1');
@@ -413,7 +465,7 @@ async function freezableProxy(port: number) {
       [outbound, inbound],
     ] as const) {
       sockets.add(from);
-      from.on('data', (chunk) => frozen || to.write(chunk));
+      from.on('data', (chunk) => (frozen ? held.push(() => to.write(chunk)) : to.write(chunk)));
       from.on('error', () => to.destroy());
       from.on('close', () => to.destroy());
     }
@@ -422,6 +474,10 @@ async function freezableProxy(port: number) {
   return {
     port: (proxy.address() as net.AddressInfo).port,
     freeze: () => void (frozen = true),
+    thaw: () => {
+      frozen = false;
+      held.splice(0).forEach((write) => write());
+    },
     close: async () => {
       sockets.forEach((s) => s.destroy());
       await new Promise((resolve) => proxy.close(resolve));
@@ -464,6 +520,56 @@ describe('PostgreSQL store: a database that goes silent', () => {
       await proxy.close();
     }
   });
+});
+
+describe('PostgreSQL store: how far the change feed has delivered (deliveredThrough)', () => {
+  it('advances with each heartbeat, stops within a second when the feed goes silent, and advances again after', async () => {
+    const url = new URL(await freshDatabase());
+    const writer = await open(url.toString());
+    const proxy = await freezableProxy(server.port);
+    url.port = String(proxy.port);
+    try {
+      const reader = await open(url.toString(), { statementTimeoutMs: 1_000, connectTimeoutMs: 1_000, migrate: false });
+      expect(reader.deliveredThrough()).toBe(0);
+      const seen: Array<{ change: StoreChange; at: number }> = [];
+      const live: boolean[] = [];
+      reader.subscribe(
+        (change) => seen.push({ change, at: reader.deliveredThrough() }),
+        (l) => live.push(l),
+      );
+      await until(() => Date.now() - reader.deliveredThrough() < 600);
+      await writer.insert(newKey('k1', 'alice'));
+      await until(() => seen.length === 1);
+
+      // Silent: it stops advancing (never past the freeze), while another instance changes a key.
+      proxy.freeze();
+      const frozenAt = Date.now();
+      await writer.updateRecords([update(next(keyRecord('k1'), 'active', { disabled: true }))]);
+      const changedAt = Date.now();
+      await new Promise((r) => setTimeout(r, 1_000));
+      const stopped = reader.deliveredThrough();
+      expect(stopped).toBeLessThanOrEqual(frozenAt);
+      expect(Date.now() - stopped).toBeGreaterThan(1_000);
+      expect(seen.filter((s) => s.change.id === 'k1')).toHaveLength(1);
+
+      // Back before the heartbeat's timeout: no reconnect; the change arrives before the mark passes it.
+      proxy.thaw();
+      await until(() => reader.deliveredThrough() > changedAt);
+      expect(seen.filter((s) => s.change.id === 'k1')).toHaveLength(2);
+      expect(seen[1]?.at).toBeLessThanOrEqual(changedAt);
+      expect(live).toEqual([true]);
+
+      // Silent past the heartbeat's timeout (statement timeout + 1 s): reported lost, reconnected once it is back.
+      proxy.freeze();
+      await until(() => live.includes(false), 5_000);
+      const lostAt = reader.deliveredThrough();
+      proxy.thaw();
+      await until(() => live[live.length - 1] === true, 10_000);
+      await until(() => reader.deliveredThrough() > lostAt + 1_000, 5_000);
+    } finally {
+      await proxy.close();
+    }
+  }, 40_000);
 });
 
 describe('database URLs', () => {

@@ -4,6 +4,7 @@
  * and never the URL or its password; other errors (a bug, a constraint the engine does not expect) pass as
  * they are.
  */
+import pg from 'pg';
 import { KeystoreError } from '@nks/shared/errors';
 import { redactText } from './redact';
 
@@ -69,6 +70,18 @@ export function isGuardViolation(err: unknown): boolean {
     (code === '23000' && typeof message === 'string' && message.startsWith('nks:')) ||
     (code === '23514' && typeof constraint === 'string' && GUARD_CONSTRAINTS.has(constraint))
   );
+}
+
+/**
+ * Whether a connection that failed with `err` must be destroyed rather than returned to the pool: anything but a
+ * database's answer (a lost or timed-out connection), and the answers that mean the session is no good: its
+ * server became a read-only replica (a failover), is shutting down or restarting, or the connection failed.
+ */
+export function spoilsSession(err: unknown): boolean {
+  if (err instanceof KeystoreError) return false;
+  const code = typeof err === 'object' && err !== null ? (err as { code?: unknown }).code : undefined;
+  if (!(err instanceof pg.DatabaseError) || typeof code !== 'string') return true;
+  return code === '25006' || code === '57P01' || code === '57P02' || code === '57P03' || code.startsWith('08');
 }
 
 /**

@@ -5,8 +5,13 @@
  *
  * A notification sent while the connection is down is lost, so a lost connection is reported at once
  * (`onCoherence(false)`: cached rows may be stale) and the connection remade with backoff (at once, then
- * 100 ms doubling to 2 s); `onCoherence(true)` follows each LISTEN that succeeds, the first one included. A
- * connection that goes silent without closing is found by a heartbeat query bounded by the query timeout.
+ * 100 ms doubling to 2 s); `onCoherence(true)` follows each LISTEN that succeeds, the first one included.
+ *
+ * A heartbeat query (`SELECT 1`, every `heartbeatMs`, one at a time) makes liveness positive: the server sends a
+ * listening session every notification committed before a query ahead of that query's answer, so when the answer
+ * to a heartbeat sent at S has arrived, every change committed before S has been delivered (`deliveredThrough`).
+ * A connection that goes silent without closing stops it advancing at once; the heartbeat's query timeout then
+ * finds the connection lost.
  */
 import pg from 'pg';
 import type { Logger } from '@nks/shared/log';
@@ -37,9 +42,15 @@ export class ChangeListener {
   private retry: NodeJS.Timeout | undefined;
   private live: boolean | undefined;
   private closed = false;
+  private delivered = 0;
 
   constructor(private readonly options: ListenerOptions) {
     this.connect();
+  }
+
+  /** The send time (ms since the epoch) of the last heartbeat answered: see the file's comment. 0 before the first. */
+  get deliveredThrough(): number {
+    return this.delivered;
   }
 
   private report(live: boolean): void {
@@ -82,9 +93,19 @@ export class ChangeListener {
         if (this.closed) return void client.end().catch(() => undefined);
         this.failures = 0;
         this.report(true);
-        heartbeat = setInterval(() => {
-          client.query('SELECT 1').catch(lost);
-        }, this.options.heartbeatMs);
+        let waiting = false;
+        const beat = () => {
+          if (waiting || down) return;
+          waiting = true;
+          const sent = Date.now();
+          client.query('SELECT 1').then(() => {
+            waiting = false;
+            // Notifications arriving before the answer were handed to onChange as they were read.
+            if (!down && sent > this.delivered) this.delivered = sent;
+          }, lost);
+        };
+        beat();
+        heartbeat = setInterval(beat, this.options.heartbeatMs);
         heartbeat.unref();
       }, lost);
   }

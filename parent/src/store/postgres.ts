@@ -16,7 +16,7 @@ import pg from 'pg';
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import type { KeyRecord, KeyState, ProjectRecord, SignedRecord } from '@nks/shared/records';
-import { describeError, storageError } from './postgres-errors';
+import { describeError, spoilsSession, storageError } from './postgres-errors';
 import { redactUrl } from './redact';
 import { ChangeListener } from './postgres-listener';
 import { POSTGRES_BASELINE, POSTGRES_MIGRATIONS } from './postgres-migrations';
@@ -67,6 +67,8 @@ export const LISTENER_NAME = 'nks-parent-changes';
 /** Advisory lock keys (64-bit; their bytes spell what they guard): the schema migration, the current TLS key. */
 const MIGRATION_LOCK = '31080390083832167'; // "nks:mig"
 const TLS_LOCK = '31080390084291699'; // "nks:tls"
+/** The change feed's heartbeat: how often `deliveredThrough` can advance. */
+const HEARTBEAT_MS = 250;
 /** A migration may rewrite tables: it is bounded, but not by a request's deadline. */
 const MIGRATION_TIMEOUT_MS = 300_000;
 /** Beyond the server's statement timeout, the time a reply may take to arrive before the client gives up. */
@@ -295,7 +297,7 @@ export class PostgresEngine implements StoreEngine {
     }
   }
 
-  /** One statement (autocommit) through the pool. */
+  /** One statement (autocommit) through the pool (which destroys the connection on any error: pg-pool's `query`). */
   private async run<T>(fn: (db: Queryable) => Promise<T>): Promise<T> {
     try {
       return await fn(this.pool);
@@ -322,16 +324,23 @@ export class PostgresEngine implements StoreEngine {
       client.release();
       return out;
     } catch (err) {
-      const sound = err instanceof KeystoreError || err instanceof pg.DatabaseError;
-      if (sound) {
-        try {
-          await client.query('ROLLBACK');
-          client.release();
-        } catch {
-          client.release(true);
-        }
-      } else client.release(true);
+      await this.rollback(client, spoilsSession(err));
       throw storageError(err);
+    }
+  }
+
+  /**
+   * A pooled connection whose transaction failed: rolled back and returned, or destroyed (so the pool makes a new
+   * one rather than handing it out again) when `destroy` says the session is no good (spoilsSession: a lost
+   * connection, a server now read-only or going away) or the rollback fails.
+   */
+  private async rollback(client: pg.PoolClient, destroy: boolean): Promise<void> {
+    if (destroy) return client.release(true);
+    try {
+      await client.query('ROLLBACK');
+      client.release();
+    } catch {
+      client.release(true);
     }
   }
 
@@ -339,11 +348,20 @@ export class PostgresEngine implements StoreEngine {
     this.subscribers.push({ listener, onCoherence });
     this.listener ??= new ChangeListener({
       client: { ...this.clientConfig, application_name: LISTENER_NAME },
-      heartbeatMs: 5_000,
+      heartbeatMs: HEARTBEAT_MS,
       onChange: (change) => this.subscribers.forEach((s) => s.listener(change)),
       onCoherence: (live) => this.subscribers.forEach((s) => s.onCoherence(live)),
       ...(this.logger ? { logger: this.logger } : {}),
     });
+  }
+
+  /**
+   * The send time of the change feed's last answered heartbeat (postgres-listener.ts): the server delivers every
+   * notification committed before a query on the same connection ahead of its answer. 0 before `subscribe`, and
+   * until the feed's first heartbeat is answered.
+   */
+  deliveredThrough(): number {
+    return this.listener?.deliveredThrough ?? 0;
   }
 
   async status(): Promise<StoreStatus> {
@@ -356,7 +374,11 @@ export class PostgresEngine implements StoreEngine {
     const late = new Promise<boolean>((resolve) => {
       timer = setTimeout(() => resolve(false), timeoutMs);
     });
-    const answer = this.pool.query({ text: 'SELECT 1', query_timeout: timeoutMs } as pg.QueryConfig).then(
+    // It reads the tables (a table locked by another session must fail readiness), under a lock timeout of its
+    // own: the one implicit transaction of this multi-statement query holds the SET LOCAL.
+    const text = `SET LOCAL lock_timeout = ${Math.max(1, Math.floor(timeoutMs))};
+                  SELECT (SELECT 1 FROM keys LIMIT 1) AS k, (SELECT 1 FROM projects LIMIT 1) AS p`;
+    const answer = this.pool.query({ text, query_timeout: timeoutMs } as pg.QueryConfig).then(
       () => true,
       () => false,
     );
