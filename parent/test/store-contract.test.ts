@@ -188,6 +188,7 @@ describe.each(backends)('the store contract: $name', (backend) => {
     expect((await db.currentTlsKey())?.publicKey).toBe('pk2');
     await expect(db.setCurrentTlsKey('pk9', 'c', 1)).rejects.toMatchObject({ code: 'NOT_FOUND' });
     expect(await db.ping(1_000)).toBe(true);
+    expect(await db.withLocks(['a', 'b'], async () => (await db.get('a'))?.keyId)).toBe('a');
   }, 60_000);
 
   it('refuses what no honest parent writes (schema 6), whoever writes it', async () => {

@@ -247,6 +247,7 @@ describe('PostgreSQL store: the application role', () => {
     await engine.insertTlsKey(tls(2));
     await engine.setCurrentTlsKey('pk1', 'chain1', 10);
     await engine.setCurrentTlsKey('pk2', 'chain2', 20);
+    await engine.withLocks(['a', 'b'], async () => engine.get('a'));
     expect(await engine.get('b')).toMatchObject({ recordSeq: 2, disabled: true, state: 'active' });
 
     // What a compromised instance would write, with the application role's own grants.
@@ -390,6 +391,77 @@ describe('PostgreSQL store: a pooled session that is no good', () => {
       code: 'CONFLICT',
     });
     expect(await pid()).toBe(before);
+  });
+});
+
+describe('PostgreSQL store: creates', () => {
+  it('is CONFLICT only for a key id already stored', async () => {
+    const engine = await open(await freshDatabase());
+    await engine.insert(newKey('a', 'alice'));
+    await expect(engine.insert(newKey('a', 'bob', { subject: 'bob' }))).rejects.toMatchObject({ code: 'CONFLICT' });
+    await engine.insert(newKey('b', 'bobby', { subject: 'bobby' }));
+    await expect(
+      engine.insertSuccessor(newKey('a', 'bobby', { subject: 'bobby', state: 'pending', predecessor: 'b' })),
+    ).rejects.toMatchObject({
+      code: 'CONFLICT',
+    });
+  });
+});
+
+describe('PostgreSQL store: locks across instances (withLocks)', () => {
+  let one: PostgresEngine;
+  let two: PostgresEngine;
+  beforeEach(async () => {
+    const url = await freshDatabase();
+    one = await open(url, { poolSize: 2 });
+    two = await open(url, { poolSize: 2, migrate: false, statementTimeoutMs: 2_000 });
+  });
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+  async function both(a: string[], b: string[], holdMs = 300): Promise<string[]> {
+    const log: string[] = [];
+    const run = (engine: PostgresEngine, who: string, names: string[]) =>
+      engine.withLocks(names, async () => {
+        log.push(`${who}+`);
+        await sleep(holdMs);
+        log.push(`${who}-`);
+        return who;
+      });
+    const first = run(one, 'a', a);
+    await sleep(50);
+    expect(await Promise.all([first, run(two, 'b', b)])).toEqual(['a', 'b']);
+    return log;
+  }
+
+  it('runs one instance at a time on the same name, both at once on different names', async () => {
+    expect(await both(['k1'], ['k1'])).toEqual(['a+', 'a-', 'b+', 'b-']);
+    expect(await both(['k1', 'k2'], ['k2', 'k3'])).toEqual(['a+', 'a-', 'b+', 'b-']);
+    expect(await both(['k1'], ['k2'])).toEqual(['a+', 'b+', 'a-', 'b-']);
+  });
+
+  it('takes names in one order in every instance (no deadlock), and frees them when fn fails', async () => {
+    await Promise.all(Array.from({ length: 5 }, () => both(['x', 'y', 'z'], ['z', 'y', 'x'], 20)));
+    for (let i = 0; i < 4; i++)
+      await expect(one.withLocks(['k'], () => Promise.reject(new Error(`boom ${i}`)))).rejects.toThrow(`boom ${i}`);
+    const started = Date.now();
+    expect(await two.withLocks(['k'], async () => 'free')).toBe('free');
+    expect(Date.now() - started).toBeLessThan(1_000);
+    expect(await one.withLocks(['k'], async () => one.get('nothing'))).toBeUndefined(); // the pool has its connections
+  });
+
+  it('fails a wait past the statement timeout with STORAGE_UNAVAILABLE, fn never run', async () => {
+    let ran = false;
+    const held = one.withLocks(['k'], () => sleep(3_000));
+    await sleep(100);
+    const started = Date.now();
+    await expect(
+      two.withLocks(['k'], async () => {
+        ran = true;
+      }),
+    ).rejects.toMatchObject({ code: 'STORAGE_UNAVAILABLE', retryable: true });
+    expect(Date.now() - started).toBeLessThan(2_900);
+    expect(ran).toBe(false);
+    await held;
   });
 });
 

@@ -67,6 +67,18 @@ export const LISTENER_NAME = 'nks-parent-changes';
 /** Advisory lock keys (64-bit; their bytes spell what they guard): the schema migration, the current TLS key. */
 const MIGRATION_LOCK = '31080390083832167'; // "nks:mig"
 const TLS_LOCK = '31080390084291699'; // "nks:tls"
+/**
+ * `withLocks`' locks are in the other advisory key space, two 32-bit keys (PostgreSQL keeps the two spaces apart,
+ * so they never meet the locks above): this namespace ("nksk"), and 32 bits of the name's hash with a fixed seed.
+ * Two names with the same hash only wait for each other.
+ */
+const KEY_LOCK_NAMESPACE = 0x6e6b736b;
+const KEY_LOCK_SEED = '7956579861427222899'; // "nks:keys": any fixed value, the same in every instance
+/**
+ * How long `withLocks`' transaction may sit idle while its `fn` runs (its other calls use other connections): past
+ * the enclave's deadline, short of leaving locks held for long by a parent that vanished.
+ */
+const LOCK_IDLE_TIMEOUT = '60s';
 /** The change feed's heartbeat: how often `deliveredThrough` can advance. */
 const HEARTBEAT_MS = 250;
 /** A migration may rewrite tables: it is bounded, but not by a request's deadline. */
@@ -144,6 +156,8 @@ const first = async <R extends pg.QueryResultRow>(db: Queryable, sql: string, pa
   (await rows<R>(db, sql, params))[0];
 
 const isUniqueViolation = (err: unknown) => (err as { code?: unknown }).code === '23505';
+/** The one CONFLICT an insert answers: its (random, 128-bit) key id is stored already. */
+const keyIdTaken = (keyId: string) => new KeystoreError('CONFLICT', `key ${keyId} is already stored`);
 
 /** The schema version a database is at: 0 if it has none yet. */
 async function schemaVersion(db: Queryable): Promise<number> {
@@ -364,6 +378,51 @@ export class PostgresEngine implements StoreEngine {
     return this.listener?.deliveredThrough ?? 0;
   }
 
+  /**
+   * `fn` while holding transaction-scoped advisory locks named `names`, on one pooled connection of its own (`fn`
+   * makes its calls over the others): taken in one statement, in hash order (the same in every instance, so two
+   * instances never wait for each other crosswise), so the wait is bounded by the statement timeout
+   * (STORAGE_UNAVAILABLE past it). The transaction may then sit idle for LOCK_IDLE_TIMEOUT while `fn` runs. The
+   * locks go with the transaction's end (or the connection's); the connection is returned in every case.
+   */
+  async withLocks<T>(names: readonly string[], fn: () => Promise<T>): Promise<T> {
+    if (names.length === 0) return fn();
+    let client: pg.PoolClient;
+    try {
+      client = await this.pool.connect();
+    } catch (err) {
+      throw storageError(err);
+    }
+    try {
+      await client.query('BEGIN');
+      await client.query(`SET LOCAL idle_in_transaction_session_timeout = '${LOCK_IDLE_TIMEOUT}'`);
+      await client.query(
+        `SELECT pg_advisory_xact_lock($1::int4, h) FROM
+           (SELECT DISTINCT hashtextextended(n, $3::bigint)::bit(32)::int4 AS h FROM unnest($2::text[]) AS n ORDER BY h) AS locks`,
+        [KEY_LOCK_NAMESPACE, [...names], KEY_LOCK_SEED],
+      );
+    } catch (err) {
+      await this.rollback(client, spoilsSession(err));
+      throw storageError(err);
+    }
+    let out: T;
+    try {
+      out = await fn();
+    } catch (err) {
+      await this.rollback(client, false);
+      throw err;
+    }
+    try {
+      await client.query('COMMIT');
+      client.release();
+    } catch (err) {
+      // The locks are gone with the session anyway; what `fn` stored stands (its writes are compare-and-set).
+      client.release(true);
+      this.logger?.warn({ err: describeError(err) }, 'the lock transaction ended badly after its changes were made');
+    }
+    return out;
+  }
+
   async status(): Promise<StoreStatus> {
     const schemaVersionNow = await this.run((db) => schemaVersion(db));
     return { engine: 'postgres', location: redactUrl(this.options.url), schemaVersion: schemaVersionNow, latestVersion: LATEST_VERSION };
@@ -409,11 +468,14 @@ export class PostgresEngine implements StoreEngine {
         const inserted = await first<KeyRow>(db, SQL.insertKey, keyParams(key));
         if (inserted) return { record: toStored(inserted), created: true };
         const winner = await this.existing(db, key);
-        return winner ? { record: toStored(winner), created: false } : undefined;
+        if (winner) return { record: toStored(winner), created: false };
+        if (await first<KeyRow>(db, SQL.byKeyId, [key.keyId])) throw keyIdTaken(key.keyId);
+        return undefined;
       });
       if (out) return out;
     }
-    throw new KeystoreError('CONFLICT', `key ${key.keyId} conflicts with a stored key; retry`);
+    // Not the request's fault: the rows it met kept changing (state changes of the winner). Retryable.
+    throw new KeystoreError('STORAGE_UNAVAILABLE', `key ${key.keyId}: the stored keys it conflicts with kept changing; retry`);
   }
 
   async get(keyId: string): Promise<StoredKey | undefined> {
@@ -460,7 +522,9 @@ export class PostgresEngine implements StoreEngine {
       if (inserted) return { record: toStored(inserted), created: true };
       const winner = await first<KeyRow>(db, SQL.pendingBySubject, [record.projectId, record.subject]);
       if (winner) return { record: toStored(winner), created: false };
-      throw new KeystoreError('CONFLICT', `key ${key.keyId} conflicts with a stored key; retry`);
+      if (await first<KeyRow>(db, SQL.byKeyId, [key.keyId])) throw keyIdTaken(key.keyId);
+      // The successor it met is no longer pending (activated or cancelled meanwhile): retryable.
+      throw new KeystoreError('STORAGE_UNAVAILABLE', `key ${key.keyId}: the pending key it conflicts with changed meanwhile; retry`);
     });
   }
 
