@@ -257,7 +257,7 @@ export class KeyRegistry {
     };
     if (externalId === undefined) return this.createNew(input, projectId);
     const existing = await this.store.getByExternalId(externalId);
-    if (existing) return sameProject({ record: existing, created: false });
+    if (existing) return sameProject({ record: await this.answerable(existing, externalId), created: false });
     let p = this.creating.get(externalId);
     if (!p) {
       p = this.createNew(input, projectId).finally(() => this.creating.delete(externalId));
@@ -303,8 +303,10 @@ export class KeyRegistry {
       record,
     });
     if (!result.created) {
-      // Another writer stored this external id first; the key made here was never returned and is dropped.
+      // Another writer (another instance, maybe) stored this external id first; the key made here was never
+      // returned and is dropped. The winner is answered only if its row is a genuine key of this subject.
       this.logger.info({ externalId: input.externalId }, 'discarded a duplicate key for an existing external id');
+      return { record: await this.answerable(result.record, subject), created: false };
     }
     return result;
   }
@@ -313,6 +315,34 @@ export class KeyRegistry {
     const r = await this.store.get(keyId);
     if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
     return r;
+  }
+
+  /** A key as the database has it now, not as cached: what a change (under `serialized`) is decided on. */
+  private async fresh(keyId: string): Promise<StoredKey> {
+    const r = await this.store.getFresh(keyId);
+    if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
+    return r;
+  }
+
+  /**
+   * A stored key as the API answers it: its record verified and matching the row (`verified`), and, when found by
+   * external id, naming that external id as its subject. So no answer names a key the database alone put there:
+   * with several instances on one database, a compromised one could otherwise write a row (an address of its own,
+   * or another key's row under someone's external id) that an honest one would answer. A key without a record
+   * (made before 0.4) is answered only on an engine no other instance writes (SQLite). KEY_INTEGRITY otherwise.
+   */
+  private async answerable(k: StoredKey, externalId?: string | null): Promise<StoredKey> {
+    if (!k.record) {
+      if (!this.store.engine.shared) return k;
+      this.logger.warn({ keyId: k.keyId }, `refused key ${k.keyId}: a row without a signed record in a shared database`);
+      throw new KeystoreError('KEY_INTEGRITY', `key ${k.keyId}: ${TAMPERED_ROW}`);
+    }
+    const { record } = await this.verified(k);
+    if (externalId !== undefined && externalId !== null && record.subject !== externalId) {
+      this.logger.warn({ keyId: k.keyId }, `refused key ${k.keyId}: its record is not of the external id it is stored under`);
+      throw new KeystoreError('KEY_INTEGRITY', `key ${k.keyId}: ${TAMPERED_ROW}`);
+    }
+    return k;
   }
 
   /** Whether a key belongs to a JWT project (its users' keys: docs/SECURITY.md, "Who sees JWT users' keys"). */
@@ -325,7 +355,7 @@ export class KeyRegistry {
    * one that does not exist, so such a token cannot list a project's users or their addresses.
    */
   async view(keyId: string, options: { withJwtKeys: boolean }): Promise<StoredKey> {
-    const r = await this.get(keyId);
+    const r = await this.answerable(await this.get(keyId));
     if (!options.withJwtKeys && (await this.isJwtKey(r))) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
     return r;
   }
@@ -336,10 +366,13 @@ export class KeyRegistry {
     options: { withJwtKeys: boolean },
   ): Promise<Page> {
     if (q.externalId !== undefined) {
-      const r = await this.store.getByExternalId(q.externalId);
+      const found = await this.store.getByExternalId(q.externalId);
+      const r = found && (await this.answerable(found, q.externalId));
       return { keys: r && (options.withJwtKeys || !(await this.isJwtKey(r))) ? [r] : [], nextCursor: null };
     }
-    return this.store.list(q.limit, q.cursor, { withJwtKeys: options.withJwtKeys });
+    const page = await this.store.list(q.limit, q.cursor, { withJwtKeys: options.withJwtKeys });
+    for (const k of page.keys) await this.answerable(k);
+    return page;
   }
 
   /** A stored project, verified. KEY_INTEGRITY if it is missing or does not verify. */
@@ -422,10 +455,14 @@ export class KeyRegistry {
     return this.serialized(keyId, () => this.changeDisabled(keyId, disabled));
   }
 
-  /** Runs `change` of a key's record after the changes of that key asked before it (each from the record stored last). */
+  /**
+   * Runs `change` of a key's record after the changes of that key asked before it, here and on every instance
+   * sharing the database (its lock on the key id): each works from the record stored last (`fresh`), and no two
+   * enclaves make rival records of one key (an enclave remembers lifecycle records it made, stored or not).
+   */
   private serialized<T>(keyId: string, change: () => Promise<T>): Promise<T> {
     const before = this.changing.get(keyId) ?? Promise.resolve();
-    const run = before.catch(() => undefined).then(change);
+    const run = before.catch(() => undefined).then(() => this.store.engine.withLocks([keyId], change));
     const tail = run.catch(() => undefined);
     this.changing.set(keyId, tail);
     void tail.then(() => {
@@ -461,7 +498,7 @@ export class KeyRegistry {
   }
 
   private async changeDisabled(keyId: string, disabled: boolean): Promise<StoredKey> {
-    const k = await this.get(keyId);
+    const k = await this.fresh(keyId);
     if (!k.record) {
       const r = await this.store.setLegacyDisabled(keyId, disabled);
       if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
@@ -480,7 +517,7 @@ export class KeyRegistry {
    * (KEY_STATE naming the state it is in otherwise). The enclave decides again from the signed record.
    */
   private async lifecycleKey(keyId: string, state: KeyState): Promise<{ k: StoredKey; v: VerifiedKey }> {
-    const k = await this.get(keyId);
+    const k = await this.fresh(keyId);
     const v = await this.verified(k);
     if (v.project.record.auth.type === 'jwt') throw new KeystoreError('FORBIDDEN', `key ${keyId}: ${JWT_LIFECYCLE_REFUSED}`);
     if (v.record.state !== state) throw keyStateError(keyId, v.record.state, state);
@@ -555,7 +592,7 @@ export class KeyRegistry {
       this.serialized(keyId, () => (predecessorId ? this.serialized(predecessorId, change) : change()));
     return both(async () => {
       const { v } = await this.lifecycleKey(keyId, 'pending');
-      const p = await this.verified(await this.get(predecessorId as string));
+      const p = await this.verified(await this.fresh(predecessorId as string));
       const answer = await this.enclave.call('keys.activate', { record: v.signed, predecessor: p.signed, project: v.project.signed });
       const next = this.checkNext(answer?.record, v, { state: 'active' });
       const retired = this.checkNext(answer?.predecessor, p, { state: 'retired' });
@@ -597,7 +634,9 @@ export class KeyRegistry {
   /** A key's history: its subject's keys oldest first (a JWT project's, as `view`, only with `withJwtKeys`). */
   async history(keyId: string, options: { withJwtKeys: boolean }): Promise<StoredKey[]> {
     await this.view(keyId, options);
-    return this.store.history(keyId);
+    const keys = await this.store.history(keyId);
+    for (const k of keys) await this.answerable(k);
+    return keys;
   }
 
   /** Counts and logs a transition; the record hashes name the records before and after (the records say the rest). */

@@ -25,16 +25,17 @@ import { redactUrl } from './store/redact';
 const USAGE = `usage: parent [--config FILE]
        parent genesis --config FILE --nonce HEX --out FILE [--trusted-root PEM]
        parent migrate --config FILE [--concurrency N] [--pending]
-       parent store status|migrate --config FILE [--database-url URL]
+       parent store status|migrate --config FILE
            the database's schema version (docs/STORAGE.md, "Migrations"); migrate applies pending steps
-           (--database-url, or NKS_DATABASE_URL: a PostgreSQL URL to use instead, e.g. the owner role's)`;
+           (NKS_DATABASE_URL in the environment: a PostgreSQL URL to use instead, e.g. the owner role's; never
+           on the command line, where every local user can read it)`;
 
 class UsageError extends Error {}
 
-function configOf(file: string | undefined, env: NodeJS.ProcessEnv = process.env): ParentConfig {
+function configOf(file: string | undefined): ParentConfig {
   const chosen = file ?? process.env.NKS_PARENT_CONFIG;
   if (!chosen) throw new ConfigError('no configuration: pass --config FILE or set NKS_PARENT_CONFIG');
-  return loadParentConfig(chosen, env);
+  return loadParentConfig(chosen);
 }
 
 async function daemon(args: string[]): Promise<void> {
@@ -135,9 +136,8 @@ async function migrate(args: string[]): Promise<never> {
 async function store(args: string[]): Promise<never> {
   const [action, ...rest] = args;
   if (action !== 'status' && action !== 'migrate') throw new UsageError('store needs status or migrate');
-  const { values } = parseArgs({ args: rest, options: { config: { type: 'string' }, 'database-url': { type: 'string' } }, strict: true });
-  const url = values['database-url'];
-  const config = configOf(values.config, url === undefined ? process.env : { ...process.env, NKS_DATABASE_URL: url });
+  const { values } = parseArgs({ args: rest, options: { config: { type: 'string' } }, strict: true });
+  const config = configOf(values.config);
   const logger = createLogger({ name: 'parent', level: config.logLevel });
   return oneShot(logger, async () => {
     if (action === 'migrate') await (await openEngine(config.database, logger, { migrate: true })).close();

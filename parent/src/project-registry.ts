@@ -344,9 +344,19 @@ export class ProjectRegistry {
    * allows connections to these (docs/PROJECTS.md, "JWKS"). Empty until the identity is known. Cheap enough
    * to call per relay connection: one query, and records verified once (the checker remembers them).
    */
+  private lastJwksHosts: string[] | undefined;
+
   async jwksHosts(): Promise<string[]> {
+    let projects: StoredProject[];
+    try {
+      projects = await this.store.activeJwtProjects();
+    } catch (err) {
+      // The database is down: the hosts known last, so JWKS refreshes do not fail with it.
+      if (this.lastJwksHosts) return this.lastJwksHosts;
+      throw err;
+    }
     const hosts = new Set<string>();
-    for (const stored of await this.store.activeJwtProjects()) {
+    for (const stored of projects) {
       try {
         const { record } = this.verify(stored);
         if (record.state === 'active' && record.auth.type === 'jwt') hosts.add(new URL(record.auth.jwksUri).hostname);
@@ -354,6 +364,7 @@ export class ProjectRegistry {
         // Not known yet (no identity), or refused and logged: its host is not allowed.
       }
     }
-    return [...hosts];
+    this.lastJwksHosts = [...hosts];
+    return this.lastJwksHosts;
   }
 }

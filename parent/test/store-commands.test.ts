@@ -82,22 +82,24 @@ describe('parent store and nks store', () => {
     expect(run('cli.js', ['store', 'status', '--config', config]).code).toBe(0);
     const usage = run('cli.js', ['store', 'drop']);
     expect([usage.code, usage.err]).toEqual([2, expect.stringMatching(/nks store needs status or migrate/)]);
+    // A database URL (and its password) is never an argument: every local user can read a command line.
+    expect(run('parent.js', ['store', 'status', '--config', config, '--database-url', 'postgres://a:b@h/d']).code).toBe(2);
   });
 
-  it('on PostgreSQL: --database-url, the password in no output; an unreachable server fails without it', async () => {
+  it('on PostgreSQL: NKS_DATABASE_URL, the password in no output; an unreachable server fails without it', async () => {
     server = await startPostgres();
     const password = new URL(server.url).password;
     const dir = tempRunDir('nks-storecmd-');
     const config = path.join(dir, 'parent.json');
     fs.writeFileSync(config, JSON.stringify({ ...base, database: { path: path.join(dir, 'unused.db') } }));
-    const status = run('parent.js', ['store', 'status', '--config', config, '--database-url', server.url]);
+    const status = run('parent.js', ['store', 'status', '--config', config], { NKS_DATABASE_URL: server.url });
     expect([status.code, status.json().engine, status.json().schemaVersion, status.json().pending]).toEqual([
       1,
       'postgres',
       0,
       SCHEMA_VERSION,
     ]);
-    const migrated = run('cli.js', ['store', 'migrate', '--config', config, '--database-url', server.url]);
+    const migrated = run('cli.js', ['store', 'migrate', '--config', config], { NKS_DATABASE_URL: server.url });
     expect([migrated.code, migrated.json().schemaVersion]).toEqual([0, SCHEMA_VERSION]);
     const again = run('parent.js', ['store', 'status', '--config', config], { NKS_DATABASE_URL: server.url });
     expect([again.code, again.json().pending]).toEqual([0, 0]);

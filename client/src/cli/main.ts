@@ -71,9 +71,9 @@ const HELP = `nks — nitro-keystore command-line client
       see nks policies); refuses an image of a lower security epoch than the current policy's, and mixed epochs
   nks dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy]
           [--instances N --database postgres [--database-url URL]]
-  nks store status|migrate --config parent.json [--database-url URL]
+  nks store status|migrate --config parent.json
       the parent's database on this host (docs/STORAGE.md, "Migrations"): its schema version, or the pending
-      migrations applied (with the owner's --database-url, or NKS_DATABASE_URL); exit 1 from status if behind
+      migrations applied (as the owner: its URL in NKS_DATABASE_URL); exit 1 from status if behind
 
 Connection (API commands): --url URL --token TOKEN, or NKS_URL / NKS_TOKEN, or the local dev stack's state
 (--dev-dir DIR, default .dev; there --identity, --pcr0 and --root default to the dev stack's). Add --json for

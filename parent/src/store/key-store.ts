@@ -5,8 +5,9 @@
  * Coherence: no instance acts on a cached row another instance changed more than `staleAfterMs` (1 s) ago.
  * The SQLite engine has one writer, this process, which forgets what it changes. On PostgreSQL every change
  * is announced to every instance (LISTEN/NOTIFY) and forgotten on arrival; while the notification connection
- * is down (changes may be missed) an entry is used only within `staleAfterMs` of being read, and everything
- * cached is dropped when it is back. A read that was under way when its row's change arrived is not cached.
+ * is down or silent (no heartbeat answered within `staleAfterMs`: changes may be missed) an entry is used only
+ * within `staleAfterMs` of being read, and everything cached is dropped when it is back. A read that was under
+ * way when its row's change arrived is not cached.
  */
 import type { Logger } from '@nks/shared/log';
 import type { KeyRecord, ProjectRecord, SignedRecord } from '@nks/shared/records';
@@ -125,8 +126,15 @@ export class KeyStore {
     this.tlsListeners.push(listener);
   }
 
+  /**
+   * Cached rows read before this are not used. While changes are delivered up to within `staleAfterMs` of now
+   * (a heartbeat on the notification connection proves how far: `deliveredThrough`), every cached row is as
+   * fresh as that; otherwise only rows read within `staleAfterMs` are.
+   */
   private freshAfter(): number {
-    return this.live ? -Infinity : Date.now() - this.staleAfterMs;
+    const now = Date.now();
+    const through = this.engine.deliveredThrough?.() ?? now;
+    return this.live && now - through <= this.staleAfterMs ? -Infinity : now - this.staleAfterMs;
   }
 
   private async cached<T>(cache: RowCache<T>, id: string, read: () => Promise<T | undefined>): Promise<T | undefined> {
@@ -141,6 +149,12 @@ export class KeyStore {
 
   get(keyId: string): Promise<StoredKey | undefined> {
     return this.cached(this.keys, keyId, () => this.engine.get(keyId));
+  }
+
+  /** A key as the database has it now (what a change is decided on), the cache brought up to date with it. */
+  getFresh(keyId: string): Promise<StoredKey | undefined> {
+    this.keys.forget(keyId);
+    return this.get(keyId);
   }
 
   getProject(projectId: string): Promise<StoredProject | undefined> {

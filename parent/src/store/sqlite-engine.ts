@@ -4,9 +4,11 @@
  * parent's event loop: warm signs (served from the cache in key-store.ts), health and metrics keep answering,
  * and a call that gets no answer within its deadline fails as STORAGE_UNAVAILABLE (503, retryable).
  *
- * A call that timed out may still complete in the worker afterwards (a write then commits unanswered): the
- * callers' writes are idempotent (creates by external id) or compare-and-set (records by seq), so a retry
- * finds what was written. Calls waiting beyond `maxQueue` are refused at once rather than queued behind a stall.
+ * A call still queued when its caller stopped waiting is not run (the worker checks its deadline first); one
+ * already running when its deadline passed may still complete (a write then commits unanswered): the callers'
+ * writes are idempotent (creates by external id) or compare-and-set (records by seq), so a retry finds what was
+ * written. Calls sent to the worker and not answered yet, timed out or not, are at most `maxQueue`: beyond it a
+ * call is refused at once rather than queued behind a stall.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,7 +16,7 @@ import { Worker } from 'node:worker_threads';
 import { KeystoreError } from '@nks/shared/errors';
 import type { KeyRecord, ProjectRecord, SignedRecord } from '@nks/shared/records';
 import { SCHEMA_VERSION } from './migrations';
-import type { WorkerReply } from './sqlite-protocol';
+import type { WorkerReply, WorkerRequest } from './sqlite-protocol';
 import type {
   KeyCounts,
   NewKey,
@@ -53,6 +55,8 @@ export class SqliteEngine implements StoreEngine {
   private nextId = 1;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; timer: NodeJS.Timeout }>();
   private exited: Error | undefined;
+  /** Calls posted to the worker and not answered yet, those whose callers gave up included. */
+  private inWorker = 0;
 
   private constructor(
     private readonly worker: Worker,
@@ -84,6 +88,7 @@ export class SqliteEngine implements StoreEngine {
   }
 
   private settle(reply: WorkerReply): void {
+    if (reply.id !== 0) this.inWorker--;
     const p = this.pending.get(reply.id);
     if (!p) return; // answered after its deadline: the caller was told STORAGE_UNAVAILABLE already
     this.pending.delete(reply.id);
@@ -95,6 +100,7 @@ export class SqliteEngine implements StoreEngine {
 
   private fail(err: Error): void {
     this.exited ??= err;
+    this.inWorker = 0;
     for (const [id, p] of this.pending) {
       clearTimeout(p.timer);
       p.reject(unavailable('worker stopped'));
@@ -104,7 +110,7 @@ export class SqliteEngine implements StoreEngine {
 
   private call<T>(method: string, ...args: unknown[]): Promise<T> {
     if (this.exited) return Promise.reject(unavailable('is closed'));
-    if (this.pending.size >= this.options.maxQueue) return Promise.reject(unavailable('is not keeping up'));
+    if (this.inWorker >= this.options.maxQueue) return Promise.reject(unavailable('is not keeping up'));
     const id = this.nextId++;
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -112,7 +118,8 @@ export class SqliteEngine implements StoreEngine {
         reject(unavailable(`did not answer within ${this.options.timeoutMs} ms`));
       }, this.options.timeoutMs);
       this.pending.set(id, { resolve: resolve as (v: unknown) => void, reject, timer });
-      this.worker.postMessage({ id, method, args });
+      this.inWorker++;
+      this.worker.postMessage({ id, method, args, deadline: Date.now() + this.options.timeoutMs } satisfies WorkerRequest);
     });
   }
 

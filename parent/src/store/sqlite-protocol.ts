@@ -5,6 +5,8 @@ export interface WorkerRequest {
   id: number;
   method: string;
   args: unknown[];
+  /** When the caller stops waiting (ms since the epoch): a call still queued then is not run at all. */
+  deadline?: number;
 }
 
 export interface WorkerReply {

@@ -27,9 +27,12 @@ try {
   process.exit(1);
 }
 
-port.on('message', ({ id, method, args }: WorkerRequest) => {
+port.on('message', ({ id, method, args, deadline }: WorkerRequest) => {
   let reply: WorkerReply;
   try {
+    // Its caller was told STORAGE_UNAVAILABLE already (a stall held the queue): a write now would commit unanswered.
+    if (deadline !== undefined && Date.now() > deadline)
+      throw new KeystoreError('STORAGE_UNAVAILABLE', 'the database call expired before it ran: retry later');
     if (method === 'close') {
       db.close();
       reply = { id, value: null };
