@@ -12,6 +12,7 @@ import { SCHEMA_VERSION } from '../src/store/migrations';
 import { SqliteDatabase } from '../src/store/sqlite-db';
 import { ADDRESS, identity, keyRecord, newKey, next, update } from './store-fixtures';
 import { SCHEMA_V1, SCHEMA_V2_STEP, SCHEMA_V3_STEP, SCHEMA_V4_STEP } from '../../test/support/legacy';
+import { dropGuards } from '../../test/support/tamper';
 
 /** The successor `keyId` of `predecessor` (alice's), as the enclave makes it. */
 const successorOf = (keyId: string, predecessor: string, externalId: string | null = 'alice') =>
@@ -131,6 +132,7 @@ describe('key lifecycle in the store', () => {
         .run(keyId, externalId, ADDRESS, state, predecessor);
     expect(() => insert('c', 'active', null, 'a')).toThrow(/UNIQUE constraint failed: keys.project_id, keys.subject/);
     expect(() => insert('c', 'pending', null, 'a')).toThrow(/UNIQUE constraint failed: keys.project_id, keys.subject/);
+    dropGuards(store.db); // the unique indexes alone are what this shows
     expect(() => store.db.prepare("UPDATE keys SET state = 'active' WHERE key_id = 'b'").run()).toThrow(/UNIQUE constraint failed/);
     expect(() => insert('c', 'retired', 'alice', null)).toThrow(/UNIQUE constraint failed: keys.external_id/);
     // Retired and cancelled keys are many; another subject has its own active key.
@@ -166,7 +168,7 @@ describe('key lifecycle in the store', () => {
 
     store = new SqliteDatabase(old);
     expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
-    expect(SCHEMA_VERSION).toBe(5);
+    expect(SCHEMA_VERSION).toBe(6);
     expect(store.get('a')).toMatchObject({
       externalId: 'alice',
       state: 'active',

@@ -21,6 +21,7 @@ import { parseParentConfig } from '../src/config';
 import { blobSha256, TAMPERED_ROW } from '../src/key-registry';
 import { SqliteDatabase } from '../src/store/sqlite-db';
 import { FAKE_KMS_KEY_ARN, FakeEnclave, fakeKeyBlob, TestIdentity } from './fake-enclave';
+import { dropGuards } from '../../test/support/tamper';
 
 const ENCLAVE = 'vsock://16:5000';
 const TOKEN = 'nks_test_token';
@@ -64,6 +65,7 @@ describe('signed records in the parent', () => {
     await stop();
     const db = new Database(dbPath);
     try {
+      dropGuards(db);
       change(db);
     } finally {
       db.close();

@@ -6,6 +6,7 @@
  * rolled back.
  */
 import fs from 'node:fs';
+import net from 'node:net';
 import pg from 'pg';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { SimulatedVsockTransport } from '@nks/shared/transport';
@@ -13,9 +14,11 @@ import { captureLogger, tempRunDir, type CapturedLogger } from '@nks/shared-test
 import { hashToken } from '../src/api/auth';
 import { startParent, type RunningParent } from '../src/app';
 import { parseParentConfig } from '../src/config';
+import { KeyStore } from '../src/store/key-store';
 import { PostgresEngine } from '../src/store/postgres';
 import { createAppRole, startPostgres, type PostgresServer } from '../../test/support/postgres';
 import { FAKE_KMS_KEY_ARN, FakeEnclave } from './fake-enclave';
+import { keyRecord, newKey, next, update } from './store-fixtures';
 
 const ENCLAVE = 'vsock://16:5000';
 const TOKEN = 'nks_test_token';
@@ -147,4 +150,88 @@ describe('an honest parent on a database a compromised instance writes to', () =
       expect(listed.body.keys.map((k: { keyId: string }) => k.keyId)).toEqual([victim.body.keyId]);
     }
   });
+
+  it('cannot roll a record back in the database: the disable made through an honest instance holds', async () => {
+    const k = await api('/v1/keys', { body: { externalId: 'carol' } });
+    const [before] = await sql<{ record: string; record_signature: string }>(
+      app,
+      'SELECT record, record_signature FROM keys WHERE key_id = $1',
+      [k.body.keyId],
+    );
+    expect((await api(`/v1/keys/${k.body.keyId}/disable`, { body: {} })).status).toBe(200);
+    // The attacker puts the seq 0 record back, every column consistent with it, and tells every cache to forget.
+    await expect(
+      sql(app, 'UPDATE keys SET record = $2, record_signature = $3, record_seq = 0, disabled = 0 WHERE key_id = $1', [
+        k.body.keyId,
+        before?.record,
+        before?.record_signature,
+      ]),
+    ).rejects.toThrow(/nks: /);
+    await sql(app, `SELECT pg_notify('nks_changes', 'key:' || $1::text)`, [k.body.keyId]);
+    expect((await api(`/v1/keys/${k.body.keyId}`)).body.disabled).toBe(true);
+    const signsBefore = enclave.calls['keys.sign'] ?? 0;
+    const signed = await api(`/v1/keys/${k.body.keyId}/sign`, { body: { type: 'message', message: 'after rollback' } });
+    expect([signed.status, signed.body.error?.code]).toEqual([409, 'KEY_DISABLED']);
+    expect(enclave.calls['keys.sign'] ?? 0).toBe(signsBefore);
+  });
+});
+
+/** A TCP proxy that can stop passing bytes (a silent network: no RST, no FIN). */
+async function freezableProxy(port: number) {
+  let frozen = false;
+  const sockets = new Set<net.Socket>();
+  const proxy = net.createServer((inbound) => {
+    const outbound = net.connect(port, '127.0.0.1');
+    for (const [from, to] of [
+      [inbound, outbound],
+      [outbound, inbound],
+    ] as const) {
+      sockets.add(from);
+      from.on('data', (chunk) => frozen || to.write(chunk));
+      from.on('error', () => to.destroy());
+      from.on('close', () => to.destroy());
+    }
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
+  return {
+    port: (proxy.address() as net.AddressInfo).port,
+    freeze: () => void (frozen = true),
+    close: async () => {
+      sockets.forEach((s) => s.destroy());
+      await new Promise((resolve) => proxy.close(resolve));
+    },
+  };
+}
+
+describe('coherence when the network to the database goes silent', () => {
+  it('never serves a row another instance changed more than a second ago: it reads again, or fails', async () => {
+    const { app } = await freshStore();
+    const writer = await PostgresEngine.open({ url: app, poolSize: 2, migrate: false });
+    const proxy = await freezableProxy(server.port);
+    const viaProxy = new URL(app);
+    viaProxy.port = String(proxy.port);
+    const reader = new KeyStore(
+      await PostgresEngine.open({ url: viaProxy.toString(), poolSize: 2, migrate: false, statementTimeoutMs: 500 }),
+    );
+    try {
+      await until(() => reader.coherent);
+      await writer.insert(newKey('k1', 'alice'));
+      expect((await reader.get('k1'))?.disabled).toBe(false); // read once, now cached
+      proxy.freeze(); // the reader's host loses its path to the database, silently
+      await writer.updateRecords([update(next(keyRecord('k1'), 'active', { disabled: true }))]);
+      const changedAt = Date.now();
+      await new Promise((r) => setTimeout(r, 1_500));
+      // The stale cached row is not served: the read goes to the database (silent: it fails) instead.
+      const after = await reader.get('k1').then(
+        (k) => (k?.disabled ? 'fresh' : 'stale'),
+        (err: { code?: string }) => err.code,
+      );
+      expect(Date.now() - changedAt).toBeGreaterThan(1_000);
+      expect(after).not.toBe('stale');
+    } finally {
+      await proxy.close();
+      await reader.close().catch(() => undefined);
+      await writer.close();
+    }
+  }, 30_000);
 });

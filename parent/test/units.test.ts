@@ -14,6 +14,7 @@ import { SCHEMA_VERSION } from '../src/store/migrations';
 import { SqliteDatabase } from '../src/store/sqlite-db';
 import { TestIdentity } from './fake-enclave';
 import { SCHEMA_V1, SCHEMA_V2_STEP, SCHEMA_V3_STEP } from '../../test/support/legacy';
+import { dropGuards } from '../../test/support/tamper';
 
 describe('bearer tokens', () => {
   const auth = new TokenAuth([
@@ -166,6 +167,7 @@ describe('key store', () => {
     );
     expect(() => raw.run('u5', p.projectId, subject, 'active')).toThrow(/UNIQUE constraint failed: keys.project_id, keys.subject/);
     // A retired key does not count: its user may get a new one.
+    dropGuards(store.db); // the unique index alone is what this shows
     store.db.prepare("UPDATE keys SET state = 'retired' WHERE key_id = 'u1'").run();
     expect(store.activeKeyFor(p.projectId, subject)).toBeUndefined();
     expect(store.insert(userKey('u6', p.projectId, subject)).created).toBe(true);
@@ -350,7 +352,7 @@ describe('key store', () => {
 
     const store = new SqliteDatabase(file);
     expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
-    expect(SCHEMA_VERSION).toBe(5);
+    expect(SCHEMA_VERSION).toBe(6);
     expect(store.getProjectByKey(p.projectKey)).toMatchObject({ projectId: p.projectId, name: 'one', signed: signedProject });
     expect(store.activeKeyFor(p.projectId, subject)).toMatchObject({ keyId: 'u1', record: key.signed });
     expect(store.currentTlsKey()).toBeUndefined();

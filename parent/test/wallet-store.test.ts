@@ -24,6 +24,7 @@ import { SqliteDatabase } from '../src/store/sqlite-db';
 import { SqliteEngine } from '../src/store/sqlite-engine';
 import { NOT_THE_KEY, NOT_THE_NEXT, WalletStore } from '../src/wallet-store/server';
 import { fakeKeyBlob, TestIdentity } from './fake-enclave';
+import { dropGuards } from '../../test/support/tamper';
 
 const ADDRESS = 'vsock://3:8002';
 const identity = new TestIdentity();
@@ -172,6 +173,7 @@ describe('wallet store', () => {
   });
 
   it("refuses a key whose project's stored record does not verify", async () => {
+    dropGuards(db.db);
     db.db.prepare('UPDATE projects SET signature = ? WHERE project_id = ?').run(Buffer.alloc(64, 1).toString('base64'), JWT.projectId);
     const err = await rejection(client.call('store.insertUserKey', madeKey()));
     expect(err.code).toBe('KEY_INTEGRITY');

@@ -16,6 +16,7 @@ import { legacyKey, writeLegacyDatabase, type LegacyKey } from '../support/legac
 import { enclaveConfigFor, startPlatform, writeJson, type Platform } from '../support/platform';
 import { startProgram, type Running } from '../support/process';
 import { PARENT_AWS_ENV, parentConfigFor, stackDbPath, startStack, waitReady, type Stack } from '../support/stack';
+import { dropGuards } from '../support/tamper';
 
 describe('parent migrate', () => {
   let runDir: string;
@@ -176,6 +177,7 @@ describe('parent migrate', () => {
       return { signs: of('signs'), integrityFailures: of('integrityFailures') };
     };
     const db = new Database(s.dbPath);
+    dropGuards(db);
     // (The record only: its subject column copied too would collide with alice's row in the index of one active
     // key per project and subject, which the database enforces.)
     const alice = db.prepare("SELECT record, record_signature FROM keys WHERE key_id = 'k_alice'").get() as Record<string, string>;

@@ -18,6 +18,7 @@ import { KeystoreApiError, KeystoreClient, verifyPolicies, type Key, type Polici
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { ROOT } from '../support/process';
 import { startStack, waitReady, type Stack } from '../support/stack';
+import { dropGuards } from '../support/tamper';
 
 const CLI = path.join(ROOT, 'dist', 'cli.js');
 const USDC = '0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48';
@@ -202,6 +203,7 @@ describe('signing policies end to end', () => {
     // What a compromised parent would do: store the record from before the policy (genuine, seq 0) in its place.
     const db = new Database(s.dbPath);
     try {
+      dropGuards(db);
       db.prepare('UPDATE projects SET record = ?, signature = ?, seq = 0 WHERE project_id = ?').run(
         project.record.record,
         project.record.signature,

@@ -21,6 +21,22 @@ export interface WorkerReply {
  */
 const STORAGE_CODES = /^SQLITE_(FULL|IOERR|BUSY|LOCKED|READONLY|CANTOPEN|PROTOCOL|NOMEM)/;
 
+/**
+ * A guard trigger's refusal (schema 6, migrations.ts): a write of a row no honest parent writes, met only when
+ * the stored row was not written by this keystore. KEY_INTEGRITY, as readers answer such rows.
+ */
+export function guardErrorOf(err: unknown): KeystoreError | undefined {
+  const { code, message } = (err ?? {}) as { code?: unknown; message?: unknown };
+  if (code !== 'SQLITE_CONSTRAINT_TRIGGER' || typeof message !== 'string' || !message.startsWith('nks: ')) return undefined;
+  return new KeystoreError(
+    'KEY_INTEGRITY',
+    `the database refused the write (${message.slice(5)}): a stored row was not written by this keystore`,
+    {
+      cause: err,
+    },
+  );
+}
+
 export function storageErrorOf(err: unknown): KeystoreError | undefined {
   const code = (err as { code?: unknown } | null)?.code;
   if (typeof code !== 'string' || !STORAGE_CODES.test(code)) return undefined;

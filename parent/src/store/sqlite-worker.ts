@@ -7,13 +7,13 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import { KeystoreError } from '@nks/shared/errors';
 import { SqliteDatabase } from './sqlite-db';
-import { storageErrorOf, type WorkerReply, type WorkerRequest } from './sqlite-protocol';
+import { guardErrorOf, storageErrorOf, type WorkerReply, type WorkerRequest } from './sqlite-protocol';
 
 const port = parentPort;
 if (!port) throw new Error('sqlite-worker runs only as a worker thread');
 
 function failure(err: unknown): WorkerReply['error'] {
-  const e = storageErrorOf(err) ?? err;
+  const e = guardErrorOf(err) ?? storageErrorOf(err) ?? err;
   if (e instanceof KeystoreError) return { code: e.code, message: e.message, details: e.details ?? null };
   return { code: 'INTERNAL', message: e instanceof Error ? `${e.name}: ${e.message}` : String(e), details: null };
 }
