@@ -148,7 +148,7 @@ describe.each(backends)('the store contract: $name', (backend) => {
     expect([page2.projects.map((p) => p.projectId), page2.nextCursor]).toEqual([[jwt.projectId], null]);
     expect((await db.getProjectByKey(jwt.projectKey))?.projectId).toBe(jwt.projectId);
     expect((await db.activeJwtProjects()).map((p) => p.projectId)).toEqual([jwt.projectId]);
-    const disabled = { ...jwt, state: 'disabled' as const, seq: 1, prev: PREV };
+    const disabled = { ...jwt, state: 'disabled' as const, seq: 1, prev: PREV, createdAt: jwt.createdAt + 1 }; // each record has its own time
     expect(await db.updateProjectRecord(jwt.projectId, identity.sign(disabled), disabled)).toMatchObject({ seq: 1, state: 'disabled' });
     await expect(db.updateProjectRecord(jwt.projectId, identity.sign(disabled), disabled)).rejects.toMatchObject({ code: 'CONFLICT' });
     expect(await db.activeJwtProjects()).toEqual([]);

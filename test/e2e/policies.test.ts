@@ -212,6 +212,10 @@ describe('signing policies end to end', () => {
     } finally {
       db.close();
     }
+    await s.restartParent(); // a new parent reads the row from the database (the old one has the newer one cached)
+    await waitReady(s);
+    admin = new KeystoreClient({ url: s.url, token: s.tokens.admin }); // its port is a new one
+    signer = new KeystoreClient({ url: s.url, token: s.tokens.full });
     const replayed = await refusal(signer.signDigest(key.keyId, keccak256('0x03')));
     expect([replayed.status, replayed.code]).toEqual([500, 'KEY_INTEGRITY']);
     expect(replayed.details).toBeUndefined();

@@ -155,7 +155,6 @@ export const SQLITE_MIGRATIONS: Array<string | ((db: Database.Database) => void)
    BEGIN SELECT RAISE(ABORT, 'nks: a key''s stored record only moves to its next seq, its other columns fixed'); END;
    CREATE TRIGGER projects_guard_update BEFORE UPDATE ON projects
      WHEN NEW.seq IS NOT OLD.seq + 1 OR NEW.record IS OLD.record OR NEW.project_id IS NOT OLD.project_id
-       OR (OLD.created_at IS NOT NULL AND NEW.created_at IS NOT OLD.created_at)
        OR (OLD.project_key IS NOT NULL AND NEW.project_key IS NOT OLD.project_key)
    BEGIN SELECT RAISE(ABORT, 'nks: a project''s stored record only moves to its next seq, its id and key fixed'); END;
    CREATE TRIGGER tls_keys_guard_update BEFORE UPDATE ON tls_keys

@@ -121,7 +121,6 @@ CREATE FUNCTION nks_projects_guard() RETURNS trigger LANGUAGE plpgsql SET search
 BEGIN
   IF NEW.seq IS DISTINCT FROM OLD.seq + 1 OR NEW.record IS NOT DISTINCT FROM OLD.record
      OR NEW.project_id IS DISTINCT FROM OLD.project_id
-     OR (OLD.created_at IS NOT NULL AND NEW.created_at IS DISTINCT FROM OLD.created_at)
      OR (OLD.project_key IS NOT NULL AND NEW.project_key IS DISTINCT FROM OLD.project_key)
   THEN
     RAISE EXCEPTION USING ERRCODE = '23000',
