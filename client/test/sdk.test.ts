@@ -57,6 +57,7 @@ describe('SDK', () => {
       'OVERLOADED',
       'TIMEOUT',
       'UNAVAILABLE',
+      'STORAGE_UNAVAILABLE',
     ]);
     // Codes the table does not have (an HTTP status without our envelope, a body that is not JSON): final.
     for (const code of ['HTTP_503', 'BAD_RESPONSE', 'toString', ''])
