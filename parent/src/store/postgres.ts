@@ -79,6 +79,8 @@ const KEY_LOCK_SEED = '7956579861427222899'; // "nks:keys": any fixed value, the
  * the enclave's deadline, short of leaving locks held for long by a parent that vanished.
  */
 const LOCK_IDLE_TIMEOUT = '60s';
+/** Connections of `withLocks` (beside `poolSize`): key changes waiting for one wait at most the connect timeout. */
+const LOCK_POOL_SIZE = 4;
 /** The change feed's heartbeat: how often `deliveredThrough` can advance. */
 const HEARTBEAT_MS = 250;
 /** A migration may rewrite tables: it is bounded, but not by a request's deadline. */
@@ -219,6 +221,7 @@ export class PostgresEngine implements StoreEngine {
   readonly kind = 'postgres' as const;
   readonly shared = true;
   private readonly pool: pg.Pool;
+  private readonly lockPool: pg.Pool;
   private readonly clientConfig: pg.ClientConfig;
   private readonly logger: Logger | undefined;
   private readonly subscribers: Array<{ listener: (change: StoreChange) => void; onCoherence: (live: boolean) => void }> = [];
@@ -240,6 +243,10 @@ export class PostgresEngine implements StoreEngine {
       types,
     };
     this.pool = new pg.Pool({ ...this.clientConfig, max: options.poolSize });
+    // `withLocks` holds a connection while its `fn` uses the main pool: from a pool of its own, so changes of many
+    // keys at once cannot take every connection their own reads and writes wait for. Small: key changes are rare.
+    this.lockPool = new pg.Pool({ ...this.clientConfig, max: LOCK_POOL_SIZE, application_name: 'nks-parent-locks' });
+    this.lockPool.on('error', (err) => this.logger?.warn({ err: describeError(err) }, 'idle database lock connection failed'));
     // An idle connection that fails (server restart, network) is dropped by the pool; it must not crash us.
     this.pool.on('error', (err) => this.logger?.warn({ err: describeError(err) }, 'idle database connection failed'));
   }
@@ -256,6 +263,7 @@ export class PostgresEngine implements StoreEngine {
       else checkVersion(await engine.run((db) => schemaVersion(db)), false);
     } catch (err) {
       await engine.pool.end().catch(() => undefined);
+      await engine.lockPool.end().catch(() => undefined);
       throw storageError(err);
     }
     return engine;
@@ -389,7 +397,7 @@ export class PostgresEngine implements StoreEngine {
     if (names.length === 0) return fn();
     let client: pg.PoolClient;
     try {
-      client = await this.pool.connect();
+      client = await this.lockPool.connect();
     } catch (err) {
       throw storageError(err);
     }
@@ -701,6 +709,6 @@ export class PostgresEngine implements StoreEngine {
   async close(): Promise<void> {
     await this.listener?.close();
     this.listener = undefined;
-    await this.pool.end();
+    await Promise.all([this.pool.end(), this.lockPool.end()]);
   }
 }
