@@ -32,7 +32,7 @@ import { RecordChecker, type KnownIdentity } from './enclave-link/identity';
 import type { EnclavePool } from './enclave-link/pool';
 import { ProjectRegistry } from './project-registry';
 import type { KeyStore } from './store/key-store';
-import { keyStateError, type Page, type StoredKey } from './store/types';
+import { chained, keyStateError, type Page, type StoredKey } from './store/types';
 
 export interface KeyView {
   keyId: string;
@@ -347,7 +347,7 @@ export class KeyRegistry {
 
   /** Whether a key belongs to a JWT project (its users' keys: docs/SECURITY.md, "Who sees JWT users' keys"). */
   private async isJwtKey(k: StoredKey): Promise<boolean> {
-    return k.projectId !== null && (await this.store.getProject(k.projectId))?.authType === 'jwt';
+    return k.projectId !== null && (await this.projects.byId(k.projectId)).record.auth.type === 'jwt';
   }
 
   /**
@@ -372,7 +372,11 @@ export class KeyRegistry {
     }
     const page = await this.store.list(q.limit, q.cursor, { withJwtKeys: options.withJwtKeys });
     for (const k of page.keys) await this.answerable(k);
-    return page;
+    if (options.withJwtKeys) return page;
+    // The query left them out by a column; what counts is the verified project record.
+    const keys: StoredKey[] = [];
+    for (const k of page.keys) if (!(await this.isJwtKey(k))) keys.push(k);
+    return { keys, nextCursor: page.nextCursor };
   }
 
   /** A stored project, verified. KEY_INTEGRITY if it is missing or does not verify. */
@@ -405,7 +409,8 @@ export class KeyRegistry {
         record.state === k.state &&
         (record.predecessor ?? null) === k.predecessor &&
         record.disabled === (k.disabled && !k.disablePending) &&
-        record.blobSha256 === blobSha256(k.blob);
+        record.blobSha256 === blobSha256(k.blob) &&
+        chained(record, k.recordPrev);
       if (!matches) throw new KeystoreError('KEY_INTEGRITY', TAMPERED_ROW);
       const project = await this.project(record.projectId);
       return { record, digest, signed: k.record, project };
@@ -460,13 +465,15 @@ export class KeyRegistry {
    * sharing the database (its lock on the key id): each works from the record stored last (`fresh`), and no two
    * enclaves make rival records of one key (an enclave remembers lifecycle records it made, stored or not).
    */
-  private serialized<T>(keyId: string, change: () => Promise<T>): Promise<T> {
-    const before = this.changing.get(keyId) ?? Promise.resolve();
-    const run = before.catch(() => undefined).then(() => this.store.engine.withLocks([keyId], change));
+  private serialized<T>(keyIds: string | readonly string[], change: () => Promise<T>): Promise<T> {
+    const ids = [...new Set(typeof keyIds === 'string' ? [keyIds] : keyIds)];
+    const before = Promise.all(ids.map((id) => (this.changing.get(id) ?? Promise.resolve()).catch(() => undefined)));
+    // All the keys' locks in one call (one connection; the engine takes them in one order everywhere).
+    const run = before.then(() => this.store.engine.withLocks(ids, change));
     const tail = run.catch(() => undefined);
-    this.changing.set(keyId, tail);
+    for (const id of ids) this.changing.set(id, tail);
     void tail.then(() => {
-      if (this.changing.get(keyId) === tail) this.changing.delete(keyId);
+      for (const id of ids) if (this.changing.get(id) === tail) this.changing.delete(id);
     });
     return run;
   }
@@ -583,14 +590,12 @@ export class KeyRegistry {
   /**
    * Activates a pending key (docs/LIFECYCLE.md): the enclave makes its next record (active) and its
    * predecessor's (retired); both are checked, then stored in one transaction, or neither. After the other
-   * changes of both keys (the key first: only an activation waits for two, and a predecessor is older).
+   * changes of both keys, holding both keys' locks.
    */
   async activate(keyId: string): Promise<StoredKey> {
     // A key without predecessor is not pending: lifecycleKey answers KEY_STATE.
     const predecessorId = (await this.get(keyId)).predecessor;
-    const both = (change: () => Promise<StoredKey>) =>
-      this.serialized(keyId, () => (predecessorId ? this.serialized(predecessorId, change) : change()));
-    return both(async () => {
+    return this.serialized(predecessorId ? [keyId, predecessorId] : keyId, async () => {
       const { v } = await this.lifecycleKey(keyId, 'pending');
       const p = await this.verified(await this.fresh(predecessorId as string));
       const answer = await this.enclave.call('keys.activate', { record: v.signed, predecessor: p.signed, project: v.project.signed });

@@ -30,7 +30,7 @@ import type { SignRequestType } from '@nks/shared/signing/request-types';
 import type { RecordChecker } from './enclave-link/identity';
 import type { EnclavePool } from './enclave-link/pool';
 import type { KeyStore } from './store/key-store';
-import type { StoredProject } from './store/types';
+import { chained, type StoredProject } from './store/types';
 
 export interface ProjectView {
   projectId: string;
@@ -329,7 +329,10 @@ export class ProjectRegistry {
       record.projectId === stored.projectId &&
       record.seq === stored.seq &&
       (stored.projectKey === null || stored.projectKey === record.projectKey) &&
-      (stored.state === null || stored.state === record.state);
+      (stored.state === null || stored.state === record.state) &&
+      // The columns queries select by (a token below admin's lists leave out JWT projects' keys by auth_type).
+      (stored.authType === null || stored.authType === record.auth.type) &&
+      chained(record, stored.recordPrev);
     if (!matches) throw this.tampered(stored.projectId);
     return { stored, signed: stored.signed, record, digest };
   }

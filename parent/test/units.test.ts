@@ -196,6 +196,7 @@ describe('key store', () => {
       authType: 'jwt',
       jwksHost: 'jwks1.example.com',
       createdAt: one.createdAt,
+      recordPrev: null,
     });
     expect(store.getProjectByKey(one.projectKey)?.projectId).toBe(one.projectId);
     expect(store.getProjectByKey('pk_nobody0000000000000000')).toBeUndefined();
@@ -270,6 +271,7 @@ describe('key store', () => {
       authType: 'token',
       jwksHost: null,
       createdAt: def.createdAt,
+      recordPrev: null,
     });
     expect(store.getProjectByKey('default')?.projectId).toBe('default');
     expect(store.getProject('p_brokenbrokenbroken0')).toMatchObject({ projectKey: null, state: null, authType: null, name: null });
@@ -450,6 +452,7 @@ describe('key store', () => {
       predecessor: null,
       record: null,
       recordSeq: null,
+      recordPrev: null,
       disablePending: false,
       createdAt: 5,
       updatedAt: 6,

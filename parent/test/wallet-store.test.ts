@@ -112,9 +112,15 @@ describe('wallet store', () => {
 
   it('answers a project by its key whatever its state, and null for an unknown key', async () => {
     expect(await client.call('store.project', { projectKey: JWT.projectKey })).toEqual({ project: identity.sign(JWT) });
-    const disabled: ProjectRecord = { ...JWT, state: 'disabled', seq: 1, prev: `0x${'ab'.repeat(32)}` };
+    const prev = hex(recordDigest(Buffer.from(identity.sign(JWT).record, 'base64')));
+    const disabled: ProjectRecord = { ...JWT, state: 'disabled', seq: 1, prev };
     db.updateProjectRecord(JWT.projectId, identity.sign(disabled), disabled);
     expect(await client.call('store.project', { projectKey: JWT.projectKey })).toEqual({ project: identity.sign(disabled) });
+    // A record made from another than the one it replaced (a fork) is not handed to the enclave.
+    const fork: ProjectRecord = { ...JWT, state: 'active', seq: 2, prev: `0x${'ab'.repeat(32)}` };
+    db.updateProjectRecord(JWT.projectId, identity.sign(fork), fork);
+    expect((await rejection(client.call('store.project', { projectKey: JWT.projectKey }))).code).toBe('KEY_INTEGRITY');
+    expect(log.text()).toContain('its record is not the one that replaced the record before it');
     expect(await client.call('store.project', { projectKey: `pk_${'Z'.repeat(22)}` })).toEqual({ project: null });
     expect(await client.call('store.project', { projectKey: 'default' })).toEqual({ project: null }); // not seeded here
     const bad = await rejection(client.call('store.project', { projectKey: 'no such key!' }));

@@ -5,7 +5,7 @@
  * version 5's schema at once and later steps are written for both.
  */
 import type Database from 'better-sqlite3';
-import { decodeProjectRecord, type ProjectRecord } from '@nks/shared/records';
+import { decodeKeyRecord, decodeProjectRecord, type ProjectRecord } from '@nks/shared/records';
 import { projectColumns, type ProjectRow } from './types';
 
 /**
@@ -134,7 +134,40 @@ export const SQLITE_MIGRATIONS: Array<string | ((db: Database.Database) => void)
   // a project's likewise; a TLS key's sealed content is fixed. Rows without a record (keys made before 0.4) may
   // only have their flag set, or be migrated to their first record. On SQLite these guard against bugs (whoever
   // can write the file can drop them); PostgreSQL's guard against the application role.
-  `CREATE TRIGGER keys_guard_insert BEFORE INSERT ON keys
+  (db) => {
+    // The digest of the record each row's record replaced (docs/STORAGE.md, "Guards in the database"): for rows
+    // stored before, taken from their record's own `prev` (this file's one writer wrote them); from now on the
+    // store computes it from the row it replaces, as PostgreSQL's trigger does.
+    db.exec('ALTER TABLE keys ADD COLUMN record_prev TEXT; ALTER TABLE projects ADD COLUMN record_prev TEXT;');
+    const keys = db.prepare<[], { key_id: string; record: string }>('SELECT key_id, record FROM keys WHERE record IS NOT NULL').all();
+    const setKey = db.prepare('UPDATE keys SET record_prev = ? WHERE key_id = ?');
+    for (const k of keys)
+      setKey.run(
+        prevOf(() => decodeKeyRecord(Buffer.from(k.record, 'base64')).prev),
+        k.key_id,
+      );
+    const projects = db.prepare<[], { project_id: string; record: string }>('SELECT project_id, record FROM projects').all();
+    const setProject = db.prepare('UPDATE projects SET record_prev = ? WHERE project_id = ?');
+    for (const p of projects)
+      setProject.run(
+        prevOf(() => decodeProjectRecord(Buffer.from(p.record, 'base64')).prev),
+        p.project_id,
+      );
+    db.exec(GUARDS);
+  },
+];
+
+/** A record's `prev`, or null for one that does not decode (readers refuse it anyway). */
+function prevOf(read: () => string | null): string | null {
+  try {
+    return read();
+  } catch {
+    return null;
+  }
+}
+
+/** Step 6's triggers (SQLite's form of postgres-migrations.ts's). */
+const GUARDS = `CREATE TRIGGER keys_guard_insert BEFORE INSERT ON keys
      WHEN NEW.record IS NOT NULL AND NEW.record_seq IS NOT 0
    BEGIN SELECT RAISE(ABORT, 'nks: a key is stored with its first record (seq 0)'); END;
    CREATE TRIGGER keys_guard_update BEFORE UPDATE ON keys
@@ -160,7 +193,6 @@ export const SQLITE_MIGRATIONS: Array<string | ((db: Database.Database) => void)
    CREATE TRIGGER tls_keys_guard_update BEFORE UPDATE ON tls_keys
      WHEN NEW.public_key IS NOT OLD.public_key OR NEW.blob IS NOT OLD.blob OR NEW.blob_signature IS NOT OLD.blob_signature
        OR NEW.names IS NOT OLD.names OR NEW.csr IS NOT OLD.csr OR NEW.created_at IS NOT OLD.created_at
-   BEGIN SELECT RAISE(ABORT, 'nks: a TLS key''s sealed key, names and request are fixed'); END;`,
-];
+   BEGIN SELECT RAISE(ABORT, 'nks: a TLS key''s sealed key, names and request are fixed'); END;`;
 
 export const SCHEMA_VERSION = SQLITE_MIGRATIONS.length;

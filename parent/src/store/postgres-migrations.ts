@@ -7,6 +7,7 @@
  * INTEGER 0/1, times and sequence numbers BIGINT (read as numbers), JSON is TEXT. `nks_schema` records each
  * version applied.
  */
+import { RECORD_SIGNATURE_TAG } from '@nks/shared/records';
 
 /** The first version a PostgreSQL database has: a new one is created at it. */
 export const POSTGRES_BASELINE = 5;
@@ -88,14 +89,28 @@ CREATE UNIQUE INDEX tls_keys_current ON tls_keys (current) WHERE current = 1;
  * migrated; here every key has a record and none waits for a disable (CHECKs).
  */
 const V6 = `
+-- The digest of the record a row's record replaced (records.ts recordDigest, as a record's "prev" is written),
+-- computed here from the row being replaced: a reader requires the record's own "prev" to equal it, so a genuine
+-- record made from an older one (a fork) is refused, not only a record older than the row's.
+ALTER TABLE keys ADD COLUMN record_prev text;
+ALTER TABLE projects ADD COLUMN record_prev text;
+CREATE FUNCTION nks_record_digest(record text) RETURNS text LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+  SELECT '0x' || encode(sha256(convert_to('${RECORD_SIGNATURE_TAG}', 'UTF8') || decode(record, 'base64')), 'hex')
+$$;
+
 CREATE FUNCTION nks_keys_guard() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
   IF TG_OP = 'INSERT' THEN
     IF NEW.record IS NOT NULL AND NEW.record_seq IS DISTINCT FROM 0 THEN
       RAISE EXCEPTION USING ERRCODE = '23000', MESSAGE = 'nks: a key is stored with its first record (seq 0)';
     END IF;
+    -- The database numbers rows (a chosen one could order an attacker's row first, or block honest inserts).
+    NEW.seq := nextval(pg_get_serial_sequence('public.keys', 'seq'));
+    NEW.record_prev := NULL;
     RETURN NEW;
   END IF;
+  NEW.record_prev := CASE WHEN NEW.record IS NOT DISTINCT FROM OLD.record THEN OLD.record_prev
+                          WHEN OLD.record IS NULL THEN NULL ELSE public.nks_record_digest(OLD.record) END;
   IF (NEW.seq, NEW.key_id, NEW.external_id, NEW.address, NEW.public_key, NEW.labels, NEW.attestation, NEW.created_at)
        IS DISTINCT FROM (OLD.seq, OLD.key_id, OLD.external_id, OLD.address, OLD.public_key, OLD.labels, OLD.attestation, OLD.created_at)
      -- In parentheses: PL/pgSQL would end the IF's condition at the CASE's first THEN otherwise.
@@ -119,6 +134,11 @@ CREATE TRIGGER keys_guard BEFORE INSERT OR UPDATE ON keys FOR EACH ROW EXECUTE F
 
 CREATE FUNCTION nks_projects_guard() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+  IF TG_OP = 'INSERT' THEN
+    NEW.record_prev := NULL;
+    RETURN NEW;
+  END IF;
+  NEW.record_prev := public.nks_record_digest(OLD.record);
   IF NEW.seq IS DISTINCT FROM OLD.seq + 1 OR NEW.record IS NOT DISTINCT FROM OLD.record
      OR NEW.project_id IS DISTINCT FROM OLD.project_id
      OR (OLD.project_key IS NOT NULL AND NEW.project_key IS DISTINCT FROM OLD.project_key)
@@ -128,7 +148,7 @@ BEGIN
   END IF;
   RETURN NEW;
 END $$;
-CREATE TRIGGER projects_guard BEFORE UPDATE ON projects FOR EACH ROW EXECUTE FUNCTION nks_projects_guard();
+CREATE TRIGGER projects_guard BEFORE INSERT OR UPDATE ON projects FOR EACH ROW EXECUTE FUNCTION nks_projects_guard();
 
 CREATE FUNCTION nks_tls_keys_guard() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -140,6 +160,25 @@ BEGIN
   RETURN NEW;
 END $$;
 CREATE TRIGGER tls_keys_guard BEFORE UPDATE ON tls_keys FOR EACH ROW EXECUTE FUNCTION nks_tls_keys_guard();
+
+-- Every change of a key, project or current TLS key is announced, whoever writes it (a writer that skips its own
+-- NOTIFY cannot keep the other instances' caches stale).
+CREATE FUNCTION nks_announce() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  -- One statement per table: PL/pgSQL resolves a NEW field when it runs the statement that names it.
+  IF TG_ARGV[0] = 'key' THEN
+    PERFORM pg_notify('nks_changes', 'key:' || NEW.key_id);
+  ELSIF TG_ARGV[0] = 'project' THEN
+    PERFORM pg_notify('nks_changes', 'project:' || NEW.project_id);
+  ELSE
+    PERFORM pg_notify('nks_changes', 'tls:' || NEW.public_key);
+  END IF;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER keys_announce AFTER INSERT OR UPDATE ON keys FOR EACH ROW EXECUTE FUNCTION nks_announce('key');
+CREATE TRIGGER projects_announce AFTER INSERT OR UPDATE ON projects FOR EACH ROW EXECUTE FUNCTION nks_announce('project');
+CREATE TRIGGER tls_keys_announce AFTER UPDATE OF current ON tls_keys FOR EACH ROW WHEN (NEW.current = 1)
+  EXECUTE FUNCTION nks_announce('tls');
 
 -- Every row a PostgreSQL store has satisfies these (it starts at version 5, with records): checked, not assumed.
 ALTER TABLE keys ADD CONSTRAINT keys_record_present CHECK (record IS NOT NULL AND record_signature IS NOT NULL AND record_seq IS NOT NULL);

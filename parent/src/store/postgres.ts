@@ -7,7 +7,8 @@
  *   beat it) and answered, as a second create of the same key is.
  * - Compare-and-set on a record's `seq` is the UPDATE's own condition: a concurrent writer waits for the row
  *   and then finds the condition false (CONFLICT).
- * - Every write of a key or project row notifies `nks_changes` in its transaction, for the other instances'
+ * - Every write of a key or project row (and a TLS key made current) notifies `nks_changes` in its transaction,
+ *   by the database's own triggers (postgres-migrations.ts, version 6) whoever writes it, for the other instances'
  *   caches (postgres-listener.ts).
  * - Every call is bounded (connect timeout, statement timeout, and a client-side query timeout a little
  *   longer): a database that cannot answer in time is STORAGE_UNAVAILABLE, never a hung request.
@@ -92,20 +93,23 @@ const REPLY_MARGIN_MS = 1_000;
 const types = new pg.TypeOverrides();
 types.setTypeParser(pg.types.builtins.INT8, (v: string) => Number(v));
 
-const NOTIFY_KEY = `pg_notify('nks_changes', 'key:' || key_id) AS notified`;
-const NOTIFY_PROJECT = `pg_notify('nks_changes', 'project:' || project_id) AS notified`;
-
 const SQL = {
   insertKey: `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at, updated_at,
                                 project_id, subject, state, record, record_signature, record_seq, predecessor)
               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10, $11, $12, $13, $14, $15, $16)
               ON CONFLICT DO NOTHING
-              RETURNING *, ${NOTIFY_KEY}`,
+              RETURNING *`,
   byKeyId: 'SELECT * FROM keys WHERE key_id = $1',
   byKeyIdForShare: 'SELECT * FROM keys WHERE key_id = $1 FOR SHARE',
   byKeyIdForUpdate: 'SELECT * FROM keys WHERE key_id = $1 FOR UPDATE',
-  // Every key of a subject carries its external id: the active one answers for it.
-  byExternalId: "SELECT * FROM keys WHERE external_id = $1 ORDER BY CASE WHEN state = 'active' THEN 0 ELSE 1 END, seq LIMIT 1",
+  // An external id names its first key (predecessor IS NULL: unique), and through it a subject of a project: the
+  // answer is that subject's active key (a successor carries the external id too), or the first key if none is.
+  // Never a row found by the external id alone: another project's key stored under it must not be the answer.
+  byExternalId: `WITH f AS (SELECT * FROM keys WHERE external_id = $1 AND predecessor IS NULL)
+                 SELECT * FROM keys WHERE key_id = COALESCE(
+                   (SELECT a.key_id FROM keys a, f WHERE f.subject IS NOT NULL AND a.project_id = f.project_id
+                      AND a.subject = f.subject AND a.state = 'active'),
+                   (SELECT key_id FROM f))`,
   activeBySubject: "SELECT * FROM keys WHERE project_id = $1 AND subject = $2 AND subject IS NOT NULL AND state = 'active'",
   pendingBySubject: "SELECT * FROM keys WHERE project_id = $1 AND subject = $2 AND subject IS NOT NULL AND state = 'pending'",
   bySubject: 'SELECT * FROM keys WHERE project_id = $1 AND subject = $2 AND subject IS NOT NULL ORDER BY seq',
@@ -114,15 +118,15 @@ const SQL = {
                      (SELECT 1 FROM projects p WHERE p.project_id = k.project_id AND p.auth_type = 'jwt')
                    ORDER BY k.seq LIMIT $2`,
   withoutRecord: 'SELECT * FROM keys WHERE record IS NULL AND seq > $1 ORDER BY seq LIMIT $2',
-  setLegacyDisabled: `UPDATE keys SET disabled = $2, updated_at = $3 WHERE key_id = $1 AND record IS NULL RETURNING *, ${NOTIFY_KEY}`,
+  setLegacyDisabled: `UPDATE keys SET disabled = $2, updated_at = $3 WHERE key_id = $1 AND record IS NULL RETURNING *`,
   setRecord: `UPDATE keys SET project_id = $2, subject = $3, state = $4, disabled = $5, record = $6, record_signature = $7,
                               record_seq = $8, predecessor = $9, disable_pending = 0, updated_at = $10
               WHERE key_id = $1 AND record_seq = $8::bigint - 1
-              RETURNING *, ${NOTIFY_KEY}`,
+              RETURNING *`,
   migrated: `UPDATE keys SET blob = $2, project_id = $3, subject = $4, state = $5, disabled = $6, record = $7, record_signature = $8,
                              record_seq = $9, predecessor = $10, disable_pending = $11, updated_at = $12
              WHERE key_id = $1 AND record IS NULL
-             RETURNING key_id, ${NOTIFY_KEY}`,
+             RETURNING key_id`,
   counts: `SELECT COUNT(*) AS total,
                   COUNT(*) FILTER (WHERE disabled = 1 OR disable_pending = 1) AS disabled,
                   COUNT(*) FILTER (WHERE record IS NULL) AS without_record,
@@ -138,15 +142,15 @@ const SQL = {
   setProjectRecord: `UPDATE projects SET record = $2, signature = $3, seq = $4, updated_at = $5, project_key = $6, state = $7,
                                          auth_type = $8, jwks_host = $9, created_at = $10
                      WHERE project_id = $1 AND seq = $4::bigint - 1
-                     RETURNING *, ${NOTIFY_PROJECT}`,
+                     RETURNING *`,
   insertTlsKey: `INSERT INTO tls_keys (public_key, blob, blob_signature, names, csr, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING *`,
   tlsKey: 'SELECT * FROM tls_keys WHERE public_key = $1',
   currentTlsKey: 'SELECT * FROM tls_keys WHERE current = 1',
   pendingTlsKeys: 'SELECT * FROM tls_keys WHERE chain IS NULL ORDER BY created_at DESC, public_key LIMIT $1',
   clearCurrentTlsKey: 'UPDATE tls_keys SET current = 0 WHERE current = 1',
-  // Every instance's parent then installs the new current key in its own enclave (tls-keys.ts).
+  // Announced by the database (tls:<public key>): every instance's parent then installs it in its enclave (tls-keys.ts).
   setCurrentTlsKey: `UPDATE tls_keys SET chain = $2, installed_at = $3, current = 1 WHERE public_key = $1
-                     RETURNING *, pg_notify('nks_changes', 'tls:' || public_key) AS notified`,
+                     RETURNING *`,
 };
 
 type Queryable = Pick<pg.ClientBase, 'query'>;
@@ -247,6 +251,10 @@ export class PostgresEngine implements StoreEngine {
     // keys at once cannot take every connection their own reads and writes wait for. Small: key changes are rare.
     this.lockPool = new pg.Pool({ ...this.clientConfig, max: LOCK_POOL_SIZE, application_name: 'nks-parent-locks' });
     this.lockPool.on('error', (err) => this.logger?.warn({ err: describeError(err) }, 'idle database lock connection failed'));
+    // A pool listens for its clients' errors only while they are idle: one the server ends (a restart's 57P01) or
+    // the network resets while checked out would be an unhandled 'error' event, which ends the process. The query
+    // in flight fails too, and that is what is reported; a client that failed is destroyed, not reused.
+    for (const pool of [this.pool, this.lockPool]) pool.on('connect', (client) => client.on('error', () => undefined));
     // An idle connection that fails (server restart, network) is dropped by the pool; it must not crash us.
     this.pool.on('error', (err) => this.logger?.warn({ err: describeError(err) }, 'idle database connection failed'));
   }
@@ -639,9 +647,7 @@ export class PostgresEngine implements StoreEngine {
 
   async seedProject(signed: SignedRecord, record: ProjectRecord, name: string = record.projectId): Promise<StoredProject> {
     const [id, rec, sig, seq, now, ...columns] = projectParams(signed, record);
-    await this.run((db) =>
-      db.query(`${SQL.insertProject} ON CONFLICT DO NOTHING RETURNING ${NOTIFY_PROJECT}`, [id, rec, sig, seq, now, name, ...columns]),
-    );
+    await this.run((db) => db.query(`${SQL.insertProject} ON CONFLICT DO NOTHING`, [id, rec, sig, seq, now, name, ...columns]));
     return (await this.getProject(record.projectId)) as StoredProject;
   }
 
@@ -650,7 +656,7 @@ export class PostgresEngine implements StoreEngine {
     const [id, rec, sig, seq, now, ...columns] = projectParams(signed, record);
     try {
       const r = await this.run((db) =>
-        first<ProjectRow>(db, `${SQL.insertProject} RETURNING *, ${NOTIFY_PROJECT}`, [id, rec, sig, seq, now, name, ...columns]),
+        first<ProjectRow>(db, `${SQL.insertProject} RETURNING *`, [id, rec, sig, seq, now, name, ...columns]),
       );
       return toProject(r as ProjectRow);
     } catch (err) {

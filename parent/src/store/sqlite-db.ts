@@ -16,7 +16,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { KeystoreError } from '@nks/shared/errors';
-import type { KeyRecord, KeyState, ProjectRecord, SignedRecord } from '@nks/shared/records';
+import { recordDigest, type KeyRecord, type KeyState, type ProjectRecord, type SignedRecord } from '@nks/shared/records';
 import { SQLITE_MIGRATIONS, SCHEMA_VERSION } from './migrations';
 import {
   decodeCursor,
@@ -42,6 +42,9 @@ import {
   type TlsKeyRow,
 } from './types';
 
+/** A stored record's digest as the next record's `prev` names it (what PostgreSQL's trigger computes: `record_prev`). */
+const digestOf = (record: string) => `0x${recordDigest(Buffer.from(record, 'base64')).toString('hex')}`;
+
 export class SqliteDatabase {
   readonly db: Database.Database;
   private readonly stmts;
@@ -56,15 +59,20 @@ export class SqliteDatabase {
     this.stmts = {
       insert: this.db.prepare(
         `INSERT INTO keys (key_id, external_id, address, public_key, blob, labels, attestation, disabled, created_at, updated_at,
-                           project_id, subject, state, record, record_signature, record_seq, predecessor)
+                           project_id, subject, state, record, record_signature, record_seq, predecessor, record_prev)
          VALUES (@keyId, @externalId, @address, @publicKey, @blob, @labels, @attestation, @disabled, @createdAt, @createdAt,
-                 @projectId, @subject, @state, @record, @recordSignature, @recordSeq, @predecessor)`,
+                 @projectId, @subject, @state, @record, @recordSignature, @recordSeq, @predecessor, NULL)`,
       ),
       byKeyId: this.db.prepare<[string], Row>('SELECT * FROM keys WHERE key_id = ?'),
-      // Every key of a subject carries its external id: the active one answers for it (a key made before 0.4,
-      // without state, is the only key of its external id).
+      // An external id names its first key (predecessor IS NULL: unique), and through it a subject: the answer is
+      // that subject's active key (a successor carries the external id too), or the first key if none is (a key made
+      // before 0.4 has no subject: it is the only key of its external id). As postgres.ts's.
       byExternalId: this.db.prepare<[string], Row>(
-        "SELECT * FROM keys WHERE external_id = ? ORDER BY CASE WHEN state = 'active' THEN 0 ELSE 1 END, seq LIMIT 1",
+        `WITH f AS (SELECT * FROM keys WHERE external_id = ? AND predecessor IS NULL)
+         SELECT * FROM keys WHERE key_id = COALESCE(
+           (SELECT a.key_id FROM keys a, f WHERE f.subject IS NOT NULL AND a.project_id = f.project_id
+              AND a.subject = f.subject AND a.state = 'active'),
+           (SELECT key_id FROM f))`,
       ),
       activeBySubject: this.db.prepare<[string, string], Row>(
         "SELECT * FROM keys WHERE project_id = ? AND subject = ? AND subject IS NOT NULL AND state = 'active'",
@@ -87,7 +95,7 @@ export class SqliteDatabase {
       setRecord: this.db.prepare(
         `UPDATE keys SET project_id = @projectId, subject = @subject, state = @state, disabled = @disabled, record = @record,
                          record_signature = @recordSignature, record_seq = @recordSeq, predecessor = @predecessor,
-                         disable_pending = 0, updated_at = @now
+                         disable_pending = 0, updated_at = @now, record_prev = @recordPrev
          WHERE key_id = @keyId AND record_seq = @recordSeq - 1`,
       ),
       migrated: this.db.prepare(
@@ -118,7 +126,8 @@ export class SqliteDatabase {
       ),
       setProjectRecord: this.db.prepare(
         `UPDATE projects SET record = @record, signature = @signature, seq = @seq, updated_at = @now, project_key = @projectKey,
-                             state = @state, auth_type = @authType, jwks_host = @jwksHost, created_at = @createdAt
+                             state = @state, auth_type = @authType, jwks_host = @jwksHost, created_at = @createdAt,
+                             record_prev = @recordPrev
          WHERE project_id = @projectId AND seq = @seq - 1`,
       ),
       insertTlsKey: this.db.prepare(
@@ -271,7 +280,9 @@ export class SqliteDatabase {
       .transaction(() => {
         for (const { signed, record } of ordered) {
           const { keyId } = record;
-          const res = this.stmts.setRecord.run({ keyId, now: Date.now(), ...recordColumns(signed, record) });
+          const stored = this.stmts.byKeyId.get(keyId);
+          const recordPrev = stored?.record ? digestOf(stored.record) : null;
+          const res = this.stmts.setRecord.run({ keyId, now: Date.now(), recordPrev, ...recordColumns(signed, record) });
           if (res.changes === 1) continue;
           if (!this.stmts.byKeyId.get(keyId)) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
           throw new KeystoreError('CONFLICT', `key ${keyId} changed meanwhile; retry`);
@@ -391,7 +402,9 @@ export class SqliteDatabase {
   /** Stores a project's next record (verified by the caller): its `seq` must be the stored one + 1. CONFLICT otherwise. */
   updateProjectRecord(projectId: string, signed: SignedRecord, record: ProjectRecord): StoredProject {
     if (record.projectId !== projectId) throw new Error('updateProjectRecord: the record is for another project');
+    const stored = this.stmts.project.get(projectId);
     const res = this.stmts.setProjectRecord.run({
+      recordPrev: stored ? digestOf(stored.record) : null,
       projectId,
       record: signed.record,
       signature: signed.signature,

@@ -36,6 +36,12 @@ export interface StoredKey {
   record: SignedRecord | null;
   recordSeq: number | null;
   /**
+   * The digest of the record this row's record replaced, as the database computed it (PostgreSQL: its trigger, from
+   * the row it replaced; docs/STORAGE.md, "Guards in the database"); null at seq 0. A reader requires the record's
+   * own `prev` to be this, so a genuine record made from an older one (a fork) is refused.
+   */
+  recordPrev: string | null;
+  /**
    * A key disabled before 0.4 and migrated since: the migration image records every key enabled, so the parent
    * keeps refusing it until a disable (or an enable) through the enclave records what the operator wants.
    */
@@ -73,6 +79,8 @@ export interface StoredProject {
   /** The host of a JWT project's `jwksUri` (lower case), for the egress relay's allowed hosts. */
   jwksHost: string | null;
   createdAt: number | null;
+  /** The digest of the record this row's record replaced (as a key's `recordPrev`); null at seq 0. */
+  recordPrev: string | null;
 }
 
 /** A TLS key of the wallet routes (docs/TLS.md): what `tls.create` answered, and once installed its chain. */
@@ -142,6 +150,7 @@ export interface KeyRow {
   record: string | null;
   record_signature: string | null;
   record_seq: number | null;
+  record_prev: string | null;
   disable_pending: number;
   predecessor: string | null;
 }
@@ -158,6 +167,7 @@ export interface ProjectRow {
   auth_type: string | null;
   jwks_host: string | null;
   created_at: number | null;
+  record_prev: string | null;
 }
 
 /** The columns a project record's content fills (the host of a JWT project's JWKS URI in lower case, as URL gives it). */
@@ -188,6 +198,7 @@ export function toStored(r: KeyRow): StoredKey {
     predecessor: record ? r.predecessor : null,
     record,
     recordSeq: record ? r.record_seq : null,
+    recordPrev: record ? (r.record_prev ?? null) : null,
     disablePending: r.disable_pending === 1,
     createdAt: r.created_at,
     updatedAt: r.updated_at,
@@ -205,7 +216,17 @@ export const toProject = (r: ProjectRow): StoredProject => ({
   authType: r.auth_type as 'token' | 'jwt' | null,
   jwksHost: r.jwks_host,
   createdAt: r.created_at,
+  recordPrev: r.record_prev ?? null,
 });
+
+/**
+ * Whether a stored row's record is the one that replaced the record its row held before: its `prev` is the digest
+ * the database kept of that record (`recordPrev`), and a first record replaced none. False for a fork: a genuine
+ * record made from an older one, which the guards let in at the next seq (docs/STORAGE.md, "Guards in the database").
+ */
+export function chained(record: { seq: number; prev: string | null }, recordPrev: string | null): boolean {
+  return record.seq === 0 ? recordPrev === null && record.prev === null : record.prev === recordPrev;
+}
 
 /** The columns a key record's content fills. */
 export const recordColumns = (signed: SignedRecord, record: KeyRecord) => ({

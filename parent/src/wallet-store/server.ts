@@ -21,13 +21,13 @@ import { publicKeyToAddress } from 'viem/accounts';
 import { WalletStoreApi, type CreateResult, type StoredUserKey } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
-import { hex, recordDigest, type KeyRecord, type SignedRecord } from '@nks/shared/records';
+import { decodeKeyRecord, decodeProjectRecord, hex, recordDigest, type KeyRecord, type SignedRecord } from '@nks/shared/records';
 import { RpcServer, serveApi, type ValidParamsOf } from '@nks/shared/rpc';
 import type { Listener, Transport } from '@nks/shared/transport';
 import type { RecordChecker } from '../enclave-link/identity';
 import { checkNewKey } from '../key-registry';
 import type { KeyStore } from '../store/key-store';
-import type { NewKey, StoredKey } from '../store/types';
+import { chained, type NewKey, type StoredKey } from '../store/types';
 
 export interface WalletStoreOptions {
   store: KeyStore;
@@ -82,17 +82,42 @@ export class WalletStore {
 
   /** The project's newest stored record (any state), or null for a key no project has. */
   async project({ projectKey }: Params<'store.project'>): Promise<{ project: StoredUserKey['record'] | null }> {
-    return { project: (await this.options.store.getProjectByKey(projectKey))?.signed ?? null };
+    const stored = await this.options.store.getProjectByKey(projectKey);
+    if (stored) this.checkChained(stored.projectId, stored.signed, stored.recordPrev, 'project');
+    return { project: stored?.signed ?? null };
   }
 
   async userKey({ projectId, subject }: Params<'store.userKey'>): Promise<{ key: StoredUserKey | null }> {
     const k = await this.options.store.activeKeyFor(projectId, subject);
+    if (k?.record) this.checkChained(k.keyId, k.record, k.recordPrev, 'key');
     return { key: k?.record ? userKeyOf(k) : null };
   }
 
   async pendingUserKey({ projectId, subject }: Params<'store.pendingUserKey'>): Promise<{ key: StoredUserKey | null }> {
     const k = await this.options.store.pendingKeyFor(projectId, subject);
+    if (k?.record) this.checkChained(k.keyId, k.record, k.recordPrev, 'key');
     return { key: k?.record ? userKeyOf(k) : null };
+  }
+
+  /**
+   * A row's record must be the one that replaced its row's record before (docs/STORAGE.md, "Guards in the
+   * database"): the enclave decides from the records it is given, and one that never saw a newer record would
+   * take a fork made from an older one. Signatures are the enclave's to check; this checks the chain only.
+   */
+  private checkChained(id: string, signed: SignedRecord, recordPrev: string | null, kind: 'key' | 'project'): void {
+    let record: { seq: number; prev: string | null };
+    try {
+      record =
+        kind === 'key' ? decodeKeyRecord(Buffer.from(signed.record, 'base64')) : decodeProjectRecord(Buffer.from(signed.record, 'base64'));
+    } catch {
+      return; // not a record at all: the enclave refuses it
+    }
+    if (chained(record, recordPrev)) return;
+    this.options.logger.warn(
+      { id },
+      `wallet store: refused a stored ${kind}: its record is not the one that replaced the record before it`,
+    );
+    throw new KeystoreError('KEY_INTEGRITY', kind === 'key' ? NOT_THE_KEY : 'the stored project record is not the current one');
   }
 
   async insertUserKey(p: Params<'store.insertUserKey'>): Promise<{ inserted: boolean; key: StoredUserKey }> {
