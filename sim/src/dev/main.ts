@@ -372,6 +372,7 @@ async function main(): Promise<number> {
         try {
           return { parent, walletsPort, url: String((await parent.waitFor('parent ready')).url) };
         } catch (err) {
+          await parent.stop(); // one that did not report ready in time is not left running
           const taken = parent.lines().some((l) => l.includes('EADDRINUSE') && l.includes(String(walletsPort)));
           if (walletsWanted === 0 && taken && attempt < 3) continue;
           if (taken) throw new Error(`the wallets port ${walletsPort} is in use: free it, or pass another --wallets-port`);
@@ -379,12 +380,12 @@ async function main(): Promise<number> {
         }
       }
     };
-    const readyz = async (url: string) => {
-      const until = Date.now() + 30_000;
+    const readyz = async (url: string, withinMs = 30_000) => {
+      const until = Date.now() + withinMs;
       for (;;) {
         const res = await fetch(`${url}/readyz`).catch(() => null);
         if (res?.status === 200) return;
-        if (Date.now() > until) throw new Error(`${url}/readyz did not pass within 30 s`);
+        if (Date.now() > until) throw new Error(`${url}/readyz did not pass within ${withinMs / 1000} s`);
         await new Promise((r) => setTimeout(r, 100));
       }
     };
@@ -394,32 +395,54 @@ async function main(): Promise<number> {
     let writeDevJson = () => undefined as void;
     /**
      * A parent's exit stops the stack of one instance, as before. Of several, the parent is started again on its
-     * ports (a few times at most), while the other instances keep serving.
+     * ports, as a service manager would, while the other instances keep serving: after 0.5 s, then backing off
+     * to 8 s while it does not get as far as listening (a parent refuses to start while the database does not
+     * answer), and the stack stops after MAX_RESTARTS such attempts in a row. `RESTARTED` is printed once its
+     * /readyz passes.
      */
     const supervise = (pair: Pair) => {
       const { parent } = pair;
       void parent.exited.then(async (code) => {
         if (stopping) return;
         const how = parent.process.signalCode ?? `code ${code}`;
-        if (count === 1 || pair.restarts >= MAX_RESTARTS) {
+        if (count === 1) {
           say(`dev: ${parent.label} exited unexpectedly (${how}); stopping the stack`);
           void stopAll().then(() => process.exit(1));
           return;
         }
-        pair.restarts++;
-        say(`dev: ${parent.label} exited unexpectedly (${how}); starting it again (restart ${pair.restarts} of ${MAX_RESTARTS})`);
-        try {
-          const again = await launchParent(pair.ip, Number(new URL(pair.url).port), pair.walletsPort);
-          pair.parent = again.parent;
-          supervise(pair);
-          await readyz(pair.url);
+        say(`dev: ${parent.label} exited unexpectedly (${how})`);
+        for (let attempt = 1; ; attempt++) {
+          if (attempt > MAX_RESTARTS) {
+            say(`dev: ${parent.label} did not start again in ${MAX_RESTARTS} attempts; stopping the stack`);
+            void stopAll().then(() => process.exit(1));
+            return;
+          }
+          const delay = Math.min(8_000, 500 * 2 ** (attempt - 1));
+          say(`dev: starting ${parent.label} again in ${delay} ms (attempt ${attempt} of ${MAX_RESTARTS})`);
+          await new Promise((r) => setTimeout(r, delay));
           if (stopping) return;
-          writeDevJson();
-          say(`RESTARTED ${instanceLine(pair)}`);
-        } catch (err) {
-          if (stopping) return;
-          say(`dev: ${parent.label} could not be started again: ${(err as Error).message}; stopping the stack`);
-          void stopAll().then(() => process.exit(1));
+          try {
+            const again = await launchParent(pair.ip, Number(new URL(pair.url).port), pair.walletsPort);
+            pair.parent = again.parent;
+            pair.restarts++;
+            break;
+          } catch (err) {
+            if (stopping) return;
+            say(`dev: ${parent.label} could not be started again: ${(err as Error).message}`);
+          }
+        }
+        const current = pair.parent;
+        supervise(pair);
+        // Ready when its enclave and database are: however long that takes, unless it exits meanwhile.
+        while (!stopping && current.process.exitCode === null && current.process.signalCode === null) {
+          try {
+            await readyz(pair.url, 5_000);
+            writeDevJson();
+            say(`RESTARTED ${instanceLine(pair)}`);
+            return;
+          } catch {
+            /* not yet */
+          }
         }
       });
     };
