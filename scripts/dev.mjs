@@ -1,7 +1,9 @@
-// `npm run dev [-- --dir DIR] [--api-port PORT] [--wallets-port PORT] [--no-build] [--update-policy]`: builds (unless --no-build),
+// `npm run dev [-- --dir DIR] [--api-port PORT] [--wallets-port PORT] [--no-build] [--update-policy]
+//  [--database sqlite|postgres [--database-url URL]] [--instances N]`: builds (unless --no-build),
 // then runs the local stack (dist/dev.js) in the foreground: on a first start (or a state directory from before
 // 0.4) it makes the keystore identity with the genesis image, and migrates keys made before 0.4 with the
-// migration image (sim/src/dev/identity.ts). Ctrl-C stops it.
+// migration image (sim/src/dev/identity.ts). `--instances N --database postgres` runs N parent+enclave pairs on
+// one PostgreSQL (sim/src/dev/instances.ts). Ctrl-C stops it, PostgreSQL included.
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';

@@ -18,12 +18,13 @@ import { USER_DATA_TAGS, taggedUserData } from '@nks/shared/attestation/user-dat
 import { verifyAttestation } from '@nks/shared/attestation/verify';
 import type { SignedRecord } from '@nks/shared/records';
 import { measureImageFiles } from '../measure';
+import { instancePaths } from './instances';
 import { approveAlso, updatePolicy, DEV_PARENT_ROLE, type DevPaths, type Provisioned } from './provision';
 import type { Child } from './supervisor';
 
 /** Starts the programs of one phase; the stack stops them on Ctrl-C. Their exit is expected. */
 export interface Phase {
-  run(label: string, script: string, args: string[], env?: NodeJS.ProcessEnv): Child;
+  run(label: string, script: string, args: string[], env?: NodeJS.ProcessEnv, cwd?: string): Child;
   say(line: string): void;
   distDir: string;
   bundle: string;
@@ -41,19 +42,21 @@ interface GenesisFile {
   nonce: string;
 }
 
-/** The NSM simulator measuring `images` (bundle and configuration) as the enclave's PCR0-2. */
-export async function startNsm(phase: Phase, images: string[]): Promise<Child> {
-  const p = phase.paths;
-  const nsm = phase.run('nsm', path.join(phase.distDir, 'nsm-sim.js'), [
+/**
+ * The NSM simulator measuring `images` (bundle and configuration) as the enclave's PCR0-2: instance 0's unless
+ * `instance` names another pair (instances.ts).
+ */
+export async function startNsm(phase: Phase, images: string[], instance = instancePaths(phase.paths, 0), label = 'nsm'): Promise<Child> {
+  const nsm = phase.run(label, path.join(phase.distDir, 'nsm-sim.js'), [
     '--socket',
-    path.join(p.runDir, 'nsm.sock'),
+    instance.nsmSocket,
     '--state-dir',
-    p.nsmStateDir,
+    instance.nsmStateDir,
     ...images.flatMap((f) => ['--image', f]),
     '--parent-role-arn',
     DEV_PARENT_ROLE,
     '--instance-id',
-    'i-0dev00000000000000',
+    instance.instanceId,
   ]);
   await nsm.waitFor('NSM simulator ready');
   return nsm;
@@ -70,7 +73,8 @@ export async function makeIdentity(phase: Phase): Promise<{ publicKey: string; g
   const genesisImage = measureImageFiles([bundle, p.enclaveConfig]);
   phase.say(`dev: no keystore identity yet: starting the genesis image (PCR0 ${genesisImage.PCR0})`);
   const nsm = await startNsm(phase, [bundle, p.enclaveConfig]);
-  const enclave = phase.run('enclave', bundle, ['--config', p.enclaveConfig]);
+  // In its run directory: an enclave configuration of the relative form finds its vsock and NSM there.
+  const enclave = phase.run('enclave', bundle, ['--config', p.enclaveConfig], {}, p.runDir);
   try {
     await enclave.waitFor('enclave ready');
     const nonce = `0x${randomBytes(32).toString('hex')}`;
@@ -148,7 +152,7 @@ export async function migrateKeys(phase: Phase, prov: Provisioned): Promise<Migr
     const nsm = await startNsm(phase, [bundle, p.migrationConfig]);
     // The command first: the migration image unseals its identity and the old blobs through its KMS proxy.
     const cmd = phase.run('migrate', path.join(phase.distDir, 'parent.js'), ['migrate', '--config', p.parentConfig], phase.parentEnv);
-    const enclave = phase.run('enclave', bundle, ['--config', p.migrationConfig]);
+    const enclave = phase.run('enclave', bundle, ['--config', p.migrationConfig], {}, p.runDir);
     try {
       const code = await cmd.exited;
       const finished = await cmd.waitFor('migration finished', 0).catch(() => undefined);

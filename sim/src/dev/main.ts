@@ -8,8 +8,19 @@
  *
  *   dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy] [--enclave-bundle FILE]
  *       [--trust-ca PEM]... [--egress-port PORT]... [--idp [--idp-port PORT]]
+ *       [--database sqlite|postgres [--database-url URL]] [--instances N]
  *
  * `--api-port 0` listens on any free port: the one chosen is on the READY line (and in <dir>/dev.json).
+ *
+ * Several instances (docs/STORAGE.md): `--instances N` (1-16; more than one needs `--database postgres`) runs N
+ * parent+enclave pairs, each with its own simulated vsock and NSM simulator (instances.ts), on API ports
+ * PORT … PORT+N−1 (free ones with `--api-port 0`) and wallets ports likewise, sharing one KMS emulator, one
+ * database, the token, the keystore identity (made once, with instance 0's plumbing) and the enclave image. Each
+ * pair is announced as `INSTANCE i URL parentPid=N enclavePid=M` before READY (whose URL is instance 0's), and
+ * listed in <dir>/dev.json. With more than one instance a parent that dies is started again, on its port, as a
+ * service manager would (`RESTARTED i URL parentPid=N enclavePid=M` once it is ready). `--database postgres`
+ * starts an embedded PostgreSQL for the stack (database.ts; its data is gone when the stack stops), or uses
+ * the server of `--database-url`; SQLite in <dir>/keys.db is the default.
  *
  * The wallet routes (docs/TLS.md) are served by the enclave over TLS that ends there: the parent's ingress relay
  * listens on 127.0.0.1:`--wallets-port` (default 0: a free port) and the dev CA (tls.ts, kept in <dir>/tls/)
@@ -45,13 +56,43 @@ import {
   readCaFile,
   setTrustedCas,
   updatePolicy,
+  useRelativeRunDir,
   type Provisioned,
 } from './provision';
 import { startChild, type Child } from './supervisor';
 import { DEV_TLS_IPS, DEV_TLS_NAMES, ensureDevTls, openDevCa } from './tls';
+import { openDevDatabase, type DevDatabase } from './database';
+import { DEV_INSTANCE_ID, instancePaths, MAX_INSTANCES, prepareInstance, type InstancePaths } from './instances';
 
 const USAGE =
-  'usage: dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy] [--no-build] [--trust-ca PEM]... [--egress-port PORT]... [--idp [--idp-port PORT]]';
+  'usage: dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy] [--no-build] [--trust-ca PEM]... [--egress-port PORT]... [--idp [--idp-port PORT]] [--database sqlite|postgres [--database-url URL]] [--instances N]';
+
+/** How often a dead parent of a multi-instance stack is started again before the stack gives up. */
+const MAX_RESTARTS = 5;
+
+/** The flags of the database and the instances, checked before anything starts. */
+function instanceOptions(values: { instances?: string; database?: string; 'database-url'?: string }): {
+  count: number;
+  database: 'sqlite' | 'postgres';
+  databaseUrl: string | undefined;
+} {
+  const count = Number(values.instances ?? '1');
+  if (!/^\d+$/.test(values.instances ?? '1') || count < 1 || count > MAX_INSTANCES)
+    throw new Error(`--instances must be a whole number from 1 to ${MAX_INSTANCES}, not "${values.instances}"\n${USAGE}`);
+  const database = values.database ?? 'sqlite';
+  if (database !== 'sqlite' && database !== 'postgres')
+    throw new Error(`--database must be sqlite or postgres, not "${database}"\n${USAGE}`);
+  if (count > 1 && database !== 'postgres')
+    throw new Error(
+      `--instances ${count} needs --database postgres: several instances share one PostgreSQL database, SQLite serves one\n${USAGE}`,
+    );
+  const databaseUrl = values['database-url'];
+  if (databaseUrl !== undefined && database !== 'postgres') throw new Error(`--database-url goes with --database postgres\n${USAGE}`);
+  // The value is not repeated: it may hold a password.
+  if (databaseUrl !== undefined && !/^postgres(ql)?:\/\/\S+$/.test(databaseUrl))
+    throw new Error(`--database-url must be a postgres:// or postgresql:// URL\n${USAGE}`);
+  return { count, database, databaseUrl };
+}
 
 /** A port option's value: a whole number in [min, 65535]. */
 function portOption(name: string, value: string, min: number): number {
@@ -103,6 +144,9 @@ async function main(): Promise<number> {
       'egress-port': { type: 'string', multiple: true },
       idp: { type: 'boolean' },
       'idp-port': { type: 'string' },
+      instances: { type: 'string' },
+      database: { type: 'string' },
+      'database-url': { type: 'string' },
       help: { type: 'boolean' },
     },
     strict: true,
@@ -117,6 +161,14 @@ async function main(): Promise<number> {
   const walletsPortOption = values['wallets-port'] === undefined ? 0 : portOption('--wallets-port', values['wallets-port'], 0);
   if (values['idp-port'] !== undefined && !values.idp) throw new Error(`--idp-port goes with --idp\n${USAGE}`);
   const idpPort = values['idp-port'] === undefined ? undefined : portOption('--idp-port', values['idp-port'], 1);
+  const { count, database, databaseUrl } = instanceOptions(values);
+  for (const [name, first] of [
+    ['--api-port', apiPort],
+    ['--wallets-port', walletsPortOption],
+  ] as const) {
+    if (first > 0 && first + count - 1 > 65535)
+      throw new Error(`${name} ${first} with --instances ${count} needs ports up to ${first + count - 1}, beyond 65535\n${USAGE}`);
+  }
   // Read and checked before anything starts: a bad file is a clear error, not a stack that cannot fetch.
   const fileCas = (values['trust-ca'] ?? []).flatMap((f) => readCaFile(path.resolve(f)));
   const distDir = __dirname;
@@ -139,26 +191,33 @@ async function main(): Promise<number> {
   const children: Child[] = [];
   let stopping = false;
   let idp: { idp: SimulatedIdp; paths: DevIdpPaths } | undefined;
+  let db: DevDatabase | undefined;
   const stopAll = async () => {
     stopping = true;
     for (const c of [...children].reverse()) await c.stop();
     await idp?.idp.close();
+    // The database last: the parents are gone.
+    await db?.stop();
     fs.rmSync(p.lock, { force: true });
     fs.rmSync(p.devJson, { force: true });
   };
-  const start = (label: string, script: string, args: string[], env: NodeJS.ProcessEnv = {}) => {
-    const c = startChild(label, path.isAbsolute(script) ? script : path.join(distDir, script), args, { env, print: say, color });
-    children.push(c);
+  /** An exit from here on stops the stack. */
+  const fatalExit = (c: Child) => {
     void c.exited.then((code) => {
       if (stopping) return;
-      say(`dev: ${label} exited unexpectedly (code ${code}); stopping the stack`);
+      say(`dev: ${c.label} exited unexpectedly (code ${code}); stopping the stack`);
       void stopAll().then(() => process.exit(1));
     });
+  };
+  const start = (label: string, script: string, args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string) => {
+    const c = startChild(label, path.isAbsolute(script) ? script : path.join(distDir, script), args, { env, print: say, color, cwd });
+    children.push(c);
+    fatalExit(c);
     return c;
   };
   /** A program of a setup phase (genesis, migration): stopped with the stack, but its exit is expected. */
-  const run = (label: string, script: string, args: string[], env: NodeJS.ProcessEnv = {}) => {
-    const c = startChild(label, script, args, { env, print: say, color });
+  const run = (label: string, script: string, args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string) => {
+    const c = startChild(label, script, args, { env, print: say, color, cwd });
     children.push(c);
     void c.exited.then(() => {
       const i = children.indexOf(c);
@@ -185,7 +244,9 @@ async function main(): Promise<number> {
   try {
     // The simulated Nitro CA comes first: the KMS emulator trusts its root.
     const nsmCaFile = path.join(p.nsmStateDir, 'nsm-ca.json');
-    await SimulatedNitroCa.open(nsmCaFile, { instanceId: 'i-0dev00000000000000' });
+    await SimulatedNitroCa.open(nsmCaFile, { instanceId: DEV_INSTANCE_ID });
+    db = await openDevDatabase(database, { ...(databaseUrl === undefined ? {} : { url: databaseUrl }), instances: count, say });
+    const dbSection = db.section;
 
     const kms = start('kms', 'kms-emulator.js', [
       '--port',
@@ -206,20 +267,21 @@ async function main(): Promise<number> {
       prov = JSON.parse(fs.readFileSync(p.provision, 'utf8')) as Provisioned;
     } else {
       say(`dev: first start: provisioning ${p.dir} (KMS key, enclave configuration, keystore identity, measurements, key policy)`);
-      prov = await provision(kmsUrl, p);
+      prov = await provision(kmsUrl, p, { relativeRunDir: count > 1 });
     }
     const parentEnv = {
       NKS_KMS_ENDPOINT: kmsUrl,
       AWS_ACCESS_KEY_ID: DEV_PARENT_ACCESS_KEY,
       AWS_SECRET_ACCESS_KEY: 'dev',
       AWS_REGION: 'us-east-1',
+      ...db.env,
     };
     const phase: Phase = { run, say, distDir, bundle, paths: p, parentEnv, kmsUrl };
 
     let identity = identityOf(p);
     if (identity === undefined) {
       // A genesis image until now (first start, or a state directory from before 0.4).
-      ensureTokenAndParentConfig(p, prov.keyArn, apiPort);
+      ensureTokenAndParentConfig(p, prov.keyArn, apiPort, undefined, [], undefined, { database: dbSection });
       identity = (await makeIdentity(phase)).publicKey;
       prov = await updatePolicy(kmsUrl, bundle, p, prov);
       say(`dev: key policy now approves PCR0 ${prov.approvedPcr0.join(', ')} (the image with the identity)`);
@@ -235,10 +297,19 @@ async function main(): Promise<number> {
     // The CAs the enclave trusts for JWKS servers are part of its image: a change is a new PCR0, approved here
     // as an operator would approve it, unless the image it replaces was not approved either (then KMS refuses it,
     // and --update-policy approves it, as for any changed image).
+    // So is where the enclave finds its vsock: several instances need the relative form (provision.ts), which
+    // is kept once made.
     const cas = [...fileCas, ...(idp ? [new X509Certificate(idp.idp.caPem).toString()] : [])];
     const replaced = measureImageFiles([bundle, p.enclaveConfig]);
-    if (setTrustedCas(p, cas)) {
-      const what = cas.length ? `trusts ${cas.length} CA(s) for JWKS servers (jwt.trustedCas)` : 'trusts no CA of its own for JWKS servers';
+    const relativized = count > 1 && useRelativeRunDir(p);
+    const casChanged = setTrustedCas(p, cas);
+    if (relativized || casChanged) {
+      const what = [
+        ...(relativized ? ['finds its simulated vsock in its working directory (one image for every instance)'] : []),
+        ...(casChanged
+          ? [cas.length ? `trusts ${cas.length} CA(s) for JWKS servers (jwt.trustedCas)` : 'trusts no CA of its own for JWKS servers']
+          : []),
+      ].join(' and ');
       if ((await approvedByPolicy(kmsUrl, prov.keyArn)).includes(replaced.PCR0)) {
         prov = await updatePolicy(kmsUrl, bundle, p, prov);
         say(`dev: the enclave configuration now ${what}; its new image is approved (key policy: PCR0 ${prov.approvedPcr0.join(', ')})`);
@@ -248,16 +319,21 @@ async function main(): Promise<number> {
     }
     const ca = await openDevCa(p.dir);
     if (ca.created) say(`dev: made the dev CA for the wallet routes' TLS (${ca.paths.caPem}; its key beside it, mode 0600)`);
-    const parentConfigFor = (walletsPort?: number) =>
+    const instances = Array.from({ length: count }, (_, i) => instancePaths(p, i));
+    /** The single-instance stack's labels as before; `parent1`, `enclave1`, `nsm1` for instance 1 of several. */
+    const labelOf = (kind: string, ip: InstancePaths) => (count === 1 ? kind : `${kind}${ip.index}`);
+    const parentConfigFor = (ip: InstancePaths, port: number, walletsPort?: number) =>
       ensureTokenAndParentConfig(
         p,
         prov.keyArn,
-        apiPort,
+        port,
         identity,
         [...egressPorts, ...(idp ? [idp.idp.port] : [])],
         walletsPort === undefined ? undefined : { port: walletsPort, publicUrl: `https://127.0.0.1:${walletsPort}` },
+        { file: ip.parentConfig, runDir: ip.runDir, database: dbSection },
       );
-    parentConfigFor(); // what `parent migrate` reads; the daemon's, with the relay's port, is written below
+    const first = instances[0] as InstancePaths;
+    parentConfigFor(first, apiPort); // what `parent migrate` reads; the daemon's, with the relay's port, is written below
     const current = measureImageFiles([bundle, p.enclaveConfig]);
     const approved = await approvedByPolicy(kmsUrl, prov.keyArn);
     const unapproved = !approved.includes(current.PCR0);
@@ -275,59 +351,135 @@ async function main(): Promise<number> {
       }
     }
 
-    await startNsm(phase, [bundle, p.enclaveConfig]);
-    // From here on, an exit of the NSM simulator is not expected.
-    const nsm = children[children.length - 1] as Child;
-    void nsm.exited.then((code) => {
-      if (stopping) return;
-      say(`dev: nsm exited unexpectedly (code ${code}); stopping the stack`);
-      void stopAll().then(() => process.exit(1));
-    });
-    // The relay's port is in the parent's configuration (its publicUrl names it): with --wallets-port 0 a free
-    // port is chosen here, and another one if something took it before the parent bound it.
-    let url = '';
-    let walletsPort = walletsPortOption;
-    for (let attempt = 1; ; attempt++) {
-      if (walletsPortOption === 0) walletsPort = await freePort();
-      parentConfigFor(walletsPort);
-      const parent = run('parent', path.join(distDir, 'parent.js'), ['--config', p.parentConfig], parentEnv);
-      try {
-        url = String((await parent.waitFor('parent ready')).url);
-      } catch (err) {
-        const taken = parent.lines().some((l) => l.includes('EADDRINUSE') && l.includes(String(walletsPort)));
-        if (walletsPortOption === 0 && taken && attempt < 3) continue;
-        if (taken) throw new Error(`the wallets port ${walletsPort} is in use: free it, or pass another --wallets-port`);
-        throw err;
-      }
-      // From here on, like the others: an exit stops the stack.
-      void parent.exited.then((code) => {
-        if (stopping) return;
-        say(`dev: parent exited unexpectedly (code ${code}); stopping the stack`);
-        void stopAll().then(() => process.exit(1));
-      });
-      break;
+    interface Pair {
+      ip: InstancePaths;
+      url: string;
+      walletsPort: number;
+      parent: Child;
+      enclave: Child;
+      restarts: number;
     }
-    const walletsUrl = `https://127.0.0.1:${walletsPort}`;
-    const enclave = start('enclave', bundle, ['--config', p.enclaveConfig]);
-    const started = await enclave.waitFor(
-      (e) => e.msg === 'enclave ready' || (unapproved && String(e.msg).startsWith('could not unseal the keystore identity')),
-      60_000,
-    );
-    if (started.msg !== 'enclave ready') {
-      say(
-        `dev: the enclave could not unseal the keystore identity: ${String(started.code)}: ${String(started.reason)}. To approve the new measurements: npm run dev -- --update-policy`,
+    /**
+     * The pair's parent, its configuration written with `port` and the relay's port: with a wallets port of 0
+     * a free port is chosen here, and another one if something took it before the parent bound it.
+     */
+    const launchParent = async (ip: InstancePaths, port: number, walletsWanted: number) => {
+      let walletsPort = walletsWanted;
+      for (let attempt = 1; ; attempt++) {
+        if (walletsWanted === 0) walletsPort = await freePort();
+        parentConfigFor(ip, port, walletsPort);
+        const parent = run(labelOf('parent', ip), path.join(distDir, 'parent.js'), ['--config', ip.parentConfig], parentEnv);
+        try {
+          return { parent, walletsPort, url: String((await parent.waitFor('parent ready')).url) };
+        } catch (err) {
+          await parent.stop(); // one that did not report ready in time is not left running
+          const taken = parent.lines().some((l) => l.includes('EADDRINUSE') && l.includes(String(walletsPort)));
+          if (walletsWanted === 0 && taken && attempt < 3) continue;
+          if (taken) throw new Error(`the wallets port ${walletsPort} is in use: free it, or pass another --wallets-port`);
+          throw err;
+        }
+      }
+    };
+    const readyz = async (url: string, withinMs = 30_000) => {
+      const until = Date.now() + withinMs;
+      for (;;) {
+        const res = await fetch(`${url}/readyz`).catch(() => null);
+        if (res?.status === 200) return;
+        if (Date.now() > until) throw new Error(`${url}/readyz did not pass within ${withinMs / 1000} s`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    const pairs: Pair[] = [];
+    const instanceLine = (pair: Pair) =>
+      `${pair.ip.index} ${pair.url} parentPid=${pair.parent.process.pid} enclavePid=${pair.enclave.process.pid}`;
+    let writeDevJson = () => undefined as void;
+    /**
+     * A parent's exit stops the stack of one instance, as before. Of several, the parent is started again on its
+     * ports, as a service manager would, while the other instances keep serving: after 0.5 s, then backing off
+     * to 8 s while it does not get as far as listening (a parent refuses to start while the database does not
+     * answer), and the stack stops after MAX_RESTARTS such attempts in a row. `RESTARTED` is printed once its
+     * /readyz passes.
+     */
+    const supervise = (pair: Pair) => {
+      const { parent } = pair;
+      void parent.exited.then(async (code) => {
+        if (stopping) return;
+        const how = parent.process.signalCode ?? `code ${code}`;
+        if (count === 1) {
+          say(`dev: ${parent.label} exited unexpectedly (${how}); stopping the stack`);
+          void stopAll().then(() => process.exit(1));
+          return;
+        }
+        say(`dev: ${parent.label} exited unexpectedly (${how})`);
+        for (let attempt = 1; ; attempt++) {
+          if (attempt > MAX_RESTARTS) {
+            say(`dev: ${parent.label} did not start again in ${MAX_RESTARTS} attempts; stopping the stack`);
+            void stopAll().then(() => process.exit(1));
+            return;
+          }
+          const delay = Math.min(8_000, 500 * 2 ** (attempt - 1));
+          say(`dev: starting ${parent.label} again in ${delay} ms (attempt ${attempt} of ${MAX_RESTARTS})`);
+          await new Promise((r) => setTimeout(r, delay));
+          if (stopping) return;
+          try {
+            const again = await launchParent(pair.ip, Number(new URL(pair.url).port), pair.walletsPort);
+            pair.parent = again.parent;
+            pair.restarts++;
+            break;
+          } catch (err) {
+            if (stopping) return;
+            say(`dev: ${parent.label} could not be started again: ${(err as Error).message}`);
+          }
+        }
+        const current = pair.parent;
+        supervise(pair);
+        // Ready when its enclave and database are: however long that takes, unless it exits meanwhile.
+        while (!stopping && current.process.exitCode === null && current.process.signalCode === null) {
+          try {
+            await readyz(pair.url, 5_000);
+            writeDevJson();
+            say(`RESTARTED ${instanceLine(pair)}`);
+            return;
+          } catch {
+            /* not yet */
+          }
+        }
+      });
+    };
+    /** One parent+enclave pair on its own simulated vsock and NSM simulator; resolves once its /readyz passes. */
+    const startPair = async (ip: InstancePaths): Promise<Pair | undefined> => {
+      prepareInstance(p, ip);
+      const nsm = await startNsm(phase, [bundle, p.enclaveConfig], ip, labelOf('nsm', ip));
+      // From here on, an exit of the NSM simulator is not expected.
+      fatalExit(nsm);
+      const portOf = (first: number) => (first === 0 ? 0 : first + ip.index);
+      const launched = await launchParent(ip, portOf(apiPort), portOf(walletsPortOption));
+      const enclave = start(labelOf('enclave', ip), bundle, ['--config', p.enclaveConfig], {}, ip.runDir);
+      const pair: Pair = { ip, url: launched.url, walletsPort: launched.walletsPort, parent: launched.parent, enclave, restarts: 0 };
+      supervise(pair);
+      const started = await enclave.waitFor(
+        (e) => e.msg === 'enclave ready' || (unapproved && String(e.msg).startsWith('could not unseal the keystore identity')),
+        60_000,
       );
+      if (started.msg !== 'enclave ready') {
+        say(
+          `dev: the enclave could not unseal the keystore identity: ${String(started.code)}: ${String(started.reason)}. To approve the new measurements: npm run dev -- --update-policy`,
+        );
+        return undefined;
+      }
+      await readyz(pair.url);
+      return pair;
+    };
+
+    // Instance 0 first, whole: the JWT project and the wallet routes' TLS key it stores are there for the others.
+    const pair0 = await startPair(first);
+    if (!pair0) {
       await stopAll();
       return 1;
     }
-
-    const until = Date.now() + 30_000;
-    for (;;) {
-      const res = await fetch(`${url}/readyz`).catch(() => null);
-      if (res?.status === 200) break;
-      if (Date.now() > until) throw new Error(`${url}/readyz did not pass within 30 s`);
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    pairs.push(pair0);
+    const url = pair0.url;
+    const walletsUrl = `https://127.0.0.1:${pair0.walletsPort}`;
     const token = fs.readFileSync(p.token, 'utf8').trim();
     let idpInfo: Record<string, unknown> | undefined;
     if (idp) {
@@ -355,12 +507,61 @@ async function main(): Promise<number> {
     say(
       `dev: wallet routes served by the enclave at ${walletsUrl} over TLS with its own key (${tls.outcome === 'made' ? 'made now' : 'kept'}; certificate for ${[...DEV_TLS_NAMES, ...DEV_TLS_IPS].join(', ')} from the dev CA ${ca.paths.caPem}, until ${tls.notAfter}); check it with: nks tls verify`,
     );
-    const wallets = { url: walletsUrl, port: walletsPort, caPem: ca.paths.caPem, fingerprint256: tls.fingerprint256 };
-    fs.writeFileSync(
-      p.devJson,
-      `${JSON.stringify({ url, dir: p.dir, kmsUrl, keyArn: prov.keyArn, pcr0: current.PCR0, identity, rootPem: p.rootPem, pid: process.pid, wallets, ...(idpInfo ? { idp: idpInfo } : {}) }, null, 2)}\n`,
+    // The other instances: the same TLS key (stored in the shared database), which each parent installs in its
+    // enclave once connected.
+    const others = await Promise.all(
+      instances.slice(1).map(async (ip) => {
+        const pair = await startPair(ip);
+        if (pair) await ensureDevTls(pair.url, token, ca);
+        return pair;
+      }),
     );
+    if (others.some((o) => o === undefined)) {
+      await stopAll();
+      return 1;
+    }
+    pairs.push(...(others as Pair[]));
+    if (count > 1) {
+      const ports = pairs.map((x) => `https://127.0.0.1:${x.walletsPort}`).join(' ');
+      say(`dev: ${count} instances share ${db.describe.kind === 'postgres' ? db.describe.url : 'the database'}; wallet routes at ${ports}`);
+    }
+    const wallets = { url: walletsUrl, port: pair0.walletsPort, caPem: ca.paths.caPem, fingerprint256: tls.fingerprint256 };
+    writeDevJson = () => {
+      if (stopping) return;
+      const listed = pairs.map((x) => ({
+        index: x.ip.index,
+        url: x.url,
+        parentPid: x.parent.process.pid,
+        enclavePid: x.enclave.process.pid,
+        walletsUrl: `https://127.0.0.1:${x.walletsPort}`,
+        runDir: x.ip.runDir,
+        parentConfig: x.ip.parentConfig,
+      }));
+      fs.writeFileSync(
+        p.devJson,
+        `${JSON.stringify(
+          {
+            url,
+            dir: p.dir,
+            kmsUrl,
+            keyArn: prov.keyArn,
+            pcr0: current.PCR0,
+            identity,
+            rootPem: p.rootPem,
+            pid: process.pid,
+            wallets,
+            ...(idpInfo ? { idp: idpInfo } : {}),
+            database: db?.describe,
+            instances: listed,
+          },
+          null,
+          2,
+        )}\n`,
+      );
+    };
+    writeDevJson();
     say(`dev: caller token in ${p.token}; nks reads it (and the URL) from ${p.dir}`);
+    for (const pair of pairs) say(`INSTANCE ${instanceLine(pair)}`);
     say(`WALLETS ${walletsUrl}`);
     say(`READY ${url}`);
     return -1; // keep running until a signal

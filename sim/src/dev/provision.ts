@@ -133,10 +133,36 @@ export async function approveAlso(kmsUrl: string, keyArn: string, current: Measu
 }
 
 /**
+ * Where an enclave finds its simulated vsock and NSM: in the enclave configuration, so measured. The absolute
+ * form names the stack's one run directory. The relative form names the enclave's working directory, so one
+ * configuration (one image, one PCR0) serves every instance of a multi-instance stack: each enclave runs in the
+ * run directory of its own pair (instances.ts), as each enclave of a fleet has a host of its own.
+ */
+const RELATIVE_PLUMBING = { transport: { kind: 'simulated', runDir: '.' }, nsm: { kind: 'simulated', socket: 'nsm.sock' } } as const;
+const absolutePlumbing = (p: DevPaths) => ({
+  transport: { kind: 'simulated', runDir: p.runDir },
+  nsm: { kind: 'simulated', socket: path.join(p.runDir, 'nsm.sock') },
+});
+
+/**
+ * Gives the enclave configuration the relative form (above) if it has the absolute one: what a stack of several
+ * instances needs. Returns whether the file changed: then PCR0 did. The relative form also serves one instance,
+ * so it is kept once made.
+ */
+export function useRelativeRunDir(p: DevPaths): boolean {
+  const before = fs.readFileSync(p.enclaveConfig, 'utf8');
+  const config = JSON.parse(before) as Record<string, unknown>;
+  const after = `${JSON.stringify({ ...config, ...RELATIVE_PLUMBING }, null, 2)}\n`;
+  if (after === before) return false;
+  writeFile(p.enclaveConfig, after, 0o644);
+  return true;
+}
+
+/**
  * Creates the KMS key and the enclave configuration of the genesis image (first start). No image is approved
  * yet: the genesis image makes no KMS call, and the image to approve is the one with the identity.
  */
-export async function provision(kmsUrl: string, p: DevPaths): Promise<Provisioned> {
+export async function provision(kmsUrl: string, p: DevPaths, options: { relativeRunDir?: boolean } = {}): Promise<Provisioned> {
   const kms = adminKms(kmsUrl);
   try {
     const created = await kms.send(
@@ -149,8 +175,7 @@ export async function provision(kmsUrl: string, p: DevPaths): Promise<Provisione
       kmsPublicKey: Buffer.from(pub.PublicKey as Uint8Array).toString('base64'),
       listen: DEFAULT_ENCLAVE_ADDRESS,
       kmsProxy: DEFAULT_KMS_PROXY_ADDRESS,
-      transport: { kind: 'simulated', runDir: p.runDir },
-      nsm: { kind: 'simulated', socket: path.join(p.runDir, 'nsm.sock') },
+      ...(options.relativeRunDir ? RELATIVE_PLUMBING : absolutePlumbing(p)),
       logLevel: 'info',
     };
     writeFile(p.enclaveConfig, `${JSON.stringify(enclaveConfig, null, 2)}\n`, 0o644);
@@ -192,12 +217,23 @@ export async function approvedByPolicy(kmsUrl: string, keyArn: string): Promise<
   }
 }
 
+/** What differs between the parent configurations of a multi-instance stack (instances.ts); none: instance 0's. */
+export interface InstanceConfig {
+  /** Where the configuration is written (default `<dir>/parent.json`). */
+  file?: string;
+  /** The pair's simulated vsock (default the stack's run directory). */
+  runDir?: string;
+  /** The `database` section (default SQLite in `<dir>/keys.db`). */
+  database?: Record<string, unknown>;
+}
+
 /**
  * The caller token (created once, mode 0600) and the parent configuration holding only its hash, and the
  * keystore identity's public key once there is one (the parent then uses no enclave of another identity).
  * The egress relay (docs/PROJECTS.md, "The egress relay") allows loopback addresses, which only development
  * may do (JWKS servers on this machine), and port 443 plus `egressPorts`. `wallets`: the ingress relay's port on
- * 127.0.0.1 and the URL the wallet routes are reached at (docs/TLS.md).
+ * 127.0.0.1 and the URL the wallet routes are reached at (docs/TLS.md). `instance`: another instance's file, run
+ * directory and database (every instance has the same token and identity).
  */
 export function ensureTokenAndParentConfig(
   p: DevPaths,
@@ -206,6 +242,7 @@ export function ensureTokenAndParentConfig(
   identityPublicKey?: string,
   egressPorts: number[] = [],
   wallets?: { port: number; publicUrl: string },
+  instance: InstanceConfig = {},
 ): string {
   let token: string;
   if (fs.existsSync(p.token)) token = fs.readFileSync(p.token, 'utf8').trim();
@@ -218,8 +255,8 @@ export function ensureTokenAndParentConfig(
     tokens: [
       { name: 'dev', sha256: createHash('sha256').update(token).digest('hex'), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] },
     ],
-    database: { path: p.database },
-    transport: { kind: 'simulated', runDir: p.runDir },
+    database: instance.database ?? { kind: 'sqlite', path: p.database },
+    transport: { kind: 'simulated', runDir: instance.runDir ?? p.runDir },
     enclave: { address: DEFAULT_ENCLAVE_ADDRESS },
     kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, allowedKeyArns: [keyArn], region: 'us-east-1' },
     egress: { listen: DEFAULT_EGRESS_ADDRESS, allowLoopback: true, allowedPorts: [...new Set([443, ...egressPorts])] },
@@ -228,7 +265,7 @@ export function ensureTokenAndParentConfig(
     ...(wallets ? { wallets: { publicUrl: wallets.publicUrl, relay: { host: '127.0.0.1', port: wallets.port } } } : {}),
     logLevel: 'info',
   };
-  writeFile(p.parentConfig, `${JSON.stringify(config, null, 2)}\n`);
+  writeFile(instance.file ?? p.parentConfig, `${JSON.stringify(config, null, 2)}\n`);
   return token;
 }
 

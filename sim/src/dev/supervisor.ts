@@ -11,7 +11,8 @@ const SKIP = new Set(['level', 'time', 'pid', 'name', 'msg', 'hostname', 'compon
 
 /** `12:00:01.123 parent  INFO  request method=POST route=/v1/keys status=201 ms=3.2` */
 export function formatLine(label: string, line: string, color: boolean): string {
-  const tag = color ? `\x1b[${COLORS[label] ?? '37'}m${label.padEnd(7)}\x1b[0m` : label.padEnd(7);
+  // `parent1`, `enclave2`: an instance's programs take the color of their kind.
+  const tag = color ? `\x1b[${COLORS[label.replace(/\d+$/, '')] ?? '37'}m${label.padEnd(7)}\x1b[0m` : label.padEnd(7);
   let entry: Record<string, unknown>;
   try {
     entry = JSON.parse(line) as Record<string, unknown>;
@@ -42,9 +43,13 @@ export function startChild(
   label: string,
   script: string,
   args: string[],
-  opts: { env?: NodeJS.ProcessEnv; print: (line: string) => void; color: boolean },
+  opts: { env?: NodeJS.ProcessEnv; print: (line: string) => void; color: boolean; cwd?: string },
 ): Child {
-  const child = spawn(process.execPath, [script, ...args], { env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [script, ...args], {
+    env: { ...process.env, ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(opts.cwd ? { cwd: opts.cwd } : {}),
+  });
   const seen: Array<Record<string, unknown>> = [];
   const raw: string[] = [];
   const waiters: Array<() => void> = [];
