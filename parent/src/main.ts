@@ -20,7 +20,7 @@ import { ConfigError, loadParentConfig, type ParentConfig } from './config';
 import { GENESIS_NONCE_RE, runGenesis, writeGenesisOutput } from './genesis';
 import { keysToMigrate, runMigration } from './migrate';
 import { openEngine, storeStatus } from './store/open';
-import { redactUrl } from './store/redact';
+import { redactUrl } from '@nks/shared/redact';
 
 const USAGE = `usage: parent [--config FILE]
        parent genesis --config FILE --nonce HEX --out FILE [--trusted-root PEM]

@@ -10,7 +10,7 @@ import net from 'node:net';
 import pg from 'pg';
 import { SCHEMA_VERSION } from '../src/store/migrations';
 import { LISTENER_NAME, PostgresEngine, type PostgresOptions } from '../src/store/postgres';
-import { redactUrl } from '../src/store/redact';
+import { redactUrl } from '@nks/shared/redact';
 import { POSTGRES_MIGRATIONS } from '../src/store/postgres-migrations';
 import type { StoreChange } from '../src/store/types';
 import { createAppRole, startPostgres, type PostgresServer } from '../../test/support/postgres';

@@ -21,7 +21,7 @@ import { spawnSync } from 'node:child_process';
 import pg from 'pg';
 import { recoverMessageAddress } from 'viem';
 import { tempRunDir } from '@nks/shared-test/helpers';
-import { redactUrl } from '../../parent/src/store/redact';
+import { redactUrl } from '@nks/shared/redact';
 import { startDevStack, processesUsing, type ApiAnswer, type DevStack } from '../support/dev-stack';
 import { startPostgres, type PostgresServer } from '../support/postgres';
 import { ROOT } from '../support/process';

@@ -6,7 +6,7 @@
  */
 import pg from 'pg';
 import { KeystoreError } from '@nks/shared/errors';
-import { redactText } from './redact';
+import { redactText } from '@nks/shared/redact';
 
 const SQLSTATE_CAUSES: Record<string, string> = {
   '57P01': 'the database server is shutting down',

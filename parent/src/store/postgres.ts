@@ -18,7 +18,7 @@ import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import type { KeyRecord, KeyState, ProjectRecord, SignedRecord } from '@nks/shared/records';
 import { describeError, spoilsSession, storageError } from './postgres-errors';
-import { redactUrl } from './redact';
+import { redactUrl } from '@nks/shared/redact';
 import { ChangeListener } from './postgres-listener';
 import { POSTGRES_BASELINE, POSTGRES_MIGRATIONS } from './postgres-migrations';
 import {

@@ -7,7 +7,7 @@
  * printed with its password.
  */
 import pg from 'pg';
-import { redactText, redactUrl } from '../../../parent/src/store/redact';
+import { redactText, redactUrl } from '@nks/shared/redact';
 import { startPostgres, type PostgresServer } from '../postgres';
 import { poolSizeFor } from './instances';
 

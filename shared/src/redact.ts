@@ -1,4 +1,4 @@
-/** Database URLs and error texts made fit for logs: never a password (docs/STORAGE.md, "Configuration"). */
+/** Database URLs and error texts made fit for logs and errors: never a password (docs/STORAGE.md, "Configuration"). */
 
 /** `url` with its password (the user info's, or any `…password` parameter) replaced by `***`. */
 export function redactUrl(url: string): string {
