@@ -20,7 +20,8 @@
  * Prints a table, then one JSON line with rawSignPerSec, e2eSignPerSec, ratio, p50Ms, p99Ms,
  * coldKmsCallsPerKey, createKmsCalls, createPerSec, typedData, jwt, wallets (and more).
  *
- * `--database postgres` measures warm signs and creates on SQLite and on PostgreSQL (embedded) one after the other.
+ * `--database postgres` measures warm signs and creates on SQLite and on PostgreSQL (embedded) one after the other,
+ * and how long a disable made through one of two instances on one PostgreSQL takes to be refused by the other.
  * `--only jwt` runs the JWT comparison alone, `--only wallets` the wallets section alone (a stack of its own each,
  * about a minute). `--only policy` measures signing policies (docs/POLICIES.md) in this process, no stack: the CPU
  * of reading a request's facts and evaluating a 20-rule policy on it, against the enclave's 50 µs budget.
@@ -36,6 +37,7 @@ import * as secp from '@noble/secp256k1';
 import { Pool } from 'undici';
 import { startSimulatedIdp, type SimulatedIdp } from '../sim/src/idp/issuer';
 import { startStack, stackDbPath, waitReady, type Stack } from '../test/support/stack';
+import { startDevStack } from '../test/support/dev-stack';
 import { startPostgres } from '../test/support/postgres';
 import { createProject, jwtProject, jwtStackOptions } from '../test/support/truewallet';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
@@ -763,13 +765,53 @@ async function databaseComparison(quick: boolean): Promise<void> {
   } finally {
     await pg.stop();
   }
+  // Coherence across instances: a disable made through one instance, polled on the other until it refuses.
+  const propagation: number[] = [];
+  const dev = await startDevStack(path.join(os.tmpdir(), `nks-bench-two-${process.pid}`), [
+    '--instances',
+    '2',
+    '--database',
+    'postgres',
+    '--api-port',
+    '0',
+  ]);
+  try {
+    const sign = { type: 'digest', digest: `0x${'33'.repeat(32)}` };
+    for (let i = 0; i < (quick ? 10 : 30); i++) {
+      const made = await dev.api(0, '/v1/keys', { body: {} });
+      const keyId = (made.body as { keyId: string }).keyId;
+      if ((await dev.api(1, `/v1/keys/${keyId}/sign`, { body: sign })).status !== 200)
+        throw new Error('a key did not sign on the other instance');
+      await dev.api(0, `/v1/keys/${keyId}/disable`, { body: {} });
+      const t0 = performance.now();
+      while ((await dev.api(1, `/v1/keys/${keyId}/sign`, { body: sign })).status === 200) {
+        if (performance.now() - t0 > 5000) throw new Error('a disable did not reach the other instance within 5 s');
+      }
+      propagation.push(performance.now() - t0);
+    }
+  } finally {
+    await dev.stop();
+  }
+  const sortedProp = [...propagation].sort((x, y) => x - y);
+  const disablePropagationMs = {
+    p50: Number((sortedProp[Math.floor(sortedProp.length / 2)] as number).toFixed(1)),
+    max: Number((sortedProp[sortedProp.length - 1] as number).toFixed(1)),
+  };
+  console.log(
+    `disable through instance 0 refused by instance 1 after: p50 ${f(disablePropagationMs.p50, 1)} ms, max ${f(disablePropagationMs.max, 1)} ms (${propagation.length} keys; bound 1 s)`,
+  );
   const sqlite = out.sqlite as (typeof out)[string];
   const postgres = out.postgres as (typeof out)[string];
   const warmRatio = postgres.warmPerSec / sqlite.warmPerSec;
   console.log(
     `warm signing on PostgreSQL: ${f(warmRatio * 100, 1)}% of SQLite's (target: within 10%: ${warmRatio >= 0.9 ? 'met' : 'NOT met'}); creates ${f((postgres.createPerSec / sqlite.createPerSec) * 100, 1)}%`,
   );
-  console.log(JSON.stringify({ machine: { cores, node: process.version }, database: { ...out, warmRatio: Number(warmRatio.toFixed(3)) } }));
+  console.log(
+    JSON.stringify({
+      machine: { cores, node: process.version },
+      database: { ...out, warmRatio: Number(warmRatio.toFixed(3)), disablePropagationMs },
+    }),
+  );
 }
 
 /** The enclave's budget for facts + rules of a 20-rule policy on a transaction (docs/POLICIES.md). */
