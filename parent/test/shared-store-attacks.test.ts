@@ -5,56 +5,16 @@
  * notifications. The honest instance must never answer a key the database alone put there, nor act on a record
  * rolled back.
  */
-import fs from 'node:fs';
-import net from 'node:net';
-import pg from 'pg';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
-import { SimulatedVsockTransport } from '@nks/shared/transport';
-import { captureLogger, tempRunDir, type CapturedLogger } from '@nks/shared-test/helpers';
-import { hashToken } from '../src/api/auth';
-import { startParent, type RunningParent } from '../src/app';
-import { parseParentConfig } from '../src/config';
+import type { CapturedLogger } from '@nks/shared-test/helpers';
 import { KeyStore } from '../src/store/key-store';
 import { PostgresEngine } from '../src/store/postgres';
-import { createAppRole, startPostgres, type PostgresServer } from '../../test/support/postgres';
-import { FAKE_KMS_KEY_ARN, FakeEnclave } from './fake-enclave';
+import { startPostgres, type PostgresServer } from '../../test/support/postgres';
+import type { FakeEnclave } from './fake-enclave';
+import { freezableProxy, freshStore, honestParent, sql, until, type HonestParent } from './shared-store-support';
 import { keyRecord, newKey, next, update } from './store-fixtures';
 
-const ENCLAVE = 'vsock://16:5000';
-const TOKEN = 'nks_test_token';
-
-async function sql<R extends pg.QueryResultRow = pg.QueryResultRow>(url: string, text: string, params: unknown[] = []): Promise<R[]> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return (await client.query<R>(text, params)).rows;
-  } finally {
-    await client.end();
-  }
-}
-
-async function until(check: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`condition not met within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 let server: PostgresServer;
-let databases = 0;
-/** A fresh database migrated by its owner, and the application role's URL on it. */
-async function freshStore(): Promise<{ owner: string; app: string }> {
-  const name = `r21_${++databases}`;
-  await sql(server.superuserUrl, `CREATE DATABASE ${name}`);
-  const u = new URL(server.superuserUrl);
-  u.pathname = `/${name}`;
-  const owner = u.toString();
-  await (await PostgresEngine.open({ url: owner, poolSize: 2, migrate: true })).close();
-  const app = await createAppRole(owner, `nks_app_${databases}`);
-  return { owner, app };
-}
-
 beforeAll(async () => {
   server = await startPostgres();
 }, 120_000);
@@ -63,48 +23,19 @@ afterAll(async () => {
 });
 
 describe('an honest parent on a database a compromised instance writes to', () => {
-  let runDir: string;
-  let enclave: FakeEnclave;
-  let parent: RunningParent | undefined;
-  let log: CapturedLogger;
+  let h: HonestParent;
   let app: string;
-
-  const api = async (pathname: string, init: { method?: string; body?: unknown } = {}) => {
-    const res = await fetch(`${(parent as RunningParent).url}${pathname}`, {
-      method: init.method ?? (init.body === undefined ? 'GET' : 'POST'),
-      headers: { authorization: `Bearer ${TOKEN}`, ...(init.body === undefined ? {} : { 'content-type': 'application/json' }) },
-      ...(init.body === undefined ? {} : { body: JSON.stringify(init.body) }),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : undefined };
-  };
+  let enclave: FakeEnclave;
+  let log: CapturedLogger;
+  const api = (pathname: string, init?: { method?: string; body?: unknown }) => h.api(pathname, init);
 
   beforeEach(async () => {
-    runDir = tempRunDir('nks-r21-');
-    log = captureLogger('debug');
-    enclave = new FakeEnclave();
-    await enclave.listen(new SimulatedVsockTransport(runDir), ENCLAVE);
-    ({ app } = await freshStore());
-    const config = parseParentConfig({
-      api: { listen: { host: '127.0.0.1', port: 0 } },
-      tokens: [{ name: 'test', sha256: hashToken(TOKEN), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] }],
-      database: { kind: 'postgres', url: app, migrate: false, poolSize: 2 },
-      transport: { kind: 'simulated', runDir },
-      enclave: { address: ENCLAVE, poolSize: 1, connectTimeoutMs: 1000, deadlineMs: 5000 },
-      kmsProxy: { listen: 'vsock://3:8000', allowedKeyArns: [FAKE_KMS_KEY_ARN], region: 'us-east-1', endpoint: 'http://127.0.0.1:9' },
-      wallets: { relay: { host: '127.0.0.1', port: 0 } },
-      logLevel: 'debug',
-    });
-    parent = await startParent(config, log.logger);
-    await parent.pool.waitUp(5000);
+    ({ app } = await freshStore(server));
+    h = await honestParent(app);
+    ({ enclave, log } = h);
   }, 60_000);
-
   afterEach(async () => {
-    enclave?.releaseAll();
-    await parent?.stop();
-    parent = undefined;
-    await enclave?.close();
-    fs.rmSync(runDir, { recursive: true, force: true });
+    await h?.stop();
   });
 
   it("never answers a row without a record as a user's key (create by external id, lookup, view)", async () => {
@@ -176,36 +107,9 @@ describe('an honest parent on a database a compromised instance writes to', () =
   });
 });
 
-/** A TCP proxy that can stop passing bytes (a silent network: no RST, no FIN). */
-async function freezableProxy(port: number) {
-  let frozen = false;
-  const sockets = new Set<net.Socket>();
-  const proxy = net.createServer((inbound) => {
-    const outbound = net.connect(port, '127.0.0.1');
-    for (const [from, to] of [
-      [inbound, outbound],
-      [outbound, inbound],
-    ] as const) {
-      sockets.add(from);
-      from.on('data', (chunk) => frozen || to.write(chunk));
-      from.on('error', () => to.destroy());
-      from.on('close', () => to.destroy());
-    }
-  });
-  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
-  return {
-    port: (proxy.address() as net.AddressInfo).port,
-    freeze: () => void (frozen = true),
-    close: async () => {
-      sockets.forEach((s) => s.destroy());
-      await new Promise((resolve) => proxy.close(resolve));
-    },
-  };
-}
-
 describe('coherence when the network to the database goes silent', () => {
   it('never serves a row another instance changed more than a second ago: it reads again, or fails', async () => {
-    const { app } = await freshStore();
+    const { app } = await freshStore(server);
     const writer = await PostgresEngine.open({ url: app, poolSize: 2, migrate: false });
     const proxy = await freezableProxy(server.port);
     const viaProxy = new URL(app);

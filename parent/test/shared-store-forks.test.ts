@@ -6,47 +6,17 @@
  * external id, and rows planted at the next row numbers. The honest instance must answer them as KEY_INTEGRITY or
  * not at all, never as the user's key or the project's current policy.
  */
-import fs from 'node:fs';
-import pg from 'pg';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { decodeProjectRecord, hex, recordDigest, type KeyRecord, type ProjectRecord } from '@nks/shared/records';
-import { SimulatedVsockTransport } from '@nks/shared/transport';
-import { captureLogger, tempRunDir, type CapturedLogger } from '@nks/shared-test/helpers';
-import { hashToken } from '../src/api/auth';
-import { startParent, type RunningParent } from '../src/app';
-import { parseParentConfig } from '../src/config';
+import type { CapturedLogger } from '@nks/shared-test/helpers';
 import { blobSha256 } from '../src/key-registry';
 import { PostgresEngine } from '../src/store/postgres';
-import { createAppRole, startPostgres, type PostgresServer } from '../../test/support/postgres';
-import { FAKE_KMS_KEY_ARN, FakeEnclave, fakeKeyBlob } from './fake-enclave';
+import { startPostgres, type PostgresServer } from '../../test/support/postgres';
+import { fakeKeyBlob, type FakeEnclave } from './fake-enclave';
+import { freshStore, honestParent, sql, type HonestParent } from './shared-store-support';
 import { newKey } from './store-fixtures';
 
-const ENCLAVE = 'vsock://16:5000';
-const TOKEN = 'nks_test_token';
-
-async function sql<R extends pg.QueryResultRow = pg.QueryResultRow>(url: string, text: string, params: unknown[] = []): Promise<R[]> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return (await client.query<R>(text, params)).rows;
-  } finally {
-    await client.end();
-  }
-}
-
 let server: PostgresServer;
-let databases = 0;
-async function freshStore(): Promise<{ owner: string; app: string }> {
-  const name = `forks_${++databases}`;
-  await sql(server.superuserUrl, `CREATE DATABASE ${name}`);
-  const u = new URL(server.superuserUrl);
-  u.pathname = `/${name}`;
-  const owner = u.toString();
-  await (await PostgresEngine.open({ url: owner, poolSize: 2, migrate: true })).close();
-  const app = await createAppRole(owner, `nks_app_f${databases}`);
-  return { owner, app };
-}
-
 beforeAll(async () => {
   server = await startPostgres();
 }, 120_000);
@@ -57,48 +27,19 @@ afterAll(async () => {
 const digestHex = (b64: string) => hex(recordDigest(Buffer.from(b64, 'base64')));
 
 describe('an honest parent on a database a compromised instance with an enclave writes to', () => {
-  let runDir: string;
-  let enclave: FakeEnclave;
-  let parent: RunningParent | undefined;
-  let log: CapturedLogger;
+  let h: HonestParent;
   let app: string;
-
-  const api = async (pathname: string, init: { method?: string; body?: unknown } = {}) => {
-    const res = await fetch(`${(parent as RunningParent).url}${pathname}`, {
-      method: init.method ?? (init.body === undefined ? 'GET' : 'POST'),
-      headers: { authorization: `Bearer ${TOKEN}`, ...(init.body === undefined ? {} : { 'content-type': 'application/json' }) },
-      ...(init.body === undefined ? {} : { body: JSON.stringify(init.body) }),
-    });
-    const text = await res.text();
-    return { status: res.status, body: text ? JSON.parse(text) : undefined };
-  };
+  let enclave: FakeEnclave;
+  let log: CapturedLogger;
+  const api = (pathname: string, init?: { method?: string; body?: unknown }) => h.api(pathname, init);
 
   beforeEach(async () => {
-    runDir = tempRunDir('nks-forks-');
-    log = captureLogger('debug');
-    enclave = new FakeEnclave();
-    await enclave.listen(new SimulatedVsockTransport(runDir), ENCLAVE);
-    ({ app } = await freshStore());
-    const config = parseParentConfig({
-      api: { listen: { host: '127.0.0.1', port: 0 } },
-      tokens: [{ name: 'test', sha256: hashToken(TOKEN), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] }],
-      database: { kind: 'postgres', url: app, migrate: false, poolSize: 2 },
-      transport: { kind: 'simulated', runDir },
-      enclave: { address: ENCLAVE, poolSize: 1, connectTimeoutMs: 1000, deadlineMs: 5000 },
-      kmsProxy: { listen: 'vsock://3:8000', allowedKeyArns: [FAKE_KMS_KEY_ARN], region: 'us-east-1', endpoint: 'http://127.0.0.1:9' },
-      wallets: { relay: { host: '127.0.0.1', port: 0 } },
-      logLevel: 'debug',
-    });
-    parent = await startParent(config, log.logger);
-    await parent.pool.waitUp(5000);
+    ({ app } = await freshStore(server));
+    h = await honestParent(app);
+    ({ enclave, log } = h);
   }, 60_000);
-
   afterEach(async () => {
-    enclave?.releaseAll();
-    await parent?.stop();
-    parent = undefined;
-    await enclave?.close();
-    fs.rmSync(runDir, { recursive: true, force: true });
+    await h?.stop();
   });
 
   it('[R21b-1] a forked project record (older content, next seq) cannot replace the stored one', async () => {
@@ -231,7 +172,7 @@ describe('an honest parent on a database a compromised instance with an enclave 
 
 describe('the engine against rows such an instance plants', () => {
   it("[R21b-3] activations at once take both keys' locks in one call each and do not starve the lock pool", async () => {
-    const { app } = await freshStore();
+    const { app } = await freshStore(server);
     const engine = await PostgresEngine.open({ url: app, poolSize: 2, migrate: false, connectTimeoutMs: 1000 });
     try {
       // KeyRegistry.activate: serialized([keyId, predecessorId], change), one withLocks for both keys.
@@ -244,7 +185,7 @@ describe('the engine against rows such an instance plants', () => {
   }, 30_000);
 
   it('[R21b-4] rows planted at the next identity values do not refuse honest creates', async () => {
-    const { app } = await freshStore();
+    const { app } = await freshStore(server);
     const engine = await PostgresEngine.open({ url: app, poolSize: 2, migrate: false });
     try {
       await engine.insert(newKey('k0', 'first'));

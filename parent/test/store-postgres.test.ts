@@ -6,7 +6,6 @@
  * a server that is down or slow failing calls quickly with STORAGE_UNAVAILABLE and served again after it is
  * back; and URLs redacted.
  */
-import net from 'node:net';
 import pg from 'pg';
 import { SCHEMA_VERSION } from '../src/store/migrations';
 import { LISTENER_NAME, PostgresEngine, type PostgresOptions } from '../src/store/postgres';
@@ -14,26 +13,8 @@ import { redactUrl } from '@nks/shared/redact';
 import { POSTGRES_MIGRATIONS } from '../src/store/postgres-migrations';
 import type { StoreChange } from '../src/store/types';
 import { createAppRole, startPostgres, type PostgresServer } from '../../test/support/postgres';
+import { freezableProxy, sql, until } from './shared-store-support';
 import { identity, keyRecord, newKey, next, PREV, update } from './store-fixtures';
-
-/** Polls `check` until it holds; fails past `ms`. */
-async function until(check: () => boolean | Promise<boolean>, ms = 5_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`condition not met within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-async function sql<R extends pg.QueryResultRow = pg.QueryResultRow>(url: string, text: string, params: unknown[] = []): Promise<R[]> {
-  const client = new pg.Client({ connectionString: url });
-  await client.connect();
-  try {
-    return (await client.query<R>(text, params)).rows;
-  } finally {
-    await client.end();
-  }
-}
 
 let server: PostgresServer;
 let databases = 0;
@@ -521,41 +502,6 @@ describe('PostgreSQL store: an unavailable database', () => {
     expect(live).toEqual([true, false, true]);
   }, 30_000);
 });
-
-/**
- * A TCP proxy to the server that can stop passing bytes (a network that goes silent, no connection closed), and
- * pass them again (`thaw`: what was held back is delivered, as TCP would after a partition heals).
- */
-async function freezableProxy(port: number) {
-  let frozen = false;
-  const held: Array<() => void> = [];
-  const sockets = new Set<net.Socket>();
-  const proxy = net.createServer((inbound) => {
-    const outbound = net.connect(port, '127.0.0.1');
-    for (const [from, to] of [
-      [inbound, outbound],
-      [outbound, inbound],
-    ] as const) {
-      sockets.add(from);
-      from.on('data', (chunk) => (frozen ? held.push(() => to.write(chunk)) : to.write(chunk)));
-      from.on('error', () => to.destroy());
-      from.on('close', () => to.destroy());
-    }
-  });
-  await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
-  return {
-    port: (proxy.address() as net.AddressInfo).port,
-    freeze: () => void (frozen = true),
-    thaw: () => {
-      frozen = false;
-      held.splice(0).forEach((write) => write());
-    },
-    close: async () => {
-      sockets.forEach((s) => s.destroy());
-      await new Promise((resolve) => proxy.close(resolve));
-    },
-  };
-}
 
 describe('PostgreSQL store: a database that goes silent', () => {
   it('fails an open whose connection is never answered within the connect timeout, without the password', async () => {
