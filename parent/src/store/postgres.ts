@@ -161,6 +161,15 @@ async function rows<R extends pg.QueryResultRow>(db: Queryable, sql: string, par
 const first = async <R extends pg.QueryResultRow>(db: Queryable, sql: string, params: unknown[] = []) =>
   (await rows<R>(db, sql, params))[0];
 
+/** A pooled connection; none within the connect timeout (or the server refusing) is STORAGE_UNAVAILABLE. */
+async function connect(pool: pg.Pool): Promise<pg.PoolClient> {
+  try {
+    return await pool.connect();
+  } catch (err) {
+    throw storageError(err);
+  }
+}
+
 const isUniqueViolation = (err: unknown) => (err as { code?: unknown }).code === '23505';
 /** The one CONFLICT an insert answers: its (random, 128-bit) key id is stored already. */
 const keyIdTaken = (keyId: string) => new KeystoreError('CONFLICT', `key ${keyId} is already stored`);
@@ -341,12 +350,7 @@ export class PostgresEngine implements StoreEngine {
    * timed out (a late reply would answer the next query), is destroyed rather than returned to the pool.
    */
   private async tx<T>(fn: (db: Queryable) => Promise<T>): Promise<T> {
-    let client: pg.PoolClient;
-    try {
-      client = await this.pool.connect();
-    } catch (err) {
-      throw storageError(err);
-    }
+    const client = await connect(this.pool);
     try {
       await client.query('BEGIN');
       const out = await fn(client);
@@ -403,12 +407,7 @@ export class PostgresEngine implements StoreEngine {
    */
   async withLocks<T>(names: readonly string[], fn: () => Promise<T>): Promise<T> {
     if (names.length === 0) return fn();
-    let client: pg.PoolClient;
-    try {
-      client = await this.lockPool.connect();
-    } catch (err) {
-      throw storageError(err);
-    }
+    const client = await connect(this.lockPool);
     try {
       await client.query('BEGIN');
       await client.query(`SET LOCAL idle_in_transaction_session_timeout = '${LOCK_IDLE_TIMEOUT}'`);
