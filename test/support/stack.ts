@@ -9,7 +9,6 @@
  */
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
 import { DEFAULT_WALLET_STORE_ADDRESS, DEFAULT_WALLETS_ADDRESS } from '@nks/shared/ingress';
@@ -18,6 +17,7 @@ import { enclaveConfigFor, startPlatform, writeJson, type Platform } from './pla
 import { startProgram, type Running } from './process';
 import { makeTestCa } from '../../sim/src/idp/tls';
 import { startRelay, type Relay } from './relay';
+import { freePort } from '../../sim/src/free-port';
 
 export const ENCLAVE_ADDRESS = DEFAULT_ENCLAVE_ADDRESS;
 export const PROXY_ADDRESS = DEFAULT_KMS_PROXY_ADDRESS;
@@ -131,18 +131,6 @@ export function parentConfigFor(
     logLevel: 'debug',
     ...over,
   };
-}
-
-/** A port free on 127.0.0.1 now. */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** Where the capture relays sit (opts.capture): each side talks to a relay that forwards to the other's address. */

@@ -36,7 +36,6 @@
  */
 import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import type { SimulatedIdp } from '../idp/issuer';
@@ -63,6 +62,7 @@ import { startChild, type Child } from './supervisor';
 import { DEV_TLS_IPS, DEV_TLS_NAMES, ensureDevTls, openDevCa } from './tls';
 import { openDevDatabase, type DevDatabase } from './database';
 import { DEV_INSTANCE_ID, instancePaths, MAX_INSTANCES, prepareInstance, type InstancePaths } from './instances';
+import { freePort } from '../free-port';
 
 const USAGE =
   'usage: dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy] [--no-build] [--trust-ca PEM]... [--egress-port PORT]... [--idp [--idp-port PORT]] [--database sqlite|postgres [--database-url URL]] [--instances N]';
@@ -100,18 +100,6 @@ function portOption(name: string, value: string, min: number): number {
   if (!/^\d+$/.test(value) || n < min || n > 65535)
     throw new Error(`${name} must be a port number (${min}-65535), not "${value}"\n${USAGE}`);
   return n;
-}
-
-/** A port free on 127.0.0.1 now (for the wallets relay, whose URL the parent's configuration must name). */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as net.AddressInfo;
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 function say(line: string): void {
