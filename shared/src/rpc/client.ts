@@ -7,9 +7,12 @@
  *   bytes written and not yet taken by the peer (queued transports), and a connection whose peer takes none of
  *   them for a whole default deadline is dropped and re-made: a peer that accepts and never reads cannot make
  *   this process hold more than the cap.
- * - The connection is re-established with capped, jittered exponential backoff. While it is down, calls fail
- *   fast with a retryable UNAVAILABLE instead of waiting; calls made during a connection attempt wait for it
- *   (within their deadline).
+ * - The connection is re-established with capped, jittered exponential backoff, counted over consecutive
+ *   failures only: the first attempt after start, and the first after a connection that had been up for a while
+ *   dropped, are made at once. While it is down, calls fail fast with a retryable UNAVAILABLE instead of
+ *   waiting; calls made during a connection attempt wait for it (within their deadline).
+ * - Liveness (the caller's to schedule): `probe` sends one request outside the in-flight cap and tells whether
+ *   any answer came in time; `failPending` fails the calls waiting on a connection found dead without closing it.
  */
 import { backoffDelay, type BackoffOptions } from '../backoff';
 import { fromRpcError, KeystoreError } from '../errors';
@@ -18,6 +21,9 @@ import type { Transport } from '../transport/types';
 import type { MethodName, ParamsOf, ResultOf, RpcApi } from './api';
 import { FramedConnection } from './framed-connection';
 import { ResponseEnvelopeSchema, type RpcId } from './jsonrpc';
+
+/** retryNow starts no attempt sooner than this after the last one. */
+const RETRY_NOW_MIN_INTERVAL_MS = 50;
 
 /** A call on a connection being set up, for the handshake. */
 export type HandshakeCall<A extends RpcApi> = <M extends MethodName<A>>(method: M, params: ParamsOf<A, M>) => Promise<ResultOf<A, M>>;
@@ -59,6 +65,8 @@ interface Pending {
   reject(err: KeystoreError): void;
   timer: NodeJS.Timeout;
   method: string;
+  /** A liveness probe: any answer, result or error, resolves it (true); `failPending` leaves it alone. */
+  probe?: true;
 }
 
 type State = 'idle' | 'connecting' | 'connected' | 'backoff' | 'closed';
@@ -69,8 +77,18 @@ export class RpcClient<A extends RpcApi = RpcApi> {
   private conn: FramedConnection | null = null;
   private readonly pending = new Map<RpcId, Pending>();
   private nextId = 1;
+  /** Consecutive failed attempts (connects, handshakes, connections dropped soon after they came up). */
   private attempt = 0;
+  /** When the current connection came up. */
+  private upSince = 0;
+  /** When the last connection attempt started (for retryNow's bound). */
+  private lastAttemptAt = 0;
+  private attempts = 0;
+  private lastDelayMs: number | undefined;
+  /** The attempt under way was made early by retryNow (logged with the reconnect). */
+  private hinted = false;
   private reconnectTimer: NodeJS.Timeout | null = null;
+  private reconnectAt = 0;
   private connectWaiters: Array<(ok: boolean) => void> = [];
   private readonly maxInFlight: number;
   private readonly defaultDeadlineMs: number;
@@ -93,6 +111,14 @@ export class RpcClient<A extends RpcApi = RpcApi> {
   /** Read through a method so TypeScript does not narrow the state across awaits. */
   private isClosed(): boolean {
     return this.state === 'closed';
+  }
+
+  /**
+   * Connection attempts made, and the delay before the last one that was scheduled after a failure or a drop
+   * (0: made at once): what tests read to check the reconnect schedule without timing it.
+   */
+  get reconnects(): { attempts: number; lastDelayMs: number | undefined } {
+    return { attempts: this.attempts, lastDelayMs: this.lastDelayMs };
   }
 
   /** Calls waiting for an answer (for tests and metrics: must return to 0, no leaked handlers). */
@@ -176,6 +202,62 @@ export class RpcClient<A extends RpcApi = RpcApi> {
     });
   }
 
+  /**
+   * A liveness probe: sends `method` on the connection, outside the in-flight and queued-bytes caps, and
+   * resolves true when the peer answers it (a result or an error: either proves the peer reads and answers)
+   * within `timeoutMs`, false when it does not or the connection is not up. Never rejects.
+   */
+  probe<M extends MethodName<A>>(method: M, params: ParamsOf<A, M>, timeoutMs: number): Promise<boolean> {
+    const conn = this.conn;
+    if (this.state !== 'connected' || !conn) return Promise.resolve(false);
+    const id = this.nextId++;
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        if (this.pending.delete(id)) resolve(false);
+      }, timeoutMs);
+      this.pending.set(id, { resolve: () => resolve(true), reject: () => resolve(false), timer, method, probe: true });
+      try {
+        conn.send({ jsonrpc: '2.0', id, method, params });
+      } catch {
+        clearTimeout(timer);
+        this.pending.delete(id);
+        resolve(false);
+      }
+    });
+  }
+
+  /**
+   * Fails every call waiting for an answer (probes aside) with UNAVAILABLE now, keeping the connection: for a
+   * peer found unresponsive, whose callers would otherwise wait out their deadlines. An answer that arrives
+   * later is dropped, like one after its deadline. Returns how many calls were failed.
+   */
+  failPending(why: string): number {
+    let failed = 0;
+    for (const [id, p] of this.pending) {
+      if (p.probe) continue;
+      clearTimeout(p.timer);
+      this.pending.delete(id);
+      p.reject(this.unavailable(`${p.method}: ${why}`));
+      failed += 1;
+    }
+    return failed;
+  }
+
+  /**
+   * While waiting to reconnect, tries now instead (the peer is known to be back), or as soon as
+   * RETRY_NOW_MIN_INTERVAL_MS have passed since the last attempt: a flood of hints cannot turn into a flood of
+   * connects. Returns whether it moved the next attempt earlier.
+   */
+  retryNow(): boolean {
+    if (this.state !== 'backoff') return false;
+    const wait = Math.max(0, RETRY_NOW_MIN_INTERVAL_MS - (Date.now() - this.lastAttemptAt));
+    if (this.reconnectTimer && this.reconnectAt <= Date.now() + wait) return false;
+    this.hinted = true;
+    if (wait === 0) this.reconnectNow();
+    else this.armReconnect(wait);
+    return true;
+  }
+
   /** Stops reconnecting, fails pending calls with UNAVAILABLE and closes the connection. */
   async close(): Promise<void> {
     if (this.state === 'closed') return;
@@ -205,6 +287,10 @@ export class RpcClient<A extends RpcApi = RpcApi> {
   private async connect(): Promise<void> {
     if (this.state === 'closed') return;
     this.state = 'connecting';
+    this.attempts += 1;
+    this.lastAttemptAt = Date.now();
+    const hinted = this.hinted;
+    this.hinted = false;
     const { transport, address, logger, name } = this.options;
     try {
       const raw = await transport.connect(address, { timeoutMs: this.options.connectTimeoutMs ?? 2000 });
@@ -253,9 +339,11 @@ export class RpcClient<A extends RpcApi = RpcApi> {
         }
       }
       this.state = 'connected';
-      if (this.attempt > 0) logger.info({ address, attempts: this.attempt }, `${name} reconnected`);
+      this.upSince = Date.now();
+      if (this.attempt > 0 || hinted)
+        logger.info({ address, attempts: this.attempt, ...(hinted ? { early: true } : {}) }, `${name} reconnected`);
       else logger.debug({ address }, `${name} connected`);
-      this.attempt = 0;
+      // `attempt` is cleared once the connection has stayed up (onClose): one that drops at once keeps backing off.
       this.options.onStateChange?.(true);
       this.notifyWaiters(true);
     } catch (err) {
@@ -273,10 +361,18 @@ export class RpcClient<A extends RpcApi = RpcApi> {
     void this.connect();
   }
 
-  private scheduleReconnect(): void {
+  /** Reconnects after `backoffDelay` of the failures so far, or at once with `now` (not counted as a failure). */
+  private scheduleReconnect(now = false): void {
     this.state = 'backoff';
-    const delay = backoffDelay(this.attempt, this.backoff);
-    this.attempt += 1;
+    const delay = now ? 0 : backoffDelay(this.attempt, this.backoff);
+    if (!now) this.attempt += 1;
+    this.lastDelayMs = delay;
+    this.armReconnect(delay);
+  }
+
+  private armReconnect(delay: number): void {
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectAt = Date.now() + delay;
     this.reconnectTimer = setTimeout(() => {
       this.reconnectTimer = null;
       void this.connect();
@@ -313,7 +409,12 @@ export class RpcClient<A extends RpcApi = RpcApi> {
     if (this.state === 'closed' || this.state === 'connecting') return;
     this.options.logger.warn({ address: this.options.address, why }, `${this.options.name} connection closed; reconnecting`);
     this.options.onStateChange?.(false);
-    this.scheduleReconnect();
+    // A connection that stayed up for a while (at least the longest backoff) ends the run of failures: the
+    // first attempt after it is made at once (the peer restarted, or a connection was dropped on purpose). One
+    // that drops soon after it came up counts as a failure, so a peer that accepts and closes is not hammered.
+    const stable = Date.now() - this.upSince >= this.backoff.maxMs;
+    if (stable) this.attempt = 0;
+    this.scheduleReconnect(stable);
   }
 
   private onMessage(msg: unknown): void {
@@ -334,7 +435,8 @@ export class RpcClient<A extends RpcApi = RpcApi> {
     if (!p) return; // answered after its deadline: the caller already has TIMEOUT
     this.pending.delete(res.id);
     clearTimeout(p.timer);
-    if ('error' in res) p.reject(fromRpcError(res.error));
+    if (p.probe) p.resolve(true);
+    else if ('error' in res) p.reject(fromRpcError(res.error));
     else p.resolve(res.result);
   }
 
