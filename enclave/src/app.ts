@@ -188,6 +188,13 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     tls: tlsHolder,
     walletStats: () =>
       wallets?.stats() ?? { connections: 0, connectionsRefused: 0, connectionsEvicted: 0, handshakeFailures: 0, requests: {} },
+    // A parent's hello means its KMS proxy and wallet store listen (it starts them before its pool): reconnect
+    // now instead of at the end of a backoff that grew while it was down (at most one try per 50 ms, whatever
+    // the number of hellos: RpcClient.retryNow).
+    onHello: () => {
+      kmsProxy.retryNow();
+      walletStore.retryNow();
+    },
   });
 
   // The server's per-connection limits (requests and bytes in flight, unsent answers) are its defaults: a

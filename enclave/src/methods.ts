@@ -109,6 +109,11 @@ export interface EnclaveParts {
   tls?: TlsHolder;
   /** The wallet routes' HTTPS server, for health; all zero when there is none. */
   walletStats?: () => EnclaveHealth['wallets'];
+  /**
+   * Called on each `enclave.hello`: a parent just connected, so its listeners are up (app.ts retries the
+   * links to them now rather than at the end of their backoff).
+   */
+  onHello?: () => void;
 }
 
 const NO_WALLET_STATS = (): EnclaveHealth['wallets'] => ({
@@ -241,7 +246,11 @@ export function enclaveMethods(parts: EnclaveParts): {
     parts.nsm.attest({ tag: USER_DATA_TAGS.identity, content: parts.identity.get().rawPublicKey, nonce });
 
   const methods = serveApi(EnclaveApi, {
-    'enclave.hello': gated('enclave.hello', (p) => hello(p.protocolVersion, SERVED_METHODS[parts.image])),
+    'enclave.hello': gated('enclave.hello', (p) => {
+      const agreed = hello(p.protocolVersion, SERVED_METHODS[parts.image]);
+      parts.onHello?.();
+      return agreed;
+    }),
     'enclave.health': health,
     'identity.genesis': gated('identity.genesis', (p) => genesis(parts.genesis, hexBytes(p.nonce) as Buffer)),
     'identity.get': gated('identity.get', async (p) => {
