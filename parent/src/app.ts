@@ -76,7 +76,7 @@ export function enclavePoolFor(
   config: ParentConfig,
   transport: Transport,
   logger: Logger,
-  extra: Partial<Pick<PoolOptions, 'onCall' | 'onStateChange' | 'onConnected' | 'size'>> & {
+  extra: Partial<Pick<PoolOptions, 'onCall' | 'onStateChange' | 'onConnected' | 'size' | 'onPingMiss' | 'onQueueFull'>> & {
     onIdentity?: (identity: KnownIdentity) => void | Promise<void>;
     learnIdentity?: boolean;
   } = {},
@@ -90,6 +90,8 @@ export function enclavePoolFor(
     connectTimeoutMs: config.enclave.connectTimeoutMs,
     deadlineMs: config.enclave.deadlineMs,
     maxInFlightPerConnection: config.enclave.maxInFlightPerConnection,
+    maxQueued: config.enclave.maxQueued,
+    liveness: { intervalMs: config.enclave.pingIntervalMs, timeoutMs: config.enclave.pingTimeoutMs, misses: config.enclave.pingMisses },
     ...(learnIdentity ? { identity: { pinned: config.identity.publicKey, ...(onIdentity ? { onLearned: onIdentity } : {}) } } : {}),
     ...rest,
   });
@@ -109,6 +111,8 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
       if (!up) metrics.setTls(null);
     },
     onConnected: () => tls.onEnclaveConnected(),
+    onPingMiss: () => metrics.enclavePingMisses.inc(),
+    onQueueFull: () => metrics.enclaveQueueFull.inc(),
     onIdentity: (identity) => keys.useIdentity(identity),
   });
   const enclaveHealth = async (): Promise<EnclaveHealth | null> => {
@@ -186,8 +190,9 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     readiness: async () => {
       const [health, database] = await Promise.all([enclaveHealth(), store.ping(1000)]);
       const checks = {
-        // Up means a connection passed its handshake, which includes the identity check.
-        enclave: health !== null,
+        // Up means a connection passed its handshake, which includes the identity check, and answers its
+        // liveness probes (a frozen enclave is not ready even while its health is read from an earlier answer).
+        enclave: health !== null && pool.up,
         kmsProxy: proxyListening,
         enclaveKmsLink: health?.kmsProxy === 'connected',
         database,

@@ -30,7 +30,23 @@ export const PARENT_CONFIG_DEFAULTS = {
     trustProxy: [] as string[],
   },
   transport: { kind: 'vsock' },
-  enclave: { address: DEFAULT_ENCLAVE_ADDRESS, poolSize: 2, connectTimeoutMs: 2_000, deadlineMs: 10_000, maxInFlightPerConnection: 2048 },
+  enclave: {
+    address: DEFAULT_ENCLAVE_ADDRESS,
+    poolSize: 2,
+    connectTimeoutMs: 2_000,
+    deadlineMs: 10_000,
+    maxInFlightPerConnection: 2048,
+    /**
+     * Enclave calls in flight across the pool: twice api.maxInFlight, so the API's own cap is met first and the
+     * parent's own calls (health for /readyz and /metrics, TLS installs) still fit while the API is at it; and
+     * no more than one connection's maxInFlightPerConnection, so it all fits on one connection when the other is down.
+     */
+    maxQueued: 2048,
+    /** Liveness probes (docs/OPERATIONS.md, "A frozen enclave"): a frozen enclave is noticed within about 3.5 s. */
+    pingIntervalMs: 1_000,
+    pingTimeoutMs: 500,
+    pingMisses: 3,
+  },
   kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, deadlineMs: 8_000, maxConcurrent: 256 },
   // The wallet routes are served by the enclave over TLS that ends there (docs/TLS.md): the parent relays raw
   // TCP from a public port to the enclave's wallet listener, and serves the enclave's wallet store.
@@ -162,8 +178,18 @@ export const ParentConfigSchema = z.strictObject({
       /** Deadline of one enclave call (a cold sign includes a KMS Decrypt). */
       deadlineMs: ms(D.enclave.deadlineMs),
       maxInFlightPerConnection: z.number().int().min(1).max(100_000).default(D.enclave.maxInFlightPerConnection),
+      /** Enclave calls in flight across the pool; beyond it 503 OVERLOADED at once, nothing sent. */
+      maxQueued: z.number().int().min(1).max(1_000_000).default(D.enclave.maxQueued),
+      /** Each connection is probed this often; after pingMisses probes in a row unanswered within pingTimeoutMs it is down. */
+      pingIntervalMs: ms(D.enclave.pingIntervalMs, 50, 60_000),
+      pingTimeoutMs: ms(D.enclave.pingTimeoutMs, 10, 60_000),
+      pingMisses: z.number().int().min(1).max(100).default(D.enclave.pingMisses),
     })
-    .prefault({}),
+    .prefault({})
+    .refine((e) => e.pingTimeoutMs <= e.pingIntervalMs, {
+      message: 'enclave.pingTimeoutMs must not exceed enclave.pingIntervalMs (one probe at a time per connection)',
+      path: ['pingTimeoutMs'],
+    }),
   kmsProxy: z.strictObject({
     listen: VsockAddressSchema.default(D.kmsProxy.listen),
     allowedKeyArns: z.array(kmsKeyArn).min(1),

@@ -18,6 +18,10 @@ export class Metrics {
   readonly kmsCalls: client.Counter<'outcome'>;
   readonly kmsDuration: client.Histogram<'outcome'>;
   readonly enclaveUp: client.Gauge;
+  /** Liveness probes of enclave connections not answered in time (docs/OPERATIONS.md, "A frozen enclave"). */
+  readonly enclavePingMisses: client.Counter;
+  /** Enclave calls refused at once because enclave.maxQueued were in flight. */
+  readonly enclaveQueueFull: client.Counter;
   readonly inFlight: client.Gauge;
   readonly overloaded: client.Counter;
   readonly tlsInstalled: client.Gauge;
@@ -114,7 +118,21 @@ export class Metrics {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
       registers: [r],
     });
-    this.enclaveUp = new client.Gauge({ name: 'nks_enclave_up', help: '1 when at least one enclave connection is up', registers: [r] });
+    this.enclaveUp = new client.Gauge({
+      name: 'nks_enclave_up',
+      help: '1 when at least one enclave connection is up (connected and answering its liveness probes)',
+      registers: [r],
+    });
+    this.enclavePingMisses = new client.Counter({
+      name: 'nks_enclave_ping_misses_total',
+      help: 'Liveness probes of enclave connections not answered within enclave.pingTimeoutMs',
+      registers: [r],
+    });
+    this.enclaveQueueFull = new client.Counter({
+      name: 'nks_enclave_queue_rejections_total',
+      help: 'Enclave calls refused with OVERLOADED because enclave.maxQueued were in flight',
+      registers: [r],
+    });
     this.inFlight = new client.Gauge({ name: 'nks_http_in_flight', help: 'Caller API requests being served', registers: [r] });
     this.overloaded = new client.Counter({
       name: 'nks_http_overloaded_total',

@@ -1,9 +1,20 @@
 /**
  * A small pool of long-lived, multiplexed connections to the enclave. Calls go round-robin over the
  * connections that are up; when none is, they fail at once with a retryable UNAVAILABLE rather than waiting.
- * Each connection reconnects on its own with capped, jittered backoff, and opens with `enclave.hello` to agree
- * a protocol version (docs/PROTOCOL.md, "Versions"); a connection whose enclave speaks none this parent
- * accepts never counts as up.
+ * Each connection reconnects on its own with capped, jittered backoff (the first attempt after a drop at
+ * once), and opens with `enclave.hello` to agree a protocol version (docs/PROTOCOL.md, "Versions"); a
+ * connection whose enclave speaks none this parent accepts never counts as up.
+ *
+ * Liveness (docs/OPERATIONS.md, "A frozen enclave"): a connection can stay open to an enclave that answers
+ * nothing (stopped, or its process hung). Each connection is probed with `enclave.health` (answered on the
+ * enclave's main thread, which never runs long work) every `liveness.intervalMs`; after `liveness.misses`
+ * probes in a row without an answer within `liveness.timeoutMs`, the connection counts as down: new calls
+ * skip it (UNAVAILABLE when no other is up), and the calls waiting on it fail now with UNAVAILABLE instead of
+ * waiting out their deadline. The connection itself is kept and probed on: the first answer puts it back in
+ * use, without a new handshake (which would cost an attestation and the TLS key's re-install, a KMS call).
+ *
+ * At most `maxQueued` calls are in flight across the connections; beyond it a call fails at once with
+ * OVERLOADED, before anything is written.
  */
 import { ACCEPTED_PROTOCOL_VERSIONS, PROTOCOL_VERSION, type EnclaveApi, type IdentityResult } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
@@ -21,7 +32,16 @@ export interface PoolOptions {
   deadlineMs: number;
   maxInFlightPerConnection: number;
   onCall?: (method: string, outcome: string, seconds: number) => void;
+  /** Whether any connection is up (connected and answering its probes); called on every change of a connection. */
   onStateChange?: (up: boolean) => void;
+  /** The liveness probe of each connection; absent, a connection is up while it is connected. */
+  liveness?: { intervalMs: number; timeoutMs: number; misses: number };
+  /** Called for each probe not answered in time. */
+  onPingMiss?: () => void;
+  /** Calls in flight across the connections; beyond it OVERLOADED at once (default: no bound but the connections'). */
+  maxQueued?: number;
+  /** Called for each call refused because `maxQueued` were in flight. */
+  onQueueFull?: () => void;
   /**
    * Called each time a connection comes up (its handshake done, so calls may use it): after the enclave
    * (re)started, what the parent keeps in the enclave's memory is given again (the wallet routes' TLS key).
@@ -48,6 +68,15 @@ export class EnclavePool {
   private lastRefusal: string | undefined;
   private known: KnownIdentity | undefined;
   private learning: Promise<void> | undefined;
+  /** Per connection: connected (its handshake done), answering its probes, probes missed in a row. */
+  private readonly linked: boolean[];
+  private readonly alive: boolean[];
+  private readonly misses: number[];
+  /** Per connection: the pending probe timer, and a generation that ends a probe loop when the connection changes. */
+  private readonly probeTimers: Array<NodeJS.Timeout | undefined>;
+  private readonly generations: number[];
+  private inFlight = 0;
+  private closed = false;
 
   constructor(private readonly options: PoolOptions) {
     this.clients = Array.from(
@@ -63,16 +92,79 @@ export class EnclavePool {
           maxInFlight: options.maxInFlightPerConnection,
           backoff: { initialMs: 50, maxMs: 1000 },
           onStateChange: (connected) => {
-            // The client still reads as connected while it reports going down: up is then the others'.
-            options.onStateChange?.(connected || this.clients.some((c, j) => j !== i && c.connected));
+            this.linked[i] = connected;
+            this.alive[i] = true;
+            this.misses[i] = 0;
+            if (connected) this.startProbing(i);
+            else this.stopProbing(i);
+            options.onStateChange?.(this.up);
             if (connected) options.onConnected?.();
           },
           handshake: (call) => this.hello(call, i),
         }),
     );
     this.versions = this.clients.map(() => undefined);
+    this.linked = this.clients.map(() => false);
+    this.alive = this.clients.map(() => true);
+    this.misses = this.clients.map(() => 0);
+    this.probeTimers = this.clients.map(() => undefined);
+    this.generations = this.clients.map(() => 0);
   }
 
+  /** Probes connection `i` every `liveness.intervalMs` until it goes down or the pool closes. */
+  private startProbing(i: number): void {
+    const liveness = this.options.liveness;
+    this.stopProbing(i);
+    if (!liveness || this.closed) return;
+    const generation = this.generations[i] as number;
+    const client = this.clients[i] as RpcClient<EnclaveApi>;
+    const tick = async (): Promise<void> => {
+      const started = Date.now();
+      const answered = await client.probe('enclave.health', {}, liveness.timeoutMs);
+      if (this.closed || this.generations[i] !== generation) return;
+      this.probed(i, answered);
+      const timer = setTimeout(() => void tick(), Math.max(0, liveness.intervalMs - (Date.now() - started)));
+      timer.unref();
+      this.probeTimers[i] = timer;
+    };
+    const first = setTimeout(() => void tick(), liveness.intervalMs);
+    first.unref();
+    this.probeTimers[i] = first;
+  }
+
+  private stopProbing(i: number): void {
+    this.generations[i] = (this.generations[i] as number) + 1;
+    clearTimeout(this.probeTimers[i]);
+    this.probeTimers[i] = undefined;
+  }
+
+  /** One probe's outcome on connection `i`: marks it down after `misses` in a row, up again on an answer. */
+  private probed(i: number, answered: boolean): void {
+    const { liveness, logger, address } = this.options as PoolOptions & { liveness: NonNullable<PoolOptions['liveness']> };
+    const name = `enclave#${i}`;
+    if (answered) {
+      this.misses[i] = 0;
+      if (!this.alive[i]) {
+        this.alive[i] = true;
+        logger.info({ address, connection: name }, `${name} answers again: back in use`);
+        this.options.onStateChange?.(this.up);
+      }
+      return;
+    }
+    const missed = (this.misses[i] as number) + 1;
+    this.misses[i] = missed;
+    this.options.onPingMiss?.();
+    if (!this.alive[i] || missed < liveness.misses) return;
+    this.alive[i] = false;
+    const failed = (this.clients[i] as RpcClient<EnclaveApi>).failPending(
+      `the enclave did not answer ${missed} liveness probes in a row (frozen or hung); retry shortly`,
+    );
+    logger.warn(
+      { address, connection: name, missed, timeoutMs: liveness.timeoutMs, failedCalls: failed },
+      `${name}: the enclave did not answer ${missed} liveness probes in a row; not used until it answers again`,
+    );
+    this.options.onStateChange?.(this.up);
+  }
   /** The protocol version spoken with the enclave (the lowest over connections that are up), if any is up. */
   get protocolVersion(): number | undefined {
     const spoken = this.clients.flatMap((c, i) => (c.connected && this.versions[i] !== undefined ? [this.versions[i]] : []));
@@ -175,13 +267,23 @@ export class EnclavePool {
     for (const c of this.clients) c.start();
   }
 
-  /** True when at least one connection is up. */
+  /** Connection `i` is usable: connected (handshake done) and answering its liveness probes. */
+  private usable(i: number): boolean {
+    return this.linked[i] === true && this.alive[i] === true && (this.clients[i] as RpcClient<EnclaveApi>).connected;
+  }
+
+  /** True when at least one connection is up (connected and answering its liveness probes). */
   get up(): boolean {
-    return this.clients.some((c) => c.connected);
+    return this.clients.some((_, i) => this.usable(i));
   }
 
   get connectedCount(): number {
-    return this.clients.filter((c) => c.connected).length;
+    return this.clients.filter((_, i) => this.usable(i)).length;
+  }
+
+  /** Calls in flight now (what `maxQueued` bounds). */
+  get queued(): number {
+    return this.inFlight;
   }
 
   async call<M extends EnclaveMethod>(
@@ -191,26 +293,39 @@ export class EnclavePool {
   ): Promise<ResultOf<EnclaveApi, M>> {
     const started = process.hrtime.bigint();
     let outcome = 'ok';
+    let counted = false;
     try {
       const client = this.pick();
+      const max = this.options.maxQueued;
+      if (max !== undefined && this.inFlight >= max) {
+        this.options.onQueueFull?.();
+        throw new KeystoreError('OVERLOADED', `${max} enclave calls in flight (enclave.maxQueued); retry shortly`);
+      }
+      this.inFlight += 1;
+      counted = true;
       return await client.call(method, params, { deadlineMs });
     } catch (err) {
       outcome = err instanceof KeystoreError ? err.code : 'INTERNAL';
       throw err;
     } finally {
+      if (counted) this.inFlight -= 1;
       this.options.onCall?.(method, outcome, Number(process.hrtime.bigint() - started) / 1e9);
     }
   }
 
   private pick(): RpcClient<EnclaveApi> {
     for (let i = 0; i < this.clients.length; i++) {
-      const c = this.clients[(this.next + i) % this.clients.length] as RpcClient<EnclaveApi>;
-      if (c.connected) {
-        this.next = (this.next + i + 1) % this.clients.length;
-        return c;
+      const j = (this.next + i) % this.clients.length;
+      if (this.usable(j)) {
+        this.next = (j + 1) % this.clients.length;
+        return this.clients[j] as RpcClient<EnclaveApi>;
       }
     }
-    throw new KeystoreError('UNAVAILABLE', 'the enclave is not reachable; retry shortly');
+    const frozen = this.clients.some((c, i) => c.connected && !this.alive[i]);
+    throw new KeystoreError(
+      'UNAVAILABLE',
+      frozen ? 'the enclave does not answer (liveness probes missed); retry shortly' : 'the enclave is not reachable; retry shortly',
+    );
   }
 
   async waitUp(timeoutMs: number): Promise<void> {
@@ -222,6 +337,8 @@ export class EnclavePool {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
+    this.clients.forEach((_, i) => this.stopProbing(i));
     await Promise.all(this.clients.map((c) => c.close()));
   }
 }
