@@ -93,9 +93,9 @@ describe('enclave liveness (real processes)', () => {
     const keys: Array<{ keyId: string }> = [];
     for (let i = 0; i < 8; i++) keys.push((await s.api('/v1/keys', { body: {} })).body);
     await s.platform.setFaults({ hold: true, ops: ['Decrypt'] });
-    let signs: Array<ReturnType<typeof sign>> = [];
+    const signs: Array<ReturnType<typeof sign>> = [];
     try {
-      signs = keys.map((k) => sign(s, k.keyId, 'cold'));
+      for (const k of keys) signs.push(sign(s, k.keyId, 'cold'));
       await s.platform.waitHeld(keys.length);
       // Longer than pingMisses probes: the enclave must stay up (and ready) throughout.
       const until = Date.now() + 2 * PING.pingIntervalMs * PING.pingMisses;

@@ -42,7 +42,8 @@ describe('EnclavePool liveness and queue', () => {
           const msg = m as Msg;
           const answer = () => {
             seen[msg.method] = (seen[msg.method] ?? 0) + 1;
-            const reply = () => framed.send({ jsonrpc: '2.0', id: msg.id, result: msg.method === 'enclave.hello' ? { protocolVersion: 3 } : {} });
+            const reply = () =>
+              framed.send({ jsonrpc: '2.0', id: msg.id, result: msg.method === 'enclave.hello' ? { protocolVersion: 3 } : {} });
             if (msg.method === 'keys.sign' && holdSigns) heldSigns.push(reply);
             else reply();
           };
@@ -167,7 +168,10 @@ describe('enclave liveness and queue configuration', () => {
   });
 
   it.each([
-    [{ pingTimeoutMs: 1500, pingIntervalMs: 1000 }, 'config.enclave.pingTimeoutMs: enclave.pingTimeoutMs must not exceed enclave.pingIntervalMs'],
+    [
+      { pingTimeoutMs: 1500, pingIntervalMs: 1000 },
+      'config.enclave.pingTimeoutMs: enclave.pingTimeoutMs must not exceed enclave.pingIntervalMs',
+    ],
     [{ pingIntervalMs: 10 }, 'config.enclave.pingIntervalMs'],
     [{ pingMisses: 0 }, 'config.enclave.pingMisses'],
     [{ maxQueued: 0 }, 'config.enclave.maxQueued'],

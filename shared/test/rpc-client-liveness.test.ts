@@ -20,7 +20,7 @@ let listener: Listener | undefined;
 let server: RpcServer | undefined;
 let client: RpcClient<RpcApi> | undefined;
 /** Calls the slow method holds until released. */
-let held: Array<() => void> = [];
+const held: Array<() => void> = [];
 
 beforeEach(() => {
   runDir = tempRunDir('nks-live-');
