@@ -1,12 +1,14 @@
 /**
- * A frozen enclave, a busy one, and a parent restart, with real processes over simulated vsock (issue 22,
- * items 4 and 8; docs/OPERATIONS.md, "A frozen enclave"):
+ * A frozen enclave, a busy one, a full queue and a parent restart, with real processes over simulated vsock
+ * (issue 22, items 4, 7 and 8; docs/OPERATIONS.md, "A frozen enclave"):
  *
  * - SIGSTOP the enclave: a sign already waiting and new ones get 503 UNAVAILABLE (Retry-After) within
  *   about pingIntervalMs × pingMisses, far below the enclave deadline; /readyz says the enclave is not ready and
  *   `nks_enclave_up` is 0; SIGCONT: ready and signing again, on the same connections.
  * - A burst of cold signs held at KMS (the emulator's scripted `hold`) keeps the enclave's main thread free:
  *   it answers its probes and is never marked down.
+ * - Beyond `enclave.maxQueued` enclave calls in flight, a sign is refused at once with 503 OVERLOADED, counted in
+ *   `nks_enclave_queue_rejections_total`, and nothing more reaches the enclave.
  * - After a parent restart, the enclave's link to the new parent's KMS proxy is made when the parent says hello,
  *   not at the end of a backoff that grew while the parent was down.
  *
@@ -17,6 +19,8 @@ import { startStack, waitReady, type Stack } from '../../test/support/stack';
 
 const DEADLINE_MS = 20_000;
 const PING = { pingIntervalMs: 500, pingTimeoutMs: 500, pingMisses: 3 };
+/** Room for the 8 held cold signs of the burst below and /readyz's health call beside them. */
+const MAX_QUEUED = 10;
 /** Generous: probes notice a frozen enclave within about 500 × 3 + 500 ms. */
 const NOTICED_WITHIN_MS = 5_000;
 
@@ -36,7 +40,7 @@ describe('enclave liveness (real processes)', () => {
   let s: Stack;
   beforeAll(async () => {
     s = await startStack(tempRunDir('nks-live-'), {
-      parentEnclave: { deadlineMs: DEADLINE_MS, ...PING },
+      parentEnclave: { deadlineMs: DEADLINE_MS, maxQueued: MAX_QUEUED, ...PING },
       // Cold signs held at KMS must outlive the test's look at them: long deadlines below the enclave call's.
       parentKmsProxy: { deadlineMs: 15_000 },
       enclave: { limits: { kmsDeadlineMs: 18_000 } },
@@ -110,6 +114,28 @@ describe('enclave liveness (real processes)', () => {
       await s.platform.setFaults({ hold: false });
     }
     expect((await Promise.all(signs)).map((r) => r.status)).toEqual(Array(keys.length).fill(200));
+  }, 60_000);
+
+  it('refuses signs beyond enclave.maxQueued at once with 503 OVERLOADED, and counts them', async () => {
+    const keys: Array<{ keyId: string }> = [];
+    for (let i = 0; i < MAX_QUEUED + 2; i++) keys.push((await s.api('/v1/keys', { body: {} })).body);
+    const before = await metric(s, 'nks_enclave_queue_rejections_total');
+    await s.platform.setFaults({ hold: true, ops: ['Decrypt'] });
+    const held: Array<ReturnType<typeof sign>> = [];
+    try {
+      for (const k of keys.slice(0, MAX_QUEUED)) held.push(sign(s, k.keyId, 'cold'));
+      await s.platform.waitHeld(MAX_QUEUED);
+      const beyond = await Promise.all(keys.slice(MAX_QUEUED).map((k) => sign(s, k.keyId, 'beyond')));
+      expect(beyond.map((r) => [r.status, r.body.error?.code, r.headers.get('retry-after')])).toEqual([
+        [503, 'OVERLOADED', '1'],
+        [503, 'OVERLOADED', '1'],
+      ]);
+      expect((await s.platform.faults()).held).toBe(MAX_QUEUED); // nothing more reached the enclave
+    } finally {
+      await s.platform.setFaults({ hold: false });
+    }
+    expect((await Promise.all(held)).map((r) => r.status)).toEqual(Array(MAX_QUEUED).fill(200));
+    expect((await metric(s, 'nks_enclave_queue_rejections_total')) - before).toBe(2);
   }, 60_000);
 
   it("reconnects the enclave's KMS-proxy link when the restarted parent says hello", async () => {
