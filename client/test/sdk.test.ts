@@ -58,6 +58,7 @@ describe('SDK', () => {
       'TIMEOUT',
       'UNAVAILABLE',
       'STORAGE_UNAVAILABLE',
+      'RATE_LIMITED',
     ]);
     // Codes the table does not have (an HTTP status without our envelope, a body that is not JSON): final.
     for (const code of ['HTTP_503', 'BAD_RESPONSE', 'toString', ''])
