@@ -331,7 +331,8 @@ export class KeystoreClient {
   /**
    * Creates a key, or returns the existing one for `externalId` (`created: false`). In the `default` project,
    * or the token project `projectId` names (a JWT project's keys are made by its users, through the
-   * TrueWallet API).
+   * TrueWallet API). For a token without `keys:read`, an existing key is answered as `{keyId, created: false}`
+   * only (creating is not a way to read a key): read it with a token that may.
    */
   async createKey(
     input: { externalId?: string; labels?: Record<string, string>; attest?: boolean; projectId?: string } = {},

@@ -166,7 +166,9 @@ const TokenSchema = z
       .max(256)
       .refine((l) => new Set(l).size === l.length, 'expected distinct project ids')
       .optional(),
-    expiresAt: z.iso.datetime({ offset: true, error: 'expected an ISO 8601 date and time with a time zone (2027-01-31T00:00:00Z)' }).optional(),
+    expiresAt: z.iso
+      .datetime({ offset: true, error: 'expected an ISO 8601 date and time with a time zone (2027-01-31T00:00:00Z)' })
+      .optional(),
     rateLimit: TokenRateLimitSchema.optional(),
   })
   .refine((t) => !(t.projects && t.scopes.includes('admin')), {
@@ -291,7 +293,8 @@ export function parseParentConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, sou
   if (twice !== undefined) throw new ConfigError(`invalid ${source}: token names must be unique ("${twice}" is given more than once)`);
   const hashes = res.data.tokens.map((t) => t.sha256);
   const shared = res.data.tokens.find((t, i) => hashes.indexOf(t.sha256) !== i);
-  if (shared) throw new ConfigError(`invalid ${source}: token "${shared.name}" has the sha256 of an earlier token (each token must be distinct)`);
+  if (shared)
+    throw new ConfigError(`invalid ${source}: token "${shared.name}" has the sha256 of an earlier token (each token must be distinct)`);
   const l = res.data.api.listen;
   if ('host' in l && res.data.api.trustProxy.includes(TRUST_UNIX_PEER))
     throw new ConfigError(

@@ -38,7 +38,11 @@ describe('prototype-shaped input over HTTP', () => {
     const nested = await s.api(`/v1/keys/${sign.body.keyId}/sign`, {
       body: '{"type":"typedData","typedData":{"types":{"__proto__":[]},"primaryType":"A","domain":{},"message":{}}}',
     });
-    expect(refusal(nested)).toEqual([400, 'INVALID_REQUEST', expect.stringMatching(/^body\.typedData\.types: "__proto__" is a reserved name/)]);
+    expect(refusal(nested)).toEqual([
+      400,
+      'INVALID_REQUEST',
+      expect.stringMatching(/^body\.typedData\.types: "__proto__" is a reserved name/),
+    ]);
     const escaped = await s.api('/v1/keys', { body: '{"labels":{"\\u005f_proto__":"x"}}' });
     expect(refusal(escaped)).toEqual([400, 'INVALID_REQUEST', expect.stringMatching(/^body\.labels: "__proto__"/)]);
     const top = await s.api('/v1/keys', { body: '{"__proto__":{"attest":true}}' });
@@ -48,7 +52,12 @@ describe('prototype-shaped input over HTTP', () => {
   it.each(RESERVED)('refuses the query key %s on every kind of route', async (name) => {
     for (const path of ['/v1/keys', '/v1/attestation', `/v1/keys/k_${'A'.repeat(22)}`, '/v1/identity']) {
       const r = await s.api(`${path}?${name}=1`);
-      expect([path, ...refusal(r)]).toEqual([path, 400, 'INVALID_REQUEST', `query: "${name}" is a reserved name (__proto__, constructor, prototype are never keys)`]);
+      expect([path, ...refusal(r)]).toEqual([
+        path,
+        400,
+        'INVALID_REQUEST',
+        `query: "${name}" is a reserved name (__proto__, constructor, prototype are never keys)`,
+      ]);
     }
   });
 
@@ -73,19 +82,28 @@ describe('prototype-shaped input, in-process', () => {
   };
 
   it('finds __proto__ at any depth, in arrays, and in deeply nested bodies without overflowing', async () => {
-    expect(await reason(body('{"a":[1,{"b":{"__proto__":1}}]}'))).toEqual(['INVALID_REQUEST', expect.stringMatching(/^body\.a\[1\]\.b: "__proto__"/)]);
+    expect(await reason(body('{"a":[1,{"b":{"__proto__":1}}]}'))).toEqual([
+      'INVALID_REQUEST',
+      expect.stringMatching(/^body\.a\[1\]\.b: "__proto__"/),
+    ]);
     const deep = `${'['.repeat(100_000)}{"__proto__":0}${']'.repeat(100_000)}`;
     expect(await reason(body(deep))).toEqual(['INVALID_REQUEST', expect.stringMatching(/"__proto__" is a reserved name/)]);
     expect(await body('{"a":"__proto__","b":{"c":"\\u00e9"}}')).toEqual({ a: '__proto__', b: { c: 'é' } });
   });
 
   it('marks reserved query keys before duplicates, and keeps other keys on an object without prototype', () => {
-    const validate = validatorCompiler({ schema: z.strictObject({ a: z.string().optional() }), httpPart: 'querystring', method: 'GET', url: '/' }) as (
-      d: unknown,
-    ) => { error?: KeystoreError; value?: unknown };
+    const validate = validatorCompiler({
+      schema: z.strictObject({ a: z.string().optional() }),
+      httpPart: 'querystring',
+      method: 'GET',
+      url: '/',
+    }) as (d: unknown) => { error?: KeystoreError; value?: unknown };
     for (const k of RESERVED) {
       const e = validate(parseQuery(`a=1&a=2&${k}=x`)).error;
-      expect([e?.code, e?.message]).toEqual(['INVALID_REQUEST', `query: "${k}" is a reserved name (__proto__, constructor, prototype are never keys)`]);
+      expect([e?.code, e?.message]).toEqual([
+        'INVALID_REQUEST',
+        `query: "${k}" is a reserved name (__proto__, constructor, prototype are never keys)`,
+      ]);
     }
     const q = parseQuery('a=1');
     expect(Object.getPrototypeOf(q)).toBeNull();
@@ -103,7 +121,10 @@ describe('prototype-shaped input, in-process', () => {
       d: unknown,
     ) => { error?: KeystoreError };
     const e = validate(JSON.parse('{"labels":{"prototype":"x"}}')).error;
-    expect([e?.code, e?.message]).toEqual(['INVALID_REQUEST', 'body.labels: "prototype" is a reserved name (__proto__, constructor, prototype are never keys)']);
+    expect([e?.code, e?.message]).toEqual([
+      'INVALID_REQUEST',
+      'body.labels: "prototype" is a reserved name (__proto__, constructor, prototype are never keys)',
+    ]);
     expect(validate({ labels: { a: 1 } }).error?.code).toBe('INVALID_PARAMS');
   });
 });

@@ -36,16 +36,29 @@ const refusal = (f: () => unknown) => {
 };
 
 describe('token configuration', () => {
-  const withTokens = (tokens: unknown[], extra: Record<string, unknown> = {}) => () => parseParentConfig({ ...base, tokens, ...extra });
+  const withTokens =
+    (tokens: unknown[], extra: Record<string, unknown> = {}) =>
+    () =>
+      parseParentConfig({ ...base, tokens, ...extra });
   const t = (name: string, extra: Record<string, unknown> = {}) => ({ name, sha256: hashToken(name), scopes: ['keys:sign'], ...extra });
 
   it('reads projects, expiresAt, rateLimit and tokenDefaults', () => {
     const c = parseParentConfig({
       ...base,
-      tokens: [t('b', { projects: ['default', `p_${'a'.repeat(22)}`], expiresAt: '2030-01-01T00:00:00+02:00', rateLimit: { max: 5, windowMs: 1000 } })],
+      tokens: [
+        t('b', {
+          projects: ['default', `p_${'a'.repeat(22)}`],
+          expiresAt: '2030-01-01T00:00:00+02:00',
+          rateLimit: { max: 5, windowMs: 1000 },
+        }),
+      ],
       tokenDefaults: { rateLimit: { max: 100, windowMs: 60_000 } },
     });
-    expect(c.tokens[0]).toMatchObject({ projects: ['default', `p_${'a'.repeat(22)}`], expiresAt: '2030-01-01T00:00:00+02:00', rateLimit: { max: 5, windowMs: 1000 } });
+    expect(c.tokens[0]).toMatchObject({
+      projects: ['default', `p_${'a'.repeat(22)}`],
+      expiresAt: '2030-01-01T00:00:00+02:00',
+      rateLimit: { max: 5, windowMs: 1000 },
+    });
     expect(parseParentConfig(base).tokenDefaults).toEqual({});
   });
 
@@ -56,7 +69,9 @@ describe('token configuration', () => {
     expect(fail(withTokens([{ ...t('b', { projects: ['default'] }), scopes: ['admin'] }]))).toMatch(
       /config\.tokens\[0\]\.projects: an admin token cannot be bound to projects/,
     );
-    expect(fail(withTokens([t('b', { expiresAt: '2030-01-01' })]))).toMatch(/config\.tokens\[0\]\.expiresAt: expected an ISO 8601 date and time/);
+    expect(fail(withTokens([t('b', { expiresAt: '2030-01-01' })]))).toMatch(
+      /config\.tokens\[0\]\.expiresAt: expected an ISO 8601 date and time/,
+    );
     expect(fail(withTokens([t('b', { expiresAt: '2030-01-01T00:00:00' })]))).toMatch(/expiresAt/);
     expect(fail(withTokens([t('b', { rateLimit: { max: 0, windowMs: 1000 } })]))).toMatch(/config\.tokens\[0\]\.rateLimit\.max/);
     expect(fail(withTokens([t('b', { rateLimit: { max: 1, windowMs: 10 } })]))).toMatch(/config\.tokens\[0\]\.rateLimit\.windowMs/);
@@ -69,7 +84,13 @@ describe('token configuration', () => {
 describe('TokenAuth', () => {
   const specs = [
     { name: 'open', sha256: hashToken('open'), scopes: ['keys:sign' as const] },
-    { name: 'bound', sha256: hashToken('bound'), scopes: ['keys:sign' as const], projects: ['default'], rateLimit: { max: 2, windowMs: 1000 } },
+    {
+      name: 'bound',
+      sha256: hashToken('bound'),
+      scopes: ['keys:sign' as const],
+      projects: ['default'],
+      rateLimit: { max: 2, windowMs: 1000 },
+    },
     { name: 'old', sha256: hashToken('old'), scopes: ['keys:read' as const], expiresAt: '2026-01-01T00:00:00Z' },
   ];
 
@@ -88,7 +109,10 @@ describe('TokenAuth', () => {
     expect(TokenAuth.reaches(open, `p_${'a'.repeat(22)}`)).toBe(true);
     const expiry = Date.parse('2026-01-01T00:00:00Z');
     expect(auth.authenticate(bearer('old'), expiry - 1).name).toBe('old');
-    expect(refusal(() => auth.authenticate(bearer('old'), expiry))).toEqual(['UNAUTHORIZED', 'the bearer token expired at 2026-01-01T00:00:00.000Z']);
+    expect(refusal(() => auth.authenticate(bearer('old'), expiry))).toEqual([
+      'UNAUTHORIZED',
+      'the bearer token expired at 2026-01-01T00:00:00.000Z',
+    ]);
     expect(refusal(() => auth.authenticate(bearer('nobody'), expiry))).toEqual(['UNAUTHORIZED', 'unknown bearer token']);
     expect(auth.expired(expiry)).toEqual(['old']);
     expect(auth.expired(expiry - 1)).toEqual([]);
@@ -127,7 +151,10 @@ describe('reloadTokens', () => {
     const { auth, log, reload } = setup();
     write({
       ...base,
-      tokens: [{ name: 'b', sha256: hashToken('secret-b'), scopes: ['keys:read'], expiresAt: '2020-01-01T00:00:00Z' }, { name: 'c', sha256: hashToken('secret-c'), scopes: ['keys:read'] }],
+      tokens: [
+        { name: 'b', sha256: hashToken('secret-b'), scopes: ['keys:read'], expiresAt: '2020-01-01T00:00:00Z' },
+        { name: 'c', sha256: hashToken('secret-c'), scopes: ['keys:read'] },
+      ],
       tokenDefaults: { rateLimit: { max: 3, windowMs: 2000 } },
       logLevel: 'warn',
       api: { listen: { port: 7071 } },
@@ -150,7 +177,9 @@ describe('reloadTokens', () => {
     expect(changedSections(running, parseParentConfig(base, { NKS_API_PORT: '9000' }))).toEqual([]);
     expect(changedSections(running, parseParentConfig(base))).toEqual(['api']);
     const auth = new TokenAuth(running.tokens);
-    expect(reloadTokens({ file, env: { NKS_API_PORT: '9000' }, running, auth, logger: captureLogger().logger })).toMatchObject({ ignored: [] });
+    expect(reloadTokens({ file, env: { NKS_API_PORT: '9000' }, running, auth, logger: captureLogger().logger })).toMatchObject({
+      ignored: [],
+    });
   });
 
   it.each([
@@ -159,7 +188,11 @@ describe('reloadTokens', () => {
     ['not an object', '[]', /not a JSON object/],
     ['a schema error', { ...base, tokens: [{ name: 'b', sha256: 'nothex', scopes: ['admin'] }] }, /config\.tokens\[0\]\.sha256/],
     ['no tokens', { ...base, tokens: [] }, /config\.tokens/],
-    ['duplicate names', { ...base, tokens: [base.tokens[0], { ...base.tokens[0], sha256: hashToken('other') }] }, /token names must be unique/],
+    [
+      'duplicate names',
+      { ...base, tokens: [base.tokens[0], { ...base.tokens[0], sha256: hashToken('other') }] },
+      /token names must be unique/,
+    ],
     ['another section invalid', { ...base, database: {} }, /config\.database/],
   ])('keeps the tokens in use when the file is %s, and logs why at error level', (_what, content, reason) => {
     const { auth, log, reload } = setup();

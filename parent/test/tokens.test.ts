@@ -143,7 +143,7 @@ describe('tokens', () => {
       expect(new Set(seen.map((k) => k.projectId))).toEqual(new Set(['default']));
     });
 
-    it("cannot make keys in, or successors of keys of, another project; an externalId taken there is a conflict", async () => {
+    it('cannot make keys in, or successors of keys of, another project; an externalId taken there is a conflict', async () => {
       const refused = await api('bound', '/v1/keys', { body: { projectId: other.projectId } });
       const nowhere = await api('bound', '/v1/keys', { body: { projectId: `p_${'Z'.repeat(22)}` } });
       expect(code(refused)).toEqual([403, 'FORBIDDEN']);
@@ -230,8 +230,16 @@ describe('tokens', () => {
       const good = JSON.stringify(config());
       const bad: Array<[string, string, RegExp]> = [
         ['not JSON', `${good.slice(0, -1)},`, /not valid JSON/],
-        ['a schema error', JSON.stringify({ ...config(), tokens: [{ ...token('full'), scopes: ['keys:everything'] }] }), /config\.tokens\[0\]\.scopes/],
-        ['two tokens with one name', JSON.stringify({ ...config(), tokens: [token('admin'), { ...token('full'), name: 'admin' }] }), /token names must be unique/],
+        [
+          'a schema error',
+          JSON.stringify({ ...config(), tokens: [{ ...token('full'), scopes: ['keys:everything'] }] }),
+          /config\.tokens\[0\]\.scopes/,
+        ],
+        [
+          'two tokens with one name',
+          JSON.stringify({ ...config(), tokens: [token('admin'), { ...token('full'), name: 'admin' }] }),
+          /token names must be unique/,
+        ],
         ['no tokens', JSON.stringify({ ...config(), tokens: [] }), /config\.tokens/],
       ];
       try {

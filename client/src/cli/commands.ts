@@ -52,7 +52,8 @@ export async function keysCommand(args: string[]): Promise<number> {
         attest: { type: 'boolean' },
         project: { type: 'string' },
       });
-      const labels: Record<string, string> = {};
+      // No prototype: `--label __proto__=x` is sent as written (and refused by the server by name), not dropped here.
+      const labels = Object.create(null) as Record<string, string>;
       for (const l of values.label ?? []) {
         const i = l.indexOf('=');
         if (i < 1) throw new UsageError(`--label takes name=value, got "${l}"`);

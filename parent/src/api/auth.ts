@@ -29,7 +29,8 @@ interface Entry {
   expiresAt: number | undefined;
 }
 
-export type TokenSpec = Pick<TokenConfig, 'name' | 'sha256' | 'scopes'> & Partial<Pick<TokenConfig, 'projects' | 'expiresAt' | 'rateLimit'>>;
+export type TokenSpec = Pick<TokenConfig, 'name' | 'sha256' | 'scopes'> &
+  Partial<Pick<TokenConfig, 'projects' | 'expiresAt' | 'rateLimit'>>;
 
 export function hashToken(token: string): string {
   return createHash('sha256').update(token, 'utf8').digest('hex');

@@ -42,7 +42,7 @@ export function tokenRateLimits(): (app: ApiInstance) => void {
       reply.header('retry-after', String(seconds));
       throw new KeystoreError(
         'RATE_LIMITED',
-        `token "${r.key}" made more than ${r.max} requests in ${r.timeWindow / 1000} s; retry in ${seconds} s`,
+        `token "${r.key}" used its limit of ${r.max} requests per ${r.timeWindow / 1000} s; retry in ${seconds} s`,
       );
     });
   };

@@ -9,9 +9,7 @@ import type { Logger } from '@nks/shared/log';
 import { ConfigError, loadParentConfig, RELOADABLE_SECTIONS, type ParentConfig } from '../config';
 import type { TokenAuth } from './auth';
 
-export type ReloadOutcome =
-  | { ok: true; tokens: string[]; expired: string[]; ignored: string[] }
-  | { ok: false; reason: string };
+export type ReloadOutcome = { ok: true; tokens: string[]; expired: string[]; ignored: string[] } | { ok: false; reason: string };
 
 /** The top-level sections whose value differs between two configurations, but for the reloadable ones. */
 export function changedSections(running: ParentConfig, next: ParentConfig): string[] {
@@ -48,7 +46,10 @@ export function reloadTokens(options: {
   const expired = auth.expired(options.now);
   const ignored = changedSections(running, next);
   if (ignored.length > 0)
-    logger.warn({ file, sections: ignored }, 'configuration changes outside tokens and tokenDefaults are ignored until the parent restarts');
+    logger.warn(
+      { file, sections: ignored },
+      'configuration changes outside tokens and tokenDefaults are ignored until the parent restarts',
+    );
   logger.info({ file, tokens, ...(expired.length > 0 ? { expired } : {}) }, 'tokens reloaded');
   return { ok: true, tokens, expired, ignored };
 }
