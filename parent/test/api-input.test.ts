@@ -8,7 +8,7 @@ import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { KeystoreError } from '@nks/shared/errors';
 import { readJsonBody } from '@nks/shared/http/body';
-import { parseQuery, stringMap, validatorCompiler } from '@nks/shared/http/validation';
+import { fieldValidatorCompiler, FieldErrors, parseQuery, stringMap, validatorCompiler } from '@nks/shared/http/validation';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
 
@@ -87,7 +87,9 @@ describe('prototype-shaped input, in-process', () => {
       expect.stringMatching(/^body\.a\[1\]\.b: "__proto__"/),
     ]);
     const deep = `${'['.repeat(100_000)}{"__proto__":0}${']'.repeat(100_000)}`;
-    expect(await reason(body(deep))).toEqual(['INVALID_REQUEST', expect.stringMatching(/"__proto__" is a reserved name/)]);
+    const [code, message] = (await reason(body(deep))) as string[];
+    expect([code, message]).toEqual(['INVALID_REQUEST', expect.stringMatching(/^body\[0\]\[0\].*…: "__proto__" is a reserved name/)]);
+    expect(message?.length).toBeLessThan(400);
     expect(await body('{"a":"__proto__","b":{"c":"\\u00e9"}}')).toEqual({ a: '__proto__', b: { c: 'é' } });
   });
 
@@ -108,6 +110,17 @@ describe('prototype-shaped input, in-process', () => {
     const q = parseQuery('a=1');
     expect(Object.getPrototypeOf(q)).toBeNull();
     expect(validate(q).value).toEqual({ a: '1' });
+  });
+
+  it("the TrueWallet routes' validator refuses reserved query keys by field, in the SDK's format", () => {
+    const validate = fieldValidatorCompiler({
+      schema: z.strictObject({ nonce: z.string() }),
+      httpPart: 'querystring',
+      method: 'GET',
+      url: '/',
+    }) as (d: unknown) => { error?: FieldErrors };
+    for (const k of RESERVED)
+      expect(validate(parseQuery(`nonce=1&${k}=1`)).error?.fields).toEqual({ query: [`"${k}" is a reserved name`] });
   });
 
   it('stringMap refuses reserved keys as sent and answers a map without prototype', () => {

@@ -6,10 +6,14 @@
  * own token set, which the tests rewrite and reload.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
 
+const execFileAsync = promisify(execFile);
 const sha = (t: string) => createHash('sha256').update(t).digest('hex');
 const secret = (name: string) => `nks_${name}_${randomBytes(16).toString('hex')}`;
 const T = {
@@ -99,6 +103,16 @@ describe('tokens', () => {
       expect(probe.body).toEqual({ keyId: mine.keyId, created: false });
       // Not the record, the address or an attestation, which GET would have refused it anyway.
       expect(code(await api('create', `/v1/keys/${mine.keyId}`))).toEqual([403, 'FORBIDDEN']);
+    });
+
+    it('the CLI shows a create-only token the existing key by its id only', async () => {
+      const env = { ...process.env, NKS_URL: s.url, NKS_TOKEN: T.create, NKS_DEV_DIR: '/nonexistent' };
+      const run = (args: string[]) => execFileAsync(process.execPath, [path.resolve(__dirname, '../../dist/cli.js'), ...args], { env });
+      const json = await run(['keys', 'create', '--external-id', mine.externalId, '--json']);
+      expect(JSON.parse(json.stdout)).toEqual({ keyId: mine.keyId, created: false });
+      const text = await run(['keys', 'create', '--external-id', mine.externalId]);
+      expect(text.stdout).toMatch(new RegExp(`^Existing key\\n.*keyId.*${mine.keyId}`, 's'));
+      expect(text.stdout).not.toMatch(/address/);
     });
 
     it('a new key is still answered in full (201), and a token with keys:read still sees the existing key', async () => {

@@ -65,6 +65,11 @@ export async function keysCommand(args: string[]): Promise<number> {
         ...(values.attest ? { attest: true } : {}),
         ...(values.project ? { projectId: values.project } : {}),
       });
+      // A token without keys:read is told only the existing key's id (README.md, "Caller API").
+      if (!created && (key as Partial<Key>).address === undefined) {
+        print({ keyId: key.keyId, created }, values.json ?? false, () => `Existing key\n${fields([['keyId', key.keyId]])}`);
+        return 0;
+      }
       print(
         { ...key, created },
         values.json ?? false,

@@ -74,7 +74,8 @@ function protoKeyPath(value: unknown): string | undefined {
       v.forEach((e, i) => stack.push({ v: e, path: `${path}[${i}]` }));
       continue;
     }
-    if (Object.hasOwn(v, '__proto__')) return path;
+    // (A path deeper than a message should hold is cut: it names where, not every step.)
+    if (Object.hasOwn(v, '__proto__')) return path.length > 200 ? `${path.slice(0, 200)}…` : path;
     for (const [k, e] of Object.entries(v)) stack.push({ v: e, path: `${path}.${k.slice(0, 64)}` });
   }
   return undefined;
