@@ -224,11 +224,14 @@ export class KeystoreApiError extends Error {
     readonly code: string,
     message: string,
     readonly requestId: string | undefined,
-    options?: ErrorOptions & { details?: ErrorDetails | undefined },
+    options?: ErrorOptions & { details?: ErrorDetails | undefined; retryAfterS?: number | undefined },
   ) {
     super(message, options);
     this.details = options?.details;
+    this.retryAfterS = options?.retryAfterS;
   }
+  /** The server's `Retry-After`, in seconds, when it gave one (503, and 429 `RATE_LIMITED`). */
+  readonly retryAfterS: number | undefined;
   /** From the server's own error-code table (shared/src/errors.ts), so client and server agree. */
   get retryable(): boolean {
     return isRetryableCode(this.code);
@@ -286,7 +289,14 @@ export class KeystoreClient {
       } catch (err) {
         const retry = err instanceof KeystoreApiError ? err.retryable : err instanceof TypeError; // TypeError: network failure
         if (!retry || attempt >= attempts) throw err;
-        await new Promise((r) => setTimeout(r, backoffDelay(attempt - 1, SDK_RETRY_BACKOFF)));
+        let delay = backoffDelay(attempt - 1, SDK_RETRY_BACKOFF);
+        // The token's rate limit: not before its window ends, and not at all if that is longer than a backoff.
+        if (err instanceof KeystoreApiError && err.code === 'RATE_LIMITED') {
+          const waitMs = (err.retryAfterS ?? 1) * 1000;
+          if (waitMs > SDK_RETRY_BACKOFF.maxMs) throw err;
+          delay = Math.max(delay, waitMs);
+        }
+        await new Promise((r) => setTimeout(r, delay));
       }
     }
   }
@@ -317,12 +327,15 @@ export class KeystoreClient {
     if (!res.ok) {
       const e = (parsed as { error?: { code?: string; message?: string; requestId?: string; details?: unknown } })?.error;
       const details = detailsOf(e?.details);
+      const after = /^\d{1,6}$/.test(res.headers.get('retry-after') ?? '') ? Number(res.headers.get('retry-after')) : undefined;
       throw new KeystoreApiError(
         res.status,
         e?.code ?? `HTTP_${res.status}`,
         e?.message ?? res.statusText,
         e?.requestId ?? res.headers.get('x-request-id') ?? undefined,
-        details ? { details } : undefined,
+        details || after !== undefined
+          ? { ...(details ? { details } : {}), ...(after !== undefined ? { retryAfterS: after } : {}) }
+          : undefined,
       );
     }
     return { status: res.status, body: parsed as T };
@@ -331,7 +344,8 @@ export class KeystoreClient {
   /**
    * Creates a key, or returns the existing one for `externalId` (`created: false`). In the `default` project,
    * or the token project `projectId` names (a JWT project's keys are made by its users, through the
-   * TrueWallet API).
+   * TrueWallet API). For a token without `keys:read`, an existing key is answered as `{keyId, created: false}`
+   * only (creating is not a way to read a key): read it with a token that may.
    */
   async createKey(
     input: { externalId?: string; labels?: Record<string, string>; attest?: boolean; projectId?: string } = {},

@@ -15,7 +15,35 @@ function fakeFetch(statuses: number[]) {
   return { f, calls };
 }
 
+/** Answers 429 RATE_LIMITED with `Retry-After: retryAfter` until `limited` calls were made, then 200. */
+function rateLimitedFetch(limited: number, retryAfter: string) {
+  const calls: number[] = [];
+  const f = (async () => {
+    calls.push(Date.now());
+    if (calls.length > limited) return new Response(JSON.stringify({ keyId: 'k1', signature: '0xsig' }), { status: 200 });
+    const body = { error: { code: 'RATE_LIMITED', message: 'slow down', requestId: 'r1' } };
+    return new Response(JSON.stringify(body), { status: 429, headers: { 'content-type': 'application/json', 'retry-after': retryAfter } });
+  }) as unknown as typeof fetch;
+  return { f, calls };
+}
+
 describe('SDK', () => {
+  it('waits out a rate limit as Retry-After says, and gives up at once when the window is longer than a backoff', async () => {
+    const short = rateLimitedFetch(1, '1');
+    await expect(new KeystoreClient({ url: 'http://x', token: 't', fetch: short.f }).signMessage('k1', 'm')).resolves.toMatchObject({
+      signature: '0xsig',
+    });
+    expect(short.calls).toHaveLength(2);
+    // Not before the second the server named (a backoff alone would be 50-100 ms).
+    expect((short.calls[1] as number) - (short.calls[0] as number)).toBeGreaterThanOrEqual(990);
+    const long = rateLimitedFetch(5, '60');
+    const err = (await new KeystoreClient({ url: 'http://x', token: 't', fetch: long.f })
+      .signMessage('k1', 'm')
+      .catch((e: unknown) => e)) as KeystoreApiError;
+    expect([err.status, err.code, err.retryable, err.retryAfterS]).toEqual([429, 'RATE_LIMITED', true, 60]);
+    expect(long.calls).toHaveLength(1);
+  });
+
   it('retries repeatable requests on retryable errors, then succeeds', async () => {
     const { f, calls } = fakeFetch([503, 503, 200]);
     const c = new KeystoreClient({ url: 'http://x/', token: 't', fetch: f });
@@ -58,6 +86,7 @@ describe('SDK', () => {
       'TIMEOUT',
       'UNAVAILABLE',
       'STORAGE_UNAVAILABLE',
+      'RATE_LIMITED',
     ]);
     // Codes the table does not have (an HTTP status without our envelope, a body that is not JSON): final.
     for (const code of ['HTTP_503', 'BAD_RESPONSE', 'toString', ''])

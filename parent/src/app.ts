@@ -13,6 +13,8 @@ import { ApiServer } from './api/server';
 import { TokenAuth } from './api/auth';
 import { callerRoutes } from './api/routes';
 import { tlsRoutes } from './api/tls-routes';
+import { tokenRateLimits } from './api/token-limits';
+import { reloadTokens, type ReloadOutcome } from './api/token-reload';
 import type { ParentConfig } from './config';
 import type { KnownIdentity } from './enclave-link/identity';
 import { EnclavePool, type PoolOptions } from './enclave-link/pool';
@@ -40,6 +42,8 @@ export interface RunningParent {
    * besides its configured hosts (`allowedHosts: () => parent.jwksHosts()`).
    */
   jwksHosts(): Promise<string[]>;
+  /** Re-reads the tokens from the configuration `file` (SIGHUP: token-reload.ts); a bad file keeps the old ones. */
+  reloadTokens(file: string, env?: NodeJS.ProcessEnv): ReloadOutcome;
   stop(): Promise<void>;
 }
 
@@ -176,14 +180,20 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
 
   const caller = callerRoutes(keys);
   const tlsAdmin = tlsRoutes(tls);
+  const limits = tokenRateLimits();
+  // One TokenAuth for the life of the process: a reload replaces its tokens (token-reload.ts).
+  const auth = new TokenAuth(config.tokens, config.tokenDefaults);
+  const expired = auth.expired();
+  if (expired.length > 0) logger.warn({ tokens: expired }, 'configured tokens have expired: they are refused');
   const api = new ApiServer({
     config: config.api,
     routes: (app) => {
+      limits(app);
       caller(app);
       tlsAdmin(app);
     },
     walletsPublicUrl: config.wallets.publicUrl,
-    auth: new TokenAuth(config.tokens),
+    auth,
     metrics,
     logger: logger.child({ component: 'api' }),
     accessLog: createLogger({ name: 'parent', level: config.logLevel, redact: false, bufferBytes: 8192 }).child({ component: 'access' }),
@@ -211,6 +221,8 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     tls,
     walletsRelayPort: ingress.port as number,
     jwksHosts: () => keys.projects.jwksHosts(),
+    reloadTokens: (file, env = process.env) =>
+      reloadTokens({ file, env, running: config, auth, logger: logger.child({ component: 'tokens' }) }),
     async stop() {
       await ingress.close();
       tls.stop();

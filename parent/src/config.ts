@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
 import { describeIssues, identityPublicKey, kmsKeyArn } from '@nks/shared/schema';
+import { PROJECT_ID_EXPECTED, PROJECT_ID_RE } from '@nks/shared/identifiers';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '@nks/shared/transport';
 import { DEFAULT_WALLET_STORE_ADDRESS, DEFAULT_WALLETS_ADDRESS } from '@nks/shared/ingress';
 import { EgressConfigSchema } from './egress/config';
@@ -155,18 +156,54 @@ const DatabaseSchema = z.preprocess(
 );
 export type DatabaseConfig = z.output<typeof DatabaseSchema>;
 
+/**
+ * A token's rate limit (README.md, "Caller API"): at most `max` requests in each fixed window of `windowMs`,
+ * counted per token; beyond it, 429 RATE_LIMITED with Retry-After.
+ */
+const TokenRateLimitSchema = z.strictObject({
+  max: z.number().int().min(1).max(1_000_000_000),
+  windowMs: z.number().int().min(1000).max(86_400_000),
+});
+export type TokenRateLimit = z.output<typeof TokenRateLimitSchema>;
+
+/**
+ * A bearer token, stored only as the SHA-256 hex of the token. `projects` binds it to those projects (docs/SECURITY.md,
+ * "The reach of each token"); an `admin` token is never bound (it manages the projects themselves). `expiresAt`: from
+ * then on it is refused (401). `rateLimit`: its own limit, instead of `tokenDefaults.rateLimit`.
+ */
+const TokenSchema = z
+  .strictObject({
+    name: z.string().min(1).max(64),
+    sha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected SHA-256 as 64 lowercase hex'),
+    scopes: z.array(z.enum(SCOPES)).min(1),
+    projects: z
+      .array(z.string().regex(PROJECT_ID_RE, PROJECT_ID_EXPECTED))
+      .min(1)
+      .max(256)
+      .refine((l) => new Set(l).size === l.length, 'expected distinct project ids')
+      .optional(),
+    expiresAt: z.iso
+      .datetime({ offset: true, error: 'expected an ISO 8601 date and time with a time zone (2027-01-31T00:00:00Z)' })
+      .optional(),
+    rateLimit: TokenRateLimitSchema.optional(),
+  })
+  .refine((t) => !(t.projects && t.scopes.includes('admin')), {
+    path: ['projects'],
+    message: 'an admin token cannot be bound to projects (it manages the projects themselves)',
+  });
+export type TokenConfig = z.output<typeof TokenSchema>;
+
+/** What applies to every token that does not say otherwise: `rateLimit` (none: no limit). */
+const TokenDefaultsSchema = z.strictObject({ rateLimit: TokenRateLimitSchema.optional() });
+export type TokenDefaults = z.output<typeof TokenDefaultsSchema>;
+
+/** The sections a SIGHUP reloads (parent/README.md, "Reloading tokens"); any other change needs a restart. */
+export const RELOADABLE_SECTIONS = ['tokens', 'tokenDefaults'] as const;
+
 export const ParentConfigSchema = z.strictObject({
   api: ApiSchema,
-  /** Bearer tokens, stored only as SHA-256 hex of the token. */
-  tokens: z
-    .array(
-      z.strictObject({
-        name: z.string().min(1).max(64),
-        sha256: z.string().regex(/^[0-9a-f]{64}$/, 'expected SHA-256 as 64 lowercase hex'),
-        scopes: z.array(z.enum(SCOPES)).min(1),
-      }),
-    )
-    .min(1),
+  tokens: z.array(TokenSchema).min(1),
+  tokenDefaults: TokenDefaultsSchema.prefault({}),
   database: DatabaseSchema,
   transport: TransportConfigSchema.default(D.transport),
   // An absent section is parsed as an empty one (`prefault`), so it gets the fields' own defaults.
@@ -278,7 +315,12 @@ export function parseParentConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, sou
   const res = ParentConfigSchema.safeParse(applyEnv(raw as Record<string, unknown>, env));
   if (!res.success) throw new ConfigError(`invalid ${source}: ${describeIssues(res.error, 'config')}`);
   const names = res.data.tokens.map((t) => t.name);
-  if (new Set(names).size !== names.length) throw new ConfigError(`invalid ${source}: token names must be unique`);
+  const twice = names.find((n, i) => names.indexOf(n) !== i);
+  if (twice !== undefined) throw new ConfigError(`invalid ${source}: token names must be unique ("${twice}" is given more than once)`);
+  const hashes = res.data.tokens.map((t) => t.sha256);
+  const shared = res.data.tokens.find((t, i) => hashes.indexOf(t.sha256) !== i);
+  if (shared)
+    throw new ConfigError(`invalid ${source}: token "${shared.name}" has the sha256 of an earlier token (each token must be distinct)`);
   const l = res.data.api.listen;
   if ('host' in l && res.data.api.trustProxy.includes(TRUST_UNIX_PEER))
     throw new ConfigError(

@@ -6,16 +6,18 @@
  *   parent migrate --config FILE [--concurrency N] [--pending]
  *
  * The configuration is `--config FILE` or $NKS_PARENT_CONFIG, with the environment overrides NKS_API_PORT,
- * NKS_DB_PATH, NKS_KMS_ENDPOINT, NKS_KMS_REGION, NKS_LOG_LEVEL. The daemon drains and stops on SIGTERM/SIGINT.
+ * NKS_DB_PATH, NKS_KMS_ENDPOINT, NKS_KMS_REGION, NKS_LOG_LEVEL. The daemon drains and stops on SIGTERM/SIGINT,
+ * and reloads its tokens from the configuration file on SIGHUP (api/token-reload.ts).
  * `genesis` makes the keystore identity with the genesis image (genesis.ts); `migrate` re-seals the keys made
  * before 0.4 with the migration image while the daemon is stopped (migrate.ts); with `--pending` it only prints
  * how many keys are left to migrate, as `{"keysWithoutRecord": N}`. Exit codes: 0 done, 1 the
  * command failed (its reason on stderr and in the log), 2 bad usage or configuration.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { createLogger, type Logger } from '@nks/shared/log';
-import { startParent } from './app';
+import { startParent, type RunningParent } from './app';
 import { ConfigError, loadParentConfig, type ParentConfig } from './config';
 import { GENESIS_NONCE_RE, runGenesis, writeGenesisOutput } from './genesis';
 import { keysToMigrate, runMigration } from './migrate';
@@ -32,17 +34,32 @@ const USAGE = `usage: parent [--config FILE]
 
 class UsageError extends Error {}
 
-function configOf(file: string | undefined): ParentConfig {
+function configFileOf(file: string | undefined): string {
   const chosen = file ?? process.env.NKS_PARENT_CONFIG;
   if (!chosen) throw new ConfigError('no configuration: pass --config FILE or set NKS_PARENT_CONFIG');
-  return loadParentConfig(chosen);
+  return path.resolve(chosen);
+}
+
+function configOf(file: string | undefined): ParentConfig {
+  return loadParentConfig(configFileOf(file));
 }
 
 async function daemon(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { config: { type: 'string' } }, strict: true });
-  const config = configOf(values.config);
+  const file = configFileOf(values.config);
+  const config = loadParentConfig(file);
   const logger = createLogger({ name: 'parent', level: config.logLevel });
+  // SIGHUP reloads the tokens (parent/README.md, "Reloading tokens"). Handled from the start, where its default
+  // would end the process: one that comes while the parent starts is done once it has started.
+  let running: RunningParent | undefined;
+  let reloadAsked = false;
+  const reload = () => {
+    if (running) running.reloadTokens(file);
+    else reloadAsked = true;
+  };
+  process.on('SIGHUP', reload);
   const parent = await startParent(config, logger);
+  running = parent;
   logger.info(
     {
       url: parent.url,
@@ -54,6 +71,7 @@ async function daemon(args: string[]): Promise<void> {
     },
     'parent ready',
   );
+  if (reloadAsked) reload();
 
   let stopping = false;
   const stop = async (signal: string) => {

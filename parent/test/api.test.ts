@@ -333,13 +333,13 @@ describe('caller API', () => {
 
   it('keeps the envelope and codes where Fastify would answer otherwise', async () => {
     const key = (await s.api('/v1/keys', { body: {} })).body;
-    // JSON keys are read as JSON.parse reads them: `__proto__` and `constructor` are ordinary (unknown) fields,
-    // and a label named `__proto__` is dropped (as zod's record drops it), never set as a prototype.
+    // A `__proto__` key, anywhere, is refused by name (never dropped, never set as a prototype); `constructor` is
+    // an ordinary (unknown) field, and refused as a label name (api-input.test.ts).
     expectError(
       await s.api('/v1/keys', { body: '{"__proto__": {"admin": true}}' }),
       400,
-      'INVALID_PARAMS',
-      'body: unknown field(s) "__proto__"',
+      'INVALID_REQUEST',
+      'body: "__proto__" is a reserved name (__proto__, constructor, prototype are never keys)',
     );
     expectError(
       await s.api('/v1/keys', { body: '{"constructor": {"prototype": {}}}' }),
@@ -347,8 +347,12 @@ describe('caller API', () => {
       'INVALID_PARAMS',
       'body: unknown field(s) "constructor"',
     );
-    const proto = await s.api('/v1/keys', { body: '{"labels": {"__proto__": {"admin": true}, "tier": "gold"}}' });
-    expect([proto.status, proto.body.labels]).toEqual([201, { tier: 'gold' }]);
+    expectError(
+      await s.api('/v1/keys', { body: '{"labels": {"__proto__": {"admin": true}, "tier": "gold"}}' }),
+      400,
+      'INVALID_REQUEST',
+      'body.labels: "__proto__" is a reserved name (__proto__, constructor, prototype are never keys)',
+    );
     // An empty body is no body, whatever its type; a JSON `null` body is a body, and refused.
     expect((await s.api('/v1/keys', { method: 'POST', body: '' })).status).toBe(201);
     expect(

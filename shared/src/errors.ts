@@ -64,6 +64,8 @@ export const ERROR_CODES = {
   PAYLOAD_TOO_LARGE: { rpcCode: -32034, httpStatus: 413, retryable: false },
   UNSUPPORTED_MEDIA_TYPE: { rpcCode: -32035, httpStatus: 415, retryable: false },
   CONFLICT: { rpcCode: -32036, httpStatus: 409, retryable: false },
+  /** The token's rate limit is reached (caller API, per token): retry after `Retry-After` seconds. */
+  RATE_LIMITED: { rpcCode: -32037, httpStatus: 429, retryable: true },
   // Signing policies (docs/POLICIES.md)
   /** The project's policy does not allow this request: `details` names the rule or limit and the reason. */
   POLICY_DENIED: { rpcCode: -32040, httpStatus: 403, retryable: false },

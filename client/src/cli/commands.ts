@@ -52,7 +52,8 @@ export async function keysCommand(args: string[]): Promise<number> {
         attest: { type: 'boolean' },
         project: { type: 'string' },
       });
-      const labels: Record<string, string> = {};
+      // No prototype: `--label __proto__=x` is sent as written (and refused by the server by name), not dropped here.
+      const labels = Object.create(null) as Record<string, string>;
       for (const l of values.label ?? []) {
         const i = l.indexOf('=');
         if (i < 1) throw new UsageError(`--label takes name=value, got "${l}"`);
@@ -64,6 +65,11 @@ export async function keysCommand(args: string[]): Promise<number> {
         ...(values.attest ? { attest: true } : {}),
         ...(values.project ? { projectId: values.project } : {}),
       });
+      // A token without keys:read is told only the existing key's id (README.md, "Caller API").
+      if (!created && (key as Partial<Key>).address === undefined) {
+        print({ keyId: key.keyId, created }, values.json ?? false, () => `Existing key\n${fields([['keyId', key.keyId]])}`);
+        return 0;
+      }
       print(
         { ...key, created },
         values.json ?? false,

@@ -19,9 +19,13 @@ import { APPROVAL_SIGNATURE_EXPECTED, APPROVAL_SIGNATURE_RE } from '@nks/shared/
 import { ProjectSettingsSchema } from '@nks/shared/projects-schema';
 import { keyId } from '@nks/shared/schema';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
+import { KeystoreError } from '@nks/shared/errors';
+import { DEFAULT_PROJECT_ID } from '@nks/shared/records';
 import type { Scope } from '../config';
 import { historyEntryOf, viewOf, type KeyRegistry } from '../key-registry';
-import { KeyParams, projectId, ProjectParams, requestBody, routeUrl } from '@nks/shared/http/validation';
+import type { StoredKey } from '../store/types';
+import { TokenAuth, type Principal } from './auth';
+import { KeyParams, projectId, ProjectParams, requestBody, routeUrl, stringMap } from '@nks/shared/http/validation';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -47,9 +51,11 @@ const externalId = z
   .min(1)
   .max(256)
   .regex(/^[\x21-\x7e]+$/, 'expected printable ASCII without spaces');
-const labels = z
-  .record(z.string().regex(/^[A-Za-z0-9_.:/-]{1,64}$/, 'label names are 1-64 characters of [A-Za-z0-9_.:/-]'), z.string().max(256))
-  .refine((l) => Object.keys(l).length <= 32, 'at most 32 labels');
+/** Labels: a map without prototype; `__proto__`, `constructor` and `prototype` are refused as names (stringMap). */
+const labels = stringMap(
+  z.string().regex(/^[A-Za-z0-9_.:/-]{1,64}$/, 'label names are 1-64 characters of [A-Za-z0-9_.:/-]'),
+  z.string().max(256),
+).refine((l) => Object.keys(l).length <= 32, 'at most 32 labels');
 
 const CreateBody = z
   .strictObject({
@@ -131,6 +137,25 @@ export const at = (path: string, scope?: Scope) => ({
  */
 const seesJwtKeys = (request: FastifyRequest): boolean => request.apiState?.scopes?.has('admin') ?? false;
 
+/** The request's token (every route with a scope has one once past its token check). */
+const tokenOf = (request: FastifyRequest): Principal => request.apiState?.token as Principal;
+
+/** The answer for a key the token does not reach: exactly a missing key's (key-registry.ts), so nothing tells them apart. */
+const noSuchKey = (keyId: string) => new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
+
+/**
+ * A key as the read routes see it, for this request's token: a JWT project's only for admin (`view`), another
+ * project's than those a bound token reaches as if it did not exist (docs/SECURITY.md, "The reach of each token").
+ */
+async function reachableView(keys: KeyRegistry, request: FastifyRequest, keyId: string): Promise<StoredKey> {
+  const k = await keys.view(keyId, { withJwtKeys: seesJwtKeys(request) });
+  if (!TokenAuth.reaches(tokenOf(request), k.projectId)) throw noSuchKey(keyId);
+  return k;
+}
+
+/** Whether a token may read keys (`keys:read`, or `admin`, which includes it). */
+const canRead = (token: Principal): boolean => token.scopes.has('keys:read') || token.scopes.has('admin');
+
 /** Registration order is the order of methods in a 405's Allow header (`POST, GET` on /v1/keys). */
 export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
   return (app) => {
@@ -139,8 +164,15 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       ...at('/v1/keys', 'keys:create'),
       schema: { querystring: NoQuery, body: CreateBody },
       async handler(request, reply) {
+        const token = tokenOf(request);
+        const projectId = request.body?.projectId ?? DEFAULT_PROJECT_ID;
+        // Whether the project exists or not, the same answer: a bound token learns nothing of other projects.
+        if (!TokenAuth.reaches(token, projectId))
+          throw new KeystoreError('FORBIDDEN', `token "${token.name}" is not bound to project ${projectId}`);
         const { record, created } = await keys.create(request.body ?? {});
         reply.code(created ? 201 : 200);
+        // An existing key is shown only to a token that may read keys: creating is not a way to read one.
+        if (!created && !canRead(token)) return { keyId: record.keyId, created: false };
         return viewOf(record);
       },
     });
@@ -150,7 +182,10 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       schema: { querystring: ListQuery },
       async handler(request) {
         const page = await keys.list(request.query, { withJwtKeys: seesJwtKeys(request) });
-        return { keys: page.keys.map((r) => viewOf(r)), nextCursor: page.nextCursor };
+        // A bound token's pages leave out the keys of other projects (a page may then hold fewer than `limit`).
+        const token = tokenOf(request);
+        const shown = page.keys.filter((k) => TokenAuth.reaches(token, k.projectId));
+        return { keys: shown.map((r) => viewOf(r)), nextCursor: page.nextCursor };
       },
     });
     app.route({
@@ -158,15 +193,19 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       ...at('/v1/keys/{keyId}', 'keys:read'),
       schema: { params: KeyParams, querystring: NoQuery },
       async handler(request) {
-        return viewOf(await keys.view(request.params.keyId, { withJwtKeys: seesJwtKeys(request) }));
+        return viewOf(await reachableView(keys, request, request.params.keyId));
       },
     });
     app.route({
       method: 'POST',
       ...at('/v1/keys/{keyId}/sign', 'keys:sign'),
       schema: { params: KeyParams, querystring: NoQuery, body: SignBody },
-      handler(request) {
-        return keys.sign(request.params.keyId, request.body);
+      async handler(request) {
+        const { keyId } = request.params;
+        // A bound token: the key's project first (unbound tokens, the common case, skip this read).
+        if (tokenOf(request).projects !== null && !TokenAuth.reaches(tokenOf(request), (await keys.get(keyId)).projectId))
+          throw noSuchKey(keyId);
+        return keys.sign(keyId, request.body);
       },
     });
     for (const action of ['disable', 'enable'] as const) {
@@ -186,8 +225,9 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       ...at('/v1/keys/{keyId}/successor', 'keys:create'),
       schema: { params: KeyParams, querystring: NoQuery, body: SuccessorBody },
       async handler(request, reply) {
-        // A JWT project's key does not exist for a caller below admin, as on the read routes (then FORBIDDEN).
-        await keys.view(request.params.keyId, { withJwtKeys: seesJwtKeys(request) });
+        // A JWT project's key does not exist for a caller below admin, as on the read routes, nor another
+        // project's for a bound token.
+        await reachableView(keys, request, request.params.keyId);
         const record = await keys.successor(request.params.keyId, request.body ?? {});
         reply.code(201);
         return viewOf(record);
@@ -208,6 +248,7 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       ...at('/v1/keys/{keyId}/history', 'keys:read'),
       schema: { params: KeyParams, querystring: NoQuery },
       async handler(request) {
+        await reachableView(keys, request, request.params.keyId);
         return { keys: (await keys.history(request.params.keyId, { withJwtKeys: seesJwtKeys(request) })).map(historyEntryOf) };
       },
     });

@@ -27,7 +27,7 @@ import { KeystoreError, type ErrorCode } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import type { ParentConfig, Scope } from '../config';
 import type { Metrics } from '../metrics';
-import { TokenAuth } from './auth';
+import { TokenAuth, type Principal } from './auth';
 import { bodyParser, hasBody, readJsonBody } from '@nks/shared/http/body';
 import { trustedProxies } from './client-address';
 import type { ApiInstance } from './routes';
@@ -57,6 +57,8 @@ export interface RequestState {
   principal: string;
   /** The token's scopes once authenticated. */
   scopes?: ReadonlySet<Scope>;
+  /** The token once authenticated: its projects and rate limit (routes.ts, token-limits.ts). */
+  token?: Principal;
   /** The error code answered, if any. */
   code?: ErrorCode;
   finished: boolean;
@@ -240,6 +242,7 @@ export class ApiServer {
           const who = auth.authenticate(request.headers.authorization);
           state.principal = who.name;
           state.scopes = who.scopes;
+          state.token = who;
           TokenAuth.authorize(who, scope);
         }
       } catch (err) {

@@ -4,14 +4,14 @@
  * body whatever its type; a body over the limit is 413 PAYLOAD_TOO_LARGE, checked on the declared length
  * first and then while reading (the rest is not read); a non-empty body that is not `application/json` is 415
  * UNSUPPORTED_MEDIA_TYPE; bytes that are not JSON are 400 INVALID_REQUEST. Keys are read as JSON.parse reads
- * them: a `__proto__` or `constructor` key is an ordinary field, refused by the strict schemas where it is
- * unknown (Fastify's parser would refuse the whole body, with its own error).
+ * them: a `constructor` key is an ordinary field, refused by the strict schemas where it is unknown and as a
+ * map key (validation.ts, `stringMap`); a `__proto__` key, at any depth, is 400 INVALID_REQUEST naming where.
  */
 import type http from 'node:http';
 import type { Readable } from 'node:stream';
 import type { FastifyRequest } from 'fastify';
 import { KeystoreError } from '@nks/shared/errors';
-import { JSON_NULL } from './validation';
+import { JSON_NULL, reservedNameMessage } from './validation';
 
 /** Whether the request says it has a body (a length above zero, or chunked). */
 export function hasBody(req: http.IncomingMessage): boolean {
@@ -45,11 +45,40 @@ export async function readJsonBody(req: Readable, headers: http.IncomingHttpHead
   if (size === 0) return undefined;
   const type = String(headers['content-type'] ?? '');
   if (!/^application\/json\s*(;|$)/i.test(type)) throw new KeystoreError('UNSUPPORTED_MEDIA_TYPE', 'request body must be application/json');
+  const text = (chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)).toString('utf8');
+  let body: unknown;
   try {
-    return JSON.parse((chunks.length === 1 ? (chunks[0] as Buffer) : Buffer.concat(chunks)).toString('utf8'));
+    body = JSON.parse(text);
   } catch {
     throw new KeystoreError('INVALID_REQUEST', 'request body is not valid JSON');
   }
+  // Only a body whose text could hold the key (spelled out, or escaped) is walked: the signing hot path is not.
+  if (text.includes('__proto__') || text.includes('\\u')) {
+    const at = protoKeyPath(body);
+    if (at !== undefined) throw new KeystoreError('INVALID_REQUEST', reservedNameMessage(at, '__proto__'));
+  }
+  return body;
+}
+
+/**
+ * Where a `__proto__` key is in a parsed JSON value (`body.labels`), if anywhere. JSON.parse makes it an own
+ * field, but any copy of the object (a spread, z.record) drops it or sets a prototype with it, so no body may
+ * hold one, at any depth. Walked without recursion: a deeply nested body cannot overflow the stack.
+ */
+function protoKeyPath(value: unknown): string | undefined {
+  const stack: Array<{ v: unknown; path: string }> = [{ v: value, path: 'body' }];
+  for (let item = stack.pop(); item !== undefined; item = stack.pop()) {
+    const { v, path } = item;
+    if (typeof v !== 'object' || v === null) continue;
+    if (Array.isArray(v)) {
+      v.forEach((e, i) => stack.push({ v: e, path: `${path}[${i}]` }));
+      continue;
+    }
+    // (A path deeper than a message should hold is cut: it names where, not every step.)
+    if (Object.hasOwn(v, '__proto__')) return path.length > 200 ? `${path.slice(0, 200)}…` : path;
+    for (const [k, e] of Object.entries(v)) stack.push({ v: e, path: `${path}.${k.slice(0, 64)}` });
+  }
+  return undefined;
 }
 
 /** The API's only content-type parser (registered for every type): the body for validation. */

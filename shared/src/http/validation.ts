@@ -8,7 +8,9 @@
  *   errors flatten paths to `/a/0/b`, which loses whether `0` was an index and where a label key containing
  *   `/` ends;
  * - a body schema can ask to be handed to the handler as sent rather than as parsed (`requestBody`);
- * - a query key given twice is refused (the query parser below marks it), not turned into an array.
+ * - a query key given twice is refused (the query parser below marks it), not turned into an array;
+ * - a reserved name (`__proto__`, `constructor`, `prototype`) as a query key or a map key (`stringMap`: labels)
+ *   is 400 INVALID_REQUEST naming the field, not dropped or misread.
  */
 import type { FastifySchemaCompiler } from 'fastify';
 import { z } from 'zod';
@@ -26,23 +28,63 @@ export const JSON_NULL: unique symbol = Symbol('JSON null body');
 
 /** Set by the query parser on a query that names a key more than once: the first key seen again. */
 const DUPLICATE_KEY = Symbol('duplicate query key');
+/** Set by the query parser on a query that uses a reserved name (RESERVED_NAMES) as a key: the first one. */
+const RESERVED_KEY = Symbol('reserved query key');
 
-export type ParsedQuery = Record<string, string> & { [DUPLICATE_KEY]?: string };
+export type ParsedQuery = Record<string, string> & { [DUPLICATE_KEY]?: string; [RESERVED_KEY]?: string };
+
+/**
+ * Names that are never a query parameter, a label or any other caller-chosen map key: they name the prototype
+ * machinery of JavaScript objects, so a map keyed by them is silently wrong somewhere (a `__proto__` label
+ * disappears; `constructor` shadows a method). Refused with 400 INVALID_REQUEST, naming the field.
+ */
+export const RESERVED_NAMES: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype']);
+
+/** The message for a reserved name used as a key at `where` (`query`, `body.labels`). */
+export const reservedNameMessage = (where: string, name: string): string =>
+  `${where}: "${name}" is a reserved name (${[...RESERVED_NAMES].join(', ')} are never keys)`;
 
 /**
  * Query strings are read as URLSearchParams reads them (`+` is a space, malformed escapes are kept). A key
- * given twice is not folded into an array: it is remembered, and validation refuses the request. The object
- * has no prototype, so `__proto__` or `constructor` is a key like any other (unknown, hence refused).
+ * given twice is not folded into an array: it is remembered, and validation refuses the request; so is a
+ * reserved name (RESERVED_NAMES). The object has no prototype, and is only ever read by its own keys.
  */
 export function parseQuery(text: string): ParsedQuery {
   const query: ParsedQuery = Object.create(null) as ParsedQuery;
   if (text.length === 0) return query;
   for (const [k, v] of new URLSearchParams(text)) {
-    if (Object.hasOwn(query, k)) query[DUPLICATE_KEY] ??= k;
+    if (RESERVED_NAMES.has(k)) query[RESERVED_KEY] ??= k;
+    else if (Object.hasOwn(query, k)) query[DUPLICATE_KEY] ??= k;
     else query[k] = v;
   }
   return query;
 }
+
+/** The zod issue parameter that marks a reserved name (`stringMap`): the request is INVALID_REQUEST, not INVALID_PARAMS. */
+const RESERVED_ISSUE = 'reservedName';
+
+/**
+ * A map from caller-chosen names to values (labels): its keys checked on the input as sent (z.record would
+ * drop a `__proto__` key before any refinement saw it), reserved names refused (INVALID_REQUEST, naming the
+ * field), and the output an object without prototype.
+ */
+export function stringMap<K extends z.ZodType<string>, V extends z.ZodType>(key: K, value: V) {
+  return z
+    .unknown()
+    .superRefine((input, ctx) => {
+      if (typeof input !== 'object' || input === null) return;
+      for (const k of Object.keys(input)) {
+        if (RESERVED_NAMES.has(k))
+          ctx.addIssue({ code: 'custom', path: [k], message: `"${k}" is a reserved name`, params: { [RESERVED_ISSUE]: true } });
+      }
+    })
+    .pipe(z.record(key, value))
+    .transform((m) => Object.assign(Object.create(null) as Record<z.output<K>, z.output<V>>, m));
+}
+
+/** Whether a validation failure is a reserved name's (`stringMap`). */
+const reservedIssue = (error: z.ZodError): z.core.$ZodIssue | undefined =>
+  error.issues.find((i) => i.code === 'custom' && (i.params as Record<string, unknown> | undefined)?.[RESERVED_ISSUE] === true);
 
 interface BodyRule {
   /** The message (after `body: `) for a request without a body; the body is then required. */
@@ -66,6 +108,17 @@ export function requestBody(schema: z.ZodType, rule: BodyRule): z.ZodType {
 }
 
 const invalid = (message: string) => ({ error: new KeystoreError('INVALID_PARAMS', message) });
+const malformed = (message: string) => ({ error: new KeystoreError('INVALID_REQUEST', message) });
+
+/** The failure of `root` (`body`, `query`): INVALID_REQUEST for a reserved name anywhere, else INVALID_PARAMS. */
+function failureOf(error: z.ZodError, root: string) {
+  const reserved = reservedIssue(error);
+  if (reserved) {
+    const path = reserved.path.slice(0, -1).map(String);
+    return malformed(reservedNameMessage([root, ...path].join('.'), String(reserved.path.at(-1))));
+  }
+  return invalid(describeIssues(error, root));
+}
 
 export const validatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, httpPart }) => {
   if (httpPart === 'body') {
@@ -74,16 +127,18 @@ export const validatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, ht
       const body = data === null ? undefined : data === JSON_NULL ? null : data;
       if (body === undefined && whenMissing !== undefined) return invalid(`body: ${whenMissing}`);
       const res = schema.safeParse(body);
-      if (!res.success) return invalid(describeIssues(res.error, 'body'));
+      if (!res.success) return failureOf(res.error, 'body');
       return { value: asSent ? body : res.data };
     };
   }
   if (httpPart === 'querystring') {
     return (data: ParsedQuery) => {
+      const reserved = data[RESERVED_KEY];
+      if (reserved !== undefined) return malformed(reservedNameMessage('query', reserved));
       const twice = data[DUPLICATE_KEY];
       if (twice !== undefined) return invalid(`query: "${twice}" is given more than once`);
       const res = schema.safeParse(data);
-      return res.success ? { value: res.data } : invalid(describeIssues(res.error, 'query'));
+      return res.success ? { value: res.data } : failureOf(res.error, 'query');
     };
   }
   const root = httpPart ?? 'params';
@@ -150,6 +205,8 @@ export const fieldValidatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schem
   }
   const root = httpPart === 'querystring' ? 'query' : (httpPart ?? 'params');
   return (data: ParsedQuery) => {
+    const reserved = data[RESERVED_KEY];
+    if (reserved !== undefined) return { error: new FieldErrors({ [root]: [`"${reserved}" is a reserved name`] }) };
     const twice = data[DUPLICATE_KEY];
     if (twice !== undefined) return { error: new FieldErrors({ [root]: [`"${twice}" is given more than once`] }) };
     const res = schema.safeParse(data);
