@@ -86,6 +86,8 @@ export interface StackOptions {
   keepLogs?: boolean;
   /** CPU lists (taskset) for the enclave and for the parent, to model the enclave's dedicated vCPUs. */
   cpus?: { enclave: string; parent: string };
+  /** More environment for the parent processes (e.g. the disk-fault shim: test/chaos/disk-faults.ts). */
+  parentEnv?: NodeJS.ProcessEnv;
 }
 
 /** The AWS credentials the parent programs run with: the emulator maps any unknown access key to the parent role. */
@@ -210,10 +212,15 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
   const launchParent = async () => {
     for (let attempt = 1; ; attempt++) {
       if (choosePort && attempt > 1) await pinWalletsPort();
-      const p = startProgram('parent', ['--config', parentConfigFile], awsEnv, {
-        keepLines: opts.keepLogs ?? true,
-        ...(opts.cpus ? { cpus: opts.cpus.parent } : {}),
-      });
+      const p = startProgram(
+        'parent',
+        ['--config', parentConfigFile],
+        { ...awsEnv, ...opts.parentEnv },
+        {
+          keepLines: opts.keepLogs ?? true,
+          ...(opts.cpus ? { cpus: opts.cpus.parent } : {}),
+        },
+      );
       parents.push(p);
       let ready: Record<string, unknown>;
       try {

@@ -463,6 +463,15 @@ export class PostgresEngine implements StoreEngine {
     }
   }
 
+  /**
+   * A committed write that changes no row: a transaction id assigned (`txid_current()`) is a commit record
+   * written and flushed to the WAL, so a full or failing disk (or a server that became a read-only replica) fails
+   * it as it fails any write (the store's readiness probe, key-store.ts).
+   */
+  async probeWrite(): Promise<void> {
+    await this.run((db) => first(db, 'SELECT txid_current()'));
+  }
+
   /** The key an insert of `key` yields to: the subject's key by external id, or the subject's active key. */
   private async existing(db: Queryable, key: NewKey): Promise<KeyRow | undefined> {
     if (key.externalId) {
