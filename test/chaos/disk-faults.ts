@@ -8,8 +8,10 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { ROOT } from '../support/process';
 
-const SOURCE = path.join(__dirname, 'disk-faults.c');
+/** Found from the repository root: this module also runs bundled (dist/chaos.js). */
+const SOURCE = path.join(ROOT, 'test', 'chaos', 'disk-faults.c');
 
 /**
  * Builds the shim (once per source version, in the temp directory) and returns its path. Throws a clear error
