@@ -209,18 +209,14 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
   };
   const choosePort =
     (JSON.parse(fs.readFileSync(parentConfigFile, 'utf8')) as { wallets: { relay: { port: number } } }).wallets.relay.port === 0;
+  const parentEnv = { ...awsEnv, ...opts.parentEnv };
   const launchParent = async () => {
     for (let attempt = 1; ; attempt++) {
       if (choosePort && attempt > 1) await pinWalletsPort();
-      const p = startProgram(
-        'parent',
-        ['--config', parentConfigFile],
-        { ...awsEnv, ...opts.parentEnv },
-        {
-          keepLines: opts.keepLogs ?? true,
-          ...(opts.cpus ? { cpus: opts.cpus.parent } : {}),
-        },
-      );
+      const p = startProgram('parent', ['--config', parentConfigFile], parentEnv, {
+        keepLines: opts.keepLogs ?? true,
+        ...(opts.cpus ? { cpus: opts.cpus.parent } : {}),
+      });
       parents.push(p);
       let ready: Record<string, unknown>;
       try {
