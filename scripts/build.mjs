@@ -30,6 +30,7 @@ const programs = [
   { name: 'kms-emulator', entry: 'sim/src/kms/main.ts' },
   { name: 'nsm-sim', entry: 'sim/src/nsm/main.ts' },
   { name: 'bench', entry: 'scripts/bench.ts' },
+  { name: 'chaos', entry: 'scripts/chaos.ts' },
 ];
 
 /** Native addons stay outside the bundles and are loaded at run time. */

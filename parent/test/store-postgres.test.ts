@@ -12,6 +12,7 @@ import { LISTENER_NAME, PostgresEngine, type PostgresOptions } from '../src/stor
 import { redactUrl } from '@nks/shared/redact';
 import { POSTGRES_MIGRATIONS } from '../src/store/postgres-migrations';
 import type { StoreChange } from '../src/store/types';
+import { KeyStore } from '../src/store/key-store';
 import { createAppRole, startPostgres, type PostgresServer } from '../../test/support/postgres';
 import { freezableProxy, sql, until } from './shared-store-support';
 import { identity, keyRecord, newKey, next, PREV, update } from './store-fixtures';
@@ -346,6 +347,27 @@ describe('PostgreSQL store: readiness', () => {
         await holder.end();
       }
     }
+  });
+});
+
+describe('PostgreSQL store: readiness after a failed write', () => {
+  it('is not ready after a write failed for the storage (a read-only server) while reads work, and ready once a probe write succeeds', async () => {
+    const url = await freshDatabase();
+    const name = new URL(url).pathname.slice(1);
+    (await open(url)).close().catch(() => undefined); // migrated; the store below opens without writing
+    await sql(server.superuserUrl, `ALTER DATABASE ${name} SET default_transaction_read_only = on`);
+    const engine = await open(url, { poolSize: 1, migrate: false });
+    const store = new KeyStore(engine);
+    expect(await store.ping(1_000)).toBe(true); // no write failed yet: nothing says otherwise
+    await expect(store.insert(newKey('ro', 'ext-ro', { subject: 's-ro' }))).rejects.toMatchObject({ code: 'STORAGE_UNAVAILABLE' });
+    expect(await engine.ping(1_000)).toBe(true); // reads answer: a read-only ping cannot tell
+    expect(await store.ping(1_000)).toBe(false); // the probe write fails too
+    await expect(engine.probeWrite()).rejects.toMatchObject({ code: 'STORAGE_UNAVAILABLE', message: expect.stringContaining('25006') });
+
+    await sql(server.superuserUrl, `ALTER DATABASE ${name} RESET default_transaction_read_only`);
+    await sql(server.superuserUrl, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${name}'`);
+    await until(() => store.ping(1_000), 10_000); // a new session takes writes: the probe succeeds
+    expect((await store.insert(newKey('ro', 'ext-ro', { subject: 's-ro' }))).created).toBe(true);
   });
 });
 

@@ -53,12 +53,17 @@ export function processesUsing(dir: string): string[] {
  * Starts `dist/dev.js --dir DIR ...args` (or, with `npm`, what `npm run dev` runs: scripts/dev.mjs --no-build)
  * and resolves once it printed READY.
  */
-export async function startDevStack(dir: string, args: string[], opts: { readyWithinMs?: number; npm?: boolean } = {}): Promise<DevStack> {
+export async function startDevStack(
+  dir: string,
+  args: string[],
+  opts: { readyWithinMs?: number; npm?: boolean; env?: NodeJS.ProcessEnv } = {},
+): Promise<DevStack> {
   const readyWithinMs = opts.readyWithinMs ?? 180_000;
   const program = opts.npm ? [path.join(ROOT, 'scripts', 'dev.mjs'), '--no-build'] : [path.join(ROOT, 'dist', 'dev.js')];
   const child = spawn(process.execPath, [...program, '--dir', dir, ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}),
     detached: true, // its own process group: the last resort kills every process of the stack
   });
   let out = '';

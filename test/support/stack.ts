@@ -86,6 +86,8 @@ export interface StackOptions {
   keepLogs?: boolean;
   /** CPU lists (taskset) for the enclave and for the parent, to model the enclave's dedicated vCPUs. */
   cpus?: { enclave: string; parent: string };
+  /** More environment for the parent processes (e.g. the disk-fault shim: test/chaos/disk-faults.ts). */
+  parentEnv?: NodeJS.ProcessEnv;
 }
 
 /** The AWS credentials the parent programs run with: the emulator maps any unknown access key to the parent role. */
@@ -207,10 +209,11 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
   };
   const choosePort =
     (JSON.parse(fs.readFileSync(parentConfigFile, 'utf8')) as { wallets: { relay: { port: number } } }).wallets.relay.port === 0;
+  const parentEnv = { ...awsEnv, ...opts.parentEnv };
   const launchParent = async () => {
     for (let attempt = 1; ; attempt++) {
       if (choosePort && attempt > 1) await pinWalletsPort();
-      const p = startProgram('parent', ['--config', parentConfigFile], awsEnv, {
+      const p = startProgram('parent', ['--config', parentConfigFile], parentEnv, {
         keepLines: opts.keepLogs ?? true,
         ...(opts.cpus ? { cpus: opts.cpus.parent } : {}),
       });

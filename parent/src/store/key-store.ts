@@ -8,7 +8,15 @@
  * is down or silent (no heartbeat answered within `staleAfterMs`: changes may be missed) an entry is used only
  * within `staleAfterMs` of being read, and everything cached is dropped when it is back. A read that was under
  * way when its row's change arrived is not cached.
+ *
+ * Writes that fail for the storage's sake (STORAGE_UNAVAILABLE: a full or failing disk, a stall past the
+ * deadline) make the store not ready (`ping` false, so /readyz says `database: false`) until a write succeeds
+ * again: a caller's, or the probe write `ping` makes while the store is so marked (a load balancer that stopped
+ * sending traffic must still see the instance come back). A read-only ping cannot tell: reads keep working on
+ * a full disk. The probe writes no row (engine `probeWrite`: no table, no migration), and runs only while
+ * marked, so a healthy store pays nothing for it.
  */
+import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import type { KeyRecord, ProjectRecord, SignedRecord } from '@nks/shared/records';
 import type { KeyCounts, NewKey, NewTlsKey, StoreChange, StoreEngine, StoredKey, StoredProject, StoredTlsKey } from './types';
@@ -81,6 +89,9 @@ export class KeyStore {
   private readonly staleAfterMs: number;
   /** Whether every change committed elsewhere reaches this process (always, for an engine no one else writes). */
   private live: boolean;
+  /** The last write's failure, if it was the storage's (STORAGE_UNAVAILABLE); cleared by a write that succeeds. */
+  private writeFailure: KeystoreError | undefined;
+  private readonly logger: Logger | undefined;
 
   constructor(
     readonly engine: StoreEngine,
@@ -91,6 +102,7 @@ export class KeyStore {
     this.projects = new RowCache(Math.max(100, Math.floor(size / 10)));
     this.staleAfterMs = options.staleAfterMs ?? 1000;
     this.live = !engine.shared;
+    this.logger = options.logger;
     engine.subscribe?.(
       (change) => this.forget(change),
       (live) => {
@@ -177,13 +189,59 @@ export class KeyStore {
   pendingTlsKeys = (limit: number) => this.engine.pendingTlsKeys(limit);
   counts = (): Promise<KeyCounts> => this.engine.counts();
   status = () => this.engine.status();
-  ping = (timeoutMs: number) => this.engine.ping(timeoutMs);
+
+  /** Whether writes are failing for the storage's sake now (a full or failing disk): why, or undefined. */
+  get writesFailing(): string | undefined {
+    return this.writeFailure?.message;
+  }
+
+  /**
+   * Readiness: the engine answers within `timeoutMs` and, if the last write failed for the storage's sake, a
+   * probe write succeeds now (within what is left of `timeoutMs`).
+   */
+  async ping(timeoutMs: number): Promise<boolean> {
+    const start = Date.now();
+    if (!(await this.engine.ping(timeoutMs))) return false;
+    if (!this.writeFailure) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<boolean>(
+      (resolve) => (timer = setTimeout(() => resolve(false), Math.max(1, timeoutMs - (Date.now() - start)))),
+    );
+    const probe = this.tracked(() => this.engine.probeWrite()).then(
+      () => true,
+      () => false,
+    );
+    try {
+      return await Promise.race([probe, late]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  /** Runs a write, marking the store not ready if it fails as STORAGE_UNAVAILABLE and ready once one succeeds. */
+  private async tracked<T>(write: () => Promise<T>): Promise<T> {
+    try {
+      const value = await write();
+      if (this.writeFailure) {
+        this.logger?.info('database writes succeed again: ready');
+        this.writeFailure = undefined;
+      }
+      return value;
+    } catch (err) {
+      if (err instanceof KeystoreError && err.code === 'STORAGE_UNAVAILABLE') {
+        if (!this.writeFailure) this.logger?.warn({ error: err.message }, 'database write failed: not ready until one succeeds');
+        this.writeFailure = err;
+      }
+      throw err;
+    }
+  }
 
   // Writes forget what they change here before they start and after they end (other instances hear it).
-  insert = (key: NewKey) => this.engine.insert(key);
-  insertSuccessor = (key: NewKey) => this.engine.insertSuccessor(key);
-  insertTlsKey = (key: NewTlsKey): Promise<StoredTlsKey> => this.engine.insertTlsKey(key);
-  setCurrentTlsKey = (publicKey: string, chain: string, installedAt: number) => this.engine.setCurrentTlsKey(publicKey, chain, installedAt);
+  insert = (key: NewKey) => this.tracked(() => this.engine.insert(key));
+  insertSuccessor = (key: NewKey) => this.tracked(() => this.engine.insertSuccessor(key));
+  insertTlsKey = (key: NewTlsKey): Promise<StoredTlsKey> => this.tracked(() => this.engine.insertTlsKey(key));
+  setCurrentTlsKey = (publicKey: string, chain: string, installedAt: number) =>
+    this.tracked(() => this.engine.setCurrentTlsKey(publicKey, chain, installedAt));
 
   async updateRecord(keyId: string, signed: SignedRecord, record: KeyRecord): Promise<StoredKey> {
     if (record.keyId !== keyId) throw new Error('updateRecord: the record is for another key');
@@ -219,7 +277,7 @@ export class KeyStore {
     const forget = () => ids.forEach((id) => this.forget({ kind, id }));
     forget();
     try {
-      return await write();
+      return await this.tracked(write);
     } finally {
       forget();
     }

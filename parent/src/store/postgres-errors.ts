@@ -16,6 +16,7 @@ const SQLSTATE_CAUSES: Record<string, string> = {
   '40001': 'a database transaction could not be serialized',
   '40P01': 'a database deadlock',
   '53100': 'the database disk is full',
+  '58030': 'the database server has a disk I/O error',
   // A failover leaves connections on a server that became a read-only replica.
   '25006': 'the database is read-only',
 };

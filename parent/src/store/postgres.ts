@@ -463,6 +463,17 @@ export class PostgresEngine implements StoreEngine {
     }
   }
 
+  /**
+   * A committed write that changes no row: a transaction id assigned (`txid_current()`) is a commit record
+   * written and flushed to the WAL, so a full or failing disk fails it as it fails any write (the store's
+   * readiness probe, key-store.ts). A read-only session (a server that became a replica, or read-only by
+   * default) may still assign one, so its `transaction_read_only` is read in the same statement.
+   */
+  async probeWrite(): Promise<void> {
+    const r = await this.run((db) => first<{ ro: string }>(db, "SELECT current_setting('transaction_read_only') AS ro, txid_current()"));
+    if (r?.ro !== 'off') throw new KeystoreError('STORAGE_UNAVAILABLE', 'the database is read-only (25006)');
+  }
+
   /** The key an insert of `key` yields to: the subject's key by external id, or the subject's active key. */
   private async existing(db: Queryable, key: NewKey): Promise<KeyRow | undefined> {
     if (key.externalId) {

@@ -456,6 +456,14 @@ export class SqliteDatabase {
       .immediate();
   }
 
+  /**
+   * A committed write that changes nothing: the schema version set to itself (page 1 goes to the WAL and is
+   * fsynced), so a full or failing disk fails it as it fails any write (the store's readiness probe).
+   */
+  probeWrite(): void {
+    this.db.pragma(`user_version = ${this.version()}`);
+  }
+
   /** The schema version the file is at. */
   version(): number {
     return this.db.pragma('user_version', { simple: true }) as number;

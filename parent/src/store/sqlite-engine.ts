@@ -149,6 +149,7 @@ export class SqliteEngine implements StoreEngine {
     }
   }
 
+  probeWrite = () => this.call<void>('probeWrite');
   insert = (key: NewKey) => this.call<{ record: StoredKey; created: boolean }>('insert', key);
   get = (keyId: string) => this.call<StoredKey | undefined>('get', keyId);
   getByExternalId = (externalId: string) => this.call<StoredKey | undefined>('getByExternalId', externalId);

@@ -319,6 +319,11 @@ export interface StoreEngine {
   status(): Promise<StoreStatus>;
   /** A cheap round trip within `timeoutMs`: false if the database cannot answer (readiness). */
   ping(timeoutMs: number): Promise<boolean>;
+  /**
+   * A write that changes no row but reaches the disk (a committed transaction): whether writes work again after
+   * one failed for the storage's sake (key-store.ts). Within the engine's deadline, as every call.
+   */
+  probeWrite(): Promise<void>;
 
   /**
    * Inserts a new key with its first record, committed when this resolves. If the external id already
