@@ -8,8 +8,8 @@
  */
 import { recoverMessageAddress } from 'viem';
 import { tempRunDir } from '@nks/shared-test/helpers';
-import { diskFaults, type DiskFaults } from '../../test/chaos/disk-faults';
-import { startStack, stackDbPath, waitReady, type Stack } from '../../test/support/stack';
+import { diskFaults, type DiskFaults } from '../chaos/disk-faults';
+import { startStack, stackDbPath, waitReady, type Stack } from '../support/stack';
 
 describe('a full or failing disk', () => {
   let s: Stack;
