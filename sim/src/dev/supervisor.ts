@@ -1,6 +1,7 @@
 /**
  * Child processes of the local stack: started from dist/, their JSON log lines turned into one readable
- * line each, waited for by log message, and stopped in order.
+ * line each, waited for by log message, and stopped within a bound: SIGTERM, then SIGKILL for whatever has not
+ * exited in time (a frozen or slow-draining program never holds the stack up).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import readline from 'node:readline';
@@ -35,8 +36,21 @@ export interface Child {
   lines(): string[];
   /** The first log entry with this message (or for which `msg` is true), once it is printed. */
   waitFor(msg: string | ((entry: Record<string, unknown>) => boolean), timeoutMs?: number): Promise<Record<string, unknown>>;
-  stop(timeoutMs?: number): Promise<void>;
+  /** SIGTERM, then SIGKILL if it has not exited within `graceMs` (default STOP_GRACE_MS); resolves once it has. */
+  stop(graceMs?: number): Promise<void>;
   exited: Promise<number | null>;
+}
+
+/**
+ * How long a child of the stack may take to stop after SIGTERM before it is killed. The stack's programs stop
+ * in well under this (the dev parent's drain is shorter still, provision.ts); a stopped (SIGSTOP) or stuck one
+ * is killed, so Ctrl-C leaves nothing running after about this long.
+ */
+export const STOP_GRACE_MS = 1200;
+
+/** Stops every child at once (each as `Child.stop`), all within `graceMs`. */
+export async function stopChildren(children: Child[], graceMs = STOP_GRACE_MS): Promise<void> {
+  await Promise.all(children.map((c) => c.stop(graceMs)));
 }
 
 export function startChild(
@@ -95,10 +109,11 @@ export function startChild(
         });
       }
     },
-    async stop(timeoutMs = 15_000) {
+    async stop(graceMs = STOP_GRACE_MS) {
       if (child.exitCode !== null || child.signalCode !== null) return;
       child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      // SIGKILL also ends a stopped (SIGSTOP) process, which SIGTERM only reaches once it is continued.
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
       await exited;
       clearTimeout(timer);
     },
