@@ -4,6 +4,7 @@
  * exited in time (a frozen or slow-draining program never holds the stack up).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import readline from 'node:readline';
 
 const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO ', 40: 'WARN ', 50: 'ERROR', 60: 'FATAL' };
@@ -47,6 +48,16 @@ export interface Child {
  * is killed, so Ctrl-C leaves nothing running after about this long.
  */
 export const STOP_GRACE_MS = 1200;
+
+/** Whether `pid` is stopped (SIGSTOP, or a debugger's), from its state in /proc/PID/stat (Linux). */
+function stoppedProcess(pid: number | undefined): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return /^[Tt]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+  } catch {
+    return false;
+  }
+}
 
 /** Stops every child at once (each as `Child.stop`), all within `graceMs`. */
 export async function stopChildren(children: Child[], graceMs = STOP_GRACE_MS): Promise<void> {
@@ -111,7 +122,8 @@ export function startChild(
     },
     async stop(graceMs = STOP_GRACE_MS) {
       if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
+      // A stopped (SIGSTOP) process cannot drain: it is killed at once rather than after the grace period.
+      child.kill(stoppedProcess(child.pid) ? 'SIGKILL' : 'SIGTERM');
       // SIGKILL also ends a stopped (SIGSTOP) process, which SIGTERM only reaches once it is continued.
       const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
       await exited;
