@@ -29,7 +29,7 @@
  * Orphaned (whatever started it is gone without stopping it), it stops everything as on Ctrl-C.
  *
  * Stopping: SIGINT, SIGTERM or SIGHUP (repeats ignored) stops every process of the stack at once, each killed if
- * it has not exited STOP_GRACE_MS after SIGTERM (supervisor.ts), the embedded PostgreSQL once the parents are
+ * it has not exited STOP_GRACE_MS after SIGTERM (a stopped one at once; supervisor.ts), the embedded PostgreSQL once the parents are
  * gone: all within about 2 s. Its pid is in <dir>/dev.pid from the start, and dev.json lists every process
  * (`processes`) once it is READY; both are removed when it stops.
  *
