@@ -4,6 +4,11 @@
 // 0.4) it makes the keystore identity with the genesis image, and migrates keys made before 0.4 with the
 // migration image (sim/src/dev/identity.ts). `--instances N --database postgres` runs N parent+enclave pairs on
 // one PostgreSQL (sim/src/dev/instances.ts). Ctrl-C stops it, PostgreSQL included.
+//
+// Stopping: SIGINT, SIGTERM or SIGHUP to this launcher, to `npm run dev` (package.json runs it with `exec`, so npm's
+// child is this process, and npm forwards those signals and waits), or to the pid in <dir>/dev.pid (dist/dev.js)
+// stops every process of the stack; this launcher forwards the signal and exits only once dist/dev.js has, so
+// whoever waits for either pid finds the stack gone and its ports free.
 import { spawn, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -15,11 +20,20 @@ if (!args.includes('--no-build')) {
   if (built.status !== 0) process.exit(built.status ?? 1);
 }
 const child = spawn(process.execPath, [path.join(root, 'dist', 'dev.js'), ...args], { stdio: 'inherit' });
-for (const sig of /** @type {const} */ (['SIGINT', 'SIGTERM'])) process.on(sig, () => child.kill(sig));
+/** dist/dev.js stops the stack within about 2 s of a signal; one that has not exited by then is killed. */
+const STOP_BOUND_MS = 10_000;
+let killTimer;
+const stop = (/** @type {NodeJS.Signals} */ sig) => {
+  child.kill(sig);
+  killTimer ??= setTimeout(() => child.kill('SIGKILL'), STOP_BOUND_MS).unref();
+};
+// A terminal's Ctrl-C reaches every process of the group (dist/dev.js too, which ignores repeats): forwarding it
+// as well is what makes a signal to this pid alone, or to npm's, stop the stack.
+for (const sig of /** @type {const} */ (['SIGINT', 'SIGTERM', 'SIGHUP'])) process.on(sig, () => stop(sig));
 child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
 // If whatever started this launcher goes away without stopping it (a killed terminal or test runner), stop the
 // stack rather than leave it running: its parent pid changes when it is orphaned.
 const parent = process.ppid;
 setInterval(() => {
-  if (process.ppid !== parent) child.kill('SIGTERM');
-}, 1000).unref();
+  if (process.ppid !== parent) stop('SIGTERM');
+}, 250).unref();

@@ -49,18 +49,57 @@ export function processesUsing(dir: string): string[] {
   return ps.split('\n').filter((l) => l.includes(dir) && !l.includes('ps -eo'));
 }
 
+/** Whether `pid` is gone: no such process, or a zombie (it has exited; only its parent has not reaped it yet). */
+export function gone(pid: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+  } catch {
+    return true;
+  }
+}
+
+/** The live (not zombie) processes of process group `pgid`, as `pid command`. */
+export function liveInGroup(pgid: number): string[] {
+  const found: string[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+    } catch {
+      continue; // gone meanwhile
+    }
+    // pid (comm) state ppid pgrp ...
+    const [state, , pgrp] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    if (Number(pgrp) === pgid && state !== 'Z') found.push(`${entry} ${stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'))}`);
+  }
+  return found;
+}
+
+/** The stack's processes as it lists them: dist/dev.js (dev.pid) and every child in dev.json's `processes`. */
+export function stackProcesses(dir: string): Array<{ label: string; pid: number }> {
+  const devPid = Number(fs.readFileSync(path.join(dir, 'dev.pid'), 'utf8'));
+  const listed = (JSON.parse(fs.readFileSync(path.join(dir, 'dev.json'), 'utf8')) as { processes: Array<{ label: string; pid: number }> })
+    .processes;
+  return [{ label: 'dev', pid: devPid }, ...listed];
+}
+
 /**
- * Starts `dist/dev.js --dir DIR ...args` (or, with `npm`, what `npm run dev` runs: scripts/dev.mjs --no-build)
- * and resolves once it printed READY.
+ * Starts `dist/dev.js --dir DIR ...args` (or, with `npm`, what `npm run dev` runs: scripts/dev.mjs --no-build; with
+ * `npmRun`, `npm run dev -- --no-build …` itself) and resolves once it printed READY.
  */
 export async function startDevStack(
   dir: string,
   args: string[],
-  opts: { readyWithinMs?: number; npm?: boolean; env?: NodeJS.ProcessEnv } = {},
+  opts: { readyWithinMs?: number; npm?: boolean; npmRun?: boolean; env?: NodeJS.ProcessEnv } = {},
 ): Promise<DevStack> {
   const readyWithinMs = opts.readyWithinMs ?? 180_000;
   const program = opts.npm ? [path.join(ROOT, 'scripts', 'dev.mjs'), '--no-build'] : [path.join(ROOT, 'dist', 'dev.js')];
-  const child = spawn(process.execPath, [...program, '--dir', dir, ...args], {
+  const [command, argv] = opts.npmRun
+    ? ['npm', ['run', '--silent', 'dev', '--', '--no-build', '--dir', dir, ...args]]
+    : [process.execPath, [...program, '--dir', dir, ...args]];
+  const child = spawn(command, argv, {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(opts.env ? { env: { ...process.env, ...opts.env } } : {}),

@@ -21,6 +21,7 @@ import { clientFor, connectionOptions, parse, readInput, readJsonInput, UsageErr
 import { keysVerifyCommand } from './verify-commands';
 import { lifecycleCommand } from './lifecycle-commands';
 import { fields, print } from './output';
+import { devTokenCommand } from './dev-commands';
 
 const keyRows = (k: Key): Array<[string, unknown]> => [
   ['keyId', k.keyId],
@@ -421,8 +422,12 @@ function hostProgram(program: string, args: string[], hint: string): Promise<num
   return new Promise((resolve) => child.on('exit', (code) => resolve(code ?? 1)));
 }
 
-/** `nks dev ...`: runs the local stack (dist/dev.js beside this bundle) with the same arguments. */
+/**
+ * `nks dev ...`: runs the local stack (dist/dev.js beside this bundle) with the same arguments; `nks dev token
+ * create ...` adds a caller token to the running one (dev-commands.ts).
+ */
 export function devCommand(args: string[]): Promise<number> {
+  if (args[0] === 'token') return Promise.resolve(devTokenCommand(args.slice(1)));
   return hostProgram('dev.js', args, 'run "npm run build" first (or use "npm run dev")');
 }
 

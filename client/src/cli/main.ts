@@ -71,6 +71,11 @@ const HELP = `nks — nitro-keystore command-line client
       see nks policies); refuses an image of a lower security epoch than the current policy's, and mixed epochs
   nks dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy]
           [--instances N --database postgres [--database-url URL]]
+      runs the local stack; Ctrl-C, or SIGTERM to its pid in <dir>/dev.pid, stops every process of it
+  nks dev token create --scopes SCOPE[,SCOPE]... [--name NAME] [--projects ID[,ID]...]
+                       [--expires ISO-TIME|DURATION] [--dev-dir DIR] [--json]
+      adds a caller token (scopes keys:create, keys:sign, keys:read, admin) to the running local stack's
+      parent configuration and has the parent reload its tokens (SIGHUP); prints the token once
   nks store status|migrate --config parent.json
       the parent's database on this host (docs/STORAGE.md, "Migrations"): its schema version, or the pending
       migrations applied (as the owner: its URL in NKS_DATABASE_URL); exit 1 from status if behind

@@ -19,8 +19,11 @@ export interface DevDatabase {
   env: Record<string, string>;
   /** For dev.json and the output: the URL without its password, whether the server is the stack's own. */
   describe: { kind: 'sqlite' } | { kind: 'postgres'; url: string; embedded: boolean };
-  /** Stops the embedded server (its data goes with it); nothing otherwise. */
-  stop(): Promise<void>;
+  /**
+   * Stops the embedded server (its data goes with it), killing it if it has not stopped within `graceMs`
+   * (default: as long as it takes); nothing otherwise.
+   */
+  stop(graceMs?: number): Promise<void>;
   /** The embedded server's postmaster pid, while it runs. */
   readonly pid: number | undefined;
 }
@@ -71,8 +74,25 @@ export async function openDevDatabase(
     section: { kind: 'postgres', poolSize: poolSizeFor(options.instances) },
     env: { NKS_DATABASE_URL: url },
     describe: { kind: 'postgres', url: redactUrl(url), embedded: embedded !== undefined },
-    stop: async () => {
-      await embedded?.stop();
+    stop: async (graceMs?: number) => {
+      if (!embedded) return;
+      const pid = embedded.pid;
+      // A fast shutdown (SIGINT) normally takes a fraction of a second; its data is thrown away either way.
+      const timer =
+        graceMs === undefined || pid === undefined
+          ? undefined
+          : setTimeout(() => {
+              try {
+                process.kill(pid, 'SIGKILL');
+              } catch {
+                /* gone already */
+              }
+            }, graceMs);
+      try {
+        await embedded.stop();
+      } finally {
+        clearTimeout(timer);
+      }
     },
     get pid() {
       return embedded?.pid;

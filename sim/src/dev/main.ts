@@ -28,6 +28,11 @@
  * (and the URL and CA file are in <dir>/dev.json).
  * Orphaned (whatever started it is gone without stopping it), it stops everything as on Ctrl-C.
  *
+ * Stopping: SIGINT, SIGTERM or SIGHUP (repeats ignored) stops every process of the stack at once, each killed if
+ * it has not exited STOP_GRACE_MS after SIGTERM (a stopped one at once; supervisor.ts), the embedded PostgreSQL once the parents are
+ * gone: all within about 2 s. Its pid is in <dir>/dev.pid from the start, and dev.json lists every process
+ * (`processes`) once it is READY; both are removed when it stops.
+ *
  * JWT projects (docs/PROJECTS.md): the parent's egress relay runs on vsock 3:8001 and, in development only,
  * allows loopback addresses (ports 443 and `--egress-port`). `--trust-ca` puts CAs into the enclave
  * configuration's `jwt.trustedCas` for JWKS servers of your own; `--idp` starts a development identity provider
@@ -58,7 +63,7 @@ import {
   useRelativeRunDir,
   type Provisioned,
 } from './provision';
-import { startChild, type Child } from './supervisor';
+import { startChild, stopChildren, type Child } from './supervisor';
 import { DEV_TLS_IPS, DEV_TLS_NAMES, ensureDevTls, openDevCa } from './tls';
 import { openDevDatabase, type DevDatabase } from './database';
 import { DEV_INSTANCE_ID, instancePaths, MAX_INSTANCES, prepareInstance, type InstancePaths } from './instances';
@@ -109,6 +114,17 @@ function say(line: string): void {
 // Whoever reads our output may be gone (a killed terminal or test runner): a write error must not stop us half
 // way through stopping the stack.
 for (const stream of [process.stdout, process.stderr]) stream.on('error', () => undefined);
+
+/** How long the IdP's server and then the embedded PostgreSQL each get to stop before they are dropped or killed. */
+const DB_STOP_GRACE_MS = 500;
+
+/** Waits for `work`, but no longer than `ms` (whatever it does afterwards no longer holds the stop up). */
+async function boundedWait(work: Promise<unknown> | undefined, ms: number): Promise<void> {
+  if (!work) return;
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([work.catch(() => undefined), new Promise((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
+}
 
 function alive(pid: number): boolean {
   try {
@@ -180,15 +196,27 @@ async function main(): Promise<number> {
   let stopping = false;
   let idp: { idp: SimulatedIdp; paths: DevIdpPaths } | undefined;
   let db: DevDatabase | undefined;
-  const stopAll = async () => {
-    stopping = true;
-    for (const c of [...children].reverse()) await c.stop();
-    await idp?.idp.close();
-    // The database last: the parents are gone.
-    await db?.stop();
-    fs.rmSync(p.lock, { force: true });
-    fs.rmSync(p.devJson, { force: true });
-  };
+  let stopped: Promise<void> | undefined;
+  /**
+   * Stops every process of the stack, within about STOP_GRACE_MS + DB_STOP_GRACE_MS of the call however they
+   * behave (each is killed at its bound: under 2 s), and removes dev.pid and dev.json. Once: later calls wait
+   * for the first.
+   */
+  const stopAll = () =>
+    (stopped ??= (async () => {
+      stopping = true;
+      // All at once: the parents drain briefly (their api.drainMs, provision.ts), and a terminal's Ctrl-C has
+      // already signalled every one of them anyway. The database once the parents are gone, without waiting
+      // for the others.
+      const parents = children.filter((c) => /^parent\d*$/.test(c.label));
+      await Promise.all([
+        stopChildren(children.filter((c) => !parents.includes(c))),
+        stopChildren(parents).then(() => db?.stop(DB_STOP_GRACE_MS)),
+        boundedWait(idp?.idp.close(), DB_STOP_GRACE_MS),
+      ]);
+      fs.rmSync(p.lock, { force: true });
+      fs.rmSync(p.devJson, { force: true });
+    })());
   /** An exit from here on stops the stack. */
   const fatalExit = (c: Child) => {
     void c.exited.then((code) => {
@@ -223,11 +251,13 @@ async function main(): Promise<number> {
       process.exit(0);
     });
   };
-  for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => stopOn(sig));
+  // `on`, not `once`: a terminal's Ctrl-C reaches this process twice (from the terminal, to the whole process group,
+  // and forwarded by scripts/dev.mjs), and a second signal without a listener would kill it half way through.
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(sig, () => stopOn(sig));
   const parentPid = process.ppid;
   setInterval(() => {
     if (process.ppid !== parentPid) stopOn('orphaned (the process that started dev is gone)');
-  }, 1000).unref();
+  }, 250).unref();
 
   try {
     // The simulated Nitro CA comes first: the KMS emulator trusts its root.
@@ -541,6 +571,11 @@ async function main(): Promise<number> {
             ...(idpInfo ? { idp: idpInfo } : {}),
             database: db?.describe,
             instances: listed,
+            // Every process of the stack besides this one (whose pid is also in dev.pid): what Ctrl-C stops.
+            processes: [
+              ...children.map((c) => ({ label: c.label, pid: c.process.pid })),
+              ...(db?.pid === undefined ? [] : [{ label: 'postgres', pid: db.pid }]),
+            ],
           },
           null,
           2,

@@ -228,7 +228,8 @@ export interface InstanceConfig {
 }
 
 /**
- * The caller token (created once, mode 0600) and the parent configuration holding only its hash, and the
+ * The caller token (created once, mode 0600) and the parent configuration holding only its hash (and those of
+ * the tokens `nks dev token create` added, kept), a short drain (DEV_DRAIN_MS), and the
  * keystore identity's public key once there is one (the parent then uses no enclave of another identity).
  * The egress relay (docs/PROJECTS.md, "The egress relay") allows loopback addresses, which only development
  * may do (JWKS servers on this machine), and port 443 plus `egressPorts`. `wallets`: the ingress relay's port on
@@ -250,10 +251,13 @@ export function ensureTokenAndParentConfig(
     token = `nks_dev_${randomBytes(24).toString('base64url')}`;
     writeFile(p.token, `${token}\n`);
   }
+  const file = instance.file ?? p.parentConfig;
   const config = {
-    api: { listen: { host: '127.0.0.1', port: apiPort } },
+    // A short drain: Ctrl-C stops the whole stack within about 2 s (main.ts); production keeps the default.
+    api: { listen: { host: '127.0.0.1', port: apiPort }, drainMs: DEV_DRAIN_MS },
     tokens: [
       { name: 'dev', sha256: createHash('sha256').update(token).digest('hex'), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] },
+      ...addedTokens(file),
     ],
     database: instance.database ?? { kind: 'sqlite', path: p.database },
     transport: { kind: 'simulated', runDir: instance.runDir ?? p.runDir },
@@ -265,8 +269,26 @@ export function ensureTokenAndParentConfig(
     ...(wallets ? { wallets: { publicUrl: wallets.publicUrl, relay: { host: '127.0.0.1', port: wallets.port } } } : {}),
     logLevel: 'info',
   };
-  writeFile(instance.file ?? p.parentConfig, `${JSON.stringify(config, null, 2)}\n`);
+  writeFile(file, `${JSON.stringify(config, null, 2)}\n`);
   return token;
+}
+
+/** The dev parent's `api.drainMs`: how long its shutdown waits for requests in flight. */
+export const DEV_DRAIN_MS = 500;
+
+/**
+ * The tokens `nks dev token create` added to a parent configuration (every one but `dev`), kept when the
+ * configuration is written again at the next start. None when the file is missing or not a configuration.
+ */
+function addedTokens(file: string): unknown[] {
+  let tokens: unknown;
+  try {
+    tokens = (JSON.parse(fs.readFileSync(file, 'utf8')) as { tokens?: unknown }).tokens;
+  } catch {
+    return [];
+  }
+  if (!Array.isArray(tokens)) return [];
+  return tokens.filter((t: unknown) => typeof t === 'object' && t !== null && (t as { name?: unknown }).name !== 'dev');
 }
 
 /**

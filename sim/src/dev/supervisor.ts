@@ -1,8 +1,10 @@
 /**
  * Child processes of the local stack: started from dist/, their JSON log lines turned into one readable
- * line each, waited for by log message, and stopped in order.
+ * line each, waited for by log message, and stopped within a bound: SIGTERM, then SIGKILL for whatever has not
+ * exited in time (a frozen or slow-draining program never holds the stack up).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import readline from 'node:readline';
 
 const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO ', 40: 'WARN ', 50: 'ERROR', 60: 'FATAL' };
@@ -35,8 +37,31 @@ export interface Child {
   lines(): string[];
   /** The first log entry with this message (or for which `msg` is true), once it is printed. */
   waitFor(msg: string | ((entry: Record<string, unknown>) => boolean), timeoutMs?: number): Promise<Record<string, unknown>>;
-  stop(timeoutMs?: number): Promise<void>;
+  /** SIGTERM, then SIGKILL if it has not exited within `graceMs` (default STOP_GRACE_MS); resolves once it has. */
+  stop(graceMs?: number): Promise<void>;
   exited: Promise<number | null>;
+}
+
+/**
+ * How long a child of the stack may take to stop after SIGTERM before it is killed. The stack's programs stop
+ * in well under this (the dev parent's drain is shorter still, provision.ts); a stopped (SIGSTOP) or stuck one
+ * is killed, so Ctrl-C leaves nothing running after about this long.
+ */
+export const STOP_GRACE_MS = 1200;
+
+/** Whether `pid` is stopped (SIGSTOP, or a debugger's), from its state in /proc/PID/stat (Linux). */
+function stoppedProcess(pid: number | undefined): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return /^[Tt]/.test(stat.slice(stat.lastIndexOf(')') + 2));
+  } catch {
+    return false;
+  }
+}
+
+/** Stops every child at once (each as `Child.stop`), all within `graceMs`. */
+export async function stopChildren(children: Child[], graceMs = STOP_GRACE_MS): Promise<void> {
+  await Promise.all(children.map((c) => c.stop(graceMs)));
 }
 
 export function startChild(
@@ -95,10 +120,12 @@ export function startChild(
         });
       }
     },
-    async stop(timeoutMs = 15_000) {
+    async stop(graceMs = STOP_GRACE_MS) {
       if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+      // A stopped (SIGSTOP) process cannot drain: it is killed at once rather than after the grace period.
+      child.kill(stoppedProcess(child.pid) ? 'SIGKILL' : 'SIGTERM');
+      // SIGKILL also ends a stopped (SIGSTOP) process, which SIGTERM only reaches once it is continued.
+      const timer = setTimeout(() => child.kill('SIGKILL'), graceMs);
       await exited;
       clearTimeout(timer);
     },
