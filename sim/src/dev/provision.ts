@@ -251,7 +251,8 @@ export function ensureTokenAndParentConfig(
     writeFile(p.token, `${token}\n`);
   }
   const config = {
-    api: { listen: { host: '127.0.0.1', port: apiPort } },
+    // No load balancer to wait for on SIGTERM (the launcher stops its children with it).
+    api: { listen: { host: '127.0.0.1', port: apiPort }, preDrainMs: 0 },
     tokens: [
       { name: 'dev', sha256: createHash('sha256').update(token).digest('hex'), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] },
     ],
@@ -263,6 +264,8 @@ export function ensureTokenAndParentConfig(
     ...(identityPublicKey ? { identity: { publicKey: identityPublicKey } } : {}),
     // The wallet routes (docs/TLS.md): the relay on loopback, to the enclave's HTTPS server.
     ...(wallets ? { wallets: { publicUrl: wallets.publicUrl, relay: { host: '127.0.0.1', port: wallets.port } } } : {}),
+    // The operational listener (`/metrics`) on a free loopback port: its address is in the parent's "parent ready" line.
+    metrics: { listen: { host: '127.0.0.1', port: 0 } },
     logLevel: 'info',
   };
   writeFile(instance.file ?? p.parentConfig, `${JSON.stringify(config, null, 2)}\n`);
