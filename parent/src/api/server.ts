@@ -9,7 +9,7 @@
  *
  * The order of the checks is the documented one (parent/README.md): admission (the in-flight cap), then the
  * route (404/405), the token, the body, the schemas, and the handler under its deadline. A request refused for
- * overload is answered from the first hook, before its body is read (it is not read at all: connection: close).
+ * overload is answered from the first hook, before its body is read or parsed (a long one is not read at all).
  *
  * Stopping (parent/README.md, "Stopping"): `shutdown()` turns `/readyz` 503 (`shuttingDown`) while every request
  * is still served, and answers then carry `connection: close`; `close()` stops accepting and answers every
@@ -87,6 +87,14 @@ interface KnownRoute {
 }
 
 const REQUEST_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+/**
+ * A request refused for overload whose declared body is at most this long keeps its connection: Node discards
+ * the body unparsed (it came with the headers), which costs less than the client's reconnect — under overload,
+ * closing every refused connection makes a reconnect storm that overflows the listen backlog (SYN retries of a
+ * second and more). A longer body, or one of unknown length, is not waited for: the connection is closed.
+ */
+const OVERLOADED_DISCARD_MAX = 16 * 1024;
 
 /** Routes whose requests are not written to the access log (scraped or polled constantly). */
 const UNLOGGED = new Set(['/healthz']);
@@ -362,10 +370,11 @@ export class ApiServer {
     if (request.apiState) request.apiState.code = ke.code;
     if (ke.code === 'INTERNAL') this.options.logger.error({ requestId: request.id, err: ke.cause ?? ke }, 'request failed unexpectedly');
     // A body not read, or not all of it (over the limit, refused by Fastify for a malformed Content-Type before
-    // reading, or refused for overload before anything was read): close after answering rather than read the rest.
+    // reading, or a long one refused for overload before anything was read): close after answering rather than
+    // read the rest.
     if (
       ke.code === 'PAYLOAD_TOO_LARGE' ||
-      (ke.code === 'OVERLOADED' && hasBody(request.raw)) ||
+      (ke.code === 'OVERLOADED' && hasBody(request.raw) && !(Number(request.headers['content-length']) <= OVERLOADED_DISCARD_MAX)) ||
       (err as { code?: unknown } | null)?.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE'
     ) {
       reply.header('connection', 'close');
