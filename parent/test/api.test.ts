@@ -479,7 +479,7 @@ describe('caller API', () => {
     // The operational listener: health and readiness as on the API, 405 for another method, 404 for anything else.
     const op = async (path: string, init?: RequestInit) => {
       const r = await fetch(`${s.metricsUrl}${path}`, init);
-      return { status: r.status, allow: r.headers.get('allow'), body: (await r.json()) };
+      return { status: r.status, allow: r.headers.get('allow'), body: await r.json() };
     };
     expect(await op('/healthz')).toMatchObject({ status: 200, body: { status: 'ok' } });
     expect(await op('/readyz')).toMatchObject({ status: 200, body: { status: 'ready', checks: { enclave: true, database: true } } });
