@@ -203,7 +203,7 @@ async function kmsDecrypts(s: Stack): Promise<number> {
 
 /** The enclave's RSS and cache size, as the parent exports them from enclave.health. */
 async function enclaveMemory(s: Stack): Promise<{ rssBytes: number; cacheSize: number }> {
-  const text = String((await s.api('/metrics', { token: null })).body);
+  const text = await s.metrics();
   return {
     rssBytes: Number(/nks_enclave_memory_bytes\{kind="rss"\} (\d+)/.exec(text)?.[1] ?? NaN),
     cacheSize: Number(/nks_enclave_counter\{counter="cacheSize"\} (\d+)/.exec(text)?.[1] ?? NaN),
@@ -528,7 +528,7 @@ function jwtOptions(idp: SimulatedIdp) {
 
 /** The enclave's wallet-server connections now, as the parent exports enclave.health (NaN if not exported). */
 async function walletConnections(s: Stack): Promise<number> {
-  const text = String((await s.api('/metrics', { token: null })).body);
+  const text = await s.metrics();
   return Number(/^nks_enclave_counter\{counter="wallets_connections"\} (\d+)/m.exec(text)?.[1] ?? NaN);
 }
 

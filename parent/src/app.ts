@@ -1,9 +1,10 @@
 /**
  * Wires the parent daemon: key store, enclave pool, KMS proxy, egress relay, the wallet routes' ingress relay
  * and wallet store (the enclave serves those routes over TLS: docs/TLS.md), the TLS keys' re-install after each
- * enclave connection, caller API (with the TLS admin routes; 421 on the wallet paths), metrics. `stop` closes the
- * ingress relay, drains the API, then the wallet store, the proxy and the egress relay, then closes the pool
- * and the database.
+ * enclave connection, caller API (with the TLS admin routes; 421 on the wallet paths), and the operational
+ * listener (`/metrics`, `/healthz`, `/readyz`: metrics-server.ts). `stop` first turns `/readyz` 503 and keeps
+ * serving for `api.preDrainMs` (when asked: SIGTERM), then closes the ingress relay, drains the API, then the
+ * wallet store, the proxy and the egress relay, the metrics listener, the pool and the database.
  */
 import { KMSClient } from '@aws-sdk/client-kms';
 import { createLogger, type Logger } from '@nks/shared/log';
@@ -23,6 +24,7 @@ import { startIngressRelay } from './ingress/relay';
 import { KeyRegistry } from './key-registry';
 import { KmsProxy } from './kms/proxy';
 import { Metrics } from './metrics';
+import { MetricsServer } from './metrics-server';
 import type { KeyStore } from './store/key-store';
 import { openStore } from './store/open';
 import { TlsKeys } from './tls/tls-keys';
@@ -30,6 +32,8 @@ import { WalletStore } from './wallet-store/server';
 
 export interface RunningParent {
   url: string;
+  /** The operational listener's address (`http://127.0.0.1:9464`, `unix:…`), or undefined with `metrics.enabled: false`. */
+  metricsUrl: string | undefined;
   store: KeyStore;
   pool: EnclavePool;
   keys: KeyRegistry;
@@ -44,7 +48,11 @@ export interface RunningParent {
   jwksHosts(): Promise<string[]>;
   /** Re-reads the tokens from the configuration `file` (SIGHUP: token-reload.ts); a bad file keeps the old ones. */
   reloadTokens(file: string, env?: NodeJS.ProcessEnv): ReloadOutcome;
-  stop(): Promise<void>;
+  /**
+   * Stops everything. With `preDrain` (SIGTERM), `/readyz` first answers 503 for `api.preDrainMs` while every
+   * request is served as before, so that a load balancer stops sending before the listener closes.
+   */
+  stop(opts?: { preDrain?: boolean }): Promise<void>;
 }
 
 /** The KMS client the proxy calls through: retries happen in the proxy, within the request deadline. */
@@ -211,9 +219,14 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     },
   });
   const url = await api.listen();
+  const metricsServer = config.metrics.enabled
+    ? new MetricsServer({ config: config.metrics, metrics, readiness: () => api.readiness() })
+    : undefined;
+  const metricsUrl = await metricsServer?.listen();
 
   return {
     url,
+    metricsUrl,
     store,
     pool,
     keys,
@@ -223,7 +236,9 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     jwksHosts: () => keys.projects.jwksHosts(),
     reloadTokens: (file, env = process.env) =>
       reloadTokens({ file, env, running: config, auth, logger: logger.child({ component: 'tokens' }) }),
-    async stop() {
+    async stop({ preDrain = false } = {}) {
+      api.shutdown();
+      if (preDrain && config.api.preDrainMs > 0) await new Promise((resolve) => setTimeout(resolve, config.api.preDrainMs));
       await ingress.close();
       tls.stop();
       await api.close(config.api.drainMs);
@@ -231,6 +246,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
       await proxy.close(Math.min(config.api.drainMs, 5000));
       proxyListening = false;
       await relay.close();
+      await metricsServer?.close();
       await pool.close();
       kms.destroy();
       await store.close();

@@ -26,7 +26,17 @@ export const PARENT_CONFIG_DEFAULTS = {
     maxBodyBytes: 256 * 1024,
     maxInFlight: 1024,
     requestTimeoutMs: 15_000,
-    drainMs: 10_000,
+    /**
+     * After SIGTERM, how long the API keeps serving normally with `/readyz` at 503 before it stops accepting:
+     * a load balancer polling `/readyz` every 2 s needs two failed polls to stop sending (docs/OPERATIONS.md).
+     */
+    preDrainMs: 5_000,
+    /** Then how long the answers to requests already received may take: a request admitted just before gets its deadline. */
+    drainMs: 20_000,
+    /** Open connections at most; beyond it Node closes new ones at once (above maxInFlight, so overload is answered). */
+    maxConnections: 4096,
+    /** Time for a client to send its request headers (slow clients hold a connection no longer). */
+    headersTimeoutMs: 10_000,
     /** No proxy is trusted: a request's client address is its socket peer's. */
     trustProxy: [] as string[],
   },
@@ -65,6 +75,8 @@ export const PARENT_CONFIG_DEFAULTS = {
     },
     store: { listen: DEFAULT_WALLET_STORE_ADDRESS, maxConcurrent: 256 },
   },
+  /** The operational listener: `/metrics`, `/healthz`, `/readyz`, no token (docs/OPERATIONS.md, "Metrics"). */
+  metrics: { host: '127.0.0.1', port: 9464, socketMode: '0660' },
   logLevel: DEFAULT_LOG_LEVEL,
 } as const;
 
@@ -107,8 +119,14 @@ const ApiSchema = z.strictObject({
   maxInFlight: z.number().int().min(1).max(100_000).default(D.api.maxInFlight),
   /** Whole-request deadline, including the enclave call. */
   requestTimeoutMs: ms(D.api.requestTimeoutMs),
-  /** How long shutdown waits for in-flight requests. */
+  /** After SIGTERM: `/readyz` 503 while everything else is served as before, for this long (SIGINT: none). */
+  preDrainMs: ms(D.api.preDrainMs, 0),
+  /** Then, no new connections: how long shutdown waits for the answers to every request already received. */
   drainMs: ms(D.api.drainMs, 0),
+  /** Open connections at most (`server.maxConnections`): beyond it, new connections are closed at once. */
+  maxConnections: z.number().int().min(1).max(1_000_000).default(D.api.maxConnections),
+  /** How long a client may take to send its request headers (Node's `headersTimeout`). */
+  headersTimeoutMs: ms(D.api.headersTimeoutMs, 1000, 120_000),
   /**
    * The proxies in front of the listener whose `X-Forwarded-For` names the client (docs/DEPLOY.md, "The
    * TrueWallet routes behind a load balancer or proxy"): IP addresses and CIDR blocks, and `unix` for the peer of a
@@ -200,6 +218,27 @@ export type TokenDefaults = z.output<typeof TokenDefaultsSchema>;
 /** The sections a SIGHUP reloads (parent/README.md, "Reloading tokens"); any other change needs a restart. */
 export const RELOADABLE_SECTIONS = ['tokens', 'tokenDefaults'] as const;
 
+/**
+ * The operational listener (`/metrics`, `/healthz`, `/readyz`; no token): loopback TCP or a Unix socket, on its own
+ * so that the caller API serves no unauthenticated metrics. `enabled: false`: no such listener.
+ */
+const MetricsSchema = z.strictObject({
+  enabled: z.boolean().default(true),
+  listen: z
+    .union([
+      z.strictObject({ host: z.string().default(D.metrics.host), port: z.number().int().min(0).max(65535) }),
+      z.strictObject({
+        socket: z.string().min(1),
+        mode: z
+          .string()
+          .regex(/^0[0-7]{3}$/)
+          .default(D.metrics.socketMode),
+      }),
+    ])
+    .default({ host: D.metrics.host, port: D.metrics.port }),
+});
+export type MetricsConfig = z.output<typeof MetricsSchema>;
+
 export const ParentConfigSchema = z.strictObject({
   api: ApiSchema,
   tokens: z.array(TokenSchema).min(1),
@@ -279,6 +318,7 @@ export const ParentConfigSchema = z.strictObject({
     .prefault({}),
   /** The egress relay through which the enclave fetches JWKS (docs/PROJECTS.md, "The egress relay"). */
   egress: EgressConfigSchema.prefault({}),
+  metrics: MetricsSchema.prefault({}),
   logLevel: z.enum(LOG_LEVELS).default(D.logLevel),
 });
 
@@ -331,6 +371,11 @@ export function parseParentConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, sou
       `invalid ${source}: config.api.listen.host ${l.host} is not loopback; serving beyond loopback requires config.api.tls`,
     );
   }
+  const m = res.data.metrics.listen;
+  if (res.data.metrics.enabled && 'host' in m && !/^(127\.\d+\.\d+\.\d+|::1|localhost)$/.test(m.host))
+    throw new ConfigError(
+      `invalid ${source}: config.metrics.listen.host ${m.host} is not loopback; the metrics listener has no token: keep it on loopback or a Unix socket`,
+    );
   const db = (raw as { database?: unknown }).database;
   const deprecations =
     typeof db === 'object' && db !== null && !('kind' in db) && !env.NKS_DATABASE_URL

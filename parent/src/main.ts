@@ -6,8 +6,10 @@
  *   parent migrate --config FILE [--concurrency N] [--pending]
  *
  * The configuration is `--config FILE` or $NKS_PARENT_CONFIG, with the environment overrides NKS_API_PORT,
- * NKS_DB_PATH, NKS_KMS_ENDPOINT, NKS_KMS_REGION, NKS_LOG_LEVEL. The daemon drains and stops on SIGTERM/SIGINT,
- * and reloads its tokens from the configuration file on SIGHUP (api/token-reload.ts).
+ * NKS_DB_PATH, NKS_KMS_ENDPOINT, NKS_KMS_REGION, NKS_LOG_LEVEL. The daemon drains and stops on SIGTERM/SIGINT:
+ * on SIGTERM (systemd, a load balancer's host) `/readyz` first answers 503 for `api.preDrainMs` while requests are
+ * still served; SIGINT (Ctrl-C) skips that wait. Either way every request already received is answered.
+ * It reloads its tokens from the configuration file on SIGHUP (api/token-reload.ts).
  * `genesis` makes the keystore identity with the genesis image (genesis.ts); `migrate` re-seals the keys made
  * before 0.4 with the migration image while the daemon is stopped (migrate.ts); with `--pending` it only prints
  * how many keys are left to migrate, as `{"keysWithoutRecord": N}`. Exit codes: 0 done, 1 the
@@ -63,6 +65,7 @@ async function daemon(args: string[]): Promise<void> {
   logger.info(
     {
       url: parent.url,
+      metricsUrl: parent.metricsUrl,
       enclave: config.enclave.address,
       kmsProxy: config.kmsProxy.listen,
       database: config.database.kind === 'sqlite' ? config.database.path : redactUrl(config.database.url),
@@ -77,8 +80,8 @@ async function daemon(args: string[]): Promise<void> {
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    logger.info({ signal }, 'parent stopping: draining requests');
-    await parent.stop();
+    logger.info({ signal, preDrainMs: signal === 'SIGTERM' ? config.api.preDrainMs : 0 }, 'parent stopping: draining requests');
+    await parent.stop({ preDrain: signal === 'SIGTERM' });
     logger.info('parent stopped');
     logger.flush();
     // Exit even if a handle outlived the drain (a connection still closing): the service is stopped.

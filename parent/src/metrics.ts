@@ -1,5 +1,5 @@
 /**
- * Prometheus metrics (prom-client): HTTP requests and latency by route and status, enclave RPC latency,
+ * Prometheus metrics (prom-client), served on the operational listener (metrics-server.ts), not the caller API: HTTP requests and latency by route and status, enclave RPC latency,
  * KMS calls by outcome, enclave up, keys total, the wallet routes' TLS (installed, certificate expiry), and the
  * enclave's own health counters (read from `enclave.health` at scrape time with a short deadline), its wallet
  * routes' connections and answers and its signing policies' evaluations and denials included, and the policy
@@ -24,6 +24,8 @@ export class Metrics {
   readonly enclaveQueueFull: client.Counter;
   readonly inFlight: client.Gauge;
   readonly overloaded: client.Counter;
+  /** Connections Node closed at once because `api.maxConnections` were open. */
+  readonly connectionsDropped: client.Counter;
   readonly tlsInstalled: client.Gauge;
   readonly tlsNotAfter: client.Gauge;
   private readonly enclaveCounter: client.Gauge<'counter'>;
@@ -137,6 +139,11 @@ export class Metrics {
     this.overloaded = new client.Counter({
       name: 'nks_http_overloaded_total',
       help: 'Requests refused with 503 OVERLOADED',
+      registers: [r],
+    });
+    this.connectionsDropped = new client.Counter({
+      name: 'nks_http_connections_dropped_total',
+      help: 'Connections to the caller API closed at once because api.maxConnections were open',
       registers: [r],
     });
     this.tlsInstalled = new client.Gauge({

@@ -427,7 +427,7 @@ describe('caller API', () => {
       ['GET', `/v1/keys/${key.keyId}/sign`, 'POST', '/v1/keys/{keyId}/sign'],
       ['OPTIONS', '/v1/attestation', 'GET', '/v1/attestation'],
       ['POST', '/healthz', 'GET', '/healthz'],
-      ['PATCH', '/metrics', 'GET', '/metrics'],
+      ['PATCH', '/readyz', 'GET', '/readyz'],
     ]) {
       const res = await s.api(path as string, { method, token: null });
       expect([res.status, res.headers.get('allow')]).toEqual([405, allow]);
@@ -453,15 +453,19 @@ describe('caller API', () => {
     ).not.toBe('bad id with spaces');
   });
 
-  it('serves health, readiness and metrics without a token', async () => {
+  it('serves health and readiness without a token, and metrics only on the operational listener', async () => {
     expect(await s.api('/healthz', { token: null })).toMatchObject({ status: 200, body: { status: 'ok' } });
     expect(await s.api('/readyz', { token: null })).toMatchObject({
       status: 200,
       body: { status: 'ready', checks: { enclave: true, kmsProxy: true, enclaveKmsLink: true, database: true } },
     });
-    const m = await s.api('/metrics', { token: null });
-    expect(m.status).toBe(200);
-    const text = String(m.body);
+    // Not on the caller API, with or without a token (docs/OPERATIONS.md, "Metrics").
+    expectError(await s.api('/metrics', { token: null }), 404, 'NOT_FOUND', 'no route for /metrics');
+    expectError(await s.api('/metrics', { token: 'admin' }), 404, 'NOT_FOUND', 'no route for /metrics');
+    const m = await fetch(`${s.metricsUrl}/metrics`);
+    expect([m.status, m.headers.get('content-type')]).toEqual([200, 'text/plain; version=0.0.4; charset=utf-8']);
+    expect(new URL(s.metricsUrl).hostname).toBe('127.0.0.1');
+    const text = await m.text();
     for (const name of [
       'nks_http_requests_total',
       'nks_http_request_duration_seconds_bucket',
@@ -476,7 +480,19 @@ describe('caller API', () => {
     }
     expect(text).toMatch(/nks_http_requests_total\{route="\/v1\/keys\/\{keyId\}\/sign",method="POST",status="200"\} [1-9]/);
     expect(text).toMatch(/nks_kms_calls_total\{outcome="ok"\} [1-9]/);
-    expectError(await s.api('/metrics', { method: 'POST', token: null }), 405, 'METHOD_NOT_ALLOWED');
+    // The operational listener: health and readiness as on the API, 405 for another method, 404 for anything else.
+    const op = async (path: string, init?: RequestInit) => {
+      const r = await fetch(`${s.metricsUrl}${path}`, init);
+      return { status: r.status, allow: r.headers.get('allow'), body: await r.json() };
+    };
+    expect(await op('/healthz')).toMatchObject({ status: 200, body: { status: 'ok' } });
+    expect(await op('/readyz')).toMatchObject({ status: 200, body: { status: 'ready', checks: { enclave: true, database: true } } });
+    expect(await op('/metrics', { method: 'POST', body: 'x' })).toMatchObject({
+      status: 405,
+      allow: 'GET',
+      body: { error: { code: 'METHOD_NOT_ALLOWED' } },
+    });
+    expect(await op('/v1/keys')).toMatchObject({ status: 404, body: { error: { code: 'NOT_FOUND' } } });
   });
 
   it('never logs tokens, blobs or documents', () => {

@@ -72,6 +72,7 @@ describe('parent against a fake enclave', () => {
   async function start(maxInFlight: number): Promise<RunningParent> {
     const config = parseParentConfig({
       api: { listen: { host: '127.0.0.1', port: 0 }, maxInFlight, requestTimeoutMs: 30_000 },
+      metrics: { listen: { host: '127.0.0.1', port: 0 } },
       tokens: [{ name: 'test', sha256: hashToken(TOKEN), scopes: ['keys:create', 'keys:sign', 'keys:read'] }],
       database: { path: path.join(runDir, 'keys.db') },
       transport: { kind: 'simulated', runDir },

@@ -66,11 +66,11 @@ describe('key lifecycle over the caller API', () => {
     expect([res.status, res.body.error.code, res.body.error.details]).toEqual([409, 'KEY_STATE', { state }]);
     expect(res.body.error.message).toContain(`key ${keyId} is ${state}`);
   };
-  const metric = async (pattern: RegExp) => String((await s.api('/metrics', { token: null })).body).match(pattern)?.[0];
+  const metric = async (pattern: RegExp) => (await s.metrics()).match(pattern)?.[0];
   /** How many lifecycle calls the parent made to the enclave (its RPC latency histogram's counts). */
   const lifecycleCalls = async () =>
     [
-      ...String((await s.api('/metrics', { token: null })).body).matchAll(
+      ...(await s.metrics()).matchAll(
         /^nks_enclave_rpc_duration_seconds_count\{method="keys\.(?:successor|activate|cancel)",[^}]*\} (\d+)$/gm,
       ),
     ]

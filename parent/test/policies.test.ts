@@ -66,6 +66,7 @@ describe('signing policies in the parent', () => {
     await enclave.listen(new SimulatedVsockTransport(runDir), ENCLAVE);
     const config = parseParentConfig({
       api: { listen: { host: '127.0.0.1', port: 0 } },
+      metrics: { listen: { host: '127.0.0.1', port: 0 } },
       tokens: [
         { name: 'admin', sha256: hashToken(TOKENS.admin), scopes: ['admin'] },
         { name: 'full', sha256: hashToken(TOKENS.full), scopes: ['keys:create', 'keys:sign', 'keys:read'] },
@@ -88,6 +89,8 @@ describe('signing policies in the parent', () => {
   });
 
   const api = (pathname: string, init: CallInit = {}) => call(parent.url, pathname, { token: TOKENS.admin, ...init });
+  /** The Prometheus text, from the operational listener. */
+  const scrape = async () => String((await call(parent.metricsUrl as string, '/metrics')).body);
   const put = (projectId: string, body: unknown, init: CallInit = {}) =>
     api(`/v1/projects/${projectId}/policies`, { method: 'PUT', body, ...init });
   const evaluate = (projectId: string, body: unknown, init: CallInit = {}) =>
@@ -156,7 +159,7 @@ describe('signing policies in the parent', () => {
     expect('policies' in opened(removed.body.record)).toBe(false);
     expect((await put(p.projectId, { rules: [], limits: [] })).body.seq).toBe(2);
 
-    const metrics = String((await api('/metrics', { token: '' })).body);
+    const metrics = await scrape();
     expect(metrics).toMatch(/^nks_policy_changes_total 2$/m);
   });
 
@@ -204,7 +207,7 @@ describe('signing policies in the parent', () => {
       'the enclave answered with a project record that does not match the request',
     ]);
     expect((await api(`/v1/projects/${p.projectId}/policies`)).body).toMatchObject({ seq: 0, record: p.record });
-    expect(String((await api('/metrics', { token: '' })).body)).toMatch(/^nks_policy_changes_total 0$/m);
+    expect(await scrape()).toMatch(/^nks_policy_changes_total 0$/m);
   });
 
   it('stores a change only on the record it was made from: a record stored meanwhile is CONFLICT, and kept', async () => {
@@ -433,7 +436,7 @@ describe('signing policies in the parent', () => {
     const other = await api('/v1/keys/k_AAAAAAAAAAAAAAAAAAAAAA', { token: TOKENS.full });
     expect(Object.keys(other.body.error)).toEqual(['code', 'message', 'retryable', 'requestId']);
 
-    const metrics = String((await api('/metrics', { token: '' })).body);
+    const metrics = await scrape();
     expect(metrics).toMatch(/^# TYPE nks_policy_denials_total counter$/m);
     expect(metrics).toMatch(/^nks_policy_denials_total\{by="rule"\} 3$/m);
     expect(metrics).toMatch(/^nks_policy_denials_total\{by="no_rule"\} 2$/m);
@@ -442,7 +445,7 @@ describe('signing policies in the parent', () => {
     expect(metrics).toMatch(/^nks_policy_tracked_counters 4$/m);
     // The enclave's totals as they are at each scrape (a restarted enclave starts again from 0).
     enclave.policyHealth = { evaluations: 1, denials: { rule: 0, noRule: 0, limit: 1 }, trackedCounters: 0 };
-    const later = String((await api('/metrics', { token: '' })).body);
+    const later = await scrape();
     expect(later).toMatch(/^nks_policy_denials_total\{by="rule"\} 0$/m);
     expect(later).toMatch(/^nks_policy_evaluations_total 1$/m);
   });

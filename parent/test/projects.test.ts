@@ -43,6 +43,7 @@ describe('projects in the parent', () => {
   const start = async (over: Record<string, unknown> = {}) => {
     const config = parseParentConfig({
       api: { listen: { host: '127.0.0.1', port: 0 } },
+      metrics: { listen: { host: '127.0.0.1', port: 0 } },
       tokens: [
         { name: 'admin', sha256: hashToken(TOKENS.admin), scopes: ['admin'] },
         { name: 'full', sha256: hashToken(TOKENS.full), scopes: ['keys:create', 'keys:sign', 'keys:read'] },

@@ -41,6 +41,7 @@ describe('signed records in the parent', () => {
   const configFor = (over: Record<string, unknown> = {}) =>
     parseParentConfig({
       api: { listen: { host: '127.0.0.1', port: 0 } },
+      metrics: { listen: { host: '127.0.0.1', port: 0 } },
       tokens: [{ name: 'test', sha256: hashToken(TOKEN), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] }],
       database: { path: dbPath },
       transport: { kind: 'simulated', runDir },

@@ -158,8 +158,7 @@ describe('bounded in-flight work and scripted KMS faults', () => {
     for (let i = 0; i < n; i++) keys.push((await s.api('/v1/keys', { body: {} })).body);
     return keys;
   };
-  const overloadedTotal = async () =>
-    Number(/^nks_http_overloaded_total (\d+)/m.exec(String((await s.api('/metrics', { token: null })).body))?.[1] ?? 0);
+  const overloadedTotal = async () => Number(/^nks_http_overloaded_total (\d+)/m.exec(await s.metrics())?.[1] ?? 0);
 
   it('answers 503 OVERLOADED with Retry-After for exactly the requests beyond the in-flight cap', async () => {
     const keys = await newKeys(MAX_IN_FLIGHT + 5);

@@ -105,6 +105,7 @@ export async function honestParent(app: string): Promise<HonestParent> {
   await enclave.listen(new SimulatedVsockTransport(runDir), ENCLAVE);
   const config = parseParentConfig({
     api: { listen: { host: '127.0.0.1', port: 0 } },
+    metrics: { listen: { host: '127.0.0.1', port: 0 } },
     tokens: [{ name: 'test', sha256: hashToken(TOKEN), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] }],
     database: { kind: 'postgres', url: app, migrate: false, poolSize: 2 },
     transport: { kind: 'simulated', runDir },

@@ -44,6 +44,7 @@ describe('TLS keys of the wallet routes, through the parent', () => {
     await enclave.listen(new SimulatedVsockTransport(runDir), ENCLAVE);
     const config = parseParentConfig({
       api: { listen: { host: '127.0.0.1', port: 0 } },
+      metrics: { listen: { host: '127.0.0.1', port: 0 } },
       tokens: [
         { name: 'admin', sha256: hashToken(TOKENS.admin), scopes: ['admin'] },
         { name: 'full', sha256: hashToken(TOKENS.full), scopes: ['keys:create', 'keys:sign', 'keys:read'] },
@@ -75,7 +76,7 @@ describe('TLS keys of the wallet routes, through the parent', () => {
     expect([res.status, res.body?.error]).toEqual([201, undefined]);
     return res.body as { publicKey: string; csr: string; attestation: string; names: string[]; createdAt: string };
   };
-  const metrics = async () => (await call(parent.url, '/metrics')).body as string;
+  const metrics = async () => (await call(parent.metricsUrl as string, '/metrics')).body as string;
 
   it('makes a key in the enclave, installs its certificate, and says what is served', async () => {
     const before = Date.now();

@@ -172,7 +172,7 @@ describe('parent migrate', () => {
     // An altered row (alice's record given to plain1) is refused by the parent: the enclave signs nothing and
     // counts no integrity failure, because it is never asked.
     const counters = async () => {
-      const text = (await s.api('/metrics', { token: null })).body as string;
+      const text = await s.metrics();
       const of = (name: string) => Number(new RegExp(`nks_enclave_counter\\{counter="${name}"\\} (\\d+)`).exec(text)?.[1]);
       return { signs: of('signs'), integrityFailures: of('integrityFailures') };
     };

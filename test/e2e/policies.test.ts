@@ -191,7 +191,7 @@ describe('signing policies end to end', () => {
     expect(verified.record.seq).toBe(1);
     expect((await admin.getProject(project.projectId)).policies).toEqual(view.policies);
 
-    const metrics = String((await s.api('/metrics', { token: null })).body);
+    const metrics = await s.metrics();
     const value = (re: RegExp) => Number(re.exec(metrics)?.[1] ?? NaN);
     expect(value(/^nks_policy_changes_total (\d+)$/m)).toBe(1);
     expect(value(/^nks_policy_denials_total\{by="rule"\} (\d+)$/m)).toBeGreaterThanOrEqual(1);

@@ -466,7 +466,7 @@ describe('the wallet routes under attack, served by the enclave', () => {
     });
 
     it("shows the wallet routes' outcomes and the enclave's JWT health in the parent's metrics (counts, nothing of the requests)", async () => {
-      const metrics = String((await s.api('/metrics', { token: null })).body);
+      const metrics = await s.metrics();
       for (const outcome of ['ok', 'invalid_jwt', 'rate_limited', 'unauthorized'])
         expect([outcome, new RegExp(`^nks_enclave_wallet_requests\\{outcome="${outcome}"\\} [1-9]\\d*$`, 'm').test(metrics)]).toEqual([
           outcome,

@@ -219,7 +219,7 @@ describe('the wallet routes over the enclave’s TLS', () => {
     } finally {
       db.close();
     }
-    const metrics = String((await s.api('/metrics', { token: null })).body);
+    const metrics = await s.metrics();
     const relayed = proxy.bytes();
     const vsock = s.capturedTraffic();
     expect(relayed.length).toBeGreaterThan(4096);
@@ -367,7 +367,7 @@ describe('the wallet routes over the enclave’s TLS', () => {
       const counters = await walletCounters(s);
       expect(counters.handshakeFailures).toBeGreaterThanOrEqual(silent.length + 1);
       expect(counters.connectionsRefused).toBeGreaterThanOrEqual(refused);
-      const metrics = String((await s.api('/metrics', { token: null })).body);
+      const metrics = await s.metrics();
       expect(metrics).not.toMatch(/^nks_ingress_refusals_total\{reason="[^"]+"\} [1-9]/m);
 
       // And a new client is served once they are gone.
@@ -452,7 +452,7 @@ async function dribble(port: number, ca: string, projectKey: string): Promise<{ 
 
 /** The enclave's wallet-server counters (enclave.health's `wallets`), as the parent exports them in /metrics. */
 async function walletCounters(s: Stack): Promise<{ handshakeFailures: number; connectionsRefused: number }> {
-  const text = String((await s.api('/metrics', { token: null })).body);
+  const text = await s.metrics();
   const read = (name: string) =>
     Number(new RegExp(`^nks_enclave_counter\\{counter="wallets_${name}"\\} (\\d+)`, 'm').exec(text)?.[1] ?? NaN);
   return { handshakeFailures: read('handshakeFailures'), connectionsRefused: read('connectionsRefused') };

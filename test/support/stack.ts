@@ -28,6 +28,8 @@ export interface Stack {
   runDir: string;
   platform: Platform;
   url: string;
+  /** The parent's operational listener (`/metrics`, `/healthz`, `/readyz`): a loopback port chosen at each start. */
+  metricsUrl: string;
   tokens: Record<TokenName, string>;
   enclave: Running;
   parent: Running;
@@ -49,6 +51,8 @@ export interface Stack {
     pathname: string,
     init?: { method?: string; token?: TokenName | string | null; body?: unknown; headers?: Record<string, string> },
   ): Promise<{ status: number; body: any; headers: Headers }>;
+  /** The parent's Prometheus text, from its operational listener (the caller API does not serve `/metrics`). */
+  metrics(): Promise<string>;
   stopEnclave(): Promise<void>;
   startEnclave(): Promise<void>;
   restartParent(opts?: { kill?: boolean }): Promise<void>;
@@ -116,7 +120,8 @@ export function parentConfigFor(
   };
   const named = (Object.entries(tokens) as Array<[TokenName, string]>).map(([name, t]) => ({ name, sha256: sha(t), scopes: scopes[name] }));
   return {
-    api: { listen: { host: '127.0.0.1', port: 0 } },
+    // No pre-drain: tests stop parents with SIGTERM and have no load balancer to wait for (the drain test sets one).
+    api: { listen: { host: '127.0.0.1', port: 0 }, preDrainMs: 0 },
     tokens: named.length ? named : [{ name: 'admin', sha256: sha(randomBytes(16).toString('hex')), scopes: ['admin'] }],
     database: { path: stackDbPath(runDir) },
     transport: { kind: 'simulated', runDir },
@@ -130,6 +135,8 @@ export function parentConfigFor(
     },
     // Never the default 0.0.0.0:8443: every stack on this machine would want it.
     wallets: { relay: { host: '127.0.0.1', port: 0 } },
+    // Never the default 127.0.0.1:9464: every parent on this machine would want it.
+    metrics: { listen: { host: '127.0.0.1', port: 0 } },
     logLevel: 'debug',
     ...over,
   };
@@ -227,6 +234,7 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
         throw err;
       }
       stack.walletsUrl = `https://127.0.0.1:${Number(ready.walletsRelayPort)}`;
+      stack.metricsUrl = String(ready.metricsUrl);
       return { p, url: String(ready.url) };
     }
   };
@@ -296,6 +304,12 @@ export async function startStack(runDir: string, opts: StackOptions = {}): Promi
       /* not JSON (metrics) */
     }
     return { status: res.status, body: parsed, headers: res.headers };
+  };
+  stack.metrics = async () => {
+    const res = await fetch(`${stack.metricsUrl}/metrics`);
+    const text = await res.text();
+    if (res.status !== 200) throw new Error(`GET /metrics: HTTP ${res.status} ${text.slice(0, 200)}`);
+    return text;
   };
   stack.installWalletsTls = async (names = ['localhost']) => {
     const ca = await makeTestCa('nitro-keystore test wallets CA');

@@ -3,12 +3,17 @@
  * a request id (echoed in `x-request-id`), an in-flight cap (503 OVERLOADED with Retry-After beyond it),
  * routing (404/405), bearer-token auth (401/403), a bounded JSON body (413/415/400), validation against the
  * route's schemas (400), a deadline (504), metrics and one access-log line without bodies or credentials.
- * `/healthz`, `/readyz` and `/metrics` need no token. Every error is `{"error": {"code", "message",
+ * `/healthz` and `/readyz` need no token (`/metrics` is on the operational listener: metrics-server.ts). Every error is `{"error": {"code", "message",
  * "retryable", "requestId", "details"?}}` with the status of its code (shared/src/errors.ts); Fastify's own errors are
  * mapped into it.
  *
- * The order of the checks is the documented one (parent/README.md): admission (draining, in-flight cap),
- * then the route (404/405), the token, the body, the schemas, and the handler under its deadline.
+ * The order of the checks is the documented one (parent/README.md): admission (the in-flight cap), then the
+ * route (404/405), the token, the body, the schemas, and the handler under its deadline. A request refused for
+ * overload is answered from the first hook, before its body is read or parsed (a long one is not read at all).
+ *
+ * Stopping (parent/README.md, "Stopping"): `shutdown()` turns `/readyz` 503 (`shuttingDown`) while every request
+ * is still served, and answers then carry `connection: close`; `close()` stops accepting and answers every
+ * request already received, on every connection still open, within `drainMs`.
  */
 import fs from 'node:fs';
 import http from 'node:http';
@@ -31,6 +36,7 @@ import { TokenAuth, type Principal } from './auth';
 import { bodyParser, hasBody, readJsonBody } from '@nks/shared/http/body';
 import { trustedProxies } from './client-address';
 import type { ApiInstance } from './routes';
+import type { Socket } from 'node:net';
 import { documentedPath, parseQuery, pathMatcher, validatorCompiler } from '@nks/shared/http/validation';
 import { walletsMoved, WALLETS_MOVED_LABEL, WALLETS_PATH_RE } from './wallets-moved';
 
@@ -43,9 +49,14 @@ export interface ApiServerOptions {
   logger: Logger;
   /** One line per request with fixed, safe fields only (request id, route, status, latency, token name). */
   accessLog: Logger;
-  readiness: () => Promise<{ ready: boolean; checks: Record<string, boolean | string> }>;
+  readiness: () => Promise<Readiness>;
   /** Where the wallet routes are served (`wallets.publicUrl`): named in the 421 of their paths here. */
   walletsPublicUrl?: string | undefined;
+}
+
+export interface Readiness {
+  ready: boolean;
+  checks: Record<string, boolean | string>;
 }
 
 /** What the server records about a request between its first hook and its answer. */
@@ -79,8 +90,16 @@ interface KnownRoute {
 
 const REQUEST_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 
+/**
+ * A request refused for overload whose declared body is at most this long keeps its connection: Node discards
+ * the body unparsed (it came with the headers), which costs less than the client's reconnect — under overload,
+ * closing every refused connection makes a reconnect storm that overflows the listen backlog (SYN retries of a
+ * second and more). A longer body, or one of unknown length, is not waited for: the connection is closed.
+ */
+const OVERLOADED_DISCARD_MAX = 16 * 1024;
+
 /** Routes whose requests are not written to the access log (scraped or polled constantly). */
-const UNLOGGED = new Set(['/metrics', '/healthz']);
+const UNLOGGED = new Set(['/healthz']);
 
 function requestIdOf(req: http.IncomingMessage): string {
   const incoming = req.headers['x-request-id'];
@@ -99,7 +118,12 @@ export class ApiServer {
   /** Every route in registration order, for telling 405 (the path exists) from 404. */
   private readonly known: KnownRoute[] = [];
   private inFlight = 0;
-  private draining = false;
+  /** From shutdown(): `/readyz` 503, and answers close their connection once it has no other request. */
+  private shuttingDown = false;
+  /** From close(): no new connections; each connection that goes idle is closed. */
+  private closing = false;
+  /** The last request received on each connection (its answer is the last one written there: pipelining is in order). */
+  private readonly latest = new WeakMap<Socket, http.IncomingMessage>();
   private idleWaiters: Array<() => void> = [];
 
   constructor(private readonly options: ApiServerOptions) {
@@ -108,10 +132,15 @@ export class ApiServer {
     const server = tls
       ? https.createServer({ cert: fs.readFileSync(tls.certFile), key: fs.readFileSync(tls.keyFile) })
       : http.createServer();
-    server.requestTimeout = config.requestTimeoutMs + 5_000;
-    server.headersTimeout = 10_000;
+    // Receiving a whole request (headers and a body of at most maxBodyBytes) takes no longer than the deadline
+    // of serving it; the headers alone, no longer than headersTimeoutMs (a slow client then gets 408 and is closed).
+    server.requestTimeout = Math.max(config.requestTimeoutMs, config.headersTimeoutMs);
+    server.headersTimeout = config.headersTimeoutMs;
     server.keepAliveTimeout = 5_000;
     server.maxHeadersCount = 64;
+    // Beyond it, Node closes a new connection at once (counted: nks_http_connections_dropped_total).
+    server.maxConnections = config.maxConnections;
+    server.on('drop', () => options.metrics.connectionsDropped.inc());
     this.server = server;
 
     const trustProxy = trustedProxies(config.trustProxy);
@@ -122,7 +151,7 @@ export class ApiServer {
       ...(trustProxy ? { trustProxy } : {}),
       genReqId: requestIdOf,
       requestIdHeader: false,
-      // HEAD is 405 like any other method a path does not serve; draining answers 503 UNAVAILABLE itself.
+      // HEAD is 405 like any other method a path does not serve; a request received while stopping is served.
       exposeHeadRoutes: false,
       return503OnClosing: false,
       routerOptions: { querystringParser: parseQuery },
@@ -184,37 +213,47 @@ export class ApiServer {
     return `${this.options.config.tls ? 'https' : 'http'}://${l.host.includes(':') ? `[${l.host}]` : l.host}:${addr.port}`;
   }
 
-  /** Stops accepting, waits up to `drainMs` for in-flight requests, then closes every connection. */
+  /**
+   * The first step of stopping: `/readyz` answers 503 with `shuttingDown` (so a load balancer stops sending),
+   * everything else is served as before, and each answer that leaves its connection without a request closes it.
+   */
+  shutdown(): void {
+    this.shuttingDown = true;
+  }
+
+  /**
+   * Stops accepting connections and answers every request already received: Node closes the idle keep-alive
+   * connections, every other one closes after its last answer (`connection: close`, or as soon as it is idle),
+   * and requests that arrive on them meanwhile are served too. Once every connection is closed and no handler runs, or after `drainMs`, the
+   * connections left are cut.
+   */
   async close(drainMs: number): Promise<void> {
-    this.draining = true;
-    this.server.close();
-    if (this.inFlight > 0) {
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, drainMs);
-        this.idleWaiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
+    this.shutdown();
+    this.closing = true;
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    const idle = new Promise<void>((resolve) => (this.inFlight === 0 ? resolve() : this.idleWaiters.push(resolve)));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all([closed, idle]), new Promise((resolve) => (timer = setTimeout(resolve, drainMs)))]);
+    clearTimeout(timer);
     this.server.closeAllConnections();
     await this.app.close();
   }
 
-  /** Health, readiness and metrics: no token, no deadline, and served while draining or overloaded. */
+  /** The readiness checks, `shuttingDown` included once stopping: what `/readyz` answers here and on the metrics listener. */
+  async readiness(): Promise<Readiness> {
+    const r = await this.options.readiness();
+    if (!this.shuttingDown) return r;
+    return { ready: false, checks: { ...r.checks, shuttingDown: true } };
+  }
+
+  /** Health and readiness: no token, no deadline, and served while stopping or overloaded. */
   private operationalRoutes(): void {
     const config = (name: string) => ({ config: { name, operational: true } });
     this.app.get('/healthz', config('/healthz'), () => ({ status: 'ok' }));
     this.app.get('/readyz', config('/readyz'), async (_request, reply) => {
-      const r = await this.options.readiness();
-      const ready = r.ready && !this.draining;
-      reply.code(ready ? 200 : 503);
-      return { status: ready ? 'ready' : 'not ready', checks: { ...r.checks, ...(this.draining ? { shuttingDown: true } : {}) } };
-    });
-    this.app.get('/metrics', config('/metrics'), async (_request, reply) => {
-      const text = await this.options.metrics.render();
-      reply.removeHeader('cache-control').header('content-type', this.options.metrics.registry.contentType);
-      return text;
+      const r = await this.readiness();
+      reply.code(r.ready ? 200 : 503);
+      return { status: r.ready ? 'ready' : 'not ready', checks: r.checks };
     });
   }
 
@@ -275,11 +314,12 @@ export class ApiServer {
     reply.header('cache-control', 'no-store');
     this.inFlight += 1;
     this.options.metrics.inFlight.inc();
+    const socket = request.raw.socket as Socket | null;
+    if (socket) this.latest.set(socket, request.raw);
   }
 
-  /** Refuses new work while draining and beyond the in-flight cap (the request itself counts). */
+  /** Refuses new work beyond the in-flight cap (the request itself counts). */
   private admit(): void {
-    if (this.draining) throw new KeystoreError('UNAVAILABLE', 'the service is shutting down');
     if (this.inFlight > this.options.config.maxInFlight) {
       this.options.metrics.overloaded.inc();
       throw new KeystoreError('OVERLOADED', `more than ${this.options.config.maxInFlight} requests in flight; retry shortly`);
@@ -332,9 +372,14 @@ export class ApiServer {
     const ke = keystoreErrorOf(err, this.options.config.maxBodyBytes);
     if (request.apiState) request.apiState.code = ke.code;
     if (ke.code === 'INTERNAL') this.options.logger.error({ requestId: request.id, err: ke.cause ?? ke }, 'request failed unexpectedly');
-    // A body not read, or not all of it (over the limit, or refused by Fastify for a malformed Content-Type
-    // before reading): close after answering rather than read the rest.
-    if (ke.code === 'PAYLOAD_TOO_LARGE' || (err as { code?: unknown } | null)?.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE') {
+    // A body not read, or not all of it (over the limit, refused by Fastify for a malformed Content-Type before
+    // reading, or a long one refused for overload before anything was read): close after answering rather than
+    // read the rest.
+    if (
+      ke.code === 'PAYLOAD_TOO_LARGE' ||
+      (ke.code === 'OVERLOADED' && hasBody(request.raw) && !(Number(request.headers['content-length']) <= OVERLOADED_DISCARD_MAX)) ||
+      (err as { code?: unknown } | null)?.code === 'FST_ERR_CTP_INVALID_MEDIA_TYPE'
+    ) {
       reply.header('connection', 'close');
       reply.raw.once('finish', () => request.raw.destroy());
     }
@@ -354,6 +399,13 @@ export class ApiServer {
     state.finished = true;
     this.inFlight -= 1;
     this.options.metrics.inFlight.dec();
+    // Stopping: the connection closes after the answer to its last request (the answers to the requests pipelined
+    // before it are written first, whatever order their handlers finish in).
+    const socket = request.raw.socket as Socket | null;
+    if (this.shuttingDown && socket && this.latest.get(socket) === request.raw && !reply.raw.headersSent)
+      reply.header('connection', 'close');
+    // Closing: a connection whose last answer went out before the signal goes idle once this one is written.
+    if (this.closing) reply.raw.once('finish', () => setImmediate(() => this.server.closeIdleConnections()));
     const seconds = Number(process.hrtime.bigint() - state.started) / 1e9;
     const status = reply.statusCode;
     const labels = { route: state.route, method: request.method, status: String(status) };

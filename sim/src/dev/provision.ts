@@ -253,8 +253,9 @@ export function ensureTokenAndParentConfig(
   }
   const file = instance.file ?? p.parentConfig;
   const config = {
-    // A short drain: Ctrl-C stops the whole stack within about 2 s (main.ts); production keeps the default.
-    api: { listen: { host: '127.0.0.1', port: apiPort }, drainMs: DEV_DRAIN_MS },
+    // A short drain: Ctrl-C stops the whole stack within about 2 s (main.ts), and no load balancer to wait for
+    // on SIGTERM (the launcher stops its children with it); production keeps the defaults.
+    api: { listen: { host: '127.0.0.1', port: apiPort }, drainMs: DEV_DRAIN_MS, preDrainMs: 0 },
     tokens: [
       { name: 'dev', sha256: createHash('sha256').update(token).digest('hex'), scopes: ['keys:create', 'keys:sign', 'keys:read', 'admin'] },
       ...addedTokens(file),
@@ -267,6 +268,8 @@ export function ensureTokenAndParentConfig(
     ...(identityPublicKey ? { identity: { publicKey: identityPublicKey } } : {}),
     // The wallet routes (docs/TLS.md): the relay on loopback, to the enclave's HTTPS server.
     ...(wallets ? { wallets: { publicUrl: wallets.publicUrl, relay: { host: '127.0.0.1', port: wallets.port } } } : {}),
+    // The operational listener (`/metrics`) on a free loopback port: its address is in the parent's "parent ready" line.
+    metrics: { listen: { host: '127.0.0.1', port: 0 } },
     logLevel: 'info',
   };
   writeFile(file, `${JSON.stringify(config, null, 2)}\n`);
