@@ -16,6 +16,7 @@ import { tlsRoutes } from './api/tls-routes';
 import type { ParentConfig } from './config';
 import type { KnownIdentity } from './enclave-link/identity';
 import { EnclavePool, type PoolOptions } from './enclave-link/pool';
+import { EnclaveLogPuller } from './enclave-link/logs';
 import { startEgressRelay } from './egress/relay';
 import { startIngressRelay } from './ingress/relay';
 import { KeyRegistry } from './key-registry';
@@ -153,6 +154,14 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
   });
   await walletStore.listen(transport, config.wallets.store.listen);
   pool.start();
+  // The enclave's own log lines and counters (on Nitro its console exists only in debug mode): pulled each second.
+  const enclaveLogs = new EnclaveLogPuller({
+    pool,
+    enclave: config.enclave.address,
+    logger: logger.child({ component: 'enclave-log' }),
+    onPull: (pulled, levels) => metrics.recordEnclaveLogs(config.enclave.address, pulled, levels),
+  });
+  enclaveLogs.start();
   // The enclave's only way out (JWKS fetches): to the JWKS hosts of active JWT projects and configured hosts.
   const relay = await startEgressRelay({
     config: config.egress,
@@ -170,7 +179,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     metrics: metrics.registry,
   });
 
-  const caller = callerRoutes(keys);
+  const caller = callerRoutes(keys, logger.child({ component: 'audit' }));
   const tlsAdmin = tlsRoutes(tls);
   const api = new ApiServer({
     config: config.api,
@@ -214,6 +223,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
       await proxy.close(Math.min(config.api.drainMs, 5000));
       proxyListening = false;
       await relay.close();
+      await enclaveLogs.stop();
       await pool.close();
       kms.destroy();
       await store.close();

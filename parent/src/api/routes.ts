@@ -22,6 +22,8 @@ import { SignRequestSchema } from '@nks/shared/signing/schema';
 import type { Scope } from '../config';
 import { historyEntryOf, viewOf, type KeyRegistry } from '../key-registry';
 import { KeyParams, projectId, ProjectParams, requestBody, routeUrl } from '@nks/shared/http/validation';
+import { withRequestId, type Logger } from '@nks/shared/log';
+import { auditedSign } from './audit';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -131,8 +133,11 @@ export const at = (path: string, scope?: Scope) => ({
  */
 const seesJwtKeys = (request: FastifyRequest): boolean => request.apiState?.scopes?.has('admin') ?? false;
 
-/** Registration order is the order of methods in a 405's Allow header (`POST, GET` on /v1/keys). */
-export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
+/**
+ * Registration order is the order of methods in a 405's Allow header (`POST, GET` on /v1/keys). `audit`: the
+ * logger of the signatures' audit lines (audit.ts).
+ */
+export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstance) => void {
   return (app) => {
     app.route({
       method: 'POST',
@@ -166,7 +171,10 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       ...at('/v1/keys/{keyId}/sign', 'keys:sign'),
       schema: { params: KeyParams, querystring: NoQuery, body: SignBody },
       handler(request) {
-        return keys.sign(request.params.keyId, request.body);
+        const { keyId } = request.params;
+        const who = { requestId: request.id, token: request.apiState?.principal ?? '-' };
+        // The request id travels to the enclave and its KMS call (shared/src/log.ts), for their log lines.
+        return withRequestId(request.id, () => auditedSign(audit, who, keyId, request.body, () => keys.sign(keyId, request.body)));
       },
     });
     for (const action of ['disable', 'enable'] as const) {
