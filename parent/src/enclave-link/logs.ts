@@ -42,6 +42,8 @@ export class EnclaveLogPuller {
   private timer: NodeJS.Timeout | null = null;
   private running: Promise<void> | null = null;
   private unsupported = false;
+  /** The enclave's dropped total at the last pull. */
+  private lastDropped = 0;
   /** Lines re-logged since start. */
   relogged = 0;
 
@@ -84,9 +86,16 @@ export class EnclaveLogPuller {
       logger[level]({ ...fields, source: 'enclave', enclave, seq: line.seq, enclaveTime: line.time }, String(line.msg));
       this.relogged += 1;
     }
-    if (answer.dropped > 0 && answer.lines.length > 0) logger.debug({ enclave, dropped: answer.dropped }, 'enclave log lines dropped so far');
-    // A restarted enclave counts from 1 again: its nextSeq is then below ours, and the next pull starts over.
-    this.after = Number.isSafeInteger(answer.nextSeq) && answer.nextSeq > 0 ? answer.nextSeq - 1 : 0;
+    // Lines lost in the enclave's ring since the last pull (a smaller total: the enclave restarted).
+    const dropped = Number.isSafeInteger(answer.dropped) ? answer.dropped : 0;
+    if (dropped > this.lastDropped)
+      logger.warn({ enclave, dropped: dropped - this.lastDropped, total: dropped }, 'enclave log lines were dropped before the parent pulled them');
+    this.lastDropped = dropped;
+    // Next time, after the last line relayed (an answer cut at maxLines continues there); with none, after the
+    // enclave's newest (a restarted enclave counts from 1 again, and answers from its oldest line).
+    const last = answer.lines.at(-1)?.seq;
+    if (Number.isSafeInteger(last)) this.after = last as number;
+    else this.after = Number.isSafeInteger(answer.nextSeq) && answer.nextSeq > 0 ? answer.nextSeq - 1 : 0;
     this.options.onPull?.(answer, levels);
   }
 
