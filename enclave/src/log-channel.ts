@@ -1,5 +1,5 @@
 /**
- * The enclave's log channel to the parent (docs/PROTOCOL.md, "enclave.logs"; docs/OPERATIONS.md, "Logs"): on
+ * The enclave's log channel to the parent (docs/PROTOCOL.md, "Methods"; docs/OPERATIONS.md, "Logs"): on
  * Nitro the enclave's console exists only in debug mode, so its log lines also go into this ring, which the
  * parent pulls with `enclave.logs` over the RPC connection it already has.
  *

@@ -58,7 +58,7 @@ const subject = z
 export const HealthParams = z.strictObject({});
 /**
  * The enclave's log lines after `after` (a seq from the previous answer's `nextSeq - 1`; 0 the first time), at
- * most `max` (default and most 200), with its counters (docs/PROTOCOL.md, "enclave.logs").
+ * most `max` (default and most 200), with its counters (docs/PROTOCOL.md, "Methods").
  */
 export const LogsParams = z.strictObject({
   after: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
