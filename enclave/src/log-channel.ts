@@ -113,7 +113,8 @@ export class LogChannel {
   dropped = 0;
 
   constructor(readonly capacity = DEFAULT_CHANNEL_CAPACITY) {
-    if (!Number.isSafeInteger(capacity) || capacity < 1) throw new TypeError(`LogChannel capacity must be a positive integer, got ${capacity}`);
+    if (!Number.isSafeInteger(capacity) || capacity < 1)
+      throw new TypeError(`LogChannel capacity must be a positive integer, got ${capacity}`);
     this.ring = new Array<ChannelLine | undefined>(capacity);
   }
 
@@ -160,6 +161,6 @@ export class LogChannel {
         this.write(typeof chunk === 'string' ? chunk : chunk.toString('utf8'));
         return true;
       },
-    } as Pick<Writable, 'write'>;
+    };
   }
 }

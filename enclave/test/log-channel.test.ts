@@ -43,7 +43,13 @@ describe('the log channel ring (in-process)', () => {
       time: 1,
       level: 30,
       msg: expect.stringMatching(/^x+…$/),
-      fields: { requestId: 'r-1', keyId: expect.stringMatching(/^k+…$/), code: 'KEY_INTEGRITY', attempt: 2, err: 'KeystoreError: first line' },
+      fields: {
+        requestId: 'r-1',
+        keyId: expect.stringMatching(/^k+…$/),
+        code: 'KEY_INTEGRITY',
+        attempt: 2,
+        err: 'KeystoreError: first line',
+      },
     });
     expect(line?.msg).toHaveLength(MAX_MESSAGE_CHARS);
     expect(String(line?.fields.keyId)).toHaveLength(MAX_FIELD_CHARS);

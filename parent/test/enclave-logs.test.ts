@@ -57,7 +57,10 @@ describe('the enclave log puller', () => {
     fs.rmSync(runDir, { recursive: true, force: true });
   });
 
-  const pool = { up: true, call: ((m: 'enclave.logs', p: { after: number }, d?: number) => client.call(m, p, { deadlineMs: d ?? 1000 })) as never };
+  const pool = {
+    up: true,
+    call: ((m: 'enclave.logs', p: { after: number }, d?: number) => client.call(m, p, { deadlineMs: d ?? 1000 })) as never,
+  };
 
   it("re-logs each line at the enclave's level with source 'enclave', at most maxLines per pull, and counts them", async () => {
     held = [
@@ -67,7 +70,7 @@ describe('the enclave log puller', () => {
       line(4, 60, 'fatal thing'),
       line(5, 99, 'unknown level'),
       // A field named like the parent's own is overridden by the parent's (source, enclave).
-      line(6, 30, 'spoofing', { source: 'parent', enclave: 'elsewhere' } as never),
+      line(6, 30, 'spoofing', { source: 'parent', enclave: 'elsewhere' }),
     ];
     const log = captureLogger('trace');
     const metrics = new Metrics({
@@ -177,7 +180,16 @@ describe('the audit line of a signature', () => {
       }),
     ).rejects.toMatchObject({ code: 'KEY_DISABLED' });
     expect(log.lines()).toEqual([
-      expect.objectContaining({ level: 30, msg: 'signed', keyId: 'k1', type: 'digest', tokenName: 'ops', requestId: 'r-9', outcome: 'ok', hash: `0x${'22'.repeat(32)}` }),
+      expect.objectContaining({
+        level: 30,
+        msg: 'signed',
+        keyId: 'k1',
+        type: 'digest',
+        tokenName: 'ops',
+        requestId: 'r-9',
+        outcome: 'ok',
+        hash: `0x${'22'.repeat(32)}`,
+      }),
       expect.objectContaining({ level: 30, msg: 'sign refused', keyId: 'k1', tokenName: 'ops', requestId: 'r-9', outcome: 'KEY_DISABLED' }),
     ]);
   });

@@ -17,7 +17,7 @@ const json = (lines: string[]): Line[] =>
   lines.flatMap((l) => {
     try {
       const o = JSON.parse(l) as unknown;
-      return typeof o === 'object' && o !== null ? [o as Line] : [];
+      return typeof o === 'object' && o !== null ? [o] : [];
     } catch {
       return [];
     }
@@ -59,7 +59,10 @@ describe('audit lines, request ids end to end, and the enclave log channel', () 
     const signed = await s.api(`/v1/keys/${key.keyId}/sign`, {
       token: 'sign',
       headers: { 'x-request-id': requestId },
-      body: { type: 'transaction', transaction: { type: 'eip1559', chainId: 8453, nonce: 0, to, value: '1000', maxFeePerGas: '1', maxPriorityFeePerGas: '1' } },
+      body: {
+        type: 'transaction',
+        transaction: { type: 'eip1559', chainId: 8453, nonce: 0, to, value: '1000', maxFeePerGas: '1', maxPriorityFeePerGas: '1' },
+      },
     });
     expect(signed.status).toBe(200);
     expect(signed.headers.get('x-request-id')).toBe(requestId);
@@ -142,9 +145,7 @@ describe('audit lines, request ids end to end, and the enclave log channel', () 
     await expect(enclaveRpc.call('keys.forget', { keyId: 'not a key id!' })).rejects.toMatchObject({ code: 'INVALID_PARAMS' });
     await waitFor(
       () =>
-        parentLines().some(
-          (l) => l.source === 'enclave' && l.level === 40 && l.msg === 'request refused' && l.code === 'INVALID_PARAMS',
-        ),
+        parentLines().some((l) => l.source === 'enclave' && l.level === 40 && l.msg === 'request refused' && l.code === 'INVALID_PARAMS'),
       10_000,
       'the relayed enclave warning',
     );

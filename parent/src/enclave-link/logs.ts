@@ -89,7 +89,10 @@ export class EnclaveLogPuller {
     // Lines lost in the enclave's ring since the last pull (a smaller total: the enclave restarted).
     const dropped = Number.isSafeInteger(answer.dropped) ? answer.dropped : 0;
     if (dropped > this.lastDropped)
-      logger.warn({ enclave, dropped: dropped - this.lastDropped, total: dropped }, 'enclave log lines were dropped before the parent pulled them');
+      logger.warn(
+        { enclave, dropped: dropped - this.lastDropped, total: dropped },
+        'enclave log lines were dropped before the parent pulled them',
+      );
     this.lastDropped = dropped;
     // Next time, after the last line relayed (an answer cut at maxLines continues there); with none, after the
     // enclave's newest (a restarted enclave counts from 1 again, and answers from its oldest line).
