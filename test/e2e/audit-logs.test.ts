@@ -13,11 +13,12 @@ import { tempRunDir, waitFor } from '@nks/shared-test/helpers';
 import { ENCLAVE_ADDRESS, startStack, waitReady, type Stack } from '../support/stack';
 
 type Line = Record<string, unknown>;
+const isLine = (o: unknown): o is Line => typeof o === 'object' && o !== null;
 const json = (lines: string[]): Line[] =>
   lines.flatMap((l) => {
     try {
-      const o = JSON.parse(l) as unknown;
-      return typeof o === 'object' && o !== null ? [o] : [];
+      const o: unknown = JSON.parse(l);
+      return isLine(o) ? [o] : [];
     } catch {
       return [];
     }
