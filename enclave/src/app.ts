@@ -37,6 +37,16 @@ import { SocketNsmTransport } from './nsm/socket';
 import { SignerPool } from './signing/pool';
 import { TlsHolder } from './tls/holder';
 import { startWallets, type Wallets } from './wallets';
+import { LogChannel } from './log-channel';
+
+/**
+ * Error answers logged by the RPC server (method, code and request id only: never a message, so a failed
+ * unseal is one line whatever step failed): warn for what a well-behaved parent never causes, info for the
+ * refusals of ordinary operation, none for the start-up and load answers a parent retries.
+ */
+const WARN_CODES = new Set(['KEY_INTEGRITY', 'INVALID_PARAMS', 'INVALID_REQUEST', 'FORBIDDEN', 'INTERNAL', 'SIGNING_TIMEOUT']);
+export const refusalLevel = (code: string): 'info' | 'warn' | null =>
+  WARN_CODES.has(code) ? 'warn' : code === 'IDENTITY_UNAVAILABLE' || code === 'OVERLOADED' ? null : 'info';
 
 export interface RunningEnclave {
   server: RpcServer;
@@ -59,8 +69,16 @@ function nsmTransport(config: EnclaveConfig): NsmTransport {
   return config.nsm.kind === 'device' ? new DeviceNsmTransport(config.nsm.path) : new SocketNsmTransport(config.nsm.socket);
 }
 
-/** `script` is the program file (the bundle), which signer threads run too. */
-export async function startEnclave(config: EnclaveConfig, logger: Logger, script: string): Promise<RunningEnclave> {
+/**
+ * `script` is the program file (the bundle), which signer threads run too. `logChannel` is the ring the
+ * logger also writes into (main.ts), served to the parent by enclave.logs.
+ */
+export async function startEnclave(
+  config: EnclaveConfig,
+  logger: Logger,
+  script: string,
+  logChannel: LogChannel = new LogChannel(1),
+): Promise<RunningEnclave> {
   const transport = createTransport(config.transport);
   const nsm = new NsmClient(nsmTransport(config));
   const description = await nsm.describe(); // proves the NSM answers before anything is served
@@ -76,6 +94,10 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     maxFrameBytes: config.limits.maxFrameBytes,
     // A cold sign waits briefly for the proxy link (e.g. after a parent restart) rather than failing.
     waitForConnectionMs: 2000,
+    // The parent's request id goes on to its KMS proxy (one is current only if the parent sent one, so only a
+    // parent that takes the field gets it back). One line per Decrypt: outcome only.
+    sendRequestId: () => true,
+    onResult: (method, outcome) => logger.info({ method, outcome }, 'KMS proxy call'),
   });
   // A genesis image never asks KMS for anything.
   if (image !== 'genesis') kmsProxy.start();
@@ -195,6 +217,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
       kmsProxy.retryNow();
       walletStore.retryNow();
     },
+    logChannel,
   });
 
   // The server's per-connection limits (requests and bytes in flight, unsent answers) are its defaults: a
@@ -205,6 +228,7 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
     logger,
     maxConcurrent: config.limits.maxConcurrent,
     maxFrameBytes: config.limits.maxFrameBytes,
+    logRefusals: refusalLevel,
   });
   served = server;
   await server.listen(transport, config.listen);

@@ -8,11 +8,13 @@
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import pino from 'pino';
 import { createLogger } from '@nks/shared/log';
 import { ConfigError, loadEnclaveConfig } from './config';
 import { startEnclave } from './app';
 import { IdentityBootError } from './identity/boot';
 import { isSignerWorker, runSignerWorker } from './signing/pool';
+import { LogChannel } from './log-channel';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { config: { type: 'string' }, 'check-config': { type: 'boolean' } }, strict: true });
@@ -25,14 +27,29 @@ async function main(): Promise<void> {
     );
     return;
   }
-  const logger = createLogger({ name: 'enclave', level: process.env.LOG_LEVEL ?? config.logLevel });
-  const enclave = await startEnclave(config, logger, path.resolve(process.argv[1] as string));
+  // Every line goes to stdout (the console: debug mode only on Nitro) and into the channel the parent pulls
+  // (enclave.logs, log-channel.ts): bounded, and never waits for the parent.
+  const channel = new LogChannel();
+  const stdout = pino.destination({ fd: 1, sync: false });
+  const flush = () => {
+    try {
+      stdout.flushSync();
+    } catch {
+      // not ready yet, or stdout closed: nothing more can be written
+    }
+  };
+  const destination = pino.multistream([
+    { level: 'trace', stream: stdout },
+    { level: 'trace', stream: channel.stream() },
+  ]);
+  const logger = createLogger({ name: 'enclave', level: process.env.LOG_LEVEL ?? config.logLevel, destination });
+  const enclave = await startEnclave(config, logger, path.resolve(process.argv[1] as string), channel);
   // 'enclave listening' and 'enclave ready' are logged by startEnclave.
   enclave.identityReady.catch(async (err: unknown) => {
     const message = err instanceof IdentityBootError ? err.message : `identity start failed: ${(err as Error).message}`;
     logger.fatal({ err }, `enclave cannot serve: ${message}; exiting`);
     await enclave.stop(1000).catch(() => undefined);
-    logger.flush();
+    flush();
     process.exit(3);
   });
 
@@ -43,7 +60,7 @@ async function main(): Promise<void> {
     logger.info({ signal }, 'enclave stopping: draining requests');
     await enclave.stop(5000);
     logger.info('enclave stopped');
-    logger.flush();
+    flush();
     // Exit even if a handle outlived the drain (a connection still closing): the service is stopped.
     process.exit(0);
   };

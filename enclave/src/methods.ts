@@ -41,6 +41,7 @@ import type { NsmClient } from './nsm/client';
 import type { PolicyEnforcer } from './policy/enforcer';
 import type { Projects } from './projects';
 import { TlsHolder } from './tls/holder';
+import { LogChannel } from './log-channel';
 
 export const ENCLAVE_VERSION = RELEASE_VERSION;
 
@@ -50,10 +51,11 @@ type MethodName = keyof typeof EnclaveApi;
 
 /** The methods each kind of image serves. */
 export const SERVED_METHODS: Record<ImageKind, readonly MethodName[]> = {
-  genesis: ['enclave.hello', 'enclave.health', 'identity.genesis'],
+  genesis: ['enclave.hello', 'enclave.health', 'enclave.logs', 'identity.genesis'],
   normal: [
     'enclave.hello',
     'enclave.health',
+    'enclave.logs',
     'identity.get',
     'keys.create',
     'keys.sign',
@@ -71,10 +73,10 @@ export const SERVED_METHODS: Record<ImageKind, readonly MethodName[]> = {
     'tls.create',
     'tls.install',
   ],
-  migration: ['enclave.hello', 'enclave.health', 'identity.get', 'keys.migrate'],
+  migration: ['enclave.hello', 'enclave.health', 'enclave.logs', 'identity.get', 'keys.migrate'],
 };
 /** Served whatever the identity's state. */
-const ALWAYS: readonly MethodName[] = ['enclave.hello', 'enclave.health'];
+const ALWAYS: readonly MethodName[] = ['enclave.hello', 'enclave.health', 'enclave.logs'];
 
 export interface EnclaveParts {
   image: ImageKind;
@@ -114,6 +116,8 @@ export interface EnclaveParts {
    * links to them now rather than at the end of their backoff).
    */
   onHello?: () => void;
+  /** The log channel the parent pulls (enclave.logs); an empty one when not given (tests of the methods alone). */
+  logChannel?: LogChannel;
 }
 
 const NO_WALLET_STATS = (): EnclaveHealth['wallets'] => ({
@@ -167,6 +171,7 @@ export function enclaveMethods(parts: EnclaveParts): {
       refused: (cause) => parts.records.refused(cause),
     });
   const walletStats = parts.walletStats ?? NO_WALLET_STATS;
+  const logChannel = parts.logChannel ?? new LogChannel(1);
 
   /** Refuses what this image does not serve, or does not serve yet; then runs `fn`, counting failures by code. */
   const gated =
@@ -223,6 +228,8 @@ export function enclaveMethods(parts: EnclaveParts): {
         rpcPausedConnections: rpc?.pausedConnections ?? 0,
         rpcUnsentBytes: rpc?.unsentBytes ?? 0,
         rpcInFlightBytes: rpc?.inFlightBytes ?? 0,
+        logLines: logChannel.written,
+        logDropped: logChannel.dropped,
         errors: { ...errors },
       },
       jwt: {
@@ -252,6 +259,11 @@ export function enclaveMethods(parts: EnclaveParts): {
       return agreed;
     }),
     'enclave.health': health,
+    // Served whatever the image and the identity's state: an enclave that cannot start says why here.
+    'enclave.logs': (p) => {
+      const { errors: _errors, ...counters } = health().counters;
+      return { ...logChannel.pull(p.after, p.max), counters };
+    },
     'identity.genesis': gated('identity.genesis', (p) => genesis(parts.genesis, hexBytes(p.nonce) as Buffer)),
     'identity.get': gated('identity.get', async (p) => {
       const configured = parts.configuredIdentity;

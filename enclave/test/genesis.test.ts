@@ -52,6 +52,7 @@ describe('the genesis image (real enclave bundle)', () => {
     expect((await h.client.call('enclave.hello', { protocolVersion: 3 })).features).toEqual([
       'enclave.health',
       'enclave.hello',
+      'enclave.logs',
       'identity.genesis',
     ]);
     const peer = new RawPeer();

@@ -46,6 +46,7 @@ describe('the migration image (real enclave bundle)', () => {
     expect((await h.client.call('enclave.hello', { protocolVersion: 3 })).features).toEqual([
       'enclave.health',
       'enclave.hello',
+      'enclave.logs',
       'identity.get',
       'keys.migrate',
     ]);

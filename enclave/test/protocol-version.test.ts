@@ -43,6 +43,7 @@ describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
         'attestation.get',
         'enclave.health',
         'enclave.hello',
+        'enclave.logs',
         'identity.get',
         'keys.activate',
         'keys.cancel',
@@ -132,8 +133,14 @@ describe('the version check itself (in process)', () => {
   });
 
   it('names as features exactly the methods an image serves, and every method is served by some image', () => {
-    expect(hello(3, SERVED_METHODS.genesis).features).toEqual(['enclave.health', 'enclave.hello', 'identity.genesis']);
-    expect(hello(3, SERVED_METHODS.migration).features).toEqual(['enclave.health', 'enclave.hello', 'identity.get', 'keys.migrate']);
+    expect(hello(3, SERVED_METHODS.genesis).features).toEqual(['enclave.health', 'enclave.hello', 'enclave.logs', 'identity.genesis']);
+    expect(hello(3, SERVED_METHODS.migration).features).toEqual([
+      'enclave.health',
+      'enclave.hello',
+      'enclave.logs',
+      'identity.get',
+      'keys.migrate',
+    ]);
     const served = new Set(Object.values(SERVED_METHODS).flat());
     expect([...served].sort()).toEqual(Object.keys(EnclaveApi).sort());
   });

@@ -19,6 +19,7 @@ import { reloadTokens, type ReloadOutcome } from './api/token-reload';
 import type { ParentConfig } from './config';
 import type { KnownIdentity } from './enclave-link/identity';
 import { EnclavePool, type PoolOptions } from './enclave-link/pool';
+import { EnclaveLogPuller } from './enclave-link/logs';
 import { startEgressRelay } from './egress/relay';
 import { startIngressRelay } from './ingress/relay';
 import { KeyRegistry } from './key-registry';
@@ -169,6 +170,14 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
   });
   await walletStore.listen(transport, config.wallets.store.listen);
   pool.start();
+  // The enclave's own log lines and counters (on Nitro its console exists only in debug mode): pulled each second.
+  const enclaveLogs = new EnclaveLogPuller({
+    pool,
+    enclave: config.enclave.address,
+    logger: logger.child({ component: 'enclave-log' }),
+    onPull: (pulled, levels) => metrics.recordEnclaveLogs(config.enclave.address, pulled, levels),
+  });
+  enclaveLogs.start();
   // The enclave's only way out (JWKS fetches): to the JWKS hosts of active JWT projects and configured hosts.
   const relay = await startEgressRelay({
     config: config.egress,
@@ -186,7 +195,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     metrics: metrics.registry,
   });
 
-  const caller = callerRoutes(keys);
+  const caller = callerRoutes(keys, logger.child({ component: 'audit' }));
   const tlsAdmin = tlsRoutes(tls);
   const limits = tokenRateLimits();
   // One TokenAuth for the life of the process: a reload replaces its tokens (token-reload.ts).
@@ -246,6 +255,7 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
       await proxy.close(Math.min(config.api.drainMs, 5000));
       proxyListening = false;
       await relay.close();
+      await enclaveLogs.stop();
       await metricsServer?.close();
       await pool.close();
       kms.destroy();

@@ -7,7 +7,7 @@
  * on the same registry.
  */
 import client from 'prom-client';
-import type { EnclaveHealth, TlsStatus } from '@nks/shared/enclave-api';
+import type { EnclaveHealth, EnclaveLogs, TlsStatus } from '@nks/shared/enclave-api';
 import type { KeyCounts } from './store/types';
 
 export class Metrics {
@@ -42,6 +42,10 @@ export class Metrics {
   private readonly policyDenials: client.Counter<'by'>;
   private readonly policyEvaluations: client.Counter;
   private readonly policyTracked: client.Gauge;
+  /** The enclave's log channel (enclave.logs, pulled every second): lines re-logged, lines dropped, its counters. */
+  private readonly enclaveLogLines: client.Counter<'enclave' | 'level'>;
+  private readonly enclaveLogDropped: client.Gauge<'enclave'>;
+  private readonly enclaveCounterByEnclave: client.Gauge<'enclave' | 'counter'>;
 
   private lastCounts: KeyCounts = { total: 0, disabled: 0, withoutRecord: 0, pending: 0 };
   private lastCountsAt = 0;
@@ -251,6 +255,24 @@ export class Metrics {
       help: "Limit counters the enclave holds in memory (enclave.health), at most its configuration's policy.maxTrackedCounters",
       registers: [r],
     });
+    this.enclaveLogLines = new client.Counter({
+      name: 'nks_enclave_log_lines_total',
+      help: "The enclave's log lines the parent pulled (enclave.logs) and re-logged, by enclave (its address) and level",
+      labelNames: ['enclave', 'level'],
+      registers: [r],
+    });
+    this.enclaveLogDropped = new client.Gauge({
+      name: 'nks_enclave_log_dropped',
+      help: "The enclave's log lines overwritten in its ring before the parent pulled them, since the enclave started",
+      labelNames: ['enclave'],
+      registers: [r],
+    });
+    this.enclaveCounterByEnclave = new client.Gauge({
+      name: 'nks_enclave_counters',
+      help: "The enclave's counters (as in enclave.health) by enclave (its address), refreshed with every log pull",
+      labelNames: ['enclave', 'counter'],
+      registers: [r],
+    });
     this.enclaveClockDrift = new client.Gauge({
       name: 'nks_enclave_clock_drift_seconds',
       help: 'The enclave clock minus the last attestation timestamp (enclave.health)',
@@ -297,6 +319,14 @@ export class Metrics {
       this.enclaveMemory.set({ kind: 'external' }, h.memory.externalBytes);
     }
     return this.registry.metrics();
+  }
+
+  /** One answered enclave.logs pull of `enclave` (enclave-link/logs.ts): lines by level, drops, counters. */
+  recordEnclaveLogs(enclave: string, pulled: EnclaveLogs, levels: Record<string, number>): void {
+    for (const [level, n] of Object.entries(levels)) this.enclaveLogLines.inc({ enclave, level }, n);
+    if (Number.isFinite(pulled.dropped)) this.enclaveLogDropped.set({ enclave }, pulled.dropped);
+    for (const [counter, v] of Object.entries(pulled.counters ?? {}))
+      if (typeof v === 'number' && Number.isFinite(v)) this.enclaveCounterByEnclave.set({ enclave, counter }, v);
   }
 
   /** What the enclave serves on the wallet routes (null: nothing, or not known). */

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { backoffDelay } from '@nks/shared/backoff';
 import { KeystoreError, toRpcError } from '@nks/shared/errors';
-import { silentLogger } from '@nks/shared/log';
+import { silentLogger, withRequestId } from '@nks/shared/log';
 import { RpcClient } from '@nks/shared/rpc';
 import { SimulatedVsockTransport, simulatedSocketPath } from '@nks/shared/transport';
 import { captureLogger, rejection, tempRunDir } from '@nks/shared-test/helpers';
@@ -166,6 +166,21 @@ describe('KMS proxy (scripted KMS client)', () => {
       (delay as number) <= backoffDelay(attempt, KMS_RETRY_BACKOFF, () => 1);
     expect([within(retries[0]?.delayMs, 0), within(retries[1]?.delayMs, 1)]).toEqual([true, true]);
     expect([backoffDelay(0, KMS_RETRY_BACKOFF, () => 0), backoffDelay(1, KMS_RETRY_BACKOFF, () => 1)]).toEqual([25, 100]);
+  });
+
+  it("logs one line per answered Decrypt, and its retries, with the caller's request id", async () => {
+    const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), answer());
+    const { proxy, log } = proxyWith(kms.client);
+    await withRequestId('req-7', () => proxy.decrypt(params()));
+    const lines = log
+      .lines()
+      .map(({ level, msg, requestId, outcome, attempts, attempt }) => ({ level, msg, requestId, outcome, attempts, attempt }));
+    expect(lines).toEqual([
+      { level: 40, msg: 'KMS call failed; retrying', requestId: 'req-7', outcome: undefined, attempts: undefined, attempt: 1 },
+      { level: 30, msg: 'KMS decrypt', requestId: 'req-7', outcome: 'ok', attempts: 2, attempt: undefined },
+    ]);
+    const ms = log.lines()[1]?.ms as number;
+    expect(ms >= 0 && ms < 60_000).toBe(true);
   });
 
   it('does not retry what is not retryable', async () => {

@@ -56,6 +56,14 @@ const subject = z
   .nullable();
 
 export const HealthParams = z.strictObject({});
+/**
+ * The enclave's log lines after `after` (a seq from the previous answer's `nextSeq - 1`; 0 the first time), at
+ * most `max` (default and most 200), with its counters (docs/PROTOCOL.md, "Methods").
+ */
+export const LogsParams = z.strictObject({
+  after: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+  max: z.number().int().min(1).max(200).optional(),
+});
 /** Genesis: the operator's nonce goes into the document's `nonce` field, so the document is fresh. */
 export const GenesisParams = z.strictObject({ nonce: hexUpTo(512).refine((h) => h.length > 2, 'expected a nonce of 1-512 bytes') });
 export const IdentityParams = z.strictObject({ nonce: hexUpTo(512).optional() });
@@ -223,6 +231,9 @@ export interface EnclaveHealth {
     rpcPausedConnections: number;
     rpcUnsentBytes: number;
     rpcInFlightBytes: number;
+    /** The log channel to the parent (enclave.logs): lines written, and lines overwritten before the parent pulled them. */
+    logLines: number;
+    logDropped: number;
     errors: Record<string, number>;
   };
   /** Signing policies (docs/POLICIES.md): requests evaluated and refused, and the limit counters held. */
@@ -261,6 +272,29 @@ export interface EnclaveHealth {
     requests: Record<string, number>;
   };
   memory: { rssBytes: number; heapUsedBytes: number; externalBytes: number };
+}
+
+/** One of the enclave's log lines as the channel carries it (enclave/src/log-channel.ts): never key material. */
+export interface EnclaveLogLine {
+  seq: number;
+  /** Milliseconds since the epoch, the enclave's clock. */
+  time: number;
+  /** pino's numeric level (30 info, 40 warn, 50 error, 60 fatal). */
+  level: number;
+  msg: string;
+  /** An allow-list of the line's scalar fields (requestId, method, code, keyId, …). */
+  fields: Record<string, string | number | boolean>;
+}
+
+export interface EnclaveLogs {
+  lines: EnclaveLogLine[];
+  /** The seq the next line will have: ask next with `after: nextSeq - 1`. */
+  nextSeq: number;
+  /** Lines written since the enclave started, and lines overwritten before they were pulled. */
+  written: number;
+  dropped: number;
+  /** The enclave's counters, as enclave.health has them. */
+  counters: Omit<EnclaveHealth['counters'], 'errors'>;
 }
 
 export interface TlsStatus {
@@ -364,6 +398,7 @@ export interface AttestationResult {
 export const EnclaveApi = {
   'enclave.hello': defineMethod<HelloResult>()(HelloParams),
   'enclave.health': defineMethod<EnclaveHealth>()(HealthParams),
+  'enclave.logs': defineMethod<EnclaveLogs>()(LogsParams),
   'identity.genesis': defineMethod<GenesisResult>()(GenesisParams),
   'identity.get': defineMethod<IdentityResult>()(IdentityParams),
   'keys.create': defineMethod<CreateResult>()(CreateParams),

@@ -4,6 +4,7 @@
  *
  * Errors go under `err` (`log.warn({err}, '…')`), so the logged error keeps its whole `cause` chain.
  */
+import { AsyncLocalStorage } from 'node:async_hooks';
 import pino from 'pino';
 
 export type Logger = pino.Logger;
@@ -49,6 +50,35 @@ export const REDACT_PATHS = [
  */
 export const ERROR_SERIALIZERS = { err: pino.stdSerializers.err };
 
+/**
+ * The request id of the call being served (the API's `x-request-id`, carried on the RPC envelope: docs/PROTOCOL.md,
+ * "Envelopes"), for log lines only. Every logger made by `createLogger` adds it as `requestId` to the lines
+ * written while a call runs, so one call can be followed through the parent, the enclave and the KMS proxy.
+ */
+const requestContext = new AsyncLocalStorage<{ requestId: string }>();
+
+/**
+ * What a request id may be, on the API (`x-request-id`) and on the RPC envelope: 1-128 characters of
+ * `[A-Za-z0-9_.:-]`, no control characters, quotes or JSON. The same rule as the API server's.
+ */
+export const REQUEST_ID_RE = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+/** Runs `fn` with `requestId` as the current request id (an id that is not valid is not used). */
+export function withRequestId<T>(requestId: string | undefined, fn: () => T): T {
+  if (requestId === undefined || !REQUEST_ID_RE.test(requestId)) return fn();
+  return requestContext.run({ requestId }, fn);
+}
+
+/** The request id of the call being served, if any. */
+export function currentRequestId(): string | undefined {
+  return requestContext.getStore()?.requestId;
+}
+
+const requestIdMixin = (): object => {
+  const store = requestContext.getStore();
+  return store ? { requestId: store.requestId } : {};
+};
+
 export interface LoggerOptions {
   name: string;
   level?: string;
@@ -80,6 +110,8 @@ export function createLogger({ name, level, destination, redact = true, bufferBy
       ...(redact ? { redact: { paths: REDACT_PATHS, censor: '[redacted]' } } : {}),
       serializers: ERROR_SERIALIZERS,
       base: { pid: process.pid },
+      // A line's own `requestId` field wins over the current one.
+      mixin: requestIdMixin,
     },
     dest,
   );

@@ -26,6 +26,8 @@ import { historyEntryOf, viewOf, type KeyRegistry } from '../key-registry';
 import type { StoredKey } from '../store/types';
 import { TokenAuth, type Principal } from './auth';
 import { KeyParams, projectId, ProjectParams, requestBody, routeUrl, stringMap } from '@nks/shared/http/validation';
+import { withRequestId, type Logger } from '@nks/shared/log';
+import { auditedSign } from './audit';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -156,8 +158,11 @@ async function reachableView(keys: KeyRegistry, request: FastifyRequest, keyId: 
 /** Whether a token may read keys (`keys:read`, or `admin`, which includes it). */
 const canRead = (token: Principal): boolean => token.scopes.has('keys:read') || token.scopes.has('admin');
 
-/** Registration order is the order of methods in a 405's Allow header (`POST, GET` on /v1/keys). */
-export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
+/**
+ * Registration order is the order of methods in a 405's Allow header (`POST, GET` on /v1/keys). `audit`: the
+ * logger of the signatures' audit lines (audit.ts).
+ */
+export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstance) => void {
   return (app) => {
     app.route({
       method: 'POST',
@@ -200,12 +205,18 @@ export function callerRoutes(keys: KeyRegistry): (app: ApiInstance) => void {
       method: 'POST',
       ...at('/v1/keys/{keyId}/sign', 'keys:sign'),
       schema: { params: KeyParams, querystring: NoQuery, body: SignBody },
-      async handler(request) {
+      handler(request) {
         const { keyId } = request.params;
-        // A bound token: the key's project first (unbound tokens, the common case, skip this read).
-        if (tokenOf(request).projects !== null && !TokenAuth.reaches(tokenOf(request), (await keys.get(keyId)).projectId))
-          throw noSuchKey(keyId);
-        return keys.sign(keyId, request.body);
+        const who = { requestId: request.id, token: request.apiState?.principal ?? '-' };
+        // The request id travels to the enclave and its KMS call (shared/src/log.ts), for their log lines.
+        return withRequestId(request.id, () =>
+          auditedSign(audit, who, keyId, request.body, async () => {
+            // A bound token: the key's project first (unbound tokens, the common case, skip this read).
+            if (tokenOf(request).projects !== null && !TokenAuth.reaches(tokenOf(request), (await keys.get(keyId)).projectId))
+              throw noSuchKey(keyId);
+            return keys.sign(keyId, request.body);
+          }),
+        );
       },
     });
     for (const action of ['disable', 'enable'] as const) {

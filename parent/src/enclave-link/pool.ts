@@ -64,6 +64,8 @@ export class EnclavePool {
   private readonly clients: RpcClient<EnclaveApi>[];
   /** The protocol version agreed on each connection (undefined until its handshake succeeds). */
   private readonly versions: Array<number | undefined>;
+  /** Whether each connection's enclave takes a `requestId` on the envelope (its hello lists enclave.logs). */
+  private readonly requestIds: boolean[] = [];
   private next = 0;
   private lastRefusal: string | undefined;
   private known: KnownIdentity | undefined;
@@ -101,6 +103,8 @@ export class EnclavePool {
             if (connected) options.onConnected?.();
           },
           handshake: (call) => this.hello(call, i),
+          // The API's request id rides on the envelope to enclaves that take it (those serving enclave.logs).
+          sendRequestId: () => this.requestIds[i] === true,
         }),
     );
     this.versions = this.clients.map(() => undefined);
@@ -176,12 +180,15 @@ export class EnclavePool {
     let version: number;
     for (let attempt = 1; ; attempt++) {
       try {
-        version = (await call('enclave.hello', { protocolVersion: PROTOCOL_VERSION })).protocolVersion;
+        const answer = await call('enclave.hello', { protocolVersion: PROTOCOL_VERSION });
+        version = answer.protocolVersion;
+        this.requestIds[i] = answer.features.includes('enclave.logs');
         break;
       } catch (err) {
         const code = err instanceof KeystoreError ? err.code : undefined;
         if (code === 'METHOD_NOT_FOUND') {
           version = 1;
+          this.requestIds[i] = false;
           break;
         }
         // A busy enclave refuses the hello like any request: try again shortly rather than drop the connection

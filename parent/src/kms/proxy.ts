@@ -155,6 +155,8 @@ export class KmsProxy {
             'no_recipient_ciphertext',
           );
         this.options.onCall?.('ok', (Date.now() - started) / 1000);
+        // One line per Decrypt; its requestId (the caller's, off the envelope) ties it to the API request.
+        this.options.logger.info({ outcome: 'ok', attempts: attempt + 1, ms: Date.now() - started }, 'KMS decrypt');
         return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient).toString('base64'), keyId: res.KeyId ?? p.kmsKeyArn };
       } catch (err) {
         if (err instanceof KeystoreError) throw err;

@@ -16,7 +16,7 @@
  */
 import { backoffDelay, type BackoffOptions } from '../backoff';
 import { fromRpcError, KeystoreError } from '../errors';
-import type { Logger } from '../log';
+import { currentRequestId, type Logger } from '../log';
 import type { Transport } from '../transport/types';
 import type { MethodName, ParamsOf, ResultOf, RpcApi } from './api';
 import { FramedConnection } from './framed-connection';
@@ -53,6 +53,14 @@ export interface RpcClientOptions<A extends RpcApi = RpcApi> {
    * backoff as after a failed connect.
    */
   handshake?: (call: HandshakeCall<A>) => Promise<void>;
+  /**
+   * Whether the peer takes a `requestId` on the envelope (docs/PROTOCOL.md, "Envelopes"): when this returns
+   * true, each call carries the current request id (shared/src/log.ts, `withRequestId`), if there is one. A
+   * peer of an older release refuses the field, so it is sent only to peers known to take it.
+   */
+  sendRequestId?: () => boolean;
+  /** Called when each call ends (not handshake calls): its method and outcome ('ok' or the error code). */
+  onResult?: (method: string, outcome: string) => void;
 }
 
 export interface CallOptions {
@@ -174,7 +182,20 @@ export class RpcClient<A extends RpcApi = RpcApi> {
     }
     const remaining = deadlineMs - (Date.now() - startedAt);
     if (remaining <= 0) throw this.timeout(method, deadlineMs);
-    return this.request(conn, method, params, remaining, deadlineMs) as Promise<ResultOf<A, M>>;
+    const requestId = this.options.sendRequestId?.() ? currentRequestId() : undefined;
+    const answer = this.request(conn, method, params, remaining, deadlineMs, requestId) as Promise<ResultOf<A, M>>;
+    const onResult = this.options.onResult;
+    if (!onResult) return answer;
+    return answer.then(
+      (result) => {
+        onResult(method, 'ok');
+        return result;
+      },
+      (err: unknown) => {
+        onResult(method, err instanceof KeystoreError ? err.code : 'INTERNAL');
+        throw err;
+      },
+    );
   }
 
   /** Sends one request on `conn` and waits up to `remainingMs` for its answer. */
@@ -184,6 +205,7 @@ export class RpcClient<A extends RpcApi = RpcApi> {
     params: unknown,
     remainingMs: number,
     deadlineMs = remainingMs,
+    requestId?: string,
   ): Promise<unknown> {
     const id = this.nextId++;
     return new Promise<unknown>((resolve, reject) => {
@@ -192,7 +214,7 @@ export class RpcClient<A extends RpcApi = RpcApi> {
       }, remainingMs);
       this.pending.set(id, { resolve, reject, timer, method });
       try {
-        conn.send({ jsonrpc: '2.0', id, method, params });
+        conn.send({ jsonrpc: '2.0', id, method, params, ...(requestId ? { requestId } : {}) });
         if (conn.bufferedBytes > 0) this.watchStall(conn);
       } catch (err) {
         clearTimeout(timer);

@@ -1,6 +1,7 @@
 /** JSON-RPC 2.0 envelopes as used on the parent <-> enclave link (docs/PROTOCOL.md, "Envelopes"). Batches are not used. */
 import { z } from 'zod';
 import type { RpcErrorObject } from '../errors';
+import { REQUEST_ID_RE } from '../log';
 
 export type RpcId = string | number;
 
@@ -15,6 +16,12 @@ export const RequestEnvelopeSchema = z.strictObject({
   params: z
     .custom<Record<string, unknown>>((v) => typeof v === 'object' && v !== null && !Array.isArray(v), 'expected params to be an object')
     .optional(),
+  /**
+   * The API request this call serves (its `x-request-id`), for log lines only: the peer chose it, so it is
+   * validated here (1-128 of [A-Za-z0-9_.:-], else the request is refused INVALID_REQUEST) and never enters
+   * anything a side signs, attests or stores.
+   */
+  requestId: z.string().regex(REQUEST_ID_RE, 'expected requestId to be 1-128 characters of [A-Za-z0-9_.:-]').optional(),
 });
 export type RequestEnvelope = z.infer<typeof RequestEnvelopeSchema>;
 

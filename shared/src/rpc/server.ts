@@ -20,7 +20,7 @@
  */
 import type { z } from 'zod';
 import { KeystoreError, toRpcError } from '../errors';
-import type { Logger } from '../log';
+import { withRequestId, type Logger } from '../log';
 import { parseOrThrow, describeIssues } from '../schema';
 import type { Connection, Listener, Transport } from '../transport/types';
 import { DEFAULT_MAX_FRAME_BYTES } from '../framing';
@@ -30,6 +30,8 @@ import { errorResponse, recoverId, RequestEnvelopeSchema, successResponse } from
 export interface RpcCallContext {
   method: string;
   connection: string;
+  /** The envelope's `requestId` (validated), for log lines only; the handler runs with it as the current request id. */
+  requestId?: string;
 }
 
 export interface RpcMethod<S extends z.ZodType = z.ZodType> {
@@ -71,6 +73,12 @@ export interface RpcServerOptions extends RpcServerLimits {
   /** Requests executing at once across all connections; beyond it requests get OVERLOADED. */
   maxConcurrent?: number;
   maxFrameBytes?: number;
+  /**
+   * Log each error answer of a handler (method, error code and request id, never the message or params) at
+   * the level this returns for its code (null: not logged). Errors that are not KeystoreErrors are always
+   * logged as errors.
+   */
+  logRefusals?: (code: string) => 'info' | 'warn' | null;
 }
 
 const MiB = 1024 * 1024;
@@ -263,7 +271,7 @@ export class RpcServer {
       this.reply(served, errorResponse(id, toRpcError(new KeystoreError('INVALID_REQUEST', why))));
       return;
     }
-    const { id, method, params } = env.data;
+    const { id, method, params, requestId } = env.data;
     this.requests += 1;
     const spec = Object.prototype.hasOwnProperty.call(this.options.methods, method) ? this.options.methods[method] : undefined;
     if (!spec) {
@@ -280,12 +288,17 @@ export class RpcServer {
     this.inFlightBytes += bytes;
     served.inFlight += 1;
     served.inFlightBytes += bytes;
-    const ctx: RpcCallContext = { method, connection: framed.description };
-    void this.execute(spec, params ?? {}, ctx)
+    const ctx: RpcCallContext = { method, connection: framed.description, ...(requestId ? { requestId } : {}) };
+    void withRequestId(requestId, () => this.execute(spec, params ?? {}, ctx))
       .then(
         (result) => this.reply(served, successResponse(id, result)),
         (err: unknown) => {
-          if (!(err instanceof KeystoreError)) log.error({ err, method }, 'handler failed unexpectedly');
+          const rid = requestId ? { requestId } : {};
+          if (!(err instanceof KeystoreError)) log.error({ err, method, ...rid }, 'handler failed unexpectedly');
+          else {
+            const level = this.options.logRefusals?.(err.code) ?? null;
+            if (level) log[level]({ method, code: err.code, ...rid }, 'request refused');
+          }
           this.reply(served, errorResponse(id, toRpcError(err)));
         },
       )
