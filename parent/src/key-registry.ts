@@ -360,17 +360,21 @@ export class KeyRegistry {
     return r;
   }
 
-  /** Keys by external id or page by page; `withJwtKeys: false` leaves out the keys of JWT projects (as `view`). */
+  /**
+   * Keys by external id or page by page; `withJwtKeys: false` leaves out the keys of JWT projects (as `view`),
+   * `projects` the keys of other projects (a bound token: filtered by the query, so that neither a page nor
+   * its cursor counts them). By external id, the caller filters by project.
+   */
   async list(
     q: { externalId?: string | undefined; limit: number; cursor?: string | undefined },
-    options: { withJwtKeys: boolean },
+    options: { withJwtKeys: boolean; projects?: readonly string[] | undefined },
   ): Promise<Page> {
     if (q.externalId !== undefined) {
       const found = await this.store.getByExternalId(q.externalId);
       const r = found && (await this.answerable(found, q.externalId));
       return { keys: r && (options.withJwtKeys || !(await this.isJwtKey(r))) ? [r] : [], nextCursor: null };
     }
-    const page = await this.store.list(q.limit, q.cursor, { withJwtKeys: options.withJwtKeys });
+    const page = await this.store.list(q.limit, q.cursor, { withJwtKeys: options.withJwtKeys, projects: options.projects });
     for (const k of page.keys) await this.answerable(k);
     if (options.withJwtKeys) return page;
     // The query left them out by a column; what counts is the verified project record.

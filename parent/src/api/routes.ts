@@ -186,9 +186,11 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
       ...at('/v1/keys', 'keys:read'),
       schema: { querystring: ListQuery },
       async handler(request) {
-        const page = await keys.list(request.query, { withJwtKeys: seesJwtKeys(request) });
-        // A bound token's pages leave out the keys of other projects (a page may then hold fewer than `limit`).
+        // A bound token's pages leave out the keys of other projects, in the query (a filter after it would leave
+        // pages short, and their cursors would count the keys left out); by external id, here.
         const token = tokenOf(request);
+        const projects = token.projects ? [...token.projects] : undefined;
+        const page = await keys.list(request.query, { withJwtKeys: seesJwtKeys(request), projects });
         const shown = page.keys.filter((k) => TokenAuth.reaches(token, k.projectId));
         return { keys: shown.map((r) => viewOf(r)), nextCursor: page.nextCursor };
       },
@@ -241,7 +243,11 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
         await reachableView(keys, request, request.params.keyId);
         const record = await keys.successor(request.params.keyId, request.body ?? {});
         reply.code(201);
-        return viewOf(record);
+        // The new key, but not what it takes from its predecessor (labels, external id, and the record that names
+        // the subject) for a token that may not read keys: a successor is not a way to read one.
+        if (canRead(tokenOf(request))) return viewOf(record);
+        const { labels: _labels, externalId: _externalId, record: _record, ...own } = viewOf(record);
+        return own;
       },
     });
     for (const action of ['activate', 'cancel'] as const) {

@@ -19,7 +19,7 @@
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import type { KeyRecord, ProjectRecord, SignedRecord } from '@nks/shared/records';
-import type { KeyCounts, NewKey, NewTlsKey, StoreChange, StoreEngine, StoredKey, StoredProject, StoredTlsKey } from './types';
+import type { KeyCounts, ListOptions, NewKey, NewTlsKey, StoreChange, StoreEngine, StoredKey, StoredProject, StoredTlsKey } from './types';
 
 export interface KeyStoreOptions {
   /** Keys (and, a tenth as many, projects) kept in memory, least recently used out. */
@@ -178,7 +178,7 @@ export class KeyStore {
   activeKeyFor = (projectId: string, subject: string) => this.engine.activeKeyFor(projectId, subject);
   pendingKeyFor = (projectId: string, subject: string) => this.engine.pendingKeyFor(projectId, subject);
   history = (keyId: string) => this.engine.history(keyId);
-  list = (limit: number, cursor?: string, options?: { withJwtKeys?: boolean }) => this.engine.list(limit, cursor, options);
+  list = (limit: number, cursor?: string, options?: ListOptions) => this.engine.list(limit, cursor, options);
   keysWithoutRecord = (afterSeq: number, limit: number) => this.engine.keysWithoutRecord(afterSeq, limit);
   keysPendingDisable = () => this.engine.keysPendingDisable();
   getProjectByKey = (projectKey: string) => this.engine.getProjectByKey(projectKey);

@@ -36,6 +36,7 @@ import {
   type KeyRow,
   type NewKey,
   type NewTlsKey,
+  type ListOptions,
   type Page,
   type ProjectPage,
   type ProjectRow,
@@ -113,9 +114,11 @@ const SQL = {
   activeBySubject: "SELECT * FROM keys WHERE project_id = $1 AND subject = $2 AND subject IS NOT NULL AND state = 'active'",
   pendingBySubject: "SELECT * FROM keys WHERE project_id = $1 AND subject = $2 AND subject IS NOT NULL AND state = 'pending'",
   bySubject: 'SELECT * FROM keys WHERE project_id = $1 AND subject = $2 AND subject IS NOT NULL ORDER BY seq',
-  page: 'SELECT * FROM keys WHERE seq > $1 ORDER BY seq LIMIT $2',
-  pageWithoutJwt: `SELECT * FROM keys k WHERE k.seq > $1 AND NOT EXISTS
-                     (SELECT 1 FROM projects p WHERE p.project_id = k.project_id AND p.auth_type = 'jwt')
+  // $3: null, or the project ids a bound token reaches (a key without a record is the default project's).
+  page: `SELECT * FROM keys k WHERE k.seq > $1 AND ($3::text[] IS NULL OR COALESCE(k.project_id, 'default') = ANY($3::text[]))
+         ORDER BY k.seq LIMIT $2`,
+  pageWithoutJwt: `SELECT * FROM keys k WHERE k.seq > $1 AND ($3::text[] IS NULL OR COALESCE(k.project_id, 'default') = ANY($3::text[]))
+                     AND NOT EXISTS (SELECT 1 FROM projects p WHERE p.project_id = k.project_id AND p.auth_type = 'jwt')
                    ORDER BY k.seq LIMIT $2`,
   withoutRecord: 'SELECT * FROM keys WHERE record IS NULL AND seq > $1 ORDER BY seq LIMIT $2',
   setLegacyDisabled: `UPDATE keys SET disabled = $2, updated_at = $3 WHERE key_id = $1 AND record IS NULL RETURNING *`,
@@ -554,10 +557,10 @@ export class PostgresEngine implements StoreEngine {
     });
   }
 
-  async list(limit: number, cursor?: string, options: { withJwtKeys?: boolean } = {}): Promise<Page> {
+  async list(limit: number, cursor?: string, options: ListOptions = {}): Promise<Page> {
     const after = cursor ? decodeCursor(cursor) : 0;
     const sql = options.withJwtKeys === false ? SQL.pageWithoutJwt : SQL.page;
-    const found = await this.run((db) => rows<KeyRow>(db, sql, [after, limit + 1]));
+    const found = await this.run((db) => rows<KeyRow>(db, sql, [after, limit + 1, options.projects ? [...options.projects] : null]));
     const page = found.slice(0, limit);
     const last = page[page.length - 1];
     return { keys: page.map(toStored), nextCursor: found.length > limit && last ? encodeCursor(last.seq) : null };

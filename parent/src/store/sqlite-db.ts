@@ -33,6 +33,7 @@ import {
   type KeyRow as Row,
   type NewKey,
   type NewTlsKey,
+  type ListOptions,
   type Page,
   type ProjectPage,
   type ProjectRow,
@@ -83,11 +84,16 @@ export class SqliteDatabase {
       bySubject: this.db.prepare<[string, string], Row>(
         'SELECT * FROM keys WHERE project_id = ? AND subject = ? AND subject IS NOT NULL ORDER BY seq',
       ),
-      page: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE seq > ? ORDER BY seq LIMIT ?'),
+      // `projects`: null, or a JSON array of the project ids a bound token reaches (a key without a record is the
+      // default project's), filtered here so that a page and its cursor say nothing of other projects' keys.
+      page: this.db.prepare<[number, string | null, string | null, number], Row>(
+        `SELECT * FROM keys k WHERE k.seq > ? AND (? IS NULL OR COALESCE(k.project_id, 'default') IN (SELECT value FROM json_each(?)))
+         ORDER BY k.seq LIMIT ?`,
+      ),
       // Without the keys of JWT projects (by the projects' copied auth type): what a token below admin lists.
-      pageWithoutJwt: this.db.prepare<[number, number], Row>(
-        `SELECT * FROM keys k WHERE k.seq > ? AND NOT EXISTS
-           (SELECT 1 FROM projects p WHERE p.project_id = k.project_id AND p.auth_type = 'jwt')
+      pageWithoutJwt: this.db.prepare<[number, string | null, string | null, number], Row>(
+        `SELECT * FROM keys k WHERE k.seq > ? AND (? IS NULL OR COALESCE(k.project_id, 'default') IN (SELECT value FROM json_each(?)))
+           AND NOT EXISTS (SELECT 1 FROM projects p WHERE p.project_id = k.project_id AND p.auth_type = 'jwt')
          ORDER BY k.seq LIMIT ?`,
       ),
       withoutRecord: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE record IS NULL AND seq > ? ORDER BY seq LIMIT ?'),
@@ -250,10 +256,14 @@ export class SqliteDatabase {
       .immediate();
   }
 
-  /** A page of keys in creation order; `withJwtKeys: false` leaves out the keys of JWT projects. */
-  list(limit: number, cursor?: string, options: { withJwtKeys?: boolean } = {}): Page {
+  /**
+   * A page of keys in creation order; `withJwtKeys: false` leaves out the keys of JWT projects, `projects` the
+   * keys of every other project.
+   */
+  list(limit: number, cursor?: string, options: ListOptions = {}): Page {
     const after = cursor ? decodeCursor(cursor) : 0;
-    const rows = (options.withJwtKeys === false ? this.stmts.pageWithoutJwt : this.stmts.page).all(after, limit + 1);
+    const projects = options.projects ? JSON.stringify(options.projects) : null;
+    const rows = (options.withJwtKeys === false ? this.stmts.pageWithoutJwt : this.stmts.page).all(after, projects, projects, limit + 1);
     const page = rows.slice(0, limit);
     const last = page[page.length - 1];
     return { keys: page.map(toStored), nextCursor: rows.length > limit && last ? encodeCursor(last.seq) : null };

@@ -21,6 +21,7 @@ import type {
   KeyCounts,
   NewKey,
   NewTlsKey,
+  ListOptions,
   Page,
   ProjectPage,
   StoreEngine,
@@ -157,7 +158,7 @@ export class SqliteEngine implements StoreEngine {
   pendingKeyFor = (projectId: string, subject: string) => this.call<StoredKey | undefined>('pendingKeyFor', projectId, subject);
   history = (keyId: string) => this.call<StoredKey[]>('history', keyId);
   insertSuccessor = (key: NewKey) => this.call<{ record: StoredKey; created: boolean }>('insertSuccessor', key);
-  list = (limit: number, cursor?: string, options?: { withJwtKeys?: boolean }) => this.call<Page>('list', limit, cursor, options);
+  list = (limit: number, cursor?: string, options?: ListOptions) => this.call<Page>('list', limit, cursor, options);
   updateRecords = (updates: ReadonlyArray<{ signed: SignedRecord; record: KeyRecord }>) => this.call<StoredKey[]>('updateRecords', updates);
   setLegacyDisabled = (keyId: string, disabled: boolean) => this.call<StoredKey | undefined>('setLegacyDisabled', keyId, disabled);
   keysWithoutRecord = (afterSeq: number, limit: number) =>

@@ -259,6 +259,15 @@ export function decodeCursor(cursor: string): number {
   if (!m) throw new KeystoreError('INVALID_PARAMS', 'cursor is not one this service issued');
   return Number(m[1]);
 }
+/**
+ * What a page of keys leaves out: `withJwtKeys: false`, the keys of JWT projects (a token below admin);
+ * `projects`, the keys of every project not listed (a bound token; a key without a record is `default`'s).
+ */
+export interface ListOptions {
+  withJwtKeys?: boolean;
+  projects?: readonly string[] | undefined;
+}
+
 /** Projects are listed in project id order (`default` first, then `p_…`): the cursor is the last id listed. */
 export const encodeProjectCursor = (projectId: string) => Buffer.from(`p${projectId}`).toString('base64url');
 export function decodeProjectCursor(cursor: string): string {
@@ -343,7 +352,7 @@ export interface StoreEngine {
    * otherwise). If the subject has a pending key already, that one is returned and nothing is written.
    */
   insertSuccessor(key: NewKey): Promise<{ record: StoredKey; created: boolean }>;
-  list(limit: number, cursor?: string, options?: { withJwtKeys?: boolean }): Promise<Page>;
+  list(limit: number, cursor?: string, options?: ListOptions): Promise<Page>;
   /**
    * Next records of keys in one transaction, all or none: each `seq` must be its key's stored one + 1
    * (compare-and-set: CONFLICT if another write got there first; KEY_NOT_FOUND if a key does not exist).
