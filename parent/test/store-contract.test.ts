@@ -139,6 +139,19 @@ describe.each(backends)('the store contract: $name', (backend) => {
     expect(first.keys.map((k) => k.keyId)).toEqual(['a', 'b']);
     expect((await db.list(2, first.nextCursor as string)).keys.map((k) => k.keyId)).toEqual(['j']);
     expect((await db.list(10, undefined, { withJwtKeys: false })).keys.map((k) => k.keyId)).toEqual(['a', 'b']);
+    // A bound token's page: only its projects' keys, full pages, and no cursor past its last one.
+    expect(await db.list(1, undefined, { projects: [jwt.projectId] })).toMatchObject({ keys: [{ keyId: 'j' }], nextCursor: null });
+    const bound = await db.list(1, undefined, { projects: ['default'] });
+    expect(bound.keys.map((k) => k.keyId)).toEqual(['a']);
+    expect(await db.list(1, bound.nextCursor as string, { projects: ['default'] })).toMatchObject({
+      keys: [{ keyId: 'b' }],
+      nextCursor: null,
+    });
+    expect((await db.list(10, undefined, { projects: ['p_none'] })).keys).toEqual([]);
+    expect((await db.list(10, undefined, { withJwtKeys: false, projects: [jwt.projectId, 'default'] })).keys.map((k) => k.keyId)).toEqual([
+      'a',
+      'b',
+    ]);
 
     const def = identity.project();
     expect(await db.seedProject(identity.sign(def), def)).toMatchObject({ projectId: 'default', name: 'default', seq: 0 });
