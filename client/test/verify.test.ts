@@ -8,7 +8,7 @@ import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { birthUserData } from '@nks/shared/attestation/user-data';
 import { identityUserData } from '@nks/shared/attestation/identity';
 import { encodeRecord } from '@nks/shared/records';
-import { VerificationError, verifyGenesis, verifyIdentity, verifyKey, type VerifyKeyOptions } from '../src/sdk';
+import { VerificationError, verifyGenesis, verifyIdentity, verifyKey, verifyKeyBirth, type VerifyKeyOptions } from '../src/sdk';
 import { addressOfPublicKey } from '../src/verify';
 import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
 import { signAttestationDocument } from '../../sim/src/nsm/document';
@@ -487,6 +487,9 @@ describe('the time each document is checked at (issue 22)', () => {
     const v = verifyKey(view, opts);
     expect(v.birth?.checkedAt).toEqual({ time: new Date(made), basis: 'document' });
     expect(v.checks[3]).toContain(`chain at ${new Date(made).toISOString()}, the document's own time`);
+    const birthOpts = { expectedPcrs: { 0: PCR0 }, trustedRoots: [old.ca.rootPem] };
+    expect(verifyKeyBirth(view, birthOpts).checkedAt.basis).toBe('document');
+    expect(() => verifyKeyBirth(view, { ...birthOpts, at: 'now' })).toThrow(expect.objectContaining({ code: 'CERT_EXPIRED' }));
     const now = refusal(() => verifyKey(view, { ...opts, at: 'now' }));
     expect([now.code, now.attestationCode, now.message]).toEqual([
       'ATTESTATION',
