@@ -247,12 +247,14 @@ type UserOperationRequest = Extract<SignRequestInput, { type: 'userOperation' }>
  * Checks that `key.address` was born in an enclave as `key.keyId`: its birth attestation (from creation with
  * `attest: true`) must verify against the Nitro root (or `options.trustedRoots`) with the PCRs you expect
  * (`options.expectedPcrs`, PCR0 required: the PCR0 of an image you approve), and bind exactly this key id and
- * address. Throws AttestationError; code LEGACY_BIRTH for a document from nitro-keystore 0.1, which is not
- * evidence, and PCR_REQUIRED without PCR0.
+ * address. The chain is checked at the document's own time unless `options.at` says otherwise: a birth
+ * attestation is evidence kept since the key's creation, and its leaf certificate lives about 3 hours. Throws
+ * AttestationError; code LEGACY_BIRTH for a document from nitro-keystore 0.1, which is not evidence, and
+ * PCR_REQUIRED without PCR0.
  */
 export function verifyKeyBirth(key: Pick<Key, 'keyId' | 'address' | 'attestation'>, options: BirthVerifyOptions): VerifiedAttestation {
   if (!key.attestation) throw new AttestationError('MALFORMED', `key ${key.keyId} has no birth attestation (create it with attest: true)`);
-  return verifyBirthAttestation(Buffer.from(key.attestation, 'base64'), key, options);
+  return verifyBirthAttestation(Buffer.from(key.attestation, 'base64'), key, { ...options, at: options.at ?? 'document' });
 }
 
 export class KeystoreClient {

@@ -17,7 +17,7 @@ import type { TLSSocket } from 'node:tls';
 import { AttestationError, verifyAttestation, type VerifiedAttestation } from '@nks/shared/attestation';
 import { tlsUserData } from '@nks/shared/attestation/user-data';
 import { TLS_ATTESTATION_PATH } from '@nks/shared/tls-identity';
-import { VerificationError, resolvePcrs, type ExpectedPcrs } from './verify';
+import { VerificationError, checkedAtText, resolvePcrs, type ExpectedPcrs } from './verify';
 
 /** The nonce `fetchTlsEvidence` sends: 32 random bytes. */
 export const TLS_EVIDENCE_NONCE_BYTES = 32;
@@ -188,6 +188,7 @@ export function verifyTlsEvidence(evidence: TlsEvidence, options: VerifyTlsEvide
       expectedNonce: Buffer.from(evidence.nonce, 'hex'),
       ...(options.rootCertificate !== undefined ? { trustedRoots: [options.rootCertificate] } : {}),
       ...(options.maxAgeMs !== undefined ? { maxAgeMs: options.maxAgeMs } : {}),
+      at: 'now', // a document just asked for, with our nonce
     });
   } catch (err) {
     if (err instanceof AttestationError) {
@@ -199,7 +200,7 @@ export function verifyTlsEvidence(evidence: TlsEvidence, options: VerifyTlsEvide
     throw err;
   }
   checks.push(
-    `attestation verifies (chain at ${new Date(attestation.document.timestamp).toISOString()}, PCR0 ${attestation.document.pcrs.get(0)?.toString('hex')}) and carries your nonce`,
+    `attestation verifies (chain at ${checkedAtText(attestation)}, PCR0 ${attestation.document.pcrs.get(0)?.toString('hex')}) and carries your nonce`,
   );
   const spkiSha256 = sha256(evidence.spki);
   if (!attestation.document.userData?.equals(tlsUserData(evidence.spki))) {

@@ -20,7 +20,13 @@
  */
 import { createHash, verify, type KeyObject } from 'node:crypto';
 import { keccak_256 } from '@noble/hashes/sha3.js';
-import { AttestationError, decodeAttestationDocument, verifyBirthAttestation, type VerifiedAttestation } from '@nks/shared/attestation';
+import {
+  AttestationError,
+  decodeAttestationDocument,
+  verifyBirthAttestation,
+  type CheckTime,
+  type VerifiedAttestation,
+} from '@nks/shared/attestation';
 import { verifyIdentityAttestation } from '@nks/shared/attestation/identity';
 import { BLOB_VERSION, decodeBlobBase64 } from '@nks/shared/blob';
 import { IDENTITY_PUBLIC_KEY_RE } from '@nks/shared/identifiers';
@@ -129,8 +135,11 @@ export interface VerifyKeyOptions {
   rootCertificate?: string | Uint8Array;
   /** Fail when the key has no birth attestation. Default false: the signed record is the evidence, the birth a bonus. */
   requireBirthAttestation?: boolean;
-  /** Time at which the birth attestation's certificates must be valid; default the document's own timestamp. */
-  at?: Date;
+  /**
+   * Time at which the birth attestation's certificates must be valid. Default 'document' (its own timestamp): a
+   * birth attestation is evidence kept from the key's creation, and its leaf certificate lives about 3 hours.
+   */
+  at?: CheckTime;
 }
 
 export interface VerifiedKey {
@@ -218,6 +227,10 @@ function attestationFailure(what: string, err: unknown): never {
 }
 
 const pcr0Of = (v: VerifiedAttestation) => v.document.pcrs.get(0)?.toString('hex');
+
+/** "2026-…Z, the document's own time": when a document's chain was checked, and why then. */
+export const checkedAtText = (v: VerifiedAttestation): string =>
+  `${v.checkedAt.time.toISOString()}, ${{ now: 'now', document: "the document's own time", explicit: 'the time asked for' }[v.checkedAt.basis]}`;
 
 const show = (v: unknown) => (v === undefined ? 'nothing' : JSON.stringify(v));
 
@@ -314,15 +327,13 @@ export function verifyKey(view: KeyViewForVerification, options: VerifyKeyOption
         {
           expectedPcrs: resolvePcrs(document, options.expectedPcrs),
           ...(options.rootCertificate !== undefined ? { trustedRoots: [options.rootCertificate] } : {}),
-          ...(options.at ? { at: options.at } : {}),
+          at: options.at ?? 'document',
         },
       );
     } catch (err) {
       attestationFailure(`key ${view.keyId}: birth attestation`, err);
     }
-    checks.push(
-      `birth attestation verifies (chain at ${new Date(birth.document.timestamp).toISOString()}, PCR0 ${pcr0Of(birth)}) and binds this key id and address`,
-    );
+    checks.push(`birth attestation verifies (chain at ${checkedAtText(birth)}, PCR0 ${pcr0Of(birth)}) and binds this key id and address`);
   } else if (options.requireBirthAttestation) {
     throw new VerificationError('NO_BIRTH_ATTESTATION', `key ${view.keyId} has no birth attestation`);
   } else {
@@ -469,12 +480,13 @@ export function verifyIdentity(view: IdentityView, options: VerifyIdentityOption
       expectedNonce,
       ...(options.maxAgeMs !== undefined ? { maxAgeMs: options.maxAgeMs } : {}),
       ...roots,
+      at: 'now', // a document just asked for, with our nonce
     });
   } catch (err) {
     attestationFailure('fresh identity attestation', err);
   }
   checks.push(
-    `fresh attestation verifies (chain at ${new Date(attestation.document.timestamp).toISOString()}, PCR0 ${pcr0Of(attestation)}), carries the nonce and binds the public key`,
+    `fresh attestation verifies (chain at ${checkedAtText(attestation)}, PCR0 ${pcr0Of(attestation)}), carries the nonce and binds the public key`,
   );
   let genesis: VerifiedAttestation | null = null;
   if (options.genesisPcr0 !== undefined) {
@@ -483,12 +495,13 @@ export function verifyIdentity(view: IdentityView, options: VerifyIdentityOption
       genesis = verifyIdentityAttestation(Buffer.from(view.genesisDocument, 'base64'), view.publicKey, {
         expectedPcrs: { 0: options.genesisPcr0 },
         ...roots,
+        at: 'document', // evidence kept since genesis
       });
     } catch (err) {
       attestationFailure('genesis document', err);
     }
     checks.push(
-      `genesis document verifies (made ${new Date(genesis.document.timestamp).toISOString()} by the genesis image) and binds the same public key`,
+      `genesis document verifies (made ${new Date(genesis.document.timestamp).toISOString()} by the genesis image, chain at ${checkedAtText(genesis)}) and binds the same public key`,
     );
   }
   return { publicKey: view.publicKey, attestation, genesis, checks };
@@ -524,8 +537,11 @@ export interface VerifyGenesisOptions {
   /** The nonce the operator chose for this genesis, 1-512 bytes (bytes, or 0x and hex digits). */
   nonce: string | Uint8Array;
   rootCertificate?: string | Uint8Array;
-  /** Time for the document's certificates; default its own timestamp. */
-  at?: Date;
+  /**
+   * Time for the document's certificates. Default 'document' (its own timestamp): the genesis output is evidence
+   * kept and checked again long after genesis; the operator's nonce shows it was made for this genesis run.
+   */
+  at?: CheckTime;
 }
 
 export interface VerifiedGenesis {
@@ -557,13 +573,13 @@ export function verifyGenesis(output: GenesisOutput, options: VerifyGenesisOptio
       expectedPcrs: { 0: options.pcr0 },
       expectedNonce,
       ...(options.rootCertificate !== undefined ? { trustedRoots: [options.rootCertificate] } : {}),
-      ...(options.at ? { at: options.at } : {}),
+      at: options.at ?? 'document',
     });
   } catch (err) {
     attestationFailure('genesis document', err);
   }
   checks.push(
-    `genesis document verifies (chain at ${new Date(attestation.document.timestamp).toISOString()}, the genesis image's PCR0, your nonce) and binds the public key`,
+    `genesis document verifies (chain at ${checkedAtText(attestation)}, the genesis image's PCR0, your nonce) and binds the public key`,
   );
 
   let kmsKeyArn: string;

@@ -86,13 +86,57 @@ describe('nks attestation verify', () => {
     expect(JSON.parse(json.stdout)).toMatchObject({ valid: false, code: 'UNTRUSTED_ROOT' });
   });
 
-  it('verifies a real AWS document against the AWS root at a given time', () => {
+  it('refuses the real AWS document (debug mode, from 2024) as expired by default; accepts it as evidence only when asked', () => {
     const file = path.join(dir, 'aws.hex');
     fs.writeFileSync(file, realDoc.documentHex);
-    expect(nks(['attestation', 'verify', file, '--at', new Date(realDoc.verifiedAtMs).toISOString()]).status).toBe(0);
-    expect(nks(['attestation', 'verify', file]).status).toBe(0); // at the document's own time
-    const now = nks(['attestation', 'verify', file, '--at', new Date().toISOString()]);
-    expect([now.status, now.stdout]).toEqual([1, expect.stringContaining('CERT_EXPIRED')]);
+    const zeros = '00'.repeat(48);
+    // Checked now: its certificates expired long ago, and the output says when it was checked and how to ask otherwise.
+    const now = nks(['attestation', 'verify', file, '--pcr0', zeros, '--allow-debug']);
+    expect([now.status, now.stdout]).toEqual([1, expect.stringMatching(/^INVALID attestation document: CERT_EXPIRED: .* expired at /)]);
+    expect(now.stdout).toMatch(/checked at \S+, the current time; .*--at document/);
+    // At its own time: debug mode (PCR0 all zeros) is refused unless --allow-debug.
+    const debug = nks(['attestation', 'verify', file, '--at', 'document', '--pcr0', zeros]);
+    expect([debug.status, debug.stdout]).toEqual([1, expect.stringContaining('INVALID attestation document: DEBUG_MODE: ')]);
+    const ok = nks(['attestation', 'verify', file, '--at', 'document', '--allow-debug', '--pcr0', zeros]);
+    expect([ok.status, ok.stderr]).toEqual([0, '']);
+    expect(ok.stdout).toMatch(/^VALID attestation document\n/);
+    expect(ok.stdout).toContain("checked at   2024-11-14T23:46:29.450Z (the document's own time, --at document)");
+    expect(ok.stdout).toContain('debug mode   yes (PCR0 all zeros, accepted with --allow-debug)');
+    // Unpinned: the verdict says so and fails, unless --allow-unpinned; an explicit time is reported as such.
+    const unpinned = nks(['attestation', 'verify', file, '--at', 'document', '--allow-debug']);
+    expect([unpinned.status, unpinned.stdout]).toEqual([
+      1,
+      expect.stringMatching(/^UNPINNED attestation document: genuine, but no PCR0 was pinned/),
+    ]);
+    const at = new Date(realDoc.verifiedAtMs).toISOString();
+    const json = nks(['attestation', 'verify', file, '--at', at, '--allow-debug', '--allow-unpinned', '--json']);
+    expect(json.status).toBe(0);
+    expect(JSON.parse(json.stdout)).toMatchObject({
+      valid: true,
+      verdict: 'VALID (UNPINNED)',
+      pinned: false,
+      debug: true,
+      checkedAt: { time: at, basis: 'explicit' },
+    });
+  });
+
+  it('says UNPINNED and exits 1 without a PCR0 pin, unless --allow-unpinned', () => {
+    const r = nks(['attestation', 'verify', docFile, '--root', rootFile, '--json']);
+    expect(r.status).toBe(1);
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      valid: false,
+      verdict: 'UNPINNED',
+      pinned: false,
+      debug: false,
+      checkedAt: { basis: 'now' },
+    });
+    const allowed = nks(['attestation', 'verify', docFile, '--root', rootFile, '--allow-unpinned']);
+    expect([allowed.status, allowed.stdout]).toEqual([
+      0,
+      expect.stringMatching(/^VALID \(UNPINNED\) attestation document: PCR0 not checked/),
+    ]);
+    const pinned = nks(['attestation', 'verify', docFile, '--root', rootFile, '--pcr0', `0x${pcr0.toUpperCase()}`, '--json']);
+    expect([pinned.status, JSON.parse(pinned.stdout)]).toEqual([0, expect.objectContaining({ verdict: 'VALID', pinned: true })]);
   });
 
   it('checks a birth attestation with --key-id/--address, and refuses a 0.1-era one with the reason', async () => {
@@ -131,7 +175,7 @@ describe('nks attestation verify', () => {
     expect([usage.status, usage.stderr]).toEqual([2, expect.stringMatching(/needs both --key-id ID and --address/)]);
     // Without PCR0 a birth proves nothing (any image can ask for any user_data): refused as a usage error.
     const noPcr = nks(['attestation', 'verify', current, '--root', root, '--key-id', 'key-1', '--address', address]);
-    expect([noPcr.status, noPcr.stderr]).toEqual([2, expect.stringMatching(/needs --pcr 0=HEX/)]);
+    expect([noPcr.status, noPcr.stderr]).toEqual([2, expect.stringMatching(/needs --pcr0 HEX/)]);
   });
 
   it('exits 2 on usage errors', () => {
@@ -139,6 +183,9 @@ describe('nks attestation verify', () => {
       ['attestation', 'verify'],
       ['attestation', 'verify', docFile, '--pcr', '99=ab'],
       ['attestation', 'verify', docFile, '--at', 'yesterday'],
+      ['attestation', 'verify', docFile, '--at', '1731627989450'],
+      ['attestation', 'verify', docFile, '--pcr0', 'zz'],
+      ['attestation', 'verify', docFile, '--pcr0', 'ab'.repeat(48), '--pcr', `0=${'cd'.repeat(48)}`],
       ['attestation', 'verify', docFile, '--bogus'],
       ['attestation', 'verify', '/nonexistent'],
       ['frobnicate'],

@@ -8,8 +8,10 @@ import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { birthUserData } from '@nks/shared/attestation/user-data';
 import { identityUserData } from '@nks/shared/attestation/identity';
 import { encodeRecord } from '@nks/shared/records';
-import { VerificationError, verifyGenesis, verifyIdentity, verifyKey, type VerifyKeyOptions } from '../src/sdk';
+import { VerificationError, verifyGenesis, verifyIdentity, verifyKey, verifyKeyBirth, type VerifyKeyOptions } from '../src/sdk';
 import { addressOfPublicKey } from '../src/verify';
+import { SimulatedNitroCa } from '../../sim/src/nsm/ca';
+import { signAttestationDocument } from '../../sim/src/nsm/document';
 import {
   defaultProjectRecord,
   GENESIS_PCR0,
@@ -451,5 +453,87 @@ describe('verifyGenesis', () => {
         message: expect.stringMatching(message),
       });
     }
+  });
+});
+
+describe('the time each document is checked at (issue 22)', () => {
+  const HOUR = 3600_000;
+  const made = Date.now() - 5 * HOUR + 60_000;
+  let old: Documents;
+
+  beforeAll(async () => {
+    // A simulated Nitro CA as it was 5 hours ago: its leaf expired 2 hours ago.
+    const ca = await SimulatedNitroCa.open(null, {}, new Date(Date.now() - 5 * HOUR));
+    const signer = await ca.signer(new Date(Date.now() - 5 * HOUR));
+    old = {
+      ca,
+      document: async ({ pcr0 = PCR0, userData, nonce, timestamp = made }) =>
+        signAttestationDocument(
+          {
+            moduleId: 'i-0123456789abcdef0-enc0000000000000001',
+            timestamp,
+            pcrs: new Map([[0, Buffer.from(pcr0, 'hex')]]),
+            ...(userData ? { userData } : {}),
+            ...(nonce ? { nonce } : {}),
+          },
+          signer,
+        ),
+    };
+  });
+
+  it("checks a key's birth attestation, evidence kept since its creation, at its own time unless asked otherwise", async () => {
+    const { view } = await makeKeyView(identity, old);
+    const opts = { ...options, rootCertificate: old.ca.rootPem };
+    const v = verifyKey(view, opts);
+    expect(v.birth?.checkedAt).toEqual({ time: new Date(made), basis: 'document' });
+    expect(v.checks[3]).toContain(`chain at ${new Date(made).toISOString()}, the document's own time`);
+    const birthOpts = { expectedPcrs: { 0: PCR0 }, trustedRoots: [old.ca.rootPem] };
+    expect(verifyKeyBirth(view, birthOpts).checkedAt.basis).toBe('document');
+    expect(() => verifyKeyBirth(view, { ...birthOpts, at: 'now' })).toThrow(expect.objectContaining({ code: 'CERT_EXPIRED' }));
+    const now = refusal(() => verifyKey(view, { ...opts, at: 'now' }));
+    expect([now.code, now.attestationCode, now.message]).toEqual([
+      'ATTESTATION',
+      'CERT_EXPIRED',
+      expect.stringMatching(/^key key-1: birth attestation: CERT_EXPIRED: the signing certificate .* expired at .*the current time/),
+    ]);
+  });
+
+  it('checks the live identity document at the current time and the genesis document at its own', async () => {
+    const nonce = Buffer.from('0123456789abcdef', 'hex');
+    const userData = identityUserData(identity.publicKey);
+    const genesisDocument = (await old.document({ pcr0: GENESIS_PCR0, userData, nonce: Buffer.from('op') })).toString('base64');
+    // A live document from a leaf of today, under the same root.
+    const live = signAttestationDocument(
+      {
+        moduleId: 'i-0123456789abcdef0-enc0000000000000001',
+        timestamp: Date.now(),
+        pcrs: new Map([[0, Buffer.from(PCR0, 'hex')]]),
+        userData,
+        nonce,
+      },
+      await old.ca.signer(),
+    ).toString('base64');
+    const opts = { nonce, expectedPcrs: { 0: PCR0 }, genesisPcr0: GENESIS_PCR0, rootCertificate: old.ca.rootPem };
+    const v = verifyIdentity({ publicKey: identity.publicKey, genesisDocument, attestation: live }, opts);
+    expect(v.attestation.checkedAt.basis).toBe('now');
+    expect(v.genesis?.checkedAt).toEqual({ time: new Date(made), basis: 'document' });
+    expect(v.checks.join('\n')).toContain(`by the genesis image, chain at ${new Date(made).toISOString()}, the document's own time`);
+    // A "live" document from 5 hours ago, whose leaf has expired since, is not live.
+    const stale = (await old.document({ userData, nonce })).toString('base64');
+    const e = refusal(() => verifyIdentity({ publicKey: identity.publicKey, genesisDocument, attestation: stale }, opts));
+    expect([e.code, e.attestationCode, e.message]).toEqual([
+      'ATTESTATION',
+      'CERT_EXPIRED',
+      expect.stringMatching(/^fresh identity attestation: CERT_EXPIRED: .*the current time/),
+    ]);
+  });
+
+  it('checks a genesis output at its own time unless asked otherwise', async () => {
+    const nonce = Buffer.from('c0ffee00c0ffee00', 'hex');
+    const output = await makeGenesisOutput(identity, old, nonce);
+    const opts = { pcr0: GENESIS_PCR0, nonce: `0x${nonce.toString('hex')}`, rootCertificate: old.ca.rootPem };
+    expect(verifyGenesis(output, opts).attestation.checkedAt.basis).toBe('document');
+    const now = refusal(() => verifyGenesis(output, { ...opts, at: 'now' }));
+    expect([now.code, now.attestationCode]).toEqual(['ATTESTATION', 'CERT_EXPIRED']);
   });
 });

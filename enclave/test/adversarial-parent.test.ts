@@ -220,7 +220,7 @@ describe('adversarial parent', () => {
     const nonce = birthContent('victim-1', parentAddress);
     const res = await h.client.call('attestation.get', { nonce: `0x${nonce.toString('hex')}` });
     const doc = Buffer.from(res.document, 'base64');
-    const v = verifyAttestation(doc, { trustedRoots: roots, expectedNonce: nonce });
+    const v = verifyAttestation(doc, { trustedRoots: roots, expectedNonce: nonce, expectedPcrs: { 0: h.platform.pcr0 } });
     expect(v.document.userData).toEqual(taggedUserData(USER_DATA_TAGS.attestation, nonce));
     const pcr0 = { 0: h.platform.pcr0 };
     expect(() =>

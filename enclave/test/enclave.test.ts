@@ -245,6 +245,7 @@ describe('enclave program', () => {
       trustedRoots: [require('node:fs').readFileSync(h.platform.rootPem, 'utf8')],
       at: new Date(),
       expectedNonce: Buffer.from(nonce.slice(2), 'hex'),
+      expectedPcrs: { 0: h.platform.pcr0 },
     });
     expect(v.document.pcrs.get(0)?.toString('hex')).toBe(h.platform.pcr0);
     expect((await failure(h.client.call('attestation.get', { nonce: `0x${'00'.repeat(513)}` }))).code).toBe('INVALID_PARAMS');

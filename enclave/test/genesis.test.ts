@@ -110,15 +110,17 @@ describe('the genesis image (real enclave bundle)', () => {
     });
     expect(v.document.userData).toEqual(createHash('sha256').update('nks-identity-v1').update(raw).digest());
     // Another nonce, or the untagged key, is not this document.
+    const pcr0 = { 0: h.platform.pcr0 };
     expect(() =>
-      verifyAttestation(Buffer.from(g.attestation, 'base64'), { trustedRoots: roots, expectedNonce: randomBytes(32) }),
-    ).toThrow();
+      verifyAttestation(Buffer.from(g.attestation, 'base64'), { trustedRoots: roots, expectedPcrs: pcr0, expectedNonce: randomBytes(32) }),
+    ).toThrow(expect.objectContaining({ code: 'NONCE_MISMATCH' }));
     expect(() =>
       verifyAttestation(Buffer.from(g.attestation, 'base64'), {
         trustedRoots: roots,
+        expectedPcrs: pcr0,
         expectedUserData: createHash('sha256').update(raw).digest(),
       }),
-    ).toThrow();
+    ).toThrow(expect.objectContaining({ code: 'USER_DATA_MISMATCH' }));
 
     const blob = decodeBlobBase64(g.blob) as IdentityBlob;
     expect(blob).toMatchObject({ v: 2, kind: 'identity', alg: BLOB_ALG, kmsKeyArn: h.platform.keyArn, publicKey: g.publicKey });

@@ -15,10 +15,16 @@ export function failureOf(fn: () => unknown): AttestationError {
   throw new Error('expected an AttestationError');
 }
 
-/** The fields of a test attestation document: 16 PCRs (PCRn is n repeated), an RSA public key, nonce and user data. */
+/** PCR0 of the sample documents: an image's measurement, not debug mode's all-zero PCR0. */
+export const SAMPLE_PCR0 = Buffer.alloc(PCR_BYTES, 0xa0);
+
+/**
+ * The fields of a test attestation document: 16 PCRs (PCR0 is SAMPLE_PCR0, PCRn for n > 0 is n repeated), an RSA
+ * public key, nonce and user data.
+ */
 export function sampleDocumentFields() {
   const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 });
-  const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, Buffer.alloc(PCR_BYTES, i)]));
+  const pcrs = new Map<number, Buffer>(Array.from({ length: 16 }, (_, i) => [i, i === 0 ? SAMPLE_PCR0 : Buffer.alloc(PCR_BYTES, i)]));
   const fields = (over: Partial<DocumentFields> = {}): DocumentFields => ({
     moduleId: 'i-0123456789abcdef0-enc0123456789abcdef',
     timestamp: Date.now(),

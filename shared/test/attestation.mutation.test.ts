@@ -6,14 +6,14 @@
  * as 0x-prefixed hex, and every refusal's code and message. Written for mutation testing (npm run
  * test:mutation): attestation.test.ts covers each failure's code; these pin the rest.
  */
-import { createPrivateKey, generateKeyPairSync, webcrypto, type KeyObject } from 'node:crypto';
+import { createPrivateKey, generateKeyPairSync, webcrypto, X509Certificate, type KeyObject } from 'node:crypto';
 import { verifyAttestation, type VerifyOptions } from '../src/attestation';
 import { verifyBirthAttestation } from '../src/attestation/birth';
 import { birthContent, birthUserData, taggedUserData, USER_DATA_TAGS } from '../src/attestation/user-data';
 import { SimulatedNitroCa, type DocumentSigner, type Issued } from '../../sim/src/nsm/ca';
 import { signAttestationDocument, type DocumentFields } from '../../sim/src/nsm/document';
 import { x509 } from '../../sim/src/nsm/x509';
-import { failureOf, sampleDocumentFields } from './attestation-helpers';
+import { failureOf, SAMPLE_PCR0, sampleDocumentFields } from './attestation-helpers';
 import { createHash } from 'node:crypto';
 
 const ALG = { name: 'ECDSA', namedCurve: 'P-384', hash: 'SHA-384' } as const;
@@ -70,7 +70,7 @@ describe('attestation verification at the edges of each check', () => {
   let signer: DocumentSigner;
   let zonal: Issued;
   const { fields } = sampleDocumentFields();
-  const opts = (o: VerifyOptions = {}): VerifyOptions => ({ trustedRoots: [ca.rootPem], at: new Date(), ...o });
+  const opts = (o: VerifyOptions = {}): VerifyOptions => ({ trustedRoots: [ca.rootPem], at: new Date(), allowUnpinned: true, ...o });
 
   /**
    * A document whose chain is root, regional, a fresh zonal CA, then `instance` (a spec, under that zonal) and
@@ -217,11 +217,11 @@ describe('attestation verification at the edges of each check', () => {
     const leafName = 'the signing certificate (CN=leaf.test)';
     expect(refusal(() => verifyAttestation(doc, opts({ at: before })))).toEqual([
       'CERT_NOT_YET_VALID',
-      `${leafName} is not valid before ${notBefore.toISOString()} (checked at ${before.toISOString()})`,
+      `${leafName} is not valid before ${notBefore.toISOString()} (checked at ${before.toISOString()}, the time asked for)`,
     ]);
     expect(refusal(() => verifyAttestation(doc, opts({ at: after })))).toEqual([
       'CERT_EXPIRED',
-      `${leafName} expired at ${notAfter.toISOString()} (checked at ${after.toISOString()})`,
+      `${leafName} expired at ${notAfter.toISOString()} (checked at ${after.toISOString()}, the time asked for)`,
     ]);
   });
 
@@ -229,9 +229,9 @@ describe('attestation verification at the edges of each check', () => {
     const other = await SimulatedNitroCa.open(null);
     const doc = signAttestationDocument(fields(), signer);
     for (const roots of [[other.rootPem, ca.rootPem], [ca.rootDer, other.rootDer], [new Uint8Array(ca.rootDer)]]) {
-      expect(verifyAttestation(doc, { trustedRoots: roots, at: new Date() }).chainSubjects).toHaveLength(5);
+      expect(verifyAttestation(doc, { trustedRoots: roots, at: new Date(), allowUnpinned: true }).chainSubjects).toHaveLength(5);
     }
-    const [code, message] = refusal(() => verifyAttestation(doc, { trustedRoots: [other.rootPem], at: new Date() }));
+    const [code, message] = refusal(() => verifyAttestation(doc, { trustedRoots: [other.rootPem], at: new Date(), allowUnpinned: true }));
     expect(code).toBe('UNTRUSTED_ROOT');
     expect(message).toMatch(
       /^the chain does not start at a trusted root \(its root is CA certificate 0 \([A-Z]+=[^\n]+, CN=sim\.nitro-enclaves\)\)$/,
@@ -260,7 +260,7 @@ describe('attestation verification at the edges of each check', () => {
 
   it('says which optional check failed, and accepts PCRs as 0x-prefixed hex', () => {
     const doc = signAttestationDocument(fields(), signer);
-    const pcr0 = Buffer.alloc(48, 0).toString('hex');
+    const pcr0 = SAMPLE_PCR0.toString('hex');
     expect(
       verifyAttestation(doc, opts({ expectedPcrs: { 0: `0x${pcr0}`, 1: `0X${Buffer.alloc(48, 1).toString('hex')}` } })).chainSubjects,
     ).toHaveLength(5);
@@ -295,6 +295,174 @@ describe('attestation verification at the edges of each check', () => {
       'BAD_SIGNATURE',
       'attestation document: the COSE signature does not verify with the signing certificate',
     ]);
+  });
+
+  describe('issue 22: strict certificates (RFC 5280 4.2)', () => {
+    const UNKNOWN = '1.3.6.1.4.1.55555.1';
+    const unknownExt = (critical: boolean) => new x509.Extension(UNKNOWN, critical, new Uint8Array([0x05, 0x00]));
+
+    it('refuses a CA whose basicConstraints is not critical, naming it; the same CA with it critical verifies', async () => {
+      const nonCritical = [new x509.BasicConstraintsExtension(true, 0, false), new x509.KeyUsagesExtension(F.keyCertSign, true)];
+      const { doc } = await chainDoc({ instance: { extensions: nonCritical } });
+      expect(refusal(() => verifyAttestation(doc, opts()))).toEqual([
+        'CERT_CONSTRAINTS',
+        'CA certificate 3 (CN=instance.test) is a CA whose basicConstraints is not marked critical',
+      ]);
+      const critical = [new x509.BasicConstraintsExtension(true, 0, true), new x509.KeyUsagesExtension(F.keyCertSign, true)];
+      expect(verifyAttestation((await chainDoc({ instance: { extensions: critical } })).doc, opts()).chainSubjects).toHaveLength(5);
+    });
+
+    it('refuses an unknown critical extension on the leaf or on a CA, and accepts it non-critical', async () => {
+      const leaf = await chainDoc({ leaf: { extensions: [...leafExtensions(), unknownExt(true)] } });
+      expect(refusal(() => verifyAttestation(leaf.doc, opts()))).toEqual([
+        'UNKNOWN_CRITICAL_EXTENSION',
+        `the signing certificate (CN=leaf.test) has an unknown critical extension ${UNKNOWN} (only basicConstraints and keyUsage may be critical)`,
+      ]);
+      const ca = await chainDoc({ instance: { extensions: [...caExtensions(0), unknownExt(true)] } });
+      expect(refusal(() => verifyAttestation(ca.doc, opts()))[1]).toMatch(
+        /^CA certificate 3 \(CN=instance\.test\) has an unknown critical/,
+      );
+      const benign = await chainDoc({ leaf: { extensions: [...leafExtensions(), unknownExt(false)] } });
+      expect(verifyAttestation(benign.doc, opts()).chainSubjects).toHaveLength(5);
+    });
+
+    it('refuses a known extension this verifier does not enforce when marked critical (extKeyUsage)', async () => {
+      const { doc } = await chainDoc({
+        leaf: { extensions: [...leafExtensions(), new x509.ExtendedKeyUsageExtension(['1.3.6.1.5.5.7.3.1'], true)] },
+      });
+      expect(refusal(() => verifyAttestation(doc, opts()))[0]).toBe('UNKNOWN_CRITICAL_EXTENSION');
+    });
+
+    it('refuses an extension that appears twice (a second, laxer basicConstraints)', async () => {
+      const twice = [...caExtensions(0), new x509.BasicConstraintsExtension(true, 5, false)];
+      const { doc } = await chainDoc({ instance: { extensions: twice } });
+      // OpenSSL does not take such a certificate as issued by anything.
+      expect(refusal(() => verifyAttestation(doc, opts()))).toEqual([
+        'CHAIN_BROKEN',
+        expect.stringMatching(/^CA certificate 3 \(CN=instance\.test\) was not issued by CA certificate 2 /),
+      ]);
+    });
+  });
+
+  describe('issue 22: PCR0 pinned, debug mode refused', () => {
+    const pinnedOpts = (o: VerifyOptions = {}): VerifyOptions => ({ trustedRoots: [ca.rootPem], ...o });
+    const required =
+      'PCR0 is required (expectedPcrs[0]: the PCR0 of an image you approve): the Nitro hypervisor signs documents for any image; pass allowUnpinned to check without it';
+    const debugMessage =
+      'attestation document: PCR0 is all zeros, an enclave in debug mode (the host can read its memory); pass allowDebug to accept it';
+
+    it('refuses an unpinned check unless allowUnpinned, and says whether PCR0 was pinned', () => {
+      const doc = signAttestationDocument(fields(), signer);
+      for (const o of [
+        {},
+        { expectedPcrs: { 3: Buffer.alloc(48, 3) } },
+        { allowUnpinned: false },
+        { expectedPcrs: {} },
+      ] as VerifyOptions[]) {
+        expect(refusal(() => verifyAttestation(doc, pinnedOpts(o)))).toEqual(['PCR_REQUIRED', required]);
+      }
+      expect(refusal(() => verifyAttestation(Buffer.from('junk'), pinnedOpts()))[0]).toBe('PCR_REQUIRED'); // before reading anything
+      expect(verifyAttestation(doc, pinnedOpts({ allowUnpinned: true }))).toMatchObject({ pinned: false, debug: false });
+      expect(verifyAttestation(doc, pinnedOpts({ expectedPcrs: { 0: SAMPLE_PCR0 } }))).toMatchObject({ pinned: true, debug: false });
+    });
+
+    it('refuses an all-zero PCR0 unless allowDebug, pinned or not; one non-zero byte is not debug mode', () => {
+      const zero = Buffer.alloc(48);
+      const debugDoc = signAttestationDocument(
+        fields({
+          pcrs: new Map([
+            [0, zero],
+            [1, Buffer.alloc(48, 1)],
+          ]),
+        }),
+        signer,
+      );
+      expect(refusal(() => verifyAttestation(debugDoc, pinnedOpts({ allowUnpinned: true })))).toEqual(['DEBUG_MODE', debugMessage]);
+      expect(refusal(() => verifyAttestation(debugDoc, pinnedOpts({ expectedPcrs: { 0: zero } })))).toEqual(['DEBUG_MODE', debugMessage]);
+      expect(refusal(() => verifyAttestation(debugDoc, pinnedOpts({ expectedPcrs: { 0: zero }, allowDebug: false })))[0]).toBe(
+        'DEBUG_MODE',
+      );
+      expect(verifyAttestation(debugDoc, pinnedOpts({ expectedPcrs: { 0: zero }, allowDebug: true }))).toMatchObject({
+        pinned: true,
+        debug: true,
+      });
+      for (const at of [0, 47]) {
+        const almost = Buffer.alloc(48);
+        almost[at] = 1;
+        const doc = signAttestationDocument(fields({ pcrs: new Map([[0, almost]]) }), signer);
+        expect(verifyAttestation(doc, pinnedOpts({ expectedPcrs: { 0: almost } })).debug).toBe(false);
+      }
+      // No PCR0 at all: not debug mode (and unpinned, so allowed only with allowUnpinned).
+      const noPcr0 = signAttestationDocument(fields({ pcrs: new Map([[1, Buffer.alloc(48, 1)]]) }), signer);
+      expect(verifyAttestation(noPcr0, pinnedOpts({ allowUnpinned: true })).debug).toBe(false);
+    });
+  });
+
+  describe('issue 22: the check time', () => {
+    // A leaf that lived from 2 h ago to 1 min ago, and a document made while it was valid (90 min ago).
+    const notBefore = new Date(Math.floor(Date.now() / 1000) * 1000 - 2 * HOUR);
+    const notAfter = new Date(notBefore.getTime() + 2 * HOUR - 60_000);
+    const made = notBefore.getTime() + 30 * 60_000;
+    let old: SimulatedNitroCa;
+    let oldSigner: DocumentSigner;
+    let doc: Buffer;
+    let leafName: string;
+    beforeAll(async () => {
+      // A simulated Nitro CA as it was 3 hours ago, and its leaf.
+      old = await SimulatedNitroCa.open(null, {}, new Date(notBefore.getTime() - HOUR));
+      oldSigner = await old.signerWithLeaf(notBefore, notAfter);
+      leafName = `the signing certificate (${new X509Certificate(oldSigner.certificate).subject.replace(/\n/g, ', ')})`;
+      doc = signAttestationDocument(fields({ timestamp: made }), oldSigner);
+    });
+    const base = (o: VerifyOptions = {}): VerifyOptions => ({ trustedRoots: [old.rootPem], allowUnpinned: true, ...o });
+    const escape = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+    it('is the current time by default: a document whose leaf has expired is refused, with the way to check kept evidence', () => {
+      const before = Date.now();
+      const [code, message] = refusal(() => verifyAttestation(doc, base()));
+      expect(code).toBe('CERT_EXPIRED');
+      const m = new RegExp(
+        `^${escape(leafName)} expired at ${notAfter.toISOString()} \\(checked at (\\S+), the current time; a document kept as evidence can be checked at its own time \\(at: 'document', --at document\\)\\)$`,
+      ).exec(message as string);
+      expect(m).not.toBeNull();
+      expect(Date.parse(m?.[1] as string)).toBeGreaterThanOrEqual(before);
+      expect(Date.parse(m?.[1] as string)).toBeLessThanOrEqual(Date.now());
+      const now = new Date(notAfter.getTime() + 1000);
+      expect(refusal(() => verifyAttestation(doc, base({ at: 'now', now })))).toEqual([
+        'CERT_EXPIRED',
+        `${leafName} expired at ${notAfter.toISOString()} (checked at ${now.toISOString()}, the current time; a document kept as evidence can be checked at its own time (at: 'document', --at document))`,
+      ]);
+      const earlier = new Date(notAfter.getTime() - 1000);
+      expect(verifyAttestation(doc, base({ now: earlier })).checkedAt).toEqual({ time: earlier, basis: 'now' });
+      expect(verifyAttestation(doc, base({ at: 'now', now: earlier })).checkedAt).toEqual({ time: earlier, basis: 'now' });
+    });
+
+    it("is the document's own time or an explicit one only when asked, and the result says which", () => {
+      expect(verifyAttestation(doc, base({ at: 'document' })).checkedAt).toEqual({ time: new Date(made), basis: 'document' });
+      const t = new Date(made + 1000);
+      expect(verifyAttestation(doc, base({ at: t })).checkedAt).toEqual({ time: t, basis: 'explicit' });
+      const late = new Date(notAfter.getTime() + 1000);
+      expect(refusal(() => verifyAttestation(doc, base({ at: late })))).toEqual([
+        'CERT_EXPIRED',
+        `${leafName} expired at ${notAfter.toISOString()} (checked at ${late.toISOString()}, the time asked for)`,
+      ]);
+    });
+
+    it("names the document's own time when a document claims a time before its certificates", async () => {
+      const early = signAttestationDocument(fields({ timestamp: notBefore.getTime() - 1000 }), oldSigner);
+      expect(refusal(() => verifyAttestation(early, base({ at: 'document' })))).toEqual([
+        'CERT_NOT_YET_VALID',
+        `${leafName} is not valid before ${notBefore.toISOString()} (checked at ${new Date(notBefore.getTime() - 1000).toISOString()}, the document's own time)`,
+      ]);
+    });
+
+    it('refuses an `at` that is not now, document or a valid Date', () => {
+      for (const at of ['yesterday', new Date(Number.NaN), 1731627989450]) {
+        expect(() => verifyAttestation(doc, base({ at: at as never }))).toThrow(
+          new TypeError(`verifyAttestation: options.at must be 'now', 'document' or a valid Date, not ${String(at)}`),
+        );
+      }
+    });
   });
 });
 

@@ -13,7 +13,7 @@ import { x509 } from '../../sim/src/nsm/x509';
 import { signAttestationDocument, PROTECTED_HEADER } from '../../sim/src/nsm/document';
 import { sigStructure } from '../src/attestation';
 import realDoc from './fixtures/aws-nitro-attestation-debug.json';
-import { failureOf, sampleDocumentFields } from './attestation-helpers';
+import { failureOf, SAMPLE_PCR0, sampleDocumentFields } from './attestation-helpers';
 
 function codeOf(fn: () => unknown): string {
   try {
@@ -77,8 +77,28 @@ describe('a real AWS Nitro attestation document', () => {
     expect(createHash('sha256').update(new X509Certificate(AWS_NITRO_ROOT_G1_PEM).raw).digest('hex')).toBe(AWS_NITRO_ROOT_G1_SHA256);
   });
 
-  it('verifies against the AWS root at its own time, and decodes its fields', () => {
-    const v = verifyAttestation(bytes);
+  // A debug-mode document (PCR0 all zeros) from November 2024: its certificates expired long ago.
+  const evidence: VerifyOptions = { at: 'document', allowDebug: true, allowUnpinned: true };
+
+  it('is refused by default as expired, checked at the current time, with the reason and the way to check it as evidence', () => {
+    const before = Date.now();
+    const err = failureOf(() => verifyAttestation(bytes, { expectedPcrs: { 0: Buffer.alloc(48) }, allowDebug: true }));
+    expect(err.code).toBe('CERT_EXPIRED');
+    // The first certificate of the chain that has expired (the regional CA, 20 days) is named.
+    expect(err.message).toMatch(/^CA certificate 1 \(.*\) expired at 2024-12-03T08:32:55\.000Z \(checked at (\S+), the current time; /);
+    const checked = Date.parse(/checked at (\S+),/.exec(err.message)?.[1] as string);
+    expect(checked).toBeGreaterThanOrEqual(before);
+    expect(err.message).toContain("at: 'document', --at document");
+    // Explicitly 'now' is the same; a pinned all-zero PCR0 is still debug mode.
+    expect(codeOf(() => verifyAttestation(bytes, { ...evidence, at: 'now' }))).toBe('CERT_EXPIRED');
+    expect(codeOf(() => verifyAttestation(bytes, { at: 'document', expectedPcrs: { 0: Buffer.alloc(48) } }))).toBe('DEBUG_MODE');
+    expect(codeOf(() => verifyAttestation(bytes, { at: 'document' }))).toBe('PCR_REQUIRED');
+  });
+
+  it('verifies against the AWS root at its own time when asked, says so, and decodes its fields', () => {
+    const v = verifyAttestation(bytes, evidence);
+    expect(v.checkedAt).toEqual({ time: new Date(1731627989450), basis: 'document' });
+    expect([v.pinned, v.debug]).toEqual([false, true]);
     expect(v.rootFingerprint).toBe(AWS_NITRO_ROOT_G1_SHA256);
     expect(v.document.moduleId).toBe('i-0f73a4b4cb74cc9f2-enc0192e4188fef781d');
     expect(v.document.timestamp).toBe(1731627989450);
@@ -87,12 +107,13 @@ describe('a real AWS Nitro attestation document', () => {
     expect(v.document.userData).toHaveLength(32);
     expect(v.document.publicKey).toBeUndefined(); // CBOR null means absent
     expect(v.chainSubjects).toHaveLength(5);
-    expect(codeOf(() => verifyAttestation(bytes, { at }))).toBe('OK');
+    const explicit = verifyAttestation(bytes, { ...evidence, at });
+    expect(explicit.checkedAt).toEqual({ time: at, basis: 'explicit' });
   });
 
   it('accepts the tagged COSE_Sign1 form as well', () => {
     const tagged = Buffer.concat([Buffer.from([0xd2]), bytes]);
-    expect(codeOf(() => verifyAttestation(tagged))).toBe('OK');
+    expect(codeOf(() => verifyAttestation(tagged, evidence))).toBe('OK');
   });
 
   it("refuses a signing certificate forged under the AWS intermediate's names and key identifier, signed by another key", async () => {
@@ -112,7 +133,7 @@ describe('a real AWS Nitro attestation document', () => {
       { moduleId: document.moduleId, timestamp: document.timestamp, pcrs, userData: Buffer.from('chosen by the forger') },
       forged,
     );
-    const err = failureOf(() => verifyAttestation(forgedDoc)); // the real AWS root, at the document's own time
+    const err = failureOf(() => verifyAttestation(forgedDoc, evidence)); // the real AWS root, at the document's own time
     expect([err.code, err.message]).toEqual([
       'CHAIN_BROKEN',
       expect.stringMatching(/^the signing certificate \(.*\) has a signature that does not verify with its issuer's key$/),
@@ -120,30 +141,32 @@ describe('a real AWS Nitro attestation document', () => {
   });
 
   it('fails with its own reason for each kind of defect', () => {
-    expect(codeOf(() => verifyAttestation(bytes, { at: new Date() }))).toBe('CERT_EXPIRED');
-    expect(codeOf(() => verifyAttestation(bytes, { at: new Date(realDoc.verifiedAtMs - 3 * 3600_000) }))).toBe('CERT_NOT_YET_VALID');
-    expect(codeOf(() => verifyAttestation(bytes, { maxAgeMs: 60_000 }))).toBe('STALE');
+    expect(codeOf(() => verifyAttestation(bytes, { ...evidence, at: new Date() }))).toBe('CERT_EXPIRED');
+    expect(codeOf(() => verifyAttestation(bytes, { ...evidence, at: new Date(realDoc.verifiedAtMs - 3 * 3600_000) }))).toBe(
+      'CERT_NOT_YET_VALID',
+    );
+    expect(codeOf(() => verifyAttestation(bytes, { ...evidence, maxAgeMs: 60_000 }))).toBe('STALE');
 
     const { cose, document } = decodeAttestationDocument(bytes);
     const rebuild = (payload: Buffer, signature = cose.signature) => encodeCbor([cose.protectedHeader, new Map(), payload, signature]);
 
     const sig = Buffer.from(cose.signature);
     sig[10] = (sig[10] as number) ^ 1;
-    expect(codeOf(() => verifyAttestation(rebuild(cose.payload, sig)))).toBe('BAD_SIGNATURE');
+    expect(codeOf(() => verifyAttestation(rebuild(cose.payload, sig), evidence))).toBe('BAD_SIGNATURE');
 
     const payload = decodeCbor(cose.payload) as Map<string, unknown>;
     payload.set('module_id', 'i-0f73a4b4cb74cc9f2-enc0192e4188fef781e');
-    expect(codeOf(() => verifyAttestation(rebuild(encodeCbor(payload))))).toBe('BAD_SIGNATURE');
+    expect(codeOf(() => verifyAttestation(rebuild(encodeCbor(payload)), evidence))).toBe('BAD_SIGNATURE');
 
     const shortBundle = decodeCbor(cose.payload) as Map<string, unknown>;
     shortBundle.set('cabundle', document.cabundle.slice(0, 3));
-    expect(codeOf(() => verifyAttestation(rebuild(encodeCbor(shortBundle))))).toBe('CHAIN_BROKEN');
+    expect(codeOf(() => verifyAttestation(rebuild(encodeCbor(shortBundle)), evidence))).toBe('CHAIN_BROKEN');
 
-    expect(codeOf(() => verifyAttestation(Buffer.from('0000', 'hex')))).toBe('MALFORMED');
-    expect(codeOf(() => verifyAttestation(encodeCbor([1, 2, 3])))).toBe('MALFORMED');
-    expect(codeOf(() => verifyAttestation(encodeCbor([encodeCbor(new Map([[1, -7]])), new Map(), cose.payload, cose.signature])))).toBe(
-      'UNSUPPORTED_ALGORITHM',
-    );
+    expect(codeOf(() => verifyAttestation(Buffer.from('0000', 'hex'), evidence))).toBe('MALFORMED');
+    expect(codeOf(() => verifyAttestation(encodeCbor([1, 2, 3]), evidence))).toBe('MALFORMED');
+    expect(
+      codeOf(() => verifyAttestation(encodeCbor([encodeCbor(new Map([[1, -7]])), new Map(), cose.payload, cose.signature]), evidence)),
+    ).toBe('UNSUPPORTED_ALGORITHM');
   });
 });
 
@@ -157,7 +180,7 @@ describe('documents from the simulated NSM CA', () => {
     signer = await ca.signer();
   });
 
-  const opts = (o: VerifyOptions = {}): VerifyOptions => ({ trustedRoots: [ca.rootPem], at: new Date(), ...o });
+  const opts = (o: VerifyOptions = {}): VerifyOptions => ({ trustedRoots: [ca.rootPem], at: new Date(), allowUnpinned: true, ...o });
 
   it('verify against the simulator root, with nonce, user data and PCR checks', () => {
     const doc = signAttestationDocument(fields(), signer);
@@ -168,7 +191,7 @@ describe('documents from the simulated NSM CA', () => {
         maxAgeMs: 60_000,
         expectedNonce: Buffer.from('nonce-1'),
         expectedUserData: Buffer.from('user-data'),
-        expectedPcrs: { 0: Buffer.alloc(48, 0).toString('hex'), 3: Buffer.alloc(48, 3) },
+        expectedPcrs: { 0: SAMPLE_PCR0.toString('hex'), 3: Buffer.alloc(48, 3) },
         requirePublicKey: true,
       }),
     );
@@ -194,9 +217,9 @@ describe('documents from the simulated NSM CA', () => {
 
   it('fail with their own reason: wrong root, expired leaf, stale, future, nonce, user data, PCR, no key', async () => {
     const doc = signAttestationDocument(fields(), signer);
-    expect(codeOf(() => verifyAttestation(doc))).toBe('UNTRUSTED_ROOT');
+    expect(codeOf(() => verifyAttestation(doc, { allowUnpinned: true }))).toBe('UNTRUSTED_ROOT');
     const other = await SimulatedNitroCa.open(null);
-    expect(codeOf(() => verifyAttestation(doc, { trustedRoots: [other.rootPem] }))).toBe('UNTRUSTED_ROOT');
+    expect(codeOf(() => verifyAttestation(doc, { trustedRoots: [other.rootPem], allowUnpinned: true }))).toBe('UNTRUSTED_ROOT');
 
     const expired = await ca.signerWithLeaf(new Date(Date.now() - 4 * 3600_000), new Date(Date.now() - 3600_000));
     expect(codeOf(() => verifyAttestation(signAttestationDocument(fields(), expired), opts()))).toBe('CERT_EXPIRED');

@@ -232,6 +232,8 @@ export function readDocument(file: string): Buffer {
   return raw;
 }
 
+const AT_BASIS_TEXT = { now: 'now', document: "the document's own time, --at document", explicit: '--at' } as const;
+
 export async function attestationCommand(args: string[]): Promise<number> {
   const [sub, ...rest] = args;
   if (sub === 'get') {
@@ -253,6 +255,9 @@ export async function attestationCommand(args: string[]): Promise<number> {
       at: { type: 'string' },
       'max-age': { type: 'string' },
       pcr: { type: 'string', multiple: true },
+      pcr0: { type: 'string' },
+      'allow-unpinned': { type: 'boolean' },
+      'allow-debug': { type: 'boolean' },
       nonce: { type: 'string' },
       'user-data': { type: 'string' },
       'key-id': { type: 'string' },
@@ -261,12 +266,18 @@ export async function attestationCommand(args: string[]): Promise<number> {
     },
     1,
   );
-  const opts: VerifyOptions = {};
+  // The chain is checked at the current time unless asked otherwise: a document meant to be fresh must not
+  // verify with certificates that have expired since. A document kept as evidence (a birth or genesis document)
+  // is checked at its own time with --at document, or at an explicit time.
+  const opts: VerifyOptions = { at: 'now', allowUnpinned: true, allowDebug: values['allow-debug'] ?? false };
   if (values.root) opts.trustedRoots = [readInput(values.root).toString('utf8')];
-  if (values.at) {
-    const at = new Date(values.at);
-    if (Number.isNaN(at.getTime())) throw new UsageError('--at takes an ISO time, e.g. 2026-01-31T12:00:00Z');
-    opts.at = at;
+  if (values.at !== undefined && values.at !== 'now') {
+    if (values.at === 'document') opts.at = 'document';
+    else {
+      const at = /^\d{4}-\d{2}-\d{2}T/.test(values.at) ? new Date(values.at) : new Date(NaN);
+      if (Number.isNaN(at.getTime())) throw new UsageError('--at takes now, document or an ISO time, e.g. 2026-01-31T12:00:00Z');
+      opts.at = at;
+    }
   }
   if (values['max-age'] !== undefined) {
     const s = Number(values['max-age']);
@@ -290,14 +301,27 @@ export async function attestationCommand(args: string[]): Promise<number> {
     }
     (opts.expectedPcrs ??= {})[Number(m[1])] = value;
   }
+  if (values.pcr0 !== undefined) {
+    let value: string;
+    try {
+      value = normalizePcr(values.pcr0, '--pcr0');
+    } catch (err) {
+      throw new UsageError((err as Error).message, { cause: err });
+    }
+    const other = opts.expectedPcrs?.[0];
+    if (other !== undefined && other !== value) throw new UsageError('--pcr0 and --pcr 0=… name different values');
+    (opts.expectedPcrs ??= {})[0] = value;
+  }
+  const pinned = opts.expectedPcrs?.[0] !== undefined;
+  const allowUnpinned = values['allow-unpinned'] ?? false;
   // A birth attestation: user_data must bind this key id and address (and not be a 0.1-era document).
   const birth = values['key-id'] !== undefined || values.address !== undefined;
   if (birth) {
     if (!values['key-id'] || !values.address || !ADDRESS_RE.test(values.address))
       throw new UsageError("a birth attestation needs both --key-id ID and --address 0x… (the key's 20-byte address)");
     if (opts.expectedUserData) throw new UsageError('--user-data cannot be combined with --key-id/--address (they determine user_data)');
-    if (opts.expectedPcrs?.[0] === undefined)
-      throw new UsageError('a birth attestation needs --pcr 0=HEX, the PCR0 of an image you approve (any image can ask for any user_data)');
+    if (!pinned)
+      throw new UsageError('a birth attestation needs --pcr0 HEX, the PCR0 of an image you approve (any image can ask for any user_data)');
   }
   const document = readDocument(positionals[0] as string);
   try {
@@ -309,8 +333,16 @@ export async function attestationCommand(args: string[]): Promise<number> {
         )
       : verifyAttestation(document, opts);
     const d = v.document;
+    // Without a pinned PCR0 the document proves only that some enclave made it: the verdict says so, and it is
+    // a failure unless the caller accepts that (--allow-unpinned).
+    const verdict = pinned ? 'VALID' : allowUnpinned ? 'VALID (UNPINNED)' : 'UNPINNED';
+    const checkedAt = { time: v.checkedAt.time.toISOString(), basis: v.checkedAt.basis };
     const summary = {
-      valid: true,
+      valid: verdict !== 'UNPINNED',
+      verdict,
+      pinned,
+      debug: v.debug,
+      checkedAt,
       moduleId: d.moduleId,
       timestamp: new Date(d.timestamp).toISOString(),
       pcrs: Object.fromEntries([...d.pcrs].map(([i, b]) => [i, b.toString('hex')])),
@@ -324,9 +356,17 @@ export async function attestationCommand(args: string[]): Promise<number> {
       summary,
       values.json ?? false,
       () =>
-        `VALID attestation document\n${fields([
+        `${verdict} attestation document${
+          pinned
+            ? ''
+            : allowUnpinned
+              ? ': PCR0 not checked (--allow-unpinned)'
+              : ': genuine, but no PCR0 was pinned, so nothing shows which code made it (--pcr0 HEX, or --allow-unpinned)'
+        }\n${fields([
+          ['checked at', `${checkedAt.time} (${AT_BASIS_TEXT[checkedAt.basis]})`],
           ['module', d.moduleId],
           ['timestamp', summary.timestamp],
+          ['debug mode', v.debug ? 'yes (PCR0 all zeros, accepted with --allow-debug)' : undefined],
           ['root sha256', v.rootFingerprint],
           ...[0, 1, 2, 3, 4, 8].filter((i) => d.pcrs.has(i)).map((i): [string, unknown] => [`PCR${i}`, d.pcrs.get(i)?.toString('hex')]),
           ['user_data', summary.userData],
@@ -334,7 +374,7 @@ export async function attestationCommand(args: string[]): Promise<number> {
           ['public_key', d.publicKey ? `${d.publicKey.length} bytes` : undefined],
         ])}`,
     );
-    return 0;
+    return verdict === 'UNPINNED' ? 1 : 0;
   } catch (err) {
     if (!(err instanceof AttestationError)) throw err;
     print(

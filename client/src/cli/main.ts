@@ -61,9 +61,12 @@ const HELP = `nks — nitro-keystore command-line client
                    | --transaction FILE | --authorization FILE [--allow-all-chains] | --request FILE
                    | --user-operation FILE --entry-point 0x… --chain-id N --ep-version 0.6|0.7|0.8
   nks attestation get [--nonce 0x…] [--out FILE]
-  nks attestation verify <file> [--root PEM] [--at ISO-TIME] [--max-age S] [--pcr N=HEX]...
-                         [--nonce HEX] [--user-data HEX | --key-id ID --address 0x…] [--json]
-      --key-id/--address check a key's birth attestation (the key's "attestation" from creation)
+  nks attestation verify <file> --pcr0 HEX | --allow-unpinned [--allow-debug] [--at now|document|ISO-TIME]
+                         [--root PEM] [--max-age S] [--pcr N=HEX]... [--nonce HEX]
+                         [--user-data HEX | --key-id ID --address 0x…] [--json]
+      the chain is checked now unless --at says otherwise (--at document: a document kept as evidence, at
+      its own time); without --pcr0 the verdict is UNPINNED (exit 1) unless --allow-unpinned; an all-zero
+      PCR0 (debug mode) is refused unless --allow-debug; --key-id/--address check a key's birth attestation
   nks policy --parent-role-arn ARN --admin ARN... --image-approver-role-arn ARN --break-glass-role-arn ARN
               (--measurements FILE | --pcr0 HEX --security-epoch N)... [--current-policy FILE]
               [--migration-window] [--pin-pcr8] [--out FILE]

@@ -100,6 +100,7 @@ async function createCommand(args: string[]): Promise<number> {
       const v = verifyAttestation(document, {
         expectedPcrs: resolvePcrs(document, { 0: pcr0s }),
         expectedUserData: tlsUserData(spki),
+        at: 'now', // made with the key, just now
         ...(root !== undefined ? { trustedRoots: [root] } : {}),
       });
       attested = { ok: true, text: `the creation attestation binds this key (PCR0 ${v.document.pcrs.get(0)?.toString('hex')})` };

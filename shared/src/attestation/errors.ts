@@ -8,6 +8,8 @@ export type AttestationErrorCode =
   | 'CERT_EXPIRED'
   | 'CERT_NOT_YET_VALID'
   | 'CERT_CONSTRAINTS'
+  | 'UNKNOWN_CRITICAL_EXTENSION'
+  | 'DEBUG_MODE'
   | 'STALE'
   | 'FROM_THE_FUTURE'
   | 'NONCE_MISMATCH'

@@ -25,8 +25,8 @@ export function identityUserData(publicKeyHex: string): Buffer {
 }
 
 /**
- * Checks `document` is an identity attestation for `publicKeyHex`: the document verifies (chain at its own time
- * unless `options.at`, signature, the expected PCRs, nonce and freshness when asked) and its user_data binds
+ * Checks `document` is an identity attestation for `publicKeyHex`: the document verifies (chain at `options.at`,
+ * the current time by default; signature, the expected PCRs, nonce and freshness when asked) and its user_data binds
  * exactly this public key. Throws AttestationError: PCR_REQUIRED without PCR0, USER_DATA_MISMATCH for another key.
  */
 export function verifyIdentityAttestation(document: Uint8Array, publicKeyHex: string, options: IdentityVerifyOptions): VerifiedAttestation {

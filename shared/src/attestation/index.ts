@@ -1,4 +1,4 @@
-export { verifyAttestation, type VerifyOptions, type VerifiedAttestation } from './verify';
+export { verifyAttestation, type CheckTime, type CheckedAt, type VerifyOptions, type VerifiedAttestation } from './verify';
 export {
   decodeAttestationDocument,
   decodeCoseSign1,
