@@ -6,6 +6,7 @@
 import net from 'node:net';
 import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
+import { DEADLINES, deadlineMarginMs, nests } from '@nks/shared/deadlines';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
 import { describeIssues, identityPublicKey, kmsKeyArn } from '@nks/shared/schema';
 import { DEFAULT_ENCLAVE_ADDRESS, DEFAULT_KMS_PROXY_ADDRESS, TransportConfigSchema, VsockAddressSchema } from '@nks/shared/transport';
@@ -24,14 +25,20 @@ export const PARENT_CONFIG_DEFAULTS = {
     socketMode: '0660',
     maxBodyBytes: 256 * 1024,
     maxInFlight: 1024,
-    requestTimeoutMs: 15_000,
+    requestTimeoutMs: DEADLINES.apiRequestMs,
     drainMs: 10_000,
     /** No proxy is trusted: a request's client address is its socket peer's. */
     trustProxy: [] as string[],
   },
   transport: { kind: 'vsock' },
-  enclave: { address: DEFAULT_ENCLAVE_ADDRESS, poolSize: 2, connectTimeoutMs: 2_000, deadlineMs: 10_000, maxInFlightPerConnection: 2048 },
-  kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, deadlineMs: 8_000, maxConcurrent: 256 },
+  enclave: {
+    address: DEFAULT_ENCLAVE_ADDRESS,
+    poolSize: 2,
+    connectTimeoutMs: 2_000,
+    deadlineMs: DEADLINES.enclaveCallMs,
+    maxInFlightPerConnection: 2048,
+  },
+  kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, deadlineMs: DEADLINES.kmsProxyMs, maxConcurrent: 256 },
   // The wallet routes are served by the enclave over TLS that ends there (docs/TLS.md): the parent relays raw
   // TCP from a public port to the enclave's wallet listener, and serves the enclave's wallet store.
   wallets: {
@@ -170,6 +177,7 @@ export const ParentConfigSchema = z.strictObject({
     region: z.string().min(1),
     /** Override for the KMS emulator (development); absent in production. */
     endpoint: z.string().url().optional(),
+    /** The proxy's time for one decrypt, retries included (never more than the enclave's time left, less a margin). */
     deadlineMs: ms(D.kmsProxy.deadlineMs),
     maxConcurrent: z.number().int().min(1).max(10_000).default(D.kmsProxy.maxConcurrent),
   }),
@@ -263,12 +271,31 @@ export function parseParentConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, sou
       `invalid ${source}: config.api.listen.host ${l.host} is not loopback; serving beyond loopback requires config.api.tls`,
     );
   }
+  checkDeadlines(res.data, source);
   const db = (raw as { database?: unknown }).database;
   const deprecations =
     typeof db === 'object' && db !== null && !('kind' in db) && !env.NKS_DATABASE_URL
       ? ['config.database {path} is read as {"kind": "sqlite", "path": ...}: write it so; the old shape goes in a later release']
       : [];
   return { ...res.data, deprecations };
+}
+
+/**
+ * The deadlines of one configuration must nest (shared/src/deadlines.ts): the API request outlives the enclave
+ * call, which outlives the KMS proxy's budget, each by a margin, so the innermost fault is what the caller is told.
+ */
+function checkDeadlines(c: z.output<typeof ParentConfigSchema>, source: string): void {
+  const pairs: Array<[string, number, string, number]> = [
+    ['config.enclave.deadlineMs', c.enclave.deadlineMs, 'config.api.requestTimeoutMs', c.api.requestTimeoutMs],
+    ['config.kmsProxy.deadlineMs', c.kmsProxy.deadlineMs, 'config.enclave.deadlineMs', c.enclave.deadlineMs],
+  ];
+  for (const [innerName, inner, outerName, outer] of pairs) {
+    if (!nests(inner, outer))
+      throw new ConfigError(
+        `invalid ${source}: ${innerName} (${inner} ms) must end at least ${deadlineMarginMs(outer)} ms before ${outerName} (${outer} ms), ` +
+          'so that the inner fault, not the outer timeout, is what the caller is told (docs/OPERATIONS.md, "Deadlines")',
+      );
+  }
 }
 
 export function loadParentConfig(file: string, env: NodeJS.ProcessEnv = process.env): ParentConfig {
