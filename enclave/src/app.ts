@@ -105,7 +105,6 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
       failed: (err) => (identity.status === 'ready' ? unsealCanary.failed(err) : unsealCanary.bootFailed(err)),
     },
   );
-  if (config.identity) unsealCanary.probe = identityCanaryProbe(unsealer, config.identity.blob, config.identity.publicKey);
   const signers = new SignerPool(config.signing.workers, script, (message, err) => logger.error({ err }, message), {
     deadlineMs: config.signing.deadlineMs,
   });
@@ -265,6 +264,8 @@ export async function startEnclave(config: EnclaveConfig, logger: Logger, script
       logger,
     }).then((unsealed) => {
       identity.set(unsealed);
+      // The canary exists once the identity does (while it starts, boot.ts's own retries are the canary).
+      unsealCanary.probe = identityCanaryProbe(unsealer, configured.blob, configured.publicKey);
       logger.info({ ...where, identity: unsealed.publicKey, mode: config.mode }, 'enclave ready');
     });
     // The caller decides what a failed start means (main.ts exits); never an unhandled rejection here.
