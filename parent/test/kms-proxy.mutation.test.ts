@@ -579,7 +579,7 @@ describe('KMS proxy: one attempt at most attemptMs', () => {
     const { proxy, outcomes } = withAttempt(kms.client, 700, 300);
     const err = await rejection(proxy.decrypt(params()));
     expect([err.code, err.message, outcomes]).toEqual(['TIMEOUT', 'KMS did not answer within 700 ms', ['TIMEOUT']]);
-    // 300 ms, then the 400 ms left: too little for a third (backoff plus 300 ms).
+    // 300 ms twice; then too little is left for a third (backoff plus 300 ms).
     expect(kms.calls.length).toBe(2);
   });
 

@@ -64,7 +64,7 @@ export class UnsealCanary {
    */
   failed(err: unknown): void {
     if (asKeystoreError(err).retryable) return;
-    this.trigger();
+    void this.trigger();
   }
 
   /** The identity's own unseal failed at start with `err` (no canary: start is retrying it already). */
