@@ -25,7 +25,8 @@ import { KeyVault } from './keys/vault';
 import { FailedOpens } from './kms/failed-opens';
 import { RecipientKeys } from './kms/recipient';
 import { Unsealer } from './kms/unseal';
-import { IdentityHolder, unsealIdentity } from './identity/boot';
+import { IdentityHolder, identityCanaryProbe, unsealIdentity } from './identity/boot';
+import { UnsealCanary } from './identity/canary';
 import { enclaveMethods, type ImageKind } from './methods';
 import { VerifiedRecords } from './records/verified';
 import { NsmClient, type NsmTransport } from './nsm/client';
@@ -106,11 +107,29 @@ export async function startEnclave(
   const cache = new KeyCache(config.cache);
   cache.startSweeper();
   const failedOpens = new FailedOpens(config.failedOpens);
-  const unsealer = new Unsealer(kmsProxy, recipient, failedOpens, { kmsKeyArn: config.kmsKeyArn, deadlineMs: config.limits.kmsDeadlineMs });
+  // Can this image unseal? Told of every unseal; its canary re-unseals the identity blob (identity/canary.ts).
+  const identity = new IdentityHolder(image === 'genesis' ? 'genesis' : 'unsealing');
+  const unsealCanary = new UnsealCanary({
+    minIntervalMs: config.limits.unsealCanaryMs,
+    onChange: (state, code) =>
+      state === 'failing'
+        ? logger.warn({ unseal: state, code }, 'this enclave cannot unseal')
+        : logger.info({ unseal: state }, 'unsealing works'),
+  });
+  const unsealer = new Unsealer(
+    kmsProxy,
+    recipient,
+    failedOpens,
+    { kmsKeyArn: config.kmsKeyArn, deadlineMs: config.limits.kmsDeadlineMs },
+    {
+      succeeded: () => unsealCanary.succeeded(),
+      // While the identity is being unsealed at start, that unseal is the canary (boot.ts retries it).
+      failed: (err) => (identity.status === 'ready' ? unsealCanary.failed(err) : unsealCanary.bootFailed(err)),
+    },
+  );
   const signers = new SignerPool(config.signing.workers, script, (message, err) => logger.error({ err }, message), {
     deadlineMs: config.signing.deadlineMs,
   });
-  const identity = new IdentityHolder(image === 'genesis' ? 'genesis' : 'unsealing');
   // In a genesis image there is no identity, so no record verifies (nor is asked to: see methods.ts).
   const records = new VerifiedRecords(config.identity ? identityPublicKey(config.identity.publicKey) : null, config.records);
   // JWT projects (normal image): JWKS fetched through the egress relay, TLS ending here; the clock checked
@@ -200,6 +219,7 @@ export async function startEnclave(
     records,
     cache,
     unsealer,
+    unsealCanary,
     recipient,
     failedOpens,
     signers,
@@ -275,6 +295,8 @@ export async function startEnclave(
       logger,
     }).then((unsealed) => {
       identity.set(unsealed);
+      // The canary exists once the identity does (while it starts, boot.ts's own retries are the canary).
+      unsealCanary.probe = identityCanaryProbe(unsealer, configured.blob, configured.publicKey);
       logger.info({ ...where, identity: unsealed.publicKey, mode: config.mode }, 'enclave ready');
     });
     // The caller decides what a failed start means (main.ts exits); never an unhandled rejection here.
@@ -293,6 +315,7 @@ export async function startEnclave(
     identityReady,
     async stop(drainMs = 5000) {
       clock.stop();
+      unsealCanary.close();
       await wallets?.close();
       await server.close(drainMs);
       await signers.close();

@@ -13,6 +13,7 @@ import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
 import { DEFAULT_EGRESS_ADDRESS } from '@nks/shared/egress';
 import { DEFAULT_WALLET_STORE_ADDRESS, DEFAULT_WALLETS_ADDRESS } from '@nks/shared/ingress';
+import { DEADLINES } from '@nks/shared/deadlines';
 import { DEFAULT_MAX_FRAME_BYTES } from '@nks/shared/framing';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
 import { BLOB_VERSION, decodeBlobBase64 } from '@nks/shared/blob';
@@ -41,9 +42,15 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   cache: { ttlMs: 15 * 60_000, maxEntries: 100_000 },
   recipient: { rotateMs: 3600_000, documentMaxAgeMs: 60_000 },
   failedOpens: { maxFailures: 10, windowMs: 60_000, cooldownMs: 60_000 },
-  // kmsDeadlineMs is shorter than the parent's deadline for a whole sign (its enclave.deadlineMs, 10 s), so a
-  // slow KMS is answered as such before the parent gives up on the call.
-  limits: { maxConcurrent: 4096, maxFrameBytes: DEFAULT_MAX_FRAME_BYTES, kmsDeadlineMs: 8_000 },
+  // kmsDeadlineMs is shorter than the parent's deadline for a whole sign (its enclave.deadlineMs), and longer
+  // than the proxy's (shared/src/deadlines.ts), so a slow KMS is answered as such before the parent gives up.
+  // unsealCanaryMs: at most one canary unseal this often (identity/canary.ts).
+  limits: {
+    maxConcurrent: 4096,
+    maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
+    kmsDeadlineMs: DEADLINES.enclaveKmsMs,
+    unsealCanaryMs: 30_000,
+  },
   signing: { workers: defaultWorkers(), deadlineMs: DEFAULT_SIGNING_DEADLINE_MS },
   logLevel: DEFAULT_LOG_LEVEL,
   mode: 'normal',
@@ -173,6 +180,8 @@ export const EnclaveConfigSchema = z.strictObject({
         .max(16 * 1024 * 1024)
         .default(D.limits.maxFrameBytes),
       kmsDeadlineMs: ms(D.limits.kmsDeadlineMs, 100, 120_000),
+      /** The least time between two canary unseals (after a KMS refusal, and while unsealing is failing). */
+      unsealCanaryMs: ms(D.limits.unsealCanaryMs, 1_000, 3600_000),
     })
     .prefault({}),
   signing: z

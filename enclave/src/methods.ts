@@ -30,6 +30,7 @@ import type { JwtVerifier } from './auth/jwt';
 import type { GenesisDeps } from './identity/genesis';
 import { genesis } from './identity/genesis';
 import { identityUnavailable, type IdentityHolder } from './identity/boot';
+import type { UnsealCanary } from './identity/canary';
 import type { KeyCache } from './keys/cache';
 import type { KeyVault } from './keys/vault';
 import type { FailedOpens } from './kms/failed-opens';
@@ -96,6 +97,8 @@ export interface EnclaveParts {
   records: VerifiedRecords;
   cache: KeyCache;
   unsealer: Unsealer;
+  /** Can this enclave unseal (identity/canary.ts)? Absent: "unknown". */
+  unsealCanary?: UnsealCanary;
   recipient: RecipientKeys;
   failedOpens: FailedOpens;
   signers: SignerPool;
@@ -204,6 +207,8 @@ export function enclaveMethods(parts: EnclaveParts): {
       nsm: parts.nsm.kind,
       kmsProxy: parts.kmsProxy.connected ? 'connected' : 'disconnected',
       identity: parts.identity.status,
+      unseal: parts.unsealCanary?.state ?? 'unknown',
+      unsealCode: parts.unsealCanary?.code ?? null,
       mode: parts.mode,
       securityEpoch: parts.securityEpoch,
       uptimeMs: Date.now() - parts.startedAt,
@@ -217,6 +222,7 @@ export function enclaveMethods(parts: EnclaveParts): {
         cacheSize: c.size,
         kmsCalls: parts.unsealer.kmsCalls,
         identityKmsCalls: parts.unsealer.identityKmsCalls,
+        unsealCanaries: parts.unsealCanary?.runs ?? 0,
         kmsErrors: parts.unsealer.kmsErrors,
         failedOpens: parts.failedOpens.total,
         integrityFailures: parts.records.failures,

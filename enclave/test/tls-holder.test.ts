@@ -75,7 +75,7 @@ function setup(identity = KeystoreIdentity.fromSeed(randomBytes(32)), now?: () =
       return { ciphertextForRecipient: buildEnvelopedData(dek, to).toString('base64'), keyId: p.kmsKeyArn };
     },
   } as unknown as RpcClient;
-  const unsealer = new Unsealer(proxy, recipient, failedOpens, { kmsKeyArn: ARN, deadlineMs: 5000 });
+  const unsealer = new Unsealer(proxy, recipient, failedOpens, { kmsKeyArn: ARN, deadlineMs: 60_000 });
   const holder = new TlsHolder({
     nsm: nsm.client,
     unsealer,

@@ -194,7 +194,7 @@ function setup() {
     },
   } as unknown as RpcClient;
   return {
-    unsealer: new Unsealer(proxy, keys, failedOpens, { kmsKeyArn: ARN, deadlineMs: 1000 }),
+    unsealer: new Unsealer(proxy, keys, failedOpens, { kmsKeyArn: ARN, deadlineMs: 60_000 }),
     keys,
     failedOpens,
     forge,

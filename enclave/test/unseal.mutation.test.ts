@@ -18,7 +18,7 @@ import { sealBlob, sealSecret } from '../src/keys/seal';
 import { FailedOpens } from '../src/kms/failed-opens';
 import { DUMMY_SECRET, openKmsAnswer } from '../src/kms/open-answer';
 import { RecipientKeys } from '../src/kms/recipient';
-import { UNSEAL_REFUSED_MESSAGE, Unsealer, unsealRefused } from '../src/kms/unseal';
+import { UNSEAL_REFUSED_MESSAGE, Unsealer, unsealRefused, type UnsealObserver } from '../src/kms/unseal';
 import { fakeNsm } from './fake-nsm';
 
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';
@@ -222,7 +222,10 @@ interface ProxyCall {
  * A KMS proxy that answers genuinely for the recipient key currently leased, unless `answer` says otherwise.
  * `before` runs first on each call (a test uses it to retire keys while the call is in flight).
  */
-function setup(opts: { failedOpens?: FailedOpens; maxFailures?: number } = {}) {
+/** Long enough for an RSA key pair on a loaded machine: the tests of the deadline set their own. */
+const DEADLINE_MS = 60_000;
+
+function setup(opts: { failedOpens?: FailedOpens; maxFailures?: number; deadlineMs?: number; observer?: UnsealObserver } = {}) {
   const nsm = fakeNsm();
   const keys = new RecipientKeys(nsm.client, { rotateMs: 3_600_000, documentMaxAgeMs: 60_000 });
   const failedOpens = opts.failedOpens ?? new FailedOpens({ maxFailures: opts.maxFailures ?? 100, windowMs: 60_000, cooldownMs: 60_000 });
@@ -247,7 +250,7 @@ function setup(opts: { failedOpens?: FailedOpens; maxFailures?: number } = {}) {
       return hooks.answer ? hooks.answer(params, () => genuine(params)) : genuine(params);
     },
   } as unknown as RpcClient;
-  const unsealer = new Unsealer(proxy, keys, failedOpens, { kmsKeyArn: ARN, deadlineMs: 1234 });
+  const unsealer = new Unsealer(proxy, keys, failedOpens, { kmsKeyArn: ARN, deadlineMs: opts.deadlineMs ?? DEADLINE_MS }, opts.observer);
   return { unsealer, keys, failedOpens, calls, hooks, nsm };
 }
 
@@ -267,11 +270,15 @@ describe('Unsealer', () => {
           kmsKeyArn: ARN,
           ciphertextBlob: blob.wrappedKey.toString('base64'),
           attestationDocument: Buffer.from('doc-1').toString('base64'),
-          deadlineMs: 1234,
+          deadlineMs: s.calls[0]?.options && (s.calls[0].options as { deadlineMs: number }).deadlineMs,
         },
-        options: { deadlineMs: 1234 },
+        options: { deadlineMs: expect.any(Number) },
       },
     ]);
+    // The time left of the unseal's deadline (the recipient key and its document came first).
+    const left = (s.calls[0]?.options as { deadlineMs: number }).deadlineMs;
+    expect(left).toBeGreaterThan(0);
+    expect(left).toBeLessThanOrEqual(DEADLINE_MS);
     expect([s.unsealer.kmsCalls, s.unsealer.kmsErrors, s.keys.retirements, s.failedOpens.total]).toEqual([1, 0, 0, 0]);
   });
 
@@ -350,6 +357,40 @@ describe('Unsealer', () => {
     const err = await rejection(s.unsealer.unseal(blob));
     expect([err.code, err.message]).toEqual(['KEY_INTEGRITY', UNSEAL_REFUSED_MESSAGE]);
     expect([s.calls.length, s.unsealer.kmsCalls, s.keys.retirements, s.failedOpens.total]).toEqual([2, 2, 2, 0]);
+  });
+
+  it('gives the second ask only the time left of one deadline, and none once it has passed', async () => {
+    const s = setup({ deadlineMs: 400 });
+    await s.keys.current(); // the key pair made before the clock starts
+    s.hooks.before = async (n) => {
+      if (n === 1) {
+        s.keys.retire(await s.keys.current());
+        await new Promise((r) => setTimeout(r, 450));
+      }
+    };
+    const err = await rejection(s.unsealer.unseal(blob));
+    expect([err.code, err.message]).toEqual(['TIMEOUT', 'the unseal did not finish within 400 ms']);
+    // No second kms.decrypt: the deadline had passed; the timeout is counted as a KMS error.
+    expect([s.calls.length, s.unsealer.kmsCalls, s.unsealer.kmsErrors]).toEqual([1, 1, 1]);
+    expect((s.calls[0]?.options as { deadlineMs: number }).deadlineMs).toBeLessThanOrEqual(400);
+  });
+
+  it('tells its observer of each outcome: success, a proxy error, a failed open', async () => {
+    const seen: string[] = [];
+    const observer: UnsealObserver = {
+      succeeded: () => seen.push('ok'),
+      failed: (err) => seen.push((err as KeystoreError).code),
+    };
+    const s = setup({ observer });
+    await s.unsealer.unseal(blob);
+    s.hooks.answer = () => {
+      throw new KeystoreError('KMS_ACCESS_DENIED', 'no');
+    };
+    await rejection(s.unsealer.unseal(blob));
+    s.hooks.answer = (p) => answer(randomBytes(32), { to: recipient.publicKey, keyId: p.kmsKeyArn });
+    await rejection(s.unsealer.unseal(blob));
+    await rejection(s.unsealer.unseal({ ...blob, kmsKeyArn: OTHER_ARN }));
+    expect(seen).toEqual(['ok', 'KMS_ACCESS_DENIED', 'KEY_INTEGRITY', 'KEY_INTEGRITY']);
   });
 
   it("counts the identity's Decrypt apart from the keys' (kmsCalls stays one per cold key)", async () => {

@@ -79,6 +79,7 @@ export function kmsProxyFor(config: ParentConfig, kms: KMSClient, logger: Logger
             metrics.kmsCalls.inc({ outcome });
             metrics.kmsDuration.observe({ outcome }, seconds);
           },
+          onFailureStreak: (n: number) => metrics.kmsConsecutiveFailures.set(n),
         }
       : {}),
   });
@@ -216,15 +217,20 @@ export async function startParent(config: ParentConfig, logger: Logger): Promise
     accessLog: createLogger({ name: 'parent', level: config.logLevel, redact: false, bufferBytes: 8192 }).child({ component: 'access' }),
     readiness: async () => {
       const [health, database] = await Promise.all([enclaveHealth(), store.ping(1000)]);
-      const checks = {
+      const gating = {
         // Up means a connection passed its handshake, which includes the identity check, and answers its
         // liveness probes (a frozen enclave is not ready even while its health is read from an earlier answer).
         enclave: health !== null && pool.up,
         kmsProxy: proxyListening,
         enclaveKmsLink: health?.kmsProxy === 'connected',
         database,
+        // The enclave can unseal: false once KMS refused this image (a key policy that does not approve it).
+        unseal: health !== null && health.unseal !== 'failing',
       };
-      return { ready: Object.values(checks).every(Boolean), checks };
+      // KMS unreachable, failing or throttled for KMS_UNREADY_AFTER decrypts in a row. Reported, not gating: warm
+      // keys sign without KMS, and an outage of KMS is every instance's at once (docs/OPERATIONS.md, "Readiness").
+      const checks = { ...gating, kms: proxy.kmsReady };
+      return { ready: Object.values(gating).every(Boolean), checks };
     },
   });
   const url = await api.listen();

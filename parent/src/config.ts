@@ -6,6 +6,7 @@
 import net from 'node:net';
 import { z } from 'zod';
 import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
+import { DEADLINES, deadlineMarginMs, nests } from '@nks/shared/deadlines';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
 import { describeIssues, identityPublicKey, kmsKeyArn } from '@nks/shared/schema';
 import { PROJECT_ID_EXPECTED, PROJECT_ID_RE } from '@nks/shared/identifiers';
@@ -25,7 +26,7 @@ export const PARENT_CONFIG_DEFAULTS = {
     socketMode: '0660',
     maxBodyBytes: 256 * 1024,
     maxInFlight: 1024,
-    requestTimeoutMs: 15_000,
+    requestTimeoutMs: DEADLINES.apiRequestMs,
     /**
      * After SIGTERM, how long the API keeps serving normally with `/readyz` at 503 before it stops accepting:
      * a load balancer polling `/readyz` every 2 s needs two failed polls to stop sending (docs/OPERATIONS.md).
@@ -45,7 +46,7 @@ export const PARENT_CONFIG_DEFAULTS = {
     address: DEFAULT_ENCLAVE_ADDRESS,
     poolSize: 2,
     connectTimeoutMs: 2_000,
-    deadlineMs: 10_000,
+    deadlineMs: DEADLINES.enclaveCallMs,
     maxInFlightPerConnection: 2048,
     /**
      * Enclave calls in flight across the pool: twice api.maxInFlight, so the API's own cap is met first and the
@@ -58,7 +59,7 @@ export const PARENT_CONFIG_DEFAULTS = {
     pingTimeoutMs: 500,
     pingMisses: 3,
   },
-  kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, deadlineMs: 8_000, maxConcurrent: 256 },
+  kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, deadlineMs: DEADLINES.kmsProxyMs, maxConcurrent: 256 },
   // The wallet routes are served by the enclave over TLS that ends there (docs/TLS.md): the parent relays raw
   // TCP from a public port to the enclave's wallet listener, and serves the enclave's wallet store.
   wallets: {
@@ -272,6 +273,7 @@ export const ParentConfigSchema = z.strictObject({
     region: z.string().min(1),
     /** Override for the KMS emulator (development); absent in production. */
     endpoint: z.string().url().optional(),
+    /** The proxy's time for one decrypt, retries included (never more than the enclave's time left, less a margin). */
     deadlineMs: ms(D.kmsProxy.deadlineMs),
     maxConcurrent: z.number().int().min(1).max(10_000).default(D.kmsProxy.maxConcurrent),
   }),
@@ -376,12 +378,31 @@ export function parseParentConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, sou
     throw new ConfigError(
       `invalid ${source}: config.metrics.listen.host ${m.host} is not loopback; the metrics listener has no token: keep it on loopback or a Unix socket`,
     );
+  checkDeadlines(res.data, source);
   const db = (raw as { database?: unknown }).database;
   const deprecations =
     typeof db === 'object' && db !== null && !('kind' in db) && !env.NKS_DATABASE_URL
       ? ['config.database {path} is read as {"kind": "sqlite", "path": ...}: write it so; the old shape goes in a later release']
       : [];
   return { ...res.data, deprecations };
+}
+
+/**
+ * The deadlines of one configuration must nest (shared/src/deadlines.ts): the API request outlives the enclave
+ * call, which outlives the KMS proxy's budget, each by a margin, so the innermost fault is what the caller is told.
+ */
+function checkDeadlines(c: z.output<typeof ParentConfigSchema>, source: string): void {
+  const pairs: Array<[string, number, string, number]> = [
+    ['config.enclave.deadlineMs', c.enclave.deadlineMs, 'config.api.requestTimeoutMs', c.api.requestTimeoutMs],
+    ['config.kmsProxy.deadlineMs', c.kmsProxy.deadlineMs, 'config.enclave.deadlineMs', c.enclave.deadlineMs],
+  ];
+  for (const [innerName, inner, outerName, outer] of pairs) {
+    if (!nests(inner, outer))
+      throw new ConfigError(
+        `invalid ${source}: ${innerName} (${inner} ms) must end at least ${deadlineMarginMs(outer)} ms before ${outerName} (${outer} ms), ` +
+          'so that the inner fault, not the outer timeout, is what the caller is told (docs/OPERATIONS.md, "Deadlines")',
+      );
+  }
 }
 
 export function loadParentConfig(file: string, env: NodeJS.ProcessEnv = process.env): ParentConfig {

@@ -17,6 +17,7 @@ export class Metrics {
   readonly enclaveRpc: client.Histogram<'method' | 'outcome'>;
   readonly kmsCalls: client.Counter<'outcome'>;
   readonly kmsDuration: client.Histogram<'outcome'>;
+  readonly kmsConsecutiveFailures: client.Gauge;
   readonly enclaveUp: client.Gauge;
   /** Liveness probes of enclave connections not answered in time (docs/OPERATIONS.md, "A frozen enclave"). */
   readonly enclavePingMisses: client.Counter;
@@ -34,6 +35,7 @@ export class Metrics {
   private readonly enclaveUptime: client.Gauge;
   private readonly enclaveClock: client.Gauge<'state'>;
   private readonly enclaveClockDrift: client.Gauge;
+  private readonly enclaveUnseal: client.Gauge<'state'>;
   private readonly enclaveWalletRequests: client.Gauge<'outcome'>;
   /** Records made by `PUT /v1/projects/{id}/policies` that changed a project's policies (this parent process). */
   readonly policyChanges: client.Counter;
@@ -122,6 +124,11 @@ export class Metrics {
       help: 'KMS Decrypt latency including retries',
       labelNames: ['outcome'],
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [r],
+    });
+    this.kmsConsecutiveFailures = new client.Gauge({
+      name: 'nks_kms_consecutive_failures',
+      help: 'KMS Decrypts in a row that KMS did not answer (unreachable, 5xx, throttled, silent); 0 after any answer',
       registers: [r],
     });
     this.enclaveUp = new client.Gauge({
@@ -278,6 +285,12 @@ export class Metrics {
       help: 'The enclave clock minus the last attestation timestamp (enclave.health)',
       registers: [r],
     });
+    this.enclaveUnseal = new client.Gauge({
+      name: 'nks_enclave_unseal',
+      help: 'Can the enclave unseal (enclave.health): 1 for its state (unknown, ok, failing), 0 for the others',
+      labelNames: ['state'],
+      registers: [r],
+    });
   }
 
   /** The Prometheus text, after reading the enclave's health counters (skipped when it does not answer). */
@@ -314,6 +327,7 @@ export class Metrics {
         this.policyTracked.set(h.policy.trackedCounters);
       }
       if (h.tls) this.setTls(h.tls);
+      if (h.unseal) for (const state of ['unknown', 'ok', 'failing']) this.enclaveUnseal.set({ state }, state === h.unseal ? 1 : 0);
       this.enclaveMemory.set({ kind: 'rss' }, h.memory.rssBytes);
       this.enclaveMemory.set({ kind: 'heap_used' }, h.memory.heapUsedBytes);
       this.enclaveMemory.set({ kind: 'external' }, h.memory.externalBytes);

@@ -76,7 +76,7 @@ describe('parent against a fake enclave', () => {
       tokens: [{ name: 'test', sha256: hashToken(TOKEN), scopes: ['keys:create', 'keys:sign', 'keys:read'] }],
       database: { path: path.join(runDir, 'keys.db') },
       transport: { kind: 'simulated', runDir },
-      enclave: { address: ENCLAVE, poolSize: 2, deadlineMs: 30_000 },
+      enclave: { address: ENCLAVE, poolSize: 2, deadlineMs: 25_000 },
       kmsProxy: {
         listen: 'vsock://3:8000',
         allowedKeyArns: [FAKE_KMS_KEY_ARN],

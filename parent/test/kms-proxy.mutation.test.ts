@@ -14,7 +14,16 @@ import { silentLogger, withRequestId } from '@nks/shared/log';
 import { RpcClient } from '@nks/shared/rpc';
 import { SimulatedVsockTransport, simulatedSocketPath } from '@nks/shared/transport';
 import { captureLogger, rejection, tempRunDir } from '@nks/shared-test/helpers';
-import { KMS_MIN_ATTEMPT_MS, KMS_RETRY_BACKOFF, KmsProxy, kmsBudgetMs, mapKmsError } from '../src/kms/proxy';
+import { KMSClient as RealKMSClient } from '@aws-sdk/client-kms';
+import {
+  KMS_MIN_ATTEMPT_MS,
+  KMS_RETRY_BACKOFF,
+  KMS_UNREADY_AFTER,
+  KmsProxy,
+  kmsBudgetMs,
+  kmsErrorDetail,
+  mapKmsError,
+} from '../src/kms/proxy';
 
 const ARN = 'arn:aws:kms:us-east-1:111122223333:key/11111111-2222-3333-4444-555555555555';
 const OTHER = 'arn:aws:kms:us-east-1:111122223333:key/99999999-2222-3333-4444-555555555555';
@@ -541,5 +550,187 @@ describe('KMS error mapping, name by name', () => {
     expect(mapKmsError(undefined).message).toBe('KMS could not be reached: Error');
     const long = mapKmsError({ name: 'InvalidCiphertextException', message: `${'x'.repeat(400)}\nmore` });
     expect(long.message).toBe(`KMS InvalidCiphertextException: ${'x'.repeat(300)}`);
+  });
+});
+
+/** A step that answers nothing until its abort signal fires (a KMS that says nothing). */
+const silent: Step = (_command, options) =>
+  new Promise((_resolve, reject) => {
+    options.abortSignal?.addEventListener('abort', () => reject(Object.assign(new Error('Request aborted'), { name: 'AbortError' })));
+  });
+
+describe('KMS proxy: one attempt at most attemptMs', () => {
+  const withAttempt = (client: KMSClient, deadlineMs: number, attemptMs: number) => {
+    const outcomes: string[] = [];
+    const log = captureLogger('debug');
+    const proxy = new KmsProxy({
+      client,
+      allowedKeyArns: [ARN],
+      deadlineMs,
+      attemptMs,
+      maxConcurrent: 4,
+      logger: log.logger,
+      onCall: (o) => outcomes.push(o),
+    });
+    return { proxy, outcomes, log };
+  };
+
+  it('asks again a KMS that said nothing within attemptMs, and relays the answer that follows', async () => {
+    const kms = scripted(silent, answer());
+    const { proxy, outcomes, log } = withAttempt(kms.client, 5_000, 200);
+    const res = await proxy.decrypt(params());
+    expect(res.ciphertextForRecipient).toBe(CMS.toString('base64'));
+    expect([kms.calls.length, outcomes]).toEqual([2, ['ok']]);
+    expect(
+      log
+        .lines()
+        .filter((l) => l.msg === 'KMS call failed; retrying')
+        .map((l) => [l.code, l.attemptMs]),
+    ).toEqual([['TIMEOUT', 200]]);
+  });
+
+  it('gives the last attempt all the time left, and TIMEOUT when KMS stays silent', async () => {
+    const kms = scripted(silent);
+    const { proxy, outcomes } = withAttempt(kms.client, 700, 300);
+    const err = await rejection(proxy.decrypt(params()));
+    expect([err.code, err.message, outcomes]).toEqual(['TIMEOUT', 'KMS did not answer within 700 ms', ['TIMEOUT']]);
+    // 300 ms twice; then too little is left for a third (backoff plus 300 ms).
+    expect(kms.calls.length).toBe(2);
+  });
+
+  it('answers the failure it was retrying when a silent attempt ends the budget', async () => {
+    const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), silent);
+    const { proxy } = withAttempt(kms.client, 600, 5_000);
+    const err = await rejection(proxy.decrypt(params()));
+    expect([err.code, kms.calls.length]).toEqual(['KMS_THROTTLED', 2]);
+  });
+
+  it('defaults attemptMs to the table (a silent KMS with a long budget is asked more than once)', async () => {
+    const kms = scripted(silent, answer());
+    const { proxy } = proxyWith(kms.client, 30_000);
+    const started = Date.now();
+    await proxy.decrypt(params());
+    expect(kms.calls.length).toBe(2);
+    expect(Date.now() - started).toBeLessThan(29_000);
+  }, 40_000);
+});
+
+describe('KMS proxy: consecutive failures', () => {
+  it('counts decrypts KMS did not answer, reports not ready from KMS_UNREADY_AFTER, and resets on any answer', async () => {
+    const streaks: number[] = [];
+    const steps: Step[] = [];
+    const kms = {
+      client: { send: (c: DecryptCommand, o: { abortSignal?: AbortSignal }) => (steps.shift() as Step)(c, o) } as unknown as KMSClient,
+    };
+    const proxy = new KmsProxy({
+      client: kms.client,
+      allowedKeyArns: [ARN],
+      deadlineMs: 50,
+      maxConcurrent: 4,
+      logger: silentLogger(),
+      onFailureStreak: (n) => streaks.push(n),
+    });
+    const outage: Step[] = [
+      fail({ name: 'ThrottlingException', message: 'x' }),
+      fail({ name: 'KMSInternalException', $fault: 'server', $metadata: { httpStatusCode: 500 } }),
+      fail({ name: 'Error', code: 'ECONNREFUSED', message: 'connect ECONNREFUSED' }),
+    ];
+    expect([proxy.consecutiveFailures, proxy.kmsReady]).toEqual([0, true]);
+    for (let i = 0; i < KMS_UNREADY_AFTER; i++) {
+      expect(proxy.kmsReady).toBe(true);
+      steps.push(...Array(20).fill(outage[i % outage.length]));
+      await rejection(proxy.decrypt(params()));
+      steps.length = 0;
+    }
+    expect([proxy.consecutiveFailures, proxy.kmsReady]).toEqual([KMS_UNREADY_AFTER, false]);
+    // Refusals the proxy makes itself never reach KMS: they change nothing.
+    await rejection(proxy.decrypt(params({ kmsKeyArn: OTHER })));
+    expect(proxy.consecutiveFailures).toBe(KMS_UNREADY_AFTER);
+    // A refusal is an answer: KMS is reachable.
+    steps.push(fail({ name: 'AccessDeniedException', message: 'no', $fault: 'client' }));
+    await rejection(proxy.decrypt(params()));
+    expect([proxy.consecutiveFailures, proxy.kmsReady]).toEqual([0, true]);
+    steps.push(...Array(20).fill(silent));
+    await rejection(proxy.decrypt(params()));
+    steps.length = 0;
+    expect(proxy.consecutiveFailures).toBe(1);
+    steps.push(answer());
+    await proxy.decrypt(params());
+    expect(proxy.consecutiveFailures).toBe(0);
+    // A success with none to reset reports nothing.
+    steps.push(answer());
+    await proxy.decrypt(params());
+    expect(streaks).toEqual([1, 2, 3, 0, 1, 0]);
+  });
+
+  it('counts an answer without CiphertextForRecipient as a failure, and plaintext as an answer', async () => {
+    const steps: Step[] = [answer({ CiphertextForRecipient: undefined }), answer({ Plaintext: new Uint8Array([1]) })];
+    const client = { send: (c: DecryptCommand, o: { abortSignal?: AbortSignal }) => (steps.shift() as Step)(c, o) } as unknown as KMSClient;
+    const proxy = new KmsProxy({ client, allowedKeyArns: [ARN], deadlineMs: 1000, maxConcurrent: 4, logger: silentLogger() });
+    await rejection(proxy.decrypt(params()));
+    expect(proxy.consecutiveFailures).toBe(1);
+    await rejection(proxy.decrypt(params()));
+    expect(proxy.consecutiveFailures).toBe(0);
+  });
+});
+
+describe('KMS proxy: the real cause in the log', () => {
+  it('logs the network error code of an unreachable KMS (the real SDK, a closed port)', async () => {
+    const port = await new Promise<number>((resolve) => {
+      const srv = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (srv.address() as net.AddressInfo).port;
+        srv.close(() => resolve(p));
+      });
+    });
+    const client = new RealKMSClient({
+      endpoint: `http://127.0.0.1:${port}`,
+      region: 'us-east-1',
+      maxAttempts: 1,
+      credentials: { accessKeyId: 'a', secretAccessKey: 'b' },
+    });
+    try {
+      const { proxy, log } = proxyWith(client, 3_000);
+      const err = await rejection(proxy.decrypt(params()));
+      expect(err.code).toBe('KMS_UNAVAILABLE');
+      expect(err.message).toContain('ECONNREFUSED');
+      const final = log.lines().find((l) => String(l.msg).startsWith('KMS decrypt refused'));
+      expect(final).toMatchObject({ code: 'KMS_UNAVAILABLE', consecutiveFailures: 1, kms: { name: 'Error', networkCode: 'ECONNREFUSED' } });
+      expect(final?.ms).toBeGreaterThanOrEqual(0);
+      expect(final?.ms).toBeLessThan(60_000);
+      const retry = log.lines().find((l) => l.msg === 'KMS call failed; retrying');
+      expect(retry).toMatchObject({ kms: { networkCode: 'ECONNREFUSED' } });
+    } finally {
+      client.destroy();
+    }
+  });
+
+  it.each([
+    [
+      { name: 'ThrottlingException', $metadata: { httpStatusCode: 400, requestId: 'r-1' } },
+      { name: 'ThrottlingException', httpStatus: 400, requestId: 'r-1' },
+    ],
+    [
+      { name: 'TimeoutError', code: 'ECONNRESET', $metadata: {} },
+      { name: 'TimeoutError', networkCode: 'ECONNRESET' },
+    ],
+    [
+      { name: 'Error', cause: { code: 'ETIMEDOUT' } },
+      { name: 'Error', networkCode: 'ETIMEDOUT' },
+    ],
+    [{ name: 'X', code: 'NotANetworkCode' }, { name: 'X' }],
+    [
+      { name: 'Error', message: 'AWS SDK error wrapper for Error: connect ECONNREFUSED 127.0.0.1:1' },
+      { name: 'Error', networkCode: 'ECONNREFUSED' },
+    ],
+    [
+      { name: 'Error', cause: { cause: { cause: { code: 'EPIPE' } } } },
+      { name: 'Error', networkCode: 'EPIPE' },
+    ],
+    [{ name: 'Error', cause: { cause: { cause: { cause: { code: 'EPIPE' } } } } }, { name: 'Error' }],
+    [{ name: 'Error', message: 'not a code: ECONN' }, { name: 'Error' }],
+    [{ $metadata: { httpStatusCode: 0 } }, { name: 'Error', httpStatus: 0 }],
+    [null, { name: 'Error' }],
+  ])('kmsErrorDetail(%j)', (err, detail) => {
+    expect(kmsErrorDetail(err)).toEqual(detail);
   });
 });

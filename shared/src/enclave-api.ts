@@ -193,6 +193,15 @@ export interface EnclaveHealth {
    * enclave starts (it serves only hello and health until then), "ready" once unsealed and checked.
    */
   identity: 'genesis' | 'unsealing' | 'ready';
+  /**
+   * Can this enclave unseal (docs/OPERATIONS.md, "Readiness")? "failing" after KMS refused an unseal of its own
+   * (the identity at start, a user key, or the rate-limited canary that re-unseals the identity blob after a
+   * refusal), "ok" after one succeeded, "unknown" before either (and in a genesis image). Throttling and an
+   * unreachable KMS change nothing. `unsealCode`: the refusal's error code while failing (the code the parent's
+   * KMS proxy already saw, or KEY_INTEGRITY), else null; never more.
+   */
+  unseal: 'unknown' | 'ok' | 'failing';
+  unsealCode: string | null;
   /** The configuration's `mode` ("migration": the image that re-seals version 1 blobs) and `securityEpoch`. */
   mode: 'normal' | 'migration';
   securityEpoch: number;
@@ -209,6 +218,8 @@ export interface EnclaveHealth {
     kmsCalls: number;
     /** Decrypts for the enclave's own keys (the identity's seed at start, the TLS key at install), apart from kmsCalls. */
     identityKmsCalls: number;
+    /** Canary unseals started (each also counted in identityKmsCalls): at most one per limits.unsealCanaryMs. */
+    unsealCanaries: number;
     kmsErrors: number;
     /**
      * KMS answers that did not open (forged, or for a tampered blob), plus cold signs refused during the

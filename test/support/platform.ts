@@ -78,7 +78,11 @@ export interface EmulatorFaults {
   errorRate: number;
   throttleNext: number;
   errorNext: number;
+  /** The HTTP status (5xx) of errorNext's answers. */
+  errorStatus: number;
   hold: boolean;
+  /** "reset": each call's connection closed without an answer; "silent": no answer at all. */
+  unreachable: 'none' | 'reset' | 'silent';
   ops: string[];
 }
 export type EmulatorFaultState = EmulatorFaults & { held: number };

@@ -82,6 +82,18 @@ export async function unsealIdentity(o: IdentityBootOptions): Promise<KeystoreId
   }
 }
 
+/**
+ * The unseal canary's probe (identity/canary.ts): the identity blob unsealed once more through the ordinary
+ * attested Decrypt (counted as an identity Decrypt), its seed checked and zeroed.
+ */
+export function identityCanaryProbe(unsealer: Unsealer, blobBase64: string, publicKey: string): () => Promise<void> {
+  const blob = decodeBlobBase64(blobBase64);
+  if (blob.v !== 2 || blob.kind !== 'identity') throw new IdentityBootError('the configured identity blob is not an identity blob');
+  return async () => {
+    await openIdentity(unsealer, blob, publicKey);
+  };
+}
+
 async function openIdentity(unsealer: Unsealer, blob: IdentityBlob, publicKey: string): Promise<KeystoreIdentity> {
   const opened = await unsealer.unseal(blob);
   try {

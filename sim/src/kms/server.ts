@@ -12,6 +12,11 @@
  *   the next N calls, and `hold` keeps calls waiting (their body read, nothing answered) until the test
  *   releases them (`POST /__emulator/release`, or `hold: false`), while `GET /__emulator/faults` reports how
  *   many are held. `ops` limits the scripted faults to those operations (default: every operation).
+ *   `errorStatus` is the HTTP status of `errorNext`'s answers (500 by default; any 5xx).
+ * - an unreachable KMS (`unreachable`): "reset" closes each call's connection without an answer (the SDK sees
+ *   ECONNRESET), "silent" answers nothing at all (a black hole: the caller's own timeout ends the call; such
+ *   calls are dropped when `unreachable` goes back to "none"). A refused connection needs no control: point the
+ *   client at a closed port. The `/__emulator/` controls keep working meanwhile.
  */
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
@@ -33,13 +38,27 @@ export interface ScriptedFaults {
   throttleNext: number;
   /** The next N calls (of `ops`) answer KMSInternalException (HTTP 500), after any `throttleNext`. */
   errorNext: number;
+  /** The HTTP status (5xx) of errorNext's answers. */
+  errorStatus: number;
   /** While true, calls (of `ops`) wait after their body is read until released. */
   hold: boolean;
+  /** "reset": calls (of `ops`) get their connection closed, no answer; "silent": no answer ever. */
+  unreachable: Unreachable;
   /** Operations the scripted faults apply to; empty: every operation. */
   ops: string[];
 }
 
-export const NO_SCRIPTED_FAULTS: ScriptedFaults = { throttleNext: 0, errorNext: 0, hold: false, ops: [] };
+export const UNREACHABLE_MODES = ['none', 'reset', 'silent'] as const;
+export type Unreachable = (typeof UNREACHABLE_MODES)[number];
+
+export const NO_SCRIPTED_FAULTS: ScriptedFaults = {
+  throttleNext: 0,
+  errorNext: 0,
+  errorStatus: 500,
+  hold: false,
+  unreachable: 'none',
+  ops: [],
+};
 
 export interface ServerOptions {
   emulator: KmsEmulator;
@@ -86,6 +105,9 @@ export class KmsHttpServer {
       });
     });
   }
+
+  /** Connections of calls left unanswered by `unreachable: "silent"`. */
+  private readonly silenced = new Set<import('node:net').Socket>();
 
   /** Calls held now (scripted `hold`). */
   get heldCount(): number {
@@ -166,6 +188,7 @@ export class KmsHttpServer {
       }
       if (typeof body !== 'object' || body === null || Array.isArray(body))
         throw new KmsError('SerializationException', 'The request body is not a JSON object.');
+      if (this.unreachable(op, req)) return;
       await this.injectFaults(op);
       const out = await this.options.emulator.handle(op, body, this.callerOf(req));
       this.record(op);
@@ -178,6 +201,19 @@ export class KmsHttpServer {
       this.options.logger.info({ op, error: kmsErr.code }, 'kms call failed');
       this.sendError(res, kmsErr);
     }
+  }
+
+  /** Applies `unreachable` to a call of `op`: true when the call gets no answer. */
+  private unreachable(op: string, req: http.IncomingMessage): boolean {
+    const mode = this.scripted.unreachable;
+    if (mode === 'none' || !(this.scripted.ops.length === 0 || this.scripted.ops.includes(op))) return false;
+    this.record(op, mode === 'reset' ? 'ConnectionReset' : 'NoAnswer');
+    if (mode === 'reset') req.socket.destroy();
+    else {
+      this.silenced.add(req.socket);
+      req.socket.once('close', () => this.silenced.delete(req.socket));
+    }
+    return true;
   }
 
   private async injectFaults(op: string): Promise<void> {
@@ -197,7 +233,9 @@ export class KmsHttpServer {
     }
     if (scripted && this.scripted.errorNext > 0) {
       this.scripted.errorNext -= 1;
-      throw new KmsError('KMSInternalException', 'An internal error occurred (injected).');
+      throw Object.assign(new KmsError('KMSInternalException', 'An internal error occurred (injected).'), {
+        status: this.scripted.errorStatus,
+      });
     }
     const random = this.options.random ?? Math.random;
     if (throttleRate > 0 && random() < throttleRate) {
@@ -241,10 +279,21 @@ export class KmsHttpServer {
             if (v !== undefined && !(Number.isInteger(v) && v >= 0)) return send(400, { error: `bad ${k}` });
           }
           if (patch.hold !== undefined && typeof patch.hold !== 'boolean') return send(400, { error: 'bad hold' });
+          if (
+            patch.errorStatus !== undefined &&
+            !(Number.isInteger(patch.errorStatus) && patch.errorStatus >= 500 && patch.errorStatus <= 599)
+          )
+            return send(400, { error: 'bad errorStatus' });
+          if (patch.unreachable !== undefined && !UNREACHABLE_MODES.includes(patch.unreachable))
+            return send(400, { error: 'bad unreachable' });
           if (patch.ops !== undefined && !(Array.isArray(patch.ops) && patch.ops.every((o) => OPERATIONS.includes(o as never))))
             return send(400, { error: 'bad ops' });
           for (const k of ['latencyMs', 'throttleRate', 'errorRate'] as const) if (patch[k] !== undefined) this.faults[k] = patch[k];
-          for (const k of ['throttleNext', 'errorNext'] as const) if (patch[k] !== undefined) this.scripted[k] = patch[k];
+          for (const k of ['throttleNext', 'errorNext', 'errorStatus'] as const) if (patch[k] !== undefined) this.scripted[k] = patch[k];
+          if (patch.unreachable !== undefined) {
+            this.scripted.unreachable = patch.unreachable;
+            if (patch.unreachable === 'none') for (const sock of this.silenced) sock.destroy();
+          }
           if (patch.ops !== undefined) this.scripted.ops = [...patch.ops];
           if (patch.hold !== undefined) {
             this.scripted.hold = patch.hold;
