@@ -17,7 +17,7 @@ describe('SIGTERM drain', () => {
   let s: Stack;
   beforeAll(async () => {
     s = await startStack(tempRunDir('nks-drain-'), {
-      parentApi: { preDrainMs: PRE_DRAIN_MS, drainMs: 30_000 },
+      parentApi: { preDrainMs: PRE_DRAIN_MS, drainMs: 30_000, requestTimeoutMs: 60_000 },
       parentEnclave: { deadlineMs: 50_000 },
       parentKmsProxy: { deadlineMs: 40_000 },
       parent: { logLevel: 'info' },

@@ -7,7 +7,7 @@
 import { Readable } from 'node:stream';
 import { z } from 'zod';
 import { KeystoreError } from '@nks/shared/errors';
-import { readJsonBody } from '@nks/shared/http/body';
+import { MAX_BODY_DEPTH, readJsonBody } from '@nks/shared/http/body';
 import { fieldValidatorCompiler, FieldErrors, parseQuery, stringMap, validatorCompiler } from '@nks/shared/http/validation';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
@@ -86,10 +86,14 @@ describe('prototype-shaped input, in-process', () => {
       'INVALID_REQUEST',
       expect.stringMatching(/^body\.a\[1\]\.b: "__proto__"/),
     ]);
-    const deep = `${'['.repeat(100_000)}{"__proto__":0}${']'.repeat(100_000)}`;
+    // As deep as a body may be (MAX_BODY_DEPTH, shared/src/http/body.ts): found, and its path cut short.
+    const deep = `${'['.repeat(MAX_BODY_DEPTH - 1)}{"__proto__":0}${']'.repeat(MAX_BODY_DEPTH - 1)}`;
     const [code, message] = (await reason(body(deep))) as string[];
     expect([code, message]).toEqual(['INVALID_REQUEST', expect.stringMatching(/^body\[0\]\[0\].*…: "__proto__" is a reserved name/)]);
     expect(message?.length).toBeLessThan(400);
+    // Deeper: refused before it is parsed.
+    const deeper = `${'['.repeat(100_000)}{"__proto__":0}${']'.repeat(100_000)}`;
+    expect(await reason(body(deeper))).toEqual(['INVALID_REQUEST', `request body is nested more than ${MAX_BODY_DEPTH} levels deep`]);
     expect(await body('{"a":"__proto__","b":{"c":"\\u00e9"}}')).toEqual({ a: '__proto__', b: { c: 'é' } });
   });
 

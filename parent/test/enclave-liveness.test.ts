@@ -26,7 +26,7 @@ const NOTICED_WITHIN_MS = 5_000;
 
 const sign = (s: Stack, keyId: string, message = 'x') => s.api(`/v1/keys/${keyId}/sign`, { body: { type: 'message', message } });
 const metric = async (s: Stack, name: string) =>
-  Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(String((await s.api('/metrics', { token: null })).body))?.[1] ?? NaN);
+  Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(await s.metrics())?.[1] ?? NaN);
 const logEntries = (lines: string[]) =>
   lines.flatMap((l) => {
     try {
@@ -40,6 +40,7 @@ describe('enclave liveness (real processes)', () => {
   let s: Stack;
   beforeAll(async () => {
     s = await startStack(tempRunDir('nks-live-'), {
+      parentApi: { requestTimeoutMs: DEADLINE_MS + 10_000 },
       parentEnclave: { deadlineMs: DEADLINE_MS, maxQueued: MAX_QUEUED, ...PING },
       // Cold signs held at KMS must outlive the test's look at them: long deadlines below the enclave call's.
       parentKmsProxy: { deadlineMs: 15_000 },
@@ -109,7 +110,8 @@ describe('enclave liveness (real processes)', () => {
         expect(await metric(s, 'nks_enclave_up')).toBe(1);
         await new Promise((r) => setTimeout(r, 100));
       }
-      expect((await s.platform.faults()).held).toBe(keys.length);
+      // Still waiting on KMS (a request held past the proxy's 2 s attempt cap is asked again, and held too).
+      expect((await s.platform.faults()).held).toBeGreaterThanOrEqual(keys.length);
     } finally {
       await s.platform.setFaults({ hold: false });
     }

@@ -159,7 +159,7 @@ describe('audit lines, request ids end to end, and the enclave log channel', () 
       Number(new RegExp(`^${name}\\{${labels.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\} (\\S+)$`, 'm').exec(text)?.[1] ?? NaN);
     const deadline = Date.now() + 10_000;
     do {
-      text = String((await s.api('/metrics', { token: null })).body);
+      text = await s.metrics();
       if (metric('nks_enclave_log_lines_total', `${label},level="warn"`) >= 1) break;
       await new Promise((r) => setTimeout(r, 100));
     } while (Date.now() < deadline);

@@ -182,7 +182,7 @@ export class EnclavePool {
       try {
         const answer = await call('enclave.hello', { protocolVersion: PROTOCOL_VERSION });
         version = answer.protocolVersion;
-        this.requestIds[i] = answer.features.includes('enclave.logs');
+        this.requestIds[i] = Array.isArray(answer.features) && answer.features.includes('enclave.logs');
         break;
       } catch (err) {
         const code = err instanceof KeystoreError ? err.code : undefined;
