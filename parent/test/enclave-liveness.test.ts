@@ -25,8 +25,7 @@ const MAX_QUEUED = 10;
 const NOTICED_WITHIN_MS = 5_000;
 
 const sign = (s: Stack, keyId: string, message = 'x') => s.api(`/v1/keys/${keyId}/sign`, { body: { type: 'message', message } });
-const metric = async (s: Stack, name: string) =>
-  Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(await s.metrics())?.[1] ?? NaN);
+const metric = async (s: Stack, name: string) => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(await s.metrics())?.[1] ?? NaN);
 const logEntries = (lines: string[]) =>
   lines.flatMap((l) => {
     try {

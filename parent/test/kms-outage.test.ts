@@ -85,8 +85,7 @@ describe('KMS outages over the real stack', () => {
   let s: Stack;
   const cold: Array<{ keyId: string; address: string }> = [];
   const readyz = async () => (await s.api('/readyz', { token: null })) as { status: number; body: { checks: Record<string, boolean> } };
-  const gauge = async () =>
-    Number(/^nks_kms_consecutive_failures (\d+)$/m.exec(await s.metrics())?.[1]);
+  const gauge = async () => Number(/^nks_kms_consecutive_failures (\d+)$/m.exec(await s.metrics())?.[1]);
   const metricsText = async () => await s.metrics();
   /** The enclave's health counters, as the parent's /metrics mirrors them. */
   const counters = async () => {
