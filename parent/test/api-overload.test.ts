@@ -105,4 +105,21 @@ describe('overload', () => {
     for (const c of busy) expect((await c.answered(1))[0]?.status).toBe(200);
     for (const c of [...busy, ...more, plain]) c.destroy();
   });
+
+  it("closes a client that trickles its headers (slowloris) once headersTimeoutMs has passed, not at Node's 30 s check", async () => {
+    // The connections of the test before are closed (maxConnections is 5 here), so this one is served.
+    const open = () => new Promise<number>((resolve) => server.server.getConnections((_err, n) => resolve(n)));
+    for (let i = 0; i < 250 && (await open()) > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    const slow = await RawConnection.open(url);
+    slow.socket.write('POST /v1/keys HTTP/1.1\r\nHost: x\r\n');
+    const trickle = setInterval(() => slow.socket.write(`X-Slow-${Date.now()}: 1\r\n`), 300);
+    try {
+      // headersTimeoutMs is 2 s here, checked every second (api/server.ts); Node's default check is every 30 s.
+      await slow.closed(6000);
+    } finally {
+      clearInterval(trickle);
+      slow.destroy();
+    }
+    expect(slow.answers.map((a) => a.status)).toEqual([408]);
+  });
 });

@@ -156,7 +156,7 @@ export const SCENARIOS: Scenario[] = [
     expectations: [
       {
         what: 'frozen enclave: requests answered 503 within 5 s (issue 22 item 4)',
-        enforced: false,
+        enforced: true,
         holds: (o, ctx) => during(o, ctx).every((x) => x.ms <= 5500),
       },
     ],
@@ -170,7 +170,7 @@ export const SCENARIOS: Scenario[] = [
     clear: async (ctx) => void (await ctx.stack.kmsFaults({ throttleRate: 0 })),
     expectations: [
       noInternal,
-      { what: 'throttling never answered as 504 TIMEOUT (item 6)', enforced: false, holds: (o) => !o.some((x) => x.code === 'TIMEOUT') },
+      { what: 'throttling never answered as 504 TIMEOUT (item 6)', enforced: true, holds: (o) => !o.some((x) => x.code === 'TIMEOUT') },
     ],
   },
   {
@@ -184,7 +184,7 @@ export const SCENARIOS: Scenario[] = [
       noInternal,
       {
         what: 'warm signs keep working without KMS',
-        enforced: false,
+        enforced: true,
         holds: (o, ctx) => during(o, ctx, 'sign').every((x) => x.status === 200),
       },
     ],
@@ -196,7 +196,7 @@ export const SCENARIOS: Scenario[] = [
     request: kmsMix,
     faultMs: (p) => p.kmsFaultMs,
     inject: async (ctx) => {
-      if ('unreachable' in (await ctx.stack.kmsFaults())) await ctx.stack.kmsFaults({ unreachable: true });
+      if ('unreachable' in (await ctx.stack.kmsFaults())) await ctx.stack.kmsFaults({ unreachable: 'reset' });
       else {
         ctx.note('emulator has no unreachable mode: frozen with SIGSTOP');
         signal(ctx.stack.kmsPid(), 'SIGSTOP');
@@ -205,13 +205,13 @@ export const SCENARIOS: Scenario[] = [
     clear: async (ctx) => {
       if (ctx.stack.kmsPid()) signal(ctx.stack.kmsPid(), 'SIGCONT');
       const state = await ctx.stack.kmsFaults();
-      if ('unreachable' in state) await ctx.stack.kmsFaults({ unreachable: false });
+      if ('unreachable' in state) await ctx.stack.kmsFaults({ unreachable: 'none' });
     },
     expectations: [
       noInternal,
       {
         what: 'KMS outage answered within 10 s (item 5)',
-        enforced: false,
+        enforced: true,
         holds: (o, ctx) => during(o, ctx).every((x) => x.end - x.at <= 10_000),
       },
     ],
@@ -282,9 +282,13 @@ export const SCENARIOS: Scenario[] = [
     clear: async () => undefined,
     expectations: [
       {
-        what: 'overload answered fast: OVERLOADED p99 < 5 ms (item 7)',
+        // Only when the in-flight cap (api.maxInFlight, 1024) is reached: 512 connections alone do not reach it.
+        what: 'overload answered fast: OVERLOADED p99 < 5 ms, once the cap is reached (item 7)',
         enforced: false,
-        holds: (o) => p99(o.filter((x) => x.code === 'OVERLOADED')) < 5,
+        holds: (o) => {
+          const refused = o.filter((x) => x.code === 'OVERLOADED');
+          return refused.length > 0 && p99(refused) < 5;
+        },
       },
     ],
   },
@@ -292,8 +296,8 @@ export const SCENARIOS: Scenario[] = [
     name: 'slowloris',
     description: 'slow clients trickle request headers (one line a second) while others sign; the server must time them out',
     request: sign,
-    // Long enough for the server's headers timeout (10 s) and Node's check of it (every 30 s by default) to show.
-    faultMs: (p) => (p.name === 'short' ? 12_000 : 45_000),
+    // Long enough for the server's headers timeout (10 s) and its check of it (every second: api/server.ts) to show.
+    faultMs: (p) => (p.name === 'short' ? 15_000 : 45_000),
     inject: async (ctx) => {
       slow = openSlowClients(ctx.stack.target().url, ctx.profile.slowClients);
     },
@@ -308,7 +312,7 @@ export const SCENARIOS: Scenario[] = [
     expectations: [
       {
         what: 'slow clients closed by the server within the attack (item 7: headers timeout)',
-        enforced: false,
+        enforced: true,
         holds: () => slowClosedAll,
       },
       {

@@ -88,6 +88,12 @@ interface KnownRoute {
   matches: RegExp;
 }
 
+/**
+ * How often Node checks open connections against the headers and request timeouts: every second, not its
+ * default 30 s, so that a client trickling its headers (slowloris) is closed within about headersTimeoutMs.
+ */
+const CONNECTION_CHECKS = { connectionsCheckingInterval: 1000 };
+
 const REQUEST_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
 
 /**
@@ -130,8 +136,8 @@ export class ApiServer {
     const { config } = options;
     const tls = config.tls;
     const server = tls
-      ? https.createServer({ cert: fs.readFileSync(tls.certFile), key: fs.readFileSync(tls.keyFile) })
-      : http.createServer();
+      ? https.createServer({ ...CONNECTION_CHECKS, cert: fs.readFileSync(tls.certFile), key: fs.readFileSync(tls.keyFile) })
+      : http.createServer(CONNECTION_CHECKS);
     // Receiving a whole request (headers and a body of at most maxBodyBytes) takes no longer than the deadline
     // of serving it; the headers alone, no longer than headersTimeoutMs (a slow client then gets 408 and is closed).
     server.requestTimeout = Math.max(config.requestTimeoutMs, config.headersTimeoutMs);
