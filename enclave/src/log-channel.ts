@@ -3,9 +3,11 @@
  * Nitro the enclave's console exists only in debug mode, so its log lines also go into this ring, which the
  * parent pulls with `enclave.logs` over the RPC connection it already has.
  *
- * - Bounded and non-blocking: a write is an O(1) push into a ring of `capacity` lines; when the ring is full
- *   the oldest line is overwritten, and counted in `dropped` if the parent had not pulled it yet. Logging never
- *   waits for the parent, so a flood of lines (or a parent that never pulls) cannot slow signing.
+ * - Bounded and non-blocking: a write is an O(1) push into a ring of `capacity` lines (warnings and errors into a
+ *   ring of their own, `warningCapacity`, so that a flood of ordinary lines cannot push them out); when a ring is
+ *   full its oldest line is overwritten, and counted in `dropped` if the parent had not pulled it yet. A line longer
+ *   than MAX_RAW_LINE_CHARS is counted as dropped without being parsed. Logging never waits for the parent, so a
+ *   flood of lines (or a parent that never pulls) cannot slow signing.
  * - Only what an operator needs, never secrets: a line keeps its level, time, message (at most
  *   MAX_MESSAGE_CHARS) and the scalar values of the fields in CHANNEL_FIELDS (each at most MAX_FIELD_CHARS);
  *   everything else a line carries (nested objects, buffers, stacks, any other field) stays out of the channel.
@@ -76,7 +78,8 @@ export interface ChannelPull {
   dropped: number;
 }
 
-const clip = (s: string, n: number) => (s.length > n ? `${s.slice(0, n - 1)}…` : s);
+/** A copy, never a view: a slice of a long string would keep all of it alive in the ring. */
+const clip = (s: string, n: number) => (s.length > n ? Buffer.from(`${s.slice(0, n - 1)}…`, 'utf8').toString('utf8') : s);
 
 /** The channel's view of one pino line (a JSON object), or null when it is not one. */
 export function channelLine(raw: unknown, seq: number): ChannelLine | null {
@@ -104,22 +107,69 @@ export function channelLine(raw: unknown, seq: number): ChannelLine | null {
   };
 }
 
+/** One ring of lines, oldest overwritten first. */
+class Ring {
+  private readonly lines: Array<ChannelLine | undefined>;
+  private at = 0;
+
+  constructor(readonly capacity: number) {
+    this.lines = new Array<ChannelLine | undefined>(capacity);
+  }
+
+  /** Stores `line`; the line it overwrote, if any. */
+  push(line: ChannelLine): ChannelLine | undefined {
+    const old = this.lines[this.at];
+    this.lines[this.at] = line;
+    this.at = (this.at + 1) % this.capacity;
+    return old;
+  }
+
+  /** Its lines with a seq above `after`. */
+  after(after: number): ChannelLine[] {
+    return this.lines.filter((l): l is ChannelLine => l !== undefined && l.seq > after);
+  }
+}
+
+/** pino's warn level: lines at it and above have a ring of their own. */
+const WARN = 40;
+/** The longest pino line the channel reads (a longer one is counted as dropped, not parsed). */
+export const MAX_RAW_LINE_CHARS = 64 * 1024;
+export const DEFAULT_WARNING_CAPACITY = 200;
+
 export class LogChannel {
-  private readonly ring: Array<ChannelLine | undefined>;
+  /** Lines below warn. */
+  private readonly ring: Ring;
+  /**
+   * Warnings and errors, apart: a flood of ordinary lines (a caller's refused requests, one info line each) must
+   * not push out the lines an operator needs (an enclave that cannot unseal, a record refused as tampered).
+   */
+  private readonly warnings: Ring;
   private next = 1;
   /** The highest seq the parent has asked past (its lines were delivered). */
   private delivered = 0;
   written = 0;
   dropped = 0;
 
-  constructor(readonly capacity = DEFAULT_CHANNEL_CAPACITY) {
-    if (!Number.isSafeInteger(capacity) || capacity < 1)
-      throw new TypeError(`LogChannel capacity must be a positive integer, got ${capacity}`);
-    this.ring = new Array<ChannelLine | undefined>(capacity);
+  constructor(
+    readonly capacity = DEFAULT_CHANNEL_CAPACITY,
+    readonly warningCapacity = DEFAULT_WARNING_CAPACITY,
+  ) {
+    for (const [name, n] of [
+      ['capacity', capacity],
+      ['warningCapacity', warningCapacity],
+    ] as const)
+      if (!Number.isSafeInteger(n) || n < 1) throw new TypeError(`LogChannel ${name} must be a positive integer, got ${n}`);
+    this.ring = new Ring(capacity);
+    this.warnings = new Ring(warningCapacity);
   }
 
   /** Adds one pino line (its JSON text); never throws, never waits. */
   write(text: string): void {
+    if (text.length > MAX_RAW_LINE_CHARS) {
+      this.written += 1;
+      this.dropped += 1;
+      return;
+    }
     let raw: unknown;
     try {
       raw = JSON.parse(text);
@@ -128,10 +178,8 @@ export class LogChannel {
     }
     const line = channelLine(raw, this.next);
     if (!line) return;
-    const slot = (this.next - 1) % this.capacity;
-    const old = this.ring[slot];
+    const old = (line.level >= WARN ? this.warnings : this.ring).push(line);
     if (old && old.seq > this.delivered) this.dropped += 1;
-    this.ring[slot] = line;
     this.next += 1;
     this.written += 1;
   }
@@ -142,12 +190,8 @@ export class LogChannel {
    */
   pull(after: number, max = MAX_LINES_PER_PULL): ChannelPull {
     const newest = this.next - 1;
-    const from = Math.max(after >= this.next ? 0 : after, newest - this.capacity, 0) + 1;
-    const lines: ChannelLine[] = [];
-    for (let seq = from; seq <= newest && lines.length < max; seq++) {
-      const line = this.ring[(seq - 1) % this.capacity];
-      if (line && line.seq === seq) lines.push(line);
-    }
+    const from = after >= this.next ? 0 : after;
+    const lines = [...this.ring.after(from), ...this.warnings.after(from)].sort((a, b) => a.seq - b.seq).slice(0, Math.max(0, max));
     if (after < this.next) this.delivered = Math.max(this.delivered, Math.min(after, newest));
     const last = lines.at(-1);
     if (last) this.delivered = Math.max(this.delivered, last.seq);

@@ -69,6 +69,11 @@ export function withRequestId<T>(requestId: string | undefined, fn: () => T): T 
   return requestContext.run({ requestId }, fn);
 }
 
+/** Runs `fn` outside any request's context (work of the process's own, started by a request). */
+export function outsideRequest<T>(fn: () => T): T {
+  return requestContext.exit(fn);
+}
+
 /** The request id of the call being served, if any. */
 export function currentRequestId(): string | undefined {
   return requestContext.getStore()?.requestId;

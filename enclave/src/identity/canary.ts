@@ -15,6 +15,7 @@
  * own KMS proxy (or KEY_INTEGRITY, the one answer of every failed open), never detail.
  */
 import { asKeystoreError, type ErrorCode } from '@nks/shared/errors';
+import { outsideRequest } from '@nks/shared/log';
 
 export type UnsealState = 'unknown' | 'ok' | 'failing';
 
@@ -75,6 +76,10 @@ export class UnsealCanary {
 
   /** Runs a canary now unless one ran within minIntervalMs or one is running; resolves when it is done. */
   trigger(): Promise<void> {
+    return outsideRequest(() => this.triggerHere());
+  }
+
+  private triggerHere(): Promise<void> {
     const probe = this.probe;
     if (!probe || this.closed) return Promise.resolve();
     if (this.running) return this.running;
