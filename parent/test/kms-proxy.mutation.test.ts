@@ -585,8 +585,8 @@ describe('KMS proxy: one attempt at most attemptMs', () => {
       log
         .lines()
         .filter((l) => l.msg === 'KMS call failed; retrying')
-        .map((l) => [l.code, l.attemptMs]),
-    ).toEqual([['TIMEOUT', 200]]);
+        .map((l) => [l.code, l.attemptMs, l.attempt]),
+    ).toEqual([['TIMEOUT', 200, 1]]);
   });
 
   it('gives the last attempt all the time left, and TIMEOUT when KMS stays silent', async () => {
@@ -730,6 +730,9 @@ describe('KMS proxy: the real cause in the log', () => {
     [{ name: 'Error', message: 'not a code: ECONN' }, { name: 'Error' }],
     [{ $metadata: { httpStatusCode: 0 } }, { name: 'Error', httpStatus: 0 }],
     [null, { name: 'Error' }],
+    // Only strings are codes and messages: an array (whose text would match) is neither.
+    [{ name: 'Error', code: ['ECONNREFUSED'] }, { name: 'Error' }],
+    [{ name: 'Error', message: ['connect ECONNRESET'] }, { name: 'Error' }],
   ])('kmsErrorDetail(%j)', (err, detail) => {
     expect(kmsErrorDetail(err)).toEqual(detail);
   });
