@@ -4,6 +4,8 @@
  * without bound.
  */
 import { KeystoreError } from '@nks/shared/errors';
+import { DEADLINES } from '@nks/shared/deadlines';
+import { ENCLAVE_CONFIG_DEFAULTS } from '../src/config';
 import { UnsealCanary, type UnsealState } from '../src/identity/canary';
 
 const denied = () => new KeystoreError('KMS_ACCESS_DENIED', 'KMS AccessDeniedException: not approved');
@@ -140,4 +142,9 @@ describe('unseal canary', () => {
     await s.canary.trigger();
     expect(s.probes()).toBe(0);
   });
+});
+
+it('takes its KMS deadline default from the one table (shared/src/deadlines.ts), inside the parent call', () => {
+  expect(ENCLAVE_CONFIG_DEFAULTS.limits.kmsDeadlineMs).toBe(DEADLINES.enclaveKmsMs);
+  expect(DEADLINES.enclaveKmsMs).toBeLessThan(DEADLINES.enclaveCallMs);
 });
