@@ -61,6 +61,9 @@ describe('unseal canary', () => {
     for (const code of ['KMS_THROTTLED', 'KMS_UNAVAILABLE', 'TIMEOUT', 'UNAVAILABLE'] as const)
       s.canary.failed(new KeystoreError(code, 'x'));
     expect([s.canary.state, s.probes()]).toEqual(['ok', 0]);
+    // Nor for an answer that does not open (the parent's forgery, failed-opens.ts): no Decrypt for it to spend.
+    s.canary.failed(new KeystoreError('KEY_INTEGRITY', 'the key could not be unsealed'));
+    expect([s.canary.state, s.probes()]).toEqual(['ok', 0]);
     // A canary that meets throttling leaves the state as it was.
     const t = setup(() => throttled());
     t.canary.succeeded();

@@ -378,6 +378,7 @@ export function parseParentConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, sou
     throw new ConfigError(
       `invalid ${source}: config.metrics.listen.host ${m.host} is not loopback; the metrics listener has no token: keep it on loopback or a Unix socket`,
     );
+  deriveDeadlines(res.data, applyEnv(raw as Record<string, unknown>, env));
   checkDeadlines(res.data, source);
   const db = (raw as { database?: unknown }).database;
   const deprecations =
@@ -385,6 +386,21 @@ export function parseParentConfig(raw: unknown, env: NodeJS.ProcessEnv = {}, sou
       ? ['config.database {path} is read as {"kind": "sqlite", "path": ...}: write it so; the old shape goes in a later release']
       : [];
   return { ...res.data, deprecations };
+}
+
+/**
+ * A deadline the configuration leaves unset is its table default, shortened when needed to nest inside the one
+ * that calls it (set shorter): `enclave.deadlineMs` inside `api.requestTimeoutMs`, `kmsProxy.deadlineMs` inside
+ * `enclave.deadlineMs`. Only deadlines that are set can be refused for not nesting.
+ */
+function deriveDeadlines(c: z.output<typeof ParentConfigSchema>, raw: Record<string, unknown>): void {
+  const set = (section: string, key: string) => {
+    const v = raw[section];
+    return typeof v === 'object' && v !== null && key in v;
+  };
+  const within = (outer: number) => outer - deadlineMarginMs(outer);
+  if (!set('enclave', 'deadlineMs')) c.enclave.deadlineMs = Math.max(1, Math.min(c.enclave.deadlineMs, within(c.api.requestTimeoutMs)));
+  if (!set('kmsProxy', 'deadlineMs')) c.kmsProxy.deadlineMs = Math.max(1, Math.min(c.kmsProxy.deadlineMs, within(c.enclave.deadlineMs)));
 }
 
 /**

@@ -136,7 +136,8 @@ describe('enclave liveness (real processes)', () => {
       await s.platform.setFaults({ hold: false });
     }
     expect((await Promise.all(held)).map((r) => r.status)).toEqual(Array(MAX_QUEUED).fill(200));
-    expect((await metric(s, 'nks_enclave_queue_rejections_total')) - before).toBe(2);
+    // The two signs, and any of the parent's own calls (the log puller's, a health read) made while it was full.
+    expect((await metric(s, 'nks_enclave_queue_rejections_total')) - before).toBeGreaterThanOrEqual(2);
   }, 60_000);
 
   it("reconnects the enclave's KMS-proxy link when the restarted parent says hello", async () => {

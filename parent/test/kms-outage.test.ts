@@ -48,7 +48,11 @@ describe('deadlines that nest', () => {
   it.each([
     [{ kmsProxy: { deadlineMs: 10_000 } }, 'config.kmsProxy.deadlineMs (10000 ms)', 'config.enclave.deadlineMs (10000 ms)'],
     [{ enclave: { deadlineMs: 12_000 }, kmsProxy: { deadlineMs: 11_800 } }, 'config.kmsProxy.deadlineMs', 'config.enclave.deadlineMs'],
-    [{ api: { requestTimeoutMs: 10_000 } }, 'config.enclave.deadlineMs (10000 ms)', 'config.api.requestTimeoutMs (10000 ms)'],
+    [
+      { api: { requestTimeoutMs: 10_000 }, enclave: { deadlineMs: 10_000 } },
+      'config.enclave.deadlineMs (10000 ms)',
+      'config.api.requestTimeoutMs (10000 ms)',
+    ],
     [{ api: { requestTimeoutMs: 5_000 }, enclave: { deadlineMs: 8_000 } }, 'config.enclave.deadlineMs', 'config.api.requestTimeoutMs'],
   ])('refuses a configuration whose deadlines do not nest (%j)', (over, inner, outer) => {
     let err: unknown;
@@ -60,6 +64,16 @@ describe('deadlines that nest', () => {
     expect(err).toBeInstanceOf(ConfigError);
     expect((err as Error).message).toContain(inner);
     expect((err as Error).message).toContain(outer);
+  });
+
+  it('shortens an unset deadline to nest inside a shorter one that calls it', () => {
+    const c = parseParentConfig(minimal({ api: { requestTimeoutMs: 5_000 } }));
+    expect([c.enclave.deadlineMs, c.kmsProxy.deadlineMs]).toEqual([4_500, 4_000]);
+    const d = parseParentConfig(minimal({ enclave: { deadlineMs: 5_000 } }));
+    expect([d.api.requestTimeoutMs, d.enclave.deadlineMs, d.kmsProxy.deadlineMs]).toEqual([DEADLINES.apiRequestMs, 5_000, 4_500]);
+    // Never lengthened: a longer caller keeps the table's defaults.
+    const e = parseParentConfig(minimal({ api: { requestTimeoutMs: 60_000 } }));
+    expect([e.enclave.deadlineMs, e.kmsProxy.deadlineMs]).toEqual([DEADLINES.enclaveCallMs, DEADLINES.kmsProxyMs]);
   });
 
   it('accepts deadlines that nest by exactly the margin', () => {

@@ -175,7 +175,10 @@ describe('three parent+enclave instances on one PostgreSQL', () => {
     expect(new Set(identities.map((r) => r.body.publicKey))).toEqual(new Set([devJson.identity]));
     for (const x of dev.instances) {
       const ready = await dev.api(x.index, '/readyz');
-      expect([ready.status, ready.body.checks]).toEqual([200, { enclave: true, kmsProxy: true, enclaveKmsLink: true, database: true }]);
+      expect([ready.status, ready.body.checks]).toEqual([
+        200,
+        { enclave: true, kmsProxy: true, enclaveKmsLink: true, database: true, unseal: true, kms: true },
+      ]);
     }
   });
 

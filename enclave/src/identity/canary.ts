@@ -6,13 +6,14 @@
  * The state comes from unseals this enclave made itself: the identity's unseal at start, every unseal of a user
  * key (a success proves KMS approves this image), and a canary: an unseal of the keystore identity's own blob,
  * run after a KMS refusal and, while failing, every `minIntervalMs`. Only a refusal (an error that is not
- * retryable: access denied, attestation refused, an answer that does not open) makes it "failing"; throttling,
+ * retryable, from KMS: access denied, attestation refused) starts a canary, and a canary refused makes it "failing"
+ * (an answer that does not open, KEY_INTEGRITY, starts none: that is the parent's doing, failed-opens.ts); throttling,
  * an unreachable KMS or a timeout change nothing (the parent's `kms` check reports those; warm keys still sign).
  *
  * Security: the canary is rate-limited (at most one every `minIntervalMs`, whatever the parent does), so a parent
  * cannot make the enclave spend KMS calls without bound; its Decrypts are counted as identity Decrypts, apart
  * from the one-per-cold-key `kmsCalls`; and health reports only the error code the parent already saw from its
- * own KMS proxy (or KEY_INTEGRITY, the one answer of every failed open), never detail.
+ * own KMS proxy (or KEY_INTEGRITY, the one answer of every failed open of its own probe), never detail.
  */
 import { asKeystoreError, type ErrorCode } from '@nks/shared/errors';
 import { outsideRequest } from '@nks/shared/log';
@@ -64,7 +65,10 @@ export class UnsealCanary {
    * unreachable, timeout) says nothing about this image and changes nothing.
    */
   failed(err: unknown): void {
-    if (asKeystoreError(err).retryable) return;
+    const e = asKeystoreError(err);
+    // An answer that does not open (KEY_INTEGRITY) is the parent's doing or corruption, not KMS refusing this
+    // image: failed-opens.ts answers it, and a canary would only give a forging parent more Decrypts to spend.
+    if (e.retryable || e.code === 'KEY_INTEGRITY') return;
     void this.trigger();
   }
 
