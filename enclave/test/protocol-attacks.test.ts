@@ -60,6 +60,8 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
         listen: ENCLAVE,
         kmsProxy: PROXY,
         failedOpens: { maxFailures: 10_000, windowMs: 60_000, cooldownMs: 60_000 },
+        // At most one unseal canary an hour (identity/canary.ts): tests that count Decrypts spend it first.
+        limits: { unsealCanaryMs: 3_600_000 },
       }),
     );
     enclave = startProgram('enclave', ['--config', configFile]);
@@ -152,21 +154,33 @@ describe('compromised parent vs. the typed protocol (real enclave bundle)', () =
       await conns[3].callJson('enclave.hello', { protocolVersion: 1_000_000 });
       const forged = new Set<string>();
       const kmsErr = new Set<string>();
+      const denied: Responder = (req) => [
+        {
+          jsonrpc: '2.0',
+          id: req.id,
+          error: {
+            code: -32010,
+            message: 'KMS AccessDeniedException: no',
+            data: { code: 'KMS_ACCESS_DENIED', retryable: false, reason: 'KMS_ACCESS_DENIED' },
+          },
+        },
+      ];
+      // A refusal from KMS starts the unseal canary, one Decrypt at most once an hour here: spend it before
+      // counting, so that the loop counts only its signs' own Decrypts.
+      const base = (await health(conns[0])).counters;
+      responder = denied;
+      await conns[0].call('keys.sign', signParams(made, 99));
+      for (let t = 0; ; t++) {
+        const c = (await health(conns[0])).counters;
+        if (c.unsealCanaries > base.unsealCanaries && c.kmsErrors - base.kmsErrors >= 2) break;
+        if (t > 200) throw new Error('the unseal canary did not run');
+        await new Promise((r) => setTimeout(r, 25));
+      }
       for (const [i, c] of conns.entries()) {
         const before = (await health(c)).counters;
         responder = (req) => [{ jsonrpc: '2.0', id: req.id, result: { ciphertextForRecipient: 'AAAA', keyId: req.params.kmsKeyArn } }];
         forged.add((await c.call('keys.sign', signParams(made, i))).toString());
-        responder = (req) => [
-          {
-            jsonrpc: '2.0',
-            id: req.id,
-            error: {
-              code: -32010,
-              message: 'KMS AccessDeniedException: no',
-              data: { code: 'KMS_ACCESS_DENIED', retryable: false, reason: 'KMS_ACCESS_DENIED' },
-            },
-          },
-        ];
+        responder = denied;
         kmsErr.add((await c.call('keys.sign', signParams(made, i))).toString());
         const after = (await health(c)).counters;
         expect(after.failedOpens - before.failedOpens).toBe(1);

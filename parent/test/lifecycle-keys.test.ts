@@ -49,7 +49,7 @@ describe('key lifecycle over the caller API', () => {
     return res.body as KeyAnswer;
   };
   const successor = async (keyId: string) => {
-    const res = await post(`/v1/keys/${keyId}/successor`, 'create');
+    const res = await post(`/v1/keys/${keyId}/successor`, 'full');
     expect([res.status, res.body?.error]).toEqual([201, undefined]);
     return res.body as KeyAnswer;
   };
