@@ -247,7 +247,9 @@ export const SCENARIOS: Scenario[] = [
   {
     name: 'fsync-stall',
     description: "the database's fsync stalls (disk-fault shim) longer than the store's 5 s deadline",
-    request: (ctx, w, n) => [create(ctx), sign(ctx), get('healthz', '/healthz'), get('metrics', '/metrics')][(w + n) % 4] as Request,
+    // /metrics is on the parent's metrics listener, not the caller API.
+    request: (ctx, w, n) =>
+      [create(ctx), sign(ctx), get('healthz', '/healthz'), get('metrics', `${ctx.stack.metricsUrl()}/metrics`)][(w + n) % 4] as Request,
     inject: async (ctx) => ctx.stack.faults.stallFsync(true),
     clear: async (ctx) => ctx.stack.faults.stallFsync(false),
     faultMs: (p) => p.stallMs,

@@ -18,6 +18,8 @@ export interface ChaosStack {
   kmsUrl(): string;
   faults: DiskFaults;
   target(): Target;
+  /** The parent's metrics listener (from dev.json: a new port after each restart). */
+  metricsUrl(): string;
   parentPid(): number;
   enclavePid(): number;
   /** The KMS emulator's pid (a child of dev.js). */
@@ -41,7 +43,9 @@ export async function startChaosStack(): Promise<ChaosStack> {
   const faults = diskFaults(path.join(dir, 'keys.db'), dir);
   let dev: DevStack = await startDevStack(dir, ['--api-port', '0'], { env: faults.env });
   const port = Number(new URL(dev.url).port);
-  const kmsUrl = () => (JSON.parse(fs.readFileSync(path.join(dir, 'dev.json'), 'utf8')) as { kmsUrl: string }).kmsUrl;
+  const devJson = () =>
+    JSON.parse(fs.readFileSync(path.join(dir, 'dev.json'), 'utf8')) as { kmsUrl: string; instances: Array<{ metricsUrl: string }> };
+  const kmsUrl = () => devJson().kmsUrl;
   const instance = () => {
     const i = dev.instances[0];
     if (!i) throw new Error('the dev stack printed no INSTANCE line');
@@ -57,6 +61,7 @@ export async function startChaosStack(): Promise<ChaosStack> {
     kmsUrl,
     faults,
     target: () => ({ url: dev.url, token: dev.token }),
+    metricsUrl: () => devJson().instances[0]?.metricsUrl ?? '',
     parentPid: () => instance().parentPid,
     enclavePid: () => instance().enclavePid,
     kmsPid: () => childPid(dev.child.pid as number, 'kms-emulator.js'),

@@ -372,6 +372,8 @@ async function main(): Promise<number> {
     interface Pair {
       ip: InstancePaths;
       url: string;
+      /** The parent's metrics listener (`/metrics`, `/healthz`, `/readyz`): a free loopback port, new at each start. */
+      metricsUrl: string;
       walletsPort: number;
       parent: Child;
       enclave: Child;
@@ -388,7 +390,8 @@ async function main(): Promise<number> {
         parentConfigFor(ip, port, walletsPort);
         const parent = run(labelOf('parent', ip), path.join(distDir, 'parent.js'), ['--config', ip.parentConfig], parentEnv);
         try {
-          return { parent, walletsPort, url: String((await parent.waitFor('parent ready')).url) };
+          const ready = await parent.waitFor('parent ready');
+          return { parent, walletsPort, url: String(ready.url), metricsUrl: String(ready.metricsUrl ?? '') };
         } catch (err) {
           await parent.stop(); // one that did not report ready in time is not left running
           const taken = parent.lines().some((l) => l.includes('EADDRINUSE') && l.includes(String(walletsPort)));
@@ -442,6 +445,7 @@ async function main(): Promise<number> {
           try {
             const again = await launchParent(pair.ip, Number(new URL(pair.url).port), pair.walletsPort);
             pair.parent = again.parent;
+            pair.metricsUrl = again.metricsUrl;
             pair.restarts++;
             break;
           } catch (err) {
@@ -473,7 +477,15 @@ async function main(): Promise<number> {
       const portOf = (first: number) => (first === 0 ? 0 : first + ip.index);
       const launched = await launchParent(ip, portOf(apiPort), portOf(walletsPortOption));
       const enclave = start(labelOf('enclave', ip), bundle, ['--config', p.enclaveConfig], {}, ip.runDir);
-      const pair: Pair = { ip, url: launched.url, walletsPort: launched.walletsPort, parent: launched.parent, enclave, restarts: 0 };
+      const pair: Pair = {
+        ip,
+        url: launched.url,
+        metricsUrl: launched.metricsUrl,
+        walletsPort: launched.walletsPort,
+        parent: launched.parent,
+        enclave,
+        restarts: 0,
+      };
       supervise(pair);
       const started = await enclave.waitFor(
         (e) => e.msg === 'enclave ready' || (unapproved && String(e.msg).startsWith('could not unseal the keystore identity')),
@@ -549,6 +561,7 @@ async function main(): Promise<number> {
       const listed = pairs.map((x) => ({
         index: x.ip.index,
         url: x.url,
+        metricsUrl: x.metricsUrl,
         parentPid: x.parent.process.pid,
         enclavePid: x.enclave.process.pid,
         walletsUrl: `https://127.0.0.1:${x.walletsPort}`,
