@@ -34,7 +34,7 @@ export const PROFILES: Record<Profile['name'], Profile> = {
     stallMs: 6500,
     freezeMs: 6000,
     slowClients: 50,
-    coldKeys: 300,
+    coldKeys: 3000,
     kmsFaultMs: 10_000,
   },
   full: {
@@ -46,7 +46,7 @@ export const PROFILES: Record<Profile['name'], Profile> = {
     stallMs: 12_000,
     freezeMs: 12_000,
     slowClients: 300,
-    coldKeys: 1500,
+    coldKeys: 15000,
     kmsFaultMs: 20_000,
   },
 };
