@@ -15,7 +15,6 @@ import { KeystoreError } from '@nks/shared/errors';
 import { createLogger, currentRequestId, withRequestId } from '@nks/shared/log';
 import { UnsealCanary } from '../src/identity/canary';
 
-const refused = () => new KeystoreError('KEY_INTEGRITY', 'the key could not be unsealed');
 const denied = () => new KeystoreError('KMS_ACCESS_DENIED', 'KMS AccessDeniedException: not approved');
 
 describe('review: the unseal canary and the request id', () => {
@@ -43,8 +42,9 @@ describe('review: the unseal canary and the request id', () => {
       },
     });
     try {
-      // A user's cold sign (request id from the parent's envelope) fails with a refusal: the observer tells the canary.
-      withRequestId('victim-request-1', () => canary.failed(refused()));
+      // A user's cold sign (request id from the parent's envelope) fails with a KMS refusal: the observer tells the canary.
+      // (A KEY_INTEGRITY answer starts no canary — enclave/test/unseal-canary.test.ts — so the refusal here is KMS's.)
+      withRequestId('victim-request-1', () => canary.failed(denied()));
       // Wait for the first canary and two scheduled ones (every 50 ms while failing).
       const until = Date.now() + 5_000;
       while (seen.length < 3 && Date.now() < until) await new Promise((r) => setTimeout(r, 20));
