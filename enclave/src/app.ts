@@ -249,6 +249,8 @@ export async function startEnclave(
     maxConcurrent: config.limits.maxConcurrent,
     maxFrameBytes: config.limits.maxFrameBytes,
     logRefusals: refusalLevel,
+    // The envelope's request id must reach the enclave's own KMS calls, deep inside a call (RpcClient.call).
+    requestContext: true,
   });
   served = server;
   await server.listen(transport, config.listen);

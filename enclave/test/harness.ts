@@ -90,6 +90,8 @@ export async function startEnclaveHarness(
   const proxy = new RpcServer({
     name: 'test-kms-proxy',
     logger: silentLogger(),
+    // Forgeries may pick a request by its id (currentRequestId()), as the envelope carries it.
+    requestContext: true,
     methods: {
       'kms.decrypt': rpcMethod(KmsDecryptParams, async (p) => {
         harness.proxyRequests.push(p);

@@ -426,8 +426,11 @@ export class KeyRegistry {
     }
   }
 
-  /** `request` is passed to the enclave as the caller sent it; the enclave validates and hashes it again. */
-  async sign(keyId: string, request: SignRequestInput): Promise<SignResult> {
+  /**
+   * `request` is passed to the enclave as the caller sent it; the enclave validates and hashes it again.
+   * `requestId` (the API's) travels to the enclave and its KMS call, for their log lines.
+   */
+  async sign(keyId: string, request: SignRequestInput, requestId?: string): Promise<SignResult> {
     const k = await this.get(keyId);
     if (!k.record && k.disabled) throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
     const { record, signed, project } = await this.verified(k);
@@ -441,7 +444,7 @@ export class KeyRegistry {
     if (typeof type === 'string' && !(project.record.allowedRequestTypes as string[]).includes(type))
       throw new KeystoreError('FORBIDDEN', `project ${project.record.projectId} does not allow ${type} requests`);
     const result = await this.enclave
-      .call('keys.sign', { keyId, blob: k.blob, record: signed, project: project.signed, request })
+      .call('keys.sign', { keyId, blob: k.blob, record: signed, project: project.signed, request }, undefined, requestId)
       .catch((err: unknown) => {
         // The enclave says only "no" when a record, the blob or an unseal fails (forged KMS answer or altered
         // blob); its health totals integrityFailures and failedOpens are what operators alert on.

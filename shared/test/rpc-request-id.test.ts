@@ -33,6 +33,7 @@ describe('request id on the RPC envelope', () => {
       name: 'test-server',
       logger: serverLog.logger,
       logRefusals: (code) => (code === 'KEY_INTEGRITY' ? 'warn' : null),
+      requestContext: true,
       methods: serveApi(Api, {
         seen: (_p, ctx) => {
           calls.push(ctx);
@@ -72,6 +73,37 @@ describe('request id on the RPC envelope', () => {
       expect(await c.call('seen', {})).toEqual({ ctx: null, current: null });
     } finally {
       await c.close();
+    }
+  });
+
+  it('sends the id the caller passes (CallOptions.requestId) over the current one; without requestContext the handler has it in ctx only', async () => {
+    const plain = new RpcServer({
+      name: 'plain-server',
+      logger: captureLogger().logger,
+      methods: serveApi(Api, {
+        seen: (_p, ctx) => ({ ctx: ctx.requestId ?? null, current: currentRequestId() ?? null }),
+        refuse: () => {
+          throw new KeystoreError('KEY_INTEGRITY', 'no');
+        },
+      }),
+    });
+    const address = 'vsock://16:5101';
+    await plain.listen(transport, address);
+    const c = new RpcClient<typeof Api>({ name: 'c', transport, address, logger: captureLogger().logger, sendRequestId: () => true });
+    try {
+      await c.waitConnected(5000);
+      // Passed explicitly, with no async context at all (the parent's hot path).
+      expect(await c.call('seen', {}, { requestId: 'passed-1' })).toEqual({ ctx: 'passed-1', current: null });
+      // Passed explicitly inside another request's context: the passed one wins.
+      expect(await withRequestId('ambient-1', () => c.call('seen', {}, { requestId: 'passed-2' }))).toEqual({
+        ctx: 'passed-2',
+        current: null,
+      });
+      // Not passed: the current one is sent.
+      expect(await withRequestId('ambient-2', () => c.call('seen', {}))).toEqual({ ctx: 'ambient-2', current: null });
+    } finally {
+      await c.close();
+      await plain.close(100);
     }
   });
 

@@ -26,7 +26,7 @@ import { historyEntryOf, viewOf, type KeyRegistry } from '../key-registry';
 import type { StoredKey } from '../store/types';
 import { TokenAuth, type Principal } from './auth';
 import { KeyParams, projectId, ProjectParams, requestBody, routeUrl, stringMap } from '@nks/shared/http/validation';
-import { withRequestId, type Logger } from '@nks/shared/log';
+import type { Logger } from '@nks/shared/log';
 import { auditedSign } from './audit';
 
 declare module 'fastify' {
@@ -210,15 +210,14 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
       handler(request) {
         const { keyId } = request.params;
         const who = { requestId: request.id, token: request.apiState?.principal ?? '-' };
-        // The request id travels to the enclave and its KMS call (shared/src/log.ts), for their log lines.
-        return withRequestId(request.id, () =>
-          auditedSign(audit, who, keyId, request.body, async () => {
-            // A bound token: the key's project first (unbound tokens, the common case, skip this read).
-            if (tokenOf(request).projects !== null && !TokenAuth.reaches(tokenOf(request), (await keys.get(keyId)).projectId))
-              throw noSuchKey(keyId);
-            return keys.sign(keyId, request.body);
-          }),
-        );
+        return auditedSign(audit, who, keyId, request.body, async () => {
+          // A bound token: the key's project first (unbound tokens, the common case, skip this read).
+          if (tokenOf(request).projects !== null && !TokenAuth.reaches(tokenOf(request), (await keys.get(keyId)).projectId))
+            throw noSuchKey(keyId);
+          // The request id travels to the enclave and its KMS call, for their log lines: passed, not an async
+          // context (an AsyncLocalStorage costs every promise on Node 20, measured in docs/OPERATIONS.md).
+          return keys.sign(keyId, request.body, request.id);
+        });
       },
     });
     for (const action of ['disable', 'enable'] as const) {

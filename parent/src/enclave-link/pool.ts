@@ -297,6 +297,7 @@ export class EnclavePool {
     method: M,
     params: ParamsOf<EnclaveApi, M>,
     deadlineMs = this.options.deadlineMs,
+    requestId?: string,
   ): Promise<ResultOf<EnclaveApi, M>> {
     const started = process.hrtime.bigint();
     let outcome = 'ok';
@@ -310,7 +311,7 @@ export class EnclavePool {
       }
       this.inFlight += 1;
       counted = true;
-      return await client.call(method, params, { deadlineMs });
+      return await client.call(method, params, requestId === undefined ? { deadlineMs } : { deadlineMs, requestId });
     } catch (err) {
       outcome = err instanceof KeystoreError ? err.code : 'INTERNAL';
       throw err;

@@ -148,7 +148,7 @@ export class KmsProxy {
       name: 'kms-proxy',
       logger: options.logger,
       maxConcurrent: options.maxConcurrent,
-      methods: serveApi(KmsProxyApi, { 'kms.decrypt': (p) => this.decrypt(p) }),
+      methods: serveApi(KmsProxyApi, { 'kms.decrypt': (p, ctx) => this.decrypt(p, ctx.requestId) }),
     });
   }
 
@@ -166,7 +166,9 @@ export class KmsProxy {
     return this.server.listen(transport, address);
   }
 
-  async decrypt(p: ValidParamsOf<KmsProxyApi, 'kms.decrypt'>): Promise<KmsDecryptResult> {
+  /** `requestId` (the caller's, off the envelope) is on every log line of this Decrypt, tying it to the API request. */
+  async decrypt(p: ValidParamsOf<KmsProxyApi, 'kms.decrypt'>, requestId?: string): Promise<KmsDecryptResult> {
+    const log = requestId === undefined ? this.options.logger : this.options.logger.child({ requestId });
     if (!this.allowed.has(p.kmsKeyArn)) {
       throw new KeystoreError('KMS_KEY_NOT_ALLOWED', `KMS key ${p.kmsKeyArn} is not in this parent's allowedKeyArns`);
     }
@@ -185,7 +187,7 @@ export class KmsProxy {
     for (let attempt = 0; ; attempt++) {
       const attemptStarted = Date.now();
       const remaining = deadline - attemptStarted;
-      if (remaining <= 0) throw this.finish(retrying ?? timeout(), started);
+      if (remaining <= 0) throw this.finish(retrying ?? timeout(), started, undefined, log);
       // The last attempt that fits gets all the time left; an earlier one at most attemptMs.
       const attemptTimeout = Math.min(remaining, attemptMs);
       const signal = AbortSignal.timeout(attemptTimeout);
@@ -205,6 +207,7 @@ export class KmsProxy {
             new KeystoreError('INTERNAL', 'KMS returned plaintext to an attested request; refusing to relay it'),
             started,
             'plaintext',
+            log,
           );
         }
         if (!res.CiphertextForRecipient?.length)
@@ -212,11 +215,12 @@ export class KmsProxy {
             new KeystoreError('KMS_UNAVAILABLE', 'KMS returned no CiphertextForRecipient'),
             started,
             'no_recipient_ciphertext',
+            log,
           );
         this.options.onCall?.('ok', (Date.now() - started) / 1000);
         this.setStreak(0);
-        // One line per Decrypt; its requestId (the caller's, off the envelope) ties it to the API request.
-        this.options.logger.info({ outcome: 'ok', attempts: attempt + 1, ms: Date.now() - started }, 'KMS decrypt');
+        // One line per Decrypt.
+        log.info({ outcome: 'ok', attempts: attempt + 1, ms: Date.now() - started }, 'KMS decrypt');
         return { ciphertextForRecipient: Buffer.from(res.CiphertextForRecipient).toString('base64'), keyId: res.KeyId ?? p.kmsKeyArn };
       } catch (err) {
         if (err instanceof KeystoreError) throw err;
@@ -227,8 +231,8 @@ export class KmsProxy {
         if ((err as Error)?.name === 'AbortError') {
           // KMS said nothing within attemptMs and time is left: asked again. Otherwise (the whole budget gone, or
           // an abort that was not this attempt's timeout) the answer is the failure being retried, or TIMEOUT.
-          if (!(signal.aborted && attemptTimeout < remaining && fits)) throw this.finish(retrying ?? timeout(err), started);
-          this.options.logger.warn(
+          if (!(signal.aborted && attemptTimeout < remaining && fits)) throw this.finish(retrying ?? timeout(err), started, undefined, log);
+          log.warn(
             { attempt: attempt + 1, code: 'TIMEOUT', attemptMs: attemptTimeout, delayMs: delay },
             'KMS call failed; retrying',
           );
@@ -236,9 +240,9 @@ export class KmsProxy {
           continue;
         }
         const mapped = mapKmsError(err);
-        if (!mapped.retryable || !fits) throw this.finish(mapped, started);
+        if (!mapped.retryable || !fits) throw this.finish(mapped, started, undefined, log);
         retrying = mapped;
-        this.options.logger.warn(
+        log.warn(
           { err: mapped, kms: kmsErrorDetail(err), attempt: attempt + 1, code: mapped.code, delayMs: delay },
           'KMS call failed; retrying',
         );
@@ -248,11 +252,11 @@ export class KmsProxy {
   }
 
   /** Counts and logs the failure the enclave gets; the log line's `err` carries the KMS SDK error as its cause. */
-  private finish(err: KeystoreError, started: number, outcome: string = err.code): KeystoreError {
+  private finish(err: KeystoreError, started: number, outcome: string = err.code, log: Logger = this.options.logger): KeystoreError {
     this.options.onCall?.(outcome, (Date.now() - started) / 1000);
     this.setStreak(OUTAGE.has(outcome) ? this.streak + 1 : 0);
     const ms = Date.now() - started;
-    this.options.logger.warn(
+    log.warn(
       { err, code: err.code, outcome, ms, consecutiveFailures: this.streak, ...(err.cause ? { kms: kmsErrorDetail(err.cause) } : {}) },
       `KMS decrypt refused: ${err.message}`,
     );

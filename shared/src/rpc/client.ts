@@ -66,6 +66,11 @@ export interface RpcClientOptions<A extends RpcApi = RpcApi> {
 export interface CallOptions {
   /** Milliseconds from now until the call fails with TIMEOUT. */
   deadlineMs?: number;
+  /**
+   * The request id to send (when the peer takes one), instead of the current one (shared/src/log.ts): a caller
+   * that knows it passes it, so that no async context is needed on its hot path.
+   */
+  requestId?: string;
 }
 
 interface Pending {
@@ -182,7 +187,7 @@ export class RpcClient<A extends RpcApi = RpcApi> {
     }
     const remaining = deadlineMs - (Date.now() - startedAt);
     if (remaining <= 0) throw this.timeout(method, deadlineMs);
-    const requestId = this.options.sendRequestId?.() ? currentRequestId() : undefined;
+    const requestId = this.options.sendRequestId?.() ? (options.requestId ?? currentRequestId()) : undefined;
     const answer = this.request(conn, method, params, remaining, deadlineMs, requestId) as Promise<ResultOf<A, M>>;
     const onResult = this.options.onResult;
     if (!onResult) return answer;

@@ -79,6 +79,8 @@ export interface RpcServerOptions extends RpcServerLimits {
    * logged as errors.
    */
   logRefusals?: (code: string) => 'info' | 'warn' | null;
+  /** Run each handler with the envelope's request id as the current one (shared/src/log.ts `withRequestId`). */
+  requestContext?: boolean;
 }
 
 const MiB = 1024 * 1024;
@@ -289,7 +291,11 @@ export class RpcServer {
     served.inFlight += 1;
     served.inFlightBytes += bytes;
     const ctx: RpcCallContext = { method, connection: framed.description, ...(requestId ? { requestId } : {}) };
-    void withRequestId(requestId, () => this.execute(spec, params ?? {}, ctx))
+    // The handler gets the id in `ctx`; with `requestContext` it also runs with it as the current request id (an
+    // AsyncLocalStorage, whose cost on Node 20 is every promise's: the enclave's, where the id must reach its
+    // own KMS calls deep in the call; the parent's servers log it from `ctx`).
+    const run = () => this.execute(spec, params ?? {}, ctx);
+    void (this.options.requestContext ? withRequestId(requestId, run) : run())
       .then(
         (result) => this.reply(served, successResponse(id, result)),
         (err: unknown) => {
