@@ -232,10 +232,7 @@ export class KmsProxy {
           // KMS said nothing within attemptMs and time is left: asked again. Otherwise (the whole budget gone, or
           // an abort that was not this attempt's timeout) the answer is the failure being retried, or TIMEOUT.
           if (!(signal.aborted && attemptTimeout < remaining && fits)) throw this.finish(retrying ?? timeout(err), started, undefined, log);
-          log.warn(
-            { attempt: attempt + 1, code: 'TIMEOUT', attemptMs: attemptTimeout, delayMs: delay },
-            'KMS call failed; retrying',
-          );
+          log.warn({ attempt: attempt + 1, code: 'TIMEOUT', attemptMs: attemptTimeout, delayMs: delay }, 'KMS call failed; retrying');
           await new Promise((r) => setTimeout(r, delay));
           continue;
         }
