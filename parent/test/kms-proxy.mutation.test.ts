@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { backoffDelay } from '@nks/shared/backoff';
 import { KeystoreError, toRpcError } from '@nks/shared/errors';
-import { silentLogger, withRequestId } from '@nks/shared/log';
+import { silentLogger } from '@nks/shared/log';
 import { RpcClient } from '@nks/shared/rpc';
 import { SimulatedVsockTransport, simulatedSocketPath } from '@nks/shared/transport';
 import { captureLogger, rejection, tempRunDir } from '@nks/shared-test/helpers';
@@ -180,7 +180,8 @@ describe('KMS proxy (scripted KMS client)', () => {
   it("logs one line per answered Decrypt, and its retries, with the caller's request id", async () => {
     const kms = scripted(fail({ name: 'ThrottlingException', message: 'Rate exceeded' }), answer());
     const { proxy, log } = proxyWith(kms.client);
-    await withRequestId('req-7', () => proxy.decrypt(params()));
+    // Passed by the RPC server from the envelope (ctx.requestId), with no async context.
+    await proxy.decrypt(params(), 'req-7');
     const lines = log
       .lines()
       .map(({ level, msg, requestId, outcome, attempts, attempt }) => ({ level, msg, requestId, outcome, attempts, attempt }));
@@ -190,6 +191,21 @@ describe('KMS proxy (scripted KMS client)', () => {
     ]);
     const ms = log.lines()[1]?.ms as number;
     expect(ms >= 0 && ms < 60_000).toBe(true);
+  });
+
+  it('puts the request id on its refusal line too, and none on the lines of a Decrypt that came without one', async () => {
+    const kms = scripted(
+      fail({ name: 'AccessDeniedException', message: 'denied' }),
+      fail({ name: 'AccessDeniedException', message: 'denied' }),
+    );
+    const { proxy, log } = proxyWith(kms.client);
+    await expect(proxy.decrypt(params(), 'req-8')).rejects.toMatchObject({ code: 'KMS_ACCESS_DENIED' });
+    await expect(proxy.decrypt(params())).rejects.toMatchObject({ code: 'KMS_ACCESS_DENIED' });
+    expect(log.lines().map(({ msg, requestId }) => ({ refused: String(msg).startsWith('KMS decrypt refused'), requestId }))).toEqual([
+      { refused: true, requestId: 'req-8' },
+      { refused: true, requestId: undefined },
+    ]);
+    expect(log.lines()[1]).not.toHaveProperty('requestId');
   });
 
   it('does not retry what is not retryable', async () => {

@@ -168,7 +168,7 @@ export class KmsProxy {
 
   /** `requestId` (the caller's, off the envelope) is on every log line of this Decrypt, tying it to the API request. */
   async decrypt(p: ValidParamsOf<KmsProxyApi, 'kms.decrypt'>, requestId?: string): Promise<KmsDecryptResult> {
-    const log = requestId === undefined ? this.options.logger : this.options.logger.child({ requestId });
+    const log = this.options.logger.child({ requestId }); // pino leaves out a binding that is undefined
     if (!this.allowed.has(p.kmsKeyArn)) {
       throw new KeystoreError('KMS_KEY_NOT_ALLOWED', `KMS key ${p.kmsKeyArn} is not in this parent's allowedKeyArns`);
     }
@@ -187,7 +187,7 @@ export class KmsProxy {
     for (let attempt = 0; ; attempt++) {
       const attemptStarted = Date.now();
       const remaining = deadline - attemptStarted;
-      if (remaining <= 0) throw this.finish(retrying ?? timeout(), started, undefined, log);
+      if (remaining <= 0) throw this.finish(retrying ?? timeout(), started, log);
       // The last attempt that fits gets all the time left; an earlier one at most attemptMs.
       const attemptTimeout = Math.min(remaining, attemptMs);
       const signal = AbortSignal.timeout(attemptTimeout);
@@ -206,16 +206,16 @@ export class KmsProxy {
           throw this.finish(
             new KeystoreError('INTERNAL', 'KMS returned plaintext to an attested request; refusing to relay it'),
             started,
-            'plaintext',
             log,
+            'plaintext',
           );
         }
         if (!res.CiphertextForRecipient?.length)
           throw this.finish(
             new KeystoreError('KMS_UNAVAILABLE', 'KMS returned no CiphertextForRecipient'),
             started,
-            'no_recipient_ciphertext',
             log,
+            'no_recipient_ciphertext',
           );
         this.options.onCall?.('ok', (Date.now() - started) / 1000);
         this.setStreak(0);
@@ -231,13 +231,13 @@ export class KmsProxy {
         if ((err as Error)?.name === 'AbortError') {
           // KMS said nothing within attemptMs and time is left: asked again. Otherwise (the whole budget gone, or
           // an abort that was not this attempt's timeout) the answer is the failure being retried, or TIMEOUT.
-          if (!(signal.aborted && attemptTimeout < remaining && fits)) throw this.finish(retrying ?? timeout(err), started, undefined, log);
+          if (!(signal.aborted && attemptTimeout < remaining && fits)) throw this.finish(retrying ?? timeout(err), started, log);
           log.warn({ attempt: attempt + 1, code: 'TIMEOUT', attemptMs: attemptTimeout, delayMs: delay }, 'KMS call failed; retrying');
           await new Promise((r) => setTimeout(r, delay));
           continue;
         }
         const mapped = mapKmsError(err);
-        if (!mapped.retryable || !fits) throw this.finish(mapped, started, undefined, log);
+        if (!mapped.retryable || !fits) throw this.finish(mapped, started, log);
         retrying = mapped;
         log.warn(
           { err: mapped, kms: kmsErrorDetail(err), attempt: attempt + 1, code: mapped.code, delayMs: delay },
@@ -249,7 +249,7 @@ export class KmsProxy {
   }
 
   /** Counts and logs the failure the enclave gets; the log line's `err` carries the KMS SDK error as its cause. */
-  private finish(err: KeystoreError, started: number, outcome: string = err.code, log: Logger = this.options.logger): KeystoreError {
+  private finish(err: KeystoreError, started: number, log: Logger, outcome: string = err.code): KeystoreError {
     this.options.onCall?.(outcome, (Date.now() - started) / 1000);
     this.setStreak(OUTAGE.has(outcome) ? this.streak + 1 : 0);
     const ms = Date.now() - started;
