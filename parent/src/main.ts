@@ -18,7 +18,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { createLogger, type Logger } from '@nks/shared/log';
+import { createLogger, drainLogs, type Logger } from '@nks/shared/log';
 import { startParent, type RunningParent } from './app';
 import { ConfigError, loadParentConfig, type ParentConfig } from './config';
 import { GENESIS_NONCE_RE, runGenesis, writeGenesisOutput } from './genesis';
@@ -83,7 +83,8 @@ async function daemon(args: string[]): Promise<void> {
     logger.info({ signal, preDrainMs: signal === 'SIGTERM' ? config.api.preDrainMs : 0 }, 'parent stopping: draining requests');
     await parent.stop({ preDrain: signal === 'SIGTERM' });
     logger.info('parent stopped');
-    logger.flush();
+    // Every line written before exit, audit lines included, unless stdout's reader is stuck (2 s at most).
+    await drainLogs();
     // Exit even if a handle outlived the drain (a connection still closing): the service is stopped.
     process.exit(0);
   };
@@ -100,7 +101,7 @@ async function oneShot(logger: Logger, run: () => Promise<boolean>): Promise<nev
     logger.error({ err }, 'command failed');
     process.stderr.write(`parent: ${(err as Error).message}\n`);
   }
-  logger.flush();
+  await drainLogs();
   process.exit(ok ? 0 : 1);
 }
 

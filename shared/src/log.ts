@@ -101,12 +101,48 @@ export interface LoggerOptions {
   destination?: pino.DestinationStream;
 }
 
+type StdoutDestination = ReturnType<typeof pino.destination>;
+
+/** The stdout destinations `createLogger` made: what `drainLogs` waits for. */
+const stdoutDestinations = new Set<StdoutDestination>();
+
+/** Whether a destination still holds bytes or has a write in flight (sonic-boom has no public accessor for it). */
+function pending(dest: StdoutDestination): boolean {
+  const d = dest as unknown as { _len?: number; _writing?: boolean };
+  return (d._len ?? 0) > 0 || d._writing === true;
+}
+
+/**
+ * Before an orderly exit: waits until every stdout logger `createLogger` made has written what it holds, for at
+ * most `maxMs`. A reader slower than the writes (a full pipe: sonic-boom retries every 100 ms) leaves a backlog,
+ * and the synchronous flush at exit skips the chunk whose write is in flight: without this wait an exit could
+ * lose up to 16 KiB of lines from inside the stream, audit lines included.
+ */
+export async function drainLogs(maxMs = 2_000): Promise<void> {
+  const until = Date.now() + maxMs;
+  for (const dest of stdoutDestinations) {
+    try {
+      dest.flush();
+    } catch {
+      // not ready yet, or stdout closed: nothing more can be written
+    }
+  }
+  while ([...stdoutDestinations].some(pending) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+}
+
 export function createLogger({ name, level, destination, redact = true, bufferBytes = 0 }: LoggerOptions): Logger {
-  const dest = destination ?? pino.destination({ fd: 1, sync: false, minLength: bufferBytes });
-  if (bufferBytes > 0 && !destination) {
-    const timer = setInterval(() => (dest as ReturnType<typeof pino.destination>).flush(), 1000);
-    timer.unref();
-    process.once('exit', () => (dest as ReturnType<typeof pino.destination>).flushSync());
+  let dest: pino.DestinationStream;
+  if (destination) dest = destination;
+  else {
+    const out = pino.destination({ fd: 1, sync: false, minLength: bufferBytes });
+    stdoutDestinations.add(out);
+    if (bufferBytes > 0) {
+      const timer = setInterval(() => out.flush(), 1000);
+      timer.unref();
+      // A crash that exits: best effort (drainLogs is for an orderly exit).
+      process.once('exit', () => out.flushSync());
+    }
+    dest = out;
   }
   return pino(
     {
