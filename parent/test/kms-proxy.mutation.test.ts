@@ -55,13 +55,14 @@ const fail =
     throw Object.assign(new Error((err as { message?: string }).message ?? ''), err);
   };
 
-function proxyWith(client: KMSClient, deadlineMs = 2_000) {
+function proxyWith(client: KMSClient, deadlineMs = 2_000, more: { attemptMs?: number } = {}) {
   const outcomes: string[] = [];
   const log = captureLogger('debug');
   const proxy = new KmsProxy({
     client,
     allowedKeyArns: [ARN],
     deadlineMs,
+    ...more,
     maxConcurrent: 4,
     logger: log.logger,
     onCall: (o, s) => outcomes.push(`${o}${s >= 0 && s < 60 ? '' : ' (bad duration)'}`),
@@ -576,20 +577,7 @@ const silent: Step = (_command, options) =>
   });
 
 describe('KMS proxy: one attempt at most attemptMs', () => {
-  const withAttempt = (client: KMSClient, deadlineMs: number, attemptMs: number) => {
-    const outcomes: string[] = [];
-    const log = captureLogger('debug');
-    const proxy = new KmsProxy({
-      client,
-      allowedKeyArns: [ARN],
-      deadlineMs,
-      attemptMs,
-      maxConcurrent: 4,
-      logger: log.logger,
-      onCall: (o) => outcomes.push(o),
-    });
-    return { proxy, outcomes, log };
-  };
+  const withAttempt = (client: KMSClient, deadlineMs: number, attemptMs: number) => proxyWith(client, deadlineMs, { attemptMs });
 
   it('asks again a KMS that said nothing within attemptMs, and relays the answer that follows', async () => {
     const kms = scripted(silent, answer());
