@@ -50,17 +50,20 @@ const serve = async () => {
   listener = await server.listen(transport, ADDRESS);
 };
 
-const connect = async (extra: Partial<ConstructorParameters<typeof RpcClient>[0]> = {}) => {
-  client = new RpcClient({
+const makeClient = (extra: Partial<ConstructorParameters<typeof RpcClient>[0]> = {}) =>
+  (client = new RpcClient({
     name: 'test',
     transport,
     address: ADDRESS,
     logger: captureLogger('error').logger,
     defaultDeadlineMs: 30_000,
     ...extra,
-  });
-  await client.waitConnected(5000);
-  return client;
+  }));
+
+const connect = async (extra: Partial<ConstructorParameters<typeof RpcClient>[0]> = {}) => {
+  const c = makeClient(extra);
+  await c.waitConnected(5000);
+  return c;
 };
 
 describe('probe and failPending', () => {
@@ -128,58 +131,40 @@ describe('reconnect schedule', () => {
       accepted += 1;
       conn.destroy();
     });
-    client = new RpcClient({
-      name: 'test',
-      transport,
-      address: ADDRESS,
-      logger: captureLogger('error').logger,
-      backoff: { initialMs: 20, maxMs: 1000 },
-    });
-    client.start();
+    const c = makeClient({ backoff: { initialMs: 20, maxMs: 1000 } });
+    c.start();
     await waitFor(() => accepted >= 4, 10_000, 'four connections');
     // Every drop came soon after the connection was made: none is retried at once.
-    expect(client.reconnects.lastDelayMs).toBeGreaterThan(0);
+    expect(c.reconnects.lastDelayMs).toBeGreaterThan(0);
   });
 
   it('retryNow connects during a long backoff, once however often it is called', async () => {
-    client = new RpcClient({
-      name: 'test',
-      transport,
-      address: ADDRESS,
-      logger: captureLogger('error').logger,
-      backoff: { initialMs: 60_000, maxMs: 60_000 },
-    });
-    client.start();
-    await waitFor(() => client!.reconnects.lastDelayMs !== undefined, 5000, 'the first connect to fail'); // nothing listens
-    expect(client.reconnects.lastDelayMs).toBeGreaterThanOrEqual(30_000);
+    const c = makeClient({ backoff: { initialMs: 60_000, maxMs: 60_000 } });
+    c.start();
+    await waitFor(() => c.reconnects.lastDelayMs !== undefined, 5000, 'the first connect to fail'); // nothing listens
+    expect(c.reconnects.lastDelayMs).toBeGreaterThanOrEqual(30_000);
     await serve();
-    const before = client.reconnects.attempts;
+    const before = c.reconnects.attempts;
     // A flood of hints (a hostile parent's hellos, each a hint in the enclave): one attempt, made within
     // 50 ms of the last one rather than at the end of the minute's backoff.
-    for (let i = 0; i < 1000; i++) client.retryNow();
-    await client.waitConnected(5000);
-    expect(client.reconnects.attempts).toBe(before + 1);
-    expect(client.retryNow()).toBe(false); // connected: nothing to do
+    for (let i = 0; i < 1000; i++) c.retryNow();
+    await c.waitConnected(5000);
+    expect(c.reconnects.attempts).toBe(before + 1);
+    expect(c.retryNow()).toBe(false); // connected: nothing to do
   });
 
   it('retryNow tries at most once per 50 ms while the peer keeps refusing', async () => {
-    client = new RpcClient({
-      name: 'test',
-      transport,
-      address: ADDRESS,
-      logger: captureLogger('error').logger,
-      backoff: { initialMs: 60_000, maxMs: 60_000 },
-    });
-    client.start();
-    await waitFor(() => client!.reconnects.lastDelayMs !== undefined, 5000, 'the first connect to fail');
-    const before = client.reconnects.attempts;
+    const c = makeClient({ backoff: { initialMs: 60_000, maxMs: 60_000 } });
+    c.start();
+    await waitFor(() => c.reconnects.lastDelayMs !== undefined, 5000, 'the first connect to fail');
+    const before = c.reconnects.attempts;
     const started = Date.now();
     while (Date.now() - started < 300) {
-      client.retryNow();
+      c.retryNow();
       await new Promise((r) => setImmediate(r));
     }
     const elapsed = Date.now() - started;
-    const made = client.reconnects.attempts - before;
+    const made = c.reconnects.attempts - before;
     expect(made).toBeGreaterThanOrEqual(1);
     expect(made).toBeLessThanOrEqual(Math.floor(elapsed / 50) + 1);
   });
