@@ -252,6 +252,51 @@ describe('adversarial parent', () => {
     ).toThrow(expect.objectContaining({ code: 'LEGACY_BIRTH', message: expect.stringMatching(/not evidence/) }));
   });
 
+  it("takes the envelope's request id as a log field only: a hostile one is refused before the method runs, an accepted one is in no evidence", async () => {
+    // Hostile ids (too long, control characters, JSON that would forge a log line, not a string): refused at the
+    // envelope, whatever the method, with the same answer; nothing is made.
+    const hostile: unknown[] = ['a'.repeat(129), 'line\nbreak', '{"level":60,"msg":"forged"}', 'quote"d', '', 42, { id: 'x' }, null];
+    const before = (await h.client.call('enclave.health', {})).counters;
+    for (const requestId of hostile) {
+      const answer = await peer.callJson('keys.create', { keyId: 'rid-hostile', project: h.defaultProject, subject: null }, { requestId });
+      expect(answer.result).toBeUndefined();
+      expect(answer.error?.data?.code).toBe('INVALID_REQUEST');
+      expect(answer.error?.message).toMatch(/requestId/);
+    }
+    const after = (await h.client.call('enclave.health', {})).counters;
+    expect(after.errors).toEqual(before.errors); // refused at the envelope: no method ran to count a failure
+
+    // An accepted id of the parent's choosing reaches nothing the enclave attests or signs.
+    const requestId = 'parent-chosen:0xdeadbeef';
+    const made = await peer.callJson('keys.create', { keyId: 'rid-accepted', project: h.defaultProject, subject: null }, { requestId });
+    expect(made.error).toBeUndefined();
+    expect(JSON.stringify(made.result)).not.toContain('deadbeef');
+    const nonce = randomBytes(16);
+    const att = await peer.callJson('attestation.get', { nonce: `0x${nonce.toString('hex')}` }, { requestId });
+    const { document: doc } = decodeAttestationDocument(Buffer.from((att.result as { document: string }).document, 'base64'));
+    expect(doc.userData).toEqual(taggedUserData(USER_DATA_TAGS.attestation, nonce));
+    expect(doc.nonce).toEqual(nonce);
+  });
+
+  it('bounds what one enclave.logs pull can ask: out-of-range params are INVALID_PARAMS, the largest answer holds 200 lines', async () => {
+    for (const params of [
+      {},
+      { after: -1 },
+      { after: 1.5 },
+      { after: 0, max: 0 },
+      { after: 0, max: 201 },
+      { after: 0, max: 1e9 },
+      { after: 'x' },
+      { after: 0, extra: 1 },
+    ]) {
+      const answer = await peer.callJson('enclave.logs', params);
+      expect([JSON.stringify(params), answer.error?.data?.code]).toEqual([JSON.stringify(params), 'INVALID_PARAMS']);
+    }
+    const pulled = (await peer.callJson('enclave.logs', { after: 0, max: 200 })).result as { lines: unknown[]; nextSeq: number };
+    expect(pulled.lines.length).toBeLessThanOrEqual(200);
+    expect(pulled.nextSeq).toBeGreaterThan(0);
+  });
+
   it('stops reading from a parent that sends and never reads, serves other connections, and answers all once read', async () => {
     const flood = net.connect(simulatedSocketPath(h.runDir, ENCLAVE_ADDRESS));
     await new Promise<void>((resolve, reject) => flood.once('connect', resolve).once('error', reject));

@@ -19,10 +19,11 @@ export class RawPeer {
     });
   }
 
-  call(method: string, params: unknown): Promise<Buffer> {
+  /** `envelope`: more fields of the request's envelope (a `requestId`, say), as a parent might send them. */
+  call(method: string, params: unknown, envelope: Record<string, unknown> = {}): Promise<Buffer> {
     return new Promise((resolve) => {
       this.waiting = resolve;
-      this.socket.write(encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: 1, method, params }))));
+      this.socket.write(encodeFrame(Buffer.from(JSON.stringify({ jsonrpc: '2.0', id: 1, method, params, ...envelope }))));
     });
   }
 
@@ -30,8 +31,9 @@ export class RawPeer {
   async callJson(
     method: string,
     params: unknown,
+    envelope: Record<string, unknown> = {},
   ): Promise<{ result?: unknown; error?: { code: number; message: string; data?: Record<string, unknown> } }> {
-    return JSON.parse((await this.call(method, params)).toString('utf8'));
+    return JSON.parse((await this.call(method, params, envelope)).toString('utf8'));
   }
 
   close(): void {
