@@ -59,7 +59,7 @@ const requestContext = new AsyncLocalStorage<{ requestId: string }>();
 
 /**
  * What a request id may be, on the API (`x-request-id`) and on the RPC envelope: 1-128 characters of
- * `[A-Za-z0-9_.:-]`, no control characters, quotes or JSON. The same rule as the API server's.
+ * `[A-Za-z0-9_.:-]`, no control characters, quotes or JSON. The HTTP servers take an `x-request-id` by it (http/request-id.ts).
  */
 export const REQUEST_ID_RE = /^[A-Za-z0-9_.:-]{1,128}$/;
 

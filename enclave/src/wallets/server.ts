@@ -22,7 +22,7 @@
  * with a request answered and none in flight, in the order they became so.
  */
 import http from 'node:http';
-import { constants, randomUUID } from 'node:crypto';
+import { constants } from 'node:crypto';
 import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import rateLimit, { normalizeIP, type CreateRateLimitOptions } from '@fastify/rate-limit';
@@ -41,6 +41,7 @@ import type { NsmClient } from '../nsm/client';
 import { answerOf, RateLimited } from './answers';
 import type { WalletKeys } from './keys';
 import { WALLET_ROUTES, walletRoutes, walletRoutesPrefix } from './routes';
+import { requestIdOf } from '@nks/shared/http/request-id';
 
 export type WalletsApp = FastifyInstance<http.Server, http.IncomingMessage, http.ServerResponse, FastifyBaseLogger, ZodTypeProvider>;
 
@@ -106,13 +107,6 @@ export interface WalletsServerOptions {
   ready: () => boolean;
   counters: WalletCounters;
   logger: Logger;
-}
-
-const REQUEST_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
-
-function requestIdOf(req: http.IncomingMessage): string {
-  const incoming = req.headers['x-request-id'];
-  return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
 }
 
 /** The path of a request target, without query or fragment. */

@@ -18,7 +18,6 @@
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
-import { randomUUID } from 'node:crypto';
 import Fastify, {
   type FastifyReply,
   type FastifyRequest,
@@ -39,6 +38,7 @@ import type { ApiInstance } from './routes';
 import type { Socket } from 'node:net';
 import { documentedPath, parseQuery, pathMatcher, validatorCompiler } from '@nks/shared/http/validation';
 import { walletsMoved, WALLETS_MOVED_LABEL, WALLETS_PATH_RE } from './wallets-moved';
+import { requestIdOf } from '@nks/shared/http/request-id';
 
 export interface ApiServerOptions {
   config: ParentConfig['api'];
@@ -94,8 +94,6 @@ interface KnownRoute {
  */
 const CONNECTION_CHECKS = { connectionsCheckingInterval: 1000 };
 
-const REQUEST_ID = /^[A-Za-z0-9_.:-]{1,128}$/;
-
 /**
  * A request refused for overload whose declared body is at most this long keeps its connection: Node discards
  * the body unparsed (it came with the headers), which costs less than the client's reconnect — under overload,
@@ -106,11 +104,6 @@ const OVERLOADED_DISCARD_MAX = 16 * 1024;
 
 /** Routes whose requests are not written to the access log (scraped or polled constantly). */
 const UNLOGGED = new Set(['/healthz']);
-
-function requestIdOf(req: http.IncomingMessage): string {
-  const incoming = req.headers['x-request-id'];
-  return typeof incoming === 'string' && REQUEST_ID.test(incoming) ? incoming : randomUUID();
-}
 
 /** The path of a request target, without query or fragment. */
 function pathOf(url: string): string {
