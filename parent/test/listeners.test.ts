@@ -1,10 +1,10 @@
 /** The caller API over TLS and over a Unix socket (the parent alone: health needs no enclave). */
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
 import { tempRunDir } from '@nks/shared-test/helpers';
+import { makeTestCa } from '../../sim/src/idp/tls';
 import { startProgram, type Running } from '../../test/support/process';
 import { hashToken } from '../src/api/auth';
 
@@ -53,38 +53,20 @@ describe('API listeners', () => {
   it('serves HTTPS with the configured certificate', async () => {
     const cert = path.join(dir, 'cert.pem');
     const key = path.join(dir, 'key.pem');
-    execFileSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-keyout',
-        key,
-        '-out',
-        cert,
-        '-days',
-        '1',
-        '-subj',
-        '/CN=localhost',
-        '-addext',
-        'subjectAltName=IP:127.0.0.1',
-      ],
-      { stdio: 'ignore', timeout: 30_000 },
-    );
+    // A certificate from a test CA (no openssl binary needed: npm test runs with only what npm ci installs).
+    const ca = await makeTestCa();
+    const issued = await ca.issueServer(['localhost', '127.0.0.1']);
+    fs.writeFileSync(cert, issued.certPem);
+    fs.writeFileSync(key, issued.keyPem, { mode: 0o600 });
     parent = startProgram('parent', [
       '--config',
       config(dir, { listen: { host: '127.0.0.1', port: 0 }, tls: { certFile: cert, keyFile: key } }),
     ]);
     const url = new URL(String((await parent.waitForLog((e) => e.msg === 'parent ready')).url));
     expect(url.protocol).toBe('https:');
-    const res = await get({ host: url.hostname, port: url.port, path: '/healthz', ca: fs.readFileSync(cert) }, true);
+    const res = await get({ host: url.hostname, port: url.port, path: '/healthz', ca: ca.caPem }, true);
     expect(res).toEqual({ status: 200, body: '{"status":"ok"}' });
-    const noToken = await get({ host: url.hostname, port: url.port, path: '/v1/keys', ca: fs.readFileSync(cert) }, true);
+    const noToken = await get({ host: url.hostname, port: url.port, path: '/v1/keys', ca: ca.caPem }, true);
     expect(noToken.status).toBe(401);
   });
 

@@ -30,6 +30,7 @@ import {
   ensureTokenAndParentConfig,
   provision,
 } from '../../sim/src/dev/provision';
+import { processesUsing } from '../support/dev-stack';
 import { legacyKey, writeLegacyDatabase } from '../support/legacy';
 import { startProgram } from '../support/process';
 
@@ -158,12 +159,6 @@ function nks(dir: string, args: string[]) {
   });
 }
 
-/** Processes still running with this state directory on their command line. */
-function survivors(dir: string): string[] {
-  const ps = spawnSync('ps', ['-eo', 'pid,args'], { encoding: 'utf8' }).stdout;
-  return ps.split('\n').filter((l) => l.includes(dir) && !l.includes('ps -eo'));
-}
-
 /** A state directory provisioned by a first start, holding the key `alice`, with nothing running. */
 async function provisionedWithKey(prefix: string): Promise<{ dir: string; keyId: string; address: string }> {
   const dir = tempRunDir(prefix);
@@ -282,7 +277,7 @@ describe('npm run dev', () => {
       expect(await interrupt(dev)).toBe(0);
     }
     expect(dev.output()).toMatch(/dev: stopped/);
-    expect(survivors(dir)).toEqual([]);
+    expect(processesUsing(dir)).toEqual([]);
   }, 240_000);
 
   it('reuses its state on the next start: the same key still signs', async () => {
@@ -324,7 +319,7 @@ describe('npm run dev', () => {
       /dev: the enclave could not unseal the keystore identity: KMS_ACCESS_DENIED: KMS AccessDeniedException: .*kms:Decrypt.*is this enclave image approved in the key policy\?.*npm run dev -- --update-policy/,
     );
     expect(refused.output).not.toMatch(/READY/);
-    expect(survivors(dir)).toEqual([]);
+    expect(processesUsing(dir)).toEqual([]);
 
     const dev = await startDev(dir, ['--enclave-bundle', changed, '--update-policy']);
     try {

@@ -3,7 +3,7 @@
  * READY lines read, its callers' API reached per instance with the stack's token, stopped with Ctrl-C (and its
  * group killed if it does not stop in time).
  */
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ROOT } from './process';
@@ -43,10 +43,23 @@ export interface DevStack {
 
 const INSTANCE_RE = /^INSTANCE (\d+) (http:\/\/\S+) parentPid=(\d+) enclavePid=(\d+)$/gm;
 
-/** Every process whose command line names `dir` (a stack's leftovers). */
+/**
+ * Every live process whose command line names `dir` (a stack's leftovers), as `pid args`: read from /proc, as `ps`
+ * (procps, not on every machine) would.
+ */
 export function processesUsing(dir: string): string[] {
-  const ps = spawnSync('ps', ['-eo', 'pid,args'], { encoding: 'utf8' }).stdout;
-  return ps.split('\n').filter((l) => l.includes(dir) && !l.includes('ps -eo'));
+  const found: string[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry) || Number(entry) === process.pid || gone(Number(entry))) continue;
+    let args: string;
+    try {
+      args = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0').filter(Boolean).join(' ');
+    } catch {
+      continue; // exited since the listing
+    }
+    if (args.includes(dir)) found.push(`${entry} ${args}`);
+  }
+  return found;
 }
 
 /** Whether `pid` is gone: no such process, or a zombie (it has exited; only its parent has not reaped it yet). */

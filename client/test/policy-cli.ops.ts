@@ -3,7 +3,7 @@
  * `node scripts/build.mjs --only cli`): the role inputs, refusals with exit 2 and a reason, --pin-pcr8 passed
  * through the script, --dry-run, security epochs read back from the installed policy, and what the script hands
  * to `aws kms put-key-policy`. The script runs with only the tools the operations scripts may use on PATH (as
- * test/ops.test.ts does), plus a stand-in `aws`.
+ * test/scripts.ops.ts does), plus a stand-in `aws`.
  */
 import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
