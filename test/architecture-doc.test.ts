@@ -1,7 +1,7 @@
 /**
  * Keeps docs/ARCHITECTURE.md and docs/PROTOCOL.md true to the code (docs/ARCHITECTURE.md, "Keeping this page
  * true"), and the repository standing on its own:
- * - every repository path they (and every other page of docs/, and every README) write in backticks exists,
+ * - every repository path they (and every other page of docs/, every README, SECURITY.md and CHANGELOG.md) write in backticks exists,
  *   and every test they name with › contains the quoted test names;
  * - the enclave's npm packages listed in docs/ARCHITECTURE.md are exactly those esbuild bundles into the
  *   enclave program (same entry and externals as scripts/build.mjs), and every external it leaves out is named;
@@ -42,6 +42,9 @@ function section(md: string, title: string): string {
 const TOP_FOLDERS = ['shared', 'enclave', 'parent', 'client', 'sim', 'scripts', 'test', 'docs', 'deploy'];
 const ROOT_FILES = new Set([
   'README.md',
+  'LICENSE',
+  'SECURITY.md',
+  'CHANGELOG.md',
   'Dockerfile.enclave',
   'package.json',
   'package-lock.json',
@@ -100,6 +103,8 @@ describe('docs/ARCHITECTURE.md and docs/PROTOCOL.md', () => {
         .filter((f) => f.endsWith('.md'))
         .map((f) => `docs/${f}`),
       ...trackedTextFiles().filter((f) => /(^|\/)README\.md$/.test(f)),
+      'SECURITY.md',
+      'CHANGELOG.md',
     ].filter((f) => !DOCS.includes(f) && !outside.has(f));
     expect(pages).toEqual(
       expect.arrayContaining(['docs/RECORDS.md', 'docs/OPERATIONS.md', 'docs/SEALING.md', 'README.md', 'client/README.md']),
