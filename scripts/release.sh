@@ -11,7 +11,8 @@
 #   dist/native/vsock.node                         the vsock addon (enclave/native), loaded beside the bundle
 #   node_modules/                                  production dependencies with native parts built here
 #                                                  (better-sqlite3) for this Node ABI; nothing else
-#   scripts/*.sh, parent/systemd/, deploy/, docs/, README.md, package.json, package-lock.json
+#   scripts/*.sh, parent/systemd/, deploy/, docs/, README.md, LICENSE, SECURITY.md, CHANGELOG.md,
+#   package.json, package-lock.json
 # The EIF is built separately (scripts/build-eif.sh) from the same commit. Entries are sorted, owned by 0:0
 # and dated SOURCE_DATE_EPOCH (default: the commit's time), so the same inputs give the same archive.
 set -euo pipefail
@@ -57,7 +58,7 @@ npm run build
 mkdir -p "$stage/dist/native"
 cp dist/parent.js dist/store-worker.js dist/cli.js dist/enclave.js "$stage/dist/"
 cp enclave/native/build/Release/vsock.node "$stage/dist/native/vsock.node"
-cp package.json package-lock.json README.md "$stage/"
+cp package.json package-lock.json README.md LICENSE SECURITY.md CHANGELOG.md "$stage/"
 cp -r docs deploy "$stage/"
 mkdir -p "$stage/scripts" "$stage/parent"
 cp scripts/*.sh "$stage/scripts/"
