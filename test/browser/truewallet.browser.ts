@@ -4,7 +4,8 @@
  * with its ingress and egress relays, KMS emulator, NSM simulator, a simulated IdP over HTTPS). The browser trusts
  * the enclave's key (its SPKI hash, as a user's browser trusts a public CA's certificate). A page served from an
  * origin the project allows gets the user's address and two signatures (checked here with ethers); the same page
- * from another origin is refused by CORS, so its script reads nothing (docs/PROJECTS.md, "CORS").
+ * from another origin is refused by CORS, so its script reads nothing (docs/PROJECTS.md, "CORS"). Playwright
+ * (playwright-core) drives Debian's Chromium.
  */
 import { createHash } from 'node:crypto';
 import http from 'node:http';
@@ -15,7 +16,8 @@ import { tempRunDir } from '@nks/shared-test/helpers';
 import { startSimulatedIdp, type SimulatedIdp } from '../../sim/src/idp/issuer';
 import { startStack, waitReady, type Stack } from '../support/stack';
 import { createProject, jwtProject, jwtStackOptions, walletApi } from '../support/truewallet';
-import { chromiumBinary, launchChromium, type Browser } from './chromium';
+import type { Browser, Page } from 'playwright-core';
+import { chromiumBinary, launchChromium } from './chromium';
 
 /**
  * The page a wallet app would ship: its script takes the keystore URL, the project key and the user's JWT from
@@ -78,6 +80,25 @@ async function pageServer(): Promise<{ origin: string; requests: number; close()
   };
 }
 
+/** A new page, and its console output and uncaught exceptions (for failure messages and the CORS check). */
+async function openPage(browser: Browser): Promise<{ page: Page; pageLog: string[] }> {
+  const page = await browser.newPage();
+  const lines: string[] = [];
+  page.on('console', (m) => lines.push(`console.${m.type()}: ${m.text()}`));
+  page.on('pageerror', (e) => lines.push(`exception: ${e.message}`));
+  return { page, pageLog: lines };
+}
+
+/** What the page's script leaves in `window.__result` once it is done. */
+async function resultOf<T>(page: Page, pageLog: string[]): Promise<T> {
+  try {
+    await page.waitForFunction('window.__result !== undefined', undefined, { timeout: 20_000 });
+  } catch (err) {
+    throw new Error(`the page did not finish: ${String(err)}; page console:\n${pageLog.join('\n')}`);
+  }
+  return page.evaluate<T>('window.__result');
+}
+
 describe('TrueWallet routes from a browser (headless Chromium)', () => {
   let idp: SimulatedIdp;
   let s: Stack;
@@ -117,13 +138,14 @@ describe('TrueWallet routes from a browser (headless Chromium)', () => {
   };
 
   it('from an allowed origin, fetch gets the address and both signatures, and the page shows them', async () => {
-    const page = await browser.newPage();
+    const { page, pageLog } = await openPage(browser);
     const { url, hash } = await pageUrl(allowed.origin, 'browser-user');
     await page.goto(url);
-    const result = await page.waitFor<{ ok: boolean; address: string; messageSignature: string; hashSignature: string; error?: string }>(
-      'window.__result',
+    const result = await resultOf<{ ok: boolean; address: string; messageSignature: string; hashSignature: string; error?: string }>(
+      page,
+      pageLog,
     );
-    expect({ ok: result.ok, error: result.error, console: result.ok ? [] : page.console }).toEqual({
+    expect({ ok: result.ok, error: result.error, console: result.ok ? [] : pageLog }).toEqual({
       ok: true,
       error: undefined,
       console: [],
@@ -140,15 +162,15 @@ describe('TrueWallet routes from a browser (headless Chromium)', () => {
   });
 
   it('from another origin, CORS refuses: fetch fails and the page reads nothing', async () => {
-    const page = await browser.newPage();
+    const { page, pageLog } = await openPage(browser);
     const { url } = await pageUrl(other.origin, 'browser-user');
     await page.goto(url);
-    const result = await page.waitFor<{ ok: boolean; name: string; error: string }>('window.__result');
+    const result = await resultOf<{ ok: boolean; name: string; error: string }>(page, pageLog);
     expect(result.ok).toBe(false);
     expect(result.name).toBe('TypeError'); // what fetch raises when CORS blocks a response: no status, no body
     expect(result.error).toMatch(/Failed to fetch/);
     expect(await page.evaluate<string>("document.getElementById('address').textContent")).toBe('');
-    expect(page.console.join('\n')).toMatch(/CORS/);
+    expect(pageLog.join('\n')).toMatch(/CORS/);
   });
 });
 
