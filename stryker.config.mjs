@@ -59,24 +59,24 @@ export const IN_PROCESS_TESTS = [
  * @type {Record<string, number>}
  */
 export const MODULE_FLOORS = {
-  'enclave/src/kms/open-answer.ts': 91,
-  'enclave/src/kms/unseal.ts': 96,
+  'enclave/src/kms/open-answer.ts': 92,
+  'enclave/src/kms/unseal.ts': 98,
   'enclave/src/kms/recipient.ts': 96,
   'enclave/src/kms/failed-opens.ts': 93,
   'enclave/src/keys/seal.ts': 92,
   'shared/src/cms.ts': 97,
-  'shared/src/attestation/verify.ts': 95,
+  'shared/src/attestation/verify.ts': 96,
   'shared/src/attestation/user-data.ts': 100,
   'shared/src/attestation/birth.ts': 100,
   'shared/src/blob.ts': 95,
-  'shared/src/cbor.ts': 87,
+  'shared/src/cbor.ts': 94,
   'shared/src/records.ts': 93,
   'shared/src/framing.ts': 91,
   'parent/src/kms/proxy.ts': 97,
 };
 
 /** The commit the floors were measured at: CI (`--since-measured`) checks every module changed since. */
-export const MEASURED_AT = '1ea472417134d0de7153126110dc88282fa37727';
+export const MEASURED_AT = '249a2e67ca521ab3941caff1a02c1d06f8a56d51';
 
 /** The full run's break threshold: the measured overall score, rounded down (goal: at least 90). */
 export const BREAK = 93;
