@@ -126,6 +126,23 @@ describe('unseal canary', () => {
     ]);
   });
 
+  it('keeps a canary due while failing when its timer fires before the clock says minIntervalMs has passed', async () => {
+    // Node's timers run on the loop's cached clock, so a timer can fire a few ms early by Date.now(): under load, by
+    // more. A canary that finds itself too soon must schedule the next one, or "failing" would stay for good.
+    jest.useFakeTimers();
+    let approved = false;
+    const s = setup(() => (approved ? null : denied()), 5_000);
+    await s.canary.trigger();
+    expect(s.canary.state).toBe('failing');
+    approved = true;
+    s.advance(4_990); // the clock the canary reads lags the timer by 10 ms
+    await jest.advanceTimersByTimeAsync(5_000);
+    expect(s.probes()).toBe(1); // too soon: no canary yet
+    s.advance(60_000);
+    await jest.advanceTimersByTimeAsync(60_000);
+    expect([s.probes(), s.canary.state]).toEqual([2, 'ok']);
+  });
+
   it('a boot failure that is a refusal makes it failing at once; a retryable one does not', () => {
     const s = setup();
     s.canary.bootFailed(throttled());

@@ -88,7 +88,13 @@ export class UnsealCanary {
     if (!probe || this.closed) return Promise.resolve();
     if (this.running) return this.running;
     const now = this.now();
-    if (now - this.lastRun < this.options.minIntervalMs) return Promise.resolve();
+    if (now - this.lastRun < this.options.minIntervalMs) {
+      // Too soon. While failing, a canary must stay due: Node can fire the timer a few ms before Date.now() says
+      // minIntervalMs has passed (its timers run on the loop's cached clock), and without this the loop of
+      // canaries would end there, leaving "failing" for good.
+      this.schedule();
+      return Promise.resolve();
+    }
     this.lastRun = now;
     this.runs += 1;
     this.running = probe()
