@@ -143,6 +143,33 @@ describe('unseal canary', () => {
     expect([s.probes(), s.canary.state]).toEqual([2, 'ok']);
   });
 
+  it('keeps one timer, never shorter than needed nor longer than minIntervalMs, whatever its clock does', async () => {
+    jest.useFakeTimers();
+    let reads = 0;
+    let now = 1_000_000_000_000;
+    const canary = new UnsealCanary({
+      minIntervalMs: 5_000,
+      now: () => {
+        reads += 1;
+        return now;
+      },
+      probe: () => Promise.reject(denied()),
+    });
+    await canary.trigger();
+    expect(canary.state).toBe('failing');
+    // Refusals while failing add no timer.
+    for (let i = 0; i < 1_000; i++) canary.failed(denied());
+    expect(jest.getTimerCount()).toBe(1);
+    // The clock steps back 30 days (an injected clock; the default is monotonic): the timer still fires within
+    // minIntervalMs each time, not every millisecond.
+    now -= 30 * 24 * 3600_000;
+    reads = 0;
+    await jest.advanceTimersByTimeAsync(50_000);
+    expect(jest.getTimerCount()).toBe(1);
+    expect(reads).toBeLessThanOrEqual(25);
+    canary.close();
+  });
+
   it('a boot failure that is a refusal makes it failing at once; a retryable one does not', () => {
     const s = setup();
     s.canary.bootFailed(throttled());

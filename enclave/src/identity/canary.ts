@@ -89,7 +89,7 @@ export class UnsealCanary {
     if (this.running) return this.running;
     const now = this.now();
     if (now - this.lastRun < this.options.minIntervalMs) {
-      // Too soon. While failing, a canary must stay due: Node can fire the timer a few ms before Date.now() says
+      // Too soon. While failing, a canary must stay due: Node can fire the timer a little before this clock says
       // minIntervalMs has passed (its timers run on the loop's cached clock), and without this the loop of
       // canaries would end there, leaving "failing" for good.
       this.schedule();
@@ -119,7 +119,9 @@ export class UnsealCanary {
   }
 
   private now(): number {
-    return (this.options.now ?? Date.now)();
+    // Monotonic: the rate limit and the schedule must not follow the wall clock (a step back would hold the
+    // canary off for as long as the step, or, past a timer's 24.8-day range, spin its timer every millisecond).
+    return this.options.now ? this.options.now() : performance.now();
   }
 
   private set(state: UnsealState, code: ErrorCode | null): void {
@@ -133,7 +135,8 @@ export class UnsealCanary {
   /** While failing, one canary every minIntervalMs, so that a policy that approves the image again is seen. */
   private schedule(): void {
     if (this.closed || this.current !== 'failing' || this.timer || this.running || !this.probe) return;
-    const wait = Math.max(0, this.lastRun + this.options.minIntervalMs - this.now());
+    // Never longer than the interval, whatever the clock says.
+    const wait = Math.min(this.options.minIntervalMs, Math.max(0, this.lastRun + this.options.minIntervalMs - this.now()));
     this.timer = setTimeout(() => {
       this.timer = null;
       void this.trigger();
