@@ -8,16 +8,14 @@ import { constants, createPublicKey, generateKeyPairSync, publicEncrypt, randomB
 import fs from 'node:fs';
 import path from 'node:path';
 import { CreateKeyCommand, DecryptCommand, GetPublicKeyCommand, KMSClient } from '@aws-sdk/client-kms';
-import { silentLogger } from '@nks/shared/log';
 import { pcr3ForRole } from '@nks/shared/pcr';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import vectors from '@nks/shared-test/fixtures/kms-cms-vectors.json';
-import { KmsEmulator } from '../src/kms/emulator';
 import { KmsHttpServer } from '../src/kms/server';
-import { KmsState } from '../src/kms/state';
 import { SimulatedNitroCa } from '../src/nsm/ca';
 import { signAttestationDocument } from '../src/nsm/document';
-import { ACCESS_KEYS, ACCOUNT, PARENT_ROLE, attestedPolicy } from '../../test/support/platform';
+import { ACCESS_KEYS, PARENT_ROLE, attestedPolicy } from '../../test/support/platform';
+import { startKmsTestServer } from './kms-server';
 
 const PCR0 = 'ab'.repeat(48);
 
@@ -47,20 +45,7 @@ describe('KMS emulator CMS against openssl', () => {
 
   beforeAll(async () => {
     dir = tempRunDir();
-    ca = await SimulatedNitroCa.open(null);
-    server = new KmsHttpServer({
-      emulator: new KmsEmulator(new KmsState(path.join(dir, 'kms.json')), {
-        region: 'us-east-1',
-        account: ACCOUNT,
-        trustRoots: [ca.rootPem],
-        maxDocAgeMs: 300_000,
-      }),
-      logger: silentLogger(),
-      faults: { latencyMs: 0, throttleRate: 0, errorRate: 0 },
-      principals: ACCESS_KEYS,
-      defaultPrincipal: PARENT_ROLE,
-    });
-    url = await server.listen(0);
+    ({ server, url, ca } = await startKmsTestServer(dir, ACCESS_KEYS, PARENT_ROLE));
   });
 
   afterAll(async () => {

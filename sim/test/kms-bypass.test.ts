@@ -20,12 +20,10 @@ import {
   ReEncryptCommand,
 } from '@aws-sdk/client-kms';
 import { generateKeyPolicy } from '../../client/src/policy';
-import { silentLogger } from '@nks/shared/log';
 import { tempRunDir } from '@nks/shared-test/helpers';
-import { LOCKOUT_MESSAGE, KmsEmulator } from '../src/kms/emulator';
-import { KmsHttpServer } from '../src/kms/server';
-import { KmsState } from '../src/kms/state';
-import { SimulatedNitroCa } from '../src/nsm/ca';
+import { LOCKOUT_MESSAGE } from '../src/kms/emulator';
+import type { KmsHttpServer } from '../src/kms/server';
+import { startKmsTestServer } from './kms-server';
 import {
   approvedByPolicy,
   DEV_ADMIN_ACCESS_KEY,
@@ -119,26 +117,17 @@ describe('KMS key policy bypasses (ReEncrypt, grants) and the lockout safety che
 
   beforeAll(async () => {
     dir = tempRunDir();
-    const ca = await SimulatedNitroCa.open(null);
-    server = new KmsHttpServer({
-      emulator: new KmsEmulator(new KmsState(path.join(dir, 'kms.json')), {
-        region: 'us-east-1',
-        account: ACCOUNT,
-        trustRoots: [ca.rootPem],
-        maxDocAgeMs: 300_000,
-      }),
-      logger: silentLogger(),
-      faults: { latencyMs: 0, throttleRate: 0, errorRate: 0 },
-      principals: {
+    ({ server, url } = await startKmsTestServer(
+      dir,
+      {
         AKIDADMIN: ADMIN,
         AKIDAPPROVER: APPROVER,
         AKIDBREAKGLASS: BREAK_GLASS,
         AKIDATTACKER: ATTACKER,
         [DEV_ADMIN_ACCESS_KEY]: DEV_ADMIN_ROLE,
       },
-      defaultPrincipal: PARENT,
-    });
-    url = await server.listen(0);
+      PARENT,
+    ));
     parent = as('AKIDPARENT');
     admin = as('AKIDADMIN');
     approver = as('AKIDAPPROVER');

@@ -36,14 +36,12 @@ import {
 } from '@aws-sdk/client-kms';
 import { openEnvelopedData } from '@nks/shared/cms';
 import { decodeCbor, encodeCbor } from '@nks/shared/cbor';
-import { silentLogger } from '@nks/shared/log';
-import { KmsEmulator } from '../src/kms/emulator';
 import { KmsHttpServer } from '../src/kms/server';
-import { KmsState } from '../src/kms/state';
 import { SimulatedNitroCa } from '../src/nsm/ca';
 import { signAttestationDocument } from '../src/nsm/document';
 import { pcr3ForRole } from '@nks/shared/pcr';
 import { startProgram } from '../../test/support/process';
+import { startKmsTestServer } from './kms-server';
 import { ACCESS_KEYS, ACCOUNT, accessKeyArgs, PARENT_ROLE, attestedPolicy as sharedAttestedPolicy } from '../../test/support/platform';
 import { tempRunDir } from '@nks/shared-test/helpers';
 
@@ -91,20 +89,7 @@ describe('KMS emulator with @aws-sdk/client-kms', () => {
 
   beforeAll(async () => {
     dir = tempRunDir();
-    ca = await SimulatedNitroCa.open(null);
-    server = new KmsHttpServer({
-      emulator: new KmsEmulator(new KmsState(path.join(dir, 'kms.json')), {
-        region: 'us-east-1',
-        account: ACCOUNT,
-        trustRoots: [ca.rootPem],
-        maxDocAgeMs: 300_000,
-      }),
-      logger: silentLogger(),
-      faults: { latencyMs: 0, throttleRate: 0, errorRate: 0 },
-      principals: { ...ACCESS_KEYS, AKIDGRANTEE: GRANTEE_ROLE },
-      defaultPrincipal: PARENT_ROLE,
-    });
-    url = await server.listen(0);
+    ({ server, url, ca } = await startKmsTestServer(dir, { ...ACCESS_KEYS, AKIDGRANTEE: GRANTEE_ROLE }, PARENT_ROLE));
     kms = client(url);
   });
 
