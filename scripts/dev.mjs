@@ -15,11 +15,20 @@ import path from 'node:path';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2);
-if (!args.includes('--no-build')) {
+/** The steps dist/dev.js shows (DEV_STEPS in sim/src/dev/main.ts); the build is one more, before them. */
+const DEV_STEPS = 7;
+const building = !args.includes('--no-build');
+if (building) {
+  // The first of the start's step lines (shared/src/progress.ts's form, on stderr): dist/dev.js numbers its own
+  // after it (NKS_DEV_STEP_OFFSET).
+  process.stderr.write(`[1/${DEV_STEPS + 1}] building the bundles (scripts/build.mjs)…\n`);
   const built = spawnSync(process.execPath, [path.join(root, 'scripts', 'build.mjs')], { stdio: 'inherit' });
   if (built.status !== 0) process.exit(built.status ?? 1);
 }
-const child = spawn(process.execPath, [path.join(root, 'dist', 'dev.js'), ...args], { stdio: 'inherit' });
+const child = spawn(process.execPath, [path.join(root, 'dist', 'dev.js'), ...args], {
+  stdio: 'inherit',
+  env: { ...process.env, NKS_DEV_STEP_OFFSET: building ? '1' : '0' },
+});
 /** dist/dev.js stops the stack within about 2 s of a signal; one that has not exited by then is killed. */
 const STOP_BOUND_MS = 10_000;
 let killTimer;

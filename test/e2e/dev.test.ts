@@ -189,6 +189,12 @@ describe('npm run dev', () => {
       expect(Number(new URL(dev.url).port)).toBeGreaterThan(0);
       expect(JSON.parse(fs.readFileSync(path.join(dir, 'dev.json'), 'utf8')).url).toBe(dev.url);
       expect(dev.output()).toMatch(/first start: provisioning/);
+      // Its steps, numbered on stderr (shared/src/progress.ts), all of them before READY; --no-build: the
+      // launcher's build is not one of them.
+      const beforeReady = dev.output().split(/^READY /m)[0] as string;
+      expect([...beforeReady.matchAll(/^\[(\d+)\/7\] \S.*…$/gm)].map((m) => Number(m[1]))).toEqual([1, 2, 3, 4, 5, 6, 7]);
+      expect(beforeReady).toMatch(/^\[3\/7\] the keystore identity…\n(.*\n)*dev: no keystore identity yet: starting the genesis image/m);
+      expect(beforeReady).toMatch(/^ +none without a signed record$/m);
       expect(fs.statSync(path.join(dir, 'token')).mode & 0o777).toBe(0o600);
 
       // The wallet routes: served by the enclave over TLS with its own key, under the dev CA kept in <dir>/tls.
@@ -289,6 +295,11 @@ describe('npm run dev', () => {
     try {
       expect(dev.output()).not.toMatch(/provisioning/);
       expect(dev.output()).not.toMatch(/genesis image|migrat/);
+      // The same steps, those with nothing to do saying so.
+      expect(dev.output()).toMatch(
+        /^\[2\/7\] the KMS key, the enclave configuration and the key policy…\n(?:.*\n)*? +kept from an earlier start/m,
+      );
+      expect(dev.output()).toMatch(/^\[3\/7\] the keystore identity…\n(?:.*\n)*? +kept: 0x[0-9a-f]+$/m);
       // The dev CA and the certificate it issued are kept: the parent installed its current key again.
       expect(dev.output()).toMatch(/wallet routes served by the enclave at \S+ over TLS with its own key \(kept;/);
       expect(dev.output()).not.toMatch(/made the dev CA/);

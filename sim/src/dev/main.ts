@@ -68,9 +68,22 @@ import { DEV_TLS_IPS, DEV_TLS_NAMES, ensureDevTls, openDevCa } from './tls';
 import { openDevDatabase, type DevDatabase } from './database';
 import { DEV_INSTANCE_ID, instancePaths, MAX_INSTANCES, prepareInstance, type InstancePaths } from './instances';
 import { freePort } from '../free-port';
+import { Progress } from '@nks/shared/progress';
 
 const USAGE =
   'usage: dev [--dir DIR] [--api-port PORT] [--wallets-port PORT] [--update-policy] [--no-build] [--trust-ca PEM]... [--egress-port PORT]... [--idp [--idp-port PORT]] [--database sqlite|postgres [--database-url URL]] [--instances N]';
+
+/**
+ * The steps of a start, shown on stderr as `[n/N] …` (shared/src/progress.ts): the same on every start, those
+ * with nothing to do saying so. The launcher (scripts/dev.mjs) counts its build as one more step before these
+ * and says so in NKS_DEV_STEP_OFFSET.
+ */
+const DEV_STEPS = 7; // scripts/dev.mjs counts them too
+
+/** The steps the launcher did before this program started: 1 (its build) or none. */
+function stepOffset(): number {
+  return process.env.NKS_DEV_STEP_OFFSET === '1' ? 1 : 0;
+}
 
 /** How often a dead parent of a multi-instance stack is started again before the stack gives up. */
 const MAX_RESTARTS = 5;
@@ -192,6 +205,8 @@ async function main(): Promise<number> {
   fs.writeFileSync(p.lock, String(process.pid));
 
   const color = process.stdout.isTTY === true;
+  const offset = stepOffset();
+  const progress = new Progress({ total: offset + DEV_STEPS, offset, source: 'dev' });
   const children: Child[] = [];
   let stopping = false;
   let idp: { idp: SimulatedIdp; paths: DevIdpPaths } | undefined;
@@ -260,6 +275,7 @@ async function main(): Promise<number> {
   }, 250).unref();
 
   try {
+    progress.next(`starting the KMS emulator${database === 'postgres' ? ' and PostgreSQL' : ''}`);
     // The simulated Nitro CA comes first: the KMS emulator trusts its root.
     const nsmCaFile = path.join(p.nsmStateDir, 'nsm-ca.json');
     await SimulatedNitroCa.open(nsmCaFile, { instanceId: DEV_INSTANCE_ID });
@@ -281,8 +297,10 @@ async function main(): Promise<number> {
     const kmsUrl = String((await kms.waitFor('KMS emulator listening')).url);
 
     let prov: Provisioned;
+    progress.next('the KMS key, the enclave configuration and the key policy');
     if (fs.existsSync(p.provision) && fs.existsSync(p.enclaveConfig)) {
       prov = JSON.parse(fs.readFileSync(p.provision, 'utf8')) as Provisioned;
+      progress.note(`kept from an earlier start (${p.dir})`);
     } else {
       say(`dev: first start: provisioning ${p.dir} (KMS key, enclave configuration, keystore identity, measurements, key policy)`);
       prov = await provision(kmsUrl, p, { relativeRunDir: count > 1 });
@@ -297,6 +315,8 @@ async function main(): Promise<number> {
     const phase: Phase = { run, say, distDir, bundle, paths: p, parentEnv, kmsUrl };
 
     let identity = identityOf(p);
+    progress.next('the keystore identity');
+    if (identity !== undefined) progress.note(`kept: ${identity}`);
     if (identity === undefined) {
       // A genesis image until now (first start, or a state directory from before 0.4).
       ensureTokenAndParentConfig(p, prov.keyArn, apiPort, undefined, [], undefined, { database: dbSection });
@@ -355,13 +375,16 @@ async function main(): Promise<number> {
     const current = measureImageFiles([bundle, p.enclaveConfig]);
     const approved = await approvedByPolicy(kmsUrl, prov.keyArn);
     const unapproved = !approved.includes(current.PCR0);
+    progress.next('keys made before 0.4');
     if (unapproved) {
+      progress.note('left as they are: this image is not approved');
       say(
         `dev: WARNING: the enclave image changed since provisioning. Its PCR0 ${current.PCR0} is not approved by the key policy (approved: ${approved.join(', ') || 'none'}).`,
       );
       say('dev: starting it anyway to show what KMS does with it, as it would in AWS (keys made before 0.4 are not migrated meanwhile)');
     } else {
       const migrated = await migrateKeys(phase, prov);
+      if (!migrated) progress.note('none without a signed record');
       if (migrated && (migrated.failed > 0 || migrated.remaining > 0)) {
         say(
           `dev: ${migrated.remaining} key(s) could not be migrated (see the log above); they cannot sign until a later start migrates them`,
@@ -471,11 +494,13 @@ async function main(): Promise<number> {
     /** One parent+enclave pair on its own simulated vsock and NSM simulator; resolves once its /readyz passes. */
     const startPair = async (ip: InstancePaths): Promise<Pair | undefined> => {
       prepareInstance(p, ip);
+      if (ip.index === 0) progress.next('starting the NSM simulator and the parent');
       const nsm = await startNsm(phase, [bundle, p.enclaveConfig], ip, labelOf('nsm', ip));
       // From here on, an exit of the NSM simulator is not expected.
       fatalExit(nsm);
       const portOf = (first: number) => (first === 0 ? 0 : first + ip.index);
       const launched = await launchParent(ip, portOf(apiPort), portOf(walletsPortOption));
+      if (ip.index === 0) progress.next('starting the enclave: unsealing the keystore identity, then /readyz');
       const enclave = start(labelOf('enclave', ip), bundle, ['--config', p.enclaveConfig], {}, ip.runDir);
       const pair: Pair = {
         ip,
@@ -508,6 +533,7 @@ async function main(): Promise<number> {
       return 1;
     }
     pairs.push(pair0);
+    progress.next(`getting ready: the wallet routes' TLS certificate${count > 1 ? `, ${count - 1} more instance(s)` : ''}`);
     const url = pair0.url;
     const walletsUrl = `https://127.0.0.1:${pair0.walletsPort}`;
     const token = fs.readFileSync(p.token, 'utf8').trim();
