@@ -3,7 +3,7 @@
  *
  *   parent [--config FILE]                                        the daemon
  *   parent genesis --config FILE --nonce HEX --out FILE [--trusted-root PEM]
- *   parent migrate --config FILE [--concurrency N] [--pending]
+ *   parent migrate --config FILE [--concurrency N] [--pending] [--json]
  *
  * The configuration is `--config FILE` or $NKS_PARENT_CONFIG, with the environment overrides NKS_API_PORT,
  * NKS_DB_PATH, NKS_KMS_ENDPOINT, NKS_KMS_REGION, NKS_LOG_LEVEL. The daemon drains and stops on SIGTERM/SIGINT:
@@ -12,7 +12,8 @@
  * It reloads its tokens from the configuration file on SIGHUP (api/token-reload.ts).
  * `genesis` makes the keystore identity with the genesis image (genesis.ts); `migrate` re-seals the keys made
  * before 0.4 with the migration image while the daemon is stopped (migrate.ts); with `--pending` it only prints
- * how many keys are left to migrate, as `{"keysWithoutRecord": N}`. Exit codes: 0 done, 1 the
+ * how many keys are left to migrate, as `{"keysWithoutRecord": N}`; its steps and the keys done go to stderr
+ * (shared/src/progress.ts: a bar on a terminal, plain lines when piped, JSON lines with `--json`). Exit codes: 0 done, 1 the
  * command failed (its reason on stderr and in the log), 2 bad usage or configuration.
  */
 import fs from 'node:fs';
@@ -22,13 +23,15 @@ import { createLogger, drainLogs, type Logger } from '@nks/shared/log';
 import { startParent, type RunningParent } from './app';
 import { ConfigError, loadParentConfig, type ParentConfig } from './config';
 import { GENESIS_NONCE_RE, runGenesis, writeGenesisOutput } from './genesis';
-import { keysToMigrate, runMigration } from './migrate';
+import { keysToMigrate, MIGRATION_STEPS, runMigration } from './migrate';
+import { Progress } from '@nks/shared/progress';
 import { openEngine, storeStatus } from './store/open';
 import { redactUrl } from '@nks/shared/redact';
 
 const USAGE = `usage: parent [--config FILE]
        parent genesis --config FILE --nonce HEX --out FILE [--trusted-root PEM]
-       parent migrate --config FILE [--concurrency N] [--pending]
+       parent migrate --config FILE [--concurrency N] [--pending] [--json]
+           its steps and a bar of the keys done on stderr (plain lines when piped; JSON lines with --json)
        parent store status|migrate --config FILE
            the database's schema version (docs/STORAGE.md, "Migrations"); migrate applies pending steps
            (NKS_DATABASE_URL in the environment: a PostgreSQL URL to use instead, e.g. the owner role's; never
@@ -134,7 +137,7 @@ async function genesis(args: string[]): Promise<never> {
 async function migrate(args: string[]): Promise<never> {
   const { values } = parseArgs({
     args,
-    options: { config: { type: 'string' }, concurrency: { type: 'string' }, pending: { type: 'boolean' } },
+    options: { config: { type: 'string' }, concurrency: { type: 'string' }, pending: { type: 'boolean' }, json: { type: 'boolean' } },
     strict: true,
   });
   const concurrency = values.concurrency === undefined ? undefined : Number(values.concurrency);
@@ -149,7 +152,8 @@ async function migrate(args: string[]): Promise<never> {
     });
   }
   return oneShot(logger, async () => {
-    const summary = await runMigration(config, logger, concurrency ? { concurrency } : {});
+    const progress = new Progress({ total: MIGRATION_STEPS, source: 'migrate', json: values.json ?? false });
+    const summary = await runMigration(config, logger, { progress, ...(concurrency ? { concurrency } : {}) });
     process.stdout.write(`${JSON.stringify(summary)}\n`);
     return summary.failed === 0 && summary.remaining === 0;
   });

@@ -10,6 +10,7 @@
  */
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
+import { Progress } from '@nks/shared/progress';
 import { DEFAULT_PROJECT_ID } from '@nks/shared/records';
 import { createTransport } from '@nks/shared/transport';
 import { enclavePoolFor, kmsClientFor, kmsProxyFor } from './app';
@@ -35,7 +36,15 @@ export interface MigrationOptions {
   waitMs?: number;
   /** A progress line at most this often. */
   progressEveryMs?: number;
+  /**
+   * The operator's view of the run (shared/src/progress.ts): its steps, and a bar of the keys done (stderr by
+   * default; JSON lines with `parent migrate --json`). The log's progress lines are kept as they were.
+   */
+  progress?: Progress;
 }
+
+/** The steps of a run, as `[n/MIGRATION_STEPS]` lines. */
+export const MIGRATION_STEPS = 3;
 
 const BATCH = 200;
 
@@ -56,7 +65,9 @@ export async function runMigration(config: ParentConfig, logger: Logger, opts: M
   const kms = kmsClientFor(config);
   const proxy = kmsProxyFor(config, kms, logger);
   const pool = enclavePoolFor(config, transport, logger);
+  const steps = opts.progress ?? new Progress({ total: MIGRATION_STEPS, stream: { write: () => true } }); // none asked for: none shown
   try {
+    steps.next('waiting for the migration image (serving its KMS proxy)');
     await proxy.listen(transport, config.kmsProxy.listen);
     pool.start();
     await pool.waitUp(opts.waitMs ?? 120_000);
@@ -67,6 +78,7 @@ export async function runMigration(config: ParentConfig, logger: Logger, opts: M
         `the enclave is not running the migration image (its mode is ${String(mode)}): start it with "mode": "migration" in its configuration`,
       );
     }
+    steps.next("checking the enclave's keystore identity and the default project");
     const identity = pool.identity;
     if (!identity) throw new KeystoreError('IDENTITY_UNAVAILABLE', 'the enclave did not report its keystore identity');
     const checker = new RecordChecker(identity);
@@ -81,6 +93,8 @@ export async function runMigration(config: ParentConfig, logger: Logger, opts: M
     const total = (await store.counts()).withoutRecord;
     const summary: MigrationSummary = { total, migrated: 0, failed: 0, remaining: total };
     logger.info({ keys: total, identity: identity.publicKey }, total ? 'migrating keys made before 0.4' : 'no key to migrate');
+    steps.next(`migrating ${total} key(s) made before 0.4`);
+    const bar = steps.count('keys', total);
     let lastProgress = Date.now();
     const progress = (force = false) => {
       if (!force && Date.now() - lastProgress < (opts.progressEveryMs ?? 5000)) return;
@@ -106,6 +120,7 @@ export async function runMigration(config: ParentConfig, logger: Logger, opts: M
         const code = err instanceof KeystoreError ? err.code : 'INTERNAL';
         logger.error({ keyId: k.keyId, code, err }, `could not migrate key ${k.keyId}`);
       }
+      bar.tick();
       progress();
     };
 
@@ -123,6 +138,7 @@ export async function runMigration(config: ParentConfig, logger: Logger, opts: M
     }
     if (total) progress(true);
     summary.remaining = (await store.counts()).withoutRecord;
+    bar.done(`${summary.migrated} migrated, ${summary.failed} failed, ${summary.remaining} left`);
     logger.info(summary, 'migration finished');
     return summary;
   } finally {

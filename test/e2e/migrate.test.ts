@@ -35,16 +35,16 @@ describe('parent migrate', () => {
   };
 
   /** The migrate command against an enclave started with `enclaveConfig`; its exit code, summary and output. */
-  const migrate = async (enclaveConfig: string) => {
+  const migrate = async (enclaveConfig: string, extra: string[] = []) => {
     // The command first: the migration image unseals its identity through the command's KMS proxy.
-    const cmd = run('parent', ['migrate', '--config', parentConfig, '--concurrency', '2'], PARENT_AWS_ENV);
+    const cmd = run('parent', ['migrate', '--config', parentConfig, '--concurrency', '2', ...extra], PARENT_AWS_ENV);
     const enclave = run('enclave', ['--config', enclaveConfig]);
     try {
       const code = await cmd.exited;
       const summary = cmd.lines.flatMap((l) => {
         try {
           const j = JSON.parse(l) as Record<string, unknown>;
-          return 'total' in j && !('msg' in j) ? [j] : [];
+          return 'total' in j && !('msg' in j) && !('progress' in j) ? [j] : [];
         } catch {
           return [];
         }
@@ -100,6 +100,12 @@ describe('parent migrate', () => {
     expect({ code: first.code, summary: first.summary }).toEqual({ code: 0, summary: { total: 5, migrated: 5, failed: 0, remaining: 0 } });
     expect(first.output).toMatch(/"msg":"migrating keys made before 0.4"/);
     expect(first.output).toMatch(/"msg":"migration finished"/);
+    // Its steps and a count of the keys, as plain lines on stderr (piped here: no bar redrawn in place).
+    expect(first.output).toMatch(/^\[1\/3\] waiting for the migration image/m);
+    expect(first.output).toMatch(/^\[3\/3\] migrating 5 key\(s\) made before 0\.4…$/m);
+    expect(first.output).toMatch(/^ {2}keys \[-+\] 0\/5$/m);
+    expect(first.output).toMatch(/^ {2}keys \[#+\] 5\/5 \(5 migrated, 0 failed, 0 left\)$/m);
+    expect(first.output).not.toMatch(/\r|\u001b/);
 
     const identity = identityPublicKey(platform.identity.publicKey);
     const db = new Database(stackDbPath(runDir), { readonly: true });
@@ -132,8 +138,25 @@ describe('parent migrate', () => {
     const late = legacyKey('k_late', platform, { externalId: 'late' });
     writeLegacyDatabase(stackDbPath(runDir), [late]);
     keys.push(late);
-    const third = await migrate(migrationConfig);
+    const third = await migrate(migrationConfig, ['--json']);
     expect({ code: third.code, summary: third.summary }).toEqual({ code: 0, summary: { total: 1, migrated: 1, failed: 0, remaining: 0 } });
+    // --json: the progress as JSON lines, the count last.
+    const progress = third.output
+      .split('\n')
+      .filter((l) => l.startsWith('{"source":"migrate"'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(progress.filter((j) => j.progress === 'step').map((j) => j.step)).toEqual([1, 2, 3]);
+    expect(progress[progress.length - 1]).toEqual({
+      source: 'migrate',
+      progress: 'count',
+      step: 3,
+      label: 'keys',
+      done: 1,
+      total: 1,
+      finished: true,
+      note: '1 migrated, 0 failed, 0 left',
+    });
+    expect(third.output).not.toMatch(/^\[\d\/3\]/m);
   }, 120_000);
 
   it('then the normal image signs with every migrated key, keeps the disabled one disabled, and refuses an altered row', async () => {
