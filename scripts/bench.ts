@@ -20,6 +20,10 @@
  * Prints a table, then one JSON line with rawSignPerSec, e2eSignPerSec, ratio, p50Ms, p99Ms,
  * coldKmsCallsPerKey, createKmsCalls, createPerSec, typedData, jwt, wallets (and more).
  *
+ * Shows its steps and counts on stderr (shared/src/progress.ts: a bar on a terminal, plain lines when piped, JSON
+ * lines with `--json`), and writes its table (report.md, report.json) and a latency-against-concurrency chart
+ * (latency.svg) into `--report DIR` (default reports/bench-<timestamp>/; scripts/bench-report.ts).
+ *
  * `--database postgres` measures warm signs and creates on SQLite and on PostgreSQL (embedded) one after the other,
  * and how long a disable made through one of two instances on one PostgreSQL takes to be refused by the other.
  * `--only jwt` runs the JWT comparison alone, `--only wallets` the wallets section alone (a stack of its own each,
@@ -33,11 +37,13 @@ import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
 import { parseArgs } from 'node:util';
+import { Progress } from '@nks/shared/progress';
 import * as secp from '@noble/secp256k1';
 import { Pool } from 'undici';
 import { startSimulatedIdp, type SimulatedIdp } from '../sim/src/idp/issuer';
 import { startStack, stackDbPath, waitReady, type Stack } from '../test/support/stack';
 import { startDevStack } from '../test/support/dev-stack';
+import { defaultReportDir, writeBenchReport, type BenchSummary } from './bench-report';
 import { startPostgres } from '../test/support/postgres';
 import { createProject, jwtProject, jwtStackOptions } from '../test/support/truewallet';
 import { SignRequestSchema } from '@nks/shared/signing/schema';
@@ -71,6 +77,8 @@ const { values } = parseArgs({
     only: { type: 'string' },
     'cache-footprint': { type: 'string' },
     database: { type: 'string' },
+    report: { type: 'string' },
+    json: { type: 'boolean' },
   },
   strict: true,
 });
@@ -227,7 +235,12 @@ interface WarmSeries {
 }
 
 /** Warm signing at each concurrency, sampling the raw reference between levels. */
-async function warmSeries(s: Stack, topology: Topology, o: { seconds: number; warmup: number; rawSamples: number[] }): Promise<WarmSeries> {
+async function warmSeries(
+  s: Stack,
+  topology: Topology,
+  o: { seconds: number; warmup: number; rawSamples: number[] },
+  progress?: Progress,
+): Promise<WarmSeries> {
   const token = s.tokens.full;
   const keys: string[] = [];
   for (let i = 0; i < 16; i++) keys.push((await s.api('/v1/keys', { body: {} })).body.keyId);
@@ -240,7 +253,9 @@ async function warmSeries(s: Stack, topology: Topology, o: { seconds: number; wa
   const pids = { parent: s.parent.child.pid as number, enclave: s.enclave.child.pid as number };
   const before = await kmsDecrypts(s);
   const levels: Record<number, Stats> = {};
-  for (const c of [1, 4, 8, 16, 32, 128]) {
+  const concurrencies = [1, 4, 8, 16, 32, 128];
+  const shown = progress?.count('concurrency levels', concurrencies.length);
+  for (const c of concurrencies) {
     const st = await withCpu(pids, () =>
       closedLoop({ url: s.url, token, concurrency: c, seconds: o.seconds, warmupSeconds: o.warmup, next }),
     );
@@ -252,7 +267,9 @@ async function warmSeries(s: Stack, topology: Topology, o: { seconds: number; wa
     console.log(
       `warm sign [${topology}], concurrency ${String(c).padStart(3)}: ${f(st.perSec)}/s  p50 ${f(st.p50Ms, 2)} ms  p99 ${f(st.p99Ms, 2)} ms  errors ${st.errors}  (CPU µs/request: ${cpu})`,
     );
+    shown?.tick();
   }
+  shown?.done();
   return { topology, levels, kmsCalls: (await kmsDecrypts(s)) - before };
 }
 
@@ -917,6 +934,8 @@ async function main(): Promise<void> {
   const started = Date.now();
   const cores = os.availableParallelism();
   const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
+  const reportDir = path.resolve(values.report ?? defaultReportDir(process.cwd()));
+  const steps = new Progress({ total: cores >= 2 ? 11 : 10, json: values.json ?? false, source: 'bench' });
   console.log(
     `nitro-keystore benchmark (${quick ? 'quick' : 'full'}): ${cores} cores (${cpu}), Node ${process.version}, KMS emulator latency 15 ms`,
   );
@@ -929,10 +948,12 @@ async function main(): Promise<void> {
   const enclaveCpus = String(cores - 1);
   const otherCpus = cores > 2 ? `0-${cores - 2}` : '0';
   if (dedicated) pinSelf(otherCpus);
+  steps.next('raw in-process signing rate (the reference)');
   o.rawSamples.push(rawSignRate(quick ? 2 : 4));
   console.log(`raw @noble/secp256k1 sign, one thread: ${f(o.rawSamples[0] as number)}/s`);
 
   const runDir = path.join(os.tmpdir(), `nks-bench-${process.pid}`);
+  steps.next('starting the stack (KMS emulator, NSM simulator, parent, enclave)');
   const idp = await startSimulatedIdp({ audience: 'nitro-keystore-bench' });
   const j = jwtOptions(idp);
   const s = await startStack(runDir, {
@@ -947,14 +968,24 @@ async function main(): Promise<void> {
   let result: Record<string, unknown>;
   try {
     await waitReady(s);
-    const primary = await warmSeries(s, dedicated ? 'dedicated' : 'shared', o);
+    steps.next(`warm signing at each concurrency [${dedicated ? 'dedicated' : 'shared'} topology]`);
+    const primary = await warmSeries(s, dedicated ? 'dedicated' : 'shared', o, steps);
+    steps.next('JWT signing: TrueWallet route against the token API');
     const jwt = await jwtSeries(s, idp, { seconds: o.seconds, warmup: o.warmup, rounds: quick ? 1 : 2 });
+    steps.next("wallet routes over the enclave's TLS");
     const wallets = await walletsSeries(s, idp, { seconds: o.seconds, warmup: o.warmup, rounds: quick ? 1 : 2 });
 
     // Cold signing: fresh keys, each signed once.
     const coldN = quick ? 200 : 1000;
+    steps.next(`cold signing: ${coldN} new keys, each signed once`);
     const coldKeys: string[] = [];
-    for (let i = 0; i < coldN; i++) coldKeys.push((await s.api('/v1/keys', { body: {} })).body.keyId);
+    const made = steps.count('keys created', coldN);
+    for (let i = 0; i < coldN; i++) {
+      coldKeys.push((await s.api('/v1/keys', { body: {} })).body.keyId);
+      made.tick();
+    }
+    made.done();
+    const signed = steps.count('cold signs', coldN);
     const coldBefore = await kmsDecrypts(s);
     const coldLat: number[] = [];
     let coldErrors = 0;
@@ -969,16 +1000,19 @@ async function main(): Promise<void> {
           const r = await s.api(`/v1/keys/${k}/sign`, { body: { type: 'digest', digest: `0x${'33'.repeat(32)}` } });
           if (r.status === 200) coldLat.push(performance.now() - t);
           else coldErrors += 1;
+          signed.tick();
         }
       }),
     );
     const cold = summarize(coldLat, (performance.now() - coldT0) / 1000, coldErrors);
+    signed.done();
     const coldKmsCallsPerKey = ((await kmsDecrypts(s)) - coldBefore) / coldN;
     console.log(
       `cold sign (concurrency ${coldConc}, ${coldN} keys): ${f(cold.perSec)}/s  p50 ${f(cold.p50Ms, 1)} ms  p99 ${f(cold.p99Ms, 1)} ms  KMS Decrypt per key ${f(coldKmsCallsPerKey, 2)}`,
     );
 
     // Key creation (durable), with KMS accounting over every operation.
+    steps.next('key creation (durable)');
     const statsBefore = await s.platform.stats();
     const creates = await closedLoop({
       url: s.url,
@@ -999,6 +1033,7 @@ async function main(): Promise<void> {
     );
 
     // Memory: the enclave process with the keys it now caches, and the cache's footprint at scale.
+    steps.next("enclave memory and the key cache's footprint");
     const mem = await enclaveMemory(s);
     const footprint = (n: number) => {
       const r = spawnSync(process.execPath, ['--expose-gc', __filename, '--cache-footprint', String(n)], { encoding: 'utf8' });
@@ -1011,6 +1046,7 @@ async function main(): Promise<void> {
       `key cache footprint: 10,000 keys +${mb(f10k.heapBytes)} MiB heap (+${mb(f10k.rssBytes)} MiB RSS); 100,000 keys +${mb(f100k.heapBytes)} MiB heap (+${mb(f100k.rssBytes)} MiB RSS)`,
     );
 
+    steps.next("typed data at the complexity budget's limit");
     const typedData = await typedDataSeries(s, { seconds: o.seconds, warmup: o.warmup, quick }, primary.levels[8]);
     result = {
       primary,
@@ -1038,6 +1074,7 @@ async function main(): Promise<void> {
   // For comparison, the same warm series with every process sharing every CPU (no dedicated enclave vCPU).
   let shared: WarmSeries | undefined;
   if (dedicated) {
+    steps.next('warm signing again, every process sharing every CPU');
     pinSelf(`0-${cores - 1}`);
     const s2 = await startStack(`${runDir}-shared`, {
       kmsLatencyMs: 15,
@@ -1047,7 +1084,7 @@ async function main(): Promise<void> {
     });
     try {
       await waitReady(s2);
-      shared = await warmSeries(s2, 'shared', o);
+      shared = await warmSeries(s2, 'shared', o, steps);
     } finally {
       await s2.stop();
     }
@@ -1097,6 +1134,8 @@ async function main(): Promise<void> {
   console.log(
     `targets (ratio >= 0.8 with p99 < 10 ms, 1 KMS call per cold key, 0 per create): ${ok ? 'met' : 'NOT met'} [${primary.topology} topology]`,
   );
+  steps.next(`writing the report into ${reportDir}`);
+  for (const file of writeBenchReport(reportDir, summary as unknown as BenchSummary)) steps.note(file);
   console.log(JSON.stringify(summary));
 }
 
@@ -1130,6 +1169,9 @@ if (values['cache-footprint']) {
       `${JSON.stringify({ n: cache.stats.size, rssBytes: after.rss - before.rss, heapBytes: after.heapUsed - before.heapUsed + (after.arrayBuffers - before.arrayBuffers) })}\n`,
     );
   })();
+} else if ((values.report !== undefined || values.json) && (values.database !== undefined || values.only !== undefined)) {
+  console.error('bench: --report and --json go with the whole benchmark, not with --only or --database');
+  process.exit(2);
 } else if (values.database !== undefined) {
   if (values.database !== 'postgres') {
     console.error('bench: --database takes "postgres" (it is measured beside SQLite)');
