@@ -29,6 +29,8 @@ done
 [[ -n "$config" ]] || usage
 [[ -f "$config" ]] || die "configuration $config does not exist (start from deploy/enclave.example.json)"
 
+steps=6
+step 1 "$steps" "checking the configuration and the build host's tools"
 need jq "Install jq (dnf install jq)."
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 minimum_epoch="$(release_security_epoch "$root")"
@@ -47,6 +49,7 @@ cd "$root"
 export SOURCE_DATE_EPOCH
 tag="${tag:-nitro-keystore-enclave:$(git rev-parse --short HEAD)}"
 
+step 2 "$steps" "checking the work tree and the pinned base images"
 require_clean_tree "the EIF (and its PCR0)"
 read_base_images deploy/base-images.env
 [[ "$RESOLVED_AT" != never && -n "$BUILDER_IMAGE" && -n "$RUNTIME_IMAGE" ]] \
@@ -65,6 +68,7 @@ mkdir -p "$out"
 cp "$config" deploy/enclave.json
 trap 'rm -f "$root/deploy/enclave.json"' EXIT
 
+step 3 "$steps" "building the Docker image $tag"
 info "building $tag (SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH)"
 docker buildx build \
   --file Dockerfile.enclave \
@@ -75,6 +79,7 @@ docker buildx build \
   --provenance=false \
   .
 
+step 4 "$steps" "checking the image's command line"
 # nitro-cli execs the image's Cmd (ignoring Entrypoint): check the built image's argv, and that its first
 # element exists in the image, before measuring something that would exit at start.
 node scripts/image-argv.mjs --image "$tag" >/dev/null || die "the image's command line would not start under nitro-cli"
@@ -86,6 +91,7 @@ if ! docker export "$container" | tar -tf - | grep -qx "${node_bin#/}"; then
 fi
 docker rm "$container" >/dev/null
 
+step 5 "$steps" "building the EIF and measuring it (nitro-cli build-enclave)"
 info "building the EIF"
 nitro-cli build-enclave --docker-uri "$tag" --output-file "$out/nitro-keystore.eif" > "$out/nitro-cli-build.json"
 write_measurements "$out/nitro-cli-build.json" "$epoch" "$mode" "$out/measurements.json"
@@ -93,6 +99,7 @@ rm -f "$out/nitro-cli-build.json"
 
 # What PCR0 depends on besides this repository: nitro-cli's kernel and init blobs (from aws-nitro-enclaves-cli
 # and -devel) and the base images. A third party rebuilding needs the same versions.
+step 6 "$steps" "recording what PCR0 depends on (build-info.json)"
 blobs=/usr/share/nitro_enclaves/blobs
 rpm_version() { rpm -q --qf '%{VERSION}-%{RELEASE}' "$1" 2>/dev/null || printf 'unknown'; }
 jq -n \

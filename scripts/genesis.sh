@@ -61,6 +61,8 @@ int_between "$NKS_ENCLAVE_CID" 4 4294967294 || die "NKS_ENCLAVE_CID must be a nu
 int_between "$NKS_ENCLAVE_CPUS" 2 1024 || die "NKS_ENCLAVE_CPUS must be 2 or more (whole cores)"
 int_between "$NKS_ENCLAVE_MEMORY_MIB" 64 1048576 || die "NKS_ENCLAVE_MEMORY_MIB must be at least 64"
 
+steps=4
+step 1 "$steps" "checking the tools and that CID $NKS_ENCLAVE_CID is free"
 need nitro-cli "Install aws-nitro-enclaves-cli and enable the allocator (docs/DEPLOY.md)."
 need jq "Install jq (dnf install jq): nitro-cli's JSON output is parsed with it."
 need node "Node.js runs the parent program's genesis command."
@@ -76,18 +78,20 @@ holder="$(jq -er --argjson cid "$NKS_ENCLAVE_CID" 'if type == "array" then . els
 started=0
 cleanup() {
   if (( started )); then
-    info "terminating the genesis enclave $name"
+    step 4 "$steps" "terminating the genesis enclave $name"
     nitro-cli terminate-enclave --enclave-name "$name" >/dev/null || info "WARNING: could not terminate $name: run nitro-cli terminate-enclave --enclave-name $name"
   fi
 }
 trap cleanup EXIT
 
 # Never --debug-mode: a debug enclave's document has all-zero PCRs, which no verifier accepts as the genesis image.
+step 2 "$steps" "starting the genesis enclave"
 info "starting the genesis enclave $name (CID $NKS_ENCLAVE_CID, $NKS_ENCLAVE_CPUS CPUs, $NKS_ENCLAVE_MEMORY_MIB MiB)"
 started=1
 nitro-cli run-enclave --eif-path "$eif" --enclave-cid "$NKS_ENCLAVE_CID" --cpu-count "$NKS_ENCLAVE_CPUS" \
   --memory "$NKS_ENCLAVE_MEMORY_MIB" --enclave-name "$name" >/dev/null
 
+step 3 "$steps" "asking it for a new keystore identity (parent genesis)"
 info "asking it for a new keystore identity (nonce $nonce)"
 node "$parent_js" genesis --config "$config" --nonce "$nonce" --out "$out" >/dev/null \
   || die "the parent's genesis command failed (its reason is above); nothing was written to $out"

@@ -10,6 +10,12 @@ info() {
   printf '%s: %s\n' "${0##*/}" "$*" >&2
 }
 
+# step N TOTAL TEXT: the step a long script is on, "[N/TOTAL] TEXT…" on stderr, as the Node tools show theirs
+# (shared/src/progress.ts).
+step() {
+  printf '[%s/%s] %s…\n' "$1" "$2" "${*:3}" >&2
+}
+
 # need COMMAND HINT: fails with the hint when COMMAND is not on PATH.
 need() {
   command -v "$1" >/dev/null 2>&1 || die "$1 is required but not found. $2"

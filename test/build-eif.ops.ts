@@ -83,6 +83,9 @@ describe('scripts/build-eif.sh', () => {
     const { repo, head } = repository();
     const { res, log, info } = buildEif(repo);
     expect([res.status, res.stderr]).toEqual([0, expect.stringContaining('wrote')]);
+    // The step it is on, numbered, on stderr (docker's and nitro-cli's output between them).
+    expect([...res.stderr.matchAll(/^\[(\d)\/6\] \S.*…$/gm)].map((m) => Number(m[1]))).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(res.stderr).toMatch(/^\[5\/6\] building the EIF and measuring it \(nitro-cli build-enclave\)…$/m);
     expect(log).toMatch(
       new RegExp(`docker buildx build .*--build-arg BUILDER_IMAGE=node@${DIGEST} --build-arg RUNTIME_IMAGE=distroless@${DIGEST}`),
     );

@@ -434,6 +434,9 @@ describe('scripts against a stand-in nitro-cli', () => {
         /^describe-enclaves\nrun-enclave --eif-path \S+fake\.eif --enclave-cid 16 --cpu-count 2 --memory 1024 --enclave-name nitro-keystore-genesis\nterminate-enclave --enclave-name nitro-keystore-genesis\n$/,
       );
       expect(log()).not.toContain('--debug-mode');
+      // The step it is on, numbered, on stderr: the last one is the enclave's termination.
+      expect([...r.stderr.matchAll(/^\[(\d)\/4\] \S.*…$/gm)].map((m) => Number(m[1]))).toEqual([1, 2, 3, 4]);
+      expect(r.stderr).toMatch(/^\[4\/4\] terminating the genesis enclave nitro-keystore-genesis…$/m);
       expect(parentLog()).toBe(`genesis --config ${parentConfig} --nonce ${nonce} --out ${out}\n`);
       expect(r.stderr).toContain(`nks genesis verify ${out} --pcr0 <genesis PCR0> --nonce ${nonce} --out identity.json`);
       expect(r.stderr).toMatch(/OFF this host/);
@@ -454,6 +457,8 @@ describe('scripts against a stand-in nitro-cli', () => {
       ]);
       expect(log()).toMatch(/run-enclave [^\n]*\nterminate-enclave --enclave-name nitro-keystore-genesis\n$/);
       expect(fs.existsSync(out)).toBe(false);
+      // The step it failed at, then the termination.
+      expect([...r.stderr.matchAll(/^\[(\d)\/4\]/gm)].map((m) => Number(m[1]))).toEqual([1, 2, 3, 4]);
     });
 
     it('refuses a missing or malformed nonce, a busy CID, and a missing EIF, before starting anything', () => {
