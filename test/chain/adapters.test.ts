@@ -7,6 +7,14 @@
  * what was asked (a parent that swapped the key or the request) is refused by the adapter. The sign result's
  * `transactionHash` is keccak-256 of its serialized transaction and the hash the chain mines it under.
  */
+import {
+  JsonRpcProvider,
+  Signature,
+  Transaction,
+  verifyMessage as ethersVerifyMessage,
+  verifyTypedData as ethersVerifyTypedData,
+  Wallet,
+} from 'ethers';
 import { toSimpleSmartAccount } from 'permissionless/accounts';
 import {
   BaseError,
@@ -25,6 +33,7 @@ import {
 } from 'viem';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { KeystoreApiError, KeystoreClient, type Key } from '../../client/src/sdk';
+import { KeystoreSigner } from '../../client/src/adapters/ethers';
 import { KeystoreAdapterError, toKeystoreAccount, toKeystoreTransaction, type KeystoreAccount } from '../../client/src/adapters/viem';
 import { deployEntryPoint, handleOps, userOperation, userOperationEvents, type EntryPointDeployment } from './account-abstraction';
 import { compileTestContracts, ENTRY_POINT_VERSIONS, startChain, type Artifact, type Chain } from './harness';
@@ -77,12 +86,9 @@ describe('viem', () => {
   });
 
   test.each(['legacy', 'eip2930'] as const)('a %s transaction from the wallet client is mined from the key', async (type) => {
-    const hash = await walletClient(account).sendTransaction({
-      to: fresh(),
-      value: 1n,
-      type,
-      ...(type === 'eip2930' ? { accessList: [] } : {}),
-    });
+    const request =
+      type === 'legacy' ? ({ type, to: fresh(), value: 1n } as const) : ({ type, to: fresh(), value: 1n, accessList: [] } as const);
+    const hash = await walletClient(account).sendTransaction(request);
     expect(await chain.publicClient.getTransaction({ hash })).toMatchObject({ from: key.address.toLowerCase(), type });
   });
 
@@ -245,5 +251,114 @@ describe('viem', () => {
       await expect(a.signMessage({ message: 'pay 1' })).rejects.toThrow(KeystoreAdapterError);
       await expect(a.signMessage({ message: 'pay 1' })).rejects.toMatchObject({ code: 'SIGNATURE_MISMATCH' });
     });
+  });
+});
+
+describe('ethers', () => {
+  let provider: JsonRpcProvider;
+  let signer: KeystoreSigner;
+  beforeAll(() => {
+    provider = new JsonRpcProvider(rpc.url, chain.chainId, { staticNetwork: true, cacheTimeout: -1, pollingInterval: 50 });
+    signer = new KeystoreSigner({ client: keystore.client, keyId: key.keyId }, provider);
+  });
+  afterAll(() => provider?.destroy());
+
+  test("getAddress is the key's address, also after connect", async () => {
+    expect(await signer.getAddress()).toBe(key.address);
+    const other = signer.connect(null);
+    expect(other.provider).toBeNull();
+    expect(await other.getAddress()).toBe(key.address);
+  });
+
+  test.each([undefined, 0, 1, 2] as const)('signer.sendTransaction (type %s) mines a transfer whose sender is the key', async (type) => {
+    const to = fresh();
+    const response = await signer.sendTransaction({ to, value: 12345n, ...(type !== undefined ? { type } : {}) });
+    const receipt = await response.wait();
+    expect(receipt).toMatchObject({ status: 1, from: key.address, hash: response.hash });
+    expect(await provider.getBalance(to)).toBe(12345n);
+  });
+
+  test('authorize: a keystore-signed delegation in a type-4 transaction sent through ethers takes effect', async () => {
+    const { key: k } = await keystore.client.createKey();
+    await chain.fund(k.address);
+    const s = new KeystoreSigner({ client: keystore.client, keyId: k.keyId }, provider);
+    const { address: delegate } = await chain.deploy(Delegate);
+    // The key sends its own delegation: the authorization takes the transaction's nonce + 1.
+    const auth = await s.authorize({ address: delegate, nonce: (await s.getNonce()) + 1 });
+    expect(auth).toMatchObject({ address: delegate, chainId: BigInt(chain.chainId), nonce: 1n });
+    const data = encodeFunctionData({ abi: Delegate.abi, functionName: 'ping' });
+    const receipt = await (await s.sendTransaction({ type: 4, to: k.address, data, authorizationList: [auth] })).wait();
+    expect(receipt).toMatchObject({ status: 1, from: k.address, type: 4 });
+    expect(await provider.getCode(k.address)).toBe(`0xef0100${delegate.slice(2).toLowerCase()}`);
+  });
+
+  test('signMessage (text and bytes) and signTypedData recover to the key with ethers', async () => {
+    for (const message of ['hello keystore', new Uint8Array([0, 1, 2, 255])]) {
+      expect(ethersVerifyMessage(message, await signer.signMessage(message))).toBe(key.address);
+    }
+    const domain = { name: 'Adapters', version: '1', chainId: chain.chainId, verifyingContract: fresh() };
+    const types = {
+      Order: [
+        { name: 'amount', type: 'uint256' },
+        { name: 'owner', type: 'address' },
+        { name: 'tag', type: 'bytes' },
+      ],
+    };
+    const value = { amount: 2n ** 200n, owner: key.address, tag: new Uint8Array([1, 2]) };
+    const signature = await signer.signTypedData(domain, types, value);
+    expect(ethersVerifyTypedData(domain, types, value, signature)).toBe(key.address);
+    // The same digest viem computes: ethers and viem agree, so the keystore's check is the library's.
+    expect(Signature.from(signature).serialized).toBe(await account.signTypedData({ domain, types, primaryType: 'Order', message: value }));
+  });
+
+  test('a signed transaction equals what a local ethers Wallet of the same fields would carry, signature aside', async () => {
+    const tx = {
+      type: 2,
+      chainId: chain.chainId,
+      nonce: 0,
+      to: fresh(),
+      value: 1n,
+      gasLimit: 21000n,
+      maxFeePerGas: 2n,
+      maxPriorityFeePerGas: 1n,
+    };
+    const serialized = await signer.signTransaction(tx);
+    const local = await Wallet.createRandom().signTransaction(tx);
+    const strip = (raw: string) => Transaction.from(raw).unsignedSerialized;
+    expect(strip(serialized)).toBe(strip(local));
+  });
+
+  test("a disabled key's sendTransaction is a rejected promise with the keystore's KEY_DISABLED", async () => {
+    const { key: k } = await keystore.client.createKey();
+    await chain.fund(k.address);
+    const s = new KeystoreSigner({ client: keystore.client, keyId: k.keyId }, provider);
+    await keystore.admin.disableKey(k.keyId);
+    await expect(s.sendTransaction({ to: fresh(), value: 1n })).rejects.toMatchObject({ name: 'KeystoreApiError', code: 'KEY_DISABLED' });
+    await expect(s.signMessage('x')).rejects.toMatchObject({ name: 'KeystoreApiError', code: 'KEY_DISABLED' });
+    expect(await provider.getTransactionCount(k.address)).toBe(0);
+  });
+
+  test('a transaction from another address, or without a chain id, is refused with INVALID_INPUT', async () => {
+    const base = { type: 2, nonce: 0, to: fresh(), gasLimit: 21000n, maxFeePerGas: 2n, maxPriorityFeePerGas: 1n };
+    await expect(signer.signTransaction({ ...base, chainId: chain.chainId, from: fresh() })).rejects.toMatchObject({
+      code: 'INVALID_INPUT',
+      message: expect.stringMatching(/is not this key's address/),
+    });
+    await expect(signer.signTransaction(base)).rejects.toMatchObject({
+      code: 'INVALID_INPUT',
+      message: expect.stringMatching(/chainId is required/),
+    });
+  });
+
+  test("a parent that swaps the key is caught: another key's signature is refused (SIGNATURE_MISMATCH)", async () => {
+    const { key: other } = await keystore.client.createKey();
+    const swapped = new KeystoreClient({
+      url: keystore.stack.url,
+      token: keystore.stack.tokens.full,
+      retries: 0,
+      fetch: (input, init) => fetch(String(input).replace(`/keys/${key.keyId}/sign`, `/keys/${other.keyId}/sign`), init),
+    });
+    const s = new KeystoreSigner({ client: swapped, keyId: key.keyId }, provider);
+    await expect(s.signMessage('pay 1')).rejects.toMatchObject({ name: 'KeystoreAdapterError', code: 'SIGNATURE_MISMATCH' });
   });
 });
