@@ -118,3 +118,26 @@ test.each([
   },
   60_000,
 );
+
+/** The packages esbuild bundles for `entry` (node_modules folders, by name). */
+async function bundledPackages(entry: string): Promise<Set<string>> {
+  const { metafile } = await build({
+    absWorkingDir: root,
+    entryPoints: [entry],
+    bundle: true,
+    platform: 'node',
+    format: 'esm',
+    write: false,
+    metafile: true,
+    outfile: 'out.mjs',
+    logLevel: 'silent',
+  });
+  const names = Object.keys(metafile.inputs).map((f) => /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(f)?.[1]);
+  return new Set(names.filter((n): n is string => n !== undefined));
+}
+
+test("ethers stays out of the SDK's import graph: only the ethers adapter brings it in", async () => {
+  expect(await bundledPackages('client/src/sdk.ts')).not.toContain('ethers');
+  expect(await bundledPackages('client/src/adapters/viem.ts')).not.toContain('ethers');
+  expect(await bundledPackages('client/src/adapters/ethers.ts')).toContain('ethers');
+}, 60_000);
