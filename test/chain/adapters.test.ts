@@ -25,11 +25,13 @@ import {
   keccak256,
   parseEther,
   recoverAddress,
+  recoverTransactionAddress,
   serializeTransaction,
   verifyMessage,
   verifyTypedData,
   type Hex,
   type TransactionSerializable,
+  type TransactionSerializedEIP4844,
 } from 'viem';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 import { KeystoreApiError, KeystoreClient, type Key } from '../../client/src/sdk';
@@ -161,6 +163,24 @@ describe('viem', () => {
     });
   });
 
+  test('an eip4844 transaction is signed over its blob versioned hashes and recovers to the key', async () => {
+    const blobVersionedHashes = [`0x01${'ab'.repeat(31)}`] as const;
+    const tx = {
+      type: 'eip4844',
+      chainId: chain.chainId,
+      nonce: 0,
+      to: SOMEONE,
+      gas: 21_000n,
+      maxFeePerGas: 2n,
+      maxPriorityFeePerGas: 1n,
+      maxFeePerBlobGas: 1n,
+      blobVersionedHashes,
+    } as const;
+    const serialized = await account.signTransaction(tx);
+    expect(await recoverTransactionAddress({ serializedTransaction: serialized as TransactionSerializedEIP4844 })).toBe(key.address);
+    expect(serialized).toBe((await keystore.client.signTransaction(key.keyId, toKeystoreTransaction(tx))).serializedTransaction);
+  });
+
   describe.each(ENTRY_POINT_VERSIONS)("as the owner of permissionless's SimpleAccount, EntryPoint %s", (version) => {
     let d: EntryPointDeployment;
     beforeAll(async () => {
@@ -202,6 +222,24 @@ describe('viem', () => {
         .catch((e: unknown) => e);
       expect(keystoreError(err)?.code).toBe('KEY_DISABLED');
       expect(await chain.publicClient.getTransactionCount({ address: k.address })).toBe(0);
+    });
+
+    test('a token with keys:sign only: without the address the look-up is FORBIDDEN; given it, the account signs', async () => {
+      const signOnly = new KeystoreClient({ url: keystore.stack.url, token: keystore.stack.tokens.sign });
+      await expect(toKeystoreAccount({ client: signOnly, keyId: key.keyId })).rejects.toMatchObject({
+        name: 'KeystoreApiError',
+        code: 'FORBIDDEN',
+      });
+      const a = await toKeystoreAccount({ client: signOnly, keyId: key.keyId, address: key.address });
+      const signature = await a.signMessage({ message: 'sign-only' });
+      expect(await verifyMessage({ address: key.address, message: 'sign-only', signature })).toBe(true);
+      // A wrong address signs nothing (every answer is checked against it); a malformed one is refused at once.
+      const wrong = await toKeystoreAccount({ client: signOnly, keyId: key.keyId, address: SOMEONE });
+      await expect(wrong.signMessage({ message: 'x' })).rejects.toMatchObject({ code: 'SIGNATURE_MISMATCH' });
+      await expect(toKeystoreAccount({ client: signOnly, keyId: key.keyId, address: '0x1234' })).rejects.toMatchObject({
+        name: 'KeystoreAdapterError',
+        code: 'INVALID_INPUT',
+      });
     });
 
     test('an unknown key id rejects toKeystoreAccount with KEY_NOT_FOUND', async () => {
@@ -348,6 +386,17 @@ describe('ethers', () => {
       code: 'INVALID_INPUT',
       message: expect.stringMatching(/chainId is required/),
     });
+  });
+
+  test('a token with keys:sign only signs given the address; a malformed address is refused', async () => {
+    const signOnly = new KeystoreClient({ url: keystore.stack.url, token: keystore.stack.tokens.sign });
+    const s = new KeystoreSigner({ client: signOnly, keyId: key.keyId, address: key.address.toLowerCase() }, provider);
+    expect(await s.getAddress()).toBe(key.address);
+    expect(ethersVerifyMessage('sign-only', await s.signMessage('sign-only'))).toBe(key.address);
+    await expect(new KeystoreSigner({ client: signOnly, keyId: key.keyId }).getAddress()).rejects.toMatchObject({ code: 'FORBIDDEN' });
+    expect(() => new KeystoreSigner({ client: signOnly, keyId: key.keyId, address: 'nope' })).toThrow(
+      expect.objectContaining({ name: 'KeystoreAdapterError', code: 'INVALID_INPUT' }),
+    );
   });
 
   test("a parent that swaps the key is caught: another key's signature is refused (SIGNATURE_MISMATCH)", async () => {

@@ -20,6 +20,7 @@ import {
   hashAuthorization,
   hashMessage,
   hexlify,
+  isAddress,
   recoverAddress,
   resolveAddress,
   resolveProperties,
@@ -43,6 +44,11 @@ export interface KeystoreSignerOptions {
   /** An SDK client whose token may sign with the key (`keys:sign`; `keys:read` to look its address up). */
   client: KeystoreClient;
   keyId: string;
+  /**
+   * The key's address, when the caller knows it already (a token with `keys:sign` only cannot read the key):
+   * then nothing is looked up. A wrong address signs nothing: every answer is checked against it.
+   */
+  address?: string;
 }
 
 const TYPES: Record<number, TransactionRequest['type']> = { 0: 'legacy', 1: 'eip2930', 2: 'eip1559', 3: 'eip4844', 4: 'eip7702' };
@@ -80,7 +86,7 @@ export function toKeystoreTransaction(tx: Transaction): TransactionRequest {
 
 /**
  * The ethers signer of key `keyId`. Its address is read from the keystore on first use (`getAddress`) and
- * kept. `authorize` signs EIP-7702 authorizations (chain id 0, valid on every chain, is refused by the
+ * kept, unless given. `authorize` signs EIP-7702 authorizations (chain id 0, valid on every chain, is refused by the
  * keystore unless asked for through the SDK's `signAuthorization`).
  */
 export class KeystoreSigner extends AbstractSigner {
@@ -91,6 +97,14 @@ export class KeystoreSigner extends AbstractSigner {
     provider?: null | Provider,
   ) {
     super(provider ?? null);
+    if (options.address !== undefined) {
+      if (!isAddress(options.address))
+        throw new KeystoreAdapterError(
+          'INVALID_INPUT',
+          `address must be a 0x-prefixed 20-byte hex address, not ${String(options.address)}`,
+        );
+      this.#address = Promise.resolve(getAddress(options.address));
+    }
   }
 
   get keyId(): string {

@@ -15,9 +15,11 @@
  * wrap it (`err.walk()` finds it).
  */
 import {
+  getAddress,
   getTransactionType,
   hashMessage,
   hashTypedData,
+  isAddress,
   isHex,
   keccak256,
   recoverAddress,
@@ -44,9 +46,14 @@ export interface KeystoreAccountOptions {
   /** An SDK client whose token may sign with the key (`keys:sign`; `keys:read` to look its address up). */
   client: KeystoreClient;
   keyId: string;
+  /**
+   * The key's address, when the caller knows it already (a token with `keys:sign` only cannot read the key):
+   * then nothing is looked up. A wrong address signs nothing: every answer is checked against it.
+   */
+  address?: Address;
 }
 
-/** A viem local account backed by a keystore key; `keyId` and `publicKey` are the key's. */
+/** A viem local account backed by a keystore key; `keyId` and `publicKey` (when the key was looked up) are the key's. */
 export type KeystoreAccount = LocalAccount<'custom'> & { keyId: string };
 
 const recover = (hash: Hex, signature: Hex) => recoverAddress({ hash, signature });
@@ -108,7 +115,7 @@ function toKeystoreMessage(message: SignableMessage): string | { raw: Hex } {
 }
 
 /**
- * The viem account of key `keyId`: its address is read once, here (`getKey`), so this is async. Sign with it
+ * The viem account of key `keyId`: its address is read once, here (`getKey`), so this is async, unless given. Sign with it
  * directly (`account.signMessage`, …) or give it to a wallet client.
  *
  * `signTransaction` honours viem's `serializer` (a chain's own, e.g. an OP Stack chain's) when it serializes
@@ -118,9 +125,11 @@ function toKeystoreMessage(message: SignableMessage): string | { raw: Hex } {
  * digest (the keystore's `digest` request): a project can refuse that request type, and should where keys
  * only sign what they can show.
  */
-export async function toKeystoreAccount({ client, keyId }: KeystoreAccountOptions): Promise<KeystoreAccount> {
-  const key = await client.getKey(keyId);
-  const address = key.address;
+export async function toKeystoreAccount({ client, keyId, address: known }: KeystoreAccountOptions): Promise<KeystoreAccount> {
+  if (known !== undefined && !isAddress(known, { strict: false }))
+    throw new KeystoreAdapterError('INVALID_INPUT', `address must be a 0x-prefixed 20-byte hex address, not ${String(known)}`);
+  const key = known === undefined ? await client.getKey(keyId) : undefined;
+  const address = key ? key.address : getAddress(known!);
   const signed = (request: Parameters<KeystoreClient['sign']>[1], digest: Hex) =>
     signChecked(client, keyId, address, request, digest, recover);
 
@@ -170,5 +179,5 @@ export async function toKeystoreAccount({ client, keyId }: KeystoreAccountOption
       return (await serializer(tx, signatureOf(result))) as never;
     },
   });
-  return Object.assign(account as LocalAccount<'custom'>, { keyId, publicKey: key.publicKey });
+  return Object.assign(account as LocalAccount<'custom'>, { keyId }, key ? { publicKey: key.publicKey } : {});
 }
