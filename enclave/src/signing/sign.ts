@@ -31,7 +31,7 @@ type TransactionRequest = Extract<SignRequest, { type: 'transaction' }>['transac
 
 interface Prepared {
   digest: Hex;
-  extra?: (sig: RawSignature) => Pick<SignResult, 'serializedTransaction' | 'userOperationHash'>;
+  extra?: (sig: RawSignature) => Pick<SignResult, 'serializedTransaction' | 'transactionHash' | 'userOperationHash'>;
 }
 
 /** viem's errors explain what is wrong with the input; pass their short message on as INVALID_PARAMS. */
@@ -73,9 +73,16 @@ function prepare(req: SignRequest): Prepared {
       }
       return {
         digest: keccak256(unsigned),
-        extra: (sig) => ({
-          serializedTransaction: serializeTransaction(tx, { r: sig.r, s: sig.s, yParity: sig.yParity, v: 27n + BigInt(sig.yParity) }),
-        }),
+        extra: (sig) => {
+          const serializedTransaction = serializeTransaction(tx, {
+            r: sig.r,
+            s: sig.s,
+            yParity: sig.yParity,
+            v: 27n + BigInt(sig.yParity),
+          });
+          // The hash the chain knows the transaction by (EIP-4844: of the form without sidecars, as here).
+          return { serializedTransaction, transactionHash: keccak256(serializedTransaction) };
+        },
       };
     }
     case 'authorization':

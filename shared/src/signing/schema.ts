@@ -285,6 +285,8 @@ export interface SignResult {
   address: `0x${string}`;
   /** For transactions: the signed, serialized transaction (EIP-4844: without the blob sidecars). */
   serializedTransaction?: `0x${string}`;
+  /** For transactions: keccak-256 of `serializedTransaction`, the hash the chain knows the transaction by. */
+  transactionHash?: `0x${string}`;
   /** For user operations: the EntryPoint's userOpHash (signed as is in 0.8; 0.6 and 0.7 sign its EIP-191 hash). */
   userOperationHash?: `0x${string}`;
 }

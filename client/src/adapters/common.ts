@@ -1,0 +1,75 @@
+/**
+ * What the viem and ethers adapters share (./viem.ts, ./ethers.ts): their error, integers as the caller API
+ * takes them, and the check that a signature the server answers is the key's, over the digest the adapter
+ * computed itself from what it was asked to sign. No viem or ethers import here.
+ */
+import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
+import type { KeystoreClient } from '../sdk';
+
+export type AdapterErrorCode =
+  /** The input cannot be signed by the keystore as given (the message says what to change). */
+  | 'INVALID_INPUT'
+  /** The server's answer is not the key's signature over what was asked: never returned to the caller. */
+  | 'SIGNATURE_MISMATCH';
+
+/**
+ * An error of the adapter itself. The keystore's own refusals (a disabled key, a policy, a bad token) are the
+ * SDK's `KeystoreApiError`, with the API's code, and pass through unchanged.
+ */
+export class KeystoreAdapterError extends Error {
+  override readonly name = 'KeystoreAdapterError';
+  constructor(
+    readonly code: AdapterErrorCode,
+    message: string,
+    options?: ErrorOptions,
+  ) {
+    super(message, options);
+  }
+}
+
+export type TransactionRequest = Extract<SignRequestInput, { type: 'transaction' }>['transaction'];
+export type TypedDataRequest = Extract<SignRequestInput, { type: 'typedData' }>['typedData'];
+
+/** `value` with every bigint as a decimal string and every byte array as 0x hex, as JSON carries them. */
+export function jsonInts<T>(value: T): T {
+  const walk = (v: unknown): unknown => {
+    if (typeof v === 'bigint') return v.toString();
+    if (v instanceof Uint8Array) return `0x${Buffer.from(v).toString('hex')}`;
+    if (Array.isArray(v)) return v.map(walk);
+    if (v !== null && typeof v === 'object') return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, walk(x)]));
+    return v;
+  };
+  return walk(value) as T;
+}
+
+/**
+ * Signs `request` with the key and checks the answer before anyone uses it: the digest signed must be
+ * `expectedDigest` (computed by the adapter from its input, with the library's own hashing) and the signature
+ * must recover to the key's address. A server that answered another key's signature, or one over other bytes,
+ * is caught here rather than on chain.
+ */
+export async function signChecked(
+  client: KeystoreClient,
+  keyId: string,
+  address: string,
+  request: SignRequestInput,
+  expectedDigest: string,
+  recover: (digest: `0x${string}`, signature: `0x${string}`) => string | Promise<string>,
+): Promise<SignResult> {
+  const result = await client.sign(keyId, request);
+  const expected = expectedDigest.toLowerCase();
+  if (result.hash?.toLowerCase() !== expected) {
+    throw new KeystoreAdapterError(
+      'SIGNATURE_MISMATCH',
+      `the keystore signed digest ${String(result.hash)} for key ${keyId}, not ${expected}, the digest of what was asked`,
+    );
+  }
+  const signer = await recover(result.hash, result.signature);
+  if (signer.toLowerCase() !== address.toLowerCase()) {
+    throw new KeystoreAdapterError(
+      'SIGNATURE_MISMATCH',
+      `the keystore's signature recovers to ${signer}, not to key ${keyId} (${address})`,
+    );
+  }
+  return result;
+}
