@@ -23,6 +23,7 @@ import { captureLogger, tempRunDir } from '@nks/shared-test/helpers';
 import { startSimulatedIdp, type SimulatedIdp } from '../../sim/src/idp/issuer';
 import Database from 'better-sqlite3';
 import { createAppRole, startPostgres, type PostgresServer } from '../../test/support/postgres';
+import { KeystoreClient } from '../../client/src/sdk';
 import { hashToken } from '../src/api/auth';
 import { startParent, type RunningParent } from '../src/app';
 import { parseParentConfig } from '../src/config';
@@ -207,6 +208,39 @@ describe.each(engines)('finding and tidying keys: $name', ({ start }) => {
       expect(new Set(answers.map((r) => r.body.keyId)).size).toBe(1);
       expect(answers.filter((r) => r.headers['idempotent-replayed'] === undefined).length).toBeGreaterThanOrEqual(1);
       expect((await listAll('full')).length).toBe(before + 1);
+    });
+
+    it('lets the SDK retry a create without externalId whose answer was lost: one key, one Idempotency-Key', async () => {
+      const sent: Array<string | null> = [];
+      let lose = true;
+      // The request reaches the server and is answered; the answer is lost on the way back (a network failure).
+      const flaky: typeof fetch = async (input, init) => {
+        const res = await fetch(input, init);
+        if (init?.method === 'POST' && String(input).endsWith('/v1/keys')) {
+          sent.push(new Headers(init.headers).get('idempotency-key'));
+          if (lose) {
+            lose = false;
+            await res.text();
+            throw new TypeError('fetch failed');
+          }
+        }
+        return res;
+      };
+      const ks = new KeystoreClient({ url: a.parent.url, token: T.full, fetch: flaky });
+      const before = (await listAll('full')).length;
+      const { key, created } = await ks.createKey({ labels: { sdk: 'retry' } });
+      expect(sent).toHaveLength(2);
+      expect(sent[0]).toMatch(/^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+      expect(sent[1]).toBe(sent[0]);
+      expect(created).toBe(true);
+      expect((await listAll('full')).length).toBe(before + 1);
+      expect((await api('read', `/v1/keys/${key.keyId}`)).body.labels).toEqual({ sdk: 'retry' });
+      // Another logical create: another key, and a key of its own.
+      const second = await ks.createKey({ labels: { sdk: 'retry' } });
+      expect([second.key.keyId === key.keyId, sent[2] === sent[0]]).toEqual([false, false]);
+      // With an externalId (idempotent by itself), none is sent.
+      await ks.createKey({ externalId: unique('sdk') });
+      expect(sent[3]).toBeNull();
     });
 
     it.each([

@@ -155,7 +155,7 @@ export const SQLITE_MIGRATIONS: Array<string | ((db: Database.Database) => void)
       );
     db.exec(GUARDS);
   },
-  // 0.9: finding and tidying keys, retry-safe creates (docs/STORAGE.md, "Schema 7"). Labels may change alone (PATCH
+  // Schema 7: finding and tidying keys, retry-safe creates (docs/STORAGE.md, "Schema 7"). Labels may change alone (PATCH
   // /v1/keys/{keyId}: they are the caller's, in no record); a key's labels are indexed in `key_labels`, kept by
   // triggers; `idempotency` remembers the Idempotency-Key of each create for 24 hours.
   // A function: the guard's text is built from step 6's (below), which a string here would read before it is set.
