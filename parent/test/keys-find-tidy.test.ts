@@ -442,7 +442,10 @@ describe('the store: schema 7 on a database made by the previous version', () =>
   it('SQLite: indexes existing labels, lets labels change alone and nothing else with them', async () => {
     const file = path.join(tempRunDir('nks-v6-'), 'keys.db');
     const raw = new Database(file);
-    for (const step of SQLITE_MIGRATIONS.slice(0, 6)) typeof step === 'string' ? raw.exec(step) : step(raw);
+    for (const step of SQLITE_MIGRATIONS.slice(0, 6)) {
+      if (typeof step === 'string') raw.exec(step);
+      else step(raw);
+    }
     raw.pragma('user_version = 6');
     const k = newKey('a', 'alice');
     raw
@@ -473,6 +476,9 @@ describe('the store: schema 7 on a database made by the previous version', () =>
         idempotent: { keyId: 'c' },
       });
       expect(await db.get('d')).toBeUndefined();
+      // A create that yields to another's key (its external id, stored first) remembers nothing to replay.
+      expect(await db.insert(newKey('e', 'alice'), claim('k3', 5200))).toMatchObject({ created: false, record: { keyId: 'a' } });
+      expect(await db.idempotency('token:t', 'k3', 5300)).toBeUndefined();
     } finally {
       await db.close();
     }
@@ -530,6 +536,9 @@ describe('the store: schema 7 on a database made by the previous version', () =>
       const d = newKey('d', null, { subject: null });
       expect(await db.insert(d, claim('k2', 5100))).toMatchObject({ created: false, idempotent: { keyId: 'c' } });
       expect(await db.get('d')).toBeUndefined();
+      // A create that yields to another's key (its external id, stored first) remembers nothing to replay.
+      expect(await db.insert(newKey('e', 'alice'), claim('k3', 5200))).toMatchObject({ created: false, record: { keyId: 'a' } });
+      expect(await db.idempotency('token:t', 'k3', 5300)).toBeUndefined();
     } finally {
       await db.close();
     }

@@ -191,6 +191,7 @@ describe('key lifecycle in the store', () => {
     expect(indexes).toEqual([
       'keys_active_subject',
       'keys_address',
+      'keys_disabled',
       'keys_external_id',
       'keys_external_id_first',
       'keys_pending_subject',

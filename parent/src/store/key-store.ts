@@ -19,7 +19,18 @@
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import type { KeyRecord, ProjectRecord, SignedRecord } from '@nks/shared/records';
-import type { IdempotencyClaim, KeyCounts, ListOptions, NewKey, NewTlsKey, StoreChange, StoreEngine, StoredKey, StoredProject, StoredTlsKey } from './types';
+import type {
+  IdempotencyClaim,
+  KeyCounts,
+  ListOptions,
+  NewKey,
+  NewTlsKey,
+  StoreChange,
+  StoreEngine,
+  StoredKey,
+  StoredProject,
+  StoredTlsKey,
+} from './types';
 
 export interface KeyStoreOptions {
   /** Keys (and, a tenth as many, projects) kept in memory, least recently used out. */

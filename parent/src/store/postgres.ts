@@ -131,7 +131,7 @@ const SQL = {
                        created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
                      WHERE idempotency.expires_at <= EXCLUDED.created_at
                      RETURNING key_id`,
-  setIdempotencyKey: 'UPDATE idempotency SET key_id = $3 WHERE scope = $1 AND idem_key = $2',
+  dropIdempotency: 'DELETE FROM idempotency WHERE scope = $1 AND idem_key = $2',
   withoutRecord: 'SELECT * FROM keys WHERE record IS NULL AND seq > $1 ORDER BY seq LIMIT $2',
   setLegacyDisabled: `UPDATE keys SET disabled = $2, updated_at = $3 WHERE key_id = $1 AND record IS NULL RETURNING *`,
   setRecord: `UPDATE keys SET project_id = $2, subject = $3, state = $4, disabled = $5, record = $6, record_signature = $7,
@@ -530,7 +530,8 @@ export class PostgresEngine implements StoreEngine {
         }
         const r = await this.insertRow(db, key);
         if (!r) throw new RetryInsert();
-        if (idem && r.record.keyId !== key.keyId) await db.query(SQL.setIdempotencyKey, [idem.scope, idem.key, r.record.keyId]);
+        // Only a key this create made is remembered (as sqlite-db.ts): the claim of one that yields to another's is dropped.
+        if (idem && !r.created) await db.query(SQL.dropIdempotency, [idem.scope, idem.key]);
         return r;
       }).catch((err: unknown) => {
         if (err instanceof RetryInsert) return undefined;

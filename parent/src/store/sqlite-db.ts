@@ -189,7 +189,9 @@ export class SqliteDatabase {
         if (entry && row)
           return { record: toStored(row), created: false, idempotent: { keyId: entry.key_id, bodySha256: entry.body_sha256 } };
         const out = this.insertKey(key);
-        this.stmts.insertIdempotency.run({ ...idem, keyId: out.record.keyId });
+        // Only a key this create made is remembered: a key it yields to (another's, by external id) is not its answer
+        // to replay (a retry asks again, by the external id, as any create of it does).
+        if (out.created) this.stmts.insertIdempotency.run({ ...idem, keyId: out.record.keyId });
         return out;
       })
       .immediate();
