@@ -6,8 +6,8 @@
  *   const sig = await ks.signMessage(key.keyId, 'hello');
  *
  * Errors are `KeystoreApiError` with the API's code, HTTP status, request id and whether a retry can help.
- * Requests that are safe to repeat (reads, signing, creation with an externalId) are retried on retryable
- * errors with jittered backoff; creation without an externalId is never retried (it could make two keys).
+ * Requests that are safe to repeat (reads, signing, creation) are retried on retryable errors with jittered
+ * backoff; a creation without an externalId carries an Idempotency-Key, so its retries cannot make two keys.
  *
  * Nothing the server says needs to be taken on trust: `verifyKey` checks a key's signed record against the
  * keystore identity you pin and the key you asked for, and its birth attestation against the PCR0s you approve;
@@ -283,11 +283,17 @@ export class KeystoreClient {
   }
 
   /** One logical request: retried on retryable errors (and network failures) when `repeatable`. */
-  private async send<T>(method: string, path: string, body: unknown, repeatable: boolean): Promise<{ status: number; body: T }> {
+  private async send<T>(
+    method: string,
+    path: string,
+    body: unknown,
+    repeatable: boolean,
+    headers?: Record<string, string>,
+  ): Promise<{ status: number; body: T }> {
     const attempts = repeatable ? (this.options.retries ?? 2) + 1 : 1;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.once<T>(method, path, body);
+        return await this.once<T>(method, path, body, headers);
       } catch (err) {
         const retry = err instanceof KeystoreApiError ? err.retryable : err instanceof TypeError; // TypeError: network failure
         if (!retry || attempt >= attempts) throw err;
@@ -303,10 +309,16 @@ export class KeystoreClient {
     }
   }
 
-  private async once<T>(method: string, path: string, body?: unknown): Promise<{ status: number; body: T }> {
+  private async once<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    extra?: Record<string, string>,
+  ): Promise<{ status: number; body: T }> {
     const res = await this.doFetch(`${this.base}${path}`, {
       method,
       headers: {
+        ...extra,
         ...(this.options.token ? { authorization: `Bearer ${this.options.token}` } : {}),
         ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
       },
@@ -352,7 +364,10 @@ export class KeystoreClient {
   async createKey(
     input: { externalId?: string; labels?: Record<string, string>; attest?: boolean; projectId?: string } = {},
   ): Promise<{ key: Key; created: boolean }> {
-    const res = await this.send<Key>('POST', '/v1/keys', input, input.externalId !== undefined);
+    // Without an externalId, an Idempotency-Key (one per logical create, the same on its retries) makes it safe to
+    // retry: the server answers a retry with the key the first attempt made (README.md, "Caller API").
+    const headers = input.externalId === undefined ? { 'idempotency-key': globalThis.crypto.randomUUID() } : undefined;
+    const res = await this.send<Key>('POST', '/v1/keys', input, true, headers);
     return { key: res.body, created: res.status === 201 };
   }
 

@@ -53,11 +53,13 @@ describe('SDK', () => {
     expect((calls[0]?.init?.headers as Record<string, string>).authorization).toBe('Bearer t');
   });
 
-  it('never retries a create without externalId (it could make two keys)', async () => {
+  it('retries a create without externalId with one Idempotency-Key (the server answers its retries the same key)', async () => {
     const { f, calls } = fakeFetch([503, 201]);
-    const err = await new KeystoreClient({ url: 'http://x', token: 't', fetch: f }).createKey().catch((e: unknown) => e);
-    expect(err).toBeInstanceOf(KeystoreApiError);
-    expect(calls).toHaveLength(1);
+    await expect(new KeystoreClient({ url: 'http://x', token: 't', fetch: f }).createKey()).resolves.toMatchObject({ created: true });
+    expect(calls).toHaveLength(2);
+    const keys = calls.map((c) => (c.init?.headers as Record<string, string>)['idempotency-key']);
+    expect(keys[0]).toMatch(/^[0-9a-f-]{36}$/);
+    expect(keys[1]).toBe(keys[0]);
     const again = fakeFetch([503, 200]);
     await expect(new KeystoreClient({ url: 'http://x', token: 't', fetch: again.f }).createKey({ externalId: 'e' })).resolves.toMatchObject(
       { created: false },

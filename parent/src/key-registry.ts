@@ -32,7 +32,15 @@ import { RecordChecker, type KnownIdentity } from './enclave-link/identity';
 import type { EnclavePool } from './enclave-link/pool';
 import { ProjectRegistry } from './project-registry';
 import type { KeyStore } from './store/key-store';
-import { chained, keyStateError, type Page, type StoredKey } from './store/types';
+import {
+  chained,
+  keyStateError,
+  type IdempotencyClaim,
+  type IdempotencyEntry,
+  type KeyFilter,
+  type Page,
+  type StoredKey,
+} from './store/types';
 
 export interface KeyView {
   keyId: string;
@@ -89,6 +97,53 @@ export function viewOf(k: StoredKey): KeyView {
     ...(k.predecessor ? { predecessor: k.predecessor } : {}),
     ...(k.attestation ? { attestation: k.attestation } : {}),
   };
+}
+
+/** What a create asks for (POST /v1/keys's body). */
+export interface CreateInput {
+  externalId?: string | undefined;
+  labels?: Record<string, string> | undefined;
+  attest?: boolean | undefined;
+  projectId?: string | undefined;
+}
+
+/**
+ * A create's answer: the key, whether this request made it, for an existing external id what of the request it
+ * differs in (`mismatch`: field names only), and whether it is an Idempotency-Key's earlier answer (`replayed`).
+ */
+export interface CreateOutcome {
+  record: StoredKey;
+  created: boolean;
+  mismatch?: string[];
+  replayed?: boolean;
+}
+
+/** How long an Idempotency-Key is remembered with the key its create made. */
+export const IDEMPOTENCY_TTL_MS = 24 * 60 * 60 * 1000;
+
+/** A label map in one order, so two maps compare (and hash) equal whatever order their names came in. */
+const sortedLabels = (labels: Record<string, string> | undefined): Array<[string, string]> =>
+  Object.entries(labels ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+
+/**
+ * The digest an Idempotency-Key's entry keeps of its request: the body as the create reads it (absent labels are
+ * none, absent `attest` false, absent `projectId` `default`; label order does not count).
+ */
+export function idempotencyDigest(input: CreateInput): string {
+  const normalized = [input.externalId ?? null, sortedLabels(input.labels), input.attest ?? false, input.projectId ?? DEFAULT_PROJECT_ID];
+  return createHash('sha256').update(JSON.stringify(normalized)).digest('hex');
+}
+
+/**
+ * What of a create's request an existing key differs in, of the fields the request gives: its labels, whether it
+ * has a birth attestation (`attest`). A request with the external id alone differs in nothing.
+ */
+export function mismatchOf(k: StoredKey, input: CreateInput): string[] {
+  const out: string[] = [];
+  if (input.labels !== undefined && JSON.stringify(sortedLabels(k.labels)) !== JSON.stringify(sortedLabels(input.labels)))
+    out.push('labels');
+  if (input.attest !== undefined && (k.attestation !== null) !== input.attest) out.push('attest');
+  return out;
 }
 
 /** Key ids are chosen here: 128 random bits, URL-safe. */
@@ -176,6 +231,8 @@ export interface VerifiedKey {
 export class KeyRegistry {
   /** One creation per external id at a time: concurrent requests for it share the first one's result. */
   private readonly creating = new Map<string, Promise<{ record: StoredKey; created: boolean }>>();
+  /** Creates by Idempotency-Key under way here (scope and key): a second one waits for the first, then finds its entry. */
+  private readonly idempotent = new Map<string, Promise<unknown>>();
   /** One record change per key at a time: the second waits, then works from the record the first stored. */
   private readonly changing = new Map<string, Promise<unknown>>();
   private checker: RecordChecker | undefined;
@@ -239,28 +296,60 @@ export class KeyRegistry {
 
   /**
    * A key of a token project (`default` unless `projectId` names another). Idempotent by external id: the key
-   * that has it is returned (CONFLICT if that key is another project's). A JWT project's keys are made only
-   * through the TrueWallet API, with their user's JWT: FORBIDDEN here.
+   * that has it is returned (CONFLICT if that key is another project's), with `mismatch` naming what of the
+   * request it differs in (`labels`, `attest`). A JWT project's keys are made only through the TrueWallet API,
+   * with their user's JWT: FORBIDDEN here.
+   *
+   * With an Idempotency-Key (`idempotency`: the caller's namespace and its key), the key a create of it made in the
+   * last 24 hours is answered (`replayed`) when the request body is the same (normalized: `idempotencyDigest`),
+   * and IDEMPOTENCY_KEY_REUSED when it is not; concurrent creates of one Idempotency-Key make one key, on one
+   * instance or several (the store claims the entry in the key's transaction).
    */
-  async create(input: {
-    externalId?: string | undefined;
-    labels?: Record<string, string> | undefined;
-    attest?: boolean | undefined;
-    projectId?: string | undefined;
-  }): Promise<{ record: StoredKey; created: boolean }> {
+  async create(input: CreateInput, idempotency?: { scope: string; key: string }): Promise<CreateOutcome> {
+    if (!idempotency) return this.createOnce(input);
+    const bodySha256 = idempotencyDigest(input);
+    const id = `${idempotency.scope}\u0000${idempotency.key}`;
+    const same = (entry: { bodySha256: string }) => {
+      if (entry.bodySha256 !== bodySha256)
+        throw new KeystoreError(
+          'IDEMPOTENCY_KEY_REUSED',
+          'this Idempotency-Key was used with another request body in the last 24 hours: use a new key for another request',
+        );
+    };
+    // A create of this Idempotency-Key under way here: after it, its entry is found (or, if it failed, this one tries).
+    await this.idempotent.get(id)?.catch(() => undefined);
+    const now = Date.now();
+    const entry = await this.store.idempotency(idempotency.scope, idempotency.key, now);
+    if (entry) {
+      same(entry);
+      return { record: await this.answerable(await this.get(entry.keyId)), created: false, replayed: true };
+    }
+    const claim = { ...idempotency, bodySha256, now, expiresAt: now + IDEMPOTENCY_TTL_MS };
+    const p = this.createOnce(input, claim).finally(() => {
+      if (this.idempotent.get(id) === p) this.idempotent.delete(id);
+    });
+    this.idempotent.set(id, p);
+    const r = await p;
+    if (!r.idempotent) return r;
+    same(r.idempotent);
+    return { record: await this.answerable(r.record), created: false, replayed: true };
+  }
+
+  private async createOnce(input: CreateInput, claim?: IdempotencyClaim): Promise<CreateOutcome & { idempotent?: IdempotencyEntry }> {
     const { externalId } = input;
     const projectId = input.projectId ?? DEFAULT_PROJECT_ID;
-    const sameProject = (r: { record: StoredKey; created: boolean }) => {
+    const sameProject = (r: { record: StoredKey; created: boolean; idempotent?: IdempotencyEntry }) => {
+      if (r.idempotent) return r;
       if ((r.record.projectId ?? DEFAULT_PROJECT_ID) !== projectId)
         throw new KeystoreError('CONFLICT', `externalId ${externalId} belongs to a key of another project`);
-      return r;
+      return r.created ? r : { ...r, mismatch: mismatchOf(r.record, input) };
     };
-    if (externalId === undefined) return this.createNew(input, projectId);
+    if (externalId === undefined) return this.createNew(input, projectId, claim);
     const existing = await this.store.getByExternalId(externalId);
     if (existing) return sameProject({ record: await this.answerable(existing, externalId), created: false });
     let p = this.creating.get(externalId);
     if (!p) {
-      p = this.createNew(input, projectId).finally(() => this.creating.delete(externalId));
+      p = this.createNew(input, projectId, claim).finally(() => this.creating.delete(externalId));
       this.creating.set(externalId, p);
       return sameProject(await p);
     }
@@ -275,7 +364,8 @@ export class KeyRegistry {
       attest?: boolean | undefined;
     },
     projectId: string,
-  ): Promise<{ record: StoredKey; created: boolean }> {
+    claim?: IdempotencyClaim,
+  ): Promise<{ record: StoredKey; created: boolean; idempotent?: IdempotencyEntry }> {
     const checker = this.records();
     if (projectId !== DEFAULT_PROJECT_ID && !(await this.store.getProject(projectId)))
       throw new KeystoreError('INVALID_PARAMS', `body.projectId: project ${projectId} does not exist`);
@@ -290,18 +380,23 @@ export class KeyRegistry {
     const subject = input.externalId ?? null;
     const made = await this.enclave.call('keys.create', { keyId, project: project.signed, subject, attest: input.attest ?? false });
     const { record } = checkNewKey(checker, made, { keyId, projectId: project.record.projectId, subject, origin: 'created' });
-    const result = await this.store.insert({
-      keyId,
-      externalId: input.externalId ?? null,
-      address: made.address,
-      publicKey: made.publicKey,
-      blob: made.blob,
-      labels: input.labels ?? {},
-      attestation: made.attestation ?? null,
-      createdAt: Date.now(),
-      signed: made.record,
-      record,
-    });
+    const result = await this.store.insert(
+      {
+        keyId,
+        externalId: input.externalId ?? null,
+        address: made.address,
+        publicKey: made.publicKey,
+        blob: made.blob,
+        labels: input.labels ?? {},
+        attestation: made.attestation ?? null,
+        createdAt: Date.now(),
+        signed: made.record,
+        record,
+      },
+      claim,
+    );
+    // A create of the same Idempotency-Key stored first: the key made here was never returned and is dropped.
+    if (result.idempotent) return result;
     if (!result.created) {
       // Another writer (another instance, maybe) stored this external id first; the key made here was never
       // returned and is dropped. The winner is answered only if its row is a genuine key of this subject.
@@ -361,26 +456,35 @@ export class KeyRegistry {
   }
 
   /**
-   * Keys by external id or page by page; `withJwtKeys: false` leaves out the keys of JWT projects (as `view`),
-   * `projects` the keys of other projects (a bound token: filtered by the query, so that neither a page nor
-   * its cursor counts them). By external id, the caller filters by project.
+   * Keys page by page, matching `filter` (by external id: the subject's key it names); `withJwtKeys: false` leaves
+   * out the keys of JWT projects (as `view`), `projects` the keys of other projects (a bound token). Both, and
+   * the filters, are in the query, so that neither a page nor its cursor counts the keys left out.
    */
   async list(
-    q: { externalId?: string | undefined; limit: number; cursor?: string | undefined },
+    q: { limit: number; cursor?: string | undefined; filter?: KeyFilter | undefined },
     options: { withJwtKeys: boolean; projects?: readonly string[] | undefined },
   ): Promise<Page> {
-    if (q.externalId !== undefined) {
-      const found = await this.store.getByExternalId(q.externalId);
-      const r = found && (await this.answerable(found, q.externalId));
-      return { keys: r && (options.withJwtKeys || !(await this.isJwtKey(r))) ? [r] : [], nextCursor: null };
-    }
-    const page = await this.store.list(q.limit, q.cursor, { withJwtKeys: options.withJwtKeys, projects: options.projects });
-    for (const k of page.keys) await this.answerable(k);
+    const page = await this.store.list(q.limit, q.cursor, {
+      withJwtKeys: options.withJwtKeys,
+      projects: options.projects,
+      filter: q.filter,
+    });
+    for (const k of page.keys) await this.answerable(k, q.filter?.externalId);
     if (options.withJwtKeys) return page;
     // The query left them out by a column; what counts is the verified project record.
     const keys: StoredKey[] = [];
     for (const k of page.keys) if (!(await this.isJwtKey(k))) keys.push(k);
     return { keys, nextCursor: page.nextCursor };
+  }
+
+  /**
+   * Replaces a key's labels (PATCH /v1/keys/{keyId}): the caller's own names for it, in no record and used by no
+   * policy, so the enclave is not asked. The route has checked the token reaches the key (`view`).
+   */
+  async setLabels(keyId: string, labels: Record<string, string>): Promise<StoredKey> {
+    const r = await this.store.setLabels(keyId, labels);
+    if (!r) throw new KeystoreError('KEY_NOT_FOUND', `key ${keyId} does not exist`);
+    return this.answerable(r);
   }
 
   /** A stored project, verified. KEY_INTEGRITY if it is missing or does not verify. */

@@ -429,7 +429,7 @@ describe('caller API', () => {
     // Methods: 405 with Allow, for any method the path does not serve, HEAD included, before the token.
     for (const [method, path, allow, name] of [
       ['HEAD', '/v1/keys', 'POST, GET', '/v1/keys'],
-      ['PUT', `/v1/keys/${key.keyId}`, 'GET', '/v1/keys/{keyId}'],
+      ['PUT', `/v1/keys/${key.keyId}`, 'GET, PATCH', '/v1/keys/{keyId}'],
       ['GET', `/v1/keys/${key.keyId}/sign`, 'POST', '/v1/keys/{keyId}/sign'],
       ['OPTIONS', '/v1/attestation', 'GET', '/v1/attestation'],
       ['POST', '/healthz', 'GET', '/healthz'],

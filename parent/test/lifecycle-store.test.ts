@@ -168,7 +168,7 @@ describe('key lifecycle in the store', () => {
 
     store = new SqliteDatabase(old);
     expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
-    expect(SCHEMA_VERSION).toBe(6);
+    expect(SCHEMA_VERSION).toBe(7);
     expect(store.get('a')).toMatchObject({
       externalId: 'alice',
       state: 'active',
@@ -191,6 +191,7 @@ describe('key lifecycle in the store', () => {
     expect(indexes).toEqual([
       'keys_active_subject',
       'keys_address',
+      'keys_disabled',
       'keys_external_id',
       'keys_external_id_first',
       'keys_pending_subject',

@@ -420,7 +420,7 @@ describe('signed records in the parent', () => {
       expect((await api('/v1/keys?externalId=dave')).body.keys).toEqual([born]);
       // An existing external id answers the stored key, with its attestation.
       const again = await api('/v1/keys', { body: { externalId: 'dave' } });
-      expect([again.status, again.body]).toEqual([200, born]);
+      expect([again.status, again.body]).toEqual([200, { ...born, created: false }]);
     });
   });
 

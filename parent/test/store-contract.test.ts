@@ -327,7 +327,7 @@ describe('SQLite: schema 5 to 6', () => {
 
     const db = track(await SqliteEngine.open({ path: file }));
     expect(await db.status()).toMatchObject({ schemaVersion: SCHEMA_VERSION, latestVersion: SCHEMA_VERSION });
-    expect(SCHEMA_VERSION).toBe(6);
+    expect(SCHEMA_VERSION).toBe(7);
     expect(await db.get('a')).toMatchObject({ keyId: 'a', recordSeq: 0, labels: { tier: 'gold' } });
     expect(await db.get('old')).toMatchObject({ keyId: 'old', record: null, disabled: true });
     expect((await db.updateRecords([update(next(keyRecord('a'), 'retired'))]))[0]?.state).toBe('retired');

@@ -64,7 +64,7 @@ describe('PostgreSQL store: schema', () => {
     expect((await engine.status()).location).not.toContain(new URL(url).password);
     await engine.close();
     await open(url, { migrate: false });
-    expect(await sql(url, 'SELECT version FROM nks_schema ORDER BY version')).toEqual([{ version: 5 }, { version: 6 }]);
+    expect(await sql(url, 'SELECT version FROM nks_schema ORDER BY version')).toEqual([{ version: 5 }, { version: 6 }, { version: 7 }]);
   });
 
   it('migrates a version 5 database to 6, its rows kept', async () => {
@@ -80,7 +80,7 @@ describe('PostgreSQL store: schema', () => {
       [k.address, k.signed.record, k.signed.signature],
     );
     const engine = await open(url);
-    expect((await engine.status()).schemaVersion).toBe(6);
+    expect((await engine.status()).schemaVersion).toBe(7);
     expect(await engine.get('a')).toMatchObject({ keyId: 'a', recordSeq: 0, externalId: 'alice', state: 'active' });
     expect((await engine.updateRecords([update(next(keyRecord('a'), 'retired'))]))[0]?.state).toBe('retired');
   });
@@ -99,7 +99,7 @@ describe('PostgreSQL store: schema', () => {
     const url = await freshDatabase();
     const opened = await Promise.all([open(url), open(url), open(url)]);
     expect(opened).toHaveLength(3);
-    expect(await sql(url, 'SELECT version FROM nks_schema ORDER BY version')).toEqual([{ version: 5 }, { version: 6 }]);
+    expect(await sql(url, 'SELECT version FROM nks_schema ORDER BY version')).toEqual([{ version: 5 }, { version: 6 }, { version: 7 }]);
   });
 });
 
@@ -188,7 +188,7 @@ describe('PostgreSQL store: the application role', () => {
   });
 
   it('only reads the schema ledger: a version row is the owner’s to write', async () => {
-    expect(await sql(app, 'SELECT version FROM nks_schema ORDER BY version')).toEqual([{ version: 5 }, { version: 6 }]);
+    expect(await sql(app, 'SELECT version FROM nks_schema ORDER BY version')).toEqual([{ version: 5 }, { version: 6 }, { version: 7 }]);
     await expect(sql(app, 'INSERT INTO nks_schema (version) VALUES (7)')).rejects.toMatchObject({ code: '42501' });
     await expect(sql(app, 'UPDATE nks_schema SET version = 7 WHERE version = 6')).rejects.toMatchObject({ code: '42501' });
     expect((await engine.status()).schemaVersion).toBe(SCHEMA_VERSION);

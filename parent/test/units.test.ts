@@ -354,7 +354,7 @@ describe('key store', () => {
 
     const store = new SqliteDatabase(file);
     expect(store.db.pragma('user_version', { simple: true })).toBe(SCHEMA_VERSION);
-    expect(SCHEMA_VERSION).toBe(6);
+    expect(SCHEMA_VERSION).toBe(7);
     expect(store.getProjectByKey(p.projectKey)).toMatchObject({ projectId: p.projectId, name: 'one', signed: signedProject });
     expect(store.activeKeyFor(p.projectId, subject)).toMatchObject({ keyId: 'u1', record: key.signed });
     expect(store.currentTlsKey()).toBeUndefined();

@@ -66,6 +66,11 @@ export const ERROR_CODES = {
   CONFLICT: { rpcCode: -32036, httpStatus: 409, retryable: false },
   /** The token's rate limit is reached (caller API, per token): retry after `Retry-After` seconds. */
   RATE_LIMITED: { rpcCode: -32037, httpStatus: 429, retryable: true },
+  /**
+   * An Idempotency-Key used again, within its 24 hours, with another request body (README.md, "Caller API"): a
+   * retry must send the same body; another request needs a new key.
+   */
+  IDEMPOTENCY_KEY_REUSED: { rpcCode: -32051, httpStatus: 422, retryable: false },
   // Signing policies (docs/POLICIES.md)
   /** The project's policy does not allow this request: `details` names the rule or limit and the reason. */
   POLICY_DENIED: { rpcCode: -32040, httpStatus: 403, retryable: false },

@@ -266,6 +266,9 @@ export async function createAppRole(ownerUrl: string, role = 'nks_app'): Promise
     await c.query(`GRANT USAGE ON SCHEMA public TO ${role}`);
     await c.query(`GRANT SELECT, INSERT, UPDATE ON keys, projects, tls_keys TO ${role}`);
     await c.query(`GRANT SELECT ON nks_schema TO ${role}`);
+    // Schema 7: the label index is the owner's triggers' to write; idempotency entries are purged when expired.
+    await c.query(`GRANT SELECT ON key_labels TO ${role}`);
+    await c.query(`GRANT SELECT, INSERT, UPDATE, DELETE ON idempotency TO ${role}`);
     await c.query(`GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO ${role}`);
   });
   url.username = role;

@@ -13,6 +13,7 @@ import type {
   RawServerDefault,
 } from 'fastify';
 import type { ZodTypeProvider } from 'fastify-type-provider-zod';
+import { getAddress } from 'viem';
 import { z } from 'zod';
 import { PoliciesSchema, POLICY_MAX_APPROVERS } from '@nks/shared/policy/schema';
 import { APPROVAL_SIGNATURE_EXPECTED, APPROVAL_SIGNATURE_RE } from '@nks/shared/policy/approval';
@@ -111,11 +112,40 @@ const EvaluateBody = requestBody(
   { whenMissing: 'a body {"request": {...}, "keyId"?, "policies"?} is required', asSent: true },
 );
 const SignBody = requestBody(SignRequestSchema, { whenMissing: 'a sign request is required', asSent: true });
+/** An address to find keys by: 20 bytes of 0x hex in any case (checksummed or not), as stored (EIP-55). */
+const addressQuery = z
+  .string()
+  .regex(/^0x[0-9a-fA-F]{40}$/, 'expected an address: 0x and 40 hex digits, in any case')
+  .transform((a) => getAddress(a.toLowerCase()));
+/** `name:value` (split at the first colon: a label name with a colon cannot be filtered by). */
+const labelQuery = z
+  .string()
+  .regex(/^[A-Za-z0-9_./-]{1,64}:/, 'expected name:value, the name 1-64 characters of [A-Za-z0-9_./-]')
+  .max(64 + 1 + 256)
+  .transform((l): [string, string] => [l.slice(0, l.indexOf(':')), l.slice(l.indexOf(':') + 1)]);
 const ListQuery = z.strictObject({
   externalId: externalId.optional(),
+  address: addressQuery.optional(),
+  label: labelQuery.optional(),
+  disabled: z
+    .enum(['true', 'false'], 'expected true or false')
+    .transform((d) => d === 'true')
+    .optional(),
   limit: z.coerce.number().int().min(1).max(1000).default(100),
   cursor: z.string().max(64).optional(),
 });
+/**
+ * An Idempotency-Key (POST /v1/keys): a token of printable ASCII without spaces, 1-255 characters (a UUID, as the
+ * SDK sends). The other headers pass as they are.
+ */
+const CreateHeaders = z.looseObject({
+  'idempotency-key': z
+    .string()
+    .regex(/^[\x21-\x7e]{1,255}$/, 'expected 1-255 printable ASCII characters without spaces (a UUID, say)')
+    .optional(),
+});
+/** PATCH /v1/keys/{keyId}: the key's whole label map, replacing the one it has. */
+const LabelsBody = requestBody(z.strictObject({ labels }), { whenMissing: 'a body {"labels": {...}} is required' });
 export const NoQuery = z.strictObject({});
 const nonce = z
   .string()
@@ -167,18 +197,31 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/keys', 'keys:create'),
-      schema: { querystring: NoQuery, body: CreateBody },
+      schema: { querystring: NoQuery, body: CreateBody, headers: CreateHeaders },
       async handler(request, reply) {
         const token = tokenOf(request);
         const projectId = request.body?.projectId ?? DEFAULT_PROJECT_ID;
         // Whether the project exists or not, the same answer: a bound token learns nothing of other projects.
         if (!TokenAuth.reaches(token, projectId))
           throw new KeystoreError('FORBIDDEN', `token "${token.name}" is not bound to project ${projectId}`);
-        const { record, created } = await keys.create(request.body ?? {});
+        // An Idempotency-Key is the token's own namespace: no other token can replay (or probe) its creates.
+        const idem = request.headers['idempotency-key'];
+        const out = await keys.create(request.body ?? {}, idem === undefined ? undefined : { scope: `token:${token.name}`, key: idem });
+        const { record, created } = out;
+        // A replay answers as the create did (201, the new key), marked by Idempotent-Replayed; a token that may not
+        // read keys gets the key's own facts only, not what may have changed since (labels) nor its record.
+        if (out.replayed) {
+          reply.code(201).header('idempotent-replayed', 'true');
+          if (canRead(token)) return viewOf(record);
+          const { labels: _labels, externalId: _externalId, record: _record, ...own } = viewOf(record);
+          return own;
+        }
         reply.code(created ? 201 : 200);
+        // Field names only: a token that may not read keys learns that the key differs, never its values.
+        const mismatch = out.mismatch?.length ? { mismatch: out.mismatch } : {};
         // An existing key is shown only to a token that may read keys: creating is not a way to read one.
-        if (!created && !canRead(token)) return { keyId: record.keyId, created: false };
-        return viewOf(record);
+        if (!created && !canRead(token)) return { keyId: record.keyId, created: false, ...mismatch };
+        return created ? viewOf(record) : { ...viewOf(record), created: false, ...mismatch };
       },
     });
     app.route({
@@ -190,7 +233,9 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
         // pages short, and their cursors would count the keys left out); by external id, here.
         const token = tokenOf(request);
         const projects = token.projects ? [...token.projects] : undefined;
-        const page = await keys.list(request.query, { withJwtKeys: seesJwtKeys(request), projects });
+        const { limit, cursor, externalId, address, label, disabled } = request.query;
+        const filter = { externalId, address, labels: label ? [label] : undefined, disabled };
+        const page = await keys.list({ limit, cursor, filter }, { withJwtKeys: seesJwtKeys(request), projects });
         const shown = page.keys.filter((k) => TokenAuth.reaches(token, k.projectId));
         return { keys: shown.map((r) => viewOf(r)), nextCursor: page.nextCursor };
       },
@@ -201,6 +246,20 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
       schema: { params: KeyParams, querystring: NoQuery },
       async handler(request) {
         return viewOf(await reachableView(keys, request, request.params.keyId));
+      },
+    });
+    // Labels (the caller's names for a key, in no record and read by no policy) are set by whoever may create
+    // keys: `keys:create` already chooses them at creation and manages its projects' keys (docs/SECURITY.md). A key
+    // the token does not reach is 404, as on the read routes.
+    app.route({
+      method: 'PATCH',
+      ...at('/v1/keys/{keyId}', 'keys:create'),
+      schema: { params: KeyParams, querystring: NoQuery, body: LabelsBody },
+      async handler(request) {
+        await reachableView(keys, request, request.params.keyId);
+        const record = await keys.setLabels(request.params.keyId, request.body.labels);
+        // Setting labels is not a way to read a key: a token that may not read keys gets what it set.
+        return canRead(tokenOf(request)) ? viewOf(record) : { keyId: record.keyId, labels: record.labels };
       },
     });
     app.route({

@@ -19,7 +19,18 @@
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import type { KeyRecord, ProjectRecord, SignedRecord } from '@nks/shared/records';
-import type { KeyCounts, ListOptions, NewKey, NewTlsKey, StoreChange, StoreEngine, StoredKey, StoredProject, StoredTlsKey } from './types';
+import type {
+  IdempotencyClaim,
+  KeyCounts,
+  ListOptions,
+  NewKey,
+  NewTlsKey,
+  StoreChange,
+  StoreEngine,
+  StoredKey,
+  StoredProject,
+  StoredTlsKey,
+} from './types';
 
 export interface KeyStoreOptions {
   /** Keys (and, a tenth as many, projects) kept in memory, least recently used out. */
@@ -237,7 +248,12 @@ export class KeyStore {
   }
 
   // Writes forget what they change here before they start and after they end (other instances hear it).
-  insert = (key: NewKey) => this.tracked(() => this.engine.insert(key));
+  insert = (key: NewKey, idempotency?: IdempotencyClaim) => this.tracked(() => this.engine.insert(key, idempotency));
+  idempotency = (scope: string, key: string, now: number) => this.engine.idempotency(scope, key, now);
+
+  setLabels(keyId: string, labels: Record<string, string>): Promise<StoredKey | undefined> {
+    return this.writing('key', [keyId], () => this.engine.setLabels(keyId, labels));
+  }
   insertSuccessor = (key: NewKey) => this.tracked(() => this.engine.insertSuccessor(key));
   insertTlsKey = (key: NewTlsKey): Promise<StoredTlsKey> => this.tracked(() => this.engine.insertTlsKey(key));
   setCurrentTlsKey = (publicKey: string, chain: string, installedAt: number) =>

@@ -155,6 +155,39 @@ export const SQLITE_MIGRATIONS: Array<string | ((db: Database.Database) => void)
       );
     db.exec(GUARDS);
   },
+  // Schema 7: finding and tidying keys, retry-safe creates (docs/STORAGE.md, "Schema 7"). Labels may change alone (PATCH
+  // /v1/keys/{keyId}: they are the caller's, in no record); a key's labels are indexed in `key_labels`, kept by
+  // triggers; `idempotency` remembers the Idempotency-Key of each create for 24 hours.
+  // A function: the guard's text is built from step 6's (below), which a string here would read before it is set.
+  (db) =>
+    db.exec(`DROP TRIGGER keys_guard_update;
+   ${keysGuardUpdateV7()}
+   CREATE TABLE key_labels (
+     key_seq INTEGER NOT NULL,
+     name    TEXT NOT NULL,
+     value   TEXT NOT NULL,
+     PRIMARY KEY (name, value, key_seq)
+   ) STRICT, WITHOUT ROWID;
+   CREATE INDEX key_labels_key ON key_labels (key_seq);
+   INSERT INTO key_labels (key_seq, name, value) SELECT k.seq, j.key, CAST(j.value AS TEXT) FROM keys k, json_each(k.labels) j;
+   CREATE TRIGGER keys_labels_insert AFTER INSERT ON keys
+   BEGIN INSERT INTO key_labels (key_seq, name, value) SELECT NEW.seq, key, CAST(value AS TEXT) FROM json_each(NEW.labels); END;
+   CREATE TRIGGER keys_labels_update AFTER UPDATE OF labels ON keys WHEN NEW.labels IS NOT OLD.labels
+   BEGIN
+     DELETE FROM key_labels WHERE key_seq = OLD.seq;
+     INSERT INTO key_labels (key_seq, name, value) SELECT NEW.seq, key, CAST(value AS TEXT) FROM json_each(NEW.labels);
+   END;
+   CREATE INDEX keys_disabled ON keys (disabled, seq);
+   CREATE TABLE idempotency (
+     scope       TEXT NOT NULL,
+     idem_key    TEXT NOT NULL,
+     body_sha256 TEXT NOT NULL,
+     key_id      TEXT NOT NULL,
+     created_at  INTEGER NOT NULL,
+     expires_at  INTEGER NOT NULL,
+     PRIMARY KEY (scope, idem_key)
+   ) STRICT;
+   CREATE INDEX idempotency_expires ON idempotency (expires_at);`),
 ];
 
 /** A record's `prev`, or null for one that does not decode (readers refuse it anyway). */
@@ -194,5 +227,39 @@ const GUARDS = `CREATE TRIGGER keys_guard_insert BEFORE INSERT ON keys
      WHEN NEW.public_key IS NOT OLD.public_key OR NEW.blob IS NOT OLD.blob OR NEW.blob_signature IS NOT OLD.blob_signature
        OR NEW.names IS NOT OLD.names OR NEW.csr IS NOT OLD.csr OR NEW.created_at IS NOT OLD.created_at
    BEGIN SELECT RAISE(ABORT, 'nks: a TLS key''s sealed key, names and request are fixed'); END;`;
+
+/** A key's columns other than `labels` and `updated_at`: a change of labels alone leaves them all as they were. */
+export const KEY_COLUMNS_BUT_LABELS = [
+  'seq',
+  'key_id',
+  'external_id',
+  'address',
+  'public_key',
+  'blob',
+  'attestation',
+  'disabled',
+  'created_at',
+  'project_id',
+  'subject',
+  'state',
+  'record',
+  'record_signature',
+  'record_seq',
+  'disable_pending',
+  'predecessor',
+  'record_prev',
+] as const;
+
+/**
+ * Step 7's key guard: step 6's, except that a change of the labels alone (every other column but `updated_at` as
+ * it was) passes. Labels are the caller's and in no record; a change of them with anything else is still refused.
+ */
+const keysGuardUpdateV7 = (): string =>
+  GUARDS.slice(GUARDS.indexOf('CREATE TRIGGER keys_guard_update'), GUARDS.indexOf('CREATE TRIGGER projects_guard_update'))
+    .replace(
+      'BEFORE UPDATE ON keys\n     WHEN ',
+      `BEFORE UPDATE ON keys\n     WHEN NOT (${KEY_COLUMNS_BUT_LABELS.map((c) => `NEW.${c} IS OLD.${c}`).join(' AND ')}) AND (`,
+    )
+    .replace('END\n   BEGIN SELECT RAISE', 'END)\n   BEGIN SELECT RAISE');
 
 export const SCHEMA_VERSION = SQLITE_MIGRATIONS.length;

@@ -185,5 +185,84 @@ ALTER TABLE keys ADD CONSTRAINT keys_record_present CHECK (record IS NOT NULL AN
 ALTER TABLE keys ADD CONSTRAINT keys_no_disable_pending CHECK (disable_pending = 0);
 `;
 
+/**
+ * Version 7 (docs/STORAGE.md, "Schema 7"): labels may change alone (they are the caller's, in no record: PATCH
+ * /v1/keys/{keyId}); a change of them with any other column is refused as before. A key's labels are indexed in
+ * `key_labels`, kept by a trigger of the owner's (the application role only reads it, so it cannot make the
+ * index disagree with the keys); `idempotency` remembers the Idempotency-Key of each create for 24 hours (the
+ * application role may delete from it: expired entries are purged). Grants: SELECT on key_labels; SELECT,
+ * INSERT, UPDATE, DELETE on idempotency.
+ */
+const V7 = `
+CREATE OR REPLACE FUNCTION nks_keys_guard() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    IF NEW.record IS NOT NULL AND NEW.record_seq IS DISTINCT FROM 0 THEN
+      RAISE EXCEPTION USING ERRCODE = '23000', MESSAGE = 'nks: a key is stored with its first record (seq 0)';
+    END IF;
+    NEW.seq := nextval(pg_get_serial_sequence('public.keys', 'seq'));
+    NEW.record_prev := NULL;
+    RETURN NEW;
+  END IF;
+  NEW.record_prev := CASE WHEN NEW.record IS NOT DISTINCT FROM OLD.record THEN OLD.record_prev
+                          WHEN OLD.record IS NULL THEN NULL ELSE public.nks_record_digest(OLD.record) END;
+  -- The labels alone (and the time of the change): the caller's, in no record.
+  IF (to_jsonb(NEW) - 'labels' - 'updated_at') = (to_jsonb(OLD) - 'labels' - 'updated_at') THEN
+    RETURN NEW;
+  END IF;
+  IF (NEW.seq, NEW.key_id, NEW.external_id, NEW.address, NEW.public_key, NEW.labels, NEW.attestation, NEW.created_at)
+       IS DISTINCT FROM (OLD.seq, OLD.key_id, OLD.external_id, OLD.address, OLD.public_key, OLD.labels, OLD.attestation, OLD.created_at)
+     OR (CASE
+          WHEN OLD.record IS NOT NULL THEN
+            NEW.record IS NULL OR NEW.record IS NOT DISTINCT FROM OLD.record
+            OR NEW.record_seq IS DISTINCT FROM OLD.record_seq + 1
+            OR (NEW.blob, NEW.project_id, NEW.subject, NEW.predecessor) IS DISTINCT FROM (OLD.blob, OLD.project_id, OLD.subject, OLD.predecessor)
+            OR NEW.disable_pending > OLD.disable_pending
+          WHEN NEW.record IS NOT NULL THEN NEW.record_seq IS DISTINCT FROM 0
+          ELSE (NEW.blob, NEW.project_id, NEW.subject, NEW.state, NEW.record_signature, NEW.record_seq, NEW.predecessor, NEW.disable_pending)
+               IS DISTINCT FROM (OLD.blob, OLD.project_id, OLD.subject, OLD.state, OLD.record_signature, OLD.record_seq, OLD.predecessor, OLD.disable_pending)
+        END)
+  THEN
+    RAISE EXCEPTION USING ERRCODE = '23000',
+      MESSAGE = 'nks: a key''s stored record only moves to its next seq, its other columns fixed (key ' || OLD.key_id || ')';
+  END IF;
+  RETURN NEW;
+END $$;
+
+CREATE TABLE key_labels (
+  key_seq bigint NOT NULL,
+  name    text COLLATE "C" NOT NULL,
+  value   text COLLATE "C" NOT NULL,
+  PRIMARY KEY (name, value, key_seq)
+);
+CREATE INDEX key_labels_key ON key_labels (key_seq);
+INSERT INTO key_labels (key_seq, name, value) SELECT k.seq, j.key, j.value FROM keys k, json_each_text(k.labels::json) j;
+-- SECURITY DEFINER: it writes key_labels as the owner; the application role has SELECT on it only.
+CREATE FUNCTION nks_keys_labels() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+  IF TG_OP = 'UPDATE' THEN
+    IF NEW.labels IS NOT DISTINCT FROM OLD.labels THEN
+      RETURN NULL;
+    END IF;
+    DELETE FROM public.key_labels WHERE key_seq = OLD.seq;
+  END IF;
+  INSERT INTO public.key_labels (key_seq, name, value) SELECT NEW.seq, j.key, j.value FROM json_each_text(NEW.labels::json) j;
+  RETURN NULL;
+END $$;
+CREATE TRIGGER keys_labels AFTER INSERT OR UPDATE OF labels ON keys FOR EACH ROW EXECUTE FUNCTION nks_keys_labels();
+CREATE INDEX keys_disabled ON keys (disabled, seq);
+
+CREATE TABLE idempotency (
+  scope       text NOT NULL,
+  idem_key    text NOT NULL,
+  body_sha256 text NOT NULL,
+  key_id      text NOT NULL,
+  created_at  bigint NOT NULL,
+  expires_at  bigint NOT NULL,
+  PRIMARY KEY (scope, idem_key)
+);
+CREATE INDEX idempotency_expires ON idempotency (expires_at);
+`;
+
 /** Entry i moves the schema from version i to i+1 (null: a version no PostgreSQL database has). Append only. */
-export const POSTGRES_MIGRATIONS: ReadonlyArray<string | null> = [null, null, null, null, V5, V6];
+export const POSTGRES_MIGRATIONS: ReadonlyArray<string | null> = [null, null, null, null, V5, V6, V7];

@@ -26,12 +26,17 @@ import {
   decodeProjectCursor,
   encodeCursor,
   encodeProjectCursor,
+  IDEMPOTENCY_PURGE_BATCH,
+  keyPageSql,
   keyStateError,
   projectColumns,
   recordColumns,
   toProject,
   toStored,
   toTlsKey,
+  type IdempotencyClaim,
+  type IdempotencyEntry,
+  type InsertResult,
   type KeyCounts,
   type KeyRow,
   type NewKey,
@@ -114,12 +119,19 @@ const SQL = {
   activeBySubject: "SELECT * FROM keys WHERE project_id = $1 AND subject = $2 AND subject IS NOT NULL AND state = 'active'",
   pendingBySubject: "SELECT * FROM keys WHERE project_id = $1 AND subject = $2 AND subject IS NOT NULL AND state = 'pending'",
   bySubject: 'SELECT * FROM keys WHERE project_id = $1 AND subject = $2 AND subject IS NOT NULL ORDER BY seq',
-  // $3: null, or the project ids a bound token reaches (a key without a record is the default project's).
-  page: `SELECT * FROM keys k WHERE k.seq > $1 AND ($3::text[] IS NULL OR COALESCE(k.project_id, 'default') = ANY($3::text[]))
-         ORDER BY k.seq LIMIT $2`,
-  pageWithoutJwt: `SELECT * FROM keys k WHERE k.seq > $1 AND ($3::text[] IS NULL OR COALESCE(k.project_id, 'default') = ANY($3::text[]))
-                     AND NOT EXISTS (SELECT 1 FROM projects p WHERE p.project_id = k.project_id AND p.auth_type = 'jwt')
-                   ORDER BY k.seq LIMIT $2`,
+  setLabels: 'UPDATE keys SET labels = $2, updated_at = $3 WHERE key_id = $1 RETURNING *',
+  idempotency: 'SELECT key_id, body_sha256 FROM idempotency WHERE scope = $1 AND idem_key = $2 AND expires_at > $3',
+  // Expired entries, oldest first; rows another transaction holds are left to the next purge.
+  purgeIdempotency: `DELETE FROM idempotency WHERE (scope, idem_key) IN
+                       (SELECT scope, idem_key FROM idempotency WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)`,
+  // The entry, or an expired one of the same key replaced; an unexpired one (committed by a concurrent create, waited
+  // for) is left as it is and nothing is returned.
+  claimIdempotency: `INSERT INTO idempotency (scope, idem_key, body_sha256, key_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5, $6)
+                     ON CONFLICT (scope, idem_key) DO UPDATE SET body_sha256 = EXCLUDED.body_sha256, key_id = EXCLUDED.key_id,
+                       created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at
+                     WHERE idempotency.expires_at <= EXCLUDED.created_at
+                     RETURNING key_id`,
+  dropIdempotency: 'DELETE FROM idempotency WHERE scope = $1 AND idem_key = $2',
   withoutRecord: 'SELECT * FROM keys WHERE record IS NULL AND seq > $1 ORDER BY seq LIMIT $2',
   setLegacyDisabled: `UPDATE keys SET disabled = $2, updated_at = $3 WHERE key_id = $1 AND record IS NULL RETURNING *`,
   setRecord: `UPDATE keys SET project_id = $2, subject = $3, state = $4, disabled = $5, record = $6, record_signature = $7,
@@ -172,6 +184,9 @@ async function connect(pool: pg.Pool): Promise<pg.PoolClient> {
     throw storageError(err);
   }
 }
+
+/** Thrown inside an insert's transaction to roll it back and try again (the rows it met changed meanwhile). */
+class RetryInsert extends Error {}
 
 const isUniqueViolation = (err: unknown) => (err as { code?: unknown }).code === '23505';
 /** The one CONFLICT an insert answers: its (random, 128-bit) key id is stored already. */
@@ -487,24 +502,69 @@ export class PostgresEngine implements StoreEngine {
     return undefined;
   }
 
-  async insert(key: NewKey): Promise<{ record: StoredKey; created: boolean }> {
+  /**
+   * With an Idempotency-Key, its entry is claimed first in the transaction: a concurrent create of the same key (on
+   * any instance) waits for it, then finds the entry committed and is answered its key, nothing written.
+   */
+  async insert(key: NewKey, idem?: IdempotencyClaim): Promise<InsertResult> {
     if (key.record.keyId !== key.keyId || key.record.seq !== 0) throw new Error('insert: the record is not the first one of this key');
     // A conflict whose winner is gone by the time it is read (it changed state meanwhile) is tried again.
     for (let attempt = 0; attempt < 3; attempt++) {
-      const out = await this.tx(async (db) => {
-        const before = await this.existing(db, key);
-        if (before) return { record: toStored(before), created: false };
-        const inserted = await first<KeyRow>(db, SQL.insertKey, keyParams(key));
-        if (inserted) return { record: toStored(inserted), created: true };
-        const winner = await this.existing(db, key);
-        if (winner) return { record: toStored(winner), created: false };
-        if (await first<KeyRow>(db, SQL.byKeyId, [key.keyId])) throw keyIdTaken(key.keyId);
-        return undefined;
+      const out = await this.tx(async (db): Promise<InsertResult | undefined> => {
+        if (idem) {
+          await db.query(SQL.purgeIdempotency, [idem.now, IDEMPOTENCY_PURGE_BATCH]);
+          const claimed = await first(db, SQL.claimIdempotency, [
+            idem.scope,
+            idem.key,
+            idem.bodySha256,
+            key.keyId,
+            idem.now,
+            idem.expiresAt,
+          ]);
+          if (!claimed) {
+            const entry = await first<{ key_id: string; body_sha256: string }>(db, SQL.idempotency, [idem.scope, idem.key, idem.now]);
+            const row = entry && (await first<KeyRow>(db, SQL.byKeyId, [entry.key_id]));
+            if (!entry || !row) throw new KeystoreError('STORAGE_UNAVAILABLE', 'the Idempotency-Key entry changed meanwhile; retry');
+            return { record: toStored(row), created: false, idempotent: { keyId: entry.key_id, bodySha256: entry.body_sha256 } };
+          }
+        }
+        const r = await this.insertRow(db, key);
+        if (!r) throw new RetryInsert();
+        // Only a key this create made is remembered (as sqlite-db.ts): the claim of one that yields to another's is dropped.
+        if (idem && !r.created) await db.query(SQL.dropIdempotency, [idem.scope, idem.key]);
+        return r;
+      }).catch((err: unknown) => {
+        if (err instanceof RetryInsert) return undefined;
+        throw err;
       });
       if (out) return out;
     }
     // Not the request's fault: the rows it met kept changing (state changes of the winner). Retryable.
     throw new KeystoreError('STORAGE_UNAVAILABLE', `key ${key.keyId}: the stored keys it conflicts with kept changing; retry`);
+  }
+
+  /** An unexpired Idempotency-Key's entry in its scope. */
+  async idempotency(scope: string, key: string, now: number): Promise<IdempotencyEntry | undefined> {
+    const e = await this.run((db) => first<{ key_id: string; body_sha256: string }>(db, SQL.idempotency, [scope, key, now]));
+    return e ? { keyId: e.key_id, bodySha256: e.body_sha256 } : undefined;
+  }
+
+  /** A key's labels replaced (in no record: the guard lets them change alone); undefined if no such key. */
+  async setLabels(keyId: string, labels: Record<string, string>): Promise<StoredKey | undefined> {
+    const r = await this.run((db) => first<KeyRow>(db, SQL.setLabels, [keyId, JSON.stringify(labels), Date.now()]));
+    return r ? toStored(r) : undefined;
+  }
+
+  /** The key row of an insert, or the one it yields to; undefined when that one changed meanwhile (try again). */
+  private async insertRow(db: Queryable, key: NewKey): Promise<InsertResult | undefined> {
+    const before = await this.existing(db, key);
+    if (before) return { record: toStored(before), created: false };
+    const inserted = await first<KeyRow>(db, SQL.insertKey, keyParams(key));
+    if (inserted) return { record: toStored(inserted), created: true };
+    const winner = await this.existing(db, key);
+    if (winner) return { record: toStored(winner), created: false };
+    if (await first<KeyRow>(db, SQL.byKeyId, [key.keyId])) throw keyIdTaken(key.keyId);
+    return undefined;
   }
 
   async get(keyId: string): Promise<StoredKey | undefined> {
@@ -559,8 +619,9 @@ export class PostgresEngine implements StoreEngine {
 
   async list(limit: number, cursor?: string, options: ListOptions = {}): Promise<Page> {
     const after = cursor ? decodeCursor(cursor) : 0;
-    const sql = options.withJwtKeys === false ? SQL.pageWithoutJwt : SQL.page;
-    const found = await this.run((db) => rows<KeyRow>(db, sql, [after, limit + 1, options.projects ? [...options.projects] : null]));
+    const params: unknown[] = [];
+    const sql = keyPageSql('postgres', after, limit + 1, options, (v) => `$${params.push(v)}`);
+    const found = await this.run((db) => rows<KeyRow>(db, sql, params));
     const page = found.slice(0, limit);
     const last = page[page.length - 1];
     return { keys: page.map(toStored), nextCursor: found.length > limit && last ? encodeCursor(last.seq) : null };

@@ -23,12 +23,17 @@ import {
   decodeProjectCursor,
   encodeCursor,
   encodeProjectCursor,
+  IDEMPOTENCY_PURGE_BATCH,
+  keyPageSql,
   keyStateError,
   projectColumns,
   recordColumns,
   toProject,
   toStored,
   toTlsKey,
+  type IdempotencyClaim,
+  type IdempotencyEntry,
+  type InsertResult,
   type KeyCounts,
   type KeyRow as Row,
   type NewKey,
@@ -84,17 +89,17 @@ export class SqliteDatabase {
       bySubject: this.db.prepare<[string, string], Row>(
         'SELECT * FROM keys WHERE project_id = ? AND subject = ? AND subject IS NOT NULL ORDER BY seq',
       ),
-      // `projects`: null, or a JSON array of the project ids a bound token reaches (a key without a record is the
-      // default project's), filtered here so that a page and its cursor say nothing of other projects' keys.
-      page: this.db.prepare<[number, string | null, string | null, number], Row>(
-        `SELECT * FROM keys k WHERE k.seq > ? AND (? IS NULL OR COALESCE(k.project_id, 'default') IN (SELECT value FROM json_each(?)))
-         ORDER BY k.seq LIMIT ?`,
+      setLabels: this.db.prepare('UPDATE keys SET labels = ?, updated_at = ? WHERE key_id = ?'),
+      idempotency: this.db.prepare<[string, string, number], { key_id: string; body_sha256: string }>(
+        'SELECT key_id, body_sha256 FROM idempotency WHERE scope = ? AND idem_key = ? AND expires_at > ?',
       ),
-      // Without the keys of JWT projects (by the projects' copied auth type): what a token below admin lists.
-      pageWithoutJwt: this.db.prepare<[number, string | null, string | null, number], Row>(
-        `SELECT * FROM keys k WHERE k.seq > ? AND (? IS NULL OR COALESCE(k.project_id, 'default') IN (SELECT value FROM json_each(?)))
-           AND NOT EXISTS (SELECT 1 FROM projects p WHERE p.project_id = k.project_id AND p.auth_type = 'jwt')
-         ORDER BY k.seq LIMIT ?`,
+      // OR REPLACE: an entry of this key still stored is an expired one (an unexpired one is answered instead).
+      insertIdempotency: this.db.prepare(
+        `INSERT OR REPLACE INTO idempotency (scope, idem_key, body_sha256, key_id, created_at, expires_at)
+         VALUES (@scope, @key, @bodySha256, @keyId, @now, @expiresAt)`,
+      ),
+      purgeIdempotency: this.db.prepare(
+        'DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)',
       ),
       withoutRecord: this.db.prepare<[number, number], Row>('SELECT * FROM keys WHERE record IS NULL AND seq > ? ORDER BY seq LIMIT ?'),
       setLegacyDisabled: this.db.prepare('UPDATE keys SET disabled = ?, updated_at = ? WHERE key_id = ? AND record IS NULL'),
@@ -172,8 +177,39 @@ export class SqliteDatabase {
    * already exists, or the project already has an active key for the record's subject, that key is returned
    * instead and nothing is written.
    */
-  insert(key: NewKey): { record: StoredKey; created: boolean } {
+  insert(key: NewKey, idempotency?: IdempotencyClaim): InsertResult {
     if (key.record.keyId !== key.keyId || key.record.seq !== 0) throw new Error('insert: the record is not the first one of this key');
+    if (!idempotency) return this.insertKey(key);
+    const idem = idempotency;
+    return this.db
+      .transaction((): InsertResult => {
+        this.stmts.purgeIdempotency.run(idem.now, IDEMPOTENCY_PURGE_BATCH);
+        const entry = this.stmts.idempotency.get(idem.scope, idem.key, idem.now);
+        const row = entry && this.stmts.byKeyId.get(entry.key_id);
+        if (entry && row)
+          return { record: toStored(row), created: false, idempotent: { keyId: entry.key_id, bodySha256: entry.body_sha256 } };
+        const out = this.insertKey(key);
+        // Only a key this create made is remembered: a key it yields to (another's, by external id) is not its answer
+        // to replay (a retry asks again, by the external id, as any create of it does).
+        if (out.created) this.stmts.insertIdempotency.run({ ...idem, keyId: out.record.keyId });
+        return out;
+      })
+      .immediate();
+  }
+
+  /** An unexpired Idempotency-Key's entry in its scope. */
+  idempotency(scope: string, key: string, now: number): IdempotencyEntry | undefined {
+    const e = this.stmts.idempotency.get(scope, key, now);
+    return e ? { keyId: e.key_id, bodySha256: e.body_sha256 } : undefined;
+  }
+
+  /** A key's labels replaced (in no record: the guard lets them change alone); undefined if no such key. */
+  setLabels(keyId: string, labels: Record<string, string>): StoredKey | undefined {
+    const res = this.stmts.setLabels.run(JSON.stringify(labels), Date.now(), keyId);
+    return res.changes ? this.get(keyId) : undefined;
+  }
+
+  private insertKey(key: NewKey): InsertResult {
     return this.db
       .transaction(() => {
         if (key.externalId) {
@@ -262,11 +298,20 @@ export class SqliteDatabase {
    */
   list(limit: number, cursor?: string, options: ListOptions = {}): Page {
     const after = cursor ? decodeCursor(cursor) : 0;
-    const projects = options.projects ? JSON.stringify(options.projects) : null;
-    const rows = (options.withJwtKeys === false ? this.stmts.pageWithoutJwt : this.stmts.page).all(after, projects, projects, limit + 1);
+    const params: unknown[] = [];
+    const sql = keyPageSql('sqlite', after, limit + 1, options, (v) => (params.push(v), '?'));
+    const rows = this.pageStatement(sql).all(...params) as Row[];
     const page = rows.slice(0, limit);
     const last = page[page.length - 1];
     return { keys: page.map(toStored), nextCursor: rows.length > limit && last ? encodeCursor(last.seq) : null };
+  }
+
+  /** Prepared page queries by their text (one per combination of filters: a few dozen at most). */
+  private readonly pages = new Map<string, Database.Statement>();
+  private pageStatement(sql: string): Database.Statement {
+    let st = this.pages.get(sql);
+    if (!st) this.pages.set(sql, (st = this.db.prepare(sql)));
+    return st;
   }
 
   /**

@@ -18,6 +18,9 @@ import type { KeyRecord, ProjectRecord, SignedRecord } from '@nks/shared/records
 import { SCHEMA_VERSION } from './migrations';
 import type { WorkerReply, WorkerRequest } from './sqlite-protocol';
 import type {
+  IdempotencyClaim,
+  IdempotencyEntry,
+  InsertResult,
   KeyCounts,
   NewKey,
   NewTlsKey,
@@ -151,7 +154,9 @@ export class SqliteEngine implements StoreEngine {
   }
 
   probeWrite = () => this.call<void>('probeWrite');
-  insert = (key: NewKey) => this.call<{ record: StoredKey; created: boolean }>('insert', key);
+  insert = (key: NewKey, idempotency?: IdempotencyClaim) => this.call<InsertResult>('insert', key, idempotency);
+  idempotency = (scope: string, key: string, now: number) => this.call<IdempotencyEntry | undefined>('idempotency', scope, key, now);
+  setLabels = (keyId: string, labels: Record<string, string>) => this.call<StoredKey | undefined>('setLabels', keyId, labels);
   get = (keyId: string) => this.call<StoredKey | undefined>('get', keyId);
   getByExternalId = (externalId: string) => this.call<StoredKey | undefined>('getByExternalId', externalId);
   activeKeyFor = (projectId: string, subject: string) => this.call<StoredKey | undefined>('activeKeyFor', projectId, subject);

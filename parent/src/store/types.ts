@@ -266,7 +266,80 @@ export function decodeCursor(cursor: string): number {
 export interface ListOptions {
   withJwtKeys?: boolean;
   projects?: readonly string[] | undefined;
+  /** What the keys listed must match, all of it (GET /v1/keys's query): in the query, so pages stay full. */
+  filter?: KeyFilter | undefined;
 }
+
+/**
+ * A listing's filters: `address` as stored (EIP-55 checksummed: the caller normalizes it), every label of `labels`
+ * (name and value exactly), `disabled` (a key that refuses to sign, or not), `externalId` (the subject's key it
+ * names, as `getByExternalId` answers).
+ */
+export interface KeyFilter {
+  address?: string | undefined;
+  labels?: ReadonlyArray<readonly [string, string]> | undefined;
+  disabled?: boolean | undefined;
+  externalId?: string | undefined;
+}
+
+/**
+ * A page of keys: the SQL of both engines, which differ only in placeholders and in how a list of project ids is
+ * passed (`dialect`). `param` adds a value and answers its placeholder. Every filter is a condition on an indexed
+ * column (address, disabled, the label index `key_labels`, the external id) beside the seq order the cursor needs.
+ */
+export function keyPageSql(
+  dialect: 'sqlite' | 'postgres',
+  after: number,
+  limit: number,
+  options: ListOptions,
+  param: (value: unknown) => string,
+): string {
+  const where = [`k.seq > ${param(after)}`];
+  if (options.projects) {
+    where.push(
+      dialect === 'sqlite'
+        ? `COALESCE(k.project_id, 'default') IN (SELECT value FROM json_each(${param(JSON.stringify(options.projects))}))`
+        : `COALESCE(k.project_id, 'default') = ANY(${param([...options.projects])}::text[])`,
+    );
+  }
+  if (options.withJwtKeys === false)
+    where.push("NOT EXISTS (SELECT 1 FROM projects p WHERE p.project_id = k.project_id AND p.auth_type = 'jwt')");
+  const f = options.filter ?? {};
+  if (f.address !== undefined) where.push(`k.address = ${param(f.address)}`);
+  if (f.disabled === true) where.push('(k.disabled = 1 OR k.disable_pending = 1)');
+  if (f.disabled === false) where.push('k.disabled = 0 AND k.disable_pending = 0');
+  for (const [name, value] of f.labels ?? [])
+    where.push(`k.seq IN (SELECT l.key_seq FROM key_labels l WHERE l.name = ${param(name)} AND l.value = ${param(value)})`);
+  if (f.externalId !== undefined) {
+    // The key `getByExternalId` answers: the subject's active key, else the external id's first key.
+    const first = `(SELECT f.key_id FROM keys f WHERE f.external_id = ${param(f.externalId)} AND f.predecessor IS NULL)`;
+    const active = `(SELECT a.key_id FROM keys f, keys a WHERE f.external_id = ${param(f.externalId)} AND f.predecessor IS NULL
+                       AND f.subject IS NOT NULL AND a.project_id = f.project_id AND a.subject = f.subject AND a.state = 'active')`;
+    where.push(`k.key_id = COALESCE(${active}, ${first})`);
+  }
+  return `SELECT * FROM keys k WHERE ${where.join(' AND ')} ORDER BY k.seq LIMIT ${param(limit)}`;
+}
+
+/**
+ * What a create remembers of its Idempotency-Key (docs/SECURITY.md, "Idempotency keys"): the caller's namespace
+ * (`scope`: its token), the key, the digest of the request's normalized body, and until when (ms since the epoch).
+ */
+export interface IdempotencyClaim {
+  scope: string;
+  key: string;
+  bodySha256: string;
+  now: number;
+  expiresAt: number;
+}
+
+/** An Idempotency-Key's entry: the key its create answered, and the digest of that request's body. */
+export interface IdempotencyEntry {
+  keyId: string;
+  bodySha256: string;
+}
+
+/** Expired idempotency entries deleted by one insert at most (each insert adds one: storage stays bounded). */
+export const IDEMPOTENCY_PURGE_BATCH = 100;
 
 /** Projects are listed in project id order (`default` first, then `p_…`): the cursor is the last id listed. */
 export const encodeProjectCursor = (projectId: string) => Buffer.from(`p${projectId}`).toString('base64url');
@@ -339,7 +412,11 @@ export interface StoreEngine {
    * exists, or the project already has an active key for the record's subject, that key is returned instead
    * and nothing is written (under concurrency too: the database's unique indexes decide).
    */
-  insert(key: NewKey): Promise<{ record: StoredKey; created: boolean }>;
+  insert(key: NewKey, idempotency?: IdempotencyClaim): Promise<InsertResult>;
+  /** The unexpired entry of an Idempotency-Key in its scope, if any. */
+  idempotency(scope: string, key: string, now: number): Promise<IdempotencyEntry | undefined>;
+  /** A key's labels replaced (they are in no record); undefined if no such key. */
+  setLabels(keyId: string, labels: Record<string, string>): Promise<StoredKey | undefined>;
   get(keyId: string): Promise<StoredKey | undefined>;
   /** The active key of the subject the external id names (or the only key of it, before 0.4). */
   getByExternalId(externalId: string): Promise<StoredKey | undefined>;
@@ -385,6 +462,17 @@ export interface StoreEngine {
 
   counts(): Promise<KeyCounts>;
   close(): Promise<void>;
+}
+
+/**
+ * What an insert did: stored the key (`created`), or answers the key it yields to (the external id's or the
+ * subject's), or, with an Idempotency-Key whose unexpired entry another create stored first, that entry's key
+ * and body digest (`idempotent`: nothing was written).
+ */
+export interface InsertResult {
+  record: StoredKey;
+  created: boolean;
+  idempotent?: IdempotencyEntry;
 }
 
 export interface KeyCounts {
