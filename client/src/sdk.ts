@@ -589,7 +589,7 @@ export class KeystoreClient {
   }
 
   signUserOperation(keyId: string, request: Omit<UserOperationRequest, 'type'>, call?: CallOptions): Promise<SignResult> {
-    return this.sign(keyId, { type: 'userOperation', ...request } as WithBigint<SignRequestInput>, call);
+    return this.sign(keyId, { type: 'userOperation', ...request }, call);
   }
 
   disableKey(keyId: string, call?: CallOptions): Promise<Key> {
