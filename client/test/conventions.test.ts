@@ -13,7 +13,7 @@ import { parseTransaction, recoverTransactionAddress, recoverTypedDataAddress } 
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
 import { KeystoreApiError, KeystoreClient, type Key } from '../src/sdk';
-import { version } from '../../package.json';
+import { RELEASE_VERSION as version } from '@nks/shared/release';
 import { helpFor, normalizeLine } from '../src/cli/help';
 
 const DIST = path.resolve(__dirname, '../../dist');

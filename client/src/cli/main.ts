@@ -3,7 +3,7 @@
  * error, an invalid attestation document), 2 usage. `--help` anywhere prints the usage of the command it follows;
  * connection flags may come anywhere on the line; with `--json` an error is `{"error": {code, message}}` on stdout.
  */
-import { version } from '../../../package.json';
+import { RELEASE_VERSION as version } from '@nks/shared/release';
 import { KeystoreApiError } from '../sdk';
 import { attestationCommand, devCommand, keysCommand, policyCommand, signCommand, storeCommand } from './commands';
 import { UsageError } from './context';
