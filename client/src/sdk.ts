@@ -5,9 +5,13 @@
  *   const { key } = await ks.createKey({ externalId: 'user-42' });
  *   const sig = await ks.signMessage(key.keyId, 'hello');
  *
- * Errors are `KeystoreApiError` with the API's code, HTTP status, request id and whether a retry can help.
- * Requests that are safe to repeat (reads, signing, creation) are retried on retryable errors with jittered
- * backoff; a creation without an externalId carries an Idempotency-Key, so its retries cannot make two keys.
+ * Errors are `KeystoreApiError` with the API's code, HTTP status, request id and whether a retry can help; a
+ * network failure is code `NETWORK` and a call the server did not answer in time `CLIENT_TIMEOUT` (status 0).
+ * Requests that are safe to repeat (reads, signing, creation) are retried on those and on the server's retryable
+ * codes, with jittered backoff; a creation without an externalId carries an Idempotency-Key, the same on its
+ * retries, so they cannot make two keys. Anything else thrown (a TypeError from the caller's input, a bug) is thrown as it is, at once.
+ * Every method takes `CallOptions` last: `{requestId, signal, deadlineMs}`. `bigint`s anywhere in a request
+ * (viem's transactions, typed data) are sent as decimal strings. The shapes each method answers: client/README.md.
  *
  * Nothing the server says needs to be taken on trust: `verifyKey` checks a key's signed record against the
  * keystore identity you pin and the key you asked for, and its birth attestation against the PCR0s you approve;
@@ -44,6 +48,9 @@ import type { KeyState, ProjectState, SignedRecord } from '@nks/shared/records';
 import type { SignRequestType } from '@nks/shared/signing/request-types';
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
 import { isDeepStrictEqual } from 'node:util';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Agent, fetch as undiciFetch } from 'undici';
+import { REQUEST_ID_RE } from '@nks/shared/log';
 import { VerificationError, type IdentityView } from './verify';
 
 export type {
@@ -199,14 +206,63 @@ export interface TlsView {
 }
 
 export interface ClientOptions {
+  /** `http(s)://host[:port]`; with `socketPath`, the host is only the Host header (e.g. `http://localhost`). */
   url: string;
   /** The caller token; may be empty for the routes that need none (`identity()`, `ready()`). */
   token: string;
-  /** Per attempt. Default 15 s. */
+  /** Per attempt. Default 15 s. Past it: `CLIENT_TIMEOUT`, retried like a network failure. */
   timeoutMs?: number;
   /** Retries of repeatable requests on retryable errors. Default 2. */
   retries?: number;
+  /** The API on a Unix socket (the parent's `api.listen: {socket}`). */
+  socketPath?: string;
+  /** PEM CA certificate(s) to trust for an `https://` API with a private certificate (instead of the system's). */
+  ca?: string;
   fetch?: typeof fetch;
+}
+
+/** What every method takes last. */
+export interface CallOptions {
+  /**
+   * Sent as `x-request-id` (1-128 of `A-Za-z0-9_.:-`, else a TypeError before anything is sent): the parent takes
+   * it as the request's id, logs it and echoes it, on every attempt of this call. Errors carry it.
+   */
+  requestId?: string;
+  /** Aborts the call, retries included: a `KeystoreApiError` with code `ABORTED` (never retryable). */
+  signal?: AbortSignal;
+  /**
+   * Bounds the whole call, retries and their waits included, in milliseconds: past it, `CLIENT_TIMEOUT`. Not sent
+   * to the server (the parent has no deadline header; its own deadline is `api.requestTimeoutMs`).
+   */
+  deadlineMs?: number;
+}
+
+/** Codes the SDK itself gives (status 0): the server never answers them. */
+export const CLIENT_ERROR_CODES = ['NETWORK', 'CLIENT_TIMEOUT', 'ABORTED'] as const;
+
+/**
+ * `T` where every plain `number` may also be a `bigint`, as viem's transaction and typed-data objects carry them
+ * (sent as decimal strings, which the API takes for every integer).
+ */
+export type WithBigint<T> = T extends number
+  ? number extends T
+    ? T | bigint
+    : T
+  : T extends string | boolean | null | undefined
+    ? T
+    : T extends readonly (infer U)[]
+      ? WithBigint<U>[]
+      : T extends object
+        ? { [K in keyof T]: WithBigint<T[K]> }
+        : T;
+
+/**
+ * The headers that make `createKey(input)` safe to repeat after an answer that did not come (network failure,
+ * timeout) or a retryable error. An `externalId` does by itself (a repeat answers the key the first attempt made);
+ * without one, an Idempotency-Key, one per logical create and the same on its retries, does (README.md, "Caller API").
+ */
+export function createKeyHeaders(input: { externalId?: string }): Record<string, string> | undefined {
+  return input.externalId === undefined ? { 'idempotency-key': globalThis.crypto.randomUUID() } : undefined;
 }
 
 /** Retries wait 50-100 ms, then 100-200 ms, …, at most 5 s. */
@@ -224,24 +280,55 @@ export class KeystoreApiError extends Error {
     readonly code: string,
     message: string,
     readonly requestId: string | undefined,
-    options?: ErrorOptions & { details?: ErrorDetails | undefined; retryAfterS?: number | undefined },
+    options?: ErrorOptions & { details?: ErrorDetails | undefined; retryAfterS?: number | undefined; retryable?: boolean },
   ) {
     super(message, options);
     this.details = options?.details;
     this.retryAfterS = options?.retryAfterS;
+    this.clientRetryable = options?.retryable;
   }
   /** The server's `Retry-After`, in seconds, when it gave one (503, and 429 `RATE_LIMITED`). */
   readonly retryAfterS: number | undefined;
-  /** From the server's own error-code table (shared/src/errors.ts), so client and server agree. */
+  private readonly clientRetryable: boolean | undefined;
+  /**
+   * A server code: from the server's own error-code table (shared/src/errors.ts), so client and server agree.
+   * `NETWORK` and `CLIENT_TIMEOUT`: whether the call may be repeated (every SDK call but a TLS key's creation and
+   * the key lifecycle's changes); `ABORTED`: never.
+   */
   get retryable(): boolean {
-    return isRetryableCode(this.code);
+    return this.clientRetryable ?? isRetryableCode(this.code);
   }
 }
 
-type TypedData = Extract<SignRequestInput, { type: 'typedData' }>['typedData'];
-type Transaction = Extract<SignRequestInput, { type: 'transaction' }>['transaction'];
-type Authorization = Extract<SignRequestInput, { type: 'authorization' }>['authorization'];
-type UserOperationRequest = Extract<SignRequestInput, { type: 'userOperation' }>;
+/**
+ * A failure of the connection itself, as undici (Node's fetch) reports it: `TypeError('fetch failed')` when the
+ * request could not be made or answered, `TypeError('terminated')` when the answer broke off, with the system
+ * error (ECONNREFUSED, ECONNRESET, UND_ERR_SOCKET…) as cause. Nothing else: a TypeError of a bug is not one.
+ */
+function isNetworkFailure(err: unknown): boolean {
+  // By name, not instanceof: Node's fetch throws its own realm's TypeError (another one under a test sandbox).
+  const e0 = err as { name?: unknown; message?: unknown } | null;
+  if (e0?.name === 'TypeError' && (e0.message === 'fetch failed' || e0.message === 'terminated')) return true;
+  let e = err as { code?: unknown; cause?: unknown } | null | undefined;
+  for (let depth = 0; e && typeof e === 'object' && depth < 4; depth++, e = e.cause as typeof e) {
+    if (typeof e.code === 'string' && /^(E[A-Z0-9]+|UND_ERR_[A-Z_]+)$/.test(e.code)) return true;
+  }
+  return false;
+}
+
+const bigintAsDecimal = (_key: string, value: unknown): unknown => (typeof value === 'bigint' ? value.toString() : value);
+
+function checkCallOptions(call: CallOptions): void {
+  if (call.requestId !== undefined && (typeof call.requestId !== 'string' || !REQUEST_ID_RE.test(call.requestId)))
+    throw new TypeError('requestId must be 1-128 characters of A-Z, a-z, 0-9, _ . : -');
+  if (call.deadlineMs !== undefined && !(typeof call.deadlineMs === 'number' && call.deadlineMs > 0 && call.deadlineMs <= 2 ** 31 - 1))
+    throw new RangeError('deadlineMs must be a positive number of milliseconds');
+}
+
+type TypedData = WithBigint<Extract<SignRequestInput, { type: 'typedData' }>['typedData']>;
+type Transaction = WithBigint<Extract<SignRequestInput, { type: 'transaction' }>['transaction']>;
+type Authorization = WithBigint<Extract<SignRequestInput, { type: 'authorization' }>['authorization']>;
+type UserOperationRequest = WithBigint<Extract<SignRequestInput, { type: 'userOperation' }>>;
 
 /**
  * Checks that `key.address` was born in an enclave as `key.keyId`: its birth attestation (from creation with
@@ -263,7 +350,21 @@ export class KeystoreClient {
 
   constructor(private readonly options: ClientOptions) {
     this.base = options.url.replace(/\/+$/, '');
-    this.doFetch = options.fetch ?? fetch;
+    // A URL that cannot be one is the caller's mistake: said here, not found as a "network failure" later.
+    if (!(URL.canParse(this.base) && /^https?:$/.test(new URL(this.base).protocol)))
+      throw new TypeError(`not an http(s):// URL: ${options.url}`);
+    if ((options.socketPath !== undefined || options.ca !== undefined) && options.fetch)
+      throw new TypeError('socketPath and ca configure the built-in transport: not with a fetch of your own');
+    if (options.socketPath !== undefined || options.ca !== undefined) {
+      const dispatcher = new Agent({
+        connect: {
+          ...(options.socketPath !== undefined ? { socketPath: options.socketPath } : {}),
+          ...(options.ca !== undefined ? { ca: options.ca } : {}),
+        },
+      });
+      this.doFetch = ((url: string, init: RequestInit) =>
+        undiciFetch(url, { ...(init as Parameters<typeof undiciFetch>[1]), dispatcher })) as unknown as typeof fetch;
+    } else this.doFetch = options.fetch ?? fetch;
   }
 
   /**
@@ -273,59 +374,117 @@ export class KeystoreClient {
    * `verifyTlsEvidence`.
    */
   readonly tls = {
-    createKey: (names: string[]): Promise<TlsKeyCreated> => this.request('POST', '/v1/tls/keys', { names }, false),
-    install: (chain: string): Promise<TlsStatus> => this.request('PUT', '/v1/tls/certificate', { chain }),
-    status: (): Promise<TlsView> => this.request('GET', '/v1/tls'),
+    createKey: (names: string[], call?: CallOptions): Promise<TlsKeyCreated> =>
+      this.request('POST', '/v1/tls/keys', { names }, false, call),
+    install: (chain: string, call?: CallOptions): Promise<TlsStatus> => this.request('PUT', '/v1/tls/certificate', { chain }, true, call),
+    status: (call?: CallOptions): Promise<TlsView> => this.request('GET', '/v1/tls', undefined, true, call),
   };
 
-  private async request<T>(method: string, path: string, body?: unknown, repeatable = true): Promise<T> {
-    return (await this.send<T>(method, path, body, repeatable)).body;
+  private async request<T>(method: string, path: string, body?: unknown, repeatable = true, call: CallOptions = {}): Promise<T> {
+    return (await this.send<T>(method, path, body, repeatable, call)).body;
   }
 
-  /** One logical request: retried on retryable errors (and network failures) when `repeatable`. */
+  /**
+   * One logical request: retried, when `repeatable`, on retryable errors (the server's retryable codes, NETWORK,
+   * CLIENT_TIMEOUT of one attempt) within `call.deadlineMs`; anything else is thrown at once.
+   */
   private async send<T>(
     method: string,
     path: string,
     body: unknown,
     repeatable: boolean,
+    call: CallOptions = {},
     headers?: Record<string, string>,
   ): Promise<{ status: number; body: T }> {
+    checkCallOptions(call);
+    // Before anything is sent: a body that cannot be JSON (a cycle) is a TypeError of the caller's, not retried.
+    const payload = body === undefined ? undefined : JSON.stringify(body, bigintAsDecimal);
+    const deadline = call.deadlineMs !== undefined ? AbortSignal.timeout(call.deadlineMs) : undefined;
     const attempts = repeatable ? (this.options.retries ?? 2) + 1 : 1;
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.once<T>(method, path, body, headers);
+        return await this.once<T>(method, path, payload, call, deadline, repeatable, headers);
       } catch (err) {
-        const retry = err instanceof KeystoreApiError ? err.retryable : err instanceof TypeError; // TypeError: network failure
-        if (!retry || attempt >= attempts) throw err;
+        if (!(err instanceof KeystoreApiError) || !err.retryable || attempt >= attempts || deadline?.aborted) throw err;
         let delay = backoffDelay(attempt - 1, SDK_RETRY_BACKOFF);
         // The token's rate limit: not before its window ends, and not at all if that is longer than a backoff.
-        if (err instanceof KeystoreApiError && err.code === 'RATE_LIMITED') {
+        if (err.code === 'RATE_LIMITED') {
           const waitMs = (err.retryAfterS ?? 1) * 1000;
           if (waitMs > SDK_RETRY_BACKOFF.maxMs) throw err;
           delay = Math.max(delay, waitMs);
         }
-        await new Promise((r) => setTimeout(r, delay));
+        const stops = [call.signal, deadline].filter((s): s is AbortSignal => s !== undefined);
+        try {
+          await sleep(delay, undefined, stops.length ? { signal: AbortSignal.any(stops) } : {});
+        } catch (stopped) {
+          throw this.stoppedError(stopped, call, deadline, undefined, repeatable, err);
+        }
       }
     }
+  }
+
+  /** Why a wait or a fetch ended early: the caller's signal (ABORTED), the deadline or the attempt's timeout. */
+  private stoppedError(
+    err: unknown,
+    call: CallOptions,
+    deadline: AbortSignal | undefined,
+    attempt: AbortSignal | undefined,
+    repeatable: boolean,
+    last?: KeystoreApiError,
+  ): unknown {
+    const id = call.requestId;
+    if (call.signal?.aborted)
+      return new KeystoreApiError(0, 'ABORTED', 'the call was aborted', id, { cause: call.signal.reason, retryable: false });
+    if (deadline?.aborted)
+      return new KeystoreApiError(0, 'CLIENT_TIMEOUT', `no answer within the call's deadline (deadlineMs ${call.deadlineMs})`, id, {
+        cause: last ?? err,
+        retryable: repeatable,
+      });
+    if (attempt?.aborted)
+      return new KeystoreApiError(0, 'CLIENT_TIMEOUT', `no answer within ${this.options.timeoutMs ?? 15_000} ms (timeoutMs)`, id, {
+        cause: err,
+        retryable: repeatable,
+      });
+    if (isNetworkFailure(err)) {
+      const cause = ((err as { cause?: unknown }).cause ?? err) as { code?: unknown; message?: unknown };
+      const reason = typeof cause.code === 'string' ? cause.code : String(cause.message ?? cause);
+      return new KeystoreApiError(0, 'NETWORK', `cannot reach the keystore API at ${this.base}: ${reason}`, id, {
+        cause: err,
+        retryable: repeatable,
+      });
+    }
+    return err;
   }
 
   private async once<T>(
     method: string,
     path: string,
-    body?: unknown,
+    payload: string | undefined,
+    call: CallOptions,
+    deadline: AbortSignal | undefined,
+    repeatable: boolean,
     extra?: Record<string, string>,
   ): Promise<{ status: number; body: T }> {
-    const res = await this.doFetch(`${this.base}${path}`, {
-      method,
-      headers: {
-        ...extra,
-        ...(this.options.token ? { authorization: `Bearer ${this.options.token}` } : {}),
-        ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
-      },
-      body: body === undefined ? undefined : JSON.stringify(body),
-      signal: AbortSignal.timeout(this.options.timeoutMs ?? 15_000),
-    });
-    const text = await res.text();
+    const attempt = AbortSignal.timeout(this.options.timeoutMs ?? 15_000);
+    const signal = AbortSignal.any([attempt, ...[call.signal, deadline].filter((s): s is AbortSignal => s !== undefined)]);
+    let res: Response;
+    let text: string;
+    try {
+      res = await this.doFetch(`${this.base}${path}`, {
+        method,
+        headers: {
+          ...extra,
+          ...(this.options.token ? { authorization: `Bearer ${this.options.token}` } : {}),
+          ...(payload !== undefined ? { 'content-type': 'application/json' } : {}),
+          ...(call.requestId !== undefined ? { 'x-request-id': call.requestId } : {}),
+        },
+        body: payload,
+        signal,
+      });
+      text = await res.text();
+    } catch (err) {
+      throw this.stoppedError(err, call, deadline, attempt, repeatable);
+    }
     let parsed: unknown;
     try {
       parsed = text ? JSON.parse(text) : undefined;
@@ -363,79 +522,86 @@ export class KeystoreClient {
    */
   async createKey(
     input: { externalId?: string; labels?: Record<string, string>; attest?: boolean; projectId?: string } = {},
+    call?: CallOptions,
   ): Promise<{ key: Key; created: boolean }> {
-    // Without an externalId, an Idempotency-Key (one per logical create, the same on its retries) makes it safe to
-    // retry: the server answers a retry with the key the first attempt made (README.md, "Caller API").
-    const headers = input.externalId === undefined ? { 'idempotency-key': globalThis.crypto.randomUUID() } : undefined;
-    const res = await this.send<Key>('POST', '/v1/keys', input, true, headers);
+    const res = await this.send<Key>('POST', '/v1/keys', input, true, call, createKeyHeaders(input));
     return { key: res.body, created: res.status === 201 };
   }
 
   /** A key (`KEY_NOT_FOUND` for a JWT project's key unless the token has `admin`: their records name the users). */
-  getKey(keyId: string): Promise<Key> {
-    return this.request('GET', `/v1/keys/${encodeURIComponent(keyId)}`);
+  getKey(keyId: string, call?: CallOptions): Promise<Key> {
+    return this.request('GET', `/v1/keys/${encodeURIComponent(keyId)}`, undefined, true, call);
   }
 
-  async findKeyByExternalId(externalId: string): Promise<Key | undefined> {
-    const page = await this.listKeys({ externalId });
+  async findKeyByExternalId(externalId: string, call?: CallOptions): Promise<Key | undefined> {
+    const page = await this.listKeys({ externalId }, call);
     return page.keys[0];
   }
 
   /** A page of keys; JWT projects' keys are listed only for a token with `admin`. */
-  listKeys(q: { externalId?: string; limit?: number; cursor?: string } = {}): Promise<{ keys: Key[]; nextCursor: string | null }> {
+  listKeys(
+    q: { externalId?: string; limit?: number; cursor?: string } = {},
+    call?: CallOptions,
+  ): Promise<{ keys: Key[]; nextCursor: string | null }> {
     const params = new URLSearchParams();
     if (q.externalId !== undefined) params.set('externalId', q.externalId);
     if (q.limit !== undefined) params.set('limit', String(q.limit));
     if (q.cursor !== undefined) params.set('cursor', q.cursor);
     const qs = params.toString();
-    return this.request('GET', `/v1/keys${qs ? `?${qs}` : ''}`);
+    return this.request('GET', `/v1/keys${qs ? `?${qs}` : ''}`, undefined, true, call);
   }
 
-  /** Every key, page by page. */
-  async *allKeys(pageSize = 500): AsyncGenerator<Key> {
+  /** Every key, page by page (`call` applies to each page's request). */
+  async *allKeys(pageSize = 500, call?: CallOptions): AsyncGenerator<Key> {
     let cursor: string | undefined;
     do {
-      const page = await this.listKeys({ limit: pageSize, ...(cursor ? { cursor } : {}) });
+      const page = await this.listKeys({ limit: pageSize, ...(cursor ? { cursor } : {}) }, call);
       yield* page.keys;
       cursor = page.nextCursor ?? undefined;
     } while (cursor);
   }
 
-  sign(keyId: string, request: SignRequestInput): Promise<SignResult> {
-    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/sign`, request);
+  /** Signs (retried like a read: a repeat signs the same bytes). `bigint`s anywhere in `request` go as decimal strings. */
+  sign(keyId: string, request: WithBigint<SignRequestInput>, call?: CallOptions): Promise<SignResult> {
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/sign`, request, true, call);
   }
 
-  signDigest(keyId: string, digest: `0x${string}`): Promise<SignResult> {
-    return this.sign(keyId, { type: 'digest', digest });
+  signDigest(keyId: string, digest: `0x${string}`, call?: CallOptions): Promise<SignResult> {
+    return this.sign(keyId, { type: 'digest', digest }, call);
   }
 
-  signMessage(keyId: string, message: string | { raw: `0x${string}` }): Promise<SignResult> {
-    return this.sign(keyId, { type: 'message', message });
+  signMessage(keyId: string, message: string | { raw: `0x${string}` }, call?: CallOptions): Promise<SignResult> {
+    return this.sign(keyId, { type: 'message', message }, call);
   }
 
-  signTypedData(keyId: string, typedData: TypedData): Promise<SignResult> {
-    return this.sign(keyId, { type: 'typedData', typedData });
+  signTypedData(keyId: string, typedData: TypedData, call?: CallOptions): Promise<SignResult> {
+    return this.sign(keyId, { type: 'typedData', typedData }, call);
   }
 
-  signTransaction(keyId: string, transaction: Transaction): Promise<SignResult> {
-    return this.sign(keyId, { type: 'transaction', transaction });
+  signTransaction(keyId: string, transaction: Transaction, call?: CallOptions): Promise<SignResult> {
+    return this.sign(keyId, { type: 'transaction', transaction }, call);
   }
 
   /** `allowAllChains` is required for `chainId` 0: such a delegation is valid on every chain. */
-  signAuthorization(keyId: string, authorization: Authorization, options: { allowAllChains?: boolean } = {}): Promise<SignResult> {
-    return this.sign(keyId, { type: 'authorization', authorization, ...(options.allowAllChains ? { allowAllChains: true } : {}) });
+  signAuthorization(
+    keyId: string,
+    authorization: Authorization,
+    options: { allowAllChains?: boolean } & CallOptions = {},
+  ): Promise<SignResult> {
+    const { allowAllChains, ...call } = options;
+    return this.sign(keyId, { type: 'authorization', authorization, ...(allowAllChains ? { allowAllChains: true } : {}) }, call);
   }
 
-  signUserOperation(keyId: string, request: Omit<UserOperationRequest, 'type'>): Promise<SignResult> {
-    return this.sign(keyId, { type: 'userOperation', ...request });
+  signUserOperation(keyId: string, request: Omit<UserOperationRequest, 'type'>, call?: CallOptions): Promise<SignResult> {
+    return this.sign(keyId, { type: 'userOperation', ...request }, call);
   }
 
-  disableKey(keyId: string): Promise<Key> {
-    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/disable`);
+  disableKey(keyId: string, call?: CallOptions): Promise<Key> {
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/disable`, undefined, true, call);
   }
 
-  enableKey(keyId: string): Promise<Key> {
-    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/enable`);
+  enableKey(keyId: string, call?: CallOptions): Promise<Key> {
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/enable`, undefined, true, call);
   }
 
   /**
@@ -446,62 +612,67 @@ export class KeystoreClient {
    * the state). None is retried: a repeat after a lost answer would answer KEY_STATE or SUCCESSOR_EXISTS; read
    * `history` instead. A JWT project's keys change only with their user's JWT (the TrueWallet API).
    */
-  successor(keyId: string, options: { attest?: boolean } = {}): Promise<Key> {
-    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/successor`, options, false);
+  successor(keyId: string, options: { attest?: boolean } & CallOptions = {}): Promise<Key> {
+    const { attest, ...call } = options;
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/successor`, attest !== undefined ? { attest } : {}, false, call);
   }
 
-  activate(keyId: string): Promise<Key> {
-    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/activate`, undefined, false);
+  activate(keyId: string, call?: CallOptions): Promise<Key> {
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/activate`, undefined, false, call);
   }
 
-  cancel(keyId: string): Promise<Key> {
-    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/cancel`, undefined, false);
+  cancel(keyId: string, call?: CallOptions): Promise<Key> {
+    return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/cancel`, undefined, false, call);
   }
 
   /** The key's subject's keys, oldest first, with states and times (a key without subject: itself). */
-  async history(keyId: string): Promise<KeyHistoryEntry[]> {
-    return (await this.request<{ keys: KeyHistoryEntry[] }>('GET', `/v1/keys/${encodeURIComponent(keyId)}/history`)).keys;
+  async history(keyId: string, call?: CallOptions): Promise<KeyHistoryEntry[]> {
+    return (await this.request<{ keys: KeyHistoryEntry[] }>('GET', `/v1/keys/${encodeURIComponent(keyId)}/history`, undefined, true, call))
+      .keys;
   }
 
   /** Creates a project (admin token). Never retried: a repeat would make a second project. */
-  createProject(input: ProjectInput): Promise<Project> {
-    return this.request('POST', '/v1/projects', input, false);
+  createProject(input: ProjectInput, call?: CallOptions): Promise<Project> {
+    return this.request('POST', '/v1/projects', input, false, call);
   }
 
-  getProject(projectId: string): Promise<Project> {
-    return this.request('GET', `/v1/projects/${encodeURIComponent(projectId)}`);
+  getProject(projectId: string, call?: CallOptions): Promise<Project> {
+    return this.request('GET', `/v1/projects/${encodeURIComponent(projectId)}`, undefined, true, call);
   }
 
-  listProjects(q: { limit?: number; cursor?: string } = {}): Promise<{ projects: Project[]; nextCursor: string | null }> {
+  listProjects(
+    q: { limit?: number; cursor?: string } = {},
+    call?: CallOptions,
+  ): Promise<{ projects: Project[]; nextCursor: string | null }> {
     const params = new URLSearchParams();
     if (q.limit !== undefined) params.set('limit', String(q.limit));
     if (q.cursor !== undefined) params.set('cursor', q.cursor);
     const qs = params.toString();
-    return this.request('GET', `/v1/projects${qs ? `?${qs}` : ''}`);
+    return this.request('GET', `/v1/projects${qs ? `?${qs}` : ''}`, undefined, true, call);
   }
 
-  /** Every project, page by page (the `default` project first). */
-  async *allProjects(pageSize = 500): AsyncGenerator<Project> {
+  /** Every project, page by page (the `default` project first; `call` applies to each page's request). */
+  async *allProjects(pageSize = 500, call?: CallOptions): AsyncGenerator<Project> {
     let cursor: string | undefined;
     do {
-      const page = await this.listProjects({ limit: pageSize, ...(cursor ? { cursor } : {}) });
+      const page = await this.listProjects({ limit: pageSize, ...(cursor ? { cursor } : {}) }, call);
       yield* page.projects;
       cursor = page.nextCursor ?? undefined;
     } while (cursor);
   }
 
   /** A disabled project's keys sign nothing and its TrueWallet routes answer 401; enabling resumes them. */
-  disableProject(projectId: string): Promise<Project> {
-    return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/disable`);
+  disableProject(projectId: string, call?: CallOptions): Promise<Project> {
+    return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/disable`, undefined, true, call);
   }
 
-  enableProject(projectId: string): Promise<Project> {
-    return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/enable`);
+  enableProject(projectId: string, call?: CallOptions): Promise<Project> {
+    return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/enable`, undefined, true, call);
   }
 
   /** A project's signing policies (admin token; docs/POLICIES.md), with the signed record that holds them. */
-  getPolicies(projectId: string): Promise<PoliciesView> {
-    return this.request('GET', `/v1/projects/${encodeURIComponent(projectId)}/policies`);
+  getPolicies(projectId: string, call?: CallOptions): Promise<PoliciesView> {
+    return this.request('GET', `/v1/projects/${encodeURIComponent(projectId)}/policies`, undefined, true, call);
   }
 
   /**
@@ -510,9 +681,14 @@ export class KeystoreClient {
    * When the current policy has approvers, `approvals` carries `threshold` of their signatures over this change
    * (`policyApproval`); without them the enclave refuses it (403 FORBIDDEN).
    */
-  setPolicies(projectId: string, policies: PoliciesInput, options: { approvals?: readonly string[] } = {}): Promise<PoliciesView> {
-    const body = options.approvals ? { ...policies, approvals: [...options.approvals] } : policies;
-    return this.request('PUT', `/v1/projects/${encodeURIComponent(projectId)}/policies`, body);
+  setPolicies(
+    projectId: string,
+    policies: PoliciesInput,
+    options: { approvals?: readonly string[] } & CallOptions = {},
+  ): Promise<PoliciesView> {
+    const { approvals, ...call } = options;
+    const body = approvals ? { ...policies, approvals: [...approvals] } : policies;
+    return this.request('PUT', `/v1/projects/${encodeURIComponent(projectId)}/policies`, body, true, call);
   }
 
   /**
@@ -522,10 +698,14 @@ export class KeystoreClient {
    * wallet that shows only digests. Check `recordSha256` against a record you verified (`getPolicies` +
    * `verifyPolicies`) to be sure it is the current one.
    */
-  async policyApproval(projectId: string, policies: PoliciesInput): Promise<PolicyApprovalView> {
-    const view = await this.request<PolicyApprovalView>('POST', `/v1/projects/${encodeURIComponent(projectId)}/policies:approval`, {
-      policies,
-    });
+  async policyApproval(projectId: string, policies: PoliciesInput, call?: CallOptions): Promise<PolicyApprovalView> {
+    const view = await this.request<PolicyApprovalView>(
+      'POST',
+      `/v1/projects/${encodeURIComponent(projectId)}/policies:approval`,
+      { policies },
+      true,
+      call,
+    );
     const expected = policyChangeTypedDataForWallet(projectId, view.recordSha256, PoliciesSchema.parse(policies));
     if (view.projectId !== projectId || !isDeepStrictEqual(view.typedData, expected)) {
       throw new VerificationError('VIEW_MISMATCH', 'the approval the server answered is not the change of this project to these policies');
@@ -540,28 +720,29 @@ export class KeystoreClient {
    */
   evaluatePolicy(
     projectId: string,
-    input: { request: SignRequestInput; keyId?: string; policies?: PoliciesInput },
+    input: { request: WithBigint<SignRequestInput>; keyId?: string; policies?: PoliciesInput },
+    call?: CallOptions,
   ): Promise<PolicyDecision> {
-    return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/policies:evaluate`, input);
+    return this.request('POST', `/v1/projects/${encodeURIComponent(projectId)}/policies:evaluate`, input, true, call);
   }
 
   /** An attestation document from the enclave (base64), carrying `nonce` when given (0x hex). */
-  attestation(nonce?: `0x${string}`): Promise<{ document: string }> {
-    return this.request('GET', `/v1/attestation${nonce ? `?nonce=${nonce}` : ''}`);
+  attestation(nonce?: `0x${string}`, call?: CallOptions): Promise<{ document: string }> {
+    return this.request('GET', `/v1/attestation${nonce ? `?nonce=${nonce}` : ''}`, undefined, true, call);
   }
 
   /**
    * The keystore identity (no token needed): its public key, the genesis document, and a fresh attestation of
    * the running enclave carrying `nonce` (0x hex, 1-512 bytes). Check it with `verifyIdentity`.
    */
-  identity(nonce: `0x${string}`): Promise<IdentityView> {
-    return this.request('GET', `/v1/identity?nonce=${nonce}`);
+  identity(nonce: `0x${string}`, call?: CallOptions): Promise<IdentityView> {
+    return this.request('GET', `/v1/identity?nonce=${nonce}`, undefined, true, call);
   }
 
-  async ready(): Promise<boolean> {
-    const res = await this.doFetch(`${this.base}/readyz`, { signal: AbortSignal.timeout(this.options.timeoutMs ?? 15_000) }).catch(
-      () => null,
-    );
+  /** Whether the API answers `/readyz` with 200 (false on any failure: this is the one call that never throws). */
+  async ready(call: Pick<CallOptions, 'signal'> = {}): Promise<boolean> {
+    const stops = [AbortSignal.timeout(this.options.timeoutMs ?? 15_000), ...(call.signal ? [call.signal] : [])];
+    const res = await this.doFetch(`${this.base}/readyz`, { signal: AbortSignal.any(stops) }).catch(() => null);
     return res?.status === 200;
   }
 }

@@ -244,7 +244,7 @@ describe('nks projects', () => {
           /--max-token-lifetime must be a positive integer/,
         ],
         [['projects', 'list', '--limit', 'x'], /--limit must be a positive integer/],
-        [['projects', 'get'], /expected 1 argument/],
+        [['projects', 'get'], /missing <projectId>/],
         [['projects', 'rename'], /usage: nks projects/],
       ];
       for (const [args, message] of cases) {

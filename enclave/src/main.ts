@@ -16,8 +16,19 @@ import { IdentityBootError } from './identity/boot';
 import { isSignerWorker, runSignerWorker } from './signing/pool';
 import { LogChannel } from './log-channel';
 
+const USAGE = `usage: enclave [--config FILE] [--check-config]
+    FILE: the enclave configuration (default $NKS_ENCLAVE_CONFIG, else enclave.json beside this program);
+    --check-config only validates it (exit 0 valid, 2 invalid)`;
+
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { config: { type: 'string' }, 'check-config': { type: 'boolean' } }, strict: true });
+  const { values } = parseArgs({
+    options: { config: { type: 'string' }, 'check-config': { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
+    strict: true,
+  });
+  if (values.help) {
+    process.stdout.write(`${USAGE}\n`);
+    return;
+  }
   const file = values.config ?? process.env.NKS_ENCLAVE_CONFIG ?? path.join(path.dirname(process.argv[1] ?? '.'), 'enclave.json');
   const config = loadEnclaveConfig(file);
   if (values['check-config']) {

@@ -175,10 +175,12 @@ async function store(args: string[]): Promise<never> {
 
 async function main(): Promise<void> {
   const [command, ...rest] = process.argv.slice(2);
-  if (command === 'genesis') await genesis(rest);
+  // --help anywhere (parent genesis --help too): the usage, exit 0.
+  if (process.argv.slice(2).some((a) => a === '--help' || a === '-h')) process.stdout.write(`${USAGE}\n`);
+  else if (command === 'genesis') await genesis(rest);
   else if (command === 'migrate') await migrate(rest);
   else if (command === 'store') await store(rest);
-  else if (command === '--help' || command === 'help') process.stdout.write(`${USAGE}\n`);
+  else if (command === 'help') process.stdout.write(`${USAGE}\n`);
   else await daemon(process.argv.slice(2));
 }
 

@@ -17,7 +17,7 @@ import {
   type ImageMeasurements,
 } from '../policy';
 import type { Key } from '../sdk';
-import { clientFor, connectionOptions, parse, readInput, readJsonInput, UsageError } from './context';
+import { clientFor, connectionOptions, parse, readInput, readJsonInput, readPem, UsageError } from './context';
 import { keysVerifyCommand } from './verify-commands';
 import { lifecycleCommand } from './lifecycle-commands';
 import { fields, print } from './output';
@@ -80,7 +80,7 @@ export async function keysCommand(args: string[]): Promise<number> {
       return 0;
     }
     case 'get': {
-      const { values, positionals } = parse(rest, connectionOptions, 1);
+      const { values, positionals } = parse(rest, connectionOptions, ['keyId']);
       const key = await clientFor(values).getKey(positionals[0] as string);
       print(key, values.json ?? false, () => fields(keyRows(key)));
       return 0;
@@ -121,7 +121,7 @@ export async function keysCommand(args: string[]): Promise<number> {
     }
     case 'disable':
     case 'enable': {
-      const { values, positionals } = parse(rest, connectionOptions, 1);
+      const { values, positionals } = parse(rest, connectionOptions, ['keyId']);
       const client = clientFor(values);
       const key = sub === 'disable' ? await client.disableKey(positionals[0] as string) : await client.enableKey(positionals[0] as string);
       print(key, values.json ?? false, () => `${key.keyId} is ${key.disabled ? 'disabled' : 'enabled'}`);
@@ -157,7 +157,7 @@ export async function signCommand(args: string[]): Promise<number> {
       'ep-version': { type: 'string' },
       request: { type: 'string' },
     },
-    1,
+    ['keyId'],
   );
   const kinds = ['digest', 'message', 'message-hex', 'typed-data', 'transaction', 'authorization', 'user-operation', 'request'] as const;
   const chosen = kinds.filter((k) => values[k] !== undefined);
@@ -206,8 +206,11 @@ export async function signCommand(args: string[]): Promise<number> {
     fields([
       ['signature', res.signature],
       ['address', res.address],
-      ['hash', res.hash],
+      ['r', res.r],
+      ['s', res.s],
+      ['yParity', res.yParity],
       ['v', res.v],
+      ['hash', res.hash],
       ['userOperationHash', res.userOperationHash],
       ['serializedTransaction', res.serializedTransaction],
     ]),
@@ -264,13 +267,13 @@ export async function attestationCommand(args: string[]): Promise<number> {
       address: { type: 'string' },
       json: { type: 'boolean' },
     },
-    1,
+    ['file'],
   );
   // The chain is checked at the current time unless asked otherwise: a document meant to be fresh must not
   // verify with certificates that have expired since. A document kept as evidence (a birth or genesis document)
   // is checked at its own time with --at document, or at an explicit time.
   const opts: VerifyOptions = { at: 'now', allowUnpinned: true, allowDebug: values['allow-debug'] ?? false };
-  if (values.root) opts.trustedRoots = [readInput(values.root).toString('utf8')];
+  if (values.root) opts.trustedRoots = [readPem(values.root, '--root')];
   if (values.at !== undefined && values.at !== 'now') {
     if (values.at === 'document') opts.at = 'document';
     else {

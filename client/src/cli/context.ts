@@ -1,7 +1,9 @@
 /**
  * How the CLI finds the API: `--url`/`--token` flags, then `NKS_URL`/`NKS_TOKEN`, then the local dev stack's
- * state (`<dev-dir>/dev.json` and `<dev-dir>/token`, `--dev-dir` default `.dev`).
+ * state (`<dev-dir>/dev.json` and `<dev-dir>/token`, `--dev-dir` default `.dev`). `--socket PATH`: the API on a
+ * Unix socket; `--ca FILE`: the PEM CA of an https API with a private certificate.
  */
+import { X509Certificate } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
@@ -16,18 +18,26 @@ export const connectionOptions = {
   url: { type: 'string' },
   token: { type: 'string' },
   'dev-dir': { type: 'string' },
+  socket: { type: 'string' },
+  ca: { type: 'string' },
   json: { type: 'boolean' },
 } as const;
 
-/** Strict flag parsing: unknown flags and a wrong number of arguments are usage errors (exit 2). */
-export function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O, positionals = 0) {
+/**
+ * Strict flag parsing: unknown flags and a wrong number of arguments are usage errors (exit 2). `positionals`
+ * names the arguments the command takes, for the message when one is missing.
+ */
+export function parse<O extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: O, positionals: readonly string[] = []) {
   let res;
   try {
-    res = parseArgs({ args, options, allowPositionals: positionals > 0, strict: true });
+    res = parseArgs({ args, options, allowPositionals: positionals.length > 0, strict: true });
   } catch (err) {
     throw new UsageError((err as Error).message, { cause: err });
   }
-  if (res.positionals.length !== positionals) throw new UsageError(`expected ${positionals} argument(s), got ${res.positionals.length}`);
+  const missing = positionals.slice(res.positionals.length);
+  if (missing.length) throw new UsageError(`missing ${missing.map((n) => `<${n}>`).join(' ')}`);
+  const extra = res.positionals.slice(positionals.length);
+  if (extra.length) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`);
   return res;
 }
 
@@ -43,7 +53,7 @@ export interface ApiTarget {
 }
 
 export function resolveApiTarget(
-  flags: { url?: string | undefined; token?: string | undefined; 'dev-dir'?: string | undefined },
+  flags: { url?: string | undefined; token?: string | undefined; 'dev-dir'?: string | undefined; socket?: string | undefined },
   env: NodeJS.ProcessEnv = process.env,
   { tokenOptional = false } = {},
 ): ApiTarget {
@@ -57,7 +67,8 @@ export function resolveApiTarget(
   };
   const devState = readDev('dev.json', (s) => JSON.parse(s) as { url?: string; pcr0?: unknown; rootPem?: unknown; identity?: unknown });
   // An empty variable is an unset one.
-  const explicitUrl = flags.url ?? (env.NKS_URL || undefined);
+  // On a Unix socket the URL's host is only the Host header.
+  const explicitUrl = flags.url ?? (env.NKS_URL || undefined) ?? (flags.socket !== undefined ? 'http://localhost' : undefined);
   const url = explicitUrl || devState?.url;
   const token = flags.token ?? (env.NKS_TOKEN || undefined) ?? readDev('token', (s) => s.trim());
   if (!url)
@@ -102,9 +113,40 @@ export function devWallets(
   };
 }
 
-export function clientFor(flags: Parameters<typeof resolveApiTarget>[0], options?: { tokenOptional?: boolean }): KeystoreClient {
+export function clientFor(
+  flags: Parameters<typeof resolveApiTarget>[0] & { ca?: string | undefined },
+  options?: { tokenOptional?: boolean },
+): KeystoreClient {
   const c = resolveApiTarget(flags, process.env, options);
-  return new KeystoreClient({ url: c.url, token: c.token });
+  if (flags.socket !== undefined && !fs.existsSync(flags.socket)) throw new UsageError(`--socket ${flags.socket}: no such socket`);
+  try {
+    return new KeystoreClient({
+      url: c.url,
+      token: c.token,
+      ...(flags.socket !== undefined ? { socketPath: flags.socket } : {}),
+      ...(flags.ca !== undefined ? { ca: readPem(flags.ca, '--ca') } : {}),
+    });
+  } catch (err) {
+    if (err instanceof TypeError) throw new UsageError(`--url: ${err.message}`, { cause: err });
+    throw err;
+  }
+}
+
+/** A file of PEM certificates (`flag` names it in the usage error when it holds none, or one that does not parse). */
+export function readPem(file: string, flag: string): string {
+  const text = readInput(file).toString('utf8');
+  const blocks = text.match(/-----BEGIN CERTIFICATE-----[^-]+-----END CERTIFICATE-----/g);
+  if (!blocks) throw new UsageError(`${flag} ${file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
+  for (const [i, pem] of blocks.entries()) {
+    try {
+      new X509Certificate(pem);
+    } catch (err) {
+      throw new UsageError(`${flag} ${file}: certificate ${i + 1} is not a valid PEM certificate (${(err as Error).message})`, {
+        cause: err,
+      });
+    }
+  }
+  return text;
 }
 
 /** Reads a file argument; `-` is standard input. */

@@ -33,7 +33,7 @@ const printKey = (key: Key, json: boolean, said: string) =>
 
 export async function lifecycleCommand(sub: LifecycleSubcommand, args: string[]): Promise<number> {
   if (sub === 'successor') {
-    const { values, positionals } = parse(args, { ...connectionOptions, attest: { type: 'boolean' } }, 1);
+    const { values, positionals } = parse(args, { ...connectionOptions, attest: { type: 'boolean' } }, ['keyId']);
     const keyId = positionals[0] as string;
     const key = await clientFor(values).successor(keyId, values.attest ? { attest: true } : {});
     printKey(
@@ -43,7 +43,7 @@ export async function lifecycleCommand(sub: LifecycleSubcommand, args: string[])
     );
     return 0;
   }
-  const { values, positionals } = parse(args, connectionOptions, 1);
+  const { values, positionals } = parse(args, connectionOptions, ['keyId']);
   const client = clientFor(values);
   const keyId = positionals[0] as string;
   if (sub === 'history') {

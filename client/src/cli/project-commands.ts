@@ -99,7 +99,7 @@ export async function projectsCommand(args: string[]): Promise<number> {
       return 0;
     }
     case 'get': {
-      const { values, positionals } = parse(rest, connectionOptions, 1);
+      const { values, positionals } = parse(rest, connectionOptions, ['projectId']);
       const project = await clientFor(values).getProject(positionals[0] as string);
       print(project, values.json ?? false, () => fields(projectRows(project)));
       return 0;
@@ -134,7 +134,7 @@ export async function projectsCommand(args: string[]): Promise<number> {
     }
     case 'disable':
     case 'enable': {
-      const { values, positionals } = parse(rest, connectionOptions, 1);
+      const { values, positionals } = parse(rest, connectionOptions, ['projectId']);
       const client = clientFor(values);
       const id = positionals[0] as string;
       const project = sub === 'disable' ? await client.disableProject(id) : await client.enableProject(id);

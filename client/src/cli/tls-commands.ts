@@ -12,7 +12,7 @@ import { TLS_CHAIN_MAX_BYTES, TLS_MAX_NAMES, TLS_NAME_EXPECTED, TLS_NAME_RE } fr
 import { normalizePcr, PolicyInputError } from '../policy';
 import { fetchTlsEvidence, parseTlsOrigin, verifyTlsEvidence } from '../tls';
 import { resolvePcrs, VerificationError } from '../verify';
-import { clientFor, connectionOptions, devWallets, parse, readInput, resolveApiTarget, UsageError } from './context';
+import { clientFor, connectionOptions, devWallets, parse, readPem, resolveApiTarget, UsageError } from './context';
 import { fields, print } from './output';
 
 const USAGE = `usage: nks tls create --name NAME [--name NAME]... [--csr-out FILE] [--pcr0 HEX]... [--root PEM]
@@ -77,7 +77,7 @@ async function createCommand(args: string[]): Promise<number> {
   const target = resolveApiTarget(values);
   const pcr0s = (values.pcr0 ?? (target.dev?.pcr0 ? [target.dev.pcr0] : [])).map(pcr);
   const rootFile = values.root ?? target.dev?.rootFile;
-  const root = rootFile ? readInput(rootFile).toString('utf8') : undefined;
+  const root = rootFile ? readPem(rootFile, '--root') : undefined;
 
   const created = await clientFor(values).tls.createKey(names);
   const spki = Buffer.from(created.publicKey, 'base64');
@@ -143,9 +143,7 @@ async function createCommand(args: string[]): Promise<number> {
 async function installCommand(args: string[]): Promise<number> {
   const { values } = parse(args, { ...connectionOptions, chain: { type: 'string' } });
   if (!values.chain) throw new UsageError('--chain FILE is required: the PEM chain, leaf first, then intermediates');
-  const chain = readInput(values.chain).toString('utf8');
-  if (!/-----BEGIN CERTIFICATE-----/.test(chain))
-    throw new UsageError(`${values.chain} holds no PEM certificate (-----BEGIN CERTIFICATE-----)`);
+  const chain = readPem(values.chain, '--chain');
   if (Buffer.byteLength(chain) > TLS_CHAIN_MAX_BYTES) throw new UsageError(`${values.chain} is larger than ${TLS_CHAIN_MAX_BYTES} bytes`);
   const status = await clientFor(values).tls.install(chain);
   print(status, values.json ?? false, () => `Installed the TLS certificate\n${fields(statusRows(status))}`);
@@ -193,9 +191,9 @@ async function verifyCommand(args: string[]): Promise<number> {
   if (pcr0s.length === 0)
     throw new UsageError('--pcr0 is required: the PCR0 of each image you approve (without it the document proves nothing about the code)');
   const caFile = values.ca ?? dev?.caFile;
-  const ca = caFile ? readInput(caFile).toString('utf8') : undefined;
+  const ca = caFile ? readPem(caFile, '--ca') : undefined;
   const rootFile = values.root ?? dev?.rootFile;
-  const root = rootFile ? readInput(rootFile).toString('utf8') : undefined;
+  const root = rootFile ? readPem(rootFile, '--root') : undefined;
   let maxAgeMs: number | undefined;
   if (values['max-age'] !== undefined) {
     const s = Number(values['max-age']);

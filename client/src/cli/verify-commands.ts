@@ -18,7 +18,7 @@ import {
   type KeyViewForVerification,
 } from '../verify';
 import { KeystoreClient } from '../sdk';
-import { connectionOptions, parse, readInput, readJsonInput, resolveApiTarget, UsageError, type ApiTarget } from './context';
+import { connectionOptions, parse, readJsonInput, readPem, resolveApiTarget, UsageError, type ApiTarget } from './context';
 import { fields, print } from './output';
 
 function pcr(value: string, flag: string): string {
@@ -90,7 +90,7 @@ export async function keysVerifyCommand(args: string[]): Promise<number> {
       subject: { type: 'string' },
       project: { type: 'string' },
     },
-    1,
+    ['keyId'],
   );
   const keyId = positionals[0] as string;
   const expected: ExpectedKey = {
@@ -111,7 +111,7 @@ export async function keysVerifyCommand(args: string[]): Promise<number> {
   if (pcr0s.length === 0)
     throw new UsageError('--pcr0 is required: the PCR0 of each image you approve (a birth attestation must show one)');
   const rootFile = values.root ?? target?.dev?.rootFile;
-  const root = rootFile ? readInput(rootFile).toString('utf8') : undefined;
+  const root = rootFile ? readPem(rootFile, '--root') : undefined;
 
   let view: KeyViewForVerification;
   if (values.view) {
@@ -176,7 +176,7 @@ export async function identityCommand(args: string[]): Promise<number> {
     throw new UsageError('--pcr0 is required: the PCR0 of each image you approve (without it the document proves nothing about the code)');
   const pinned = values.identity ? readIdentity(values.identity).publicKey : target.dev?.identity;
   const rootFile = values.root ?? target.dev?.rootFile;
-  const root = rootFile ? readInput(rootFile).toString('utf8') : undefined;
+  const root = rootFile ? readPem(rootFile, '--root') : undefined;
   let maxAgeMs: number | undefined;
   if (values['max-age'] !== undefined) {
     const s = Number(values['max-age']);
@@ -232,13 +232,13 @@ export function genesisCommand(args: string[]): number {
   const { values, positionals } = parse(
     rest,
     { pcr0: { type: 'string' }, nonce: { type: 'string' }, root: { type: 'string' }, out: { type: 'string' }, json: { type: 'boolean' } },
-    1,
+    ['genesis.json'],
   );
   if (!values.pcr0) throw new UsageError("--pcr0 is required: the genesis image's PCR0, from measurements you reproduced yourself");
   if (!values.nonce) throw new UsageError('--nonce is required: the nonce you gave the genesis run');
   const pcr0 = pcr(values.pcr0, '--pcr0');
   const nonce = hexBytes(values.nonce, '--nonce');
-  const root = values.root ? readInput(values.root).toString('utf8') : undefined;
+  const root = values.root ? readPem(values.root, '--root') : undefined;
   const file = positionals[0] as string;
   const output = readJsonInput(file) as GenesisOutput;
   const json = values.json ?? false;
