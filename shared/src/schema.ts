@@ -55,8 +55,13 @@ export function receivedOf(present: boolean, value: unknown): string {
   return typeof value;
 }
 
-/** Leading `Invalid input: ` and `expected ` go: `expected` says the rest. */
-const expectation = (message: string): string => message.replace(/^Invalid input: /, '').replace(/^expected /, '');
+/** What a message says was expected: the text after its `expected ` (`malformed key id: expected 1-64 …`), else all of it. */
+function expectation(message: string): string {
+  const text = message.replace(/^Invalid input: /, '');
+  if (text.startsWith('expected ')) return text.slice('expected '.length);
+  const at = text.indexOf(': expected ');
+  return at >= 0 ? text.slice(at + ': expected '.length) : text;
+}
 
 /** The types a union's options expected of the value itself (`string or object`), when they say. */
 function unionExpectation(issue: z.core.$ZodIssueInvalidUnion): string | undefined {

@@ -237,11 +237,15 @@ export const fieldValidatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schem
 export const projectId = z.string().regex(PROJECT_ID_RE, PROJECT_ID_EXPECTED);
 export const projectKey = z.string().regex(PROJECT_KEY_RE, 'expected "default" or pk_ and 16-43 characters of [A-Za-z0-9_-]');
 const PATH_PARAMS: Record<string, z.ZodString> = { keyId, projectId, projectKey };
-/** Parameters routed on any one non-empty path segment, their schema checked at validation (400, not 404). */
-const ANY_SEGMENT: Record<string, string> = { keyId: '^[^/]+$' };
+/**
+ * Parameters routed on any one non-empty path segment, their schema checked at validation (400, not 404). The
+ * router tests its pattern on the decoded segment (which may hold a `/`, sent as %2F); the 404/405 table on the
+ * path as sent, where a segment ends at a `/`.
+ */
+const ANY_SEGMENT: ReadonlySet<string> = new Set(['keyId']);
 
-function patternOf(name: string): string {
-  if (Object.hasOwn(ANY_SEGMENT, name)) return ANY_SEGMENT[name] as string;
+function patternOf(name: string, decoded = true): string {
+  if (ANY_SEGMENT.has(name)) return decoded ? '^.+$' : '^[^/]+$';
   const schema = PATH_PARAMS[name];
   const pattern = schema && (z.toJSONSchema(schema) as { pattern?: unknown }).pattern;
   if (typeof pattern !== 'string') throw new Error(`path parameter {${name}} has no single pattern`);
@@ -273,7 +277,7 @@ export function documentedPath(url: string): string | undefined {
 export function pathMatcher(path: string): RegExp {
   const escaped = path
     .split(PARAM)
-    .map((part, i) => (i % 2 === 1 ? `(?:${patternOf(part).replace(/^\^|\$$/g, '')})` : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+    .map((part, i) => (i % 2 === 1 ? `(?:${patternOf(part, false).replace(/^\^|\$$/g, '')})` : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
   return new RegExp(`^${escaped.join('')}$`);
 }
 
