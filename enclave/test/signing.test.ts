@@ -710,7 +710,11 @@ describe('sign request validation', () => {
     // ...and viem, when hashing, what the schema leaves to it: an address's checksum.
     const res = bad({
       type: 'typedData',
-      typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: '0x8ba1f109551bd432803012645Ac136ddd64DBA72' } },
+      typedData: {
+        types: { M: [{ name: 'a', type: 'address' }] },
+        primaryType: 'M',
+        message: { a: '0x8ba1f109551bd432803012645Ac136ddd64DBA72' },
+      },
     });
     expect(res).toBeInstanceOf(KeystoreError);
     expect((res as KeystoreError).code).toBe('INVALID_PARAMS');

@@ -14,7 +14,11 @@ const sha = (t: string) => createHash('sha256').update(t).digest('hex');
 const secret = (name: string) => `nks_${name}_${randomBytes(16).toString('hex')}`;
 const T = { admin: secret('admin'), full: secret('full'), bound: secret('bound') };
 type Name = keyof typeof T;
-const SCOPES: Record<Name, string[]> = { admin: ['admin'], full: ['keys:create', 'keys:sign', 'keys:read'], bound: ['keys:read', 'keys:sign'] };
+const SCOPES: Record<Name, string[]> = {
+  admin: ['admin'],
+  full: ['keys:create', 'keys:sign', 'keys:read'],
+  bound: ['keys:read', 'keys:sign'],
+};
 
 const ALICE = '0x70997970C51812dc3A010C7d01b50e0d17dc79C8';
 const typedData = (message: Record<string, unknown>) => ({
@@ -77,7 +81,10 @@ describe('errors that say what to fix', () => {
 
     it('every problem of a body, in order, an unknown field by its name', async () => {
       const r = await api('full', `/v1/keys/${key.keyId}/sign`, {
-        body: { type: 'transaction', transaction: { type: 'eip1559', chainId: 1, nonce: 0, gas: 'lots', maxFeePerGas: '1', maxPriorityFeePerGas: '1', tip: 1 } },
+        body: {
+          type: 'transaction',
+          transaction: { type: 'eip1559', chainId: 1, nonce: 0, gas: 'lots', maxFeePerGas: '1', maxPriorityFeePerGas: '1', tip: 1 },
+        },
       });
       expect(error(r)).toMatchObject({
         status: 400,
@@ -137,7 +144,9 @@ describe('errors that say what to fix', () => {
         status: 400,
         code: 'INVALID_PARAMS',
         message: 'body.typedData.message.memo: unknown field: Mail has no field "memo" (its fields: to, amount)',
-        details: [{ path: 'body.typedData.message.memo', expected: 'no such field (Mail has: to, amount)', received: 'string (9 characters)' }],
+        details: [
+          { path: 'body.typedData.message.memo', expected: 'no such field (Mail has: to, amount)', received: 'string (9 characters)' },
+        ],
       });
       expect(r.body.signature).toBeUndefined();
     });
@@ -198,7 +207,13 @@ describe('errors that say what to fix', () => {
             message: 'params.keyId: malformed key id: expected 1-64 characters of [A-Za-z0-9_-]',
             retryable: false,
             requestId: undefined,
-            details: [{ path: 'params.keyId', expected: '1-64 characters of [A-Za-z0-9_-]', received: expect.stringMatching(/^string \(\d+ characters\)$/) }],
+            details: [
+              {
+                path: 'params.keyId',
+                expected: '1-64 characters of [A-Za-z0-9_-]',
+                received: expect.stringMatching(/^string \(\d+ characters\)$/),
+              },
+            ],
           },
         ]);
       }

@@ -106,7 +106,11 @@ export function issuesOf(error: z.ZodError, input: unknown, root = 'params'): Va
       for (const key of issue.keys) {
         if (out.length >= MAX_ISSUES) break;
         const { present, value } = valueAt(input, [...issue.path, key]);
-        out.push({ path: clip(pathText(root, [...issue.path, key]), MAX_PATH_CHARS), expected: 'no such field', received: receivedOf(present, value) });
+        out.push({
+          path: clip(pathText(root, [...issue.path, key]), MAX_PATH_CHARS),
+          expected: 'no such field',
+          received: receivedOf(present, value),
+        });
       }
       continue;
     }
@@ -130,9 +134,11 @@ export function describeIssues(error: z.ZodError, root = 'params', input: unknow
   const parts = error.issues.slice(0, 5).map((issue) => {
     const where = pathText(root, issue.path);
     if (issue.code === 'unrecognized_keys') return `${where}: unknown field(s) ${issue.keys.map((k) => `"${clip(k, 64)}"`).join(', ')}`;
-    const missing = input !== NO_INPUT && (issue.code === 'invalid_type' || issue.code === 'invalid_union') && !valueAt(input, issue.path).present;
+    const missing =
+      input !== NO_INPUT && (issue.code === 'invalid_type' || issue.code === 'invalid_union') && !valueAt(input, issue.path).present;
     if (missing) return `${where} is required`;
-    if (issue.code === 'custom' && (issue.params as { required?: unknown } | undefined)?.required === true) return `${where} is required (${issue.message})`;
+    if (issue.code === 'custom' && (issue.params as { required?: unknown } | undefined)?.required === true)
+      return `${where} is required (${issue.message})`;
     if (issue.code === 'invalid_union' && issue.message === 'Invalid input') {
       const expected = unionExpectation(issue);
       if (expected) return `${where}: expected ${expected}`;

@@ -159,7 +159,9 @@ describe('typed data built to be costly is refused before hashing, naming the li
     expect(verdict({ types, primaryType: 'P', message: { list: [], inner: [1] } })).toBe(
       'params.typedData.message.inner: expected an object for struct type I',
     );
-    expect(verdict({ types, primaryType: 'P', message: { list: [] } })).toBe('params.typedData.message.inner is required (I, a field of P)');
+    expect(verdict({ types, primaryType: 'P', message: { list: [] } })).toBe(
+      'params.typedData.message.inner is required (I, a field of P)',
+    );
   });
 
   it('counts every visit, so shared references (a DAG built in-process) cannot amplify the walk', () => {

@@ -79,7 +79,9 @@ describe('a missing field is named as required', () => {
         },
       ],
     });
-    expect(refusal({ type: 'transaction', transaction: { type: 'eip1559', nonce: 0, maxFeePerGas: '1', maxPriorityFeePerGas: '1' } })).toEqual({
+    expect(
+      refusal({ type: 'transaction', transaction: { type: 'eip1559', nonce: 0, maxFeePerGas: '1', maxPriorityFeePerGas: '1' } }),
+    ).toEqual({
       message: 'body.transaction.chainId is required',
       details: [{ path: 'body.transaction.chainId', expected: 'string or number', received: 'missing' }],
     });
@@ -112,9 +114,18 @@ describe('details: path, expected, received for every problem', () => {
   it('paths index arrays and name wrong literals by the values allowed', () => {
     const { details } = refusal({
       type: 'transaction',
-      transaction: { type: 'eip1559', chainId: 1, nonce: 0, maxFeePerGas: '1', maxPriorityFeePerGas: '1', accessList: [{ address: 'x', storageKeys: [] }] },
+      transaction: {
+        type: 'eip1559',
+        chainId: 1,
+        nonce: 0,
+        maxFeePerGas: '1',
+        maxPriorityFeePerGas: '1',
+        accessList: [{ address: 'x', storageKeys: [] }],
+      },
     });
-    expect(details).toEqual([{ path: 'body.transaction.accessList[0].address', expected: 'a 20-byte 0x-prefixed address', received: 'string (1 characters)' }]);
+    expect(details).toEqual([
+      { path: 'body.transaction.accessList[0].address', expected: 'a 20-byte 0x-prefixed address', received: 'string (1 characters)' },
+    ]);
     expect(refusal({ type: 'userOperation', version: '0.9' }).details).toEqual([
       { path: 'body.version', expected: 'one of "0.6", "0.7", "0.8"', received: 'string (3 characters)' },
     ]);
@@ -151,7 +162,10 @@ describe('details: path, expected, received for every problem', () => {
       }
       throw new Error('expected a refusal');
     })();
-    expect([err.code, err.message]).toEqual(['INVALID_PARAMS', 'params.keyId is required; params.n: Invalid input: expected number, received string']);
+    expect([err.code, err.message]).toEqual([
+      'INVALID_PARAMS',
+      'params.keyId is required; params.n: Invalid input: expected number, received string',
+    ]);
     expect(err.issues).toEqual([
       { path: 'params.keyId', expected: 'string', received: 'missing' },
       { path: 'params.n', expected: 'number', received: 'string (3 characters)' },
@@ -201,9 +215,17 @@ describe('a typed-data message is checked against its types', () => {
     expect(refusal(mail({ ...goodMail(), from: { name: 'Cow', wallet: ALICE, age: 3 } })).message).toBe(
       'body.typedData.message.from.age: unknown field: Person has no field "age" (its fields: name, wallet)',
     );
-    expect(refusal(mail({ ...goodMail(), to: [{ name: 'Bob', wallet: BOB }, { name: 'Eve', wallet: BOB, admin: true }] })).details).toEqual([
-      { path: 'body.typedData.message.to[1].admin', expected: 'no such field (Person has: name, wallet)', received: 'boolean' },
-    ]);
+    expect(
+      refusal(
+        mail({
+          ...goodMail(),
+          to: [
+            { name: 'Bob', wallet: BOB },
+            { name: 'Eve', wallet: BOB, admin: true },
+          ],
+        }),
+      ).details,
+    ).toEqual([{ path: 'body.typedData.message.to[1].admin', expected: 'no such field (Person has: name, wallet)', received: 'boolean' }]);
   });
 
   it('names a missing field, anywhere', () => {
@@ -218,20 +240,74 @@ describe('a typed-data message is checked against its types', () => {
   });
 
   const wrong: Array<[string, Record<string, unknown>, string, string, string]> = [
-    ['an address that is not one', { from: { name: 'Cow', wallet: '0x1234' } }, 'from.wallet', 'address: 20 bytes as 0x-prefixed hex', 'string (6 characters)'],
+    [
+      'an address that is not one',
+      { from: { name: 'Cow', wallet: '0x1234' } },
+      'from.wallet',
+      'address: 20 bytes as 0x-prefixed hex',
+      'string (6 characters)',
+    ],
     ['an address as a number', { from: { name: 'Cow', wallet: 1 } }, 'from.wallet', 'address: 20 bytes as 0x-prefixed hex', 'number'],
-    ['a uint8 of 256', { amount: 256 }, 'amount', 'uint8: an integer from 0 to 2^8-1, as a decimal string, 0x hex or a safe JSON integer', 'number'],
-    ['a negative uint8', { amount: '-1' }, 'amount', 'uint8: an integer from 0 to 2^8-1, as a decimal string, 0x hex or a safe JSON integer', 'string (2 characters)'],
-    ['a uint8 as a fraction', { amount: 1.5 }, 'amount', 'uint8: an integer from 0 to 2^8-1, as a decimal string, 0x hex or a safe JSON integer', 'number'],
-    ['a uint8 that is not a number', { amount: 'ten' }, 'amount', 'uint8: an integer from 0 to 2^8-1, as a decimal string, 0x hex or a safe JSON integer', 'string (3 characters)'],
-    ['an int16 below its range', { delta: -32769 }, 'delta', 'int16: an integer from -2^15 to 2^15-1, as a decimal string, 0x hex or a safe JSON integer', 'number'],
-    ['a bytes4 of 5 bytes', { salt: '0xdeadbeef00' }, 'salt', 'bytes4: exactly 4 bytes as 0x-prefixed hex (8 hex digits)', 'string (12 characters)'],
-    ['a bytes4 of 3 bytes', { salt: '0xdeadbe' }, 'salt', 'bytes4: exactly 4 bytes as 0x-prefixed hex (8 hex digits)', 'string (8 characters)'],
+    [
+      'a uint8 of 256',
+      { amount: 256 },
+      'amount',
+      'uint8: an integer from 0 to 2^8-1, as a decimal string, 0x hex or a safe JSON integer',
+      'number',
+    ],
+    [
+      'a negative uint8',
+      { amount: '-1' },
+      'amount',
+      'uint8: an integer from 0 to 2^8-1, as a decimal string, 0x hex or a safe JSON integer',
+      'string (2 characters)',
+    ],
+    [
+      'a uint8 as a fraction',
+      { amount: 1.5 },
+      'amount',
+      'uint8: an integer from 0 to 2^8-1, as a decimal string, 0x hex or a safe JSON integer',
+      'number',
+    ],
+    [
+      'a uint8 that is not a number',
+      { amount: 'ten' },
+      'amount',
+      'uint8: an integer from 0 to 2^8-1, as a decimal string, 0x hex or a safe JSON integer',
+      'string (3 characters)',
+    ],
+    [
+      'an int16 below its range',
+      { delta: -32769 },
+      'delta',
+      'int16: an integer from -2^15 to 2^15-1, as a decimal string, 0x hex or a safe JSON integer',
+      'number',
+    ],
+    [
+      'a bytes4 of 5 bytes',
+      { salt: '0xdeadbeef00' },
+      'salt',
+      'bytes4: exactly 4 bytes as 0x-prefixed hex (8 hex digits)',
+      'string (12 characters)',
+    ],
+    [
+      'a bytes4 of 3 bytes',
+      { salt: '0xdeadbe' },
+      'salt',
+      'bytes4: exactly 4 bytes as 0x-prefixed hex (8 hex digits)',
+      'string (8 characters)',
+    ],
     ['bytes of odd length', { data: '0xabc' }, 'data', 'bytes: 0x-prefixed hex bytes', 'string (5 characters)'],
     ['a bool as a string', { urgent: 'true' }, 'urgent', 'bool: true or false', 'string (4 characters)'],
     ['a string as a number', { contents: 42 }, 'contents', 'string: a JSON string', 'number'],
     ['a uint256[2] of 3', { pair: [1, 2, 3] }, 'pair', 'array of 2 items (uint256[2])', 'array (3 items)'],
-    ['an array element out of range', { pair: [1, `0x1${'0'.repeat(64)}`] }, 'pair[1]', 'uint256: an integer from 0 to 2^256-1, as a decimal string, 0x hex or a safe JSON integer', 'string (67 characters)'],
+    [
+      'an array element out of range',
+      { pair: [1, `0x1${'0'.repeat(64)}`] },
+      'pair[1]',
+      'uint256: an integer from 0 to 2^256-1, as a decimal string, 0x hex or a safe JSON integer',
+      'string (67 characters)',
+    ],
     ['a struct array as an object', { to: { name: 'Bob', wallet: BOB } }, 'to', 'array (Person[])', 'object'],
     ['a struct as an array', { from: [] }, 'from', 'object (struct Person)', 'array (0 items)'],
   ];
@@ -252,7 +328,11 @@ describe('a typed-data message is checked against its types', () => {
 
   it('refuses types that name no type, and a primary type that is not defined', () => {
     expect(refusal(mail(goodMail(), { Extra: [{ name: 'n', type: 'uint7' }] })).details).toEqual([
-      { path: 'body.typedData.types.Extra[0].type', expected: 'a struct defined in types or an EIP-712 type', received: 'string (5 characters)' },
+      {
+        path: 'body.typedData.types.Extra[0].type',
+        expected: 'a struct defined in types or an EIP-712 type',
+        received: 'string (5 characters)',
+      },
     ]);
     expect(refusal(mail(goodMail(), { Extra: [{ name: 'p', type: 'Persn[]' }] })).message).toMatch(
       /^body\.typedData\.types\.Extra\[0\]\.type: type "Persn\[\]" is neither a struct defined in types nor an EIP-712 type/,
@@ -276,7 +356,12 @@ describe('a typed-data message is checked against its types', () => {
   });
 
   it("still passes real protocols' payloads, and the budget still names its limit first for the attack shapes", () => {
-    for (const td of [payloads.seaportOrder(30, 30), payloads.permit2Batch(20), payloads.uniswapXV2DutchOrder(3), payloads.safeTransaction(10)])
+    for (const td of [
+      payloads.seaportOrder(30, 30),
+      payloads.permit2Batch(20),
+      payloads.uniswapXV2DutchOrder(3),
+      payloads.safeTransaction(10),
+    ])
       expect(SignRequestSchema.safeParse({ type: 'typedData', typedData: td }).success).toBe(true);
     const verdict = checkTypedDataBudget(payloads.hugeArray(100_000));
     expect(verdict.ok || verdict.limit).toBe('maxArrayLength');

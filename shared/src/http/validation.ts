@@ -277,7 +277,9 @@ export function documentedPath(url: string): string | undefined {
 export function pathMatcher(path: string): RegExp {
   const escaped = path
     .split(PARAM)
-    .map((part, i) => (i % 2 === 1 ? `(?:${patternOf(part, false).replace(/^\^|\$$/g, '')})` : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+    .map((part, i) =>
+      i % 2 === 1 ? `(?:${patternOf(part, false).replace(/^\^|\$$/g, '')})` : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'),
+    );
   return new RegExp(`^${escaped.join('')}$`);
 }
 

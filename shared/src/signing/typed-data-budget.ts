@@ -261,7 +261,11 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
     for (let i = 0; i < fields.length; i++) {
       const f = fields[i] as Field;
       if (names.has(f.name))
-        return wrong(['types', name, i, 'name'], `type ${name} names its field "${f.name}" twice`, 'a field name not used before in its type');
+        return wrong(
+          ['types', name, i, 'name'],
+          `type ${name} names its field "${f.name}" twice`,
+          'a field name not used before in its type',
+        );
       names.add(f.name);
       const base = baseType(f.type);
       if (fieldsOf(base) !== undefined || atomics.has(base)) continue;
@@ -398,10 +402,15 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
     const names = namesOf(type);
     for (const key of Object.keys(record)) {
       if (!names.has(key))
-        return wrong([...path, key], `unknown field: ${type} has no field "${key}" (its fields: ${fieldList(fields)})`, `no such field (${type} has: ${fieldList(fields)})`);
+        return wrong(
+          [...path, key],
+          `unknown field: ${type} has no field "${key}" (its fields: ${fieldList(fields)})`,
+          `no such field (${type} has: ${fieldList(fields)})`,
+        );
     }
     for (const f of fields) {
-      if (!Object.hasOwn(record, f.name)) return wrong([...path, f.name], `${f.type}, a field of ${type}`, `${f.type}, a field of ${type}`, true);
+      if (!Object.hasOwn(record, f.name))
+        return wrong([...path, f.name], `${f.type}, a field of ${type}`, `${f.type}, a field of ${type}`, true);
       if (isArrayType(f.type) || fieldsOf(f.type) !== undefined) continue;
       const refused = checkAtomic(f.type, record[f.name], [...path, f.name]);
       if (refused) return refused;
