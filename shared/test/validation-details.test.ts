@@ -228,6 +228,15 @@ describe('a typed-data message is checked against its types', () => {
     ).toEqual([{ path: 'body.typedData.message.to[1].admin', expected: 'no such field (Person has: name, wallet)', received: 'boolean' }]);
   });
 
+  it('names an unknown field of any length in at most 64 characters', () => {
+    const long = 'z'.repeat(10_000);
+    const { message, details } = refusal(mail({ ...goodMail(), [long]: 1 }));
+    expect(message).toBe(
+      `body.typedData.message.${'z'.repeat(63)}…: unknown field: Mail has no field "${'z'.repeat(63)}…" (its fields: from, to, contents, amount, delta, salt, data, urgent, … (9 fields))`,
+    );
+    expect(details[0]?.path).toBe(`body.typedData.message.${'z'.repeat(63)}…`);
+  });
+
   it('names a missing field, anywhere', () => {
     const { contents: _gone, ...noContents } = goodMail();
     expect(refusal(mail(noContents))).toEqual({

@@ -404,7 +404,7 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
       if (!names.has(key))
         return wrong(
           [...path, key],
-          `unknown field: ${type} has no field "${key}" (its fields: ${fieldList(fields)})`,
+          `unknown field: ${type} has no field "${key.length > 64 ? `${key.slice(0, 63)}…` : key}" (its fields: ${fieldList(fields)})`,
           `no such field (${type} has: ${fieldList(fields)})`,
         );
     }
