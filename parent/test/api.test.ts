@@ -298,7 +298,20 @@ describe('caller API', () => {
       }),
       400,
       'INVALID_PARAMS',
-      'typedData: Address "nope" is invalid.',
+      'body.typedData.message.a: expected address: 20 bytes as 0x-prefixed hex',
+    );
+    // A checksum is viem's to check, in the enclave: a mixed-case address whose checksum is wrong.
+    const badChecksum = '0x8ba1f109551bd432803012645Ac136ddd64DBA72';
+    expectError(
+      await s.api(`/v1/keys/${key.keyId}/sign`, {
+        body: {
+          type: 'typedData',
+          typedData: { types: { M: [{ name: 'a', type: 'address' }] }, primaryType: 'M', message: { a: badChecksum } },
+        },
+      }),
+      400,
+      'INVALID_PARAMS',
+      `typedData: Address "${badChecksum}" is invalid.`,
     );
     expectError(await s.api('/v1/keys/k_doesnotexist000000000000'), 404, 'KEY_NOT_FOUND');
     expectError(await s.api('/v1/keys/k_doesnotexist000000000000/sign', { body: { type: 'message', message: 'm' } }), 404, 'KEY_NOT_FOUND');
@@ -415,16 +428,16 @@ describe('caller API', () => {
     ]);
     expectError(await s.api('/v1/keys', { body: 'x'.repeat(5000), headers: { 'content-type': 'text/plain' } }), 413, 'PAYLOAD_TOO_LARGE'); // the limit before the type
     // Routes: a path no route has is 404 before any token is asked for, however the router fails to match it.
-    for (const path of [
-      '/v1/nothing',
-      '/v1/keys/not!an-id',
-      `/v1/keys/${'a'.repeat(65)}`,
-      `/v1/keys/${'a'.repeat(300)}/sign`,
-      '/v1/keys/%zz',
-      '/v1/keys/',
-      '/V1/keys',
-    ]) {
+    // (A path segment over the router's 100 characters is no route either, a key id's included.)
+    for (const path of ['/v1/nothing', '/v1/keys/%zz', '/v1/keys/', '/V1/keys', `/v1/keys/${'a'.repeat(300)}/sign`]) {
       expectError(await s.api(path, { token: null }), 404, 'NOT_FOUND', `no route for ${path.slice(0, 200)}`);
+    }
+    // A malformed key id is a route's path with a bad parameter: the token first (401), then 400 saying what a key
+    // id is (parent/test/api-errors.test.ts).
+    for (const path of ['/v1/keys/not!an-id', `/v1/keys/${'a'.repeat(65)}`, `/v1/keys/${'a'.repeat(100)}/sign`]) {
+      const body = path.endsWith('/sign') ? { type: 'message', message: 'm' } : undefined;
+      expectError(await s.api(path, { token: null, body }), 401, 'UNAUTHORIZED');
+      expectError(await s.api(path, { body }), 400, 'INVALID_PARAMS', /^params\.keyId: malformed key id: expected 1-64 characters/);
     }
     // Methods: 405 with Allow, for any method the path does not serve, HEAD included, before the token.
     for (const [method, path, allow, name] of [

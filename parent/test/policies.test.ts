@@ -250,7 +250,7 @@ describe('signing policies in the parent', () => {
     ['no body', undefined, /^body: a policy is required/],
     ['a list', [], /^body: /],
     ['an unknown field', { rules: [], owner: 'me' }, /^body: unknown field\(s\) "owner"$/],
-    ['a rule without a name', { rules: [{ effect: 'allow' }] }, /^body\.rules\[0\]\.name: /],
+    ['a rule without a name', { rules: [{ effect: 'allow' }] }, /^body\.rules\[0\]\.name is required$/],
     ['a bad name', { rules: [{ name: '-x', effect: 'allow' }] }, /^body\.rules\[0\]\.name: expected a name of 1-64 characters/],
     ['an unknown effect', { rules: [{ name: 'a', effect: 'maybe' }] }, /^body\.rules\[0\]\.effect: /],
     ['an unknown condition', { rules: [{ name: 'a', effect: 'allow', when: { from: [USDC] } }] }, /^body\.rules\[0\]\.when: unknown field/],
@@ -360,7 +360,7 @@ describe('signing policies in the parent', () => {
 
   it.each<[string, unknown, RegExp]>([
     ['no body', undefined, /^body: a body \{"request"/],
-    ['no request', { keyId: 'k' }, /^body\.request: /],
+    ['no request', { keyId: 'k' }, /^body\.request is required$/],
     ['an unknown request type', { request: { type: 'everything' } }, /^body\.request\.type: /],
     ['a bad request', { request: { type: 'digest', digest: '0x12' } }, /^body\.request\.digest: /],
     ['a bad key id', { request: { type: 'message', message: 'm' }, keyId: 'not a key' }, /^body\.keyId: /],

@@ -210,7 +210,7 @@ describe('projects in the parent', () => {
 
     it.each<[string, unknown, RegExp]>([
       ['no body', undefined, /^body: a project is required$/],
-      ['no name', { auth: { type: 'token' } }, /^body\.name: /],
+      ['no name', { auth: { type: 'token' } }, /^body\.name is required$/],
       ['an empty name', { name: '', auth: { type: 'token' } }, /^body\.name: /],
       ['a name of 129 characters', { name: 'x'.repeat(129), auth: { type: 'token' } }, /^body\.name: /],
       [
@@ -218,17 +218,17 @@ describe('projects in the parent', () => {
         { name: 'bell\u0007', auth: { type: 'token' } },
         /^body\.name: expected 1-128 printable characters$/,
       ],
-      ['no auth', { name: 'a' }, /^body\.auth: /],
+      ['no auth', { name: 'a' }, /^body\.auth is required$/],
       ['an unknown auth type', { name: 'a', auth: { type: 'oauth' } }, /^body\.auth/],
       [
         'a JWT auth without issuer',
         { name: 'a', auth: { type: 'jwt', audience: 'x', jwksUri: 'https://a.example/j' } },
-        /^body\.auth\.issuer: /,
+        /^body\.auth\.issuer is required$/,
       ],
       [
         'a JWT auth without audience',
         { name: 'a', auth: { type: 'jwt', issuer: 'x', jwksUri: 'https://a.example/j' } },
-        /^body\.auth\.audience: /,
+        /^body\.auth\.audience is required$/,
       ],
       [
         'an http JWKS URI',

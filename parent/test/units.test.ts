@@ -38,7 +38,7 @@ describe('bearer tokens', () => {
     'tok-sign',
     'Bearer',
     'Bearer ',
-    'bearer tok-sign',
+    'Bearer TOK-SIGN',
     'Bearer tok-sign2',
     `Bearer ${'x'.repeat(600)}`,
     'Bearer tok sign',

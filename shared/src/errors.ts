@@ -109,18 +109,36 @@ export function detailsOf(value: unknown): ErrorDetails | undefined {
   return Object.fromEntries(entries);
 }
 
+/**
+ * One problem with a request's input (a validation failure's `details` on the caller API): where (`body.transaction.gas`),
+ * what was expected, and what was there — a type name and size (`string (5 characters)`, `missing`), never the
+ * value itself. Built by `issuesOf` (shared/src/schema.ts), bounded in number and length.
+ */
+export interface ValidationIssue {
+  readonly path: string;
+  readonly expected: string;
+  readonly received: string;
+}
+
 /** An error with a registered code. `retryable` defaults to the code's own; `cause` keeps what it wraps. */
 export class KeystoreError extends Error {
   override readonly name = 'KeystoreError';
   readonly code: ErrorCode;
   readonly retryable: boolean;
   readonly details: ErrorDetails | undefined;
+  /** A validation failure's problems, first the one the message names (the caller API answers them as `details`). */
+  readonly issues: readonly ValidationIssue[] | undefined;
 
-  constructor(code: ErrorCode, message: string, options?: { retryable?: boolean; cause?: unknown; details?: ErrorDetails }) {
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options?: { retryable?: boolean; cause?: unknown; details?: ErrorDetails; issues?: readonly ValidationIssue[] },
+  ) {
     super(message, options?.cause === undefined ? undefined : { cause: options.cause });
     this.code = code;
     this.retryable = options?.retryable ?? ERROR_CODES[code].retryable;
     this.details = options?.details;
+    this.issues = options?.issues;
   }
 
   get rpcCode(): number {

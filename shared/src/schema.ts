@@ -4,7 +4,7 @@
  * (field paths and expectations only, never the offending values).
  */
 import { z } from 'zod';
-import { KeystoreError, type ErrorCode } from './errors';
+import { KeystoreError, type ErrorCode, type ValidationIssue } from './errors';
 import {
   ADDRESS_EXPECTED,
   ADDRESS_RE,
@@ -16,14 +16,142 @@ import {
   KMS_KEY_ARN_RE,
 } from './identifiers';
 
-export function describeIssues(error: z.ZodError, root = 'params'): string {
+/** Issues reported in `details` at most (the message names up to 5, then says how many more). */
+export const MAX_ISSUES = 20;
+const MAX_PATH_CHARS = 256;
+const MAX_EXPECTED_CHARS = 256;
+
+const clip = (s: string, max: number): string => (s.length <= max ? s : `${s.slice(0, max - 1)}…`);
+
+/** `body.transaction.accessList[0].address`; caller-chosen names (unknown fields, map keys) clipped to 64 characters. */
+function pathText(root: string, path: readonly PropertyKey[]): string {
+  const steps = path.map((p) => (typeof p === 'number' ? `[${p}]` : clip(String(p), 64)));
+  return [root, ...steps].join('.').replace(/\.\[/g, '[');
+}
+
+/** Marks a call that has no input to look into (`describeIssues` without one): nothing is taken as missing. */
+const NO_INPUT: unique symbol = Symbol('no input');
+
+/** The value at `path` in `input`, through own properties only; `present` is false when any step is absent. */
+function valueAt(input: unknown, path: readonly PropertyKey[]): { present: boolean; value: unknown } {
+  let value = input;
+  for (const step of path) {
+    if (typeof value !== 'object' || value === null || !Object.hasOwn(value, step)) return { present: false, value: undefined };
+    value = (value as Record<PropertyKey, unknown>)[step];
+  }
+  return { present: value !== undefined, value };
+}
+
+/**
+ * What a value is, for `received`: its JSON type and size, never its content (a request may carry a secret, and
+ * answers and logs must not echo it): `missing`, `null`, `string (12 characters)`, `array (3 items)`, `object`,
+ * `number`, `boolean`.
+ */
+export function receivedOf(present: boolean, value: unknown): string {
+  if (!present) return 'missing';
+  if (value === null) return 'null';
+  if (Array.isArray(value)) return `array (${value.length} items)`;
+  if (typeof value === 'string') return `string (${value.length} characters)`;
+  return typeof value;
+}
+
+/** What a message says was expected: the text after its `expected ` (`malformed key id: expected 1-64 …`), else all of it. */
+function expectation(message: string): string {
+  const text = message.replace(/^Invalid input: /, '');
+  if (text.startsWith('expected ')) return text.slice('expected '.length);
+  const at = text.indexOf(': expected ');
+  return at >= 0 ? text.slice(at + ': expected '.length) : text;
+}
+
+/** The types a union's options expected of the value itself (`string or object`), when they say. */
+function unionExpectation(issue: z.core.$ZodIssueInvalidUnion): string | undefined {
+  const options = (issue as { options?: unknown }).options;
+  if (Array.isArray(options) && options.length > 0) return `one of ${options.map((o) => JSON.stringify(String(o))).join(', ')}`;
+  const types = new Set<string>();
+  for (const branch of issue.errors) {
+    const own = branch.find((i) => i.path.length === 0 && i.code === 'invalid_type');
+    if (!own || own.code !== 'invalid_type') return undefined;
+    types.add(own.expected);
+  }
+  return types.size > 0 ? [...types].join(' or ') : undefined;
+}
+
+function expectedOf(issue: z.core.$ZodIssue): string {
+  const declared = issue.code === 'custom' ? (issue.params as { expected?: unknown } | undefined)?.expected : undefined;
+  if (typeof declared === 'string') return declared;
+  switch (issue.code) {
+    case 'invalid_type':
+      return issue.expected;
+    case 'invalid_value':
+      return `one of ${issue.values.map((v) => JSON.stringify(String(v))).join(', ')}`;
+    case 'invalid_union':
+      return unionExpectation(issue) ?? 'one of the accepted shapes';
+    case 'unrecognized_keys':
+      return 'no such field';
+    default:
+      return expectation(issue.message);
+  }
+}
+
+/**
+ * A validation failure as a list of problems for programs (`details` on the caller API): each one's path
+ * (`body.typedData.message.to`), what was expected and what was received (`receivedOf`: a type, never the
+ * value). An unknown field is one problem per field. At most MAX_ISSUES, in the order zod found them.
+ */
+export function issuesOf(error: z.ZodError, input: unknown, root = 'params'): ValidationIssue[] {
+  const out: ValidationIssue[] = [];
+  for (const issue of error.issues) {
+    if (out.length >= MAX_ISSUES) break;
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) {
+        if (out.length >= MAX_ISSUES) break;
+        const { present, value } = valueAt(input, [...issue.path, key]);
+        out.push({
+          path: clip(pathText(root, [...issue.path, key]), MAX_PATH_CHARS),
+          expected: 'no such field',
+          received: receivedOf(present, value),
+        });
+      }
+      continue;
+    }
+    const { present, value } = valueAt(input, issue.path);
+    out.push({
+      path: clip(pathText(root, issue.path), MAX_PATH_CHARS),
+      expected: clip(expectedOf(issue), MAX_EXPECTED_CHARS),
+      received: receivedOf(present, value),
+    });
+  }
+  return out;
+}
+
+/**
+ * One message for a validation failure, the first problem first: `body.message is required`,
+ * `body.transaction.gas: expected a uint64 …`, `body: unknown field(s) "x"`; up to 5, then how many more. Field
+ * paths and expectations only, never the values. With `input` (what was validated), a field that is absent is
+ * said to be required.
+ */
+export function describeIssues(error: z.ZodError, root = 'params', input: unknown = NO_INPUT): string {
   const parts = error.issues.slice(0, 5).map((issue) => {
-    const where = [root, ...issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : String(p)))].join('.').replace(/\.\[/g, '[');
-    if (issue.code === 'unrecognized_keys') return `${where}: unknown field(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
+    const where = pathText(root, issue.path);
+    if (issue.code === 'unrecognized_keys') return `${where}: unknown field(s) ${issue.keys.map((k) => `"${clip(k, 64)}"`).join(', ')}`;
+    const missing =
+      input !== NO_INPUT && (issue.code === 'invalid_type' || issue.code === 'invalid_union') && !valueAt(input, issue.path).present;
+    if (missing) return `${where} is required`;
+    if (issue.code === 'custom' && (issue.params as { required?: unknown } | undefined)?.required === true)
+      return `${where} is required (${issue.message})`;
+    if (issue.code === 'invalid_union' && issue.message === 'Invalid input') {
+      const expected = unionExpectation(issue);
+      if (expected) return `${where}: expected ${expected}`;
+    }
     return `${where}: ${issue.message}`;
   });
   if (error.issues.length > 5) parts.push(`and ${error.issues.length - 5} more`);
   return parts.join('; ');
+}
+
+/** A validation failure as INVALID_PARAMS (or `reason`), with its message and its `issues`. */
+export function validationError(error: z.ZodError, input: unknown, root = 'params', reason: ErrorCode = 'INVALID_PARAMS'): KeystoreError {
+  return new KeystoreError(reason, describeIssues(error, root, input), { issues: issuesOf(error, input, root) });
 }
 
 export function parseOrThrow<S extends z.ZodType>(
@@ -33,7 +161,7 @@ export function parseOrThrow<S extends z.ZodType>(
   reason: ErrorCode = 'INVALID_PARAMS',
 ): z.output<S> {
   const res = schema.safeParse(value);
-  if (!res.success) throw new KeystoreError(reason, describeIssues(res.error, root));
+  if (!res.success) throw validationError(res.error, value, root, reason);
   return res.data;
 }
 

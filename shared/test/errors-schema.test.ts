@@ -117,6 +117,13 @@ describe('schema helper', () => {
       }
       return 'OK';
     })();
-    expect(message.split('; ').map((p) => p.split(':')[0])).toEqual(['body.f0', 'body.f1', 'body.f2', 'body.f3', 'body.f4', 'and 2 more']);
+    expect(message.split('; ')).toEqual([
+      'body.f0 is required',
+      'body.f1 is required',
+      'body.f2 is required',
+      'body.f3 is required',
+      'body.f4 is required',
+      'and 2 more',
+    ]);
   });
 });

@@ -160,7 +160,7 @@ describe('typed data built to be costly is refused before hashing, naming the li
       'params.typedData.message.inner: expected an object for struct type I',
     );
     expect(verdict({ types, primaryType: 'P', message: { list: [] } })).toBe(
-      'params.typedData.message.inner: expected an object for struct type I',
+      'params.typedData.message.inner is required (I, a field of P)',
     );
   });
 

@@ -68,7 +68,8 @@ export class TokenAuth {
 
   /** The principal for an `Authorization` header value; UNAUTHORIZED when missing, unknown or expired. */
   authenticate(header: string | undefined, now = Date.now()): Principal {
-    const m = /^Bearer ([\x21-\x7e]{1,512})$/.exec(header ?? '');
+    // The scheme name is case-insensitive (RFC 7235, 2.1), one or more spaces follow it; the token is compared as sent.
+    const m = /^bearer +([\x21-\x7e]{1,512})$/i.exec(header ?? '');
     if (!m) throw new KeystoreError('UNAUTHORIZED', header ? 'Authorization must be "Bearer <token>"' : 'missing bearer token');
     const presented = createHash('sha256')
       .update(m[1] as string, 'utf8')

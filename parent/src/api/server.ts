@@ -384,8 +384,9 @@ export class ApiServer {
     }
     if (ke.httpStatus === 503) reply.header('retry-after', '1');
     if (ke.code === 'UNAUTHORIZED') reply.header('www-authenticate', 'Bearer');
-    // `details` (POLICY_DENIED: the rule or limit and the reason) only when the error has them.
-    const details = ke.details ? { details: ke.details } : {};
+    // `details` only when the error has them: a validation failure's problems (`[{path, expected, received}]`),
+    // or facts for programs (POLICY_DENIED: the rule or limit and the reason; KEY_STATE: the state).
+    const details = ke.issues ? { details: ke.issues } : ke.details ? { details: ke.details } : {};
     reply
       .code(ke.httpStatus)
       .send({ error: { code: ke.code, message: ke.message, retryable: ke.retryable, requestId: request.id, ...details } });

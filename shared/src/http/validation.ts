@@ -4,7 +4,8 @@
  * Fastify runs `validatorCompiler` once per route and request part at startup; the function it returns is all
  * that runs per request. It is fastify-type-provider-zod's compiler with three differences the API needs:
  * - a failure is INVALID_PARAMS with `describeIssues`' message (shared/src/schema.ts: field paths and
- *   expectations, never the values), the same text as every other boundary of the system. The provider's
+ *   expectations, never the values), the same text as every other boundary of the system, and `issues`
+ *   (`issuesOf`: path, expected, received for each problem; the answer's `details`). The provider's
  *   errors flatten paths to `/a/0/b`, which loses whether `0` was an index and where a label key containing
  *   `/` ends;
  * - a body schema can ask to be handed to the handler as sent rather than as parsed (`requestBody`);
@@ -15,9 +16,9 @@
 import type { FastifySchemaCompiler } from 'fastify';
 import { z } from 'zod';
 import { KeystoreError } from '@nks/shared/errors';
-import { PROJECT_ID_EXPECTED, PROJECT_ID_RE } from '@nks/shared/identifiers';
+import { KEY_ID_EXPECTED, KEY_ID_RE, PROJECT_ID_EXPECTED, PROJECT_ID_RE } from '@nks/shared/identifiers';
 import { PROJECT_KEY_RE } from '@nks/shared/records';
-import { describeIssues, keyId } from '@nks/shared/schema';
+import { keyId, validationError } from '@nks/shared/schema';
 
 /**
  * A JSON body that is literally `null`. Fastify hands validators `null` for a request without a body, so the
@@ -107,27 +108,34 @@ export function requestBody(schema: z.ZodType, rule: BodyRule): z.ZodType {
   return schema;
 }
 
-const invalid = (message: string) => ({ error: new KeystoreError('INVALID_PARAMS', message) });
 const malformed = (message: string) => ({ error: new KeystoreError('INVALID_REQUEST', message) });
 
-/** The failure of `root` (`body`, `query`): INVALID_REQUEST for a reserved name anywhere, else INVALID_PARAMS. */
-function failureOf(error: z.ZodError, root: string) {
+/**
+ * The failure of `root` (`body`, `query`, `params`) for `input`: INVALID_REQUEST for a reserved name anywhere,
+ * else INVALID_PARAMS naming the first problem, with every problem in `issues` (the answer's `details`).
+ */
+function failureOf(error: z.ZodError, root: string, input: unknown) {
   const reserved = reservedIssue(error);
   if (reserved) {
     const path = reserved.path.slice(0, -1).map(String);
     return malformed(reservedNameMessage([root, ...path].join('.'), String(reserved.path.at(-1))));
   }
-  return invalid(describeIssues(error, root));
+  return { error: validationError(error, input, root) };
 }
+
+/** The failure of a part that is not there at all (`body: a JSON body is required`), with its one issue. */
+const missingPart = (root: string, message: string) => ({
+  error: new KeystoreError('INVALID_PARAMS', `${root}: ${message}`, { issues: [{ path: root, expected: message, received: 'missing' }] }),
+});
 
 export const validatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, httpPart }) => {
   if (httpPart === 'body') {
     const { whenMissing, asSent = false } = bodyRules.get(schema) ?? {};
     return (data: unknown) => {
       const body = data === null ? undefined : data === JSON_NULL ? null : data;
-      if (body === undefined && whenMissing !== undefined) return invalid(`body: ${whenMissing}`);
+      if (body === undefined && whenMissing !== undefined) return missingPart('body', whenMissing);
       const res = schema.safeParse(body);
-      if (!res.success) return failureOf(res.error, 'body');
+      if (!res.success) return failureOf(res.error, 'body', body);
       return { value: asSent ? body : res.data };
     };
   }
@@ -136,15 +144,20 @@ export const validatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schema, ht
       const reserved = data[RESERVED_KEY];
       if (reserved !== undefined) return malformed(reservedNameMessage('query', reserved));
       const twice = data[DUPLICATE_KEY];
-      if (twice !== undefined) return invalid(`query: "${twice}" is given more than once`);
+      if (twice !== undefined)
+        return {
+          error: new KeystoreError('INVALID_PARAMS', `query: "${twice}" is given more than once`, {
+            issues: [{ path: `query.${twice.slice(0, 64)}`, expected: 'one value', received: 'more than one value' }],
+          }),
+        };
       const res = schema.safeParse(data);
-      return res.success ? { value: res.data } : failureOf(res.error, 'query');
+      return res.success ? { value: res.data } : failureOf(res.error, 'query', data);
     };
   }
   const root = httpPart ?? 'params';
   return (data: unknown) => {
     const res = schema.safeParse(data);
-    return res.success ? { value: res.data } : invalid(describeIssues(res.error, root));
+    return res.success ? { value: res.data } : failureOf(res.error, root, data);
   };
 };
 
@@ -215,15 +228,24 @@ export const fieldValidatorCompiler: FastifySchemaCompiler<z.ZodType> = ({ schem
 };
 
 /**
- * Path parameters, each with the shared schema that says what it may hold. The router matches a parameter
- * only when its shape is right, so a malformed key id is 404 NOT_FOUND (no such route), before any token or
- * body is looked at — as when routes were regular expressions — and the params schema never fails.
+ * Path parameters, each with the shared schema that says what it may hold. The router matches a project id or
+ * project key only when its shape is right (else 404 NOT_FOUND, no such route, before any token or body is
+ * looked at). A key id is routed whatever it holds (one path segment) and checked by the params schema: a
+ * malformed one is 400 INVALID_PARAMS saying what a key id is (after the token, like any other validation), a
+ * well-formed unknown one 404 KEY_NOT_FOUND.
  */
 export const projectId = z.string().regex(PROJECT_ID_RE, PROJECT_ID_EXPECTED);
 export const projectKey = z.string().regex(PROJECT_KEY_RE, 'expected "default" or pk_ and 16-43 characters of [A-Za-z0-9_-]');
 const PATH_PARAMS: Record<string, z.ZodString> = { keyId, projectId, projectKey };
+/**
+ * Parameters routed on any one non-empty path segment, their schema checked at validation (400, not 404). The
+ * router tests its pattern on the decoded segment (which may hold a `/`, sent as %2F); the 404/405 table on the
+ * path as sent, where a segment ends at a `/`.
+ */
+const ANY_SEGMENT: ReadonlySet<string> = new Set(['keyId']);
 
-function patternOf(name: string): string {
+function patternOf(name: string, decoded = true): string {
+  if (ANY_SEGMENT.has(name)) return decoded ? '^.+$' : '^[^/]+$';
   const schema = PATH_PARAMS[name];
   const pattern = schema && (z.toJSONSchema(schema) as { pattern?: unknown }).pattern;
   if (typeof pattern !== 'string') throw new Error(`path parameter {${name}} has no single pattern`);
@@ -255,12 +277,14 @@ export function documentedPath(url: string): string | undefined {
 export function pathMatcher(path: string): RegExp {
   const escaped = path
     .split(PARAM)
-    .map((part, i) => (i % 2 === 1 ? `(?:${patternOf(part).replace(/^\^|\$$/g, '')})` : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')));
+    .map((part, i) =>
+      i % 2 === 1 ? `(?:${patternOf(part, false).replace(/^\^|\$$/g, '')})` : part.replace(/[.*+?^${}()|[\]\\]/g, '\\$&'),
+    );
   return new RegExp(`^${escaped.join('')}$`);
 }
 
 /** The params schema of a route whose path names `{keyId}`. */
-export const KeyParams = z.strictObject({ keyId });
+export const KeyParams = z.strictObject({ keyId: z.string().regex(KEY_ID_RE, `malformed key id: ${KEY_ID_EXPECTED}`) });
 /** The params schema of a route whose path names `{projectId}`. */
 export const ProjectParams = z.strictObject({ projectId });
 /** The params schema of the TrueWallet routes (`/v1/{projectKey}/wallets/…`). */

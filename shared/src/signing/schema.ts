@@ -218,9 +218,12 @@ export const TypedDataSchema = z
         return;
       }
     }
-    // The complexity budget, before anything is hashed (typed-data-budget.ts).
+    // The budget and the message checked against its types (typed-data-budget.ts), before anything is hashed.
     const verdict = checkTypedDataBudget(td);
-    if (!verdict.ok) ctx.addIssue({ code: 'custom', path: verdict.path, message: verdict.message });
+    if (!verdict.ok) {
+      const { path, message, expected, required } = verdict;
+      ctx.addIssue({ code: 'custom', path, message, ...(expected ? { params: { expected, ...(required ? { required } : {}) } } : {}) });
+    }
   });
 
 export const SignRequestSchema = z.discriminatedUnion('type', [

@@ -13,8 +13,15 @@
  * types together with the message, exactly as the encoder will, and stops as soon as a limit is passed, so the
  * check itself costs at most a few milliseconds whatever the input.
  *
- * The walk also refuses values whose shape cannot be encoded (an object where an array is declared, a missing
- * struct), since the encoder would fail on them anyway.
+ * The same walk checks the message against its types, so that a mistake is refused naming its field rather than
+ * hashed into a signature the verifier will not accept: the primary type and every field type must exist; a struct
+ * value has exactly its type's fields (an unknown field is refused, a missing one named); a fixed-size array has
+ * its length; and each atomic value is of its type (address: 20 bytes of 0x hex; uintN/intN: an integer in range as
+ * a decimal string, 0x hex or a safe JSON integer; bytesN: exactly N bytes of 0x hex; bytes: 0x hex; bool; string).
+ * viem's `validateTypedData` (which the enclave still runs before hashing) checks ranges, byte sizes and address
+ * checksums, but not missing or extra fields, nor the types of strings and booleans. Each check is constant work
+ * per value the budget already counts (plus a pass over a struct value's own keys), so the budget still bounds
+ * the whole walk. Address checksums are left to viem, on the signer thread: they cost a keccak each.
  */
 
 export interface TypedDataLimits {
@@ -68,7 +75,16 @@ export interface TypedDataUsage {
 
 export type BudgetVerdict =
   | { ok: true; usage: TypedDataUsage }
-  | { ok: false; limit: keyof TypedDataLimits | 'shape'; path: Array<string | number>; message: string };
+  | {
+      ok: false;
+      limit: keyof TypedDataLimits | 'shape';
+      path: Array<string | number>;
+      message: string;
+      /** Shape failures: what the value at `path` should have been (`uint8: an integer from 0 to 255 …`). */
+      expected?: string;
+      /** Shape failures: the field at `path` is missing. */
+      required?: true;
+    };
 
 interface Field {
   name: string;
@@ -100,6 +116,80 @@ export function domainFieldsOf(domain: Record<string, unknown> | undefined): Fie
 const baseType = (type: string) => type.replace(/(\[[0-9]*\])+$/, '');
 const isArrayType = (type: string) => type.endsWith(']');
 
+const INTEGER_TYPE = /^(u?)int([0-9]{1,3})$/;
+const BYTES_TYPE = /^bytes([0-9]{1,2})$/;
+const ADDRESS = /^0x[0-9a-fA-F]{40}$/;
+const HEX = /^0x[0-9a-fA-F]*$/;
+const INTEGER = /^(?:-?[0-9]{1,78}|0x[0-9a-fA-F]{1,64})$/;
+
+interface Atomic {
+  /** Whether a value is one of this type, as the encoder will take it. */
+  accepts(value: unknown): boolean;
+  /** What a value of this type is, for the refusal. */
+  expected: string;
+}
+
+/** An integer as a decimal string (optionally negative), 0x hex, a safe JSON integer, or a bigint, within [min, max]. */
+function integerWithin(value: unknown, min: bigint, max: bigint): boolean {
+  let n: bigint;
+  if (typeof value === 'bigint') n = value;
+  else if (typeof value === 'number') {
+    if (!Number.isSafeInteger(value)) return false;
+    n = BigInt(value);
+  } else if (typeof value === 'string' && INTEGER.test(value)) n = BigInt(value);
+  else return false;
+  return n >= min && n <= max;
+}
+
+/** EIP-712's atomic and dynamic types (what viem hashes); undefined for any other name (`uint`, `uint7`, `bytes0`, a typo). */
+function atomicOf(type: string): Atomic | undefined {
+  switch (type) {
+    case 'address':
+      return { accepts: (v) => typeof v === 'string' && ADDRESS.test(v), expected: 'address: 20 bytes as 0x-prefixed hex' };
+    case 'bool':
+      return { accepts: (v) => typeof v === 'boolean', expected: 'bool: true or false' };
+    case 'string':
+      return { accepts: (v) => typeof v === 'string', expected: 'string: a JSON string' };
+    case 'bytes':
+      return { accepts: (v) => typeof v === 'string' && v.length % 2 === 0 && HEX.test(v), expected: 'bytes: 0x-prefixed hex bytes' };
+  }
+  const int = INTEGER_TYPE.exec(type);
+  if (int) {
+    const bits = Number(int[2]);
+    if (bits < 8 || bits > 256 || bits % 8 !== 0 || int[2]?.startsWith('0')) return undefined;
+    const signed = int[1] === '';
+    const max = (1n << BigInt(signed ? bits - 1 : bits)) - 1n;
+    const min = signed ? -max - 1n : 0n;
+    const range = signed ? `-2^${bits - 1} to 2^${bits - 1}-1` : `0 to 2^${bits}-1`;
+    return {
+      accepts: (v) => integerWithin(v, min, max),
+      expected: `${type}: an integer from ${range}, as a decimal string, 0x hex or a safe JSON integer`,
+    };
+  }
+  const bytes = BYTES_TYPE.exec(type);
+  if (bytes) {
+    const size = Number(bytes[1]);
+    if (size < 1 || size > 32 || bytes[1]?.startsWith('0')) return undefined;
+    return {
+      accepts: (v) => typeof v === 'string' && v.length === 2 + 2 * size && HEX.test(v),
+      expected: `${type}: exactly ${size} byte${size === 1 ? '' : 's'} as 0x-prefixed hex (${2 * size} hex digits)`,
+    };
+  }
+  return undefined;
+}
+
+/** The fixed length of an array type (`T[3]` → 3), or undefined for a dynamic one (`T[]`). */
+function fixedLengthOf(type: string): number | undefined {
+  const inner = type.slice(type.lastIndexOf('[') + 1, -1);
+  return inner === '' ? undefined : Number(inner);
+}
+
+/** A short list of a struct's field names, for a refusal (bounded: at most 8 named). */
+function fieldList(fields: readonly Field[]): string {
+  const names = fields.slice(0, 8).map((f) => f.name);
+  return fields.length > 8 ? `${names.join(', ')}, … (${fields.length} fields)` : names.join(', ') || 'no fields';
+}
+
 interface Frame {
   type: string;
   value: unknown;
@@ -117,6 +207,14 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
     limit,
     path,
     message,
+  });
+  const wrong = (path: Array<string | number>, message: string, expected: string, required = false): BudgetVerdict => ({
+    ok: false,
+    limit: 'shape',
+    path,
+    message,
+    expected,
+    ...(required ? { required: true as const } : {}),
   });
 
   const tooManyValues = (path: Array<string | number>) =>
@@ -153,6 +251,50 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
   // also what a field of type EIP712Domain means).
   const domainFields = structs.get('EIP712Domain') ?? domainFieldsOf(td.domain);
   const fieldsOf = (name: string): readonly Field[] | undefined => (name === 'EIP712Domain' ? domainFields : structs.get(name));
+
+  // Every field's type names a struct or an atomic type, and no struct names a field twice (at most maxTypes ×
+  // maxFieldsPerType steps); the primary type exists.
+  const atomics = new Map<string, Atomic>();
+  const fieldNames = new Map<string, ReadonlySet<string>>();
+  for (const [name, fields] of structs) {
+    const names = new Set<string>();
+    for (let i = 0; i < fields.length; i++) {
+      const f = fields[i] as Field;
+      if (names.has(f.name))
+        return wrong(
+          ['types', name, i, 'name'],
+          `type ${name} names its field "${f.name}" twice`,
+          'a field name not used before in its type',
+        );
+      names.add(f.name);
+      const base = baseType(f.type);
+      if (fieldsOf(base) !== undefined || atomics.has(base)) continue;
+      const atomic = atomicOf(base);
+      if (!atomic) {
+        return wrong(
+          ['types', name, i, 'type'],
+          `type "${f.type}" is neither a struct defined in types nor an EIP-712 type (address, bool, string, bytes, bytes1-bytes32, uint8-uint256, int8-int256, and arrays of them)`,
+          'a struct defined in types or an EIP-712 type',
+        );
+      }
+      atomics.set(base, atomic);
+    }
+    fieldNames.set(name, names);
+  }
+  if (td.primaryType !== 'EIP712Domain' && !structs.has(td.primaryType)) {
+    return wrong(['primaryType'], `"${td.primaryType}" is not a type defined in types`, `one of the types defined in types`);
+  }
+  const namesOf = (name: string): ReadonlySet<string> => {
+    let names = fieldNames.get(name);
+    if (names === undefined) fieldNames.set(name, (names = new Set((fieldsOf(name) ?? []).map((f) => f.name))));
+    return names;
+  };
+  /** The refusal of an atomic value at `path` that is not a `type`, or undefined when it is one. */
+  const checkAtomic = (type: string, value: unknown, path: Array<string | number>): BudgetVerdict | undefined => {
+    const atomic = atomics.get(type) ?? atomicOf(type);
+    if (!atomic) return wrong(path, `type "${type}" is not an EIP-712 type`, 'a struct defined in types or an EIP-712 type');
+    return atomic.accepts(value) ? undefined : wrong(path, `expected ${atomic.expected}`, atomic.expected);
+  };
 
   // |encodeType(T)|: `T(t1 n1,t2 n2)` for T and every struct type it reaches. At most maxTypes × maxFields
   // steps per type, computed once per type on first use.
@@ -202,7 +344,8 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
     depth = Math.max(depth, d);
 
     if (isArrayType(type)) {
-      if (!Array.isArray(value)) return fail('shape', path, `expected an array for type ${type}`);
+      if (!Array.isArray(value)) return wrong(path, `expected an array for type ${type}`, `array (${type})`);
+      const fixed = fixedLengthOf(type);
       if (value.length > limits.maxArrayLength) {
         return fail(
           'maxArrayLength',
@@ -210,21 +353,31 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
           `typed data exceeds its complexity budget: an array of ${value.length} elements, more than the ${limits.maxArrayLength} allowed (maxArrayLength)`,
         );
       }
+      if (fixed !== undefined && value.length !== fixed)
+        return wrong(path, `expected an array of exactly ${fixed} elements for type ${type}`, `array of ${fixed} items (${type})`);
       longestArray = Math.max(longestArray, value.length);
       values += value.length;
       if (values > limits.maxValues) return tooManyValues(path);
       const element = type.slice(0, type.lastIndexOf('['));
-      // Elements of an atomic type are counted above and need no walk.
       if (isArrayType(element) || fieldsOf(element) !== undefined) {
         for (let i = value.length - 1; i >= 0; i--) stack.push({ type: element, value: value[i], depth: d + 1, path: [...path, i] });
+      } else {
+        // Elements of an atomic type, counted above: checked here, not walked.
+        for (let i = 0; i < value.length; i++) {
+          const refused = checkAtomic(element, value[i], [...path, i]);
+          if (refused) return refused;
+        }
       }
       continue;
     }
 
     const fields = fieldsOf(type);
-    if (fields === undefined) continue; // an atomic value (or an unknown type, which viem refuses)
+    if (fields === undefined) {
+      // Only the message itself is pushed with a type not checked to be a struct (the primary type, checked above).
+      continue;
+    }
     if (typeof value !== 'object' || value === null || Array.isArray(value))
-      return fail('shape', path, `expected an object for struct type ${type}`);
+      return wrong(path, `expected an object for struct type ${type}`, `object (struct ${type})`);
     structInstances += 1;
     if (structInstances > limits.maxStructInstances) {
       return fail(
@@ -244,15 +397,28 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
       );
     }
     const record = value as Record<string, unknown>;
+    // Exactly the type's fields: an unknown one is refused (it would be silently left out of the hash), a
+    // missing one named; then the atomic values, in the type's order.
+    const names = namesOf(type);
+    for (const key of Object.keys(record)) {
+      if (!names.has(key))
+        return wrong(
+          [...path, key],
+          `unknown field: ${type} has no field "${key.length > 64 ? `${key.slice(0, 63)}…` : key}" (its fields: ${fieldList(fields)})`,
+          `no such field (${type} has: ${fieldList(fields)})`,
+        );
+    }
+    for (const f of fields) {
+      if (!Object.hasOwn(record, f.name))
+        return wrong([...path, f.name], `${f.type}, a field of ${type}`, `${f.type}, a field of ${type}`, true);
+      if (isArrayType(f.type) || fieldsOf(f.type) !== undefined) continue;
+      const refused = checkAtomic(f.type, record[f.name], [...path, f.name]);
+      if (refused) return refused;
+    }
     for (let i = fields.length - 1; i >= 0; i--) {
       const f = fields[i] as Field;
       if (!isArrayType(f.type) && fieldsOf(f.type) === undefined) continue;
-      stack.push({
-        type: f.type,
-        value: Object.hasOwn(record, f.name) ? record[f.name] : undefined,
-        depth: d + 1,
-        path: [...path, f.name],
-      });
+      stack.push({ type: f.type, value: record[f.name], depth: d + 1, path: [...path, f.name] });
     }
   }
   return { ok: true, usage: { types: typeNames.length, maxFields, depth, longestArray, structInstances, values, typeStringChars } };
