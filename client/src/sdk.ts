@@ -29,7 +29,7 @@ import {
   type VerifyOptions,
 } from '@nks/shared/attestation';
 import { backoffDelay, type BackoffOptions } from '@nks/shared/backoff';
-import { detailsOf, isRetryableCode, type ErrorDetails } from '@nks/shared/errors';
+import { detailsOf, isRetryableCode, type ErrorDetails, type ValidationIssue } from '@nks/shared/errors';
 import type { LimitOutcome, PolicyDecision, RuleOutcome } from '@nks/shared/policy/decision';
 import { policyChangeTypedDataForWallet } from '@nks/shared/policy/approval';
 import type { PoliciesView, PolicyApprovalView } from '@nks/shared/policy/views';
@@ -265,6 +265,19 @@ export function createKeyHeaders(input: { externalId?: string }): Record<string,
   return input.externalId === undefined ? { 'idempotency-key': globalThis.crypto.randomUUID() } : undefined;
 }
 
+/** `value` as validation issues if it is a short array of `{path, expected, received}` strings, else undefined (the server's word). */
+function issuesOf(value: unknown): ValidationIssue[] | undefined {
+  if (!Array.isArray(value) || value.length === 0 || value.length > 64) return undefined;
+  const fields = ['path', 'expected', 'received'] as const;
+  const ok = value.every(
+    (i: unknown) =>
+      typeof i === 'object' &&
+      i !== null &&
+      fields.every((f) => typeof (i as Record<string, unknown>)[f] === 'string' && ((i as Record<string, string>)[f]?.length ?? 0) <= 1024),
+  );
+  return ok ? value.map((i: Record<string, string>) => ({ path: i.path!, expected: i.expected!, received: i.received! })) : undefined;
+}
+
 /** Retries wait 50-100 ms, then 100-200 ms, …, at most 5 s. */
 export const SDK_RETRY_BACKOFF: Readonly<BackoffOptions> = { initialMs: 100, maxMs: 5_000 };
 
@@ -275,15 +288,26 @@ export class KeystoreApiError extends Error {
    * or limit that refused, and why; docs/POLICIES.md).
    */
   readonly details: ErrorDetails | undefined;
+  /**
+   * For INVALID_PARAMS: each problem with the request, `{path, expected, received}` (the server's `details`
+   * array; README.md, "Errors"), the first of which the message names.
+   */
+  readonly issues: readonly ValidationIssue[] | undefined;
   constructor(
     readonly status: number,
     readonly code: string,
     message: string,
     readonly requestId: string | undefined,
-    options?: ErrorOptions & { details?: ErrorDetails | undefined; retryAfterS?: number | undefined; retryable?: boolean },
+    options?: ErrorOptions & {
+      details?: ErrorDetails | undefined;
+      issues?: readonly ValidationIssue[] | undefined;
+      retryAfterS?: number | undefined;
+      retryable?: boolean;
+    },
   ) {
     super(message, options);
     this.details = options?.details;
+    this.issues = options?.issues;
     this.retryAfterS = options?.retryAfterS;
     this.clientRetryable = options?.retryable;
   }
@@ -500,14 +524,15 @@ export class KeystoreClient {
     if (!res.ok) {
       const e = (parsed as { error?: { code?: string; message?: string; requestId?: string; details?: unknown } })?.error;
       const details = detailsOf(e?.details);
+      const issues = issuesOf(e?.details);
       const after = /^\d{1,6}$/.test(res.headers.get('retry-after') ?? '') ? Number(res.headers.get('retry-after')) : undefined;
       throw new KeystoreApiError(
         res.status,
         e?.code ?? `HTTP_${res.status}`,
         e?.message ?? res.statusText,
         e?.requestId ?? res.headers.get('x-request-id') ?? undefined,
-        details || after !== undefined
-          ? { ...(details ? { details } : {}), ...(after !== undefined ? { retryAfterS: after } : {}) }
+        details || issues || after !== undefined
+          ? { ...(details ? { details } : {}), ...(issues ? { issues } : {}), ...(after !== undefined ? { retryAfterS: after } : {}) }
           : undefined,
       );
     }

@@ -260,6 +260,8 @@ describe('errors that say what to fix', () => {
         1,
       ]);
       expect((err as Error).message).toContain('malformed key id');
+      // The server's details array reaches the caller as issues.
+      expect((err as KeystoreApiError).issues).toEqual([expect.objectContaining({ path: 'params.keyId' })]);
       const missing = await client.getKey('k_doesnotexist000000000000').catch((e: unknown) => e);
       expect([(missing as KeystoreApiError).status, (missing as KeystoreApiError).code]).toEqual([404, 'KEY_NOT_FOUND']);
     });
