@@ -28,6 +28,7 @@ import { TokenAuth, type Principal } from './auth';
 import { KeyParams, projectId, ProjectParams, requestBody, routeUrl, stringMap } from '@nks/shared/http/validation';
 import type { Logger } from '@nks/shared/log';
 import { auditedSign } from './audit';
+import * as R from './responses';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -167,7 +168,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/keys', 'keys:create'),
-      schema: { querystring: NoQuery, body: CreateBody },
+      schema: { querystring: NoQuery, body: CreateBody, response: { 200: R.KeyView.or(R.KeyCreatedRef), 201: R.KeyView } },
       async handler(request, reply) {
         const token = tokenOf(request);
         const projectId = request.body?.projectId ?? DEFAULT_PROJECT_ID;
@@ -177,14 +178,14 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
         const { record, created } = await keys.create(request.body ?? {});
         reply.code(created ? 201 : 200);
         // An existing key is shown only to a token that may read keys: creating is not a way to read one.
-        if (!created && !canRead(token)) return { keyId: record.keyId, created: false };
+        if (!created && !canRead(token)) return { keyId: record.keyId, created: false as const };
         return viewOf(record);
       },
     });
     app.route({
       method: 'GET',
       ...at('/v1/keys', 'keys:read'),
-      schema: { querystring: ListQuery },
+      schema: { querystring: ListQuery, response: { 200: R.KeyList } },
       async handler(request) {
         // A bound token's pages leave out the keys of other projects, in the query (a filter after it would leave
         // pages short, and their cursors would count the keys left out); by external id, here.
@@ -198,7 +199,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/keys/{keyId}', 'keys:read'),
-      schema: { params: KeyParams, querystring: NoQuery },
+      schema: { params: KeyParams, querystring: NoQuery, response: { 200: R.KeyView } },
       async handler(request) {
         return viewOf(await reachableView(keys, request, request.params.keyId));
       },
@@ -206,7 +207,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/keys/{keyId}/sign', 'keys:sign'),
-      schema: { params: KeyParams, querystring: NoQuery, body: SignBody },
+      schema: { params: KeyParams, querystring: NoQuery, body: SignBody, response: { 200: R.SignResultView } },
       handler(request) {
         const { keyId } = request.params;
         const who = { requestId: request.id, token: request.apiState?.principal ?? '-' };
@@ -224,7 +225,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
       app.route({
         method: 'POST',
         ...at(`/v1/keys/{keyId}/${action}`, 'admin'),
-        schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody },
+        schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody, response: { 200: R.KeyView } },
         async handler(request) {
           return viewOf(await keys.setDisabled(request.params.keyId, action === 'disable'));
         },
@@ -235,7 +236,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/keys/{keyId}/successor', 'keys:create'),
-      schema: { params: KeyParams, querystring: NoQuery, body: SuccessorBody },
+      schema: { params: KeyParams, querystring: NoQuery, body: SuccessorBody, response: { 201: R.KeyView.or(R.SuccessorOwnView) } },
       async handler(request, reply) {
         // A JWT project's key does not exist for a caller below admin, as on the read routes, nor another
         // project's for a bound token.
@@ -253,7 +254,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
       app.route({
         method: 'POST',
         ...at(`/v1/keys/{keyId}/${action}`, 'admin'),
-        schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody },
+        schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody, response: { 200: R.KeyView } },
         async handler(request) {
           return viewOf(await keys[action](request.params.keyId));
         },
@@ -262,7 +263,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/keys/{keyId}/history', 'keys:read'),
-      schema: { params: KeyParams, querystring: NoQuery },
+      schema: { params: KeyParams, querystring: NoQuery, response: { 200: R.KeyHistory } },
       async handler(request) {
         await reachableView(keys, request, request.params.keyId);
         return { keys: (await keys.history(request.params.keyId, { withJwtKeys: seesJwtKeys(request) })).map(historyEntryOf) };
@@ -271,7 +272,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/projects', 'admin'),
-      schema: { querystring: NoQuery, body: ProjectCreateBody },
+      schema: { querystring: NoQuery, body: ProjectCreateBody, response: { 201: R.ProjectView } },
       async handler(request, reply) {
         const { name, ...settings } = request.body;
         const view = await keys.projects.create(name, settings);
@@ -282,7 +283,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/projects', 'admin'),
-      schema: { querystring: ProjectListQuery },
+      schema: { querystring: ProjectListQuery, response: { 200: R.ProjectList } },
       handler(request) {
         return keys.projects.list(request.query);
       },
@@ -290,7 +291,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/projects/{projectId}', 'admin'),
-      schema: { params: ProjectParams, querystring: NoQuery },
+      schema: { params: ProjectParams, querystring: NoQuery, response: { 200: R.ProjectView } },
       handler(request) {
         return keys.projects.get(request.params.projectId);
       },
@@ -299,7 +300,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
       app.route({
         method: 'POST',
         ...at(`/v1/projects/{projectId}/${action}`, 'admin'),
-        schema: { params: ProjectParams, querystring: NoQuery, body: EmptyBody },
+        schema: { params: ProjectParams, querystring: NoQuery, body: EmptyBody, response: { 200: R.ProjectView } },
         async handler(request) {
           return keys.projects.setState(request.params.projectId, action === 'disable' ? 'disabled' : 'active');
         },
@@ -309,7 +310,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/projects/{projectId}/policies', 'admin'),
-      schema: { params: ProjectParams, querystring: NoQuery },
+      schema: { params: ProjectParams, querystring: NoQuery, response: { 200: R.PoliciesAnswer } },
       handler(request) {
         return keys.projects.policies(request.params.projectId);
       },
@@ -317,7 +318,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'PUT',
       ...at('/v1/projects/{projectId}/policies', 'admin'),
-      schema: { params: ProjectParams, querystring: NoQuery, body: PoliciesBody },
+      schema: { params: ProjectParams, querystring: NoQuery, body: PoliciesBody, response: { 200: R.PoliciesAnswer } },
       handler(request) {
         const { approvals, ...policies } = request.body;
         return keys.projects.setPolicies(request.params.projectId, policies, approvals);
@@ -326,7 +327,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/projects/{projectId}/policies:approval', 'admin'),
-      schema: { params: ProjectParams, querystring: NoQuery, body: ApprovalBody },
+      schema: { params: ProjectParams, querystring: NoQuery, body: ApprovalBody, response: { 200: R.PolicyApprovalAnswer } },
       handler(request) {
         return keys.projects.approval(request.params.projectId, request.body.policies);
       },
@@ -334,7 +335,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/projects/{projectId}/policies:evaluate', 'admin'),
-      schema: { params: ProjectParams, querystring: NoQuery, body: EvaluateBody },
+      schema: { params: ProjectParams, querystring: NoQuery, body: EvaluateBody, response: { 200: R.PolicyDecisionView } },
       handler(request) {
         return keys.evaluatePolicy(request.params.projectId, request.body);
       },
@@ -342,7 +343,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/attestation', 'keys:read'),
-      schema: { querystring: AttestationQuery },
+      schema: { querystring: AttestationQuery, response: { 200: R.AttestationAnswer } },
       handler(request) {
         return keys.attestation(request.query.nonce);
       },
@@ -352,7 +353,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/identity'),
-      schema: { querystring: IdentityQuery },
+      schema: { querystring: IdentityQuery, response: { 200: R.IdentityAnswer } },
       handler(request) {
         return keys.identity(request.query.nonce);
       },
