@@ -15,16 +15,17 @@ import type { KeyRegistry } from '../key-registry';
 import { Metrics } from '../metrics';
 import type { TlsKeys } from '../tls/tls-keys';
 
-export async function generateOpenApi(): Promise<string> {
+/** The caller API server as the daemon registers its routes, on a free loopback port, with nothing behind them. */
+export function documentServer(): ApiServer {
   const config = parseParentConfig({
     api: { listen: { host: '127.0.0.1', port: 0 } },
-    // One token, which nobody holds: the server never listens.
+    // One token, which nobody holds: the routes behind it answer nothing.
     tokens: [{ name: 'openapi', sha256: hashToken(randomBytes(32).toString('hex')), scopes: ['admin'] }],
     database: { path: '/nonexistent/keys.db' },
     kmsProxy: { allowedKeyArns: ['arn:aws:kms:us-east-1:111122223333:key/openapi'], region: 'us-east-1' },
   });
   const logger = createLogger({ name: 'openapi', level: 'silent' });
-  const server = new ApiServer({
+  return new ApiServer({
     config: config.api,
     routes: (app) => {
       tokenRateLimits()(app);
@@ -40,6 +41,10 @@ export async function generateOpenApi(): Promise<string> {
     accessLog: logger,
     readiness: async () => ({ ready: false, checks: {} }),
   });
+}
+
+export async function generateOpenApi(): Promise<string> {
+  const server = documentServer();
   try {
     return await server.openApiDocument();
   } finally {
