@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { RouteOptions } from 'fastify';
 import { ERROR_CODES, type ErrorCode } from '@nks/shared/errors';
-import { captureLogger } from '@nks/shared-test/helpers';
+import { captureLogger, tempRunDir } from '@nks/shared-test/helpers';
 import { hashToken, TokenAuth } from '../src/api/auth';
 import { DOCS_CSP } from '../src/api/openapi';
 import { generateOpenApi } from '../src/api/openapi-document';
@@ -23,6 +23,7 @@ import type { KeyRegistry, KeyView } from '../src/key-registry';
 import { Metrics } from '../src/metrics';
 import type { TlsKeys } from '../src/tls/tls-keys';
 import { call } from './http-client';
+import { startStack, waitReady, type Stack } from '../../test/support/stack';
 
 const COMMITTED = path.join(__dirname, '..', '..', 'docs', 'openapi.json');
 const ADMIN = 'nks_test_openapi_admin';
@@ -222,5 +223,24 @@ describe('the OpenAPI document', () => {
   it('answers health and readiness as before, through their schemas', async () => {
     expect((await call(url, '/healthz')).body).toEqual({ status: 'ok' });
     expect((await call(url, '/readyz')).body).toEqual({ status: 'ready', checks: { enclave: true } });
+  });
+});
+
+describe('the OpenAPI document of the daemon', () => {
+  let s: Stack;
+  beforeAll(async () => {
+    s = await startStack(tempRunDir('nks-openapi-'));
+    await waitReady(s);
+  }, 60_000);
+  afterAll(async () => {
+    await s?.stop();
+  });
+
+  it('is the committed one: the daemon registers the routes the generator does (app.ts, openapi-document.ts)', async () => {
+    const r = await s.api('/v1/openapi.json', { token: null });
+    expect(r.status).toBe(200);
+    expect(`${JSON.stringify(r.body, null, 2)}\n`).toBe(fs.readFileSync(COMMITTED, 'utf8'));
+    const page = await s.api('/docs', { token: null });
+    expect([page.status, page.headers.get('content-security-policy')]).toEqual([200, DOCS_CSP]);
   });
 });
