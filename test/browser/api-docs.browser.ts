@@ -10,6 +10,8 @@ import { documentServer } from '../../parent/src/api/openapi-document';
 import type { ApiServer } from '../../parent/src/api/server';
 import { chromiumBinary, launchChromium } from './chromium';
 
+const SIGN_PATH = '/v1/keys/{keyId}/sign';
+
 describe('the API reference page in a browser', () => {
   let server: ApiServer;
   let origin: string;
@@ -42,9 +44,8 @@ describe('the API reference page in a browser', () => {
     const answer = await page.goto(`${origin}/docs`);
     expect(answer?.status()).toBe(200);
     // Redoc renders each operation's path once the document is loaded and parsed.
-    await page.waitForFunction(() => document.body.textContent?.includes('/v1/keys/{keyId}/sign') ?? false, undefined, {
-      timeout: 30_000,
-    });
+    // (A locator, not a string predicate: the page's CSP forbids eval, which a string predicate needs.)
+    await page.getByText(SIGN_PATH).first().waitFor({ state: 'attached', timeout: 30_000 });
     expect(await page.textContent('body')).toContain('/v1/openapi.json');
     expect(requests).toEqual(expect.arrayContaining([`${origin}/docs`, `${origin}/docs/redoc.standalone.js`, `${origin}/v1/openapi.json`]));
     // blob: workers are made by Redoc from its own code (the CSP allows only those besides this origin).
