@@ -9,7 +9,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { RouteOptions } from 'fastify';
-import { ERROR_CODES, type ErrorCode } from '@nks/shared/errors';
+import { ERROR_CODES, KeystoreError, type ErrorCode } from '@nks/shared/errors';
 import { captureLogger, tempRunDir } from '@nks/shared-test/helpers';
 import { hashToken, TokenAuth } from '../src/api/auth';
 import { DOCS_CSP } from '../src/api/openapi';
@@ -56,6 +56,7 @@ describe('the OpenAPI document', () => {
   /** What the stub registry answers for a key (a test changes it). */
   const keyAnswer: Record<string, unknown> = { ...KEY };
   let attestationAnswer: Record<string, unknown> = { document: 'RE9D' };
+  let readiness = async () => ({ ready: true, checks: { enclave: true } as Record<string, boolean> });
   let signAnswer: Record<string, unknown> = { ...SIGNED };
   /** Every route the server registered: method and documented path. */
   const registered: Array<{ method: string; name: string; scoped: boolean }> = [];
@@ -93,7 +94,7 @@ describe('the OpenAPI document', () => {
       }),
       logger: log.logger,
       accessLog: log.logger,
-      readiness: async () => ({ ready: true, checks: { enclave: true } }),
+      readiness: async () => readiness(),
     });
     url = await server.listen();
   });
@@ -223,6 +224,20 @@ describe('the OpenAPI document', () => {
   it('answers health and readiness as before, through their schemas', async () => {
     expect((await call(url, '/healthz')).body).toEqual({ status: 'ok' });
     expect((await call(url, '/readyz')).body).toEqual({ status: 'ready', checks: { enclave: true } });
+    readiness = async () => ({ ready: false, checks: { enclave: false } });
+    expect(await call(url, '/readyz')).toEqual(
+      expect.objectContaining({ status: 503, body: { status: 'not ready', checks: { enclave: false } } }),
+    );
+    // An error of status 503 on /readyz is the error envelope, as anywhere (not refused by the answer's schema).
+    readiness = async () => {
+      throw new KeystoreError('STORAGE_UNAVAILABLE', 'the database did not answer');
+    };
+    const failed = await call(url, '/readyz');
+    expect([failed.status, failed.body.error.code, failed.body.error.message]).toEqual([
+      503,
+      'STORAGE_UNAVAILABLE',
+      'the database did not answer',
+    ]);
   });
 });
 

@@ -257,3 +257,9 @@ export const ErrorAnswer = documentedOnly(
     })
     .meta({ id: 'Error' }),
 );
+
+/**
+ * `/readyz` 503: not ready, or an error (a readiness check that throws one with status 503): both written as they
+ * are, as every error is.
+ */
+export const NotReadyAnswer = documentedOnly(ReadinessAnswer.or(ErrorAnswer));

@@ -36,7 +36,7 @@ import { bodyParser, hasBody, readJsonBody } from '@nks/shared/http/body';
 import { trustedProxies } from './client-address';
 import { NoQuery, type ApiInstance } from './routes';
 import { openApi } from './openapi';
-import { HealthAnswer, ReadinessAnswer, serializerCompiler } from './responses';
+import { HealthAnswer, NotReadyAnswer, ReadinessAnswer, serializerCompiler } from './responses';
 import type { Socket } from 'node:net';
 import { documentedPath, parseQuery, pathMatcher, validatorCompiler } from '@nks/shared/http/validation';
 import { walletsMoved, WALLETS_MOVED_LABEL, WALLETS_PATH_RE } from './wallets-moved';
@@ -264,7 +264,7 @@ export class ApiServer {
   private operationalRoutes(): void {
     const config = (name: string) => ({ config: { name, operational: true } });
     this.app.get('/healthz', { ...config('/healthz'), schema: { response: { 200: HealthAnswer } } }, () => ({ status: 'ok' as const }));
-    const readyz = { ...config('/readyz'), schema: { response: { 200: ReadinessAnswer, 503: ReadinessAnswer } } };
+    const readyz = { ...config('/readyz'), schema: { response: { 200: ReadinessAnswer, 503: NotReadyAnswer } } };
     this.app.get('/readyz', readyz, async (_request, reply) => {
       const r = await this.readiness();
       reply.code(r.ready ? 200 : 503);
