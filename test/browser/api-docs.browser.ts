@@ -3,17 +3,17 @@
  * Chromium (Debian's, driven by playwright-core). The page loads Redoc from the parent and the document from
  * `/v1/openapi.json`, renders the routes (the sign route among them), and no request leaves the parent's origin;
  * the page's Content-Security-Policy reports no violation (Redoc needs nothing it forbids).
- * The server is the caller API with the daemon's routes and nothing behind them (the page reads only the document).
+ * Against the dev stack's parent (the built bundle, as `npm run dev` runs it).
  */
 import type { Browser, Page } from 'playwright-core';
-import { documentServer } from '../../parent/src/api/openapi-document';
-import type { ApiServer } from '../../parent/src/api/server';
+import { tempRunDir } from '@nks/shared-test/helpers';
+import { startStack, waitReady, type Stack } from '../support/stack';
 import { chromiumBinary, launchChromium } from './chromium';
 
 const SIGN_PATH = '/v1/keys/{keyId}/sign';
 
 describe('the API reference page in a browser', () => {
-  let server: ApiServer;
+  let s: Stack;
   let origin: string;
   let browser: Browser;
   let page: Page;
@@ -24,8 +24,9 @@ describe('the API reference page in a browser', () => {
     // Never skipped: a run without a browser fails and says how to get one (.ci/run installs it).
     const binary = chromiumBinary();
     if (!binary) throw new Error('no Chromium found: apt-get install chromium, or set CHROMIUM to its binary');
-    server = documentServer();
-    origin = await server.listen();
+    s = await startStack(tempRunDir('nks-docs-'));
+    await waitReady(s);
+    origin = s.url;
     browser = await launchChromium(binary);
     page = await browser.newPage();
     page.on('request', (r) => requests.push(r.url()));
@@ -34,10 +35,10 @@ describe('the API reference page in a browser', () => {
     page.on('console', (m) => {
       if (/Content.Security.Policy|Refused to/i.test(m.text())) problems.push(`console: ${m.text()}`);
     });
-  });
+  }, 90_000);
   afterAll(async () => {
     await browser?.close();
-    await server?.close(100);
+    await s?.stop();
   });
 
   it('lists the sign route, and loads everything from the parent only', async () => {

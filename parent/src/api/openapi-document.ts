@@ -16,7 +16,7 @@ import { Metrics } from '../metrics';
 import type { TlsKeys } from '../tls/tls-keys';
 
 /** The caller API server as the daemon registers its routes, on a free loopback port, with nothing behind them. */
-export function documentServer(): ApiServer {
+function documentServer(): ApiServer {
   const config = parseParentConfig({
     api: { listen: { host: '127.0.0.1', port: 0 } },
     // One token, which nobody holds: the routes behind it answer nothing.
