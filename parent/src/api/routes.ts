@@ -29,6 +29,7 @@ import { TokenAuth, type Principal } from './auth';
 import { KeyParams, projectId, ProjectParams, requestBody, routeUrl, stringMap } from '@nks/shared/http/validation';
 import type { Logger } from '@nks/shared/log';
 import { auditedSign } from './audit';
+import * as R from './responses';
 
 declare module 'fastify' {
   interface FastifyContextConfig {
@@ -197,7 +198,12 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/keys', 'keys:create'),
-      schema: { querystring: NoQuery, body: CreateBody, headers: CreateHeaders },
+      schema: {
+        querystring: NoQuery,
+        body: CreateBody,
+        headers: CreateHeaders,
+        response: { 200: R.CreatedKeyView.or(R.KeyCreatedRef), 201: R.KeyView.or(R.SuccessorOwnView) },
+      },
       async handler(request, reply) {
         const token = tokenOf(request);
         const projectId = request.body?.projectId ?? DEFAULT_PROJECT_ID;
@@ -220,14 +226,14 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
         // Field names only: a token that may not read keys learns that the key differs, never its values.
         const mismatch = out.mismatch?.length ? { mismatch: out.mismatch } : {};
         // An existing key is shown only to a token that may read keys: creating is not a way to read one.
-        if (!created && !canRead(token)) return { keyId: record.keyId, created: false, ...mismatch };
-        return created ? viewOf(record) : { ...viewOf(record), created: false, ...mismatch };
+        if (!created && !canRead(token)) return { keyId: record.keyId, created: false as const, ...mismatch };
+        return created ? viewOf(record) : { ...viewOf(record), created: false as const, ...mismatch };
       },
     });
     app.route({
       method: 'GET',
       ...at('/v1/keys', 'keys:read'),
-      schema: { querystring: ListQuery },
+      schema: { querystring: ListQuery, response: { 200: R.KeyList } },
       async handler(request) {
         // A bound token's pages leave out the keys of other projects, in the query (a filter after it would leave
         // pages short, and their cursors would count the keys left out); by external id, here.
@@ -243,7 +249,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/keys/{keyId}', 'keys:read'),
-      schema: { params: KeyParams, querystring: NoQuery },
+      schema: { params: KeyParams, querystring: NoQuery, response: { 200: R.KeyView } },
       async handler(request) {
         return viewOf(await reachableView(keys, request, request.params.keyId));
       },
@@ -254,7 +260,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'PATCH',
       ...at('/v1/keys/{keyId}', 'keys:create'),
-      schema: { params: KeyParams, querystring: NoQuery, body: LabelsBody },
+      schema: { params: KeyParams, querystring: NoQuery, body: LabelsBody, response: { 200: R.KeyView.or(R.KeyLabelsRef) } },
       async handler(request) {
         await reachableView(keys, request, request.params.keyId);
         const record = await keys.setLabels(request.params.keyId, request.body.labels);
@@ -265,7 +271,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/keys/{keyId}/sign', 'keys:sign'),
-      schema: { params: KeyParams, querystring: NoQuery, body: SignBody },
+      schema: { params: KeyParams, querystring: NoQuery, body: SignBody, response: { 200: R.SignResultView } },
       handler(request) {
         const { keyId } = request.params;
         const who = { requestId: request.id, token: request.apiState?.principal ?? '-' };
@@ -283,7 +289,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
       app.route({
         method: 'POST',
         ...at(`/v1/keys/{keyId}/${action}`, 'admin'),
-        schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody },
+        schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody, response: { 200: R.KeyView } },
         async handler(request) {
           return viewOf(await keys.setDisabled(request.params.keyId, action === 'disable'));
         },
@@ -294,7 +300,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/keys/{keyId}/successor', 'keys:create'),
-      schema: { params: KeyParams, querystring: NoQuery, body: SuccessorBody },
+      schema: { params: KeyParams, querystring: NoQuery, body: SuccessorBody, response: { 201: R.KeyView.or(R.SuccessorOwnView) } },
       async handler(request, reply) {
         // A JWT project's key does not exist for a caller below admin, as on the read routes, nor another
         // project's for a bound token.
@@ -312,7 +318,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
       app.route({
         method: 'POST',
         ...at(`/v1/keys/{keyId}/${action}`, 'admin'),
-        schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody },
+        schema: { params: KeyParams, querystring: NoQuery, body: EmptyBody, response: { 200: R.KeyView } },
         async handler(request) {
           return viewOf(await keys[action](request.params.keyId));
         },
@@ -321,7 +327,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/keys/{keyId}/history', 'keys:read'),
-      schema: { params: KeyParams, querystring: NoQuery },
+      schema: { params: KeyParams, querystring: NoQuery, response: { 200: R.KeyHistory } },
       async handler(request) {
         await reachableView(keys, request, request.params.keyId);
         return { keys: (await keys.history(request.params.keyId, { withJwtKeys: seesJwtKeys(request) })).map(historyEntryOf) };
@@ -330,7 +336,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/projects', 'admin'),
-      schema: { querystring: NoQuery, body: ProjectCreateBody },
+      schema: { querystring: NoQuery, body: ProjectCreateBody, response: { 201: R.ProjectView } },
       async handler(request, reply) {
         const { name, ...settings } = request.body;
         const view = await keys.projects.create(name, settings);
@@ -341,7 +347,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/projects', 'admin'),
-      schema: { querystring: ProjectListQuery },
+      schema: { querystring: ProjectListQuery, response: { 200: R.ProjectList } },
       handler(request) {
         return keys.projects.list(request.query);
       },
@@ -349,7 +355,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/projects/{projectId}', 'admin'),
-      schema: { params: ProjectParams, querystring: NoQuery },
+      schema: { params: ProjectParams, querystring: NoQuery, response: { 200: R.ProjectView } },
       handler(request) {
         return keys.projects.get(request.params.projectId);
       },
@@ -358,7 +364,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
       app.route({
         method: 'POST',
         ...at(`/v1/projects/{projectId}/${action}`, 'admin'),
-        schema: { params: ProjectParams, querystring: NoQuery, body: EmptyBody },
+        schema: { params: ProjectParams, querystring: NoQuery, body: EmptyBody, response: { 200: R.ProjectView } },
         async handler(request) {
           return keys.projects.setState(request.params.projectId, action === 'disable' ? 'disabled' : 'active');
         },
@@ -368,7 +374,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/projects/{projectId}/policies', 'admin'),
-      schema: { params: ProjectParams, querystring: NoQuery },
+      schema: { params: ProjectParams, querystring: NoQuery, response: { 200: R.PoliciesAnswer } },
       handler(request) {
         return keys.projects.policies(request.params.projectId);
       },
@@ -376,7 +382,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'PUT',
       ...at('/v1/projects/{projectId}/policies', 'admin'),
-      schema: { params: ProjectParams, querystring: NoQuery, body: PoliciesBody },
+      schema: { params: ProjectParams, querystring: NoQuery, body: PoliciesBody, response: { 200: R.PoliciesAnswer } },
       handler(request) {
         const { approvals, ...policies } = request.body;
         return keys.projects.setPolicies(request.params.projectId, policies, approvals);
@@ -385,7 +391,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/projects/{projectId}/policies:approval', 'admin'),
-      schema: { params: ProjectParams, querystring: NoQuery, body: ApprovalBody },
+      schema: { params: ProjectParams, querystring: NoQuery, body: ApprovalBody, response: { 200: R.PolicyApprovalAnswer } },
       handler(request) {
         return keys.projects.approval(request.params.projectId, request.body.policies);
       },
@@ -393,7 +399,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       ...at('/v1/projects/{projectId}/policies:evaluate', 'admin'),
-      schema: { params: ProjectParams, querystring: NoQuery, body: EvaluateBody },
+      schema: { params: ProjectParams, querystring: NoQuery, body: EvaluateBody, response: { 200: R.PolicyDecisionView } },
       handler(request) {
         return keys.evaluatePolicy(request.params.projectId, request.body);
       },
@@ -401,7 +407,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/attestation', 'keys:read'),
-      schema: { querystring: AttestationQuery },
+      schema: { querystring: AttestationQuery, response: { 200: R.AttestationAnswer } },
       handler(request) {
         return keys.attestation(request.query.nonce);
       },
@@ -411,7 +417,7 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'GET',
       ...at('/v1/identity'),
-      schema: { querystring: IdentityQuery },
+      schema: { querystring: IdentityQuery, response: { 200: R.IdentityAnswer } },
       handler(request) {
         return keys.identity(request.query.nonce);
       },

@@ -25,7 +25,7 @@ import Fastify, {
   type preValidationHookHandler,
   type RouteOptions,
 } from 'fastify';
-import { serializerCompiler, type ZodTypeProvider } from 'fastify-type-provider-zod';
+import type { ZodTypeProvider } from 'fastify-type-provider-zod';
 import { keystoreErrorOf } from '@nks/shared/http/errors';
 import { KeystoreError, type ErrorCode } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
@@ -34,7 +34,9 @@ import type { Metrics } from '../metrics';
 import { TokenAuth, type Principal } from './auth';
 import { bodyParser, hasBody, readJsonBody } from '@nks/shared/http/body';
 import { trustedProxies } from './client-address';
-import type { ApiInstance } from './routes';
+import { NoQuery, type ApiInstance } from './routes';
+import { openApi } from './openapi';
+import { HealthAnswer, NotReadyAnswer, ReadinessAnswer, serializerCompiler } from './responses';
 import type { Socket } from 'node:net';
 import { documentedPath, parseQuery, pathMatcher, validatorCompiler } from '@nks/shared/http/validation';
 import { walletsMoved, WALLETS_MOVED_LABEL, WALLETS_PATH_RE } from './wallets-moved';
@@ -124,6 +126,8 @@ export class ApiServer {
   /** The last request received on each connection (its answer is the last one written there: pipelining is in order). */
   private readonly latest = new WeakMap<Socket, http.IncomingMessage>();
   private idleWaiters: Array<() => void> = [];
+  /** The OpenAPI document's text (openapi.ts). */
+  private readonly openApi: { document: () => string };
 
   constructor(private readonly options: ApiServerOptions) {
     const { config } = options;
@@ -189,8 +193,19 @@ export class ApiServer {
       throw new KeystoreError('NOT_FOUND', `no route for ${pathOf(request.url).slice(0, 200)}`);
     });
 
-    this.operationalRoutes();
-    options.routes(app);
+    // @fastify/swagger first, loaded before the routes so that it sees them all (openapi.ts).
+    this.openApi = openApi(app, NoQuery);
+    app.after((err) => {
+      if (err) throw err;
+      this.operationalRoutes();
+      options.routes(app);
+    });
+  }
+
+  /** The OpenAPI document (`GET /v1/openapi.json`, docs/openapi.json) once every route is registered. */
+  async openApiDocument(): Promise<string> {
+    await this.app.ready();
+    return this.openApi.document();
   }
 
   /** Resolves with a printable address once listening. */
@@ -248,11 +263,12 @@ export class ApiServer {
   /** Health and readiness: no token, no deadline, and served while stopping or overloaded. */
   private operationalRoutes(): void {
     const config = (name: string) => ({ config: { name, operational: true } });
-    this.app.get('/healthz', config('/healthz'), () => ({ status: 'ok' }));
-    this.app.get('/readyz', config('/readyz'), async (_request, reply) => {
+    this.app.get('/healthz', { ...config('/healthz'), schema: { response: { 200: HealthAnswer } } }, () => ({ status: 'ok' as const }));
+    const readyz = { ...config('/readyz'), schema: { response: { 200: ReadinessAnswer, 503: NotReadyAnswer } } };
+    this.app.get('/readyz', readyz, async (_request, reply) => {
       const r = await this.readiness();
       reply.code(r.ready ? 200 : 503);
-      return { status: r.ready ? 'ready' : 'not ready', checks: r.checks };
+      return { status: r.ready ? ('ready' as const) : ('not ready' as const), checks: r.checks };
     });
   }
 

@@ -12,6 +12,7 @@ import { requestBody } from '@nks/shared/http/validation';
 import { TLS_CHAIN_MAX_BYTES } from '@nks/shared/tls-identity';
 import type { TlsKeys } from '../tls/tls-keys';
 import { at, NoQuery, type ApiInstance } from './routes';
+import * as R from './responses';
 
 const TlsKeysBody = requestBody(z.strictObject({ names: TlsCreateParams.shape.names }), { whenMissing: 'the names are required' });
 const TlsCertificateBody = requestBody(
@@ -26,7 +27,7 @@ export function tlsRoutes(tls: TlsKeys): (app: ApiInstance) => void {
     app.route({
       method: 'POST',
       ...at('/v1/tls/keys', 'admin'),
-      schema: { querystring: NoQuery, body: TlsKeysBody },
+      schema: { querystring: NoQuery, body: TlsKeysBody, response: { 201: R.TlsKeyCreatedAnswer } },
       async handler(request, reply) {
         const created = await tls.create(request.body.names);
         reply.code(201);
@@ -36,7 +37,7 @@ export function tlsRoutes(tls: TlsKeys): (app: ApiInstance) => void {
     app.route({
       method: 'PUT',
       ...at('/v1/tls/certificate', 'admin'),
-      schema: { querystring: NoQuery, body: TlsCertificateBody },
+      schema: { querystring: NoQuery, body: TlsCertificateBody, response: { 200: R.TlsStatusAnswer } },
       handler(request) {
         return tls.install(request.body.chain);
       },
@@ -44,7 +45,7 @@ export function tlsRoutes(tls: TlsKeys): (app: ApiInstance) => void {
     app.route({
       method: 'GET',
       ...at('/v1/tls', 'admin'),
-      schema: { querystring: NoQuery },
+      schema: { querystring: NoQuery, response: { 200: R.TlsOverviewAnswer } },
       handler() {
         return tls.status();
       },
