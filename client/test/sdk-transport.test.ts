@@ -97,7 +97,7 @@ describe('SDK transport', () => {
       s.seen.length = 0;
       // The next create is another logical create: another Idempotency-Key.
       await caught(c.createKey());
-      expect(s.seen[0].headers['idempotency-key']).not.toBe(keys[0]);
+      expect(s.seen[0]?.headers['idempotency-key']).not.toBe(keys[0]);
       s.seen.length = 0;
       const again = await caught(c.createKey({ externalId: 'e-1' }));
       expect([again.code, again.retryable, s.seen.length]).toEqual(['NETWORK', true, 3]);

@@ -114,9 +114,12 @@ export interface CreateInput {
 export interface CreateOutcome {
   record: StoredKey;
   created: boolean;
-  mismatch?: string[];
+  mismatch?: MismatchField[];
   replayed?: boolean;
 }
+
+/** The fields of a create that an existing key of its external id can differ in. */
+export type MismatchField = 'labels' | 'attest';
 
 /** How long an Idempotency-Key is remembered with the key its create made. */
 export const IDEMPOTENCY_TTL_MS = 24 * 60 * 60 * 1000;
@@ -138,8 +141,8 @@ export function idempotencyDigest(input: CreateInput): string {
  * What of a create's request an existing key differs in, of the fields the request gives: its labels, whether it
  * has a birth attestation (`attest`). A request with the external id alone differs in nothing.
  */
-export function mismatchOf(k: StoredKey, input: CreateInput): string[] {
-  const out: string[] = [];
+export function mismatchOf(k: StoredKey, input: CreateInput): MismatchField[] {
+  const out: MismatchField[] = [];
   if (input.labels !== undefined && JSON.stringify(sortedLabels(k.labels)) !== JSON.stringify(sortedLabels(input.labels)))
     out.push('labels');
   if (input.attest !== undefined && (k.attestation !== null) !== input.attest) out.push('attest');

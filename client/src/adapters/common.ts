@@ -4,7 +4,7 @@
  * computed itself from what it was asked to sign. No viem or ethers import here.
  */
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
-import type { KeystoreClient } from '../sdk';
+import type { KeystoreClient, WithBigint } from '../sdk';
 
 export type AdapterErrorCode =
   /** The input cannot be signed by the keystore as given (the message says what to change). */
@@ -52,7 +52,7 @@ export async function signChecked(
   client: KeystoreClient,
   keyId: string,
   address: string,
-  request: SignRequestInput,
+  request: WithBigint<SignRequestInput>,
   expectedDigest: string,
   recover: (digest: `0x${string}`, signature: `0x${string}`) => string | Promise<string>,
 ): Promise<SignResult> {

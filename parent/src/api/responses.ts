@@ -62,7 +62,7 @@ export const KeyView = z
 const mismatch = z
   .array(z.enum(['labels', 'attest']))
   .optional()
-  .describe("re-creating an existing external id: the fields given that the existing key differs in");
+  .describe('re-creating an existing external id: the fields given that the existing key differs in');
 
 /** `POST /v1/keys` for an existing external id, to a token that may read keys: the key as it is. */
 export const CreatedKeyView = KeyView.extend({ created: z.literal(false), mismatch }).meta({ id: 'KeyExisting' });
