@@ -95,17 +95,26 @@ const KNOWN_DIFFERENCES = [
   },
 ];
 
-const { values, positionals } = parseArgs({
-  options: {
-    major: { type: 'string', default: '24' },
-    all: { type: 'boolean', default: false },
-    offline: { type: 'boolean', default: false },
-    cache: { type: 'string' },
-    'prepare-only': { type: 'boolean', default: false },
-  },
-  allowPositionals: true,
-  strict: true,
-});
+const USAGE = 'usage: node scripts/test-node.mjs [--major 24|22] [--all] [--offline] [--cache DIR] [--prepare-only] [-- JEST ARGS]';
+function parseCommandLine() {
+  try {
+    return parseArgs({
+      options: {
+        major: { type: 'string', default: '24' },
+        all: { type: 'boolean', default: false },
+        offline: { type: 'boolean', default: false },
+        cache: { type: 'string' },
+        'prepare-only': { type: 'boolean', default: false },
+      },
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (err) {
+    console.error(`test-node: ${/** @type {Error} */ (err).message}\n${USAGE}`);
+    process.exit(2);
+  }
+}
+const { values, positionals } = parseCommandLine();
 
 /** @param {string} message @returns {never} */
 function fail(message) {
