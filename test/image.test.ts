@@ -103,3 +103,52 @@ describe('the enclave image command line (nitro-cli takes Cmd and ignores Entryp
     expect(checkImageInspect(JSON.parse(docker.stdout))).toEqual({ argv: GOOD, problems: [] });
   });
 });
+
+/** The Node majors deploy/base-images.env names: the builder (`node:N-…`) and the distroless runtime (`nodejsN-…`). */
+function baseImageNodeMajors(text: string): { builder: number | null; runtime: number | null } {
+  const value = (key: string) => new RegExp(`^${key}=(.*)$`, 'm').exec(text)?.[1] ?? '';
+  const major = (re: RegExp, tag: string) => {
+    const m = re.exec(tag);
+    return m ? Number(m[1]) : null;
+  };
+  return {
+    builder: major(/^(?:docker\.io\/)?(?:library\/)?node:(\d+)-/, value('BUILDER_TAG')),
+    runtime: major(/^gcr\.io\/distroless\/nodejs(\d+)-debian\d+$/, value('RUNTIME_TAG')),
+  };
+}
+
+describe('the Node the enclave image is built and run on (deploy/base-images.env)', () => {
+  const text = fs.readFileSync(path.join(ROOT, 'deploy', 'base-images.env'), 'utf8');
+  const nvmrc = fs.readFileSync(path.join(ROOT, '.nvmrc'), 'utf8').trim();
+  const engines = (JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { engines: { node: string } }).engines.node;
+
+  it('is Node 24 LTS in both stages, the major .nvmrc names and package.json engines accepts', () => {
+    expect(baseImageNodeMajors(text)).toEqual({ builder: 24, runtime: 24 });
+    expect(nvmrc).toBe('24');
+    expect(engines.split('||').map((r) => r.trim())).toContain('>=24.11 <25');
+  });
+
+  it('reads the majors from the tags, so a stage left on another Node shows', () => {
+    const older = text.replace('nodejs24-debian12', 'nodejs20-debian12');
+    expect(baseImageNodeMajors(older)).toEqual({ builder: 24, runtime: 20 });
+    expect(baseImageNodeMajors(text.replace('node:24-bookworm-slim', 'node:22-bookworm-slim'))).toEqual({ builder: 22, runtime: 24 });
+    expect(baseImageNodeMajors(text.replace(/^RUNTIME_TAG=.*$/m, 'RUNTIME_TAG=gcr.io/distroless/nodejs-debian12'))).toEqual({
+      builder: 24,
+      runtime: null,
+    });
+  });
+
+  it('records no digest that was not looked up: either none, or a tag and its digest side by side', () => {
+    const image = (key: string) => new RegExp(`^${key}=(.*)$`, 'm').exec(text)?.[1] ?? '';
+    if (/^RESOLVED_AT=never$/m.test(text)) {
+      expect([image('BUILDER_IMAGE'), image('RUNTIME_IMAGE')]).toEqual(['', '']);
+    } else {
+      expect(image('BUILDER_IMAGE')).toMatch(
+        new RegExp(`^${image('BUILDER_TAG').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}@sha256:[0-9a-f]{64}$`),
+      );
+      expect(image('RUNTIME_IMAGE')).toMatch(
+        new RegExp(`^${image('RUNTIME_TAG').replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}@sha256:[0-9a-f]{64}$`),
+      );
+    }
+  });
+});

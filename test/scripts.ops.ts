@@ -97,11 +97,11 @@ describe('Dockerfile.enclave', () => {
 
   it('the check catches an unpinned base image and an extra file in the final stage', () => {
     const bad = text
-      .replace('FROM ${RUNTIME_IMAGE}', 'FROM gcr.io/distroless/nodejs20-debian12:latest')
+      .replace('FROM ${RUNTIME_IMAGE}', 'FROM gcr.io/distroless/nodejs24-debian12:latest')
       .replace('WORKDIR /app', 'COPY --from=builder /src/node_modules /app/node_modules\nWORKDIR /app');
     const v = dockerfileViolations(bad);
     expect(v).toEqual([expect.stringMatching(/^base image not from BUILDER_IMAGE/), expect.stringMatching(/node_modules/)]);
-    expect(dockerfileViolations(text.replace('ARG RUNTIME_IMAGE', 'ARG RUNTIME_IMAGE=gcr.io/distroless/nodejs20-debian12:latest'))).toEqual(
+    expect(dockerfileViolations(text.replace('ARG RUNTIME_IMAGE', 'ARG RUNTIME_IMAGE=gcr.io/distroless/nodejs24-debian12:latest'))).toEqual(
       ['ARG RUNTIME_IMAGE missing or given a default'],
     );
     expect(dockerfileViolations(text.replace('make=4.3-4.1', 'make'))).toEqual(['build package not pinned to a version: make']);
