@@ -140,10 +140,10 @@ export async function buildClientPackage({ root, outdir }) {
     if (!version) throw new Error(`the client package imports ${name} (${by}), which the top-level package.json does not have`);
     const peer = template.peerDependencies?.[name];
     if (peer) {
-      const [major, minor, patch] = version.split('.').map(Number);
-      const m = /^\^(\d+)\.(\d+)\.(\d+)$/.exec(peer);
-      const [pMajor, pMinor, pPatch] = m ? m.slice(1).map(Number) : [];
-      const satisfied = m && major === pMajor && (minor > pMinor || (minor === pMinor && patch >= pPatch));
+      const tested = version.split('.').map(Number);
+      const min = /^\^(\d+)\.(\d+)\.(\d+)$/.exec(peer)?.slice(1).map(Number);
+      const order = min?.map((n, i) => Math.sign((tested[i] ?? 0) - n)).find((d) => d !== 0) ?? 0;
+      const satisfied = min !== undefined && tested[0] === min[0] && order >= 0;
       if (!satisfied) throw new Error(`client/package.json: peer ${name} "${peer}" (a ^x.y.z range) must admit the tested ${version}`);
       peerDependencies[name] = peer;
     } else {
@@ -171,7 +171,8 @@ export async function buildClientPackage({ root, outdir }) {
     license: template.license,
     keywords: template.keywords,
     engines: template.engines,
-    sideEffects: template.sideEffects,
+    // Here, not in client/package.json: esbuild would read it there while bundling the server's programs too.
+    sideEffects: false,
     main: './cjs/index.js',
     types: `./cjs/types/${main.source.replace(/\.ts$/, '.d.ts')}`,
     exports: exportsMap,
