@@ -152,6 +152,7 @@ describe('the nitro-keystore-client package, packed and installed offline', () =
   }, 600_000);
   afterAll(async () => {
     await s?.stop();
+    fs.rmSync(work, { recursive: true, force: true }); // the consumer's node_modules is large
   });
 
   it('has an exports map with ESM, CommonJS and types for each entry, a client-only nks, and no server dependency', () => {
