@@ -2,7 +2,10 @@
 // (enclave/native: nsm.node for /dev/nsm, vsock.node for AF_VSOCK) with node-gyp.
 //
 //   node scripts/build.mjs [--only NAME[,NAME]] [--outdir DIR] [--image-dir DIR] [--native-dir DIR]
+//   node scripts/build.mjs --client-package [--outdir DIR]      (npm run build:client)
 //
+// --client-package builds only the nitro-keystore-client package, into DIR/client-package
+// (scripts/client-package.mjs; client/README.md, "The package").
 // --image-dir also assembles the enclave's bare run directory (what Dockerfile.enclave copies):
 //   DIR/enclave.js, DIR/native/nsm.node, DIR/native/vsock.node
 // --native-dir compiles the addons in DIR (a copy of enclave/native) instead of enclave/native itself
@@ -16,6 +19,7 @@ import { chmodSync, copyFileSync, existsSync, mkdirSync, statSync } from 'node:f
 import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
+import { buildClientPackage } from './client-package.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -39,13 +43,27 @@ const programs = [
 const external = ['better-sqlite3', 'cbor-extract', 'pg-native'];
 
 const { values } = parseArgs({
-  options: { only: { type: 'string' }, outdir: { type: 'string' }, 'image-dir': { type: 'string' }, 'native-dir': { type: 'string' } },
+  options: {
+    only: { type: 'string' },
+    outdir: { type: 'string' },
+    'image-dir': { type: 'string' },
+    'native-dir': { type: 'string' },
+    'client-package': { type: 'boolean' },
+  },
   strict: true,
 });
 const only = values.only ? values.only.split(',') : null;
 const unknown = (only ?? []).filter((n) => !programs.some((p) => p.name === n));
 if (unknown.length) throw new Error(`unknown program(s): ${unknown.join(', ')}`);
 const outdir = path.resolve(root, values.outdir ?? 'dist');
+
+if (values['client-package']) {
+  if (values.only || values['image-dir'] || values['native-dir']) throw new Error('--client-package builds the client package only');
+  const started = Date.now();
+  const { dir, entries } = await buildClientPackage({ root, outdir });
+  console.log(`built ${path.relative(root, dir) || dir} (entries ${entries.join(' ')}; ${Date.now() - started} ms)`);
+  process.exit(0);
+}
 
 mkdirSync(outdir, { recursive: true });
 for (const { name, entry } of programs.filter((p) => !only || only.includes(p.name))) {

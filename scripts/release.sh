@@ -15,6 +15,8 @@
 #   package.json, package-lock.json
 # The EIF is built separately (scripts/build-eif.sh) from the same commit. Entries are sorted, owned by 0:0
 # and dated SOURCE_DATE_EPOCH (default: the commit's time), so the same inputs give the same archive.
+# Beside it, the client package users install (client/README.md, "The package"; npm run build:client, packed):
+# DIR/nitro-keystore-client-VERSION.tgz and its .sha256 (npm pack dates its entries 1985-10-26: reproducible).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -76,3 +78,11 @@ tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$SOURCE_DATE_EPOCH
 (cd "$out" && sha256sum "$name.tar.gz" > "$name.tar.gz.sha256")
 info "wrote $out/$name.tar.gz"
 cat "$out/$name.tar.gz.sha256"
+
+npm run build:client
+out_dir="$(cd "$out" && pwd)"
+client_tgz="$(cd dist/client-package && npm pack --silent --pack-destination "$out_dir")"
+[[ "$client_tgz" == "nitro-keystore-client-$version.tgz" ]] || die "npm pack wrote $client_tgz, not nitro-keystore-client-$version.tgz"
+(cd "$out_dir" && sha256sum "$client_tgz" > "$client_tgz.sha256")
+info "wrote $out_dir/$client_tgz"
+cat "$out_dir/$client_tgz.sha256"
