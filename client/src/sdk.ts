@@ -50,7 +50,7 @@ import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
 import { isDeepStrictEqual } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, fetch as undiciFetch } from 'undici';
-import { REQUEST_ID_RE } from '@nks/shared/log';
+import { REQUEST_ID_RE } from '@nks/shared/identifiers';
 import { VerificationError, type IdentityView } from './verify';
 
 export type {
@@ -548,9 +548,19 @@ export class KeystoreClient {
   async createKey(
     input: { externalId?: string; labels?: Record<string, string>; attest?: boolean; projectId?: string } = {},
     call?: CallOptions,
-  ): Promise<{ key: Key; created: boolean }> {
-    const res = await this.send<Key>('POST', '/v1/keys', input, true, call, createKeyHeaders(input));
-    return { key: res.body, created: res.status === 201 };
+  ): Promise<{ key: Key; created: boolean; mismatch?: Array<'labels' | 'attest'> }> {
+    const res = await this.send<Key & { created?: false; mismatch?: Array<'labels' | 'attest'> }>(
+      'POST',
+      '/v1/keys',
+      input,
+      true,
+      call,
+      createKeyHeaders(input),
+    );
+    // The key in the one Key shape; whether this call made it, and for an existing external id what of the input
+    // it differs in (README.md, "Caller API"), beside it.
+    const { created: _created, mismatch, ...key } = res.body;
+    return { key, created: res.status === 201, ...(mismatch ? { mismatch } : {}) };
   }
 
   /** A key (`KEY_NOT_FOUND` for a JWT project's key unless the token has `admin`: their records name the users). */

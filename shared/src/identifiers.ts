@@ -40,3 +40,10 @@ export const SUBJECT_MAX_BYTES = 1024;
 /** The keystore identity's Ed25519 public key: 32 bytes as 0x-prefixed lower-case hex. */
 export const IDENTITY_PUBLIC_KEY_RE = /^0x[0-9a-f]{64}$/;
 export const IDENTITY_PUBLIC_KEY_EXPECTED = 'expected a 32-byte Ed25519 public key as 0x-prefixed lower-case hex';
+
+/**
+ * What a request id may be, on the API (`x-request-id`) and on the RPC envelope: 1-128 characters of
+ * `[A-Za-z0-9_.:-]`, no control characters, quotes or JSON. The HTTP servers take an `x-request-id` by it
+ * (http/request-id.ts); the SDK checks a caller's before sending it (here, not in log.ts: the SDK takes no logger).
+ */
+export const REQUEST_ID_RE = /^[A-Za-z0-9_.:-]{1,128}$/;

@@ -6,6 +6,7 @@
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 import pino from 'pino';
+import { REQUEST_ID_RE } from './identifiers';
 
 export type Logger = pino.Logger;
 
@@ -57,11 +58,7 @@ export const ERROR_SERIALIZERS = { err: pino.stdSerializers.err };
  */
 const requestContext = new AsyncLocalStorage<{ requestId: string }>();
 
-/**
- * What a request id may be, on the API (`x-request-id`) and on the RPC envelope: 1-128 characters of
- * `[A-Za-z0-9_.:-]`, no control characters, quotes or JSON. The HTTP servers take an `x-request-id` by it (http/request-id.ts).
- */
-export const REQUEST_ID_RE = /^[A-Za-z0-9_.:-]{1,128}$/;
+export { REQUEST_ID_RE };
 
 /** Runs `fn` with `requestId` as the current request id (an id that is not valid is not used). */
 export function withRequestId<T>(requestId: string | undefined, fn: () => T): T {

@@ -2,13 +2,12 @@
  * nks as the `nitro-keystore-client` package installs it: only the commands a client runs against a keystore's
  * API or its evidence (keys, sign, attestation, identity, policy, policies, projects, tls). The host commands
  * (dev, genesis, store) run the server's own programs and come with the server's nks (client/src/cli/main.ts).
- * Exit codes as there: 0 success, 1 failure (an API error, an invalid attestation document), 2 usage.
+ * How a line is run (help, --version, --json errors, exit codes) is shared with it: run.ts.
  */
-import { KeystoreApiError } from '../sdk';
 import { attestationCommand, keysCommand, policyCommand, signCommand } from './commands';
-import { UsageError } from './context';
 import { policiesCommand } from './policies-commands';
 import { projectsCommand } from './project-commands';
+import { runCli, type Command } from './run';
 import { tlsCommand } from './tls-commands';
 import { identityCommand } from './verify-commands';
 
@@ -16,7 +15,7 @@ import { identityCommand } from './verify-commands';
 declare const NKS_CLIENT_VERSION: string;
 
 /** The commands of this nks, each run with the rest of the command line. */
-export const CLIENT_COMMANDS: Record<string, (args: string[]) => number | Promise<number>> = {
+export const CLIENT_COMMANDS: Record<string, Command> = {
   keys: keysCommand,
   sign: signCommand,
   attestation: attestationCommand,
@@ -50,39 +49,11 @@ Connection: --url URL --token TOKEN, or NKS_URL / NKS_TOKEN. Add --json for mach
 - for standard input.
 Exit codes: 0 success, 1 failure or invalid document, 2 usage.`;
 
-async function main(argv: string[]): Promise<number> {
-  const [cmd, ...rest] = argv;
-  if (cmd === '--version' || cmd === '-V') {
-    process.stdout.write(`${NKS_CLIENT_VERSION}\n`);
-    return 0;
-  }
-  if (cmd === undefined || cmd === 'help' || cmd === '--help' || cmd === '-h') {
-    process.stdout.write(`${HELP}\n`);
-    return cmd === undefined ? 2 : 0;
-  }
-  if ((HOST_COMMANDS as readonly string[]).includes(cmd))
-    throw new UsageError(`"nks ${cmd}" is a host command: it comes with the nitro-keystore server, not with nitro-keystore-client`);
-  const command = Object.hasOwn(CLIENT_COMMANDS, cmd) ? CLIENT_COMMANDS[cmd] : undefined;
-  if (!command) throw new UsageError(`unknown command "${cmd}"`);
-  if (cmd === 'policy' && ['get', 'set', 'evaluate'].includes(rest[0] ?? ''))
-    throw new UsageError(`nks policy writes the KMS key policy; a project's signing policies are "nks policies ${rest[0]}"`);
-  return command(rest);
-}
-
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (err: unknown) => {
-    if (err instanceof UsageError) {
-      process.stderr.write(`nks: ${err.message}\n(see nks --help)\n`);
-      process.exitCode = 2;
-    } else if (err instanceof KeystoreApiError) {
-      process.stderr.write(`nks: ${err.code} (HTTP ${err.status}): ${err.message}${err.requestId ? ` [request ${err.requestId}]` : ''}\n`);
-      process.exitCode = 1;
-    } else {
-      process.stderr.write(`nks: ${(err as Error).message}\n`);
-      process.exitCode = 1;
-    }
-  },
-);
+runCli(process.argv.slice(2), {
+  commands: CLIENT_COMMANDS,
+  help: HELP,
+  version: NKS_CLIENT_VERSION,
+  elsewhere: Object.fromEntries(
+    HOST_COMMANDS.map((c) => [c, `"nks ${c}" is a host command: it comes with the nitro-keystore server, not with nitro-keystore-client`]),
+  ),
+});

@@ -390,6 +390,9 @@ export async function attestationCommand(args: string[]): Promise<number> {
 }
 
 export function policyCommand(args: string[]): number {
+  // `nks policy get|set|evaluate`: signing policies are `nks policies`.
+  if (['get', 'set', 'evaluate'].includes(args[0] ?? ''))
+    throw new UsageError(`nks policy writes the KMS key policy; a project's signing policies are "nks policies ${args[0]}"`);
   const { values } = parse(args, {
     measurements: { type: 'string', multiple: true },
     pcr0: { type: 'string', multiple: true },
