@@ -43,6 +43,29 @@ export function jsonInts<T>(value: T): T {
 }
 
 /**
+ * `message` with only the fields its types declare, recursively (structs, arrays of them). viem and ethers hash a
+ * struct by its declared fields and ignore any others, and callers rely on it (permissionless signs a whole
+ * PackedUserOperation, `signature` included, as typed data); the keystore refuses undeclared fields rather than
+ * sign what it would not hash. Dropping them changes no digest: the adapters compute theirs from the caller's
+ * input and check the keystore's against it.
+ */
+export function declaredFieldsOnly(
+  types: Readonly<Record<string, readonly { name: string; type: string }[]>>,
+  primaryType: string,
+  message: unknown,
+): unknown {
+  const prune = (type: string, value: unknown): unknown => {
+    const array = /^(.*)\[\d*\]$/.exec(type);
+    if (array) return Array.isArray(value) ? value.map((v) => prune(array[1] as string, v)) : value;
+    const fields = Object.hasOwn(types, type) ? types[type] : undefined;
+    if (!fields || value === null || typeof value !== 'object' || Array.isArray(value)) return value;
+    const v = value as Record<string, unknown>;
+    return Object.fromEntries(fields.filter((f) => Object.hasOwn(v, f.name)).map((f) => [f.name, prune(f.type, v[f.name])]));
+  };
+  return prune(primaryType, message);
+}
+
+/**
  * Signs `request` with the key and checks the answer before anyone uses it: the digest signed must be
  * `expectedDigest` (computed by the adapter from its input, with the library's own hashing) and the signature
  * must recover to the key's address. A server that answered another key's signature, or one over other bytes,

@@ -36,7 +36,7 @@ import {
 } from 'ethers';
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
 import type { KeystoreClient } from '../sdk';
-import { jsonInts, KeystoreAdapterError, signChecked, type TransactionRequest, type TypedDataRequest } from './common';
+import { declaredFieldsOnly, jsonInts, KeystoreAdapterError, signChecked, type TransactionRequest, type TypedDataRequest } from './common';
 
 export { KeystoreAdapterError, type AdapterErrorCode } from './common';
 
@@ -145,11 +145,12 @@ export class KeystoreSigner extends AbstractSigner {
       return address;
     });
     const digest = TypedDataEncoder.hash(populated.domain, types, populated.value);
+    const primaryType = TypedDataEncoder.getPrimaryType(types);
     const typedData = jsonInts({
       domain: populated.domain,
       types,
-      primaryType: TypedDataEncoder.getPrimaryType(types),
-      message: populated.value,
+      primaryType,
+      message: declaredFieldsOnly(types, primaryType, populated.value),
     }) as unknown as TypedDataRequest;
     return (await this.signed({ type: 'typedData', typedData }, digest)).signature;
   }

@@ -38,7 +38,7 @@ import { toAccount } from 'viem/accounts';
 import { hashAuthorization } from 'viem/utils';
 import type { SignResult } from '@nks/shared/signing/schema';
 import type { KeystoreClient } from '../sdk';
-import { jsonInts, KeystoreAdapterError, signChecked, type TransactionRequest, type TypedDataRequest } from './common';
+import { declaredFieldsOnly, jsonInts, KeystoreAdapterError, signChecked, type TransactionRequest, type TypedDataRequest } from './common';
 
 export { KeystoreAdapterError, type AdapterErrorCode } from './common';
 
@@ -147,7 +147,7 @@ export async function toKeystoreAccount({ client, keyId, address: known }: Keyst
         domain: definition.domain,
         types: definition.types,
         primaryType: definition.primaryType,
-        message: definition.message,
+        message: declaredFieldsOnly(definition.types as unknown as TypedDataRequest['types'], definition.primaryType, definition.message),
       }) as unknown as TypedDataRequest;
       if (request.domain === undefined) delete request.domain;
       return (await signed({ type: 'typedData', typedData: request }, hashTypedData(definition))).signature;
