@@ -22,4 +22,8 @@ module.exports = {
   moduleNameMapper: { '^@nks/shared/(.*)$': '<rootDir>/shared/src/$1', '^@nks/shared-test/(.*)$': '<rootDir>/shared/test/$1' },
   moduleFileExtensions: ['ts', 'js', 'mjs', 'cjs', 'json', 'node'],
   testTimeout: 30000,
+  // Two workers even on two cores (Jest's default there is one): the multi-process suites wait on their child
+  // processes much of the time, and the suite takes about half as long. No test times speed (only generous bounds
+  // in the safe direction), so a busier machine does not fail them.
+  maxWorkers: Math.max(2, require('node:os').availableParallelism() - 1),
 };

@@ -86,6 +86,14 @@ for (const { name, entry } of programs.filter((p) => !only || only.includes(p.na
   console.log(`built ${path.relative(root, outfile) || outfile} (${Date.now() - started} ms)`);
 }
 
+// The API reference page's script (parent/src/api/openapi.ts): Redoc's browser bundle and its licence, copied
+// beside parent.js, so a release carries these two files rather than Redoc and its dependencies.
+if (!only || only.includes('parent')) {
+  const redoc = path.join(root, 'node_modules', 'redoc');
+  copyFileSync(path.join(redoc, 'bundles', 'redoc.standalone.js'), path.join(outdir, 'redoc.standalone.js'));
+  copyFileSync(path.join(redoc, 'LICENSE'), path.join(outdir, 'redoc.LICENSE'));
+}
+
 // The addons (enclave/native) are compiled with node-gyp against this Node's own headers when they are
 // installed beside it (no download); otherwise node-gyp uses its configured or cached headers.
 const nativeDir = values['native-dir'] ? path.resolve(root, values['native-dir']) : path.join(root, 'enclave', 'native');

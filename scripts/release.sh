@@ -9,6 +9,7 @@
 #   dist/parent.js, dist/store-worker.js,          the bundles (npm run build; store-worker.js is the
 #   dist/cli.js, dist/enclave.js                   SQLite engine's worker thread, beside parent.js)
 #   dist/native/vsock.node                         the vsock addon (enclave/native), loaded beside the bundle
+#   dist/redoc.standalone.js, dist/redoc.LICENSE   the API reference page's script (/docs) and its licence
 #   node_modules/                                  production dependencies with native parts built here
 #                                                  (better-sqlite3) for this Node ABI; nothing else
 #   scripts/*.sh, parent/systemd/, deploy/, docs/, README.md, LICENSE, SECURITY.md, CHANGELOG.md,
@@ -58,7 +59,7 @@ npm ci --no-audit --no-fund
 npm run build
 
 mkdir -p "$stage/dist/native"
-cp dist/parent.js dist/store-worker.js dist/cli.js dist/enclave.js "$stage/dist/"
+cp dist/parent.js dist/store-worker.js dist/cli.js dist/enclave.js dist/redoc.standalone.js dist/redoc.LICENSE "$stage/dist/"
 cp enclave/native/build/Release/vsock.node "$stage/dist/native/vsock.node"
 cp package.json package-lock.json README.md LICENSE SECURITY.md CHANGELOG.md "$stage/"
 cp -r docs deploy "$stage/"

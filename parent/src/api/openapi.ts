@@ -13,6 +13,7 @@
  * and its Content-Security-Policy forbids it.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import swagger from '@fastify/swagger';
 import type { RouteOptions } from 'fastify';
 import { jsonSchemaTransform, jsonSchemaTransformObject } from 'fastify-type-provider-zod';
@@ -24,10 +25,17 @@ export const OPENAPI_PATH = '/v1/openapi.json';
 export const DOCS_PATH = '/docs';
 export const DOCS_SCRIPT_PATH = '/docs/redoc.standalone.js';
 /**
- * Redoc's self-contained browser bundle (npm `redoc`, pinned): resolved at run time from the node_modules beside
- * the bundle (a name in a variable, so that esbuild leaves it to Node rather than bundle 1 MB of browser code).
+ * Redoc's self-contained browser bundle (npm `redoc`, pinned, a devDependency): the build copies it beside
+ * parent.js (scripts/build.mjs), so a release carries one file and none of Redoc's own dependencies; from the
+ * sources (tests), the package's. A name in a variable, so that esbuild leaves it to Node rather than bundle 1 MB
+ * of browser code.
  */
 const REDOC_BUNDLE = 'redoc/bundles/redoc.standalone.js';
+export const REDOC_FILE = 'redoc.standalone.js';
+const redocPath = (): string => {
+  const beside = path.join(__dirname, REDOC_FILE);
+  return fs.existsSync(beside) ? beside : require.resolve(REDOC_BUNDLE);
+};
 
 /** The page's only sources are this origin (and blob: workers, which Redoc's search makes from its own code). */
 export const DOCS_CSP = [
@@ -199,8 +207,8 @@ function docRoutes(app: ApiInstance, noQuery: z.ZodType, document: () => string)
     schema: { querystring: noQuery, hide: true },
     handler(request, reply) {
       page('text/javascript; charset=utf-8', false)(request, reply);
-      // Read on first use (1 MB), from the pinned npm package: the bundle and its licence ship with the parent.
-      script ??= Buffer.from(sameOriginOnly(fs.readFileSync(require.resolve(REDOC_BUNDLE), 'utf8')));
+      // Read on first use (1 MB): the copy beside the parent's bundle, or the pinned npm package's.
+      script ??= Buffer.from(sameOriginOnly(fs.readFileSync(redocPath(), 'utf8')));
       return script;
     },
   });
