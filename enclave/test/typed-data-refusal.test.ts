@@ -4,7 +4,7 @@
  * A message with a field its type does not have would otherwise be signed over a hash that silently leaves it out;
  * the refusal names the field and is the same bytes whatever the key: it says what the request was, nothing of the key.
  */
-import { recoverTypedDataAddress, type TypedDataDefinition } from 'viem';
+import { hashTypedData, recoverAddress, recoverTypedDataAddress, type TypedDataDefinition } from 'viem';
 import type { CreateResult } from '@nks/shared/enclave-api';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { RawPeer } from '../../test/support/raw-peer';
@@ -64,17 +64,17 @@ describe('the enclave refuses typed data whose message does not match its types'
     [
       'an extra field of the message',
       { to: [{ wallet: BOB, share: 100 }], amount: '5', fee: '1' },
-      'params.request.typedData.message.fee: unknown field: Payment has no field "fee" (its fields: to, amount)',
+      'params.request.typedData.message.fee: unknown field: "Payment" has no field "fee" (its fields: "to", "amount")',
     ],
     [
       'an extra field of a struct in an array',
       { to: [{ wallet: BOB, share: 100, bonus: 1 }], amount: '5' },
-      'params.request.typedData.message.to[0].bonus: unknown field: Payee has no field "bonus" (its fields: wallet, share)',
+      'params.request.typedData.message.to[0].bonus: unknown field: "Payee" has no field "bonus" (its fields: "wallet", "share")',
     ],
     [
       'a missing field',
       { to: [{ wallet: BOB }], amount: '5' },
-      'params.request.typedData.message.to[0].share is required (uint8, a field of Payee)',
+      'params.request.typedData.message.to[0].share is required ("uint8", a field of "Payee")',
     ],
     [
       'a value out of its type',
@@ -93,5 +93,25 @@ describe('the enclave refuses typed data whose message does not match its types'
       id: 1,
       error: { code: -32602, message: text, data: { code: 'INVALID_PARAMS', retryable: false, reason: 'INVALID_PARAMS' } },
     });
+  });
+
+  it('primaryType EIP712Domain (viem hashes the domain alone): a message with fields is refused, only {} is signed', async () => {
+    const [key] = keys as [CreateResult];
+    const domainOnly = (message: Record<string, unknown>) => ({ ...typedData(message), primaryType: 'EIP712Domain' });
+    const request = (message: Record<string, unknown>) => ({
+      ...params(key, {}),
+      request: { type: 'typedData', typedData: domainOnly(message) },
+    });
+    // Fields a caller (or a UI showing `message`) believes were signed, none of them in the hash.
+    const refused = await peer.callJson('keys.sign', request({ to: [{ wallet: BOB, share: 100 }], amount: '1000' }));
+    expect(refused.result).toBeUndefined();
+    expect(refused.error).toMatchObject({
+      message: 'params.request.typedData.message: with primaryType "EIP712Domain" only the domain is signed: message must be {}',
+      data: { code: 'INVALID_PARAMS' },
+    });
+    const signed = await peer.callJson('keys.sign', request({}));
+    const { signature } = signed.result as { signature: `0x${string}` };
+    const hash = hashTypedData(domainOnly({}) as unknown as TypedDataDefinition);
+    expect(await recoverAddress({ hash, signature })).toBe(key.address);
   });
 });

@@ -143,9 +143,13 @@ describe('errors that say what to fix', () => {
       expect(error(r)).toMatchObject({
         status: 400,
         code: 'INVALID_PARAMS',
-        message: 'body.typedData.message.memo: unknown field: Mail has no field "memo" (its fields: to, amount)',
+        message: 'body.typedData.message.memo: unknown field: "Mail" has no field "memo" (its fields: "to", "amount")',
         details: [
-          { path: 'body.typedData.message.memo', expected: 'no such field (Mail has: to, amount)', received: 'string (9 characters)' },
+          {
+            path: 'body.typedData.message.memo',
+            expected: 'no such field ("Mail" has: "to", "amount")',
+            received: 'string (9 characters)',
+          },
         ],
       });
       expect(r.body.signature).toBeUndefined();
@@ -155,8 +159,8 @@ describe('errors that say what to fix', () => {
       const missing = await api('full', `/v1/keys/${key.keyId}/sign`, { body: { type: 'typedData', typedData: typedData({ to: ALICE }) } });
       expect(error(missing)).toMatchObject({
         status: 400,
-        message: 'body.typedData.message.amount is required (uint8, a field of Mail)',
-        details: [{ path: 'body.typedData.message.amount', expected: 'uint8, a field of Mail', received: 'missing' }],
+        message: 'body.typedData.message.amount is required ("uint8", a field of "Mail")',
+        details: [{ path: 'body.typedData.message.amount', expected: '"uint8", a field of "Mail"', received: 'missing' }],
       });
       const range = await api('full', `/v1/keys/${key.keyId}/sign`, {
         body: { type: 'typedData', typedData: typedData({ to: ALICE, amount: 300 }) },
@@ -168,6 +172,46 @@ describe('errors that say what to fix', () => {
           received: 'number',
         },
       ]);
+    });
+  });
+
+  describe("the caller's names in a refusal: escaped, cut to 64 code points, a bounded list", () => {
+    /** C0/C1 controls, DEL, and the bidi overrides/isolates: nothing a terminal or a log viewer should be handed raw. */
+    const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/;
+    const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+    const sign = (body: unknown) => api('full', `/v1/keys/${key.keyId}/sign`, { body });
+
+    it('a primaryType with CR/LF, ANSI and bidi characters is quoted escaped, 64 of its characters at most', async () => {
+      const evil = `A\r\n2026-12-03T15:00:00Z level=info msg="token accepted"\u001b[2J\u202e${'x'.repeat(180)}`;
+      const r = await sign({ type: 'typedData', typedData: { ...typedData({ to: ALICE, amount: 1 }), primaryType: evil } });
+      expect(r.status).toBe(400);
+      expect(r.body.error.message).not.toMatch(UNSAFE);
+      expect(r.body.error.message).not.toMatch(/x{65}/);
+      expect(r.body.error.message).toMatch(
+        /^body\.typedData\.primaryType: "A\\r\\n2026.*\\u001b\[2J\\u202ex+…" is not a type defined in types$/,
+      );
+    });
+
+    it('an unknown field of a type with long names stays short; thousands of unknown fields are not all listed', async () => {
+      const T = `T${'t'.repeat(255)}`;
+      const fields = Array.from({ length: 8 }, (_, i) => ({ name: `f${i}${'n'.repeat(254)}`, type: 'string' }));
+      const message = Object.fromEntries([...fields.map((f) => [f.name, 'v']), ['extra', 'v']]);
+      const r = await sign({ type: 'typedData', typedData: { types: { [T]: fields }, primaryType: T, message } });
+      expect(r.status).toBe(400);
+      expect(r.body.error.message.length).toBeLessThanOrEqual(512);
+      const body: Record<string, unknown> = { type: 'message', message: 'm' };
+      for (let i = 0; i < 15_000; i++) body[`k${i}`] = 0;
+      const many = await sign(body);
+      expect(many.status).toBe(400);
+      expect(many.body.error.details).toHaveLength(20);
+      expect(many.body.error.message).toBe('body: unknown field(s) "k0", "k1", "k2", "k3", "k4", and 14995 more');
+    });
+
+    it('a name is cut at a code point, never between the halves of a surrogate pair', async () => {
+      const r = await sign({ type: 'typedData', typedData: typedData({ to: ALICE, amount: 1, [`${'a'.repeat(62)}\u{1F600}tail`]: 1 }) });
+      expect(r.status).toBe(400);
+      expect(r.body.error.message).not.toMatch(LONE_SURROGATE);
+      for (const d of r.body.error.details) expect(d.path).not.toMatch(LONE_SURROGATE);
     });
   });
 
@@ -217,6 +261,16 @@ describe('errors that say what to fix', () => {
           },
         ]);
       }
+    });
+
+    it.each([65, 101, 300, 1024])('a malformed id of %i characters is 400 after the token, 401 without one', async (n) => {
+      const id = 'k'.repeat(n);
+      const withToken = await api('admin', `/v1/keys/${id}`);
+      expect([n, withToken.status, withToken.body.error.code]).toEqual([n, 400, 'INVALID_PARAMS']);
+      const noToken = await api(null, `/v1/keys/${id}/sign`, { body: { type: 'message', message: 'm' } });
+      expect([n, noToken.status, noToken.body.error.code]).toEqual([n, 401, 'UNAUTHORIZED']);
+      // Beyond the router's 1024 characters a segment is no route at all.
+      if (n === 1024) expect((await api('admin', `/v1/keys/${id}k`)).status).toBe(404);
     });
 
     it('the token is asked for first: without one, 401 (the id is not looked at)', async () => {

@@ -4,6 +4,7 @@
  * (field paths and expectations only, never the offending values).
  */
 import { z } from 'zod';
+import { cut, escapeName, quote } from './echo';
 import { KeystoreError, type ErrorCode, type ValidationIssue } from './errors';
 import {
   ADDRESS_EXPECTED,
@@ -21,11 +22,18 @@ export const MAX_ISSUES = 20;
 const MAX_PATH_CHARS = 256;
 const MAX_EXPECTED_CHARS = 256;
 
-const clip = (s: string, max: number): string => (s.length <= max ? s : `${s.slice(0, max - 1)}…`);
+/** Unknown fields a message names at most (then "and N more"); `details` lists up to MAX_ISSUES. */
+const NAMED_UNKNOWN_FIELDS = 5;
 
-/** `body.transaction.accessList[0].address`; caller-chosen names (unknown fields, map keys) clipped to 64 characters. */
+/** `s` cut to `max` whole code points (the last one `…`): never half of a surrogate pair. */
+const clip = (s: string, max: number): string => cut(s, max - 1);
+
+/**
+ * `body.transaction.accessList[0].address`; caller-chosen names (unknown fields, map keys) cut to ECHO_MAX_CHARS
+ * code points and escaped as in a JSON string (shared/src/echo.ts).
+ */
 function pathText(root: string, path: readonly PropertyKey[]): string {
-  const steps = path.map((p) => (typeof p === 'number' ? `[${p}]` : clip(String(p), 64)));
+  const steps = path.map((p) => (typeof p === 'number' ? `[${p}]` : escapeName(String(p))));
   return [root, ...steps].join('.').replace(/\.\[/g, '[');
 }
 
@@ -133,7 +141,11 @@ export function issuesOf(error: z.ZodError, input: unknown, root = 'params'): Va
 export function describeIssues(error: z.ZodError, root = 'params', input: unknown = NO_INPUT): string {
   const parts = error.issues.slice(0, 5).map((issue) => {
     const where = pathText(root, issue.path);
-    if (issue.code === 'unrecognized_keys') return `${where}: unknown field(s) ${issue.keys.map((k) => `"${clip(k, 64)}"`).join(', ')}`;
+    if (issue.code === 'unrecognized_keys') {
+      const named = issue.keys.slice(0, NAMED_UNKNOWN_FIELDS).map(quote);
+      if (issue.keys.length > NAMED_UNKNOWN_FIELDS) named.push(`and ${issue.keys.length - NAMED_UNKNOWN_FIELDS} more`);
+      return `${where}: unknown field(s) ${named.join(', ')}`;
+    }
     const missing =
       input !== NO_INPUT && (issue.code === 'invalid_type' || issue.code === 'invalid_union') && !valueAt(input, issue.path).present;
     if (missing) return `${where} is required`;

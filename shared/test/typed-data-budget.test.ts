@@ -154,13 +154,27 @@ describe('typed data built to be costly is refused before hashing, naming the li
       I: [{ name: 'x', type: 'uint256' }],
     };
     expect(verdict({ types, primaryType: 'P', message: { list: '1', inner: { x: 1 } } })).toBe(
-      'params.typedData.message.list: expected an array for type uint256[]',
+      'params.typedData.message.list: expected an array for type "uint256[]"',
     );
     expect(verdict({ types, primaryType: 'P', message: { list: [], inner: [1] } })).toBe(
-      'params.typedData.message.inner: expected an object for struct type I',
+      'params.typedData.message.inner: expected an object for struct type "I"',
     );
     expect(verdict({ types, primaryType: 'P', message: { list: [] } })).toBe(
-      'params.typedData.message.inner is required (I, a field of P)',
+      'params.typedData.message.inner is required ("I", a field of "P")',
+    );
+  });
+
+  it('takes primaryType EIP712Domain only with an empty message (viem signs the domain alone)', () => {
+    const domain = { name: 'Pay', version: '1', chainId: 1 };
+    const types = { Payment: [{ name: 'to', type: 'address' }] };
+    const td = (message: unknown): TypedDataShape => ({ domain, types, primaryType: 'EIP712Domain', message });
+    expect(checkTypedDataBudget(td({})).ok).toBe(true);
+    for (const message of [{ to: '0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC' }, [], null, 'x']) {
+      expect(checkTypedDataBudget(td(message))).toMatchObject({ ok: false, limit: 'shape', path: ['message'] });
+    }
+    const res = SignRequestSchema.safeParse({ type: 'typedData', typedData: td({ note: 1 }) });
+    expect(res.success || describeIssues(res.error, 'params')).toBe(
+      'params.typedData.message: with primaryType "EIP712Domain" only the domain is signed: message must be {}',
     );
   });
 

@@ -145,12 +145,20 @@ describe('details: path, expected, received for every problem', () => {
     ]);
   });
 
+  it('names at most 5 unknown fields in the message, then how many more', () => {
+    const body: Record<string, unknown> = { type: 'message', message: 'm' };
+    for (let i = 0; i < 15_000; i++) body[`k${i}`] = 0;
+    const { message, details } = refusal(body);
+    expect(message).toBe('body: unknown field(s) "k0", "k1", "k2", "k3", "k4", and 14995 more');
+    expect(details).toHaveLength(MAX_ISSUES);
+  });
+
   it('is bounded: at most MAX_ISSUES problems, long field names clipped', () => {
     const many = Object.fromEntries(Array.from({ length: 500 }, (_, i) => [`${'f'.repeat(300)}${i}`, i]));
     const details = refusal({ type: 'digest', digest: `0x${'00'.repeat(32)}`, ...many }).details;
     expect(details).toHaveLength(MAX_ISSUES);
     for (const d of details) expect(d.path.length).toBeLessThanOrEqual(256);
-    expect(details[0]?.path).toBe(`body.${'f'.repeat(63)}…`);
+    expect(details[0]?.path).toBe(`body.${'f'.repeat(64)}…`);
   });
 
   it('parseOrThrow (the enclave and every RPC boundary) carries the issues; they do not cross the RPC', () => {
@@ -202,18 +210,18 @@ describe('a typed-data message is checked against its types', () => {
     );
     expect(refusal(mail(extra))).toEqual({
       message:
-        'body.typedData.message.cc: unknown field: Mail has no field "cc" (its fields: from, to, contents, amount, delta, salt, data, urgent, … (9 fields))',
+        'body.typedData.message.cc: unknown field: "Mail" has no field "cc" (its fields: "from", "to", "contents", "amount", … (9 fields))',
       details: [
         {
           path: 'body.typedData.message.cc',
-          expected: 'no such field (Mail has: from, to, contents, amount, delta, salt, data, urgent, … (9 fields))',
+          expected: 'no such field ("Mail" has: "from", "to", "contents", "amount", … (9 fields))',
           received: 'string (42 characters)',
         },
       ],
     });
     // In a nested struct, and in a struct inside an array.
     expect(refusal(mail({ ...goodMail(), from: { name: 'Cow', wallet: ALICE, age: 3 } })).message).toBe(
-      'body.typedData.message.from.age: unknown field: Person has no field "age" (its fields: name, wallet)',
+      'body.typedData.message.from.age: unknown field: "Person" has no field "age" (its fields: "name", "wallet")',
     );
     expect(
       refusal(
@@ -225,26 +233,28 @@ describe('a typed-data message is checked against its types', () => {
           ],
         }),
       ).details,
-    ).toEqual([{ path: 'body.typedData.message.to[1].admin', expected: 'no such field (Person has: name, wallet)', received: 'boolean' }]);
+    ).toEqual([
+      { path: 'body.typedData.message.to[1].admin', expected: 'no such field ("Person" has: "name", "wallet")', received: 'boolean' },
+    ]);
   });
 
   it('names an unknown field of any length in at most 64 characters', () => {
     const long = 'z'.repeat(10_000);
     const { message, details } = refusal(mail({ ...goodMail(), [long]: 1 }));
     expect(message).toBe(
-      `body.typedData.message.${'z'.repeat(63)}…: unknown field: Mail has no field "${'z'.repeat(63)}…" (its fields: from, to, contents, amount, delta, salt, data, urgent, … (9 fields))`,
+      `body.typedData.message.${'z'.repeat(64)}…: unknown field: "Mail" has no field "${'z'.repeat(64)}…" (its fields: "from", "to", "contents", "amount", … (9 fields))`,
     );
-    expect(details[0]?.path).toBe(`body.typedData.message.${'z'.repeat(63)}…`);
+    expect(details[0]?.path).toBe(`body.typedData.message.${'z'.repeat(64)}…`);
   });
 
   it('names a missing field, anywhere', () => {
     const { contents: _gone, ...noContents } = goodMail();
     expect(refusal(mail(noContents))).toEqual({
-      message: 'body.typedData.message.contents is required (string, a field of Mail)',
-      details: [{ path: 'body.typedData.message.contents', expected: 'string, a field of Mail', received: 'missing' }],
+      message: 'body.typedData.message.contents is required ("string", a field of "Mail")',
+      details: [{ path: 'body.typedData.message.contents', expected: '"string", a field of "Mail"', received: 'missing' }],
     });
     expect(refusal(mail({ ...goodMail(), to: [{ name: 'Bob' }] })).message).toBe(
-      'body.typedData.message.to[0].wallet is required (address, a field of Person)',
+      'body.typedData.message.to[0].wallet is required ("address", a field of "Person")',
     );
   });
 
@@ -309,7 +319,7 @@ describe('a typed-data message is checked against its types', () => {
     ['bytes of odd length', { data: '0xabc' }, 'data', 'bytes: 0x-prefixed hex bytes', 'string (5 characters)'],
     ['a bool as a string', { urgent: 'true' }, 'urgent', 'bool: true or false', 'string (4 characters)'],
     ['a string as a number', { contents: 42 }, 'contents', 'string: a JSON string', 'number'],
-    ['a uint256[2] of 3', { pair: [1, 2, 3] }, 'pair', 'array of 2 items (uint256[2])', 'array (3 items)'],
+    ['a uint256[2] of 3', { pair: [1, 2, 3] }, 'pair', 'array of 2 items ("uint256[2]")', 'array (3 items)'],
     [
       'an array element out of range',
       { pair: [1, `0x1${'0'.repeat(64)}`] },
@@ -317,8 +327,8 @@ describe('a typed-data message is checked against its types', () => {
       'uint256: an integer from 0 to 2^256-1, as a decimal string, 0x hex or a safe JSON integer',
       'string (67 characters)',
     ],
-    ['a struct array as an object', { to: { name: 'Bob', wallet: BOB } }, 'to', 'array (Person[])', 'object'],
-    ['a struct as an array', { from: [] }, 'from', 'object (struct Person)', 'array (0 items)'],
+    ['a struct array as an object', { to: { name: 'Bob', wallet: BOB } }, 'to', 'array ("Person[]")', 'object'],
+    ['a struct as an array', { from: [] }, 'from', 'object (struct "Person")', 'array (0 items)'],
   ];
   it.each(wrong)('refuses %s, naming the field and its type', (_name, change, path, expected, received) => {
     const { message, details } = refusal(mail({ ...goodMail(), ...change }));
@@ -356,12 +366,40 @@ describe('a typed-data message is checked against its types', () => {
           ],
         }),
       ).message,
-    ).toBe('body.typedData.types.Twice[1].name: type Twice names its field "a" twice');
+    ).toBe('body.typedData.types.Twice[1].name: type "Twice" names its field "a" twice');
     const request = mail(goodMail());
     const noPrimary = { ...request, typedData: { ...request.typedData, primaryType: 'Letter' } };
     expect(refusal(noPrimary).details).toEqual([
       { path: 'body.typedData.primaryType', expected: 'one of the types defined in types', received: 'string (6 characters)' },
     ]);
+  });
+
+  it('quotes every caller-chosen name escaped and cut to 64 code points: no control, bidi or half-surrogate characters', () => {
+    const evil = `A\r\n2026-12-03 level=info msg="ok"\u001b[2J\u0085\u202e${'x'.repeat(180)}`;
+    const request = mail(goodMail());
+    const text = refusal({ ...request, typedData: { ...request.typedData, primaryType: evil } }).message;
+    expect(text).toBe(
+      `body.typedData.primaryType: "A\\r\\n2026-12-03 level=info msg=\\"ok\\"\\u001b[2J\\u0085\\u202e${'x'.repeat(25)}…" is not a type defined in types`,
+    );
+    // A long type with long field names: each name cut, the list cut at 4 names.
+    const T = `T${'t'.repeat(255)}`;
+    const fields = Array.from({ length: 8 }, (_, i) => ({ name: `f${i}${'n'.repeat(254)}`, type: 'string' }));
+    const message = Object.fromEntries([...fields.map((f) => [f.name, 'v']), ['extra', 'v']]);
+    const long = refusal({ type: 'typedData', typedData: { types: { [T]: fields }, primaryType: T, message } });
+    expect(long.message.length).toBeLessThanOrEqual(512);
+    expect(long.message).toContain(`(its fields: "f0${'n'.repeat(62)}…", "f1`);
+    expect(long.message).toContain(`, … (8 fields))`);
+    // An emoji across the cut (UTF-16 units 63-64) is kept whole or left out, never halved.
+    const key = `${'a'.repeat(63)}\u{1F600}tail`;
+    const cut = refusal(mail({ ...goodMail(), [key]: 1 }));
+    expect(cut.message).toContain(`has no field "${'a'.repeat(63)}\u{1F600}…"`);
+    expect(cut.details[0]?.path).toBe(`body.typedData.message.${'a'.repeat(63)}\u{1F600}…`);
+    const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+    const halves = refusal(mail({ ...goodMail(), [`${'a'.repeat(62)}\u{1F600}tail`]: 1 }));
+    expect(halves.message).not.toMatch(LONE_SURROGATE);
+    expect(halves.details[0]?.path).not.toMatch(LONE_SURROGATE);
+    // A field path step is escaped the same way.
+    expect(refusal(mail({ ...goodMail(), 'x\ny': 1 })).details[0]?.path).toBe('body.typedData.message.x\\ny');
   });
 
   it("still passes real protocols' payloads, and the budget still names its limit first for the attack shapes", () => {

@@ -107,6 +107,9 @@ const OVERLOADED_DISCARD_MAX = 16 * 1024;
 /** Routes whose requests are not written to the access log (scraped or polled constantly). */
 const UNLOGGED = new Set(['/healthz']);
 
+/** Characters of a path parameter (key id, project id) the router takes; a longer segment is no route (404). */
+const MAX_PARAM_CHARS = 1024;
+
 /** The path of a request target, without query or fragment. */
 function pathOf(url: string): string {
   const end = url.search(/[?#]/);
@@ -157,8 +160,10 @@ export class ApiServer {
       // HEAD is 405 like any other method a path does not serve; a request received while stopping is served.
       exposeHeadRoutes: false,
       return503OnClosing: false,
-      routerOptions: { querystringParser: parseQuery },
-      // A path Fastify cannot route at all (a malformed escape, an over-long segment) is no route: 404.
+      // A key id or project id of up to MAX_PARAM_CHARS characters is routed, so a malformed one is 400 after the
+      // token like any other validation (Fastify's default, 100, answered a longer one 404 before the token).
+      routerOptions: { querystringParser: parseQuery, maxParamLength: MAX_PARAM_CHARS },
+      // A path Fastify cannot route at all (a malformed escape, a segment over MAX_PARAM_CHARS) is no route: 404.
       frameworkErrors: (err, request, reply) => this.unroutable(err, request, reply),
     }).withTypeProvider<ZodTypeProvider>();
     // Node's own answer to bytes that are not HTTP (a bare 400 and close), not Fastify's JSON outside the envelope.

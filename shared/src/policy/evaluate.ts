@@ -11,6 +11,7 @@
  *   read the condition as written.
  * Limits (counted by the enclave, enclave/src/policy/limits.ts) use `conditionFailure` for their `when`.
  */
+import { quote } from '../echo';
 import type { SignRequestType } from '../signing/request-types';
 import type { RequestFacts, RuleOutcome } from './decision';
 import type { Condition, Erc20Function, LimitScope, LimitWindow, MessageKind, Policies } from './schema';
@@ -63,8 +64,8 @@ export interface RulesDecision {
 
 /** Allow rules whose failed condition a "no rule allows it" reason quotes; the rest are counted. */
 export const NO_RULE_REASONS = 3;
-/** Characters of a caller's string (a typed-data name or primary type) quoted in a text. */
-export const ECHO_MAX_CHARS = 64;
+/** Characters of a caller's string (a typed-data name or primary type) quoted in a text (shared/src/echo.ts). */
+export { ECHO_MAX_CHARS } from '../echo';
 
 const lowerSet = (list: readonly string[] | undefined) => list && new Set(list.map((a) => a.toLowerCase()));
 
@@ -115,18 +116,6 @@ export function compilePolicy(p: Policies): CompiledPolicy {
       return limit;
     }),
   };
-}
-
-/** A caller's string, quoted and cut to ECHO_MAX_CHARS characters (whole code points). */
-function quote(s: string): string {
-  let chars = 0;
-  let end = 0;
-  for (const ch of s) {
-    if (chars === ECHO_MAX_CHARS) return JSON.stringify(`${s.slice(0, end)}…`);
-    chars += 1;
-    end += ch.length;
-  }
-  return JSON.stringify(s);
 }
 
 /** Why a request has no such fact: the end of a "does not apply" text. */

@@ -21,8 +21,12 @@
  * viem's `validateTypedData` (which the enclave still runs before hashing) checks ranges, byte sizes and address
  * checksums, but not missing or extra fields, nor the types of strings and booleans. Each check is constant work
  * per value the budget already counts (plus a pass over a struct value's own keys), so the budget still bounds
- * the whole walk. Address checksums are left to viem, on the signer thread: they cost a keccak each.
+ * the whole walk. Address checksums are left to viem, on the signer thread: they cost a keccak each. With primary
+ * type EIP712Domain only the domain is hashed, so the message must be `{}`. Refusals quote the caller's names with
+ * shared/src/echo.ts `quote` (escaped, at most 64 code points each; at most 4 of a type's fields listed).
  */
+
+import { quote } from '../echo';
 
 export interface TypedDataLimits {
   /** Struct types in `types`, EIP712Domain included. */
@@ -184,10 +188,20 @@ function fixedLengthOf(type: string): number | undefined {
   return inner === '' ? undefined : Number(inner);
 }
 
-/** A short list of a struct's field names, for a refusal (bounded: at most 8 named). */
+/** Field names a refusal lists at most. */
+const LISTED_FIELDS = 4;
+
+/** A short list of a struct's field names, for a refusal (bounded: at most LISTED_FIELDS named, each quoted). */
 function fieldList(fields: readonly Field[]): string {
-  const names = fields.slice(0, 8).map((f) => f.name);
-  return fields.length > 8 ? `${names.join(', ')}, … (${fields.length} fields)` : names.join(', ') || 'no fields';
+  const names = fields.slice(0, LISTED_FIELDS).map((f) => quote(f.name));
+  return fields.length > LISTED_FIELDS ? `${names.join(', ')}, … (${fields.length} fields)` : names.join(', ') || 'no fields';
+}
+
+/** `{}`: a plain object with no own enumerable keys (stops at the first key). */
+function isEmptyObject(value: unknown): boolean {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
+  for (const key in value) if (Object.hasOwn(value, key)) return false;
+  return true;
 }
 
 interface Frame {
@@ -263,7 +277,7 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
       if (names.has(f.name))
         return wrong(
           ['types', name, i, 'name'],
-          `type ${name} names its field "${f.name}" twice`,
+          `type ${quote(name)} names its field ${quote(f.name)} twice`,
           'a field name not used before in its type',
         );
       names.add(f.name);
@@ -273,7 +287,7 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
       if (!atomic) {
         return wrong(
           ['types', name, i, 'type'],
-          `type "${f.type}" is neither a struct defined in types nor an EIP-712 type (address, bool, string, bytes, bytes1-bytes32, uint8-uint256, int8-int256, and arrays of them)`,
+          `type ${quote(f.type)} is neither a struct defined in types nor an EIP-712 type (address, bool, string, bytes, bytes1-bytes32, uint8-uint256, int8-int256, and arrays of them)`,
           'a struct defined in types or an EIP-712 type',
         );
       }
@@ -282,7 +296,16 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
     fieldNames.set(name, names);
   }
   if (td.primaryType !== 'EIP712Domain' && !structs.has(td.primaryType)) {
-    return wrong(['primaryType'], `"${td.primaryType}" is not a type defined in types`, `one of the types defined in types`);
+    return wrong(['primaryType'], `${quote(td.primaryType)} is not a type defined in types`, `one of the types defined in types`);
+  }
+  // With primary type EIP712Domain, viem hashes the domain alone (0x1901 ‖ domainSeparator): a message would be
+  // signed without being in the hash, so only an empty one is taken.
+  if (td.primaryType === 'EIP712Domain' && !isEmptyObject(td.message)) {
+    return wrong(
+      ['message'],
+      'with primaryType "EIP712Domain" only the domain is signed: message must be {}',
+      'an empty object ({}): with primaryType EIP712Domain only the domain is signed',
+    );
   }
   const namesOf = (name: string): ReadonlySet<string> => {
     let names = fieldNames.get(name);
@@ -292,7 +315,7 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
   /** The refusal of an atomic value at `path` that is not a `type`, or undefined when it is one. */
   const checkAtomic = (type: string, value: unknown, path: Array<string | number>): BudgetVerdict | undefined => {
     const atomic = atomics.get(type) ?? atomicOf(type);
-    if (!atomic) return wrong(path, `type "${type}" is not an EIP-712 type`, 'a struct defined in types or an EIP-712 type');
+    if (!atomic) return wrong(path, `type ${quote(type)} is not an EIP-712 type`, 'a struct defined in types or an EIP-712 type');
     return atomic.accepts(value) ? undefined : wrong(path, `expected ${atomic.expected}`, atomic.expected);
   };
 
@@ -344,7 +367,7 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
     depth = Math.max(depth, d);
 
     if (isArrayType(type)) {
-      if (!Array.isArray(value)) return wrong(path, `expected an array for type ${type}`, `array (${type})`);
+      if (!Array.isArray(value)) return wrong(path, `expected an array for type ${quote(type)}`, `array (${quote(type)})`);
       const fixed = fixedLengthOf(type);
       if (value.length > limits.maxArrayLength) {
         return fail(
@@ -354,7 +377,11 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
         );
       }
       if (fixed !== undefined && value.length !== fixed)
-        return wrong(path, `expected an array of exactly ${fixed} elements for type ${type}`, `array of ${fixed} items (${type})`);
+        return wrong(
+          path,
+          `expected an array of exactly ${fixed} elements for type ${quote(type)}`,
+          `array of ${fixed} items (${quote(type)})`,
+        );
       longestArray = Math.max(longestArray, value.length);
       values += value.length;
       if (values > limits.maxValues) return tooManyValues(path);
@@ -377,7 +404,7 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
       continue;
     }
     if (typeof value !== 'object' || value === null || Array.isArray(value))
-      return wrong(path, `expected an object for struct type ${type}`, `object (struct ${type})`);
+      return wrong(path, `expected an object for struct type ${quote(type)}`, `object (struct ${quote(type)})`);
     structInstances += 1;
     if (structInstances > limits.maxStructInstances) {
       return fail(
@@ -404,13 +431,13 @@ export function checkTypedDataBudget(td: TypedDataShape, limits: TypedDataLimits
       if (!names.has(key))
         return wrong(
           [...path, key],
-          `unknown field: ${type} has no field "${key.length > 64 ? `${key.slice(0, 63)}…` : key}" (its fields: ${fieldList(fields)})`,
-          `no such field (${type} has: ${fieldList(fields)})`,
+          `unknown field: ${quote(type)} has no field ${quote(key)} (its fields: ${fieldList(fields)})`,
+          `no such field (${quote(type)} has: ${fieldList(fields)})`,
         );
     }
     for (const f of fields) {
       if (!Object.hasOwn(record, f.name))
-        return wrong([...path, f.name], `${f.type}, a field of ${type}`, `${f.type}, a field of ${type}`, true);
+        return wrong([...path, f.name], `${quote(f.type)}, a field of ${quote(type)}`, `${quote(f.type)}, a field of ${quote(type)}`, true);
       if (isArrayType(f.type) || fieldsOf(f.type) !== undefined) continue;
       const refused = checkAtomic(f.type, record[f.name], [...path, f.name]);
       if (refused) return refused;
