@@ -9,6 +9,7 @@ import { KeystoreError, toRpcError } from '../src/errors';
 import { describeIssues, issuesOf, MAX_ISSUES, parseOrThrow, receivedOf } from '../src/schema';
 import { SignRequestSchema } from '../src/signing/schema';
 import { checkTypedDataBudget } from '../src/signing/typed-data-budget';
+import { fieldsOf } from '../src/http/validation';
 import * as payloads from './typed-data-payloads';
 
 /** The sign-request schema's verdict as the caller API phrases it: the message and the issues. */
@@ -412,5 +413,20 @@ describe('a typed-data message is checked against its types', () => {
       expect(SignRequestSchema.safeParse({ type: 'typedData', typedData: td }).success).toBe(true);
     const verdict = checkTypedDataBudget(payloads.hugeArray(100_000));
     expect(verdict.ok || verdict.limit).toBe('maxArrayLength');
+  });
+});
+
+describe('the TrueWallet routes’ field errors (fieldsOf) quote what the caller named', () => {
+  it('names at most 5 nested unknown fields, quoted and cut at code points, and top-level ones as inert keys', () => {
+    const nested = z.strictObject({ inner: z.strictObject({ a: z.string() }) });
+    const many = Object.fromEntries(Array.from({ length: 200 }, (_, i) => [`k${i}\u202e\n`, 1]));
+    const res = nested.safeParse({ inner: { a: 'x', ...many } });
+    const reason = fieldsOf((res as { error: z.ZodError }).error).inner?.[0] ?? '';
+    expect(reason).toContain('unknown field(s) "k0\\u202e\\n", "k1\\u202e\\n"');
+    expect(reason).toContain('and 195 more');
+    expect(reason).not.toMatch(/[\n\u202e]/);
+    const top = z.strictObject({ a: z.string() }).safeParse({ a: 'x', [`${'x'.repeat(63)}😀😀`]: 1, 'b\u202e': 2 });
+    const names = Object.keys(fieldsOf((top as { error: z.ZodError }).error));
+    expect(names).toEqual([`${'x'.repeat(63)}😀…`, 'b\\u202e']);
   });
 });

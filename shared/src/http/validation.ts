@@ -19,6 +19,7 @@ import { KeystoreError } from '@nks/shared/errors';
 import { KEY_ID_EXPECTED, KEY_ID_RE, PROJECT_ID_EXPECTED, PROJECT_ID_RE } from '@nks/shared/identifiers';
 import { PROJECT_KEY_RE } from '@nks/shared/records';
 import { keyId, validationError } from '@nks/shared/schema';
+import { quote } from '../echo';
 
 /**
  * A JSON body that is literally `null`. Fastify hands validators `null` for a request without a body, so the
@@ -192,11 +193,13 @@ export function fieldsOf(error: z.ZodError, root = 'body'): Record<string, strin
   for (const issue of error.issues.slice(0, 20)) {
     const [head, ...rest] = issue.path;
     if (issue.code === 'unrecognized_keys' && head === undefined) {
-      for (const k of issue.keys.slice(0, 10)) add(k.slice(0, 64), 'unknown field');
+      for (const k of issue.keys.slice(0, 10)) add(quote(k).slice(1, -1), 'unknown field');
       continue;
     }
     const where = rest.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('');
-    const reason = issue.code === 'unrecognized_keys' ? `unknown field(s) ${issue.keys.map((k) => `"${k}"`).join(', ')}` : issue.message;
+    const named = issue.code === 'unrecognized_keys' ? issue.keys.slice(0, 5).map(quote) : [];
+    if (issue.code === 'unrecognized_keys' && issue.keys.length > 5) named.push(`and ${issue.keys.length - 5} more`);
+    const reason = issue.code === 'unrecognized_keys' ? `unknown field(s) ${named.join(', ')}` : issue.message;
     add(head === undefined ? root : String(head), where ? `${where.replace(/^\./, '')}: ${reason}` : reason);
   }
   return fields;
