@@ -156,6 +156,32 @@ describe.each(engines)('Idempotency-Key and create attacks: $name', ({ name, sta
   }, 30_000);
 
   /**
+   * A create that joins another's in-flight create of its external id, which then fails, gets its own answer (it
+   * creates again), not the other request's error (which may name another project or say what that request did).
+   * Both requests go to one instance.
+   */
+  it("does not answer a joined create's failure to the request that joined it", async () => {
+    const X = unique('joined');
+    let failed = 0;
+    for (const i of new Set([a, b])) {
+      const enclave = i.enclave as unknown as { create: (p: { subject: string | null }) => Promise<unknown> };
+      const create = enclave.create.bind(i.enclave);
+      enclave.create = async (p) => {
+        if (p.subject === X && failed++ === 0) {
+          await sleep(600);
+          throw new Error('the first create of X fails');
+        }
+        return create(p);
+      };
+    }
+    const first = api('other', '/v1/keys', { body: { externalId: X } });
+    await sleep(300);
+    const joined = await api('full', '/v1/keys', { body: { externalId: X } });
+    expect((await first).status).toBeGreaterThanOrEqual(500);
+    expect([joined.status, joined.body.externalId]).toEqual([201, X]);
+  }, 30_000);
+
+  /**
    * PostgreSQL (the application role, or a compromised instance, writes `idempotency`): a replay answers only a key
    * its request could have made (its project, its external id as subject, made by a create), never a key the row
    * alone names.
