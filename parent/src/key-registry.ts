@@ -232,8 +232,11 @@ export interface VerifiedKey {
 }
 
 export class KeyRegistry {
-  /** One creation per external id at a time: concurrent requests for it share the first one's result. */
-  private readonly creating = new Map<string, Promise<{ record: StoredKey; created: boolean }>>();
+  /** One creation per external id at a time: concurrent requests for it share the first one's key, if it made one of it. */
+  private readonly creating = new Map<
+    string,
+    Promise<{ record: StoredKey; created: boolean; idempotent?: IdempotencyEntry } | undefined>
+  >();
   /** Creates by Idempotency-Key under way here (scope and key): a second one waits for the first, then finds its entry. */
   private readonly idempotent = new Map<string, Promise<unknown>>();
   /** One record change per key at a time: the second waits, then works from the record the first stored. */
@@ -319,23 +322,52 @@ export class KeyRegistry {
           'this Idempotency-Key was used with another request body in the last 24 hours: use a new key for another request',
         );
     };
-    // A create of this Idempotency-Key under way here: after it, its entry is found (or, if it failed, this one tries).
-    await this.idempotent.get(id)?.catch(() => undefined);
-    const now = Date.now();
-    const entry = await this.store.idempotency(idempotency.scope, idempotency.key, now);
-    if (entry) {
-      same(entry);
-      return { record: await this.answerable(await this.get(entry.keyId)), created: false, replayed: true };
-    }
-    const claim = { ...idempotency, bodySha256, now, expiresAt: now + IDEMPOTENCY_TTL_MS };
-    const p = this.createOnce(input, claim).finally(() => {
-      if (this.idempotent.get(id) === p) this.idempotent.delete(id);
+    // Creates of this Idempotency-Key here run one after another, each after the one before it has stored its entry
+    // (or failed): registered before any await, so two of them never both pass the look-up below.
+    const before = this.idempotent.get(id);
+    const run = (async (): Promise<CreateOutcome> => {
+      await before?.catch(() => undefined);
+      const now = Date.now();
+      const entry = await this.store.idempotency(idempotency.scope, idempotency.key, now);
+      if (entry) {
+        same(entry);
+        return { record: await this.replayable(await this.get(entry.keyId), input), created: false, replayed: true };
+      }
+      const claim = { ...idempotency, bodySha256, now, expiresAt: now + IDEMPOTENCY_TTL_MS };
+      const r = await this.createOnce(input, claim);
+      if (!r.idempotent) return r;
+      same(r.idempotent);
+      return { record: await this.replayable(r.record, input), created: false, replayed: true };
+    })();
+    const tail = run.catch(() => undefined);
+    this.idempotent.set(id, tail);
+    void tail.then(() => {
+      if (this.idempotent.get(id) === tail) this.idempotent.delete(id);
     });
-    this.idempotent.set(id, p);
-    const r = await p;
-    if (!r.idempotent) return r;
-    same(r.idempotent);
-    return { record: await this.answerable(r.record), created: false, replayed: true };
+    return run;
+  }
+
+  /**
+   * The key an Idempotency-Key's entry names, as a replay of `input` answers it: a genuine key (`answerable`) that a
+   * create of this very request could have made, its signed record of the request's project (a token project) and
+   * subject (the external id, or none), made by a create (not migrated, not a successor). So an entry the database
+   * alone wrote answers no key of another project or subject (KEY_INTEGRITY); docs/SECURITY.md, "Idempotency keys",
+   * says what remains within one project.
+   */
+  private async replayable(k: StoredKey, input: CreateInput): Promise<StoredKey> {
+    await this.answerable(k);
+    const { record, project } = await this.verified(k);
+    const ok =
+      record.projectId === (input.projectId ?? DEFAULT_PROJECT_ID) &&
+      record.subject === (input.externalId ?? null) &&
+      record.origin === 'created' &&
+      record.predecessor === undefined &&
+      project.record.auth.type === 'token';
+    if (!ok) {
+      this.logger.warn({ keyId: k.keyId }, `refused key ${k.keyId}: an Idempotency-Key entry names a key its request did not make`);
+      throw new KeystoreError('KEY_INTEGRITY', `key ${k.keyId}: ${TAMPERED_ROW}`);
+    }
+    return k;
   }
 
   private async createOnce(input: CreateInput, claim?: IdempotencyClaim): Promise<CreateOutcome & { idempotent?: IdempotencyEntry }> {
@@ -348,16 +380,32 @@ export class KeyRegistry {
       return r.created ? r : { ...r, mismatch: mismatchOf(r.record, input) };
     };
     if (externalId === undefined) return this.createNew(input, projectId, claim);
-    const existing = await this.store.getByExternalId(externalId);
-    if (existing) return sameProject({ record: await this.answerable(existing, externalId), created: false });
-    let p = this.creating.get(externalId);
-    if (!p) {
-      p = this.createNew(input, projectId, claim).finally(() => this.creating.delete(externalId));
-      this.creating.set(externalId, p);
-      return sameProject(await p);
+    // A create of this external id under way here is shared only when it stored a key of this external id: not when
+    // its insert answered another create's Idempotency-Key entry (another body's key), nor when it failed (its
+    // error is for its request: this one looks up and creates again, and gets its own answer).
+    for (let attempt = 0; ; attempt++) {
+      const existing = await this.store.getByExternalId(externalId);
+      if (existing) return sameProject({ record: await this.answerable(existing, externalId), created: false });
+      const p = this.creating.get(externalId);
+      if (!p || attempt === 2) {
+        const own = this.createNew(input, projectId, claim);
+        if (!p) {
+          // Its failure is not the joiners' (they create again): the slot never rejects.
+          const slot = own.then(
+            (r) => r,
+            () => undefined,
+          );
+          this.creating.set(externalId, slot);
+          void slot.then(() => {
+            if (this.creating.get(externalId) === slot) this.creating.delete(externalId);
+          });
+        }
+        return sameProject(await own);
+      }
+      const shared = await p;
+      if (shared && !shared.idempotent && shared.record.subject === externalId)
+        return sameProject({ record: await this.answerable(shared.record, externalId), created: false });
     }
-    const shared = await p;
-    return sameProject({ record: shared.record, created: false });
   }
 
   private async createNew(

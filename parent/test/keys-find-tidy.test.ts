@@ -415,7 +415,7 @@ describe.each(engines)('finding and tidying keys: $name', ({ start }) => {
   });
 
   describe('re-creating an external id', () => {
-    it('says what differs (labels, attest) with created: false, the values only to a token that may read keys', async () => {
+    it('says what differs (labels, attest) with created: false, only to a token that may read keys', async () => {
       const ext = unique('again');
       const made = await api('full', '/v1/keys', { body: { externalId: ext, labels: { tier: 'gold' } } });
       expect(made.status).toBe(201);
@@ -432,7 +432,8 @@ describe.each(engines)('finding and tidying keys: $name', ({ start }) => {
       ]);
       expect(differs.body.labels).toEqual({ tier: 'gold' });
       const short = await api('create', '/v1/keys', { body: { externalId: ext, labels: { tier: 'silver' } } });
-      expect(short.body).toEqual({ keyId: made.body.keyId, created: false, mismatch: ['labels'] });
+      // No `mismatch` to a token that may not read keys: it would confirm guesses of the labels.
+      expect(short.body).toEqual({ keyId: made.body.keyId, created: false });
       expect(JSON.stringify(short.body)).not.toContain('gold');
     });
   });

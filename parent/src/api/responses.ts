@@ -62,14 +62,17 @@ export const KeyView = z
 const mismatch = z
   .array(z.enum(['labels', 'attest']))
   .optional()
-  .describe('re-creating an existing external id: the fields given that the existing key differs in');
+  .describe('re-creating an existing external id, to a token with keys:read: the fields given that the existing key differs in');
 
 /** `POST /v1/keys` for an existing external id, to a token that may read keys: the key as it is. */
 export const CreatedKeyView = KeyView.extend({ created: z.literal(false), mismatch }).meta({ id: 'KeyExisting' });
 
-/** `POST /v1/keys` for an existing external id, to a token that may not read keys. */
+/**
+ * `POST /v1/keys` for an existing external id, to a token that may not read keys: no `mismatch` (it would confirm
+ * guesses of labels the token may not read).
+ */
 export const KeyCreatedRef = z
-  .strictObject({ keyId: z.string(), created: z.literal(false), mismatch })
+  .strictObject({ keyId: z.string(), created: z.literal(false) })
   .meta({ id: 'KeyExists', description: 'The key of this external id exists; a token without keys:read sees only its id.' });
 
 /** `PATCH /v1/keys/{keyId}` to a token that may not read keys: what it set. */

@@ -215,18 +215,23 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
         const out = await keys.create(request.body ?? {}, idem === undefined ? undefined : { scope: `token:${token.name}`, key: idem });
         const { record, created } = out;
         // A replay answers as the create did (201, the new key), marked by Idempotent-Replayed; a token that may not
-        // read keys gets the key's own facts only, not what may have changed since (labels) nor its record.
+        // read keys gets the key as its create answered it (enabled and active: a create's key is, checkNewKey), not
+        // what may have changed since (labels, disabled, state) nor its record. The registry checked the key is of
+        // this request's project and subject; its reach is checked again here, as on every route that answers a key.
         if (out.replayed) {
+          // (A JWT project's key is also refused by the registry: a create never makes one.)
+          if (!TokenAuth.reaches(token, record.projectId)) throw noSuchKey(record.keyId);
+          await keys.view(record.keyId, { withJwtKeys: seesJwtKeys(request) });
           reply.code(201).header('idempotent-replayed', 'true');
           if (canRead(token)) return viewOf(record);
           const { labels: _labels, externalId: _externalId, record: _record, ...own } = viewOf(record);
-          return own;
+          return { ...own, disabled: false, state: 'active' as const };
         }
         reply.code(created ? 201 : 200);
-        // Field names only: a token that may not read keys learns that the key differs, never its values.
-        const mismatch = out.mismatch?.length ? { mismatch: out.mismatch } : {};
+        // Only to a token that may read keys (field names): to another, it would confirm guesses of labels it may not read.
+        const mismatch = canRead(token) && out.mismatch?.length ? { mismatch: out.mismatch } : {};
         // An existing key is shown only to a token that may read keys: creating is not a way to read one.
-        if (!created && !canRead(token)) return { keyId: record.keyId, created: false as const, ...mismatch };
+        if (!created && !canRead(token)) return { keyId: record.keyId, created: false as const };
         return created ? viewOf(record) : { ...viewOf(record), created: false as const, ...mismatch };
       },
     });
