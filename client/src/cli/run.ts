@@ -30,7 +30,7 @@ export function runCli(argv: string[], cli: Cli): void {
   setQuiet(line.quiet);
 
   const commandOf = (cmd: string): Command => {
-    if (cli.elsewhere && Object.hasOwn(cli.elsewhere, cmd)) throw new UsageError(cli.elsewhere[cmd] as string);
+    if (cli.elsewhere && Object.hasOwn(cli.elsewhere, cmd)) throw new UsageError(cli.elsewhere[cmd]);
     if (!Object.hasOwn(cli.commands, cmd)) throw new UsageError(`unknown command "${cmd}"`);
     return cli.commands[cmd] as Command;
   };
