@@ -428,8 +428,8 @@ describe('caller API', () => {
     ]);
     expectError(await s.api('/v1/keys', { body: 'x'.repeat(5000), headers: { 'content-type': 'text/plain' } }), 413, 'PAYLOAD_TOO_LARGE'); // the limit before the type
     // Routes: a path no route has is 404 before any token is asked for, however the router fails to match it.
-    // (A path segment over the router's 100 characters is no route either, a key id's included.)
-    for (const path of ['/v1/nothing', '/v1/keys/%zz', '/v1/keys/', '/V1/keys', `/v1/keys/${'a'.repeat(300)}/sign`]) {
+    // (A path segment over the router's 1,024 characters is no route either, a key id's included.)
+    for (const path of ['/v1/nothing', '/v1/keys/%zz', '/v1/keys/', '/V1/keys', `/v1/keys/${'a'.repeat(1100)}/sign`]) {
       expectError(await s.api(path, { token: null }), 404, 'NOT_FOUND', `no route for ${path.slice(0, 200)}`);
     }
     // A malformed key id is a route's path with a bad parameter: the token first (401), then 400 saying what a key
