@@ -290,7 +290,7 @@ export class KeystoreApiError extends Error {
   readonly details: ErrorDetails | undefined;
   /**
    * For INVALID_PARAMS: each problem with the request, `{path, expected, received}` (the server's `details`
-   * array; README.md, "Errors"), the first of which the message names.
+   * array; README.md, "Caller API"), the first of which the message names.
    */
   readonly issues: readonly ValidationIssue[] | undefined;
   constructor(
