@@ -4,89 +4,16 @@
  * token guessing labels, a replay showing what changed since. Real parents against the fake enclave: SQLite (one
  * instance) and PostgreSQL (two instances on one database, as the application role).
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import { newKeyId } from '@nks/shared/identifiers';
-import { silentLogger } from '@nks/shared/log';
-import { SimulatedVsockTransport } from '@nks/shared/transport';
-import { captureLogger, tempRunDir } from '@nks/shared-test/helpers';
-import { startPostgres, type PostgresServer } from '../../test/support/postgres';
-import { hashToken } from '../src/api/auth';
-import { startParent, type RunningParent } from '../src/app';
-import { parseParentConfig } from '../src/config';
 import { idempotencyDigest } from '../src/key-registry';
-import { FAKE_KMS_KEY_ARN, FakeEnclave, type TestIdentity } from './fake-enclave';
 import { call, type Answer, type CallInit } from './http-client';
-import { freshStore, sql } from './shared-store-support';
-
-const ENCLAVE = 'vsock://16:5000';
-const T = {
-  admin: 'nks_r_admin',
-  full: 'nks_r_full',
-  create: 'nks_r_create',
-  bound: 'nks_r_bound',
-  other: 'nks_r_other',
-} as const;
-type Name = keyof typeof T;
-const TOKENS = [
-  { name: 'admin', sha256: hashToken(T.admin), scopes: ['admin'] },
-  { name: 'full', sha256: hashToken(T.full), scopes: ['keys:create', 'keys:sign', 'keys:read'] },
-  { name: 'create', sha256: hashToken(T.create), scopes: ['keys:create'] },
-  { name: 'bound', sha256: hashToken(T.bound), scopes: ['keys:create', 'keys:read'], projects: ['default'] },
-  { name: 'other', sha256: hashToken(T.other), scopes: ['keys:create', 'keys:read'] },
-];
+import { sql } from './shared-store-support';
+import { engines as keysEngines, stopInstances, stopPostgres, T, type Instance, type Name } from './keys-api-stack';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-let server: PostgresServer | undefined;
-afterAll(async () => {
-  await server?.stop();
-}, 30_000);
+afterAll(() => stopPostgres(), 30_000);
 
-interface Instance {
-  parent: RunningParent;
-  enclave: FakeEnclave;
-  runDir: string;
-}
-
-async function instance(database: Record<string, unknown>, identity?: TestIdentity): Promise<Instance> {
-  const runDir = tempRunDir('nks-ia-');
-  const enclave = new FakeEnclave(silentLogger(), identity);
-  await enclave.listen(new SimulatedVsockTransport(runDir), ENCLAVE);
-  const config = parseParentConfig({
-    api: { listen: { host: '127.0.0.1', port: 0 } },
-    metrics: { listen: { host: '127.0.0.1', port: 0 } },
-    tokens: TOKENS,
-    database,
-    transport: { kind: 'simulated', runDir },
-    enclave: { address: ENCLAVE, poolSize: 2, connectTimeoutMs: 1000, deadlineMs: 5000 },
-    kmsProxy: { listen: 'vsock://3:8000', allowedKeyArns: [FAKE_KMS_KEY_ARN], region: 'us-east-1', endpoint: 'http://127.0.0.1:9' },
-    wallets: { relay: { host: '127.0.0.1', port: 0 } },
-    logLevel: 'warn',
-  });
-  const parent = await startParent(config, captureLogger('warn').logger);
-  await parent.pool.waitUp(5000);
-  return { parent, enclave, runDir };
-}
-
-const engines: Array<{ name: string; start: () => Promise<{ a: Instance; b: Instance; app?: string }> }> = [
-  {
-    name: 'SQLite',
-    start: async () => {
-      const one = await instance({ path: path.join(tempRunDir('nks-ia-db-'), 'keys.db') });
-      return { a: one, b: one };
-    },
-  },
-  {
-    name: 'PostgreSQL (two instances, application role)',
-    start: async () => {
-      server ??= await startPostgres();
-      const { app } = await freshStore(server);
-      const database = { kind: 'postgres', url: app, migrate: false, poolSize: 4 };
-      const one = await instance(database);
-      return { a: one, b: await instance(database, one.enclave.identity), app };
-    },
-  },
-];
+const engines = keysEngines();
 
 describe.each(engines)('Idempotency-Key and create attacks: $name', ({ name, start }) => {
   let a: Instance;
@@ -101,13 +28,7 @@ describe.each(engines)('Idempotency-Key and create attacks: $name', ({ name, sta
     otherProject = p.body.projectId;
   }, 120_000);
   afterAll(async () => {
-    for (const i of new Set([a, b])) {
-      if (!i) continue;
-      i.enclave.releaseAll();
-      await i.parent.stop();
-      await i.enclave.close();
-      fs.rmSync(i.runDir, { recursive: true, force: true });
-    }
+    await stopInstances(a, b);
   });
 
   function api(token: Name | null, pathname: string, init: CallInit & { on?: Instance } = {}): Promise<Answer> {

@@ -11,7 +11,6 @@
  * - PATCH /v1/keys/{keyId} `{labels}`: reach as the read routes (404 like a missing key), `keys:create`.
  * - Re-creating an external id that differs in labels or `attest`: `created: false` and `mismatch` (names only).
  */
-import fs from 'node:fs';
 import path from 'node:path';
 import { createLocalJWKSet } from 'jose';
 import { WalletStoreApi } from '@nks/shared/enclave-api';
@@ -19,99 +18,33 @@ import { newKeyId } from '@nks/shared/identifiers';
 import { silentLogger } from '@nks/shared/log';
 import { RpcClient } from '@nks/shared/rpc';
 import { SimulatedVsockTransport } from '@nks/shared/transport';
-import { captureLogger, tempRunDir } from '@nks/shared-test/helpers';
+import { tempRunDir } from '@nks/shared-test/helpers';
 import { startSimulatedIdp, type SimulatedIdp } from '../../sim/src/idp/issuer';
 import Database from 'better-sqlite3';
-import { createAppRole, startPostgres, type PostgresServer } from '../../test/support/postgres';
+import { createAppRole } from '../../test/support/postgres';
 import { KeystoreClient } from '../../client/src/sdk';
-import { hashToken } from '../src/api/auth';
-import { startParent, type RunningParent } from '../src/app';
-import { parseParentConfig } from '../src/config';
-import { FAKE_KMS_KEY_ARN, FakeEnclave, type TestIdentity } from './fake-enclave';
 import { call, type Answer, type CallInit } from './http-client';
 import { SQLITE_MIGRATIONS } from '../src/store/migrations';
 import { PostgresEngine } from '../src/store/postgres';
 import { POSTGRES_MIGRATIONS } from '../src/store/postgres-migrations';
 import { SqliteEngine } from '../src/store/sqlite-engine';
-import { freshStore, sql } from './shared-store-support';
+import { sql } from './shared-store-support';
+import { engines as keysEngines, postgres, stopInstances, stopPostgres, T, type Instance, type Name } from './keys-api-stack';
 import { keyRecord, newKey, next, update } from './store-fixtures';
 
-const ENCLAVE = 'vsock://16:5000';
-const T = {
-  admin: 'nks_t_admin',
-  full: 'nks_t_full',
-  create: 'nks_t_create',
-  read: 'nks_t_read',
-  bound: 'nks_t_bound',
-  other: 'nks_t_other',
-} as const;
-type Name = keyof typeof T;
-const TOKENS = [
-  { name: 'admin', sha256: hashToken(T.admin), scopes: ['admin'] },
-  { name: 'full', sha256: hashToken(T.full), scopes: ['keys:create', 'keys:sign', 'keys:read'] },
-  { name: 'create', sha256: hashToken(T.create), scopes: ['keys:create'] },
-  { name: 'read', sha256: hashToken(T.read), scopes: ['keys:read'] },
-  { name: 'bound', sha256: hashToken(T.bound), scopes: ['keys:create', 'keys:read'], projects: ['default'] },
-  { name: 'other', sha256: hashToken(T.other), scopes: ['keys:create', 'keys:read'] },
-];
-
 let idp: SimulatedIdp;
-let server: PostgresServer | undefined;
 
 beforeAll(async () => {
   idp = await startSimulatedIdp();
 });
 afterAll(async () => {
   await idp?.close();
-  await server?.stop();
+  await stopPostgres();
 }, 30_000);
 
-interface Instance {
-  parent: RunningParent;
-  enclave: FakeEnclave;
-  runDir: string;
-}
-
-async function instance(database: Record<string, unknown>, identity?: TestIdentity): Promise<Instance> {
-  const runDir = tempRunDir('nks-find-');
-  const enclave = new FakeEnclave(silentLogger(), identity);
+const engines = keysEngines((enclave) => {
   enclave.jwks = createLocalJWKSet(idp.jwks());
-  await enclave.listen(new SimulatedVsockTransport(runDir), ENCLAVE);
-  const config = parseParentConfig({
-    api: { listen: { host: '127.0.0.1', port: 0 } },
-    metrics: { listen: { host: '127.0.0.1', port: 0 } },
-    tokens: TOKENS,
-    database,
-    transport: { kind: 'simulated', runDir },
-    enclave: { address: ENCLAVE, poolSize: 2, connectTimeoutMs: 1000, deadlineMs: 5000 },
-    kmsProxy: { listen: 'vsock://3:8000', allowedKeyArns: [FAKE_KMS_KEY_ARN], region: 'us-east-1', endpoint: 'http://127.0.0.1:9' },
-    wallets: { relay: { host: '127.0.0.1', port: 0 } },
-    logLevel: 'warn',
-  });
-  const parent = await startParent(config, captureLogger('warn').logger);
-  await parent.pool.waitUp(5000);
-  return { parent, enclave, runDir };
-}
-
-const engines: Array<{ name: string; start: () => Promise<[Instance, Instance]> }> = [
-  {
-    name: 'SQLite',
-    start: async () => {
-      const one = await instance({ path: path.join(tempRunDir('nks-find-db-'), 'keys.db') });
-      return [one, one];
-    },
-  },
-  {
-    name: 'PostgreSQL (two instances, application role)',
-    start: async () => {
-      server ??= await startPostgres();
-      const { app } = await freshStore(server);
-      const database = { kind: 'postgres', url: app, migrate: false, poolSize: 4 };
-      const one = await instance(database);
-      return [one, await instance(database, one.enclave.identity)];
-    },
-  },
-];
+});
 
 describe.each(engines)('finding and tidying keys: $name', ({ start }) => {
   let a: Instance;
@@ -119,19 +52,13 @@ describe.each(engines)('finding and tidying keys: $name', ({ start }) => {
   let otherProject: string;
 
   beforeAll(async () => {
-    [a, b] = await start();
+    ({ a, b } = await start());
     const p = await api('admin', '/v1/projects', { body: { name: 'Other', auth: { type: 'token' } } });
     expect(p.status).toBe(201);
     otherProject = p.body.projectId;
   }, 120_000);
   afterAll(async () => {
-    for (const i of new Set([a, b])) {
-      if (!i) continue;
-      i.enclave.releaseAll();
-      await i.parent.stop();
-      await i.enclave.close();
-      fs.rmSync(i.runDir, { recursive: true, force: true });
-    }
+    await stopInstances(a, b);
   });
 
   function api(token: Name | null, pathname: string, init: CallInit & { on?: Instance } = {}): Promise<Answer> {
@@ -495,7 +422,7 @@ describe('the store: schema 7 on a database made by the previous version', () =>
   });
 
   it('PostgreSQL: the same, as the application role; it cannot write the label index itself; entries expire and are purged', async () => {
-    server ??= await startPostgres();
+    const server = await postgres();
     const name = `v6_${process.pid}`;
     await sql(server.superuserUrl, `CREATE DATABASE ${name}`);
     const u = new URL(server.superuserUrl);
