@@ -4,11 +4,9 @@
  * token guessing labels, a replay showing what changed since. Real parents against the fake enclave: SQLite (one
  * instance) and PostgreSQL (two instances on one database, as the application role).
  */
-import { newKeyId } from '@nks/shared/identifiers';
 import { idempotencyDigest } from '../src/key-registry';
-import { call, type Answer, type CallInit } from './http-client';
 import { sql } from './shared-store-support';
-import { engines as keysEngines, stopInstances, stopPostgres, T, type Instance, type Name } from './keys-api-stack';
+import { apiOf, engines as keysEngines, idem, unique, stopInstances, stopPostgres, type Instance } from './keys-api-stack';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 afterAll(() => stopPostgres(), 30_000);
@@ -31,12 +29,7 @@ describe.each(engines)('Idempotency-Key and create attacks: $name', ({ name, sta
     await stopInstances(a, b);
   });
 
-  function api(token: Name | null, pathname: string, init: CallInit & { on?: Instance } = {}): Promise<Answer> {
-    const { on, ...rest } = init;
-    return call((on ?? a).parent.url, pathname, { ...(token ? { token: T[token] } : {}), ...rest });
-  }
-  const idem = (key: string) => ({ 'idempotency-key': key });
-  const unique = (p: string) => `${p}-${newKeyId().slice(0, 10)}`;
+  const api = apiOf(() => a);
 
   /**
    * A create by external id X that joins an in-flight create of X (KeyRegistry.creating) must not be answered that

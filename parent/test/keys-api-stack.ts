@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { newKeyId } from '@nks/shared/identifiers';
 import { silentLogger } from '@nks/shared/log';
 import { SimulatedVsockTransport } from '@nks/shared/transport';
 import { captureLogger, tempRunDir } from '@nks/shared-test/helpers';
@@ -14,6 +15,7 @@ import { hashToken } from '../src/api/auth';
 import { startParent, type RunningParent } from '../src/app';
 import { parseParentConfig } from '../src/config';
 import { FAKE_KMS_KEY_ARN, FakeEnclave, type TestIdentity } from './fake-enclave';
+import { call, type Answer, type CallInit } from './http-client';
 import { freshStore } from './shared-store-support';
 
 const ENCLAVE = 'vsock://16:5000';
@@ -119,3 +121,20 @@ export function engines(
     },
   ];
 }
+
+/**
+ * The caller API of `main()` (read at each call: instances start in beforeAll) as token `token` (`null`: none), or
+ * of `init.on`.
+ */
+export function apiOf(main: () => Instance) {
+  return (token: Name | null, pathname: string, init: CallInit & { on?: Instance } = {}): Promise<Answer> => {
+    const { on, ...rest } = init;
+    return call((on ?? main()).parent.url, pathname, { ...(token ? { token: T[token] } : {}), ...rest });
+  };
+}
+
+/** An Idempotency-Key header. */
+export const idem = (key: string) => ({ 'idempotency-key': key });
+
+/** A name no other test of the run has (external ids, labels). */
+export const unique = (p: string) => `${p}-${newKeyId().slice(0, 10)}`;

@@ -5,9 +5,9 @@
  * PostgreSQL (two instances on one database, as the application role).
  */
 import { newKeyId } from '@nks/shared/identifiers';
-import { call, type Answer, type CallInit } from './http-client';
+import { type Answer } from './http-client';
 import { sql } from './shared-store-support';
-import { engines as keysEngines, stopInstances, stopPostgres, T, type Instance, type Name } from './keys-api-stack';
+import { apiOf, engines as keysEngines, unique, stopInstances, stopPostgres, type Instance } from './keys-api-stack';
 
 afterAll(() => stopPostgres(), 30_000);
 
@@ -26,11 +26,7 @@ describe.each(engines)('key filter and PATCH probes: $name', ({ name, start }) =
   afterAll(async () => {
     await stopInstances(a, b);
   });
-  function api(token: Name | null, pathname: string, init: CallInit & { on?: Instance } = {}): Promise<Answer> {
-    const { on, ...rest } = init;
-    return call((on ?? a).parent.url, pathname, { ...(token ? { token: T[token] } : {}), ...rest });
-  }
-  const unique = (p: string) => `${p}-${newKeyId().slice(0, 10)}`;
+  const api = apiOf(() => a);
   const ids = (r: Answer) => (r.body.keys ?? []).map((k: { keyId: string }) => k.keyId);
 
   it('label filter: no wildcard, no injection; bound token learns nothing of other projects by any filter', async () => {

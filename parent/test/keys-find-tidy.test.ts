@@ -23,13 +23,24 @@ import { startSimulatedIdp, type SimulatedIdp } from '../../sim/src/idp/issuer';
 import Database from 'better-sqlite3';
 import { createAppRole } from '../../test/support/postgres';
 import { KeystoreClient } from '../../client/src/sdk';
-import { call, type Answer, type CallInit } from './http-client';
+import type { Answer } from './http-client';
 import { SQLITE_MIGRATIONS } from '../src/store/migrations';
 import { PostgresEngine } from '../src/store/postgres';
 import { POSTGRES_MIGRATIONS } from '../src/store/postgres-migrations';
 import { SqliteEngine } from '../src/store/sqlite-engine';
 import { sql } from './shared-store-support';
-import { engines as keysEngines, postgres, stopInstances, stopPostgres, T, type Instance, type Name } from './keys-api-stack';
+import {
+  apiOf,
+  engines as keysEngines,
+  idem,
+  unique,
+  postgres,
+  stopInstances,
+  stopPostgres,
+  T,
+  type Instance,
+  type Name,
+} from './keys-api-stack';
 import { keyRecord, newKey, next, update } from './store-fixtures';
 
 let idp: SimulatedIdp;
@@ -61,12 +72,7 @@ describe.each(engines)('finding and tidying keys: $name', ({ start }) => {
     await stopInstances(a, b);
   });
 
-  function api(token: Name | null, pathname: string, init: CallInit & { on?: Instance } = {}): Promise<Answer> {
-    const { on, ...rest } = init;
-    return call((on ?? a).parent.url, pathname, { ...(token ? { token: T[token] } : {}), ...rest });
-  }
-  const idem = (key: string) => ({ 'idempotency-key': key });
-  const unique = (p: string) => `${p}-${newKeyId().slice(0, 10)}`;
+  const api = apiOf(() => a);
   /** Every key a token lists, all pages (limit 2: several pages), with `query` added. */
   async function listAll(token: Name, query = ''): Promise<Array<{ keyId: string }>> {
     const out: Array<{ keyId: string }> = [];
