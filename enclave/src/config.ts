@@ -14,10 +14,9 @@ import { ConfigError, readJsonConfig } from '@nks/shared/config-file';
 import { DEFAULT_EGRESS_ADDRESS } from '@nks/shared/egress';
 import { DEFAULT_WALLET_STORE_ADDRESS, DEFAULT_WALLETS_ADDRESS } from '@nks/shared/ingress';
 import { DEADLINES } from '@nks/shared/deadlines';
-import { DEFAULT_MAX_FRAME_BYTES } from '@nks/shared/framing';
 import { DEFAULT_LOG_LEVEL, LOG_LEVELS } from '@nks/shared/log';
 import { BLOB_VERSION, decodeBlobBase64 } from '@nks/shared/blob';
-import { SignedRecordSchema } from '@nks/shared/enclave-api';
+import { ENCLAVE_MAX_FRAME_BYTES, SignedRecordSchema } from '@nks/shared/enclave-api';
 import { DEFAULT_PROJECT_ID, identityPublicKey as identityKeyObject, openProjectRecord } from '@nks/shared/records';
 import { SECURITY_EPOCH } from '@nks/shared/release';
 import { base64, describeIssues, identityPublicKey, kmsKeyArn } from '@nks/shared/schema';
@@ -47,7 +46,8 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   // unsealCanaryMs: at most one canary unseal this often (identity/canary.ts).
   limits: {
     maxConcurrent: 4096,
-    maxFrameBytes: DEFAULT_MAX_FRAME_BYTES,
+    // A batch of signs with its envelope, and its answer (keys.signBatch).
+    maxFrameBytes: ENCLAVE_MAX_FRAME_BYTES,
     kmsDeadlineMs: DEADLINES.enclaveKmsMs,
     unsealCanaryMs: 30_000,
   },

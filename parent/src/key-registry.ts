@@ -25,7 +25,7 @@ import {
   type ProjectRecord,
   type SignedRecord,
 } from '@nks/shared/records';
-import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
+import type { SignBatchItem, SignRequestInput, SignResult } from '@nks/shared/signing/schema';
 import type { PolicyDecision } from '@nks/shared/policy/decision';
 import type { PoliciesInput } from '@nks/shared/policy/schema';
 import { RecordChecker, type KnownIdentity } from './enclave-link/identity';
@@ -611,6 +611,51 @@ export class KeyRegistry {
       throw new KeystoreError('KEY_INTEGRITY', `the enclave signed with ${result.address}, but key ${keyId} is ${k.address}`);
     }
     return result;
+  }
+
+  /**
+   * A batch of requests of one key (keys.signBatch): the same checks as `sign`, once; a request whose type the
+   * project does not allow is answered here as `sign` answers it and not sent; the others go to the enclave in
+   * one call, and each answer comes back in its request's place. An answer count or address that is not what was
+   * asked fails the whole batch (KEY_INTEGRITY).
+   */
+  async signBatch(keyId: string, requests: SignRequestInput[], requestId?: string): Promise<SignBatchItem[]> {
+    const k = await this.get(keyId);
+    if (!k.record && k.disabled) throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
+    const { record, signed, project } = await this.verified(k);
+    if (project.record.auth.type === 'jwt') throw new KeystoreError('FORBIDDEN', `key ${keyId}: ${JWT_KEY_REFUSED}`);
+    if (record.disabled || k.disablePending || project.record.state === 'disabled')
+      throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
+    if (record.state === 'retired' || record.state === 'cancelled')
+      throw new KeystoreError('KEY_RETIRED', `key ${keyId} is ${record.state}`);
+    const allowed = project.record.allowedRequestTypes as string[];
+    const answers: Array<SignBatchItem | undefined> = requests.map((request) => {
+      const type = (request as { type?: unknown }).type;
+      if (typeof type === 'string' && !allowed.includes(type)) {
+        const err = new KeystoreError('FORBIDDEN', `project ${project.record.projectId} does not allow ${type} requests`);
+        return { error: { code: err.code, message: err.message, retryable: err.retryable } };
+      }
+      return undefined;
+    });
+    const sent = requests.filter((_, i) => answers[i] === undefined);
+    if (sent.length === 0) return answers as SignBatchItem[];
+    const { results } = await this.enclave
+      .call('keys.signBatch', { keyId, blob: k.blob, record: signed, project: project.signed, requests: sent }, undefined, requestId)
+      .catch((err: unknown) => {
+        if (err instanceof KeystoreError && err.code === 'KEY_INTEGRITY')
+          this.logger.warn({ keyId }, 'the enclave refused the key: its record or blob was altered, or a KMS answer was not genuine');
+        throw err;
+      });
+    if (!Array.isArray(results) || results.length !== sent.length)
+      throw new KeystoreError('KEY_INTEGRITY', `the enclave answered ${String(results?.length)} of the ${sent.length} requests of a batch`);
+    let next = 0;
+    return answers.map((a) => {
+      if (a) return a;
+      const item = results[next++] as SignBatchItem;
+      if ('result' in item && item.result.address !== k.address)
+        throw new KeystoreError('KEY_INTEGRITY', `the enclave signed with ${item.result.address}, but key ${keyId} is ${k.address}`);
+      return item;
+    });
   }
 
   /**

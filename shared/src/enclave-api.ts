@@ -14,7 +14,7 @@ import { base64, hexBytes, keyId, kmsKeyArn } from './schema';
 import { TLS_CHAIN_MAX_BYTES, TLS_MAX_NAMES, TLS_NAME_EXPECTED, TLS_NAME_RE } from './tls-identity';
 import { PROJECT_KEY_RE } from './records';
 import { PROJECT_ID_RE } from './identifiers';
-import { SignRequestSchema, type SignResult } from './signing/schema';
+import { SIGN_BATCH_MAX_BYTES, SignBatchRequestsSchema, SignRequestSchema, type SignBatchItem, type SignResult } from './signing/schema';
 import { PoliciesSchema, POLICY_MAX_APPROVERS } from './policy/schema';
 import type { PolicyDecision } from './policy/decision';
 import { APPROVAL_SIGNATURE_EXPECTED, APPROVAL_SIGNATURE_RE } from './policy/approval';
@@ -93,6 +93,24 @@ export const SignParams = z.strictObject({
   request: SignRequestSchema,
   jwt: jwt.optional(),
 });
+/**
+ * Up to 100 requests of one key (keys.signBatch): the key's blob and records checked once, the key unsealed at most
+ * once, then each request as keys.sign would sign it, in order (docs/PROTOCOL.md, "Batch signing").
+ */
+export const SignBatchParams = z.strictObject({
+  keyId,
+  blob,
+  record: SignedRecordSchema,
+  project: SignedRecordSchema,
+  requests: SignBatchRequestsSchema,
+  jwt: jwt.optional(),
+});
+/**
+ * The largest frame either side sends or takes by default: a batch of SIGN_BATCH_MAX_BYTES with its envelope (the
+ * key's blob and records, a JWT), and its answer (each transaction's signed serialization is about the size of
+ * the request that carried it, plus about a kilobyte of signature and hashes per request).
+ */
+export const ENCLAVE_MAX_FRAME_BYTES = SIGN_BATCH_MAX_BYTES + 256 * 1024;
 /**
  * A JWT project's user asks for their key (TrueWallet `get-address`): the enclave verifies the JWT and that the
  * record is genuine, current, in the project, for the JWT's subject and not retired, and answers its address.
@@ -392,7 +410,12 @@ export interface ProjectResult {
   record: SignedRecord;
 }
 
-export type { SignResult };
+export type { SignResult, SignBatchItem };
+
+/** keys.signBatch: one answer per request, in order. */
+export interface SignBatchResult {
+  results: SignBatchItem[];
+}
 
 export interface ForgetResult {
   keyId: string;
@@ -414,6 +437,7 @@ export const EnclaveApi = {
   'identity.get': defineMethod<IdentityResult>()(IdentityParams),
   'keys.create': defineMethod<CreateResult>()(CreateParams),
   'keys.sign': defineMethod<SignResult>()(SignParams),
+  'keys.signBatch': defineMethod<SignBatchResult>()(SignBatchParams),
   'keys.setDisabled': defineMethod<SetDisabledResult>()(SetDisabledParams),
   'keys.lookup': defineMethod<LookupResult>()(LookupParams),
   'keys.successor': defineMethod<CreateResult>()(SuccessorParams),

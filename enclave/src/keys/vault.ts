@@ -31,9 +31,9 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import { birthContent, USER_DATA_TAGS } from '@nks/shared/attestation/user-data';
 import { BLOB_VERSION_V1, decodeBlobBase64, decodeKeyBlob, encodeBlob, type KeyBlob, type KeyBlobV1 } from '@nks/shared/blob';
-import { KeystoreError } from '@nks/shared/errors';
+import { asKeystoreError, KeystoreError } from '@nks/shared/errors';
 import { POLICY_APPROVAL_DOMAIN } from '@nks/shared/policy/approval';
-import type { ActivateResult, CreateResult, LookupResult, SetDisabledResult } from '@nks/shared/enclave-api';
+import type { ActivateResult, CreateResult, LookupResult, SetDisabledResult, SignBatchResult } from '@nks/shared/enclave-api';
 import type { JwtProjectAuth, LifecycleAction } from '@nks/shared/project-auth';
 import type { JwtUser } from '../auth/jwt';
 import {
@@ -45,12 +45,12 @@ import {
   type ProjectRecord,
   type SignedRecord,
 } from '@nks/shared/records';
-import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
+import { SIGN_BATCH_MAX_REQUESTS, type SignBatchItem, type SignRequest, type SignResult } from '@nks/shared/signing/schema';
 import { addressOf, generateSecret, publicKeyOf } from '../crypto/secp256k1';
 import type { KeystoreIdentity } from '../identity/keystore-identity';
 import type { Unsealer } from '../kms/unseal';
 import type { NsmClient } from '../nsm/client';
-import type { PolicyEnforcer } from '../policy/enforcer';
+import type { PolicyEnforcer, RulesPassed } from '../policy/enforcer';
 import type { Verified, VerifiedRecords } from '../records/verified';
 import type { SignerPool } from '../signing/pool';
 import type { KeyCache, CachedKey } from './cache';
@@ -64,6 +64,19 @@ interface SuccessorOf {
 }
 
 const sha256Hex = (b: Uint8Array) => hex(createHash('sha256').update(b).digest());
+
+/** What reach() checked for a sign: the verified records, the cached key or the cold blob, the JWT's user. */
+interface Reach {
+  key: Verified<KeyRecord>;
+  project: Verified<ProjectRecord>;
+  cached: CachedKey | undefined;
+  blob: KeyBlob | undefined;
+  user: JwtUser | undefined;
+}
+
+type SignBatchItemError = Extract<SignBatchItem, { error: unknown }>['error'];
+
+export type SignBatchInput = Omit<SignParams, 'request'> & { requests: SignRequest[] };
 
 export interface SignParams {
   keyId: string;
@@ -255,9 +268,92 @@ export class KeyVault {
 
   async sign(p: SignParams): Promise<SignResult> {
     const { records } = this.deps;
+    const r = await this.reach(p);
+    usable(r.key.record, r.project.record, p.request);
+    // The project's rules (docs/POLICIES.md), before any KMS call: a refused cold sign costs no Decrypt.
+    const passed = this.deps.policy.checkRules(r.project.record, p.request);
+    const cached = r.cached ?? (await this.unsealShared(p.blob, r.blob as KeyBlob, r.key.record.blobSha256));
+    // The last check, with no wait between it and the signature (the KMS answer may have come late): the
+    // records are still the newest, so the states usable() read in them are those of now, and the policy the
+    // rules read is the project's policy of now; the JWT unexpired.
+    records.stillCurrent(r.key);
+    records.stillCurrent(r.project);
+    r.user?.stillValid();
+    return this.signOne(passed, r.key.record, p.request, cached);
+  }
+
+  /**
+   * keys.signBatch (docs/PROTOCOL.md, "Batch signing"): what a sequence of keys.sign calls with the same key, blob,
+   * records and JWT would answer, each request's answer in its place, with one check of the records and the JWT
+   * and at most one unseal. What concerns the key (its records, blob, JWT, states, an unseal) fails the whole
+   * batch, as it would every sign of the sequence; what concerns one request (its type, the policy's rules and
+   * limits, its hashing) fails that request only. The rules are evaluated and the limits counted per request, in
+   * order; every request is signed (or handed to a signer thread) synchronously after the last check of the
+   * records, with no wait between them.
+   */
+  async signBatch(p: SignBatchInput): Promise<SignBatchResult> {
+    const { records } = this.deps;
+    // The RPC schema bounds the count (SignBatchParams); said again here, where the loop is.
+    if (p.requests.length < 1 || p.requests.length > SIGN_BATCH_MAX_REQUESTS)
+      throw new KeystoreError('INVALID_PARAMS', `a batch has 1 to ${SIGN_BATCH_MAX_REQUESTS} requests`);
+    const r = await this.reach(p);
+    const k = r.key.record;
+    states(k, r.project.record);
+    const checked = p.requests.map((request): { passed: RulesPassed | null } | { error: unknown } => {
+      try {
+        allowed(r.project.record, request);
+        return { passed: this.deps.policy.checkRules(r.project.record, request) };
+      } catch (error) {
+        return { error };
+      }
+    });
+    // No request passed its rules: no KMS call, as for a sequence of refused single signs.
+    let cached = r.cached;
+    if (!cached && checked.some((c) => 'passed' in c)) cached = await this.unsealShared(p.blob, r.blob as KeyBlob, k.blobSha256);
+    records.stillCurrent(r.key);
+    records.stillCurrent(r.project);
+    r.user?.stillValid();
+    const key = cached;
+    const signed = checked.map((c, i) => {
+      if ('error' in c || !key) return Promise.reject('error' in c ? c.error : new KeystoreError('INTERNAL', 'no key'));
+      try {
+        return this.signOne(c.passed, k, p.requests[i] as SignRequest, key);
+      } catch (err) {
+        return Promise.reject(err);
+      }
+    });
+    const settled = await Promise.allSettled(signed);
+    return { results: settled.map((s) => (s.status === 'fulfilled' ? { result: s.value } : { error: itemError(s.reason) })) };
+  }
+
+  /**
+   * The limits checked and counted in one step, right before the signature (taken back if none is made), then the
+   * signature. Its caller made the last check of the records with no wait since.
+   */
+  private signOne(passed: RulesPassed | null, k: KeyRecord, request: SignRequest, cached: CachedKey): Promise<SignResult> {
+    const reservation = this.deps.policy.reserve(passed, { keyId: k.keyId, address: k.address });
+    return this.deps.signers.sign(request, cached.secret, cached.address).then(
+      (result) => {
+        this.signs += 1;
+        return result;
+      },
+      (err: unknown) => {
+        this.deps.policy.release(reservation);
+        throw err;
+      },
+    );
+  }
+
+  /**
+   * What a sign needs of its key, checked once however many requests it carries: the records genuine, current,
+   * of this key and one project; the cached key opened from this exact blob or the cold blob bound to the record;
+   * a JWT project's user's JWT (checked again after its wait). Answers what was checked, and the cached key if any.
+   */
+  private async reach(p: Omit<SignParams, 'request'>): Promise<Reach> {
+    const { records } = this.deps;
     // Looked up before any check, so the cache's counters depend only on the key id and blob sent, never on
     // which check refuses the request.
-    let cached = this.deps.cache.get(p.keyId, p.blob);
+    const cached = this.deps.cache.get(p.keyId, p.blob);
     const key = records.key(p.record);
     const project = records.project(p.project);
     if (key.record.keyId !== p.keyId || key.record.projectId !== project.record.projectId) throw records.refused();
@@ -293,29 +389,9 @@ export class KeyVault {
       // starts again, as a cold sign: the same checks, with what the enclave holds now.
       records.stillCurrent(key);
       records.stillCurrent(project);
-      if (cached && !this.deps.cache.holds(p.keyId, cached)) return this.sign(p);
+      if (cached && !this.deps.cache.holds(p.keyId, cached)) return this.reach(p);
     }
-    usable(k, project.record, p.request);
-    // The project's rules (docs/POLICIES.md), before any KMS call: a refused cold sign costs no Decrypt.
-    const passed = this.deps.policy.checkRules(project.record, p.request);
-    cached ??= await this.unsealShared(p.blob, blob as KeyBlob, k.blobSha256);
-    // The last check, with no wait between it and the signature (the KMS answer may have come late): the
-    // records are still the newest, so the states usable() read in them are those of now, and the policy the
-    // rules read is the project's policy of now; the JWT unexpired.
-    records.stillCurrent(key);
-    records.stillCurrent(project);
-    user?.stillValid();
-    // The limits: checked and counted in one step, right before the signature; taken back if none is made.
-    const reservation = this.deps.policy.reserve(passed, { keyId: k.keyId, address: k.address });
-    let result: SignResult;
-    try {
-      result = await this.deps.signers.sign(p.request, cached.secret, cached.address);
-    } catch (err) {
-      this.deps.policy.release(reservation);
-      throw err;
-    }
-    this.signs += 1;
-    return result;
+    return { key, project, cached, blob, user };
   }
 
   /** The blob the record names, decoded and bound to it, or KEY_INTEGRITY. A version 1 blob never matches. */
@@ -444,6 +520,11 @@ export class KeyVault {
  */
 function usable(k: KeyRecord, project: ProjectRecord, request: SignRequest): void {
   states(k, project);
+  allowed(project, request);
+}
+
+/** The request types the project allows, and never a policy-change approval. */
+function allowed(project: ProjectRecord, request: SignRequest): void {
   if (!project.allowedRequestTypes.includes(request.type)) {
     throw new KeystoreError('FORBIDDEN', `the project does not allow ${request.type} requests`);
   }
@@ -456,7 +537,13 @@ function usable(k: KeyRecord, project: ProjectRecord, request: SignRequest): voi
   }
 }
 
-/** The states of `usable`, without the request type (keys.lookup). */
+/** A request's error in a batch's answer: the code, message, retryability and details a single sign would answer. */
+function itemError(err: unknown): SignBatchItemError {
+  const ke = asKeystoreError(err);
+  return { code: ke.code, message: ke.message, retryable: ke.retryable, ...(ke.details ? { details: ke.details } : {}) };
+}
+
+/** The states of `usable`, without the request type (keys.lookup, a batch). */
 function states(k: KeyRecord, project: ProjectRecord): void {
   if (isFinalKeyState(k.state)) throw new KeystoreError('KEY_RETIRED', `the key is ${k.state}`);
   if (project.state !== 'active') throw new KeystoreError('KEY_DISABLED', 'the project is disabled');

@@ -6,7 +6,7 @@
  */
 import { asKeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
-import type { SignResult } from '@nks/shared/signing/schema';
+import type { SignBatchItem, SignResult } from '@nks/shared/signing/schema';
 
 export interface SignAuditFields {
   keyId: string;
@@ -98,4 +98,35 @@ export async function auditedSign(
     audit.info({ ...fields, outcome: asKeystoreError(err).code }, 'sign refused');
     throw err;
   }
+}
+
+/**
+ * A batch's audit lines: one per request, as a single sign writes it, with its place in the batch (`item`) and the
+ * batch's request id; when the whole batch is refused, one line per request with that error's code.
+ */
+export async function auditedSignBatch(
+  audit: Logger | undefined,
+  who: { requestId: string; token: string },
+  keyId: string,
+  bodies: readonly unknown[],
+  sign: () => Promise<SignBatchItem[]>,
+): Promise<SignBatchItem[]> {
+  if (!audit) return sign();
+  const fields = (i: number) => ({ ...signAuditFields(keyId, bodies[i]), item: i, tokenName: who.token, requestId: who.requestId });
+  let results: SignBatchItem[];
+  try {
+    results = await sign();
+  } catch (err) {
+    const outcome = asKeystoreError(err).code;
+    bodies.forEach((_, i) => audit.info({ ...fields(i), outcome }, 'sign refused'));
+    throw err;
+  }
+  results.forEach((item, i) => {
+    if ('error' in item) audit.info({ ...fields(i), outcome: item.error.code }, 'sign refused');
+    else {
+      const { hash, address, userOperationHash } = item.result;
+      audit.info({ ...fields(i), outcome: 'ok', hash, address, ...(userOperationHash ? { userOperationHash } : {}) }, 'signed');
+    }
+  });
+  return results;
 }

@@ -121,6 +121,30 @@ export const SignResultView = documentedOnly(
 );
 
 /**
+ * The batch sign answer (documentation only, like the single one): one item per request, in order, its result or
+ * the error the single sign route would have answered for it (without the request id: the answer's).
+ */
+export const SignBatchAnswer = documentedOnly(
+  z
+    .strictObject({
+      results: z.array(
+        z.union([
+          z.strictObject({ result: SignResultView }),
+          z.strictObject({
+            error: z.strictObject({
+              code: z.enum(Object.keys(ERROR_CODES) as [ErrorCode, ...ErrorCode[]]).describe('the error code a single sign would answer'),
+              message: z.string(),
+              retryable: z.boolean().describe('whether this request may succeed if sent again (the SDK re-sends only these)'),
+              details: z.record(z.string(), z.string().nullable()).describe('machine-readable facts (POLICY_DENIED)').optional(),
+            }),
+          }),
+        ]),
+      ),
+    })
+    .meta({ id: 'SignBatchAnswer' }),
+);
+
+/**
  * A project's policies as its record holds them, normalized (EIP-55 addresses, lower-case selectors, decimal
  * amounts): the fields of the `PUT …/policies` body (docs/POLICIES.md).
  */

@@ -19,7 +19,7 @@ import { PoliciesSchema, POLICY_MAX_APPROVERS } from '@nks/shared/policy/schema'
 import { APPROVAL_SIGNATURE_EXPECTED, APPROVAL_SIGNATURE_RE } from '@nks/shared/policy/approval';
 import { ProjectSettingsSchema } from '@nks/shared/projects-schema';
 import { keyId } from '@nks/shared/schema';
-import { SignRequestSchema } from '@nks/shared/signing/schema';
+import { SIGN_BATCH_MAX_BYTES, SignBatchRequestsSchema, SignRequestSchema } from '@nks/shared/signing/schema';
 import { KeystoreError } from '@nks/shared/errors';
 import { DEFAULT_PROJECT_ID } from '@nks/shared/records';
 import type { Scope } from '../config';
@@ -28,7 +28,7 @@ import type { StoredKey } from '../store/types';
 import { TokenAuth, type Principal } from './auth';
 import { KeyParams, projectId, ProjectParams, requestBody, routeUrl, stringMap } from '@nks/shared/http/validation';
 import type { Logger } from '@nks/shared/log';
-import { auditedSign } from './audit';
+import { auditedSign, auditedSignBatch } from './audit';
 import * as R from './responses';
 
 declare module 'fastify' {
@@ -39,6 +39,8 @@ declare module 'fastify' {
     scope?: Scope;
     /** Health, readiness and metrics: served while draining or overloaded, with no token and no deadline. */
     operational?: boolean;
+    /** The route's own body limit, instead of `api.maxBodyBytes` (shared/src/http/body.ts). */
+    bodyLimit?: number;
   }
 }
 
@@ -113,6 +115,16 @@ const EvaluateBody = requestBody(
   { whenMissing: 'a body {"request": {...}, "keyId"?, "policies"?} is required', asSent: true },
 );
 const SignBody = requestBody(SignRequestSchema, { whenMissing: 'a sign request is required', asSent: true });
+/**
+ * A batch (README.md, "Batch signing"): 1-100 requests of the single route's schema, in a body of at most 1 MiB
+ * (the route's own limit). One invalid request makes the whole batch 400, its path named
+ * (`body.requests.3.message`): a malformed request is the caller's bug. Refusals of the enclave's (policy, the
+ * project's request types, what hashing finds invalid) answer that request alone.
+ */
+const SignBatchBody = requestBody(z.strictObject({ requests: SignBatchRequestsSchema }), {
+  whenMissing: 'a body {"requests": [...]} is required',
+  asSent: true,
+});
 /** An address to find keys by: 20 bytes of 0x hex in any case (checksummed or not), as stored (EIP-55). */
 const addressQuery = z
   .string()
@@ -288,6 +300,24 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
           // context (an AsyncLocalStorage costs every promise on Node 20, measured in docs/OPERATIONS.md).
           return keys.sign(keyId, request.body, request.id);
         });
+      },
+    });
+    app.route({
+      method: 'POST',
+      url: at('/v1/keys/{keyId}/sign-batch', 'keys:sign').url,
+      config: { ...at('/v1/keys/{keyId}/sign-batch', 'keys:sign').config, bodyLimit: SIGN_BATCH_MAX_BYTES },
+      schema: { params: KeyParams, querystring: NoQuery, body: SignBatchBody, response: { 200: R.SignBatchAnswer } },
+      async handler(request) {
+        const { keyId } = request.params;
+        const who = { requestId: request.id, token: request.apiState?.principal ?? '-' };
+        const { requests } = request.body;
+        const results = await auditedSignBatch(audit, who, keyId, requests, async () => {
+          // The reach rules of the single route: a key out of a bound token's reach is a missing one.
+          if (tokenOf(request).projects !== null && !TokenAuth.reaches(tokenOf(request), (await keys.get(keyId)).projectId))
+            throw noSuchKey(keyId);
+          return keys.signBatch(keyId, requests, request.id);
+        });
+        return { results };
       },
     });
     for (const action of ['disable', 'enable'] as const) {

@@ -16,7 +16,7 @@
  * At most `maxQueued` calls are in flight across the connections; beyond it a call fails at once with
  * OVERLOADED, before anything is written.
  */
-import { ACCEPTED_PROTOCOL_VERSIONS, PROTOCOL_VERSION, type EnclaveApi, type IdentityResult } from '@nks/shared/enclave-api';
+import { ACCEPTED_PROTOCOL_VERSIONS, ENCLAVE_MAX_FRAME_BYTES, PROTOCOL_VERSION, type EnclaveApi, type IdentityResult } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import { RpcClient, type HandshakeCall, type MethodName, type ParamsOf, type ResultOf } from '@nks/shared/rpc';
@@ -92,6 +92,8 @@ export class EnclavePool {
           connectTimeoutMs: options.connectTimeoutMs,
           defaultDeadlineMs: options.deadlineMs,
           maxInFlight: options.maxInFlightPerConnection,
+          // A batch of signs and its answer (keys.signBatch), as the enclave's default.
+          maxFrameBytes: ENCLAVE_MAX_FRAME_BYTES,
           backoff: { initialMs: 50, maxMs: 1000 },
           onStateChange: (connected) => {
             this.linked[i] = connected;

@@ -110,10 +110,14 @@ function protoKeyPath(value: unknown): string | undefined {
   return undefined;
 }
 
-/** The API's only content-type parser (registered for every type): the body for validation. */
+/**
+ * The API's only content-type parser (registered for every type): the body for validation. A route may set its
+ * own limit in its config (`bodyLimit`: the batch sign route's 1 MiB); the others take `maxBytes`.
+ */
 export function bodyParser(maxBytes: number) {
   return async (request: FastifyRequest, payload: Readable): Promise<unknown> => {
-    const body = await readJsonBody(payload, request.headers, maxBytes);
+    const own = (request.routeOptions.config as { bodyLimit?: unknown } | undefined)?.bodyLimit;
+    const body = await readJsonBody(payload, request.headers, typeof own === 'number' ? own : maxBytes);
     return body === null ? JSON_NULL : body;
   };
 }

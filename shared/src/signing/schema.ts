@@ -272,6 +272,19 @@ export const SignRequestSchema = z.discriminatedUnion('type', [
   ]),
 ]);
 
+/**
+ * Batch signing (README.md, "Caller API"): at most SIGN_BATCH_MAX_REQUESTS requests of one key, each a
+ * SignRequestSchema request (its own limits and the typed-data budget), in a body of at most
+ * SIGN_BATCH_MAX_BYTES. The enclave's frames hold one such batch with its key's blob and records
+ * (ENCLAVE_MAX_FRAME_BYTES, shared/src/enclave-api.ts).
+ */
+export const SIGN_BATCH_MAX_REQUESTS = 100;
+export const SIGN_BATCH_MAX_BYTES = 1024 * 1024;
+export const SignBatchRequestsSchema = z
+  .array(SignRequestSchema)
+  .min(1, 'expected at least one request')
+  .max(SIGN_BATCH_MAX_REQUESTS, `expected at most ${SIGN_BATCH_MAX_REQUESTS} requests`);
+
 export type SignRequest = z.output<typeof SignRequestSchema>;
 export type SignRequestInput = z.input<typeof SignRequestSchema>;
 export type SignType = SignRequest['type'];
@@ -293,6 +306,11 @@ export interface SignResult {
   /** For user operations: the EntryPoint's userOpHash (signed as is in 0.8; 0.6 and 0.7 sign its EIP-191 hash). */
   userOperationHash?: `0x${string}`;
 }
+
+/** One answer of a batch, in the request's place: its result, or the error a single sign would have answered. */
+export type SignBatchItem =
+  | { result: SignResult }
+  | { error: { code: string; message: string; retryable: boolean; details?: Readonly<Record<string, string | null>> } };
 
 /** Compile-time check: the schema's variants are exactly SIGN_REQUEST_TYPES. */
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
