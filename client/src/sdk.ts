@@ -46,7 +46,7 @@ import type { TlsStatus } from '@nks/shared/enclave-api';
 import type { JwtAlgorithm, ProjectAuth } from '@nks/shared/project-auth';
 import type { KeyState, ProjectState, SignedRecord } from '@nks/shared/records';
 import type { SignRequestType } from '@nks/shared/signing/request-types';
-import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
+import { SIGN_BATCH_MAX_REQUESTS, type SignBatchItem, type SignRequestInput, type SignResult } from '@nks/shared/signing/schema';
 import { isDeepStrictEqual } from 'node:util';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, fetch as undiciFetch } from 'undici';
@@ -237,6 +237,12 @@ export interface CallOptions {
   deadlineMs?: number;
 }
 
+/**
+ * One answer of `signBatch`, in its request's place: the signature, or the error the single route would have
+ * answered (status 200, that of the batch's answer; `batchIndex` says which request).
+ */
+export type SignBatchOutcome = { result: SignResult; error?: undefined } | { error: KeystoreApiError; result?: undefined };
+
 /** Codes the SDK itself gives (status 0): the server never answers them. */
 export const CLIENT_ERROR_CODES = ['NETWORK', 'CLIENT_TIMEOUT', 'ABORTED'] as const;
 
@@ -313,6 +319,8 @@ export class KeystoreApiError extends Error {
   }
   /** The server's `Retry-After`, in seconds, when it gave one (503, and 429 `RATE_LIMITED`). */
   readonly retryAfterS: number | undefined;
+  /** In a `signBatch` answer: the place of the request this error is for. */
+  batchIndex: number | undefined;
   private readonly clientRetryable: boolean | undefined;
   /**
    * A server code: from the server's own error-code table (shared/src/errors.ts), so client and server agree.
@@ -599,6 +607,71 @@ export class KeystoreClient {
   /** Signs (retried like a read: a repeat signs the same bytes). `bigint`s anywhere in `request` go as decimal strings. */
   sign(keyId: string, request: WithBigint<SignRequestInput>, call?: CallOptions): Promise<SignResult> {
     return this.request('POST', `/v1/keys/${encodeURIComponent(keyId)}/sign`, request, true, call);
+  }
+
+  /**
+   * Signs up to 100 requests of one key in one call (`POST /v1/keys/{keyId}/sign-batch`): one answer per request,
+   * in order, `{result}` or `{error}` (a `KeystoreApiError` with the code the single route would answer). A batch
+   * the server refuses as a whole (a bad request: 400 naming its path; the key; the token) throws. Requests whose
+   * error is retryable (TIMEOUT, UNAVAILABLE, KMS_THROTTLED...) are sent again, only they, in a smaller batch, with
+   * the client's retries and backoff and within `deadlineMs`; their answers take their places.
+   */
+  async signBatch(
+    keyId: string,
+    requests: ReadonlyArray<WithBigint<SignRequestInput>>,
+    call: CallOptions = {},
+  ): Promise<SignBatchOutcome[]> {
+    checkCallOptions(call);
+    if (!Array.isArray(requests) || requests.length < 1 || requests.length > SIGN_BATCH_MAX_REQUESTS)
+      throw new TypeError(`a batch has 1 to ${SIGN_BATCH_MAX_REQUESTS} requests`);
+    const path = `/v1/keys/${encodeURIComponent(keyId)}/sign-batch`;
+    const outcomes: SignBatchOutcome[] = new Array<SignBatchOutcome>(requests.length);
+    const ends = call.deadlineMs !== undefined ? Date.now() + call.deadlineMs : undefined;
+    let pending = requests.map((_, i) => i);
+    const attempts = (this.options.retries ?? 2) + 1;
+    for (let attempt = 1; ; attempt++) {
+      const left = ends === undefined ? undefined : Math.max(1, ends - Date.now());
+      const round = { ...call, ...(left === undefined ? {} : { deadlineMs: left }) };
+      const { body } = await this.send<{ results: SignBatchItem[] }>(
+        'POST',
+        path,
+        { requests: pending.map((i) => requests[i]) },
+        true,
+        round,
+      );
+      const results = body?.results;
+      if (!Array.isArray(results) || results.length !== pending.length)
+        throw new KeystoreApiError(
+          200,
+          'BAD_RESPONSE',
+          `the server answered ${String(results?.length)} results for ${pending.length} requests`,
+          call.requestId,
+        );
+      const again: number[] = [];
+      results.forEach((item, j) => {
+        const i = pending[j] as number;
+        if (item && 'result' in item) outcomes[i] = { result: item.result };
+        else {
+          const e = (item as { error?: { code?: string; message?: string; details?: unknown } } | null)?.error;
+          const error = new KeystoreApiError(200, e?.code ?? 'BAD_RESPONSE', e?.message ?? 'no result and no error', call.requestId, {
+            details: detailsOf(e?.details),
+          });
+          error.batchIndex = i;
+          outcomes[i] = { error };
+          if (error.retryable) again.push(i);
+        }
+      });
+      if (again.length === 0 || attempt >= attempts || (ends !== undefined && Date.now() >= ends) || call.signal?.aborted) return outcomes;
+      const stops = [call.signal, ends === undefined ? undefined : AbortSignal.timeout(Math.max(1, ends - Date.now()))].filter(
+        (x): x is AbortSignal => x !== undefined,
+      );
+      try {
+        await sleep(backoffDelay(attempt - 1, SDK_RETRY_BACKOFF), undefined, stops.length ? { signal: AbortSignal.any(stops) } : {});
+      } catch {
+        return outcomes;
+      }
+      pending = again;
+    }
   }
 
   signDigest(keyId: string, digest: `0x${string}`, call?: CallOptions): Promise<SignResult> {

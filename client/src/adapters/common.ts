@@ -4,7 +4,7 @@
  * computed itself from what it was asked to sign. No viem or ethers import here.
  */
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
-import type { KeystoreClient, WithBigint } from '../sdk';
+import type { KeystoreApiError, KeystoreClient, WithBigint } from '../sdk';
 
 export type AdapterErrorCode =
   /** The input cannot be signed by the keystore as given (the message says what to change). */
@@ -95,4 +95,43 @@ export async function signChecked(
     );
   }
   return result;
+}
+
+/** One answer of a checked batch, in its request's place: the checked signature, or the keystore's refusal of it. */
+export type CheckedOutcome<T> = { value: T; error?: undefined } | { error: KeystoreApiError; value?: undefined };
+
+/**
+ * `signChecked` for a batch (`client.signBatch`): every signature answered is checked as a single one is, in its
+ * place, so an answer swapped with another's or moved to another place is SIGNATURE_MISMATCH (thrown: nothing of
+ * a batch with a forged answer is returned). Refusals of single requests come back in their places.
+ */
+export async function signBatchChecked(
+  client: KeystoreClient,
+  keyId: string,
+  address: string,
+  items: ReadonlyArray<{ request: WithBigint<SignRequestInput>; digest: string }>,
+  recover: (digest: `0x${string}`, signature: `0x${string}`) => string | Promise<string>,
+): Promise<Array<CheckedOutcome<SignResult>>> {
+  const outcomes = await client.signBatch(
+    keyId,
+    items.map((i) => i.request),
+  );
+  return Promise.all(
+    outcomes.map(async (o, i) => {
+      if (o.error) return { error: o.error };
+      const expected = (items[i] as { digest: string }).digest.toLowerCase();
+      if (o.result.hash?.toLowerCase() !== expected)
+        throw new KeystoreAdapterError(
+          'SIGNATURE_MISMATCH',
+          `the keystore signed digest ${String(o.result.hash)} for request ${i} of a batch of key ${keyId}, not ${expected}, the digest of what was asked`,
+        );
+      const signer = await recover(o.result.hash, o.result.signature);
+      if (signer.toLowerCase() !== address.toLowerCase())
+        throw new KeystoreAdapterError(
+          'SIGNATURE_MISMATCH',
+          `the keystore's signature of request ${i} of a batch recovers to ${signer}, not to key ${keyId} (${address})`,
+        );
+      return { value: o.result };
+    }),
+  );
 }

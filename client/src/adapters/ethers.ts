@@ -36,9 +36,18 @@ import {
 } from 'ethers';
 import type { SignRequestInput, SignResult } from '@nks/shared/signing/schema';
 import type { KeystoreClient } from '../sdk';
-import { declaredFieldsOnly, jsonInts, KeystoreAdapterError, signChecked, type TransactionRequest, type TypedDataRequest } from './common';
+import {
+  declaredFieldsOnly,
+  jsonInts,
+  KeystoreAdapterError,
+  signBatchChecked,
+  signChecked,
+  type CheckedOutcome,
+  type TransactionRequest,
+  type TypedDataRequest,
+} from './common';
 
-export { KeystoreAdapterError, type AdapterErrorCode } from './common';
+export { KeystoreAdapterError, type AdapterErrorCode, type CheckedOutcome } from './common';
 
 export interface KeystoreSignerOptions {
   /** An SDK client whose token may sign with the key (`keys:sign`; `keys:read` to look its address up). */
@@ -130,6 +139,19 @@ export class KeystoreSigner extends AbstractSigner {
 
   private async signed(request: SignRequestInput, digest: string): Promise<SignResult> {
     return signChecked(this.options.client, this.options.keyId, await this.getAddress(), request, digest, recover);
+  }
+
+  /**
+   * Up to 100 messages in one `sign-batch` call: `{value: signature}` or `{error}` (the keystore's refusal of that
+   * one) in each place, every signature checked as `signMessage` checks it (SIGNATURE_MISMATCH thrown otherwise).
+   */
+  async signMessages(messages: ReadonlyArray<string | Uint8Array>): Promise<Array<CheckedOutcome<string>>> {
+    const items = messages.map((m) => ({
+      request: { type: 'message' as const, message: typeof m === 'string' ? m : { raw: hexlify(m) as `0x${string}` } },
+      digest: hashMessage(m),
+    }));
+    const outcomes = await signBatchChecked(this.options.client, this.options.keyId, await this.getAddress(), items, recover);
+    return outcomes.map((o) => (o.error ? o : { value: o.value.signature }));
   }
 
   async signMessage(message: string | Uint8Array): Promise<string> {

@@ -38,9 +38,18 @@ import { toAccount } from 'viem/accounts';
 import { hashAuthorization } from 'viem/utils';
 import type { SignResult } from '@nks/shared/signing/schema';
 import type { KeystoreClient } from '../sdk';
-import { declaredFieldsOnly, jsonInts, KeystoreAdapterError, signChecked, type TransactionRequest, type TypedDataRequest } from './common';
+import {
+  declaredFieldsOnly,
+  jsonInts,
+  KeystoreAdapterError,
+  signBatchChecked,
+  signChecked,
+  type CheckedOutcome,
+  type TransactionRequest,
+  type TypedDataRequest,
+} from './common';
 
-export { KeystoreAdapterError, type AdapterErrorCode } from './common';
+export { KeystoreAdapterError, type AdapterErrorCode, type CheckedOutcome } from './common';
 
 export interface KeystoreAccountOptions {
   /** An SDK client whose token may sign with the key (`keys:sign`; `keys:read` to look its address up). */
@@ -53,8 +62,16 @@ export interface KeystoreAccountOptions {
   address?: Address;
 }
 
-/** A viem local account backed by a keystore key; `keyId` and `publicKey` (when the key was looked up) are the key's. */
-export type KeystoreAccount = LocalAccount<'custom'> & { keyId: string };
+/**
+ * A viem local account backed by a keystore key; `keyId` and `publicKey` (when the key was looked up) are the key's.
+ * `signMessages` and `signTypedDataBatch` sign up to 100 at once (one `sign-batch` call), each answer checked as a
+ * single signature is: `{value: signature}` or `{error}` (the keystore's refusal of that one) in each place.
+ */
+export type KeystoreAccount = LocalAccount<'custom'> & {
+  keyId: string;
+  signMessages(messages: readonly SignableMessage[]): Promise<Array<CheckedOutcome<Hex>>>;
+  signTypedDataBatch(typedData: readonly TypedDataDefinition[]): Promise<Array<CheckedOutcome<Hex>>>;
+};
 
 const recover = (hash: Hex, signature: Hex) => recoverAddress({ hash, signature });
 const signatureOf = (r: SignResult) => ({ r: r.r, s: r.s, v: BigInt(r.v), yParity: r.yParity });
@@ -108,6 +125,18 @@ export function toKeystoreTransaction(tx: TransactionSerializable): TransactionR
   return jsonInts(out) as TransactionRequest;
 }
 
+/** viem's typed data as the keystore's `typedData` request takes it (only the declared fields; integers as JSON). */
+function typedDataRequest(definition: TypedDataDefinition): TypedDataRequest {
+  const request = jsonInts({
+    domain: definition.domain,
+    types: definition.types,
+    primaryType: definition.primaryType,
+    message: declaredFieldsOnly(definition.types as unknown as TypedDataRequest['types'], definition.primaryType, definition.message),
+  }) as unknown as TypedDataRequest;
+  if (request.domain === undefined) delete request.domain;
+  return request;
+}
+
 /** viem's signable message as the keystore's `message` request takes it. */
 function toKeystoreMessage(message: SignableMessage): string | { raw: Hex } {
   if (typeof message === 'string') return message;
@@ -143,14 +172,7 @@ export async function toKeystoreAccount({ client, keyId, address: known }: Keyst
     },
     async signTypedData(typedData) {
       const definition = typedData as TypedDataDefinition;
-      const request = jsonInts({
-        domain: definition.domain,
-        types: definition.types,
-        primaryType: definition.primaryType,
-        message: declaredFieldsOnly(definition.types as unknown as TypedDataRequest['types'], definition.primaryType, definition.message),
-      }) as unknown as TypedDataRequest;
-      if (request.domain === undefined) delete request.domain;
-      return (await signed({ type: 'typedData', typedData: request }, hashTypedData(definition))).signature;
+      return (await signed({ type: 'typedData', typedData: typedDataRequest(definition) }, hashTypedData(definition))).signature;
     },
     async signAuthorization(authorization) {
       const delegate = authorization.contractAddress ?? authorization.address;
@@ -179,5 +201,13 @@ export async function toKeystoreAccount({ client, keyId, address: known }: Keyst
       return (await serializer(tx, signatureOf(result))) as never;
     },
   });
-  return Object.assign(account as LocalAccount<'custom'>, { keyId }, key ? { publicKey: key.publicKey } : {});
+  const signatures = async (items: Array<{ request: Parameters<KeystoreClient['sign']>[1]; digest: Hex }>) =>
+    (await signBatchChecked(client, keyId, address, items, recover)).map((o) => (o.error ? o : { value: o.value.signature }));
+  const batch = {
+    signMessages: (messages: readonly SignableMessage[]) =>
+      signatures(messages.map((m) => ({ request: { type: 'message', message: toKeystoreMessage(m) }, digest: hashMessage(m) }))),
+    signTypedDataBatch: (list: readonly TypedDataDefinition[]) =>
+      signatures(list.map((d) => ({ request: { type: 'typedData', typedData: typedDataRequest(d) }, digest: hashTypedData(d) }))),
+  };
+  return Object.assign(account as LocalAccount<'custom'>, { keyId }, batch, key ? { publicKey: key.publicKey } : {});
 }
