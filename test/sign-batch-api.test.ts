@@ -7,6 +7,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { recoverAddress, recoverMessageAddress } from 'viem';
 import { tempRunDir } from '@nks/shared-test/helpers';
+import { measureBatchedWarm } from '../scripts/bench-batch';
 import { startStack, waitReady, type Stack } from './support/stack';
 
 const sha = (t: string) => createHash('sha256').update(t).digest('hex');
@@ -152,5 +153,16 @@ describe('POST /v1/keys/{keyId}/sign-batch', () => {
     expect((await batch(own.keyId, [digest(1)], 'bound')).status).toBe(200);
     expect((await batch(own.keyId, [digest(1)], 'read')).status).toBe(403);
     expect((await batch(own.keyId, [digest(1)] as unknown[], null as never)).status).toBe(401);
+  });
+
+  it("the benchmark's batched measure (scripts/bench-batch.ts) counts signed batches, and no errors", async () => {
+    const key = await newKey();
+    const st = await measureBatchedWarm({ baseUrl: s.url, token: T.full, keyId: key.keyId, batchSize: 10, concurrency: 2, durationMs: 300 });
+    expect(st.errors).toBe(0);
+    expect(st.batchesPerSec).toBeGreaterThan(0);
+    expect(st.signsPerSec).toBeCloseTo(st.batchesPerSec * 10, 6);
+    expect(st.p99Ms).toBeGreaterThanOrEqual(st.p50Ms);
+    const refused = await measureBatchedWarm({ baseUrl: s.url, token: T.read, keyId: key.keyId, batchSize: 2, concurrency: 1, durationMs: 100 });
+    expect([refused.signsPerSec, refused.errors > 0]).toEqual([0, true]);
   });
 });
