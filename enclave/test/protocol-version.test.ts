@@ -52,6 +52,7 @@ describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
         'keys.lookup',
         'keys.setDisabled',
         'keys.sign',
+        'keys.signBatch',
         'keys.successor',
         'projects.create',
         'projects.evaluatePolicy',
