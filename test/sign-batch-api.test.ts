@@ -4,7 +4,10 @@
  * enclave's per-request refusals in order, the single route's reach rules and scope, and one KMS Decrypt for a
  * cold batch.
  */
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
 import { recoverAddress, recoverMessageAddress } from 'viem';
 import { tempRunDir } from '@nks/shared-test/helpers';
 import { measureBatchedWarm } from '../scripts/bench-batch';
@@ -164,5 +167,29 @@ describe('POST /v1/keys/{keyId}/sign-batch', () => {
     expect(st.p99Ms).toBeGreaterThanOrEqual(st.p50Ms);
     const refused = await measureBatchedWarm({ baseUrl: s.url, token: T.read, keyId: key.keyId, batchSize: 2, concurrency: 1, durationMs: 100 });
     expect([refused.signsPerSec, refused.errors > 0]).toEqual([0, true]);
+  });
+
+  it('nks sign-batch: one line per request, its signature or its error; exit 1 when any was refused', async () => {
+    const key = await newKey(other);
+    const file = path.join(tempRunDir('nks-batch-cli-'), 'requests.json');
+    fs.writeFileSync(file, JSON.stringify([message('cli'), digest(1)]));
+    const nks = (...args: string[]) =>
+      spawnSync(process.execPath, [path.resolve(__dirname, '../dist/cli.js'), 'sign-batch', ...args], {
+        encoding: 'utf8',
+        timeout: 30_000,
+        env: { ...process.env, NKS_URL: s.url, NKS_TOKEN: T.full, NKS_DEV_DIR: '/nonexistent' },
+      });
+    const run = nks(key.keyId, '--file', file, '--json');
+    expect(run.status).toBe(1);
+    const { results } = JSON.parse(run.stdout);
+    expect(await recoverMessageAddress({ message: 'cli', signature: results[0].result.signature })).toBe(key.address);
+    expect(results[1].error.code).toBe('FORBIDDEN');
+    const human = nks(key.keyId, '--file', file);
+    expect(human.stdout).toMatch(/^0 +0x[0-9a-f]{130}\n1 +error FORBIDDEN: /);
+    // (The project's limit allows two signatures per key: a key of the default project signs the rest.)
+    fs.writeFileSync(file, JSON.stringify({ requests: [message('a'), digest(2)] }));
+    expect(nks((await newKey()).keyId, '--file', file).status).toBe(0);
+    const usage = nks(key.keyId);
+    expect([usage.status, usage.stderr]).toEqual([2, expect.stringContaining('--file FILE is required')]);
   });
 });

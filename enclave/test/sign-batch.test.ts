@@ -14,6 +14,7 @@ import type { SignedRecord } from '@nks/shared/records';
 import { SIGN_BATCH_MAX_BYTES, SIGN_BATCH_MAX_REQUESTS, type SignResult } from '@nks/shared/signing/schema';
 import { simulatedSocketPath } from '@nks/shared/transport';
 import { rejection, tempRunDir } from '@nks/shared-test/helpers';
+import { atLimitValues } from '@nks/shared-test/typed-data-payloads';
 import { digestOf, ENCLAVE_ADDRESS, startEnclaveHarness, type EnclaveHarness } from './harness';
 
 const ALL_TYPES = ['digest', 'message', 'typedData', 'transaction', 'authorization', 'userOperation'];
@@ -189,5 +190,25 @@ describe('keys.signBatch over the RPC', () => {
     // A JWT on a token project's batch, as for keys.sign.
     expect((await call({ keyId: b.keyId, blob: b.blob, record: b.record, jwt: 'a.b.c' })).code).toBe('INVALID_PARAMS');
     expect((await health()).counters.signs).toBe(before);
+  });
+
+  it('typed data at the budget is hashed off the main thread: health is answered while the batch is signed', async () => {
+    const key = await newKey();
+    await sign(key, digest(1)); // warm
+    // Four requests at the typed-data budget's value limit (about a second of hashing each here), 880 KB in all.
+    const requests = Array.from({ length: 4 }, () => ({ type: 'typedData', typedData: atLimitValues() }));
+    const order: string[] = [];
+    const done = batch(key, requests).then((r) => {
+      order.push('batch');
+      return r;
+    });
+    for (let i = 0; i < 3; i++) {
+      await health();
+      order.push('health');
+    }
+    const { results } = await done;
+    expect(order).toEqual(['health', 'health', 'health', 'batch']);
+    // Each signed, or (on a loaded machine) past its own job deadline: a retryable error in its place.
+    for (const r of results) expect('result' in r || ['TIMEOUT', 'UNAVAILABLE'].includes(r.error.code)).toBe(true);
   });
 });

@@ -4,7 +4,7 @@
  * (dev, genesis, store) run the server's own programs and come with the server's nks (client/src/cli/main.ts).
  * How a line is run (help, --version, --json errors, exit codes) is shared with it: run.ts.
  */
-import { attestationCommand, keysCommand, policyCommand, signCommand } from './commands';
+import { attestationCommand, keysCommand, policyCommand, signBatchCommand, signCommand } from './commands';
 import { policiesCommand } from './policies-commands';
 import { projectsCommand } from './project-commands';
 import { runCli, type Command } from './run';
@@ -18,6 +18,7 @@ declare const NKS_CLIENT_VERSION: string;
 export const CLIENT_COMMANDS: Record<string, Command> = {
   keys: keysCommand,
   sign: signCommand,
+  'sign-batch': signBatchCommand,
   attestation: attestationCommand,
   identity: identityCommand,
   policy: policyCommand,
@@ -34,6 +35,7 @@ const HELP = `nks — nitro-keystore command-line client (package nitro-keystore
   nks keys create|get|list|disable|enable|successor|activate|cancel|history|verify …
   nks sign <keyId> --digest 0x… | --message TEXT | --message-hex 0x… | --typed-data FILE | --transaction FILE
                    | --authorization FILE | --request FILE | --user-operation FILE …
+  nks sign-batch <keyId> --file FILE   up to 100 sign requests (a JSON array) in one call
   nks attestation get|verify …
   nks identity [--pcr0 HEX]... [--identity 0x…|FILE] [--root PEM] [--max-age S]
   nks policies get|set|approve|evaluate --project ID …

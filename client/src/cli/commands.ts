@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { AttestationError, verifyAttestation, verifyBirthAttestation, type VerifyOptions } from '@nks/shared/attestation';
 import { ADDRESS_RE } from '@nks/shared/identifiers';
-import type { SignRequestInput } from '@nks/shared/signing/schema';
+import { SIGN_BATCH_MAX_REQUESTS, type SignRequestInput } from '@nks/shared/signing/schema';
 import {
   generateKeyPolicy,
   measurementsFromNitroCliJson,
@@ -216,6 +216,37 @@ export async function signCommand(args: string[]): Promise<number> {
     ]),
   );
   return 0;
+}
+
+/**
+ * `nks sign-batch <keyId> --file FILE`: the requests of FILE (a JSON array of sign requests, or `{"requests": [...]}`)
+ * in one batch (README.md, "Batch signing"). One line per request, in order: its signature, or its error. Exit 1 when
+ * any request was refused.
+ */
+export async function signBatchCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, { ...connectionOptions, file: { type: 'string' } }, ['keyId']);
+  if (values.file === undefined) throw new UsageError('--file FILE is required: a JSON array of sign requests (or {"requests": [...]})');
+  const doc = readJsonInput(values.file);
+  const requests = Array.isArray(doc) ? doc : (doc as { requests?: unknown } | null)?.requests;
+  if (!Array.isArray(requests) || requests.length < 1 || requests.length > SIGN_BATCH_MAX_REQUESTS)
+    throw new UsageError(`${values.file}: expected 1 to ${SIGN_BATCH_MAX_REQUESTS} sign requests, as a JSON array or {"requests": [...]}`);
+  const outcomes = await clientFor(values).signBatch(positionals[0] as string, requests as SignRequestInput[]);
+  const results = outcomes.map((o) =>
+    o.result
+      ? { result: o.result }
+      : {
+          error: {
+            code: o.error.code,
+            message: o.error.message,
+            retryable: o.error.retryable,
+            ...(o.error.details ? { details: o.error.details } : {}),
+          },
+        },
+  );
+  print({ results }, values.json ?? false, () =>
+    fields(outcomes.map((o, i) => [String(i), o.result ? o.result.signature : `error ${o.error.code}: ${o.error.message}`])),
+  );
+  return outcomes.every((o) => o.result) ? 0 : 1;
 }
 
 /** A document given as a file of raw bytes, hex or base64 text, or the JSON `{document}` the API returns. */

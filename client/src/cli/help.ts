@@ -51,6 +51,9 @@ export const HELP = `nks — nitro-keystore command-line client
   nks sign <keyId> --digest 0x… | --message TEXT | --message-hex 0x… | --typed-data FILE
                    | --transaction FILE | --authorization FILE [--allow-all-chains] | --request FILE
                    | --user-operation FILE --entry-point 0x… --chain-id N --ep-version 0.6|0.7|0.8
+  nks sign-batch <keyId> --file FILE
+      up to 100 sign requests (FILE: a JSON array of them, or {"requests": [...]}) in one call: one line per
+      request, its signature or its error; exit 1 when any was refused (README.md, "Batch signing")
   nks attestation get [--nonce 0x…] [--out FILE]
   nks attestation verify <file> --pcr0 HEX | --allow-unpinned [--allow-debug] [--at now|document|ISO-TIME]
                          [--root PEM] [--max-age S] [--pcr N=HEX]... [--nonce HEX]

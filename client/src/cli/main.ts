@@ -3,7 +3,7 @@
  * beside the API's. How a line is run (help, --version, --json errors, exit codes): run.ts.
  */
 import { RELEASE_VERSION as version } from '@nks/shared/release';
-import { attestationCommand, devCommand, keysCommand, policyCommand, signCommand, storeCommand } from './commands';
+import { attestationCommand, devCommand, keysCommand, policyCommand, signBatchCommand, signCommand, storeCommand } from './commands';
 import { HELP } from './help';
 import { policiesCommand } from './policies-commands';
 import { projectsCommand } from './project-commands';
@@ -15,6 +15,7 @@ runCli(process.argv.slice(2), {
   commands: {
     keys: keysCommand,
     sign: signCommand,
+    'sign-batch': signBatchCommand,
     projects: projectsCommand,
     attestation: attestationCommand,
     identity: identityCommand,
