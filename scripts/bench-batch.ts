@@ -58,7 +58,7 @@ export async function measureBatchedWarm(opts: BatchedWarmOptions): Promise<Batc
     while (performance.now() < end) {
       const payload = body();
       const t = performance.now();
-      let ok = false;
+      let ok: boolean;
       try {
         const res = await pool.request({ path, method: 'POST', headers, body: payload });
         const answer = (await res.body.json()) as { results?: Array<{ result?: unknown }> };

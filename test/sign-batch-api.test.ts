@@ -108,7 +108,10 @@ describe('POST /v1/keys/{keyId}/sign-batch', () => {
     expect(r.body.results).toHaveLength(5);
     const single = await api('full', `/v1/keys/${key.keyId}/sign`, { body: { type: 'message', message: text + text + text } });
     expect(single.status).toBe(413);
-    const tooBig = await batch(key.keyId, Array.from({ length: 9 }, () => message(text)));
+    const tooBig = await batch(
+      key.keyId,
+      Array.from({ length: 9 }, () => message(text)),
+    );
     expect([tooBig.status, tooBig.body.error.code]).toEqual([413, 'PAYLOAD_TOO_LARGE']);
     expect(tooBig.body.error.message).toContain('1048576-byte limit');
   });
@@ -160,12 +163,26 @@ describe('POST /v1/keys/{keyId}/sign-batch', () => {
 
   it("the benchmark's batched measure (scripts/bench-batch.ts) counts signed batches, and no errors", async () => {
     const key = await newKey();
-    const st = await measureBatchedWarm({ baseUrl: s.url, token: T.full, keyId: key.keyId, batchSize: 10, concurrency: 2, durationMs: 300 });
+    const st = await measureBatchedWarm({
+      baseUrl: s.url,
+      token: T.full,
+      keyId: key.keyId,
+      batchSize: 10,
+      concurrency: 2,
+      durationMs: 300,
+    });
     expect(st.errors).toBe(0);
     expect(st.batchesPerSec).toBeGreaterThan(0);
     expect(st.signsPerSec).toBeCloseTo(st.batchesPerSec * 10, 6);
     expect(st.p99Ms).toBeGreaterThanOrEqual(st.p50Ms);
-    const refused = await measureBatchedWarm({ baseUrl: s.url, token: T.read, keyId: key.keyId, batchSize: 2, concurrency: 1, durationMs: 100 });
+    const refused = await measureBatchedWarm({
+      baseUrl: s.url,
+      token: T.read,
+      keyId: key.keyId,
+      batchSize: 2,
+      concurrency: 1,
+      durationMs: 100,
+    });
     expect([refused.signsPerSec, refused.errors > 0]).toEqual([0, true]);
   });
 

@@ -121,7 +121,7 @@ describe('signBatch: retries of the failed retryable requests only; checked answ
     answer = async (ms) => {
       const items = (await signAll(ms)) as Array<{ result: Record<string, unknown> }>;
       const forged = await other.signMessage({ message: ms[0] as string });
-      return [{ result: { ...items[0]!.result, signature: forged as Hex } }, ...items.slice(1)];
+      return [{ result: { ...items[0]!.result, signature: forged } }, ...items.slice(1)];
     };
     const err = await account.signMessages(['a', 'b']).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(KeystoreAdapterError);

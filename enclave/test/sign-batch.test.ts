@@ -176,7 +176,7 @@ describe('keys.signBatch over the RPC', () => {
           project: h.defaultProject,
           requests: [digest(1)],
           ...params,
-        } as never),
+        }),
       );
     expect((await call({ record: b.record })).code).toBe('KEY_INTEGRITY');
     expect((await call({ blob: b.blob })).code).toBe('KEY_INTEGRITY');

@@ -16,7 +16,9 @@
  * At most `maxQueued` calls are in flight across the connections; beyond it a call fails at once with
  * OVERLOADED, before anything is written.
  */
-import { ACCEPTED_PROTOCOL_VERSIONS, ENCLAVE_MAX_FRAME_BYTES, PROTOCOL_VERSION, type EnclaveApi, type IdentityResult } from '@nks/shared/enclave-api';
+import { ACCEPTED_PROTOCOL_VERSIONS, PROTOCOL_VERSION, type EnclaveApi, type IdentityResult } from '@nks/shared/enclave-api';
+// (Its own line: the batch sign's frame limit, keys.signBatch.)
+import { ENCLAVE_MAX_FRAME_BYTES } from '@nks/shared/enclave-api';
 import { KeystoreError } from '@nks/shared/errors';
 import type { Logger } from '@nks/shared/log';
 import { RpcClient, type HandshakeCall, type MethodName, type ParamsOf, type ResultOf } from '@nks/shared/rpc';

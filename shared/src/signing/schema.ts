@@ -7,6 +7,7 @@
  * integers are decimal strings, 0x hex, or (when small) JSON numbers, and come out as bigint or number.
  */
 import { z } from 'zod';
+import type { ErrorCode, ErrorDetails } from '../errors';
 import type { SignRequestType } from './request-types';
 import { address as addressSchema, hex32 } from '../schema';
 import { checkTypedDataBudget, domainFieldsOf } from './typed-data-budget';
@@ -310,7 +311,7 @@ export interface SignResult {
 /** One answer of a batch, in the request's place: its result, or the error a single sign would have answered. */
 export type SignBatchItem =
   | { result: SignResult }
-  | { error: { code: string; message: string; retryable: boolean; details?: Readonly<Record<string, string | null>> } };
+  | { error: { code: ErrorCode; message: string; retryable: boolean; details?: ErrorDetails } };
 
 /** Compile-time check: the schema's variants are exactly SIGN_REQUEST_TYPES. */
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
