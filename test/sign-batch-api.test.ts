@@ -15,13 +15,14 @@ import { startStack, waitReady, type Stack } from './support/stack';
 
 const sha = (t: string) => createHash('sha256').update(t).digest('hex');
 const secret = (name: string) => `nks_${name}_${randomBytes(16).toString('hex')}`;
-const T = { admin: secret('admin'), full: secret('full'), read: secret('read'), bound: secret('bound') };
+const T = { admin: secret('admin'), full: secret('full'), read: secret('read'), bound: secret('bound'), limited: secret('limited') };
 type Name = keyof typeof T;
 const SCOPES: Record<Name, string[]> = {
   admin: ['admin'],
   full: ['keys:create', 'keys:sign', 'keys:read'],
   read: ['keys:read'],
   bound: ['keys:sign', 'keys:read'],
+  limited: ['keys:sign'],
 };
 const digestOf = (n: number) => `0x${n.toString(16).padStart(64, '0')}` as const;
 const digest = (n: number) => ({ type: 'digest', digest: digestOf(n) });
@@ -50,6 +51,7 @@ describe('POST /v1/keys/{keyId}/sign-batch', () => {
       sha256: sha(T[n]),
       scopes: SCOPES[n],
       ...(n === 'bound' ? { projects: ['default'] } : {}),
+      ...(n === 'limited' ? { rateLimit: { max: 5, windowMs: 3_600_000 } } : {}),
     }));
     s = await startStack(tempRunDir('nks-batch-api-'), { parent: { tokens } });
     await waitReady(s);
@@ -186,6 +188,17 @@ describe('POST /v1/keys/{keyId}/sign-batch', () => {
     expect([refused.signsPerSec, refused.errors > 0]).toEqual([0, true]);
   });
 
+  it("each request of a batch counts against the token's rate limit, as a single sign does", async () => {
+    const key = await newKey();
+    // max 5 per window: a batch of 3 counts 3; the next batch of 3 passes 5 and is refused whole (what it counted stays
+    // counted, as for any refused request): a single sign is refused too.
+    expect((await batch(key.keyId, [digest(1), digest(2), digest(3)], 'limited')).status).toBe(200);
+    const over = await batch(key.keyId, [digest(4), digest(5), digest(6)], 'limited');
+    expect([over.status, over.body.error.code]).toEqual([429, 'RATE_LIMITED']);
+    expect(over.headers.get('retry-after')).toMatch(/^\d+$/);
+    expect((await api('limited', `/v1/keys/${key.keyId}/sign`, { body: digest(7) })).status).toBe(429);
+  });
+  // Last: it idles the API's connections past their keep-alive (one CLI start after another).
   it('nks sign-batch: one line per request, its signature or its error; exit 1 when any was refused', async () => {
     const key = await newKey(other);
     const file = path.join(tempRunDir('nks-batch-cli-'), 'requests.json');

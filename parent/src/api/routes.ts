@@ -41,6 +41,8 @@ declare module 'fastify' {
     operational?: boolean;
     /** The route's own body limit, instead of `api.maxBodyBytes` (shared/src/http/body.ts). */
     bodyLimit?: number;
+    /** How many requests of the token's rate limit a valid body counts for (token-limits.ts); 1 when not given. */
+    rateCost?: (body: unknown) => number;
   }
 }
 
@@ -305,7 +307,12 @@ export function callerRoutes(keys: KeyRegistry, audit?: Logger): (app: ApiInstan
     app.route({
       method: 'POST',
       url: at('/v1/keys/{keyId}/sign-batch', 'keys:sign').url,
-      config: { ...at('/v1/keys/{keyId}/sign-batch', 'keys:sign').config, bodyLimit: SIGN_BATCH_MAX_BYTES },
+      config: {
+        ...at('/v1/keys/{keyId}/sign-batch', 'keys:sign').config,
+        bodyLimit: SIGN_BATCH_MAX_BYTES,
+        // Each request counts against the token's rate limit, as a single sign does.
+        rateCost: (body) => (body as { requests: unknown[] }).requests.length,
+      },
       schema: { params: KeyParams, querystring: NoQuery, body: SignBatchBody, response: { 200: R.SignBatchAnswer } },
       async handler(request) {
         const { keyId } = request.params;

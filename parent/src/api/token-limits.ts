@@ -45,5 +45,22 @@ export function tokenRateLimits(): (app: ApiInstance) => void {
         `token "${r.key}" used its limit of ${r.max} requests per ${r.timeWindow / 1000} s; retry in ${seconds} s`,
       );
     });
+    // A route whose one request stands for several (the batch sign route: `rateCost`, its requests) counts the rest
+    // once its body is valid: the token's limit counts signatures, not HTTP requests. Over the limit, the whole
+    // request is refused.
+    app.addHook('preHandler', async (request, reply) => {
+      const cost = request.routeOptions.config.rateCost?.(request.body) ?? 1;
+      if (limitOf(request) === null || !limiter || cost <= 1) return;
+      for (let i = 1; i < cost; i++) {
+        const r = await limiter(request);
+        if (r.isAllowed || !r.isExceeded) continue;
+        const seconds = Math.max(1, r.ttlInSeconds);
+        reply.header('retry-after', String(seconds));
+        throw new KeystoreError(
+          'RATE_LIMITED',
+          `token "${r.key}" used its limit of ${r.max} requests per ${r.timeWindow / 1000} s (a batch counts each of its requests); retry in ${seconds} s`,
+        );
+      }
+    });
   };
 }
