@@ -299,6 +299,8 @@ export class KeyVault {
     // The project's rules (docs/POLICIES.md), before any KMS call: a refused cold sign costs no Decrypt.
     const passed = this.deps.policy.checkRules(project.record, p.request);
     cached ??= await this.unsealShared(p.blob, blob as KeyBlob, k.blobSha256);
+    // Other cold signs' keys, or a smaller cache (cache.configure), may have evicted (and zeroed) it meanwhile.
+    if (!this.deps.cache.holds(p.keyId, cached)) throw new KeystoreError('UNAVAILABLE', 'the key left the cache before it signed; retry');
     // The last check, with no wait between it and the signature (the KMS answer may have come late): the
     // records are still the newest, so the states usable() read in them are those of now, and the policy the
     // rules read is the project's policy of now; the JWT unexpired.
