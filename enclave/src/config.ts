@@ -114,7 +114,7 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
 } as const;
 
 const D = ENCLAVE_CONFIG_DEFAULTS;
-/** The most any image may allow its key cache: a day's TTL, a million keys (about 1.2 GiB: docs/OPERATIONS.md). */
+/** The most any image may allow its key cache: a day's TTL, a million keys (about 1.8 GiB: docs/OPERATIONS.md, "Sizing the key cache"). */
 export const CACHE_MAX_TTL_MS = 24 * 3600_000;
 export const CACHE_MAX_ENTRIES = 1_000_000;
 
