@@ -53,7 +53,10 @@ describe('cache.configure: a compromised parent vs. the image bounds (real encla
       [{ maxEntries: 17 }, "cache.maxEntries 17 is above this image's bound cache.bounds.maxEntries (16)"],
       [{ maxEntries: 1 }, "cache.maxEntries 1 is below this image's bound cache.bounds.minEntries (2)"],
       [{ ttlMs: 10_000, maxEntries: 1_000_000 }, "cache.maxEntries 1000000 is above this image's bound cache.bounds.maxEntries (16)"],
-      [{ ttlMs: Number.MAX_SAFE_INTEGER }, `cache.ttlMs ${Number.MAX_SAFE_INTEGER} is above this image's bound cache.bounds.maxTtlMs (120000)`],
+      [
+        { ttlMs: Number.MAX_SAFE_INTEGER },
+        `cache.ttlMs ${Number.MAX_SAFE_INTEGER} is above this image's bound cache.bounds.maxTtlMs (120000)`,
+      ],
     ];
     for (const [params, message] of cases) {
       const err = await refused(params);
@@ -63,7 +66,7 @@ describe('cache.configure: a compromised parent vs. the image bounds (real encla
   });
 
   it('refuses what is not a positive safe integer (non-integers, huge numbers, strings, null, extra fields)', async () => {
-    const bad = [
+    const bad: unknown[] = [
       { ttlMs: 2_000.5 },
       { maxEntries: 2.5 },
       { ttlMs: 0 },
@@ -74,7 +77,7 @@ describe('cache.configure: a compromised parent vs. the image bounds (real encla
       { maxEntries: null },
       { ttlMs: [60_000] },
       { ttlMs: 60_000, bounds: { maxTtlMs: 1e9 } },
-      { maxEntries: 4, __proto__: { x: 1 }, constructor: 1 },
+      JSON.parse('{"maxEntries": 4, "__proto__": {"maxEntries": 1e9}}'),
     ];
     for (const params of bad) expect((await refused(params)).code).toBe('INVALID_PARAMS');
     expect(await counters()).toMatchObject({ cacheTtlMs: IMAGE.ttlMs, cacheMaxEntries: IMAGE.maxEntries });

@@ -110,7 +110,10 @@ export function enclavePoolFor(
     maxQueued: config.enclave.maxQueued,
     liveness: { intervalMs: config.enclave.pingIntervalMs, timeoutMs: config.enclave.pingTimeoutMs, misses: config.enclave.pingMisses },
     ...(learnIdentity
-      ? { identity: { pinned: config.identity.publicKey, ...(onIdentity ? { onLearned: onIdentity } : {}) }, configure: cacheSettings.configure }
+      ? {
+          identity: { pinned: config.identity.publicKey, ...(onIdentity ? { onLearned: onIdentity } : {}) },
+          configure: cacheSettings.configure,
+        }
       : {}),
     ...rest,
   });

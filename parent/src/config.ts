@@ -58,6 +58,8 @@ export const PARENT_CONFIG_DEFAULTS = {
     pingIntervalMs: 1_000,
     pingTimeoutMs: 500,
     pingMisses: 3,
+    /** The enclave's key cache: none set here, so the image's own values (docs/OPERATIONS.md, "Sizing the key cache"). */
+    cache: {},
   },
   kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, deadlineMs: DEADLINES.kmsProxyMs, maxConcurrent: 256 },
   // The wallet routes are served by the enclave over TLS that ends there (docs/TLS.md): the parent relays raw
@@ -269,7 +271,12 @@ export const ParentConfigSchema = z.strictObject({
        */
       cache: z
         .strictObject({
-          ttlMs: z.number().int().min(1_000).max(24 * 3600_000).optional(),
+          ttlMs: z
+            .number()
+            .int()
+            .min(1_000)
+            .max(24 * 3600_000)
+            .optional(),
           maxEntries: z.number().int().min(1).max(1_000_000).optional(),
         })
         .prefault({}),

@@ -42,7 +42,10 @@ export class EnclaveCacheSettings {
     }
     let answer: CacheSettings;
     try {
-      answer = await call('cache.configure', { ...(ttlMs !== undefined ? { ttlMs } : {}), ...(maxEntries !== undefined ? { maxEntries } : {}) });
+      answer = await call('cache.configure', {
+        ...(ttlMs !== undefined ? { ttlMs } : {}),
+        ...(maxEntries !== undefined ? { maxEntries } : {}),
+      });
     } catch (err) {
       if (err instanceof KeystoreError && err.code === 'INVALID_PARAMS') {
         throw new KeystoreError(
@@ -55,7 +58,10 @@ export class EnclaveCacheSettings {
     const before = this.applied;
     this.applied = answer;
     if (before?.ttlMs !== answer.ttlMs || before.maxEntries !== answer.maxEntries) {
-      this.logger.info({ ttlMs: answer.ttlMs, maxEntries: answer.maxEntries, bounds: answer.bounds }, 'enclave key cache settings in force');
+      this.logger.info(
+        { ttlMs: answer.ttlMs, maxEntries: answer.maxEntries, bounds: answer.bounds },
+        'enclave key cache settings in force',
+      );
     }
   };
 }
