@@ -2,11 +2,15 @@
  * The enclave's key cache settings from the parent's configuration (config.enclave.cache, parent/src/enclave-cache.ts):
  * checked at start; sent to the enclave on every connection's start-up, so they reach it and reach it again after
  * it restarts (its image values otherwise); a value beyond the image's bounds leaves the enclave unused (not
- * ready), with an error naming the bound. Real parent and enclave processes over simulated vsock.
+ * ready), with an error naming the bound: real parent and enclave processes over simulated vsock. The handshake
+ * step alone (what it sends, an older enclave, a refusal's message) is tested with a scripted call.
  */
 import fs from 'node:fs';
 import { hashToken } from '../src/api/auth';
 import { parseParentConfig } from '../src/config';
+import { EnclaveCacheSettings } from '../src/enclave-cache';
+import { KeystoreError } from '@nks/shared/errors';
+import type { Logger } from '@nks/shared/log';
 import { tempRunDir, waitFor } from '@nks/shared-test/helpers';
 import { startStack, waitReady, type Stack } from '../../test/support/stack';
 
@@ -36,6 +40,66 @@ describe('parent configuration: enclave.cache', () => {
     ['an unknown field', { size: 5 }, /config\.enclave\.cache: .*size/],
   ])('refuses %s, naming the setting', (_name, cache, message) => {
     expect(() => parseParentConfig({ ...base, enclave: { cache } })).toThrow(message);
+  });
+});
+
+describe('the handshake step (EnclaveCacheSettings.configure)', () => {
+  const logger = () => {
+    const lines: string[] = [];
+    const log = { info: (_o: unknown, m: string) => lines.push(`info ${m}`), warn: (m: string) => lines.push(`warn ${m}`) };
+    return { lines, log: log as unknown as Logger };
+  };
+  const FEATURES = ['enclave.hello', 'cache.configure'];
+
+  it('sends the wanted fields only (absent: the image values) and keeps the answer', async () => {
+    const { lines, log } = logger();
+    const sent: unknown[] = [];
+    const answer = {
+      ttlMs: 60_000,
+      maxEntries: 100_000,
+      bounds: { minTtlMs: 1_000, maxTtlMs: 3_600_000, minEntries: 1, maxEntries: 250_000 },
+    };
+    const settings = new EnclaveCacheSettings({ ttlMs: 60_000 }, log);
+    const call = (async (method: string, params: unknown) => {
+      sent.push([method, params]);
+      return answer;
+    }) as Parameters<EnclaveCacheSettings['configure']>[0];
+    await settings.configure(call, FEATURES);
+    await settings.configure(call, FEATURES); // a second connection, or a restarted enclave: sent again, logged once
+    expect(sent).toEqual([
+      ['cache.configure', { ttlMs: 60_000 }],
+      ['cache.configure', { ttlMs: 60_000 }],
+    ]);
+    expect(settings.effective).toEqual(answer);
+    expect(lines).toEqual(['info enclave key cache settings in force']);
+  });
+
+  it('an enclave of an earlier release (no cache.configure): nothing sent, one warning when settings are wanted', async () => {
+    const { lines, log } = logger();
+    const call = (() => Promise.reject(new Error('not called'))) as Parameters<EnclaveCacheSettings['configure']>[0];
+    await new EnclaveCacheSettings({}, log).configure(call, ['enclave.hello']);
+    expect(lines).toEqual([]);
+    const wanting = new EnclaveCacheSettings({ maxEntries: 5 }, log);
+    await wanting.configure(call, ['enclave.hello']);
+    await wanting.configure(call, ['enclave.hello']);
+    expect(lines).toEqual([
+      'warn the enclave image does not take cache settings (an earlier release): config.enclave.cache is not applied',
+    ]);
+  });
+
+  it("a refusal says it is the parent's setting and what to do; other errors pass unchanged", async () => {
+    const { log } = logger();
+    const settings = new EnclaveCacheSettings({ maxEntries: 17 }, log);
+    const refusing = (() =>
+      Promise.reject(
+        new KeystoreError('INVALID_PARAMS', "cache.maxEntries 17 is above this image's bound cache.bounds.maxEntries (16)"),
+      )) as Parameters<EnclaveCacheSettings['configure']>[0];
+    await expect(settings.configure(refusing, FEATURES)).rejects.toThrow(
+      "the enclave refused config.enclave.cache: cache.maxEntries 17 is above this image's bound cache.bounds.maxEntries (16); set it within the image's bounds, or build an image with other cache.bounds",
+    );
+    const down = (() => Promise.reject(new KeystoreError('UNAVAILABLE', 'gone'))) as Parameters<EnclaveCacheSettings['configure']>[0];
+    await expect(settings.configure(down, FEATURES)).rejects.toMatchObject({ code: 'UNAVAILABLE', message: 'gone' });
+    expect(settings.effective).toBeUndefined();
   });
 });
 
