@@ -23,8 +23,12 @@ export interface LevelFigures {
 /** The parts of `npm run bench`'s summary the report reads; everything else is kept in report.json as it is. */
 export interface BenchSummary {
   machine?: { cores?: number; cpu?: string; node?: string };
+  /** The machine's state before the run (scripts/bench-targets.ts, busyVerdict). */
+  busy?: { busy: boolean; idle: number; loadAvg1: number; warning?: string };
   mode?: string;
   topology?: string;
+  /** Each target's verdict (scripts/bench-targets.ts). */
+  targets?: Array<{ name: string; target: string; value: string; verdict: string }>;
   warm: Record<string, LevelFigures>;
   shared?: { warm: Record<string, LevelFigures> };
   [figure: string]: unknown;
@@ -168,11 +172,33 @@ export function latencyChartSvg(series: ChartSeries[], opts: { title?: string; w
 
 const num = (n: unknown, d = 0) => (typeof n === 'number' && Number.isFinite(n) ? n.toFixed(d) : '-');
 
+const cpuOf = (f: LevelFigures) =>
+  f.cpuUsPerRequest ? ['parent', 'enclave', 'loadgen'].map((k) => num(f.cpuUsPerRequest?.[k])).join(' / ') : '-';
+
 function levelsTable(warm: Record<string, LevelFigures>): string[] {
   return [
-    '| concurrency | signs/s | p50 ms | p99 ms | errors |',
-    '| ---: | ---: | ---: | ---: | ---: |',
-    ...levelsOf(warm).map(([c, f]) => `| ${c} | ${num(f.perSec)} | ${num(f.p50Ms, 2)} | ${num(f.p99Ms, 2)} | ${num(f.errors)} |`),
+    '| concurrency | signs/s | p50 ms | p99 ms | errors | CPU µs/request (parent / enclave / load generator) |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...levelsOf(warm).map(
+      ([c, f]) => `| ${c} | ${num(f.perSec)} | ${num(f.p50Ms, 2)} | ${num(f.p99Ms, 2)} | ${num(f.errors)} | ${cpuOf(f)} |`,
+    ),
+  ];
+}
+
+const cell = (v: unknown) => String(v).replace(/\|/g, '\\|');
+
+/** The targets' table, and a line naming the ones not met (or saying every measured one was). */
+function targetsSection(targets: NonNullable<BenchSummary['targets']>): string[] {
+  const failed = targets.filter((t) => t.verdict === 'NOT met').map((t) => t.name);
+  return [
+    '## Targets',
+    '',
+    '| target | measured | verdict |',
+    '| --- | ---: | --- |',
+    ...targets.map((t) => `| ${cell(t.target)} | ${cell(t.value)} | ${t.verdict === 'NOT met' ? '**NOT met**' : cell(t.verdict)} |`),
+    '',
+    failed.length ? `Not met: ${failed.join(', ')}.` : 'Every measured target met.',
+    '',
   ];
 }
 
@@ -184,6 +210,8 @@ export function benchMarkdown(summary: BenchSummary): string {
     '',
     `${summary.mode ?? ''} run: ${m.cores ?? '?'} cores (${m.cpu ?? 'unknown CPU'}), Node ${m.node ?? '?'}`.trim(),
     '',
+    ...(summary.busy?.warning ? [`> **Warning:** ${summary.busy.warning}`, ''] : []),
+    ...(summary.targets?.length ? targetsSection(summary.targets) : []),
     `## Warm signing (${summary.topology ?? 'primary'} topology)`,
     '',
     ...levelsTable(summary.warm),
@@ -193,15 +221,15 @@ export function benchMarkdown(summary: BenchSummary): string {
   ];
   if (summary.shared) lines.push('## Warm signing (shared topology)', '', ...levelsTable(summary.shared.warm), '');
   const singles = Object.entries(summary).filter(
-    ([k, v]) => !['machine', 'warm', 'shared'].includes(k) && (typeof v !== 'object' || v === null),
+    ([k, v]) => !['machine', 'warm', 'shared', 'busy', 'targets'].includes(k) && (typeof v !== 'object' || v === null),
   );
   if (singles.length) {
     lines.push('## Figures', '', '| figure | value |', '| --- | ---: |');
-    for (const [k, v] of singles) lines.push(`| ${k} | ${String(v).replace(/\|/g, '\\|')} |`);
+    for (const [k, v] of singles) lines.push(`| ${k} | ${cell(v)} |`);
     lines.push('');
   }
   const nested = Object.keys(summary).filter(
-    (k) => !['machine', 'warm', 'shared'].includes(k) && typeof summary[k] === 'object' && summary[k] !== null,
+    (k) => !['machine', 'warm', 'shared', 'busy', 'targets'].includes(k) && typeof summary[k] === 'object' && summary[k] !== null,
   );
   if (nested.length) lines.push(`The other sections (${nested.join(', ')}) are in report.json.`, '');
   return lines.join('\n');

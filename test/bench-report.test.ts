@@ -74,15 +74,38 @@ describe('bench report', () => {
     expect(files.map((f) => path.basename(f)).sort()).toEqual(['latency.svg', 'report.json', 'report.md']);
     expect(JSON.parse(fs.readFileSync(path.join(dir, 'report.json'), 'utf8'))).toEqual(SUMMARY);
     const md = fs.readFileSync(path.join(dir, 'report.md'), 'utf8');
-    expect(md).toContain('| 16 | 2480 | 5.91 | 9.31 | 0 |');
+    expect(md).toContain('| 16 | 2480 | 5.91 | 9.31 | 0 | 310 / 420 / - |');
     expect(md).toContain('## Warm signing (dedicated topology)');
     expect(md).toContain('## Warm signing (shared topology)');
-    expect(md).toContain('| 128 | 2001 | 60.20 | 99.90 | 0 |');
+    expect(md).toContain('| 128 | 2001 | 60.20 | 99.90 | 0 | 310 / 420 / - |');
     expect(md).toContain('| ratio | 0.474 |');
     expect(md).toContain('![latency against concurrency](latency.svg)');
     expect(md).toContain('The other sections (typedData) are in report.json.');
     // Rows in order of concurrency, not of the object's keys as strings.
     expect([...md.matchAll(/^\| (\d+) \| \d+ \|/gm)].slice(0, 6).map((m) => Number(m[1]))).toEqual([1, 4, 8, 16, 32, 128]);
+  });
+
+  it('leads with the targets, naming the ones not met, and with the warning of a busy machine', () => {
+    const md = benchMarkdown({
+      ...SUMMARY,
+      busy: { busy: true, idle: 0.1, loadAvg1: 7.5, warning: 'the machine is busy before the benchmark starts: jest' },
+      targets: [
+        { name: 'warmSingle', target: 'warm single >= 1.2x raw noble with p99 < 10 ms', value: '1.31x, p99 7.50 ms', verdict: 'met' },
+        { name: 'parentCpu', target: 'parent CPU per warm sign <= 120 µs', value: '210 µs', verdict: 'NOT met' },
+        { name: 'warmBatched', target: 'batched >= 3x raw noble', value: '-', verdict: 'not measured' },
+      ],
+    });
+    expect(md).toContain('> **Warning:** the machine is busy before the benchmark starts: jest');
+    expect(md).toContain('| parent CPU per warm sign <= 120 µs | 210 µs | **NOT met** |');
+    expect(md).toContain('| batched >= 3x raw noble | - | not measured |');
+    expect(md).toContain('Not met: parentCpu.');
+    expect(md.indexOf('## Targets')).toBeLessThan(md.indexOf('## Warm signing'));
+    expect(md).not.toContain('| busy |');
+    expect(md).toContain('The other sections (typedData) are in report.json.');
+    expect(benchMarkdown({ ...SUMMARY, targets: [{ name: 'coldKms', target: 't', value: '1', verdict: 'met' }] })).toContain(
+      'Every measured target met.',
+    );
+    expect(benchMarkdown(SUMMARY)).not.toContain('## Targets');
   });
 
   it('draws valid XML with both axes, their labels and one point per measured concurrency and line', () => {
@@ -140,6 +163,14 @@ describe('bench report', () => {
 });
 
 describe('npm run bench options', () => {
+  it('--no-build runs what dist/ holds, without building, and passes the other options on', () => {
+    const run = path.resolve(__dirname, '..', 'scripts', 'bench-run.mjs');
+    const r = spawnSync(process.execPath, [run, '--no-build', '--only', 'nothing'], { encoding: 'utf8', timeout: 30_000 });
+    expect({ status: r.status, stdout: r.stdout }).toEqual({ status: 2, stdout: '' });
+    expect(r.stderr).toContain('bench: --no-build: running dist/ as built at');
+    expect(r.stderr).toContain('bench: --only takes "warm", "jwt", "wallets" or "policy"');
+  });
+
   it('refuses --report and --json with a partial run, clearly', () => {
     const bench = path.resolve(__dirname, '..', 'dist', 'bench.js');
     for (const args of [

@@ -104,7 +104,7 @@ export async function startEnclave(
   if (image !== 'genesis') kmsProxy.start();
 
   const recipient = new RecipientKeys(nsm, config.recipient);
-  const cache = new KeyCache(config.cache);
+  const cache = new KeyCache({ ttlMs: config.cache.ttlMs, maxEntries: config.cache.maxEntries });
   cache.startSweeper();
   const failedOpens = new FailedOpens(config.failedOpens);
   // Can this image unseal? Told of every unseal; its canary re-unseals the identity blob (identity/canary.ts).
@@ -218,6 +218,7 @@ export async function startEnclave(
     jwt: { verifier: jwt, jwks, clock },
     records,
     cache,
+    cacheBounds: { ...config.cache.bounds, defaultTtlMs: config.cache.ttlMs, defaultMaxEntries: config.cache.maxEntries },
     unsealer,
     unsealCanary,
     recipient,

@@ -38,7 +38,10 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   kmsProxy: DEFAULT_KMS_PROXY_ADDRESS,
   transport: { kind: 'vsock' },
   nsm: { kind: 'device', path: NSM_DEVICE_PATH },
-  cache: { ttlMs: 15 * 60_000, maxEntries: 100_000 },
+  // The key cache (docs/OPERATIONS.md, "Sizing the key cache"): `ttlMs` and `maxEntries` until the parent sets
+  // its own (cache.configure), which must lie within `bounds`: they cap what a parent can make the enclave hold,
+  // in count (memory) and in time (how long a decrypted key stays in memory after its unsealing).
+  cache: { ttlMs: 15 * 60_000, maxEntries: 100_000, bounds: { minTtlMs: 1_000, maxTtlMs: 3600_000, minEntries: 1, maxEntries: 250_000 } },
   recipient: { rotateMs: 3600_000, documentMaxAgeMs: 60_000 },
   failedOpens: { maxFailures: 10, windowMs: 60_000, cooldownMs: 60_000 },
   // kmsDeadlineMs is shorter than the parent's deadline for a whole sign (its enclave.deadlineMs), and longer
@@ -111,6 +114,10 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
 } as const;
 
 const D = ENCLAVE_CONFIG_DEFAULTS;
+/** The most any image may allow its key cache: a day's TTL, a million keys (about 1.8 GiB: docs/OPERATIONS.md, "Sizing the key cache"). */
+export const CACHE_MAX_TTL_MS = 24 * 3600_000;
+export const CACHE_MAX_ENTRIES = 1_000_000;
+
 /** What the wallet connections' requests may hold in memory at once (`wallets`: see its refinement). */
 export const WALLETS_MAX_REQUEST_MEMORY = 512 * 1024 * 1024;
 const ms = (def: number, min: number, max: number) => z.number().int().min(min).max(max).default(def);
@@ -144,11 +151,43 @@ export const EnclaveConfigSchema = z.strictObject({
       z.strictObject({ kind: z.literal('simulated'), socket: z.string().min(1) }),
     ])
     .prefault({ kind: D.nsm.kind }),
+  /**
+   * The key cache: `ttlMs` (how long a decrypted key stays usable without another KMS Decrypt, counted from its
+   * unsealing) and `maxEntries` are what the enclave starts with; the parent may set others at run time
+   * (cache.configure, keys/cache-settings.ts) within `bounds`, which only this file (PCR0) sets. An absent upper
+   * bound is the default's bound or the configured value, whichever is larger, so a configuration written
+   * before the bounds existed means what it meant.
+   */
   cache: z
     .strictObject({
-      /** How long a decrypted key stays usable without another KMS Decrypt. */
-      ttlMs: ms(D.cache.ttlMs, 1_000, 24 * 3600_000),
-      maxEntries: z.number().int().min(1).max(1_000_000).default(D.cache.maxEntries),
+      ttlMs: ms(D.cache.ttlMs, 1_000, CACHE_MAX_TTL_MS),
+      maxEntries: z.number().int().min(1).max(CACHE_MAX_ENTRIES).default(D.cache.maxEntries),
+      bounds: z
+        .strictObject({
+          minTtlMs: ms(D.cache.bounds.minTtlMs, 1_000, CACHE_MAX_TTL_MS),
+          maxTtlMs: z.number().int().min(1_000).max(CACHE_MAX_TTL_MS).optional(),
+          minEntries: z.number().int().min(1).max(CACHE_MAX_ENTRIES).default(D.cache.bounds.minEntries),
+          maxEntries: z.number().int().min(1).max(CACHE_MAX_ENTRIES).optional(),
+        })
+        .prefault({}),
+    })
+    .transform(({ ttlMs, maxEntries, bounds }) => ({
+      ttlMs,
+      maxEntries,
+      bounds: {
+        minTtlMs: bounds.minTtlMs,
+        maxTtlMs: bounds.maxTtlMs ?? Math.max(D.cache.bounds.maxTtlMs, ttlMs),
+        minEntries: bounds.minEntries,
+        maxEntries: bounds.maxEntries ?? Math.max(D.cache.bounds.maxEntries, maxEntries),
+      },
+    }))
+    .superRefine(({ ttlMs, maxEntries, bounds: b }, ctx) => {
+      const issue = (path: string[], message: string) => ctx.addIssue({ code: 'custom', path, message });
+      if (b.minTtlMs > b.maxTtlMs) issue(['bounds', 'minTtlMs'], `must not exceed cache.bounds.maxTtlMs (${b.maxTtlMs})`);
+      if (b.minEntries > b.maxEntries) issue(['bounds', 'minEntries'], `must not exceed cache.bounds.maxEntries (${b.maxEntries})`);
+      if (ttlMs < b.minTtlMs || ttlMs > b.maxTtlMs) issue(['ttlMs'], `must lie within cache.bounds [${b.minTtlMs}, ${b.maxTtlMs}]`);
+      if (maxEntries < b.minEntries || maxEntries > b.maxEntries)
+        issue(['maxEntries'], `must lie within cache.bounds [${b.minEntries}, ${b.maxEntries}]`);
     })
     .prefault({}),
   recipient: z

@@ -32,6 +32,7 @@ import { genesis } from './identity/genesis';
 import { identityUnavailable, type IdentityHolder } from './identity/boot';
 import type { UnsealCanary } from './identity/canary';
 import type { KeyCache } from './keys/cache';
+import { configureCache, type CacheBounds } from './keys/cache-settings';
 import type { KeyVault } from './keys/vault';
 import type { FailedOpens } from './kms/failed-opens';
 import type { VerifiedRecords } from './records/verified';
@@ -74,6 +75,7 @@ export const SERVED_METHODS: Record<ImageKind, readonly MethodName[]> = {
     'attestation.get',
     'tls.create',
     'tls.install',
+    'cache.configure',
   ],
   migration: ['enclave.hello', 'enclave.health', 'enclave.logs', 'identity.get', 'keys.migrate'],
 };
@@ -97,6 +99,8 @@ export interface EnclaveParts {
   jwt: { verifier: JwtVerifier; jwks: JwksCache; clock: ClockCheck };
   records: VerifiedRecords;
   cache: KeyCache;
+  /** What the parent may set the cache to (the configuration's cache.bounds); absent: only what it is now. */
+  cacheBounds?: CacheBounds;
   unsealer: Unsealer;
   /** Can this enclave unseal (identity/canary.ts)? Absent: "unknown". */
   unsealCanary?: UnsealCanary;
@@ -221,6 +225,8 @@ export function enclaveMethods(parts: EnclaveParts): {
         cacheEvictions: c.evictions,
         cacheExpirations: c.expirations,
         cacheSize: c.size,
+        cacheTtlMs: parts.cache.limits.ttlMs,
+        cacheMaxEntries: parts.cache.limits.maxEntries,
         kmsCalls: parts.unsealer.kmsCalls,
         identityKmsCalls: parts.unsealer.identityKmsCalls,
         unsealCanaries: parts.unsealCanary?.runs ?? 0,
@@ -306,6 +312,7 @@ export function enclaveMethods(parts: EnclaveParts): {
     }),
     'tls.create': gated('tls.create', (p) => tls.create(p.names)),
     'tls.install': gated('tls.install', (p) => tls.install(p)),
+    'cache.configure': gated('cache.configure', (p) => configureCache(parts.cache, parts.cacheBounds, p)),
   });
   return { methods, errors, tls };
 }

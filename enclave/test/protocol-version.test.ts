@@ -41,6 +41,7 @@ describe('parent <-> enclave protocol versions (real enclave bundle)', () => {
       supportedVersions: [3],
       features: [
         'attestation.get',
+        'cache.configure',
         'enclave.health',
         'enclave.hello',
         'enclave.logs',

@@ -25,6 +25,7 @@ import { startIngressRelay } from './ingress/relay';
 import { KeyRegistry } from './key-registry';
 import { KmsProxy } from './kms/proxy';
 import { Metrics } from './metrics';
+import { EnclaveCacheSettings } from './enclave-cache';
 import { MetricsServer } from './metrics-server';
 import type { KeyStore } from './store/key-store';
 import { openStore } from './store/open';
@@ -96,6 +97,8 @@ export function enclavePoolFor(
   } = {},
 ): EnclavePool {
   const { onIdentity, learnIdentity = true, ...rest } = extra;
+  // The enclave's key cache settings, on every connection (not for the genesis command: a genesis image has no cache).
+  const cacheSettings = new EnclaveCacheSettings(config.enclave.cache, logger.child({ component: 'enclave-cache' }));
   return new EnclavePool({
     transport,
     address: config.enclave.address,
@@ -106,7 +109,12 @@ export function enclavePoolFor(
     maxInFlightPerConnection: config.enclave.maxInFlightPerConnection,
     maxQueued: config.enclave.maxQueued,
     liveness: { intervalMs: config.enclave.pingIntervalMs, timeoutMs: config.enclave.pingTimeoutMs, misses: config.enclave.pingMisses },
-    ...(learnIdentity ? { identity: { pinned: config.identity.publicKey, ...(onIdentity ? { onLearned: onIdentity } : {}) } } : {}),
+    ...(learnIdentity
+      ? {
+          identity: { pinned: config.identity.publicKey, ...(onIdentity ? { onLearned: onIdentity } : {}) },
+          configure: cacheSettings.configure,
+        }
+      : {}),
     ...rest,
   });
 }

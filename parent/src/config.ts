@@ -58,6 +58,8 @@ export const PARENT_CONFIG_DEFAULTS = {
     pingIntervalMs: 1_000,
     pingTimeoutMs: 500,
     pingMisses: 3,
+    /** The enclave's key cache: none set here, so the image's own values (docs/OPERATIONS.md, "Sizing the key cache"). */
+    cache: {},
   },
   kmsProxy: { listen: DEFAULT_KMS_PROXY_ADDRESS, deadlineMs: DEADLINES.kmsProxyMs, maxConcurrent: 256 },
   // The wallet routes are served by the enclave over TLS that ends there (docs/TLS.md): the parent relays raw
@@ -261,6 +263,23 @@ export const ParentConfigSchema = z.strictObject({
       pingIntervalMs: ms(D.enclave.pingIntervalMs, 50, 60_000),
       pingTimeoutMs: ms(D.enclave.pingTimeoutMs, 10, 60_000),
       pingMisses: z.number().int().min(1).max(100).default(D.enclave.pingMisses),
+      /**
+       * The enclave's key cache (docs/OPERATIONS.md, "Sizing the key cache"): how long a decrypted key stays
+       * cached after its unsealing, and how many keys at most. Sent to the enclave on every connection's start-up
+       * (cache.configure); each must lie within the bounds its image fixes, else the enclave is not used and the
+       * error names the bound. An absent field is the image's own value.
+       */
+      cache: z
+        .strictObject({
+          ttlMs: z
+            .number()
+            .int()
+            .min(1_000)
+            .max(24 * 3600_000)
+            .optional(),
+          maxEntries: z.number().int().min(1).max(1_000_000).optional(),
+        })
+        .prefault({}),
     })
     .prefault({})
     .refine((e) => e.pingTimeoutMs <= e.pingIntervalMs, {

@@ -242,6 +242,8 @@ export class KeyRegistry {
   /** One record change per key at a time: the second waits, then works from the record the first stored. */
   private readonly changing = new Map<string, Promise<unknown>>();
   private checker: RecordChecker | undefined;
+  /** Per stored row object: the blob text hashed and its SHA-256 (blobDigestOf). */
+  private readonly blobDigests = new WeakMap<StoredKey, { blob: string; sha256: string }>();
   readonly projects: ProjectRegistry;
 
   constructor(
@@ -545,6 +547,19 @@ export class KeyRegistry {
   }
 
   /**
+   * The SHA-256 of a stored key's blob, remembered per row object (the store hands out the same object for a
+   * cached row) with the blob text it was computed from: a warm sign hashes no blob, and a row whose blob is not
+   * the one hashed is hashed again.
+   */
+  private blobDigestOf(k: StoredKey): string {
+    const seen = this.blobDigests.get(k);
+    if (seen && seen.blob === k.blob) return seen.sha256;
+    const sha256 = blobSha256(k.blob);
+    this.blobDigests.set(k, { blob: k.blob, sha256 });
+    return sha256;
+  }
+
+  /**
    * A stored key with its verified record and project: the record is signed by the identity and matches the
    * row (key id, address, seq, project, subject, state, predecessor, disabled) and the blob's SHA-256; the project's record
    * is signed and is the key's project. KEY_INTEGRITY otherwise, before anything is sent to the enclave.
@@ -568,7 +583,7 @@ export class KeyRegistry {
         record.state === k.state &&
         (record.predecessor ?? null) === k.predecessor &&
         record.disabled === (k.disabled && !k.disablePending) &&
-        record.blobSha256 === blobSha256(k.blob) &&
+        record.blobSha256 === this.blobDigestOf(k) &&
         chained(record, k.recordPrev);
       if (!matches) throw new KeystoreError('KEY_INTEGRITY', TAMPERED_ROW);
       const project = await this.project(record.projectId);

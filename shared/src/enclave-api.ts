@@ -197,6 +197,25 @@ export const TlsInstallParams = z.strictObject({
   chain: z.string().min(1).max(TLS_CHAIN_MAX_BYTES, `expected a PEM chain of at most ${TLS_CHAIN_MAX_BYTES} bytes`),
 });
 
+/**
+ * The key cache's size and lifetime (docs/OPERATIONS.md, "Sizing the key cache"): what the parent wants, each
+ * within the bounds its image fixes, else refused (INVALID_PARAMS naming the bound). An absent field is the
+ * image's own value. Sent on every connection's start-up; in force at once (a smaller cache evicts now, a
+ * shorter TTL applies to the keys already cached). Here only the shape is checked; the enclave checks the bounds.
+ */
+export const CacheConfigureParams = z.strictObject({
+  ttlMs: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
+  maxEntries: z.number().int().min(1).max(Number.MAX_SAFE_INTEGER).optional(),
+});
+
+export interface CacheSettings {
+  /** In force now: how long a key stays cached after its unsealing, and how many keys at most. */
+  ttlMs: number;
+  maxEntries: number;
+  /** What the image allows (its configuration, measured into PCR0). */
+  bounds: { minTtlMs: number; maxTtlMs: number; minEntries: number; maxEntries: number };
+}
+
 /** No `userData`: the parent never chooses bytes of the enclave's evidence (see attestation/user-data.ts). */
 export const AttestationParams = z.strictObject({ nonce: hexUpTo(512).optional() });
 
@@ -232,6 +251,9 @@ export interface EnclaveHealth {
     cacheEvictions: number;
     cacheExpirations: number;
     cacheSize: number;
+    /** The key cache's settings in force (cache.configure, else the image's); absent from older enclaves. */
+    cacheTtlMs?: number;
+    cacheMaxEntries?: number;
     /** Decrypts for user keys: exactly one per cold key. */
     kmsCalls: number;
     /** Decrypts for the enclave's own keys (the identity's seed at start, the TLS key at install), apart from kmsCalls. */
@@ -452,6 +474,7 @@ export const EnclaveApi = {
   'attestation.get': defineMethod<AttestationResult>()(AttestationParams),
   'tls.create': defineMethod<TlsCreateResult>()(TlsCreateParams),
   'tls.install': defineMethod<TlsStatus>()(TlsInstallParams),
+  'cache.configure': defineMethod<CacheSettings>()(CacheConfigureParams),
 };
 export type EnclaveApi = typeof EnclaveApi;
 

@@ -99,6 +99,7 @@ export const CREATE_WITHOUT_JWT_MESSAGE = "a JWT project's key is created only w
 export const TOKEN_PROJECT_JWT_MESSAGE = 'a token project takes no JWT';
 export const LIFECYCLE_WITHOUT_JWT_MESSAGE = "a JWT project's key changes state only with its user's JWT";
 
+const keyLeftCache = () => new KeystoreError('UNAVAILABLE', 'the key left the cache before it signed; retry');
 const tokenProjectJwt = () => new KeystoreError('INVALID_PARAMS', TOKEN_PROJECT_JWT_MESSAGE);
 const notThisUser = () => new KeystoreError('FORBIDDEN', NOT_THIS_USER_MESSAGE);
 
@@ -273,6 +274,8 @@ export class KeyVault {
     // The project's rules (docs/POLICIES.md), before any KMS call: a refused cold sign costs no Decrypt.
     const passed = this.deps.policy.checkRules(r.project.record, p.request);
     const cached = r.cached ?? (await this.unsealShared(p.blob, r.blob as KeyBlob, r.key.record.blobSha256));
+    // Other cold signs' keys, or a smaller cache (cache.configure), may have evicted (and zeroed) it meanwhile.
+    if (!this.deps.cache.holds(p.keyId, cached)) throw keyLeftCache();
     // The last check, with no wait between it and the signature (the KMS answer may have come late): the
     // records are still the newest, so the states usable() read in them are those of now, and the policy the
     // rules read is the project's policy of now; the JWT unexpired.
@@ -309,7 +312,11 @@ export class KeyVault {
     });
     // No request passed its rules: no KMS call, as for a sequence of refused single signs.
     let cached = r.cached;
-    if (!cached && checked.some((c) => 'passed' in c)) cached = await this.unsealShared(p.blob, r.blob as KeyBlob, k.blobSha256);
+    if (!cached && checked.some((c) => 'passed' in c)) {
+      cached = await this.unsealShared(p.blob, r.blob as KeyBlob, k.blobSha256);
+      // As for a single sign: evicted (and zeroed) while the KMS answered, the whole batch is retryable.
+      if (!this.deps.cache.holds(p.keyId, cached)) throw keyLeftCache();
+    }
     records.stillCurrent(r.key);
     records.stillCurrent(r.project);
     r.user?.stillValid();

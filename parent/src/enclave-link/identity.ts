@@ -75,11 +75,21 @@ export function checkIdentityResult(res: IdentityResult, pinned?: string): Known
 
 /**
  * Verifies signed records with the identity, remembering the ones already verified (by the digest of their
- * bytes and their signature), so a warm sign costs a hash rather than an Ed25519 verification and a decode.
- * Every failure is KEY_INTEGRITY.
+ * bytes and their signature), so a warm sign costs a hash rather than an Ed25519 verification and a decode, and
+ * by the record object itself (a cached row's), so a warm sign of a cached row costs neither. Every failure is
+ * KEY_INTEGRITY.
  */
 export class RecordChecker {
   private readonly verified = new Map<string, { signature: string; record: KeyRecord | ProjectRecord }>();
+  /**
+   * Per record object (the store hands out the same object for a cached row): its texts when opened and what
+   * they opened to. A hit costs no decode and no hash; the texts are compared, so an object changed since is
+   * opened again. Held weakly: it lives as long as the row does.
+   */
+  private readonly opened = new WeakMap<
+    SignedRecord,
+    { text: string; signature: string; record: KeyRecord | ProjectRecord; digest: Buffer }
+  >();
 
   constructor(
     readonly identity: KnownIdentity,
@@ -97,6 +107,17 @@ export class RecordChecker {
   }
 
   private open(signed: SignedRecord, kind: 'key' | 'project'): { record: KeyRecord | ProjectRecord; digest: Buffer } {
+    // The same object as last time (a row the store keeps cached) with the very texts it had then: opened already.
+    const seen = this.opened.get(signed);
+    if (seen && seen.text === signed.record && seen.signature === signed.signature && seen.record.kind === kind)
+      return { record: seen.record, digest: seen.digest };
+    const opened = this.openUncached(signed, kind);
+    if (typeof signed.record === 'string' && typeof signed.signature === 'string')
+      this.opened.set(signed, { text: signed.record, signature: signed.signature, ...opened });
+    return opened;
+  }
+
+  private openUncached(signed: SignedRecord, kind: 'key' | 'project'): { record: KeyRecord | ProjectRecord; digest: Buffer } {
     const { bytes, digest, cached } = this.verify(signed);
     const id = digest.toString('hex');
     let record = cached;

@@ -55,6 +55,11 @@ export interface PoolOptions {
    * which talks to an enclave that has no identity yet.
    */
   identity?: { pinned?: string | undefined; onLearned?: (identity: KnownIdentity) => void | Promise<void> };
+  /**
+   * The handshake's last step on every connection, given the methods its enclave serves (the parent's settings:
+   * enclave-cache.ts). A refusal (INVALID_PARAMS) is logged once and the connection is not used.
+   */
+  configure?: (call: HandshakeCall<EnclaveApi>, features: readonly string[]) => Promise<void>;
 }
 
 export type EnclaveMethod = MethodName<EnclaveApi>;
@@ -182,10 +187,12 @@ export class EnclavePool {
   /** A version-1 enclave has no `enclave.hello` (METHOD_NOT_FOUND): it is spoken to in version 1. */
   private async hello(call: HandshakeCall<EnclaveApi>, i: number): Promise<void> {
     let version: number;
+    let features: readonly string[] = [];
     for (let attempt = 1; ; attempt++) {
       try {
         const answer = await call('enclave.hello', { protocolVersion: PROTOCOL_VERSION });
         version = answer.protocolVersion;
+        if (Array.isArray(answer.features)) features = answer.features;
         this.requestIds[i] = Array.isArray(answer.features) && answer.features.includes('enclave.logs');
         break;
       } catch (err) {
@@ -212,6 +219,14 @@ export class EnclavePool {
       throw new KeystoreError('UNSUPPORTED_VERSION', message);
     }
     if (this.options.identity) await this.learnIdentity(call);
+    if (this.options.configure) {
+      try {
+        await this.options.configure(call, features);
+      } catch (err) {
+        if (err instanceof KeystoreError && err.code === 'INVALID_PARAMS') this.refused(err.message, 'error', 'enclave not used');
+        throw err;
+      }
+    }
     this.versions[i] = version;
     this.lastRefusal = undefined; // a later refusal (another image) is logged again
   }

@@ -20,7 +20,7 @@ import { currentRequestId, type Logger } from '../log';
 import type { Transport } from '../transport/types';
 import type { MethodName, ParamsOf, ResultOf, RpcApi } from './api';
 import { FramedConnection } from './framed-connection';
-import { ResponseEnvelopeSchema, type RpcId } from './jsonrpc';
+import { isSuccessEnvelope, ResponseEnvelopeSchema, type RpcId } from './jsonrpc';
 
 /** retryNow starts no attempt sooner than this after the last one. */
 const RETRY_NOW_MIN_INTERVAL_MS = 50;
@@ -445,7 +445,8 @@ export class RpcClient<A extends RpcApi = RpcApi> {
   }
 
   private onMessage(msg: unknown): void {
-    const parsed = ResponseEnvelopeSchema.safeParse(msg);
+    // A result answer is checked without zod (isSuccessEnvelope: the schema's rules); anything else goes through the schema.
+    const parsed = isSuccessEnvelope(msg) ? { success: true as const, data: msg } : ResponseEnvelopeSchema.safeParse(msg);
     if (!parsed.success) {
       this.options.logger.warn({ address: this.options.address }, `${this.options.name}: ignored a malformed response`);
       return;

@@ -8,7 +8,16 @@
  * yet sent, `flushed` reports progress, and `pauseReading()` also stops delivering messages that were already
  * decoded from the last chunk (they are delivered in order on `resumeReading()`).
  */
-import { chunksOf, encodeFrame, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_BYTES } from '../framing';
+import { crc32 } from 'node:zlib';
+import {
+  chunksOf,
+  encodeFrame,
+  FrameDecoder,
+  FrameError,
+  DEFAULT_MAX_FRAME_BYTES,
+  FRAME_HEADER_BYTES,
+  MAX_WRITE_CHUNK_BYTES,
+} from '../framing';
 import type { Connection } from '../transport/types';
 
 export interface FramedConnectionEvents {
@@ -18,6 +27,22 @@ export interface FramedConnectionEvents {
   close(info: { protocolError?: string; error?: Error }): void;
   /** Written bytes left the process; `bufferedBytes` are still unsent (queued transports only). */
   flushed?(bufferedBytes: number): void;
+}
+
+/**
+ * `msg` as JSON in one frame (the codec of framing.ts, `encodeFrame`), with one allocation: the text is written
+ * straight after the header instead of into a buffer of its own that is then copied into the frame. A payload
+ * over `maxPayloadBytes` is refused by `encodeFrame`'s own check (FRAME_TOO_LARGE), nothing written.
+ */
+export function jsonFrame(msg: unknown, maxPayloadBytes = DEFAULT_MAX_FRAME_BYTES): Buffer {
+  const text = JSON.stringify(msg);
+  const length = Buffer.byteLength(text, 'utf8');
+  if (length > maxPayloadBytes) return encodeFrame(Buffer.from(text, 'utf8'), maxPayloadBytes);
+  const frame = Buffer.allocUnsafe(FRAME_HEADER_BYTES + length);
+  frame.writeUInt32BE(length, 0);
+  frame.write(text, FRAME_HEADER_BYTES, 'utf8');
+  frame.writeUInt32BE(crc32(frame.subarray(FRAME_HEADER_BYTES)), 4);
+  return frame;
 }
 
 export class FramedConnection {
@@ -67,8 +92,9 @@ export class FramedConnection {
   /** Serializes and writes one message; returns the bytes written. Throws FrameError if it exceeds the frame limit. */
   send(msg: unknown): number {
     if (this.closed) return 0;
-    const frame = encodeFrame(Buffer.from(JSON.stringify(msg), 'utf8'), this.maxFrameBytes);
-    for (const chunk of chunksOf(frame)) this.conn.write(chunk);
+    const frame = jsonFrame(msg, this.maxFrameBytes);
+    if (frame.length <= MAX_WRITE_CHUNK_BYTES) this.conn.write(frame);
+    else for (const chunk of chunksOf(frame)) this.conn.write(chunk);
     return frame.length;
   }
 

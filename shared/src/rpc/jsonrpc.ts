@@ -56,6 +56,49 @@ export function errorResponse(reqId: RpcId | null, error: RpcErrorObject): Error
   return { jsonrpc: '2.0', id: reqId, error };
 }
 
+const isPlainObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isId = (v: unknown): v is RpcId => (typeof v === 'string' ? v.length <= 128 : Number.isSafeInteger(v));
+
+/**
+ * The hot path's check of a request envelope: true exactly when `RequestEnvelopeSchema` accepts `msg` (the same
+ * rules, written out, so a well-formed request costs no zod parse; shared/test/jsonrpc-fast.test.ts holds the
+ * two to the same answers). Nothing is copied: the envelope is used as received, as the schema's own output
+ * would be for every field it keeps. Anything it refuses goes through the schema, for its error message.
+ */
+export function isRequestEnvelope(msg: unknown): msg is RequestEnvelope {
+  if (!isPlainObject(msg)) return false;
+  let n = 0;
+  for (const k of Object.keys(msg)) {
+    if (k !== 'jsonrpc' && k !== 'id' && k !== 'method' && k !== 'params' && k !== 'requestId') return false;
+    n += 1;
+  }
+  const { jsonrpc, id: reqId, method, params, requestId } = msg;
+  return (
+    n >= 3 &&
+    jsonrpc === '2.0' &&
+    isId(reqId) &&
+    typeof method === 'string' &&
+    method.length >= 1 &&
+    method.length <= 128 &&
+    (params === undefined || isPlainObject(params)) &&
+    (requestId === undefined || (typeof requestId === 'string' && REQUEST_ID_RE.test(requestId)))
+  );
+}
+
+/**
+ * The hot path's check of a response envelope: true exactly when `ResponseEnvelopeSchema` accepts `msg` with a
+ * `result` (an error answer, rarer, goes through the schema). Held to the schema's answers by
+ * shared/test/jsonrpc-fast.test.ts.
+ */
+export function isSuccessEnvelope(msg: unknown): msg is SuccessResponse {
+  if (!isPlainObject(msg)) return false;
+  const keys = Object.keys(msg);
+  if (keys.length !== 3) return false;
+  for (const k of keys) if (k !== 'jsonrpc' && k !== 'id' && k !== 'result') return false;
+  // `result: undefined` cannot come out of JSON; the schema takes it (z.unknown) and so does this.
+  return msg.jsonrpc === '2.0' && isId(msg.id);
+}
+
 /** The request id of a message that failed envelope validation, when one can be recovered. */
 export function recoverId(msg: unknown): RpcId | null {
   if (typeof msg !== 'object' || msg === null || Array.isArray(msg)) return null;

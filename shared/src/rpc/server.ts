@@ -25,7 +25,7 @@ import { parseOrThrow, describeIssues } from '../schema';
 import type { Connection, Listener, Transport } from '../transport/types';
 import { DEFAULT_MAX_FRAME_BYTES } from '../framing';
 import { FramedConnection } from './framed-connection';
-import { errorResponse, recoverId, RequestEnvelopeSchema, successResponse } from './jsonrpc';
+import { errorResponse, isRequestEnvelope, recoverId, RequestEnvelopeSchema, successResponse } from './jsonrpc';
 
 export interface RpcCallContext {
   method: string;
@@ -262,7 +262,9 @@ export class RpcServer {
   private onMessage(served: Served, msg: unknown, bytes: number): void {
     const log = this.options.logger;
     const framed = served.framed;
-    const env = RequestEnvelopeSchema.safeParse(msg);
+    // A well-formed envelope is checked without zod (isRequestEnvelope: the schema's rules); anything else goes
+    // through the schema for its error message.
+    const env = isRequestEnvelope(msg) ? { success: true as const, data: msg } : RequestEnvelopeSchema.safeParse(msg);
     if (!env.success) {
       const id = recoverId(msg);
       const why = Array.isArray(msg) ? 'batch requests are not supported' : describeIssues(env.error, 'request');
