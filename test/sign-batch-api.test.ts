@@ -200,7 +200,8 @@ describe('POST /v1/keys/{keyId}/sign-batch', () => {
   });
   // Last: it idles the API's connections past their keep-alive (one CLI start after another).
   it('nks sign-batch: one line per request, its signature or its error; exit 1 when any was refused', async () => {
-    const key = await newKey(other);
+    // Both keys first: the API calls below come after CLI runs, which idle this process's connections.
+    const [key, spare] = [await newKey(other), await newKey()];
     const file = path.join(tempRunDir('nks-batch-cli-'), 'requests.json');
     fs.writeFileSync(file, JSON.stringify([message('cli'), digest(1)]));
     const nks = (...args: string[]) =>
@@ -218,7 +219,7 @@ describe('POST /v1/keys/{keyId}/sign-batch', () => {
     expect(human.stdout).toMatch(/^0 +0x[0-9a-f]{130}\n1 +error FORBIDDEN: /);
     // (The project's limit allows two signatures per key: a key of the default project signs the rest.)
     fs.writeFileSync(file, JSON.stringify({ requests: [message('a'), digest(2)] }));
-    expect(nks((await newKey()).keyId, '--file', file).status).toBe(0);
+    expect(nks(spare.keyId, '--file', file).status).toBe(0);
     const usage = nks(key.keyId);
     expect([usage.status, usage.stderr]).toEqual([2, expect.stringContaining('--file FILE is required')]);
   });
