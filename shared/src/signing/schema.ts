@@ -310,8 +310,7 @@ export interface SignResult {
 
 /** One answer of a batch, in the request's place: its result, or the error a single sign would have answered. */
 export type SignBatchItem =
-  | { result: SignResult }
-  | { error: { code: ErrorCode; message: string; retryable: boolean; details?: ErrorDetails } };
+  { result: SignResult } | { error: { code: ErrorCode; message: string; retryable: boolean; details?: ErrorDetails } };
 
 /** Compile-time check: the schema's variants are exactly SIGN_REQUEST_TYPES. */
 type Same<A, B> = [A] extends [B] ? ([B] extends [A] ? true : false) : false;
