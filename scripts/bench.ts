@@ -49,6 +49,7 @@ import { startSimulatedIdp, type SimulatedIdp } from '../sim/src/idp/issuer';
 import { ENCLAVE_ADDRESS, startStack, stackDbPath, waitReady, type Stack } from '../test/support/stack';
 import { startDevStack } from '../test/support/dev-stack';
 import { defaultReportDir, writeBenchReport, type BenchSummary } from './bench-report';
+import { measureBatchedWarm, type BatchedWarmStats } from './bench-batch';
 import { busyVerdict, parseProcStat, targetVerdicts, verdictLines, type BusySample, type TargetFigures } from './bench-targets';
 import { startPostgres } from '../test/support/postgres';
 import { createProject, jwtProject, jwtStackOptions } from '../test/support/truewallet';
@@ -431,30 +432,17 @@ async function rawLibsecp256k1(seconds: number): Promise<number | undefined> {
 }
 
 /**
- * Warm signing in batches (scripts/bench-batch.ts, `measureBatchedWarm`).
- * HOOK (issue 24, item 4): that module lands with batch signing; until then this reports "not available".
+ * Warm signing in batches of `batchSize` digests through `POST /v1/keys/{keyId}/sign-batch` (scripts/bench-batch.ts),
+ * with the parent's and the enclave's CPU per signature (not per batch).
  */
 async function batchedWarm(
   s: Stack,
   keyId: string,
   o: { seconds: number; batchSize: number; concurrency: number },
-): Promise<{ signsPerSec: number; batchesPerSec: number; p50Ms: number; p99Ms: number; errors: number } | undefined> {
-  type Measure = (opts: {
-    baseUrl: string;
-    token: string;
-    keyId: string;
-    batchSize: number;
-    concurrency: number;
-    durationMs: number;
-  }) => Promise<{ signsPerSec: number; batchesPerSec: number; p50Ms: number; p99Ms: number; errors: number }>;
-  let mod: { measureBatchedWarm?: Measure };
-  try {
-    mod = require('./bench-batch') as typeof mod;
-  } catch {
-    return undefined;
-  }
-  if (typeof mod.measureBatchedWarm !== 'function') return undefined;
-  return mod.measureBatchedWarm({
+): Promise<BatchedWarmStats & { cpuUsPerSign: Record<string, number> }> {
+  const pids = { parent: s.parent.child.pid as number, enclave: s.enclave.child.pid as number };
+  const before = Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, processCpuUs(pid)]));
+  const stats = await measureBatchedWarm({
     baseUrl: s.url,
     token: s.tokens.full,
     keyId,
@@ -462,6 +450,11 @@ async function batchedWarm(
     concurrency: o.concurrency,
     durationMs: o.seconds * 1000,
   });
+  const signs = Math.max(1, Math.round(stats.signsPerSec * o.seconds));
+  const cpuUsPerSign = Object.fromEntries(
+    Object.entries(pids).map(([k, pid]) => [k, Math.round((processCpuUs(pid) - (before[k] as number)) / signs)]),
+  );
+  return { ...stats, cpuUsPerSign };
 }
 
 /** user+system CPU of every process now, by pid (those that vanish mid-read are skipped). */
@@ -1281,9 +1274,7 @@ async function main(): Promise<void> {
     steps.next('warm signing in batches');
     const batched = await batchedWarm(s, primary.keys[0] as string, { seconds: o.seconds, batchSize: 100, concurrency: 8 });
     console.log(
-      batched === undefined
-        ? 'warm sign, batched: not available (scripts/bench-batch.ts is not in this build)'
-        : `warm sign, batched (100 a batch, concurrency 8): ${f(batched.signsPerSec)} signs/s  ${f(batched.batchesPerSec)} batches/s  p50 ${f(batched.p50Ms, 2)} ms  p99 ${f(batched.p99Ms, 2)} ms  errors ${batched.errors}`,
+      `warm sign, batched (100 a batch, concurrency 8): ${f(batched.signsPerSec)} signs/s  ${f(batched.batchesPerSec)} batches/s  p50 ${f(batched.p50Ms, 2)} ms  p99 ${f(batched.p99Ms, 2)} ms  errors ${batched.errors}  CPU per sign: parent ${batched.cpuUsPerSign.parent} µs, enclave ${batched.cpuUsPerSign.enclave} µs`,
     );
     steps.next("the enclave's own capacity, at its RPC boundary");
     const capacity = await enclaveCapacity(s, primary.keys, {
@@ -1461,6 +1452,8 @@ async function main(): Promise<void> {
     e2eSignPerSecAt32: atFixed[32]?.perSec,
     atConcurrency: atFixed,
     batchedSignPerSec: batched ? Math.round(batched.signsPerSec) : null,
+    batchedP99Ms: batched ? Number(batched.p99Ms.toFixed(3)) : null,
+    batchedCpuUsPerSign: batched?.cpuUsPerSign ?? null,
     enclaveSignsPerSecPerVcpu: capacity.signsPerSecPerVcpu,
     enclaveCpuUsPerSign: cpuRef.enclave ?? null,
     parentCpuUsPerSign: cpuRef.parent ?? null,
