@@ -75,5 +75,9 @@ export function measureRawCurves(opts: RawCurveOptions = {}): RawCurveRates {
     }
   }
   const perSec = (t: { n: number; ms: number }) => t.n / (t.ms / 1000);
-  return { nobleSignsPerSec: perSec(total.noble), libsecp256k1SignsPerSec: perSec(total.lib), enclaveSignDigestPerSec: perSec(total.whole) };
+  return {
+    nobleSignsPerSec: perSec(total.noble),
+    libsecp256k1SignsPerSec: perSec(total.lib),
+    enclaveSignDigestPerSec: perSec(total.whole),
+  };
 }

@@ -134,4 +134,3 @@ if (values['image-dir']) {
   for (const name of addons) copyFileSync(addonPath(name), path.join(dir, 'native', `${name}.node`));
   console.log(`assembled the enclave run directory in ${dir}`);
 }
-

@@ -158,7 +158,10 @@ describe('what Dockerfile.enclave builds and ships', () => {
   const instructions = DOCKERFILE.replace(/\\\n/g, ' ')
     .split('\n')
     .filter((l) => /^[A-Z]+\s/.test(l));
-  const stages = instructions.reduce<string[][]>((acc, l) => (l.startsWith('FROM ') ? [...acc, [l]] : (acc[acc.length - 1]?.push(l), acc)), []);
+  const stages = instructions.reduce<string[][]>(
+    (acc, l) => (l.startsWith('FROM ') ? [...acc, [l]] : (acc[acc.length - 1]?.push(l), acc)),
+    [],
+  );
   const copiedSources = (stage: string[]): string[] =>
     stage
       .filter((l) => l.startsWith('COPY ') && !l.includes('--from='))
@@ -183,7 +186,9 @@ describe('what Dockerfile.enclave builds and ships', () => {
     const copied = new Set(copiedSources(stages[0] ?? []));
     const localImports = (file: string): string[] => {
       const text = fs.readFileSync(path.join(ROOT, file), 'utf8');
-      const own = [...text.matchAll(/^import [^;]*? from '(\.\/[^']+)';$/gm)].map((m) => path.posix.join(path.posix.dirname(file), m[1] as string));
+      const own = [...text.matchAll(/^import [^;]*? from '(\.\/[^']+)';$/gm)].map((m) =>
+        path.posix.join(path.posix.dirname(file), m[1] as string),
+      );
       return [file, ...own.flatMap(localImports)];
     };
     const scripts = [...new Set(localImports('scripts/build.mjs'))];

@@ -12,7 +12,11 @@ import path from 'node:path';
 import * as source from '../scripts/libsecp256k1-source.mjs';
 
 const { stageLibsecp256k1 } = source as {
-  stageLibsecp256k1: (where: { manifest: string; nodeModules: string; dest: string }) => { package: string; version: string; files: string[] };
+  stageLibsecp256k1: (where: { manifest: string; nodeModules: string; dest: string }) => {
+    package: string;
+    version: string;
+    files: string[];
+  };
 };
 const ROOT = path.resolve(__dirname, '..');
 const sha = (s: string | Buffer) => createHash('sha256').update(s).digest('hex');
@@ -27,7 +31,11 @@ describe('libsecp256k1 source check', () => {
 
   beforeEach(() => {
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'nks-libsecp-'));
-    where = { manifest: path.join(dir, 'libsecp256k1.sha256'), nodeModules: path.join(dir, 'node_modules'), dest: path.join(dir, 'native', 'libsecp256k1') };
+    where = {
+      manifest: path.join(dir, 'libsecp256k1.sha256'),
+      nodeModules: path.join(dir, 'node_modules'),
+      dest: path.join(dir, 'native', 'libsecp256k1'),
+    };
     fs.mkdirSync(pkgSrc(), { recursive: true });
     fs.writeFileSync(path.join(where.nodeModules, 'fake-secp', 'package.json'), JSON.stringify({ name: 'fake-secp', version: '1.2.3' }));
     for (const [f, c] of Object.entries(files)) {
@@ -41,7 +49,10 @@ describe('libsecp256k1 source check', () => {
 
   const listed = (d: string): string[] =>
     fs.existsSync(d)
-      ? fs.readdirSync(d, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? listed(path.join(d, e.name)).map((x) => `${e.name}/${x}`) : [e.name])).sort()
+      ? fs
+          .readdirSync(d, { withFileTypes: true })
+          .flatMap((e) => (e.isDirectory() ? listed(path.join(d, e.name)).map((x) => `${e.name}/${x}`) : [e.name]))
+          .sort()
       : [];
 
   it('copies exactly the listed files, and removes anything else from the directory', () => {
@@ -79,7 +90,9 @@ describe('libsecp256k1 source check', () => {
 
   it('refuses another version of the package, or none installed', () => {
     writeManifest(goodLines().map((l, i) => (i === 0 ? 'package fake-secp 1.2.4 src/lib' : l)));
-    expect(() => stageLibsecp256k1(where)).toThrow('libsecp256k1 source: node_modules/fake-secp is version 1.2.3, libsecp256k1.sha256 pins 1.2.4 (run npm ci)');
+    expect(() => stageLibsecp256k1(where)).toThrow(
+      'libsecp256k1 source: node_modules/fake-secp is version 1.2.3, libsecp256k1.sha256 pins 1.2.4 (run npm ci)',
+    );
     writeManifest(goodLines().map((l, i) => (i === 0 ? 'package other-secp 1.2.3 src/lib' : l)));
     expect(() => stageLibsecp256k1(where)).toThrow('libsecp256k1 source: the npm package other-secp is not installed (run npm ci)');
   });
@@ -97,8 +110,14 @@ describe('libsecp256k1 source check', () => {
 
   it('the committed manifest matches the installed package (the addon compiles from these files alone, so one missing fails the build)', () => {
     const dest = path.join(dir, 'real');
-    const staged = stageLibsecp256k1({ manifest: path.join(ROOT, 'enclave/native/libsecp256k1.sha256'), nodeModules: path.join(ROOT, 'node_modules'), dest });
+    const staged = stageLibsecp256k1({
+      manifest: path.join(ROOT, 'enclave/native/libsecp256k1.sha256'),
+      nodeModules: path.join(ROOT, 'node_modules'),
+      dest,
+    });
     expect(staged.package).toBe('secp256k1');
-    expect(staged.files).toEqual(expect.arrayContaining(['src/secp256k1.c', 'include/secp256k1_recovery.h', 'src/modules/recovery/main_impl.h', 'COPYING']));
+    expect(staged.files).toEqual(
+      expect.arrayContaining(['src/secp256k1.c', 'include/secp256k1_recovery.h', 'src/modules/recovery/main_impl.h', 'COPYING']),
+    );
   });
 });

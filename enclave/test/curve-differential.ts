@@ -44,7 +44,7 @@ export function runDifferential(cases: number, seed: string, keyEvery = 1): Diff
     mismatchCount++;
     if (mismatches.length < 10) mismatches.push(msg);
   };
-  let secret = new Uint8Array(32);
+  let secret: Uint8Array = new Uint8Array(32);
   for (let i = 0; i < cases; i++) {
     if (i % keyEvery === 0) {
       secret = caseBytes(seed, i, 'key');

@@ -273,7 +273,7 @@ describe('signer pool with no signer threads configured (one vCPU)', () => {
 });
 
 describe('signing a digest', () => {
-  it('hands the secret to libsecp256k1 only: no JavaScript HMAC or hash sees it, the caller\'s array is unchanged, and it signs the same', () => {
+  it("hands the secret to libsecp256k1 only: no JavaScript HMAC or hash sees it, the caller's array is unchanged, and it signs the same", () => {
     const d = hexToBytes(`0x${'5a'.repeat(32)}`);
     const hmac = jest.spyOn(crypto, 'createHmac');
     const hash = jest.spyOn(crypto, 'createHash');

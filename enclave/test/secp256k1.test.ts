@@ -8,7 +8,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Worker } from 'node:worker_threads';
 import * as secp from '@noble/secp256k1';
-import { hexToBytes, recoverAddress, type Hex } from 'viem';
+import { hexToBytes, recoverAddress } from 'viem';
 import { privateKeyToAddress } from 'viem/accounts';
 import {
   addressOf,
@@ -199,7 +199,7 @@ describe('keys and threads', () => {
       });
     const results = await Promise.all([run(), run(), run()]);
     const expected = digests.map((d) => {
-      const sig = signDigest(hexToBytes(`0x${d}` as Hex), KEY);
+      const sig = signDigest(hexToBytes(`0x${d}`), KEY);
       return `${sig.r.slice(2)}${sig.s.slice(2)}0${sig.yParity}`;
     });
     for (const r of results) expect(r).toEqual(expected);
