@@ -38,6 +38,8 @@ const programs = [
   { name: 'kms-emulator', entry: 'sim/src/kms/main.ts' },
   { name: 'nsm-sim', entry: 'sim/src/nsm/main.ts' },
   { name: 'bench', entry: 'scripts/bench.ts' },
+  // Raw curve rates, noble against the enclave's libsecp256k1 addon (scripts/bench-curve.ts; bench.ts uses it too).
+  { name: 'bench-curve', entry: 'scripts/bench-curve.ts' },
   { name: 'chaos', entry: 'scripts/chaos.ts' },
 ];
 
