@@ -1,5 +1,8 @@
 // Bundles each runnable program into dist/<name>.js with esbuild and compiles the enclave's native addons
-// (enclave/native: nsm.node for /dev/nsm, vsock.node for AF_VSOCK) with node-gyp.
+// (enclave/native: nsm.node for /dev/nsm, vsock.node for AF_VSOCK, secp256k1.node for signing with
+// libsecp256k1) with node-gyp. libsecp256k1's C source comes from the npm package secp256k1 (pinned by the
+// lockfile); every file is checked against enclave/native/libsecp256k1.sha256 and only those files are copied
+// into <native dir>/libsecp256k1/ before compiling (docs/SIGNING-CURVE.md).
 //
 //   node scripts/build.mjs [--only NAME[,NAME]] [--outdir DIR] [--image-dir DIR] [--native-dir DIR]
 //   node scripts/build.mjs --client-package [--outdir DIR]      (npm run build:client)
@@ -7,7 +10,7 @@
 // --client-package builds only the nitro-keystore-client package, into DIR/client-package
 // (scripts/client-package.mjs; client/README.md, "The package").
 // --image-dir also assembles the enclave's bare run directory (what Dockerfile.enclave copies):
-//   DIR/enclave.js, DIR/native/nsm.node, DIR/native/vsock.node
+//   DIR/enclave.js, DIR/native/nsm.node, DIR/native/vsock.node, DIR/native/secp256k1.node
 // --native-dir compiles the addons in DIR (a copy of enclave/native) instead of enclave/native itself
 // (scripts/check-reproducible.mjs builds in fresh copies).
 //
@@ -20,6 +23,7 @@ import { spawnSync } from 'node:child_process';
 import { parseArgs } from 'node:util';
 import path from 'node:path';
 import { buildClientPackage } from './client-package.mjs';
+import { stageLibsecp256k1 } from './libsecp256k1-source.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
@@ -34,6 +38,8 @@ const programs = [
   { name: 'kms-emulator', entry: 'sim/src/kms/main.ts' },
   { name: 'nsm-sim', entry: 'sim/src/nsm/main.ts' },
   { name: 'bench', entry: 'scripts/bench.ts' },
+  // Raw curve rates, noble against the enclave's libsecp256k1 addon (scripts/bench-curve.ts; bench.ts uses it too).
+  { name: 'bench-curve', entry: 'scripts/bench-curve.ts' },
   { name: 'chaos', entry: 'scripts/chaos.ts' },
 ];
 
@@ -97,7 +103,7 @@ if (!only || only.includes('parent')) {
 // The addons (enclave/native) are compiled with node-gyp against this Node's own headers when they are
 // installed beside it (no download); otherwise node-gyp uses its configured or cached headers.
 const nativeDir = values['native-dir'] ? path.resolve(root, values['native-dir']) : path.join(root, 'enclave', 'native');
-const addons = ['nsm', 'vsock'];
+const addons = ['nsm', 'vsock', 'secp256k1'];
 const addonPath = (/** @type {string} */ name) => path.join(nativeDir, 'build', 'Release', `${name}.node`);
 if (!only || only.includes('enclave')) {
   const gyp = path.join(root, 'node_modules', 'node-gyp', 'bin', 'node-gyp.js');
@@ -108,6 +114,11 @@ if (!only || only.includes('enclave')) {
     if (res.status !== 0) throw new Error(`node-gyp ${args[0]} failed in ${path.relative(root, nativeDir) || nativeDir}`);
   };
   const started = Date.now();
+  stageLibsecp256k1({
+    manifest: path.join(root, 'enclave', 'native', 'libsecp256k1.sha256'),
+    nodeModules: path.join(root, 'node_modules'),
+    dest: path.join(nativeDir, 'libsecp256k1'),
+  });
   // (Re)configure when there is no Makefile yet or binding.gyp changed since (e.g. a target was added).
   const makefile = path.join(nativeDir, 'build', 'Makefile');
   if (!existsSync(makefile) || statSync(path.join(nativeDir, 'binding.gyp')).mtimeMs > statSync(makefile).mtimeMs) runGyp(['configure']);

@@ -152,3 +152,68 @@ describe('the Node the enclave image is built and run on (deploy/base-images.env
     }
   });
 });
+
+describe('what Dockerfile.enclave builds and ships', () => {
+  /** The Dockerfile's instructions, continuation lines joined, with the index of the stage each is in. */
+  const instructions = DOCKERFILE.replace(/\\\n/g, ' ')
+    .split('\n')
+    .filter((l) => /^[A-Z]+\s/.test(l));
+  const stages = instructions.reduce<string[][]>(
+    (acc, l) => (l.startsWith('FROM ') ? [...acc, [l]] : (acc[acc.length - 1]?.push(l), acc)),
+    [],
+  );
+  const copiedSources = (stage: string[]): string[] =>
+    stage
+      .filter((l) => l.startsWith('COPY ') && !l.includes('--from='))
+      .flatMap((l) => {
+        const parts = l.split(/\s+/).slice(1);
+        return parts.slice(0, -1);
+      });
+
+  it('the final stage holds exactly the bundle, the three addons and the configuration', () => {
+    const final = stages[stages.length - 1] ?? [];
+    const copies = final.filter((l) => l.startsWith('COPY ')).map((l) => l.split(/\s+/).slice(1).join(' '));
+    expect(copies).toEqual([
+      '--from=builder /build/app/enclave.js /app/enclave.js',
+      '--from=builder /build/app/native/nsm.node /app/native/nsm.node',
+      '--from=builder /build/app/native/vsock.node /app/native/vsock.node',
+      '--from=builder /build/app/native/secp256k1.node /app/native/secp256k1.node',
+      '--from=builder /build/app/enclave.json /app/enclave.json',
+    ]);
+  });
+
+  it('the builder gets every local module scripts/build.mjs imports, every addon source binding.gyp compiles, and the libsecp256k1 manifest', () => {
+    const copied = new Set(copiedSources(stages[0] ?? []));
+    const localImports = (file: string): string[] => {
+      const text = fs.readFileSync(path.join(ROOT, file), 'utf8');
+      const own = [...text.matchAll(/^import [^;]*? from '(\.\/[^']+)';$/gm)].map((m) =>
+        path.posix.join(path.posix.dirname(file), m[1] as string),
+      );
+      return [file, ...own.flatMap(localImports)];
+    };
+    const scripts = [...new Set(localImports('scripts/build.mjs'))];
+    expect(scripts).toEqual(expect.arrayContaining(['scripts/build.mjs', 'scripts/client-package.mjs', 'scripts/libsecp256k1-source.mjs']));
+    const gyp = fs.readFileSync(path.join(ROOT, 'enclave/native/binding.gyp'), 'utf8');
+    const sources = [...gyp.matchAll(/"sources": \[([^\]]*)\]/g)]
+      .flatMap((m) => [...(m[1] as string).matchAll(/"([^"]+)"/g)].map((s) => s[1] as string))
+      // Staged by the build from node_modules (checked against the manifest), not copied from the checkout.
+      .filter((s) => !s.startsWith('libsecp256k1/'))
+      .map((s) => `enclave/native/${s}`);
+    expect(sources).toEqual(['enclave/native/nsm.c', 'enclave/native/vsock.c', 'enclave/native/secp256k1.c']);
+    for (const f of [...scripts, ...sources, 'enclave/native/binding.gyp', 'enclave/native/libsecp256k1.sha256', 'package-lock.json'])
+      expect([f, copied.has(f)]).toEqual([f, true]);
+  });
+
+  it('compiles libsecp256k1 from the exact package version package.json and the lockfile pin, with its integrity hash', () => {
+    const manifest = fs.readFileSync(path.join(ROOT, 'enclave/native/libsecp256k1.sha256'), 'utf8');
+    const [, name, version] = /^package (\S+) (\S+) \S+$/m.exec(manifest) ?? [];
+    const pkg = JSON.parse(fs.readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as { devDependencies: Record<string, string> };
+    const lock = JSON.parse(fs.readFileSync(path.join(ROOT, 'package-lock.json'), 'utf8')) as {
+      packages: Record<string, { version?: string; integrity?: string }>;
+    };
+    expect(pkg.devDependencies[name as string]).toBe(version);
+    expect(lock.packages[`node_modules/${name}`]?.version).toBe(version);
+    expect(lock.packages[`node_modules/${name}`]?.integrity).toMatch(/^sha512-/);
+    expect(manifest.split('\n').filter((l) => /^[0-9a-f]{64} {2}\S+$/.test(l)).length).toBeGreaterThan(30);
+  });
+});

@@ -71,6 +71,7 @@ function dockerfileViolations(text: string): string[] {
     '/build/app/enclave.js',
     '/build/app/native/nsm.node',
     '/build/app/native/vsock.node',
+    '/build/app/native/secp256k1.node',
     '/build/app/enclave.json',
   ]);
   for (const l of lines.slice(last + 1)) {
@@ -137,6 +138,9 @@ describe('Dockerfile.enclave', () => {
       'enclave/native/binding.gyp',
       'enclave/native/nsm.c',
       'enclave/native/vsock.c',
+      'enclave/native/secp256k1.c',
+      'enclave/native/libsecp256k1.sha256',
+      'scripts/libsecp256k1-source.mjs',
     ]) {
       expect(text).toMatch(new RegExp(`^COPY [^\\n]*${p.replace(/[.]/g, '\\.')}`, 'm'));
     }
@@ -170,7 +174,7 @@ describe('reproducible enclave bundle and bare-directory start', () => {
   it('runs the enclave from a directory holding only its bundle, native addons and configuration', async () => {
     const app = path.join(dir, 'app');
     expect(fs.readdirSync(app).sort()).toEqual(['enclave.js', 'native']);
-    expect(fs.readdirSync(path.join(app, 'native')).sort()).toEqual(['nsm.node', 'vsock.node']);
+    expect(fs.readdirSync(path.join(app, 'native')).sort()).toEqual(['nsm.node', 'secp256k1.node', 'vsock.node']);
     // Nothing to resolve packages from above it either.
     for (let d = app; d !== path.dirname(d); d = path.dirname(d)) expect(fs.existsSync(path.join(d, 'node_modules'))).toBe(false);
 
