@@ -50,6 +50,7 @@ import { ENCLAVE_ADDRESS, startStack, stackDbPath, waitReady, type Stack } from 
 import { startDevStack } from '../test/support/dev-stack';
 import { defaultReportDir, writeBenchReport, type BenchSummary } from './bench-report';
 import { measureBatchedWarm, type BatchedWarmStats } from './bench-batch';
+import { measureRawCurves } from './bench-curve';
 import { busyVerdict, parseProcStat, targetVerdicts, verdictLines, type BusySample, type TargetFigures } from './bench-targets';
 import { startPostgres } from '../test/support/postgres';
 import { createProject, jwtProject, jwtStackOptions } from '../test/support/truewallet';
@@ -413,22 +414,9 @@ async function enclaveCapacity(
   }
 }
 
-/**
- * Raw libsecp256k1, as the enclave signs (scripts/bench-curve.ts, `measureRawCurves`).
- * HOOK (issue 24, item 4): that module lands with the libsecp256k1 change; until then this reports "not
- * available". The require inside try is left unbundled by esbuild when the file is missing and bundled once it exists.
- */
-async function rawLibsecp256k1(seconds: number): Promise<number | undefined> {
-  let mod: {
-    measureRawCurves?: (opts: { seconds: number }) => Promise<{ libsecp256k1SignsPerSec: number }> | { libsecp256k1SignsPerSec: number };
-  };
-  try {
-    mod = require('./bench-curve') as typeof mod;
-  } catch {
-    return undefined;
-  }
-  if (typeof mod.measureRawCurves !== 'function') return undefined;
-  return (await mod.measureRawCurves({ seconds })).libsecp256k1SignsPerSec;
+/** Raw libsecp256k1 through the enclave's own addon, one thread (scripts/bench-curve.ts). */
+function rawLibsecp256k1(seconds: number): number {
+  return measureRawCurves({ seconds }).libsecp256k1SignsPerSec;
 }
 
 /**
@@ -1248,10 +1236,8 @@ async function main(): Promise<void> {
   steps.next('raw in-process signing rate (the reference)');
   o.rawSamples.push(rawSignRate(quick ? 2 : 4));
   console.log(`raw @noble/secp256k1 sign, one thread: ${f(o.rawSamples[0] as number)}/s`);
-  const rawLibsecp = await rawLibsecp256k1(quick ? 2 : 4);
-  console.log(
-    `raw libsecp256k1 sign (as the enclave signs), one thread: ${rawLibsecp === undefined ? 'not available (scripts/bench-curve.ts is not in this build)' : `${f(rawLibsecp)}/s`}`,
-  );
+  const rawLibsecp = rawLibsecp256k1(quick ? 2 : 4);
+  console.log(`raw libsecp256k1 sign (as the enclave signs), one thread: ${f(rawLibsecp)}/s`);
 
   const runDir = path.join(os.tmpdir(), `nks-bench-${process.pid}`);
   steps.next('starting the stack (KMS emulator, NSM simulator, parent, enclave)');
@@ -1442,7 +1428,7 @@ async function main(): Promise<void> {
     topology: primary.topology,
     rawSignPerSec: Math.round(raw),
     rawSignSamples: o.rawSamples.map((r) => Math.round(r)),
-    rawLibsecp256k1PerSec: rawLibsecp === undefined ? null : Math.round(rawLibsecp),
+    rawLibsecp256k1PerSec: Math.round(rawLibsecp),
     e2eSignPerSec: Math.round(best.perSec),
     bestConcurrency: bestC,
     ratio: Number((best.perSec / raw).toFixed(3)),
