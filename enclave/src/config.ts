@@ -40,8 +40,10 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   nsm: { kind: 'device', path: NSM_DEVICE_PATH },
   // The key cache (docs/OPERATIONS.md, "Sizing the key cache"): `ttlMs` and `maxEntries` until the parent sets
   // its own (cache.configure), which must lie within `bounds`: they cap what a parent can make the enclave hold,
-  // in count (memory) and in time (how long a decrypted key stays in memory after its unsealing).
-  cache: { ttlMs: 15 * 60_000, maxEntries: 100_000, bounds: { minTtlMs: 1_000, maxTtlMs: 3600_000, minEntries: 1, maxEntries: 250_000 } },
+  // in count (memory) and in time (how long a decrypted key stays in memory after its unsealing). The upper
+  // bounds default to `ttlMs` and `maxEntries` themselves: unless the image names wider ones, a parent can only
+  // shorten or shrink the cache, never keep keys longer or more of them than the image says.
+  cache: { ttlMs: 15 * 60_000, maxEntries: 100_000, bounds: { minTtlMs: 1_000, minEntries: 1 } },
   recipient: { rotateMs: 3600_000, documentMaxAgeMs: 60_000 },
   failedOpens: { maxFailures: 10, windowMs: 60_000, cooldownMs: 60_000 },
   // kmsDeadlineMs is shorter than the parent's deadline for a whole sign (its enclave.deadlineMs), and longer
@@ -155,8 +157,8 @@ export const EnclaveConfigSchema = z.strictObject({
    * The key cache: `ttlMs` (how long a decrypted key stays usable without another KMS Decrypt, counted from its
    * unsealing) and `maxEntries` are what the enclave starts with; the parent may set others at run time
    * (cache.configure, keys/cache-settings.ts) within `bounds`, which only this file (PCR0) sets. An absent upper
-   * bound is the default's bound or the configured value, whichever is larger, so a configuration written
-   * before the bounds existed means what it meant.
+   * bound is the configured value itself, so a configuration written before the bounds existed means what it
+   * meant: the parent may shorten or shrink, never extend.
    */
   cache: z
     .strictObject({
@@ -176,9 +178,9 @@ export const EnclaveConfigSchema = z.strictObject({
       maxEntries,
       bounds: {
         minTtlMs: bounds.minTtlMs,
-        maxTtlMs: bounds.maxTtlMs ?? Math.max(D.cache.bounds.maxTtlMs, ttlMs),
+        maxTtlMs: bounds.maxTtlMs ?? ttlMs,
         minEntries: bounds.minEntries,
-        maxEntries: bounds.maxEntries ?? Math.max(D.cache.bounds.maxEntries, maxEntries),
+        maxEntries: bounds.maxEntries ?? maxEntries,
       },
     }))
     .superRefine(({ ttlMs, maxEntries, bounds: b }, ctx) => {

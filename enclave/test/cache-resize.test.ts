@@ -142,16 +142,21 @@ describe('the image configuration of the cache', () => {
     return r.error?.issues.map((i) => `${i.path.join('.')}: ${i.message}`);
   };
 
-  it('defaults: 15 minutes and 100,000 keys, within [1 s, 1 h] and [1, 250,000]', () => {
+  it('defaults: 15 minutes and 100,000 keys, which are also the upper bounds (a parent may only shorten or shrink)', () => {
     expect(parse({}).data).toEqual({
       ttlMs: 900_000,
       maxEntries: 100_000,
-      bounds: { minTtlMs: 1_000, maxTtlMs: 3_600_000, minEntries: 1, maxEntries: 250_000 },
+      bounds: { minTtlMs: 1_000, maxTtlMs: 900_000, minEntries: 1, maxEntries: 100_000 },
     });
   });
 
-  it('an upper bound left out is at least the configured value (a configuration from before the bounds)', () => {
+  it('an upper bound left out is the configured value itself, smaller or larger than the default', () => {
     expect(parse({ ttlMs: 7_200_000, maxEntries: 500_000 }).data?.bounds).toMatchObject({ maxTtlMs: 7_200_000, maxEntries: 500_000 });
+    expect(parse({ ttlMs: 60_000, maxEntries: 10_000 }).data?.bounds).toMatchObject({ maxTtlMs: 60_000, maxEntries: 10_000 });
+    expect(parse({ ttlMs: 60_000, bounds: { maxTtlMs: 3_600_000 } }).data?.bounds).toMatchObject({
+      maxTtlMs: 3_600_000,
+      maxEntries: 100_000,
+    });
   });
 
   it('refuses values outside bounds set explicitly, bounds that cross, and bounds past the hard limits', () => {

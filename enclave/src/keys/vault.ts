@@ -312,11 +312,10 @@ export class KeyVault {
     });
     // No request passed its rules: no KMS call, as for a sequence of refused single signs.
     let cached = r.cached;
-    if (!cached && checked.some((c) => 'passed' in c)) {
-      cached = await this.unsealShared(p.blob, r.blob as KeyBlob, k.blobSha256);
-      // As for a single sign: evicted (and zeroed) while the KMS answered, the whole batch is retryable.
-      if (!this.deps.cache.holds(p.keyId, cached)) throw keyLeftCache();
-    }
+    if (!cached && checked.some((c) => 'passed' in c)) cached = await this.unsealShared(p.blob, r.blob as KeyBlob, k.blobSha256);
+    // As for a single sign: a key evicted (and zeroed) since it was looked up, while reach() or the KMS answered
+    // (another request's keys.forget or cache.configure can run then), fails the whole batch as retryable.
+    if (cached && !this.deps.cache.holds(p.keyId, cached)) throw keyLeftCache();
     records.stillCurrent(r.key);
     records.stillCurrent(r.project);
     r.user?.stillValid();
