@@ -291,7 +291,12 @@ export function enclaveMethods(parts: EnclaveParts): {
     }),
     'keys.create': gated('keys.create', (p) => parts.keys.create(p.keyId, p.project, p.subject, p.attest ?? false, p.jwt)),
     'keys.sign': gated('keys.sign', (p) => parts.keys.sign(p)),
-    'keys.signBatch': gated('keys.signBatch', (p) => parts.keys.signBatch(p)),
+    // A request refused inside a batch counts among the errors as it would as a single sign.
+    'keys.signBatch': gated('keys.signBatch', async (p) => {
+      const answer = await parts.keys.signBatch(p);
+      for (const item of answer.results) if ('error' in item) errors[item.error.code] = (errors[item.error.code] ?? 0) + 1;
+      return answer;
+    }),
     'keys.setDisabled': gated('keys.setDisabled', (p) => parts.keys.setDisabled(p.record, p.project, p.disabled)),
     'keys.lookup': gated('keys.lookup', (p) => parts.keys.lookup(p.record, p.project, p.jwt)),
     'keys.successor': gated('keys.successor', (p) => parts.keys.successor(p)),

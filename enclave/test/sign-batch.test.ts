@@ -109,8 +109,11 @@ describe('keys.signBatch over the RPC', () => {
     const key = await newKey(p);
     const decrypts = await h.decryptCalls();
     // Nothing passes the rules: no Decrypt, as for refused single signs.
+    const deniedBefore = (await health()).counters.errors.POLICY_DENIED ?? 0;
     const refused = await batch(key, [digest(1), digest(2)], p.record);
     expect(refused.results.map((r) => 'error' in r && r.error.code)).toEqual(['POLICY_DENIED', 'POLICY_DENIED']);
+    // Each refused request counts among the enclave's errors, as two refused single signs would.
+    expect((await health()).counters.errors.POLICY_DENIED).toBe(deniedBefore + 2);
     expect(await h.decryptCalls()).toBe(decrypts);
     const { results } = await batch(key, [message('1'), digest(1), message('2'), message('3'), message('4')], p.record);
     expect(results.map((r) => ('error' in r ? r.error.code : 'ok'))).toEqual(['ok', 'POLICY_DENIED', 'ok', 'ok', 'POLICY_DENIED']);
