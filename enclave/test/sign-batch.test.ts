@@ -195,11 +195,25 @@ describe('keys.signBatch over the RPC', () => {
     expect((await health()).counters.signs).toBe(before);
   });
 
+  it("the enclave itself refuses a batch whose typed data together exceeds one request's budget", async () => {
+    const key = await newKey();
+    const requests = [
+      { type: 'typedData', typedData: atLimitValues() },
+      { type: 'typedData', typedData: atLimitValues() },
+    ];
+    const decrypts = await h.decryptCalls();
+    const err = await rejection(batch(key, requests));
+    expect(err.code).toBe('INVALID_PARAMS');
+    expect(err.message).toMatch(/requests\[1\]\.typedData.*shares one request's budget/);
+    expect(await h.decryptCalls()).toBe(decrypts);
+  });
+
   it('typed data at the budget is hashed off the main thread: health is answered while the batch is signed', async () => {
     const key = await newKey();
     await sign(key, digest(1)); // warm
-    // Four requests at the typed-data budget's value limit (about a second of hashing each here), 880 KB in all.
-    const requests = Array.from({ length: 4 }, () => ({ type: 'typedData', typedData: atLimitValues() }));
+    // One request at the typed-data budget's value limit (about half a second of hashing here; a batch's typed data
+    // shares one request's budget, so this is the costliest batch there is), and a digest behind it.
+    const requests = [{ type: 'typedData', typedData: atLimitValues() }, digest(2)];
     const order: string[] = [];
     const done = batch(key, requests).then((r) => {
       order.push('batch');
@@ -211,6 +225,7 @@ describe('keys.signBatch over the RPC', () => {
     }
     const { results } = await done;
     expect(order).toEqual(['health', 'health', 'health', 'batch']);
+    expect(results).toHaveLength(2);
     // Each signed, or (on a loaded machine) past its own job deadline: a retryable error in its place.
     for (const r of results) expect('result' in r || ['TIMEOUT', 'UNAVAILABLE'].includes(r.error.code)).toBe(true);
   });

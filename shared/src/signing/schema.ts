@@ -10,7 +10,14 @@ import { z } from 'zod';
 import type { ErrorCode, ErrorDetails } from '../errors';
 import type { SignRequestType } from './request-types';
 import { address as addressSchema, hex32 } from '../schema';
-import { checkTypedDataBudget, domainFieldsOf } from './typed-data-budget';
+import {
+  checkTypedDataBudget,
+  domainFieldsOf,
+  TYPED_DATA_LIMITS,
+  type TypedDataLimits,
+  type TypedDataShape,
+  type TypedDataUsage,
+} from './typed-data-budget';
 
 const HEX = /^0x[0-9a-fA-F]*$/;
 const MAX_DATA_HEX = 2 * 128 * 1024 + 2; // 128 KiB of calldata / init code / message bytes
@@ -186,7 +193,8 @@ export const UserOperationV08Schema = z
   });
 
 const typedDataField = z.strictObject({ name: z.string().min(1).max(256), type: z.string().min(1).max(256) });
-export const TypedDataSchema = z
+/** Typed data's shape and its domain rule, without the budget (TypedDataSchema adds it; a batch adds its own). */
+const TypedDataShapeSchema = z
   .strictObject({
     domain: z
       .strictObject({
@@ -219,59 +227,81 @@ export const TypedDataSchema = z
         return;
       }
     }
-    // The budget and the message checked against its types (typed-data-budget.ts), before anything is hashed.
-    const verdict = checkTypedDataBudget(td);
-    if (!verdict.ok) {
-      const { path, message, expected, required } = verdict;
-      ctx.addIssue({ code: 'custom', path, message, ...(expected ? { params: { expected, ...(required ? { required } : {}) } } : {}) });
-    }
   });
 
-export const SignRequestSchema = z.discriminatedUnion('type', [
-  z.strictObject({ type: z.literal('digest'), digest: bytes32 }),
-  z.strictObject({ type: z.literal('message'), message: z.union([z.string().max(128 * 1024), z.strictObject({ raw: hexData })]) }),
-  z.strictObject({ type: z.literal('typedData'), typedData: TypedDataSchema }),
-  z.strictObject({ type: z.literal('transaction'), transaction: TransactionSchema }),
-  z
-    .strictObject({
-      type: z.literal('authorization'),
-      authorization: AuthorizationSchema,
-      /** Required (true) to sign an authorization with chain id 0, which is valid on every chain (EIP-7702). */
-      allowAllChains: z.boolean().optional(),
-    })
-    .superRefine((req, ctx) => {
-      if (req.authorization.chainId === 0 && req.allowAllChains !== true) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['authorization', 'chainId'],
-          message: 'chain id 0 makes the delegation valid on every chain; refused unless the request also says "allowAllChains": true',
-        });
-      }
-    }),
-  z.discriminatedUnion('version', [
-    z.strictObject({
-      type: z.literal('userOperation'),
-      version: z.literal('0.6'),
-      chainId,
-      entryPoint: address,
-      userOperation: UserOperationV06Schema,
-    }),
-    z.strictObject({
-      type: z.literal('userOperation'),
-      version: z.literal('0.7'),
-      chainId,
-      entryPoint: address,
-      userOperation: UserOperationV07Schema,
-    }),
-    z.strictObject({
-      type: z.literal('userOperation'),
-      version: z.literal('0.8'),
-      chainId,
-      entryPoint: address,
-      userOperation: UserOperationV08Schema,
-    }),
-  ]),
-]);
+/** The budget and the message checked against its types (typed-data-budget.ts), before anything is hashed. */
+function budgetIssue(
+  td: TypedDataShape,
+  limits: TypedDataLimits,
+  ctx: z.RefinementCtx,
+  at: Array<string | number> = [],
+  note = '',
+): TypedDataUsage | undefined {
+  const verdict = checkTypedDataBudget(td, limits);
+  if (verdict.ok) return verdict.usage;
+  const { path, message, expected, required } = verdict;
+  ctx.addIssue({
+    code: 'custom',
+    path: [...at, ...path],
+    message: message + note,
+    ...(expected ? { params: { expected, ...(required ? { required } : {}) } } : {}),
+  });
+  return undefined;
+}
+
+export const TypedDataSchema = TypedDataShapeSchema.superRefine((td, ctx) => {
+  budgetIssue(td, TYPED_DATA_LIMITS, ctx);
+});
+
+/** The sign request union, with `typedData` checked by the schema given (one request's budget, or none in a batch). */
+const signRequestSchemaWith = <T extends typeof TypedDataShapeSchema>(typedData: T) =>
+  z.discriminatedUnion('type', [
+    z.strictObject({ type: z.literal('digest'), digest: bytes32 }),
+    z.strictObject({ type: z.literal('message'), message: z.union([z.string().max(128 * 1024), z.strictObject({ raw: hexData })]) }),
+    z.strictObject({ type: z.literal('typedData'), typedData }),
+    z.strictObject({ type: z.literal('transaction'), transaction: TransactionSchema }),
+    z
+      .strictObject({
+        type: z.literal('authorization'),
+        authorization: AuthorizationSchema,
+        /** Required (true) to sign an authorization with chain id 0, which is valid on every chain (EIP-7702). */
+        allowAllChains: z.boolean().optional(),
+      })
+      .superRefine((req, ctx) => {
+        if (req.authorization.chainId === 0 && req.allowAllChains !== true) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['authorization', 'chainId'],
+            message: 'chain id 0 makes the delegation valid on every chain; refused unless the request also says "allowAllChains": true',
+          });
+        }
+      }),
+    z.discriminatedUnion('version', [
+      z.strictObject({
+        type: z.literal('userOperation'),
+        version: z.literal('0.6'),
+        chainId,
+        entryPoint: address,
+        userOperation: UserOperationV06Schema,
+      }),
+      z.strictObject({
+        type: z.literal('userOperation'),
+        version: z.literal('0.7'),
+        chainId,
+        entryPoint: address,
+        userOperation: UserOperationV07Schema,
+      }),
+      z.strictObject({
+        type: z.literal('userOperation'),
+        version: z.literal('0.8'),
+        chainId,
+        entryPoint: address,
+        userOperation: UserOperationV08Schema,
+      }),
+    ]),
+  ]);
+
+export const SignRequestSchema = signRequestSchemaWith(TypedDataSchema);
 
 /**
  * Batch signing (README.md, "Caller API"): at most SIGN_BATCH_MAX_REQUESTS requests of one key, each a
@@ -281,10 +311,30 @@ export const SignRequestSchema = z.discriminatedUnion('type', [
  */
 export const SIGN_BATCH_MAX_REQUESTS = 100;
 export const SIGN_BATCH_MAX_BYTES = 1024 * 1024;
+/** What typed data costs to check and hash (the limits on one structure's size stay per request). */
+const COST_LIMITS = ['maxStructInstances', 'maxValues', 'maxTypeStringChars'] as const;
+const COST_USAGE = { maxStructInstances: 'structInstances', maxValues: 'values', maxTypeStringChars: 'typeStringChars' } as const;
+
+/**
+ * The typed data of a whole batch shares ONE request's budget for what costs work (struct values, values, type-string
+ * characters), so a batch costs at most what the costliest single request does to check (on the parent's and the
+ * enclave's main threads) and to hash; each request is checked against what the earlier ones left, in order, and
+ * the check stops at the first that does not fit.
+ */
 export const SignBatchRequestsSchema = z
-  .array(SignRequestSchema)
+  .array(signRequestSchemaWith(TypedDataShapeSchema))
   .min(1, 'expected at least one request')
-  .max(SIGN_BATCH_MAX_REQUESTS, `expected at most ${SIGN_BATCH_MAX_REQUESTS} requests`);
+  .max(SIGN_BATCH_MAX_REQUESTS, `expected at most ${SIGN_BATCH_MAX_REQUESTS} requests`)
+  .superRefine((requests, ctx) => {
+    const left: TypedDataLimits = { ...TYPED_DATA_LIMITS };
+    for (const [i, request] of requests.entries()) {
+      if (request.type !== 'typedData') continue;
+      const note = i > 0 ? " (the typed data of a batch shares one request's budget: sign large typed data on its own)" : '';
+      const usage = budgetIssue(request.typedData, left, ctx, [i, 'typedData'], note);
+      if (!usage) return;
+      for (const limit of COST_LIMITS) left[limit] -= usage[COST_USAGE[limit]];
+    }
+  });
 
 export type SignRequest = z.output<typeof SignRequestSchema>;
 export type SignRequestInput = z.input<typeof SignRequestSchema>;
