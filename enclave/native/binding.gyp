@@ -40,6 +40,6 @@
       ],
       "conditions": [["target_arch=='x64'", { "defines": ["USE_ASM_X86_64=1"] }]]
     },
-    { "target_name": "secp256k1", "sources": ["secp256k1.c"], "dependencies": ["libsecp256k1"] }
+    { "target_name": "secp256k1", "sources": ["secp256k1.c", "secp256k1_core.c"], "dependencies": ["libsecp256k1"] }
   ]
 }
