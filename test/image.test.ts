@@ -199,8 +199,20 @@ describe('what Dockerfile.enclave builds and ships', () => {
       // Staged by the build from node_modules (checked against the manifest), not copied from the checkout.
       .filter((s) => !s.startsWith('libsecp256k1/'))
       .map((s) => `enclave/native/${s}`);
-    expect(sources).toEqual(['enclave/native/nsm.c', 'enclave/native/vsock.c', 'enclave/native/secp256k1.c']);
-    for (const f of [...scripts, ...sources, 'enclave/native/binding.gyp', 'enclave/native/libsecp256k1.sha256', 'package-lock.json'])
+    expect(sources).toEqual([
+      'enclave/native/nsm.c',
+      'enclave/native/vsock.c',
+      'enclave/native/secp256k1.c',
+      'enclave/native/secp256k1_core.c',
+    ]);
+    for (const f of [
+      ...scripts,
+      ...sources,
+      'enclave/native/secp256k1_core.h',
+      'enclave/native/binding.gyp',
+      'enclave/native/libsecp256k1.sha256',
+      'package-lock.json',
+    ])
       expect([f, copied.has(f)]).toEqual([f, true]);
   });
 

@@ -139,6 +139,8 @@ describe('Dockerfile.enclave', () => {
       'enclave/native/nsm.c',
       'enclave/native/vsock.c',
       'enclave/native/secp256k1.c',
+      'enclave/native/secp256k1_core.c',
+      'enclave/native/secp256k1_core.h',
       'enclave/native/libsecp256k1.sha256',
       'scripts/libsecp256k1-source.mjs',
     ]) {

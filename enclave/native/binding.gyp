@@ -9,6 +9,9 @@
   #   without this flag, two checkouts give different vsock.node bytes; with it, identical ones).
   # - --build-id=sha1: the build ID note is a hash of the linked contents, never random (uuid), whatever the
   #   linker's default.
+  # node-gyp appends Node's own Release flags after these (-O3 -fno-omit-frame-pointer, common.gypi): the last -O
+  # wins, so the code is compiled at -O3. npm run test:ctime reads the flags from the makefiles node-gyp generates
+  # from this file and checks the code under valgrind (docs/SIGNING-CURVE.md, "Checked with valgrind").
   "target_defaults": {
     "cflags": [
       "-Wall", "-Wextra", "-Werror", "-O2", "-fstack-protector-strong", "-D_FORTIFY_SOURCE=2",
@@ -40,6 +43,6 @@
       ],
       "conditions": [["target_arch=='x64'", { "defines": ["USE_ASM_X86_64=1"] }]]
     },
-    { "target_name": "secp256k1", "sources": ["secp256k1.c"], "dependencies": ["libsecp256k1"] }
+    { "target_name": "secp256k1", "sources": ["secp256k1.c", "secp256k1_core.c"], "dependencies": ["libsecp256k1"] }
   ]
 }

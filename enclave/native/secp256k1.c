@@ -1,6 +1,8 @@
 /*
  * Node-API addon: secp256k1 ECDSA through libsecp256k1 (bitcoin-core), compiled into this addon from the
- * hash-checked source that scripts/build.mjs copies into libsecp256k1/ (docs/SIGNING-CURVE.md).
+ * hash-checked source that scripts/build.mjs copies into libsecp256k1/ (docs/SIGNING-CURVE.md). The calls into
+ * the library on the secret, and the wiping after them, are in secp256k1_core.c (plain C, so that the valgrind
+ * constant-time harness runs the same code: npm run test:ctime).
  *
  *   seckeyVerify(secret: Uint8Array): boolean                 secret in [1, n-1]
  *   publicKeyCreate(secret: Uint8Array): Buffer               65 bytes, uncompressed (0x04 || x || y)
@@ -24,8 +26,7 @@
 #include <sys/random.h>
 #include <node_api.h>
 
-#include "libsecp256k1/include/secp256k1.h"
-#include "libsecp256k1/include/secp256k1_recovery.h"
+#include "secp256k1_core.h"
 
 #define CHECK(env, call)                                   \
   do {                                                     \
@@ -34,23 +35,6 @@
       return NULL;                                         \
     }                                                      \
   } while (0)
-
-/* Zeroes memory in a way the compiler may not drop as a dead store. */
-static void wipe(void *p, size_t n) {
-  explicit_bzero(p, n);
-}
-
-/*
- * Zeroes the stack below the caller's frame, where libsecp256k1's frames were (its scalars, nonce, HMAC-DRBG
- * state and the blinded point it clears itself, with plain memset a compiler may elide). 32 KiB is several
- * times the deepest call chain on the signing path.
- */
-#define STACK_WIPE_BYTES (32 * 1024)
-static void __attribute__((noinline)) wipe_stack(void) {
-  unsigned char area[STACK_WIPE_BYTES];
-  explicit_bzero(area, sizeof area);
-  __asm__ __volatile__("" : : "r"(area) : "memory");
-}
 
 typedef struct {
   secp256k1_context *ctx;
@@ -166,12 +150,11 @@ static napi_value seckey_verify(napi_env env, napi_callback_info info) {
   if (!ce) return NULL;
   unsigned char secret[32];
   if (read_bytes(env, argv[0], "secret key", secret, 32)) return NULL;
-  int valid = secp256k1_ec_seckey_verify(ce->ctx, secret);
-  wipe(secret, sizeof secret);
-  wipe_stack();
+  int valid = nks_seckey_verify(ce->ctx, secret);
+  nks_wipe(secret, sizeof secret);
   if (ce->misuse) return throw_misuse(env, ce);
   napi_value out;
-  CHECK(env, napi_get_boolean(env, valid == 1, &out));
+  CHECK(env, napi_get_boolean(env, valid, &out));
   return out;
 }
 
@@ -182,45 +165,16 @@ static napi_value pubkey_create(napi_env env, napi_callback_info info) {
   if (!ce) return NULL;
   unsigned char secret[32];
   if (read_bytes(env, argv[0], "secret key", secret, 32)) return NULL;
-  secp256k1_pubkey pubkey;
-  int ok = secp256k1_ec_pubkey_create(ce->ctx, &pubkey, secret);
-  wipe(secret, sizeof secret);
   unsigned char serialized[65];
-  size_t len = sizeof serialized;
-  if (ok) ok = secp256k1_ec_pubkey_serialize(ce->ctx, serialized, &len, &pubkey, SECP256K1_EC_UNCOMPRESSED);
-  wipe(&pubkey, sizeof pubkey);
-  wipe_stack();
+  int ok = nks_pubkey_create(ce->ctx, secret, serialized);
+  nks_wipe(secret, sizeof secret);
   if (ce->misuse) return throw_misuse(env, ce);
-  if (!ok) return throw_invalid_key(env);
-  if (len != 65) {
+  if (ok == 0) return throw_invalid_key(env);
+  if (ok < 0) {
     napi_throw_error(env, NULL, "secp256k1: unexpected public key length");
     return NULL;
   }
-  return make_buffer(env, serialized, len);
-}
-
-/* The group order n, big-endian. */
-static const unsigned char ORDER[32] = {
-  0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFE,
-  0xBA, 0xAE, 0xDC, 0xE6, 0xAF, 0x48, 0xA0, 0x3B, 0xBF, 0xD2, 0x5E, 0x8C, 0xD0, 0x36, 0x41, 0x41,
-};
-
-/*
- * RFC 6979 (section 2.4 and 3.2 step d: h1 = bits2octets(H(m)), i.e. the digest reduced modulo n) seeds its
- * nonce with the reduced digest; libsecp256k1's nonce function receives the digest as given. For a digest
- * >= n (probability about 2^-128 for a hash) the two would differ, so the digest is reduced here first: one
- * subtraction suffices since 2n > 2^256. The digest is public; this branch reveals nothing secret.
- */
-static void reduce_digest(unsigned char d[32]) {
-  int cmp = 0;
-  for (int i = 0; i < 32 && cmp == 0; i++) cmp = (d[i] > ORDER[i]) - (d[i] < ORDER[i]);
-  if (cmp < 0) return;
-  int borrow = 0;
-  for (int i = 31; i >= 0; i--) {
-    int v = (int)d[i] - (int)ORDER[i] - borrow;
-    borrow = v < 0;
-    d[i] = (unsigned char)(v + (borrow ? 256 : 0));
-  }
+  return make_buffer(env, serialized, sizeof serialized);
 }
 
 static napi_value sign_recoverable(napi_env env, napi_callback_info info) {
@@ -232,24 +186,16 @@ static napi_value sign_recoverable(napi_env env, napi_callback_info info) {
   unsigned char secret[32];
   if (read_bytes(env, argv[0], "digest", digest, 32)) return NULL;
   if (read_bytes(env, argv[1], "secret key", secret, 32)) return NULL;
-  reduce_digest(digest);
-  secp256k1_ecdsa_recoverable_signature sig;
   unsigned char out[65];
-  int recid = -1;
-  /* NULL nonce function: secp256k1_nonce_function_default (RFC 6979 with HMAC-SHA256), no extra data. */
-  int ok = secp256k1_ecdsa_sign_recoverable(ce->ctx, &sig, digest, secret, NULL, NULL);
-  wipe(secret, sizeof secret);
-  if (ok) ok = secp256k1_ecdsa_recoverable_signature_serialize_compact(ce->ctx, out, &recid, &sig);
-  wipe(&sig, sizeof sig);
-  wipe(digest, sizeof digest);
-  wipe_stack();
+  int ok = nks_sign_recoverable(ce->ctx, digest, secret, out);
+  nks_wipe(secret, sizeof secret);
+  nks_wipe(digest, sizeof digest);
   if (ce->misuse) return throw_misuse(env, ce);
-  if (!ok) return throw_invalid_key(env);
-  if (recid < 0 || recid > 3) {
+  if (ok == 0) return throw_invalid_key(env);
+  if (ok < 0) {
     napi_throw_error(env, NULL, "secp256k1: unexpected recovery id");
     return NULL;
   }
-  out[64] = (unsigned char)recid;
   return make_buffer(env, out, sizeof out);
 }
 
@@ -274,9 +220,8 @@ static napi_value init(napi_env env, napi_value exports) {
     napi_throw_error(env, NULL, "secp256k1: getrandom failed, the context cannot be randomized");
     return NULL;
   }
-  int randomized = secp256k1_context_randomize(ce->ctx, seed);
-  wipe(seed, sizeof seed);
-  wipe_stack();
+  int randomized = nks_context_randomize(ce->ctx, seed);
+  nks_wipe(seed, sizeof seed);
   if (!randomized || ce->misuse) {
     secp256k1_context_destroy(ce->ctx);
     free(ce);
