@@ -43,7 +43,11 @@ export const ENCLAVE_CONFIG_DEFAULTS = {
   // in count (memory) and in time (how long a decrypted key stays in memory after its unsealing). The upper
   // bounds default to `ttlMs` and `maxEntries` themselves: unless the image names wider ones, a parent can only
   // shorten or shrink the cache, never keep keys longer or more of them than the image says.
-  cache: { ttlMs: 15 * 60_000, maxEntries: 100_000, bounds: { minTtlMs: 1_000, minEntries: 1 } },
+  cache: {
+    ttlMs: 15 * 60_000,
+    maxEntries: 100_000,
+    bounds: { minTtlMs: 1_000, maxTtlMs: 15 * 60_000, minEntries: 1, maxEntries: 100_000 },
+  },
   recipient: { rotateMs: 3600_000, documentMaxAgeMs: 60_000 },
   failedOpens: { maxFailures: 10, windowMs: 60_000, cooldownMs: 60_000 },
   // kmsDeadlineMs is shorter than the parent's deadline for a whole sign (its enclave.deadlineMs), and longer

@@ -501,7 +501,12 @@ async function main(): Promise<number> {
       const portOf = (first: number) => (first === 0 ? 0 : first + ip.index);
       const launched = await launchParent(ip, portOf(apiPort), portOf(walletsPortOption));
       if (ip.index === 0) progress.next('starting the enclave: unsealing the keystore identity, then /readyz');
-      const enclave = start(labelOf('enclave', ip), bundle, ['--config', p.enclaveConfig], {}, ip.runDir);
+      // A bundle given with --enclave-bundle runs from elsewhere, without the image's native/ beside it: it signs
+      // with the addon this checkout built (enclave/crypto/secp256k1.ts takes NKS_SECP256K1_ADDON first).
+      const addon = values['enclave-bundle']
+        ? { NKS_SECP256K1_ADDON: path.join(distDir, '..', 'enclave', 'native', 'build', 'Release', 'secp256k1.node') }
+        : {};
+      const enclave = start(labelOf('enclave', ip), bundle, ['--config', p.enclaveConfig], addon, ip.runDir);
       const pair: Pair = {
         ip,
         url: launched.url,
