@@ -239,7 +239,8 @@ export interface CallOptions {
 
 /**
  * One answer of `signBatch`, in its request's place: the signature, or the error the single route would have
- * answered (status 200, that of the batch's answer; `batchIndex` says which request).
+ * answered (status 200, that of the batch's answer; `batchIndex` says which request), or, for a request still
+ * pending when a retry round was refused as a whole, that round's error (with its status).
  */
 export type SignBatchOutcome = { result: SignResult; error?: undefined } | { error: KeystoreApiError; result?: undefined };
 
@@ -284,8 +285,33 @@ function issuesOf(value: unknown): ValidationIssue[] | undefined {
   return ok ? value.map((i: Record<string, string>) => ({ path: i.path!, expected: i.expected!, received: i.received! })) : undefined;
 }
 
+/** A `signBatch` retry round's error `err`, refused as a whole, as the answer of the request at `index`. */
+function slotError(err: KeystoreApiError, index: number): KeystoreApiError {
+  const error = new KeystoreApiError(err.status, err.code, err.message, err.requestId, {
+    cause: err,
+    details: err.details,
+    issues: err.issues,
+    retryAfterS: err.retryAfterS,
+    retryable: err.retryable,
+  });
+  error.batchIndex = index;
+  return error;
+}
+
 /** Retries wait 50-100 ms, then 100-200 ms, …, at most 5 s. */
 export const SDK_RETRY_BACKOFF: Readonly<BackoffOptions> = { initialMs: 100, maxMs: 5_000 };
+
+/**
+ * The wait before retry number `attempt` (1 for the first) after the retryable `err`: the backoff, and for the
+ * token's rate limit not before its window ends (`Retry-After`, 1 s if not given); undefined when that is longer
+ * than a backoff can be (the error stands: the SDK does not sit out a long window).
+ */
+function retryDelay(err: KeystoreApiError, attempt: number): number | undefined {
+  const delay = backoffDelay(attempt - 1, SDK_RETRY_BACKOFF);
+  if (err.code !== 'RATE_LIMITED') return delay;
+  const waitMs = (err.retryAfterS ?? 1) * 1000;
+  return waitMs > SDK_RETRY_BACKOFF.maxMs ? undefined : Math.max(delay, waitMs);
+}
 
 export class KeystoreApiError extends Error {
   override readonly name = 'KeystoreApiError';
@@ -438,13 +464,8 @@ export class KeystoreClient {
         return await this.once<T>(method, path, payload, call, deadline, repeatable, headers);
       } catch (err) {
         if (!(err instanceof KeystoreApiError) || !err.retryable || attempt >= attempts || deadline?.aborted) throw err;
-        let delay = backoffDelay(attempt - 1, SDK_RETRY_BACKOFF);
-        // The token's rate limit: not before its window ends, and not at all if that is longer than a backoff.
-        if (err.code === 'RATE_LIMITED') {
-          const waitMs = (err.retryAfterS ?? 1) * 1000;
-          if (waitMs > SDK_RETRY_BACKOFF.maxMs) throw err;
-          delay = Math.max(delay, waitMs);
-        }
+        const delay = retryDelay(err, attempt);
+        if (delay === undefined) throw err;
         const stops = [call.signal, deadline].filter((s): s is AbortSignal => s !== undefined);
         try {
           await sleep(delay, undefined, stops.length ? { signal: AbortSignal.any(stops) } : {});
@@ -612,9 +633,15 @@ export class KeystoreClient {
   /**
    * Signs up to 100 requests of one key in one call (`POST /v1/keys/{keyId}/sign-batch`): one answer per request,
    * in order, `{result}` or `{error}` (a `KeystoreApiError` with the code the single route would answer). A batch
-   * the server refuses as a whole (a bad request: 400 naming its path; the key; the token) throws. Requests whose
-   * error is retryable (TIMEOUT, UNAVAILABLE, KMS_THROTTLED...) are sent again, only they, in a smaller batch, with
-   * the client's retries and backoff and within `deadlineMs`; their answers take their places.
+   * the server refuses as a whole (a bad request: 400 naming its path; the key; the token) throws: nothing was
+   * signed. Requests whose error is retryable (TIMEOUT, UNAVAILABLE, KMS_THROTTLED...) are sent again, only they,
+   * in a smaller batch, with the client's retries and backoff (and a rate limit's `Retry-After`, as a single call
+   * waits it) and within `deadlineMs`; their answers take their places. A retry round that fails as a whole (429
+   * with a `Retry-After` longer than a backoff, 409 KEY_DISABLED if the key was disabled meanwhile, a network
+   * failure, the deadline, an abort, an answer of the wrong length) does not throw: the signatures already
+   * received are kept (they were made, counted against policy limits and audited; sending them again would sign
+   * and count them twice), and each request still pending gets that round's error (its code, message,
+   * `retryable`, `details`, `retryAfterS` and HTTP status, with `batchIndex` its place).
    */
   async signBatch(
     keyId: string,
@@ -630,23 +657,15 @@ export class KeystoreClient {
     let pending = requests.map((_, i) => i);
     const attempts = (this.options.retries ?? 2) + 1;
     for (let attempt = 1; ; attempt++) {
-      const left = ends === undefined ? undefined : Math.max(1, ends - Date.now());
-      const round = { ...call, ...(left === undefined ? {} : { deadlineMs: left }) };
-      const { body } = await this.send<{ results: SignBatchItem[] }>(
-        'POST',
-        path,
-        { requests: pending.map((i) => requests[i]) },
-        true,
-        round,
-      );
-      const results = body?.results;
-      if (!Array.isArray(results) || results.length !== pending.length)
-        throw new KeystoreApiError(
-          200,
-          'BAD_RESPONSE',
-          `the server answered ${String(results?.length)} results for ${pending.length} requests`,
-          call.requestId,
-        );
+      let results: SignBatchItem[];
+      try {
+        results = await this.signRound(path, pending, requests, call, ends);
+      } catch (err) {
+        // The first round refused: nothing was signed. A later one: keep what earlier rounds answered.
+        if (attempt === 1 || !(err instanceof KeystoreApiError)) throw err;
+        for (const i of pending) outcomes[i] = { error: slotError(err, i) };
+        return outcomes;
+      }
       const again: number[] = [];
       results.forEach((item, j) => {
         const i = pending[j] as number;
@@ -662,16 +681,51 @@ export class KeystoreClient {
         }
       });
       if (again.length === 0 || attempt >= attempts || (ends !== undefined && Date.now() >= ends) || call.signal?.aborted) return outcomes;
+      // The wait a single call would make after the longest-waiting of these errors; none if one asks too long.
+      let delay = 0;
+      for (const i of again) {
+        const d = retryDelay(outcomes[i]!.error!, attempt);
+        if (d === undefined) return outcomes;
+        delay = Math.max(delay, d);
+      }
       const stops = [call.signal, ends === undefined ? undefined : AbortSignal.timeout(Math.max(1, ends - Date.now()))].filter(
         (x): x is AbortSignal => x !== undefined,
       );
       try {
-        await sleep(backoffDelay(attempt - 1, SDK_RETRY_BACKOFF), undefined, stops.length ? { signal: AbortSignal.any(stops) } : {});
+        await sleep(delay, undefined, stops.length ? { signal: AbortSignal.any(stops) } : {});
       } catch {
         return outcomes;
       }
       pending = again;
     }
+  }
+
+  /** One round of `signBatch`: the `pending` requests in one batch (retried as a whole by `send`), one answer each. */
+  private async signRound(
+    path: string,
+    pending: readonly number[],
+    requests: ReadonlyArray<WithBigint<SignRequestInput>>,
+    call: CallOptions,
+    ends: number | undefined,
+  ): Promise<SignBatchItem[]> {
+    const left = ends === undefined ? undefined : Math.max(1, ends - Date.now());
+    const round = { ...call, ...(left === undefined ? {} : { deadlineMs: left }) };
+    const { body } = await this.send<{ results: SignBatchItem[] }>(
+      'POST',
+      path,
+      { requests: pending.map((i) => requests[i]) },
+      true,
+      round,
+    );
+    const results = body?.results;
+    if (!Array.isArray(results) || results.length !== pending.length)
+      throw new KeystoreApiError(
+        200,
+        'BAD_RESPONSE',
+        `the server answered ${String(results?.length)} results for ${pending.length} requests`,
+        call.requestId,
+      );
+    return results;
   }
 
   signDigest(keyId: string, digest: `0x${string}`, call?: CallOptions): Promise<SignResult> {
