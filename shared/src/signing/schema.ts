@@ -256,7 +256,7 @@ export const TypedDataSchema = TypedDataShapeSchema.superRefine((td, ctx) => {
 });
 
 /** The sign request union, with `typedData` checked by the schema given (one request's budget, or none in a batch). */
-const signRequestSchemaWith = <T extends typeof TypedDataShapeSchema>(typedData: T) =>
+const signRequestSchemaWith = (typedData: typeof TypedDataShapeSchema) =>
   z.discriminatedUnion('type', [
     z.strictObject({ type: z.literal('digest'), digest: bytes32 }),
     z.strictObject({ type: z.literal('message'), message: z.union([z.string().max(128 * 1024), z.strictObject({ raw: hexData })]) }),
