@@ -120,7 +120,7 @@ const SignBody = requestBody(SignRequestSchema, { whenMissing: 'a sign request i
 /**
  * A batch (README.md, "Batch signing"): 1-100 requests of the single route's schema, in a body of at most 1 MiB
  * (the route's own limit). One invalid request makes the whole batch 400, its path named
- * (`body.requests.3.message`): a malformed request is the caller's bug. Refusals of the enclave's (policy, the
+ * (`body.requests[3].message`): a malformed request is the caller's bug. Refusals of the enclave's (policy, the
  * project's request types, what hashing finds invalid) answer that request alone.
  */
 const SignBatchBody = requestBody(z.strictObject({ requests: SignBatchRequestsSchema }), {
