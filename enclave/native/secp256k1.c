@@ -158,6 +158,20 @@ static napi_value seckey_verify(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * The answer of a call that produced `n` public bytes: the library's own refusal of an argument, an invalid
+ * secret key (ok 0), an impossible output (ok < 0, `unexpected`), or the bytes.
+ */
+static napi_value answer(napi_env env, curve_env *ce, int ok, const unsigned char *bytes, size_t n, const char *unexpected) {
+  if (ce->misuse) return throw_misuse(env, ce);
+  if (ok == 0) return throw_invalid_key(env);
+  if (ok < 0) {
+    napi_throw_error(env, NULL, unexpected);
+    return NULL;
+  }
+  return make_buffer(env, bytes, n);
+}
+
 static napi_value pubkey_create(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!get_args(env, info, 1, argv)) return NULL;
@@ -168,13 +182,7 @@ static napi_value pubkey_create(napi_env env, napi_callback_info info) {
   unsigned char serialized[65];
   int ok = nks_pubkey_create(ce->ctx, secret, serialized);
   nks_wipe(secret, sizeof secret);
-  if (ce->misuse) return throw_misuse(env, ce);
-  if (ok == 0) return throw_invalid_key(env);
-  if (ok < 0) {
-    napi_throw_error(env, NULL, "secp256k1: unexpected public key length");
-    return NULL;
-  }
-  return make_buffer(env, serialized, sizeof serialized);
+  return answer(env, ce, ok, serialized, sizeof serialized, "secp256k1: unexpected public key length");
 }
 
 static napi_value sign_recoverable(napi_env env, napi_callback_info info) {
@@ -190,13 +198,7 @@ static napi_value sign_recoverable(napi_env env, napi_callback_info info) {
   int ok = nks_sign_recoverable(ce->ctx, digest, secret, out);
   nks_wipe(secret, sizeof secret);
   nks_wipe(digest, sizeof digest);
-  if (ce->misuse) return throw_misuse(env, ce);
-  if (ok == 0) return throw_invalid_key(env);
-  if (ok < 0) {
-    napi_throw_error(env, NULL, "secp256k1: unexpected recovery id");
-    return NULL;
-  }
-  return make_buffer(env, out, sizeof out);
+  return answer(env, ce, ok, out, sizeof out, "secp256k1: unexpected recovery id");
 }
 
 static napi_value init(napi_env env, napi_value exports) {

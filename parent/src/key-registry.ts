@@ -597,35 +597,60 @@ export class KeyRegistry {
   }
 
   /**
-   * `request` is passed to the enclave as the caller sent it; the enclave validates and hashes it again.
-   * `requestId` (the API's) travels to the enclave and its KMS call, for their log lines.
+   * What a sign and a batch check before asking the enclave (which is the authority and checks all of it again):
+   * the key's verified records, a JWT project's key (FORBIDDEN), a disabled key or project, a retired key.
    */
-  async sign(keyId: string, request: SignRequestInput, requestId?: string): Promise<SignResult> {
+  private async signable(keyId: string): Promise<{ k: StoredKey; signed: SignedRecord; project: VerifiedKey['project'] }> {
     const k = await this.get(keyId);
     if (!k.record && k.disabled) throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
     const { record, signed, project } = await this.verified(k);
-    // The enclave refuses it too (FORBIDDEN): it is the authority; this says so before asking it.
     if (project.record.auth.type === 'jwt') throw new KeystoreError('FORBIDDEN', `key ${keyId}: ${JWT_KEY_REFUSED}`);
     if (record.disabled || k.disablePending || project.record.state === 'disabled')
       throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
     if (record.state === 'retired' || record.state === 'cancelled')
       throw new KeystoreError('KEY_RETIRED', `key ${keyId} is ${record.state}`);
+    return { k, signed, project };
+  }
+
+  /** The refusal of a request whose type the key's project does not allow, or undefined. */
+  private static disallowed(project: VerifiedKey['project'], request: SignRequestInput): KeystoreError | undefined {
     const type = (request as { type?: unknown }).type;
     if (typeof type === 'string' && !(project.record.allowedRequestTypes as string[]).includes(type))
-      throw new KeystoreError('FORBIDDEN', `project ${project.record.projectId} does not allow ${type} requests`);
+      return new KeystoreError('FORBIDDEN', `project ${project.record.projectId} does not allow ${type} requests`);
+    return undefined;
+  }
+
+  /**
+   * The enclave says only "no" when a record, the blob or an unseal fails (forged KMS answer or altered blob);
+   * its health totals integrityFailures and failedOpens are what operators alert on.
+   */
+  private readonly refused =
+    (keyId: string) =>
+    (err: unknown): never => {
+      if (err instanceof KeystoreError && err.code === 'KEY_INTEGRITY')
+        this.logger.warn({ keyId }, 'the enclave refused the key: its record or blob was altered, or a KMS answer was not genuine');
+      throw err;
+    };
+
+  /** An answer signed with another key than the row's is refused (KEY_INTEGRITY). */
+  private static sameAddress(k: StoredKey, result: SignResult): SignResult {
+    if (result.address !== k.address)
+      throw new KeystoreError('KEY_INTEGRITY', `the enclave signed with ${result.address}, but key ${k.keyId} is ${k.address}`);
+    return result;
+  }
+
+  /**
+   * `request` is passed to the enclave as the caller sent it; the enclave validates and hashes it again.
+   * `requestId` (the API's) travels to the enclave and its KMS call, for their log lines.
+   */
+  async sign(keyId: string, request: SignRequestInput, requestId?: string): Promise<SignResult> {
+    const { k, signed, project } = await this.signable(keyId);
+    const forbidden = KeyRegistry.disallowed(project, request);
+    if (forbidden) throw forbidden;
     const result = await this.enclave
       .call('keys.sign', { keyId, blob: k.blob, record: signed, project: project.signed, request }, undefined, requestId)
-      .catch((err: unknown) => {
-        // The enclave says only "no" when a record, the blob or an unseal fails (forged KMS answer or altered
-        // blob); its health totals integrityFailures and failedOpens are what operators alert on.
-        if (err instanceof KeystoreError && err.code === 'KEY_INTEGRITY')
-          this.logger.warn({ keyId }, 'the enclave refused the key: its record or blob was altered, or a KMS answer was not genuine');
-        throw err;
-      });
-    if (result.address !== k.address) {
-      throw new KeystoreError('KEY_INTEGRITY', `the enclave signed with ${result.address}, but key ${keyId} is ${k.address}`);
-    }
-    return result;
+      .catch(this.refused(keyId));
+    return KeyRegistry.sameAddress(k, result);
   }
 
   /**
@@ -635,40 +660,23 @@ export class KeyRegistry {
    * asked fails the whole batch (KEY_INTEGRITY).
    */
   async signBatch(keyId: string, requests: SignRequestInput[], requestId?: string): Promise<SignBatchItem[]> {
-    const k = await this.get(keyId);
-    if (!k.record && k.disabled) throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
-    const { record, signed, project } = await this.verified(k);
-    if (project.record.auth.type === 'jwt') throw new KeystoreError('FORBIDDEN', `key ${keyId}: ${JWT_KEY_REFUSED}`);
-    if (record.disabled || k.disablePending || project.record.state === 'disabled')
-      throw new KeystoreError('KEY_DISABLED', `key ${keyId} is disabled`);
-    if (record.state === 'retired' || record.state === 'cancelled')
-      throw new KeystoreError('KEY_RETIRED', `key ${keyId} is ${record.state}`);
-    const allowed = project.record.allowedRequestTypes as string[];
+    const { k, signed, project } = await this.signable(keyId);
     const answers: Array<SignBatchItem | undefined> = requests.map((request) => {
-      const type = (request as { type?: unknown }).type;
-      if (typeof type === 'string' && !allowed.includes(type)) {
-        const err = new KeystoreError('FORBIDDEN', `project ${project.record.projectId} does not allow ${type} requests`);
-        return { error: { code: err.code, message: err.message, retryable: err.retryable } };
-      }
-      return undefined;
+      const err = KeyRegistry.disallowed(project, request);
+      return err ? { error: { code: err.code, message: err.message, retryable: err.retryable } } : undefined;
     });
     const sent = requests.filter((_, i) => answers[i] === undefined);
     if (sent.length === 0) return answers as SignBatchItem[];
     const { results } = await this.enclave
       .call('keys.signBatch', { keyId, blob: k.blob, record: signed, project: project.signed, requests: sent }, undefined, requestId)
-      .catch((err: unknown) => {
-        if (err instanceof KeystoreError && err.code === 'KEY_INTEGRITY')
-          this.logger.warn({ keyId }, 'the enclave refused the key: its record or blob was altered, or a KMS answer was not genuine');
-        throw err;
-      });
+      .catch(this.refused(keyId));
     if (!Array.isArray(results) || results.length !== sent.length)
       throw new KeystoreError('KEY_INTEGRITY', `the enclave answered ${String(results?.length)} of the ${sent.length} requests of a batch`);
     let next = 0;
     return answers.map((a) => {
       if (a) return a;
       const item = results[next++] as SignBatchItem;
-      if ('result' in item && item.result.address !== k.address)
-        throw new KeystoreError('KEY_INTEGRITY', `the enclave signed with ${item.result.address}, but key ${keyId} is ${k.address}`);
+      if ('result' in item) KeyRegistry.sameAddress(k, item.result);
       return item;
     });
   }
