@@ -208,6 +208,52 @@ describe('adversarial parent', () => {
     expect(recipientHex(forA[1] as DecryptParams)).not.toBe(recipientHex(forA[0] as DecryptParams));
   }, 30_000);
 
+  it('answers a forged KMS answer to a cold batch with the same "no" as to a single sign: no oracle through keys.signBatch', async () => {
+    const victim = await create('victim-batch');
+    const batch = () =>
+      peer.call('keys.signBatch', {
+        keyId: 'victim-batch',
+        blob: victim.blob,
+        record: victim.record,
+        project: h.defaultProject,
+        requests: [
+          { type: 'digest', digest: digest(1) },
+          { type: 'digest', digest: digest(2) },
+        ],
+      });
+    const errorOf = (raw: Buffer) => (JSON.parse(raw.toString('utf8')) as { error: unknown }).error;
+    const before = await health();
+    const forgeries = [
+      async (p: DecryptParams) => tamper(await h.kmsDecrypt(p), (c) => c.ciphertext, 31, 0x11),
+      (p: DecryptParams) => cms(p, randomBytes(32)),
+    ];
+    const answers: unknown[] = [];
+    for (const forge of forgeries) {
+      h.forge = forge;
+      answers.push(errorOf(await batch()), errorOf(await rawSign('victim-batch', victim.blob)));
+      h.forge = null;
+    }
+    // The whole batch is refused with the single sign's error, byte for byte, whichever forgery it was.
+    for (const a of answers) expect(a).toEqual(answers[0]);
+    expect((answers[0] as { data: { code: string } }).data.code).toBe('KEY_INTEGRITY');
+    const after = await health();
+    expect(after.counters.signs).toBe(before.counters.signs);
+    expect(after.counters.failedOpens - before.counters.failedOpens).toBe(2 * forgeries.length);
+  });
+
+  it('cannot make the enclave keep keys longer, or more of them, than its image says (cache.configure)', async () => {
+    const { ttlMs, maxEntries } = ENCLAVE_CONFIG_DEFAULTS.cache;
+    for (const params of [{ ttlMs: ttlMs + 1 }, { maxEntries: maxEntries + 1 }, { ttlMs: 24 * 3600_000 }, { ttlMs: 'forever' }]) {
+      const answer = await peer.callJson('cache.configure', params);
+      expect(answer.error?.data?.code).toBe('INVALID_PARAMS');
+    }
+    // Shortening is allowed (it only costs Decrypts: denial of service, which the parent has anyway).
+    const ttlOf = async (params: object) =>
+      ((await peer.callJson('cache.configure', params)).result as { ttlMs?: number } | undefined)?.ttlMs;
+    expect(await ttlOf({ ttlMs: ttlMs - 1 })).toBe(ttlMs - 1);
+    expect(await ttlOf({})).toBe(ttlMs);
+  });
+
   it('gives the parent no way to choose attestation user_data', async () => {
     const roots = [fs.readFileSync(h.platform.rootPem, 'utf8')];
     const parentAddress = addressOf(publicKeyOf(randomBytes(32)));
