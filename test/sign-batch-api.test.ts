@@ -222,5 +222,14 @@ describe('POST /v1/keys/{keyId}/sign-batch', () => {
     expect(nks(spare.keyId, '--file', file).status).toBe(0);
     const usage = nks(key.keyId);
     expect([usage.status, usage.stderr]).toEqual([2, expect.stringContaining('--file FILE is required')]);
+    // A file that is not a batch is named, with what it should hold; nothing is sent.
+    for (const doc of [{ request: [] }, [], Array.from({ length: 101 }, () => digest(1))]) {
+      fs.writeFileSync(file, JSON.stringify(doc));
+      const bad = nks(key.keyId, '--file', file);
+      expect([bad.status, bad.stderr]).toEqual([2, expect.stringContaining(`${file}: expected 1 to 100 sign requests`)]);
+    }
+    fs.writeFileSync(file, '[{"type": "digest",');
+    const notJson = nks(key.keyId, '--file', file);
+    expect([notJson.status, notJson.stderr]).toEqual([2, expect.stringContaining(file)]);
   });
 });
