@@ -12,7 +12,6 @@ import { SignRequestSchema, type SignRequest } from '@nks/shared/signing/schema'
 import { chainedTypes, permit2Batch, seaportBulkOrder } from '@nks/shared-test/typed-data-payloads';
 import { addressOf, publicKeyOf, signDigest } from '../src/crypto/secp256k1';
 import { SignerPool } from '../src/signing/pool';
-import { signDigestScrubbed } from '../src/signing/scrub';
 import { signRequest } from '../src/signing/sign';
 import { nobleSign } from './curve-differential';
 
@@ -279,12 +278,12 @@ describe('signing a digest', () => {
     const hash = jest.spyOn(crypto, 'createHash');
     let sig: unknown;
     try {
-      sig = signDigestScrubbed(d, KEY);
+      sig = signDigest(d, KEY);
     } finally {
       hmac.mockRestore();
       hash.mockRestore();
     }
-    expect(hmac).not.toHaveBeenCalled(); // (noble's RFC 6979 DRBG ran through node:crypto's HMAC: scrub.ts)
+    expect(hmac).not.toHaveBeenCalled(); // (noble's RFC 6979 DRBG ran through node:crypto's HMAC)
     expect(hash).not.toHaveBeenCalled();
     expect(sig).toEqual(signDigest(d, KEY));
     expect(sig).toEqual(nobleSign(d, KEY)); // the independent reference

@@ -19,7 +19,6 @@ import {
   publicKeyOf,
   signDigest,
 } from '../src/crypto/secp256k1';
-import { signDigestScrubbed } from '../src/signing/scrub';
 import { hex, nobleSign, runDifferential } from './curve-differential';
 
 const N = secp.Point.CURVE().n;
@@ -175,11 +174,6 @@ describe('keys and threads', () => {
     expect(addressOf(publicKeyOf(s))).toBe(privateKeyToAddress(`0x${hex(s)}`));
     const d = randomBytes(32);
     expect(signDigest(d, s)).toEqual(nobleSign(d, s));
-  });
-
-  it('signDigestScrubbed signs what signDigest signs', () => {
-    const d = randomBytes(32);
-    expect(signDigestScrubbed(d, KEY)).toEqual(signDigest(d, KEY));
   });
 
   it('loads and signs in worker threads (one context per thread), the same signatures as the main thread', async () => {

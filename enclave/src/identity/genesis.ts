@@ -27,7 +27,7 @@ export interface GenesisDeps {
 }
 
 export async function genesis(deps: GenesisDeps, nonce: Uint8Array): Promise<GenesisResult> {
-  // On its own ArrayBuffer, so zeroing reaches the only copy JavaScript holds (see signing/scrub.ts).
+  // On its own ArrayBuffer, so zeroing reaches the only copy JavaScript holds (see crypto/secp256k1.ts, signDigest).
   const seed = new Uint8Array(new ArrayBuffer(ED25519_SEED_BYTES));
   const random = randomBytes(ED25519_SEED_BYTES);
   seed.set(random);

@@ -20,7 +20,7 @@
  *
  * The decrypted key stays in the main thread's cache (the one that bounds, expires and zeroes it). For each
  * job a thread receives a fresh copy of the 32-byte secret, *transferred* (its memory moves to the worker and
- * the main thread keeps only a detached, empty view), and zeroes it after signing (see scrub.ts for what
+ * the main thread keeps only a detached, empty view), and zeroes it after signing (see crypto/secp256k1.ts, signDigest, for what
  * cannot be zeroed). The workers run this same bundle (entry `runSignerWorker`), so the image needs no extra
  * file.
  */

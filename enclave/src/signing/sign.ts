@@ -24,8 +24,7 @@ import { getUserOperationHash } from 'viem/account-abstraction';
 import { hashAuthorization } from 'viem/utils';
 import { KeystoreError } from '@nks/shared/errors';
 import type { SignRequest, SignResult } from '@nks/shared/signing/schema';
-import type { RawSignature } from '../crypto/secp256k1';
-import { signDigestScrubbed } from './scrub';
+import { signDigest, type RawSignature } from '../crypto/secp256k1';
 
 type TransactionRequest = Extract<SignRequest, { type: 'transaction' }>['transaction'];
 
@@ -145,7 +144,7 @@ function userOperationHashOf(req: Extract<SignRequest, { type: 'userOperation' }
 
 export function signRequest(req: SignRequest, secret: Uint8Array, address: Address): SignResult {
   const { digest, extra } = prepare(req);
-  const sig = signDigestScrubbed(hexToBytes(digest), secret);
+  const sig = signDigest(hexToBytes(digest), secret);
   const v = sig.yParity === 0 ? 27 : 28;
   return {
     signature: concatHex([sig.r, sig.s, v === 27 ? '0x1b' : '0x1c']),
